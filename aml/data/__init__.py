@@ -1,0 +1,1 @@
+"""Data: the data root, downloads, image loading, test/training sets, synthetic landmarks."""

@@ -1,0 +1,82 @@
+"""The one image loader: open, check, crop (queries), shrink to the image size, to tensor.
+
+Resizing follows the original: PIL ``thumbnail`` with LANCZOS, so the longer side becomes
+at most ``imsize`` and images are never enlarged. A query is cropped to its bounding box
+first and then shrunk by the factor the full image would get.
+"""
+
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+PathLike = Union[str, Path]
+BBox = Sequence[float]
+
+
+class ImageLoadError(RuntimeError):
+    """An image file is missing or cannot be decoded."""
+
+
+def load_image(path: PathLike) -> Image.Image:
+    """Open ``path`` as an RGB PIL image, with an error naming the file when that fails."""
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            image.load()
+    except FileNotFoundError:
+        raise ImageLoadError(f"image {path} is missing; download the data set again or fix its list") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"image {path} is corrupt or not an image ({err}); replace or re-download it") from err
+    return image.convert("RGB")
+
+
+def imresize(image: Image.Image, imsize: float) -> Image.Image:
+    """Shrink (never enlarge) so that the longer side is at most ``imsize`` (in place)."""
+    image.thumbnail((imsize, imsize), Image.Resampling.LANCZOS)
+    return image
+
+
+def load_and_resize(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = None) -> Image.Image:
+    """Load an image, crop it to ``bbx`` (x1, y1, x2, y2) if given, and shrink it.
+
+    A crop is shrunk to ``imsize * longer side of crop / longer side of the full image``,
+    i.e. by the factor the full image gets.
+    """
+    image = load_image(path)
+    full_side = max(image.size)
+    if bbx is not None:
+        image = image.crop(tuple(float(c) for c in bbx))
+    if imsize is not None:
+        imresize(image, imsize * max(image.size) / full_side)
+    return image
+
+
+class ImagesFromList(Dataset):
+    """Images (optionally cropped) -> transformed tensors; item = (tensor, index)."""
+
+    def __init__(self, images: Sequence[PathLike], imsize: Optional[float] = None,
+                 bbxs: Optional[Sequence[Optional[BBox]]] = None, transform: Optional[Callable] = None):
+        if bbxs is not None and len(bbxs) != len(images):
+            raise ValueError(f"{len(images)} images but {len(bbxs)} bounding boxes")
+        self.images = list(images)
+        self.imsize = imsize
+        self.bbxs = bbxs
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        bbx = self.bbxs[index] if self.bbxs is not None else None
+        image = load_and_resize(self.images[index], self.imsize, bbx)
+        return (self.transform(image) if self.transform is not None else image), index
+
+
+def image_transform(mean: List[float], std: List[float]) -> Callable:
+    """ToTensor then Normalize(mean, std), as every network of the package expects."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=mean, std=std)])

@@ -1,0 +1,340 @@
+"""Synthetic landmark data sets, written in the exact on-disk formats of the real ones.
+
+A *landmark* is a procedurally drawn scene (a facade-like composition of shapes, window
+grids, stripes and checker textures on a gradient). A *view* of it is rendered through a
+random homography with zoom, lighting and colour change, blur, occluders and clutter
+around the scene. The ``difficulty`` d in [0, 1] of a view scales all of these changes;
+"junk" views show only a small corner of the scene.
+
+- ``synth-sfm``: training set like retrieval-SfM-120k (cid2filename image layout, 'train'
+  and 'val' splits with cluster ids and query/positive pairs, and a whitening pickle).
+- ``synth-oxford`` / ``synth-paris``: test sets like rOxford5k / rParis6k (database,
+  cropped queries with a bbx, easy/hard/junk per query), from landmarks never used in
+  training (each set draws its own landmarks with its own seed and drawing style).
+
+Run ``python -m aml.data.synthetic --data-root DIR`` or call the generate_* functions.
+Everything is deterministic given the seed.
+"""
+
+import argparse
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from aml.data.safe_pickle import save_pickle
+from aml.data.trainsets import cid2filename
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, Path]
+SCENE = 256
+ASPECTS = ((4, 3), (3, 4), (1, 1), (3, 2))
+
+
+@dataclass(frozen=True)
+class Style:
+    """Drawing style of a family of landmarks (so test sets look unlike training)."""
+
+    shapes: Tuple[str, ...]
+    palette_shift: float
+    windows: float  # probability of a window-grid block
+
+
+STYLES: Dict[str, Style] = {
+    "sfm": Style(("rect", "ellipse", "polygon", "windows", "stripes", "checker"), 0.0, 0.5),
+    "oxford": Style(("rect", "polygon", "windows", "stripes", "ellipse"), 0.3, 0.6),
+    "paris": Style(("ellipse", "checker", "rect", "windows", "polygon"), 0.6, 0.4),
+}
+
+
+def _color(rng: np.random.Generator, shift: float) -> Tuple[int, int, int]:
+    hue = (rng.random() + shift) % 1.0
+    base = np.array([np.cos(2 * np.pi * (hue + k / 3)) for k in range(3)]) * 0.5 + 0.5
+    value = rng.uniform(0.25, 1.0)
+    mix = rng.uniform(0.3, 1.0)
+    rgb = value * (mix * base + (1 - mix) * rng.random())
+    return tuple(int(c) for c in np.clip(rgb * 255, 0, 255))
+
+
+def _texture(rng: np.random.Generator, kind: str, size: int, shift: float) -> Image.Image:
+    a, b = _color(rng, shift), _color(rng, shift)
+    period = int(rng.integers(4, 16))
+    y, x = np.mgrid[0:size, 0:size]
+    if kind == "stripes":
+        angle = rng.uniform(0, np.pi)
+        mask = (np.floor((x * np.cos(angle) + y * np.sin(angle)) / period) % 2).astype(bool)
+    else:
+        mask = ((x // period + y // period) % 2).astype(bool)
+    pixels = np.where(mask[..., None], np.array(a, np.uint8), np.array(b, np.uint8))
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def draw_landmark(rng: np.random.Generator, style: Style, size: int = SCENE) -> Image.Image:
+    """A random landmark scene (size x size RGB)."""
+    top, bottom = np.array(_color(rng, style.palette_shift)), np.array(_color(rng, style.palette_shift))
+    ramp = np.linspace(0, 1, size)[:, None, None]
+    canvas = Image.fromarray((top * (1 - ramp) + bottom * ramp).repeat(size, axis=1).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(7, 12))):
+        kind = style.shapes[int(rng.integers(len(style.shapes)))]
+        w, h = (rng.uniform(0.15, 0.55, size=2) * size).astype(int)
+        x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+        box = (x0, y0, x0 + w, y0 + h)
+        color = _color(rng, style.palette_shift)
+        if kind == "rect":
+            draw.rectangle(box, fill=color)
+        elif kind == "ellipse":
+            draw.ellipse(box, fill=color)
+        elif kind == "polygon":
+            points = [(x0 + rng.uniform(0, w), y0 + rng.uniform(0, h)) for _ in range(int(rng.integers(3, 7)))]
+            draw.polygon(points, fill=color)
+        elif kind == "windows":
+            draw.rectangle(box, fill=color)
+            glass = _color(rng, style.palette_shift)
+            rows, cols = int(rng.integers(2, 6)), int(rng.integers(2, 6))
+            for r in range(rows):
+                for c in range(cols):
+                    cx, cy = x0 + (c + 0.25) * w / cols, y0 + (r + 0.25) * h / rows
+                    draw.rectangle((cx, cy, cx + 0.5 * w / cols, cy + 0.5 * h / rows), fill=glass)
+        else:
+            patch = _texture(rng, kind, max(w, h), style.palette_shift).crop((0, 0, w, h))
+            canvas.paste(patch, box[:2])
+    return canvas
+
+
+def _clutter(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Background that surrounds a scene in a view: smooth random colour blobs."""
+    small = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+
+
+def _perspective_coeffs(output: Sequence[Tuple[float, float]], source: Sequence[Tuple[float, float]]) -> List[float]:
+    """PIL PERSPECTIVE coefficients mapping output corners to source corners."""
+    rows, rhs = [], []
+    for (x, y), (u, v) in zip(output, source):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        rhs += [u, v]
+    return np.linalg.solve(np.array(rows, float), np.array(rhs, float)).tolist()
+
+
+def render_view(scene: Image.Image, rng: np.random.Generator, difficulty: float, side: int,
+                zoom: Optional[float] = None) -> Tuple[Image.Image, Tuple[float, float, float, float]]:
+    """A view of ``scene``; returns the image and the bounding box (x1, y1, x2, y2) of the
+    part of the scene that is visible in it.
+
+    ``zoom`` < 1 shows part of the scene (junk views use ~0.3), > 1 shows the scene with
+    clutter around it; by default it is drawn from the difficulty.
+    """
+    d = float(np.clip(difficulty, 0.0, 1.0))
+    aw, ah = ASPECTS[int(rng.integers(len(ASPECTS)))]
+    width, height = (side, max(8, side * ah // aw)) if aw >= ah else (max(8, side * aw // ah), side)
+    if zoom is None:
+        zoom = rng.uniform(1.0 - 0.45 * d, 1.1 + 0.2 * d)
+    span = SCENE * zoom
+    cx = SCENE / 2 + rng.uniform(-0.5, 0.5) * d * SCENE * 0.5
+    cy = SCENE / 2 + rng.uniform(-0.5, 0.5) * d * SCENE * 0.5
+    jitter = 0.22 * d * span
+    corners = [(cx - span / 2, cy - span / 2), (cx + span / 2, cy - span / 2),
+               (cx + span / 2, cy + span / 2), (cx - span / 2, cy + span / 2)]
+    source = [(x + rng.uniform(-jitter, jitter), y + rng.uniform(-jitter, jitter)) for x, y in corners]
+    coeffs = _perspective_coeffs([(0, 0), (width, 0), (width, height), (0, height)], source)
+    view = scene.transform((width, height), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR)
+    mask = Image.new("L", scene.size, 255).transform((width, height), Image.Transform.PERSPECTIVE, coeffs,
+                                                   Image.Resampling.BILINEAR)
+    view = Image.composite(view, _clutter(rng, width, height), mask)
+    pixels = np.asarray(view, dtype=np.float32)
+    gain = 1.0 + d * rng.uniform(-0.45, 0.45, size=3)
+    pixels = pixels * gain + d * rng.uniform(-40, 40)
+    view = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(view)
+    for _ in range(int(rng.integers(0, 1 + int(4 * d)))):
+        w, h = rng.uniform(0.1, 0.1 + 0.35 * d, size=2) * (width, height)
+        x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        draw.rectangle((x0, y0, x0 + w, y0 + h), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    if d > 0.05:
+        view = view.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 1.2 * d))))
+    box = mask.getbbox() or (0, 0, width, height)
+    return view, tuple(float(c) for c in box)
+
+
+def _landmarks(seed: int, count: int, style: Style) -> List[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [draw_landmark(rng, style) for _ in range(count)]
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="JPEG", quality=90)
+
+
+# ------------------------------------------------------------------------------------------
+# training set (retrieval-SfM-120k layout)
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Sizes of a synthetic training set."""
+
+    train_landmarks: int = 60
+    val_landmarks: int = 12
+    views: int = 14
+    pairs_per_landmark: int = 6
+    image_size: int = 160
+    seed: int = 1
+
+
+def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: int, config: TrainConfig,
+           ims: Path, tag: str) -> Dict[str, list]:
+    cids, clusters, qidxs, pidxs = [], [], [], []
+    for c, scene in enumerate(scenes):
+        first = len(cids)
+        difficulties = rng.uniform(0.0, 0.8, size=config.views)
+        for v in range(config.views):
+            cid = hashlib.sha1(f"{tag}-{cluster_offset + c}-{v}".encode()).hexdigest()
+            image, _ = render_view(scene, rng, difficulties[v], config.image_size)
+            _save(image, Path(cid2filename(cid, ims)))
+            cids.append(cid)
+            clusters.append(cluster_offset + c)
+        for _ in range(config.pairs_per_landmark):
+            q, p = rng.choice(config.views, size=2, replace=False)
+            qidxs.append(first + int(q))
+            pidxs.append(first + int(p))
+    return {"cids": cids, "cluster": clusters, "qidxs": qidxs, "pidxs": pidxs}
+
+
+def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: TrainConfig = TrainConfig(),
+                       overwrite: bool = False) -> Path:
+    """Write ``<data_root>/train/<name>/`` (ims/, <name>.pkl, <name>-whiten.pkl)."""
+    folder = Path(data_root) / "train" / name
+    if (folder / f"{name}.pkl").exists() and not overwrite:
+        return folder
+    staging = folder.with_name(f".{name}.generating")
+    shutil.rmtree(staging, ignore_errors=True)
+    rng = np.random.default_rng(config.seed)
+    scenes = _landmarks(config.seed + 1000, config.train_landmarks + config.val_landmarks, STYLES["sfm"])
+    train = _split(rng, scenes[:config.train_landmarks], 0, config, staging / "ims", name)
+    val = _split(rng, scenes[config.train_landmarks:], config.train_landmarks, config, staging / "ims", name)
+    save_pickle({"train": train, "val": val}, staging / f"{name}.pkl")
+    save_pickle({"cids": train["cids"], "qidxs": train["qidxs"], "pidxs": train["pidxs"]},
+                staging / f"{name}-whiten.pkl")
+    _replace(staging, folder)
+    log.info(">> %s: %d train and %d val images written to %s", name, len(train["cids"]), len(val["cids"]), folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------
+# test sets (revisited Oxford/Paris layout)
+
+@dataclass(frozen=True)
+class TestConfig:
+    """Sizes of a synthetic test set."""
+
+    landmarks: int = 12
+    queries_per_landmark: int = 2
+    easy: int = 6
+    hard: int = 6
+    junk: int = 2
+    distractor_landmarks: int = 24
+    distractor_views: int = 4
+    image_size: int = 160
+    seed: int = 2
+
+
+TEST_STYLES = {"synth-oxford": ("oxford", 0), "synth-paris": ("paris", 500)}
+
+
+def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: TestConfig = TestConfig(),
+                      overwrite: bool = False) -> Path:
+    """Write ``<data_root>/test/<name>/`` (jpg/*.jpg and gnd_<name>.pkl)."""
+    folder = Path(data_root) / "test" / name
+    if (folder / f"gnd_{name}.pkl").exists() and not overwrite:
+        return folder
+    style_name, seed_offset = TEST_STYLES.get(name, ("oxford", 900))
+    seed = config.seed + seed_offset
+    rng = np.random.default_rng(seed)
+    scenes = _landmarks(seed + 1000, config.landmarks + config.distractor_landmarks, STYLES[style_name])
+    staging = folder.with_name(f".{name}.generating")
+    shutil.rmtree(staging, ignore_errors=True)
+    imlist: List[str] = []
+    groups: List[Dict[str, List[int]]] = []
+
+    def add(image: Image.Image) -> int:
+        imlist.append(f"{name}_{len(imlist):05d}")
+        _save(image, staging / "jpg" / f"{imlist[-1]}.jpg")
+        return len(imlist) - 1
+
+    for scene in scenes[:config.landmarks]:
+        group = {"easy": [], "hard": [], "junk": []}
+        for kind, count, low, high in (("easy", config.easy, 0.05, 0.35), ("hard", config.hard, 0.55, 0.9)):
+            for _ in range(count):
+                group[kind].append(add(render_view(scene, rng, rng.uniform(low, high), config.image_size)[0]))
+        for _ in range(config.junk):
+            view, _ = render_view(scene, rng, rng.uniform(0.5, 0.9), config.image_size, zoom=rng.uniform(0.22, 0.32))
+            group["junk"].append(add(view))
+        groups.append(group)
+    for scene in scenes[config.landmarks:]:
+        for _ in range(config.distractor_views):
+            add(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size)[0])
+    order = rng.permutation(len(imlist))  # shuffle the database so that ids carry no signal
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    shuffled = [imlist[i] for i in order]
+    qimlist, gnd = [], []
+    for landmark, scene in enumerate(scenes[:config.landmarks]):
+        for _ in range(config.queries_per_landmark):
+            view, box = render_view(scene, rng, rng.uniform(0.0, 0.15), config.image_size, zoom=rng.uniform(1.15, 1.35))
+            qimlist.append(f"{name}_query_{len(qimlist):03d}")
+            _save(view, staging / "jpg" / f"{qimlist[-1]}.jpg")
+            gnd.append({"bbx": list(box), **{k: sorted(int(position[i]) for i in v) for k, v in groups[landmark].items()}})
+    save_pickle({"imlist": shuffled, "qimlist": qimlist, "gnd": gnd}, staging / f"gnd_{name}.pkl")
+    _replace(staging, folder)
+    log.info(">> %s: %d database images and %d queries written to %s", name, len(shuffled), len(qimlist), folder)
+    return folder
+
+
+def _replace(staging: Path, folder: Path) -> None:
+    """Move a finished staging folder into place (never leaves a half-written data set)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(folder)
+
+
+def generate_all(data_root: PathLike, overwrite: bool = False, train: TrainConfig = TrainConfig(),
+                 test: TestConfig = TestConfig()) -> None:
+    """synth-sfm, synth-oxford and synth-paris with the given sizes."""
+    generate_train_set(data_root, "synth-sfm", train, overwrite)
+    for name in TEST_STYLES:
+        generate_test_set(data_root, name, test, overwrite)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command line: python -m aml.data.synthetic --data-root DIR [sizes]."""
+    from aml.data.paths import resolve_data_root
+
+    parser = argparse.ArgumentParser(description="Generate the synthetic landmark data sets.")
+    parser.add_argument("--data-root", default=None, help="data root (default $AML_DATA_ROOT or ./data)")
+    parser.add_argument("--image-size", type=int, default=160, help="longer side of generated images")
+    parser.add_argument("--train-landmarks", type=int, default=TrainConfig.train_landmarks)
+    parser.add_argument("--val-landmarks", type=int, default=TrainConfig.val_landmarks)
+    parser.add_argument("--views", type=int, default=TrainConfig.views, help="training views per landmark")
+    parser.add_argument("--test-landmarks", type=int, default=TestConfig.landmarks)
+    parser.add_argument("--distractors", type=int, default=TestConfig.distractor_landmarks)
+    parser.add_argument("--seed", type=int, default=0, help="added to every set's seed")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate existing sets")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    train = TrainConfig(args.train_landmarks, args.val_landmarks, args.views, image_size=args.image_size,
+                        seed=TrainConfig.seed + args.seed)
+    test = TestConfig(landmarks=args.test_landmarks, distractor_landmarks=args.distractors,
+                      image_size=args.image_size, seed=TestConfig.seed + args.seed)
+    generate_all(resolve_data_root(args.data_root), args.overwrite, train, test)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Test data sets: the registry, cirtorch's ``configdataset``, and their download.
+
+On disk (``<data_root>/test/<name>/``): ``jpg/<image>.jpg`` and ``gnd_<name>.pkl`` =
+{'imlist', 'qimlist', 'gnd'}; revisited gnd entries hold ``bbx``, ``easy``, ``hard``,
+``junk``; classic ones (oxford5k, paris6k) ``bbx``, ``ok``, ``junk``.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from aml.data.download import download_file, extract_archive
+from aml.data.paths import data_subdir
+from aml.data.safe_pickle import load_pickle
+
+PathLike = Union[str, Path]
+CIRTORCH_TEST = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/"
+VGG = "https://www.robots.ox.ac.uk/~vgg/data/"
+
+#: image archives (the face-blurred "-v1" releases that replaced the withdrawn originals).
+IMAGE_ARCHIVES: Dict[str, List[str]] = {
+    "oxford5k": [VGG + "oxbuildings/oxbuild_images-v1.tgz"],
+    "paris6k": [VGG + "parisbuildings/paris_1-v1.tgz", VGG + "parisbuildings/paris_2-v1.tgz"],
+}
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """A test data set: evaluation protocol and how to get its files into the data root."""
+
+    name: str
+    protocol: str  # "revisited", "classic", or "none" (no ground truth to evaluate)
+    prepare: Optional[Callable[[Path], None]] = None  # fills <data_root>/test/<name>
+
+
+def _download_real(name: str, images_from: str) -> Callable[[Path], None]:
+    def prepare(test_root: Path) -> None:
+        folder = test_root / name
+        jpg = folder / "jpg"
+        if not jpg.exists():
+            source = test_root / images_from / "jpg"
+            if not source.exists():
+                for url in IMAGE_ARCHIVES[images_from]:
+                    archive = download_file(url, test_root / images_from / url.rsplit("/", 1)[1])
+                    extract_archive(archive, source, flatten=True)
+                    archive.unlink()
+            if source != jpg:
+                folder.mkdir(parents=True, exist_ok=True)
+                os.symlink(source.resolve(), jpg, target_is_directory=True)
+        gnd = f"gnd_{name}.pkl"
+        download_file(CIRTORCH_TEST + f"{name}/{gnd}", folder / gnd)
+
+    return prepare
+
+
+def _generate_synthetic(name: str) -> Callable[[Path], None]:
+    def prepare(test_root: Path) -> None:
+        from aml.data.synthetic import generate_test_set
+
+        generate_test_set(test_root.parent, name)
+
+    return prepare
+
+
+TEST_SETS: Dict[str, TestSet] = {
+    "oxford5k": TestSet("oxford5k", "classic", _download_real("oxford5k", "oxford5k")),
+    "paris6k": TestSet("paris6k", "classic", _download_real("paris6k", "paris6k")),
+    "roxford5k": TestSet("roxford5k", "revisited", _download_real("roxford5k", "oxford5k")),
+    "rparis6k": TestSet("rparis6k", "revisited", _download_real("rparis6k", "paris6k")),
+    "synth-oxford": TestSet("synth-oxford", "revisited", _generate_synthetic("synth-oxford")),
+    "synth-paris": TestSet("synth-paris", "revisited", _generate_synthetic("synth-paris")),
+    "instre": TestSet("instre", "classic"),
+    "retrieval-sfm-120k": TestSet("retrieval-sfm-120k", "none"),
+}
+
+
+def get_test_set(name: str) -> TestSet:
+    """Registry entry for ``name`` (case-insensitive) or a ValueError listing the choices."""
+    try:
+        return TEST_SETS[name.lower()]
+    except KeyError:
+        raise ValueError(f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}") from None
+
+
+def protocol_of(name: str) -> str:
+    """'revisited', 'classic' or 'none' for a test set name."""
+    return get_test_set(name).protocol
+
+
+def prepare_test_set(name: str, data_root: Optional[PathLike] = None) -> Path:
+    """Make sure ``<data_root>/test/<name>`` holds images and gnd (download or generate)."""
+    test_root = data_subdir(data_root, "test")
+    entry = get_test_set(name)
+    gnd = test_root / entry.name / f"gnd_{entry.name}.pkl"
+    if not gnd.exists() or not (test_root / entry.name / "jpg").exists():
+        if entry.prepare is None:
+            raise FileNotFoundError(f"{gnd} is missing and {name} cannot be downloaded automatically; put it there")
+        entry.prepare(test_root)
+    return test_root / entry.name
+
+
+def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
+    """cirtorch's config dict of a test set stored under ``dir_main`` (``<data_root>/test``).
+
+    Keys: imlist, qimlist, gnd, gnd_fname, ext, qext, dir_data, dir_images, n, nq,
+    im_fname(cfg, i), qim_fname(cfg, i), dataset.
+    """
+    name = get_test_set(dataset).name
+    dir_data = os.path.join(str(dir_main), name)
+    gnd_fname = os.path.join(dir_data, f"gnd_{name}.pkl")
+    cfg = dict(load_pickle(gnd_fname))
+    missing = {"imlist", "qimlist", "gnd"} - set(cfg)
+    if missing:
+        raise ValueError(f"{gnd_fname} lacks {sorted(missing)}; not a ground-truth file")
+    cfg.update(gnd_fname=gnd_fname, ext=".jpg", qext=".jpg", dir_data=dir_data,
+               dir_images=os.path.join(dir_data, "jpg"), n=len(cfg["imlist"]), nq=len(cfg["qimlist"]),
+               im_fname=config_imname, qim_fname=config_qimname, dataset=name)
+    return cfg
+
+
+def config_imname(cfg: Dict[str, Any], i: int) -> str:
+    """Path of database image ``i``."""
+    return os.path.join(cfg["dir_images"], cfg["imlist"][i] + cfg["ext"])
+
+
+def config_qimname(cfg: Dict[str, Any], i: int) -> str:
+    """Path of query image ``i``."""
+    return os.path.join(cfg["dir_images"], cfg["qimlist"][i] + cfg["qext"])
+
+
+def test_images(cfg: Dict[str, Any]) -> Tuple[List[str], List[str], List[Optional[Tuple[float, ...]]]]:
+    """Database paths, query paths and query boxes (None when the gnd has no bbx)."""
+    images = [config_imname(cfg, i) for i in range(cfg["n"])]
+    queries = [config_qimname(cfg, i) for i in range(cfg["nq"])]
+    bbxs = [tuple(g["bbx"]) if g.get("bbx") is not None else None for g in cfg["gnd"]]
+    return images, queries, bbxs

@@ -1,0 +1,103 @@
+"""Training data sets (retrieval-SfM-120k layout) and whitening sets.
+
+``<data_root>/train/<name>/<name>.pkl`` = {'train': db, 'val': db}, db = {'cids', 'cluster',
+'qidxs', 'pidxs'}; ``<name>-whiten.pkl`` = {'cids', 'qidxs', 'pidxs'}. Image of a cid:
+``ims/<cid[-2:]>/<cid[-4:-2]>/<cid[-6:-4]>/<cid>``.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from aml.data.download import download_file, extract_archive
+from aml.data.paths import data_subdir
+from aml.data.safe_pickle import load_pickle
+
+PathLike = Union[str, Path]
+CIRTORCH_TRAIN = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/train/"
+
+
+def cid2filename(cid: str, prefix: PathLike) -> str:
+    """Image path of a training cid: prefix/cid[-2:]/cid[-4:-2]/cid[-6:-4]/cid."""
+    return os.path.join(str(prefix), cid[-2:], cid[-4:-2], cid[-6:-4], cid)
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """A training (or whitening) set: its folder name and how to fill it."""
+
+    name: str
+    folder: str  # sub-folder of <data_root>/train that holds the images and pickles
+    prepare: Callable[[Path], None]
+
+
+def _download_sfm(train_root: Path) -> None:
+    ims = train_root / "retrieval-SfM-120k" / "ims"
+    if not ims.exists():
+        archive = download_file(CIRTORCH_TRAIN + "ims/ims.tar.gz", train_root / "retrieval-SfM-120k" / "ims.tar.gz")
+        extract_archive(archive, ims)
+        archive.unlink()
+    thirty = train_root / "retrieval-SfM-30k"
+    thirty.mkdir(parents=True, exist_ok=True)
+    if not (thirty / "ims").exists():
+        os.symlink(ims.resolve(), thirty / "ims", target_is_directory=True)
+    for folder, name in (("retrieval-SfM-120k", "retrieval-SfM-120k.pkl"),
+                         ("retrieval-SfM-120k", "retrieval-SfM-120k-whiten.pkl"),
+                         ("retrieval-SfM-30k", "retrieval-SfM-30k-whiten.pkl")):
+        download_file(CIRTORCH_TRAIN + "dbs/" + name, train_root / folder / name)
+
+
+def _generate(name: str) -> Callable[[Path], None]:
+    def prepare(train_root: Path) -> None:
+        from aml.data.synthetic import generate_train_set
+
+        generate_train_set(train_root.parent, name)
+
+    return prepare
+
+
+TRAIN_SETS: Dict[str, TrainSet] = {
+    "retrieval-SfM-120k": TrainSet("retrieval-SfM-120k", "retrieval-SfM-120k", _download_sfm),
+    "retrieval-SfM-30k": TrainSet("retrieval-SfM-30k", "retrieval-SfM-30k", _download_sfm),
+    "synth-sfm": TrainSet("synth-sfm", "synth-sfm", _generate("synth-sfm")),
+}
+
+
+def get_train_set(name: str) -> TrainSet:
+    """Registry entry for a training/whitening set (case-insensitive)."""
+    for key, entry in TRAIN_SETS.items():
+        if key.lower() == name.lower():
+            return entry
+    raise ValueError(f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}")
+
+
+def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
+    """Make sure the training set's images and pickles exist (download or generate)."""
+    entry = get_train_set(name)
+    train_root = data_subdir(data_root, "train")
+    folder = train_root / entry.folder
+    if not (folder / "ims").exists() or not any(folder.glob("*.pkl")):
+        entry.prepare(train_root)
+    return folder
+
+
+def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> Dict[str, Any]:
+    """One split ('train' or 'val') of a training set, with absolute image paths in 'images'."""
+    entry = get_train_set(name)
+    folder = prepare_train_set(name, data_root)
+    db = load_pickle(folder / f"{entry.name}.pkl")
+    if split not in db:
+        raise ValueError(f"{folder / (entry.name + '.pkl')} has no split {split!r} (found {sorted(db)})")
+    db = dict(db[split])
+    db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
+    return db
+
+
+def load_whitening_db(name: str, data_root: Optional[PathLike] = None) -> Dict[str, Any]:
+    """A whitening set ``<name>-whiten.pkl`` with absolute image paths in 'images'."""
+    entry = get_train_set(name)
+    folder = prepare_train_set(name, data_root)
+    db = dict(load_pickle(folder / f"{entry.name}-whiten.pkl"))
+    db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
+    return db

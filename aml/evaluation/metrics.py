@@ -1,0 +1,127 @@
+"""Retrieval metrics of the revisited Oxford/Paris protocol (revisitop semantics).
+
+Conventions: ``ranks`` is an N_db x N_q integer array, column q = database indices ranked
+best first. Positions are 0-based. Junk images are removed from a ranking, not counted as
+negatives: each positive moves up by the number of junk images ranked above it. AP is the
+trapezoidal rule with recall step 1/|ok|: for the j-th positive (0-based) at adjusted
+position r, precision_0 = 1 if r == 0 else j / r, precision_1 = (j + 1) / (r + 1).
+Queries with no positives are skipped. mP@k: with 1-based adjusted positions pos,
+kq = min(max(pos), k) and P@k = #(pos <= kq) / kq.
+"""
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+DEFAULT_KAPPAS = (1, 5, 10)
+
+
+def compute_ap(positions: np.ndarray, nres: int) -> float:
+    """Trapezoidal AP from the sorted, junk-adjusted 0-based positions of the positives."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if nres == 0 or positions.size == 0:
+        return 0.0
+    found = np.arange(positions.size, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision_0 = np.where(positions == 0, 1.0, found / positions)
+    precision_1 = (found + 1) / (positions + 1)
+    return float(np.sum(precision_0 + precision_1) / 2.0 / nres)
+
+
+def _positions(inverse: np.ndarray, members: Sequence[int]) -> np.ndarray:
+    members = np.asarray(members, dtype=np.int64).ravel()
+    members = members[(members >= 0) & (members < inverse.size)]
+    found = inverse[members]
+    return np.sort(found[found >= 0])
+
+
+def compute_map(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]],
+                kappas: Sequence[int] = ()) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """mAP, per-query AP, mP@k and per-query P@k (NaN rows for skipped queries).
+
+    ``gnd[q]`` has ``ok`` (positives) and optionally ``junk``. Each query costs O(N_db):
+    the ranking is inverted once and positives/junk are looked up, so a 1M-image database
+    is handled in seconds.
+    """
+    ranks = np.asarray(ranks)
+    n_db, n_q = ranks.shape
+    aps = np.full(n_q, np.nan)
+    prs = np.full((n_q, len(kappas)), np.nan)
+    inverse = np.full(max(n_db, int(ranks.max(initial=-1)) + 1), -1, dtype=np.int64)
+    order = np.arange(n_db, dtype=np.int64)
+    for q in range(n_q):
+        ok = np.asarray(gnd[q]["ok"], dtype=np.int64).ravel()
+        if ok.size == 0:
+            continue
+        inverse[:] = -1
+        inverse[ranks[:, q]] = order
+        pos = _positions(inverse, ok)
+        junk = _positions(inverse, gnd[q].get("junk", []))
+        pos = pos - np.searchsorted(junk, pos, side="left")
+        aps[q] = compute_ap(pos, ok.size)
+        if kappas and pos.size:
+            one_based = pos + 1
+            for j, k in enumerate(kappas):
+                kq = min(int(one_based.max()), k)
+                prs[q, j] = np.sum(one_based <= kq) / kq
+        elif kappas:
+            prs[q] = 0.0
+    valid = ~np.isnan(aps)
+    m_ap = float(aps[valid].mean()) if valid.any() else 0.0
+    pr = prs[valid].mean(axis=0) if valid.any() else np.zeros(len(kappas))
+    return m_ap, aps, pr, prs
+
+
+def revisited_gnd(gnd: Sequence[Dict[str, Any]], difficulty: str) -> List[Dict[str, np.ndarray]]:
+    """Easy: ok = easy, junk = junk + hard. Medium: ok = easy + hard, junk = junk.
+    Hard: ok = hard, junk = junk + easy."""
+    rules = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)),
+             "hard": (("hard",), ("junk", "easy"))}
+    ok_keys, junk_keys = rules[difficulty]
+
+    def cat(entry, keys):
+        return np.concatenate([np.asarray(entry.get(k, []), dtype=np.int64).ravel() for k in keys])
+
+    return [{"ok": cat(g, ok_keys), "junk": cat(g, junk_keys)} for g in gnd]
+
+
+def evaluate_ranks(dataset: str, ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: str,
+                   kappas: Sequence[int] = DEFAULT_KAPPAS) -> Dict[str, Any]:
+    """All numbers of one dataset as a dict (fractions in [0, 1]).
+
+    ``protocol`` 'revisited' gives ``{'easy': {'map', 'mp@k', 'aps'}, 'medium': ..., 'hard': ...}``;
+    'classic' (oxford5k, paris6k) gives ``{'map': ..., 'aps': ...}`` from ok/junk.
+    """
+    if protocol == "classic":
+        m_ap, aps, _, _ = compute_map(ranks, gnd)
+        return {"map": m_ap, "aps": aps.tolist()}
+    results = {}
+    for difficulty in ("easy", "medium", "hard"):
+        m_ap, aps, pr, _ = compute_map(ranks, revisited_gnd(gnd, difficulty), kappas)
+        results[difficulty] = {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist())),
+                               "aps": aps.tolist()}
+    return results
+
+
+def format_results(dataset: str, results: Dict[str, Any], kappas: Sequence[int] = DEFAULT_KAPPAS) -> List[str]:
+    """The original's printed lines (percentages, 2 decimals)."""
+    if "map" in results:
+        return [f">> {dataset}: mAP {100 * results['map']:.2f}"]
+    pct = {d: np.around(100 * results[d]["map"], decimals=2) for d in ("easy", "medium", "hard")}
+    mpk = {d: np.around(100 * np.array([results[d]["mp@k"][k] for k in kappas]), decimals=2)
+           for d in ("easy", "medium", "hard")}
+    return [
+        f">> {dataset}: mAP E: {pct['easy']}, M: {pct['medium']}, H: {pct['hard']}",
+        f">> {dataset}: mP@k{list(kappas)} E: {mpk['easy']}, M: {mpk['medium']}, H: {mpk['hard']}",
+    ]
+
+
+def compute_map_and_print(dataset: str, ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: Optional[str] = None,
+                          kappas: Sequence[int] = DEFAULT_KAPPAS, printer=print) -> Dict[str, Any]:
+    """cirtorch-style wrapper: evaluate, print the original lines, return the numbers."""
+    from aml.data.testsets import protocol_of
+
+    results = evaluate_ranks(dataset, ranks, gnd, protocol or protocol_of(dataset), kappas)
+    for line in format_results(dataset, results, kappas):
+        printer(line)
+    return results

@@ -1,0 +1,135 @@
+"""The one descriptor extraction function of the package (mining, testing, features).
+
+Images are decoded and resized in parallel workers; images that come out with the same
+shape are stacked into one batch (no padding, so the descriptor of an image never depends
+on its batch-mates); the forward runs under ``torch.inference_mode`` with optional
+channels_last and autocast. Result: a D x N float32 CPU tensor, column i = image i.
+"""
+
+import contextlib
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from aml.data.images import BBox, ImageLoadError, ImagesFromList
+
+log = logging.getLogger(__name__)
+
+Device = Union[str, torch.device]
+
+
+class _ReportErrors(Dataset):
+    """Wraps ImagesFromList so that a bad image is reported by name from the main process."""
+
+    def __init__(self, inner: ImagesFromList):
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.inner[index]
+        except ImageLoadError as err:
+            return str(err), index
+
+
+def _batches(loader: Iterator, batch_size: int, max_pending: int) -> Iterator[Tuple[torch.Tensor, List[int]]]:
+    """Group single images by shape; yield (stacked images, their indices)."""
+    buckets: Dict[Tuple[int, ...], List[Tuple[torch.Tensor, int]]] = defaultdict(list)
+    pending = 0
+    for image, index in loader:
+        if isinstance(image, str):
+            raise ImageLoadError(image)
+        bucket = buckets[tuple(image.shape)]
+        bucket.append((image, index))
+        pending += 1
+        if len(bucket) >= batch_size:
+            pending -= len(bucket)
+            yield _stack(buckets.pop(tuple(image.shape)))
+        elif pending > max_pending:  # many distinct shapes: flush the fullest bucket
+            shape = max(buckets, key=lambda s: len(buckets[s]))
+            pending -= len(buckets[shape])
+            yield _stack(buckets.pop(shape))
+    for bucket in buckets.values():
+        yield _stack(bucket)
+
+
+def _stack(items: List[Tuple[torch.Tensor, int]]) -> Tuple[torch.Tensor, List[int]]:
+    return torch.stack([image for image, _ in items]), [index for _, index in items]
+
+
+def _describe(net: torch.nn.Module, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
+    """B x D descriptors of a batch; multi-scale as cirtorch (power mean with msp, then L2)."""
+    if list(scales) == [1]:
+        return net.descriptors(x).float()
+    total = 0.0
+    for scale in scales:
+        xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        total = total + net.descriptors(xs).float().pow(msp)
+    v = (total / len(scales)).pow(1.0 / msp)
+    return v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+
+
+def extract_vectors(
+    net: torch.nn.Module,
+    images: Sequence[Union[str, Path]],
+    image_size: Optional[float],
+    transform: Callable,
+    bbxs: Optional[Sequence[Optional[BBox]]] = None,
+    ms: Sequence[float] = (1,),
+    msp: float = 1.0,
+    print_freq: int = 10,
+    workers: int = 4,
+    device: Optional[Device] = None,
+    batch_size: int = 32,
+    amp: bool = False,
+    channels_last: Optional[bool] = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Descriptors of ``images`` as a D x N float32 CPU tensor (cirtorch semantics).
+
+    ``bbxs`` crops queries; ``ms`` lists scales and ``msp`` the power used to average them;
+    ``device`` defaults to the network's. Batches hold only images of equal shape, so in
+    fp32 the result equals the one-image-at-a-time loop up to float rounding. ``amp``
+    autocasts to bfloat16 (CUDA); ``channels_last`` defaults to on for CUDA. The network's
+    train/eval mode is restored afterwards. ``print_freq`` is accepted for cirtorch
+    compatibility; progress goes to a tqdm bar when ``progress``.
+    """
+    del print_freq
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    net.to(device)
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    was_training = net.training
+    net.eval()
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    dataset = _ReportErrors(ImagesFromList(images, image_size, bbxs, transform))
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                        persistent_workers=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    vecs: Optional[torch.Tensor] = None
+    try:
+        with torch.inference_mode(), autocast, tqdm(total=len(dataset), disable=not progress, unit="img") as bar:
+            for x, indices in _batches(iter(loader), max(batch_size, 1), max_pending=4 * max(batch_size, 1)):
+                x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                out = _describe(net, x, ms, msp).cpu()
+                if vecs is None:
+                    vecs = torch.zeros(out.shape[1], len(dataset))
+                vecs[:, indices] = out.t()
+                bar.update(len(indices))
+    finally:
+        net.train(was_training)
+    if vecs is None:
+        dim = net.meta.get("outputdim", 0) if hasattr(net, "meta") else 0
+        vecs = torch.zeros(dim, 0)
+    return vecs

@@ -1,0 +1,141 @@
+"""Checkpoints in the original format, read safely and written atomically.
+
+A checkpoint is a dict ``{epoch, meta, state_dict, min_loss, optimizer}``; ``meta`` rebuilds
+the network (architecture, pooling, local_whitening, regional, whitening, mean, std,
+outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with numpy arrays).
+"""
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import torch
+
+from aml.networks.backbones import get_backbone
+from aml.networks.pretrained import TEACHER_DIMS
+from aml.networks.retrieval_net import ImageRetrievalNet, build_network
+
+PathLike = Union[str, Path]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, foreign or does not fit the network."""
+
+
+def _numpy_globals() -> list:
+    """What numpy arrays and scalars need to unpickle (numpy 1.x names included)."""
+    reconstruct = np._core.multiarray._reconstruct
+    scalar = np._core.multiarray.scalar
+    dtypes = [np.dtype] + [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
+    return [reconstruct, scalar, np.ndarray, *dtypes,
+            (reconstruct, "numpy.core.multiarray._reconstruct"), (scalar, "numpy.core.multiarray.scalar")]
+
+
+def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync,
+    rename), so that an interrupted write never corrupts an existing checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            torch.save(state, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint without executing code: only tensors, containers, numbers and
+    numpy arrays are admitted. Raises :class:`CheckpointError` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path or download it again")
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is truncated, corrupt or not a PyTorch checkpoint made of "
+            f"plain data ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            "Download or copy it again."
+        ) from err
+    if not isinstance(state, dict) or "state_dict" not in state or "meta" not in state:
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path} is not an aml/cirtorch checkpoint: expected a dict with 'meta' and 'state_dict', found {found}"
+        )
+    return state
+
+
+def checkpoint_state(net: ImageRetrievalNet, epoch: int, min_loss: float,
+                     optimizer: Optional[torch.optim.Optimizer] = None) -> Dict[str, Any]:
+    """The dict the training loop saves (the original layout)."""
+    return {
+        "epoch": epoch,
+        "meta": dict(net.meta),
+        "state_dict": net.state_dict(),
+        "min_loss": float(min_loss),
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+    }
+
+
+_CHILD = re.compile(r"^features\.(\d+)\.(.*)$")
+
+
+def remap_legacy_keys(arch: str, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename trunk children of checkpoints made with an older timm layout (efficientnet_b3
+    of 2020: act1/act2 were children, so later indices are shifted)."""
+    mapping = get_backbone(arch).legacy_children
+    if not mapping or not any(k.startswith(f"features.{max(mapping)}.") for k in state_dict):
+        return state_dict
+    renamed = {}
+    for key, value in state_dict.items():
+        match = _CHILD.match(key)
+        if match and int(match.group(1)) in mapping:
+            key = f"features.{mapping[int(match.group(1))]}.{match.group(2)}"
+        renamed[key] = value
+    return renamed
+
+
+def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None,
+                            source: str = "checkpoint") -> ImageRetrievalNet:
+    """Rebuild the network that ``state['meta']`` describes and load its weights strictly.
+
+    The dimension comes from ``meta['outputdim']`` (``teacher`` is the fallback for files
+    without it); ``meta['Lw']`` is kept in ``net.meta``.
+    """
+    meta = state["meta"]
+    missing = [k for k in ("architecture", "pooling", "mean", "std") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{source}: meta lacks {missing}; not an aml/cirtorch checkpoint")
+    arch = meta["architecture"]
+    dim = meta.get("outputdim") or TEACHER_DIMS.get(teacher or "vgg16")
+    net = build_network(
+        arch, meta["pooling"], local_whitening=meta.get("local_whitening", False),
+        regional=meta.get("regional", False), whitening=meta.get("whitening", False),
+        mean=meta["mean"], std=meta["std"], pretrained=False, teacher_dim=dim,
+    )
+    weights = remap_legacy_keys(arch, state["state_dict"])
+    try:
+        net.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{source}: weights do not fit a {arch} network of dimension {dim}: {err}") from err
+    for key in ("Lw", "teacher"):
+        if key in meta:
+            net.meta[key] = meta[key]
+    return net
+
+
+def load_network(path: PathLike, teacher: Optional[str] = None) -> ImageRetrievalNet:
+    """Read a checkpoint file and rebuild its network (CPU, eval mode)."""
+    net = network_from_checkpoint(load_checkpoint(path), teacher, source=str(path))
+    return net.eval()

@@ -1,0 +1,163 @@
+"""The retrieval network and its factory.
+
+features (trunk [+ 1x1 projection + ReLU]) -> [local whitening] -> pooling -> L2N ->
+[whitening Linear -> L2N]. ``forward`` returns descriptors as columns (D x B), the cirtorch
+convention; :meth:`ImageRetrievalNet.descriptors` returns rows (B x D).
+"""
+
+import logging
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from aml.layers.normalization import L2N, l2n
+from aml.layers.pooling import POOLINGS, Rpool
+from aml.networks.backbones import build_trunk, get_backbone
+from aml.networks.pretrained import FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING, TEACHER_DIMS
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+META_KEYS = ("architecture", "local_whitening", "pooling", "regional", "whitening", "mean", "std", "outputdim")
+
+
+class ImageRetrievalNet(nn.Module):
+    """A trunk plus pooling that maps images to L2-normalised global descriptors."""
+
+    def __init__(self, features: List[nn.Module], lwhiten: Optional[nn.Module], pool: nn.Module,
+                 whiten: Optional[nn.Module], meta: Dict[str, Any]):
+        super().__init__()
+        self.features = nn.Sequential(*features)
+        self.lwhiten = lwhiten
+        self.pool = pool
+        self.whiten = whiten
+        self.norm = L2N()
+        self.meta = meta
+
+    def descriptors(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W images -> B x D descriptors."""
+        o = self.features(x)
+        if self.lwhiten is not None:
+            o = self.lwhiten(o.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        o = self.norm(self.pool(o)).flatten(1)
+        if self.whiten is not None:
+            o = l2n(self.whiten(o))
+        return o
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W images -> D x B descriptors (one column per image)."""
+        return self.descriptors(x).t()
+
+    def gem_p(self) -> Optional[float]:
+        """The GeM exponent, if the network pools with a single-p GeM."""
+        p = getattr(self.pool, "p", None)
+        return float(p.item()) if isinstance(p, torch.Tensor) and p.numel() == 1 else None
+
+    def meta_repr(self) -> str:
+        """The meta block as cirtorch prints it."""
+        lines = ["  (meta): dict( "] + [f"     {k}: {self.meta.get(k)}" for k in
+                                         ("architecture", "local_whitening", "pooling", "regional", "whitening",
+                                          "outputdim", "mean", "std")] + ["  )"]
+        return "\n".join(lines)
+
+
+def multiscale_power(net: ImageRetrievalNet, scales: List[float]) -> float:
+    """msp: the network's GeM p for multi-scale extraction with plain GeM, else 1."""
+    meta = net.meta
+    plain_gem = meta.get("pooling") == "gem" and not meta.get("regional") and not meta.get("whitening")
+    if len(scales) > 1 and plain_gem and net.gem_p() is not None:
+        return net.gem_p()
+    return 1.0
+
+
+def output_dimension(arch: str, teacher: Optional[str] = None, teacher_dim: Optional[int] = None) -> int:
+    """Descriptor dimension: a student trunk projects to its teacher's (default 512, vgg16);
+    other trunks keep their width unless ``teacher_dim`` asks for a projection."""
+    backbone = get_backbone(arch)
+    if teacher_dim:
+        return int(teacher_dim)
+    if backbone.student:
+        return TEACHER_DIMS.get(teacher or "vgg16", TEACHER_DIMS["vgg16"])
+    return backbone.dim
+
+
+def build_network(
+    architecture: str = "resnet101",
+    pooling: str = "gem",
+    local_whitening: bool = False,
+    regional: bool = False,
+    whitening: bool = False,
+    mean: Optional[List[float]] = None,
+    std: Optional[List[float]] = None,
+    pretrained: bool = True,
+    teacher: Optional[str] = None,
+    teacher_dim: Optional[int] = None,
+    data_root: Optional[str] = None,
+) -> ImageRetrievalNet:
+    """Build a retrieval network; nothing is moved to a device (the caller decides).
+
+    ``teacher`` ('vgg16' | 'resnet101') or ``teacher_dim`` fix the output dimension: student
+    trunks (mobilenet_v2/v3, efficientnet_b3) always get a bias-free 1x1 projection + ReLU
+    to it; other trunks get one only when ``teacher_dim`` differs from their width.
+    With ``pretrained``, ImageNet weights (and cirtorch's learned linear layers, when
+    published) are downloaded into the data root.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unsupported or unknown pooling: {pooling!r}; choose one of {sorted(POOLINGS)}")
+    backbone = get_backbone(architecture)
+    dim = output_dimension(architecture, teacher, teacher_dim)
+    features = build_trunk(architecture, pretrained, data_root)
+    if backbone.student or dim != backbone.dim:
+        features += [nn.Conv2d(backbone.dim, dim, kernel_size=1, bias=False), nn.ReLU(inplace=True)]
+    lwhiten = nn.Linear(dim, dim, bias=True) if local_whitening else None
+    pool = POOLINGS[pooling](dim)
+    if regional:
+        pool = Rpool(pool, whiten=nn.Linear(dim, dim, bias=True))
+    whiten = nn.Linear(dim, dim, bias=True) if whitening else None
+    meta = {
+        "architecture": architecture, "local_whitening": local_whitening, "pooling": pooling,
+        "regional": regional, "whitening": whitening, "mean": list(mean or IMAGENET_MEAN),
+        "std": list(std or IMAGENET_STD), "outputdim": dim,
+    }
+    if teacher:
+        meta["teacher"] = teacher
+    net = ImageRetrievalNet(features, lwhiten, pool, whiten, meta)
+    if pretrained:
+        _load_published_layers(net, data_root)
+    return net
+
+
+def _load_published_layers(net: ImageRetrievalNet, data_root: Optional[str]) -> None:
+    """cirtorch's learned local/regional/final whitening layers, where they exist."""
+    from aml.data.download import download_file
+    from aml.data.paths import data_subdir
+
+    meta = net.meta
+    arch, pool = meta["architecture"], meta["pooling"]
+    key = f"{arch}{'-lw' if meta['local_whitening'] else ''}-{pool}{'-r' if meta['regional'] else ''}"
+    wanted = [
+        (net.lwhiten, LOCAL_WHITENING.get(arch)),
+        (net.pool.whiten if meta["regional"] else None, REGIONAL_WHITENING.get(f"{arch}-{pool}-r")),
+        (net.whiten, FINAL_WHITENING.get(key)),
+    ]
+    for layer, url in wanted:
+        if layer is None:
+            continue
+        if url is None:
+            log.info(">> %s: no published weights for this linear layer, it stays random", key)
+            continue
+        path = download_file(url, data_subdir(data_root, "whiten") / url.rsplit("/", 1)[1])
+        layer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
+    """cirtorch-compatible entry point: :func:`build_network` from a parameter dict."""
+    params = dict(params or {})
+    allowed = {"architecture", "pooling", "local_whitening", "regional", "whitening", "mean", "std",
+               "pretrained", "teacher", "teacher_dim", "data_root"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ValueError(f"init_network: unknown parameters {sorted(unknown)}")
+    return build_network(**params)

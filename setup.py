@@ -1,0 +1,13 @@
+"""Install the aml package: pip install -e ."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="aml",
+    version="0.1.0",
+    description="Asymmetric metric learning for image retrieval (Budnik & Avrithis, CVPR 2021)",
+    packages=find_packages(include=["aml", "aml.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch", "torchvision", "numpy", "scipy", "pillow", "tqdm"],
+    extras_require={"timm": ["timm"], "test": ["pytest"]},
+)

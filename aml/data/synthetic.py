@@ -177,7 +177,7 @@ def _save(image: Image.Image, path: Path) -> None:
 # training set (retrieval-SfM-120k layout)
 
 @dataclass(frozen=True)
-class TrainConfig:
+class SyntheticTrainConfig:
     """Sizes of a synthetic training set."""
 
     train_landmarks: int = 60
@@ -188,7 +188,7 @@ class TrainConfig:
     seed: int = 1
 
 
-def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: int, config: TrainConfig,
+def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: int, config: SyntheticTrainConfig,
            ims: Path, tag: str) -> Dict[str, list]:
     cids, clusters, qidxs, pidxs = [], [], [], []
     for c, scene in enumerate(scenes):
@@ -207,7 +207,7 @@ def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: 
     return {"cids": cids, "cluster": clusters, "qidxs": qidxs, "pidxs": pidxs}
 
 
-def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: TrainConfig = TrainConfig(),
+def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: SyntheticTrainConfig = SyntheticTrainConfig(),
                        overwrite: bool = False) -> Path:
     """Write ``<data_root>/train/<name>/`` (ims/, <name>.pkl, <name>-whiten.pkl)."""
     folder = Path(data_root) / "train" / name
@@ -231,7 +231,7 @@ def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: Tra
 # test sets (revisited Oxford/Paris layout)
 
 @dataclass(frozen=True)
-class TestConfig:
+class SyntheticTestConfig:
     """Sizes of a synthetic test set."""
 
     landmarks: int = 12
@@ -248,7 +248,7 @@ class TestConfig:
 TEST_STYLES = {"synth-oxford": ("oxford", 0), "synth-paris": ("paris", 500)}
 
 
-def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: TestConfig = TestConfig(),
+def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: SyntheticTestConfig = SyntheticTestConfig(),
                       overwrite: bool = False) -> Path:
     """Write ``<data_root>/test/<name>/`` (jpg/*.jpg and gnd_<name>.pkl)."""
     folder = Path(data_root) / "test" / name
@@ -305,8 +305,8 @@ def _replace(staging: Path, folder: Path) -> None:
     staging.rename(folder)
 
 
-def generate_all(data_root: PathLike, overwrite: bool = False, train: TrainConfig = TrainConfig(),
-                 test: TestConfig = TestConfig()) -> None:
+def generate_all(data_root: PathLike, overwrite: bool = False, train: SyntheticTrainConfig = SyntheticTrainConfig(),
+                 test: SyntheticTestConfig = SyntheticTestConfig()) -> None:
     """synth-sfm, synth-oxford and synth-paris with the given sizes."""
     generate_train_set(data_root, "synth-sfm", train, overwrite)
     for name in TEST_STYLES:
@@ -320,19 +320,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Generate the synthetic landmark data sets.")
     parser.add_argument("--data-root", default=None, help="data root (default $AML_DATA_ROOT or ./data)")
     parser.add_argument("--image-size", type=int, default=160, help="longer side of generated images")
-    parser.add_argument("--train-landmarks", type=int, default=TrainConfig.train_landmarks)
-    parser.add_argument("--val-landmarks", type=int, default=TrainConfig.val_landmarks)
-    parser.add_argument("--views", type=int, default=TrainConfig.views, help="training views per landmark")
-    parser.add_argument("--test-landmarks", type=int, default=TestConfig.landmarks)
-    parser.add_argument("--distractors", type=int, default=TestConfig.distractor_landmarks)
+    parser.add_argument("--train-landmarks", type=int, default=SyntheticTrainConfig.train_landmarks)
+    parser.add_argument("--val-landmarks", type=int, default=SyntheticTrainConfig.val_landmarks)
+    parser.add_argument("--views", type=int, default=SyntheticTrainConfig.views, help="training views per landmark")
+    parser.add_argument("--test-landmarks", type=int, default=SyntheticTestConfig.landmarks)
+    parser.add_argument("--distractors", type=int, default=SyntheticTestConfig.distractor_landmarks)
     parser.add_argument("--seed", type=int, default=0, help="added to every set's seed")
     parser.add_argument("--overwrite", action="store_true", help="regenerate existing sets")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train = TrainConfig(args.train_landmarks, args.val_landmarks, args.views, image_size=args.image_size,
-                        seed=TrainConfig.seed + args.seed)
-    test = TestConfig(landmarks=args.test_landmarks, distractor_landmarks=args.distractors,
-                      image_size=args.image_size, seed=TestConfig.seed + args.seed)
+    train = SyntheticTrainConfig(args.train_landmarks, args.val_landmarks, args.views, image_size=args.image_size,
+                        seed=SyntheticTrainConfig.seed + args.seed)
+    test = SyntheticTestConfig(landmarks=args.test_landmarks, distractor_landmarks=args.distractors,
+                      image_size=args.image_size, seed=SyntheticTestConfig.seed + args.seed)
     generate_all(resolve_data_root(args.data_root), args.overwrite, train, test)
 
 

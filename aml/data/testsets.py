@@ -26,7 +26,7 @@ IMAGE_ARCHIVES: Dict[str, List[str]] = {
 
 
 @dataclass(frozen=True)
-class TestSet:
+class EvaluationSet:
     """A test data set: evaluation protocol and how to get its files into the data root."""
 
     name: str
@@ -63,19 +63,19 @@ def _generate_synthetic(name: str) -> Callable[[Path], None]:
     return prepare
 
 
-TEST_SETS: Dict[str, TestSet] = {
-    "oxford5k": TestSet("oxford5k", "classic", _download_real("oxford5k", "oxford5k")),
-    "paris6k": TestSet("paris6k", "classic", _download_real("paris6k", "paris6k")),
-    "roxford5k": TestSet("roxford5k", "revisited", _download_real("roxford5k", "oxford5k")),
-    "rparis6k": TestSet("rparis6k", "revisited", _download_real("rparis6k", "paris6k")),
-    "synth-oxford": TestSet("synth-oxford", "revisited", _generate_synthetic("synth-oxford")),
-    "synth-paris": TestSet("synth-paris", "revisited", _generate_synthetic("synth-paris")),
-    "instre": TestSet("instre", "classic"),
-    "retrieval-sfm-120k": TestSet("retrieval-sfm-120k", "none"),
+TEST_SETS: Dict[str, EvaluationSet] = {
+    "oxford5k": EvaluationSet("oxford5k", "classic", _download_real("oxford5k", "oxford5k")),
+    "paris6k": EvaluationSet("paris6k", "classic", _download_real("paris6k", "paris6k")),
+    "roxford5k": EvaluationSet("roxford5k", "revisited", _download_real("roxford5k", "oxford5k")),
+    "rparis6k": EvaluationSet("rparis6k", "revisited", _download_real("rparis6k", "paris6k")),
+    "synth-oxford": EvaluationSet("synth-oxford", "revisited", _generate_synthetic("synth-oxford")),
+    "synth-paris": EvaluationSet("synth-paris", "revisited", _generate_synthetic("synth-paris")),
+    "instre": EvaluationSet("instre", "classic"),
+    "retrieval-sfm-120k": EvaluationSet("retrieval-sfm-120k", "none"),
 }
 
 
-def get_test_set(name: str) -> TestSet:
+def get_test_set(name: str) -> EvaluationSet:
     """Registry entry for ``name`` (case-insensitive) or a ValueError listing the choices."""
     try:
         return TEST_SETS[name.lower()]
@@ -129,7 +129,7 @@ def config_qimname(cfg: Dict[str, Any], i: int) -> str:
     return os.path.join(cfg["dir_images"], cfg["qimlist"][i] + cfg["qext"])
 
 
-def test_images(cfg: Dict[str, Any]) -> Tuple[List[str], List[str], List[Optional[Tuple[float, ...]]]]:
+def query_and_database_paths(cfg: Dict[str, Any]) -> Tuple[List[str], List[str], List[Optional[Tuple[float, ...]]]]:
     """Database paths, query paths and query boxes (None when the gnd has no bbx)."""
     images = [config_imname(cfg, i) for i in range(cfg["n"])]
     queries = [config_qimname(cfg, i) for i in range(cfg["nq"])]

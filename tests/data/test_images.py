@@ -1,0 +1,36 @@
+import pytest
+from PIL import Image
+
+from aml.data.images import ImageLoadError, imresize, load_and_resize, load_image
+
+
+@pytest.mark.parametrize("size, imsize, expected", [((1000, 700), 362.7, (362, 253)), ((701, 333), 500, (500, 238)),
+                                                    ((1000, 700), 1024, (1000, 700)), ((300, 900), 450, (150, 450))])
+def test_imresize_only_shrinks_the_longer_side(size, imsize, expected):
+    assert imresize(Image.new("RGB", size), imsize).size == expected
+
+
+def test_query_crop_gets_the_full_image_scale_factor(tmp_path):
+    path = tmp_path / "q.png"
+    Image.new("RGB", (1000, 500)).save(path)
+    crop = load_and_resize(path, 500, bbx=(100.4, 50.0, 500.6, 250.0))
+    # crop 401 x 200 (PIL rounds 100.4 -> 100, 500.6 -> 501), scaled by 500/1000
+    assert crop.size == (200, 100)
+    assert load_and_resize(path, 2000, bbx=(0, 0, 400, 200)).size == (400, 200)
+
+
+def test_missing_and_corrupt_images_are_named(tmp_path):
+    with pytest.raises(ImageLoadError, match="missing.jpg is missing"):
+        load_image(tmp_path / "missing.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageLoadError, match="bad.jpg is corrupt"):
+        load_image(bad)
+
+
+def test_truncated_jpeg_is_reported(tmp_path):
+    path = tmp_path / "cut.jpg"
+    Image.effect_noise((64, 64), 50).convert("RGB").save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageLoadError, match="cut.jpg"):
+        load_image(path)

@@ -1,0 +1,68 @@
+"""The synthetic sets load through the real code paths and have consistent protocols."""
+
+import numpy as np
+
+from aml.data.images import load_image
+from aml.data.synthetic import SyntheticTestConfig, generate_test_set
+from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
+from aml.data.trainsets import cid2filename, load_training_db, load_whitening_db
+
+
+def test_test_set_loads_like_roxford(synth_root):
+    cfg = configdataset("synth-oxford", synth_root / "test")
+    images, queries, bbxs = query_and_database_paths(cfg)
+    assert cfg["n"] == len(images) and cfg["nq"] == len(queries) == 12
+    assert all(load_image(p).size[0] > 0 for p in images[:3] + queries[:3])
+    for g, bbx in zip(cfg["gnd"], bbxs):
+        easy, hard, junk = set(g["easy"]), set(g["hard"]), set(g["junk"])
+        assert easy and hard and not (easy & hard) and not (easy & junk) and not (hard & junk)
+        assert max(easy | hard | junk) < cfg["n"]
+        assert bbx[0] < bbx[2] and bbx[1] < bbx[3]
+    assert not set(cfg["qimlist"]) & set(cfg["imlist"])  # queries are not in the database
+
+
+def test_test_sets_differ_between_oxford_and_paris(synth_root):
+    oxford = configdataset("synth-oxford", synth_root / "test")
+    paris = configdataset("synth-paris", synth_root / "test")
+    a = np.asarray(load_image(query_and_database_paths(oxford)[1][0]))
+    b = np.asarray(load_image(query_and_database_paths(paris)[1][0]))
+    assert a.shape != b.shape or np.abs(a.astype(int) - b).mean() > 5
+
+
+def test_generation_is_deterministic(tmp_path):
+    config = SyntheticTestConfig(landmarks=2, queries_per_landmark=1, easy=1, hard=1, junk=1, distractor_landmarks=1,
+                        distractor_views=1, image_size=48)
+    first = generate_test_set(tmp_path / "a", "synth-oxford", config)
+    second = generate_test_set(tmp_path / "b", "synth-oxford", config)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+
+
+def test_training_db_has_sfm_layout(synth_root):
+    train = load_training_db("synth-sfm", "train", synth_root)
+    val = load_training_db("synth-sfm", "val", synth_root)
+    assert len(train["cids"]) == len(train["cluster"]) == 16 * 8 and len(val["cids"]) == 4 * 8
+    assert train["images"][0] == cid2filename(train["cids"][0], synth_root / "train" / "synth-sfm" / "ims")
+    assert load_image(train["images"][0]).size
+    for q, p in zip(train["qidxs"], train["pidxs"]):
+        assert q != p and train["cluster"][q] == train["cluster"][p]
+    assert not set(train["cluster"]) & set(val["cluster"])
+    whiten = load_whitening_db("synth-sfm", synth_root)
+    assert len(whiten["qidxs"]) == len(whiten["pidxs"]) and len(whiten["images"]) == len(whiten["cids"])
+
+
+def test_prepare_generates_missing_synthetic_set(tmp_path, monkeypatch):
+    calls = []
+    import aml.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "generate_test_set", lambda root, name: calls.append((root, name)))
+    try:
+        prepare_test_set("synth-paris", tmp_path)
+    except Exception:
+        pass
+    assert calls == [(tmp_path.resolve(), "synth-paris")]
+
+
+def test_cid2filename():
+    assert cid2filename("abcdef12", "/x") == "/x/12/ef/cd/abcdef12"

@@ -1,0 +1,83 @@
+"""compute_map against hand-made rankings (the revisitop conventions)."""
+
+import numpy as np
+import pytest
+
+from aml.evaluation.metrics import compute_ap, compute_map, evaluate_ranks, format_results, revisited_gnd
+
+
+def ranks_of(*columns):
+    return np.array(columns).T
+
+
+def test_ap_without_junk():
+    m, aps, pr, _ = compute_map(ranks_of([0, 1, 2, 3, 4]), [{"ok": [1, 3]}], kappas=[1, 5, 10])
+    assert m == pytest.approx(1 / 3)
+    assert pr == pytest.approx([0.0, 0.5, 0.5])
+
+
+def test_junk_is_removed_from_the_ranking():
+    m, _, pr, _ = compute_map(ranks_of([0, 1, 2, 3, 4]), [{"ok": [1, 3], "junk": [0]}], kappas=[1, 5, 10])
+    assert m == pytest.approx(0.7916666666)
+    assert pr == pytest.approx([1.0, 2 / 3, 2 / 3])
+
+
+def test_all_positives_first_after_junk_gives_one():
+    m, _, _, _ = compute_map(ranks_of([5, 1, 2, 3, 0, 4]), [{"ok": [1, 3], "junk": [5, 2]}])
+    assert m == pytest.approx(1.0)
+
+
+def test_trapezoid_precisions():
+    # positives at positions 0 and 2: (1 + 1)/2 * 1/2 + (1/2 + 2/3)/2 * 1/2
+    assert compute_ap(np.array([0, 2]), 2) == pytest.approx(0.5 + 7 / 24)
+    assert compute_ap(np.array([0]), 2) == pytest.approx(0.5)  # a positive never retrieved
+
+
+def test_empty_queries_are_skipped_and_report_nan():
+    ranks = ranks_of([0, 1, 2], [2, 1, 0])
+    m, aps, _, prs = compute_map(ranks, [{"ok": []}, {"ok": [2]}], kappas=[1])
+    assert m == pytest.approx(1.0)
+    assert np.isnan(aps[0]) and aps[1] == 1.0 and np.isnan(prs[0, 0])
+
+
+def test_precision_at_k_divides_by_last_positive_when_all_above_k():
+    _, _, pr, _ = compute_map(ranks_of([7, 0, 1, 2, 3, 4, 5, 6]), [{"ok": [7, 1]}], kappas=[5])
+    # 1-based positions 1 and 3: kq = min(3, 5) = 3, so P@5 = 2/3 (not 2/5)
+    assert pr == pytest.approx([2 / 3])
+
+
+def test_revisited_protocol_sets():
+    gnd = [{"easy": [1], "hard": [2], "junk": [3]}]
+    assert list(revisited_gnd(gnd, "easy")[0]["ok"]) == [1] and set(revisited_gnd(gnd, "easy")[0]["junk"]) == {2, 3}
+    assert set(revisited_gnd(gnd, "medium")[0]["ok"]) == {1, 2} and list(revisited_gnd(gnd, "medium")[0]["junk"]) == [3]
+    assert list(revisited_gnd(gnd, "hard")[0]["ok"]) == [2] and set(revisited_gnd(gnd, "hard")[0]["junk"]) == {1, 3}
+
+
+def test_evaluate_and_format_revisited():
+    ranks = ranks_of([1, 2, 0, 3], [3, 2, 1, 0])
+    gnd = [{"easy": [1], "hard": [0], "junk": [2]}, {"easy": [3], "hard": [], "junk": []}]
+    results = evaluate_ranks("roxford5k", ranks, gnd, "revisited")
+    assert results["easy"]["map"] == pytest.approx(1.0)
+    assert results["medium"]["map"] == pytest.approx(1.0)  # junk 2 removed: 1 then 0
+    # only query 0 has a hard positive; 2 junk (2, and easy 1) above it are removed
+    assert results["hard"]["map"] == pytest.approx(1.0)
+    assert np.isnan(results["hard"]["aps"][1])
+    lines = format_results("roxford5k", results)
+    assert lines[0] == ">> roxford5k: mAP E: 100.0, M: 100.0, H: 100.0"
+    assert lines[1].startswith(">> roxford5k: mP@k[1, 5, 10] E: [100. 100. 100.]")
+
+
+def test_matches_a_plain_loop_on_random_rankings():
+    rng = np.random.default_rng(0)
+    n, q = 60, 5
+    ranks = np.stack([rng.permutation(n) for _ in range(q)], axis=1)
+    gnd = [{"ok": rng.choice(n, 6, replace=False), "junk": rng.choice(n, 4, replace=False)} for _ in range(q)]
+    for g in gnd:
+        g["junk"] = np.setdiff1d(g["junk"], g["ok"])
+    m, aps, _, _ = compute_map(ranks, gnd)
+    for i in range(q):
+        pos = [r for r, idx in enumerate(ranks[:, i]) if idx in set(gnd[i]["ok"])]
+        junk = [r for r, idx in enumerate(ranks[:, i]) if idx in set(gnd[i]["junk"])]
+        adjusted = [p - sum(j < p for j in junk) for p in pos]
+        ap = sum(((1.0 if r == 0 else j / r) + (j + 1) / (r + 1)) / 2 / len(gnd[i]["ok"]) for j, r in enumerate(adjusted))
+        assert aps[i] == pytest.approx(ap)

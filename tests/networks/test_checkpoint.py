@@ -1,0 +1,148 @@
+"""Checkpoints: round trips, the published key layouts, and bad files."""
+
+import os
+import pickle
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from aml.networks import build_network
+from aml.networks.checkpoint import (CheckpointError, checkpoint_state, load_checkpoint, load_network,
+                                     network_from_checkpoint, save_checkpoint)
+
+IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+
+def cirtorch_meta(arch, dim, **extra):
+    return {"architecture": arch, "local_whitening": False, "pooling": "gem", "regional": False,
+            "whitening": False, "outputdim": dim, **IMAGENET, **extra}
+
+
+def prefixed(prefix, state):
+    return OrderedDict((f"{prefix}{k}", v) for k, v in state.items())
+
+
+def lw(dim):
+    rng = np.random.default_rng(0)
+    entry = {"m": rng.random((dim, 1)), "P": rng.random((dim, dim))}
+    return {"retrieval-SfM-120k": {"ss": entry, "ms": entry}}
+
+
+def save_like_original(tmp_path, name, state):
+    """torch.save of a plain dict, as the original code and cirtorch do (not our writer)."""
+    path = tmp_path / name
+    torch.save(state, path)
+    return path
+
+
+def test_published_vgg16_teacher_layout_loads_with_lw(tmp_path):
+    vgg = list(torchvision.models.vgg16(weights=None).features.children())[:-1]
+    state_dict = prefixed("features.", torch.nn.Sequential(*vgg).state_dict())
+    state_dict["pool.p"] = torch.tensor([2.8])
+    expected = {f"features.{i}.{w}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28) for w in ("weight", "bias")}
+    assert set(state_dict) == expected | {"pool.p"}
+    path = save_like_original(tmp_path, "retrievalSfM120k-vgg16-gem-b4dcdc6.pth",
+                              {"meta": cirtorch_meta("vgg16", 512, Lw=lw(512)), "state_dict": state_dict})
+    net = load_network(path)
+    assert net.gem_p() == pytest.approx(2.8)
+    assert net.meta["Lw"]["retrieval-SfM-120k"]["ms"]["P"].shape == (512, 512)
+    assert torch.equal(net.features[28].weight, state_dict["features.28.weight"])
+
+
+def test_published_mobilenet_v2_student_layout(tmp_path):
+    trunk = torchvision.models.mobilenet_v2(weights=None).features
+    state_dict = prefixed("features.0.", trunk.state_dict())
+    state_dict["features.1.weight"] = torch.randn(2048, 1280, 1, 1)
+    state_dict["pool.p"] = torch.tensor([3.1])
+    assert len(state_dict) == 314
+    checkpoint = {"epoch": 30, "meta": cirtorch_meta("mobilenet_v2", 2048), "state_dict": state_dict,
+                  "min_loss": 0.12, "optimizer": {}}
+    net = load_network(save_like_original(tmp_path, "mobilenet_v2_gem_contr_resnet101.pth.tar", checkpoint))
+    assert net.meta["outputdim"] == 2048
+    assert torch.equal(net.features[1].weight, state_dict["features.1.weight"])
+
+
+def test_published_efficientnet_layout_with_old_timm_children(tmp_path):
+    timm = pytest.importorskip("timm")
+    children = list(timm.create_model("tf_efficientnet_b3", pretrained=False).children())[:-2]
+    # 2020 timm: conv_stem, bn1, act1, blocks, conv_head, bn2, act2 (+ projection, ReLU)
+    old_indices = {0: 0, 1: 1, 2: 3, 3: 4, 4: 5}
+    state_dict = OrderedDict()
+    for new, old in old_indices.items():
+        state_dict.update(prefixed(f"features.{old}.", children[new].state_dict()))
+    state_dict["features.7.weight"] = torch.randn(512, 1536, 1, 1)
+    state_dict["pool.p"] = torch.tensor([3.0])
+    path = save_like_original(tmp_path, "efficientnet_b3_gem_contr_vgg16.pth.tar",
+                              {"meta": cirtorch_meta("efficientnet_b3", 512), "state_dict": state_dict})
+    net = load_network(path)
+    assert torch.equal(net.features[5].weight, state_dict["features.7.weight"])
+    assert torch.equal(net.features[3].weight, state_dict["features.4.weight"])
+
+
+def test_round_trip_keeps_weights_meta_and_optimizer(tmp_path):
+    net = build_network("resnet18", pretrained=False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.rand(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    path = save_checkpoint(checkpoint_state(net, 4, 0.25, optimizer), tmp_path / "run" / "model_epoch4.pth.tar")
+    state = load_checkpoint(path)
+    assert state["epoch"] == 4 and state["min_loss"] == 0.25 and state["optimizer"]["state"]
+    again = network_from_checkpoint(state)
+    for key, value in net.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    assert [p.name for p in tmp_path.joinpath("run").iterdir()] == ["model_epoch4.pth.tar"]
+
+
+def test_atomic_write_keeps_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = save_checkpoint({"meta": {}, "state_dict": {}, "epoch": 1}, tmp_path / "model_best.pth.tar")
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"meta": {}, "state_dict": {}, "epoch": 2}, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model_best.pth.tar"]
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    path = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), tmp_path / "m.pth.tar")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="m.pth.tar.*truncated"):
+        load_checkpoint(path)
+
+
+def test_foreign_checkpoint_is_named(tmp_path):
+    path = tmp_path / "classifier.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(CheckpointError, match="classifier.pth is not an aml/cirtorch checkpoint"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_that_runs_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"meta": {}, "state_dict": {}, "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        load_checkpoint(path)
+    assert not os.path.exists("pwned")
+
+
+def test_weights_of_wrong_shape_are_a_clear_error(tmp_path):
+    state = checkpoint_state(build_network("mobilenet_v2", pretrained=False), 1, 0.0)
+    state["meta"]["outputdim"] = 2048
+    with pytest.raises(CheckpointError, match="do not fit a mobilenet_v2 network of dimension 2048"):
+        network_from_checkpoint(state)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pth")

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from aml.networks import build_network, init_network, multiscale_power
+from aml.networks.retrieval_net import output_dimension
+
+
+def test_student_gets_projection_to_teacher_dimension():
+    net = build_network("mobilenet_v2", pretrained=False, teacher="resnet101")
+    assert net.meta["outputdim"] == 2048
+    assert net.features[1].weight.shape == (2048, 1280, 1, 1) and net.features[1].bias is None
+    assert isinstance(net.features[2], torch.nn.ReLU)
+
+
+def test_output_is_columns_of_unit_norm():
+    net = build_network("resnet18", pretrained=False).eval()
+    out = net(torch.rand(3, 3, 64, 48))
+    assert out.shape == (512, 3)
+    assert torch.allclose(out.norm(dim=0), torch.ones(3), atol=1e-5)
+
+
+def test_teacher_trunk_keeps_native_width_unless_asked():
+    assert output_dimension("resnet18", teacher="resnet101") == 512
+    assert output_dimension("resnet18", teacher_dim=2048) == 2048
+    net = build_network("resnet18", pretrained=False, teacher_dim=256).eval()
+    assert net(torch.rand(1, 3, 32, 32)).shape == (256, 1)
+
+
+def test_whitening_layers_and_regional_pooling():
+    net = build_network("resnet18", "gem", local_whitening=True, regional=True, whitening=True, pretrained=False)
+    keys = net.state_dict().keys()
+    assert {"lwhiten.weight", "whiten.weight", "pool.rpool.p", "pool.whiten.weight"} <= set(keys)
+    out = net.eval()(torch.rand(1, 3, 64, 64))
+    assert out.shape == (512, 1)
+
+
+def test_msp_is_gem_p_only_for_plain_gem_multiscale():
+    net = build_network("resnet18", pretrained=False)
+    assert multiscale_power(net, [1]) == 1.0
+    assert multiscale_power(net, [1, 0.5]) == pytest.approx(3.0)
+    assert multiscale_power(build_network("resnet18", "mac", pretrained=False), [1, 0.5]) == 1.0
+    assert multiscale_power(build_network("resnet18", whitening=True, pretrained=False), [1, 0.5]) == 1.0
+
+
+def test_unknown_architecture_and_pooling_are_clear_errors():
+    with pytest.raises(ValueError, match="Unsupported or unknown architecture"):
+        build_network("resnet9000", pretrained=False)
+    with pytest.raises(ValueError, match="pooling"):
+        build_network("resnet18", "avgmax", pretrained=False)
+    with pytest.raises(ValueError, match="unknown parameters"):
+        init_network({"architecture": "resnet18", "gpu": True})
+
+
+def test_init_network_is_cirtorch_compatible_and_device_agnostic():
+    net = init_network({"architecture": "vgg16", "pooling": "gem", "pretrained": False})
+    assert net.meta["outputdim"] == 512
+    assert all(p.device.type == "cpu" for p in net.parameters())
+
+
+def test_pretrained_without_internet_names_file_and_place(tmp_path, monkeypatch):
+    from aml.data import download
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", refuse)
+    with pytest.raises(download.DownloadError) as info:
+        build_network("resnet18", pretrained=True, data_root=str(tmp_path))
+    message = str(info.value)
+    assert "resnet18-f37072fd.pth" in message and str(tmp_path / "networks") in message
+
+
+def test_pretrained_loads_weights_from_data_root(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    (tmp_path / "networks").mkdir()
+    torch.save(reference.state_dict(), tmp_path / "networks" / "resnet18-f37072fd.pth")
+    net = build_network("resnet18", pretrained=True, data_root=str(tmp_path))
+    assert torch.equal(net.features[0].weight, reference.conv1.weight)
+    assert torch.equal(net.features[7][1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_timm_students_build():
+    pytest.importorskip("timm")
+    net = build_network("efficientnet_b3", pretrained=False, teacher="vgg16").eval()
+    assert net(torch.rand(1, 3, 64, 64)).shape == (512, 1)
+    assert net.state_dict()["features.5.weight"].shape == (512, 1536, 1, 1)

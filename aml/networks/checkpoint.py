@@ -34,7 +34,7 @@ def _numpy_globals() -> list:
             (reconstruct, "numpy.core.multiarray._reconstruct"), (scalar, "numpy.core.multiarray.scalar")]
 
 
-def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
+def save_checkpoint(state: Any, path: PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync,
     rename), so that an interrupted write never corrupts an existing checkpoint."""
     path = Path(path)
@@ -53,21 +53,32 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
     return path
 
 
+def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
+    """``torch.load`` that admits only tensors, containers, numbers and numpy arrays."""
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise CheckpointError(
+            f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Download or copy it again."
+        ) from err
+
+
+def save_plain_file(obj: Any, path: PathLike) -> Path:
+    """Atomic ``torch.save`` (the same writer as checkpoints)."""
+    return save_checkpoint(obj, path)
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Read a checkpoint without executing code: only tensors, containers, numbers and
     numpy arrays are admitted. Raises :class:`CheckpointError` naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path or download it again")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: it is truncated, corrupt or not a PyTorch checkpoint made of "
-            f"plain data ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            "Download or copy it again."
-        ) from err
+    state = load_plain_file(path, map_location)
     if not isinstance(state, dict) or "state_dict" not in state or "meta" not in state:
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(

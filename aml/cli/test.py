@@ -1,0 +1,98 @@
+"""test.py: symmetric and asymmetric evaluation on the revisited Oxford/Paris protocol."""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+from aml.cli.arguments import add_runtime_arguments, parse_scales, resolve_device, setup_logging
+from aml.data.testsets import TEST_SETS, get_test_set
+from aml.evaluation.testing import Encoder, TestSettings, evaluate
+from aml.networks.loading import load_teacher, load_test_network
+from aml.networks.pretrained import PRETRAINED
+
+log = logging.getLogger(__name__)
+WHITENING_SETS = ["retrieval-SfM-30k", "retrieval-SfM-120k", "synth-sfm"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The original test.py flags (names, aliases, defaults) plus --data-root, --device, --results."""
+    parser = argparse.ArgumentParser(description="Evaluate a retrieval network, symmetrically or asymmetrically.")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--network-path", "-npath", metavar="NETWORK",
+                       help="a name of the pretrained list (see --list-pretrained) or a checkpoint file")
+    group.add_argument("--network-offtheshelf", "-noff", metavar="NETWORK",
+                       help="off-the-shelf network 'ARCH-POOL' with optional '-reg', '-lwhiten', '-whiten'")
+    group.add_argument("--list-pretrained", action="store_true", help="print the pretrained list and exit")
+    parser.add_argument("--datasets", "-d", metavar="DATASETS", default="roxford5k,rparis6k",
+                        help=f"comma separated test sets: {', '.join(TEST_SETS)} (default: roxford5k,rparis6k)")
+    parser.add_argument("--image-size", "-imsize", default=1024, type=int, metavar="N",
+                        help="maximum size of the longer image side (default: 1024)")
+    parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales,
+                        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')")
+    parser.add_argument("--whitening", "-w", metavar="WHITENING", default=None, choices=WHITENING_SETS,
+                        help=f"learned whitening set: {' | '.join(WHITENING_SETS)} (default: none)")
+    parser.add_argument("--workers", "-j", default=8, type=int, metavar="N", help="image loading workers (default: 8)")
+    parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
+    parser.add_argument("--teacher", "-t", default="vgg16", metavar="TEACHER",
+                        help="vgg16 | resnet101 (published teachers) or a checkpoint path; the database "
+                             "encoder with --asym (default: vgg16)")
+    parser.add_argument("--asym", action="store_true",
+                        help="asymmetric testing: teacher encodes the database, the network the queries")
+    parser.add_argument("--results", metavar="FILE", default=None, help="write every number and the settings as JSON")
+    parser.add_argument("--batch-size", default=32, type=int, help="images per forward pass at extraction (default: 32)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast at extraction (CUDA)")
+    parser.add_argument("--no-cache", action="store_true", help="do not cache database descriptors")
+    add_runtime_arguments(parser)
+    return parser
+
+
+def _check_datasets(text: str) -> List[str]:
+    names = [name for name in text.split(",") if name]
+    for name in names:
+        get_test_set(name)
+    return names
+
+
+def _json_ready(results):
+    return json.loads(json.dumps(results, default=float))
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    """Run test.py with ``argv``; returns the results dict."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.list_pretrained:
+        for entry in PRETRAINED.values():
+            print(f"{entry.name:45s} {entry.kind:8s} {entry.teacher or '-':10s} {entry.url}")
+        return {}
+    try:
+        datasets = _check_datasets(args.datasets)
+    except ValueError as err:
+        parser.error(str(err))
+    device = resolve_device(args.device, args.gpu_id)
+    student, name = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
+    path = Path(args.network_path) if args.network_path and Path(args.network_path).exists() else None
+    print(f">> Loading network:\n>>>> '{name}'")
+    print(">>>> loaded network: ")
+    print(student.meta_repr())
+    teacher = None
+    if args.asym:
+        teacher_net, teacher_name = load_teacher(args.teacher, args.data_root)
+        teacher_path = Path(args.teacher) if Path(args.teacher).exists() else None
+        teacher = Encoder(teacher_net, teacher_name, teacher_path)
+        print(f">> Asymmetric testing: database by teacher '{teacher_name}', queries by '{name}'")
+    settings = TestSettings(datasets=datasets, image_size=args.image_size, scales=args.multiscale,
+                            whitening=args.whitening, workers=args.workers, device=str(device),
+                            batch_size=args.batch_size, amp=args.amp, data_root=args.data_root,
+                            cache=not args.no_cache)
+    results = evaluate(Encoder(student, name, path), settings, teacher)
+    if args.results:
+        report = {"settings": {**vars(args), "device": str(device), "network": name,
+                               "teacher": teacher.name if teacher else None}, "results": results}
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(json.dumps(_json_ready(report), indent=1))
+        print(f">> results written to {args.results}")
+    return results

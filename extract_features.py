@@ -1,0 +1,7 @@
+#!/usr/bin/env python
+"""Write the descriptors of a data set (D x N .npy). See `python extract_features.py --help`."""
+
+from aml.cli.extract_features import main
+
+if __name__ == "__main__":
+    main()

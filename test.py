@@ -1,0 +1,7 @@
+#!/usr/bin/env python
+"""Evaluate a retrieval network (symmetric or asymmetric). See `python test.py --help`."""
+
+from aml.cli.test import main
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ channels_last and autocast. Result: a D x N float32 CPU tensor, column i = image
 
 import contextlib
 import logging
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -65,6 +66,16 @@ def _stack(items: List[Tuple[torch.Tensor, int]]) -> Tuple[torch.Tensor, List[in
     return torch.stack([image for image, _ in items]), [index for _, index in items]
 
 
+def effective_workers(workers: int, device: torch.device) -> int:
+    """Loader workers actually used: on the CPU, workers and compute threads share the
+    cores, and workers beyond the cores left free by torch's threads only slow extraction
+    down (measured with benchmarks/extract.py)."""
+    if device.type != "cpu":
+        return workers
+    free_cores = (os.cpu_count() or 1) - torch.get_num_threads()
+    return max(0, min(workers, free_cores))
+
+
 def _describe(net: torch.nn.Module, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
     """B x D descriptors of a batch; multi-scale as cirtorch (power mean with msp, then L2)."""
     if list(scales) == [1]:
@@ -97,7 +108,8 @@ def extract_vectors(
 
     ``bbxs`` crops queries; ``ms`` lists scales and ``msp`` the power used to average them;
     ``device`` defaults to the network's. Batches hold only images of equal shape, so in
-    fp32 the result equals the one-image-at-a-time loop up to float rounding. ``amp``
+    fp32 the result equals the one-image-at-a-time loop up to float rounding. Loader
+    workers are capped on the CPU (:func:`effective_workers`). ``amp``
     autocasts to bfloat16 (CUDA); ``channels_last`` defaults to on for CUDA. The network's
     train/eval mode is restored afterwards. ``print_freq`` is accepted for cirtorch
     compatibility; progress goes to a tqdm bar when ``progress``.
@@ -113,6 +125,7 @@ def extract_vectors(
     if channels_last:
         net.to(memory_format=torch.channels_last)
     dataset = _ReportErrors(ImagesFromList(images, image_size, bbxs, transform))
+    workers = effective_workers(workers, device)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
                         persistent_workers=False)

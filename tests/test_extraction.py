@@ -47,7 +47,15 @@ def reference(net, paths, imsize, bbxs=None, scales=(1,), msp=1.0):
     return torch.stack(columns, dim=1)
 
 
-def test_batched_equals_one_by_one(images, net):
+@pytest.fixture
+def real_workers(monkeypatch):
+    """Use the requested loader workers even on a 2-core machine (exercise that path)."""
+    import aml.extraction
+
+    monkeypatch.setattr(aml.extraction, "effective_workers", lambda workers, device: workers)
+
+
+def test_batched_equals_one_by_one(images, net, real_workers):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     batched = extract_vectors(net, images, 64, transform, workers=2, batch_size=4)
     assert batched.shape == (512, len(images)) and batched.dtype == torch.float32
@@ -77,8 +85,15 @@ def test_training_mode_is_restored(images, net):
     net.eval()
 
 
-def test_bad_image_is_named_from_worker(images, net, tmp_path):
+def test_bad_image_is_named_from_worker(images, net, tmp_path, real_workers):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"garbage")
     with pytest.raises(ImageLoadError, match="broken.jpg"):
         extract_vectors(net, images[:3] + [str(bad)], 64, image_transform(net.meta["mean"], net.meta["std"]), workers=1)
+
+
+def test_cpu_workers_leave_cores_to_torch():
+    from aml.extraction import effective_workers
+
+    assert effective_workers(8, torch.device("cuda")) == 8
+    assert 0 <= effective_workers(8, torch.device("cpu")) <= max(0, (__import__("os").cpu_count() or 1) - torch.get_num_threads())

@@ -1,0 +1,170 @@
+"""test.py and extract_features.py end to end through their command lines."""
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from aml.cli import extract_features as extract_cli
+from aml.cli import test as test_cli
+from aml.cli.arguments import parse_scales
+from aml.data.images import ImageLoadError
+from aml.evaluation import testing
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+from aml.networks.loading import parse_offtheshelf
+
+COMMON = ["-d", "synth-oxford", "-imsize", "64", "-j", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("nets") / "resnet18-gem.pth.tar"
+    return save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), path)
+
+
+def run(args, root):
+    return test_cli.main(args + COMMON + ["--data-root", str(root)])
+
+
+def medium(results, kind="plain"):
+    return results["synth-oxford"][kind]["medium"]["map"]
+
+
+def test_symmetric_run_prints_and_writes_json(checkpoint, synth_root, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    results = run(["-npath", str(checkpoint), "--results", str(out)], synth_root)
+    printed = capsys.readouterr().out
+    assert ">> synth-oxford: mAP E: " in printed and ">> synth-oxford: mP@k[1, 5, 10] E: " in printed
+    report = json.loads(out.read_text())
+    assert report["results"]["synth-oxford"]["plain"]["medium"]["map"] == pytest.approx(medium(results))
+    assert report["settings"]["image_size"] == 64 and 0 < medium(results) < 1
+
+
+def test_asymmetric_against_itself_equals_symmetric(checkpoint, synth_root):
+    symmetric = run(["-npath", str(checkpoint), "-ms", "[1, 1/2**(1/2)]"], synth_root)
+    asymmetric = run(["-npath", str(checkpoint), "-ms", "[1, 1/2**(1/2)]", "--asym", "--teacher", str(checkpoint)],
+                     synth_root)
+    for difficulty in ("easy", "medium", "hard"):
+        assert asymmetric["synth-oxford"]["plain"][difficulty]["map"] == pytest.approx(
+            symmetric["synth-oxford"]["plain"][difficulty]["map"], abs=1e-12)
+
+
+def test_asymmetric_uses_teacher_for_database(checkpoint, synth_root, tmp_path):
+    torch.manual_seed(5)
+    other = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), tmp_path / "t.pth")
+    asym = run(["-npath", str(checkpoint), "--asym", "--teacher", str(other)], synth_root)
+    sym = run(["-npath", str(checkpoint)], synth_root)
+    assert medium(asym) != pytest.approx(medium(sym), abs=1e-6)
+
+
+def test_asymmetric_dimension_mismatch_is_refused(checkpoint, synth_root, tmp_path):
+    small = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False, teacher_dim=128), 1, 0.0),
+                            tmp_path / "small.pth")
+    with pytest.raises(ValueError, match="equal dimensions"):
+        run(["-npath", str(checkpoint), "--asym", "--teacher", str(small)], synth_root)
+
+
+def test_whitening_is_learned_changes_numbers_and_is_cached(checkpoint, synth_root, tmp_path, monkeypatch):
+    local = shutil.copy(checkpoint, tmp_path / "net.pth.tar")
+    first = run(["-npath", str(local), "-w", "synth-sfm"], synth_root)
+    cache = tmp_path / "net.pth.tar_synth-sfm_whiten_64.pth"
+    assert cache.exists()
+    assert medium(first, "whiten") != pytest.approx(medium(first, "plain"), abs=1e-4)
+
+    def must_not_learn(*args, **kwargs):
+        raise AssertionError("whitening should come from the cache")
+
+    monkeypatch.setattr(testing, "learn_whitening", must_not_learn)
+    second = run(["-npath", str(local), "-w", "synth-sfm"], synth_root)
+    assert medium(second, "whiten") == pytest.approx(medium(first, "whiten"))
+
+
+def test_whitening_from_checkpoint_meta(checkpoint, synth_root, tmp_path):
+    state = torch.load(checkpoint, weights_only=True)
+    dim = state["meta"]["outputdim"]
+    state["meta"]["Lw"] = {"synth-sfm": {"ss": {"m": np.zeros((dim, 1)), "P": np.eye(dim)},
+                                         "ms": {"m": np.zeros((dim, 1)), "P": np.eye(dim)}}}
+    path = save_checkpoint(state, tmp_path / "with_lw.pth")
+    results = run(["-npath", str(path), "-w", "synth-sfm"], synth_root)
+    assert medium(results, "whiten") == pytest.approx(medium(results, "plain"), abs=1e-6)  # identity whitening
+    assert not list(tmp_path.glob("*whiten*"))
+
+
+def test_database_descriptors_are_cached(checkpoint, synth_root, monkeypatch):
+    run(["-npath", str(checkpoint)], synth_root)
+    calls = []
+    real = testing.describe_images
+    monkeypatch.setattr(testing, "describe_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    import aml.features as features
+
+    monkeypatch.setattr(features, "describe_images", lambda *a, **k: pytest.fail("database re-encoded"))
+    run(["-npath", str(checkpoint)], synth_root)
+    assert len(calls) == 1  # queries only
+
+
+def test_offtheshelf_parsing_and_run(synth_root, tmp_path):
+    import torchvision
+
+    assert parse_offtheshelf("resnet101-gem-reg-whiten") == {"architecture": "resnet101", "pooling": "gem",
+                                                              "pretrained": True, "regional": True, "whitening": True}
+    with pytest.raises(ValueError, match="unknown option 'foo'"):
+        parse_offtheshelf("resnet101-gem-foo")
+    with pytest.raises(ValueError, match="ARCH-POOL"):
+        parse_offtheshelf("resnet101")
+    root = tmp_path / "root"
+    shutil.copytree(synth_root / "test", root / "test")
+    (root / "networks").mkdir()
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), root / "networks" / "resnet18-f37072fd.pth")
+    results = test_cli.main(["-noff", "resnet18-gem"] + COMMON + ["--data-root", str(root)])
+    assert 0 <= medium(results) <= 1
+
+
+def test_multiscale_is_parsed_without_eval():
+    assert parse_scales("[1, 1/2**(1/2), 1/2]") == pytest.approx([1, 2 ** -0.5, 0.5])
+    assert parse_scales("1") == [1.0]
+    for bad in ("__import__('os').system('true')", "[1, x]", "[]", "[-1]", "[1, 2**10000]"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_scales(bad)
+
+
+def test_unknown_dataset_and_network_are_clear(checkpoint, synth_root, capsys):
+    with pytest.raises(SystemExit):
+        test_cli.main(["-npath", str(checkpoint), "-d", "roxford6k", "--data-root", str(synth_root)])
+    assert "Unsupported or unknown dataset: roxford6k" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="neither a file nor a name of the pretrained list"):
+        run(["-npath", "mobilenet-v2-gem-contr-vgg17"], synth_root)
+
+
+def test_missing_and_corrupt_images_are_named(checkpoint, synth_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(synth_root / "test", root / "test")
+    images = sorted((root / "test" / "synth-oxford" / "jpg").glob("synth-oxford_0*.jpg"))
+    images[0].unlink()
+    with pytest.raises(ImageLoadError, match=f"{images[0].name} is missing"):
+        run(["-npath", str(checkpoint), "--no-cache"], root)
+    images[0].write_bytes(b"not a jpeg")
+    with pytest.raises(ImageLoadError, match=f"{images[0].name} is corrupt"):
+        run(["-npath", str(checkpoint), "--no-cache"], root)
+
+
+def test_list_pretrained_has_every_published_name(capsys):
+    test_cli.main(["--list-pretrained"])
+    printed = capsys.readouterr().out
+    assert "mobilenet-v2-gem-contr-vgg16" in printed and "http://files.inria.fr/aml/mobilenet_v2_gem_contr_vgg16.pth.tar" in printed
+    assert "efficientnet_b3_gem_reg_vgg16.pth.tar" in printed and "pthaa" not in printed
+    assert len(printed.strip().splitlines()) == 8 + 28 + 4
+
+
+def test_extract_features_writes_columns_in_db_order(checkpoint, synth_root):
+    paths = extract_cli.main(["-npath", str(checkpoint), "-d", "synth-sfm", "--split", "train,val", "-imsize", "64",
+                              "-j", "0", "--device", "cpu", "--data-root", str(synth_root)])
+    train, val = (np.load(p) for p in paths)
+    assert train.shape == (512, 16 * 8) and val.shape == (512, 4 * 8)
+    assert paths[0].name == "synth-sfm_resnet18-gem.npy" and paths[1].name == "synth-sfm-val_resnet18-gem.npy"
+    listing = paths[0].with_name("synth-sfm_resnet18-gem_img_list.txt").read_text().splitlines()
+    assert len(listing) == 128 and np.linalg.norm(train, axis=0) == pytest.approx(np.ones(128), abs=1e-4)

@@ -61,12 +61,22 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
     return vecs
 
 
-def write_feature_file(vecs: np.ndarray, images: Sequence[str], path: Path) -> Path:
-    """Save D x N features as ``path`` (.npy) and the image list next to it (_img_list.txt)."""
+def write_feature_file(vecs: np.ndarray, images: Sequence[str], path: Path,
+                       settings: Optional[Dict[str, Any]] = None) -> Path:
+    """Save D x N features as ``path`` (.npy), the image list next to it (_img_list.txt)
+    and, when given, how they were made (``path`` + '.json': network, image size, ...)."""
     _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
     listing = path.with_name(path.name[:-len(".npy")] + "_img_list.txt")
     listing.write_text("".join(f"{image}\n" for image in images))
+    if settings is not None:
+        Path(str(path) + ".json").write_text(json.dumps(settings, sort_keys=True))
     return path
+
+
+def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:
+    """The settings written next to a feature file, if any."""
+    sidecar = Path(str(path) + ".json")
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else None
 
 
 def feature_file_name(dataset: str, network: str, split: Optional[str] = None) -> str:

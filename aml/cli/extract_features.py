@@ -13,7 +13,7 @@ from aml.cli.arguments import add_runtime_arguments, parse_scales, resolve_devic
 from aml.data.paths import data_subdir
 from aml.data.testsets import TEST_SETS, configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import TRAIN_SETS, load_training_db
-from aml.features import describe_images, feature_file_name, write_feature_file
+from aml.features import describe_images, feature_file_name, network_fingerprint, write_feature_file
 from aml.networks.loading import load_test_network
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 
@@ -38,7 +38,8 @@ def extract_dataset_features(net: ImageRetrievalNet, network_name: str, dataset:
                                                                            split if is_train_set else None)
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)
     vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)), **options)
-    write_feature_file(vecs, images, path)
+    write_feature_file(vecs, images, path, {"network": network_name, "fingerprint": network_fingerprint(net),
+                                            "image_size": image_size, "scales": [float(x) for x in scales]})
     log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
     return path
 

@@ -1,0 +1,1 @@
+"""Command lines: main.py (train), test.py (evaluate), extract_features.py."""

@@ -1,0 +1,196 @@
+"""main.py: train a retrieval network (teacher-free or against a teacher) in any mode."""
+
+import argparse
+import logging
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from aml.cli.arguments import add_runtime_arguments, resolve_device, setup_logging
+from aml.data.testsets import TEST_SETS
+from aml.data.trainsets import TRAIN_SETS, load_training_db
+from aml.evaluation.testing import Encoder, TestSettings, evaluate
+from aml.layers.pooling import POOLINGS
+from aml.losses import LOSSES, build_loss, check_loss_mode
+from aml.networks.backbones import BACKBONES, get_backbone
+from aml.networks.checkpoint import load_checkpoint
+from aml.networks.pretrained import TEACHER_DIMS
+from aml.networks.retrieval_net import build_network
+from aml.training.modes import MODES, get_mode
+from aml.training.optim import OPTIMIZERS, build_optimizer
+from aml.training.teacher import teacher_split_features
+from aml.training.trainer import Split, Trainer, TrainSettings
+
+log = logging.getLogger(__name__)
+TRAINING_SETS = ["retrieval-SfM-120k", "synth-sfm"]
+TEST_WHITEN = ["retrieval-SfM-30k", "retrieval-SfM-120k", "synth-sfm"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag of the original main.py (names, aliases, defaults), plus --data-root,
+    --device and --test-freq."""
+    p = argparse.ArgumentParser(description="Train a retrieval network (asymmetric metric learning).")
+    p.add_argument("--directory", metavar="EXPORT_DIR", required=True, help="where the run folder is created")
+    p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k", choices=TRAINING_SETS)
+    p.add_argument("--no-val", dest="val", action="store_false", help="do not run validation")
+    p.add_argument("--test-datasets", "-td", default="roxford5k,rparis6k",
+                   help="comma separated test sets for --test-freq evaluation (default: roxford5k,rparis6k)")
+    p.add_argument("--test-whiten", default="", choices=[""] + TEST_WHITEN, help="whitening set for test evaluation")
+    p.add_argument("--val-freq", default=1, type=int, help="validate every N epochs (default: 1)")
+    p.add_argument("--save-freq", default=1, type=int, help="write model_epochN every N epochs (default: 1)")
+    p.add_argument("--arch", "-a", default="resnet101", choices=sorted(BACKBONES))
+    p.add_argument("--pool", "-p", default="gem", choices=sorted(POOLINGS))
+    p.add_argument("--local-whitening", "-lw", action="store_true", help="learnable linear layer before pooling")
+    p.add_argument("--regional", "-r", action="store_true", help="regional (R-MAC grid) pooling")
+    p.add_argument("--whitening", "-w", action="store_true", help="learnable whitening after pooling")
+    p.add_argument("--not-pretrained", dest="pretrained", action="store_false", help="random initialisation")
+    p.add_argument("--loss", "-l", default="contrastive", choices=sorted(LOSSES))
+    p.add_argument("--mode", "-m", default="std", choices=list(MODES))
+    p.add_argument("--loss-margin", "-lm", default=0.7, type=float, help="margin of contrastive/triplet (default: 0.7)")
+    p.add_argument("--image-size", default=1024, type=int, help="longer side of training images (default: 1024)")
+    p.add_argument("--neg-num", "-nn", default=5, type=int, help="negatives per tuple (default: 5)")
+    p.add_argument("--query-size", "-qs", default=2000, type=int, help="tuples per epoch (default: 2000)")
+    p.add_argument("--pool-size", "-ps", default=20000, type=int, help="negative pool per epoch (default: 20000)")
+    p.add_argument("--gpu-id", "-g", default="0", help="GPU id used with --device auto (default: 0)")
+    p.add_argument("--workers", "-j", default=8, type=int, help="data loading workers (default: 8)")
+    p.add_argument("--epochs", default=100, type=int)
+    p.add_argument("--batch-size", "-b", default=5, type=int, help="tuples per mini-batch (default: 5)")
+    p.add_argument("--update-every", "-u", default=1, type=int, help="optimizer step every N batches (default: 1)")
+    p.add_argument("--optimizer", "-o", default="adam", choices=sorted(OPTIMIZERS))
+    p.add_argument("--lr", "--learning-rate", default=1e-6, type=float)
+    p.add_argument("--momentum", default=0.9, type=float)
+    p.add_argument("--weight-decay", "--wd", default=1e-6, type=float)
+    p.add_argument("--print-freq", default=10, type=int)
+    p.add_argument("--resume", default="", metavar="FILENAME",
+                   help="checkpoint name in the run folder; if missing, the latest model_epochN there")
+    p.add_argument("--comment", "-c", default="", help="appended to the run folder name")
+    p.add_argument("--temp", default=0.1, type=float, help="temperature of the cross-entropy losses")
+    p.add_argument("--nexamples", default=1000, type=int, help="kept for compatibility (unused)")
+    p.add_argument("--teacher", "-t", default="vgg16",
+                   help="vgg16 | resnet101 (published teachers) or a checkpoint path (default: vgg16)")
+    p.add_argument("--sym", action="store_true", help="positives/negatives also go through the student")
+    p.add_argument("--feat-path", default=None, help=".npy teacher descriptors (D x N) of the train split")
+    p.add_argument("--feat-val-path", default=None, help=".npy teacher descriptors (D x N) of the val split")
+    p.add_argument("--pos-num", "-pn", default=3, type=int, help="kept for compatibility (unused)")
+    p.add_argument("--test-freq", default=0, type=int, help="evaluate on --test-datasets every N epochs (0: never)")
+    add_runtime_arguments(p)
+    return p
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse impossible combinations at parse time, with the reason."""
+    try:
+        check_loss_mode(args.loss, args.mode)
+    except ValueError as err:
+        parser.error(str(err))
+    mode = get_mode(args.mode)
+    if args.sym and not mode.allows_sym:
+        parser.error(f"--sym has no meaning with --mode {args.mode}: its members are not a query/positive/negative "
+                     "tuple of different images")
+    for name in filter(None, args.test_datasets.split(",")):
+        if name.lower() not in TEST_SETS:
+            parser.error(f"Unsupported or unknown test dataset: {name}! Choose from {sorted(TEST_SETS)}")
+    if args.loss == "dark" and args.batch_size < 5:
+        parser.error("--loss dark needs --batch-size of at least 5 (4 neighbours per image)")
+    for name in ("update_every", "batch_size", "epochs", "val_freq", "save_freq", "print_freq"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.test_freq < 0:
+        parser.error("--test-freq must be 0 (off) or positive")
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The run folder name, built from the arguments as the original did (plus '_sym')."""
+    name = f"{args.training_dataset}_{args.arch}_{args.pool}"
+    name += "_lwhiten" * args.local_whitening + "_r" * args.regional + "_whiten" * args.whitening
+    name += "_notpretrained" * (not args.pretrained)
+    if args.test_whiten:
+        name += f"_test_whiten_on_{args.test_whiten}"
+    name += (f"_{args.loss}_m{args.loss_margin:.2f}_{args.optimizer}_lr{args.lr:.1e}_wd{args.weight_decay:.1e}"
+             f"_nnum{args.neg_num}_qsize{args.query_size}_psize{args.pool_size}_bsize{args.batch_size}"
+             f"_uevery{args.update_every}_imsize{args.image_size}_temp{args.temp}_{args.mode}")
+    name += "_sym" * args.sym
+    teacher = Path(args.teacher).name.split(".pth")[0] if Path(args.teacher).exists() else args.teacher
+    return name + f"_teach_{teacher}" + args.comment
+
+
+def teacher_dimension(teacher: str) -> Optional[int]:
+    """512 / 2048 for the published teachers, meta['outputdim'] of a checkpoint path."""
+    if teacher in TEACHER_DIMS:
+        return TEACHER_DIMS[teacher]
+    if Path(teacher).is_file():
+        return int(load_checkpoint(teacher)["meta"]["outputdim"])
+    return None
+
+
+def _split(args, name: str, split: str, feat_path: Optional[str], device: str) -> Split:
+    db = load_training_db(name, split, args.data_root)
+    teacher = None
+    if get_mode(args.mode).needs_teacher:
+        teacher = teacher_split_features(args.teacher, name, split, len(db["cids"]), args.image_size, feat_path,
+                                         args.data_root, device, args.workers)
+    return Split(db, list(db["images"]), teacher)
+
+
+def _test_callback(args, device: str, run_dir: Path):
+    if not args.test_freq:
+        return None
+    from aml.networks.loading import load_teacher
+
+    teacher = None
+    if get_mode(args.mode).needs_teacher:
+        net, name = load_teacher(args.teacher, args.data_root)
+        teacher = Encoder(net, name, Path(args.teacher) if Path(args.teacher).exists() else None)
+    settings = TestSettings(datasets=[d for d in args.test_datasets.split(",") if d], image_size=args.image_size,
+                            whitening=args.test_whiten or None, workers=args.workers, device=device,
+                            data_root=args.data_root, cache=True)
+
+    def run(net, epoch: int) -> Dict[str, Any]:
+        student = Encoder(net, f"{run_dir.name}_epoch{epoch + 1}")
+        results = {"symmetric": evaluate(student, settings, printer=log.info)}
+        if teacher is not None:
+            results["asymmetric"] = evaluate(student, settings, teacher, printer=log.info)
+        net.train()
+        return results
+
+    return run
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Run main.py with ``argv``; returns {'run_dir', 'history'}."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    setup_logging()
+    device = str(resolve_device(args.device, args.gpu_id))
+    run_dir = Path(args.directory) / run_name(args)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    mode = get_mode(args.mode)
+    train = _split(args, args.training_dataset, "train", args.feat_path, device)
+    val = _split(args, args.training_dataset, "val", args.feat_val_path, device) if args.val else None
+    dim = train.teacher.shape[0] if train.teacher is not None else teacher_dimension(args.teacher)
+    project = get_backbone(args.arch).student or mode.needs_teacher
+    net = build_network(args.arch, args.pool, args.local_whitening, args.regional, args.whitening,
+                        pretrained=args.pretrained, teacher=args.teacher if args.teacher in TEACHER_DIMS else None,
+                        teacher_dim=dim if project else None, data_root=args.data_root)
+    net.meta["teacher"] = args.teacher
+    net.to(device)
+    optimizer = build_optimizer(net, args.optimizer, args.lr, args.momentum, args.weight_decay)
+    settings = TrainSettings(image_size=args.image_size, neg_num=args.neg_num, query_size=args.query_size,
+                             pool_size=args.pool_size, batch_size=args.batch_size, update_every=args.update_every,
+                             epochs=args.epochs, print_freq=args.print_freq, workers=args.workers, val=args.val,
+                             val_freq=args.val_freq, save_freq=args.save_freq, sym=args.sym, device=device,
+                             test_freq=args.test_freq)
+    trainer = Trainer(net, build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer, mode, train, val,
+                      run_dir, settings, _test_callback(args, device, run_dir))
+    if args.resume:
+        trainer.resume(args.resume)
+    log.info(">> Training %s in mode %s with %s loss; run folder %s", args.arch, args.mode, args.loss, run_dir)
+    history = trainer.fit()
+    return {"run_dir": run_dir, "history": history, "net": net}

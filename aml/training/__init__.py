@@ -1,0 +1,1 @@
+"""Training: modes and tuples, mining, optimizer set-up, the loop, teacher descriptors."""

@@ -1,0 +1,122 @@
+"""Training modes: what a tuple holds and who encodes each member (spec section 4).
+
+A tuple is a list of image indices of the training split with labels (-1 query, 1 positive,
+0 negative) and, per member, whether it is the *teacher's* descriptor of that image (read
+from the feature file) or the image itself, encoded by the student. The query is always
+an image through the student.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from aml.training.mining import mine_hard_negatives, random_negatives, teacher_triplets
+
+
+class TrainingTuple(NamedTuple):
+    """Member 0 is the query; ``from_teacher[i]`` marks teacher descriptors."""
+
+    members: Tuple[int, ...]
+    labels: Tuple[int, ...]
+    from_teacher: Tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How one training mode builds its tuples."""
+
+    name: str
+    draw: str  # "pairs" (db query/positive pairs), "queries" (db queries alone), "images", "triplets"
+    negatives: str  # "mined", "random", "none"
+    needs_teacher: bool
+    asymmetric: bool  # positives and negatives are teacher descriptors (unless --sym)
+    self_positive: bool = False  # the teacher's descriptor of the query is a positive
+    relational: bool = False  # batches of (student, teacher) descriptors, no tuples
+    allows_sym: bool = True
+    epoch: str = "qsize"  # epoch length: --query-size or --pool-size items
+
+
+MODES: Dict[str, Mode] = {
+    "std": Mode("std", "pairs", "mined", needs_teacher=False, asymmetric=False, allows_sym=False),
+    "ts": Mode("ts", "pairs", "mined", needs_teacher=True, asymmetric=True),
+    "ts_self": Mode("ts_self", "pairs", "mined", needs_teacher=True, asymmetric=True, self_positive=True),
+    "ts_rand": Mode("ts_rand", "pairs", "random", needs_teacher=True, asymmetric=True),
+    "reg": Mode("reg", "images", "none", needs_teacher=True, asymmetric=True, self_positive=True,
+                allows_sym=False, epoch="poolsize"),
+    "reg_only_pos": Mode("reg_only_pos", "queries", "none", needs_teacher=True, asymmetric=True,
+                         self_positive=True, allows_sym=False),
+    "rand": Mode("rand", "images", "none", needs_teacher=True, asymmetric=True, relational=True,
+                 allows_sym=False, epoch="poolsize"),
+    "rand_tpl": Mode("rand_tpl", "triplets", "none", needs_teacher=True, asymmetric=False, allows_sym=False),
+    "rand_tpl_a": Mode("rand_tpl_a", "triplets", "none", needs_teacher=True, asymmetric=True),
+}
+
+
+def get_mode(name: str) -> Mode:
+    """Table entry of a mode, or a ValueError listing the modes."""
+    try:
+        return MODES[name]
+    except KeyError:
+        raise ValueError(f"unknown training mode {name!r}; choose one of {sorted(MODES)}") from None
+
+
+@dataclass
+class EpochSizes:
+    """How many tuples and pool images one epoch draws."""
+
+    query_size: int
+    pool_size: int
+    neg_num: int
+
+
+Encoder = Callable[[Sequence[int]], torch.Tensor]  # image indices -> D x n student descriptors
+
+
+def _tuple(mode: Mode, sym: bool, query: int, positives: Sequence[int], negatives: Sequence[int]) -> TrainingTuple:
+    teacher_side = mode.asymmetric and not sym
+    members = [query] + ([query] if mode.self_positive else []) + list(positives) + list(negatives)
+    labels = [-1] + [1] * (len(members) - 1 - len(negatives)) + [0] * len(negatives)
+    from_teacher = [False] + ([True] if mode.self_positive else []) + [teacher_side] * (len(positives) + len(negatives))
+    return TrainingTuple(tuple(members), tuple(labels), tuple(from_teacher))
+
+
+def build_epoch_tuples(mode: Mode, db: Dict, sizes: EpochSizes, generator: torch.Generator,
+                       encode: Encoder, teacher: Optional[torch.Tensor] = None, sym: bool = False,
+                       device: str = "cpu") -> Tuple[List[TrainingTuple], float]:
+    """The tuples of one epoch (and the mean query-negative distance of mined negatives).
+
+    ``encode`` gives student descriptors of image indices (used for mining); ``teacher`` is
+    the D x N teacher feature matrix of the split (teacher modes).
+    """
+    n_images = len(db["cids"])
+    clusters = np.asarray(db["cluster"])
+    if mode.draw == "images":
+        images = torch.randperm(n_images, generator=generator)[:sizes.pool_size].tolist()
+        return [_tuple(mode, sym, i, [], []) for i in images], 0.0
+    if mode.draw == "triplets":
+        order = torch.randperm(n_images, generator=generator)
+        anchors = order[:sizes.query_size].tolist()
+        pool = order[sizes.query_size:sizes.query_size + sizes.pool_size].tolist()
+        pairs = teacher_triplets(teacher[:, anchors], teacher[:, pool], generator)
+        return [_tuple(mode, sym, a, [pool[p]], [pool[n]]) for a, (p, n) in zip(anchors, pairs)], 0.0
+    qpool, ppool = list(db["qidxs"]), list(db["pidxs"])
+    chosen = torch.randperm(len(qpool), generator=generator)[:sizes.query_size].tolist()
+    queries = [qpool[i] for i in chosen]
+    positives = [ppool[i] for i in chosen]
+    if mode.draw == "queries":
+        return [_tuple(mode, sym, q, [], []) for q in queries], 0.0
+    if mode.negatives == "none" or sizes.neg_num == 0:
+        return [_tuple(mode, sym, q, [p], []) for q, p in zip(queries, positives)], 0.0
+    pool = torch.randperm(n_images, generator=generator)[:sizes.pool_size].tolist()
+    if mode.negatives == "random":
+        picked = random_negatives(clusters[queries], clusters[pool], sizes.neg_num, generator)
+        distance = 0.0
+    else:
+        query_vecs = encode(queries)
+        pool_vecs = teacher[:, pool] if mode.asymmetric else encode(pool)
+        picked, distance = mine_hard_negatives(query_vecs, pool_vecs, clusters[queries], clusters[pool],
+                                               sizes.neg_num, device)
+    tuples = [_tuple(mode, sym, q, [p], [pool[n] for n in negs]) for q, p, negs in zip(queries, positives, picked)]
+    return tuples, distance

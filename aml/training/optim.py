@@ -1,0 +1,59 @@
+"""Optimizer set-up: parameter groups (GeM p at 10x lr without weight decay), Adam/SGD,
+and the exponential learning-rate decay exp(-0.01) per epoch."""
+
+import math
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from aml.layers.pooling import POOLING_LR_MULTIPLIER
+
+LR_DECAY = math.exp(-0.01)
+
+
+def parameter_groups(net: nn.Module, lr: float, weight_decay: float) -> List[Dict]:
+    """Trunk, local whitening, pooling (x10 lr for GeM, x100 for GeMmp, no decay) and whitening."""
+    groups = [{"params": list(net.features.parameters())}]
+    if net.lwhiten is not None:
+        groups.append({"params": list(net.lwhiten.parameters())})
+    pooling = net.meta["pooling"]
+    pool = net.pool.rpool if net.meta.get("regional") else net.pool
+    if list(pool.parameters()):
+        groups.append({"params": list(pool.parameters()), "lr": lr * POOLING_LR_MULTIPLIER.get(pooling, 1.0),
+                       "weight_decay": 0})
+    if net.meta.get("regional"):
+        groups.append({"params": list(net.pool.whiten.parameters())})
+    if net.whiten is not None:
+        groups.append({"params": list(net.whiten.parameters())})
+    return groups
+
+
+OPTIMIZERS = {
+    "adam": lambda groups, lr, momentum, wd: torch.optim.Adam(groups, lr, weight_decay=wd),
+    "sgd": lambda groups, lr, momentum, wd: torch.optim.SGD(groups, lr, momentum=momentum, weight_decay=wd),
+}
+
+
+def build_optimizer(net: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer of ``--optimizer`` over :func:`parameter_groups`; every group records
+    its ``initial_lr`` (as the original's checkpoints do)."""
+    optimizer = OPTIMIZERS[name](parameter_groups(net, lr, weight_decay), lr, momentum, weight_decay)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return optimizer
+
+
+def set_epoch_lr(optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    """lr of 0-based ``epoch`` = initial_lr * exp(-0.01 (epoch + 1)): the original stepped
+    its ExponentialLR once before every epoch."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * LR_DECAY ** (epoch + 1)
+
+
+def freeze_batchnorm(net: nn.Module) -> None:
+    """Put every BatchNorm-like module (torch's and timm's BatchNormAct2d) in eval mode:
+    running statistics stay fixed, affine parameters still learn."""
+    for module in net.modules():
+        if "BatchNorm" in type(module).__name__:
+            module.eval()

@@ -1,0 +1,226 @@
+"""The training loop: per-epoch tuple building (mining), gradient accumulation, frozen
+BatchNorm, validation, atomic checkpoints, logs and exact resume."""
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from aml.data.images import image_transform
+from aml.extraction import effective_workers, extract_vectors
+from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples
+from aml.training.optim import freeze_batchnorm, set_epoch_lr
+from aml.training.tuples import TupleDataset, collate_list, encode_images, encode_tuple
+
+log = logging.getLogger(__name__)
+CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
+
+
+@dataclass
+class Split:
+    """One split of the training set: its db, image paths and teacher descriptors."""
+
+    db: Dict[str, Any]
+    images: List[str]
+    teacher: Optional[torch.Tensor] = None
+
+
+@dataclass
+class TrainSettings:
+    """The loop's knobs (main.py flags)."""
+
+    image_size: int = 1024
+    neg_num: int = 5
+    query_size: int = 2000
+    pool_size: int = 20000
+    batch_size: int = 5
+    update_every: int = 1
+    epochs: int = 100
+    print_freq: int = 10
+    workers: int = 8
+    val: bool = True
+    val_freq: int = 1
+    save_freq: int = 1
+    sym: bool = False
+    device: str = "cpu"
+    test_freq: int = 0
+    extraction_batch: int = 32
+
+
+class RunLog:
+    """log.txt and loss_log.txt of a run folder, appended and flushed line by line."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "loss_log.txt", "a") as out:
+            out.write("epoch, train_loss, val_loss\n")
+
+    def line(self, text: str) -> None:
+        log.info(text)
+        with open(self.run_dir / "log.txt", "a") as out:
+            out.write(text + "\n")
+
+    def losses(self, epoch: int, train_loss: float, val_loss: Optional[float]) -> None:
+        with open(self.run_dir / "loss_log.txt", "a") as out:
+            out.write(f"{epoch}, {train_loss}" + (f", {val_loss}" if val_loss is not None else "") + "\n")
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The ``model_epochN.pth.tar`` with the largest N in ``run_dir``."""
+    found = [(int(m.group(1)), p) for p in run_dir.glob("model_epoch*.pth.tar") if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return max(found)[1] if found else None
+
+
+class Trainer:
+    """Trains ``net`` with ``criterion`` in ``mode``; checkpoints go to ``run_dir``."""
+
+    def __init__(self, net: ImageRetrievalNet, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 mode: Mode, train: Split, val: Optional[Split], run_dir: Path, settings: TrainSettings,
+                 evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None):
+        self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
+        self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
+        self.device = torch.device(settings.device)
+        self.transform = image_transform(net.meta["mean"], net.meta["std"])
+        self.evaluate = evaluate
+        self.needs_target = getattr(criterion, "needs_target", False)
+        self.log = RunLog(self.run_dir)
+        self.min_loss = float("inf")
+        self.start_epoch = 0
+        self.history: List[Dict[str, Any]] = []
+
+    # -- tuples ---------------------------------------------------------------------------
+    def _encoder(self, split: Split) -> Callable[[Sequence[int]], torch.Tensor]:
+        def encode(indices: Sequence[int]) -> torch.Tensor:
+            return extract_vectors(self.net, [split.images[i] for i in indices], self.settings.image_size,
+                                   self.transform, workers=self.settings.workers, device=self.device,
+                                   batch_size=self.settings.extraction_batch)
+        return encode
+
+    def epoch_tuples(self, split: Split, epoch: int, everything: bool = False) -> List[TrainingTuple]:
+        """Tuples of ``epoch`` (seeded by the epoch); ``everything`` = all pairs and images (validation)."""
+        s = self.settings
+        sizes = EpochSizes(len(split.db["qidxs"]) if everything else s.query_size,
+                           len(split.images) if everything else s.pool_size, s.neg_num)
+        generator = torch.Generator().manual_seed(epoch)
+        tuples, distance = build_epoch_tuples(self.mode, split.db, sizes, generator, self._encoder(split),
+                                              split.teacher, s.sym, str(self.device))
+        if distance:
+            log.info(">>>> Average negative l2-distance: %.2f", distance)
+        return tuples
+
+    def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
+        dataset = TupleDataset(tuples, split.images, self.settings.image_size, self.transform, split.teacher)
+        return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=shuffle, drop_last=True,
+                          collate_fn=collate_list, generator=torch.Generator().manual_seed(epoch),
+                          num_workers=effective_workers(self.settings.workers, self.device))
+
+    # -- losses ---------------------------------------------------------------------------
+    def batch_losses(self, batch: List[Dict[str, Any]], backward: bool) -> List[float]:
+        """Loss of each tuple of a batch (one loss per batch in relational modes)."""
+        if self.mode.relational:
+            student = encode_images(self.net, [item["images"][0] for item in batch], self.device)
+            teacher = torch.stack([item["teacher"][:, 0] for item in batch]).to(self.device)
+            loss = self.criterion(student, teacher)
+            if backward:
+                loss.backward()
+            return [loss.item()]
+        losses = []
+        for item in batch:
+            out = encode_tuple(self.net, item, self.device)
+            target = item["target"].to(self.device) if self.needs_target and item["target"] is not None else None
+            loss = self.criterion(out, item["labels"].to(self.device), target)
+            if backward:
+                loss.backward()
+            losses.append(loss.item())
+        return losses
+
+    def train_epoch(self, epoch: int) -> float:
+        """One epoch: set the lr, build tuples with the current weights, step every
+        ``update_every`` batches (a trailing partial accumulation is dropped)."""
+        s = self.settings
+        set_epoch_lr(self.optimizer, epoch)
+        log.info(">> Creating tuples for an epoch of %s-%s...", "train", self.mode.name)
+        loader = self._loader(self.train_split, self.epoch_tuples(self.train_split, epoch), epoch, shuffle=True)
+        self.net.train()
+        freeze_batchnorm(self.net)
+        self.optimizer.zero_grad()
+        losses: List[float] = []
+        start = time.time()
+        for i, batch in enumerate(loader):
+            losses += self.batch_losses(batch, backward=True)
+            if (i + 1) % s.update_every == 0:
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+            if (i + 1) % s.print_freq == 0 or i == 0 or i + 1 == len(loader):
+                self.log.line(f">> Train: [{epoch + 1}][{i + 1}/{len(loader)}]\tTime {time.time() - start:.3f}\t"
+                              f"Loss {losses[-1]:.4f} ({np.mean(losses):.4f})")
+        if not losses:
+            raise ValueError(f"epoch {epoch + 1} has no full batch: {len(loader.dataset)} tuples for batch size "
+                             f"{s.batch_size}; lower --batch-size or raise --query-size/--pool-size")
+        return float(np.mean(losses))
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> float:
+        """Mean per-tuple loss on the val split (all pairs, full pool), no gradient."""
+        split = self.val_split
+        loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
+        self.net.eval()
+        losses: List[float] = []
+        for batch in loader:
+            losses += self.batch_losses(batch, backward=False)
+        value = float(np.mean(losses)) if losses else float("nan")
+        log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
+        return value
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, epoch: int, is_best: bool) -> None:
+        """model_epoch<N> every save_freq epochs and model_best on a new best (atomic writes)."""
+        state = checkpoint_state(self.net, epoch + 1, self.min_loss, self.optimizer)
+        if (epoch + 1) % self.settings.save_freq == 0:
+            save_checkpoint(state, self.run_dir / f"model_epoch{epoch + 1}.pth.tar")
+        if is_best:
+            save_checkpoint(state, self.run_dir / "model_best.pth.tar")
+
+    def resume(self, name: str) -> bool:
+        """Load ``run_dir/name``, or the latest model_epochN there; False if none exists."""
+        path = self.run_dir / name
+        if not path.is_file():
+            path = latest_checkpoint(self.run_dir)
+        if path is None:
+            log.info(">> No checkpoint found at '%s'", self.run_dir / "model_epoch0.pth.tar")
+            return False
+        state = load_checkpoint(path)
+        self.net.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch, self.min_loss = int(state["epoch"]), float(state["min_loss"])
+        log.info(">> Loaded checkpoint '%s' (epoch %d)", path, self.start_epoch)
+        return True
+
+    def fit(self) -> List[Dict[str, Any]]:
+        """Train epochs start_epoch .. epochs-1; returns one record per epoch."""
+        s = self.settings
+        for epoch in range(self.start_epoch, s.epochs):
+            train_loss = self.train_epoch(epoch)
+            val_loss = None
+            if s.val and self.val_split is not None and (epoch + 1) % s.val_freq == 0:
+                val_loss = self.validate(epoch)
+            score = val_loss if val_loss is not None else (train_loss if not s.val else None)
+            is_best = score is not None and score < self.min_loss
+            if is_best:
+                self.min_loss = score
+            self.log.losses(epoch, train_loss, val_loss)
+            self.save(epoch, is_best)
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
+            if self.evaluate is not None and s.test_freq and (epoch + 1) % s.test_freq == 0:
+                record["test"] = self.evaluate(self.net, epoch)
+            self.history.append(record)
+        return self.history

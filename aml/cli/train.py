@@ -189,8 +189,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              test_freq=args.test_freq)
     trainer = Trainer(net, build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer, mode, train, val,
                       run_dir, settings, _test_callback(args, device, run_dir))
-    if args.resume:
-        trainer.resume(args.resume)
+    resumed = trainer.resume(args.resume) if args.resume else False
+    if not args.pretrained and not resumed:
+        trainer.calibrate_if_vanishing()
     log.info(">> Training %s in mode %s with %s loss; run folder %s", args.arch, args.mode, args.loss, run_dir)
     history = trainer.fit()
     return {"run_dir": run_dir, "history": history, "net": net}

@@ -20,8 +20,9 @@ def teacher_split_features(teacher: str, dataset: str, split: str, columns: int,
 
     With ``feat_path`` the file is read and its shape checked. Otherwise the teacher
     ('vgg16' | 'resnet101' | checkpoint path) encodes the split at ``image_size``; the
-    result is cached as ``<dataset>[-val]_<teacher>.npy`` and reused while the teacher's
-    weights and the image size stay the same.
+    result is cached as ``<dataset>[-val]_<teacher>.npy`` (a checkpoint's name gets its
+    weights' hash appended) and reused while the teacher's weights and the image size stay
+    the same.
     """
     if feat_path:
         return torch.from_numpy(load_feature_file(Path(feat_path), columns))
@@ -29,8 +30,11 @@ def teacher_split_features(teacher: str, dataset: str, split: str, columns: int,
     from aml.networks.loading import load_teacher
 
     net, name = load_teacher(teacher, data_root)
+    fingerprint = network_fingerprint(net)
+    if Path(teacher).is_file():  # checkpoint names (model_best, model_epochN) repeat across runs
+        name = f"{name}-{fingerprint[:8]}"
     path = data_subdir(data_root, "features") / feature_file_name(dataset, name, split)
-    wanted = {"fingerprint": network_fingerprint(net), "image_size": image_size}
+    wanted = {"fingerprint": fingerprint, "image_size": image_size}
     known = feature_file_settings(path) or {}
     if not path.is_file() or any(known.get(k) != v for k, v in wanted.items()):
         log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, name)

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from aml.data.images import image_transform
+from aml.data.images import image_transform, load_and_resize
 from aml.extraction import effective_workers, extract_vectors
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples
-from aml.training.optim import freeze_batchnorm, set_epoch_lr
+from aml.training.optim import calibrate_batchnorm, freeze_batchnorm, set_epoch_lr
 from aml.training.tuples import TupleDataset, collate_list, encode_images, encode_tuple
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,31 @@ class Trainer:
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value
+
+    def _calibration_batches(self, count: int, batch_size: int) -> List[torch.Tensor]:
+        split = self.train_split
+        chosen = torch.randperm(len(split.images), generator=torch.Generator().manual_seed(0))[:count].tolist()
+        groups: Dict[tuple, List[torch.Tensor]] = {}
+        for i in chosen:
+            image = self.transform(load_and_resize(split.images[i], self.settings.image_size))
+            groups.setdefault(tuple(image.shape), []).append(image)
+        return [torch.stack(group[k:k + batch_size]).to(self.device)
+                for group in groups.values() for k in range(0, len(group), batch_size)]
+
+    def calibrate_if_vanishing(self, count: int = 64, batch_size: int = 16, threshold: float = 1e-4) -> bool:
+        """For a randomly initialised network: if its trunk's activations vanish on training
+        images (they sink below GeM's eps in a random MobileNetV2 with identity BatchNorm, and
+        then no gradient flows), set the BatchNorm statistics from ``count`` training images
+        (see :func:`aml.training.optim.calibrate_batchnorm`). Returns whether it calibrated."""
+        batches = self._calibration_batches(count, batch_size)
+        with torch.no_grad():
+            self.net.eval()
+            level = float(np.mean([self.net.features(b).abs().mean().item() for b in batches[:2]]))
+        if level >= threshold:
+            return False
+        seen = calibrate_batchnorm(self.net, batches)
+        log.info(">> trunk activations vanish (mean %.1e): BatchNorm statistics calibrated on %d images", level, seen)
+        return True
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, epoch: int, is_best: bool) -> None:

@@ -1,0 +1,104 @@
+"""The end-to-end demo on the synthetic landmarks (``make demo``).
+
+1. generate synth-sfm, synth-oxford and synth-paris (if missing);
+2. train a ResNet-18 GeM teacher from scratch in ``std`` mode;
+3. train students against it in ``reg`` and ``ts`` mode (the teacher's descriptors of the
+   training set are extracted and cached automatically);
+4. test the teacher (symmetric), an untrained student and the trained students (symmetric
+   and asymmetric: teacher database, student queries) and print one table.
+"""
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from aml.cli import test as test_cli
+from aml.cli import train as train_cli
+from aml.data.paths import resolve_data_root
+from aml.data.synthetic import generate_all
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+
+DATASETS = ("synth-oxford", "synth-paris")
+
+
+def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, options: Sequence[str],
+           teacher: Optional[Path] = None) -> Path:
+    argv = ["--directory", str(directory), "--data-root", str(data_root), "-d", "synth-sfm", "-a", arch,
+            "--not-pretrained", "-m", mode, "--epochs", str(epochs), "--no-val", "--print-freq", "1000", *options]
+    if teacher is not None:
+        argv += ["--teacher", str(teacher)]
+    return train_cli.main(argv)["run_dir"] / f"model_epoch{epochs}.pth.tar"
+
+
+def _test(network: Path, data_root: Path, image_size: int, workers: int, teacher: Optional[Path] = None) -> Dict:
+    argv = ["-npath", str(network), "-d", ",".join(DATASETS), "-imsize", str(image_size), "-j", str(workers),
+            "--data-root", str(data_root)]
+    if teacher is not None:
+        argv += ["--asym", "--teacher", str(teacher)]
+    return test_cli.main(argv)
+
+
+def format_table(rows: List[Dict]) -> str:
+    """One line per (network, test): mAP Medium / Hard on each synthetic test set."""
+    header = f"{'network':34s} {'test':11s}" + "".join(f" {d + ' M':>15s} {d + ' H':>15s}" for d in DATASETS)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cells = "".join(f" {100 * row['results'][d]['plain']['medium']['map']:15.2f}"
+                        f" {100 * row['results'][d]['plain']['hard']['map']:15.2f}" for d in DATASETS)
+        lines.append(f"{row['network']:34s} {row['test']:11s}{cells}")
+    return "\n".join(lines)
+
+
+def run_demo(data_root: Optional[str] = None, student_arch: str = "resnet18", teacher_arch: str = "resnet18",
+             image_size: int = 96, teacher_epochs: int = 6, student_epochs: int = 5, query_size: int = 100,
+             pool_size: int = 400, workers: int = 2, student_modes: Sequence[str] = ("reg", "ts")) -> List[Dict]:
+    """Run the demo; returns the table rows (network, test, results)."""
+    root = resolve_data_root(data_root)
+    start = time.time()
+    generate_all(root)
+    runs = root / "demo" / "runs"
+    common = ["--image-size", str(image_size), "-qs", str(query_size), "-ps", str(pool_size), "-nn", "3",
+              "-j", str(workers)]
+    teacher = _train(runs, root, teacher_arch, "std", teacher_epochs, common + ["-b", "5", "--lr", "3e-4"])
+    torch.manual_seed(1)
+    untrained = save_checkpoint(checkpoint_state(build_network(student_arch, pretrained=False, teacher_dim=512), 0, 0.0),
+                                runs / f"untrained-{student_arch}.pth.tar")
+    students = {mode: _train(runs, root, student_arch, mode, student_epochs, common + ["-b", "2", "--lr", "1e-4"], teacher)
+                for mode in student_modes}
+    rows = [{"network": f"teacher {teacher_arch} (std)", "test": "symmetric",
+             "results": _test(teacher, root, image_size, workers)},
+            {"network": f"student {student_arch} untrained", "test": "asymmetric",
+             "results": _test(untrained, root, image_size, workers, teacher)}]
+    for mode, path in students.items():
+        rows.append({"network": f"student {student_arch} ({mode})", "test": "symmetric",
+                     "results": _test(path, root, image_size, workers)})
+        rows.append({"network": f"student {student_arch} ({mode})", "test": "asymmetric",
+                     "results": _test(path, root, image_size, workers, teacher)})
+    print("\n" + format_table(rows))
+    print(f"\n>> demo finished in {time.time() - start:.0f} s; runs in {runs}")
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
+    """python -m aml.demo [--data-root DIR] [--student-arch ARCH] ..."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--student-arch", default="resnet18")
+    parser.add_argument("--teacher-arch", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--teacher-epochs", type=int, default=6)
+    parser.add_argument("--student-epochs", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.getLogger("aml").setLevel(logging.WARNING)
+    return run_demo(args.data_root, args.student_arch, args.teacher_arch, args.image_size, args.teacher_epochs,
+                    args.student_epochs, workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""main.py through its command line: flags, run folder, resume, bad inputs, and a short
+training run that makes asymmetric retrieval work."""
+
+import numpy as np
+import pytest
+import torch
+
+from aml.cli import test as test_cli
+from aml.cli import train as train_cli
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+
+TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30", "-b", "5",
+        "-j", "0", "--device", "cpu", "--lr", "1e-4", "--print-freq", "100"]
+
+
+def train(root, directory, *extra):
+    return train_cli.main(["--directory", str(directory), "--data-root", str(root)] + TINY + list(extra))
+
+
+def test_default_run_folder_name_matches_original():
+    args = train_cli.build_parser().parse_args(["--directory", "x"])
+    assert train_cli.run_name(args) == ("retrieval-SfM-120k_resnet101_gem_contrastive_m0.70_adam_lr1.0e-06_wd1.0e-06"
+                                        "_nnum5_qsize2000_psize20000_bsize5_uevery1_imsize1024_temp0.1_std_teach_vgg16")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--loss", "rkd", "--mode", "ts"], "--loss rkd cannot be used with --mode ts"),
+    (["--loss", "triplet", "--mode", "ts_self"], "--loss triplet cannot be used with --mode ts_self"),
+    (["--mode", "reg", "--sym"], "--sym has no meaning with --mode reg"),
+    (["-td", "roxford6k"], "Unsupported or unknown test dataset: roxford6k"),
+    (["--arch", "resnet9000"], "invalid choice: 'resnet9000'"),
+])
+def test_impossible_combinations_are_refused_at_parse_time(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        train_cli.main(["--directory", "unused"] + flags)
+    assert message in capsys.readouterr().err
+
+
+def test_resume_continues_exactly(synth_root, tmp_path):
+    straight = train(synth_root, tmp_path / "a", "-a", "resnet18", "--epochs", "2")
+    train(synth_root, tmp_path / "b", "-a", "resnet18", "--epochs", "1")
+    resumed = train(synth_root, tmp_path / "b", "-a", "resnet18", "--epochs", "2", "--resume", "model_epoch1.pth.tar")
+    assert [r["epoch"] for r in resumed["history"]] == [2]
+    assert resumed["history"][0]["train_loss"] == pytest.approx(straight["history"][1]["train_loss"], rel=1e-5)
+    a = load_checkpoint(straight["run_dir"] / "model_epoch2.pth.tar")
+    b = load_checkpoint(resumed["run_dir"] / "model_epoch2.pth.tar")
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    run = straight["run_dir"]
+    assert (run / "model_best.pth.tar").exists() and (run / "log.txt").read_text().count(">> Train: [2]") >= 1
+    assert (run / "loss_log.txt").read_text().splitlines()[1].startswith("0, ")
+
+
+def test_resume_without_checkpoint_starts_from_scratch(synth_root, tmp_path):
+    result = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar")
+    assert [r["epoch"] for r in result["history"]] == [1]
+
+
+def test_bad_feature_files_are_clear_and_keep_checkpoints(synth_root, tmp_path):
+    run = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val")["run_dir"]
+    before = {p.name: p.read_bytes() for p in run.glob("*.pth.tar")}
+    with pytest.raises(FileNotFoundError, match="missing.npy does not exist"):
+        train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "2", "--no-val", "-m", "ts",
+              "--feat-path", str(tmp_path / "missing.npy"))
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((512, 7), dtype=np.float32))
+    with pytest.raises(ValueError, match="wrong.npy has shape \\(512, 7\\), expected D x 128"):
+        train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "2", "--no-val", "-m", "ts", "--feat-path", str(wrong))
+    assert {p.name: p.read_bytes() for p in run.glob("*.pth.tar")} == before
+
+
+def asym_medium_map(student, teacher, root):
+    results = test_cli.main(["-npath", str(student), "--asym", "--teacher", str(teacher), "-d", "synth-oxford,synth-paris",
+                             "-imsize", "64", "-j", "0", "--device", "cpu", "--data-root", str(root)])
+    return np.mean([results[d]["plain"]["medium"]["map"] for d in ("synth-oxford", "synth-paris")])
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(synth_root, tmp_path_factory):
+    """A resnet18-gem teacher trained from scratch in std mode on the small synthetic set."""
+    directory = tmp_path_factory.mktemp("teacher")
+    result = train_cli.main(["--directory", str(directory), "--data-root", str(synth_root), "-d", "synth-sfm",
+                             "-a", "resnet18", "--not-pretrained", "--image-size", "64", "-qs", "64", "-ps", "128",
+                             "-nn", "3", "-b", "4", "--epochs", "3", "--lr", "1e-4", "-j", "0", "--device", "cpu",
+                             "--no-val", "--print-freq", "1000"])
+    return result["run_dir"] / "model_epoch3.pth.tar"
+
+
+@pytest.mark.parametrize("mode, batch, margin", [("reg", "2", 0.10), ("ts", "1", 0.025)])
+def test_training_raises_asymmetric_map(synth_root, tmp_path, trained_teacher, mode, batch, margin):
+    torch.manual_seed(1)
+    untrained = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 0, 0.0),
+                                tmp_path / "untrained.pth.tar")
+    result = train_cli.main(["--directory", str(tmp_path / "runs"), "--data-root", str(synth_root), "-d", "synth-sfm",
+                             "-a", "resnet18", "--not-pretrained", "-m", mode, "--teacher", str(trained_teacher),
+                             "--image-size", "64", "-qs", "128", "-ps", "128", "-nn", "3", "-b", batch, "--epochs", "5",
+                             "--lr", "1e-4", "-j", "0", "--device", "cpu", "--no-val", "--print-freq", "1000"])
+    trained = result["run_dir"] / "model_epoch5.pth.tar"
+    before, after = asym_medium_map(untrained, trained_teacher, synth_root), asym_medium_map(trained, trained_teacher, synth_root)
+    print(mode, before, after)
+    assert after > before + margin, (before, after)
+
+
+def test_mobilenet_student_trains_in_ts_mode(synth_root, tmp_path, trained_teacher):
+    result = train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), "-d", "synth-sfm",
+                             "-a", "mobilenet_v2", "--not-pretrained", "-m", "ts_self", "--teacher", str(trained_teacher),
+                             "--image-size", "64", "-qs", "16", "-ps", "64", "-nn", "3", "-b", "4", "--epochs", "1",
+                             "-j", "0", "--device", "cpu", "--print-freq", "1000"])
+    state = load_checkpoint(result["run_dir"] / "model_epoch1.pth.tar")
+    assert state["meta"]["outputdim"] == 512 and state["meta"]["architecture"] == "mobilenet_v2"
+    assert np.isfinite(result["history"][0]["train_loss"]) and np.isfinite(result["history"][0]["val_loss"])
+    assert "_teach_model_epoch3" in result["run_dir"].name

@@ -1,0 +1,122 @@
+"""Tuple construction of every mode and the mining rules."""
+
+import numpy as np
+import pytest
+import torch
+
+from aml.training.mining import mine_hard_negatives, random_negatives, teacher_triplets
+from aml.training.modes import MODES, EpochSizes, build_epoch_tuples
+
+N = 40
+DB = {"cids": [f"{i:08x}" for i in range(N)], "cluster": [i // 4 for i in range(N)],
+      "qidxs": [i for i in range(0, N, 4)], "pidxs": [i + 1 for i in range(0, N, 4)]}
+
+
+def unit_columns(seed, n=N, d=8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(d, n, generator=g)
+    return x / x.norm(dim=0)
+
+
+TEACHER = unit_columns(1)
+STUDENT = unit_columns(2)
+
+
+class CountingEncoder:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, indices):
+        self.calls.append(list(indices))
+        return STUDENT[:, list(indices)]
+
+
+def build(mode, sym=False, sizes=EpochSizes(5, 20, 3)):
+    encoder = CountingEncoder()
+    tuples, _ = build_epoch_tuples(MODES[mode], DB, sizes, torch.Generator().manual_seed(0), encoder, TEACHER, sym)
+    return tuples, encoder
+
+
+def test_std_mines_in_student_space_with_images_only():
+    tuples, encoder = build("std")
+    assert len(tuples) == 5 and len(encoder.calls) == 2  # queries, then the pool
+    for t in tuples:
+        assert t.labels == (-1, 1, 0, 0, 0) and not any(t.from_teacher)
+        assert DB["pidxs"][DB["qidxs"].index(t.members[0])] == t.members[1]
+
+
+def test_ts_is_asymmetric_and_mines_student_queries_against_teacher_pool():
+    tuples, encoder = build("ts")
+    assert len(encoder.calls) == 1  # only the queries go through the student
+    for t in tuples:
+        assert t.from_teacher == (False, True, True, True, True) and t.labels == (-1, 1, 0, 0, 0)
+
+
+def test_ts_sym_puts_every_member_through_the_student():
+    tuples, _ = build("ts", sym=True)
+    assert all(t.from_teacher == (False,) * 5 for t in tuples)
+
+
+def test_ts_self_adds_teacher_descriptor_of_the_query():
+    tuples, _ = build("ts_self")
+    for t in tuples:
+        assert t.members[1] == t.members[0] and t.labels == (-1, 1, 1, 0, 0, 0)
+        assert t.from_teacher == (False, True, True, True, True, True)
+    sym, _ = build("ts_self", sym=True)
+    assert all(t.from_teacher == (False, True, False, False, False, False) for t in sym)
+
+
+def test_ts_rand_needs_no_network():
+    tuples, encoder = build("ts_rand")
+    assert encoder.calls == [] and all(len(t.members) == 5 for t in tuples)
+
+
+def test_regression_modes_pair_an_image_with_its_teacher_descriptor():
+    tuples, encoder = build("reg", sizes=EpochSizes(5, 12, 3))
+    assert len(tuples) == 12 and encoder.calls == []
+    assert all(t.members[0] == t.members[1] and t.labels == (-1, 1) and t.from_teacher == (False, True) for t in tuples)
+    only_pos, _ = build("reg_only_pos")
+    assert len(only_pos) == 5 and all(t.members[0] in DB["qidxs"] for t in only_pos)
+
+
+def test_rand_draws_single_images():
+    tuples, _ = build("rand", sizes=EpochSizes(5, 10, 3))
+    assert len(tuples) == 10 and len({t.members[0] for t in tuples}) == 10
+
+
+def test_random_triplets_follow_teacher_ranking():
+    tuples, _ = build("rand_tpl", sizes=EpochSizes(6, 30, 3))
+    for t in tuples:
+        anchor, positive, negative = t.members
+        assert t.labels == (-1, 1, 0) and not any(t.from_teacher)
+        assert TEACHER[:, anchor] @ TEACHER[:, positive] >= TEACHER[:, anchor] @ TEACHER[:, negative]
+    asym, _ = build("rand_tpl_a", sizes=EpochSizes(6, 30, 3))
+    assert all(t.from_teacher == (False, True, True) for t in asym)
+
+
+def test_mining_takes_best_scoring_one_per_cluster_never_the_query_cluster():
+    query = torch.tensor([[1.0], [0.0]])
+    pool = torch.tensor([[0.99, 0.98, 0.97, 0.5, 0.2], [0.14, 0.2, 0.24, 0.87, 0.98]])
+    pool = pool / pool.norm(dim=0)
+    clusters = np.array([7, 3, 3, 4, 5])
+    negatives, distance = mine_hard_negatives(query, pool, [7], clusters, nnum=3)
+    assert negatives == [[1, 3, 4]]  # 0 is the query's cluster, 2 repeats cluster 3
+    expected = np.mean([torch.linalg.vector_norm(query[:, 0] - pool[:, i] + 1e-6).item() for i in (1, 3, 4)])
+    assert distance == pytest.approx(expected)
+
+
+def test_mining_stops_when_pool_runs_out_of_clusters():
+    negatives, _ = mine_hard_negatives(torch.ones(2, 1), torch.ones(2, 3), [0], [0, 1, 1], nnum=5)
+    assert negatives == [[1]]
+
+
+def test_random_negatives_respect_clusters():
+    picked = random_negatives([0, 1], [0, 0, 1, 2, 2, 3], 3, torch.Generator().manual_seed(0))
+    assert all(len({[0, 0, 1, 2, 2, 3][i] for i in p}) == len(p) for p in picked)
+    assert all(0 not in {[0, 0, 1, 2, 2, 3][i] for i in picked[0]} for _ in [0])
+
+
+def test_teacher_triplets_positive_ranked_above_negative():
+    anchors, pool = unit_columns(3, 4), unit_columns(4, 50)
+    for a, (p, n) in enumerate(teacher_triplets(anchors, pool, torch.Generator().manual_seed(1), top_k=10)):
+        assert anchors[:, a] @ pool[:, p] >= anchors[:, a] @ pool[:, n]

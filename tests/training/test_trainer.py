@@ -1,0 +1,58 @@
+"""Optimizer groups, lr schedule, frozen BatchNorm and batched tuple encoding."""
+
+import math
+
+import pytest
+import torch
+
+from aml.networks import build_network
+from aml.training.optim import build_optimizer, freeze_batchnorm, set_epoch_lr
+from aml.training.tuples import encode_images, encode_tuple
+
+
+def test_gem_p_gets_ten_times_lr_and_no_weight_decay():
+    net = build_network("resnet18", pretrained=False, whitening=True)
+    optimizer = build_optimizer(net, "adam", 1e-6, 0.9, 1e-6)
+    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    assert groups[id(net.pool.p)]["lr"] == pytest.approx(1e-5) and groups[id(net.pool.p)]["weight_decay"] == 0
+    assert groups[id(net.features[0].weight)]["lr"] == 1e-6 and groups[id(net.features[0].weight)]["weight_decay"] == 1e-6
+    assert id(net.whiten.weight) in groups
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
+
+
+def test_sgd_and_exponential_decay_per_epoch():
+    net = build_network("resnet18", pretrained=False)
+    optimizer = build_optimizer(net, "sgd", 0.1, 0.9, 0.0)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+    set_epoch_lr(optimizer, 0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * math.exp(-0.01))
+    set_epoch_lr(optimizer, 99)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * math.exp(-1))
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(1.0 * math.exp(-1))
+
+
+def test_frozen_batchnorm_keeps_running_statistics():
+    net = build_network("resnet18", pretrained=False)
+    net.train()
+    freeze_batchnorm(net)
+    before = net.features[1].running_mean.clone()
+    net(torch.rand(2, 3, 32, 32) * 5)
+    assert torch.equal(before, net.features[1].running_mean)
+    assert net.features[0].training and not net.features[1].training
+
+
+def test_tuple_images_batched_equal_one_by_one_with_gradients():
+    torch.manual_seed(0)
+    net = build_network("resnet18", pretrained=False)
+    net.train()
+    freeze_batchnorm(net)
+    images = [torch.rand(3, 40, 32), torch.rand(3, 32, 40), torch.rand(3, 40, 32)]
+    item = {"images": images, "image_slots": [0, 2, 3], "teacher_slots": [1], "teacher": torch.rand(512, 1),
+            "labels": torch.tensor([-1.0, 1, 0, 0])}
+    batched = encode_tuple(net, item, torch.device("cpu"))
+    single = torch.stack([net.descriptors(x[None])[0] for x in images], dim=1)
+    assert torch.allclose(batched[:, [0, 2, 3]], single, atol=1e-6)
+    assert torch.equal(batched[:, 1], item["teacher"][:, 0])
+    batched.sum().backward()
+    assert net.features[0].weight.grad is not None
+    assert encode_images(net, images, torch.device("cpu")).shape == (3, 512)

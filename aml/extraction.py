@@ -76,6 +76,12 @@ def effective_workers(workers: int, device: torch.device) -> int:
     return max(0, min(workers, free_cores))
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Images per forward when the caller does not say: large batches feed a GPU; on the
+    CPU, batches of 4 were fastest (bigger ones fall out of cache; benchmarks/extract.py)."""
+    return 32 if device.type == "cuda" else 4
+
+
 def _describe(net: torch.nn.Module, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
     """B x D descriptors of a batch; multi-scale as cirtorch (power mean with msp, then L2)."""
     if list(scales) == [1]:
@@ -99,7 +105,7 @@ def extract_vectors(
     print_freq: int = 10,
     workers: int = 4,
     device: Optional[Device] = None,
-    batch_size: int = 32,
+    batch_size: Optional[int] = None,
     amp: bool = False,
     channels_last: Optional[bool] = None,
     progress: bool = False,
@@ -110,7 +116,8 @@ def extract_vectors(
     ``device`` defaults to the network's. Batches hold only images of equal shape, so in
     fp32 the result equals the one-image-at-a-time loop up to float rounding. Loader
     workers are capped on the CPU (:func:`effective_workers`). ``amp``
-    autocasts to bfloat16 (CUDA); ``channels_last`` defaults to on for CUDA. The network's
+    autocasts to bfloat16 (CUDA); ``channels_last`` defaults to on for CUDA; ``batch_size``
+    to :func:`default_batch_size`. The network's
     train/eval mode is restored afterwards. ``print_freq`` is accepted for cirtorch
     compatibility; progress goes to a tqdm bar when ``progress``.
     """
@@ -126,6 +133,7 @@ def extract_vectors(
         net.to(memory_format=torch.channels_last)
     dataset = _ReportErrors(ImagesFromList(images, image_size, bbxs, transform))
     workers = effective_workers(workers, device)
+    batch_size = batch_size or default_batch_size(device)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
                         persistent_workers=False)

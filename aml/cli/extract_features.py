@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N")
     parser.add_argument("--teacher", "-t", default="vgg16", help="dimension fallback for checkpoints without outputdim")
     parser.add_argument("--workers", "-j", default=8, type=int)
-    parser.add_argument("--batch-size", default=32, type=int)
+    parser.add_argument("--batch-size", default=None, type=int, help="images per forward (default: 32 CUDA, 4 CPU)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     add_runtime_arguments(parser)
     return parser

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--asym", action="store_true",
                         help="asymmetric testing: teacher encodes the database, the network the queries")
     parser.add_argument("--results", metavar="FILE", default=None, help="write every number and the settings as JSON")
-    parser.add_argument("--batch-size", default=32, type=int, help="images per forward pass at extraction (default: 32)")
+    parser.add_argument("--batch-size", default=None, type=int,
+                        help="images per forward pass at extraction (default: 32 on CUDA, 4 on the CPU)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast at extraction (CUDA)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache database descriptors")
     add_runtime_arguments(parser)

@@ -41,7 +41,7 @@ class TestSettings:
     whitening: Optional[str] = None
     workers: int = 8
     device: str = "cpu"
-    batch_size: int = 32
+    batch_size: Optional[int] = None
     amp: bool = False
     data_root: Optional[str] = None
     cache: bool = True

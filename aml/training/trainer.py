@@ -52,7 +52,7 @@ class TrainSettings:
     sym: bool = False
     device: str = "cpu"
     test_freq: int = 0
-    extraction_batch: int = 32
+    extraction_batch: Optional[int] = None
 
 
 class RunLog:

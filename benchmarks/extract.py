@@ -59,7 +59,7 @@ def main() -> None:
         paths = make_images(Path(folder), args.images, args.image_size)
         print(f"{args.images} images, longer side {args.image_size}, workers {args.workers}, "
               f"torch threads {torch.get_num_threads()}")
-        print(f"| arch | device | mode | img/s |\n|---|---|---|---|")
+        print("| arch | device | mode | img/s |\n|---|---|---|---|")
         for arch in args.archs.split(","):
             net = build_network(arch, pretrained=False).eval()
             for device in devices:

@@ -11,7 +11,7 @@ import torch
 
 from aml.cli.arguments import add_runtime_arguments, resolve_device, setup_logging
 from aml.data.testsets import TEST_SETS
-from aml.data.trainsets import TRAIN_SETS, load_training_db
+from aml.data.trainsets import load_training_db
 from aml.evaluation.testing import Encoder, TestSettings, evaluate
 from aml.layers.pooling import POOLINGS
 from aml.losses import LOSSES, build_loss, check_loss_mode

@@ -8,7 +8,7 @@
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from aml.data.download import download_file, extract_archive
 from aml.data.paths import data_subdir

@@ -35,6 +35,47 @@ def _positions(inverse: np.ndarray, members: Sequence[int]) -> np.ndarray:
     return np.sort(found[found >= 0])
 
 
+def _score_query(inverse: np.ndarray, entry: Dict[str, Any], kappas: Sequence[int]) -> Tuple[float, np.ndarray]:
+    """AP and P@k of one query from the inverse of its ranking (NaN when it has no positives)."""
+    ok = np.asarray(entry["ok"], dtype=np.int64).ravel()
+    if ok.size == 0:
+        return np.nan, np.full(len(kappas), np.nan)
+    pos = _positions(inverse, ok)
+    junk = _positions(inverse, entry.get("junk", []))
+    pos = pos - np.searchsorted(junk, pos, side="left")
+    precisions = np.zeros(len(kappas))
+    if pos.size:
+        one_based = pos + 1
+        for j, k in enumerate(kappas):
+            kq = min(int(one_based.max()), k)
+            precisions[j] = np.sum(one_based <= kq) / kq
+    return compute_ap(pos, ok.size), precisions
+
+
+def compute_maps(ranks: np.ndarray, gnds: Dict[str, Sequence[Dict[str, Any]]],
+                 kappas: Sequence[int] = ()) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`compute_map` for several ground truths over the same ranking (E/M/H): each
+    ranking is inverted once, in O(N_db), and every protocol looks its images up in it."""
+    ranks = np.asarray(ranks)
+    n_db, n_q = ranks.shape
+    aps = {name: np.full(n_q, np.nan) for name in gnds}
+    prs = {name: np.full((n_q, len(kappas)), np.nan) for name in gnds}
+    inverse = np.full(max(n_db, int(ranks.max(initial=-1)) + 1), -1, dtype=np.int64)
+    order = np.arange(n_db, dtype=np.int64)
+    for q in range(n_q):
+        inverse[:] = -1
+        inverse[ranks[:, q]] = order
+        for name, gnd in gnds.items():
+            aps[name][q], prs[name][q] = _score_query(inverse, gnd[q], kappas)
+    results = {}
+    for name in gnds:
+        valid = ~np.isnan(aps[name])
+        m_ap = float(aps[name][valid].mean()) if valid.any() else 0.0
+        pr = prs[name][valid].mean(axis=0) if valid.any() else np.zeros(len(kappas))
+        results[name] = (m_ap, aps[name], pr, prs[name])
+    return results
+
+
 def compute_map(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]],
                 kappas: Sequence[int] = ()) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """mAP, per-query AP, mP@k and per-query P@k (NaN rows for skipped queries).
@@ -43,33 +84,7 @@ def compute_map(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]],
     the ranking is inverted once and positives/junk are looked up, so a 1M-image database
     is handled in seconds.
     """
-    ranks = np.asarray(ranks)
-    n_db, n_q = ranks.shape
-    aps = np.full(n_q, np.nan)
-    prs = np.full((n_q, len(kappas)), np.nan)
-    inverse = np.full(max(n_db, int(ranks.max(initial=-1)) + 1), -1, dtype=np.int64)
-    order = np.arange(n_db, dtype=np.int64)
-    for q in range(n_q):
-        ok = np.asarray(gnd[q]["ok"], dtype=np.int64).ravel()
-        if ok.size == 0:
-            continue
-        inverse[:] = -1
-        inverse[ranks[:, q]] = order
-        pos = _positions(inverse, ok)
-        junk = _positions(inverse, gnd[q].get("junk", []))
-        pos = pos - np.searchsorted(junk, pos, side="left")
-        aps[q] = compute_ap(pos, ok.size)
-        if kappas and pos.size:
-            one_based = pos + 1
-            for j, k in enumerate(kappas):
-                kq = min(int(one_based.max()), k)
-                prs[q, j] = np.sum(one_based <= kq) / kq
-        elif kappas:
-            prs[q] = 0.0
-    valid = ~np.isnan(aps)
-    m_ap = float(aps[valid].mean()) if valid.any() else 0.0
-    pr = prs[valid].mean(axis=0) if valid.any() else np.zeros(len(kappas))
-    return m_ap, aps, pr, prs
+    return compute_maps(ranks, {"gnd": gnd}, kappas)["gnd"]
 
 
 def revisited_gnd(gnd: Sequence[Dict[str, Any]], difficulty: str) -> List[Dict[str, np.ndarray]]:
@@ -95,12 +110,9 @@ def evaluate_ranks(dataset: str, ranks: np.ndarray, gnd: Sequence[Dict[str, Any]
     if protocol == "classic":
         m_ap, aps, _, _ = compute_map(ranks, gnd)
         return {"map": m_ap, "aps": aps.tolist()}
-    results = {}
-    for difficulty in ("easy", "medium", "hard"):
-        m_ap, aps, pr, _ = compute_map(ranks, revisited_gnd(gnd, difficulty), kappas)
-        results[difficulty] = {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist())),
-                               "aps": aps.tolist()}
-    return results
+    maps = compute_maps(ranks, {d: revisited_gnd(gnd, d) for d in ("easy", "medium", "hard")}, kappas)
+    return {d: {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist())), "aps": aps.tolist()}
+            for d, (m_ap, aps, pr, _) in maps.items()}
 
 
 def format_results(dataset: str, results: Dict[str, Any], kappas: Sequence[int] = DEFAULT_KAPPAS) -> List[str]:

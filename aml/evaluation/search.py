@@ -7,10 +7,11 @@ import torch
 def rank_database(database: np.ndarray, queries: np.ndarray, device: str = "cpu") -> np.ndarray:
     """N_db x N_q ranks (best first) from D x N_db and D x N_q descriptor matrices.
 
-    The score matrix is one matrix product; sorting runs on ``device`` (a GPU sorts a
-    1M-image database in milliseconds).
+    The score matrix is one matrix product; each query's scores are sorted as one contiguous
+    row on ``device`` (a GPU sorts a 1M-image database in milliseconds). The result is a
+    transposed view of the Q x N_db sort (no copy); column q is contiguous.
     """
     db = torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device)
     q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
-    scores = db.t() @ q
-    return torch.argsort(scores, dim=0, descending=True, stable=True).cpu().numpy()
+    scores = q.t() @ db
+    return torch.argsort(scores, dim=1, descending=True, stable=True).cpu().numpy().T

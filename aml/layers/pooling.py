@@ -8,7 +8,6 @@ import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aml.layers.normalization import l2n

@@ -52,9 +52,12 @@ def test_resume_continues_exactly(synth_root, tmp_path):
     assert (run / "loss_log.txt").read_text().splitlines()[1].startswith("0, ")
 
 
-def test_resume_without_checkpoint_starts_from_scratch(synth_root, tmp_path):
-    result = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar")
+def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path):
+    result = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar",
+                   "--test-freq", "1", "-td", "synth-oxford")
     assert [r["epoch"] for r in result["history"]] == [1]
+    tested = result["history"][0]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"]
+    assert 0 < tested < 1
 
 
 def test_bad_feature_files_are_clear_and_keep_checkpoints(synth_root, tmp_path):

@@ -1,7 +1,6 @@
 """Checkpoints: round trips, the published key layouts, and bad files."""
 
 import os
-import pickle
 from collections import OrderedDict
 
 import numpy as np

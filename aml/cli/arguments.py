@@ -65,3 +65,18 @@ def setup_logging(verbose: bool = True) -> None:
     """Log lines to stdout, as the original printed them."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         stream=sys.stdout, force=True)
+
+
+def run_cli(main) -> None:
+    """Run a command's ``main()``; errors about the user's files and flags end the program
+    with one clear line instead of a traceback."""
+    from aml.data.download import DownloadError
+    from aml.data.images import ImageLoadError
+    from aml.networks.checkpoint import CheckpointError
+
+    try:
+        main()
+    except (DownloadError, CheckpointError, ImageLoadError, FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: checkpoints already written are complete (they are written atomically)")

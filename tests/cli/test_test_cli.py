@@ -168,3 +168,18 @@ def test_extract_features_writes_columns_in_db_order(checkpoint, synth_root):
     assert paths[0].name == "synth-sfm_resnet18-gem.npy" and paths[1].name == "synth-sfm-val_resnet18-gem.npy"
     listing = paths[0].with_name("synth-sfm_resnet18-gem_img_list.txt").read_text().splitlines()
     assert len(listing) == 128 and np.linalg.norm(train, axis=0) == pytest.approx(np.ones(128), abs=1e-4)
+
+
+def test_scripts_report_user_errors_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bad = tmp_path / "broken.pth.tar"
+    bad.write_bytes(b"not a checkpoint")
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(repo / "test.py"), "-npath", str(bad), "-d", "synth-oxford",
+                           "--data-root", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("error: cannot read") and "broken.pth.tar" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -4,7 +4,6 @@ database descriptors at test time, and network fingerprints that key them."""
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -13,6 +12,7 @@ import torch
 
 from aml.data.images import image_transform
 from aml.extraction import extract_vectors
+from aml.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +36,19 @@ def describe_images(net, images: Sequence[str], image_size: int, scales: Sequenc
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp.npy")
-    np.save(temporary, array)
-    os.replace(temporary, path)
+    atomic_write(path, lambda out: np.save(out, array))
 
 
 def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequence[float], msp: float,
-                       cache_dir: Optional[Path], tag: str, **options: Any) -> np.ndarray:
+                       cache_dir: Optional[Path], tag: str, fingerprint: Optional[str] = None,
+                       **options: Any) -> np.ndarray:
     """:func:`describe_images`, cached in ``cache_dir`` under a key of (network content,
-    image list, image size, scales, msp), so a database is encoded once per network."""
+    image list, image size, scales, msp), so a database is encoded once per network.
+    ``fingerprint`` spares hashing the weights again when the caller already did."""
     if cache_dir is None:
         return describe_images(net, images, image_size, scales, msp, **options)
-    key = hashlib.sha1(json.dumps([network_fingerprint(net), list(map(str, images)), image_size,
+    fingerprint = fingerprint or network_fingerprint(net)
+    key = hashlib.sha1(json.dumps([fingerprint, list(map(str, images)), image_size,
                                    [float(s) for s in scales], round(float(msp), 6)]).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{tag}_{key}.npy"
     if path.exists():

@@ -30,15 +30,16 @@ def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[s
 
 def extract_dataset_features(net: ImageRetrievalNet, network_name: str, dataset: str, split: str,
                              image_size: int, scales: Sequence[float] = (1,), data_root: Optional[str] = None,
-                             output: Optional[Path] = None, **options) -> Path:
-    """Encode a data set (split) with ``net`` and write ``<data_root>/features/<name>.npy``."""
+                             output: Optional[Path] = None, fingerprint: Optional[str] = None, **options) -> Path:
+    """Encode a data set (split) with ``net`` and write ``<data_root>/features/<name>.npy``
+    (``fingerprint``: the weights' hash, when the caller already has it)."""
     images = dataset_images(dataset, split, data_root)
     is_train_set = dataset.lower() in {name.lower() for name in TRAIN_SETS}
     path = output or data_subdir(data_root, "features") / feature_file_name(dataset, network_name,
                                                                            split if is_train_set else None)
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)
     vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)), **options)
-    write_feature_file(vecs, images, path, {"network": network_name, "fingerprint": network_fingerprint(net),
+    write_feature_file(vecs, images, path, {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),
                                             "image_size": image_size, "scales": [float(x) for x in scales]})
     log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
     return path

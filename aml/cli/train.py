@@ -21,7 +21,7 @@ from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import build_network
 from aml.training.modes import MODES, get_mode
 from aml.training.optim import OPTIMIZERS, build_optimizer
-from aml.training.teacher import teacher_split_features
+from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.trainer import Split, Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -126,24 +126,22 @@ def teacher_dimension(teacher: str) -> Optional[int]:
     return None
 
 
-def _split(args, name: str, split: str, feat_path: Optional[str], device: str) -> Split:
-    db = load_training_db(name, split, args.data_root)
-    teacher = None
+def _split(args, teacher: Teacher, split: str, feat_path: Optional[str], device: str) -> Split:
+    db = load_training_db(args.training_dataset, split, args.data_root)
+    features = None
     if get_mode(args.mode).needs_teacher:
-        teacher = teacher_split_features(args.teacher, name, split, len(db["cids"]), args.image_size, feat_path,
-                                         args.data_root, device, args.workers)
-    return Split(db, list(db["images"]), teacher)
+        features = teacher_split_features(teacher, args.training_dataset, split, len(db["cids"]), args.image_size,
+                                          feat_path, device, args.workers)
+    return Split(db, list(db["images"]), features)
 
 
-def _test_callback(args, device: str, run_dir: Path):
+def _test_callback(args, teacher_spec: Teacher, device: str, run_dir: Path):
     if not args.test_freq:
         return None
-    from aml.networks.loading import load_teacher
-
     teacher = None
     if get_mode(args.mode).needs_teacher:
-        net, name = load_teacher(args.teacher, args.data_root)
-        teacher = Encoder(net, name, Path(args.teacher) if Path(args.teacher).exists() else None)
+        net, name = teacher_spec.loaded
+        teacher = Encoder(net, name, teacher_spec.path)
     settings = TestSettings(datasets=[d for d in args.test_datasets.split(",") if d], image_size=args.image_size,
                             whitening=args.test_whiten or None, workers=args.workers, device=device,
                             data_root=args.data_root, cache=True)
@@ -172,8 +170,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     np.random.seed(0)
     random.seed(0)
     mode = get_mode(args.mode)
-    train = _split(args, args.training_dataset, "train", args.feat_path, device)
-    val = _split(args, args.training_dataset, "val", args.feat_val_path, device) if args.val else None
+    teacher = Teacher(args.teacher, args.data_root)
+    train = _split(args, teacher, "train", args.feat_path, device)
+    val = _split(args, teacher, "val", args.feat_val_path, device) if args.val else None
     dim = train.teacher.shape[0] if train.teacher is not None else teacher_dimension(args.teacher)
     project = get_backbone(args.arch).student or mode.needs_teacher
     net = build_network(args.arch, args.pool, args.local_whitening, args.regional, args.whitening,
@@ -188,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              val_freq=args.val_freq, save_freq=args.save_freq, sym=args.sym, device=device,
                              test_freq=args.test_freq)
     trainer = Trainer(net, build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer, mode, train, val,
-                      run_dir, settings, _test_callback(args, device, run_dir))
+                      run_dir, settings, _test_callback(args, teacher, device, run_dir))
     resumed = trainer.resume(args.resume) if args.resume else False
     if not args.pretrained and not resumed:
         trainer.calibrate_if_vanishing()

@@ -9,6 +9,8 @@ import pickle
 from pathlib import Path
 from typing import Any, Union
 
+from aml.utils.atomic import atomic_write
+
 
 _ALLOWED = {
     ("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "str", "int", "float",
@@ -46,14 +48,7 @@ def load_pickle(path: Union[str, Path]) -> Any:
 
 def save_pickle(obj: Any, path: Union[str, Path]) -> None:
     """Write a data pickle atomically (temporary file then rename)."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as out:
-        pickle.dump(obj, out, protocol=4)
-    os.replace(temporary, path)
+    atomic_write(path, lambda out: pickle.dump(obj, out, protocol=4))
 
 
 __all__ = ["load_pickle", "save_pickle", "UnsafePickleError"]

@@ -21,7 +21,7 @@ from aml.data.trainsets import load_whitening_db
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.search import rank_database
 from aml.evaluation.whitening import whitenapply, whitenlearn
-from aml.features import cached_descriptors, describe_images
+from aml.features import cached_descriptors, describe_images, network_fingerprint
 from aml.networks.checkpoint import load_plain_file, save_plain_file
 from aml.networks.pretrained import PRETRAINED
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
@@ -136,6 +136,7 @@ def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder
     scales = list(settings.scales)
     lw = get_whitening(database_encoder, settings.whitening, settings, published=teacher is None) if settings.whitening else None
     cache_dir = data_subdir(settings.data_root, "features") / "cache" if settings.cache else None
+    fingerprint = network_fingerprint(database_encoder.net) if settings.cache else None
     results: Dict[str, Any] = {}
     for dataset in settings.datasets:
         start = time.time()
@@ -145,7 +146,7 @@ def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder
         images, queries, bbxs = query_and_database_paths(cfg)
         vecs = cached_descriptors(database_encoder.net, images, settings.image_size, scales,
                                   multiscale_power(database_encoder.net, scales), cache_dir, dataset,
-                                  **settings.extraction())
+                                  fingerprint, **settings.extraction())
         qvecs = describe_images(student.net, queries, settings.image_size, scales,
                                 multiscale_power(student.net, scales), bbxs=bbxs, **settings.extraction())
         printer(f">> {dataset}: Evaluating...")

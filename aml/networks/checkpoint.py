@@ -5,9 +5,7 @@ the network (architecture, pooling, local_whitening, regional, whitening, mean, 
 outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with numpy arrays).
 """
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 
 from aml.networks.backbones import get_backbone
+from aml.utils.atomic import atomic_write
 from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
 
@@ -37,20 +36,7 @@ def _numpy_globals() -> list:
 def save_checkpoint(state: Any, path: PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync,
     rename), so that an interrupted write never corrupts an existing checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            torch.save(state, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    return atomic_write(path, lambda out: torch.save(state, out))
 
 
 def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:

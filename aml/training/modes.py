@@ -71,7 +71,7 @@ class EpochSizes:
     neg_num: int
 
 
-Encoder = Callable[[Sequence[int]], torch.Tensor]  # image indices -> D x n student descriptors
+StudentEncoder = Callable[[Sequence[int]], torch.Tensor]  # image indices -> D x n student descriptors
 
 
 def _tuple(mode: Mode, sym: bool, query: int, positives: Sequence[int], negatives: Sequence[int]) -> TrainingTuple:
@@ -83,7 +83,7 @@ def _tuple(mode: Mode, sym: bool, query: int, positives: Sequence[int], negative
 
 
 def build_epoch_tuples(mode: Mode, db: Dict, sizes: EpochSizes, generator: torch.Generator,
-                       encode: Encoder, teacher: Optional[torch.Tensor] = None, sym: bool = False,
+                       encode: StudentEncoder, teacher: Optional[torch.Tensor] = None, sym: bool = False,
                        device: str = "cpu") -> Tuple[List[TrainingTuple], float]:
     """The tuples of one epoch (and the mean query-negative distance of mined negatives).
 

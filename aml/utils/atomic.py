@@ -1,0 +1,27 @@
+"""The one atomic file writer: checkpoints, data pickles and descriptor files all go
+through it, so an interrupted write never leaves a half-written file in place."""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Union
+
+
+def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(handle)`` on a temporary file next to ``path``, fsync it, then rename it
+    onto ``path``; on any error (or interrupt) the temporary file is removed and an existing
+    ``path`` is left untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path

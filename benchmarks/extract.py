@@ -63,7 +63,10 @@ def main() -> None:
         for arch in args.archs.split(","):
             net = build_network(arch, pretrained=False).eval()
             for device in devices:
-                modes = {"one-by-one": dict(batch_size=1), f"batched {args.batch_size}": dict(batch_size=args.batch_size)}
+                modes = {"one-by-one": dict(batch_size=1), f"batched {args.batch_size}": dict(batch_size=args.batch_size),
+                         "one-by-one channels_last": dict(batch_size=1, channels_last=True),
+                         f"batched {args.batch_size} channels_last": dict(batch_size=args.batch_size,
+                                                                         channels_last=True)}
                 if device == "cuda":
                     modes["batched 32"] = dict(batch_size=32)
                     modes["batched 32 bf16 channels_last"] = dict(batch_size=32, amp=True, channels_last=True)

@@ -31,7 +31,7 @@ TEST_WHITEN = ["retrieval-SfM-30k", "retrieval-SfM-120k", "synth-sfm"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of the original main.py (names, aliases, defaults), plus --data-root,
-    --device and --test-freq."""
+    --device, --test-freq and --train-batchnorm."""
     p = argparse.ArgumentParser(description="Train a retrieval network (asymmetric metric learning).")
     p.add_argument("--directory", metavar="EXPORT_DIR", required=True, help="where the run folder is created")
     p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k", choices=TRAINING_SETS)
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feat-path", default=None, help=".npy teacher descriptors (D x N) of the train split")
     p.add_argument("--feat-val-path", default=None, help=".npy teacher descriptors (D x N) of the val split")
     p.add_argument("--pos-num", "-pn", default=3, type=int, help="kept for compatibility (unused)")
+    p.add_argument("--train-batchnorm", action="store_true",
+                   help="BatchNorm uses batch statistics, all images of a mini-batch encoded together "
+                        "(for trunks trained from scratch); default: frozen, as the original")
     p.add_argument("--test-freq", default=0, type=int, help="evaluate on --test-datasets every N epochs (0: never)")
     add_runtime_arguments(p)
     return p
@@ -112,7 +115,7 @@ def run_name(args: argparse.Namespace) -> str:
     name += (f"_{args.loss}_m{args.loss_margin:.2f}_{args.optimizer}_lr{args.lr:.1e}_wd{args.weight_decay:.1e}"
              f"_nnum{args.neg_num}_qsize{args.query_size}_psize{args.pool_size}_bsize{args.batch_size}"
              f"_uevery{args.update_every}_imsize{args.image_size}_temp{args.temp}_{args.mode}")
-    name += "_sym" * args.sym
+    name += "_sym" * args.sym + "_trainbn" * args.train_batchnorm
     teacher = Path(args.teacher).name.split(".pth")[0] if Path(args.teacher).exists() else args.teacher
     return name + f"_teach_{teacher}" + args.comment
 
@@ -185,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              pool_size=args.pool_size, batch_size=args.batch_size, update_every=args.update_every,
                              epochs=args.epochs, print_freq=args.print_freq, workers=args.workers, val=args.val,
                              val_freq=args.val_freq, save_freq=args.save_freq, sym=args.sym, device=device,
-                             test_freq=args.test_freq)
+                             test_freq=args.test_freq, train_batchnorm=args.train_batchnorm)
     trainer = Trainer(net, build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer, mode, train, val,
                       run_dir, settings, _test_callback(args, teacher, device, run_dir))
     resumed = trainer.resume(args.resume) if args.resume else False

@@ -5,8 +5,9 @@ at most ``imsize`` and images are never enlarged. A query is cropped to its boun
 first and then shrunk by the factor the full image would get.
 """
 
+import contextlib
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -20,17 +21,38 @@ class ImageLoadError(RuntimeError):
     """An image file is missing or cannot be decoded."""
 
 
-def load_image(path: PathLike) -> Image.Image:
-    """Open ``path`` as an RGB PIL image, with an error naming the file when that fails."""
+@contextlib.contextmanager
+def _errors_naming(path: PathLike) -> Iterator[None]:
+    """Turn a missing or undecodable ``path`` into an ImageLoadError that names it."""
     try:
-        with open(path, "rb") as handle:
-            image = Image.open(handle)
-            image.load()
+        yield
     except FileNotFoundError:
         raise ImageLoadError(f"image {path} is missing; download the data set again or fix its list") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"image {path} is corrupt or not an image ({err}); replace or re-download it") from err
+
+
+def load_image(path: PathLike) -> Image.Image:
+    """Open ``path`` as an RGB PIL image, with an error naming the file when that fails."""
+    with _errors_naming(path), open(path, "rb") as handle:
+        image = Image.open(handle)
+        image.load()
     return image.convert("RGB")
+
+
+def image_size(path: PathLike) -> Tuple[int, int]:
+    """(width, height) of an image file, read from its header (nothing is decoded)."""
+    with _errors_naming(path), Image.open(path) as image:
+        return image.size
+
+
+def resized_shape(size: Tuple[int, int], imsize: Optional[float]) -> Tuple[int, int]:
+    """Approximate (height, width) of an image of ``size`` (width, height) after
+    :func:`imresize` (PIL's own rounding may differ by a pixel); used to group images of
+    equal shape before loading them."""
+    width, height = size
+    scale = 1.0 if imsize is None else min(1.0, imsize / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def imresize(image: Image.Image, imsize: float) -> Image.Image:

@@ -4,21 +4,21 @@ BatchNorm, validation, atomic checkpoints, logs and exact resume."""
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from aml.data.images import image_transform, load_and_resize
+from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.extraction import effective_workers, extract_vectors
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples
 from aml.training.optim import calibrate_batchnorm, freeze_batchnorm, set_epoch_lr
-from aml.training.tuples import TupleDataset, collate_list, encode_images, encode_tuple
+from aml.training.tuples import TupleDataset, collate_list, encode_images, encode_tuples, shape_grouped_batches
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
@@ -31,6 +31,14 @@ class Split:
     db: Dict[str, Any]
     images: List[str]
     teacher: Optional[torch.Tensor] = None
+    sizes: Optional[List[Tuple[int, int]]] = field(default=None, repr=False)
+
+    def image_sizes(self) -> List[Tuple[int, int]]:
+        """(width, height) of every image, read from the file headers once."""
+        if self.sizes is None:
+            log.info(">> Reading the sizes of %d images (shape-grouped batches)", len(self.images))
+            self.sizes = [image_size(path) for path in self.images]
+        return self.sizes
 
 
 @dataclass
@@ -53,6 +61,7 @@ class TrainSettings:
     device: str = "cpu"
     test_freq: int = 0
     extraction_batch: Optional[int] = None
+    train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
 
 
 class RunLog:
@@ -89,6 +98,7 @@ class Trainer:
         self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
         self.device = torch.device(settings.device)
+        net.to(memory_format=torch.channels_last)  # faster convolutions on the CPU and GPU
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
         self.evaluate = evaluate
         self.needs_target = getattr(criterion, "needs_target", False)
@@ -118,14 +128,26 @@ class Trainer:
         return tuples
 
     def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
-        dataset = TupleDataset(tuples, split.images, self.settings.image_size, self.transform, split.teacher)
-        return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=shuffle, drop_last=True,
-                          collate_fn=collate_list, generator=torch.Generator().manual_seed(epoch),
-                          num_workers=effective_workers(self.settings.workers, self.device))
+        """Batches of tuples, shuffled by the epoch's seed. With ``train_batchnorm`` a training
+        batch holds queries of one shape where possible (one forward, whole-batch statistics)."""
+        s = self.settings
+        dataset = TupleDataset(tuples, split.images, s.image_size, self.transform, split.teacher)
+        generator = torch.Generator().manual_seed(epoch)
+        workers = effective_workers(s.workers, self.device)
+        if shuffle and s.train_batchnorm:
+            sizes = split.image_sizes()
+            keys = [resized_shape(sizes[t.members[0]], s.image_size) for t in tuples]
+            return DataLoader(dataset, batch_sampler=shape_grouped_batches(keys, s.batch_size, generator),
+                              collate_fn=collate_list, num_workers=workers)
+        return DataLoader(dataset, batch_size=s.batch_size, shuffle=shuffle, drop_last=True, collate_fn=collate_list,
+                          generator=generator, num_workers=workers)
 
     # -- losses ---------------------------------------------------------------------------
     def batch_losses(self, batch: List[Dict[str, Any]], backward: bool) -> List[float]:
-        """Loss of each tuple of a batch (one loss per batch in relational modes)."""
+        """Loss of each tuple of a batch (one loss per batch in relational modes). With frozen
+        BatchNorm one tuple is encoded and back-propagated at a time (the original's memory
+        profile); with ``train_batchnorm`` all student images of the batch go through together,
+        so that their batch statistics are those of the mini-batch."""
         if self.mode.relational:
             student = encode_images(self.net, [item["images"][0] for item in batch], self.device)
             teacher = torch.stack([item["teacher"][:, 0] for item in batch]).to(self.device)
@@ -133,15 +155,21 @@ class Trainer:
             if backward:
                 loss.backward()
             return [loss.item()]
-        losses = []
-        for item in batch:
-            out = encode_tuple(self.net, item, self.device)
-            target = item["target"].to(self.device) if self.needs_target and item["target"] is not None else None
-            loss = self.criterion(out, item["labels"].to(self.device), target)
+        losses: List[float] = []
+        chunks = [batch] if self.settings.train_batchnorm else [[item] for item in batch]
+        for chunk in chunks:
+            outputs = encode_tuples(self.net, chunk, self.device)
+            chunk_losses = [self.criterion(out, item["labels"].to(self.device), self._target(item))
+                            for out, item in zip(outputs, chunk)]
             if backward:
-                loss.backward()
-            losses.append(loss.item())
+                torch.stack(chunk_losses).sum().backward()
+            losses += [loss.item() for loss in chunk_losses]
         return losses
+
+    def _target(self, item: Dict[str, Any]) -> Optional[torch.Tensor]:
+        if self.needs_target and item["target"] is not None:
+            return item["target"].to(self.device)
+        return None
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch: set the lr, build tuples with the current weights, step every
@@ -151,7 +179,8 @@ class Trainer:
         log.info(">> Creating tuples for an epoch of %s-%s...", "train", self.mode.name)
         loader = self._loader(self.train_split, self.epoch_tuples(self.train_split, epoch), epoch, shuffle=True)
         self.net.train()
-        freeze_batchnorm(self.net)
+        if not s.train_batchnorm:
+            freeze_batchnorm(self.net)
         self.optimizer.zero_grad()
         losses: List[float] = []
         start = time.time()

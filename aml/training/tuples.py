@@ -2,7 +2,7 @@
 others, and encoding a tuple with the student (images of equal shape in one forward)."""
 
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -46,29 +46,61 @@ def collate_list(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return batch
 
 
+def shape_grouped_batches(keys: Sequence[Hashable], batch_size: int, generator: torch.Generator) -> List[List[int]]:
+    """Full mini-batches of item indices in which items share a key (an image shape) where
+    possible: each key's items are shuffled and cut into batches, the leftovers of all keys
+    are shuffled into mixed batches (a trailing partial batch is dropped), and the batch
+    order is shuffled. Deterministic for a given ``generator`` state."""
+    groups: Dict[Hashable, List[int]] = defaultdict(list)
+    for index, key in enumerate(keys):
+        groups[key].append(index)
+    batches: List[List[int]] = []
+    leftovers: List[int] = []
+    for members in groups.values():
+        shuffled = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        full = len(shuffled) - len(shuffled) % batch_size
+        batches += [shuffled[k:k + batch_size] for k in range(0, full, batch_size)]
+        leftovers += shuffled[full:]
+    leftovers = [leftovers[i] for i in torch.randperm(len(leftovers), generator=generator).tolist()]
+    batches += [leftovers[k:k + batch_size] for k in range(0, len(leftovers) - batch_size + 1, batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def encode_images(net: torch.nn.Module, images: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """B x D student descriptors; images of the same shape share one forward pass (BatchNorm
-    is frozen during training, so the result equals one forward per image)."""
+    """B x D student descriptors; images of the same shape share one forward pass. With
+    frozen BatchNorm the result equals one forward per image; with BatchNorm in train mode
+    each shape group is normalised by its own batch statistics."""
     groups: Dict[tuple, List[int]] = defaultdict(list)
     for i, image in enumerate(images):
         groups[tuple(image.shape)].append(i)
     rows: List[Optional[torch.Tensor]] = [None] * len(images)
     for indices in groups.values():
-        out = net.descriptors(torch.stack([images[i] for i in indices]).to(device, non_blocking=True))
+        batch = torch.stack([images[i] for i in indices]).to(device, non_blocking=True)
+        out = net.descriptors(batch.contiguous(memory_format=torch.channels_last))
         for row, i in enumerate(indices):
             rows[i] = out[row]
     return torch.stack(rows)
 
 
+def encode_tuples(net: torch.nn.Module, items: Sequence[Dict[str, Any]], device: torch.device) -> List[torch.Tensor]:
+    """D x S descriptors of each tuple in member order (student images and teacher columns);
+    the student images of all ``items`` are encoded together (see :func:`encode_images`)."""
+    images = [image for item in items for image in item["images"]]
+    encoded = encode_images(net, images, device) if images else None
+    outputs, start = [], 0
+    for item in items:
+        columns: List[Optional[torch.Tensor]] = [None] * len(item["labels"])
+        for slot in item["image_slots"]:
+            columns[slot] = encoded[start]
+            start += 1
+        if item["teacher_slots"]:
+            teacher = item["teacher"].to(device)
+            for k, slot in enumerate(item["teacher_slots"]):
+                columns[slot] = teacher[:, k]
+        outputs.append(torch.stack(columns, dim=1))
+    return outputs
+
+
 def encode_tuple(net: torch.nn.Module, item: Dict[str, Any], device: torch.device) -> torch.Tensor:
-    """D x S descriptors of a tuple in member order (student images and teacher columns)."""
-    size = len(item["labels"])
-    columns: List[Optional[torch.Tensor]] = [None] * size
-    if item["images"]:
-        for slot, row in zip(item["image_slots"], encode_images(net, item["images"], device)):
-            columns[slot] = row
-    if item["teacher_slots"]:
-        teacher = item["teacher"].to(device)
-        for k, slot in enumerate(item["teacher_slots"]):
-            columns[slot] = teacher[:, k]
-    return torch.stack(columns, dim=1)
+    """D x S descriptors of one tuple in member order."""
+    return encode_tuples(net, [item], device)[0]

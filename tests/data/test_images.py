@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from aml.data.images import ImageLoadError, imresize, load_and_resize, load_image
+from aml.data.images import ImageLoadError, image_size, imresize, load_and_resize, load_image, resized_shape
 
 
 @pytest.mark.parametrize("size, imsize, expected", [((1000, 700), 362.7, (362, 253)), ((701, 333), 500, (500, 238)),
@@ -34,3 +34,24 @@ def test_truncated_jpeg_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ImageLoadError, match="cut.jpg"):
         load_image(path)
+
+
+@pytest.mark.parametrize("size, imsize", [((1000, 700), 362.7), ((701, 333), 500), ((1000, 700), 1024),
+                                          ((300, 900), 450), ((160, 120), 96), ((120, 160), 96), ((160, 107), 96)])
+def test_resized_shape_predicts_imresize_within_a_pixel(size, imsize):
+    width, height = imresize(Image.new("RGB", size), imsize).size
+    predicted = resized_shape(size, imsize)
+    assert abs(predicted[0] - height) <= 1 and abs(predicted[1] - width) <= 1
+    assert resized_shape(size, None) == (size[1], size[0])
+
+
+def test_image_size_reads_the_header_and_names_bad_files(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (37, 21)).save(path)
+    assert image_size(path) == (37, 21)
+    with pytest.raises(ImageLoadError, match="gone.png is missing"):
+        image_size(tmp_path / "gone.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ImageLoadError, match="bad.png is corrupt"):
+        image_size(bad)

@@ -1,4 +1,4 @@
-"""Optimizer groups, lr schedule, frozen BatchNorm and batched tuple encoding."""
+"""Optimizer groups, lr schedule, frozen BatchNorm, batched tuple encoding and shape-grouped batches."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 
 from aml.networks import build_network
 from aml.training.optim import build_optimizer, freeze_batchnorm, set_epoch_lr
-from aml.training.tuples import encode_images, encode_tuple
+from aml.training.tuples import encode_images, encode_tuple, encode_tuples, shape_grouped_batches
 
 
 def test_gem_p_gets_ten_times_lr_and_no_weight_decay():
@@ -56,3 +56,28 @@ def test_tuple_images_batched_equal_one_by_one_with_gradients():
     batched.sum().backward()
     assert net.features[0].weight.grad is not None
     assert encode_images(net, images, torch.device("cpu")).shape == (3, 512)
+
+
+def test_tuples_of_a_batch_encoded_together_equal_one_by_one_with_frozen_batchnorm():
+    torch.manual_seed(0)
+    net = build_network("resnet18", pretrained=False)
+    net.train()
+    freeze_batchnorm(net)
+    items = [{"images": [torch.rand(3, 40, 32)], "image_slots": [0], "teacher_slots": [1, 2],
+              "teacher": torch.rand(512, 2), "labels": torch.tensor([-1.0, 1, 0])} for _ in range(3)]
+    together = encode_tuples(net, items, torch.device("cpu"))
+    for item, out in zip(items, together):
+        assert torch.allclose(out, encode_tuple(net, item, torch.device("cpu")), atol=1e-6)
+        assert torch.equal(out[:, 1:], item["teacher"])
+
+
+def test_shape_grouped_batches_are_full_deterministic_and_homogeneous_where_possible():
+    keys = ["a"] * 7 + ["b"] * 5 + ["c"] * 2
+    batches = shape_grouped_batches(keys, 3, torch.Generator().manual_seed(4))
+    assert batches == shape_grouped_batches(keys, 3, torch.Generator().manual_seed(4))
+    assert batches != shape_grouped_batches(keys, 3, torch.Generator().manual_seed(5))
+    assert all(len(b) == 3 for b in batches) and len(batches) == 4  # 14 items: 4 full batches, 2 dropped
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == len(flat)
+    homogeneous = [b for b in batches if len({keys[i] for i in b}) == 1]
+    assert sorted(keys[b[0]] for b in homogeneous) == ["a", "a", "b"]  # a: 2 full, b: 1 full; rest mixed

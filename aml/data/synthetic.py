@@ -180,7 +180,7 @@ def _save(image: Image.Image, path: Path) -> None:
 class SyntheticTrainConfig:
     """Sizes of a synthetic training set."""
 
-    train_landmarks: int = 60
+    train_landmarks: int = 150
     val_landmarks: int = 12
     views: int = 14
     pairs_per_landmark: int = 6

@@ -101,6 +101,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     for name in ("update_every", "batch_size", "epochs", "val_freq", "save_freq", "print_freq"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.train_batchnorm and args.batch_size < 2:
+        parser.error("--train-batchnorm needs --batch-size of at least 2 (BatchNorm uses the statistics of the "
+                     "mini-batch); use 8 or more")
     if args.test_freq < 0:
         parser.error("--test-freq must be 0 (off) or positive")
 

@@ -19,13 +19,14 @@ def test_query_crop_gets_the_full_image_scale_factor(tmp_path):
     assert load_and_resize(path, 2000, bbx=(0, 0, 400, 200)).size == (400, 200)
 
 
-def test_missing_and_corrupt_images_are_named(tmp_path):
+@pytest.mark.parametrize("read", [load_image, image_size])
+def test_missing_and_corrupt_images_are_named(tmp_path, read):
     with pytest.raises(ImageLoadError, match="missing.jpg is missing"):
-        load_image(tmp_path / "missing.jpg")
+        read(tmp_path / "missing.jpg")
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ImageLoadError, match="bad.jpg is corrupt"):
-        load_image(bad)
+        read(bad)
 
 
 def test_truncated_jpeg_is_reported(tmp_path):
@@ -45,13 +46,7 @@ def test_resized_shape_predicts_imresize_within_a_pixel(size, imsize):
     assert resized_shape(size, None) == (size[1], size[0])
 
 
-def test_image_size_reads_the_header_and_names_bad_files(tmp_path):
+def test_image_size_reads_the_header(tmp_path):
     path = tmp_path / "a.png"
     Image.new("RGB", (37, 21)).save(path)
     assert image_size(path) == (37, 21)
-    with pytest.raises(ImageLoadError, match="gone.png is missing"):
-        image_size(tmp_path / "gone.png")
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not an image at all")
-    with pytest.raises(ImageLoadError, match="bad.png is corrupt"):
-        image_size(bad)

@@ -48,9 +48,12 @@ def mine_hard_negatives(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, query
                 deep = _ranked_candidates(query_vecs, pool_vecs, pool_vecs.shape[1], device)
             taken = _walk(deep[:, q], pool_clusters, query_cluster, nnum)
         negatives.append(taken)
-    distances = [torch.linalg.vector_norm(query_vecs[:, q] - pool_vecs[:, n] + 1e-6).item()
-                 for q, chosen in enumerate(negatives) for n in chosen]
-    return negatives, float(np.mean(distances)) if distances else 0.0
+    query_columns = [q for q, chosen in enumerate(negatives) for _ in chosen]
+    if not query_columns:
+        return negatives, 0.0
+    pool_columns = [n for chosen in negatives for n in chosen]
+    distances = torch.linalg.vector_norm(query_vecs[:, query_columns] - pool_vecs[:, pool_columns] + 1e-6, dim=0)
+    return negatives, float(distances.double().mean())
 
 
 def random_negatives(query_clusters: Sequence, pool_clusters: Sequence, nnum: int,

@@ -31,7 +31,7 @@ TEST_WHITEN = ["retrieval-SfM-30k", "retrieval-SfM-120k", "synth-sfm"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of the original main.py (names, aliases, defaults), plus --data-root,
-    --device, --test-freq and --train-batchnorm."""
+    --device, --test-freq, --train-batchnorm and --proj-lr-mult."""
     p = argparse.ArgumentParser(description="Train a retrieval network (asymmetric metric learning).")
     p.add_argument("--directory", metavar="EXPORT_DIR", required=True, help="where the run folder is created")
     p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k", choices=TRAINING_SETS)
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batchnorm", action="store_true",
                    help="BatchNorm uses batch statistics, all images of a mini-batch encoded together "
                         "(for trunks trained from scratch); default: frozen, as the original")
+    p.add_argument("--proj-lr-mult", default=1.0, type=float,
+                   help="learning-rate multiplier of the student's 1x1 projection; 0.1 keeps its ReLU channels "
+                        "alive when training from scratch at a high lr (default: 1, as the original)")
     p.add_argument("--test-freq", default=0, type=int, help="evaluate on --test-datasets every N epochs (0: never)")
     add_runtime_arguments(p)
     return p
@@ -104,6 +107,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.train_batchnorm and args.batch_size < 2:
         parser.error("--train-batchnorm needs --batch-size of at least 2 (BatchNorm uses the statistics of the "
                      "mini-batch); use 8 or more")
+    if args.proj_lr_mult <= 0:
+        parser.error("--proj-lr-mult must be positive (0.1 for students trained from scratch)")
     if args.test_freq < 0:
         parser.error("--test-freq must be 0 (off) or positive")
 
@@ -119,6 +124,8 @@ def run_name(args: argparse.Namespace) -> str:
              f"_nnum{args.neg_num}_qsize{args.query_size}_psize{args.pool_size}_bsize{args.batch_size}"
              f"_uevery{args.update_every}_imsize{args.image_size}_temp{args.temp}_{args.mode}")
     name += "_sym" * args.sym + "_trainbn" * args.train_batchnorm
+    if args.proj_lr_mult != 1.0:
+        name += f"_projlr{args.proj_lr_mult:g}"
     teacher = Path(args.teacher).name.split(".pth")[0] if Path(args.teacher).exists() else args.teacher
     return name + f"_teach_{teacher}" + args.comment
 
@@ -186,7 +193,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         teacher_dim=dim if project else None, data_root=args.data_root)
     net.meta["teacher"] = args.teacher
     net.to(device)
-    optimizer = build_optimizer(net, args.optimizer, args.lr, args.momentum, args.weight_decay)
+    if args.proj_lr_mult != 1.0 and net.projection() is None:
+        log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", args.proj_lr_mult, args.arch)
+    optimizer = build_optimizer(net, args.optimizer, args.lr, args.momentum, args.weight_decay, args.proj_lr_mult)
     settings = TrainSettings(image_size=args.image_size, neg_num=args.neg_num, query_size=args.query_size,
                              pool_size=args.pool_size, batch_size=args.batch_size, update_every=args.update_every,
                              epochs=args.epochs, print_freq=args.print_freq, workers=args.workers, val=args.val,

@@ -50,6 +50,17 @@ class ImageRetrievalNet(nn.Module):
         """B x 3 x H x W images -> D x B descriptors (one column per image)."""
         return self.descriptors(x).t()
 
+    def projection(self) -> Optional[nn.Conv2d]:
+        """The student's bias-free 1x1 projection to the teacher's dimension (the conv before
+        the trunk's final ReLU), or None when the trunk has none."""
+        if len(self.features) < 2:
+            return None
+        conv, relu = self.features[-2], self.features[-1]
+        if (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is None
+                and isinstance(relu, nn.ReLU)):
+            return conv
+        return None
+
     def gem_p(self) -> Optional[float]:
         """The GeM exponent, if the network pools with a single-p GeM."""
         p = getattr(self.pool, "p", None)

@@ -1,5 +1,6 @@
-"""Optimizer set-up: parameter groups (GeM p at 10x lr without weight decay), Adam/SGD,
-and the exponential learning-rate decay exp(-0.01) per epoch."""
+"""Optimizer set-up: parameter groups (GeM p at 10x lr without weight decay, optionally the
+student's projection at its own lr), Adam/SGD, and the exponential learning-rate decay
+exp(-0.01) per epoch."""
 
 import math
 from typing import Dict, List
@@ -12,9 +13,21 @@ from aml.layers.pooling import POOLING_LR_MULTIPLIER
 LR_DECAY = math.exp(-0.01)
 
 
-def parameter_groups(net: nn.Module, lr: float, weight_decay: float) -> List[Dict]:
-    """Trunk, local whitening, pooling (x10 lr for GeM, x100 for GeMmp, no decay) and whitening."""
-    groups = [{"params": list(net.features.parameters())}]
+def parameter_groups(net: nn.Module, lr: float, weight_decay: float, projection_lr_mult: float = 1.0) -> List[Dict]:
+    """Trunk, local whitening, pooling (x10 lr for GeM, x100 for GeMmp, no decay) and whitening.
+
+    With ``projection_lr_mult`` != 1 the student's 1x1 projection gets its own group at
+    ``lr * projection_lr_mult`` (placed right after the trunk). Its inputs are non-negative
+    (ReLU/ReLU6 outputs), so Adam moves all weights of an output channel the same way and the
+    channel's response by about lr x fan-in per step: at from-scratch learning rates a step
+    can push a channel below zero for every image, and its ReLU never recovers. With the
+    default of 1 the groups are the original's (its optimizer states load unchanged).
+    """
+    projection = net.projection() if projection_lr_mult != 1.0 else None
+    skip = {id(p) for p in projection.parameters()} if projection is not None else set()
+    groups = [{"params": [p for p in net.features.parameters() if id(p) not in skip]}]
+    if projection is not None:
+        groups.append({"params": list(projection.parameters()), "lr": lr * projection_lr_mult})
     if net.lwhiten is not None:
         groups.append({"params": list(net.lwhiten.parameters())})
     pooling = net.meta["pooling"]
@@ -35,10 +48,12 @@ OPTIMIZERS = {
 }
 
 
-def build_optimizer(net: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(net: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
+                    projection_lr_mult: float = 1.0) -> torch.optim.Optimizer:
     """The optimizer of ``--optimizer`` over :func:`parameter_groups`; every group records
     its ``initial_lr`` (as the original's checkpoints do)."""
-    optimizer = OPTIMIZERS[name](parameter_groups(net, lr, weight_decay), lr, momentum, weight_decay)
+    groups = parameter_groups(net, lr, weight_decay, projection_lr_mult)
+    optimizer = OPTIMIZERS[name](groups, lr, momentum, weight_decay)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer

@@ -10,6 +10,14 @@ def test_student_gets_projection_to_teacher_dimension():
     assert net.meta["outputdim"] == 2048
     assert net.features[1].weight.shape == (2048, 1280, 1, 1) and net.features[1].bias is None
     assert isinstance(net.features[2], torch.nn.ReLU)
+    assert net.projection() is net.features[1]
+
+
+def test_projection_is_found_only_where_there_is_one():
+    assert build_network("resnet18", pretrained=False).projection() is None  # ends with a residual stage
+    assert build_network("vgg16", pretrained=False).projection() is None  # 3x3 conv + ReLU
+    projected = build_network("resnet18", pretrained=False, teacher_dim=256)
+    assert projected.projection().weight.shape == (256, 512, 1, 1)
 
 
 def test_output_is_columns_of_unit_norm():

@@ -20,6 +20,21 @@ def test_gem_p_gets_ten_times_lr_and_no_weight_decay():
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
 
 
+def test_projection_gets_its_own_lr_only_when_asked():
+    net = build_network("mobilenet_v2", pretrained=False, teacher_dim=512)
+    original = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
+    assert len(original.param_groups) == 2  # trunk (with the projection) and GeM p, as the original
+    optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6, projection_lr_mult=0.1)
+    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    assert groups[id(net.projection().weight)]["lr"] == pytest.approx(1e-4)
+    assert groups[id(net.projection().weight)]["initial_lr"] == pytest.approx(1e-4)
+    assert groups[id(net.features[0][0][0].weight)]["lr"] == 1e-3
+    assert groups[id(net.pool.p)]["lr"] == pytest.approx(1e-2)
+    assert len(groups) == len(list(net.parameters())) == sum(len(g["params"]) for g in optimizer.param_groups)
+    set_epoch_lr(optimizer, 0)
+    assert groups[id(net.projection().weight)]["lr"] == pytest.approx(1e-4 * math.exp(-0.01))
+
+
 def test_sgd_and_exponential_decay_per_epoch():
     net = build_network("resnet18", pretrained=False)
     optimizer = build_optimizer(net, "sgd", 0.1, 0.9, 0.0)

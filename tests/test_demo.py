@@ -1,6 +1,8 @@
 """The demo pipeline end to end with tiny settings (the real one is `make demo`)."""
 
-from aml.demo import format_table, run_demo
+import pytest
+
+from aml.demo import format_table, main, run_demo
 
 
 def test_demo_runs_end_to_end_and_prints_table(synth_root, capsys):
@@ -12,3 +14,9 @@ def test_demo_runs_end_to_end_and_prints_table(synth_root, capsys):
     table = capsys.readouterr().out
     assert "synth-oxford M" in table and "student mobilenet_v2 (reg)" in table
     assert format_table(rows).count("\n") == len(rows) + 1
+
+
+def test_demo_refuses_unknown_student_modes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--student-modes", "reg,contr"])
+    assert "unknown ['contr']" in capsys.readouterr().err

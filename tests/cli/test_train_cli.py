@@ -54,6 +54,18 @@ def test_resume_continues_exactly(synth_root, tmp_path):
     assert (run / "loss_log.txt").read_text().splitlines()[1].startswith("0, ")
 
 
+def test_resume_with_other_optimizer_groups_names_the_file_and_keeps_it(synth_root, tmp_path):
+    first = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val")
+    checkpoint = first["run_dir"] / "model_epoch1.pth.tar"
+    state = load_checkpoint(checkpoint)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]  # as if saved with other groups
+    torch.save(state, checkpoint)
+    before = checkpoint.read_bytes()
+    with pytest.raises(ValueError, match=r"cannot resume from .*model_epoch1\.pth\.tar.*--proj-lr-mult"):
+        train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "2", "--no-val", "--resume", "model_epoch1.pth.tar")
+    assert checkpoint.read_bytes() == before
+
+
 def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path):
     result = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar",
                    "--test-freq", "1", "-td", "synth-oxford")

@@ -259,7 +259,7 @@ class Trainer:
         except ValueError as err:
             raise ValueError(f"cannot resume from {path}: its optimizer state does not match this run's parameter "
                              f"groups ({err}); resume with the flags the run was started with (e.g. the same "
-                             "--optimizer and --proj-lr-mult)") from None
+                             "--proj-lr-mult)") from None
         self.start_epoch, self.min_loss = int(state["epoch"]), float(state["min_loss"])
         log.info(">> Loaded checkpoint '%s' (epoch %d)", path, self.start_epoch)
         return True

@@ -100,7 +100,3 @@ def encode_tuples(net: torch.nn.Module, items: Sequence[Dict[str, Any]], device:
         outputs.append(torch.stack(columns, dim=1))
     return outputs
 
-
-def encode_tuple(net: torch.nn.Module, item: Dict[str, Any], device: torch.device) -> torch.Tensor:
-    """D x S descriptors of one tuple in member order."""
-    return encode_tuples(net, [item], device)[0]

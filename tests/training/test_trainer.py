@@ -7,7 +7,7 @@ import torch
 
 from aml.networks import build_network
 from aml.training.optim import build_optimizer, freeze_batchnorm, set_epoch_lr
-from aml.training.tuples import encode_images, encode_tuple, encode_tuples, shape_grouped_batches
+from aml.training.tuples import encode_images, encode_tuples, shape_grouped_batches
 
 
 def test_gem_p_gets_ten_times_lr_and_no_weight_decay():
@@ -64,7 +64,7 @@ def test_tuple_images_batched_equal_one_by_one_with_gradients():
     images = [torch.rand(3, 40, 32), torch.rand(3, 32, 40), torch.rand(3, 40, 32)]
     item = {"images": images, "image_slots": [0, 2, 3], "teacher_slots": [1], "teacher": torch.rand(512, 1),
             "labels": torch.tensor([-1.0, 1, 0, 0])}
-    batched = encode_tuple(net, item, torch.device("cpu"))
+    batched = encode_tuples(net, [item], torch.device("cpu"))[0]
     single = torch.stack([net.descriptors(x[None])[0] for x in images], dim=1)
     assert torch.allclose(batched[:, [0, 2, 3]], single, atol=1e-6)
     assert torch.equal(batched[:, 1], item["teacher"][:, 0])
@@ -82,7 +82,7 @@ def test_tuples_of_a_batch_encoded_together_equal_one_by_one_with_frozen_batchno
               "teacher": torch.rand(512, 2), "labels": torch.tensor([-1.0, 1, 0])} for _ in range(3)]
     together = encode_tuples(net, items, torch.device("cpu"))
     for item, out in zip(items, together):
-        assert torch.allclose(out, encode_tuple(net, item, torch.device("cpu")), atol=1e-6)
+        assert torch.allclose(out, encode_tuples(net, [item], torch.device("cpu"))[0], atol=1e-6)
         assert torch.equal(out[:, 1:], item["teacher"])
 
 

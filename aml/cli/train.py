@@ -31,7 +31,7 @@ TEST_WHITEN = ["retrieval-SfM-30k", "retrieval-SfM-120k", "synth-sfm"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of the original main.py (names, aliases, defaults), plus --data-root,
-    --device, --test-freq, --train-batchnorm and --proj-lr-mult."""
+    --device, --test-freq, --train-batchnorm, --proj-lr-mult and --seed."""
     p = argparse.ArgumentParser(description="Train a retrieval network (asymmetric metric learning).")
     p.add_argument("--directory", metavar="EXPORT_DIR", required=True, help="where the run folder is created")
     p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k", choices=TRAINING_SETS)
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning-rate multiplier of the student's 1x1 projection; 0.1 keeps its ReLU channels "
                         "alive when training from scratch at a high lr (default: 1, as the original)")
     p.add_argument("--test-freq", default=0, type=int, help="evaluate on --test-datasets every N epochs (0: never)")
+    p.add_argument("--seed", default=0, type=int,
+                   help="seed of the network's initialisation and of every random draw (tuples, shuffling); "
+                        "the weights depend only on the flags, the data and this (default: 0)")
     add_runtime_arguments(p)
     return p
 
@@ -114,7 +117,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def run_name(args: argparse.Namespace) -> str:
-    """The run folder name, built from the arguments as the original did (plus '_sym')."""
+    """The run folder name, built from the arguments as the original did (plus '_sym',
+    '_trainbn', '_projlr<mult>' and '_seed<N>' when they differ from the defaults)."""
     name = f"{args.training_dataset}_{args.arch}_{args.pool}"
     name += "_lwhiten" * args.local_whitening + "_r" * args.regional + "_whiten" * args.whitening
     name += "_notpretrained" * (not args.pretrained)
@@ -126,6 +130,8 @@ def run_name(args: argparse.Namespace) -> str:
     name += "_sym" * args.sym + "_trainbn" * args.train_batchnorm
     if args.proj_lr_mult != 1.0:
         name += f"_projlr{args.proj_lr_mult:g}"
+    if args.seed != 0:
+        name += f"_seed{args.seed}"
     teacher = Path(args.teacher).name.split(".pth")[0] if Path(args.teacher).exists() else args.teacher
     return name + f"_teach_{teacher}" + args.comment
 
@@ -179,19 +185,22 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     device = str(resolve_device(args.device, args.gpu_id))
     run_dir = Path(args.directory) / run_name(args)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    random.seed(0)
     mode = get_mode(args.mode)
     teacher = Teacher(args.teacher, args.data_root)
     train = _split(args, teacher, "train", args.feat_path, device)
     val = _split(args, teacher, "val", args.feat_val_path, device) if args.val else None
     dim = train.teacher.shape[0] if train.teacher is not None else teacher_dimension(args.teacher)
     project = get_backbone(args.arch).student or mode.needs_teacher
+    # seeded right before the network is built: what ran before (a teacher loaded to extract
+    # its descriptors, or not when they were cached) never changes the initial weights
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
     net = build_network(args.arch, args.pool, args.local_whitening, args.regional, args.whitening,
                         pretrained=args.pretrained, teacher=args.teacher if args.teacher in TEACHER_DIMS else None,
                         teacher_dim=dim if project else None, data_root=args.data_root)
     net.meta["teacher"] = args.teacher
+    net.meta["seed"] = args.seed
     net.to(device)
     if args.proj_lr_mult != 1.0 and net.projection() is None:
         log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", args.proj_lr_mult, args.arch)
@@ -200,12 +209,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              pool_size=args.pool_size, batch_size=args.batch_size, update_every=args.update_every,
                              epochs=args.epochs, print_freq=args.print_freq, workers=args.workers, val=args.val,
                              val_freq=args.val_freq, save_freq=args.save_freq, sym=args.sym, device=device,
-                             test_freq=args.test_freq, train_batchnorm=args.train_batchnorm)
+                             test_freq=args.test_freq, train_batchnorm=args.train_batchnorm, seed=args.seed)
     trainer = Trainer(net, build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer, mode, train, val,
                       run_dir, settings, _test_callback(args, teacher, device, run_dir))
     resumed = trainer.resume(args.resume) if args.resume else False
-    if not args.pretrained and not resumed:
-        trainer.calibrate_if_vanishing()
+    if not args.pretrained and not resumed and trainer.calibrate_if_vanishing():
+        net.meta["batchnorm_calibrated"] = True
     log.info(">> Training %s in mode %s with %s loss; run folder %s", args.arch, args.mode, args.loss, run_dir)
     history = trainer.fit()
     return {"run_dir": run_dir, "history": history, "net": net}

@@ -3,10 +3,9 @@
 import torch
 from torch import nn
 
+from aml.layers.functional import l2n
 
-def l2n(x: torch.Tensor, eps: float = 1e-6, dim: int = 1) -> torch.Tensor:
-    """Divide ``x`` by its L2 norm along ``dim`` (plus ``eps``, as cirtorch does)."""
-    return x / (torch.linalg.vector_norm(x, ord=2, dim=dim, keepdim=True) + eps)
+__all__ = ["L2N", "l2n"]
 
 
 class L2N(nn.Module):

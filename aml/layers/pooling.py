@@ -1,72 +1,19 @@
 """Global pooling of a convolutional feature map (B x C x H x W -> B x C x 1 x 1).
 
-Pure functions first (exactly testable), then thin modules, then the ``POOLINGS`` registry
-that the network factory reads. GeM's ``p`` is a learnable parameter (init 3, eps 1e-6).
+The formulas live in :mod:`aml.layers.functional` (cirtorch's functional API); here are
+thin modules over them and the ``POOLINGS`` registry that the network factory reads.
+GeM's ``p`` is a learnable parameter (init 3, eps 1e-6).
 """
 
-import math
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from aml.layers.normalization import l2n
+from aml.layers.functional import gem, l2n, mac, rmac, rmac_regions, roipool, spoc
 
-
-def mac(x: torch.Tensor) -> torch.Tensor:
-    """Maximum activation of convolutions: global max pooling."""
-    return torch.amax(x, dim=(-2, -1), keepdim=True)
-
-
-def spoc(x: torch.Tensor) -> torch.Tensor:
-    """Sum-pooling of convolutions (as an average): global average pooling."""
-    return torch.mean(x, dim=(-2, -1), keepdim=True)
-
-
-def gem(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Generalised mean: (mean over positions of clamp(x, eps)^p)^(1/p).
-
-    ``p`` is a scalar (shape (1,)) or one value per channel (shape (C,)).
-    """
-    p = p.reshape(1, -1, 1, 1) if p.numel() > 1 else p
-    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1), keepdim=True).pow(1.0 / p)
-
-
-def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4) -> List[Tuple[int, int, int]]:
-    """R-MAC grid (Tolias et al.): square regions as (top, left, side) on an H x W map.
-
-    At level l the side is floor(2 * min(H, W) / (l + 1)); the long dimension gets extra
-    regions so that neighbours overlap by about ``overlap``.
-    """
-    short = min(height, width)
-    steps = torch.tensor([2.0, 3, 4, 5, 6, 7])
-    gap = (max(height, width) - short) / (steps - 1)
-    extra = int(torch.argmin(torch.abs((short ** 2 - short * gap) / short ** 2 - overlap)).item()) + 1
-    extra_w = extra if height < width else 0
-    extra_h = extra if height > width else 0
-
-    def starts(length: int, side: int, count: int) -> List[int]:
-        half = math.floor(side / 2 - 1)
-        step = 0.0 if count == 1 else (length - side) / (count - 1)
-        return [int(math.floor(half + i * step) - half) for i in range(count)]
-
-    regions = []
-    for level in range(1, levels + 1):
-        side = math.floor(2 * short / (level + 1))
-        if side == 0:
-            continue
-        for top in starts(height, side, level + extra_h):
-            for left in starts(width, side, level + extra_w):
-                regions.append((top, left, side))
-    return regions
-
-
-def rmac(x: torch.Tensor, levels: int = 3, eps: float = 1e-6) -> torch.Tensor:
-    """R-MAC: L2-normalised global MAC plus the sum of L2-normalised regional MACs."""
-    out = l2n(mac(x), eps=eps)
-    for top, left, side in rmac_regions(x.shape[-2], x.shape[-1], levels):
-        out = out + l2n(mac(x[..., top:top + side, left:left + side]), eps=eps)
-    return out
+__all__ = ["MAC", "SPoC", "GeM", "GeMmp", "RMAC", "Rpool", "POOLINGS", "POOLING_LR_MULTIPLIER", "gem", "mac", "rmac",
+           "rmac_regions", "spoc"]
 
 
 class MAC(nn.Module):
@@ -134,8 +81,7 @@ class Rpool(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        crops = [x] + [x[..., t:t + s, l:l + s] for t, l, s in rmac_regions(x.shape[-2], x.shape[-1], self.levels)]
-        regions = torch.stack([self.rpool(c).flatten(1) for c in crops], dim=1)  # B x R x C
+        regions = roipool(x, self.rpool, self.levels, self.eps).flatten(2)  # B x R x C
         regions = l2n(regions, eps=self.eps, dim=-1)
         if self.whiten is not None:
             regions = l2n(self.whiten(regions), eps=self.eps, dim=-1)

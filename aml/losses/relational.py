@@ -1,17 +1,12 @@
 """Relational knowledge-distillation losses on a batch: student N x C vs teacher N x C
-(rows = images). The teacher side carries no gradient."""
+(rows = images). The teacher side carries no gradient. Pairwise distances are
+:func:`aml.layers.functional.pdist`."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """N x N Euclidean distances, sqrt(max(|ei|^2 + |ej|^2 - 2 ei.ej, eps)), zero diagonal."""
-    squared = e.pow(2).sum(dim=1)
-    prod = e @ e.t()
-    d = (squared[:, None] + squared[None, :] - 2 * prod).clamp(min=eps).sqrt()
-    return d * (1 - torch.eye(len(e), dtype=e.dtype, device=e.device))
+from aml.layers import functional as LF
 
 
 def _angles(e: torch.Tensor) -> torch.Tensor:
@@ -20,14 +15,14 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
 
 
 def _normalised_distances(e: torch.Tensor) -> torch.Tensor:
-    d = pairwise_distances(e)
+    d = LF.pdist(e)
     return d / d[d > 0].mean()
 
 
 class RKdAD(nn.Module):
     """Relational KD (Park et al.): 2 x angle loss + 1 x distance loss, smooth-L1 (mean)."""
 
-    def __init__(self, dist_ratio: float = 1.0, angle_ratio: float = 2.0, **_: float):
+    def __init__(self, dist_ratio: float = 1.0, angle_ratio: float = 2.0):
         super().__init__()
         self.dist_ratio, self.angle_ratio = dist_ratio, angle_ratio
 
@@ -42,7 +37,7 @@ class HardDarkRank(nn.Module):
     """DarkRank (Chen et al.), hard version: the log-likelihood under the student's scores
     (-alpha d^beta) of the teacher's ranking of each row's ``permute_len`` nearest neighbours."""
 
-    def __init__(self, alpha: float = 3.0, beta: float = 3.0, permute_len: int = 4, **_: float):
+    def __init__(self, alpha: float = 3.0, beta: float = 3.0, permute_len: int = 4):
         super().__init__()
         self.alpha, self.beta, self.permute_len = alpha, beta, permute_len
 
@@ -50,8 +45,8 @@ class HardDarkRank(nn.Module):
         if len(student) <= self.permute_len:
             raise ValueError(f"DarkRank needs batches of more than {self.permute_len} images")
         with torch.no_grad():
-            teacher_scores = -self.alpha * pairwise_distances(teacher).pow(self.beta)
+            teacher_scores = -self.alpha * LF.pdist(teacher).pow(self.beta)
             order = teacher_scores.sort(dim=1, descending=True)[1][:, 1:self.permute_len + 1]
-        ordered = torch.gather(-self.alpha * pairwise_distances(student).pow(self.beta), 1, order)
+        ordered = torch.gather(-self.alpha * LF.pdist(student).pow(self.beta), 1, order)
         tails = torch.stack([torch.logsumexp(ordered[:, k:], dim=1) for k in range(ordered.shape[1])], dim=1)
         return -(ordered - tails).sum(dim=1).mean()

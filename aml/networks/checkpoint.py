@@ -15,7 +15,7 @@ import torch
 from aml.networks.backbones import get_backbone
 from aml.utils.atomic import atomic_write
 from aml.networks.pretrained import TEACHER_DIMS
-from aml.networks.retrieval_net import ImageRetrievalNet, build_network
+from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network
 
 PathLike = Union[str, Path]
 
@@ -126,7 +126,7 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
         net.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{source}: weights do not fit a {arch} network of dimension {dim}: {err}") from err
-    for key in ("Lw", "teacher"):
+    for key in KEPT_META_KEYS:
         if key in meta:
             net.meta[key] = meta[key]
     return net

@@ -163,12 +163,42 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: Optional[str]) -> 
         layer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
+#: keys a checkpoint's ``meta`` may hold besides :func:`build_network`'s parameters: cirtorch's
+#: ``outputdim`` (checked) and ``Lw`` (kept); aml's ``teacher``, ``seed`` and
+#: ``batchnorm_calibrated`` (kept; the last marks a from-scratch trunk whose BatchNorm
+#: statistics were computed on training images before training, an aml addition).
+META_EXTRA_KEYS = ("outputdim", "Lw", "teacher", "seed", "batchnorm_calibrated")
+KEPT_META_KEYS = ("Lw", "teacher", "seed", "batchnorm_calibrated")
+_BUILD_KEYS = ("architecture", "pooling", "local_whitening", "regional", "whitening", "mean", "std", "pretrained",
+               "teacher", "teacher_dim", "data_root")
+
+
 def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
-    """cirtorch-compatible entry point: :func:`build_network` from a parameter dict."""
+    """cirtorch-compatible entry point: :func:`build_network` from a parameter dict.
+
+    A checkpoint's ``meta`` is accepted as it is (``init_network({**state["meta"],
+    "pretrained": False})``): ``outputdim`` fixes the dimension and must agree with
+    ``teacher_dim`` and with a published ``teacher``'s; ``Lw`` and aml's ``seed`` and
+    ``batchnorm_calibrated`` are copied into ``net.meta``. Any other key is refused (a
+    misspelling).
+    """
     params = dict(params or {})
-    allowed = {"architecture", "pooling", "local_whitening", "regional", "whitening", "mean", "std",
-               "pretrained", "teacher", "teacher_dim", "data_root"}
-    unknown = set(params) - allowed
+    unknown = set(params) - set(_BUILD_KEYS) - set(META_EXTRA_KEYS)
     if unknown:
-        raise ValueError(f"init_network: unknown parameters {sorted(unknown)}")
-    return build_network(**params)
+        raise ValueError(f"init_network: unknown parameters {sorted(unknown)}; "
+                         f"known: {sorted(set(_BUILD_KEYS) | set(META_EXTRA_KEYS))}")
+    outputdim = params.pop("outputdim", None)
+    kept = {key: params.pop(key) for key in KEPT_META_KEYS if key in params and key != "teacher"}
+    if outputdim is not None:
+        outputdim = int(outputdim)
+        implied = params.get("teacher_dim")
+        if implied is None and params.get("architecture") and params.get("teacher") in TEACHER_DIMS:
+            if get_backbone(params["architecture"]).student:
+                implied = TEACHER_DIMS[params["teacher"]]
+        if implied is not None and int(implied) != outputdim:
+            raise ValueError(f"init_network: outputdim {outputdim} disagrees with the teacher's dimension {implied} "
+                             f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})")
+        params["teacher_dim"] = outputdim
+    net = build_network(**params)
+    net.meta.update(kept)
+    return net

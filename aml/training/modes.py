@@ -28,7 +28,7 @@ class Mode:
     """How one training mode builds its tuples."""
 
     name: str
-    draw: str  # "pairs" (db query/positive pairs), "queries" (db queries alone), "images", "triplets"
+    draw: str  # "pairs" (db query/positive pairs), "images" (random images), "triplets" (teacher-ranked)
     negatives: str  # "mined", "random", "none"
     needs_teacher: bool
     asymmetric: bool  # positives and negatives are teacher descriptors (unless --sym)
@@ -36,22 +36,34 @@ class Mode:
     relational: bool = False  # batches of (student, teacher) descriptors, no tuples
     allows_sym: bool = True
     epoch: str = "qsize"  # epoch length: --query-size or --pool-size items
+    validate_as: str = ""  # the mode whose tuples validate this one (the original's val datasets); "" = itself
 
 
+# Validation follows the original's val datasets: ts_self, reg, reg_only_pos and rand_tpl_a are
+# validated on ts tuples (student query, teacher positive and mined teacher negatives),
+# rand_tpl on std tuples. reg_only_pos runs exactly as reg, as in the original (its
+# RegressionTSOnlyPos class was never used).
 MODES: Dict[str, Mode] = {
     "std": Mode("std", "pairs", "mined", needs_teacher=False, asymmetric=False, allows_sym=False),
     "ts": Mode("ts", "pairs", "mined", needs_teacher=True, asymmetric=True),
-    "ts_self": Mode("ts_self", "pairs", "mined", needs_teacher=True, asymmetric=True, self_positive=True),
+    "ts_self": Mode("ts_self", "pairs", "mined", needs_teacher=True, asymmetric=True, self_positive=True,
+                    validate_as="ts"),
     "ts_rand": Mode("ts_rand", "pairs", "random", needs_teacher=True, asymmetric=True),
     "reg": Mode("reg", "images", "none", needs_teacher=True, asymmetric=True, self_positive=True,
-                allows_sym=False, epoch="poolsize"),
-    "reg_only_pos": Mode("reg_only_pos", "queries", "none", needs_teacher=True, asymmetric=True,
-                         self_positive=True, allows_sym=False),
-    "rand": Mode("rand", "images", "none", needs_teacher=True, asymmetric=True, relational=True,
-                 allows_sym=False, epoch="poolsize"),
-    "rand_tpl": Mode("rand_tpl", "triplets", "none", needs_teacher=True, asymmetric=False, allows_sym=False),
-    "rand_tpl_a": Mode("rand_tpl_a", "triplets", "none", needs_teacher=True, asymmetric=True),
+                allows_sym=False, epoch="poolsize", validate_as="ts"),
+    "reg_only_pos": Mode("reg_only_pos", "images", "none", needs_teacher=True, asymmetric=True,
+                         self_positive=True, allows_sym=False, epoch="poolsize", validate_as="ts"),
+    "rand": Mode("rand", "images", "none", needs_teacher=True, asymmetric=True, self_positive=True,
+                 relational=True, allows_sym=False, epoch="poolsize"),
+    "rand_tpl": Mode("rand_tpl", "triplets", "none", needs_teacher=True, asymmetric=False, allows_sym=False,
+                     validate_as="std"),
+    "rand_tpl_a": Mode("rand_tpl_a", "triplets", "none", needs_teacher=True, asymmetric=True, validate_as="ts"),
 }
+
+
+def validation_mode(mode: Mode) -> Mode:
+    """The mode whose tuples validate ``mode`` (see ``Mode.validate_as``)."""
+    return MODES[mode.validate_as or mode.name]
 
 
 def get_mode(name: str) -> Mode:
@@ -105,8 +117,6 @@ def build_epoch_tuples(mode: Mode, db: Dict, sizes: EpochSizes, generator: torch
     chosen = torch.randperm(len(qpool), generator=generator)[:sizes.query_size].tolist()
     queries = [qpool[i] for i in chosen]
     positives = [ppool[i] for i in chosen]
-    if mode.draw == "queries":
-        return [_tuple(mode, sym, q, [], []) for q in queries], 0.0
     if mode.negatives == "none" or sizes.neg_num == 0:
         return [_tuple(mode, sym, q, [p], []) for q, p in zip(queries, positives)], 0.0
     pool = torch.randperm(n_images, generator=generator)[:sizes.pool_size].tolist()

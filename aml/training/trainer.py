@@ -16,9 +16,10 @@ from aml.data.images import image_size, image_transform, load_and_resize, resize
 from aml.extraction import effective_workers, extract_vectors
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples
+from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
 from aml.training.optim import calibrate_batchnorm, freeze_batchnorm, set_epoch_lr
 from aml.training.tuples import TupleDataset, collate_list, encode_images, encode_tuples, shape_grouped_batches
+from aml.utils.seeding import generator as seeded_generator
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
@@ -62,6 +63,7 @@ class TrainSettings:
     test_freq: int = 0
     extraction_batch: Optional[int] = None
     train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
+    seed: int = 0  # every random draw comes from streams derived from it (aml.utils.seeding)
 
 
 class RunLog:
@@ -96,6 +98,7 @@ class Trainer:
                  mode: Mode, train: Split, val: Optional[Split], run_dir: Path, settings: TrainSettings,
                  evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None):
         self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
+        self.val_mode = validation_mode(mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
         self.device = torch.device(settings.device)
         net.to(memory_format=torch.channels_last)  # faster convolutions on the CPU and GPU
@@ -116,39 +119,42 @@ class Trainer:
         return encode
 
     def epoch_tuples(self, split: Split, epoch: int, everything: bool = False) -> List[TrainingTuple]:
-        """Tuples of ``epoch`` (seeded by the epoch); ``everything`` = all pairs and images (validation)."""
+        """Tuples of ``epoch`` from the seed's tuple stream; ``everything`` = validation: all
+        pairs and images, in the tuples of the validation mode (``Mode.validate_as``)."""
         s = self.settings
         sizes = EpochSizes(len(split.db["qidxs"]) if everything else s.query_size,
                            len(split.images) if everything else s.pool_size, s.neg_num)
-        generator = torch.Generator().manual_seed(epoch)
-        tuples, distance = build_epoch_tuples(self.mode, split.db, sizes, generator, self._encoder(split),
+        mode = self.val_mode if everything else self.mode
+        generator = seeded_generator(s.seed, "val-tuples" if everything else "tuples", epoch)
+        tuples, distance = build_epoch_tuples(mode, split.db, sizes, generator, self._encoder(split),
                                               split.teacher, s.sym, str(self.device))
         if distance:
             log.info(">>>> Average negative l2-distance: %.2f", distance)
         return tuples
 
     def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
-        """Batches of tuples, shuffled by the epoch's seed. With ``train_batchnorm`` a training
-        batch holds queries of one shape where possible (one forward, whole-batch statistics)."""
+        """Batches of tuples, shuffled by the seed's shuffle stream (independent of the tuple
+        draw). With ``train_batchnorm`` a training batch holds queries of one shape where
+        possible (one forward, whole-batch statistics)."""
         s = self.settings
         dataset = TupleDataset(tuples, split.images, s.image_size, self.transform, split.teacher)
-        generator = torch.Generator().manual_seed(epoch)
+        generator = seeded_generator(s.seed, "shuffle", epoch)
         workers = effective_workers(s.workers, self.device)
         if shuffle and s.train_batchnorm:
             sizes = split.image_sizes()
             keys = [resized_shape(sizes[t.members[0]], s.image_size) for t in tuples]
             return DataLoader(dataset, batch_sampler=shape_grouped_batches(keys, s.batch_size, generator),
-                              collate_fn=collate_list, num_workers=workers)
+                              collate_fn=collate_list, num_workers=workers, generator=generator)
         return DataLoader(dataset, batch_size=s.batch_size, shuffle=shuffle, drop_last=True, collate_fn=collate_list,
                           generator=generator, num_workers=workers)
 
     # -- losses ---------------------------------------------------------------------------
-    def batch_losses(self, batch: List[Dict[str, Any]], backward: bool) -> List[float]:
+    def batch_losses(self, batch: List[Dict[str, Any]], backward: bool, relational: bool) -> List[float]:
         """Loss of each tuple of a batch (one loss per batch in relational modes). With frozen
         BatchNorm one tuple is encoded and back-propagated at a time (the original's memory
         profile); with ``train_batchnorm`` all student images of the batch go through together,
         so that their batch statistics are those of the mini-batch."""
-        if self.mode.relational:
+        if relational:
             student = encode_images(self.net, [item["images"][0] for item in batch], self.device)
             teacher = torch.stack([item["teacher"][:, 0] for item in batch]).to(self.device)
             loss = self.criterion(student, teacher)
@@ -185,7 +191,7 @@ class Trainer:
         losses: List[float] = []
         start = time.time()
         for i, batch in enumerate(loader):
-            losses += self.batch_losses(batch, backward=True)
+            losses += self.batch_losses(batch, backward=True, relational=self.mode.relational)
             if (i + 1) % s.update_every == 0:
                 self.optimizer.step()
                 self.optimizer.zero_grad()
@@ -199,20 +205,22 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> float:
-        """Mean per-tuple loss on the val split (all pairs, full pool), no gradient."""
+        """Mean per-tuple loss on the val split (all pairs, full pool, in the tuples of the
+        validation mode, as the original), no gradient."""
         split = self.val_split
         loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
         self.net.eval()
         losses: List[float] = []
         for batch in loader:
-            losses += self.batch_losses(batch, backward=False)
+            losses += self.batch_losses(batch, backward=False, relational=self.val_mode.relational)
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value
 
     def _calibration_batches(self, count: int, batch_size: int) -> List[torch.Tensor]:
         split = self.train_split
-        chosen = torch.randperm(len(split.images), generator=torch.Generator().manual_seed(0))[:count].tolist()
+        generator = seeded_generator(self.settings.seed, "calibration")
+        chosen = torch.randperm(len(split.images), generator=generator)[:count].tolist()
         groups: Dict[tuple, List[torch.Tensor]] = {}
         for i in chosen:
             image = self.transform(load_and_resize(split.images[i], self.settings.image_size))
@@ -261,12 +269,15 @@ class Trainer:
                              f"groups ({err}); resume with the flags the run was started with (e.g. the same "
                              "--proj-lr-mult)") from None
         self.start_epoch, self.min_loss = int(state["epoch"]), float(state["min_loss"])
+        if "batchnorm_calibrated" in state["meta"]:
+            self.net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
         log.info(">> Loaded checkpoint '%s' (epoch %d)", path, self.start_epoch)
         return True
 
     def fit(self) -> List[Dict[str, Any]]:
         """Train epochs start_epoch .. epochs-1; returns one record per epoch."""
         s = self.settings
+        self.log.line(f">> Seed {s.seed}; {self.mode.name} validated on {self.val_mode.name} tuples")
         for epoch in range(self.start_epoch, s.epochs):
             train_loss = self.train_epoch(epoch)
             val_loss = None

@@ -1,11 +1,13 @@
 """Tuple construction of every mode and the mining rules."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
 
 from aml.training.mining import mine_hard_negatives, random_negatives, teacher_triplets
-from aml.training.modes import MODES, EpochSizes, build_epoch_tuples
+from aml.training.modes import MODES, EpochSizes, build_epoch_tuples, validation_mode
 
 N = 40
 DB = {"cids": [f"{i:08x}" for i in range(N)], "cluster": [i // 4 for i in range(N)],
@@ -75,13 +77,49 @@ def test_regression_modes_pair_an_image_with_its_teacher_descriptor():
     tuples, encoder = build("reg", sizes=EpochSizes(5, 12, 3))
     assert len(tuples) == 12 and encoder.calls == []
     assert all(t.members[0] == t.members[1] and t.labels == (-1, 1) and t.from_teacher == (False, True) for t in tuples)
-    only_pos, _ = build("reg_only_pos")
-    assert len(only_pos) == 5 and all(t.members[0] in DB["qidxs"] for t in only_pos)
+    only_pos, _ = build("reg_only_pos", sizes=EpochSizes(5, 12, 3))
+    assert only_pos == tuples  # the original ran reg_only_pos exactly as reg
 
 
-def test_rand_draws_single_images():
+def test_rand_draws_single_images_with_their_teacher_descriptor():
     tuples, _ = build("rand", sizes=EpochSizes(5, 10, 3))
     assert len(tuples) == 10 and len({t.members[0] for t in tuples}) == 10
+    assert all(t.members[0] == t.members[1] and t.from_teacher == (False, True) for t in tuples)
+
+
+def test_validation_uses_the_original_val_tuples():
+    """The original's val datasets: TuplesDatasetTS for ts, ts_self, reg, reg_only_pos and
+    rand_tpl_a; TuplesDataset (std) for std and rand_tpl; their own for ts_rand and rand."""
+    expected = {"std": "std", "ts": "ts", "ts_self": "ts", "ts_rand": "ts_rand", "reg": "ts", "reg_only_pos": "ts",
+                "rand": "rand", "rand_tpl": "std", "rand_tpl_a": "ts"}
+    assert {name: validation_mode(mode).name for name, mode in MODES.items()} == expected
+
+
+def test_random_negatives_have_the_original_distribution():
+    """The original drew, for every candidate r, a fresh permutation of the pool and took its
+    r-th element; aml walks one permutation. Both make each accepted negative uniform over
+    the pool images of clusters not yet taken: compare the empirical distributions."""
+    query_clusters, pool_clusters = [0], [0, 0, 1, 1, 1, 2, 3, 3]
+    rng = torch.Generator().manual_seed(5)
+
+    def original():
+        taken, seen, r = [], {0}, 0
+        while len(taken) < 2:
+            # (the original indexed [r] and crashed once r ran past the pool; any fixed position
+            # of a fresh permutation is uniform, so wrapping around keeps its distribution)
+            candidate = torch.randperm(len(pool_clusters), generator=rng)[r % len(pool_clusters)].item()
+            r += 1
+            if pool_clusters[candidate] not in seen:
+                taken.append(candidate)
+                seen.add(pool_clusters[candidate])
+        return tuple(taken)
+
+    draws = 6000
+    ours = Counter(tuple(random_negatives(query_clusters, pool_clusters, 2, rng)[0]) for _ in range(draws))
+    theirs = Counter(original() for _ in range(draws))
+    assert set(ours) == set(theirs)
+    for pair in theirs:  # each frequency within ~4.5 standard deviations
+        assert abs(ours[pair] - theirs[pair]) / draws < 0.02, (pair, ours[pair], theirs[pair])
 
 
 def test_random_triplets_follow_teacher_ranking():

@@ -10,24 +10,21 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from aml.layers.functional import gem, l2n, mac, rmac, rmac_regions, roipool, spoc
-
-__all__ = ["MAC", "SPoC", "GeM", "GeMmp", "RMAC", "Rpool", "POOLINGS", "POOLING_LR_MULTIPLIER", "gem", "mac", "rmac",
-           "rmac_regions", "spoc"]
+from aml.layers import functional as LF
 
 
 class MAC(nn.Module):
     """Global max pooling."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return mac(x)
+        return LF.mac(x)
 
 
 class SPoC(nn.Module):
     """Global average pooling."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return spoc(x)
+        return LF.spoc(x)
 
 
 class GeM(nn.Module):
@@ -39,7 +36,7 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gem(x, self.p, self.eps)
+        return LF.gem(x, self.p, self.eps)
 
     def extra_repr(self) -> str:
         return f"p={self.p.data.tolist()[0]:.4f}, eps={self.eps}"
@@ -54,7 +51,7 @@ class GeMmp(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gem(x, self.p, self.eps)
+        return LF.gem(x, self.p, self.eps)
 
 
 class RMAC(nn.Module):
@@ -66,7 +63,7 @@ class RMAC(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rmac(x, self.levels, self.eps)
+        return LF.rmac(x, self.levels, self.eps)
 
 
 class Rpool(nn.Module):
@@ -81,11 +78,11 @@ class Rpool(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        regions = roipool(x, self.rpool, self.levels, self.eps).flatten(2)  # B x R x C
-        regions = l2n(regions, eps=self.eps, dim=-1)
+        regions = LF.roipool(x, self.rpool, self.levels, self.eps).flatten(2)  # B x R x C
+        regions = LF.l2n(regions, eps=self.eps, dim=-1)
         if self.whiten is not None:
-            regions = l2n(self.whiten(regions), eps=self.eps, dim=-1)
-        return l2n(regions.sum(dim=1), eps=self.eps)[..., None, None]
+            regions = LF.l2n(self.whiten(regions), eps=self.eps, dim=-1)
+        return LF.l2n(regions.sum(dim=1), eps=self.eps)[..., None, None]
 
 
 PoolingFactory = Callable[[int], nn.Module]

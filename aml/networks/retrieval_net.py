@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from aml.layers.normalization import L2N, l2n
+from aml.layers.functional import l2n
+from aml.layers.normalization import L2N
 from aml.layers.pooling import POOLINGS, Rpool
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.pretrained import FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING, TEACHER_DIMS

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from aml.layers import GeM, GeMmp, L2N, POOLINGS, Rpool, gem, l2n, mac, rmac, spoc
-from aml.layers.pooling import rmac_regions
+from aml.layers.functional import rmac_regions
 
 
 def feature_map():

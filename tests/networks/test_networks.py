@@ -65,6 +65,23 @@ def test_init_network_is_cirtorch_compatible_and_device_agnostic():
     assert all(p.device.type == "cpu" for p in net.parameters())
 
 
+def test_init_network_takes_a_checkpoint_meta_as_cirtorch_code_passes_it():
+    import numpy as np
+
+    lw = {"retrieval-SfM-120k": {"ss": {"m": np.zeros((512, 1)), "P": np.eye(512)}}}
+    meta = {"architecture": "vgg16", "local_whitening": False, "pooling": "gem", "regional": False,
+            "whitening": False, "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2], "outputdim": 512, "Lw": lw}
+    net = init_network({**meta, "pretrained": False})
+    assert net.meta["outputdim"] == 512 and net.meta["Lw"] is lw and net.meta["mean"] == [0.5, 0.5, 0.5]
+    student = init_network({"architecture": "mobilenet_v2", "pooling": "gem", "outputdim": 2048, "teacher": "resnet101",
+                            "seed": 3, "pretrained": False})
+    assert student.projection().out_channels == 2048 and student.meta["seed"] == 3
+    with pytest.raises(ValueError, match="outputdim 2048 disagrees with the teacher's dimension 512"):
+        init_network({"architecture": "mobilenet_v2", "outputdim": 2048, "teacher": "vgg16", "pretrained": False})
+    with pytest.raises(ValueError, match=r"unknown parameters \['outputdims'\]"):
+        init_network({**meta, "pretrained": False, "outputdims": 512})
+
+
 def test_pretrained_without_internet_names_file_and_place(tmp_path, monkeypatch):
     from aml.data import download
 

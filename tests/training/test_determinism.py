@@ -1,0 +1,87 @@
+"""A run's weights depend only on its flags, data and --seed: not on the teacher-descriptor
+cache, on loader workers or on PYTHONHASHSEED (bit-identical on one machine)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aml.cli import train as train_cli
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.utils.seeding import derived_seed
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def flags(root, directory, teacher, *extra):
+    return ["--directory", str(directory), "--data-root", str(root), "-d", "synth-sfm", "-a", "squeezenet1_1",
+            "--not-pretrained", "-m", "ts", "--teacher", str(teacher), "--image-size", "40", "-nn", "2", "-qs", "16",
+            "-ps", "24", "-b", "4", "--epochs", "2", "--device", "cpu", "--lr", "1e-3", "--print-freq", "100",
+            *extra]
+
+
+def weights(run_dir):
+    return load_checkpoint(Path(run_dir) / "model_epoch2.pth.tar")["state_dict"]
+
+
+def assert_identical(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture()
+def fresh_teacher(tmp_path):
+    """A teacher whose descriptors are in no cache yet (its weights are new)."""
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    return save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False), 0, 0.0),
+                           tmp_path / "teacher.pth.tar")
+
+
+def test_cold_and_warm_teacher_cache_give_the_same_weights(synth_root, tmp_path, fresh_teacher):
+    cold = train_cli.main(flags(synth_root, tmp_path / "cold", fresh_teacher, "-j", "0"))
+    warm = train_cli.main(flags(synth_root, tmp_path / "warm", fresh_teacher, "-j", "0"))
+    assert_identical(weights(cold["run_dir"]), weights(warm["run_dir"]))
+
+
+def test_loader_workers_do_not_change_the_weights(synth_root, tmp_path, fresh_teacher):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # leaves a core for a loader worker (workers are capped to free cores)
+    try:
+        runs = {j: train_cli.main(flags(synth_root, tmp_path / f"j{j}", fresh_teacher, "-j", j, "--train-batchnorm"))
+                for j in ("0", "2")}
+    finally:
+        torch.set_num_threads(threads)
+    assert_identical(weights(runs["0"]["run_dir"]), weights(runs["2"]["run_dir"]))
+
+
+def test_seed_changes_the_run_and_is_recorded(synth_root, tmp_path, fresh_teacher):
+    base = train_cli.main(flags(synth_root, tmp_path, fresh_teacher, "-j", "0", "--epochs", "1"))
+    other = train_cli.main(flags(synth_root, tmp_path, fresh_teacher, "-j", "0", "--epochs", "1", "--seed", "7"))
+    assert other["run_dir"].name == base["run_dir"].name.replace("_teach_", "_seed7_teach_")
+    a = load_checkpoint(base["run_dir"] / "model_epoch1.pth.tar")
+    b = load_checkpoint(other["run_dir"] / "model_epoch1.pth.tar")
+    assert (a["meta"]["seed"], b["meta"]["seed"]) == (0, 7)
+    assert not torch.equal(a["state_dict"]["features.0.weight"], b["state_dict"]["features.0.weight"])
+    assert "Seed 7" in (other["run_dir"] / "log.txt").read_text()
+
+
+def test_python_hash_seed_does_not_change_the_weights(synth_root, tmp_path, fresh_teacher):
+    runs = []
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(REPO))
+        directory = tmp_path / f"hash{hash_seed}"
+        subprocess.run([sys.executable, str(REPO / "main.py"), *flags(synth_root, directory, fresh_teacher, "-j", "0")],
+                       check=True, env=env, capture_output=True, cwd=tmp_path)
+        runs.append(next(directory.iterdir()))
+    assert_identical(weights(runs[0]), weights(runs[1]))
+
+
+def test_streams_are_stable_and_independent():
+    assert derived_seed(0, "tuples", 3) == derived_seed(0, "tuples", 3)
+    seeds = {derived_seed(s, stream, e) for s in (0, 1) for stream in ("tuples", "shuffle") for e in (0, 1)}
+    assert len(seeds) == 8

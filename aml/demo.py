@@ -6,7 +6,8 @@
    ``ts`` mode (the teacher's descriptors of the training set are extracted and cached
    automatically);
 4. test the teacher (symmetric), an untrained student and the trained students (symmetric
-   and asymmetric: teacher database, student queries) and print one table.
+   and asymmetric: teacher database, student queries) and print one table; with
+   ``--seeds N`` all of it N times (seeds --seed, --seed + 1, ...), then mean ± std.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from aml.cli import test as test_cli
@@ -22,15 +24,16 @@ from aml.cli import train as train_cli
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import generate_all
 from aml.networks import build_network
-from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 
 DATASETS = ("synth-oxford", "synth-paris")
 
 
 def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, options: Sequence[str],
-           teacher: Optional[Path] = None) -> Path:
+           seed: int, teacher: Optional[Path] = None) -> Path:
     argv = ["--directory", str(directory), "--data-root", str(data_root), "-d", "synth-sfm", "-a", arch,
-            "--not-pretrained", "-m", mode, "--epochs", str(epochs), "--no-val", "--print-freq", "1000", *options]
+            "--not-pretrained", "-m", mode, "--epochs", str(epochs), "--no-val", "--print-freq", "1000",
+            "--seed", str(seed), *options]
     if teacher is not None:
         argv += ["--teacher", str(teacher)]
     return train_cli.main(argv)["run_dir"] / f"model_epoch{epochs}.pth.tar"
@@ -44,13 +47,25 @@ def _test(network: Path, data_root: Path, image_size: int, workers: int, teacher
     return test_cli.main(argv)
 
 
+def _cell(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
 def format_table(rows: List[Dict]) -> str:
-    """One line per (network, test): mAP Medium / Hard on each synthetic test set."""
-    header = f"{'network':34s} {'test':11s}" + "".join(f" {d + ' M':>15s} {d + ' H':>15s}" for d in DATASETS)
+    """One line per (network, test): mAP Medium / Hard on each synthetic test set. A row's
+    ``results`` is one test.py result, or a list of them (one per seed): then the cells
+    show mean ± standard deviation over the seeds."""
+    width = 15
+    runs = [row["results"] if isinstance(row["results"], list) else [row["results"]] for row in rows]
+    if any(len(r) > 1 for r in runs):
+        width = 16
+    header = f"{'network':34s} {'test':11s}" + "".join(f" {d + ' M':>{width}s} {d + ' H':>{width}s}" for d in DATASETS)
     lines = [header, "-" * len(header)]
-    for row in rows:
-        cells = "".join(f" {100 * row['results'][d]['plain']['medium']['map']:15.2f}"
-                        f" {100 * row['results'][d]['plain']['hard']['map']:15.2f}" for d in DATASETS)
+    for row, results in zip(rows, runs):
+        cells = "".join(f" {_cell([100 * r[d]['plain'][level]['map'] for r in results]):>{width}s}"
+                        for d in DATASETS for level in ("medium", "hard"))
         lines.append(f"{row['network']:34s} {row['test']:11s}{cells}")
     return "\n".join(lines)
 
@@ -68,22 +83,20 @@ STUDENT_OPTIONS: Dict[str, List[str]] = {"reg": _STUDENT, "ts_self": _STUDENT + 
                                          "ts": _STUDENT + ["-lm", "0.3"]}
 
 
-def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2", teacher_arch: str = "resnet18",
-             image_size: int = 96, teacher_epochs: int = 2, student_epochs: int = 12, query_size: int = 360,
-             pool_size: int = 800, workers: int = 2, student_modes: Sequence[str] = tuple(STUDENT_OPTIONS)) -> List[Dict]:
-    """Run the demo; returns the table rows (network, test, results)."""
-    root = resolve_data_root(data_root)
-    start = time.time()
-    generate_all(root)
+def run_seed(root: Path, seed: int, student_arch: str, teacher_arch: str, image_size: int, teacher_epochs: int,
+             student_epochs: int, query_size: int, pool_size: int, workers: int,
+             student_modes: Sequence[str]) -> List[Dict]:
+    """Train the teacher and the students with one seed and test them; the table rows."""
     runs = root / "demo" / "runs"
     common = ["--image-size", str(image_size), "-qs", str(query_size), "-ps", str(pool_size), "-nn", "3",
               "-j", str(workers), "--train-batchnorm"]
-    teacher = _train(runs, root, teacher_arch, "std", teacher_epochs, common + TEACHER_OPTIONS)
-    torch.manual_seed(1)
-    untrained = save_checkpoint(checkpoint_state(build_network(student_arch, pretrained=False, teacher_dim=512), 0, 0.0),
-                                runs / f"untrained-{student_arch}.pth.tar")
-    students = {mode: _train(runs, root, student_arch, mode, student_epochs, common + STUDENT_OPTIONS[mode], teacher)
-                for mode in student_modes}
+    teacher = _train(runs, root, teacher_arch, "std", teacher_epochs, common + TEACHER_OPTIONS, seed)
+    teacher_dim = int(load_checkpoint(teacher)["meta"]["outputdim"])
+    torch.manual_seed(seed)
+    untrained = save_checkpoint(checkpoint_state(build_network(student_arch, pretrained=False, teacher_dim=teacher_dim),
+                                                 0, 0.0), runs / f"untrained-{student_arch}-{teacher_dim}-seed{seed}.pth.tar")
+    students = {mode: _train(runs, root, student_arch, mode, student_epochs, common + STUDENT_OPTIONS[mode], seed,
+                             teacher) for mode in student_modes}
     rows = [{"network": f"teacher {teacher_arch} (std)", "test": "symmetric",
              "results": _test(teacher, root, image_size, workers)},
             {"network": f"student {student_arch} untrained", "test": "asymmetric",
@@ -93,8 +106,28 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
                      "results": _test(path, root, image_size, workers)})
         rows.append({"network": f"student {student_arch} ({mode})", "test": "asymmetric",
                      "results": _test(path, root, image_size, workers, teacher)})
+    return rows
+
+
+def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2", teacher_arch: str = "resnet18",
+             image_size: int = 96, teacher_epochs: int = 2, student_epochs: int = 12, query_size: int = 360,
+             pool_size: int = 800, workers: int = 2, student_modes: Sequence[str] = tuple(STUDENT_OPTIONS),
+             seeds: Sequence[int] = (0,)) -> List[Dict]:
+    """Run the demo for each seed; returns the table rows (network, test, results: one
+    test.py result per seed)."""
+    root = resolve_data_root(data_root)
+    start = time.time()
+    generate_all(root)
+    per_seed = [run_seed(root, seed, student_arch, teacher_arch, image_size, teacher_epochs, student_epochs,
+                         query_size, pool_size, workers, student_modes) for seed in seeds]
+    rows = [{"network": first["network"], "test": first["test"], "results": [run[i]["results"] for run in per_seed]}
+            for i, first in enumerate(per_seed[0])]
+    if len(seeds) > 1:
+        for seed, run in zip(seeds, per_seed):
+            print(f"\nseed {seed}\n" + format_table(run))
+        print(f"\nmean ± std over seeds {', '.join(map(str, seeds))}")
     print("\n" + format_table(rows))
-    print(f"\n>> demo finished in {time.time() - start:.0f} s; runs in {runs}")
+    print(f"\n>> demo finished in {time.time() - start:.0f} s; runs in {root / 'demo' / 'runs'}")
     return rows
 
 
@@ -110,14 +143,20 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--student-modes", default=",".join(STUDENT_OPTIONS),
                         help=f"comma separated, among {', '.join(STUDENT_OPTIONS)} (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first run (default: 0)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="runs with seeds --seed, --seed + 1, ...; the table shows mean ± std (default: 1)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     modes = [m for m in args.student_modes.split(",") if m]
     unknown = sorted(set(modes) - set(STUDENT_OPTIONS))
     if unknown or not modes:
         parser.error(f"--student-modes: unknown {unknown}; choose among {sorted(STUDENT_OPTIONS)}")
     logging.getLogger("aml").setLevel(logging.WARNING)
     return run_demo(args.data_root, args.student_arch, args.teacher_arch, args.image_size, args.teacher_epochs,
-                    args.student_epochs, workers=args.workers, student_modes=modes)
+                    args.student_epochs, workers=args.workers, student_modes=modes,
+                    seeds=range(args.seed, args.seed + args.seeds))
 
 
 if __name__ == "__main__":

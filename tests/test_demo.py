@@ -4,19 +4,36 @@ import pytest
 
 from aml.demo import format_table, main, run_demo
 
+TINY = dict(image_size=64, teacher_epochs=1, student_epochs=1, query_size=16, pool_size=32, workers=0,
+            student_modes=("reg",))
 
-def test_demo_runs_end_to_end_and_prints_table(synth_root, capsys):
-    rows = run_demo(str(synth_root), image_size=64, teacher_epochs=1, student_epochs=1, query_size=16,
-                    pool_size=32, workers=0, student_modes=("reg",))
+
+def test_demo_runs_end_to_end_and_prints_the_same_table_twice(synth_root, capsys):
+    rows = run_demo(str(synth_root), **TINY)
     assert [(r["network"], r["test"]) for r in rows] == [
         ("teacher resnet18 (std)", "symmetric"), ("student mobilenet_v2 untrained", "asymmetric"),
         ("student mobilenet_v2 (reg)", "symmetric"), ("student mobilenet_v2 (reg)", "asymmetric")]
-    table = capsys.readouterr().out
-    assert "synth-oxford M" in table and "student mobilenet_v2 (reg)" in table
+    first = capsys.readouterr().out
+    assert "synth-oxford M" in first and "student mobilenet_v2 (reg)" in first
     assert format_table(rows).count("\n") == len(rows) + 1
+    again = run_demo(str(synth_root), **TINY)
+    assert format_table(again) == format_table(rows) and format_table(rows) in first
 
 
-def test_demo_refuses_unknown_student_modes(capsys):
+def test_table_shows_mean_and_spread_over_seeds():
+    def result(medium, hard):
+        level = {"medium": {"map": medium}, "hard": {"map": hard}}
+        return {d: {"plain": level} for d in ("synth-oxford", "synth-paris")}
+
+    rows = [{"network": "teacher", "test": "symmetric", "results": [result(0.30, 0.10), result(0.40, 0.10)]}]
+    line = format_table(rows).splitlines()[-1]
+    assert line.split()[2:6] == ["35.00", "±", "7.07", "10.00"]
+
+
+def test_demo_refuses_unknown_student_modes_and_seed_counts(capsys):
     with pytest.raises(SystemExit):
         main(["--student-modes", "reg,contr"])
     assert "unknown ['contr']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0"])
+    assert "--seeds must be at least 1" in capsys.readouterr().err

@@ -234,12 +234,12 @@ def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: Syn
 class SyntheticTestConfig:
     """Sizes of a synthetic test set."""
 
-    landmarks: int = 12
+    landmarks: int = 35  # x 2 queries = 70, as rOxford5k
     queries_per_landmark: int = 2
     easy: int = 6
     hard: int = 6
     junk: int = 2
-    distractor_landmarks: int = 24
+    distractor_landmarks: int = 128  # 490 landmark views + 512 distractors = 1,002 database images
     distractor_views: int = 4
     image_size: int = 160
     seed: int = 2

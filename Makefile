@@ -4,7 +4,7 @@ VENV ?= .venv
 DATA_ROOT ?= data
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench clean-data
+.PHONY: install demo test test-other-isa bench clean-data
 
 $(VENV)/.installed: requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The tests that assert a learning outcome, under another machine's CPU kernels (older SIMD).
+test-other-isa: install
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(PY) -m pytest -q -m learning tests
 
 bench: install
 	$(PY) benchmarks/extract.py

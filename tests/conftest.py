@@ -11,6 +11,10 @@ SMALL_TEST = SyntheticTestConfig(landmarks=6, queries_per_landmark=2, easy=4, ha
                         distractor_views=3, image_size=96)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "learning: asserts a learning outcome (CI runs these under a second CPU ISA too)")
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A data root holding small synth-sfm, synth-oxford and synth-paris sets."""

@@ -1,6 +1,8 @@
 """main.py through its command line: flags, run folder, resume, bad inputs, and a short
 training run that makes asymmetric retrieval work."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,9 @@ from aml.cli import train as train_cli
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 
+# Learning tests (marked `learning`) run with --seed AML_TEST_SEED (default 0); their margins
+# were set from runs with seeds 0, 1 and 2 under both CPU kernel sets (README, "Tests").
+SEED = int(os.environ.get("AML_TEST_SEED", "0"))
 TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30", "-b", "5",
         "-j", "0", "--device", "cpu", "--lr", "1e-4", "--print-freq", "100"]
 
@@ -100,22 +105,24 @@ def trained_teacher(synth_root, tmp_path_factory):
     result = train_cli.main(["--directory", str(directory), "--data-root", str(synth_root), "-d", "synth-sfm",
                              "-a", "resnet18", "--not-pretrained", "--image-size", "64", "-qs", "64", "-ps", "128",
                              "-nn", "3", "-b", "4", "--epochs", "3", "--lr", "1e-4", "-j", "0", "--device", "cpu",
-                             "--no-val", "--print-freq", "1000"])
+                             "--no-val", "--print-freq", "1000", "--seed", str(SEED)])
     return result["run_dir"] / "model_epoch3.pth.tar"
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("mode, batch, margin", [("reg", "2", 0.10), ("ts", "1", 0.05)])
 def test_training_raises_asymmetric_map(synth_root, tmp_path, trained_teacher, mode, batch, margin):
-    torch.manual_seed(1)
+    torch.manual_seed(SEED)
     untrained = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 0, 0.0),
                                 tmp_path / "untrained.pth.tar")
     result = train_cli.main(["--directory", str(tmp_path / "runs"), "--data-root", str(synth_root), "-d", "synth-sfm",
                              "-a", "resnet18", "--not-pretrained", "-m", mode, "--teacher", str(trained_teacher),
                              "--image-size", "64", "-qs", "128", "-ps", "128", "-nn", "3", "-b", batch, "--epochs", "5",
-                             "--lr", "1e-4", "-j", "0", "--device", "cpu", "--no-val", "--print-freq", "1000"])
+                             "--lr", "1e-4", "-j", "0", "--device", "cpu", "--no-val", "--print-freq", "1000",
+                             "--seed", str(SEED)])
     trained = result["run_dir"] / "model_epoch5.pth.tar"
     before, after = asym_medium_map(untrained, trained_teacher, synth_root), asym_medium_map(trained, trained_teacher, synth_root)
-    print(mode, before, after)
+    print(f"LEARNING seed {SEED} {mode}: asymmetric mAP M {before:.4f} -> {after:.4f} (+{after - before:.4f})")
     assert after > before + margin, (before, after)
 
 
@@ -130,20 +137,22 @@ def dead_projection_channels(checkpoint, root) -> int:
     return int((descriptors.max(axis=1) <= 0).sum())
 
 
+@pytest.mark.learning
 def test_mobilenet_student_from_scratch_fits_the_teacher_with_train_batchnorm_and_slow_projection(
         synth_root, tmp_path, trained_teacher):
     def regression(*flags):
-        torch.manual_seed(1)
         result = train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), "-d", "synth-sfm",
                                  "-a", "mobilenet_v2", "--not-pretrained", "-m", "reg", "--teacher", str(trained_teacher),
                                  "--image-size", "64", "-ps", "128", "-b", "8", "--epochs", "6", "--lr", "3e-3",
-                                 "-j", "0", "--device", "cpu", "--no-val", "--print-freq", "1000", *flags])
+                                 "-j", "0", "--device", "cpu", "--no-val", "--print-freq", "1000", "--seed", str(SEED),
+                                 *flags])
         dead = dead_projection_channels(result["run_dir"] / "model_epoch6.pth.tar", synth_root)
         return [epoch["train_loss"] for epoch in result["history"]], dead
 
     (frozen, _), (learned, _) = regression(), regression("--train-batchnorm")
     slow, dead = regression("--train-batchnorm", "--proj-lr-mult", "0.1")
-    print("mobilenet_v2 reg losses, frozen BN", frozen, "train BN", learned, "and --proj-lr-mult 0.1", slow, dead)
+    print(f"LEARNING seed {SEED} mobilenet_v2 reg losses: frozen BN {frozen[2]:.4f} -> {frozen[-1]:.4f}, "
+          f"train BN {learned[0]:.4f} -> {learned[-1]:.4f}, + --proj-lr-mult 0.1 {slow[-1]:.4f}, dead {dead}")
     # frozen BatchNorm plateaus where the student predicts the mean teacher descriptor
     assert abs(frozen[-1] - frozen[2]) < 0.01 * frozen[2], frozen
     assert learned[-1] < 0.8 * learned[0] and learned[-1] < 0.92 * frozen[-1], (learned, frozen)

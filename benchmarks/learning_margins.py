@@ -20,16 +20,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--kernels", default=",".join(KERNELS), help=f"among {', '.join(KERNELS)}")
+    parser.add_argument("-k", default="", help="pytest -k expression (a subset of the learning tests)")
     args = parser.parse_args()
     for kernels in args.kernels.split(","):
         for seed in args.seeds.split(","):
             env = dict(os.environ, AML_TEST_SEED=seed, **KERNELS[kernels])
-            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-m", "learning", "tests", "-p",
-                                  "no:cacheprovider"], cwd=REPO, env=env, capture_output=True, text=True)
+            command = [sys.executable, "-m", "pytest", "-q", "-s", "-m", "learning", "tests", "-p", "no:cacheprovider"]
+            run = subprocess.run(command + (["-k", args.k] if args.k else []), cwd=REPO, env=env,
+                                 capture_output=True, text=True)
             status = "passed" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
             for line in run.stdout.splitlines():
-                if line.startswith("LEARNING"):
-                    print(f"{kernels:8s} {line}", flush=True)
+                if "LEARNING" in line:  # pytest's progress dots may precede it
+                    print(f"{kernels:8s} {line[line.index('LEARNING'):]}", flush=True)
             print(f"{kernels:8s} seed {seed}: {status}", flush=True)
 
 

@@ -7,7 +7,7 @@ import pytest
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_test_set, generate_train_set
 
 SMALL_TRAIN = SyntheticTrainConfig(train_landmarks=16, val_landmarks=4, views=8, pairs_per_landmark=4, image_size=96)
-SMALL_TEST = SyntheticTestConfig(landmarks=6, queries_per_landmark=2, easy=4, hard=4, junk=1, distractor_landmarks=8,
+SMALL_TEST = SyntheticTestConfig(landmarks=15, queries_per_landmark=2, easy=4, hard=4, junk=1, distractor_landmarks=8,
                         distractor_views=3, image_size=96)
 
 

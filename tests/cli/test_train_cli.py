@@ -110,7 +110,10 @@ def trained_teacher(synth_root, tmp_path_factory):
 
 
 @pytest.mark.learning
-@pytest.mark.parametrize("mode, batch, margin", [("reg", "2", 0.10), ("ts", "1", 0.05)])
+# Measured gains (asymmetric mAP Medium, seeds 0/1/2, default kernels | SSE4.1 kernels):
+# reg +0.30 +0.25 +0.20 | +0.31 +0.25 +0.23; ts +0.24 +0.21 +0.14 | +0.22 +0.21 +0.18.
+# Each margin is about half the smallest gain seen.
+@pytest.mark.parametrize("mode, batch, margin", [("reg", "2", 0.10), ("ts", "1", 0.07)])
 def test_training_raises_asymmetric_map(synth_root, tmp_path, trained_teacher, mode, batch, margin):
     torch.manual_seed(SEED)
     untrained = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 0, 0.0),
@@ -149,16 +152,19 @@ def test_mobilenet_student_from_scratch_fits_the_teacher_with_train_batchnorm_an
         dead = dead_projection_channels(result["run_dir"] / "model_epoch6.pth.tar", synth_root)
         return [epoch["train_loss"] for epoch in result["history"]], dead
 
+    # Measured over seeds 0/1/2 and both kernel sets: frozen BatchNorm moves < 0.5% after epoch 3;
+    # batch statistics end 22-26% below their first epoch and 8-11% below frozen; the slow
+    # projection 17-23% lower still, with no dead channel. Thresholds: about half those gains.
     (frozen, _), (learned, _) = regression(), regression("--train-batchnorm")
     slow, dead = regression("--train-batchnorm", "--proj-lr-mult", "0.1")
     print(f"LEARNING seed {SEED} mobilenet_v2 reg losses: frozen BN {frozen[2]:.4f} -> {frozen[-1]:.4f}, "
           f"train BN {learned[0]:.4f} -> {learned[-1]:.4f}, + --proj-lr-mult 0.1 {slow[-1]:.4f}, dead {dead}")
     # frozen BatchNorm plateaus where the student predicts the mean teacher descriptor
     assert abs(frozen[-1] - frozen[2]) < 0.01 * frozen[2], frozen
-    assert learned[-1] < 0.8 * learned[0] and learned[-1] < 0.92 * frozen[-1], (learned, frozen)
-    # the projection at a tenth of the lr fits much better (measured 0.146 -> 0.110) and keeps every
-    # channel alive (on the demo's data, lr 3e-3 on the projection kills 72 of 512 in the first 10 steps)
-    assert slow[-1] < 0.85 * learned[-1] and dead == 0, (slow, learned, dead)
+    assert learned[-1] < 0.89 * learned[0] and learned[-1] < 0.96 * frozen[-1], (learned, frozen)
+    # the projection at a tenth of the lr fits better and keeps every channel alive (on the demo's
+    # data, lr 3e-3 on the projection kills 72 of 512 in the first 10 steps)
+    assert slow[-1] < 0.92 * learned[-1] and dead == 0, (slow, learned, dead)
 
 
 def test_mobilenet_student_trains_in_ts_mode(synth_root, tmp_path, trained_teacher):

@@ -11,7 +11,7 @@ from aml.data.trainsets import cid2filename, load_training_db, load_whitening_db
 def test_test_set_loads_like_roxford(synth_root):
     cfg = configdataset("synth-oxford", synth_root / "test")
     images, queries, bbxs = query_and_database_paths(cfg)
-    assert cfg["n"] == len(images) and cfg["nq"] == len(queries) == 12
+    assert cfg["n"] == len(images) and cfg["nq"] == len(queries) == 30
     assert all(load_image(p).size[0] > 0 for p in images[:3] + queries[:3])
     for g, bbx in zip(cfg["gnd"], bbxs):
         easy, hard, junk = set(g["easy"]), set(g["hard"]), set(g["junk"])

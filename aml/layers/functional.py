@@ -12,7 +12,7 @@ validation batch); unlike cirtorch, tuples may differ in length.
 """
 
 import math
-from typing import List, Optional, Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 import torch.nn.functional as F

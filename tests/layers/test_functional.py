@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from aml.layers import GeM, GeMmp, Rpool, functional as LF
 from aml.losses import ContrastiveLoss, TripletLoss

@@ -48,7 +48,7 @@ def test_losses_give_the_original_numbers():
 
 def test_contrastive_dist_pulls_negatives_to_the_targets():
     d = [math.dist(A, v) for v in (P, N1, N2)]  # eps 1e-6 aside
-    at_targets = LF.contrastive_loss_dist(X, Y, torch.tensor(d[1:]).new_tensor([0.0, d[1], d[2]]), eps=0.0)
+    at_targets = LF.contrastive_loss_dist(X, Y, torch.tensor([0.0, d[1], d[2]], dtype=torch.float64), eps=0.0)
     assert at_targets.item() == pytest.approx(0.5 * d[0] ** 2, abs=1e-12)
     off = LF.contrastive_loss_dist(X, Y, torch.tensor([0.0, d[1] + 0.1, d[2] - 0.2], dtype=torch.float64), eps=0.0)
     assert off.item() == pytest.approx(0.5 * d[0] ** 2 + 0.5 * (0.1 ** 2 + 0.2 ** 2), abs=1e-12)

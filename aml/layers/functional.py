@@ -178,12 +178,12 @@ def cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: float, eps: f
     return -torch.sum(label.reshape(1, -1).to(x.dtype) * F.log_softmax(x / temp, dim=1))
 
 
-def _per_tuple(label: torch.Tensor):
+def _per_tuple(label: torch.Tensor) -> List[Tuple[int, int]]:
+    """(first, end) column of every tuple, checked as :func:`_tuple_index` checks them."""
     label = label.reshape(-1)
+    _tuple_index(label)
     starts = torch.nonzero(label == -1).flatten().tolist()
-    if not starts or starts[0] != 0:
-        raise ValueError("a tuple must start with its anchor (label -1)")
-    return [(begin, end) for begin, end in zip(starts, starts[1:] + [label.numel()])]
+    return list(zip(starts, starts[1:] + [label.numel()]))
 
 
 def cross_entropy_loss_dist(x: torch.Tensor, label: torch.Tensor, temp: float, eps: float = 1e-6) -> torch.Tensor:

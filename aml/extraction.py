@@ -41,13 +41,19 @@ class _ReportErrors(Dataset):
             return str(err), index
 
 
-def _batches(loader: Iterator, batch_size: int, max_pending: int) -> Iterator[Tuple[torch.Tensor, List[int]]]:
-    """Group single images by shape; yield (stacked images, their indices)."""
+def _batches(loader: Iterator, batch_size: int, max_pending: int,
+             skipped: Optional[List[int]] = None) -> Iterator[Tuple[torch.Tensor, List[int]]]:
+    """Group single images by shape; yield (stacked images, their indices). An unreadable
+    image raises, or, when ``skipped`` is a list, has its index appended there."""
     buckets: Dict[Tuple[int, ...], List[Tuple[torch.Tensor, int]]] = defaultdict(list)
     pending = 0
     for image, index in loader:
         if isinstance(image, str):
-            raise ImageLoadError(image)
+            if skipped is None:
+                raise ImageLoadError(image)
+            log.warning(">> skipped: %s", image)
+            skipped.append(index)
+            continue
         bucket = buckets[tuple(image.shape)]
         bucket.append((image, index))
         pending += 1
@@ -109,6 +115,9 @@ def extract_vectors(
     amp: bool = False,
     channels_last: bool = True,
     progress: bool = False,
+    skip_bad: bool = False,
+    skipped: Optional[List[int]] = None,
+    desc: str = "extracting",
 ) -> torch.Tensor:
     """Descriptors of ``images`` as a D x N float32 CPU tensor (cirtorch semantics).
 
@@ -120,7 +129,9 @@ def extract_vectors(
     extraction on the CPU, see benchmarks/extract.py) also converts the network; ``batch_size``
     defaults to :func:`default_batch_size`. The network's
     train/eval mode is restored afterwards. ``print_freq`` is accepted for cirtorch
-    compatibility; progress goes to a tqdm bar when ``progress``.
+    compatibility; progress goes to a tqdm bar (stderr, titled ``desc``) when ``progress``.
+    An unreadable image raises :class:`ImageLoadError` naming it; with ``skip_bad`` it is
+    skipped instead, its column left at zero and its index appended to ``skipped``.
     """
     del print_freq
     device = torch.device(device) if device is not None else next(net.parameters()).device
@@ -138,18 +149,22 @@ def extract_vectors(
                         persistent_workers=False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     vecs: Optional[torch.Tensor] = None
+    bad: Optional[List[int]] = (skipped if skipped is not None else []) if skip_bad else None
     try:
-        with torch.inference_mode(), autocast, tqdm(total=len(dataset), disable=not progress, unit="img") as bar:
-            for x, indices in _batches(iter(loader), max(batch_size, 1), max_pending=4 * max(batch_size, 1)):
+        with torch.inference_mode(), autocast, tqdm(total=len(dataset), disable=not progress, unit="img",
+                                                     desc=desc, leave=False) as bar:
+            for x, indices in _batches(iter(loader), max(batch_size, 1), 4 * max(batch_size, 1), bad):
                 x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 out = _describe(net, x, ms, msp).cpu()
                 if vecs is None:
                     vecs = torch.zeros(out.shape[1], len(dataset))
                 vecs[:, indices] = out.t()
                 bar.update(len(indices))
+            if bad:
+                bar.update(len(bad))
     finally:
         net.train(was_training)
     if vecs is None:
         dim = net.meta.get("outputdim", 0) if hasattr(net, "meta") else 0
-        vecs = torch.zeros(dim, 0)
+        vecs = torch.zeros(dim, len(dataset))
     return vecs

@@ -35,8 +35,8 @@ def extract_dataset_features(net: ImageRetrievalNet, network_name: str, dataset:
     (``fingerprint``: the weights' hash, when the caller already has it)."""
     images = dataset_images(dataset, split, data_root)
     is_train_set = dataset.lower() in {name.lower() for name in TRAIN_SETS}
-    path = output or data_subdir(data_root, "features") / feature_file_name(dataset, network_name,
-                                                                           split if is_train_set else None)
+    path = output or data_subdir(data_root, "features") / feature_file_name(
+        dataset, network_name, split if is_train_set else None, image_size)
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)
     vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)), **options)
     write_feature_file(vecs, images, path, {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),

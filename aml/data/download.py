@@ -6,6 +6,7 @@ members that would land outside the target folder.
 """
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -14,15 +15,19 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
+
+from aml.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,64})\.")
 _CHUNK = 1 << 20
+_HASH_CHECK_LIMIT = 64 << 20  # files up to this size are re-hashed when found present
 
 
 class DownloadError(RuntimeError):
@@ -47,24 +52,84 @@ def _sha256_of(path: Path) -> "hashlib._Hash":
     return digest
 
 
-def _transfer(url: str, partial: Path, timeout: float, progress: bool) -> Optional[int]:
-    """Append the rest of ``url`` to ``partial`` (HTTP Range); return the expected total size."""
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, record: dict) -> None:
+    atomic_write(path, lambda out: out.write(json.dumps(record, sort_keys=True).encode()))
+
+
+def _validator(record: dict) -> Optional[str]:
+    """What tells one version of a remote file from another: its ETag, else Last-Modified."""
+    return record.get("etag") or record.get("last_modified")
+
+
+def _complete_size(content_range: Optional[str]) -> Optional[int]:
+    """N of a 'bytes */N' or 'bytes a-b/N' Content-Range header."""
+    match = re.search(r"/(\d+)\s*$", content_range or "")
+    return int(match.group(1)) if match else None
+
+
+def _resumable_size(partial: Path, url: str) -> Tuple[int, Optional[str]]:
+    """Bytes of ``partial`` worth resuming and the version they belong to: (0, None) when
+    its record (``.part.json``) is missing, names another URL, or has no ETag or
+    Last-Modified to send in If-Range, or when the part is larger than the file it
+    belongs to. Such a part is deleted: resuming it could mix two versions of the file."""
+    record = _read_json(_part_record(partial))
     have = partial.stat().st_size if partial.exists() else 0
+    version = _validator(record)
+    total = record.get("total")
+    if have and version and record.get("url") == url and (total is None or have <= total):
+        return have, version
+    if have:
+        log.info(">> discarding %s: it cannot be matched to the current version of %s", partial, url)
+    partial.unlink(missing_ok=True)
+    _part_record(partial).unlink(missing_ok=True)
+    return 0, None
+
+
+def _part_record(partial: Path) -> Path:
+    return partial.with_name(partial.name + ".json")
+
+
+def _transfer(url: str, partial: Path, timeout: float, progress: bool) -> Optional[int]:
+    """Append the rest of ``url`` to ``partial`` and return the expected total size.
+
+    A part is resumed with ``Range`` and ``If-Range`` (the ETag or Last-Modified recorded
+    when it was started): a server whose file changed answers with the whole new file,
+    which replaces the part. A 416 answer counts as complete only when the server's size
+    equals the part's; otherwise the part is stale and is fetched again from the start."""
+    have, version = _resumable_size(partial, url)
     request = urllib.request.Request(url, headers={"User-Agent": "aml"})
     if have:
         request.add_header("Range", f"bytes={have}-")
+        request.add_header("If-Range", version)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # already complete
+        if err.code != 416 or not have:
+            raise
+        if _complete_size(err.headers.get("Content-Range")) == have:
             return have
-        raise
+        log.info(">> %s is larger than %s now is; fetching it again", partial, url)
+        partial.unlink(missing_ok=True)
+        _part_record(partial).unlink(missing_ok=True)
+        return _transfer(url, partial, timeout, progress)
     with response:
-        resumed = have and response.status == 206
+        resumed = bool(have) and response.status == 206
         if not resumed:
             have = 0
         length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
+        total = _complete_size(response.headers.get("Content-Range")) if resumed else None
+        if total is None and length is not None:
+            total = have + int(length)
+        record = {"url": url, "etag": response.headers.get("ETag"),
+                  "last_modified": response.headers.get("Last-Modified"), "total": total}
+        _write_json(_part_record(partial), record)
         with open(partial, "ab" if resumed else "wb") as out, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=partial.name[:-5], disable=not progress
         ) as bar:
@@ -88,6 +153,24 @@ def _transfer_with_retries(url: str, dest: Path, partial: Path, retries: int, ti
     raise DownloadError(f"Could not download {url}: {error}. {_manual_hint(url, dest)}") from error
 
 
+def _install_record(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.download.json")
+
+
+def _intact(dest: Path, url: str) -> bool:
+    """Whether a file already at ``dest`` is still the one the downloader installed (same
+    size and sha256 as recorded then; a file put there by hand has no record and is
+    trusted, as the manual-download hint asks)."""
+    record = _read_json(_install_record(dest))
+    if not record:
+        return True
+    if record.get("size") != dest.stat().st_size:
+        return False
+    if dest.stat().st_size <= _HASH_CHECK_LIMIT and record.get("sha256"):
+        return _sha256_of(dest).hexdigest() == record["sha256"]
+    return True
+
+
 def download_file(
     url: str,
     dest: Union[str, Path],
@@ -98,26 +181,41 @@ def download_file(
     timeout: float = 60.0,
     progress: bool = True,
 ) -> Path:
-    """Fetch ``url`` to ``dest`` unless ``dest`` already exists; return ``dest``.
+    """Fetch ``url`` to ``dest`` unless an intact ``dest`` already exists; return ``dest``.
 
-    The body is streamed to ``dest.part`` (kept between attempts and resumed with an HTTP
-    Range request), checked against the sha256 prefix (given, or read from a
-    ``name-<hex>.ext`` file name) or else the expected size, then renamed into place.
+    The body is streamed to ``dest.part`` (kept between attempts and resumed with HTTP
+    Range + If-Range, so a part of another version of the file is never extended), checked
+    against the sha256 prefix (given, or read from a ``name-<hex>.ext`` file name) or else
+    the expected size, then renamed into place. The installed file's size and sha256 are
+    recorded next to it (``.<name>.download.json``): a later call fetches a file that has
+    since been truncated or altered again.
     """
     dest = Path(dest)
     if dest.exists():
-        return dest
+        if _intact(dest, url):
+            return dest
+        log.warning(">> %s differs from the file downloaded from %s; fetching it again", dest, url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     expected_hash = sha256_prefix or hash_prefix_from_name(dest.name)
     total = _transfer_with_retries(url, dest, partial, retries, timeout, progress)
     _verify(partial, url, dest, expected_hash, size if size is not None else total)
+    digest = _sha256_of(partial).hexdigest()
     os.replace(partial, dest)
+    _part_record(partial).unlink(missing_ok=True)
+    _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
     return dest
 
 
 def _verify(partial: Path, url: str, dest: Path, expected_hash: Optional[str], expected_size: Optional[int]) -> None:
     actual_size = partial.stat().st_size
+    if expected_size is not None and actual_size > expected_size:
+        partial.unlink()
+        _part_record(partial).unlink(missing_ok=True)
+        raise DownloadError(
+            f"Bad download of {url}: {actual_size} bytes where the server announced {expected_size}; "
+            f"the partial file was deleted, run the command again. {_manual_hint(url, dest)}"
+        )
     if expected_size is not None and actual_size != expected_size:
         raise DownloadError(
             f"Incomplete download of {url}: {actual_size} of {expected_size} bytes in {partial}. "
@@ -127,6 +225,7 @@ def _verify(partial: Path, url: str, dest: Path, expected_hash: Optional[str], e
         actual = _sha256_of(partial).hexdigest()
         if not actual.startswith(expected_hash):
             partial.unlink()
+            _part_record(partial).unlink(missing_ok=True)
             raise DownloadError(
                 f"Corrupt download of {url}: sha256 {actual[:len(expected_hash)]} != expected {expected_hash}; "
                 f"the partial file was deleted, run the command again. {_manual_hint(url, dest)}"
@@ -145,29 +244,62 @@ def _check_member(member: tarfile.TarInfo, target: Path) -> None:
         raise DownloadError(f"refusing special archive member {member.name!r}")
 
 
-def extract_archive(archive: Union[str, Path], target: Union[str, Path], flatten: bool = False) -> Path:
-    """Unpack a (compressed) tar ``archive`` into ``target`` safely and atomically.
-
-    Members are unpacked into a temporary sibling folder, checked against path traversal,
-    links leaving the folder and device files, then moved into ``target``. With ``flatten``
-    every regular file lands directly in ``target`` (the Oxford/Paris archives nest folders).
-    """
-    archive, target = Path(archive), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+def _unpack(archive: Path, folder: Path, flatten: bool, progress: bool) -> None:
+    """Unpack one archive into ``folder`` (a staging folder) after checking every member."""
+    scratch = folder / ".unpacking" if flatten else folder
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
             for member in members:
-                _check_member(member, staging)
-            tar.extractall(staging, members=members, filter="data")
-        files = [p for p in staging.rglob("*") if p.is_file()] if flatten else list(staging.iterdir())
-        for path in files:
-            os.replace(path, target / (path.name if flatten else path.relative_to(staging)))
-    except tarfile.TarError as err:
-        raise DownloadError(f"{archive} is not a readable archive ({err}); delete it and download it again") from err
+                _check_member(member, scratch)
+            for member in tqdm(members, desc=f"unpacking {archive.name}", unit="file", disable=not progress,
+                               leave=False):
+                tar.extract(member, scratch, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise DownloadError(f"{archive} is truncated or not a readable archive ({err}); delete it and download "
+                            "it again") from err
+    if flatten:
+        for path in [p for p in scratch.rglob("*") if p.is_file()]:
+            os.replace(path, folder / path.name)
+        shutil.rmtree(scratch)
+
+
+def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Path], flatten: bool = False,
+                     progress: bool = False) -> Path:
+    """Unpack (compressed) tar ``archives`` into a new folder ``target``, safely and atomically.
+
+    Everything is unpacked into a staging sibling (``.<target>.staging``, cleared first),
+    every member checked against path traversal, links leaving the folder and device files;
+    only when all archives are in is the staging folder renamed to ``target``. An
+    interrupted unpacking therefore never leaves a partial ``target`` that a later run
+    would take as complete. With ``flatten`` every regular file lands directly in
+    ``target`` (the Oxford/Paris archives nest folders).
+    """
+    target = Path(target)
+    if target.exists() and any(target.iterdir()):
+        raise DownloadError(f"{target} already exists and is not empty; move it away to unpack the archives again")
+    staging = target.parent / f".{target.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for archive in archives:
+            _unpack(Path(archive), staging, flatten, progress)
+        if target.exists():
+            target.rmdir()
+        os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def extract_archive(archive: Union[str, Path], target: Union[str, Path], flatten: bool = False,
+                    progress: bool = False) -> Path:
+    """:func:`extract_archives` of one archive."""
+    return extract_archives([archive], target, flatten, progress)
+
+
+def remove_download(path: Union[str, Path]) -> None:
+    """Delete a downloaded file (an unpacked archive) and its install record."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _install_record(path).unlink(missing_ok=True)

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from aml.data.download import download_file, extract_archive
+import numpy as np
+
+from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.paths import data_subdir
 from aml.data.safe_pickle import load_pickle
 
@@ -41,10 +43,11 @@ def _download_real(name: str, images_from: str) -> Callable[[Path], None]:
         if not jpg.exists():
             source = test_root / images_from / "jpg"
             if not source.exists():
-                for url in IMAGE_ARCHIVES[images_from]:
-                    archive = download_file(url, test_root / images_from / url.rsplit("/", 1)[1])
-                    extract_archive(archive, source, flatten=True)
-                    archive.unlink()
+                archives = [download_file(url, test_root / images_from / url.rsplit("/", 1)[1])
+                            for url in IMAGE_ARCHIVES[images_from]]
+                extract_archives(archives, source, flatten=True, progress=True)
+                for archive in archives:
+                    remove_download(archive)
             if source != jpg:
                 folder.mkdir(parents=True, exist_ok=True)
                 os.symlink(source.resolve(), jpg, target_is_directory=True)
@@ -113,10 +116,40 @@ def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
     missing = {"imlist", "qimlist", "gnd"} - set(cfg)
     if missing:
         raise ValueError(f"{gnd_fname} lacks {sorted(missing)}; not a ground-truth file")
+    check_ground_truth(cfg, get_test_set(dataset).protocol, gnd_fname)
     cfg.update(gnd_fname=gnd_fname, ext=".jpg", qext=".jpg", dir_data=dir_data,
                dir_images=os.path.join(dir_data, "jpg"), n=len(cfg["imlist"]), nq=len(cfg["qimlist"]),
                im_fname=config_imname, qim_fname=config_qimname, dataset=name)
     return cfg
+
+
+GND_KEYS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk"), "none": ()}
+
+
+def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> None:
+    """Refuse a gnd whose entries do not fit its image lists: one entry per query, the
+    protocol's keys present, every listed index inside the database, boxes of four finite
+    numbers with x1 < x2 and y1 < y2. Raises ValueError naming ``source`` and the query."""
+    n, nq, gnd = len(cfg["imlist"]), len(cfg["qimlist"]), cfg["gnd"]
+    if protocol == "none":
+        return
+    if len(gnd) != nq:
+        raise ValueError(f"{source}: {len(gnd)} gnd entries for {nq} queries; download the gnd file again")
+    for q, entry in enumerate(gnd):
+        where = f"{source}: query {q} ({cfg['qimlist'][q]})"
+        for key in GND_KEYS[protocol]:
+            if key not in entry:
+                raise ValueError(f"{where} has no '{key}' list, which the {protocol} protocol needs")
+            indices = np.asarray(entry[key]).ravel()
+            if indices.size and (not np.issubdtype(indices.dtype, np.integer) or indices.min() < 0 or indices.max() >= n):
+                bad = [i for i in indices.tolist() if not float(i).is_integer() or not 0 <= i < n][:3]
+                raise ValueError(f"{where} lists database indices {bad} in '{key}', outside the {n} images of the "
+                                 "image list; the gnd file does not belong to these images")
+        box = entry.get("bbx")
+        if box is not None:
+            box = np.asarray(box, dtype=float).ravel()
+            if box.size != 4 or not np.isfinite(box).all() or box[0] >= box[2] or box[1] >= box[3]:
+                raise ValueError(f"{where} has box {box.tolist()}; a box is x1, y1, x2, y2 with x1 < x2 and y1 < y2")
 
 
 def config_imname(cfg: Dict[str, Any], i: int) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
-from aml.data.download import download_file, extract_archive
+from aml.data.download import download_file, extract_archive, remove_download
 from aml.data.paths import data_subdir
 from aml.data.safe_pickle import load_pickle
 
@@ -36,8 +36,8 @@ def _download_sfm(train_root: Path) -> None:
     ims = train_root / "retrieval-SfM-120k" / "ims"
     if not ims.exists():
         archive = download_file(CIRTORCH_TRAIN + "ims/ims.tar.gz", train_root / "retrieval-SfM-120k" / "ims.tar.gz")
-        extract_archive(archive, ims)
-        archive.unlink()
+        extract_archive(archive, ims, progress=True)
+        remove_download(archive)
     thirty = train_root / "retrieval-SfM-30k"
     thirty.mkdir(parents=True, exist_ok=True)
     if not (thirty / "ims").exists():

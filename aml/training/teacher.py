@@ -54,7 +54,8 @@ def teacher_split_features(teacher: Teacher, dataset: str, split: str, columns: 
         return torch.from_numpy(load_feature_file(Path(feat_path), columns))
     from aml.cli.extract_features import extract_dataset_features
 
-    path = data_subdir(teacher.data_root, "features") / feature_file_name(dataset, teacher.feature_name, split)
+    path = data_subdir(teacher.data_root, "features") / feature_file_name(dataset, teacher.feature_name, split,
+                                                                                     image_size)
     wanted = {"fingerprint": teacher.fingerprint, "image_size": image_size}
     known = feature_file_settings(path) or {}
     if not path.is_file() or any(known.get(k) != v for k, v in wanted.items()):

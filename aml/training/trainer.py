@@ -1,5 +1,10 @@
 """The training loop: per-epoch tuple building (mining), gradient accumulation, frozen
-BatchNorm, validation, atomic checkpoints, logs and exact resume."""
+BatchNorm, validation, atomic checkpoints, logs, curves and exact resume.
+
+Faults: a non-finite loss stops the run (:class:`TrainingDiverged`) before it reaches the
+weights, and a non-finite network is never written; ``model_best`` is written before
+``model_epochN``, so a crash between the two never leaves a stale best behind a newer
+epoch checkpoint."""
 
 import logging
 import re
@@ -11,18 +16,32 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.extraction import effective_workers, extract_vectors
-from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
 from aml.training.optim import calibrate_batchnorm, freeze_batchnorm, set_epoch_lr
 from aml.training.tuples import TupleDataset, collate_list, encode_images, encode_tuples, shape_grouped_batches
+from aml.reports.curves import TrainingHistory
+from aml.utils.atomic import remove_orphan_temporaries
 from aml.utils.seeding import generator as seeded_generator
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
+LOSS_LOG_HEADER = "epoch, train_loss, val_loss"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
+
+
+class _NonFiniteLoss(ArithmeticError):
+    def __init__(self, value: float):
+        super().__init__(value)
+        self.value = value
 
 
 @dataclass
@@ -64,16 +83,30 @@ class TrainSettings:
     extraction_batch: Optional[int] = None
     train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
     seed: int = 0  # every random draw comes from streams derived from it (aml.utils.seeding)
+    progress: bool = False  # tqdm bars (stderr) over training batches and descriptor extraction
 
 
 class RunLog:
-    """log.txt and loss_log.txt of a run folder, appended and flushed line by line."""
+    """log.txt and loss_log.txt of a run folder, appended and flushed line by line.
+
+    loss_log.txt gets its header once; :meth:`restart_at` drops the lines of epochs that a
+    resumed run trains again (a crash after logging an epoch but before its checkpoint)."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "loss_log.txt", "a") as out:
-            out.write("epoch, train_loss, val_loss\n")
+        self.loss_log = run_dir / "loss_log.txt"
+        if not self.loss_log.is_file() or not self.loss_log.read_text().strip():
+            self.loss_log.write_text(LOSS_LOG_HEADER + "\n")
+
+    def restart_at(self, epoch: int) -> None:
+        """Keep the header and the lines of 0-based epochs below ``epoch``."""
+        kept = [LOSS_LOG_HEADER]
+        for line in self.loss_log.read_text().splitlines():
+            head = line.split(",", 1)[0].strip()
+            if head.isdigit() and int(head) < epoch:
+                kept.append(line)
+        self.loss_log.write_text("\n".join(kept) + "\n")
 
     def line(self, text: str) -> None:
         log.info(text)
@@ -81,8 +114,14 @@ class RunLog:
             out.write(text + "\n")
 
     def losses(self, epoch: int, train_loss: float, val_loss: Optional[float]) -> None:
-        with open(self.run_dir / "loss_log.txt", "a") as out:
+        with open(self.loss_log, "a") as out:
             out.write(f"{epoch}, {train_loss}" + (f", {val_loss}" if val_loss is not None else "") + "\n")
+
+
+def _check_finite(loss: torch.Tensor) -> None:
+    value = loss.item()
+    if not np.isfinite(value):
+        raise _NonFiniteLoss(value)
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
@@ -105,7 +144,10 @@ class Trainer:
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
         self.evaluate = evaluate
         self.needs_target = getattr(criterion, "needs_target", False)
+        for orphan in remove_orphan_temporaries(self.run_dir):
+            log.info(">> removed %s, left by an interrupted write", orphan)
         self.log = RunLog(self.run_dir)
+        self.curves = TrainingHistory(self.run_dir)
         self.min_loss = float("inf")
         self.start_epoch = 0
         self.history: List[Dict[str, Any]] = []
@@ -115,7 +157,7 @@ class Trainer:
         def encode(indices: Sequence[int]) -> torch.Tensor:
             return extract_vectors(self.net, [split.images[i] for i in indices], self.settings.image_size,
                                    self.transform, workers=self.settings.workers, device=self.device,
-                                   batch_size=self.settings.extraction_batch)
+                                   batch_size=self.settings.extraction_batch, progress=self.settings.progress)
         return encode
 
     def epoch_tuples(self, split: Split, epoch: int, everything: bool = False) -> List[TrainingTuple]:
@@ -158,6 +200,7 @@ class Trainer:
             student = encode_images(self.net, [item["images"][0] for item in batch], self.device)
             teacher = torch.stack([item["teacher"][:, 0] for item in batch]).to(self.device)
             loss = self.criterion(student, teacher)
+            _check_finite(loss)
             if backward:
                 loss.backward()
             return [loss.item()]
@@ -167,10 +210,20 @@ class Trainer:
             outputs = encode_tuples(self.net, chunk, self.device)
             chunk_losses = [self.criterion(out, item["labels"].to(self.device), self._target(item))
                             for out, item in zip(outputs, chunk)]
+            total = torch.stack(chunk_losses).sum()
+            _check_finite(total)
             if backward:
-                torch.stack(chunk_losses).sum().backward()
+                total.backward()
             losses += [loss.item() for loss in chunk_losses]
         return losses
+
+    def _divergence_message(self, epoch: int, batch: int, batches: int, value: float) -> str:
+        last = latest_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+        lr = self.optimizer.param_groups[0]["initial_lr"]
+        return (f"training stopped: loss is {value} at epoch {epoch + 1}, batch {batch + 1}/{batches}; likely cause: "
+                f"the learning rate is too high (--lr {lr:g}), or an image or a descriptor holds non-finite values; "
+                f"nothing non-finite was saved and {kept}")
 
     def _target(self, item: Dict[str, Any]) -> Optional[torch.Tensor]:
         if self.needs_target and item["target"] is not None:
@@ -190,8 +243,13 @@ class Trainer:
         self.optimizer.zero_grad()
         losses: List[float] = []
         start = time.time()
-        for i, batch in enumerate(loader):
-            losses += self.batch_losses(batch, backward=True, relational=self.mode.relational)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", disable=not s.progress, leave=False)
+        for i, batch in enumerate(bar):
+            try:
+                losses += self.batch_losses(batch, backward=True, relational=self.mode.relational)
+            except _NonFiniteLoss as err:
+                raise TrainingDiverged(self._divergence_message(epoch, i, len(loader), err.value)) from None
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)
             if (i + 1) % s.update_every == 0:
                 self.optimizer.step()
                 self.optimizer.zero_grad()
@@ -245,12 +303,20 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, epoch: int, is_best: bool) -> None:
-        """model_epoch<N> every save_freq epochs and model_best on a new best (atomic writes)."""
+        """model_best on a new best, then model_epoch<N> every save_freq epochs (atomic
+        writes). Best first: a resumed run restarts from the last model_epochN and retrains
+        (deterministically) every epoch after it, so a best written by an epoch whose own
+        checkpoint was lost is written again, never left stale."""
+        bad = [name for name, value in self.net.state_dict().items()
+               if value.is_floating_point() and not torch.isfinite(value).all()]
+        if bad:
+            raise TrainingDiverged(f"training stopped: after epoch {epoch + 1} the weights {bad[:3]} are not finite; "
+                                   "nothing was saved for this epoch; lower --lr")
         state = checkpoint_state(self.net, epoch + 1, self.min_loss, self.optimizer)
-        if (epoch + 1) % self.settings.save_freq == 0:
-            save_checkpoint(state, self.run_dir / f"model_epoch{epoch + 1}.pth.tar")
         if is_best:
             save_checkpoint(state, self.run_dir / "model_best.pth.tar")
+        if (epoch + 1) % self.settings.save_freq == 0:
+            save_checkpoint(state, self.run_dir / f"model_epoch{epoch + 1}.pth.tar")
 
     def resume(self, name: str) -> bool:
         """Load ``run_dir/name``, or the latest model_epochN there; False if none exists."""
@@ -261,7 +327,15 @@ class Trainer:
             log.info(">> No checkpoint found at '%s'", self.run_dir / "model_epoch0.pth.tar")
             return False
         state = load_checkpoint(path)
-        self.net.load_state_dict(state["state_dict"])
+        theirs, ours = state["meta"].get("architecture"), self.net.meta["architecture"]
+        if theirs != ours:
+            raise CheckpointError(f"cannot resume from {path}: it holds a {theirs} network, this run trains {ours}; "
+                                  "resume with the flags the run was started with, or choose another --directory")
+        try:
+            self.net.load_state_dict(state["state_dict"])
+        except RuntimeError as err:
+            raise CheckpointError(f"cannot resume from {path}: its weights do not fit this run's network "
+                                  f"({str(err).splitlines()[0]}); resume with the flags the run was started with") from None
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as err:
@@ -271,6 +345,8 @@ class Trainer:
         self.start_epoch, self.min_loss = int(state["epoch"]), float(state["min_loss"])
         if "batchnorm_calibrated" in state["meta"]:
             self.net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
+        self.log.restart_at(self.start_epoch)
+        self.curves.restart_at(self.start_epoch)
         log.info(">> Loaded checkpoint '%s' (epoch %d)", path, self.start_epoch)
         return True
 
@@ -287,10 +363,14 @@ class Trainer:
             is_best = score is not None and score < self.min_loss
             if is_best:
                 self.min_loss = score
+            # logs first: an epoch logged but not saved is trained again and its lines replaced
             self.log.losses(epoch, train_loss, val_loss)
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                      "lr": self.optimizer.param_groups[0]["lr"]}
+            self.curves.add(record)
             self.save(epoch, is_best)
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
             if self.evaluate is not None and s.test_freq and (epoch + 1) % s.test_freq == 0:
                 record["test"] = self.evaluate(self.net, epoch)
+                self.curves.add(record)
             self.history.append(record)
         return self.history

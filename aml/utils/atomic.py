@@ -25,3 +25,16 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> P
             os.unlink(temporary)
         raise
     return path
+
+
+def remove_orphan_temporaries(folder: Union[str, Path]) -> list:
+    """Delete the temporary files that :func:`atomic_write` leaves when its process is killed
+    (``.<name>.<random>.tmp``) in ``folder``; returns their paths. Call it only on a folder
+    no other process is writing to (a run folder at the start of its run)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    orphans = [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for orphan in orphans:
+        orphan.unlink()
+    return orphans

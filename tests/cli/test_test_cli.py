@@ -165,8 +165,9 @@ def test_extract_features_writes_columns_in_db_order(checkpoint, synth_root):
                               "-j", "0", "--device", "cpu", "--data-root", str(synth_root)])
     train, val = (np.load(p) for p in paths)
     assert train.shape == (512, 16 * 8) and val.shape == (512, 4 * 8)
-    assert paths[0].name == "synth-sfm_resnet18-gem.npy" and paths[1].name == "synth-sfm-val_resnet18-gem.npy"
-    listing = paths[0].with_name("synth-sfm_resnet18-gem_img_list.txt").read_text().splitlines()
+    assert paths[0].name == "synth-sfm_resnet18-gem_imsize64.npy"
+    assert paths[1].name == "synth-sfm-val_resnet18-gem_imsize64.npy"
+    listing = paths[0].with_name("synth-sfm_resnet18-gem_imsize64_img_list.txt").read_text().splitlines()
     assert len(listing) == 128 and np.linalg.norm(train, axis=0) == pytest.approx(np.ones(128), abs=1e-4)
 
 

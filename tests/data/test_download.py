@@ -8,15 +8,20 @@ import threading
 
 import pytest
 
-from aml.data.download import DownloadError, download_file, extract_archive, hash_prefix_from_name
+from aml.data.download import DownloadError, download_file, extract_archive, extract_archives, hash_prefix_from_name
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    """Serves ``files`` with ETags, Range, If-Range and 416, as a real web server would.
+    ``honour_if_range`` False mimics servers that ignore If-Range (they answer 416 to a
+    range past the end)."""
+
     files = {}
     cut_after = {}  # path -> bytes sent before the connection drops (once)
     requests = []
+    honour_if_range = True
 
     def log_message(self, *args):
         pass
@@ -27,13 +32,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
+        etag = f'"{sha(body)[:12]}"'
         start = 0
-        if self.headers.get("Range"):
-            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+        ranged = self.headers.get("Range")
+        if ranged and self.honour_if_range and self.headers.get("If-Range") not in (None, etag):
+            ranged = None  # another version: the whole new file
+        if ranged:
+            start = int(ranged.split("=")[1].split("-")[0])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
+        self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
         cut = self.cut_after.pop(self.path, None)
@@ -42,7 +58,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    Handler.files, Handler.cut_after, Handler.requests = {}, {}, []
+    Handler.files, Handler.cut_after, Handler.requests, Handler.honour_if_range = {}, {}, [], True
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -126,3 +142,75 @@ def test_archive_with_path_traversal_is_refused(tmp_path):
 def test_hash_prefix_parsing():
     assert hash_prefix_from_name("imagenet-caffe-vgg16-features-d369c8e.pth") == "d369c8e"
     assert hash_prefix_from_name("gnd_roxford5k.pkl") is None
+
+
+def test_resume_of_a_changed_file_fetches_the_new_version_whole(server, tmp_path):
+    old, new = PAYLOAD, bytes(reversed(PAYLOAD))
+    Handler.files["/gnd.pkl"], Handler.cut_after["/gnd.pkl"] = old, 30000
+    with pytest.raises(DownloadError, match="Incomplete"):
+        download_file(f"{server}/gnd.pkl", tmp_path / "gnd.pkl", progress=False, retries=1)
+    Handler.files["/gnd.pkl"] = new  # the server's file changed between the attempts
+    download_file(f"{server}/gnd.pkl", tmp_path / "gnd.pkl", progress=False)
+    assert (tmp_path / "gnd.pkl").read_bytes() == new  # not old[:30000] + new[30000:]
+
+
+def test_stale_larger_part_answered_416_is_fetched_again(server, tmp_path):
+    Handler.files["/gnd.pkl"], Handler.honour_if_range = PAYLOAD, False
+    Handler.cut_after["/gnd.pkl"] = 1000
+    with pytest.raises(DownloadError):
+        download_file(f"{server}/gnd.pkl", tmp_path / "gnd.pkl", progress=False, retries=1)
+    part = tmp_path / "gnd.pkl.part"
+    part.write_bytes(b"x" * (len(PAYLOAD) + 500))  # a larger part of an older, longer version
+    download_file(f"{server}/gnd.pkl", tmp_path / "gnd.pkl", progress=False)
+    assert (tmp_path / "gnd.pkl").read_bytes() == PAYLOAD
+
+
+def test_oversized_part_without_record_never_blocks(server, tmp_path):
+    Handler.files["/oxbuild.tgz"], Handler.honour_if_range = PAYLOAD, False
+    (tmp_path / "oxbuild.tgz.part").write_bytes(b"y" * (2 * len(PAYLOAD)))
+    download_file(f"{server}/oxbuild.tgz", tmp_path / "oxbuild.tgz", progress=False)
+    assert (tmp_path / "oxbuild.tgz").read_bytes() == PAYLOAD
+
+
+def test_part_of_the_same_version_is_resumed_with_if_range(server, tmp_path):
+    Handler.files["/big.bin"], Handler.cut_after["/big.bin"] = PAYLOAD, 30000
+    with pytest.raises(DownloadError):
+        download_file(f"{server}/big.bin", tmp_path / "big.bin", progress=False, retries=1)
+    download_file(f"{server}/big.bin", tmp_path / "big.bin", progress=False)
+    assert (tmp_path / "big.bin").read_bytes() == PAYLOAD and Handler.requests[-1][1] == "bytes=30000-"
+
+
+def test_installed_file_damaged_later_is_fetched_again(server, tmp_path):
+    Handler.files["/gnd.pkl"] = PAYLOAD
+    path = download_file(f"{server}/gnd.pkl", tmp_path / "gnd.pkl", progress=False)
+    path.write_bytes(PAYLOAD[:5000])  # truncated by a full disk, say
+    download_file(f"{server}/gnd.pkl", path, progress=False)
+    assert path.read_bytes() == PAYLOAD and len(Handler.requests) == 2
+    download_file(f"{server}/gnd.pkl", path, progress=False)
+    assert len(Handler.requests) == 2  # intact: not fetched again
+
+
+def test_interrupted_unpacking_leaves_no_partial_folder(tmp_path, monkeypatch):
+    first, second = tmp_path / "paris_1.tgz", tmp_path / "paris_2.tgz"
+    first.write_bytes(make_tar({"paris/a.jpg": b"a"}))
+    second.write_bytes(make_tar({"paris/b.jpg": b"b"})[:40])  # truncated
+    with pytest.raises(DownloadError, match="paris_2.tgz is truncated or not a readable archive"):
+        extract_archives([first, second], tmp_path / "jpg", flatten=True)
+    assert not (tmp_path / "jpg").exists() and not (tmp_path / ".jpg.staging").exists()
+
+    import aml.data.download as download
+
+    unpack = download._unpack
+
+    def killed_after_first(archive, *args):
+        unpack(archive, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "_unpack", killed_after_first)
+    second.write_bytes(make_tar({"paris/b.jpg": b"b"}))
+    with pytest.raises(KeyboardInterrupt):
+        extract_archives([first, second], tmp_path / "jpg", flatten=True)
+    assert not (tmp_path / "jpg").exists()
+    monkeypatch.setattr(download, "_unpack", unpack)
+    extract_archives([first, second], tmp_path / "jpg", flatten=True)
+    assert sorted(p.name for p in (tmp_path / "jpg").iterdir()) == ["a.jpg", "b.jpg"]

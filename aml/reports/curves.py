@@ -1,0 +1,106 @@
+"""Training curves: ``history.json`` (one record per epoch) and ``curves.png`` in a run
+folder, rewritten after every epoch."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from aml.utils.atomic import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def summarize_test(results: Dict[str, Any]) -> Dict[str, Any]:
+    """{test kind: {dataset: {'medium': mAP, 'hard': mAP}}} (or {'map': mAP} for the classic
+    protocol) from the trainer's ``--test-freq`` results, without the per-query lists."""
+    summary: Dict[str, Any] = {}
+    for kind, per_dataset in results.items():
+        summary[kind] = {}
+        for dataset, entry in per_dataset.items():
+            plain = entry["plain"]
+            summary[kind][dataset] = ({"map": plain["map"]} if "map" in plain
+                                      else {level: plain[level]["map"] for level in ("medium", "hard")})
+    return summary
+
+
+def _matplotlib_figure():
+    """A figure class and canvas without pyplot's global state, or None when absent."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure, FigureCanvasAgg
+
+
+def plot_history(records: List[Dict[str, Any]], path: Path) -> bool:
+    """Loss, learning rate and (when tested) mAP against the epoch as one PNG; False when
+    matplotlib is not installed."""
+    classes = _matplotlib_figure()
+    if classes is None:
+        return False
+    Figure, Canvas = classes
+    tested = [r for r in records if r.get("test")]
+    figure = Figure(figsize=(5 * (3 if tested else 2), 3.6), dpi=100)
+    axes = figure.subplots(1, 3 if tested else 2)
+    epochs = [r["epoch"] for r in records]
+    axes[0].plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
+    val = [(r["epoch"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    if val:
+        axes[0].plot(*zip(*val), "s-", label="val")
+    axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
+    axes[0].legend()
+    axes[1].plot(epochs, [r["lr"] for r in records], "o-")
+    axes[1].set(xlabel="epoch", ylabel="learning rate", title="learning rate", yscale="log")
+    if tested:
+        for kind in tested[-1]["test"]:
+            for dataset, levels in tested[-1]["test"][kind].items():
+                for level in levels:
+                    points = [(r["epoch"], 100 * r["test"][kind][dataset][level]) for r in tested
+                              if dataset in r["test"].get(kind, {})]
+                    axes[2].plot(*zip(*points), "o-", label=f"{dataset} {level[0].upper()} ({kind[:4]})")
+        axes[2].set(xlabel="epoch", ylabel="mAP (%)", title="test mAP")
+        axes[2].legend(fontsize=7)
+    figure.tight_layout()
+    Canvas(figure)
+    atomic_write(path, lambda out: figure.savefig(out, format="png"))
+    return True
+
+
+class TrainingHistory:
+    """``history.json`` and ``curves.png`` of a run folder; a resumed run keeps the records
+    of the epochs it does not train again."""
+
+    def __init__(self, run_dir: Path):
+        self.json_path, self.png_path = Path(run_dir) / "history.json", Path(run_dir) / "curves.png"
+        self.records: List[Dict[str, Any]] = []
+        self._warned = False
+        if self.json_path.is_file():
+            try:
+                self.records = json.loads(self.json_path.read_text())
+            except ValueError:
+                log.warning(">> %s is not valid JSON; starting a new history", self.json_path)
+
+    def restart_at(self, epoch: int) -> None:
+        """Drop the records of epochs after ``epoch`` (1-based; the resumed checkpoint's)."""
+        self.records = [r for r in self.records if r["epoch"] <= epoch]
+        self._write()
+
+    def add(self, record: Dict[str, Any]) -> None:
+        """Insert or replace the record of ``record['epoch']`` and rewrite both files."""
+        entry = {k: v for k, v in record.items() if k != "test"}
+        if record.get("test"):
+            entry["test"] = summarize_test(record["test"])
+        self.records = [r for r in self.records if r["epoch"] != entry["epoch"]] + [entry]
+        self.records.sort(key=lambda r: r["epoch"])
+        self._write()
+
+    def _write(self) -> None:
+        text = json.dumps(self.records, indent=1, default=float)
+        atomic_write(self.json_path, lambda out: out.write(text.encode()))
+        if not self.records:
+            return
+        if not plot_history(self.records, self.png_path) and not self._warned:
+            log.warning(">> curves.png not drawn: matplotlib is not installed (pip install matplotlib)")
+            self._warned = True

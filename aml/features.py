@@ -57,14 +57,15 @@ def image_list_key(images: Sequence[str]) -> List[Any]:
 
 def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequence[float], msp: float,
                        cache_dir: Optional[Path], tag: str, fingerprint: Optional[str] = None,
-                       **options: Any) -> np.ndarray:
+                       skipped: Optional[List[int]] = None, **options: Any) -> np.ndarray:
     """:func:`describe_images`, cached in ``cache_dir`` under a key of (network content,
     image list with each file's size and mtime, image size, scales, msp), so a database is
     encoded once per network and encoded again when an image changes. ``fingerprint``
     spares hashing the weights again when the caller already did. Descriptors with skipped
     images (``skip_bad``) are not cached."""
+    skipped = skipped if skipped is not None else []
     if cache_dir is None:
-        return describe_images(net, images, image_size, scales, msp, **options)
+        return describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
     fingerprint = fingerprint or network_fingerprint(net)
     key = hashlib.sha1(json.dumps([fingerprint, image_list_key(images), image_size,
                                    [float(s) for s in scales], round(float(msp), 6)]).encode()).hexdigest()[:16]
@@ -78,7 +79,6 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
             log.info(">> %s: database descriptors read from cache %s", tag, path)
             return vecs
         log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
-    skipped: List[int] = []
     vecs = describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
     if not skipped:
         _atomic_save(path, vecs.astype(np.float32))

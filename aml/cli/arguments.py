@@ -3,9 +3,11 @@
 import argparse
 import ast
 import logging
+import math
 import operator
 import sys
-from typing import List
+from pathlib import Path
+from typing import Callable, List
 
 import torch
 
@@ -37,9 +39,42 @@ def parse_scales(text: str) -> List[float]:
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError) as err:
         raise argparse.ArgumentTypeError(f"--multiscale {text!r} is not a list of numbers such as "
                                          f"'[1, 1/2**(1/2), 1/2]' ({err})") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"--multiscale {text!r}: scales must be positive")
+    if not scales or any(not math.isfinite(s) or not 0 < s <= MAX_SCALE for s in scales):
+        raise argparse.ArgumentTypeError(f"--multiscale {text!r}: every scale must be a number in (0, {MAX_SCALE}] "
+                                         "(1 = the image size itself)")
     return scales
+
+
+MAX_SCALE = 4.0  # a larger scale enlarges a 1024-px image past 4096 px: a mistake, not a setting
+
+
+def _bounded(kind: Callable[[str], float], what: str, accept: Callable[[float], bool]) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not math.isfinite(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    convert.__name__ = what
+    return convert
+
+
+positive_int = _bounded(int, "a positive integer", lambda v: v > 0)
+nonnegative_int = _bounded(int, "an integer >= 0", lambda v: v >= 0)
+positive_float = _bounded(float, "a positive finite number", lambda v: v > 0)
+nonnegative_float = _bounded(float, "a finite number >= 0", lambda v: v >= 0)
+unit_interval = _bounded(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def folder(text: str) -> str:
+    """A folder that exists or can be created: refuses a path that is a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; give a folder (it is created if missing)")
+    return text
 
 
 def resolve_device(device: str, gpu_id: str = "0") -> torch.device:
@@ -56,9 +91,10 @@ def resolve_device(device: str, gpu_id: str = "0") -> torch.device:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--data-root and --device, which every command takes."""
-    parser.add_argument("--data-root", default=None, metavar="DIR",
+    parser.add_argument("--data-root", default=None, metavar="DIR", type=folder,
                         help="data root for datasets, weights and features (default: $AML_DATA_ROOT or ./data)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (log lines stay)")
 
 
 def setup_logging(verbose: bool = True) -> None:
@@ -68,15 +104,19 @@ def setup_logging(verbose: bool = True) -> None:
 
 
 def run_cli(main) -> None:
-    """Run a command's ``main()``; errors about the user's files and flags end the program
-    with one clear line instead of a traceback."""
+    """Run a command's ``main()``; errors about the user's files and flags, and a diverged
+    training run, end the program with one clear line (exit status 1) instead of a traceback."""
+    import pickle
+
     from aml.data.download import DownloadError
     from aml.data.images import ImageLoadError
     from aml.networks.checkpoint import CheckpointError
+    from aml.training.trainer import TrainingDiverged
 
     try:
         main()
-    except (DownloadError, CheckpointError, ImageLoadError, FileNotFoundError, ValueError) as err:
+    except (DownloadError, CheckpointError, ImageLoadError, FileNotFoundError, NotADirectoryError, ValueError,
+            pickle.UnpicklingError, TrainingDiverged) as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit("interrupted: checkpoints already written are complete (they are written atomically)")

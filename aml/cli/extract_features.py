@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from aml.cli.arguments import add_runtime_arguments, parse_scales, resolve_device, setup_logging
+from aml.cli.arguments import add_runtime_arguments, nonnegative_int, parse_scales, positive_int, resolve_device, setup_logging
 from aml.data.paths import data_subdir
 from aml.data.testsets import TEST_SETS, configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import TRAIN_SETS, load_training_db
@@ -38,7 +38,8 @@ def extract_dataset_features(net: ImageRetrievalNet, network_name: str, dataset:
     path = output or data_subdir(data_root, "features") / feature_file_name(
         dataset, network_name, split if is_train_set else None, image_size)
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)
-    vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)), **options)
+    vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)),
+                           desc=f"{dataset} {split}", **options)
     write_feature_file(vecs, images, path, {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),
                                             "image_size": image_size, "scales": [float(x) for x in scales]})
     log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
@@ -55,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma separated: {', '.join(list(TEST_SETS) + list(TRAIN_SETS))}")
     parser.add_argument("--split", default="train,val",
                         help="training-set splits to encode, comma separated (default: train,val)")
-    parser.add_argument("--image-size", "-imsize", default=1024, type=int, metavar="N")
+    parser.add_argument("--image-size", "-imsize", default=1024, type=positive_int, metavar="N")
     parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales)
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N")
     parser.add_argument("--teacher", "-t", default="vgg16", help="dimension fallback for checkpoints without outputdim")
-    parser.add_argument("--workers", "-j", default=8, type=int)
-    parser.add_argument("--batch-size", default=None, type=int, help="images per forward (default: 32 CUDA, 4 CPU)")
+    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int)
+    parser.add_argument("--batch-size", default=None, type=positive_int, help="images per forward (default: 32 CUDA, 4 CPU)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     add_runtime_arguments(parser)
     return parser
@@ -72,7 +73,8 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     setup_logging()
     device = resolve_device(args.device, args.gpu_id)
     net, name = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
-    options = dict(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp)
+    options = dict(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp,
+                   progress=not args.quiet)
     written = []
     for dataset in filter(None, args.datasets.split(",")):
         is_train_set = dataset.lower() in {n.lower() for n in TRAIN_SETS}

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import add_runtime_arguments, parse_scales, resolve_device, setup_logging
+from aml.cli.arguments import add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int, resolve_device, setup_logging
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.evaluation.testing import Encoder, TestSettings, evaluate
 from aml.networks.loading import load_teacher, load_test_network
@@ -27,13 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--list-pretrained", action="store_true", help="print the pretrained list and exit")
     parser.add_argument("--datasets", "-d", metavar="DATASETS", default="roxford5k,rparis6k",
                         help=f"comma separated test sets: {', '.join(TEST_SETS)} (default: roxford5k,rparis6k)")
-    parser.add_argument("--image-size", "-imsize", default=1024, type=int, metavar="N",
+    parser.add_argument("--image-size", "-imsize", default=1024, type=positive_int, metavar="N",
                         help="maximum size of the longer image side (default: 1024)")
     parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales,
                         help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')")
     parser.add_argument("--whitening", "-w", metavar="WHITENING", default=None, choices=WHITENING_SETS,
                         help=f"learned whitening set: {' | '.join(WHITENING_SETS)} (default: none)")
-    parser.add_argument("--workers", "-j", default=8, type=int, metavar="N", help="image loading workers (default: 8)")
+    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)")
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", metavar="TEACHER",
                         help="vgg16 | resnet101 (published teachers) or a checkpoint path; the database "
@@ -41,10 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--asym", action="store_true",
                         help="asymmetric testing: teacher encodes the database, the network the queries")
     parser.add_argument("--results", metavar="FILE", default=None, help="write every number and the settings as JSON")
-    parser.add_argument("--batch-size", default=None, type=int,
+    parser.add_argument("--batch-size", default=None, type=positive_int,
                         help="images per forward pass at extraction (default: 32 on CUDA, 4 on the CPU)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast at extraction (CUDA)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache database descriptors")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="skip unreadable images instead of stopping: skipped database images rank last, "
+                             "skipped queries are left out; the list goes next to --results (else --report, else "
+                             "the data set's folder) as skipped_<dataset>.txt")
+    parser.add_argument("--report", metavar="DIR", default=None, type=folder,
+                        help="write a visual ranking report per data set to DIR/<dataset>/index.html (+ a PNG per "
+                             "query); with --asym the teacher's own ranking is shown beside the network's")
+    parser.add_argument("--report-top", default=10, type=positive_int, metavar="K",
+                        help="database images shown per query in --report (default: 10)")
     add_runtime_arguments(parser)
     return parser
 
@@ -54,6 +63,12 @@ def _check_datasets(text: str) -> List[str]:
     for name in names:
         get_test_set(name)
     return names
+
+
+def _skipped_dir(args: argparse.Namespace) -> Optional[Path]:
+    if args.results:
+        return Path(args.results).resolve().parent
+    return Path(args.report) if args.report else None
 
 
 def _json_ready(results):
@@ -88,7 +103,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     settings = TestSettings(datasets=datasets, image_size=args.image_size, scales=args.multiscale,
                             whitening=args.whitening, workers=args.workers, device=str(device),
                             batch_size=args.batch_size, amp=args.amp, data_root=args.data_root,
-                            cache=not args.no_cache)
+                            cache=not args.no_cache, progress=not args.quiet, skip_bad=args.skip_bad_images,
+                            skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,
+                            report_top=args.report_top)
     results = evaluate(Encoder(student, name, path), settings, teacher)
     if args.results:
         report = {"settings": {**vars(args), "device": str(device), "network": name,

@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from aml.cli.arguments import add_runtime_arguments, resolve_device, setup_logging
+from aml.cli.arguments import (add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
+                               positive_int, resolve_device, setup_logging, unit_interval)
 from aml.data.testsets import TEST_SETS
 from aml.data.trainsets import load_training_db
 from aml.evaluation.testing import Encoder, TestSettings, evaluate
@@ -33,14 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     """Every flag of the original main.py (names, aliases, defaults), plus --data-root,
     --device, --test-freq, --train-batchnorm, --proj-lr-mult and --seed."""
     p = argparse.ArgumentParser(description="Train a retrieval network (asymmetric metric learning).")
-    p.add_argument("--directory", metavar="EXPORT_DIR", required=True, help="where the run folder is created")
+    p.add_argument("--directory", metavar="EXPORT_DIR", required=True, type=folder, help="where the run folder is created")
     p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k", choices=TRAINING_SETS)
     p.add_argument("--no-val", dest="val", action="store_false", help="do not run validation")
     p.add_argument("--test-datasets", "-td", default="roxford5k,rparis6k",
                    help="comma separated test sets for --test-freq evaluation (default: roxford5k,rparis6k)")
     p.add_argument("--test-whiten", default="", choices=[""] + TEST_WHITEN, help="whitening set for test evaluation")
-    p.add_argument("--val-freq", default=1, type=int, help="validate every N epochs (default: 1)")
-    p.add_argument("--save-freq", default=1, type=int, help="write model_epochN every N epochs (default: 1)")
+    p.add_argument("--val-freq", default=1, type=positive_int, help="validate every N epochs (default: 1)")
+    p.add_argument("--save-freq", default=1, type=positive_int, help="write model_epochN every N epochs (default: 1)")
     p.add_argument("--arch", "-a", default="resnet101", choices=sorted(BACKBONES))
     p.add_argument("--pool", "-p", default="gem", choices=sorted(POOLINGS))
     p.add_argument("--local-whitening", "-lw", action="store_true", help="learnable linear layer before pooling")
@@ -49,40 +50,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--not-pretrained", dest="pretrained", action="store_false", help="random initialisation")
     p.add_argument("--loss", "-l", default="contrastive", choices=sorted(LOSSES))
     p.add_argument("--mode", "-m", default="std", choices=list(MODES))
-    p.add_argument("--loss-margin", "-lm", default=0.7, type=float, help="margin of contrastive/triplet (default: 0.7)")
-    p.add_argument("--image-size", default=1024, type=int, help="longer side of training images (default: 1024)")
-    p.add_argument("--neg-num", "-nn", default=5, type=int, help="negatives per tuple (default: 5)")
-    p.add_argument("--query-size", "-qs", default=2000, type=int, help="tuples per epoch (default: 2000)")
-    p.add_argument("--pool-size", "-ps", default=20000, type=int, help="negative pool per epoch (default: 20000)")
+    p.add_argument("--loss-margin", "-lm", default=0.7, type=nonnegative_float, help="margin of contrastive/triplet (default: 0.7)")
+    p.add_argument("--image-size", default=1024, type=positive_int, help="longer side of training images (default: 1024)")
+    p.add_argument("--neg-num", "-nn", default=5, type=nonnegative_int, help="negatives per tuple (default: 5)")
+    p.add_argument("--query-size", "-qs", default=2000, type=positive_int, help="tuples per epoch (default: 2000)")
+    p.add_argument("--pool-size", "-ps", default=20000, type=positive_int, help="negative pool per epoch (default: 20000)")
     p.add_argument("--gpu-id", "-g", default="0", help="GPU id used with --device auto (default: 0)")
-    p.add_argument("--workers", "-j", default=8, type=int, help="data loading workers (default: 8)")
-    p.add_argument("--epochs", default=100, type=int)
-    p.add_argument("--batch-size", "-b", default=5, type=int, help="tuples per mini-batch (default: 5)")
-    p.add_argument("--update-every", "-u", default=1, type=int, help="optimizer step every N batches (default: 1)")
+    p.add_argument("--workers", "-j", default=8, type=nonnegative_int, help="data loading workers (default: 8)")
+    p.add_argument("--epochs", default=100, type=positive_int)
+    p.add_argument("--batch-size", "-b", default=5, type=positive_int, help="tuples per mini-batch (default: 5)")
+    p.add_argument("--update-every", "-u", default=1, type=positive_int, help="optimizer step every N batches (default: 1)")
     p.add_argument("--optimizer", "-o", default="adam", choices=sorted(OPTIMIZERS))
-    p.add_argument("--lr", "--learning-rate", default=1e-6, type=float)
-    p.add_argument("--momentum", default=0.9, type=float)
-    p.add_argument("--weight-decay", "--wd", default=1e-6, type=float)
-    p.add_argument("--print-freq", default=10, type=int)
+    p.add_argument("--lr", "--learning-rate", default=1e-6, type=positive_float)
+    p.add_argument("--momentum", default=0.9, type=unit_interval)
+    p.add_argument("--weight-decay", "--wd", default=1e-6, type=nonnegative_float)
+    p.add_argument("--print-freq", default=10, type=positive_int)
     p.add_argument("--resume", default="", metavar="FILENAME",
                    help="checkpoint name in the run folder; if missing, the latest model_epochN there")
     p.add_argument("--comment", "-c", default="", help="appended to the run folder name")
-    p.add_argument("--temp", default=0.1, type=float, help="temperature of the cross-entropy losses")
-    p.add_argument("--nexamples", default=1000, type=int, help="kept for compatibility (unused)")
+    p.add_argument("--temp", default=0.1, type=positive_float, help="temperature of the cross-entropy losses")
+    p.add_argument("--nexamples", default=1000, type=nonnegative_int, help="kept for compatibility (unused)")
     p.add_argument("--teacher", "-t", default="vgg16",
                    help="vgg16 | resnet101 (published teachers) or a checkpoint path (default: vgg16)")
     p.add_argument("--sym", action="store_true", help="positives/negatives also go through the student")
     p.add_argument("--feat-path", default=None, help=".npy teacher descriptors (D x N) of the train split")
     p.add_argument("--feat-val-path", default=None, help=".npy teacher descriptors (D x N) of the val split")
-    p.add_argument("--pos-num", "-pn", default=3, type=int, help="kept for compatibility (unused)")
+    p.add_argument("--pos-num", "-pn", default=3, type=nonnegative_int, help="kept for compatibility (unused)")
     p.add_argument("--train-batchnorm", action="store_true",
                    help="BatchNorm uses batch statistics, all images of a mini-batch encoded together "
                         "(for trunks trained from scratch); default: frozen, as the original")
-    p.add_argument("--proj-lr-mult", default=1.0, type=float,
+    p.add_argument("--proj-lr-mult", default=1.0, type=positive_float,
                    help="learning-rate multiplier of the student's 1x1 projection; 0.1 keeps its ReLU channels "
                         "alive when training from scratch at a high lr (default: 1, as the original)")
-    p.add_argument("--test-freq", default=0, type=int, help="evaluate on --test-datasets every N epochs (0: never)")
-    p.add_argument("--seed", default=0, type=int,
+    p.add_argument("--test-freq", default=0, type=nonnegative_int, help="evaluate on --test-datasets every N epochs (0: never)")
+    p.add_argument("--seed", default=0, type=nonnegative_int,
                    help="seed of the network's initialisation and of every random draw (tuples, shuffling); "
                         "the weights depend only on the flags, the data and this (default: 0)")
     add_runtime_arguments(p)
@@ -104,16 +105,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"Unsupported or unknown test dataset: {name}! Choose from {sorted(TEST_SETS)}")
     if args.loss == "dark" and args.batch_size < 5:
         parser.error("--loss dark needs --batch-size of at least 5 (4 neighbours per image)")
-    for name in ("update_every", "batch_size", "epochs", "val_freq", "save_freq", "print_freq"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.train_batchnorm and args.batch_size < 2:
         parser.error("--train-batchnorm needs --batch-size of at least 2 (BatchNorm uses the statistics of the "
                      "mini-batch); use 8 or more")
-    if args.proj_lr_mult <= 0:
-        parser.error("--proj-lr-mult must be positive (0.1 for students trained from scratch)")
-    if args.test_freq < 0:
-        parser.error("--test-freq must be 0 (off) or positive")
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -150,7 +144,7 @@ def _split(args, teacher: Teacher, split: str, feat_path: Optional[str], device:
     features = None
     if get_mode(args.mode).needs_teacher:
         features = teacher_split_features(teacher, args.training_dataset, split, len(db["cids"]), args.image_size,
-                                          feat_path, device, args.workers)
+                                          feat_path, device, args.workers, progress=not args.quiet)
     return Split(db, list(db["images"]), features)
 
 
@@ -163,7 +157,7 @@ def _test_callback(args, teacher_spec: Teacher, device: str, run_dir: Path):
         teacher = Encoder(net, name, teacher_spec.path)
     settings = TestSettings(datasets=[d for d in args.test_datasets.split(",") if d], image_size=args.image_size,
                             whitening=args.test_whiten or None, workers=args.workers, device=device,
-                            data_root=args.data_root, cache=True)
+                            data_root=args.data_root, cache=True, progress=not args.quiet)
 
     def run(net, epoch: int) -> Dict[str, Any]:
         student = Encoder(net, f"{run_dir.name}_epoch{epoch + 1}")
@@ -209,7 +203,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              pool_size=args.pool_size, batch_size=args.batch_size, update_every=args.update_every,
                              epochs=args.epochs, print_freq=args.print_freq, workers=args.workers, val=args.val,
                              val_freq=args.val_freq, save_freq=args.save_freq, sym=args.sym, device=device,
-                             test_freq=args.test_freq, train_batchnorm=args.train_batchnorm, seed=args.seed)
+                             test_freq=args.test_freq, train_batchnorm=args.train_batchnorm, seed=args.seed,
+                             progress=not args.quiet)
     trainer = Trainer(net, build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer, mode, train, val,
                       run_dir, settings, _test_callback(args, teacher, device, run_dir))
     resumed = trainer.resume(args.resume) if args.resume else False

@@ -33,32 +33,32 @@ class EvaluationSet:
 
     name: str
     protocol: str  # "revisited", "classic", or "none" (no ground truth to evaluate)
-    prepare: Optional[Callable[[Path], None]] = None  # fills <data_root>/test/<name>
+    prepare: Optional[Callable[[Path, bool], None]] = None  # fills <data_root>/test/<name> (progress bars?)
 
 
-def _download_real(name: str, images_from: str) -> Callable[[Path], None]:
-    def prepare(test_root: Path) -> None:
+def _download_real(name: str, images_from: str) -> Callable[[Path, bool], None]:
+    def prepare(test_root: Path, progress: bool) -> None:
         folder = test_root / name
         jpg = folder / "jpg"
         if not jpg.exists():
             source = test_root / images_from / "jpg"
             if not source.exists():
-                archives = [download_file(url, test_root / images_from / url.rsplit("/", 1)[1])
+                archives = [download_file(url, test_root / images_from / url.rsplit("/", 1)[1], progress=progress)
                             for url in IMAGE_ARCHIVES[images_from]]
-                extract_archives(archives, source, flatten=True, progress=True)
+                extract_archives(archives, source, flatten=True, progress=progress)
                 for archive in archives:
                     remove_download(archive)
             if source != jpg:
                 folder.mkdir(parents=True, exist_ok=True)
                 os.symlink(source.resolve(), jpg, target_is_directory=True)
         gnd = f"gnd_{name}.pkl"
-        download_file(CIRTORCH_TEST + f"{name}/{gnd}", folder / gnd)
+        download_file(CIRTORCH_TEST + f"{name}/{gnd}", folder / gnd, progress=progress)
 
     return prepare
 
 
-def _generate_synthetic(name: str) -> Callable[[Path], None]:
-    def prepare(test_root: Path) -> None:
+def _generate_synthetic(name: str) -> Callable[[Path, bool], None]:
+    def prepare(test_root: Path, progress: bool) -> None:
         from aml.data.synthetic import generate_test_set
 
         generate_test_set(test_root.parent, name)
@@ -91,15 +91,16 @@ def protocol_of(name: str) -> str:
     return get_test_set(name).protocol
 
 
-def prepare_test_set(name: str, data_root: Optional[PathLike] = None) -> Path:
-    """Make sure ``<data_root>/test/<name>`` holds images and gnd (download or generate)."""
+def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:
+    """Make sure ``<data_root>/test/<name>`` holds images and gnd (download or generate;
+    ``progress``: bars while downloading and unpacking)."""
     test_root = data_subdir(data_root, "test")
     entry = get_test_set(name)
     gnd = test_root / entry.name / f"gnd_{entry.name}.pkl"
     if not gnd.exists() or not (test_root / entry.name / "jpg").exists():
         if entry.prepare is None:
             raise FileNotFoundError(f"{gnd} is missing and {name} cannot be downloaded automatically; put it there")
-        entry.prepare(test_root)
+        entry.prepare(test_root, progress)
     return test_root / entry.name
 
 

@@ -45,10 +45,15 @@ class TestSettings:
     data_root: Optional[str] = None
     cache: bool = True
     extract_options: Dict[str, Any] = field(default_factory=dict)
+    progress: bool = False  # tqdm bars (stderr) while extracting
+    skip_bad: bool = False  # skip unreadable images (listed in skipped_dir) instead of stopping
+    skipped_dir: Optional[Path] = None  # where skipped_<dataset>.txt goes (default: the data set's folder)
+    report_dir: Optional[Path] = None  # write the visual ranking report there
+    report_top: int = 10
 
     def extraction(self) -> Dict[str, Any]:
         return dict(workers=self.workers, device=self.device, batch_size=self.batch_size, amp=self.amp,
-                    **self.extract_options)
+                    progress=self.progress, skip_bad=self.skip_bad, **self.extract_options)
 
 
 @dataclass
@@ -117,23 +122,100 @@ def get_whitening(encoder: Encoder, whitening_set: str, settings: TestSettings, 
     return m, P
 
 
-def _search(database: np.ndarray, queries: np.ndarray, dataset: str, gnd: List[Dict[str, Any]], device: str) -> Dict[str, Any]:
-    ranks = rank_database(database, queries, device=device)
-    return evaluate_ranks(dataset, ranks, gnd, protocol_of(dataset))
+def _search(database: np.ndarray, queries: np.ndarray, dataset: str, gnd: List[Dict[str, Any]], device: str,
+            excluded: Sequence[int] = ()) -> Tuple[Dict[str, Any], np.ndarray]:
+    ranks = rank_database(database, queries, device=device, excluded=excluded)
+    return evaluate_ranks(dataset, ranks, gnd, protocol_of(dataset)), ranks
+
+
+@dataclass
+class _Encoded:
+    """One data set's descriptors: database by the database encoder, queries by the tested
+    one, and the images skipped (unreadable, with ``skip_bad``)."""
+
+    vecs: np.ndarray
+    qvecs: np.ndarray
+    skipped_db: List[int]
+    skipped_queries: List[int]
+
+
+def _write_skipped(dataset: str, images: Sequence[str], queries: Sequence[str], encoded: _Encoded,
+                   settings: TestSettings, dataset_dir: Path) -> Path:
+    folder = Path(settings.skipped_dir) if settings.skipped_dir is not None else dataset_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"skipped_{dataset}.txt"
+    lines = [f"database\t{images[i]}" for i in sorted(encoded.skipped_db)]
+    lines += [f"query\t{queries[i]}" for i in sorted(encoded.skipped_queries)]
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _query_aps(results: Dict[str, Any], kept: Sequence[int], nq: int) -> List[Optional[float]]:
+    """Per-query AP (Medium for the revisited protocol) indexed by the original query number."""
+    aps = results["medium"]["aps"] if "medium" in results else results["aps"]
+    out: List[Optional[float]] = [None] * nq
+    for q, ap in zip(kept, aps):
+        out[q] = None if ap is None or np.isnan(ap) else float(ap)
+    return out
+
+
+def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[str], bbxs, encoded: _Encoded,
+            kept: List[int], ranks: np.ndarray, results: Dict[str, Any], student: Encoder,
+            teacher: Optional[Encoder], settings: TestSettings) -> Path:
+    """The visual ranking report of one data set (with the teacher's own ranking when asymmetric)."""
+    from aml.reports.ranking import Ranking, write_report
+
+    top = min(settings.report_top, ranks.shape[0])
+    student_aps = _query_aps(results, kept, len(queries))
+    rows: List[List[Ranking]] = [[] for _ in queries]
+    for column, q in enumerate(kept):
+        indices = ranks[:top, column]
+        scores = encoded.vecs[:, indices].T @ encoded.qvecs[:, column]
+        rows[q].append(Ranking(student.name if teacher is None else f"student {student.name}", indices.tolist(),
+                               scores.tolist(), student_aps[q]))
+    if teacher is not None:
+        tq = describe_images(teacher.net, [queries[q] for q in kept], settings.image_size, settings.scales,
+                             multiscale_power(teacher.net, list(settings.scales)), bbxs=[bbxs[q] for q in kept],
+                             **dict(settings.extraction(), skip_bad=False))
+        teacher_results, teacher_ranks = _search(encoded.vecs, tq, dataset, [cfg["gnd"][q] for q in kept],
+                                                 settings.device, encoded.skipped_db)
+        teacher_aps = _query_aps(teacher_results, kept, len(queries))
+        for column, q in enumerate(kept):
+            indices = teacher_ranks[:top, column]
+            rows[q].append(Ranking(f"teacher {teacher.name}", indices.tolist(),
+                                   (encoded.vecs[:, indices].T @ tq[:, column]).tolist(), teacher_aps[q]))
+    summary = " ".join(format_results(dataset, results))
+    return write_report(Path(settings.report_dir) / dataset, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
+
+
+def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: Encoder, database_encoder: Encoder,
+            settings: TestSettings, cache_dir: Optional[Path], fingerprint: Optional[str]) -> _Encoded:
+    scales = list(settings.scales)
+    skipped_db: List[int] = []
+    skipped_queries: List[int] = []
+    vecs = cached_descriptors(database_encoder.net, images, settings.image_size, scales,
+                              multiscale_power(database_encoder.net, scales), cache_dir, dataset,
+                              fingerprint, skipped=skipped_db, desc=f"{dataset} database", **settings.extraction())
+    qvecs = describe_images(student.net, queries, settings.image_size, scales, multiscale_power(student.net, scales),
+                            bbxs=bbxs, skipped=skipped_queries, desc=f"{dataset} queries", **settings.extraction())
+    return _Encoded(vecs, qvecs, skipped_db, skipped_queries)
 
 
 def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder] = None,
              printer: Callable[[str], None] = print) -> Dict[str, Any]:
     """Test ``student`` (symmetric) or student vs ``teacher`` (asymmetric, when given) on
     every data set of ``settings``; print the original's lines and return
-    ``{dataset: {'plain': results, 'whiten': results}}``."""
+    ``{dataset: {'plain': results, 'whiten': results}}`` (plus ``'skipped'`` when images
+    were skipped, and ``'report'`` with ``settings.report_dir``).
+
+    Skipped database images are ranked last for every query; skipped queries are left out
+    of the means, and the mAP line says how many images were skipped."""
     database_encoder = teacher or student
     if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
         raise ValueError(f"asymmetric test needs equal dimensions: student {student.name} is "
                          f"{student.net.meta['outputdim']}-d, teacher {teacher.name} {teacher.net.meta['outputdim']}-d")
     for encoder in {id(e): e for e in (student, database_encoder)}.values():
         encoder.net.to(settings.device).eval()
-    scales = list(settings.scales)
     lw = get_whitening(database_encoder, settings.whitening, settings, published=teacher is None) if settings.whitening else None
     cache_dir = data_subdir(settings.data_root, "features") / "cache" if settings.cache else None
     fingerprint = network_fingerprint(database_encoder.net) if settings.cache else None
@@ -141,22 +223,35 @@ def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder
     for dataset in settings.datasets:
         start = time.time()
         printer(f">> {dataset}: Extracting...")
-        prepare_test_set(dataset, settings.data_root)
+        dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.progress)
         cfg = configdataset(dataset, data_subdir(settings.data_root, "test"))
         images, queries, bbxs = query_and_database_paths(cfg)
-        vecs = cached_descriptors(database_encoder.net, images, settings.image_size, scales,
-                                  multiscale_power(database_encoder.net, scales), cache_dir, dataset,
-                                  fingerprint, **settings.extraction())
-        qvecs = describe_images(student.net, queries, settings.image_size, scales,
-                                multiscale_power(student.net, scales), bbxs=bbxs, **settings.extraction())
+        encoded = _encode(dataset, images, queries, bbxs, student, database_encoder, settings, cache_dir, fingerprint)
+        kept = [q for q in range(len(queries)) if q not in set(encoded.skipped_queries)]
+        qvecs, gnd = encoded.qvecs[:, kept], [cfg["gnd"][q] for q in kept]
         printer(f">> {dataset}: Evaluating...")
-        entry = {"plain": _search(vecs, qvecs, dataset, cfg["gnd"], settings.device)}
+        plain, ranks = _search(encoded.vecs, qvecs, dataset, gnd, settings.device, encoded.skipped_db)
+        entry: Dict[str, Any] = {"plain": plain}
+        skipped = len(encoded.skipped_db) + len(encoded.skipped_queries)
+        note = f" ({skipped} unreadable images skipped)" if skipped else ""
         for line in format_results(dataset, entry["plain"]):
-            printer(line)
+            printer(line + note)
         if lw is not None:
-            entry["whiten"] = _search(whitenapply(vecs, *lw), whitenapply(qvecs, *lw), dataset, cfg["gnd"], settings.device)
+            entry["whiten"], _ = _search(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), dataset, gnd,
+                                         settings.device, encoded.skipped_db)
             for line in format_results(dataset + " + whiten", entry["whiten"]):
-                printer(line)
+                printer(line + note)
+        if skipped:
+            listing = _write_skipped(dataset, images, queries, encoded, settings, dataset_dir)
+            entry["skipped"] = {"database": [images[i] for i in encoded.skipped_db],
+                                "queries": [queries[i] for i in encoded.skipped_queries], "list": str(listing)}
+            printer(f">> {dataset}: {len(encoded.skipped_db)} database images and {len(encoded.skipped_queries)} "
+                    f"queries could not be read and were skipped; list in {listing}")
+        if settings.report_dir is not None:
+            report_vecs = _Encoded(encoded.vecs, qvecs, encoded.skipped_db, encoded.skipped_queries)
+            entry["report"] = str(_report(dataset, cfg, images, queries, bbxs, report_vecs, kept, ranks, entry["plain"],
+                                          student, teacher, settings))
+            printer(f">> {dataset}: ranking report in {entry['report']}")
         results[dataset] = entry
         printer(f">> {dataset}: elapsed time: {htime(time.time() - start)}")
     return results

@@ -42,7 +42,8 @@ class Teacher:
 
 
 def teacher_split_features(teacher: Teacher, dataset: str, split: str, columns: int, image_size: int,
-                           feat_path: Optional[str] = None, device: str = "cpu", workers: int = 8) -> torch.Tensor:
+                           feat_path: Optional[str] = None, device: str = "cpu", workers: int = 8,
+                           progress: bool = False) -> torch.Tensor:
     """D x N teacher descriptors of one split (N = ``columns``, db order).
 
     With ``feat_path`` the file is read and its shape checked (the teacher is not loaded).
@@ -62,5 +63,6 @@ def teacher_split_features(teacher: Teacher, dataset: str, split: str, columns: 
         net, name = teacher.loaded
         log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, name)
         extract_dataset_features(net, name, dataset, split, image_size, data_root=teacher.data_root, output=path,
-                                 fingerprint=teacher.fingerprint, device=device, workers=workers)
+                                 fingerprint=teacher.fingerprint, device=device, workers=workers,
+                                 progress=progress)
     return torch.from_numpy(load_feature_file(path, columns))

@@ -108,8 +108,10 @@ class RunLog:
                 kept.append(line)
         self.loss_log.write_text("\n".join(kept) + "\n")
 
-    def line(self, text: str) -> None:
-        log.info(text)
+    def line(self, text: str, echo: bool = True) -> None:
+        """Append ``text`` to log.txt (and log it unless ``echo`` is False)."""
+        if echo:
+            log.info(text)
         with open(self.run_dir / "log.txt", "a") as out:
             out.write(text + "\n")
 
@@ -248,7 +250,9 @@ class Trainer:
             try:
                 losses += self.batch_losses(batch, backward=True, relational=self.mode.relational)
             except _NonFiniteLoss as err:
-                raise TrainingDiverged(self._divergence_message(epoch, i, len(loader), err.value)) from None
+                message = self._divergence_message(epoch, i, len(loader), err.value)
+                self.log.line(message, echo=False)
+                raise TrainingDiverged(message) from None
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)
             if (i + 1) % s.update_every == 0:
                 self.optimizer.step()
@@ -345,14 +349,15 @@ class Trainer:
         self.start_epoch, self.min_loss = int(state["epoch"]), float(state["min_loss"])
         if "batchnorm_calibrated" in state["meta"]:
             self.net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
-        self.log.restart_at(self.start_epoch)
-        self.curves.restart_at(self.start_epoch)
         log.info(">> Loaded checkpoint '%s' (epoch %d)", path, self.start_epoch)
         return True
 
     def fit(self) -> List[Dict[str, Any]]:
         """Train epochs start_epoch .. epochs-1; returns one record per epoch."""
         s = self.settings
+        # epochs about to be trained again (after a crash, or a rerun in the same folder) lose their old lines
+        self.log.restart_at(self.start_epoch)
+        self.curves.restart_at(self.start_epoch)
         self.log.line(f">> Seed {s.seed}; {self.mode.name} validated on {self.val_mode.name} tuples")
         for epoch in range(self.start_epoch, s.epochs):
             train_loss = self.train_epoch(epoch)

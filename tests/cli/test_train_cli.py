@@ -36,7 +36,7 @@ def test_default_run_folder_name_matches_original():
     (["-td", "roxford6k"], "Unsupported or unknown test dataset: roxford6k"),
     (["--arch", "resnet9000"], "invalid choice: 'resnet9000'"),
     (["--train-batchnorm", "-b", "1"], "--train-batchnorm needs --batch-size of at least 2"),
-    (["--proj-lr-mult", "0"], "--proj-lr-mult must be positive"),
+    (["--proj-lr-mult", "0"], "--proj-lr-mult: must be a positive finite number"),
 ])
 def test_impossible_combinations_are_refused_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit):

@@ -1,0 +1,188 @@
+"""Training runs that go wrong: divergence, crashes between checkpoint writes, leftovers of
+a killed run, resuming a foreign checkpoint, and the per-epoch history and curves."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import aml.training.trainer as trainer_module
+from aml.cli import train as train_cli
+from aml.networks import build_network
+from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
+from aml.training.trainer import TrainingDiverged
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30", "-b", "5",
+        "-j", "0", "--device", "cpu", "--lr", "1e-4", "--print-freq", "100", "-a", "resnet18", "-q"]
+
+
+def train(root, directory, *extra):
+    return train_cli.main(["--directory", str(directory), "--data-root", str(root)] + TINY + list(extra))
+
+
+def checkpoints(run_dir):
+    return sorted(p.name for p in run_dir.glob("*.pth.tar"))
+
+
+def test_diverging_run_exits_with_one_line_and_writes_nothing(synth_root, tmp_path):
+    argv = [sys.executable, str(REPO / "main.py"), "--directory", str(tmp_path), "--data-root", str(synth_root),
+            *TINY, "--epochs", "3", "--lr", "1e3"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    line = done.stderr.strip()
+    assert line.startswith("error: training stopped: loss is nan at epoch 1, batch ") and "--lr 1000" in line
+    assert "no checkpoint was written" in line and len(line.splitlines()) == 1
+    assert not list(tmp_path.rglob("*.pth.tar"))
+    assert "training stopped" in next(tmp_path.rglob("log.txt")).read_text()
+
+
+def test_divergence_keeps_the_last_good_checkpoints(synth_root, tmp_path, monkeypatch):
+    real_step, steps = torch.optim.Adam.step, []
+
+    def step(self, *args, **kwargs):  # 2 batches per epoch: the 3rd step is epoch 2's first
+        out = real_step(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 2, batch 2/2.*last good checkpoint is "
+                                               r".*model_epoch1.pth.tar") as info:
+        train(synth_root, tmp_path, "--epochs", "3", "--no-val")
+    run_dir = next(tmp_path.iterdir())
+    assert checkpoints(run_dir) == ["model_best.pth.tar", "model_epoch1.pth.tar"]
+    for name in checkpoints(run_dir):
+        state = load_checkpoint(run_dir / name)
+        assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert str(info.value) in (run_dir / "log.txt").read_text()
+
+
+def test_non_finite_weights_are_never_saved(synth_root, tmp_path, monkeypatch):
+    real_step = torch.optim.Adam.step
+
+    def poisoning_step(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[-1]["params"][0].fill_(float("inf"))  # weights blow up after the last batch
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoning_step)
+    monkeypatch.setattr(trainer_module, "_check_finite", lambda loss: None)  # let the loss through: test save()
+    with pytest.raises(TrainingDiverged, match="after epoch 1 the weights .* are not finite; nothing was saved"):
+        train(synth_root, tmp_path, "--epochs", "1")
+    assert not list(tmp_path.rglob("*.pth.tar"))
+
+
+def test_nan_feature_file_is_refused_on_load(synth_root, tmp_path):
+    from aml.data.trainsets import load_training_db
+
+    columns = len(load_training_db("synth-sfm", "train", synth_root)["cids"])
+    vecs = np.ones((512, columns), dtype=np.float32)
+    vecs[3, 7] = np.nan
+    np.save(tmp_path / "feats.npy", vecs)
+    with pytest.raises(ValueError, match=r"feats.npy holds NaN or infinite values in 1 of .* column 7"):
+        train(synth_root, tmp_path, "-m", "ts", "--teacher", "vgg16", "--feat-path", str(tmp_path / "feats.npy"),
+              "--no-val")
+
+
+@pytest.fixture(scope="module")
+def straight_run(synth_root, tmp_path_factory):
+    """An uninterrupted 2-epoch run and the order of its checkpoint writes."""
+    writes = []
+    real = trainer_module.save_checkpoint
+
+    def recording(state, path):
+        writes.append(Path(path).name)
+        return real(state, path)
+
+    trainer_module.save_checkpoint = recording
+    try:
+        run = train(synth_root, tmp_path_factory.mktemp("straight"), "--epochs", "2", "--no-val")
+    finally:
+        trainer_module.save_checkpoint = real
+    return run, writes
+
+
+def test_crash_between_checkpoint_writes_never_leaves_a_stale_best(synth_root, tmp_path, monkeypatch, straight_run):
+    run, writes = straight_run
+    assert writes.count("model_best.pth.tar") >= 1 and len(writes) >= 3
+    real = trainer_module.save_checkpoint
+    for crash_after in range(len(writes)):
+        directory = tmp_path / f"crash{crash_after}"
+        calls = []
+
+        def crashing(state, path):
+            out = real(state, path)
+            calls.append(path)
+            if len(calls) == crash_after + 1:
+                raise KeyboardInterrupt  # the process dies right after this write
+            return out
+
+        monkeypatch.setattr(trainer_module, "save_checkpoint", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            train(synth_root, directory, "--epochs", "2", "--no-val")
+        monkeypatch.setattr(trainer_module, "save_checkpoint", real)
+        resumed = train(synth_root, directory, "--epochs", "2", "--no-val", "--resume", "latest")
+        best = load_checkpoint(resumed["run_dir"] / "model_best.pth.tar")
+        expected = load_checkpoint(run["run_dir"] / "model_best.pth.tar")
+        assert best["epoch"] == expected["epoch"], f"crash after write {crash_after + 1} ({writes[crash_after]})"
+        for key, value in expected["state_dict"].items():
+            assert torch.equal(value, best["state_dict"][key]), key
+        assert (resumed["run_dir"] / "loss_log.txt").read_text() == (run["run_dir"] / "loss_log.txt").read_text()
+        history = json.loads((resumed["run_dir"] / "history.json").read_text())
+        assert [r["epoch"] for r in history] == [1, 2]
+
+
+def test_resume_cleans_leftovers_of_a_killed_run(synth_root, tmp_path):
+    first = train(synth_root, tmp_path, "--epochs", "1")
+    run_dir = first["run_dir"]
+    orphan = run_dir / ".model_epoch2.pth.tar.k3j2x1.tmp"  # what atomic_write leaves when killed mid-write
+    orphan.write_bytes(b"half a checkpoint")
+    train(synth_root, tmp_path, "--epochs", "2", "--resume", "model_epoch1.pth.tar")
+    assert not orphan.exists()
+    lines = (run_dir / "loss_log.txt").read_text().splitlines()
+    assert lines[0] == "epoch, train_loss, val_loss" and lines.count(lines[0]) == 1
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1"]
+
+
+def test_resuming_another_architecture_names_the_file(synth_root, tmp_path):
+    foreign = tmp_path / "mobilenet.pth.tar"
+    save_checkpoint(checkpoint_state(build_network("mobilenet_v2", pretrained=False, teacher_dim=512), 3, 0.1), foreign)
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*mobilenet.pth.tar: it holds a mobilenet_v2 "
+                                              r"network, this run trains resnet18"):
+        train(synth_root, tmp_path / "runs", "--epochs", "1", "--resume", str(foreign))
+
+
+def test_history_and_curves_are_written_every_epoch(synth_root, tmp_path):
+    run = train(synth_root, tmp_path, "--epochs", "2", "--test-freq", "2", "-td", "synth-oxford")
+    history = json.loads((run["run_dir"] / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in history)
+    assert history[1]["lr"] == pytest.approx(1e-4 * np.exp(-0.02))
+    assert "test" not in history[0]
+    medium = history[1]["test"]["symmetric"]["synth-oxford"]["medium"]
+    assert medium == pytest.approx(run["history"][1]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"])
+    from PIL import Image
+
+    with Image.open(run["run_dir"] / "curves.png") as png:
+        assert png.size[0] > 1000  # three panels: loss, lr, mAP
+
+
+def test_curves_without_matplotlib_give_one_notice(tmp_path, monkeypatch, caplog):
+    from aml.reports import curves
+
+    monkeypatch.setattr(curves, "_matplotlib_figure", lambda: None)
+    history = curves.TrainingHistory(tmp_path)
+    with caplog.at_level("WARNING", logger="aml"):
+        for epoch in (1, 2):
+            history.add({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": None, "lr": 1e-3})
+    notices = [r.message for r in caplog.records if "matplotlib" in r.message]
+    assert len(notices) == 1 and "pip install matplotlib" in notices[0]
+    assert not (tmp_path / "curves.png").exists() and len(json.loads((tmp_path / "history.json").read_text())) == 2

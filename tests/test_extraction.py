@@ -97,3 +97,24 @@ def test_cpu_workers_leave_cores_to_torch():
 
     assert effective_workers(8, torch.device("cuda")) == 8
     assert 0 <= effective_workers(8, torch.device("cpu")) <= max(0, (__import__("os").cpu_count() or 1) - torch.get_num_threads())
+
+
+def test_skip_bad_leaves_a_zero_column_and_reports_it(images, net, tmp_path, real_workers):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"garbage")
+    skipped = []
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    vecs = extract_vectors(net, images[:3] + [str(bad)] + images[3:5], 64, transform, workers=1, skip_bad=True,
+                           skipped=skipped)
+    assert skipped == [3] and torch.count_nonzero(vecs[:, 3]) == 0
+    expected = extract_vectors(net, images[:5], 64, transform, workers=0)
+    assert torch.allclose(vecs[:, [0, 1, 2, 4, 5]], expected, atol=1e-5)
+
+
+def test_progress_bar_goes_to_stderr_only_when_asked(images, net, capsys):
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    extract_vectors(net, images[:4], 48, transform, workers=0, progress=True, desc="db")
+    captured = capsys.readouterr()
+    assert "db:" in captured.err and "/4 [" in captured.err and "img/s" in captured.err and captured.out == ""
+    extract_vectors(net, images[:4], 48, transform, workers=0)
+    assert capsys.readouterr().err == ""

@@ -184,7 +184,9 @@ def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[
             indices = teacher_ranks[:top, column]
             rows[q].append(Ranking(f"teacher {teacher.name}", indices.tolist(),
                                    (encoded.vecs[:, indices].T @ tq[:, column]).tolist(), teacher_aps[q]))
-    summary = " ".join(format_results(dataset, results))
+    how = (f"asymmetric: queries by {student.name}, database by {teacher.name}" if teacher is not None
+           else f"symmetric: {student.name}")
+    summary = "; ".join([how] + [line.split(": ", 1)[1] for line in format_results(dataset, results)])
     return write_report(Path(settings.report_dir) / dataset, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
 
 

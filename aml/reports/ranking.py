@@ -66,7 +66,7 @@ def _thumbnail(path: str, bbx: Optional[BBox] = None) -> Image.Image:
     image.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
     if bbx is not None:
         scale = image.width / full_width
-        ImageDraw.Draw(image).rectangle([float(c) * scale for c in bbx], outline=LABEL_COLOURS["query"], width=2)
+        ImageDraw.Draw(image).rectangle([float(c) * scale for c in bbx], outline=(255, 220, 0), width=2)
     return image
 
 
@@ -104,14 +104,16 @@ def query_png(query_thumb: Image.Image, query_name: str, rankings: Sequence[Rank
 
 
 _STYLE = ("body{font-family:sans-serif;margin:1em}section{margin-bottom:1.5em}figure{display:inline-block;"
-          "margin:2px;text-align:center;font-size:12px;vertical-align:top}figure img{border:5px solid;display:block}"
+          "margin:2px;text-align:center;font-size:11px;vertical-align:top;width:142px;white-space:normal;"
+          "overflow-wrap:anywhere}figure img{border:5px solid;display:block;margin:auto}"
           ".row{white-space:nowrap}.name{display:inline-block;width:9em;vertical-align:top;font-size:13px}"
           + "".join(f".{label} img{{border-color:rgb{colour}}}" for label, colour in LABEL_COLOURS.items()))
 
 
-def _figure(thumb: str, label: str, caption: str) -> str:
+def _figure(thumb: str, label: str, *caption: str) -> str:
+    lines = "<br>".join(html.escape(line) for line in caption)
     return (f'<figure class="{label}" data-label="{label}"><img src="{html.escape(thumb)}" alt="{label}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            f"<figcaption>{lines}</figcaption></figure>")
 
 
 def write_report(folder: Path, dataset: str, gnd: Sequence[Dict], images: Sequence[str], queries: Sequence[str],
@@ -142,7 +144,7 @@ def write_report(folder: Path, dataset: str, gnd: Sequence[Dict], images: Sequen
         for ranking in query_rankings:
             figures = [_figure(query_file, "query", "query")]
             figures += [_figure(f"thumbs/db{int(i):06d}.jpg", label_of(gnd[q], int(i)),
-                                f"#{k} {Path(images[int(i)]).stem} {s:.3f} {label_of(gnd[q], int(i))}")
+                                f"#{k} {s:.3f} {label_of(gnd[q], int(i))}", Path(images[int(i)]).stem)
                         for k, (i, s) in enumerate(zip(ranking.indices, ranking.scores), start=1)]
             rows.append(f'<div class="row"><span class="name">{html.escape(ranking.name)}<br>'
                         f"{_ap_text(ranking.ap)}</span>{''.join(figures)}</div>")

@@ -1,0 +1,126 @@
+"""test.py when the data changes or is damaged: the database cache follows the files,
+unreadable images are skipped on request, gnd files that do not fit are refused."""
+
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from aml.cli import test as test_cli
+from aml.data.images import ImageLoadError
+from aml.data.safe_pickle import load_pickle, save_pickle
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+
+COMMON = ["-d", "synth-oxford", "-imsize", "64", "-j", "0", "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("nets") / "resnet18-gem.pth.tar"
+    return save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), path)
+
+
+@pytest.fixture
+def root(synth_root, tmp_path):
+    """A private copy of the synthetic test sets (the tests damage it)."""
+    shutil.copytree(synth_root / "test", tmp_path / "root" / "test")
+    return tmp_path / "root"
+
+
+def run(checkpoint, root, *extra):
+    return test_cli.main(["-npath", str(checkpoint), *COMMON, "--data-root", str(root), *extra])
+
+
+def jpg(root, name):
+    return root / "test" / "synth-oxford" / "jpg" / f"{name}.jpg"
+
+
+def test_database_cache_follows_replaced_and_truncated_images(checkpoint, root):
+    gnd = load_pickle(root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl")
+    first = run(checkpoint, root)["synth-oxford"]["plain"]["medium"]
+    assert len(list((root / "features" / "cache").glob("*.npy"))) == 1
+    # replace every positive of every query by one distractor: mAP must fall, not be read from the cache
+    distractor = jpg(root, gnd["imlist"][-1]).read_bytes()
+    for entry in gnd["gnd"]:
+        for index in list(entry["easy"]) + list(entry["hard"]):
+            jpg(root, gnd["imlist"][index]).write_bytes(distractor)
+    second = run(checkpoint, root)["synth-oxford"]["plain"]["medium"]
+    assert second["map"] < 0.5 * first["map"]
+    assert len(list((root / "features" / "cache").glob("*.npy"))) == 2
+    victim = jpg(root, gnd["imlist"][0])
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    with pytest.raises(ImageLoadError, match=victim.name):
+        run(checkpoint, root)
+
+
+def test_unreadable_images_are_skipped_listed_and_counted(checkpoint, root, tmp_path, capsys):
+    gnd = load_pickle(root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl")
+    bad_db, bad_query = jpg(root, gnd["imlist"][3]), jpg(root, gnd["qimlist"][0])
+    bad_db.write_bytes(b"not a jpeg")
+    bad_query.write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="is corrupt or not an image"):
+        run(checkpoint, root)
+    results = run(checkpoint, root, "--skip-bad-images", "--results", str(tmp_path / "out" / "res.json"))
+    printed = capsys.readouterr().out
+    entry = results["synth-oxford"]
+    assert entry["skipped"]["database"] == [str(bad_db)] and entry["skipped"]["queries"] == [str(bad_query)]
+    listing = (tmp_path / "out" / "skipped_synth-oxford.txt").read_text().splitlines()
+    assert listing == [f"database\t{bad_db}", f"query\t{bad_query}"]
+    assert ">> synth-oxford: mAP E: " in printed and "(2 unreadable images skipped)" in printed
+    assert len(entry["plain"]["medium"]["aps"]) == len(gnd["qimlist"]) - 1
+    saved = json.loads((tmp_path / "out" / "res.json").read_text())
+    assert saved["results"]["synth-oxford"]["skipped"]["queries"] == [str(bad_query)]
+
+
+def test_skipped_database_image_ranks_last():
+    import numpy as np
+
+    from aml.evaluation.search import rank_database
+
+    database = np.eye(3, dtype=np.float32)
+    ranks = rank_database(database, database[:, :1], excluded=[0])
+    assert ranks[:, 0].tolist() == [1, 2, 0]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda g: g["gnd"][2]["easy"].append(10 ** 6), r"query 2 \(.*\) lists database indices \[1000000\] in 'easy'"),
+    (lambda g: g["gnd"][1]["junk"].append(-1), r"query 1 .* lists database indices \[-1\] in 'junk'"),
+    (lambda g: g["gnd"].pop(), r"\d+ gnd entries for \d+ queries"),
+    (lambda g: g["gnd"][0].pop("hard"), r"query 0 .* has no 'hard' list"),
+    (lambda g: g["gnd"][0].update(bbx=[50, 10, 20, 40]), r"query 0 .* has box \[50.0, 10.0, 20.0, 40.0\]"),
+])
+def test_gnd_that_does_not_fit_the_images_is_refused(checkpoint, root, damage, message):
+    path = root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl"
+    gnd = load_pickle(path)
+    for entry in gnd["gnd"]:
+        for key in ("easy", "hard", "junk"):
+            entry[key] = list(entry[key])
+    damage(gnd)
+    save_pickle(gnd, path)
+    with pytest.raises(ValueError, match="gnd_synth-oxford.pkl: " + message):
+        run(checkpoint, root)
+
+
+def test_truncated_and_unsafe_pickles_end_in_one_line(checkpoint, root):
+    from aml.cli.arguments import run_cli
+
+    path = root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: run(checkpoint, root))
+    assert str(info.value.code).startswith("error: ") and "gnd_synth-oxford.pkl is truncated" in str(info.value.code)
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path.write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": [Boom()]}))
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: run(checkpoint, root))
+    assert "refusing to load" in str(info.value.code) and "system" in str(info.value.code)

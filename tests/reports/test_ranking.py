@@ -1,0 +1,92 @@
+"""test.py --report: an offline HTML page and a PNG per query whose frames tell the truth."""
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from aml.cli import test as test_cli
+from aml.data.safe_pickle import load_pickle
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+from aml.reports.ranking import FRAME, LABEL_COLOURS, tile_origin
+
+
+class Page(HTMLParser):
+    """Sections (one per query) with their rows of (image source, label) figures."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.sources, self.links = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append({"id": attrs["id"], "rows": []})
+        elif tag == "div" and attrs.get("class") == "row":
+            self.sections[-1]["rows"].append([])
+        elif tag == "figure":
+            self.sections[-1]["rows"][-1].append([attrs["data-label"], None])
+        elif tag == "img":
+            self.sources.append(attrs["src"])
+            self.sections[-1]["rows"][-1][-1][1] = attrs["src"]
+        elif tag == "a":
+            self.links.append(attrs["href"])
+
+
+def expected_label(entry, index):
+    for key in ("easy", "hard", "junk"):
+        if index in list(entry[key]):
+            return key
+    return "negative"
+
+
+@pytest.fixture(scope="module")
+def report(synth_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    torch.manual_seed(0)
+    student = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), folder / "s.pth")
+    torch.manual_seed(1)
+    teacher = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), folder / "t.pth")
+    results = test_cli.main(["-npath", str(student), "-d", "synth-oxford", "-imsize", "64", "-j", "0", "--device",
+                             "cpu", "-q", "--data-root", str(synth_root), "--asym", "--teacher", str(teacher),
+                             "--report", str(folder / "out"), "--report-top", "6"])
+    return Path(results["synth-oxford"]["report"])
+
+
+def test_report_page_parses_and_every_file_opens(report):
+    page = Page()
+    page.feed(report.read_text())
+    assert len(page.sections) == 30 and all(len(s["rows"]) == 2 for s in page.sections)  # student, teacher
+    for source in set(page.sources) | set(page.links):
+        assert not source.startswith(("/", "http")), source  # works offline, folder can move
+        with Image.open(report.parent / source) as image:
+            image.verify()
+
+
+def test_frames_match_the_ground_truth(report, synth_root):
+    gnd = load_pickle(synth_root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl")
+    page = Page()
+    page.feed(report.read_text())
+    labels_seen = set()
+    for section in page.sections:
+        q = int(section["id"][1:])
+        png = Image.open(report.parent / f"{section['id']}.png").convert("RGB")
+        for row, figures in enumerate(section["rows"]):
+            assert figures[0][0] == "query"
+            for column, (label, source) in enumerate(figures):
+                if column:
+                    index = int(Path(source).stem[2:])
+                    assert label == expected_label(gnd["gnd"][q], index)
+                    labels_seen.add(label)
+                x, y = tile_origin(row, column)
+                assert png.getpixel((x + FRAME // 2, y + FRAME // 2)) == LABEL_COLOURS[label]
+    assert {"easy", "negative"} <= labels_seen
+
+
+def test_report_shows_each_ranking_ap(report):
+    text = report.read_text()
+    assert text.count("student s") == 30 and text.count("teacher t") == 30 and "AP " in text
+    assert "asymmetric: queries by s, database by t; mAP E: " in text  # the summary on top

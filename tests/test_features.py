@@ -1,0 +1,65 @@
+"""Feature files and the database cache: one unit on disk, keyed by what changes them."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import aml.features as features
+from aml.features import (cached_descriptors, feature_file_name, feature_file_settings, load_feature_file,
+                          write_feature_file)
+from aml.networks import build_network
+
+
+def test_feature_file_name_carries_the_image_size():
+    assert feature_file_name("synth-sfm", "resnet18-gem", "val", 1024) == "synth-sfm-val_resnet18-gem_imsize1024.npy"
+    assert feature_file_name("roxford5k", "vgg16", None, 362) == "roxford5k_vgg16_imsize362.npy"
+
+
+def test_settings_belong_to_the_files_beside_them(tmp_path, monkeypatch):
+    path = tmp_path / "set_net_imsize64.npy"
+    write_feature_file(np.ones((4, 3), np.float32), ["a", "b", "c"], path, {"fingerprint": "A"})
+    assert feature_file_settings(path)["fingerprint"] == "A" and feature_file_settings(path)["columns"] == 3
+    real = features.atomic_write
+
+    def crash_on_settings(target, write):
+        if str(target).endswith(".json"):
+            raise KeyboardInterrupt  # killed after the array and the list, before the settings
+        return real(target, write)
+
+    monkeypatch.setattr(features, "atomic_write", crash_on_settings)
+    with pytest.raises(KeyboardInterrupt):
+        write_feature_file(np.zeros((4, 5), np.float32), list("abcde"), path, {"fingerprint": "B"})
+    monkeypatch.setattr(features, "atomic_write", real)
+    assert feature_file_settings(path) is None  # not A's settings next to B's array
+    write_feature_file(np.ones((4, 3), np.float32), ["a", "b", "c"], path, {"fingerprint": "A"})
+    path.with_name("set_net_imsize64_img_list.txt").write_text("a\nb\nx\n")  # edited by hand
+    assert feature_file_settings(path) is None
+    json.loads(path.with_name(path.name + ".json").read_text())  # the sidecar itself is intact
+
+
+def test_non_finite_feature_file_is_refused(tmp_path):
+    vecs = np.ones((4, 6), np.float32)
+    vecs[0, 2] = np.inf
+    np.save(tmp_path / "f.npy", vecs)
+    with pytest.raises(ValueError, match=r"f.npy holds NaN or infinite values in 1 of 6 columns \(first: column 2\)"):
+        load_feature_file(tmp_path / "f.npy", 6)
+
+
+def test_database_cache_is_keyed_by_file_contents(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(paths[-1])
+    torch.manual_seed(0)
+    net = build_network("resnet18", pretrained=False).eval()
+    images = [str(p) for p in paths]
+    first = cached_descriptors(net, images, 48, [1], 1.0, tmp_path / "cache", "t", workers=0)
+    again = cached_descriptors(net, images, 48, [1], 1.0, tmp_path / "cache", "t", workers=0)
+    assert np.array_equal(first, again) and len(list((tmp_path / "cache").iterdir())) == 1
+    paths[0].write_bytes(paths[1].read_bytes())  # replaced in place, same path
+    changed = cached_descriptors(net, images, 48, [1], 1.0, tmp_path / "cache", "t", workers=0)
+    assert np.allclose(changed[:, 0], first[:, 1], atol=1e-5) and not np.allclose(changed[:, 0], first[:, 0])

@@ -20,11 +20,16 @@ import numpy as np
 import torch
 
 from aml.cli import test as test_cli
+from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int
 from aml.cli import train as train_cli
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import generate_all
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.reports.charts import bar_chart
+from aml.utils.atomic import atomic_write
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("synth-oxford", "synth-paris")
 
@@ -68,6 +73,46 @@ def format_table(rows: List[Dict]) -> str:
                         for d in DATASETS for level in ("medium", "hard"))
         lines.append(f"{row['network']:34s} {row['test']:11s}{cells}")
     return "\n".join(lines)
+
+
+def _series(rows: List[Dict]) -> Dict[str, tuple]:
+    """{'<dataset> M'/'H': (means, standard deviations over seeds)} per row, in percent."""
+    series = {}
+    for d in DATASETS:
+        for level in ("medium", "hard"):
+            values = [[100 * r[d]["plain"][level]["map"] for r in _runs(row)] for row in rows]
+            series[f"{d} {level[0].upper()}"] = ([float(np.mean(v)) for v in values],
+                                                  [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values])
+    return series
+
+
+def _runs(row: Dict) -> List[Dict]:
+    return row["results"] if isinstance(row["results"], list) else [row["results"]]
+
+
+def markdown_table(rows: List[Dict]) -> str:
+    """The table of :func:`format_table` as Markdown (mAP in %, mean ± std over seeds)."""
+    header = "| network | test | " + " | ".join(f"{d} {lv}" for d in DATASETS for lv in ("M", "H")) + " |"
+    lines = [header, "|" + "---|" * (2 + 2 * len(DATASETS))]
+    for row in rows:
+        cells = [_cell([100 * r[d]["plain"][level]["map"] for r in _runs(row)])
+                 for d in DATASETS for level in ("medium", "hard")]
+        lines.append(f"| {row['network']} | {row['test']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(rows: List[Dict], folder: Path, seeds: Sequence[int]) -> Path:
+    """``results.md`` (the table) and ``results.png`` (a bar chart, when matplotlib is
+    installed) in ``folder``; returns the Markdown path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spread = f"mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    text = (f"# aml demo results\n\nmAP (%) on the synthetic test sets, Medium (M) and Hard (H); {spread}.\n\n"
+            + markdown_table(rows) + "\n")
+    atomic_write(folder / "results.md", lambda out: out.write(text.encode()))
+    groups = [f"{row['network'].replace('student ', '')}\n{row['test']}" for row in rows]
+    if not bar_chart(groups, _series(rows), folder / "results.png", title=f"aml demo ({spread})"):
+        log.warning(">> results.png not drawn: matplotlib is not installed (pip install matplotlib)")
+    return folder / "results.md"
 
 
 # Per-role main.py options. Every network is trained from scratch, so BatchNorm learns batch
@@ -127,28 +172,28 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
             print(f"\nseed {seed}\n" + format_table(run))
         print(f"\nmean ± std over seeds {', '.join(map(str, seeds))}")
     print("\n" + format_table(rows))
-    print(f"\n>> demo finished in {time.time() - start:.0f} s; runs in {root / 'demo' / 'runs'}")
+    written = write_results(rows, root / "demo", list(seeds))
+    print(f"\n>> demo finished in {time.time() - start:.0f} s; runs in {root / 'demo' / 'runs'}; table in {written} "
+          f"and chart in {written.with_suffix('.png')}")
     return rows
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
     """python -m aml.demo [--data-root DIR] [--student-arch ARCH] ..."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", default=None)
+    parser = Parser(prog="python -m aml.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default=None, type=folder)
     parser.add_argument("--student-arch", default="mobilenet_v2")
     parser.add_argument("--teacher-arch", default="resnet18")
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--student-epochs", type=int, default=12)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--image-size", type=positive_int, default=96)
+    parser.add_argument("--teacher-epochs", type=positive_int, default=2)
+    parser.add_argument("--student-epochs", type=positive_int, default=12)
+    parser.add_argument("--workers", type=nonnegative_int, default=2)
     parser.add_argument("--student-modes", default=",".join(STUDENT_OPTIONS),
                         help=f"comma separated, among {', '.join(STUDENT_OPTIONS)} (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first run (default: 0)")
-    parser.add_argument("--seeds", type=int, default=1,
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the first run (default: 0)")
+    parser.add_argument("--seeds", type=positive_int, default=1,
                         help="runs with seeds --seed, --seed + 1, ...; the table shows mean ± std (default: 1)")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
     modes = [m for m in args.student_modes.split(",") if m]
     unknown = sorted(set(modes) - set(STUDENT_OPTIONS))
     if unknown or not modes:

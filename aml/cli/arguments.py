@@ -77,6 +77,13 @@ def folder(text: str) -> str:
     return text
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (the usage stays behind --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def resolve_device(device: str, gpu_id: str = "0") -> torch.device:
     """'auto' -> cuda:<first gpu id> when CUDA is available, else cpu; anything else as given."""
     if device == "auto":

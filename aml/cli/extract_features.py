@@ -9,7 +9,8 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from aml.cli.arguments import add_runtime_arguments, nonnegative_int, parse_scales, positive_int, resolve_device, setup_logging
+from aml.cli.arguments import (Parser, add_runtime_arguments, nonnegative_int, parse_scales, positive_int, resolve_device,
+                               setup_logging)
 from aml.data.paths import data_subdir
 from aml.data.testsets import TEST_SETS, configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import TRAIN_SETS, load_training_db
@@ -48,7 +49,7 @@ def extract_dataset_features(net: ImageRetrievalNet, network_name: str, dataset:
 
 def build_parser() -> argparse.ArgumentParser:
     """extract_features.py flags: test.py's network options plus the split to encode."""
-    parser = argparse.ArgumentParser(description="Write the descriptors of a data set for --feat-path.")
+    parser = Parser(description="Write the descriptors of a data set for --feat-path.")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--network-path", "-npath", metavar="NETWORK", help="pretrained name or checkpoint file")
     group.add_argument("--network-offtheshelf", "-noff", metavar="NETWORK", help="'ARCH-POOL[-reg][-lwhiten][-whiten]'")

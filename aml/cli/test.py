@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int, resolve_device, setup_logging
+from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
+                               resolve_device, setup_logging)
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.evaluation.testing import Encoder, TestSettings, evaluate
 from aml.networks.loading import load_teacher, load_test_network
@@ -18,7 +19,7 @@ WHITENING_SETS = ["retrieval-SfM-30k", "retrieval-SfM-120k", "synth-sfm"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The original test.py flags (names, aliases, defaults) plus --data-root, --device, --results."""
-    parser = argparse.ArgumentParser(description="Evaluate a retrieval network, symmetrically or asymmetrically.")
+    parser = Parser(description="Evaluate a retrieval network, symmetrically or asymmetrically.")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--network-path", "-npath", metavar="NETWORK",
                        help="a name of the pretrained list (see --list-pretrained) or a checkpoint file")

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from aml.cli.arguments import (add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
+from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
                                positive_int, resolve_device, setup_logging, unit_interval)
 from aml.data.testsets import TEST_SETS
 from aml.data.trainsets import load_training_db
@@ -33,7 +33,7 @@ TEST_WHITEN = ["retrieval-SfM-30k", "retrieval-SfM-120k", "synth-sfm"]
 def build_parser() -> argparse.ArgumentParser:
     """Every flag of the original main.py (names, aliases, defaults), plus --data-root,
     --device, --test-freq, --train-batchnorm, --proj-lr-mult and --seed."""
-    p = argparse.ArgumentParser(description="Train a retrieval network (asymmetric metric learning).")
+    p = Parser(description="Train a retrieval network (asymmetric metric learning).")
     p.add_argument("--directory", metavar="EXPORT_DIR", required=True, type=folder, help="where the run folder is created")
     p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k", choices=TRAINING_SETS)
     p.add_argument("--no-val", dest="val", action="store_false", help="do not run validation")

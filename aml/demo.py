@@ -44,9 +44,10 @@ def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, 
     return train_cli.main(argv)["run_dir"] / f"model_epoch{epochs}.pth.tar"
 
 
-def _test(network: Path, data_root: Path, image_size: int, workers: int, teacher: Optional[Path] = None) -> Dict:
+def _test(network: Path, data_root: Path, image_size: int, workers: int, teacher: Optional[Path] = None,
+          quiet: bool = False) -> Dict:
     argv = ["-npath", str(network), "-d", ",".join(DATASETS), "-imsize", str(image_size), "-j", str(workers),
-            "--data-root", str(data_root)]
+            "--data-root", str(data_root)] + ["-q"] * quiet
     if teacher is not None:
         argv += ["--asym", "--teacher", str(teacher)]
     return test_cli.main(argv)
@@ -130,11 +131,11 @@ STUDENT_OPTIONS: Dict[str, List[str]] = {"reg": _STUDENT, "ts_self": _STUDENT + 
 
 def run_seed(root: Path, seed: int, student_arch: str, teacher_arch: str, image_size: int, teacher_epochs: int,
              student_epochs: int, query_size: int, pool_size: int, workers: int,
-             student_modes: Sequence[str]) -> List[Dict]:
+             student_modes: Sequence[str], quiet: bool = False) -> List[Dict]:
     """Train the teacher and the students with one seed and test them; the table rows."""
     runs = root / "demo" / "runs"
     common = ["--image-size", str(image_size), "-qs", str(query_size), "-ps", str(pool_size), "-nn", "3",
-              "-j", str(workers), "--train-batchnorm"]
+              "-j", str(workers), "--train-batchnorm"] + ["-q"] * quiet
     teacher = _train(runs, root, teacher_arch, "std", teacher_epochs, common + TEACHER_OPTIONS, seed)
     teacher_dim = int(load_checkpoint(teacher)["meta"]["outputdim"])
     torch.manual_seed(seed)
@@ -143,28 +144,28 @@ def run_seed(root: Path, seed: int, student_arch: str, teacher_arch: str, image_
     students = {mode: _train(runs, root, student_arch, mode, student_epochs, common + STUDENT_OPTIONS[mode], seed,
                              teacher) for mode in student_modes}
     rows = [{"network": f"teacher {teacher_arch} (std)", "test": "symmetric",
-             "results": _test(teacher, root, image_size, workers)},
+             "results": _test(teacher, root, image_size, workers, quiet=quiet)},
             {"network": f"student {student_arch} untrained", "test": "asymmetric",
-             "results": _test(untrained, root, image_size, workers, teacher)}]
+             "results": _test(untrained, root, image_size, workers, teacher, quiet=quiet)}]
     for mode, path in students.items():
         rows.append({"network": f"student {student_arch} ({mode})", "test": "symmetric",
-                     "results": _test(path, root, image_size, workers)})
+                     "results": _test(path, root, image_size, workers, quiet=quiet)})
         rows.append({"network": f"student {student_arch} ({mode})", "test": "asymmetric",
-                     "results": _test(path, root, image_size, workers, teacher)})
+                     "results": _test(path, root, image_size, workers, teacher, quiet=quiet)})
     return rows
 
 
 def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2", teacher_arch: str = "resnet18",
              image_size: int = 96, teacher_epochs: int = 2, student_epochs: int = 12, query_size: int = 360,
              pool_size: int = 800, workers: int = 2, student_modes: Sequence[str] = tuple(STUDENT_OPTIONS),
-             seeds: Sequence[int] = (0,)) -> List[Dict]:
+             seeds: Sequence[int] = (0,), quiet: bool = False) -> List[Dict]:
     """Run the demo for each seed; returns the table rows (network, test, results: one
     test.py result per seed)."""
     root = resolve_data_root(data_root)
     start = time.time()
     generate_all(root)
     per_seed = [run_seed(root, seed, student_arch, teacher_arch, image_size, teacher_epochs, student_epochs,
-                         query_size, pool_size, workers, student_modes) for seed in seeds]
+                         query_size, pool_size, workers, student_modes, quiet) for seed in seeds]
     rows = [{"network": first["network"], "test": first["test"], "results": [run[i]["results"] for run in per_seed]}
             for i, first in enumerate(per_seed[0])]
     if len(seeds) > 1:
@@ -188,6 +189,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser.add_argument("--teacher-epochs", type=positive_int, default=2)
     parser.add_argument("--student-epochs", type=positive_int, default=12)
     parser.add_argument("--workers", type=nonnegative_int, default=2)
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.add_argument("--student-modes", default=",".join(STUDENT_OPTIONS),
                         help=f"comma separated, among {', '.join(STUDENT_OPTIONS)} (default: all)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the first run (default: 0)")
@@ -200,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
         parser.error(f"--student-modes: unknown {unknown}; choose among {sorted(STUDENT_OPTIONS)}")
     logging.getLogger("aml").setLevel(logging.WARNING)
     return run_demo(args.data_root, args.student_arch, args.teacher_arch, args.image_size, args.teacher_epochs,
-                    args.student_epochs, workers=args.workers, student_modes=modes,
+                    args.student_epochs, workers=args.workers, student_modes=modes, quiet=args.quiet,
                     seeds=range(args.seed, args.seed + args.seeds))
 
 

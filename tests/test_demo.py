@@ -5,7 +5,7 @@ import pytest
 from aml.demo import format_table, main, run_demo
 
 TINY = dict(image_size=64, teacher_epochs=1, student_epochs=1, query_size=16, pool_size=32, workers=0,
-            student_modes=("reg",))
+            student_modes=("reg",), quiet=True)
 
 
 def test_demo_runs_end_to_end_and_prints_the_same_table_twice(synth_root, capsys):

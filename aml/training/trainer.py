@@ -273,7 +273,8 @@ class Trainer:
         loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
         self.net.eval()
         losses: List[float] = []
-        for batch in loader:
+        for batch in tqdm(loader, desc=f"validation {epoch + 1}", unit="batch", disable=not self.settings.progress,
+                          leave=False):
             losses += self.batch_losses(batch, backward=False, relational=self.val_mode.relational)
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)

@@ -124,3 +124,25 @@ def test_truncated_and_unsafe_pickles_end_in_one_line(checkpoint, root):
     with pytest.raises(SystemExit) as info:
         run_cli(lambda: run(checkpoint, root))
     assert "refusing to load" in str(info.value.code) and "system" in str(info.value.code)
+
+
+def test_two_concurrent_runs_agree_and_leave_a_valid_cache(checkpoint, root, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    repo = Path(__file__).resolve().parents[2]
+    outputs = [tmp_path / f"run{i}.json" for i in range(2)]
+    processes = [subprocess.Popen([sys.executable, str(repo / "test.py"), "-npath", str(checkpoint), *COMMON,
+                                   "--data-root", str(root), "--results", str(out)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for out in outputs]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    first, second = (json.loads(out.read_text())["results"] for out in outputs)
+    assert first == second
+    caches = list((root / "features" / "cache").iterdir())
+    assert len(caches) == 1 and caches[0].suffix == ".npy"  # no temporary file left behind
+    assert np.load(caches[0]).shape[1] == len(load_pickle(root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl")["imlist"])
+    assert run(checkpoint, root)["synth-oxford"]["plain"]["medium"]["map"] == first["synth-oxford"]["plain"]["medium"]["map"]

@@ -214,3 +214,24 @@ def test_interrupted_unpacking_leaves_no_partial_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "_unpack", unpack)
     extract_archives([first, second], tmp_path / "jpg", flatten=True)
     assert sorted(p.name for p in (tmp_path / "jpg").iterdir()) == ["a.jpg", "b.jpg"]
+
+
+@pytest.mark.parametrize("kind", ["absolute", "link-out", "hardlink-out", "device", "fifo"])
+def test_archive_members_that_escape_or_are_special_are_refused(tmp_path, kind):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("jpg/evil" if kind != "absolute" else str(tmp_path / "evil.txt"))
+        if kind == "link-out":
+            info.type, info.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+        elif kind == "hardlink-out":
+            info.type, info.linkname = tarfile.LNKTYPE, "/etc/passwd"
+        elif kind == "device":
+            info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+        elif kind == "fifo":
+            info.type = tarfile.FIFOTYPE
+        tar.addfile(info, io.BytesIO(b"") if info.isreg() else None)
+    archive = tmp_path / "evil.tgz"
+    archive.write_bytes(buffer.getvalue())
+    with pytest.raises(DownloadError, match="refusing"):
+        extract_archive(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evil.txt").exists()

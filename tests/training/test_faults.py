@@ -186,3 +186,30 @@ def test_curves_without_matplotlib_give_one_notice(tmp_path, monkeypatch, caplog
     notices = [r.message for r in caplog.records if "matplotlib" in r.message]
     assert len(notices) == 1 and "pip install matplotlib" in notices[0]
     assert not (tmp_path / "curves.png").exists() and len(json.loads((tmp_path / "history.json").read_text())) == 2
+
+
+def test_kill_9_mid_run_then_resume_is_bit_identical(synth_root, tmp_path, straight_run):
+    import os
+    import signal
+    import time
+
+    run, _ = straight_run
+    argv = [sys.executable, str(REPO / "main.py"), "--directory", str(tmp_path), "--data-root", str(synth_root),
+            *TINY, "--epochs", "2", "--no-val"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list(tmp_path.rglob("model_epoch1.pth.tar")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside epoch 2
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = subprocess.run(argv + ["--resume", "latest"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_dir = next(tmp_path.iterdir())
+    assert not list(run_dir.glob(".*.tmp"))
+    for name in ("model_epoch1.pth.tar", "model_epoch2.pth.tar", "model_best.pth.tar"):
+        mine, theirs = load_checkpoint(run_dir / name), load_checkpoint(run["run_dir"] / name)
+        assert mine["epoch"] == theirs["epoch"], name
+        for key, value in theirs["state_dict"].items():
+            assert torch.equal(value, mine["state_dict"][key]), (name, key)
+    assert (run_dir / "loss_log.txt").read_text() == (run["run_dir"] / "loss_log.txt").read_text()

@@ -10,7 +10,6 @@
    ``--seeds N`` all of it N times (seeds --seed, --seed + 1, ...), then mean ± std.
 """
 
-import argparse
 import logging
 import time
 from pathlib import Path

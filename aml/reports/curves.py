@@ -4,7 +4,7 @@ folder, rewritten after every epoch."""
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from aml.utils.atomic import atomic_write
 

@@ -213,3 +213,12 @@ def test_kill_9_mid_run_then_resume_is_bit_identical(synth_root, tmp_path, strai
         for key, value in theirs["state_dict"].items():
             assert torch.equal(value, mine["state_dict"][key]), (name, key)
     assert (run_dir / "loss_log.txt").read_text() == (run["run_dir"] / "loss_log.txt").read_text()
+
+
+def test_training_shows_progress_bars_unless_quiet(synth_root, tmp_path, capsys):
+    argv = ["--directory", str(tmp_path), "--data-root", str(synth_root)] + [a for a in TINY if a != "-q"]
+    train_cli.main(argv + ["--epochs", "1"])
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "batch" in err and "validation 1" in err and "extracting" in err
+    train_cli.main(argv + ["--epochs", "1", "-q", "-c", "_quiet"])
+    assert "epoch 1/1" not in capsys.readouterr().err

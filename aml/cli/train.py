@@ -15,12 +15,12 @@ from aml.data.testsets import TEST_SETS
 from aml.data.trainsets import load_training_db
 from aml.evaluation.testing import Encoder, TestSettings, evaluate
 from aml.layers.pooling import POOLINGS
-from aml.losses import LOSSES, build_loss, check_loss_mode
+from aml.losses import LOSSES, build_loss
 from aml.networks.backbones import BACKBONES, get_backbone
 from aml.networks.checkpoint import load_checkpoint
 from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import build_network
-from aml.training.modes import MODES, get_mode
+from aml.training.modes import MODES, check_loss_mode, get_mode
 from aml.training.optim import OPTIMIZERS, build_optimizer
 from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.trainer import Split, Trainer, TrainSettings
@@ -205,8 +205,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              val_freq=args.val_freq, save_freq=args.save_freq, sym=args.sym, device=device,
                              test_freq=args.test_freq, train_batchnorm=args.train_batchnorm, seed=args.seed,
                              progress=not args.quiet)
-    trainer = Trainer(net, build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer, mode, train, val,
-                      run_dir, settings, _test_callback(args, teacher, device, run_dir))
+    trainer = Trainer(net, LOSSES[args.loss], build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer,
+                      mode, train, val, run_dir, settings, _test_callback(args, teacher, device, run_dir))
     resumed = trainer.resume(args.resume) if args.resume else False
     if not args.pretrained and not resumed and trainer.calibrate_if_vanishing():
         net.meta["batchnorm_calibrated"] = True

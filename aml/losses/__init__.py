@@ -1,11 +1,16 @@
-"""Training criteria behind one registry: name -> how to build it and what it needs.
+"""Training criteria behind one registry: name -> how to build it, what it needs, which
+training modes it works with.
 
-``kind`` 'tuple' losses take (D x S descriptors, labels[, target distances]); 'relational'
-losses take (student N x C, teacher N x C).
+Every loss has one call shape, ``loss(student, reference, labels=None, target=None)``: the
+student's rows against reference rows (pytorch-metric-learning's ``ref_emb``). A
+:attr:`LossKind.TUPLE` loss is called once per tuple (one anchor row against the tuple's
+members, labelled 1/0); a :attr:`LossKind.RELATIONAL` loss once per batch (the student's rows
+against the teacher's rows of the same images). The trainer reads only this registry.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet
+from enum import Enum
+from typing import Any, Callable, Dict
 
 from torch import nn
 
@@ -13,49 +18,53 @@ from aml.losses.relational import HardDarkRank, RKdAD
 from aml.losses.tuples import (ContrastiveDistLoss, ContrastiveLoss, CrossEntropyDistLoss, CrossEntropyLoss,
                                MultiSimilarityLoss, RegressionLoss, TripletLoss)
 
-TUPLE_MODES = frozenset({"std", "ts", "ts_self", "ts_rand", "rand_tpl", "rand_tpl_a"})
-TEACHER_TUPLE_MODES = frozenset({"ts", "ts_self", "ts_rand", "rand_tpl", "rand_tpl_a"})
-REGRESSION_MODES = frozenset({"reg", "reg_only_pos"})
+
+class LossKind(Enum):
+    """The unit one call of a loss sees."""
+
+    TUPLE = "tuple"  # one anchor row against its tuple's reference rows
+    RELATIONAL = "relational"  # the batch's student rows against their teacher rows
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """How to build a loss from (margin, temp), and which training modes it works with."""
+    """How to build a loss from (margin, temp), what one call sees, what it needs, and which
+    training modes it works with (a predicate over a mode's attributes)."""
 
     build: Callable[[float, float], nn.Module]
-    kind: str
-    modes: FrozenSet[str]
+    kind: LossKind
+    accepts: Callable[[Any], bool]
     why: str  # shown when a mode is refused
+    needs_target: bool = False  # the teacher's anchor-member distances
+
+
+def _tuples(mode) -> bool:
+    return mode.tuples
 
 
 LOSSES: Dict[str, LossSpec] = {
-    "contrastive": LossSpec(lambda m, t: ContrastiveLoss(margin=m), "tuple", TUPLE_MODES | REGRESSION_MODES,
+    "contrastive": LossSpec(lambda m, t: ContrastiveLoss(margin=m), LossKind.TUPLE, lambda mode: not mode.relational,
                             "it needs tuples (anchor, positives, negatives)"),
-    "triplet": LossSpec(lambda m, t: TripletLoss(margin=m), "tuple", TUPLE_MODES - {"ts_self"},
+    "triplet": LossSpec(lambda m, t: TripletLoss(margin=m), LossKind.TUPLE,
+                        lambda mode: mode.tuples and not mode.self_positive,
                         "it needs exactly one positive and some negatives per tuple"),
-    "multi": LossSpec(lambda m, t: MultiSimilarityLoss(), "tuple", TUPLE_MODES,
-                      "it needs tuples with negatives"),
-    "cross_entropy": LossSpec(lambda m, t: CrossEntropyLoss(temp=t), "tuple", TUPLE_MODES,
+    "multi": LossSpec(lambda m, t: MultiSimilarityLoss(), LossKind.TUPLE, _tuples, "it needs tuples with negatives"),
+    "cross_entropy": LossSpec(lambda m, t: CrossEntropyLoss(temp=t), LossKind.TUPLE, _tuples,
                               "it needs tuples with negatives"),
-    "cross_entropy_dist": LossSpec(lambda m, t: CrossEntropyDistLoss(temp=t), "tuple", TUPLE_MODES,
+    "cross_entropy_dist": LossSpec(lambda m, t: CrossEntropyDistLoss(temp=t), LossKind.TUPLE, _tuples,
                                    "it needs tuples with negatives"),
-    "contrastive_dist": LossSpec(lambda m, t: ContrastiveDistLoss(), "tuple", TEACHER_TUPLE_MODES,
-                                 "its targets are teacher distances, so it needs a teacher tuple mode"),
-    "regression": LossSpec(lambda m, t: RegressionLoss(), "tuple", REGRESSION_MODES | {"ts_self"},
+    "contrastive_dist": LossSpec(lambda m, t: ContrastiveDistLoss(), LossKind.TUPLE,
+                                 lambda mode: mode.tuples and mode.needs_teacher,
+                                 "its targets are teacher distances, so it needs a teacher tuple mode",
+                                 needs_target=True),
+    "regression": LossSpec(lambda m, t: RegressionLoss(), LossKind.TUPLE,
+                           lambda mode: mode.self_positive and not mode.relational,
                            "it regresses the anchor onto teacher positives"),
-    "rkd": LossSpec(lambda m, t: RKdAD(), "relational", frozenset({"rand"}),
+    "rkd": LossSpec(lambda m, t: RKdAD(), LossKind.RELATIONAL, lambda mode: mode.relational,
                     "it compares batches of student and teacher descriptors (mode rand)"),
-    "dark": LossSpec(lambda m, t: HardDarkRank(), "relational", frozenset({"rand"}),
+    "dark": LossSpec(lambda m, t: HardDarkRank(), LossKind.RELATIONAL, lambda mode: mode.relational,
                      "it compares batches of student and teacher descriptors (mode rand)"),
 }
-
-
-def check_loss_mode(loss: str, mode: str) -> None:
-    """Raise ValueError with the reason when ``loss`` cannot train in ``mode``."""
-    spec = LOSSES[loss]
-    if mode not in spec.modes:
-        raise ValueError(f"--loss {loss} cannot be used with --mode {mode}: {spec.why}; "
-                         f"modes that work: {', '.join(sorted(spec.modes))}")
 
 
 def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> nn.Module:
@@ -63,6 +72,6 @@ def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> nn.Module:
     return LOSSES[name].build(margin, temp)
 
 
-__all__ = ["LOSSES", "LossSpec", "build_loss", "check_loss_mode", "ContrastiveLoss", "ContrastiveDistLoss",
+__all__ = ["LOSSES", "LossKind", "LossSpec", "build_loss", "ContrastiveLoss", "ContrastiveDistLoss",
            "CrossEntropyDistLoss", "CrossEntropyLoss", "HardDarkRank", "MultiSimilarityLoss", "RKdAD",
            "RegressionLoss", "TripletLoss"]

@@ -1,6 +1,9 @@
-"""Relational knowledge-distillation losses on a batch: student N x C vs teacher N x C
-(rows = images). The teacher side carries no gradient. Pairwise distances are
-:func:`aml.layers.functional.pdist`."""
+"""Relational knowledge-distillation losses: one call per batch, the student's rows (N x C)
+against the teacher's rows of the same images (the references, N x C), the same call shape
+as the tuple losses (labels and target are not used). The teacher side carries no gradient.
+Pairwise distances are :func:`aml.layers.functional.pdist`."""
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +29,8 @@ class RKdAD(nn.Module):
         super().__init__()
         self.dist_ratio, self.angle_ratio = dist_ratio, angle_ratio
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                target: Optional[torch.Tensor] = None) -> torch.Tensor:
         with torch.no_grad():
             teacher_d, teacher_a = _normalised_distances(teacher), _angles(teacher)
         return (self.dist_ratio * F.smooth_l1_loss(_normalised_distances(student), teacher_d)
@@ -41,7 +45,8 @@ class HardDarkRank(nn.Module):
         super().__init__()
         self.alpha, self.beta, self.permute_len = alpha, beta, permute_len
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                target: Optional[torch.Tensor] = None) -> torch.Tensor:
         if len(student) <= self.permute_len:
             raise ValueError(f"DarkRank needs batches of more than {self.permute_len} images")
         with torch.no_grad():

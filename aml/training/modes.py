@@ -1,4 +1,4 @@
-"""Training modes: what a tuple holds and who encodes each member (spec section 4).
+"""Training modes: what a tuple holds and who encodes each member.
 
 A tuple is a list of image indices of the training split with labels (-1 query, 1 positive,
 0 negative) and, per member, whether it is the *teacher's* descriptor of that image (read
@@ -7,11 +7,13 @@ an image through the student.
 """
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from aml.losses import LOSSES
 from aml.training.mining import mine_hard_negatives, random_negatives, teacher_triplets
 
 
@@ -23,20 +25,40 @@ class TrainingTuple(NamedTuple):
     from_teacher: Tuple[bool, ...]
 
 
+class Draw(Enum):
+    """What an epoch draws to build its tuples."""
+
+    PAIRS = "pairs"  # --query-size query/positive pairs of the training db
+    IMAGES = "images"  # --pool-size random images (each paired with its teacher descriptor)
+    TRIPLETS = "triplets"  # anchors with a positive and a negative ranked by the teacher
+
+
+class Negatives(Enum):
+    """Where the negatives of a tuple come from."""
+
+    MINED = "mined"  # the hardest of the pool, one per other cluster
+    RANDOM = "random"  # random pool images, one per other cluster
+    NONE = "none"
+
+
 @dataclass(frozen=True)
 class Mode:
     """How one training mode builds its tuples."""
 
     name: str
-    draw: str  # "pairs" (db query/positive pairs), "images" (random images), "triplets" (teacher-ranked)
-    negatives: str  # "mined", "random", "none"
+    draw: Draw
+    negatives: Negatives
     needs_teacher: bool
     asymmetric: bool  # positives and negatives are teacher descriptors (unless --sym)
     self_positive: bool = False  # the teacher's descriptor of the query is a positive
-    relational: bool = False  # batches of (student, teacher) descriptors, no tuples
+    relational: bool = False  # a batch of (student, teacher) pairs is the unit of the loss
     allows_sym: bool = True
-    epoch: str = "qsize"  # epoch length: --query-size or --pool-size items
     validate_as: str = ""  # the mode whose tuples validate this one (the original's val datasets); "" = itself
+
+    @property
+    def tuples(self) -> bool:
+        """Whether its tuples are anchor, positive(s) and negatives (not image/teacher pairs)."""
+        return self.draw is not Draw.IMAGES
 
 
 # Validation follows the original's val datasets: ts_self, reg, reg_only_pos and rand_tpl_a are
@@ -44,20 +66,21 @@ class Mode:
 # rand_tpl on std tuples. reg_only_pos runs exactly as reg, as in the original (its
 # RegressionTSOnlyPos class was never used).
 MODES: Dict[str, Mode] = {
-    "std": Mode("std", "pairs", "mined", needs_teacher=False, asymmetric=False, allows_sym=False),
-    "ts": Mode("ts", "pairs", "mined", needs_teacher=True, asymmetric=True),
-    "ts_self": Mode("ts_self", "pairs", "mined", needs_teacher=True, asymmetric=True, self_positive=True,
+    "std": Mode("std", Draw.PAIRS, Negatives.MINED, needs_teacher=False, asymmetric=False, allows_sym=False),
+    "ts": Mode("ts", Draw.PAIRS, Negatives.MINED, needs_teacher=True, asymmetric=True),
+    "ts_self": Mode("ts_self", Draw.PAIRS, Negatives.MINED, needs_teacher=True, asymmetric=True, self_positive=True,
                     validate_as="ts"),
-    "ts_rand": Mode("ts_rand", "pairs", "random", needs_teacher=True, asymmetric=True),
-    "reg": Mode("reg", "images", "none", needs_teacher=True, asymmetric=True, self_positive=True,
-                allows_sym=False, epoch="poolsize", validate_as="ts"),
-    "reg_only_pos": Mode("reg_only_pos", "images", "none", needs_teacher=True, asymmetric=True,
-                         self_positive=True, allows_sym=False, epoch="poolsize", validate_as="ts"),
-    "rand": Mode("rand", "images", "none", needs_teacher=True, asymmetric=True, self_positive=True,
-                 relational=True, allows_sym=False, epoch="poolsize"),
-    "rand_tpl": Mode("rand_tpl", "triplets", "none", needs_teacher=True, asymmetric=False, allows_sym=False,
-                     validate_as="std"),
-    "rand_tpl_a": Mode("rand_tpl_a", "triplets", "none", needs_teacher=True, asymmetric=True, validate_as="ts"),
+    "ts_rand": Mode("ts_rand", Draw.PAIRS, Negatives.RANDOM, needs_teacher=True, asymmetric=True),
+    "reg": Mode("reg", Draw.IMAGES, Negatives.NONE, needs_teacher=True, asymmetric=True, self_positive=True,
+                allows_sym=False, validate_as="ts"),
+    "reg_only_pos": Mode("reg_only_pos", Draw.IMAGES, Negatives.NONE, needs_teacher=True, asymmetric=True,
+                         self_positive=True, allows_sym=False, validate_as="ts"),
+    "rand": Mode("rand", Draw.IMAGES, Negatives.NONE, needs_teacher=True, asymmetric=True, self_positive=True,
+                 relational=True, allows_sym=False),
+    "rand_tpl": Mode("rand_tpl", Draw.TRIPLETS, Negatives.NONE, needs_teacher=True, asymmetric=False,
+                     allows_sym=False, validate_as="std"),
+    "rand_tpl_a": Mode("rand_tpl_a", Draw.TRIPLETS, Negatives.NONE, needs_teacher=True, asymmetric=True,
+                       validate_as="ts"),
 }
 
 
@@ -72,6 +95,15 @@ def get_mode(name: str) -> Mode:
         return MODES[name]
     except KeyError:
         raise ValueError(f"unknown training mode {name!r}; choose one of {sorted(MODES)}") from None
+
+
+def check_loss_mode(loss: str, mode: str) -> None:
+    """Raise ValueError with the reason when ``loss`` (a LOSSES name) cannot train in ``mode``."""
+    spec = LOSSES[loss]
+    if not spec.accepts(get_mode(mode)):
+        working = sorted(name for name, m in MODES.items() if spec.accepts(m))
+        raise ValueError(f"--loss {loss} cannot be used with --mode {mode}: {spec.why}; "
+                         f"modes that work: {', '.join(working)}")
 
 
 @dataclass
@@ -104,10 +136,10 @@ def build_epoch_tuples(mode: Mode, db: Dict, sizes: EpochSizes, generator: torch
     """
     n_images = len(db["cids"])
     clusters = np.asarray(db["cluster"])
-    if mode.draw == "images":
+    if mode.draw is Draw.IMAGES:
         images = torch.randperm(n_images, generator=generator)[:sizes.pool_size].tolist()
         return [_tuple(mode, sym, i, [], []) for i in images], 0.0
-    if mode.draw == "triplets":
+    if mode.draw is Draw.TRIPLETS:
         order = torch.randperm(n_images, generator=generator)
         anchors = order[:sizes.query_size].tolist()
         pool = order[sizes.query_size:sizes.query_size + sizes.pool_size].tolist()
@@ -117,10 +149,10 @@ def build_epoch_tuples(mode: Mode, db: Dict, sizes: EpochSizes, generator: torch
     chosen = torch.randperm(len(qpool), generator=generator)[:sizes.query_size].tolist()
     queries = [qpool[i] for i in chosen]
     positives = [ppool[i] for i in chosen]
-    if mode.negatives == "none" or sizes.neg_num == 0:
+    if mode.negatives is Negatives.NONE or sizes.neg_num == 0:
         return [_tuple(mode, sym, q, [p], []) for q, p in zip(queries, positives)], 0.0
     pool = torch.randperm(n_images, generator=generator)[:sizes.pool_size].tolist()
-    if mode.negatives == "random":
+    if mode.negatives is Negatives.RANDOM:
         picked = random_negatives(clusters[queries], clusters[pool], sizes.neg_num, generator)
         distance = 0.0
     else:

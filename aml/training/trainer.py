@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.extraction import effective_workers, extract_vectors
+from aml.losses import LossKind, LossSpec
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
 from aml.training.optim import calibrate_batchnorm, freeze_batchnorm, set_epoch_lr
-from aml.training.tuples import TupleDataset, collate_list, encode_images, encode_tuples, shape_grouped_batches
+from aml.training.tuples import TupleDataset, collate_list, encode_tuples, shape_grouped_batches
 from aml.reports.curves import TrainingHistory
 from aml.utils.atomic import remove_orphan_temporaries
 from aml.utils.seeding import generator as seeded_generator
@@ -135,17 +136,16 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 class Trainer:
     """Trains ``net`` with ``criterion`` in ``mode``; checkpoints go to ``run_dir``."""
 
-    def __init__(self, net: ImageRetrievalNet, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 mode: Mode, train: Split, val: Optional[Split], run_dir: Path, settings: TrainSettings,
-                 evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None):
-        self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
+    def __init__(self, net: ImageRetrievalNet, loss: LossSpec, criterion: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, mode: Mode, train: Split, val: Optional[Split], run_dir: Path,
+                 settings: TrainSettings, evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None):
+        self.net, self.loss, self.criterion, self.optimizer, self.mode = net, loss, criterion, optimizer, mode
         self.val_mode = validation_mode(mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
         self.device = torch.device(settings.device)
         net.to(memory_format=torch.channels_last)  # faster convolutions on the CPU and GPU
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
         self.evaluate = evaluate
-        self.needs_target = getattr(criterion, "needs_target", False)
         for orphan in remove_orphan_temporaries(self.run_dir):
             log.info(">> removed %s, left by an interrupted write", orphan)
         self.log = RunLog(self.run_dir)
@@ -193,30 +193,34 @@ class Trainer:
                           generator=generator, num_workers=workers)
 
     # -- losses ---------------------------------------------------------------------------
-    def batch_losses(self, batch: List[Dict[str, Any]], backward: bool, relational: bool) -> List[float]:
-        """Loss of each tuple of a batch (one loss per batch in relational modes). With frozen
-        BatchNorm one tuple is encoded and back-propagated at a time (the original's memory
-        profile); with ``train_batchnorm`` all student images of the batch go through together,
-        so that their batch statistics are those of the mini-batch."""
-        if relational:
-            student = encode_images(self.net, [item["images"][0] for item in batch], self.device)
-            teacher = torch.stack([item["teacher"][:, 0] for item in batch]).to(self.device)
-            loss = self.criterion(student, teacher)
-            _check_finite(loss)
-            if backward:
-                loss.backward()
-            return [loss.item()]
+    def _loss_inputs(self, outputs: List[torch.Tensor], chunk: List[Dict[str, Any]]) -> List[Tuple]:
+        """(student rows, reference rows, labels, target) of each call of the loss: per tuple,
+        its anchor against its other members; for a relational loss one call for the chunk,
+        the anchors against their first reference (the teacher's descriptor of the image)."""
+        calls = []
+        for out, item in zip(outputs, chunk):
+            target = item["target"][1:].to(self.device) if self.loss.needs_target and item["target"] is not None else None
+            calls.append((out[:, :1].t(), out[:, 1:].t(), item["labels"][1:].to(self.device), target))
+        if self.loss.kind is LossKind.RELATIONAL:
+            calls = [(torch.cat([c[0] for c in calls]), torch.cat([c[1][:1] for c in calls]), None, None)]
+        return calls
+
+    def batch_losses(self, batch: List[Dict[str, Any]], backward: bool) -> List[float]:
+        """Loss of each call of the loss over a batch: one per tuple (tuple losses) or one per
+        batch (relational losses). With frozen BatchNorm and a tuple loss, one tuple is encoded
+        and back-propagated at a time (the original's memory profile); otherwise all student
+        images of the batch go through together (with ``train_batchnorm`` their batch
+        statistics are those of the mini-batch)."""
+        together = self.settings.train_batchnorm or self.loss.kind is LossKind.RELATIONAL
         losses: List[float] = []
-        chunks = [batch] if self.settings.train_batchnorm else [[item] for item in batch]
-        for chunk in chunks:
-            outputs = encode_tuples(self.net, chunk, self.device)
-            chunk_losses = [self.criterion(out, item["labels"].to(self.device), self._target(item))
-                            for out, item in zip(outputs, chunk)]
-            total = torch.stack(chunk_losses).sum()
+        for chunk in ([batch] if together else [[item] for item in batch]):
+            values = [self.criterion(*call) for call in self._loss_inputs(encode_tuples(self.net, chunk, self.device),
+                                                                          chunk)]
+            total = torch.stack(values).sum()
             _check_finite(total)
             if backward:
                 total.backward()
-            losses += [loss.item() for loss in chunk_losses]
+            losses += [value.item() for value in values]
         return losses
 
     def _divergence_message(self, epoch: int, batch: int, batches: int, value: float) -> str:
@@ -226,11 +230,6 @@ class Trainer:
         return (f"training stopped: loss is {value} at epoch {epoch + 1}, batch {batch + 1}/{batches}; likely cause: "
                 f"the learning rate is too high (--lr {lr:g}), or an image or a descriptor holds non-finite values; "
                 f"nothing non-finite was saved and {kept}")
-
-    def _target(self, item: Dict[str, Any]) -> Optional[torch.Tensor]:
-        if self.needs_target and item["target"] is not None:
-            return item["target"].to(self.device)
-        return None
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch: set the lr, build tuples with the current weights, step every
@@ -248,7 +247,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", disable=not s.progress, leave=False)
         for i, batch in enumerate(bar):
             try:
-                losses += self.batch_losses(batch, backward=True, relational=self.mode.relational)
+                losses += self.batch_losses(batch, backward=True)
             except _NonFiniteLoss as err:
                 message = self._divergence_message(epoch, i, len(loader), err.value)
                 self.log.line(message, echo=False)
@@ -275,7 +274,7 @@ class Trainer:
         losses: List[float] = []
         for batch in tqdm(loader, desc=f"validation {epoch + 1}", unit="batch", disable=not self.settings.progress,
                           leave=False):
-            losses += self.batch_losses(batch, backward=False, relational=self.val_mode.relational)
+            losses += self.batch_losses(batch, backward=False)
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value

@@ -167,7 +167,7 @@ def test_mobilenet_student_from_scratch_fits_the_teacher_with_train_batchnorm_an
     assert slow[-1] < 0.92 * learned[-1] and dead == 0, (slow, learned, dead)
 
 
-def test_mobilenet_student_trains_in_ts_mode(synth_root, tmp_path, trained_teacher):
+def test_mobilenet_student_trains_in_ts_self_mode(synth_root, tmp_path, trained_teacher):
     result = train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), "-d", "synth-sfm",
                              "-a", "mobilenet_v2", "--not-pretrained", "-m", "ts_self", "--teacher", str(trained_teacher),
                              "--image-size", "64", "-qs", "16", "-ps", "64", "-nn", "3", "-b", "4", "--epochs", "1",

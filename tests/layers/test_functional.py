@@ -112,8 +112,9 @@ def test_modules_call_the_functional_formulas(monkeypatch):
 
     for name in ("contrastive_loss", "triplet_loss", "gem", "roipool"):
         spy(name)
-    ContrastiveLoss()(X, Y)
-    TripletLoss()(X, Y)
+    anchor, reference = X[:, :1].t(), X[:, 1:].t()
+    ContrastiveLoss()(anchor, reference, Y[1:])
+    TripletLoss()(anchor, reference, Y[1:])
     x = torch.rand(1, 4, 6, 6)
     Rpool(GeM())(x)
     GeMmp(mp=4)(x)

@@ -1,10 +1,13 @@
-"""Every loss against the original's numbers (spec section 11, float64)."""
+"""Every loss against the original's numbers (float64), through the one call shape
+``loss(student, reference, labels, target)``."""
 
 import pytest
 import torch
 
+from aml.layers import functional as LF
 from aml.losses import (LOSSES, ContrastiveDistLoss, ContrastiveLoss, CrossEntropyDistLoss, CrossEntropyLoss,
-                        HardDarkRank, MultiSimilarityLoss, RKdAD, RegressionLoss, TripletLoss, check_loss_mode)
+                        HardDarkRank, LossKind, MultiSimilarityLoss, RKdAD, RegressionLoss, TripletLoss)
+from aml.training.modes import MODES, check_loss_mode
 
 A, P, N1, N2 = (1.0, 0.0), (0.6, 0.8), (0.96, 0.28), (-1.0, 0.0)
 TA = (0.8, 0.6)
@@ -18,7 +21,11 @@ def labels(*values):
     return torch.tensor(values, dtype=torch.float64)
 
 
-TUPLE = (columns(A, P, N1, N2), labels(-1, 1, 0, 0))
+def rows(*vectors):
+    return torch.tensor(vectors, dtype=torch.float64)
+
+
+TUPLE = (rows(A), rows(P, N1, N2), labels(1, 0, 0))  # anchor row, reference rows, their labels
 
 
 def test_contrastive():
@@ -45,29 +52,28 @@ def test_cross_entropy_on_similarities():
 
 
 def test_regression_pair():
-    x, y = columns(A, P), labels(-1, 1)
-    assert ContrastiveLoss(0.7)(x, y).item() == pytest.approx(0.399999600001, abs=1e-11)
-    assert RegressionLoss()(x, y).item() == pytest.approx(0.399999600001, abs=1e-11)
+    pair = (rows(A), rows(P), labels(1))
+    assert ContrastiveLoss(0.7)(*pair).item() == pytest.approx(0.399999600001, abs=1e-11)
+    assert RegressionLoss()(*pair).item() == pytest.approx(0.399999600001, abs=1e-11)
 
 
 def test_contr_plus_tuple():
-    x, y = columns(A, TA, P, N1, N2), labels(-1, 1, 1, 0, 0)
-    assert ContrastiveLoss(0.7)(x, y).item() == pytest.approx(0.687009655239, abs=1e-11)
+    assert ContrastiveLoss(0.7)(rows(A), rows(TA, P, N1, N2), labels(1, 1, 0, 0)).item() == pytest.approx(
+        0.687009655239, abs=1e-11)
 
 
 def test_contrastive_dist_pulls_negatives_to_target_distance():
-    x, y = columns(A, P, N1), labels(-1, 1, 0)
     d_n1 = torch.linalg.vector_norm(torch.tensor([1 - 0.96 + 1e-6, -0.28 + 1e-6], dtype=torch.float64))
-    target = torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)
+    target = torch.tensor([0.0, 0.5], dtype=torch.float64)  # one teacher distance per reference row
     expected = 0.399999600001 + 0.5 * (0.5 - d_n1.item()) ** 2
-    assert ContrastiveDistLoss()(x, y, target).item() == pytest.approx(expected, abs=1e-9)
+    assert ContrastiveDistLoss()(rows(A), rows(P, N1), labels(1, 0), target).item() == pytest.approx(expected, abs=1e-9)
 
 
-def test_several_tuples_sum():
-    x = torch.cat([TUPLE[0], TUPLE[0]], dim=1)
-    y = torch.cat([TUPLE[1], TUPLE[1]])
-    assert ContrastiveLoss(0.7)(x, y).item() == pytest.approx(2 * 0.487010055238, abs=1e-11)
-    assert MultiSimilarityLoss()(x, y).item() == pytest.approx(2 * 0.759069434946, abs=1e-11)
+def test_several_tuples_sum():  # the functional formulas take several tuples in one matrix
+    x = torch.cat([columns(A, P, N1, N2)] * 2, dim=1)
+    y = torch.cat([labels(-1, 1, 0, 0)] * 2)
+    assert LF.contrastive_loss(x, y, 0.7).item() == pytest.approx(2 * 0.487010055238, abs=1e-11)
+    assert LF.multi_similarity_loss(x, y).item() == pytest.approx(2 * 0.759069434946, abs=1e-11)
 
 
 STUDENT = torch.tensor([(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.6, 0.8, 0), (0, 0.6, 0.8)], dtype=torch.float64)
@@ -91,9 +97,25 @@ def test_relational_losses_give_no_teacher_gradient():
 
 def test_bad_tuples_are_refused():
     with pytest.raises(ValueError, match="exactly one positive"):
-        TripletLoss()(columns(A, TA, P, N1), labels(-1, 1, 1, 0))
+        TripletLoss()(rows(A), rows(TA, P, N1), labels(1, 1, 0))
     with pytest.raises(ValueError, match="anchor"):
-        ContrastiveLoss()(columns(A, P), labels(1, -1))
+        LF.contrastive_loss(columns(A, P), labels(1, -1))
+    with pytest.raises(ValueError, match=r"one anchor row \(1 x D\)"):
+        ContrastiveLoss()(rows(A, P), rows(N1), labels(0))
+    with pytest.raises(ValueError, match="2 reference rows but 1 labels"):
+        ContrastiveLoss()(rows(A), rows(P, N1), labels(1))
+
+
+def test_every_loss_has_the_one_call_shape():
+    """Each registered loss takes (student, reference, labels, target) and gives a scalar."""
+    for name, spec in LOSSES.items():
+        loss = spec.build(0.7, 0.1)
+        if spec.kind is LossKind.RELATIONAL:
+            value = loss(STUDENT, TEACHER, None, None)
+        else:
+            value = loss(rows(A), rows(P, N1), labels(1, 0), torch.tensor([0.0, 0.5], dtype=torch.float64))
+        assert value.dim() == 0 and torch.isfinite(value), name
+        assert any(spec.accepts(mode) for mode in MODES.values()), name
 
 
 def test_mode_loss_compatibility():

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from aml.cli import train as train_cli
-from aml.losses import LOSSES, check_loss_mode
+from aml.losses import LOSSES
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
-from aml.training.modes import MODES
+from aml.training.modes import MODES, check_loss_mode
 
 
 def allowed_combinations():

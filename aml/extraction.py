@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -25,8 +26,16 @@ log = logging.getLogger(__name__)
 Device = Union[str, torch.device]
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """What a loader worker hands back instead of an image it could not read."""
+
+    error: ImageLoadError
+
+
 class _ReportErrors(Dataset):
-    """Wraps ImagesFromList so that a bad image is reported by name from the main process."""
+    """Wraps ImagesFromList so that a bad image reaches the main process as an
+    :class:`_Unreadable` item (raised there by name, or skipped), not as a worker traceback."""
 
     def __init__(self, inner: ImagesFromList):
         self.inner = inner
@@ -38,7 +47,7 @@ class _ReportErrors(Dataset):
         try:
             return self.inner[index]
         except ImageLoadError as err:
-            return str(err), index
+            return _Unreadable(err), index
 
 
 def _batches(loader: Iterator, batch_size: int, max_pending: int,
@@ -48,10 +57,10 @@ def _batches(loader: Iterator, batch_size: int, max_pending: int,
     buckets: Dict[Tuple[int, ...], List[Tuple[torch.Tensor, int]]] = defaultdict(list)
     pending = 0
     for image, index in loader:
-        if isinstance(image, str):
+        if isinstance(image, _Unreadable):
             if skipped is None:
-                raise ImageLoadError(image)
-            log.warning(">> skipped: %s", image)
+                raise image.error
+            log.warning(">> skipped: %s", image.error)
             skipped.append(index)
             continue
         bucket = buckets[tuple(image.shape)]

@@ -9,12 +9,12 @@ from typing import List, Optional
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
                                resolve_device, setup_logging)
 from aml.data.testsets import TEST_SETS, get_test_set
+from aml.data.trainsets import whitening_set_names
 from aml.evaluation.testing import Encoder, TestSettings, evaluate
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
 
 log = logging.getLogger(__name__)
-WHITENING_SETS = ["retrieval-SfM-30k", "retrieval-SfM-120k", "synth-sfm"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="maximum size of the longer image side (default: 1024)")
     parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales,
                         help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')")
-    parser.add_argument("--whitening", "-w", metavar="WHITENING", default=None, choices=WHITENING_SETS,
-                        help=f"learned whitening set: {' | '.join(WHITENING_SETS)} (default: none)")
+    parser.add_argument("--whitening", "-w", metavar="WHITENING", default=None, choices=whitening_set_names(),
+                        help=f"learned whitening set: {' | '.join(whitening_set_names())} (default: none)")
     parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)")
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", metavar="TEACHER",

@@ -12,7 +12,7 @@ import torch
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
                                positive_int, resolve_device, setup_logging, unit_interval)
 from aml.data.testsets import TEST_SETS
-from aml.data.trainsets import load_training_db
+from aml.data.trainsets import load_training_db, training_set_names, whitening_set_names
 from aml.evaluation.testing import Encoder, TestSettings, evaluate
 from aml.layers.pooling import POOLINGS
 from aml.losses import LOSSES, build_loss
@@ -26,8 +26,6 @@ from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.trainer import Split, Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
-TRAINING_SETS = ["retrieval-SfM-120k", "synth-sfm"]
-TEST_WHITEN = ["retrieval-SfM-30k", "retrieval-SfM-120k", "synth-sfm"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     --device, --test-freq, --train-batchnorm, --proj-lr-mult and --seed."""
     p = Parser(description="Train a retrieval network (asymmetric metric learning).")
     p.add_argument("--directory", metavar="EXPORT_DIR", required=True, type=folder, help="where the run folder is created")
-    p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k", choices=TRAINING_SETS)
+    p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k", choices=training_set_names())
     p.add_argument("--no-val", dest="val", action="store_false", help="do not run validation")
     p.add_argument("--test-datasets", "-td", default="roxford5k,rparis6k",
                    help="comma separated test sets for --test-freq evaluation (default: roxford5k,rparis6k)")
-    p.add_argument("--test-whiten", default="", choices=[""] + TEST_WHITEN, help="whitening set for test evaluation")
+    p.add_argument("--test-whiten", default="", choices=[""] + whitening_set_names(), help="whitening set for test evaluation")
     p.add_argument("--val-freq", default=1, type=positive_int, help="validate every N epochs (default: 1)")
     p.add_argument("--save-freq", default=1, type=positive_int, help="write model_epochN every N epochs (default: 1)")
     p.add_argument("--arch", "-a", default="resnet101", choices=sorted(BACKBONES))

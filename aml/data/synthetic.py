@@ -41,13 +41,12 @@ class Style:
 
     shapes: Tuple[str, ...]
     palette_shift: float
-    windows: float  # probability of a window-grid block
 
 
 STYLES: Dict[str, Style] = {
-    "sfm": Style(("rect", "ellipse", "polygon", "windows", "stripes", "checker"), 0.0, 0.5),
-    "oxford": Style(("rect", "polygon", "windows", "stripes", "ellipse"), 0.3, 0.6),
-    "paris": Style(("ellipse", "checker", "rect", "windows", "polygon"), 0.6, 0.4),
+    "sfm": Style(("rect", "ellipse", "polygon", "windows", "stripes", "checker"), 0.0),
+    "oxford": Style(("rect", "polygon", "windows", "stripes", "ellipse"), 0.3),
+    "paris": Style(("ellipse", "checker", "rect", "windows", "polygon"), 0.6),
 }
 
 

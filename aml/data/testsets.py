@@ -32,7 +32,7 @@ class EvaluationSet:
     """A test data set: evaluation protocol and how to get its files into the data root."""
 
     name: str
-    protocol: str  # "revisited", "classic", or "none" (no ground truth to evaluate)
+    protocol: str  # "revisited" (easy/hard/junk) or "classic" (ok/junk)
     prepare: Optional[Callable[[Path, bool], None]] = None  # fills <data_root>/test/<name> (progress bars?)
 
 
@@ -73,8 +73,6 @@ TEST_SETS: Dict[str, EvaluationSet] = {
     "rparis6k": EvaluationSet("rparis6k", "revisited", _download_real("rparis6k", "paris6k")),
     "synth-oxford": EvaluationSet("synth-oxford", "revisited", _generate_synthetic("synth-oxford")),
     "synth-paris": EvaluationSet("synth-paris", "revisited", _generate_synthetic("synth-paris")),
-    "instre": EvaluationSet("instre", "classic"),
-    "retrieval-sfm-120k": EvaluationSet("retrieval-sfm-120k", "none"),
 }
 
 
@@ -124,7 +122,7 @@ def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
     return cfg
 
 
-GND_KEYS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk"), "none": ()}
+GND_KEYS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
 
 
 def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> None:
@@ -132,8 +130,6 @@ def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> 
     protocol's keys present, every listed index inside the database, boxes of four finite
     numbers with x1 < x2 and y1 < y2. Raises ValueError naming ``source`` and the query."""
     n, nq, gnd = len(cfg["imlist"]), len(cfg["qimlist"]), cfg["gnd"]
-    if protocol == "none":
-        return
     if len(gnd) != nq:
         raise ValueError(f"{source}: {len(gnd)} gnd entries for {nq} queries; download the gnd file again")
     for q, entry in enumerate(gnd):

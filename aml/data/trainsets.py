@@ -30,6 +30,8 @@ class TrainSet:
     name: str
     folder: str  # sub-folder of <data_root>/train that holds the images and pickles
     prepare: Callable[[Path], None]
+    training: bool = True  # has <name>.pkl with train/val splits (main.py -d)
+    whitening: bool = True  # has <name>-whiten.pkl (test.py -w, main.py --test-whiten)
 
 
 def _download_sfm(train_root: Path) -> None:
@@ -59,9 +61,19 @@ def _generate(name: str) -> Callable[[Path], None]:
 
 TRAIN_SETS: Dict[str, TrainSet] = {
     "retrieval-SfM-120k": TrainSet("retrieval-SfM-120k", "retrieval-SfM-120k", _download_sfm),
-    "retrieval-SfM-30k": TrainSet("retrieval-SfM-30k", "retrieval-SfM-30k", _download_sfm),
+    "retrieval-SfM-30k": TrainSet("retrieval-SfM-30k", "retrieval-SfM-30k", _download_sfm, training=False),
     "synth-sfm": TrainSet("synth-sfm", "synth-sfm", _generate("synth-sfm")),
 }
+
+
+def training_set_names() -> list:
+    """Names usable as ``main.py -d`` (sets with train/val splits)."""
+    return [name for name, entry in TRAIN_SETS.items() if entry.training]
+
+
+def whitening_set_names() -> list:
+    """Names usable as ``test.py -w`` / ``main.py --test-whiten`` (sets with a whitening pickle)."""
+    return [name for name, entry in TRAIN_SETS.items() if entry.whitening]
 
 
 def get_train_set(name: str) -> TrainSet:

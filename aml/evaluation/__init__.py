@@ -1,8 +1,8 @@
 """Testing: whitening, search and the revisited Oxford/Paris metrics."""
 
-from aml.evaluation.metrics import compute_ap, compute_map, compute_map_and_print, evaluate_ranks, format_results
+from aml.evaluation.metrics import compute_ap, compute_map, evaluate_ranks, format_results
 from aml.evaluation.search import rank_database
 from aml.evaluation.whitening import pcawhitenlearn, whitenapply, whitenlearn
 
-__all__ = ["compute_ap", "compute_map", "compute_map_and_print", "evaluate_ranks", "format_results",
+__all__ = ["compute_ap", "compute_map", "evaluate_ranks", "format_results",
            "rank_database", "pcawhitenlearn", "whitenapply", "whitenlearn"]

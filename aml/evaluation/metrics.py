@@ -126,14 +126,3 @@ def format_results(dataset: str, results: Dict[str, Any], kappas: Sequence[int] 
         f">> {dataset}: mAP E: {pct['easy']}, M: {pct['medium']}, H: {pct['hard']}",
         f">> {dataset}: mP@k{list(kappas)} E: {mpk['easy']}, M: {mpk['medium']}, H: {mpk['hard']}",
     ]
-
-
-def compute_map_and_print(dataset: str, ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: Optional[str] = None,
-                          kappas: Sequence[int] = DEFAULT_KAPPAS, printer=print) -> Dict[str, Any]:
-    """cirtorch-style wrapper: evaluate, print the original lines, return the numbers."""
-    from aml.data.testsets import protocol_of
-
-    results = evaluate_ranks(dataset, ranks, gnd, protocol or protocol_of(dataset), kappas)
-    for line in format_results(dataset, results, kappas):
-        printer(line)
-    return results

@@ -8,7 +8,7 @@ uses its own mean/std and its own multi-scale power.
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -44,7 +44,6 @@ class TestSettings:
     amp: bool = False
     data_root: Optional[str] = None
     cache: bool = True
-    extract_options: Dict[str, Any] = field(default_factory=dict)
     progress: bool = False  # tqdm bars (stderr) while extracting
     skip_bad: bool = False  # skip unreadable images (listed in skipped_dir) instead of stopping
     skipped_dir: Optional[Path] = None  # where skipped_<dataset>.txt goes (default: the data set's folder)
@@ -53,7 +52,7 @@ class TestSettings:
 
     def extraction(self) -> Dict[str, Any]:
         return dict(workers=self.workers, device=self.device, batch_size=self.batch_size, amp=self.amp,
-                    progress=self.progress, skip_bad=self.skip_bad, **self.extract_options)
+                    progress=self.progress, skip_bad=self.skip_bad)
 
 
 @dataclass

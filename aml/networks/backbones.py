@@ -102,7 +102,7 @@ def _timm_model(name: str, pretrained: bool) -> nn.Module:
         raise ImportError(f"architecture {name!r} needs the optional package timm: pip install timm") from err
     try:
         return timm.create_model(name, pretrained=pretrained)
-    except Exception as err:  # hub unreachable
+    except (OSError, RuntimeError, ValueError) as err:  # hub unreachable (requests and hub errors are OSErrors)
         raise RuntimeError(
             f"could not fetch timm's ImageNet weights for {name!r} ({err}); "
             "use --not-pretrained, or pre-fill the Hugging Face cache on a machine with internet"

@@ -5,7 +5,9 @@ the network (architecture, pooling, local_whitening, regional, whitening, mean, 
 outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with numpy arrays).
 """
 
+import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -25,9 +27,10 @@ class CheckpointError(RuntimeError):
 
 
 def _numpy_globals() -> list:
-    """What numpy arrays and scalars need to unpickle (numpy 1.x names included)."""
-    reconstruct = np._core.multiarray._reconstruct
-    scalar = np._core.multiarray.scalar
+    """What numpy arrays and scalars need to unpickle (numpy 1.x names included). The two
+    functions are taken from what numpy's own pickling returns, not from a private module."""
+    reconstruct = np.zeros(1).__reduce__()[0]
+    scalar = np.float64(0).__reduce__()[0]
     dtypes = [np.dtype] + [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
     return [reconstruct, scalar, np.ndarray, *dtypes,
             (reconstruct, "numpy.core.multiarray._reconstruct"), (scalar, "numpy.core.multiarray.scalar")]
@@ -46,7 +49,7 @@ def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cp
             return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
         raise CheckpointError(
             f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Download or copy it again."

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 from aml.data.download import download_file
 from aml.data.paths import data_subdir
 from aml.networks.checkpoint import load_network
-from aml.networks.pretrained import PRETRAINED, TEACHERS, student_dimension
+from aml.networks.pretrained import PRETRAINED, TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
 from aml.layers.pooling import POOLINGS
 
@@ -34,7 +34,7 @@ def parse_offtheshelf(spec: str) -> Dict[str, Any]:
 def pretrained_checkpoint(name: str, data_root: Optional[str] = None) -> Path:
     """Download (once) a network of the pretrained list into ``<data_root>/model``."""
     entry = PRETRAINED[name]
-    return download_file(entry.url, data_subdir(data_root, "model") / entry.filename)
+    return download_file(entry.url, data_subdir(data_root, "model") / entry.filename, sha256_prefix=entry.sha256)
 
 
 def load_named_or_file(network_path: str, teacher: Optional[str] = None,
@@ -42,10 +42,10 @@ def load_named_or_file(network_path: str, teacher: Optional[str] = None,
     """A pretrained-list name or a checkpoint path -> (network in eval mode, display name)."""
     if network_path in PRETRAINED:
         entry = PRETRAINED[network_path]
-        dim = student_dimension(entry)
         net = load_network(pretrained_checkpoint(network_path, data_root), teacher)
-        if dim and net.meta["outputdim"] != dim:
-            raise ValueError(f"{network_path}: expected a {dim}-d network, the file holds {net.meta['outputdim']}-d")
+        if net.meta["outputdim"] != entry.dim:
+            raise ValueError(f"{network_path}: expected a {entry.dim}-d network, the file holds "
+                             f"{net.meta['outputdim']}-d")
         return net, network_path
     path = Path(network_path)
     if not path.exists():

@@ -2,21 +2,28 @@
 linear layers (local, regional and final whitening) of cirtorch."""
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 CIRTORCH = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/"
 AML = "http://files.inria.fr/aml/"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class PretrainedNetwork:
-    """One entry of the pretrained list: checkpoint URL, kind, teacher, optional whitening."""
+    """One entry of the pretrained list, as data: where the checkpoint is, what it outputs,
+    how its inputs are normalised, and how to verify it."""
 
     name: str
     url: str
     kind: str  # "teacher" (cirtorch network) or "student" (aml)
+    dim: int  # descriptor dimension (meta['outputdim'] of the file)
     teacher: Optional[str] = None  # the teacher a student was trained against, when any
     whitening_url: Optional[str] = None
+    sha256: Optional[str] = None  # prefix of the file's sha256, when published (cirtorch names carry it)
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
 
     @property
     def filename(self) -> str:
@@ -24,35 +31,40 @@ class PretrainedNetwork:
 
 
 def _cirtorch_networks() -> Dict[str, PretrainedNetwork]:
-    files = {
-        "retrievalSfM120k-vgg16-gem": "retrieval-SfM-120k/retrievalSfM120k-vgg16-gem-b4dcdc6.pth",
-        "retrievalSfM120k-resnet101-gem": "retrieval-SfM-120k/retrievalSfM120k-resnet101-gem-b80fb85.pth",
-        "rSfM120k-tl-resnet50-gem-w": "retrieval-SfM-120k/rSfM120k-tl-resnet50-gem-w-97bf910.pth",
-        "rSfM120k-tl-resnet101-gem-w": "retrieval-SfM-120k/rSfM120k-tl-resnet101-gem-w-a155e54.pth",
-        "rSfM120k-tl-resnet152-gem-w": "retrieval-SfM-120k/rSfM120k-tl-resnet152-gem-w-f39cada.pth",
-        "gl18-tl-resnet50-gem-w": "gl18/gl18-tl-resnet50-gem-w-83fdc30.pth",
-        "gl18-tl-resnet101-gem-w": "gl18/gl18-tl-resnet101-gem-w-a4d43db.pth",
-        "gl18-tl-resnet152-gem-w": "gl18/gl18-tl-resnet152-gem-w-21278d5.pth",
+    files = {  # name: (path, dimension, sha256 prefix)
+        "retrievalSfM120k-vgg16-gem": ("retrieval-SfM-120k/retrievalSfM120k-vgg16-gem-b4dcdc6.pth", 512, "b4dcdc6"),
+        "retrievalSfM120k-resnet101-gem": ("retrieval-SfM-120k/retrievalSfM120k-resnet101-gem-b80fb85.pth", 2048,
+                                           "b80fb85"),
+        "rSfM120k-tl-resnet50-gem-w": ("retrieval-SfM-120k/rSfM120k-tl-resnet50-gem-w-97bf910.pth", 2048, "97bf910"),
+        "rSfM120k-tl-resnet101-gem-w": ("retrieval-SfM-120k/rSfM120k-tl-resnet101-gem-w-a155e54.pth", 2048,
+                                        "a155e54"),
+        "rSfM120k-tl-resnet152-gem-w": ("retrieval-SfM-120k/rSfM120k-tl-resnet152-gem-w-f39cada.pth", 2048,
+                                        "f39cada"),
+        "gl18-tl-resnet50-gem-w": ("gl18/gl18-tl-resnet50-gem-w-83fdc30.pth", 2048, "83fdc30"),
+        "gl18-tl-resnet101-gem-w": ("gl18/gl18-tl-resnet101-gem-w-a4d43db.pth", 2048, "a4d43db"),
+        "gl18-tl-resnet152-gem-w": ("gl18/gl18-tl-resnet152-gem-w-21278d5.pth", 2048, "21278d5"),
     }
-    return {name: PretrainedNetwork(name, CIRTORCH + "networks/" + path, "teacher") for name, path in files.items()}
+    return {name: PretrainedNetwork(name, CIRTORCH + "networks/" + path, "teacher", dim, sha256=sha)
+            for name, (path, dim, sha) in files.items()}
 
 
-def _student(name: str, teacher: Optional[str], url_stem: Optional[str] = None, suffix: str = ".pth.tar") -> PretrainedNetwork:
-    stem = url_stem or name.replace("-", "_")
-    return PretrainedNetwork(name, AML + stem + suffix, "student", teacher, AML + stem + "_whitening.pth")
+def _student(name: str, dim: int, teacher: Optional[str]) -> PretrainedNetwork:
+    """An aml student (no published checksum: verified by size only)."""
+    stem = name.replace("-", "_")
+    return PretrainedNetwork(name, AML + stem + ".pth.tar", "student", dim, teacher, AML + stem + "_whitening.pth")
 
 
 def _aml_students() -> Dict[str, PretrainedNetwork]:
     students = {}
     for arch in ("efficientnet-b3", "mobilenet-v2"):
         for method in ("contr-plus", "reg", "contr", "dark", "ms", "rkd", "triplet"):
-            for teacher in ("resnet101", "vgg16"):
+            for teacher, dim in (("resnet101", 2048), ("vgg16", 512)):
                 name = f"{arch}-gem-{method}-{teacher}"
-                students[name] = _student(name, teacher)
+                students[name] = _student(name, dim, teacher)
     # Teacher-free (std mode) students; efficientnet's names use an underscore before the dim.
-    for name in ("efficientnet-b3-gem-contr_2048", "efficientnet-b3-gem-contr_512",
-                 "mobilenet-v2-gem-contr-2048", "mobilenet-v2-gem-contr-512"):
-        students[name] = _student(name, None)
+    for name, dim in (("efficientnet-b3-gem-contr_2048", 2048), ("efficientnet-b3-gem-contr_512", 512),
+                      ("mobilenet-v2-gem-contr-2048", 2048), ("mobilenet-v2-gem-contr-512", 512)):
+        students[name] = _student(name, dim, None)
     # The original list points this one at a typo'd '.pthaa.tar'; the file is '.pth.tar'.
     return students
 
@@ -62,17 +74,7 @@ PRETRAINED: Dict[str, PretrainedNetwork] = {**_cirtorch_networks(), **_aml_stude
 
 #: teacher name (the --teacher flag) -> pretrained network and descriptor dimension.
 TEACHERS: Dict[str, str] = {"vgg16": "retrievalSfM120k-vgg16-gem", "resnet101": "retrievalSfM120k-resnet101-gem"}
-TEACHER_DIMS: Dict[str, int] = {"vgg16": 512, "resnet101": 2048}
-
-
-def student_dimension(network: PretrainedNetwork) -> Optional[int]:
-    """Descriptor dimension of a published student (from its teacher or its name)."""
-    if network.teacher:
-        return TEACHER_DIMS[network.teacher]
-    for dim in (2048, 512):
-        if network.name.endswith(str(dim)):
-            return dim
-    return None
+TEACHER_DIMS: Dict[str, int] = {teacher: PRETRAINED[name].dim for teacher, name in TEACHERS.items()}
 
 
 _WHITEN = CIRTORCH + "whiten/retrieval-SfM-120k/retrieval-SfM-120k-"

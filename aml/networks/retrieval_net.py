@@ -15,13 +15,11 @@ from aml.layers.functional import l2n
 from aml.layers.normalization import L2N
 from aml.layers.pooling import POOLINGS, Rpool
 from aml.networks.backbones import build_trunk, get_backbone
-from aml.networks.pretrained import FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING, TEACHER_DIMS
+from aml.networks.pretrained import (FINAL_WHITENING, IMAGENET_MEAN, IMAGENET_STD, LOCAL_WHITENING,
+                                     REGIONAL_WHITENING, TEACHER_DIMS)
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-META_KEYS = ("architecture", "local_whitening", "pooling", "regional", "whitening", "mean", "std", "outputdim")
 
 
 class ImageRetrievalNet(nn.Module):

@@ -81,7 +81,6 @@ class TrainSettings:
     sym: bool = False
     device: str = "cpu"
     test_freq: int = 0
-    extraction_batch: Optional[int] = None
     train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
     seed: int = 0  # every random draw comes from streams derived from it (aml.utils.seeding)
     progress: bool = False  # tqdm bars (stderr) over training batches and descriptor extraction
@@ -159,7 +158,7 @@ class Trainer:
         def encode(indices: Sequence[int]) -> torch.Tensor:
             return extract_vectors(self.net, [split.images[i] for i in indices], self.settings.image_size,
                                    self.transform, workers=self.settings.workers, device=self.device,
-                                   batch_size=self.settings.extraction_batch, progress=self.settings.progress)
+                                   progress=self.settings.progress)
         return encode
 
     def epoch_tuples(self, split: Split, epoch: int, everything: bool = False) -> List[TrainingTuple]:

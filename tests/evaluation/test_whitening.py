@@ -1,4 +1,4 @@
-"""Whitening against the original's numbers (spec section 11) and its defining properties."""
+"""Whitening against the original's numbers and its defining properties."""
 
 import numpy as np
 import pytest

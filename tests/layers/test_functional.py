@@ -1,4 +1,4 @@
-"""cirtorch's functional API: the original's numbers (spec section 11, float64), batches of
+"""cirtorch's functional API: the original's numbers (float64), batches of
 tuples as cirtorch lays them out, and the modules using these very functions."""
 
 import inspect

@@ -9,7 +9,7 @@ Queries with no positives are skipped. mP@k: with 1-based adjusted positions pos
 kq = min(max(pos), k) and P@k = #(pos <= kq) / kq.
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 

@@ -18,13 +18,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from aml.cli import test as test_cli
-from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int
 from aml.cli import train as train_cli
+from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int, resolve_device
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import generate_all
 from aml.networks import build_network
-from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.evaluation.testing import TestSettings, evaluate
+from aml.evaluation.whitening_store import Encoder
+from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
 from aml.reports.charts import bar_chart
 from aml.utils.atomic import atomic_write
 
@@ -45,11 +46,12 @@ def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, 
 
 def _test(network: Path, data_root: Path, image_size: int, workers: int, teacher: Optional[Path] = None,
           quiet: bool = False) -> Dict:
-    argv = ["-npath", str(network), "-d", ",".join(DATASETS), "-imsize", str(image_size), "-j", str(workers),
-            "--data-root", str(data_root)] + ["-q"] * quiet
-    if teacher is not None:
-        argv += ["--asym", "--teacher", str(teacher)]
-    return test_cli.main(argv)
+    """test.py's evaluation through the package (its lines are logged, not printed)."""
+    settings = TestSettings(datasets=DATASETS, image_size=image_size, workers=workers,
+                            device=str(resolve_device("auto")), data_root=str(data_root), progress=not quiet)
+    student = Encoder(load_network(network), network.name.split(".pth")[0], network)
+    database = Encoder(load_network(teacher), teacher.name.split(".pth")[0], teacher) if teacher is not None else None
+    return evaluate(student, settings, database)
 
 
 def _cell(values: Sequence[float]) -> str:

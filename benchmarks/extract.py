@@ -4,7 +4,7 @@
     python benchmarks/extract.py --image-size 362 --images 48 --archs mobilenet_v2,resnet101
 
 Writes generated JPEGs (landscape and portrait, like Oxford/Paris) to a temporary folder,
-then times aml.extraction.extract_vectors on the CPU and, when present, on CUDA (fp32,
+then times aml.descriptors.extract_vectors on the CPU and, when present, on CUDA (fp32,
 and bf16 autocast with channels_last).
 """
 
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from aml.data.images import image_transform
-from aml.extraction import extract_vectors
+from aml.descriptors import extract_vectors
 from aml.networks import build_network
 
 

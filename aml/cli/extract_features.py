@@ -7,44 +7,16 @@ db order, which is what ``main.py --feat-path`` (train) / ``--feat-val-path`` (v
 import argparse
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 from aml.cli.arguments import (Parser, add_runtime_arguments, nonnegative_int, parse_scales, positive_int, resolve_device,
                                setup_logging)
-from aml.data.paths import data_subdir
-from aml.data.testsets import TEST_SETS, configdataset, prepare_test_set, query_and_database_paths
-from aml.data.trainsets import TRAIN_SETS, load_training_db
-from aml.features import describe_images, feature_file_name, network_fingerprint, write_feature_file
+from aml.data.testsets import TEST_SETS
+from aml.data.trainsets import TRAIN_SETS
+from aml.descriptors import extract_dataset_features
 from aml.networks.loading import load_test_network
-from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 
 log = logging.getLogger(__name__)
-
-
-def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[str]:
-    """Image paths of a training split or of a test set's database."""
-    if dataset.lower() in {name.lower() for name in TRAIN_SETS}:
-        return list(load_training_db(dataset, split, data_root)["images"])
-    prepare_test_set(dataset, data_root)
-    return query_and_database_paths(configdataset(dataset, data_subdir(data_root, "test")))[0]
-
-
-def extract_dataset_features(net: ImageRetrievalNet, network_name: str, dataset: str, split: str,
-                             image_size: int, scales: Sequence[float] = (1,), data_root: Optional[str] = None,
-                             output: Optional[Path] = None, fingerprint: Optional[str] = None, **options) -> Path:
-    """Encode a data set (split) with ``net`` and write ``<data_root>/features/<name>.npy``
-    (``fingerprint``: the weights' hash, when the caller already has it)."""
-    images = dataset_images(dataset, split, data_root)
-    is_train_set = dataset.lower() in {name.lower() for name in TRAIN_SETS}
-    path = output or data_subdir(data_root, "features") / feature_file_name(
-        dataset, network_name, split if is_train_set else None, image_size)
-    log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)
-    vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)),
-                           desc=f"{dataset} {split}", **options)
-    write_feature_file(vecs, images, path, {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),
-                                            "image_size": image_size, "scales": [float(x) for x in scales]})
-    log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
-    return path
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,8 @@ from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegativ
                                resolve_device, setup_logging)
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.data.trainsets import whitening_set_names
-from aml.evaluation.testing import Encoder, TestSettings, evaluate
+from aml.evaluation.testing import TestSettings, evaluate, result_lines
+from aml.evaluation.whitening_store import Encoder
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
 
@@ -99,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if args.asym:
         teacher_net, teacher_name = load_teacher(args.teacher, args.data_root)
         teacher_path = Path(args.teacher) if Path(args.teacher).exists() else None
-        teacher = Encoder(teacher_net, teacher_name, teacher_path)
+        teacher = Encoder(teacher_net, teacher_name, teacher_path, named=teacher_path is None)
         print(f">> Asymmetric testing: database by teacher '{teacher_name}', queries by '{name}'")
     settings = TestSettings(datasets=datasets, image_size=args.image_size, scales=args.multiscale,
                             whitening=args.whitening, workers=args.workers, device=str(device),
@@ -107,7 +108,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
                             cache=not args.no_cache, progress=not args.quiet, skip_bad=args.skip_bad_images,
                             skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,
                             report_top=args.report_top)
-    results = evaluate(Encoder(student, name, path), settings, teacher)
+    results = evaluate(Encoder(student, name, path, named=path is None), settings, teacher,
+                       on_result=lambda dataset, entry: print("\n".join(result_lines(dataset, entry)), flush=True))
     if args.results:
         report = {"settings": {**vars(args), "device": str(device), "network": name,
                                "teacher": teacher.name if teacher else None}, "results": results}

@@ -1,6 +1,7 @@
 """main.py: train a retrieval network (teacher-free or against a teacher) in any mode."""
 
 import argparse
+import dataclasses
 import logging
 import random
 from pathlib import Path
@@ -13,7 +14,8 @@ from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegativ
                                positive_int, resolve_device, setup_logging, unit_interval)
 from aml.data.testsets import TEST_SETS
 from aml.data.trainsets import load_training_db, training_set_names, whitening_set_names
-from aml.evaluation.testing import Encoder, TestSettings, evaluate
+from aml.evaluation.testing import TestSettings, evaluate, result_lines
+from aml.evaluation.whitening_store import Encoder
 from aml.layers.pooling import POOLINGS
 from aml.losses import LOSSES, build_loss
 from aml.networks.backbones import BACKBONES, get_backbone
@@ -152,16 +154,21 @@ def _test_callback(args, teacher_spec: Teacher, device: str, run_dir: Path):
     teacher = None
     if get_mode(args.mode).needs_teacher:
         net, name = teacher_spec.loaded
-        teacher = Encoder(net, name, teacher_spec.path)
+        teacher = Encoder(net, name, teacher_spec.path, named=teacher_spec.path is None)
     settings = TestSettings(datasets=[d for d in args.test_datasets.split(",") if d], image_size=args.image_size,
                             whitening=args.test_whiten or None, workers=args.workers, device=device,
                             data_root=args.data_root, cache=True, progress=not args.quiet)
 
+    def show(dataset: str, entry: Dict[str, Any]) -> None:
+        for line in result_lines(dataset, entry):
+            log.info(line)
+
     def run(net, epoch: int) -> Dict[str, Any]:
-        student = Encoder(net, f"{run_dir.name}_epoch{epoch + 1}")
-        results = {"symmetric": evaluate(student, settings, printer=log.info)}
+        student = Encoder(net, f"{run_dir.name}_epoch{epoch + 1}")  # in memory: no whitening file per epoch
+        # the student's own database changes every epoch: caching it would only fill the disk
+        results = {"symmetric": evaluate(student, dataclasses.replace(settings, cache=False), on_result=show)}
         if teacher is not None:
-            results["asymmetric"] = evaluate(student, settings, teacher, printer=log.info)
+            results["asymmetric"] = evaluate(student, settings, teacher, on_result=show)
         net.train()
         return results
 

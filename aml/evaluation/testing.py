@@ -14,20 +14,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from aml.data.download import download_file
 from aml.data.paths import data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, protocol_of, query_and_database_paths
-from aml.data.trainsets import load_whitening_db
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.search import rank_database
-from aml.evaluation.whitening import whitenapply, whitenlearn
-from aml.features import cached_descriptors, describe_images, network_fingerprint
-from aml.networks.checkpoint import load_plain_file, save_plain_file
-from aml.networks.pretrained import PRETRAINED
-from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
+from aml.evaluation.whitening import whitenapply
+from aml.evaluation.whitening_store import Encoder, get_whitening
+from aml.descriptors import cached_descriptors, describe_images, network_fingerprint
+from aml.networks.retrieval_net import multiscale_power
 
 log = logging.getLogger(__name__)
-Whitening = Tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -55,13 +51,6 @@ class TestSettings:
                     progress=self.progress, skip_bad=self.skip_bad)
 
 
-@dataclass
-class Encoder:
-    """A network with the name and the file it came from (for whitening caches)."""
-
-    net: ImageRetrievalNet
-    name: str
-    path: Optional[Path] = None
 
 
 def htime(seconds: float) -> str:
@@ -75,50 +64,6 @@ def htime(seconds: float) -> str:
             started = True
             parts.append(f"{value}{suffix}")
     return " ".join(parts)
-
-
-def whitening_cache_path(encoder: Encoder, whitening_set: str, multiscale: bool, image_size: int,
-                         data_root: Optional[str]) -> Path:
-    """``<checkpoint>_<SET>_whiten[_ms]_<imsize>.pth`` next to a checkpoint file, else in
-    ``<data_root>/whiten/`` for named and off-the-shelf networks."""
-    stem = f"_{whitening_set}_whiten{'_ms' if multiscale else ''}_{image_size}.pth"
-    if encoder.path is not None:
-        return encoder.path.with_name(encoder.path.name + stem)
-    return data_subdir(data_root, "whiten") / (encoder.name + stem)
-
-
-def learn_whitening(encoder: Encoder, whitening_set: str, settings: TestSettings) -> Whitening:
-    """Learn Lw on the whitening set's images, encoded like the test images."""
-    db = load_whitening_db(whitening_set, settings.data_root)
-    msp = multiscale_power(encoder.net, list(settings.scales))
-    log.info(">> %s: Learning whitening with %s...", whitening_set, encoder.name)
-    vecs = describe_images(encoder.net, db["images"], settings.image_size, settings.scales, msp, **settings.extraction())
-    return whitenlearn(vecs, db["qidxs"], db["pidxs"])
-
-
-def get_whitening(encoder: Encoder, whitening_set: str, settings: TestSettings, published: bool = True) -> Whitening:
-    """Whitening for ``encoder``: the checkpoint's meta Lw, else the published file of a
-    published student (``published``), else a cache file, else learned and cached."""
-    multiscale = len(settings.scales) > 1
-    stored = encoder.net.meta.get("Lw", {}).get(whitening_set)
-    if stored:
-        log.info(">> %s: Whitening is precomputed, loading it...", whitening_set)
-        entry = stored["ms" if multiscale else "ss"]
-        return np.asarray(entry["m"]), np.asarray(entry["P"])
-    entry = PRETRAINED.get(encoder.name)
-    if published and entry is not None and entry.whitening_url:
-        path = download_file(entry.whitening_url, data_subdir(settings.data_root, "model") / entry.whitening_url.rsplit("/", 1)[1])
-        data = load_plain_file(path)
-        return np.asarray(data["m"]), np.asarray(data["P"])
-    cache = whitening_cache_path(encoder, whitening_set, multiscale, settings.image_size, settings.data_root)
-    if cache.exists():
-        data = load_plain_file(cache)
-        log.info(">> %s: whitening read from %s", whitening_set, cache)
-        return np.asarray(data["m"]), np.asarray(data["P"])
-    m, P = learn_whitening(encoder, whitening_set, settings)
-    save_plain_file({"m": m, "P": P}, cache)
-    log.info(">> %s: Saving to %s...", whitening_set, cache)
-    return m, P
 
 
 def _search(database: np.ndarray, queries: np.ndarray, dataset: str, gnd: List[Dict[str, Any]], device: str,
@@ -202,15 +147,59 @@ def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: 
     return _Encoded(vecs, qvecs, skipped_db, skipped_queries)
 
 
+def result_lines(dataset: str, entry: Dict[str, Any]) -> List[str]:
+    """The original's printed lines of one data set's results (and whitened results), each
+    ending with the count of skipped images when there were any, then where the skipped list
+    and the ranking report went."""
+    skipped = entry.get("skipped")
+    count = len(skipped["database"]) + len(skipped["queries"]) if skipped else 0
+    note = f" ({count} unreadable images skipped)" if count else ""
+    lines = [line + note for line in format_results(dataset, entry["plain"])]
+    if "whiten" in entry:
+        lines += [line + note for line in format_results(dataset + " + whiten", entry["whiten"])]
+    if skipped:
+        lines.append(f">> {dataset}: {len(skipped['database'])} database images and {len(skipped['queries'])} "
+                     f"queries could not be read and were skipped; list in {skipped['list']}")
+    if "report" in entry:
+        lines.append(f">> {dataset}: ranking report in {entry['report']}")
+    return lines
+
+
+def _evaluate_dataset(dataset: str, student: Encoder, database_encoder: Encoder, teacher: Optional[Encoder],
+                      settings: TestSettings, lw, cache_dir: Optional[Path], fingerprint: Optional[str]) -> Dict[str, Any]:
+    dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.progress)
+    cfg = configdataset(dataset, data_subdir(settings.data_root, "test"))
+    images, queries, bbxs = query_and_database_paths(cfg)
+    encoded = _encode(dataset, images, queries, bbxs, student, database_encoder, settings, cache_dir, fingerprint)
+    kept = [q for q in range(len(queries)) if q not in set(encoded.skipped_queries)]
+    qvecs, gnd = encoded.qvecs[:, kept], [cfg["gnd"][q] for q in kept]
+    log.info(">> %s: Evaluating...", dataset)
+    plain, ranks = _search(encoded.vecs, qvecs, dataset, gnd, settings.device, encoded.skipped_db)
+    entry: Dict[str, Any] = {"plain": plain}
+    if lw is not None:
+        entry["whiten"], _ = _search(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), dataset, gnd,
+                                     settings.device, encoded.skipped_db)
+    if encoded.skipped_db or encoded.skipped_queries:
+        listing = _write_skipped(dataset, images, queries, encoded, settings, dataset_dir)
+        entry["skipped"] = {"database": [images[i] for i in encoded.skipped_db],
+                            "queries": [queries[i] for i in encoded.skipped_queries], "list": str(listing)}
+    if settings.report_dir is not None:
+        report_vecs = _Encoded(encoded.vecs, qvecs, encoded.skipped_db, encoded.skipped_queries)
+        entry["report"] = str(_report(dataset, cfg, images, queries, bbxs, report_vecs, kept, ranks, entry["plain"],
+                                      student, teacher, settings))
+    return entry
+
+
 def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder] = None,
-             printer: Callable[[str], None] = print) -> Dict[str, Any]:
+             on_result: Optional[Callable[[str, Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Test ``student`` (symmetric) or student vs ``teacher`` (asymmetric, when given) on
-    every data set of ``settings``; print the original's lines and return
-    ``{dataset: {'plain': results, 'whiten': results}}`` (plus ``'skipped'`` when images
-    were skipped, and ``'report'`` with ``settings.report_dir``).
+    every data set of ``settings``; return ``{dataset: {'plain': results, 'whiten':
+    results}}`` (plus ``'skipped'`` when images were skipped, and ``'report'`` with
+    ``settings.report_dir``). ``on_result(dataset, entry)`` is called as each data set is
+    done (test.py prints :func:`result_lines` there); progress is logged.
 
     Skipped database images are ranked last for every query; skipped queries are left out
-    of the means, and the mAP line says how many images were skipped."""
+    of the means."""
     database_encoder = teacher or student
     if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
         raise ValueError(f"asymmetric test needs equal dimensions: student {student.name} is "
@@ -223,36 +212,10 @@ def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder
     results: Dict[str, Any] = {}
     for dataset in settings.datasets:
         start = time.time()
-        printer(f">> {dataset}: Extracting...")
-        dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.progress)
-        cfg = configdataset(dataset, data_subdir(settings.data_root, "test"))
-        images, queries, bbxs = query_and_database_paths(cfg)
-        encoded = _encode(dataset, images, queries, bbxs, student, database_encoder, settings, cache_dir, fingerprint)
-        kept = [q for q in range(len(queries)) if q not in set(encoded.skipped_queries)]
-        qvecs, gnd = encoded.qvecs[:, kept], [cfg["gnd"][q] for q in kept]
-        printer(f">> {dataset}: Evaluating...")
-        plain, ranks = _search(encoded.vecs, qvecs, dataset, gnd, settings.device, encoded.skipped_db)
-        entry: Dict[str, Any] = {"plain": plain}
-        skipped = len(encoded.skipped_db) + len(encoded.skipped_queries)
-        note = f" ({skipped} unreadable images skipped)" if skipped else ""
-        for line in format_results(dataset, entry["plain"]):
-            printer(line + note)
-        if lw is not None:
-            entry["whiten"], _ = _search(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), dataset, gnd,
-                                         settings.device, encoded.skipped_db)
-            for line in format_results(dataset + " + whiten", entry["whiten"]):
-                printer(line + note)
-        if skipped:
-            listing = _write_skipped(dataset, images, queries, encoded, settings, dataset_dir)
-            entry["skipped"] = {"database": [images[i] for i in encoded.skipped_db],
-                                "queries": [queries[i] for i in encoded.skipped_queries], "list": str(listing)}
-            printer(f">> {dataset}: {len(encoded.skipped_db)} database images and {len(encoded.skipped_queries)} "
-                    f"queries could not be read and were skipped; list in {listing}")
-        if settings.report_dir is not None:
-            report_vecs = _Encoded(encoded.vecs, qvecs, encoded.skipped_db, encoded.skipped_queries)
-            entry["report"] = str(_report(dataset, cfg, images, queries, bbxs, report_vecs, kept, ranks, entry["plain"],
-                                          student, teacher, settings))
-            printer(f">> {dataset}: ranking report in {entry['report']}")
-        results[dataset] = entry
-        printer(f">> {dataset}: elapsed time: {htime(time.time() - start)}")
+        log.info(">> %s: Extracting...", dataset)
+        results[dataset] = _evaluate_dataset(dataset, student, database_encoder, teacher, settings, lw, cache_dir,
+                                             fingerprint)
+        if on_result is not None:
+            on_result(dataset, results[dataset])
+        log.info(">> %s: elapsed time: %s", dataset, htime(time.time() - start))
     return results

@@ -9,7 +9,8 @@ from typing import Optional, Tuple
 import torch
 
 from aml.data.paths import data_subdir
-from aml.features import feature_file_name, feature_file_settings, load_feature_file, network_fingerprint
+from aml.descriptors import (extract_dataset_features, feature_file_name, feature_file_settings, load_feature_file,
+                             network_fingerprint)
 from aml.networks.retrieval_net import ImageRetrievalNet
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ def teacher_split_features(teacher: Teacher, dataset: str, split: str, columns: 
     """
     if feat_path:
         return torch.from_numpy(load_feature_file(Path(feat_path), columns))
-    from aml.cli.extract_features import extract_dataset_features
-
     path = data_subdir(teacher.data_root, "features") / feature_file_name(dataset, teacher.feature_name, split,
                                                                                      image_size)
     wanted = {"fingerprint": teacher.fingerprint, "image_size": image_size}

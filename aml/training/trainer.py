@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
-from aml.extraction import effective_workers, extract_vectors
+from aml.descriptors import effective_workers, extract_vectors
 from aml.losses import LossKind, LossSpec
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet

@@ -12,7 +12,7 @@ from aml.cli import extract_features as extract_cli
 from aml.cli import test as test_cli
 from aml.cli.arguments import parse_scales
 from aml.data.images import ImageLoadError
-from aml.evaluation import testing
+from aml.evaluation import testing, whitening_store
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.loading import parse_offtheshelf
@@ -79,7 +79,7 @@ def test_whitening_is_learned_changes_numbers_and_is_cached(checkpoint, synth_ro
     def must_not_learn(*args, **kwargs):
         raise AssertionError("whitening should come from the cache")
 
-    monkeypatch.setattr(testing, "learn_whitening", must_not_learn)
+    monkeypatch.setattr(whitening_store, "learn_whitening", must_not_learn)
     second = run(["-npath", str(local), "-w", "synth-sfm"], synth_root)
     assert medium(second, "whiten") == pytest.approx(medium(first, "whiten"))
 
@@ -100,9 +100,9 @@ def test_database_descriptors_are_cached(checkpoint, synth_root, monkeypatch):
     calls = []
     real = testing.describe_images
     monkeypatch.setattr(testing, "describe_images", lambda *a, **k: calls.append(1) or real(*a, **k))
-    import aml.features as features
+    import aml.descriptors.cache as cache
 
-    monkeypatch.setattr(features, "describe_images", lambda *a, **k: pytest.fail("database re-encoded"))
+    monkeypatch.setattr(cache, "describe_images", lambda *a, **k: pytest.fail("database re-encoded"))
     run(["-npath", str(checkpoint)], synth_root)
     assert len(calls) == 1  # queries only
 

@@ -132,7 +132,7 @@ def test_training_raises_asymmetric_map(synth_root, tmp_path, trained_teacher, m
 def dead_projection_channels(checkpoint, root) -> int:
     """Student output dimensions that are zero for every training image (dead ReLUs)."""
     from aml.data.trainsets import load_training_db
-    from aml.features import describe_images
+    from aml.descriptors import describe_images
     from aml.networks.checkpoint import load_network
 
     images = load_training_db("synth-sfm", "train", root)["images"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-import aml.features as features
-from aml.features import (cached_descriptors, feature_file_name, feature_file_settings, load_feature_file,
-                          write_feature_file)
+import aml.descriptors.files as features
+from aml.descriptors import (cached_descriptors, evict, feature_file_name, feature_file_settings, load_feature_file,
+                             write_feature_file)
 from aml.networks import build_network
 
 
@@ -63,3 +63,19 @@ def test_database_cache_is_keyed_by_file_contents(tmp_path):
     paths[0].write_bytes(paths[1].read_bytes())  # replaced in place, same path
     changed = cached_descriptors(net, images, 48, [1], 1.0, tmp_path / "cache", "t", workers=0)
     assert np.allclose(changed[:, 0], first[:, 1], atol=1e-5) and not np.allclose(changed[:, 0], first[:, 0])
+
+
+def test_cache_keeps_the_most_recently_used_files_per_data_set(tmp_path):
+    import os
+    import time
+
+    now = time.time()
+    for i in range(5):
+        path = tmp_path / f"synth-oxford_{i:016x}.npy"
+        np.save(path, np.zeros((2, 2), np.float32))
+        os.utime(path, (now - 100 + i, now - 100 + i))
+    np.save(tmp_path / "synth-paris_0.npy", np.zeros((2, 2), np.float32))
+    evicted = evict(tmp_path, "synth-oxford", keep=2)
+    assert sorted(p.name for p in evicted) == [f"synth-oxford_{i:016x}.npy" for i in range(3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth-oxford_0000000000000003.npy",
+                                                        "synth-oxford_0000000000000004.npy", "synth-paris_0.npy"]

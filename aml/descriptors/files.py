@@ -1,88 +1,29 @@
-"""Descriptors of whole data sets: feature files for training, an on-disk cache for
-database descriptors at test time, and network fingerprints that key them."""
+"""Feature files: the D x N descriptors of a data set (test-set database or training split)
+with their image list and settings, what ``main.py --feat-path`` reads and
+``extract_features.py`` writes."""
 
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from aml.data.images import image_transform
-from aml.extraction import extract_vectors
+from aml.data.paths import data_subdir
+from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
+from aml.data.trainsets import TRAIN_SETS, load_training_db
+from aml.descriptors.extraction import describe_images
+from aml.descriptors.fingerprint import network_fingerprint
+from aml.networks.retrieval_net import multiscale_power
 from aml.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
 
-def network_fingerprint(net: torch.nn.Module) -> str:
-    """A content hash of the weights and the meta that shape the descriptors."""
-    digest = hashlib.sha1()
-    meta = {k: v for k, v in getattr(net, "meta", {}).items() if k != "Lw"}
-    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    for key, value in sorted(net.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def describe_images(net, images: Sequence[str], image_size: int, scales: Sequence[float] = (1,),
-                    msp: float = 1.0, bbxs=None, **options: Any) -> np.ndarray:
-    """D x N float32 descriptors of ``images`` with the network's own mean/std transform
-    (``options`` go to :func:`aml.extraction.extract_vectors`)."""
-    transform = image_transform(net.meta["mean"], net.meta["std"])
-    return extract_vectors(net, images, image_size, transform, bbxs=bbxs, ms=list(scales), msp=msp, **options).numpy()
-
-
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda out: np.save(out, array))
-
-
-def image_list_key(images: Sequence[str]) -> List[Any]:
-    """What identifies the contents of an image list cheaply: each path with its size and
-    modification time (nanoseconds), so that replacing or truncating an image changes the
-    key without hashing every file (a missing image keys as size -1)."""
-    key: List[Any] = []
-    for image in images:
-        try:
-            stat = os.stat(image)
-            key.append([str(image), stat.st_size, stat.st_mtime_ns])
-        except OSError:
-            key.append([str(image), -1, 0])
-    return key
-
-
-def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequence[float], msp: float,
-                       cache_dir: Optional[Path], tag: str, fingerprint: Optional[str] = None,
-                       skipped: Optional[List[int]] = None, **options: Any) -> np.ndarray:
-    """:func:`describe_images`, cached in ``cache_dir`` under a key of (network content,
-    image list with each file's size and mtime, image size, scales, msp), so a database is
-    encoded once per network and encoded again when an image changes. ``fingerprint``
-    spares hashing the weights again when the caller already did. Descriptors with skipped
-    images (``skip_bad``) are not cached."""
-    skipped = skipped if skipped is not None else []
-    if cache_dir is None:
-        return describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
-    fingerprint = fingerprint or network_fingerprint(net)
-    key = hashlib.sha1(json.dumps([fingerprint, image_list_key(images), image_size,
-                                   [float(s) for s in scales], round(float(msp), 6)]).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{tag}_{key}.npy"
-    if path.exists():
-        try:
-            vecs = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError):
-            vecs = None
-        if vecs is not None and vecs.ndim == 2 and vecs.shape[1] == len(images) and np.isfinite(vecs).all():
-            log.info(">> %s: database descriptors read from cache %s", tag, path)
-            return vecs
-        log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
-    vecs = describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
-    if not skipped:
-        _atomic_save(path, vecs.astype(np.float32))
-    return vecs
 
 
 def _listing_path(path: Path) -> Path:
@@ -163,3 +104,30 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         raise ValueError(f"feature file {path} holds {vecs.shape[0]}-d descriptors but the student outputs "
                          f"{expected_dim}-d; use the matching --teacher")
     return vecs.astype(np.float32, copy=False)
+
+
+def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[str]:
+    """Image paths of a training split or of a test set's database."""
+    if dataset.lower() in {name.lower() for name in TRAIN_SETS}:
+        return list(load_training_db(dataset, split, data_root)["images"])
+    prepare_test_set(dataset, data_root)
+    return query_and_database_paths(configdataset(dataset, data_subdir(data_root, "test")))[0]
+
+
+def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: str, split: str,
+                             image_size: int, scales: Sequence[float] = (1,), data_root: Optional[str] = None,
+                             output: Optional[Path] = None, fingerprint: Optional[str] = None, **options) -> Path:
+    """Encode a data set (split) with ``net`` and write ``<data_root>/features/<name>.npy``
+    (``fingerprint``: the weights' hash, when the caller already has it)."""
+    images = dataset_images(dataset, split, data_root)
+    is_train_set = dataset.lower() in {name.lower() for name in TRAIN_SETS}
+    path = output or data_subdir(data_root, "features") / feature_file_name(
+        dataset, network_name, split if is_train_set else None, image_size)
+    log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)
+    vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)),
+                           desc=f"{dataset} {split}", **options)
+    settings = {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),
+                "image_size": image_size, "scales": [float(x) for x in scales]}
+    write_feature_file(vecs, images, path, settings)
+    log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
+    return path

@@ -12,14 +12,15 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from aml.data.images import BBox, ImageLoadError, ImagesFromList
+from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +178,11 @@ def extract_vectors(
         dim = net.meta.get("outputdim", 0) if hasattr(net, "meta") else 0
         vecs = torch.zeros(dim, len(dataset))
     return vecs
+
+
+def describe_images(net, images: Sequence[str], image_size: int, scales: Sequence[float] = (1,),
+                    msp: float = 1.0, bbxs=None, **options: Any) -> np.ndarray:
+    """D x N float32 descriptors of ``images`` with the network's own mean/std transform
+    (``options`` go to :func:`extract_vectors`)."""
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    return extract_vectors(net, images, image_size, transform, bbxs=bbxs, ms=list(scales), msp=msp, **options).numpy()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from aml.data.images import ImageLoadError, image_transform, load_and_resize
-from aml.extraction import extract_vectors
+from aml.descriptors import extract_vectors
 from aml.networks import build_network
 
 
@@ -50,9 +50,9 @@ def reference(net, paths, imsize, bbxs=None, scales=(1,), msp=1.0):
 @pytest.fixture
 def real_workers(monkeypatch):
     """Use the requested loader workers even on a 2-core machine (exercise that path)."""
-    import aml.extraction
+    import aml.descriptors.extraction
 
-    monkeypatch.setattr(aml.extraction, "effective_workers", lambda workers, device: workers)
+    monkeypatch.setattr(aml.descriptors.extraction, "effective_workers", lambda workers, device: workers)
 
 
 def test_batched_equals_one_by_one(images, net, real_workers):
@@ -93,7 +93,7 @@ def test_bad_image_is_named_from_worker(images, net, tmp_path, real_workers):
 
 
 def test_cpu_workers_leave_cores_to_torch():
-    from aml.extraction import effective_workers
+    from aml.descriptors import effective_workers
 
     assert effective_workers(8, torch.device("cuda")) == 8
     assert 0 <= effective_workers(8, torch.device("cpu")) <= max(0, (__import__("os").cpu_count() or 1) - torch.get_num_threads())

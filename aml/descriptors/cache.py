@@ -1,0 +1,75 @@
+"""The database-descriptor cache of test.py: one ``.npy`` per (network, image list with each
+file's size and mtime, image size, scales, msp) in ``<data_root>/features/cache/``, the
+least recently used beyond ``keep`` per data set evicted."""
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from aml.descriptors.extraction import describe_images
+from aml.descriptors.fingerprint import network_fingerprint
+from aml.utils.atomic import atomic_write
+
+log = logging.getLogger(__name__)
+DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
+
+
+def image_list_key(images: Sequence[str]) -> List[Any]:
+    """What identifies the contents of an image list cheaply: each path with its size and
+    modification time (nanoseconds), so that replacing or truncating an image changes the
+    key without hashing every file (a missing image keys as size -1)."""
+    key: List[Any] = []
+    for image in images:
+        try:
+            stat = os.stat(image)
+            key.append([str(image), stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            key.append([str(image), -1, 0])
+    return key
+
+
+def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequence[float], msp: float,
+                       cache_dir: Optional[Path], tag: str, fingerprint: Optional[str] = None,
+                       skipped: Optional[List[int]] = None, keep: int = DEFAULT_KEEP, **options: Any) -> np.ndarray:
+    """:func:`describe_images`, cached in ``cache_dir`` under a key of (network content,
+    image list with each file's size and mtime, image size, scales, msp), so a database is
+    encoded once per network and encoded again when an image changes. ``fingerprint``
+    spares hashing the weights again when the caller already did. Descriptors with skipped
+    images (``skip_bad``) are not cached. ``cache_dir`` None turns the cache off; after a
+    write, only the ``keep`` most recently used files of ``tag`` stay (:func:`evict`)."""
+    skipped = skipped if skipped is not None else []
+    if cache_dir is None:
+        return describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
+    fingerprint = fingerprint or network_fingerprint(net)
+    key = hashlib.sha1(json.dumps([fingerprint, image_list_key(images), image_size,
+                                   [float(s) for s in scales], round(float(msp), 6)]).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{tag}_{key}.npy"
+    if path.exists():
+        try:
+            vecs = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            vecs = None
+        if vecs is not None and vecs.ndim == 2 and vecs.shape[1] == len(images) and np.isfinite(vecs).all():
+            log.info(">> %s: database descriptors read from cache %s", tag, path)
+            os.utime(path)  # most recently used
+            return vecs
+        log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
+    vecs = describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
+    if not skipped:
+        atomic_write(path, lambda out: np.save(out, vecs.astype(np.float32)))
+        evict(Path(cache_dir), tag, keep)
+    return vecs
+
+
+def evict(cache_dir: Path, tag: str, keep: int) -> List[Path]:
+    """Delete all but the ``keep`` most recently used cache files of ``tag``; returns them."""
+    files = sorted(cache_dir.glob(f"{tag}_*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
+        log.info(">> %s: evicted %s from the descriptor cache", tag, old.name)
+    return files[keep:]

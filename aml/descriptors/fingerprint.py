@@ -1,0 +1,17 @@
+"""Network fingerprints: a content hash that keys every stored descriptor of a network."""
+
+import hashlib
+import json
+
+import torch
+
+
+def network_fingerprint(net: torch.nn.Module) -> str:
+    """A content hash of the weights and the meta that shape the descriptors."""
+    digest = hashlib.sha1()
+    meta = {k: v for k, v in getattr(net, "meta", {}).items() if k != "Lw"}
+    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for key, value in sorted(net.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,86 @@
+"""Where the whitening of a test comes from, in order: the checkpoint's ``meta['Lw']``, the
+published file of a published network, a cache file, else learned on the whitening set (and
+cached). The cache is keyed by where the network came from: next to its checkpoint file,
+under ``<data_root>/whiten/`` for a network known by name (published or off-the-shelf), and
+nowhere for a network that exists only in memory (the per-epoch students of
+``main.py --test-freq``), whose whitening is learned each time instead of leaving a file per
+epoch behind."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from aml.data.download import download_file
+from aml.data.paths import data_subdir
+from aml.data.trainsets import load_whitening_db
+from aml.descriptors import describe_images
+from aml.evaluation.whitening import whitenlearn
+from aml.networks.checkpoint import load_plain_file, save_plain_file
+from aml.networks.pretrained import PRETRAINED
+from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
+
+log = logging.getLogger(__name__)
+Whitening = Tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class Encoder:
+    """A network under test and where it came from: a checkpoint ``path``, else a ``name``
+    that finds it again (``named``: published or off-the-shelf), else only memory."""
+
+    net: ImageRetrievalNet
+    name: str
+    path: Optional[Path] = None
+    named: bool = False
+
+
+def whitening_cache_path(encoder: Encoder, whitening_set: str, multiscale: bool, image_size: int,
+                         data_root: Optional[str]) -> Optional[Path]:
+    """``<checkpoint>_<SET>_whiten[_ms]_<imsize>.pth`` next to a checkpoint file, the same
+    name in ``<data_root>/whiten/`` for a named network, None for one only in memory."""
+    stem = f"_{whitening_set}_whiten{'_ms' if multiscale else ''}_{image_size}.pth"
+    if encoder.path is not None:
+        return encoder.path.with_name(encoder.path.name + stem)
+    if encoder.named:
+        return data_subdir(data_root, "whiten") / (encoder.name + stem)
+    return None
+
+
+def learn_whitening(encoder: Encoder, whitening_set: str, settings) -> Whitening:
+    """Learn Lw on the whitening set's images, encoded like the test images (``settings``: a
+    :class:`aml.evaluation.testing.TestSettings`)."""
+    db = load_whitening_db(whitening_set, settings.data_root)
+    msp = multiscale_power(encoder.net, list(settings.scales))
+    log.info(">> %s: Learning whitening with %s...", whitening_set, encoder.name)
+    vecs = describe_images(encoder.net, db["images"], settings.image_size, settings.scales, msp,
+                           **settings.extraction())
+    return whitenlearn(vecs, db["qidxs"], db["pidxs"])
+
+
+def get_whitening(encoder: Encoder, whitening_set: str, settings, published: bool = True) -> Whitening:
+    """Whitening for ``encoder``: the checkpoint's meta Lw, else the published file of a
+    published network (``published``), else the cache, else learned (and cached)."""
+    multiscale = len(settings.scales) > 1
+    stored = encoder.net.meta.get("Lw", {}).get(whitening_set)
+    if stored:
+        log.info(">> %s: Whitening is precomputed, loading it...", whitening_set)
+        entry = stored["ms" if multiscale else "ss"]
+        return np.asarray(entry["m"]), np.asarray(entry["P"])
+    entry = PRETRAINED.get(encoder.name) if encoder.named else None
+    if published and entry is not None and entry.whitening_url:
+        path = download_file(entry.whitening_url, data_subdir(settings.data_root, "model") / entry.whitening_url.rsplit("/", 1)[1])
+        data = load_plain_file(path)
+        return np.asarray(data["m"]), np.asarray(data["P"])
+    cache = whitening_cache_path(encoder, whitening_set, multiscale, settings.image_size, settings.data_root)
+    if cache is not None and cache.exists():
+        data = load_plain_file(cache)
+        log.info(">> %s: whitening read from %s", whitening_set, cache)
+        return np.asarray(data["m"]), np.asarray(data["P"])
+    m, P = learn_whitening(encoder, whitening_set, settings)
+    if cache is not None:
+        save_plain_file({"m": m, "P": P}, cache)
+        log.info(">> %s: Saving to %s...", whitening_set, cache)
+    return m, P

@@ -311,30 +311,7 @@ def generate_all(data_root: PathLike, overwrite: bool = False, train: SyntheticT
         generate_test_set(data_root, name, test, overwrite)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Command line: python -m aml.data.synthetic --data-root DIR [sizes]."""
-    from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int
-    from aml.data.paths import resolve_data_root
+if __name__ == "__main__":  # python -m aml.data.synthetic: the command line lives in aml.cli.synthetic
+    from aml.cli.synthetic import main
 
-    parser = Parser(prog="python -m aml.data.synthetic", description="Generate the synthetic landmark data sets.")
-    parser.add_argument("--data-root", default=None, type=folder, help="data root (default $AML_DATA_ROOT or ./data)")
-    parser.add_argument("--image-size", type=positive_int, default=160, help="longer side of generated images")
-    parser.add_argument("--train-landmarks", type=positive_int, default=SyntheticTrainConfig.train_landmarks)
-    parser.add_argument("--val-landmarks", type=positive_int, default=SyntheticTrainConfig.val_landmarks)
-    parser.add_argument("--views", type=positive_int, default=SyntheticTrainConfig.views,
-                        help="training views per landmark")
-    parser.add_argument("--test-landmarks", type=positive_int, default=SyntheticTestConfig.landmarks)
-    parser.add_argument("--distractors", type=nonnegative_int, default=SyntheticTestConfig.distractor_landmarks)
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="added to every set's seed")
-    parser.add_argument("--overwrite", action="store_true", help="regenerate existing sets")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train = SyntheticTrainConfig(args.train_landmarks, args.val_landmarks, args.views, image_size=args.image_size,
-                        seed=SyntheticTrainConfig.seed + args.seed)
-    test = SyntheticTestConfig(landmarks=args.test_landmarks, distractor_landmarks=args.distractors,
-                      image_size=args.image_size, seed=SyntheticTestConfig.seed + args.seed)
-    generate_all(resolve_data_root(args.data_root), args.overwrite, train, test)
-
-
-if __name__ == "__main__":
     main()

@@ -110,6 +110,16 @@ def _describe(net: torch.nn.Module, x: torch.Tensor, scales: Sequence[float], ms
     return v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
 
 
+def _image_loader(images: Sequence[Union[str, Path]], image_size: Optional[float],
+                  bbxs: Optional[Sequence[Optional[BBox]]], transform: Callable, workers: int,
+                  device: torch.device) -> DataLoader:
+    """Single decoded images (and their indices) from parallel workers, in order."""
+    dataset = _ReportErrors(ImagesFromList(images, image_size, bbxs, transform))
+    workers = effective_workers(workers, device)
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
 def extract_vectors(
     net: torch.nn.Module,
     images: Sequence[Union[str, Path]],
@@ -151,12 +161,9 @@ def extract_vectors(
     net.eval()
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    dataset = _ReportErrors(ImagesFromList(images, image_size, bbxs, transform))
-    workers = effective_workers(workers, device)
+    loader = _image_loader(images, image_size, bbxs, transform, workers, device)
+    dataset = loader.dataset
     batch_size = batch_size or default_batch_size(device)
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-                        persistent_workers=False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     vecs: Optional[torch.Tensor] = None
     bad: Optional[List[int]] = (skipped if skipped is not None else []) if skip_bad else None

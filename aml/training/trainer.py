@@ -7,7 +7,6 @@ weights, and a non-finite network is never written; ``model_best`` is written be
 epoch checkpoint."""
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,11 @@ from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tupl
 from aml.training.optim import calibrate_batchnorm, freeze_batchnorm, set_epoch_lr
 from aml.training.tuples import TupleDataset, collate_list, encode_tuples, shape_grouped_batches
 from aml.reports.curves import TrainingHistory
+from aml.training.run_folder import RunLog, latest_checkpoint
 from aml.utils.atomic import remove_orphan_temporaries
 from aml.utils.seeding import generator as seeded_generator
 
 log = logging.getLogger(__name__)
-CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
-LOSS_LOG_HEADER = "epoch, train_loss, val_loss"
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,50 +84,10 @@ class TrainSettings:
     progress: bool = False  # tqdm bars (stderr) over training batches and descriptor extraction
 
 
-class RunLog:
-    """log.txt and loss_log.txt of a run folder, appended and flushed line by line.
-
-    loss_log.txt gets its header once; :meth:`restart_at` drops the lines of epochs that a
-    resumed run trains again (a crash after logging an epoch but before its checkpoint)."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.loss_log = run_dir / "loss_log.txt"
-        if not self.loss_log.is_file() or not self.loss_log.read_text().strip():
-            self.loss_log.write_text(LOSS_LOG_HEADER + "\n")
-
-    def restart_at(self, epoch: int) -> None:
-        """Keep the header and the lines of 0-based epochs below ``epoch``."""
-        kept = [LOSS_LOG_HEADER]
-        for line in self.loss_log.read_text().splitlines():
-            head = line.split(",", 1)[0].strip()
-            if head.isdigit() and int(head) < epoch:
-                kept.append(line)
-        self.loss_log.write_text("\n".join(kept) + "\n")
-
-    def line(self, text: str, echo: bool = True) -> None:
-        """Append ``text`` to log.txt (and log it unless ``echo`` is False)."""
-        if echo:
-            log.info(text)
-        with open(self.run_dir / "log.txt", "a") as out:
-            out.write(text + "\n")
-
-    def losses(self, epoch: int, train_loss: float, val_loss: Optional[float]) -> None:
-        with open(self.loss_log, "a") as out:
-            out.write(f"{epoch}, {train_loss}" + (f", {val_loss}" if val_loss is not None else "") + "\n")
-
-
 def _check_finite(loss: torch.Tensor) -> None:
     value = loss.item()
     if not np.isfinite(value):
         raise _NonFiniteLoss(value)
-
-
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The ``model_epochN.pth.tar`` with the largest N in ``run_dir``."""
-    found = [(int(m.group(1)), p) for p in run_dir.glob("model_epoch*.pth.tar") if (m := CHECKPOINT_PATTERN.match(p.name))]
-    return max(found)[1] if found else None
 
 
 class Trainer:

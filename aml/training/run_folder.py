@@ -1,0 +1,50 @@
+"""A run folder's plain-text logs and its checkpoints by epoch."""
+
+import logging
+import re
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("aml.training.trainer")  # the loop's lines, whichever module writes them
+CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
+LOSS_LOG_HEADER = "epoch, train_loss, val_loss"
+
+
+class RunLog:
+    """log.txt and loss_log.txt of a run folder, appended and flushed line by line.
+
+    loss_log.txt gets its header once; :meth:`restart_at` drops the lines of epochs that a
+    resumed run trains again (a crash after logging an epoch but before its checkpoint)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.loss_log = run_dir / "loss_log.txt"
+        if not self.loss_log.is_file() or not self.loss_log.read_text().strip():
+            self.loss_log.write_text(LOSS_LOG_HEADER + "\n")
+
+    def restart_at(self, epoch: int) -> None:
+        """Keep the header and the lines of 0-based epochs below ``epoch``."""
+        kept = [LOSS_LOG_HEADER]
+        for line in self.loss_log.read_text().splitlines():
+            head = line.split(",", 1)[0].strip()
+            if head.isdigit() and int(head) < epoch:
+                kept.append(line)
+        self.loss_log.write_text("\n".join(kept) + "\n")
+
+    def line(self, text: str, echo: bool = True) -> None:
+        """Append ``text`` to log.txt (and log it unless ``echo`` is False)."""
+        if echo:
+            log.info(text)
+        with open(self.run_dir / "log.txt", "a") as out:
+            out.write(text + "\n")
+
+    def losses(self, epoch: int, train_loss: float, val_loss: Optional[float]) -> None:
+        with open(self.loss_log, "a") as out:
+            out.write(f"{epoch}, {train_loss}" + (f", {val_loss}" if val_loss is not None else "") + "\n")
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The ``model_epochN.pth.tar`` with the largest N in ``run_dir``."""
+    found = [(int(m.group(1)), p) for p in run_dir.glob("model_epoch*.pth.tar") if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return max(found)[1] if found else None

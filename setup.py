@@ -9,5 +9,7 @@ setup(
     packages=find_packages(include=["aml", "aml.*"]),
     python_requires=">=3.9",
     install_requires=["torch", "torchvision", "numpy", "scipy", "pillow", "tqdm"],
-    extras_require={"timm": ["timm"], "plots": ["matplotlib"], "test": ["pytest", "matplotlib"]},
+    extras_require={"timm": ["timm"], "plots": ["matplotlib"], "search": ["faiss-cpu"],
+                    "export": ["onnx", "onnxruntime"],
+                    "test": ["pytest", "matplotlib", "faiss-cpu", "onnx", "onnxruntime"]},
 )

@@ -11,8 +11,8 @@ from typing import List, Optional
 
 from aml.cli.arguments import (Parser, add_runtime_arguments, nonnegative_int, parse_scales, positive_int, resolve_device,
                                setup_logging)
-from aml.data.testsets import TEST_SETS
-from aml.data.trainsets import TRAIN_SETS
+from aml.data.testsets import TEST_SETS, get_test_set
+from aml.data.trainsets import TRAIN_SETS, is_training_set
 from aml.descriptors import extract_dataset_features
 from aml.networks.loading import load_test_network
 
@@ -50,9 +50,9 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
                    progress=not args.quiet)
     written = []
     for dataset in filter(None, args.datasets.split(",")):
-        is_train_set = dataset.lower() in {n.lower() for n in TRAIN_SETS}
-        if not is_train_set and dataset.lower() not in TEST_SETS:
-            raise SystemExit(f"Unsupported or unknown dataset: {dataset}! Choose from {list(TEST_SETS) + list(TRAIN_SETS)}")
+        is_train_set = is_training_set(dataset, args.data_root)
+        if not is_train_set:
+            get_test_set(dataset, args.data_root)  # a ValueError naming the choices
         for split in (filter(None, args.split.split(",")) if is_train_set else ["db"]):
             written.append(extract_dataset_features(net, name, dataset, split, args.image_size, args.multiscale,
                                                     args.data_root, **options))

@@ -9,7 +9,7 @@ from typing import List, Optional
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
                                resolve_device, setup_logging)
 from aml.data.testsets import TEST_SETS, get_test_set
-from aml.data.trainsets import whitening_set_names
+from aml.data.trainsets import get_train_set, whitening_set_names
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
 from aml.evaluation.whitening_store import Encoder
 from aml.networks.loading import load_teacher, load_test_network
@@ -28,13 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="off-the-shelf network 'ARCH-POOL' with optional '-reg', '-lwhiten', '-whiten'")
     group.add_argument("--list-pretrained", action="store_true", help="print the pretrained list and exit")
     parser.add_argument("--datasets", "-d", metavar="DATASETS", default="roxford5k,rparis6k",
-                        help=f"comma separated test sets: {', '.join(TEST_SETS)} (default: roxford5k,rparis6k)")
+                        help=f"comma separated test sets: {', '.join(TEST_SETS)}, or any folder <data_root>/test/NAME "
+                             "with jpg/ and gnd_NAME.pkl (default: roxford5k,rparis6k)")
     parser.add_argument("--image-size", "-imsize", default=1024, type=positive_int, metavar="N",
                         help="maximum size of the longer image side (default: 1024)")
     parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales,
                         help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')")
-    parser.add_argument("--whitening", "-w", metavar="WHITENING", default=None, choices=whitening_set_names(),
-                        help=f"learned whitening set: {' | '.join(whitening_set_names())} (default: none)")
+    parser.add_argument("--whitening", "-w", metavar="WHITENING", default=None,
+                        help=f"learned whitening set: {' | '.join(whitening_set_names())}, or a custom set made by "
+                             "python -m aml.data.make_trainset (default: none)")
     parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)")
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", metavar="TEACHER",
@@ -60,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_datasets(text: str) -> List[str]:
+def _check_datasets(text: str, data_root: Optional[str]) -> List[str]:
     names = [name for name in text.split(",") if name]
     for name in names:
-        get_test_set(name)
+        get_test_set(name, data_root)
     return names
 
 
@@ -87,7 +89,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
             print(f"{entry.name:45s} {entry.kind:8s} {entry.teacher or '-':10s} {entry.url}")
         return {}
     try:
-        datasets = _check_datasets(args.datasets)
+        datasets = _check_datasets(args.datasets, args.data_root)
+        if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
+            raise ValueError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
     except ValueError as err:
         parser.error(str(err))
     device = resolve_device(args.device, args.gpu_id)

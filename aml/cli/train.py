@@ -12,8 +12,8 @@ import torch
 
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
                                positive_int, resolve_device, setup_logging, unit_interval)
-from aml.data.testsets import TEST_SETS
-from aml.data.trainsets import load_training_db, training_set_names, whitening_set_names
+from aml.data.testsets import get_test_set
+from aml.data.trainsets import get_train_set, load_training_db, training_set_names, whitening_set_names
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
 from aml.evaluation.whitening_store import Encoder
 from aml.layers.pooling import POOLINGS
@@ -35,11 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     --device, --test-freq, --train-batchnorm, --proj-lr-mult and --seed."""
     p = Parser(description="Train a retrieval network (asymmetric metric learning).")
     p.add_argument("--directory", metavar="EXPORT_DIR", required=True, type=folder, help="where the run folder is created")
-    p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k", choices=training_set_names())
+    p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k",
+                   help=f"{' | '.join(training_set_names())}, or a folder <data_root>/train/NAME made by "
+                        "python -m aml.data.make_trainset (default: retrieval-SfM-120k)")
     p.add_argument("--no-val", dest="val", action="store_false", help="do not run validation")
     p.add_argument("--test-datasets", "-td", default="roxford5k,rparis6k",
                    help="comma separated test sets for --test-freq evaluation (default: roxford5k,rparis6k)")
-    p.add_argument("--test-whiten", default="", choices=[""] + whitening_set_names(), help="whitening set for test evaluation")
+    p.add_argument("--test-whiten", default="",
+                   help=f"whitening set for test evaluation: {' | '.join(whitening_set_names())} or a custom set")
     p.add_argument("--val-freq", default=1, type=positive_int, help="validate every N epochs (default: 1)")
     p.add_argument("--save-freq", default=1, type=positive_int, help="write model_epochN every N epochs (default: 1)")
     p.add_argument("--arch", "-a", default="resnet101", choices=sorted(BACKBONES))
@@ -92,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse impossible combinations at parse time, with the reason."""
+    for name, kind in ((args.training_dataset, "training"), (args.test_whiten, "whitening")):
+        if name:
+            try:
+                entry = get_train_set(name, args.data_root)
+            except ValueError as err:
+                parser.error(str(err))
+            if not getattr(entry, kind):
+                parser.error(f"{name} is not a {kind} set; choose from {', '.join(training_set_names())}")
     try:
         check_loss_mode(args.loss, args.mode)
     except ValueError as err:
@@ -101,8 +112,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--sym has no meaning with --mode {args.mode}: its members are not a query/positive/negative "
                      "tuple of different images")
     for name in filter(None, args.test_datasets.split(",")):
-        if name.lower() not in TEST_SETS:
-            parser.error(f"Unsupported or unknown test dataset: {name}! Choose from {sorted(TEST_SETS)}")
+        try:
+            get_test_set(name, args.data_root)
+        except ValueError as err:
+            parser.error(str(err).replace("dataset", "test dataset", 1))
     if args.loss == "dark" and args.batch_size < 5:
         parser.error("--loss dark needs --batch-size of at least 5 (4 neighbours per image)")
     if args.train_batchnorm and args.batch_size < 2:

@@ -76,24 +76,34 @@ TEST_SETS: Dict[str, EvaluationSet] = {
 }
 
 
-def get_test_set(name: str) -> EvaluationSet:
-    """Registry entry for ``name`` (case-insensitive) or a ValueError listing the choices."""
-    try:
+def _custom_protocol(gnd_path: Path) -> str:
+    """'revisited' when a gnd's entries hold easy/hard/junk lists, 'classic' for ok/junk."""
+    gnd = load_pickle(gnd_path).get("gnd") or [{}]
+    for protocol, keys in GND_KEYS.items():
+        if all(key in gnd[0] for key in keys):
+            return protocol
+    raise ValueError(f"{gnd_path}: its entries hold {sorted(gnd[0])}; a gnd needs easy/hard/junk (revisited) "
+                     "or ok/junk (classic) lists")
+
+
+def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationSet:
+    """Registry entry for ``name`` (case-insensitive), else a custom set: any folder
+    ``<data_root>/test/<name>/`` with ``jpg/`` and ``gnd_<name>.pkl`` (protocol read from the
+    gnd; see ``python -m aml.data.make_testset``). A ValueError lists the choices otherwise."""
+    if name.lower() in TEST_SETS:
         return TEST_SETS[name.lower()]
-    except KeyError:
-        raise ValueError(f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}") from None
-
-
-def protocol_of(name: str) -> str:
-    """'revisited', 'classic' or 'none' for a test set name."""
-    return get_test_set(name).protocol
+    folder = data_subdir(data_root, "test") / name
+    if (folder / f"gnd_{name}.pkl").is_file() and (folder / "jpg").is_dir():
+        return EvaluationSet(name, _custom_protocol(folder / f"gnd_{name}.pkl"))
+    raise ValueError(f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}, or make a folder "
+                     f"{folder} with jpg/ and gnd_{name}.pkl (python -m aml.data.make_testset)")
 
 
 def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:
     """Make sure ``<data_root>/test/<name>`` holds images and gnd (download or generate;
     ``progress``: bars while downloading and unpacking)."""
     test_root = data_subdir(data_root, "test")
-    entry = get_test_set(name)
+    entry = get_test_set(name, data_root)
     gnd = test_root / entry.name / f"gnd_{entry.name}.pkl"
     if not gnd.exists() or not (test_root / entry.name / "jpg").exists():
         if entry.prepare is None:
@@ -106,19 +116,20 @@ def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
     """cirtorch's config dict of a test set stored under ``dir_main`` (``<data_root>/test``).
 
     Keys: imlist, qimlist, gnd, gnd_fname, ext, qext, dir_data, dir_images, n, nq,
-    im_fname(cfg, i), qim_fname(cfg, i), dataset.
+    im_fname(cfg, i), qim_fname(cfg, i), dataset, protocol.
     """
-    name = get_test_set(dataset).name
+    entry = get_test_set(dataset, Path(dir_main).parent)
+    name = entry.name
     dir_data = os.path.join(str(dir_main), name)
     gnd_fname = os.path.join(dir_data, f"gnd_{name}.pkl")
     cfg = dict(load_pickle(gnd_fname))
     missing = {"imlist", "qimlist", "gnd"} - set(cfg)
     if missing:
         raise ValueError(f"{gnd_fname} lacks {sorted(missing)}; not a ground-truth file")
-    check_ground_truth(cfg, get_test_set(dataset).protocol, gnd_fname)
+    check_ground_truth(cfg, entry.protocol, gnd_fname)
     cfg.update(gnd_fname=gnd_fname, ext=".jpg", qext=".jpg", dir_data=dir_data,
                dir_images=os.path.join(dir_data, "jpg"), n=len(cfg["imlist"]), nq=len(cfg["qimlist"]),
-               im_fname=config_imname, qim_fname=config_qimname, dataset=name)
+               im_fname=config_imname, qim_fname=config_qimname, dataset=name, protocol=entry.protocol)
     return cfg
 
 

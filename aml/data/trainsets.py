@@ -29,7 +29,7 @@ class TrainSet:
 
     name: str
     folder: str  # sub-folder of <data_root>/train that holds the images and pickles
-    prepare: Callable[[Path], None]
+    prepare: Optional[Callable[[Path], None]]  # None: a custom set, already on disk
     training: bool = True  # has <name>.pkl with train/val splits (main.py -d)
     whitening: bool = True  # has <name>-whiten.pkl (test.py -w, main.py --test-whiten)
 
@@ -76,27 +76,44 @@ def whitening_set_names() -> list:
     return [name for name, entry in TRAIN_SETS.items() if entry.whitening]
 
 
-def get_train_set(name: str) -> TrainSet:
-    """Registry entry for a training/whitening set (case-insensitive)."""
+def get_train_set(name: str, data_root: Optional[PathLike] = None) -> TrainSet:
+    """Registry entry for a training/whitening set (case-insensitive), else a custom set: a
+    folder ``<data_root>/train/<name>/`` with ``ims/`` and ``<name>.pkl`` and/or
+    ``<name>-whiten.pkl`` (see ``python -m aml.data.make_trainset``)."""
     for key, entry in TRAIN_SETS.items():
         if key.lower() == name.lower():
             return entry
-    raise ValueError(f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}")
+    folder = data_subdir(data_root, "train") / name
+    training, whitening = (folder / f"{name}.pkl").is_file(), (folder / f"{name}-whiten.pkl").is_file()
+    if (folder / "ims").is_dir() and (training or whitening):
+        return TrainSet(name, name, None, training=training, whitening=whitening)
+    raise ValueError(f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}, or make a "
+                     f"folder {folder} with ims/ and {name}.pkl (python -m aml.data.make_trainset)")
+
+
+def is_training_set(name: str, data_root: Optional[PathLike] = None) -> bool:
+    """Whether ``name`` is a registered or custom training set (not a test set)."""
+    try:
+        return get_train_set(name, data_root).training
+    except ValueError:
+        return False
 
 
 def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
     """Make sure the training set's images and pickles exist (download or generate)."""
-    entry = get_train_set(name)
+    entry = get_train_set(name, data_root)
     train_root = data_subdir(data_root, "train")
     folder = train_root / entry.folder
     if not (folder / "ims").exists() or not any(folder.glob("*.pkl")):
+        if entry.prepare is None:
+            raise FileNotFoundError(f"{folder} lacks ims/ or its pickles; make it again with python -m aml.data.make_trainset")
         entry.prepare(train_root)
     return folder
 
 
 def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> Dict[str, Any]:
     """One split ('train' or 'val') of a training set, with absolute image paths in 'images'."""
-    entry = get_train_set(name)
+    entry = get_train_set(name, data_root)
     folder = prepare_train_set(name, data_root)
     db = load_pickle(folder / f"{entry.name}.pkl")
     if split not in db:
@@ -108,7 +125,7 @@ def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None
 
 def load_whitening_db(name: str, data_root: Optional[PathLike] = None) -> Dict[str, Any]:
     """A whitening set ``<name>-whiten.pkl`` with absolute image paths in 'images'."""
-    entry = get_train_set(name)
+    entry = get_train_set(name, data_root)
     folder = prepare_train_set(name, data_root)
     db = dict(load_pickle(folder / f"{entry.name}-whiten.pkl"))
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]

@@ -13,7 +13,7 @@ import torch
 
 from aml.data.paths import data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
-from aml.data.trainsets import TRAIN_SETS, load_training_db
+from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import describe_images
 from aml.descriptors.fingerprint import network_fingerprint
 from aml.networks.retrieval_net import multiscale_power
@@ -108,7 +108,7 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
 
 def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[str]:
     """Image paths of a training split or of a test set's database."""
-    if dataset.lower() in {name.lower() for name in TRAIN_SETS}:
+    if is_training_set(dataset, data_root):
         return list(load_training_db(dataset, split, data_root)["images"])
     prepare_test_set(dataset, data_root)
     return query_and_database_paths(configdataset(dataset, data_subdir(data_root, "test")))[0]
@@ -120,7 +120,7 @@ def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: s
     """Encode a data set (split) with ``net`` and write ``<data_root>/features/<name>.npy``
     (``fingerprint``: the weights' hash, when the caller already has it)."""
     images = dataset_images(dataset, split, data_root)
-    is_train_set = dataset.lower() in {name.lower() for name in TRAIN_SETS}
+    is_train_set = is_training_set(dataset, data_root)
     path = output or data_subdir(data_root, "features") / feature_file_name(
         dataset, network_name, split if is_train_set else None, image_size)
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from aml.data.paths import data_subdir
-from aml.data.testsets import configdataset, prepare_test_set, protocol_of, query_and_database_paths
+from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.search import rank_database
 from aml.evaluation.whitening import whitenapply
@@ -66,10 +66,10 @@ def htime(seconds: float) -> str:
     return " ".join(parts)
 
 
-def _search(database: np.ndarray, queries: np.ndarray, dataset: str, gnd: List[Dict[str, Any]], device: str,
+def _search(database: np.ndarray, queries: np.ndarray, cfg: Dict[str, Any], gnd: List[Dict[str, Any]], device: str,
             excluded: Sequence[int] = ()) -> Tuple[Dict[str, Any], np.ndarray]:
     ranks = rank_database(database, queries, device=device, excluded=excluded)
-    return evaluate_ranks(dataset, ranks, gnd, protocol_of(dataset)), ranks
+    return evaluate_ranks(cfg["dataset"], ranks, gnd, cfg["protocol"]), ranks
 
 
 @dataclass
@@ -121,7 +121,7 @@ def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[
         tq = describe_images(teacher.net, [queries[q] for q in kept], settings.image_size, settings.scales,
                              multiscale_power(teacher.net, list(settings.scales)), bbxs=[bbxs[q] for q in kept],
                              **dict(settings.extraction(), skip_bad=False))
-        teacher_results, teacher_ranks = _search(encoded.vecs, tq, dataset, [cfg["gnd"][q] for q in kept],
+        teacher_results, teacher_ranks = _search(encoded.vecs, tq, cfg, [cfg["gnd"][q] for q in kept],
                                                  settings.device, encoded.skipped_db)
         teacher_aps = _query_aps(teacher_results, kept, len(queries))
         for column, q in enumerate(kept):
@@ -174,10 +174,10 @@ def _evaluate_dataset(dataset: str, student: Encoder, database_encoder: Encoder,
     kept = [q for q in range(len(queries)) if q not in set(encoded.skipped_queries)]
     qvecs, gnd = encoded.qvecs[:, kept], [cfg["gnd"][q] for q in kept]
     log.info(">> %s: Evaluating...", dataset)
-    plain, ranks = _search(encoded.vecs, qvecs, dataset, gnd, settings.device, encoded.skipped_db)
+    plain, ranks = _search(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db)
     entry: Dict[str, Any] = {"plain": plain}
     if lw is not None:
-        entry["whiten"], _ = _search(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), dataset, gnd,
+        entry["whiten"], _ = _search(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), cfg, gnd,
                                      settings.device, encoded.skipped_db)
     if encoded.skipped_db or encoded.skipped_queries:
         listing = _write_skipped(dataset, images, queries, encoded, settings, dataset_dir)

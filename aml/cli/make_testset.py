@@ -1,0 +1,40 @@
+"""python -m aml.data.make_testset: a test set of your own images (see aml.data.make_testset)."""
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from aml.cli.arguments import Parser, folder
+from aml.data.images import ImageLoadError
+from aml.data.make_testset import TestSetError, build_test_set, read_description
+
+
+def main(argv: Optional[List[str]] = None) -> Path:
+    """Parse the flags, build the set, print where it is; errors end in one line."""
+    parser = Parser(prog="python -m aml.data.make_testset",
+                    description="Build <data_root>/test/NAME (jpg/ + gnd_NAME.pkl) from a JSON or CSV description.")
+    parser.add_argument("description", help="JSON or CSV: queries (image, box, easy/hard/junk or ok/junk lists)")
+    parser.add_argument("--images", required=True, type=folder, help="folder the image names are relative to")
+    parser.add_argument("--name", required=True, help="name of the test set (test.py -d NAME)")
+    parser.add_argument("--database", default=None, metavar="LIST",
+                        help="text file of database image names, one per line (default: every image of --images "
+                             "that is not a query, or the description's 'database')")
+    parser.add_argument("--data-root", default=None, type=folder)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        description = read_description(args.description)
+        if args.database:
+            description["database"] = [line.strip() for line in Path(args.database).read_text().splitlines()
+                                       if line.strip()]
+        built = build_test_set(description, args.images, args.name, args.data_root, source=args.description)
+    except (TestSetError, ImageLoadError, OSError, KeyError, ValueError) as err:
+        message = f"missing column or key {err}" if isinstance(err, KeyError) else str(err)
+        sys.exit(f"error: {message}")
+    print(f">> test set written to {built}; evaluate with: python test.py -d {args.name} ...")
+    return built
+
+
+if __name__ == "__main__":
+    main()

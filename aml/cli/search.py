@@ -1,0 +1,111 @@
+"""python -m aml.search: index a folder with the teacher, query it with the student."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
+                               resolve_device, run_cli, setup_logging)
+from aml.data.images import ImageLoadError
+from aml.evaluation.testing import TestSettings
+from aml.evaluation.whitening_store import Encoder, get_whitening
+from aml.networks.loading import load_teacher, load_test_network
+from aml.search import StoreError, build_ivfpq, build_store, check_teacher, list_images, open_store, query_store
+
+
+def _box(text: str) -> List[float]:
+    try:
+        box = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: four numbers x1,y1,x2,y2") from None
+    if len(box) != 4 or box[0] >= box[2] or box[1] >= box[3]:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: four numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2")
+    return box
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m aml.search", description="Asymmetric search: teacher database, student queries.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    index = commands.add_parser("index", help="encode a folder or image list with the teacher into a store")
+    index.add_argument("images", help="a folder (every image below it) or a text file of image paths")
+    index.add_argument("--store", required=True, type=folder, help="the store folder to write")
+    index.add_argument("--teacher", "-t", default="vgg16", help="vgg16 | resnet101 | a checkpoint path (default: vgg16)")
+    index.add_argument("--image-size", "-imsize", type=positive_int, default=1024)
+    index.add_argument("--multiscale", "-ms", type=parse_scales, default="[1]")
+    index.add_argument("--whitening", "-w", default=None, help="learn (or read) the teacher's whitening on this set")
+    index.add_argument("--ivfpq", default=None, metavar="NLIST,M",
+                       help="also build a faiss IVF-PQ index (NLIST lists, M sub-quantisers) and print its recall@10")
+    query = commands.add_parser("query", help="encode query images with the student and search a store")
+    query.add_argument("images", nargs="+", help="query images")
+    query.add_argument("--store", required=True, type=folder)
+    query.add_argument("--network", "-npath", required=True, help="the student: a checkpoint path or a published name")
+    query.add_argument("--teacher", "-t", default=None,
+                       help="the student's teacher, when its checkpoint does not record it (name or path)")
+    query.add_argument("--box", type=_box, default=None, help="x1,y1,x2,y2 crop of the (single) query image")
+    query.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
+    query.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    for sub in (index, query):
+        sub.add_argument("--workers", "-j", type=nonnegative_int, default=4)
+        sub.add_argument("--gpu-id", "-g", default="0")
+        add_runtime_arguments(sub)
+    return parser
+
+
+def _index(args) -> Path:
+    device = str(resolve_device(args.device, args.gpu_id))
+    teacher, name = load_teacher(args.teacher, args.data_root)
+    images = list_images(args.images)
+    if not images:
+        raise StoreError(f"{args.images} holds no images")
+    whitening = None
+    if args.whitening:
+        settings = TestSettings(image_size=args.image_size, scales=args.multiscale, workers=args.workers,
+                                device=device, data_root=args.data_root, progress=not args.quiet)
+        path = Path(args.teacher) if Path(args.teacher).is_file() else None
+        whitening = get_whitening(Encoder(teacher, name, path, named=path is None), args.whitening, settings)
+    store = build_store(teacher, name, args.teacher, images, args.store, args.image_size, args.multiscale, whitening,
+                        workers=args.workers, device=device, progress=not args.quiet)
+    print(f">> {len(images)} images indexed by {name} into {store}")
+    if args.ivfpq:
+        nlist, m = (int(v) for v in args.ivfpq.split(","))
+        recall = build_ivfpq(open_store(store), nlist, m)
+        print(f">> IVF-PQ index ({nlist} lists, {m} sub-quantisers): recall@10 against exact search {recall:.3f}")
+    return store
+
+
+def _query(args) -> List[Any]:
+    if args.box is not None and len(args.images) != 1:
+        raise StoreError("--box crops a single query image; give one image with it")
+    device = str(resolve_device(args.device, args.gpu_id))
+    store = open_store(args.store)
+    student, _ = load_test_network(args.network, None, None, args.data_root)
+    teacher_net = None
+    spec = args.teacher or student.meta.get("teacher")
+    if spec is not None and Path(spec).is_file():
+        teacher_net = load_teacher(spec, args.data_root)[0]
+    check_teacher(store, student, teacher_net, args.teacher)
+    results = query_store(store, student, args.images, args.k, bbxs=[args.box] if args.box else None,
+                          workers=args.workers, device=device, progress=not args.quiet)
+    for entry in results:
+        print(f">> {entry['query']}")
+        for rank, hit in enumerate(entry["results"], start=1):
+            print(f"{rank:4d}  {hit['score']:.4f}  {hit['image']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
+
+
+def main(argv: Optional[List[str]] = None) -> Any:
+    """``index``: returns the store folder; ``query``: the results."""
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose=False)
+    try:
+        return _index(args) if args.command == "index" else _query(args)
+    except (StoreError, ImageLoadError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,168 @@
+"""Build a test set of your own images in the revisited Oxford layout, checked.
+
+The description is JSON or CSV. JSON::
+
+    {"queries": [{"image": "q1.jpg", "box": [x1, y1, x2, y2],
+                  "easy": ["a.jpg"], "hard": ["b.jpg"], "junk": ["c.jpg"]}, ...],
+     "database": ["a.jpg", "b.jpg", ...]}
+
+(``ok``/``junk`` instead of ``easy``/``hard``/``junk`` gives the classic protocol; ``box`` is
+optional; ``database`` defaults to every image of the images folder that is not a query).
+CSV: a header ``query,box,easy,hard,junk`` (or ``query,box,ok,junk``), one query per row,
+the box as four numbers separated by spaces (or empty), each list as image names separated
+by spaces. Names are paths relative to the images folder.
+
+The result is ``<data_root>/test/<name>/`` with ``jpg/`` and ``gnd_<name>.pkl``, which
+``test.py -d <name>`` reads like any registered set. Everything is checked before anything
+is written: missing or unreadable images, images in two lists of one query, positives that
+are not in the database, boxes outside their image.
+"""
+
+import csv
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+from PIL import Image
+
+from aml.data.images import ImageLoadError, image_size
+from aml.data.paths import data_subdir
+from aml.data.safe_pickle import save_pickle
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, Path]
+LISTS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
+
+
+class TestSetError(ValueError):
+    """The description of a test set does not fit its images."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+
+def read_description(path: PathLike) -> Dict[str, Any]:
+    """{'queries': [...], 'database': [...] or None} from a JSON or CSV description."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        return {"queries": list(data["queries"]), "database": data.get("database")}
+    queries = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            entry: Dict[str, Any] = {"image": row["query"].strip()}
+            if (row.get("box") or "").strip():
+                entry["box"] = [float(v) for v in row["box"].split()]
+            for key in ("easy", "hard", "junk", "ok"):
+                if key in row:
+                    entry[key] = (row[key] or "").split()
+            queries.append(entry)
+    return {"queries": queries, "database": None}
+
+
+def _protocol(queries: Sequence[Dict[str, Any]], source: str) -> str:
+    keys = set().union(*(q.keys() for q in queries)) if queries else set()
+    if "ok" in keys and keys & {"easy", "hard"}:
+        raise TestSetError(f"{source}: mix of classic (ok) and revisited (easy/hard) lists; use one protocol")
+    return "classic" if "ok" in keys else "revisited"
+
+
+def _check_images(names: Sequence[str], images_dir: Path, source: str) -> Dict[str, tuple]:
+    """Size of every named image; one error listing the missing or unreadable ones."""
+    sizes, problems = {}, []
+    for name in dict.fromkeys(names):
+        try:
+            sizes[name] = image_size(images_dir / name)
+        except ImageLoadError as err:
+            problems.append(str(err))
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise TestSetError(f"{source}: {len(problems)} images missing or unreadable: {shown}")
+    return sizes
+
+
+def _check_query(q: int, entry: Dict[str, Any], lists: Sequence[str], database: Dict[str, int],
+                 sizes: Dict[str, tuple], source: str) -> None:
+    where = f"{source}: query {q} ({entry['image']})"
+    seen: Dict[str, str] = {}
+    for key in lists:
+        for name in entry.get(key, []):
+            if name in seen:
+                raise TestSetError(f"{where} lists {name} in both '{seen[name]}' and '{key}'")
+            if name not in database:
+                raise TestSetError(f"{where} lists {name} in '{key}', but it is not in the database")
+            seen[name] = key
+    box = entry.get("box")
+    if box is not None:
+        width, height = sizes[entry["image"]]
+        if len(box) != 4 or not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
+            raise TestSetError(f"{where} has box {box}, outside its {width}x{height} image or not x1 < x2, y1 < y2")
+    if not any(entry.get(key) for key in lists if key != "junk"):
+        log.warning(">> %s has no positive: it will not count in mAP", where)
+
+
+def _stem(name: str) -> str:
+    return str(Path(name).with_suffix("")).replace(os.sep, "__")
+
+
+def _copy_as_jpeg(source: Path, target: Path) -> None:
+    """JPEGs are copied byte for byte; other formats are converted (quality 95)."""
+    with Image.open(source) as image:
+        if image.format == "JPEG":
+            shutil.copyfile(source, target)
+        else:
+            image.convert("RGB").save(target, "JPEG", quality=95)
+
+
+def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
+                   data_root: Optional[PathLike] = None, source: str = "description") -> Path:
+    """Check ``description`` (see :func:`read_description`) against ``images_dir`` and write
+    ``<data_root>/test/<name>/`` (staged, renamed into place when complete). Raises
+    :class:`TestSetError` naming the first problem; an existing set is never overwritten."""
+    images_dir = Path(images_dir)
+    queries = description["queries"]
+    if not queries:
+        raise TestSetError(f"{source}: no queries")
+    protocol = _protocol(queries, source)
+    lists = LISTS[protocol]
+    query_names = [q["image"] for q in queries]
+    database_names = description.get("database")
+    if database_names is None:
+        taken = set(query_names)
+        database_names = sorted(str(p.relative_to(images_dir)) for p in images_dir.rglob("*")
+                                if p.is_file() and str(p.relative_to(images_dir)) not in taken)
+    sizes = _check_images(list(query_names) + list(database_names), images_dir, source)
+    stems = [_stem(n) for n in dict.fromkeys(list(database_names) + query_names)]
+    if len(set(stems)) != len(stems):
+        raise TestSetError(f"{source}: two images share a name once the extension is dropped; rename one")
+    database = {n: i for i, n in enumerate(database_names)}
+    for q, entry in enumerate(queries):
+        _check_query(q, entry, lists, database, sizes, source)
+    folder = data_subdir(data_root, "test") / name
+    if folder.exists():
+        raise TestSetError(f"{folder} already exists; choose another --name or move it away")
+    staging = folder.parent / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "jpg").mkdir(parents=True)
+    try:
+        for image in dict.fromkeys(list(database_names) + query_names):
+            _copy_as_jpeg(images_dir / image, staging / "jpg" / f"{_stem(image)}.jpg")
+        gnd = [{**{key: [database[n] for n in entry.get(key, [])] for key in lists},
+                "bbx": [float(c) for c in entry["box"]] if entry.get("box") is not None else None}
+               for entry in queries]
+        save_pickle({"imlist": [_stem(n) for n in database_names], "qimlist": [_stem(n) for n in query_names],
+                     "gnd": gnd}, staging / f"gnd_{name}.pkl")
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info(">> %s: %d queries, %d database images, %s protocol, in %s", name, len(queries), len(database_names),
+             protocol, folder)
+    return folder
+
+
+if __name__ == "__main__":  # the command line lives in aml.cli.make_testset
+    from aml.cli.make_testset import main
+
+    main()

@@ -1,0 +1,187 @@
+"""Build a training set of your own images in the retrieval-SfM-120k layout.
+
+Input: a folder per landmark (``DIR/<landmark>/<images>``), or a CSV of (image, landmark id)
+rows, or Google Landmarks v2's ``train_clean.csv`` (``landmark_id,images`` with the image ids
+separated by spaces; ids are found as ``<id>``, ``<id>.jpg`` or GLDv2's
+``<id[0]>/<id[1]>/<id[2]>/<id>.jpg`` under the images folder).
+
+Rules (all draws from ``seed``):
+
+- unreadable images, exact duplicates (same bytes; the first is kept) and landmarks left with
+  fewer than two images are reported and left out;
+- landmarks are split into train and val (a ``val_fraction`` of them, at least one);
+- a landmark's images are shuffled and paired in a chain: (1st, 2nd), (2nd, 3rd), ... up to
+  ``pairs_per_landmark`` query/positive pairs per landmark;
+- ``cluster`` is the landmark's index within its split; ``cids`` are the sha1 of each image's
+  bytes, so images land in ``ims/`` in cirtorch's cid2filename layout.
+
+Written to ``<data_root>/train/<name>/``: ``ims/``, ``<name>.pkl`` ({'train': db, 'val': db})
+and ``<name>-whiten.pkl`` (the train split's images and pairs, for ``-w <name>``).
+"""
+
+import csv
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from aml.data.images import ImageLoadError, load_image
+from aml.data.paths import data_subdir
+from aml.data.safe_pickle import save_pickle
+from aml.data.trainsets import cid2filename
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, Path]
+
+
+class TrainSetError(ValueError):
+    """The images cannot make a training set (too few landmarks, a bad CSV, ...)."""
+
+
+@dataclass
+class TrainSetReport:
+    """What was left out, and why, and what was written."""
+
+    unreadable: List[str] = field(default_factory=list)
+    duplicates: List[Tuple[str, str]] = field(default_factory=list)  # (left out, same bytes as)
+    single_landmarks: List[str] = field(default_factory=list)
+    images: Dict[str, int] = field(default_factory=dict)  # split -> images
+    pairs: Dict[str, int] = field(default_factory=dict)  # split -> query/positive pairs
+    landmarks: Dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> List[str]:
+        out = [f">> {split}: {self.images[split]} images of {self.landmarks[split]} landmarks, "
+               f"{self.pairs[split]} query/positive pairs" for split in ("train", "val")]
+        if self.unreadable:
+            out.append(f">> left out {len(self.unreadable)} unreadable images: {', '.join(self.unreadable[:5])}")
+        if self.duplicates:
+            out.append(f">> left out {len(self.duplicates)} duplicates: "
+                       + ", ".join(f"{a} (= {b})" for a, b in self.duplicates[:5]))
+        if self.single_landmarks:
+            out.append(f">> left out {len(self.single_landmarks)} landmarks with a single image: "
+                       + ", ".join(self.single_landmarks[:5]))
+        return out
+
+
+def images_from_folders(root: PathLike) -> List[Tuple[Path, str]]:
+    """(image, landmark) for every file of ``root/<landmark>/``."""
+    root = Path(root)
+    landmarks = sorted(p for p in root.iterdir() if p.is_dir())
+    if not landmarks:
+        raise TrainSetError(f"{root} holds no landmark folders (expected {root}/<landmark>/<images>)")
+    return [(image, folder.name) for folder in landmarks for image in sorted(folder.rglob("*")) if image.is_file()]
+
+
+def _find_image(images_dir: Path, image_id: str) -> Path:
+    for candidate in (images_dir / image_id, images_dir / f"{image_id}.jpg",
+                      images_dir / image_id[:1] / image_id[1:2] / image_id[2:3] / f"{image_id}.jpg"):
+        if candidate.is_file():
+            return candidate
+    return images_dir / image_id  # reported as unreadable
+
+
+def images_from_csv(path: PathLike, images_dir: PathLike) -> List[Tuple[Path, str]]:
+    """(image, landmark) from a CSV with columns image,landmark (any header naming them
+    ``image``/``id`` and ``landmark``/``landmark_id``), or GLDv2's ``landmark_id,images``."""
+    images_dir = Path(images_dir)
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise TrainSetError(f"{path} has no rows")
+    columns = set(rows[0])
+    landmark_key = "landmark_id" if "landmark_id" in columns else "landmark"
+    if landmark_key not in columns:
+        raise TrainSetError(f"{path}: no 'landmark' or 'landmark_id' column (found {sorted(columns)})")
+    if "images" in columns:  # GLDv2 train_clean.csv
+        return [(_find_image(images_dir, i), row[landmark_key]) for row in rows for i in row["images"].split()]
+    image_key = "image" if "image" in columns else "id"
+    if image_key not in columns:
+        raise TrainSetError(f"{path}: no 'image' or 'id' column (found {sorted(columns)})")
+    return [(_find_image(images_dir, row[image_key]), row[landmark_key]) for row in rows]
+
+
+def _readable_unique(items: Sequence[Tuple[Path, str]], report: TrainSetReport) -> Dict[str, List[Tuple[Path, str]]]:
+    """Landmark -> [(image, sha1)], without unreadable images and duplicates."""
+    seen: Dict[str, Path] = {}
+    by_landmark: Dict[str, List[Tuple[Path, str]]] = {}
+    for image, landmark in items:
+        try:
+            load_image(image)
+        except ImageLoadError:
+            report.unreadable.append(str(image))
+            continue
+        digest = hashlib.sha1(image.read_bytes()).hexdigest()
+        if digest in seen:
+            report.duplicates.append((str(image), str(seen[digest])))
+            continue
+        seen[digest] = image
+        by_landmark.setdefault(str(landmark), []).append((image, digest))
+    return by_landmark
+
+
+def _chain_pairs(count: int, start: int, limit: int) -> List[Tuple[int, int]]:
+    return [(start + k, start + k + 1) for k in range(min(limit, count - 1))]
+
+
+def _split_db(landmarks: Sequence[str], by_landmark, pairs_per_landmark: int,
+              rng: np.random.Generator) -> Tuple[dict, List[Tuple[Path, str]]]:
+    cids, cluster, qidxs, pidxs, files = [], [], [], [], []
+    for index, landmark in enumerate(landmarks):
+        members = [by_landmark[landmark][i] for i in rng.permutation(len(by_landmark[landmark]))]
+        for a, b in _chain_pairs(len(members), len(cids), pairs_per_landmark):
+            qidxs.append(a)
+            pidxs.append(b)
+        cids += [digest for _, digest in members]
+        cluster += [index] * len(members)
+        files += members
+    return {"cids": cids, "cluster": cluster, "qidxs": qidxs, "pidxs": pidxs}, files
+
+
+def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Optional[PathLike] = None,
+                    val_fraction: float = 0.1, pairs_per_landmark: int = 6, seed: int = 0) -> TrainSetReport:
+    """Write ``<data_root>/train/<name>/`` from (image, landmark) ``items`` (see the module
+    docstring for the rules); staged and renamed into place. Returns what was left out."""
+    report = TrainSetReport()
+    by_landmark = _readable_unique(items, report)
+    report.single_landmarks = sorted(k for k, v in by_landmark.items() if len(v) < 2)
+    usable = sorted(k for k, v in by_landmark.items() if len(v) >= 2)
+    if len(usable) < 2:
+        raise TrainSetError(f"{len(usable)} landmarks with two or more readable, distinct images: at least 2 are "
+                            "needed (one for training, one for validation)")
+    rng = np.random.default_rng(seed)
+    order = [usable[i] for i in rng.permutation(len(usable))]
+    n_val = min(len(usable) - 1, max(1, round(val_fraction * len(usable))))
+    splits = {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
+    folder = data_subdir(data_root, "train") / name
+    if folder.exists():
+        raise TrainSetError(f"{folder} already exists; choose another --name or move it away")
+    staging = folder.parent / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        dbs = {}
+        for split, landmarks in splits.items():
+            dbs[split], files = _split_db(landmarks, by_landmark, pairs_per_landmark, rng)
+            for image, digest in files:
+                target = Path(cid2filename(digest, staging / "ims"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(image, target)
+            report.images[split], report.pairs[split] = len(dbs[split]["cids"]), len(dbs[split]["qidxs"])
+            report.landmarks[split] = len(landmarks)
+        save_pickle(dbs, staging / f"{name}.pkl")
+        save_pickle({k: dbs["train"][k] for k in ("cids", "qidxs", "pidxs")}, staging / f"{name}-whiten.pkl")
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+if __name__ == "__main__":  # the command line lives in aml.cli.make_trainset
+    from aml.cli.make_trainset import main
+
+    main()

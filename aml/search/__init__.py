@@ -1,0 +1,178 @@
+"""Asymmetric search outside the benchmarks: a database encoded once by the teacher into a
+descriptor store, queried with images encoded by the student.
+
+A store is a folder: ``descriptors.npy`` (D x N float32) with ``descriptors_img_list.txt``
+and ``descriptors.npy.json`` (the feature-file format of :mod:`aml.descriptors.files`, whose
+settings name the teacher and its weights' fingerprint), optionally ``whitening.pth`` (the
+teacher's learned whitening, applied to both sides) and ``index.faiss`` (an IVF-PQ index).
+Search is exact (faiss ``IndexFlatIP`` when faiss is installed, else one matrix product with
+torch) unless the store holds an IVF-PQ index.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from aml.data.images import BBox
+from aml.descriptors import describe_images, feature_file_settings, network_fingerprint, write_feature_file
+from aml.evaluation.whitening import whitenapply
+from aml.networks.checkpoint import load_plain_file, save_plain_file
+from aml.networks.pretrained import TEACHERS
+from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, Path]
+DESCRIPTORS = "descriptors.npy"
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class StoreError(ValueError):
+    """A store is missing, incomplete, or was encoded by another network than the student's teacher."""
+
+
+def faiss_or_none():
+    """The faiss module when installed (``faiss-cpu`` or ``faiss-gpu``), else None."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def list_images(source: PathLike) -> List[str]:
+    """Every image file under a folder (sorted), or the lines of a text file list."""
+    source = Path(source)
+    if source.is_dir():
+        return sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return [line.strip() for line in source.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Store:
+    """A loaded descriptor store."""
+
+    folder: Path
+    vecs: np.ndarray  # D x N, whitened when the store has a whitening
+    images: List[str]
+    settings: Dict[str, Any]
+    whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None
+
+    def search(self, queries: np.ndarray, k: int, prewhitened: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+        """(scores, indices), each Q x k, best first, for D x Q query descriptors, whitened
+        like the database when the store has a whitening (unless ``prewhitened``: an exported
+        student with the store's whitening folded in)."""
+        if self.whitening is not None and not prewhitened:
+            queries = whitenapply(queries, *self.whitening)
+        k = min(k, self.vecs.shape[1])
+        faiss = faiss_or_none()
+        index_file = self.folder / "index.faiss"
+        if faiss is not None and index_file.is_file():
+            index = faiss.read_index(str(index_file))
+            return index.search(np.ascontiguousarray(queries.T, dtype=np.float32), k)
+        if faiss is not None:
+            index = faiss.IndexFlatIP(self.vecs.shape[0])
+            index.add(np.ascontiguousarray(self.vecs.T, dtype=np.float32))
+            return index.search(np.ascontiguousarray(queries.T, dtype=np.float32), k)
+        scores = torch.from_numpy(np.ascontiguousarray(queries.T, dtype=np.float32)) @ torch.from_numpy(self.vecs)
+        top = torch.topk(scores, k, dim=1)
+        return top.values.numpy(), top.indices.numpy()
+
+
+def build_store(teacher: ImageRetrievalNet, teacher_name: str, teacher_source: str, images: Sequence[str],
+                folder: PathLike, image_size: int, scales: Sequence[float] = (1,),
+                whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None, **options: Any) -> Path:
+    """Encode ``images`` with the teacher into a store at ``folder`` (``teacher_source``:
+    the name or path the teacher was loaded from, recorded for the query-side check)."""
+    folder = Path(folder)
+    vecs = describe_images(teacher, images, image_size, scales, multiscale_power(teacher, list(scales)),
+                           desc="indexing", **options)
+    if whitening is not None:
+        save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / "whitening.pth")
+    settings = {"network": teacher_name, "source": teacher_source, "fingerprint": network_fingerprint(teacher),
+                "image_size": image_size, "scales": [float(s) for s in scales], "dim": int(vecs.shape[0])}
+    write_feature_file(vecs, [str(Path(i).resolve()) for i in images], folder / DESCRIPTORS, settings)
+    log.info(">> store of %d images by %s written to %s", vecs.shape[1], teacher_name, folder)
+    return folder
+
+
+def open_store(folder: PathLike) -> Store:
+    """Load a store; a StoreError names what is missing."""
+    folder = Path(folder)
+    settings = feature_file_settings(folder / DESCRIPTORS)
+    if settings is None:
+        raise StoreError(f"{folder} is not a complete store (no {DESCRIPTORS} with matching settings); build it "
+                         "with: python -m aml.search index")
+    vecs = np.load(folder / DESCRIPTORS, allow_pickle=False)
+    images = (folder / "descriptors_img_list.txt").read_text().splitlines()
+    whitening = None
+    if (folder / "whitening.pth").is_file():
+        data = load_plain_file(folder / "whitening.pth")
+        whitening = (np.asarray(data["m"]), np.asarray(data["P"]))
+        vecs = whitenapply(vecs, *whitening)
+    return Store(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening)
+
+
+def check_teacher(store: Store, student: ImageRetrievalNet, teacher_net: Optional[ImageRetrievalNet],
+                  teacher_spec: Optional[str]) -> None:
+    """Refuse a store encoded by another network than the student's teacher: the teacher
+    (``teacher_spec``, else the student's ``meta['teacher']``) must have the store's weights
+    (fingerprint), or, for a published teacher name, the store's network name."""
+    settings = store.settings
+    if student.meta["outputdim"] != settings["dim"]:
+        raise StoreError(f"the student outputs {student.meta['outputdim']}-d descriptors but the store {store.folder} "
+                         f"holds {settings['dim']}-d ones of {settings['network']}")
+    spec = teacher_spec or student.meta.get("teacher")
+    if teacher_net is not None:
+        if network_fingerprint(teacher_net) != settings["fingerprint"]:
+            raise StoreError(f"the store {store.folder} was encoded by {settings['network']} ({settings['source']}), "
+                             f"not by the student's teacher {spec}; index the database with that teacher")
+        return
+    if spec is None:
+        raise StoreError(f"the student does not record its teacher; give --teacher (the store was encoded by "
+                         f"{settings['network']})")
+    if TEACHERS.get(spec, spec) != settings["network"]:
+        raise StoreError(f"the store {store.folder} was encoded by {settings['network']}, not by the student's "
+                         f"teacher {spec}; index the database with that teacher")
+
+
+def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str], k: int = 10,
+                bbxs: Optional[Sequence[Optional[BBox]]] = None, **options: Any) -> List[Dict[str, Any]]:
+    """Encode ``images`` with the student (as the store was encoded: image size, scales)
+    and return, per query, its top-``k`` database images with scores."""
+    scales = store.settings["scales"]
+    queries = describe_images(student, images, store.settings["image_size"], scales,
+                              multiscale_power(student, list(scales)), bbxs=bbxs, desc="queries", **options)
+    scores, indices = store.search(queries, k)
+    return [{"query": str(image), "results": [{"image": store.images[int(i)], "score": float(s)}
+                                              for s, i in zip(row_scores, row_indices) if i >= 0]}
+            for image, row_scores, row_indices in zip(images, scores, indices)]
+
+
+def build_ivfpq(store: Store, nlist: int, m: int, nprobe: int = 16, k: int = 10, sample: int = 200,
+                seed: int = 0) -> float:
+    """Train and save an IVF-PQ index (``nlist`` lists, ``m`` sub-quantisers of 8 bits) over
+    the store and return its recall@k against exact search, measured with ``sample``
+    database descriptors as queries."""
+    faiss = faiss_or_none()
+    if faiss is None:
+        raise StoreError("--ivfpq needs faiss: pip install faiss-cpu")
+    dim, n = store.vecs.shape
+    if dim % m:
+        raise StoreError(f"--ivfpq: the dimension {dim} is not a multiple of {m} sub-quantisers")
+    data = np.ascontiguousarray(store.vecs.T, dtype=np.float32)
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(data)
+    index.add(data)
+    index.nprobe = min(nprobe, nlist)
+    rng = np.random.default_rng(seed)
+    probe = data[rng.choice(n, size=min(sample, n), replace=False)]
+    k = min(k, n)
+    exact = np.argsort(-(probe @ data.T), axis=1, kind="stable")[:, :k]
+    _, approximate = index.search(probe, k)
+    recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approximate, exact)]))
+    faiss.write_index(index, str(store.folder / "index.faiss"))
+    return recall

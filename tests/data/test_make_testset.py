@@ -1,0 +1,106 @@
+"""Custom test sets: built from a description, checked, found by name by test.py."""
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from aml.cli import make_testset as make_testset_cli
+from aml.cli import test as test_cli
+from aml.data.make_testset import TestSetError, build_test_set, read_description
+from aml.data.safe_pickle import load_pickle
+from aml.data.testsets import get_test_set
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+
+
+def mirror_csv(synth_root, path):
+    """A CSV description of synth-oxford, and its database list."""
+    gnd = load_pickle(synth_root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl")
+    names = [f"{n}.jpg" for n in gnd["imlist"]]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["query", "box", "easy", "hard", "junk"])
+        for q, entry in enumerate(gnd["gnd"]):
+            writer.writerow([f"{gnd['qimlist'][q]}.jpg", " ".join(str(c) for c in entry["bbx"])]
+                            + [" ".join(names[i] for i in entry[key]) for key in ("easy", "hard", "junk")])
+    database = path.with_name("database.txt")
+    database.write_text("\n".join(names) + "\n")
+    return path, database, gnd
+
+
+def test_a_set_made_from_a_csv_scores_as_the_set_it_mirrors(synth_root, tmp_path):
+    description, database, gnd = mirror_csv(synth_root, tmp_path / "mirror.csv")
+    root = tmp_path / "root"
+    make_testset_cli.main([str(description), "--images", str(synth_root / "test" / "synth-oxford" / "jpg"),
+                           "--name", "mirror", "--database", str(database), "--data-root", str(root)])
+    assert get_test_set("mirror", root).protocol == "revisited"
+    made = load_pickle(root / "test" / "mirror" / "gnd_mirror.pkl")
+    assert made["imlist"] == gnd["imlist"] and made["qimlist"] == gnd["qimlist"]
+    torch.manual_seed(0)
+    net = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), tmp_path / "n.pth")
+    common = ["-npath", str(net), "-imsize", "64", "-j", "0", "--device", "cpu", "-q", "--no-cache"]
+    ours = test_cli.main(common + ["-d", "mirror", "--data-root", str(root)])["mirror"]["plain"]
+    theirs = test_cli.main(common + ["-d", "synth-oxford", "--data-root", str(synth_root)])["synth-oxford"]["plain"]
+    for level in ("easy", "medium", "hard"):
+        assert ours[level]["map"] == pytest.approx(theirs[level]["map"], abs=1e-12)
+    from aml.cli import extract_features as extract_cli
+
+    files = extract_cli.main(["-npath", str(net), "-d", "mirror", "-imsize", "64", "-j", "0", "--device", "cpu", "-q",
+                              "--data-root", str(root)])
+    assert files[0].name == "mirror_n_imsize64.npy" and np.load(files[0]).shape[1] == len(gnd["imlist"])
+
+
+@pytest.fixture
+def images(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("q.jpg", "a.jpg", "b.jpg", "c.png"):
+        Image.new("RGB", (40, 30), (10, 20, 30)).save(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"image": "q.jpg", "easy": ["a.jpg"], "hard": ["a.jpg"]}, "lists a.jpg in both 'easy' and 'hard'"),
+    ({"image": "zzz.jpg", "easy": ["a.jpg"]}, "1 images missing or unreadable: image .*zzz.jpg is missing"),
+    ({"image": "q.jpg", "easy": ["a.jpg"], "box": [0, 0, 50, 10]}, r"has box \[0, 0, 50, 10\], outside its 40x30 image"),
+    ({"image": "q.jpg", "ok": ["a.jpg"], "easy": ["b.jpg"]}, "mix of classic"),
+])
+def test_bad_descriptions_are_refused_before_anything_is_written(images, tmp_path, query, message):
+    with pytest.raises(TestSetError, match=message):
+        build_test_set({"queries": [query], "database": None}, images, "mine", tmp_path / "root")
+    assert not (tmp_path / "root" / "test" / "mine").exists()
+
+
+def test_positive_outside_the_database_and_existing_sets(images, tmp_path):
+    with pytest.raises(TestSetError, match="lists q.jpg in 'easy', but it is not in the database"):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["q.jpg"]}], "database": None}, images, "x", tmp_path)
+    folder = build_test_set({"queries": [{"image": "q.jpg", "ok": ["a.jpg"], "junk": ["c.png"]}], "database": None},
+                            images, "classic", tmp_path)
+    made = load_pickle(folder / "gnd_classic.pkl")
+    assert made["imlist"] == ["a", "b", "c"] and made["gnd"][0]["ok"] == [0] and made["gnd"][0]["junk"] == [2]
+    assert get_test_set("classic", tmp_path).protocol == "classic"
+    from PIL import Image
+
+    with Image.open(folder / "jpg" / "c.jpg") as converted:
+        assert converted.format == "JPEG"  # the PNG was converted
+    with pytest.raises(TestSetError, match="already exists"):
+        build_test_set({"queries": [{"image": "q.jpg", "ok": ["a.jpg"]}], "database": None}, images, "classic",
+                       tmp_path)
+
+
+def test_json_description_and_one_line_errors(images, tmp_path, capsys):
+    import json
+
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"], "hard": [], "junk": []}]}))
+    assert read_description(path)["queries"][0]["easy"] == ["a.jpg"]
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["nope.jpg"]}], "database": ["a.jpg", "nope.jpg"]}))
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root", str(tmp_path)])
+    assert str(info.value.code).startswith("error: ") and "nope.jpg is missing" in str(info.value.code)
+    shutil.rmtree(images)

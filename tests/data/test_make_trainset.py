@@ -1,0 +1,102 @@
+"""Custom training sets: built from folders or a CSV, reported, and trained on."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from aml.cli import make_trainset as make_trainset_cli
+from aml.cli import train as train_cli
+from aml.data.make_trainset import TrainSetError, build_train_set, images_from_csv, images_from_folders
+from aml.data.safe_pickle import load_pickle
+from aml.data.trainsets import get_train_set, load_training_db
+
+
+@pytest.fixture(scope="module")
+def landmark_folders(synth_root, tmp_path_factory):
+    """synth-sfm's train images as a folder per landmark, plus a lonely landmark, a
+    duplicate and an unreadable file."""
+    root = tmp_path_factory.mktemp("landmarks")
+    db = load_training_db("synth-sfm", "train", synth_root)
+    for path, cluster in zip(db["images"], db["cluster"]):
+        folder = root / f"landmark{cluster:03d}"
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(path, folder / f"{len(list(folder.iterdir())):02d}.jpg")
+    (root / "lonely").mkdir()
+    shutil.copyfile(load_training_db("synth-sfm", "val", synth_root)["images"][0], root / "lonely" / "only.jpg")
+    shutil.copyfile(root / "landmark000" / "00.jpg", root / "landmark000" / "copy.jpg")
+    (root / "landmark001" / "broken.jpg").write_bytes(b"not an image")
+    return root
+
+
+def test_folders_make_a_set_that_trains(landmark_folders, synth_root, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "test", data / "test")
+    report = make_trainset_cli.main(["--folders", str(landmark_folders), "--name", "mine", "--data-root", str(data),
+                                     "--val-fraction", "0.25", "--pairs-per-landmark", "4"])
+    printed = capsys.readouterr().out
+    assert report.single_landmarks == ["lonely"] and len(report.duplicates) == 1 and len(report.unreadable) == 1
+    assert "left out 1 landmarks with a single image: lonely" in printed and "left out 1 duplicates" in printed
+    assert report.landmarks == {"train": 12, "val": 4}
+    dbs = load_pickle(data / "train" / "mine" / "mine.pkl")
+    for split in ("train", "val"):
+        db = dbs[split]
+        assert len(set(db["cids"])) == len(db["cids"])
+        assert all(db["cluster"][q] == db["cluster"][p] and q != p for q, p in zip(db["qidxs"], db["pidxs"]))
+        assert len(db["qidxs"]) == 4 * report.landmarks[split]
+    train_images = set(load_training_db("mine", "train", data)["images"])
+    assert not train_images & set(load_training_db("mine", "val", data)["images"])
+    assert get_train_set("mine", data).whitening
+    run = train_cli.main(["--directory", str(tmp_path / "runs"), "--data-root", str(data), "-d", "mine", "-a",
+                          "resnet18", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30",
+                          "-b", "5", "-j", "0", "--device", "cpu", "--epochs", "1", "-q", "--test-freq", "1",
+                          "-td", "synth-oxford", "--test-whiten", "mine"])
+    record = json.loads((run["run_dir"] / "history.json").read_text())[0]
+    assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
+    assert 0 <= run["history"][0]["test"]["symmetric"]["synth-oxford"]["whiten"]["medium"]["map"] <= 1
+    from aml.cli import extract_features as extract_cli
+    from aml.cli import test as test_cli
+
+    net = str(run["run_dir"] / "model_epoch1.pth.tar")
+    files = extract_cli.main(["-npath", net, "-d", "mine", "-imsize", "48", "-j", "0", "--device", "cpu", "-q",
+                              "--data-root", str(data)])
+    assert [np.load(f).shape[1] for f in files] == [report.images["train"], report.images["val"]]
+    whitened = test_cli.main(["-npath", net, "-d", "synth-oxford", "-w", "mine", "-imsize", "48", "-j", "0",
+                              "--device", "cpu", "-q", "--data-root", str(data)])
+    assert 0 <= whitened["synth-oxford"]["whiten"]["medium"]["map"] <= 1
+
+
+def test_gldv2_csv_and_plain_csv(landmark_folders, tmp_path):
+    images = tmp_path / "gld"
+    rows = {}
+    for folder in sorted(landmark_folders.glob("landmark00*")):
+        for k, path in enumerate(sorted(folder.glob("0*.jpg"))[:3]):
+            image_id = f"{folder.name[-1]}{k}f{folder.name}{k}"
+            target = images / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            rows.setdefault(folder.name, []).append(image_id)
+    clean = tmp_path / "train_clean.csv"
+    with open(clean, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["landmark_id", "images"])
+        for landmark, ids in rows.items():
+            writer.writerow([landmark, " ".join(ids)])
+    items = images_from_csv(clean, images)
+    assert len(items) == 3 * len(rows) and all(path.is_file() for path, _ in items)
+    plain = tmp_path / "plain.csv"
+    plain.write_text("image,landmark\n" + "".join(f"{p.relative_to(images)},{lm}\n" for p, lm in items))
+    assert images_from_csv(plain, images) == items
+    report = build_train_set(items, "gld", tmp_path / "data", seed=1)
+    assert report.landmarks["train"] + report.landmarks["val"] == len(rows)
+
+
+def test_too_few_landmarks_and_empty_folders_are_refused(tmp_path, landmark_folders):
+    with pytest.raises(TrainSetError, match="holds no landmark folders"):
+        images_from_folders(tmp_path)
+    items = [(p, "one") for p in sorted((landmark_folders / "landmark002").glob("0*.jpg"))]
+    with pytest.raises(TrainSetError, match="1 landmarks with two or more"):
+        build_train_set(items, "few", tmp_path / "data")
+    assert not (tmp_path / "data" / "train" / "few").exists()

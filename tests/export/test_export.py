@@ -1,0 +1,73 @@
+"""The exported student equals PyTorch, at any image size, with whitening folded in."""
+
+import numpy as np
+import pytest
+import torch
+
+from aml.cli import export as export_cli
+from aml.evaluation.whitening import whitenapply
+from aml.export import DeployedStudent, ExportError, check_exports, export_student, generated_images
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    return build_network("mobilenet_v2", pretrained=False, teacher_dim=512).eval()
+
+
+@pytest.fixture(scope="module")
+def whitening():
+    rng = np.random.default_rng(0)
+    return 0.01 * rng.normal(size=(512, 1)), np.linalg.qr(rng.normal(size=(512, 512)))[0]
+
+
+def test_deployed_graph_is_the_package_pipeline(student, whitening):
+    model = DeployedStudent(student, whitening)
+    image = generated_images(((96, 128),))[0]
+    mean = torch.tensor(student.meta["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(student.meta["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        plain = student.descriptors((image - mean) / std).numpy().T
+        ours = model(image).numpy().T
+    assert np.allclose(ours, whitenapply(plain, *whitening), atol=1e-5)
+
+
+def test_torchscript_and_onnx_match_pytorch_at_several_sizes(student, whitening, tmp_path):
+    files, diffs = export_student(student, tmp_path, whitening)
+    assert set(diffs) == {"torchscript", "onnx"} and max(diffs.values()) < 1e-5
+    import onnx
+
+    graph = onnx.load(str(files["onnx"])).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    loaded = torch.jit.load(str(files["torchscript"]))
+    image = generated_images(((150, 210),), seed=3)[0]
+    with torch.no_grad():
+        assert torch.allclose(loaded(image), DeployedStudent(student, whitening)(image), atol=1e-5)
+
+
+def test_a_wrong_export_is_caught(student, tmp_path):
+    model = DeployedStudent(student)
+    files = {"torchscript": tmp_path / "other.pt"}
+    permutation = np.eye(512)[::-1].copy()  # the same network with its dimensions reversed: a wrong graph
+    other = DeployedStudent(student, (np.zeros((512, 1)), permutation))
+    torch.jit.trace(other, generated_images(((64, 64),))[0]).save(str(files["torchscript"]))
+    assert check_exports(model, files)["torchscript"] > 1e-3
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        import aml.export as export
+
+        real = export.check_exports
+        export.check_exports = lambda model, files, images=None: {"torchscript": 0.5}
+        try:
+            export_student(student, tmp_path / "x", onnx=False)
+        finally:
+            export.check_exports = real
+
+
+def test_command_line_prints_the_differences(student, tmp_path, capsys):
+    path = save_checkpoint(checkpoint_state(student, 1, 0.0), tmp_path / "student.pth.tar")
+    files = export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--no-onnx"])
+    assert set(files) == {"torchscript"}
+    assert "max abs diff to PyTorch 0.00e+00" in capsys.readouterr().out

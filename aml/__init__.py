@@ -2,8 +2,10 @@
 
 The package follows the data: images (``aml.data``) go through a retrieval network
 (``aml.layers``, ``aml.networks``) to descriptors (``aml.descriptors``), which feed either
-training (``aml.losses``, ``aml.training``) or testing (``aml.evaluation``). ``aml.cli``
-holds the command lines behind ``main.py``, ``test.py`` and ``extract_features.py``.
+training (``aml.losses``, ``aml.training``) or testing (``aml.evaluation``); ``aml.search``
+and ``aml.export`` take a trained student to a database and a phone, ``aml.reports`` draws
+what users look at, and ``aml.cli`` holds every command line. Each layer imports only from
+the layers below it (README, Layout).
 """
 
 __version__ = "0.1.0"

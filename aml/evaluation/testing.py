@@ -16,11 +16,11 @@ import numpy as np
 
 from aml.data.paths import data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
+from aml.descriptors import cached_descriptors, describe_images, network_fingerprint
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.search import rank_database
 from aml.evaluation.whitening import whitenapply
 from aml.evaluation.whitening_store import Encoder, get_whitening
-from aml.descriptors import cached_descriptors, describe_images, network_fingerprint
 from aml.networks.retrieval_net import multiscale_power
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class TestSettings:
     """Everything test.py's flags decide besides the networks."""
 
+    __test__ = False  # not a pytest test class, despite its name
     datasets: Sequence[str] = ("roxford5k", "rparis6k")
     image_size: int = 1024
     scales: Sequence[float] = (1,)
@@ -49,8 +50,6 @@ class TestSettings:
     def extraction(self) -> Dict[str, Any]:
         return dict(workers=self.workers, device=self.device, batch_size=self.batch_size, amp=self.amp,
                     progress=self.progress, skip_bad=self.skip_bad)
-
-
 
 
 def htime(seconds: float) -> str:

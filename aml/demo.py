@@ -111,7 +111,7 @@ def write_results(rows: List[Dict], folder: Path, seeds: Sequence[int]) -> Path:
     text = (f"# aml demo results\n\nmAP (%) on the synthetic test sets, Medium (M) and Hard (H); {spread}.\n\n"
             + markdown_table(rows) + "\n")
     atomic_write(folder / "results.md", lambda out: out.write(text.encode()))
-    groups = [f"{row['network'].replace('student ', '')}\n{row['test']}" for row in rows]
+    groups = [f"{row['network'].replace('student ', '').replace(' (', chr(10) + '(')}\n{row['test']}" for row in rows]
     if not bar_chart(groups, _series(rows), folder / "results.png", title=f"aml demo ({spread})"):
         log.warning(">> results.png not drawn: matplotlib is not installed (pip install matplotlib)")
     return folder / "results.md"

@@ -164,7 +164,7 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
     test.py result per seed)."""
     root = resolve_data_root(data_root)
     start = time.time()
-    generate_all(root)
+    generate_all(root, progress=not quiet)
     per_seed = [run_seed(root, seed, student_arch, teacher_arch, image_size, teacher_epochs, student_epochs,
                          query_size, pool_size, workers, student_modes, quiet) for seed in seeds]
     rows = [{"network": first["network"], "test": first["test"], "results": [run[i]["results"] for run in per_seed]}

@@ -22,13 +22,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--distractors", type=nonnegative_int, default=SyntheticTestConfig.distractor_landmarks)
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="added to every set's seed")
     parser.add_argument("--overwrite", action="store_true", help="regenerate existing sets")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     train = SyntheticTrainConfig(args.train_landmarks, args.val_landmarks, args.views, image_size=args.image_size,
                         seed=SyntheticTrainConfig.seed + args.seed)
     test = SyntheticTestConfig(landmarks=args.test_landmarks, distractor_landmarks=args.distractors,
                       image_size=args.image_size, seed=SyntheticTestConfig.seed + args.seed)
-    generate_all(resolve_data_root(args.data_root), args.overwrite, train, test)
+    generate_all(resolve_data_root(args.data_root), args.overwrite, train, test, progress=not args.quiet)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
 
 from aml.data.safe_pickle import save_pickle
 from aml.data.trainsets import cid2filename
@@ -187,7 +188,7 @@ class SyntheticTrainConfig:
 
 
 def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: int, config: SyntheticTrainConfig,
-           ims: Path, tag: str) -> Dict[str, list]:
+           ims: Path, tag: str, bar: tqdm) -> Dict[str, list]:
     cids, clusters, qidxs, pidxs = [], [], [], []
     for c, scene in enumerate(scenes):
         first = len(cids)
@@ -196,6 +197,7 @@ def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: 
             cid = hashlib.sha1(f"{tag}-{cluster_offset + c}-{v}".encode()).hexdigest()
             image, _ = render_view(scene, rng, difficulties[v], config.image_size)
             _save(image, Path(cid2filename(cid, ims)))
+            bar.update(1)
             cids.append(cid)
             clusters.append(cluster_offset + c)
         for _ in range(config.pairs_per_landmark):
@@ -206,8 +208,9 @@ def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: 
 
 
 def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: SyntheticTrainConfig = SyntheticTrainConfig(),
-                       overwrite: bool = False) -> Path:
-    """Write ``<data_root>/train/<name>/`` (ims/, <name>.pkl, <name>-whiten.pkl)."""
+                       overwrite: bool = False, progress: bool = False) -> Path:
+    """Write ``<data_root>/train/<name>/`` (ims/, <name>.pkl, <name>-whiten.pkl); ``progress``:
+    a bar over the images on stderr."""
     folder = Path(data_root) / "train" / name
     if (folder / f"{name}.pkl").exists() and not overwrite:
         return folder
@@ -215,8 +218,10 @@ def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: Syn
     shutil.rmtree(staging, ignore_errors=True)
     rng = np.random.default_rng(config.seed)
     scenes = _landmarks(config.seed + 1000, config.train_landmarks + config.val_landmarks, STYLES["sfm"])
-    train = _split(rng, scenes[:config.train_landmarks], 0, config, staging / "ims", name)
-    val = _split(rng, scenes[config.train_landmarks:], config.train_landmarks, config, staging / "ims", name)
+    total = (config.train_landmarks + config.val_landmarks) * config.views
+    with tqdm(total=total, desc=f"generating {name}", unit="img", disable=not progress, leave=False) as bar:
+        train = _split(rng, scenes[:config.train_landmarks], 0, config, staging / "ims", name, bar)
+        val = _split(rng, scenes[config.train_landmarks:], config.train_landmarks, config, staging / "ims", name, bar)
     save_pickle({"train": train, "val": val}, staging / f"{name}.pkl")
     save_pickle({"cids": train["cids"], "qidxs": train["qidxs"], "pidxs": train["pidxs"]},
                 staging / f"{name}-whiten.pkl")
@@ -247,8 +252,9 @@ TEST_STYLES = {"synth-oxford": ("oxford", 0), "synth-paris": ("paris", 500)}
 
 
 def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: SyntheticTestConfig = SyntheticTestConfig(),
-                      overwrite: bool = False) -> Path:
-    """Write ``<data_root>/test/<name>/`` (jpg/*.jpg and gnd_<name>.pkl)."""
+                      overwrite: bool = False, progress: bool = False) -> Path:
+    """Write ``<data_root>/test/<name>/`` (jpg/*.jpg and gnd_<name>.pkl); ``progress``: a bar
+    over the images on stderr."""
     folder = Path(data_root) / "test" / name
     if (folder / f"gnd_{name}.pkl").exists() and not overwrite:
         return folder
@@ -260,10 +266,14 @@ def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: S
     shutil.rmtree(staging, ignore_errors=True)
     imlist: List[str] = []
     groups: List[Dict[str, List[int]]] = []
+    total = (config.landmarks * (config.easy + config.hard + config.junk + config.queries_per_landmark)
+             + config.distractor_landmarks * config.distractor_views)
+    bar = tqdm(total=total, desc=f"generating {name}", unit="img", disable=not progress, leave=False)
 
     def add(image: Image.Image) -> int:
         imlist.append(f"{name}_{len(imlist):05d}")
         _save(image, staging / "jpg" / f"{imlist[-1]}.jpg")
+        bar.update(1)
         return len(imlist) - 1
 
     for scene in scenes[:config.landmarks]:
@@ -288,7 +298,9 @@ def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: S
             view, box = render_view(scene, rng, rng.uniform(0.0, 0.15), config.image_size, zoom=rng.uniform(1.15, 1.35))
             qimlist.append(f"{name}_query_{len(qimlist):03d}")
             _save(view, staging / "jpg" / f"{qimlist[-1]}.jpg")
+            bar.update(1)
             gnd.append({"bbx": list(box), **{k: sorted(int(position[i]) for i in v) for k, v in groups[landmark].items()}})
+    bar.close()
     save_pickle({"imlist": shuffled, "qimlist": qimlist, "gnd": gnd}, staging / f"gnd_{name}.pkl")
     _replace(staging, folder)
     log.info(">> %s: %d database images and %d queries written to %s", name, len(shuffled), len(qimlist), folder)
@@ -304,11 +316,11 @@ def _replace(staging: Path, folder: Path) -> None:
 
 
 def generate_all(data_root: PathLike, overwrite: bool = False, train: SyntheticTrainConfig = SyntheticTrainConfig(),
-                 test: SyntheticTestConfig = SyntheticTestConfig()) -> None:
+                 test: SyntheticTestConfig = SyntheticTestConfig(), progress: bool = False) -> None:
     """synth-sfm, synth-oxford and synth-paris with the given sizes."""
-    generate_train_set(data_root, "synth-sfm", train, overwrite)
+    generate_train_set(data_root, "synth-sfm", train, overwrite, progress)
     for name in TEST_STYLES:
-        generate_test_set(data_root, name, test, overwrite)
+        generate_test_set(data_root, name, test, overwrite, progress)
 
 
 if __name__ == "__main__":  # python -m aml.data.synthetic: the command line lives in aml.cli.synthetic

@@ -63,3 +63,14 @@ def test_prepare_generates_missing_synthetic_set(tmp_path, monkeypatch):
 
 def test_cid2filename():
     assert cid2filename("abcdef12", "/x") == "/x/12/ef/cd/abcdef12"
+
+
+def test_generation_shows_a_progress_bar_only_when_asked(tmp_path, capsys):
+    from aml.data.synthetic import SyntheticTestConfig, generate_test_set
+
+    tiny = SyntheticTestConfig(landmarks=2, queries_per_landmark=1, easy=1, hard=1, junk=1, distractor_landmarks=1,
+                               distractor_views=1, image_size=48)
+    generate_test_set(tmp_path, "synth-oxford", tiny, progress=True)
+    assert "generating synth-oxford" in capsys.readouterr().err
+    generate_test_set(tmp_path / "quiet", "synth-oxford", tiny)
+    assert "generating" not in capsys.readouterr().err

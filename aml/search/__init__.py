@@ -134,7 +134,8 @@ def check_teacher(store: Store, student: ImageRetrievalNet, teacher_net: Optiona
     if spec is None:
         raise StoreError(f"the student does not record its teacher; give --teacher (the store was encoded by "
                          f"{settings['network']})")
-    if TEACHERS.get(spec, spec) != settings["network"]:
+    # a published teacher by its list name; a checkpoint that is not on this machine by its file name
+    if (TEACHERS.get(spec) or Path(spec).name.split(".pth")[0]) != settings["network"]:
         raise StoreError(f"the store {store.folder} was encoded by {settings['network']}, not by the student's "
                          f"teacher {spec}; index the database with that teacher")
 

@@ -138,3 +138,19 @@ def test_the_readme_flow_with_the_exported_student(store, teacher, synth_root, t
     opened = open_store(store)
     scores, indices = opened.search(descriptor, k=5)
     assert [opened.images[i] for i in indices[0]] == expected
+
+
+def test_teacher_check_by_name_when_the_checkpoint_is_elsewhere(tmp_path):
+    from aml.search import check_teacher
+
+    store = Store(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], {"dim": 512, "network": "model_epoch2",
+                                                                       "source": "x", "fingerprint": "f"})
+    student = build_network("resnet18", pretrained=False)
+    student.meta["teacher"] = "/elsewhere/run/model_epoch2.pth.tar"
+    check_teacher(store, student, None, None)
+    student.meta["teacher"] = "/elsewhere/run/model_best.pth.tar"
+    with pytest.raises(StoreError, match="not by the student's teacher"):
+        check_teacher(store, student, None, None)
+    student.meta["teacher"] = "vgg16"
+    store.settings["network"] = "retrievalSfM120k-vgg16-gem"
+    check_teacher(store, student, None, None)

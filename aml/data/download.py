@@ -157,7 +157,7 @@ def _install_record(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.download.json")
 
 
-def _intact(dest: Path, url: str) -> bool:
+def _intact(dest: Path) -> bool:
     """Whether a file already at ``dest`` is still the one the downloader installed (same
     size and sha256 as recorded then; a file put there by hand has no record and is
     trusted, as the manual-download hint asks)."""
@@ -192,7 +192,7 @@ def download_file(
     """
     dest = Path(dest)
     if dest.exists():
-        if _intact(dest, url):
+        if _intact(dest):
             return dest
         log.warning(">> %s differs from the file downloaded from %s; fetching it again", dest, url)
     dest.parent.mkdir(parents=True, exist_ok=True)

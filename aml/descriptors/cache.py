@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
@@ -66,9 +67,19 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
     return vecs
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # evicted meanwhile by a concurrent run
+        return float("-inf")
+
+
 def evict(cache_dir: Path, tag: str, keep: int) -> List[Path]:
-    """Delete all but the ``keep`` most recently used cache files of ``tag``; returns them."""
-    files = sorted(cache_dir.glob(f"{tag}_*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
+    """Delete all but the ``keep`` most recently used cache files of ``tag`` (exactly
+    ``<tag>_<16 hex>.npy``, so another data set whose name starts with ``tag`` is left alone);
+    returns them. Safe against a concurrent run evicting the same files."""
+    own = re.compile(re.escape(tag) + r"_[0-9a-f]{16}\.npy")
+    files = sorted((p for p in cache_dir.glob(f"{tag}_*.npy") if own.fullmatch(p.name)), key=_mtime, reverse=True)
     for old in files[keep:]:
         old.unlink(missing_ok=True)
         log.info(">> %s: evicted %s from the descriptor cache", tag, old.name)

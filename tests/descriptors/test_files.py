@@ -75,7 +75,10 @@ def test_cache_keeps_the_most_recently_used_files_per_data_set(tmp_path):
         np.save(path, np.zeros((2, 2), np.float32))
         os.utime(path, (now - 100 + i, now - 100 + i))
     np.save(tmp_path / "synth-paris_0.npy", np.zeros((2, 2), np.float32))
+    np.save(tmp_path / "synth-oxford_mirror_0000000000000000.npy", np.zeros((2, 2), np.float32))  # another set
     evicted = evict(tmp_path, "synth-oxford", keep=2)
     assert sorted(p.name for p in evicted) == [f"synth-oxford_{i:016x}.npy" for i in range(3)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth-oxford_0000000000000003.npy",
-                                                        "synth-oxford_0000000000000004.npy", "synth-paris_0.npy"]
+                                                        "synth-oxford_0000000000000004.npy",
+                                                        "synth-oxford_mirror_0000000000000000.npy",
+                                                        "synth-paris_0.npy"]

@@ -19,11 +19,12 @@ from aml.evaluation.whitening_store import Encoder
 from aml.layers.pooling import POOLINGS
 from aml.losses import LOSSES, build_loss
 from aml.networks.backbones import BACKBONES, get_backbone
-from aml.networks.checkpoint import load_checkpoint
+from aml.networks.checkpoint import load_checkpoint, load_trunk_weights
 from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import build_network
 from aml.training.modes import MODES, check_loss_mode, get_mode
 from aml.training.optim import OPTIMIZERS, build_optimizer
+from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.trainer import Split, Trainer, TrainSettings
 
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regional", "-r", action="store_true", help="regional (R-MAC grid) pooling")
     p.add_argument("--whitening", "-w", action="store_true", help="learnable whitening after pooling")
     p.add_argument("--not-pretrained", dest="pretrained", action="store_false", help="random initialisation")
+    p.add_argument("--trunk-weights", default=None, metavar="synthetic|FILE",
+                   help="start the trunk from these weights instead of ImageNet's: 'synthetic' pretrains it once on "
+                        "synthetic objects (the offline stand-in for ImageNet, cached in <data_root>/networks/), FILE "
+                        "is a trunk state dict")
     p.add_argument("--loss", "-l", default="contrastive", choices=sorted(LOSSES))
     p.add_argument("--mode", "-m", default="std", choices=list(MODES))
     p.add_argument("--loss-margin", "-lm", default=0.7, type=nonnegative_float, help="margin of contrastive/triplet (default: 0.7)")
@@ -116,6 +121,13 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             get_test_set(name, args.data_root)
         except ValueError as err:
             parser.error(str(err).replace("dataset", "test dataset", 1))
+    if args.trunk_weights is not None:
+        if not args.pretrained:
+            parser.error("--trunk-weights and --not-pretrained exclude each other: the first sets the trunk's "
+                         "initial weights, the second asks for random ones")
+        if args.trunk_weights not in TRUNK_SOURCES and not Path(args.trunk_weights).is_file():
+            parser.error(f"--trunk-weights: {args.trunk_weights!r} is neither one of {sorted(TRUNK_SOURCES)} nor a "
+                         "file")
     if args.loss == "dark" and args.batch_size < 5:
         parser.error("--loss dark needs --batch-size of at least 5 (4 neighbours per image)")
     if args.train_batchnorm and args.batch_size < 2:
@@ -129,6 +141,9 @@ def run_name(args: argparse.Namespace) -> str:
     name = f"{args.training_dataset}_{args.arch}_{args.pool}"
     name += "_lwhiten" * args.local_whitening + "_r" * args.regional + "_whiten" * args.whitening
     name += "_notpretrained" * (not args.pretrained)
+    if args.trunk_weights:
+        name += "_trunk" + (args.trunk_weights if args.trunk_weights in TRUNK_SOURCES
+                            else Path(args.trunk_weights).name.split(".")[0])
     if args.test_whiten:
         name += f"_test_whiten_on_{args.test_whiten}"
     name += (f"_{args.loss}_m{args.loss_margin:.2f}_{args.optimizer}_lr{args.lr:.1e}_wd{args.weight_decay:.1e}"
@@ -150,6 +165,15 @@ def teacher_dimension(teacher: str) -> Optional[int]:
     if Path(teacher).is_file():
         return int(load_checkpoint(teacher)["meta"]["outputdim"])
     return None
+
+
+def trunk_weights_file(args: argparse.Namespace, device: str) -> Optional[Path]:
+    """The file ``--trunk-weights`` names (a named source is made first, once), or None."""
+    if args.trunk_weights is None:
+        return None
+    if args.trunk_weights in TRUNK_SOURCES:
+        return TRUNK_SOURCES[args.trunk_weights](args.arch, args.data_root, device=device, progress=not args.quiet)
+    return Path(args.trunk_weights)
 
 
 def _split(args, teacher: Teacher, split: str, feat_path: Optional[str], device: str) -> Split:
@@ -203,14 +227,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     val = _split(args, teacher, "val", args.feat_val_path, device) if args.val else None
     dim = train.teacher.shape[0] if train.teacher is not None else teacher_dimension(args.teacher)
     project = get_backbone(args.arch).student or mode.needs_teacher
+    trunk = trunk_weights_file(args, device)
     # seeded right before the network is built: what ran before (a teacher loaded to extract
-    # its descriptors, or not when they were cached) never changes the initial weights
+    # its descriptors, or not when they were cached; a trunk pretrained once) never changes
+    # the initial weights
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
     net = build_network(args.arch, args.pool, args.local_whitening, args.regional, args.whitening,
-                        pretrained=args.pretrained, teacher=args.teacher if args.teacher in TEACHER_DIMS else None,
+                        pretrained=args.pretrained and trunk is None,
+                        teacher=args.teacher if args.teacher in TEACHER_DIMS else None,
                         teacher_dim=dim if project else None, data_root=args.data_root)
+    if trunk is not None:
+        load_trunk_weights(net, trunk)
+        net.meta["trunk_weights"] = trunk.name
     net.meta["teacher"] = args.teacher
     net.meta["seed"] = args.seed
     net.to(device)

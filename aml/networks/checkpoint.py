@@ -135,6 +135,27 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
     return net
 
 
+def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrievalNet:
+    """Load a trunk's state dict (keys of ``nn.Sequential(*build_trunk(arch))``, as written by
+    :mod:`aml.training.pretraining`) into ``net.features``; the student's 1x1 projection,
+    which follows the trunk, keeps its initialisation. A file that does not fit is refused
+    by name."""
+    state = load_plain_file(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a trunk state dict (a mapping of names to tensors)")
+    trunk = len(net.features) - (net.projection() is not None) * 2
+    try:
+        missing, unexpected = net.features.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the {net.meta['architecture']} trunk: "
+                              f"{str(err).splitlines()[-1].strip()}") from err
+    missing = [key for key in missing if int(key.split(".", 1)[0]) < trunk]
+    if missing or unexpected:
+        raise CheckpointError(f"{path} is not a {net.meta['architecture']} trunk: {len(missing)} of its weights "
+                              f"missing (e.g. {missing[:2]}), {len(unexpected)} unknown (e.g. {unexpected[:2]})")
+    return net
+
+
 def load_network(path: PathLike, teacher: Optional[str] = None) -> ImageRetrievalNet:
     """Read a checkpoint file and rebuild its network (CPU, eval mode)."""
     net = network_from_checkpoint(load_checkpoint(path), teacher, source=str(path))

@@ -165,9 +165,10 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: Optional[str]) -> 
 #: keys a checkpoint's ``meta`` may hold besides :func:`build_network`'s parameters: cirtorch's
 #: ``outputdim`` (checked) and ``Lw`` (kept); aml's ``teacher``, ``seed`` and
 #: ``batchnorm_calibrated`` (kept; the last marks a from-scratch trunk whose BatchNorm
-#: statistics were computed on training images before training, an aml addition).
-META_EXTRA_KEYS = ("outputdim", "Lw", "teacher", "seed", "batchnorm_calibrated")
-KEPT_META_KEYS = ("Lw", "teacher", "seed", "batchnorm_calibrated")
+#: statistics were computed on training images before training, an aml addition) and
+#: ``trunk_weights`` (the file the trunk started from instead of ImageNet, when one did).
+META_EXTRA_KEYS = ("outputdim", "Lw", "teacher", "seed", "batchnorm_calibrated", "trunk_weights")
+KEPT_META_KEYS = ("Lw", "teacher", "seed", "batchnorm_calibrated", "trunk_weights")
 _BUILD_KEYS = ("architecture", "pooling", "local_whitening", "regional", "whitening", "mean", "std", "pretrained",
                "teacher", "teacher_dim", "data_root")
 

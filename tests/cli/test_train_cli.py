@@ -10,7 +10,7 @@ import torch
 from aml.cli import test as test_cli
 from aml.cli import train as train_cli
 from aml.networks import build_network
-from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
 
 # Learning tests (marked `learning`) run with --seed AML_TEST_SEED (default 0); their margins
 # were set from runs with seeds 0, 1 and 2 under both CPU kernel sets (README, "Tests").
@@ -37,6 +37,9 @@ def test_default_run_folder_name_matches_original():
     (["--arch", "resnet9000"], "invalid choice: 'resnet9000'"),
     (["--train-batchnorm", "-b", "1"], "--train-batchnorm needs --batch-size of at least 2"),
     (["--proj-lr-mult", "0"], "--proj-lr-mult: must be a positive finite number"),
+    (["--trunk-weights", "synthetic", "--not-pretrained"], "--trunk-weights and --not-pretrained exclude each other"),
+    (["--trunk-weights", "no/such/trunk.pth"], "--trunk-weights: 'no/such/trunk.pth' is neither one of ['synthetic'] "
+                                               "nor a file"),
 ])
 def test_impossible_combinations_are_refused_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit):
@@ -190,3 +193,25 @@ def test_train_batchnorm_learns_batch_statistics_and_names_the_run(synth_root, t
 
     assert torch.count_nonzero(running_mean(frozen)) == 0  # random init, frozen: untouched
     assert torch.count_nonzero(running_mean(learned)) > 0
+
+
+def test_trunk_weights_file_is_where_training_starts_and_is_recorded(synth_root, tmp_path):
+    from torch import nn
+
+    from aml.networks.backbones import build_trunk
+
+    torch.manual_seed(7)
+    trunk = {k: v for k, v in nn.Sequential(*build_trunk("resnet18", pretrained=False)).state_dict().items()}
+    path = tmp_path / "my-trunk.pth"
+    torch.save(trunk, path)
+    flags = [f for f in TINY if f != "--not-pretrained"]
+    flags[flags.index("--lr") + 1] = "1e-12"  # Adam moves each weight by about 1e-12 per step
+    run = train_cli.main(["--directory", str(tmp_path / "runs"), "--data-root", str(synth_root), *flags, "-a", "resnet18",
+                          "--epochs", "1", "--trunk-weights", str(path)])["run_dir"]
+    assert "_notpretrained" not in run.name and "_trunkmy-trunk_" in run.name
+    state = load_checkpoint(run / "model_epoch1.pth.tar")
+    assert state["meta"]["trunk_weights"] == "my-trunk.pth"
+    for key, value in trunk.items():
+        if value.is_floating_point() and "running" not in key:
+            assert torch.allclose(state["state_dict"][f"features.{key}"], value, atol=1e-9), key
+    assert load_network(run / "model_epoch1.pth.tar").meta["trunk_weights"] == "my-trunk.pth"

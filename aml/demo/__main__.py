@@ -1,0 +1,5 @@
+"""python -m aml.demo"""
+
+from aml.demo.pipeline import main
+
+main()

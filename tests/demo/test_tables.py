@@ -1,0 +1,21 @@
+"""The demo's table: text and Markdown, mean ± spread over seeds."""
+
+from aml.demo.tables import format_table, markdown_table, write_results
+
+
+def test_table_shows_mean_and_spread_over_seeds():
+    def result(medium, hard):
+        level = {"medium": {"map": medium}, "hard": {"map": hard}}
+        return {d: {"plain": level} for d in ("synth-oxford", "synth-paris")}
+
+    rows = [{"network": "teacher", "test": "symmetric", "results": [result(0.30, 0.10), result(0.40, 0.10)]}]
+    line = format_table(rows).splitlines()[-1]
+    assert line.split()[2:6] == ["35.00", "±", "7.07", "10.00"]
+    assert markdown_table(rows).splitlines()[-1] == "| teacher | symmetric | 35.00 ± 7.07 | 10.00 ± 0.00 | 35.00 ± 7.07 | 10.00 ± 0.00 |"
+
+
+def test_results_markdown_lists_the_notes_under_the_table(tmp_path):
+    level = {"medium": {"map": 0.5}, "hard": {"map": 0.25}}
+    rows = [{"network": "teacher", "test": "symmetric", "results": [{d: {"plain": level} for d in ("synth-oxford", "synth-paris")}]}]
+    text = write_results(rows, tmp_path, [0], ["(1) first: holds", "(2) second: does NOT hold"]).read_text()
+    assert text.endswith("| teacher | symmetric | 50.00 | 25.00 | 50.00 | 25.00 |\n\n- (1) first: holds\n- (2) second: does NOT hold\n")

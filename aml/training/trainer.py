@@ -80,6 +80,7 @@ class TrainSettings:
     device: str = "cpu"
     test_freq: int = 0
     train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
+    batch_forward: bool = False  # frozen BatchNorm: the mini-batch encoded together too (else tuple by tuple)
     seed: int = 0  # every random draw comes from streams derived from it (aml.utils.seeding)
     progress: bool = False  # tqdm bars (stderr) over training batches and descriptor extraction
 
@@ -165,10 +166,12 @@ class Trainer:
     def batch_losses(self, batch: List[Dict[str, Any]], backward: bool) -> List[float]:
         """Loss of each call of the loss over a batch: one per tuple (tuple losses) or one per
         batch (relational losses). With frozen BatchNorm and a tuple loss, one tuple is encoded
-        and back-propagated at a time (the original's memory profile); otherwise all student
-        images of the batch go through together (with ``train_batchnorm`` their batch
-        statistics are those of the mini-batch)."""
-        together = self.settings.train_batchnorm or self.loss.kind is LossKind.RELATIONAL
+        and back-propagated at a time (the original's memory profile) unless ``batch_forward``;
+        otherwise all student images of the batch go through together, one forward per image
+        shape (with ``train_batchnorm`` their batch statistics are those of the mini-batch;
+        with frozen BatchNorm the result equals tuple by tuple, faster, with more memory)."""
+        s = self.settings
+        together = s.train_batchnorm or s.batch_forward or self.loss.kind is LossKind.RELATIONAL
         losses: List[float] = []
         for chunk in ([batch] if together else [[item] for item in batch]):
             values = [self.criterion(*call) for call in self._loss_inputs(encode_tuples(self.net, chunk, self.device),

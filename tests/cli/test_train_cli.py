@@ -215,3 +215,27 @@ def test_trunk_weights_file_is_where_training_starts_and_is_recorded(synth_root,
         if value.is_floating_point() and "running" not in key:
             assert torch.allclose(state["state_dict"][f"features.{key}"], value, atol=1e-9), key
     assert load_network(run / "model_epoch1.pth.tar").meta["trunk_weights"] == "my-trunk.pth"
+
+
+def test_batch_forward_with_frozen_batchnorm_equals_tuple_by_tuple(synth_root, tmp_path, monkeypatch):
+    from aml.training import trainer
+
+    encoded = []  # tuples per encode_tuples call
+
+    def counting(net, items, device):
+        encoded.append(len(items))
+        return original(net, items, device)
+
+    original = trainer.encode_tuples
+    monkeypatch.setattr(trainer, "encode_tuples", counting)
+    one = train(synth_root, tmp_path / "one", "-a", "resnet18", "--epochs", "1", "--no-val", "--lr", "1e-3")
+    calls, encoded[:] = list(encoded), []
+    together = train(synth_root, tmp_path / "together", "-a", "resnet18", "--epochs", "1", "--no-val", "--lr", "1e-3",
+                     "--batch-forward")
+    assert set(calls) == {1} and set(encoded) == {5} and sum(calls) == sum(encoded)  # -b 5: tuple by tuple vs batch
+    assert one["run_dir"] == together["run_dir"].parent.parent / "one" / together["run_dir"].name  # same run name
+    assert together["history"][0]["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=1e-5)
+    a = load_checkpoint(one["run_dir"] / "model_epoch1.pth.tar")["state_dict"]
+    b = load_checkpoint(together["run_dir"] / "model_epoch1.pth.tar")["state_dict"]
+    for key, value in a.items():
+        assert torch.allclose(value.float(), b[key].float(), atol=1e-5), key

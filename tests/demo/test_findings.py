@@ -1,5 +1,7 @@
 """The paper's findings read off a demo table: exact small-number cases."""
 
+import pytest
+
 from aml.demo.findings import findings_lines, paper_findings
 
 
@@ -28,9 +30,9 @@ def test_both_findings_hold_when_the_table_says_so():
                  ts_sym=(41, 41), ts_asym=(20, 20))
     found = paper_findings(rows, "mobilenet_v2", "resnet18")
     assert [f.holds for f in found] == [True, True, True]
-    assert found[0].gaps == (5.0, 5.0, 3.0, 3.0)  # reg asym minus the best of ts_self/ts asym
-    assert found[1].gaps == (15.0, 15.0, 12.0, 12.0)  # best of ts_self/ts sym minus reg sym
-    assert found[2].gaps == (5.0, 5.0, 2.0, 2.0)  # ... minus the teacher
+    assert found[0].gaps == pytest.approx((5.0, 5.0, 3.0, 3.0))  # reg asym minus the best of ts_self/ts asym
+    assert found[1].gaps == pytest.approx((15.0, 15.0, 12.0, 12.0))  # best of ts_self/ts sym minus reg sym
+    assert found[2].gaps == pytest.approx((5.0, 5.0, 2.0, 2.0))  # ... minus the teacher
     lines = findings_lines(found)
     assert lines[0].startswith("(1) plain regression works best in asymmetric testing: holds (asymmetric: reg beats "
                                "ts_self and ts, on 4 of 4")
@@ -43,8 +45,8 @@ def test_a_finding_fails_when_one_cell_goes_the_other_way_and_means_are_over_see
                  ts_self_asym=(31, 20), ts_sym=(10, 10), ts_asym=(20, 20))
     found = paper_findings(rows, "mobilenet_v2", "resnet18")
     assert [f.holds for f in found] == [False, True, False]
-    assert found[0].gaps == (-1.0, -1.0, 13.0, 13.0)
-    assert found[2].gaps == (5.0, 5.0, -1.0, -1.0)
+    assert found[0].gaps == pytest.approx((-1.0, -1.0, 13.0, 13.0))
+    assert found[2].gaps == pytest.approx((5.0, 5.0, -1.0, -1.0))
     assert "does NOT hold" in findings_lines(found)[2] and "on 2 of 4" in findings_lines(found)[2]
 
 

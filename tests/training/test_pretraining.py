@@ -1,6 +1,7 @@
 """Offline pretraining of a trunk (the ImageNet stand-in) and loading it into a network."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -10,8 +11,8 @@ from aml.networks import build_network
 from aml.networks.checkpoint import CheckpointError, load_trunk_weights
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk, pretrain_trunk, trunk_file
 
-TINY = PretrainConfig(objects=ObjectConfig(classes=4, per_class=20, size=32, seed=5), epochs=4, batch_size=16,
-                      lr=3e-3)
+TINY = PretrainConfig(objects=ObjectConfig(classes=4, per_class=50, size=48, seed=5), epochs=8, batch_size=16,
+                      lr=2e-3, seed=int(os.environ.get("AML_TEST_SEED", "0")))
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +24,11 @@ def cached(tmp_path_factory):
 @pytest.mark.learning
 def test_pretraining_learns_the_object_classes(cached):
     record = json.loads(cached[1].with_name(cached[1].name + ".json").read_text())
-    # 4 classes, 2 held-out images each: chance is 25%; measured 100% on both CPU kernel sets
-    assert record["held_out_accuracy"] >= 0.75 and record["chance"] == 0.25
-    assert record["architecture"] == "resnet18" and record["config"]["epochs"] == 4
+    print(f"LEARNING seed {TINY.seed} synthetic-object pretraining of resnet18: held-out accuracy {record['held_out_accuracy']:.3f}")
+    # 4 classes, 5 held-out images each: chance is 25%; measured 75-85% over seeds 0-2 on both
+    # CPU kernel sets (README); asserted: half way from chance to the lowest
+    assert record["held_out_accuracy"] >= 0.5 and record["chance"] == 0.25
+    assert record["architecture"] == "resnet18" and record["config"]["epochs"] == 8
 
 
 def test_the_trunk_is_cached_once_under_networks_with_its_own_name(cached):

@@ -36,8 +36,6 @@ from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
 log = logging.getLogger(__name__)
 
 
-
-
 def _train(directory: Path, data_root: Path, arch: str, trunk: Path, mode: str, epochs: int, options: Sequence[str],
            seed: int, teacher: Optional[Path] = None) -> Path:
     argv = ["--directory", str(directory), "--data-root", str(data_root), "-d", "synth-sfm", "-a", arch,
@@ -64,8 +62,8 @@ def _test(network: Path, data_root: Path, image_size: int, workers: int, teacher
 # 1e-3 the reg student maps every image to one descriptor within an epoch, and at 1e-4 it
 # learns ten times slower (see the README). At lr 3e-3 Adam kills many channels of the
 # students' random 1x1 projection in the first steps, so it learns at a tenth of the lr
-# (--proj-lr-mult 0.1). Contrastive students use margin 0.5 (the original's default 0.7 is
-# above most distances between the small teacher's training descriptors).
+# (--proj-lr-mult 0.1). Contrastive students use margin 0.5 (the original's default is 0.7),
+# the margin of every measurement in the README's demo section.
 TEACHER_OPTIONS = ["-b", "8", "--lr", "5e-4", "--batch-forward"]
 _STUDENT = ["-b", "16", "--lr", "3e-3", "--proj-lr-mult", "0.1", "--train-batchnorm"]
 STUDENT_OPTIONS: Dict[str, List[str]] = {"reg": _STUDENT, "ts_self": _STUDENT + ["-lm", "0.5"],

@@ -244,7 +244,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         teacher_dim=dim if project else None, data_root=args.data_root)
     if trunk is not None:
         load_trunk_weights(net, trunk)
-        net.meta["trunk_weights"] = trunk.name
     net.meta["teacher"] = args.teacher
     net.meta["seed"] = args.seed
     net.to(device)

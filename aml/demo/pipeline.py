@@ -77,7 +77,6 @@ def _initial_student(runs: Path, arch: str, teacher_dim: int, seed: int, trunk: 
     net = build_network(arch, pretrained=False, teacher_dim=teacher_dim)
     if trunk is not None:
         load_trunk_weights(net, trunk)
-        net.meta["trunk_weights"] = trunk.name
     label = "untrained" if trunk is None else "pretrained"
     return save_checkpoint(checkpoint_state(net, 0, 0.0), runs / f"{label}-{arch}-{teacher_dim}-seed{seed}.pth.tar")
 

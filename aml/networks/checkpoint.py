@@ -137,9 +137,9 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
 
 def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrievalNet:
     """Load a trunk's state dict (keys of ``nn.Sequential(*build_trunk(arch))``, as written by
-    :mod:`aml.training.pretraining`) into ``net.features``; the student's 1x1 projection,
-    which follows the trunk, keeps its initialisation. A file that does not fit is refused
-    by name."""
+    :mod:`aml.training.pretraining`) into ``net.features`` and name the file in
+    ``meta['trunk_weights']``; the student's 1x1 projection, which follows the trunk, keeps its
+    initialisation. A file that does not fit is refused by name."""
     state = load_plain_file(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a trunk state dict (a mapping of names to tensors)")
@@ -153,6 +153,7 @@ def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrieval
     if missing or unexpected:
         raise CheckpointError(f"{path} is not a {net.meta['architecture']} trunk: {len(missing)} of its weights "
                               f"missing (e.g. {missing[:2]}), {len(unexpected)} unknown (e.g. {unexpected[:2]})")
+    net.meta["trunk_weights"] = Path(path).name
     return net
 
 

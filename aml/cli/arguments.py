@@ -11,6 +11,8 @@ from typing import Callable, List
 
 import torch
 
+from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
+
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.Pow: operator.pow}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
@@ -102,6 +104,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data root for datasets, weights and features (default: $AML_DATA_ROOT or ./data)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (log lines stay)")
+    parser.add_argument("--dist-timeout", default=DEFAULT_TIMEOUT_S, type=positive_float, metavar="SECONDS",
+                        help="under torchrun: how long a process waits for the others (at a gather or a gradient "
+                             f"reduction) before it stops with an error (default: {DEFAULT_TIMEOUT_S})")
 
 
 def setup_logging(verbose: bool = True) -> None:
@@ -122,8 +127,14 @@ def run_cli(main) -> None:
 
     try:
         main()
+        shutdown()
     except (DownloadError, CheckpointError, ImageLoadError, FileNotFoundError, NotADirectoryError, ValueError,
             pickle.UnpicklingError, TrainingDiverged) as err:
         sys.exit(f"error: {err}")
+    except RuntimeError as err:
+        if not is_peer_failure(err):
+            raise
+        sys.exit("error: another process of this torchrun job did not answer in time (--dist-timeout) or went away: "
+                 f"it died or hangs; checkpoints already written are complete ({str(err).splitlines()[0]})")
     except KeyboardInterrupt:
         sys.exit("interrupted: checkpoints already written are complete (they are written atomically)")

@@ -15,6 +15,7 @@ from aml.data.testsets import TEST_SETS, get_test_set
 from aml.data.trainsets import TRAIN_SETS, is_training_set
 from aml.descriptors import extract_dataset_features
 from aml.networks.loading import load_test_network
+from aml.utils.distributed import init_from_environment, main_first, process_device
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> List[Path]:
     """Run extract_features.py with ``argv``; returns the files written."""
     args = build_parser().parse_args(argv)
-    setup_logging()
-    device = resolve_device(args.device, args.gpu_id)
-    net, name = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
+    world = init_from_environment(resolve_device(args.device, args.gpu_id), args.dist_timeout)
+    setup_logging(verbose=world.is_main)
+    device = process_device(resolve_device(args.device, args.gpu_id), world)
+    net, name = main_first(world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher,
+                                                            args.data_root))
     options = dict(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp,
                    progress=not args.quiet)
     written = []

@@ -8,12 +8,13 @@ from typing import List, Optional
 
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
                                resolve_device, setup_logging)
-from aml.data.testsets import TEST_SETS, get_test_set
+from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
 from aml.evaluation.whitening_store import Encoder
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
+from aml.utils.distributed import init_from_environment, main_first, process_device
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,17 @@ def _skipped_dir(args: argparse.Namespace) -> Optional[Path]:
     return Path(args.report) if args.report else None
 
 
+def _load_networks(args: argparse.Namespace, datasets: List[str]):
+    """The tested network, with the teacher and the test sets in place (downloaded if needed;
+    run by rank 0 first under torchrun)."""
+    loaded = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
+    if args.asym:
+        load_teacher(args.teacher, args.data_root)
+    for dataset in datasets:
+        prepare_test_set(dataset, args.data_root, progress=not args.quiet)
+    return loaded
+
+
 def _json_ready(results):
     return json.loads(json.dumps(results, default=float))
 
@@ -83,7 +95,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
     """Run test.py with ``argv``; returns the results dict."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging()
     if args.list_pretrained:
         for entry in PRETRAINED.values():
             print(f"{entry.name:45s} {entry.kind:8s} {entry.teacher or '-':10s} {entry.url}")
@@ -94,18 +105,21 @@ def main(argv: Optional[List[str]] = None) -> dict:
             raise ValueError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
     except ValueError as err:
         parser.error(str(err))
-    device = resolve_device(args.device, args.gpu_id)
-    student, name = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
+    world = init_from_environment(resolve_device(args.device, args.gpu_id), args.dist_timeout)
+    setup_logging(verbose=world.is_main)
+    say = print if world.is_main else (lambda *a, **k: None)  # rank 0 prints the results
+    device = process_device(resolve_device(args.device, args.gpu_id), world)
+    student, name = main_first(world, lambda: _load_networks(args, datasets))
     path = Path(args.network_path) if args.network_path and Path(args.network_path).exists() else None
-    print(f">> Loading network:\n>>>> '{name}'")
-    print(">>>> loaded network: ")
-    print(student.meta_repr())
+    say(f">> Loading network:\n>>>> '{name}'")
+    say(">>>> loaded network: ")
+    say(student.meta_repr())
     teacher = None
     if args.asym:
         teacher_net, teacher_name = load_teacher(args.teacher, args.data_root)
         teacher_path = Path(args.teacher) if Path(args.teacher).exists() else None
         teacher = Encoder(teacher_net, teacher_name, teacher_path, named=teacher_path is None)
-        print(f">> Asymmetric testing: database by teacher '{teacher_name}', queries by '{name}'")
+        say(f">> Asymmetric testing: database by teacher '{teacher_name}', queries by '{name}'")
     settings = TestSettings(datasets=datasets, image_size=args.image_size, scales=args.multiscale,
                             whitening=args.whitening, workers=args.workers, device=str(device),
                             batch_size=args.batch_size, amp=args.amp, data_root=args.data_root,
@@ -113,8 +127,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
                             skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,
                             report_top=args.report_top)
     results = evaluate(Encoder(student, name, path, named=path is None), settings, teacher,
-                       on_result=lambda dataset, entry: print("\n".join(result_lines(dataset, entry)), flush=True))
-    if args.results:
+                       on_result=lambda dataset, entry: say("\n".join(result_lines(dataset, entry)), flush=True))
+    if args.results and world.is_main:
         report = {"settings": {**vars(args), "device": str(device), "network": name,
                                "teacher": teacher.name if teacher else None}, "results": results}
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import torch
 
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
                                positive_int, resolve_device, setup_logging, unit_interval)
-from aml.data.testsets import get_test_set
+from aml.data.testsets import get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, load_training_db, training_set_names, whitening_set_names
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
 from aml.evaluation.whitening_store import Encoder
@@ -27,6 +27,7 @@ from aml.training.optim import OPTIMIZERS, build_optimizer
 from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.trainer import Split, Trainer, TrainSettings
+from aml.utils.distributed import init_from_environment, main_first, process_device
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,18 @@ def trunk_weights_file(args: argparse.Namespace, device: str) -> Optional[Path]:
     return Path(args.trunk_weights)
 
 
+def _prepare(args: argparse.Namespace, teacher: Teacher, device: str) -> None:
+    """Everything that may download or generate files: the training db, the trunk weights,
+    the teacher, the test sets (run by rank 0 first under torchrun)."""
+    for split in ("train", "val") if args.val else ("train",):
+        load_training_db(args.training_dataset, split, args.data_root)
+    trunk_weights_file(args, device)
+    if get_mode(args.mode).needs_teacher and not (args.feat_path and (args.feat_val_path or not args.val)):
+        teacher.loaded
+    for name in filter(None, args.test_datasets.split(",") if args.test_freq else []):
+        prepare_test_set(name, args.data_root)
+
+
 def _split(args, teacher: Teacher, split: str, feat_path: Optional[str], device: str) -> Split:
     db = load_training_db(args.training_dataset, split, args.data_root)
     features = None
@@ -221,12 +234,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
-    setup_logging()
-    device = str(resolve_device(args.device, args.gpu_id))
+    world = init_from_environment(resolve_device(args.device, args.gpu_id), args.dist_timeout)
+    if args.batch_size % world.size:
+        parser.error(f"--batch-size {args.batch_size} does not split over {world.size} processes: it is the global "
+                     f"number of tuples per step; use a multiple of {world.size}")
+    setup_logging(verbose=world.is_main)
+    device = str(process_device(resolve_device(args.device, args.gpu_id), world))
     run_dir = Path(args.directory) / run_name(args)
     run_dir.mkdir(parents=True, exist_ok=True)
     mode = get_mode(args.mode)
     teacher = Teacher(args.teacher, args.data_root)
+    main_first(world, lambda: _prepare(args, teacher, device))
     train = _split(args, teacher, "train", args.feat_path, device)
     val = _split(args, teacher, "val", args.feat_val_path, device) if args.val else None
     dim = train.teacher.shape[0] if train.teacher is not None else teacher_dimension(args.teacher)
@@ -258,10 +276,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              batch_forward=args.batch_forward, seed=args.seed,
                              progress=not args.quiet)
     trainer = Trainer(net, LOSSES[args.loss], build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer,
-                      mode, train, val, run_dir, settings, _test_callback(args, teacher, device, run_dir))
+                      mode, train, val, run_dir, settings, _test_callback(args, teacher, device, run_dir), world)
     resumed = trainer.resume(args.resume) if args.resume else False
     if not args.pretrained and not resumed and trainer.calibrate_if_vanishing():
         net.meta["batchnorm_calibrated"] = True
-    log.info(">> Training %s in mode %s with %s loss; run folder %s", args.arch, args.mode, args.loss, run_dir)
+    log.info(">> Training %s in mode %s with %s loss; run folder %s%s", args.arch, args.mode, args.loss, run_dir,
+             f"; {world.size} processes, {args.batch_size // world.size} tuples each per batch"
+             if world.distributed else "")
     history = trainer.fit()
     return {"run_dir": run_dir, "history": history, "net": net}

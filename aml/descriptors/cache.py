@@ -15,6 +15,7 @@ import numpy as np
 from aml.descriptors.extraction import describe_images
 from aml.descriptors.fingerprint import network_fingerprint
 from aml.utils.atomic import atomic_write
+from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
 DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
@@ -61,7 +62,7 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
             return vecs
         log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
     vecs = describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
-    if not skipped:
+    if not skipped and current_world().is_main:
         atomic_write(path, lambda out: np.save(out, vecs.astype(np.float32)))
         evict(Path(cache_dir), tag, keep)
     return vecs

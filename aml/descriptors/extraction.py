@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
+from aml.utils.distributed import concat_lists, current_world, gather_columns, gather_objects, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,33 @@ def extract_vectors(
     compatibility; progress goes to a tqdm bar (stderr, titled ``desc``) when ``progress``.
     An unreadable image raises :class:`ImageLoadError` naming it; with ``skip_bad`` it is
     skipped instead, its column left at zero and its index appended to ``skipped``.
+
+    Under torchrun the call is collective: every rank encodes its contiguous block of the
+    images (:func:`aml.utils.distributed.shard_range`) and every rank returns the whole
+    D x N result (and the whole ``skipped`` list).
     """
     del print_freq
+    world = current_world()
+    mine = shard_range(len(images), world)
+    local_skipped: Optional[List[int]] = [] if skip_bad else None
+    vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,
+                          [bbxs[i] for i in mine] if bbxs is not None else None, ms, msp, workers, device, batch_size,
+                          amp, channels_last, progress and world.is_main, local_skipped, desc)
+    if world.distributed:
+        vecs = gather_columns(vecs, len(images), world)
+    if skip_bad:
+        found = concat_lists(gather_objects([mine.start + i for i in local_skipped], world))
+        if skipped is not None:
+            skipped.extend(found)
+    return vecs
+
+
+def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], image_size: Optional[float],
+                   transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]], ms: Sequence[float], msp: float,
+                   workers: int, device: Optional[Device], batch_size: Optional[int], amp: bool, channels_last: bool,
+                   progress: bool, bad: Optional[List[int]], desc: str) -> torch.Tensor:
+    """:func:`extract_vectors` of one process's images (``bad``: None = raise on an
+    unreadable image, a list = skip it and append its index)."""
     device = torch.device(device) if device is not None else next(net.parameters()).device
     net.to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -166,7 +192,6 @@ def extract_vectors(
     batch_size = batch_size or default_batch_size(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     vecs: Optional[torch.Tensor] = None
-    bad: Optional[List[int]] = (skipped if skipped is not None else []) if skip_bad else None
     try:
         with torch.inference_mode(), autocast, tqdm(total=len(dataset), disable=not progress, unit="img",
                                                      desc=desc, leave=False) as bar:

@@ -18,6 +18,7 @@ from aml.descriptors.extraction import describe_images
 from aml.descriptors.fingerprint import network_fingerprint
 from aml.networks.retrieval_net import multiscale_power
 from aml.utils.atomic import atomic_write
+from aml.utils.distributed import barrier, current_world
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: s
                            desc=f"{dataset} {split}", **options)
     settings = {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),
                 "image_size": image_size, "scales": [float(x) for x in scales]}
-    write_feature_file(vecs, images, path, settings)
+    world = current_world()
+    if world.is_main:
+        write_feature_file(vecs, images, path, settings)
+    barrier(world)  # the other ranks read it next
     log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
     return path

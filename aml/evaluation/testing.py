@@ -22,6 +22,7 @@ from aml.evaluation.search import rank_database
 from aml.evaluation.whitening import whitenapply
 from aml.evaluation.whitening_store import Encoder, get_whitening
 from aml.networks.retrieval_net import multiscale_power
+from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,10 @@ class _Encoded:
 def _write_skipped(dataset: str, images: Sequence[str], queries: Sequence[str], encoded: _Encoded,
                    settings: TestSettings, dataset_dir: Path) -> Path:
     folder = Path(settings.skipped_dir) if settings.skipped_dir is not None else dataset_dir
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"skipped_{dataset}.txt"
+    if not current_world().is_main:  # rank 0 writes it
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
     lines = [f"database\t{images[i]}" for i in sorted(encoded.skipped_db)]
     lines += [f"query\t{queries[i]}" for i in sorted(encoded.skipped_queries)]
     path.write_text("".join(line + "\n" for line in lines))
@@ -130,6 +133,8 @@ def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[
     how = (f"asymmetric: queries by {student.name}, database by {teacher.name}" if teacher is not None
            else f"symmetric: {student.name}")
     summary = "; ".join([how] + [line.split(": ", 1)[1] for line in format_results(dataset, results)])
+    if not current_world().is_main:  # rank 0 writes it
+        return Path(settings.report_dir) / dataset / "index.html"
     return write_report(Path(settings.report_dir) / dataset, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
 
 

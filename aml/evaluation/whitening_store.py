@@ -21,6 +21,7 @@ from aml.evaluation.whitening import whitenlearn
 from aml.networks.checkpoint import load_plain_file, save_plain_file
 from aml.networks.pretrained import PRETRAINED
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
+from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
 Whitening = Tuple[np.ndarray, np.ndarray]
@@ -80,7 +81,7 @@ def get_whitening(encoder: Encoder, whitening_set: str, settings, published: boo
         log.info(">> %s: whitening read from %s", whitening_set, cache)
         return np.asarray(data["m"]), np.asarray(data["P"])
     m, P = learn_whitening(encoder, whitening_set, settings)
-    if cache is not None:
+    if cache is not None and current_world().is_main:
         save_plain_file({"m": m, "P": P}, cache)
         log.info(">> %s: Saving to %s...", whitening_set, cache)
     return m, P

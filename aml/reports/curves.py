@@ -70,9 +70,11 @@ def plot_history(records: List[Dict[str, Any]], path: Path) -> bool:
 
 class TrainingHistory:
     """``history.json`` and ``curves.png`` of a run folder; a resumed run keeps the records
-    of the epochs it does not train again."""
+    of the epochs it does not train again. ``enabled`` False (a rank other than 0 of a
+    distributed run) keeps the records in memory and writes nothing."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.enabled = enabled
         self.json_path, self.png_path = Path(run_dir) / "history.json", Path(run_dir) / "curves.png"
         self.records: List[Dict[str, Any]] = []
         self._warned = False
@@ -97,6 +99,8 @@ class TrainingHistory:
         self._write()
 
     def _write(self) -> None:
+        if not self.enabled:
+            return
         text = json.dumps(self.records, indent=1, default=float)
         atomic_write(self.json_path, lambda out: out.write(text.encode()))
         if not self.records:

@@ -14,17 +14,22 @@ class RunLog:
     """log.txt and loss_log.txt of a run folder, appended and flushed line by line.
 
     loss_log.txt gets its header once; :meth:`restart_at` drops the lines of epochs that a
-    resumed run trains again (a crash after logging an epoch but before its checkpoint)."""
+    resumed run trains again (a crash after logging an epoch but before its checkpoint).
+    ``enabled`` False (a rank other than 0 of a distributed run) writes nothing."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.run_dir, self.enabled = run_dir, enabled
         self.loss_log = run_dir / "loss_log.txt"
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
         if not self.loss_log.is_file() or not self.loss_log.read_text().strip():
             self.loss_log.write_text(LOSS_LOG_HEADER + "\n")
 
     def restart_at(self, epoch: int) -> None:
         """Keep the header and the lines of 0-based epochs below ``epoch``."""
+        if not self.enabled:
+            return
         kept = [LOSS_LOG_HEADER]
         for line in self.loss_log.read_text().splitlines():
             head = line.split(",", 1)[0].strip()
@@ -36,10 +41,14 @@ class RunLog:
         """Append ``text`` to log.txt (and log it unless ``echo`` is False)."""
         if echo:
             log.info(text)
+        if not self.enabled:
+            return
         with open(self.run_dir / "log.txt", "a") as out:
             out.write(text + "\n")
 
     def losses(self, epoch: int, train_loss: float, val_loss: Optional[float]) -> None:
+        if not self.enabled:
+            return
         with open(self.loss_log, "a") as out:
             out.write(f"{epoch}, {train_loss}" + (f", {val_loss}" if val_loss is not None else "") + "\n")
 

@@ -6,6 +6,7 @@ weights, and a non-finite network is never written; ``model_best`` is written be
 ``model_epochN``, so a crash between the two never leaves a stale best behind a newer
 epoch checkpoint."""
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.distributed.nn.functional as distributed_nn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -28,6 +32,7 @@ from aml.training.tuples import TupleDataset, collate_list, encode_tuples, shape
 from aml.reports.curves import TrainingHistory
 from aml.training.run_folder import RunLog, latest_checkpoint
 from aml.utils.atomic import remove_orphan_temporaries
+from aml.utils.distributed import World, barrier, concat_lists, gather_objects, shard_range
 from aml.utils.seeding import generator as seeded_generator
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,17 @@ class TrainSettings:
     progress: bool = False  # tqdm bars (stderr) over training batches and descriptor extraction
 
 
+class DescriptorModel(nn.Module):
+    """The network's B x D descriptors as a forward, which DistributedDataParallel wraps."""
+
+    def __init__(self, net: ImageRetrievalNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.descriptors(x)
+
+
 def _check_finite(loss: torch.Tensor) -> None:
     value = loss.item()
     if not np.isfinite(value):
@@ -92,25 +108,52 @@ def _check_finite(loss: torch.Tensor) -> None:
 
 
 class Trainer:
-    """Trains ``net`` with ``criterion`` in ``mode``; checkpoints go to ``run_dir``."""
+    """Trains ``net`` with ``criterion`` in ``mode``; checkpoints go to ``run_dir``.
+
+    With a distributed ``world`` (torchrun) the network trains under DistributedDataParallel:
+    every rank builds the same tuples (extraction is collective), takes its contiguous slice
+    of each global mini-batch of ``batch_size`` tuples, and the gradients are summed over
+    ranks as one process sums them over tuples; rank 0 alone writes logs and checkpoints.
+    With ``train_batchnorm`` BatchNorm becomes SyncBatchNorm (CUDA only)."""
 
     def __init__(self, net: ImageRetrievalNet, loss: LossSpec, criterion: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, mode: Mode, train: Split, val: Optional[Split], run_dir: Path,
-                 settings: TrainSettings, evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None):
+                 settings: TrainSettings, evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
+                 world: World = World()):
         self.net, self.loss, self.criterion, self.optimizer, self.mode = net, loss, criterion, optimizer, mode
         self.val_mode = validation_mode(mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
         self.device = torch.device(settings.device)
+        self.world = world
         net.to(memory_format=torch.channels_last)  # faster convolutions on the CPU and GPU
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
         self.evaluate = evaluate
-        for orphan in remove_orphan_temporaries(self.run_dir):
-            log.info(">> removed %s, left by an interrupted write", orphan)
-        self.log = RunLog(self.run_dir)
-        self.curves = TrainingHistory(self.run_dir)
+        self.ddp, self.sync_batchnorm = self._distribute(net) if world.distributed else (None, False)
+        self.encode = self.ddp if self.ddp is not None else net.descriptors
+        if world.is_main:
+            for orphan in remove_orphan_temporaries(self.run_dir):
+                log.info(">> removed %s, left by an interrupted write", orphan)
+        self.log = RunLog(self.run_dir, enabled=world.is_main)
+        self.curves = TrainingHistory(self.run_dir, enabled=world.is_main)
         self.min_loss = float("inf")
         self.start_epoch = 0
         self.history: List[Dict[str, Any]] = []
+
+    def _distribute(self, net: ImageRetrievalNet) -> Tuple[DistributedDataParallel, bool]:
+        """The DistributedDataParallel wrapper of ``net`` (SyncBatchNorm with
+        ``train_batchnorm``), after checking that the global batch splits evenly."""
+        s, world = self.settings, self.world
+        if s.batch_size % world.size:
+            raise ValueError(f"--batch-size {s.batch_size} does not split over {world.size} processes: it is the "
+                             f"global number of tuples per step; use a multiple of {world.size}")
+        sync = s.train_batchnorm
+        if sync:
+            if self.device.type != "cuda":
+                raise ValueError("--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics "
+                                 "across processes on GPUs only); on the CPU train it in one process")
+            nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(DescriptorModel(net), device_ids=ids, forward_sync_buffers=False), sync
 
     # -- tuples ---------------------------------------------------------------------------
     def _encoder(self, split: Split) -> Callable[[Sequence[int]], torch.Tensor]:
@@ -134,21 +177,31 @@ class Trainer:
             log.info(">>>> Average negative l2-distance: %.2f", distance)
         return tuples
 
-    def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
-        """Batches of tuples, shuffled by the seed's shuffle stream (independent of the tuple
-        draw). With ``train_batchnorm`` a training batch holds queries of one shape where
-        possible (one forward, whole-batch statistics)."""
+    def _batches(self, split: Split, tuples: List[TrainingTuple], generator: torch.Generator,
+                 shuffle: bool) -> List[List[int]]:
+        """The epoch's global mini-batches (tuple indices; a trailing partial batch dropped),
+        shuffled by the seed's shuffle stream (independent of the tuple draw). With
+        ``train_batchnorm`` a training batch holds queries of one shape where possible (one
+        forward, whole-batch statistics)."""
         s = self.settings
-        dataset = TupleDataset(tuples, split.images, s.image_size, self.transform, split.teacher)
-        generator = seeded_generator(s.seed, "shuffle", epoch)
-        workers = effective_workers(s.workers, self.device)
         if shuffle and s.train_batchnorm:
             sizes = split.image_sizes()
             keys = [resized_shape(sizes[t.members[0]], s.image_size) for t in tuples]
-            return DataLoader(dataset, batch_sampler=shape_grouped_batches(keys, s.batch_size, generator),
-                              collate_fn=collate_list, num_workers=workers, generator=generator)
-        return DataLoader(dataset, batch_size=s.batch_size, shuffle=shuffle, drop_last=True, collate_fn=collate_list,
-                          generator=generator, num_workers=workers)
+            return shape_grouped_batches(keys, s.batch_size, generator)
+        order = DataLoader(range(len(tuples)), batch_size=s.batch_size, shuffle=shuffle, drop_last=True,
+                           generator=generator, collate_fn=list)
+        return list(order)
+
+    def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
+        """This rank's part of every global mini-batch (all of it in one process)."""
+        s = self.settings
+        dataset = TupleDataset(tuples, split.images, s.image_size, self.transform, split.teacher)
+        generator = seeded_generator(s.seed, "shuffle", epoch)
+        batches = self._batches(split, tuples, generator, shuffle)
+        if self.world.distributed:
+            batches = [[batch[k] for k in shard_range(len(batch), self.world)] for batch in batches]
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_list,
+                          num_workers=effective_workers(s.workers, self.device), generator=generator)
 
     # -- losses ---------------------------------------------------------------------------
     def _loss_inputs(self, outputs: List[torch.Tensor], chunk: List[Dict[str, Any]]) -> List[Tuple]:
@@ -160,28 +213,61 @@ class Trainer:
             target = item["target"][1:].to(self.device) if self.loss.needs_target and item["target"] is not None else None
             calls.append((out[:, :1].t(), out[:, 1:].t(), item["labels"][1:].to(self.device), target))
         if self.loss.kind is LossKind.RELATIONAL:
-            calls = [(torch.cat([c[0] for c in calls]), torch.cat([c[1][:1] for c in calls]), None, None)]
+            anchors, references = torch.cat([c[0] for c in calls]), torch.cat([c[1][:1] for c in calls])
+            if self.world.distributed:  # the loss relates the whole global batch: gather it, with gradients
+                anchors = torch.cat(distributed_nn.all_gather(anchors))
+                references = torch.cat(distributed_nn.all_gather(references))
+            calls = [(anchors, references, None, None)]
         return calls
 
-    def batch_losses(self, batch: List[Dict[str, Any]], backward: bool) -> List[float]:
+    def _sync(self, sync: bool):
+        """Outside a step's last backward, DistributedDataParallel must not reduce gradients."""
+        return self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
+
+    def _shapes(self, chunk: List[Dict[str, Any]]) -> Tuple[tuple, ...]:
+        """With SyncBatchNorm: every image shape on any rank, so that all ranks make the same
+        forward calls (its statistics are a collective); else () (each rank its own)."""
+        if not self.sync_batchnorm:
+            return ()
+        mine = sorted({tuple(image.shape) for item in chunk for image in item["images"]})
+        return tuple(sorted(set(concat_lists(gather_objects(mine, self.world)))))
+
+    def _global_losses(self, losses: List[float]) -> List[float]:
+        """Every rank's losses in global batch order (a relational loss: computed on every rank alike)."""
+        if not self.world.distributed:
+            return losses
+        parts = gather_objects(losses, self.world)
+        return parts[0] if self.loss.kind is LossKind.RELATIONAL else concat_lists(parts)
+
+    def batch_losses(self, batch: List[Dict[str, Any]], backward: bool, sync: bool = True) -> List[float]:
         """Loss of each call of the loss over a batch: one per tuple (tuple losses) or one per
         batch (relational losses). With frozen BatchNorm and a tuple loss, one tuple is encoded
         and back-propagated at a time (the original's memory profile) unless ``batch_forward``;
         otherwise all student images of the batch go through together, one forward per image
         shape (with ``train_batchnorm`` their batch statistics are those of the mini-batch;
-        with frozen BatchNorm the result equals tuple by tuple, faster, with more memory)."""
+        with frozen BatchNorm the result equals tuple by tuple, faster, with more memory).
+
+        Distributed, ``batch`` is this rank's slice and the losses returned are the global
+        batch's; tuple losses are scaled by the number of ranks before backward, because
+        DistributedDataParallel averages gradients where one process sums them (a relational
+        loss is already whole on every rank: its gathered rows send gradients back).
+        ``sync`` False: the optimizer does not step after this batch (no gradient reduction)."""
         s = self.settings
         together = s.train_batchnorm or s.batch_forward or self.loss.kind is LossKind.RELATIONAL
+        chunks = [batch] if together else [[item] for item in batch]
+        encode = self.encode if backward else self.net.descriptors
+        scale = self.world.size if self.loss.kind is LossKind.TUPLE else 1
         losses: List[float] = []
-        for chunk in ([batch] if together else [[item] for item in batch]):
-            values = [self.criterion(*call) for call in self._loss_inputs(encode_tuples(self.net, chunk, self.device),
-                                                                          chunk)]
-            total = torch.stack(values).sum()
-            _check_finite(total)
-            if backward:
-                total.backward()
+        for k, chunk in enumerate(chunks):
+            with self._sync(backward and sync and k + 1 == len(chunks)):
+                outputs = encode_tuples(encode, chunk, self.device, self._shapes(chunk))
+                values = [self.criterion(*call) for call in self._loss_inputs(outputs, chunk)]
+                total = torch.stack(values).sum()
+                _check_finite(total)
+                if backward:
+                    (total * scale if scale != 1 else total).backward()
             losses += [value.item() for value in values]
-        return losses
+        return self._global_losses(losses)
 
     def _divergence_message(self, epoch: int, batch: int, batches: int, value: float) -> str:
         last = latest_checkpoint(self.run_dir)
@@ -207,7 +293,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", disable=not s.progress, leave=False)
         for i, batch in enumerate(bar):
             try:
-                losses += self.batch_losses(batch, backward=True)
+                losses += self.batch_losses(batch, backward=True, sync=(i + 1) % s.update_every == 0)
             except _NonFiniteLoss as err:
                 message = self._divergence_message(epoch, i, len(loader), err.value)
                 self.log.line(message, echo=False)
@@ -276,11 +362,13 @@ class Trainer:
         if bad:
             raise TrainingDiverged(f"training stopped: after epoch {epoch + 1} the weights {bad[:3]} are not finite; "
                                    "nothing was saved for this epoch; lower --lr")
-        state = checkpoint_state(self.net, epoch + 1, self.min_loss, self.optimizer)
-        if is_best:
-            save_checkpoint(state, self.run_dir / "model_best.pth.tar")
-        if (epoch + 1) % self.settings.save_freq == 0:
-            save_checkpoint(state, self.run_dir / f"model_epoch{epoch + 1}.pth.tar")
+        if self.world.is_main:
+            state = checkpoint_state(self.net, epoch + 1, self.min_loss, self.optimizer)
+            if is_best:
+                save_checkpoint(state, self.run_dir / "model_best.pth.tar")
+            if (epoch + 1) % self.settings.save_freq == 0:
+                save_checkpoint(state, self.run_dir / f"model_epoch{epoch + 1}.pth.tar")
+        barrier(self.world)
 
     def resume(self, name: str) -> bool:
         """Load ``run_dir/name``, or the latest model_epochN there; False if none exists."""

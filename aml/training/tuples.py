@@ -66,27 +66,36 @@ def shape_grouped_batches(keys: Sequence[Hashable], batch_size: int, generator: 
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def encode_images(net: torch.nn.Module, images: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """B x D student descriptors; images of the same shape share one forward pass. With
-    frozen BatchNorm the result equals one forward per image; with BatchNorm in train mode
-    each shape group is normalised by its own batch statistics."""
+Encoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images -> B x D descriptors
+
+
+def encode_images(encode: Encoder, images: Sequence[torch.Tensor], device: torch.device,
+                  shapes: Sequence[tuple] = ()) -> torch.Tensor:
+    """B x D student descriptors by ``encode`` (``net.descriptors``, or the distributed
+    wrapper around it); images of the same shape share one forward pass. With frozen
+    BatchNorm the result equals one forward per image; with BatchNorm in train mode each
+    shape group is normalised by its own batch statistics. ``shapes``, when given, is the
+    order of the forward passes and must hold every image shape; a shape without images gets
+    a forward of an empty batch (SyncBatchNorm: every rank makes the same calls)."""
     groups: Dict[tuple, List[int]] = defaultdict(list)
     for i, image in enumerate(images):
         groups[tuple(image.shape)].append(i)
     rows: List[Optional[torch.Tensor]] = [None] * len(images)
-    for indices in groups.values():
-        batch = torch.stack([images[i] for i in indices]).to(device, non_blocking=True)
-        out = net.descriptors(batch.contiguous(memory_format=torch.channels_last))
+    for shape in (shapes or list(groups)):
+        indices = groups.get(shape, [])
+        batch = (torch.stack([images[i] for i in indices]) if indices else torch.empty((0,) + tuple(shape)))
+        out = encode(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
         for row, i in enumerate(indices):
             rows[i] = out[row]
-    return torch.stack(rows)
+    return torch.stack(rows) if rows else out
 
 
-def encode_tuples(net: torch.nn.Module, items: Sequence[Dict[str, Any]], device: torch.device) -> List[torch.Tensor]:
+def encode_tuples(encode: Encoder, items: Sequence[Dict[str, Any]], device: torch.device,
+                  shapes: Sequence[tuple] = ()) -> List[torch.Tensor]:
     """D x S descriptors of each tuple in member order (student images and teacher columns);
     the student images of all ``items`` are encoded together (see :func:`encode_images`)."""
     images = [image for item in items for image in item["images"]]
-    encoded = encode_images(net, images, device) if images else None
+    encoded = encode_images(encode, images, device, shapes) if images or shapes else None
     outputs, start = [], 0
     for item in items:
         columns: List[Optional[torch.Tensor]] = [None] * len(item["labels"])

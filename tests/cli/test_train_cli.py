@@ -222,9 +222,9 @@ def test_batch_forward_with_frozen_batchnorm_equals_tuple_by_tuple(synth_root, t
 
     encoded = []  # tuples per encode_tuples call
 
-    def counting(net, items, device):
+    def counting(encode, items, device, shapes=()):
         encoded.append(len(items))
-        return original(net, items, device)
+        return original(encode, items, device, shapes)
 
     original = trainer.encode_tuples
     monkeypatch.setattr(trainer, "encode_tuples", counting)

@@ -64,13 +64,13 @@ def test_tuple_images_batched_equal_one_by_one_with_gradients():
     images = [torch.rand(3, 40, 32), torch.rand(3, 32, 40), torch.rand(3, 40, 32)]
     item = {"images": images, "image_slots": [0, 2, 3], "teacher_slots": [1], "teacher": torch.rand(512, 1),
             "labels": torch.tensor([-1.0, 1, 0, 0])}
-    batched = encode_tuples(net, [item], torch.device("cpu"))[0]
+    batched = encode_tuples(net.descriptors, [item], torch.device("cpu"))[0]
     single = torch.stack([net.descriptors(x[None])[0] for x in images], dim=1)
     assert torch.allclose(batched[:, [0, 2, 3]], single, atol=1e-6)
     assert torch.equal(batched[:, 1], item["teacher"][:, 0])
     batched.sum().backward()
     assert net.features[0].weight.grad is not None
-    assert encode_images(net, images, torch.device("cpu")).shape == (3, 512)
+    assert encode_images(net.descriptors, images, torch.device("cpu")).shape == (3, 512)
 
 
 def test_tuples_of_a_batch_encoded_together_equal_one_by_one_with_frozen_batchnorm():
@@ -80,9 +80,9 @@ def test_tuples_of_a_batch_encoded_together_equal_one_by_one_with_frozen_batchno
     freeze_batchnorm(net)
     items = [{"images": [torch.rand(3, 40, 32)], "image_slots": [0], "teacher_slots": [1, 2],
               "teacher": torch.rand(512, 2), "labels": torch.tensor([-1.0, 1, 0])} for _ in range(3)]
-    together = encode_tuples(net, items, torch.device("cpu"))
+    together = encode_tuples(net.descriptors, items, torch.device("cpu"))
     for item, out in zip(items, together):
-        assert torch.allclose(out, encode_tuples(net, [item], torch.device("cpu"))[0], atol=1e-6)
+        assert torch.allclose(out, encode_tuples(net.descriptors, [item], torch.device("cpu"))[0], atol=1e-6)
         assert torch.equal(out[:, 1:], item["teacher"])
 
 

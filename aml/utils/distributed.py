@@ -1,0 +1,164 @@
+"""Several processes, one job: the thin layer over ``torch.distributed`` that aml uses.
+
+Processes are started by ``torchrun``, which sets RANK, WORLD_SIZE, LOCAL_RANK and the
+rendezvous in the environment. :func:`init_from_environment` joins that group (nccl on CUDA,
+gloo on the CPU) with a timeout, so a process whose peer died stops with an error instead
+of waiting forever. Everything else here reads torch's own process-group state: a single
+process (no torchrun) sees a world of size 1 and every function is a no-op.
+
+Rules the package keeps: every descriptor extraction is collective (all ranks call it, each
+encodes its shard, every rank gets the whole result); files are written by rank 0 alone,
+followed by :func:`barrier` where the other ranks read them.
+"""
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, List, Sequence
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 1800  # a collective waits this long for a peer before failing (--dist-timeout)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files and prints results."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment describes a group of more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
+    """Join the process group torchrun described (no-op for a single process) and return
+    this process's :class:`World`. CUDA processes use the GPU of their LOCAL_RANK."""
+    if not launched_by_torchrun():
+        return World()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        log.info(">> process %d of %d joined the group (%s, timeout %ds)", dist.get_rank(), dist.get_world_size(),
+                 backend, timeout_s)
+    return current_world()
+
+
+def current_world() -> World:
+    """The world of the process group this process is in (size 1 when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def process_device(device: torch.device, world: World) -> torch.device:
+    """The device of this process: with several processes on CUDA, the GPU of its local rank."""
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def shard_range(count: int, world: World) -> range:
+    """The contiguous block of ``range(count)`` this rank handles (sizes differ by at most 1)."""
+    base, extra = divmod(count, world.size)
+    start = world.rank * base + min(world.rank, extra)
+    return range(start, start + base + (world.rank < extra))
+
+
+def gather_columns(local: torch.Tensor, count: int, world: World) -> torch.Tensor:
+    """Every rank's D x n_r block (rank order = :func:`shard_range` order) joined into the
+    D x ``count`` whole, on every rank. Blocks are padded to equal size for the collective."""
+    if not world.distributed:
+        return local
+    longest = shard_range(count, World(0, world.size)).stop  # rank 0's block is the longest
+    device = _collective_device()
+    padded = torch.zeros(local.shape[0], longest, dtype=local.dtype, device=device)
+    padded[:, :local.shape[1]] = local.to(device)
+    blocks = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(blocks, padded)
+    parts = [block[:, :len(shard_range(count, World(r, world.size)))] for r, block in enumerate(blocks)]
+    return torch.cat(parts, dim=1).to(local.device)
+
+
+def gather_objects(value: Any, world: World) -> List[Any]:
+    """``[value of rank 0, value of rank 1, ...]`` on every rank (picklable values)."""
+    if not world.distributed:
+        return [value]
+    out: List[Any] = [None] * world.size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def all_ranks_agree(flag: bool, world: World) -> bool:
+    """True on every rank when ``flag`` is true on every rank."""
+    return all(gather_objects(bool(flag), world))
+
+
+def broadcast_object(value: Any, world: World, source: int = 0) -> Any:
+    """Rank ``source``'s ``value`` on every rank."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=source)
+    return box[0]
+
+
+def barrier(world: World) -> None:
+    """Wait until every rank got here (after rank 0 wrote what the others read)."""
+    if world.distributed:
+        dist.barrier()
+
+
+def concat_lists(parts: Sequence[Sequence[Any]]) -> List[Any]:
+    """The per-rank lists of :func:`gather_objects`, joined in rank order."""
+    return [item for part in parts for item in part]
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that failed because another process died or did not
+    answer within the timeout (gloo and nccl raise RuntimeErrors that say so)."""
+    if isinstance(error, dist.DistBackendError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("Timed out waiting", "Connection closed by peer", "Connection reset by peer",
+                                      "gloo/transport", "NCCL"))
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def shutdown() -> None:
+    """Leave the process group (end of a command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def main_first(world: World, step: Callable[[], Any]) -> Any:
+    """Run ``step`` (downloads, data generation, file caches) on rank 0, then on the other
+    ranks once rank 0 is done, so that they find its files in place instead of racing it."""
+    result = step() if world.is_main else None
+    barrier(world)
+    return result if world.is_main else step()

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
                                resolve_device, setup_logging)
+from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
@@ -30,7 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--list-pretrained", action="store_true", help="print the pretrained list and exit")
     parser.add_argument("--datasets", "-d", metavar="DATASETS", default="roxford5k,rparis6k",
                         help=f"comma separated test sets: {', '.join(TEST_SETS)}, or any folder <data_root>/test/NAME "
-                             "with jpg/ and gnd_NAME.pkl (default: roxford5k,rparis6k)")
+                             "with jpg/ and gnd_NAME.pkl; add a distractor set with '+': "
+                             f"{', '.join('NAME+' + d for d in DISTRACTOR_SETS)} (1m = the revisitop 1M distractors) "
+                             "(default: roxford5k,rparis6k)")
+    parser.add_argument("--distractor-dtype", choices=["float32", "float16"], default="float32",
+                        help="how distractor descriptors are stored on disk: float16 halves the disk and the reads, "
+                             "and rounds the scores (default: float32)")
+    parser.add_argument("--shard-size", default=16384, type=positive_int, metavar="N",
+                        help="distractor images per shard of the descriptor store (default: 16384)")
     parser.add_argument("--image-size", "-imsize", default=1024, type=positive_int, metavar="N",
                         help="maximum size of the longer image side (default: 1024)")
     parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales,
@@ -66,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_datasets(text: str, data_root: Optional[str]) -> List[str]:
     names = [name for name in text.split(",") if name]
     for name in names:
-        get_test_set(name, data_root)
+        get_test_set(split_test_name(name)[0], data_root)
     return names
 
 
@@ -82,8 +90,11 @@ def _load_networks(args: argparse.Namespace, datasets: List[str]):
     loaded = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
     if args.asym:
         load_teacher(args.teacher, args.data_root)
-    for dataset in datasets:
+    for name in datasets:
+        dataset, suffix = split_test_name(name)
         prepare_test_set(dataset, args.data_root, progress=not args.quiet)
+        if suffix is not None:
+            prepare_distractors(suffix, args.data_root, progress=not args.quiet)
     return loaded
 
 
@@ -103,6 +114,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
         datasets = _check_datasets(args.datasets, args.data_root)
         if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
             raise ValueError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
+        if args.report and any(split_test_name(name)[1] for name in datasets):
+            raise ValueError("--report draws full rankings, which a distractor set makes too long; run --report "
+                             "without the '+' suffix")
     except ValueError as err:
         parser.error(str(err))
     world = init_from_environment(resolve_device(args.device, args.gpu_id), args.dist_timeout)
@@ -125,7 +139,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
                             batch_size=args.batch_size, amp=args.amp, data_root=args.data_root,
                             cache=not args.no_cache, progress=not args.quiet, skip_bad=args.skip_bad_images,
                             skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,
-                            report_top=args.report_top)
+                            report_top=args.report_top, distractor_dtype=args.distractor_dtype,
+                            shard_size=args.shard_size)
     results = evaluate(Encoder(student, name, path, named=path is None), settings, teacher,
                        on_result=lambda dataset, entry: say("\n".join(result_lines(dataset, entry)), flush=True))
     if args.results and world.is_main:

@@ -12,6 +12,7 @@ import torch
 
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
                                positive_int, resolve_device, setup_logging, unit_interval)
+from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, load_training_db, training_set_names, whitening_set_names
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
@@ -123,7 +124,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
                      "tuple of different images")
     for name in filter(None, args.test_datasets.split(",")):
         try:
-            get_test_set(name, args.data_root)
+            get_test_set(split_test_name(name)[0], args.data_root)
         except ValueError as err:
             parser.error(str(err).replace("dataset", "test dataset", 1))
     if args.trunk_weights is not None:
@@ -190,7 +191,10 @@ def _prepare(args: argparse.Namespace, teacher: Teacher, device: str) -> None:
     if get_mode(args.mode).needs_teacher and not (args.feat_path and (args.feat_val_path or not args.val)):
         teacher.loaded
     for name in filter(None, args.test_datasets.split(",") if args.test_freq else []):
-        prepare_test_set(name, args.data_root)
+        dataset, suffix = split_test_name(name)
+        prepare_test_set(dataset, args.data_root)
+        if suffix is not None:
+            prepare_distractors(suffix, args.data_root)
 
 
 def _split(args, teacher: Teacher, split: str, feat_path: Optional[str], device: str) -> Split:

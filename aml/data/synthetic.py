@@ -307,6 +307,43 @@ def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: S
     return folder
 
 
+# ------------------------------------------------------------------------------------------
+# distractor set (revisitop1m layout: jpg/<sub>/<image>.jpg and <name>.txt listing them)
+
+@dataclass(frozen=True)
+class SyntheticDistractorConfig:
+    """Size of a synthetic distractor set: views of landmarks that no test set contains."""
+
+    images: int = 20000
+    views_per_landmark: int = 4
+    image_size: int = 64
+    seed: int = 3
+
+
+def generate_distractor_set(data_root: PathLike, name: str = "synth-1m",
+                            config: SyntheticDistractorConfig = SyntheticDistractorConfig(),
+                            overwrite: bool = False, progress: bool = False) -> Path:
+    """Write ``<data_root>/test/<name>/`` with ``config.images`` distractor images under
+    ``jpg/`` (1,000 per sub-folder) and the list ``<name>.txt`` (paths relative to ``jpg/``)."""
+    folder = Path(data_root) / "test" / name
+    if (folder / f"{name}.txt").exists() and not overwrite:
+        return folder
+    rng = np.random.default_rng(config.seed)
+    staging = folder.with_name(f".{name}.generating")
+    shutil.rmtree(staging, ignore_errors=True)
+    styles = list(STYLES.values())
+    listing: List[str] = []
+    for i in tqdm(range(config.images), desc=f"generating {name}", unit="img", disable=not progress, leave=False):
+        if i % config.views_per_landmark == 0:
+            scene = draw_landmark(rng, styles[(i // config.views_per_landmark) % len(styles)])
+        listing.append(f"{i // 1000:04d}/{name}_{i:07d}.jpg")
+        _save(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size)[0], staging / "jpg" / listing[-1])
+    (staging / f"{name}.txt").write_text("".join(f"{line}\n" for line in listing))
+    _replace(staging, folder)
+    log.info(">> %s: %d distractor images written to %s", name, len(listing), folder)
+    return folder
+
+
 def _replace(staging: Path, folder: Path) -> None:
     """Move a finished staging folder into place (never leaves a half-written data set)."""
     if folder.exists():

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
-from aml.utils.distributed import concat_lists, current_world, gather_columns, gather_objects, shard_range
+from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def extract_vectors(
     skip_bad: bool = False,
     skipped: Optional[List[int]] = None,
     desc: str = "extracting",
+    collective: bool = True,
 ) -> torch.Tensor:
     """Descriptors of ``images`` as a D x N float32 CPU tensor (cirtorch semantics).
 
@@ -156,10 +157,11 @@ def extract_vectors(
 
     Under torchrun the call is collective: every rank encodes its contiguous block of the
     images (:func:`aml.utils.distributed.shard_range`) and every rank returns the whole
-    D x N result (and the whole ``skipped`` list).
+    D x N result (and the whole ``skipped`` list). ``collective`` False: this process
+    encodes all of ``images`` alone (the shards of a descriptor store).
     """
     del print_freq
-    world = current_world()
+    world = current_world() if collective else World()
     mine = shard_range(len(images), world)
     local_skipped: Optional[List[int]] = [] if skip_bad else None
     vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,

@@ -58,13 +58,32 @@ def compute_maps(ranks: np.ndarray, gnds: Dict[str, Sequence[Dict[str, Any]]],
     ranking is inverted once, in O(N_db), and every protocol looks its images up in it."""
     ranks = np.asarray(ranks)
     n_db, n_q = ranks.shape
-    aps = {name: np.full(n_q, np.nan) for name in gnds}
-    prs = {name: np.full((n_q, len(kappas)), np.nan) for name in gnds}
     inverse = np.full(max(n_db, int(ranks.max(initial=-1)) + 1), -1, dtype=np.int64)
     order = np.arange(n_db, dtype=np.int64)
-    for q in range(n_q):
-        inverse[:] = -1
-        inverse[ranks[:, q]] = order
+
+    def inverses():
+        for q in range(n_q):
+            inverse[:] = -1
+            inverse[ranks[:, q]] = order
+            yield inverse
+
+    return _maps(inverses(), n_q, gnds, kappas)
+
+
+def compute_maps_from_positions(positions: np.ndarray, gnds: Dict[str, Sequence[Dict[str, Any]]],
+                                kappas: Sequence[int] = ()) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`compute_maps` from ``positions`` (N x Q: 0-based place of database image i in
+    the ranking of query q) instead of the ranking itself: all that mAP and mP@k need, so a
+    search over 1M distractors need only return the places of the test set's own images."""
+    positions = np.asarray(positions, dtype=np.int64)
+    return _maps((positions[:, q] for q in range(positions.shape[1])), positions.shape[1], gnds, kappas)
+
+
+def _maps(inverses, n_q: int, gnds: Dict[str, Sequence[Dict[str, Any]]],
+          kappas: Sequence[int]) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+    aps = {name: np.full(n_q, np.nan) for name in gnds}
+    prs = {name: np.full((n_q, len(kappas)), np.nan) for name in gnds}
+    for q, inverse in enumerate(inverses):
         for name, gnd in gnds.items():
             aps[name][q], prs[name][q] = _score_query(inverse, gnd[q], kappas)
     results = {}
@@ -101,16 +120,18 @@ def revisited_gnd(gnd: Sequence[Dict[str, Any]], difficulty: str) -> List[Dict[s
 
 
 def evaluate_ranks(dataset: str, ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: str,
-                   kappas: Sequence[int] = DEFAULT_KAPPAS) -> Dict[str, Any]:
+                   kappas: Sequence[int] = DEFAULT_KAPPAS, positions: bool = False) -> Dict[str, Any]:
     """All numbers of one dataset as a dict (fractions in [0, 1]).
 
     ``protocol`` 'revisited' gives ``{'easy': {'map', 'mp@k', 'aps'}, 'medium': ..., 'hard': ...}``;
-    'classic' (oxford5k, paris6k) gives ``{'map': ..., 'aps': ...}`` from ok/junk.
+    'classic' (oxford5k, paris6k) gives ``{'map': ..., 'aps': ...}`` from ok/junk. With
+    ``positions`` the array holds places, not ranks (:func:`compute_maps_from_positions`).
     """
+    maps_of = compute_maps_from_positions if positions else compute_maps
     if protocol == "classic":
-        m_ap, aps, _, _ = compute_map(ranks, gnd)
+        m_ap, aps, _, _ = maps_of(ranks, {"gnd": gnd})["gnd"]
         return {"map": m_ap, "aps": aps.tolist()}
-    maps = compute_maps(ranks, {d: revisited_gnd(gnd, d) for d in ("easy", "medium", "hard")}, kappas)
+    maps = maps_of(ranks, {d: revisited_gnd(gnd, d) for d in ("easy", "medium", "hard")}, kappas)
     return {d: {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist())), "aps": aps.tolist()}
             for d, (m_ap, aps, pr, _) in maps.items()}
 

@@ -6,6 +6,7 @@ student; with whitening, the teacher's whitening applies to both sides. Each net
 uses its own mean/std and its own multi-scale power.
 """
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -15,10 +16,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from aml.data.paths import data_subdir
+from aml.data.distractors import DISTRACTOR_SETS, distractor_images, split_test_name
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.descriptors import cached_descriptors, describe_images, network_fingerprint
+from aml.descriptors.store import DescriptorStore, StoreKey, encode_into_store
 from aml.evaluation.metrics import evaluate_ranks, format_results
-from aml.evaluation.search import rank_database
+from aml.evaluation.search import positions_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply
 from aml.evaluation.whitening_store import Encoder, get_whitening
 from aml.networks.retrieval_net import multiscale_power
@@ -47,6 +50,8 @@ class TestSettings:
     skipped_dir: Optional[Path] = None  # where skipped_<dataset>.txt goes (default: the data set's folder)
     report_dir: Optional[Path] = None  # write the visual ranking report there
     report_top: int = 10
+    distractor_dtype: str = "float32"  # of the distractor store (float16 halves its disk and reads)
+    shard_size: int = 16384  # images per distractor shard
 
     def extraction(self) -> Dict[str, Any]:
         return dict(workers=self.workers, device=self.device, batch_size=self.batch_size, amp=self.amp,
@@ -70,6 +75,31 @@ def _search(database: np.ndarray, queries: np.ndarray, cfg: Dict[str, Any], gnd:
             excluded: Sequence[int] = ()) -> Tuple[Dict[str, Any], np.ndarray]:
     ranks = rank_database(database, queries, device=device, excluded=excluded)
     return evaluate_ranks(cfg["dataset"], ranks, gnd, cfg["protocol"]), ranks
+
+
+def _search_with_distractors(database: np.ndarray, queries: np.ndarray, cfg: Dict[str, Any], gnd: List[Dict[str, Any]],
+                             device: str, excluded: Sequence[int], store: DescriptorStore, lw=None) -> Dict[str, Any]:
+    """The numbers of the test set with the store's distractors added to its database."""
+    transform = (lambda x: whitenapply(x, *lw)) if lw is not None else None
+    places = positions_with_distractors(database, queries, store.blocks(), device, excluded, store.skipped(), transform)
+    return evaluate_ranks(cfg["dataset"], places, gnd, cfg["protocol"], positions=True)
+
+
+def distractor_store(suffix: str, encoder: Encoder, settings: TestSettings, fingerprint: str) -> DescriptorStore:
+    """The distractor set ``suffix`` encoded by ``encoder`` (once per network and settings:
+    shared by every test set and by every student tested against this teacher)."""
+    scales = tuple(float(x) for x in settings.scales)
+    key = StoreKey(fingerprint, encoder.name, settings.image_size, scales,
+                   round(float(multiscale_power(encoder.net, list(scales))), 6), settings.distractor_dtype,
+                   settings.shard_size)
+    name = DISTRACTOR_SETS[suffix].folder
+    tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_" + hashlib.sha1(repr(key).encode()).hexdigest()[:8]
+    folder = data_subdir(settings.data_root, "features") / "distractors" / f"{name}_{fingerprint}_{tag}"
+    images = distractor_images(suffix, settings.data_root, settings.progress)
+    options = {k: v for k, v in settings.extraction().items() if k != "skip_bad"}
+    log.info(">> %s: %d distractors, descriptors by %s in %s", name, len(images), encoder.name, folder)
+    return encode_into_store(encoder.net, images, folder, key, skip_bad=settings.skip_bad, desc=f"{name} shard",
+                             **options)
 
 
 @dataclass
@@ -161,6 +191,10 @@ def result_lines(dataset: str, entry: Dict[str, Any]) -> List[str]:
     lines = [line + note for line in format_results(dataset, entry["plain"])]
     if "whiten" in entry:
         lines += [line + note for line in format_results(dataset + " + whiten", entry["whiten"])]
+    if "distractors" in entry:
+        extra = entry["distractors"]
+        unread = f", {extra['skipped']} unreadable ones skipped (list next to the shards)" if extra["skipped"] else ""
+        lines.append(f">> {dataset}: {extra['count']} distractors added{unread}; descriptors in {extra['store']}")
     if skipped:
         lines.append(f">> {dataset}: {len(skipped['database'])} database images and {len(skipped['queries'])} "
                      f"queries could not be read and were skipped; list in {skipped['list']}")
@@ -169,20 +203,31 @@ def result_lines(dataset: str, entry: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def _evaluate_dataset(dataset: str, student: Encoder, database_encoder: Encoder, teacher: Optional[Encoder],
+def _evaluate_dataset(name: str, student: Encoder, database_encoder: Encoder, teacher: Optional[Encoder],
                       settings: TestSettings, lw, cache_dir: Optional[Path], fingerprint: Optional[str]) -> Dict[str, Any]:
+    dataset, suffix = split_test_name(name)
     dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.progress)
     cfg = configdataset(dataset, data_subdir(settings.data_root, "test"))
     images, queries, bbxs = query_and_database_paths(cfg)
     encoded = _encode(dataset, images, queries, bbxs, student, database_encoder, settings, cache_dir, fingerprint)
     kept = [q for q in range(len(queries)) if q not in set(encoded.skipped_queries)]
     qvecs, gnd = encoded.qvecs[:, kept], [cfg["gnd"][q] for q in kept]
-    log.info(">> %s: Evaluating...", dataset)
-    plain, ranks = _search(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db)
-    entry: Dict[str, Any] = {"plain": plain}
-    if lw is not None:
-        entry["whiten"], _ = _search(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), cfg, gnd,
-                                     settings.device, encoded.skipped_db)
+    entry: Dict[str, Any] = {}
+    if suffix is not None:
+        store = distractor_store(suffix, database_encoder, settings, fingerprint)
+        log.info(">> %s: Evaluating against %d + %d images...", name, len(images), store.count)
+        entry["plain"] = _search_with_distractors(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db,
+                                                  store)
+        if lw is not None:
+            entry["whiten"] = _search_with_distractors(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), cfg,
+                                                       gnd, settings.device, encoded.skipped_db, store, lw)
+        entry["distractors"] = {"count": store.count, "skipped": len(store.skipped()), "store": str(store.folder)}
+    else:
+        log.info(">> %s: Evaluating...", dataset)
+        entry["plain"], ranks = _search(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db)
+        if lw is not None:
+            entry["whiten"], _ = _search(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), cfg, gnd,
+                                         settings.device, encoded.skipped_db)
     if encoded.skipped_db or encoded.skipped_queries:
         listing = _write_skipped(dataset, images, queries, encoded, settings, dataset_dir)
         entry["skipped"] = {"database": [images[i] for i in encoded.skipped_db],
@@ -205,6 +250,10 @@ def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder
     Skipped database images are ranked last for every query; skipped queries are left out
     of the means."""
     database_encoder = teacher or student
+    with_distractors = [name for name in settings.datasets if split_test_name(name)[1] is not None]
+    if with_distractors and settings.report_dir is not None:
+        raise ValueError(f"--report draws full rankings, which a distractor set makes too long ({with_distractors[0]}); "
+                         "run --report without the '+' suffix")
     if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
         raise ValueError(f"asymmetric test needs equal dimensions: student {student.name} is "
                          f"{student.net.meta['outputdim']}-d, teacher {teacher.name} {teacher.net.meta['outputdim']}-d")
@@ -212,7 +261,7 @@ def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder
         encoder.net.to(settings.device).eval()
     lw = get_whitening(database_encoder, settings.whitening, settings, published=teacher is None) if settings.whitening else None
     cache_dir = data_subdir(settings.data_root, "features") / "cache" if settings.cache else None
-    fingerprint = network_fingerprint(database_encoder.net) if settings.cache else None
+    fingerprint = network_fingerprint(database_encoder.net) if settings.cache or with_distractors else None
     results: Dict[str, Any] = {}
     for dataset in settings.datasets:
         start = time.time()

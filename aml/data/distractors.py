@@ -1,0 +1,90 @@
+"""Distractor sets: images added to a test set's database (all of them negatives for every
+query), the large-scale protocol of revisitop (rOxford5k+1M, rParis6k+1M).
+
+``test.py -d roxford5k+1m`` names a test set and a distractor set; ``1m`` is revisitop1m
+(1,001,001 images), ``synth1m`` a generated stand-in with the same layout. On disk
+(``<data_root>/test/<folder>/``): ``jpg/`` and ``<folder>.txt`` listing the images relative
+to ``jpg/``, as revisitop's download script leaves them.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+from aml.data.download import download_file, extract_archives, remove_download
+from aml.data.paths import data_subdir
+
+PathLike = Union[str, Path]
+SEPARATOR = "+"
+REVISITOP1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m/"
+REVISITOP1M_ARCHIVES = 100
+
+
+@dataclass(frozen=True)
+class DistractorSet:
+    """A distractor set: its folder under ``<data_root>/test/`` and how to get it there."""
+
+    folder: str
+    prepare: Callable[[Path, bool], None]  # (test root, progress bars?)
+
+
+def revisitop1m_urls() -> List[str]:
+    """The 100 image archives and the image list, as revisitop's download script names them."""
+    archives = [f"{REVISITOP1M}jpg/revisitop1m.{i}.tar.gz" for i in range(1, REVISITOP1M_ARCHIVES + 1)]
+    return archives + [f"{REVISITOP1M}revisitop1m.txt"]
+
+
+def _download_revisitop1m(test_root: Path, progress: bool) -> None:
+    """Download (resumable, verified) and unpack the archives, then the list: an interrupted
+    run downloads only what is missing, and ``jpg/`` appears only when all are unpacked."""
+    folder = test_root / "revisitop1m"
+    *archives, listing = revisitop1m_urls()
+    if not (folder / "jpg").is_dir():
+        parts = folder / "archives"
+        files = [download_file(url, parts / url.rsplit("/", 1)[1], progress=progress) for url in archives]
+        extract_archives(files, folder / "jpg", progress=progress)
+        for path in files:
+            remove_download(path)
+    download_file(listing, folder / "revisitop1m.txt", progress=progress)
+
+
+def _generate_synthetic(test_root: Path, progress: bool) -> None:
+    from aml.data.synthetic import generate_distractor_set
+
+    generate_distractor_set(test_root.parent, "synth-1m", progress=progress)
+
+
+DISTRACTOR_SETS: Dict[str, DistractorSet] = {
+    "1m": DistractorSet("revisitop1m", _download_revisitop1m),
+    "synth1m": DistractorSet("synth-1m", _generate_synthetic),
+}
+
+
+def split_test_name(name: str) -> Tuple[str, Optional[str]]:
+    """'roxford5k+1m' -> ('roxford5k', '1m'); 'roxford5k' -> ('roxford5k', None). A ValueError
+    names the distractor sets when the suffix is not one of them."""
+    test, sep, suffix = name.partition(SEPARATOR)
+    if not sep:
+        return name, None
+    if suffix.lower() not in DISTRACTOR_SETS:
+        raise ValueError(f"{name}: unknown distractor set {suffix!r} after '{SEPARATOR}'; choose from "
+                         f"{sorted(DISTRACTOR_SETS)} (e.g. roxford5k{SEPARATOR}1m)")
+    return test, suffix.lower()
+
+
+def prepare_distractors(suffix: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:
+    """Make sure the distractor set ``suffix`` is on disk (download or generate); its folder."""
+    entry = DISTRACTOR_SETS[suffix]
+    test_root = data_subdir(data_root, "test")
+    folder = test_root / entry.folder
+    if not ((folder / f"{entry.folder}.txt").is_file() and (folder / "jpg").is_dir()):
+        entry.prepare(test_root, progress)
+    return folder
+
+
+def distractor_images(suffix: str, data_root: Optional[PathLike] = None, progress: bool = False) -> List[str]:
+    """Paths of the distractor images, in the order of the set's list."""
+    folder = prepare_distractors(suffix, data_root, progress)
+    name = DISTRACTOR_SETS[suffix].folder
+    lines = (folder / f"{name}.txt").read_text().split()
+    return [str(folder / "jpg" / line) for line in lines]

@@ -1,0 +1,246 @@
+"""The sharded descriptor store: descriptors of a large image set (the 1M distractors) in
+fixed-size shards on disk, written once per network and read block by block.
+
+A store is a folder::
+
+    manifest.json          image count, shard size, dtype, dimension, network fingerprint,
+                           extraction settings, sha1 of the image list
+    images.txt             the image list, one path per line
+    shard_00000.npy        rows = images [0, shard_size), float16 or float32, N_k x D
+    shard_00000.json       the shard's skipped (unreadable) images, written before the .npy
+    skipped.txt            every skipped image (with skip_bad), next to the shards
+
+Each shard is written atomically, so a shard file is always whole and an interrupted
+extraction restarts at the first missing shard. A manifest that does not match the network,
+the settings or the image list is refused: descriptors of one network are never mixed with
+another's. Under torchrun the missing shards are dealt out to the ranks (shard k to rank
+k mod size); no rank waits for another until the last shard is written.
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from aml.utils.atomic import atomic_write
+from aml.utils.distributed import barrier, current_world
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+class StoreMismatch(ValueError):
+    """A store folder holds descriptors of another network, settings or image list."""
+
+
+@dataclass(frozen=True)
+class StoreKey:
+    """What the descriptors in a store depend on (all must match to reuse it)."""
+
+    fingerprint: str  # network_fingerprint of the encoder
+    network: str  # its name, for people
+    image_size: int
+    scales: Tuple[float, ...]
+    msp: float
+    dtype: str = "float16"
+    shard_size: int = 16384
+
+
+def _list_sha1(images: Sequence[str]) -> str:
+    return hashlib.sha1("".join(f"{image}\n" for image in images).encode()).hexdigest()
+
+
+def _write_json(path: Path, record: Dict[str, Any]) -> None:
+    atomic_write(path, lambda out: out.write(json.dumps(record, indent=1, sort_keys=True).encode()))
+
+
+class DescriptorStore:
+    """One store folder for ``images`` encoded as ``key`` says (see the module docstring)."""
+
+    def __init__(self, folder: Path, images: Sequence[str], key: StoreKey, dim: int):
+        if key.dtype not in DTYPES:
+            raise ValueError(f"descriptor store dtype {key.dtype!r}: choose one of {sorted(DTYPES)}")
+        if key.shard_size < 1:
+            raise ValueError(f"descriptor store shard size must be positive, got {key.shard_size}")
+        self.folder, self.images, self.key, self.dim = Path(folder), [str(i) for i in images], key, dim
+
+    # -- layout ---------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+    @property
+    def shards(self) -> int:
+        return -(-self.count // self.key.shard_size)
+
+    def shard_rows(self, k: int) -> range:
+        """Image indices held by shard ``k``."""
+        start = k * self.key.shard_size
+        return range(start, min(start + self.key.shard_size, self.count))
+
+    def shard_path(self, k: int) -> Path:
+        return self.folder / f"shard_{k:05d}.npy"
+
+    def _skip_path(self, k: int) -> Path:
+        return self.folder / f"shard_{k:05d}.json"
+
+    def manifest(self) -> Dict[str, Any]:
+        record = asdict(self.key)
+        record.update(version=FORMAT_VERSION, count=self.count, dim=self.dim, images_sha1=_list_sha1(self.images),
+                      scales=[float(s) for s in self.key.scales])
+        return record
+
+    # -- opening --------------------------------------------------------------------------
+    def open(self) -> "DescriptorStore":
+        """Create the folder and manifest, or check that an existing one describes this
+        network, these settings and this image list (:class:`StoreMismatch` otherwise).
+        Rank 0 writes; the others wait and check."""
+        world = current_world()
+        if world.is_main:
+            self._create_or_check()
+        barrier(world)
+        if not world.is_main:
+            self._check(json.loads((self.folder / "manifest.json").read_text()))
+        return self
+
+    def _create_or_check(self) -> None:
+        path = self.folder / "manifest.json"
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text())
+            except ValueError:
+                raise StoreMismatch(f"descriptor store {self.folder}: manifest.json is not valid JSON; delete the "
+                                    "folder to extract again") from None
+            self._check(found)
+            return
+        leftovers = sorted(self.folder.glob("shard_*.npy")) if self.folder.is_dir() else []
+        if leftovers:
+            raise StoreMismatch(f"descriptor store {self.folder} holds shards ({leftovers[0].name}, ...) but no "
+                                "manifest.json, so nothing says which network made them; delete the folder or choose "
+                                "another")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.folder / "images.txt", lambda out: out.write("".join(f"{i}\n" for i in self.images).encode()))
+        _write_json(path, self.manifest())
+
+    def _check(self, found: Dict[str, Any]) -> None:
+        wanted = self.manifest()
+        differ = [name for name in wanted if found.get(name) != wanted[name]]
+        if not differ:
+            return
+        what = "; ".join(f"{name}: store {found.get(name)!r}, this run {wanted[name]!r}" for name in differ[:4])
+        raise StoreMismatch(f"descriptor store {self.folder} was made for other descriptors ({what}); it is kept as "
+                            "it is: choose another folder, or delete it to extract again")
+
+    # -- writing --------------------------------------------------------------------------
+    def missing(self) -> List[int]:
+        """Shards not written yet (a shard on disk is whole: it was renamed into place)."""
+        return [k for k in range(self.shards) if not self.shard_path(k).is_file()]
+
+    def write_shard(self, k: int, vecs: np.ndarray, skipped: Sequence[int] = ()) -> Path:
+        """Store shard ``k`` (D x n_k or n_k x D descriptors of its images, ``skipped``: their
+        indices in the whole list); its skipped list goes first, the array last."""
+        rows = self.shard_rows(k)
+        array = np.asarray(vecs)
+        if array.shape == (self.dim, len(rows)) and array.shape != (len(rows), self.dim):
+            array = array.T
+        if array.shape != (len(rows), self.dim):
+            raise ValueError(f"shard {k} of {self.folder} needs {len(rows)} x {self.dim} descriptors, got {vecs.shape}")
+        _write_json(self._skip_path(k), {"skipped": [int(i) for i in skipped]})
+        array = np.ascontiguousarray(array, dtype=DTYPES[self.key.dtype])
+        return atomic_write(self.shard_path(k), lambda out: np.save(out, array))
+
+    def fill(self, encode, skip_bad: bool = False) -> int:
+        """Encode and write every missing shard (``encode(images, skipped)`` -> D x n array,
+        appending the positions of unreadable images to ``skipped`` when ``skip_bad``);
+        under torchrun each rank takes its share. Returns the number of shards this
+        process wrote. Ends with every rank waiting for the others and rank 0 writing
+        skipped.txt."""
+        world = current_world()
+        todo = [k for k in self.missing() if k % world.size == world.rank]
+        if todo:
+            log.info(">> %s: %d of %d shards to encode (this process: %d)", self.folder.name, len(self.missing()),
+                     self.shards, len(todo))
+        for k in todo:
+            rows = self.shard_rows(k)
+            skipped: List[int] = []
+            vecs = encode([self.images[i] for i in rows], skipped if skip_bad else None)
+            self.write_shard(k, vecs, [rows.start + i for i in skipped])
+        barrier(world)
+        if world.is_main:
+            self._write_skipped_list()
+        return len(todo)
+
+    def _write_skipped_list(self) -> None:
+        skipped = self.skipped()
+        path = self.folder / "skipped.txt"
+        if skipped:
+            atomic_write(path, lambda out: out.write("".join(f"{self.images[i]}\n" for i in skipped).encode()))
+            log.warning(">> %s: %d unreadable images skipped, listed in %s", self.folder.name, len(skipped), path)
+
+    # -- reading --------------------------------------------------------------------------
+    def complete(self) -> bool:
+        return not self.missing()
+
+    def skipped(self) -> List[int]:
+        """Indices of the images that could not be read (their rows are zero)."""
+        found: List[int] = []
+        for k in range(self.shards):
+            path = self._skip_path(k)
+            if path.is_file():
+                found += json.loads(path.read_text())["skipped"]
+        return sorted(found)
+
+    def read_shard(self, k: int) -> np.ndarray:
+        """Shard ``k`` as an n_k x D array, checked against the manifest."""
+        path = self.shard_path(k)
+        if not path.is_file():
+            raise FileNotFoundError(f"descriptor store {self.folder}: {path.name} is missing (the extraction did not "
+                                    "finish); run the same command again to encode the missing shards")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err}); "
+                             "delete it and run again to encode it again") from err
+        rows = self.shard_rows(k)
+        if array.shape != (len(rows), self.dim) or array.dtype != DTYPES[self.key.dtype]:
+            raise ValueError(f"descriptor store {self.folder}: {path.name} holds {array.shape} {array.dtype}, the "
+                             f"manifest says {len(rows)} x {self.dim} {self.key.dtype}; delete it and run again")
+        return array
+
+    def blocks(self) -> Iterator[Tuple[int, np.ndarray]]:
+        """(first image index, n_k x D shard) for every shard, in order, one in memory at a time."""
+        for k in range(self.shards):
+            yield self.shard_rows(k).start, self.read_shard(k)
+
+    def load(self) -> np.ndarray:
+        """All descriptors as one D x N float32 array (small stores and tests)."""
+        if not self.count:
+            return np.zeros((self.dim, 0), dtype=np.float32)
+        return np.concatenate([block for _, block in self.blocks()]).astype(np.float32).T
+
+
+def open_store(folder: Path, images: Sequence[str], key: StoreKey, dim: int) -> DescriptorStore:
+    """:meth:`DescriptorStore.open` of a store for ``images``."""
+    return DescriptorStore(folder, images, key, dim).open()
+
+
+def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey, skip_bad: bool = False,
+                      **options: Any) -> DescriptorStore:
+    """The store of ``images`` encoded by ``net`` as ``key`` says, its missing shards encoded
+    first (``options`` go to :func:`aml.descriptors.describe_images`: workers, device, ...)."""
+    from aml.descriptors.extraction import describe_images
+
+    store = open_store(folder, images, key, int(net.meta["outputdim"]))
+
+    def encode(block: List[str], skipped: Optional[List[int]]):
+        return describe_images(net, block, key.image_size, key.scales, key.msp, skip_bad=skipped is not None,
+                               skipped=skipped, collective=False, **options)
+
+    store.fill(encode, skip_bad)
+    return store

@@ -230,6 +230,19 @@ def open_store(folder: Path, images: Sequence[str], key: StoreKey, dim: int) -> 
     return DescriptorStore(folder, images, key, dim).open()
 
 
+def read_store(folder: Path) -> DescriptorStore:
+    """An existing store, as its manifest and image list describe it (to read its shards)."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        images = (folder / "images.txt").read_text().split("\n")[:-1]
+        key = StoreKey(manifest["fingerprint"], manifest["network"], manifest["image_size"],
+                       tuple(manifest["scales"]), manifest["msp"], manifest["dtype"], manifest["shard_size"])
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{folder} is not a readable descriptor store ({err})") from None
+    return DescriptorStore(folder, images, key, int(manifest["dim"])).open()
+
+
 def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey, skip_bad: bool = False,
                       **options: Any) -> DescriptorStore:
     """The store of ``images`` encoded by ``net`` as ``key`` says, its missing shards encoded

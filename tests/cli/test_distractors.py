@@ -1,0 +1,121 @@
+"""test.py -d NAME+DISTRACTORS: the +1M protocol on a generated distractor set, equal to the
+full in-memory ranking, encoded once per network, with unreadable distractors named or skipped."""
+
+import numpy as np
+import pytest
+import torch
+
+from aml.cli import test as test_cli
+from aml.data.distractors import DISTRACTOR_SETS, revisitop1m_urls, split_test_name
+from aml.data.images import ImageLoadError
+from aml.data.synthetic import SyntheticDistractorConfig, SyntheticTestConfig, generate_distractor_set, generate_test_set
+from aml.data.testsets import configdataset, query_and_database_paths
+from aml.descriptors import describe_images
+from aml.descriptors.store import read_store
+from aml.evaluation.metrics import evaluate_ranks
+from aml.evaluation.search import rank_database
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
+from aml.training.optim import calibrate_batchnorm
+
+SMALL_DISTRACTORS = SyntheticDistractorConfig(images=150, image_size=64)
+COMMON = ["-imsize", "64", "-j", "0", "--device", "cpu", "--shard-size", "64", "-q"]
+
+
+def network(path, seed):
+    torch.manual_seed(seed)
+    net = build_network("resnet18", pretrained=False)
+    calibrate_batchnorm(net, [torch.rand(8, 3, 64, 64)])  # descriptors that differ between images
+    return save_checkpoint(checkpoint_state(net, 0, 0.0), path)
+
+
+@pytest.fixture(scope="module")
+def root(synth_root):
+    generate_distractor_set(synth_root, "synth-1m", SMALL_DISTRACTORS)
+    return synth_root
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nets")
+    return [network(folder / f"net{seed}.pth.tar", seed) for seed in range(3)]
+
+
+def stores(root):
+    return sorted((root / "features" / "distractors").iterdir())
+
+
+def full_ranking_maps(root, dataset, student, teacher, store):
+    """The reference: the test database and all distractors ranked together in memory."""
+    cfg = configdataset(dataset, root / "test")
+    images, queries, bbxs = query_and_database_paths(cfg)
+    database = np.concatenate([describe_images(teacher, images, 64, workers=0), store.load()], axis=1)
+    qvecs = describe_images(student, queries, 64, bbxs=bbxs, workers=0)
+    return evaluate_ranks(dataset, rank_database(database, qvecs), cfg["gnd"], cfg["protocol"])
+
+
+def test_names_and_the_revisitop_files():
+    assert split_test_name("roxford5k+1m") == ("roxford5k", "1m") and split_test_name("rparis6k") == ("rparis6k", None)
+    with pytest.raises(ValueError, match="unknown distractor set '2m'.*'1m'"):
+        split_test_name("roxford5k+2m")
+    urls = revisitop1m_urls()
+    assert len(urls) == 101 and urls[0].endswith("/revisitop1m/jpg/revisitop1m.1.tar.gz")
+    assert urls[99].endswith("/jpg/revisitop1m.100.tar.gz") and urls[100].endswith("/revisitop1m/revisitop1m.txt")
+    assert set(DISTRACTOR_SETS) == {"1m", "synth1m"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_map_with_distractors_equals_the_full_ranking_and_distractors_are_encoded_once(root, nets, dtype, capsys):
+    student, other, teacher = nets
+    before = set(stores(root)) if (root / "features" / "distractors").exists() else set()
+    datasets = "synth-oxford+synth1m,synth-paris+synth1m"
+    args = ["-d", datasets, "--asym", "--teacher", str(teacher), "--data-root", str(root), "--distractor-dtype", dtype]
+    results = test_cli.main(["-npath", str(student)] + args + COMMON)
+    (new,) = set(stores(root)) - before  # one store: the teacher's, shared by both test sets
+    shards = {p: p.stat().st_mtime_ns for p in new.glob("shard_*.npy")}
+    assert len(shards) == 3 and capsys.readouterr().out.count("150 distractors added") == 2
+    manifest_store = read_store(new)
+    for name in datasets.split(","):
+        dataset = split_test_name(name)[0]
+        reference = full_ranking_maps(root, dataset, load_network(student), load_network(teacher), manifest_store)
+        for level in ("easy", "medium", "hard"):
+            assert results[name]["plain"][level]["map"] == reference[level]["map"]  # exactly
+            assert results[name]["plain"][level]["mp@k"] == reference[level]["mp@k"]
+        assert results[name]["plain"]["medium"]["map"] < test_cli.main(
+            ["-npath", str(student), "-d", dataset, "--asym", "--teacher", str(teacher), "--data-root", str(root)]
+            + COMMON)[dataset]["plain"]["medium"]["map"] + 1e-12  # distractors can only push positives down
+    # another student against the same teacher: the distractors are not encoded again
+    test_cli.main(["-npath", str(other)] + args + COMMON)
+    assert set(stores(root)) - before == {new}
+    assert {p: p.stat().st_mtime_ns for p in new.glob("shard_*.npy")} == shards
+
+
+@pytest.fixture
+def broken_root(tmp_path):
+    """A data root whose distractor set holds one corrupt image."""
+    generate_test_set(tmp_path, "synth-oxford", SyntheticTestConfig(landmarks=4, queries_per_landmark=1, easy=2, hard=2,
+                                                                   junk=1, distractor_landmarks=2, distractor_views=2,
+                                                                   image_size=64))
+    folder = generate_distractor_set(tmp_path, "synth-1m", SyntheticDistractorConfig(images=40, image_size=64))
+    bad = folder / "jpg" / (folder / "synth-1m.txt").read_text().split()[17]
+    bad.write_bytes(b"not a jpeg")
+    return tmp_path, bad
+
+
+def test_an_unreadable_distractor_is_named_or_skipped_and_listed(broken_root, nets, capsys):
+    root, bad = broken_root
+    args = ["-npath", str(nets[0]), "-d", "synth-oxford+synth1m", "--data-root", str(root)] + COMMON
+    with pytest.raises(ImageLoadError, match=str(bad)):
+        test_cli.main(args)
+    results = test_cli.main(args + ["--skip-bad-images"])
+    (store,) = stores(root)
+    assert (store / "skipped.txt").read_text().split() == [str(bad)]
+    assert results["synth-oxford+synth1m"]["distractors"] == {"count": 40, "skipped": 1, "store": str(store)}
+    assert "1 unreadable ones skipped" in capsys.readouterr().out
+
+
+def test_report_with_distractors_is_refused(root, nets, capsys):
+    with pytest.raises(SystemExit):
+        test_cli.main(["-npath", str(nets[0]), "-d", "synth-oxford+synth1m", "--report", "r", "--data-root", str(root)]
+                      + COMMON)
+    assert "--report draws full rankings" in capsys.readouterr().err

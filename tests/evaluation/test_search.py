@@ -1,0 +1,67 @@
+"""Search: the full ranking, and places among a test database plus distractors searched in
+blocks, which must equal the places in the full ranking of the concatenation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from aml.evaluation.metrics import compute_maps, compute_maps_from_positions, evaluate_ranks
+from aml.evaluation.search import positions_with_distractors, rank_database
+from aml.evaluation.whitening import whitenapply
+
+
+def unit(rng, d, n):
+    x = rng.standard_normal((d, n)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=0, keepdims=True)
+
+
+def places(ranks):
+    out = np.empty_like(ranks)
+    for q in range(ranks.shape[1]):
+        out[ranks[:, q], q] = np.arange(ranks.shape[0])
+    return out
+
+
+def test_ranking_is_by_score_with_ties_in_database_order():
+    db = np.array([[1.0, 0.0, 1.0, 0.5]], dtype=np.float32)
+    q = np.array([[1.0]], dtype=np.float32)
+    assert rank_database(db, q)[:, 0].tolist() == [0, 2, 3, 1]
+    assert rank_database(db, q, excluded=[0])[:, 0].tolist() == [2, 3, 1, 0]
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+def test_blocked_places_equal_the_full_ranking_of_the_concatenation(block):
+    rng = np.random.default_rng(block)
+    db, distractors, queries = unit(rng, 8, 40), unit(rng, 8, 300), unit(rng, 8, 6)
+    distractors[:, 11] = db[:, 3]  # exact ties between a distractor and a database image
+    distractors[:, 12] = db[:, 3]
+    full = places(rank_database(np.concatenate([db, distractors], 1), queries, excluded=[2, 40 + 20]))
+    blocks = [(s, distractors[:, s:s + block].T) for s in range(0, 300, block)]
+    found = positions_with_distractors(db, queries, blocks, excluded=[2], excluded_distractors=[20])
+    np.testing.assert_array_equal(found, full[:40])
+
+
+def test_blocked_places_apply_the_transform_to_every_block():
+    rng = np.random.default_rng(0)
+    db, distractors, queries = unit(rng, 6, 30), unit(rng, 6, 50), unit(rng, 6, 4)
+    m, P = rng.standard_normal((6, 1)), rng.standard_normal((6, 6))
+    white = lambda x: whitenapply(x, m, P)  # noqa: E731
+    full = places(rank_database(white(np.concatenate([db, distractors], 1)), white(queries)))
+    found = positions_with_distractors(white(db), white(queries), [(0, distractors[:, :25].T), (25, distractors[:, 25:].T)],
+                                       transform=white)
+    np.testing.assert_array_equal(found, full[:30])
+
+
+def test_maps_from_places_equal_maps_from_ranks():
+    rng = np.random.default_rng(1)
+    ranks = np.stack([rng.permutation(20) for _ in range(3)], axis=1)
+    gnd = [{"ok": [1, 5], "junk": [2]}, {"ok": [7], "junk": []}, {"ok": [0, 19, 4], "junk": [3, 9]}]
+    by_ranks, by_places = compute_maps(ranks, {"g": gnd}, (1, 5)), compute_maps_from_positions(places(ranks), {"g": gnd}, (1, 5))
+    assert by_ranks["g"][0] == by_places["g"][0]
+    np.testing.assert_array_equal(by_ranks["g"][2], by_places["g"][2])
+    revisited = [{"easy": [1], "hard": [5], "junk": [2]}, {"easy": [7], "hard": [], "junk": []},
+                 {"easy": [0], "hard": [19, 4], "junk": [3]}]
+    same = [json.dumps(evaluate_ranks("x", r, revisited, "revisited", positions=p)) for r, p in
+            ((ranks, False), (places(ranks), True))]
+    assert same[0] == same[1]

@@ -54,14 +54,37 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     places = torch.empty_like(order)
     places.scatter_(1, order, torch.arange(n_db, device=device).expand(n_q, n_db).contiguous())
-    skipped = np.asarray(sorted(excluded_distractors), dtype=np.int64)
+    q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
+    skipped = torch.as_tensor(sorted(excluded_distractors), dtype=torch.long, device=device)
     for start, block in distractors:
-        block = np.asarray(block, dtype=np.float32).T  # D x n_k
-        if transform is not None:
-            block = transform(block)
-        gone = skipped[(skipped >= start) & (skipped < start + block.shape[1])] - start
-        block_scores = _scores(block, queries, device, gone.tolist())
+        rows = _block_rows(block, device, transform)  # n_k x D float32
+        block_scores = _products(q, rows)
+        gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
+        if len(gone):
+            block_scores[:, gone] = -torch.inf
         ascending = torch.sort(block_scores, dim=1).values
         # distractors strictly above each database image's score
-        places += block.shape[1] - torch.searchsorted(ascending, scores, right=True)
+        places += rows.shape[0] - torch.searchsorted(ascending, scores, right=True)
     return places.cpu().numpy().T
+
+
+def _block_rows(block: np.ndarray, device: str, transform: Optional[Transform]) -> torch.Tensor:
+    """A stored n_k x D block as float32 rows on ``device`` (torch converts float16 several
+    times faster than numpy), transformed when asked."""
+    rows = torch.from_numpy(np.asarray(block)).to(device=device, dtype=torch.float32)
+    if transform is None:
+        return rows
+    return torch.as_tensor(np.ascontiguousarray(transform(rows.cpu().numpy().T).T), dtype=torch.float32, device=device)
+
+
+MIN_BLOCK = 32  # narrower blocks are padded: BLAS computes a product with 1 column (gemv) in another order
+
+
+def _products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Q x n_k scores of a block, bit for bit those of the same columns in one D x N database
+    product (a matrix product whatever the block's width; tested on both CPU kernel sets)."""
+    if rows.shape[0] >= MIN_BLOCK:
+        return queries.t() @ rows.t()
+    padded = torch.zeros(MIN_BLOCK, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    padded[:rows.shape[0]] = rows
+    return (queries.t() @ padded.t())[:, :rows.shape[0]]

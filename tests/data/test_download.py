@@ -235,3 +235,37 @@ def test_archive_members_that_escape_or_are_special_are_refused(tmp_path, kind):
     with pytest.raises(DownloadError, match="refusing"):
         extract_archive(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def _tar_gz(members):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_revisitop1m_comes_through_the_resumable_verified_downloader(server, tmp_path, monkeypatch):
+    from aml.data import distractors
+
+    monkeypatch.setattr(distractors, "REVISITOP1M", f"{server}/revisitop/revisitop1m/")
+    monkeypatch.setattr(distractors, "REVISITOP1M_ARCHIVES", 2)
+    for i in (1, 2):
+        Handler.files[f"/revisitop/revisitop1m/jpg/revisitop1m.{i}.tar.gz"] = _tar_gz({f"d{i}/img{i}.jpg": PAYLOAD[:10]})
+    Handler.files["/revisitop/revisitop1m/revisitop1m.txt"] = b"d1/img1.jpg\nd2/img2.jpg\n"
+    archive = "/revisitop/revisitop1m/jpg/revisitop1m.2.tar.gz"
+    Handler.cut_after[archive] = 40  # the connection drops once
+    with pytest.raises(DownloadError, match="revisitop1m.2.tar.gz.*Run the command again to resume"):
+        distractors.distractor_images("1m", tmp_path, progress=False)
+    assert not (tmp_path / "test" / "revisitop1m" / "jpg").exists()  # nothing unpacked from an incomplete set
+    Handler.requests.clear()
+    images = distractors.distractor_images("1m", tmp_path, progress=False)  # again: resumes where it stopped
+    assert images == [str(tmp_path / "test" / "revisitop1m" / "jpg" / f"d{i}" / f"img{i}.jpg") for i in (1, 2)]
+    assert all(open(path, "rb").read() == PAYLOAD[:10] for path in images)
+    assert [r for p, r in Handler.requests if "tar.gz" in p] == ["bytes=40-"]  # archive 1 was complete
+    assert not list((tmp_path / "test" / "revisitop1m" / "archives").glob("*.tar.gz"))  # unpacked archives removed
+    Handler.requests.clear()
+    assert distractors.distractor_images("1m", tmp_path, progress=False) == images  # in place: nothing fetched
+    assert Handler.requests == []

@@ -30,10 +30,10 @@ def test_ranking_is_by_score_with_ties_in_database_order():
     assert rank_database(db, q, excluded=[0])[:, 0].tolist() == [2, 3, 1, 0]
 
 
-@pytest.mark.parametrize("block", [1, 7, 64, 1000])
-def test_blocked_places_equal_the_full_ranking_of_the_concatenation(block):
+@pytest.mark.parametrize("block, n_queries", [(1, 6), (7, 6), (64, 6), (1000, 6), (1, 1), (64, 1)])
+def test_blocked_places_equal_the_full_ranking_of_the_concatenation(block, n_queries):
     rng = np.random.default_rng(block)
-    db, distractors, queries = unit(rng, 8, 40), unit(rng, 8, 300), unit(rng, 8, 6)
+    db, distractors, queries = unit(rng, 128, 40), unit(rng, 128, 300), unit(rng, 128, n_queries)
     distractors[:, 11] = db[:, 3]  # exact ties between a distractor and a database image
     distractors[:, 12] = db[:, 3]
     full = places(rank_database(np.concatenate([db, distractors], 1), queries, excluded=[2, 40 + 20]))

@@ -42,18 +42,19 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
     database followed by the distractors, without forming that ranking.
 
     ``distractors`` yields (first index, n_k x D block) in order (a descriptor store's
-    shards); each block's scores are sorted once and every database image's score is
-    looked up in them, so memory holds one block and its Q x n_k scores, never the
-    Q x (N + M) matrix. The places equal those of :func:`rank_database` on the
+    shards). The database scores of each query are sorted once; each distractor's score is
+    looked up among them (how many database images it beats) and counted, and a reverse
+    cumulative sum of the counts gives, for every database image, the distractors above
+    it. Memory holds one block and its Q x n_k scores, never the Q x (N + M) matrix. The places equal those of :func:`rank_database` on the
     concatenation: equal scores keep the order, database images before distractors.
     ``excluded`` / ``excluded_distractors`` (unreadable images) score -inf. ``transform``
     applies to every block (the queries and database come transformed already).
     """
     scores = _scores(database, queries, device, excluded)
     n_q, n_db = scores.shape
-    order = torch.argsort(scores, dim=1, descending=True, stable=True)
-    places = torch.empty_like(order)
-    places.scatter_(1, order, torch.arange(n_db, device=device).expand(n_q, n_db).contiguous())
+    ascending, order = torch.sort(scores, dim=1, stable=True)
+    # hits[q, j]: distractors whose score lies above exactly j of the query's database scores
+    hits = torch.zeros(n_q, n_db + 1, dtype=torch.long, device=device)
     q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
     skipped = torch.as_tensor(sorted(excluded_distractors), dtype=torch.long, device=device)
     for start, block in distractors:
@@ -62,9 +63,15 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
         gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
         if len(gone):
             block_scores[:, gone] = -torch.inf
-        ascending = torch.sort(block_scores, dim=1).values
-        # distractors strictly above each database image's score
-        places += rows.shape[0] - torch.searchsorted(ascending, scores, right=True)
+        below = torch.searchsorted(ascending, block_scores)  # database scores strictly below each distractor
+        hits.scatter_add_(1, below, torch.ones_like(below))
+    # distractors strictly above the j-th lowest database score: those above more than j of them
+    above_sorted = hits.flip(1).cumsum(1).flip(1)[:, 1:]
+    above = torch.empty_like(above_sorted).scatter_(1, order, above_sorted)
+    descending = torch.argsort(scores, dim=1, descending=True, stable=True)
+    places = torch.empty_like(descending)
+    places.scatter_(1, descending, torch.arange(n_db, device=device).expand(n_q, n_db).contiguous())
+    places += above
     return places.cpu().numpy().T
 
 
@@ -84,7 +91,8 @@ def _products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Q x n_k scores of a block, bit for bit those of the same columns in one D x N database
     product (a matrix product whatever the block's width; tested on both CPU kernel sets)."""
     if rows.shape[0] >= MIN_BLOCK:
-        return queries.t() @ rows.t()
+        return (queries.t() @ rows.t()).contiguous()
     padded = torch.zeros(MIN_BLOCK, rows.shape[1], dtype=rows.dtype, device=rows.device)
     padded[:rows.shape[0]] = rows
-    return (queries.t() @ padded.t())[:, :rows.shape[0]]
+    return (queries.t() @ padded.t())[:, :rows.shape[0]].contiguous()
+

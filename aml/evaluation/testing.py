@@ -97,6 +97,7 @@ def distractor_store(suffix: str, encoder: Encoder, settings: TestSettings, fing
     folder = data_subdir(settings.data_root, "features") / "distractors" / f"{name}_{fingerprint}_{tag}"
     images = distractor_images(suffix, settings.data_root, settings.progress)
     options = {k: v for k, v in settings.extraction().items() if k != "skip_bad"}
+    options["progress"] = settings.progress and current_world().is_main  # each process encodes its own shards
     log.info(">> %s: %d distractors, descriptors by %s in %s", name, len(images), encoder.name, folder)
     return encode_into_store(encoder.net, images, folder, key, skip_bad=settings.skip_bad, desc=f"{name} shard",
                              **options)

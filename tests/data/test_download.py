@@ -237,23 +237,13 @@ def test_archive_members_that_escape_or_are_special_are_refused(tmp_path, kind):
     assert not (tmp_path / "out").exists() and not (tmp_path / "evil.txt").exists()
 
 
-def _tar_gz(members):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_revisitop1m_comes_through_the_resumable_verified_downloader(server, tmp_path, monkeypatch):
     from aml.data import distractors
 
     monkeypatch.setattr(distractors, "REVISITOP1M", f"{server}/revisitop/revisitop1m/")
     monkeypatch.setattr(distractors, "REVISITOP1M_ARCHIVES", 2)
     for i in (1, 2):
-        Handler.files[f"/revisitop/revisitop1m/jpg/revisitop1m.{i}.tar.gz"] = _tar_gz({f"d{i}/img{i}.jpg": PAYLOAD[:10]})
+        Handler.files[f"/revisitop/revisitop1m/jpg/revisitop1m.{i}.tar.gz"] = make_tar({f"d{i}/img{i}.jpg": PAYLOAD[:10]})
     Handler.files["/revisitop/revisitop1m/revisitop1m.txt"] = b"d1/img1.jpg\nd2/img2.jpg\n"
     archive = "/revisitop/revisitop1m/jpg/revisitop1m.2.tar.gz"
     Handler.cut_after[archive] = 40  # the connection drops once

@@ -52,6 +52,17 @@ def test_an_interrupted_extraction_restarts_at_the_first_missing_shard(tmp_path)
     assert open_store(tmp_path, IMAGES, KEY, 3).fill(Encoder()) == 0  # complete: nothing encoded again
 
 
+def test_what_a_killed_write_leaves_is_never_read_as_a_shard(tmp_path):
+    store = open_store(tmp_path, IMAGES, KEY, 3)
+    store.write_shard(0, descriptors(IMAGES[:4]))
+    (tmp_path / ".shard_00001.npy.x1y2.tmp").write_bytes(b"\x93NUMPY half a shard")  # as a kill mid-write leaves
+    assert store.missing() == [1, 2]
+    with pytest.raises(FileNotFoundError, match="shard_00001.npy is missing"):
+        store.load()
+    open_store(tmp_path, IMAGES, KEY, 3).fill(Encoder())
+    np.testing.assert_array_equal(store.load(), descriptors(IMAGES))
+
+
 @pytest.mark.parametrize("change, named", [
     (dict(key=StoreKey("e" * 16, "net", 64, (1.0,), 1.0, "float32", 4)), "fingerprint"),
     (dict(key=StoreKey("f" * 16, "net", 96, (1.0,), 1.0, "float32", 4)), "image_size"),

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", "-j", default=8, type=nonnegative_int)
     parser.add_argument("--batch-size", default=None, type=positive_int, help="images per forward (default: 32 CUDA, 4 CPU)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
+    parser.add_argument("--shard-size", default=0, type=nonnegative_int, metavar="N",
+                        help="write a resumable descriptor store of N images per shard (the folder <name>.store, "
+                             "which main.py --feat-path also reads) instead of one .npy (default: 0, one .npy)")
+    parser.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
+                        help="dtype of the store's shards (default: float32)")
     add_runtime_arguments(parser)
     return parser
 
@@ -50,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     net, name = main_first(world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher,
                                                             args.data_root))
     options = dict(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp,
-                   progress=not args.quiet)
+                   progress=not args.quiet, shard_size=args.shard_size or None, store_dtype=args.store_dtype)
     written = []
     for dataset in filter(None, args.datasets.split(",")):
         is_train_set = is_training_set(dataset, args.data_root)

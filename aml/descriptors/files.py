@@ -16,6 +16,7 @@ from aml.data.testsets import configdataset, prepare_test_set, query_and_databas
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import describe_images
 from aml.descriptors.fingerprint import network_fingerprint
+from aml.descriptors.store import StoreKey, encode_into_store, read_store
 from aml.networks.retrieval_net import multiscale_power
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
@@ -86,14 +87,18 @@ def feature_file_name(dataset: str, network: str, split: Optional[str] = None, i
 
 
 def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[int] = None) -> np.ndarray:
-    """Read a D x N teacher feature file and check its shape against the data set."""
+    """Read a D x N teacher feature file (or a descriptor store folder, written by
+    ``extract_features.py --shard-size``) and check its shape against the data set."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir() and (path / "manifest.json").is_file():
+        vecs = _load_store(path)
+    elif not path.is_file():
         raise FileNotFoundError(f"feature file {path} does not exist; create it with extract_features.py")
-    try:
-        vecs = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
+    else:
+        try:
+            vecs = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
     if vecs.ndim != 2 or vecs.shape[1] != expected_columns:
         raise ValueError(f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "
                          "(one column per image of the split, in db order)")
@@ -107,6 +112,14 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
     return vecs.astype(np.float32, copy=False)
 
 
+def _load_store(folder: Path) -> np.ndarray:
+    store = read_store(folder)
+    if not store.complete():
+        raise ValueError(f"descriptor store {folder} lacks {len(store.missing())} of {store.shards} shards (an "
+                         "interrupted extract_features.py): run the same command again to encode them")
+    return store.load()
+
+
 def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[str]:
     """Image paths of a training split or of a test set's database."""
     if is_training_set(dataset, data_root):
@@ -117,14 +130,26 @@ def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[s
 
 def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: str, split: str,
                              image_size: int, scales: Sequence[float] = (1,), data_root: Optional[str] = None,
-                             output: Optional[Path] = None, fingerprint: Optional[str] = None, **options) -> Path:
+                             output: Optional[Path] = None, fingerprint: Optional[str] = None,
+                             shard_size: Optional[int] = None, store_dtype: str = "float32", **options) -> Path:
     """Encode a data set (split) with ``net`` and write ``<data_root>/features/<name>.npy``
-    (``fingerprint``: the weights' hash, when the caller already has it)."""
+    (``fingerprint``: the weights' hash, when the caller already has it). With
+    ``shard_size`` the descriptors go to a resumable descriptor store, the folder
+    ``<name>.store`` (float32 or float16), which ``--feat-path`` reads as well."""
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
     path = output or data_subdir(data_root, "features") / feature_file_name(
         dataset, network_name, split if is_train_set else None, image_size)
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)
+    if shard_size:
+        folder = path.with_suffix(".store")
+        key = StoreKey(fingerprint or network_fingerprint(net), network_name, image_size,
+                       tuple(float(x) for x in scales), round(float(multiscale_power(net, list(scales))), 6),
+                       store_dtype, shard_size)
+        options["progress"] = options.get("progress", False) and current_world().is_main
+        store = encode_into_store(net, images, folder, key, desc=f"{dataset} {split} shard", **options)
+        log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
+        return folder
     vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)),
                            desc=f"{dataset} {split}", **options)
     settings = {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),

@@ -171,6 +171,29 @@ def test_extract_features_writes_columns_in_db_order(checkpoint, synth_root):
     assert len(listing) == 128 and np.linalg.norm(train, axis=0) == pytest.approx(np.ones(128), abs=1e-4)
 
 
+def test_extract_features_store_equals_the_npy_and_feeds_feat_path(checkpoint, synth_root, tmp_path):
+    from aml.cli import train as train_cli
+    from aml.descriptors import load_feature_file
+
+    common = ["-npath", str(checkpoint), "-d", "synth-sfm", "-imsize", "64", "-j", "0", "--device", "cpu",
+              "--data-root", str(synth_root)]
+    files = extract_cli.main(common + ["--split", "val"])
+    stores = extract_cli.main(common + ["--split", "val", "--shard-size", "7"])
+    assert stores[0].name == "synth-sfm-val_resnet18-gem_imsize64.store" and len(list(stores[0].glob("shard_*.npy"))) == 5
+    np.testing.assert_allclose(load_feature_file(stores[0], 32), load_feature_file(files[0], 32), atol=1e-6)
+    (stores[0] / "shard_00002.npy").unlink()  # as if the extraction had been interrupted
+    with pytest.raises(ValueError, match="lacks 1 of 5 shards.*run the same command again"):
+        load_feature_file(stores[0], 32)
+    extract_cli.main(common + ["--split", "val", "--shard-size", "7"])  # encodes the missing shard only
+    train = extract_cli.main(common + ["--split", "train", "--shard-size", "50", "--store-dtype", "float16"])
+    result = train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), "-d", "synth-sfm",
+                             "--not-pretrained", "-a", "resnet18", "--image-size", "48", "-m", "ts", "-nn", "2", "-qs",
+                             "10", "-ps", "30", "-b", "5", "-j", "0", "--device", "cpu", "--epochs", "1",
+                             "--teacher", str(checkpoint), "--feat-path", str(train[0]), "--feat-val-path",
+                             str(stores[0]), "-q"])
+    assert np.isfinite(result["history"][0]["val_loss"])
+
+
 def test_scripts_report_user_errors_in_one_line(tmp_path):
     import subprocess
     import sys

@@ -33,7 +33,13 @@ CASES = [
     (TEST, ["-ms", "[1, nan]"], "is not a list of numbers"),
     (TEST, ["--batch-size", "0"], "argument --batch-size: must be a positive integer"),
     (TEST, ["--report-top", "0"], "argument --report-top: must be a positive integer"),
+    (TEST, ["--shard-size", "0"], "argument --shard-size: must be a positive integer"),
+    (TEST, ["--distractor-dtype", "int8"], "argument --distractor-dtype: invalid choice: 'int8'"),
+    (TEST, ["-d", "roxford5k+2m"], "unknown distractor set '2m'"),
+    (TRAIN, ["--dist-timeout", "0"], "argument --dist-timeout: must be a positive finite number"),
+    (TEST, ["--dist-timeout", "-1"], "argument --dist-timeout: must be a positive finite number"),
     (EXTRACT, ["-imsize", "-1"], "argument --image-size/-imsize: must be a positive integer"),
+    (EXTRACT, ["--shard-size", "-1"], "argument --shard-size: must be an integer >= 0"),
     (DEMO, ["--image-size", "0"], "argument --image-size: must be a positive integer"),
     (DEMO, ["--workers", "-2"], "argument --workers: must be an integer >= 0"),
 ]

@@ -28,10 +28,34 @@ def rank_database(database: np.ndarray, queries: np.ndarray, device: str = "cpu"
     row on ``device`` (a GPU sorts a 1M-image database in milliseconds). The result is a
     transposed view of the Q x N_db sort (no copy); column q is contiguous. ``excluded``
     database images (unreadable ones that were skipped) rank last, for every query.
-    Equal scores keep the database order (a stable sort).
+    Equal scores keep the database order, on every device (:func:`descending_order`).
     """
     scores = _scores(database, queries, device, excluded)
+    if scores.device.type == "cpu":
+        return descending_order(scores.numpy()).T
     return torch.argsort(scores, dim=1, descending=True, stable=True).cpu().numpy().T
+
+
+def descending_order(scores: np.ndarray) -> np.ndarray:
+    """Q x N column indices of each row by descending score, equal scores in ascending
+    index order: the order of a stable sort. On the CPU numpy's introsort of contiguous rows
+    is the fastest exact sort (README, Speed), but unstable; runs of equal scores (float32
+    scores collide often: a third of the rows at 5k images) are then put in index order by
+    odd-even transposition over the tied neighbours only."""
+    order = np.argsort(-scores, axis=1)
+    ranked = torch.gather(torch.from_numpy(scores), 1, torch.from_numpy(order)).numpy()  # faster than numpy's
+    rows, cols = np.nonzero(ranked[:, 1:] == ranked[:, :-1])  # neighbours with equal scores
+    quiet = 0
+    parity = 0
+    while rows.size and quiet < 2:  # until an even and an odd pass in a row swap nothing
+        pick = cols % 2 == parity
+        r, c = rows[pick], cols[pick]
+        left, right = order[r, c], order[r, c + 1]
+        swap = left > right
+        order[r[swap], c[swap]], order[r[swap], c[swap] + 1] = right[swap], left[swap]
+        quiet = 0 if swap.any() else quiet + 1
+        parity ^= 1
+    return order
 
 
 def positions_with_distractors(database: np.ndarray, queries: np.ndarray,

@@ -65,3 +65,22 @@ def test_maps_from_places_equal_maps_from_ranks():
     same = [json.dumps(evaluate_ranks("x", r, revisited, "revisited", positions=p)) for r, p in
             ((ranks, False), (places(ranks), True))]
     assert same[0] == same[1]
+
+
+def test_descending_order_equals_a_stable_sort_with_many_ties():
+    from aml.evaluation.search import descending_order
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 5, size=(7, 200)).astype(np.float32)  # ties everywhere
+    scores[0] = rng.standard_normal(200)  # and a row without ties
+    scores[1, [3, 50]] = -np.inf
+    expected = np.stack([np.argsort(-row, kind="stable") for row in scores])
+    np.testing.assert_array_equal(descending_order(scores), expected)
+
+
+def test_descending_order_puts_long_runs_of_ties_in_index_order():
+    from aml.evaluation.search import descending_order
+
+    scores = np.zeros((2, 9), dtype=np.float32)  # one run of 9 equal scores, and a row of two runs
+    scores[1, ::2] = 1.0
+    np.testing.assert_array_equal(descending_order(scores), [list(range(9)), [0, 2, 4, 6, 8, 1, 3, 5, 7]])

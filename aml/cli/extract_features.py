@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> List[Path]:
     """Run extract_features.py with ``argv``; returns the files written."""
     args = build_parser().parse_args(argv)
-    world = init_from_environment(resolve_device(args.device, args.gpu_id), args.dist_timeout)
+    requested = resolve_device(args.device, args.gpu_id)
+    world = init_from_environment(requested, args.dist_timeout)
     setup_logging(verbose=world.is_main)
-    device = process_device(resolve_device(args.device, args.gpu_id), world)
+    device = process_device(requested, world)
     net, name = main_first(world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher,
                                                             args.data_root))
     options = dict(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp,

@@ -119,10 +119,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
                              "without the '+' suffix")
     except ValueError as err:
         parser.error(str(err))
-    world = init_from_environment(resolve_device(args.device, args.gpu_id), args.dist_timeout)
+    requested = resolve_device(args.device, args.gpu_id)
+    world = init_from_environment(requested, args.dist_timeout)
     setup_logging(verbose=world.is_main)
     say = print if world.is_main else (lambda *a, **k: None)  # rank 0 prints the results
-    device = process_device(resolve_device(args.device, args.gpu_id), world)
+    device = process_device(requested, world)
     student, name = main_first(world, lambda: _load_networks(args, datasets))
     path = Path(args.network_path) if args.network_path and Path(args.network_path).exists() else None
     say(f">> Loading network:\n>>>> '{name}'")

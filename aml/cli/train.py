@@ -27,7 +27,7 @@ from aml.training.modes import MODES, check_loss_mode, get_mode
 from aml.training.optim import OPTIMIZERS, build_optimizer
 from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.teacher import Teacher, teacher_split_features
-from aml.training.trainer import Split, Trainer, TrainSettings
+from aml.training.trainer import Split, Trainer, TrainSettings, batch_split_problem
 from aml.utils.distributed import init_from_environment, main_first, process_device
 
 log = logging.getLogger(__name__)
@@ -238,12 +238,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
-    world = init_from_environment(resolve_device(args.device, args.gpu_id), args.dist_timeout)
-    if args.batch_size % world.size:
-        parser.error(f"--batch-size {args.batch_size} does not split over {world.size} processes: it is the global "
-                     f"number of tuples per step; use a multiple of {world.size}")
+    requested = resolve_device(args.device, args.gpu_id)
+    world = init_from_environment(requested, args.dist_timeout)
+    if batch_split_problem(args.batch_size, world):
+        parser.error(batch_split_problem(args.batch_size, world))
     setup_logging(verbose=world.is_main)
-    device = str(process_device(resolve_device(args.device, args.gpu_id), world))
+    device = str(process_device(requested, world))
     run_dir = Path(args.directory) / run_name(args)
     run_dir.mkdir(parents=True, exist_ok=True)
     mode = get_mode(args.mode)

@@ -101,6 +101,14 @@ class DescriptorModel(nn.Module):
         return self.net.descriptors(x)
 
 
+def batch_split_problem(batch_size: int, world: World) -> Optional[str]:
+    """Why a global batch of ``batch_size`` tuples cannot be shared out over ``world`` (None: it can)."""
+    if batch_size % world.size == 0:
+        return None
+    return (f"--batch-size {batch_size} does not split over {world.size} processes: it is the global number of "
+            f"tuples per step; use a multiple of {world.size}")
+
+
 def _check_finite(loss: torch.Tensor) -> None:
     value = loss.item()
     if not np.isfinite(value):
@@ -143,9 +151,9 @@ class Trainer:
         """The DistributedDataParallel wrapper of ``net`` (SyncBatchNorm with
         ``train_batchnorm``), after checking that the global batch splits evenly."""
         s, world = self.settings, self.world
-        if s.batch_size % world.size:
-            raise ValueError(f"--batch-size {s.batch_size} does not split over {world.size} processes: it is the "
-                             f"global number of tuples per step; use a multiple of {world.size}")
+        problem = batch_split_problem(s.batch_size, world)
+        if problem:
+            raise ValueError(problem)
         sync = s.train_batchnorm
         if sync:
             if self.device.type != "cuda":

@@ -6,6 +6,7 @@ first and then shrunk by the factor the full image would get.
 """
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -47,12 +48,25 @@ def image_size(path: PathLike) -> Tuple[int, int]:
 
 
 def resized_shape(size: Tuple[int, int], imsize: Optional[float]) -> Tuple[int, int]:
-    """Approximate (height, width) of an image of ``size`` (width, height) after
-    :func:`imresize` (PIL's own rounding may differ by a pixel); used to group images of
-    equal shape before loading them."""
+    """(height, width) of an image of ``size`` (width, height) after :func:`imresize`: PIL's
+    thumbnail rule (the box is floored; the free side is the floor or ceiling of the exact
+    one, whichever keeps the aspect ratio closer; never enlarged). Used to group images of
+    equal shape before decoding them."""
     width, height = size
-    scale = 1.0 if imsize is None else min(1.0, imsize / max(width, height))
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    if imsize is None:
+        return height, width
+    box = math.floor(imsize)
+    if box >= width and box >= height:
+        return height, width
+    aspect = width / height
+    if aspect >= 1:  # the width fills the box
+        new_height = _closest_side(box / aspect, lambda n: 0 if n == 0 else abs(aspect - box / n))
+        return new_height, box
+    return box, _closest_side(box * aspect, lambda n: abs(aspect - n / box))
+
+
+def _closest_side(exact: float, error: Callable[[int], float]) -> int:
+    return max(min(math.floor(exact), math.ceil(exact), key=error), 1)
 
 
 def imresize(image: Image.Image, imsize: float) -> Image.Image:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -38,12 +39,21 @@ def test_truncated_jpeg_is_reported(tmp_path):
 
 
 @pytest.mark.parametrize("size, imsize", [((1000, 700), 362.7), ((701, 333), 500), ((1000, 700), 1024),
-                                          ((300, 900), 450), ((160, 120), 96), ((120, 160), 96), ((160, 107), 96)])
-def test_resized_shape_predicts_imresize_within_a_pixel(size, imsize):
+                                          ((300, 900), 450), ((160, 120), 96), ((120, 160), 96), ((160, 107), 96),
+                                          ((500, 500), 99.5), ((3, 1000), 10), ((1000, 3), 10)])
+def test_resized_shape_predicts_imresize_exactly(size, imsize):
     width, height = imresize(Image.new("RGB", size), imsize).size
-    predicted = resized_shape(size, imsize)
-    assert abs(predicted[0] - height) <= 1 and abs(predicted[1] - width) <= 1
+    assert resized_shape(size, imsize) == (height, width)
     assert resized_shape(size, None) == (size[1], size[0])
+
+
+def test_resized_shape_matches_pil_over_many_sizes():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        size = tuple(int(v) for v in rng.integers(1, 1500, size=2))
+        imsize = float(rng.uniform(8, 1200))
+        width, height = imresize(Image.new("L", size), imsize).size
+        assert resized_shape(size, imsize) == (height, width), (size, imsize)
 
 
 def test_image_size_reads_the_header(tmp_path):

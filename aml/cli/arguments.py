@@ -109,6 +109,28 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                              f"reduction) before it stops with an error (default: {DEFAULT_TIMEOUT_S})")
 
 
+def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    """How images become descriptors: --batch-size (unless ``training``, where it counts
+    tuples), --amp/--no-amp, --decode and --compile."""
+    from aml.descriptors import DECODE_CHOICES
+    from aml.descriptors.extraction import CPU_PIXEL_BUDGET, GPU_BATCH_SIZE
+
+    if not training:
+        parser.add_argument("--batch-size", default=None, type=positive_int,
+                            help=f"images per forward at extraction (default: {GPU_BATCH_SIZE} on CUDA; on the CPU "
+                                 f"as many as fit in {CPU_PIXEL_BUDGET:,} pixels)")
+    what = "training steps and extraction" if training else "extraction"
+    default = "extraction on CUDA only; training steps in fp32" if training else "on CUDA, off on the CPU"
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"bfloat16 autocast of {what}; --no-amp: fp32 everywhere (default: {default})")
+    parser.add_argument("--decode", choices=DECODE_CHOICES, default="auto",
+                        help="where images are decoded: pil (loader workers, the original's pixels), device (JPEG "
+                             "bytes decoded in batches on the GPU with nvJPEG, resized there; other files by PIL); "
+                             "default auto: device on CUDA, pil on the CPU")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network for extraction (pays on large sets; see README, Speed)")
+
+
 def setup_logging(verbose: bool = True) -> None:
     """Log lines to stdout, as the original printed them."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import (Parser, add_runtime_arguments, nonnegative_int, parse_scales, positive_int, resolve_device,
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, nonnegative_int, parse_scales, positive_int, resolve_device,
                                setup_logging)
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.data.trainsets import TRAIN_SETS, is_training_set
@@ -35,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N")
     parser.add_argument("--teacher", "-t", default="vgg16", help="dimension fallback for checkpoints without outputdim")
     parser.add_argument("--workers", "-j", default=8, type=nonnegative_int)
-    parser.add_argument("--batch-size", default=None, type=positive_int, help="images per forward (default: 32 CUDA, 4 CPU)")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
+    add_extraction_arguments(parser)
     parser.add_argument("--shard-size", default=0, type=nonnegative_int, metavar="N",
                         help="write a resumable descriptor store of N images per shard (the folder <name>.store, "
                              "which main.py --feat-path also reads) instead of one .npy (default: 0, one .npy)")
@@ -56,6 +55,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     net, name = main_first(world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher,
                                                             args.data_root))
     options = dict(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp,
+                   decode=args.decode, compile=args.compile,
                    progress=not args.quiet, shard_size=args.shard_size or None, store_dtype=args.store_dtype)
     written = []
     for dataset in filter(None, args.datasets.split(",")):

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
                                resolve_device, setup_logging)
 from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--asym", action="store_true",
                         help="asymmetric testing: teacher encodes the database, the network the queries")
     parser.add_argument("--results", metavar="FILE", default=None, help="write every number and the settings as JSON")
-    parser.add_argument("--batch-size", default=None, type=positive_int,
-                        help="images per forward pass at extraction (default: 32 on CUDA, 4 on the CPU)")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast at extraction (CUDA)")
+    add_extraction_arguments(parser)
     parser.add_argument("--no-cache", action="store_true", help="do not cache database descriptors")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="skip unreadable images instead of stopping: skipped database images rank last, "
@@ -137,7 +135,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         say(f">> Asymmetric testing: database by teacher '{teacher_name}', queries by '{name}'")
     settings = TestSettings(datasets=datasets, image_size=args.image_size, scales=args.multiscale,
                             whitening=args.whitening, workers=args.workers, device=str(device),
-                            batch_size=args.batch_size, amp=args.amp, data_root=args.data_root,
+                            batch_size=args.batch_size, amp=args.amp, decode=args.decode,
+                            compile=args.compile, data_root=args.data_root,
                             cache=not args.no_cache, progress=not args.quiet, skip_bad=args.skip_bad_images,
                             skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,
                             report_top=args.report_top, distractor_dtype=args.distractor_dtype,

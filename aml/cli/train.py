@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
                                positive_int, resolve_device, setup_logging, unit_interval)
 from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import get_test_set, prepare_test_set
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", default=0, type=nonnegative_int,
                    help="seed of the network's initialisation and of every random draw (tuples, shuffling); "
                         "the weights depend only on the flags, the data and this (default: 0)")
+    add_extraction_arguments(p, training=True)
     add_runtime_arguments(p)
     return p
 
@@ -197,12 +198,18 @@ def _prepare(args: argparse.Namespace, teacher: Teacher, device: str) -> None:
             prepare_distractors(suffix, args.data_root)
 
 
+def _extraction(args) -> Dict[str, Any]:
+    """extract_vectors' options from --amp/--no-amp, --decode and --compile."""
+    return {"amp": False if args.amp is False else None, "decode": args.decode, "compile": args.compile}
+
+
 def _split(args, teacher: Teacher, split: str, feat_path: Optional[str], device: str) -> Split:
     db = load_training_db(args.training_dataset, split, args.data_root)
     features = None
     if get_mode(args.mode).needs_teacher:
         features = teacher_split_features(teacher, args.training_dataset, split, len(db["cids"]), args.image_size,
-                                          feat_path, device, args.workers, progress=not args.quiet)
+                                          feat_path, device, args.workers, progress=not args.quiet,
+                                          **_extraction(args))
     return Split(db, list(db["images"]), features)
 
 
@@ -215,7 +222,7 @@ def _test_callback(args, teacher_spec: Teacher, device: str, run_dir: Path):
         teacher = Encoder(net, name, teacher_spec.path, named=teacher_spec.path is None)
     settings = TestSettings(datasets=[d for d in args.test_datasets.split(",") if d], image_size=args.image_size,
                             whitening=args.test_whiten or None, workers=args.workers, device=device,
-                            data_root=args.data_root, cache=True, progress=not args.quiet)
+                            data_root=args.data_root, cache=True, progress=not args.quiet, **_extraction(args))
 
     def show(dataset: str, entry: Dict[str, Any]) -> None:
         for line in result_lines(dataset, entry):
@@ -277,7 +284,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              epochs=args.epochs, print_freq=args.print_freq, workers=args.workers, val=args.val,
                              val_freq=args.val_freq, save_freq=args.save_freq, sym=args.sym, device=device,
                              test_freq=args.test_freq, train_batchnorm=args.train_batchnorm,
-                             batch_forward=args.batch_forward, seed=args.seed,
+                             batch_forward=args.batch_forward, seed=args.seed, amp=bool(args.amp),
+                             extraction=_extraction(args),
                              progress=not args.quiet)
     trainer = Trainer(net, LOSSES[args.loss], build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer,
                       mode, train, val, run_dir, settings, _test_callback(args, teacher, device, run_dir), world)

@@ -1,9 +1,13 @@
 """The one descriptor extraction function of the package (mining, testing, features).
 
-Images are decoded and resized in parallel workers; images that come out with the same
-shape are stacked into one batch (no padding, so the descriptor of an image never depends
-on its batch-mates); the forward runs under ``torch.inference_mode`` with optional
-channels_last and autocast. Result: a D x N float32 CPU tensor, column i = image i.
+Images are read in parallel workers and decoded either there by PIL (``decode="pil"``, the
+original's pixels) or in batches on the compute device (``"device"``: nvJPEG on CUDA, see
+:mod:`aml.data.encoded_images`); ``"auto"`` picks the device on CUDA and PIL on the CPU.
+Images of equal shape after resizing are stacked into one batch (no padding, so the
+descriptor of an image never depends on its batch-mates); the forward runs under
+``torch.inference_mode`` with channels_last and, on CUDA by default, bfloat16 autocast.
+A batch that runs out of device memory is split, with a warning. Result: a D x N float32
+CPU tensor, column i = image i.
 """
 
 import contextlib
@@ -20,12 +24,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from aml.data.encoded_images import EncodedImagesFromList, ImagePayload, decode_batch
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 
 log = logging.getLogger(__name__)
 
 Device = Union[str, torch.device]
+Encoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images -> B x D descriptors
+
+# Pixels per CPU forward: batches of images up to this many pixels in all (at least one
+# image). Batches beyond it fall out of the caches and cost more per image
+# (benchmarks/extract.py --batch-sizes, README "Speed").
+CPU_PIXEL_BUDGET = 400_000
+GPU_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -36,14 +48,14 @@ class _Unreadable:
 
 
 class _ReportErrors(Dataset):
-    """Wraps ImagesFromList so that a bad image reaches the main process as an
+    """Wraps a dataset of images so that a bad image reaches the main process as an
     :class:`_Unreadable` item (raised there by name, or skipped), not as a worker traceback."""
 
-    def __init__(self, inner: ImagesFromList):
+    def __init__(self, inner: Dataset):
         self.inner = inner
 
     def __len__(self) -> int:
-        return len(self.inner)
+        return len(self.inner)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int):
         try:
@@ -52,35 +64,97 @@ class _ReportErrors(Dataset):
             return _Unreadable(err), index
 
 
-def _batches(loader: Iterator, batch_size: int, max_pending: int,
-             skipped: Optional[List[int]] = None) -> Iterator[Tuple[torch.Tensor, List[int]]]:
-    """Group single images by shape; yield (stacked images, their indices). An unreadable
-    image raises, or, when ``skipped`` is a list, has its index appended there."""
-    buckets: Dict[Tuple[int, ...], List[Tuple[torch.Tensor, int]]] = defaultdict(list)
+@dataclass(frozen=True)
+class Decoding:
+    """Where images are decoded: the loader's dataset, the shape of one of its items after
+    resizing, and how a list of items of one shape becomes a batch on the device (positions
+    of files that fail there are appended to ``failed``, or raise when it is None)."""
+
+    name: str
+    summary: str
+    dataset: Callable[[Sequence[Union[str, Path]], Optional[float], Optional[Sequence[Optional[BBox]]], Callable],
+                      Dataset]
+    shape: Callable[[Any], Tuple[int, ...]]
+    batch: Callable[[List[Any], torch.device, torch.nn.Module, Optional[List[int]]], Optional[torch.Tensor]]
+
+
+def _pil_batch(items: List[torch.Tensor], device: torch.device, net: torch.nn.Module,
+               failed: Optional[List[int]]) -> torch.Tensor:
+    del net, failed  # decoded and checked in the workers already
+    return torch.stack(items).to(device, non_blocking=True)
+
+
+def _device_batch(items: List[ImagePayload], device: torch.device, net: torch.nn.Module,
+                  failed: Optional[List[int]]) -> Optional[torch.Tensor]:
+    return decode_batch(items, device, net.meta["mean"], net.meta["std"], failed)
+
+
+DECODINGS: Dict[str, Decoding] = {
+    "pil": Decoding("pil", "PIL in the loader workers, LANCZOS resizing: the original's pixels",
+                    lambda images, size, bbxs, transform: ImagesFromList(images, size, bbxs, transform),
+                    lambda image: tuple(image.shape[-2:]), _pil_batch),
+    "device": Decoding("device", "JPEG bytes decoded in batches on the compute device (nvJPEG on CUDA), "
+                                 "antialiased bicubic resizing, the network's mean/std; other files by PIL",
+                       lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs),
+                       lambda payload: tuple(payload.shape), _device_batch),
+}
+DECODE_CHOICES = ("auto",) + tuple(DECODINGS)
+
+
+def resolve_decoding(name: str, device: torch.device) -> Decoding:
+    """The decoding ``name`` stands for ("auto": on the device on CUDA, PIL on the CPU)."""
+    if name == "auto":
+        name = "device" if device.type == "cuda" else "pil"
+    try:
+        return DECODINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown decoding {name!r}; choose one of {', '.join(DECODE_CHOICES)}") from None
+
+
+def resolve_amp(amp: Optional[bool], device: torch.device) -> bool:
+    """bfloat16 autocast: as asked, or by default on CUDA only (the CPU keeps fp32)."""
+    return device.type == "cuda" if amp is None else bool(amp)
+
+
+def pixel_path(device: Device, decode: str = "auto", amp: Optional[bool] = None, **_: Any) -> str:
+    """Name of what descriptors depend on besides the network and sizes: where images are
+    decoded and the precision ("pil-fp32", "device-bf16", ...); part of cache and store keys.
+    Takes extract_vectors' keyword arguments (others are ignored)."""
+    resolved = torch.device(device)
+    return f"{resolve_decoding(decode, resolved).name}-{'bf16' if resolve_amp(amp, resolved) else 'fp32'}"
+
+
+def _batches(loader: Iterator, limit: Callable[[Tuple[int, ...]], int], shape: Callable[[Any], Tuple[int, ...]],
+             max_pending: int, skipped: Optional[List[int]] = None) -> Iterator[Tuple[List[Any], List[int]]]:
+    """Group single images by shape (``shape`` of an item) into lists of at most
+    ``limit(shape)``; yield (items, their indices). An unreadable image raises, or, when
+    ``skipped`` is a list, has its index appended there."""
+    buckets: Dict[Tuple[int, ...], List[Tuple[Any, int]]] = defaultdict(list)
     pending = 0
-    for image, index in loader:
-        if isinstance(image, _Unreadable):
+    for item, index in loader:
+        if isinstance(item, _Unreadable):
             if skipped is None:
-                raise image.error
-            log.warning(">> skipped: %s", image.error)
+                raise item.error
+            log.warning(">> skipped: %s", item.error)
             skipped.append(index)
             continue
-        bucket = buckets[tuple(image.shape)]
-        bucket.append((image, index))
+        key = shape(item)
+        bucket = buckets[key]
+        bucket.append((item, index))
         pending += 1
-        if len(bucket) >= batch_size:
+        if len(bucket) >= limit(key):
             pending -= len(bucket)
-            yield _stack(buckets.pop(tuple(image.shape)))
+            yield _unzip(buckets.pop(key))
         elif pending > max_pending:  # many distinct shapes: flush the fullest bucket
-            shape = max(buckets, key=lambda s: len(buckets[s]))
-            pending -= len(buckets[shape])
-            yield _stack(buckets.pop(shape))
+            fullest = max(buckets, key=lambda s: len(buckets[s]))
+            pending -= len(buckets[fullest])
+            yield _unzip(buckets.pop(fullest))
     for bucket in buckets.values():
-        yield _stack(bucket)
+        yield _unzip(bucket)
 
 
-def _stack(items: List[Tuple[torch.Tensor, int]]) -> Tuple[torch.Tensor, List[int]]:
-    return torch.stack([image for image, _ in items]), [index for _, index in items]
+def _unzip(items: List[Tuple[Any, int]]) -> Tuple[List[Any], List[int]]:
+    return [item for item, _ in items], [index for _, index in items]
 
 
 def effective_workers(workers: int, device: torch.device) -> int:
@@ -93,32 +167,61 @@ def effective_workers(workers: int, device: torch.device) -> int:
     return max(0, min(workers, free_cores))
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Images per forward when the caller does not say: large batches feed a GPU; on the
-    CPU, batches of 4 were fastest (bigger ones fall out of cache; benchmarks/extract.py)."""
-    return 32 if device.type == "cuda" else 4
+def default_batch_size(device: torch.device, shape: Tuple[int, ...] = (362, 362)) -> int:
+    """Images per forward when the caller does not say: 32 on a GPU; on the CPU as many
+    images of ``shape`` (height, width) as fit in :data:`CPU_PIXEL_BUDGET` pixels, at least one."""
+    if device.type != "cpu":
+        return GPU_BATCH_SIZE
+    height, width = shape[-2:]
+    return max(1, CPU_PIXEL_BUDGET // max(1, height * width))
 
 
-def _describe(net: torch.nn.Module, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
-    """B x D descriptors of a batch; multi-scale as cirtorch (power mean with msp, then L2)."""
+def _describe(encode: Encoder, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
+    """B x D descriptors of a batch; multi-scale as cirtorch (power mean with msp, then L2),
+    every scale of the whole batch in one forward."""
     if list(scales) == [1]:
-        return net.descriptors(x).float()
+        return encode(x).float()
     total = 0.0
     for scale in scales:
         xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-        total = total + net.descriptors(xs).float().pow(msp)
+        total = total + encode(xs).float().pow(msp)
     v = (total / len(scales)).pow(1.0 / msp)
     return v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
 
 
-def _image_loader(images: Sequence[Union[str, Path]], image_size: Optional[float],
-                  bbxs: Optional[Sequence[Optional[BBox]]], transform: Callable, workers: int,
-                  device: torch.device) -> DataLoader:
-    """Single decoded images (and their indices) from parallel workers, in order."""
-    dataset = _ReportErrors(ImagesFromList(images, image_size, bbxs, transform))
+class _BatchCap:
+    """The largest batch that fitted in device memory so far (lowered on out-of-memory)."""
+
+    def __init__(self) -> None:
+        self.size: Optional[int] = None
+
+    def describe(self, encode: Encoder, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
+        """:func:`_describe` in parts of at most ``size`` images; out of memory halves the
+        part and warns (one image that does not fit still raises)."""
+        parts, start = [], 0
+        while start < len(x):
+            part = x[start:start + self.size] if self.size else x[start:]
+            try:
+                parts.append(_describe(encode, part, scales, msp))
+            except torch.OutOfMemoryError:
+                if len(part) == 1:
+                    raise
+                self.size = len(part) // 2
+                log.warning(">> out of memory at a batch of %d images of %s pixels; going on with batches of %d",
+                            len(part), "x".join(str(v) for v in part.shape[-2:]), self.size)
+                if x.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += len(part)
+        return torch.cat(parts)
+
+
+def _image_loader(dataset: Dataset, workers: int, device: torch.device) -> DataLoader:
+    """Single items (and their indices) from parallel workers, in order; pinned for a GPU."""
     workers = effective_workers(workers, device)
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
+    return DataLoader(_ReportErrors(dataset), batch_size=None, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                      persistent_workers=False)
 
 
 def extract_vectors(
@@ -133,27 +236,33 @@ def extract_vectors(
     workers: int = 4,
     device: Optional[Device] = None,
     batch_size: Optional[int] = None,
-    amp: bool = False,
+    amp: Optional[bool] = None,
     channels_last: bool = True,
     progress: bool = False,
     skip_bad: bool = False,
     skipped: Optional[List[int]] = None,
     desc: str = "extracting",
     collective: bool = True,
+    decode: str = "auto",
+    compile: bool = False,
 ) -> torch.Tensor:
     """Descriptors of ``images`` as a D x N float32 CPU tensor (cirtorch semantics).
 
     ``bbxs`` crops queries; ``ms`` lists scales and ``msp`` the power used to average them;
     ``device`` defaults to the network's. Batches hold only images of equal shape, so in
-    fp32 the result equals the one-image-at-a-time loop up to float rounding. Loader
-    workers are capped on the CPU (:func:`effective_workers`). ``amp``
-    autocasts to bfloat16 (CUDA); ``channels_last`` (default on: 1.3-1.5x faster batched
-    extraction on the CPU, see benchmarks/extract.py) also converts the network; ``batch_size``
-    defaults to :func:`default_batch_size`. The network's
-    train/eval mode is restored afterwards. ``print_freq`` is accepted for cirtorch
-    compatibility; progress goes to a tqdm bar (stderr, titled ``desc``) when ``progress``.
-    An unreadable image raises :class:`ImageLoadError` naming it; with ``skip_bad`` it is
-    skipped instead, its column left at zero and its index appended to ``skipped``.
+    fp32 with ``decode="pil"`` the result equals the one-image-at-a-time loop up to float
+    rounding. ``decode`` (:data:`DECODINGS`, or "auto") says where images are decoded;
+    ``transform`` applies to PIL-decoded images, the device path normalises with
+    ``net.meta``'s mean/std. ``amp`` autocasts to bfloat16 (None: on CUDA only);
+    ``channels_last`` (default on: 1.3-1.5x faster on the CPU) also converts the network;
+    ``compile`` runs the network through ``torch.compile``. ``batch_size`` defaults to
+    :func:`default_batch_size` (per image shape on the CPU); a batch that runs out of device
+    memory is split with a warning. Loader workers are capped on the CPU
+    (:func:`effective_workers`). The network's train/eval mode is restored afterwards.
+    ``print_freq`` is accepted for cirtorch compatibility; progress goes to a tqdm bar
+    (stderr, titled ``desc``) when ``progress``. An unreadable image raises
+    :class:`ImageLoadError` naming it; with ``skip_bad`` it is skipped instead, its column
+    left at zero and its index appended to ``skipped``.
 
     Under torchrun the call is collective: every rank encodes its contiguous block of the
     images (:func:`aml.utils.distributed.shard_range`) and every rank returns the whole
@@ -164,9 +273,11 @@ def extract_vectors(
     world = current_world() if collective else World()
     mine = shard_range(len(images), world)
     local_skipped: Optional[List[int]] = [] if skip_bad else None
+    resolved = torch.device(device) if device is not None else next(net.parameters()).device
+    options = _Options(ms, msp, workers, resolved, batch_size, resolve_amp(amp, resolved), channels_last,
+                       progress and world.is_main, desc, resolve_decoding(decode, resolved), compile)
     vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,
-                          [bbxs[i] for i in mine] if bbxs is not None else None, ms, msp, workers, device, batch_size,
-                          amp, channels_last, progress and world.is_main, local_skipped, desc)
+                          [bbxs[i] for i in mine] if bbxs is not None else None, options, local_skipped)
     if world.distributed:
         vecs = gather_columns(vecs, len(images), world)
     if skip_bad:
@@ -176,34 +287,60 @@ def extract_vectors(
     return vecs
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How :func:`_extract_block` runs (extract_vectors' arguments, resolved)."""
+
+    scales: Sequence[float]
+    msp: float
+    workers: int
+    device: torch.device
+    batch_size: Optional[int]
+    amp: bool
+    channels_last: bool
+    progress: bool
+    desc: str
+    decoding: Decoding
+    compile: bool
+
+    def limit(self, shape: Tuple[int, ...]) -> int:
+        return max(1, self.batch_size or default_batch_size(self.device, shape))
+
+
 def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], image_size: Optional[float],
-                   transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]], ms: Sequence[float], msp: float,
-                   workers: int, device: Optional[Device], batch_size: Optional[int], amp: bool, channels_last: bool,
-                   progress: bool, bad: Optional[List[int]], desc: str) -> torch.Tensor:
+                   transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]], o: _Options,
+                   bad: Optional[List[int]]) -> torch.Tensor:
     """:func:`extract_vectors` of one process's images (``bad``: None = raise on an
     unreadable image, a list = skip it and append its index)."""
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    net.to(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net.to(o.device)
+    memory_format = torch.channels_last if o.channels_last else torch.contiguous_format
     was_training = net.training
     net.eval()
-    if channels_last:
+    if o.channels_last:
         net.to(memory_format=torch.channels_last)
-    loader = _image_loader(images, image_size, bbxs, transform, workers, device)
-    dataset = loader.dataset
-    batch_size = batch_size or default_batch_size(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    encode: Encoder = torch.compile(net.descriptors) if o.compile else net.descriptors
+    dataset = o.decoding.dataset(images, image_size, bbxs, transform)
+    loader = _image_loader(dataset, o.workers, o.device)
+    autocast = torch.autocast(o.device.type, dtype=torch.bfloat16) if o.amp else contextlib.nullcontext()
+    cap = _BatchCap()
+    largest = o.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
     vecs: Optional[torch.Tensor] = None
     try:
-        with torch.inference_mode(), autocast, tqdm(total=len(dataset), disable=not progress, unit="img",
-                                                     desc=desc, leave=False) as bar:
-            for x, indices in _batches(iter(loader), max(batch_size, 1), 4 * max(batch_size, 1), bad):
-                x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                out = _describe(net, x, ms, msp).cpu()
-                if vecs is None:
-                    vecs = torch.zeros(out.shape[1], len(dataset))
-                vecs[:, indices] = out.t()
-                bar.update(len(indices))
+        with torch.inference_mode(), autocast, tqdm(total=len(dataset), disable=not o.progress, unit="img",
+                                                     desc=o.desc, leave=False) as bar:
+            for items, indices in _batches(iter(loader), o.limit, o.decoding.shape, 4 * largest, bad):
+                failed: Optional[List[int]] = [] if bad is not None else None
+                x = o.decoding.batch(items, o.device, net, failed)
+                if failed:  # named in the log by decode_batch
+                    bad.extend(indices[k] for k in failed)
+                    indices = [i for k, i in enumerate(indices) if k not in set(failed)]
+                    bar.update(-len(failed))  # counted again with the skipped below
+                if x is not None:
+                    out = cap.describe(encode, x.contiguous(memory_format=memory_format), o.scales, o.msp).cpu()
+                    if vecs is None:
+                        vecs = torch.zeros(out.shape[1], len(dataset))
+                    vecs[:, indices] = out.t()
+                bar.update(len(items))
             if bad:
                 bar.update(len(bad))
     finally:

@@ -50,6 +50,7 @@ class StoreKey:
     msp: float
     dtype: str = "float16"
     shard_size: int = 16384
+    pixels: str = "pil-fp32"  # decoding and precision of the extraction (extraction.pixel_path)
 
 
 def _list_sha1(images: Sequence[str]) -> str:
@@ -237,7 +238,8 @@ def read_store(folder: Path) -> DescriptorStore:
         manifest = json.loads((folder / "manifest.json").read_text())
         images = (folder / "images.txt").read_text().split("\n")[:-1]
         key = StoreKey(manifest["fingerprint"], manifest["network"], manifest["image_size"],
-                       tuple(manifest["scales"]), manifest["msp"], manifest["dtype"], manifest["shard_size"])
+                       tuple(manifest["scales"]), manifest["msp"], manifest["dtype"], manifest["shard_size"],
+                       manifest.get("pixels", "pil-fp32"))
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{folder} is not a readable descriptor store ({err})") from None
     return DescriptorStore(folder, images, key, int(manifest["dim"])).open()

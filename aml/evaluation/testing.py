@@ -18,7 +18,7 @@ import numpy as np
 from aml.data.paths import data_subdir
 from aml.data.distractors import DISTRACTOR_SETS, distractor_images, split_test_name
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
-from aml.descriptors import cached_descriptors, describe_images, network_fingerprint
+from aml.descriptors import cached_descriptors, describe_images, network_fingerprint, pixel_path
 from aml.descriptors.store import DescriptorStore, StoreKey, encode_into_store
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.search import positions_with_distractors, rank_database
@@ -42,7 +42,9 @@ class TestSettings:
     workers: int = 8
     device: str = "cpu"
     batch_size: Optional[int] = None
-    amp: bool = False
+    amp: Optional[bool] = None  # bfloat16 autocast at extraction (None: on CUDA only)
+    decode: str = "auto"  # where images are decoded (aml.descriptors.DECODINGS; auto: the device on CUDA)
+    compile: bool = False  # torch.compile the networks for extraction
     data_root: Optional[str] = None
     cache: bool = True
     progress: bool = False  # tqdm bars (stderr) while extracting
@@ -55,6 +57,7 @@ class TestSettings:
 
     def extraction(self) -> Dict[str, Any]:
         return dict(workers=self.workers, device=self.device, batch_size=self.batch_size, amp=self.amp,
+                    decode=self.decode, compile=self.compile,
                     progress=self.progress, skip_bad=self.skip_bad)
 
 
@@ -91,7 +94,7 @@ def distractor_store(suffix: str, encoder: Encoder, settings: TestSettings, fing
     scales = tuple(float(x) for x in settings.scales)
     key = StoreKey(fingerprint, encoder.name, settings.image_size, scales,
                    round(float(multiscale_power(encoder.net, list(scales))), 6), settings.distractor_dtype,
-                   settings.shard_size)
+                   settings.shard_size, pixel_path(**settings.extraction()))
     name = DISTRACTOR_SETS[suffix].folder
     tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_" + hashlib.sha1(repr(key).encode()).hexdigest()[:8]
     folder = data_subdir(settings.data_root, "features") / "distractors" / f"{name}_{fingerprint}_{tag}"

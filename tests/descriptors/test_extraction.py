@@ -118,3 +118,91 @@ def test_progress_bar_goes_to_stderr_only_when_asked(images, net, capsys):
     assert "db:" in captured.err and "/4 [" in captured.err and "img/s" in captured.err and captured.out == ""
     extract_vectors(net, images[:4], 48, transform, workers=0)
     assert capsys.readouterr().err == ""
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scales", [(1,), (1, 0.7071, 0.5)])
+def test_device_decoding_is_within_cosine_0999_of_pil(images, net, device, scales):
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    bbxs = [None, (5, 5, 50, 40)] * (len(images) // 2)
+    pil = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales, decode="pil", device="cpu", amp=False)
+    fast = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales, decode="device", device=device)
+    cosines = (F.normalize(pil, dim=0) * F.normalize(fast, dim=0)).sum(0)
+    assert cosines.min() > 0.999, cosines
+    net.to("cpu")
+
+
+def test_device_decoding_skips_and_names_a_bad_file(images, net, tmp_path, real_workers, caplog):
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(open(images[0], "rb").read()[:300])
+    paths = images[:3] + [str(bad)] + images[3:5]
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    with pytest.raises(ImageLoadError, match="cut.jpg"):
+        extract_vectors(net, paths, 64, transform, decode="device", workers=1)
+    skipped = []
+    vecs = extract_vectors(net, paths, 64, transform, decode="device", workers=1, skip_bad=True, skipped=skipped)
+    assert skipped == [3] and torch.all(vecs[:, 3] == 0) and torch.all(vecs[:, [0, 1, 2, 4, 5]].norm(dim=0) > 0.99)
+
+
+def test_unknown_decoding_is_refused(images, net):
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    with pytest.raises(ValueError, match="unknown decoding 'gpu'.*auto, pil, device"):
+        extract_vectors(net, images[:1], 64, transform, decode="gpu")
+
+
+class ShortOfMemory(torch.nn.Module):
+    """A network whose forward runs out of memory above ``limit`` images, as a GPU would."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.meta, self.batches = inner, limit, inner.meta, []
+
+    def descriptors(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.batches.append(x.shape[0])
+        return self.inner.descriptors(x)
+
+
+def test_out_of_memory_splits_the_batch_and_warns(images, net, caplog):
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    same_shape = [p for i, p in enumerate(images) if i % 4 == 0]  # 80x60 images: one bucket
+    short = ShortOfMemory(net, limit=1)
+    with caplog.at_level("WARNING", logger="aml.descriptors.extraction"):
+        vecs = extract_vectors(short, same_shape, 64, transform, batch_size=4, ms=(1, 0.5))
+    assert short.batches and max(short.batches) == 1
+    assert "out of memory at a batch of 4 images" in caplog.text and "batches of 2" in caplog.text
+    assert torch.allclose(vecs, extract_vectors(net, same_shape, 64, transform, batch_size=1, ms=(1, 0.5)), atol=1e-5)
+    with pytest.raises(torch.OutOfMemoryError):
+        extract_vectors(ShortOfMemory(net, limit=0), same_shape[:1], 64, transform)
+
+
+def test_cpu_batches_follow_the_pixel_budget():
+    from aml.descriptors.extraction import CPU_PIXEL_BUDGET, default_batch_size
+
+    cpu = torch.device("cpu")
+    assert default_batch_size(cpu, (768, 1024)) == 1  # 786,432 pixels: alone
+    assert default_batch_size(cpu, (362, 272)) == CPU_PIXEL_BUDGET // (362 * 272)
+    assert default_batch_size(cpu, (2000, 2000)) == 1
+    assert default_batch_size(torch.device("cuda"), (768, 1024)) == 32
+
+
+def test_pixel_path_names_decoding_and_precision():
+    from aml.descriptors import pixel_path
+
+    assert pixel_path("cpu") == "pil-fp32"
+    assert pixel_path("cuda") == "device-bf16"
+    assert pixel_path("cuda", decode="pil", amp=False) == "pil-fp32"
+    assert pixel_path("cpu", decode="device", amp=True, workers=3) == "device-bf16"
+
+
+def test_the_cache_keeps_pil_and_device_descriptors_apart(images, net, tmp_path):
+    from aml.descriptors import cached_descriptors
+
+    pil = cached_descriptors(net, images[:4], 64, (1,), 1.0, tmp_path, "db", decode="pil")
+    device = cached_descriptors(net, images[:4], 64, (1,), 1.0, tmp_path, "db", decode="device")
+    assert len(list(tmp_path.glob("db_*.npy"))) == 2
+    assert not np.array_equal(pil, device)

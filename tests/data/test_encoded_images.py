@@ -1,0 +1,132 @@
+"""Decoding on the device: what travels as bytes, what PIL decodes, and how close the pixels are.
+
+Parametrised over the devices present: the CPU always (libjpeg through torchvision), CUDA
+(nvJPEG) where there is one."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import aml.data.encoded_images as encoded_images
+from aml.data.encoded_images import EncodedImagesFromList, decode_batch, read_payload
+from aml.data.images import ImageLoadError, image_transform, load_and_resize
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def smooth_image(rng, width: int, height: int) -> Image.Image:
+    small = rng.integers(0, 256, size=(max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """One file of every kind the device path must handle."""
+    folder = tmp_path_factory.mktemp("kinds")
+    rng = np.random.default_rng(1)
+    out = {}
+
+    def save(name, image, **options):
+        out[name] = folder / name
+        image.save(out[name], **options)
+
+    save("landscape.jpg", smooth_image(rng, 160, 120), quality=92)
+    save("portrait.jpg", smooth_image(rng, 120, 160), quality=92)
+    save("progressive.jpg", smooth_image(rng, 150, 100), quality=90, progressive=True)
+    save("gray.jpg", smooth_image(rng, 160, 120).convert("L"), quality=90)
+    save("cmyk.jpg", smooth_image(rng, 160, 120).convert("CMYK"), quality=90)
+    save("image.png", smooth_image(rng, 160, 120))
+    save("small.jpg", smooth_image(rng, 40, 30), quality=92)  # never enlarged
+    good = out["landscape.jpg"].read_bytes()
+    out["truncated.jpg"] = folder / "truncated.jpg"
+    out["truncated.jpg"].write_bytes(good[:len(good) // 2])
+    out["not_an_image.jpg"] = folder / "not_an_image.jpg"
+    out["not_an_image.jpg"].write_bytes(b"hello, not a jpeg")
+    return out
+
+
+@pytest.mark.parametrize("name, encoded", [("landscape.jpg", True), ("progressive.jpg", True), ("gray.jpg", True),
+                                           ("cmyk.jpg", False), ("image.png", False), ("small.jpg", True)])
+def test_jpegs_travel_as_bytes_everything_else_as_pil_pixels(files, name, encoded):
+    payload = read_payload(files[name], 96)
+    assert payload.encoded is encoded
+    expected = load_and_resize(files[name], 96)
+    assert payload.shape == (expected.height, expected.width)
+    if not encoded:
+        assert payload.data.dtype == torch.uint8 and tuple(payload.data.shape) == (3, expected.height, expected.width)
+
+
+def test_a_crop_is_decoded_by_pil(files):
+    payload = read_payload(files["landscape.jpg"], 96, bbx=(10, 10, 90, 70))
+    expected = load_and_resize(files["landscape.jpg"], 96, (10, 10, 90, 70))
+    assert not payload.encoded and payload.shape == (expected.height, expected.width)
+    assert torch.equal(payload.data, torch.from_numpy(np.array(expected)).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("name", ["truncated.jpg", "not_an_image.jpg", "missing.jpg"])
+def test_bad_files_are_named_in_the_worker(files, tmp_path, name):
+    path = files.get(name, tmp_path / name)
+    with pytest.raises(ImageLoadError, match=name):
+        EncodedImagesFromList([path], 96)[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_pixels_are_close_to_pil(files, device):
+    names = ["landscape.jpg", "progressive.jpg", "gray.jpg", "cmyk.jpg", "image.png", "small.jpg"]
+    transform = image_transform(MEAN, STD)
+    for name in names:
+        payload = read_payload(files[name], 96)
+        batch = decode_batch([payload], torch.device(device), MEAN, STD).cpu()
+        reference = transform(load_and_resize(files[name], 96))
+        assert batch.shape == (1,) + tuple(reference.shape)
+        # pixels within a few grey levels on average: bicubic-antialias vs LANCZOS (and nvJPEG's IDCT)
+        mean_error = (batch[0] - reference).abs().mul(torch.tensor(STD).view(3, 1, 1) * 255).mean().item()
+        assert mean_error < 2.5, (name, mean_error)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_batch_of_one_shape_decodes_together(files, device):
+    payloads = [read_payload(files[n], 96) for n in ("landscape.jpg", "gray.jpg", "cmyk.jpg")]
+    assert len({p.shape for p in payloads}) == 1
+    batch = decode_batch(payloads, torch.device(device), MEAN, STD)
+    alone = torch.cat([decode_batch([p], torch.device(device), MEAN, STD) for p in payloads])
+    assert torch.allclose(batch, alone, atol=1e-5)
+
+
+def test_a_file_the_device_refuses_goes_through_pil_or_is_named(files, monkeypatch, tmp_path):
+    good = read_payload(files["landscape.jpg"], 96)
+    calls = []
+
+    def refuse_batches(data, device):
+        calls.append(len(data))
+        if len(data) > 1:
+            raise RuntimeError("nvjpeg refused one file")
+        return real(data, device)
+
+    real = encoded_images._decode_jpegs
+    monkeypatch.setattr(encoded_images, "_decode_jpegs", refuse_batches)
+    twice = decode_batch([good, good], torch.device("cpu"), MEAN, STD)
+    assert calls == [2, 1, 1] and twice.shape[0] == 2
+
+    # bytes the device cannot decode, and a file on disk that PIL cannot decode either
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    bad = encoded_images.ImagePayload(str(broken), good.shape, good.data, True, 96)
+    monkeypatch.setattr(encoded_images, "_decode_jpegs", lambda data, device: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(ImageLoadError, match="broken.jpg"):
+        decode_batch([bad], torch.device("cpu"), MEAN, STD)
+    failed = []
+    pixels = encoded_images.ImagePayload(str(files["landscape.jpg"]), good.shape,
+                                         torch.zeros(3, *good.shape, dtype=torch.uint8), False, 96)
+    out = decode_batch([bad, pixels], torch.device("cpu"), MEAN, STD, failed)
+    assert failed == [0] and out.shape[0] == 1
+    assert decode_batch([bad], torch.device("cpu"), MEAN, STD, []) is None
+
+
+def test_payloads_pin_for_the_gpu(files):
+    payload = read_payload(files["landscape.jpg"], 96)
+    if not torch.cuda.is_available():
+        pytest.skip("pinning needs CUDA")
+    assert payload.pin_memory().data.is_pinned()

@@ -38,6 +38,7 @@ def mine_hard_negatives(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, query
     pool_clusters = np.asarray(pool_clusters)
     if nnum == 0 or pool_vecs.shape[1] == 0:
         return [[] for _ in query_clusters], 0.0
+    query_vecs, pool_vecs = query_vecs.to(device), pool_vecs.to(device)
     shallow = _ranked_candidates(query_vecs, pool_vecs, max(10 * nnum, 64), device)
     deep = None
     negatives = []
@@ -65,10 +66,10 @@ def random_negatives(query_clusters: Sequence, pool_clusters: Sequence, nnum: in
 
 
 def teacher_triplets(anchor_vecs: torch.Tensor, pool_vecs: torch.Tensor, generator: torch.Generator,
-                     top_k: int = 300) -> List[Tuple[int, int]]:
+                     top_k: int = 300, device: str = "cpu") -> List[Tuple[int, int]]:
     """Unsupervised (positive, negative) pool positions per anchor: two distinct ranks drawn
-    among the teacher's top ``top_k``; the better ranked one is the positive."""
-    order = _ranked_candidates(anchor_vecs, pool_vecs, top_k, "cpu")
+    among the teacher's top ``top_k`` (ranked on ``device``); the better ranked one is the positive."""
+    order = _ranked_candidates(anchor_vecs, pool_vecs, top_k, device)
     depth = order.shape[0]
     if depth < 2:
         raise ValueError("teacher triplets need a pool of at least 2 images")

@@ -143,7 +143,7 @@ def build_epoch_tuples(mode: Mode, db: Dict, sizes: EpochSizes, generator: torch
         order = torch.randperm(n_images, generator=generator)
         anchors = order[:sizes.query_size].tolist()
         pool = order[sizes.query_size:sizes.query_size + sizes.pool_size].tolist()
-        pairs = teacher_triplets(teacher[:, anchors], teacher[:, pool], generator)
+        pairs = teacher_triplets(teacher[:, anchors], teacher[:, pool], generator, device=device)
         return [_tuple(mode, sym, a, [pool[p]], [pool[n]]) for a, (p, n) in zip(anchors, pairs)], 0.0
     qpool, ppool = list(db["qidxs"]), list(db["pidxs"])
     chosen = torch.randperm(len(qpool), generator=generator)[:sizes.query_size].tolist()

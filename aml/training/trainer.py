@@ -28,7 +28,7 @@ from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_chec
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
 from aml.training.optim import calibrate_batchnorm, freeze_batchnorm, set_epoch_lr
-from aml.training.tuples import TupleDataset, collate_list, encode_tuples, shape_grouped_batches
+from aml.training.tuples import TupleDataset, collate_list, encode_tuples, shape_grouped_batches, with_teacher
 from aml.reports.curves import TrainingHistory
 from aml.training.run_folder import RunLog, latest_checkpoint
 from aml.utils.atomic import remove_orphan_temporaries
@@ -88,6 +88,8 @@ class TrainSettings:
     batch_forward: bool = False  # frozen BatchNorm: the mini-batch encoded together too (else tuple by tuple)
     seed: int = 0  # every random draw comes from streams derived from it (aml.utils.seeding)
     progress: bool = False  # tqdm bars (stderr) over training batches and descriptor extraction
+    amp: bool = False  # bfloat16 autocast of the training (and validation) forward passes and losses
+    extraction: Dict[str, Any] = field(default_factory=dict)  # amp/decode/compile of mining's extract_vectors
 
 
 class DescriptorModel(nn.Module):
@@ -133,6 +135,9 @@ class Trainer:
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
         self.device = torch.device(settings.device)
         self.world = world
+        for split in (train, val):  # the teacher's descriptors stay on the device for the whole run
+            if split is not None and split.teacher is not None:
+                split.teacher = split.teacher.to(self.device)
         net.to(memory_format=torch.channels_last)  # faster convolutions on the CPU and GPU
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
         self.evaluate = evaluate
@@ -168,7 +173,7 @@ class Trainer:
         def encode(indices: Sequence[int]) -> torch.Tensor:
             return extract_vectors(self.net, [split.images[i] for i in indices], self.settings.image_size,
                                    self.transform, workers=self.settings.workers, device=self.device,
-                                   progress=self.settings.progress)
+                                   progress=self.settings.progress, **self.settings.extraction)
         return encode
 
     def epoch_tuples(self, split: Split, epoch: int, everything: bool = False) -> List[TrainingTuple]:
@@ -203,7 +208,7 @@ class Trainer:
     def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
         """This rank's part of every global mini-batch (all of it in one process)."""
         s = self.settings
-        dataset = TupleDataset(tuples, split.images, s.image_size, self.transform, split.teacher)
+        dataset = TupleDataset(tuples, split.images, s.image_size, self.transform)
         generator = seeded_generator(s.seed, "shuffle", epoch)
         batches = self._batches(split, tuples, generator, shuffle)
         if self.world.distributed:
@@ -231,6 +236,12 @@ class Trainer:
     def _sync(self, sync: bool):
         """Outside a step's last backward, DistributedDataParallel must not reduce gradients."""
         return self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
+
+    def _autocast(self):
+        """bfloat16 autocast of forward passes and losses with ``amp`` (gradients stay fp32)."""
+        if not self.settings.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _shapes(self, chunk: List[Dict[str, Any]]) -> Tuple[tuple, ...]:
         """With SyncBatchNorm: every image shape on any rank, so that all ranks make the same
@@ -268,9 +279,10 @@ class Trainer:
         losses: List[float] = []
         for k, chunk in enumerate(chunks):
             with self._sync(backward and sync and k + 1 == len(chunks)):
-                outputs = encode_tuples(encode, chunk, self.device, self._shapes(chunk))
-                values = [self.criterion(*call) for call in self._loss_inputs(outputs, chunk)]
-                total = torch.stack(values).sum()
+                with self._autocast():
+                    outputs = encode_tuples(encode, chunk, self.device, self._shapes(chunk))
+                    values = [self.criterion(*call) for call in self._loss_inputs(outputs, chunk)]
+                    total = torch.stack(values).float().sum()
                 _check_finite(total)
                 if backward:
                     (total * scale if scale != 1 else total).backward()
@@ -301,7 +313,8 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", disable=not s.progress, leave=False)
         for i, batch in enumerate(bar):
             try:
-                losses += self.batch_losses(batch, backward=True, sync=(i + 1) % s.update_every == 0)
+                losses += self.batch_losses(with_teacher(batch, self.train_split.teacher), backward=True,
+                                            sync=(i + 1) % s.update_every == 0)
             except _NonFiniteLoss as err:
                 message = self._divergence_message(epoch, i, len(loader), err.value)
                 self.log.line(message, echo=False)
@@ -328,7 +341,7 @@ class Trainer:
         losses: List[float] = []
         for batch in tqdm(loader, desc=f"validation {epoch + 1}", unit="batch", disable=not self.settings.progress,
                           leave=False):
-            losses += self.batch_losses(batch, backward=False)
+            losses += self.batch_losses(with_teacher(batch, split.teacher), backward=False)
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value

@@ -12,12 +12,12 @@ from aml.training.modes import TrainingTuple
 
 
 class TupleDataset(Dataset):
-    """Item i = dict(images, image_slots, teacher, teacher_slots, labels, target)."""
+    """Item i = dict(images, image_slots, teacher_slots, members, labels): the student images
+    of tuple i, decoded in a loader worker; :func:`with_teacher` adds its teacher columns
+    in the main process (the teacher's matrix may live on the GPU)."""
 
-    def __init__(self, tuples: Sequence[TrainingTuple], images: Sequence[str], image_size: int,
-                 transform: Callable, teacher: Optional[torch.Tensor] = None):
-        self.tuples, self.images, self.image_size = list(tuples), list(images), image_size
-        self.transform, self.teacher = transform, teacher
+    def __init__(self, tuples: Sequence[TrainingTuple], images: Sequence[str], image_size: int, transform: Callable):
+        self.tuples, self.images, self.image_size, self.transform = list(tuples), list(images), image_size, transform
 
     def __len__(self) -> int:
         return len(self.tuples)
@@ -25,20 +25,28 @@ class TupleDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         t = self.tuples[index]
         image_slots = [s for s, flag in enumerate(t.from_teacher) if not flag]
-        teacher_slots = [s for s, flag in enumerate(t.from_teacher) if flag]
-        item = {
+        return {
             "images": [self.transform(load_and_resize(self.images[t.members[s]], self.image_size)) for s in image_slots],
             "image_slots": image_slots,
-            "teacher_slots": teacher_slots,
-            "teacher": self.teacher[:, [t.members[s] for s in teacher_slots]] if teacher_slots else None,
+            "teacher_slots": [s for s, flag in enumerate(t.from_teacher) if flag],
+            "members": list(t.members),
             "labels": torch.tensor(t.labels, dtype=torch.float32),
-            "target": None,
         }
-        if self.teacher is not None:
-            anchor = self.teacher[:, t.members[0]]
-            members = self.teacher[:, list(t.members)]
-            item["target"] = torch.linalg.vector_norm(members - anchor[:, None], dim=0)
-        return item
+
+
+def with_teacher(items: List[Dict[str, Any]], teacher: Optional[torch.Tensor]) -> List[Dict[str, Any]]:
+    """Each item with ``teacher`` (the teacher's columns of its teacher slots, or None) and
+    ``target`` (the teacher's distances from the query to every member, or None), taken
+    from the D x N ``teacher`` matrix on its own device."""
+    for item in items:
+        members = item["members"]
+        slots = item["teacher_slots"]
+        item["teacher"] = teacher[:, [members[s] for s in slots]] if teacher is not None and slots else None
+        item["target"] = None
+        if teacher is not None:
+            columns = teacher[:, members]
+            item["target"] = torch.linalg.vector_norm(columns - columns[:, :1], dim=0)
+    return items
 
 
 def collate_list(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -84,7 +92,7 @@ def encode_images(encode: Encoder, images: Sequence[torch.Tensor], device: torch
     for shape in (shapes or list(groups)):
         indices = groups.get(shape, [])
         batch = (torch.stack([images[i] for i in indices]) if indices else torch.empty((0,) + tuple(shape)))
-        out = encode(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
+        out = encode(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)).float()
         for row, i in enumerate(indices):
             rows[i] = out[row]
     return torch.stack(rows) if rows else out

@@ -240,3 +240,26 @@ def test_batch_forward_with_frozen_batchnorm_equals_tuple_by_tuple(synth_root, t
     b = load_checkpoint(together["run_dir"] / "model_epoch1.pth.tar")["state_dict"]
     for key, value in a.items():
         assert torch.allclose(value.float(), b[key].float(), atol=1e-5), key
+
+
+def test_amp_trains_in_bfloat16_close_to_fp32(synth_root, tmp_path, monkeypatch):
+    from aml.training import trainer
+
+    dtypes = set()  # the autocast dtype the student's forward passes ran under (None: fp32)
+
+    def recording(encode, items, device, shapes=()):
+        dtypes.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return original(encode, items, device, shapes)
+
+    original = trainer.encode_tuples
+    monkeypatch.setattr(trainer, "encode_tuples", recording)
+    flags = ["-a", "resnet18", "--epochs", "1", "--no-val", "--lr", "1e-2", "-o", "sgd", "--batch-forward"]
+    fp32 = train(synth_root, tmp_path / "fp32", *flags)
+    assert dtypes == {None}
+    dtypes.clear()
+    bf16 = train(synth_root, tmp_path / "bf16", *flags, "--amp")
+    assert dtypes == {torch.bfloat16}
+    assert np.isfinite(bf16["history"][0]["train_loss"])
+    assert bf16["history"][0]["train_loss"] == pytest.approx(fp32["history"][0]["train_loss"], rel=0.05)
+    state = load_checkpoint(bf16["run_dir"] / "model_epoch1.pth.tar")["state_dict"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # weights stay fp32

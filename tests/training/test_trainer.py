@@ -96,3 +96,16 @@ def test_shape_grouped_batches_are_full_deterministic_and_homogeneous_where_poss
     assert len(set(flat)) == len(flat)
     homogeneous = [b for b in batches if len({keys[i] for i in b}) == 1]
     assert sorted(keys[b[0]] for b in homogeneous) == ["a", "a", "b"]  # a: 2 full, b: 1 full; rest mixed
+
+
+def test_with_teacher_takes_columns_and_distances_from_the_teacher_matrix():
+    from aml.training.tuples import with_teacher
+
+    teacher = torch.tensor([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]])  # columns: images 0, 1, 2
+    item = {"members": [2, 0, 1], "teacher_slots": [1, 2], "image_slots": [0]}
+    with_teacher([item], teacher)
+    assert torch.equal(item["teacher"], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    # ||t_m - t_2|| for m = 2, 0, 1: 0, sqrt(0.4^2 + 0.8^2), sqrt(0.6^2 + 0.2^2)
+    assert torch.allclose(item["target"], torch.tensor([0.0, 0.8 ** 0.5, 0.4 ** 0.5]))
+    with_teacher([item], None)
+    assert item["teacher"] is None and item["target"] is None

@@ -1,78 +1,102 @@
 #!/usr/bin/env python
-"""Benchmark of descriptor extraction (images/second), batched vs one image per forward.
+"""Benchmark of descriptor extraction on the CPU: the original's loop against aml, side by side.
 
-    python benchmarks/extract.py --image-size 362 --images 48 --archs mobilenet_v2,resnet101
+    python benchmarks/extract.py                                   # the README's CPU table
+    python benchmarks/extract.py --batch-sizes 1,2,3,4,8           # the sweep behind CPU_PIXEL_BUDGET
+    python benchmarks/extract.py --archs resnet101 --image-sizes 362 --images 12
 
-Writes generated JPEGs (landscape and portrait, like Oxford/Paris) to a temporary folder,
-then times aml.descriptors.extract_vectors on the CPU and, when present, on CUDA (fp32,
-and bf16 autocast with channels_last).
+Writes generated JPEGs (1024x768 and 768x1024, like Oxford/Paris) to a temporary folder and
+times, per network, image size and scales (single, or 1, 1/sqrt(2), 1/2):
+
+- original: the original's loop (benchmarks/baseline.py: PIL in a loader worker, one image
+  per forward, fp32, contiguous tensors);
+- aml: ``extract_vectors`` with its CPU defaults (PIL, channels_last, batches by pixel budget);
+- aml --decode device: the same with JPEGs decoded by torchvision's libjpeg and resized by torch;
+- with ``--batch-sizes``: aml with each fixed batch size instead of the budget.
+
+Defaults follow the issue's measurement: 1 compute thread, 1 loader worker. Each number is
+the best of ``--repeats`` runs.
 """
 
 import argparse
+import math
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, List
 
-import numpy as np
 import torch
-from PIL import Image
 
-from aml.data.images import image_transform
+from aml.data.images import image_transform, load_and_resize
 from aml.descriptors import extract_vectors
 from aml.networks import build_network
+from aml.networks.retrieval_net import multiscale_power
+from aml.training.optim import calibrate_batchnorm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline import make_images, original_loop  # noqa: E402  (benchmarks/ is not a package)
+
+SCALES = {"single": (1.0,), "3 scales": (1.0, 1 / math.sqrt(2), 0.5)}
 
 
-def make_images(folder: Path, count: int, side: int) -> list:
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        w, h = (side, side * 3 // 4) if i % 3 else (side * 3 // 4, side)
-        small = rng.integers(0, 256, size=(h // 16, w // 16, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
-        paths.append(folder / f"{i:04d}.jpg")
-        image.save(paths[-1], quality=90)
-    return [str(p) for p in paths]
+def best_rate(run: Callable[[], object], count: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return count / best
 
 
-def time_run(net, paths, image_size, device, **options) -> float:
+def network(arch: str, paths: List[str], size: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_network(arch, pretrained=False, teacher_dim=512 if arch.startswith("mobilenet") else None)
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    extract_vectors(net, paths[:4], image_size, transform, device=device, **options)  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    extract_vectors(net, paths, image_size, transform, device=device, **options)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return len(paths) / (time.perf_counter() - start)
+    first = transform(load_and_resize(paths[1], size))
+    calibrate_batchnorm(net, [first[None]])  # a random trunk's activations vanish otherwise
+    return net.eval()
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image-size", type=int, default=362)
-    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--image-sizes", default="362,1024", type=lambda s: [int(v) for v in s.split(",")])
+    parser.add_argument("--scales", default="single,3 scales", type=lambda s: s.split(","))
+    parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--archs", default="mobilenet_v2,resnet101")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=4, help="batch of the batched rows (GPU rows also use 32)")
-    args = parser.parse_args()
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-sizes", default="", type=lambda s: [int(v) for v in s.split(",") if v])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as folder:
-        paths = make_images(Path(folder), args.images, args.image_size)
-        print(f"{args.images} images, longer side {args.image_size}, workers {args.workers}, "
-              f"torch threads {torch.get_num_threads()}")
-        print("| arch | device | mode | img/s |\n|---|---|---|---|")
+        paths = make_images(Path(folder), args.images, 1024)
+        print(f"{args.images} JPEGs of 1024x768 and 768x1024, {args.threads} thread(s), {args.workers} worker(s), "
+              f"best of {args.repeats}")
+        sweep = "".join(f" batch {b} |" for b in args.batch_sizes)
+        print(f"| network | px | scales | original img/s | aml img/s | aml/original | aml --decode device img/s |{sweep}")
+        print("|---" * (7 + len(args.batch_sizes)) + "|", flush=True)
         for arch in args.archs.split(","):
-            net = build_network(arch, pretrained=False).eval()
-            for device in devices:
-                modes = {"one-by-one": dict(batch_size=1), f"batched {args.batch_size}": dict(batch_size=args.batch_size),
-                         "one-by-one channels_last": dict(batch_size=1, channels_last=True),
-                         f"batched {args.batch_size} channels_last": dict(batch_size=args.batch_size,
-                                                                         channels_last=True)}
-                if device == "cuda":
-                    modes["batched 32"] = dict(batch_size=32)
-                    modes["batched 32 bf16 channels_last"] = dict(batch_size=32, amp=True, channels_last=True)
-                for mode, options in modes.items():
-                    rate = time_run(net, paths, args.image_size, device, workers=args.workers, **options)
-                    print(f"| {arch} | {device} | {mode} | {rate:.1f} |", flush=True)
+            for size in args.image_sizes:
+                net = network(arch, paths, size)
+                transform = image_transform(net.meta["mean"], net.meta["std"])
+                for scale_name in args.scales:
+                    scales = SCALES[scale_name]
+                    msp = multiscale_power(net, list(scales))
+                    n = len(paths)
+                    original = best_rate(lambda: original_loop(net, paths, size, scales, msp, device, args.workers),
+                                         n, args.repeats)
+
+                    def aml(**options):
+                        return best_rate(lambda: extract_vectors(net, paths, size, transform, ms=scales, msp=msp,
+                                                                 device=device, workers=args.workers, **options),
+                                         n, args.repeats)
+                    ours, device_decoded = aml(), aml(decode="device")
+                    cells = "".join(f" {aml(batch_size=b):.2f} |" for b in args.batch_sizes)
+                    print(f"| {arch} | {size} | {scale_name} | {original:.2f} | {ours:.2f} | {ours / original:.2f}x | "
+                          f"{device_decoded:.2f} |{cells}", flush=True)
 
 
 if __name__ == "__main__":

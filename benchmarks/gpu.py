@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""Benchmark of aml's GPU path against the original's one-image-at-a-time loop: one table.
+
+    python benchmarks/gpu.py                       # on CUDA: 300 JPEGs at 1024 px, 500 ts tuples (< 5 min)
+    python benchmarks/gpu.py --device cpu --images 6 --image-size 96 --tuples 10 --decode device   # small
+
+It writes its own JPEGs (1024x768 and 768x1024, smooth random content) and needs no
+download. Networks have random weights with BatchNorm statistics calibrated on those images
+(a random trunk's activations otherwise vanish and every descriptor looks alike).
+
+Per network (mobilenet_v2 to 512 and 2048, vgg16, resnet101, mobilenet_v2 at 3 scales):
+
+- original: PIL decoding in loader workers, one image per forward, fp32 (cirtorch's
+  extract_vectors, written out here as the baseline);
+- aml: ``aml.descriptors.extract_vectors`` with its defaults for the device (on CUDA: JPEGs
+  decoded on the GPU, batches of 32 by shape, bf16 autocast, channels_last);
+- network: the forward passes alone on ready batches (aml's batch and precision), the
+  ceiling the pipeline can reach;
+- decode: aml's loading and decoding alone (no network);
+- cosine: min and median over the images between the original's and aml's descriptors.
+
+Then one ``ts`` training epoch (contrastive, 5 mined teacher negatives per tuple, batches
+of 5 tuples, the student a mobilenet_v2 to 512) through aml's Trainer: one tuple at a time
+in fp32 with PIL mining (the original's way) against ``--batch-forward --amp`` with aml's
+extraction defaults. On CUDA, the ``--compile`` row times torch.compile on mobilenet_v2.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from aml.data.images import image_transform, load_and_resize
+from aml.descriptors import extract_vectors
+from aml.descriptors.extraction import _BatchCap, _batches, _image_loader, resolve_amp, resolve_decoding
+from aml.losses import LOSSES, build_loss
+from aml.networks import build_network
+from aml.networks.retrieval_net import multiscale_power
+from aml.training.modes import get_mode
+from aml.training.optim import build_optimizer, calibrate_batchnorm
+from aml.training.trainer import Split, Trainer, TrainSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline import make_images, original_loop  # noqa: E402  (benchmarks/ is not a package)
+
+MULTISCALE = (1.0, 1 / math.sqrt(2), 0.5)
+NETWORKS: Dict[str, Dict] = {  # row name -> build_network arguments and scales
+    "mobilenet_v2 -> 512": dict(arch="mobilenet_v2", teacher_dim=512),
+    "mobilenet_v2 -> 2048": dict(arch="mobilenet_v2", teacher_dim=2048),
+    "vgg16": dict(arch="vgg16"),
+    "resnet101": dict(arch="resnet101"),
+    "mobilenet_v2 -> 512 (3 scales)": dict(arch="mobilenet_v2", teacher_dim=512, scales=MULTISCALE),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, run: Callable[[], object]) -> tuple:
+    sync(device)
+    start = time.perf_counter()
+    out = run()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def build(spec: Dict, paths: Sequence[str], image_size: int, device: torch.device) -> torch.nn.Module:
+    """A random network with BatchNorm statistics calibrated on a few of the images."""
+    torch.manual_seed(0)
+    net = build_network(spec["arch"], pretrained=False, teacher_dim=spec.get("teacher_dim"))
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    images = [transform(load_and_resize(p, image_size)) for p in paths[:8]]
+    shape = images[0].shape
+    calibrate_batchnorm(net, [torch.stack([x for x in images if x.shape == shape])])
+    return net.to(device).eval()
+
+
+def network_alone(net, shape, count, scales, msp, device, batch, amp) -> float:
+    """Seconds for ``count`` images of ``shape`` in ready batches (aml's batch and precision)."""
+    x = torch.randn((batch,) + tuple(shape), device=device).contiguous(memory_format=torch.channels_last)
+    net.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    cap = _BatchCap()
+    with torch.inference_mode(), autocast:
+        cap.describe(net.descriptors, x, scales, msp)  # warm-up
+        _, seconds = timed(device, lambda: [cap.describe(net.descriptors, x, scales, msp)
+                                           for _ in range(max(1, count // batch))])
+    return seconds / (max(1, count // batch) * batch)
+
+
+def decode_alone(net, paths, image_size, device, workers, decode) -> float:
+    """Seconds per image of aml's loader and decoding, without the network."""
+    decoding = resolve_decoding(decode, device)
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    loader = _image_loader(decoding.dataset(paths, image_size, None, transform), workers, device)
+
+    def run():
+        for items, _ in _batches(iter(loader), lambda shape: 32, decoding.shape, 128):
+            decoding.batch(items, device, net, None)
+    _, seconds = timed(device, run)
+    return seconds / len(paths)
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> List[float]:
+    return (F.normalize(a, dim=0) * F.normalize(b, dim=0)).sum(0).tolist()
+
+
+def extraction_rows(args, paths, device) -> List[Dict]:
+    rows = []
+    for name in args.networks:
+        spec = NETWORKS[name]
+        net = build(spec, paths, args.image_size, device)
+        scales = spec.get("scales", (1,))
+        msp = multiscale_power(net, list(scales))
+        transform = image_transform(net.meta["mean"], net.meta["std"])
+        original_loop(net, paths[:2], args.image_size, scales, msp, device, args.workers)  # warm-up
+        reference, t_original = timed(device, lambda: original_loop(net, paths, args.image_size, scales, msp, device,
+                                                                     args.workers))
+        options = dict(ms=scales, msp=msp, device=device, workers=args.workers, decode=args.decode)
+        extract_vectors(net, paths[:4], args.image_size, transform, **options)  # warm-up
+        ours, t_aml = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, **options))
+        shape = transform(load_and_resize(paths[1], args.image_size)).shape
+        batch = 32 if device.type == "cuda" else 4
+        t_net = network_alone(net, shape, len(paths), scales, msp, device, batch, resolve_amp(None, device))
+        t_decode = decode_alone(net, paths, args.image_size, device, args.workers, args.decode)
+        cos = cosines(reference, ours)
+        rows.append({"network": name, "original": len(paths) / t_original, "aml": len(paths) / t_aml,
+                     "network_alone": 1 / t_net, "decode_alone": 1 / t_decode, "speedup": t_original / t_aml,
+                     "cos_min": min(cos), "cos_median": statistics.median(cos)})
+        print(f"| {name} | {rows[-1]['original']:.1f} | {rows[-1]['aml']:.1f} | {rows[-1]['speedup']:.1f}x | "
+              f"{rows[-1]['network_alone']:.1f} | {rows[-1]['decode_alone']:.1f} | {min(cos):.5f} / "
+              f"{statistics.median(cos):.5f} |", flush=True)
+        net = None  # free the device memory before the next network
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def training_db(count: int) -> Dict:
+    """Clusters of 3 images (a landmark seen three times); every image is a query twice, paired
+    with each of the other two images of its cluster (2 x ``count`` query/positive pairs)."""
+    clusters = [i // 3 for i in range(count)]
+    mates = [[j for j in range(3 * (i // 3), min(count, 3 * (i // 3) + 3)) if j != i] or [i] for i in range(count)]
+    queries = [i for i in range(count) for _ in range(2)]
+    positives = [mates[i][k % len(mates[i])] for i in range(count) for k in range(2)]
+    return {"cids": [f"{i:04d}" for i in range(count)], "cluster": clusters, "qidxs": queries, "pidxs": positives}
+
+
+def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:
+    """Seconds of one ts epoch of ``args.tuples`` tuples: the original's way or aml's fast path."""
+    net = build(NETWORKS["mobilenet_v2 -> 512"], paths, args.image_size, device)
+    db = training_db(len(paths))
+    teacher = F.normalize(torch.randn(512, len(paths), generator=torch.Generator().manual_seed(0)), dim=0)
+    extraction = {} if fast else {"amp": False, "decode": "pil", "batch_size": 1}
+    if fast and args.decode != "auto":
+        extraction["decode"] = args.decode
+    settings = TrainSettings(image_size=args.image_size, neg_num=5, query_size=args.tuples, pool_size=len(paths),
+                             batch_size=5, epochs=1, workers=args.workers, val=False, device=str(device),
+                             batch_forward=fast, amp=fast, extraction=extraction, seed=0)
+    optimizer = build_optimizer(net, "adam", 1e-6, 0.9, 1e-6)
+    trainer = Trainer(net, LOSSES["contrastive"], build_loss("contrastive", 0.7, 0.1).to(device), optimizer,
+                      get_mode("ts"), Split(db, list(paths), teacher), None, folder / ("fast" if fast else "orig"),
+                      settings)
+    _, seconds = timed(device, trainer.fit)
+    return seconds
+
+
+def compile_row(args, paths, device) -> Optional[Dict]:
+    """Eager against torch.compile for mobilenet_v2 -> 512: compile seconds, then images/s."""
+    net = build(NETWORKS["mobilenet_v2 -> 512"], paths, args.image_size, device)
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    options = dict(device=device, workers=args.workers, decode=args.decode)
+    extract_vectors(net, paths[:4], args.image_size, transform, **options)
+    _, eager = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, **options))
+    _, first = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, compile=True, **options))
+    _, steady = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, compile=True, **options))
+    n = len(paths)
+    compile_s = max(0.0, first - steady)
+    saved_per_image = eager / n - steady / n
+    return {"eager": n / eager, "compiled": n / steady, "compile_s": compile_s,
+            "pays_after_images": compile_s / saved_per_image if saved_per_image > 0 else None}
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--tuples", type=int, default=500, help="tuples of the ts epoch (0: no training rows)")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--decode", default="auto", help="aml's decoding (auto: the device on CUDA, PIL on the CPU)")
+    parser.add_argument("--networks", default=",".join(NETWORKS), type=lambda s: [n for n in s.split(",") if n])
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="time torch.compile too (default: on CUDA only)")
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.networks if n not in NETWORKS]
+    if unknown:
+        parser.error(f"unknown network rows {unknown}; choose from {list(NETWORKS)}")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    started = time.perf_counter()
+
+    def save() -> None:  # after every section, so that a run cut short still leaves its numbers
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+
+    results: Dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     "torch": torch.__version__, "images": args.images, "image_size": args.image_size,
+                     "workers": args.workers, "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = make_images(folder, args.images, args.image_size)
+        print(f"{results['device']}, torch {torch.__version__}: {args.images} JPEGs of {args.image_size}x"
+              f"{args.image_size * 3 // 4} and {args.image_size * 3 // 4}x{args.image_size}, {args.workers} workers")
+        print("| network | original img/s | aml img/s | speed-up | network alone img/s | decode alone img/s | "
+              "cosine min / median |\n|---|---|---|---|---|---|---|", flush=True)
+        results["extraction"] = extraction_rows(args, paths, device)
+        save()
+        if args.tuples:
+            slow = ts_epoch(args, paths, device, fast=False, folder=folder)
+            fast = ts_epoch(args, paths, device, fast=True, folder=folder)
+            results["ts_epoch"] = {"tuples": args.tuples, "original_s": slow, "fast_s": fast, "speedup": slow / fast}
+            save()
+            print(f"\nts epoch of {args.tuples} tuples (mobilenet_v2 -> 512, batches of 5): one tuple at a time "
+                  f"fp32 {slow:.1f} s, --batch-forward --amp {fast:.1f} s: {slow / fast:.1f}x", flush=True)
+        if args.compile if args.compile is not None else device.type == "cuda":
+            row = compile_row(args, paths, device)
+            results["compile"] = row
+            pays = (f"pays for itself after {row['pays_after_images']:,.0f} images" if row["pays_after_images"]
+                    else "never pays")
+            print(f"\ntorch.compile, mobilenet_v2 -> 512: eager {row['eager']:.1f} img/s, compiled "
+                  f"{row['compiled']:.1f} img/s, compile {row['compile_s']:.1f} s: {pays}", flush=True)
+    results["seconds"] = time.perf_counter() - started
+    print(f"\n{results['seconds']:.0f} s in all", flush=True)
+    save()
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -2,7 +2,7 @@
 """Benchmark of aml's GPU path against the original's one-image-at-a-time loop: one table.
 
     python benchmarks/gpu.py                       # on CUDA: 300 JPEGs at 1024 px, 500 ts tuples (< 5 min)
-    python benchmarks/gpu.py --device cpu --images 6 --image-size 96 --tuples 10 --decode device   # small
+    python benchmarks/gpu.py --device cpu --images 6 --image-size 96 --tuples 10   # small, on the CPU
 
 It writes its own JPEGs (1024x768 and 768x1024, smooth random content) and needs no
 download. Networks have random weights with BatchNorm statistics calibrated on those images
@@ -12,17 +12,21 @@ Per network (mobilenet_v2 to 512 and 2048, vgg16, resnet101, mobilenet_v2 at 3 s
 
 - original: PIL decoding in loader workers, one image per forward, fp32 (cirtorch's
   extract_vectors, written out here as the baseline);
-- aml: ``aml.descriptors.extract_vectors`` with its defaults for the device (on CUDA: JPEGs
-  decoded on the GPU, batches of 32 by shape, bf16 autocast, channels_last);
+- aml: ``aml.descriptors.extract_vectors`` with its defaults for the device (on CUDA: PIL
+  pixels from the loader workers as uint8, normalised on the GPU, batches of 32 by shape,
+  float16 autocast, channels_last), and with ``--variants`` its other options: nvJPEG
+  decoding (with and without autocast), PIL normalised in the workers, bfloat16;
 - network: the forward passes alone on ready batches (aml's batch and precision), the
   ceiling the pipeline can reach;
 - decode: aml's loading and decoding alone (no network);
-- cosine: min and median over the images between the original's and aml's descriptors.
+- cosine: the smallest over the images between the original's and aml's descriptors.
 
 Then one ``ts`` training epoch (contrastive, 5 mined teacher negatives per tuple, batches
 of 5 tuples, the student a mobilenet_v2 to 512) through aml's Trainer: one tuple at a time
 in fp32 with PIL mining (the original's way) against ``--batch-forward --amp`` with aml's
 extraction defaults. On CUDA, the ``--compile`` row times torch.compile on mobilenet_v2.
+cuDNN's autotuner (``torch.backends.cudnn.benchmark``) stays off: it tunes every new input
+shape, and shape buckets make many (one H200 run with it on spent minutes tuning).
 """
 
 import argparse
@@ -85,11 +89,11 @@ def build(spec: Dict, paths: Sequence[str], image_size: int, device: torch.devic
     return net.to(device).eval()
 
 
-def network_alone(net, shape, count, scales, msp, device, batch, amp) -> float:
+def network_alone(net, shape, count, scales, msp, device, batch, dtype) -> float:
     """Seconds for ``count`` images of ``shape`` in ready batches (aml's batch and precision)."""
     x = torch.randn((batch,) + tuple(shape), device=device).contiguous(memory_format=torch.channels_last)
     net.to(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
     cap = _BatchCap()
     with torch.inference_mode(), autocast:
         cap.describe(net.descriptors, x, scales, msp)  # warm-up
@@ -115,6 +119,16 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> List[float]:
     return (F.normalize(a, dim=0) * F.normalize(b, dim=0)).sum(0).tolist()
 
 
+# aml's variants timed per network: decoding and autocast dtype (the first is aml's default)
+VARIANTS: Dict[str, Dict] = {
+    "aml": {},
+    "--decode device": dict(decode="device"),
+    "--decode device --no-amp": dict(decode="device", amp=False),
+    "--decode pil": dict(decode="pil"),
+    "--amp-dtype bfloat16": dict(amp_dtype="bfloat16"),
+}
+
+
 def extraction_rows(args, paths, device) -> List[Dict]:
     rows = []
     for name in args.networks:
@@ -126,20 +140,27 @@ def extraction_rows(args, paths, device) -> List[Dict]:
         original_loop(net, paths[:2], args.image_size, scales, msp, device, args.workers)  # warm-up
         reference, t_original = timed(device, lambda: original_loop(net, paths, args.image_size, scales, msp, device,
                                                                      args.workers))
-        options = dict(ms=scales, msp=msp, device=device, workers=args.workers, decode=args.decode)
-        extract_vectors(net, paths[:4], args.image_size, transform, **options)  # warm-up
-        ours, t_aml = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, **options))
+        row = {"network": name, "original": len(paths) / t_original}
+        cells = []
+        for variant, extra in VARIANTS.items():
+            if variant != "aml" and not args.variants:
+                continue
+            options = dict(dict(ms=scales, msp=msp, device=device, workers=args.workers, decode=args.decode,
+                                amp_dtype=args.amp_dtype), **extra)
+            extract_vectors(net, paths[:4], args.image_size, transform, **options)  # warm-up
+            ours, t_aml = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, **options))
+            cos = cosines(reference, ours)
+            row[variant] = {"rate": len(paths) / t_aml, "speedup": t_original / t_aml, "cos_min": min(cos),
+                            "cos_median": statistics.median(cos)}
+            cells.append(f"{len(paths) / t_aml:.1f} ({t_original / t_aml:.1f}x, cos {min(cos):.5f})")
         shape = transform(load_and_resize(paths[1], args.image_size)).shape
         batch = 32 if device.type == "cuda" else 4
-        t_net = network_alone(net, shape, len(paths), scales, msp, device, batch, resolve_amp(None, device))
-        t_decode = decode_alone(net, paths, args.image_size, device, args.workers, args.decode)
-        cos = cosines(reference, ours)
-        rows.append({"network": name, "original": len(paths) / t_original, "aml": len(paths) / t_aml,
-                     "network_alone": 1 / t_net, "decode_alone": 1 / t_decode, "speedup": t_original / t_aml,
-                     "cos_min": min(cos), "cos_median": statistics.median(cos)})
-        print(f"| {name} | {rows[-1]['original']:.1f} | {rows[-1]['aml']:.1f} | {rows[-1]['speedup']:.1f}x | "
-              f"{rows[-1]['network_alone']:.1f} | {rows[-1]['decode_alone']:.1f} | {min(cos):.5f} / "
-              f"{statistics.median(cos):.5f} |", flush=True)
+        row["network_alone"] = 1 / network_alone(net, shape, len(paths), scales, msp, device, batch,
+                                                 resolve_amp(None, device))
+        row["decode_alone"] = 1 / decode_alone(net, paths, args.image_size, device, args.workers, args.decode)
+        rows.append(row)
+        print(f"| {name} | {row['original']:.1f} | {' | '.join(cells)} | {row['network_alone']:.1f} | "
+              f"{row['decode_alone']:.1f} |", flush=True)
         net = None  # free the device memory before the next network
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -198,18 +219,21 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--tuples", type=int, default=500, help="tuples of the ts epoch (0: no training rows)")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--decode", default="auto", help="aml's decoding (auto: the device on CUDA, PIL on the CPU)")
+    parser.add_argument("--decode", default="auto", help="aml's decoding (auto: workers on CUDA, pil on the CPU)")
+    parser.add_argument("--amp-dtype", default="float16", help="aml's autocast dtype (default: float16)")
     parser.add_argument("--networks", default=",".join(NETWORKS), type=lambda s: [n for n in s.split(",") if n])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="time torch.compile too (default: on CUDA only)")
+    parser.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time aml's other decodings and fp16 (default: on)")
+    parser.add_argument("--budget", type=float, default=240.0,
+                        help="seconds after which the optional torch.compile row is left out (default: 240)")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     unknown = [n for n in args.networks if n not in NETWORKS]
     if unknown:
         parser.error(f"unknown network rows {unknown}; choose from {list(NETWORKS)}")
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     started = time.perf_counter()
 
     def save() -> None:  # after every section, so that a run cut short still leaves its numbers
@@ -224,8 +248,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         paths = make_images(folder, args.images, args.image_size)
         print(f"{results['device']}, torch {torch.__version__}: {args.images} JPEGs of {args.image_size}x"
               f"{args.image_size * 3 // 4} and {args.image_size * 3 // 4}x{args.image_size}, {args.workers} workers")
-        print("| network | original img/s | aml img/s | speed-up | network alone img/s | decode alone img/s | "
-              "cosine min / median |\n|---|---|---|---|---|---|---|", flush=True)
+        shown = [v for v in VARIANTS if v == "aml" or args.variants]
+        print("| network | original img/s | " + " | ".join(f"{v} img/s (speed-up, min cosine)" for v in shown) +
+              " | network alone img/s | decode alone img/s |\n" + "|---" * (4 + len(shown)) + "|", flush=True)
         results["extraction"] = extraction_rows(args, paths, device)
         save()
         if args.tuples:
@@ -235,7 +260,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             save()
             print(f"\nts epoch of {args.tuples} tuples (mobilenet_v2 -> 512, batches of 5): one tuple at a time "
                   f"fp32 {slow:.1f} s, --batch-forward --amp {fast:.1f} s: {slow / fast:.1f}x", flush=True)
-        if args.compile if args.compile is not None else device.type == "cuda":
+        wanted = args.compile if args.compile is not None else device.type == "cuda"
+        if wanted and time.perf_counter() - started > args.budget:
+            print(f"\ntorch.compile row left out: {time.perf_counter() - started:.0f} s spent (--budget)")
+        elif wanted:
             row = compile_row(args, paths, device)
             results["compile"] = row
             pays = (f"pays for itself after {row['pays_after_images']:,.0f} images" if row["pays_after_images"]

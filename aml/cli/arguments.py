@@ -111,22 +111,28 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = False) -> None:
     """How images become descriptors: --batch-size (unless ``training``, where it counts
-    tuples), --amp/--no-amp, --decode and --compile."""
+    tuples), --amp/--no-amp, --amp-dtype, --decode and --compile."""
     from aml.descriptors import DECODE_CHOICES
-    from aml.descriptors.extraction import CPU_PIXEL_BUDGET, GPU_BATCH_SIZE
+    from aml.descriptors.extraction import AMP_DTYPES, CPU_PIXEL_BUDGET, GPU_BATCH_SIZE
 
     if not training:
         parser.add_argument("--batch-size", default=None, type=positive_int,
                             help=f"images per forward at extraction (default: {GPU_BATCH_SIZE} on CUDA; on the CPU "
                                  f"as many as fit in {CPU_PIXEL_BUDGET:,} pixels)")
-    what = "training steps and extraction" if training else "extraction"
-    default = "extraction on CUDA only; training steps in fp32" if training else "on CUDA, off on the CPU"
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"bfloat16 autocast of {what}; --no-amp: fp32 everywhere (default: {default})")
+    if training:
+        amp_help = ("autocast of the training steps (bfloat16) and of extraction (--amp-dtype); --no-amp: fp32 "
+                    "everywhere (default: extraction autocast on CUDA only, training steps in fp32)")
+    else:
+        amp_help = "autocast of extraction to --amp-dtype; --no-amp: fp32 (default: on CUDA, off on the CPU)"
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=amp_help)
+    parser.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), default="float16",
+                        help="dtype of extraction's autocast (default: float16, within cosine 0.9997 of fp32 where "
+                             "bfloat16 gave 0.9989; README, Speed)")
     parser.add_argument("--decode", choices=DECODE_CHOICES, default="auto",
-                        help="where images are decoded: pil (loader workers, the original's pixels), device (JPEG "
-                             "bytes decoded in batches on the GPU with nvJPEG, resized there; other files by PIL); "
-                             "default auto: device on CUDA, pil on the CPU")
+                        help="where images are decoded: pil (loader workers, normalised there: the original's way), "
+                             "workers (PIL in the workers, uint8 to the device, normalised there: the same pixels), "
+                             "device (JPEG bytes decoded in batches on the GPU with nvJPEG; close, not equal); "
+                             "default auto: workers on CUDA, pil on the CPU")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network for extraction (pays on large sets; see README, Speed)")
 

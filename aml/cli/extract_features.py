@@ -55,6 +55,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     net, name = main_first(world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher,
                                                             args.data_root))
     options = dict(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp,
+                   amp_dtype=args.amp_dtype,
                    decode=args.decode, compile=args.compile,
                    progress=not args.quiet, shard_size=args.shard_size or None, store_dtype=args.store_dtype)
     written = []

@@ -135,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         say(f">> Asymmetric testing: database by teacher '{teacher_name}', queries by '{name}'")
     settings = TestSettings(datasets=datasets, image_size=args.image_size, scales=args.multiscale,
                             whitening=args.whitening, workers=args.workers, device=str(device),
-                            batch_size=args.batch_size, amp=args.amp, decode=args.decode,
+                            batch_size=args.batch_size, amp=args.amp, amp_dtype=args.amp_dtype, decode=args.decode,
                             compile=args.compile, data_root=args.data_root,
                             cache=not args.no_cache, progress=not args.quiet, skip_bad=args.skip_bad_images,
                             skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,

@@ -200,7 +200,8 @@ def _prepare(args: argparse.Namespace, teacher: Teacher, device: str) -> None:
 
 def _extraction(args) -> Dict[str, Any]:
     """extract_vectors' options from --amp/--no-amp, --decode and --compile."""
-    return {"amp": False if args.amp is False else None, "decode": args.decode, "compile": args.compile}
+    return {"amp": False if args.amp is False else None, "amp_dtype": args.amp_dtype, "decode": args.decode,
+            "compile": args.compile}
 
 
 def _split(args, teacher: Teacher, split: str, feat_path: Optional[str], device: str) -> Split:

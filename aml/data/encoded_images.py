@@ -58,10 +58,14 @@ def _pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
 
 
-def read_payload(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = None) -> ImagePayload:
-    """The payload of ``path``: its bytes when the device can decode it, else PIL's pixels
-    (resized, cropped to ``bbx``). Raises :class:`ImageLoadError` naming a missing or
-    unreadable file."""
+def read_payload(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = None,
+                 pil_only: bool = False) -> ImagePayload:
+    """The payload of ``path``: its bytes when the device can decode it (never with
+    ``pil_only``), else PIL's pixels (resized, cropped to ``bbx``). Raises
+    :class:`ImageLoadError` naming a missing or unreadable file."""
+    if pil_only:
+        image = load_and_resize(path, imsize, bbx)
+        return ImagePayload(str(path), (image.height, image.width), _pixels(image), False, imsize)
     with _errors_naming(path), open(path, "rb") as handle:
         raw = handle.read()
     if bbx is None:
@@ -75,20 +79,21 @@ def read_payload(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = 
 
 
 class EncodedImagesFromList(Dataset):
-    """Item i = (:class:`ImagePayload` of image i, i); the counterpart of ImagesFromList."""
+    """Item i = (:class:`ImagePayload` of image i, i); the counterpart of ImagesFromList
+    (``pil_only``: every image decoded by PIL in the worker, handed on as uint8 pixels)."""
 
     def __init__(self, images: Sequence[PathLike], imsize: Optional[float] = None,
-                 bbxs: Optional[Sequence[Optional[BBox]]] = None):
+                 bbxs: Optional[Sequence[Optional[BBox]]] = None, pil_only: bool = False):
         if bbxs is not None and len(bbxs) != len(images):
             raise ValueError(f"{len(images)} images but {len(bbxs)} bounding boxes")
-        self.images, self.imsize, self.bbxs = list(images), imsize, bbxs
+        self.images, self.imsize, self.bbxs, self.pil_only = list(images), imsize, bbxs, pil_only
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Tuple[ImagePayload, int]:
         bbx = self.bbxs[index] if self.bbxs is not None else None
-        return read_payload(self.images[index], self.imsize, bbx), index
+        return read_payload(self.images[index], self.imsize, bbx, self.pil_only), index
 
 
 def _decode_jpegs(data: List[torch.Tensor], device: torch.device) -> List[torch.Tensor]:

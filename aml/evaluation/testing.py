@@ -42,7 +42,8 @@ class TestSettings:
     workers: int = 8
     device: str = "cpu"
     batch_size: Optional[int] = None
-    amp: Optional[bool] = None  # bfloat16 autocast at extraction (None: on CUDA only)
+    amp: Optional[bool] = None  # autocast at extraction (None: on CUDA only)
+    amp_dtype: str = "float16"  # its dtype (aml.descriptors.extraction.AMP_DTYPES)
     decode: str = "auto"  # where images are decoded (aml.descriptors.DECODINGS; auto: the device on CUDA)
     compile: bool = False  # torch.compile the networks for extraction
     data_root: Optional[str] = None
@@ -57,7 +58,7 @@ class TestSettings:
 
     def extraction(self) -> Dict[str, Any]:
         return dict(workers=self.workers, device=self.device, batch_size=self.batch_size, amp=self.amp,
-                    decode=self.decode, compile=self.compile,
+                    amp_dtype=self.amp_dtype, decode=self.decode, compile=self.compile,
                     progress=self.progress, skip_bad=self.skip_bad)
 
 

@@ -123,16 +123,52 @@ def test_progress_bar_goes_to_stderr_only_when_asked(images, net, capsys):
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+# nvJPEG's pixels are further from PIL's than libjpeg's: on the one H200 run, descriptors of
+# device-decoded images came within cosine 0.9985 of the PIL path (this test at 64 px).
+DEVICE_DECODING_COSINE = {"cpu": 0.999, "cuda": 0.995}
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scales", [(1,), (1, 0.7071, 0.5)])
-def test_device_decoding_is_within_cosine_0999_of_pil(images, net, device, scales):
+def test_device_decoding_is_close_to_pil(images, net, device, scales):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     bbxs = [None, (5, 5, 50, 40)] * (len(images) // 2)
     pil = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales, decode="pil", device="cpu", amp=False)
-    fast = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales, decode="device", device=device)
+    fast = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales, decode="device", device=device, amp=False)
     cosines = (F.normalize(pil, dim=0) * F.normalize(fast, dim=0)).sum(0)
+    assert cosines.min() > DEVICE_DECODING_COSINE[device], cosines
+    net.to("cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scales", [(1,), (1, 0.7071, 0.5)])
+def test_the_default_path_of_each_device_is_within_cosine_0999_of_the_original(images, net, device, scales):
+    """On CUDA: PIL pixels normalised on the GPU, float16 autocast, channels_last, batches."""
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    reference = extract_vectors(net, images, 64, transform, ms=scales, decode="pil", device="cpu", amp=False,
+                                channels_last=False, batch_size=1)
+    default = extract_vectors(net, images, 64, transform, ms=scales, device=device)
+    cosines = (F.normalize(reference, dim=0) * F.normalize(default, dim=0)).sum(0)
     assert cosines.min() > 0.999, cosines
     net.to("cpu")
+
+
+def test_workers_decoding_gives_the_pil_pixels(images, net):
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    pil = extract_vectors(net, images, 64, transform, decode="pil")
+    workers = extract_vectors(net, images, 64, transform, decode="workers")
+    assert torch.allclose(pil, workers, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, floor", [("float16", 0.9995), ("bfloat16", 0.99)])
+def test_autocast_dtypes_on_the_cpu(images, net, dtype, floor):
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    fp32 = extract_vectors(net, images[:4], 64, transform, amp=False)
+    autocast = extract_vectors(net, images[:4], 64, transform, amp=True, amp_dtype=dtype)
+    cosines = (F.normalize(fp32, dim=0) * F.normalize(autocast, dim=0)).sum(0)
+    assert cosines.min() > floor and not torch.equal(fp32, autocast)
+    with pytest.raises(ValueError, match="unknown autocast dtype 'float8'"):
+        extract_vectors(net, images[:1], 64, transform, amp=True, amp_dtype="float8")
 
 
 def test_device_decoding_skips_and_names_a_bad_file(images, net, tmp_path, real_workers, caplog):
@@ -194,9 +230,10 @@ def test_pixel_path_names_decoding_and_precision():
     from aml.descriptors import pixel_path
 
     assert pixel_path("cpu") == "pil-fp32"
-    assert pixel_path("cuda") == "device-bf16"
+    assert pixel_path("cuda") == "workers-fp16"
     assert pixel_path("cuda", decode="pil", amp=False) == "pil-fp32"
-    assert pixel_path("cpu", decode="device", amp=True, workers=3) == "device-bf16"
+    assert pixel_path("cuda", decode="device", amp_dtype="bfloat16") == "device-bf16"
+    assert pixel_path("cpu", decode="device", amp=True, workers=3) == "device-fp16"
 
 
 def test_the_cache_keeps_pil_and_device_descriptors_apart(images, net, tmp_path):

@@ -1,0 +1,76 @@
+"""An inference copy of a retrieval network: BatchNorm folded into the convolutions before it.
+
+In eval mode a BatchNorm after a convolution is an affine map per channel, so it can be
+multiplied into the convolution's weights and bias: the same descriptors up to float
+rounding (~1e-8), one memory pass fewer per layer. MobileNetV2 extracts 1.4x faster on the
+CPU at 362 and 1024 px, ResNet101 1.07x (README, Speed). The trunk is traced with torch.fx,
+which finds every convolution followed by a BatchNorm; a trunk that does not trace (control
+flow, as EfficientNet's blocks) gets the pairs that sit next to each other in a Sequential.
+"""
+
+import copy
+import logging
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def inference_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` in eval mode whose trunk (``net.features``) has its BatchNorm layers
+    folded into the convolutions before them; ``net`` itself is left untouched. Without
+    BatchNorm, or when the trunk cannot be traced, the copy keeps the trunk as it is; a
+    module without a ``features`` trunk is returned itself."""
+    from torch.fx.experimental.optimization import fuse
+
+    if not isinstance(getattr(net, "features", None), nn.Module) or not has_batchnorm(net.features):
+        return net
+    was_training = net.training
+    net.eval()
+    try:
+        folded = copy.deepcopy(net)
+    finally:
+        net.train(was_training)
+    try:
+        folded.features = fuse(folded.features)
+    except Exception as err:  # any tracing failure: fold the pairs that need no tracing
+        log.debug(">> trunk not traced (%s: %s); folding Sequential pairs", type(err).__name__, err)
+        fold_sequential_pairs(folded.features)
+    return folded.eval()
+
+
+def _after_folding(norm: nn.Module) -> nn.Module:
+    """What is left of a BatchNorm once folded: nothing, or timm's BatchNormAct2d's dropout
+    and activation (applied after the normalisation, in that order)."""
+    if type(norm) is nn.BatchNorm2d:
+        return nn.Identity()
+    return nn.Sequential(norm.drop, norm.act)
+
+
+def _foldable(norm: nn.Module) -> bool:
+    plain = type(norm) is nn.BatchNorm2d
+    with_activation = isinstance(norm, nn.BatchNorm2d) and isinstance(getattr(norm, "act", None), nn.Module) \
+        and isinstance(getattr(norm, "drop", None), nn.Module)  # timm's BatchNormAct2d
+    return (plain or with_activation) and norm.track_running_stats and norm.running_mean is not None
+
+
+def fold_sequential_pairs(module: nn.Module) -> int:
+    """In place: in every Sequential of ``module`` (eval mode), a Conv2d directly followed by
+    a BatchNorm2d (or timm's BatchNormAct2d) becomes one Conv2d (and what follows the
+    normalisation). Returns the number of pairs folded."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for sequential in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(sequential._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = sequential._modules[first], sequential._modules[second]
+            if isinstance(conv, nn.Conv2d) and _foldable(norm):
+                sequential._modules[first] = fuse_conv_bn_eval(conv.eval(), norm.eval())
+                sequential._modules[second] = _after_folding(norm)
+                folded += 1
+    return folded

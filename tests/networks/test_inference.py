@@ -1,0 +1,56 @@
+"""The inference copy: BatchNorm folded into convolutions, same descriptors, network untouched."""
+
+import pytest
+import torch
+
+from aml.networks import BACKBONES, build_network
+from aml.networks.inference import fold_sequential_pairs, has_batchnorm, inference_copy
+
+
+def with_random_statistics(net):
+    """BatchNorm with statistics and affine parameters far from identity (as trained ones are)."""
+    generator = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=generator) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=generator) * 0.4 - 0.2)
+    return net
+
+
+@pytest.mark.parametrize("arch", sorted(BACKBONES))
+def test_folded_copy_gives_the_same_descriptors(arch):
+    torch.manual_seed(0)
+    net = with_random_statistics(build_network(arch, pretrained=False))
+    net.train()
+    folded = inference_copy(net)
+    assert net.training  # the network keeps its mode
+    assert (folded is net) == (not has_batchnorm(net.features))  # nothing to fold: no copy
+    assert folded is net or not folded.training
+    x = torch.rand(2, 3, 72, 64)
+    with torch.no_grad():
+        net.eval()
+        expected = net.descriptors(x)
+        got = folded.descriptors(x)
+    assert torch.allclose(expected, got, atol=1e-5), (expected - got).abs().max()
+    if arch.startswith(("resnet", "mobilenet")):  # every BatchNorm follows a convolution (densenet's precede them;
+        assert not has_batchnorm(folded.features)  # timm's efficientnet does not trace: its stem and head only)
+    assert has_batchnorm(net.features) == any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                               for m in net.modules())  # the original keeps its layers
+
+
+def test_sequential_pairs_fold_in_place():
+    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(4))
+    with_random_statistics(seq).eval()
+    x = torch.rand(1, 3, 8, 8)
+    expected = seq(x)
+    assert fold_sequential_pairs(seq) == 1  # the second BatchNorm follows a ReLU: left alone
+    assert isinstance(seq[1], torch.nn.Identity) and isinstance(seq[5], torch.nn.BatchNorm2d)
+    assert torch.allclose(seq(x), expected, atol=1e-6)
+
+
+def test_a_module_without_a_trunk_is_used_as_it_is():
+    module = torch.nn.Linear(2, 2)
+    assert inference_copy(module) is module

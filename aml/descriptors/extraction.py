@@ -38,9 +38,9 @@ Device = Union[str, torch.device]
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images -> B x D descriptors
 
 # Pixels per CPU forward: batches of images up to this many pixels in all (at least one
-# image). Batches beyond it fall out of the caches and cost more per image
-# (benchmarks/extract.py --batch-sizes, README "Speed").
-CPU_PIXEL_BUDGET = 400_000
+# image): 2 images of 362x272, 1 of 1024x768. Batches beyond it fall out of the caches and
+# cost more per image (benchmarks/extract.py --batch-sizes, README "Speed").
+CPU_PIXEL_BUDGET = 250_000
 GPU_BATCH_SIZE = 32
 
 

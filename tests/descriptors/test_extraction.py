@@ -221,7 +221,8 @@ def test_cpu_batches_follow_the_pixel_budget():
 
     cpu = torch.device("cpu")
     assert default_batch_size(cpu, (768, 1024)) == 1  # 786,432 pixels: alone
-    assert default_batch_size(cpu, (362, 272)) == CPU_PIXEL_BUDGET // (362 * 272)
+    assert default_batch_size(cpu, (272, 362)) == CPU_PIXEL_BUDGET // (362 * 272) == 2
+    assert default_batch_size(cpu, (72, 96)) == 36
     assert default_batch_size(cpu, (2000, 2000)) == 1
     assert default_batch_size(torch.device("cuda"), (768, 1024)) == 32
 

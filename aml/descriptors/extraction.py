@@ -303,9 +303,10 @@ def extract_vectors(
     fp32 with ``decode="pil"`` the result equals the one-image-at-a-time loop up to float
     rounding. ``decode`` (:data:`DECODINGS`, or "auto") says where images are decoded;
     ``transform`` applies to PIL-decoded images, the device path normalises with
-    ``net.meta``'s mean/std. ``amp`` autocasts to ``amp_dtype`` (None: on CUDA only);
-    ``channels_last`` (default on: 1.3-1.5x faster on the CPU) also converts the network;
-    ``compile`` runs the network through ``torch.compile``. ``batch_size`` defaults to
+    ``net.meta``'s mean/std. The forward runs on :func:`aml.networks.inference.inference_copy`
+    of ``net`` (BatchNorm folded; ``net`` itself when it has none).
+    ``amp`` autocasts to ``amp_dtype`` (None: on CUDA only); ``channels_last`` (default on:
+    1.3-1.5x faster on the CPU) converts that copy; ``compile`` runs it through ``torch.compile``. ``batch_size`` defaults to
     :func:`default_batch_size` (per image shape on the CPU); a batch that runs out of device
     memory is split with a warning. Loader workers are capped on the CPU
     (:func:`effective_workers`). The network's train/eval mode is restored afterwards.

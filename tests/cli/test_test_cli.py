@@ -91,7 +91,9 @@ def test_whitening_from_checkpoint_meta(checkpoint, synth_root, tmp_path):
                                          "ms": {"m": np.zeros((dim, 1)), "P": np.eye(dim)}}}
     path = save_checkpoint(state, tmp_path / "with_lw.pth")
     results = run(["-npath", str(path), "-w", "synth-sfm"], synth_root)
-    assert medium(results, "whiten") == pytest.approx(medium(results, "plain"), abs=1e-6)  # identity whitening
+    # identity whitening: only renormalisation (L2N's eps) moves scores, by ~1e-7, which may swap a near tie;
+    # a learned whitening moves mAP by whole points (test_whitening_is_learned_changes_numbers_and_is_cached)
+    assert medium(results, "whiten") == pytest.approx(medium(results, "plain"), abs=1e-4)
     assert not list(tmp_path.glob("*whiten*"))
 
 

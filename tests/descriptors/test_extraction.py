@@ -244,3 +244,20 @@ def test_the_cache_keeps_pil_and_device_descriptors_apart(images, net, tmp_path)
     device = cached_descriptors(net, images[:4], 64, (1,), 1.0, tmp_path, "db", decode="device")
     assert len(list(tmp_path.glob("db_*.npy"))) == 2
     assert not np.array_equal(pil, device)
+
+
+def test_folded_batchnorm_gives_the_same_descriptors(images, net):
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    folded = extract_vectors(net, images, 64, transform, ms=(1, 0.5), fold_batchnorm=True)
+    plain = extract_vectors(net, images, 64, transform, ms=(1, 0.5), fold_batchnorm=False)
+    assert torch.allclose(folded, plain, atol=1e-5) and not any(
+        type(m).__name__ == "GraphModule" for m in net.modules())  # the network itself is not folded
+
+
+def test_batchnorm_is_folded_when_the_call_pays_for_it():
+    from aml.descriptors.extraction import FOLD_MIN_PIXELS, _fold
+
+    assert not _fold(None, 10, 96) and _fold(None, 1000, 96)  # 92,160 and 9.2M pixels
+    assert _fold(None, FOLD_MIN_PIXELS, 1) and not _fold(None, FOLD_MIN_PIXELS - 1, 1)
+    assert _fold(None, 1, None)  # full-size images: assume large
+    assert _fold(True, 1, 8) and not _fold(False, 10 ** 6, 1024)

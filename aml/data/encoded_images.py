@@ -9,6 +9,9 @@ What a worker does with a file:
   would decode half): it decodes the file by the exact PIL path of :mod:`aml.data.images`
   and hands on uint8 pixels.
 
+With ``pil_only`` (extraction's ``decode="workers"``) every file takes the second way: the
+original's pixels, a quarter of the bytes of normalised float tensors.
+
 On the device an image is resized to the shape PIL's thumbnail gives (``resized_shape``),
 with antialiased bicubic interpolation rounded to integers, where PIL uses LANCZOS: close,
 not equal (the README gives the cosine). A file the device fails to decode is decoded alone
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from aml.data.images import BBox, ImageLoadError, PathLike, _errors_naming, load_and_resize, resized_shape
+from aml.data.images import BBox, ImageLoadError, PathLike, errors_naming, load_and_resize, resized_shape
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +69,10 @@ def read_payload(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = 
     if pil_only:
         image = load_and_resize(path, imsize, bbx)
         return ImagePayload(str(path), (image.height, image.width), _pixels(image), False, imsize)
-    with _errors_naming(path), open(path, "rb") as handle:
+    with errors_naming(path), open(path, "rb") as handle:
         raw = handle.read()
     if bbx is None:
-        with _errors_naming(path):
+        with errors_naming(path):
             header = Image.open(io.BytesIO(raw))
             if _decodable_on_device(header, raw):
                 data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)

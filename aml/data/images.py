@@ -23,7 +23,7 @@ class ImageLoadError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _errors_naming(path: PathLike) -> Iterator[None]:
+def errors_naming(path: PathLike) -> Iterator[None]:
     """Turn a missing or undecodable ``path`` into an ImageLoadError that names it."""
     try:
         yield
@@ -35,7 +35,7 @@ def _errors_naming(path: PathLike) -> Iterator[None]:
 
 def load_image(path: PathLike) -> Image.Image:
     """Open ``path`` as an RGB PIL image, with an error naming the file when that fails."""
-    with _errors_naming(path), open(path, "rb") as handle:
+    with errors_naming(path), open(path, "rb") as handle:
         image = Image.open(handle)
         image.load()
     return image.convert("RGB")
@@ -43,7 +43,7 @@ def load_image(path: PathLike) -> Image.Image:
 
 def image_size(path: PathLike) -> Tuple[int, int]:
     """(width, height) of an image file, read from its header (nothing is decoded)."""
-    with _errors_naming(path), Image.open(path) as image:
+    with errors_naming(path), Image.open(path) as image:
         return image.size
 
 

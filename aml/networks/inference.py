@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def has_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` holds a BatchNorm layer."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 

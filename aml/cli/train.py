@@ -10,8 +10,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, folder, nonnegative_float, nonnegative_int, positive_float,
-                               positive_int, resolve_device, setup_logging, unit_interval)
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, folder, nonnegative_float,
+                               nonnegative_int, positive_float, positive_int, resolve_device, setup_logging,
+                               unit_interval)
 from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, load_training_db, training_set_names, whitening_set_names

@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from aml.descriptors.extraction import describe_images, pixel_path
+from aml.descriptors.extraction import describe_images, options_pixel_path
 from aml.descriptors.fingerprint import network_fingerprint
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import current_world
@@ -49,7 +49,7 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
         return describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
     fingerprint = fingerprint or network_fingerprint(net)
     fields = [fingerprint, image_list_key(images), image_size, [float(s) for s in scales], round(float(msp), 6)]
-    pixels = pixel_path(**{**options, "device": options.get("device") or next(net.parameters()).device})
+    pixels = options_pixel_path(net, options)
     if pixels != "pil-fp32":  # the original's pixels keep the keys they always had
         fields.append(pixels)
     key = hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]

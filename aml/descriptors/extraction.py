@@ -148,6 +148,12 @@ def pixel_path(device: Device, decode: str = "auto", amp: Optional[bool] = None,
     return f"{resolve_decoding(decode, resolved).name}-{_SHORT[dtype] if dtype else 'fp32'}"
 
 
+def options_pixel_path(net: torch.nn.Module, options: Dict[str, Any]) -> str:
+    """:func:`pixel_path` of :func:`extract_vectors` called on ``net`` with keyword ``options``
+    (the device defaults to the network's, as there)."""
+    return pixel_path(**{**options, "device": options.get("device") or next(net.parameters()).device})
+
+
 def _batches(loader: Iterator, limit: Callable[[Tuple[int, ...]], int], shape: Callable[[Any], Tuple[int, ...]],
              max_pending: int, skipped: Optional[List[int]] = None) -> Iterator[Tuple[List[Any], List[int]]]:
     """Group single images by shape (``shape`` of an item) into lists of at most

@@ -14,7 +14,7 @@ import torch
 from aml.data.paths import data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import is_training_set, load_training_db
-from aml.descriptors.extraction import describe_images, pixel_path
+from aml.descriptors.extraction import describe_images, options_pixel_path
 from aml.descriptors.fingerprint import network_fingerprint
 from aml.descriptors.store import StoreKey, encode_into_store, read_store
 from aml.networks.retrieval_net import multiscale_power
@@ -145,8 +145,7 @@ def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: s
         folder = path.with_suffix(".store")
         key = StoreKey(fingerprint or network_fingerprint(net), network_name, image_size,
                        tuple(float(x) for x in scales), round(float(multiscale_power(net, list(scales))), 6),
-                       store_dtype, shard_size, pixel_path(**{**options, "device": options.get("device") or
-                                                              next(net.parameters()).device}))
+                       store_dtype, shard_size, options_pixel_path(net, options))
         options["progress"] = options.get("progress", False) and current_world().is_main
         store = encode_into_store(net, images, folder, key, desc=f"{dataset} {split} shard", **options)
         log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
@@ -155,7 +154,7 @@ def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: s
                            desc=f"{dataset} {split}", **options)
     settings = {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),
                 "image_size": image_size, "scales": [float(x) for x in scales],
-                "pixels": pixel_path(**{**options, "device": options.get("device") or next(net.parameters()).device})}
+                "pixels": options_pixel_path(net, options)}
     world = current_world()
     if world.is_main:
         write_feature_file(vecs, images, path, settings)

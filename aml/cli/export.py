@@ -8,9 +8,9 @@ import numpy as np
 
 from aml.cli.arguments import Parser, folder, run_cli
 from aml.export import ExportError, export_student
-from aml.networks.checkpoint import load_plain_file
 from aml.networks.loading import load_test_network
 from aml.search import StoreError, open_store
+from aml.utils.plain_files import load_plain_file
 
 
 def _whitening(args):

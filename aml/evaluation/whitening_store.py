@@ -18,10 +18,10 @@ from aml.data.paths import data_subdir
 from aml.data.trainsets import load_whitening_db
 from aml.descriptors import describe_images
 from aml.evaluation.whitening import whitenlearn
-from aml.networks.checkpoint import load_plain_file, save_plain_file
 from aml.networks.pretrained import PRETRAINED
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 from aml.utils.distributed import current_world
+from aml.utils.plain_files import load_plain_file, save_plain_file
 
 log = logging.getLogger(__name__)
 Whitening = Tuple[np.ndarray, np.ndarray]

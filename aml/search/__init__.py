@@ -20,9 +20,9 @@ import torch
 from aml.data.images import BBox
 from aml.descriptors import describe_images, feature_file_settings, network_fingerprint, write_feature_file
 from aml.evaluation.whitening import whitenapply
-from aml.networks.checkpoint import load_plain_file, save_plain_file
 from aml.networks.pretrained import TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
+from aml.utils.plain_files import load_plain_file, save_plain_file
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]

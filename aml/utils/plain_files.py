@@ -1,0 +1,55 @@
+"""Reading and writing files of plain data (tensors, containers, numbers, numpy arrays).
+
+Checkpoints, trunk weights, whitening and search stores all go through these two functions:
+``torch.load(weights_only=True)`` with an allow-list of numpy's own types, so no file can run
+code, and the atomic writer, so no interrupted write leaves a half-written file in place.
+"""
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from aml.utils.atomic import atomic_write
+
+PathLike = Union[str, Path]
+
+
+class CheckpointError(RuntimeError):
+    """A saved file (checkpoint, weights, store) is missing, truncated, foreign or does not fit."""
+
+
+def _numpy_globals() -> list:
+    """What numpy arrays and scalars need to unpickle (numpy 1.x names included). The two
+    functions are taken from what numpy's own pickling returns, not from a private module."""
+    reconstruct = np.zeros(1).__reduce__()[0]
+    scalar = np.float64(0).__reduce__()[0]
+    dtypes = [np.dtype] + [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
+    return [reconstruct, scalar, np.ndarray, *dtypes,
+            (reconstruct, "numpy.core.multiarray._reconstruct"), (scalar, "numpy.core.multiarray.scalar")]
+
+
+def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
+    """``torch.load`` that admits only tensors, containers, numbers and numpy arrays.
+
+    Raises:
+        CheckpointError: naming ``path``, when it is missing, truncated or holds anything else.
+    """
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(
+            f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Download or copy it again."
+        ) from err
+
+
+def save_plain_file(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` through the atomic writer: an existing ``path`` is replaced only whole."""
+    return atomic_write(path, lambda out: torch.save(obj, out))

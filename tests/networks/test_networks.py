@@ -95,17 +95,6 @@ def test_pretrained_without_internet_names_file_and_place(tmp_path, monkeypatch)
     assert "resnet18-f37072fd.pth" in message and str(tmp_path / "networks") in message
 
 
-def test_pretrained_loads_weights_from_data_root(tmp_path):
-    import torchvision
-
-    reference = torchvision.models.resnet18(weights=None)
-    (tmp_path / "networks").mkdir()
-    torch.save(reference.state_dict(), tmp_path / "networks" / "resnet18-f37072fd.pth")
-    net = build_network("resnet18", pretrained=True, data_root=str(tmp_path))
-    assert torch.equal(net.features[0].weight, reference.conv1.weight)
-    assert torch.equal(net.features[7][1].conv2.weight, reference.layer4[1].conv2.weight)
-
-
 def test_timm_students_build():
     pytest.importorskip("timm")
     net = build_network("efficientnet_b3", pretrained=False, teacher="vgg16").eval()

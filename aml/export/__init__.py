@@ -42,6 +42,7 @@ class DeployedStudent(nn.Module):
             m, P = whitening
             self.register_buffer("m", torch.as_tensor(np.asarray(m, dtype=np.float32).reshape(1, -1)))
             self.register_buffer("P", torch.as_tensor(np.asarray(P, dtype=np.float32)))
+        self.eval()  # the wrapper too: exporters restore its mode, and train() would reach the network
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.net.descriptors((image - self.mean) / self.std)

@@ -71,3 +71,24 @@ def test_command_line_prints_the_differences(student, tmp_path, capsys):
     files = export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--no-onnx"])
     assert set(files) == {"torchscript"}
     assert "max abs diff to PyTorch 0.00e+00" in capsys.readouterr().out
+
+
+def test_an_export_leaves_the_network_in_eval_mode(tmp_path):
+    """Exporters restore the wrapper's mode: a wrapper left in training mode would put the
+    network's BatchNorm into batch statistics after the first export."""
+    from aml.export import export_onnx
+
+    torch.manual_seed(0)
+    net = build_network("mobilenet_v2", pretrained=False, teacher_dim=64)
+    for module in net.modules():  # statistics far from identity, as a trained network's
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    model = DeployedStudent(net)
+    image = generated_images(((64, 64),))[0]
+    with torch.no_grad():
+        before = model(image)
+    export_onnx(model, tmp_path / "student.onnx", image)
+    with torch.no_grad():
+        after = model(image)
+    assert not net.training and torch.allclose(before, after, atol=1e-6)

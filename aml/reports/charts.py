@@ -16,7 +16,7 @@ def bar_chart(groups: Sequence[str], series: Dict[str, Tuple[Sequence[float], Se
     classes = _matplotlib_figure()
     if classes is None:
         return False
-    Figure, Canvas = classes
+    Figure, Canvas, _ = classes
     figure = Figure(figsize=(max(6.0, 1.5 * len(groups)), 4.8), dpi=100)
     axes = figure.subplots()
     width = 0.8 / max(len(series), 1)

@@ -17,7 +17,6 @@ It prints one table and writes the numbers, with the machine and versions, as JS
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from aml.layers.pooling import GeM
 from aml.networks.backbones import build_trunk
 from aml.networks.imagenet import get_imagenet_weights
 from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.reports.provenance import provenance
 
 ARCH = "mobilenet_v2"
 
@@ -82,12 +82,6 @@ def measure(net: ImageRetrievalNet, photos: List[str], image_size: int) -> Dict[
     return results
 
 
-def machine() -> Dict[str, str]:
-    """What the numbers were measured on."""
-    return {"cpu": platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": str(torch.get_num_threads()), "torch": torch.__version__, "python": platform.python_version()}
-
-
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-sizes", default="362,1024")
@@ -98,8 +92,7 @@ def main(argv=None) -> Dict:
     start = time.time()
     rows = {int(size): measure(net, photos, int(size)) for size in args.image_sizes.split(",")}
     record = {"network": f"{ARCH} {get_imagenet_weights(ARCH).tag} + GeM", "photos": len(photos), "results": rows,
-              "machine": machine(), "seconds": round(time.time() - start, 1),
-              "command": "python benchmarks/real_weights.py --image-sizes " + args.image_sizes}
+              "seconds": round(time.time() - start, 1), "provenance": provenance()}
     names = list(next(iter(rows.values())))
     print("| measurement | " + " | ".join(f"{size} px" for size in rows) + " |")
     print("|---|" + "---|" * len(rows))

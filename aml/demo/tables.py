@@ -1,8 +1,9 @@
 """The demo's table: text for the terminal, Markdown and a bar chart for results/."""
 
+import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -63,10 +64,22 @@ def markdown_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(rows: List[Dict], folder: Path, seeds: Sequence[int], notes: Sequence[str] = ()) -> Path:
-    """``results.md`` (the table, then ``notes`` as a list) and ``results.png`` (a bar chart,
-    when matplotlib is installed) in ``folder``; returns the Markdown path."""
+def results_record(rows: List[Dict], seeds: Sequence[int], **extra) -> Dict:
+    """The table as data: per row its mAP (%) Medium and Hard per test set and seed, plus ``extra``."""
+    table = [{"network": row["network"], "test": row["test"],
+              "map": {d: {level: [round(100 * r[d]["plain"][level]["map"], 4) for r in _runs(row)]
+                          for level in ("medium", "hard")} for d in DATASETS}} for row in rows]
+    return {"seeds": list(seeds), "rows": table, **extra}
+
+
+def write_results(rows: List[Dict], folder: Path, seeds: Sequence[int], notes: Sequence[str] = (),
+                  record: Optional[Dict] = None) -> Path:
+    """``results.md`` (the table, then ``notes`` as a list), ``results.png`` (a bar chart, when
+    matplotlib is installed) and ``results.json`` (:func:`results_record` with ``record``:
+    timings, machine, command) in ``folder``; returns the Markdown path."""
     folder.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(results_record(rows, seeds, notes=list(notes), **(record or {})), indent=1)
+    atomic_write(folder / "results.json", lambda out: out.write(data.encode()))
     spread = f"mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
     text = (f"# aml demo results\n\nmAP (%) on the synthetic test sets, Medium (M) and Hard (H); {spread}.\n\n"
             + markdown_table(rows) + "\n" + "".join(f"\n- {note}" for note in notes) + "\n" * bool(notes))

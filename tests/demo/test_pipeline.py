@@ -1,34 +1,47 @@
 """The demo pipeline end to end with tiny settings (the real one is `make demo`)."""
 
+import json
 import os
 
 import pytest
 
+import torch
+
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_test_set, generate_train_set
-from aml.data.synthetic_objects import ObjectConfig
-from aml.demo import format_table, main, paper_findings, run_demo
-from aml.training.pretraining import PretrainConfig
+from aml.demo import format_table, main, paper_findings, run_demo, student_rows
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.networks.imagenet import IMAGENET_WEIGHTS, package_file
 
 TINY = dict(image_size=64, teacher_epochs=1, student_epochs=1, query_size=16, pool_size=32, workers=0,
-            student_modes=("reg",), quiet=True, seeds=(0,),
-            pretraining=PretrainConfig(objects=ObjectConfig(classes=3, per_class=8, size=32), epochs=1, batch_size=8))
-SMALL_PRETRAINING = PretrainConfig(objects=ObjectConfig(classes=10, per_class=24, size=32), epochs=3, batch_size=32)
+            student_modes=("reg",), quiet=True, seeds=(0,))
 FINDING_ONE_MARGIN = 1.0
 
 
-def test_demo_runs_end_to_end_and_prints_the_same_table_twice(synth_root, capsys):
+def test_demo_runs_end_to_end_from_imagenet_and_prints_the_same_table_twice(synth_root, capsys):
     rows = run_demo(str(synth_root), **TINY)
     assert [(r["network"], r["test"]) for r in rows] == [
-        ("teacher resnet18 (std)", "symmetric"), ("student mobilenet_v2 untrained", "asymmetric"),
-        ("student mobilenet_v2 pretrained only", "asymmetric"), ("student mobilenet_v2 (reg)", "symmetric"),
+        ("teacher efficientnet_lite2 (std)", "symmetric"), ("student mobilenet_v2 untrained", "asymmetric"),
+        ("student mobilenet_v2 ImageNet only", "asymmetric"), ("student mobilenet_v2 (reg)", "symmetric"),
         ("student mobilenet_v2 (reg)", "asymmetric")]
-    networks = sorted(p.name for p in (synth_root / "networks").glob("aml-synthetic-pretrained-*.pth"))
-    assert [n.split("-")[3] for n in networks] == ["mobilenet_v2", "resnet18"]  # the stand-in, cached once
+    runs = synth_root / "demo" / "runs"
+    v1 = torch.load(package_file(IMAGENET_WEIGHTS["mobilenet_v2"].files[0].package), weights_only=True)
+    imagenet = load_checkpoint(next(runs.glob("imagenet-mobilenet_v2-*-seed0.pth.tar")))["state_dict"]
+    assert torch.equal(imagenet["features.0.0.0.weight"], v1["features.0.0.weight"])  # the original's V1 file
+    assert not list((synth_root / "networks").glob("aml-synthetic-pretrained-*"))  # no stand-in needed
+    teacher = next(runs.glob("synth-sfm_efficientnet_lite2_*/model_epoch1.pth.tar"))
     first = capsys.readouterr().out
     assert "synth-oxford M" in first and "student mobilenet_v2 (reg)" in first
     assert format_table(rows).count("\n") == len(rows) + 1
+    stamp = teacher.stat().st_mtime_ns
     again = run_demo(str(synth_root), **TINY)
+    assert teacher.stat().st_mtime_ns == stamp  # the teacher of the first run is reused
     assert format_table(again) == format_table(rows) and format_table(rows) in first
+    record = json.loads((synth_root / "demo" / "results.json").read_text())
+    assert [(r["network"], r["test"]) for r in record["rows"]] == [(r["network"], r["test"]) for r in rows]
+    assert record["rows"][0]["map"]["synth-oxford"]["medium"] == [
+        round(100 * rows[0]["results"][0]["synth-oxford"]["plain"]["medium"]["map"], 4)]
+    assert record["seconds"]["total"] >= record["seconds"]["students"] > 0 and record["provenance"]["torch"]
     markdown = (synth_root / "demo" / "results.md").read_text()
     assert "| student mobilenet_v2 (reg) | asymmetric | " in markdown and markdown.count("\n| ") == len(rows) + 1
     from PIL import Image
@@ -59,19 +72,25 @@ def mid_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def imagenet_teacher(mid_root):
+    """The ImageNet EfficientNet-Lite2 with GeM, as it comes (the demo fine-tunes it first)."""
+    path = mid_root / "demo" / "imagenet-teacher.pth.tar"
+    return save_checkpoint(checkpoint_state(build_network("efficientnet_lite2", pretrained=True), 0, 0.0), path)
+
+
 @pytest.mark.learning
 # Measured gap, reg minus ts_self, asymmetric Medium mAP points averaged over the two test
-# sets, seeds 0/1/2: +6.39 +2.27 +1.93 (default kernels) | +2.90 +8.57 +5.69 (SSE4.1 kernels).
-# FINDING_ONE_MARGIN is about half the smallest gap seen.
-def test_the_demo_shows_finding_one_regression_is_the_best_asymmetric_student(mid_root):
+# sets, seeds 0/1/2: see the README's Tests section. FINDING_ONE_MARGIN is about half the
+# smallest gap seen.
+def test_the_demo_shows_finding_one_regression_is_the_best_asymmetric_student(mid_root, imagenet_teacher):
     seed = int(os.environ.get("AML_TEST_SEED", "0"))
-    rows = run_demo(str(mid_root), image_size=64, teacher_epochs=2, student_epochs=5, query_size=200, pool_size=400,
-                    workers=0, student_modes=("reg", "ts_self"), seeds=(seed,), quiet=True,
-                    pretraining=SMALL_PRETRAINING)
-    first = paper_findings(rows, "mobilenet_v2", "resnet18")[0]
+    rows = student_rows(mid_root, seed, imagenet_teacher, "mobilenet_v2", 64, 3, 160, 320, 0, ("reg", "ts_self"),
+                        quiet=True)
+    wrapped = [{**row, "results": [row["results"]]} for row in rows]
+    first = paper_findings(wrapped, "mobilenet_v2", "efficientnet_lite2")[0]
     assert first.claim.startswith("(1) plain regression")
     medium_gap = (first.gaps[0] + first.gaps[2]) / 2  # cells: oxford M, oxford H, paris M, paris H
-    teacher = [round(100 * rows[0]["results"][0][d]["plain"]["medium"]["map"], 1) for d in ("synth-oxford", "synth-paris")]
-    print(f"LEARNING seed {seed} demo finding (1): reg asym minus ts_self asym, Medium {medium_gap:+.2f}; teacher "
-          f"{teacher} ({first.evidence})")
+    print(f"LEARNING seed {seed} demo finding (1): reg asym minus ts_self asym, Medium {medium_gap:+.2f} "
+          f"({first.evidence})")
     assert medium_gap > FINDING_ONE_MARGIN, first

@@ -1,0 +1,38 @@
+"""What a measurement was made on: the machine, the libraries and the command, recorded next
+to every result file (demo, benchmarks) so that a number can be traced and reproduced."""
+
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from typing import Dict, Optional, Sequence
+
+import torch
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(command: Optional[Sequence[str]] = None) -> Dict[str, str]:
+    """Machine, CPU kernels, versions, date and command line as strings.
+
+    Example:
+        >>> provenance(["python", "-m", "aml.demo"])["command"]
+        'python -m aml.demo'
+    """
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads()),
+            "kernels": " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+                                if k in os.environ) or "default",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "command": " ".join(command if command is not None else [os.path.basename(sys.executable), *sys.argv])}

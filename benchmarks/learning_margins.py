@@ -1,7 +1,8 @@
 """Measure the outcomes that the learning tests assert, over seeds and CPU kernel sets.
 
 Runs ``pytest -m learning`` with AML_TEST_SEED = each seed, under the machine's default
-kernels and under ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 (another machine's),
+kernels, under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (a machine without AVX-512)
+and under ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 (an older one),
 and prints every ``LEARNING`` line the tests print. The tests' margins are set to about half
 the smallest gain seen here. Usage: python benchmarks/learning_margins.py [--seeds 0,1,2]
 """
@@ -13,7 +14,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KERNELS = {"default": {}, "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
+KERNELS = {"default": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+           "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
 
 
 def main() -> None:

@@ -35,9 +35,12 @@ def assert_identical(a, b):
 
 
 @pytest.fixture()
-def fresh_teacher(tmp_path):
-    """A teacher whose descriptors are in no cache yet (its weights are new)."""
-    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+def fresh_teacher(tmp_path, request):
+    """A teacher whose descriptors are in no cache yet: its weights come from a seed of its own
+    per test, derived from AML_TEST_SEED (printed, so that a failure can be replayed)."""
+    seed = derived_seed(int(os.environ.get("AML_TEST_SEED", "0")), "fresh-teacher:" + request.node.name, 0)
+    print(f"fresh_teacher: torch seed {seed} (AML_TEST_SEED={os.environ.get('AML_TEST_SEED', '0')})")
+    torch.manual_seed(seed)
     return save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False), 0, 0.0),
                            tmp_path / "teacher.pth.tar")
 

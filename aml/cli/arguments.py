@@ -152,7 +152,9 @@ def run_cli(main) -> None:
     from aml.data.images import ImageLoadError
     from aml.networks.checkpoint import CheckpointError
     from aml.training.trainer import TrainingDiverged
+    from aml.utils.cpu import enlarge_kernel_cache
 
+    enlarge_kernel_cache()
     try:
         main()
         shutdown()

@@ -1,5 +1,6 @@
 """python -m aml.demo"""
 
+from aml.cli.arguments import run_cli
 from aml.demo.pipeline import main
 
-main()
+run_cli(main)

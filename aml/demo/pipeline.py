@@ -14,8 +14,10 @@ The ImageNet weights are found offline (``aml.networks.imagenet``: the pip packa
 pretrained on synthetic objects instead, for architectures without offline weights.
 """
 
+import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -37,6 +39,24 @@ from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DemoBudget:
+    """How much the demo trains and tests: image size, epochs, tuples and images per epoch."""
+
+    image_size: int = 96
+    teacher_epochs: int = 2
+    student_epochs: int = 2  # 3 trains better students in 1.5 times the students' time (README)
+    query_size: int = 360  # tuples per epoch (-qs) of the teacher and the ts/ts_self students
+    pool_size: int = 800  # negative pool, and the reg students' images per epoch (-ps)
+    workers: int = 0
+    quiet: bool = False
+
+    def options(self) -> List[str]:
+        """The main.py options every demo run shares."""
+        return ["--image-size", str(self.image_size), "-qs", str(self.query_size), "-ps", str(self.pool_size),
+                "-nn", "3", "-j", str(self.workers)] + ["-q"] * self.quiet
+
+
 def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, options: Sequence[str], seed: int,
            teacher: Optional[Path] = None, trunk: Optional[Path] = None, reuse: bool = False) -> Path:
     """main.py through the package; the last epoch's checkpoint. With ``reuse``, a run that
@@ -49,11 +69,10 @@ def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, 
     return train_cli.main(argv)["run_dir"] / f"model_epoch{epochs}.pth.tar"
 
 
-def _test(network: Path, data_root: Path, image_size: int, workers: int, teacher: Optional[Path] = None,
-          quiet: bool = False) -> Dict:
+def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[Path] = None) -> Dict:
     """test.py's evaluation through the package (its lines are logged, not printed)."""
-    settings = TestSettings(datasets=DATASETS, image_size=image_size, workers=workers,
-                            device=str(resolve_device("auto")), data_root=str(data_root), progress=not quiet)
+    settings = TestSettings(datasets=DATASETS, image_size=budget.image_size, workers=budget.workers,
+                            device=str(resolve_device("auto")), data_root=str(data_root), progress=not budget.quiet)
     student = Encoder(load_network(network), network.name.split(".pth")[0], network)
     database = Encoder(load_network(teacher), teacher.name.split(".pth")[0], teacher) if teacher is not None else None
     return evaluate(student, settings, database)
@@ -61,13 +80,13 @@ def _test(network: Path, data_root: Path, image_size: int, workers: int, teacher
 
 # Per-role main.py options, both in the paper's setting: ImageNet trunks, frozen BatchNorm,
 # Adam (--batch-forward: a mini-batch in one forward per image shape, the same result, faster).
-# The demo's budget (3 epochs of 360 student images at 96 px, against the paper's 100 of
-# 2,000 at up to 1024 px) forces two choices, measured in the README: the students' trunk
+# The demo's budget (2 epochs of 360-800 student images at 96 px, against the paper's 100
+# of 2,000 at up to 1024 px) forces two choices, measured in the README: the students' trunk
 # learns at lr 1e-4 (at 1e-3 it collapses to one descriptor) while their random 1x1
 # projection to the teacher's space learns 30 times faster (--proj-lr-mult 30; at the trunk's
 # rate it does not reach that space in time); contrastive students use margin 0.5.
-# Every student encodes 360 images per epoch: -qs 360 tuples for ts and ts_self, -ps 360
-# random images for reg.
+# The ts and ts_self students see -qs 360 tuples per epoch; the reg students regress the
+# teacher's descriptors of the -ps 800 pool images per epoch (with 360 they end well short).
 TEACHER_OPTIONS = ["-b", "8", "--lr", "5e-4", "--batch-forward"]
 _STUDENT = ["-b", "16", "--lr", "1e-4", "--proj-lr-mult", "30", "--batch-forward"]
 STUDENT_OPTIONS: Dict[str, List[str]] = {"reg": _STUDENT, "ts_self": _STUDENT + ["-lm", "0.5"],
@@ -84,41 +103,39 @@ def _initial_student(runs: Path, arch: str, teacher_dim: int, seed: int, imagene
     return save_checkpoint(checkpoint_state(net, 0, 0.0), runs / f"{label}-{arch}-{teacher_dim}-seed{seed}.pth.tar")
 
 
-def _common_options(image_size: int, query_size: int, pool_size: int, workers: int, quiet: bool) -> List[str]:
-    return ["--image-size", str(image_size), "-qs", str(query_size), "-ps", str(pool_size), "-nn", "3",
-            "-j", str(workers)] + ["-q"] * quiet
+def train_teacher(root: Path, arch: str, budget: DemoBudget, seed: int, trunk: Optional[Path] = None) -> Path:
+    """The demo's teacher: ``std`` mode from ``trunk`` (None: ImageNet); one trained by an
+    earlier run with the same settings is reused."""
+    return _train(root / "demo" / "runs", root, arch, "std", budget.teacher_epochs, budget.options() + TEACHER_OPTIONS,
+                  seed, trunk=trunk, reuse=True)
 
 
-def student_rows(root: Path, seed: int, teacher: Path, student_arch: str, image_size: int, student_epochs: int,
-                 query_size: int, pool_size: int, workers: int, student_modes: Sequence[str],
-                 quiet: bool = False) -> List[Dict]:
+def student_rows(root: Path, seed: int, teacher: Path, student_arch: str, budget: DemoBudget,
+                 student_modes: Sequence[str]) -> List[Dict]:
     """Train the students of one seed from ImageNet against ``teacher`` and test them, with
     the untrained and the ImageNet-only student; the table rows."""
     runs = root / "demo" / "runs"
-    common = _common_options(image_size, query_size, pool_size, workers, quiet)
     teacher_dim = int(load_checkpoint(teacher)["meta"]["outputdim"])
     untrained = _initial_student(runs, student_arch, teacher_dim, seed, False, root)
     imagenet = _initial_student(runs, student_arch, teacher_dim, seed, True, root)
-    students = {mode: _train(runs, root, student_arch, mode, student_epochs, common + STUDENT_OPTIONS[mode], seed,
-                             teacher) for mode in student_modes}
-    rows = [{"network": f"student {student_arch} untrained", "test": "asymmetric",
-             "results": _test(untrained, root, image_size, workers, teacher, quiet=quiet)},
-            {"network": f"student {student_arch} ImageNet only", "test": "asymmetric",
-             "results": _test(imagenet, root, image_size, workers, teacher, quiet=quiet)}]
+    students = {mode: _train(runs, root, student_arch, mode, budget.student_epochs,
+                             budget.options() + STUDENT_OPTIONS[mode], seed, teacher) for mode in student_modes}
+
+    def row(name: str, network: Path, asymmetric: bool) -> Dict:
+        results = _test(network, root, budget, teacher if asymmetric else None)
+        return {"network": f"student {student_arch} {name}", "test": "asymmetric" if asymmetric else "symmetric",
+                "results": results}
+
+    rows = [row("untrained", untrained, True), row("ImageNet only", imagenet, True)]
     for mode, path in students.items():
-        rows.append({"network": f"student {student_arch} ({mode})", "test": "symmetric",
-                     "results": _test(path, root, image_size, workers, quiet=quiet)})
-        rows.append({"network": f"student {student_arch} ({mode})", "test": "asymmetric",
-                     "results": _test(path, root, image_size, workers, teacher, quiet=quiet)})
+        rows += [row(f"({mode})", path, False), row(f"({mode})", path, True)]
     return rows
 
 
 def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2",
-             teacher_arch: str = "efficientnet_lite2", image_size: int = 96, teacher_epochs: int = 2,
-             student_epochs: int = 3, query_size: int = 360, pool_size: int = 800, workers: int = 0,
+             teacher_arch: str = "efficientnet_lite2", budget: DemoBudget = DemoBudget(),
              student_modes: Sequence[str] = tuple(STUDENT_OPTIONS), seeds: Sequence[int] = (0, 1, 2),
-             quiet: bool = False, teacher_trunk: str = "imagenet",
-             pretraining: PretrainConfig = PretrainConfig()) -> List[Dict]:
+             teacher_trunk: str = "imagenet", pretraining: PretrainConfig = PretrainConfig()) -> List[Dict]:
     """Run the demo; returns the table rows (network, test, results: one test.py result per
     seed; the teacher's row has one, for the one teacher trained with the first seed).
 
@@ -130,18 +147,16 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
         raise ValueError(f"teacher_trunk must be one of {TEACHER_TRUNKS}, not {teacher_trunk!r}")
     root = resolve_data_root(data_root)
     start = time.time()
+    quiet = budget.quiet
     generate_all(root, progress=not quiet)
     seconds = {"data": time.time() - start}
     trunk = (ensure_synthetic_trunk(teacher_arch, str(root), pretraining, progress=not quiet)
              if teacher_trunk == "synthetic" else None)
-    common = _common_options(image_size, query_size, pool_size, workers, quiet)
-    teacher = _train(root / "demo" / "runs", root, teacher_arch, "std", teacher_epochs, common + TEACHER_OPTIONS,
-                     seeds[0], trunk=trunk, reuse=True)
+    teacher = train_teacher(root, teacher_arch, budget, seeds[0], trunk)
     teacher_row = {"network": f"teacher {teacher_arch} (std)", "test": "symmetric",
-                   "results": [_test(teacher, root, image_size, workers, quiet=quiet)]}
+                   "results": [_test(teacher, root, budget)]}
     seconds["teacher"] = time.time() - start - seconds["data"]
-    per_seed = [student_rows(root, seed, teacher, student_arch, image_size, student_epochs, query_size, pool_size,
-                             workers, student_modes, quiet) for seed in seeds]
+    per_seed = [student_rows(root, seed, teacher, student_arch, budget, student_modes) for seed in seeds]
     rows = [teacher_row] + [{"network": first["network"], "test": first["test"],
                              "results": [run[i]["results"] for run in per_seed]} for i, first in enumerate(per_seed[0])]
     if len(seeds) > 1:
@@ -156,8 +171,7 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
     seconds["total"] = time.time() - start
     record = {"seconds": {k: round(v, 1) for k, v in seconds.items()}, "provenance": provenance(),
               "settings": {"student_arch": student_arch, "teacher_arch": teacher_arch, "teacher_trunk": teacher_trunk,
-                           "image_size": image_size, "teacher_epochs": teacher_epochs, "student_epochs": student_epochs,
-                           "query_size": query_size, "pool_size": pool_size, "teacher_options": TEACHER_OPTIONS,
+                           **dataclasses.asdict(budget), "teacher_options": TEACHER_OPTIONS,
                            "student_options": {m: STUDENT_OPTIONS[m] for m in student_modes}}}
     written = write_results(rows, root / "demo", list(seeds), notes, record)
     print(f"\n>> demo finished in {time.time() - start:.0f} s; runs in {root / 'demo' / 'runs'}; table in {written} "
@@ -176,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
                              "pretrained once on synthetic objects (default: imagenet)")
     parser.add_argument("--image-size", type=positive_int, default=96)
     parser.add_argument("--teacher-epochs", type=positive_int, default=2)
-    parser.add_argument("--student-epochs", type=positive_int, default=3)
+    parser.add_argument("--student-epochs", type=positive_int, default=2)
     parser.add_argument("--query-size", type=positive_int, default=360,
                         help="tuples per epoch (main.py -qs) of the teacher and the ts/ts_self students (default: 360)")
     parser.add_argument("--pool-size", type=positive_int, default=800,
@@ -198,6 +212,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     if unknown or not modes:
         parser.error(f"--student-modes: unknown {unknown}; choose among {sorted(STUDENT_OPTIONS)}")
     logging.getLogger("aml").setLevel(logging.WARNING)
-    return run_demo(args.data_root, args.student_arch, args.teacher_arch, args.image_size, args.teacher_epochs,
-                    args.student_epochs, args.query_size, args.pool_size, args.workers, modes, quiet=args.quiet,
+    budget = DemoBudget(args.image_size, args.teacher_epochs, args.student_epochs, args.query_size, args.pool_size,
+                        args.workers, args.quiet)
+    return run_demo(args.data_root, args.student_arch, args.teacher_arch, budget, modes,
                     seeds=range(args.seed, args.seed + args.seeds), teacher_trunk=args.teacher_trunk)

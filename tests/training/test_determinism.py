@@ -45,12 +45,14 @@ def fresh_teacher(tmp_path, request):
                            tmp_path / "teacher.pth.tar")
 
 
+@pytest.mark.kernels
 def test_cold_and_warm_teacher_cache_give_the_same_weights(synth_root, tmp_path, fresh_teacher):
     cold = train_cli.main(flags(synth_root, tmp_path / "cold", fresh_teacher, "-j", "0"))
     warm = train_cli.main(flags(synth_root, tmp_path / "warm", fresh_teacher, "-j", "0"))
     assert_identical(weights(cold["run_dir"]), weights(warm["run_dir"]))
 
 
+@pytest.mark.kernels
 def test_loader_workers_do_not_change_the_weights(synth_root, tmp_path, fresh_teacher):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # leaves a core for a loader worker (workers are capped to free cores)

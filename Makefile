@@ -4,7 +4,15 @@ VENV ?= .venv
 DATA_ROOT ?= data
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-other-isa bench clean-data
+# pytest-xdist: 2 workers of one thread each keep 2 cores busier than one worker of two
+# threads (loading, Python and small tensors run in parallel too); tests of a file share a
+# worker, and so their module fixtures.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+# The tests whose outcome depends on float rounding, under another machine's CPU kernels: few
+# and long, so spread one by one (the torchrun tests stay together: xdist_group).
+ROUNDING := $(PY) -m pytest -q -n 2 --dist loadgroup -m "learning or kernels"
+
+.PHONY: install demo test test-other-isa test-avx2 test-sse41 bench clean-data
 
 $(VENV)/.installed: requirements.txt requirements-data.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +28,17 @@ demo: install
 	$(PY) -m aml.demo --data-root $(DATA_ROOT)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
-# The tests that assert a learning outcome, under another machine's CPU kernels (older SIMD).
-test-other-isa: install
-	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(PY) -m pytest -q -m learning tests
+# A machine without AVX-512 (e.g. AMD EPYC): ATen's and oneDNN's AVX2 code.
+test-avx2: install
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(ROUNDING) tests
+
+# An older machine: ATen's scalar kernels and oneDNN's SSE4.1 code.
+test-sse41: install
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(ROUNDING) tests
+
+test-other-isa: test-avx2 test-sse41
 
 bench: install
 	$(PY) benchmarks/extract.py

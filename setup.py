@@ -11,5 +11,5 @@ setup(
     install_requires=["torch", "torchvision", "numpy", "scipy", "pillow", "tqdm"],
     extras_require={"timm": ["timm"], "plots": ["matplotlib"], "search": ["faiss-cpu"],
                     "export": ["onnx", "onnxruntime"],
-                    "test": ["pytest", "matplotlib", "faiss-cpu", "onnx", "onnxruntime"]},
+                    "test": ["pytest", "pytest-xdist", "pytest-timeout", "matplotlib", "faiss-cpu", "onnx", "onnxruntime"]},
 )

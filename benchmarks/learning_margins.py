@@ -4,18 +4,36 @@ Runs ``pytest -m learning`` with AML_TEST_SEED = each seed, under the machine's 
 kernels, under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (a machine without AVX-512)
 and under ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 (an older one),
 and prints every ``LEARNING`` line the tests print. The tests' margins are set to about half
-the smallest gain seen here. Usage: python benchmarks/learning_margins.py [--seeds 0,1,2]
+the smallest gain seen here. ``--jobs 2`` runs two of these pytest runs at a time with one
+thread each, as ``make test``'s two workers run them.
+Usage: python benchmarks/learning_margins.py [--seeds 0,1,2] [--kernels default,avx2] [-k expr] [--jobs N]
 """
 
 import argparse
 import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = {"default": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
            "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
+
+
+def run_one(kernels: str, seed: str, expression: str, threads: int) -> List[str]:
+    """One pytest run of the learning tests (``threads`` torch threads, 0: torch's default);
+    its LEARNING lines and its status."""
+    env = dict(os.environ, AML_TEST_SEED=seed, **KERNELS[kernels])
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = [sys.executable, "-m", "pytest", "-q", "-s", "-m", "learning", "tests", "-p", "no:cacheprovider",
+               "-p", "no:xdist"] + (["-k", expression] if expression else [])
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    lines = [f"{kernels:8s} {line[line.index('LEARNING'):]}" for line in run.stdout.splitlines() if "LEARNING" in line]
+    status = "passed" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
+    return lines + [f"{kernels:8s} seed {seed}: {status}"]
 
 
 def main() -> None:
@@ -23,18 +41,18 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--kernels", default=",".join(KERNELS), help=f"among {', '.join(KERNELS)}")
     parser.add_argument("-k", default="", help="pytest -k expression (a subset of the learning tests)")
+    parser.add_argument("--jobs", type=int, default=1, help="pytest runs at a time (default 1)")
     args = parser.parse_args()
-    for kernels in args.kernels.split(","):
-        for seed in args.seeds.split(","):
-            env = dict(os.environ, AML_TEST_SEED=seed, **KERNELS[kernels])
-            command = [sys.executable, "-m", "pytest", "-q", "-s", "-m", "learning", "tests", "-p", "no:cacheprovider"]
-            run = subprocess.run(command + (["-k", args.k] if args.k else []), cwd=REPO, env=env,
-                                 capture_output=True, text=True)
-            status = "passed" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
-            for line in run.stdout.splitlines():
-                if "LEARNING" in line:  # pytest's progress dots may precede it
-                    print(f"{kernels:8s} {line[line.index('LEARNING'):]}", flush=True)
-            print(f"{kernels:8s} seed {seed}: {status}", flush=True)
+    unknown = set(args.kernels.split(",")) - set(KERNELS)
+    if unknown or args.jobs < 1:
+        parser.error(f"--kernels among {sorted(KERNELS)}, not {sorted(unknown)}" if unknown else "--jobs: at least 1")
+    configs: List[Tuple[str, str]] = [(k, s) for k in args.kernels.split(",") for s in args.seeds.split(",")]
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs) if args.jobs > 1 else 0
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures: Dict[Tuple[str, str], Future] = {c: pool.submit(run_one, *c, args.k, threads) for c in configs}
+        for config in configs:
+            for line in futures[config].result():
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

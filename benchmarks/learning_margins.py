@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from aml.utils.cpu import threads_per_process
+
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = {"default": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
            "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
@@ -47,7 +49,7 @@ def main() -> None:
     if unknown or args.jobs < 1:
         parser.error(f"--kernels among {sorted(KERNELS)}, not {sorted(unknown)}" if unknown else "--jobs: at least 1")
     configs: List[Tuple[str, str]] = [(k, s) for k in args.kernels.split(",") for s in args.seeds.split(",")]
-    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs) if args.jobs > 1 else 0
+    threads = threads_per_process(args.jobs) if args.jobs > 1 else 0
     with ThreadPoolExecutor(args.jobs) as pool:
         futures: Dict[Tuple[str, str], Future] = {c: pool.submit(run_one, *c, args.k, threads) for c in configs}
         for config in configs:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_test_set, generate_train_set
-from aml.utils.cpu import enlarge_kernel_cache
+from aml.utils.cpu import enlarge_kernel_cache, threads_per_process
 
 SMALL_TRAIN = SyntheticTrainConfig(train_landmarks=16, val_landmarks=4, views=8, pairs_per_landmark=4, image_size=96)
 SMALL_TEST = SyntheticTestConfig(landmarks=15, queries_per_landmark=2, easy=4, hard=4, junk=1, distractor_landmarks=8,
@@ -20,7 +20,7 @@ def _share_the_cores() -> None:
     processes it starts: N workers of all the cores' threads each would wait on each other."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        threads = threads_per_process(workers)
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
 

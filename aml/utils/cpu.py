@@ -15,3 +15,9 @@ def enlarge_kernel_cache() -> None:
     ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is kept). Call it before the first convolution; the
     processes this one starts inherit it."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))
+
+
+def threads_per_process(processes: int) -> int:
+    """The torch threads each of ``processes`` processes sharing this machine's usable cores
+    gets (at least 1), so that together they do not oversubscribe the cores."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, processes))

@@ -42,10 +42,21 @@ def parameter_groups(net: nn.Module, lr: float, weight_decay: float, projection_
     return groups
 
 
+# The same update as the original's, in one fused kernel per step where the parameters allow
+# it (CPU and CUDA float tensors): 3 to 5 times faster on the CPU (benchmarks/optimizer.py);
+# Adam's result differs from the loop over tensors by rounding, SGD's not at all.
+FUSED_DEVICES = ("cpu", "cuda")
+
 OPTIMIZERS = {
-    "adam": lambda groups, lr, momentum, wd: torch.optim.Adam(groups, lr, weight_decay=wd),
-    "sgd": lambda groups, lr, momentum, wd: torch.optim.SGD(groups, lr, momentum=momentum, weight_decay=wd),
+    "adam": lambda groups, lr, momentum, wd, fused: torch.optim.Adam(groups, lr, weight_decay=wd, fused=fused),
+    "sgd": lambda groups, lr, momentum, wd, fused: torch.optim.SGD(groups, lr, momentum=momentum, weight_decay=wd,
+                                                                   fused=fused),
 }
+
+
+def can_fuse(groups: List[Dict]) -> bool:
+    """Whether every parameter is a floating-point tensor on a device with fused optimizer kernels."""
+    return all(p.device.type in FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"])
 
 
 def build_optimizer(net: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
@@ -53,7 +64,7 @@ def build_optimizer(net: nn.Module, name: str, lr: float, momentum: float, weigh
     """The optimizer of ``--optimizer`` over :func:`parameter_groups`; every group records
     its ``initial_lr`` (as the original's checkpoints do)."""
     groups = parameter_groups(net, lr, weight_decay, projection_lr_mult)
-    optimizer = OPTIMIZERS[name](groups, lr, momentum, weight_decay)
+    optimizer = OPTIMIZERS[name](groups, lr, momentum, weight_decay, can_fuse(groups) or None)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer

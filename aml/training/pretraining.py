@@ -32,6 +32,7 @@ from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from aml.utils.atomic import atomic_write
 from aml.utils.seeding import generator
+from aml.training.optim import can_fuse
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ def pretrain_trunk(arch: str, config: PretrainConfig = PretrainConfig(), device:
         torch.manual_seed(config.seed)
         model = _Classifier(arch, config.objects.classes)
     model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), config.lr, weight_decay=config.weight_decay)
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, config.lr, weight_decay=config.weight_decay, fused=can_fuse([{"params": params}]) or None)
     steps = config.epochs * (len(train_idx) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps, pct_start=0.15)
     loss = torch.tensor(float("nan"))

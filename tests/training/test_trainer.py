@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aml.networks import build_network
-from aml.training.optim import build_optimizer, freeze_batchnorm, set_epoch_lr
+from aml.training.optim import OPTIMIZERS, build_optimizer, freeze_batchnorm, parameter_groups, set_epoch_lr
 from aml.training.tuples import encode_images, encode_tuples, shape_grouped_batches
 
 
@@ -44,6 +44,27 @@ def test_sgd_and_exponential_decay_per_epoch():
     set_epoch_lr(optimizer, 99)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * math.exp(-1))
     assert optimizer.param_groups[1]["lr"] == pytest.approx(1.0 * math.exp(-1))
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_fused_step_on_the_cpu_is_the_step_of_the_loop_over_tensors(name):
+    def stepped(fused):
+        torch.manual_seed(0)
+        net = build_network("resnet18", pretrained=False)
+        if fused:
+            optimizer = build_optimizer(net, name, 1e-2, 0.9, 1e-4)
+        else:  # the original's update: one tensor at a time
+            optimizer = OPTIMIZERS[name](parameter_groups(net, 1e-2, 1e-4), 1e-2, 0.9, 1e-4, None)
+        for step in range(3):
+            for k, p in enumerate(net.parameters()):
+                p.grad = torch.full_like(p, 1e-3 * (k + step + 1))
+            optimizer.step()
+        return optimizer, [p.detach().clone() for p in net.parameters()]
+
+    fused, after = stepped(True)
+    loop, reference = stepped(False)
+    assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in loop.param_groups)
+    assert max((a - b).abs().max().item() for a, b in zip(after, reference)) < 1e-7
 
 
 def test_frozen_batchnorm_keeps_running_statistics():

@@ -50,8 +50,7 @@ def write_feature_file(vecs: np.ndarray, images: Sequence[str], path: Path,
     matching the files knows all three come from the same write (each file is itself
     written atomically)."""
     path = Path(path)
-    sidecar = _settings_path(path)
-    sidecar.unlink(missing_ok=True)
+    sidecar = invalidate_feature_file(path)
     _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
     listing = "".join(f"{image}\n" for image in images)
     atomic_write(_listing_path(path), lambda out: out.write(listing.encode()))
@@ -59,6 +58,14 @@ def write_feature_file(vecs: np.ndarray, images: Sequence[str], path: Path,
                   images_sha1=_text_sha1(listing))
     atomic_write(sidecar, lambda out: out.write(json.dumps(record, sort_keys=True).encode()))
     return path
+
+
+def invalidate_feature_file(path: Path) -> Path:
+    """Remove the settings file of the feature file ``path`` (if any), so that readers see it
+    as incomplete until it is written again; returns the settings file's path."""
+    sidecar = _settings_path(Path(path))
+    sidecar.unlink(missing_ok=True)
+    return sidecar
 
 
 def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:

@@ -19,6 +19,7 @@ import torch
 
 from aml.data.images import BBox
 from aml.descriptors import describe_images, feature_file_settings, network_fingerprint, write_feature_file
+from aml.descriptors.files import invalidate_feature_file
 from aml.evaluation.whitening import whitenapply
 from aml.networks.pretrained import TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
@@ -27,6 +28,9 @@ from aml.utils.plain_files import load_plain_file, save_plain_file
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 DESCRIPTORS = "descriptors.npy"
+WHITENING = "whitening.pth"
+INDEX = "index.faiss"
+PQ_CODES = 256  # centroids of each 8-bit sub-quantiser: the fewest training vectors faiss accepts
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -69,9 +73,13 @@ class Store:
             queries = whitenapply(queries, *self.whitening)
         k = min(k, self.vecs.shape[1])
         faiss = faiss_or_none()
-        index_file = self.folder / "index.faiss"
+        index_file = self.folder / INDEX
         if faiss is not None and index_file.is_file():
             index = faiss.read_index(str(index_file))
+            if (index.ntotal, index.d) != self.vecs.shape[::-1]:
+                raise StoreError(f"{index_file} indexes {index.ntotal} vectors of {index.d} dimensions but the store "
+                                 f"holds {self.vecs.shape[1]} of {self.vecs.shape[0]}: it belongs to another store; "
+                                 "delete it or rebuild it with: python -m aml.search index --ivfpq")
             return index.search(np.ascontiguousarray(queries.T, dtype=np.float32), k)
         if faiss is not None:
             index = faiss.IndexFlatIP(self.vecs.shape[0])
@@ -86,12 +94,19 @@ def build_store(teacher: ImageRetrievalNet, teacher_name: str, teacher_source: s
                 folder: PathLike, image_size: int, scales: Sequence[float] = (1,),
                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None, **options: Any) -> Path:
     """Encode ``images`` with the teacher into a store at ``folder`` (``teacher_source``:
-    the name or path the teacher was loaded from, recorded for the query-side check)."""
+    the name or path the teacher was loaded from, recorded for the query-side check). The
+    whitening and IVF-PQ index of a store that was there before are removed: they belong to
+    its descriptors."""
     folder = Path(folder)
     vecs = describe_images(teacher, images, image_size, scales, multiscale_power(teacher, list(scales)),
                            desc="indexing", **options)
+    invalidate_feature_file(folder / DESCRIPTORS)  # an interrupted re-index leaves an incomplete store
+    for stale in (folder / WHITENING, folder / INDEX):
+        if stale.is_file():
+            log.info(">> replacing the store in %s: %s removed", folder, stale.name)
+            stale.unlink()
     if whitening is not None:
-        save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / "whitening.pth")
+        save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
     settings = {"network": teacher_name, "source": teacher_source, "fingerprint": network_fingerprint(teacher),
                 "image_size": image_size, "scales": [float(s) for s in scales], "dim": int(vecs.shape[0])}
     write_feature_file(vecs, [str(Path(i).resolve()) for i in images], folder / DESCRIPTORS, settings)
@@ -109,9 +124,12 @@ def open_store(folder: PathLike) -> Store:
     vecs = np.load(folder / DESCRIPTORS, allow_pickle=False)
     images = (folder / "descriptors_img_list.txt").read_text().splitlines()
     whitening = None
-    if (folder / "whitening.pth").is_file():
-        data = load_plain_file(folder / "whitening.pth")
+    if (folder / WHITENING).is_file():
+        data = load_plain_file(folder / WHITENING)
         whitening = (np.asarray(data["m"]), np.asarray(data["P"]))
+        if whitening[1].shape != (vecs.shape[0], vecs.shape[0]):
+            raise StoreError(f"{folder / WHITENING} whitens {whitening[1].shape[1]}-d descriptors but the store holds "
+                             f"{vecs.shape[0]}-d ones: it belongs to another store; delete it or index again")
         vecs = whitenapply(vecs, *whitening)
     return Store(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening)
 
@@ -162,6 +180,9 @@ def build_ivfpq(store: Store, nlist: int, m: int, nprobe: int = 16, k: int = 10,
     if faiss is None:
         raise StoreError("--ivfpq needs faiss: pip install faiss-cpu")
     dim, n = store.vecs.shape
+    if n < max(PQ_CODES, nlist):
+        raise StoreError(f"--ivfpq {nlist},{m} needs at least {max(PQ_CODES, nlist)} database images (8-bit codes); "
+                         f"the store has {n}: search it exactly (without --ivfpq)")
     if dim % m:
         raise StoreError(f"--ivfpq: the dimension {dim} is not a multiple of {m} sub-quantisers")
     data = np.ascontiguousarray(store.vecs.T, dtype=np.float32)
@@ -175,5 +196,5 @@ def build_ivfpq(store: Store, nlist: int, m: int, nprobe: int = 16, k: int = 10,
     exact = np.argsort(-(probe @ data.T), axis=1, kind="stable")[:, :k]
     _, approximate = index.search(probe, k)
     recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approximate, exact)]))
-    faiss.write_index(index, str(store.folder / "index.faiss"))
+    faiss.write_index(index, str(store.folder / INDEX))
     return recall

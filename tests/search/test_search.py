@@ -10,23 +10,25 @@ import torch
 from aml.cli import search as search_cli
 from aml.cli import train as train_cli
 from aml.data.safe_pickle import load_pickle
-from aml.descriptors import describe_images
+from aml.descriptors import describe_images, write_feature_file
 from aml.evaluation.search import rank_database
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
 from aml.search import Store, StoreError, build_ivfpq, open_store
+from aml.utils.plain_files import save_plain_file
 
 COMMON = ["-j", "0", "--device", "cpu", "-q"]
 
 
 @pytest.fixture(scope="module")
 def teacher(synth_root, tmp_path_factory):
-    """A resnet18 teacher trained a little (std mode), and a student that records it."""
+    """A resnet18 teacher trained for an epoch (std mode), and a student that records it."""
     folder = tmp_path_factory.mktemp("search")
     run = train_cli.main(["--directory", str(folder), "--data-root", str(synth_root), "-d", "synth-sfm", "-a",
                           "resnet18", "--not-pretrained", "--image-size", "64", "-qs", "64", "-ps", "128", "-nn", "3",
-                          "-b", "4", "--epochs", "2", "--lr", "1e-4", "-j", "0", "--device", "cpu", "--no-val", "-q"])
-    path = run["run_dir"] / "model_epoch2.pth.tar"
+                          "-b", "4", "--epochs", "1", "--lr", "1e-4", "-j", "0", "--device", "cpu", "--no-val", "-q",
+                          "--batch-forward"])
+    path = run["run_dir"] / "model_epoch1.pth.tar"
     state = load_checkpoint(path)
     state["meta"]["teacher"] = str(path)  # a "student" that is its teacher: same space, exact answers
     student = save_checkpoint(state, folder / "student.pth.tar")
@@ -45,7 +47,7 @@ def test_store_holds_every_image_with_its_teacher(store, teacher, synth_root):
     opened = open_store(store)
     files = sorted((synth_root / "test" / "synth-oxford" / "jpg").glob("*.jpg"))
     assert opened.vecs.shape == (512, len(files)) and opened.images == [str(p.resolve()) for p in files]
-    assert opened.settings["network"] == "model_epoch2" and opened.settings["image_size"] == 64
+    assert opened.settings["network"] == "model_epoch1" and opened.settings["image_size"] == 64
 
 
 def test_easy_queries_return_their_positives_first(store, teacher, synth_root, tmp_path):
@@ -79,13 +81,19 @@ def test_store_of_another_teacher_is_refused(store, synth_root, tmp_path):
     query = str(next((synth_root / "test" / "synth-oxford" / "jpg").glob("*.jpg")))
     with pytest.raises(SystemExit) as info:
         search_cli.main(["query", query, "--store", str(store), "--network", str(student)] + COMMON)
-    assert "was encoded by model_epoch2" in str(info.value.code) and "not by the student's teacher" in str(info.value.code)
+    assert "was encoded by model_epoch1" in str(info.value.code) and "not by the student's teacher" in str(info.value.code)
     state["meta"].pop("teacher")
     save_checkpoint(state, tmp_path / "orphan.pth.tar")
     with pytest.raises(SystemExit, match="does not record its teacher; give --teacher"):
         search_cli.main(["query", query, "--store", str(store), "--network", str(tmp_path / "orphan.pth.tar")] + COMMON)
     with pytest.raises(SystemExit, match="not a complete store"):
         search_cli.main(["query", query, "--store", str(tmp_path), "--network", str(student)] + COMMON)
+
+
+def test_ivfpq_of_too_few_images_is_refused(tmp_path):
+    store = Store(tmp_path, np.eye(8, 100, dtype=np.float32), [f"{i}.jpg" for i in range(100)], {"dim": 8})
+    with pytest.raises(StoreError, match=r"--ivfpq 2,2 needs at least 256 database images \(8-bit codes\); the store has 100"):
+        build_ivfpq(store, nlist=2, m=2)
 
 
 def test_ivfpq_reports_recall_against_exact_search(tmp_path):
@@ -154,3 +162,33 @@ def test_teacher_check_by_name_when_the_checkpoint_is_elsewhere(tmp_path):
     student.meta["teacher"] = "vgg16"
     store.settings["network"] = "retrievalSfM120k-vgg16-gem"
     check_teacher(store, student, None, None)
+
+
+def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, synth_root, tmp_path):
+    test = synth_root / "test"
+    flags = ["--store", str(tmp_path), "--teacher", str(teacher[0]), "-imsize", "64", "--data-root", str(synth_root)]
+    search_cli.main(["index", str(test / "synth-paris" / "jpg"), *flags, "-w", "synth-sfm"] + COMMON)
+    old = open_store(tmp_path)  # with an IVF-PQ index (8-bit codes need 256 vectors: more than synth-paris has)
+    build_ivfpq(Store(tmp_path, np.tile(old.vecs, 2), old.images * 2, old.settings), nlist=4, m=8)
+    assert (tmp_path / "index.faiss").is_file() and (tmp_path / "whitening.pth").is_file()
+    search_cli.main(["index", str(test / "synth-oxford" / "jpg"), *flags] + COMMON)
+    assert not (tmp_path / "index.faiss").exists() and not (tmp_path / "whitening.pth").exists()
+    image = sorted((test / "synth-oxford" / "jpg").glob("*.jpg"))[3]
+    out = tmp_path / "answer.json"
+    search_cli.main(["query", str(image), "--store", str(tmp_path), "--network", str(teacher[1]), "-k", "3",
+                     "--json", str(out), "--data-root", str(synth_root)] + COMMON)
+    top = json.loads(out.read_text())[0]["results"][0]
+    assert Path(top["image"]) == image.resolve() and top["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_an_index_or_whitening_of_another_store_is_refused(tmp_path):
+    vecs = np.random.default_rng(0).standard_normal((8, 300)).astype(np.float32)
+    write_feature_file(vecs, [f"{i}.jpg" for i in range(300)], tmp_path / "descriptors.npy", {"dim": 8})
+    save_plain_file({"m": np.zeros((4, 1)), "P": np.eye(4)}, tmp_path / "whitening.pth")
+    with pytest.raises(StoreError, match=r"whitening.pth whitens 4-d descriptors but the store holds 8-d"):
+        open_store(tmp_path)
+    (tmp_path / "whitening.pth").unlink()
+    other = Store(tmp_path, np.tile(vecs, 2), [f"{i}.jpg" for i in range(600)], {"dim": 8})
+    build_ivfpq(other, nlist=2, m=2, sample=10)
+    with pytest.raises(StoreError, match=r"index.faiss indexes 600 vectors of 8 dimensions but the store holds 300"):
+        open_store(tmp_path).search(vecs[:, :1], 3)

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -35,6 +35,19 @@ def image_list_key(images: Sequence[str]) -> List[Any]:
     return key
 
 
+def descriptor_key(net, images: Sequence[str], image_size: int, scales: Sequence[float], msp: float,
+                   options: Dict[str, Any], fingerprint: Optional[str] = None) -> str:
+    """A 16-hex key of what decides the descriptors of ``images``: the network's content, the
+    image list with each file's size and mtime, image size, scales, msp and pixel path (the
+    original's "pil-fp32" pixels add nothing, so the keys of older caches still match)."""
+    fields = [fingerprint or network_fingerprint(net), image_list_key(images), image_size, [float(s) for s in scales],
+              round(float(msp), 6)]
+    pixels = options_pixel_path(net, options)
+    if pixels != "pil-fp32":
+        fields.append(pixels)
+    return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]
+
+
 def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequence[float], msp: float,
                        cache_dir: Optional[Path], tag: str, fingerprint: Optional[str] = None,
                        skipped: Optional[List[int]] = None, keep: int = DEFAULT_KEEP, **options: Any) -> np.ndarray:
@@ -47,12 +60,7 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
     skipped = skipped if skipped is not None else []
     if cache_dir is None:
         return describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
-    fingerprint = fingerprint or network_fingerprint(net)
-    fields = [fingerprint, image_list_key(images), image_size, [float(s) for s in scales], round(float(msp), 6)]
-    pixels = options_pixel_path(net, options)
-    if pixels != "pil-fp32":  # the original's pixels keep the keys they always had
-        fields.append(pixels)
-    key = hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]
+    key = descriptor_key(net, images, image_size, scales, msp, options, fingerprint)
     path = Path(cache_dir) / f"{tag}_{key}.npy"
     if path.exists():
         try:

@@ -1,10 +1,12 @@
 """Where the whitening of a test comes from, in order: the checkpoint's ``meta['Lw']``, the
 published file of a published network, a cache file, else learned on the whitening set (and
-cached). The cache is keyed by where the network came from: next to its checkpoint file,
+cached). The cache file is named by where the network came from: next to its checkpoint file,
 under ``<data_root>/whiten/`` for a network known by name (published or off-the-shelf), and
 nowhere for a network that exists only in memory (the per-epoch students of
 ``main.py --test-freq``), whose whitening is learned each time instead of leaving a file per
-epoch behind."""
+epoch behind. A cache file holds the key of the descriptors it was learned from (network
+content, whitening images, image size, scales, msp, pixel path) and is learned again when
+that key changes: a checkpoint replaced at the same path, other scales."""
 
 import logging
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from aml.data.download import download_file
 from aml.data.paths import data_subdir
 from aml.data.trainsets import load_whitening_db
 from aml.descriptors import describe_images
+from aml.descriptors.cache import descriptor_key
 from aml.evaluation.whitening import whitenlearn
 from aml.networks.pretrained import PRETRAINED
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
@@ -50,6 +53,14 @@ def whitening_cache_path(encoder: Encoder, whitening_set: str, multiscale: bool,
     return None
 
 
+def whitening_key(encoder: Encoder, whitening_set: str, settings) -> str:
+    """What decides a learned whitening: the key of the whitening set's descriptors (network
+    content, images, image size, scales, msp, pixel path; :func:`descriptor_key`)."""
+    db = load_whitening_db(whitening_set, settings.data_root)
+    return descriptor_key(encoder.net, db["images"], settings.image_size, settings.scales,
+                          multiscale_power(encoder.net, list(settings.scales)), settings.extraction())
+
+
 def learn_whitening(encoder: Encoder, whitening_set: str, settings) -> Whitening:
     """Learn Lw on the whitening set's images, encoded like the test images (``settings``: a
     :class:`aml.evaluation.testing.TestSettings`)."""
@@ -59,6 +70,19 @@ def learn_whitening(encoder: Encoder, whitening_set: str, settings) -> Whitening
     vecs = describe_images(encoder.net, db["images"], settings.image_size, settings.scales, msp,
                            **settings.extraction())
     return whitenlearn(vecs, db["qidxs"], db["pidxs"])
+
+
+def _cached(cache: Path, key: str, whitening_set: str) -> Optional[Whitening]:
+    """The whitening in ``cache`` if it was learned under ``key``, else None (said in the log)."""
+    if not cache.exists():
+        return None
+    data = load_plain_file(cache)
+    if data.get("key") != key:
+        log.info(">> %s: %s was learned for another network, scales or images; learning it again",
+                 whitening_set, cache)
+        return None
+    log.info(">> %s: whitening read from %s", whitening_set, cache)
+    return np.asarray(data["m"]), np.asarray(data["P"])
 
 
 def get_whitening(encoder: Encoder, whitening_set: str, settings, published: bool = True) -> Whitening:
@@ -76,12 +100,12 @@ def get_whitening(encoder: Encoder, whitening_set: str, settings, published: boo
         data = load_plain_file(path)
         return np.asarray(data["m"]), np.asarray(data["P"])
     cache = whitening_cache_path(encoder, whitening_set, multiscale, settings.image_size, settings.data_root)
-    if cache is not None and cache.exists():
-        data = load_plain_file(cache)
-        log.info(">> %s: whitening read from %s", whitening_set, cache)
-        return np.asarray(data["m"]), np.asarray(data["P"])
+    key = whitening_key(encoder, whitening_set, settings) if cache is not None else ""
+    found = _cached(cache, key, whitening_set) if cache is not None else None
+    if found is not None:
+        return found
     m, P = learn_whitening(encoder, whitening_set, settings)
     if cache is not None and current_world().is_main:
-        save_plain_file({"m": m, "P": P}, cache)
+        save_plain_file({"m": m, "P": P, "key": key}, cache)
         log.info(">> %s: Saving to %s...", whitening_set, cache)
     return m, P

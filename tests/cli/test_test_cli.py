@@ -84,6 +84,26 @@ def test_whitening_is_learned_changes_numbers_and_is_cached(checkpoint, synth_ro
     assert medium(second, "whiten") == pytest.approx(medium(first, "whiten"))
 
 
+def test_whitening_cache_follows_the_weights_and_the_scales(checkpoint, synth_root, tmp_path, monkeypatch):
+    local = tmp_path / "net.pth.tar"
+    shutil.copy(checkpoint, local)
+    run(["-npath", str(local), "-w", "synth-sfm", "-ms", "[1, 1/2]"], synth_root)
+    learned = []
+    real = whitening_store.learn_whitening
+    monkeypatch.setattr(whitening_store, "learn_whitening", lambda *a, **k: learned.append(1) or real(*a, **k))
+    run(["-npath", str(local), "-w", "synth-sfm", "-ms", "[1, 2]"], synth_root)  # same file name, other scales
+    assert len(learned) == 1
+    torch.manual_seed(5)
+    save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 0, 0.0), local)  # replaced in place
+    replaced = run(["-npath", str(local), "-w", "synth-sfm", "-ms", "[1, 2]"], synth_root)
+    assert len(learned) == 2
+    (tmp_path / "net.pth.tar_synth-sfm_whiten_ms_64.pth").unlink()
+    fresh = run(["-npath", str(local), "-w", "synth-sfm", "-ms", "[1, 2]"], synth_root)
+    assert medium(replaced, "whiten") == medium(fresh, "whiten")  # what a first run learns
+    run(["-npath", str(local), "-w", "synth-sfm", "-ms", "[1, 2]"], synth_root)
+    assert len(learned) == 3  # unchanged: read from the cache
+
+
 def test_whitening_from_checkpoint_meta(checkpoint, synth_root, tmp_path):
     state = torch.load(checkpoint, weights_only=True)
     dim = state["meta"]["outputdim"]

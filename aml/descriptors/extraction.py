@@ -344,11 +344,26 @@ def extract_vectors(
                           [bbxs[i] for i in mine] if bbxs is not None else None, options, local_skipped)
     if world.distributed:
         vecs = gather_columns(vecs, len(images), world)
+    _check_finite(vecs, images)
     if skip_bad:
         found = concat_lists(gather_objects([mine.start + i for i in local_skipped], world))
         if skipped is not None:
             skipped.extend(found)
     return vecs
+
+
+class NonFiniteDescriptors(ValueError):
+    """A network produced NaN or infinite descriptors."""
+
+
+def _check_finite(vecs: torch.Tensor, images: Sequence[Union[str, Path]]) -> None:
+    """Refuse descriptors with NaN or infinite values, naming the first image concerned."""
+    bad = (~torch.isfinite(vecs)).any(dim=0)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise NonFiniteDescriptors(
+            f"the network produced NaN or infinite descriptors for {int(bad.sum())} of {len(images)} images (the "
+            f"first: {images[first]}); its weights are damaged or it overflowed (without --amp / float16 if used)")
 
 
 def _fold(asked: Optional[bool], count: int, image_size: Optional[float]) -> bool:

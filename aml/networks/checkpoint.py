@@ -5,6 +5,7 @@ the network (architecture, pooling, local_whitening, regional, whitening, mean, 
 outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with numpy arrays).
 """
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -72,6 +73,24 @@ def remap_legacy_keys(arch: str, state_dict: Dict[str, torch.Tensor]) -> Dict[st
     return renamed
 
 
+def _check_finite(state: Dict[str, Any], source: str) -> None:
+    """Refuse weights or a normalisation (meta ``mean``/``std``) with NaN or infinite values:
+    such a network gives descriptors that rank at random."""
+    for key in ("mean", "std"):
+        values = state["meta"][key]
+        try:
+            finite = all(math.isfinite(float(v)) for v in values)
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise CheckpointError(f"{source}: meta['{key}'] is {values}, not finite numbers; the file is damaged")
+    for key, value in state["state_dict"].items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source}: weight {key} holds {bad} NaN or infinite value(s); the network cannot "
+                                  "be used (a diverged training run or a damaged file): use an earlier checkpoint")
+
+
 def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None,
                             source: str = "checkpoint") -> ImageRetrievalNet:
     """Rebuild the network that ``state['meta']`` describes and load its weights strictly.
@@ -83,6 +102,7 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
     missing = [k for k in ("architecture", "pooling", "mean", "std") if k not in meta]
     if missing:
         raise CheckpointError(f"{source}: meta lacks {missing}; not an aml/cirtorch checkpoint")
+    _check_finite(state, source)
     arch = meta["architecture"]
     dim = meta.get("outputdim") or TEACHER_DIMS.get(teacher or "vgg16")
     net = build_network(

@@ -8,6 +8,7 @@ from PIL import Image
 
 from aml.data.images import ImageLoadError, image_transform, load_and_resize
 from aml.descriptors import extract_vectors
+from aml.descriptors.extraction import NonFiniteDescriptors
 from aml.networks import build_network
 
 
@@ -90,6 +91,16 @@ def test_bad_image_is_named_from_worker(images, net, tmp_path, real_workers):
     bad.write_bytes(b"garbage")
     with pytest.raises(ImageLoadError, match="broken.jpg"):
         extract_vectors(net, images[:3] + [str(bad)], 64, image_transform(net.meta["mean"], net.meta["std"]), workers=1)
+
+
+def test_non_finite_descriptors_are_refused_naming_the_first_image(images):
+    torch.manual_seed(0)
+    broken = build_network("resnet18", pretrained=False).eval()
+    with torch.no_grad():
+        broken.features[0].weight[0, 0, 0, 0] = float("inf")  # every image: inf - inf somewhere
+    with pytest.raises(NonFiniteDescriptors, match=f"for {len(images)} of {len(images)} images \\(the first: "
+                                                   f"{images[0]}\\)"):
+        extract_vectors(broken, images, 64, image_transform(broken.meta["mean"], broken.meta["std"]), workers=0)
 
 
 def test_cpu_workers_leave_cores_to_torch():

@@ -142,6 +142,20 @@ def test_weights_of_wrong_shape_are_a_clear_error(tmp_path):
         network_from_checkpoint(state)
 
 
+@pytest.mark.parametrize("damage", ["weight", "mean"])
+def test_a_network_with_non_finite_values_is_refused_by_name(tmp_path, damage):
+    state = checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0)
+    if damage == "weight":
+        state["state_dict"]["features.4.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+        expected = r"diverged.pth.tar: weight features.4.0.conv1.weight holds 1 NaN or infinite value"
+    else:
+        state["meta"]["mean"] = [0.485, float("nan"), 0.406]
+        expected = r"diverged.pth.tar: meta\['mean'\] is \[0.485, nan, 0.406\], not finite numbers"
+    path = save_checkpoint(state, tmp_path / "diverged.pth.tar")
+    with pytest.raises(CheckpointError, match=expected):
+        load_network(path)
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pth")

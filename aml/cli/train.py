@@ -24,7 +24,7 @@ from aml.networks.backbones import BACKBONES, get_backbone
 from aml.networks.checkpoint import load_checkpoint, load_trunk_weights
 from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import build_network
-from aml.training.modes import MODES, check_loss_mode, get_mode
+from aml.training.modes import MODES, Negatives, check_loss_mode, get_mode
 from aml.training.optim import OPTIMIZERS, build_optimizer
 from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.teacher import Teacher, teacher_split_features
@@ -124,6 +124,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.sym and not mode.allows_sym:
         parser.error(f"--sym has no meaning with --mode {args.mode}: its members are not a query/positive/negative "
                      "tuple of different images")
+    if args.neg_num == 0 and mode.negatives is not Negatives.NONE:
+        parser.error(f"--neg-num 0: --mode {args.mode} trains on tuples with {mode.negatives.value} negatives; with "
+                     f"none, --loss {args.loss} sees positives only and cannot learn to separate images (use 1 or more)")
     for name in filter(None, args.test_datasets.split(",")):
         try:
             get_test_set(split_test_name(name)[0], args.data_root)

@@ -6,6 +6,7 @@ members that would land outside the target folder.
 """
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,64})\.")
 _CHUNK = 1 << 20
 _HASH_CHECK_LIMIT = 64 << 20  # files up to this size are re-hashed when found present
+# No single file of the data sets is near this (revisitop1m's archives are about 1 GB each):
+# a stream that goes on past it is refused instead of filling the disk.
+DEFAULT_MAX_BYTES = 32 << 30
 
 
 class DownloadError(RuntimeError):
@@ -92,8 +97,7 @@ def _resumable_size(partial: Path, url: str) -> Tuple[int, Optional[str]]:
         return have, version
     if have:
         log.info(">> discarding %s: it cannot be matched to the current version of %s", partial, url)
-    partial.unlink(missing_ok=True)
-    _part_record(partial).unlink(missing_ok=True)
+    _discard(partial)
     return 0, None
 
 
@@ -101,34 +105,78 @@ def _part_record(partial: Path) -> Path:
     return partial.with_name(partial.name + ".json")
 
 
-def _transfer(url: str, partial: Path, timeout: float, progress: bool) -> Optional[int]:
-    """Append the rest of ``url`` to ``partial`` and return the expected total size.
+def _discard(partial: Path) -> None:
+    """Delete a partial download and its record."""
+    partial.unlink(missing_ok=True)
+    _part_record(partial).unlink(missing_ok=True)
+
+
+def _restart(url: str, partial: Path, limits: "_Limits", progress: bool) -> "_Received":
+    """Delete ``partial`` and its record and fetch ``url`` from the start."""
+    _discard(partial)
+    return _transfer(url, partial, limits, progress)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """Per download: the socket timeout, the most bytes accepted, whether a hash will check the result."""
+
+    timeout: float
+    max_bytes: int
+    hashed: bool
+
+
+@dataclass(frozen=True)
+class _Received:
+    """What a transfer knows of the file: its total size (None: the server did not say) and
+    whether the body's end was delimited (a length or chunked encoding), so that a cut
+    connection shows as an error rather than as the end of the file."""
+
+    total: Optional[int]
+    delimited: bool
+
+
+def _copy_body(response, out, have: int, total: Optional[int], limits: _Limits, bar) -> None:
+    """Stream ``response`` into ``out``, refusing more bytes than announced or than ``max_bytes``."""
+    cap = min(total, limits.max_bytes) if total is not None else limits.max_bytes
+    for block in iter(lambda: response.read(_CHUNK), b""):
+        have += len(block)
+        if have > cap:
+            raise DownloadError(f"the server sent more than {cap} bytes" + (
+                f" (it announced {total})" if total is not None and total <= limits.max_bytes else
+                "; raise max_bytes if the file really is that large"))
+        out.write(block)
+        bar.update(len(block))
+
+
+def _transfer(url: str, partial: Path, limits: _Limits, progress: bool) -> _Received:
+    """Append the rest of ``url`` to ``partial``; what is known of the file's size.
 
     A part is resumed with ``Range`` and ``If-Range`` (the ETag or Last-Modified recorded
     when it was started): a server whose file changed answers with the whole new file,
     which replaces the part. A 416 answer counts as complete only when the server's size
-    equals the part's; otherwise the part is stale and is fetched again from the start."""
+    equals the part's and a hash will check the part; otherwise the part is fetched again
+    from the start (a 416 says nothing of the part's bytes)."""
     have, version = _resumable_size(partial, url)
     request = urllib.request.Request(url, headers={"User-Agent": "aml"})
     if have:
         request.add_header("Range", f"bytes={have}-")
         request.add_header("If-Range", version)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = urllib.request.urlopen(request, timeout=limits.timeout)
     except urllib.error.HTTPError as err:
         if err.code != 416 or not have:
             raise
-        if _complete_size(err.headers.get("Content-Range")) == have:
-            return have
-        log.info(">> %s is larger than %s now is; fetching it again", partial, url)
-        partial.unlink(missing_ok=True)
-        _part_record(partial).unlink(missing_ok=True)
-        return _transfer(url, partial, timeout, progress)
+        if _complete_size(err.headers.get("Content-Range")) == have and limits.hashed:
+            return _Received(have, True)
+        log.info(">> %s cannot be checked against %s (a 416 answer); fetching it again", partial, url)
+        return _restart(url, partial, limits, progress)
     with response:
         resumed = bool(have) and response.status == 206
         if not resumed:
             have = 0
         length = response.headers.get("Content-Length")
+        chunked = "chunked" in (response.headers.get("Transfer-Encoding") or "").lower()
         total = _complete_size(response.headers.get("Content-Range")) if resumed else None
         if total is None and length is not None:
             total = have + int(length)
@@ -138,18 +186,25 @@ def _transfer(url: str, partial: Path, timeout: float, progress: bool) -> Option
         with open(partial, "ab" if resumed else "wb") as out, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=partial.name[:-5], disable=not progress
         ) as bar:
-            for block in iter(lambda: response.read(_CHUNK), b""):
-                out.write(block)
-                bar.update(len(block))
-    return total
+            try:
+                _copy_body(response, out, have, total, limits, bar)
+            except DownloadError:
+                out.close()
+                _discard(partial)
+                raise
+    return _Received(total, total is not None or chunked)
 
 
-def _transfer_with_retries(url: str, dest: Path, partial: Path, retries: int, timeout: float, progress: bool) -> Optional[int]:
+def _transfer_with_retries(url: str, dest: Path, partial: Path, retries: int, limits: _Limits,
+                           progress: bool) -> _Received:
     error: BaseException = DownloadError("no attempt made")
     for attempt in range(max(retries, 1)):
         try:
-            return _transfer(url, partial, timeout, progress)
-        except (urllib.error.URLError, OSError) as err:
+            return _transfer(url, partial, limits, progress)
+        except DownloadError as err:
+            raise DownloadError(f"Refused download of {url}: {err}; the partial file was deleted. "
+                                f"{_manual_hint(url, dest)}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             error = err
             if isinstance(err, urllib.error.HTTPError) and err.code in (401, 403, 404, 410):
                 break
@@ -185,6 +240,7 @@ def download_file(
     retries: int = 3,
     timeout: float = 60.0,
     progress: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Path:
     """Fetch ``url`` to ``dest`` unless an intact ``dest`` already exists; return ``dest``.
 
@@ -193,7 +249,10 @@ def download_file(
     against the sha256 prefix (given, or read from a ``name-<hex>.ext`` file name) or else
     the expected size, then renamed into place. The installed file's size and sha256 are
     recorded next to it (``.<name>.download.json``): a later call fetches a file that has
-    since been truncated or altered again.
+    since been truncated or altered again. A file with neither a hash nor a known size is
+    installed only when the server delimited its body (Content-Length or chunked): a
+    connection that drops is otherwise indistinguishable from the file's end. A body
+    larger than announced, or than ``max_bytes``, is refused and deleted.
     """
     dest = Path(dest)
     if dest.exists():
@@ -203,8 +262,14 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     expected_hash = sha256_prefix or hash_prefix_from_name(dest.name)
-    total = _transfer_with_retries(url, dest, partial, retries, timeout, progress)
-    _verify(partial, url, dest, expected_hash, size if size is not None else total)
+    limits = _Limits(timeout, max_bytes, hashed=bool(expected_hash))
+    received = _transfer_with_retries(url, dest, partial, retries, limits, progress)
+    if not (expected_hash or size is not None or received.delimited):
+        _discard(partial)
+        raise DownloadError(f"Unverifiable download of {url}: the server did not say how long the file is and no hash "
+                            f"or size is known for it, so a cut connection cannot be told from the file's end; "
+                            f"nothing was installed. {_manual_hint(url, dest)}")
+    _verify(partial, url, dest, expected_hash, size if size is not None else received.total)
     digest = _sha256_of(partial).hexdigest()
     os.replace(partial, dest)
     _part_record(partial).unlink(missing_ok=True)
@@ -215,8 +280,7 @@ def download_file(
 def _verify(partial: Path, url: str, dest: Path, expected_hash: Optional[str], expected_size: Optional[int]) -> None:
     actual_size = partial.stat().st_size
     if expected_size is not None and actual_size > expected_size:
-        partial.unlink()
-        _part_record(partial).unlink(missing_ok=True)
+        _discard(partial)
         raise DownloadError(
             f"Bad download of {url}: {actual_size} bytes where the server announced {expected_size}; "
             f"the partial file was deleted, run the command again. {_manual_hint(url, dest)}"
@@ -229,8 +293,7 @@ def _verify(partial: Path, url: str, dest: Path, expected_hash: Optional[str], e
     if expected_hash:
         actual = _sha256_of(partial).hexdigest()
         if not actual.startswith(expected_hash):
-            partial.unlink()
-            _part_record(partial).unlink(missing_ok=True)
+            _discard(partial)
             raise DownloadError(
                 f"Corrupt download of {url}: sha256 {actual[:len(expected_hash)]} != expected {expected_hash}; "
                 f"the partial file was deleted, run the command again. {_manual_hint(url, dest)}"

@@ -22,6 +22,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     cut_after = {}  # path -> bytes sent before the connection drops (once)
     requests = []
     honour_if_range = True
+    no_length = set()  # paths answered without Content-Length (the body ends when the connection closes)
+    endless = set()  # paths whose body never ends (no Content-Length)
 
     def log_message(self, *args):
         pass
@@ -50,15 +52,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("ETag", etag)
-        self.send_header("Content-Length", str(len(body) - start))
+        if self.path not in self.no_length | self.endless:
+            self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        cut = self.cut_after.pop(self.path, None)
-        self.wfile.write(body[start:cut] if cut else body[start:])
+        try:
+            while self.path in self.endless:
+                self.wfile.write(body)
+            cut = self.cut_after.pop(self.path, None)
+            self.wfile.write(body[start:cut] if cut else body[start:])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
 
 @pytest.fixture
 def server():
     Handler.files, Handler.cut_after, Handler.requests, Handler.honour_if_range = {}, {}, [], True
+    Handler.no_length, Handler.endless = set(), set()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -259,3 +268,35 @@ def test_revisitop1m_comes_through_the_resumable_verified_downloader(server, tmp
     Handler.requests.clear()
     assert distractors.distractor_images("1m", tmp_path, progress=False) == images  # in place: nothing fetched
     assert Handler.requests == []
+
+
+def test_a_body_without_length_or_hash_is_never_installed(server, tmp_path):
+    Handler.files["/list.txt"], Handler.no_length = PAYLOAD, {"/list.txt"}
+    Handler.cut_after["/list.txt"] = len(PAYLOAD) // 3  # the connection drops: it looks like the end
+    with pytest.raises(DownloadError, match="did not say how long the file is"):
+        download_file(f"{server}/list.txt", tmp_path / "list.txt", progress=False, retries=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # a known size or hash tells a cut body from a whole one
+    with pytest.raises(DownloadError, match="Incomplete"):
+        Handler.cut_after["/list.txt"] = len(PAYLOAD) // 3
+        download_file(f"{server}/list.txt", tmp_path / "list.txt", progress=False, retries=1, size=len(PAYLOAD))
+    path = download_file(f"{server}/list.txt", tmp_path / "list.txt", progress=False, sha256_prefix=sha(PAYLOAD)[:8])
+    assert path.read_bytes() == PAYLOAD
+
+
+def test_a_full_size_part_answered_416_is_checked_or_fetched_again(server, tmp_path):
+    Handler.files["/gnd.pkl"], Handler.cut_after["/gnd.pkl"] = PAYLOAD, 30000
+    with pytest.raises(DownloadError, match="Incomplete"):
+        download_file(f"{server}/gnd.pkl", tmp_path / "gnd.pkl", progress=False, retries=1)
+    part = tmp_path / "gnd.pkl.part"
+    part.write_bytes(b"z" * len(PAYLOAD))  # full size, the record's ETag still matches: garbage all the same
+    path = download_file(f"{server}/gnd.pkl", tmp_path / "gnd.pkl", progress=False)
+    assert path.read_bytes() == PAYLOAD and Handler.requests[-1][1] is None  # fetched again from the start
+
+
+def test_an_endless_body_is_cut_at_the_limit_and_deleted(server, tmp_path):
+    Handler.files["/stream.bin"], Handler.endless = PAYLOAD, {"/stream.bin"}
+    with pytest.raises(DownloadError, match=r"more than 1000000 bytes.*max_bytes"):
+        download_file(f"{server}/stream.bin", tmp_path / "stream.bin", progress=False, retries=1, max_bytes=10 ** 6,
+                      sha256_prefix="00000000")
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,5 @@
 """Shared fixtures: a small synthetic data root generated once per test session."""
 
-import fcntl
 import logging
 import os
 
@@ -44,26 +43,3 @@ def synth_root(tmp_path_factory):
     generate_test_set(root, "synth-oxford", SMALL_TEST)
     generate_test_set(root, "synth-paris", SMALL_TEST)
     return root
-
-
-@pytest.fixture(scope="session")
-def trained_teacher(synth_root, tmp_path_factory):
-    """A resnet18-gem teacher trained from scratch in std mode on the small synthetic set
-    (seed AML_TEST_SEED). Trained once per run: pytest-xdist's workers share it through a
-    file lock (the worker that comes first trains it, the other waits)."""
-    from aml.cli import train as train_cli
-
-    seed = os.environ.get("AML_TEST_SEED", "0")
-    shared = tmp_path_factory.getbasetemp()
-    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
-    directory = shared / f"trained-teacher-seed{seed}"
-    with open(shared / "trained-teacher.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = list(directory.glob("*/model_epoch3.pth.tar"))
-        if done:
-            return done[0]
-        result = train_cli.main(["--directory", str(directory), "--data-root", str(synth_root), "-d", "synth-sfm",
-                                 "-a", "resnet18", "--not-pretrained", "--image-size", "64", "-qs", "64", "-ps", "128",
-                                 "-nn", "3", "-b", "4", "--epochs", "3", "--lr", "1e-4", "-j", "0", "--device", "cpu",
-                                 "--no-val", "--print-freq", "1000", "--seed", seed, "-q"])
-        return result["run_dir"] / "model_epoch3.pth.tar"

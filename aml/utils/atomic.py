@@ -7,14 +7,29 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
 
+def _process_umask() -> int:
+    """The process's umask (read from /proc where it is shown, else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(handle)`` on a temporary file next to ``path``, fsync it, then rename it
     onto ``path``; on any error (or interrupt) the temporary file is removed and an existing
-    ``path`` is left untouched."""
+    ``path`` is left untouched. The file gets the permissions of any new file (0666 less the
+    umask), not the 0600 of a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, 0o666 & ~_process_umask())
         with os.fdopen(handle, "wb") as out:
             write(out)
             out.flush()

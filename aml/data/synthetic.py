@@ -18,7 +18,6 @@ Everything is deterministic given the seed.
 
 import hashlib
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from aml.data.safe_pickle import save_pickle
 from aml.data.trainsets import cid2filename
+from aml.utils.atomic import publish_folder, staging_folder
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -214,8 +214,7 @@ def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: Syn
     folder = Path(data_root) / "train" / name
     if (folder / f"{name}.pkl").exists() and not overwrite:
         return folder
-    staging = folder.with_name(f".{name}.generating")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(folder)
     rng = np.random.default_rng(config.seed)
     scenes = _landmarks(config.seed + 1000, config.train_landmarks + config.val_landmarks, STYLES["sfm"])
     total = (config.train_landmarks + config.val_landmarks) * config.views
@@ -225,7 +224,7 @@ def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: Syn
     save_pickle({"train": train, "val": val}, staging / f"{name}.pkl")
     save_pickle({"cids": train["cids"], "qidxs": train["qidxs"], "pidxs": train["pidxs"]},
                 staging / f"{name}-whiten.pkl")
-    _replace(staging, folder)
+    publish_folder(staging, folder, overwrite or not (folder / f"{name}.pkl").exists())
     log.info(">> %s: %d train and %d val images written to %s", name, len(train["cids"]), len(val["cids"]), folder)
     return folder
 
@@ -262,8 +261,7 @@ def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: S
     seed = config.seed + seed_offset
     rng = np.random.default_rng(seed)
     scenes = _landmarks(seed + 1000, config.landmarks + config.distractor_landmarks, STYLES[style_name])
-    staging = folder.with_name(f".{name}.generating")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(folder)
     imlist: List[str] = []
     groups: List[Dict[str, List[int]]] = []
     total = (config.landmarks * (config.easy + config.hard + config.junk + config.queries_per_landmark)
@@ -302,7 +300,7 @@ def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: S
             gnd.append({"bbx": list(box), **{k: sorted(int(position[i]) for i in v) for k, v in groups[landmark].items()}})
     bar.close()
     save_pickle({"imlist": shuffled, "qimlist": qimlist, "gnd": gnd}, staging / f"gnd_{name}.pkl")
-    _replace(staging, folder)
+    publish_folder(staging, folder, overwrite or not (folder / f"gnd_{name}.pkl").exists())
     log.info(">> %s: %d database images and %d queries written to %s", name, len(shuffled), len(qimlist), folder)
     return folder
 
@@ -329,8 +327,7 @@ def generate_distractor_set(data_root: PathLike, name: str = "synth-1m",
     if (folder / f"{name}.txt").exists() and not overwrite:
         return folder
     rng = np.random.default_rng(config.seed)
-    staging = folder.with_name(f".{name}.generating")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(folder)
     styles = list(STYLES.values())
     listing: List[str] = []
     for i in tqdm(range(config.images), desc=f"generating {name}", unit="img", disable=not progress, leave=False):
@@ -339,17 +336,9 @@ def generate_distractor_set(data_root: PathLike, name: str = "synth-1m",
         listing.append(f"{i // 1000:04d}/{name}_{i:07d}.jpg")
         _save(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size)[0], staging / "jpg" / listing[-1])
     (staging / f"{name}.txt").write_text("".join(f"{line}\n" for line in listing))
-    _replace(staging, folder)
+    publish_folder(staging, folder, overwrite or not (folder / f"{name}.txt").exists())
     log.info(">> %s: %d distractor images written to %s", name, len(listing), folder)
     return folder
-
-
-def _replace(staging: Path, folder: Path) -> None:
-    """Move a finished staging folder into place (never leaves a half-written data set)."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(folder)
 
 
 def generate_all(data_root: PathLike, overwrite: bool = False, train: SyntheticTrainConfig = SyntheticTrainConfig(),

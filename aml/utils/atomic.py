@@ -1,7 +1,9 @@
 """The one atomic file writer: checkpoints, data pickles and descriptor files all go
-through it, so an interrupted write never leaves a half-written file in place."""
+through it, so an interrupted write never leaves a half-written file in place; and staging
+folders, so that a data set appears whole or not at all, even when two processes build it."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
@@ -53,3 +55,44 @@ def remove_orphan_temporaries(folder: Union[str, Path]) -> list:
     for orphan in orphans:
         orphan.unlink()
     return orphans
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def staging_folder(folder: Union[str, Path]) -> Path:
+    """A new, empty staging folder beside ``folder`` that belongs to this process alone
+    (``.<name>.<pid>.<random>.staging``): two processes building the same folder never write
+    into or delete each other's. Staging folders of processes that no longer run (killed
+    mid-way) are removed first."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for old in folder.parent.glob(f".{folder.name}.*.staging"):
+        pid = old.name[len(folder.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".staging", dir=folder.parent))
+
+
+def publish_folder(staging: Path, folder: Union[str, Path], overwrite: bool = False) -> bool:
+    """Rename a finished ``staging`` folder to ``folder``; True if it was put in place. When
+    ``folder`` exists already (another process finished first) it is kept and ``staging``
+    removed, unless ``overwrite``, which replaces it."""
+    folder = Path(folder)
+    if folder.exists() and overwrite:
+        shutil.rmtree(folder)
+    try:
+        if not folder.exists():
+            staging.rename(folder)
+            return True
+    except OSError:  # created by another process between the check and the rename
+        pass
+    shutil.rmtree(staging, ignore_errors=True)
+    return False

@@ -74,3 +74,19 @@ def test_generation_shows_a_progress_bar_only_when_asked(tmp_path, capsys):
     assert "generating synth-oxford" in capsys.readouterr().err
     generate_test_set(tmp_path / "quiet", "synth-oxford", tiny)
     assert "generating" not in capsys.readouterr().err
+
+
+def test_two_processes_generating_one_set_at_once_leave_it_whole(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from aml.data.synthetic import SyntheticDistractorConfig, generate_distractor_set; "
+            "generate_distractor_set(sys.argv[1], config=SyntheticDistractorConfig(images=400, image_size=32))")
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0], [run.stderr.read()[-2000:] for run in runs]
+    listing = (tmp_path / "test" / "synth-1m" / "synth-1m.txt").read_text().splitlines()
+    images = sorted(str(p.relative_to(tmp_path / "test" / "synth-1m" / "jpg"))
+                    for p in (tmp_path / "test" / "synth-1m" / "jpg").rglob("*.jpg"))
+    assert len(listing) == 400 and sorted(listing) == images
+    assert sorted(p.name for p in (tmp_path / "test").iterdir()) == ["synth-1m"]  # no staging folder left

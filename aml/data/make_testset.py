@@ -28,8 +28,9 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from PIL import Image
 
+from aml.utils.atomic import publish_folder, staging_folder
 from aml.data.images import ImageLoadError, image_size
-from aml.data.paths import data_subdir
+from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,10 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
     """Check ``description`` (see :func:`read_description`) against ``images_dir`` and write
     ``<data_root>/test/<name>/`` (staged, renamed into place when complete). Raises
     :class:`TestSetError` naming the first problem; an existing set is never overwritten."""
+    try:
+        check_set_name(name)
+    except ValueError as err:
+        raise TestSetError(f"--name: {err}") from None
     images_dir = Path(images_dir)
     queries = description["queries"]
     if not queries:
@@ -143,8 +148,7 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
     folder = data_subdir(data_root, "test") / name
     if folder.exists():
         raise TestSetError(f"{folder} already exists; choose another --name or move it away")
-    staging = folder.parent / f".{name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(folder)
     (staging / "jpg").mkdir(parents=True)
     try:
         for image in dict.fromkeys(list(database_names) + query_names):
@@ -154,7 +158,8 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
                for entry in queries]
         save_pickle({"imlist": [_stem(n) for n in database_names], "qimlist": [_stem(n) for n in query_names],
                      "gnd": gnd}, staging / f"gnd_{name}.pkl")
-        os.replace(staging, folder)
+        if not publish_folder(staging, folder):
+            raise TestSetError(f"{folder} was created by another process meanwhile; choose another --name or move it away")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info(">> %s: %d queries, %d database images, %s protocol, in %s", name, len(queries), len(database_names),

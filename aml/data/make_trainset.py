@@ -30,8 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from aml.utils.atomic import publish_folder, staging_folder
 from aml.data.images import ImageLoadError, load_image
-from aml.data.paths import data_subdir
+from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 from aml.data.trainsets import cid2filename
 
@@ -146,6 +147,10 @@ def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Opt
                     val_fraction: float = 0.1, pairs_per_landmark: int = 6, seed: int = 0) -> TrainSetReport:
     """Write ``<data_root>/train/<name>/`` from (image, landmark) ``items`` (see the module
     docstring for the rules); staged and renamed into place. Returns what was left out."""
+    try:
+        check_set_name(name)
+    except ValueError as err:
+        raise TrainSetError(f"--name: {err}") from None
     report = TrainSetReport()
     by_landmark = _readable_unique(items, report)
     report.single_landmarks = sorted(k for k, v in by_landmark.items() if len(v) < 2)
@@ -160,9 +165,7 @@ def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Opt
     folder = data_subdir(data_root, "train") / name
     if folder.exists():
         raise TrainSetError(f"{folder} already exists; choose another --name or move it away")
-    staging = folder.parent / f".{name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_folder(folder)
     try:
         dbs = {}
         for split, landmarks in splits.items():
@@ -175,7 +178,8 @@ def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Opt
             report.landmarks[split] = len(landmarks)
         save_pickle(dbs, staging / f"{name}.pkl")
         save_pickle({k: dbs["train"][k] for k in ("cids", "qidxs", "pidxs")}, staging / f"{name}-whiten.pkl")
-        os.replace(staging, folder)
+        if not publish_folder(staging, folder):
+            raise TrainSetError(f"{folder} was created by another process meanwhile; choose another --name or move it away")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report

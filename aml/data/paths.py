@@ -6,6 +6,7 @@ Resolved from an explicit argument, else the ``AML_DATA_ROOT`` environment varia
 """
 
 import os
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -25,3 +26,15 @@ def data_subdir(data_root: Optional[Union[str, Path]], name: str) -> Path:
     if name not in SUBDIRS:
         raise ValueError(f"unknown data sub-folder {name!r}; expected one of {SUBDIRS}")
     return resolve_data_root(data_root) / name
+
+
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_set_name(name: str) -> str:
+    """``name`` if it can name a data set: one path component of letters, digits, '.', '_'
+    and '-' (no '/', '..' or '+', which joins a test set to its distractors); else ValueError."""
+    if not _SET_NAME.fullmatch(name or "") or ".." in name:
+        raise ValueError(f"{name!r} cannot name a data set: use letters, digits, '.', '_' and '-' only (one folder "
+                         "name, no '/', '..' or '+')")
+    return name

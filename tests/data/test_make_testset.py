@@ -104,3 +104,16 @@ def test_json_description_and_one_line_errors(images, tmp_path, capsys):
         make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root", str(tmp_path)])
     assert str(info.value.code).startswith("error: ") and "nope.jpg is missing" in str(info.value.code)
     shutil.rmtree(images)
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".hidden", "oxford+1m", ""])
+def test_a_set_name_is_one_folder_name(images, tmp_path, name):
+    import json
+
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"], "hard": [], "junk": []}]}))
+    root = tmp_path / "root"
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(path), "--images", str(images), "--name", name, "--data-root", str(root)])
+    assert f"error: --name: {name!r} cannot name a data set" in str(info.value.code)
+    assert not root.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["set.json", images.name])

@@ -100,3 +100,10 @@ def test_too_few_landmarks_and_empty_folders_are_refused(tmp_path, landmark_fold
     with pytest.raises(TrainSetError, match="1 landmarks with two or more"):
         build_train_set(items, "few", tmp_path / "data")
     assert not (tmp_path / "data" / "train" / "few").exists()
+
+
+def test_a_training_set_name_is_one_folder_name(landmark_folders, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        make_trainset_cli.main(["--folders", str(landmark_folders), "--name", "../../x", "--data-root",
+                                str(tmp_path / "root")])
+    assert "--name: '../../x' cannot name a data set" in str(info.value.code) and not (tmp_path / "root").exists()

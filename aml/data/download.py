@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
-from aml.utils.atomic import atomic_write
+from aml.utils.atomic import atomic_write, publish_folder, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -327,16 +327,46 @@ def _unpack(archive: Path, folder: Path, flatten: bool, progress: bool) -> None:
         raise DownloadError(f"{archive} is truncated or not a readable archive ({err}); delete it and download "
                             "it again") from err
     if flatten:
-        for path in [p for p in scratch.rglob("*") if p.is_file()]:
-            os.replace(path, folder / path.name)
-        shutil.rmtree(scratch)
+        _flatten(scratch, folder, archive)
+
+
+def _materialise_links(scratch: Path, archive: Path) -> None:
+    """Replace every symbolic link under ``scratch`` by a copy of the file it points to,
+    which must be a regular file inside ``scratch``: once flattened, a relative link would
+    point elsewhere (``a/b/x.jpg -> ../y.jpg`` leaves the folder)."""
+    root = scratch.resolve()
+    for link in sorted(p for p in scratch.rglob("*") if p.is_symlink()):
+        resolved = link.resolve()
+        if root not in resolved.parents or not resolved.is_file():
+            raise DownloadError(f"refusing archive link {link.relative_to(scratch)} in {archive}: it points to "
+                                f"{os.readlink(link)}, not to a file of the archive")
+        data = resolved.read_bytes()
+        link.unlink()
+        link.write_bytes(data)
+
+
+def _flatten(scratch: Path, folder: Path, archive: Path) -> None:
+    """Move every file under ``scratch`` into ``folder`` itself. Two files of one name (in
+    one archive or across archives) are refused unless their bytes are equal."""
+    _materialise_links(scratch, archive)
+    for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
+        target = folder / path.name
+        if target.exists():
+            if target.read_bytes() != path.read_bytes():
+                raise DownloadError(f"{archive}: {path.relative_to(scratch)} and an earlier file both flatten to "
+                                    f"{path.name} with different contents; unpack it without flattening and rename one")
+            log.info(">> %s: %s is a copy of an earlier %s; kept once", archive, path.relative_to(scratch), path.name)
+            path.unlink()
+            continue
+        os.replace(path, target)
+    shutil.rmtree(scratch)
 
 
 def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Path], flatten: bool = False,
                      progress: bool = False) -> Path:
     """Unpack (compressed) tar ``archives`` into a new folder ``target``, safely and atomically.
 
-    Everything is unpacked into a staging sibling (``.<target>.staging``, cleared first),
+    Everything is unpacked into a staging sibling of this process (``.<target>.<pid>.*.staging``),
     every member checked against path traversal, links leaving the folder and device files;
     only when all archives are in is the staging folder renamed to ``target``. An
     interrupted unpacking therefore never leaves a partial ``target`` that a later run
@@ -346,15 +376,14 @@ def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Pa
     target = Path(target)
     if target.exists() and any(target.iterdir()):
         raise DownloadError(f"{target} already exists and is not empty; move it away to unpack the archives again")
-    staging = target.parent / f".{target.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_folder(target)
     try:
         for archive in archives:
             _unpack(Path(archive), staging, flatten, progress)
-        if target.exists():
+        if target.exists() and not any(target.iterdir()):
             target.rmdir()
-        os.replace(staging, target)
+        if not publish_folder(staging, target):
+            log.info(">> %s was unpacked by another process meanwhile; keeping it", target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -300,3 +300,44 @@ def test_an_endless_body_is_cut_at_the_limit_and_deleted(server, tmp_path):
         download_file(f"{server}/stream.bin", tmp_path / "stream.bin", progress=False, retries=1, max_bytes=10 ** 6,
                       sha256_prefix="00000000")
     assert list(tmp_path.iterdir()) == []
+
+
+def make_tar_with_link(files, links):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def test_flattening_refuses_two_files_of_one_name_and_keeps_copies_once(tmp_path):
+    first, second = tmp_path / "paris_1.tgz", tmp_path / "paris_2.tgz"
+    first.write_bytes(make_tar({"paris/defense/x.jpg": b"one", "paris/defense/same.jpg": b"s"}))
+    second.write_bytes(make_tar({"paris/eiffel/x.jpg": b"two", "paris/eiffel/same.jpg": b"s"}))
+    with pytest.raises(DownloadError, match=r"paris_2.tgz: paris/eiffel/x.jpg and an earlier file both flatten to "
+                                            r"x.jpg with different contents"):
+        extract_archives([first, second], tmp_path / "jpg", flatten=True)
+    assert not (tmp_path / "jpg").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    second.write_bytes(make_tar({"paris/eiffel/y.jpg": b"two", "paris/eiffel/same.jpg": b"s"}))
+    extract_archives([first, second], tmp_path / "jpg", flatten=True)
+    assert sorted(p.name for p in (tmp_path / "jpg").iterdir()) == ["same.jpg", "x.jpg", "y.jpg"]
+
+
+def test_flattened_links_become_copies_and_links_that_would_leave_are_refused(tmp_path):
+    archive = tmp_path / "nested.tgz"
+    archive.write_bytes(make_tar_with_link({"set/a/x.jpg": b"x"}, {"set/a/b/c/link.jpg": "../../x.jpg"}))
+    extract_archive(archive, tmp_path / "jpg", flatten=True)
+    link = tmp_path / "jpg" / "link.jpg"
+    assert not link.is_symlink() and link.read_bytes() == b"x"
+    deep = "d/" * 8 + "link.jpg"  # inside the folder as unpacked, /etc/passwd once flattened
+    archive.write_bytes(make_tar_with_link({"set/a/x.jpg": b"x"}, {deep: "../" * 8 + "etc/passwd"}))
+    with pytest.raises(DownloadError, match=r"refusing archive link d/d/d/d/d/d/d/d/link.jpg in .*nested.tgz: it points "
+                                            r"to (\.\./){8}etc/passwd, not to a file of the archive"):
+        extract_archive(archive, tmp_path / "other", flatten=True)
+    assert not (tmp_path / "other").exists()

@@ -152,6 +152,7 @@ def run_cli(main) -> None:
     from aml.data.images import ImageLoadError
     from aml.networks.checkpoint import CheckpointError
     from aml.training.trainer import TrainingDiverged
+    from aml.utils.atomic import FolderInUse
     from aml.utils.cpu import enlarge_kernel_cache
 
     enlarge_kernel_cache()
@@ -159,7 +160,7 @@ def run_cli(main) -> None:
         main()
         shutdown()
     except (DownloadError, CheckpointError, ImageLoadError, FileNotFoundError, NotADirectoryError, ValueError,
-            pickle.UnpicklingError, TrainingDiverged) as err:
+            pickle.UnpicklingError, TrainingDiverged, FolderInUse) as err:
         sys.exit(f"error: {err}")
     except RuntimeError as err:
         if not is_peer_failure(err):

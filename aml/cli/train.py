@@ -1,6 +1,7 @@
 """main.py: train a retrieval network (teacher-free or against a teacher) in any mode."""
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import random
@@ -29,7 +30,8 @@ from aml.training.optim import OPTIMIZERS, build_optimizer
 from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.trainer import Split, Trainer, TrainSettings, batch_split_problem
-from aml.utils.distributed import init_from_environment, main_first, process_device
+from aml.utils.atomic import folder_lock
+from aml.utils.distributed import World, init_from_environment, main_first, process_device
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +260,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     device = str(process_device(requested, world))
     run_dir = Path(args.directory) / run_name(args)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir) if world.is_main else contextlib.nullcontext():
+        return _train(args, world, device, run_dir)
+
+
+def _train(args: argparse.Namespace, world: World, device: str, run_dir: Path) -> Dict[str, Any]:
+    """Build the data, network, optimizer and trainer of ``args`` and train (main.py's body)."""
     mode = get_mode(args.mode)
     teacher = Teacher(args.teacher, args.data_root)
     main_first(world, lambda: _prepare(args, teacher, device))

@@ -2,11 +2,13 @@
 through it, so an interrupted write never leaves a half-written file in place; and staging
 folders, so that a data set appears whole or not at all, even when two processes build it."""
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO, Callable, Iterator, Union
 
 
 def _process_umask() -> int:
@@ -96,3 +98,31 @@ def publish_folder(staging: Path, folder: Union[str, Path], overwrite: bool = Fa
         pass
     shutil.rmtree(staging, ignore_errors=True)
     return False
+
+
+class FolderInUse(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Union[str, Path]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (``<folder>/.lock``, with the holder's pid) for
+    the ``with`` block; FolderInUse when another process holds it. The lock goes with the
+    process (flock), so a killed run never leaves a stale one."""
+    path = Path(folder) / ".lock"
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise FolderInUse(f"another run is using {folder} (pid {holder}); wait for it to end, or give another "
+                              "--directory or other flags") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield path
+    finally:
+        handle.close()

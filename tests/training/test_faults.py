@@ -2,6 +2,7 @@
 a killed run, resuming a foreign checkpoint, and the per-epoch history and curves."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,21 @@ def test_crash_between_checkpoint_writes_never_leaves_a_stale_best(synth_root, t
         assert (resumed["run_dir"] / "loss_log.txt").read_text() == (run["run_dir"] / "loss_log.txt").read_text()
         history = json.loads((resumed["run_dir"] / "history.json").read_text())
         assert [r["epoch"] for r in history] == [1, 2]
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_and_touches_nothing(synth_root, tmp_path):
+    from aml.utils.atomic import FolderInUse, folder_lock
+
+    run_dir = train(synth_root, tmp_path, "--epochs", "1", "--no-val")["run_dir"]
+    in_flight = run_dir / ".model_epoch2.pth.tar.x1y2z3.tmp"  # the live run's checkpoint being written
+    with folder_lock(run_dir):
+        in_flight.write_bytes(b"being written")
+        before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+        with pytest.raises(FolderInUse, match=f"another run is using {run_dir} \\(pid {os.getpid()}\\)"):
+            train(synth_root, tmp_path, "--epochs", "2", "--no-val", "--resume", "latest")
+        assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+    train(synth_root, tmp_path, "--epochs", "2", "--no-val", "--resume", "latest")  # free again: it runs
+    assert not in_flight.exists() and (run_dir / "model_epoch2.pth.tar").is_file()
 
 
 def test_resume_cleans_leftovers_of_a_killed_run(synth_root, tmp_path):

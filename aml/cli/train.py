@@ -288,6 +288,7 @@ def _train(args: argparse.Namespace, world: World, device: str, run_dir: Path) -
         load_trunk_weights(net, trunk)
     net.meta["teacher"] = args.teacher
     net.meta["seed"] = args.seed
+    net.meta["mode"], net.meta["loss"] = args.mode, args.loss  # checked on --resume
     net.to(device)
     if args.proj_lr_mult != 1.0 and net.projection() is None:
         log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", args.proj_lr_mult, args.arch)

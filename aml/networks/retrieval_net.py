@@ -171,7 +171,7 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: Optional[str]) -> 
 #: statistics were computed on training images before training, an aml addition) and
 #: ``trunk_weights`` (the file the trunk started from instead of ImageNet, when one did).
 META_EXTRA_KEYS = ("outputdim", "Lw", "teacher", "seed", "batchnorm_calibrated", "trunk_weights")
-KEPT_META_KEYS = ("Lw", "teacher", "seed", "batchnorm_calibrated", "trunk_weights")
+KEPT_META_KEYS = ("Lw", "teacher", "seed", "batchnorm_calibrated", "trunk_weights", "mode", "loss")
 _BUILD_KEYS = ("architecture", "pooling", "local_whitening", "regional", "whitening", "mean", "std", "pretrained",
                "teacher", "teacher_dim", "data_root")
 

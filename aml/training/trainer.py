@@ -404,6 +404,11 @@ class Trainer:
         if theirs != ours:
             raise CheckpointError(f"cannot resume from {path}: it holds a {theirs} network, this run trains {ours}; "
                                   "resume with the flags the run was started with, or choose another --directory")
+        for key in ("mode", "loss"):  # recorded since aml records them; older checkpoints pass
+            theirs, ours = state["meta"].get(key), self.net.meta.get(key)
+            if theirs is not None and ours is not None and theirs != ours:
+                raise CheckpointError(f"cannot resume from {path}: it was trained with --{key} {theirs}, this run "
+                                      f"trains with --{key} {ours}; resume with the flags the run was started with")
         try:
             self.net.load_state_dict(state["state_dict"])
         except RuntimeError as err:

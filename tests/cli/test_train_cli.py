@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aml.cli import train as train_cli
-from aml.networks.checkpoint import load_checkpoint, load_network
+from aml.networks.checkpoint import CheckpointError, load_checkpoint, load_network
 
 TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30", "-b", "5",
         "-j", "0", "--device", "cpu", "--lr", "1e-4", "--print-freq", "100"]
@@ -68,6 +68,16 @@ def test_resume_with_other_optimizer_groups_names_the_file_and_keeps_it(synth_ro
     with pytest.raises(ValueError, match=r"cannot resume from .*model_epoch1\.pth\.tar.*--proj-lr-mult"):
         train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "2", "--no-val", "--resume", "model_epoch1.pth.tar")
     assert checkpoint.read_bytes() == before
+
+
+def test_resume_of_a_checkpoint_of_another_loss_is_refused_by_name(synth_root, tmp_path):
+    first = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val")
+    checkpoint = first["run_dir"] / "model_epoch1.pth.tar"
+    assert load_checkpoint(checkpoint)["meta"]["loss"] == "contrastive"
+    with pytest.raises(CheckpointError, match=r"model_epoch1.pth.tar: it was trained with --loss contrastive, this "
+                                              r"run trains with --loss triplet"):
+        train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "2", "--no-val", "-l", "triplet", "--resume",
+              str(checkpoint))
 
 
 def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path):

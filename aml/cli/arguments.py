@@ -5,6 +5,8 @@ import ast
 import logging
 import math
 import operator
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, List
@@ -143,9 +145,26 @@ def setup_logging(verbose: bool = True) -> None:
                         stream=sys.stdout, force=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (raised in the main thread, so that writes in progress clean up)."""
+
+
+def _terminate_handler(owner: int):
+    """A SIGTERM handler that raises Terminated in the process ``owner`` and, in the loader
+    workers forked from it, dies as SIGTERM's default action does."""
+    def handler(signum, frame) -> None:
+        if os.getpid() == owner:
+            raise Terminated
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return handler
+
+
 def run_cli(main) -> None:
     """Run a command's ``main()``; errors about the user's files and flags, and a diverged
-    training run, end the program with one clear line (exit status 1) instead of a traceback."""
+    training run, end the program with one clear line (exit status 1) instead of a traceback.
+    SIGTERM ends it as Ctrl-C does (an atomic write in progress removes its temporary file),
+    with exit status 143."""
     import pickle
 
     from aml.data.download import DownloadError
@@ -156,6 +175,7 @@ def run_cli(main) -> None:
     from aml.utils.cpu import enlarge_kernel_cache
 
     enlarge_kernel_cache()
+    signal.signal(signal.SIGTERM, _terminate_handler(os.getpid()))
     try:
         main()
         shutdown()
@@ -169,3 +189,7 @@ def run_cli(main) -> None:
                  f"it died or hangs; checkpoints already written are complete ({str(err).splitlines()[0]})")
     except KeyboardInterrupt:
         sys.exit("interrupted: checkpoints already written are complete (they are written atomically)")
+    except Terminated:
+        print("terminated (SIGTERM): checkpoints and files already written are complete (they are written "
+              "atomically); --resume continues a training run", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)

@@ -231,6 +231,32 @@ def test_kill_9_mid_run_then_resume_is_bit_identical(synth_root, tmp_path, strai
     assert (run_dir / "loss_log.txt").read_text() == (run["run_dir"] / "loss_log.txt").read_text()
 
 
+def test_sigterm_ends_main_py_with_a_line_and_resume_is_bit_identical(synth_root, tmp_path, straight_run):
+    import signal
+    import time
+
+    run, _ = straight_run
+    argv = [sys.executable, str(REPO / "main.py"), "--directory", str(tmp_path), "--data-root", str(synth_root),
+            *TINY, "--epochs", "2", "--no-val"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(tmp_path.rglob("model_epoch1.pth.tar")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # somewhere after the first checkpoint
+    _, err = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run ended before SIGTERM arrived")
+    assert process.returncode == 143 and err.strip().splitlines()[-1].startswith("terminated (SIGTERM): "), err
+    run_dir = next(tmp_path.iterdir())
+    assert not list(run_dir.glob(".*.tmp"))
+    done = subprocess.run(argv + ["--resume", "latest"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("model_epoch2.pth.tar", "model_best.pth.tar"):
+        mine, theirs = load_checkpoint(run_dir / name), load_checkpoint(run["run_dir"] / name)
+        for key, value in theirs["state_dict"].items():
+            assert torch.equal(value, mine["state_dict"][key]), (name, key)
+
+
 def test_training_shows_progress_bars_unless_quiet(synth_root, tmp_path, capsys):
     argv = ["--directory", str(tmp_path), "--data-root", str(synth_root)] + [a for a in TINY if a != "-q"]
     train_cli.main(argv + ["--epochs", "1"])

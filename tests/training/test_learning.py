@@ -5,7 +5,7 @@ slow projection do.
 
 The tests marked ``learning`` run with --seed AML_TEST_SEED (default 0); their margins are
 about half the smallest effect measured over seeds 0, 1 and 2 under the default, AVX2 and
-SSE4.1 CPU kernels (benchmarks/learning_margins.py; the docs' test-suite page)."""
+SSE4.1 CPU kernels (benchmarks/learning_margins.py; README, Tests)."""
 
 import os
 
@@ -49,8 +49,10 @@ def asym_medium_map(student, teacher, root) -> float:
     return float(np.mean([results[d]["plain"]["medium"]["map"] for d in ("synth-oxford", "synth-paris")]))
 
 
-GAIN_MARGIN = {"reg": 0.10, "ts": 0.07}
-REGRESSION_WINS_MARGIN = 0.01
+# Measured gains (seeds 0/1/2 x default/avx2/SSE4.1): reg +21 to +31 points, ts +12 to +23,
+# reg minus ts +6.8 to +13.6. Asserted: about half the smallest.
+GAIN_MARGIN = {"reg": 0.10, "ts": 0.06}
+REGRESSION_WINS_MARGIN = 0.03
 STUDENT_EPOCHS = 3
 
 
@@ -101,9 +103,12 @@ def test_mobilenet_student_from_scratch_fits_the_teacher_with_train_batchnorm_an
     dead = dead_projection_channels(last, synth_root)
     print(f"LEARNING seed {SEED} mobilenet_v2 reg losses: frozen BN {frozen[2]:.4f} -> {frozen[-1]:.4f}, "
           f"train BN {learned[0]:.4f} -> {learned[-1]:.4f}, + --proj-lr-mult 0.1 {slow[-1]:.4f}, dead {dead}")
+    # Measured over seeds 0/1/2 and the three kernel sets: frozen BatchNorm moves 0.0-0.8% after
+    # epoch 3; batch statistics end 20-26% below their first epoch and 3-11% below frozen; the
+    # slow projection 17-26% lower still, with no dead channel. Asserted: about half of each.
     # frozen BatchNorm plateaus where the student predicts the mean teacher descriptor
-    assert abs(frozen[-1] - frozen[2]) < 0.01 * frozen[2], frozen
-    assert learned[-1] < 0.89 * learned[0] and learned[-1] < 0.97 * frozen[-1], (learned, frozen)
+    assert abs(frozen[-1] - frozen[2]) < 0.015 * frozen[2], frozen
+    assert learned[-1] < 0.89 * learned[0] and learned[-1] < 0.985 * frozen[-1], (learned, frozen)
     # the projection at a tenth of the lr fits better and keeps every channel alive (on the demo's
     # data, lr 3e-3 on the projection kills 72 of 512 in the first 10 steps)
     assert slow[-1] < 0.92 * learned[-1] and dead == 0, (slow, learned, dead)

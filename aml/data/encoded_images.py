@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from aml.data.images import BBox, ImageLoadError, PathLike, errors_naming, load_and_resize, resized_shape
+from aml.data.images import BBox, ImageLoadError, PathLike, errors_naming, load_and_resize, open_image_file, resized_shape
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def read_payload(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = 
     if pil_only:
         image = load_and_resize(path, imsize, bbx)
         return ImagePayload(str(path), (image.height, image.width), _pixels(image), False, imsize)
-    with errors_naming(path), open(path, "rb") as handle:
+    with open_image_file(path) as handle, errors_naming(path):
         raw = handle.read()
     if bbx is None:
         with errors_naming(path):

@@ -7,8 +7,10 @@ first and then shrunk by the factor the full image would get.
 
 import contextlib
 import math
+import os
+import stat
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -29,13 +31,34 @@ def errors_naming(path: PathLike) -> Iterator[None]:
         yield
     except FileNotFoundError:
         raise ImageLoadError(f"image {path} is missing; download the data set again or fix its list") from None
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(f"image {path} is refused: {err}; shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"image {path} is corrupt or not an image ({err}); replace or re-download it") from err
 
 
+# No photograph of the benchmarks comes near this: a larger "image" is a device, a stream or
+# something else that is not one (a database image linked to /dev/zero was read whole).
+MAX_IMAGE_BYTES = 256 << 20
+
+
+def open_image_file(path: PathLike) -> BinaryIO:
+    """``open(path, 'rb')`` of a regular file of at most MAX_IMAGE_BYTES; an ImageLoadError
+    names anything else (a FIFO would block, a device never ends)."""
+    with errors_naming(path):
+        info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageLoadError(f"image {path} is not a regular file (a device, FIFO or folder); list image files only")
+    if info.st_size > MAX_IMAGE_BYTES:
+        raise ImageLoadError(f"image {path} has {info.st_size} bytes, more than the {MAX_IMAGE_BYTES} accepted; "
+                             "shrink it first")
+    with errors_naming(path):
+        return open(path, "rb")
+
+
 def load_image(path: PathLike) -> Image.Image:
     """Open ``path`` as an RGB PIL image, with an error naming the file when that fails."""
-    with errors_naming(path), open(path, "rb") as handle:
+    with open_image_file(path) as handle, errors_naming(path):
         image = Image.open(handle)
         image.load()
     return image.convert("RGB")
@@ -85,8 +108,10 @@ def load_and_resize(path: PathLike, imsize: Optional[float], bbx: Optional[BBox]
     full_side = max(image.size)
     if bbx is not None:
         image = image.crop(tuple(float(c) for c in bbx))
-    if imsize is not None:
-        imresize(image, imsize * max(image.size) / full_side)
+        if min(image.size) < 1:
+            raise ImageLoadError(f"image {path}: the box {tuple(bbx)} is empty; give x1 < x2 and y1 < y2")
+    if imsize is not None:  # at least a pixel: a small box on a very large image would vanish
+        imresize(image, max(1.0, imsize * max(image.size) / full_side))
     return image
 
 

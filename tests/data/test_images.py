@@ -60,3 +60,40 @@ def test_image_size_reads_the_header(tmp_path):
     path = tmp_path / "a.png"
     Image.new("RGB", (37, 21)).save(path)
     assert image_size(path) == (37, 21)
+
+
+def test_only_regular_image_files_are_read(tmp_path):
+    import os
+
+    from aml.data.encoded_images import read_payload
+
+    fifo = tmp_path / "query.jpg"
+    os.mkfifo(fifo)  # opening it would block for ever
+    device = tmp_path / "zero.jpg"
+    device.symlink_to("/dev/zero")  # reading it would never end
+    for path in (fifo, device):
+        with pytest.raises(ImageLoadError, match=f"image {path} is not a regular file"):
+            load_and_resize(path, 64)
+        with pytest.raises(ImageLoadError, match=f"image {path} is not a regular file"):
+            read_payload(path, 64)
+
+
+def test_a_decompression_bomb_is_named(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels: more than twice the limit
+    with pytest.raises(ImageLoadError, match=r"image .*bomb.png is refused: .*decompression bomb"):
+        load_and_resize(path, 64)
+
+
+def test_a_small_box_on_a_large_image_keeps_a_pixel_and_an_empty_box_is_named(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "panorama.jpg"
+    Image.new("RGB", (6000, 40), (200, 10, 10)).save(path)
+    crop = load_and_resize(path, 64, (0, 0, 5, 5))  # 64 * 5 / 6000 px: less than one
+    assert min(crop.size) >= 1
+    with pytest.raises(ImageLoadError, match=r"panorama.jpg: the box \(3, 3, 3, 9\) is empty"):
+        load_and_resize(path, 64, (3, 3, 3, 9))

@@ -32,11 +32,14 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     """Read a checkpoint without executing code: only tensors, containers, numbers and
     numpy arrays are admitted. Raises :class:`CheckpointError` naming the file otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; give the .pth(.tar) file in it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path or download it again")
     state = load_plain_file(path, map_location)
-    if not isinstance(state, dict) or "state_dict" not in state or "meta" not in state:
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+    if (not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict)
+            or not isinstance(state.get("meta"), dict)):
+        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
             f"{path} is not an aml/cirtorch checkpoint: expected a dict with 'meta' and 'state_dict', found {found}"
         )
@@ -73,6 +76,9 @@ def remap_legacy_keys(arch: str, state_dict: Dict[str, torch.Tensor]) -> Dict[st
     return renamed
 
 
+MAX_OUTPUT_DIM = 65536  # the published networks output 512 or 2048; a larger value would allocate gigabytes
+
+
 def _check_finite(state: Dict[str, Any], source: str) -> None:
     """Refuse weights or a normalisation (meta ``mean``/``std``) with NaN or infinite values:
     such a network gives descriptors that rank at random."""
@@ -105,6 +111,9 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
     _check_finite(state, source)
     arch = meta["architecture"]
     dim = meta.get("outputdim") or TEACHER_DIMS.get(teacher or "vgg16")
+    if not isinstance(dim, int) or not 0 < dim <= MAX_OUTPUT_DIM:
+        raise CheckpointError(f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
+                              f"{MAX_OUTPUT_DIM}); the file is damaged or not a retrieval checkpoint")
     net = build_network(
         arch, meta["pooling"], local_whitening=meta.get("local_whitening", False),
         regional=meta.get("regional", False), whitening=meta.get("whitening", False),

@@ -156,6 +156,41 @@ def test_a_network_with_non_finite_values_is_refused_by_name(tmp_path, damage):
         load_network(path)
 
 
+def test_fuzzed_checkpoint_bytes_end_in_a_checkpoint_error(tmp_path):
+    from aml.utils.plain_files import save_plain_file
+
+    state = {"meta": {"architecture": "resnet18", "pooling": "gem", "mean": [0.5] * 3, "std": [0.5] * 3,
+                      "outputdim": 512}, "state_dict": {"features.0.weight": torch.ones(4, 3)}, "epoch": 1}
+    original = save_plain_file(state, tmp_path / "m.pth.tar").read_bytes()
+    rng = np.random.default_rng(int(os.environ.get("AML_TEST_SEED", "0")))
+    path = tmp_path / "fuzzed.pth.tar"
+    outcomes = {"refused": 0, "read": 0}
+    for trial in range(300):
+        data = bytearray(original)
+        if trial % 3 == 0:
+            data = bytearray(rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8).tobytes())
+        else:
+            for position in rng.integers(0, len(data), int(rng.integers(1, 20))):
+                data[position] = int(rng.integers(0, 256))
+        path.write_bytes(bytes(data))
+        try:
+            load_checkpoint(path)
+            outcomes["read"] += 1
+        except CheckpointError as err:
+            assert "fuzzed.pth.tar" in str(err)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] >= 100  # random bytes, at least, are refused
+
+
+def test_a_folder_or_an_implausible_dimension_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+    state = checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0)
+    state["meta"]["outputdim"] = 1_500_000
+    with pytest.raises(CheckpointError, match=r"meta\['outputdim'\] is 1500000, not a descriptor dimension"):
+        network_from_checkpoint(state)
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pth")

@@ -43,13 +43,18 @@ def parse_scales(text: str) -> List[float]:
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError) as err:
         raise argparse.ArgumentTypeError(f"--multiscale {text!r} is not a list of numbers such as "
                                          f"'[1, 1/2**(1/2), 1/2]' ({err})") from None
-    if not scales or any(not math.isfinite(s) or not 0 < s <= MAX_SCALE for s in scales):
-        raise argparse.ArgumentTypeError(f"--multiscale {text!r}: every scale must be a number in (0, {MAX_SCALE}] "
-                                         "(1 = the image size itself)")
+    if not scales or any(not math.isfinite(s) or not MIN_SCALE <= s <= MAX_SCALE for s in scales):
+        raise argparse.ArgumentTypeError(f"--multiscale {text!r}: every scale must be a number in [{MIN_SCALE}, "
+                                         f"{MAX_SCALE}] (1 = the image size itself)")
+    if len(scales) > MAX_SCALES:
+        raise argparse.ArgumentTypeError(f"--multiscale {text!r}: {len(scales)} scales; at most {MAX_SCALES} (the "
+                                         "original's multi-scale test uses 3)")
     return scales
 
 
 MAX_SCALE = 4.0  # a larger scale enlarges a 1024-px image past 4096 px: a mistake, not a setting
+MIN_SCALE = 1 / 16  # a smaller one leaves a few pixels of a 362-px image (or none): nothing to describe
+MAX_SCALES = 8
 
 
 def _bounded(kind: Callable[[str], float], what: str, accept: Callable[[float], bool]) -> Callable[[str], float]:

@@ -115,6 +115,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         if args.report and any(split_test_name(name)[1] for name in datasets):
             raise ValueError("--report draws full rankings, which a distractor set makes too long; run --report "
                              "without the '+' suffix")
+        if args.results and Path(args.results).is_dir():
+            raise ValueError(f"--results {args.results} is a folder; give a file name (e.g. {args.results}/results.json)")
     except ValueError as err:
         parser.error(str(err))
     requested = resolve_device(args.device, args.gpu_id)

@@ -26,11 +26,13 @@ CASES = [
     (TRAIN, ["--epochs", "1.5"], "argument --epochs: must be a positive integer, got '1.5'"),
     (TRAIN, ["--seed", "-3"], "argument --seed: must be an integer >= 0"),
     (TEST, ["-imsize", "0"], "argument --image-size/-imsize: must be a positive integer"),
-    (TEST, ["-ms", "[0]"], "every scale must be a number in (0, 4.0]"),
-    (TEST, ["-ms", "[1, -0.5]"], "every scale must be a number in (0, 4.0]"),
-    (TEST, ["-ms", "[1, 1e400]"], "every scale must be a number in (0, 4.0]"),
-    (TEST, ["-ms", "[1, 1e9]"], "every scale must be a number in (0, 4.0]"),
+    (TEST, ["-ms", "[0]"], "every scale must be a number in [0.0625, 4.0]"),
+    (TEST, ["-ms", "[1, -0.5]"], "every scale must be a number in [0.0625, 4.0]"),
+    (TEST, ["-ms", "[1, 1e400]"], "every scale must be a number in [0.0625, 4.0]"),
+    (TEST, ["-ms", "[1, 1e9]"], "every scale must be a number in [0.0625, 4.0]"),
     (TEST, ["-ms", "[1, nan]"], "is not a list of numbers"),
+    (TEST, ["-ms", "[1e-3]"], "every scale must be a number in [0.0625, 4.0]"),
+    (TEST, ["-ms", "[4,4,4,4,4,4,4,4,4]"], "9 scales; at most 8"),
     (TEST, ["--batch-size", "0"], "argument --batch-size: must be a positive integer"),
     (TEST, ["--report-top", "0"], "argument --report-top: must be a positive integer"),
     (TEST, ["--shard-size", "0"], "argument --shard-size: must be a positive integer"),
@@ -68,3 +70,8 @@ def test_a_file_where_a_folder_belongs_is_refused(command, flag, tmp_path, capsy
     err = bad(command, [flag, str(afile)], capsys)
     assert f"argument {flag}" in err and f"{afile} is a file, not a folder" in err
     assert afile.read_text() == "mine"
+
+
+def test_results_into_a_folder_is_refused_before_anything_runs(tmp_path, capsys):
+    err = bad(TEST, ["--results", str(tmp_path)], capsys)
+    assert f"--results {tmp_path} is a folder; give a file name" in err

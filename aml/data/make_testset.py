@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from PIL import Image
 
 from aml.utils.atomic import publish_folder, staging_folder
-from aml.data.images import ImageLoadError, image_size
+from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 
@@ -45,13 +45,21 @@ class TestSetError(ValueError):
 
 
 def read_description(path: PathLike) -> Dict[str, Any]:
-    """{'queries': [...], 'database': [...] or None} from a JSON or CSV description."""
-    path = Path(path)
+    """{'queries': [...], 'database': [...] or None} from a JSON or CSV description (UTF-8)."""
+    try:
+        return _read_description(Path(path))
+    except UnicodeDecodeError as err:
+        raise TestSetError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise TestSetError(f"{path} is not valid JSON ({err})") from None
+
+
+def _read_description(path: Path) -> Dict[str, Any]:
     if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         return {"queries": list(data["queries"]), "database": data.get("database")}
     queries = []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             entry: Dict[str, Any] = {"image": row["query"].strip()}
             if (row.get("box") or "").strip():
@@ -71,11 +79,12 @@ def _protocol(queries: Sequence[Dict[str, Any]], source: str) -> str:
 
 
 def _check_images(names: Sequence[str], images_dir: Path, source: str) -> Dict[str, tuple]:
-    """Size of every named image; one error listing the missing or unreadable ones."""
+    """Size of every named image, decoded whole (a truncated file has a valid header); one
+    error listing the missing or unreadable ones."""
     sizes, problems = {}, []
     for name in dict.fromkeys(names):
         try:
-            sizes[name] = image_size(images_dir / name)
+            sizes[name] = load_image(images_dir / name).size
         except ImageLoadError as err:
             problems.append(str(err))
     if problems:

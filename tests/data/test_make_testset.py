@@ -117,3 +117,19 @@ def test_a_set_name_is_one_folder_name(images, tmp_path, name):
         make_testset_cli.main([str(path), "--images", str(images), "--name", name, "--data-root", str(root)])
     assert f"error: --name: {name!r} cannot name a data set" in str(info.value.code)
     assert not root.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["set.json", images.name])
+
+
+def test_a_truncated_image_and_a_non_utf8_description_are_named(images, tmp_path):
+    import json
+
+    (images / "a.jpg").write_bytes((images / "a.jpg").read_bytes()[:-200])  # the header still reads
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"], "hard": [], "junk": []}]}))
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root", str(tmp_path / "r")])
+    assert "1 images missing or unreadable" in str(info.value.code) and "a.jpg is corrupt" in str(info.value.code)
+    latin = tmp_path / "set.csv"
+    latin.write_bytes("query,easy\nq.jpg,caf\xe9.jpg\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(latin), "--images", str(images), "--name", "x", "--data-root", str(tmp_path / "r")])
+    assert f"error: {latin} is not UTF-8 text" in str(info.value.code)

@@ -19,7 +19,7 @@ from aml.training.trainer import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30", "-b", "5",
-        "-j", "0", "--device", "cpu", "--lr", "1e-4", "--print-freq", "100", "-a", "resnet18", "-q"]
+        "-j", "0", "--device", "cpu", "--lr", "1e-4", "--print-freq", "100", "-a", "squeezenet1_1", "-q"]
 
 
 def train(root, directory, *extra):
@@ -172,7 +172,7 @@ def test_resuming_another_architecture_names_the_file(synth_root, tmp_path):
     foreign = tmp_path / "mobilenet.pth.tar"
     save_checkpoint(checkpoint_state(build_network("mobilenet_v2", pretrained=False, teacher_dim=512), 3, 0.1), foreign)
     with pytest.raises(CheckpointError, match=r"cannot resume from .*mobilenet.pth.tar: it holds a mobilenet_v2 "
-                                              r"network, this run trains resnet18"):
+                                              r"network, this run trains squeezenet1_1"):
         train(synth_root, tmp_path / "runs", "--epochs", "1", "--resume", str(foreign))
 
 
@@ -231,30 +231,22 @@ def test_kill_9_mid_run_then_resume_is_bit_identical(synth_root, tmp_path, strai
     assert (run_dir / "loss_log.txt").read_text() == (run["run_dir"] / "loss_log.txt").read_text()
 
 
-def test_sigterm_ends_main_py_with_a_line_and_resume_is_bit_identical(synth_root, tmp_path, straight_run):
+def test_sigterm_ends_main_py_with_one_line_and_leaves_no_temporary_file(synth_root, tmp_path):
     import signal
     import time
 
-    run, _ = straight_run
     argv = [sys.executable, str(REPO / "main.py"), "--directory", str(tmp_path), "--data-root", str(synth_root),
-            *TINY, "--epochs", "2", "--no-val"]
+            *TINY, "--epochs", "3", "--no-val"]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not list(tmp_path.rglob("model_epoch1.pth.tar")) and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)  # somewhere after the first checkpoint
+    process.send_signal(signal.SIGTERM)  # after the first checkpoint (a resume from here is the kill -9 test's)
     _, err = process.communicate(timeout=120)
     if process.returncode == 0:
         pytest.skip("the run ended before SIGTERM arrived")
     assert process.returncode == 143 and err.strip().splitlines()[-1].startswith("terminated (SIGTERM): "), err
-    run_dir = next(tmp_path.iterdir())
-    assert not list(run_dir.glob(".*.tmp"))
-    done = subprocess.run(argv + ["--resume", "latest"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    for name in ("model_epoch2.pth.tar", "model_best.pth.tar"):
-        mine, theirs = load_checkpoint(run_dir / name), load_checkpoint(run["run_dir"] / name)
-        for key, value in theirs["state_dict"].items():
-            assert torch.equal(value, mine["state_dict"][key]), (name, key)
+    assert not list(next(tmp_path.iterdir()).glob(".*.tmp"))
 
 
 def test_training_shows_progress_bars_unless_quiet(synth_root, tmp_path, capsys):

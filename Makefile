@@ -11,6 +11,8 @@ PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 # The tests whose outcome depends on float rounding, under another machine's CPU kernels: few
 # and long, so spread one by one (the torchrun tests stay together: xdist_group).
 ROUNDING := $(PY) -m pytest -q -n 2 --dist loadgroup -m "learning or kernels"
+AVX2 := ATEN_CPU_CAPABILITY=avx2//env:ONEDNN_MAX_CPU_ISA=AVX2
+SSE41 := ATEN_CPU_CAPABILITY=default//env:ONEDNN_MAX_CPU_ISA=SSE41
 
 .PHONY: install demo test test-other-isa test-avx2 test-sse41 bench clean-data
 
@@ -38,7 +40,9 @@ test-avx2: install
 test-sse41: install
 	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(ROUNDING) tests
 
-test-other-isa: test-avx2 test-sse41
+# Both at once: one pytest-xdist worker per kernel set, each running every such test.
+test-other-isa: install
+	$(PY) -m pytest -q --dist each --tx "popen//env:$(AVX2)" --tx "popen//env:$(SSE41)" -m "learning or kernels" tests
 
 bench: install
 	$(PY) benchmarks/extract.py

@@ -43,3 +43,13 @@ def synth_root(tmp_path_factory):
     generate_test_set(root, "synth-oxford", SMALL_TEST)
     generate_test_set(root, "synth-paris", SMALL_TEST)
     return root
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failure says under which CPU kernels it ran (the kernel lanes run one worker per set)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        report.sections.append(("CPU kernels", f"ATen {torch.backends.cpu.get_cpu_capability()}, ONEDNN_MAX_CPU_ISA="
+                                               f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'default')}"))

@@ -12,6 +12,10 @@ TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2",
         "-j", "0", "--device", "cpu", "--lr", "1e-4", "--print-freq", "100"]
 
 
+# Where the network does not matter: 5 MB checkpoints instead of ResNet-18's 45 MB (plus Adam's state).
+SMALL = "squeezenet1_1"
+
+
 def train(root, directory, *extra):
     return train_cli.main(["--directory", str(directory), "--data-root", str(root)] + TINY + list(extra))
 
@@ -44,9 +48,9 @@ def test_impossible_combinations_are_refused_at_parse_time(flags, message, capsy
 
 
 def test_resume_continues_exactly(synth_root, tmp_path):
-    straight = train(synth_root, tmp_path / "a", "-a", "resnet18", "--epochs", "2")
-    train(synth_root, tmp_path / "b", "-a", "resnet18", "--epochs", "1")
-    resumed = train(synth_root, tmp_path / "b", "-a", "resnet18", "--epochs", "2", "--resume", "model_epoch1.pth.tar")
+    straight = train(synth_root, tmp_path / "a", "-a", SMALL, "--epochs", "2")
+    train(synth_root, tmp_path / "b", "-a", SMALL, "--epochs", "1")
+    resumed = train(synth_root, tmp_path / "b", "-a", SMALL, "--epochs", "2", "--resume", "model_epoch1.pth.tar")
     assert [r["epoch"] for r in resumed["history"]] == [2]
     assert resumed["history"][0]["train_loss"] == pytest.approx(straight["history"][1]["train_loss"], rel=1e-5)
     a = load_checkpoint(straight["run_dir"] / "model_epoch2.pth.tar")
@@ -59,29 +63,29 @@ def test_resume_continues_exactly(synth_root, tmp_path):
 
 
 def test_resume_with_other_optimizer_groups_names_the_file_and_keeps_it(synth_root, tmp_path):
-    first = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val")
+    first = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
     checkpoint = first["run_dir"] / "model_epoch1.pth.tar"
     state = load_checkpoint(checkpoint)
     state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]  # as if saved with other groups
     torch.save(state, checkpoint)
     before = checkpoint.read_bytes()
     with pytest.raises(ValueError, match=r"cannot resume from .*model_epoch1\.pth\.tar.*--proj-lr-mult"):
-        train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "2", "--no-val", "--resume", "model_epoch1.pth.tar")
+        train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "--resume", "model_epoch1.pth.tar")
     assert checkpoint.read_bytes() == before
 
 
 def test_resume_of_a_checkpoint_of_another_loss_is_refused_by_name(synth_root, tmp_path):
-    first = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val")
+    first = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
     checkpoint = first["run_dir"] / "model_epoch1.pth.tar"
     assert load_checkpoint(checkpoint)["meta"]["loss"] == "contrastive"
     with pytest.raises(CheckpointError, match=r"model_epoch1.pth.tar: it was trained with --loss contrastive, this "
                                               r"run trains with --loss triplet"):
-        train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "2", "--no-val", "-l", "triplet", "--resume",
+        train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-l", "triplet", "--resume",
               str(checkpoint))
 
 
 def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path):
-    result = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar",
+    result = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar",
                    "--test-freq", "1", "-td", "synth-oxford")
     assert [r["epoch"] for r in result["history"]] == [1]
     tested = result["history"][0]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"]
@@ -89,15 +93,15 @@ def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(syn
 
 
 def test_bad_feature_files_are_clear_and_keep_checkpoints(synth_root, tmp_path):
-    run = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val")["run_dir"]
+    run = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")["run_dir"]
     before = {p.name: p.read_bytes() for p in run.glob("*.pth.tar")}
     with pytest.raises(FileNotFoundError, match="missing.npy does not exist"):
-        train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "2", "--no-val", "-m", "ts",
+        train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-m", "ts",
               "--feat-path", str(tmp_path / "missing.npy"))
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((512, 7), dtype=np.float32))
     with pytest.raises(ValueError, match="wrong.npy has shape \\(512, 7\\), expected D x 128"):
-        train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "2", "--no-val", "-m", "ts", "--feat-path", str(wrong))
+        train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-m", "ts", "--feat-path", str(wrong))
     assert {p.name: p.read_bytes() for p in run.glob("*.pth.tar")} == before
 
 

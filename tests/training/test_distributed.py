@@ -149,7 +149,7 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_ends(synth_roo
 
 
 def test_a_hung_rank_stops_the_job_after_the_timeout(synth_root, tmp_path):
-    child = launch(synth_root, tmp_path, "--epochs", "50", "--dist-timeout", "5", wait=False)
+    child = launch(synth_root, tmp_path, "--epochs", "50", "--dist-timeout", "5", "-a", "squeezenet1_1", wait=False)
     folder = tmp_path / run_folder_name(tmp_path, child)
     _wait_for(folder / "model_epoch1.pth.tar", child)
     first, hung = _workers(child.pid)

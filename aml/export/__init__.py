@@ -40,6 +40,10 @@ class DeployedStudent(nn.Module):
         self.whitened = whitening is not None
         if whitening is not None:
             m, P = whitening
+            dim = net.meta["outputdim"]
+            if np.asarray(P).shape != (dim, dim) or np.asarray(m).size != dim:
+                raise ExportError(f"the whitening is for {np.asarray(P).shape[-1]}-d descriptors but the student "
+                                  f"outputs {dim}-d ones; use the whitening of its teacher's store")
             self.register_buffer("m", torch.as_tensor(np.asarray(m, dtype=np.float32).reshape(1, -1)))
             self.register_buffer("P", torch.as_tensor(np.asarray(P, dtype=np.float32)))
         self.eval()  # the wrapper too: exporters restore its mode, and train() would reach the network

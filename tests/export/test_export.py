@@ -92,3 +92,9 @@ def test_an_export_leaves_the_network_in_eval_mode(tmp_path):
     with torch.no_grad():
         after = model(image)
     assert not net.training and torch.allclose(before, after, atol=1e-6)
+
+
+def test_a_whitening_of_another_dimension_is_refused():
+    net = build_network("resnet18", pretrained=False)  # 512-d
+    with pytest.raises(ExportError, match="the whitening is for 256-d descriptors but the student outputs 512-d"):
+        DeployedStudent(net, (np.zeros((256, 1)), np.eye(256)))

@@ -53,3 +53,10 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         report.sections.append(("CPU kernels", f"ATen {torch.backends.cpu.get_cpu_capability()}, ONEDNN_MAX_CPU_ISA="
                                                f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'default')}"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with `learning` or `kernels` tests (the long ones: training runs, torchrun jobs)
+    first, so that pytest-xdist starts them early and the short files fill in around them."""
+    long_files = {item.path for item in items if item.get_closest_marker("learning") or item.get_closest_marker("kernels")}
+    items.sort(key=lambda item: item.path not in long_files)

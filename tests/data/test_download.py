@@ -123,13 +123,18 @@ def test_no_network_gives_manual_instructions(tmp_path):
         download_file("http://127.0.0.1:9/ims.tar.gz", tmp_path / "ims.tar.gz", retries=2, progress=False)
 
 
-def make_tar(members):
+def make_tar(members, links=None):
+    """A .tgz of ``members`` (name -> bytes) and symbolic ``links`` (name -> target)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
     return buffer.getvalue()
 
 
@@ -302,20 +307,6 @@ def test_an_endless_body_is_cut_at_the_limit_and_deleted(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def make_tar_with_link(files, links):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in links.items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-    return buffer.getvalue()
-
-
 def test_flattening_refuses_two_files_of_one_name_and_keeps_copies_once(tmp_path):
     first, second = tmp_path / "paris_1.tgz", tmp_path / "paris_2.tgz"
     first.write_bytes(make_tar({"paris/defense/x.jpg": b"one", "paris/defense/same.jpg": b"s"}))
@@ -331,12 +322,12 @@ def test_flattening_refuses_two_files_of_one_name_and_keeps_copies_once(tmp_path
 
 def test_flattened_links_become_copies_and_links_that_would_leave_are_refused(tmp_path):
     archive = tmp_path / "nested.tgz"
-    archive.write_bytes(make_tar_with_link({"set/a/x.jpg": b"x"}, {"set/a/b/c/link.jpg": "../../x.jpg"}))
+    archive.write_bytes(make_tar({"set/a/x.jpg": b"x"}, {"set/a/b/c/link.jpg": "../../x.jpg"}))
     extract_archive(archive, tmp_path / "jpg", flatten=True)
     link = tmp_path / "jpg" / "link.jpg"
     assert not link.is_symlink() and link.read_bytes() == b"x"
     deep = "d/" * 8 + "link.jpg"  # inside the folder as unpacked, /etc/passwd once flattened
-    archive.write_bytes(make_tar_with_link({"set/a/x.jpg": b"x"}, {deep: "../" * 8 + "etc/passwd"}))
+    archive.write_bytes(make_tar({"set/a/x.jpg": b"x"}, {deep: "../" * 8 + "etc/passwd"}))
     with pytest.raises(DownloadError, match=r"refusing archive link d/d/d/d/d/d/d/d/link.jpg in .*nested.tgz: it points "
                                             r"to (\.\./){8}etc/passwd, not to a file of the archive"):
         extract_archive(archive, tmp_path / "other", flatten=True)

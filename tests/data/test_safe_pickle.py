@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from aml.data.safe_pickle import UnsafePickleError, load_pickle, save_pickle
+from aml.data.safe_pickle import MAX_ELEMENTS, UnsafePickleError, load_pickle, save_pickle
 
 
 def test_plain_data_and_numpy_round_trip(tmp_path):
@@ -30,4 +30,45 @@ def test_truncated_pickle_is_named(tmp_path):
     path = tmp_path / "db.pkl"
     path.write_bytes(pickle.dumps({"cids": list(range(100))})[:20])
     with pytest.raises(pickle.UnpicklingError, match="db.pkl is truncated"):
+        load_pickle(path)
+
+
+class _Reduces:
+    """Pickles as ``function(*args)``, as a crafted file would."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+@pytest.mark.parametrize("bomb", [
+    _Reduces(list, range(10 ** 8)),  # 61 bytes that would take 5 GB
+    _Reduces(bytes, 10 ** 10),
+    _Reduces(bytearray, MAX_ELEMENTS + 1),
+], ids=["list-of-range", "bytes", "bytearray"])
+def test_small_pickles_that_ask_for_gigabytes_are_refused(tmp_path, bomb):
+    path = tmp_path / "gnd_bomb.pkl"
+    path.write_bytes(pickle.dumps({"gnd": bomb}, protocol=4))
+    assert path.stat().st_size < 100
+    with pytest.raises(UnsafePickleError, match="gnd_bomb.pkl: refusing"):
+        load_pickle(path)
+
+
+def test_a_numpy_array_of_a_crafted_shape_is_refused(tmp_path):
+    from numpy._core.multiarray import _reconstruct
+    path = tmp_path / "db.pkl"
+    path.write_bytes(pickle.dumps(_Reduces(_reconstruct, np.ndarray, (1 << 20, 1 << 20), b"b"), protocol=4))
+    with pytest.raises(UnsafePickleError, match=r"db.pkl: refusing numpy.*_reconstruct of 1,099,511,627,776 items"):
+        load_pickle(path)
+    big = np.zeros(1000, dtype=np.float64)  # a real array well under the bound still loads
+    save_pickle({"x": big}, tmp_path / "ok.pkl")
+    assert np.array_equal(load_pickle(tmp_path / "ok.pkl")["x"], big)
+
+
+def test_a_foreign_structure_is_named_not_a_traceback(tmp_path):
+    path = tmp_path / "gnd_odd.pkl"
+    path.write_bytes(pickle.dumps(_Reduces(dict, 5), protocol=4))  # dict(5): a TypeError inside the load
+    with pytest.raises(pickle.UnpicklingError, match="gnd_odd.pkl is truncated or not a dataset pickle"):
         load_pickle(path)

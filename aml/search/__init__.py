@@ -31,6 +31,9 @@ DESCRIPTORS = "descriptors.npy"
 WHITENING = "whitening.pth"
 INDEX = "index.faiss"
 PQ_CODES = 256  # centroids of each 8-bit sub-quantiser: the fewest training vectors faiss accepts
+REBUILD = "python -m aml.search index"
+#: what build_store records, and query_store and check_teacher read
+STORE_SETTINGS = ("network", "source", "fingerprint", "image_size", "scales", "dim")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -75,7 +78,7 @@ class Store:
         faiss = faiss_or_none()
         index_file = self.folder / INDEX
         if faiss is not None and index_file.is_file():
-            index = faiss.read_index(str(index_file))
+            index = _read_index(index_file, faiss)
             if (index.ntotal, index.d) != self.vecs.shape[::-1]:
                 raise StoreError(f"{index_file} indexes {index.ntotal} vectors of {index.d} dimensions but the store "
                                  f"holds {self.vecs.shape[1]} of {self.vecs.shape[0]}: it belongs to another store; "
@@ -114,6 +117,30 @@ def build_store(teacher: ImageRetrievalNet, teacher_name: str, teacher_source: s
     return folder
 
 
+def _load_descriptors(folder: Path, settings: Dict[str, Any]) -> np.ndarray:
+    """The store's D x N descriptors, checked against its settings (a damaged or edited
+    file is named, with the fix)."""
+    path = folder / DESCRIPTORS
+    try:
+        vecs = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise StoreError(f"cannot read {path} ({err}): the store is damaged; index it again ({REBUILD})") from None
+    if vecs.ndim != 2 or vecs.dtype.kind != "f" or vecs.shape[0] != settings.get("dim"):
+        raise StoreError(f"{path} holds a {vecs.dtype} array of shape {vecs.shape}, not {settings.get('dim')}-d float "
+                         f"descriptors as its settings say: the store is damaged; index it again ({REBUILD})")
+    if not np.isfinite(vecs).all():
+        raise StoreError(f"{path} holds NaN or infinite values: the store is damaged; index it again ({REBUILD})")
+    return vecs
+
+
+def _read_index(index_file: Path, faiss: Any) -> Any:
+    try:
+        return faiss.read_index(str(index_file))
+    except RuntimeError as err:
+        raise StoreError(f"cannot read {index_file} ({str(err).splitlines()[0]}): it is damaged; delete it or rebuild it "
+                         "with: python -m aml.search index --ivfpq") from None
+
+
 def open_store(folder: PathLike) -> Store:
     """Load a store; a StoreError names what is missing."""
     folder = Path(folder)
@@ -121,13 +148,27 @@ def open_store(folder: PathLike) -> Store:
     if settings is None:
         raise StoreError(f"{folder} is not a complete store (no {DESCRIPTORS} with matching settings); build it "
                          "with: python -m aml.search index")
-    vecs = np.load(folder / DESCRIPTORS, allow_pickle=False)
-    images = (folder / "descriptors_img_list.txt").read_text().splitlines()
+    missing = sorted(set(STORE_SETTINGS) - set(settings))
+    if missing:
+        raise StoreError(f"the settings of {folder / DESCRIPTORS} lack {', '.join(missing)}: it is not a store made by "
+                         f"aml.search or was edited; index it again ({REBUILD})")
+    vecs = _load_descriptors(folder, settings)
+    images = (folder / "descriptors_img_list.txt").read_text(errors="surrogateescape").splitlines()
+    if len(images) != vecs.shape[1]:
+        raise StoreError(f"{folder / DESCRIPTORS} holds {vecs.shape[1]} descriptors but its image list {len(images)} "
+                         f"images: the store is damaged; index it again ({REBUILD})")
     whitening = None
     if (folder / WHITENING).is_file():
         data = load_plain_file(folder / WHITENING)
-        whitening = (np.asarray(data["m"]), np.asarray(data["P"]))
-        if whitening[1].shape != (vecs.shape[0], vecs.shape[0]):
+        try:
+            whitening = (np.asarray(data["m"]), np.asarray(data["P"]))
+        except (TypeError, KeyError, IndexError, ValueError) as err:
+            raise StoreError(f"{folder / WHITENING} is not a whitening (m, P): {type(err).__name__} {err}; delete it "
+                             f"or index again ({REBUILD})") from None
+        if whitening[1].ndim != 2 or {w.dtype.kind for w in whitening} != {"f"}:
+            raise StoreError(f"{folder / WHITENING} is not a whitening (m, P of floats); delete it or index again "
+                             f"({REBUILD})")
+        if whitening[1].shape != (vecs.shape[0], vecs.shape[0]) or whitening[0].size != vecs.shape[0]:
             raise StoreError(f"{folder / WHITENING} whitens {whitening[1].shape[1]}-d descriptors but the store holds "
                              f"{vecs.shape[0]}-d ones: it belongs to another store; delete it or index again")
         vecs = whitenapply(vecs, *whitening)

@@ -1,6 +1,8 @@
 """python -m aml.search: a teacher-encoded store queried with a student."""
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from aml.data.safe_pickle import load_pickle
 from aml.descriptors import describe_images, write_feature_file
 from aml.evaluation.search import rank_database
 from aml.networks import build_network
-from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
+from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, load_network, save_checkpoint
 from aml.search import Store, StoreError, build_ivfpq, open_store
 from aml.utils.plain_files import save_plain_file
 
@@ -183,12 +185,64 @@ def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, 
 
 def test_an_index_or_whitening_of_another_store_is_refused(tmp_path):
     vecs = np.random.default_rng(0).standard_normal((8, 300)).astype(np.float32)
-    write_feature_file(vecs, [f"{i}.jpg" for i in range(300)], tmp_path / "descriptors.npy", {"dim": 8})
+    settings = {"network": "t", "source": "t.pth", "fingerprint": "0", "image_size": 64, "scales": [1.0], "dim": 8}
+    write_feature_file(vecs, [f"{i}.jpg" for i in range(300)], tmp_path / "descriptors.npy", settings)
     save_plain_file({"m": np.zeros((4, 1)), "P": np.eye(4)}, tmp_path / "whitening.pth")
     with pytest.raises(StoreError, match=r"whitening.pth whitens 4-d descriptors but the store holds 8-d"):
         open_store(tmp_path)
     (tmp_path / "whitening.pth").unlink()
-    other = Store(tmp_path, np.tile(vecs, 2), [f"{i}.jpg" for i in range(600)], {"dim": 8})
+    other = Store(tmp_path, np.tile(vecs, 2), [f"{i}.jpg" for i in range(600)], settings)
     build_ivfpq(other, nlist=2, m=2, sample=10)
     with pytest.raises(StoreError, match=r"index.faiss indexes 600 vectors of 8 dimensions but the store holds 300"):
         open_store(tmp_path).search(vecs[:, :1], 3)
+
+
+def _edit_settings(folder: Path, **changes):
+    sidecar = folder / "descriptors.npy.json"
+    settings = json.loads(sidecar.read_text())
+    settings.update(changes)
+    sidecar.write_text(json.dumps({k: v for k, v in settings.items() if v is not None}))
+
+
+def _shorter_image_list(folder: Path):
+    listing = folder / "descriptors_img_list.txt"
+    text = "\n".join(listing.read_text().splitlines()[:-1])
+    listing.write_text(text)
+    _edit_settings(folder, images_sha1=hashlib.sha1(text.encode()).hexdigest())  # edited, not interrupted
+
+
+def _nan_descriptor(folder: Path):
+    vecs = np.load(folder / "descriptors.npy")
+    vecs[0, 3] = np.nan
+    np.save(folder / "descriptors.npy", vecs)
+
+
+def _garbage(name: str):
+    return lambda folder: (folder / name).write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+TAMPERING = {
+    "npy-header": (lambda f: (f / "descriptors.npy").write_bytes(b"\0" * (f / "descriptors.npy").stat().st_size),
+                   r"cannot read .*descriptors.npy"),
+    "nan": (_nan_descriptor, r"descriptors.npy holds NaN"),
+    "image-list": (_shorter_image_list, r"holds \d+ descriptors but its image list \d+ images"),
+    "dim": (lambda f: _edit_settings(f, dim=7), r"not 7-d float descriptors as its settings say"),
+    "settings": (lambda f: _edit_settings(f, fingerprint=None), r"settings of .*descriptors.npy lack fingerprint"),
+    "index": (_garbage("index.faiss"), r"cannot read .*index.faiss"),
+    "whitening": (_garbage("whitening.pth"), r"cannot read .*whitening.pth"),
+    "whitening-1d": (lambda f: save_plain_file({"m": np.zeros(512), "P": np.zeros(512)}, f / "whitening.pth"),
+                     r"whitening.pth is not a whitening"),
+}
+
+
+@pytest.mark.parametrize("tamper", list(TAMPERING))
+def test_a_damaged_or_edited_store_is_named_with_the_fix(store, tmp_path, tamper):
+    """What an AssertionError, IndexError or faiss RuntimeError was: one StoreError or
+    CheckpointError (one line from the command) naming the file and how to rebuild it."""
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    edit, message = TAMPERING[tamper]
+    edit(copy)
+    with pytest.raises((StoreError, CheckpointError), match=message):
+        opened = open_store(copy)
+        opened.search(opened.vecs[:, :2], 3)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from aml.data.images import BBox, load_image
+from aml.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ class Ranking:
     indices: Sequence[int]
     scores: Sequence[float]
     ap: Optional[float]
+
+
+def shown_name(path: str) -> str:
+    """An image's file name without its extension, as text: bytes that are not UTF-8 (a
+    Linux file name is bytes; Python keeps them as surrogates) become U+FFFD."""
+    return Path(path).stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def label_of(entry: Dict, index: int) -> str:
@@ -139,22 +146,22 @@ def write_report(folder: Path, dataset: str, gnd: Sequence[Dict], images: Sequen
                     db_thumbs[index] = _thumbnail(images[index])
                     db_thumbs[index].save(folder / f"thumbs/db{index:06d}.jpg", quality=90)
         png = f"q{q:03d}.png"
-        query_png(query_thumb, Path(queries[q]).stem, query_rankings, gnd[q], db_thumbs, folder / png)
+        query_png(query_thumb, shown_name(queries[q]), query_rankings, gnd[q], db_thumbs, folder / png)
         rows = []
         for ranking in query_rankings:
             figures = [_figure(query_file, "query", "query")]
             figures += [_figure(f"thumbs/db{int(i):06d}.jpg", label_of(gnd[q], int(i)),
-                                f"#{k} {s:.3f} {label_of(gnd[q], int(i))}", Path(images[int(i)]).stem)
+                                f"#{k} {s:.3f} {label_of(gnd[q], int(i))}", shown_name(images[int(i)]))
                         for k, (i, s) in enumerate(zip(ranking.indices, ranking.scores), start=1)]
             rows.append(f'<div class="row"><span class="name">{html.escape(ranking.name)}<br>'
                         f"{_ap_text(ranking.ap)}</span>{''.join(figures)}</div>")
-        sections.append(f'<section id="q{q:03d}"><h3>query {q}: {html.escape(Path(queries[q]).stem)} '
+        sections.append(f'<section id="q{q:03d}"><h3>query {q}: {html.escape(shown_name(queries[q]))} '
                         f'(<a href="{png}">png</a>)</h3>{"".join(rows)}</section>')
     legend = " ".join(f'<span style="color:rgb{c}">&#9632; {label}</span>' for label, c in LABEL_COLOURS.items())
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(dataset)} ranking report</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(dataset)}</h1><p>{html.escape(summary)}</p>"
             f"<p>{legend}</p>{''.join(sections)}</body></html>\n")
     out = folder / "index.html"
-    out.write_text(page)
+    atomic_write(out, lambda handle: handle.write(page.encode("utf-8", "replace")))  # whole or not at all
     log.debug(">> %s: ranking report written to %s", dataset, out)
     return out

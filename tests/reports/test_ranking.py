@@ -1,5 +1,6 @@
 """test.py --report: an offline HTML page and a PNG per query whose frames tell the truth."""
 
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from aml.cli import test as test_cli
 from aml.data.safe_pickle import load_pickle
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
-from aml.reports.ranking import FRAME, LABEL_COLOURS, tile_origin
+from aml.reports.ranking import FRAME, LABEL_COLOURS, Ranking, tile_origin, write_report
 
 
 class Page(HTMLParser):
@@ -90,3 +91,27 @@ def test_report_shows_each_ranking_ap(report):
     text = report.read_text()
     assert text.count("student s") == 30 and text.count("teacher t") == 30 and "AP " in text
     assert "asymmetric: queries by s, database by t; mAP E: " in text  # the summary on top
+
+
+@pytest.mark.parametrize("stem", [os.fsdecode(b"caf\xe9"), "东京塔", "a\u0301b"], ids=["not-utf8", "cjk", "combining"])
+def test_image_names_that_are_not_utf8_or_not_latin1_make_a_whole_report(tmp_path, stem):
+    """File names are bytes on Linux: one that is not UTF-8 (decoded with surrogates) used to
+    raise while index.html was being written, leaving it empty; the PNG's font must not fail
+    on other scripts."""
+    names = []
+    for i in range(3):
+        path = tmp_path / "jpg" / f"{stem}{i}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (40, 30), (40 * i, 80, 120)).save(path)
+        names.append(str(path))
+    gnd = [{"easy": [1], "hard": [], "junk": [2]}]
+    out = write_report(tmp_path / "report", "mine", gnd, names, names[:1], [None],
+                       [[Ranking("aml", [1, 2, 0], [0.9, 0.5, 0.1], 1.0)]], summary=f"{stem} summary")
+    text = out.read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    page = Page()
+    page.feed(text)
+    assert [label for label, _ in page.sections[0]["rows"][0]] == ["query", "easy", "junk", "negative"]
+    shown = stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    assert f"{shown}1" in text and "\ufffd" in text if "\udce9" in stem else f"{stem}1" in text
+    Image.open(out.parent / "q000.png").verify()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["index.html", "q000.png", "thumbs"]

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
-from tqdm import tqdm
 
 from aml.utils.atomic import atomic_write, publish_folder, staging_folder
+from aml.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,8 @@ def _transfer(url: str, partial: Path, limits: _Limits, progress: bool) -> _Rece
         record = {"url": url, "etag": response.headers.get("ETag"),
                   "last_modified": response.headers.get("Last-Modified"), "total": total}
         _write_json(_part_record(partial), record)
-        with open(partial, "ab" if resumed else "wb") as out, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=partial.name[:-5], disable=not progress
+        with open(partial, "ab" if resumed else "wb") as out, progress_bar(
+            total=total, initial=have, unit="B", unit_scale=True, desc=partial.name[:-5], enabled=progress
         ) as bar:
             try:
                 _copy_body(response, out, have, total, limits, bar)
@@ -320,7 +320,7 @@ def _unpack(archive: Path, folder: Path, flatten: bool, progress: bool) -> None:
             members = tar.getmembers()
             for member in members:
                 _check_member(member, scratch)
-            for member in tqdm(members, desc=f"unpacking {archive.name}", unit="file", disable=not progress,
+            for member in progress_bar(members, desc=f"unpacking {archive.name}", unit="file", enabled=progress,
                                leave=False):
                 tar.extract(member, scratch, filter="data")
     except (tarfile.TarError, EOFError, zlib.error) as err:

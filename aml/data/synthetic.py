@@ -29,6 +29,7 @@ from tqdm import tqdm
 from aml.data.safe_pickle import save_pickle
 from aml.data.trainsets import cid2filename
 from aml.utils.atomic import publish_folder, staging_folder
+from aml.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -218,7 +219,7 @@ def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: Syn
     rng = np.random.default_rng(config.seed)
     scenes = _landmarks(config.seed + 1000, config.train_landmarks + config.val_landmarks, STYLES["sfm"])
     total = (config.train_landmarks + config.val_landmarks) * config.views
-    with tqdm(total=total, desc=f"generating {name}", unit="img", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc=f"generating {name}", unit="img", enabled=progress, leave=False) as bar:
         train = _split(rng, scenes[:config.train_landmarks], 0, config, staging / "ims", name, bar)
         val = _split(rng, scenes[config.train_landmarks:], config.train_landmarks, config, staging / "ims", name, bar)
     save_pickle({"train": train, "val": val}, staging / f"{name}.pkl")
@@ -266,7 +267,7 @@ def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: S
     groups: List[Dict[str, List[int]]] = []
     total = (config.landmarks * (config.easy + config.hard + config.junk + config.queries_per_landmark)
              + config.distractor_landmarks * config.distractor_views)
-    bar = tqdm(total=total, desc=f"generating {name}", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=f"generating {name}", unit="img", enabled=progress, leave=False)
 
     def add(image: Image.Image) -> int:
         imlist.append(f"{name}_{len(imlist):05d}")
@@ -330,7 +331,7 @@ def generate_distractor_set(data_root: PathLike, name: str = "synth-1m",
     staging = staging_folder(folder)
     styles = list(STYLES.values())
     listing: List[str] = []
-    for i in tqdm(range(config.images), desc=f"generating {name}", unit="img", disable=not progress, leave=False):
+    for i in progress_bar(range(config.images), desc=f"generating {name}", unit="img", enabled=progress, leave=False):
         if i % config.views_per_landmark == 0:
             scene = draw_landmark(rng, styles[(i // config.views_per_landmark) % len(styles)])
         listing.append(f"{i // 1000:04d}/{name}_{i:07d}.jpg")

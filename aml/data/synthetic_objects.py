@@ -20,7 +20,8 @@ from typing import List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
+
+from aml.utils.progress import progress_bar
 
 PARTS = ("star", "ring", "cross", "arc", "zigzag", "dots")
 TEXTURES = ("solid", "speckle", "bands", "two-tone")
@@ -175,6 +176,6 @@ def generate_objects(config: ObjectConfig = ObjectConfig(), progress: bool = Fal
     classes = [_draw_class(rng) for _ in range(config.classes)]
     images = np.empty((config.classes * config.per_class, config.size, config.size, 3), np.uint8)
     labels = np.repeat(np.arange(config.classes, dtype=np.int64), config.per_class)
-    for index in tqdm(range(len(images)), desc="generating objects", unit="img", disable=not progress, leave=False):
+    for index in progress_bar(range(len(images)), desc="generating objects", unit="img", enabled=progress, leave=False):
         images[index] = np.asarray(render_object(classes[labels[index]], rng, config.size))
     return images, labels

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from aml.data.encoded_images import EncodedImagesFromList, ImagePayload, decode_batch
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
 from aml.networks.inference import inference_copy
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
+from aml.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], ima
     largest = o.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
     columns = _Columns(len(dataset), lag=2 if o.device.type == "cuda" else 0)
     try:
-        with torch.inference_mode(), autocast, tqdm(total=len(dataset), disable=not o.progress, unit="img",
+        with torch.inference_mode(), autocast, progress_bar(total=len(dataset), enabled=o.progress, unit="img",
                                                      desc=o.desc, leave=False) as bar:
             for items, indices in _batches(iter(loader), o.limit, o.decoding.shape, 4 * largest, bad):
                 failed: Optional[List[int]] = [] if bad is not None else None

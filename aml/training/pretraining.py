@@ -24,13 +24,13 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from aml.data.paths import data_subdir
 from aml.data.synthetic_objects import ObjectConfig, generate_objects
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from aml.utils.atomic import atomic_write
+from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator
 from aml.training.optim import can_fuse
 
@@ -130,7 +130,7 @@ def pretrain_trunk(arch: str, config: PretrainConfig = PretrainConfig(), device:
     steps = config.epochs * (len(train_idx) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps, pct_start=0.15)
     loss = torch.tensor(float("nan"))
-    with tqdm(total=steps, desc=f"pretraining {arch} on synthetic objects", unit="batch", disable=not progress,
+    with progress_bar(total=steps, desc=f"pretraining {arch} on synthetic objects", unit="batch", enabled=progress,
               leave=False) as bar:
         for epoch in range(config.epochs):
             model.train()

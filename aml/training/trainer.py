@@ -19,7 +19,6 @@ import torch.distributed.nn.functional as distributed_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import effective_workers, extract_vectors
@@ -33,6 +32,7 @@ from aml.reports.curves import TrainingHistory
 from aml.training.run_folder import RunLog, latest_checkpoint
 from aml.utils.atomic import remove_orphan_temporaries
 from aml.utils.distributed import World, barrier, concat_lists, gather_objects, shard_range
+from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator as seeded_generator
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ class Trainer:
         self.optimizer.zero_grad()
         losses: List[float] = []
         start = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", disable=not s.progress, leave=False)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=s.progress, leave=False)
         for i, batch in enumerate(bar):
             try:
                 losses += self.batch_losses(with_teacher(batch, self.train_split.teacher), backward=True,
@@ -339,7 +339,7 @@ class Trainer:
         loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
         self.net.eval()
         losses: List[float] = []
-        for batch in tqdm(loader, desc=f"validation {epoch + 1}", unit="batch", disable=not self.settings.progress,
+        for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.settings.progress,
                           leave=False):
             losses += self.batch_losses(with_teacher(batch, split.teacher), backward=False)
         value = float(np.mean(losses)) if losses else float("nan")

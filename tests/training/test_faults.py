@@ -254,5 +254,8 @@ def test_training_shows_progress_bars_unless_quiet(synth_root, tmp_path, capsys)
     train_cli.main(argv + ["--epochs", "1"])
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "batch" in err and "validation 1" in err and "extracting" in err
+    # stderr is not a terminal here: whole lines, not a bar redrawn in place with carriage returns
+    assert "\r" not in err and "\x1b[" not in err
+    assert any(line.startswith("epoch 1/1: 100%") for line in err.splitlines()), err
     train_cli.main(argv + ["--epochs", "1", "-q", "-c", "_quiet"])
     assert "epoch 1/1" not in capsys.readouterr().err

@@ -60,3 +60,23 @@ def pytest_collection_modifyitems(config, items):
     first, so that pytest-xdist starts them early and the short files fill in around them."""
     long_files = {item.path for item in items if item.get_closest_marker("learning") or item.get_closest_marker("kernels")}
     items.sort(key=lambda item: item.path not in long_files)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(folder)``: from then on, a file written (fsynced) under ``folder`` fails as
+    on a full disk (ENOSPC), as the kernel reports a delayed allocation that finds no space."""
+    import errno
+    from pathlib import Path
+
+    real_fsync = os.fsync
+
+    def fill(folder):
+        folder = Path(folder).resolve()
+
+        def fsync(fd):
+            if Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(folder):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_fsync(fd)
+        monkeypatch.setattr(os, "fsync", fsync)
+    return fill

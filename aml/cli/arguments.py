@@ -176,7 +176,7 @@ def run_cli(main) -> None:
     from aml.data.images import ImageLoadError
     from aml.networks.checkpoint import CheckpointError
     from aml.training.trainer import TrainingDiverged
-    from aml.utils.atomic import FolderInUse
+    from aml.utils.atomic import DiskFull, FolderInUse, is_disk_full
     from aml.utils.cpu import enlarge_kernel_cache
 
     enlarge_kernel_cache()
@@ -185,10 +185,13 @@ def run_cli(main) -> None:
         main()
         shutdown()
     except (DownloadError, CheckpointError, ImageLoadError, FileNotFoundError, NotADirectoryError, ValueError,
-            pickle.UnpicklingError, TrainingDiverged, FolderInUse) as err:
+            pickle.UnpicklingError, TrainingDiverged, FolderInUse, DiskFull) as err:
         sys.exit(f"error: {err}")
-    except RuntimeError as err:
-        if not is_peer_failure(err):
+    except (OSError, RuntimeError) as err:
+        if is_disk_full(err):
+            sys.exit(f"error: no space left on the device ({str(err).splitlines()[0]}): free space and run again; "
+                     "checkpoints and files already written are complete")
+        if not isinstance(err, RuntimeError) or not is_peer_failure(err):
             raise
         sys.exit("error: another process of this torchrun job did not answer in time (--dist-timeout) or went away: "
                  f"it died or hangs; checkpoints already written are complete ({str(err).splitlines()[0]})")

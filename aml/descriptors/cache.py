@@ -14,7 +14,7 @@ import numpy as np
 
 from aml.descriptors.extraction import describe_images, options_pixel_path
 from aml.descriptors.fingerprint import network_fingerprint
-from aml.utils.atomic import atomic_write
+from aml.utils.atomic import atomic_write, optional_write
 from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,9 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
         log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
     vecs = describe_images(net, images, image_size, scales, msp, skipped=skipped, **options)
     if not skipped and current_world().is_main:
-        atomic_write(path, lambda out: np.save(out, vecs.astype(np.float32)))
-        evict(Path(cache_dir), tag, keep)
+        with optional_write(f"{tag}: the descriptor cache"):
+            atomic_write(path, lambda out: np.save(out, vecs.astype(np.float32)))
+            evict(Path(cache_dir), tag, keep)
     return vecs
 
 

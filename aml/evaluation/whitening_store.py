@@ -23,6 +23,7 @@ from aml.descriptors.cache import descriptor_key
 from aml.evaluation.whitening import whitenlearn
 from aml.networks.pretrained import PRETRAINED
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
+from aml.utils.atomic import optional_write
 from aml.utils.distributed import current_world
 from aml.utils.plain_files import load_plain_file, save_plain_file
 
@@ -106,6 +107,7 @@ def get_whitening(encoder: Encoder, whitening_set: str, settings, published: boo
         return found
     m, P = learn_whitening(encoder, whitening_set, settings)
     if cache is not None and current_world().is_main:
-        save_plain_file({"m": m, "P": P, "key": key}, cache)
-        log.info(">> %s: Saving to %s...", whitening_set, cache)
+        with optional_write(f"{whitening_set}: the whitening cache"):
+            save_plain_file({"m": m, "P": P, "key": key}, cache)
+            log.info(">> %s: Saving to %s...", whitening_set, cache)
     return m, P

@@ -3,12 +3,34 @@ through it, so an interrupted write never leaves a half-written file in place; a
 folders, so that a data set appears whole or not at all, even when two processes build it."""
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Union
+from typing import BinaryIO, Callable, Iterator, Optional, Union
+
+log = logging.getLogger(__name__)
+#: errno values of a full disk and of an exhausted quota
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(Exception):
+    """A write failed because the disk (or the user's quota) is full."""
+
+
+def is_disk_full(err: Optional[BaseException]) -> bool:
+    """Whether ``err``, or an error it was raised from or during, is a full disk (torch.save
+    reports one as a RuntimeError raised while handling the OSError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _process_umask() -> int:
@@ -28,10 +50,19 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> P
     """Call ``write(handle)`` on a temporary file next to ``path``, fsync it, then rename it
     onto ``path``; on any error (or interrupt) the temporary file is removed and an existing
     ``path`` is left untouched. The file gets the permissions of any new file (0666 less the
-    umask), not the 0600 of a temporary file."""
+    umask), not the 0600 of a temporary file.
+
+    Raises:
+        DiskFull: naming ``path``, when the disk or the quota is full.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(f"no space left on the device for {path}: free space and run again") from err
+        raise
     try:
         os.fchmod(handle, 0o666 & ~_process_umask())
         with os.fdopen(handle, "wb") as out:
@@ -39,11 +70,23 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> P
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if is_disk_full(err) and not isinstance(err, DiskFull):
+            raise DiskFull(f"no space left on the device for {path} (nothing of it was kept; files written before "
+                           "are complete): free space and run again") from err
         raise
     return path
+
+
+@contextlib.contextmanager
+def optional_write(what: str) -> Iterator[None]:
+    """For writes a run can do without (caches): a full disk logs a warning and the run goes on."""
+    try:
+        yield
+    except DiskFull as err:
+        log.warning(">> %s not written, the results are not affected: %s", what, err)
 
 
 def remove_orphan_temporaries(folder: Union[str, Path]) -> list:

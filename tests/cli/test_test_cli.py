@@ -84,6 +84,16 @@ def test_whitening_is_learned_changes_numbers_and_is_cached(checkpoint, synth_ro
     assert medium(second, "whiten") == pytest.approx(medium(first, "whiten"))
 
 
+def test_a_full_disk_skips_the_whitening_cache_and_the_results_stand(checkpoint, synth_root, tmp_path, full_disk,
+                                                                       capsys):
+    local = shutil.copy(checkpoint, tmp_path / "net.pth.tar")
+    full_disk(tmp_path)  # where the whitening cache goes: beside the checkpoint
+    results = run(["-npath", str(local), "-w", "synth-sfm"], synth_root)
+    assert medium(results, "whiten") != pytest.approx(medium(results, "plain"), abs=1e-4)
+    assert "the whitening cache not written" in "".join(capsys.readouterr())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pth.tar"]
+
+
 def test_whitening_cache_follows_the_weights_and_the_scales(checkpoint, synth_root, tmp_path, monkeypatch):
     local = tmp_path / "net.pth.tar"
     shutil.copy(checkpoint, local)
@@ -183,6 +193,19 @@ def test_extract_features_writes_columns_in_db_order(checkpoint, synth_root):
     assert paths[1].name == "synth-sfm-val_resnet18-gem_imsize64.npy"
     listing = paths[0].with_name("synth-sfm_resnet18-gem_imsize64_img_list.txt").read_text().splitlines()
     assert len(listing) == 128 and np.linalg.norm(train, axis=0) == pytest.approx(np.ones(128), abs=1e-4)
+
+
+def test_a_full_disk_ends_extract_features_in_one_line(checkpoint, synth_root, tmp_path, full_disk):
+    from aml.cli.arguments import run_cli
+
+    root = tmp_path / "root"
+    shutil.copytree(synth_root / "train", root / "train")
+    full_disk(root)  # reads go on, every write fails
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: extract_cli.main(["-npath", str(checkpoint), "-d", "synth-sfm", "--split", "val", "-imsize",
+                                          "48", "-j", "0", "--device", "cpu", "--data-root", str(root), "-q"]))
+    assert str(info.value.code).startswith("error: no space left on the device for ")
+    assert not list(root.rglob("*.npy")) and not list(root.rglob(".*.tmp"))
 
 
 def test_extract_features_store_equals_the_npy_and_feeds_feat_path(checkpoint, synth_root, tmp_path):

@@ -146,3 +146,11 @@ def test_two_concurrent_runs_agree_and_leave_a_valid_cache(checkpoint, root, tmp
     assert len(caches) == 1 and caches[0].suffix == ".npy"  # no temporary file left behind
     assert np.load(caches[0]).shape[1] == len(load_pickle(root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl")["imlist"])
     assert run(checkpoint, root)["synth-oxford"]["plain"]["medium"]["map"] == first["synth-oxford"]["plain"]["medium"]["map"]
+
+
+def test_a_full_disk_skips_the_optional_caches_and_the_results_stand(checkpoint, root, full_disk, capsys):
+    first = run(checkpoint, root, "--no-cache")["synth-oxford"]["plain"]
+    full_disk(root / "features")
+    second = run(checkpoint, root)["synth-oxford"]["plain"]
+    assert second == first and "the descriptor cache not written" in "".join(capsys.readouterr())
+    assert not list((root / "features").rglob("*.npy")) and not list((root / "features").rglob(".*.tmp"))

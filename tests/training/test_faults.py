@@ -259,3 +259,15 @@ def test_training_shows_progress_bars_unless_quiet(synth_root, tmp_path, capsys)
     assert any(line.startswith("epoch 1/1: 100%") for line in err.splitlines()), err
     train_cli.main(argv + ["--epochs", "1", "-q", "-c", "_quiet"])
     assert "epoch 1/1" not in capsys.readouterr().err
+
+
+def test_a_full_disk_ends_training_in_one_line_and_keeps_the_checkpoints_written(synth_root, tmp_path, full_disk,
+                                                                                   monkeypatch):
+    from aml.cli.arguments import run_cli
+    run = train(synth_root, tmp_path, "--epochs", "1")["run_dir"]
+    full_disk(run)  # the disk fills up during epoch 2
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: train(synth_root, tmp_path, "--epochs", "2", "--resume", "latest"))
+    assert str(info.value.code).startswith("error: no space left on the device for ") and str(run) in str(info.value.code)
+    assert "model_epoch1.pth.tar" in checkpoints(run) and "model_epoch2.pth.tar" not in checkpoints(run)
+    assert load_checkpoint(run / "model_epoch1.pth.tar")["epoch"] == 1 and not list(run.glob(".*.tmp"))

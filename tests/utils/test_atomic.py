@@ -1,11 +1,14 @@
 """The atomic writer: files get the permissions the umask gives any new file."""
 
+import errno
+import io
 import os
 import stat
 
 import pytest
+import torch
 
-from aml.utils.atomic import atomic_write, publish_folder, staging_folder
+from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, optional_write, publish_folder, staging_folder
 
 
 @pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
@@ -32,3 +35,38 @@ def test_staging_folders_are_per_process_and_dead_ones_are_removed(tmp_path):
     third = staging_folder(folder)
     (third / "a.txt").write_text("third")
     assert publish_folder(third, folder, overwrite=True) and (folder / "a.txt").read_text() == "third"
+
+
+class _FillsUp(io.RawIOBase):
+    """A handle on a disk that fills up after ``room`` bytes."""
+
+    def __init__(self, out, room):
+        self.out, self.room = out, room
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.out.write(data)
+
+
+def test_a_full_disk_is_named_and_leaves_the_old_file_whole(tmp_path):
+    """torch.save reports a full disk as a RuntimeError raised while handling the OSError."""
+    path = tmp_path / "model_best.pth.tar"
+    atomic_write(path, lambda out: torch.save({"w": torch.ones(3)}, out))
+    with pytest.raises(DiskFull, match="no space left on the device for .*model_best.pth.tar") as info:
+        atomic_write(path, lambda out: torch.save({"w": torch.zeros(10000)}, _FillsUp(out, 2000)))
+    assert isinstance(info.value.__cause__, RuntimeError) and is_disk_full(info.value.__cause__)
+    assert torch.equal(torch.load(path)["w"], torch.ones(3)) and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_an_optional_write_on_a_full_disk_warns_and_goes_on(tmp_path, full_disk, caplog):
+    full_disk(tmp_path)
+    with optional_write("the cache"):
+        atomic_write(tmp_path / "cache.npy", lambda out: out.write(b"x"))
+    assert "the cache not written" in caplog.text and not list(tmp_path.iterdir())
+    with pytest.raises(DiskFull):
+        atomic_write(tmp_path / "needed.npy", lambda out: out.write(b"x"))

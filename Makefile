@@ -9,19 +9,27 @@ PY := $(VENV)/bin/python
 # worker, and so their module fixtures.
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 # The tests whose outcome depends on float rounding, under another machine's CPU kernels: few
-# and long, so spread one by one (the torchrun tests stay together: xdist_group).
-ROUNDING := $(PY) -m pytest -q -n 2 --dist loadgroup -m "learning or kernels"
-AVX2 := ATEN_CPU_CAPABILITY=avx2//env:ONEDNN_MAX_CPU_ISA=AVX2
-SSE41 := ATEN_CPU_CAPABILITY=default//env:ONEDNN_MAX_CPU_ISA=SSE41
+# and long, so spread one by one (the torchrun tests stay together: xdist_group), one thread
+# per worker.
+ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q --dist loadgroup -m "learning or kernels"
+AVX2_WORKERS ?= 2
+SSE41_WORKERS ?= 2
 
 .PHONY: install demo test test-other-isa test-avx2 test-sse41 bench clean-data
 
+# pip compiles every installed file (a minute for torch's CUDA build); instead, compile what
+# aml's commands and tests import, once, by importing it (also where PYTHONDONTWRITEBYTECODE
+# is set, which would otherwise make every process compile them again).
+PRECOMPILE := import importlib, pkgutil, aml; [importlib.import_module(m.name) for m in \
+	pkgutil.walk_packages(aml.__path__, "aml.") if not m.name.endswith("__main__")]; \
+	import torch.distributed.run, torch.onnx, onnx, onnxruntime, faiss, matplotlib.pyplot, timm, pytest, xdist
+
 $(VENV)/.installed: requirements.txt requirements-data.txt setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -r requirements-data.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-compile -r requirements.txt
+	$(PY) -m pip install -q --no-compile --no-deps -r requirements-data.txt
+	$(PY) -m pip install -q --no-compile --no-deps --no-build-isolation -e .
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -c '$(PRECOMPILE)'
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,15 +42,17 @@ test: install
 
 # A machine without AVX-512 (e.g. AMD EPYC): ATen's and oneDNN's AVX2 code.
 test-avx2: install
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(ROUNDING) tests
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(ROUNDING) -n $(AVX2_WORKERS) tests
 
 # An older machine: ATen's scalar kernels and oneDNN's SSE4.1 code.
 test-sse41: install
-	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(ROUNDING) tests
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(ROUNDING) -n $(SSE41_WORKERS) tests
 
-# Both at once: one pytest-xdist worker per kernel set, each running every such test.
+# Both at once (CI): the AVX2 set on one worker and the SSE4.1 set (ATen's scalar kernels, about
+# twice as slow) on two, so that the three share the 2 cores until the AVX2 set is done and
+# the SSE4.1 set then has both. Each set's output comes whole when it ends (make -O).
 test-other-isa: install
-	$(PY) -m pytest -q --dist each --tx "popen//env:$(AVX2)" --tx "popen//env:$(SSE41)" -m "learning or kernels" tests
+	$(MAKE) --no-print-directory -j2 -O test-avx2 test-sse41 AVX2_WORKERS=1
 
 bench: install
 	$(PY) benchmarks/extract.py

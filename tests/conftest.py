@@ -32,6 +32,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "learning: asserts a learning outcome (CI runs these under every CPU kernel set)")
     config.addinivalue_line("markers", "kernels: asserts an equality that float rounding could break (CI runs these "
                                        "under every CPU kernel set)")
+    config.addinivalue_line("markers", "long: a file of tests that train networks or start processes for tens of "
+                                       "seconds (pytest-xdist starts it early)")
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +58,20 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files with `learning` or `kernels` tests (the long ones: training runs, torchrun jobs)
-    first, so that pytest-xdist starts them early and the short files fill in around them."""
-    long_files = {item.path for item in items if item.get_closest_marker("learning") or item.get_closest_marker("kernels")}
-    items.sort(key=lambda item: item.path not in long_files)
+    """Files with `learning` or `kernels` tests (the longest: training runs, torchrun jobs),
+    then files marked `long`, then the rest: pytest-xdist starts the long files early and the
+    short ones fill in around them, so that no worker ends with a long file while the other
+    waits."""
+    def rank(item) -> int:
+        if any(i.get_closest_marker("learning") or i.get_closest_marker("kernels") for i in by_file[item.path]):
+            return 0
+        return 1 if item.get_closest_marker("long") else 2
+
+    by_file = {}
+    for item in items:
+        by_file.setdefault(item.path, []).append(item)
+    ranks = {path: rank(tests[0]) for path, tests in by_file.items()}
+    items.sort(key=lambda item: ranks[item.path])
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
 from aml.training.optim import calibrate_batchnorm
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 SMALL_DISTRACTORS = SyntheticDistractorConfig(images=150, image_size=64)
 COMMON = ["-imsize", "64", "-j", "0", "--device", "cpu", "--shard-size", "64", "-q"]
 

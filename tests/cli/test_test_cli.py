@@ -17,6 +17,9 @@ from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.loading import parse_offtheshelf
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 COMMON = ["-d", "synth-oxford", "-imsize", "64", "-j", "0", "--device", "cpu"]
 
 

@@ -15,6 +15,9 @@ from aml.data.safe_pickle import load_pickle, save_pickle
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 COMMON = ["-d", "synth-oxford", "-imsize", "64", "-j", "0", "--device", "cpu", "-q"]
 
 

@@ -18,6 +18,9 @@ from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.training.optim import calibrate_batchnorm
 from tests.cli.test_distractors import SMALL_DISTRACTORS
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 COMMON = ["-imsize", "64", "-j", "0", "--device", "cpu", "-q"]
 # the processes encode other batches than one process does: float rounding, measured 2e-7

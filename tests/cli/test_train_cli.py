@@ -8,6 +8,9 @@ import torch
 from aml.cli import train as train_cli
 from aml.networks.checkpoint import CheckpointError, load_checkpoint, load_network
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30", "-b", "5",
         "-j", "0", "--device", "cpu", "--lr", "1e-4", "--print-freq", "100"]
 

@@ -9,6 +9,9 @@ from aml.demo import DemoBudget, format_table, main, run_demo, train_teacher
 from aml.networks.checkpoint import load_checkpoint
 from aml.networks.imagenet import IMAGENET_WEIGHTS, package_file
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 TINY = DemoBudget(image_size=64, teacher_epochs=1, student_epochs=1, query_size=16, pool_size=32, quiet=True)
 
 

@@ -11,6 +11,9 @@ from aml.descriptors import extract_vectors
 from aml.descriptors.extraction import NonFiniteDescriptors
 from aml.networks import build_network
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):

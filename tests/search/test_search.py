@@ -19,6 +19,9 @@ from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_chec
 from aml.search import Store, StoreError, build_ivfpq, open_store
 from aml.utils.plain_files import save_plain_file
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 COMMON = ["-j", "0", "--device", "cpu", "-q"]
 
 

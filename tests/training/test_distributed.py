@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aml.cli import train as train_cli
 from aml.losses import LOSSES, LossKind
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
@@ -41,11 +42,10 @@ def _environment():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
-def launch(root, directory, *flags, processes=2, wait=True):
-    """main.py under torchrun (processes > 1) or plain python; the Popen when not waiting."""
+def launch(root, directory, *flags, wait=True):
+    """main.py under torchrun with 2 processes; the Popen when not waiting."""
     main = str(Path(__file__).resolve().parents[2] / "main.py")
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] \
-        if processes > 1 else [sys.executable]
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     command = prefix + [main, "--directory", str(directory), "--data-root", str(root)] + TINY + list(flags)
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_environment())
     if not wait:
@@ -53,6 +53,17 @@ def launch(root, directory, *flags, processes=2, wait=True):
     output, _ = child.communicate(timeout=600)
     assert child.returncode == 0, output[-3000:]
     return output
+
+
+def one_process(root, directory, *flags) -> None:
+    """main.py's training in this process, on one thread as each torchrun process runs (a
+    subprocess would add only its start-up: torch's import)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_cli.main(["--directory", str(directory), "--data-root", str(root)] + TINY + list(flags))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_folder(directory) -> Path:
@@ -104,7 +115,7 @@ def test_two_processes_train_what_one_process_trains(synth_root, tmp_path, teach
     else:
         launch(synth_root, tmp_path / "two", *flags)
         two = run_folder(tmp_path / "two")
-    launch(synth_root, tmp_path / "one", *flags, processes=1)
+    one_process(synth_root, tmp_path / "one", *flags)
     one = run_folder(tmp_path / "one")
     assert one.name == two.name  # --batch-size is the global batch: the same run
     assert losses(two)[:2 * compared] == pytest.approx(losses(one)[:2 * compared], rel=TOLERANCE)  # train, val
@@ -179,7 +190,6 @@ def run_folder_name(directory: Path, child: subprocess.Popen) -> str:
 def test_batch_that_does_not_split_over_the_processes_is_refused(synth_root, tmp_path, monkeypatch, capsys):
     # main.py checks the batch against the world that torchrun describes, before anything is
     # written: a 2-process world, in process (the launch itself is covered above)
-    from aml.cli import train as train_cli
     from aml.utils.distributed import World
 
     monkeypatch.setattr(train_cli, "init_from_environment", lambda device, timeout: World(rank=0, size=2))

@@ -19,6 +19,9 @@ from aml.training.optim import build_optimizer
 from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.trainer import Split, Trainer, TrainSettings
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 
 def allowed_combinations():
     for loss in LOSSES:

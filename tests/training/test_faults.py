@@ -17,6 +17,9 @@ from aml.networks import build_network
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
 from aml.training.trainer import TrainingDiverged
 
+# Trains networks or starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30", "-b", "5",
         "-j", "0", "--device", "cpu", "--lr", "1e-4", "--print-freq", "100", "-a", "squeezenet1_1", "-q"]

@@ -8,10 +8,10 @@ PY := $(VENV)/bin/python
 # threads (loading, Python and small tensors run in parallel too); tests of a file share a
 # worker, and so their module fixtures.
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
-# The tests whose outcome depends on float rounding, under another machine's CPU kernels: few
-# and long, so spread one by one (the torchrun tests stay together: xdist_group), one thread
-# per worker.
-ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q --dist loadgroup -m "learning or kernels"
+# The tests whose outcome depends on float rounding, under another machine's CPU kernels, one
+# thread per worker; the tests of a file on one worker, which trains its teacher (or starts its
+# torchrun jobs) once.
+ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q --dist loadfile -m "learning or kernels"
 AVX2_WORKERS ?= 2
 SSE41_WORKERS ?= 2
 
@@ -22,7 +22,8 @@ SSE41_WORKERS ?= 2
 # is set, which would otherwise make every process compile them again).
 PRECOMPILE := import importlib, pkgutil, aml; [importlib.import_module(m.name) for m in \
 	pkgutil.walk_packages(aml.__path__, "aml.") if not m.name.endswith("__main__")]; \
-	import torch.distributed.run, torch.onnx, onnx, onnxruntime, faiss, matplotlib.pyplot, timm, pytest, xdist
+	import torch.distributed.run, torch.onnx, torch.utils.serialization, onnx, onnxruntime, faiss, timm, pytest, xdist; \
+	import matplotlib.pyplot, matplotlib.backends.backend_agg; from PIL import Image; Image.init()
 
 $(VENV)/.installed: requirements.txt requirements-data.txt setup.py
 	$(PYTHON) -m venv $(VENV)

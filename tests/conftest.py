@@ -58,14 +58,15 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files with `learning` or `kernels` tests (the longest: training runs, torchrun jobs),
-    then files marked `long`, then the rest: pytest-xdist starts the long files early and the
-    short ones fill in around them, so that no worker ends with a long file while the other
-    waits."""
+    """Files with `learning` tests (the longest: training runs), then with `kernels` tests
+    (torchrun jobs), then files marked `long`, then the rest: pytest-xdist starts the long
+    files early and the short ones fill in around them, so that no worker ends with a long
+    file while the other waits."""
     def rank(item) -> int:
-        if any(i.get_closest_marker("learning") or i.get_closest_marker("kernels") for i in by_file[item.path]):
-            return 0
-        return 1 if item.get_closest_marker("long") else 2
+        for position, marker in enumerate(("learning", "kernels", "long")):
+            if any(i.get_closest_marker(marker) for i in by_file[item.path]):
+                return position
+        return 3
 
     by_file = {}
     for item in items:

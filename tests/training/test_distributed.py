@@ -17,9 +17,6 @@ from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from aml.training.optim import calibrate_batchnorm
 
-# One worker runs this file under pytest-xdist's loadgroup (its fixtures start torchrun jobs).
-pytestmark = pytest.mark.xdist_group("torchrun")
-
 # SGD: Adam divides by the root of tiny second moments, which turns rounding into whole steps.
 TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "12", "-ps", "30", "-b", "4",
         "-j", "0", "--device", "cpu", "--lr", "1e-2", "-o", "sgd", "--print-freq", "100", "-a", "resnet18", "-q"]

@@ -20,9 +20,6 @@ from aml.descriptors import describe_images
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
 
-# One pytest-xdist worker runs this file, so that the teacher is trained once.
-pytestmark = pytest.mark.xdist_group("trained-teacher")
-
 SEED = int(os.environ.get("AML_TEST_SEED", "0"))
 # Frozen BatchNorm and a tuple loss: --batch-forward encodes a mini-batch in one forward (the
 # same result as tuple by tuple up to rounding, in 3/4 of the time).

@@ -6,12 +6,14 @@ PY := $(VENV)/bin/python
 
 # pytest-xdist: 2 workers of one thread each keep 2 cores busier than one worker of two
 # threads (loading, Python and small tensors run in parallel too); tests of a file share a
-# worker, and so their module fixtures.
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+# worker, and so their module fixtures. The files go out in the order tests/conftest.py sets
+# (the longest first), not reordered by their number of tests.
+XDIST := --dist loadfile --no-loadscope-reorder
+PYTEST := $(PY) -m pytest -q -n 2 $(XDIST)
 # The tests whose outcome depends on float rounding, under another machine's CPU kernels, one
 # thread per worker; the tests of a file on one worker, which trains its teacher (or starts its
 # torchrun jobs) once.
-ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q --dist loadfile -m "learning or kernels"
+ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q $(XDIST) -m "learning or kernels"
 AVX2_WORKERS ?= 2
 SSE41_WORKERS ?= 2
 
@@ -49,11 +51,10 @@ test-avx2: install
 test-sse41: install
 	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(ROUNDING) -n $(SSE41_WORKERS) tests
 
-# Both at once (CI): the AVX2 set on one worker and the SSE4.1 set (ATen's scalar kernels, about
-# twice as slow) on two, so that the three share the 2 cores until the AVX2 set is done and
-# the SSE4.1 set then has both. Each set's output comes whole when it ends (make -O).
+# Both at once (CI), on two workers each: the SSE4.1 set (ATen's scalar kernels, 2 to 5 times
+# slower) takes the cores the AVX2 set leaves. Each set's output comes whole when it ends (make -O).
 test-other-isa: install
-	$(MAKE) --no-print-directory -j2 -O test-avx2 test-sse41 AVX2_WORKERS=1
+	$(MAKE) --no-print-directory -j2 -O test-avx2 test-sse41
 
 bench: install
 	$(PY) benchmarks/extract.py

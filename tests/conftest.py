@@ -1,11 +1,16 @@
 """Shared fixtures: a small synthetic data root generated once per test session."""
 
+import fcntl
+import hashlib
 import logging
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
+from aml.cli import train as train_cli
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_test_set, generate_train_set
 from aml.utils.cpu import enlarge_kernel_cache, threads_per_process
 
@@ -45,6 +50,59 @@ def synth_root(tmp_path_factory):
     generate_test_set(root, "synth-oxford", SMALL_TEST)
     generate_test_set(root, "synth-paris", SMALL_TEST)
     return root
+
+
+SEED = int(os.environ.get("AML_TEST_SEED", "0"))
+# The learning tests' runs (tests/training/test_learning.py). Frozen BatchNorm and a tuple loss:
+# --batch-forward encodes a mini-batch in one forward (the same result as tuple by tuple up to
+# rounding, in 3/4 of the time).
+LEARNING_FLAGS = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "64", "-j", "0", "--device", "cpu", "--no-val",
+                  "--print-freq", "1000", "--seed", str(SEED), "--batch-forward", "-q"]
+# Their teacher: a resnet18-gem trained from scratch in std mode, 3 epochs.
+TEACHER_FLAGS = LEARNING_FLAGS + ["-a", "resnet18", "-qs", "64", "-ps", "128", "-nn", "3", "-b", "4", "--epochs", "3",
+                                  "--lr", "1e-4"]
+TEACHER_FILE = "model_epoch3.pth.tar"
+
+
+def _teacher_key() -> str:
+    """What the teacher's weights depend on: aml's code, the recipe, the data and torch (not
+    the CPU kernels, see ``trained_teacher``)."""
+    digest = hashlib.sha256(repr((TEACHER_FLAGS, SMALL_TRAIN, torch.__version__)).encode())
+    package = Path(__file__).resolve().parents[1] / "aml"
+    for source in sorted(package.rglob("*.py")):
+        digest.update(str(source.relative_to(package)).encode() + source.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(synth_root, tmp_path_factory, request) -> Path:
+    """The learning tests' trained teacher (``TEACHER_FLAGS``), trained once per version of
+    aml's code and recipe and kept in pytest's cache (``.pytest_cache``), where the other
+    pytest-xdist worker, the kernel lanes that `make test-other-isa` runs after `make test`, and
+    the next run find it (a file lock makes one process train it). The lanes thus train the
+    students under their kernels from a teacher trained under the default ones; without the
+    cache (``-p no:cacheprovider``, as benchmarks/learning_margins.py runs) each run trains its own."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        return _train_teacher(synth_root, tmp_path_factory.mktemp("teacher"))
+    folder = cache.mkdir("aml-learning-teacher") / _teacher_key()
+    folder.mkdir(exist_ok=True)
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / TEACHER_FILE).exists():
+            trained = _train_teacher(synth_root, tmp_path_factory.mktemp("teacher"))
+            shutil.copyfile(trained, folder / (TEACHER_FILE + ".tmp"))
+            os.replace(folder / (TEACHER_FILE + ".tmp"), folder / TEACHER_FILE)
+    # a copy of this session's own: what the tests write next to a network (the whitening
+    # cache) stays out of the cache
+    copy = tmp_path_factory.mktemp("teacher") / TEACHER_FILE
+    shutil.copyfile(folder / TEACHER_FILE, copy)
+    return copy
+
+
+def _train_teacher(root: Path, directory: Path) -> Path:
+    result = train_cli.main(["--directory", str(directory), "--data-root", str(root), *TEACHER_FLAGS])
+    return result["run_dir"] / TEACHER_FILE
 
 
 @pytest.hookimpl(hookwrapper=True)

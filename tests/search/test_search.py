@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from aml.cli import search as search_cli
-from aml.cli import train as train_cli
 from aml.data.safe_pickle import load_pickle
 from aml.descriptors import describe_images, write_feature_file
 from aml.evaluation.search import rank_database
@@ -26,18 +25,12 @@ COMMON = ["-j", "0", "--device", "cpu", "-q"]
 
 
 @pytest.fixture(scope="module")
-def teacher(synth_root, tmp_path_factory):
-    """A resnet18 teacher trained for an epoch (std mode), and a student that records it."""
-    folder = tmp_path_factory.mktemp("search")
-    run = train_cli.main(["--directory", str(folder), "--data-root", str(synth_root), "-d", "synth-sfm", "-a",
-                          "resnet18", "--not-pretrained", "--image-size", "64", "-qs", "64", "-ps", "128", "-nn", "3",
-                          "-b", "4", "--epochs", "1", "--lr", "1e-4", "-j", "0", "--device", "cpu", "--no-val", "-q",
-                          "--batch-forward"])
-    path = run["run_dir"] / "model_epoch1.pth.tar"
-    state = load_checkpoint(path)
-    state["meta"]["teacher"] = str(path)  # a "student" that is its teacher: same space, exact answers
-    student = save_checkpoint(state, folder / "student.pth.tar")
-    return path, student
+def teacher(trained_teacher, tmp_path_factory):
+    """The learning tests' trained resnet18 teacher (tests/conftest.py), and a student that records it."""
+    state = load_checkpoint(trained_teacher)
+    state["meta"]["teacher"] = str(trained_teacher)  # a "student" that is its teacher: same space, exact answers
+    student = save_checkpoint(state, tmp_path_factory.mktemp("search") / "student.pth.tar")
+    return trained_teacher, student
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +45,7 @@ def test_store_holds_every_image_with_its_teacher(store, teacher, synth_root):
     opened = open_store(store)
     files = sorted((synth_root / "test" / "synth-oxford" / "jpg").glob("*.jpg"))
     assert opened.vecs.shape == (512, len(files)) and opened.images == [str(p.resolve()) for p in files]
-    assert opened.settings["network"] == "model_epoch1" and opened.settings["image_size"] == 64
+    assert opened.settings["network"] == "model_epoch3" and opened.settings["image_size"] == 64
 
 
 def test_easy_queries_return_their_positives_first(store, teacher, synth_root, tmp_path):
@@ -86,7 +79,7 @@ def test_store_of_another_teacher_is_refused(store, synth_root, tmp_path):
     query = str(next((synth_root / "test" / "synth-oxford" / "jpg").glob("*.jpg")))
     with pytest.raises(SystemExit) as info:
         search_cli.main(["query", query, "--store", str(store), "--network", str(student)] + COMMON)
-    assert "was encoded by model_epoch1" in str(info.value.code) and "not by the student's teacher" in str(info.value.code)
+    assert "was encoded by model_epoch3" in str(info.value.code) and "not by the student's teacher" in str(info.value.code)
     state["meta"].pop("teacher")
     save_checkpoint(state, tmp_path / "orphan.pth.tar")
     with pytest.raises(SystemExit, match="does not record its teacher; give --teacher"):

@@ -32,7 +32,10 @@ TOLERANCE = 1e-5
 # angles: measured here, 2 processes vs 1 agree within 4e-6 relative after 2 epochs under the
 # default, avx2 and SSE4.1 kernels, but on an AMD EPYC (AVX2) the second epoch's losses
 # differed by 1.3e-3 while the first agreed within 1e-5. The first epoch holds everywhere.
-COMPARED_EPOCHS = {LossKind.TUPLE: 3, LossKind.RELATIONAL: 1}
+COMPARED_EPOCHS = {LossKind.TUPLE: 2, LossKind.RELATIONAL: 1}
+# The 2-process tuple run (``two_process_run``): compared with one process, and resumed after a
+# rank was killed in its first epoch.
+TUPLE_EPOCHS = COMPARED_EPOCHS[LossKind.TUPLE]
 
 
 def _environment():
@@ -91,9 +94,9 @@ def teacher(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_process_run(synth_root, tmp_path_factory, teacher):
-    """3 epochs of ts_rand/contrastive under torchrun with 2 processes."""
+    """2 epochs of ts_rand/contrastive under torchrun with 2 processes."""
     directory = tmp_path_factory.mktemp("two")
-    launch(synth_root, directory, *BY_KIND[LossKind.TUPLE], "--epochs", "3", "--teacher", str(teacher))
+    launch(synth_root, directory, *BY_KIND[LossKind.TUPLE], "--epochs", str(TUPLE_EPOCHS), "--teacher", str(teacher))
     return run_folder(directory)
 
 
@@ -140,7 +143,7 @@ def _wait_for(path: Path, child: subprocess.Popen, seconds: float = 300):
 
 
 def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_ends(synth_root, tmp_path, teacher, two_process_run):
-    flags = BY_KIND[LossKind.TUPLE] + ["--epochs", "3", "--teacher", str(teacher)]
+    flags = BY_KIND[LossKind.TUPLE] + ["--epochs", str(TUPLE_EPOCHS), "--teacher", str(teacher)]
     child = launch(synth_root, tmp_path, *flags, wait=False)
     folder = tmp_path / two_process_run.name
     _wait_for(folder / "model_epoch1.pth.tar", child)
@@ -149,10 +152,11 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_ends(synth_roo
     output, _ = child.communicate(timeout=120)
     assert child.returncode != 0 and time.time() - start < 60
     assert "SIGKILL" in output or "Signal 9" in output, output[-2000:]
-    assert not (folder / "model_epoch3.pth.tar").exists()
+    assert not (folder / f"model_epoch{TUPLE_EPOCHS}.pth.tar").exists()
     load_checkpoint(folder / "model_epoch1.pth.tar")  # intact
     launch(synth_root, tmp_path, *flags, "--resume", "model_epoch1.pth.tar")
-    assert max_weight_difference(folder / "model_epoch3.pth.tar", two_process_run / "model_epoch3.pth.tar") < 1e-6
+    last = f"model_epoch{TUPLE_EPOCHS}.pth.tar"
+    assert max_weight_difference(folder / last, two_process_run / last) < 1e-6
     assert losses(folder) == pytest.approx(losses(two_process_run), rel=1e-6)
 
 

@@ -7,8 +7,6 @@ The tests marked ``learning`` run with --seed AML_TEST_SEED (default 0); their m
 about half the smallest effect measured over seeds 0, 1 and 2 under the default, AVX2 and
 SSE4.1 CPU kernels (benchmarks/learning_margins.py; README, Tests)."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -20,23 +18,13 @@ from aml.descriptors import describe_images
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
 
-SEED = int(os.environ.get("AML_TEST_SEED", "0"))
-# Frozen BatchNorm and a tuple loss: --batch-forward encodes a mini-batch in one forward (the
-# same result as tuple by tuple up to rounding, in 3/4 of the time).
-COMMON = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "64", "-j", "0", "--device", "cpu", "--no-val",
-          "--print-freq", "1000", "--seed", str(SEED), "--batch-forward", "-q"]
+from tests.conftest import LEARNING_FLAGS, SEED
+
+# The students train with the teacher's flags (the ``trained_teacher`` fixture, tests/conftest.py).
 
 
 def train(root, directory, *flags):
-    return train_cli.main(["--directory", str(directory), "--data-root", str(root), *COMMON, *flags])
-
-
-@pytest.fixture(scope="module")
-def trained_teacher(synth_root, tmp_path_factory):
-    """A resnet18-gem teacher trained from scratch in std mode (3 epochs) on the small synthetic set."""
-    result = train(synth_root, tmp_path_factory.mktemp("teacher"), "-a", "resnet18", "-qs", "64", "-ps", "128",
-                   "-nn", "3", "-b", "4", "--epochs", "3", "--lr", "1e-4")
-    return result["run_dir"] / "model_epoch3.pth.tar"
+    return train_cli.main(["--directory", str(directory), "--data-root", str(root), *LEARNING_FLAGS, *flags])
 
 
 def asym_medium_map(student, teacher, root) -> float:

@@ -151,3 +151,24 @@ def full_disk(monkeypatch):
             return real_fsync(fd)
         monkeypatch.setattr(os, "fsync", fsync)
     return fill
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """With --durations (as .ci/run runs): when each of the 12 longest test files ran, and on
+    which pytest-xdist worker, to see where a run's wall time goes."""
+    if not config.getoption("durations", None):
+        return
+    files = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) and getattr(report, "start", None):
+                worker = getattr(getattr(report, "node", None), "gateway", None)
+                span = files.setdefault(report.nodeid.split("::")[0], [report.start, report.stop, None])
+                span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
+                span[2] = worker.id if worker else "-"
+    if not files:
+        return
+    begin = min(span[0] for span in files.values())
+    terminalreporter.write_sep("=", "longest files: worker, from-to (s after the first test)")
+    for name, (start, stop, worker) in sorted(files.items(), key=lambda kv: kv[1][0] - kv[1][1])[:12]:
+        terminalreporter.write_line(f"{worker:4s} {start - begin:6.0f} - {stop - begin:6.0f}  {name}")

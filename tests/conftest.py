@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic data root generated once per test session."""
+"""Shared fixtures: a small synthetic data root generated once per test session, and the
+learning tests' trained teacher, kept in pytest's cache."""
 
 import fcntl
 import hashlib
@@ -12,6 +13,7 @@ import torch
 
 from aml.cli import train as train_cli
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_test_set, generate_train_set
+from aml.utils.atomic import atomic_write
 from aml.utils.cpu import enlarge_kernel_cache, threads_per_process
 
 SMALL_TRAIN = SyntheticTrainConfig(train_landmarks=16, val_landmarks=4, views=8, pairs_per_landmark=4, image_size=96)
@@ -91,8 +93,7 @@ def trained_teacher(synth_root, tmp_path_factory, request) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / TEACHER_FILE).exists():
             trained = _train_teacher(synth_root, tmp_path_factory.mktemp("teacher"))
-            shutil.copyfile(trained, folder / (TEACHER_FILE + ".tmp"))
-            os.replace(folder / (TEACHER_FILE + ".tmp"), folder / TEACHER_FILE)
+            atomic_write(folder / TEACHER_FILE, lambda out: out.write(trained.read_bytes()))
     # a copy of this session's own: what the tests write next to a network (the whitening
     # cache) stays out of the cache
     copy = tmp_path_factory.mktemp("teacher") / TEACHER_FILE

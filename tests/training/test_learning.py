@@ -34,17 +34,17 @@ def asym_medium_map(student, teacher, root) -> float:
     return float(np.mean([results[d]["plain"]["medium"]["map"] for d in ("synth-oxford", "synth-paris")]))
 
 
-# Measured gains (seeds 0/1/2 x default/avx2/SSE4.1): reg +21 to +31 points, ts +12 to +23,
-# reg minus ts +6.8 to +13.6. Asserted: about half the smallest.
-GAIN_MARGIN = {"reg": 0.10, "ts": 0.06}
-REGRESSION_WINS_MARGIN = 0.03
-STUDENT_EPOCHS = 3
+# Measured gains after 2 epochs (seeds 0/1/2 x default/avx2/SSE4.1): reg +21 to +31 points,
+# ts +7.2 to +23, reg minus ts +8.3 to +17. Asserted: about half the smallest.
+GAIN_MARGIN = {"reg": 0.10, "ts": 0.035}
+REGRESSION_WINS_MARGIN = 0.04
+STUDENT_EPOCHS = 2
 
 
 @pytest.mark.learning
 def test_training_raises_asymmetric_map_and_regression_beats_contrastive(synth_root, tmp_path, trained_teacher):
     """ResNet-18 students from scratch against the trained teacher: reg (-b 2) and ts (-b 1),
-    3 epochs each, against the untrained student; and in asymmetric testing the regression
+    2 epochs each, against the untrained student; and in asymmetric testing the regression
     student beats the contrastive one."""
     torch.manual_seed(SEED)
     untrained = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 0, 0.0),
@@ -71,7 +71,7 @@ def dead_projection_channels(checkpoint, root) -> int:
     return int((descriptors.max(axis=1) <= 0).sum())
 
 
-MOBILENET_EPOCHS = 5
+MOBILENET_EPOCHS = 4
 
 
 @pytest.mark.learning
@@ -86,17 +86,18 @@ def test_mobilenet_student_from_scratch_fits_the_teacher_with_train_batchnorm_an
     (frozen, _), (learned, _) = regression(), regression("--train-batchnorm")
     slow, last = regression("--train-batchnorm", "--proj-lr-mult", "0.1")
     dead = dead_projection_channels(last, synth_root)
-    print(f"LEARNING seed {SEED} mobilenet_v2 reg losses: frozen BN {frozen[2]:.4f} -> {frozen[-1]:.4f}, "
+    print(f"LEARNING seed {SEED} mobilenet_v2 reg losses: frozen BN {frozen[1]:.4f} -> {frozen[-1]:.4f}, "
           f"train BN {learned[0]:.4f} -> {learned[-1]:.4f}, + --proj-lr-mult 0.1 {slow[-1]:.4f}, dead {dead}")
-    # Measured over seeds 0/1/2 and the three kernel sets: frozen BatchNorm moves 0.0-0.8% after
-    # epoch 3; batch statistics end 20-26% below their first epoch and 3-11% below frozen; the
-    # slow projection 17-26% lower still, with no dead channel. Asserted: about half of each.
+    # Measured over seeds 0/1/2 and the three kernel sets: frozen BatchNorm moves 0.0-0.4% after
+    # epoch 2; batch statistics end 19.5-26% below their first epoch and 4-11% below frozen; the
+    # slow projection 15-20% lower still, with no dead channel. Asserted: about half of each
+    # (the plateau: 3 times the largest move).
     # frozen BatchNorm plateaus where the student predicts the mean teacher descriptor
-    assert abs(frozen[-1] - frozen[2]) < 0.015 * frozen[2], frozen
-    assert learned[-1] < 0.89 * learned[0] and learned[-1] < 0.985 * frozen[-1], (learned, frozen)
+    assert abs(frozen[-1] - frozen[1]) < 0.01 * frozen[1], frozen
+    assert learned[-1] < 0.90 * learned[0] and learned[-1] < 0.98 * frozen[-1], (learned, frozen)
     # the projection at a tenth of the lr fits better and keeps every channel alive (on the demo's
     # data, lr 3e-3 on the projection kills 72 of 512 in the first 10 steps)
-    assert slow[-1] < 0.92 * learned[-1] and dead == 0, (slow, learned, dead)
+    assert slow[-1] < 0.93 * learned[-1] and dead == 0, (slow, learned, dead)
 
 
 def test_mobilenet_student_trains_in_ts_self_mode(synth_root, tmp_path, trained_teacher):

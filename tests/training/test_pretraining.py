@@ -11,7 +11,7 @@ from aml.networks import build_network
 from aml.networks.checkpoint import CheckpointError, load_trunk_weights
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk, pretrain_trunk, trunk_file
 
-TINY = PretrainConfig(objects=ObjectConfig(classes=4, per_class=50, size=48, seed=5), epochs=6, batch_size=16,
+TINY = PretrainConfig(objects=ObjectConfig(classes=4, per_class=50, size=48, seed=5), epochs=4, batch_size=16,
                       lr=2e-3, seed=int(os.environ.get("AML_TEST_SEED", "0")))
 
 
@@ -25,10 +25,10 @@ def cached(tmp_path_factory):
 def test_pretraining_learns_the_object_classes(cached):
     record = json.loads(cached[1].with_name(cached[1].name + ".json").read_text())
     print(f"LEARNING seed {TINY.seed} synthetic-object pretraining of resnet18: held-out accuracy {record['held_out_accuracy']:.3f}")
-    # 4 classes, 5 held-out images each: chance is 25%; measured 60-90% over seeds 0-2 under the
+    # 4 classes, 5 held-out images each: chance is 25%; measured 50-80% over seeds 0-2 under the
     # three CPU kernel sets (README, Tests); asserted: half way from chance to the lowest
-    assert record["held_out_accuracy"] >= 0.42 and record["chance"] == 0.25
-    assert record["architecture"] == "resnet18" and record["config"]["epochs"] == 6
+    assert record["held_out_accuracy"] >= 0.375 and record["chance"] == 0.25
+    assert record["architecture"] == "resnet18" and record["config"]["epochs"] == 4
 
 
 def test_the_trunk_is_cached_once_under_networks_with_its_own_name(cached):

@@ -1,4 +1,4 @@
-"""python -m aml.data.make_testset: a test set of your own images (see aml.data.make_testset)."""
+"""python -m aml.cli.make_testset: a test set of your own images (see aml.data.make_testset)."""
 
 import logging
 import sys
@@ -12,7 +12,7 @@ from aml.data.make_testset import TestSetError, build_test_set, read_description
 
 def main(argv: Optional[List[str]] = None) -> Path:
     """Parse the flags, build the set, print where it is; errors end in one line."""
-    parser = Parser(prog="python -m aml.data.make_testset",
+    parser = Parser(prog="python -m aml.cli.make_testset",
                     description="Build <data_root>/test/NAME (jpg/ + gnd_NAME.pkl) from a JSON or CSV description.")
     parser.add_argument("description", help="JSON or CSV: queries (image, box, easy/hard/junk or ok/junk lists)")
     parser.add_argument("--images", required=True, type=folder, help="folder the image names are relative to")

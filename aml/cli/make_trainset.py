@@ -1,4 +1,4 @@
-"""python -m aml.data.make_trainset: a training set of your own images (see aml.data.make_trainset)."""
+"""python -m aml.cli.make_trainset: a training set of your own images (see aml.data.make_trainset)."""
 
 import sys
 from typing import List, Optional
@@ -10,7 +10,7 @@ from aml.data.make_trainset import (TrainSetError, TrainSetReport, build_train_s
 
 def main(argv: Optional[List[str]] = None) -> TrainSetReport:
     """Parse the flags, build the set, print what was kept and left out."""
-    parser = Parser(prog="python -m aml.data.make_trainset",
+    parser = Parser(prog="python -m aml.cli.make_trainset",
                     description="Build <data_root>/train/NAME (ims/, NAME.pkl, NAME-whiten.pkl) for main.py -d NAME.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--folders", type=folder, help="one sub-folder of images per landmark")

@@ -1,4 +1,4 @@
-"""python -m aml.data.synthetic (or python -m aml.cli.synthetic): generate the synthetic
+"""python -m aml.cli.synthetic: generate the synthetic
 landmark data sets."""
 
 import logging
@@ -10,8 +10,8 @@ from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, genera
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Command line: python -m aml.data.synthetic --data-root DIR [sizes]."""
-    parser = Parser(prog="python -m aml.data.synthetic", description="Generate the synthetic landmark data sets.")
+    """Command line: python -m aml.cli.synthetic --data-root DIR [sizes]."""
+    parser = Parser(prog="python -m aml.cli.synthetic", description="Generate the synthetic landmark data sets.")
     parser.add_argument("--data-root", default=None, type=folder, help="data root (default $AML_DATA_ROOT or ./data)")
     parser.add_argument("--image-size", type=positive_int, default=160, help="longer side of generated images")
     parser.add_argument("--train-landmarks", type=positive_int, default=SyntheticTrainConfig.train_landmarks)

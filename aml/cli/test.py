@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')")
     parser.add_argument("--whitening", "-w", metavar="WHITENING", default=None,
                         help=f"learned whitening set: {' | '.join(whitening_set_names())}, or a custom set made by "
-                             "python -m aml.data.make_trainset (default: none)")
+                             "python -m aml.cli.make_trainset (default: none)")
     parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)")
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", metavar="TEACHER",

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directory", metavar="EXPORT_DIR", required=True, type=folder, help="where the run folder is created")
     p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k",
                    help=f"{' | '.join(training_set_names())}, or a folder <data_root>/train/NAME made by "
-                        "python -m aml.data.make_trainset (default: retrieval-SfM-120k)")
+                        "python -m aml.cli.make_trainset (default: retrieval-SfM-120k)")
     p.add_argument("--no-val", dest="val", action="store_false", help="do not run validation")
     p.add_argument("--test-datasets", "-td", default="roxford5k,rparis6k",
                    help="comma separated test sets for --test-freq evaluation (default: roxford5k,rparis6k)")

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.paths import data_subdir
+from aml.data.synthetic import generate_distractor_set
 
 PathLike = Union[str, Path]
 SEPARATOR = "+"
@@ -49,8 +50,6 @@ def _download_revisitop1m(test_root: Path, progress: bool) -> None:
 
 
 def _generate_synthetic(test_root: Path, progress: bool) -> None:
-    from aml.data.synthetic import generate_distractor_set
-
     generate_distractor_set(test_root.parent, "synth-1m", progress=progress)
 
 

@@ -176,7 +176,5 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
     return folder
 
 
-if __name__ == "__main__":  # the command line lives in aml.cli.make_testset
-    from aml.cli.make_testset import main
-
-    main()
+if __name__ == "__main__":  # the command line is aml.cli.make_testset (the data layer does not import the CLI)
+    raise SystemExit("python -m aml.data.make_testset is now python -m aml.cli.make_testset (same flags)")

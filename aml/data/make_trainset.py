@@ -34,7 +34,7 @@ from aml.utils.atomic import publish_folder, staging_folder
 from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
-from aml.data.trainsets import cid2filename
+from aml.data.paths import cid2filename
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -185,7 +185,5 @@ def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Opt
     return report
 
 
-if __name__ == "__main__":  # the command line lives in aml.cli.make_trainset
-    from aml.cli.make_trainset import main
-
-    main()
+if __name__ == "__main__":  # the command line is aml.cli.make_trainset (the data layer does not import the CLI)
+    raise SystemExit("python -m aml.data.make_trainset is now python -m aml.cli.make_trainset (same flags)")

@@ -28,6 +28,11 @@ def data_subdir(data_root: Optional[Union[str, Path]], name: str) -> Path:
     return resolve_data_root(data_root) / name
 
 
+def cid2filename(cid: str, prefix: Union[str, Path]) -> str:
+    """Image path of a training image id (cirtorch's layout): prefix/cid[-2:]/cid[-4:-2]/cid[-6:-4]/cid."""
+    return os.path.join(str(prefix), cid[-2:], cid[-4:-2], cid[-6:-4], cid)
+
+
 _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

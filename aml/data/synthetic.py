@@ -12,7 +12,7 @@ around the scene. The ``difficulty`` d in [0, 1] of a view scales all of these c
   cropped queries with a bbx, easy/hard/junk per query), from landmarks never used in
   training (each set draws its own landmarks with its own seed and drawing style).
 
-Run ``python -m aml.data.synthetic --data-root DIR`` or call the generate_* functions.
+Run ``python -m aml.cli.synthetic --data-root DIR`` or call the generate_* functions.
 Everything is deterministic given the seed.
 """
 
@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from aml.data.safe_pickle import save_pickle
-from aml.data.trainsets import cid2filename
+from aml.data.paths import cid2filename
 from aml.utils.atomic import publish_folder, staging_folder
 from aml.utils.progress import progress_bar
 
@@ -350,7 +350,5 @@ def generate_all(data_root: PathLike, overwrite: bool = False, train: SyntheticT
         generate_test_set(data_root, name, test, overwrite, progress)
 
 
-if __name__ == "__main__":  # python -m aml.data.synthetic: the command line lives in aml.cli.synthetic
-    from aml.cli.synthetic import main
-
-    main()
+if __name__ == "__main__":  # the command line is aml.cli.synthetic (the data layer does not import the CLI)
+    raise SystemExit("python -m aml.data.synthetic is now python -m aml.cli.synthetic (same flags)")

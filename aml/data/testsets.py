@@ -15,6 +15,7 @@ import numpy as np
 from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.paths import data_subdir
 from aml.data.safe_pickle import load_pickle
+from aml.data.synthetic import generate_test_set
 
 PathLike = Union[str, Path]
 CIRTORCH_TEST = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/"
@@ -59,8 +60,6 @@ def _download_real(name: str, images_from: str) -> Callable[[Path, bool], None]:
 
 def _generate_synthetic(name: str) -> Callable[[Path, bool], None]:
     def prepare(test_root: Path, progress: bool) -> None:
-        from aml.data.synthetic import generate_test_set
-
         generate_test_set(test_root.parent, name)
 
     return prepare
@@ -89,14 +88,14 @@ def _custom_protocol(gnd_path: Path) -> str:
 def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationSet:
     """Registry entry for ``name`` (case-insensitive), else a custom set: any folder
     ``<data_root>/test/<name>/`` with ``jpg/`` and ``gnd_<name>.pkl`` (protocol read from the
-    gnd; see ``python -m aml.data.make_testset``). A ValueError lists the choices otherwise."""
+    gnd; see ``python -m aml.cli.make_testset``). A ValueError lists the choices otherwise."""
     if name.lower() in TEST_SETS:
         return TEST_SETS[name.lower()]
     folder = data_subdir(data_root, "test") / name
     if (folder / f"gnd_{name}.pkl").is_file() and (folder / "jpg").is_dir():
         return EvaluationSet(name, _custom_protocol(folder / f"gnd_{name}.pkl"))
     raise ValueError(f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}, or make a folder "
-                     f"{folder} with jpg/ and gnd_{name}.pkl (python -m aml.data.make_testset)")
+                     f"{folder} with jpg/ and gnd_{name}.pkl (python -m aml.cli.make_testset)")
 
 
 def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:

@@ -11,16 +11,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
 from aml.data.download import download_file, extract_archive, remove_download
-from aml.data.paths import data_subdir
+from aml.data.paths import cid2filename, data_subdir
 from aml.data.safe_pickle import load_pickle
+from aml.data.synthetic import generate_train_set
 
 PathLike = Union[str, Path]
 CIRTORCH_TRAIN = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/train/"
-
-
-def cid2filename(cid: str, prefix: PathLike) -> str:
-    """Image path of a training cid: prefix/cid[-2:]/cid[-4:-2]/cid[-6:-4]/cid."""
-    return os.path.join(str(prefix), cid[-2:], cid[-4:-2], cid[-6:-4], cid)
 
 
 @dataclass(frozen=True)
@@ -52,8 +48,6 @@ def _download_sfm(train_root: Path) -> None:
 
 def _generate(name: str) -> Callable[[Path], None]:
     def prepare(train_root: Path) -> None:
-        from aml.data.synthetic import generate_train_set
-
         generate_train_set(train_root.parent, name)
 
     return prepare
@@ -79,7 +73,7 @@ def whitening_set_names() -> list:
 def get_train_set(name: str, data_root: Optional[PathLike] = None) -> TrainSet:
     """Registry entry for a training/whitening set (case-insensitive), else a custom set: a
     folder ``<data_root>/train/<name>/`` with ``ims/`` and ``<name>.pkl`` and/or
-    ``<name>-whiten.pkl`` (see ``python -m aml.data.make_trainset``)."""
+    ``<name>-whiten.pkl`` (see ``python -m aml.cli.make_trainset``)."""
     for key, entry in TRAIN_SETS.items():
         if key.lower() == name.lower():
             return entry
@@ -88,7 +82,7 @@ def get_train_set(name: str, data_root: Optional[PathLike] = None) -> TrainSet:
     if (folder / "ims").is_dir() and (training or whitening):
         return TrainSet(name, name, None, training=training, whitening=whitening)
     raise ValueError(f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}, or make a "
-                     f"folder {folder} with ims/ and {name}.pkl (python -m aml.data.make_trainset)")
+                     f"folder {folder} with ims/ and {name}.pkl (python -m aml.cli.make_trainset)")
 
 
 def is_training_set(name: str, data_root: Optional[PathLike] = None) -> bool:
@@ -106,7 +100,7 @@ def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
     folder = train_root / entry.folder
     if not (folder / "ims").exists() or not any(folder.glob("*.pkl")):
         if entry.prepare is None:
-            raise FileNotFoundError(f"{folder} lacks ims/ or its pickles; make it again with python -m aml.data.make_trainset")
+            raise FileNotFoundError(f"{folder} lacks ims/ or its pickles; make it again with python -m aml.cli.make_trainset")
         entry.prepare(train_root)
     return folder
 

@@ -5,7 +5,8 @@ import numpy as np
 from aml.data.images import load_image
 from aml.data.synthetic import SyntheticTestConfig, generate_test_set
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
-from aml.data.trainsets import cid2filename, load_training_db, load_whitening_db
+from aml.data.paths import cid2filename
+from aml.data.trainsets import load_training_db, load_whitening_db
 
 
 def test_test_set_loads_like_roxford(synth_root):
@@ -54,9 +55,9 @@ def test_training_db_has_sfm_layout(synth_root):
 
 def test_prepare_generates_missing_synthetic_set(tmp_path, monkeypatch):
     calls = []
-    import aml.data.synthetic as synthetic
+    import aml.data.testsets as testsets
 
-    monkeypatch.setattr(synthetic, "generate_test_set", lambda root, name: calls.append((root, name)))
+    monkeypatch.setattr(testsets, "generate_test_set", lambda root, name: calls.append((root, name)))
     prepare_test_set("synth-paris", tmp_path)
     assert calls == [(tmp_path.resolve(), "synth-paris")]
 

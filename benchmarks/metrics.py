@@ -29,7 +29,7 @@ def main() -> None:
     start = time.perf_counter()
     ranks = rank_database(database, queries)
     ranked = time.perf_counter()
-    results = evaluate_ranks("roxford5k", ranks, gnd, "revisited")
+    results = evaluate_ranks(ranks, gnd, "revisited")
     done = time.perf_counter()
     print(f"database {args.database} x {args.dim}-d, {args.queries} queries: ranking {ranked - start:.2f} s, "
           f"mAP E/M/H + mP@k {done - ranked:.2f} s (M mAP {100 * results['medium']['map']:.2f})")

@@ -67,7 +67,7 @@ def run_blocked(args, database, queries, gnd):
     store = read_store(Path(args.folder))
     start = time.perf_counter()
     places = positions_with_distractors(database, queries, store.blocks(), args.device)
-    result = evaluate_ranks("bench", places, gnd, "revisited", positions=True)
+    result = evaluate_ranks(places, gnd, "revisited", positions=True)
     return {"load_s": 0.0, "search_s": time.perf_counter() - start, "map_medium": result["medium"]["map"]}
 
 
@@ -81,7 +81,7 @@ def run_numpy(args, database, queries, gnd):
     loaded = time.perf_counter()
     scores = everything @ queries  # the original: scores = np.dot(X.T, Q); ranks = np.argsort(-scores, axis=0)
     ranks = np.argsort(-scores, axis=0)
-    result = evaluate_ranks("bench", ranks, gnd, "revisited")
+    result = evaluate_ranks(ranks, gnd, "revisited")
     return {"load_s": loaded - start, "search_s": time.perf_counter() - loaded, "map_medium": result["medium"]["map"]}
 
 

@@ -119,9 +119,9 @@ def revisited_gnd(gnd: Sequence[Dict[str, Any]], difficulty: str) -> List[Dict[s
     return [{"ok": cat(g, ok_keys), "junk": cat(g, junk_keys)} for g in gnd]
 
 
-def evaluate_ranks(dataset: str, ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: str,
+def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: str,
                    kappas: Sequence[int] = DEFAULT_KAPPAS, positions: bool = False) -> Dict[str, Any]:
-    """All numbers of one dataset as a dict (fractions in [0, 1]).
+    """All numbers of one test set as a dict (fractions in [0, 1]).
 
     ``protocol`` 'revisited' gives ``{'easy': {'map', 'mp@k', 'aps'}, 'medium': ..., 'hard': ...}``;
     'classic' (oxford5k, paris6k) gives ``{'map': ..., 'aps': ...}`` from ok/junk. With

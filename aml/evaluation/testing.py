@@ -78,7 +78,7 @@ def htime(seconds: float) -> str:
 def _search(database: np.ndarray, queries: np.ndarray, cfg: Dict[str, Any], gnd: List[Dict[str, Any]], device: str,
             excluded: Sequence[int] = ()) -> Tuple[Dict[str, Any], np.ndarray]:
     ranks = rank_database(database, queries, device=device, excluded=excluded)
-    return evaluate_ranks(cfg["dataset"], ranks, gnd, cfg["protocol"]), ranks
+    return evaluate_ranks(ranks, gnd, cfg["protocol"]), ranks
 
 
 def _search_with_distractors(database: np.ndarray, queries: np.ndarray, cfg: Dict[str, Any], gnd: List[Dict[str, Any]],
@@ -86,7 +86,7 @@ def _search_with_distractors(database: np.ndarray, queries: np.ndarray, cfg: Dic
     """The numbers of the test set with the store's distractors added to its database."""
     transform = (lambda x: whitenapply(x, *lw)) if lw is not None else None
     places = positions_with_distractors(database, queries, store.blocks(), device, excluded, store.skipped(), transform)
-    return evaluate_ranks(cfg["dataset"], places, gnd, cfg["protocol"], positions=True)
+    return evaluate_ranks(places, gnd, cfg["protocol"], positions=True)
 
 
 def distractor_store(suffix: str, encoder: Encoder, settings: TestSettings, fingerprint: str) -> DescriptorStore:

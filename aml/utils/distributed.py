@@ -108,20 +108,6 @@ def gather_objects(value: Any, world: World) -> List[Any]:
     return out
 
 
-def all_ranks_agree(flag: bool, world: World) -> bool:
-    """True on every rank when ``flag`` is true on every rank."""
-    return all(gather_objects(bool(flag), world))
-
-
-def broadcast_object(value: Any, world: World, source: int = 0) -> Any:
-    """Rank ``source``'s ``value`` on every rank."""
-    if not world.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=source)
-    return box[0]
-
-
 def barrier(world: World) -> None:
     """Wait until every rank got here (after rank 0 wrote what the others read)."""
     if world.distributed:

@@ -54,7 +54,7 @@ def full_ranking_maps(root, dataset, student, teacher, store):
     images, queries, bbxs = query_and_database_paths(cfg)
     database = np.concatenate([describe_images(teacher, images, 64, workers=0), store.load()], axis=1)
     qvecs = describe_images(student, queries, 64, bbxs=bbxs, workers=0)
-    return evaluate_ranks(dataset, rank_database(database, qvecs), cfg["gnd"], cfg["protocol"])
+    return evaluate_ranks(rank_database(database, qvecs), cfg["gnd"], cfg["protocol"])
 
 
 def test_names_and_the_revisitop_files():

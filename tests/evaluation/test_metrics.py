@@ -56,7 +56,7 @@ def test_revisited_protocol_sets():
 def test_evaluate_and_format_revisited():
     ranks = ranks_of([1, 2, 0, 3], [3, 2, 1, 0])
     gnd = [{"easy": [1], "hard": [0], "junk": [2]}, {"easy": [3], "hard": [], "junk": []}]
-    results = evaluate_ranks("roxford5k", ranks, gnd, "revisited")
+    results = evaluate_ranks(ranks, gnd, "revisited")
     assert results["easy"]["map"] == pytest.approx(1.0)
     assert results["medium"]["map"] == pytest.approx(1.0)  # junk 2 removed: 1 then 0
     # only query 0 has a hard positive; 2 junk (2, and easy 1) above it are removed

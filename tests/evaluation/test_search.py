@@ -63,7 +63,7 @@ def test_maps_from_places_equal_maps_from_ranks():
     np.testing.assert_array_equal(by_ranks["g"][2], by_places["g"][2])
     revisited = [{"easy": [1], "hard": [5], "junk": [2]}, {"easy": [7], "hard": [], "junk": []},
                  {"easy": [0], "hard": [19, 4], "junk": [3]}]
-    same = [json.dumps(evaluate_ranks("x", r, revisited, "revisited", positions=p)) for r, p in
+    same = [json.dumps(evaluate_ranks(r, revisited, "revisited", positions=p)) for r, p in
             ((ranks, False), (places(ranks), True))]
     assert same[0] == same[1]
 

@@ -29,7 +29,7 @@ from typing import Callable, List
 import torch
 
 from aml.data.images import image_transform, load_and_resize
-from aml.descriptors import extract_vectors
+from aml.descriptors import ExtractionConfig, extract_vectors
 from aml.networks import build_network
 from aml.networks.retrieval_net import multiscale_power
 from aml.training.optim import calibrate_batchnorm
@@ -90,8 +90,9 @@ def main(argv=None) -> None:
                                          n, args.repeats)
 
                     def aml(**options):
+                        config = ExtractionConfig(device=device, workers=args.workers, **options)
                         return best_rate(lambda: extract_vectors(net, paths, size, transform, ms=scales, msp=msp,
-                                                                 device=device, workers=args.workers, **options),
+                                                                 config=config),
                                          n, args.repeats)
                     ours, device_decoded = aml(), aml(decode="device")
                     cells = "".join(f" {aml(batch_size=b):.2f} |" for b in args.batch_sizes)

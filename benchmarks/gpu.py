@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from aml.data.images import image_transform, load_and_resize
-from aml.descriptors import extract_vectors
+from aml.descriptors import ExtractionConfig, extract_vectors
 from aml.descriptors.extraction import _BatchCap, _batches, _image_loader, resolve_amp, resolve_decoding
 from aml.losses import LOSSES, build_loss
 from aml.networks import build_network
@@ -145,10 +145,11 @@ def extraction_rows(args, paths, device) -> List[Dict]:
         for variant, extra in VARIANTS.items():
             if variant != "aml" and not args.variants:
                 continue
-            options = dict(dict(ms=scales, msp=msp, device=device, workers=args.workers, decode=args.decode,
-                                amp_dtype=args.amp_dtype), **extra)
-            extract_vectors(net, paths[:4], args.image_size, transform, **options)  # warm-up
-            ours, t_aml = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, **options))
+            config = ExtractionConfig(**dict(dict(device=device, workers=args.workers, decode=args.decode,
+                                                  amp_dtype=args.amp_dtype), **extra))
+            extract_vectors(net, paths[:4], args.image_size, transform, ms=scales, msp=msp, config=config)  # warm-up
+            ours, t_aml = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, ms=scales,
+                                                                msp=msp, config=config))
             cos = cosines(reference, ours)
             row[variant] = {"rate": len(paths) / t_aml, "speedup": t_original / t_aml, "cos_min": min(cos),
                             "cos_median": statistics.median(cos)}
@@ -182,9 +183,9 @@ def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:
     net = build(NETWORKS["mobilenet_v2 -> 512"], paths, args.image_size, device)
     db = training_db(len(paths))
     teacher = F.normalize(torch.randn(512, len(paths), generator=torch.Generator().manual_seed(0)), dim=0)
-    extraction = {} if fast else {"amp": False, "decode": "pil", "batch_size": 1}
+    extraction = ExtractionConfig() if fast else ExtractionConfig(amp=False, decode="pil", batch_size=1)
     if fast and args.decode != "auto":
-        extraction["decode"] = args.decode
+        extraction = extraction.but(decode=args.decode)
     settings = TrainSettings(image_size=args.image_size, neg_num=5, query_size=args.tuples, pool_size=len(paths),
                              batch_size=5, epochs=1, workers=args.workers, val=False, device=str(device),
                              batch_forward=fast, amp=fast, extraction=extraction, seed=0)
@@ -200,11 +201,12 @@ def compile_row(args, paths, device) -> Optional[Dict]:
     """Eager against torch.compile for mobilenet_v2 -> 512: compile seconds, then images/s."""
     net = build(NETWORKS["mobilenet_v2 -> 512"], paths, args.image_size, device)
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    options = dict(device=device, workers=args.workers, decode=args.decode)
-    extract_vectors(net, paths[:4], args.image_size, transform, **options)
-    _, eager = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, **options))
-    _, first = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, compile=True, **options))
-    _, steady = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, compile=True, **options))
+    eager_config = ExtractionConfig(device=device, workers=args.workers, decode=args.decode)
+    compiled = eager_config.but(compile=True)
+    extract_vectors(net, paths[:4], args.image_size, transform, config=eager_config)
+    _, eager = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, config=eager_config))
+    _, first = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, config=compiled))
+    _, steady = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, config=compiled))
     n = len(paths)
     compile_s = max(0.0, first - steady)
     saved_per_image = eager / n - steady / n

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from aml.data.images import image_transform, load_and_resize
 from aml.data.photos import sample_photos
-from aml.descriptors import extract_vectors
+from aml.descriptors import ExtractionConfig, extract_vectors
 from aml.export import DeployedStudent, check_exports, export_onnx, export_torchscript
 from aml.layers.pooling import GeM
 from aml.networks.backbones import build_trunk
@@ -59,7 +59,7 @@ def measure(net: ImageRetrievalNet, photos: List[str], image_size: int) -> Dict[
     transform = image_transform(net.meta["mean"], net.meta["std"])
 
     def run(**options) -> torch.Tensor:
-        return extract_vectors(net, photos, image_size, transform, workers=0, **options)
+        return extract_vectors(net, photos, image_size, transform, config=ExtractionConfig(workers=0, **options))
 
     reference = run(batch_size=1, fold_batchnorm=False, channels_last=False)
     folded = run(batch_size=1, fold_batchnorm=True)

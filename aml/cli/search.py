@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
                                resolve_device, run_cli, setup_logging)
 from aml.data.images import ImageLoadError
+from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings
 from aml.evaluation.whitening_store import Encoder, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
@@ -66,7 +67,7 @@ def _index(args) -> Path:
         path = Path(args.teacher) if Path(args.teacher).is_file() else None
         whitening = get_whitening(Encoder(teacher, name, path, named=path is None), args.whitening, settings)
     store = build_store(teacher, name, args.teacher, images, args.store, args.image_size, args.multiscale, whitening,
-                        workers=args.workers, device=device, progress=not args.quiet)
+                        ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet))
     print(f">> {len(images)} images indexed by {name} into {store}")
     if args.ivfpq:
         nlist, m = (int(v) for v in args.ivfpq.split(","))
@@ -87,7 +88,7 @@ def _query(args) -> List[Any]:
         teacher_net = load_teacher(spec, args.data_root)[0]
     check_teacher(store, student, teacher_net, args.teacher)
     results = query_store(store, student, args.images, args.k, bbxs=[args.box] if args.box else None,
-                          workers=args.workers, device=device, progress=not args.quiet)
+                          config=ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet))
     for entry in results:
         print(f">> {entry['query']}")
         for rank, hit in enumerate(entry["results"], start=1):

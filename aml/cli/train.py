@@ -17,6 +17,7 @@ from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arg
 from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, load_training_db, training_set_names, whitening_set_names
+from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
 from aml.evaluation.whitening_store import Encoder
 from aml.layers.pooling import POOLINGS
@@ -204,10 +205,11 @@ def _prepare(args: argparse.Namespace, teacher: Teacher, device: str) -> None:
             prepare_distractors(suffix, args.data_root)
 
 
-def _extraction(args) -> Dict[str, Any]:
-    """extract_vectors' options from --amp/--no-amp, --decode and --compile."""
-    return {"amp": False if args.amp is False else None, "amp_dtype": args.amp_dtype, "decode": args.decode,
-            "compile": args.compile}
+def _extraction(args, device: str) -> ExtractionConfig:
+    """How mining and the teacher's features extract, from -j, --amp/--no-amp, --amp-dtype,
+    --decode, --compile and --quiet."""
+    return ExtractionConfig(workers=args.workers, device=device, amp=False if args.amp is False else None,
+                            amp_dtype=args.amp_dtype, decode=args.decode, compile=args.compile, progress=not args.quiet)
 
 
 def _split(args, teacher: Teacher, split: str, feat_path: Optional[str], device: str) -> Split:
@@ -215,8 +217,7 @@ def _split(args, teacher: Teacher, split: str, feat_path: Optional[str], device:
     features = None
     if get_mode(args.mode).needs_teacher:
         features = teacher_split_features(teacher, args.training_dataset, split, len(db["cids"]), args.image_size,
-                                          feat_path, device, args.workers, progress=not args.quiet,
-                                          **_extraction(args))
+                                          feat_path, _extraction(args, device))
     return Split(db, list(db["images"]), features)
 
 
@@ -227,9 +228,11 @@ def _test_callback(args, teacher_spec: Teacher, device: str, run_dir: Path):
     if get_mode(args.mode).needs_teacher:
         net, name = teacher_spec.loaded
         teacher = Encoder(net, name, teacher_spec.path, named=teacher_spec.path is None)
+    extraction = _extraction(args, device)
     settings = TestSettings(datasets=[d for d in args.test_datasets.split(",") if d], image_size=args.image_size,
                             whitening=args.test_whiten or None, workers=args.workers, device=device,
-                            data_root=args.data_root, cache=True, progress=not args.quiet, **_extraction(args))
+                            data_root=args.data_root, cache=True, progress=not args.quiet, amp=extraction.amp,
+                            amp_dtype=extraction.amp_dtype, decode=extraction.decode, compile=extraction.compile)
 
     def show(dataset: str, entry: Dict[str, Any]) -> None:
         for line in result_lines(dataset, entry):
@@ -299,7 +302,7 @@ def _train(args: argparse.Namespace, world: World, device: str, run_dir: Path) -
                              val_freq=args.val_freq, save_freq=args.save_freq, sym=args.sym, device=device,
                              test_freq=args.test_freq, train_batchnorm=args.train_batchnorm,
                              batch_forward=args.batch_forward, seed=args.seed, amp=bool(args.amp),
-                             extraction=_extraction(args),
+                             extraction=_extraction(args, device),
                              progress=not args.quiet)
     trainer = Trainer(net, LOSSES[args.loss], build_loss(args.loss, args.loss_margin, args.temp).to(device), optimizer,
                       mode, train, val, run_dir, settings, _test_callback(args, teacher, device, run_dir), world)

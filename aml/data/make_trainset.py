@@ -22,7 +22,6 @@ and ``<name>-whiten.pkl`` (the train split's images and pairs, for ``-w <name>``
 import csv
 import hashlib
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path

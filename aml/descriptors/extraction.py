@@ -14,6 +14,7 @@ CPU tensor, column i = image i.
 """
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections import defaultdict
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from aml.data.encoded_images import EncodedImagesFromList, ImagePayload, decode_batch
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
 from aml.networks.inference import inference_copy
+from aml.networks.retrieval_net import multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
 
@@ -138,20 +140,57 @@ def resolve_amp(amp: Optional[bool], device: torch.device, amp_dtype: str = "flo
         raise ValueError(f"unknown autocast dtype {amp_dtype!r}; choose one of {', '.join(AMP_DTYPES)}") from None
 
 
-def pixel_path(device: Device, decode: str = "auto", amp: Optional[bool] = None, amp_dtype: str = "float16",
-               **_: Any) -> str:
-    """Name of what descriptors depend on besides the network and sizes: where images are
-    decoded and the precision ("pil-fp32", "device-bf16", ...); part of cache and store keys.
-    Takes extract_vectors' keyword arguments (others are ignored)."""
-    resolved = torch.device(device)
-    dtype = resolve_amp(amp, resolved, amp_dtype)
-    return f"{resolve_decoding(decode, resolved).name}-{_SHORT[dtype] if dtype else 'fp32'}"
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """How :func:`extract_vectors` turns images into descriptors, besides the network, the
+    image size and the scales: loading, decoding, precision, batching, and what to do with an
+    unreadable image. Frozen; :meth:`but` gives a changed copy, and a misspelled field is a
+    TypeError, never ignored.
+
+    Example: ``extract_vectors(net, paths, 1024, transform, config=ExtractionConfig(workers=8, decode="device"))``.
+    """
+
+    workers: int = 4  # loader workers (capped on the CPU, see effective_workers)
+    device: Optional[Device] = None  # None: the network's
+    batch_size: Optional[int] = None  # None: default_batch_size (per image shape on the CPU)
+    amp: Optional[bool] = None  # autocast; None: on CUDA only
+    amp_dtype: str = "float16"  # of the autocast (AMP_DTYPES)
+    decode: str = "auto"  # DECODINGS, or "auto": workers on CUDA, pil on the CPU
+    channels_last: bool = True  # 1.3-1.5x faster on the CPU
+    compile: bool = False  # torch.compile the forward
+    fold_batchnorm: Optional[bool] = None  # None: for calls of FOLD_MIN_PIXELS or more
+    skip_bad: bool = False  # an unreadable image is skipped (and listed) instead of raising
+    progress: bool = False  # a tqdm bar on stderr
+    desc: str = "extracting"  # its title
+    collective: bool = True  # under torchrun, each rank encodes its block; False: this process alone
+
+    def __post_init__(self):
+        if self.decode not in DECODE_CHOICES:
+            raise ValueError(f"unknown decoding {self.decode!r}; choose one of {', '.join(DECODE_CHOICES)}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"unknown autocast dtype {self.amp_dtype!r}; choose one of {', '.join(AMP_DTYPES)}")
+
+    def but(self, **changes: Any) -> "ExtractionConfig":
+        """A copy with ``changes`` (field names only)."""
+        return dataclasses.replace(self, **changes)
+
+    def device_for(self, net: Optional[torch.nn.Module] = None) -> torch.device:
+        """The compute device: the configured one, else the network's, else the CPU."""
+        if self.device is not None:
+            return torch.device(self.device)
+        return next(net.parameters()).device if net is not None else torch.device("cpu")
+
+    def pixel_path(self, net: Optional[torch.nn.Module] = None) -> str:
+        """Name of what descriptors depend on besides the network and sizes: where images are
+        decoded and the precision ("pil-fp32", "device-bf16", ...); part of every descriptor key."""
+        device = self.device_for(net)
+        dtype = resolve_amp(self.amp, device, self.amp_dtype)
+        return f"{resolve_decoding(self.decode, device).name}-{_SHORT[dtype] if dtype else 'fp32'}"
 
 
-def options_pixel_path(net: torch.nn.Module, options: Dict[str, Any]) -> str:
-    """:func:`pixel_path` of :func:`extract_vectors` called on ``net`` with keyword ``options``
-    (the device defaults to the network's, as there)."""
-    return pixel_path(**{**options, "device": options.get("device") or next(net.parameters()).device})
+DEFAULT_EXTRACTION = ExtractionConfig()
+#: the pixel path of the original's extraction (PIL in the workers, float32)
+ORIGINAL_PIXELS = "pil-fp32"
 
 
 def _batches(loader: Iterator, limit: Callable[[Tuple[int, ...]], int], shape: Callable[[Any], Tuple[int, ...]],
@@ -283,69 +322,44 @@ def _image_loader(dataset: Dataset, workers: int, device: torch.device) -> DataL
                       persistent_workers=False)
 
 
-def extract_vectors(
-    net: torch.nn.Module,
-    images: Sequence[Union[str, Path]],
-    image_size: Optional[float],
-    transform: Callable,
-    bbxs: Optional[Sequence[Optional[BBox]]] = None,
-    ms: Sequence[float] = (1,),
-    msp: float = 1.0,
-    print_freq: int = 10,
-    workers: int = 4,
-    device: Optional[Device] = None,
-    batch_size: Optional[int] = None,
-    amp: Optional[bool] = None,
-    amp_dtype: str = "float16",
-    channels_last: bool = True,
-    progress: bool = False,
-    skip_bad: bool = False,
-    skipped: Optional[List[int]] = None,
-    desc: str = "extracting",
-    collective: bool = True,
-    decode: str = "auto",
-    compile: bool = False,
-    fold_batchnorm: Optional[bool] = None,
-) -> torch.Tensor:
-    """Descriptors of ``images`` as a D x N float32 CPU tensor (cirtorch semantics).
+def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], image_size: Optional[float],
+                    transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]] = None, ms: Sequence[float] = (1,),
+                    msp: float = 1.0, print_freq: int = 10, *, config: ExtractionConfig = DEFAULT_EXTRACTION,
+                    skipped: Optional[List[int]] = None) -> torch.Tensor:
+    """Descriptors of ``images`` as a D x N float32 CPU tensor (cirtorch's positional
+    arguments and semantics; how to extract in ``config``, :class:`ExtractionConfig`).
 
-    ``bbxs`` crops queries; ``ms`` lists scales and ``msp`` the power used to average them;
-    ``device`` defaults to the network's. Batches hold only images of equal shape, so in
-    fp32 with ``decode="pil"`` the result equals the one-image-at-a-time loop up to float
-    rounding. ``decode`` (:data:`DECODINGS`, or "auto") says where images are decoded;
-    ``transform`` applies to PIL-decoded images, the device path normalises with
-    ``net.meta``'s mean/std. The forward runs on :func:`aml.networks.inference.inference_copy`
-    of ``net`` (BatchNorm folded; ``net`` itself when it has none) when ``fold_batchnorm``,
-    by default for calls of :data:`FOLD_MIN_PIXELS` or more.
-    ``amp`` autocasts to ``amp_dtype`` (None: on CUDA only); ``channels_last`` (default on:
-    1.3-1.5x faster on the CPU) converts that copy; ``compile`` runs it through ``torch.compile``. ``batch_size`` defaults to
-    :func:`default_batch_size` (per image shape on the CPU); a batch that runs out of device
-    memory is split with a warning. Loader workers are capped on the CPU
-    (:func:`effective_workers`). The network's train/eval mode is restored afterwards.
-    ``print_freq`` is accepted for cirtorch compatibility; progress goes to a tqdm bar
-    (stderr, titled ``desc``) when ``progress``. An unreadable image raises
-    :class:`ImageLoadError` naming it; with ``skip_bad`` it is skipped instead, its column
-    left at zero and its index appended to ``skipped``.
+    ``bbxs`` crops queries; ``ms`` lists scales and ``msp`` the power used to average them.
+    Batches hold only images of equal shape, so in fp32 with ``decode="pil"`` the result
+    equals the one-image-at-a-time loop up to float rounding. ``transform`` applies to
+    PIL-decoded images, the device path normalises with ``net.meta``'s mean/std. The forward
+    runs on :func:`aml.networks.inference.inference_copy` of ``net`` (BatchNorm folded) when
+    ``config.fold_batchnorm``, by default for calls of :data:`FOLD_MIN_PIXELS` or more. A
+    batch that runs out of device memory is split with a warning. The network's train/eval
+    mode is restored afterwards. ``print_freq`` is accepted for cirtorch compatibility. An
+    unreadable image raises :class:`ImageLoadError` naming it; with ``config.skip_bad`` it is
+    skipped instead, its column left at zero and its index appended to ``skipped``.
 
     Under torchrun the call is collective: every rank encodes its contiguous block of the
     images (:func:`aml.utils.distributed.shard_range`) and every rank returns the whole
-    D x N result (and the whole ``skipped`` list). ``collective`` False: this process
+    D x N result (and the whole ``skipped`` list); ``config.collective`` False: this process
     encodes all of ``images`` alone (the shards of a descriptor store).
     """
     del print_freq
-    world = current_world() if collective else World()
+    world = current_world() if config.collective else World()
     mine = shard_range(len(images), world)
-    local_skipped: Optional[List[int]] = [] if skip_bad else None
-    resolved = torch.device(device) if device is not None else next(net.parameters()).device
-    options = _Options(ms, msp, workers, resolved, batch_size, resolve_amp(amp, resolved, amp_dtype), channels_last,
-                       progress and world.is_main, desc, resolve_decoding(decode, resolved), compile,
-                       _fold(fold_batchnorm, len(mine), image_size))
+    local_skipped: Optional[List[int]] = [] if config.skip_bad else None
+    resolved = config.device_for(net)
+    options = _Options(ms, msp, config.workers, resolved, config.batch_size,
+                       resolve_amp(config.amp, resolved, config.amp_dtype), config.channels_last,
+                       config.progress and world.is_main, config.desc, resolve_decoding(config.decode, resolved),
+                       config.compile, _fold(config.fold_batchnorm, len(mine), image_size))
     vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,
                           [bbxs[i] for i in mine] if bbxs is not None else None, options, local_skipped)
     if world.distributed:
         vecs = gather_columns(vecs, len(images), world)
     _check_finite(vecs, images)
-    if skip_bad:
+    if config.skip_bad:
         found = concat_lists(gather_objects([mine.start + i for i in local_skipped], world))
         if skipped is not None:
             skipped.extend(found)
@@ -436,8 +450,12 @@ def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], ima
 
 
 def describe_images(net, images: Sequence[str], image_size: int, scales: Sequence[float] = (1,),
-                    msp: float = 1.0, bbxs=None, **options: Any) -> np.ndarray:
-    """D x N float32 descriptors of ``images`` with the network's own mean/std transform
-    (``options`` go to :func:`extract_vectors`)."""
+                    msp: Optional[float] = None, bbxs=None, config: ExtractionConfig = DEFAULT_EXTRACTION,
+                    skipped: Optional[List[int]] = None) -> np.ndarray:
+    """D x N float32 descriptors of ``images`` with the network's own mean/std transform;
+    ``msp`` defaults to the network's (:func:`aml.networks.multiscale_power`)."""
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    return extract_vectors(net, images, image_size, transform, bbxs=bbxs, ms=list(scales), msp=msp, **options).numpy()
+    if msp is None:
+        msp = multiscale_power(net, list(scales))
+    return extract_vectors(net, images, image_size, transform, bbxs=bbxs, ms=list(scales), msp=msp, config=config,
+                           skipped=skipped).numpy()

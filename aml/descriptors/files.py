@@ -14,7 +14,7 @@ import torch
 from aml.data.paths import data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import is_training_set, load_training_db
-from aml.descriptors.extraction import describe_images, options_pixel_path
+from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.fingerprint import network_fingerprint
 from aml.descriptors.store import StoreKey, encode_into_store, read_store
 from aml.networks.retrieval_net import multiscale_power
@@ -138,7 +138,8 @@ def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[s
 def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: str, split: str,
                              image_size: int, scales: Sequence[float] = (1,), data_root: Optional[str] = None,
                              output: Optional[Path] = None, fingerprint: Optional[str] = None,
-                             shard_size: Optional[int] = None, store_dtype: str = "float32", **options) -> Path:
+                             shard_size: Optional[int] = None, store_dtype: str = "float32",
+                             config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
     """Encode a data set (split) with ``net`` and write ``<data_root>/features/<name>.npy``
     (``fingerprint``: the weights' hash, when the caller already has it). With
     ``shard_size`` the descriptors go to a resumable descriptor store, the folder
@@ -152,16 +153,16 @@ def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: s
         folder = path.with_suffix(".store")
         key = StoreKey(fingerprint or network_fingerprint(net), network_name, image_size,
                        tuple(float(x) for x in scales), round(float(multiscale_power(net, list(scales))), 6),
-                       store_dtype, shard_size, options_pixel_path(net, options))
-        options["progress"] = options.get("progress", False) and current_world().is_main
-        store = encode_into_store(net, images, folder, key, desc=f"{dataset} {split} shard", **options)
+                       store_dtype, shard_size, config.pixel_path(net))
+        shards = config.but(progress=config.progress and current_world().is_main, desc=f"{dataset} {split} shard")
+        store = encode_into_store(net, images, folder, key, shards)
         log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
         return folder
     vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)),
-                           desc=f"{dataset} {split}", **options)
+                           config=config.but(desc=f"{dataset} {split}"))
     settings = {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),
                 "image_size": image_size, "scales": [float(x) for x in scales],
-                "pixels": options_pixel_path(net, options)}
+                "pixels": config.pixel_path(net)}
     world = current_world()
     if world.is_main:
         write_feature_file(vecs, images, path, settings)

@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, ExtractionConfig, describe_images
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
 
@@ -50,7 +51,7 @@ class StoreKey:
     msp: float
     dtype: str = "float16"
     shard_size: int = 16384
-    pixels: str = "pil-fp32"  # decoding and precision of the extraction (extraction.pixel_path)
+    pixels: str = ORIGINAL_PIXELS  # decoding and precision of the extraction (ExtractionConfig.pixel_path)
 
 
 def _list_sha1(images: Sequence[str]) -> str:
@@ -239,23 +240,23 @@ def read_store(folder: Path) -> DescriptorStore:
         images = (folder / "images.txt").read_text().split("\n")[:-1]
         key = StoreKey(manifest["fingerprint"], manifest["network"], manifest["image_size"],
                        tuple(manifest["scales"]), manifest["msp"], manifest["dtype"], manifest["shard_size"],
-                       manifest.get("pixels", "pil-fp32"))
+                       manifest.get("pixels", ORIGINAL_PIXELS))
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{folder} is not a readable descriptor store ({err})") from None
     return DescriptorStore(folder, images, key, int(manifest["dim"])).open()
 
 
-def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey, skip_bad: bool = False,
-                      **options: Any) -> DescriptorStore:
+def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey,
+                      config: ExtractionConfig = DEFAULT_EXTRACTION) -> DescriptorStore:
     """The store of ``images`` encoded by ``net`` as ``key`` says, its missing shards encoded
-    first (``options`` go to :func:`aml.descriptors.describe_images`: workers, device, ...)."""
-    from aml.descriptors.extraction import describe_images
-
+    first, each by this process alone (``config``: how; its skip policy decides whether an
+    unreadable image is skipped and listed or raises)."""
     store = open_store(folder, images, key, int(net.meta["outputdim"]))
+    shard_config = config.but(collective=False)
 
     def encode(block: List[str], skipped: Optional[List[int]]):
-        return describe_images(net, block, key.image_size, key.scales, key.msp, skip_bad=skipped is not None,
-                               skipped=skipped, collective=False, **options)
+        return describe_images(net, block, key.image_size, key.scales, key.msp,
+                               config=shard_config.but(skip_bad=skipped is not None), skipped=skipped)
 
-    store.fill(encode, skip_bad)
+    store.fill(encode, config.skip_bad)
     return store

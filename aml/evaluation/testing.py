@@ -18,7 +18,7 @@ import numpy as np
 from aml.data.paths import data_subdir
 from aml.data.distractors import DISTRACTOR_SETS, distractor_images, split_test_name
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
-from aml.descriptors import cached_descriptors, describe_images, network_fingerprint, pixel_path
+from aml.descriptors import ExtractionConfig, cached_descriptors, describe_images, network_fingerprint
 from aml.descriptors.store import DescriptorStore, StoreKey, encode_into_store
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.search import positions_with_distractors, rank_database
@@ -56,10 +56,11 @@ class TestSettings:
     distractor_dtype: str = "float32"  # of the distractor store (float16 halves its disk and reads)
     shard_size: int = 16384  # images per distractor shard
 
-    def extraction(self) -> Dict[str, Any]:
-        return dict(workers=self.workers, device=self.device, batch_size=self.batch_size, amp=self.amp,
-                    amp_dtype=self.amp_dtype, decode=self.decode, compile=self.compile,
-                    progress=self.progress, skip_bad=self.skip_bad)
+    def extraction(self) -> ExtractionConfig:
+        """How the test images are encoded."""
+        return ExtractionConfig(workers=self.workers, device=self.device, batch_size=self.batch_size, amp=self.amp,
+                                amp_dtype=self.amp_dtype, decode=self.decode, compile=self.compile,
+                                progress=self.progress, skip_bad=self.skip_bad)
 
 
 def htime(seconds: float) -> str:
@@ -95,16 +96,15 @@ def distractor_store(suffix: str, encoder: Encoder, settings: TestSettings, fing
     scales = tuple(float(x) for x in settings.scales)
     key = StoreKey(fingerprint, encoder.name, settings.image_size, scales,
                    round(float(multiscale_power(encoder.net, list(scales))), 6), settings.distractor_dtype,
-                   settings.shard_size, pixel_path(**settings.extraction()))
+                   settings.shard_size, settings.extraction().pixel_path())
     name = DISTRACTOR_SETS[suffix].folder
     tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_" + hashlib.sha1(repr(key).encode()).hexdigest()[:8]
     folder = data_subdir(settings.data_root, "features") / "distractors" / f"{name}_{fingerprint}_{tag}"
     images = distractor_images(suffix, settings.data_root, settings.progress)
-    options = {k: v for k, v in settings.extraction().items() if k != "skip_bad"}
-    options["progress"] = settings.progress and current_world().is_main  # each process encodes its own shards
+    # each process encodes its own shards
+    config = settings.extraction().but(progress=settings.progress and current_world().is_main, desc=f"{name} shard")
     log.info(">> %s: %d distractors, descriptors by %s in %s", name, len(images), encoder.name, folder)
-    return encode_into_store(encoder.net, images, folder, key, skip_bad=settings.skip_bad, desc=f"{name} shard",
-                             **options)
+    return encode_into_store(encoder.net, images, folder, key, config)
 
 
 @dataclass
@@ -157,7 +157,7 @@ def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[
     if teacher is not None:
         tq = describe_images(teacher.net, [queries[q] for q in kept], settings.image_size, settings.scales,
                              multiscale_power(teacher.net, list(settings.scales)), bbxs=[bbxs[q] for q in kept],
-                             **dict(settings.extraction(), skip_bad=False))
+                             config=settings.extraction().but(skip_bad=False))
         teacher_results, teacher_ranks = _search(encoded.vecs, tq, cfg, [cfg["gnd"][q] for q in kept],
                                                  settings.device, encoded.skipped_db)
         teacher_aps = _query_aps(teacher_results, kept, len(queries))
@@ -180,9 +180,11 @@ def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: 
     skipped_queries: List[int] = []
     vecs = cached_descriptors(database_encoder.net, images, settings.image_size, scales,
                               multiscale_power(database_encoder.net, scales), cache_dir, dataset,
-                              fingerprint, skipped=skipped_db, desc=f"{dataset} database", **settings.extraction())
+                              fingerprint, skipped=skipped_db,
+                              config=settings.extraction().but(desc=f"{dataset} database"))
     qvecs = describe_images(student.net, queries, settings.image_size, scales, multiscale_power(student.net, scales),
-                            bbxs=bbxs, skipped=skipped_queries, desc=f"{dataset} queries", **settings.extraction())
+                            bbxs=bbxs, skipped=skipped_queries,
+                            config=settings.extraction().but(desc=f"{dataset} queries"))
     return _Encoded(vecs, qvecs, skipped_db, skipped_queries)
 
 

@@ -69,7 +69,7 @@ def learn_whitening(encoder: Encoder, whitening_set: str, settings) -> Whitening
     msp = multiscale_power(encoder.net, list(settings.scales))
     log.info(">> %s: Learning whitening with %s...", whitening_set, encoder.name)
     vecs = describe_images(encoder.net, db["images"], settings.image_size, settings.scales, msp,
-                           **settings.extraction())
+                           config=settings.extraction())
     return whitenlearn(vecs, db["qidxs"], db["pidxs"])
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from aml.data.images import BBox
-from aml.descriptors import describe_images, feature_file_settings, network_fingerprint, write_feature_file
+from aml.descriptors import (DEFAULT_EXTRACTION, ExtractionConfig, describe_images, feature_file_settings,
+                             network_fingerprint, write_feature_file)
 from aml.descriptors.files import invalidate_feature_file
 from aml.evaluation.whitening import whitenapply
 from aml.networks.pretrained import TEACHERS
@@ -95,14 +96,15 @@ class Store:
 
 def build_store(teacher: ImageRetrievalNet, teacher_name: str, teacher_source: str, images: Sequence[str],
                 folder: PathLike, image_size: int, scales: Sequence[float] = (1,),
-                whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None, **options: Any) -> Path:
+                whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
     """Encode ``images`` with the teacher into a store at ``folder`` (``teacher_source``:
     the name or path the teacher was loaded from, recorded for the query-side check). The
     whitening and IVF-PQ index of a store that was there before are removed: they belong to
     its descriptors."""
     folder = Path(folder)
     vecs = describe_images(teacher, images, image_size, scales, multiscale_power(teacher, list(scales)),
-                           desc="indexing", **options)
+                           config=config.but(desc="indexing"))
     invalidate_feature_file(folder / DESCRIPTORS)  # an interrupted re-index leaves an incomplete store
     for stale in (folder / WHITENING, folder / INDEX):
         if stale.is_file():
@@ -200,12 +202,14 @@ def check_teacher(store: Store, student: ImageRetrievalNet, teacher_net: Optiona
 
 
 def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str], k: int = 10,
-                bbxs: Optional[Sequence[Optional[BBox]]] = None, **options: Any) -> List[Dict[str, Any]]:
+                bbxs: Optional[Sequence[Optional[BBox]]] = None,
+                config: ExtractionConfig = DEFAULT_EXTRACTION) -> List[Dict[str, Any]]:
     """Encode ``images`` with the student (as the store was encoded: image size, scales)
     and return, per query, its top-``k`` database images with scores."""
     scales = store.settings["scales"]
     queries = describe_images(student, images, store.settings["image_size"], scales,
-                              multiscale_power(student, list(scales)), bbxs=bbxs, desc="queries", **options)
+                              multiscale_power(student, list(scales)), bbxs=bbxs,
+                              config=config.but(desc="queries"))
     scores, indices = store.search(queries, k)
     return [{"query": str(image), "results": [{"image": store.images[int(i)], "score": float(s)}
                                               for s, i in zip(row_scores, row_indices) if i >= 0]}

@@ -4,13 +4,14 @@
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from aml.data.paths import data_subdir
-from aml.descriptors import (extract_dataset_features, feature_file_name, feature_file_settings, load_feature_file,
-                             network_fingerprint, pixel_path)
+from aml.descriptors import (DEFAULT_EXTRACTION, ExtractionConfig, extract_dataset_features, feature_file_name,
+                             feature_file_settings, load_feature_file, network_fingerprint)
+from aml.descriptors.extraction import ORIGINAL_PIXELS
 from aml.networks.retrieval_net import ImageRetrievalNet
 
 log = logging.getLogger(__name__)
@@ -43,27 +44,26 @@ class Teacher:
 
 
 def teacher_split_features(teacher: Teacher, dataset: str, split: str, columns: int, image_size: int,
-                           feat_path: Optional[str] = None, device: str = "cpu", workers: int = 8,
-                           progress: bool = False, **extraction: Any) -> torch.Tensor:
+                           feat_path: Optional[str] = None,
+                           config: ExtractionConfig = DEFAULT_EXTRACTION) -> torch.Tensor:
     """D x N teacher descriptors of one split (N = ``columns``, db order).
 
     With ``feat_path`` the file is read and its shape checked (the teacher is not loaded).
     Otherwise the teacher encodes the split at ``image_size``; the result is cached as
     ``<dataset>[-val]_<teacher>.npy`` and reused while the teacher's weights and the image
-    size stay the same. ``extraction``: amp/decode/compile for extract_vectors (the pixel
-    path is part of what the cache must match).
+    size stay the same. ``config``: how to extract (its pixel path is part of what the
+    cache must match).
     """
     if feat_path:
         return torch.from_numpy(load_feature_file(Path(feat_path), columns))
     path = data_subdir(teacher.data_root, "features") / feature_file_name(dataset, teacher.feature_name, split,
                                                                                      image_size)
     wanted = {"fingerprint": teacher.fingerprint, "image_size": image_size,
-              "pixels": pixel_path(device, **extraction)}
-    known = dict({"pixels": "pil-fp32"}, **(feature_file_settings(path) or {}))
+              "pixels": config.pixel_path()}
+    known = dict({"pixels": ORIGINAL_PIXELS}, **(feature_file_settings(path) or {}))
     if not path.is_file() or any(known.get(k) != v for k, v in wanted.items()):
         net, name = teacher.loaded
         log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, name)
         extract_dataset_features(net, name, dataset, split, image_size, data_root=teacher.data_root, output=path,
-                                 fingerprint=teacher.fingerprint, device=device, workers=workers,
-                                 progress=progress, **extraction)
+                                 fingerprint=teacher.fingerprint, config=config)
     return torch.from_numpy(load_feature_file(path, columns))

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
-from aml.descriptors import effective_workers, extract_vectors
+from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
 from aml.losses import LossKind, LossSpec
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
@@ -89,7 +89,8 @@ class TrainSettings:
     seed: int = 0  # every random draw comes from streams derived from it (aml.utils.seeding)
     progress: bool = False  # tqdm bars (stderr) over training batches and descriptor extraction
     amp: bool = False  # bfloat16 autocast of the training (and validation) forward passes and losses
-    extraction: Dict[str, Any] = field(default_factory=dict)  # amp/decode/compile of mining's extract_vectors
+    # how mining extracts (its workers, device and progress are the fields above)
+    extraction: ExtractionConfig = DEFAULT_EXTRACTION
 
 
 class DescriptorModel(nn.Module):
@@ -140,6 +141,7 @@ class Trainer:
                 split.teacher = split.teacher.to(self.device)
         net.to(memory_format=torch.channels_last)  # faster convolutions on the CPU and GPU
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
+        self.mining = settings.extraction.but(workers=settings.workers, device=self.device, progress=settings.progress)
         self.evaluate = evaluate
         self.ddp, self.sync_batchnorm = self._distribute(net) if world.distributed else (None, False)
         self.encode = self.ddp if self.ddp is not None else net.descriptors
@@ -172,8 +174,7 @@ class Trainer:
     def _encoder(self, split: Split) -> Callable[[Sequence[int]], torch.Tensor]:
         def encode(indices: Sequence[int]) -> torch.Tensor:
             return extract_vectors(self.net, [split.images[i] for i in indices], self.settings.image_size,
-                                   self.transform, workers=self.settings.workers, device=self.device,
-                                   progress=self.settings.progress, **self.settings.extraction)
+                                   self.transform, config=self.mining)
         return encode
 
     def epoch_tuples(self, split: Split, epoch: int, everything: bool = False) -> List[TrainingTuple]:

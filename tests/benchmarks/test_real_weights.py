@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aml.descriptors import ExtractionConfig
 from aml.data.images import image_transform
 from aml.data.photos import sample_photos
 from aml.descriptors import extract_vectors
@@ -35,7 +36,8 @@ def test_fast_paths_stay_within_their_tolerances_on_real_photos(network, photos)
 
 def nearest_view(net, photos, image_size=224):
     names = list(sample_photos())
-    vectors = extract_vectors(net, photos, image_size, image_transform(net.meta["mean"], net.meta["std"]), workers=0)
+    vectors = extract_vectors(net, photos, image_size, image_transform(net.meta["mean"], net.meta["std"]),
+                              config=ExtractionConfig(workers=0))
     scores = vectors.t() @ vectors
     scores.fill_diagonal_(-2)
     left, right = names.index("motorcycle_left"), names.index("motorcycle_right")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from aml.descriptors import ExtractionConfig
 from aml.cli import test as test_cli
 from aml.data.distractors import DISTRACTOR_SETS, revisitop1m_urls, split_test_name
 from aml.data.images import ImageLoadError
@@ -52,8 +53,9 @@ def full_ranking_maps(root, dataset, student, teacher, store):
     """The reference: the test database and all distractors ranked together in memory."""
     cfg = configdataset(dataset, root / "test")
     images, queries, bbxs = query_and_database_paths(cfg)
-    database = np.concatenate([describe_images(teacher, images, 64, workers=0), store.load()], axis=1)
-    qvecs = describe_images(student, queries, 64, bbxs=bbxs, workers=0)
+    database = np.concatenate([describe_images(teacher, images, 64,
+                                               config=ExtractionConfig(workers=0)), store.load()], axis=1)
+    qvecs = describe_images(student, queries, 64, bbxs=bbxs, config=ExtractionConfig(workers=0))
     return evaluate_ranks(rank_database(database, qvecs), cfg["gnd"], cfg["protocol"])
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from aml.descriptors import ExtractionConfig
 from aml.data.images import ImageLoadError, image_transform, load_and_resize
 from aml.descriptors import extract_vectors
 from aml.descriptors.extraction import NonFiniteDescriptors
@@ -61,7 +62,7 @@ def real_workers(monkeypatch):
 
 def test_batched_equals_one_by_one(images, net, real_workers):
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    batched = extract_vectors(net, images, 64, transform, workers=2, batch_size=4)
+    batched = extract_vectors(net, images, 64, transform, config=ExtractionConfig(workers=2, batch_size=4))
     assert batched.shape == (512, len(images)) and batched.dtype == torch.float32
     assert torch.allclose(batched, reference(net, images, 64), atol=1e-5)
 
@@ -69,22 +70,25 @@ def test_batched_equals_one_by_one(images, net, real_workers):
 def test_bbx_crops_are_applied(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     bbxs = [(5, 5, 40, 30)] * len(images)
-    cropped = extract_vectors(net, images, 64, transform, bbxs=bbxs, workers=0)
+    cropped = extract_vectors(net, images, 64, transform, bbxs=bbxs, config=ExtractionConfig(workers=0))
     assert torch.allclose(cropped, reference(net, images, 64, bbxs), atol=1e-5)
-    assert not torch.allclose(cropped, extract_vectors(net, images, 64, transform, workers=0), atol=1e-3)
+    assert not torch.allclose(cropped, extract_vectors(net, images, 64, transform,
+                                                       config=ExtractionConfig(workers=0)), atol=1e-3)
 
 
 def test_multiscale_with_gem_power(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     scales = [1, 1 / 2 ** 0.5, 1 / 2]
-    out = extract_vectors(net, images, 64, transform, ms=scales, msp=3.0, workers=0, batch_size=3)
+    out = extract_vectors(net, images, 64, transform, ms=scales, msp=3.0,
+                          config=ExtractionConfig(workers=0, batch_size=3))
     assert torch.allclose(out, reference(net, images, 64, scales=scales, msp=3.0), atol=1e-5)
     assert torch.allclose(out.norm(dim=0), torch.ones(len(images)), atol=1e-5)
 
 
 def test_training_mode_is_restored(images, net):
     net.train()
-    extract_vectors(net, images[:2], 64, image_transform(net.meta["mean"], net.meta["std"]), workers=0)
+    extract_vectors(net, images[:2], 64, image_transform(net.meta["mean"], net.meta["std"]),
+                    config=ExtractionConfig(workers=0))
     assert net.training
     net.eval()
 
@@ -93,7 +97,8 @@ def test_bad_image_is_named_from_worker(images, net, tmp_path, real_workers):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"garbage")
     with pytest.raises(ImageLoadError, match="broken.jpg"):
-        extract_vectors(net, images[:3] + [str(bad)], 64, image_transform(net.meta["mean"], net.meta["std"]), workers=1)
+        extract_vectors(net, images[:3] + [str(bad)], 64, image_transform(net.meta["mean"], net.meta["std"]),
+                        config=ExtractionConfig(workers=1))
 
 
 def test_non_finite_descriptors_are_refused_naming_the_first_image(images):
@@ -103,7 +108,8 @@ def test_non_finite_descriptors_are_refused_naming_the_first_image(images):
         broken.features[0].weight[0, 0, 0, 0] = float("inf")  # every image: inf - inf somewhere
     with pytest.raises(NonFiniteDescriptors, match=f"for {len(images)} of {len(images)} images \\(the first: "
                                                    f"{images[0]}\\)"):
-        extract_vectors(broken, images, 64, image_transform(broken.meta["mean"], broken.meta["std"]), workers=0)
+        extract_vectors(broken, images, 64, image_transform(broken.meta["mean"], broken.meta["std"]),
+                        config=ExtractionConfig(workers=0))
 
 
 def test_cpu_workers_leave_cores_to_torch():
@@ -118,19 +124,19 @@ def test_skip_bad_leaves_a_zero_column_and_reports_it(images, net, tmp_path, rea
     bad.write_bytes(b"garbage")
     skipped = []
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    vecs = extract_vectors(net, images[:3] + [str(bad)] + images[3:5], 64, transform, workers=1, skip_bad=True,
-                           skipped=skipped)
+    vecs = extract_vectors(net, images[:3] + [str(bad)] + images[3:5], 64, transform, skipped=skipped,
+                           config=ExtractionConfig(workers=1, skip_bad=True))
     assert skipped == [3] and torch.count_nonzero(vecs[:, 3]) == 0
-    expected = extract_vectors(net, images[:5], 64, transform, workers=0)
+    expected = extract_vectors(net, images[:5], 64, transform, config=ExtractionConfig(workers=0))
     assert torch.allclose(vecs[:, [0, 1, 2, 4, 5]], expected, atol=1e-5)
 
 
 def test_progress_bar_goes_to_stderr_only_when_asked(images, net, capsys):
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    extract_vectors(net, images[:4], 48, transform, workers=0, progress=True, desc="db")
+    extract_vectors(net, images[:4], 48, transform, config=ExtractionConfig(workers=0, progress=True, desc="db"))
     captured = capsys.readouterr()
     assert "db:" in captured.err and "/4 [" in captured.err and "img/s" in captured.err and captured.out == ""
-    extract_vectors(net, images[:4], 48, transform, workers=0)
+    extract_vectors(net, images[:4], 48, transform, config=ExtractionConfig(workers=0))
     assert capsys.readouterr().err == ""
 
 
@@ -147,8 +153,10 @@ DEVICE_DECODING_COSINE = {"cpu": 0.999, "cuda": 0.995}
 def test_device_decoding_is_close_to_pil(images, net, device, scales):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     bbxs = [None, (5, 5, 50, 40)] * (len(images) // 2)
-    pil = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales, decode="pil", device="cpu", amp=False)
-    fast = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales, decode="device", device=device, amp=False)
+    pil = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales,
+                          config=ExtractionConfig(decode="pil", device="cpu", amp=False))
+    fast = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales,
+                           config=ExtractionConfig(decode="device", device=device, amp=False))
     cosines = (F.normalize(pil, dim=0) * F.normalize(fast, dim=0)).sum(0)
     assert cosines.min() > DEVICE_DECODING_COSINE[device], cosines
     net.to("cpu")
@@ -159,9 +167,10 @@ def test_device_decoding_is_close_to_pil(images, net, device, scales):
 def test_the_default_path_of_each_device_is_within_cosine_0999_of_the_original(images, net, device, scales):
     """On CUDA: PIL pixels normalised on the GPU, float16 autocast, channels_last, batches."""
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    reference = extract_vectors(net, images, 64, transform, ms=scales, decode="pil", device="cpu", amp=False,
-                                channels_last=False, batch_size=1)
-    default = extract_vectors(net, images, 64, transform, ms=scales, device=device)
+    reference = extract_vectors(net, images, 64, transform, ms=scales,
+                                config=ExtractionConfig(decode="pil", device="cpu", amp=False, channels_last=False,
+                                                        batch_size=1))
+    default = extract_vectors(net, images, 64, transform, ms=scales, config=ExtractionConfig(device=device))
     cosines = (F.normalize(reference, dim=0) * F.normalize(default, dim=0)).sum(0)
     assert cosines.min() > 0.999, cosines
     net.to("cpu")
@@ -169,20 +178,20 @@ def test_the_default_path_of_each_device_is_within_cosine_0999_of_the_original(i
 
 def test_workers_decoding_gives_the_pil_pixels(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    pil = extract_vectors(net, images, 64, transform, decode="pil")
-    workers = extract_vectors(net, images, 64, transform, decode="workers")
+    pil = extract_vectors(net, images, 64, transform, config=ExtractionConfig(decode="pil"))
+    workers = extract_vectors(net, images, 64, transform, config=ExtractionConfig(decode="workers"))
     assert torch.allclose(pil, workers, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype, floor", [("float16", 0.9995), ("bfloat16", 0.99)])
 def test_autocast_dtypes_on_the_cpu(images, net, dtype, floor):
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    fp32 = extract_vectors(net, images[:4], 64, transform, amp=False)
-    autocast = extract_vectors(net, images[:4], 64, transform, amp=True, amp_dtype=dtype)
+    fp32 = extract_vectors(net, images[:4], 64, transform, config=ExtractionConfig(amp=False))
+    autocast = extract_vectors(net, images[:4], 64, transform, config=ExtractionConfig(amp=True, amp_dtype=dtype))
     cosines = (F.normalize(fp32, dim=0) * F.normalize(autocast, dim=0)).sum(0)
     assert cosines.min() > floor and not torch.equal(fp32, autocast)
     with pytest.raises(ValueError, match="unknown autocast dtype 'float8'"):
-        extract_vectors(net, images[:1], 64, transform, amp=True, amp_dtype="float8")
+        extract_vectors(net, images[:1], 64, transform, config=ExtractionConfig(amp=True, amp_dtype="float8"))
 
 
 def test_device_decoding_skips_and_names_a_bad_file(images, net, tmp_path, real_workers, caplog):
@@ -191,16 +200,17 @@ def test_device_decoding_skips_and_names_a_bad_file(images, net, tmp_path, real_
     paths = images[:3] + [str(bad)] + images[3:5]
     transform = image_transform(net.meta["mean"], net.meta["std"])
     with pytest.raises(ImageLoadError, match="cut.jpg"):
-        extract_vectors(net, paths, 64, transform, decode="device", workers=1)
+        extract_vectors(net, paths, 64, transform, config=ExtractionConfig(decode="device", workers=1))
     skipped = []
-    vecs = extract_vectors(net, paths, 64, transform, decode="device", workers=1, skip_bad=True, skipped=skipped)
+    vecs = extract_vectors(net, paths, 64, transform, skipped=skipped,
+                           config=ExtractionConfig(decode="device", workers=1, skip_bad=True))
     assert skipped == [3] and torch.all(vecs[:, 3] == 0) and torch.all(vecs[:, [0, 1, 2, 4, 5]].norm(dim=0) > 0.99)
 
 
 def test_unknown_decoding_is_refused(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     with pytest.raises(ValueError, match="unknown decoding 'gpu'.*auto, pil, device"):
-        extract_vectors(net, images[:1], 64, transform, decode="gpu")
+        extract_vectors(net, images[:1], 64, transform, config=ExtractionConfig(decode="gpu"))
 
 
 class ShortOfMemory(torch.nn.Module):
@@ -222,10 +232,11 @@ def test_out_of_memory_splits_the_batch_and_warns(images, net, caplog):
     same_shape = [p for i, p in enumerate(images) if i % 4 == 0]  # 80x60 images: one bucket
     short = ShortOfMemory(net, limit=1)
     with caplog.at_level("WARNING", logger="aml.descriptors.extraction"):
-        vecs = extract_vectors(short, same_shape, 64, transform, batch_size=4, ms=(1, 0.5))
+        vecs = extract_vectors(short, same_shape, 64, transform, ms=(1, 0.5), config=ExtractionConfig(batch_size=4))
     assert short.batches and max(short.batches) == 1
     assert "out of memory at a batch of 4 images" in caplog.text and "batches of 2" in caplog.text
-    assert torch.allclose(vecs, extract_vectors(net, same_shape, 64, transform, batch_size=1, ms=(1, 0.5)), atol=1e-5)
+    assert torch.allclose(vecs, extract_vectors(net, same_shape, 64, transform, ms=(1, 0.5),
+                                                config=ExtractionConfig(batch_size=1)), atol=1e-5)
     with pytest.raises(torch.OutOfMemoryError):
         extract_vectors(ShortOfMemory(net, limit=0), same_shape[:1], 64, transform)
 
@@ -242,28 +253,42 @@ def test_cpu_batches_follow_the_pixel_budget():
 
 
 def test_pixel_path_names_decoding_and_precision():
-    from aml.descriptors import pixel_path
+    assert ExtractionConfig(device="cpu").pixel_path() == "pil-fp32"
+    assert ExtractionConfig(device="cuda").pixel_path() == "workers-fp16"
+    assert ExtractionConfig(device="cuda", decode="pil", amp=False).pixel_path() == "pil-fp32"
+    assert ExtractionConfig(device="cuda", decode="device", amp_dtype="bfloat16").pixel_path() == "device-bf16"
+    assert ExtractionConfig(device="cpu", decode="device", amp=True, workers=3).pixel_path() == "device-fp16"
+    # without a device of its own, the network's decides
+    assert ExtractionConfig().pixel_path(torch.nn.Linear(1, 1)) == "pil-fp32"
 
-    assert pixel_path("cpu") == "pil-fp32"
-    assert pixel_path("cuda") == "workers-fp16"
-    assert pixel_path("cuda", decode="pil", amp=False) == "pil-fp32"
-    assert pixel_path("cuda", decode="device", amp_dtype="bfloat16") == "device-bf16"
-    assert pixel_path("cpu", decode="device", amp=True, workers=3) == "device-fp16"
+
+def test_the_extraction_config_refuses_unknown_fields_and_names():
+    with pytest.raises(TypeError, match="skip_bda"):
+        ExtractionConfig(skip_bda=True)  # a misspelling is an error, not ignored
+    with pytest.raises(TypeError):
+        ExtractionConfig().but(worker=2)
+    with pytest.raises(ValueError, match="choose one of auto, pil, device, workers"):
+        ExtractionConfig(decode="gpu")
+    with pytest.raises(ValueError, match="float8"):
+        ExtractionConfig(amp_dtype="float8")
+    config = ExtractionConfig(workers=2)
+    assert config.but(decode="pil") == ExtractionConfig(workers=2, decode="pil") and config.decode == "auto"
 
 
 def test_the_cache_keeps_pil_and_device_descriptors_apart(images, net, tmp_path):
     from aml.descriptors import cached_descriptors
 
-    pil = cached_descriptors(net, images[:4], 64, (1,), 1.0, tmp_path, "db", decode="pil")
-    device = cached_descriptors(net, images[:4], 64, (1,), 1.0, tmp_path, "db", decode="device")
+    pil = cached_descriptors(net, images[:4], 64, (1,), 1.0, tmp_path, "db", config=ExtractionConfig(decode="pil"))
+    device = cached_descriptors(net, images[:4], 64, (1,), 1.0, tmp_path, "db",
+                                config=ExtractionConfig(decode="device"))
     assert len(list(tmp_path.glob("db_*.npy"))) == 2
     assert not np.array_equal(pil, device)
 
 
 def test_folded_batchnorm_gives_the_same_descriptors(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    folded = extract_vectors(net, images, 64, transform, ms=(1, 0.5), fold_batchnorm=True)
-    plain = extract_vectors(net, images, 64, transform, ms=(1, 0.5), fold_batchnorm=False)
+    folded = extract_vectors(net, images, 64, transform, ms=(1, 0.5), config=ExtractionConfig(fold_batchnorm=True))
+    plain = extract_vectors(net, images, 64, transform, ms=(1, 0.5), config=ExtractionConfig(fold_batchnorm=False))
     assert torch.allclose(folded, plain, atol=1e-5) and not any(
         type(m).__name__ == "GraphModule" for m in net.modules())  # the network itself is not folded
 

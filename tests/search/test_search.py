@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from aml.descriptors import ExtractionConfig
 from aml.cli import search as search_cli
 from aml.data.safe_pickle import load_pickle
 from aml.descriptors import describe_images, write_feature_file
@@ -55,8 +56,8 @@ def test_easy_queries_return_their_positives_first(store, teacher, synth_root, t
     database = [str(jpg / f"{n}.jpg") for n in gnd["imlist"]]
     queries = [str(jpg / f"{n}.jpg") for n in gnd["qimlist"]]
     boxes = [g["bbx"] for g in gnd["gnd"]]
-    ranks = rank_database(describe_images(net, database, 64, workers=0),
-                          describe_images(net, queries, 64, bbxs=boxes, workers=0))
+    ranks = rank_database(describe_images(net, database, 64, config=ExtractionConfig(workers=0)),
+                          describe_images(net, queries, 64, bbxs=boxes, config=ExtractionConfig(workers=0)))
     easy = [q for q in range(len(queries)) if ranks[0, q] in set(gnd["gnd"][q]["easy"])]
     assert len(easy) >= 3  # the benchmark answers these right
     for q in easy[:3]:

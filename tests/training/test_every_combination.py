@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from aml.descriptors import ExtractionConfig
 from aml.cli import train as train_cli
 from aml.data.trainsets import load_training_db
 from aml.losses import LOSSES, build_loss
@@ -64,7 +65,8 @@ def splits(synth_root, random_teacher):
     result = {}
     for name in ("train", "val"):
         db = load_training_db("synth-sfm", name, synth_root)
-        features = teacher_split_features(teacher, "synth-sfm", name, len(db["cids"]), SIZE, workers=0)
+        features = teacher_split_features(teacher, "synth-sfm", name, len(db["cids"]), SIZE,
+                                          config=ExtractionConfig(workers=0))
         result[name] = Split(db, list(db["images"]), features)
     return result
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from aml.descriptors import ExtractionConfig
 from aml.cli import test as test_cli
 from aml.cli import train as train_cli
 from aml.data.trainsets import load_training_db
@@ -67,7 +68,7 @@ def test_training_raises_asymmetric_map_and_regression_beats_contrastive(synth_r
 def dead_projection_channels(checkpoint, root) -> int:
     """Student output dimensions that are zero for every training image (dead ReLUs)."""
     images = load_training_db("synth-sfm", "train", root)["images"]
-    descriptors = describe_images(load_network(checkpoint), images, 64, workers=0)
+    descriptors = describe_images(load_network(checkpoint), images, 64, config=ExtractionConfig(workers=0))
     return int((descriptors.max(axis=1) <= 0).sum())
 
 

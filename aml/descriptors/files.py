@@ -158,8 +158,7 @@ def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: s
         store = encode_into_store(net, images, folder, key, shards)
         log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
         return folder
-    vecs = describe_images(net, images, image_size, scales, multiscale_power(net, list(scales)),
-                           config=config.but(desc=f"{dataset} {split}"))
+    vecs = describe_images(net, images, image_size, scales, config=config.but(desc=f"{dataset} {split}"))
     settings = {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),
                 "image_size": image_size, "scales": [float(x) for x in scales],
                 "pixels": config.pixel_path(net)}

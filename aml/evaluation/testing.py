@@ -156,8 +156,7 @@ def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[
                                scores.tolist(), student_aps[q]))
     if teacher is not None:
         tq = describe_images(teacher.net, [queries[q] for q in kept], settings.image_size, settings.scales,
-                             multiscale_power(teacher.net, list(settings.scales)), bbxs=[bbxs[q] for q in kept],
-                             config=settings.extraction().but(skip_bad=False))
+                             bbxs=[bbxs[q] for q in kept], config=settings.extraction().but(skip_bad=False))
         teacher_results, teacher_ranks = _search(encoded.vecs, tq, cfg, [cfg["gnd"][q] for q in kept],
                                                  settings.device, encoded.skipped_db)
         teacher_aps = _query_aps(teacher_results, kept, len(queries))
@@ -182,8 +181,7 @@ def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: 
                               multiscale_power(database_encoder.net, scales), cache_dir, dataset,
                               fingerprint, skipped=skipped_db,
                               config=settings.extraction().but(desc=f"{dataset} database"))
-    qvecs = describe_images(student.net, queries, settings.image_size, scales, multiscale_power(student.net, scales),
-                            bbxs=bbxs, skipped=skipped_queries,
+    qvecs = describe_images(student.net, queries, settings.image_size, scales, bbxs=bbxs, skipped=skipped_queries,
                             config=settings.extraction().but(desc=f"{dataset} queries"))
     return _Encoded(vecs, qvecs, skipped_db, skipped_queries)
 

@@ -66,9 +66,8 @@ def learn_whitening(encoder: Encoder, whitening_set: str, settings) -> Whitening
     """Learn Lw on the whitening set's images, encoded like the test images (``settings``: a
     :class:`aml.evaluation.testing.TestSettings`)."""
     db = load_whitening_db(whitening_set, settings.data_root)
-    msp = multiscale_power(encoder.net, list(settings.scales))
     log.info(">> %s: Learning whitening with %s...", whitening_set, encoder.name)
-    vecs = describe_images(encoder.net, db["images"], settings.image_size, settings.scales, msp,
+    vecs = describe_images(encoder.net, db["images"], settings.image_size, settings.scales,
                            config=settings.extraction())
     return whitenlearn(vecs, db["qidxs"], db["pidxs"])
 

@@ -23,7 +23,7 @@ from aml.descriptors import (DEFAULT_EXTRACTION, ExtractionConfig, describe_imag
 from aml.descriptors.files import invalidate_feature_file
 from aml.evaluation.whitening import whitenapply
 from aml.networks.pretrained import TEACHERS
-from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
+from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.plain_files import load_plain_file, save_plain_file
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,7 @@ def build_store(teacher: ImageRetrievalNet, teacher_name: str, teacher_source: s
     whitening and IVF-PQ index of a store that was there before are removed: they belong to
     its descriptors."""
     folder = Path(folder)
-    vecs = describe_images(teacher, images, image_size, scales, multiscale_power(teacher, list(scales)),
-                           config=config.but(desc="indexing"))
+    vecs = describe_images(teacher, images, image_size, scales, config=config.but(desc="indexing"))
     invalidate_feature_file(folder / DESCRIPTORS)  # an interrupted re-index leaves an incomplete store
     for stale in (folder / WHITENING, folder / INDEX):
         if stale.is_file():
@@ -207,8 +206,7 @@ def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str],
     """Encode ``images`` with the student (as the store was encoded: image size, scales)
     and return, per query, its top-``k`` database images with scores."""
     scales = store.settings["scales"]
-    queries = describe_images(student, images, store.settings["image_size"], scales,
-                              multiscale_power(student, list(scales)), bbxs=bbxs,
+    queries = describe_images(student, images, store.settings["image_size"], scales, bbxs=bbxs,
                               config=config.but(desc="queries"))
     scores, indices = store.search(queries, k)
     return [{"query": str(image), "results": [{"image": store.images[int(i)], "score": float(s)}

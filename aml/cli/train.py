@@ -24,6 +24,7 @@ from aml.layers.pooling import POOLINGS
 from aml.losses import LOSSES, build_loss
 from aml.networks.backbones import BACKBONES, get_backbone
 from aml.networks.checkpoint import load_checkpoint, load_trunk_weights
+from aml.networks.loading import checkpoint_name
 from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import build_network
 from aml.training.modes import MODES, Negatives, check_loss_mode, get_mode
@@ -168,7 +169,7 @@ def run_name(args: argparse.Namespace) -> str:
         name += f"_projlr{args.proj_lr_mult:g}"
     if args.seed != 0:
         name += f"_seed{args.seed}"
-    teacher = Path(args.teacher).name.split(".pth")[0] if Path(args.teacher).exists() else args.teacher
+    teacher = checkpoint_name(args.teacher) if Path(args.teacher).exists() else args.teacher
     return name + f"_teach_{teacher}" + args.comment
 
 

@@ -33,6 +33,7 @@ from aml.evaluation.testing import TestSettings, evaluate
 from aml.evaluation.whitening_store import Encoder
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
+from aml.networks.loading import checkpoint_name
 from aml.reports.provenance import provenance
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
 
@@ -73,8 +74,8 @@ def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[
     """test.py's evaluation through the package (its lines are logged, not printed)."""
     settings = TestSettings(datasets=DATASETS, image_size=budget.image_size, workers=budget.workers,
                             device=str(resolve_device("auto")), data_root=str(data_root), progress=not budget.quiet)
-    student = Encoder(load_network(network), network.name.split(".pth")[0], network)
-    database = Encoder(load_network(teacher), teacher.name.split(".pth")[0], teacher) if teacher is not None else None
+    student = Encoder(load_network(network), checkpoint_name(network), network)
+    database = Encoder(load_network(teacher), checkpoint_name(teacher), teacher) if teacher is not None else None
     return evaluate(student, settings, database)
 
 

@@ -16,6 +16,12 @@ log = logging.getLogger(__name__)
 OFFTHESHELF_FLAGS = {"reg": "regional", "lwhiten": "local_whitening", "whiten": "whitening"}
 
 
+def checkpoint_name(path) -> str:
+    """The name a checkpoint file goes by (run folders, feature files, stores): its file name
+    without ``.pth`` and what follows (``model_best.pth.tar`` -> ``model_best``)."""
+    return Path(path).name.split(".pth")[0]
+
+
 def parse_offtheshelf(spec: str) -> Dict[str, Any]:
     """'resnet101-gem-reg-whiten' -> build_network keyword arguments (ImageNet weights)."""
     parts = spec.split("-")
@@ -53,7 +59,7 @@ def load_named_or_file(network_path: str, teacher: Optional[str] = None,
             f"network {network_path!r} is neither a file nor a name of the pretrained list "
             f"(see README or `python test.py --list-pretrained`)"
         )
-    return load_network(path, teacher), path.name.split(".pth")[0]
+    return load_network(path, teacher), checkpoint_name(path)
 
 
 def load_test_network(network_path: Optional[str] = None, offtheshelf: Optional[str] = None,

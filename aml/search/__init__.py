@@ -22,6 +22,7 @@ from aml.descriptors import (DEFAULT_EXTRACTION, ExtractionConfig, describe_imag
                              network_fingerprint, write_feature_file)
 from aml.descriptors.files import invalidate_feature_file
 from aml.evaluation.whitening import whitenapply
+from aml.networks.loading import checkpoint_name
 from aml.networks.pretrained import TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.plain_files import load_plain_file, save_plain_file
@@ -195,7 +196,7 @@ def check_teacher(store: Store, student: ImageRetrievalNet, teacher_net: Optiona
         raise StoreError(f"the student does not record its teacher; give --teacher (the store was encoded by "
                          f"{settings['network']})")
     # a published teacher by its list name; a checkpoint that is not on this machine by its file name
-    if (TEACHERS.get(spec) or Path(spec).name.split(".pth")[0]) != settings["network"]:
+    if (TEACHERS.get(spec) or checkpoint_name(spec)) != settings["network"]:
         raise StoreError(f"the store {store.folder} was encoded by {settings['network']}, not by the student's "
                          f"teacher {spec}; index the database with that teacher")
 

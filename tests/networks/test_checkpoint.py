@@ -2,6 +2,7 @@
 
 import os
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,11 @@ def test_a_folder_or_an_implausible_dimension_is_named(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pth")
+
+
+def test_a_checkpoint_goes_by_its_file_name_without_the_pth_suffixes():
+    from aml.networks.loading import checkpoint_name
+
+    assert checkpoint_name("runs/x/model_best.pth.tar") == "model_best"
+    assert checkpoint_name(Path("/a/retrievalSfM120k-vgg16-gem-b4dcdc6.pth")) == "retrievalSfM120k-vgg16-gem-b4dcdc6"
+    assert checkpoint_name("model_epoch3.pth.tar") == "model_epoch3"

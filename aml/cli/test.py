@@ -83,17 +83,16 @@ def _skipped_dir(args: argparse.Namespace) -> Optional[Path]:
 
 
 def _load_networks(args: argparse.Namespace, datasets: List[str]):
-    """The tested network, with the teacher and the test sets in place (downloaded if needed;
-    run by rank 0 first under torchrun)."""
-    loaded = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
-    if args.asym:
-        load_teacher(args.teacher, args.data_root)
-    for name in datasets:
-        dataset, suffix = split_test_name(name)
+    """The tested network and its name, the teacher with its name (None without --asym), and
+    the test sets in place (downloaded if needed; run by rank 0 first under torchrun)."""
+    net, name = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
+    teacher = load_teacher(args.teacher, args.data_root) if args.asym else None
+    for name_of_set in datasets:
+        dataset, suffix = split_test_name(name_of_set)
         prepare_test_set(dataset, args.data_root, progress=not args.quiet)
         if suffix is not None:
             prepare_distractors(suffix, args.data_root, progress=not args.quiet)
-    return loaded
+    return net, name, teacher
 
 
 def _json_ready(results):
@@ -124,14 +123,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
     setup_logging(verbose=world.is_main)
     say = print if world.is_main else (lambda *a, **k: None)  # rank 0 prints the results
     device = process_device(requested, world)
-    student, name = main_first(world, lambda: _load_networks(args, datasets))
+    student, name, loaded_teacher = main_first(world, lambda: _load_networks(args, datasets))
     path = Path(args.network_path) if args.network_path and Path(args.network_path).exists() else None
     say(f">> Loading network:\n>>>> '{name}'")
     say(">>>> loaded network: ")
     say(student.meta_repr())
     teacher = None
-    if args.asym:
-        teacher_net, teacher_name = load_teacher(args.teacher, args.data_root)
+    if loaded_teacher is not None:
+        teacher_net, teacher_name = loaded_teacher
         teacher_path = Path(args.teacher) if Path(args.teacher).exists() else None
         teacher = Encoder(teacher_net, teacher_name, teacher_path, named=teacher_path is None)
         say(f">> Asymmetric testing: database by teacher '{teacher_name}', queries by '{name}'")

@@ -37,7 +37,7 @@ from aml.utils.progress import progress_bar
 log = logging.getLogger(__name__)
 
 Device = Union[str, torch.device]
-Encoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images -> B x D descriptors
+BatchEncoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images -> B x D descriptors
 
 # Pixels per CPU forward: batches of images up to this many pixels in all (at least one
 # image): 2 images of 362x272, 1 of 1024x768. Batches beyond it fall out of the caches and
@@ -245,7 +245,7 @@ def default_batch_size(device: torch.device, shape: Tuple[int, ...] = (362, 362)
     return max(1, CPU_PIXEL_BUDGET // max(1, height * width))
 
 
-def _describe(encode: Encoder, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
+def _describe(encode: BatchEncoder, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
     """B x D descriptors of a batch; multi-scale as cirtorch (power mean with msp, then L2),
     every scale of the whole batch in one forward."""
     if list(scales) == [1]:
@@ -293,7 +293,7 @@ class _BatchCap:
     def __init__(self) -> None:
         self.size: Optional[int] = None
 
-    def describe(self, encode: Encoder, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
+    def describe(self, encode: BatchEncoder, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
         """:func:`_describe` in parts of at most ``size`` images; out of memory halves the
         part and warns (one image that does not fit still raises)."""
         parts, start = [], 0
@@ -420,7 +420,7 @@ def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], ima
     folded = inference_copy(net) if o.fold else net  # BatchNorm folded into the convolutions: same descriptors
     if o.channels_last:
         folded.to(memory_format=torch.channels_last)
-    encode: Encoder = torch.compile(folded.descriptors) if o.compile else folded.descriptors
+    encode: BatchEncoder = torch.compile(folded.descriptors) if o.compile else folded.descriptors
     dataset = o.decoding.dataset(images, image_size, bbxs, transform)
     loader = _image_loader(dataset, o.workers, o.device)
     autocast = torch.autocast(o.device.type, dtype=o.amp) if o.amp else contextlib.nullcontext()

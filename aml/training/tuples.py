@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from aml.data.images import load_and_resize
+from aml.descriptors.extraction import BatchEncoder
 from aml.training.modes import TrainingTuple
 
 
@@ -74,10 +75,7 @@ def shape_grouped_batches(keys: Sequence[Hashable], batch_size: int, generator: 
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-Encoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images -> B x D descriptors
-
-
-def encode_images(encode: Encoder, images: Sequence[torch.Tensor], device: torch.device,
+def encode_images(encode: BatchEncoder, images: Sequence[torch.Tensor], device: torch.device,
                   shapes: Sequence[tuple] = ()) -> torch.Tensor:
     """B x D student descriptors by ``encode`` (``net.descriptors``, or the distributed
     wrapper around it); images of the same shape share one forward pass. With frozen
@@ -98,7 +96,7 @@ def encode_images(encode: Encoder, images: Sequence[torch.Tensor], device: torch
     return torch.stack(rows) if rows else out
 
 
-def encode_tuples(encode: Encoder, items: Sequence[Dict[str, Any]], device: torch.device,
+def encode_tuples(encode: BatchEncoder, items: Sequence[Dict[str, Any]], device: torch.device,
                   shapes: Sequence[tuple] = ()) -> List[torch.Tensor]:
     """D x S descriptors of each tuple in member order (student images and teacher columns);
     the student images of all ``items`` are encoded together (see :func:`encode_images`)."""

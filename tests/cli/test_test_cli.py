@@ -57,10 +57,14 @@ def test_asymmetric_against_itself_equals_symmetric(checkpoint, synth_root):
             symmetric["synth-oxford"]["plain"][difficulty]["map"], abs=1e-12)
 
 
-def test_asymmetric_uses_teacher_for_database(checkpoint, synth_root, tmp_path):
+def test_asymmetric_uses_teacher_for_database(checkpoint, synth_root, tmp_path, monkeypatch):
     torch.manual_seed(5)
     other = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), tmp_path / "t.pth")
+    loads = []
+    real_load_teacher = test_cli.load_teacher
+    monkeypatch.setattr(test_cli, "load_teacher", lambda *a: loads.append(a) or real_load_teacher(*a))
     asym = run(["-npath", str(checkpoint), "--asym", "--teacher", str(other)], synth_root)
+    assert len(loads) == 1  # the teacher is read once
     sym = run(["-npath", str(checkpoint)], synth_root)
     assert medium(asym) != pytest.approx(medium(sym), abs=1e-6)
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, ExtractionConfig, describe_images
 from aml.descriptors.fingerprint import network_fingerprint
+from aml.networks.retrieval_net import multiscale_power
 from aml.utils.atomic import atomic_write, optional_write
 from aml.utils.distributed import current_world
 
@@ -35,20 +36,21 @@ def image_list_key(images: Sequence[str]) -> List[Any]:
     return key
 
 
-def descriptor_key(net, images: Sequence[str], image_size: int, scales: Sequence[float], msp: float,
-                   config: ExtractionConfig, fingerprint: Optional[str] = None) -> str:
+def descriptor_key(net, images: Sequence[str], image_size: int, scales: Sequence[float], config: ExtractionConfig,
+                   fingerprint: Optional[str] = None) -> str:
     """A 16-hex key of what decides the descriptors of ``images``: the network's content, the
-    image list with each file's size and mtime, image size, scales, msp and pixel path (the
-    original's "pil-fp32" pixels add nothing, so the keys of older caches still match)."""
+    image list with each file's size and mtime, image size, scales, the network's msp and
+    pixel path (the original's "pil-fp32" pixels add nothing, so the keys of older caches
+    still match)."""
     fields = [fingerprint or network_fingerprint(net), image_list_key(images), image_size, [float(s) for s in scales],
-              round(float(msp), 6)]
+              round(float(multiscale_power(net, list(scales))), 6)]
     pixels = config.pixel_path(net)
     if pixels != ORIGINAL_PIXELS:
         fields.append(pixels)
     return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]
 
 
-def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequence[float], msp: float,
+def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequence[float],
                        cache_dir: Optional[Path], tag: str, fingerprint: Optional[str] = None,
                        skipped: Optional[List[int]] = None, keep: int = DEFAULT_KEEP,
                        config: ExtractionConfig = DEFAULT_EXTRACTION) -> np.ndarray:
@@ -60,8 +62,8 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
     write, only the ``keep`` most recently used files of ``tag`` stay (:func:`evict`)."""
     skipped = skipped if skipped is not None else []
     if cache_dir is None:
-        return describe_images(net, images, image_size, scales, msp, config=config, skipped=skipped)
-    key = descriptor_key(net, images, image_size, scales, msp, config, fingerprint)
+        return describe_images(net, images, image_size, scales, config=config, skipped=skipped)
+    key = descriptor_key(net, images, image_size, scales, config, fingerprint)
     path = Path(cache_dir) / f"{tag}_{key}.npy"
     if path.exists():
         try:
@@ -73,7 +75,7 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
             os.utime(path)  # most recently used
             return vecs
         log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
-    vecs = describe_images(net, images, image_size, scales, msp, config=config, skipped=skipped)
+    vecs = describe_images(net, images, image_size, scales, config=config, skipped=skipped)
     if not skipped and current_world().is_main:
         with optional_write(f"{tag}: the descriptor cache"):
             atomic_write(path, lambda out: np.save(out, vecs.astype(np.float32)))

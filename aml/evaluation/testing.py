@@ -177,8 +177,7 @@ def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: 
     scales = list(settings.scales)
     skipped_db: List[int] = []
     skipped_queries: List[int] = []
-    vecs = cached_descriptors(database_encoder.net, images, settings.image_size, scales,
-                              multiscale_power(database_encoder.net, scales), cache_dir, dataset,
+    vecs = cached_descriptors(database_encoder.net, images, settings.image_size, scales, cache_dir, dataset,
                               fingerprint, skipped=skipped_db,
                               config=settings.extraction().but(desc=f"{dataset} database"))
     qvecs = describe_images(student.net, queries, settings.image_size, scales, bbxs=bbxs, skipped=skipped_queries,

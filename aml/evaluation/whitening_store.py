@@ -22,7 +22,7 @@ from aml.descriptors import describe_images
 from aml.descriptors.cache import descriptor_key
 from aml.evaluation.whitening import whitenlearn
 from aml.networks.pretrained import PRETRAINED
-from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
+from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import optional_write
 from aml.utils.distributed import current_world
 from aml.utils.plain_files import load_plain_file, save_plain_file
@@ -58,8 +58,7 @@ def whitening_key(encoder: Encoder, whitening_set: str, settings) -> str:
     """What decides a learned whitening: the key of the whitening set's descriptors (network
     content, images, image size, scales, msp, pixel path; :func:`descriptor_key`)."""
     db = load_whitening_db(whitening_set, settings.data_root)
-    return descriptor_key(encoder.net, db["images"], settings.image_size, settings.scales,
-                          multiscale_power(encoder.net, list(settings.scales)), settings.extraction())
+    return descriptor_key(encoder.net, db["images"], settings.image_size, settings.scales, settings.extraction())
 
 
 def learn_whitening(encoder: Encoder, whitening_set: str, settings) -> Whitening:

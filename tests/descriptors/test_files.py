@@ -58,11 +58,11 @@ def test_database_cache_is_keyed_by_file_contents(tmp_path):
     torch.manual_seed(0)
     net = build_network("resnet18", pretrained=False).eval()
     images = [str(p) for p in paths]
-    first = cached_descriptors(net, images, 48, [1], 1.0, tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
-    again = cached_descriptors(net, images, 48, [1], 1.0, tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
+    first = cached_descriptors(net, images, 48, [1], tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
+    again = cached_descriptors(net, images, 48, [1], tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
     assert np.array_equal(first, again) and len(list((tmp_path / "cache").iterdir())) == 1
     paths[0].write_bytes(paths[1].read_bytes())  # replaced in place, same path
-    changed = cached_descriptors(net, images, 48, [1], 1.0, tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
+    changed = cached_descriptors(net, images, 48, [1], tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
     assert np.allclose(changed[:, 0], first[:, 1], atol=1e-5) and not np.allclose(changed[:, 0], first[:, 0])
 
 

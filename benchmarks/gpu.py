@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from aml.data.images import image_transform, load_and_resize
 from aml.descriptors import ExtractionConfig, extract_vectors
 from aml.descriptors.extraction import _BatchCap, _batches, _image_loader, resolve_amp, resolve_decoding
-from aml.losses import LOSSES, build_loss
+from aml.losses import build_loss
 from aml.networks import build_network
 from aml.networks.retrieval_net import multiscale_power
 from aml.training.modes import get_mode
@@ -190,7 +190,7 @@ def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:
                              batch_size=5, epochs=1, workers=args.workers, val=False, device=str(device),
                              batch_forward=fast, amp=fast, extraction=extraction, seed=0)
     optimizer = build_optimizer(net, "adam", 1e-6, 0.9, 1e-6)
-    trainer = Trainer(net, LOSSES["contrastive"], build_loss("contrastive", 0.7, 0.1).to(device), optimizer,
+    trainer = Trainer(net, build_loss("contrastive", 0.7, 0.1).to(device), optimizer,
                       get_mode("ts"), Split(db, list(paths), teacher), None, folder / ("fast" if fast else "orig"),
                       settings)
     _, seconds = timed(device, trainer.fit)

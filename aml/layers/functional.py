@@ -104,7 +104,89 @@ def powerlaw(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------
-# tuple losses (x: D x N columns, label: N values in {-1, 1, 0})
+# tuple losses, batched: anchors B x D, members B x M x D, labels B x M (1 positive, 0 negative,
+# -1 no member: the padding of a tuple shorter than the batch's longest); one value per tuple.
+# These are the formulas; the cirtorch-shaped functions after them (x: D x N columns, label: N
+# values in {-1, 1, 0}) regroup their columns into this shape and sum.
+
+
+def tuple_distances(anchors: torch.Tensor, members: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """B x M distances ||anchor_b - member_bj + eps|| (eps added to every coordinate, as cirtorch)."""
+    return torch.sqrt(torch.sum((anchors[:, None, :] - members + eps) ** 2, dim=-1))
+
+
+def _masked_sum(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Sum over members of ``values`` where ``keep`` (a where, so that a discarded inf or NaN
+    sends no NaN into the sum or the gradient)."""
+    return torch.where(keep, values, values.new_zeros(())).sum(dim=-1)
+
+
+def contrastive_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, margin: float = 0.7,
+                       eps: float = 1e-6) -> torch.Tensor:
+    """Per tuple: sum over members of 0.5 y d^2 + 0.5 (1 - y) max(0, margin - d)^2."""
+    d = tuple_distances(anchors, members, eps)
+    y = labels.to(d.dtype)
+    return _masked_sum(0.5 * y * d ** 2 + 0.5 * (1 - y) * torch.clamp(margin - d, min=0) ** 2, labels >= 0)
+
+
+def contrastive_dist_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, dists: torch.Tensor,
+                            eps: float = 1e-6) -> torch.Tensor:
+    """Per tuple: sum of 0.5 y d^2 + 0.5 (1 - y) (dist - d)^2, the negatives pulled to the
+    target distances ``dists`` (B x M) instead of pushed past a margin."""
+    d = tuple_distances(anchors, members, eps)
+    y = labels.to(d.dtype)
+    return _masked_sum(0.5 * y * d ** 2 + 0.5 * (1 - y) * (dists.to(d.dtype) - d) ** 2, labels >= 0)
+
+
+def regression_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor,
+                      eps: float = 1e-6) -> torch.Tensor:
+    """Per tuple: 0.5 ||anchor - positive + eps||^2 summed over positives (negatives ignored):
+    what the contrastive loss computes on (-1, 1) pairs, aml's ``regression`` loss."""
+    return _masked_sum(0.5 * tuple_distances(anchors, members, eps) ** 2, labels == 1)
+
+
+def triplet_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor,
+                   margin: float = 0.1) -> torch.Tensor:
+    """Per tuple: sum over negatives of max(0, |a - p|^2 - |a - n|^2 + margin), exactly one
+    positive per tuple (no eps)."""
+    if not bool(((labels == 1).sum(dim=1) == 1).all()):
+        raise ValueError("the triplet loss needs exactly one positive per tuple")
+    squared = torch.sum((anchors[:, None, :] - members) ** 2, dim=-1)
+    positive = _masked_sum(squared, labels == 1)
+    return _masked_sum(torch.clamp(positive[:, None] - squared + margin, min=0), labels == 0)
+
+
+def _positive_log_likelihood(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per tuple: -sum over positives of log softmax over the tuple's members of ``scores``."""
+    present = labels >= 0
+    log_p = F.log_softmax(scores.masked_fill(~present, float("-inf")), dim=-1)
+    return -_masked_sum(log_p, labels == 1)
+
+
+def cross_entropy_dist_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, temp: float,
+                              eps: float = 1e-6) -> torch.Tensor:
+    """InfoNCE on distances, per tuple: -sum_pos log softmax_j(-d_j / temp) over its members."""
+    return _positive_log_likelihood(-tuple_distances(anchors, members, eps) / temp, labels)
+
+
+def similarity_cross_entropy_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor,
+                                    temp: float) -> torch.Tensor:
+    """InfoNCE on similarities, per tuple: -sum_pos log softmax_j(anchor . x_j / temp) over
+    its members (aml's ``cross_entropy`` loss)."""
+    return _positive_log_likelihood(torch.einsum("bd,bmd->bm", anchors, members) / temp, labels)
+
+
+def multi_similarity_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, thresh: float = 0.5,
+                            scale_pos: float = 2.0, scale_neg: float = 40.0) -> torch.Tensor:
+    """Multi-similarity (Wang et al.) on anchor-member dot products s, per tuple:
+    (1/a) log(1 + sum_pos exp(-a (s - l))) + (1/b) log(1 + sum_neg exp(b (s - l)))
+    (a term without members is 0)."""
+    s = torch.einsum("bd,bmd->bm", anchors, members)
+    positive = torch.log1p(_masked_sum(torch.exp(-scale_pos * (s - thresh)), labels == 1)) / scale_pos
+    return positive + torch.log1p(_masked_sum(torch.exp(scale_neg * (s - thresh)), labels == 0)) / scale_neg
+
+
+# cirtorch's column shape
 
 
 def _tuple_index(label: torch.Tensor) -> torch.Tensor:
@@ -115,13 +197,29 @@ def _tuple_index(label: torch.Tensor) -> torch.Tensor:
     return torch.cumsum((label == -1).long(), dim=0) - 1
 
 
-def _anchor_pairs(x: torch.Tensor, label: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(anchor of each non-anchor column D x M, those columns D x M, their labels M)."""
+def columns_to_tuples(x: torch.Tensor, label: torch.Tensor,
+                      *per_member: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """cirtorch's D x N tuple matrix (several tuples of any lengths, each starting at its
+    anchor, label -1) as (anchors B x D, members B x M x D, labels B x M with -1 padding),
+    followed by each of ``per_member`` (one value per non-anchor column, in column order)
+    as B x M."""
     label = label.reshape(-1)
     tuples = _tuple_index(label)
-    members = label != -1
-    anchors = x[:, label == -1]
-    return anchors[:, tuples[members]], x[:, members], label[members].to(x.dtype)
+    is_member = label != -1
+    starts = torch.nonzero(~is_member).flatten()
+    slot = torch.arange(label.numel(), device=label.device) - starts[tuples] - 1
+    count, width = len(starts), int(slot.max().clamp(min=0)) + 1 if is_member.any() else 0
+    rows, cols = tuples[is_member], slot[is_member]
+    members = x.new_zeros((count, width, x.shape[0]))
+    members[rows, cols] = x[:, is_member].t()
+    labels = torch.full((count, width), -1, dtype=torch.long, device=label.device)
+    labels[rows, cols] = label[is_member].long()
+    extra = []
+    for values in per_member:
+        padded = x.new_zeros((count, width))
+        padded[rows, cols] = torch.as_tensor(values, dtype=x.dtype, device=x.device).reshape(-1)
+        extra.append(padded)
+    return (x[:, ~is_member].t(), members, labels, *extra)
 
 
 def pair_distances(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -131,43 +229,25 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch
 
 def contrastive_loss(x: torch.Tensor, label: torch.Tensor, margin: float = 0.7, eps: float = 1e-6) -> torch.Tensor:
     """Sum over (anchor, member) pairs of 0.5 y d^2 + 0.5 (1 - y) max(0, margin - d)^2."""
-    anchors, members, y = _anchor_pairs(x, label)
-    d = pair_distances(anchors, members, eps)
-    return torch.sum(0.5 * y * d ** 2 + 0.5 * (1 - y) * torch.clamp(margin - d, min=0) ** 2)
+    return contrastive_losses(*columns_to_tuples(x, label), margin, eps).sum()
 
 
 def contrastive_loss_dist(x: torch.Tensor, label: torch.Tensor, dists: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Contrastive loss whose negatives are pulled to target distances ``dists`` (one per
     non-anchor column, in column order) instead of pushed past a margin:
     sum of 0.5 y d^2 + 0.5 (1 - y) (dist - d)^2."""
-    anchors, members, y = _anchor_pairs(x, label)
-    d = pair_distances(anchors, members, eps)
-    dists = torch.as_tensor(dists, dtype=d.dtype, device=d.device).reshape(-1)
-    return torch.sum(0.5 * y * d ** 2 + 0.5 * (1 - y) * (dists - d) ** 2)
+    return contrastive_dist_losses(*columns_to_tuples(x, label, dists), eps).sum()
 
 
 def regression_loss(x: torch.Tensor, label: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """0.5 ||anchor - positive + eps||^2 summed over positives (negatives ignored): what the
-    contrastive loss computes on (-1, 1) pairs, aml's ``regression`` loss."""
-    anchors, members, y = _anchor_pairs(x, label)
-    return torch.sum(0.5 * (y == 1) * pair_distances(anchors, members, eps) ** 2)
+    """0.5 ||anchor - positive + eps||^2 summed over positives (negatives ignored)."""
+    return regression_losses(*columns_to_tuples(x, label), eps).sum()
 
 
 def triplet_loss(x: torch.Tensor, label: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
     """Sum over negatives of max(0, |a - p|^2 - |a - n|^2 + margin), exactly one positive
     per tuple (no eps)."""
-    label = label.reshape(-1)
-    tuples = _tuple_index(label)
-    positives_per_tuple = torch.bincount(tuples[label == 1], minlength=int(tuples[-1]) + 1)
-    if not bool((positives_per_tuple == 1).all()):
-        raise ValueError("the triplet loss needs exactly one positive per tuple")
-    negative_tuples = tuples[label == 0]
-    anchors = x[:, label == -1][:, negative_tuples]
-    positives = x[:, label == 1][:, negative_tuples]
-    negatives = x[:, label == 0]
-    dist_pos = torch.sum((anchors - positives) ** 2, dim=0)
-    dist_neg = torch.sum((anchors - negatives) ** 2, dim=0)
-    return torch.sum(torch.clamp(dist_pos - dist_neg + margin, min=0))
+    return triplet_losses(*columns_to_tuples(x, label), margin).sum()
 
 
 def cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: float, eps: float = 1e-6) -> torch.Tensor:
@@ -178,53 +258,24 @@ def cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: float, eps: f
     return -torch.sum(label.reshape(1, -1).to(x.dtype) * F.log_softmax(x / temp, dim=1))
 
 
-def _per_tuple(label: torch.Tensor) -> List[Tuple[int, int]]:
-    """(first, end) column of every tuple, checked as :func:`_tuple_index` checks them."""
-    label = label.reshape(-1)
-    _tuple_index(label)
-    starts = torch.nonzero(label == -1).flatten().tolist()
-    return list(zip(starts, starts[1:] + [label.numel()]))
-
-
 def cross_entropy_loss_dist(x: torch.Tensor, label: torch.Tensor, temp: float, eps: float = 1e-6) -> torch.Tensor:
     """InfoNCE on distances: for each tuple, -sum_pos log softmax_j(-d_j / temp) over its
     members (d as in the contrastive loss). The original took one softmax over all pairs
     given; for a single tuple both are equal."""
-    label = label.reshape(-1)
-    total = x.new_zeros(())
-    for begin, end in _per_tuple(label):
-        d = pair_distances(x[:, begin:begin + 1], x[:, begin + 1:end], eps)
-        total = total - torch.sum(label[begin + 1:end].to(x.dtype) * F.log_softmax(-d / temp, dim=0))
-    return total
+    return cross_entropy_dist_losses(*columns_to_tuples(x, label), temp, eps).sum()
 
 
 def similarity_cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: float) -> torch.Tensor:
     """InfoNCE on similarities: for each tuple, -sum_pos log softmax_j(anchor . x_j / temp)
-    over its members (aml's ``cross_entropy`` loss)."""
-    label = label.reshape(-1)
-    total = x.new_zeros(())
-    for begin, end in _per_tuple(label):
-        scores = x[:, begin] @ x[:, begin + 1:end] / temp
-        total = total - torch.sum(label[begin + 1:end].to(x.dtype) * F.log_softmax(scores, dim=0))
-    return total
+    over its members."""
+    return similarity_cross_entropy_losses(*columns_to_tuples(x, label), temp).sum()
 
 
 def multi_similarity_loss(x: torch.Tensor, label: torch.Tensor, thresh: float = 0.5, scale_pos: float = 2.0,
                           scale_neg: float = 40.0) -> torch.Tensor:
-    """Multi-similarity (Wang et al.) on anchor-member dot products s, per tuple:
-    (1/a) log(1 + sum_pos exp(-a (s - l))) + (1/b) log(1 + sum_neg exp(b (s - l))).
-    (The original used only the first anchor of a batch.)"""
-    label = label.reshape(-1)
-    total = x.new_zeros(())
-    for begin, end in _per_tuple(label):
-        s = x[:, begin] @ x[:, begin + 1:end]
-        y = label[begin + 1:end]
-        pos, neg = s[y == 1], s[y == 0]
-        if pos.numel():
-            total = total + torch.log1p(torch.exp(-scale_pos * (pos - thresh)).sum()) / scale_pos
-        if neg.numel():
-            total = total + torch.log1p(torch.exp(scale_neg * (neg - thresh)).sum()) / scale_neg
-    return total
+    """Multi-similarity (Wang et al.), summed over tuples (the original used only the first
+    anchor of a batch)."""
+    return multi_similarity_losses(*columns_to_tuples(x, label), thresh, scale_pos, scale_neg).sum()
 
 
 def pdist(e: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:
@@ -239,4 +290,6 @@ def pdist(e: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.T
 
 __all__ = ["mac", "spoc", "gem", "rmac", "rmac_regions", "roipool", "l2n", "powerlaw", "contrastive_loss",
            "contrastive_loss_dist", "regression_loss", "triplet_loss", "cross_entropy_loss", "cross_entropy_loss_dist",
-           "similarity_cross_entropy_loss", "multi_similarity_loss", "pair_distances", "pdist"]
+           "similarity_cross_entropy_loss", "multi_similarity_loss", "pair_distances", "pdist", "tuple_distances",
+           "columns_to_tuples", "contrastive_losses", "contrastive_dist_losses", "regression_losses", "triplet_losses",
+           "cross_entropy_dist_losses", "similarity_cross_entropy_losses", "multi_similarity_losses"]

@@ -1,15 +1,14 @@
-"""Relational knowledge-distillation losses: one call per batch, the student's rows (N x C)
-against the teacher's rows of the same images (the references, N x C), the same call shape
-as the tuple losses (labels and target are not used). The teacher side carries no gradient.
-Pairwise distances are :func:`aml.layers.functional.pdist`."""
-
-from typing import Optional
+"""Relational knowledge-distillation losses: one value per batch, the student's rows (the
+anchors, N x C) against the teacher's rows of the same images (each tuple's first member,
+N x C: :meth:`TupleBatch.pairs`), the same call shape as the tuple losses. The teacher side
+carries no gradient. Pairwise distances are :func:`aml.layers.functional.pdist`."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from aml.layers import functional as LF
+from aml.losses.batch import LossKind, TupleBatch
 
 
 def _angles(e: torch.Tensor) -> torch.Tensor:
@@ -22,22 +21,37 @@ def _normalised_distances(e: torch.Tensor) -> torch.Tensor:
     return d / d[d > 0].mean()
 
 
-class RKdAD(nn.Module):
+class RelationalLoss(nn.Module):
+    """Base class: ``forward(batch)`` compares ``batch.anchors`` (the student's rows) with
+    ``batch.members[:, 0]`` (the teacher's rows of the same images); one value."""
+
+    kind = LossKind.RELATIONAL
+    needs_target = False
+
+    def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
+        if cirtorch_arguments or not isinstance(batch, TupleBatch):
+            raise TypeError(f"{type(self).__name__} takes a TupleBatch; from rows: TupleBatch.pairs(student, teacher)")
+        return self.formula(batch.anchors, batch.members[:, 0])
+
+    def formula(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RKdAD(RelationalLoss):
     """Relational KD (Park et al.): 2 x angle loss + 1 x distance loss, smooth-L1 (mean)."""
 
     def __init__(self, dist_ratio: float = 1.0, angle_ratio: float = 2.0):
         super().__init__()
         self.dist_ratio, self.angle_ratio = dist_ratio, angle_ratio
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                target: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def formula(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             teacher_d, teacher_a = _normalised_distances(teacher), _angles(teacher)
         return (self.dist_ratio * F.smooth_l1_loss(_normalised_distances(student), teacher_d)
                 + self.angle_ratio * F.smooth_l1_loss(_angles(student), teacher_a))
 
 
-class HardDarkRank(nn.Module):
+class HardDarkRank(RelationalLoss):
     """DarkRank (Chen et al.), hard version: the log-likelihood under the student's scores
     (-alpha d^beta) of the teacher's ranking of each row's ``permute_len`` nearest neighbours."""
 
@@ -45,8 +59,7 @@ class HardDarkRank(nn.Module):
         super().__init__()
         self.alpha, self.beta, self.permute_len = alpha, beta, permute_len
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                target: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def formula(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if len(student) <= self.permute_len:
             raise ValueError(f"DarkRank needs batches of more than {self.permute_len} images")
         with torch.no_grad():

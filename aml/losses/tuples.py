@@ -1,41 +1,33 @@
-"""Tuple losses: one call per tuple, the student's anchor row against the tuple's reference
-rows (teacher or student descriptors) labelled 1 (positive) or 0 (negative), as
-pytorch-metric-learning's losses take ``ref_emb``. Every loss sums over the references (the
-original's reduction) and never prints or writes. The formulas are in
-:mod:`aml.layers.functional`; these modules hold the hyper-parameters.
+"""Tuple losses: one call per batch of tuples (:class:`aml.losses.batch.TupleBatch`), each
+anchor against its members (teacher or student descriptors) labelled 1 (positive) or 0
+(negative). Each loss sums over a tuple's members (the original's reduction) and returns one
+value per tuple; none prints or writes. The formulas are in :mod:`aml.layers.functional`;
+these modules hold the hyper-parameters.
 """
-
-from typing import Optional
 
 import torch
 from torch import nn
 
 from aml.layers import functional as LF
-
-
-def tuple_matrix(student: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor):
-    """cirtorch's D x S tuple matrix and labels (-1 for the anchor) from an anchor row (1 x D),
-    reference rows (M x D) and their M labels."""
-    if student.dim() != 2 or student.shape[0] != 1:
-        raise ValueError(f"a tuple loss takes one anchor row (1 x D), got {tuple(student.shape)}")
-    if reference.shape[0] != labels.reshape(-1).numel():
-        raise ValueError(f"{reference.shape[0]} reference rows but {labels.numel()} labels")
-    x = torch.cat([student, reference.to(student.dtype)]).t()
-    label = torch.cat([labels.new_full((1,), -1), labels.reshape(-1)]).to(student.dtype)
-    return x, label
+from aml.losses.batch import LossKind, TupleBatch
 
 
 class TupleLoss(nn.Module):
-    """Base class: ``forward(student 1 x D, reference M x D, labels M, target M or None)``."""
+    """Base class: ``forward(batch)`` gives one loss per tuple of a :class:`TupleBatch` (B
+    values; the training step sums them)."""
 
-    def forward(self, student: torch.Tensor, reference: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                target: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if labels is None:
-            raise ValueError(f"{type(self).__name__} needs the labels of the reference rows")
-        x, label = tuple_matrix(student, reference, labels)
-        return self.formula(x, label, target)
+    kind = LossKind.TUPLE
+    needs_target = False  # the teacher's query-member distances (TupleBatch.target)
 
-    def formula(self, x: torch.Tensor, label: torch.Tensor, target: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
+        if cirtorch_arguments or not isinstance(batch, TupleBatch):
+            raise TypeError(f"aml.losses.{type(self).__name__} takes a TupleBatch; for cirtorch's call "
+                            f"loss(x, label) with x D x N use aml.layers.loss.{type(self).__name__}")
+        if self.needs_target and batch.target is None:
+            raise ValueError(f"{type(self).__name__} needs the teacher's distances (TupleBatch.target)")
+        return self.formula(batch)
+
+    def formula(self, batch: TupleBatch) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -46,8 +38,8 @@ class ContrastiveLoss(TupleLoss):
         super().__init__()
         self.margin, self.eps = margin, eps
 
-    def formula(self, x, label, target):
-        return LF.contrastive_loss(x, label, self.margin, self.eps)
+    def formula(self, batch):
+        return LF.contrastive_losses(batch.anchors, batch.members, batch.labels, self.margin, self.eps)
 
 
 class RegressionLoss(TupleLoss):
@@ -57,23 +49,23 @@ class RegressionLoss(TupleLoss):
         super().__init__()
         self.eps = eps
 
-    def formula(self, x, label, target):
-        return LF.regression_loss(x, label, self.eps)
+    def formula(self, batch):
+        return LF.regression_losses(batch.anchors, batch.members, batch.labels, self.eps)
 
 
 class ContrastiveDistLoss(TupleLoss):
     """Contrastive loss whose negatives are pulled to a target distance (the teacher's
     distance between the same images) instead of a margin: 0.5 y d^2 + 0.5 (1-y)(t - d)^2.
-    ``target`` holds one distance per reference row."""
+    The batch's ``target`` holds the teacher's distances."""
+
+    needs_target = True
 
     def __init__(self, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
 
-    def formula(self, x, label, target):
-        if target is None:
-            raise ValueError("contrastive_dist needs the teacher's distances (target)")
-        return LF.contrastive_loss_dist(x, label, target.reshape(-1), self.eps)
+    def formula(self, batch):
+        return LF.contrastive_dist_losses(batch.anchors, batch.members, batch.labels, batch.target, self.eps)
 
 
 class TripletLoss(TupleLoss):
@@ -83,8 +75,8 @@ class TripletLoss(TupleLoss):
         super().__init__()
         self.margin = margin
 
-    def formula(self, x, label, target):
-        return LF.triplet_loss(x, label, self.margin)
+    def formula(self, batch):
+        return LF.triplet_losses(batch.anchors, batch.members, batch.labels, self.margin)
 
 
 class MultiSimilarityLoss(TupleLoss):
@@ -94,8 +86,9 @@ class MultiSimilarityLoss(TupleLoss):
         super().__init__()
         self.thresh, self.scale_pos, self.scale_neg = thresh, scale_pos, scale_neg
 
-    def formula(self, x, label, target):
-        return LF.multi_similarity_loss(x, label, self.thresh, self.scale_pos, self.scale_neg)
+    def formula(self, batch):
+        return LF.multi_similarity_losses(batch.anchors, batch.members, batch.labels, self.thresh, self.scale_pos,
+                                          self.scale_neg)
 
 
 class CrossEntropyDistLoss(TupleLoss):
@@ -105,8 +98,8 @@ class CrossEntropyDistLoss(TupleLoss):
         super().__init__()
         self.temp, self.eps = temp, eps
 
-    def formula(self, x, label, target):
-        return LF.cross_entropy_loss_dist(x, label, self.temp, self.eps)
+    def formula(self, batch):
+        return LF.cross_entropy_dist_losses(batch.anchors, batch.members, batch.labels, self.temp, self.eps)
 
 
 class CrossEntropyLoss(TupleLoss):
@@ -118,5 +111,5 @@ class CrossEntropyLoss(TupleLoss):
         super().__init__()
         self.temp = temp
 
-    def formula(self, x, label, target):
-        return LF.similarity_cross_entropy_loss(x, label, self.temp)
+    def formula(self, batch):
+        return LF.similarity_cross_entropy_losses(batch.anchors, batch.members, batch.labels, self.temp)

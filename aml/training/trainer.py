@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
-from aml.losses import LossKind, LossSpec
+from aml.losses import LossKind, TupleBatch
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
 from aml.training.optim import calibrate_batchnorm, freeze_batchnorm, set_epoch_lr
-from aml.training.tuples import TupleDataset, collate_list, encode_tuples, shape_grouped_batches, with_teacher
+from aml.training.tuples import TupleDataset, TupleItem, collate_list, encode_batch, shape_grouped_batches
 from aml.reports.curves import TrainingHistory
 from aml.training.run_folder import RunLog, latest_checkpoint
 from aml.utils.atomic import remove_orphan_temporaries
@@ -127,11 +127,11 @@ class Trainer:
     ranks as one process sums them over tuples; rank 0 alone writes logs and checkpoints.
     With ``train_batchnorm`` BatchNorm becomes SyncBatchNorm (CUDA only)."""
 
-    def __init__(self, net: ImageRetrievalNet, loss: LossSpec, criterion: torch.nn.Module,
+    def __init__(self, net: ImageRetrievalNet, criterion: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, mode: Mode, train: Split, val: Optional[Split], run_dir: Path,
                  settings: TrainSettings, evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
                  world: World = World()):
-        self.net, self.loss, self.criterion, self.optimizer, self.mode = net, loss, criterion, optimizer, mode
+        self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
         self.val_mode = validation_mode(mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
         self.device = torch.device(settings.device)
@@ -218,21 +218,14 @@ class Trainer:
                           num_workers=effective_workers(s.workers, self.device), generator=generator)
 
     # -- losses ---------------------------------------------------------------------------
-    def _loss_inputs(self, outputs: List[torch.Tensor], chunk: List[Dict[str, Any]]) -> List[Tuple]:
-        """(student rows, reference rows, labels, target) of each call of the loss: per tuple,
-        its anchor against its other members; for a relational loss one call for the chunk,
-        the anchors against their first reference (the teacher's descriptor of the image)."""
-        calls = []
-        for out, item in zip(outputs, chunk):
-            target = item["target"][1:].to(self.device) if self.loss.needs_target and item["target"] is not None else None
-            calls.append((out[:, :1].t(), out[:, 1:].t(), item["labels"][1:].to(self.device), target))
-        if self.loss.kind is LossKind.RELATIONAL:
-            anchors, references = torch.cat([c[0] for c in calls]), torch.cat([c[1][:1] for c in calls])
-            if self.world.distributed:  # the loss relates the whole global batch: gather it, with gradients
-                anchors = torch.cat(distributed_nn.all_gather(anchors))
-                references = torch.cat(distributed_nn.all_gather(references))
-            calls = [(anchors, references, None, None)]
-        return calls
+    def _encode(self, encode, chunk: List[TupleItem], teacher: Optional[torch.Tensor]) -> TupleBatch:
+        """The chunk's tuples as one batch; for a relational loss under torchrun, the whole
+        global batch (every rank's rows gathered, with gradients: the loss relates them all)."""
+        batch = encode_batch(encode, chunk, self.device, teacher, self._shapes(chunk), self.criterion.needs_target)
+        if self.criterion.kind is LossKind.RELATIONAL and self.world.distributed:
+            batch = TupleBatch.pairs(torch.cat(distributed_nn.all_gather(batch.anchors)),
+                                     torch.cat(distributed_nn.all_gather(batch.members[:, 0].contiguous())))
+        return batch
 
     def _sync(self, sync: bool):
         """Outside a step's last backward, DistributedDataParallel must not reduce gradients."""
@@ -244,12 +237,12 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _shapes(self, chunk: List[Dict[str, Any]]) -> Tuple[tuple, ...]:
+    def _shapes(self, chunk: List[TupleItem]) -> Tuple[tuple, ...]:
         """With SyncBatchNorm: every image shape on any rank, so that all ranks make the same
         forward calls (its statistics are a collective); else () (each rank its own)."""
         if not self.sync_batchnorm:
             return ()
-        mine = sorted({tuple(image.shape) for item in chunk for image in item["images"]})
+        mine = sorted({tuple(image.shape) for item in chunk for image in item.images})
         return tuple(sorted(set(concat_lists(gather_objects(mine, self.world)))))
 
     def _global_losses(self, losses: List[float]) -> List[float]:
@@ -257,11 +250,12 @@ class Trainer:
         if not self.world.distributed:
             return losses
         parts = gather_objects(losses, self.world)
-        return parts[0] if self.loss.kind is LossKind.RELATIONAL else concat_lists(parts)
+        return parts[0] if self.criterion.kind is LossKind.RELATIONAL else concat_lists(parts)
 
-    def batch_losses(self, batch: List[Dict[str, Any]], backward: bool, sync: bool = True) -> List[float]:
-        """Loss of each call of the loss over a batch: one per tuple (tuple losses) or one per
-        batch (relational losses). With frozen BatchNorm and a tuple loss, one tuple is encoded
+    def batch_losses(self, batch: List[TupleItem], teacher: Optional[torch.Tensor], backward: bool,
+                     sync: bool = True) -> List[float]:
+        """The loss values of a batch (``teacher``: the split's teacher descriptors): one per
+        tuple (tuple losses) or one per batch (relational losses). With frozen BatchNorm and a tuple loss, one tuple is encoded
         and back-propagated at a time (the original's memory profile) unless ``batch_forward``;
         otherwise all student images of the batch go through together, one forward per image
         shape (with ``train_batchnorm`` their batch statistics are those of the mini-batch;
@@ -273,21 +267,20 @@ class Trainer:
         loss is already whole on every rank: its gathered rows send gradients back).
         ``sync`` False: the optimizer does not step after this batch (no gradient reduction)."""
         s = self.settings
-        together = s.train_batchnorm or s.batch_forward or self.loss.kind is LossKind.RELATIONAL
-        chunks = [batch] if together else [[item] for item in batch]
+        relational = self.criterion.kind is LossKind.RELATIONAL
+        chunks = [batch] if s.train_batchnorm or s.batch_forward or relational else [[item] for item in batch]
         encode = self.encode if backward else self.net.descriptors
-        scale = self.world.size if self.loss.kind is LossKind.TUPLE else 1
+        scale = 1 if relational else self.world.size
         losses: List[float] = []
         for k, chunk in enumerate(chunks):
             with self._sync(backward and sync and k + 1 == len(chunks)):
                 with self._autocast():
-                    outputs = encode_tuples(encode, chunk, self.device, self._shapes(chunk))
-                    values = [self.criterion(*call) for call in self._loss_inputs(outputs, chunk)]
-                    total = torch.stack(values).float().sum()
+                    values = self.criterion(self._encode(encode, chunk, teacher)).float().reshape(-1)
+                    total = values.sum()
                 _check_finite(total)
                 if backward:
                     (total * scale if scale != 1 else total).backward()
-            losses += [value.item() for value in values]
+            losses += values.tolist()
         return self._global_losses(losses)
 
     def _divergence_message(self, epoch: int, batch: int, batches: int, value: float) -> str:
@@ -314,7 +307,7 @@ class Trainer:
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=s.progress, leave=False)
         for i, batch in enumerate(bar):
             try:
-                losses += self.batch_losses(with_teacher(batch, self.train_split.teacher), backward=True,
+                losses += self.batch_losses(batch, self.train_split.teacher, backward=True,
                                             sync=(i + 1) % s.update_every == 0)
             except _NonFiniteLoss as err:
                 message = self._divergence_message(epoch, i, len(loader), err.value)
@@ -342,7 +335,7 @@ class Trainer:
         losses: List[float] = []
         for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.settings.progress,
                           leave=False):
-            losses += self.batch_losses(with_teacher(batch, split.teacher), backward=False)
+            losses += self.batch_losses(batch, split.teacher, backward=False)
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value

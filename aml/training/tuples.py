@@ -2,20 +2,31 @@
 others, and encoding a tuple with the student (images of equal shape in one forward)."""
 
 from collections import defaultdict
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, Hashable, List, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from aml.data.images import load_and_resize
 from aml.descriptors.extraction import BatchEncoder
+from aml.losses.batch import TupleBatch
 from aml.training.modes import TrainingTuple
 
 
+@dataclass
+class TupleItem:
+    """One tuple as the loader gives it: the tuple, and its student members' images (decoded
+    in a loader worker), in member order."""
+
+    tuple: TrainingTuple
+    images: List[torch.Tensor]
+
+
 class TupleDataset(Dataset):
-    """Item i = dict(images, image_slots, teacher_slots, members, labels): the student images
-    of tuple i, decoded in a loader worker; :func:`with_teacher` adds its teacher columns
-    in the main process (the teacher's matrix may live on the GPU)."""
+    """Item i = :class:`TupleItem` of tuple i: the images of the members the student encodes
+    (the others are the teacher's descriptors, added by :func:`encode_batch` in the main
+    process, where the teacher's matrix lives, maybe on the GPU)."""
 
     def __init__(self, tuples: Sequence[TrainingTuple], images: Sequence[str], image_size: int, transform: Callable):
         self.tuples, self.images, self.image_size, self.transform = list(tuples), list(images), image_size, transform
@@ -23,34 +34,13 @@ class TupleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tuples)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> TupleItem:
         t = self.tuples[index]
-        image_slots = [s for s, flag in enumerate(t.from_teacher) if not flag]
-        return {
-            "images": [self.transform(load_and_resize(self.images[t.members[s]], self.image_size)) for s in image_slots],
-            "image_slots": image_slots,
-            "teacher_slots": [s for s, flag in enumerate(t.from_teacher) if flag],
-            "members": list(t.members),
-            "labels": torch.tensor(t.labels, dtype=torch.float32),
-        }
+        return TupleItem(t, [self.transform(load_and_resize(self.images[m], self.image_size))
+                             for m, teacher in zip(t.members, t.from_teacher) if not teacher])
 
 
-def with_teacher(items: List[Dict[str, Any]], teacher: Optional[torch.Tensor]) -> List[Dict[str, Any]]:
-    """Each item with ``teacher`` (the teacher's columns of its teacher slots, or None) and
-    ``target`` (the teacher's distances from the query to every member, or None), taken
-    from the D x N ``teacher`` matrix on its own device."""
-    for item in items:
-        members = item["members"]
-        slots = item["teacher_slots"]
-        item["teacher"] = teacher[:, [members[s] for s in slots]] if teacher is not None and slots else None
-        item["target"] = None
-        if teacher is not None:
-            columns = teacher[:, members]
-            item["target"] = torch.linalg.vector_norm(columns - columns[:, :1], dim=0)
-    return items
-
-
-def collate_list(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def collate_list(batch: List[TupleItem]) -> List[TupleItem]:
     """Tuples differ in image sizes: a batch is just the list of items."""
     return batch
 
@@ -96,22 +86,42 @@ def encode_images(encode: BatchEncoder, images: Sequence[torch.Tensor], device: 
     return torch.stack(rows) if rows else out
 
 
-def encode_tuples(encode: BatchEncoder, items: Sequence[Dict[str, Any]], device: torch.device,
-                  shapes: Sequence[tuple] = ()) -> List[torch.Tensor]:
-    """D x S descriptors of each tuple in member order (student images and teacher columns);
-    the student images of all ``items`` are encoded together (see :func:`encode_images`)."""
-    images = [image for item in items for image in item["images"]]
+def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch.device,
+                 teacher: Optional[torch.Tensor] = None, shapes: Sequence[tuple] = (),
+                 target: bool = False) -> TupleBatch:
+    """The :class:`TupleBatch` of ``items``: the student images of all items encoded together
+    (see :func:`encode_images`), the teacher's members read from ``teacher`` (D x N, the
+    split's descriptors), tuples shorter than the longest padded (label -1). With ``target``
+    also the teacher's distance from each query to each member."""
+    if target and teacher is None:
+        raise ValueError("the teacher's distances need the teacher's descriptors of the split")
+    images = [image for item in items for image in item.images]
     encoded = encode_images(encode, images, device, shapes) if images or shapes else None
-    outputs, start = [], 0
-    for item in items:
-        columns: List[Optional[torch.Tensor]] = [None] * len(item["labels"])
-        for slot in item["image_slots"]:
-            columns[slot] = encoded[start]
-            start += 1
-        if item["teacher_slots"]:
-            teacher = item["teacher"].to(device)
-            for k, slot in enumerate(item["teacher_slots"]):
-                columns[slot] = teacher[:, k]
-        outputs.append(torch.stack(columns, dim=1))
-    return outputs
+    teacher_members = [m for item in items for m, flag in zip(item.tuple.members, item.tuple.from_teacher) if flag]
+    parts = [p for p in (encoded, teacher[:, teacher_members].t().to(device) if teacher_members else None)
+             if p is not None]
+    table = torch.cat([p.float() for p in parts])  # student rows, then teacher rows
+    width = max(len(item.tuple.members) for item in items)
+    index = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), -1, dtype=torch.long)
+    student, from_teacher = 0, len(images)
+    for b, item in enumerate(items):
+        for s, flag in enumerate(item.tuple.from_teacher):
+            if flag:
+                index[b, s], from_teacher = from_teacher, from_teacher + 1
+            else:
+                index[b, s], student = student, student + 1
+        labels[b, :len(item.tuple.labels)] = torch.tensor(item.tuple.labels)
+    rows = table[index.to(table.device)]
+    distances = None
+    if target:
+        distances = torch.stack([_teacher_distances(teacher, item.tuple.members, width) for item in items])
+        distances = distances[:, 1:].to(table.device)
+    return TupleBatch(rows[:, 0], rows[:, 1:], labels[:, 1:].to(table.device), distances)
 
+
+def _teacher_distances(teacher: torch.Tensor, members: Sequence[int], width: int) -> torch.Tensor:
+    """||t_m - t_query|| for every member m of a tuple (the query first: 0), padded to ``width``."""
+    columns = teacher[:, list(members)]
+    d = torch.linalg.vector_norm(columns - columns[:, :1], dim=0).float()
+    return torch.cat([d, d.new_zeros(width - len(members))])

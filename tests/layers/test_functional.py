@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aml.layers import GeM, GeMmp, Rpool, functional as LF
-from aml.losses import ContrastiveLoss, TripletLoss
+from aml.losses import ContrastiveLoss, TripletLoss, TupleBatch
 
 A, P, N1, N2, TA = (1.0, 0.0), (0.6, 0.8), (0.96, 0.28), (-1.0, 0.0), (0.8, 0.6)
 
@@ -110,13 +110,14 @@ def test_modules_call_the_functional_formulas(monkeypatch):
             return original(*args, **kwargs)
         monkeypatch.setattr(LF, name, wrapped)
 
-    for name in ("contrastive_loss", "triplet_loss", "gem", "roipool"):
+    for name in ("contrastive_losses", "triplet_losses", "gem", "roipool"):
         spy(name)
-    anchor, reference = X[:, :1].t(), X[:, 1:].t()
-    ContrastiveLoss()(anchor, reference, Y[1:])
-    TripletLoss()(anchor, reference, Y[1:])
+    batch = TupleBatch.from_columns(X, Y)
+    ContrastiveLoss()(batch)
+    TripletLoss()(batch)
+    LF.contrastive_loss(X, Y)  # cirtorch's column form: the same batched formula
     x = torch.rand(1, 4, 6, 6)
     Rpool(GeM())(x)
     GeMmp(mp=4)(x)
-    assert calls.count("contrastive_loss") == 1 and calls.count("triplet_loss") == 1
+    assert calls.count("contrastive_losses") == 2 and calls.count("triplet_losses") == 1
     assert calls.count("roipool") == 1 and calls.count("gem") >= 2

@@ -44,13 +44,12 @@ PAIRS = [(cirtorch.ContrastiveLoss(0.7), registry.ContrastiveLoss(margin=0.7)),
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda pair: type(pair[0]).__name__)
 def test_the_cirtorch_call_equals_the_registry_call(pair):
     columns, rows = pair
-    anchor, reference = X[:, :1].t(), X[:, 1:].t()
-    assert columns(X, LABEL).item() == pytest.approx(rows(anchor, reference, LABEL[1:]).item(), abs=1e-12)
+    assert columns(X, LABEL).item() == pytest.approx(rows(registry.TupleBatch.from_columns(X, LABEL)).item(), abs=1e-12)
 
 
 def test_contrastive_dist_takes_the_target_distances():
     dist = torch.tensor([0.0, 0.5, 1.5], dtype=torch.float64)
-    expected = registry.ContrastiveDistLoss()(X[:, :1].t(), X[:, 1:].t(), LABEL[1:], dist)
+    expected = registry.ContrastiveDistLoss()(registry.TupleBatch.from_columns(X, LABEL, dist))
     assert cirtorch.ContrastiveDistLoss()(X, LABEL, dist).item() == pytest.approx(expected.item(), abs=1e-12)
 
 

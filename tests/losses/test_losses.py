@@ -1,12 +1,12 @@
 """Every loss against the original's numbers (float64), through the one call shape
-``loss(student, reference, labels, target)``."""
+``loss(TupleBatch)``, and batched: B tuples in one call equal B calls of one tuple."""
 
 import pytest
 import torch
 
 from aml.layers import functional as LF
 from aml.losses import (LOSSES, ContrastiveDistLoss, ContrastiveLoss, CrossEntropyDistLoss, CrossEntropyLoss,
-                        HardDarkRank, LossKind, MultiSimilarityLoss, RKdAD, RegressionLoss, TripletLoss)
+                        HardDarkRank, LossKind, MultiSimilarityLoss, RKdAD, RegressionLoss, TripletLoss, TupleBatch)
 from aml.training.modes import MODES, check_loss_mode
 
 A, P, N1, N2 = (1.0, 0.0), (0.6, 0.8), (0.96, 0.28), (-1.0, 0.0)
@@ -25,48 +25,54 @@ def rows(*vectors):
     return torch.tensor(vectors, dtype=torch.float64)
 
 
-TUPLE = (rows(A), rows(P, N1, N2), labels(1, 0, 0))  # anchor row, reference rows, their labels
+def one(anchor, members, member_labels, target=None):
+    """The batch of one tuple: an anchor, its members and their labels."""
+    return TupleBatch.single(rows(anchor), rows(*members), torch.tensor(member_labels),
+                             None if target is None else torch.tensor(target, dtype=torch.float64))
+
+
+TUPLE = one(A, (P, N1, N2), (1, 0, 0))
 
 
 def test_contrastive():
-    assert ContrastiveLoss(0.7)(*TUPLE).item() == pytest.approx(0.487010055238, abs=1e-11)
+    assert ContrastiveLoss(0.7)(TUPLE).item() == pytest.approx(0.487010055238, abs=1e-11)
 
 
 def test_triplet_with_cli_and_class_margins():
-    assert TripletLoss(0.7)(*TUPLE).item() == pytest.approx(1.42, abs=1e-11)
-    assert TripletLoss(0.1)(*TUPLE).item() == pytest.approx(0.82, abs=1e-11)
+    assert TripletLoss(0.7)(TUPLE).item() == pytest.approx(1.42, abs=1e-11)
+    assert TripletLoss(0.1)(TUPLE).item() == pytest.approx(0.82, abs=1e-11)
 
 
 def test_multi_similarity():
-    assert MultiSimilarityLoss()(*TUPLE).item() == pytest.approx(0.759069434946, abs=1e-11)
+    assert MultiSimilarityLoss()(TUPLE).item() == pytest.approx(0.759069434946, abs=1e-11)
 
 
 def test_cross_entropy_dist():
-    assert CrossEntropyDistLoss(temp=0.1)(*TUPLE).item() == pytest.approx(6.118054001175, abs=1e-9)
+    assert CrossEntropyDistLoss(temp=0.1)(TUPLE).item() == pytest.approx(6.118054001175, abs=1e-9)
 
 
 def test_cross_entropy_on_similarities():
     s = torch.tensor([0.6, 0.96, -1.0]) / 0.1
     expected = -(s[0] - torch.logsumexp(s, 0))
-    assert CrossEntropyLoss(temp=0.1)(*TUPLE).item() == pytest.approx(expected.item(), abs=1e-5)
+    assert CrossEntropyLoss(temp=0.1)(TUPLE).item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_regression_pair():
-    pair = (rows(A), rows(P), labels(1))
-    assert ContrastiveLoss(0.7)(*pair).item() == pytest.approx(0.399999600001, abs=1e-11)
-    assert RegressionLoss()(*pair).item() == pytest.approx(0.399999600001, abs=1e-11)
+    pair = one(A, (P,), (1,))
+    assert ContrastiveLoss(0.7)(pair).item() == pytest.approx(0.399999600001, abs=1e-11)
+    assert RegressionLoss()(pair).item() == pytest.approx(0.399999600001, abs=1e-11)
 
 
 def test_contr_plus_tuple():
-    assert ContrastiveLoss(0.7)(rows(A), rows(TA, P, N1, N2), labels(1, 1, 0, 0)).item() == pytest.approx(
+    assert ContrastiveLoss(0.7)(one(A, (TA, P, N1, N2), (1, 1, 0, 0))).item() == pytest.approx(
         0.687009655239, abs=1e-11)
 
 
 def test_contrastive_dist_pulls_negatives_to_target_distance():
     d_n1 = torch.linalg.vector_norm(torch.tensor([1 - 0.96 + 1e-6, -0.28 + 1e-6], dtype=torch.float64))
-    target = torch.tensor([0.0, 0.5], dtype=torch.float64)  # one teacher distance per reference row
+    batch = one(A, (P, N1), (1, 0), target=(0.0, 0.5))  # one teacher distance per member
     expected = 0.399999600001 + 0.5 * (0.5 - d_n1.item()) ** 2
-    assert ContrastiveDistLoss()(rows(A), rows(P, N1), labels(1, 0), target).item() == pytest.approx(expected, abs=1e-9)
+    assert ContrastiveDistLoss()(batch).item() == pytest.approx(expected, abs=1e-9)
 
 
 def test_several_tuples_sum():  # the functional formulas take several tuples in one matrix
@@ -81,41 +87,94 @@ TEACHER = torch.tensor([(1, 0, 0), (0.8, 0.6, 0), (0, 0, 1), (0.6, 0.8, 0), (0, 
 
 
 def test_rkd():
-    assert RKdAD()(STUDENT, TEACHER).item() == pytest.approx(0.157342660894, abs=1e-9)
+    assert RKdAD()(TupleBatch.pairs(STUDENT, TEACHER)).item() == pytest.approx(0.157342660894, abs=1e-9)
 
 
 def test_hard_dark_rank():
-    assert HardDarkRank()(STUDENT, TEACHER).item() == pytest.approx(3.994939300100, abs=1e-9)
+    assert HardDarkRank()(TupleBatch.pairs(STUDENT, TEACHER)).item() == pytest.approx(3.994939300100, abs=1e-9)
 
 
 def test_relational_losses_give_no_teacher_gradient():
     teacher = TEACHER.clone().requires_grad_(True)
     student = STUDENT.clone().requires_grad_(True)
-    RKdAD()(student, teacher).backward()
+    RKdAD()(TupleBatch.pairs(student, teacher)).backward()
     assert teacher.grad is None and student.grad is not None
 
 
 def test_bad_tuples_are_refused():
     with pytest.raises(ValueError, match="exactly one positive"):
-        TripletLoss()(rows(A), rows(TA, P, N1), labels(1, 1, 0))
+        TripletLoss()(one(A, (TA, P, N1), (1, 1, 0)))
     with pytest.raises(ValueError, match="anchor"):
         LF.contrastive_loss(columns(A, P), labels(1, -1))
-    with pytest.raises(ValueError, match=r"one anchor row \(1 x D\)"):
-        ContrastiveLoss()(rows(A, P), rows(N1), labels(0))
-    with pytest.raises(ValueError, match="2 reference rows but 1 labels"):
-        ContrastiveLoss()(rows(A), rows(P, N1), labels(1))
+    with pytest.raises(ValueError, match=r"anchors B x D and members B x M x D"):
+        TupleBatch(rows(A, P), rows(N1), torch.tensor([0]))
+    with pytest.raises(ValueError, match="2 members but 1 labels"):
+        TupleBatch.single(rows(A), rows(P, N1), torch.tensor([1]))
+    with pytest.raises(ValueError, match="needs the teacher's distances"):
+        ContrastiveDistLoss()(one(A, (P, N1), (1, 0)))
+
+
+def test_a_cirtorch_call_of_a_registry_loss_names_the_module_to_use():
+    with pytest.raises(TypeError, match=r"aml.layers.loss.ContrastiveLoss"):
+        ContrastiveLoss(margin=0.7)(columns(A, P, N1), labels(-1, 1, 0))
 
 
 def test_every_loss_has_the_one_call_shape():
-    """Each registered loss takes (student, reference, labels, target) and gives a scalar."""
+    """Each registered loss takes a TupleBatch: one value per tuple, or one per batch."""
     for name, spec in LOSSES.items():
         loss = spec.build(0.7, 0.1)
         if spec.kind is LossKind.RELATIONAL:
-            value = loss(STUDENT, TEACHER, None, None)
+            value = loss(TupleBatch.pairs(STUDENT, TEACHER))
+            assert value.dim() == 0 and torch.isfinite(value), name
         else:
-            value = loss(rows(A), rows(P, N1), labels(1, 0), torch.tensor([0.0, 0.5], dtype=torch.float64))
-        assert value.dim() == 0 and torch.isfinite(value), name
+            value = loss(TupleBatch.from_columns(torch.cat([columns(A, P, N1)] * 3, dim=1), labels(-1, 1, 0) .repeat(3),
+                                                 torch.tensor([0.0, 0.5] * 3, dtype=torch.float64)))
+            assert value.shape == (3,) and torch.isfinite(value).all(), name
+        assert loss.kind is spec.kind
         assert any(spec.accepts(mode) for mode in MODES.values()), name
+
+
+# Tuples of different lengths in one batch (the shorter padded): every tuple loss, batched,
+# against the same loss called on each tuple alone, values and gradients.
+RAGGED = [(A, (P, N1, N2), (1, 0, 0), (0.1, 0.9, 1.4)), (P, (A, N2), (1, 0), (0.2, 0.3)),
+          (N1, (TA, P, N2, A), (1, 0, 0, 0), (0.3, 0.2, 0.5, 0.7))]  # anchor, members, labels, target
+TUPLE_LOSSES = [name for name, spec in LOSSES.items() if spec.kind is LossKind.TUPLE]
+
+
+def ragged_batch(requires_grad=False):
+    x = torch.cat([columns(a, *m) for a, m, _, _ in RAGGED], dim=1).requires_grad_(requires_grad)
+    y = torch.cat([labels(-1, *l) for _, _, l, _ in RAGGED])
+    target = torch.tensor([t for *_, ts in RAGGED for t in ts], dtype=torch.float64)
+    return x, TupleBatch.from_columns(x, y, target)
+
+
+@pytest.mark.parametrize("name", TUPLE_LOSSES)
+def test_a_batch_of_tuples_equals_each_tuple_alone(name):
+    loss = LOSSES[name].build(0.7, 0.1)
+    x, batch = ragged_batch(requires_grad=True)
+    assert batch.labels.tolist()[1] == [1, 0, -1, -1] and batch.members.shape == (3, 4, 2)
+    values = loss(batch)
+    alone = [loss(one(a, m, l, t)).item() for a, m, l, t in RAGGED]
+    assert values.tolist() == pytest.approx(alone, abs=1e-12)
+    values.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    for k, (a, m, l, t) in enumerate(RAGGED):  # each tuple's gradient is that of its own loss
+        anchor = rows(a).requires_grad_(True)
+        loss(TupleBatch.single(anchor, rows(*m), torch.tensor(l), torch.tensor(t, dtype=torch.float64))).backward()
+        start = sum(1 + len(r[1]) for r in RAGGED[:k])
+        assert torch.allclose(x.grad[:, start], anchor.grad[0], atol=1e-12), k
+
+
+def test_the_batched_formulas_by_hand():
+    """Two tuples, the second padded: contrastive per tuple by hand, d with cirtorch's eps."""
+    anchors = rows((0.0, 0.0), (1.0, 0.0))
+    members = torch.tensor([[(3.0, 4.0), (0.3, 0.4)], [(1.0, 0.0), (0.0, 0.0)]], dtype=torch.float64)
+    member_labels = torch.tensor([[1, 0], [0, -1]])
+    d = LF.tuple_distances(anchors, members, eps=0.0)
+    assert d.tolist() == [[5.0, 0.5], [0.0, 1.0]]
+    values = LF.contrastive_losses(anchors, members, member_labels, margin=0.7, eps=0.0)
+    assert values.tolist() == pytest.approx([0.5 * 25 + 0.5 * 0.2 ** 2, 0.5 * 0.7 ** 2], abs=1e-12)
+    assert LF.regression_losses(anchors, members, member_labels, eps=0.0).tolist() == [12.5, 0.0]
 
 
 def test_mode_loss_compatibility():

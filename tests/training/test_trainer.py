@@ -7,7 +7,8 @@ import torch
 
 from aml.networks import build_network
 from aml.training.optim import OPTIMIZERS, build_optimizer, freeze_batchnorm, parameter_groups, set_epoch_lr
-from aml.training.tuples import encode_images, encode_tuples, shape_grouped_batches
+from aml.training.modes import TrainingTuple
+from aml.training.tuples import TupleItem, encode_batch, encode_images, shape_grouped_batches
 
 
 def test_gem_p_gets_ten_times_lr_and_no_weight_decay():
@@ -83,13 +84,15 @@ def test_tuple_images_batched_equal_one_by_one_with_gradients():
     net.train()
     freeze_batchnorm(net)
     images = [torch.rand(3, 40, 32), torch.rand(3, 32, 40), torch.rand(3, 40, 32)]
-    item = {"images": images, "image_slots": [0, 2, 3], "teacher_slots": [1], "teacher": torch.rand(512, 1),
-            "labels": torch.tensor([-1.0, 1, 0, 0])}
-    batched = encode_tuples(net.descriptors, [item], torch.device("cpu"))[0]
-    single = torch.stack([net.descriptors(x[None])[0] for x in images], dim=1)
-    assert torch.allclose(batched[:, [0, 2, 3]], single, atol=1e-6)
-    assert torch.equal(batched[:, 1], item["teacher"][:, 0])
-    batched.sum().backward()
+    teacher = torch.rand(512, 10)
+    item = TupleItem(TrainingTuple((4, 4, 7, 9), (-1, 1, 0, 0), (False, True, False, False)), images)
+    batch = encode_batch(net.descriptors, [item], torch.device("cpu"), teacher)
+    single = torch.stack([net.descriptors(x[None])[0] for x in images])
+    assert torch.allclose(batch.anchors[0], single[0], atol=1e-6)
+    assert torch.allclose(batch.members[0, [1, 2]], single[1:], atol=1e-6)
+    assert torch.equal(batch.members[0, 0], teacher[:, 4])
+    assert batch.labels.tolist() == [[1, 0, 0]] and batch.target is None
+    batch.members.sum().backward()
     assert net.features[0].weight.grad is not None
     assert encode_images(net.descriptors, images, torch.device("cpu")).shape == (3, 512)
 
@@ -99,12 +102,29 @@ def test_tuples_of_a_batch_encoded_together_equal_one_by_one_with_frozen_batchno
     net = build_network("resnet18", pretrained=False)
     net.train()
     freeze_batchnorm(net)
-    items = [{"images": [torch.rand(3, 40, 32)], "image_slots": [0], "teacher_slots": [1, 2],
-              "teacher": torch.rand(512, 2), "labels": torch.tensor([-1.0, 1, 0])} for _ in range(3)]
-    together = encode_tuples(net.descriptors, items, torch.device("cpu"))
-    for item, out in zip(items, together):
-        assert torch.allclose(out, encode_tuples(net.descriptors, [item], torch.device("cpu"))[0], atol=1e-6)
-        assert torch.equal(out[:, 1:], item["teacher"])
+    teacher = torch.rand(512, 10)
+    items = [TupleItem(TrainingTuple((q, q + 1, q + 2), (-1, 1, 0), (False, True, True)), [torch.rand(3, 40, 32)])
+             for q in range(3)]
+    together = encode_batch(net.descriptors, items, torch.device("cpu"), teacher)
+    for b, item in enumerate(items):
+        alone = encode_batch(net.descriptors, [item], torch.device("cpu"), teacher)
+        assert torch.allclose(together.anchors[b], alone.anchors[0], atol=1e-6)
+        assert torch.equal(together.members[b], teacher[:, [b + 1, b + 2]].t())
+
+
+def test_a_batch_pads_shorter_tuples_and_takes_distances_from_the_teacher_matrix():
+    teacher = torch.tensor([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]])  # columns: images 0, 1, 2
+    net = lambda x: x.mean(dim=(2, 3))[:, :2]  # noqa: E731 - a 2-d "network"
+    items = [TupleItem(TrainingTuple((2, 0, 1), (-1, 1, 0), (False, True, True)), [torch.ones(3, 4, 4)]),
+             TupleItem(TrainingTuple((1, 0), (-1, 1), (False, True)), [torch.zeros(3, 4, 4)])]
+    batch = encode_batch(net, items, torch.device("cpu"), teacher, target=True)
+    assert torch.equal(batch.members[0], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert batch.labels.tolist() == [[1, 0], [1, -1]]
+    # ||t_m - t_2|| for m = 0, 1: sqrt(0.4^2 + 0.8^2), sqrt(0.6^2 + 0.2^2); ||t_0 - t_1|| = sqrt(2), then padding
+    assert torch.allclose(batch.target, torch.tensor([[0.8 ** 0.5, 0.4 ** 0.5], [2 ** 0.5, 0.0]]))
+    assert torch.equal(batch.anchors, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="teacher's descriptors"):
+        encode_batch(net, items, torch.device("cpu"), None, target=True)
 
 
 def test_shape_grouped_batches_are_full_deterministic_and_homogeneous_where_possible():
@@ -117,16 +137,3 @@ def test_shape_grouped_batches_are_full_deterministic_and_homogeneous_where_poss
     assert len(set(flat)) == len(flat)
     homogeneous = [b for b in batches if len({keys[i] for i in b}) == 1]
     assert sorted(keys[b[0]] for b in homogeneous) == ["a", "a", "b"]  # a: 2 full, b: 1 full; rest mixed
-
-
-def test_with_teacher_takes_columns_and_distances_from_the_teacher_matrix():
-    from aml.training.tuples import with_teacher
-
-    teacher = torch.tensor([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]])  # columns: images 0, 1, 2
-    item = {"members": [2, 0, 1], "teacher_slots": [1, 2], "image_slots": [0]}
-    with_teacher([item], teacher)
-    assert torch.equal(item["teacher"], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-    # ||t_m - t_2|| for m = 2, 0, 1: 0, sqrt(0.4^2 + 0.8^2), sqrt(0.6^2 + 0.2^2)
-    assert torch.allclose(item["target"], torch.tensor([0.0, 0.8 ** 0.5, 0.4 ** 0.5]))
-    with_teacher([item], None)
-    assert item["teacher"] is None and item["target"] is None

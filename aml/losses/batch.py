@@ -1,0 +1,82 @@
+"""A batch of training tuples as the losses take it: every tuple's anchor (the student's
+descriptor of its query) against its members (positives and negatives, teacher's or
+student's descriptors), as pytorch-metric-learning's losses take ``ref_emb``."""
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+import torch
+
+from aml.layers import functional as LF
+
+
+class LossKind(Enum):
+    """What one value of a loss stands for."""
+
+    TUPLE = "tuple"  # one value per tuple: its anchor against its members
+    RELATIONAL = "relational"  # one value per batch: the student's rows against the teacher's rows
+
+
+@dataclass(frozen=True)
+class TupleBatch:
+    """B tuples of up to M members, descriptors of dimension D.
+
+    Attributes:
+        anchors: B x D, the student's descriptor of each tuple's query.
+        members: B x M x D, the descriptors each anchor is compared with.
+        labels: B x M, 1 (positive), 0 (negative) or -1 (no member: a tuple shorter than M).
+        target: B x M or None, the teacher's distance from each query to each member.
+
+    Example:
+        >>> batch = TupleBatch.single(torch.ones(4), torch.eye(4)[:2], torch.tensor([1, 0]))
+        >>> batch.members.shape
+        torch.Size([1, 2, 4])
+    """
+
+    anchors: torch.Tensor
+    members: torch.Tensor
+    labels: torch.Tensor
+    target: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        b, d = self.anchors.shape if self.anchors.dim() == 2 else (None, None)
+        if b is None or self.members.dim() != 3 or self.members.shape[0] != b or self.members.shape[2] != d:
+            raise ValueError(f"a tuple batch holds anchors B x D and members B x M x D, got "
+                             f"{tuple(self.anchors.shape)} and {tuple(self.members.shape)}")
+        for name in ("labels", "target"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != tuple(self.members.shape[:2]):
+                raise ValueError(f"{name} must be B x M = {tuple(self.members.shape[:2])}, got {tuple(value.shape)}")
+
+    def __len__(self) -> int:
+        return self.anchors.shape[0]
+
+    @classmethod
+    def single(cls, anchor: torch.Tensor, members: torch.Tensor, labels: torch.Tensor,
+               target: Optional[torch.Tensor] = None) -> "TupleBatch":
+        """One tuple: an anchor (D or 1 x D), its members (M x D) and their M labels."""
+        labels = torch.as_tensor(labels).reshape(1, -1)
+        if members.shape[0] != labels.shape[1]:
+            raise ValueError(f"{members.shape[0]} members but {labels.shape[1]} labels")
+        return cls(anchor.reshape(1, -1), members[None].to(anchor.dtype), labels,
+                   None if target is None else torch.as_tensor(target).reshape(1, -1))
+
+    @classmethod
+    def pairs(cls, student: torch.Tensor, teacher: torch.Tensor) -> "TupleBatch":
+        """N tuples of one positive each: the student's row of an image and the teacher's row
+        of the same image (what the relational losses compare, mode ``rand``)."""
+        labels = torch.ones((len(student), 1), dtype=torch.long, device=student.device)
+        return cls(student, teacher[:, None, :].to(student.dtype), labels)
+
+    @classmethod
+    def from_columns(cls, x: torch.Tensor, label: torch.Tensor,
+                     target: Optional[torch.Tensor] = None) -> "TupleBatch":
+        """From cirtorch's D x N tuple matrix and labels (-1 anchor, 1, 0), with ``target``
+        (one distance per non-anchor column) if given."""
+        return cls(*LF.columns_to_tuples(x, label, *([] if target is None else [target])))
+
+    @property
+    def present(self) -> torch.Tensor:
+        """B x M: where a member exists."""
+        return self.labels >= 0

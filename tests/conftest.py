@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aml.cli import train as train_cli
+from aml.training import TrainConfig, run
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_test_set, generate_train_set
 from aml.utils.atomic import atomic_write
 from aml.utils.cpu import enlarge_kernel_cache, threads_per_process
@@ -55,21 +55,20 @@ def synth_root(tmp_path_factory):
 
 
 SEED = int(os.environ.get("AML_TEST_SEED", "0"))
-# The learning tests' runs (tests/training/test_learning.py). Frozen BatchNorm and a tuple loss:
-# --batch-forward encodes a mini-batch in one forward (the same result as tuple by tuple up to
-# rounding, in 3/4 of the time).
-LEARNING_FLAGS = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "64", "-j", "0", "--device", "cpu", "--no-val",
-                  "--print-freq", "1000", "--seed", str(SEED), "--batch-forward", "-q"]
+# The learning tests' runs (tests/training/test_learning.py), TrainConfig fields. Frozen
+# BatchNorm and a tuple loss: batch_forward encodes a mini-batch in one forward (the same
+# result as tuple by tuple up to rounding, in 3/4 of the time).
+LEARNING = dict(training_dataset="synth-sfm", pretrained=False, image_size=64, workers=0, device="cpu", val=False,
+                print_freq=1000, seed=SEED, batch_forward=True, quiet=True)
 # Their teacher: a resnet18-gem trained from scratch in std mode, 3 epochs.
-TEACHER_FLAGS = LEARNING_FLAGS + ["-a", "resnet18", "-qs", "64", "-ps", "128", "-nn", "3", "-b", "4", "--epochs", "3",
-                                  "--lr", "1e-4"]
+TEACHER = dict(LEARNING, arch="resnet18", query_size=64, pool_size=128, neg_num=3, batch_size=4, epochs=3, lr=1e-4)
 TEACHER_FILE = "model_epoch3.pth.tar"
 
 
 def _teacher_key() -> str:
     """What the teacher's weights depend on: aml's code, the recipe, the data and torch (not
     the CPU kernels, see ``trained_teacher``)."""
-    digest = hashlib.sha256(repr((TEACHER_FLAGS, SMALL_TRAIN, torch.__version__)).encode())
+    digest = hashlib.sha256(repr((sorted(TEACHER.items()), SMALL_TRAIN, torch.__version__)).encode())
     package = Path(__file__).resolve().parents[1] / "aml"
     for source in sorted(package.rglob("*.py")):
         digest.update(str(source.relative_to(package)).encode() + source.read_bytes())
@@ -78,7 +77,7 @@ def _teacher_key() -> str:
 
 @pytest.fixture(scope="session")
 def trained_teacher(synth_root, tmp_path_factory, request) -> Path:
-    """The learning tests' trained teacher (``TEACHER_FLAGS``), trained once per version of
+    """The learning tests' trained teacher (``TEACHER``), trained once per version of
     aml's code and recipe and kept in pytest's cache (``.pytest_cache``), where the other
     pytest-xdist worker, the kernel lanes that `make test-other-isa` runs after `make test`, and
     the next run find it (a file lock makes one process train it). The lanes thus train the
@@ -102,8 +101,7 @@ def trained_teacher(synth_root, tmp_path_factory, request) -> Path:
 
 
 def _train_teacher(root: Path, directory: Path) -> Path:
-    result = train_cli.main(["--directory", str(directory), "--data-root", str(root), *TEACHER_FLAGS])
-    return result["run_dir"] / TEACHER_FILE
+    return run(TrainConfig(directory=str(directory), data_root=str(root), **TEACHER)).run_dir / TEACHER_FILE
 
 
 @pytest.hookimpl(hookwrapper=True)

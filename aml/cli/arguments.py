@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable, List
 
-import torch
 
+from aml.utils.devices import resolve_device  # noqa: F401 - the commands import it from here
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -91,18 +91,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def resolve_device(device: str, gpu_id: str = "0") -> torch.device:
-    """'auto' -> cuda:<first gpu id> when CUDA is available, else cpu; anything else as given."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{gpu_id.split(',')[0] or 0}")
-        return torch.device("cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return resolved
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

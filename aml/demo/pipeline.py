@@ -19,11 +19,10 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from aml.cli import train as train_cli
 from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int, resolve_device
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import generate_all
@@ -35,6 +34,7 @@ from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
 from aml.networks.loading import checkpoint_name
 from aml.reports.provenance import provenance
+from aml.training import TrainConfig, run
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
 
 log = logging.getLogger(__name__)
@@ -52,22 +52,22 @@ class DemoBudget:
     workers: int = 0
     quiet: bool = False
 
-    def options(self) -> List[str]:
-        """The main.py options every demo run shares."""
-        return ["--image-size", str(self.image_size), "-qs", str(self.query_size), "-ps", str(self.pool_size),
-                "-nn", "3", "-j", str(self.workers)] + ["-q"] * self.quiet
+    def options(self) -> Dict[str, Any]:
+        """The training options (TrainConfig fields) every demo run shares."""
+        return dict(image_size=self.image_size, query_size=self.query_size, pool_size=self.pool_size, neg_num=3,
+                    workers=self.workers, quiet=self.quiet)
 
 
-def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, options: Sequence[str], seed: int,
+def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, options: Dict[str, Any], seed: int,
            teacher: Optional[Path] = None, trunk: Optional[Path] = None, reuse: bool = False) -> Path:
-    """main.py through the package; the last epoch's checkpoint. With ``reuse``, a run that
-    already holds that checkpoint is resumed from it (so nothing is trained again)."""
-    argv = ["--directory", str(directory), "--data-root", str(data_root), "-d", "synth-sfm", "-a", arch,
-            "-m", mode, "--epochs", str(epochs), "--no-val", "--print-freq", "1000", "--seed", str(seed), *options]
-    argv += ["--teacher", str(teacher)] if teacher is not None else []
-    argv += ["--trunk-weights", str(trunk)] if trunk is not None else []
-    argv += ["--resume", f"model_epoch{epochs}.pth.tar"] if reuse else []
-    return train_cli.main(argv)["run_dir"] / f"model_epoch{epochs}.pth.tar"
+    """One training run (:func:`aml.training.run`); the last epoch's checkpoint. With ``reuse``,
+    a run that already holds that checkpoint is resumed from it (so nothing is trained again)."""
+    config = TrainConfig(directory=str(directory), data_root=str(data_root), training_dataset="synth-sfm", arch=arch,
+                         mode=mode, epochs=epochs, val=False, print_freq=1000, seed=seed, **options)
+    config = config.but(teacher=str(teacher)) if teacher is not None else config
+    config = config.but(trunk_weights=str(trunk)) if trunk is not None else config
+    config = config.but(resume=f"model_epoch{epochs}.pth.tar") if reuse else config
+    return run(config).run_dir / f"model_epoch{epochs}.pth.tar"
 
 
 def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[Path] = None) -> Dict:
@@ -79,8 +79,8 @@ def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[
     return evaluate(student, settings, database)
 
 
-# Per-role main.py options, both in the paper's setting: ImageNet trunks, frozen BatchNorm,
-# Adam (--batch-forward: a mini-batch in one forward per image shape, the same result, faster).
+# Per-role training options, both in the paper's setting: ImageNet trunks, frozen BatchNorm,
+# Adam (batch_forward: a mini-batch in one forward per image shape, the same result, faster).
 # The demo's budget (2 epochs of 360-800 student images at 96 px, against the paper's 100
 # of 2,000 at up to 1024 px) forces two choices, measured in the README: the students' trunk
 # learns at lr 1e-4 (at 1e-3 it collapses to one descriptor) while their random 1x1
@@ -88,10 +88,10 @@ def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[
 # rate it does not reach that space in time); contrastive students use margin 0.5.
 # The ts and ts_self students see -qs 360 tuples per epoch; the reg students regress the
 # teacher's descriptors of the -ps 800 pool images per epoch (with 360 they end well short).
-TEACHER_OPTIONS = ["-b", "8", "--lr", "5e-4", "--batch-forward"]
-_STUDENT = ["-b", "16", "--lr", "1e-4", "--proj-lr-mult", "30", "--batch-forward"]
-STUDENT_OPTIONS: Dict[str, List[str]] = {"reg": _STUDENT, "ts_self": _STUDENT + ["-lm", "0.5"],
-                                         "ts": _STUDENT + ["-lm", "0.5"]}
+TEACHER_OPTIONS = dict(batch_size=8, lr=5e-4, batch_forward=True)
+_STUDENT = dict(batch_size=16, lr=1e-4, proj_lr_mult=30.0, batch_forward=True)
+STUDENT_OPTIONS: Dict[str, Dict[str, Any]] = {"reg": _STUDENT, "ts_self": dict(_STUDENT, loss_margin=0.5),
+                                              "ts": dict(_STUDENT, loss_margin=0.5)}
 TEACHER_TRUNKS = ("imagenet", "synthetic")
 
 
@@ -107,8 +107,8 @@ def _initial_student(runs: Path, arch: str, teacher_dim: int, seed: int, imagene
 def train_teacher(root: Path, arch: str, budget: DemoBudget, seed: int, trunk: Optional[Path] = None) -> Path:
     """The demo's teacher: ``std`` mode from ``trunk`` (None: ImageNet); one trained by an
     earlier run with the same settings is reused."""
-    return _train(root / "demo" / "runs", root, arch, "std", budget.teacher_epochs, budget.options() + TEACHER_OPTIONS,
-                  seed, trunk=trunk, reuse=True)
+    return _train(root / "demo" / "runs", root, arch, "std", budget.teacher_epochs,
+                  dict(budget.options(), **TEACHER_OPTIONS), seed, trunk=trunk, reuse=True)
 
 
 def student_rows(root: Path, seed: int, teacher: Path, student_arch: str, budget: DemoBudget,
@@ -120,7 +120,7 @@ def student_rows(root: Path, seed: int, teacher: Path, student_arch: str, budget
     untrained = _initial_student(runs, student_arch, teacher_dim, seed, False, root)
     imagenet = _initial_student(runs, student_arch, teacher_dim, seed, True, root)
     students = {mode: _train(runs, root, student_arch, mode, budget.student_epochs,
-                             budget.options() + STUDENT_OPTIONS[mode], seed, teacher) for mode in student_modes}
+                             dict(budget.options(), **STUDENT_OPTIONS[mode]), seed, teacher) for mode in student_modes}
 
     def row(name: str, network: Path, asymmetric: bool) -> Dict:
         results = _test(network, root, budget, teacher if asymmetric else None)

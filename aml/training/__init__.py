@@ -1,1 +1,7 @@
-"""Training: modes and tuples, mining, optimizer set-up, the loop, teacher descriptors."""
+"""Training: modes and tuples, mining, optimizer set-up, the loop, teacher descriptors, and
+the library's entry point, :func:`run` with a :class:`TrainConfig`."""
+
+from aml.training.config import TrainConfig
+from aml.training.runner import TrainResult, run
+
+__all__ = ["TrainConfig", "TrainResult", "run"]

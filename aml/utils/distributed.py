@@ -48,6 +48,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def current_rank() -> int:
+    """This process's rank as torchrun set it (0 for a single process), before any group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     """Join the process group torchrun described (no-op for a single process) and return
     this process's :class:`World`. CUDA processes use the GPU of their LOCAL_RANK."""

@@ -235,7 +235,7 @@ def test_extract_features_store_equals_the_npy_and_feeds_feat_path(checkpoint, s
                              "10", "-ps", "30", "-b", "5", "-j", "0", "--device", "cpu", "--epochs", "1",
                              "--teacher", str(checkpoint), "--feat-path", str(train[0]), "--feat-val-path",
                              str(stores[0]), "-q"])
-    assert np.isfinite(result["history"][0]["val_loss"])
+    assert np.isfinite(result.history[0]["val_loss"])
 
 
 def test_scripts_report_user_errors_in_one_line(tmp_path):

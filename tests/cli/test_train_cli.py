@@ -7,6 +7,8 @@ import torch
 
 from aml.cli import train as train_cli
 from aml.networks.checkpoint import CheckpointError, load_checkpoint, load_network
+from aml.training import TrainConfig
+from aml.training.config import run_name
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).
 pytestmark = pytest.mark.long
@@ -23,10 +25,23 @@ def train(root, directory, *extra):
     return train_cli.main(["--directory", str(directory), "--data-root", str(root)] + TINY + list(extra))
 
 
+def parsed(*flags):
+    return train_cli.config_from_arguments(train_cli.build_parser().parse_args(["--directory", "x", *flags]))
+
+
 def test_default_run_folder_name_matches_original():
-    args = train_cli.build_parser().parse_args(["--directory", "x"])
-    assert train_cli.run_name(args) == ("retrieval-SfM-120k_resnet101_gem_contrastive_m0.70_adam_lr1.0e-06_wd1.0e-06"
-                                        "_nnum5_qsize2000_psize20000_bsize5_uevery1_imsize1024_temp0.1_std_teach_vgg16")
+    assert run_name(parsed()) == ("retrieval-SfM-120k_resnet101_gem_contrastive_m0.70_adam_lr1.0e-06_wd1.0e-06"
+                                  "_nnum5_qsize2000_psize20000_bsize5_uevery1_imsize1024_temp0.1_std_teach_vgg16")
+
+
+def test_the_flags_defaults_are_the_configs_defaults():
+    """main.py with no flags trains what TrainConfig() trains: one set of defaults."""
+    assert parsed() == TrainConfig(directory="x")
+    assert parsed("-td", "synth-oxford,synth-paris+1m").test_datasets == ("synth-oxford", "synth-paris+1m")
+    with pytest.raises(TypeError, match="neg_nun"):
+        TrainConfig(directory="x", neg_nun=3)
+    with pytest.raises(ValueError, match="--loss rkd cannot be used with --mode ts"):
+        TrainConfig(directory="x", loss="rkd", mode="ts").check()
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -54,20 +69,20 @@ def test_resume_continues_exactly(synth_root, tmp_path):
     straight = train(synth_root, tmp_path / "a", "-a", SMALL, "--epochs", "2")
     train(synth_root, tmp_path / "b", "-a", SMALL, "--epochs", "1")
     resumed = train(synth_root, tmp_path / "b", "-a", SMALL, "--epochs", "2", "--resume", "model_epoch1.pth.tar")
-    assert [r["epoch"] for r in resumed["history"]] == [2]
-    assert resumed["history"][0]["train_loss"] == pytest.approx(straight["history"][1]["train_loss"], rel=1e-5)
-    a = load_checkpoint(straight["run_dir"] / "model_epoch2.pth.tar")
-    b = load_checkpoint(resumed["run_dir"] / "model_epoch2.pth.tar")
+    assert [r["epoch"] for r in resumed.history] == [2]
+    assert resumed.history[0]["train_loss"] == pytest.approx(straight.history[1]["train_loss"], rel=1e-5)
+    a = load_checkpoint(straight.run_dir / "model_epoch2.pth.tar")
+    b = load_checkpoint(resumed.run_dir / "model_epoch2.pth.tar")
     for key, value in a["state_dict"].items():
         assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
-    run = straight["run_dir"]
+    run = straight.run_dir
     assert (run / "model_best.pth.tar").exists() and (run / "log.txt").read_text().count(">> Train: [2]") >= 1
     assert (run / "loss_log.txt").read_text().splitlines()[1].startswith("0, ")
 
 
 def test_resume_with_other_optimizer_groups_names_the_file_and_keeps_it(synth_root, tmp_path):
     first = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
-    checkpoint = first["run_dir"] / "model_epoch1.pth.tar"
+    checkpoint = first.run_dir / "model_epoch1.pth.tar"
     state = load_checkpoint(checkpoint)
     state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]  # as if saved with other groups
     torch.save(state, checkpoint)
@@ -79,7 +94,7 @@ def test_resume_with_other_optimizer_groups_names_the_file_and_keeps_it(synth_ro
 
 def test_resume_of_a_checkpoint_of_another_loss_is_refused_by_name(synth_root, tmp_path):
     first = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
-    checkpoint = first["run_dir"] / "model_epoch1.pth.tar"
+    checkpoint = first.run_dir / "model_epoch1.pth.tar"
     assert load_checkpoint(checkpoint)["meta"]["loss"] == "contrastive"
     with pytest.raises(CheckpointError, match=r"model_epoch1.pth.tar: it was trained with --loss contrastive, this "
                                               r"run trains with --loss triplet"):
@@ -90,13 +105,13 @@ def test_resume_of_a_checkpoint_of_another_loss_is_refused_by_name(synth_root, t
 def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path):
     result = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar",
                    "--test-freq", "1", "-td", "synth-oxford")
-    assert [r["epoch"] for r in result["history"]] == [1]
-    tested = result["history"][0]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"]
+    assert [r["epoch"] for r in result.history] == [1]
+    tested = result.history[0]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"]
     assert 0 < tested < 1
 
 
 def test_bad_feature_files_are_clear_and_keep_checkpoints(synth_root, tmp_path):
-    run = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")["run_dir"]
+    run = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val").run_dir
     before = {p.name: p.read_bytes() for p in run.glob("*.pth.tar")}
     with pytest.raises(FileNotFoundError, match="missing.npy does not exist"):
         train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-m", "ts",
@@ -111,12 +126,11 @@ def test_bad_feature_files_are_clear_and_keep_checkpoints(synth_root, tmp_path):
 def test_train_batchnorm_learns_batch_statistics_and_names_the_run(synth_root, tmp_path):
     frozen = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val")
     learned = train(synth_root, tmp_path, "-a", "resnet18", "--epochs", "1", "--no-val", "--train-batchnorm")
-    assert learned["run_dir"].name == frozen["run_dir"].name.replace("_std_", "_std_trainbn_")
-    args = train_cli.build_parser().parse_args(["--directory", "x", "--proj-lr-mult", "0.1"])
-    assert train_cli.run_name(args).endswith("_std_projlr0.1_teach_vgg16")
+    assert learned.run_dir.name == frozen.run_dir.name.replace("_std_", "_std_trainbn_")
+    assert run_name(parsed("--proj-lr-mult", "0.1")).endswith("_std_projlr0.1_teach_vgg16")
 
     def running_mean(result):
-        return load_checkpoint(result["run_dir"] / "model_epoch1.pth.tar")["state_dict"]["features.1.running_mean"]
+        return load_checkpoint(result.run_dir / "model_epoch1.pth.tar")["state_dict"]["features.1.running_mean"]
 
     assert torch.count_nonzero(running_mean(frozen)) == 0  # random init, frozen: untouched
     assert torch.count_nonzero(running_mean(learned)) > 0
@@ -134,7 +148,7 @@ def test_trunk_weights_file_is_where_training_starts_and_is_recorded(synth_root,
     flags = [f for f in TINY if f != "--not-pretrained"]
     flags[flags.index("--lr") + 1] = "1e-12"  # Adam moves each weight by about 1e-12 per step
     run = train_cli.main(["--directory", str(tmp_path / "runs"), "--data-root", str(synth_root), *flags, "-a", "resnet18",
-                          "--epochs", "1", "--trunk-weights", str(path)])["run_dir"]
+                          "--epochs", "1", "--trunk-weights", str(path)]).run_dir
     assert "_notpretrained" not in run.name and "_trunkmy-trunk_" in run.name
     state = load_checkpoint(run / "model_epoch1.pth.tar")
     assert state["meta"]["trunk_weights"] == "my-trunk.pth"
@@ -147,24 +161,24 @@ def test_trunk_weights_file_is_where_training_starts_and_is_recorded(synth_root,
 def test_batch_forward_with_frozen_batchnorm_equals_tuple_by_tuple(synth_root, tmp_path, monkeypatch):
     from aml.training import trainer
 
-    encoded = []  # tuples per encode_tuples call
+    encoded = []  # tuples per encode_batch call
 
-    def counting(encode, items, device, shapes=()):
+    def counting(encode, items, *args):
         encoded.append(len(items))
-        return original(encode, items, device, shapes)
+        return original(encode, items, *args)
 
-    original = trainer.encode_tuples
-    monkeypatch.setattr(trainer, "encode_tuples", counting)
+    original = trainer.encode_batch
+    monkeypatch.setattr(trainer, "encode_batch", counting)
     # SGD: Adam divides by the root of tiny second moments, which turns rounding into whole steps
     one = train(synth_root, tmp_path / "one", "-a", "resnet18", "--epochs", "1", "--no-val", "--lr", "1e-2", "-o", "sgd")
     calls, encoded[:] = list(encoded), []
     together = train(synth_root, tmp_path / "together", "-a", "resnet18", "--epochs", "1", "--no-val", "--lr", "1e-2", "-o", "sgd",
                      "--batch-forward")
     assert set(calls) == {1} and set(encoded) == {5} and sum(calls) == sum(encoded)  # -b 5: tuple by tuple vs batch
-    assert one["run_dir"] == together["run_dir"].parent.parent / "one" / together["run_dir"].name  # same run name
-    assert together["history"][0]["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=1e-5)
-    a = load_checkpoint(one["run_dir"] / "model_epoch1.pth.tar")["state_dict"]
-    b = load_checkpoint(together["run_dir"] / "model_epoch1.pth.tar")["state_dict"]
+    assert one.run_dir == together.run_dir.parent.parent / "one" / together.run_dir.name  # same run name
+    assert together.history[0]["train_loss"] == pytest.approx(one.history[0]["train_loss"], rel=1e-5)
+    a = load_checkpoint(one.run_dir / "model_epoch1.pth.tar")["state_dict"]
+    b = load_checkpoint(together.run_dir / "model_epoch1.pth.tar")["state_dict"]
     for key, value in a.items():
         assert torch.allclose(value.float(), b[key].float(), atol=1e-5), key
 
@@ -174,19 +188,19 @@ def test_amp_trains_in_bfloat16_close_to_fp32(synth_root, tmp_path, monkeypatch)
 
     dtypes = set()  # the autocast dtype the student's forward passes ran under (None: fp32)
 
-    def recording(encode, items, device, shapes=()):
+    def recording(encode, items, *args):
         dtypes.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
-        return original(encode, items, device, shapes)
+        return original(encode, items, *args)
 
-    original = trainer.encode_tuples
-    monkeypatch.setattr(trainer, "encode_tuples", recording)
+    original = trainer.encode_batch
+    monkeypatch.setattr(trainer, "encode_batch", recording)
     flags = ["-a", "resnet18", "--epochs", "1", "--no-val", "--lr", "1e-2", "-o", "sgd", "--batch-forward"]
     fp32 = train(synth_root, tmp_path / "fp32", *flags)
     assert dtypes == {None}
     dtypes.clear()
     bf16 = train(synth_root, tmp_path / "bf16", *flags, "--amp")
     assert dtypes == {torch.bfloat16}
-    assert np.isfinite(bf16["history"][0]["train_loss"])
-    assert bf16["history"][0]["train_loss"] == pytest.approx(fp32["history"][0]["train_loss"], rel=0.05)
-    state = load_checkpoint(bf16["run_dir"] / "model_epoch1.pth.tar")["state_dict"]
+    assert np.isfinite(bf16.history[0]["train_loss"])
+    assert bf16.history[0]["train_loss"] == pytest.approx(fp32.history[0]["train_loss"], rel=0.05)
+    state = load_checkpoint(bf16.run_dir / "model_epoch1.pth.tar")["state_dict"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # weights stay fp32

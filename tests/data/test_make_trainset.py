@@ -53,13 +53,13 @@ def test_folders_make_a_set_that_trains(landmark_folders, synth_root, tmp_path, 
                           "resnet18", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30",
                           "-b", "5", "-j", "0", "--device", "cpu", "--epochs", "1", "-q", "--test-freq", "1",
                           "-td", "synth-oxford", "--test-whiten", "mine"])
-    record = json.loads((run["run_dir"] / "history.json").read_text())[0]
+    record = json.loads((run.run_dir / "history.json").read_text())[0]
     assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
-    assert 0 <= run["history"][0]["test"]["symmetric"]["synth-oxford"]["whiten"]["medium"]["map"] <= 1
+    assert 0 <= run.history[0]["test"]["symmetric"]["synth-oxford"]["whiten"]["medium"]["map"] <= 1
     from aml.cli import extract_features as extract_cli
     from aml.cli import test as test_cli
 
-    net = str(run["run_dir"] / "model_epoch1.pth.tar")
+    net = str(run.run_dir / "model_epoch1.pth.tar")
     files = extract_cli.main(["-npath", net, "-d", "mine", "-imsize", "48", "-j", "0", "--device", "cpu", "-q",
                               "--data-root", str(data)])
     assert [np.load(f).shape[1] for f in files] == [report.images["train"], report.images["val"]]

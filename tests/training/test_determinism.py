@@ -49,7 +49,7 @@ def fresh_teacher(tmp_path, request):
 def test_cold_and_warm_teacher_cache_give_the_same_weights(synth_root, tmp_path, fresh_teacher):
     cold = train_cli.main(flags(synth_root, tmp_path / "cold", fresh_teacher, "-j", "0"))
     warm = train_cli.main(flags(synth_root, tmp_path / "warm", fresh_teacher, "-j", "0"))
-    assert_identical(weights(cold["run_dir"]), weights(warm["run_dir"]))
+    assert_identical(weights(cold.run_dir), weights(warm.run_dir))
 
 
 @pytest.mark.kernels
@@ -61,18 +61,18 @@ def test_loader_workers_do_not_change_the_weights(synth_root, tmp_path, fresh_te
                 for j in ("0", "2")}
     finally:
         torch.set_num_threads(threads)
-    assert_identical(weights(runs["0"]["run_dir"]), weights(runs["2"]["run_dir"]))
+    assert_identical(weights(runs["0"].run_dir), weights(runs["2"].run_dir))
 
 
 def test_seed_changes_the_run_and_is_recorded(synth_root, tmp_path, fresh_teacher):
     base = train_cli.main(flags(synth_root, tmp_path, fresh_teacher, "-j", "0", "--epochs", "1"))
     other = train_cli.main(flags(synth_root, tmp_path, fresh_teacher, "-j", "0", "--epochs", "1", "--seed", "7"))
-    assert other["run_dir"].name == base["run_dir"].name.replace("_teach_", "_seed7_teach_")
-    a = load_checkpoint(base["run_dir"] / "model_epoch1.pth.tar")
-    b = load_checkpoint(other["run_dir"] / "model_epoch1.pth.tar")
+    assert other.run_dir.name == base.run_dir.name.replace("_teach_", "_seed7_teach_")
+    a = load_checkpoint(base.run_dir / "model_epoch1.pth.tar")
+    b = load_checkpoint(other.run_dir / "model_epoch1.pth.tar")
     assert (a["meta"]["seed"], b["meta"]["seed"]) == (0, 7)
     assert not torch.equal(a["state_dict"]["features.0.weight"], b["state_dict"]["features.0.weight"])
-    assert "Seed 7" in (other["run_dir"] / "log.txt").read_text()
+    assert "Seed 7" in (other.run_dir / "log.txt").read_text()
 
 
 def test_python_hash_seed_does_not_change_the_weights(synth_root, tmp_path, fresh_teacher):

@@ -188,13 +188,15 @@ def run_folder_name(directory: Path, child: subprocess.Popen) -> str:
     return next(directory.iterdir()).name
 
 
-def test_batch_that_does_not_split_over_the_processes_is_refused(synth_root, tmp_path, monkeypatch, capsys):
-    # main.py checks the batch against the world that torchrun describes, before anything is
+def test_batch_that_does_not_split_over_the_processes_is_refused(synth_root, tmp_path, monkeypatch):
+    # training checks the batch against the world that torchrun describes, before anything is
     # written: a 2-process world, in process (the launch itself is covered above)
+    from aml.training import runner
     from aml.utils.distributed import World
 
-    monkeypatch.setattr(train_cli, "init_from_environment", lambda device, timeout: World(rank=0, size=2))
-    with pytest.raises(SystemExit):
-        train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), *TINY, "-b", "5", "--epochs", "1"])
-    assert "--batch-size 5 does not split over 2 processes" in capsys.readouterr().err
+    monkeypatch.setattr(runner, "init_from_environment", lambda device, timeout: World(rank=0, size=2))
+    config = train_cli.config_from_arguments(train_cli.build_parser().parse_args(
+        ["--directory", str(tmp_path), "--data-root", str(synth_root), *TINY, "-b", "5", "--epochs", "1"]))
+    with pytest.raises(ValueError, match="--batch-size 5 does not split over 2 processes"):
+        runner.run(config)
     assert not any(tmp_path.iterdir())

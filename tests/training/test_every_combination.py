@@ -78,7 +78,7 @@ def test_every_allowed_combination_takes_a_step_and_validates(splits, tmp_path, 
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
     settings = TrainSettings(image_size=SIZE, neg_num=2, query_size=5, pool_size=10, batch_size=5, epochs=1,
                              print_freq=100, workers=0, sym=sym)
-    trainer = Trainer(net, LOSSES[loss], build_loss(loss), optimizer, MODES[mode], splits["train"], splits["val"],
+    trainer = Trainer(net, build_loss(loss), optimizer, MODES[mode], splits["train"], splits["val"],
                       tmp_path, settings)
     before = [p.detach().clone() for p in net.parameters()]
     train_loss = trainer.train_epoch(0)  # 5 tuples: one batch, one step
@@ -98,15 +98,15 @@ def cli_argv(directory, root, teacher, loss, mode, sym):
 def test_main_py_trains_an_epoch_in_every_mode(synth_root, tmp_path, random_teacher, loss, mode, sym):
     argv = cli_argv(tmp_path, synth_root, random_teacher, loss, mode, sym)
     first = train_cli.main(argv + ["--epochs", "1"])
-    record = first["history"][0]
+    record = first.history[0]
     assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"]), record
-    run = first["run_dir"]
+    run = first.run_dir
     for name in ("model_epoch1.pth.tar", "model_best.pth.tar"):
         net = load_network(run / name)
         assert net.meta["outputdim"] == DIM and net(torch.rand(1, 3, SIZE, SIZE)).shape == (DIM, 1)
     if (loss, mode, sym) not in RESUMED:
         return
     second = train_cli.main(argv + ["--epochs", "2", "--resume", "model_epoch1.pth.tar"])
-    assert [r["epoch"] for r in second["history"]] == [2] and math.isfinite(second["history"][0]["train_loss"])
+    assert [r["epoch"] for r in second.history] == [2] and math.isfinite(second.history[0]["train_loss"])
     state = load_checkpoint(run / "model_epoch2.pth.tar")
     assert state["epoch"] == 2 and state["meta"]["seed"] == 0

@@ -134,20 +134,20 @@ def test_crash_between_checkpoint_writes_never_leaves_a_stale_best(synth_root, t
             train(synth_root, directory, "--epochs", "2", "--no-val")
         monkeypatch.setattr(trainer_module, "save_checkpoint", real)
         resumed = train(synth_root, directory, "--epochs", "2", "--no-val", "--resume", "latest")
-        best = load_checkpoint(resumed["run_dir"] / "model_best.pth.tar")
-        expected = load_checkpoint(run["run_dir"] / "model_best.pth.tar")
+        best = load_checkpoint(resumed.run_dir / "model_best.pth.tar")
+        expected = load_checkpoint(run.run_dir / "model_best.pth.tar")
         assert best["epoch"] == expected["epoch"], f"crash after write {crash_after + 1} ({writes[crash_after]})"
         for key, value in expected["state_dict"].items():
             assert torch.equal(value, best["state_dict"][key]), key
-        assert (resumed["run_dir"] / "loss_log.txt").read_text() == (run["run_dir"] / "loss_log.txt").read_text()
-        history = json.loads((resumed["run_dir"] / "history.json").read_text())
+        assert (resumed.run_dir / "loss_log.txt").read_text() == (run.run_dir / "loss_log.txt").read_text()
+        history = json.loads((resumed.run_dir / "history.json").read_text())
         assert [r["epoch"] for r in history] == [1, 2]
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused_and_touches_nothing(synth_root, tmp_path):
     from aml.utils.atomic import FolderInUse, folder_lock
 
-    run_dir = train(synth_root, tmp_path, "--epochs", "1", "--no-val")["run_dir"]
+    run_dir = train(synth_root, tmp_path, "--epochs", "1", "--no-val").run_dir
     in_flight = run_dir / ".model_epoch2.pth.tar.x1y2z3.tmp"  # the live run's checkpoint being written
     with folder_lock(run_dir):
         in_flight.write_bytes(b"being written")
@@ -161,7 +161,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_touches_nothing(synth_ro
 
 def test_resume_cleans_leftovers_of_a_killed_run(synth_root, tmp_path):
     first = train(synth_root, tmp_path, "--epochs", "1")
-    run_dir = first["run_dir"]
+    run_dir = first.run_dir
     orphan = run_dir / ".model_epoch2.pth.tar.k3j2x1.tmp"  # what atomic_write leaves when killed mid-write
     orphan.write_bytes(b"half a checkpoint")
     train(synth_root, tmp_path, "--epochs", "2", "--resume", "model_epoch1.pth.tar")
@@ -181,16 +181,16 @@ def test_resuming_another_architecture_names_the_file(synth_root, tmp_path):
 
 def test_history_and_curves_are_written_every_epoch(synth_root, tmp_path):
     run = train(synth_root, tmp_path, "--epochs", "2", "--test-freq", "2", "-td", "synth-oxford")
-    history = json.loads((run["run_dir"] / "history.json").read_text())
+    history = json.loads((run.run_dir / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in history)
     assert history[1]["lr"] == pytest.approx(1e-4 * np.exp(-0.02))
     assert "test" not in history[0]
     medium = history[1]["test"]["symmetric"]["synth-oxford"]["medium"]
-    assert medium == pytest.approx(run["history"][1]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"])
+    assert medium == pytest.approx(run.history[1]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"])
     from PIL import Image
 
-    with Image.open(run["run_dir"] / "curves.png") as png:
+    with Image.open(run.run_dir / "curves.png") as png:
         assert png.size[0] > 1000  # three panels: loss, lr, mAP
 
 
@@ -227,11 +227,11 @@ def test_kill_9_mid_run_then_resume_is_bit_identical(synth_root, tmp_path, strai
     run_dir = next(tmp_path.iterdir())
     assert not list(run_dir.glob(".*.tmp"))
     for name in ("model_epoch1.pth.tar", "model_epoch2.pth.tar", "model_best.pth.tar"):
-        mine, theirs = load_checkpoint(run_dir / name), load_checkpoint(run["run_dir"] / name)
+        mine, theirs = load_checkpoint(run_dir / name), load_checkpoint(run.run_dir / name)
         assert mine["epoch"] == theirs["epoch"], name
         for key, value in theirs["state_dict"].items():
             assert torch.equal(value, mine["state_dict"][key]), (name, key)
-    assert (run_dir / "loss_log.txt").read_text() == (run["run_dir"] / "loss_log.txt").read_text()
+    assert (run_dir / "loss_log.txt").read_text() == (run.run_dir / "loss_log.txt").read_text()
 
 
 def test_sigterm_ends_main_py_with_one_line_and_leaves_no_temporary_file(synth_root, tmp_path):
@@ -267,7 +267,7 @@ def test_training_shows_progress_bars_unless_quiet(synth_root, tmp_path, capsys)
 def test_a_full_disk_ends_training_in_one_line_and_keeps_the_checkpoints_written(synth_root, tmp_path, full_disk,
                                                                                    monkeypatch):
     from aml.cli.arguments import run_cli
-    run = train(synth_root, tmp_path, "--epochs", "1")["run_dir"]
+    run = train(synth_root, tmp_path, "--epochs", "1").run_dir
     full_disk(run)  # the disk fills up during epoch 2
     with pytest.raises(SystemExit) as info:
         run_cli(lambda: train(synth_root, tmp_path, "--epochs", "2", "--resume", "latest"))

@@ -13,19 +13,19 @@ import torch
 
 from aml.descriptors import ExtractionConfig
 from aml.cli import test as test_cli
-from aml.cli import train as train_cli
+from aml.training import TrainConfig, run
 from aml.data.trainsets import load_training_db
 from aml.descriptors import describe_images
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
 
-from tests.conftest import LEARNING_FLAGS, SEED
+from tests.conftest import LEARNING, SEED
 
 # The students train with the teacher's flags (the ``trained_teacher`` fixture, tests/conftest.py).
 
 
-def train(root, directory, *flags):
-    return train_cli.main(["--directory", str(directory), "--data-root", str(root), *LEARNING_FLAGS, *flags])
+def train(root, directory, **fields):
+    return run(TrainConfig(directory=str(directory), data_root=str(root), **dict(LEARNING, **fields)))
 
 
 def asym_medium_map(student, teacher, root) -> float:
@@ -52,11 +52,10 @@ def test_training_raises_asymmetric_map_and_regression_beats_contrastive(synth_r
                                 tmp_path / "untrained.pth.tar")
     before = asym_medium_map(untrained, trained_teacher, synth_root)
     after = {}
-    for mode, batch in (("reg", "2"), ("ts", "1")):
-        result = train(synth_root, tmp_path / "runs", "-a", "resnet18", "-m", mode, "--teacher", str(trained_teacher),
-                       "-qs", "128", "-ps", "128", "-nn", "3", "-b", batch, "--epochs", str(STUDENT_EPOCHS),
-                       "--lr", "1e-4")
-        after[mode] = asym_medium_map(result["run_dir"] / f"model_epoch{STUDENT_EPOCHS}.pth.tar", trained_teacher,
+    for mode, batch in (("reg", 2), ("ts", 1)):
+        result = train(synth_root, tmp_path / "runs", arch="resnet18", mode=mode, teacher=str(trained_teacher),
+                       query_size=128, pool_size=128, neg_num=3, batch_size=batch, epochs=STUDENT_EPOCHS, lr=1e-4)
+        after[mode] = asym_medium_map(result.run_dir / f"model_epoch{STUDENT_EPOCHS}.pth.tar", trained_teacher,
                                       synth_root)
         print(f"LEARNING seed {SEED} {mode}: asymmetric mAP M {before:.4f} -> {after[mode]:.4f} "
               f"(+{after[mode] - before:.4f})")
@@ -78,14 +77,14 @@ MOBILENET_EPOCHS = 4
 @pytest.mark.learning
 def test_mobilenet_student_from_scratch_fits_the_teacher_with_train_batchnorm_and_slow_projection(
         synth_root, tmp_path, trained_teacher):
-    def regression(*flags):
-        result = train(synth_root, tmp_path, "-a", "mobilenet_v2", "-m", "reg", "--teacher", str(trained_teacher),
-                       "-ps", "128", "-b", "8", "--epochs", str(MOBILENET_EPOCHS), "--lr", "3e-3", *flags)
-        checkpoint = result["run_dir"] / f"model_epoch{MOBILENET_EPOCHS}.pth.tar"
-        return [epoch["train_loss"] for epoch in result["history"]], checkpoint
+    def regression(**fields):
+        result = train(synth_root, tmp_path, arch="mobilenet_v2", mode="reg", teacher=str(trained_teacher),
+                       pool_size=128, batch_size=8, epochs=MOBILENET_EPOCHS, lr=3e-3, **fields)
+        checkpoint = result.run_dir / f"model_epoch{MOBILENET_EPOCHS}.pth.tar"
+        return [epoch["train_loss"] for epoch in result.history], checkpoint
 
-    (frozen, _), (learned, _) = regression(), regression("--train-batchnorm")
-    slow, last = regression("--train-batchnorm", "--proj-lr-mult", "0.1")
+    (frozen, _), (learned, _) = regression(), regression(train_batchnorm=True)
+    slow, last = regression(train_batchnorm=True, proj_lr_mult=0.1)
     dead = dead_projection_channels(last, synth_root)
     print(f"LEARNING seed {SEED} mobilenet_v2 reg losses: frozen BN {frozen[1]:.4f} -> {frozen[-1]:.4f}, "
           f"train BN {learned[0]:.4f} -> {learned[-1]:.4f}, + --proj-lr-mult 0.1 {slow[-1]:.4f}, dead {dead}")
@@ -102,11 +101,11 @@ def test_mobilenet_student_from_scratch_fits_the_teacher_with_train_batchnorm_an
 
 
 def test_mobilenet_student_trains_in_ts_self_mode(synth_root, tmp_path, trained_teacher):
-    result = train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), "-d", "synth-sfm",
-                             "-a", "mobilenet_v2", "--not-pretrained", "-m", "ts_self", "--teacher", str(trained_teacher),
-                             "--image-size", "64", "-qs", "16", "-ps", "64", "-nn", "3", "-b", "4", "--epochs", "1",
-                             "-j", "0", "--device", "cpu", "--print-freq", "1000"])
-    state = load_checkpoint(result["run_dir"] / "model_epoch1.pth.tar")
+    result = run(TrainConfig(directory=str(tmp_path), data_root=str(synth_root), training_dataset="synth-sfm",
+                             arch="mobilenet_v2", pretrained=False, mode="ts_self", teacher=str(trained_teacher),
+                             image_size=64, query_size=16, pool_size=64, neg_num=3, batch_size=4, epochs=1,
+                             workers=0, device="cpu", print_freq=1000))
+    state = load_checkpoint(result.run_dir / "model_epoch1.pth.tar")
     assert state["meta"]["outputdim"] == 512 and state["meta"]["architecture"] == "mobilenet_v2"
-    assert np.isfinite(result["history"][0]["train_loss"]) and np.isfinite(result["history"][0]["val_loss"])
-    assert "_teach_model_epoch3" in result["run_dir"].name
+    assert np.isfinite(result.history[0]["train_loss"]) and np.isfinite(result.history[0]["val_loss"])
+    assert "_teach_model_epoch3" in result.run_dir.name

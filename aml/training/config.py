@@ -1,0 +1,156 @@
+"""Every option of a training run as one typed object, :class:`TrainConfig`: a field is
+named as its ``main.py`` flag (``--neg-num`` is ``neg_num``) and has its default (the
+original's); an unknown field is a TypeError, and :meth:`TrainConfig.check` raises a
+ValueError that says why a combination cannot train, before anything is loaded."""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+from aml.data.distractors import split_test_name
+from aml.data.testsets import get_test_set
+from aml.data.trainsets import get_train_set, training_set_names
+from aml.networks.loading import checkpoint_name
+from aml.training.modes import Negatives, check_loss_mode, get_mode
+from aml.training.pretraining import TRUNK_SOURCES
+from aml.utils.distributed import DEFAULT_TIMEOUT_S
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run, with main.py's defaults (the original's)."""
+
+    directory: str  # where the run folder is created
+    training_dataset: str = "retrieval-SfM-120k"
+    val: bool = True
+    test_datasets: Tuple[str, ...] = ("roxford5k", "rparis6k")  # evaluated every test_freq epochs
+    test_whiten: str = ""
+    val_freq: int = 1
+    save_freq: int = 1
+    arch: str = "resnet101"
+    pool: str = "gem"
+    local_whitening: bool = False
+    regional: bool = False
+    whitening: bool = False
+    pretrained: bool = True
+    trunk_weights: Optional[str] = None  # 'synthetic' or a trunk state-dict file, instead of ImageNet's
+    loss: str = "contrastive"
+    mode: str = "std"
+    loss_margin: float = 0.7
+    image_size: int = 1024
+    neg_num: int = 5
+    query_size: int = 2000
+    pool_size: int = 20000
+    gpu_id: str = "0"
+    workers: int = 8
+    epochs: int = 100
+    batch_size: int = 5  # tuples per step, over all processes
+    update_every: int = 1
+    optimizer: str = "adam"
+    lr: float = 1e-6
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    print_freq: int = 10
+    resume: str = ""
+    comment: str = ""
+    temp: float = 0.1
+    teacher: str = "vgg16"  # vgg16 | resnet101 | a checkpoint path
+    sym: bool = False
+    feat_path: Optional[str] = None
+    feat_val_path: Optional[str] = None
+    train_batchnorm: bool = False
+    batch_forward: bool = False
+    proj_lr_mult: float = 1.0
+    test_freq: int = 0
+    seed: int = 0
+    amp: Optional[bool] = None  # None: extraction autocast on CUDA only, training steps in fp32
+    amp_dtype: str = "float16"
+    decode: str = "auto"
+    compile: bool = False
+    data_root: Optional[str] = None
+    device: str = "auto"
+    quiet: bool = False
+    dist_timeout: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self):
+        if isinstance(self.test_datasets, str):  # "a,b" as the flag takes it
+            object.__setattr__(self, "test_datasets", tuple(d for d in self.test_datasets.split(",") if d))
+        else:
+            object.__setattr__(self, "test_datasets", tuple(self.test_datasets))
+
+    def but(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` (unknown names are a TypeError)."""
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        """Raise ValueError, with the reason, for a combination that cannot train."""
+        problem = next(iter(problems(self)), None)
+        if problem:
+            raise ValueError(problem)
+
+
+def problems(config: TrainConfig) -> List[str]:
+    """Why ``config`` cannot train (empty: it can)."""
+    found: List[str] = []
+    for name, kind in ((config.training_dataset, "training"), (config.test_whiten, "whitening")):
+        if name:
+            try:
+                entry = get_train_set(name, config.data_root)
+            except ValueError as err:
+                return [str(err)]
+            if not getattr(entry, kind):
+                found.append(f"{name} is not a {kind} set; choose from {', '.join(training_set_names())}")
+    try:
+        check_loss_mode(config.loss, config.mode)
+    except ValueError as err:
+        found.append(str(err))
+    mode = get_mode(config.mode)
+    if config.sym and not mode.allows_sym:
+        found.append(f"--sym has no meaning with --mode {config.mode}: its members are not a query/positive/negative "
+                     "tuple of different images")
+    if config.neg_num == 0 and mode.negatives is not Negatives.NONE:
+        found.append(f"--neg-num 0: --mode {config.mode} trains on tuples with {mode.negatives.value} negatives; with "
+                     f"none, --loss {config.loss} sees positives only and cannot learn to separate images (use 1 or "
+                     "more)")
+    for name in config.test_datasets:
+        try:
+            get_test_set(split_test_name(name)[0], config.data_root)
+        except ValueError as err:
+            found.append(str(err).replace("dataset", "test dataset", 1))
+    if config.trunk_weights is not None:
+        if not config.pretrained:
+            found.append("--trunk-weights and --not-pretrained exclude each other: the first sets the trunk's "
+                         "initial weights, the second asks for random ones")
+        elif config.trunk_weights not in TRUNK_SOURCES and not Path(config.trunk_weights).is_file():
+            found.append(f"--trunk-weights: {config.trunk_weights!r} is neither one of {sorted(TRUNK_SOURCES)} nor "
+                         "a file")
+    if config.loss == "dark" and config.batch_size < 5:
+        found.append("--loss dark needs --batch-size of at least 5 (4 neighbours per image)")
+    if config.train_batchnorm and config.batch_size < 2:
+        found.append("--train-batchnorm needs --batch-size of at least 2 (BatchNorm uses the statistics of the "
+                     "mini-batch); use 8 or more")
+    return found
+
+
+def run_name(config: TrainConfig) -> str:
+    """The run folder name, built from the options as the original did (plus '_sym',
+    '_trainbn', '_projlr<mult>' and '_seed<N>' when they differ from the defaults)."""
+    c = config
+    name = f"{c.training_dataset}_{c.arch}_{c.pool}"
+    name += "_lwhiten" * c.local_whitening + "_r" * c.regional + "_whiten" * c.whitening
+    name += "_notpretrained" * (not c.pretrained)
+    if c.trunk_weights:
+        name += "_trunk" + (c.trunk_weights if c.trunk_weights in TRUNK_SOURCES
+                            else Path(c.trunk_weights).name.split(".")[0])
+    if c.test_whiten:
+        name += f"_test_whiten_on_{c.test_whiten}"
+    name += (f"_{c.loss}_m{c.loss_margin:.2f}_{c.optimizer}_lr{c.lr:.1e}_wd{c.weight_decay:.1e}"
+             f"_nnum{c.neg_num}_qsize{c.query_size}_psize{c.pool_size}_bsize{c.batch_size}"
+             f"_uevery{c.update_every}_imsize{c.image_size}_temp{c.temp}_{c.mode}")
+    name += "_sym" * c.sym + "_trainbn" * c.train_batchnorm
+    if c.proj_lr_mult != 1.0:
+        name += f"_projlr{c.proj_lr_mult:g}"
+    if c.seed != 0:
+        name += f"_seed{c.seed}"
+    teacher = checkpoint_name(c.teacher) if Path(c.teacher).exists() else c.teacher
+    return name + f"_teach_{teacher}" + c.comment

@@ -1,0 +1,210 @@
+"""Training as a library call: a :class:`~aml.training.config.TrainConfig` in, a trained run
+folder out. ``main.py`` parses its flags into a config and calls :func:`run`; so do the demo
+and the tests.
+
+    from aml.training import TrainConfig, run
+    result = run(TrainConfig(directory="runs", arch="mobilenet_v2", mode="ts", teacher="vgg16"))
+    result.run_dir / "model_best.pth.tar"
+"""
+
+import contextlib
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from aml.data.distractors import prepare_distractors, split_test_name
+from aml.data.testsets import prepare_test_set
+from aml.data.trainsets import load_training_db
+from aml.descriptors import ExtractionConfig
+from aml.evaluation.testing import TestSettings, evaluate, result_lines
+from aml.evaluation.whitening_store import Encoder
+from aml.losses import build_loss
+from aml.networks.backbones import get_backbone
+from aml.networks.checkpoint import load_checkpoint, load_trunk_weights
+from aml.networks.pretrained import TEACHER_DIMS
+from aml.networks.retrieval_net import ImageRetrievalNet, build_network
+from aml.training.config import TrainConfig, run_name
+from aml.training.modes import get_mode
+from aml.training.optim import build_optimizer
+from aml.training.pretraining import TRUNK_SOURCES
+from aml.training.teacher import Teacher, teacher_split_features
+from aml.training.trainer import Split, Trainer, TrainSettings, batch_split_problem
+from aml.utils.atomic import folder_lock
+from aml.utils.devices import resolve_device
+from aml.utils.distributed import World, init_from_environment, main_first, process_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves: its folder, one record per epoch trained, and the trained network."""
+
+    run_dir: Path
+    history: List[Dict[str, Any]]
+    net: ImageRetrievalNet
+
+
+def run(config: TrainConfig) -> TrainResult:
+    """Train as ``config`` says; under torchrun, as one process of the job.
+
+    Args:
+        config: the run's options (checked first: a ValueError says why they cannot train).
+
+    Returns:
+        The run folder (``model_epochN.pth.tar``, ``model_best.pth.tar``, ``log.txt``, curves),
+        the per-epoch records (losses, lr, test results) and the network.
+
+    Example:
+        >>> result = run(TrainConfig(directory="runs", training_dataset="synth-sfm", arch="resnet18",
+        ...                          image_size=96, query_size=64, pool_size=128, epochs=1))
+    """
+    config.check()
+    requested = resolve_device(config.device, config.gpu_id)
+    world = init_from_environment(requested, config.dist_timeout)
+    problem = batch_split_problem(config.batch_size, world)
+    if problem:
+        raise ValueError(problem)
+    device = str(process_device(requested, world))
+    run_dir = Path(config.directory) / run_name(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir) if world.is_main else contextlib.nullcontext():
+        return _Run(config, world, device, run_dir).train()
+
+
+def teacher_dimension(teacher: str) -> Optional[int]:
+    """512 / 2048 for the published teachers, meta['outputdim'] of a checkpoint path."""
+    if teacher in TEACHER_DIMS:
+        return TEACHER_DIMS[teacher]
+    if Path(teacher).is_file():
+        return int(load_checkpoint(teacher)["meta"]["outputdim"])
+    return None
+
+
+class _Run:
+    """The pieces of one run, built from its config: data, teacher, network, trainer."""
+
+    def __init__(self, config: TrainConfig, world: World, device: str, run_dir: Path):
+        self.config, self.world, self.device, self.run_dir = config, world, device, run_dir
+        self.mode = get_mode(config.mode)
+        self.teacher = Teacher(config.teacher, config.data_root)
+        self.extraction = ExtractionConfig(workers=config.workers, device=device,
+                                           amp=False if config.amp is False else None, amp_dtype=config.amp_dtype,
+                                           decode=config.decode, compile=config.compile, progress=not config.quiet)
+
+    def trunk_weights_file(self) -> Optional[Path]:
+        """The file ``trunk_weights`` names (a named source is made first, once), or None."""
+        c = self.config
+        if c.trunk_weights is None:
+            return None
+        if c.trunk_weights in TRUNK_SOURCES:
+            return TRUNK_SOURCES[c.trunk_weights](c.arch, c.data_root, device=self.device, progress=not c.quiet)
+        return Path(c.trunk_weights)
+
+    def prepare(self) -> None:
+        """Everything that may download or generate files: the training db, the trunk weights,
+        the teacher, the test sets (run by rank 0 first under torchrun)."""
+        c = self.config
+        for split in ("train", "val") if c.val else ("train",):
+            load_training_db(c.training_dataset, split, c.data_root)
+        self.trunk_weights_file()
+        if self.mode.needs_teacher and not (c.feat_path and (c.feat_val_path or not c.val)):
+            self.teacher.loaded
+        for name in c.test_datasets if c.test_freq else ():
+            dataset, suffix = split_test_name(name)
+            prepare_test_set(dataset, c.data_root)
+            if suffix is not None:
+                prepare_distractors(suffix, c.data_root)
+
+    def split(self, split: str, feat_path: Optional[str]) -> Split:
+        c = self.config
+        db = load_training_db(c.training_dataset, split, c.data_root)
+        features = None
+        if self.mode.needs_teacher:
+            features = teacher_split_features(self.teacher, c.training_dataset, split, len(db["cids"]), c.image_size,
+                                              feat_path, self.extraction)
+        return Split(db, list(db["images"]), features)
+
+    def network(self, teacher_dim: Optional[int]) -> ImageRetrievalNet:
+        """The network to train, seeded right before it is built: what ran before (a teacher
+        loaded to extract its descriptors, or not when they were cached; a trunk pretrained
+        once) never changes the initial weights."""
+        c = self.config
+        project = teacher_dim is not None and (self.mode.needs_teacher or get_backbone(c.arch).student)
+        trunk = self.trunk_weights_file()
+        torch.manual_seed(c.seed)
+        np.random.seed(c.seed)
+        random.seed(c.seed)
+        net = build_network(c.arch, c.pool, c.local_whitening, c.regional, c.whitening,
+                            pretrained=c.pretrained and trunk is None,
+                            teacher=c.teacher if c.teacher in TEACHER_DIMS else None,
+                            teacher_dim=teacher_dim if project else None, data_root=c.data_root)
+        if trunk is not None:
+            load_trunk_weights(net, trunk)
+        net.meta["teacher"], net.meta["seed"] = c.teacher, c.seed
+        net.meta["mode"], net.meta["loss"] = c.mode, c.loss  # checked on --resume
+        if c.proj_lr_mult != 1.0 and net.projection() is None:
+            log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)
+        return net.to(self.device)
+
+    def settings(self) -> TrainSettings:
+        """The loop's knobs: the config's fields of the same names, and this run's device."""
+        c = self.config
+        same = {f.name: getattr(c, f.name) for f in dataclasses.fields(TrainSettings) if hasattr(c, f.name)}
+        return TrainSettings(**dict(same, device=self.device, amp=bool(c.amp), extraction=self.extraction,
+                                    progress=not c.quiet))
+
+    def test_callback(self):
+        """Evaluation every ``test_freq`` epochs (None: never)."""
+        c = self.config
+        if not c.test_freq:
+            return None
+        teacher = None
+        if self.mode.needs_teacher:
+            net, name = self.teacher.loaded
+            teacher = Encoder(net, name, self.teacher.path, named=self.teacher.path is None)
+        e = self.extraction
+        settings = TestSettings(datasets=list(c.test_datasets), image_size=c.image_size,
+                                whitening=c.test_whiten or None, workers=c.workers, device=self.device,
+                                data_root=c.data_root, cache=True, progress=not c.quiet, amp=e.amp,
+                                amp_dtype=e.amp_dtype, decode=e.decode, compile=e.compile)
+
+        def show(dataset: str, entry: Dict[str, Any]) -> None:
+            for line in result_lines(dataset, entry):
+                log.info(line)
+
+        def evaluate_epoch(net, epoch: int) -> Dict[str, Any]:
+            student = Encoder(net, f"{self.run_dir.name}_epoch{epoch + 1}")  # in memory: no whitening file per epoch
+            # the student's own database changes every epoch: caching it would only fill the disk
+            results = {"symmetric": evaluate(student, dataclasses.replace(settings, cache=False), on_result=show)}
+            if teacher is not None:
+                results["asymmetric"] = evaluate(student, settings, teacher, on_result=show)
+            net.train()
+            return results
+
+        return evaluate_epoch
+
+    def train(self) -> TrainResult:
+        """Build the data, network, optimizer and trainer, and train."""
+        c, world = self.config, self.world
+        main_first(world, self.prepare)
+        train = self.split("train", c.feat_path)
+        val = self.split("val", c.feat_val_path) if c.val else None
+        dim = train.teacher.shape[0] if train.teacher is not None else teacher_dimension(c.teacher)
+        net = self.network(dim)
+        optimizer = build_optimizer(net, c.optimizer, c.lr, c.momentum, c.weight_decay, c.proj_lr_mult)
+        trainer = Trainer(net, build_loss(c.loss, c.loss_margin, c.temp).to(self.device), optimizer, self.mode,
+                          train, val, self.run_dir, self.settings(), self.test_callback(), world)
+        resumed = trainer.resume(c.resume) if c.resume else False
+        if not c.pretrained and not resumed and trainer.calibrate_if_vanishing():
+            net.meta["batchnorm_calibrated"] = True
+        log.info(">> Training %s in mode %s with %s loss; run folder %s%s", c.arch, c.mode, c.loss, self.run_dir,
+                 f"; {world.size} processes, {c.batch_size // world.size} tuples each per batch"
+                 if world.distributed else "")
+        return TrainResult(self.run_dir, trainer.fit(), net)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aml.descriptors.key import DescriptorKey
 from aml.descriptors.store import StoreKey, open_store, read_store
 from aml.evaluation.metrics import evaluate_ranks
 from aml.evaluation.search import positions_with_distractors
@@ -56,7 +57,7 @@ def problem(args) -> tuple:
 def ensure_store(args):
     """The distractor store (random unit float16 descriptors), written once."""
     images = [f"distractor_{i:07d}.jpg" for i in range(args.distractors)]
-    key = StoreKey("benchmark" + str(args.dim), "random", 1024, (1.0,), 1.0, "float16", args.shard_size)
+    key = StoreKey(DescriptorKey("benchmark" + str(args.dim), 1024), "random", "float16", args.shard_size)
     store = open_store(Path(args.folder), images, key, args.dim)
     for k in store.missing():
         store.write_shard(k, unit_columns(np.random.default_rng([1, k]), args.dim, len(store.shard_rows(k))))

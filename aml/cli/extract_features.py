@@ -13,7 +13,7 @@ from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arg
                                setup_logging)
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.data.trainsets import TRAIN_SETS, is_training_set
-from aml.descriptors import ExtractionConfig, extract_dataset_features
+from aml.descriptors import DescriptorKey, ExtractionConfig, extract_dataset_features
 from aml.networks.loading import load_test_network
 from aml.utils.distributed import init_from_environment, main_first, process_device
 
@@ -57,13 +57,14 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     config = ExtractionConfig(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp,
                               amp_dtype=args.amp_dtype, decode=args.decode, compile=args.compile,
                               progress=not args.quiet)
+    key = DescriptorKey.of(net, args.image_size, args.multiscale, config)
     written = []
     for dataset in filter(None, args.datasets.split(",")):
         is_train_set = is_training_set(dataset, args.data_root)
         if not is_train_set:
             get_test_set(dataset, args.data_root)  # a ValueError naming the choices
         for split in (filter(None, args.split.split(",")) if is_train_set else ["db"]):
-            written.append(extract_dataset_features(net, name, dataset, split, args.image_size, args.multiscale,
-                                                    args.data_root, shard_size=args.shard_size or None,
-                                                    store_dtype=args.store_dtype, config=config))
+            written.append(extract_dataset_features(net, name, dataset, split, key, args.data_root,
+                                                    shard_size=args.shard_size or None, store_dtype=args.store_dtype,
+                                                    config=config))
     return written

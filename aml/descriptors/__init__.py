@@ -1,15 +1,16 @@
-"""Descriptors: the one extraction function, network fingerprints, feature files and the
-database cache. Mining, testing, teacher features and extract_features.py all come here."""
+"""Descriptors: the one extraction function, network fingerprints, the one key of stored
+descriptors, feature files and the database cache. Mining, testing, teacher features and extract_features.py all come here."""
 
-from aml.descriptors.cache import cached_descriptors, evict, image_list_key
+from aml.descriptors.cache import cached_descriptors, evict
 from aml.descriptors.extraction import (DECODE_CHOICES, DECODINGS, DEFAULT_EXTRACTION, ExtractionConfig,
                                         default_batch_size, describe_images, effective_workers, extract_vectors)
-from aml.descriptors.files import (dataset_images, extract_dataset_features, feature_file_name, feature_file_settings,
-                                   load_feature_file, write_feature_file)
+from aml.descriptors.files import (dataset_images, extract_dataset_features, feature_file_key, feature_file_name,
+                                   feature_file_settings, load_feature_file, write_feature_file)
 from aml.descriptors.fingerprint import network_fingerprint
+from aml.descriptors.key import DescriptorKey, image_list_key
 
-__all__ = ["DECODE_CHOICES", "DECODINGS", "DEFAULT_EXTRACTION", "ExtractionConfig", "cached_descriptors",
+__all__ = ["DECODE_CHOICES", "DECODINGS", "DEFAULT_EXTRACTION", "DescriptorKey", "ExtractionConfig", "cached_descriptors",
            "dataset_images", "default_batch_size", "describe_images", "effective_workers", "evict",
-           "extract_dataset_features", "extract_vectors", "feature_file_name", "feature_file_settings",
+           "extract_dataset_features", "extract_vectors", "feature_file_key", "feature_file_name", "feature_file_settings",
            "image_list_key", "load_feature_file", "network_fingerprint",
            "write_feature_file"]

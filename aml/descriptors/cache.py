@@ -1,20 +1,17 @@
-"""The database-descriptor cache of test.py: one ``.npy`` per (network, image list with each
-file's size and mtime, image size, scales, msp) in ``<data_root>/features/cache/``, the
-least recently used beyond ``keep`` per data set evicted."""
+"""The database-descriptor cache of test.py: one ``.npy`` per :class:`DescriptorKey` and image
+list (each file's size and mtime) in ``<data_root>/features/cache/``, the least recently used
+beyond ``keep`` per data set evicted."""
 
-import hashlib
-import json
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
-from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, ExtractionConfig, describe_images
-from aml.descriptors.fingerprint import network_fingerprint
-from aml.networks.retrieval_net import multiscale_power
+from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
+from aml.descriptors.key import DescriptorKey
 from aml.utils.atomic import atomic_write, optional_write
 from aml.utils.distributed import current_world
 
@@ -22,49 +19,21 @@ log = logging.getLogger(__name__)
 DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
 
 
-def image_list_key(images: Sequence[str]) -> List[Any]:
-    """What identifies the contents of an image list cheaply: each path with its size and
-    modification time (nanoseconds), so that replacing or truncating an image changes the
-    key without hashing every file (a missing image keys as size -1)."""
-    key: List[Any] = []
-    for image in images:
-        try:
-            stat = os.stat(image)
-            key.append([str(image), stat.st_size, stat.st_mtime_ns])
-        except OSError:
-            key.append([str(image), -1, 0])
-    return key
-
-
-def descriptor_key(net, images: Sequence[str], image_size: int, scales: Sequence[float], config: ExtractionConfig,
-                   fingerprint: Optional[str] = None) -> str:
-    """A 16-hex key of what decides the descriptors of ``images``: the network's content, the
-    image list with each file's size and mtime, image size, scales, the network's msp and
-    pixel path (the original's "pil-fp32" pixels add nothing, so the keys of older caches
-    still match)."""
-    fields = [fingerprint or network_fingerprint(net), image_list_key(images), image_size, [float(s) for s in scales],
-              round(float(multiscale_power(net, list(scales))), 6)]
-    pixels = config.pixel_path(net)
-    if pixels != ORIGINAL_PIXELS:
-        fields.append(pixels)
-    return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]
-
-
-def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequence[float],
-                       cache_dir: Optional[Path], tag: str, fingerprint: Optional[str] = None,
+def cached_descriptors(net, images: Sequence[str], key: DescriptorKey, cache_dir: Path, tag: str,
                        skipped: Optional[List[int]] = None, keep: int = DEFAULT_KEEP,
                        config: ExtractionConfig = DEFAULT_EXTRACTION) -> np.ndarray:
-    """:func:`describe_images`, cached in ``cache_dir`` under a key of (network content,
-    image list with each file's size and mtime, image size, scales, msp), so a database is
-    encoded once per network and encoded again when an image changes. ``fingerprint``
-    spares hashing the weights again when the caller already did. Descriptors with skipped
-    images (``config.skip_bad``) are not cached. ``cache_dir`` None turns the cache off; after a
-    write, only the ``keep`` most recently used files of ``tag`` stay (:func:`evict`)."""
+    """:func:`describe_images` at ``key``'s image size and scales, cached in ``cache_dir`` as
+    ``<tag>_<key.digest(images)>.npy``, so a database is encoded once per network and
+    settings, and encoded again when an image changes. Descriptors with skipped images
+    (``config.skip_bad``) are not cached. After a write, only the ``keep`` most recently used
+    files of ``tag`` stay (:func:`evict`).
+
+    Args:
+        key: what the descriptors depend on (:meth:`DescriptorKey.of` the network, the image
+            size, the scales and ``config``).
+    """
     skipped = skipped if skipped is not None else []
-    if cache_dir is None:
-        return describe_images(net, images, image_size, scales, config=config, skipped=skipped)
-    key = descriptor_key(net, images, image_size, scales, config, fingerprint)
-    path = Path(cache_dir) / f"{tag}_{key}.npy"
+    path = Path(cache_dir) / f"{tag}_{key.digest(images)}.npy"
     if path.exists():
         try:
             vecs = np.load(path, allow_pickle=False)
@@ -75,7 +44,7 @@ def cached_descriptors(net, images: Sequence[str], image_size: int, scales: Sequ
             os.utime(path)  # most recently used
             return vecs
         log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
-    vecs = describe_images(net, images, image_size, scales, config=config, skipped=skipped)
+    vecs = describe_images(net, images, key.image_size, key.scales, key.msp, config=config, skipped=skipped)
     if not skipped and current_world().is_main:
         with optional_write(f"{tag}: the descriptor cache"):
             atomic_write(path, lambda out: np.save(out, vecs.astype(np.float32)))

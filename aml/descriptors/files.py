@@ -15,9 +15,8 @@ from aml.data.paths import data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
-from aml.descriptors.fingerprint import network_fingerprint
+from aml.descriptors.key import DescriptorKey
 from aml.descriptors.store import StoreKey, encode_into_store, read_store
-from aml.networks.retrieval_net import multiscale_power
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
 
@@ -135,36 +134,36 @@ def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[s
     return query_and_database_paths(configdataset(dataset, data_subdir(data_root, "test")))[0]
 
 
-def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: str, split: str,
-                             image_size: int, scales: Sequence[float] = (1,), data_root: Optional[str] = None,
-                             output: Optional[Path] = None, fingerprint: Optional[str] = None,
+def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: str, split: str, key: DescriptorKey,
+                             data_root: Optional[str] = None, output: Optional[Path] = None,
                              shard_size: Optional[int] = None, store_dtype: str = "float32",
                              config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
-    """Encode a data set (split) with ``net`` and write ``<data_root>/features/<name>.npy``
-    (``fingerprint``: the weights' hash, when the caller already has it). With
-    ``shard_size`` the descriptors go to a resumable descriptor store, the folder
-    ``<name>.store`` (float32 or float16), which ``--feat-path`` reads as well."""
+    """Encode a data set (split) with ``net`` as ``key`` says (image size, scales, msp; its
+    ``config`` is ``config``) and write ``<data_root>/features/<name>.npy`` with the key in
+    its settings. With ``shard_size`` the descriptors go to a resumable descriptor store, the
+    folder ``<name>.store`` (float32 or float16), which ``--feat-path`` reads as well."""
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
     path = output or data_subdir(data_root, "features") / feature_file_name(
-        dataset, network_name, split if is_train_set else None, image_size)
+        dataset, network_name, split if is_train_set else None, key.image_size)
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)
     if shard_size:
         folder = path.with_suffix(".store")
-        key = StoreKey(fingerprint or network_fingerprint(net), network_name, image_size,
-                       tuple(float(x) for x in scales), round(float(multiscale_power(net, list(scales))), 6),
-                       store_dtype, shard_size, config.pixel_path(net))
         shards = config.but(progress=config.progress and current_world().is_main, desc=f"{dataset} {split} shard")
-        store = encode_into_store(net, images, folder, key, shards)
+        store = encode_into_store(net, images, folder, StoreKey(key, network_name, store_dtype, shard_size), shards)
         log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
         return folder
-    vecs = describe_images(net, images, image_size, scales, config=config.but(desc=f"{dataset} {split}"))
-    settings = {"network": network_name, "fingerprint": fingerprint or network_fingerprint(net),
-                "image_size": image_size, "scales": [float(x) for x in scales],
-                "pixels": config.pixel_path(net)}
+    vecs = describe_images(net, images, key.image_size, key.scales, key.msp,
+                           config=config.but(desc=f"{dataset} {split}"))
     world = current_world()
     if world.is_main:
-        write_feature_file(vecs, images, path, settings)
+        write_feature_file(vecs, images, path, dict(key.record(), network=network_name))
     barrier(world)  # the other ranks read it next
     log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
     return path
+
+
+def feature_file_key(path: Path) -> Optional[DescriptorKey]:
+    """The :class:`DescriptorKey` a feature file was written under (None: no whole settings)."""
+    settings = feature_file_settings(path)
+    return DescriptorKey.from_record(settings) if settings is not None else None

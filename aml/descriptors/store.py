@@ -20,13 +20,14 @@ k mod size); no rank waits for another until the last shard is written.
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, ExtractionConfig, describe_images
+from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
+from aml.descriptors.key import DescriptorKey
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
 
@@ -42,16 +43,26 @@ class StoreMismatch(ValueError):
 
 @dataclass(frozen=True)
 class StoreKey:
-    """What the descriptors in a store depend on (all must match to reuse it)."""
+    """What a store holds: descriptors of one :class:`DescriptorKey`, in shards of
+    ``shard_size`` rows of ``dtype`` (all must match to reuse a store)."""
 
-    fingerprint: str  # network_fingerprint of the encoder
-    network: str  # its name, for people
-    image_size: int
-    scales: Tuple[float, ...]
-    msp: float
+    descriptors: DescriptorKey
+    network: str  # the encoder's name, for people
     dtype: str = "float16"
     shard_size: int = 16384
-    pixels: str = ORIGINAL_PIXELS  # decoding and precision of the extraction (ExtractionConfig.pixel_path)
+
+    def record(self) -> Dict[str, Any]:
+        """The manifest's key fields (flat, as stores have always been written)."""
+        return dict(self.descriptors.record(), network=self.network, dtype=self.dtype, shard_size=self.shard_size)
+
+    def tag(self) -> str:
+        """A short hash of the key, for folder names; the same text as it has always been
+        hashed, so stores already encoded (hours of 1M distractors) are found again."""
+        d = self.descriptors
+        text = (f"StoreKey(fingerprint={d.fingerprint!r}, network={self.network!r}, image_size={d.image_size!r}, "
+                f"scales={d.scales!r}, msp={d.msp!r}, dtype={self.dtype!r}, shard_size={self.shard_size!r}, "
+                f"pixels={d.pixels!r})")
+        return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def _list_sha1(images: Sequence[str]) -> str:
@@ -93,10 +104,8 @@ class DescriptorStore:
         return self.folder / f"shard_{k:05d}.json"
 
     def manifest(self) -> Dict[str, Any]:
-        record = asdict(self.key)
-        record.update(version=FORMAT_VERSION, count=self.count, dim=self.dim, images_sha1=_list_sha1(self.images),
-                      scales=[float(s) for s in self.key.scales])
-        return record
+        return dict(self.key.record(), version=FORMAT_VERSION, count=self.count, dim=self.dim,
+                    images_sha1=_list_sha1(self.images))
 
     # -- opening --------------------------------------------------------------------------
     def open(self) -> "DescriptorStore":
@@ -238,9 +247,10 @@ def read_store(folder: Path) -> DescriptorStore:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         images = (folder / "images.txt").read_text().split("\n")[:-1]
-        key = StoreKey(manifest["fingerprint"], manifest["network"], manifest["image_size"],
-                       tuple(manifest["scales"]), manifest["msp"], manifest["dtype"], manifest["shard_size"],
-                       manifest.get("pixels", ORIGINAL_PIXELS))
+        descriptors = DescriptorKey.from_record(manifest)
+        if descriptors is None:
+            raise KeyError("fingerprint")
+        key = StoreKey(descriptors, manifest["network"], manifest["dtype"], manifest["shard_size"])
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{folder} is not a readable descriptor store ({err})") from None
     return DescriptorStore(folder, images, key, int(manifest["dim"])).open()
@@ -255,7 +265,8 @@ def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey,
     shard_config = config.but(collective=False)
 
     def encode(block: List[str], skipped: Optional[List[int]]):
-        return describe_images(net, block, key.image_size, key.scales, key.msp,
+        d = key.descriptors
+        return describe_images(net, block, d.image_size, d.scales, d.msp,
                                config=shard_config.but(skip_bad=skipped is not None), skipped=skipped)
 
     store.fill(encode, config.skip_bad)

@@ -6,7 +6,6 @@ student; with whitening, the teacher's whitening applies to both sides. Each net
 uses its own mean/std and its own multi-scale power.
 """
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,13 +17,12 @@ import numpy as np
 from aml.data.paths import data_subdir
 from aml.data.distractors import DISTRACTOR_SETS, distractor_images, split_test_name
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
-from aml.descriptors import ExtractionConfig, cached_descriptors, describe_images, network_fingerprint
+from aml.descriptors import DescriptorKey, ExtractionConfig, cached_descriptors, describe_images, network_fingerprint
 from aml.descriptors.store import DescriptorStore, StoreKey, encode_into_store
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.search import positions_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply
 from aml.evaluation.whitening_store import Encoder, get_whitening
-from aml.networks.retrieval_net import multiscale_power
 from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
@@ -93,12 +91,10 @@ def _search_with_distractors(database: np.ndarray, queries: np.ndarray, cfg: Dic
 def distractor_store(suffix: str, encoder: Encoder, settings: TestSettings, fingerprint: str) -> DescriptorStore:
     """The distractor set ``suffix`` encoded by ``encoder`` (once per network and settings:
     shared by every test set and by every student tested against this teacher)."""
-    scales = tuple(float(x) for x in settings.scales)
-    key = StoreKey(fingerprint, encoder.name, settings.image_size, scales,
-                   round(float(multiscale_power(encoder.net, list(scales))), 6), settings.distractor_dtype,
-                   settings.shard_size, settings.extraction().pixel_path())
+    descriptors = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction(), fingerprint)
+    key = StoreKey(descriptors, encoder.name, settings.distractor_dtype, settings.shard_size)
     name = DISTRACTOR_SETS[suffix].folder
-    tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_" + hashlib.sha1(repr(key).encode()).hexdigest()[:8]
+    tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_{key.tag()}"
     folder = data_subdir(settings.data_root, "features") / "distractors" / f"{name}_{fingerprint}_{tag}"
     images = distractor_images(suffix, settings.data_root, settings.progress)
     # each process encodes its own shards
@@ -177,9 +173,13 @@ def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: 
     scales = list(settings.scales)
     skipped_db: List[int] = []
     skipped_queries: List[int] = []
-    vecs = cached_descriptors(database_encoder.net, images, settings.image_size, scales, cache_dir, dataset,
-                              fingerprint, skipped=skipped_db,
-                              config=settings.extraction().but(desc=f"{dataset} database"))
+    database = settings.extraction().but(desc=f"{dataset} database")
+    if cache_dir is None:
+        vecs = describe_images(database_encoder.net, images, settings.image_size, scales, config=database,
+                               skipped=skipped_db)
+    else:
+        key = DescriptorKey.of(database_encoder.net, settings.image_size, scales, database, fingerprint)
+        vecs = cached_descriptors(database_encoder.net, images, key, cache_dir, dataset, skipped_db, config=database)
     qvecs = describe_images(student.net, queries, settings.image_size, scales, bbxs=bbxs, skipped=skipped_queries,
                             config=settings.extraction().but(desc=f"{dataset} queries"))
     return _Encoded(vecs, qvecs, skipped_db, skipped_queries)

@@ -19,7 +19,7 @@ from aml.data.download import download_file
 from aml.data.paths import data_subdir
 from aml.data.trainsets import load_whitening_db
 from aml.descriptors import describe_images
-from aml.descriptors.cache import descriptor_key
+from aml.descriptors.key import DescriptorKey
 from aml.evaluation.whitening import whitenlearn
 from aml.networks.pretrained import PRETRAINED
 from aml.networks.retrieval_net import ImageRetrievalNet
@@ -55,10 +55,11 @@ def whitening_cache_path(encoder: Encoder, whitening_set: str, multiscale: bool,
 
 
 def whitening_key(encoder: Encoder, whitening_set: str, settings) -> str:
-    """What decides a learned whitening: the key of the whitening set's descriptors (network
-    content, images, image size, scales, msp, pixel path; :func:`descriptor_key`)."""
+    """What decides a learned whitening: the digest of the whitening set's descriptors (their
+    :class:`DescriptorKey` and the images)."""
     db = load_whitening_db(whitening_set, settings.data_root)
-    return descriptor_key(encoder.net, db["images"], settings.image_size, settings.scales, settings.extraction())
+    key = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction())
+    return key.digest(db["images"])
 
 
 def learn_whitening(encoder: Encoder, whitening_set: str, settings) -> Whitening:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from aml.data.images import BBox
-from aml.descriptors import (DEFAULT_EXTRACTION, ExtractionConfig, describe_images, feature_file_settings,
-                             network_fingerprint, write_feature_file)
+from aml.descriptors import (DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images,
+                             feature_file_settings, network_fingerprint, write_feature_file)
 from aml.descriptors.files import invalidate_feature_file
 from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import checkpoint_name
@@ -112,8 +112,8 @@ def build_store(teacher: ImageRetrievalNet, teacher_name: str, teacher_source: s
             stale.unlink()
     if whitening is not None:
         save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
-    settings = {"network": teacher_name, "source": teacher_source, "fingerprint": network_fingerprint(teacher),
-                "image_size": image_size, "scales": [float(s) for s in scales], "dim": int(vecs.shape[0])}
+    key = DescriptorKey.of(teacher, image_size, scales, config)
+    settings = dict(key.record(), network=teacher_name, source=teacher_source, dim=int(vecs.shape[0]))
     write_feature_file(vecs, [str(Path(i).resolve()) for i in images], folder / DESCRIPTORS, settings)
     log.info(">> store of %d images by %s written to %s", vecs.shape[1], teacher_name, folder)
     return folder

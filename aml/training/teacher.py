@@ -9,9 +9,8 @@ from typing import Optional, Tuple
 import torch
 
 from aml.data.paths import data_subdir
-from aml.descriptors import (DEFAULT_EXTRACTION, ExtractionConfig, extract_dataset_features, feature_file_name,
-                             feature_file_settings, load_feature_file, network_fingerprint)
-from aml.descriptors.extraction import ORIGINAL_PIXELS
+from aml.descriptors import (DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, extract_dataset_features,
+                             feature_file_key, feature_file_name, load_feature_file, network_fingerprint)
 from aml.networks.retrieval_net import ImageRetrievalNet
 
 log = logging.getLogger(__name__)
@@ -51,19 +50,17 @@ def teacher_split_features(teacher: Teacher, dataset: str, split: str, columns: 
     With ``feat_path`` the file is read and its shape checked (the teacher is not loaded).
     Otherwise the teacher encodes the split at ``image_size``; the result is cached as
     ``<dataset>[-val]_<teacher>.npy`` and reused while the teacher's weights and the image
-    size stay the same. ``config``: how to extract (its pixel path is part of what the
-    cache must match).
+    size stay the same: while the file's :class:`DescriptorKey` is this one. ``config``: how
+    to extract (its pixel path is part of the key).
     """
     if feat_path:
         return torch.from_numpy(load_feature_file(Path(feat_path), columns))
     path = data_subdir(teacher.data_root, "features") / feature_file_name(dataset, teacher.feature_name, split,
                                                                                      image_size)
-    wanted = {"fingerprint": teacher.fingerprint, "image_size": image_size,
-              "pixels": config.pixel_path()}
-    known = dict({"pixels": ORIGINAL_PIXELS}, **(feature_file_settings(path) or {}))
-    if not path.is_file() or any(known.get(k) != v for k, v in wanted.items()):
-        net, name = teacher.loaded
+    net, name = teacher.loaded
+    wanted = DescriptorKey.of(net, image_size, (1,), config, teacher.fingerprint)
+    if not path.is_file() or feature_file_key(path) != wanted:
         log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, name)
-        extract_dataset_features(net, name, dataset, split, image_size, data_root=teacher.data_root, output=path,
-                                 fingerprint=teacher.fingerprint, config=config)
+        extract_dataset_features(net, name, dataset, split, wanted, data_root=teacher.data_root, output=path,
+                                 config=config)
     return torch.from_numpy(load_feature_file(path, columns))

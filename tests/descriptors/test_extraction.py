@@ -276,11 +276,12 @@ def test_the_extraction_config_refuses_unknown_fields_and_names():
 
 
 def test_the_cache_keeps_pil_and_device_descriptors_apart(images, net, tmp_path):
-    from aml.descriptors import cached_descriptors
+    from aml.descriptors import DescriptorKey, cached_descriptors
 
-    pil = cached_descriptors(net, images[:4], 64, (1,), tmp_path, "db", config=ExtractionConfig(decode="pil"))
-    device = cached_descriptors(net, images[:4], 64, (1,), tmp_path, "db",
-                                config=ExtractionConfig(decode="device"))
+    def cached(config):
+        return cached_descriptors(net, images[:4], DescriptorKey.of(net, 64, (1,), config), tmp_path, "db", config=config)
+
+    pil, device = cached(ExtractionConfig(decode="pil")), cached(ExtractionConfig(decode="device"))
     assert len(list(tmp_path.glob("db_*.npy"))) == 2
     assert not np.array_equal(pil, device)
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import aml.descriptors.files as features
-from aml.descriptors import ExtractionConfig
+from aml.descriptors import DescriptorKey, ExtractionConfig
 from aml.descriptors import (cached_descriptors, evict, feature_file_name, feature_file_settings, load_feature_file,
                              write_feature_file)
 from aml.networks import build_network
@@ -58,11 +58,11 @@ def test_database_cache_is_keyed_by_file_contents(tmp_path):
     torch.manual_seed(0)
     net = build_network("resnet18", pretrained=False).eval()
     images = [str(p) for p in paths]
-    first = cached_descriptors(net, images, 48, [1], tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
-    again = cached_descriptors(net, images, 48, [1], tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
+    first = cached_descriptors(net, images, DescriptorKey.of(net, 48), tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
+    again = cached_descriptors(net, images, DescriptorKey.of(net, 48), tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
     assert np.array_equal(first, again) and len(list((tmp_path / "cache").iterdir())) == 1
     paths[0].write_bytes(paths[1].read_bytes())  # replaced in place, same path
-    changed = cached_descriptors(net, images, 48, [1], tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
+    changed = cached_descriptors(net, images, DescriptorKey.of(net, 48), tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
     assert np.allclose(changed[:, 0], first[:, 1], atol=1e-5) and not np.allclose(changed[:, 0], first[:, 0])
 
 

@@ -6,10 +6,11 @@ import json
 import numpy as np
 import pytest
 
+from aml.descriptors.key import DescriptorKey
 from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch, open_store
 
 IMAGES = [f"img{i:03d}.jpg" for i in range(10)]
-KEY = StoreKey("f" * 16, "net", 64, (1.0,), 1.0, "float32", 4)
+KEY = StoreKey(DescriptorKey("f" * 16, 64), "net", "float32", 4)
 
 
 def descriptors(images):
@@ -64,9 +65,9 @@ def test_what_a_killed_write_leaves_is_never_read_as_a_shard(tmp_path):
 
 
 @pytest.mark.parametrize("change, named", [
-    (dict(key=StoreKey("e" * 16, "net", 64, (1.0,), 1.0, "float32", 4)), "fingerprint"),
-    (dict(key=StoreKey("f" * 16, "net", 96, (1.0,), 1.0, "float32", 4)), "image_size"),
-    (dict(key=StoreKey("f" * 16, "net", 64, (1.0,), 1.0, "float16", 4)), "dtype"),
+    (dict(key=StoreKey(DescriptorKey("e" * 16, 64), "net", "float32", 4)), "fingerprint"),
+    (dict(key=StoreKey(DescriptorKey("f" * 16, 96), "net", "float32", 4)), "image_size"),
+    (dict(key=StoreKey(DescriptorKey("f" * 16, 64), "net", "float16", 4)), "dtype"),
     (dict(images=IMAGES[::-1]), "images_sha1"),
 ])
 def test_a_store_of_other_descriptors_is_refused_and_kept(tmp_path, change, named):
@@ -101,7 +102,7 @@ def test_a_damaged_shard_is_named(tmp_path):
 
 
 def test_float16_halves_the_shards_and_rounds_like_numpy(tmp_path):
-    key = StoreKey("f" * 16, "net", 64, (1.0,), 1.0, "float16", 4)
+    key = StoreKey(DescriptorKey("f" * 16, 64), "net", "float16", 4)
     store = open_store(tmp_path, IMAGES, key, 3)
     store.fill(Encoder())
     assert np.load(store.shard_path(0)).dtype == np.float16
@@ -122,6 +123,6 @@ def test_skipped_images_are_listed_next_to_the_shards(tmp_path):
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="dtype 'int8'"):
-        DescriptorStore("x", IMAGES, StoreKey("f", "n", 64, (1.0,), 1.0, "int8", 4), 3)
+        DescriptorStore("x", IMAGES, StoreKey(DescriptorKey("f", 64), "n", "int8", 4), 3)
     with pytest.raises(ValueError, match="shard size must be positive"):
-        DescriptorStore("x", IMAGES, StoreKey("f", "n", 64, (1.0,), 1.0, "float32", 0), 3)
+        DescriptorStore("x", IMAGES, StoreKey(DescriptorKey("f", 64), "n", "float32", 0), 3)

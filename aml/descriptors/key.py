@@ -1,0 +1,89 @@
+"""One key for everything aml stores about descriptors: the database cache, the whitening
+cache, the teacher's feature files and the sharded descriptor stores are all keyed by a
+:class:`DescriptorKey`, so that none can answer for a network or a setting it was not made
+with."""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from torch import nn
+
+from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, ExtractionConfig
+from aml.descriptors.fingerprint import network_fingerprint
+from aml.networks.retrieval_net import multiscale_power
+
+
+def image_list_key(images: Sequence[str]) -> List[Any]:
+    """What identifies the contents of an image list cheaply: each path with its size and
+    modification time (nanoseconds), so that replacing or truncating an image changes the
+    key without hashing every file (a missing image keys as size -1)."""
+    key: List[Any] = []
+    for image in images:
+        try:
+            stat = os.stat(image)
+            key.append([str(image), stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            key.append([str(image), -1, 0])
+    return key
+
+
+@dataclass(frozen=True)
+class DescriptorKey:
+    """What decides the descriptors a network gives an image.
+
+    Attributes:
+        fingerprint: the network's content (:func:`network_fingerprint`).
+        image_size: the longer side images are resized to.
+        scales: the multi-scale factors.
+        msp: the multi-scale power (the network's GeM p with several scales, else 1).
+        pixels: decoding and precision (:meth:`ExtractionConfig.pixel_path`).
+
+    Example:
+        >>> key = DescriptorKey.of(net, 1024, (1, 2 ** 0.5, 2 ** -0.5))
+        >>> key.digest(database_images)          # the cache file's name
+        'c0ffee...'
+    """
+
+    fingerprint: str
+    image_size: int
+    scales: Tuple[float, ...] = (1.0,)
+    msp: float = 1.0
+    pixels: str = ORIGINAL_PIXELS
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+
+    @classmethod
+    def of(cls, net: nn.Module, image_size: int, scales: Sequence[float] = (1.0,),
+           config: ExtractionConfig = DEFAULT_EXTRACTION, fingerprint: Optional[str] = None) -> "DescriptorKey":
+        """The key of ``net``'s descriptors at ``image_size`` and ``scales``, extracted as
+        ``config`` says (``fingerprint``: the weights' hash, when the caller has it)."""
+        scales = tuple(float(s) for s in scales)
+        return cls(fingerprint or network_fingerprint(net), int(image_size), scales,
+                   round(float(multiscale_power(net, list(scales))), 6), config.pixel_path(net))
+
+    def record(self) -> Dict[str, Any]:
+        """The key as JSON fields (feature-file settings, store manifests)."""
+        return {"fingerprint": self.fingerprint, "image_size": self.image_size, "scales": list(self.scales),
+                "msp": self.msp, "pixels": self.pixels}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Optional["DescriptorKey"]:
+        """The key a record holds (None without fingerprint or image size). Records written
+        before a field existed get its value then: one scale, msp 1, the original's pixels."""
+        if "fingerprint" not in record or "image_size" not in record:
+            return None
+        return cls(record["fingerprint"], int(record["image_size"]), tuple(record.get("scales", (1.0,))),
+                   float(record.get("msp", 1.0)), record.get("pixels", ORIGINAL_PIXELS))
+
+    def digest(self, images: Sequence[str]) -> str:
+        """A 16-hex name for the descriptors of ``images`` under this key: the key and each
+        image's path, size and mtime (the original's pixels add nothing to it, so the names
+        of caches written before aml had other decodings stay the same)."""
+        fields = [self.fingerprint, image_list_key(images), self.image_size, list(self.scales), self.msp]
+        if self.pixels != ORIGINAL_PIXELS:
+            fields.append(self.pixels)
+        return hashlib.sha1(json.dumps(fields).encode()).hexdigest()[:16]

@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
     parser.add_argument("--data-root", default=None, type=folder)
     args = parser.parse_args(argv)
     try:
-        net, name = load_test_network(args.network, None, None, args.data_root)
+        net = load_test_network(args.network, None, None, args.data_root).net
         files, diffs = export_student(net, args.out, _whitening(args), onnx=args.onnx)
     except (ExportError, StoreError) as err:
         sys.exit(f"error: {err}")

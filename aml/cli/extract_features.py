@@ -52,19 +52,19 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     world = init_from_environment(requested, args.dist_timeout)
     setup_logging(verbose=world.is_main)
     device = process_device(requested, world)
-    net, name = main_first(world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher,
+    network = main_first(world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher,
                                                             args.data_root))
     config = ExtractionConfig(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp,
                               amp_dtype=args.amp_dtype, decode=args.decode, compile=args.compile,
                               progress=not args.quiet)
-    key = DescriptorKey.of(net, args.image_size, args.multiscale, config)
+    key = DescriptorKey.of(network.net, args.image_size, args.multiscale, config, network.fingerprint)
     written = []
     for dataset in filter(None, args.datasets.split(",")):
         is_train_set = is_training_set(dataset, args.data_root)
         if not is_train_set:
             get_test_set(dataset, args.data_root)  # a ValueError naming the choices
         for split in (filter(None, args.split.split(",")) if is_train_set else ["db"]):
-            written.append(extract_dataset_features(net, name, dataset, split, key, args.data_root,
+            written.append(extract_dataset_features(network, dataset, split, key, args.data_root,
                                                     shard_size=args.shard_size or None, store_dtype=args.store_dtype,
                                                     config=config))
     return written

@@ -11,7 +11,7 @@ from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegativ
 from aml.data.images import ImageLoadError
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings
-from aml.evaluation.whitening_store import Encoder, get_whitening
+from aml.evaluation.whitening_store import get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.search import StoreError, build_ivfpq, build_store, check_teacher, list_images, open_store, query_store
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _index(args) -> Path:
     device = str(resolve_device(args.device, args.gpu_id))
-    teacher, name = load_teacher(args.teacher, args.data_root)
+    teacher = load_teacher(args.teacher, args.data_root)
     images = list_images(args.images)
     if not images:
         raise StoreError(f"{args.images} holds no images")
@@ -64,11 +64,10 @@ def _index(args) -> Path:
     if args.whitening:
         settings = TestSettings(image_size=args.image_size, scales=args.multiscale, workers=args.workers,
                                 device=device, data_root=args.data_root, progress=not args.quiet)
-        path = Path(args.teacher) if Path(args.teacher).is_file() else None
-        whitening = get_whitening(Encoder(teacher, name, path, named=path is None), args.whitening, settings)
-    store = build_store(teacher, name, args.teacher, images, args.store, args.image_size, args.multiscale, whitening,
+        whitening = get_whitening(teacher, args.whitening, settings)
+    store = build_store(teacher, args.teacher, images, args.store, args.image_size, args.multiscale, whitening,
                         ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet))
-    print(f">> {len(images)} images indexed by {name} into {store}")
+    print(f">> {len(images)} images indexed by {teacher.name} into {store}")
     if args.ivfpq:
         nlist, m = (int(v) for v in args.ivfpq.split(","))
         recall = build_ivfpq(open_store(store), nlist, m)
@@ -81,11 +80,11 @@ def _query(args) -> List[Any]:
         raise StoreError("--box crops a single query image; give one image with it")
     device = str(resolve_device(args.device, args.gpu_id))
     store = open_store(args.store)
-    student, _ = load_test_network(args.network, None, None, args.data_root)
+    student = load_test_network(args.network, None, None, args.data_root).net
     teacher_net = None
     spec = args.teacher or student.meta.get("teacher")
     if spec is not None and Path(spec).is_file():
-        teacher_net = load_teacher(spec, args.data_root)[0]
+        teacher_net = load_teacher(spec, args.data_root).net
     check_teacher(store, student, teacher_net, args.teacher)
     results = query_store(store, student, args.images, args.k, bbxs=[args.box] if args.box else None,
                           config=ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet))

@@ -12,7 +12,6 @@ from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_tes
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
-from aml.evaluation.whitening_store import Encoder
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
 from aml.utils.distributed import init_from_environment, main_first, process_device
@@ -83,16 +82,16 @@ def _skipped_dir(args: argparse.Namespace) -> Optional[Path]:
 
 
 def _load_networks(args: argparse.Namespace, datasets: List[str]):
-    """The tested network and its name, the teacher with its name (None without --asym), and
-    the test sets in place (downloaded if needed; run by rank 0 first under torchrun)."""
-    net, name = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
+    """The tested network, the teacher (None without --asym), and the test sets in place
+    (downloaded if needed; run by rank 0 first under torchrun)."""
+    student = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
     teacher = load_teacher(args.teacher, args.data_root) if args.asym else None
     for name_of_set in datasets:
         dataset, suffix = split_test_name(name_of_set)
         prepare_test_set(dataset, args.data_root, progress=not args.quiet)
         if suffix is not None:
             prepare_distractors(suffix, args.data_root, progress=not args.quiet)
-    return net, name, teacher
+    return student, teacher
 
 
 def _json_ready(results):
@@ -123,17 +122,12 @@ def main(argv: Optional[List[str]] = None) -> dict:
     setup_logging(verbose=world.is_main)
     say = print if world.is_main else (lambda *a, **k: None)  # rank 0 prints the results
     device = process_device(requested, world)
-    student, name, loaded_teacher = main_first(world, lambda: _load_networks(args, datasets))
-    path = Path(args.network_path) if args.network_path and Path(args.network_path).exists() else None
-    say(f">> Loading network:\n>>>> '{name}'")
+    student, teacher = main_first(world, lambda: _load_networks(args, datasets))
+    say(f">> Loading network:\n>>>> '{student.name}'")
     say(">>>> loaded network: ")
-    say(student.meta_repr())
-    teacher = None
-    if loaded_teacher is not None:
-        teacher_net, teacher_name = loaded_teacher
-        teacher_path = Path(args.teacher) if Path(args.teacher).exists() else None
-        teacher = Encoder(teacher_net, teacher_name, teacher_path, named=teacher_path is None)
-        say(f">> Asymmetric testing: database by teacher '{teacher_name}', queries by '{name}'")
+    say(student.net.meta_repr())
+    if teacher is not None:
+        say(f">> Asymmetric testing: database by teacher '{teacher.name}', queries by '{student.name}'")
     settings = TestSettings(datasets=datasets, image_size=args.image_size, scales=args.multiscale,
                             whitening=args.whitening, workers=args.workers, device=str(device),
                             batch_size=args.batch_size, amp=args.amp, amp_dtype=args.amp_dtype, decode=args.decode,
@@ -142,10 +136,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
                             skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,
                             report_top=args.report_top, distractor_dtype=args.distractor_dtype,
                             shard_size=args.shard_size)
-    results = evaluate(Encoder(student, name, path, named=path is None), settings, teacher,
+    results = evaluate(student, settings, teacher,
                        on_result=lambda dataset, entry: say("\n".join(result_lines(dataset, entry)), flush=True))
     if args.results and world.is_main:
-        report = {"settings": {**vars(args), "device": str(device), "network": name,
+        report = {"settings": {**vars(args), "device": str(device), "network": student.name,
                                "teacher": teacher.name if teacher else None}, "results": results}
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(json.dumps(_json_ready(report), indent=1))

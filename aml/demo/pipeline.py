@@ -29,10 +29,9 @@ from aml.data.synthetic import generate_all
 from aml.demo.findings import findings_lines, paper_findings
 from aml.demo.tables import DATASETS, format_table, write_results
 from aml.evaluation.testing import TestSettings, evaluate
-from aml.evaluation.whitening_store import Encoder
 from aml.networks import build_network
-from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_network, save_checkpoint
-from aml.networks.loading import checkpoint_name
+from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.networks.loading import load_named_or_file
 from aml.reports.provenance import provenance
 from aml.training import TrainConfig, run
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
@@ -74,9 +73,8 @@ def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[
     """test.py's evaluation through the package (its lines are logged, not printed)."""
     settings = TestSettings(datasets=DATASETS, image_size=budget.image_size, workers=budget.workers,
                             device=str(resolve_device("auto")), data_root=str(data_root), progress=not budget.quiet)
-    student = Encoder(load_network(network), checkpoint_name(network), network)
-    database = Encoder(load_network(teacher), checkpoint_name(teacher), teacher) if teacher is not None else None
-    return evaluate(student, settings, database)
+    database = load_named_or_file(teacher) if teacher is not None else None
+    return evaluate(load_named_or_file(network), settings, database)
 
 
 # Per-role training options, both in the paper's setting: ImageNet trunks, frozen BatchNorm,

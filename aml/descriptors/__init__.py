@@ -6,7 +6,7 @@ from aml.descriptors.extraction import (DECODE_CHOICES, DECODINGS, DEFAULT_EXTRA
                                         default_batch_size, describe_images, effective_workers, extract_vectors)
 from aml.descriptors.files import (dataset_images, extract_dataset_features, feature_file_key, feature_file_name,
                                    feature_file_settings, load_feature_file, write_feature_file)
-from aml.descriptors.fingerprint import network_fingerprint
+from aml.networks.fingerprint import network_fingerprint
 from aml.descriptors.key import DescriptorKey, image_list_key
 
 __all__ = ["DECODE_CHOICES", "DECODINGS", "DEFAULT_EXTRACTION", "DescriptorKey", "ExtractionConfig", "cached_descriptors",

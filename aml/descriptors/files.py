@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from aml.data.paths import data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
@@ -17,6 +16,7 @@ from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
 from aml.descriptors.store import StoreKey, encode_into_store, read_store
+from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
 
@@ -134,30 +134,31 @@ def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[s
     return query_and_database_paths(configdataset(dataset, data_subdir(data_root, "test")))[0]
 
 
-def extract_dataset_features(net: torch.nn.Module, network_name: str, dataset: str, split: str, key: DescriptorKey,
+def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, key: DescriptorKey,
                              data_root: Optional[str] = None, output: Optional[Path] = None,
                              shard_size: Optional[int] = None, store_dtype: str = "float32",
                              config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
-    """Encode a data set (split) with ``net`` as ``key`` says (image size, scales, msp; its
-    ``config`` is ``config``) and write ``<data_root>/features/<name>.npy`` with the key in
-    its settings. With ``shard_size`` the descriptors go to a resumable descriptor store, the
+    """Encode a data set (split) with ``network`` as ``key`` says (image size, scales, msp;
+    its ``config`` is ``config``) and write ``<data_root>/features/<name>.npy`` with the key
+    in its settings. With ``shard_size`` the descriptors go to a resumable descriptor store, the
     folder ``<name>.store`` (float32 or float16), which ``--feat-path`` reads as well."""
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
     path = output or data_subdir(data_root, "features") / feature_file_name(
-        dataset, network_name, split if is_train_set else None, key.image_size)
-    log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network_name)
+        dataset, network.name, split if is_train_set else None, key.image_size)
+    log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network.name)
     if shard_size:
         folder = path.with_suffix(".store")
         shards = config.but(progress=config.progress and current_world().is_main, desc=f"{dataset} {split} shard")
-        store = encode_into_store(net, images, folder, StoreKey(key, network_name, store_dtype, shard_size), shards)
+        store = encode_into_store(network.net, images, folder, StoreKey(key, network.name, store_dtype, shard_size),
+                                  shards)
         log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
         return folder
-    vecs = describe_images(net, images, key.image_size, key.scales, key.msp,
+    vecs = describe_images(network.net, images, key.image_size, key.scales, key.msp,
                            config=config.but(desc=f"{dataset} {split}"))
     world = current_world()
     if world.is_main:
-        write_feature_file(vecs, images, path, dict(key.record(), network=network_name))
+        write_feature_file(vecs, images, path, dict(key.record(), network=network.name))
     barrier(world)  # the other ranks read it next
     log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
     return path

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from torch import nn
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, ExtractionConfig
-from aml.descriptors.fingerprint import network_fingerprint
+from aml.networks.fingerprint import network_fingerprint
 from aml.networks.retrieval_net import multiscale_power
 
 

@@ -17,12 +17,13 @@ import numpy as np
 from aml.data.paths import data_subdir
 from aml.data.distractors import DISTRACTOR_SETS, distractor_images, split_test_name
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
-from aml.descriptors import DescriptorKey, ExtractionConfig, cached_descriptors, describe_images, network_fingerprint
+from aml.descriptors import DescriptorKey, ExtractionConfig, cached_descriptors, describe_images
 from aml.descriptors.store import DescriptorStore, StoreKey, encode_into_store
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.search import positions_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply
-from aml.evaluation.whitening_store import Encoder, get_whitening
+from aml.evaluation.whitening_store import get_whitening
+from aml.networks.loading import LoadedNetwork
 from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,15 @@ def _search_with_distractors(database: np.ndarray, queries: np.ndarray, cfg: Dic
     return evaluate_ranks(places, gnd, cfg["protocol"], positions=True)
 
 
-def distractor_store(suffix: str, encoder: Encoder, settings: TestSettings, fingerprint: str) -> DescriptorStore:
+def distractor_store(suffix: str, encoder: LoadedNetwork, settings: TestSettings) -> DescriptorStore:
     """The distractor set ``suffix`` encoded by ``encoder`` (once per network and settings:
     shared by every test set and by every student tested against this teacher)."""
-    descriptors = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction(), fingerprint)
+    descriptors = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction(),
+                                   encoder.fingerprint)
     key = StoreKey(descriptors, encoder.name, settings.distractor_dtype, settings.shard_size)
     name = DISTRACTOR_SETS[suffix].folder
     tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_{key.tag()}"
-    folder = data_subdir(settings.data_root, "features") / "distractors" / f"{name}_{fingerprint}_{tag}"
+    folder = data_subdir(settings.data_root, "features") / "distractors" / f"{name}_{encoder.fingerprint}_{tag}"
     images = distractor_images(suffix, settings.data_root, settings.progress)
     # each process encodes its own shards
     config = settings.extraction().but(progress=settings.progress and current_world().is_main, desc=f"{name} shard")
@@ -137,8 +139,8 @@ def _query_aps(results: Dict[str, Any], kept: Sequence[int], nq: int) -> List[Op
 
 
 def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[str], bbxs, encoded: _Encoded,
-            kept: List[int], ranks: np.ndarray, results: Dict[str, Any], student: Encoder,
-            teacher: Optional[Encoder], settings: TestSettings) -> Path:
+            kept: List[int], ranks: np.ndarray, results: Dict[str, Any], student: LoadedNetwork,
+            teacher: Optional[LoadedNetwork], settings: TestSettings) -> Path:
     """The visual ranking report of one data set (with the teacher's own ranking when asymmetric)."""
     from aml.reports.ranking import Ranking, write_report
 
@@ -168,8 +170,8 @@ def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[
     return write_report(Path(settings.report_dir) / dataset, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
 
 
-def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: Encoder, database_encoder: Encoder,
-            settings: TestSettings, cache_dir: Optional[Path], fingerprint: Optional[str]) -> _Encoded:
+def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: LoadedNetwork, database_encoder: LoadedNetwork,
+            settings: TestSettings, cache_dir: Optional[Path]) -> _Encoded:
     scales = list(settings.scales)
     skipped_db: List[int] = []
     skipped_queries: List[int] = []
@@ -178,7 +180,8 @@ def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: 
         vecs = describe_images(database_encoder.net, images, settings.image_size, scales, config=database,
                                skipped=skipped_db)
     else:
-        key = DescriptorKey.of(database_encoder.net, settings.image_size, scales, database, fingerprint)
+        key = DescriptorKey.of(database_encoder.net, settings.image_size, scales, database,
+                               database_encoder.fingerprint)
         vecs = cached_descriptors(database_encoder.net, images, key, cache_dir, dataset, skipped_db, config=database)
     qvecs = describe_images(student.net, queries, settings.image_size, scales, bbxs=bbxs, skipped=skipped_queries,
                             config=settings.extraction().but(desc=f"{dataset} queries"))
@@ -207,18 +210,18 @@ def result_lines(dataset: str, entry: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def _evaluate_dataset(name: str, student: Encoder, database_encoder: Encoder, teacher: Optional[Encoder],
-                      settings: TestSettings, lw, cache_dir: Optional[Path], fingerprint: Optional[str]) -> Dict[str, Any]:
+def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: LoadedNetwork, teacher: Optional[LoadedNetwork],
+                      settings: TestSettings, lw, cache_dir: Optional[Path]) -> Dict[str, Any]:
     dataset, suffix = split_test_name(name)
     dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.progress)
     cfg = configdataset(dataset, data_subdir(settings.data_root, "test"))
     images, queries, bbxs = query_and_database_paths(cfg)
-    encoded = _encode(dataset, images, queries, bbxs, student, database_encoder, settings, cache_dir, fingerprint)
+    encoded = _encode(dataset, images, queries, bbxs, student, database_encoder, settings, cache_dir)
     kept = [q for q in range(len(queries)) if q not in set(encoded.skipped_queries)]
     qvecs, gnd = encoded.qvecs[:, kept], [cfg["gnd"][q] for q in kept]
     entry: Dict[str, Any] = {}
     if suffix is not None:
-        store = distractor_store(suffix, database_encoder, settings, fingerprint)
+        store = distractor_store(suffix, database_encoder, settings)
         log.info(">> %s: Evaluating against %d + %d images...", name, len(images), store.count)
         entry["plain"] = _search_with_distractors(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db,
                                                   store)
@@ -243,7 +246,7 @@ def _evaluate_dataset(name: str, student: Encoder, database_encoder: Encoder, te
     return entry
 
 
-def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder] = None,
+def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[LoadedNetwork] = None,
              on_result: Optional[Callable[[str, Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Test ``student`` (symmetric) or student vs ``teacher`` (asymmetric, when given) on
     every data set of ``settings``; return ``{dataset: {'plain': results, 'whiten':
@@ -265,13 +268,11 @@ def evaluate(student: Encoder, settings: TestSettings, teacher: Optional[Encoder
         encoder.net.to(settings.device).eval()
     lw = get_whitening(database_encoder, settings.whitening, settings, published=teacher is None) if settings.whitening else None
     cache_dir = data_subdir(settings.data_root, "features") / "cache" if settings.cache else None
-    fingerprint = network_fingerprint(database_encoder.net) if settings.cache or with_distractors else None
     results: Dict[str, Any] = {}
     for dataset in settings.datasets:
         start = time.time()
         log.info(">> %s: Extracting...", dataset)
-        results[dataset] = _evaluate_dataset(dataset, student, database_encoder, teacher, settings, lw, cache_dir,
-                                             fingerprint)
+        results[dataset] = _evaluate_dataset(dataset, student, database_encoder, teacher, settings, lw, cache_dir)
         if on_result is not None:
             on_result(dataset, results[dataset])
         log.info(">> %s: elapsed time: %s", dataset, htime(time.time() - start))

@@ -9,7 +9,6 @@ content, whitening images, image size, scales, msp, pixel path) and is learned a
 that key changes: a checkpoint replaced at the same path, other scales."""
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -22,7 +21,7 @@ from aml.descriptors import describe_images
 from aml.descriptors.key import DescriptorKey
 from aml.evaluation.whitening import whitenlearn
 from aml.networks.pretrained import PRETRAINED
-from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import optional_write
 from aml.utils.distributed import current_world
 from aml.utils.plain_files import load_plain_file, save_plain_file
@@ -31,18 +30,7 @@ log = logging.getLogger(__name__)
 Whitening = Tuple[np.ndarray, np.ndarray]
 
 
-@dataclass
-class Encoder:
-    """A network under test and where it came from: a checkpoint ``path``, else a ``name``
-    that finds it again (``named``: published or off-the-shelf), else only memory."""
-
-    net: ImageRetrievalNet
-    name: str
-    path: Optional[Path] = None
-    named: bool = False
-
-
-def whitening_cache_path(encoder: Encoder, whitening_set: str, multiscale: bool, image_size: int,
+def whitening_cache_path(encoder: LoadedNetwork, whitening_set: str, multiscale: bool, image_size: int,
                          data_root: Optional[str]) -> Optional[Path]:
     """``<checkpoint>_<SET>_whiten[_ms]_<imsize>.pth`` next to a checkpoint file, the same
     name in ``<data_root>/whiten/`` for a named network, None for one only in memory."""
@@ -54,7 +42,7 @@ def whitening_cache_path(encoder: Encoder, whitening_set: str, multiscale: bool,
     return None
 
 
-def whitening_key(encoder: Encoder, whitening_set: str, settings) -> str:
+def whitening_key(encoder: LoadedNetwork, whitening_set: str, settings) -> str:
     """What decides a learned whitening: the digest of the whitening set's descriptors (their
     :class:`DescriptorKey` and the images)."""
     db = load_whitening_db(whitening_set, settings.data_root)
@@ -62,7 +50,7 @@ def whitening_key(encoder: Encoder, whitening_set: str, settings) -> str:
     return key.digest(db["images"])
 
 
-def learn_whitening(encoder: Encoder, whitening_set: str, settings) -> Whitening:
+def learn_whitening(encoder: LoadedNetwork, whitening_set: str, settings) -> Whitening:
     """Learn Lw on the whitening set's images, encoded like the test images (``settings``: a
     :class:`aml.evaluation.testing.TestSettings`)."""
     db = load_whitening_db(whitening_set, settings.data_root)
@@ -85,7 +73,7 @@ def _cached(cache: Path, key: str, whitening_set: str) -> Optional[Whitening]:
     return np.asarray(data["m"]), np.asarray(data["P"])
 
 
-def get_whitening(encoder: Encoder, whitening_set: str, settings, published: bool = True) -> Whitening:
+def get_whitening(encoder: LoadedNetwork, whitening_set: str, settings, published: bool = True) -> Whitening:
     """Whitening for ``encoder``: the checkpoint's meta Lw, else the published file of a
     published network (``published``), else the cache, else learned (and cached)."""
     multiscale = len(settings.scales) > 1

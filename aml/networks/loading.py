@@ -1,19 +1,59 @@
 """Getting a network by what the user typed: a pretrained name, a checkpoint file, an
-off-the-shelf spec ('ARCH-POOL[-reg][-lwhiten][-whiten]') or a teacher name."""
+off-the-shelf spec ('ARCH-POOL[-reg][-lwhiten][-whiten]') or a teacher name. Every loader
+returns a :class:`LoadedNetwork`: the network and where it came from."""
 
+import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from aml.data.download import download_file
 from aml.data.paths import data_subdir
 from aml.networks.checkpoint import load_network
+from aml.networks.fingerprint import network_fingerprint
 from aml.networks.pretrained import PRETRAINED, TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
 from aml.layers.pooling import POOLINGS
 
 log = logging.getLogger(__name__)
 OFFTHESHELF_FLAGS = {"reg": "regional", "lwhiten": "local_whitening", "whiten": "whitening"}
+
+
+@dataclass(eq=False)
+class LoadedNetwork:
+    """A network and its provenance, which decide where its whitening and descriptors are
+    kept: a checkpoint ``path``; else ``named`` (a published or off-the-shelf network, found
+    again by ``name``); else only in memory (nothing is cached for it).
+
+    Attributes:
+        net: the network (eval mode when loaded from a file or a name).
+        name: what it goes by in logs, feature files and results (a checkpoint's file name
+            without ``.pth...``, a published name, an off-the-shelf spec).
+        path: the checkpoint file it was read from, if any.
+        named: whether ``name`` finds it again (published or off-the-shelf).
+
+    Example:
+        >>> student = load_named_or_file("runs/.../model_best.pth.tar")
+        >>> student.name, student.path, student.fingerprint
+        ('model_best', PosixPath('runs/.../model_best.pth.tar'), '3f2a...')
+    """
+
+    net: ImageRetrievalNet
+    name: str
+    path: Optional[Path] = None
+    named: bool = False
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The content hash of the network's weights and meta (computed once: a loaded
+        network is not trained further; a network in training gets a new LoadedNetwork)."""
+        return network_fingerprint(self.net)
+
+    @classmethod
+    def in_memory(cls, net: ImageRetrievalNet, name: str) -> "LoadedNetwork":
+        """A network that exists only in memory (a student between two epochs)."""
+        return cls(net, name)
 
 
 def checkpoint_name(path) -> str:
@@ -43,37 +83,43 @@ def pretrained_checkpoint(name: str, data_root: Optional[str] = None) -> Path:
     return download_file(entry.url, data_subdir(data_root, "model") / entry.filename, sha256_prefix=entry.sha256)
 
 
-def load_named_or_file(network_path: str, teacher: Optional[str] = None,
-                       data_root: Optional[str] = None) -> Tuple[ImageRetrievalNet, str]:
-    """A pretrained-list name or a checkpoint path -> (network in eval mode, display name)."""
-    if network_path in PRETRAINED:
-        entry = PRETRAINED[network_path]
-        net = load_network(pretrained_checkpoint(network_path, data_root), teacher)
+def load_named_or_file(network_path, teacher: Optional[str] = None,
+                       data_root: Optional[str] = None) -> LoadedNetwork:
+    """A pretrained-list name or a checkpoint path -> the network in eval mode, named.
+
+    Args:
+        network_path: a name of the pretrained list (downloaded once) or a checkpoint file.
+        teacher: the teacher a student checkpoint was trained against, where it does not say.
+        data_root: where published weights are kept.
+    """
+    if str(network_path) in PRETRAINED:
+        name = str(network_path)
+        entry = PRETRAINED[name]
+        net = load_network(pretrained_checkpoint(name, data_root), teacher)
         if net.meta["outputdim"] != entry.dim:
-            raise ValueError(f"{network_path}: expected a {entry.dim}-d network, the file holds "
-                             f"{net.meta['outputdim']}-d")
-        return net, network_path
+            raise ValueError(f"{name}: expected a {entry.dim}-d network, the file holds {net.meta['outputdim']}-d")
+        return LoadedNetwork(net, name, named=True)
     path = Path(network_path)
     if not path.exists():
         raise FileNotFoundError(
-            f"network {network_path!r} is neither a file nor a name of the pretrained list "
+            f"network {str(network_path)!r} is neither a file nor a name of the pretrained list "
             f"(see README or `python test.py --list-pretrained`)"
         )
-    return load_network(path, teacher), checkpoint_name(path)
+    return LoadedNetwork(load_network(path, teacher), checkpoint_name(path), path)
 
 
 def load_test_network(network_path: Optional[str] = None, offtheshelf: Optional[str] = None,
-                      teacher: Optional[str] = None, data_root: Optional[str] = None) -> Tuple[ImageRetrievalNet, str]:
+                      teacher: Optional[str] = None, data_root: Optional[str] = None) -> LoadedNetwork:
     """The network under test, from ``--network-path`` or ``--network-offtheshelf``."""
     if bool(network_path) == bool(offtheshelf):
         raise ValueError("give exactly one of --network-path and --network-offtheshelf")
     if network_path:
         return load_named_or_file(network_path, teacher, data_root)
     net = build_network(**parse_offtheshelf(offtheshelf), data_root=data_root)
-    return net.eval(), offtheshelf
+    return LoadedNetwork(net.eval(), offtheshelf, named=True)
 
 
-def load_teacher(teacher: str, data_root: Optional[str] = None) -> Tuple[ImageRetrievalNet, str]:
+def load_teacher(teacher: str, data_root: Optional[str] = None) -> LoadedNetwork:
     """'vgg16' | 'resnet101' (the published cirtorch teachers), a pretrained name, or a
     checkpoint path of any network the user trained."""
     return load_named_or_file(TEACHERS.get(teacher, teacher), None, data_root)

@@ -22,7 +22,7 @@ from aml.descriptors import (DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig
                              feature_file_settings, network_fingerprint, write_feature_file)
 from aml.descriptors.files import invalidate_feature_file
 from aml.evaluation.whitening import whitenapply
-from aml.networks.loading import checkpoint_name
+from aml.networks.loading import LoadedNetwork, checkpoint_name
 from aml.networks.pretrained import TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.plain_files import load_plain_file, save_plain_file
@@ -95,7 +95,7 @@ class Store:
         return top.values.numpy(), top.indices.numpy()
 
 
-def build_store(teacher: ImageRetrievalNet, teacher_name: str, teacher_source: str, images: Sequence[str],
+def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[str],
                 folder: PathLike, image_size: int, scales: Sequence[float] = (1,),
                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                 config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
@@ -104,7 +104,7 @@ def build_store(teacher: ImageRetrievalNet, teacher_name: str, teacher_source: s
     whitening and IVF-PQ index of a store that was there before are removed: they belong to
     its descriptors."""
     folder = Path(folder)
-    vecs = describe_images(teacher, images, image_size, scales, config=config.but(desc="indexing"))
+    vecs = describe_images(teacher.net, images, image_size, scales, config=config.but(desc="indexing"))
     invalidate_feature_file(folder / DESCRIPTORS)  # an interrupted re-index leaves an incomplete store
     for stale in (folder / WHITENING, folder / INDEX):
         if stale.is_file():
@@ -112,10 +112,10 @@ def build_store(teacher: ImageRetrievalNet, teacher_name: str, teacher_source: s
             stale.unlink()
     if whitening is not None:
         save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
-    key = DescriptorKey.of(teacher, image_size, scales, config)
-    settings = dict(key.record(), network=teacher_name, source=teacher_source, dim=int(vecs.shape[0]))
+    key = DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint)
+    settings = dict(key.record(), network=teacher.name, source=teacher_source, dim=int(vecs.shape[0]))
     write_feature_file(vecs, [str(Path(i).resolve()) for i in images], folder / DESCRIPTORS, settings)
-    log.info(">> store of %d images by %s written to %s", vecs.shape[1], teacher_name, folder)
+    log.info(">> store of %d images by %s written to %s", vecs.shape[1], teacher.name, folder)
     return folder
 
 

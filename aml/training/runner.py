@@ -23,10 +23,10 @@ from aml.data.testsets import prepare_test_set
 from aml.data.trainsets import load_training_db
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
-from aml.evaluation.whitening_store import Encoder
 from aml.losses import build_loss
 from aml.networks.backbones import get_backbone
 from aml.networks.checkpoint import load_checkpoint, load_trunk_weights
+from aml.networks.loading import LoadedNetwork
 from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
 from aml.training.config import TrainConfig, run_name
@@ -165,10 +165,7 @@ class _Run:
         c = self.config
         if not c.test_freq:
             return None
-        teacher = None
-        if self.mode.needs_teacher:
-            net, name = self.teacher.loaded
-            teacher = Encoder(net, name, self.teacher.path, named=self.teacher.path is None)
+        teacher = self.teacher.loaded if self.mode.needs_teacher else None
         e = self.extraction
         settings = TestSettings(datasets=list(c.test_datasets), image_size=c.image_size,
                                 whitening=c.test_whiten or None, workers=c.workers, device=self.device,
@@ -180,7 +177,8 @@ class _Run:
                 log.info(line)
 
         def evaluate_epoch(net, epoch: int) -> Dict[str, Any]:
-            student = Encoder(net, f"{self.run_dir.name}_epoch{epoch + 1}")  # in memory: no whitening file per epoch
+            # in memory: no whitening file per epoch
+            student = LoadedNetwork.in_memory(net, f"{self.run_dir.name}_epoch{epoch + 1}")
             # the student's own database changes every epoch: caching it would only fill the disk
             results = {"symmetric": evaluate(student, dataclasses.replace(settings, cache=False), on_result=show)}
             if teacher is not None:

@@ -4,42 +4,35 @@
 import functools
 import logging
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
 from aml.data.paths import data_subdir
 from aml.descriptors import (DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, extract_dataset_features,
-                             feature_file_key, feature_file_name, load_feature_file, network_fingerprint)
-from aml.networks.retrieval_net import ImageRetrievalNet
+                             feature_file_key, feature_file_name, load_feature_file)
+from aml.networks.loading import LoadedNetwork, load_teacher
 
 log = logging.getLogger(__name__)
 
 
 class Teacher:
-    """'vgg16' | 'resnet101' (published) or a checkpoint path; the network is loaded (and its
-    weights hashed) once, on first use, and shared by every split and test of the run."""
+    """'vgg16' | 'resnet101' (published) or a checkpoint path, loaded once, on first use, and
+    shared by every split and test of the run (``--feat-path`` runs never load it)."""
 
     def __init__(self, spec: str, data_root: Optional[str] = None):
         self.spec, self.data_root = spec, data_root
-        self.path = Path(spec) if Path(spec).is_file() else None
 
     @functools.cached_property
-    def loaded(self) -> Tuple[ImageRetrievalNet, str]:
-        from aml.networks.loading import load_teacher
-
+    def loaded(self) -> LoadedNetwork:
         return load_teacher(self.spec, self.data_root)
-
-    @functools.cached_property
-    def fingerprint(self) -> str:
-        return network_fingerprint(self.loaded[0])
 
     @property
     def feature_name(self) -> str:
         """Name used in feature files; a checkpoint's (model_best, model_epochN repeat across
         runs) gets its weights' hash appended."""
-        name = self.loaded[1]
-        return f"{name}-{self.fingerprint[:8]}" if self.path is not None else name
+        loaded = self.loaded
+        return f"{loaded.name}-{loaded.fingerprint[:8]}" if loaded.path is not None else loaded.name
 
 
 def teacher_split_features(teacher: Teacher, dataset: str, split: str, columns: int, image_size: int,
@@ -57,10 +50,10 @@ def teacher_split_features(teacher: Teacher, dataset: str, split: str, columns: 
         return torch.from_numpy(load_feature_file(Path(feat_path), columns))
     path = data_subdir(teacher.data_root, "features") / feature_file_name(dataset, teacher.feature_name, split,
                                                                                      image_size)
-    net, name = teacher.loaded
-    wanted = DescriptorKey.of(net, image_size, (1,), config, teacher.fingerprint)
+    loaded = teacher.loaded
+    wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
     if not path.is_file() or feature_file_key(path) != wanted:
-        log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, name)
-        extract_dataset_features(net, name, dataset, split, wanted, data_root=teacher.data_root, output=path,
+        log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, loaded.name)
+        extract_dataset_features(loaded, dataset, split, wanted, data_root=teacher.data_root, output=path,
                                  config=config)
     return torch.from_numpy(load_feature_file(path, columns))

@@ -1,4 +1,4 @@
-"""Network fingerprints: a content hash that keys every stored descriptor of a network."""
+"""Network fingerprints: a content hash of a network, which keys every stored descriptor of it."""
 
 import hashlib
 import json

@@ -1,0 +1,43 @@
+"""Loading a network by what the user typed: a LoadedNetwork says where it came from, which
+decides where its whitening is cached."""
+
+import pytest
+import torch
+
+from aml.evaluation.whitening_store import whitening_cache_path
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+from aml.networks.fingerprint import network_fingerprint
+from aml.networks.loading import LoadedNetwork, load_named_or_file, load_teacher, load_test_network
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    net = build_network("squeezenet1_1", pretrained=False)
+    return save_checkpoint(checkpoint_state(net, 1, 0.0), tmp_path_factory.mktemp("run") / "model_best.pth.tar")
+
+
+def test_a_checkpoint_loads_with_its_path_name_and_fingerprint(checkpoint):
+    for loaded in (load_named_or_file(checkpoint), load_test_network(str(checkpoint)), load_teacher(str(checkpoint))):
+        assert loaded.name == "model_best" and loaded.path == checkpoint and not loaded.named
+        assert not loaded.net.training
+        assert loaded.fingerprint == network_fingerprint(loaded.net)
+
+
+def test_where_the_whitening_of_each_provenance_is_cached(checkpoint, tmp_path):
+    from_file = load_named_or_file(checkpoint)
+    assert whitening_cache_path(from_file, "synth-sfm", False, 64, str(tmp_path)) == checkpoint.with_name(
+        "model_best.pth.tar_synth-sfm_whiten_64.pth")
+    named = LoadedNetwork(from_file.net, "retrievalSfM120k-vgg16-gem", named=True)
+    assert whitening_cache_path(named, "synth-sfm", True, 64, str(tmp_path)) == (
+        tmp_path / "whiten" / "retrievalSfM120k-vgg16-gem_synth-sfm_whiten_ms_64.pth")
+    assert whitening_cache_path(LoadedNetwork.in_memory(from_file.net, "run_epoch3"), "synth-sfm", False, 64,
+                                str(tmp_path)) is None
+
+
+def test_a_missing_network_and_two_sources_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a file nor a name of the pretrained list"):
+        load_named_or_file(tmp_path / "nothing.pth")
+    with pytest.raises(ValueError, match="exactly one of --network-path and --network-offtheshelf"):
+        load_test_network("a", "resnet18-gem")

@@ -32,7 +32,7 @@ from aml.data.images import image_transform, load_and_resize
 from aml.descriptors import ExtractionConfig, extract_vectors
 from aml.networks import build_network
 from aml.networks.retrieval_net import multiscale_power
-from aml.training.optim import calibrate_batchnorm
+from aml.training.batchnorm import calibrate_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import make_images, original_loop  # noqa: E402  (benchmarks/ is not a package)

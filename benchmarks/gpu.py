@@ -49,7 +49,8 @@ from aml.losses import build_loss
 from aml.networks import build_network
 from aml.networks.retrieval_net import multiscale_power
 from aml.training.modes import get_mode
-from aml.training.optim import build_optimizer, calibrate_batchnorm
+from aml.training.batchnorm import calibrate_batchnorm
+from aml.training.optim import build_optimizer
 from aml.training.trainer import Split, Trainer, TrainSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable, List
 
 
-from aml.utils.devices import resolve_device  # noqa: F401 - the commands import it from here
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,

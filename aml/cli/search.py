@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
+from aml.utils.devices import resolve_device
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
-                               resolve_device, run_cli, setup_logging)
+                               run_cli, setup_logging)
 from aml.data.images import ImageLoadError
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings

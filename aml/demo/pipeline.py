@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int, resolve_device
+from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import generate_all
 from aml.demo.findings import findings_lines, paper_findings
@@ -34,6 +34,7 @@ from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_chec
 from aml.networks.loading import load_named_or_file
 from aml.reports.provenance import provenance
 from aml.training import TrainConfig, run
+from aml.utils.devices import resolve_device
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
 
 log = logging.getLogger(__name__)
@@ -157,10 +158,11 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
     seconds["teacher"] = time.time() - start - seconds["data"]
     per_seed = [student_rows(root, seed, teacher, student_arch, budget, student_modes) for seed in seeds]
     rows = [teacher_row] + [{"network": first["network"], "test": first["test"],
-                             "results": [run[i]["results"] for run in per_seed]} for i, first in enumerate(per_seed[0])]
+                             "results": [rows_of_seed[i]["results"] for rows_of_seed in per_seed]}
+            for i, first in enumerate(per_seed[0])]
     if len(seeds) > 1:
-        for seed, run in zip(seeds, per_seed):
-            print(f"\nseed {seed}\n" + format_table([teacher_row] + run))
+        for seed, rows_of_seed in zip(seeds, per_seed):
+            print(f"\nseed {seed}\n" + format_table([teacher_row] + rows_of_seed))
         print(f"\nmean ± std over seeds {', '.join(map(str, seeds))} (one teacher, seed {seeds[0]})")
     print("\n" + format_table(rows))
     notes = [f"one teacher (seed {seeds[0]}); the spread is over the students' seeds"] * (len(seeds) > 1)

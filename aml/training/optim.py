@@ -75,38 +75,3 @@ def set_epoch_lr(optimizer: torch.optim.Optimizer, epoch: int) -> None:
     its ExponentialLR once before every epoch."""
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * LR_DECAY ** (epoch + 1)
-
-
-def freeze_batchnorm(net: nn.Module) -> None:
-    """Put every BatchNorm-like module (torch's and timm's BatchNormAct2d) in eval mode:
-    running statistics stay fixed, affine parameters still learn."""
-    for module in net.modules():
-        if "BatchNorm" in type(module).__name__:
-            module.eval()
-
-
-@torch.no_grad()
-def calibrate_batchnorm(net: nn.Module, batches) -> int:
-    """Set BatchNorm running statistics from data: one pass in train mode with a cumulative
-    average (momentum None) over ``batches`` (tensors B x 3 x H x W). A randomly initialised
-    network then trains with frozen BatchNorm without its activations collapsing. Returns
-    the number of images seen."""
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return 0
-    saved = [(m, m.momentum, m.training) for m in norms]
-    was_training = net.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    net.train()
-    seen = 0
-    try:
-        for batch in batches:
-            net(batch)
-            seen += len(batch)
-    finally:
-        for m, momentum, training in saved:
-            m.momentum = momentum
-        net.train(was_training)
-    return seen

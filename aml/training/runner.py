@@ -34,7 +34,8 @@ from aml.training.modes import get_mode
 from aml.training.optim import build_optimizer
 from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.teacher import Teacher, teacher_split_features
-from aml.training.trainer import Split, Trainer, TrainSettings, batch_split_problem
+from aml.training.parallel import batch_split_problem
+from aml.training.trainer import Split, Trainer, TrainSettings
 from aml.utils.atomic import folder_lock
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import World, init_from_environment, main_first, process_device

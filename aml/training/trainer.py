@@ -15,23 +15,23 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.distributed.nn.functional as distributed_nn
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
 from aml.losses import LossKind, TupleBatch
-from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
-from aml.training.optim import calibrate_batchnorm, freeze_batchnorm, set_epoch_lr
-from aml.training.tuples import TupleDataset, TupleItem, collate_list, encode_batch, shape_grouped_batches
 from aml.reports.curves import TrainingHistory
+from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
+from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
+from aml.training.optim import set_epoch_lr
+from aml.training.parallel import Parallel
+from aml.training.resume import resume_run
 from aml.training.run_folder import RunLog, latest_checkpoint
+from aml.training.tuples import TupleDataset, TupleItem, collate_list, encode_batch, shape_grouped_batches
 from aml.utils.atomic import remove_orphan_temporaries
-from aml.utils.distributed import World, barrier, concat_lists, gather_objects, shard_range
+from aml.utils.distributed import World, barrier
 from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator as seeded_generator
 
@@ -93,25 +93,6 @@ class TrainSettings:
     extraction: ExtractionConfig = DEFAULT_EXTRACTION
 
 
-class DescriptorModel(nn.Module):
-    """The network's B x D descriptors as a forward, which DistributedDataParallel wraps."""
-
-    def __init__(self, net: ImageRetrievalNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.descriptors(x)
-
-
-def batch_split_problem(batch_size: int, world: World) -> Optional[str]:
-    """Why a global batch of ``batch_size`` tuples cannot be shared out over ``world`` (None: it can)."""
-    if batch_size % world.size == 0:
-        return None
-    return (f"--batch-size {batch_size} does not split over {world.size} processes: it is the global number of "
-            f"tuples per step; use a multiple of {world.size}")
-
-
 def _check_finite(loss: torch.Tensor) -> None:
     value = loss.item()
     if not np.isfinite(value):
@@ -121,11 +102,9 @@ def _check_finite(loss: torch.Tensor) -> None:
 class Trainer:
     """Trains ``net`` with ``criterion`` in ``mode``; checkpoints go to ``run_dir``.
 
-    With a distributed ``world`` (torchrun) the network trains under DistributedDataParallel:
-    every rank builds the same tuples (extraction is collective), takes its contiguous slice
-    of each global mini-batch of ``batch_size`` tuples, and the gradients are summed over
-    ranks as one process sums them over tuples; rank 0 alone writes logs and checkpoints.
-    With ``train_batchnorm`` BatchNorm becomes SyncBatchNorm (CUDA only)."""
+    With a distributed ``world`` (torchrun) each rank trains its slice of every global
+    mini-batch under DistributedDataParallel (:mod:`aml.training.parallel`); rank 0 alone
+    writes logs and checkpoints."""
 
     def __init__(self, net: ImageRetrievalNet, criterion: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, mode: Mode, train: Split, val: Optional[Split], run_dir: Path,
@@ -143,8 +122,7 @@ class Trainer:
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
         self.mining = settings.extraction.but(workers=settings.workers, device=self.device, progress=settings.progress)
         self.evaluate = evaluate
-        self.ddp, self.sync_batchnorm = self._distribute(net) if world.distributed else (None, False)
-        self.encode = self.ddp if self.ddp is not None else net.descriptors
+        self.parallel = Parallel(net, world, self.device, settings.batch_size, settings.train_batchnorm)
         if world.is_main:
             for orphan in remove_orphan_temporaries(self.run_dir):
                 log.info(">> removed %s, left by an interrupted write", orphan)
@@ -153,22 +131,6 @@ class Trainer:
         self.min_loss = float("inf")
         self.start_epoch = 0
         self.history: List[Dict[str, Any]] = []
-
-    def _distribute(self, net: ImageRetrievalNet) -> Tuple[DistributedDataParallel, bool]:
-        """The DistributedDataParallel wrapper of ``net`` (SyncBatchNorm with
-        ``train_batchnorm``), after checking that the global batch splits evenly."""
-        s, world = self.settings, self.world
-        problem = batch_split_problem(s.batch_size, world)
-        if problem:
-            raise ValueError(problem)
-        sync = s.train_batchnorm
-        if sync:
-            if self.device.type != "cuda":
-                raise ValueError("--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics "
-                                 "across processes on GPUs only); on the CPU train it in one process")
-            nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(DescriptorModel(net), device_ids=ids, forward_sync_buffers=False), sync
 
     # -- tuples ---------------------------------------------------------------------------
     def _encoder(self, split: Split) -> Callable[[Sequence[int]], torch.Tensor]:
@@ -212,8 +174,7 @@ class Trainer:
         dataset = TupleDataset(tuples, split.images, s.image_size, self.transform)
         generator = seeded_generator(s.seed, "shuffle", epoch)
         batches = self._batches(split, tuples, generator, shuffle)
-        if self.world.distributed:
-            batches = [[batch[k] for k in shard_range(len(batch), self.world)] for batch in batches]
+        batches = self.parallel.my_part(batches)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_list,
                           num_workers=effective_workers(s.workers, self.device), generator=generator)
 
@@ -221,36 +182,15 @@ class Trainer:
     def _encode(self, encode, chunk: List[TupleItem], teacher: Optional[torch.Tensor]) -> TupleBatch:
         """The chunk's tuples as one batch; for a relational loss under torchrun, the whole
         global batch (every rank's rows gathered, with gradients: the loss relates them all)."""
-        batch = encode_batch(encode, chunk, self.device, teacher, self._shapes(chunk), self.criterion.needs_target)
-        if self.criterion.kind is LossKind.RELATIONAL and self.world.distributed:
-            batch = TupleBatch.pairs(torch.cat(distributed_nn.all_gather(batch.anchors)),
-                                     torch.cat(distributed_nn.all_gather(batch.members[:, 0].contiguous())))
-        return batch
-
-    def _sync(self, sync: bool):
-        """Outside a step's last backward, DistributedDataParallel must not reduce gradients."""
-        return self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
+        shapes = self.parallel.shapes([image for item in chunk for image in item.images])
+        batch = encode_batch(encode, chunk, self.device, teacher, shapes, self.criterion.needs_target)
+        return self.parallel.whole_batch(batch) if self.criterion.kind is LossKind.RELATIONAL else batch
 
     def _autocast(self):
         """bfloat16 autocast of forward passes and losses with ``amp`` (gradients stay fp32)."""
         if not self.settings.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def _shapes(self, chunk: List[TupleItem]) -> Tuple[tuple, ...]:
-        """With SyncBatchNorm: every image shape on any rank, so that all ranks make the same
-        forward calls (its statistics are a collective); else () (each rank its own)."""
-        if not self.sync_batchnorm:
-            return ()
-        mine = sorted({tuple(image.shape) for item in chunk for image in item.images})
-        return tuple(sorted(set(concat_lists(gather_objects(mine, self.world)))))
-
-    def _global_losses(self, losses: List[float]) -> List[float]:
-        """Every rank's losses in global batch order (a relational loss: computed on every rank alike)."""
-        if not self.world.distributed:
-            return losses
-        parts = gather_objects(losses, self.world)
-        return parts[0] if self.criterion.kind is LossKind.RELATIONAL else concat_lists(parts)
 
     def batch_losses(self, batch: List[TupleItem], teacher: Optional[torch.Tensor], backward: bool,
                      sync: bool = True) -> List[float]:
@@ -269,11 +209,11 @@ class Trainer:
         s = self.settings
         relational = self.criterion.kind is LossKind.RELATIONAL
         chunks = [batch] if s.train_batchnorm or s.batch_forward or relational else [[item] for item in batch]
-        encode = self.encode if backward else self.net.descriptors
-        scale = 1 if relational else self.world.size
+        encode = self.parallel.encode if backward else self.net.descriptors
+        scale = 1 if relational else self.parallel.loss_scale
         losses: List[float] = []
         for k, chunk in enumerate(chunks):
-            with self._sync(backward and sync and k + 1 == len(chunks)):
+            with self.parallel.no_sync(backward and sync and k + 1 == len(chunks)):
                 with self._autocast():
                     values = self.criterion(self._encode(encode, chunk, teacher)).float().reshape(-1)
                     total = values.sum()
@@ -281,7 +221,7 @@ class Trainer:
                 if backward:
                     (total * scale if scale != 1 else total).backward()
             losses += values.tolist()
-        return self._global_losses(losses)
+        return self.parallel.global_losses(losses, relational)
 
     def _divergence_message(self, epoch: int, batch: int, batches: int, value: float) -> str:
         last = latest_checkpoint(self.run_dir)
@@ -340,31 +280,16 @@ class Trainer:
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value
 
-    def _calibration_batches(self, count: int, batch_size: int) -> List[torch.Tensor]:
+    def calibrate_if_vanishing(self) -> bool:
+        """BatchNorm statistics from training images where a random trunk's activations vanish
+        (:func:`aml.training.batchnorm.calibrate_if_vanishing`)."""
         split = self.train_split
-        generator = seeded_generator(self.settings.seed, "calibration")
-        chosen = torch.randperm(len(split.images), generator=generator)[:count].tolist()
-        groups: Dict[tuple, List[torch.Tensor]] = {}
-        for i in chosen:
-            image = self.transform(load_and_resize(split.images[i], self.settings.image_size))
-            groups.setdefault(tuple(image.shape), []).append(image)
-        return [torch.stack(group[k:k + batch_size]).to(self.device)
-                for group in groups.values() for k in range(0, len(group), batch_size)]
 
-    def calibrate_if_vanishing(self, count: int = 64, batch_size: int = 16, threshold: float = 1e-4) -> bool:
-        """For a randomly initialised network: if its trunk's activations vanish on training
-        images (they sink below GeM's eps in a random MobileNetV2 with identity BatchNorm, and
-        then no gradient flows), set the BatchNorm statistics from ``count`` training images
-        (see :func:`aml.training.optim.calibrate_batchnorm`). Returns whether it calibrated."""
-        batches = self._calibration_batches(count, batch_size)
-        with torch.no_grad():
-            self.net.eval()
-            level = float(np.mean([self.net.features(b).abs().mean().item() for b in batches[:2]]))
-        if level >= threshold:
-            return False
-        seen = calibrate_batchnorm(self.net, batches)
-        log.info(">> trunk activations vanish (mean %.1e): BatchNorm statistics calibrated on %d images", level, seen)
-        return True
+        def load(path: str) -> torch.Tensor:
+            return self.transform(load_and_resize(path, self.settings.image_size))
+
+        return calibrate_if_vanishing(self.net, split.images, load, seeded_generator(self.settings.seed, "calibration"),
+                                      self.device)
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, epoch: int, is_best: bool) -> None:
@@ -386,38 +311,12 @@ class Trainer:
         barrier(self.world)
 
     def resume(self, name: str) -> bool:
-        """Load ``run_dir/name``, or the latest model_epochN there; False if none exists."""
-        path = self.run_dir / name
-        if not path.is_file():
-            path = latest_checkpoint(self.run_dir)
-        if path is None:
-            log.info(">> No checkpoint found at '%s'", self.run_dir / "model_epoch0.pth.tar")
+        """Continue from ``run_dir/name``, or the latest model_epochN there (:func:`resume_run`);
+        False if none exists."""
+        found = resume_run(self.run_dir, name, self.net, self.optimizer)
+        if found is None:
             return False
-        state = load_checkpoint(path)
-        theirs, ours = state["meta"].get("architecture"), self.net.meta["architecture"]
-        if theirs != ours:
-            raise CheckpointError(f"cannot resume from {path}: it holds a {theirs} network, this run trains {ours}; "
-                                  "resume with the flags the run was started with, or choose another --directory")
-        for key in ("mode", "loss"):  # recorded since aml records them; older checkpoints pass
-            theirs, ours = state["meta"].get(key), self.net.meta.get(key)
-            if theirs is not None and ours is not None and theirs != ours:
-                raise CheckpointError(f"cannot resume from {path}: it was trained with --{key} {theirs}, this run "
-                                      f"trains with --{key} {ours}; resume with the flags the run was started with")
-        try:
-            self.net.load_state_dict(state["state_dict"])
-        except RuntimeError as err:
-            raise CheckpointError(f"cannot resume from {path}: its weights do not fit this run's network "
-                                  f"({str(err).splitlines()[0]}); resume with the flags the run was started with") from None
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except ValueError as err:
-            raise ValueError(f"cannot resume from {path}: its optimizer state does not match this run's parameter "
-                             f"groups ({err}); resume with the flags the run was started with (e.g. the same "
-                             "--proj-lr-mult)") from None
-        self.start_epoch, self.min_loss = int(state["epoch"]), float(state["min_loss"])
-        if "batchnorm_calibrated" in state["meta"]:
-            self.net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
-        log.info(">> Loaded checkpoint '%s' (epoch %d)", path, self.start_epoch)
+        self.start_epoch, self.min_loss = found
         return True
 
     def fit(self) -> List[Dict[str, Any]]:

@@ -17,7 +17,7 @@ from aml.evaluation.metrics import evaluate_ranks
 from aml.evaluation.search import rank_database
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
-from aml.training.optim import calibrate_batchnorm
+from aml.training.batchnorm import calibrate_batchnorm
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).
 pytestmark = pytest.mark.long

@@ -17,7 +17,7 @@ from aml.data.synthetic import generate_distractor_set
 from aml.descriptors.store import read_store
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
-from aml.training.optim import calibrate_batchnorm
+from aml.training.batchnorm import calibrate_batchnorm
 from tests.cli.test_distractors import SMALL_DISTRACTORS
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).

@@ -15,7 +15,7 @@ from aml.cli import train as train_cli
 from aml.losses import LOSSES, LossKind
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
-from aml.training.optim import calibrate_batchnorm
+from aml.training.batchnorm import calibrate_batchnorm
 
 # SGD: Adam divides by the root of tiny second moments, which turns rounding into whole steps.
 TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "12", "-ps", "30", "-b", "4",

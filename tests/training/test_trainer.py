@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from aml.networks import build_network
-from aml.training.optim import OPTIMIZERS, build_optimizer, freeze_batchnorm, parameter_groups, set_epoch_lr
+from aml.training.batchnorm import freeze_batchnorm
+from aml.training.optim import OPTIMIZERS, build_optimizer, parameter_groups, set_epoch_lr
 from aml.training.modes import TrainingTuple
 from aml.training.tuples import TupleItem, encode_batch, encode_images, shape_grouped_batches
 

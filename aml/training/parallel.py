@@ -1,0 +1,101 @@
+"""The training step over several processes (torchrun): the DistributedDataParallel wrapper,
+each rank's part of a global mini-batch, and what all ranks must agree on. In one process
+every piece is a pass-through, so the trainer has one code path.
+
+Every rank builds the same tuples (extraction is collective) and takes its contiguous slice
+of each global mini-batch of ``batch_size`` tuples; DistributedDataParallel averages the
+gradients, where one process sums them over tuples, so tuple losses are scaled by the number
+of ranks before backward. A relational loss relates the whole global batch: its rows are
+gathered (with gradients) and the loss is computed alike on every rank. With batch
+statistics (``train_batchnorm``) BatchNorm becomes SyncBatchNorm (CUDA only), whose forward
+passes are collectives, so all ranks make the same forward calls."""
+
+import contextlib
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed.nn.functional as distributed_nn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from aml.losses import TupleBatch
+from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.utils.distributed import World, concat_lists, gather_objects, shard_range
+
+
+class DescriptorModel(nn.Module):
+    """The network's B x D descriptors as a forward, which DistributedDataParallel wraps."""
+
+    def __init__(self, net: ImageRetrievalNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.descriptors(x)
+
+
+def batch_split_problem(batch_size: int, world: World) -> Optional[str]:
+    """Why a global batch of ``batch_size`` tuples cannot be shared out over ``world`` (None: it can)."""
+    if batch_size % world.size == 0:
+        return None
+    return (f"--batch-size {batch_size} does not split over {world.size} processes: it is the global number of "
+            f"tuples per step; use a multiple of {world.size}")
+
+
+class Parallel:
+    """How this process takes part in a training step (a pass-through in one process)."""
+
+    def __init__(self, net: ImageRetrievalNet, world: World, device: torch.device, batch_size: int,
+                 sync_batchnorm: bool):
+        self.world, self.ddp, self.sync_batchnorm = world, None, False
+        self.encode = net.descriptors
+        if not world.distributed:
+            return
+        problem = batch_split_problem(batch_size, world)
+        if problem:
+            raise ValueError(problem)
+        if sync_batchnorm:
+            if device.type != "cuda":
+                raise ValueError("--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics "
+                                 "across processes on GPUs only); on the CPU train it in one process")
+            nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        ids = [device.index] if device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(DescriptorModel(net), device_ids=ids, forward_sync_buffers=False)
+        self.encode, self.sync_batchnorm = self.ddp, sync_batchnorm
+
+    @property
+    def loss_scale(self) -> int:
+        """What a tuple loss is multiplied by before backward (DDP averages over ranks)."""
+        return self.world.size
+
+    def my_part(self, batches: List[List[int]]) -> List[List[int]]:
+        """This rank's contiguous slice of every global mini-batch."""
+        if not self.world.distributed:
+            return batches
+        return [[batch[k] for k in shard_range(len(batch), self.world)] for batch in batches]
+
+    def no_sync(self, sync: bool):
+        """Outside a step's last backward, DistributedDataParallel must not reduce gradients."""
+        return self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
+
+    def shapes(self, images: Sequence[torch.Tensor]) -> Tuple[tuple, ...]:
+        """With SyncBatchNorm: every image shape on any rank, so that all ranks make the same
+        forward calls; else () (each rank its own)."""
+        if not self.sync_batchnorm:
+            return ()
+        mine = sorted({tuple(image.shape) for image in images})
+        return tuple(sorted(set(concat_lists(gather_objects(mine, self.world)))))
+
+    def whole_batch(self, batch: TupleBatch) -> TupleBatch:
+        """For a relational loss: every rank's (student, teacher) rows, gathered with gradients."""
+        if not self.world.distributed:
+            return batch
+        return TupleBatch.pairs(torch.cat(distributed_nn.all_gather(batch.anchors)),
+                                torch.cat(distributed_nn.all_gather(batch.members[:, 0].contiguous())))
+
+    def global_losses(self, losses: List[float], relational: bool) -> List[float]:
+        """Every rank's loss values in global batch order (a relational loss: alike on every rank)."""
+        if not self.world.distributed:
+            return losses
+        parts = gather_objects(losses, self.world)
+        return parts[0] if relational else concat_lists(parts)

@@ -1,0 +1,55 @@
+"""Resuming a run from its folder: the checkpoint is checked against the run's network,
+mode, loss and optimizer before anything is loaded into them."""
+
+import logging
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from aml.networks.checkpoint import CheckpointError, load_checkpoint
+from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.training.run_folder import latest_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
+    if theirs.get("architecture") != net.meta["architecture"]:
+        raise CheckpointError(f"cannot resume from {path}: it holds a {theirs.get('architecture')} network, this run "
+                              f"trains {net.meta['architecture']}; resume with the flags the run was started with, or "
+                              "choose another --directory")
+    for key in ("mode", "loss"):  # recorded since aml records them; older checkpoints pass
+        old, new = theirs.get(key), net.meta.get(key)
+        if old is not None and new is not None and old != new:
+            raise CheckpointError(f"cannot resume from {path}: it was trained with --{key} {old}, this run trains "
+                                  f"with --{key} {new}; resume with the flags the run was started with")
+
+
+def resume_run(run_dir: Path, name: str, net: ImageRetrievalNet,
+               optimizer: torch.optim.Optimizer) -> Optional[Tuple[int, float]]:
+    """Load ``run_dir/name``, or the latest model_epochN there, into ``net`` and ``optimizer``;
+    returns (epochs done, best loss so far), or None when the folder holds no checkpoint."""
+    path = run_dir / name
+    if not path.is_file():
+        path = latest_checkpoint(run_dir)
+    if path is None:
+        log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")
+        return None
+    state = load_checkpoint(path)
+    _check_meta(path, state["meta"], net)
+    try:
+        net.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"cannot resume from {path}: its weights do not fit this run's network "
+                              f"({str(err).splitlines()[0]}); resume with the flags the run was started with") from None
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as err:
+        raise ValueError(f"cannot resume from {path}: its optimizer state does not match this run's parameter "
+                         f"groups ({err}); resume with the flags the run was started with (e.g. the same "
+                         "--proj-lr-mult)") from None
+    if "batchnorm_calibrated" in state["meta"]:
+        net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
+    log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))
+    return int(state["epoch"]), float(state["min_loss"])

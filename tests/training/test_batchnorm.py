@@ -1,0 +1,38 @@
+"""BatchNorm in training: frozen statistics, and the calibration of a random trunk whose
+activations vanish."""
+
+import torch
+
+from aml.networks import build_network
+from aml.training.batchnorm import VANISHING, calibrate_batchnorm, calibrate_if_vanishing
+
+
+def images(count=20):
+    generator = torch.Generator().manual_seed(0)
+    return {f"img{i}.jpg": torch.rand(3, 48 if i % 2 else 40, 48, generator=generator) for i in range(count)}
+
+
+def test_a_random_mobilenet_is_calibrated_once_and_then_no_longer_vanishes():
+    torch.manual_seed(0)
+    net = build_network("mobilenet_v2", pretrained=False, teacher_dim=64)
+    pool = images()
+    with torch.no_grad():
+        net.eval()
+        before = net.features(torch.stack([pool["img0.jpg"]])).abs().mean().item()
+    assert before < VANISHING  # identity BatchNorm: the activations sink below GeM's eps
+    assert calibrate_if_vanishing(net, list(pool), pool.__getitem__, torch.Generator().manual_seed(1), torch.device("cpu"))
+    with torch.no_grad():
+        net.eval()
+        after = net.features(torch.stack([pool["img0.jpg"]])).abs().mean().item()
+    assert after > 100 * VANISHING
+    assert not calibrate_if_vanishing(net, list(pool), pool.__getitem__, torch.Generator().manual_seed(1),
+                                      torch.device("cpu"))
+
+
+def test_calibration_sets_the_running_statistics_to_the_data_and_restores_the_mode():
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    net.eval()
+    batches = [torch.full((2, 3, 4, 4), 2.0), torch.full((2, 3, 4, 4), 4.0)]
+    assert calibrate_batchnorm(net, batches) == 4
+    assert torch.allclose(net[0].running_mean, torch.full((3,), 3.0))  # the cumulative mean of the batches' means
+    assert not net.training and net[0].momentum == 0.1

@@ -1,0 +1,31 @@
+"""The training step's parallel pieces in one process (torchrun runs: test_distributed.py)."""
+
+import pytest
+import torch
+
+from aml.losses import TupleBatch
+from aml.networks import build_network
+from aml.training.parallel import Parallel, batch_split_problem
+from aml.utils.distributed import World
+
+
+def test_in_one_process_every_piece_is_a_pass_through():
+    net = build_network("squeezenet1_1", pretrained=False)
+    parallel = Parallel(net, World(), torch.device("cpu"), batch_size=5, sync_batchnorm=False)
+    assert parallel.encode == net.descriptors and parallel.ddp is None and parallel.loss_scale == 1
+    batches = [[3, 1, 4], [1, 5, 9]]
+    assert parallel.my_part(batches) == batches
+    assert parallel.shapes([torch.zeros(3, 4, 4)]) == ()
+    batch = TupleBatch.pairs(torch.eye(2), torch.eye(2))
+    assert parallel.whole_batch(batch) is batch
+    assert parallel.global_losses([0.5, 0.25], relational=False) == [0.5, 0.25]
+    with parallel.no_sync(False):
+        pass
+
+
+def test_a_global_batch_must_split_evenly_over_the_processes():
+    assert batch_split_problem(6, World(size=2)) is None
+    assert batch_split_problem(5, World(rank=1, size=2)) == ("--batch-size 5 does not split over 2 processes: it is "
+                                                             "the global number of tuples per step; use a multiple of 2")
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        Parallel(build_network("squeezenet1_1", pretrained=False), World(size=3), torch.device("cpu"), 4, False)

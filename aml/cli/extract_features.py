@@ -9,12 +9,13 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.utils.devices import resolve_device
-from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, nonnegative_int, parse_scales, positive_int, setup_logging)
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, nonnegative_int, parse_scales,
+                               positive_int, setup_logging)
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.data.trainsets import TRAIN_SETS, is_training_set
 from aml.descriptors import DescriptorKey, ExtractionConfig, extract_dataset_features
 from aml.networks.loading import load_test_network
+from aml.utils.devices import resolve_device
 from aml.utils.distributed import init_from_environment, main_first, process_device
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
-from aml.utils.devices import resolve_device
 from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
                                run_cli, setup_logging)
 from aml.data.images import ImageLoadError
@@ -14,6 +13,7 @@ from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings
 from aml.evaluation.whitening_store import get_whitening
 from aml.networks.loading import load_teacher, load_test_network
+from aml.utils.devices import resolve_device
 from aml.search import StoreError, build_ivfpq, build_store, check_teacher, list_images, open_store, query_store
 
 

@@ -6,15 +6,15 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.utils.devices import resolve_device
-from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
-                               setup_logging)
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, folder, nonnegative_int,
+                               parse_scales, positive_int, setup_logging)
 from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
+from aml.utils.devices import resolve_device
 from aml.utils.distributed import init_from_environment, main_first, process_device
 
 log = logging.getLogger(__name__)

@@ -106,6 +106,23 @@ def distractor_store(suffix: str, encoder: LoadedNetwork, settings: TestSettings
 
 
 @dataclass
+class _TestSet:
+    """One test set as read from its gnd file: its configuration, database images, queries and
+    their boxes."""
+
+    name: str
+    cfg: Dict[str, Any]
+    images: List[str]
+    queries: List[str]
+    bbxs: List[Any]
+
+    @classmethod
+    def read(cls, dataset: str, data_root: Optional[str]) -> "_TestSet":
+        cfg = configdataset(dataset, data_subdir(data_root, "test"))
+        return cls(dataset, cfg, *query_and_database_paths(cfg))
+
+
+@dataclass
 class _Encoded:
     """One data set's descriptors: database by the database encoder, queries by the tested
     one, and the images skipped (unreadable, with ``skip_bad``)."""
@@ -116,15 +133,14 @@ class _Encoded:
     skipped_queries: List[int]
 
 
-def _write_skipped(dataset: str, images: Sequence[str], queries: Sequence[str], encoded: _Encoded,
-                   settings: TestSettings, dataset_dir: Path) -> Path:
+def _write_skipped(test: _TestSet, encoded: _Encoded, settings: TestSettings, dataset_dir: Path) -> Path:
     folder = Path(settings.skipped_dir) if settings.skipped_dir is not None else dataset_dir
-    path = folder / f"skipped_{dataset}.txt"
+    path = folder / f"skipped_{test.name}.txt"
     if not current_world().is_main:  # rank 0 writes it
         return path
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"database\t{images[i]}" for i in sorted(encoded.skipped_db)]
-    lines += [f"query\t{queries[i]}" for i in sorted(encoded.skipped_queries)]
+    lines = [f"database\t{test.images[i]}" for i in sorted(encoded.skipped_db)]
+    lines += [f"query\t{test.queries[i]}" for i in sorted(encoded.skipped_queries)]
     path.write_text("".join(line + "\n" for line in lines))
     return path
 
@@ -138,12 +154,12 @@ def _query_aps(results: Dict[str, Any], kept: Sequence[int], nq: int) -> List[Op
     return out
 
 
-def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[str], bbxs, encoded: _Encoded,
-            kept: List[int], ranks: np.ndarray, results: Dict[str, Any], student: LoadedNetwork,
-            teacher: Optional[LoadedNetwork], settings: TestSettings) -> Path:
+def _report(test: _TestSet, encoded: _Encoded, kept: List[int], ranks: np.ndarray, results: Dict[str, Any],
+            student: LoadedNetwork, teacher: Optional[LoadedNetwork], settings: TestSettings) -> Path:
     """The visual ranking report of one data set (with the teacher's own ranking when asymmetric)."""
     from aml.reports.ranking import Ranking, write_report
 
+    dataset, cfg, images, queries, bbxs = test.name, test.cfg, test.images, test.queries, test.bbxs
     top = min(settings.report_top, ranks.shape[0])
     student_aps = _query_aps(results, kept, len(queries))
     rows: List[List[Ranking]] = [[] for _ in queries]
@@ -170,8 +186,9 @@ def _report(dataset: str, cfg: Dict[str, Any], images: List[str], queries: List[
     return write_report(Path(settings.report_dir) / dataset, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
 
 
-def _encode(dataset: str, images: List[str], queries: List[str], bbxs, student: LoadedNetwork, database_encoder: LoadedNetwork,
-            settings: TestSettings, cache_dir: Optional[Path]) -> _Encoded:
+def _encode(test: _TestSet, student: LoadedNetwork, database_encoder: LoadedNetwork, settings: TestSettings,
+            cache_dir: Optional[Path]) -> _Encoded:
+    dataset, images, queries, bbxs = test.name, test.images, test.queries, test.bbxs
     scales = list(settings.scales)
     skipped_db: List[int] = []
     skipped_queries: List[int] = []
@@ -210,13 +227,14 @@ def result_lines(dataset: str, entry: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: LoadedNetwork, teacher: Optional[LoadedNetwork],
-                      settings: TestSettings, lw, cache_dir: Optional[Path]) -> Dict[str, Any]:
+def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: LoadedNetwork,
+                      teacher: Optional[LoadedNetwork], settings: TestSettings, lw,
+                      cache_dir: Optional[Path]) -> Dict[str, Any]:
     dataset, suffix = split_test_name(name)
     dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.progress)
-    cfg = configdataset(dataset, data_subdir(settings.data_root, "test"))
-    images, queries, bbxs = query_and_database_paths(cfg)
-    encoded = _encode(dataset, images, queries, bbxs, student, database_encoder, settings, cache_dir)
+    test = _TestSet.read(dataset, settings.data_root)
+    cfg, images, queries = test.cfg, test.images, test.queries
+    encoded = _encode(test, student, database_encoder, settings, cache_dir)
     kept = [q for q in range(len(queries)) if q not in set(encoded.skipped_queries)]
     qvecs, gnd = encoded.qvecs[:, kept], [cfg["gnd"][q] for q in kept]
     entry: Dict[str, Any] = {}
@@ -236,13 +254,12 @@ def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: Loade
             entry["whiten"], _ = _search(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), cfg, gnd,
                                          settings.device, encoded.skipped_db)
     if encoded.skipped_db or encoded.skipped_queries:
-        listing = _write_skipped(dataset, images, queries, encoded, settings, dataset_dir)
+        listing = _write_skipped(test, encoded, settings, dataset_dir)
         entry["skipped"] = {"database": [images[i] for i in encoded.skipped_db],
                             "queries": [queries[i] for i in encoded.skipped_queries], "list": str(listing)}
     if settings.report_dir is not None:
         report_vecs = _Encoded(encoded.vecs, qvecs, encoded.skipped_db, encoded.skipped_queries)
-        entry["report"] = str(_report(dataset, cfg, images, queries, bbxs, report_vecs, kept, ranks, entry["plain"],
-                                      student, teacher, settings))
+        entry["report"] = str(_report(test, report_vecs, kept, ranks, entry["plain"], student, teacher, settings))
     return entry
 
 

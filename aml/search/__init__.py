@@ -1,14 +1,18 @@
 """Asymmetric search outside the benchmarks: a database encoded once by the teacher into a
 descriptor store, queried with images encoded by the student.
 
-A store is a folder: ``descriptors.npy`` (D x N float32) with ``descriptors_img_list.txt``
-and ``descriptors.npy.json`` (the feature-file format of :mod:`aml.descriptors.files`, whose
-settings name the teacher and its weights' fingerprint), optionally ``whitening.pth`` (the
+A store is a folder: the teacher's descriptors as a sharded descriptor store (the one the +1M
+protocol uses, :mod:`aml.descriptors.store`: ``manifest.json`` with the :class:`DescriptorKey`
+and the teacher's name, ``images.txt``, ``shard_*.npy``), ``search.json`` (the teacher as it
+was given, for the query-side check; written last), optionally ``whitening.pth`` (the
 teacher's learned whitening, applied to both sides) and ``index.faiss`` (an IVF-PQ index).
+Stores of the older one-file layout (``descriptors.npy`` with its image list and settings)
+are still read.
 Search is exact (faiss ``IndexFlatIP`` when faiss is installed, else one matrix product with
 torch) unless the store holds an IVF-PQ index.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +22,21 @@ import numpy as np
 import torch
 
 from aml.data.images import BBox
-from aml.descriptors import (DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images,
-                             feature_file_settings, network_fingerprint, write_feature_file)
-from aml.descriptors.files import invalidate_feature_file
+from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images, feature_file_settings
+from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch, encode_into_store, read_store
+from aml.networks.fingerprint import network_fingerprint
 from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork, checkpoint_name
 from aml.networks.pretrained import TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file, save_plain_file
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
-DESCRIPTORS = "descriptors.npy"
+SEARCH = "search.json"  # what the query side checks: the teacher the store was indexed with
+LEGACY_FILES = ("descriptors.npy", "descriptors_img_list.txt", "descriptors.npy.json")  # the one-file layout
+SHARD_SIZE = 65536  # images per shard (256 MB of 1024-d float32)
 WHITENING = "whitening.pth"
 INDEX = "index.faiss"
 PQ_CODES = 256  # centroids of each 8-bit sub-quantiser: the fewest training vectors faiss accepts
@@ -100,39 +107,50 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                 config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
     """Encode ``images`` with the teacher into a store at ``folder`` (``teacher_source``:
-    the name or path the teacher was loaded from, recorded for the query-side check). The
-    whitening and IVF-PQ index of a store that was there before are removed: they belong to
-    its descriptors."""
+    the name or path the teacher was loaded from, recorded for the query-side check).
+
+    The descriptors are a sharded descriptor store (:mod:`aml.descriptors.store`, float32):
+    an interrupted indexing, run again with the same teacher, settings and images, resumes at
+    its first missing shard. Indexing into a complete store encodes everything again (its
+    images may have changed in place); the whitening and IVF-PQ index there are removed:
+    they belong to the old descriptors."""
     folder = Path(folder)
-    vecs = describe_images(teacher.net, images, image_size, scales, config=config.but(desc="indexing"))
-    invalidate_feature_file(folder / DESCRIPTORS)  # an interrupted re-index leaves an incomplete store
+    images = [str(Path(i).resolve()) for i in images]
+    key = StoreKey(DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint), teacher.name,
+                   "float32", SHARD_SIZE)
+    interrupted = not (folder / SEARCH).is_file()
+    (folder / SEARCH).unlink(missing_ok=True)  # written last: until then the store is incomplete
+    _clear_descriptors(folder, images, key, int(teacher.net.meta["outputdim"]), keep_matching=interrupted)
     for stale in (folder / WHITENING, folder / INDEX):
         if stale.is_file():
             log.info(">> replacing the store in %s: %s removed", folder, stale.name)
             stale.unlink()
+    store = encode_into_store(teacher.net, images, folder, key, config.but(desc="indexing"))
     if whitening is not None:
         save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
-    key = DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint)
-    settings = dict(key.record(), network=teacher.name, source=teacher_source, dim=int(vecs.shape[0]))
-    write_feature_file(vecs, [str(Path(i).resolve()) for i in images], folder / DESCRIPTORS, settings)
-    log.info(">> store of %d images by %s written to %s", vecs.shape[1], teacher.name, folder)
+    atomic_write(folder / SEARCH, lambda out: out.write(json.dumps({"source": teacher_source}).encode()))
+    log.info(">> store of %d images by %s written to %s", store.count, teacher.name, folder)
     return folder
 
 
-def _load_descriptors(folder: Path, settings: Dict[str, Any]) -> np.ndarray:
-    """The store's D x N descriptors, checked against its settings (a damaged or edited
-    file is named, with the fix)."""
-    path = folder / DESCRIPTORS
-    try:
-        vecs = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise StoreError(f"cannot read {path} ({err}): the store is damaged; index it again ({REBUILD})") from None
-    if vecs.ndim != 2 or vecs.dtype.kind != "f" or vecs.shape[0] != settings.get("dim"):
-        raise StoreError(f"{path} holds a {vecs.dtype} array of shape {vecs.shape}, not {settings.get('dim')}-d float "
-                         f"descriptors as its settings say: the store is damaged; index it again ({REBUILD})")
-    if not np.isfinite(vecs).all():
-        raise StoreError(f"{path} holds NaN or infinite values: the store is damaged; index it again ({REBUILD})")
-    return vecs
+def _clear_descriptors(folder: Path, images: Sequence[str], key: StoreKey, dim: int, keep_matching: bool) -> None:
+    """Remove the descriptors of an earlier indexing from ``folder`` (and those of the older
+    one-file layout); with ``keep_matching``, shards of this very ``key`` and ``images`` stay
+    (an interrupted indexing resumes)."""
+    legacy = [folder / name for name in LEGACY_FILES if (folder / name).is_file()]
+    stale: List[Path] = []
+    if (folder / "manifest.json").is_file():
+        try:
+            if not keep_matching:
+                raise StoreMismatch("a complete store is indexed again")
+            DescriptorStore(folder, images, key, dim).open()
+        except StoreMismatch:
+            stale = [folder / "manifest.json", folder / "images.txt", folder / "skipped.txt",
+                     *folder.glob("shard_*.npy"), *folder.glob("shard_*.json")]
+    for path in legacy + stale:
+        path.unlink(missing_ok=True)
+    if legacy or stale:
+        log.info(">> replacing the store in %s: the descriptors of its earlier indexing removed", folder)
 
 
 def _read_index(index_file: Path, faiss: Any) -> Any:
@@ -143,36 +161,84 @@ def _read_index(index_file: Path, faiss: Any) -> Any:
                          "with: python -m aml.search index --ivfpq") from None
 
 
-def open_store(folder: PathLike) -> Store:
-    """Load a store; a StoreError names what is missing."""
-    folder = Path(folder)
-    settings = feature_file_settings(folder / DESCRIPTORS)
+def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, Any]]:
+    """(D x N descriptors, images, settings) of a store folder, each part checked."""
+    try:
+        store = read_store(folder)
+    except ValueError as err:
+        raise StoreError(f"{err}; index it again ({REBUILD})") from None
+    if not store.complete():
+        raise StoreError(f"the store {folder} lacks {len(store.missing())} of {store.shards} shards (an interrupted "
+                         f"indexing): run the same {REBUILD} command again to encode them")
+    if not (folder / SEARCH).is_file():
+        raise StoreError(f"the store {folder} has no {SEARCH} (the indexing did not finish): run the same {REBUILD} "
+                         "command again")
+    try:
+        vecs = store.load()
+        source = json.loads((folder / SEARCH).read_text())["source"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise StoreError(f"the store {folder} is damaged ({err}); index it again ({REBUILD})") from None
+    if not np.isfinite(vecs).all():
+        raise StoreError(f"the store {folder} holds NaN or infinite values: it is damaged; index it again ({REBUILD})")
+    return vecs, store.images, dict(store.key.record(), source=source, dim=store.dim)
+
+
+def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, Any]]:
+    """The same from a store of the older one-file layout (descriptors.npy with its image
+    list and settings), which aml.search wrote before it wrote shards."""
+    path = folder / LEGACY_FILES[0]
+    settings = feature_file_settings(path)
     if settings is None:
-        raise StoreError(f"{folder} is not a complete store (no {DESCRIPTORS} with matching settings); build it "
-                         "with: python -m aml.search index")
+        raise StoreError(f"{folder} is not a complete store (no {path.name} with matching settings); build it "
+                         f"with: {REBUILD}")
     missing = sorted(set(STORE_SETTINGS) - set(settings))
     if missing:
-        raise StoreError(f"the settings of {folder / DESCRIPTORS} lack {', '.join(missing)}: it is not a store made by "
+        raise StoreError(f"the settings of {path} lack {', '.join(missing)}: it is not a store made by "
                          f"aml.search or was edited; index it again ({REBUILD})")
-    vecs = _load_descriptors(folder, settings)
-    images = (folder / "descriptors_img_list.txt").read_text(errors="surrogateescape").splitlines()
+    try:
+        vecs = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise StoreError(f"cannot read {path} ({err}): the store is damaged; index it again ({REBUILD})") from None
+    if vecs.ndim != 2 or vecs.dtype.kind != "f" or vecs.shape[0] != settings.get("dim"):
+        raise StoreError(f"{path} holds a {vecs.dtype} array of shape {vecs.shape}, not {settings.get('dim')}-d float "
+                         f"descriptors as its settings say: the store is damaged; index it again ({REBUILD})")
+    if not np.isfinite(vecs).all():
+        raise StoreError(f"{path} holds NaN or infinite values: the store is damaged; index it again ({REBUILD})")
+    images = (folder / LEGACY_FILES[1]).read_text(errors="surrogateescape").splitlines()
     if len(images) != vecs.shape[1]:
-        raise StoreError(f"{folder / DESCRIPTORS} holds {vecs.shape[1]} descriptors but its image list {len(images)} "
+        raise StoreError(f"{path} holds {vecs.shape[1]} descriptors but its image list {len(images)} "
                          f"images: the store is damaged; index it again ({REBUILD})")
-    whitening = None
-    if (folder / WHITENING).is_file():
-        data = load_plain_file(folder / WHITENING)
-        try:
-            whitening = (np.asarray(data["m"]), np.asarray(data["P"]))
-        except (TypeError, KeyError, IndexError, ValueError) as err:
-            raise StoreError(f"{folder / WHITENING} is not a whitening (m, P): {type(err).__name__} {err}; delete it "
-                             f"or index again ({REBUILD})") from None
-        if whitening[1].ndim != 2 or {w.dtype.kind for w in whitening} != {"f"}:
-            raise StoreError(f"{folder / WHITENING} is not a whitening (m, P of floats); delete it or index again "
-                             f"({REBUILD})")
-        if whitening[1].shape != (vecs.shape[0], vecs.shape[0]) or whitening[0].size != vecs.shape[0]:
-            raise StoreError(f"{folder / WHITENING} whitens {whitening[1].shape[1]}-d descriptors but the store holds "
-                             f"{vecs.shape[0]}-d ones: it belongs to another store; delete it or index again")
+    return vecs, images, settings
+
+
+def _whitening(folder: Path, dim: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """The store's whitening (None without one), checked against its dimension."""
+    if not (folder / WHITENING).is_file():
+        return None
+    data = load_plain_file(folder / WHITENING)
+    try:
+        whitening = (np.asarray(data["m"]), np.asarray(data["P"]))
+    except (TypeError, KeyError, IndexError, ValueError) as err:
+        raise StoreError(f"{folder / WHITENING} is not a whitening (m, P): {type(err).__name__} {err}; delete it "
+                         f"or index again ({REBUILD})") from None
+    if whitening[1].ndim != 2 or {w.dtype.kind for w in whitening} != {"f"}:
+        raise StoreError(f"{folder / WHITENING} is not a whitening (m, P of floats); delete it or index again "
+                         f"({REBUILD})")
+    if whitening[1].shape != (dim, dim) or whitening[0].size != dim:
+        raise StoreError(f"{folder / WHITENING} whitens {whitening[1].shape[1]}-d descriptors but the store holds "
+                         f"{dim}-d ones: it belongs to another store; delete it or index again")
+    return whitening
+
+
+def open_store(folder: PathLike) -> Store:
+    """Load a store (either layout); a StoreError names what is missing or damaged, with the fix."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        vecs, images, settings = _sharded_descriptors(folder)
+    else:
+        vecs, images, settings = _legacy_descriptors(folder)
+    whitening = _whitening(folder, vecs.shape[0])
+    if whitening is not None:
         vecs = whitenapply(vecs, *whitening)
     return Store(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening)
 

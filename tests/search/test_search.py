@@ -1,6 +1,5 @@
 """python -m aml.search: a teacher-encoded store queried with a student."""
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from aml.descriptors import describe_images, write_feature_file
 from aml.evaluation.search import rank_database
 from aml.networks import build_network
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, load_network, save_checkpoint
+from aml import search
 from aml.search import Store, StoreError, build_ivfpq, open_store
 from aml.utils.plain_files import save_plain_file
 
@@ -180,10 +180,47 @@ def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, 
     assert Path(top["image"]) == image.resolve() and top["score"] == pytest.approx(1.0, abs=1e-4)
 
 
+def legacy_store(folder: Path, images, vecs) -> Path:
+    """A store of the one-file layout that aml.search wrote before it wrote shards."""
+    settings = {"network": "t", "source": "t.pth", "fingerprint": "0", "image_size": 64, "scales": [1.0],
+                "dim": vecs.shape[0]}
+    write_feature_file(vecs, images, folder / "descriptors.npy", settings)
+    return folder
+
+
+def test_a_store_of_the_one_file_layout_is_read_and_indexing_replaces_it(teacher, synth_root, tmp_path):
+    vecs = np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32)
+    opened = open_store(legacy_store(tmp_path, [f"{i}.jpg" for i in range(5)], vecs))
+    assert opened.images[2] == "2.jpg" and np.array_equal(opened.vecs, vecs) and opened.settings["dim"] == 8
+    search_cli.main(["index", str(synth_root / "test" / "synth-paris" / "jpg"), "--store", str(tmp_path),
+                     "--teacher", str(teacher[0]), "-imsize", "64", "--data-root", str(synth_root)] + COMMON)
+    assert not any((tmp_path / name).exists() for name in search.LEGACY_FILES)
+    assert open_store(tmp_path).vecs.shape[0] == 512
+
+
+def test_an_interrupted_indexing_resumes_at_its_missing_shard(teacher, synth_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(search, "SHARD_SIZE", 8)
+    flags = [str(synth_root / "test" / "synth-paris" / "jpg"), "--store", str(tmp_path), "--teacher", str(teacher[0]),
+             "-imsize", "64", "--data-root", str(synth_root)] + COMMON
+    search_cli.main(["index", *flags])
+    complete = open_store(tmp_path)
+    shards = sorted(tmp_path.glob("shard_*.npy"))
+    assert len(shards) >= 3
+    written = {p.name: p.stat().st_mtime_ns for p in shards}
+    (tmp_path / "search.json").unlink()  # as an interrupted indexing leaves it: one shard and search.json missing
+    shards[1].unlink()
+    search_cli.main(["index", *flags])
+    again = {p.name: p.stat().st_mtime_ns for p in sorted(tmp_path.glob("shard_*.npy"))}
+    assert [name for name in again if again[name] != written[name]] == [shards[1].name]  # only the missing one
+    np.testing.assert_allclose(open_store(tmp_path).vecs, complete.vecs, atol=1e-6)
+    search_cli.main(["index", *flags])  # a complete store indexed again: every shard encoded again
+    assert all(p.stat().st_mtime_ns != again[p.name] for p in tmp_path.glob("shard_*.npy"))
+
+
 def test_an_index_or_whitening_of_another_store_is_refused(tmp_path):
     vecs = np.random.default_rng(0).standard_normal((8, 300)).astype(np.float32)
-    settings = {"network": "t", "source": "t.pth", "fingerprint": "0", "image_size": 64, "scales": [1.0], "dim": 8}
-    write_feature_file(vecs, [f"{i}.jpg" for i in range(300)], tmp_path / "descriptors.npy", settings)
+    legacy_store(tmp_path, [f"{i}.jpg" for i in range(300)], vecs)
+    settings = open_store(tmp_path).settings
     save_plain_file({"m": np.zeros((4, 1)), "P": np.eye(4)}, tmp_path / "whitening.pth")
     with pytest.raises(StoreError, match=r"whitening.pth whitens 4-d descriptors but the store holds 8-d"):
         open_store(tmp_path)
@@ -194,24 +231,21 @@ def test_an_index_or_whitening_of_another_store_is_refused(tmp_path):
         open_store(tmp_path).search(vecs[:, :1], 3)
 
 
-def _edit_settings(folder: Path, **changes):
-    sidecar = folder / "descriptors.npy.json"
-    settings = json.loads(sidecar.read_text())
-    settings.update(changes)
-    sidecar.write_text(json.dumps({k: v for k, v in settings.items() if v is not None}))
+def _edit_manifest(folder: Path, **changes):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.update(changes)
+    (folder / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if v is not None}))
 
 
 def _shorter_image_list(folder: Path):
-    listing = folder / "descriptors_img_list.txt"
-    text = "\n".join(listing.read_text().splitlines()[:-1])
-    listing.write_text(text)
-    _edit_settings(folder, images_sha1=hashlib.sha1(text.encode()).hexdigest())  # edited, not interrupted
+    listing = folder / "images.txt"
+    listing.write_text("".join(line + "\n" for line in listing.read_text().splitlines()[:-1]))
 
 
 def _nan_descriptor(folder: Path):
-    vecs = np.load(folder / "descriptors.npy")
-    vecs[0, 3] = np.nan
-    np.save(folder / "descriptors.npy", vecs)
+    vecs = np.load(folder / "shard_00000.npy")
+    vecs[3, 0] = np.nan
+    np.save(folder / "shard_00000.npy", vecs)
 
 
 def _garbage(name: str):
@@ -219,12 +253,14 @@ def _garbage(name: str):
 
 
 TAMPERING = {
-    "npy-header": (lambda f: (f / "descriptors.npy").write_bytes(b"\0" * (f / "descriptors.npy").stat().st_size),
-                   r"cannot read .*descriptors.npy"),
-    "nan": (_nan_descriptor, r"descriptors.npy holds NaN"),
-    "image-list": (_shorter_image_list, r"holds \d+ descriptors but its image list \d+ images"),
-    "dim": (lambda f: _edit_settings(f, dim=7), r"not 7-d float descriptors as its settings say"),
-    "settings": (lambda f: _edit_settings(f, fingerprint=None), r"settings of .*descriptors.npy lack fingerprint"),
+    "shard-header": (lambda f: (f / "shard_00000.npy").write_bytes(b"\0" * (f / "shard_00000.npy").stat().st_size),
+                     r"shard_00000.npy is not a readable .npy array"),
+    "missing-shard": (lambda f: (f / "shard_00000.npy").unlink(), r"lacks 1 of 1 shards .* run the same"),
+    "nan": (_nan_descriptor, r"holds NaN or infinite values"),
+    "image-list": (_shorter_image_list, r"was made for other descriptors \(count"),
+    "dim": (lambda f: _edit_manifest(f, dim=7), r"the manifest says \d+ x 7 float32"),
+    "manifest": (lambda f: _edit_manifest(f, fingerprint=None), r"is not a readable descriptor store"),
+    "search": (lambda f: (f / "search.json").unlink(), r"has no search.json \(the indexing did not finish\)"),
     "index": (_garbage("index.faiss"), r"cannot read .*index.faiss"),
     "whitening": (_garbage("whitening.pth"), r"cannot read .*whitening.pth"),
     "whitening-1d": (lambda f: save_plain_file({"m": np.zeros(512), "P": np.zeros(512)}, f / "whitening.pth"),

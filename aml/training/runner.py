@@ -20,7 +20,7 @@ import torch
 
 from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import prepare_test_set
-from aml.data.trainsets import load_training_db
+from aml.data.trainsets import load_training_db, prepare_train_set
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
 from aml.losses import build_loss
@@ -112,8 +112,7 @@ class _Run:
         """Everything that may download or generate files: the training db, the trunk weights,
         the teacher, the test sets (run by rank 0 first under torchrun)."""
         c = self.config
-        for split in ("train", "val") if c.val else ("train",):
-            load_training_db(c.training_dataset, split, c.data_root)
+        prepare_train_set(c.training_dataset, c.data_root)
         self.trunk_weights_file()
         if self.mode.needs_teacher and not (c.feat_path and (c.feat_val_path or not c.val)):
             self.teacher.loaded
@@ -128,7 +127,7 @@ class _Run:
         db = load_training_db(c.training_dataset, split, c.data_root)
         features = None
         if self.mode.needs_teacher:
-            features = teacher_split_features(self.teacher, c.training_dataset, split, len(db["cids"]), c.image_size,
+            features = teacher_split_features(self.teacher, c.training_dataset, split, db["images"], c.image_size,
                                               feat_path, self.extraction)
         return Split(db, list(db["images"]), features)
 

@@ -4,14 +4,15 @@
 import functools
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from aml.data.paths import data_subdir
-from aml.descriptors import (DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, extract_dataset_features,
-                             feature_file_key, feature_file_name, load_feature_file)
+from aml.descriptors import (DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images, feature_file_key,
+                             feature_file_name, load_feature_file, write_feature_file)
 from aml.networks.loading import LoadedNetwork, load_teacher
+from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +36,27 @@ class Teacher:
         return f"{loaded.name}-{loaded.fingerprint[:8]}" if loaded.path is not None else loaded.name
 
 
-def teacher_split_features(teacher: Teacher, dataset: str, split: str, columns: int, image_size: int,
+def teacher_split_features(teacher: Teacher, dataset: str, split: str, images: Sequence[str], image_size: int,
                            feat_path: Optional[str] = None,
                            config: ExtractionConfig = DEFAULT_EXTRACTION) -> torch.Tensor:
-    """D x N teacher descriptors of one split (N = ``columns``, db order).
+    """D x N teacher descriptors of one split's ``images`` (db order).
 
     With ``feat_path`` the file is read and its shape checked (the teacher is not loaded).
-    Otherwise the teacher encodes the split at ``image_size``; the result is cached as
-    ``<dataset>[-val]_<teacher>.npy`` and reused while the teacher's weights and the image
-    size stay the same: while the file's :class:`DescriptorKey` is this one. ``config``: how
-    to extract (its pixel path is part of the key).
+    Otherwise the teacher encodes the images at ``image_size``; the result is kept as
+    ``<dataset>[-val]_<teacher>_imsize<N>.npy`` and reused while its :class:`DescriptorKey`
+    (the teacher's weights, the image size, ``config``'s pixel path) is this one. Freshly
+    encoded descriptors are returned as they are, not read back from the file.
     """
     if feat_path:
-        return torch.from_numpy(load_feature_file(Path(feat_path), columns))
+        return torch.from_numpy(load_feature_file(Path(feat_path), len(images)))
     path = data_subdir(teacher.data_root, "features") / feature_file_name(dataset, teacher.feature_name, split,
-                                                                                     image_size)
+                                                                         image_size)
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
-    if not path.is_file() or feature_file_key(path) != wanted:
-        log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, loaded.name)
-        extract_dataset_features(loaded, dataset, split, wanted, data_root=teacher.data_root, output=path,
-                                 config=config)
-    return torch.from_numpy(load_feature_file(path, columns))
+    if path.is_file() and feature_file_key(path) == wanted:
+        return torch.from_numpy(load_feature_file(path, len(images)))
+    log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, loaded.name)
+    vecs = describe_images(loaded.net, images, image_size, config=config.but(desc=f"{dataset} {split}"))
+    if current_world().is_main:  # every rank has the descriptors (the extraction is collective); one writes them
+        write_feature_file(vecs, images, path, dict(wanted.record(), network=loaded.name))
+    return torch.from_numpy(vecs)

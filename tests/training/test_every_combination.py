@@ -65,7 +65,7 @@ def splits(synth_root, random_teacher):
     result = {}
     for name in ("train", "val"):
         db = load_training_db("synth-sfm", name, synth_root)
-        features = teacher_split_features(teacher, "synth-sfm", name, len(db["cids"]), SIZE,
+        features = teacher_split_features(teacher, "synth-sfm", name, db["images"], SIZE,
                                           config=ExtractionConfig(workers=0))
         result[name] = Split(db, list(db["images"]), features)
     return result

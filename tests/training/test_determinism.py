@@ -9,19 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from aml.cli import train as train_cli
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.training import TrainConfig, run
 from aml.utils.seeding import derived_seed
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def flags(root, directory, teacher, *extra):
-    return ["--directory", str(directory), "--data-root", str(root), "-d", "synth-sfm", "-a", "squeezenet1_1",
-            "--not-pretrained", "-m", "ts", "--teacher", str(teacher), "--image-size", "40", "-nn", "2", "-qs", "16",
-            "-ps", "24", "-b", "4", "--epochs", "2", "--device", "cpu", "--lr", "1e-3", "--print-freq", "100",
-            *extra]
+def train(root, directory, teacher, **fields):
+    config = TrainConfig(directory=str(directory), data_root=str(root), training_dataset="synth-sfm",
+                         arch="squeezenet1_1", pretrained=False, mode="ts", teacher=str(teacher), image_size=40,
+                         neg_num=2, query_size=16, pool_size=24, batch_size=4, epochs=2, device="cpu", lr=1e-3,
+                         print_freq=100, workers=0)
+    return run(config.but(**fields))
 
 
 def weights(run_dir):
@@ -47,8 +48,8 @@ def fresh_teacher(tmp_path, request):
 
 @pytest.mark.kernels
 def test_cold_and_warm_teacher_cache_give_the_same_weights(synth_root, tmp_path, fresh_teacher):
-    cold = train_cli.main(flags(synth_root, tmp_path / "cold", fresh_teacher, "-j", "0"))
-    warm = train_cli.main(flags(synth_root, tmp_path / "warm", fresh_teacher, "-j", "0"))
+    cold = train(synth_root, tmp_path / "cold", fresh_teacher)
+    warm = train(synth_root, tmp_path / "warm", fresh_teacher)
     assert_identical(weights(cold.run_dir), weights(warm.run_dir))
 
 
@@ -57,16 +58,16 @@ def test_loader_workers_do_not_change_the_weights(synth_root, tmp_path, fresh_te
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # leaves a core for a loader worker (workers are capped to free cores)
     try:
-        runs = {j: train_cli.main(flags(synth_root, tmp_path / f"j{j}", fresh_teacher, "-j", j, "--train-batchnorm"))
-                for j in ("0", "2")}
+        runs = {j: train(synth_root, tmp_path / f"j{j}", fresh_teacher, workers=j, train_batchnorm=True)
+                for j in (0, 2)}
     finally:
         torch.set_num_threads(threads)
-    assert_identical(weights(runs["0"].run_dir), weights(runs["2"].run_dir))
+    assert_identical(weights(runs[0].run_dir), weights(runs[2].run_dir))
 
 
 def test_seed_changes_the_run_and_is_recorded(synth_root, tmp_path, fresh_teacher):
-    base = train_cli.main(flags(synth_root, tmp_path, fresh_teacher, "-j", "0", "--epochs", "1"))
-    other = train_cli.main(flags(synth_root, tmp_path, fresh_teacher, "-j", "0", "--epochs", "1", "--seed", "7"))
+    base = train(synth_root, tmp_path, fresh_teacher, epochs=1)
+    other = train(synth_root, tmp_path, fresh_teacher, epochs=1, seed=7)
     assert other.run_dir.name == base.run_dir.name.replace("_teach_", "_seed7_teach_")
     a = load_checkpoint(base.run_dir / "model_epoch1.pth.tar")
     b = load_checkpoint(other.run_dir / "model_epoch1.pth.tar")
@@ -80,8 +81,11 @@ def test_python_hash_seed_does_not_change_the_weights(synth_root, tmp_path, fres
     for hash_seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(REPO))
         directory = tmp_path / f"hash{hash_seed}"
-        subprocess.run([sys.executable, str(REPO / "main.py"), *flags(synth_root, directory, fresh_teacher, "-j", "0")],
-                       check=True, env=env, capture_output=True, cwd=tmp_path)
+        argv = ["--directory", str(directory), "--data-root", str(synth_root), "-d", "synth-sfm", "-a", "squeezenet1_1",
+                "--not-pretrained", "-m", "ts", "--teacher", str(fresh_teacher), "--image-size", "40", "-nn", "2",
+                "-qs", "16", "-ps", "24", "-b", "4", "--epochs", "2", "--device", "cpu", "--lr", "1e-3", "-j", "0"]
+        subprocess.run([sys.executable, str(REPO / "main.py"), *argv], check=True, env=env, capture_output=True,
+                       cwd=tmp_path)
         runs.append(next(directory.iterdir()))
     assert_identical(weights(runs[0]), weights(runs[1]))
 

@@ -75,8 +75,3 @@ class TupleBatch:
         """From cirtorch's D x N tuple matrix and labels (-1 anchor, 1, 0), with ``target``
         (one distance per non-anchor column) if given."""
         return cls(*LF.columns_to_tuples(x, label, *([] if target is None else [target])))
-
-    @property
-    def present(self) -> torch.Tensor:
-        """B x M: where a member exists."""
-        return self.labels >= 0

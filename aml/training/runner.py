@@ -132,11 +132,11 @@ class _Run:
         return Split(db, list(db["images"]), features)
 
     def network(self, teacher_dim: Optional[int]) -> ImageRetrievalNet:
-        """The network to train, seeded right before it is built: what ran before (a teacher
+        """The network to train (``teacher_dim``: the dimension it projects to, None: its own),
+        seeded right before it is built: what ran before (a teacher
         loaded to extract its descriptors, or not when they were cached; a trunk pretrained
         once) never changes the initial weights."""
         c = self.config
-        project = teacher_dim is not None and (self.mode.needs_teacher or get_backbone(c.arch).student)
         trunk = self.trunk_weights_file()
         torch.manual_seed(c.seed)
         np.random.seed(c.seed)
@@ -144,7 +144,7 @@ class _Run:
         net = build_network(c.arch, c.pool, c.local_whitening, c.regional, c.whitening,
                             pretrained=c.pretrained and trunk is None,
                             teacher=c.teacher if c.teacher in TEACHER_DIMS else None,
-                            teacher_dim=teacher_dim if project else None, data_root=c.data_root)
+                            teacher_dim=teacher_dim, data_root=c.data_root)
         if trunk is not None:
             load_trunk_weights(net, trunk)
         net.meta["teacher"], net.meta["seed"] = c.teacher, c.seed
@@ -194,7 +194,9 @@ class _Run:
         main_first(world, self.prepare)
         train = self.split("train", c.feat_path)
         val = self.split("val", c.feat_val_path) if c.val else None
-        dim = train.teacher.shape[0] if train.teacher is not None else teacher_dimension(c.teacher)
+        dim = train.teacher.shape[0] if train.teacher is not None else None
+        if dim is None and get_backbone(c.arch).student:  # a student trunk projects to its teacher's space
+            dim = teacher_dimension(c.teacher)
         net = self.network(dim)
         optimizer = build_optimizer(net, c.optimizer, c.lr, c.momentum, c.weight_decay, c.proj_lr_mult)
         trainer = Trainer(net, build_loss(c.loss, c.loss_margin, c.temp).to(self.device), optimizer, self.mode,

@@ -8,6 +8,8 @@ and prints, per device and image size, the mean and largest absolute difference 
 levels (0-255) between aml's device path and PIL's decoding + LANCZOS resizing.
 """
 
+import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from PIL import Image
 
 from aml.data.encoded_images import decode_batch, read_payload
 from aml.data.images import image_transform, load_and_resize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 KINDS = {
@@ -39,7 +44,11 @@ def make(folder: Path, name: str, spec: dict) -> Path:
     return path
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_json_argument(parser, "decoding")
+    args = parser.parse_args(argv)
+    rows = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     transform = image_transform(MEAN, STD)
     scale = torch.tensor(STD).view(3, 1, 1) * 255
@@ -53,6 +62,9 @@ def main() -> None:
                     difference = ((ours - transform(load_and_resize(path, size))) * scale).abs()
                     print(f"| {device} | {name} | {size} | {difference.mean():.2f} | {difference.max():.0f} |",
                           flush=True)
+                    rows.append({"device": device, "file": name, "image_size": size,
+                                 "mean_abs": difference.mean().item(), "max_abs": difference.max().item()})
+    write_record(args.json, "decoding", {}, rows)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from aml.training.batchnorm import calibrate_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import make_images, original_loop  # noqa: E402  (benchmarks/ is not a package)
+from record import add_json_argument, write_record  # noqa: E402
 
 SCALES = {"single": (1.0,), "3 scales": (1.0, 1 / math.sqrt(2), 0.5)}
 
@@ -68,7 +69,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-sizes", default="", type=lambda s: [int(v) for v in s.split(",") if v])
+    add_json_argument(parser, "extract")
     args = parser.parse_args(argv)
+    rows = []
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as folder:
@@ -95,9 +98,14 @@ def main(argv=None) -> None:
                                                                  config=config),
                                          n, args.repeats)
                     ours, device_decoded = aml(), aml(decode="device")
-                    cells = "".join(f" {aml(batch_size=b):.2f} |" for b in args.batch_sizes)
+                    batches = {str(b): aml(batch_size=b) for b in args.batch_sizes}
+                    cells = "".join(f" {rate:.2f} |" for rate in batches.values())
+                    rows.append({"network": arch, "image_size": size, "scales": scale_name, "original": original,
+                                 "aml": ours, "aml_decode_device": device_decoded, "batch_sizes": batches})
                     print(f"| {arch} | {size} | {scale_name} | {original:.2f} | {ours:.2f} | {ours / original:.2f}x | "
                           f"{device_decoded:.2f} |{cells}", flush=True)
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
+    write_record(args.json, "extract", settings, rows)
 
 
 if __name__ == "__main__":

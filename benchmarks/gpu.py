@@ -30,7 +30,6 @@ shape, and shape buckets make many (one H200 run with it on spent minutes tuning
 """
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -55,6 +54,7 @@ from aml.training.trainer import Split, Trainer, TrainSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import make_images, original_loop  # noqa: E402  (benchmarks/ is not a package)
+from record import add_json_argument, write_record  # noqa: E402
 
 MULTISCALE = (1.0, 1 / math.sqrt(2), 0.5)
 NETWORKS: Dict[str, Dict] = {  # row name -> build_network arguments and scales
@@ -231,7 +231,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                         help="also time aml's other decodings and fp16 (default: on)")
     parser.add_argument("--budget", type=float, default=240.0,
                         help="seconds after which the optional torch.compile row is left out (default: 240)")
-    parser.add_argument("--json", default=None, help="also write the numbers here")
+    add_json_argument(parser, "gpu")
     args = parser.parse_args(argv)
     unknown = [n for n in args.networks if n not in NETWORKS]
     if unknown:
@@ -240,8 +240,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     started = time.perf_counter()
 
     def save() -> None:  # after every section, so that a run cut short still leaves its numbers
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+        write_record(args.json, "gpu", {k: v for k, v in vars(args).items() if k != "json"}, results)
 
     results: Dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "torch": torch.__version__, "images": args.images, "image_size": args.image_size,

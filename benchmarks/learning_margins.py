@@ -19,6 +19,9 @@ from typing import Dict, List, Tuple
 
 from aml.utils.cpu import threads_per_process
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
+
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = {"default": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
            "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
@@ -44,6 +47,7 @@ def main() -> None:
     parser.add_argument("--kernels", default=",".join(KERNELS), help=f"among {', '.join(KERNELS)}")
     parser.add_argument("-k", default="", help="pytest -k expression (a subset of the learning tests)")
     parser.add_argument("--jobs", type=int, default=1, help="pytest runs at a time (default 1)")
+    add_json_argument(parser, "learning_margins")
     args = parser.parse_args()
     unknown = set(args.kernels.split(",")) - set(KERNELS)
     if unknown or args.jobs < 1:
@@ -52,9 +56,14 @@ def main() -> None:
     threads = threads_per_process(args.jobs) if args.jobs > 1 else 0
     with ThreadPoolExecutor(args.jobs) as pool:
         futures: Dict[Tuple[str, str], Future] = {c: pool.submit(run_one, *c, args.k, threads) for c in configs}
+        runs = []
         for config in configs:
-            for line in futures[config].result():
+            lines = futures[config].result()
+            for line in lines:
                 print(line, flush=True)
+            runs.append({"kernels": config[0], "seed": int(config[1]), "status": lines[-1].split(": ", 1)[1],
+                         "measurements": [line.split("LEARNING ", 1)[1] for line in lines[:-1]]})
+    write_record(args.json, "learning_margins", {k: v for k, v in vars(args).items() if k != "json"}, runs)
 
 
 if __name__ == "__main__":

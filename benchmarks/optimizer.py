@@ -10,12 +10,17 @@ gradients (rounding only: the update is the same formula).
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from aml.networks import build_network
 from aml.training.optim import OPTIMIZERS, parameter_groups
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
 
 
 def timed_steps(arch: str, name: str, fused: bool, steps: int) -> tuple:
@@ -42,7 +47,9 @@ def main() -> None:
     parser.add_argument("--optimizers", default="adam,sgd")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    add_json_argument(parser, "optimizer")
     args = parser.parse_args()
+    rows = []
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU kernels {torch.backends.cpu.get_cpu_capability()}")
     print(f"{'network':14s} {'optimizer':9s} {'loop ms':>8s} {'fused ms':>9s} {'max |diff|':>11s}")
@@ -52,6 +59,9 @@ def main() -> None:
             fused, b = timed_steps(arch, name, True, args.steps)
             diff = max((x - y).abs().max().item() for x, y in zip(a, b))
             print(f"{arch:14s} {name:9s} {loop * 1e3:8.1f} {fused * 1e3:9.1f} {diff:11.2e}")
+            rows.append({"network": arch, "optimizer": name, "loop_ms": loop * 1e3, "fused_ms": fused * 1e3,
+                         "max_abs_difference": diff})
+    write_record(args.json, "optimizer", {k: v for k, v in vars(args).items() if k != "json"}, rows)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The numerical claims of the fast paths, measured with real ImageNet weights on real photos.
 
-    python benchmarks/real_weights.py [--image-sizes 362,1024] [--out benchmarks/results/real_weights.json]
+    python benchmarks/real_weights.py [--image-sizes 362,1024] [--json FILE]   # default: benchmarks/results/real_weights.json
 
 The network is MobileNetV2 with torchvision's IMAGENET1K_V1 weights (the original's starting
 point) and GeM, 1280-d; the photos are the 15 of scikit-image's wheel. Per image size it
@@ -16,7 +16,7 @@ It prints one table and writes the numbers, with the machine and versions, as JS
 """
 
 import argparse
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +34,9 @@ from aml.layers.pooling import GeM
 from aml.networks.backbones import build_trunk
 from aml.networks.imagenet import get_imagenet_weights
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.reports.provenance import provenance
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
 
 ARCH = "mobilenet_v2"
 
@@ -85,22 +87,20 @@ def measure(net: ImageRetrievalNet, photos: List[str], image_size: int) -> Dict[
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-sizes", default="362,1024")
-    parser.add_argument("--out", default=None, help="JSON file to write (default: none)")
+    add_json_argument(parser, "real_weights")
     args = parser.parse_args(argv)
     photos = [str(p) for p in sample_photos().values()]
     net = imagenet_gem()
     start = time.time()
     rows = {int(size): measure(net, photos, int(size)) for size in args.image_sizes.split(",")}
     record = {"network": f"{ARCH} {get_imagenet_weights(ARCH).tag} + GeM", "photos": len(photos), "results": rows,
-              "seconds": round(time.time() - start, 1), "provenance": provenance()}
+              "seconds": round(time.time() - start, 1)}
     names = list(next(iter(rows.values())))
     print("| measurement | " + " | ".join(f"{size} px" for size in rows) + " |")
     print("|---|" + "---|" * len(rows))
     for name in names:
         print(f"| {name} | " + " | ".join(f"{rows[size][name]:.7g}" for size in rows) + " |")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    write_record(args.json, "real_weights", {"image_sizes": args.image_sizes}, record)
     return record
 
 

@@ -32,6 +32,9 @@ from aml.descriptors.store import StoreKey, open_store, read_store
 from aml.evaluation.metrics import evaluate_ranks
 from aml.evaluation.search import positions_with_distractors
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
+
 METHODS = ("blocked", "numpy", "faiss")
 
 
@@ -121,18 +124,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="device of the blocked search (cpu, cuda)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--method", help=argparse.SUPPRESS)
+    add_json_argument(parser, "search")
     args = parser.parse_args()
     if args.method:
         worker(args)
         return
     start = time.perf_counter()
     ensure_store(args)
-    print(f"store of {args.distractors} x {args.dim} float16 in {args.folder} ready in "
-          f"{time.perf_counter() - start:.0f} s", flush=True)
+    store_s = time.perf_counter() - start
+    print(f"store of {args.distractors} x {args.dim} float16 in {args.folder} ready in {store_s:.0f} s", flush=True)
+    rows = []
     print("| method | load s | search s | peak RSS GB | mAP medium |")
     print("|---|---|---|---|---|")
     shared = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
-              if name not in ("methods", "method")]
+              if name not in ("methods", "method", "json")]
     for method in args.methods.split(","):
         command = [sys.executable, __file__, "--method", method] + shared
         done = subprocess.run(command, capture_output=True, text=True)
@@ -144,6 +149,9 @@ def main() -> None:
         device = args.device if method == "blocked" else "cpu"
         print(f"| {method} ({device}) | {r['load_s']:.1f} | {r['search_s']:.1f} | {r['peak_rss_gb']:.2f} | {shown} |",
               flush=True)
+        rows.append(dict(r, method=method, device=device))
+    settings = {k: v for k, v in vars(args).items() if k not in ("method", "json")}
+    write_record(args.json, "search", settings, {"store_s": store_s, "methods": rows})
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ also reads the images' sizes and warms the kernels, so the epochs after it are r
 """
 
 import argparse
-import json
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,9 @@ import torch
 from aml.data.synthetic import SyntheticTrainConfig, generate_train_set
 from aml.data.trainsets import load_training_db
 from aml.training import trainer as trainer_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
 
 DATASET = "synth-sfm"
 
@@ -69,7 +71,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-forward", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default=None, help="also write the result to this file")
+    add_json_argument(parser, "train_epoch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,18 +84,11 @@ def main() -> None:
                 "--quiet", "--feat-path", str(random_features(root, "train", 512, Path(tmp)))]
         argv += ["--batch-forward"] * args.batch_forward
         seconds = timed_run(argv, args.epochs)[1:]
-    result = {"command": "python benchmarks/train_epoch.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("json", "batch_forward")
-              ) + " --batch-forward" * args.batch_forward,
-              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"CPU kernels {torch.backends.cpu.get_cpu_capability()}",
-              "torch": torch.__version__, "seconds_per_epoch": seconds,
-              "mean": statistics.mean(seconds), "min": min(seconds)}
+    result = {"seconds_per_epoch": seconds, "mean": statistics.mean(seconds), "min": min(seconds)}
     print(f"{args.arch} {args.mode}/{args.loss} at {args.image_size} px, 64 tuples of 7 images, batch 8"
           f"{', batch forward' if args.batch_forward else ''}: {result['mean']:.2f} s per epoch "
-          f"(min {result['min']:.2f}, {len(seconds)} epochs; torch {torch.__version__}, {result['machine']})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+          f"(min {result['min']:.2f}, {len(seconds)} epochs; torch {torch.__version__})")
+    write_record(args.json, "train_epoch", {k: v for k, v in vars(args).items() if k != "json"}, result)
 
 
 if __name__ == "__main__":

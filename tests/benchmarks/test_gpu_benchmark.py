@@ -1,9 +1,11 @@
 """benchmarks/gpu.py runs on the CPU at a small size, so that it never rots."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +32,9 @@ def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path, capsys):
         for variant in bench.VARIANTS:  # on the CPU: fp32; nvJPEG's stand-in is libjpeg + bicubic resizing
             assert row[variant]["rate"] > 0 and row[variant]["cos_min"] > 0.999, (variant, row[variant])
     assert results["ts_epoch"]["original_s"] > 0 and results["ts_epoch"]["fast_s"] > 0
-    assert (tmp_path / "gpu.json").is_file()
+    record = json.loads((tmp_path / "gpu.json").read_text())  # what docs/generate.py reads
+    assert record["benchmark"] == "gpu" and record["results"]["extraction"] == json.loads(json.dumps(rows))
+    assert record["provenance"]["torch"] == torch.__version__ and "gpu.py" in record["provenance"]["command"]
 
 
 def test_the_gpu_benchmark_refuses_an_unknown_row():

@@ -34,5 +34,22 @@ def provenance(command: Optional[Sequence[str]] = None) -> Dict[str, str]:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads()),
             "kernels": " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
                                 if k in os.environ) or "default",
-            "python": platform.python_version(), "torch": torch.__version__,
-            "command": " ".join(command if command is not None else [os.path.basename(sys.executable), *sys.argv])}
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": _torchvision(),
+            "command": " ".join(command if command is not None else _command_line())}
+
+
+def _torchvision() -> str:
+    try:
+        import torchvision
+    except ImportError:
+        return "not installed"
+    return torchvision.__version__
+
+
+def _command_line() -> list:
+    """This process's command line as typed: ``python -m aml.demo ...`` for a module run with -m."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        module = spec.name[:-len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        return ["python", "-m", module, *sys.argv[1:]]
+    return ["python", *sys.argv]

@@ -55,3 +55,16 @@ def test_demo_refuses_unknown_student_modes_and_seed_counts(capsys):
     with pytest.raises(SystemExit):
         main(["--seeds", "0"])
     assert "argument --seeds: must be a positive integer" in capsys.readouterr().err
+
+
+def test_json_writes_a_copy_of_the_results_where_the_docs_read_them(tmp_path, monkeypatch):
+    from aml.demo import pipeline
+
+    def fake_run_demo(data_root, *args, **kwargs):  # the demo itself is the end-to-end test above
+        (tmp_path / "root" / "demo").mkdir(parents=True)
+        (tmp_path / "root" / "demo" / "results.json").write_text('{"rows": []}')
+        return []
+
+    monkeypatch.setattr(pipeline, "run_demo", fake_run_demo)
+    main(["--data-root", str(tmp_path / "root"), "--json", str(tmp_path / "copy.json")])
+    assert json.loads((tmp_path / "copy.json").read_text()) == {"rows": []}

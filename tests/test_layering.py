@@ -1,5 +1,5 @@
 """The package's layers import only downwards: data -> networks -> descriptors ->
-evaluation/training -> cli (see README, Layout). Every import counts, also those inside
+evaluation/training -> cli (see docs/design.md). Every import counts, also those inside
 functions and ``if __name__ == "__main__":`` blocks."""
 
 import ast

@@ -120,15 +120,15 @@ def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = F
         amp_help = "autocast of extraction to --amp-dtype; --no-amp: fp32 (default: on CUDA, off on the CPU)"
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=amp_help)
     parser.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), default="float16",
-                        help="dtype of extraction's autocast (default: float16, within cosine 0.9997 of fp32 where "
-                             "bfloat16 gave 0.9989; README, Speed)")
+                        help="dtype of extraction's autocast (default: float16, closer to fp32 than bfloat16; "
+                             "docs/speed.md)")
     parser.add_argument("--decode", choices=DECODE_CHOICES, default="auto",
                         help="where images are decoded: pil (loader workers, normalised there: the original's way), "
                              "workers (PIL in the workers, uint8 to the device, normalised there: the same pixels), "
                              "device (JPEG bytes decoded in batches on the GPU with nvJPEG; close, not equal); "
                              "default auto: workers on CUDA, pil on the CPU")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the network for extraction (pays on large sets; see README, Speed)")
+                        help="torch.compile the network for extraction (pays on large sets; see docs/speed.md)")
 
 
 def setup_logging(verbose: bool = True) -> None:

@@ -14,7 +14,7 @@ original's pixels, a quarter of the bytes of normalised float tensors.
 
 On the device an image is resized to the shape PIL's thumbnail gives (``resized_shape``),
 with antialiased bicubic interpolation rounded to integers, where PIL uses LANCZOS: close,
-not equal (the README gives the cosine). A file the device fails to decode is decoded alone
+not equal (docs/speed.md gives the differences). A file the device fails to decode is decoded alone
 by the PIL path; a file that fails there too raises :class:`ImageLoadError` naming it.
 """
 

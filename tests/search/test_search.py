@@ -124,7 +124,7 @@ def test_exact_search_without_faiss_is_the_same(tmp_path, monkeypatch):
 
 
 def test_the_readme_flow_with_the_exported_student(store, teacher, synth_root, tmp_path):
-    """Export the student, encode a query with onnxruntime as the README shows, search the
+    """Export the student, encode a query with onnxruntime as docs/search-export.md shows, search the
     teacher's store: the same answer as the command line with the PyTorch student."""
     import onnxruntime
     from PIL import Image

@@ -5,7 +5,7 @@ slow projection do.
 
 The tests marked ``learning`` run with --seed AML_TEST_SEED (default 0); their margins are
 about half the smallest effect measured over seeds 0, 1 and 2 under the default, AVX2 and
-SSE4.1 CPU kernels (benchmarks/learning_margins.py; README, Tests)."""
+SSE4.1 CPU kernels (benchmarks/learning_margins.py; docs/tests.md)."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,7 @@
-"""Descriptors: the one extraction function, network fingerprints, the one key of stored
-descriptors, feature files and the database cache. Mining, testing, teacher features and extract_features.py all come here."""
+"""Descriptors: the one extraction function, the one key of stored descriptors, feature files.
+
+Also network fingerprints and the database cache. Mining, testing, teacher features and
+extract_features.py all come here."""
 
 from aml.descriptors.cache import cached_descriptors, evict
 from aml.descriptors.extraction import (DECODE_CHOICES, DECODINGS, DEFAULT_EXTRACTION, ExtractionConfig,

@@ -22,15 +22,33 @@ DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
 def cached_descriptors(net, images: Sequence[str], key: DescriptorKey, cache_dir: Path, tag: str,
                        skipped: Optional[List[int]] = None, keep: int = DEFAULT_KEEP,
                        config: ExtractionConfig = DEFAULT_EXTRACTION) -> np.ndarray:
-    """:func:`describe_images` at ``key``'s image size and scales, cached in ``cache_dir`` as
-    ``<tag>_<key.digest(images)>.npy``, so a database is encoded once per network and
-    settings, and encoded again when an image changes. Descriptors with skipped images
-    (``config.skip_bad``) are not cached. After a write, only the ``keep`` most recently used
-    files of ``tag`` stay (:func:`evict`).
+    """Database descriptors, encoded once per network and settings and cached on disk.
+
+    :func:`describe_images` at ``key``'s image size and scales, cached in ``cache_dir`` as
+    ``<tag>_<key.digest(images)>.npy`` and encoded again when an image changes. Descriptors
+    with skipped images (``config.skip_bad``) are not cached. After a write, only the
+    ``keep`` most recently used files of ``tag`` stay (:func:`evict`).
 
     Args:
+        net (ImageRetrievalNet): the network.
+        images: the database's image files.
         key: what the descriptors depend on (:meth:`DescriptorKey.of` the network, the image
             size, the scales and ``config``).
+        cache_dir: the cache folder.
+        tag: the data set's name, the cache files' prefix.
+        skipped: with ``config.skip_bad``, the indices of the unreadable images are appended
+            here.
+        keep: the cache files of ``tag`` kept after a write.
+        config: how to extract (:class:`ExtractionConfig`).
+
+    Returns:
+        The D x N float32 descriptors, read from the cache or encoded.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from aml.descriptors import DescriptorKey, cached_descriptors
+        >>> key = DescriptorKey.of(net, 1024)  # doctest: +SKIP
+        >>> vecs = cached_descriptors(net, images, key, Path("data/features/cache"), "roxford5k")  # doctest: +SKIP
     """
     skipped = skipped if skipped is not None else []
     path = Path(cache_dir) / f"{tag}_{key.digest(images)}.npy"
@@ -60,9 +78,30 @@ def _mtime(path: Path) -> float:
 
 
 def evict(cache_dir: Path, tag: str, keep: int) -> List[Path]:
-    """Delete all but the ``keep`` most recently used cache files of ``tag`` (exactly
-    ``<tag>_<16 hex>.npy``, so another data set whose name starts with ``tag`` is left alone);
-    returns them. Safe against a concurrent run evicting the same files."""
+    """Delete all but the most recently used cache files of a data set.
+
+    Only files named exactly ``<tag>_<16 hex>.npy`` count, so another data set whose name
+    starts with ``tag`` is left alone. Safe against a concurrent run evicting the same files.
+
+    Args:
+        cache_dir: the cache folder.
+        tag: the data set's name.
+        keep: how many files stay.
+
+    Returns:
+        The deleted files.
+
+    Examples:
+        >>> import os, pathlib, tempfile
+        >>> from aml.descriptors import evict
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     for age in range(3):
+        ...         path = pathlib.Path(folder) / f"roxford5k_{age:016x}.npy"
+        ...         path.touch()
+        ...         os.utime(path, (1000 - age, 1000 - age))
+        ...     [path.name for path in evict(pathlib.Path(folder), "roxford5k", keep=2)]
+        ['roxford5k_0000000000000002.npy']
+    """
     own = re.compile(re.escape(tag) + r"_[0-9a-f]{16}\.npy")
     files = sorted((p for p in cache_dir.glob(f"{tag}_*.npy") if own.fullmatch(p.name)), key=_mtime, reverse=True)
     for old in files[keep:]:

@@ -6,9 +6,7 @@ normalised on the device), or in batches on the compute device (``"device"``: nv
 CUDA, see :mod:`aml.data.encoded_images`); ``"auto"`` is "workers" on CUDA, "pil" on the CPU.
 Images of equal shape after resizing are stacked into one batch (no padding, so the
 descriptor of an image never depends on its batch-mates); the forward runs under
-``torch.inference_mode`` with channels_last and, on CUDA by default, float16 autocast
-(bfloat16 moved descriptors of random MobileNetV2/ResNet101 to cosine 0.9989 of fp32,
-float16 to 0.9997-0.9999; README, Speed).
+``torch.inference_mode`` with channels_last and, on CUDA by default, float16 autocast.
 A batch that runs out of device memory is split, with a warning. Result: a D x N float32
 CPU tensor, column i = image i.
 """
@@ -142,12 +140,45 @@ def resolve_amp(amp: Optional[bool], device: torch.device, amp_dtype: str = "flo
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """How :func:`extract_vectors` turns images into descriptors, besides the network, the
-    image size and the scales: loading, decoding, precision, batching, and what to do with an
-    unreadable image. Frozen; :meth:`but` gives a changed copy, and a misspelled field is a
-    TypeError, never ignored.
+    """How :func:`extract_vectors` turns images into descriptors.
 
-    Example: ``extract_vectors(net, paths, 1024, transform, config=ExtractionConfig(workers=8, decode="device"))``.
+    Everything besides the network, the image size and the scales: loading, decoding,
+    precision, batching, and what to do with an unreadable image. Frozen; :meth:`but` gives a
+    changed copy, and a misspelled field is a TypeError, never ignored.
+
+    Attributes:
+        workers: loader workers (capped on the CPU, see :func:`effective_workers`).
+        device: the compute device; None: the network's.
+        batch_size: images per forward; None: :func:`default_batch_size` (per image shape on
+            the CPU).
+        amp: autocast; None: on CUDA only.
+        amp_dtype: the autocast's dtype, a name of ``AMP_DTYPES`` (``"float16"``, ``"bfloat16"``).
+        decode: where images are decoded, a name of :data:`DECODINGS`, or ``"auto"``:
+            ``"workers"`` on CUDA, ``"pil"`` on the CPU.
+        channels_last: run the forward in the channels_last memory format.
+        compile: ``torch.compile`` the forward.
+        fold_batchnorm: fold BatchNorm into the convolutions; None: for calls of
+            :data:`FOLD_MIN_PIXELS` or more.
+        skip_bad: skip (and list) an unreadable image instead of raising.
+        progress: a tqdm bar on stderr.
+        desc: the bar's title.
+        collective: under torchrun, each rank encodes its block; False: this process alone.
+
+    Raises:
+        ValueError: for an unknown ``decode`` or ``amp_dtype``.
+
+    Examples:
+        >>> from aml.descriptors import ExtractionConfig
+        >>> config = ExtractionConfig(workers=0, decode="pil")
+        >>> config.pixel_path()
+        'pil-fp32'
+        >>> config.but(amp=True, amp_dtype="bfloat16").pixel_path()
+        'pil-bf16'
+        >>> ExtractionConfig(worker=8)  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ...
+        TypeError: ExtractionConfig.__init__() got an unexpected keyword argument 'worker'
+        >>> vecs = extract_vectors(net, images, 1024, transform, config=config.but(decode="device"))  # doctest: +SKIP
     """
 
     workers: int = 4  # loader workers (capped on the CPU, see effective_workers)
@@ -171,18 +202,44 @@ class ExtractionConfig:
             raise ValueError(f"unknown autocast dtype {self.amp_dtype!r}; choose one of {', '.join(AMP_DTYPES)}")
 
     def but(self, **changes: Any) -> "ExtractionConfig":
-        """A copy with ``changes`` (field names only)."""
+        """A copy with some fields changed.
+
+        Args:
+            **changes: the new values, by field name.
+
+        Returns:
+            The changed copy (this config stays as it is).
+
+        Raises:
+            TypeError: for a name that is not a field.
+        """
         return dataclasses.replace(self, **changes)
 
     def device_for(self, net: Optional[torch.nn.Module] = None) -> torch.device:
-        """The compute device: the configured one, else the network's, else the CPU."""
+        """The compute device: the configured one, else the network's, else the CPU.
+
+        Args:
+            net: the network to extract with, when known.
+
+        Returns:
+            The device.
+        """
         if self.device is not None:
             return torch.device(self.device)
         return next(net.parameters()).device if net is not None else torch.device("cpu")
 
     def pixel_path(self, net: Optional[torch.nn.Module] = None) -> str:
-        """Name of what descriptors depend on besides the network and sizes: where images are
-        decoded and the precision ("pil-fp32", "device-bf16", ...); part of every descriptor key."""
+        """Name of what descriptors depend on besides the network and sizes.
+
+        Where images are decoded and the precision (``"pil-fp32"``, ``"device-bf16"``, ...);
+        part of every descriptor key.
+
+        Args:
+            net: the network to extract with (its device counts when ``device`` is None).
+
+        Returns:
+            ``<decoding>-<precision>``.
+        """
         device = self.device_for(net)
         dtype = resolve_amp(self.amp, device, self.amp_dtype)
         return f"{resolve_decoding(self.decode, device).name}-{_SHORT[dtype] if dtype else 'fp32'}"
@@ -227,9 +284,27 @@ def _unzip(items: List[Tuple[Any, int]]) -> Tuple[List[Any], List[int]]:
 
 
 def effective_workers(workers: int, device: torch.device) -> int:
-    """Loader workers actually used: on the CPU, workers and compute threads share the
-    cores, and workers beyond the cores left free by torch's threads only slow extraction
-    down (measured with benchmarks/extract.py)."""
+    """Loader workers actually used.
+
+    On the CPU, workers and compute threads share the cores, and workers beyond the cores
+    left free by torch's threads only slow extraction down.
+
+    Args:
+        workers: the workers asked for.
+        device: the compute device.
+
+    Returns:
+        ``workers`` off the CPU; on the CPU at most the cores torch's threads leave free (0:
+        images are loaded in the main process).
+
+    Examples:
+        >>> import torch
+        >>> from aml.descriptors import effective_workers
+        >>> effective_workers(8, torch.device("cuda"))
+        8
+        >>> 0 <= effective_workers(8, torch.device("cpu")) <= 8
+        True
+    """
     if device.type != "cpu":
         return workers
     free_cores = (os.cpu_count() or 1) - torch.get_num_threads()
@@ -237,8 +312,26 @@ def effective_workers(workers: int, device: torch.device) -> int:
 
 
 def default_batch_size(device: torch.device, shape: Tuple[int, ...] = (362, 362)) -> int:
-    """Images per forward when the caller does not say: 32 on a GPU; on the CPU as many
-    images of ``shape`` (height, width) as fit in :data:`CPU_PIXEL_BUDGET` pixels, at least one."""
+    """Images per forward when the caller does not say.
+
+    Args:
+        device: the compute device.
+        shape: (height, width) of the images after resizing.
+
+    Returns:
+        32 on a GPU; on the CPU as many images of ``shape`` as fit in
+        :data:`CPU_PIXEL_BUDGET` pixels, at least one.
+
+    Examples:
+        >>> import torch
+        >>> from aml.descriptors import default_batch_size
+        >>> default_batch_size(torch.device("cpu"), (362, 272))
+        2
+        >>> default_batch_size(torch.device("cpu"), (768, 1024))
+        1
+        >>> default_batch_size(torch.device("cuda"))
+        32
+    """
     if device.type != "cpu":
         return GPU_BATCH_SIZE
     height, width = shape[-2:]
@@ -326,24 +419,50 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
                     transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]] = None, ms: Sequence[float] = (1,),
                     msp: float = 1.0, print_freq: int = 10, *, config: ExtractionConfig = DEFAULT_EXTRACTION,
                     skipped: Optional[List[int]] = None) -> torch.Tensor:
-    """Descriptors of ``images`` as a D x N float32 CPU tensor (cirtorch's positional
-    arguments and semantics; how to extract in ``config``, :class:`ExtractionConfig`).
+    """Descriptors of images as a D x N float32 CPU tensor, column i for image i.
 
-    ``bbxs`` crops queries; ``ms`` lists scales and ``msp`` the power used to average them.
+    cirtorch's positional arguments and semantics; how to extract is ``config``'s.
     Batches hold only images of equal shape, so in fp32 with ``decode="pil"`` the result
-    equals the one-image-at-a-time loop up to float rounding. ``transform`` applies to
-    PIL-decoded images, the device path normalises with ``net.meta``'s mean/std. The forward
-    runs on :func:`aml.networks.inference.inference_copy` of ``net`` (BatchNorm folded) when
+    equals the one-image-at-a-time loop up to float rounding. The forward runs on
+    :func:`aml.networks.inference.inference_copy` of ``net`` (BatchNorm folded) when
     ``config.fold_batchnorm``, by default for calls of :data:`FOLD_MIN_PIXELS` or more. A
     batch that runs out of device memory is split with a warning. The network's train/eval
-    mode is restored afterwards. ``print_freq`` is accepted for cirtorch compatibility. An
-    unreadable image raises :class:`ImageLoadError` naming it; with ``config.skip_bad`` it is
-    skipped instead, its column left at zero and its index appended to ``skipped``.
+    mode is restored afterwards.
 
     Under torchrun the call is collective: every rank encodes its contiguous block of the
     images (:func:`aml.utils.distributed.shard_range`) and every rank returns the whole
     D x N result (and the whole ``skipped`` list); ``config.collective`` False: this process
     encodes all of ``images`` alone (the shards of a descriptor store).
+
+    Args:
+        net: the network (a :class:`~aml.networks.ImageRetrievalNet`).
+        images: the image files.
+        image_size: the longer side images are shrunk to (never enlarged); None: full size.
+        transform: what turns a PIL-decoded image into a normalised tensor (the device path
+            normalises with ``net.meta``'s mean/std instead).
+        bbxs: per image, a crop box (x1, y1, x2, y2) or None: the queries' regions.
+        ms: the scales.
+        msp: the power used to average the scales.
+        print_freq: accepted for cirtorch compatibility, unused.
+        config: how to extract (:class:`ExtractionConfig`).
+        skipped: with ``config.skip_bad``, the indices of the unreadable images are appended
+            here.
+
+    Returns:
+        The D x N descriptors; an image skipped with ``config.skip_bad`` keeps a zero column.
+
+    Raises:
+        ImageLoadError: for an unreadable image, naming it (unless ``config.skip_bad``).
+        NonFiniteDescriptors: when the network produces NaN or infinite descriptors.
+
+    Examples:
+        >>> from aml.data.images import image_transform
+        >>> from aml.descriptors import ExtractionConfig, extract_vectors
+        >>> transform = image_transform(net.meta["mean"], net.meta["std"])  # doctest: +SKIP
+        >>> vecs = extract_vectors(net, ["q1.jpg", "q2.jpg"], 1024, transform, ms=[1, 2 ** 0.5, 2 ** -0.5],
+        ...                        msp=3.0, config=ExtractionConfig(workers=4))  # doctest: +SKIP
+        >>> vecs.shape  # doctest: +SKIP
+        torch.Size([2048, 2])
     """
     del print_freq
     world = current_world() if config.collective else World()
@@ -452,8 +571,30 @@ def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], ima
 def describe_images(net, images: Sequence[str], image_size: int, scales: Sequence[float] = (1,),
                     msp: Optional[float] = None, bbxs=None, config: ExtractionConfig = DEFAULT_EXTRACTION,
                     skipped: Optional[List[int]] = None) -> np.ndarray:
-    """D x N float32 descriptors of ``images`` with the network's own mean/std transform;
-    ``msp`` defaults to the network's (:func:`aml.networks.multiscale_power`)."""
+    """D x N float32 descriptors of images, with the network's own mean/std transform.
+
+    Args:
+        net (ImageRetrievalNet): the network; its ``meta`` gives the mean and std.
+        images: the image files.
+        image_size: the longer side images are shrunk to (never enlarged).
+        scales: the scales.
+        msp: the power used to average the scales; None: the network's
+            (:func:`aml.networks.multiscale_power`).
+        bbxs (Sequence[BBox | None] | None): per image, a crop box (x1, y1, x2, y2) or None.
+        config: how to extract (:class:`ExtractionConfig`).
+        skipped: with ``config.skip_bad``, the indices of the unreadable images are appended
+            here.
+
+    Returns:
+        The descriptors as a numpy array, column i for image i.
+
+    Examples:
+        >>> from aml.descriptors import describe_images
+        >>> from aml.networks import load_named_or_file
+        >>> net = load_named_or_file("retrievalSfM120k-vgg16-gem").net  # doctest: +SKIP
+        >>> describe_images(net, ["a.jpg", "b.jpg"], 1024, scales=(1, 2 ** 0.5, 2 ** -0.5)).shape  # doctest: +SKIP
+        (512, 2)
+    """
     transform = image_transform(net.meta["mean"], net.meta["std"])
     if msp is None:
         msp = multiscale_power(net, list(scales))

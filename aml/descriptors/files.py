@@ -41,13 +41,34 @@ def _text_sha1(text: str) -> str:
 
 def write_feature_file(vecs: np.ndarray, images: Sequence[str], path: Path,
                        settings: Optional[Dict[str, Any]] = None) -> Path:
-    """Save D x N features as ``path`` (.npy), the image list next to it (_img_list.txt) and
-    how they were made (``path`` + '.json': network, image size, ...).
+    """Save D x N features with their image list and how they were made.
 
-    The three files form one unit: the settings file is removed first and written last,
-    with the array's byte size and the list's hash, so that a reader that finds settings
-    matching the files knows all three come from the same write (each file is itself
-    written atomically)."""
+    The features go to ``path`` (.npy), the image list next to it (``_img_list.txt``) and the
+    settings to ``path`` + '.json' (network, image size, ...). The three files form one unit:
+    the settings file is removed first and written last, with the array's byte size and the
+    list's hash, so that a reader that finds settings matching the files knows all three
+    come from the same write (each file is itself written atomically).
+
+    Args:
+        vecs: the D x N descriptors (saved as float32).
+        images: the N image paths, in column order.
+        path: the ``.npy`` file.
+        settings: how the features were made (e.g. :meth:`DescriptorKey.record` and the
+            network's name).
+
+    Returns:
+        ``path``.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.descriptors import write_feature_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = write_feature_file(np.zeros((4, 2)), ["a.jpg", "b.jpg"], pathlib.Path(folder) / "db.npy",
+        ...                               {"network": "vgg16"})
+        ...     sorted(file.name for file in path.parent.iterdir())
+        ['db.npy', 'db.npy.json', 'db_img_list.txt']
+    """
     path = Path(path)
     sidecar = invalidate_feature_file(path)
     _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
@@ -68,8 +89,27 @@ def invalidate_feature_file(path: Path) -> Path:
 
 
 def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:
-    """The settings written next to a feature file, or None when they are missing or do not
-    belong to the ``.npy`` and image list beside them (an interrupted or partial write)."""
+    """The settings written next to a feature file.
+
+    Args:
+        path: the feature file (``.npy``).
+
+    Returns:
+        The settings, with ``columns``, ``npy_bytes`` and ``images_sha1``; None when they are
+        missing or do not belong to the ``.npy`` and image list beside them (an interrupted
+        or partial write).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.descriptors import feature_file_settings, write_feature_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = write_feature_file(np.zeros((4, 2)), ["a.jpg", "b.jpg"], pathlib.Path(folder) / "db.npy",
+        ...                               {"network": "vgg16"})
+        ...     settings = feature_file_settings(path)
+        >>> settings["network"], settings["columns"]
+        ('vgg16', 2)
+    """
     path = Path(path)
     sidecar, listing = _settings_path(path), _listing_path(path)
     if not (sidecar.is_file() and path.is_file() and listing.is_file()):
@@ -84,17 +124,59 @@ def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def feature_file_name(dataset: str, network: str, split: Optional[str] = None, image_size: Optional[int] = None) -> str:
-    """``<dataset>[-val]_<network>[_imsize<N>].npy`` (the train split, and test sets, carry
-    no split suffix; the image size is part of the name so that files of several sizes
-    live side by side)."""
+    """The file name of a data set's features: ``<dataset>[-val]_<network>[_imsize<N>].npy``.
+
+    The train split, and test sets, carry no split suffix; the image size is part of the
+    name so that files of several sizes live side by side.
+
+    Args:
+        dataset: the data set.
+        network: the network's name.
+        split: ``"val"`` adds ``-val``; ``"train"`` and None add nothing.
+        image_size: the image size, when the name carries it.
+
+    Returns:
+        The file name.
+
+    Examples:
+        >>> from aml.descriptors import feature_file_name
+        >>> feature_file_name("retrieval-SfM-120k", "retrievalSfM120k-vgg16-gem", "val", 1024)
+        'retrieval-SfM-120k-val_retrievalSfM120k-vgg16-gem_imsize1024.npy'
+        >>> feature_file_name("roxford5k", "model_best")
+        'roxford5k_model_best.npy'
+    """
     suffix = "-val" if split == "val" else ""
     size = f"_imsize{image_size}" if image_size is not None else ""
     return f"{dataset}{suffix}_{network}{size}.npy"
 
 
 def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[int] = None) -> np.ndarray:
-    """Read a D x N teacher feature file (or a descriptor store folder, written by
-    ``extract_features.py --shard-size``) and check its shape against the data set."""
+    """Read a D x N teacher feature file and check its shape against the data set.
+
+    Args:
+        path: a ``.npy`` feature file, or a descriptor store folder (written by
+            ``extract_features.py --shard-size``).
+        expected_columns: the split's number of images (one column each, in db order).
+        expected_dim: the student's descriptor dimension, when it must match.
+
+    Returns:
+        The D x N descriptors as float32.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: for an unreadable file, an incomplete store, another shape than
+            expected, or NaN or infinite values.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.descriptors import load_feature_file, write_feature_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = write_feature_file(np.ones((512, 3)), ["a.jpg", "b.jpg", "c.jpg"],
+        ...                               pathlib.Path(folder) / "train.npy")
+        ...     load_feature_file(path, expected_columns=3, expected_dim=512).shape
+        (512, 3)
+    """
     path = Path(path)
     if path.is_dir() and (path / "manifest.json").is_file():
         vecs = _load_store(path)
@@ -127,7 +209,23 @@ def _load_store(folder: Path) -> np.ndarray:
 
 
 def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[str]:
-    """Image paths of a training split or of a test set's database."""
+    """Image paths of a training split or of a test set's database.
+
+    Args:
+        dataset: a training set (``"retrieval-SfM-120k"``, ...) or a test set (``"roxford5k"``,
+            ...); a test set is prepared first (downloaded or generated).
+        split: ``"train"`` or ``"val"`` of a training set (a test set has one database).
+        data_root: where the data sets are.
+
+    Returns:
+        The paths, in db order.
+
+    Examples:
+        >>> from aml.descriptors import dataset_images
+        >>> images = dataset_images("roxford5k", "test", "data")  # doctest: +SKIP
+        >>> len(images)  # doctest: +SKIP
+        4993
+    """
     if is_training_set(dataset, data_root):
         return list(load_training_db(dataset, split, data_root)["images"])
     prepare_test_set(dataset, data_root)
@@ -138,10 +236,35 @@ def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, k
                              data_root: Optional[str] = None, output: Optional[Path] = None,
                              shard_size: Optional[int] = None, store_dtype: str = "float32",
                              config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
-    """Encode a data set (split) with ``network`` as ``key`` says (image size, scales, msp;
-    its ``config`` is ``config``) and write ``<data_root>/features/<name>.npy`` with the key
-    in its settings. With ``shard_size`` the descriptors go to a resumable descriptor store, the
-    folder ``<name>.store`` (float32 or float16), which ``--feat-path`` reads as well."""
+    """Encode a data set (split) with a network and write its feature file.
+
+    The file is ``<data_root>/features/<name>.npy`` (:func:`feature_file_name`) with the key
+    in its settings. With ``shard_size`` the descriptors go to a resumable descriptor store,
+    the folder ``<name>.store`` (float32 or float16), which ``--feat-path`` reads as well.
+
+    Args:
+        network: the network and its name.
+        dataset: a training set or a test set.
+        split: ``"train"`` or ``"val"`` of a training set.
+        key: how to encode: image size, scales, msp (its ``config`` is ``config``).
+        data_root: where the data sets and features are.
+        output: the file to write instead of the default one (a store replaces its suffix
+            by ``.store``).
+        shard_size: images per shard of a descriptor store; None: one ``.npy`` file.
+        store_dtype: the store's dtype, ``"float32"`` or ``"float16"``.
+        config: how to extract (:class:`ExtractionConfig`).
+
+    Returns:
+        The feature file, or the store folder.
+
+    Examples:
+        >>> from aml.descriptors import DescriptorKey, extract_dataset_features
+        >>> from aml.networks import load_named_or_file
+        >>> teacher = load_named_or_file("retrievalSfM120k-vgg16-gem")  # doctest: +SKIP
+        >>> key = DescriptorKey.of(teacher.net, 1024, fingerprint=teacher.fingerprint)  # doctest: +SKIP
+        >>> extract_dataset_features(teacher, "retrieval-SfM-120k", "train", key)  # doctest: +SKIP
+        PosixPath('data/features/retrieval-SfM-120k_retrievalSfM120k-vgg16-gem_imsize1024.npy')
+    """
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
     path = output or data_subdir(data_root, "features") / feature_file_name(
@@ -165,6 +288,24 @@ def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, k
 
 
 def feature_file_key(path: Path) -> Optional[DescriptorKey]:
-    """The :class:`DescriptorKey` a feature file was written under (None: no whole settings)."""
+    """The :class:`DescriptorKey` a feature file was written under.
+
+    Args:
+        path: the feature file (``.npy``).
+
+    Returns:
+        The key, or None when the file has no whole settings or they hold no key.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.descriptors import DescriptorKey, feature_file_key, write_feature_file
+        >>> key = DescriptorKey("3f2a9c0d1e2b4a5c", 1024)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = write_feature_file(np.zeros((4, 2)), ["a.jpg", "b.jpg"], pathlib.Path(folder) / "db.npy",
+        ...                               dict(key.record(), network="vgg16"))
+        ...     feature_file_key(path) == key
+        True
+    """
     settings = feature_file_settings(path)
     return DescriptorKey.from_record(settings) if settings is not None else None

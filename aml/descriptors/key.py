@@ -17,9 +17,22 @@ from aml.networks.retrieval_net import multiscale_power
 
 
 def image_list_key(images: Sequence[str]) -> List[Any]:
-    """What identifies the contents of an image list cheaply: each path with its size and
-    modification time (nanoseconds), so that replacing or truncating an image changes the
-    key without hashing every file (a missing image keys as size -1)."""
+    """What identifies the contents of an image list cheaply: each path, size and mtime.
+
+    Replacing or truncating an image changes the key without hashing every file.
+
+    Args:
+        images: the image files.
+
+    Returns:
+        One ``[path, size in bytes, modification time in nanoseconds]`` per image; a missing
+        image keys as size -1 (and time 0).
+
+    Examples:
+        >>> from aml.descriptors import image_list_key
+        >>> image_list_key(["no/such/image.jpg"])
+        [['no/such/image.jpg', -1, 0]]
+    """
     key: List[Any] = []
     for image in images:
         try:
@@ -41,9 +54,15 @@ class DescriptorKey:
         msp: the multi-scale power (the network's GeM p with several scales, else 1).
         pixels: decoding and precision (:meth:`ExtractionConfig.pixel_path`).
 
-    Example:
-        >>> key = DescriptorKey.of(net, 1024, (1, 2 ** 0.5, 2 ** -0.5))
-        >>> key.digest(database_images)          # the cache file's name
+    Examples:
+        >>> from aml.descriptors import DescriptorKey
+        >>> key = DescriptorKey("3f2a9c0d1e2b4a5c", 1024, (1, 2 ** 0.5, 2 ** -0.5), msp=3.0)
+        >>> key.scales
+        (1.0, 1.4142135623730951, 0.7071067811865476)
+        >>> DescriptorKey.from_record(key.record()) == key
+        True
+        >>> key = DescriptorKey.of(net, 1024, (1, 2 ** 0.5, 2 ** -0.5))  # doctest: +SKIP
+        >>> key.digest(database_images)  # the cache file's name  # doctest: +SKIP
         'c0ffee...'
     """
 
@@ -59,30 +78,63 @@ class DescriptorKey:
     @classmethod
     def of(cls, net: nn.Module, image_size: int, scales: Sequence[float] = (1.0,),
            config: ExtractionConfig = DEFAULT_EXTRACTION, fingerprint: Optional[str] = None) -> "DescriptorKey":
-        """The key of ``net``'s descriptors at ``image_size`` and ``scales``, extracted as
-        ``config`` says (``fingerprint``: the weights' hash, when the caller has it)."""
+        """The key of a network's descriptors at an image size and scales.
+
+        Args:
+            net: the network.
+            image_size: the longer side images are resized to.
+            scales: the multi-scale factors.
+            config: how the descriptors are extracted (its pixel path counts).
+            fingerprint: the network's :func:`network_fingerprint`, when the caller has it;
+                None: computed.
+
+        Returns:
+            The key, with the network's multi-scale power.
+        """
         scales = tuple(float(s) for s in scales)
         return cls(fingerprint or network_fingerprint(net), int(image_size), scales,
                    round(float(multiscale_power(net, list(scales))), 6), config.pixel_path(net))
 
     def record(self) -> Dict[str, Any]:
-        """The key as JSON fields (feature-file settings, store manifests)."""
+        """The key as JSON fields (feature-file settings, store manifests).
+
+        Returns:
+            A dict of fingerprint, image_size, scales, msp and pixels.
+        """
         return {"fingerprint": self.fingerprint, "image_size": self.image_size, "scales": list(self.scales),
                 "msp": self.msp, "pixels": self.pixels}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Optional["DescriptorKey"]:
-        """The key a record holds (None without fingerprint or image size). Records written
-        before a field existed get its value then: one scale, msp 1, the original's pixels."""
+        """The key a record holds.
+
+        Records written before a field existed get its value then: one scale, msp 1, the
+        original's pixels.
+
+        Args:
+            record: a mapping as :meth:`record` writes it (other keys are ignored).
+
+        Returns:
+            The key, or None without fingerprint or image size.
+        """
         if "fingerprint" not in record or "image_size" not in record:
             return None
         return cls(record["fingerprint"], int(record["image_size"]), tuple(record.get("scales", (1.0,))),
                    float(record.get("msp", 1.0)), record.get("pixels", ORIGINAL_PIXELS))
 
     def digest(self, images: Sequence[str]) -> str:
-        """A 16-hex name for the descriptors of ``images`` under this key: the key and each
-        image's path, size and mtime (the original's pixels add nothing to it, so the names
-        of caches written before aml had other decodings stay the same)."""
+        """A 16-hex name for the descriptors of some images under this key.
+
+        It hashes the key and each image's path, size and mtime (the original's pixels add
+        nothing to it, so the names of caches written before aml had other decodings stay the
+        same).
+
+        Args:
+            images: the image files.
+
+        Returns:
+            16 hex digits.
+        """
         fields = [self.fingerprint, image_list_key(images), self.image_size, list(self.scales), self.msp]
         if self.pixels != ORIGINAL_PIXELS:
             fields.append(self.pixels)

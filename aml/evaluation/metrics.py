@@ -17,7 +17,23 @@ DEFAULT_KAPPAS = (1, 5, 10)
 
 
 def compute_ap(positions: np.ndarray, nres: int) -> float:
-    """Trapezoidal AP from the sorted, junk-adjusted 0-based positions of the positives."""
+    """Trapezoidal AP from the positions of a query's positives in its ranking.
+
+    Args:
+        positions: the sorted, junk-adjusted 0-based positions of the positives.
+        nres: the query's number of positives (``|ok|``).
+
+    Returns:
+        The AP in [0, 1]; 0 without positives.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import compute_ap
+        >>> compute_ap(np.array([0, 2]), 2)  # the positives ranked first and third
+        0.7916666666666666
+        >>> compute_ap(np.array([0, 1]), 2)
+        1.0
+    """
     positions = np.asarray(positions, dtype=np.float64)
     if nres == 0 or positions.size == 0:
         return 0.0
@@ -97,11 +113,27 @@ def _maps(inverses, n_q: int, gnds: Dict[str, Sequence[Dict[str, Any]]],
 
 def compute_map(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]],
                 kappas: Sequence[int] = ()) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """mAP, per-query AP, mP@k and per-query P@k (NaN rows for skipped queries).
+    """mAP, per-query AP, mP@k and per-query P@k of a ranking.
 
-    ``gnd[q]`` has ``ok`` (positives) and optionally ``junk``. Each query costs O(N_db):
-    the ranking is inverted once and positives/junk are looked up, so a 1M-image database
-    is handled in seconds.
+    Each query costs O(N_db): the ranking is inverted once and positives/junk are looked up.
+    Queries without positives are skipped.
+
+    Args:
+        ranks: N_db x N_q database indices, column q ranked best first.
+        gnd: per query, ``ok`` (the positives) and optionally ``junk``.
+        kappas: the k of mP@k.
+
+    Returns:
+        The tuple (mAP, per-query AP, mP@k, per-query P@k), with NaN rows for skipped queries.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import compute_map
+        >>> ranks = np.array([[0, 1], [1, 0], [2, 2]])  # column q: query q's ranking
+        >>> gnd = [{"ok": [2]}, {"ok": [0, 2], "junk": [1]}]
+        >>> m_ap, aps, mpk, pks = compute_map(ranks, gnd, kappas=[1])
+        >>> round(m_ap, 4), aps.round(4).tolist(), mpk.tolist()
+        (0.5833, [0.1667, 1.0], [0.5])
     """
     return compute_maps(ranks, {"gnd": gnd}, kappas)["gnd"]
 
@@ -123,9 +155,27 @@ def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: s
                    kappas: Sequence[int] = DEFAULT_KAPPAS, positions: bool = False) -> Dict[str, Any]:
     """All numbers of one test set as a dict (fractions in [0, 1]).
 
-    ``protocol`` 'revisited' gives ``{'easy': {'map', 'mp@k', 'aps'}, 'medium': ..., 'hard': ...}``;
-    'classic' (oxford5k, paris6k) gives ``{'map': ..., 'aps': ...}`` from ok/junk. With
-    ``positions`` the array holds places, not ranks (:func:`compute_maps_from_positions`).
+    Args:
+        ranks: N_db x N_q database indices, column q ranked best first; with ``positions``,
+            the places of the database images instead.
+        gnd: per query, ``easy``, ``hard`` and ``junk`` (revisited) or ``ok`` and ``junk``
+            (classic).
+        protocol: ``"revisited"`` (roxford5k, rparis6k) or ``"classic"`` (oxford5k, paris6k).
+        kappas: the k of mP@k (revisited).
+        positions: the array holds places, not ranks (:func:`compute_maps_from_positions`).
+
+    Returns:
+        For ``"revisited"``, ``{'easy': {'map', 'mp@k', 'aps'}, 'medium': ..., 'hard': ...}``;
+        for ``"classic"``, ``{'map': ..., 'aps': ...}`` from ok/junk.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import evaluate_ranks
+        >>> ranks = np.array([[3], [0], [1], [2]])
+        >>> gnd = [{"easy": [0], "hard": [2], "junk": [3]}]
+        >>> results = evaluate_ranks(ranks, gnd, "revisited", kappas=(1, 2))
+        >>> results["easy"]["map"], results["hard"]["map"], results["hard"]["mp@k"]
+        (1.0, 0.25, {1: 0.0, 2: 0.5})
     """
     maps_of = compute_maps_from_positions if positions else compute_maps
     if protocol == "classic":
@@ -137,7 +187,27 @@ def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: s
 
 
 def format_results(dataset: str, results: Dict[str, Any], kappas: Sequence[int] = DEFAULT_KAPPAS) -> List[str]:
-    """The original's printed lines (percentages, 2 decimals)."""
+    """The original's printed lines (percentages, 2 decimals).
+
+    Args:
+        dataset: the test set's name.
+        results: what :func:`evaluate_ranks` returns for it.
+        kappas: the k of the mP@k printed (revisited).
+
+    Returns:
+        One line of mAP (classic), or a line of mAP and one of mP@k at Easy, Medium and
+        Hard (revisited).
+
+    Examples:
+        >>> from aml.evaluation import format_results
+        >>> format_results("oxford5k", {"map": 0.8125, "aps": [0.8125]})
+        ['>> oxford5k: mAP 81.25']
+        >>> results = {level: {"map": 0.5, "mp@k": {1: 1.0, 5: 0.4}} for level in ("easy", "medium", "hard")}
+        >>> for line in format_results("roxford5k", results, kappas=(1, 5)):
+        ...     print(line)
+        >> roxford5k: mAP E: 50.0, M: 50.0, H: 50.0
+        >> roxford5k: mP@k[1, 5] E: [100.  40.], M: [100.  40.], H: [100.  40.]
+    """
     if "map" in results:
         return [f">> {dataset}: mAP {100 * results['map']:.2f}"]
     pct = {d: np.around(100 * results[d]["map"], decimals=2) for d in ("easy", "medium", "hard")}

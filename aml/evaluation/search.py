@@ -22,13 +22,32 @@ def _scores(database: np.ndarray, queries: np.ndarray, device: str, excluded: Se
 
 def rank_database(database: np.ndarray, queries: np.ndarray, device: str = "cpu",
                   excluded: Sequence[int] = ()) -> np.ndarray:
-    """N_db x N_q ranks (best first) from D x N_db and D x N_q descriptor matrices.
+    """The database ranked for every query by dot product, best first.
 
     The score matrix is one matrix product; each query's scores are sorted as one contiguous
-    row on ``device`` (a GPU sorts a 1M-image database in milliseconds). The result is a
-    transposed view of the Q x N_db sort (no copy); column q is contiguous. ``excluded``
-    database images (unreadable ones that were skipped) rank last, for every query.
-    Equal scores keep the database order, on every device (:func:`descending_order`).
+    row on ``device``. The result is a transposed view of the Q x N_db sort (no copy); column
+    q is contiguous. Equal scores keep the database order, on every device
+    (:func:`descending_order`).
+
+    Args:
+        database: D x N_db descriptors.
+        queries: D x N_q descriptors.
+        device: where the scores are computed and sorted (``"cpu"``, ``"cuda"``, ...).
+        excluded: database images (unreadable ones that were skipped) that rank last, for
+            every query.
+
+    Returns:
+        N_db x N_q database indices, column q ranked best first.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import rank_database
+        >>> database = np.eye(3, dtype=np.float32)  # three 3-d descriptors
+        >>> queries = np.array([[0.0], [0.6], [0.8]], dtype=np.float32)
+        >>> rank_database(database, queries)[:, 0]
+        array([2, 1, 0])
+        >>> rank_database(database, queries, excluded=[2])[:, 0]
+        array([1, 0, 2])
     """
     scores = _scores(database, queries, device, excluded)
     if scores.device.type == "cpu":
@@ -38,10 +57,9 @@ def rank_database(database: np.ndarray, queries: np.ndarray, device: str = "cpu"
 
 def descending_order(scores: np.ndarray) -> np.ndarray:
     """Q x N column indices of each row by descending score, equal scores in ascending
-    index order: the order of a stable sort. On the CPU numpy's introsort of contiguous rows
-    is the fastest exact sort (README, Speed), but unstable; runs of equal scores (float32
-    scores collide often: a third of the rows at 5k images) are then put in index order by
-    odd-even transposition over the tied neighbours only."""
+    index order: the order of a stable sort. On the CPU it sorts with numpy's introsort of
+    contiguous rows, exact but unstable; runs of equal scores (float32 scores collide often)
+    are then put in index order by odd-even transposition over the tied neighbours only."""
     order = np.argsort(-scores, axis=1)
     ranked = torch.gather(torch.from_numpy(scores), 1, torch.from_numpy(order)).numpy()  # faster than numpy's
     rows, cols = np.nonzero(ranked[:, 1:] == ranked[:, :-1])  # neighbours with equal scores
@@ -100,8 +118,8 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
 
 
 def _block_rows(block: np.ndarray, device: str, transform: Optional[Transform]) -> torch.Tensor:
-    """A stored n_k x D block as float32 rows on ``device`` (torch converts float16 several
-    times faster than numpy), transformed when asked."""
+    """A stored n_k x D block as float32 rows on ``device`` (converted by torch, not numpy),
+    transformed when asked."""
     rows = torch.from_numpy(np.asarray(block)).to(device=device, dtype=torch.float32)
     if transform is None:
         return rows

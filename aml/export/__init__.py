@@ -20,17 +20,51 @@ from torch import nn
 
 from aml.networks.retrieval_net import ImageRetrievalNet
 
+__all__ = ["DeployedStudent", "ExportError", "check_exports", "export_onnx", "export_student", "export_torchscript",
+           "generated_images"]
+
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 CHECK_SIZES: Tuple[Tuple[int, int], ...] = ((224, 224), (180, 300), (320, 240))
 
 
 class ExportError(RuntimeError):
-    """The network cannot be exported, or an export does not match PyTorch."""
+    """The network cannot be exported, or an export does not match PyTorch.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.export import DeployedStudent, ExportError
+        >>> from aml.networks import build_network
+        >>> try:
+        ...     DeployedStudent(build_network("resnet18", pretrained=False), (np.zeros(4), np.eye(4)))
+        ... except ExportError as err:
+        ...     print(str(err).split(";")[0])
+        the whitening is for 4-d descriptors but the student outputs 512-d ones
+    """
 
 
 class DeployedStudent(nn.Module):
-    """RGB in [0, 1] (B x 3 x H x W) -> B x D descriptors, whitening folded in when given."""
+    """The student for deployment: RGB images in [0, 1] to descriptors, whitening folded in.
+
+    It normalises B x 3 x H x W images with the network's mean/std, runs
+    :meth:`~aml.networks.ImageRetrievalNet.descriptors`, and applies the teacher's whitening
+    when given (P (x - m), then L2), so that queries land in the whitened space of a store.
+
+    Args:
+        net: the student (put in eval mode).
+        whitening: the teacher's whitening (m, P), for the student's dimension; None: none.
+
+    Raises:
+        ExportError: when the whitening is for another dimension than the student's.
+
+    Examples:
+        >>> import torch
+        >>> from aml.export import DeployedStudent
+        >>> from aml.networks import build_network
+        >>> model = DeployedStudent(build_network("resnet18", pretrained=False))
+        >>> model(torch.rand(1, 3, 48, 32)).shape
+        torch.Size([1, 512])
+    """
 
     def __init__(self, net: ImageRetrievalNet, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None):
         super().__init__()
@@ -49,6 +83,14 @@ class DeployedStudent(nn.Module):
         self.eval()  # the wrapper too: exporters restore its mode, and train() would reach the network
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Descriptors of RGB images.
+
+        Args:
+            image: B x 3 x H x W RGB images with values in [0, 1] (any H, W).
+
+        Returns:
+            B x D descriptors, L2-normalised (after the whitening, when one is folded in).
+        """
         x = self.net.descriptors((image - self.mean) / self.std)
         if self.whitened:
             x = (x - self.m) @ self.P.t()
@@ -57,8 +99,23 @@ class DeployedStudent(nn.Module):
 
 
 def generated_images(sizes: Sequence[Tuple[int, int]] = CHECK_SIZES, seed: int = 0) -> List[torch.Tensor]:
-    """One smooth random 1 x 3 x H x W image in [0, 1] per size (low frequencies plus noise,
-    so that activations look like a photograph's rather than white noise)."""
+    """One smooth random 1 x 3 x H x W image in [0, 1] per size.
+
+    Low frequencies plus noise, so that activations look like a photograph's rather than
+    white noise.
+
+    Args:
+        sizes: (height, width) of each image.
+        seed: the seed of the draw.
+
+    Returns:
+        The images.
+
+    Examples:
+        >>> from aml.export import generated_images
+        >>> [tuple(image.shape) for image in generated_images(((64, 48), (32, 32)))]
+        [(1, 3, 64, 48), (1, 3, 32, 32)]
+    """
     generator = torch.Generator().manual_seed(seed)
     images = []
     for height, width in sizes:
@@ -69,7 +126,22 @@ def generated_images(sizes: Sequence[Tuple[int, int]] = CHECK_SIZES, seed: int =
 
 
 def export_torchscript(model: DeployedStudent, path: PathLike, example: torch.Tensor) -> Path:
-    """Trace ``model`` on ``example`` and save it (loadable with ``torch.jit.load``)."""
+    """Trace a deployed student and save it as TorchScript (loadable with ``torch.jit.load``).
+
+    Args:
+        model: the deployed student.
+        path: the file to write.
+        example: the input to trace with, 1 x 3 x H x W in [0, 1].
+
+    Returns:
+        ``path``.
+
+    Examples:
+        >>> from aml.export import DeployedStudent, export_torchscript, generated_images
+        >>> model = DeployedStudent(student)  # doctest: +SKIP
+        >>> export_torchscript(model, "student.pt", generated_images()[0])  # doctest: +SKIP
+        PosixPath('student.pt')
+    """
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer warns about Python conditions on shapes (GeM's p): the check below proves the size stays free
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -80,8 +152,25 @@ def export_torchscript(model: DeployedStudent, path: PathLike, example: torch.Te
 
 
 def export_onnx(model: DeployedStudent, path: PathLike, example: torch.Tensor, opset: int = 17) -> Path:
-    """Export ``model`` to ONNX with batch, height and width dynamic (input ``image``,
-    output ``descriptor``)."""
+    """Export a deployed student to ONNX with batch, height and width dynamic.
+
+    The graph's input is ``image``, its output ``descriptor``.
+
+    Args:
+        model: the deployed student.
+        path: the file to write.
+        example: the input to export with, 1 x 3 x H x W in [0, 1].
+        opset: the ONNX opset version.
+
+    Returns:
+        ``path``.
+
+    Examples:
+        >>> from aml.export import DeployedStudent, export_onnx, generated_images
+        >>> model = DeployedStudent(student)  # doctest: +SKIP
+        >>> export_onnx(model, "student.onnx", generated_images()[0])  # doctest: +SKIP
+        PosixPath('student.onnx')
+    """
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -93,9 +182,23 @@ def export_onnx(model: DeployedStudent, path: PathLike, example: torch.Tensor, o
 
 def check_exports(model: DeployedStudent, files: Dict[str, Path],
                   images: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, float]:
-    """Max absolute difference between PyTorch's descriptors and each exported file's
-    (``torchscript``; ``onnx`` through onnxruntime, skipped with a notice when it is not
-    installed) over ``images`` (default: :func:`generated_images`)."""
+    """Max absolute difference between PyTorch's descriptors and each exported file's.
+
+    ``onnx`` runs through onnxruntime, and is skipped with a notice when it is not installed.
+
+    Args:
+        model: the deployed student the files were exported from.
+        files: ``{"torchscript": path, "onnx": path}``, either or both.
+        images: the images to compare on; None: :func:`generated_images`.
+
+    Returns:
+        ``{kind: max abs difference}`` for each file checked.
+
+    Examples:
+        >>> from aml.export import check_exports
+        >>> check_exports(model, {"torchscript": Path("deploy/student.pt")})  # doctest: +SKIP
+        {'torchscript': 2.384185791015625e-07}
+    """
     images = list(images) if images is not None else generated_images()
     with torch.no_grad():
         reference = [model(image).numpy() for image in images]
@@ -120,9 +223,34 @@ def check_exports(model: DeployedStudent, files: Dict[str, Path],
 
 def export_student(net: ImageRetrievalNet, folder: PathLike, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                    onnx: bool = True, tolerance: float = 1e-4) -> Tuple[Dict[str, Path], Dict[str, float]]:
-    """Write ``student.pt`` (TorchScript) and ``student.onnx`` to ``folder``, check them on
-    generated images of several sizes, and return (files, max abs differences). An export
-    that differs from PyTorch by more than ``tolerance`` raises :class:`ExportError`."""
+    """Export a student as TorchScript and ONNX, checked against PyTorch.
+
+    It writes ``student.pt`` (TorchScript) and ``student.onnx`` to ``folder`` and checks them
+    on generated images of several sizes.
+
+    Args:
+        net: the student (moved to the CPU in float32, and put in eval mode).
+        folder: where the files go (created when missing).
+        whitening: the teacher's whitening (m, P) to fold in, e.g. a store's; None: none.
+        onnx: also write ``student.onnx``.
+        tolerance: the largest max abs difference to PyTorch accepted.
+
+    Returns:
+        The files (``{"torchscript": path, "onnx": path}``) and their max abs differences to
+        PyTorch.
+
+    Raises:
+        ExportError: when an export differs from PyTorch by more than ``tolerance``, or the
+            whitening is for another dimension.
+
+    Examples:
+        >>> from aml.export import export_student
+        >>> from aml.networks import load_named_or_file
+        >>> student = load_named_or_file("mobilenet-v2-gem-contr-vgg16").net  # doctest: +SKIP
+        >>> files, diffs = export_student(student, "deploy")  # doctest: +SKIP
+        >>> sorted(files)  # doctest: +SKIP
+        ['onnx', 'torchscript']
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = DeployedStudent(net.cpu().float(), whitening).eval()

@@ -28,10 +28,17 @@ class TupleBatch:
         labels: B x M, 1 (positive), 0 (negative) or -1 (no member: a tuple shorter than M).
         target: B x M or None, the teacher's distance from each query to each member.
 
-    Example:
+    Raises:
+        ValueError: when the shapes do not fit together.
+
+    Examples:
+        >>> import torch
+        >>> from aml.losses import TupleBatch
         >>> batch = TupleBatch.single(torch.ones(4), torch.eye(4)[:2], torch.tensor([1, 0]))
-        >>> batch.members.shape
-        torch.Size([1, 2, 4])
+        >>> len(batch), batch.members.shape
+        (1, torch.Size([1, 2, 4]))
+        >>> TupleBatch(torch.zeros(2, 4), torch.zeros(2, 3, 4), torch.tensor([[1, 0, 0], [1, 0, -1]])).labels.shape
+        torch.Size([2, 3])
     """
 
     anchors: torch.Tensor
@@ -55,7 +62,20 @@ class TupleBatch:
     @classmethod
     def single(cls, anchor: torch.Tensor, members: torch.Tensor, labels: torch.Tensor,
                target: Optional[torch.Tensor] = None) -> "TupleBatch":
-        """One tuple: an anchor (D or 1 x D), its members (M x D) and their M labels."""
+        """One tuple: an anchor, its members and their labels.
+
+        Args:
+            anchor: the anchor, D or 1 x D.
+            members: its M x D members.
+            labels: their M labels, 1 (positive) or 0 (negative).
+            target: the teacher's M distances from the query to each member, if any.
+
+        Returns:
+            A batch of one tuple (the members in the anchor's dtype).
+
+        Raises:
+            ValueError: when there are not as many labels as members.
+        """
         labels = torch.as_tensor(labels).reshape(1, -1)
         if members.shape[0] != labels.shape[1]:
             raise ValueError(f"{members.shape[0]} members but {labels.shape[1]} labels")
@@ -64,14 +84,31 @@ class TupleBatch:
 
     @classmethod
     def pairs(cls, student: torch.Tensor, teacher: torch.Tensor) -> "TupleBatch":
-        """N tuples of one positive each: the student's row of an image and the teacher's row
-        of the same image (what the relational losses compare, mode ``rand``)."""
+        """N tuples of one positive each: the student's and the teacher's rows of one image.
+
+        What the relational losses compare (mode ``rand``).
+
+        Args:
+            student: N x D student descriptors, the anchors.
+            teacher: N x D teacher descriptors of the same images, each anchor's positive.
+
+        Returns:
+            N tuples of one member labelled 1.
+        """
         labels = torch.ones((len(student), 1), dtype=torch.long, device=student.device)
         return cls(student, teacher[:, None, :].to(student.dtype), labels)
 
     @classmethod
     def from_columns(cls, x: torch.Tensor, label: torch.Tensor,
                      target: Optional[torch.Tensor] = None) -> "TupleBatch":
-        """From cirtorch's D x N tuple matrix and labels (-1 anchor, 1, 0), with ``target``
-        (one distance per non-anchor column) if given."""
+        """A batch from cirtorch's D x N tuple matrix and labels.
+
+        Args:
+            x: D x N descriptors of several tuples of any lengths, each starting at its anchor.
+            label: N labels: -1 (anchor), 1 (positive), 0 (negative).
+            target: one distance per non-anchor column, in column order, if any.
+
+        Returns:
+            The tuples as a batch, the shorter ones padded with label -1.
+        """
         return cls(*LF.columns_to_tuples(x, label, *([] if target is None else [target])))

@@ -86,7 +86,25 @@ BACKBONES: Dict[str, Backbone] = {
 
 
 def get_backbone(arch: str) -> Backbone:
-    """The table entry for ``arch``, or a ValueError listing the supported names."""
+    """The table entry of one architecture.
+
+    Args:
+        arch: a name of :data:`BACKBONES` (``"resnet101"``, ``"mobilenet_v2"``, ...).
+
+    Returns:
+        The architecture's :class:`Backbone`: the library model, the trunk's children, its
+        output channels, whether it is a student trunk.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the supported ones.
+
+    Examples:
+        >>> from aml.networks import get_backbone
+        >>> get_backbone("resnet50").dim
+        2048
+        >>> get_backbone("mobilenet_v2").student
+        True
+    """
     try:
         return BACKBONES[arch]
     except KeyError:

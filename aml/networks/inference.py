@@ -2,8 +2,7 @@
 
 In eval mode a BatchNorm after a convolution is an affine map per channel, so it can be
 multiplied into the convolution's weights and bias: the same descriptors up to float
-rounding (~1e-8), one memory pass fewer per layer. MobileNetV2 extracts 1.4x faster on the
-CPU at 362 and 1024 px, ResNet101 1.07x (README, Speed). The trunk is traced with torch.fx,
+rounding (~1e-8), one memory pass fewer per layer. The trunk is traced with torch.fx,
 which finds every convolution followed by a BatchNorm; a trunk that does not trace (control
 flow, as EfficientNet's blocks) gets the pairs that sit next to each other in a Sequential.
 """

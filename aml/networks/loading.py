@@ -22,9 +22,11 @@ OFFTHESHELF_FLAGS = {"reg": "regional", "lwhiten": "local_whitening", "whiten": 
 
 @dataclass(eq=False)
 class LoadedNetwork:
-    """A network and its provenance, which decide where its whitening and descriptors are
-    kept: a checkpoint ``path``; else ``named`` (a published or off-the-shelf network, found
-    again by ``name``); else only in memory (nothing is cached for it).
+    """A network and its provenance, which decide where its whitening and descriptors are kept.
+
+    A network read from a checkpoint ``path`` keeps them next to it; else a ``named`` one (a
+    published or off-the-shelf network, found again by ``name``) under its name; else it
+    lives only in memory and nothing is cached for it.
 
     Attributes:
         net: the network (eval mode when loaded from a file or a name).
@@ -33,9 +35,14 @@ class LoadedNetwork:
         path: the checkpoint file it was read from, if any.
         named: whether ``name`` finds it again (published or off-the-shelf).
 
-    Example:
-        >>> student = load_named_or_file("runs/.../model_best.pth.tar")
-        >>> student.name, student.path, student.fingerprint
+    Examples:
+        >>> from aml.networks import LoadedNetwork, build_network
+        >>> student = LoadedNetwork.in_memory(build_network("resnet18", pretrained=False), "resnet18-random")
+        >>> student.name, student.path, student.named, len(student.fingerprint)
+        ('resnet18-random', None, False, 16)
+        >>> from aml.networks import load_named_or_file
+        >>> student = load_named_or_file("runs/.../model_best.pth.tar")  # doctest: +SKIP
+        >>> student.name, student.path, student.fingerprint  # doctest: +SKIP
         ('model_best', PosixPath('runs/.../model_best.pth.tar'), '3f2a...')
     """
 
@@ -52,7 +59,15 @@ class LoadedNetwork:
 
     @classmethod
     def in_memory(cls, net: ImageRetrievalNet, name: str) -> "LoadedNetwork":
-        """A network that exists only in memory (a student between two epochs)."""
+        """A network that exists only in memory (a student between two epochs).
+
+        Args:
+            net: the network.
+            name: what it goes by in logs and results.
+
+        Returns:
+            The network without a path, not ``named``: nothing is cached for it.
+        """
         return cls(net, name)
 
 
@@ -85,12 +100,28 @@ def pretrained_checkpoint(name: str, data_root: Optional[str] = None) -> Path:
 
 def load_named_or_file(network_path, teacher: Optional[str] = None,
                        data_root: Optional[str] = None) -> LoadedNetwork:
-    """A pretrained-list name or a checkpoint path -> the network in eval mode, named.
+    """The network a pretrained-list name or a checkpoint path stands for, in eval mode.
 
     Args:
-        network_path: a name of the pretrained list (downloaded once) or a checkpoint file.
+        network_path (str | Path): a name of the pretrained list (downloaded once) or a
+            checkpoint file.
         teacher: the teacher a student checkpoint was trained against, where it does not say.
         data_root: where published weights are kept.
+
+    Returns:
+        The network with its provenance: a published one ``named`` by its list name, a
+        checkpoint with its ``path`` and its file name without ``.pth...``.
+
+    Raises:
+        FileNotFoundError: when ``network_path`` is neither a file nor a name of the list.
+        ValueError: when a published file holds a network of another dimension than listed.
+
+    Examples:
+        >>> from aml.networks import load_named_or_file
+        >>> teacher = load_named_or_file("retrievalSfM120k-vgg16-gem", data_root="data")  # doctest: +SKIP
+        >>> student = load_named_or_file("runs/.../model_best.pth.tar", teacher="vgg16")  # doctest: +SKIP
+        >>> student.name, student.net.meta["outputdim"]  # doctest: +SKIP
+        ('model_best', 512)
     """
     if str(network_path) in PRETRAINED:
         name = str(network_path)

@@ -23,7 +23,30 @@ log = logging.getLogger(__name__)
 
 
 class ImageRetrievalNet(nn.Module):
-    """A trunk plus pooling that maps images to L2-normalised global descriptors."""
+    """A trunk plus pooling that maps images to L2-normalised global descriptors.
+
+    features -> [local whitening] -> pooling -> L2N -> [whitening -> L2N]. ``forward``
+    returns descriptors as columns (D x B), the cirtorch convention; :meth:`descriptors`
+    returns rows (B x D). :func:`build_network` builds one by name.
+
+    Args:
+        features: the trunk's children, then a student's 1x1 projection and ReLU, run in order.
+        lwhiten: the local whitening, a linear layer applied at every position of the
+            feature map before pooling, or None.
+        pool: the pooling layer (a module of :data:`aml.layers.pooling.POOLINGS`, or regional
+            pooling around one).
+        whiten: the learned whitening (a linear layer) after pooling, or None.
+        meta: what rebuilds the network (architecture, pooling, flags, mean, std, outputdim,
+            ...), kept in checkpoints.
+
+    Examples:
+        >>> import torch
+        >>> from aml.networks import build_network
+        >>> net = build_network("resnet18", pretrained=False).eval()
+        >>> images = torch.rand(2, 3, 32, 32)
+        >>> net(images).shape, net.descriptors(images).shape
+        (torch.Size([512, 2]), torch.Size([2, 512]))
+    """
 
     def __init__(self, features: List[nn.Module], lwhiten: Optional[nn.Module], pool: nn.Module,
                  whiten: Optional[nn.Module], meta: Dict[str, Any]):
@@ -36,7 +59,14 @@ class ImageRetrievalNet(nn.Module):
         self.meta = meta
 
     def descriptors(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x H x W images -> B x D descriptors."""
+        """Descriptors of a batch of images, one row per image.
+
+        Args:
+            x: B x 3 x H x W images, normalised with the network's mean and std.
+
+        Returns:
+            B x D L2-normalised descriptors.
+        """
         o = self.features(x)
         if self.lwhiten is not None:
             o = self.lwhiten(o.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -46,12 +76,22 @@ class ImageRetrievalNet(nn.Module):
         return o
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x H x W images -> D x B descriptors (one column per image)."""
+        """Descriptors of a batch of images, one column per image (cirtorch's convention).
+
+        Args:
+            x: B x 3 x H x W images, normalised with the network's mean and std.
+
+        Returns:
+            D x B L2-normalised descriptors.
+        """
         return self.descriptors(x).t()
 
     def projection(self) -> Optional[nn.Conv2d]:
-        """The student's bias-free 1x1 projection to the teacher's dimension (the conv before
-        the trunk's final ReLU), or None when the trunk has none."""
+        """The student's bias-free 1x1 projection to the teacher's dimension, if any.
+
+        Returns:
+            The convolution before the trunk's final ReLU, or None when the trunk has none.
+        """
         if len(self.features) < 2:
             return None
         conv, relu = self.features[-2], self.features[-1]
@@ -61,12 +101,20 @@ class ImageRetrievalNet(nn.Module):
         return None
 
     def gem_p(self) -> Optional[float]:
-        """The GeM exponent, if the network pools with a single-p GeM."""
+        """The GeM exponent, if the network pools with a single-p GeM.
+
+        Returns:
+            The exponent p, or None for another pooling.
+        """
         p = getattr(self.pool, "p", None)
         return float(p.item()) if isinstance(p, torch.Tensor) and p.numel() == 1 else None
 
     def meta_repr(self) -> str:
-        """The meta block as cirtorch prints it."""
+        """The meta block as cirtorch prints it.
+
+        Returns:
+            The lines of ``(meta): dict(...)``, one key a line.
+        """
         lines = ["  (meta): dict( "] + [f"     {k}: {self.meta.get(k)}" for k in
                                          ("architecture", "local_whitening", "pooling", "regional", "whitening",
                                           "outputdim", "mean", "std")] + ["  )"]
@@ -74,7 +122,24 @@ class ImageRetrievalNet(nn.Module):
 
 
 def multiscale_power(net: ImageRetrievalNet, scales: List[float]) -> float:
-    """msp: the network's GeM p for multi-scale extraction with plain GeM, else 1."""
+    """The power (msp) that averages a network's descriptors over several scales.
+
+    Args:
+        net: the network.
+        scales: the scales descriptors are extracted at.
+
+    Returns:
+        The network's GeM p for multi-scale extraction with plain GeM (no regional pooling,
+        no whitening), else 1.
+
+    Examples:
+        >>> from aml.networks import build_network, multiscale_power
+        >>> net = build_network("resnet18", pretrained=False)
+        >>> multiscale_power(net, [1, 2 ** 0.5, 2 ** -0.5])
+        3.0
+        >>> multiscale_power(net, [1])
+        1.0
+    """
     meta = net.meta
     plain_gem = meta.get("pooling") == "gem" and not meta.get("regional") and not meta.get("whitening")
     if len(scales) > 1 and plain_gem and net.gem_p() is not None:
@@ -108,13 +173,39 @@ def build_network(
 ) -> ImageRetrievalNet:
     """Build a retrieval network; nothing is moved to a device (the caller decides).
 
-    ``teacher`` ('vgg16' | 'resnet101') or ``teacher_dim`` fix the output dimension: student
-    trunks (mobilenet_v2/v3, efficientnet_b3) always get a bias-free 1x1 projection + ReLU
-    to it; other trunks get one only when ``teacher_dim`` differs from their width.
-    With ``pretrained``, the trunk starts from the original's ImageNet weights (found offline
-    or downloaded, see :func:`aml.networks.imagenet.find_weights`) and cirtorch's learned
-    linear layers are downloaded where published. ``mean``/``std`` default to the inputs the
-    ImageNet weights were trained on (ImageNet's statistics; 0.5 for EfficientNet-Lite).
+    ``teacher`` or ``teacher_dim`` fix the output dimension: student trunks
+    (mobilenet_v2/v3, efficientnet_b3) always get a bias-free 1x1 projection + ReLU to it;
+    other trunks get one only when ``teacher_dim`` differs from their width.
+
+    Args:
+        architecture: the trunk, a name of :data:`BACKBONES`.
+        pooling: a name of :data:`aml.layers.pooling.POOLINGS` (``"gem"``, ``"mac"``, ...).
+        local_whitening: a learnable linear layer before pooling.
+        regional: regional (R-MAC grid) pooling.
+        whitening: a learnable whitening (linear layer, then L2N) after pooling.
+        mean: the input normalisation's mean; default: that of the inputs the ImageNet
+            weights were trained on (ImageNet's statistics; 0.5 for EfficientNet-Lite).
+        std: the input normalisation's standard deviation, with the same default.
+        pretrained: start the trunk from the original's ImageNet weights (found offline or
+            downloaded, see :func:`aml.networks.imagenet.find_weights`) and download
+            cirtorch's learned linear layers where published.
+        teacher: ``"vgg16"`` or ``"resnet101"``, whose dimension a student trunk projects to
+            (default 512, vgg16's); recorded in ``meta``.
+        teacher_dim: the output dimension to project to, for any trunk.
+        data_root: where weights are found or downloaded.
+
+    Returns:
+        The network on the CPU, its ``meta`` filled in.
+
+    Raises:
+        ValueError: for an unknown architecture or pooling.
+
+    Examples:
+        >>> from aml.networks import build_network
+        >>> net = build_network("mobilenet_v2", pretrained=False, teacher="resnet101")
+        >>> net.meta["outputdim"], net.projection() is not None
+        (2048, True)
+        >>> teacher = build_network("resnet101", "gem", whitening=True, data_root="data")  # doctest: +SKIP
     """
     if pooling not in POOLINGS:
         raise ValueError(f"Unsupported or unknown pooling: {pooling!r}; choose one of {sorted(POOLINGS)}")
@@ -179,11 +270,29 @@ _BUILD_KEYS = ("architecture", "pooling", "local_whitening", "regional", "whiten
 def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
     """cirtorch-compatible entry point: :func:`build_network` from a parameter dict.
 
-    A checkpoint's ``meta`` is accepted as it is (``init_network({**state["meta"],
-    "pretrained": False})``): ``outputdim`` fixes the dimension and must agree with
-    ``teacher_dim`` and with a published ``teacher``'s; ``Lw`` and aml's ``seed`` and
-    ``batchnorm_calibrated`` are copied into ``net.meta``. Any other key is refused (a
-    misspelling).
+    A checkpoint's ``meta`` is accepted as it is: ``outputdim`` fixes the dimension and must
+    agree with ``teacher_dim`` and with a published ``teacher``'s; ``Lw`` and aml's ``seed``
+    and ``batchnorm_calibrated`` are copied into ``net.meta``.
+
+    Args:
+        params: :func:`build_network`'s keyword arguments and the other keys a checkpoint's
+            ``meta`` holds (:data:`META_EXTRA_KEYS`); None: every default.
+
+    Returns:
+        The network :func:`build_network` builds from them, with the kept keys in its ``meta``.
+
+    Raises:
+        ValueError: for any other key (a misspelling), or an ``outputdim`` that disagrees with
+            the teacher's dimension.
+
+    Examples:
+        >>> from aml.networks import init_network
+        >>> net = init_network({"architecture": "resnet18", "pretrained": False, "seed": 3})
+        >>> net.meta["outputdim"], net.meta["seed"]
+        (512, 3)
+        >>> from aml.networks.checkpoint import load_checkpoint
+        >>> state = load_checkpoint("runs/.../model_best.pth.tar")  # doctest: +SKIP
+        >>> net = init_network({**state["meta"], "pretrained": False})  # doctest: +SKIP
     """
     params = dict(params or {})
     unknown = set(params) - set(_BUILD_KEYS) - set(META_EXTRA_KEYS)

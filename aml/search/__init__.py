@@ -32,6 +32,9 @@ from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file, save_plain_file
 
+__all__ = ["Store", "StoreError", "build_ivfpq", "build_store", "check_teacher", "list_images", "open_store",
+           "query_store"]
+
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 SEARCH = "search.json"  # what the query side checks: the teacher the store was indexed with
@@ -47,7 +50,18 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class StoreError(ValueError):
-    """A store is missing, incomplete, or was encoded by another network than the student's teacher."""
+    """A store is missing, incomplete, or was encoded by another network than the student's teacher.
+
+    A ValueError whose message names what is wrong and how to fix it.
+
+    Examples:
+        >>> from aml.search import StoreError, open_store
+        >>> try:
+        ...     open_store("no/such.store")
+        ... except StoreError as err:
+        ...     print(str(err).split(";")[0])
+        no/such.store is not a complete store (no descriptors.npy with matching settings)
+    """
 
 
 def faiss_or_none():
@@ -60,7 +74,24 @@ def faiss_or_none():
 
 
 def list_images(source: PathLike) -> List[str]:
-    """Every image file under a folder (sorted), or the lines of a text file list."""
+    """Every image file under a folder (sorted), or the lines of a text file list.
+
+    Args:
+        source: a folder (its images, by extension, at any depth) or a text file of image
+            paths, one a line.
+
+    Returns:
+        The image paths.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from aml.search import list_images
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     for name in ("b.jpg", "a.PNG", "notes.txt"):
+        ...         (pathlib.Path(folder) / name).touch()
+        ...     [pathlib.Path(path).name for path in list_images(folder)]
+        ['a.PNG', 'b.jpg']
+    """
     source = Path(source)
     if source.is_dir():
         return sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -69,7 +100,28 @@ def list_images(source: PathLike) -> List[str]:
 
 @dataclass
 class Store:
-    """A loaded descriptor store."""
+    """A loaded descriptor store: the teacher's database descriptors, searched with queries.
+
+    :func:`open_store` loads one; :func:`query_store` encodes query images and searches it.
+
+    Attributes:
+        folder: the store's folder.
+        vecs: D x N float32 database descriptors, whitened when the store has a whitening.
+        images: the N database images, in column order.
+        settings: how the store was made (network, source, fingerprint, image_size, scales,
+            dim, ...).
+        whitening: the teacher's learned whitening (m, P), applied to both sides, or None.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from aml.search import Store, open_store
+        >>> store = Store(Path("no/such.store"), np.eye(3, dtype=np.float32), ["a.jpg", "b.jpg", "c.jpg"], {})
+        >>> scores, indices = store.search(np.array([[0.0], [0.6], [0.8]]), k=2)
+        >>> indices, scores.round(2)
+        (array([[2, 1]]), array([[0.8, 0.6]], dtype=float32))
+        >>> store = open_store("photos.store")  # doctest: +SKIP
+    """
 
     folder: Path
     vecs: np.ndarray  # D x N, whitened when the store has a whitening
@@ -78,9 +130,24 @@ class Store:
     whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
     def search(self, queries: np.ndarray, k: int, prewhitened: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-        """(scores, indices), each Q x k, best first, for D x Q query descriptors, whitened
-        like the database when the store has a whitening (unless ``prewhitened``: an exported
-        student with the store's whitening folded in)."""
+        """The ``k`` best database images of each query, best first.
+
+        The queries are whitened like the database when the store has a whitening. The
+        search is exact (faiss ``IndexFlatIP`` when faiss is installed, else one matrix
+        product with torch) unless the store holds an IVF-PQ index.
+
+        Args:
+            queries: D x Q query descriptors.
+            k: results per query (at most the database's size).
+            prewhitened: the queries are whitened already (an exported student with the
+                store's whitening folded in).
+
+        Returns:
+            The scores and the database indices, each Q x k, best first.
+
+        Raises:
+            StoreError: when the store's IVF-PQ index is damaged or belongs to another store.
+        """
         if self.whitening is not None and not prewhitened:
             queries = whitenapply(queries, *self.whitening)
         k = min(k, self.vecs.shape[1])
@@ -106,14 +173,36 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
                 folder: PathLike, image_size: int, scales: Sequence[float] = (1,),
                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                 config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
-    """Encode ``images`` with the teacher into a store at ``folder`` (``teacher_source``:
-    the name or path the teacher was loaded from, recorded for the query-side check).
+    """Encode a database's images with the teacher into a store.
 
     The descriptors are a sharded descriptor store (:mod:`aml.descriptors.store`, float32):
     an interrupted indexing, run again with the same teacher, settings and images, resumes at
     its first missing shard. Indexing into a complete store encodes everything again (its
     images may have changed in place); the whitening and IVF-PQ index there are removed:
-    they belong to the old descriptors."""
+    they belong to the old descriptors.
+
+    Args:
+        teacher: the teacher and its provenance.
+        teacher_source: the name or path the teacher was loaded from, recorded for the
+            query-side check.
+        images: the database's image files.
+        folder: the store's folder.
+        image_size: the longer side images are shrunk to.
+        scales: the multi-scale factors.
+        whitening: the teacher's learned whitening (m, P), saved with the store and applied to
+            both sides; None: none.
+        config: how to extract (:class:`~aml.descriptors.ExtractionConfig`).
+
+    Returns:
+        The store's folder.
+
+    Examples:
+        >>> from aml.networks.loading import load_teacher
+        >>> from aml.search import build_store, list_images
+        >>> teacher = load_teacher("vgg16")  # doctest: +SKIP
+        >>> build_store(teacher, "vgg16", list_images("photos/"), "photos.store", 1024)  # doctest: +SKIP
+        PosixPath('photos.store')
+    """
     folder = Path(folder)
     images = [str(Path(i).resolve()) for i in images]
     key = StoreKey(DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint), teacher.name,
@@ -231,7 +320,23 @@ def _whitening(folder: Path, dim: int) -> Optional[Tuple[np.ndarray, np.ndarray]
 
 
 def open_store(folder: PathLike) -> Store:
-    """Load a store (either layout); a StoreError names what is missing or damaged, with the fix."""
+    """Load a store (either layout), its descriptors whitened when it has a whitening.
+
+    Args:
+        folder: the store's folder.
+
+    Returns:
+        The store.
+
+    Raises:
+        StoreError: naming what is missing or damaged, with the fix.
+
+    Examples:
+        >>> from aml.search import open_store
+        >>> store = open_store("photos.store")  # doctest: +SKIP
+        >>> store.vecs.shape, store.settings["network"]  # doctest: +SKIP
+        ((512, 10000), 'retrievalSfM120k-vgg16-gem')
+    """
     folder = Path(folder)
     if (folder / "manifest.json").is_file():
         vecs, images, settings = _sharded_descriptors(folder)
@@ -245,9 +350,30 @@ def open_store(folder: PathLike) -> Store:
 
 def check_teacher(store: Store, student: ImageRetrievalNet, teacher_net: Optional[ImageRetrievalNet],
                   teacher_spec: Optional[str]) -> None:
-    """Refuse a store encoded by another network than the student's teacher: the teacher
-    (``teacher_spec``, else the student's ``meta['teacher']``) must have the store's weights
-    (fingerprint), or, for a published teacher name, the store's network name."""
+    """Refuse a store encoded by another network than the student's teacher.
+
+    The teacher (``teacher_spec``, else the student's ``meta['teacher']``) must have the
+    store's weights (fingerprint), or, for a published teacher name, the store's network name.
+
+    Args:
+        store: the opened store.
+        student: the student whose queries are to search it.
+        teacher_net: the teacher's network, when it is a checkpoint on this machine (its
+            fingerprint is compared); None: the names are compared.
+        teacher_spec: the teacher as the user named it (a published name or a path); None:
+            the student's ``meta['teacher']``.
+
+    Raises:
+        StoreError: when the student's dimension is not the store's, the teacher is not the
+            store's network, or the student records no teacher and none is given.
+
+    Examples:
+        >>> from aml.networks import load_named_or_file
+        >>> from aml.search import check_teacher, open_store
+        >>> store = open_store("photos.store")  # doctest: +SKIP
+        >>> student = load_named_or_file("mobilenet-v2-gem-contr-vgg16").net  # doctest: +SKIP
+        >>> check_teacher(store, student, None, None)  # doctest: +SKIP
+    """
     settings = store.settings
     if student.meta["outputdim"] != settings["dim"]:
         raise StoreError(f"the student outputs {student.meta['outputdim']}-d descriptors but the store {store.folder} "
@@ -270,8 +396,28 @@ def check_teacher(store: Store, student: ImageRetrievalNet, teacher_net: Optiona
 def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str], k: int = 10,
                 bbxs: Optional[Sequence[Optional[BBox]]] = None,
                 config: ExtractionConfig = DEFAULT_EXTRACTION) -> List[Dict[str, Any]]:
-    """Encode ``images`` with the student (as the store was encoded: image size, scales)
-    and return, per query, its top-``k`` database images with scores."""
+    """Encode query images with the student and search the store with them.
+
+    The queries are encoded as the store was (image size, scales).
+
+    Args:
+        store: the opened store (checked against the student with :func:`check_teacher`).
+        student: the student network.
+        images: the query images.
+        k: results per query.
+        bbxs: per query image, a crop box (x1, y1, x2, y2) or None.
+        config: how to extract (:class:`~aml.descriptors.ExtractionConfig`).
+
+    Returns:
+        Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``
+        with its top-``k`` database images, best first.
+
+    Examples:
+        >>> from aml.search import query_store
+        >>> results = query_store(store, student, ["query.jpg"], k=5)  # doctest: +SKIP
+        >>> results[0]["results"][0]  # doctest: +SKIP
+        {'image': '/photos/0042.jpg', 'score': 0.83}
+    """
     scales = store.settings["scales"]
     queries = describe_images(student, images, store.settings["image_size"], scales, bbxs=bbxs,
                               config=config.but(desc="queries"))
@@ -283,9 +429,33 @@ def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str],
 
 def build_ivfpq(store: Store, nlist: int, m: int, nprobe: int = 16, k: int = 10, sample: int = 200,
                 seed: int = 0) -> float:
-    """Train and save an IVF-PQ index (``nlist`` lists, ``m`` sub-quantisers of 8 bits) over
-    the store and return its recall@k against exact search, measured with ``sample``
-    database descriptors as queries."""
+    """Train and save an IVF-PQ index over a store; return its recall@k against exact search.
+
+    The index (``index.faiss`` in the store's folder) has ``nlist`` lists and ``m``
+    sub-quantisers of 8 bits; ``sample`` database descriptors serve as the queries of the
+    recall.
+
+    Args:
+        store: the opened store.
+        nlist: the inverted lists.
+        m: the sub-quantisers; the dimension must be a multiple of it.
+        nprobe: the lists searched per query (at most ``nlist``).
+        k: the k of recall@k.
+        sample: the database descriptors drawn as queries.
+        seed: the seed of their draw.
+
+    Returns:
+        The recall@k of the index against exact search, in [0, 1].
+
+    Raises:
+        StoreError: without faiss, with fewer database images than 256 (and than ``nlist``),
+            or with a dimension that is not a multiple of ``m``.
+
+    Examples:
+        >>> from aml.search import build_ivfpq, open_store
+        >>> build_ivfpq(open_store("photos.store"), nlist=64, m=32)  # doctest: +SKIP
+        0.94
+    """
     faiss = faiss_or_none()
     if faiss is None:
         raise StoreError("--ivfpq needs faiss: pip install faiss-cpu")

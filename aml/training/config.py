@@ -18,7 +18,87 @@ from aml.utils.distributed import DEFAULT_TIMEOUT_S
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every option of a training run, with main.py's defaults (the original's)."""
+    """Every option of a training run, with main.py's defaults (the original's).
+
+    A field is named as its ``main.py`` flag (``--neg-num`` is ``neg_num``). Frozen; an
+    unknown field is a TypeError, and :meth:`check` (or :func:`problems`) says why a
+    combination cannot train, before anything is loaded.
+
+    Attributes:
+        directory: where the run folder is created.
+        training_dataset: a training set's name, or a folder ``<data_root>/train/NAME`` made
+            by ``python -m aml.cli.make_trainset``.
+        val: run validation.
+        test_datasets: the test sets evaluated every ``test_freq`` epochs (a string is split
+            at commas).
+        test_whiten: the whitening set for test evaluation ("": none).
+        val_freq: validate every N epochs.
+        save_freq: write ``model_epochN`` every N epochs.
+        arch: the architecture, a name of :data:`aml.networks.BACKBONES`.
+        pool: the pooling, a name of :data:`aml.layers.pooling.POOLINGS`.
+        local_whitening: a learnable linear layer before pooling.
+        regional: regional (R-MAC grid) pooling.
+        whitening: a learnable whitening after pooling.
+        pretrained: start from ImageNet's weights; False: random initialisation.
+        trunk_weights: ``"synthetic"`` or a trunk state-dict file, instead of ImageNet's weights.
+        loss: the loss, a name of :data:`aml.losses.LOSSES`.
+        mode: the training mode, a name of :data:`aml.training.modes.MODES`.
+        loss_margin: the margin of the contrastive and triplet losses.
+        image_size: the longer side of training images.
+        neg_num: negatives per tuple.
+        query_size: tuples per epoch.
+        pool_size: the pool of negatives per epoch.
+        gpu_id: the GPU used with ``device="auto"``.
+        workers: data loading workers.
+        epochs: the epochs to train.
+        batch_size: tuples per step, over all processes.
+        update_every: an optimizer step every N batches.
+        optimizer: a name of :data:`aml.training.optim.OPTIMIZERS`.
+        lr: the learning rate.
+        momentum: the optimizer's momentum.
+        weight_decay: the weight decay.
+        print_freq: log the loss every N batches.
+        resume: a checkpoint name in the run folder to resume from; if missing, the latest
+            ``model_epochN`` there ("": start afresh).
+        comment: appended to the run folder's name.
+        temp: the temperature of the cross-entropy losses.
+        teacher: ``"vgg16"`` or ``"resnet101"`` (the published teachers), or a checkpoint path.
+        sym: positives and negatives also go through the student.
+        feat_path: the teacher's D x N descriptors of the train split (a ``.npy`` feature file
+            or a descriptor store folder), read instead of loading the teacher.
+        feat_val_path: the same for the val split.
+        train_batchnorm: BatchNorm uses batch statistics, all images of a mini-batch encoded
+            together (for trunks trained from scratch); False: frozen, as the original.
+        batch_forward: with frozen BatchNorm, encode all images of a mini-batch together (one
+            forward per image shape) instead of tuple by tuple: the same result, more memory.
+        proj_lr_mult: the learning-rate multiplier of the student's 1x1 projection.
+        test_freq: evaluate on ``test_datasets`` every N epochs (0: never).
+        seed: the seed of the network's initialisation and of every random draw (tuples,
+            shuffling).
+        amp: autocast of the training steps and of extraction; False: fp32 everywhere; None:
+            extraction autocast on CUDA only, training steps in fp32.
+        amp_dtype: the dtype of extraction's autocast.
+        decode: where images are decoded for extraction (:class:`~aml.descriptors.ExtractionConfig`).
+        compile: ``torch.compile`` the network for extraction.
+        data_root: the data root for data sets, weights and features.
+        device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        quiet: no progress bars (log lines stay).
+        dist_timeout: under torchrun, how long (seconds) a process waits for the others
+            before it stops with an error.
+
+    Examples:
+        >>> from aml.training import TrainConfig
+        >>> from aml.training.config import problems
+        >>> config = TrainConfig(directory="runs", arch="mobilenet_v2", mode="ts", teacher="vgg16")
+        >>> problems(config)
+        []
+        >>> problems(config.but(loss="dark", batch_size=4))[-1]
+        '--loss dark needs --batch-size of at least 5 (4 neighbours per image)'
+        >>> TrainConfig(directory="runs", negnum=3)  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ...
+        TypeError: TrainConfig.__init__() got an unexpected keyword argument 'negnum'
+    """
 
     directory: str  # where the run folder is created
     training_dataset: str = "retrieval-SfM-120k"
@@ -79,18 +159,48 @@ class TrainConfig:
             object.__setattr__(self, "test_datasets", tuple(self.test_datasets))
 
     def but(self, **changes: Any) -> "TrainConfig":
-        """A copy with ``changes`` (unknown names are a TypeError)."""
+        """A copy with some fields changed.
+
+        Args:
+            **changes: the new values, by field name.
+
+        Returns:
+            The changed copy (this config stays as it is).
+
+        Raises:
+            TypeError: for a name that is not a field.
+        """
         return dataclasses.replace(self, **changes)
 
     def check(self) -> None:
-        """Raise ValueError, with the reason, for a combination that cannot train."""
+        """Raise ValueError, with the reason, for a combination that cannot train.
+
+        Raises:
+            ValueError: with the first of :func:`problems`.
+        """
         problem = next(iter(problems(self)), None)
         if problem:
             raise ValueError(problem)
 
 
 def problems(config: TrainConfig) -> List[str]:
-    """Why ``config`` cannot train (empty: it can)."""
+    """Why a config cannot train, checked before anything is loaded.
+
+    Args:
+        config: the run's options.
+
+    Returns:
+        The reasons, one sentence each; empty when it can train.
+
+    Examples:
+        >>> from aml.training import TrainConfig
+        >>> from aml.training.config import problems
+        >>> problems(TrainConfig(directory="runs"))
+        []
+        >>> [reason.split(" (")[0] for reason in problems(TrainConfig(directory="runs", loss="dark", batch_size=4))]
+        ['--loss dark cannot be used with --mode std: it compares batches of student and teacher descriptors',
+         '--loss dark needs --batch-size of at least 5']
+    """
     found: List[str] = []
     for name, kind in ((config.training_dataset, "training"), (config.test_whiten, "whitening")):
         if name:

@@ -45,7 +45,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What a run leaves: its folder, one record per epoch trained, and the trained network."""
+    """What a run leaves: its folder, one record per epoch trained, and the trained network.
+
+    Attributes:
+        run_dir: the run folder (``model_epochN.pth.tar``, ``model_best.pth.tar``,
+            ``log.txt``, curves).
+        history: one record per epoch trained: epoch, train and val loss, lr, and the test
+            results of the epochs tested.
+        net: the trained network.
+
+    Examples:
+        >>> from aml.training import TrainConfig, run
+        >>> result = run(TrainConfig(directory="runs", arch="mobilenet_v2", mode="ts"))  # doctest: +SKIP
+        >>> result.run_dir / "model_best.pth.tar"  # doctest: +SKIP
+        PosixPath('runs/retrieval-SfM-120k_mobilenet_v2_gem_contrastive_.../model_best.pth.tar')
+        >>> result.history[-1]["val_loss"]  # doctest: +SKIP
+    """
 
     run_dir: Path
     history: List[Dict[str, Any]]
@@ -53,18 +68,25 @@ class TrainResult:
 
 
 def run(config: TrainConfig) -> TrainResult:
-    """Train as ``config`` says; under torchrun, as one process of the job.
+    """Train as a config says; under torchrun, as one process of the job.
 
     Args:
-        config: the run's options (checked first: a ValueError says why they cannot train).
+        config: the run's options (checked first).
 
     Returns:
         The run folder (``model_epochN.pth.tar``, ``model_best.pth.tar``, ``log.txt``, curves),
         the per-epoch records (losses, lr, test results) and the network.
 
-    Example:
+    Raises:
+        ValueError: why the options cannot train (:func:`~aml.training.config.problems`), or
+            why the batch does not split over the torchrun processes.
+
+    Examples:
+        >>> from aml.training import TrainConfig, run
         >>> result = run(TrainConfig(directory="runs", training_dataset="synth-sfm", arch="resnet18",
-        ...                          image_size=96, query_size=64, pool_size=128, epochs=1))
+        ...                          image_size=96, query_size=64, pool_size=128, epochs=1))  # doctest: +SKIP
+        >>> sorted(path.name for path in result.run_dir.glob("*.pth.tar"))  # doctest: +SKIP
+        ['model_best.pth.tar', 'model_epoch1.pth.tar']
     """
     config.check()
     requested = resolve_device(config.device, config.gpu_id)

@@ -39,7 +39,7 @@ BatchEncoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images ->
 
 # Pixels per CPU forward: batches of images up to this many pixels in all (at least one
 # image): 2 images of 362x272, 1 of 1024x768. Batches beyond it fall out of the caches and
-# cost more per image (benchmarks/extract.py --batch-sizes, README "Speed").
+# cost more per image (benchmarks/extract.py --batch-sizes; docs/speed.md).
 CPU_PIXEL_BUDGET = 250_000
 GPU_BATCH_SIZE = 32
 # Folding BatchNorm costs a copy of the network (~0.1 s for MobileNetV2, 0.4 s for ResNet101
@@ -187,7 +187,7 @@ class ExtractionConfig:
     amp: Optional[bool] = None  # autocast; None: on CUDA only
     amp_dtype: str = "float16"  # of the autocast (AMP_DTYPES)
     decode: str = "auto"  # DECODINGS, or "auto": workers on CUDA, pil on the CPU
-    channels_last: bool = True  # 1.3-1.5x faster on the CPU
+    channels_last: bool = True  # faster on the CPU (docs/speed.md)
     compile: bool = False  # torch.compile the forward
     fold_batchnorm: Optional[bool] = None  # None: for calls of FOLD_MIN_PIXELS or more
     skip_bad: bool = False  # an unreadable image is skipped (and listed) instead of raising

@@ -43,7 +43,7 @@ def parameter_groups(net: nn.Module, lr: float, weight_decay: float, projection_
 
 
 # The same update as the original's, in one fused kernel per step where the parameters allow
-# it (CPU and CUDA float tensors): 3 to 5 times faster on the CPU (benchmarks/optimizer.py);
+# it (CPU and CUDA float tensors): faster on the CPU (benchmarks/optimizer.py, docs/speed.md);
 # Adam's result differs from the loop over tensors by rounding, SGD's not at all.
 FUSED_DEVICES = ("cpu", "cuda")
 

@@ -1,0 +1,428 @@
+#!/usr/bin/env python
+"""Make the docs' tables and plots from the results files, so that no number is typed by hand.
+
+    python docs/generate.py            # write docs/generated/*.md and docs/images/generated/*.png
+    python docs/generate.py --check    # exit 1 when a generated file is missing or out of date
+
+Inputs: ``benchmarks/results/*.json`` (written by the benchmarks and by ``python -m aml.demo
+--json``), aml's registries (which loss trains in which mode) and the docs' own pages (the
+commands that the test suite does not run). Each table ends with the file it came from, the
+machine, the versions and the command. The pages include the tables with
+``--8<-- "<name>.md"`` (pymdownx.snippets). ``docs/generated/sources.json`` records the sha256
+of each output's inputs, so ``--check`` also finds a plot older than its data.
+"""
+
+import argparse
+import hashlib
+import json
+import re
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+GENERATED = ROOT / "docs" / "generated"
+IMAGES = ROOT / "docs" / "images" / "generated"
+sys.path.insert(0, str(ROOT))
+
+# ---- the docs' fenced blocks (also what tests/docs/test_commands.py runs)
+
+MARKER = re.compile(r"^<!--\s*(not run|tested by):\s*(.+?)\s*-->$")
+FENCE = re.compile(r"^```(\w*)\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A fenced block of a docs page, with the marker on the line before it, if any."""
+
+    page: Path
+    line: int  # of the opening fence, 1-based
+    language: str
+    text: str
+    marker: Optional[Tuple[str, str]]  # ("not run" | "tested by", what)
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+
+def doc_pages() -> List[Path]:
+    """Every page of the site, and the README."""
+    return sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+
+
+def page_blocks(page: Path) -> List[Block]:
+    """The fenced blocks of a page in order."""
+    lines = page.read_text().splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        fence = FENCE.match(lines[i])
+        if not fence:
+            i += 1
+            continue
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+        before = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        marker = MARKER.match(before)
+        blocks.append(Block(page, i + 1, fence.group(1), "\n".join(lines[i + 1:end]) + "\n",
+                            (marker.group(1), marker.group(2)) if marker else None))
+        i = end + 1
+    return blocks
+
+
+# ---- formatting
+
+
+def _load(name: str) -> Optional[dict]:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def source_line(name: str, record: dict) -> str:
+    """Where a table's numbers come from: file, machine, kernels, versions, date, command."""
+    p = record["provenance"]
+    kernels = p.get("cpu_capability", p.get("kernels", ""))
+    if p.get("kernels") not in (None, "default", "CUDA"):
+        kernels += f" ({p['kernels']})"
+    versions = f"torch {p['torch']}" + (f", torchvision {p['torchvision']}" if "torchvision" in p else "")
+    return (f"*From `benchmarks/results/{name}`: {p['machine']}" + (f", {kernels} kernels" if kernels and
+            kernels != "CUDA" else "") + f", {versions}, Python {p['python']}, {p['date']}; `{p['command']}`.*")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+Output = Dict[str, str]  # generated file name -> Markdown text
+Plot = Callable[[Path], None]
+
+
+@dataclass
+class Generated:
+    """What one section makes: Markdown files, plots (name -> drawing function) and its inputs."""
+
+    markdown: Output
+    plots: Dict[str, Plot]
+    inputs: List[str]  # results files read
+
+
+def _bars(groups, series, path: Path, ylabel: str, title: str) -> None:
+    from aml.reports.charts import bar_chart
+
+    if not bar_chart(groups, series, path, ylabel=ylabel, title=title):
+        raise SystemExit("matplotlib is needed to draw the plots (pip install matplotlib)")
+
+
+# ---- sections
+
+
+DEMO_LEVELS = (("synth-oxford", "medium"), ("synth-oxford", "hard"), ("synth-paris", "medium"), ("synth-paris", "hard"))
+
+
+def demo_section() -> Generated:
+    record = _load("demo.json")
+    if record is None:
+        return Generated({"demo.md": "*No demo results yet: `python -m aml.demo --json benchmarks/results/demo.json`.*\n"},
+                         {}, [])
+    rows = [[row["network"], row["test"]] + [mean_std(row["map"][d][level]) for d, level in DEMO_LEVELS]
+            for row in record["rows"]]
+    seeds = ", ".join(map(str, record["seeds"]))
+    text = (f"mAP (%), Medium (M) and Hard (H); mean ± standard deviation over the students' seeds {seeds} "
+            "(the teacher is one network):\n\n"
+            + table(["network", "test", "synth-oxford M", "synth-oxford H", "synth-paris M", "synth-paris H"], rows))
+    text += "\n" + "".join(f"- {note}\n" for note in record.get("notes", []))
+    seconds = record["seconds"]
+    text += (f"\nTime: {seconds['total']:.0f} s in all: {seconds['data']:.0f} s to generate the data (or find it), "
+             f"{seconds['teacher']:.0f} s for the teacher (trained, or found and tested), "
+             f"{seconds['students']:.0f} s for the students and their tests.\n\n" + source_line("demo.json", record) + "\n")
+
+    def plot(path: Path) -> None:
+        groups = [f"{r['network'].replace('student ', '').replace(' (', chr(10) + '(')}\n{r['test']}"
+                  for r in record["rows"]]
+        series = {f"{d} {level[0].upper()}": ([statistics.mean(r["map"][d][level]) for r in record["rows"]],
+                                              [statistics.stdev(r["map"][d][level]) if len(r["map"][d][level]) > 1
+                                               else 0.0 for r in record["rows"]])
+                  for d, level in DEMO_LEVELS}
+        _bars(groups, series, path, "mAP (%)", f"aml demo (mean ± std over seeds {seeds})")
+    return Generated({"demo.md": text}, {"demo.png": plot}, ["demo.json"])
+
+
+def extract_section() -> Generated:
+    names = sorted(p.name for p in RESULTS.glob("extract*.json"))
+    if not names:
+        return Generated({"extract.md": "*Not measured yet: `python benchmarks/extract.py`.*\n"}, {}, [])
+    records = [_load(name) for name in names]
+    rows = [dict(r, settings=record["settings"]) for record in records for r in record["results"]]
+    text = ("Images per second, best of the repeats, on generated JPEGs of 1024x768 and 768x1024 (the number "
+            "in the JPEGs column), with 1 compute thread and 1 loader worker, random weights with calibrated "
+            "BatchNorm:\n\n"
+            + table(["network", "px", "scales", "JPEGs", "the original's loop", "aml", "aml / original",
+                     "aml `--decode device`"],
+                    [[r["network"], r["image_size"], r["scales"], f"{r['settings']['images']}", f"{r['original']:.2f}",
+                      f"{r['aml']:.2f}", f"{r['aml'] / r['original']:.2f}x", f"{r['aml_decode_device']:.2f}"]
+                     for r in rows])
+            + "\n" + "\n\n".join(source_line(name, record) for name, record in zip(names, records)) + "\n")
+
+    def plot(path: Path) -> None:
+        groups = [f"{r['network']}\n{r['image_size']} px, {r['scales']}" for r in rows]
+        zero = [0.0] * len(rows)
+        series = {"the original's loop": ([r["original"] for r in rows], zero), "aml": ([r["aml"] for r in rows], zero),
+                  "aml --decode device": ([r["aml_decode_device"] for r in rows], zero)}
+        _bars(groups, series, path, "images per second", "CPU extraction, the original's loop against aml")
+    return Generated({"extract.md": text}, {"extract.png": plot}, names)
+
+
+REAL_WEIGHTS = {  # key -> (measurement, format)
+    "fold": "BatchNorm folded: max abs difference / min cosine",
+    "batched_max_abs": "images of one shape batched: max abs difference",
+    "float16": "float16 autocast: min / median cosine",
+    "bfloat16": "bfloat16 autocast: min / median cosine",
+    "export": "exported student, TorchScript / ONNX (onnxruntime): max abs difference",
+}
+
+
+def real_weights_section() -> Generated:
+    record = _load("real_weights.json")
+    if record is None:
+        return Generated({"real_weights.md": "*Not measured yet: `python benchmarks/real_weights.py`.*\n"}, {}, [])
+    results = record["results"]["results"]
+    sizes = list(results)
+
+    def cells(r: dict) -> Dict[str, str]:
+        return {"fold": f"{r['fold_max_abs']:.1e} / {r['fold_min_cosine']:.7f}",
+                "batched_max_abs": f"{r['batched_max_abs']:.1e}",
+                "float16": f"{r['float16_min_cosine']:.5f} / {r['float16_median_cosine']:.6f}",
+                "bfloat16": f"{r['bfloat16_min_cosine']:.4f} / {r['bfloat16_median_cosine']:.4f}",
+                "export": f"{r['torchscript_max_abs']:.1e} / {r['onnx_max_abs']:.1e}"}
+    by_size = {size: cells(results[size]) for size in sizes}
+    text = (f"{record['results']['network']}, on the {record['results']['photos']} photos of scikit-image; each path "
+            "against the plain float32 extraction one image at a time:\n\n"
+            + table(["measurement"] + [f"{size} px" for size in sizes],
+                    [[label] + [by_size[size][key] for size in sizes] for key, label in REAL_WEIGHTS.items()])
+            + "\n" + source_line("real_weights.json", record) + "\n")
+    return Generated({"real_weights.md": text}, {}, ["real_weights.json"])
+
+
+def decoding_section() -> Generated:
+    record = _load("decoding.json")
+    if record is None:
+        return Generated({"decoding.md": "*Not measured yet: `python benchmarks/decoding.py`.*\n"}, {}, [])
+    text = ("Grey levels (0-255) between aml's device decoding and PIL's decoding with LANCZOS resizing, per kind "
+            "of file (1024x768 originals):\n\n"
+            + table(["device", "file", "size", "mean abs difference", "largest"],
+                    [[r["device"], r["file"], r["image_size"], f"{r['mean_abs']:.2f}", f"{r['max_abs']:.0f}"]
+                     for r in record["results"]])
+            + "\n" + source_line("decoding.json", record) + "\n")
+    return Generated({"decoding.md": text}, {}, ["decoding.json"])
+
+
+def training_section() -> Generated:
+    names = sorted(p.name for p in RESULTS.glob("train_epoch*.json"))
+    parts = []
+    if names:
+        rows, sources = [], []
+        for name in names:
+            record = _load(name)
+            s, r = record["settings"], record["results"]
+            rows.append([s["arch"], s["image_size"], f"{s['mode']} / {s['loss']}", "yes" if s["batch_forward"] else "no",
+                         f"{r['mean']:.2f}", f"{r['min']:.2f}", len(r["seconds_per_epoch"])])
+            sources.append(source_line(name, record))
+        parts.append("Seconds per epoch of 64 `ts` tuples (a query and 6 teacher descriptors), batches of 8, "
+                     "after a first epoch that warms up:\n\n"
+                     + table(["network", "px", "mode / loss", "`--batch-forward`", "mean s", "best s", "epochs"], rows)
+                     + "\n" + "\n\n".join(sources) + "\n")
+    record = _load("optimizer.json")
+    if record is not None:
+        names.append("optimizer.json")
+        parts.append("One optimizer step over a student's parameter groups: the original's loop over tensors "
+                     "against the fused step aml uses, and how far apart the weights are after "
+                     f"{record['settings']['steps']} steps from the same gradients:\n\n"
+                     + table(["network", "optimizer", "loop ms", "fused ms", "max abs difference"],
+                             [[r["network"], r["optimizer"], f"{r['loop_ms']:.1f}", f"{r['fused_ms']:.1f}",
+                               f"{r['max_abs_difference']:.1e}"] for r in record["results"]])
+                     + "\n" + source_line("optimizer.json", record) + "\n")
+    text = "\n".join(parts) or "*Not measured yet: `python benchmarks/train_epoch.py`, `python benchmarks/optimizer.py`.*\n"
+    return Generated({"training.md": text}, {}, names)
+
+
+def search_section() -> Generated:
+    record = _load("search.json")
+    parts, plots, inputs = [], {}, []
+    if record is not None:
+        inputs.append("search.json")
+        s, r = record["settings"], record["results"]
+        methods = r["methods"]
+        labels = {"blocked": "blocked, aml", "numpy": "numpy argsort of the full score matrix (the original)",
+                  "faiss": "faiss `IndexFlatIP`"}
+        rows = [[labels.get(m["method"], m["method"]), m["device"],
+                 "–" if m["method"] == "blocked" else f"{m['load_s']:.1f}", f"{m['search_s']:.1f}",
+                 f"{m['peak_rss_gb']:.2f}", "top-100 only" if m["map_medium"] is None else f"{100 * m['map_medium']:.2f}"]
+                for m in methods]
+        parts.append(f"{s['distractors']:,} x {s['dim']} float16 distractors in a store (shards of "
+                     f"{s['shard_size']:,}), {s['database']:,} database images, {s['queries']} queries; each method in "
+                     "its own process, with that process's peak resident memory. Writing the store took "
+                     f"{r['store_s']:.0f} s.\n\n"
+                     + table(["method", "device", "load s", "search s", "peak RSS GB", "mAP Medium"], rows)
+                     + "\n" + source_line("search.json", record) + "\n")
+
+        def plot(path: Path) -> None:
+            zero = [0.0] * len(methods)
+            _bars([labels.get(m["method"], m["method"]).split(" (")[0].replace("`", "") for m in methods],
+                  {"load s": ([m["load_s"] for m in methods], zero), "search s": ([m["search_s"] for m in methods], zero),
+                   "peak RSS GB": ([m["peak_rss_gb"] for m in methods], zero)},
+                  path, "seconds, GB", f"search of {s['queries']} queries among {s['distractors']:,} distractors")
+        plots["search.png"] = plot
+    metrics = _load("metrics.json")
+    if metrics is not None:
+        inputs.append("metrics.json")
+        s, r = metrics["settings"], metrics["results"]
+        parts.append(f"Ranking and scoring at scale: {s['database']:,} random {s['dim']}-d descriptors and "
+                     f"{s['queries']} queries: ranking (one product and a sort) {r['ranking_s']:.2f} s, mAP E/M/H and "
+                     f"mP@k {r['evaluation_s']:.2f} s.\n\n"
+                     + (f"Sorting {s['queries']} queries' scores (best of 3):\n\n"
+                        + table(["database", "aml (introsort + ties in index order)", "torch stable argsort",
+                                 "the original (numpy column quicksort, unstable)"],
+                                [[f"{row['database']:,}", _seconds(row["aml_s"]), _seconds(row["torch_stable_s"]),
+                                  _seconds(row["original_s"])] for row in r.get("sorting", [])]) + "\n"
+                        if r.get("sorting") else "")
+                     + source_line("metrics.json", metrics) + "\n")
+    text = "\n".join(parts) or "*Not measured yet: `python benchmarks/search.py`, `python benchmarks/metrics.py`.*\n"
+    return Generated({"search.md": text}, plots, inputs)
+
+
+def gpu_section() -> Generated:
+    names = sorted(p.name for p in RESULTS.glob("gpu*.json"))
+    parts = []
+    for name in names:
+        record = _load(name)
+        r = record["results"]
+        variants = [v for v in r["extraction"][0] if isinstance(r["extraction"][0][v], dict)]
+        rows = [[row["network"], f"{row['original']:.1f}"]
+                + [f"{row[v]['rate']:.1f} ({row[v]['speedup']:.2f}x, cos {row[v]['cos_min']:.5f})" for v in variants]
+                + [f"{row['network_alone']:,.0f}", f"{row['decode_alone']:,.0f}"] for row in r["extraction"]]
+        part = (f"{r['device']}, {record['settings'].get('images', '')} JPEGs at {record['settings'].get('image_size', '')}"
+                f" px, {record['settings'].get('workers', '')} loader workers; images per second (speed-up over the "
+                "original's loop, smallest cosine to its descriptors):\n\n"
+                + table(["network", "the original's loop"] + [f"{v}" for v in variants]
+                        + ["network alone", "decoding alone"], rows))
+        if "ts_epoch" in r:
+            epoch = r["ts_epoch"]
+            part += (f"\nA `ts` epoch of {epoch['tuples']} tuples (MobileNetV2 → 512, batches of 5): "
+                     f"{epoch['original_s']:.1f} s one tuple at a time in fp32, {epoch['fast_s']:.1f} s with "
+                     "`--batch-forward --amp`.\n")
+        if "transcribed" in record:
+            part += f"\n{record['transcribed']}\n"
+        parts.append(part + "\n" + source_line(name, record) + "\n")
+    text = "\n".join(parts) or "*Not measured yet: `python benchmarks/gpu.py` on a CUDA machine.*\n"
+    return Generated({"gpu.md": text}, {}, names)
+
+
+def learning_section() -> Generated:
+    record = _load("learning_margins.json")
+    if record is None:
+        return Generated({"learning_margins.md": "*Not measured yet: `python benchmarks/learning_margins.py --jobs 2`.*\n"},
+                         {}, [])
+    rows = [[run["kernels"], run["seed"], run["status"], "<br>".join(run["measurements"])] for run in record["results"]]
+    text = (table(["kernels", "seed", "status", "measured"], rows) + "\n" + source_line("learning_margins.json", record)
+            + "\n")
+    return Generated({"learning_margins.md": text}, {}, ["learning_margins.json"])
+
+
+def registry_section() -> Generated:
+    from aml.losses import LOSSES
+    from aml.training.modes import MODES
+
+    rows = [[f"`{loss}`"] + ["✓" if spec.accepts(mode) else "" for mode in MODES.values()] for loss, spec in LOSSES.items()]
+    text = ("✓: the loss trains in the mode (`LOSSES` in `aml/losses/__init__.py`, `MODES` in "
+            "`aml/training/modes.py`); any other pair is refused when the flags are parsed, with the reason.\n\n"
+            + table(["loss"] + [f"`{m}`" for m in MODES], rows))
+    return Generated({"losses_and_modes.md": text}, {}, [])
+
+
+def not_run_section() -> Generated:
+    rows = []
+    for page in doc_pages():
+        for block in page_blocks(page):
+            if block.marker and block.marker[0] == "not run":
+                first = next((line for line in block.text.splitlines() if line.strip() and not line.startswith("#")), "")
+                rows.append([f"`{block.where}`", f"`{first[:70]}{'…' if len(first) > 70 else ''}`", block.marker[1]])
+    text = table(["where", "first command", "why it is not run by the suite"], rows)
+    return Generated({"not_run.md": text}, {}, [])
+
+
+SECTIONS = (demo_section, extract_section, real_weights_section, decoding_section, training_section, search_section,
+            gpu_section, learning_section, registry_section, not_run_section)
+
+
+# ---- writing and checking
+
+
+def _digest(inputs: Sequence[str]) -> str:
+    sha = hashlib.sha256()
+    for name in inputs:
+        sha.update(name.encode() + (RESULTS / name).read_bytes())
+    return sha.hexdigest()[:16]
+
+
+def generate(markdown_folder: Path, image_folder: Path, plots: bool = True) -> Dict[str, str]:
+    """Write every section's Markdown (and plots) and ``sources.json``; returns the sources."""
+    markdown_folder.mkdir(parents=True, exist_ok=True)
+    image_folder.mkdir(parents=True, exist_ok=True)
+    sources = {}
+    for section in SECTIONS:
+        made = section()
+        digest = _digest(made.inputs)
+        for name, text in made.markdown.items():
+            (markdown_folder / name).write_text(text)
+            sources[name] = digest
+        for name, draw in made.plots.items():
+            if plots:
+                draw(image_folder / name)
+            sources[f"images/generated/{name}"] = digest
+    (markdown_folder / "sources.json").write_text(json.dumps(sources, indent=1, sort_keys=True) + "\n")
+    return sources
+
+
+def stale() -> List[str]:
+    """Generated files that are missing or do not match what the inputs give now."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = generate(Path(tmp), Path(tmp) / "images", plots=False)
+        problems = [name for name in sources if not name.startswith("images/")
+                    and (not (GENERATED / name).is_file() or (GENERATED / name).read_text() != (Path(tmp) / name).read_text())]
+    recorded = json.loads((GENERATED / "sources.json").read_text()) if (GENERATED / "sources.json").is_file() else {}
+    problems += [name for name in sources if name.startswith("images/")
+                 and (recorded.get(name) != sources[name] or not (ROOT / "docs" / name).is_file())]
+    return problems
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only say which generated files are out of date")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = stale()
+        for name in problems:
+            print(f"out of date: docs/{'' if name.startswith('images/') else 'generated/'}{name} "
+                  "(run python docs/generate.py)")
+        return 1 if problems else 0
+    generate(GENERATED, IMAGES)
+    print(f"wrote {GENERATED.relative_to(ROOT)}/ and {IMAGES.relative_to(ROOT)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

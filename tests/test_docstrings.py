@@ -226,3 +226,12 @@ def test_the_names_are_found():
     """The parametrisation is not empty, and reaches the extra types."""
     assert len(OBJECTS) > 40
     assert {"aml.search.open_store", "aml.export.export_student", "aml.losses.batch.TupleBatch"} <= set(OBJECTS)
+
+
+def test_docstrings_use_markdown_not_sphinx_roles():
+    """The API reference renders docstrings as Markdown: a Sphinx role (:func:`x`) would show
+    as text. Write `x` instead."""
+    role = re.compile(r":(func|class|meth|data|mod|attr|exc|obj):`")
+    found = [f"{path}:{number}" for path in sorted((Path(__file__).resolve().parents[1] / "aml").rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1) if role.search(line)]
+    assert not found, found

@@ -1,5 +1,5 @@
 """main.py: train a retrieval network (teacher-free or against a teacher) in any mode: the flags
-parsed into a :class:`aml.training.TrainConfig`, then :func:`aml.training.run`."""
+parsed into a `aml.training.TrainConfig`, then `aml.training.run`."""
 
 import argparse
 from typing import List, Optional
@@ -93,12 +93,12 @@ UNUSED = ("nexamples", "pos_num")  # flags of the original kept for compatibilit
 
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed flags (the flags the original kept but never used are dropped)."""
+    """The `TrainConfig` of parsed flags (the flags the original kept but never used are dropped)."""
     return TrainConfig(**{k: v for k, v in vars(args).items() if k not in UNUSED})
 
 
 def main(argv: Optional[List[str]] = None) -> TrainResult:
-    """Run main.py with ``argv``: parse, check, train (:func:`aml.training.run`)."""
+    """Run main.py with ``argv``: parse, check, train (`aml.training.run`)."""
     parser = build_parser()
     config = config_from_arguments(parser.parse_args(argv))
     found = problems(config)

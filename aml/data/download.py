@@ -1,7 +1,7 @@
 """Downloads: streamed, resumable, retried, verified, atomically moved into place.
 
 Everything the package fetches (datasets, gnd files, weights) goes through
-:func:`download_file`; archives are unpacked by :func:`extract_archive`, which refuses
+`download_file`; archives are unpacked by `extract_archive`, which refuses
 members that would land outside the target folder.
 """
 
@@ -391,7 +391,7 @@ def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Pa
 
 def extract_archive(archive: Union[str, Path], target: Union[str, Path], flatten: bool = False,
                     progress: bool = False) -> Path:
-    """:func:`extract_archives` of one archive."""
+    """`extract_archives` of one archive."""
     return extract_archives([archive], target, flatten, progress)
 
 

@@ -6,7 +6,7 @@ What a worker does with a file:
 - a JPEG in RGB or grayscale that ends with its end-of-image marker, without a crop: it reads
   the header (for the size after resizing) and hands the bytes on, undecoded;
 - anything else (PNG, CMYK, a query's crop, a JPEG without its end marker, which libjpeg
-  would decode half): it decodes the file by the exact PIL path of :mod:`aml.data.images`
+  would decode half): it decodes the file by the exact PIL path of `aml.data.images`
   and hands on uint8 pixels.
 
 With ``pil_only`` (extraction's ``decode="workers"``) every file takes the second way: the
@@ -15,7 +15,7 @@ original's pixels, a quarter of the bytes of normalised float tensors.
 On the device an image is resized to the shape PIL's thumbnail gives (``resized_shape``),
 with antialiased bicubic interpolation rounded to integers, where PIL uses LANCZOS: close,
 not equal (docs/speed.md gives the differences). A file the device fails to decode is decoded alone
-by the PIL path; a file that fails there too raises :class:`ImageLoadError` naming it.
+by the PIL path; a file that fails there too raises `ImageLoadError` naming it.
 """
 
 import io
@@ -65,7 +65,7 @@ def read_payload(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = 
                  pil_only: bool = False) -> ImagePayload:
     """The payload of ``path``: its bytes when the device can decode it (never with
     ``pil_only``), else PIL's pixels (resized, cropped to ``bbx``). Raises
-    :class:`ImageLoadError` naming a missing or unreadable file."""
+    `ImageLoadError` naming a missing or unreadable file."""
     if pil_only:
         image = load_and_resize(path, imsize, bbx)
         return ImagePayload(str(path), (image.height, image.width), _pixels(image), False, imsize)
@@ -82,7 +82,7 @@ def read_payload(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = 
 
 
 class EncodedImagesFromList(Dataset):
-    """Item i = (:class:`ImagePayload` of image i, i); the counterpart of ImagesFromList
+    """Item i = (`ImagePayload` of image i, i); the counterpart of ImagesFromList
     (``pil_only``: every image decoded by PIL in the worker, handed on as uint8 pixels)."""
 
     def __init__(self, images: Sequence[PathLike], imsize: Optional[float] = None,
@@ -139,7 +139,7 @@ def decode_batch(payloads: Sequence[ImagePayload], device: torch.device, mean: S
     """B x 3 x H x W normalised float32 images on ``device`` from payloads of one resized
     shape: encoded ones decoded together on the device, then each resized and normalised.
 
-    A file that neither the device nor PIL decodes raises :class:`ImageLoadError` naming it;
+    A file that neither the device nor PIL decodes raises `ImageLoadError` naming it;
     when ``failed`` is a list, its position is appended there and the batch goes on without
     it (None when no image is left)."""
     encoded = [k for k, p in enumerate(payloads) if p.encoded]

@@ -71,7 +71,7 @@ def image_size(path: PathLike) -> Tuple[int, int]:
 
 
 def resized_shape(size: Tuple[int, int], imsize: Optional[float]) -> Tuple[int, int]:
-    """(height, width) of an image of ``size`` (width, height) after :func:`imresize`: PIL's
+    """(height, width) of an image of ``size`` (width, height) after `imresize`: PIL's
     thumbnail rule (the box is floored; the free side is the floor or ceiling of the exact
     one, whichever keeps the aspect ratio closer; never enlarged). Used to group images of
     equal shape before decoding them."""

@@ -128,9 +128,9 @@ def _copy_as_jpeg(source: Path, target: Path) -> None:
 
 def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
                    data_root: Optional[PathLike] = None, source: str = "description") -> Path:
-    """Check ``description`` (see :func:`read_description`) against ``images_dir`` and write
+    """Check ``description`` (see `read_description`) against ``images_dir`` and write
     ``<data_root>/test/<name>/`` (staged, renamed into place when complete). Raises
-    :class:`TestSetError` naming the first problem; an existing set is never overwritten."""
+    `TestSetError` naming the first problem; an existing set is never overwritten."""
     try:
         check_set_name(name)
     except ValueError as err:

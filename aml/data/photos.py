@@ -32,7 +32,7 @@ def photo_folder() -> Path:
 
 
 def sample_photos() -> Dict[str, Path]:
-    """Name -> path of every photo of :data:`PHOTOS`.
+    """Name -> path of every photo of `PHOTOS`.
 
     Example:
         >>> sample_photos()["chelsea"].name  # doctest: +SKIP

@@ -2,8 +2,8 @@
 
 The paper starts every network from ImageNet weights; no weights can be downloaded here, so
 the demo pretrains its trunks on a classification task of its own (see
-:mod:`aml.training.pretraining`). Its images are a family apart from the synthetic
-landmarks (:mod:`aml.data.synthetic`): one *object* per image, centred-ish on a noisy
+`aml.training.pretraining`). Its images are a family apart from the synthetic
+landmarks (`aml.data.synthetic`): one *object* per image, centred-ish on a noisy
 background, drawn from primitives the landmarks never use (stars, rings, crosses, arcs,
 zig-zags, dot clusters), each class a fixed arrangement of 2-4 such parts with its own
 texture and hue range. An instance varies the pose (rotation, scale, position), the colours

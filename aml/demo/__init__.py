@@ -1,6 +1,6 @@
 """The end-to-end demo on the synthetic landmarks (``make demo``, ``python -m aml.demo``):
-:mod:`~aml.demo.pipeline` trains and tests, :mod:`~aml.demo.tables` prints and writes the
-table, :mod:`~aml.demo.findings` checks the paper's two findings on it."""
+`aml.demo.pipeline` trains and tests, `aml.demo.tables` prints and writes the
+table, `aml.demo.findings` checks the paper's two findings on it."""
 
 from aml.demo.findings import Finding, findings_lines, paper_findings
 from aml.demo.pipeline import DemoBudget, main, run_demo, student_rows, train_teacher

@@ -61,7 +61,7 @@ class DemoBudget:
 
 def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, options: Dict[str, Any], seed: int,
            teacher: Optional[Path] = None, trunk: Optional[Path] = None, reuse: bool = False) -> Path:
-    """One training run (:func:`aml.training.run`); the last epoch's checkpoint. With ``reuse``,
+    """One training run (`aml.training.run`); the last epoch's checkpoint. With ``reuse``,
     a run that already holds that checkpoint is resumed from it (so nothing is trained again)."""
     config = TrainConfig(directory=str(directory), data_root=str(data_root), training_dataset="synth-sfm", arch=arch,
                          mode=mode, epochs=epochs, val=False, print_freq=1000, seed=seed, **options)

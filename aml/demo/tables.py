@@ -54,7 +54,7 @@ def _runs(row: Dict) -> List[Dict]:
 
 
 def markdown_table(rows: List[Dict]) -> str:
-    """The table of :func:`format_table` as Markdown (mAP in %, mean ± std over seeds)."""
+    """The table of `format_table` as Markdown (mAP in %, mean ± std over seeds)."""
     header = "| network | test | " + " | ".join(f"{d} {lv}" for d in DATASETS for lv in ("M", "H")) + " |"
     lines = [header, "|" + "---|" * (2 + 2 * len(DATASETS))]
     for row in rows:
@@ -75,7 +75,7 @@ def results_record(rows: List[Dict], seeds: Sequence[int], **extra) -> Dict:
 def write_results(rows: List[Dict], folder: Path, seeds: Sequence[int], notes: Sequence[str] = (),
                   record: Optional[Dict] = None) -> Path:
     """``results.md`` (the table, then ``notes`` as a list), ``results.png`` (a bar chart, when
-    matplotlib is installed) and ``results.json`` (:func:`results_record` with ``record``:
+    matplotlib is installed) and ``results.json`` (`results_record` with ``record``:
     timings, machine, command) in ``folder``; returns the Markdown path."""
     folder.mkdir(parents=True, exist_ok=True)
     data = json.dumps(results_record(rows, seeds, notes=list(notes), **(record or {})), indent=1)

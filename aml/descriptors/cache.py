@@ -1,4 +1,4 @@
-"""The database-descriptor cache of test.py: one ``.npy`` per :class:`DescriptorKey` and image
+"""The database-descriptor cache of test.py: one ``.npy`` per `DescriptorKey` and image
 list (each file's size and mtime) in ``<data_root>/features/cache/``, the least recently used
 beyond ``keep`` per data set evicted."""
 
@@ -24,22 +24,22 @@ def cached_descriptors(net, images: Sequence[str], key: DescriptorKey, cache_dir
                        config: ExtractionConfig = DEFAULT_EXTRACTION) -> np.ndarray:
     """Database descriptors, encoded once per network and settings and cached on disk.
 
-    :func:`describe_images` at ``key``'s image size and scales, cached in ``cache_dir`` as
+    `describe_images` at ``key``'s image size and scales, cached in ``cache_dir`` as
     ``<tag>_<key.digest(images)>.npy`` and encoded again when an image changes. Descriptors
     with skipped images (``config.skip_bad``) are not cached. After a write, only the
-    ``keep`` most recently used files of ``tag`` stay (:func:`evict`).
+    ``keep`` most recently used files of ``tag`` stay (`evict`).
 
     Args:
         net (ImageRetrievalNet): the network.
         images: the database's image files.
-        key: what the descriptors depend on (:meth:`DescriptorKey.of` the network, the image
+        key: what the descriptors depend on (`DescriptorKey.of` the network, the image
             size, the scales and ``config``).
         cache_dir: the cache folder.
         tag: the data set's name, the cache files' prefix.
         skipped: with ``config.skip_bad``, the indices of the unreadable images are appended
             here.
         keep: the cache files of ``tag`` kept after a write.
-        config: how to extract (:class:`ExtractionConfig`).
+        config: how to extract (`ExtractionConfig`).
 
     Returns:
         The D x N float32 descriptors, read from the cache or encoded.

@@ -3,7 +3,7 @@
 Images are read in parallel workers and decoded there by PIL, the original's pixels
 (``decode="pil"``: normalised in the workers; ``"workers"``: handed on as uint8 and
 normalised on the device), or in batches on the compute device (``"device"``: nvJPEG on
-CUDA, see :mod:`aml.data.encoded_images`); ``"auto"`` is "workers" on CUDA, "pil" on the CPU.
+CUDA, see `aml.data.encoded_images`); ``"auto"`` is "workers" on CUDA, "pil" on the CPU.
 Images of equal shape after resizing are stacked into one batch (no padding, so the
 descriptor of an image never depends on its batch-mates); the forward runs under
 ``torch.inference_mode`` with channels_last and, on CUDA by default, float16 autocast.
@@ -57,7 +57,7 @@ class _Unreadable:
 
 class _ReportErrors(Dataset):
     """Wraps a dataset of images so that a bad image reaches the main process as an
-    :class:`_Unreadable` item (raised there by name, or skipped), not as a worker traceback."""
+    `_Unreadable` item (raised there by name, or skipped), not as a worker traceback."""
 
     def __init__(self, inner: Dataset):
         self.inner = inner
@@ -140,25 +140,25 @@ def resolve_amp(amp: Optional[bool], device: torch.device, amp_dtype: str = "flo
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """How :func:`extract_vectors` turns images into descriptors.
+    """How `extract_vectors` turns images into descriptors.
 
     Everything besides the network, the image size and the scales: loading, decoding,
-    precision, batching, and what to do with an unreadable image. Frozen; :meth:`but` gives a
+    precision, batching, and what to do with an unreadable image. Frozen; `but` gives a
     changed copy, and a misspelled field is a TypeError, never ignored.
 
     Attributes:
-        workers: loader workers (capped on the CPU, see :func:`effective_workers`).
+        workers: loader workers (capped on the CPU, see `effective_workers`).
         device: the compute device; None: the network's.
-        batch_size: images per forward; None: :func:`default_batch_size` (per image shape on
+        batch_size: images per forward; None: `default_batch_size` (per image shape on
             the CPU).
         amp: autocast; None: on CUDA only.
         amp_dtype: the autocast's dtype, a name of ``AMP_DTYPES`` (``"float16"``, ``"bfloat16"``).
-        decode: where images are decoded, a name of :data:`DECODINGS`, or ``"auto"``:
+        decode: where images are decoded, a name of `DECODINGS`, or ``"auto"``:
             ``"workers"`` on CUDA, ``"pil"`` on the CPU.
         channels_last: run the forward in the channels_last memory format.
         compile: ``torch.compile`` the forward.
         fold_batchnorm: fold BatchNorm into the convolutions; None: for calls of
-            :data:`FOLD_MIN_PIXELS` or more.
+            `FOLD_MIN_PIXELS` or more.
         skip_bad: skip (and list) an unreadable image instead of raising.
         progress: a tqdm bar on stderr.
         desc: the bar's title.
@@ -320,7 +320,7 @@ def default_batch_size(device: torch.device, shape: Tuple[int, ...] = (362, 362)
 
     Returns:
         32 on a GPU; on the CPU as many images of ``shape`` as fit in
-        :data:`CPU_PIXEL_BUDGET` pixels, at least one.
+        `CPU_PIXEL_BUDGET` pixels, at least one.
 
     Examples:
         >>> import torch
@@ -387,7 +387,7 @@ class _BatchCap:
         self.size: Optional[int] = None
 
     def describe(self, encode: BatchEncoder, x: torch.Tensor, scales: Sequence[float], msp: float) -> torch.Tensor:
-        """:func:`_describe` in parts of at most ``size`` images; out of memory halves the
+        """`_describe` in parts of at most ``size`` images; out of memory halves the
         part and warns (one image that does not fit still raises)."""
         parts, start = [], 0
         while start < len(x):
@@ -424,18 +424,18 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
     cirtorch's positional arguments and semantics; how to extract is ``config``'s.
     Batches hold only images of equal shape, so in fp32 with ``decode="pil"`` the result
     equals the one-image-at-a-time loop up to float rounding. The forward runs on
-    :func:`aml.networks.inference.inference_copy` of ``net`` (BatchNorm folded) when
-    ``config.fold_batchnorm``, by default for calls of :data:`FOLD_MIN_PIXELS` or more. A
+    `aml.networks.inference.inference_copy` of ``net`` (BatchNorm folded) when
+    ``config.fold_batchnorm``, by default for calls of `FOLD_MIN_PIXELS` or more. A
     batch that runs out of device memory is split with a warning. The network's train/eval
     mode is restored afterwards.
 
     Under torchrun the call is collective: every rank encodes its contiguous block of the
-    images (:func:`aml.utils.distributed.shard_range`) and every rank returns the whole
+    images (`aml.utils.distributed.shard_range`) and every rank returns the whole
     D x N result (and the whole ``skipped`` list); ``config.collective`` False: this process
     encodes all of ``images`` alone (the shards of a descriptor store).
 
     Args:
-        net: the network (a :class:`~aml.networks.ImageRetrievalNet`).
+        net: the network (a `aml.networks.ImageRetrievalNet`).
         images: the image files.
         image_size: the longer side images are shrunk to (never enlarged); None: full size.
         transform: what turns a PIL-decoded image into a normalised tensor (the device path
@@ -444,7 +444,7 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
         ms: the scales.
         msp: the power used to average the scales.
         print_freq: accepted for cirtorch compatibility, unused.
-        config: how to extract (:class:`ExtractionConfig`).
+        config: how to extract (`ExtractionConfig`).
         skipped: with ``config.skip_bad``, the indices of the unreadable images are appended
             here.
 
@@ -508,7 +508,7 @@ def _fold(asked: Optional[bool], count: int, image_size: Optional[float]) -> boo
 
 @dataclass(frozen=True)
 class _Options:
-    """How :func:`_extract_block` runs (extract_vectors' arguments, resolved)."""
+    """How `_extract_block` runs (extract_vectors' arguments, resolved)."""
 
     scales: Sequence[float]
     msp: float
@@ -530,7 +530,7 @@ class _Options:
 def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], image_size: Optional[float],
                    transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]], o: _Options,
                    bad: Optional[List[int]]) -> torch.Tensor:
-    """:func:`extract_vectors` of one process's images (``bad``: None = raise on an
+    """`extract_vectors` of one process's images (``bad``: None = raise on an
     unreadable image, a list = skip it and append its index)."""
     net.to(o.device)
     memory_format = torch.channels_last if o.channels_last else torch.contiguous_format
@@ -579,9 +579,9 @@ def describe_images(net, images: Sequence[str], image_size: int, scales: Sequenc
         image_size: the longer side images are shrunk to (never enlarged).
         scales: the scales.
         msp: the power used to average the scales; None: the network's
-            (:func:`aml.networks.multiscale_power`).
+            (`aml.networks.multiscale_power`).
         bbxs (Sequence[BBox | None] | None): per image, a crop box (x1, y1, x2, y2) or None.
-        config: how to extract (:class:`ExtractionConfig`).
+        config: how to extract (`ExtractionConfig`).
         skipped: with ``config.skip_bad``, the indices of the unreadable images are appended
             here.
 

@@ -53,7 +53,7 @@ def write_feature_file(vecs: np.ndarray, images: Sequence[str], path: Path,
         vecs: the D x N descriptors (saved as float32).
         images: the N image paths, in column order.
         path: the ``.npy`` file.
-        settings: how the features were made (e.g. :meth:`DescriptorKey.record` and the
+        settings: how the features were made (e.g. `DescriptorKey.record` and the
             network's name).
 
     Returns:
@@ -238,7 +238,7 @@ def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, k
                              config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
     """Encode a data set (split) with a network and write its feature file.
 
-    The file is ``<data_root>/features/<name>.npy`` (:func:`feature_file_name`) with the key
+    The file is ``<data_root>/features/<name>.npy`` (`feature_file_name`) with the key
     in its settings. With ``shard_size`` the descriptors go to a resumable descriptor store,
     the folder ``<name>.store`` (float32 or float16), which ``--feat-path`` reads as well.
 
@@ -252,7 +252,7 @@ def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, k
             by ``.store``).
         shard_size: images per shard of a descriptor store; None: one ``.npy`` file.
         store_dtype: the store's dtype, ``"float32"`` or ``"float16"``.
-        config: how to extract (:class:`ExtractionConfig`).
+        config: how to extract (`ExtractionConfig`).
 
     Returns:
         The feature file, or the store folder.
@@ -288,7 +288,7 @@ def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, k
 
 
 def feature_file_key(path: Path) -> Optional[DescriptorKey]:
-    """The :class:`DescriptorKey` a feature file was written under.
+    """The `DescriptorKey` a feature file was written under.
 
     Args:
         path: the feature file (``.npy``).

@@ -1,6 +1,6 @@
 """One key for everything aml stores about descriptors: the database cache, the whitening
 cache, the teacher's feature files and the sharded descriptor stores are all keyed by a
-:class:`DescriptorKey`, so that none can answer for a network or a setting it was not made
+`DescriptorKey`, so that none can answer for a network or a setting it was not made
 with."""
 
 import hashlib
@@ -48,11 +48,11 @@ class DescriptorKey:
     """What decides the descriptors a network gives an image.
 
     Attributes:
-        fingerprint: the network's content (:func:`network_fingerprint`).
+        fingerprint: the network's content (`network_fingerprint`).
         image_size: the longer side images are resized to.
         scales: the multi-scale factors.
         msp: the multi-scale power (the network's GeM p with several scales, else 1).
-        pixels: decoding and precision (:meth:`ExtractionConfig.pixel_path`).
+        pixels: decoding and precision (`ExtractionConfig.pixel_path`).
 
     Examples:
         >>> from aml.descriptors import DescriptorKey
@@ -85,7 +85,7 @@ class DescriptorKey:
             image_size: the longer side images are resized to.
             scales: the multi-scale factors.
             config: how the descriptors are extracted (its pixel path counts).
-            fingerprint: the network's :func:`network_fingerprint`, when the caller has it;
+            fingerprint: the network's `network_fingerprint`, when the caller has it;
                 None: computed.
 
         Returns:
@@ -112,7 +112,7 @@ class DescriptorKey:
         original's pixels.
 
         Args:
-            record: a mapping as :meth:`record` writes it (other keys are ignored).
+            record: a mapping as `record` writes it (other keys are ignored).
 
         Returns:
             The key, or None without fingerprint or image size.

@@ -43,7 +43,7 @@ class StoreMismatch(ValueError):
 
 @dataclass(frozen=True)
 class StoreKey:
-    """What a store holds: descriptors of one :class:`DescriptorKey`, in shards of
+    """What a store holds: descriptors of one `DescriptorKey`, in shards of
     ``shard_size`` rows of ``dtype`` (all must match to reuse a store)."""
 
     descriptors: DescriptorKey
@@ -110,7 +110,7 @@ class DescriptorStore:
     # -- opening --------------------------------------------------------------------------
     def open(self) -> "DescriptorStore":
         """Create the folder and manifest, or check that an existing one describes this
-        network, these settings and this image list (:class:`StoreMismatch` otherwise).
+        network, these settings and this image list (`StoreMismatch` otherwise).
         Rank 0 writes; the others wait and check."""
         world = current_world()
         if world.is_main:
@@ -237,7 +237,7 @@ class DescriptorStore:
 
 
 def open_store(folder: Path, images: Sequence[str], key: StoreKey, dim: int) -> DescriptorStore:
-    """:meth:`DescriptorStore.open` of a store for ``images``."""
+    """`DescriptorStore.open` of a store for ``images``."""
     return DescriptorStore(folder, images, key, dim).open()
 
 

@@ -70,7 +70,7 @@ def _score_query(inverse: np.ndarray, entry: Dict[str, Any], kappas: Sequence[in
 
 def compute_maps(ranks: np.ndarray, gnds: Dict[str, Sequence[Dict[str, Any]]],
                  kappas: Sequence[int] = ()) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`compute_map` for several ground truths over the same ranking (E/M/H): each
+    """`compute_map` for several ground truths over the same ranking (E/M/H): each
     ranking is inverted once, in O(N_db), and every protocol looks its images up in it."""
     ranks = np.asarray(ranks)
     n_db, n_q = ranks.shape
@@ -88,7 +88,7 @@ def compute_maps(ranks: np.ndarray, gnds: Dict[str, Sequence[Dict[str, Any]]],
 
 def compute_maps_from_positions(positions: np.ndarray, gnds: Dict[str, Sequence[Dict[str, Any]]],
                                 kappas: Sequence[int] = ()) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`compute_maps` from ``positions`` (N x Q: 0-based place of database image i in
+    """`compute_maps` from ``positions`` (N x Q: 0-based place of database image i in
     the ranking of query q) instead of the ranking itself: all that mAP and mP@k need, so a
     search over 1M distractors need only return the places of the test set's own images."""
     positions = np.asarray(positions, dtype=np.int64)
@@ -162,7 +162,7 @@ def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: s
             (classic).
         protocol: ``"revisited"`` (roxford5k, rparis6k) or ``"classic"`` (oxford5k, paris6k).
         kappas: the k of mP@k (revisited).
-        positions: the array holds places, not ranks (:func:`compute_maps_from_positions`).
+        positions: the array holds places, not ranks (`compute_maps_from_positions`).
 
     Returns:
         For ``"revisited"``, ``{'easy': {'map', 'mp@k', 'aps'}, 'medium': ..., 'hard': ...}``;
@@ -191,7 +191,7 @@ def format_results(dataset: str, results: Dict[str, Any], kappas: Sequence[int] 
 
     Args:
         dataset: the test set's name.
-        results: what :func:`evaluate_ranks` returns for it.
+        results: what `evaluate_ranks` returns for it.
         kappas: the k of the mP@k printed (revisited).
 
     Returns:

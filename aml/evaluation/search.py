@@ -27,7 +27,7 @@ def rank_database(database: np.ndarray, queries: np.ndarray, device: str = "cpu"
     The score matrix is one matrix product; each query's scores are sorted as one contiguous
     row on ``device``. The result is a transposed view of the Q x N_db sort (no copy); column
     q is contiguous. Equal scores keep the database order, on every device
-    (:func:`descending_order`).
+    (`descending_order`).
 
     Args:
         database: D x N_db descriptors.
@@ -87,7 +87,7 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
     shards). The database scores of each query are sorted once; each distractor's score is
     looked up among them (how many database images it beats) and counted, and a reverse
     cumulative sum of the counts gives, for every database image, the distractors above
-    it. Memory holds one block and its Q x n_k scores, never the Q x (N + M) matrix. The places equal those of :func:`rank_database` on the
+    it. Memory holds one block and its Q x n_k scores, never the Q x (N + M) matrix. The places equal those of `rank_database` on the
     concatenation: equal scores keep the order, database images before distractors.
     ``excluded`` / ``excluded_distractors`` (unreadable images) score -inf. ``transform``
     applies to every block (the queries and database come transformed already).

@@ -269,7 +269,7 @@ def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[L
     every data set of ``settings``; return ``{dataset: {'plain': results, 'whiten':
     results}}`` (plus ``'skipped'`` when images were skipped, and ``'report'`` with
     ``settings.report_dir``). ``on_result(dataset, entry)`` is called as each data set is
-    done (test.py prints :func:`result_lines` there); progress is logged.
+    done (test.py prints `result_lines` there); progress is logged.
 
     Skipped database images are ranked last for every query; skipped queries are left out
     of the means."""

@@ -44,7 +44,7 @@ def whitening_cache_path(encoder: LoadedNetwork, whitening_set: str, multiscale:
 
 def whitening_key(encoder: LoadedNetwork, whitening_set: str, settings) -> str:
     """What decides a learned whitening: the digest of the whitening set's descriptors (their
-    :class:`DescriptorKey` and the images)."""
+    `DescriptorKey` and the images)."""
     db = load_whitening_db(whitening_set, settings.data_root)
     key = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction())
     return key.digest(db["images"])
@@ -52,7 +52,7 @@ def whitening_key(encoder: LoadedNetwork, whitening_set: str, settings) -> str:
 
 def learn_whitening(encoder: LoadedNetwork, whitening_set: str, settings) -> Whitening:
     """Learn Lw on the whitening set's images, encoded like the test images (``settings``: a
-    :class:`aml.evaluation.testing.TestSettings`)."""
+    `aml.evaluation.testing.TestSettings`)."""
     db = load_whitening_db(whitening_set, settings.data_root)
     log.info(">> %s: Learning whitening with %s...", whitening_set, encoder.name)
     vecs = describe_images(encoder.net, db["images"], settings.image_size, settings.scales,

@@ -1,12 +1,12 @@
 """The student for deployment: one self-contained graph from an RGB image to the descriptor
 the teacher's database is searched with.
 
-:class:`DeployedStudent` takes B x 3 x H x W images with values in [0, 1] (any H, W),
+`DeployedStudent` takes B x 3 x H x W images with values in [0, 1] (any H, W),
 normalises them with the network's mean/std, runs the trunk, GeM pooling and L2
-normalisation exactly as :meth:`ImageRetrievalNet.descriptors`, and optionally applies the
+normalisation exactly as `ImageRetrievalNet.descriptors`, and optionally applies the
 teacher's learned whitening (P (x - m), then L2) so that queries land in the whitened space
 of a store. It is written as TorchScript (traced) and ONNX (height and width dynamic), and
-:func:`check_exports` compares both with PyTorch on generated images of several sizes.
+`check_exports` compares both with PyTorch on generated images of several sizes.
 """
 
 import logging
@@ -47,7 +47,7 @@ class DeployedStudent(nn.Module):
     """The student for deployment: RGB images in [0, 1] to descriptors, whitening folded in.
 
     It normalises B x 3 x H x W images with the network's mean/std, runs
-    :meth:`~aml.networks.ImageRetrievalNet.descriptors`, and applies the teacher's whitening
+    `aml.networks.ImageRetrievalNet.descriptors`, and applies the teacher's whitening
     when given (P (x - m), then L2), so that queries land in the whitened space of a store.
 
     Args:
@@ -189,7 +189,7 @@ def check_exports(model: DeployedStudent, files: Dict[str, Path],
     Args:
         model: the deployed student the files were exported from.
         files: ``{"torchscript": path, "onnx": path}``, either or both.
-        images: the images to compare on; None: :func:`generated_images`.
+        images: the images to compare on; None: `generated_images`.
 
     Returns:
         ``{kind: max abs difference}`` for each file checked.

@@ -1,5 +1,5 @@
 """Network building blocks: pooling and normalisation; their formulas (and the tuple losses')
-are in :mod:`aml.layers.functional`, cirtorch's functional API."""
+are in `aml.layers.functional`, cirtorch's functional API."""
 
 from aml.layers import functional
 from aml.layers.functional import gem, l2n, mac, rmac, roipool, spoc

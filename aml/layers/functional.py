@@ -2,8 +2,8 @@
 tuple losses as pure functions, with the original names, signatures and results.
 
 This module is the one implementation of each formula: the pooling modules
-(:mod:`aml.layers.pooling`), :class:`aml.layers.normalization.L2N` and the loss classes
-(:mod:`aml.losses`) call these functions.
+(`aml.layers.pooling`), `aml.layers.normalization.L2N` and the loss classes
+(`aml.losses`) call these functions.
 
 Conventions, as cirtorch's: feature maps are B x C x H x W; descriptors are columns of a
 D x N matrix; a tuple is a run of columns that starts at its anchor (label -1) and holds
@@ -254,7 +254,7 @@ def cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: float, eps: f
     """The original's ``cross_entropy_loss``, kept for compatibility: -sum(label * log_softmax(x / temp))
     with the softmax over dimension 1 of the D x N matrix and the label broadcast over rows.
     It is not a retrieval loss (the anchor's label -1 enters it); aml's ``cross_entropy``
-    loss uses :func:`similarity_cross_entropy_loss`."""
+    loss uses `similarity_cross_entropy_loss`."""
     return -torch.sum(label.reshape(1, -1).to(x.dtype) * F.log_softmax(x / temp, dim=1))
 
 

@@ -1,5 +1,5 @@
 """cirtorch's loss modules (``cirtorch.layers.loss``) and the original aml's: thin modules over
-the formulas of :mod:`aml.layers.functional`, called as cirtorch calls them,
+the formulas of `aml.layers.functional`, called as cirtorch calls them,
 ``loss(x, label)`` with ``x`` D x S (one tuple, anchor first, or several tuples of any
 lengths) and ``label`` of S values in {-1 (anchor), 1 (positive), 0 (negative)}.
 
@@ -8,10 +8,10 @@ For code written against cirtorch or the original aml::
     from aml.layers.loss import ContrastiveLoss
     loss = ContrastiveLoss(margin=0.7)(x, label)
 
-aml's training reads its losses from the registry (:mod:`aml.losses`), whose modules take the
+aml's training reads its losses from the registry (`aml.losses`), whose modules take the
 student's anchor row and the reference rows; both compute the same sums. The relational losses
 (``RKdAD``, ``HardDarkRank``) already take the original's (student, teacher) rows and live in
-:mod:`aml.losses.relational`.
+`aml.losses.relational`.
 """
 
 import torch

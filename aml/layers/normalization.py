@@ -7,7 +7,7 @@ from aml.layers import functional as LF
 
 
 class L2N(nn.Module):
-    """Module form of :func:`aml.layers.functional.l2n` over the channel dimension."""
+    """Module form of `aml.layers.functional.l2n` over the channel dimension."""
 
     def __init__(self, eps: float = 1e-6):
         super().__init__()

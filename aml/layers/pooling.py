@@ -1,6 +1,6 @@
 """Global pooling of a convolutional feature map (B x C x H x W -> B x C x 1 x 1).
 
-The formulas live in :mod:`aml.layers.functional` (cirtorch's functional API); here are
+The formulas live in `aml.layers.functional` (cirtorch's functional API); here are
 thin modules over them and the ``POOLINGS`` registry that the network factory reads.
 GeM's ``p`` is a learnable parameter (init 3, eps 1e-6).
 """

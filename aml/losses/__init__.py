@@ -1,9 +1,9 @@
 """Training criteria behind one registry: name -> how to build it, what it needs, which
 training modes it works with.
 
-Every loss has one call shape, ``loss(batch)`` with a :class:`TupleBatch` (anchors B x D,
-members B x M x D, labels B x M): a :attr:`LossKind.TUPLE` loss gives one value per tuple
-(its anchor against its members, labelled 1/0), a :attr:`LossKind.RELATIONAL` loss one value
+Every loss has one call shape, ``loss(batch)`` with a `TupleBatch` (anchors B x D,
+members B x M x D, labels B x M): a `LossKind.TUPLE` loss gives one value per tuple
+(its anchor against its members, labelled 1/0), a `LossKind.RELATIONAL` loss one value
 for the batch (the student's rows against the teacher's rows of the same images). Each module
 says its ``kind`` and whether it ``needs_target`` (the teacher's distances). The trainer reads
 only this registry and those two attributes.

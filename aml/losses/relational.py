@@ -1,7 +1,7 @@
 """Relational knowledge-distillation losses: one value per batch, the student's rows (the
 anchors, N x C) against the teacher's rows of the same images (each tuple's first member,
-N x C: :meth:`TupleBatch.pairs`), the same call shape as the tuple losses. The teacher side
-carries no gradient. Pairwise distances are :func:`aml.layers.functional.pdist`."""
+N x C: `TupleBatch.pairs`), the same call shape as the tuple losses. The teacher side
+carries no gradient. Pairwise distances are `aml.layers.functional.pdist`."""
 
 import torch
 import torch.nn.functional as F

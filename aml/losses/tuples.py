@@ -1,7 +1,7 @@
-"""Tuple losses: one call per batch of tuples (:class:`aml.losses.batch.TupleBatch`), each
+"""Tuple losses: one call per batch of tuples (`aml.losses.batch.TupleBatch`), each
 anchor against its members (teacher or student descriptors) labelled 1 (positive) or 0
 (negative). Each loss sums over a tuple's members (the original's reduction) and returns one
-value per tuple; none prints or writes. The formulas are in :mod:`aml.layers.functional`;
+value per tuple; none prints or writes. The formulas are in `aml.layers.functional`;
 these modules hold the hyper-parameters.
 """
 
@@ -13,7 +13,7 @@ from aml.losses.batch import LossKind, TupleBatch
 
 
 class TupleLoss(nn.Module):
-    """Base class: ``forward(batch)`` gives one loss per tuple of a :class:`TupleBatch` (B
+    """Base class: ``forward(batch)`` gives one loss per tuple of a `TupleBatch` (B
     values; the training step sums them)."""
 
     kind = LossKind.TUPLE
@@ -104,7 +104,7 @@ class CrossEntropyDistLoss(TupleLoss):
 
 class CrossEntropyLoss(TupleLoss):
     """InfoNCE on similarities: -sum_pos log softmax_j(a . x_j / T) over one tuple's members.
-    (The original's version, :func:`aml.layers.functional.cross_entropy_loss`, took a softmax
+    (The original's version, `aml.layers.functional.cross_entropy_loss`, took a softmax
     over descriptor rows and is meaningless as a training loss.)"""
 
     def __init__(self, temp: float = 0.1):

@@ -1,6 +1,6 @@
 """Convolutional trunks ("features") by architecture name: a table, not a chain of ifs.
 
-Each :class:`Backbone` says how to build the trunk's children, how many channels it
+Each `Backbone` says how to build the trunk's children, how many channels it
 outputs, whether it is a *student* trunk (always followed by a 1x1 projection to the
 teacher's dimension, as in the original), and where its ImageNet weights come from.
 """
@@ -89,10 +89,10 @@ def get_backbone(arch: str) -> Backbone:
     """The table entry of one architecture.
 
     Args:
-        arch: a name of :data:`BACKBONES` (``"resnet101"``, ``"mobilenet_v2"``, ...).
+        arch: a name of `BACKBONES` (``"resnet101"``, ``"mobilenet_v2"``, ...).
 
     Returns:
-        The architecture's :class:`Backbone`: the library model, the trunk's children, its
+        The architecture's `Backbone`: the library model, the trunk's children, its
         output channels, whether it is a student trunk.
 
     Raises:
@@ -173,7 +173,7 @@ LAYOUTS: Dict[str, Callable[[Dict[str, torch.Tensor], nn.Module, nn.Module], Opt
 def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], source: str,
                  layout: Optional[str] = None) -> str:
     """Load ``state`` (a weights file's tensors) into ``model``, the library model of ``arch``,
-    in the given ``layout`` or the first of :data:`LAYOUTS` it fits; returns the layout.
+    in the given ``layout`` or the first of `LAYOUTS` it fits; returns the layout.
 
     Raises:
         ValueError: naming ``source``, when the tensors fit no layout of ``arch``.
@@ -195,7 +195,7 @@ def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], so
 def build_trunk(arch: str, pretrained: bool, data_root: Optional[str] = None) -> List[nn.Module]:
     """The trunk's children for ``arch``, with its ImageNet weights when ``pretrained``.
 
-    The weights are those the original's ``pretrained=True`` loaded (:mod:`aml.networks.imagenet`:
+    The weights are those the original's ``pretrained=True`` loaded (`aml.networks.imagenet`:
     cirtorch's Caffe trunks for vgg16 and resnet50/101/152, torchvision's IMAGENET1K_V1, timm's
     2020 files), found offline or downloaded into ``<data_root>/networks``, verified by sha256.
     """

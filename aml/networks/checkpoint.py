@@ -30,7 +30,7 @@ def save_checkpoint(state: Any, path: PathLike) -> Path:
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Read a checkpoint without executing code: only tensors, containers, numbers and
-    numpy arrays are admitted. Raises :class:`CheckpointError` naming the file otherwise."""
+    numpy arrays are admitted. Raises `CheckpointError` naming the file otherwise."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; give the .pth(.tar) file in it")
@@ -134,8 +134,8 @@ def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrieval
     """Load a weights file into ``net``'s trunk and name it in ``meta['trunk_weights']``.
 
     The file may be a trunk's state dict (keys of ``nn.Sequential(*build_trunk(arch))``, as
-    :mod:`aml.training.pretraining` writes), the library's whole model (e.g. torchvision's
-    ``mobilenet_v2-b0353104.pth``) or any layout of :data:`aml.networks.backbones.LAYOUTS`.
+    `aml.training.pretraining` writes), the library's whole model (e.g. torchvision's
+    ``mobilenet_v2-b0353104.pth``) or any layout of `aml.networks.backbones.LAYOUTS`.
     The student's 1x1 projection, which follows the trunk, keeps its initialisation.
 
     Raises:

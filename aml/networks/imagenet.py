@@ -1,6 +1,6 @@
 """The ImageNet weights every trunk starts from, as data, and where to find them offline.
 
-For each architecture of the backbone table, :data:`IMAGENET_WEIGHTS` names the weights that
+For each architecture of the backbone table, `IMAGENET_WEIGHTS` names the weights that
 the original code's ``pretrained=True`` loaded with the libraries it ran on (PyTorch 1.4 /
 torchvision 0.5, timm 0.1.x, cirtorch's converted Caffe trunks) and the files that hold them,
 each with the sha256 prefix it is verified by. A file is looked for, in order, in

@@ -1,6 +1,6 @@
 """Getting a network by what the user typed: a pretrained name, a checkpoint file, an
 off-the-shelf spec ('ARCH-POOL[-reg][-lwhiten][-whiten]') or a teacher name. Every loader
-returns a :class:`LoadedNetwork`: the network and where it came from."""
+returns a `LoadedNetwork`: the network and where it came from."""
 
 import functools
 import logging

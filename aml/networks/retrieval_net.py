@@ -2,7 +2,7 @@
 
 features (trunk [+ 1x1 projection + ReLU]) -> [local whitening] -> pooling -> L2N ->
 [whitening Linear -> L2N]. ``forward`` returns descriptors as columns (D x B), the cirtorch
-convention; :meth:`ImageRetrievalNet.descriptors` returns rows (B x D).
+convention; `ImageRetrievalNet.descriptors` returns rows (B x D).
 """
 
 import logging
@@ -26,14 +26,14 @@ class ImageRetrievalNet(nn.Module):
     """A trunk plus pooling that maps images to L2-normalised global descriptors.
 
     features -> [local whitening] -> pooling -> L2N -> [whitening -> L2N]. ``forward``
-    returns descriptors as columns (D x B), the cirtorch convention; :meth:`descriptors`
-    returns rows (B x D). :func:`build_network` builds one by name.
+    returns descriptors as columns (D x B), the cirtorch convention; `descriptors`
+    returns rows (B x D). `build_network` builds one by name.
 
     Args:
         features: the trunk's children, then a student's 1x1 projection and ReLU, run in order.
         lwhiten: the local whitening, a linear layer applied at every position of the
             feature map before pooling, or None.
-        pool: the pooling layer (a module of :data:`aml.layers.pooling.POOLINGS`, or regional
+        pool: the pooling layer (a module of `aml.layers.pooling.POOLINGS`, or regional
             pooling around one).
         whiten: the learned whitening (a linear layer) after pooling, or None.
         meta: what rebuilds the network (architecture, pooling, flags, mean, std, outputdim,
@@ -178,8 +178,8 @@ def build_network(
     other trunks get one only when ``teacher_dim`` differs from their width.
 
     Args:
-        architecture: the trunk, a name of :data:`BACKBONES`.
-        pooling: a name of :data:`aml.layers.pooling.POOLINGS` (``"gem"``, ``"mac"``, ...).
+        architecture: the trunk, a name of `BACKBONES`.
+        pooling: a name of `aml.layers.pooling.POOLINGS` (``"gem"``, ``"mac"``, ...).
         local_whitening: a learnable linear layer before pooling.
         regional: regional (R-MAC grid) pooling.
         whitening: a learnable whitening (linear layer, then L2N) after pooling.
@@ -187,7 +187,7 @@ def build_network(
             weights were trained on (ImageNet's statistics; 0.5 for EfficientNet-Lite).
         std: the input normalisation's standard deviation, with the same default.
         pretrained: start the trunk from the original's ImageNet weights (found offline or
-            downloaded, see :func:`aml.networks.imagenet.find_weights`) and download
+            downloaded, see `aml.networks.imagenet.find_weights`) and download
             cirtorch's learned linear layers where published.
         teacher: ``"vgg16"`` or ``"resnet101"``, whose dimension a student trunk projects to
             (default 512, vgg16's); recorded in ``meta``.
@@ -256,7 +256,7 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: Optional[str]) -> 
         layer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-#: keys a checkpoint's ``meta`` may hold besides :func:`build_network`'s parameters: cirtorch's
+#: keys a checkpoint's ``meta`` may hold besides `build_network`'s parameters: cirtorch's
 #: ``outputdim`` (checked) and ``Lw`` (kept); aml's ``teacher``, ``seed`` and
 #: ``batchnorm_calibrated`` (kept; the last marks a from-scratch trunk whose BatchNorm
 #: statistics were computed on training images before training, an aml addition) and
@@ -268,18 +268,18 @@ _BUILD_KEYS = ("architecture", "pooling", "local_whitening", "regional", "whiten
 
 
 def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
-    """cirtorch-compatible entry point: :func:`build_network` from a parameter dict.
+    """cirtorch-compatible entry point: `build_network` from a parameter dict.
 
     A checkpoint's ``meta`` is accepted as it is: ``outputdim`` fixes the dimension and must
     agree with ``teacher_dim`` and with a published ``teacher``'s; ``Lw`` and aml's ``seed``
     and ``batchnorm_calibrated`` are copied into ``net.meta``.
 
     Args:
-        params: :func:`build_network`'s keyword arguments and the other keys a checkpoint's
-            ``meta`` holds (:data:`META_EXTRA_KEYS`); None: every default.
+        params: `build_network`'s keyword arguments and the other keys a checkpoint's
+            ``meta`` holds (`META_EXTRA_KEYS`); None: every default.
 
     Returns:
-        The network :func:`build_network` builds from them, with the kept keys in its ``meta``.
+        The network `build_network` builds from them, with the kept keys in its ``meta``.
 
     Raises:
         ValueError: for any other key (a misspelling), or an ``outputdim`` that disagrees with

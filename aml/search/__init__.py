@@ -2,7 +2,7 @@
 descriptor store, queried with images encoded by the student.
 
 A store is a folder: the teacher's descriptors as a sharded descriptor store (the one the +1M
-protocol uses, :mod:`aml.descriptors.store`: ``manifest.json`` with the :class:`DescriptorKey`
+protocol uses, `aml.descriptors.store`: ``manifest.json`` with the `DescriptorKey`
 and the teacher's name, ``images.txt``, ``shard_*.npy``), ``search.json`` (the teacher as it
 was given, for the query-side check; written last), optionally ``whitening.pth`` (the
 teacher's learned whitening, applied to both sides) and ``index.faiss`` (an IVF-PQ index).
@@ -102,7 +102,7 @@ def list_images(source: PathLike) -> List[str]:
 class Store:
     """A loaded descriptor store: the teacher's database descriptors, searched with queries.
 
-    :func:`open_store` loads one; :func:`query_store` encodes query images and searches it.
+    `open_store` loads one; `query_store` encodes query images and searches it.
 
     Attributes:
         folder: the store's folder.
@@ -175,7 +175,7 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
                 config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
     """Encode a database's images with the teacher into a store.
 
-    The descriptors are a sharded descriptor store (:mod:`aml.descriptors.store`, float32):
+    The descriptors are a sharded descriptor store (`aml.descriptors.store`, float32):
     an interrupted indexing, run again with the same teacher, settings and images, resumes at
     its first missing shard. Indexing into a complete store encodes everything again (its
     images may have changed in place); the whitening and IVF-PQ index there are removed:
@@ -191,7 +191,7 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
         scales: the multi-scale factors.
         whitening: the teacher's learned whitening (m, P), saved with the store and applied to
             both sides; None: none.
-        config: how to extract (:class:`~aml.descriptors.ExtractionConfig`).
+        config: how to extract (`aml.descriptors.ExtractionConfig`).
 
     Returns:
         The store's folder.
@@ -401,12 +401,12 @@ def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str],
     The queries are encoded as the store was (image size, scales).
 
     Args:
-        store: the opened store (checked against the student with :func:`check_teacher`).
+        store: the opened store (checked against the student with `check_teacher`).
         student: the student network.
         images: the query images.
         k: results per query.
         bbxs: per query image, a crop box (x1, y1, x2, y2) or None.
-        config: how to extract (:class:`~aml.descriptors.ExtractionConfig`).
+        config: how to extract (`aml.descriptors.ExtractionConfig`).
 
     Returns:
         Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``

@@ -1,5 +1,5 @@
 """Training: modes and tuples, mining, optimizer set-up, the loop, teacher descriptors, and
-the library's entry point, :func:`run` with a :class:`TrainConfig`."""
+the library's entry point, `run` with a `TrainConfig`."""
 
 from aml.training.config import TrainConfig
 from aml.training.runner import TrainResult, run

@@ -68,7 +68,7 @@ def calibrate_if_vanishing(net, images: Sequence[str], load: Callable[[str], tor
     """For a randomly initialised network: if its trunk's activations vanish on training
     images (they sink below GeM's eps in a random MobileNetV2 with identity BatchNorm, and
     then no gradient flows), set the BatchNorm statistics from ``CALIBRATION_IMAGES`` of
-    ``images`` (``load``: path -> normalised 3 x H x W tensor; see :func:`calibrate_batchnorm`).
+    ``images`` (``load``: path -> normalised 3 x H x W tensor; see `calibrate_batchnorm`).
     Returns whether it calibrated."""
     batches = _calibration_batches(images, load, generator, device)
     with torch.no_grad():

@@ -1,6 +1,6 @@
-"""Every option of a training run as one typed object, :class:`TrainConfig`: a field is
+"""Every option of a training run as one typed object, `TrainConfig`: a field is
 named as its ``main.py`` flag (``--neg-num`` is ``neg_num``) and has its default (the
-original's); an unknown field is a TypeError, and :meth:`TrainConfig.check` raises a
+original's); an unknown field is a TypeError, and `TrainConfig.check` raises a
 ValueError that says why a combination cannot train, before anything is loaded."""
 
 import dataclasses
@@ -21,7 +21,7 @@ class TrainConfig:
     """Every option of a training run, with main.py's defaults (the original's).
 
     A field is named as its ``main.py`` flag (``--neg-num`` is ``neg_num``). Frozen; an
-    unknown field is a TypeError, and :meth:`check` (or :func:`problems`) says why a
+    unknown field is a TypeError, and `check` (or `problems`) says why a
     combination cannot train, before anything is loaded.
 
     Attributes:
@@ -34,15 +34,15 @@ class TrainConfig:
         test_whiten: the whitening set for test evaluation ("": none).
         val_freq: validate every N epochs.
         save_freq: write ``model_epochN`` every N epochs.
-        arch: the architecture, a name of :data:`aml.networks.BACKBONES`.
-        pool: the pooling, a name of :data:`aml.layers.pooling.POOLINGS`.
+        arch: the architecture, a name of `aml.networks.BACKBONES`.
+        pool: the pooling, a name of `aml.layers.pooling.POOLINGS`.
         local_whitening: a learnable linear layer before pooling.
         regional: regional (R-MAC grid) pooling.
         whitening: a learnable whitening after pooling.
         pretrained: start from ImageNet's weights; False: random initialisation.
         trunk_weights: ``"synthetic"`` or a trunk state-dict file, instead of ImageNet's weights.
-        loss: the loss, a name of :data:`aml.losses.LOSSES`.
-        mode: the training mode, a name of :data:`aml.training.modes.MODES`.
+        loss: the loss, a name of `aml.losses.LOSSES`.
+        mode: the training mode, a name of `aml.training.modes.MODES`.
         loss_margin: the margin of the contrastive and triplet losses.
         image_size: the longer side of training images.
         neg_num: negatives per tuple.
@@ -53,7 +53,7 @@ class TrainConfig:
         epochs: the epochs to train.
         batch_size: tuples per step, over all processes.
         update_every: an optimizer step every N batches.
-        optimizer: a name of :data:`aml.training.optim.OPTIMIZERS`.
+        optimizer: a name of `aml.training.optim.OPTIMIZERS`.
         lr: the learning rate.
         momentum: the optimizer's momentum.
         weight_decay: the weight decay.
@@ -78,7 +78,7 @@ class TrainConfig:
         amp: autocast of the training steps and of extraction; False: fp32 everywhere; None:
             extraction autocast on CUDA only, training steps in fp32.
         amp_dtype: the dtype of extraction's autocast.
-        decode: where images are decoded for extraction (:class:`~aml.descriptors.ExtractionConfig`).
+        decode: where images are decoded for extraction (`aml.descriptors.ExtractionConfig`).
         compile: ``torch.compile`` the network for extraction.
         data_root: the data root for data sets, weights and features.
         device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
@@ -176,7 +176,7 @@ class TrainConfig:
         """Raise ValueError, with the reason, for a combination that cannot train.
 
         Raises:
-            ValueError: with the first of :func:`problems`.
+            ValueError: with the first of `problems`.
         """
         problem = next(iter(problems(self)), None)
         if problem:

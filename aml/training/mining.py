@@ -59,7 +59,7 @@ def mine_hard_negatives(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, query
 
 def random_negatives(query_clusters: Sequence, pool_clusters: Sequence, nnum: int,
                      generator: torch.Generator) -> List[List[int]]:
-    """Like :func:`mine_hard_negatives` but walking the pool in random order (no network)."""
+    """Like `mine_hard_negatives` but walking the pool in random order (no network)."""
     pool_clusters = np.asarray(pool_clusters)
     return [_walk(torch.randperm(len(pool_clusters), generator=generator).tolist(), pool_clusters, c, nnum)
             for c in query_clusters]

@@ -61,7 +61,7 @@ def can_fuse(groups: List[Dict]) -> bool:
 
 def build_optimizer(net: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
                     projection_lr_mult: float = 1.0) -> torch.optim.Optimizer:
-    """The optimizer of ``--optimizer`` over :func:`parameter_groups`; every group records
+    """The optimizer of ``--optimizer`` over `parameter_groups`; every group records
     its ``initial_lr`` (as the original's checkpoints do)."""
     groups = parameter_groups(net, lr, weight_decay, projection_lr_mult)
     optimizer = OPTIMIZERS[name](groups, lr, momentum, weight_decay, can_fuse(groups) or None)

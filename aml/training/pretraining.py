@@ -2,7 +2,7 @@
 
 The paper starts teacher and students from ImageNet-pretrained trunks. Where those cannot
 be downloaded (the demo's machines), a trunk is pretrained here once on a classification
-task over a family of synthetic objects (:mod:`aml.data.synthetic_objects`, never the
+task over a family of synthetic objects (`aml.data.synthetic_objects`, never the
 landmarks) and cached under ``<data_root>/networks/``, the folder the downloaded ImageNet
 trunks go to, under a name that cannot be mistaken for them. ``main.py --trunk-weights
 synthetic`` then starts from it as ``main.py`` (default) starts from ImageNet.

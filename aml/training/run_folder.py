@@ -13,7 +13,7 @@ LOSS_LOG_HEADER = "epoch, train_loss, val_loss"
 class RunLog:
     """log.txt and loss_log.txt of a run folder, appended and flushed line by line.
 
-    loss_log.txt gets its header once; :meth:`restart_at` drops the lines of epochs that a
+    loss_log.txt gets its header once; `restart_at` drops the lines of epochs that a
     resumed run trains again (a crash after logging an epoch but before its checkpoint).
     ``enabled`` False (a rank other than 0 of a distributed run) writes nothing."""
 

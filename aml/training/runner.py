@@ -1,5 +1,5 @@
-"""Training as a library call: a :class:`~aml.training.config.TrainConfig` in, a trained run
-folder out. ``main.py`` parses its flags into a config and calls :func:`run`; so do the demo
+"""Training as a library call: a `aml.training.config.TrainConfig` in, a trained run
+folder out. ``main.py`` parses its flags into a config and calls `run`; so do the demo
 and the tests.
 
     from aml.training import TrainConfig, run
@@ -78,7 +78,7 @@ def run(config: TrainConfig) -> TrainResult:
         the per-epoch records (losses, lr, test results) and the network.
 
     Raises:
-        ValueError: why the options cannot train (:func:`~aml.training.config.problems`), or
+        ValueError: why the options cannot train (`aml.training.config.problems`), or
             why the batch does not split over the torchrun processes.
 
     Examples:

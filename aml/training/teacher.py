@@ -43,7 +43,7 @@ def teacher_split_features(teacher: Teacher, dataset: str, split: str, images: S
 
     With ``feat_path`` the file is read and its shape checked (the teacher is not loaded).
     Otherwise the teacher encodes the images at ``image_size``; the result is kept as
-    ``<dataset>[-val]_<teacher>_imsize<N>.npy`` and reused while its :class:`DescriptorKey`
+    ``<dataset>[-val]_<teacher>_imsize<N>.npy`` and reused while its `DescriptorKey`
     (the teacher's weights, the image size, ``config``'s pixel path) is this one. Freshly
     encoded descriptors are returned as they are, not read back from the file.
     """

@@ -1,7 +1,7 @@
 """The training loop: per-epoch tuple building (mining), gradient accumulation, frozen
 BatchNorm, validation, atomic checkpoints, logs, curves and exact resume.
 
-Faults: a non-finite loss stops the run (:class:`TrainingDiverged`) before it reaches the
+Faults: a non-finite loss stops the run (`TrainingDiverged`) before it reaches the
 weights, and a non-finite network is never written; ``model_best`` is written before
 ``model_epochN``, so a crash between the two never leaves a stale best behind a newer
 epoch checkpoint."""
@@ -103,7 +103,7 @@ class Trainer:
     """Trains ``net`` with ``criterion`` in ``mode``; checkpoints go to ``run_dir``.
 
     With a distributed ``world`` (torchrun) each rank trains its slice of every global
-    mini-batch under DistributedDataParallel (:mod:`aml.training.parallel`); rank 0 alone
+    mini-batch under DistributedDataParallel (`aml.training.parallel`); rank 0 alone
     writes logs and checkpoints."""
 
     def __init__(self, net: ImageRetrievalNet, criterion: torch.nn.Module,
@@ -282,7 +282,7 @@ class Trainer:
 
     def calibrate_if_vanishing(self) -> bool:
         """BatchNorm statistics from training images where a random trunk's activations vanish
-        (:func:`aml.training.batchnorm.calibrate_if_vanishing`)."""
+        (`aml.training.batchnorm.calibrate_if_vanishing`)."""
         split = self.train_split
 
         def load(path: str) -> torch.Tensor:
@@ -311,7 +311,7 @@ class Trainer:
         barrier(self.world)
 
     def resume(self, name: str) -> bool:
-        """Continue from ``run_dir/name``, or the latest model_epochN there (:func:`resume_run`);
+        """Continue from ``run_dir/name``, or the latest model_epochN there (`resume_run`);
         False if none exists."""
         found = resume_run(self.run_dir, name, self.net, self.optimizer)
         if found is None:

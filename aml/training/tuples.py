@@ -24,8 +24,8 @@ class TupleItem:
 
 
 class TupleDataset(Dataset):
-    """Item i = :class:`TupleItem` of tuple i: the images of the members the student encodes
-    (the others are the teacher's descriptors, added by :func:`encode_batch` in the main
+    """Item i = `TupleItem` of tuple i: the images of the members the student encodes
+    (the others are the teacher's descriptors, added by `encode_batch` in the main
     process, where the teacher's matrix lives, maybe on the GPU)."""
 
     def __init__(self, tuples: Sequence[TrainingTuple], images: Sequence[str], image_size: int, transform: Callable):
@@ -89,8 +89,8 @@ def encode_images(encode: BatchEncoder, images: Sequence[torch.Tensor], device: 
 def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch.device,
                  teacher: Optional[torch.Tensor] = None, shapes: Sequence[tuple] = (),
                  target: bool = False) -> TupleBatch:
-    """The :class:`TupleBatch` of ``items``: the student images of all items encoded together
-    (see :func:`encode_images`), the teacher's members read from ``teacher`` (D x N, the
+    """The `TupleBatch` of ``items``: the student images of all items encoded together
+    (see `encode_images`), the teacher's members read from ``teacher`` (D x N, the
     split's descriptors), tuples shorter than the longest padded (label -1). With ``target``
     also the teacher's distance from each query to each member."""
     if target and teacher is None:

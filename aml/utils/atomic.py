@@ -90,7 +90,7 @@ def optional_write(what: str) -> Iterator[None]:
 
 
 def remove_orphan_temporaries(folder: Union[str, Path]) -> list:
-    """Delete the temporary files that :func:`atomic_write` leaves when its process is killed
+    """Delete the temporary files that `atomic_write` leaves when its process is killed
     (``.<name>.<random>.tmp``) in ``folder``; returns their paths. Call it only on a folder
     no other process is writing to (a run folder at the start of its run)."""
     folder = Path(folder)

@@ -11,7 +11,7 @@ ONEDNN_CACHE_CAPACITY = 16384
 
 
 def enlarge_kernel_cache() -> None:
-    """Raise oneDNN's kernel cache to :data:`ONEDNN_CACHE_CAPACITY` (a value the user set in
+    """Raise oneDNN's kernel cache to `ONEDNN_CACHE_CAPACITY` (a value the user set in
     ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is kept). Call it before the first convolution; the
     processes this one starts inherit it."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE_CAPACITY))

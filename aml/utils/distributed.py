@@ -1,14 +1,14 @@
 """Several processes, one job: the thin layer over ``torch.distributed`` that aml uses.
 
 Processes are started by ``torchrun``, which sets RANK, WORLD_SIZE, LOCAL_RANK and the
-rendezvous in the environment. :func:`init_from_environment` joins that group (nccl on CUDA,
+rendezvous in the environment. `init_from_environment` joins that group (nccl on CUDA,
 gloo on the CPU) with a timeout, so a process whose peer died stops with an error instead
 of waiting forever. Everything else here reads torch's own process-group state: a single
 process (no torchrun) sees a world of size 1 and every function is a no-op.
 
 Rules the package keeps: every descriptor extraction is collective (all ranks call it, each
 encodes its shard, every rank gets the whole result); files are written by rank 0 alone,
-followed by :func:`barrier` where the other ranks read them.
+followed by `barrier` where the other ranks read them.
 """
 
 import datetime
@@ -55,7 +55,7 @@ def current_rank() -> int:
 
 def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     """Join the process group torchrun described (no-op for a single process) and return
-    this process's :class:`World`. CUDA processes use the GPU of their LOCAL_RANK."""
+    this process's `World`. CUDA processes use the GPU of their LOCAL_RANK."""
     if not launched_by_torchrun():
         return World()
     if not dist.is_initialized():
@@ -90,7 +90,7 @@ def shard_range(count: int, world: World) -> range:
 
 
 def gather_columns(local: torch.Tensor, count: int, world: World) -> torch.Tensor:
-    """Every rank's D x n_r block (rank order = :func:`shard_range` order) joined into the
+    """Every rank's D x n_r block (rank order = `shard_range` order) joined into the
     D x ``count`` whole, on every rank. Blocks are padded to equal size for the collective."""
     if not world.distributed:
         return local
@@ -120,7 +120,7 @@ def barrier(world: World) -> None:
 
 
 def concat_lists(parts: Sequence[Sequence[Any]]) -> List[Any]:
-    """The per-rank lists of :func:`gather_objects`, joined in rank order."""
+    """The per-rank lists of `gather_objects`, joined in rank order."""
     return [item for part in parts for item in part]
 
 

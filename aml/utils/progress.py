@@ -1,6 +1,6 @@
 """Progress bars: a live bar on a terminal; elsewhere (a log file, a pipe) a few plain lines.
 
-Every loop that shows progress goes through :func:`progress_bar`. On a terminal it is tqdm's
+Every loop that shows progress goes through `progress_bar`. On a terminal it is tqdm's
 bar, redrawn in place. When stderr is not a terminal, redrawing in place would write every
 refresh into the log (thousands of carriage-return lines in ``make demo > log``), so a bar
 writes a line when it starts, at most one every ``PLAIN_INTERVAL`` seconds, and one when it

@@ -21,5 +21,5 @@ def derived_seed(seed: int, stream: str, *keys: int) -> int:
 
 
 def generator(seed: int, stream: str, *keys: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded with :func:`derived_seed`."""
+    """A CPU ``torch.Generator`` seeded with `derived_seed`."""
     return torch.Generator().manual_seed(derived_seed(seed, stream, *keys))

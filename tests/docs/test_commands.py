@@ -189,8 +189,9 @@ def test_getting_started_trains_a_teacher_and_a_student_and_tests_them(getting_s
     import json
 
     results = json.loads((getting_started / "asym.json").read_text())
+    assert results["settings"]["asym"] and results["settings"]["teacher"] == "teacher"
     for dataset in ("synth-oxford", "synth-paris"):
-        assert 0 <= results[dataset]["plain"]["medium"]["map"] <= 1
+        assert 0 <= results["results"][dataset]["plain"]["medium"]["map"] <= 1
     assert (getting_started / "teacher.pth.tar").is_file() and (getting_started / "student.pth.tar").is_file()
 
 

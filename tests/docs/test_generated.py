@@ -17,7 +17,7 @@ def test_every_included_table_and_plot_is_generated():
     sources = json.loads((generate.GENERATED / "sources.json").read_text())
     for page in generate.doc_pages():
         text = page.read_text()
-        for name in [part.split('"')[1] for part in text.split('--8<-- "')[1:]]:
+        for name in [part.split('"')[0] for part in text.split('--8<-- "')[1:]]:
             assert name in sources, f"{page.name} includes {name}, which docs/generate.py does not make"
         for name in [part.split(")")[0] for part in text.split("](images/generated/")[1:]]:
             assert f"images/generated/{name}" in sources, f"{page.name} shows {name}, which is not generated"

@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "docs"))
 from generate import Block, doc_pages, page_blocks  # noqa: E402  (docs/ is not a package)
 
 PAGES = doc_pages()
+# Trains networks for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
 SHELL = ("bash", "sh", "shell")
 TOOLS = ("cp", "mkdir", "ls")
 SCRIPTS = {"main.py": "aml.cli.train", "test.py": "aml.cli.test", "extract_features.py": "aml.cli.extract_features"}

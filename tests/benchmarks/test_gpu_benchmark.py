@@ -34,7 +34,8 @@ def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path, capsys):
     assert results["ts_epoch"]["original_s"] > 0 and results["ts_epoch"]["fast_s"] > 0
     record = json.loads((tmp_path / "gpu.json").read_text())  # what docs/generate.py reads
     assert record["benchmark"] == "gpu" and record["results"]["extraction"] == json.loads(json.dumps(rows))
-    assert record["provenance"]["torch"] == torch.__version__ and "gpu.py" in record["provenance"]["command"]
+    assert record["provenance"]["torch"] == torch.__version__ and record["provenance"]["command"].startswith("python")
+    assert record["settings"]["images"] == 6 and "json" not in record["settings"]
 
 
 def test_the_gpu_benchmark_refuses_an_unknown_row():

@@ -4,7 +4,8 @@
 2. fine-tune one EfficientNet-Lite2 GeM teacher from its ImageNet weights in ``std`` mode
    (the paper's students all learn from one published teacher; trained once, then reused);
 3. per seed, fine-tune MobileNetV2 students from the original's ImageNet weights
-   (torchvision's IMAGENET1K_V1) against it in ``reg``, ``ts_self`` (Contr+) and ``ts`` mode;
+   (torchvision's IMAGENET1K_V1) against it in ``reg``, ``ts_self`` (Contr+) and ``ts`` mode
+   (and, on request, in ``reg`` mode with the losses of later papers: csd, bct, hvs, lce);
 4. test the teacher (symmetric), the untrained and the ImageNet-only student (asymmetric:
    teacher database, student queries) and the trained students (symmetric and asymmetric);
    print one table (mean ± std over the seeds) and whether the paper's two findings hold on it.

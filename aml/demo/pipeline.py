@@ -4,7 +4,8 @@
 2. fine-tune one EfficientNet-Lite2 GeM teacher from its ImageNet weights in ``std`` mode
    (the paper's students all learn from one published teacher; trained once, then reused);
 3. per seed, fine-tune MobileNetV2 students from the original's ImageNet weights
-   (torchvision's IMAGENET1K_V1) against it in ``reg``, ``ts_self`` (Contr+) and ``ts`` mode;
+   (torchvision's IMAGENET1K_V1) against it in ``reg``, ``ts_self`` (Contr+) and ``ts`` mode
+   (and, on request, in ``reg`` mode with the losses of later papers: csd, bct, hvs, lce);
 4. test the teacher (symmetric), the untrained and the ImageNet-only student (asymmetric:
    teacher database, student queries) and the trained students (symmetric and asymmetric);
    print one table (mean ± std over the seeds) and whether the paper's two findings hold on it.
@@ -59,12 +60,13 @@ class DemoBudget:
                     workers=self.workers, quiet=self.quiet)
 
 
-def _train(directory: Path, data_root: Path, arch: str, mode: str, epochs: int, options: Dict[str, Any], seed: int,
+def _train(directory: Path, data_root: Path, arch: str, epochs: int, options: Dict[str, Any], seed: int,
            teacher: Optional[Path] = None, trunk: Optional[Path] = None, reuse: bool = False) -> Path:
-    """One training run (`aml.training.run`); the last epoch's checkpoint. With ``reuse``,
-    a run that already holds that checkpoint is resumed from it (so nothing is trained again)."""
+    """One training run (`aml.training.run`; ``options`` are TrainConfig fields, the mode
+    among them); the last epoch's checkpoint. With ``reuse``, a run that already holds that
+    checkpoint is resumed from it (so nothing is trained again)."""
     config = TrainConfig(directory=str(directory), data_root=str(data_root), training_dataset="synth-sfm", arch=arch,
-                         mode=mode, epochs=epochs, val=False, print_freq=1000, seed=seed, **options)
+                         epochs=epochs, val=False, print_freq=1000, seed=seed, **options)
     config = config.but(teacher=str(teacher)) if teacher is not None else config
     config = config.but(trunk_weights=str(trunk)) if trunk is not None else config
     config = config.but(resume=f"model_epoch{epochs}.pth.tar") if reuse else config
@@ -88,10 +90,15 @@ def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[
 # rate it does not reach that space in time); contrastive students use margin 0.5.
 # The ts and ts_self students see -qs 360 tuples per epoch; the reg students regress the
 # teacher's descriptors of the -ps 800 pool images per epoch (with 360 they end well short).
-TEACHER_OPTIONS = dict(batch_size=8, lr=5e-4, batch_forward=True)
+# A student recipe is named by its row in the table and holds its mode and, for the losses of
+# later papers (docs/training.md), its loss: they train in mode reg on the same -ps 800 images.
+TEACHER_OPTIONS = dict(mode="std", batch_size=8, lr=5e-4, batch_forward=True)
 _STUDENT = dict(batch_size=16, lr=1e-4, proj_lr_mult=30.0, batch_forward=True)
-STUDENT_OPTIONS: Dict[str, Dict[str, Any]] = {"reg": _STUDENT, "ts_self": dict(_STUDENT, loss_margin=0.5),
-                                              "ts": dict(_STUDENT, loss_margin=0.5)}
+STUDENT_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "reg": dict(_STUDENT, mode="reg"), "ts_self": dict(_STUDENT, mode="ts_self", loss_margin=0.5),
+    "ts": dict(_STUDENT, mode="ts", loss_margin=0.5),
+    **{loss: dict(_STUDENT, mode="reg", loss=loss) for loss in ("csd", "bct", "hvs", "lce")}}
+DEFAULT_STUDENTS = ("reg", "ts_self", "ts")  # AML's modes: the paper's findings
 TEACHER_TRUNKS = ("imagenet", "synthetic")
 
 
@@ -107,20 +114,21 @@ def _initial_student(runs: Path, arch: str, teacher_dim: int, seed: int, imagene
 def train_teacher(root: Path, arch: str, budget: DemoBudget, seed: int, trunk: Optional[Path] = None) -> Path:
     """The demo's teacher: ``std`` mode from ``trunk`` (None: ImageNet); one trained by an
     earlier run with the same settings is reused."""
-    return _train(root / "demo" / "runs", root, arch, "std", budget.teacher_epochs,
+    return _train(root / "demo" / "runs", root, arch, budget.teacher_epochs,
                   dict(budget.options(), **TEACHER_OPTIONS), seed, trunk=trunk, reuse=True)
 
 
 def student_rows(root: Path, seed: int, teacher: Path, student_arch: str, budget: DemoBudget,
                  student_modes: Sequence[str]) -> List[Dict]:
     """Train the students of one seed from ImageNet against ``teacher`` and test them, with
-    the untrained and the ImageNet-only student; the table rows."""
+    the untrained and the ImageNet-only student; the table rows. ``student_modes`` names
+    recipes of `STUDENT_OPTIONS` (a mode, or a loss of a later paper)."""
     runs = root / "demo" / "runs"
     teacher_dim = int(load_checkpoint(teacher)["meta"]["outputdim"])
     untrained = _initial_student(runs, student_arch, teacher_dim, seed, False, root)
     imagenet = _initial_student(runs, student_arch, teacher_dim, seed, True, root)
-    students = {mode: _train(runs, root, student_arch, mode, budget.student_epochs,
-                             dict(budget.options(), **STUDENT_OPTIONS[mode]), seed, teacher) for mode in student_modes}
+    students = {name: _train(runs, root, student_arch, budget.student_epochs,
+                             dict(budget.options(), **STUDENT_OPTIONS[name]), seed, teacher) for name in student_modes}
 
     def row(name: str, network: Path, asymmetric: bool) -> Dict:
         results = _test(network, root, budget, teacher if asymmetric else None)
@@ -135,7 +143,7 @@ def student_rows(root: Path, seed: int, teacher: Path, student_arch: str, budget
 
 def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2",
              teacher_arch: str = "efficientnet_lite2", budget: DemoBudget = DemoBudget(),
-             student_modes: Sequence[str] = tuple(STUDENT_OPTIONS), seeds: Sequence[int] = (0, 1, 2),
+             student_modes: Sequence[str] = DEFAULT_STUDENTS, seeds: Sequence[int] = (0, 1, 2),
              teacher_trunk: str = "imagenet", pretraining: PretrainConfig = PretrainConfig()) -> List[Dict]:
     """Run the demo; returns the table rows (network, test, results: one test.py result per
     seed; the teacher's row has one, for the one teacher trained with the first seed).
@@ -201,8 +209,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser.add_argument("--workers", type=nonnegative_int, default=0,
                         help="loader workers (default 0: on 2 cores, workers only take time from the network)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    parser.add_argument("--student-modes", default=",".join(STUDENT_OPTIONS),
-                        help=f"comma separated, among {', '.join(STUDENT_OPTIONS)} (default: all)")
+    parser.add_argument("--student-modes", default=",".join(DEFAULT_STUDENTS),
+                        help=f"comma separated student recipes, among {', '.join(STUDENT_OPTIONS)}: AML's modes, "
+                             f"and losses of later papers trained in mode reg (default: {','.join(DEFAULT_STUDENTS)})")
     parser.add_argument("--seed", type=nonnegative_int, default=0,
                         help="seed of the teacher and of the first students (default: 0)")
     parser.add_argument("--json", default=None, metavar="FILE",

@@ -5,8 +5,10 @@ Every loss has one call shape, ``loss(batch)`` with a `TupleBatch` (anchors B x 
 members B x M x D, labels B x M): a `LossKind.TUPLE` loss gives one value per tuple
 (its anchor against its members, labelled 1/0), a `LossKind.RELATIONAL` loss one value
 for the batch (the student's rows against the teacher's rows of the same images). Each module
-says its ``kind`` and whether it ``needs_target`` (the teacher's distances). The trainer reads
-only this registry and those two attributes.
+says its ``kind``, whether it ``needs_target`` (the teacher's distances) and whether it
+``needs_context`` (the teacher's view of the whole split: `TeacherContext`, for the losses of
+later papers in `aml.losses.compatibility`). The trainer reads only this registry and those
+three attributes.
 """
 
 from dataclasses import dataclass
@@ -15,6 +17,9 @@ from typing import Any, Callable, Dict
 from torch import nn
 
 from aml.losses.batch import LossKind, TupleBatch
+from aml.losses.compatibility import (BackwardCompatibleLoss, CompatibleEmbeddingLoss, ContextualSimilarityLoss,
+                                      HeterogeneousCompatibilityLoss)
+from aml.losses.context import TeacherContext
 from aml.losses.relational import HardDarkRank, RelationalLoss, RKdAD
 from aml.losses.tuples import (ContrastiveDistLoss, ContrastiveLoss, CrossEntropyDistLoss, CrossEntropyLoss,
                                MultiSimilarityLoss, RegressionLoss, TripletLoss, TupleLoss)
@@ -39,6 +44,13 @@ def _tuples(mode) -> bool:
     return mode.tuples
 
 
+def _images(mode) -> bool:
+    return mode.needs_teacher and not mode.tuples and not mode.relational
+
+
+_IMAGES_WHY = "it trains on single images against the teacher's view of the whole split (modes reg, reg_only_pos)"
+
+
 LOSSES: Dict[str, LossSpec] = {
     "contrastive": LossSpec(lambda m, t: ContrastiveLoss(margin=m), lambda mode: not mode.relational,
                             "it needs tuples (anchor, positives, negatives)"),
@@ -60,6 +72,11 @@ LOSSES: Dict[str, LossSpec] = {
                     "it compares batches of student and teacher descriptors (mode rand)"),
     "dark": LossSpec(lambda m, t: HardDarkRank(), lambda mode: mode.relational,
                      "it compares batches of student and teacher descriptors (mode rand)"),
+    # losses of later papers (aml.losses.compatibility); --temp is their temperature
+    "csd": LossSpec(lambda m, t: ContextualSimilarityLoss(temp=t), _images, _IMAGES_WHY),
+    "bct": LossSpec(lambda m, t: BackwardCompatibleLoss(temp=t), _images, _IMAGES_WHY),
+    "hvs": LossSpec(lambda m, t: HeterogeneousCompatibilityLoss(temp=t), _images, _IMAGES_WHY),
+    "lce": LossSpec(lambda m, t: CompatibleEmbeddingLoss(temp=t), _images, _IMAGES_WHY),
 }
 
 
@@ -68,6 +85,7 @@ def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> nn.Module:
     return LOSSES[name].build(margin, temp)
 
 
-__all__ = ["LOSSES", "LossKind", "LossSpec", "TupleBatch", "build_loss", "ContrastiveLoss", "ContrastiveDistLoss",
-           "CrossEntropyDistLoss", "CrossEntropyLoss", "HardDarkRank", "MultiSimilarityLoss", "RKdAD",
-           "RegressionLoss", "RelationalLoss", "TripletLoss", "TupleLoss"]
+__all__ = ["LOSSES", "LossKind", "LossSpec", "TeacherContext", "TupleBatch", "build_loss", "BackwardCompatibleLoss",
+           "CompatibleEmbeddingLoss", "ContextualSimilarityLoss", "ContrastiveLoss", "ContrastiveDistLoss",
+           "CrossEntropyDistLoss", "CrossEntropyLoss", "HardDarkRank", "HeterogeneousCompatibilityLoss",
+           "MultiSimilarityLoss", "RKdAD", "RegressionLoss", "RelationalLoss", "TripletLoss", "TupleLoss"]

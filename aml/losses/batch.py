@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from aml.layers import functional as LF
+from aml.losses.context import TeacherContext
 
 
 class LossKind(Enum):
@@ -27,6 +28,9 @@ class TupleBatch:
         members: B x M x D, the descriptors each anchor is compared with.
         labels: B x M, 1 (positive), 0 (negative) or -1 (no member: a tuple shorter than M).
         target: B x M or None, the teacher's distance from each query to each member.
+        queries: B or None, each tuple's query as a row of ``context`` (its image in the split).
+        context: the teacher's view of the whole split (`TeacherContext`), with ``queries``,
+            for the losses that compare a query with more than its tuple (``needs_context``).
 
     Raises:
         ValueError: when the shapes do not fit together.
@@ -45,6 +49,8 @@ class TupleBatch:
     members: torch.Tensor
     labels: torch.Tensor
     target: Optional[torch.Tensor] = None
+    queries: Optional[torch.Tensor] = None
+    context: Optional[TeacherContext] = None
 
     def __post_init__(self):
         b, d = self.anchors.shape if self.anchors.dim() == 2 else (None, None)
@@ -55,6 +61,10 @@ class TupleBatch:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != tuple(self.members.shape[:2]):
                 raise ValueError(f"{name} must be B x M = {tuple(self.members.shape[:2])}, got {tuple(value.shape)}")
+        if (self.queries is None) != (self.context is None):
+            raise ValueError("queries and context come together: each tuple's query is a row of the context")
+        if self.queries is not None and tuple(self.queries.shape) != (b,):
+            raise ValueError(f"queries must be B = {b} row indices of the context, got {tuple(self.queries.shape)}")
 
     def __len__(self) -> int:
         return self.anchors.shape[0]

@@ -18,6 +18,7 @@ class TupleLoss(nn.Module):
 
     kind = LossKind.TUPLE
     needs_target = False  # the teacher's query-member distances (TupleBatch.target)
+    needs_context = False  # the teacher's view of the split (TupleBatch.context and queries)
 
     def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
         if cirtorch_arguments or not isinstance(batch, TupleBatch):
@@ -25,6 +26,8 @@ class TupleLoss(nn.Module):
                             f"loss(x, label) with x D x N use aml.layers.loss.{type(self).__name__}")
         if self.needs_target and batch.target is None:
             raise ValueError(f"{type(self).__name__} needs the teacher's distances (TupleBatch.target)")
+        if self.needs_context and batch.context is None:
+            raise ValueError(f"{type(self).__name__} needs the teacher's view of the split (TupleBatch.context)")
         return self.formula(batch)
 
     def formula(self, batch: TupleBatch) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
-from aml.losses import LossKind, TupleBatch
+from aml.losses import LossKind, TeacherContext, TupleBatch
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.reports.curves import TrainingHistory
@@ -56,6 +56,7 @@ class Split:
     images: List[str]
     teacher: Optional[torch.Tensor] = None
     sizes: Optional[List[Tuple[int, int]]] = field(default=None, repr=False)
+    context: Optional[TeacherContext] = field(default=None, repr=False)
 
     def image_sizes(self) -> List[Tuple[int, int]]:
         """(width, height) of every image, read from the file headers once."""
@@ -63,6 +64,15 @@ class Split:
             log.info(">> Reading the sizes of %d images (shape-grouped batches)", len(self.images))
             self.sizes = [image_size(path) for path in self.images]
         return self.sizes
+
+    def teacher_context(self) -> TeacherContext:
+        """The teacher's descriptors with the images' clusters and class prototypes, built once
+        (for the losses that ``needs_context``)."""
+        if self.context is None:
+            if self.teacher is None:
+                raise ValueError("the teacher's view of the split needs the teacher's descriptors (--teacher)")
+            self.context = TeacherContext.of(self.teacher.t(), self.db["cluster"])
+        return self.context
 
 
 @dataclass
@@ -179,11 +189,13 @@ class Trainer:
                           num_workers=effective_workers(s.workers, self.device), generator=generator)
 
     # -- losses ---------------------------------------------------------------------------
-    def _encode(self, encode, chunk: List[TupleItem], teacher: Optional[torch.Tensor]) -> TupleBatch:
-        """The chunk's tuples as one batch; for a relational loss under torchrun, the whole
-        global batch (every rank's rows gathered, with gradients: the loss relates them all)."""
+    def _encode(self, encode, chunk: List[TupleItem], split: Split) -> TupleBatch:
+        """The chunk's tuples as one batch (with the split's `TeacherContext` for a loss that
+        ``needs_context``); for a relational loss under torchrun, the whole global batch
+        (every rank's rows gathered, with gradients: the loss relates them all)."""
         shapes = self.parallel.shapes([image for item in chunk for image in item.images])
-        batch = encode_batch(encode, chunk, self.device, teacher, shapes, self.criterion.needs_target)
+        context = split.teacher_context() if self.criterion.needs_context else None
+        batch = encode_batch(encode, chunk, self.device, split.teacher, shapes, self.criterion.needs_target, context)
         return self.parallel.whole_batch(batch) if self.criterion.kind is LossKind.RELATIONAL else batch
 
     def _autocast(self):
@@ -192,10 +204,9 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def batch_losses(self, batch: List[TupleItem], teacher: Optional[torch.Tensor], backward: bool,
-                     sync: bool = True) -> List[float]:
-        """The loss values of a batch (``teacher``: the split's teacher descriptors): one per
-        tuple (tuple losses) or one per batch (relational losses). With frozen BatchNorm and a tuple loss, one tuple is encoded
+    def batch_losses(self, batch: List[TupleItem], split: Split, backward: bool, sync: bool = True) -> List[float]:
+        """The loss values of a batch of ``split``'s tuples: one per tuple (tuple losses) or one
+        per batch (relational losses). With frozen BatchNorm and a tuple loss, one tuple is encoded
         and back-propagated at a time (the original's memory profile) unless ``batch_forward``;
         otherwise all student images of the batch go through together, one forward per image
         shape (with ``train_batchnorm`` their batch statistics are those of the mini-batch;
@@ -215,7 +226,7 @@ class Trainer:
         for k, chunk in enumerate(chunks):
             with self.parallel.no_sync(backward and sync and k + 1 == len(chunks)):
                 with self._autocast():
-                    values = self.criterion(self._encode(encode, chunk, teacher)).float().reshape(-1)
+                    values = self.criterion(self._encode(encode, chunk, split)).float().reshape(-1)
                     total = values.sum()
                 _check_finite(total)
                 if backward:
@@ -247,7 +258,7 @@ class Trainer:
         bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=s.progress, leave=False)
         for i, batch in enumerate(bar):
             try:
-                losses += self.batch_losses(batch, self.train_split.teacher, backward=True,
+                losses += self.batch_losses(batch, self.train_split, backward=True,
                                             sync=(i + 1) % s.update_every == 0)
             except _NonFiniteLoss as err:
                 message = self._divergence_message(epoch, i, len(loader), err.value)
@@ -275,7 +286,7 @@ class Trainer:
         losses: List[float] = []
         for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.settings.progress,
                           leave=False):
-            losses += self.batch_losses(batch, split.teacher, backward=False)
+            losses += self.batch_losses(batch, split, backward=False)
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from aml.data.images import load_and_resize
 from aml.descriptors.extraction import BatchEncoder
 from aml.losses.batch import TupleBatch
+from aml.losses.context import TeacherContext
 from aml.training.modes import TrainingTuple
 
 
@@ -88,11 +89,12 @@ def encode_images(encode: BatchEncoder, images: Sequence[torch.Tensor], device: 
 
 def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch.device,
                  teacher: Optional[torch.Tensor] = None, shapes: Sequence[tuple] = (),
-                 target: bool = False) -> TupleBatch:
+                 target: bool = False, context: Optional[TeacherContext] = None) -> TupleBatch:
     """The `TupleBatch` of ``items``: the student images of all items encoded together
     (see `encode_images`), the teacher's members read from ``teacher`` (D x N, the
     split's descriptors), tuples shorter than the longest padded (label -1). With ``target``
-    also the teacher's distance from each query to each member."""
+    also the teacher's distance from each query to each member; with ``context`` (the split's
+    `TeacherContext`) also each tuple's query image, a row of it."""
     if target and teacher is None:
         raise ValueError("the teacher's distances need the teacher's descriptors of the split")
     images = [image for item in items for image in item.images]
@@ -117,7 +119,11 @@ def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch
     if target:
         distances = torch.stack([_teacher_distances(teacher, item.tuple.members, width) for item in items])
         distances = distances[:, 1:].to(table.device)
-    return TupleBatch(rows[:, 0], rows[:, 1:], labels[:, 1:].to(table.device), distances)
+    queries = None
+    if context is not None:
+        queries = torch.tensor([item.tuple.members[0] for item in items], dtype=torch.long,
+                               device=context.descriptors.device)
+    return TupleBatch(rows[:, 0], rows[:, 1:], labels[:, 1:].to(table.device), distances, queries, context)
 
 
 def _teacher_distances(teacher: torch.Tensor, members: Sequence[int], width: int) -> torch.Tensor:

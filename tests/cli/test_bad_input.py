@@ -44,6 +44,11 @@ CASES = [
     (EXTRACT, ["--shard-size", "-1"], "argument --shard-size: must be an integer >= 0"),
     (DEMO, ["--image-size", "0"], "argument --image-size: must be a positive integer"),
     (DEMO, ["--workers", "-2"], "argument --workers: must be an integer >= 0"),
+    (TRAIN, ["--loss", "csd", "--mode", "ts"], "--loss csd cannot be used with --mode ts: it trains on single images "
+                                               "against the teacher's view of the whole split (modes reg, reg_only_pos)"),
+    (TRAIN, ["-l", "lce", "-m", "rand"], "--loss lce cannot be used with --mode rand"),
+    (DEMO, ["--student-modes", "reg,csx"], "--student-modes: unknown ['csx']; choose among ['bct', 'csd', 'hvs', 'lce', "
+                                           "'reg', 'ts', 'ts_self']"),
 ]
 
 

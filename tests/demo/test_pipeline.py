@@ -1,6 +1,7 @@
 """The demo pipeline end to end with tiny settings (the real one is `make demo`)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -48,10 +49,30 @@ def test_demo_runs_end_to_end_from_imagenet_and_reuses_its_teacher(synth_root, c
         assert chart.format == "PNG" and chart.size[0] >= 600
 
 
+def test_the_losses_of_later_papers_train_in_the_demos_setting(synth_root):
+    """Each recipe of a later paper's loss trains the ImageNet student in mode reg against the
+    demo's teacher (reused): finite losses, moved weights, its loss in the run's name."""
+    from aml.demo.pipeline import DEFAULT_STUDENTS, STUDENT_OPTIONS, _train
+
+    teacher = train_teacher(synth_root, "efficientnet_lite2", TINY, 0)
+    v1 = torch.load(package_file(IMAGENET_WEIGHTS["mobilenet_v2"].files[0].package), weights_only=True)
+    assert set(STUDENT_OPTIONS) - set(DEFAULT_STUDENTS) == {"csd", "bct", "hvs", "lce"}
+    for name in ("csd", "bct", "hvs", "lce"):
+        assert STUDENT_OPTIONS[name]["mode"] == "reg" and STUDENT_OPTIONS[name]["loss"] == name
+        path = _train(synth_root / "demo" / "runs", synth_root, "mobilenet_v2", TINY.student_epochs,
+                      dict(TINY.options(), **STUDENT_OPTIONS[name]), 0, teacher)
+        assert f"_{name}_m" in path.parent.name and "_reg_" in path.parent.name
+        state = load_checkpoint(path)
+        assert math.isfinite(state["min_loss"]) and state["min_loss"] >= 0, name  # the epoch's mean loss
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+        assert not torch.equal(state["state_dict"]["features.0.0.0.weight"], v1["features.0.0.weight"]), name
+
+
 def test_demo_refuses_unknown_student_modes_and_seed_counts(capsys):
     with pytest.raises(SystemExit):
         main(["--student-modes", "reg,contr"])
-    assert "unknown ['contr']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown ['contr']" in err and "'csd'" in err and "'lce'" in err
     with pytest.raises(SystemExit):
         main(["--seeds", "0"])
     assert "argument --seeds: must be a positive integer" in capsys.readouterr().err

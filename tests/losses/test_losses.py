@@ -1,12 +1,15 @@
 """Every loss against the original's numbers (float64), through the one call shape
 ``loss(TupleBatch)``, and batched: B tuples in one call equal B calls of one tuple."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from aml.layers import functional as LF
 from aml.losses import (LOSSES, ContrastiveDistLoss, ContrastiveLoss, CrossEntropyDistLoss, CrossEntropyLoss,
-                        HardDarkRank, LossKind, MultiSimilarityLoss, RKdAD, RegressionLoss, TripletLoss, TupleBatch)
+                        HardDarkRank, LossKind, MultiSimilarityLoss, RKdAD, RegressionLoss, TeacherContext, TripletLoss,
+                        TupleBatch)
 from aml.training.modes import MODES, check_loss_mode
 
 A, P, N1, N2 = (1.0, 0.0), (0.6, 0.8), (0.96, 0.28), (-1.0, 0.0)
@@ -32,6 +35,12 @@ def one(anchor, members, member_labels, target=None):
 
 
 TUPLE = one(A, (P, N1, N2), (1, 0, 0))
+CONTEXT = TeacherContext.of(rows(TA, P, N1, N2, A), [0, 0, 1, 1, 2])  # for the losses that need_context
+
+
+def in_context(loss, batch, queries):
+    """``batch`` with its queries (rows of CONTEXT) where ``loss`` needs the teacher's view of the split."""
+    return replace(batch, queries=torch.tensor(queries), context=CONTEXT) if loss.needs_context else batch
 
 
 def test_contrastive():
@@ -127,8 +136,9 @@ def test_every_loss_has_the_one_call_shape():
             value = loss(TupleBatch.pairs(STUDENT, TEACHER))
             assert value.dim() == 0 and torch.isfinite(value), name
         else:
-            value = loss(TupleBatch.from_columns(torch.cat([columns(A, P, N1)] * 3, dim=1), labels(-1, 1, 0) .repeat(3),
-                                                 torch.tensor([0.0, 0.5] * 3, dtype=torch.float64)))
+            batch = TupleBatch.from_columns(torch.cat([columns(A, P, N1)] * 3, dim=1), labels(-1, 1, 0).repeat(3),
+                                            torch.tensor([0.0, 0.5] * 3, dtype=torch.float64))
+            value = loss(in_context(loss, batch, [0, 1, 2]))
             assert value.shape == (3,) and torch.isfinite(value).all(), name
         assert loss.kind is spec.kind
         assert any(spec.accepts(mode) for mode in MODES.values()), name
@@ -153,14 +163,15 @@ def test_a_batch_of_tuples_equals_each_tuple_alone(name):
     loss = LOSSES[name].build(0.7, 0.1)
     x, batch = ragged_batch(requires_grad=True)
     assert batch.labels.tolist()[1] == [1, 0, -1, -1] and batch.members.shape == (3, 4, 2)
-    values = loss(batch)
-    alone = [loss(one(a, m, l, t)).item() for a, m, l, t in RAGGED]
+    values = loss(in_context(loss, batch, [0, 1, 2]))
+    alone = [loss(in_context(loss, one(a, m, l, t), [k])).item() for k, (a, m, l, t) in enumerate(RAGGED)]
     assert values.tolist() == pytest.approx(alone, abs=1e-12)
     values.sum().backward()
     assert torch.isfinite(x.grad).all()
     for k, (a, m, l, t) in enumerate(RAGGED):  # each tuple's gradient is that of its own loss
         anchor = rows(a).requires_grad_(True)
-        loss(TupleBatch.single(anchor, rows(*m), torch.tensor(l), torch.tensor(t, dtype=torch.float64))).backward()
+        alone = TupleBatch.single(anchor, rows(*m), torch.tensor(l), torch.tensor(t, dtype=torch.float64))
+        loss(in_context(loss, alone, [k])).backward()
         start = sum(1 + len(r[1]) for r in RAGGED[:k])
         assert torch.allclose(x.grad[:, start], anchor.grad[0], atol=1e-12), k
 

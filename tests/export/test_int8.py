@@ -12,6 +12,9 @@ from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.fingerprint import network_fingerprint
 
+# Exports, quantizes and times a network for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
 SIZE = 64
 
 
@@ -42,7 +45,7 @@ def test_the_int8_file_runs_and_stays_close_to_float32(exported, synth_root):
     quantized = describe_with_onnx(onnx_session(files["int8"]), queries, SIZE)
     cosines = (reference * quantized).sum(0) / np.linalg.norm(quantized, axis=0)  # the reference is L2-normalised
     assert quantized.shape == (512, 12) and np.allclose(np.linalg.norm(quantized, axis=0), 1, atol=1e-4)
-    assert cosines.min() > 0.9  # measured: min 0.994 (mean 0.998) on these 12 queries
+    assert cosines.min() > 0.9  # measured: min 0.9996 (mean 0.9996) on these 12 queries
     assert files["int8"].stat().st_size < 0.4 * files["onnx"].stat().st_size  # int8 weights: about a quarter
 
 

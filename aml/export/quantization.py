@@ -6,8 +6,8 @@ onnxruntime's CPU provider fuses into integer kernels when it loads the file, an
 providers (NNAPI, XNNPACK, QNN on phones) read too; activations are uint8, weights int8 per
 output channel. By default only the trunk (the nodes of ``net.features``: convolutions and
 their activations) is quantized: the input normalisation, GeM's powers and mean, the L2
-normalisation and a folded whitening stay in float, where GeM's cube and the whitening's
-wide range would lose most.
+normalisation and a folded whitening stay in float (docs/search-export.md measures the
+alternatives).
 """
 
 import logging

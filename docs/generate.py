@@ -306,6 +306,31 @@ def search_section() -> Generated:
     return Generated({"search.md": text}, plots, inputs)
 
 
+def int8_section() -> Generated:
+    record = _load("int8.json")
+    if record is None:
+        return Generated({"int8.md": "*Not measured yet: `python benchmarks/int8.py`.*\n"}, {}, [])
+    s, r = record["settings"], record["results"]
+    export, variants = r["export"], r["variants"]
+    rows = []
+    for name, maps, cosine, times in (
+            [(name, export["maps"][name], export["cosine"][name], export["seconds_per_image"][name])
+             for name in ("float32", "int8")]
+            + [(name, variants["maps"][name], variants["cosine"][name], variants["seconds_per_image"][name])
+               for name in variants["maps"] if name != "float32"]):
+        label = "int8 QDQ, trunk only (`--int8`)" if name == "int8" else name
+        rows.append([label, f"{100 * maps['medium']:.2f}", f"{100 * maps['hard']:.2f}",
+                     f"{cosine['min']:.4f} / {cosine['mean']:.4f}", _seconds(times["362"]), _seconds(times["1024"])])
+    text = (f"Asymmetric mAP on {export['dataset']} ({export['queries']} queries, {export['database']:,} database "
+            f"images, {export['image_size']} px; database by {s['teacher']}), the queries' cosine to float32, and the "
+            f"time per query image (one thread, median of {s['repeats']}); {s['calibration_images']} calibration "
+            f"images. Files: float32 {r['file_bytes']['float32'] / 1e6:.1f} MB, int8 "
+            f"{r['file_bytes']['int8'] / 1e6:.1f} MB.\n\n"
+            + table(["queries by", "mAP Medium", "mAP Hard", "cosine min / mean", "362 px", "1024 px"], rows)
+            + "\n" + source_line("int8.json", record) + " onnxruntime, one thread.\n")
+    return Generated({"int8.md": text}, {}, ["int8.json"])
+
+
 def gpu_section() -> Generated:
     names = sorted(p.name for p in RESULTS.glob("gpu*.json"))
     parts = []
@@ -367,6 +392,7 @@ def not_run_section() -> Generated:
 
 
 SECTIONS = (demo_section, extract_section, real_weights_section, decoding_section, training_section, search_section,
+            int8_section,
             gpu_section, learning_section, registry_section, not_run_section)
 
 

@@ -1,16 +1,55 @@
-"""python -m aml.export: the student as TorchScript and ONNX, checked against PyTorch."""
+"""python -m aml.export: the student as TorchScript and ONNX, checked against PyTorch, and
+optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
+import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from aml.cli.arguments import Parser, folder, run_cli
-from aml.export import ExportError, export_student
-from aml.networks.loading import load_test_network
-from aml.search import StoreError, open_store
+from aml.cli.arguments import Parser, folder, positive_int, run_cli, setup_logging
+from aml.descriptors import ExtractionConfig
+from aml.descriptors.onnx_student import OnnxStudentError
+from aml.export import ExportError, Int8Settings, export_student, int8_agreement, student_info
+from aml.export.report import onnx_test_maps, onnx_timings
+from aml.networks.loading import LoadedNetwork, load_teacher, load_test_network
+from aml.reports.provenance import provenance
+from aml.search import StoreError, list_images, open_store
+from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file
+
+DEFAULT_IMAGE_SIZE = 1024
+AGREEMENT_IMAGES = 8  # calibration images on which the int8 descriptors are compared with float32
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m aml.export", description="Export a student for deployment (TorchScript + ONNX).")
+    parser.add_argument("--network", "-npath", required=True, help="the student: a checkpoint path or a published name")
+    parser.add_argument("--out", required=True, type=folder, help="folder for student.pt and student.onnx")
+    whitening = parser.add_mutually_exclusive_group()
+    whitening.add_argument("--store", type=folder, default=None,
+                           help="fold in the whitening of this search store (python -m aml.search index -w ...)")
+    whitening.add_argument("--whitening-file", default=None, help="fold in a whitening file ({'m', 'P'})")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="TorchScript only")
+    parser.add_argument("--teacher", "-t", default=None,
+                        help="the student's teacher (name or path), recorded in the ONNX files and encoding the "
+                             "--test-set database (default: the checkpoint's meta['teacher'])")
+    parser.add_argument("--int8", action="store_true", help="also write student-int8.onnx (needs --calibration)")
+    parser.add_argument("--calibration", default=None, metavar="DIR",
+                        help="--int8: calibrate on the images of this folder (like the queries, e.g. a database's)")
+    parser.add_argument("--calibration-images", type=positive_int, default=None, metavar="N",
+                        help="--int8: calibrate on at most N of them (evenly spread; default: all)")
+    parser.add_argument("--image-size", "-imsize", type=positive_int, default=None,
+                        help="--int8: the longer side calibration (and --test-set) images are shrunk to (default: "
+                             f"the --store's image size, else {DEFAULT_IMAGE_SIZE})")
+    parser.add_argument("--test-set", default=None, metavar="NAME",
+                        help="--int8: report the asymmetric mAP of the int8 and float32 students on this test set "
+                             "(database by --teacher) and their time per query image, in OUT/int8.json")
+    parser.add_argument("--time-repeats", type=positive_int, default=5, metavar="N",
+                        help="--test-set: timed runs per file and image size (the median is reported; default: 5)")
+    parser.add_argument("--data-root", default=None, type=folder)
+    return parser
 
 
 def _whitening(args):
@@ -25,26 +64,93 @@ def _whitening(args):
     return None
 
 
+def _check_flags(parser: Parser, args) -> None:
+    """The --int8 flags fit together and the calibration folder holds images (before anything
+    is loaded); a refusal is one line naming the flag."""
+    if args.int8 and args.calibration is None:
+        parser.error("--int8 needs --calibration DIR: a folder of images like the queries to calibrate on")
+    if not args.int8:
+        given = [flag for flag, value in (("--calibration", args.calibration), ("--test-set", args.test_set),
+                                          ("--calibration-images", args.calibration_images)) if value is not None]
+        if given:
+            parser.error(f"{given[0]} is for the int8 student: add --int8")
+        return
+    if not args.onnx:
+        parser.error("--int8 quantizes the ONNX student: drop --no-onnx")
+    if not Path(args.calibration).is_dir():
+        parser.error(f"--calibration {args.calibration}: no such folder; give a folder of images like the queries")
+    if not list_images(args.calibration):
+        parser.error(f"--calibration {args.calibration} holds no images (.jpg, .png, ...); give a folder of images "
+                     "like the queries")
+
+
+def _calibration(args, image_size: int) -> Int8Settings:
+    """The calibration images (at most --calibration-images, evenly spread) at ``image_size``."""
+    images = list_images(args.calibration)
+    if args.calibration_images is not None and args.calibration_images < len(images):
+        images = [images[int(i)] for i in np.linspace(0, len(images) - 1, args.calibration_images)]
+    return Int8Settings(tuple(images), image_size)
+
+
+def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[LoadedNetwork]]:
+    """The teacher as named, and the teacher itself when it is on this machine (a checkpoint) or
+    needed for --test-set."""
+    spec = args.teacher or student.net.meta.get("teacher")
+    if args.test_set is not None:
+        if spec is None:
+            raise ValueError("--test-set encodes the database with the student's teacher, which the checkpoint does "
+                             "not record: give --teacher")
+        return spec, load_teacher(spec, args.data_root)
+    if spec is not None and Path(spec).is_file():
+        return spec, load_teacher(spec, args.data_root)
+    return spec, None
+
+
+def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: int, whitening) -> Dict[str, Any]:
+    onnx = {"float32": files["onnx"], "int8": files["int8"]}
+    report = onnx_test_maps(onnx, teacher, args.test_set, image_size, args.data_root, whitening,
+                            ExtractionConfig(workers=0, device="cpu"))
+    report["seconds_per_image"] = onnx_timings(onnx, repeats=args.time_repeats)
+    report["teacher"] = teacher.name
+    record = {"provenance": provenance(), "report": report}
+    path = Path(args.out) / "int8.json"
+    atomic_write(path, lambda out: out.write((json.dumps(record, indent=1) + "\n").encode()))
+    for name in onnx:
+        levels = ", ".join(f"{level} {100 * value:.2f}" for level, value in report["maps"][name].items())
+        times = ", ".join(f"{side} px {1e3 * t:.1f} ms" for side, t in report["seconds_per_image"][name].items())
+        print(f">> {args.test_set} mAP, {name} queries, database by {teacher.name}: {levels}; per query image "
+              f"(1 thread): {times}")
+    print(f">> report: {path}")
+    return report
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
     """Export, check, print the files and the max abs differences; returns the files."""
-    parser = Parser(prog="python -m aml.export", description="Export a student for deployment (TorchScript + ONNX).")
-    parser.add_argument("--network", "-npath", required=True, help="the student: a checkpoint path or a published name")
-    parser.add_argument("--out", required=True, type=folder, help="folder for student.pt and student.onnx")
-    whitening = parser.add_mutually_exclusive_group()
-    whitening.add_argument("--store", type=folder, default=None,
-                           help="fold in the whitening of this search store (python -m aml.search index -w ...)")
-    whitening.add_argument("--whitening-file", default=None, help="fold in a whitening file ({'m', 'P'})")
-    parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="TorchScript only")
-    parser.add_argument("--data-root", default=None, type=folder)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    _check_flags(parser, args)
+    setup_logging(verbose=False)
     try:
-        net = load_test_network(args.network, None, None, args.data_root).net
-        files, diffs = export_student(net, args.out, _whitening(args), onnx=args.onnx)
-    except (ExportError, StoreError) as err:
+        student = load_test_network(args.network, None, None, args.data_root)
+        whitening = _whitening(args)
+        spec, teacher = _teacher(args, student)
+        image_size = args.image_size or (open_store(args.store).settings["image_size"] if args.store else
+                                         DEFAULT_IMAGE_SIZE)
+        int8 = _calibration(args, image_size) if args.int8 else None
+        info = student_info(student.net, student.name, spec, teacher.fingerprint if teacher else None, whitening)
+        files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)
+        for kind, path in files.items():
+            if kind == "int8":
+                agreement = int8_agreement(files["onnx"], path, int8.calibration[:AGREEMENT_IMAGES], image_size)
+                check = (f"cosine to float32 on {min(AGREEMENT_IMAGES, len(int8.calibration))} calibration images: "
+                         f"min {agreement['min']:.4f}, mean {agreement['mean']:.4f}")
+            else:
+                check = f"max abs diff to PyTorch {diffs[kind]:.2e}" if kind in diffs else "not checked (no onnxruntime)"
+            print(f">> {kind}: {path} ({check})")
+        if args.test_set is not None:
+            _report(args, files, teacher, image_size, whitening)
+    except (ExportError, StoreError, OnnxStudentError) as err:
         sys.exit(f"error: {err}")
-    for kind, path in files.items():
-        check = f"max abs diff to PyTorch {diffs[kind]:.2e}" if kind in diffs else "not checked (no onnxruntime)"
-        print(f">> {kind}: {path} ({check})")
     return files
 
 

@@ -14,7 +14,9 @@ from aml.evaluation.testing import TestSettings
 from aml.evaluation.whitening_store import get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
-from aml.search import StoreError, build_ivfpq, build_store, check_teacher, list_images, open_store, query_store
+from aml.descriptors.onnx_student import OnnxStudentError
+from aml.search import (StoreError, build_ivfpq, build_store, check_teacher, list_images, open_store, query_store,
+                        query_store_onnx)
 
 
 def _box(text: str) -> List[float]:
@@ -42,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     query = commands.add_parser("query", help="encode query images with the student and search a store")
     query.add_argument("images", nargs="+", help="query images")
     query.add_argument("--store", required=True, type=folder)
-    query.add_argument("--network", "-npath", required=True, help="the student: a checkpoint path or a published name")
+    student = query.add_mutually_exclusive_group(required=True)
+    student.add_argument("--network", "-npath", help="the student: a checkpoint path or a published name")
+    student.add_argument("--onnx", default=None, metavar="FILE",
+                         help="the student exported by python -m aml.export (student.onnx or student-int8.onnx), "
+                              "run with onnxruntime")
     query.add_argument("--teacher", "-t", default=None,
                        help="the student's teacher, when its checkpoint does not record it (name or path)")
     query.add_argument("--box", type=_box, default=None, help="x1,y1,x2,y2 crop of the (single) query image")
@@ -79,8 +85,14 @@ def _index(args) -> Path:
 def _query(args) -> List[Any]:
     if args.box is not None and len(args.images) != 1:
         raise StoreError("--box crops a single query image; give one image with it")
-    device = str(resolve_device(args.device, args.gpu_id))
     store = open_store(args.store)
+    if args.onnx:
+        if args.teacher:
+            raise StoreError(f"--teacher is for --network: {args.onnx} records its teacher (python -m aml.export "
+                             "--teacher)")
+        return _print_results(query_store_onnx(store, args.onnx, args.images, args.k,
+                                               bbxs=[args.box] if args.box else None), args)
+    device = str(resolve_device(args.device, args.gpu_id))
     student = load_test_network(args.network, None, None, args.data_root).net
     teacher_net = None
     spec = args.teacher or student.meta.get("teacher")
@@ -89,6 +101,10 @@ def _query(args) -> List[Any]:
     check_teacher(store, student, teacher_net, args.teacher)
     results = query_store(store, student, args.images, args.k, bbxs=[args.box] if args.box else None,
                           config=ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet))
+    return _print_results(results, args)
+
+
+def _print_results(results: List[Any], args) -> List[Any]:
     for entry in results:
         print(f">> {entry['query']}")
         for rank, hit in enumerate(entry["results"], start=1):
@@ -104,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     setup_logging(verbose=False)
     try:
         return _index(args) if args.command == "index" else _query(args)
-    except (StoreError, ImageLoadError) as err:
+    except (StoreError, ImageLoadError, OnnxStudentError) as err:
         sys.exit(f"error: {err}")
 
 

@@ -6,9 +6,12 @@ normalises them with the network's mean/std, runs the trunk, GeM pooling and L2
 normalisation exactly as `ImageRetrievalNet.descriptors`, and optionally applies the
 teacher's learned whitening (P (x - m), then L2) so that queries land in the whitened space
 of a store. It is written as TorchScript (traced) and ONNX (height and width dynamic), and
-`check_exports` compares both with PyTorch on generated images of several sizes.
+`check_exports` compares both with PyTorch on generated images of several sizes. Every ONNX
+file carries what it is (`aml.descriptors.onnx_student.OnnxStudentInfo`: the student, its
+teacher, the dimension, the whitening folded in), and `quantize_student` makes the int8 one.
 """
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -18,29 +21,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from aml.export.errors import ExportError
+from aml.export.quantization import QUANTIZED_NODES, Int8Settings, quantize_student
+from aml.descriptors.onnx_student import (OnnxStudentInfo, describe_with_onnx, onnx_session, whitening_digest,
+                                          write_onnx_metadata)
+from aml.networks.fingerprint import network_fingerprint
+from aml.networks.loading import checkpoint_name
+from aml.networks.pretrained import TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet
 
-__all__ = ["DeployedStudent", "ExportError", "check_exports", "export_onnx", "export_student", "export_torchscript",
-           "generated_images"]
+__all__ = ["DeployedStudent", "ExportError", "Int8Settings", "QUANTIZED_NODES", "check_exports", "export_onnx",
+           "export_student", "export_torchscript", "generated_images", "int8_agreement", "quantize_student",
+           "student_info"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 CHECK_SIZES: Tuple[Tuple[int, int], ...] = ((224, 224), (180, 300), (320, 240))
-
-
-class ExportError(RuntimeError):
-    """The network cannot be exported, or an export does not match PyTorch.
-
-    Examples:
-        >>> import numpy as np
-        >>> from aml.export import DeployedStudent, ExportError
-        >>> from aml.networks import build_network
-        >>> try:
-        ...     DeployedStudent(build_network("resnet18", pretrained=False), (np.zeros(4), np.eye(4)))
-        ... except ExportError as err:
-        ...     print(str(err).split(";")[0])
-        the whitening is for 4-d descriptors but the student outputs 512-d ones
-    """
 
 
 class DeployedStudent(nn.Module):
@@ -221,12 +217,69 @@ def check_exports(model: DeployedStudent, files: Dict[str, Path],
     return diffs
 
 
+def student_info(net: ImageRetrievalNet, name: str = "student", teacher: Optional[str] = None,
+                 teacher_fingerprint: Optional[str] = None,
+                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> OnnxStudentInfo:
+    """What an exported student is, as its ONNX files record it.
+
+    Args:
+        net: the student.
+        name: its name (a checkpoint's file name without ``.pth...``).
+        teacher: its teacher as the user named it (a published name or a checkpoint path);
+            None: the student's ``meta['teacher']``.
+        teacher_fingerprint: the teacher's weights' fingerprint, when its checkpoint is here.
+        whitening: the whitening folded in, or None.
+
+    Returns:
+        The float32 file's metadata; the teacher by the name a store records (a published
+        teacher's list name, a checkpoint's file name).
+
+    Examples:
+        >>> from aml.export import student_info
+        >>> from aml.networks import build_network
+        >>> info = student_info(build_network("resnet18", pretrained=False), teacher="vgg16")
+        >>> info.teacher, info.dim, info.whitening, info.precision
+        ('retrievalSfM120k-vgg16-gem', 512, None, 'float32')
+    """
+    spec = teacher or net.meta.get("teacher")
+    return OnnxStudentInfo(student=name, fingerprint=network_fingerprint(net),
+                           teacher=None if spec is None else TEACHERS.get(spec) or checkpoint_name(spec),
+                           teacher_fingerprint=teacher_fingerprint, dim=int(net.meta["outputdim"]),
+                           whitening=None if whitening is None else whitening_digest(*whitening))
+
+
+def int8_agreement(fp32: PathLike, int8: PathLike, images: Sequence[str], image_size: int) -> Dict[str, float]:
+    """Cosine similarity of the int8 student's descriptors to the float32 one's, on images.
+
+    Args:
+        fp32: the float32 ONNX file.
+        int8: the int8 ONNX file.
+        images: the images to compare on.
+        image_size: the longer side they are shrunk to.
+
+    Returns:
+        ``{"min": ..., "mean": ...}`` of the per-image cosines.
+
+    Examples:
+        >>> from aml.export import int8_agreement
+        >>> int8_agreement("deploy/student.onnx", "deploy/student-int8.onnx", ["a.jpg", "b.jpg"], 362)  # doctest: +SKIP
+        {'min': 0.991, 'mean': 0.997}
+    """
+    reference = describe_with_onnx(onnx_session(fp32), images, image_size)
+    quantized = describe_with_onnx(onnx_session(int8), images, image_size)
+    cosines = (reference * quantized).sum(0) / (np.linalg.norm(reference, axis=0) * np.linalg.norm(quantized, axis=0))
+    return {"min": float(cosines.min()), "mean": float(cosines.mean())}
+
+
 def export_student(net: ImageRetrievalNet, folder: PathLike, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-                   onnx: bool = True, tolerance: float = 1e-4) -> Tuple[Dict[str, Path], Dict[str, float]]:
-    """Export a student as TorchScript and ONNX, checked against PyTorch.
+                   onnx: bool = True, tolerance: float = 1e-4, info: Optional[OnnxStudentInfo] = None,
+                   int8: Optional[Int8Settings] = None) -> Tuple[Dict[str, Path], Dict[str, float]]:
+    """Export a student as TorchScript and ONNX, checked against PyTorch, and optionally as int8 ONNX.
 
     It writes ``student.pt`` (TorchScript) and ``student.onnx`` to ``folder`` and checks them
-    on generated images of several sizes.
+    on generated images of several sizes; with ``int8``, also ``student-int8.onnx``
+    (`quantize_student`). Every ONNX file carries ``info`` in its metadata (the int8 one
+    with its precision and calibration).
 
     Args:
         net: the student (moved to the CPU in float32, and put in eval mode).
@@ -234,14 +287,16 @@ def export_student(net: ImageRetrievalNet, folder: PathLike, whitening: Optional
         whitening: the teacher's whitening (m, P) to fold in, e.g. a store's; None: none.
         onnx: also write ``student.onnx``.
         tolerance: the largest max abs difference to PyTorch accepted.
+        info: what the ONNX files record; None: `student_info` of ``net`` and ``whitening``.
+        int8: how to make the int8 file; None: none.
 
     Returns:
-        The files (``{"torchscript": path, "onnx": path}``) and their max abs differences to
-        PyTorch.
+        The files (``{"torchscript": path, "onnx": path, "int8": path}``) and the max abs
+        differences of the first two to PyTorch.
 
     Raises:
-        ExportError: when an export differs from PyTorch by more than ``tolerance``, or the
-            whitening is for another dimension.
+        ExportError: when an export differs from PyTorch by more than ``tolerance``, the
+            whitening is for another dimension, or ``int8`` is given without ``onnx``.
 
     Examples:
         >>> from aml.export import export_student
@@ -251,6 +306,8 @@ def export_student(net: ImageRetrievalNet, folder: PathLike, whitening: Optional
         >>> sorted(files)  # doctest: +SKIP
         ['onnx', 'torchscript']
     """
+    if int8 is not None and not onnx:
+        raise ExportError("the int8 student is quantized from the ONNX one: drop --no-onnx")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = DeployedStudent(net.cpu().float(), whitening).eval()
@@ -263,4 +320,14 @@ def export_student(net: ImageRetrievalNet, folder: PathLike, whitening: Optional
     if bad:
         raise ExportError(f"exported model differs from PyTorch by {bad} (max abs, tolerance {tolerance}); "
                           "its pooling may not support a dynamic image size")
+    if onnx and "onnx" in diffs:  # onnxruntime (and so onnx) is installed
+        info = info if info is not None else student_info(net, whitening=whitening)
+        write_onnx_metadata(files["onnx"], info)
+        if int8 is not None:
+            files["int8"] = quantize_student(files["onnx"], folder / "student-int8.onnx", int8)
+            write_onnx_metadata(files["int8"], dataclasses.replace(
+                info, precision="int8", calibration_image_size=int8.image_size,
+                calibration_images=len(int8.calibration)))
+    elif int8 is not None:
+        raise ExportError("--int8 needs onnx and onnxruntime: pip install onnx onnxruntime")
     return files, diffs

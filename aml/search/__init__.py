@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from aml.data.images import BBox
+from aml.descriptors.onnx_student import (REEXPORT, OnnxStudentInfo, describe_with_onnx, onnx_session,
+                                          read_onnx_metadata, whitening_digest)
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images, feature_file_settings
 from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch, encode_into_store, read_store
 from aml.networks.fingerprint import network_fingerprint
@@ -32,8 +34,8 @@ from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file, save_plain_file
 
-__all__ = ["Store", "StoreError", "build_ivfpq", "build_store", "check_teacher", "list_images", "open_store",
-           "query_store"]
+__all__ = ["Store", "StoreError", "build_ivfpq", "build_store", "check_onnx_student", "check_teacher", "list_images",
+           "open_store", "query_store", "query_store_onnx"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -422,6 +424,96 @@ def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str],
     queries = describe_images(student, images, store.settings["image_size"], scales, bbxs=bbxs,
                               config=config.but(desc="queries"))
     scores, indices = store.search(queries, k)
+    return [{"query": str(image), "results": [{"image": store.images[int(i)], "score": float(s)}
+                                              for s, i in zip(row_scores, row_indices) if i >= 0]}
+            for image, row_scores, row_indices in zip(images, scores, indices)]
+
+
+def check_onnx_student(store: Store, path: PathLike) -> OnnxStudentInfo:
+    """Refuse an exported student (ONNX) that was not made for this store's teacher.
+
+    The file's aml metadata (written by `aml.export`) must name the store's teacher (by
+    fingerprint when the teacher's checkpoint was on the exporting machine, else by name), its
+    dimension, and the store's whitening when one is folded in; the store must be encoded at
+    one scale (the graph encodes one).
+
+    Args:
+        store: the opened store.
+        path: the ONNX file.
+
+    Returns:
+        The file's metadata.
+
+    Raises:
+        StoreError: naming the file and the store's teacher, with the fix.
+        OnnxStudentError: when the file is missing or damaged.
+
+    Examples:
+        >>> from aml.search import check_onnx_student, open_store
+        >>> check_onnx_student(open_store("photos.store"), "deploy/student-int8.onnx").precision  # doctest: +SKIP
+        'int8'
+    """
+    settings = store.settings
+    teacher = f"{settings['network']} ({settings['source']})"
+    info = read_onnx_metadata(path)
+    if info is None:
+        raise StoreError(f"{path} has no aml metadata (it was not written by aml.export, or by an older version), so "
+                         f"nothing says it is a student of the store's teacher {teacher}; export it again: {REEXPORT}")
+    if info.dim != settings["dim"]:
+        raise StoreError(f"{path} outputs {info.dim}-d descriptors but the store {store.folder} holds "
+                         f"{settings['dim']}-d ones of {teacher}; query it with a student of that teacher")
+    if info.teacher is None:
+        raise StoreError(f"{path} does not record its teacher (the store was encoded by {teacher}); export it again "
+                         f"with --teacher: {REEXPORT}")
+    same = (info.teacher_fingerprint == settings["fingerprint"] if info.teacher_fingerprint
+            else info.teacher == settings["network"])
+    if not same:
+        raise StoreError(f"{path} is a student of {info.teacher}, but the store {store.folder} was encoded by "
+                         f"{teacher}; query it with a student of that teacher, or index the database with "
+                         f"{info.teacher}")
+    if info.whitening is not None and (store.whitening is None or info.whitening != whitening_digest(*store.whitening)):
+        has = "no whitening" if store.whitening is None else "another whitening"
+        raise StoreError(f"{path} has a whitening folded in but the store {store.folder} has {has}; export the "
+                         f"student again with --store {store.folder}")
+    if list(settings["scales"]) != [1]:
+        raise StoreError(f"the store {store.folder} is encoded at scales {list(settings['scales'])}, and an exported "
+                         "student encodes one: query it with the student's checkpoint (--network)")
+    return info
+
+
+def query_store_onnx(store: Store, path: PathLike, images: Sequence[str], k: int = 10,
+                     bbxs: Optional[Sequence[Optional[BBox]]] = None) -> List[Dict[str, Any]]:
+    """Encode query images with an exported student (onnxruntime) and search the store with them.
+
+    The file is checked with `check_onnx_student`; the queries are encoded at the store's
+    image size, resized as aml resizes, and whitened like the database unless the file has the
+    store's whitening folded in.
+
+    Args:
+        store: the opened store.
+        path: the exported student (``student.onnx`` or ``student-int8.onnx``).
+        images: the query images.
+        k: results per query.
+        bbxs: per query image, a crop box (x1, y1, x2, y2) or None.
+
+    Returns:
+        Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``,
+        as `query_store`.
+
+    Examples:
+        >>> from aml.search import open_store, query_store_onnx
+        >>> hits = query_store_onnx(open_store("photos.store"), "deploy/student-int8.onnx", ["q.jpg"])  # doctest: +SKIP
+        >>> hits[0]["results"][0]["image"]  # doctest: +SKIP
+        '/photos/0042.jpg'
+    """
+    info = check_onnx_student(store, path)
+    session = onnx_session(path)
+    width = session.get_outputs()[0].shape[-1]
+    if isinstance(width, int) and width != info.dim:
+        raise StoreError(f"{path} outputs {width}-d descriptors but its metadata says {info.dim}: the file was edited "
+                         f"or damaged; export it again: {REEXPORT}")
+    queries = describe_with_onnx(session, images, store.settings["image_size"], bbxs)
+    scores, indices = store.search(queries, k, prewhitened=info.whitening is not None)
     return [{"query": str(image), "results": [{"image": store.images[int(i)], "score": float(s)}
                                               for s, i in zip(row_scores, row_indices) if i >= 0]}
             for image, row_scores, row_indices in zip(images, scores, indices)]

@@ -1,8 +1,10 @@
 """Every command answers bad flags with one line naming the flag, never a traceback."""
 
+import numpy as np
 import pytest
 
 from aml import demo
+from aml.cli import export as export_cli
 from aml.cli import extract_features as extract_cli
 from aml.cli import test as test_cli
 from aml.cli import train as train_cli
@@ -80,3 +82,89 @@ def test_a_file_where_a_folder_belongs_is_refused(command, flag, tmp_path, capsy
 def test_results_into_a_folder_is_refused_before_anything_runs(tmp_path, capsys):
     err = bad(TEST, ["--results", str(tmp_path)], capsys)
     assert f"--results {tmp_path} is a folder; give a file name" in err
+
+
+EXPORT = (export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"])
+EXPORT_CASES = [
+    (["--int8"], "--int8 needs --calibration DIR: a folder of images like the queries to calibrate on"),
+    (["--calibration", "photos"], "--calibration is for the int8 student: add --int8"),
+    (["--test-set", "synth-oxford"], "--test-set is for the int8 student: add --int8"),
+    (["--int8", "--calibration", "no/such/folder"], "--calibration no/such/folder: no such folder"),
+    (["--int8", "--calibration-images", "0"], "argument --calibration-images: must be a positive integer, got '0'"),
+    (["--image-size", "-1"], "argument --image-size/-imsize: must be a positive integer"),
+    (["--time-repeats", "0"], "argument --time-repeats: must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("extra, message", EXPORT_CASES, ids=[" ".join(c[0]) for c in EXPORT_CASES])
+def test_bad_export_flags_are_refused_before_anything_loads(extra, message, capsys):
+    assert message in bad(EXPORT, extra, capsys)
+
+
+def test_a_calibration_folder_without_images_is_named(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("no images here")
+    err = bad(EXPORT, ["--int8", "--calibration", str(tmp_path)], capsys)
+    assert f"--calibration {tmp_path} holds no images (.jpg, .png, ...)" in err
+
+
+def _tiny_onnx(path, props=None):
+    """An ONNX graph image -> 8-d descriptor (a channel mean, tiled), with metadata ``props``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    repeats = helper.make_tensor("repeats", TensorProto.INT64, [2], [1, 3])
+    nodes = [helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
+             helper.make_node("Tile", ["mean", "repeats"], ["tiled"]),
+             helper.make_node("Slice", ["tiled", "zero", "eight", "one"], ["descriptor"])]
+    consts = [helper.make_tensor(name, TensorProto.INT64, [1], [value])
+              for name, value in (("zero", 0), ("eight", 8), ("one", 1))]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                            ["batch", 3, "height", "width"])],
+                              [helper.make_tensor_value_info("descriptor", TensorProto.FLOAT, ["batch", 8])],
+                              [axes, repeats] + consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    for key, value in (props or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_query_onnx_of_another_network_or_damaged_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    from aml.cli import search as search_cli
+    from aml.descriptors import write_feature_file
+    from aml.descriptors.onnx_student import OnnxStudentInfo
+
+    store = tmp_path / "store"
+    store.mkdir()
+    vecs = np.eye(8, 4, dtype=np.float32)
+    write_feature_file(vecs, [f"{i}.jpg" for i in range(4)], store / "descriptors.npy",
+                       {"network": "vgg-teacher", "source": "vgg-teacher.pth", "fingerprint": "f" * 16,
+                        "image_size": 32, "scales": [1.0], "dim": 8})
+    query = tmp_path / "q.png"
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(query)
+    other = OnnxStudentInfo("student", "0" * 16, "resnet-teacher", "e" * 16, 8, None).props()
+    mine = OnnxStudentInfo("student", "0" * 16, "vgg-teacher", "f" * 16, 8, None).props()
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not a protobuf" * 50)
+    expected = {
+        _tiny_onnx(tmp_path / "other.onnx", other): "other.onnx is a student of resnet-teacher, but the store "
+                                                   f"{store} was encoded by vgg-teacher (vgg-teacher.pth)",
+        _tiny_onnx(tmp_path / "bare.onnx"): "bare.onnx has no aml metadata",
+        garbage: "garbage.onnx is not a readable ONNX model",
+        tmp_path / "missing.onnx": "missing.onnx does not exist; export the student with: python -m aml.export",
+    }
+    for path, message in expected.items():
+        with pytest.raises(SystemExit) as info:
+            search_cli.main(["query", str(query), "--store", str(store), "--onnx", str(path), "-q"])
+        assert str(info.value.code).startswith("error: ") and message in str(info.value.code)
+        assert len(str(info.value.code).splitlines()) == 1
+    hits = search_cli.main(["query", str(query), "--store", str(store), "--onnx",
+                            str(_tiny_onnx(tmp_path / "mine.onnx", mine)), "-k", "2", "-q"])
+    assert [hit["image"] for hit in hits[0]["results"]] == ["1.jpg", "2.jpg"]  # green (200), then blue (30)
+    capsys.readouterr()
+    err = bad((search_cli.main, ["query", str(query), "--store", str(store)]), ["--onnx", "a.onnx", "-npath", "b"],
+              capsys)
+    assert "argument --network/-npath: not allowed with argument --onnx" in err

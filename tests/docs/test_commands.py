@@ -41,6 +41,8 @@ SMALL: Dict[str, Sequence[Tuple[Tuple[str, ...], str, bool]]] = {
     "aml.cli.test": [(("--image-size", "-imsize"), "64", True), (("--workers", "-j"), "0", True)],
     "aml.cli.extract_features": [(("--image-size", "-imsize"), "64", True), (("--workers", "-j"), "0", True)],
     "aml.cli.search": [(("--image-size", "-imsize"), "64", False), (("--workers", "-j"), "0", True)],
+    "aml.cli.export": [(("--image-size", "-imsize"), "64", False), (("--calibration-images",), "8", False),
+                       (("--time-repeats",), "1", False)],
     "aml.cli.synthetic": [(("--image-size",), "64", True), (("--train-landmarks",), "12", True),
                           (("--val-landmarks",), "3", True), (("--views",), "6", True),
                           (("--test-landmarks",), "8", True), (("--distractors",), "4", True)],

@@ -1,0 +1,129 @@
+"""The int8 student: the exported ONNX graph quantized with onnxruntime's static quantization,
+calibrated on images resized as aml resizes them.
+
+The format is QDQ (QuantizeLinear/DequantizeLinear pairs around float operators), which
+onnxruntime's CPU provider fuses into integer kernels when it loads the file, and which other
+providers (NNAPI, XNNPACK, QNN on phones) read too; activations are uint8, weights int8 per
+output channel. By default only the trunk (the nodes of ``net.features``: convolutions and
+their activations) is quantized: the input normalisation, GeM's powers and mean, the L2
+normalisation and a folded whitening stay in float (docs/search-export.md measures the
+alternatives).
+"""
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from aml.descriptors.onnx_student import image_array
+from aml.export.errors import ExportError
+
+__all__ = ["Int8Settings", "QUANTIZED_NODES", "quantize_student"]
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, Path]
+TRUNK_SCOPE = "/features/"  # the ONNX exporter names the trunk's nodes by their module path (net.features)
+
+#: which nodes are quantized: name -> (the graph's nodes -> the names to quantize; None: all that onnxruntime can)
+QUANTIZED_NODES: Dict[str, Callable[[Any], Optional[List[str]]]] = {
+    "trunk": lambda graph: [node.name for node in graph.node if node.name.startswith(TRUNK_SCOPE)],
+    "all": lambda graph: None,
+}
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How the int8 student is made.
+
+    Attributes:
+        calibration: the calibration images (paths).
+        image_size: the longer side they are shrunk to (the store's or the given image size).
+        quant_format: ``"qdq"`` or ``"qoperator"`` (onnxruntime's ``QuantFormat``).
+        quantized: which nodes are quantized (a `QUANTIZED_NODES` key).
+        per_channel: weights quantized per output channel.
+
+    Examples:
+        >>> from aml.export import Int8Settings
+        >>> Int8Settings(("a.jpg", "b.jpg"), 362).quant_format
+        'qdq'
+        >>> Int8Settings(("a.jpg",), 362, quantized="head")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown quantized nodes 'head'; one of all, trunk
+    """
+
+    calibration: Sequence[str]
+    image_size: int
+    quant_format: str = "qdq"
+    quantized: str = "trunk"
+    per_channel: bool = True
+
+    def __post_init__(self):
+        if self.quantized not in QUANTIZED_NODES:
+            raise ValueError(f"unknown quantized nodes {self.quantized!r}; one of {', '.join(sorted(QUANTIZED_NODES))}")
+        if self.quant_format not in ("qdq", "qoperator"):
+            raise ValueError(f"unknown quantization format {self.quant_format!r}; qdq or qoperator")
+        if not self.calibration:
+            raise ValueError("int8 quantization needs calibration images")
+
+
+def _calibration_reader(images: Sequence[str], image_size: int) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        """The calibration images one by one (their sizes differ), read when asked for."""
+
+        def __init__(self):
+            self.pending = iter(images)
+
+        def get_next(self) -> Optional[Dict[str, Any]]:
+            path = next(self.pending, None)
+            return None if path is None else {"image": image_array(path, image_size)}
+
+    return Reader()
+
+
+def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> Path:
+    """Quantize an exported float32 student to int8 (onnxruntime's static quantization).
+
+    The graph is first prepared with onnxruntime's ``quant_pre_process`` (shape inference and
+    graph optimisation), then calibrated (min-max) on ``settings.calibration``.
+
+    Args:
+        fp32: the float32 ONNX file (`aml.export.export_onnx`).
+        out: the int8 ONNX file to write.
+        settings: the calibration images and how to quantize.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ExportError: when onnxruntime's quantization is missing, or no node of the trunk is found.
+
+    Examples:
+        >>> from aml.export import Int8Settings, quantize_student
+        >>> settings = Int8Settings(["calibration/0.jpg", "calibration/1.jpg"], 362)  # doctest: +SKIP
+        >>> quantize_student("deploy/student.onnx", "deploy/student-int8.onnx", settings)  # doctest: +SKIP
+        PosixPath('deploy/student-int8.onnx')
+    """
+    try:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise ExportError("--int8 needs onnx and onnxruntime: pip install onnx onnxruntime") from None
+    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))
+        nodes = QUANTIZED_NODES[settings.quantized](onnx.load(str(prepared)).graph)
+        if nodes is not None and not nodes:
+            raise ExportError(f"{fp32} has no node named {TRUNK_SCOPE}...: not a graph of aml.export; export it again")
+        log.info(">> int8: calibrating on %d images at %d px, quantizing %s", len(settings.calibration),
+                 settings.image_size, "every node onnxruntime can" if nodes is None else f"{len(nodes)} trunk nodes")
+        quantize_static(str(prepared), str(out), _calibration_reader(settings.calibration, settings.image_size),
+                        quant_format=formats[settings.quant_format], per_channel=settings.per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return Path(out)

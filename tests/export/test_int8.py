@@ -1,0 +1,87 @@
+"""python -m aml.export --int8: the quantized student runs, stays close to float32, and says what it is."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aml.cli import export as export_cli
+from aml.descriptors.onnx_student import describe_with_onnx, onnx_session, read_onnx_metadata
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+from aml.networks.fingerprint import network_fingerprint
+
+# Exports, quantizes and times a network for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def exported(synth_root, tmp_path_factory):
+    """A random resnet18 student recording a checkpoint teacher, exported with --int8
+    (calibrated on 8 synth-paris images) and the report on synth-oxford. (A random
+    mobilenet_v2 gives every image the same descriptor: nothing to compare.)"""
+    folder = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)
+    teacher = build_network("resnet18", pretrained=False)
+    teacher_path = save_checkpoint(checkpoint_state(teacher, 1, 0.0), folder / "teacher.pth.tar")
+    torch.manual_seed(1)
+    state = checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0)
+    state["meta"]["teacher"] = str(teacher_path)
+    student = save_checkpoint(state, folder / "student.pth.tar")
+    files = export_cli.main(["--network", str(student), "--out", str(folder / "deploy"), "--int8", "--calibration",
+                             str(synth_root / "test" / "synth-paris" / "jpg"), "--calibration-images", "8",
+                             "--image-size", str(SIZE), "--test-set", "synth-oxford", "--time-repeats", "1", "--data-root", str(synth_root)])
+    return files, network_fingerprint(teacher), folder
+
+
+def test_the_int8_file_runs_and_stays_close_to_float32(exported, synth_root):
+    files, _, _ = exported
+    assert files["int8"].name == "student-int8.onnx" and files["int8"].is_file()
+    queries = sorted((synth_root / "test" / "synth-oxford" / "jpg").glob("*query*.jpg"))[:12]
+    reference = describe_with_onnx(onnx_session(files["onnx"]), queries, SIZE)
+    quantized = describe_with_onnx(onnx_session(files["int8"]), queries, SIZE)
+    cosines = (reference * quantized).sum(0) / np.linalg.norm(quantized, axis=0)  # the reference is L2-normalised
+    assert quantized.shape == (512, 12) and np.allclose(np.linalg.norm(quantized, axis=0), 1, atol=1e-4)
+    assert cosines.min() > 0.9  # measured: min 0.9996 (mean 0.9996) on these 12 queries
+    assert files["int8"].stat().st_size < 0.4 * files["onnx"].stat().st_size  # int8 weights: about a quarter
+
+
+def test_the_metadata_round_trips(exported):
+    files, teacher_fingerprint, _ = exported
+    fp32, int8 = read_onnx_metadata(files["onnx"]), read_onnx_metadata(files["int8"])
+    assert (fp32.student, fp32.teacher, fp32.teacher_fingerprint, fp32.dim) == ("student", "teacher",
+                                                                               teacher_fingerprint, 512)
+    assert (fp32.precision, fp32.whitening, fp32.calibration_image_size) == ("float32", None, None)
+    assert (int8.precision, int8.calibration_image_size, int8.calibration_images) == ("int8", SIZE, 8)
+    assert int8.fingerprint == fp32.fingerprint
+
+
+def test_pooling_and_normalisation_stay_in_float(exported):
+    """Only the trunk is quantized: no QuantizeLinear takes the output of GeM, L2 or the input
+    normalisation's mean (nodes under /pool/, /norm/)."""
+    import onnx
+
+    graph = onnx.load(str(exported[0]["int8"])).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    quantized = [producer[node.input[0]] for node in graph.node
+                 if node.op_type == "QuantizeLinear" and node.input[0] in producer]
+    assert quantized and not [n.name for n in quantized if n.name.startswith(("/pool/", "/norm/"))]
+    assert {n.op_type for n in graph.node if n.name.startswith("/pool/")} >= {"Pow", "ReduceMean"}
+    assert any(n.op_type == "DequantizeLinear" for n in graph.node)
+
+
+def test_the_report_gives_map_and_time_of_both(exported, capsys):
+    _, _, folder = exported
+    record = json.loads((folder / "deploy" / "int8.json").read_text())
+    report = record["report"]
+    assert set(report["maps"]) == {"float32", "int8"} and report["dataset"] == "synth-oxford"
+    for name in ("float32", "int8"):
+        assert set(report["maps"][name]) == {"medium", "hard"}
+        assert all(0 <= value <= 1 for value in report["maps"][name].values())
+        assert set(report["seconds_per_image"][name]) == {"362", "1024"}
+        assert 0 < report["seconds_per_image"][name]["362"] < report["seconds_per_image"][name]["1024"]
+    assert report["cosine"]["float32"]["min"] == pytest.approx(1.0) and report["cosine"]["int8"]["min"] > 0.9
+    assert record["provenance"]["command"]

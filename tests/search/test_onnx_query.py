@@ -1,0 +1,108 @@
+"""python -m aml.search query --onnx: the exported student (float32 or int8) queries a store,
+and a file made for another store is refused."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from aml.cli import export as export_cli
+from aml.cli import search as search_cli
+from aml.descriptors.onnx_student import OnnxStudentError, read_onnx_metadata, write_onnx_metadata
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+from aml.search import StoreError, open_store, query_store, query_store_onnx
+from aml.networks.checkpoint import load_network
+
+# Indexes a store, learns its whitening and quantizes a network for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
+COMMON = ["-j", "0", "--device", "cpu", "-q"]
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def setup(synth_root, tmp_path_factory):
+    """A random resnet18 that is its own teacher (same space: exact answers), a store of the
+    synth-oxford database encoded by it with its whitening, and its float32 and int8 exports
+    with that whitening folded in."""
+    folder = tmp_path_factory.mktemp("onnx-query")
+    torch.manual_seed(0)
+    state = checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0)
+    state["meta"]["teacher"] = str(folder / "student.pth.tar")
+    student = save_checkpoint(state, folder / "student.pth.tar")
+    jpg = synth_root / "test" / "synth-oxford" / "jpg"
+    store = folder / "store"
+    search_cli.main(["index", str(jpg), "--store", str(store), "--teacher", str(student), "-imsize", str(SIZE),
+                     "-w", "synth-sfm", "--data-root", str(synth_root)] + COMMON)
+    files = export_cli.main(["--network", str(student), "--out", str(folder / "deploy"), "--int8", "--calibration",
+                             str(synth_root / "test" / "synth-paris" / "jpg"), "--calibration-images", "8",
+                             "--store", str(store)])
+    return student, store, files, sorted(jpg.glob("*query*.jpg"))
+
+
+def test_onnx_queries_return_the_checkpoints_first_image(setup):
+    student, store, files, queries = setup
+    opened = open_store(store)
+    expected = [hits["results"][0]["image"] for hits in query_store(opened, load_network(student), queries, k=1)]
+    fp32 = [hits["results"][0]["image"] for hits in query_store_onnx(opened, files["onnx"], queries, k=1)]
+    int8 = [hits["results"][0]["image"] for hits in query_store_onnx(opened, files["int8"], queries, k=1)]
+    assert read_onnx_metadata(files["int8"]).calibration_image_size == SIZE  # the store's image size
+    assert fp32 == expected
+    agree = np.mean([a == b for a, b in zip(int8, expected)])
+    assert len(queries) == 30 and agree >= 0.7  # measured: 30 of 30
+
+
+def test_the_command_line_with_onnx(setup, tmp_path):
+    _, store, files, queries = setup
+    out = tmp_path / "hits.json"
+    search_cli.main(["query", str(queries[0]), "--store", str(store), "--onnx", str(files["onnx"]), "-k", "3",
+                     "--json", str(out)] + COMMON)
+    hits = json.loads(out.read_text())[0]["results"]
+    assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def _edited(files, tmp_path, **changes):
+    import dataclasses
+
+    copy = tmp_path / "edited.onnx"
+    shutil.copyfile(files["onnx"], copy)
+    write_onnx_metadata(copy, dataclasses.replace(read_onnx_metadata(copy), **changes))
+    return copy
+
+
+def test_a_file_for_another_store_is_refused(setup, tmp_path):
+    _, store, files, queries = setup
+    opened = open_store(store)
+    cases = {
+        "another teacher": (dict(teacher_fingerprint="0" * 16, teacher="other"),
+                            r"edited.onnx is a student of other, but the store .* was encoded by student"),
+        "another teacher by name": (dict(teacher_fingerprint=None, teacher="other"), r"is a student of other"),
+        "dimension": (dict(dim=256), r"edited.onnx outputs 256-d descriptors but the store .* holds 512-d ones"),
+        "whitening": (dict(whitening="abc"), r"has a whitening folded in but the store .* has another whitening"),
+        "no teacher": (dict(teacher=None, teacher_fingerprint=None), r"does not record its teacher"),
+    }
+    for name, (changes, message) in cases.items():
+        with pytest.raises(StoreError, match=message):
+            query_store_onnx(opened, _edited(files, tmp_path, **changes), queries[:1])
+    same = _edited(files, tmp_path, teacher_fingerprint=None)  # by name: the store's network name
+    assert len(query_store_onnx(opened, same, queries[:1], k=2)[0]["results"]) == 2
+
+
+def test_a_file_without_metadata_or_damaged_is_refused(setup, tmp_path):
+    import onnx
+
+    _, store, files, queries = setup
+    opened = open_store(store)
+    model = onnx.load(str(files["onnx"]))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(StoreError, match=r"bare.onnx has no aml metadata .* export it again: python -m aml.export"):
+        query_store_onnx(opened, bare, queries[:1])
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(files["onnx"].read_bytes()[:5000])
+    with pytest.raises(OnnxStudentError, match=r"broken.onnx is not a readable ONNX model"):
+        query_store_onnx(opened, broken, queries[:1])

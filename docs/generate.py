@@ -161,6 +161,26 @@ def demo_section() -> Generated:
     return Generated({"demo.md": text}, {"demo.png": plot}, ["demo.json"])
 
 
+def later_losses_section() -> Generated:
+    """AML's students (demo.json) next to the later papers' losses (demo-later-losses.json), one teacher."""
+    aml_run, later = _load("demo.json"), _load("demo-later-losses.json")
+    if aml_run is None or later is None:
+        return Generated({"later_losses.md": "*Not measured yet: `python -m aml.demo --student-modes csd,bct,hvs,lce "
+                                             "--json benchmarks/results/demo-later-losses.json`.*\n"}, {}, [])
+    teacher = [r for r in aml_run["rows"] if r["network"].startswith("teacher")]
+    same_teacher = teacher == [r for r in later["rows"] if r["network"].startswith("teacher")]
+    students = [r for r in aml_run["rows"] if r["network"].startswith("student") and "(" in r["network"]]
+    new = [r for r in later["rows"] if r["network"].startswith("student") and "(" in r["network"]]
+    rows = [[row["network"], row["test"]] + [mean_std(row["map"][d][level]) for d, level in DEMO_LEVELS]
+            for row in teacher + students + new]
+    seeds = ", ".join(map(str, later["seeds"]))
+    text = (f"mAP (%), mean ± standard deviation over the students' seeds {seeds}; every student learns from the "
+            "same teacher" + ("" if same_teacher else " (**the two files report different teachers**)") + ":\n\n"
+            + table(["network", "test", "synth-oxford M", "synth-oxford H", "synth-paris M", "synth-paris H"], rows)
+            + "\n" + source_line("demo.json", aml_run) + "\n\n" + source_line("demo-later-losses.json", later) + "\n")
+    return Generated({"later_losses.md": text}, {}, ["demo.json", "demo-later-losses.json"])
+
+
 def extract_section() -> Generated:
     names = sorted(p.name for p in RESULTS.glob("extract*.json"))
     if not names:
@@ -391,7 +411,7 @@ def not_run_section() -> Generated:
     return Generated({"not_run.md": text}, {}, [])
 
 
-SECTIONS = (demo_section, extract_section, real_weights_section, decoding_section, training_section, search_section,
+SECTIONS = (demo_section, later_losses_section, extract_section, real_weights_section, decoding_section, training_section, search_section,
             int8_section,
             gpu_section, learning_section, registry_section, not_run_section)
 

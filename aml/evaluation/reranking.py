@@ -104,8 +104,9 @@ def _alpha(alpha: float) -> str:
 
 
 def weighted_expansion(vectors: np.ndarray, neighbours: np.ndarray, alpha: float) -> np.ndarray:
-    """Each descriptor plus its neighbours weighted by their clipped similarity to it raised
-    to ``alpha``, L2-normalised: the formula of both αQE and DBA.
+    """The formula of both αQE and DBA: each descriptor plus its weighted neighbours, L2-normalised.
+
+    A neighbour's weight is its similarity to the descriptor, clipped at 0, raised to ``alpha``.
 
     Args:
         vectors: D x Q descriptors (queries, or database images).
@@ -139,8 +140,10 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, neighbours: np.ndarray, k: int,
                           alpha: float = DEFAULT_ALPHA) -> np.ndarray:
-    """αQE: each query replaced by the normalised sum of itself and its ``k`` first database
-    neighbours, weighted by their similarity to it raised to ``alpha``.
+    """Alpha query expansion (αQE) of the queries with their first database neighbours.
+
+    Each query is replaced by the normalised sum of itself and its ``k`` first database
+    neighbours, weighted by their similarity to it raised to ``alpha`` (`weighted_expansion`).
 
     Args:
         queries: D x Q query descriptors (in asymmetric tests: the student's).
@@ -174,10 +177,11 @@ def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, neighbours:
 
 def database_augmentation(database: np.ndarray, k: int, alpha: float = DEFAULT_ALPHA, device: str = "cpu",
                           excluded: Sequence[int] = ()) -> np.ndarray:
-    """DBA: each database descriptor replaced by the normalised sum of itself and its ``k``
-    nearest other database descriptors, weighted by their similarity raised to ``alpha``.
+    """Database-side augmentation (DBA) of the database with its own nearest neighbours.
 
-    The neighbours are found with the same ordering as `aml.evaluation.rank_database` (equal
+    Each database descriptor is replaced by the normalised sum of itself and its ``k``
+    nearest other database descriptors, weighted by their similarity raised to ``alpha``
+    (`weighted_expansion`). The neighbours are found with the same ordering as `aml.evaluation.rank_database` (equal
     scores in database order), an image never being its own neighbour; ``k`` = 0 returns the
     database unchanged.
 

@@ -378,6 +378,24 @@ def gpu_section() -> Generated:
     return Generated({"gpu.md": text}, {}, names)
 
 
+def reranking_section() -> Generated:
+    record = _load("reranking.json")
+    if record is None:
+        return Generated({"reranking.md": "*Not measured yet: `python benchmarks/reranking.py --data-root DATA "
+                                          "--teacher TEACHER --student STUDENT`.*\n"}, {}, [])
+    s = record["settings"]
+    datasets = list(record["results"]["rows"][0]["map"])
+    rows = [[row["network"], row["test"], row["reranking"]]
+            + [f"{row['map'][d][level]:.2f}" for d in datasets for level in ("medium", "hard")]
+            for row in record["results"]["rows"]]
+    text = (f"mAP (%), Medium (M) and Hard (H), at {s['image_size']} px without whitening; αQE with "
+            f"{s['qe']} neighbours, DBA with {s['dba']}, alpha {s['alpha']:g} for both:\n\n"
+            + table(["network", "test", "re-ranking"] + [f"{d} {level[0].upper()}" for d in datasets
+                                                          for level in ("medium", "hard")], rows)
+            + "\n" + source_line("reranking.json", record) + "\n")
+    return Generated({"reranking.md": text}, {}, ["reranking.json"])
+
+
 def learning_section() -> Generated:
     record = _load("learning_margins.json")
     if record is None:
@@ -411,9 +429,9 @@ def not_run_section() -> Generated:
     return Generated({"not_run.md": text}, {}, [])
 
 
-SECTIONS = (demo_section, later_losses_section, extract_section, real_weights_section, decoding_section, training_section, search_section,
-            int8_section,
-            gpu_section, learning_section, registry_section, not_run_section)
+SECTIONS = (demo_section, later_losses_section, extract_section, real_weights_section, decoding_section,
+            training_section, search_section, int8_section, gpu_section, reranking_section, learning_section,
+            registry_section, not_run_section)
 
 
 # ---- writing and checking

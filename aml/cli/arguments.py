@@ -131,6 +131,40 @@ def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = F
                         help="torch.compile the network for extraction (pays on large sets; see docs/speed.md)")
 
 
+def add_reranking_arguments(parser: argparse.ArgumentParser, qe: bool = True, dba: bool = True) -> None:
+    """--qe/--qe-alpha (alpha query expansion) and --dba/--dba-alpha (database-side
+    augmentation); `reranking_from` turns them into a `Reranking`."""
+    if qe:
+        parser.add_argument("--qe", type=positive_int, default=None, metavar="K",
+                            help="alpha query expansion (αQE): each query plus its K nearest database images, "
+                                 "weighted by their similarity to the power --qe-alpha, searched again; the database "
+                                 "side is the teacher's with --asym (default: off)")
+        parser.add_argument("--qe-alpha", type=nonnegative_float, default=None, metavar="A",
+                            help="αQE's power of the similarities; 0 weighs every neighbour 1 (average query "
+                                 "expansion) (default: 3)")
+    if dba:
+        parser.add_argument("--dba", type=positive_int, default=None, metavar="K",
+                            help="database-side augmentation (DBA): each database descriptor plus its K nearest other "
+                                 "database images, weighted as in αQE, before the search (default: off)")
+        parser.add_argument("--dba-alpha", type=nonnegative_float, default=None, metavar="A",
+                            help="DBA's power of the similarities (default: 3)")
+
+
+def reranking_from(args: argparse.Namespace):
+    """The `Reranking` of the flags of `add_reranking_arguments`; a ValueError names an alpha
+    given without its K."""
+    from aml.evaluation.reranking import DEFAULT_ALPHA, Reranking
+
+    values = {}
+    for name in ("qe", "dba"):
+        k, alpha = getattr(args, name, None), getattr(args, f"{name}_alpha", None)
+        if alpha is not None and k is None:
+            raise ValueError(f"--{name}-alpha {alpha:g} without --{name}: give --{name} K too")
+        values[name] = k or 0
+        values[f"{name}_alpha"] = DEFAULT_ALPHA if alpha is None else alpha
+    return Reranking(**values)
+
+
 def setup_logging(verbose: bool = True) -> None:
     """Log lines to stdout, as the original printed them."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
-from aml.cli.arguments import (Parser, add_runtime_arguments, folder, nonnegative_int, parse_scales, positive_int,
-                               run_cli, setup_logging)
+from aml.cli.arguments import (Parser, add_reranking_arguments, add_runtime_arguments, folder, nonnegative_int,
+                               parse_scales, positive_int, reranking_from, run_cli, setup_logging)
 from aml.data.images import ImageLoadError
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--whitening", "-w", default=None, help="learn (or read) the teacher's whitening on this set")
     index.add_argument("--ivfpq", default=None, metavar="NLIST,M",
                        help="also build a faiss IVF-PQ index (NLIST lists, M sub-quantisers) and print its recall@10")
+    add_reranking_arguments(index, qe=False)
     query = commands.add_parser("query", help="encode query images with the student and search a store")
     query.add_argument("images", nargs="+", help="query images")
     query.add_argument("--store", required=True, type=folder)
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--box", type=_box, default=None, help="x1,y1,x2,y2 crop of the (single) query image")
     query.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
     query.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    add_reranking_arguments(query, dba=False)
     for sub in (index, query):
         sub.add_argument("--workers", "-j", type=nonnegative_int, default=4)
         sub.add_argument("--gpu-id", "-g", default="0")
@@ -72,9 +74,12 @@ def _index(args) -> Path:
         settings = TestSettings(image_size=args.image_size, scales=args.multiscale, workers=args.workers,
                                 device=device, data_root=args.data_root, progress=not args.quiet)
         whitening = get_whitening(teacher, args.whitening, settings)
+    reranking = reranking_from(args)
     store = build_store(teacher, args.teacher, images, args.store, args.image_size, args.multiscale, whitening,
-                        ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet))
-    print(f">> {len(images)} images indexed by {teacher.name} into {store}")
+                        ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet),
+                        reranking.dba, reranking.dba_alpha)
+    print(f">> {len(images)} images indexed by {teacher.name} into {store}"
+          + (f", augmented with DBA ({reranking.label()})" if reranking.dba else ""))
     if args.ivfpq:
         nlist, m = (int(v) for v in args.ivfpq.split(","))
         recall = build_ivfpq(open_store(store), nlist, m)
@@ -86,12 +91,14 @@ def _query(args) -> List[Any]:
     if args.box is not None and len(args.images) != 1:
         raise StoreError("--box crops a single query image; give one image with it")
     store = open_store(args.store)
+    reranking = reranking_from(args)
     if args.onnx:
         if args.teacher:
             raise StoreError(f"--teacher is for --network: {args.onnx} records its teacher (python -m aml.export "
                              "--teacher)")
         return _print_results(query_store_onnx(store, args.onnx, args.images, args.k,
-                                               bbxs=[args.box] if args.box else None), args)
+                                               bbxs=[args.box] if args.box else None, qe=reranking.qe,
+                                               qe_alpha=reranking.qe_alpha), args)
     device = str(resolve_device(args.device, args.gpu_id))
     student = load_test_network(args.network, None, None, args.data_root).net
     teacher_net = None
@@ -100,7 +107,8 @@ def _query(args) -> List[Any]:
         teacher_net = load_teacher(spec, args.data_root).net
     check_teacher(store, student, teacher_net, args.teacher)
     results = query_store(store, student, args.images, args.k, bbxs=[args.box] if args.box else None,
-                          config=ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet))
+                          config=ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet),
+                          qe=reranking.qe, qe_alpha=reranking.qe_alpha)
     return _print_results(results, args)
 
 
@@ -116,7 +124,12 @@ def _print_results(results: List[Any], args) -> List[Any]:
 
 def main(argv: Optional[List[str]] = None) -> Any:
     """``index``: returns the store folder; ``query``: the results."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        reranking_from(args)
+    except ValueError as err:
+        parser.error(str(err))
     setup_logging(verbose=False)
     try:
         return _index(args) if args.command == "index" else _query(args)

@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, folder, nonnegative_int,
-                               parse_scales, positive_int, setup_logging)
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_reranking_arguments, add_runtime_arguments, folder,
+                               nonnegative_int, parse_scales, positive_int, reranking_from, setup_logging)
 from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
-from aml.evaluation.testing import TestSettings, evaluate, result_lines
+from aml.evaluation.testing import TestSettings, check_reranking, evaluate, result_lines
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
 from aml.utils.devices import resolve_device
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The original test.py flags (names, aliases, defaults) plus --data-root, --device, --results."""
+    """The original test.py flags (names, aliases, defaults) plus --data-root, --device, --results, re-ranking."""
     parser = Parser(description="Evaluate a retrieval network, symmetrically or asymmetrically.")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--network-path", "-npath", metavar="NETWORK",
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--whitening", "-w", metavar="WHITENING", default=None,
                         help=f"learned whitening set: {' | '.join(whitening_set_names())}, or a custom set made by "
                              "python -m aml.cli.make_trainset (default: none)")
+    add_reranking_arguments(parser)
     parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)")
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", metavar="TEACHER",
@@ -116,6 +117,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
                              "without the '+' suffix")
         if args.results and Path(args.results).is_dir():
             raise ValueError(f"--results {args.results} is a folder; give a file name (e.g. {args.results}/results.json)")
+        reranking = reranking_from(args)
+        check_reranking(reranking, datasets, args.data_root, sizes=False)  # the sizes come once the sets are in
     except ValueError as err:
         parser.error(str(err))
     requested = resolve_device(args.device, args.gpu_id)
@@ -124,6 +127,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
     say = print if world.is_main else (lambda *a, **k: None)  # rank 0 prints the results
     device = process_device(requested, world)
     student, teacher = main_first(world, lambda: _load_networks(args, datasets))
+    try:
+        check_reranking(reranking, datasets, args.data_root)  # the sizes of the test sets, now on disk
+    except ValueError as err:
+        parser.error(str(err))
     say(f">> Loading network:\n>>>> '{student.name}'")
     say(">>>> loaded network: ")
     say(student.net.meta_repr())
@@ -136,13 +143,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
                             cache=not args.no_cache, progress=not args.quiet, skip_bad=args.skip_bad_images,
                             skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,
                             report_top=args.report_top, distractor_dtype=args.distractor_dtype,
-                            shard_size=args.shard_size)
+                            shard_size=args.shard_size, reranking=reranking)
     results = evaluate(student, settings, teacher,
                        on_result=lambda dataset, entry: say("\n".join(result_lines(dataset, entry)), flush=True))
     if args.results and world.is_main:
         report = {"settings": {**vars(args), "device": str(device), "network": student.name,
                                "teacher": teacher.name if teacher else None}, "results": results}
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results).write_text(json.dumps(_json_ready(report), indent=1))
+        Path(args.results).write_text(json.dumps(_json_ready(report), indent=1, ensure_ascii=False), encoding="utf-8")
         print(f">> results written to {args.results}")
     return results

@@ -117,6 +117,77 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
     return places.cpu().numpy().T
 
 
+NEIGHBOUR_CHUNK = 1024  # queries whose scores are sorted at once by `nearest`
+
+
+def nearest(database: np.ndarray, queries: np.ndarray, k: int, device: str = "cpu", excluded: Sequence[int] = (),
+            skip_self: bool = False) -> np.ndarray:
+    """k x N_q indices of each query's ``k`` best database images: the first ``k`` rows of
+    `rank_database` (equal scores in database order), searched ``NEIGHBOUR_CHUNK`` queries
+    at a time. ``skip_self``: the queries are the database itself and column q never lists q
+    (database-side augmentation)."""
+    found = []
+    for start in range(0, queries.shape[1], NEIGHBOUR_CHUNK):
+        scores = _scores(database, queries[:, start:start + NEIGHBOUR_CHUNK], device, excluded)
+        if skip_self:
+            rows = torch.arange(scores.shape[0], device=scores.device)
+            scores[rows, rows + start] = -torch.inf
+        if scores.device.type == "cpu":
+            order = descending_order(scores.numpy())[:, :k]
+        else:
+            order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k].cpu().numpy()
+        found.append(order)
+    return np.concatenate(found, axis=0).T if found else np.zeros((k, 0), dtype=np.int64)
+
+
+def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
+                             distractors: Iterable[Tuple[int, np.ndarray]], device: str = "cpu",
+                             excluded: Sequence[int] = (), excluded_distractors: Sequence[int] = (),
+                             transform: Optional[Transform] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` best images of the test database followed by the distractors, and
+    their descriptors, without forming the ranking of both.
+
+    The database's top ``k`` is merged with each block's scores in turn (one stable sort of
+    the ``k`` kept and the block's), so equal scores keep the order of the concatenation:
+    database images first, then distractors by index, exactly the first ``k`` rows of
+    `rank_database` on the concatenation. Memory holds one block, its Q x n_k scores and the
+    Q x k x D descriptors kept. ``excluded`` / ``excluded_distractors`` score -inf;
+    ``transform`` applies to every block (the queries and database come transformed).
+
+    Returns:
+        k x N_q indices into the concatenation (database images 0..N-1, distractor i at N + i),
+        and their D x k x N_q descriptors (float32; transformed distractors).
+    """
+    scores = _scores(database, queries, device, excluded)  # Q x N
+    n_q, n_db = scores.shape
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
+    best = torch.gather(scores, 1, order)
+    indices = order
+    db_rows = torch.as_tensor(np.ascontiguousarray(database.T), dtype=torch.float32, device=device)
+    vectors = db_rows[order]  # Q x k x D
+    q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
+    skipped = torch.as_tensor(sorted(excluded_distractors), dtype=torch.long, device=device)
+    for start, block in distractors:
+        rows = _block_rows(block, device, transform)  # n_k x D float32
+        block_scores = _products(q, rows)
+        gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
+        if len(gone):
+            block_scores[:, gone] = -torch.inf
+        kept = best.shape[1]
+        merged = torch.argsort(torch.cat([best, block_scores], 1), dim=1, descending=True, stable=True)[:, :k]
+        from_block = merged >= kept
+        block_pick = (merged - kept).clamp(min=0)
+        kept_pick = merged.clamp(max=max(kept - 1, 0))
+        best = torch.where(from_block, torch.gather(block_scores, 1, block_pick),
+                           torch.gather(best, 1, kept_pick) if kept else block_scores.new_zeros(merged.shape))
+        indices = torch.where(from_block, block_pick + n_db + start,
+                              torch.gather(indices, 1, kept_pick) if kept else merged)
+        kept_vectors = (torch.gather(vectors, 1, kept_pick[..., None].expand(-1, -1, vectors.shape[2]))
+                        if kept else rows.new_zeros(*merged.shape, rows.shape[1]))
+        vectors = torch.where(from_block[..., None], rows[block_pick], kept_vectors)
+    return indices.cpu().numpy().T, np.ascontiguousarray(vectors.cpu().numpy().transpose(2, 1, 0))
+
+
 def _block_rows(block: np.ndarray, device: str, transform: Optional[Transform]) -> torch.Tensor:
     """A stored n_k x D block as float32 rows on ``device`` (converted by torch, not numpy),
     transformed when asked."""

@@ -4,11 +4,16 @@ with optional learned whitening, returning every number as a dict.
 Asymmetric testing: the database is encoded by the teacher, the (cropped) queries by the
 student; with whitening, the teacher's whitening applies to both sides. Each network
 uses its own mean/std and its own multi-scale power.
+
+Re-ranking (``settings.reranking``) runs in this order on each of the plain and whitened
+descriptors: DBA of the database, the first search, αQE of the queries with the neighbours
+that search found (in asymmetric tests: the student's queries expanded with the teacher's
+database descriptors), the final search. Each step adds its own results entry.
 """
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -20,7 +25,8 @@ from aml.data.testsets import configdataset, prepare_test_set, query_and_databas
 from aml.descriptors import DescriptorKey, ExtractionConfig, cached_descriptors, describe_images
 from aml.descriptors.store import DescriptorStore, StoreKey, encode_into_store
 from aml.evaluation.metrics import evaluate_ranks, format_results
-from aml.evaluation.search import positions_with_distractors, rank_database
+from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation, weighted_expansion
+from aml.evaluation.search import nearest_with_distractors, positions_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply
 from aml.evaluation.whitening_store import get_whitening
 from aml.networks.loading import LoadedNetwork
@@ -54,6 +60,7 @@ class TestSettings:
     report_top: int = 10
     distractor_dtype: str = "float32"  # of the distractor store (float16 halves its disk and reads)
     shard_size: int = 16384  # images per distractor shard
+    reranking: Reranking = field(default_factory=Reranking)  # αQE and DBA (default: none)
 
     def extraction(self) -> ExtractionConfig:
         """How the test images are encoded."""
@@ -84,9 +91,82 @@ def _search(database: np.ndarray, queries: np.ndarray, cfg: Dict[str, Any], gnd:
 def _search_with_distractors(database: np.ndarray, queries: np.ndarray, cfg: Dict[str, Any], gnd: List[Dict[str, Any]],
                              device: str, excluded: Sequence[int], store: DescriptorStore, lw=None) -> Dict[str, Any]:
     """The numbers of the test set with the store's distractors added to its database."""
-    transform = (lambda x: whitenapply(x, *lw)) if lw is not None else None
-    places = positions_with_distractors(database, queries, store.blocks(), device, excluded, store.skipped(), transform)
+    places = positions_with_distractors(database, queries, store.blocks(), device, excluded, store.skipped(),
+                                        _whitening_transform(lw))
     return evaluate_ranks(places, gnd, cfg["protocol"], positions=True)
+
+
+def _whitening_transform(lw):
+    return (lambda x: whitenapply(x, *lw)) if lw is not None else None
+
+
+def _rerank(base: str, database: np.ndarray, queries: np.ndarray, ranks: np.ndarray, entry: Dict[str, Any],
+            cfg: Dict[str, Any], gnd: List[Dict[str, Any]], settings: TestSettings, excluded: Sequence[int]) -> None:
+    """Add the re-ranked entries of ``base`` (``ranks``: its search): DBA, the first search,
+    αQE with that search's neighbours, the final search."""
+    reranking, device = settings.reranking, settings.device
+    keys = reranking.result_keys(base)
+    if reranking.dba:
+        database = database_augmentation(database, reranking.dba, reranking.dba_alpha, device, excluded)
+        entry[keys[0]], ranks = _search(database, queries, cfg, gnd, device, excluded)
+    if reranking.qe:
+        expanded = alpha_query_expansion(queries, database, ranks, reranking.qe, reranking.qe_alpha)
+        entry[keys[-1]], _ = _search(database, expanded, cfg, gnd, device, excluded)
+
+
+def _rerank_with_distractors(base: str, database: np.ndarray, queries: np.ndarray, entry: Dict[str, Any],
+                             cfg: Dict[str, Any], gnd: List[Dict[str, Any]], settings: TestSettings,
+                             excluded: Sequence[int], store: DescriptorStore, lw=None) -> None:
+    """αQE with the neighbours among the test database and the store's distractors (DBA is
+    refused with distractors, `check_reranking`), then the final search over both."""
+    reranking = settings.reranking
+    if not reranking.qe:
+        return
+    _, neighbours = nearest_with_distractors(database, queries, reranking.qe, store.blocks(), settings.device,
+                                             excluded, store.skipped(), _whitening_transform(lw))
+    expanded = weighted_expansion(queries, neighbours, reranking.qe_alpha)
+    entry[reranking.result_keys(base)[-1]] = _search_with_distractors(database, expanded, cfg, gnd, settings.device,
+                                                                      excluded, store, lw)
+
+
+def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: Optional[str] = None,
+                    sizes: bool = True) -> None:
+    """Refuse a re-ranking that the test sets cannot take, before anything is encoded.
+
+    DBA with a distractor set would need the neighbours of every distractor among all the
+    others, so it is refused there; ``--dba`` must leave a neighbour out of the database
+    (an image is not its own neighbour) and ``--qe`` must not exceed the database with its
+    distractors. The test sets are prepared (downloaded or generated) when missing.
+
+    Args:
+        reranking: the re-ranking asked for.
+        datasets: the test set names, with their ``+`` distractor suffixes.
+        data_root: the data root.
+        sizes: also check the sizes (reading the test sets); False: only what needs no data.
+
+    Raises:
+        ValueError: one line naming the flag, the test set and its size.
+    """
+    if not reranking.active:
+        return
+    for name in datasets:
+        dataset, suffix = split_test_name(name)
+        if reranking.dba and suffix is not None:
+            raise ValueError(f"--dba {reranking.dba} with {name}: database-side augmentation with distractors would "
+                             f"need the neighbours of every distractor among all the others; run --dba on {dataset} "
+                             f"(without '+{suffix}'); --qe works with distractors")
+    for name in datasets if sizes else ():
+        dataset, suffix = split_test_name(name)
+        prepare_test_set(dataset, data_root)
+        size = len(_TestSet.read(dataset, data_root).images)
+        if reranking.dba >= size:
+            raise ValueError(f"--dba {reranking.dba}: the database of {dataset} holds {size} images, so an image has "
+                             f"at most {size - 1} neighbours; give --dba {size - 1} or less")
+        distractors = len(distractor_images(suffix, data_root)) if suffix is not None else 0
+        if reranking.qe > size + distractors:
+            held = f"{size} images" + (f" and {distractors} distractors" if suffix is not None else "")
+            raise ValueError(f"--qe {reranking.qe}: the database of {name} holds {held}; give --qe "
+                             f"{size + distractors} or less")
 
 
 def distractor_store(suffix: str, encoder: LoadedNetwork, settings: TestSettings) -> DescriptorStore:
@@ -205,16 +285,25 @@ def _encode(test: _TestSet, student: LoadedNetwork, database_encoder: LoadedNetw
     return _Encoded(vecs, qvecs, skipped_db, skipped_queries)
 
 
+def result_keys(entry: Dict[str, Any]) -> List[str]:
+    """The entries of one data set's results that hold numbers, in the order they were made:
+    ``'plain'``, its re-ranked entries (``'plain + dba10'``, ``'plain + dba10 + αqe2'``), then
+    ``'whiten'`` and its re-ranked entries."""
+    return [key for key in entry if key in ("plain", "whiten") or key.startswith(("plain + ", "whiten + "))]
+
+
 def result_lines(dataset: str, entry: Dict[str, Any]) -> List[str]:
-    """The original's printed lines of one data set's results (and whitened results), each
-    ending with the count of skipped images when there were any, then where the skipped list
-    and the ranking report went."""
+    """The original's printed lines of one data set's results (and whitened results, and
+    each re-ranked entry: ``>> roxford5k + whiten + dba10 + αqe2: ...``), each ending with the
+    count of skipped images when there were any, then where the skipped list and the ranking
+    report went."""
     skipped = entry.get("skipped")
     count = len(skipped["database"]) + len(skipped["queries"]) if skipped else 0
     note = f" ({count} unreadable images skipped)" if count else ""
-    lines = [line + note for line in format_results(dataset, entry["plain"])]
-    if "whiten" in entry:
-        lines += [line + note for line in format_results(dataset + " + whiten", entry["whiten"])]
+    lines = []
+    for key in result_keys(entry):
+        name = dataset if key == "plain" else f"{dataset} + {key.removeprefix('plain + ')}"
+        lines += [line + note for line in format_results(name, entry[key])]
     if "distractors" in entry:
         extra = entry["distractors"]
         unread = f", {extra['skipped']} unreadable ones skipped (list next to the shards)" if extra["skipped"] else ""
@@ -243,16 +332,22 @@ def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: Loade
         log.info(">> %s: Evaluating against %d + %d images...", name, len(images), store.count)
         entry["plain"] = _search_with_distractors(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db,
                                                   store)
+        _rerank_with_distractors("plain", encoded.vecs, qvecs, entry, cfg, gnd, settings, encoded.skipped_db, store)
         if lw is not None:
-            entry["whiten"] = _search_with_distractors(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), cfg,
-                                                       gnd, settings.device, encoded.skipped_db, store, lw)
+            vecs_lw, qvecs_lw = whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw)
+            entry["whiten"] = _search_with_distractors(vecs_lw, qvecs_lw, cfg, gnd, settings.device, encoded.skipped_db,
+                                                       store, lw)
+            _rerank_with_distractors("whiten", vecs_lw, qvecs_lw, entry, cfg, gnd, settings, encoded.skipped_db, store,
+                                     lw)
         entry["distractors"] = {"count": store.count, "skipped": len(store.skipped()), "store": str(store.folder)}
     else:
         log.info(">> %s: Evaluating...", dataset)
         entry["plain"], ranks = _search(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db)
+        _rerank("plain", encoded.vecs, qvecs, ranks, entry, cfg, gnd, settings, encoded.skipped_db)
         if lw is not None:
-            entry["whiten"], _ = _search(whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw), cfg, gnd,
-                                         settings.device, encoded.skipped_db)
+            vecs_lw, qvecs_lw = whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw)
+            entry["whiten"], ranks_lw = _search(vecs_lw, qvecs_lw, cfg, gnd, settings.device, encoded.skipped_db)
+            _rerank("whiten", vecs_lw, qvecs_lw, ranks_lw, entry, cfg, gnd, settings, encoded.skipped_db)
     if encoded.skipped_db or encoded.skipped_queries:
         listing = _write_skipped(test, encoded, settings, dataset_dir)
         entry["skipped"] = {"database": [images[i] for i in encoded.skipped_db],
@@ -267,9 +362,10 @@ def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[L
              on_result: Optional[Callable[[str, Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Test ``student`` (symmetric) or student vs ``teacher`` (asymmetric, when given) on
     every data set of ``settings``; return ``{dataset: {'plain': results, 'whiten':
-    results}}`` (plus ``'skipped'`` when images were skipped, and ``'report'`` with
-    ``settings.report_dir``). ``on_result(dataset, entry)`` is called as each data set is
-    done (test.py prints `result_lines` there); progress is logged.
+    results}}`` (plus the re-ranked entries of ``settings.reranking``, `result_keys`;
+    ``'skipped'`` when images were skipped, and ``'report'`` with ``settings.report_dir``).
+    ``on_result(dataset, entry)`` is called as each data set is done (test.py prints
+    `result_lines` there); progress is logged.
 
     Skipped database images are ranked last for every query; skipped queries are left out
     of the means."""
@@ -281,6 +377,7 @@ def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[L
     if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
         raise ValueError(f"asymmetric test needs equal dimensions: student {student.name} is "
                          f"{student.net.meta['outputdim']}-d, teacher {teacher.name} {teacher.net.meta['outputdim']}-d")
+    check_reranking(settings.reranking, settings.datasets, settings.data_root)
     for encoder in {id(e): e for e in (student, database_encoder)}.values():
         encoder.net.to(settings.device).eval()
     lw = get_whitening(database_encoder, settings.whitening, settings, published=teacher is None) if settings.whitening else None

@@ -4,12 +4,15 @@ descriptor store, queried with images encoded by the student.
 A store is a folder: the teacher's descriptors as a sharded descriptor store (the one the +1M
 protocol uses, `aml.descriptors.store`: ``manifest.json`` with the `DescriptorKey`
 and the teacher's name, ``images.txt``, ``shard_*.npy``), ``search.json`` (the teacher as it
-was given, for the query-side check; written last), optionally ``whitening.pth`` (the
-teacher's learned whitening, applied to both sides) and ``index.faiss`` (an IVF-PQ index).
+was given, for the query-side check, and the DBA applied at indexing; written last), optionally
+``whitening.pth`` (the teacher's learned whitening, applied to both sides), ``dba.npy`` (the
+descriptors after database-side augmentation, whitened first; searched instead of the shards)
+and ``index.faiss`` (an IVF-PQ index).
 Stores of the older one-file layout (``descriptors.npy`` with its image list and settings)
 are still read.
 Search is exact (faiss ``IndexFlatIP`` when faiss is installed, else one matrix product with
-torch) unless the store holds an IVF-PQ index.
+torch) unless the store holds an IVF-PQ index. With αQE (``qe``) each query is expanded with
+its first search's neighbours among the teacher's descriptors and searched again.
 """
 
 import json
@@ -27,6 +30,7 @@ from aml.descriptors.onnx_student import (REEXPORT, OnnxStudentInfo, describe_wi
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images, feature_file_settings
 from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch, encode_into_store, read_store
 from aml.networks.fingerprint import network_fingerprint
+from aml.evaluation.reranking import DEFAULT_ALPHA, database_augmentation, weighted_expansion
 from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork, checkpoint_name
 from aml.networks.pretrained import TEACHERS
@@ -43,6 +47,7 @@ SEARCH = "search.json"  # what the query side checks: the teacher the store was 
 LEGACY_FILES = ("descriptors.npy", "descriptors_img_list.txt", "descriptors.npy.json")  # the one-file layout
 SHARD_SIZE = 65536  # images per shard (256 MB of 1024-d float32)
 WHITENING = "whitening.pth"
+DBA = "dba.npy"  # the descriptors after database-side augmentation (whitened first)
 INDEX = "index.faiss"
 PQ_CODES = 256  # centroids of each 8-bit sub-quantiser: the fewest training vectors faiss accepts
 REBUILD = "python -m aml.search index"
@@ -111,7 +116,7 @@ class Store:
         vecs: D x N float32 database descriptors, whitened when the store has a whitening.
         images: the N database images, in column order.
         settings: how the store was made (network, source, fingerprint, image_size, scales,
-            dim, ...).
+            dim, ``dba`` when it was augmented: ``{"k", "alpha"}``, ...).
         whitening: the teacher's learned whitening (m, P), applied to both sides, or None.
 
     Examples:
@@ -131,27 +136,44 @@ class Store:
     settings: Dict[str, Any]
     whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
-    def search(self, queries: np.ndarray, k: int, prewhitened: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, prewhitened: bool = False, qe: int = 0,
+               qe_alpha: float = DEFAULT_ALPHA) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` best database images of each query, best first.
 
         The queries are whitened like the database when the store has a whitening. The
         search is exact (faiss ``IndexFlatIP`` when faiss is installed, else one matrix
-        product with torch) unless the store holds an IVF-PQ index.
+        product with torch) unless the store holds an IVF-PQ index. With ``qe``, each query
+        is replaced by αQE with its ``qe`` first results (`aml.evaluation.reranking.weighted_expansion`
+        over the store's descriptors) and searched again.
 
         Args:
             queries: D x Q query descriptors.
             k: results per query (at most the database's size).
             prewhitened: the queries are whitened already (an exported student with the
                 store's whitening folded in).
+            qe: neighbours of the first search that expand each query (αQE); 0: none.
+            qe_alpha: the power of their similarities (0: average query expansion).
 
         Returns:
             The scores and the database indices, each Q x k, best first.
 
         Raises:
-            StoreError: when the store's IVF-PQ index is damaged or belongs to another store.
+            StoreError: when the store's IVF-PQ index is damaged or belongs to another store,
+                or ``qe`` exceeds the store's size.
         """
         if self.whitening is not None and not prewhitened:
             queries = whitenapply(queries, *self.whitening)
+        if qe:
+            size = self.vecs.shape[1]
+            if qe > size:
+                raise StoreError(f"--qe {qe}: the store {self.folder} holds {size} images; give --qe {size} or less")
+            _, first = self._nearest(queries, qe)
+            neighbours = self.vecs[:, first.T]  # D x qe x Q
+            neighbours[:, first.T < 0] = 0  # an IVF-PQ search may find fewer than qe
+            queries = weighted_expansion(queries, neighbours, qe_alpha)
+        return self._nearest(queries, k)
+
+    def _nearest(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         k = min(k, self.vecs.shape[1])
         faiss = faiss_or_none()
         index_file = self.folder / INDEX
@@ -174,14 +196,17 @@ class Store:
 def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[str],
                 folder: PathLike, image_size: int, scales: Sequence[float] = (1,),
                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-                config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
+                config: ExtractionConfig = DEFAULT_EXTRACTION, dba: int = 0,
+                dba_alpha: float = DEFAULT_ALPHA) -> Path:
     """Encode a database's images with the teacher into a store.
 
     The descriptors are a sharded descriptor store (`aml.descriptors.store`, float32):
     an interrupted indexing, run again with the same teacher, settings and images, resumes at
     its first missing shard. Indexing into a complete store encodes everything again (its
-    images may have changed in place); the whitening and IVF-PQ index there are removed:
-    they belong to the old descriptors.
+    images may have changed in place); the whitening, DBA and IVF-PQ index there are
+    removed: they belong to the old descriptors. With ``dba``, the (whitened) descriptors
+    are augmented once (`aml.evaluation.database_augmentation`) into ``dba.npy``, which
+    searches use instead, and ``search.json`` records it; the shards stay the teacher's own.
 
     Args:
         teacher: the teacher and its provenance.
@@ -194,9 +219,14 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
         whitening: the teacher's learned whitening (m, P), saved with the store and applied to
             both sides; None: none.
         config: how to extract (`aml.descriptors.ExtractionConfig`).
+        dba: neighbours that augment each database descriptor (DBA); 0: none.
+        dba_alpha: the power of their similarities.
 
     Returns:
         The store's folder.
+
+    Raises:
+        StoreError: when ``dba`` leaves no image out (at most N - 1 neighbours).
 
     Examples:
         >>> from aml.networks.loading import load_teacher
@@ -207,19 +237,31 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
     """
     folder = Path(folder)
     images = [str(Path(i).resolve()) for i in images]
+    if dba >= len(images):
+        raise StoreError(f"--dba {dba}: {len(images)} images to index, so an image has at most {len(images) - 1} "
+                         f"neighbours; give --dba {len(images) - 1} or less")
     key = StoreKey(DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint), teacher.name,
                    "float32", SHARD_SIZE)
     interrupted = not (folder / SEARCH).is_file()
     (folder / SEARCH).unlink(missing_ok=True)  # written last: until then the store is incomplete
     _clear_descriptors(folder, images, key, int(teacher.net.meta["outputdim"]), keep_matching=interrupted)
-    for stale in (folder / WHITENING, folder / INDEX):
+    for stale in (folder / WHITENING, folder / DBA, folder / INDEX):
         if stale.is_file():
             log.info(">> replacing the store in %s: %s removed", folder, stale.name)
             stale.unlink()
     store = encode_into_store(teacher.net, images, folder, key, config.but(desc="indexing"))
     if whitening is not None:
         save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
-    atomic_write(folder / SEARCH, lambda out: out.write(json.dumps({"source": teacher_source}).encode()))
+    record: Dict[str, Any] = {"source": teacher_source}
+    if dba:
+        vecs = store.load()
+        if whitening is not None:
+            vecs = whitenapply(vecs, *whitening)
+        augmented = database_augmentation(vecs, dba, dba_alpha, config.device, excluded=store.skipped())
+        atomic_write(folder / DBA, lambda out: np.save(out, augmented, allow_pickle=False))
+        record["dba"] = {"k": dba, "alpha": dba_alpha}
+        log.info(">> DBA of %d neighbours (alpha %g) applied to the store's descriptors: %s", dba, dba_alpha, DBA)
+    atomic_write(folder / SEARCH, lambda out: out.write(json.dumps(record).encode()))
     log.info(">> store of %d images by %s written to %s", store.count, teacher.name, folder)
     return folder
 
@@ -266,12 +308,30 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str,
                          "command again")
     try:
         vecs = store.load()
-        source = json.loads((folder / SEARCH).read_text())["source"]
+        record = json.loads((folder / SEARCH).read_text())
+        source = record["source"]
     except (ValueError, KeyError, TypeError) as err:
         raise StoreError(f"the store {folder} is damaged ({err}); index it again ({REBUILD})") from None
     if not np.isfinite(vecs).all():
         raise StoreError(f"the store {folder} holds NaN or infinite values: it is damaged; index it again ({REBUILD})")
-    return vecs, store.images, dict(store.key.record(), source=source, dim=store.dim)
+    settings = dict(store.key.record(), source=source, dim=store.dim)
+    if record.get("dba"):
+        settings["dba"] = record["dba"]
+    return vecs, store.images, settings
+
+
+def _augmented(folder: Path, shape: Tuple[int, int]) -> np.ndarray:
+    """The store's DBA descriptors (``dba.npy``), checked against its shape."""
+    path = folder / DBA
+    try:
+        vecs = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise StoreError(f"cannot read {path} ({err}), which {SEARCH} names: the store is damaged; index it again "
+                         f"({REBUILD} --dba K)") from None
+    if vecs.shape != shape or vecs.dtype.kind != "f" or not np.isfinite(vecs).all():
+        raise StoreError(f"{path} holds {vecs.dtype} descriptors of shape {vecs.shape}, not the store's finite "
+                         f"{shape}: the store is damaged; index it again ({REBUILD} --dba K)")
+    return vecs
 
 
 def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, Any]]:
@@ -322,7 +382,7 @@ def _whitening(folder: Path, dim: int) -> Optional[Tuple[np.ndarray, np.ndarray]
 
 
 def open_store(folder: PathLike) -> Store:
-    """Load a store (either layout), its descriptors whitened when it has a whitening.
+    """Load a store (either layout), its descriptors whitened when it has a whitening (and augmented with DBA).
 
     Args:
         folder: the store's folder.
@@ -345,7 +405,9 @@ def open_store(folder: PathLike) -> Store:
     else:
         vecs, images, settings = _legacy_descriptors(folder)
     whitening = _whitening(folder, vecs.shape[0])
-    if whitening is not None:
+    if settings.get("dba"):
+        vecs = _augmented(folder, vecs.shape)  # whitened before it was augmented
+    elif whitening is not None:
         vecs = whitenapply(vecs, *whitening)
     return Store(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening)
 
@@ -397,7 +459,8 @@ def check_teacher(store: Store, student: ImageRetrievalNet, teacher_net: Optiona
 
 def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str], k: int = 10,
                 bbxs: Optional[Sequence[Optional[BBox]]] = None,
-                config: ExtractionConfig = DEFAULT_EXTRACTION) -> List[Dict[str, Any]]:
+                config: ExtractionConfig = DEFAULT_EXTRACTION, qe: int = 0,
+                qe_alpha: float = DEFAULT_ALPHA) -> List[Dict[str, Any]]:
     """Encode query images with the student and search the store with them.
 
     The queries are encoded as the store was (image size, scales).
@@ -409,6 +472,9 @@ def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str],
         k: results per query.
         bbxs: per query image, a crop box (x1, y1, x2, y2) or None.
         config: how to extract (`aml.descriptors.ExtractionConfig`).
+        qe: αQE of each student query with its ``qe`` first results among the teacher's
+            descriptors, searched again (`Store.search`); 0: none.
+        qe_alpha: the power of their similarities.
 
     Returns:
         Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``
@@ -423,7 +489,7 @@ def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str],
     scales = store.settings["scales"]
     queries = describe_images(student, images, store.settings["image_size"], scales, bbxs=bbxs,
                               config=config.but(desc="queries"))
-    scores, indices = store.search(queries, k)
+    scores, indices = store.search(queries, k, qe=qe, qe_alpha=qe_alpha)
     return [{"query": str(image), "results": [{"image": store.images[int(i)], "score": float(s)}
                                               for s, i in zip(row_scores, row_indices) if i >= 0]}
             for image, row_scores, row_indices in zip(images, scores, indices)]
@@ -482,7 +548,8 @@ def check_onnx_student(store: Store, path: PathLike) -> OnnxStudentInfo:
 
 
 def query_store_onnx(store: Store, path: PathLike, images: Sequence[str], k: int = 10,
-                     bbxs: Optional[Sequence[Optional[BBox]]] = None) -> List[Dict[str, Any]]:
+                     bbxs: Optional[Sequence[Optional[BBox]]] = None, qe: int = 0,
+                     qe_alpha: float = DEFAULT_ALPHA) -> List[Dict[str, Any]]:
     """Encode query images with an exported student (onnxruntime) and search the store with them.
 
     The file is checked with `check_onnx_student`; the queries are encoded at the store's
@@ -495,6 +562,8 @@ def query_store_onnx(store: Store, path: PathLike, images: Sequence[str], k: int
         images: the query images.
         k: results per query.
         bbxs: per query image, a crop box (x1, y1, x2, y2) or None.
+        qe: αQE of each query with its ``qe`` first results (0: none), as `query_store`.
+        qe_alpha: the power of their similarities.
 
     Returns:
         Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``,
@@ -513,7 +582,7 @@ def query_store_onnx(store: Store, path: PathLike, images: Sequence[str], k: int
         raise StoreError(f"{path} outputs {width}-d descriptors but its metadata says {info.dim}: the file was edited "
                          f"or damaged; export it again: {REEXPORT}")
     queries = describe_with_onnx(session, images, store.settings["image_size"], bbxs)
-    scores, indices = store.search(queries, k, prewhitened=info.whitening is not None)
+    scores, indices = store.search(queries, k, prewhitened=info.whitening is not None, qe=qe, qe_alpha=qe_alpha)
     return [{"query": str(image), "results": [{"image": store.images[int(i)], "score": float(s)}
                                               for s, i in zip(row_scores, row_indices) if i >= 0]}
             for image, row_scores, row_indices in zip(images, scores, indices)]

@@ -6,6 +6,7 @@ import pytest
 from aml import demo
 from aml.cli import export as export_cli
 from aml.cli import extract_features as extract_cli
+from aml.cli import search as search_cli
 from aml.cli import test as test_cli
 from aml.cli import train as train_cli
 
@@ -13,6 +14,8 @@ TRAIN = (train_cli.main, ["--directory", "unused"])
 TEST = (test_cli.main, ["-npath", "unused.pth"])
 EXTRACT = (extract_cli.main, ["-npath", "unused.pth"])
 DEMO = (demo.main, [])
+INDEX = (search_cli.main, ["index", "unused/", "--store", "unused.store"])
+QUERY = (search_cli.main, ["query", "unused.jpg", "--store", "unused.store", "--network", "unused.pth"])
 
 CASES = [
     (TRAIN, ["--image-size", "0"], "argument --image-size: must be a positive integer, got '0'"),
@@ -42,6 +45,22 @@ CASES = [
     (TEST, ["-d", "roxford5k+2m"], "unknown distractor set '2m'"),
     (TRAIN, ["--dist-timeout", "0"], "argument --dist-timeout: must be a positive finite number"),
     (TEST, ["--dist-timeout", "-1"], "argument --dist-timeout: must be a positive finite number"),
+    (TEST, ["--qe", "0"], "argument --qe: must be a positive integer, got '0'"),
+    (TEST, ["--qe", "-3"], "argument --qe: must be a positive integer, got '-3'"),
+    (TEST, ["--qe", "2", "--qe-alpha", "-1"], "argument --qe-alpha: must be a finite number >= 0, got '-1'"),
+    (TEST, ["--qe", "2", "--qe-alpha", "inf"], "argument --qe-alpha: must be a finite number >= 0, got 'inf'"),
+    (TEST, ["--qe-alpha", "2"], "--qe-alpha 2 without --qe: give --qe K too"),
+    (TEST, ["--dba", "0"], "argument --dba: must be a positive integer, got '0'"),
+    (TEST, ["--dba", "5", "--dba-alpha", "-0.5"], "argument --dba-alpha: must be a finite number >= 0, got '-0.5'"),
+    (TEST, ["--dba-alpha", "1"], "--dba-alpha 1 without --dba: give --dba K too"),
+    (TEST, ["--dba", "5", "-d", "roxford5k+1m"], "--dba 5 with roxford5k+1m: database-side augmentation with "
+                                                 "distractors would need the neighbours of every distractor"),
+    (INDEX, ["--dba", "0"], "argument --dba: must be a positive integer, got '0'"),
+    (INDEX, ["--dba", "2", "--dba-alpha", "nan"], "argument --dba-alpha: must be a finite number >= 0, got 'nan'"),
+    (INDEX, ["--dba-alpha", "2"], "--dba-alpha 2 without --dba: give --dba K too"),
+    (QUERY, ["--qe", "0"], "argument --qe: must be a positive integer, got '0'"),
+    (QUERY, ["--qe", "1", "--qe-alpha", "-2"], "argument --qe-alpha: must be a finite number >= 0, got '-2'"),
+    (QUERY, ["--qe-alpha", "2"], "--qe-alpha 2 without --qe: give --qe K too"),
     (EXTRACT, ["-imsize", "-1"], "argument --image-size/-imsize: must be a positive integer"),
     (EXTRACT, ["--shard-size", "-1"], "argument --shard-size: must be an integer >= 0"),
     (DEMO, ["--image-size", "0"], "argument --image-size: must be a positive integer"),
@@ -168,3 +187,52 @@ def test_query_onnx_of_another_network_or_damaged_is_one_line(tmp_path, capsys):
     err = bad((search_cli.main, ["query", str(query), "--store", str(store)]), ["--onnx", "a.onnx", "-npath", "b"],
               capsys)
     assert "argument --network/-npath: not allowed with argument --onnx" in err
+
+
+@pytest.fixture(scope="module")
+def small_network(tmp_path_factory):
+    import torch
+
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 0, 0.0),
+                           tmp_path_factory.mktemp("net") / "net.pth.tar")
+
+
+def test_reranking_larger_than_the_database_is_refused_before_anything_is_encoded(small_network, synth_root, capsys,
+                                                                                  monkeypatch):
+    from aml.data.synthetic import SyntheticDistractorConfig, generate_distractor_set
+    from aml.data.testsets import configdataset
+    from aml.evaluation import testing
+
+    generate_distractor_set(synth_root, "synth-1m", SyntheticDistractorConfig(images=150, image_size=64))
+    size = configdataset("synth-oxford", synth_root / "test")["n"]
+    monkeypatch.setattr(testing, "describe_images", None)  # nothing may be encoded
+    run = (test_cli.main, ["-npath", str(small_network), "--data-root", str(synth_root), "-j", "0", "-q"])
+    err = bad(run, ["-d", "synth-oxford", "--dba", str(size)], capsys)
+    assert (f"--dba {size}: the database of synth-oxford holds {size} images, so an image has at most {size - 1} "
+            f"neighbours; give --dba {size - 1} or less") in err
+    err = bad(run, ["-d", "synth-oxford+synth1m", "--qe", str(size + 151)], capsys)
+    assert (f"--qe {size + 151}: the database of synth-oxford+synth1m holds {size} images and 150 distractors; give "
+            f"--qe {size + 150} or less") in err
+
+
+def test_search_reranking_larger_than_the_store_is_refused(small_network, synth_root, tmp_path):
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for image in sorted((synth_root / "test" / "synth-oxford" / "jpg").glob("*.jpg"))[:3]:
+        shutil.copy(image, folder)
+    common = ["-j", "0", "--device", "cpu", "-q"]
+    index = ["index", str(folder), "--store", str(tmp_path / "store"), "--teacher", str(small_network), "-imsize", "32"]
+    with pytest.raises(SystemExit, match=r"error: --dba 3: 3 images to index, so an image has at most 2 neighbours; "
+                                         r"give --dba 2 or less"):
+        search_cli.main(index + ["--dba", "3"] + common)
+    assert not (tmp_path / "store" / "search.json").exists()
+    search_cli.main(index + ["--dba", "2"] + common)
+    with pytest.raises(SystemExit, match=r"error: --qe 4: the store .*store holds 3 images; give --qe 3 or less"):
+        search_cli.main(["query", str(next(folder.iterdir())), "--store", str(tmp_path / "store"), "--network",
+                         str(small_network), "--teacher", str(small_network), "--qe", "4"] + common)

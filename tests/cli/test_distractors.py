@@ -1,6 +1,8 @@
 """test.py -d NAME+DISTRACTORS: the +1M protocol on a generated distractor set, equal to the
 full in-memory ranking, encoded once per network, with unreadable distractors named or skipped."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from aml.data.testsets import configdataset, query_and_database_paths
 from aml.descriptors import describe_images
 from aml.descriptors.store import read_store
 from aml.evaluation.metrics import evaluate_ranks
+from aml.evaluation.reranking import alpha_query_expansion
 from aml.evaluation.search import rank_database
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
@@ -93,6 +96,30 @@ def test_map_with_distractors_equals_the_full_ranking_and_distractors_are_encode
     test_cli.main(["-npath", str(other)] + args + COMMON)
     assert set(stores(root)) - before == {new}
     assert {p: p.stat().st_mtime_ns for p in new.glob("shard_*.npy")} == shards
+
+
+def test_query_expansion_with_distractors_equals_the_in_memory_expansion_over_the_concatenation(root, nets):
+    """αQE's neighbours come from the blocked search over database + distractor shards (merged
+    shard by shard), then the expanded queries are searched block by block again: exactly the
+    in-memory αQE over the concatenation."""
+    student, _, teacher = nets
+    name = "synth-oxford+synth1m"
+    results = test_cli.main(["-npath", str(student), "-d", name, "--asym", "--teacher", str(teacher), "--data-root",
+                             str(root), "--qe", "5"] + COMMON)[name]
+    store = read_store(Path(results["distractors"]["store"]))
+    cfg = configdataset("synth-oxford", root / "test")
+    images, queries, bbxs = query_and_database_paths(cfg)
+    config = ExtractionConfig(workers=0)
+    database = np.concatenate([describe_images(load_network(teacher), images, 64, config=config), store.load()], axis=1)
+    qvecs = describe_images(load_network(student), queries, 64, bbxs=bbxs, config=config)
+    first = rank_database(database, qvecs)
+    assert (first[:5] >= len(images)).any()  # distractors among the neighbours: the shards' merge is exercised
+    expanded = alpha_query_expansion(qvecs, database, first, 5, alpha=3)
+    reference = evaluate_ranks(rank_database(database, expanded), cfg["gnd"], cfg["protocol"])
+    for level in ("easy", "medium", "hard"):
+        assert results["plain + αqe5"][level]["map"] == reference[level]["map"]  # exactly
+        assert results["plain + αqe5"][level]["mp@k"] == reference[level]["mp@k"]
+    assert results["plain + αqe5"]["medium"]["map"] != results["plain"]["medium"]["map"]
 
 
 @pytest.fixture

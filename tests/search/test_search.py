@@ -16,6 +16,7 @@ from aml.evaluation.search import rank_database
 from aml.networks import build_network
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, load_network, save_checkpoint
 from aml import search
+from aml.evaluation.whitening import whitenapply
 from aml.search import Store, StoreError, build_ivfpq, open_store
 from aml.utils.plain_files import save_plain_file
 
@@ -279,3 +280,64 @@ def test_a_damaged_or_edited_store_is_named_with_the_fix(store, tmp_path, tamper
     with pytest.raises((StoreError, CheckpointError), match=message):
         opened = open_store(copy)
         opened.search(opened.vecs[:, :2], 3)
+
+
+@pytest.fixture(scope="module")
+def random_teacher(tmp_path_factory):
+    """A random resnet18 (calibrated BatchNorm) and a student that records it as its teacher."""
+    from aml.training.batchnorm import calibrate_batchnorm
+
+    folder = tmp_path_factory.mktemp("random")
+    torch.manual_seed(3)
+    net = build_network("resnet18", pretrained=False)
+    calibrate_batchnorm(net, [torch.rand(8, 3, 64, 64)])
+    state = checkpoint_state(net, 0, 0.0)
+    teacher = save_checkpoint(state, folder / "teacher.pth.tar")
+    state["meta"]["teacher"] = str(teacher)
+    return teacher, save_checkpoint(state, folder / "student.pth.tar")
+
+
+def test_index_with_dba_and_query_with_qe(random_teacher, synth_root, tmp_path):
+    from aml.evaluation import alpha_query_expansion, database_augmentation
+
+    teacher, student = random_teacher
+    jpg = synth_root / "test" / "synth-paris" / "jpg"
+    flags = ["--teacher", str(teacher), "-imsize", "64", "--data-root", str(synth_root), "-w", "synth-sfm"] + COMMON
+    search_cli.main(["index", str(jpg), "--store", str(tmp_path / "plain")] + flags)
+    search_cli.main(["index", str(jpg), "--store", str(tmp_path / "dba"), "--dba", "3", "--dba-alpha", "1"] + flags)
+    assert json.loads((tmp_path / "plain" / "search.json").read_text()) == {"source": str(teacher)}
+    assert not (tmp_path / "plain" / "dba.npy").exists()  # a store indexed without DBA is as before
+    assert json.loads((tmp_path / "dba" / "search.json").read_text())["dba"] == {"k": 3, "alpha": 1.0}
+    plain, augmented = open_store(tmp_path / "plain"), open_store(tmp_path / "dba")
+    assert augmented.settings["dba"] == {"k": 3, "alpha": 1.0} and "dba" not in plain.settings
+    np.testing.assert_array_equal(augmented.vecs, database_augmentation(plain.vecs, 3, alpha=1))  # whitened, then DBA
+
+    query = sorted(jpg.glob("*query*.jpg"))[0]
+    out = tmp_path / "hits.json"
+    search_cli.main(["query", str(query), "--store", str(tmp_path / "dba"), "--network", str(student), "-k", "4",
+                     "--qe", "2", "--json", str(out), "--data-root", str(synth_root)] + COMMON)
+    hits = json.loads(out.read_text())[0]["results"]
+    # the same steps by hand: the student's whitened query, its 2 first neighbours, αQE, exact search
+    q = describe_images(load_network(student), [str(query)], 64, config=ExtractionConfig(workers=0))
+    q = whitenapply(q, *augmented.whitening)
+    expanded = alpha_query_expansion(q, augmented.vecs, rank_database(augmented.vecs, q), 2, alpha=3)
+    top = rank_database(augmented.vecs, expanded)[:4, 0]
+    assert [hit["image"] for hit in hits] == [augmented.images[i] for i in top]
+    scores = augmented.vecs[:, top].T @ expanded[:, 0]
+    assert [hit["score"] for hit in hits] == pytest.approx(scores.tolist(), abs=1e-5)
+
+    search_cli.main(["index", str(jpg), "--store", str(tmp_path / "dba")] + flags)  # again, without --dba
+    assert not (tmp_path / "dba" / "dba.npy").exists() and "dba" not in open_store(tmp_path / "dba").settings
+
+
+def test_query_expansion_of_a_store_by_hand():
+    # database a = (1, 0), b = (0, 1), c = (0.6, 0.8); the query (0.8, 0.6) is nearest to c (0.96), then a (0.8)
+    store = Store(Path("no/such.store"), np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32),
+                  ["a", "b", "c"], {"dim": 2})
+    query = np.array([[0.8], [0.6]], dtype=np.float32)
+    expanded = np.array([0.8 + 0.96 * 0.6, 0.6 + 0.96 * 0.8]) / np.hypot(0.8 + 0.96 * 0.6, 0.6 + 0.96 * 0.8)
+    scores, indices = store.search(query, k=3, qe=1, qe_alpha=1)
+    assert indices[0].tolist() == [2, 0, 1]
+    assert scores[0].tolist() == pytest.approx([expanded @ [0.6, 0.8], expanded[0], expanded[1]], abs=1e-6)
+    with pytest.raises(StoreError, match="--qe 4: the store no/such.store holds 3 images; give --qe 3 or less"):
+        store.search(query, k=1, qe=4)

@@ -1,0 +1,220 @@
+"""Re-ranking by descriptor expansion: alpha query expansion (αQE) of the queries and
+database-side augmentation (DBA) of the database, both on D x N columns of L2-normalised
+descriptors.
+
+Both replace a descriptor x by the L2-normalised sum of itself and its K nearest database
+descriptors, each weighted by its similarity to x raised to the power alpha (Radenović et
+al., TPAMI 2018): ``x' = (x + sum_j max(x^T y_j, 0)^alpha y_j) / ||...||``. Alpha 0 weighs
+every neighbour 1 (average query expansion); similarities are clipped at 0 first, so that a
+neighbour pointing away never gets a negative (odd alpha) or undefined (fractional alpha)
+weight. A query keeps weight 1 (its similarity to itself). DBA takes a database image's
+neighbours among the other images (never itself).
+
+The order of a test (`aml.evaluation.testing`): whitening, DBA of the database, the first
+search, αQE of the queries with the (augmented) database, the final search.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+from aml.evaluation.search import nearest
+
+DEFAULT_ALPHA = 3.0
+
+
+@dataclass(frozen=True)
+class Reranking:
+    """Which re-ranking a test or a search runs: αQE of the queries, DBA of the database.
+
+    Attributes:
+        qe: database neighbours that expand each query (αQE); 0: no query expansion.
+        qe_alpha: the power of the neighbours' similarities in αQE (0: average QE).
+        dba: neighbours that augment each database descriptor (DBA); 0: no augmentation.
+        dba_alpha: the power of the neighbours' similarities in DBA.
+
+    Examples:
+        >>> from aml.evaluation import Reranking
+        >>> Reranking(qe=2, dba=10).label()
+        'dba10 + αqe2'
+        >>> Reranking(qe=5, qe_alpha=0).label()
+        'αqe5(α=0)'
+        >>> Reranking(qe=-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: Reranking.qe must be an integer >= 0 (neighbours), got -1
+    """
+
+    qe: int = 0
+    qe_alpha: float = DEFAULT_ALPHA
+    dba: int = 0
+    dba_alpha: float = DEFAULT_ALPHA
+
+    def __post_init__(self) -> None:
+        for name in ("qe", "dba"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"Reranking.{name} must be an integer >= 0 (neighbours), got {value!r}")
+        for name in ("qe_alpha", "dba_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"Reranking.{name} must be a finite number >= 0, got {value!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is re-ranked."""
+        return bool(self.qe or self.dba)
+
+    def label(self) -> str:
+        """What runs, in the order it runs, as results and printed lines name it.
+
+        Returns:
+            The steps joined by ``' + '`` (``'dba10 + αqe2'``), each alpha named when it is
+            not 3 (``'αqe2(α=0)'``); ``''`` when nothing is re-ranked.
+        """
+        parts: List[str] = []
+        if self.dba:
+            parts.append(f"dba{self.dba}" + _alpha(self.dba_alpha))
+        if self.qe:
+            parts.append(f"αqe{self.qe}" + _alpha(self.qe_alpha))
+        return " + ".join(parts)
+
+    def result_keys(self, base: str) -> List[str]:
+        """The results entries a test adds after the entry ``base``.
+
+        Args:
+            base: ``'plain'`` or ``'whiten'``.
+
+        Returns:
+            In order: the first search after DBA (``'whiten + dba10'``), then the final
+            search after αQE (``'whiten + dba10 + αqe2'``); only those that run.
+        """
+        keys: List[str] = []
+        if self.dba:
+            keys.append(f"{base} + dba{self.dba}" + _alpha(self.dba_alpha))
+        if self.qe:
+            keys.append(f"{base} + {self.label()}")
+        return keys
+
+
+def _alpha(alpha: float) -> str:
+    return "" if alpha == DEFAULT_ALPHA else f"(α={alpha:g})"
+
+
+def weighted_expansion(vectors: np.ndarray, neighbours: np.ndarray, alpha: float) -> np.ndarray:
+    """The formula of both αQE and DBA: each descriptor plus its weighted neighbours, L2-normalised.
+
+    A neighbour's weight is its similarity to the descriptor, clipped at 0, raised to ``alpha``.
+
+    Args:
+        vectors: D x Q descriptors (queries, or database images).
+        neighbours: D x K x Q, column q of ``neighbours[:, :, q]`` holding the K neighbours
+            of ``vectors[:, q]``.
+        alpha: the power of the similarities (0: every neighbour weighs 1).
+
+    Returns:
+        D x Q float32 expanded descriptors (a zero sum stays zero).
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation.reranking import weighted_expansion
+        >>> q = np.array([[1.0], [0.0]], dtype=np.float32)
+        >>> y = np.array([[[0.6]], [[0.8]]], dtype=np.float32)  # one neighbour, similarity 0.6
+        >>> weighted_expansion(q, y, alpha=1).round(4)  # (1 + 0.36, 0.48) / 1.4422
+        array([[0.943 ],
+               [0.3328]], dtype=float32)
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    neighbours = np.ascontiguousarray(neighbours, dtype=np.float32)
+    similarities = np.einsum("dkq,dq->kq", neighbours, vectors)
+    weights = np.maximum(similarities, 0) ** np.float32(alpha)  # 0 ** 0 == 1: alpha 0 is the average
+    return _normalised(vectors + np.einsum("dkq,kq->dq", neighbours, weights))
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=0, keepdims=True)
+    return (x / np.where(norms > 0, norms, 1)).astype(np.float32)
+
+
+def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, neighbours: np.ndarray, k: int,
+                          alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    """Alpha query expansion (αQE) of the queries with their first database neighbours.
+
+    Each query is replaced by the normalised sum of itself and its ``k`` first database
+    neighbours, weighted by their similarity to it raised to ``alpha`` (`weighted_expansion`).
+
+    Args:
+        queries: D x Q query descriptors (in asymmetric tests: the student's).
+        database: D x N database descriptors (the teacher's), the space of ``neighbours``.
+        neighbours: the first search's ranking, N x Q (or at least k x Q) database indices,
+            column q best first, as `aml.evaluation.rank_database` returns it.
+        k: neighbours per query (1 <= k <= rows of ``neighbours``).
+        alpha: the power of the similarities (0: average query expansion).
+
+    Returns:
+        D x Q float32 expanded queries.
+
+    Raises:
+        ValueError: when ``k`` is not in [1, rows of ``neighbours``].
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import alpha_query_expansion, rank_database
+        >>> database = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32)
+        >>> query = np.array([[0.8], [0.6]], dtype=np.float32)
+        >>> ranks = rank_database(database, query)  # 0 (0.8), 2 (0.96), 1 (0.6): [2, 0, 1]
+        >>> alpha_query_expansion(query, database, ranks, k=1, alpha=0).round(4)  # (0.8 + 0.6, 0.6 + 0.8) / |.|
+        array([[0.7071],
+               [0.7071]], dtype=float32)
+    """
+    if not 1 <= k <= neighbours.shape[0]:
+        raise ValueError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
+    top = np.asarray(neighbours[:k])  # k x Q
+    return weighted_expansion(queries, np.asarray(database, dtype=np.float32)[:, top], alpha)
+
+
+def database_augmentation(database: np.ndarray, k: int, alpha: float = DEFAULT_ALPHA, device: str = "cpu",
+                          excluded: Sequence[int] = ()) -> np.ndarray:
+    """Database-side augmentation (DBA) of the database with its own nearest neighbours.
+
+    Each database descriptor is replaced by the normalised sum of itself and its ``k``
+    nearest other database descriptors, weighted by their similarity raised to ``alpha``
+    (`weighted_expansion`). The neighbours are found with the same ordering as `aml.evaluation.rank_database` (equal
+    scores in database order), an image never being its own neighbour; ``k`` = 0 returns the
+    database unchanged.
+
+    Args:
+        database: D x N database descriptors.
+        k: neighbours per image (0 <= k < N).
+        alpha: the power of the similarities.
+        device: where the neighbours are searched.
+        excluded: database images (unreadable, skipped) that are nobody's neighbour and stay
+            as they are.
+
+    Returns:
+        D x N float32 augmented descriptors.
+
+    Raises:
+        ValueError: when ``k`` is negative or not below N.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import database_augmentation
+        >>> database = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32)
+        >>> database_augmentation(database, k=1, alpha=0).round(4)  # 0 and 1 each take 2, 2 takes 1
+        array([[0.8944, 0.3162, 0.3162],
+               [0.4472, 0.9487, 0.9487]], dtype=float32)
+    """
+    database = np.asarray(database, dtype=np.float32)
+    n = database.shape[1]
+    if not 0 <= k < max(n, 1):
+        raise ValueError(f"DBA with k={k}: the database holds {n} images, so each has at most {n - 1} neighbours")
+    if k == 0:
+        return database.copy()
+    top = nearest(database, database, k, device=device, excluded=excluded, skip_self=True)  # k x N
+    augmented = weighted_expansion(database, database[:, top], alpha)
+    if len(excluded):
+        augmented[:, list(excluded)] = database[:, list(excluded)]
+    return augmented

@@ -1,0 +1,186 @@
+"""Re-ranking: αQE and DBA against hand-computed sums (2-4 descriptors in 2-3 dimensions),
+the neighbours' order with ties and exclusions, and the blocked top-k over distractor blocks
+equal to the first rows of the full ranking of the concatenation."""
+
+import math
+
+import numpy as np
+import pytest
+
+from aml.evaluation.reranking import (Reranking, alpha_query_expansion, database_augmentation,
+                                      weighted_expansion)
+from aml.evaluation.search import nearest, nearest_with_distractors, rank_database
+from aml.evaluation.whitening import whitenapply
+
+# three 2-d database descriptors and a query: similarities 0.8 (a), 0.6 (b), 0.96 (c)
+A, B, C = (1.0, 0.0), (0.0, 1.0), (0.6, 0.8)
+DATABASE = np.array([A, B, C], dtype=np.float32).T
+QUERY = np.array([[0.8], [0.6]], dtype=np.float32)
+
+
+def unit(*values):
+    norm = math.sqrt(sum(v * v for v in values))
+    return [v / norm for v in values]
+
+
+def column(x):
+    return x[:, 0].tolist()
+
+
+def test_alpha_query_expansion_weighs_the_neighbours_by_their_similarity_cubed():
+    ranks = rank_database(DATABASE, QUERY)
+    assert ranks[:, 0].tolist() == [2, 0, 1]
+    # q + 0.96^3 c + 0.8^3 a
+    expected = unit(0.8 + 0.884736 * 0.6 + 0.512 * 1.0, 0.6 + 0.884736 * 0.8 + 0.512 * 0.0)
+    assert column(alpha_query_expansion(QUERY, DATABASE, ranks, k=2, alpha=3)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_alpha_zero_is_the_plain_average_and_k_one_takes_the_best_neighbour_only():
+    ranks = rank_database(DATABASE, QUERY)
+    # q + c + a, each with weight 1
+    assert column(alpha_query_expansion(QUERY, DATABASE, ranks, k=2, alpha=0)) == pytest.approx(
+        unit(0.8 + 0.6 + 1.0, 0.6 + 0.8 + 0.0), abs=1e-6)
+    # k = 1: q + 0.96^2 c (alpha 2)
+    assert column(alpha_query_expansion(QUERY, DATABASE, ranks, k=1, alpha=2)) == pytest.approx(
+        unit(0.8 + 0.9216 * 0.6, 0.6 + 0.9216 * 0.8), abs=1e-6)
+    # all three, alpha 1: q + 0.96 c + 0.8 a + 0.6 b
+    assert column(alpha_query_expansion(QUERY, DATABASE, ranks, k=3, alpha=1)) == pytest.approx(
+        unit(0.8 + 0.96 * 0.6 + 0.8, 0.6 + 0.96 * 0.8 + 0.6), abs=1e-6)
+
+
+def test_queries_are_expanded_each_with_its_own_neighbours():
+    queries = np.array([[0.8, 0.0], [0.6, 1.0]], dtype=np.float32)  # the second is b itself
+    ranks = rank_database(DATABASE, queries)
+    assert ranks[:, 1].tolist() == [1, 2, 0]  # b (1), c (0.8), a (0)
+    expanded = alpha_query_expansion(queries, DATABASE, ranks, k=2, alpha=1)
+    assert expanded[:, 0].tolist() == pytest.approx(unit(0.8 + 0.96 * 0.6 + 0.8, 0.6 + 0.96 * 0.8), abs=1e-6)
+    assert expanded[:, 1].tolist() == pytest.approx(unit(0.0 + 0.0 + 0.8 * 0.6, 1.0 + 1.0 + 0.8 * 0.8), abs=1e-6)
+    for q in range(2):  # batched equals one at a time
+        alone = alpha_query_expansion(queries[:, q:q + 1], DATABASE, ranks[:, q:q + 1], k=2, alpha=1)
+        np.testing.assert_array_equal(alone[:, 0], expanded[:, q])
+
+
+def test_a_tie_takes_the_lower_database_index():
+    database = np.array([[0.6, 0.6, 0.0], [0.8, 0.0, 0.0], [0.0, 0.8, 1.0]], dtype=np.float32)
+    query = np.array([[1.0], [0.0], [0.0]], dtype=np.float32)  # similarity 0.6 to images 0 and 1
+    ranks = rank_database(database, query)
+    assert ranks[:2, 0].tolist() == [0, 1]
+    # q + 0.6^3 (0.6, 0.8, 0): image 0, not image 1
+    expected = unit(1.0 + 0.216 * 0.6, 0.216 * 0.8, 0.0)
+    assert column(alpha_query_expansion(query, database, ranks, k=1, alpha=3)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_negative_similarities_weigh_nothing_unless_alpha_is_zero():
+    query = np.array([[1.0], [0.0]], dtype=np.float32)
+    away = np.array([[[-0.6]], [[0.8]]], dtype=np.float32)  # similarity -0.6
+    assert column(weighted_expansion(query, away, alpha=3)) == pytest.approx([1.0, 0.0], abs=1e-7)
+    assert column(weighted_expansion(query, away, alpha=1.5)) == pytest.approx([1.0, 0.0], abs=1e-7)
+    assert column(weighted_expansion(query, away, alpha=0)) == pytest.approx(unit(0.4, 0.8), abs=1e-6)
+
+
+def test_dba_of_three_descriptors():
+    # a's nearest other image is c (0.6), b's is c (0.8), c's is b (0.8)
+    augmented = database_augmentation(DATABASE, k=1, alpha=1)
+    assert augmented[:, 0].tolist() == pytest.approx(unit(1.0 + 0.6 * 0.6, 0.6 * 0.8), abs=1e-6)
+    assert augmented[:, 1].tolist() == pytest.approx(unit(0.8 * 0.6, 1.0 + 0.8 * 0.8), abs=1e-6)
+    assert augmented[:, 2].tolist() == pytest.approx(unit(0.6, 0.8 + 0.8), abs=1e-6)
+    # k = 2, alpha 0: every image plus both others
+    everything = database_augmentation(DATABASE, k=2, alpha=0)
+    assert everything[:, 0].tolist() == pytest.approx(unit(1.6, 1.8), abs=1e-6)
+    np.testing.assert_allclose(everything, everything[:, :1].repeat(3, axis=1), atol=1e-6)
+
+
+def test_dba_with_k_zero_is_the_identity():
+    out = database_augmentation(DATABASE, k=0)
+    np.testing.assert_array_equal(out, DATABASE)
+    assert out is not DATABASE
+
+
+def test_dba_never_takes_an_image_as_its_own_neighbour_even_beside_a_copy():
+    database = np.array([A, A, C], dtype=np.float32).T  # images 0 and 1 are equal
+    assert nearest(database, database, 1, skip_self=True)[0].tolist() == [1, 0, 0]
+    augmented = database_augmentation(database, k=1, alpha=3)
+    assert augmented[:, 0].tolist() == pytest.approx([1.0, 0.0], abs=1e-7)  # (a + 1 a) / 2
+    assert augmented[:, 2].tolist() == pytest.approx(unit(0.6 + 0.216, 0.8), abs=1e-6)  # c + 0.6^3 a (the first a)
+
+
+def test_dba_leaves_excluded_images_out():
+    database = np.array([A, B, C, (0.8, 0.6)], dtype=np.float32).T
+    augmented = database_augmentation(database, k=1, alpha=1, excluded=[2])
+    np.testing.assert_array_equal(augmented[:, 2], database[:, 2])  # unchanged
+    # a's nearest other image would be c (0.6) but c is excluded: (0.8, 0.6) (0.8)
+    assert augmented[:, 0].tolist() == pytest.approx(unit(1.0 + 0.8 * 0.8, 0.8 * 0.6), abs=1e-6)
+    assert augmented[:, 1].tolist() == pytest.approx(unit(0.6 * 0.8, 1.0 + 0.6 * 0.6), abs=1e-6)
+
+
+def test_nearest_is_the_first_rows_of_the_ranking_in_chunks(monkeypatch):
+    import aml.evaluation.search as search
+
+    rng = np.random.default_rng(3)
+    database = rng.standard_normal((8, 30)).astype(np.float32)
+    database[:, 7] = database[:, 4]  # a tie
+    queries = rng.standard_normal((8, 11)).astype(np.float32)
+    monkeypatch.setattr(search, "NEIGHBOUR_CHUNK", 4)
+    np.testing.assert_array_equal(nearest(database, queries, 5, excluded=[2]),
+                                  rank_database(database, queries, excluded=[2])[:5])
+
+
+def test_bad_neighbour_counts_are_refused():
+    ranks = rank_database(DATABASE, QUERY)
+    with pytest.raises(ValueError, match="αQE with k=4: the ranking holds 3 database images per query"):
+        alpha_query_expansion(QUERY, DATABASE, ranks, k=4)
+    with pytest.raises(ValueError, match="DBA with k=3: the database holds 3 images, so each has at most 2"):
+        database_augmentation(DATABASE, k=3)
+
+
+def test_reranking_settings_name_what_runs_and_refuse_bad_values():
+    assert not Reranking().active and Reranking().label() == "" and Reranking().result_keys("plain") == []
+    both = Reranking(qe=2, dba=10, dba_alpha=0.5)
+    assert both.active and both.label() == "dba10(α=0.5) + αqe2"
+    assert both.result_keys("whiten") == ["whiten + dba10(α=0.5)", "whiten + dba10(α=0.5) + αqe2"]
+    assert Reranking(qe=1).result_keys("plain") == ["plain + αqe1"]
+    for bad, message in [(dict(qe=-1), "Reranking.qe must be an integer >= 0"),
+                         (dict(dba=1.5), "Reranking.dba must be an integer >= 0"),
+                         (dict(qe_alpha=-1.0), "Reranking.qe_alpha must be a finite number >= 0"),
+                         (dict(dba_alpha=float("nan")), "Reranking.dba_alpha must be a finite number >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            Reranking(**bad)
+
+
+def unit_columns(rng, d, n):
+    x = rng.standard_normal((d, n)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=0, keepdims=True)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("block, k", [(1, 3), (7, 5), (64, 5), (1000, 1), (64, 50)])
+def test_blocked_top_k_equals_the_first_rows_of_the_full_ranking(block, k):
+    rng = np.random.default_rng(block + k)
+    db, distractors, queries = unit_columns(rng, 128, 40), unit_columns(rng, 128, 300), unit_columns(rng, 128, 6)
+    distractors[:, 11] = db[:, 3]  # exact ties between distractors and a database image
+    distractors[:, 12] = db[:, 3]
+    queries[:, 0] = db[:, 3]  # ...at the top of the first query's ranking
+    concatenation = np.concatenate([db, distractors], 1)
+    full = rank_database(concatenation, queries, excluded=[2, 40 + 20])[:k]
+    blocks = [(s, distractors[:, s:s + block].T) for s in range(0, 300, block)]
+    indices, vectors = nearest_with_distractors(db, queries, k, blocks, excluded=[2], excluded_distractors=[20])
+    np.testing.assert_array_equal(indices, full)
+    assert full[:3, 0].tolist()[:min(k, 3)] == [3, 51, 52][:min(k, 3)]  # the database image first, then by index
+    np.testing.assert_array_equal(vectors, concatenation[:, full])
+    np.testing.assert_array_equal(weighted_expansion(queries, vectors, 3),
+                                  alpha_query_expansion(queries, concatenation, full, k, 3))
+
+
+def test_blocked_top_k_applies_the_transform_to_every_block():
+    rng = np.random.default_rng(0)
+    db, distractors, queries = unit_columns(rng, 6, 30), unit_columns(rng, 6, 50), unit_columns(rng, 6, 4)
+    distractors = distractors.astype(np.float16).astype(np.float32)  # as the float16 blocks hold them
+    m, P = rng.standard_normal((6, 1)), rng.standard_normal((6, 6))
+    white = lambda x: whitenapply(x, m, P)  # noqa: E731
+    concatenation = white(np.concatenate([db, distractors], 1)).astype(np.float32)
+    blocks = [(s, distractors[:, s:s + 16].T.astype(np.float16)) for s in range(0, 50, 16)]
+    indices, vectors = nearest_with_distractors(white(db), white(queries), 4, blocks, transform=white)
+    expected = rank_database(concatenation, white(queries))[:4]
+    np.testing.assert_array_equal(indices, expected)
+    assert (indices >= 30).any()  # distractors among the neighbours
+    np.testing.assert_allclose(vectors, concatenation[:, expected], atol=1e-6)

@@ -2,7 +2,7 @@
 a test set's database, and the places of its images when a large distractor set is added
 (searched block by block, with bounded memory)."""
 
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -97,14 +97,7 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
     ascending, order = torch.sort(scores, dim=1, stable=True)
     # hits[q, j]: distractors whose score lies above exactly j of the query's database scores
     hits = torch.zeros(n_q, n_db + 1, dtype=torch.long, device=device)
-    q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
-    skipped = torch.as_tensor(sorted(excluded_distractors), dtype=torch.long, device=device)
-    for start, block in distractors:
-        rows = _block_rows(block, device, transform)  # n_k x D float32
-        block_scores = _products(q, rows)
-        gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
-        if len(gone):
-            block_scores[:, gone] = -torch.inf
+    for _, _, block_scores in _distractor_scores(queries, distractors, device, transform, excluded_distractors):
         below = torch.searchsorted(ascending, block_scores)  # database scores strictly below each distractor
         hits.scatter_add_(1, below, torch.ones_like(below))
     # distractors strictly above the j-th lowest database score: those above more than j of them
@@ -165,14 +158,7 @@ def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
     indices = order
     db_rows = torch.as_tensor(np.ascontiguousarray(database.T), dtype=torch.float32, device=device)
     vectors = db_rows[order]  # Q x k x D
-    q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
-    skipped = torch.as_tensor(sorted(excluded_distractors), dtype=torch.long, device=device)
-    for start, block in distractors:
-        rows = _block_rows(block, device, transform)  # n_k x D float32
-        block_scores = _products(q, rows)
-        gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
-        if len(gone):
-            block_scores[:, gone] = -torch.inf
+    for start, rows, block_scores in _distractor_scores(queries, distractors, device, transform, excluded_distractors):
         kept = best.shape[1]
         merged = torch.argsort(torch.cat([best, block_scores], 1), dim=1, descending=True, stable=True)[:, :k]
         from_block = merged >= kept
@@ -186,6 +172,21 @@ def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
                         if kept else rows.new_zeros(*merged.shape, rows.shape[1]))
         vectors = torch.where(from_block[..., None], rows[block_pick], kept_vectors)
     return indices.cpu().numpy().T, np.ascontiguousarray(vectors.cpu().numpy().transpose(2, 1, 0))
+
+
+def _distractor_scores(queries: np.ndarray, distractors, device: str, transform: Optional[Transform],
+                       excluded: Sequence[int]) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per distractor block: its first index, its n_k x D rows and the Q x n_k scores of the
+    queries, -inf for the ``excluded`` distractors."""
+    q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
+    skipped = torch.as_tensor(sorted(excluded), dtype=torch.long, device=device)
+    for start, block in distractors:
+        rows = _block_rows(block, device, transform)  # n_k x D float32
+        block_scores = _products(q, rows)
+        gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
+        if len(gone):
+            block_scores[:, gone] = -torch.inf
+        yield start, rows, block_scores
 
 
 def _block_rows(block: np.ndarray, device: str, transform: Optional[Transform]) -> torch.Tensor:

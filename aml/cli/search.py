@@ -76,8 +76,7 @@ def _index(args) -> Path:
         whitening = get_whitening(teacher, args.whitening, settings)
     reranking = reranking_from(args)
     store = build_store(teacher, args.teacher, images, args.store, args.image_size, args.multiscale, whitening,
-                        ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet),
-                        reranking.dba, reranking.dba_alpha)
+                        ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet), reranking)
     print(f">> {len(images)} images indexed by {teacher.name} into {store}"
           + (f", augmented with DBA ({reranking.label()})" if reranking.dba else ""))
     if args.ivfpq:

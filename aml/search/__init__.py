@@ -30,7 +30,7 @@ from aml.descriptors.onnx_student import (REEXPORT, OnnxStudentInfo, describe_wi
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images, feature_file_settings
 from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch, encode_into_store, read_store
 from aml.networks.fingerprint import network_fingerprint
-from aml.evaluation.reranking import DEFAULT_ALPHA, database_augmentation, weighted_expansion
+from aml.evaluation.reranking import DEFAULT_ALPHA, Reranking, database_augmentation, weighted_expansion
 from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork, checkpoint_name
 from aml.networks.pretrained import TEACHERS
@@ -196,15 +196,14 @@ class Store:
 def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[str],
                 folder: PathLike, image_size: int, scales: Sequence[float] = (1,),
                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-                config: ExtractionConfig = DEFAULT_EXTRACTION, dba: int = 0,
-                dba_alpha: float = DEFAULT_ALPHA) -> Path:
+                config: ExtractionConfig = DEFAULT_EXTRACTION, reranking: Reranking = Reranking()) -> Path:
     """Encode a database's images with the teacher into a store.
 
     The descriptors are a sharded descriptor store (`aml.descriptors.store`, float32):
     an interrupted indexing, run again with the same teacher, settings and images, resumes at
     its first missing shard. Indexing into a complete store encodes everything again (its
     images may have changed in place); the whitening, DBA and IVF-PQ index there are
-    removed: they belong to the old descriptors. With ``dba``, the (whitened) descriptors
+    removed: they belong to the old descriptors. With ``reranking.dba``, the (whitened) descriptors
     are augmented once (`aml.evaluation.database_augmentation`) into ``dba.npy``, which
     searches use instead, and ``search.json`` records it; the shards stay the teacher's own.
 
@@ -219,14 +218,15 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
         whitening: the teacher's learned whitening (m, P), saved with the store and applied to
             both sides; None: none.
         config: how to extract (`aml.descriptors.ExtractionConfig`).
-        dba: neighbours that augment each database descriptor (DBA); 0: none.
-        dba_alpha: the power of their similarities.
+        reranking: its ``dba`` neighbours augment each database descriptor, weighted by their
+            similarities to the power ``dba_alpha`` (DBA; 0: none); its query-side fields are
+            not used here.
 
     Returns:
         The store's folder.
 
     Raises:
-        StoreError: when ``dba`` leaves no image out (at most N - 1 neighbours).
+        StoreError: when ``reranking.dba`` leaves no image out (at most N - 1 neighbours).
 
     Examples:
         >>> from aml.networks.loading import load_teacher
@@ -237,6 +237,7 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
     """
     folder = Path(folder)
     images = [str(Path(i).resolve()) for i in images]
+    dba, dba_alpha = reranking.dba, reranking.dba_alpha
     if dba >= len(images):
         raise StoreError(f"--dba {dba}: {len(images)} images to index, so an image has at most {len(images) - 1} "
                          f"neighbours; give --dba {len(images) - 1} or less")

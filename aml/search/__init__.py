@@ -255,16 +255,22 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
         save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
     record: Dict[str, Any] = {"source": teacher_source}
     if dba:
-        vecs = store.load()
-        if whitening is not None:
-            vecs = whitenapply(vecs, *whitening)
-        augmented = database_augmentation(vecs, dba, dba_alpha, config.device, excluded=store.skipped())
-        atomic_write(folder / DBA, lambda out: np.save(out, augmented, allow_pickle=False))
-        record["dba"] = {"k": dba, "alpha": dba_alpha}
-        log.info(">> DBA of %d neighbours (alpha %g) applied to the store's descriptors: %s", dba, dba_alpha, DBA)
+        record["dba"] = _write_augmented(store, folder, whitening, dba, dba_alpha, config.device)
     atomic_write(folder / SEARCH, lambda out: out.write(json.dumps(record).encode()))
     log.info(">> store of %d images by %s written to %s", store.count, teacher.name, folder)
     return folder
+
+
+def _write_augmented(store: DescriptorStore, folder: Path, whitening: Optional[Tuple[np.ndarray, np.ndarray]],
+                     k: int, alpha: float, device: str) -> Dict[str, Any]:
+    """DBA of the store's (whitened) descriptors into ``dba.npy``; returns what search.json records."""
+    vecs = store.load()
+    if whitening is not None:
+        vecs = whitenapply(vecs, *whitening)
+    augmented = database_augmentation(vecs, k, alpha, device, excluded=store.skipped())
+    atomic_write(folder / DBA, lambda out: np.save(out, augmented, allow_pickle=False))
+    log.info(">> DBA of %d neighbours (alpha %g) applied to the store's descriptors: %s", k, alpha, DBA)
+    return {"k": k, "alpha": alpha}
 
 
 def _clear_descriptors(folder: Path, images: Sequence[str], key: StoreKey, dim: int, keep_matching: bool) -> None:

@@ -21,10 +21,10 @@ def has_batchnorm(module: nn.Module) -> bool:
 
 
 def inference_copy(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` in eval mode whose trunk (``net.features``) has its BatchNorm layers
-    folded into the convolutions before them; ``net`` itself is left untouched. Without
-    BatchNorm, or when the trunk cannot be traced, the copy keeps the trunk as it is; a
-    module without a ``features`` trunk is returned itself."""
+    """A copy of ``net`` in eval mode whose trunk (``net.features`` up to a student's
+    projection) has its BatchNorm layers folded into the convolutions before them; ``net``
+    itself is left untouched. Without BatchNorm, or when the trunk cannot be traced, the
+    copy keeps the trunk as it is; a module without a ``features`` trunk is returned itself."""
     from torch.fx.experimental.optimization import fuse
 
     if not isinstance(getattr(net, "features", None), nn.Module) or not has_batchnorm(net.features):
@@ -35,11 +35,14 @@ def inference_copy(net: nn.Module) -> nn.Module:
         folded = copy.deepcopy(net)
     finally:
         net.train(was_training)
+    end = folded.trunk_end() if hasattr(folded, "trunk_end") else len(folded.features)
+    trunk, tail = nn.Sequential(*list(folded.features)[:end]), list(folded.features)[end:]
     try:
-        folded.features = fuse(folded.features)
+        trunk = fuse(trunk)
     except Exception as err:  # any tracing failure: fold the pairs that need no tracing
         log.debug(">> trunk not traced (%s: %s); folding Sequential pairs", type(err).__name__, err)
-        fold_sequential_pairs(folded.features)
+        fold_sequential_pairs(trunk)
+    folded.features = type(folded.features)(trunk, *tail)  # the projection (run in float32) as it was
     return folded.eval()
 
 

@@ -22,6 +22,49 @@ log = logging.getLogger(__name__)
 
 
 
+class Features(nn.Sequential):
+    """The trunk's layers, then a student's 1x1 projection and ReLU, run in order (an
+    ``nn.Sequential``: cirtorch's ``features`` and its state-dict keys).
+
+    The trunk runs under the caller's autocast; the projection always in float32 (its
+    2048 outputs per position feed GeM's x^p, which overflows float16).
+    """
+
+    def projection(self) -> Optional[nn.Conv2d]:
+        """The bias-free 1x1 convolution before a final ReLU, if the layers end with one.
+
+        Returns:
+            The projection, or None.
+        """
+        if len(self) < 2:
+            return None
+        conv, relu = self[-2], self[-1]
+        if (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is None
+                and isinstance(relu, nn.ReLU)):
+            return conv
+        return None
+
+    def trunk_end(self) -> int:
+        """Where the trunk ends: before a projection, else after the last layer.
+
+        Returns:
+            The number of leading layers that make up the trunk.
+        """
+        return len(self) - 2 if Features.projection(self) is not None else len(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self)
+        end = self.trunk_end()
+        for layer in layers[:end]:
+            x = layer(x)
+        if end < len(layers):
+            with torch.autocast(x.device.type, enabled=False):
+                x = x.float()
+                for layer in layers[end:]:
+                    x = layer(x)
+        return x
+
+
 class ImageRetrievalNet(nn.Module):
     """A trunk plus pooling that maps images to L2-normalised global descriptors.
 
@@ -51,7 +94,7 @@ class ImageRetrievalNet(nn.Module):
     def __init__(self, features: List[nn.Module], lwhiten: Optional[nn.Module], pool: nn.Module,
                  whiten: Optional[nn.Module], meta: Dict[str, Any]):
         super().__init__()
-        self.features = nn.Sequential(*features)
+        self.features = Features(*features)
         self.lwhiten = lwhiten
         self.pool = pool
         self.whiten = whiten
@@ -61,19 +104,34 @@ class ImageRetrievalNet(nn.Module):
     def descriptors(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptors of a batch of images, one row per image.
 
+        The trunk runs under the caller's autocast, if any; everything after it (a student's
+        projection, local whitening, pooling, normalisation, whitening) always runs in
+        float32: GeM's x^p, its mean over positions and the squared norm of a 2048-d
+        descriptor overflow float16, and the head costs little next to the trunk.
+
         Args:
             x: B x 3 x H x W images, normalised with the network's mean and std.
 
         Returns:
-            B x D L2-normalised descriptors.
+            B x D L2-normalised float32 descriptors.
         """
         o = self.features(x)
-        if self.lwhiten is not None:
-            o = self.lwhiten(o.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        o = self.norm(self.pool(o)).flatten(1)
-        if self.whiten is not None:
-            o = l2n(self.whiten(o))
+        with torch.autocast(o.device.type, enabled=False):
+            o = o.float()
+            if self.lwhiten is not None:
+                o = self.lwhiten(o.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            o = self.norm(self.pool(o)).flatten(1)
+            if self.whiten is not None:
+                o = l2n(self.whiten(o))
         return o
+
+    def trunk_end(self) -> int:
+        """Where the trunk ends in ``features`` (`Features.trunk_end`).
+
+        Returns:
+            The number of leading ``features`` layers that make up the trunk.
+        """
+        return Features.trunk_end(self.features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Descriptors of a batch of images, one column per image (cirtorch's convention).
@@ -92,13 +150,7 @@ class ImageRetrievalNet(nn.Module):
         Returns:
             The convolution before the trunk's final ReLU, or None when the trunk has none.
         """
-        if len(self.features) < 2:
-            return None
-        conv, relu = self.features[-2], self.features[-1]
-        if (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is None
-                and isinstance(relu, nn.ReLU)):
-            return conv
-        return None
+        return Features.projection(self.features)
 
     def gem_p(self) -> Optional[float]:
         """The GeM exponent, if the network pools with a single-p GeM.

@@ -109,21 +109,34 @@ def _decode_jpegs(data: List[torch.Tensor], device: torch.device) -> List[torch.
     return decoded if isinstance(decoded, list) else [decoded]
 
 
-def _decode_one(payload: ImagePayload, device: torch.device, failed: Optional[List[int]],
-                position: int) -> Optional[torch.Tensor]:
-    """A file the batched decode refused: the device alone, then the PIL path."""
-    try:
-        return _decode_jpegs([payload.data], device)[0]
-    except RuntimeError:
-        pass
-    try:
-        return _pixels(load_and_resize(payload.path, payload.imsize)).to(device)
-    except ImageLoadError as err:
-        if failed is None:
-            raise
-        log.warning(">> skipped: %s", err)
-        failed.append(position)
-        return None
+class _DecodeStream:
+    """Where nvJPEG's output is allocated on CUDA: a stream of its own.
+
+    torchvision's CUDA decoder allocates its output on the caller's current stream and
+    writes it from a private stream that does not wait for the caller's: a block that
+    kernels queued on the compute stream still read (a freed earlier batch) can be handed to
+    the decoder and overwritten before they run (pytorch/vision#9606; on an H200 the
+    descriptors of a float16 extraction came out at cosine 0.91). Allocated on a stream that
+    runs nothing else, the output cannot take such a block; the compute stream waits for the
+    decoder, and the allocator keeps each decoded image until the compute stream is done
+    with it (``record_stream``). Off CUDA, decoding is synchronous and needs none of this.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def decode(self, data: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The JPEG files ``data`` (uint8 CPU tensors) decoded on the device, RGB, 3 x H x W."""
+        if self.stream is None:
+            return _decode_jpegs(data, self.device)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.stream):
+            decoded = _decode_jpegs(data, self.device)
+        compute.wait_stream(self.stream)
+        for image in decoded:
+            image.record_stream(compute)
+        return decoded
 
 
 def _resized(image: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
@@ -134,28 +147,85 @@ def _resized(image: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
     return out.round_().clamp_(0, 255)
 
 
+class DeviceDecoder:
+    """Turns payloads of one resized shape into a normalised float32 batch on ``device``.
+
+    Made once per extraction: the normalisation's constants are copied to the device once
+    (a tensor built from a Python list per batch is a blocking copy, a host sync on CUDA),
+    and JPEG bytes are decoded on the device's own decoding stream (`_DecodeStream`).
+
+    Args:
+        device: the compute device.
+        mean: the network's input mean per channel (0..1 scale).
+        std: its standard deviation per channel.
+    """
+
+    def __init__(self, device: torch.device, mean: Sequence[float], std: Sequence[float]):
+        self.device = device
+        self.scale = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).mul(255.0).to(device)
+        self.shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).mul(255.0).to(device)
+        self.jpegs = _DecodeStream(device)
+
+    def batch(self, payloads: Sequence[ImagePayload], failed: Optional[List[int]] = None) -> Optional[torch.Tensor]:
+        """B x 3 x H x W normalised float32 images on the device from payloads of one shape.
+
+        Encoded payloads are decoded together on the device, then every image is resized
+        and normalised. A file that neither the device nor PIL decodes raises
+        `ImageLoadError` naming it; when ``failed`` is a list, its position is appended
+        there and the batch goes on without it.
+
+        Args:
+            payloads: the images, all of one resized shape.
+            failed: where positions of undecodable files go; None: raise instead.
+
+        Returns:
+            The batch, or None when no image is left.
+        """
+        encoded = [k for k, p in enumerate(payloads) if p.encoded]
+        images: List[Optional[torch.Tensor]] = [None if p.encoded else p.data.to(self.device, non_blocking=True)
+                                                for p in payloads]
+        if encoded:
+            try:
+                decoded: List[Optional[torch.Tensor]] = list(self.jpegs.decode([payloads[k].data for k in encoded]))
+            except RuntimeError:  # one bad file fails the whole call: decode one by one
+                decoded = [self._decode_one(payloads[k], failed, k) for k in encoded]
+            for k, image in zip(encoded, decoded):
+                images[k] = image
+        kept = [(image, p) for image, p in zip(images, payloads) if image is not None]
+        if not kept:
+            return None
+        batch = torch.stack([_resized(image, p.shape) for image, p in kept])
+        return (batch - self.shift) / self.scale
+
+    def _decode_one(self, payload: ImagePayload, failed: Optional[List[int]], position: int) -> Optional[torch.Tensor]:
+        """A file the batched decode refused: the device alone, then the PIL path."""
+        try:
+            return self.jpegs.decode([payload.data])[0]
+        except RuntimeError:
+            pass
+        try:
+            return _pixels(load_and_resize(payload.path, payload.imsize)).to(self.device)
+        except ImageLoadError as err:
+            if failed is None:
+                raise
+            log.warning(">> skipped: %s", err)
+            failed.append(position)
+            return None
+
+
 def decode_batch(payloads: Sequence[ImagePayload], device: torch.device, mean: Sequence[float],
                  std: Sequence[float], failed: Optional[List[int]] = None) -> Optional[torch.Tensor]:
     """B x 3 x H x W normalised float32 images on ``device`` from payloads of one resized
-    shape: encoded ones decoded together on the device, then each resized and normalised.
+    shape (`DeviceDecoder.batch` of a decoder made for this one call).
 
-    A file that neither the device nor PIL decodes raises `ImageLoadError` naming it;
-    when ``failed`` is a list, its position is appended there and the batch goes on without
-    it (None when no image is left)."""
-    encoded = [k for k, p in enumerate(payloads) if p.encoded]
-    images: List[Optional[torch.Tensor]] = [None if p.encoded else p.data.to(device, non_blocking=True)
-                                            for p in payloads]
-    if encoded:
-        try:
-            decoded: List[Optional[torch.Tensor]] = list(_decode_jpegs([payloads[k].data for k in encoded], device))
-        except RuntimeError:  # one bad file fails the whole call: decode one by one
-            decoded = [_decode_one(payloads[k], device, failed, k) for k in encoded]
-        for k, image in zip(encoded, decoded):
-            images[k] = image
-    kept = [(image, p) for image, p in zip(images, payloads) if image is not None]
-    if not kept:
-        return None
-    batch = torch.stack([_resized(image, p.shape) for image, p in kept])
-    scale = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
-    shift = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
-    return (batch - shift) / scale
+    Args:
+        payloads: the images, all of one resized shape.
+        device: the compute device.
+        mean: the network's input mean per channel.
+        std: its standard deviation per channel.
+        failed: where positions of undecodable files go; None: raise instead.
+
+    Returns:
+        The batch, or None when no image is left.
+    """
+    return DeviceDecoder(device, mean, std).batch(payloads, failed)

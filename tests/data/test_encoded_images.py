@@ -130,3 +130,28 @@ def test_payloads_pin_for_the_gpu(files):
     if not torch.cuda.is_available():
         pytest.skip("pinning needs CUDA")
     assert payload.pin_memory().data.is_pinned()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the stream ordering of nvJPEG's output needs CUDA")
+def test_cuda_decoding_never_writes_memory_that_queued_kernels_still_read(files):
+    """torchvision's decoder writes its output from a stream of its own; allocated on the
+    compute stream, that output could take a block freed while queued kernels still read it
+    (pytorch/vision#9606). Blocks of the decoded images' size are freed with reductions of
+    them queued behind a long kernel, then a batch is decoded: every reduction sees its
+    values, and the images come out as decoded alone."""
+    device = torch.device("cuda")
+    decoder = encoded_images.DeviceDecoder(device, MEAN, STD)
+    payloads = [read_payload(files["landscape.jpg"], None)] * 8
+    expected = decoder.batch(payloads).cpu()
+    shape = tuple(expected.shape[1:])
+    for _ in range(10):
+        blocks = [torch.full(shape, k, dtype=torch.uint8, device=device) for k in range(1, 17)]
+        slow = torch.randn(2048, 2048, device=device)
+        for _ in range(30):
+            slow = slow @ slow / 2048
+        sums = [block.sum() for block in blocks]  # queued behind the slow kernels
+        del blocks
+        got = decoder.batch(payloads)
+        torch.cuda.synchronize()
+        assert [int(s) for s in sums] == [k * 3 * shape[1] * shape[2] for k in range(1, 17)]
+        assert torch.allclose(got.cpu(), expected)

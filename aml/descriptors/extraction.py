@@ -12,6 +12,7 @@ CPU tensor, column i = image i.
 """
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from aml.data.encoded_images import EncodedImagesFromList, ImagePayload, decode_batch
+from aml.data.encoded_images import DeviceDecoder, EncodedImagesFromList
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
 from aml.networks.inference import inference_copy
 from aml.networks.retrieval_net import multiscale_power
@@ -72,43 +73,49 @@ class _ReportErrors(Dataset):
             return _Unreadable(err), index
 
 
+BatchDecoder = Callable[[List[Any], Optional[List[int]]], Optional[torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class Decoding:
     """Where images are decoded: the loader's dataset, the shape of one of its items after
-    resizing, and how a list of items of one shape becomes a batch on the device (positions
-    of files that fail there are appended to ``failed``, or raise when it is None)."""
+    resizing, and the decoder made once per extraction (device, mean, std) that turns a list
+    of items of one shape into a batch on the device (positions of files that fail there are
+    appended to its ``failed`` argument, or raise when it is None)."""
 
     name: str
     summary: str
     dataset: Callable[[Sequence[Union[str, Path]], Optional[float], Optional[Sequence[Optional[BBox]]], Callable],
                       Dataset]
     shape: Callable[[Any], Tuple[int, ...]]
-    batch: Callable[[List[Any], torch.device, torch.nn.Module, Optional[List[int]]], Optional[torch.Tensor]]
+    decoder: Callable[[torch.device, Sequence[float], Sequence[float]], BatchDecoder]
 
 
-def _pil_batch(items: List[torch.Tensor], device: torch.device, net: torch.nn.Module,
-               failed: Optional[List[int]]) -> torch.Tensor:
-    del net, failed  # decoded and checked in the workers already
-    return torch.stack(items).to(device, non_blocking=True)
+def _pil_decoder(device: torch.device, mean: Sequence[float], std: Sequence[float]) -> BatchDecoder:
+    del mean, std  # normalised in the workers already
+
+    def batch(items: List[torch.Tensor], failed: Optional[List[int]]) -> torch.Tensor:
+        del failed  # decoded and checked in the workers already
+        return torch.stack(items).to(device, non_blocking=True)
+    return batch
 
 
-def _device_batch(items: List[ImagePayload], device: torch.device, net: torch.nn.Module,
-                  failed: Optional[List[int]]) -> Optional[torch.Tensor]:
-    return decode_batch(items, device, net.meta["mean"], net.meta["std"], failed)
+def _device_decoder(device: torch.device, mean: Sequence[float], std: Sequence[float]) -> BatchDecoder:
+    return DeviceDecoder(device, mean, std).batch
 
 
 DECODINGS: Dict[str, Decoding] = {
     "pil": Decoding("pil", "PIL in the loader workers, LANCZOS resizing: the original's pixels",
                     lambda images, size, bbxs, transform: ImagesFromList(images, size, bbxs, transform),
-                    lambda image: tuple(image.shape[-2:]), _pil_batch),
+                    lambda image: tuple(image.shape[-2:]), _pil_decoder),
     "device": Decoding("device", "JPEG bytes decoded in batches on the compute device (nvJPEG on CUDA), "
                                  "antialiased bicubic resizing, the network's mean/std; other files by PIL",
                        lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs),
-                       lambda payload: tuple(payload.shape), _device_batch),
+                       lambda payload: tuple(payload.shape), _device_decoder),
     "workers": Decoding("workers", "PIL in the loader workers (the original's pixels), handed on as uint8 and "
                                    "normalised on the device: a quarter of pil's bytes to pin and copy",
                         lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs, pil_only=True),
-                        lambda payload: tuple(payload.shape), _device_batch),
+                        lambda payload: tuple(payload.shape), _device_decoder),
 }
 DECODE_CHOICES = ("auto",) + tuple(DECODINGS)
 
@@ -159,6 +166,9 @@ class ExtractionConfig:
         compile: ``torch.compile`` the forward.
         fold_batchnorm: fold BatchNorm into the convolutions; None: for calls of
             `FOLD_MIN_PIXELS` or more.
+        fixed_batches: a partial batch is padded to a power of two (`fixed_batch_size`),
+            so that the device meets few input shapes per image shape; None: on CUDA, where
+            cuDNN prepares its kernels anew for every input shape it meets.
         skip_bad: skip (and list) an unreadable image instead of raising.
         progress: a tqdm bar on stderr.
         desc: the bar's title.
@@ -190,6 +200,7 @@ class ExtractionConfig:
     channels_last: bool = True  # faster on the CPU (docs/speed.md)
     compile: bool = False  # torch.compile the forward
     fold_batchnorm: Optional[bool] = None  # None: for calls of FOLD_MIN_PIXELS or more
+    fixed_batches: Optional[bool] = None  # pad partial batches to a power of two; None: on CUDA
     skip_bad: bool = False  # an unreadable image is skipped (and listed) instead of raising
     progress: bool = False  # a tqdm bar on stderr
     desc: str = "extracting"  # its title
@@ -352,32 +363,41 @@ def _describe(encode: BatchEncoder, x: torch.Tensor, scales: Sequence[float], ms
 
 
 class _Columns:
-    """Collects B x D outputs into the D x N result. Outputs stay on the device for ``lag``
-    batches before they are copied, so that the host decodes the next batches while the
-    device still computes (a copy waits for its batch to finish)."""
+    """Collects B x D outputs into the D x N result. Outputs stay on the compute device and
+    cross to the host in blocks of at least ``block_rows`` rows (and at the end): a copy to
+    the host waits for the device, so one per batch would stall the pipeline at every batch."""
 
-    def __init__(self, count: int, lag: int):
-        self.count, self.lag = count, lag
+    def __init__(self, count: int, block_rows: int):
+        self.count, self.block_rows = count, block_rows
         self.pending: List[Tuple[torch.Tensor, List[int]]] = []
+        self.rows = 0
         self.vecs: Optional[torch.Tensor] = None
 
     def add(self, out: torch.Tensor, indices: List[int]) -> None:
         self.pending.append((out, indices))
-        while len(self.pending) > self.lag:
-            self._copy(*self.pending.pop(0))
+        self.rows += len(indices)
+        if self.rows >= self.block_rows:
+            self._flush()
 
-    def _copy(self, out: torch.Tensor, indices: List[int]) -> None:
-        out = out.cpu()
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        block = torch.cat([out for out, _ in self.pending]).cpu()  # the one wait for the device
+        indices = [i for _, part in self.pending for i in part]
         if self.vecs is None:
-            self.vecs = torch.zeros(out.shape[1], self.count)
-        self.vecs[:, indices] = out.t()
+            self.vecs = torch.zeros(block.shape[1], self.count)
+        self.vecs[:, indices] = block.t()
+        self.pending, self.rows = [], 0
 
     def result(self, dim: int) -> torch.Tensor:
         """The D x N descriptors (zeros of ``dim`` rows when nothing was encoded)."""
-        for out, indices in self.pending:
-            self._copy(out, indices)
-        self.pending = []
+        self._flush()
         return self.vecs if self.vecs is not None else torch.zeros(dim, self.count)
+
+
+# Rows a block of descriptors gathers on the device before it is copied to the host: 64 MiB
+# of float32 2048-d descriptors (a few seconds of the fastest extraction).
+BLOCK_BYTES = 64 << 20
 
 
 class _BatchCap:
@@ -472,7 +492,8 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
     options = _Options(ms, msp, config.workers, resolved, config.batch_size,
                        resolve_amp(config.amp, resolved, config.amp_dtype), config.channels_last,
                        config.progress and world.is_main, config.desc, resolve_decoding(config.decode, resolved),
-                       config.compile, _fold(config.fold_batchnorm, len(mine), image_size))
+                       config.compile, _fold(config.fold_batchnorm, len(mine), image_size),
+                       resolved.type == "cuda" if config.fixed_batches is None else config.fixed_batches)
     vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,
                           [bbxs[i] for i in mine] if bbxs is not None else None, options, local_skipped)
     if world.distributed:
@@ -522,9 +543,94 @@ class _Options:
     decoding: Decoding
     compile: bool
     fold: bool
+    fixed: bool  # pad partial batches to a power of two (fixed_batch_size)
 
     def limit(self, shape: Tuple[int, ...]) -> int:
         return max(1, self.batch_size or default_batch_size(self.device, shape))
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def fixed_batch_size(count: int, limit: Optional[int] = None) -> int:
+    """The batch a forward of ``count`` images is padded to with fixed batches: the next power
+    of two, at most ``limit`` (and never below ``count``).
+
+    A shape meets at most log2(limit) + 1 batch sizes, and padding at most doubles the work
+    of a shape's last, partial batch.
+
+    Args:
+        count: the images of the batch.
+        limit: the full batch of their shape; None: no cap.
+
+    Returns:
+        The padded batch size.
+
+    Examples:
+        >>> from aml.descriptors.extraction import fixed_batch_size
+        >>> [fixed_batch_size(n, 32) for n in (1, 3, 5, 22, 32)]
+        [1, 4, 8, 32, 32]
+        >>> fixed_batch_size(20, 24), fixed_batch_size(20)
+        (24, 32)
+    """
+    size = 1 << max(0, count - 1).bit_length()
+    return max(count, size if limit is None else min(size, limit))
+
+
+def with_fixed_batches(encode: BatchEncoder) -> BatchEncoder:
+    """``encode`` with every batch padded with zero images to `fixed_batch_size` (no cap),
+    the padding's rows dropped from the result.
+
+    For networks whose images do not interact (BatchNorm frozen or in eval mode): the
+    descriptors, and the gradients they send back, are those of the images alone.
+
+    Args:
+        encode: B x 3 x H x W images -> B x D descriptors.
+
+    Returns:
+        The padded encoder.
+    """
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return encode(x)
+        return encode(_padded(x, fixed_batch_size(len(x))))[:len(x)]
+    return padded
+
+
+def _padded(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` with zero images appended up to ``size`` (descriptors are computed per image,
+    so the padding changes no real image's)."""
+    if len(x) >= size:
+        return x
+    return torch.cat([x, x.new_zeros((size - len(x),) + tuple(x.shape[1:]))])
+
+
+def _memory_format_of(net: torch.nn.Module) -> Optional[torch.memory_format]:
+    """The memory format of the first 4-d parameter of ``net`` (None: it has none)."""
+    for parameter in net.parameters():
+        if parameter.dim() == 4:
+            return torch.channels_last if (parameter.is_contiguous(memory_format=torch.channels_last)
+                                           and not parameter.is_contiguous()) else torch.contiguous_format
+    return None
+
+
+def _runner(net: torch.nn.Module, o: _Options) -> torch.nn.Module:
+    """The module that encodes: ``net`` itself when it already sits on the device in the
+    memory format asked for, else a copy (BatchNorm folded with ``o.fold``) that does. The
+    caller's network keeps its device and memory format; its mode is the caller's to restore."""
+    if o.fold:
+        runner = inference_copy(net)
+    else:
+        runner = net
+    weight = next(runner.parameters(), None)
+    placed = weight is None or weight.device == o.device
+    formatted = _memory_format_of(runner) in (None, o.memory_format) or not o.channels_last
+    if runner is net and placed and formatted:
+        return net
+    if runner is net:
+        runner = copy.deepcopy(net)
+    return runner.to(o.device, memory_format=o.memory_format) if o.channels_last else runner.to(o.device)
 
 
 def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], image_size: Optional[float],
@@ -532,40 +638,40 @@ def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], ima
                    bad: Optional[List[int]]) -> torch.Tensor:
     """`extract_vectors` of one process's images (``bad``: None = raise on an
     unreadable image, a list = skip it and append its index)."""
-    net.to(o.device)
-    memory_format = torch.channels_last if o.channels_last else torch.contiguous_format
     was_training = net.training
     net.eval()
-    folded = inference_copy(net) if o.fold else net  # BatchNorm folded into the convolutions: same descriptors
-    if o.channels_last:
-        folded.to(memory_format=torch.channels_last)
-    encode: BatchEncoder = torch.compile(folded.descriptors) if o.compile else folded.descriptors
-    dataset = o.decoding.dataset(images, image_size, bbxs, transform)
-    loader = _image_loader(dataset, o.workers, o.device)
-    autocast = torch.autocast(o.device.type, dtype=o.amp) if o.amp else contextlib.nullcontext()
-    cap = _BatchCap()
-    largest = o.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
-    columns = _Columns(len(dataset), lag=2 if o.device.type == "cuda" else 0)
     try:
-        with torch.inference_mode(), autocast, progress_bar(total=len(dataset), enabled=o.progress, unit="img",
-                                                     desc=o.desc, leave=False) as bar:
+        runner = _runner(net, o).eval()
+        encode: BatchEncoder = torch.compile(runner.descriptors) if o.compile else runner.descriptors
+        meta = getattr(net, "meta", {})
+        decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
+        loader = _image_loader(o.decoding.dataset(images, image_size, bbxs, transform), o.workers, o.device)
+        autocast = torch.autocast(o.device.type, dtype=o.amp) if o.amp else contextlib.nullcontext()
+        cap = _BatchCap()
+        largest = o.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
+        dim = meta.get("outputdim", 0)
+        columns = _Columns(len(images), max(1, BLOCK_BYTES // (4 * max(1, dim))))
+        with torch.inference_mode(), progress_bar(total=len(images), enabled=o.progress, unit="img", desc=o.desc,
+                                                  leave=False) as bar:
             for items, indices in _batches(iter(loader), o.limit, o.decoding.shape, 4 * largest, bad):
                 failed: Optional[List[int]] = [] if bad is not None else None
-                x = o.decoding.batch(items, o.device, net, failed)
-                if failed:  # named in the log by decode_batch
+                x = decode(items, failed)  # outside autocast: the pixels are the same in every precision
+                if failed:  # named in the log by the decoder
                     bad.extend(indices[k] for k in failed)
                     indices = [i for k, i in enumerate(indices) if k not in set(failed)]
                     bar.update(-len(failed))  # counted again with the skipped below
                 if x is not None:
-                    columns.add(cap.describe(encode, x.contiguous(memory_format=memory_format), o.scales, o.msp),
-                                indices)
+                    if o.fixed:
+                        x = _padded(x, fixed_batch_size(len(x), o.limit(o.decoding.shape(items[0]))))
+                    with autocast:
+                        out = cap.describe(encode, x.contiguous(memory_format=o.memory_format), o.scales, o.msp)
+                    columns.add(out[:len(indices)], indices)
                 bar.update(len(items))
             if bad:
                 bar.update(len(bad))
-            vecs = columns.result(net.meta.get("outputdim", 0) if hasattr(net, "meta") else 0)
+            return columns.result(dim)
     finally:
         net.train(was_training)
-    return vecs
 
 
 def describe_images(net, images: Sequence[str], image_size: int, scales: Sequence[float] = (1,),

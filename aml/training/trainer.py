@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
+from aml.descriptors.extraction import with_fixed_batches
 from aml.losses import LossKind, TeacherContext, TupleBatch
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
@@ -103,10 +104,10 @@ class TrainSettings:
     extraction: ExtractionConfig = DEFAULT_EXTRACTION
 
 
-def _check_finite(loss: torch.Tensor) -> None:
-    value = loss.item()
-    if not np.isfinite(value):
-        raise _NonFiniteLoss(value)
+def _check_finite(losses: List[float]) -> None:
+    bad = [value for value in losses if not np.isfinite(value)]
+    if bad:
+        raise _NonFiniteLoss(bad[0])
 
 
 class Trainer:
@@ -133,6 +134,9 @@ class Trainer:
         self.mining = settings.extraction.but(workers=settings.workers, device=self.device, progress=settings.progress)
         self.evaluate = evaluate
         self.parallel = Parallel(net, world, self.device, settings.batch_size, settings.train_batchnorm)
+        # on CUDA, forwards padded to a few batch sizes (cuDNN prepares kernels per input shape);
+        # with batch statistics the padding would change them
+        self.fixed_batches = self.device.type == "cuda" and not settings.train_batchnorm
         if world.is_main:
             for orphan in remove_orphan_temporaries(self.run_dir):
                 log.info(">> removed %s, left by an interrupted write", orphan)
@@ -221,18 +225,22 @@ class Trainer:
         relational = self.criterion.kind is LossKind.RELATIONAL
         chunks = [batch] if s.train_batchnorm or s.batch_forward or relational else [[item] for item in batch]
         encode = self.parallel.encode if backward else self.net.descriptors
+        if self.fixed_batches:
+            encode = with_fixed_batches(encode)
         scale = 1 if relational else self.parallel.loss_scale
-        losses: List[float] = []
+        values: List[torch.Tensor] = []
         for k, chunk in enumerate(chunks):
             with self.parallel.no_sync(backward and sync and k + 1 == len(chunks)):
                 with self._autocast():
-                    values = self.criterion(self._encode(encode, chunk, split)).float().reshape(-1)
-                    total = values.sum()
-                _check_finite(total)
+                    chunk_values = self.criterion(self._encode(encode, chunk, split)).float().reshape(-1)
+                    total = chunk_values.sum()
                 if backward:
                     (total * scale if scale != 1 else total).backward()
-            losses += values.tolist()
-        return self.parallel.global_losses(losses, relational)
+            values.append(chunk_values.detach())
+        # the batch's one wait for the device; a non-finite loss stops the run before the optimizer steps
+        losses = self.parallel.global_losses(torch.cat(values).cpu().tolist(), relational)
+        _check_finite(losses)
+        return losses
 
     def _divergence_message(self, epoch: int, batch: int, batches: int, value: float) -> str:
         last = latest_checkpoint(self.run_dir)
@@ -331,14 +339,17 @@ class Trainer:
         return True
 
     def fit(self) -> List[Dict[str, Any]]:
-        """Train epochs start_epoch .. epochs-1; returns one record per epoch."""
+        """Train epochs start_epoch .. epochs-1; returns one record per epoch (its losses, lr
+        and ``seconds``: the wall time of its mining and training, without validation)."""
         s = self.settings
         # epochs about to be trained again (after a crash, or a rerun in the same folder) lose their old lines
         self.log.restart_at(self.start_epoch)
         self.curves.restart_at(self.start_epoch)
         self.log.line(f">> Seed {s.seed}; {self.mode.name} validated on {self.val_mode.name} tuples")
         for epoch in range(self.start_epoch, s.epochs):
+            started = time.perf_counter()
             train_loss = self.train_epoch(epoch)
+            seconds = time.perf_counter() - started  # mining and training, without validation
             val_loss = None
             if s.val and self.val_split is not None and (epoch + 1) % s.val_freq == 0:
                 val_loss = self.validate(epoch)
@@ -349,7 +360,7 @@ class Trainer:
             # logs first: an epoch logged but not saved is trained again and its lines replaced
             self.log.losses(epoch, train_loss, val_loss)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                      "lr": self.optimizer.param_groups[0]["lr"]}
+                      "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds}
             self.curves.add(record)
             self.save(epoch, is_best)
             if self.evaluate is not None and s.test_freq and (epoch + 1) % s.test_freq == 0:

@@ -13,6 +13,7 @@ from aml.descriptors.extraction import BatchEncoder
 from aml.losses.batch import TupleBatch
 from aml.losses.context import TeacherContext
 from aml.training.modes import TrainingTuple
+from aml.utils.devices import to_device
 
 
 @dataclass
@@ -80,8 +81,9 @@ def encode_images(encode: BatchEncoder, images: Sequence[torch.Tensor], device: 
     rows: List[Optional[torch.Tensor]] = [None] * len(images)
     for shape in (shapes or list(groups)):
         indices = groups.get(shape, [])
-        batch = (torch.stack([images[i] for i in indices]) if indices else torch.empty((0,) + tuple(shape)))
-        out = encode(batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)).float()
+        batch = (torch.stack([to_device(images[i], device) for i in indices]) if indices
+                 else torch.empty((0,) + tuple(shape), device=device))
+        out = encode(batch.contiguous(memory_format=torch.channels_last)).float()
         for row, i in enumerate(indices):
             rows[i] = out[row]
     return torch.stack(rows) if rows else out
@@ -100,7 +102,7 @@ def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch
     images = [image for item in items for image in item.images]
     encoded = encode_images(encode, images, device, shapes) if images or shapes else None
     teacher_members = [m for item in items for m, flag in zip(item.tuple.members, item.tuple.from_teacher) if flag]
-    parts = [p for p in (encoded, teacher[:, teacher_members].t().to(device) if teacher_members else None)
+    parts = [p for p in (encoded, _columns(teacher, teacher_members).t().to(device) if teacher_members else None)
              if p is not None]
     table = torch.cat([p.float() for p in parts])  # student rows, then teacher rows
     width = max(len(item.tuple.members) for item in items)
@@ -114,20 +116,26 @@ def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch
             else:
                 index[b, s], student = student, student + 1
         labels[b, :len(item.tuple.labels)] = torch.tensor(item.tuple.labels)
-    rows = table[index.to(table.device)]
+    rows = table[to_device(index, table.device)]
     distances = None
     if target:
         distances = torch.stack([_teacher_distances(teacher, item.tuple.members, width) for item in items])
         distances = distances[:, 1:].to(table.device)
     queries = None
     if context is not None:
-        queries = torch.tensor([item.tuple.members[0] for item in items], dtype=torch.long,
-                               device=context.descriptors.device)
-    return TupleBatch(rows[:, 0], rows[:, 1:], labels[:, 1:].to(table.device), distances, queries, context)
+        queries = to_device(torch.tensor([item.tuple.members[0] for item in items], dtype=torch.long),
+                            context.descriptors.device)
+    return TupleBatch(rows[:, 0], rows[:, 1:], to_device(labels[:, 1:].contiguous(), table.device), distances,
+                      queries, context)
+
+
+def _columns(teacher: torch.Tensor, members: Sequence[int]) -> torch.Tensor:
+    """The columns ``members`` of the teacher's D x N matrix (the index copied without a host sync)."""
+    return teacher[:, to_device(torch.tensor(list(members), dtype=torch.long), teacher.device)]
 
 
 def _teacher_distances(teacher: torch.Tensor, members: Sequence[int], width: int) -> torch.Tensor:
     """||t_m - t_query|| for every member m of a tuple (the query first: 0), padded to ``width``."""
-    columns = teacher[:, list(members)]
+    columns = _columns(teacher, members)
     d = torch.linalg.vector_norm(columns - columns[:, :1], dim=0).float()
     return torch.cat([d, d.new_zeros(width - len(members))])

@@ -17,3 +17,21 @@ def resolve_device(device: str, gpu_id: str = "0") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     return resolved
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device`` without waiting for it.
+
+    A CPU tensor bound for CUDA is pinned and copied asynchronously: PyTorch's blocking
+    copy of pageable memory waits for every kernel queued before it (a host sync).
+
+    Args:
+        tensor: the tensor.
+        device: where it goes.
+
+    Returns:
+        The tensor on ``device`` (itself when it is there already).
+    """
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -150,13 +150,14 @@ DEVICE_DECODING_COSINE = {"cpu": 0.999, "cuda": 0.995}
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scales", [(1,), (1, 0.7071, 0.5)])
-def test_device_decoding_is_close_to_pil(images, net, device, scales):
+@pytest.mark.parametrize("amp", [False, None], ids=["fp32", "default-precision"])
+def test_device_decoding_is_close_to_pil(images, net, device, scales, amp):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     bbxs = [None, (5, 5, 50, 40)] * (len(images) // 2)
     pil = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales,
                           config=ExtractionConfig(decode="pil", device="cpu", amp=False))
     fast = extract_vectors(net, images, 64, transform, bbxs=bbxs, ms=scales,
-                           config=ExtractionConfig(decode="device", device=device, amp=False))
+                           config=ExtractionConfig(decode="device", device=device, amp=amp))
     cosines = (F.normalize(pil, dim=0) * F.normalize(fast, dim=0)).sum(0)
     assert cosines.min() > DEVICE_DECODING_COSINE[device], cosines
     net.to("cpu")
@@ -232,7 +233,9 @@ def test_out_of_memory_splits_the_batch_and_warns(images, net, caplog):
     same_shape = [p for i, p in enumerate(images) if i % 4 == 0]  # 80x60 images: one bucket
     short = ShortOfMemory(net, limit=1)
     with caplog.at_level("WARNING", logger="aml.descriptors.extraction"):
-        vecs = extract_vectors(short, same_shape, 64, transform, ms=(1, 0.5), config=ExtractionConfig(batch_size=4))
+        # contiguous, as the network is: extraction encodes with the network itself, not a copy
+        vecs = extract_vectors(short, same_shape, 64, transform, ms=(1, 0.5),
+                               config=ExtractionConfig(batch_size=4, channels_last=False))
     assert short.batches and max(short.batches) == 1
     assert "out of memory at a batch of 4 images" in caplog.text and "batches of 2" in caplog.text
     assert torch.allclose(vecs, extract_vectors(net, same_shape, 64, transform, ms=(1, 0.5),
@@ -301,3 +304,75 @@ def test_batchnorm_is_folded_when_the_call_pays_for_it():
     assert _fold(None, FOLD_MIN_PIXELS, 1) and not _fold(None, FOLD_MIN_PIXELS - 1, 1)
     assert _fold(None, 1, None)  # full-size images: assume large
     assert _fold(True, 1, 8) and not _fold(False, 10 ** 6, 1024)
+
+
+def test_images_are_decoded_outside_autocast(images, net, monkeypatch):
+    """Pixels do not depend on the precision of the forward: decoding runs before autocast."""
+    import aml.descriptors.extraction as extraction
+
+    states = []
+    pil = extraction.DECODINGS["pil"]
+
+    def recording_decoder(device, mean, std):
+        inner = pil.decoder(device, mean, std)
+
+        def batch(items, failed):
+            states.append(torch.is_autocast_enabled("cpu"))
+            return inner(items, failed)
+        return batch
+
+    monkeypatch.setitem(extraction.DECODINGS, "pil", extraction.Decoding(
+        "pil", pil.summary, pil.dataset, pil.shape, recording_decoder))
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    extract_vectors(net, images[:4], 64, transform, config=ExtractionConfig(workers=0, amp=True, amp_dtype="bfloat16"))
+    assert states and not any(states)
+
+
+def test_the_callers_network_keeps_its_memory_format_mode_and_parameters(images):
+    torch.manual_seed(0)
+    net = build_network("mobilenet_v2", pretrained=False).train()
+    before = {name: p for name, p in net.named_parameters()}
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    for fold in (False, True):
+        extract_vectors(net, images[:3], 64, transform,
+                        config=ExtractionConfig(workers=0, channels_last=True, fold_batchnorm=fold))
+        assert net.training
+        assert all(p is before[name] and p.is_contiguous() and p.device.type == "cpu"
+                   for name, p in net.named_parameters())
+
+
+def _forward_shapes(net, paths, config):
+    """The distinct input shapes (batch, channels, height, width) the network met."""
+    shapes = set()
+    hook = net.features[0].register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape)))
+    try:
+        vecs = extract_vectors(net, paths, 64, image_transform(net.meta["mean"], net.meta["std"]), config=config)
+    finally:
+        hook.remove()
+    return shapes, vecs
+
+
+def test_fixed_batches_meet_one_batch_size_per_image_shape(tmp_path, net):
+    """cuDNN prepares kernels anew for every input shape (minutes for a depthwise network on
+    an H200): with fixed batches a partial batch is padded to a power of two, and the
+    descriptors do not change."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(22):  # 11 landscape and 11 portrait images: batches of 8, 3 per orientation
+        w, h = (80, 60) if i % 2 else (60, 80)
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    config = ExtractionConfig(workers=0, batch_size=8, channels_last=False, fold_batchnorm=False)
+    loose, expected = _forward_shapes(net, paths, config.but(fixed_batches=False))
+    fixed, vecs = _forward_shapes(net, paths, config.but(fixed_batches=True))
+    assert sorted(s[0] for s in loose) == [3, 3, 8, 8]
+    assert sorted(s[0] for s in fixed) == [4, 4, 8, 8] and {s[2:] for s in fixed} == {s[2:] for s in loose}
+    assert torch.allclose(vecs, expected, atol=1e-5)
+    assert _forward_shapes(net, paths, config)[0] == loose  # the default on the CPU (fixed on CUDA)
+
+
+def test_fixed_batch_sizes_are_powers_of_two_up_to_the_full_batch():
+    from aml.descriptors.extraction import fixed_batch_size
+
+    sizes = [fixed_batch_size(n, 32) for n in range(1, 33)]
+    assert set(sizes) == {1, 2, 4, 8, 16, 32} and all(n <= size < 2 * n for n, size in enumerate(sizes, 1))

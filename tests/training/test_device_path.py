@@ -1,0 +1,87 @@
+"""What makes a training batch slow on a GPU, counted on the CPU: host syncs per batch and
+the input shapes the network meets (cuDNN prepares kernels anew for every one)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from aml.data.trainsets import load_training_db
+from aml.losses import build_loss
+from aml.networks import build_network
+from aml.training.modes import MODES
+from aml.training.optim import build_optimizer
+from aml.training.trainer import Split, Trainer, TrainSettings
+
+DIM, SIZE = 64, 48
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts reads of a tensor's value by the host (``.item()``, ``bool(t)``): on CUDA each
+    one waits for every kernel queued before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module")
+def split(synth_root):
+    db = load_training_db("synth-sfm", "train", synth_root)
+    teacher = F.normalize(torch.randn(DIM, len(db["images"]), generator=torch.Generator().manual_seed(0)), dim=0)
+    return Split(db, list(db["images"]), teacher)
+
+
+def make_trainer(split, folder, **settings):
+    torch.manual_seed(0)
+    net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM)
+    optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
+    options = dict(image_size=SIZE, neg_num=2, query_size=8, pool_size=16, batch_size=4, epochs=1, workers=0,
+                   val=False, print_freq=100)
+    return Trainer(net, build_loss("contrastive"), optimizer, MODES["ts"], split, None, folder,
+                   TrainSettings(**dict(options, **settings)))
+
+
+def first_batch(trainer, split):
+    loader = trainer._loader(split, trainer.epoch_tuples(split, 0), 0, shuffle=True)
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("batch_forward", [False, True], ids=["tuple-by-tuple", "batch-forward"])
+def test_a_training_batch_reads_no_scalar_from_the_device(split, tmp_path, batch_forward):
+    trainer = make_trainer(split, tmp_path, batch_forward=batch_forward)
+    batch = first_batch(trainer, split)
+    with ScalarReads() as reads:
+        losses = trainer.batch_losses(batch, split, backward=True)
+    assert len(losses) == 4 and all(loss >= 0 for loss in losses)
+    assert reads.count == 0  # the loss values come back in one copy per batch
+
+
+def test_fixed_batches_give_the_same_losses_and_gradients_with_power_of_two_forwards(split, tmp_path):
+    runs = []
+    for fixed in (False, True):
+        trainer = make_trainer(split, tmp_path / str(fixed), batch_forward=True)
+        trainer.fixed_batches = fixed  # the CUDA default, on the CPU
+        shapes = set()
+        trainer.net.features[0].register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape)))
+        trainer.net.train()
+        losses = trainer.batch_losses(first_batch(trainer, split), split, backward=True)
+        runs.append((losses, [p.grad.clone() for p in trainer.net.parameters() if p.grad is not None], shapes))
+    (loose_losses, loose_grads, loose), (fixed_losses, fixed_grads, fixed) = runs
+    assert loose_losses == pytest.approx(fixed_losses, rel=1e-5, abs=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(loose_grads, fixed_grads))
+    def power_of_two(size):
+        return size & (size - 1) == 0
+    assert not all(power_of_two(shape[0]) for shape in loose)  # the batch meets a group of 3 images
+    assert all(power_of_two(shape[0]) for shape in fixed), fixed
+    assert {shape[1:] for shape in fixed} == {shape[1:] for shape in loose} and len(fixed) < len(loose)
+
+
+def test_fixed_batches_are_for_cuda_with_frozen_batchnorm(split, tmp_path):
+    assert not make_trainer(split, tmp_path).fixed_batches  # the CPU: no kernels to prepare
+    assert not make_trainer(split, tmp_path, train_batchnorm=True).fixed_batches

@@ -17,7 +17,7 @@ ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q $(XDIST) -m "learning or kernel
 AVX2_WORKERS ?= 2
 SSE41_WORKERS ?= 2
 
-.PHONY: install demo test test-other-isa test-avx2 test-sse41 bench docs docs-tables clean-data
+.PHONY: install demo test test-other-isa test-avx2 test-sse41 bench gpu-assets docs docs-tables clean-data
 
 # pip compiles every installed file (a minute for torch's CUDA build); instead, compile what
 # aml's commands and tests import, once, by importing it (also where PYTHONDONTWRITEBYTECODE
@@ -58,6 +58,10 @@ test-other-isa: install
 
 bench: install
 	$(PY) benchmarks/extract.py
+
+# What benchmarks/gpu.py needs on a GPU machine without the weight packages (carried there).
+gpu-assets: install
+	$(PY) benchmarks/gpu_assets.py gpu-assets
 
 # The site, strictly: a broken link, a missing page or an out-of-date table fails.
 docs: install

@@ -1,40 +1,54 @@
 #!/usr/bin/env python
-"""Benchmark of aml's GPU path against the original's one-image-at-a-time loop: one table.
+"""Benchmark of aml's GPU path against the original's one-image-at-a-time loop, in one run.
 
-    python benchmarks/gpu.py                       # on CUDA: 300 JPEGs at 1024 px, 500 ts tuples (< 5 min)
-    python benchmarks/gpu.py --device cpu --images 6 --image-size 96 --tuples 10   # small, on the CPU
+    AML_WEIGHTS_PATH=gpu-assets/networks python benchmarks/gpu.py --photos gpu-assets/photos --profile
+    python benchmarks/gpu.py --device cpu --images 6 --image-size 64 --tuples 6 --workers 0   # small, on the CPU
 
-It writes its own JPEGs (1024x768 and 768x1024, smooth random content) and needs no
-download. Networks have random weights with BatchNorm statistics calibrated on those images
-(a random trunk's activations otherwise vanish and every descriptor looks alike).
+It writes its own JPEGs (1024x768 and 768x1024, smooth random content) and synthetic
+training data, and needs no download; the real ImageNet trunks of the training rows and of
+the real-weights row are found like every weight file (``$AML_WEIGHTS_PATH``, ``docs/networks.md``),
+the real photos in ``--photos`` (scikit-image's, ``make gpu-assets`` gathers both). Networks
+of the extraction rows have random weights with BatchNorm statistics calibrated on the
+images (a random trunk's activations otherwise vanish and every descriptor looks alike).
 
-Per network (mobilenet_v2 to 512 and 2048, vgg16, resnet101, mobilenet_v2 at 3 scales):
+Sections, each saved to the JSON as soon as it is done; a section or row that fails records
+its error and the run goes on; a section that would start after ``--budget`` seconds is
+recorded as skipped:
 
-- original: PIL decoding in loader workers, one image per forward, fp32 (cirtorch's
-  extract_vectors, written out here as the baseline);
-- aml: ``aml.descriptors.extract_vectors`` with its defaults for the device (on CUDA: PIL
-  pixels from the loader workers as uint8, normalised on the GPU, batches of 32 by shape,
-  float16 autocast, channels_last), and with ``--variants`` its other options: nvJPEG
-  decoding (with and without autocast), PIL normalised in the workers, bfloat16;
-- network: the forward passes alone on ready batches (aml's batch and precision), the
-  ceiling the pipeline can reach;
-- decode: aml's loading and decoding alone (no network);
-- cosine: the smallest over the images between the original's and aml's descriptors.
-
-Then one ``ts`` training epoch (contrastive, 5 mined teacher negatives per tuple, batches
-of 5 tuples, the student a mobilenet_v2 to 512) through aml's Trainer: one tuple at a time
-in fp32 with PIL mining (the original's way) against ``--batch-forward --amp`` with aml's
-extraction defaults. On CUDA, the ``--compile`` row times torch.compile on mobilenet_v2.
-cuDNN's autotuner (``torch.backends.cudnn.benchmark``) stays off: it tunes every new input
-shape, and shape buckets make many (one H200 run with it on spent minutes tuning).
+- ``cold_start``: seconds of the first forward at an input shape never met (cuDNN prepares
+  its kernels per shape) against a second one, per network, memory format and precision,
+  for inference and for a training step;
+- ``extraction`` (per network: mobilenet_v2 to 512 and 2048, vgg16, resnet101, mobilenet_v2 at
+  3 scales): the original's loop (PIL in loader workers, one image per forward, fp32); aml's
+  default and, with ``--variants``, its other decodings and precisions, each timed twice
+  (``cold_rate``: the first call, which meets the shapes; ``rate``: the second); the
+  network alone on ready batches; aml's decoding alone; the smallest cosine to the
+  original's descriptors;
+- ``real_weights`` (with ``--photos``): torchvision's ImageNet MobileNetV2 with a 2048-d
+  projection on real photos, every variant's smallest cosine to the original's;
+- ``syncs`` (CUDA): host synchronisations counted by ``torch.cuda.set_sync_debug_mode`` in a
+  warm extraction (per batch) and in a training batch;
+- ``ts_epoch``: one ``ts`` epoch of ``--tuples`` tuples one tuple at a time in fp32 with PIL
+  mining (the original's way) against ``--batch-forward --amp`` with aml's defaults;
+- ``training`` (``--training``, default on CUDA): the getting-started teacher
+  (EfficientNet-Lite0, ``std``) and student (MobileNetV2, ``reg``) from their ImageNet
+  weights on synthetic data, two epochs each through ``main.py``: the seconds of each epoch;
+- ``profile`` (``--profile``): torch.profiler's top operations of a first extraction and of
+  a training batch, also written next to the JSON as ``<json>.profile.txt``;
+- ``compile`` (``--compile``, default on CUDA): torch.compile's cost and gain.
+cuDNN's autotuner (``torch.backends.cudnn.benchmark``) stays off, as in aml.
 """
 
 import argparse
+import contextlib
+import json
 import math
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -46,6 +60,7 @@ from aml.descriptors import ExtractionConfig, extract_vectors
 from aml.descriptors.extraction import _BatchCap, _batches, _image_loader, resolve_amp, resolve_decoding
 from aml.losses import build_loss
 from aml.networks import build_network
+from aml.networks.inference import inference_copy
 from aml.networks.retrieval_net import multiscale_power
 from aml.training.modes import get_mode
 from aml.training.batchnorm import calibrate_batchnorm
@@ -56,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import make_images, original_loop  # noqa: E402  (benchmarks/ is not a package)
 from record import add_json_argument, write_record  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 MULTISCALE = (1.0, 1 / math.sqrt(2), 0.5)
 NETWORKS: Dict[str, Dict] = {  # row name -> build_network arguments and scales
     "mobilenet_v2 -> 512": dict(arch="mobilenet_v2", teacher_dim=512),
@@ -63,6 +79,29 @@ NETWORKS: Dict[str, Dict] = {  # row name -> build_network arguments and scales
     "vgg16": dict(arch="vgg16"),
     "resnet101": dict(arch="resnet101"),
     "mobilenet_v2 -> 512 (3 scales)": dict(arch="mobilenet_v2", teacher_dim=512, scales=MULTISCALE),
+}
+# aml's variants timed per network: decoding and autocast (the first is aml's default)
+VARIANTS: Dict[str, Dict] = {
+    "aml": {},
+    "--decode device": dict(decode="device"),
+    "--decode device --no-amp": dict(decode="device", amp=False),
+    "--decode pil": dict(decode="pil"),
+    "--amp-dtype bfloat16": dict(amp_dtype="bfloat16"),
+}
+# the variants timed on every row; the others (with --variants) on the first row only
+EVERY_ROW = ("aml", "--decode device")
+# how the cold-start probe runs a network: memory format, autocast dtype (None: fp32), cuDNN on
+PROBES: Dict[str, Dict] = {
+    "channels_last fp16": dict(channels_last=True, dtype=torch.float16, cudnn=True),
+    "contiguous fp16": dict(channels_last=False, dtype=torch.float16, cudnn=True),
+    "channels_last fp32": dict(channels_last=True, dtype=None, cudnn=True),
+    "contiguous fp32": dict(channels_last=False, dtype=None, cudnn=True),
+    "channels_last fp16, cuDNN off": dict(channels_last=True, dtype=torch.float16, cudnn=False),
+}
+TRAINING_PROBES: Dict[str, Dict] = {
+    "channels_last bf16": dict(channels_last=True, dtype=torch.bfloat16, cudnn=True),
+    "channels_last fp32": dict(channels_last=True, dtype=None, cudnn=True),
+    "contiguous fp32": dict(channels_last=False, dtype=None, cudnn=True),
 }
 
 
@@ -79,6 +118,11 @@ def timed(device: torch.device, run: Callable[[], object]) -> tuple:
     return out, time.perf_counter() - start
 
 
+def error_of(err: BaseException) -> Dict[str, str]:
+    """What a failed row records."""
+    return {"error": f"{type(err).__name__}: {err}"[:500]}
+
+
 def build(spec: Dict, paths: Sequence[str], image_size: int, device: torch.device) -> torch.nn.Module:
     """A random network with BatchNorm statistics calibrated on a few of the images."""
     torch.manual_seed(0)
@@ -90,10 +134,75 @@ def build(spec: Dict, paths: Sequence[str], image_size: int, device: torch.devic
     return net.to(device).eval()
 
 
+def cosines(a: torch.Tensor, b: torch.Tensor) -> List[float]:
+    return (F.normalize(a, dim=0) * F.normalize(b, dim=0)).sum(0).tolist()
+
+
+# -- cold start -----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def cudnn_enabled(enabled: bool):
+    with torch.backends.cudnn.flags(enabled=enabled, benchmark=False):
+        yield
+
+
+def _probe(net: torch.nn.Module, device: torch.device, probe: Dict, shapes: Sequence[tuple], train: bool) -> Dict:
+    """Seconds of the first and of a second forward (and backward when ``train``) per shape."""
+    memory_format = torch.channels_last if probe["channels_last"] else torch.contiguous_format
+    net = net.to(device, memory_format=memory_format)
+    autocast = torch.autocast(device.type, dtype=probe["dtype"], enabled=probe["dtype"] is not None)
+    first, second = [], []
+    for shape in shapes:
+        x = torch.randn(shape, device=device).contiguous(memory_format=memory_format)
+
+        def step():
+            with autocast:
+                out = net.descriptors(x)
+            if train:
+                out.sum().backward()
+        for times in (first, second):
+            with cudnn_enabled(probe["cudnn"]), (contextlib.nullcontext() if train else torch.inference_mode()):
+                times.append(timed(device, step)[1])
+    return {"first_s": statistics.mean(first), "steady_s": statistics.mean(second), "shapes": len(shapes)}
+
+
+def cold_start_rows(args, device: torch.device) -> Dict:
+    """First-call and steady seconds per network and probe, on shapes no other probe met."""
+    side = args.image_size
+    rows: Dict = {"inference": {}, "training": {}}
+    offset = 0
+    for arch in ("mobilenet_v2", "resnet101"):
+        torch.manual_seed(0)
+        net = inference_copy(build_network(arch, pretrained=False)).eval()
+        rows["inference"][arch] = {}
+        for name, probe in PROBES.items():
+            shapes = [(8, 3, side + 8 * (offset + k + 1), side * 3 // 4) for k in range(2)]
+            offset += 2
+            try:
+                rows["inference"][arch][name] = _probe(net, device, probe, shapes, train=False)
+            except Exception as err:  # noqa: BLE001 - a probe that fails is a finding, recorded
+                rows["inference"][arch][name] = error_of(err)
+    small = max(32, side // 4)  # training images are smaller (362 px in the paper)
+    for arch in ("efficientnet_lite0", "mobilenet_v2"):
+        torch.manual_seed(0)
+        net = build_network(arch, pretrained=False, teacher_dim=512).train()
+        rows["training"][arch] = {}
+        for name, probe in TRAINING_PROBES.items():
+            shapes = [(4 + offset + k, 3, small, small * 3 // 4) for k in range(2)]
+            offset += 2
+            try:
+                rows["training"][arch][name] = _probe(net, device, probe, shapes, train=True)
+            except Exception as err:  # noqa: BLE001
+                rows["training"][arch][name] = error_of(err)
+    return rows
+
+
+# -- extraction -----------------------------------------------------------------------------
+
 def network_alone(net, shape, count, scales, msp, device, batch, dtype) -> float:
     """Seconds for ``count`` images of ``shape`` in ready batches (aml's batch and precision)."""
     x = torch.randn((batch,) + tuple(shape), device=device).contiguous(memory_format=torch.channels_last)
-    net.to(memory_format=torch.channels_last)
+    net = inference_copy(net).to(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
     cap = _BatchCap()
     with torch.inference_mode(), autocast:
@@ -108,66 +217,117 @@ def decode_alone(net, paths, image_size, device, workers, decode) -> float:
     decoding = resolve_decoding(decode, device)
     transform = image_transform(net.meta["mean"], net.meta["std"])
     loader = _image_loader(decoding.dataset(paths, image_size, None, transform), workers, device)
+    decoder = decoding.decoder(device, net.meta["mean"], net.meta["std"])
 
     def run():
         for items, _ in _batches(iter(loader), lambda shape: 32, decoding.shape, 128):
-            decoding.batch(items, device, net, None)
+            decoder(items, None)
     _, seconds = timed(device, run)
     return seconds / len(paths)
 
 
-def cosines(a: torch.Tensor, b: torch.Tensor) -> List[float]:
-    return (F.normalize(a, dim=0) * F.normalize(b, dim=0)).sum(0).tolist()
+def _variant(net, paths, args, device, scales, msp, reference, extra: Dict) -> Dict:
+    """One variant of aml's extraction, timed cold (first call) then warm."""
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    options = dict(dict(device=device, workers=args.workers, decode=args.decode, amp_dtype=args.amp_dtype), **extra)
+    config = ExtractionConfig(**options)
+
+    def run():
+        return extract_vectors(net, paths, args.image_size, transform, ms=scales, msp=msp, config=config)
+    _, cold = timed(device, run)
+    ours, warm = timed(device, run)
+    cos = cosines(reference, ours)
+    return {"rate": len(paths) / warm, "cold_rate": len(paths) / cold, "cos_min": min(cos),
+            "cos_median": statistics.median(cos)}
 
 
-# aml's variants timed per network: decoding and autocast dtype (the first is aml's default)
-VARIANTS: Dict[str, Dict] = {
-    "aml": {},
-    "--decode device": dict(decode="device"),
-    "--decode device --no-amp": dict(decode="device", amp=False),
-    "--decode pil": dict(decode="pil"),
-    "--amp-dtype bfloat16": dict(amp_dtype="bfloat16"),
-}
+def extraction_row(args, name: str, paths: Sequence[str], device: torch.device, variants: Sequence[str]) -> Dict:
+    spec = NETWORKS[name]
+    net = build(spec, paths, args.image_size, device)
+    scales = spec.get("scales", (1,))
+    msp = multiscale_power(net, list(scales))
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    original_loop(net, paths[:2], args.image_size, scales, msp, device, args.workers)  # warm-up
+    reference, t_original = timed(device, lambda: original_loop(net, paths, args.image_size, scales, msp, device,
+                                                                 args.workers))
+    row: Dict = {"network": name, "original": len(paths) / t_original}
+    for variant in variants:
+        extra = VARIANTS[variant]
+        try:
+            row[variant] = _variant(net, paths, args, device, scales, msp, reference, extra)
+            row[variant]["speedup"] = row[variant]["rate"] / row["original"]
+        except Exception as err:  # noqa: BLE001 - e.g. NonFiniteDescriptors: recorded, the run goes on
+            row[variant] = error_of(err)
+    shape = transform(load_and_resize(paths[1], args.image_size)).shape
+    batch = 32 if device.type == "cuda" else 4
+    row["network_alone"] = 1 / network_alone(net, shape, len(paths), scales, msp, device, batch,
+                                             resolve_amp(None, device))
+    row["decode_alone"] = 1 / decode_alone(net, paths, args.image_size, device, args.workers, args.decode)
+    return row
 
 
-def extraction_rows(args, paths, device) -> List[Dict]:
-    rows = []
-    for name in args.networks:
-        spec = NETWORKS[name]
-        net = build(spec, paths, args.image_size, device)
-        scales = spec.get("scales", (1,))
-        msp = multiscale_power(net, list(scales))
-        transform = image_transform(net.meta["mean"], net.meta["std"])
-        original_loop(net, paths[:2], args.image_size, scales, msp, device, args.workers)  # warm-up
-        reference, t_original = timed(device, lambda: original_loop(net, paths, args.image_size, scales, msp, device,
-                                                                     args.workers))
-        row = {"network": name, "original": len(paths) / t_original}
-        cells = []
-        for variant, extra in VARIANTS.items():
-            if variant != "aml" and not args.variants:
-                continue
-            config = ExtractionConfig(**dict(dict(device=device, workers=args.workers, decode=args.decode,
-                                                  amp_dtype=args.amp_dtype), **extra))
-            extract_vectors(net, paths[:4], args.image_size, transform, ms=scales, msp=msp, config=config)  # warm-up
-            ours, t_aml = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, ms=scales,
-                                                                msp=msp, config=config))
-            cos = cosines(reference, ours)
-            row[variant] = {"rate": len(paths) / t_aml, "speedup": t_original / t_aml, "cos_min": min(cos),
-                            "cos_median": statistics.median(cos)}
-            cells.append(f"{len(paths) / t_aml:.1f} ({t_original / t_aml:.1f}x, cos {min(cos):.5f})")
-        shape = transform(load_and_resize(paths[1], args.image_size)).shape
-        batch = 32 if device.type == "cuda" else 4
-        row["network_alone"] = 1 / network_alone(net, shape, len(paths), scales, msp, device, batch,
-                                                 resolve_amp(None, device))
-        row["decode_alone"] = 1 / decode_alone(net, paths, args.image_size, device, args.workers, args.decode)
-        rows.append(row)
-        print(f"| {name} | {row['original']:.1f} | {' | '.join(cells)} | {row['network_alone']:.1f} | "
-              f"{row['decode_alone']:.1f} |", flush=True)
-        net = None  # free the device memory before the next network
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rows
+def _cell(entry) -> str:
+    if not isinstance(entry, dict):
+        return ""
+    if "error" in entry:
+        return f"error: {entry['error'][:60]}"
+    return f"{entry['rate']:.1f} ({entry['speedup']:.1f}x, cold {entry['cold_rate']:.1f}, cos {entry['cos_min']:.5f})"
 
+
+def real_weights_row(args, device: torch.device) -> Dict:
+    """torchvision's ImageNet MobileNetV2 -> 2048 on real photos: every variant's smallest cosine."""
+    photos = sorted(str(p) for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        raise FileNotFoundError(f"no .jpg or .png photo in {args.photos}")
+    torch.manual_seed(0)
+    net = build_network("mobilenet_v2", pretrained=True, teacher_dim=2048).to(device).eval()
+    reference = original_loop(net, photos, args.image_size, (1,), 1.0, device, args.workers)
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    row: Dict = {"photos": len(photos)}
+    for variant, extra in VARIANTS.items():
+        try:
+            config = ExtractionConfig(**dict(dict(device=device, workers=args.workers), **extra))
+            cos = cosines(reference, extract_vectors(net, photos, args.image_size, transform, config=config))
+            row[variant] = {"cos_min": min(cos), "cos_median": statistics.median(cos)}
+        except Exception as err:  # noqa: BLE001
+            row[variant] = error_of(err)
+    return row
+
+
+# -- syncs ----------------------------------------------------------------------------------
+
+def _count_syncs(run: Callable[[], object]) -> int:
+    """Host synchronisations CUDA reports while ``run`` runs."""
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def sync_rows(args, paths: Sequence[str], device: torch.device, folder: Path) -> Dict:
+    net = build(NETWORKS["mobilenet_v2 -> 512"], paths, args.image_size, device)
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    images = list(paths[:64])
+    config = ExtractionConfig(device=device, workers=args.workers, decode=args.decode)
+    extract_vectors(net, images, args.image_size, transform, config=config)  # warm: shapes met
+    extraction = _count_syncs(lambda: extract_vectors(net, images, args.image_size, transform, config=config))
+    trainer = _ts_trainer(args, paths, device, folder / "syncs", fast=True)
+    trainer.net.train()
+    loader = trainer._loader(trainer.train_split, trainer.epoch_tuples(trainer.train_split, 0), 0, shuffle=True)
+    batches = iter(loader)
+    trainer.batch_losses(next(batches), trainer.train_split, backward=True)  # warm
+    batch = next(batches)
+    training = _count_syncs(lambda: trainer.batch_losses(batch, trainer.train_split, backward=True))
+    return {"extraction_images": len(images), "extraction_batches": math.ceil(len(images) / 32),
+            "extraction_syncs": extraction, "training_batch_syncs": training}
+
+
+# -- training -------------------------------------------------------------------------------
 
 def training_db(count: int) -> Dict:
     """Clusters of 3 images (a landmark seen three times); every image is a query twice, paired
@@ -179,8 +339,7 @@ def training_db(count: int) -> Dict:
     return {"cids": [f"{i:04d}" for i in range(count)], "cluster": clusters, "qidxs": queries, "pidxs": positives}
 
 
-def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:
-    """Seconds of one ts epoch of ``args.tuples`` tuples: the original's way or aml's fast path."""
+def _ts_trainer(args, paths, device, folder: Path, fast: bool) -> Trainer:
     net = build(NETWORKS["mobilenet_v2 -> 512"], paths, args.image_size, device)
     db = training_db(len(paths))
     teacher = F.normalize(torch.randn(512, len(paths), generator=torch.Generator().manual_seed(0)), dim=0)
@@ -191,11 +350,92 @@ def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:
                              batch_size=5, epochs=1, workers=args.workers, val=False, device=str(device),
                              batch_forward=fast, amp=fast, extraction=extraction, seed=0)
     optimizer = build_optimizer(net, "adam", 1e-6, 0.9, 1e-6)
-    trainer = Trainer(net, build_loss("contrastive", 0.7, 0.1).to(device), optimizer,
-                      get_mode("ts"), Split(db, list(paths), teacher), None, folder / ("fast" if fast else "orig"),
-                      settings)
+    return Trainer(net, build_loss("contrastive", 0.7, 0.1).to(device), optimizer, get_mode("ts"),
+                   Split(db, list(paths), teacher), None, folder, settings)
+
+
+def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:
+    """Seconds of one ts epoch of ``args.tuples`` tuples: the original's way or aml's fast path."""
+    trainer = _ts_trainer(args, paths, device, folder / ("fast" if fast else "orig"), fast)
     _, seconds = timed(device, trainer.fit)
     return seconds
+
+
+# The getting-started flow (docs/getting-started.md) at the benchmark's sizes: data, teacher, student.
+SYNTHETIC = ["--train-landmarks", "40", "--val-landmarks", "2", "--views", "10", "--test-landmarks", "2",
+             "--distractors", "0", "--quiet"]
+TEACHER_RUN = ["-a", "efficientnet_lite0", "-m", "std", "-qs", "160", "-ps", "400", "-nn", "3", "-b", "8",
+               "--lr", "5e-4", "--batch-forward"]
+STUDENT_RUN = ["-a", "mobilenet_v2", "-m", "reg", "-ps", "400", "-b", "16", "--lr", "1e-4", "--proj-lr-mult", "30",
+               "--batch-forward"]
+
+
+TRAINING_CAP = 100.0  # seconds one training run may take
+
+
+def _main_py(args, folder: Path, run: List[str], name: str, timeout: float, extra: Sequence[str] = ()) -> Dict:
+    """Two epochs of main.py in a process of their own; the seconds of each epoch (history.json)."""
+    directory = folder / name
+    command = [sys.executable, str(ROOT / "main.py"), "--directory", str(directory), "--data-root",
+               str(folder / "data"), "-d", "synth-sfm", "--image-size", str(args.train_size), "--epochs", "2",
+               "--no-val", "-j", str(args.workers), "--device", args.device, "--quiet", *run, *extra]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s", "command": " ".join(command[1:])}
+    row: Dict = {"wall_s": time.perf_counter() - started}
+    histories = list(directory.glob("*/history.json"))
+    if done.returncode != 0 or not histories:
+        return {"error": (done.stderr or done.stdout)[-500:], "rc": done.returncode}
+    history = json.loads(histories[0].read_text())
+    row["epochs_s"] = [record.get("seconds") for record in history]
+    if len(row["epochs_s"]) >= 2 and row["epochs_s"][1]:
+        row["first_over_second"] = row["epochs_s"][0] / row["epochs_s"][1]
+    row["checkpoint"] = str(next(histories[0].parent.glob("model_best.pth.tar"), ""))
+    return row
+
+
+def training_rows(args, folder: Path, budget: "Budget") -> Dict:
+    data = subprocess.run([sys.executable, "-m", "aml.cli.synthetic", "--data-root", str(folder / "data"),
+                           "--image-size", str(args.train_size + args.train_size // 8), *SYNTHETIC],
+                          capture_output=True, text=True, timeout=300)
+    if data.returncode != 0:
+        raise RuntimeError(f"synthetic data: {data.stderr[-300:]}")
+    rows: Dict = {"teacher": _main_py(args, folder, TEACHER_RUN, "teacher", min(budget.left(), TRAINING_CAP))}
+    checkpoint = rows["teacher"].get("checkpoint")
+    if checkpoint:
+        rows["student"] = _main_py(args, folder, STUDENT_RUN, "student", min(budget.left(), TRAINING_CAP),
+                                   ["--teacher", checkpoint])
+    return rows
+
+
+# -- profile, compile -----------------------------------------------------------------------
+
+def profile_rows(args, paths, device: torch.device, folder: Path) -> Dict:
+    """torch.profiler's top operations: a first extraction (new shapes) and a training batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    net = build(NETWORKS["mobilenet_v2 -> 512"], paths, args.image_size, device)
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    size = args.image_size - 40  # shapes no earlier section met
+    config = ExtractionConfig(device=device, workers=args.workers, decode=args.decode)
+    tables: Dict[str, str] = {}
+    with profile(activities=activities) as extraction:
+        extract_vectors(net, list(paths[:64]), size, transform, config=config)
+    tables["first extraction"] = extraction.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    trainer = _ts_trainer(args, paths, device, folder / "profile", fast=True)
+    trainer.net.train()
+    loader = trainer._loader(trainer.train_split, trainer.epoch_tuples(trainer.train_split, 0), 0, shuffle=True)
+    batch = next(iter(loader))
+    with profile(activities=activities) as training:
+        trainer.batch_losses(batch, trainer.train_split, backward=True)
+    tables["training batch"] = training.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    if device.type == "cuda":
+        tables["training batch, device time"] = training.key_averages().table(sort_by=sort, row_limit=15)
+    return tables
 
 
 def compile_row(args, paths, device) -> Optional[Dict]:
@@ -204,7 +444,7 @@ def compile_row(args, paths, device) -> Optional[Dict]:
     transform = image_transform(net.meta["mean"], net.meta["std"])
     eager_config = ExtractionConfig(device=device, workers=args.workers, decode=args.decode)
     compiled = eager_config.but(compile=True)
-    extract_vectors(net, paths[:4], args.image_size, transform, config=eager_config)
+    extract_vectors(net, paths, args.image_size, transform, config=eager_config)
     _, eager = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, config=eager_config))
     _, first = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, config=compiled))
     _, steady = timed(device, lambda: extract_vectors(net, paths, args.image_size, transform, config=compiled))
@@ -215,67 +455,151 @@ def compile_row(args, paths, device) -> Optional[Dict]:
             "pays_after_images": compile_s / saved_per_image if saved_per_image > 0 else None}
 
 
-def main(argv: Optional[List[str]] = None) -> Dict:
+# -- the run --------------------------------------------------------------------------------
+
+class Budget:
+    """Seconds left of ``--budget``."""
+
+    def __init__(self, seconds: float):
+        self.started, self.seconds = time.perf_counter(), seconds
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return max(0.0, self.seconds - self.spent())
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=1024)
-    parser.add_argument("--tuples", type=int, default=500, help="tuples of the ts epoch (0: no training rows)")
+    parser.add_argument("--tuples", type=int, default=200, help="tuples of the ts epoch (0: no ts epoch)")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--decode", default="auto", help="aml's decoding (auto: workers on CUDA, pil on the CPU)")
+    parser.add_argument("--decode", default="auto", help="aml's decoding (auto: the device's default)")
     parser.add_argument("--amp-dtype", default="float16", help="aml's autocast dtype (default: float16)")
     parser.add_argument("--networks", default=",".join(NETWORKS), type=lambda s: [n for n in s.split(",") if n])
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="time torch.compile too (default: on CUDA only)")
     parser.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time aml's other decodings and fp16 (default: on)")
-    parser.add_argument("--budget", type=float, default=240.0,
-                        help="seconds after which the optional torch.compile row is left out (default: 240)")
+                        help="time aml's other decodings and precisions on the first row (default: on)")
+    parser.add_argument("--cold-start", action=argparse.BooleanOptionalAction, default=True,
+                        help="the first-forward probe (default: on)")
+    parser.add_argument("--photos", default=None, help="a folder of real photos for the real-weights row")
+    parser.add_argument("--training", action=argparse.BooleanOptionalAction, default=None,
+                        help="two epochs of the getting-started teacher and student (default: on CUDA)")
+    parser.add_argument("--train-size", type=int, default=256, help="image size of the training rows")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler's top operations")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="time torch.compile too (default: on CUDA)")
+    parser.add_argument("--budget", type=float, default=330.0,
+                        help="seconds after which no further section starts (default: 330)")
     add_json_argument(parser, "gpu")
     args = parser.parse_args(argv)
     unknown = [n for n in args.networks if n not in NETWORKS]
     if unknown:
         parser.error(f"unknown network rows {unknown}; choose from {list(NETWORKS)}")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    args = parse_args(argv)
     device = torch.device(args.device)
-    started = time.perf_counter()
+    budget = Budget(args.budget)
+    on_cuda = device.type == "cuda"
+    results: Dict = {"device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+                     "torch": torch.__version__, "images": args.images, "image_size": args.image_size,
+                     "workers": args.workers, "threads": torch.get_num_threads(), "skipped": []}
 
     def save() -> None:  # after every section, so that a run cut short still leaves its numbers
         write_record(args.json, "gpu", {k: v for k, v in vars(args).items() if k != "json"}, results)
 
-    results: Dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                     "torch": torch.__version__, "images": args.images, "image_size": args.image_size,
-                     "workers": args.workers, "threads": torch.get_num_threads()}
+    def section(name: str, run: Callable[[], object], wanted: bool = True) -> None:
+        if not wanted:
+            return
+        if budget.left() <= 0:
+            results["skipped"].append(name)
+            print(f"\n{name}: left out, {budget.spent():.0f} s spent (--budget)", flush=True)
+            return
+        started = time.perf_counter()
+        try:
+            results[name] = run()
+        except Exception as err:  # noqa: BLE001 - a section that fails is recorded; the run goes on
+            results[name] = error_of(err)
+            print(f"\n{name}: {results[name]['error']}", flush=True)
+        results.setdefault("section_seconds", {})[name] = time.perf_counter() - started
+        save()
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = make_images(folder, args.images, args.image_size)
         print(f"{results['device']}, torch {torch.__version__}: {args.images} JPEGs of {args.image_size}x"
-              f"{args.image_size * 3 // 4} and {args.image_size * 3 // 4}x{args.image_size}, {args.workers} workers")
-        shown = [v for v in VARIANTS if v == "aml" or args.variants]
-        print("| network | original img/s | " + " | ".join(f"{v} img/s (speed-up, min cosine)" for v in shown) +
-              " | network alone img/s | decode alone img/s |\n" + "|---" * (4 + len(shown)) + "|", flush=True)
-        results["extraction"] = extraction_rows(args, paths, device)
-        save()
-        if args.tuples:
+              f"{args.image_size * 3 // 4} and {args.image_size * 3 // 4}x{args.image_size}, {args.workers} workers",
+              flush=True)
+        section("cold_start", lambda: cold_start_rows(args, device), args.cold_start)
+        if isinstance(results.get("cold_start"), dict) and "inference" in results["cold_start"]:
+            print(cold_start_table(results["cold_start"]), flush=True)
+
+        results["extraction"] = []
+        shown = list(VARIANTS) if args.variants else list(EVERY_ROW)
+        print("\n| network | original img/s | " + " | ".join(f"{v} img/s (speed-up, cold, min cosine)" for v in shown)
+              + " | network alone img/s | decode alone img/s |\n" + "|---" * (4 + len(shown)) + "|", flush=True)
+        for k, name in enumerate(args.networks):
+            if budget.left() <= 0:
+                results["skipped"].append(f"extraction {name}")
+                continue
+            try:
+                row = extraction_row(args, name, paths, device, shown if k == 0 else EVERY_ROW)
+            except Exception as err:  # noqa: BLE001
+                row = dict(error_of(err), network=name)
+            results["extraction"].append(row)
+            save()
+            print(f"| {name} | {row.get('original', 0):.1f} | {' | '.join(_cell(row.get(v)) for v in shown)} | "
+                  f"{row.get('network_alone', 0):.1f} | {row.get('decode_alone', 0):.1f} |"
+                  + (f" {row['error']}" if "error" in row else ""), flush=True)
+            if on_cuda:
+                torch.cuda.empty_cache()
+
+        section("real_weights", lambda: real_weights_row(args, device), args.photos is not None)
+        section("syncs", lambda: sync_rows(args, paths, device, folder), on_cuda)
+        section("training", lambda: training_rows(args, folder, budget),
+                args.training if args.training is not None else on_cuda)
+        if isinstance(results.get("training"), dict):
+            print(f"\ntraining epochs (s): {json.dumps(results['training'])}", flush=True)
+
+        def ts_rows() -> Dict:
             slow = ts_epoch(args, paths, device, fast=False, folder=folder)
             fast = ts_epoch(args, paths, device, fast=True, folder=folder)
-            results["ts_epoch"] = {"tuples": args.tuples, "original_s": slow, "fast_s": fast, "speedup": slow / fast}
-            save()
             print(f"\nts epoch of {args.tuples} tuples (mobilenet_v2 -> 512, batches of 5): one tuple at a time "
                   f"fp32 {slow:.1f} s, --batch-forward --amp {fast:.1f} s: {slow / fast:.1f}x", flush=True)
-        wanted = args.compile if args.compile is not None else device.type == "cuda"
-        if wanted and time.perf_counter() - started > args.budget:
-            print(f"\ntorch.compile row left out: {time.perf_counter() - started:.0f} s spent (--budget)")
-        elif wanted:
-            row = compile_row(args, paths, device)
-            results["compile"] = row
-            pays = (f"pays for itself after {row['pays_after_images']:,.0f} images" if row["pays_after_images"]
-                    else "never pays")
-            print(f"\ntorch.compile, mobilenet_v2 -> 512: eager {row['eager']:.1f} img/s, compiled "
-                  f"{row['compiled']:.1f} img/s, compile {row['compile_s']:.1f} s: {pays}", flush=True)
-    results["seconds"] = time.perf_counter() - started
+            return {"tuples": args.tuples, "original_s": slow, "fast_s": fast, "speedup": slow / fast}
+        section("ts_epoch", ts_rows, args.tuples > 0)
+
+        def profiled() -> Dict:
+            tables = profile_rows(args, paths, device, folder)
+            if args.json:
+                Path(args.json + ".profile.txt").write_text(
+                    "\n\n".join(f"== {name}\n{text}" for name, text in tables.items()))
+            return tables
+        section("profile", profiled, args.profile)
+        section("compile", lambda: compile_row(args, paths, device),
+                args.compile if args.compile is not None else on_cuda)
+    results["seconds"] = budget.spent()
     print(f"\n{results['seconds']:.0f} s in all", flush=True)
     save()
     return results
+
+
+def cold_start_table(rows: Dict) -> str:
+    """The cold-start probe as markdown tables: first / second call in seconds, per network and probe."""
+    parts = []
+    for kind, probes in (("inference", PROBES), ("training", TRAINING_PROBES)):
+        lines = [f"| {kind}: first / second call (s) | " + " | ".join(probes) + " |", "|---" * (1 + len(probes)) + "|"]
+        for arch, found in rows.get(kind, {}).items():
+            cells = [f"{found[p]['first_s']:.2f} / {found[p]['steady_s']:.3f}" if "first_s" in found.get(p, {})
+                     else found.get(p, {}).get("error", "")[:40] for p in probes]
+            lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ to every result file (demo, benchmarks) so that a number can be traced and repro
 
 import os
 import platform
+import subprocess
 import sys
 from datetime import datetime, timezone
 from typing import Dict, Optional, Sequence
@@ -35,7 +36,28 @@ def provenance(command: Optional[Sequence[str]] = None) -> Dict[str, str]:
             "kernels": " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
                                 if k in os.environ) or "default",
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": _torchvision(),
+            **_accelerator(), **_commit(),
             "command": " ".join(command if command is not None else _command_line())}
+
+
+def _accelerator() -> Dict[str, str]:
+    """The CUDA device with its CUDA and cuDNN versions, when one is in use (else nothing)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"accelerator": f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, cuDNN "
+                           f"{torch.backends.cudnn.version()})"}
+
+
+def _commit() -> Dict[str, str]:
+    """The git commit of aml's tree (``$AML_COMMIT`` where the tree travelled without .git)."""
+    if os.environ.get("AML_COMMIT"):
+        return {"commit": os.environ["AML_COMMIT"]}
+    try:
+        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                               cwd=os.path.dirname(os.path.abspath(__file__)))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": found.stdout.strip()} if found.returncode == 0 and found.stdout.strip() else {}
 
 
 def _torchvision() -> str:

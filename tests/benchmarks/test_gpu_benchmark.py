@@ -1,4 +1,4 @@
-"""benchmarks/gpu.py runs on the CPU at a small size, so that it never rots."""
+"""benchmarks/gpu.py runs on the CPU at a small size, so that it never rots, and never aborts."""
 
 import importlib.util
 import json
@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from aml.descriptors.extraction import NonFiniteDescriptors
+
 ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--device", "cpu", "--images", "6", "--image-size", "64", "--tuples", "6", "--workers", "0",
+         "--no-cold-start", "--no-training"]
 
 
 def load_benchmark():
@@ -19,23 +23,75 @@ def load_benchmark():
 
 def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path, capsys):
     bench = load_benchmark()
-    results = bench.main(["--device", "cpu", "--images", "6", "--image-size", "64", "--tuples", "6", "--workers", "0",
-                          "--networks", "mobilenet_v2 -> 512,mobilenet_v2 -> 512 (3 scales)",
-                          "--json", str(tmp_path / "gpu.json")])
+    results = bench.main(SMALL + ["--networks", "mobilenet_v2 -> 512,mobilenet_v2 -> 512 (3 scales)",
+                                  "--json", str(tmp_path / "gpu.json")])
     out = capsys.readouterr().out
     assert "| mobilenet_v2 -> 512 |" in out and "| mobilenet_v2 -> 512 (3 scales) |" in out and "ts epoch of 6" in out
     rows = results["extraction"]
     assert [r["network"] for r in rows] == ["mobilenet_v2 -> 512", "mobilenet_v2 -> 512 (3 scales)"]
-    for row in rows:
+    for row, variants in zip(rows, (bench.VARIANTS, bench.EVERY_ROW)):  # every variant on the first row
         assert row["original"] > 0 and row["network_alone"] > 0 and row["decode_alone"] > 0
-        assert set(bench.VARIANTS) <= set(row)
-        for variant in bench.VARIANTS:  # on the CPU: fp32; nvJPEG's stand-in is libjpeg + bicubic resizing
-            assert row[variant]["rate"] > 0 and row[variant]["cos_min"] > 0.999, (variant, row[variant])
+        assert set(variants) <= set(row)
+        for variant in variants:  # on the CPU: fp32; nvJPEG's stand-in is libjpeg + bicubic resizing
+            cell = row[variant]
+            assert cell["rate"] > 0 and cell["cold_rate"] > 0 and cell["cos_min"] > 0.999, (variant, cell)
     assert results["ts_epoch"]["original_s"] > 0 and results["ts_epoch"]["fast_s"] > 0
     record = json.loads((tmp_path / "gpu.json").read_text())  # what docs/generate.py reads
     assert record["benchmark"] == "gpu" and record["results"]["extraction"] == json.loads(json.dumps(rows))
     assert record["provenance"]["torch"] == torch.__version__ and record["provenance"]["command"].startswith("python")
     assert record["settings"]["images"] == 6 and "json" not in record["settings"]
+
+
+def test_a_failing_row_or_section_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    bench = load_benchmark()
+    real = bench.extraction_row
+
+    def failing(args, name, *rest):
+        if name == "mobilenet_v2 -> 2048":
+            raise NonFiniteDescriptors("the network produced NaN (simulated)")
+        return real(args, name, *rest)
+
+    monkeypatch.setattr(bench, "extraction_row", failing)
+    (tmp_path / "photos").mkdir()  # no photo in it: the real-weights section fails
+    results = bench.main(SMALL + ["--no-variants", "--tuples", "0", "--photos", str(tmp_path / "photos"),
+                                  "--networks", "mobilenet_v2 -> 2048,mobilenet_v2 -> 512",
+                                  "--json", str(tmp_path / "gpu.json")])
+    first, second = results["extraction"]
+    assert first["network"] == "mobilenet_v2 -> 2048" and "NaN (simulated)" in first["error"]
+    assert second["aml"]["rate"] > 0
+    assert "no .jpg or .png photo" in results["real_weights"]["error"]
+    saved = json.loads((tmp_path / "gpu.json").read_text())["results"]
+    assert saved["extraction"][0]["error"] == first["error"] and "seconds" in saved
+    assert "NaN (simulated)" in capsys.readouterr().out
+
+
+def test_a_section_past_the_budget_is_left_out(tmp_path):
+    results = load_benchmark().main(SMALL + ["--budget", "0", "--profile", "--json", str(tmp_path / "gpu.json")])
+    assert "profile" in results["skipped"] and "ts_epoch" in results["skipped"] and not results["extraction"]
+
+
+def test_the_cold_start_probe_times_a_first_and_a_second_call():
+    bench = load_benchmark()
+    net = __import__("aml.networks", fromlist=["build_network"]).build_network("squeezenet1_1", pretrained=False)
+    row = bench._probe(net.eval(), torch.device("cpu"), bench.PROBES["contiguous fp32"], [(1, 3, 40, 32)], train=False)
+    assert row["first_s"] > 0 and row["steady_s"] > 0 and row["shapes"] == 1
+    table = bench.cold_start_table({"inference": {"squeezenet1_1": {"contiguous fp32": row}}, "training": {}})
+    assert "| squeezenet1_1 |" in table and f"{row['first_s']:.2f} / {row['steady_s']:.3f}" in table
+
+
+def test_the_training_rows_time_two_epochs_of_the_getting_started_flow(tmp_path, monkeypatch):
+    bench = load_benchmark()
+    monkeypatch.setattr(bench, "SYNTHETIC", ["--train-landmarks", "6", "--val-landmarks", "2", "--views", "4",
+                                             "--test-landmarks", "2", "--distractors", "0", "--quiet"])
+    monkeypatch.setattr(bench, "TEACHER_RUN", ["-a", "squeezenet1_1", "--not-pretrained", "-m", "std", "-qs", "8",
+                                               "-ps", "16", "-nn", "2", "-b", "4", "--batch-forward"])
+    monkeypatch.setattr(bench, "STUDENT_RUN", ["-a", "squeezenet1_1", "--not-pretrained", "-m", "reg", "-ps", "8",
+                                               "-b", "4", "--batch-forward"])
+    args = bench.parse_args(["--device", "cpu", "--workers", "0", "--train-size", "32"])
+    rows = bench.training_rows(args, tmp_path, bench.Budget(120))
+    for run in ("teacher", "student"):
+        assert len(rows[run]["epochs_s"]) == 2 and all(s > 0 for s in rows[run]["epochs_s"]), rows
+        assert rows[run]["first_over_second"] > 0
 
 
 def test_the_gpu_benchmark_refuses_an_unknown_row():

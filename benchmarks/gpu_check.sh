@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One call on a GPU machine (docs/speed.md, "On a GPU"): the machine, benchmarks/gpu.py with
+# its profile, then the CUDA tests. Everything lands in $OUT (default ./gpu-out). Needs the
+# folder `make gpu-assets` fills (weights and photos), carried along with the tree.
+#   OUT=/somewhere AML_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export AML_WEIGHTS_PATH="$PWD/gpu-assets/networks" AML_COMMIT="${AML_COMMIT:-unknown}" PYTHONPATH="$PWD"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python -c 'import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__,
+torch.backends.cudnn.version(), torch.cuda.get_device_name(), __import__("os").cpu_count())'
+} > "$OUT/env.txt" 2>&1
+timeout "${BENCH_TIMEOUT:-420}" python benchmarks/gpu.py --photos gpu-assets/photos --profile \
+  --json "$OUT/gpu.json" > "$OUT/gpu.log" 2>&1
+echo "rc=$?" >> "$OUT/gpu.log"
+timeout "${TESTS_TIMEOUT:-150}" python -m pytest -q -p no:cacheprovider -k "cuda or precision" \
+  tests/data/test_encoded_images.py tests/descriptors/test_extraction.py tests/networks/test_precision.py \
+  > "$OUT/cudatests.log" 2>&1
+echo "rc=$?" >> "$OUT/cudatests.log"
+tail -5 "$OUT/gpu.log" "$OUT/cudatests.log"

@@ -88,8 +88,11 @@ def source_line(name: str, record: dict) -> str:
     if p.get("kernels") not in (None, "default", "CUDA"):
         kernels += f" ({p['kernels']})"
     versions = f"torch {p['torch']}" + (f", torchvision {p['torchvision']}" if "torchvision" in p else "")
-    return (f"*From `benchmarks/results/{name}`: {p['machine']}" + (f", {kernels} kernels" if kernels and
-            kernels != "CUDA" else "") + f", {versions}, Python {p['python']}, {p['date']}; `{p['command']}`.*")
+    device = f"{p['accelerator']} on " if p.get("accelerator") else ""
+    commit = f", aml {p['commit']}" if p.get("commit") else ""
+    return (f"*From `benchmarks/results/{name}`: {device}{p['machine']}" + (f", {kernels} kernels" if kernels and
+            kernels != "CUDA" else "") + f", {versions}, Python {p['python']}{commit}, {p['date']}; "
+            f"`{p['command']}`.*")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -351,28 +354,86 @@ def int8_section() -> Generated:
     return Generated({"int8.md": text}, {}, ["int8.json"])
 
 
+def _rate_cell(entry: dict) -> str:
+    """A GPU extraction cell: images/s (speed-up, first call, smallest cosine), or the error."""
+    if "error" in entry:
+        return f"error: {entry['error'].split(':')[0]}"
+    cold = f", first call {entry['cold_rate']:.1f}" if "cold_rate" in entry else ""
+    return f"{entry['rate']:.1f} ({entry['speedup']:.2f}x{cold}, cos {entry['cos_min']:.5f})"
+
+
+def _gpu_extraction(record: dict) -> str:
+    r, s = record["results"], record["settings"]
+    rows_in = [row for row in r.get("extraction", []) if "original" in row]
+    variants = list(dict.fromkeys(v for row in rows_in for v in row if isinstance(row[v], dict)))
+    rows = [[row["network"], f"{row['original']:.1f}"] + [_rate_cell(row[v]) if v in row else "" for v in variants]
+            + [f"{row['network_alone']:,.0f}", f"{row['decode_alone']:,.0f}"] for row in rows_in]
+    failed = [f"{row['network']}: {row['error']}" for row in r.get("extraction", []) if "error" in row]
+    return (f"{s.get('images', '')} JPEGs at {s.get('image_size', '')} px, {s.get('workers', '')} loader workers, "
+            f"autocast {s.get('amp_dtype', 'float16')}; images per second (speed-up over the original's loop"
+            + (", the first call's rate, which meets every shape for the first time" if any(
+                "cold_rate" in row.get(v, {}) for row in rows_in for v in variants) else "")
+            + ", smallest cosine to the original's descriptors):\n\n"
+            + table(["network", "the original's loop"] + variants + ["network alone", "decoding alone"], rows)
+            + "".join(f"\nNot measured: {line}\n" for line in failed))
+
+
+def _gpu_cold_start(found: dict) -> str:
+    parts = []
+    for kind in ("inference", "training"):
+        probes = list(dict.fromkeys(p for arch in found.get(kind, {}).values() for p in arch))
+        rows = [[arch] + [f"{cells[p]['first_s']:.2f} / {cells[p]['steady_s']:.3f}" if "first_s" in cells.get(p, {})
+                          else "error" for p in probes] for arch, cells in found.get(kind, {}).items()]
+        if rows:
+            parts.append(f"Seconds of the first and of the second {'training step' if kind == 'training' else 'forward'}"
+                         " at an input shape never met before:\n\n" + table([kind] + probes, rows))
+    return "\n".join(parts)
+
+
+def _gpu_training(found: dict) -> str:
+    rows = []
+    for run in ("teacher", "student"):
+        row = found.get(run)
+        if not row:
+            continue
+        if "error" in row:
+            rows.append([run, "error: " + row["error"][:60], "", ""])
+            continue
+        epochs = row["epochs_s"]
+        rows.append([run, f"{epochs[0]:.1f}", f"{epochs[1]:.1f}" if len(epochs) > 1 else "",
+                     f"{row['first_over_second']:.2f}" if "first_over_second" in row else ""])
+    return ("The getting-started teacher (EfficientNet-Lite0, `std`) and student (MobileNetV2, `reg`), two epochs "
+            "each, seconds per epoch (mining and training):\n\n" + table(["run", "epoch 1", "epoch 2", "ratio"], rows))
+
+
 def gpu_section() -> Generated:
     names = sorted(p.name for p in RESULTS.glob("gpu*.json"))
     parts = []
     for name in names:
         record = _load(name)
         r = record["results"]
-        variants = [v for v in r["extraction"][0] if isinstance(r["extraction"][0][v], dict)]
-        rows = [[row["network"], f"{row['original']:.1f}"]
-                + [f"{row[v]['rate']:.1f} ({row[v]['speedup']:.2f}x, cos {row[v]['cos_min']:.5f})" for v in variants]
-                + [f"{row['network_alone']:,.0f}", f"{row['decode_alone']:,.0f}"] for row in r["extraction"]]
-        part = (f"{r['device']}, {record['settings'].get('images', '')} JPEGs at {record['settings'].get('image_size', '')}"
-                f" px, {record['settings'].get('workers', '')} loader workers; images per second (speed-up over the "
-                "original's loop, smallest cosine to its descriptors):\n\n"
-                + table(["network", "the original's loop"] + [f"{v}" for v in variants]
-                        + ["network alone", "decoding alone"], rows))
-        if "ts_epoch" in r:
+        part = f"**{r['device']}**, " + _gpu_extraction(record)
+        if isinstance(r.get("cold_start"), dict) and "inference" in r["cold_start"]:
+            part += "\n" + _gpu_cold_start(r["cold_start"])
+        if isinstance(r.get("training"), dict) and "error" not in r["training"]:
+            part += "\n" + _gpu_training(r["training"])
+        if isinstance(r.get("syncs"), dict) and "error" not in r["syncs"]:
+            y = r["syncs"]
+            part += (f"\nHost synchronisations: {y['extraction_syncs']} in a warm extraction of "
+                     f"{y['extraction_images']} images ({y['extraction_batches']} batches), {y['training_batch_syncs']}"
+                     " in a training batch.\n")
+        if isinstance(r.get("real_weights"), dict) and "error" not in r["real_weights"]:
+            w = r["real_weights"]
+            cells = ", ".join(f"{v} {w[v]['cos_min']:.5f}" for v in w if isinstance(w[v], dict) and "cos_min" in w[v])
+            part += (f"\nReal weights (torchvision's ImageNet MobileNetV2 -> 2048) on {w['photos']} real photos, "
+                     f"smallest cosine to the original's descriptors: {cells}.\n")
+        if isinstance(r.get("ts_epoch"), dict) and "fast_s" in r["ts_epoch"]:
             epoch = r["ts_epoch"]
             part += (f"\nA `ts` epoch of {epoch['tuples']} tuples (MobileNetV2 → 512, batches of 5): "
                      f"{epoch['original_s']:.1f} s one tuple at a time in fp32, {epoch['fast_s']:.1f} s with "
                      "`--batch-forward --amp`.\n")
-        if "transcribed" in record:
-            part += f"\n{record['transcribed']}\n"
+        if record.get("note"):
+            part += f"\n{record['note']}\n"
         parts.append(part + "\n" + source_line(name, record) + "\n")
     text = "\n".join(parts) or "*Not measured yet: `python benchmarks/gpu.py` on a CUDA machine.*\n"
     return Generated({"gpu.md": text}, {}, names)

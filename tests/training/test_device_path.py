@@ -85,3 +85,22 @@ def test_fixed_batches_give_the_same_losses_and_gradients_with_power_of_two_forw
 def test_fixed_batches_are_for_cuda_with_frozen_batchnorm(split, tmp_path):
     assert not make_trainer(split, tmp_path).fixed_batches  # the CPU: no kernels to prepare
     assert not make_trainer(split, tmp_path, train_batchnorm=True).fixed_batches
+
+
+def test_an_epoch_with_fixed_batches_meets_at_most_seven_batch_sizes_per_image_shape(split, tmp_path):
+    """Over a whole epoch (mining and training), as on CUDA: every forward's batch is a power
+    of two, so cuDNN meets at most 7 batch sizes (up to 64) per image shape."""
+    counts = []
+    for fixed in (False, True):
+        trainer = make_trainer(split, tmp_path / str(fixed), batch_forward=True, query_size=48, batch_size=8)
+        trainer.fixed_batches = fixed
+        trainer.mining = trainer.mining.but(fixed_batches=fixed)
+        shapes = set()
+        trainer.net.features[0].register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape)))
+        trainer.train_epoch(0)
+        counts.append(shapes)
+    loose, fixed = counts
+    spatial = {shape[2:] for shape in fixed}
+    assert any(shape[0] & (shape[0] - 1) for shape in loose)  # batches of 3, 5, ... images
+    assert all(shape[0] & (shape[0] - 1) == 0 for shape in fixed), sorted(fixed)
+    assert len(fixed) <= 7 * len(spatial) and spatial == {shape[2:] for shape in loose}

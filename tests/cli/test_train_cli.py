@@ -217,7 +217,7 @@ def test_a_timm_vit_student_trains_and_tests_symmetric_and_asymmetric(synth_root
 
     torch.manual_seed(0)
     teacher = save_checkpoint(checkpoint_state(build_network(SMALL, pretrained=False), 0, 0.0), tmp_path / "t.pth")
-    arch = "timm:vit_tiny_patch16_224+cls"
+    arch = "timm:test_vit+cls"
     result = train(synth_root, tmp_path, "-a", arch, "--epochs", "1", "--no-val", "-m", "ts", "--teacher",
                    str(teacher))
     assert f"_{arch}_gem_" in result.run_dir.name

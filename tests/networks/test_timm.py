@@ -15,8 +15,9 @@ from aml.networks.imagenet import MIRROR_ENV, WeightsError, find_weights, get_im
 from aml.networks.inference import has_batchnorm, inference_copy  # noqa: E402
 from aml.networks.timm_trunk import TimmTrunk  # noqa: E402
 
-VIT = "timm:vit_tiny_patch16_224"  # 192-d, patch 16, mean = std = 0.5 in timm's config
-CNN = "timm:convnext_atto"  # 320-d, LayerNorm, a classifier head with a norm of its own
+# timm's own test models (a few hundred thousand weights): the families' layers at a small size
+VIT = "timm:test_vit"  # 64-d, patch 16, a class token, mean = std = 0.5 in timm's config
+CNN = "timm:test_convnext"  # 64-d, LayerNorm, a classifier head with a norm of its own
 
 
 @pytest.fixture
@@ -37,14 +38,14 @@ def offline(monkeypatch, tmp_path):
 def test_timm_names_are_a_family_parsed_from_the_name():
     assert not any(name.startswith("timm:") for name in BACKBONES)  # no hand list: any timm model
     vit, cls, cnn = get_backbone(VIT), get_backbone(VIT + "+cls"), get_backbone(CNN)
-    assert (vit.dim, cls.dim, cnn.dim) == (192, 192, 320) and not vit.student
+    assert (vit.dim, cls.dim, cnn.dim) == (64, 64, 64) and not vit.student
     weights = get_imagenet_weights(VIT)
     assert weights.mean == weights.std == (0.5, 0.5, 0.5)  # from timm's pretrained config
-    assert get_imagenet_weights(CNN).mean == (0.485, 0.456, 0.406)
+    assert get_imagenet_weights("timm:convnext_atto").mean == (0.485, 0.456, 0.406)
     dinov2 = get_imagenet_weights("timm:vit_small_patch14_dinov2.lvd142m")
     assert [f.filename for f in dinov2.files] == ["vit_small_patch14_dinov2.lvd142m.safetensors",
                                                   "dinov2_vits14_pretrain.pth"]
-    assert [f.sha256 for f in get_imagenet_weights(CNN).files] == [None, "01bb0f51"]  # the release's name has one
+    assert [f.sha256 for f in get_imagenet_weights("timm:convnext_atto").files] == [None, "01bb0f51"]  # in its name
     for name, message in ((CNN + "+cls", "not tokens: drop \\+cls"), (VIT + "+mean", "unknown readout 'mean'"),
                           ("timm:convnext_atto.nope", "no pretrained tag 'nope'; its tags: d2_in1k"),
                           ("timm:vit_tinyy_patch16_224", "no model 'vit_tinyy_patch16_224'"),
@@ -63,18 +64,18 @@ def test_a_vit_trunk_gives_its_patch_tokens_on_their_grid_or_its_class_token():
         tokens = trunk.body.forward_features(x)
         patches = trunk(x)
         cls = TimmTrunk(trunk.body, "cls")(x)
-    assert tokens.shape == (2, 1 + 15, 192) and patches.shape == (2, 192, 3, 5)
+    assert tokens.shape == (2, 1 + 15, 64) and patches.shape == (2, 64, 3, 5)
     assert torch.equal(patches[:, :, 1, 2], tokens[:, 1 + 1 * 5 + 2])  # row-major patches after the class token
-    assert cls.shape == (2, 192, 1, 1) and torch.equal(cls[:, :, 0, 0], tokens[:, 0])
-    assert net.descriptors(x).shape == (2, 192) and net.meta["architecture"] == VIT
+    assert cls.shape == (2, 64, 1, 1) and torch.equal(cls[:, :, 0, 0], tokens[:, 0])
+    assert net.descriptors(x).shape == (2, 64) and net.meta["architecture"] == VIT
 
 
 @pytest.mark.parametrize("arch", [VIT, VIT + "+cls", CNN])
 def test_every_parameter_of_a_timm_student_learns(arch):
     """No parameter is left without a gradient (the dropped head): DDP needs them all used."""
     torch.manual_seed(0)
-    net = build_network(arch, pretrained=False, teacher_dim=64)
-    assert net.projection() is not None and net.meta["outputdim"] == 64
+    net = build_network(arch, pretrained=False, teacher_dim=48)
+    assert net.projection() is not None and net.meta["outputdim"] == 48
     net.descriptors(torch.rand(2, 3, 32, 48)).sum().backward()
     assert all(p.grad is not None for p in net.parameters())
 
@@ -91,14 +92,14 @@ def test_the_hub_file_in_the_data_root_is_loaded_without_its_head(offline, tmp_p
     released = full_model(CNN)
     folder = tmp_path / "networks"
     folder.mkdir()
-    save_file(released.state_dict(), str(folder / "convnext_atto.d2_in1k.safetensors"))
+    save_file(released.state_dict(), str(folder / "test_convnext.r160_in1k.safetensors"))
     net = build_network(CNN, pretrained=True, data_root=str(tmp_path))
     ours = net.features[0].body.state_dict()
     assert set(released.state_dict()) - set(ours) == {"head.norm.weight", "head.norm.bias", "head.fc.weight",
                                                       "head.fc.bias"}
     assert all(torch.equal(value, released.state_dict()[key]) for key, value in ours.items())
-    with pytest.raises(Exception, match="is not a timm:vit_tiny_patch16_224 trunk or model"):
-        load_trunk_weights(build_network(VIT, pretrained=False), folder / "convnext_atto.d2_in1k.safetensors")
+    with pytest.raises(Exception, match="is not a timm:test_vit trunk or model"):
+        load_trunk_weights(build_network(VIT, pretrained=False), folder / "test_convnext.r160_in1k.safetensors")
 
 
 def test_a_hashed_release_with_other_bytes_is_refused_and_a_missing_file_named(offline, tmp_path):
@@ -106,13 +107,12 @@ def test_a_hashed_release_with_other_bytes_is_refused_and_a_missing_file_named(o
     folder.mkdir()
     (folder / "convnext_atto_d2-01bb0f51.pth").write_bytes(b"not the release")
     with pytest.raises(WeightsError, match="convnext_atto_d2-01bb0f51.pth is not convnext_atto_d2-01bb0f51.pth"):
-        find_weights(CNN, str(tmp_path))
+        find_weights("timm:convnext_atto", str(tmp_path))
     with pytest.raises(WeightsError) as info:
         build_network(VIT, pretrained=True, data_root=str(tmp_path))
     message = str(info.value)
-    assert "\n" not in message and str(folder / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors") in message
-    assert "https://huggingface.co/timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k/resolve/main/model.safetensors" \
-        in message
+    assert "\n" not in message and str(folder / "test_vit.r160_in1k.safetensors") in message
+    assert "https://huggingface.co/timm/test_vit.r160_in1k/resolve/main/model.safetensors" in message
 
 
 def test_the_hugging_face_cache_is_searched(offline, tmp_path):
@@ -150,7 +150,7 @@ def test_a_checkpoint_rebuilds_a_timm_network_without_any_download(offline, arch
 
 def test_batchnorm_of_a_timm_cnn_is_folded_with_the_same_descriptors():
     torch.manual_seed(0)
-    net = build_network("timm:resnet18", pretrained=False).eval()
+    net = build_network("timm:test_resnet", pretrained=False).eval()
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)

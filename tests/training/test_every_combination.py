@@ -97,7 +97,7 @@ def test_a_timm_vit_student_takes_a_step_and_validates_in_every_mode(splits, tmp
     pytest.importorskip("timm")
     loss = next(loss for loss, name, _ in COMBINATIONS if name == mode)
     torch.manual_seed(0)
-    net = build_network("timm:vit_tiny_patch16_224", pretrained=False, teacher_dim=DIM)
+    net = build_network("timm:test_vit", pretrained=False, teacher_dim=DIM)
     takes_a_step_and_validates(net, loss, mode, False, splits, tmp_path)
 
 

@@ -177,7 +177,8 @@ def timm_weights(name: str) -> ImagenetWeights:
         name: ``<model>[.<tag>][+<readout>]``.
 
     Returns:
-        The entry; the hub's file is the one downloaded.
+        The entry; the hub's file is the one downloaded. A model whose config names no file
+        that torch or safetensors reads gets none.
     """
     spec = parse_timm_spec(name)[0]
     cfg = import_timm().models.get_pretrained_cfg(spec.timm_name)
@@ -189,12 +190,9 @@ def timm_weights(name: str) -> ImagenetWeights:
     if cfg.url and cfg.url.endswith(_TIMM_RELEASES):
         release = cfg.url.rsplit("/", 1)[1]
         files.append(WeightsFile(release, hash_prefix_from_name(release), cfg.url, "timm"))
-    if not files:
-        raise ValueError(f"timm:{name}: timm's config of {tagged} names no file of weights aml can read; train it "
-                         "from scratch (--not-pretrained) or from --trunk-weights")
     return ImagenetWeights(f"timm {tagged}", "not in the original (an aml addition)", tuple(files),
                            f"timm's release of {tagged} ({cfg.license or 'licence not stated'})",
-                           tuple(cfg.mean), tuple(cfg.std))
+                           tuple(cfg.mean or IMAGENET_MEAN), tuple(cfg.std or IMAGENET_STD))
 
 
 #: families of architectures whose entry is made from the name: ``<family>:<name>`` -> function(name)
@@ -285,6 +283,9 @@ def find_weights(arch: str, data_root: Optional[str] = None, download: bool = Tr
         'mobilenet_v2-b0353104.pth'
     """
     weights = get_imagenet_weights(arch)
+    if not weights.files:
+        raise WeightsError(f"{arch}: no file of pretrained weights that aml reads is known ({weights.tag}); "
+                           "train from random weights (--not-pretrained) or from --trunk-weights")
     for file in weights.files:
         for path in _candidates(file, data_root):
             if path.is_file():

@@ -7,8 +7,9 @@ a B x C x H x W map: the patch tokens on their grid (``patch``, the default), or
 token as a 1 x 1 map (``cls``). Token models are built with ``dynamic_img_size`` and
 ``dynamic_img_pad``: their position embeddings are resampled to each image's grid and an
 image whose sides are not multiples of the patch size is padded, so retrieval images of any
-size and aspect ratio go through. The classifier head (timm's ``pretrained_cfg['classifier']``)
-is dropped: every parameter left is used.
+size and aspect ratio go through (a model that cannot, such as Swin, is refused by name). The
+classifier head (timm's ``pretrained_cfg['classifier']``, a ViT's ``fc_norm`` and
+``attn_pool``) is dropped: every parameter left is used.
 """
 
 import re
@@ -42,8 +43,8 @@ TOKEN_READOUTS: Dict[str, Callable[[torch.Tensor, int, Tuple[int, int]], torch.T
 }
 DEFAULT_READOUT = "patch"
 #: what a token model is built with: position embeddings resampled to any grid, images padded
-#: to a multiple of the patch size, no pooling in timm
-TOKEN_MODEL_KWARGS = dict(dynamic_img_size=True, dynamic_img_pad=True, global_pool="")
+#: to a multiple of the patch size
+TOKEN_MODEL_KWARGS = dict(dynamic_img_size=True, dynamic_img_pad=True)
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,19 @@ def is_token_model(model: nn.Module) -> bool:
     return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
 
 
-def _probe(timm_name: str) -> nn.Module:
-    """The model without allocating its weights (on the meta device), to read its shape."""
-    with torch.device("meta"):
-        return import_timm().create_model(timm_name, pretrained=False, num_classes=0)
+#: the image a name is tried on when parsed: odd sides, an aspect ratio no model is made for
+_PROBE_SIZE = (75, 103)
+#: the modules of timm's classifier head besides ``pretrained_cfg['classifier']``: a ViT's norm
+#: after pooling and its attention pooling
+_HEAD_PARTS = ("fc_norm", "attn_pool")
 
 
 @lru_cache(maxsize=None)
 def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
     """Parse what follows ``timm:``; the spec and the trunk's output channels.
+
+    The model is built and tried on an image of odd sides on the meta device (no weights
+    allocated, nothing computed), so a model that needs a fixed input size is refused here.
 
     Args:
         text: ``<model>[.<tag>][+<readout>]``, e.g. ``convnext_tiny``,
@@ -99,7 +104,7 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
 
     Raises:
         ValueError: for a name timm does not know (with close names), an unknown tag or
-            readout, or a readout asked of a CNN.
+            readout, a readout asked of a CNN, or a model that takes one image size only.
     """
     timm = import_timm()
     name, _, readout = text.partition(READOUT_SEPARATOR)
@@ -113,25 +118,34 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
     except RuntimeError:
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{model}.*")]
         raise ValueError(f"timm:{text}: {model} has no pretrained tag {tag!r}; its tags: {', '.join(tags)}") from None
-    probe = _probe(name)
-    if not is_token_model(probe):
+    with torch.device("meta"):
+        plain = timm.create_model(name, pretrained=False, num_classes=0)
+    if not is_token_model(plain):
         if readout:
             raise ValueError(f"timm:{text}: {model} gives a feature map, not tokens: drop {READOUT_SEPARATOR}{readout} "
                              "(readouts are for ViTs)")
-        return TimmSpec(model, tag, None), int(probe.num_features)
-    readout = readout or DEFAULT_READOUT
-    if readout not in TOKEN_READOUTS:
+    elif (readout or DEFAULT_READOUT) not in TOKEN_READOUTS:
         raise ValueError(f"timm:{text}: unknown readout {readout!r}; choose one of {sorted(TOKEN_READOUTS)}")
-    if readout == "cls" and probe.num_prefix_tokens == 0:
+    elif readout == "cls" and plain.num_prefix_tokens == 0:
         raise ValueError(f"timm:{text}: {model} has no class token; use {READOUT_SEPARATOR}patch")
-    return TimmSpec(model, tag, readout), int(probe.num_features)
+    spec = TimmSpec(model, tag, (readout or DEFAULT_READOUT) if is_token_model(plain) else None)
+    try:
+        with torch.device("meta"):
+            features = TimmTrunk(create_timm_body(spec), spec.readout)(torch.empty(1, 3, *_PROBE_SIZE))
+    except Exception as err:  # noqa: BLE001 (whatever the model raises at that size)
+        raise ValueError(f"timm:{text}: {model} does not take images of any size and aspect ratio, as retrieval "
+                         f"needs ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); choose "
+                         "another model") from None
+    return spec, int(features.shape[1])
 
 
 def classifier_modules(model: nn.Module) -> Tuple[str, ...]:
-    """The top-level modules of timm's classifier head (``pretrained_cfg['classifier']``)."""
-    classifier = model.pretrained_cfg.get("classifier") or ()
+    """The top-level modules of timm's classifier head: ``pretrained_cfg['classifier']``
+    (e.g. ``head.fc``: all of ``head``, its norm too), a ViT's norm after pooling and its
+    attention pooling."""
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    return tuple(dict.fromkeys(name.split(".")[0] for name in names))
+    return tuple(dict.fromkeys([name.split(".")[0] for name in names] + list(_HEAD_PARTS)))
 
 
 def create_timm_body(spec: TimmSpec) -> nn.Module:

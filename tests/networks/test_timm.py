@@ -49,10 +49,18 @@ def test_timm_names_are_a_family_parsed_from_the_name():
     for name, message in ((CNN + "+cls", "not tokens: drop \\+cls"), (VIT + "+mean", "unknown readout 'mean'"),
                           ("timm:convnext_atto.nope", "no pretrained tag 'nope'; its tags: d2_in1k"),
                           ("timm:vit_tinyy_patch16_224", "no model 'vit_tinyy_patch16_224'"),
+                          ("timm:swin_tiny_patch4_window7_224", "does not take images of any size and aspect ratio"),
                           ("timm", "Unsupported or unknown architecture")):
         with pytest.raises(ValueError, match=message) as info:
             get_backbone(name)
         assert "\n" not in str(info.value)
+
+
+def test_a_model_without_a_release_builds_and_says_so_when_asked_for_weights(offline, tmp_path):
+    arch = "timm:test_vit4"  # timm's config names no file for it
+    assert get_imagenet_weights(arch).files == () and build_network(arch, pretrained=False).meta["outputdim"] == 96
+    with pytest.raises(WeightsError, match="no file of pretrained weights that aml reads is known .*--not-pretrained"):
+        build_network(arch, pretrained=True, data_root=str(tmp_path))
 
 
 def test_a_vit_trunk_gives_its_patch_tokens_on_their_grid_or_its_class_token():

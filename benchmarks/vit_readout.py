@@ -4,14 +4,14 @@ token (GeM of a 1x1 map is the token clamped at 0; MAC keeps it as it is), on th
 test sets.
 
     python benchmarks/vit_readout.py --data-root DATA [--arch timm:vit_small_patch14_dinov2] \\
-        [--image-size 96] [--seeds 0,1,2] [--epochs 2] [--json FILE]   # default: benchmarks/results/vit_readout.json
+        [--pretrained] [--image-size 96] [--seeds 0,1,2] [--epochs 2] [--json FILE]   # default: benchmarks/results/vit_readout.json
 
-No DINOv2 weights can be had offline here, so each readout is measured with weights made on
-the spot: random ones (one network per seed, tested off the shelf), and the same
-architecture trained from random weights as the demo trains its teacher (``std`` mode on
-synth-sfm, the demo's budget and options, ``--epochs`` epochs, the first seed). Every network
-is tested symmetrically on synth-oxford and synth-paris (generated in the data root when
-missing). It prints the mAP table and writes it, with the machine and versions, as JSON.
+Each readout is tested off the shelf and after training as the demo trains its teacher
+(``std`` mode on synth-sfm, the demo's budget and options, ``--epochs`` epochs, the first
+seed), starting from random weights (one network per seed off the shelf) or, with
+``--pretrained``, from the pretrained weights (found offline, `aml.networks.imagenet`). Every
+network is tested symmetrically on synth-oxford and synth-paris (generated in the data root
+when missing). It prints the mAP table and writes it, with the machine and versions, as JSON.
 """
 
 import argparse
@@ -45,10 +45,11 @@ def mean_average_precisions(network: LoadedNetwork, settings: TestSettings) -> D
 
 
 def trained(args: argparse.Namespace, arch: str, pooling: str, seed: int) -> LoadedNetwork:
-    """``arch`` trained from random weights in std mode on synth-sfm, as the demo trains its teacher."""
+    """``arch`` trained in std mode on synth-sfm, as the demo trains its teacher."""
     options = dict(DemoBudget(image_size=args.image_size, quiet=True).options(), **TEACHER_OPTIONS)
     config = TrainConfig(directory=str(Path(args.data_root) / "vit_readout" / "runs"), data_root=args.data_root,
-                         training_dataset="synth-sfm", arch=arch, pool=pooling, pretrained=False, epochs=args.epochs,
+                         training_dataset="synth-sfm", arch=arch, pool=pooling, pretrained=args.pretrained,
+                         epochs=args.epochs,
                          val=False, print_freq=1000, seed=seed, device=args.device, **options)
     return load_named_or_file(run(config).run_dir / f"model_epoch{args.epochs}.pth.tar")
 
@@ -57,21 +58,23 @@ def measure(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """One row per (readout, pooling, weights): mAP Medium and Hard per data set."""
     settings = TestSettings(datasets=list(DATASETS), image_size=args.image_size, workers=0, device=args.device,
                             data_root=args.data_root, progress=False)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")][:1 if args.pretrained else None]
+    start = "pretrained" if args.pretrained else "random"
     rows = []
     for readout, pooling in VARIANTS:
         arch = f"{args.arch}+{readout}"
         per_seed = []
         for seed in seeds:
             torch.manual_seed(seed)
-            net = build_network(arch, pooling, pretrained=False).eval()
-            per_seed.append(mean_average_precisions(LoadedNetwork.in_memory(net, f"{arch}-random{seed}"), settings))
-        rows.append({"readout": readout, "pooling": pooling, "weights": f"random (seeds {args.seeds})",
+            net = build_network(arch, pooling, pretrained=args.pretrained, data_root=args.data_root).eval()
+            per_seed.append(mean_average_precisions(LoadedNetwork.in_memory(net, f"{arch}-{start}{seed}"), settings))
+        rows.append({"readout": readout, "pooling": pooling,
+                     "weights": "pretrained" if args.pretrained else f"random (seeds {args.seeds})",
                      "map": {d: {level: [round(r[d][level], 2) for r in per_seed] for level in LEVELS}
                              for d in DATASETS}})
         result = mean_average_precisions(trained(args, arch, pooling, seeds[0]), settings)
         rows.append({"readout": readout, "pooling": pooling,
-                     "weights": f"trained from random, std mode, {args.epochs} epochs (seed {seeds[0]})",
+                     "weights": f"trained from {start}, std mode, {args.epochs} epochs (seed {seeds[0]})",
                      "map": {d: {level: [round(result[d][level], 2)] for level in LEVELS} for d in DATASETS}})
         print(f">> {arch} {pooling}: done", flush=True)
     return rows
@@ -81,6 +84,8 @@ def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True, help="where the synthetic sets are (generated when missing)")
     parser.add_argument("--arch", default="timm:vit_small_patch14_dinov2", help="a timm ViT, without a readout")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="start from the pretrained weights (found offline) instead of random ones")
     parser.add_argument("--image-size", type=int, default=96, help="the demo's (default: 96)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the random networks (default: 0,1,2)")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs, the demo's teacher's (default: 2)")

@@ -136,6 +136,9 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
         raise ValueError(f"timm:{text}: {model} does not take images of any size and aspect ratio, as retrieval "
                          f"needs ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); choose "
                          "another model") from None
+    if features.dim() != 4:
+        raise ValueError(f"timm:{text}: {model}'s features are neither a feature map nor a ViT's tokens (shape "
+                         f"{tuple(features.shape)} for one image); choose another model")
     return spec, int(features.shape[1])
 
 
@@ -191,7 +194,7 @@ class TimmTrunk(nn.Module):
         # antialiased bicubic interpolation, ONNX's Resize with ``antialias`` (opset 18)
         self.onnx_opset = 18 if readout else 0
 
-    def grid(self, height, width) -> Tuple:
+    def grid(self, height: int, width: int) -> Tuple[int, int]:
         """The patch grid of an image of ``height`` x ``width`` (padded to whole patches)."""
         patch = self.body.patch_embed.patch_size
         return (height + patch[0] - 1) // patch[0], (width + patch[1] - 1) // patch[1]

@@ -457,6 +457,24 @@ def reranking_section() -> Generated:
     return Generated({"reranking.md": text}, {}, ["reranking.json"])
 
 
+def vit_readout_section() -> Generated:
+    record = _load("vit_readout.json")
+    if record is None:
+        return Generated({"vit_readout.md": "*Not measured yet: `python benchmarks/vit_readout.py --data-root DATA`.*\n"},
+                         {}, [])
+    s = record["settings"]
+    datasets = list(record["results"]["rows"][0]["map"])
+    rows = [[f"`+{row['readout']}`", row["pooling"], row["weights"]]
+            + [mean_std(row["map"][d][level]) for d in datasets for level in ("medium", "hard")]
+            for row in record["results"]["rows"]]
+    text = (f"mAP (%), Medium (M) and Hard (H), of `{s['arch']}` at {s['image_size']} px, symmetric, no "
+            "whitening (mean ± std over the seeds of the random networks):\n\n"
+            + table(["readout", "pooling", "weights"] + [f"{d} {level[0].upper()}" for d in datasets
+                                                         for level in ("medium", "hard")], rows)
+            + "\n" + source_line("vit_readout.json", record) + "\n")
+    return Generated({"vit_readout.md": text}, {}, ["vit_readout.json"])
+
+
 def learning_section() -> Generated:
     record = _load("learning_margins.json")
     if record is None:
@@ -491,8 +509,8 @@ def not_run_section() -> Generated:
 
 
 SECTIONS = (demo_section, later_losses_section, extract_section, real_weights_section, decoding_section,
-            training_section, search_section, int8_section, gpu_section, reranking_section, learning_section,
-            registry_section, not_run_section)
+            training_section, search_section, int8_section, gpu_section, reranking_section, vit_readout_section,
+            learning_section, registry_section, not_run_section)
 
 
 # ---- writing and checking

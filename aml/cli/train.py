@@ -9,12 +9,21 @@ from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arg
 from aml.data.trainsets import training_set_names, whitening_set_names
 from aml.layers.pooling import POOLINGS
 from aml.losses import LOSSES
-from aml.networks.backbones import BACKBONES
+from aml.networks.backbones import BACKBONES, get_backbone
 from aml.training import TrainConfig, TrainResult, run
 from aml.training.config import problems
 from aml.training.modes import MODES
 from aml.training.optim import OPTIMIZERS
 from aml.utils.distributed import current_rank
+
+
+def architecture(text: str) -> str:
+    """``--arch``: a name of the backbone table or of a family (``timm:convnext_tiny``)."""
+    try:
+        get_backbone(text)
+    except (ValueError, ImportError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"whitening set for test evaluation: {' | '.join(whitening_set_names())} or a custom set")
     p.add_argument("--val-freq", default=1, type=positive_int, help="validate every N epochs (default: 1)")
     p.add_argument("--save-freq", default=1, type=positive_int, help="write model_epochN every N epochs (default: 1)")
-    p.add_argument("--arch", "-a", default="resnet101", choices=sorted(BACKBONES))
+    p.add_argument("--arch", "-a", default="resnet101", type=architecture, metavar="ARCH",
+                   help=f"{' | '.join(sorted(BACKBONES))}, or timm:MODEL[.TAG][+patch|+cls] for any timm model "
+                        "(a ViT's patch tokens or class token; docs/networks.md) (default: resnet101)")
     p.add_argument("--pool", "-p", default="gem", choices=sorted(POOLINGS))
     p.add_argument("--local-whitening", "-lw", action="store_true", help="learnable linear layer before pooling")
     p.add_argument("--regional", "-r", action="store_true", help="regional (R-MAC grid) pooling")

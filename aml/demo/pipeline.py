@@ -193,8 +193,11 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     """python -m aml.demo [--data-root DIR] [--student-arch ARCH] ..."""
     parser = Parser(prog="python -m aml.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", default=None, type=folder)
-    parser.add_argument("--student-arch", default="mobilenet_v2")
-    parser.add_argument("--teacher-arch", default="efficientnet_lite2")
+    parser.add_argument("--student-arch", default="mobilenet_v2", help="a main.py -a name (default: mobilenet_v2)")
+    parser.add_argument("--teacher-arch", default="efficientnet_lite2",
+                        help="a main.py -a name, e.g. timm:convnext_atto or timm:vit_small_patch14_dinov2 (its weights "
+                             "in <data_root>/networks or $AML_WEIGHTS_PATH, or --teacher-trunk synthetic) "
+                             "(default: efficientnet_lite2)")
     parser.add_argument("--teacher-trunk", default="imagenet", choices=TEACHER_TRUNKS,
                         help="the teacher's starting weights: its ImageNet weights (found offline) or a trunk "
                              "pretrained once on synthetic objects (default: imagenet)")

@@ -11,11 +11,12 @@ file carries what it is (`aml.descriptors.onnx_student.OnnxStudentInfo`: the stu
 teacher, the dimension, the whitening folded in), and `quantize_student` makes the int8 one.
 """
 
+import contextlib
 import dataclasses
 import logging
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -147,16 +148,47 @@ def export_torchscript(model: DeployedStudent, path: PathLike, example: torch.Te
     return Path(path)
 
 
+def _antialiased_bicubic(g, image, output_size, align_corners, scales_h=None, scales_w=None):
+    """ONNX's Resize for torch's antialiased bicubic interpolation (``aten::_upsample_bicubic2d_aa``,
+    which timm's ViTs resample their position embeddings with): cubic with a = -0.5, the taps
+    outside the input dropped and the kernel widened when shrinking, as torch (and PIL) compute it."""
+    shape = g.op("Shape", image)
+    batch_and_channels = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([0])),
+                              g.op("Constant", value_t=torch.tensor([2])))
+    sizes = g.op("Concat", batch_and_channels, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: INT64
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    return g.op("Resize", image, empty, empty, sizes, mode_s="cubic", cubic_coeff_a_f=-0.5, antialias_i=1,
+                exclude_outside_i=1, coordinate_transformation_mode_s="half_pixel")
+
+
+#: operators that the ONNX exporter lacks, with the opset that has them: name -> (opset, symbolic)
+ONNX_SYMBOLICS = {"aten::_upsample_bicubic2d_aa": (18, _antialiased_bicubic)}
+
+
+@contextlib.contextmanager
+def _onnx_symbolics(opset: int) -> Iterator[None]:
+    """`ONNX_SYMBOLICS` that ``opset`` has, registered with the exporter for one export only."""
+    registered = [(name, at) for name, (at, _) in ONNX_SYMBOLICS.items() if opset >= at]
+    for name, at in registered:
+        torch.onnx.register_custom_op_symbolic(name, ONNX_SYMBOLICS[name][1], at)
+    try:
+        yield
+    finally:
+        for name, at in registered:
+            torch.onnx.unregister_custom_op_symbolic(name, at)
+
+
 def export_onnx(model: DeployedStudent, path: PathLike, example: torch.Tensor, opset: int = 17) -> Path:
     """Export a deployed student to ONNX with batch, height and width dynamic.
 
-    The graph's input is ``image``, its output ``descriptor``.
+    The graph's input is ``image``, its output ``descriptor``. A trunk that needs a later
+    opset says so (``onnx_opset``: a ViT's resampled position embeddings need 18).
 
     Args:
         model: the deployed student.
         path: the file to write.
         example: the input to export with, 1 x 3 x H x W in [0, 1].
-        opset: the ONNX opset version.
+        opset: the ONNX opset version (at least).
 
     Returns:
         ``path``.
@@ -167,7 +199,8 @@ def export_onnx(model: DeployedStudent, path: PathLike, example: torch.Tensor, o
         >>> export_onnx(model, "student.onnx", generated_images()[0])  # doctest: +SKIP
         PosixPath('student.onnx')
     """
-    with torch.no_grad(), warnings.catch_warnings():
+    opset = max([opset] + [getattr(module, "onnx_opset", 0) for module in model.modules()])
+    with torch.no_grad(), warnings.catch_warnings(), _onnx_symbolics(opset):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["descriptor"],
@@ -311,7 +344,9 @@ def export_student(net: ImageRetrievalNet, folder: PathLike, whitening: Optional
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = DeployedStudent(net.cpu().float(), whitening).eval()
-    example = generated_images(((224, 224),))[0]
+    # not square: no trunk's shortcut for its native size (timm's ViTs skip resampling their
+    # position embeddings on their square native grid) is traced into the graph
+    example = generated_images(((224, 192),))[0]
     files = {"torchscript": export_torchscript(model, folder / "student.pt", example)}
     if onnx:
         files["onnx"] = export_onnx(model, folder / "student.onnx", example)

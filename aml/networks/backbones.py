@@ -3,23 +3,28 @@
 Each `Backbone` says how to build the trunk's children, how many channels it
 outputs, whether it is a *student* trunk (always followed by a 1x1 projection to the
 teacher's dimension, as in the original), and where its ImageNet weights come from.
+Families of architectures are resolved by a parser instead (`BACKBONE_FAMILIES`):
+``timm:<model>[.<tag>][+<readout>]`` is any timm model (`aml.networks.timm_trunk`).
 """
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from aml.networks.imagenet import find_weights
+from aml.networks.timm_trunk import (TimmTrunk, create_timm_body, import_timm, parse_timm_spec, removed_by_trunk,
+                                     timm_filter)
 from aml.utils.plain_files import load_plain_file
 
 @dataclass(frozen=True)
 class Backbone:
     """How to build one architecture's trunk.
 
-    ``model`` is the torchvision or timm model name (``source`` says which), ``children``
+    ``model`` is the model's name in its ``source`` (`MODEL_SOURCES`), ``children``
     picks the trunk's children from a full model, ``dim`` is the trunk's output channels.
     A ``student`` trunk is always followed by a 1x1 projection to the teacher's dimension.
     ``legacy_children`` maps child indices of old checkpoints to today's (see efficientnet).
@@ -85,11 +90,34 @@ BACKBONES: Dict[str, Backbone] = {
 }
 
 
+def _timm_children(model: nn.Module, readout: Optional[str]) -> List[nn.Module]:
+    return [TimmTrunk(model, readout)]
+
+
+def timm_backbone(name: str) -> Backbone:
+    """The entry of ``timm:<name>``: any timm model, its ``forward_features`` as the trunk.
+
+    Args:
+        name: ``<model>[.<tag>][+<readout>]`` (`aml.networks.timm_trunk.parse_timm_spec`).
+
+    Returns:
+        A `Backbone` whose children are one `aml.networks.timm_trunk.TimmTrunk`; not a
+        student trunk (a 1x1 projection follows it when the teacher's dimension differs).
+    """
+    spec, dim = parse_timm_spec(name)
+    return Backbone(name, partial(_timm_children, readout=spec.readout), dim, source="timm-trunk")
+
+
+#: families of architectures resolved by a parser: ``<family>:<name>`` -> function(name) -> Backbone
+BACKBONE_FAMILIES: Dict[str, Callable[[str], Backbone]] = {"timm": timm_backbone}
+
+
 def get_backbone(arch: str) -> Backbone:
     """The table entry of one architecture.
 
     Args:
-        arch: a name of `BACKBONES` (``"resnet101"``, ``"mobilenet_v2"``, ...).
+        arch: a name of `BACKBONES` (``"resnet101"``, ``"mobilenet_v2"``, ...) or of a family
+            of `BACKBONE_FAMILIES` (``"timm:convnext_tiny"``, ``"timm:vit_small_patch14_dinov2+cls"``).
 
     Returns:
         The architecture's `Backbone`: the library model, the trunk's children, its
@@ -104,25 +132,43 @@ def get_backbone(arch: str) -> Backbone:
         2048
         >>> get_backbone("mobilenet_v2").student
         True
+        >>> get_backbone("timm:vit_tiny_patch16_224").dim
+        192
     """
-    try:
+    if arch in BACKBONES:
         return BACKBONES[arch]
-    except KeyError:
-        raise ValueError(f"Unsupported or unknown architecture: {arch!r}; choose one of {sorted(BACKBONES)}") from None
+    family, colon, name = arch.partition(":")
+    if colon and family in BACKBONE_FAMILIES:
+        return BACKBONE_FAMILIES[family](name)
+    raise ValueError(f"Unsupported or unknown architecture: {arch!r}; choose one of {sorted(BACKBONES)}, or "
+                     f"{' | '.join(f'{f}:NAME' for f in BACKBONE_FAMILIES)} (e.g. timm:convnext_tiny)")
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None)
+
+
+def _timm_model(name: str) -> nn.Module:
+    return import_timm().create_model(name, pretrained=False)
+
+
+def _timm_trunk_model(name: str) -> nn.Module:
+    return create_timm_body(parse_timm_spec(name)[0])
+
+
+#: where a `Backbone`'s ``model`` comes from: source -> function(model name) -> the model, random weights
+MODEL_SOURCES: Dict[str, Callable[[str], nn.Module]] = {
+    "torchvision": _torchvision_model, "timm": _timm_model, "timm-trunk": _timm_trunk_model,
+}
 
 
 def library_model(arch: str) -> nn.Module:
-    """The whole torchvision or timm model of ``arch`` (classifier included), random weights."""
+    """The whole torchvision or timm model of ``arch`` (classifier included; a ``timm:``
+    architecture's without it), random weights."""
     backbone = get_backbone(arch)
-    if backbone.source == "timm":
-        try:
-            import timm
-        except ImportError as err:  # timm is optional
-            raise ImportError(f"architecture {arch!r} needs the optional package timm: pip install timm") from err
-        return timm.create_model(backbone.model, pretrained=False)
-    import torchvision
-
-    return torchvision.models.get_model(backbone.model, weights=None)
+    return MODEL_SOURCES[backbone.source](backbone.model)
 
 
 _DENSENET_2017 = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
@@ -155,6 +201,18 @@ def _densenet_2017(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.M
     return _fits({_DENSENET_2017.sub(r"\1\2", key): value for key, value in state.items()}, model)
 
 
+def _timm_keys(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module) -> Optional[Dict]:
+    """A timm release (its hub's file, or the original release timm converts) without the
+    classifier head that a ``timm:`` trunk drops."""
+    convert = timm_filter(model)
+    if convert is not None:
+        try:
+            state = convert(state, model)
+        except Exception:  # noqa: BLE001 (any failure of timm's conversion means: not a file of this family)
+            return None
+    return _fits({key: value for key, value in state.items() if not removed_by_trunk(model, key)}, model)
+
+
 def _in_order(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module) -> Optional[Dict]:
     ours = model.state_dict()
     if [tuple(v.shape) for v in state.values()] != [tuple(v.shape) for v in ours.values()]:
@@ -167,6 +225,7 @@ def _in_order(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module
 #: A file of unknown layout is tried against them in this order.
 LAYOUTS: Dict[str, Callable[[Dict[str, torch.Tensor], nn.Module, nn.Module], Optional[Dict[str, torch.Tensor]]]] = {
     "trunk": _trunk_keys, "model": _model_keys, "densenet-2017": _densenet_2017, "in-order": _in_order,
+    "timm": _timm_keys,
 }
 
 

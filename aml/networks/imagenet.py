@@ -6,20 +6,22 @@ torchvision 0.5, timm 0.1.x, cirtorch's converted Caffe trunks) and the files th
 each with the sha256 prefix it is verified by. A file is looked for, in order, in
 ``<data_root>/networks/``, in the folders of ``$AML_WEIGHTS_PATH``, in torch hub's cache and in
 an installed pip package that carries it; only then is it downloaded. A file that has the right
-name and other bytes is refused, never loaded.
+name and other bytes is refused, never loaded. ``timm:`` architectures are a family
+(`WEIGHTS_FAMILIES`): their entry is read from timm's pretrained config.
 """
 
 import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
 from aml.data.download import DownloadError, download_file, file_sha256, hash_prefix_from_name
 from aml.data.paths import data_subdir
 from aml.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD
+from aml.networks.timm_trunk import import_timm, parse_timm_spec
 
 #: folders (separated by os.pathsep) searched for weight files before anything is downloaded
 MIRROR_ENV = "AML_WEIGHTS_PATH"
@@ -47,6 +49,20 @@ class WeightsPackage:
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """A file of a Hugging Face hub repository, which timm downloads its weights from; found
+    in the hub's local cache (``$HF_HOME/hub``) without any download."""
+
+    repo: str  # e.g. "timm/vit_small_patch14_dinov2.lvd142m"
+    member: str = "model.safetensors"
+
+    @property
+    def url(self) -> str:
+        """Where the hub serves the file."""
+        return f"https://huggingface.co/{self.repo}/resolve/main/{self.member}"
+
+
+@dataclass(frozen=True)
 class WeightsFile:
     """One file that holds a trunk's ImageNet weights, and how its tensors are laid out:
     ``model`` (the library model's state dict), ``trunk`` (keys of the trunk's children as
@@ -54,10 +70,11 @@ class WeightsFile:
     (the library model's tensors in the same order under other names)."""
 
     filename: str
-    sha256: str  # prefix of the file's sha256, checked whenever the file is used
+    sha256: Optional[str]  # prefix of the file's sha256, checked whenever the file is used (None: none published)
     url: Optional[str] = None  # None: the file is published only inside ``package``
     layout: str = "model"
     package: Optional[WeightsPackage] = None
+    hub: Optional[HubFile] = None  # the same file in the Hugging Face hub's cache
 
 
 @dataclass(frozen=True)
@@ -147,12 +164,50 @@ IMAGENET_WEIGHTS: Dict[str, ImagenetWeights] = {
 }
 
 
+_TIMM_RELEASES = (".pth", ".pt", ".bin", ".safetensors")  # files torch or safetensors read (not JAX's .npz)
+
+
+def timm_weights(name: str) -> ImagenetWeights:
+    """The pretrained weights of ``timm:<name>``, from timm's pretrained config: its mean and
+    std, and its files: the hub's file saved as ``<model>.<tag>.safetensors``, and the
+    original release where the config names one (verified by the sha256 prefix its name
+    carries, where it carries one).
+
+    Args:
+        name: ``<model>[.<tag>][+<readout>]``.
+
+    Returns:
+        The entry; the hub's file is the one downloaded. A model whose config names no file
+        that torch or safetensors reads gets none.
+    """
+    spec = parse_timm_spec(name)[0]
+    cfg = import_timm().models.get_pretrained_cfg(spec.timm_name)
+    tagged = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+    files = []
+    if cfg.hf_hub_id:
+        hub = HubFile(cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors")
+        files.append(WeightsFile(f"{tagged}{Path(hub.member).suffix}", None, hub.url, "timm", hub=hub))
+    if cfg.url and cfg.url.endswith(_TIMM_RELEASES):
+        release = cfg.url.rsplit("/", 1)[1]
+        files.append(WeightsFile(release, hash_prefix_from_name(release), cfg.url, "timm"))
+    return ImagenetWeights(f"timm {tagged}", "not in the original (an aml addition)", tuple(files),
+                           f"timm's release of {tagged} ({cfg.license or 'licence not stated'})",
+                           tuple(cfg.mean or IMAGENET_MEAN), tuple(cfg.std or IMAGENET_STD))
+
+
+#: families of architectures whose entry is made from the name: ``<family>:<name>`` -> function(name)
+WEIGHTS_FAMILIES: Dict[str, Callable[[str], ImagenetWeights]] = {"timm": timm_weights}
+
+
 def get_imagenet_weights(arch: str) -> ImagenetWeights:
-    """The table entry of ``arch``; a ValueError lists the architectures that have one."""
-    try:
+    """The table entry of ``arch`` (or of its family); a ValueError lists the architectures that have one."""
+    if arch in IMAGENET_WEIGHTS:
         return IMAGENET_WEIGHTS[arch]
-    except KeyError:
-        raise ValueError(f"no ImageNet weights are known for {arch!r}; known: {sorted(IMAGENET_WEIGHTS)}") from None
+    family, colon, name = arch.partition(":")
+    if colon and family in WEIGHTS_FAMILIES:
+        return WEIGHTS_FAMILIES[family](name)
+    raise ValueError(f"no ImageNet weights are known for {arch!r}; known: {sorted(IMAGENET_WEIGHTS)} and "
+                     f"{', '.join(f'{f}:NAME' for f in WEIGHTS_FAMILIES)}")
 
 
 def package_file(package: WeightsPackage) -> Optional[Path]:
@@ -165,6 +220,16 @@ def package_file(package: WeightsPackage) -> Optional[Path]:
     return next((Path(f) / package.member for f in folders if (Path(f) / package.member).is_file()), None)
 
 
+def hub_cache_file(hub: HubFile) -> Optional[Path]:
+    """Where the Hugging Face hub's local cache keeps ``hub``'s file (no download), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(hub.repo, hub.member)
+    return Path(found) if isinstance(found, str) else None
+
+
 def _candidates(file: WeightsFile, data_root: Optional[str]) -> Iterator[Path]:
     yield data_subdir(data_root, "networks") / file.filename
     for folder in filter(None, os.environ.get(MIRROR_ENV, "").split(os.pathsep)):
@@ -174,10 +239,17 @@ def _candidates(file: WeightsFile, data_root: Optional[str]) -> Iterator[Path]:
         found = package_file(file.package)
         if found is not None:
             yield found
+    if file.hub is not None:
+        found = hub_cache_file(file.hub)
+        if found is not None:
+            yield found
 
 
 def verify_weights_file(path: Path, file: WeightsFile) -> Path:
-    """``path`` if its sha256 starts with ``file.sha256``; else a WeightsError naming it."""
+    """``path`` if its sha256 starts with ``file.sha256`` (any file when none is published);
+    else a WeightsError naming it."""
+    if file.sha256 is None:
+        return path
     actual = file_sha256(path)
     if not actual.startswith(file.sha256):
         raise WeightsError(f"{path} is not {file.filename}: its sha256 starts with {actual[:len(file.sha256)]}, "
@@ -211,6 +283,9 @@ def find_weights(arch: str, data_root: Optional[str] = None, download: bool = Tr
         'mobilenet_v2-b0353104.pth'
     """
     weights = get_imagenet_weights(arch)
+    if not weights.files:
+        raise WeightsError(f"{arch}: no file of pretrained weights that aml reads is known ({weights.tag}); "
+                           "train from random weights (--not-pretrained) or from --trunk-weights")
     for file in weights.files:
         for path in _candidates(file, data_root):
             if path.is_file():

@@ -230,7 +230,7 @@ def build_network(
     other trunks get one only when ``teacher_dim`` differs from their width.
 
     Args:
-        architecture: the trunk, a name of `BACKBONES`.
+        architecture: the trunk, a name of `BACKBONES` or ``timm:<model>`` (any timm model).
         pooling: a name of `aml.layers.pooling.POOLINGS` (``"gem"``, ``"mac"``, ...).
         local_whitening: a learnable linear layer before pooling.
         regional: regional (R-MAC grid) pooling.

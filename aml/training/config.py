@@ -34,7 +34,7 @@ class TrainConfig:
         test_whiten: the whitening set for test evaluation ("": none).
         val_freq: validate every N epochs.
         save_freq: write ``model_epochN`` every N epochs.
-        arch: the architecture, a name of `aml.networks.BACKBONES`.
+        arch: the architecture, a name of `aml.networks.BACKBONES` or ``timm:<model>``.
         pool: the pooling, a name of `aml.layers.pooling.POOLINGS`.
         local_whitening: a learnable linear layer before pooling.
         regional: regional (R-MAC grid) pooling.

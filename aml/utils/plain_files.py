@@ -33,12 +33,29 @@ def _numpy_globals() -> list:
             (reconstruct, "numpy.core.multiarray._reconstruct"), (scalar, "numpy.core.multiarray.scalar")]
 
 
+def _load_safetensors(path: PathLike, map_location: Union[str, torch.device]) -> Any:
+    """The tensors of a ``.safetensors`` file (a format that holds nothing but tensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(map_location))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {path}: it is truncated or not a safetensors file ({err}). Download or "
+                              "copy it again.") from err
+
+
 def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
-    """``torch.load`` that admits only tensors, containers, numbers and numpy arrays.
+    """``torch.load`` that admits only tensors, containers, numbers and numpy arrays (a
+    ``.safetensors`` file is read with safetensors, which holds tensors only).
 
     Raises:
         CheckpointError: naming ``path``, when it is missing, truncated or holds anything else.
     """
+    if Path(path).suffix == ".safetensors":
+        return _load_safetensors(path, map_location)
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)

@@ -49,7 +49,8 @@ def test_the_flags_defaults_are_the_configs_defaults():
     (["--loss", "triplet", "--mode", "ts_self"], "--loss triplet cannot be used with --mode ts_self"),
     (["--mode", "reg", "--sym"], "--sym has no meaning with --mode reg"),
     (["-td", "roxford6k"], "Unsupported or unknown test dataset: roxford6k"),
-    (["--arch", "resnet9000"], "invalid choice: 'resnet9000'"),
+    (["--arch", "resnet9000"], "Unsupported or unknown architecture: 'resnet9000'"),
+    (["--arch", "timm:convnext_atto+cls"], "convnext_atto gives a feature map, not tokens: drop +cls"),
     (["--train-batchnorm", "-b", "1"], "--train-batchnorm needs --batch-size of at least 2"),
     (["--proj-lr-mult", "0"], "--proj-lr-mult: must be a positive finite number"),
     (["-nn", "0"], "--neg-num 0: --mode std trains on tuples with mined negatives; with none, --loss contrastive sees "
@@ -204,3 +205,26 @@ def test_amp_trains_in_bfloat16_close_to_fp32(synth_root, tmp_path, monkeypatch)
     assert bf16.history[0]["train_loss"] == pytest.approx(fp32.history[0]["train_loss"], rel=0.05)
     state = load_checkpoint(bf16.run_dir / "model_epoch1.pth.tar")["state_dict"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # weights stay fp32
+
+
+def test_a_timm_vit_student_trains_and_tests_symmetric_and_asymmetric(synth_root, tmp_path):
+    """main.py -a timm:... against a teacher checkpoint; test.py reads the student back (no
+    download) and tests it alone and against the teacher's database."""
+    pytest.importorskip("timm")
+    from aml.cli import test as test_cli
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+
+    torch.manual_seed(0)
+    teacher = save_checkpoint(checkpoint_state(build_network(SMALL, pretrained=False), 0, 0.0), tmp_path / "t.pth")
+    arch = "timm:test_vit+cls"
+    result = train(synth_root, tmp_path, "-a", arch, "--epochs", "1", "--no-val", "-m", "ts", "--teacher",
+                   str(teacher))
+    assert f"_{arch}_gem_" in result.run_dir.name
+    student = result.run_dir / "model_epoch1.pth.tar"
+    assert load_network(student).meta["architecture"] == arch
+    common = ["-npath", str(student), "-d", "synth-oxford", "-imsize", "64", "-j", "0", "--device", "cpu",
+              "--data-root", str(synth_root)]
+    symmetric = test_cli.main(common)["synth-oxford"]["plain"]["medium"]["map"]
+    asymmetric = test_cli.main(common + ["--asym", "--teacher", str(teacher)])["synth-oxford"]["plain"]["medium"]["map"]
+    assert 0 < symmetric < 1 and 0 < asymmetric < 1 and symmetric != asymmetric

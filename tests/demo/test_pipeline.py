@@ -89,3 +89,25 @@ def test_json_writes_a_copy_of_the_results_where_the_docs_read_them(tmp_path, mo
     monkeypatch.setattr(pipeline, "run_demo", fake_run_demo)
     main(["--data-root", str(tmp_path / "root"), "--json", str(tmp_path / "copy.json")])
     assert json.loads((tmp_path / "copy.json").read_text()) == {"rows": []}
+
+
+def test_a_timm_teacher_trains_from_its_weights_found_offline(synth_root, tmp_path, monkeypatch):
+    """--teacher-arch timm:...: the teacher starts from the file that timm's config names (here
+    random weights saved under that name in a $AML_WEIGHTS_PATH folder), trains and tests."""
+    pytest.importorskip("timm")
+    import timm
+    from safetensors.torch import save_file
+
+    from aml.demo.pipeline import _test
+    from aml.networks.imagenet import MIRROR_ENV
+
+    torch.manual_seed(0)
+    released = timm.create_model("test_vit", pretrained=False).state_dict()  # timm's smallest ViT
+    save_file(released, str(tmp_path / "test_vit.r160_in1k.safetensors"))
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path))
+    teacher = train_teacher(synth_root, "timm:test_vit", TINY, 0)
+    assert "_timm:test_vit_gem_" in teacher.parent.name
+    state = load_checkpoint(teacher)
+    assert state["meta"]["mean"] == [0.5, 0.5, 0.5] and state["meta"]["outputdim"] == 64
+    assert state["state_dict"]["features.0.body.pos_embed"].shape == released["pos_embed"].shape
+    assert 0 < _test(teacher, synth_root, TINY)["synth-oxford"]["plain"]["medium"]["map"] < 1

@@ -98,3 +98,20 @@ def test_a_whitening_of_another_dimension_is_refused():
     net = build_network("resnet18", pretrained=False)  # 512-d
     with pytest.raises(ExportError, match="the whitening is for 256-d descriptors but the student outputs 512-d"):
         DeployedStudent(net, (np.zeros((256, 1)), np.eye(256)))
+
+
+@pytest.mark.parametrize("readout", ["patch", "cls"])
+def test_a_vit_student_exports_for_any_image_size(readout, tmp_path):
+    """A timm ViT (position embeddings resampled to each image's grid, sides padded to whole
+    patches) exports with its size free: ONNX opset 18 for the antialiased resize."""
+    pytest.importorskip("timm")
+    import onnx
+
+    torch.manual_seed(0)
+    net = build_network(f"timm:test_vit+{readout}", pretrained=False, teacher_dim=64).eval()
+    files, diffs = export_student(net, tmp_path)
+    assert max(diffs.values()) < 1e-5, diffs  # at 224 x 224 (the native grid), 180 x 300, 320 x 240
+    assert onnx.load(str(files["onnx"])).opset_import[0].version == 18
+    image = generated_images(((150, 210),), seed=3)[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(files["torchscript"]))(image), DeployedStudent(net)(image), atol=1e-5)

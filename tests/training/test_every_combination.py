@@ -71,20 +71,34 @@ def splits(synth_root, random_teacher):
     return result
 
 
-@pytest.mark.parametrize("loss, mode, sym", COMBINATIONS, ids=IDS)
-def test_every_allowed_combination_takes_a_step_and_validates(splits, tmp_path, loss, mode, sym):
-    torch.manual_seed(0)
-    net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM)
+def takes_a_step_and_validates(net, loss, mode, sym, splits, directory):
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
     settings = TrainSettings(image_size=SIZE, neg_num=2, query_size=5, pool_size=10, batch_size=5, epochs=1,
                              print_freq=100, workers=0, sym=sym)
     trainer = Trainer(net, build_loss(loss), optimizer, MODES[mode], splits["train"], splits["val"],
-                      tmp_path, settings)
+                      directory, settings)
     before = [p.detach().clone() for p in net.parameters()]
     train_loss = trainer.train_epoch(0)  # 5 tuples: one batch, one step
     moved = sum(not torch.equal(a, p) for a, p in zip(before, net.parameters()))
     assert math.isfinite(train_loss) and moved > 0, (train_loss, moved)
     assert math.isfinite(trainer.validate(0))
+
+
+@pytest.mark.parametrize("loss, mode, sym", COMBINATIONS, ids=IDS)
+def test_every_allowed_combination_takes_a_step_and_validates(splits, tmp_path, loss, mode, sym):
+    torch.manual_seed(0)
+    takes_a_step_and_validates(build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM), loss, mode, sym,
+                               splits, tmp_path)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_timm_vit_student_takes_a_step_and_validates_in_every_mode(splits, tmp_path, mode):
+    """A timm ViT (patch tokens, 1x1 projection to the teacher's 512-d) trains as the table's trunks do."""
+    pytest.importorskip("timm")
+    loss = next(loss for loss, name, _ in COMBINATIONS if name == mode)
+    torch.manual_seed(0)
+    net = build_network("timm:test_vit", pretrained=False, teacher_dim=DIM)
+    takes_a_step_and_validates(net, loss, mode, False, splits, tmp_path)
 
 
 def cli_argv(directory, root, teacher, loss, mode, sym):

@@ -78,3 +78,15 @@ def test_foreign_truncated_and_mismatched_trunk_files_are_refused_by_name(cached
     torch.save({k: v for k, v in torch.load(path, weights_only=True).items() if not k.startswith("7.")}, partial)
     with pytest.raises(CheckpointError, match="partial.pth is not a resnet18 trunk"):
         load_trunk_weights(build_network("resnet18", pretrained=False), partial)
+
+
+def test_a_timm_vit_trunk_pretrains_and_loads_into_its_student(tmp_path):
+    """--trunk-weights synthetic for a timm: architecture: the ViT's patch map is pooled for the
+    classifier, and the cached trunk loads into the student (its projection kept)."""
+    pytest.importorskip("timm")
+    config = PretrainConfig(objects=ObjectConfig(classes=2, per_class=5, size=32), epochs=1, batch_size=8)
+    path = ensure_synthetic_trunk("timm:test_vit", str(tmp_path), config)
+    state = torch.load(path, weights_only=True)
+    net = load_trunk_weights(build_network("timm:test_vit", pretrained=False, teacher_dim=32), path)
+    assert torch.equal(net.state_dict()["features.0.body.pos_embed"], state["0.body.pos_embed"])
+    assert net.meta["trunk_weights"] == path.name and net.projection().weight.shape == (32, 64, 1, 1)

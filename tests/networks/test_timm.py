@@ -1,0 +1,183 @@
+"""Any timm model by name (``timm:<model>[.<tag>][+<readout>]``): parsed, built, weights found
+offline and loaded, checkpoints, BatchNorm folding; random weights, tiny images."""
+
+import pytest
+import torch
+from torch import nn
+
+timm = pytest.importorskip("timm")
+
+from aml.data import download  # noqa: E402
+from aml.networks import BACKBONES, build_network, get_backbone  # noqa: E402
+from aml.networks.backbones import library_model, load_weights  # noqa: E402
+from aml.networks.checkpoint import checkpoint_state, load_network, load_trunk_weights, save_checkpoint  # noqa: E402
+from aml.networks.imagenet import MIRROR_ENV, WeightsError, find_weights, get_imagenet_weights  # noqa: E402
+from aml.networks.inference import has_batchnorm, inference_copy  # noqa: E402
+from aml.networks.timm_trunk import TimmTrunk  # noqa: E402
+
+# timm's own test models (a few hundred thousand weights): the families' layers at a small size
+VIT = "timm:test_vit"  # 64-d, patch 16, a class token, mean = std = 0.5 in timm's config
+CNN = "timm:test_convnext"  # 64-d, LayerNorm, a classifier head with a norm of its own
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network, no mirror, empty caches: every download attempt fails at once."""
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+
+
+def test_timm_names_are_a_family_parsed_from_the_name():
+    assert not any(name.startswith("timm:") for name in BACKBONES)  # no hand list: any timm model
+    vit, cls, cnn = get_backbone(VIT), get_backbone(VIT + "+cls"), get_backbone(CNN)
+    assert (vit.dim, cls.dim, cnn.dim) == (64, 64, 64) and not vit.student
+    weights = get_imagenet_weights(VIT)
+    assert weights.mean == weights.std == (0.5, 0.5, 0.5)  # from timm's pretrained config
+    assert get_imagenet_weights("timm:convnext_atto").mean == (0.485, 0.456, 0.406)
+    dinov2 = get_imagenet_weights("timm:vit_small_patch14_dinov2.lvd142m")
+    assert [f.filename for f in dinov2.files] == ["vit_small_patch14_dinov2.lvd142m.safetensors",
+                                                  "dinov2_vits14_pretrain.pth"]
+    assert [f.sha256 for f in get_imagenet_weights("timm:convnext_atto").files] == [None, "01bb0f51"]  # in its name
+    for name, message in ((CNN + "+cls", "not tokens: drop \\+cls"), (VIT + "+mean", "unknown readout 'mean'"),
+                          ("timm:convnext_atto.nope", "no pretrained tag 'nope'; its tags: d2_in1k"),
+                          ("timm:vit_tinyy_patch16_224", "no model 'vit_tinyy_patch16_224'"),
+                          ("timm:swin_tiny_patch4_window7_224", "does not take images of any size and aspect ratio"),
+                          ("timm", "Unsupported or unknown architecture")):
+        with pytest.raises(ValueError, match=message) as info:
+            get_backbone(name)
+        assert "\n" not in str(info.value)
+
+
+def test_a_model_without_a_release_builds_and_says_so_when_asked_for_weights(offline, tmp_path):
+    arch = "timm:test_vit4"  # timm's config names no file for it
+    assert get_imagenet_weights(arch).files == () and build_network(arch, pretrained=False).meta["outputdim"] == 96
+    with pytest.raises(WeightsError, match="no file of pretrained weights that aml reads is known .*--not-pretrained"):
+        build_network(arch, pretrained=True, data_root=str(tmp_path))
+
+
+def test_a_vit_trunk_gives_its_patch_tokens_on_their_grid_or_its_class_token():
+    torch.manual_seed(0)
+    net = build_network(VIT, pretrained=False).eval()
+    trunk = net.features[0]
+    x = torch.rand(2, 3, 40, 70)  # not multiples of 16: padded to 48 x 80, a 3 x 5 grid
+    with torch.no_grad():
+        tokens = trunk.body.forward_features(x)
+        patches = trunk(x)
+        cls = TimmTrunk(trunk.body, "cls")(x)
+    assert tokens.shape == (2, 1 + 15, 64) and patches.shape == (2, 64, 3, 5)
+    assert torch.equal(patches[:, :, 1, 2], tokens[:, 1 + 1 * 5 + 2])  # row-major patches after the class token
+    assert cls.shape == (2, 64, 1, 1) and torch.equal(cls[:, :, 0, 0], tokens[:, 0])
+    assert net.descriptors(x).shape == (2, 64) and net.meta["architecture"] == VIT
+
+
+@pytest.mark.parametrize("arch", [VIT, VIT + "+cls", CNN])
+def test_every_parameter_of_a_timm_student_learns(arch):
+    """No parameter is left without a gradient (the dropped head): DDP needs them all used."""
+    torch.manual_seed(0)
+    net = build_network(arch, pretrained=False, teacher_dim=48)
+    assert net.projection() is not None and net.meta["outputdim"] == 48
+    net.descriptors(torch.rand(2, 3, 32, 48)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def full_model(arch: str) -> nn.Module:
+    """timm's whole model of ``arch``, with its classifier, as released files hold it."""
+    torch.manual_seed(1)
+    return timm.create_model(get_backbone(arch).model.split("+")[0], pretrained=False)
+
+
+def test_the_hub_file_in_the_data_root_is_loaded_without_its_head(offline, tmp_path):
+    from safetensors.torch import save_file
+
+    released = full_model(CNN)
+    folder = tmp_path / "networks"
+    folder.mkdir()
+    save_file(released.state_dict(), str(folder / "test_convnext.r160_in1k.safetensors"))
+    net = build_network(CNN, pretrained=True, data_root=str(tmp_path))
+    ours = net.features[0].body.state_dict()
+    assert set(released.state_dict()) - set(ours) == {"head.norm.weight", "head.norm.bias", "head.fc.weight",
+                                                      "head.fc.bias"}
+    assert all(torch.equal(value, released.state_dict()[key]) for key, value in ours.items())
+    with pytest.raises(Exception, match="is not a timm:test_vit trunk or model"):
+        load_trunk_weights(build_network(VIT, pretrained=False), folder / "test_convnext.r160_in1k.safetensors")
+
+
+def test_a_hashed_release_with_other_bytes_is_refused_and_a_missing_file_named(offline, tmp_path):
+    folder = tmp_path / "networks"
+    folder.mkdir()
+    (folder / "convnext_atto_d2-01bb0f51.pth").write_bytes(b"not the release")
+    with pytest.raises(WeightsError, match="convnext_atto_d2-01bb0f51.pth is not convnext_atto_d2-01bb0f51.pth"):
+        find_weights("timm:convnext_atto", str(tmp_path))
+    with pytest.raises(WeightsError) as info:
+        build_network(VIT, pretrained=True, data_root=str(tmp_path))
+    message = str(info.value)
+    assert "\n" not in message and str(folder / "test_vit.r160_in1k.safetensors") in message
+    assert "https://huggingface.co/timm/test_vit.r160_in1k/resolve/main/model.safetensors" in message
+
+
+def test_the_hugging_face_cache_is_searched(offline, tmp_path):
+    weights = get_imagenet_weights(VIT)
+    hub = weights.files[0].hub
+    snapshot = tmp_path / "hf-hub" / f"models--{hub.repo.replace('/', '--')}" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / hub.member).write_bytes(b"x")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc")
+    assert find_weights(VIT, str(tmp_path / "root"), download=False)[0] == snapshot / hub.member
+
+
+def test_dinov2s_original_release_is_converted_by_timm():
+    arch = "timm:vit_small_patch14_dinov2"
+    model = library_model(arch)
+    torch.manual_seed(2)
+    original = {key: torch.randn_like(value) for key, value in model.state_dict().items()}
+    original["mask_token"] = torch.zeros(1, 384)  # DINOv2's release holds its masking token; timm drops it
+    assert load_weights(arch, model, dict(original), "dinov2_vits14_pretrain.pth", "timm") == "timm"
+    assert torch.equal(model.state_dict()["blocks.11.ls2.gamma"], original["blocks.11.ls2.gamma"])
+
+
+@pytest.mark.parametrize("arch", [VIT + "+cls", CNN])
+def test_a_checkpoint_rebuilds_a_timm_network_without_any_download(offline, arch, tmp_path):
+    torch.manual_seed(0)
+    net = build_network(arch, pretrained=False, teacher_dim=48).eval()
+    path = save_checkpoint(checkpoint_state(net, 1, 0.0), tmp_path / "student.pth.tar")
+    loaded = load_network(path)
+    x = torch.rand(1, 3, 37, 52)
+    with torch.no_grad():
+        assert torch.equal(loaded.descriptors(x), net.descriptors(x))
+    assert loaded.meta["architecture"] == arch and loaded.meta["mean"] == list(get_imagenet_weights(arch).mean)
+
+
+def test_batchnorm_of_a_timm_cnn_is_folded_with_the_same_descriptors():
+    torch.manual_seed(0)
+    net = build_network("timm:test_resnet", pretrained=False).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    folded = inference_copy(net)
+    x = torch.rand(2, 3, 48, 40)
+    with torch.no_grad():
+        assert torch.allclose(folded.descriptors(x), net.descriptors(x), atol=1e-5)
+    assert has_batchnorm(net.features) and not has_batchnorm(folded.features)
+    vit = build_network(VIT, pretrained=False)
+    assert inference_copy(vit) is vit  # LayerNorm only: nothing to fold
+
+
+def test_a_vit_in_channels_last_gives_the_same_descriptors():
+    torch.manual_seed(0)
+    net = build_network(VIT, pretrained=False).eval()
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        expected = net.descriptors(x)
+        net.to(memory_format=torch.channels_last)
+        got = net.descriptors(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, expected, atol=1e-6)

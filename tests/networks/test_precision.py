@@ -7,6 +7,7 @@ images on an H200 and none on the CPU), so these tests hold the proxy: the head 
 whatever the autocast, and the trunk's activations, measured in float32, stay orders of
 magnitude below 65,504."""
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -56,18 +57,12 @@ def test_the_head_runs_in_float32_under_autocast(spec, dtype):
 
 
 def _synthetic_jpegs(folder: Path, count: int, side: int):
-    """The GPU benchmark's images: smooth random content, landscape and portrait."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        w, h = (side, side * 3 // 4) if i % 3 else (side * 3 // 4, side)
-        small = rng.integers(0, 256, size=(max(1, h // 24), max(1, w // 24), 3), dtype=np.uint8)
-        paths.append(folder / f"{i}.jpg")
-        Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).save(paths[-1], quality=90)
-    return paths
+    """The GPU benchmark's images (benchmarks/baseline.py): smooth random content, landscape and portrait."""
+    spec = importlib.util.spec_from_file_location("baseline", Path(__file__).resolve().parents[2] / "benchmarks" /
+                                                  "baseline.py")
+    baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline)
+    return baseline.make_images(folder, count, side)
 
 
 def _trunk_peak(net, images) -> float:

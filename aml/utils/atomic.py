@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import BinaryIO, Callable, Iterator, Optional, Union
 log = logging.getLogger(__name__)
 #: errno values of a full disk and of an exhausted quota
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+#: what numpy says, with no errno, when a file write stops short (``ndarray.tofile``, hence
+#: ``np.save`` into a file) or when it cannot reserve the space first: on a regular file, both
+#: mean that the device or the quota is full
+SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$|^Not enough free space to write \d+ bytes")
 
 
 class DiskFull(Exception):
@@ -23,10 +28,12 @@ class DiskFull(Exception):
 
 def is_disk_full(err: Optional[BaseException]) -> bool:
     """Whether ``err``, or an error it was raised from or during, is a full disk (torch.save
-    reports one as a RuntimeError raised while handling the OSError)."""
+    reports one as a RuntimeError raised while handling the OSError; numpy as an OSError
+    without errno, `SHORT_WRITE`)."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno in DISK_FULL:
+        if isinstance(err, OSError) and (err.errno in DISK_FULL
+                                         or err.errno is None and SHORT_WRITE.match(str(err))):
             return True
         seen.add(id(err))
         err = err.__cause__ or err.__context__

@@ -70,3 +70,31 @@ def test_an_optional_write_on_a_full_disk_warns_and_goes_on(tmp_path, full_disk,
     assert "the cache not written" in caplog.text and not list(tmp_path.iterdir())
     with pytest.raises(DiskFull):
         atomic_write(tmp_path / "needed.npy", lambda out: out.write(b"x"))
+
+
+@pytest.mark.parametrize("message", ["4096 requested and 1024 written",
+                                     "Not enough free space to write 41943040 bytes after offset 128"])
+def test_numpys_short_writes_without_errno_are_a_full_disk(message):
+    wrapped = RuntimeError("PytorchStreamWriter failed writing file")
+    wrapped.__context__ = OSError(message)
+    assert is_disk_full(OSError(message)) and is_disk_full(wrapped)
+    assert not is_disk_full(OSError("4096 requested")) and not is_disk_full(OSError(errno.EACCES, message))
+
+
+@pytest.mark.parametrize("megabytes, leave", [(4, 1 << 20), (40, 30 << 20)],
+                         ids=["short write", "space reserved first"])
+def test_np_save_on_a_real_full_disk_is_named_and_keeps_the_old_file(small_disk, megabytes, leave):
+    """numpy writes arrays under 16 MB with fwrite (a short write) and reserves the space of
+    larger ones first: both are a full disk, the old file stays whole, nothing is left."""
+    import numpy as np
+
+    from tests.conftest import fill_disk
+
+    disk = small_disk(30)
+    path = disk / "db.npy"
+    atomic_write(path, lambda out: np.save(out, np.arange(10.0)))
+    fill_disk(disk, leave)
+    with pytest.raises(DiskFull, match=f"no space left on the device for {path}"):
+        atomic_write(path, lambda out: np.save(out, np.ones((megabytes << 20) // 8)))
+    assert np.array_equal(np.load(path), np.arange(10.0)) and sorted(p.name for p in disk.iterdir()) == ["db.npy",
+                                                                                                       "filler"]

@@ -77,11 +77,38 @@ nonnegative_float = _bounded(float, "a finite number >= 0", lambda v: v >= 0)
 unit_interval = _bounded(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
+def _file_above(path: Path) -> Path:
+    """The nearest existing path above ``path``: a folder, or a file where a folder must be."""
+    for above in path.absolute().parents:
+        if above.exists() or above.is_symlink():
+            return above
+    return Path("/")
+
+
+def _check_above(text: str, path: Path) -> None:
+    """Refuse a path that cannot be created: a file stands where a folder above it must be."""
+    above = _file_above(path)
+    if not above.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {above} is a file, not a folder, so nothing can be written under "
+                                         "it; give another path")
+
+
 def folder(text: str) -> str:
-    """A folder that exists or can be created: refuses a path that is a file."""
+    """A folder that exists or can be created: refuses a path that is a file, or under one."""
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; give a folder (it is created if missing)")
+    _check_above(text, path)
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file that can be written (replaced if it exists): refuses a folder and a path under a
+    file, so that a command does not find out after its work."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (e.g. {Path(text) / 'results.json'})")
+    _check_above(text, path)
     return text
 
 

@@ -30,6 +30,7 @@ from aml.evaluation.search import nearest_with_distractors, positions_with_distr
 from aml.evaluation.whitening import whitenapply
 from aml.evaluation.whitening_store import get_whitening
 from aml.networks.loading import LoadedNetwork
+from aml.utils.atomic import atomic_write
 from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
@@ -218,11 +219,10 @@ def _write_skipped(test: _TestSet, encoded: _Encoded, settings: TestSettings, da
     path = folder / f"skipped_{test.name}.txt"
     if not current_world().is_main:  # rank 0 writes it
         return path
-    folder.mkdir(parents=True, exist_ok=True)
     lines = [f"database\t{test.images[i]}" for i in sorted(encoded.skipped_db)]
     lines += [f"query\t{test.queries[i]}" for i in sorted(encoded.skipped_queries)]
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
+    text = "".join(line + "\n" for line in lines)
+    return atomic_write(path, lambda out: out.write(text.encode("utf-8", "surrogateescape")))  # names as on disk
 
 
 def _query_aps(results: Dict[str, Any], kept: Sequence[int], nq: int) -> List[Optional[float]]:

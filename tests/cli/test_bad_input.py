@@ -98,9 +98,19 @@ def test_a_file_where_a_folder_belongs_is_refused(command, flag, tmp_path, capsy
     assert afile.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command, flag", [(TEST, "--results"), (TEST, "--report"), (TRAIN, "--directory"),
+                                           (EXTRACT, "--data-root")])
+def test_a_path_under_a_file_is_refused_before_anything_runs(command, flag, tmp_path, capsys):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    err = bad(command, [flag, str(afile / "sub" / "results.json")], capsys)
+    assert f"argument {flag}: {afile}/sub/results.json: {afile} is a file, not a folder" in err
+    assert afile.read_text() == "mine"
+
+
 def test_results_into_a_folder_is_refused_before_anything_runs(tmp_path, capsys):
     err = bad(TEST, ["--results", str(tmp_path)], capsys)
-    assert f"--results {tmp_path} is a folder; give a file name" in err
+    assert f"argument --results: {tmp_path} is a folder; give a file name" in err
 
 
 EXPORT = (export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"])

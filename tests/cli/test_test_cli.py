@@ -215,6 +215,42 @@ def test_a_full_disk_ends_extract_features_in_one_line(checkpoint, synth_root, t
     assert not list(root.rglob("*.npy")) and not list(root.rglob(".*.tmp"))
 
 
+def test_a_real_full_disk_skips_the_cache_keeps_the_old_results_and_ends_in_one_line(checkpoint, synth_root,
+                                                                                      small_disk, capsys):
+    """On a file system that is full (numpy says so without an errno), test.py skips its
+    descriptor cache, prints its numbers, and leaves an earlier results file whole."""
+    from aml.cli.arguments import run_cli
+    from tests.conftest import fill_disk
+
+    disk = small_disk(30)
+    shutil.copytree(synth_root / "test" / "synth-oxford", disk / "test" / "synth-oxford")
+    results = disk / "out" / "results.json"
+    results.parent.mkdir()
+    results.write_text('{"earlier": "results"}')
+    fill_disk(disk, leave=0)
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: run(["-npath", str(checkpoint), "--results", str(results), "-q"], disk))
+    assert str(info.value.code).startswith(f"error: no space left on the device for {results}")
+    printed = capsys.readouterr().out
+    assert ">> synth-oxford: mAP E: " in printed and "the descriptor cache not written" in printed
+    assert json.loads(results.read_text()) == {"earlier": "results"}
+    assert not list(disk.rglob("*.npy")) and not list(disk.rglob(".*.tmp"))
+
+
+def test_extract_features_on_a_real_full_disk_ends_in_one_line(checkpoint, synth_root, small_disk):
+    from aml.cli.arguments import run_cli
+    from tests.conftest import fill_disk
+
+    disk = small_disk(30)
+    shutil.copytree(synth_root / "train", disk / "train")
+    fill_disk(disk, leave=16 << 10)  # room for the image list, not for the descriptors
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: extract_cli.main(["-npath", str(checkpoint), "-d", "synth-sfm", "--split", "val", "-imsize",
+                                          "48", "-j", "0", "--device", "cpu", "--data-root", str(disk), "-q"]))
+    assert str(info.value.code).startswith("error: no space left on the device for ")
+    assert not list(disk.rglob("*.npy")) and not list(disk.rglob(".*.tmp"))
+
+
 def test_extract_features_store_equals_the_npy_and_feeds_feat_path(checkpoint, synth_root, tmp_path):
     from aml.cli import train as train_cli
     from aml.descriptors import load_feature_file

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from aml.data.images import BBox, load_and_resize
+from aml.utils.atomic import atomic_path
 
 __all__ = ["OnnxStudentError", "OnnxStudentInfo", "describe_with_onnx", "image_array", "onnx_session",
            "read_onnx_metadata", "seconds_per_image", "whitening_digest", "write_onnx_metadata"]
@@ -126,7 +127,8 @@ def write_onnx_metadata(path: PathLike, info: OnnxStudentInfo) -> Path:
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
+    with atomic_path(path) as temporary:  # rewritten whole or not at all
+        onnx.save(model, str(temporary))
     return Path(path)
 
 

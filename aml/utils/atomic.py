@@ -62,29 +62,43 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> P
     Raises:
         DiskFull: naming ``path``, when the disk or the quota is full.
     """
+    with atomic_path(path) as temporary, open(temporary, "wb") as out:
+        write(out)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """`atomic_write` for writers that take a file name, not a handle (TorchScript, ONNX,
+    onnxruntime's quantization): the ``with`` block writes the temporary file it is given,
+    which is then fsynced and renamed onto ``path``; on any error it is removed and an
+    existing ``path`` is left untouched.
+
+    Raises:
+        DiskFull: naming ``path``, when the disk or the quota is full.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         if is_disk_full(err):
             raise DiskFull(f"no space left on the device for {path}: free space and run again") from err
         raise
+    os.close(handle)
+    temporary = Path(name)
     try:
-        os.fchmod(handle, 0o666 & ~_process_umask())
-        with os.fdopen(handle, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.chmod(temporary, 0o666 & ~_process_umask())
         os.replace(temporary, path)
     except BaseException as err:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
         if is_disk_full(err) and not isinstance(err, DiskFull):
             raise DiskFull(f"no space left on the device for {path} (nothing of it was kept; files written before "
                            "are complete): free space and run again") from err
         raise
-    return path
 
 
 @contextlib.contextmanager

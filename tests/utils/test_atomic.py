@@ -98,3 +98,27 @@ def test_np_save_on_a_real_full_disk_is_named_and_keeps_the_old_file(small_disk,
         atomic_write(path, lambda out: np.save(out, np.ones((megabytes << 20) // 8)))
     assert np.array_equal(np.load(path), np.arange(10.0)) and sorted(p.name for p in disk.iterdir()) == ["db.npy",
                                                                                                        "filler"]
+
+
+def test_a_writer_that_takes_a_file_name_replaces_the_file_whole_or_not_at_all(tmp_path, full_disk):
+    from aml.utils.atomic import atomic_path
+
+    path = tmp_path / "student.onnx"
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(b"first")
+    assert path.read_bytes() == b"first" and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+    with pytest.raises(RuntimeError, match="export failed"):
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(b"cut")
+            raise RuntimeError("export failed")
+    full_disk(tmp_path)
+    with pytest.raises(DiskFull, match=f"no space left on the device for {path}"):
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(b"second")
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 
-from aml.utils.atomic import atomic_write, publish_folder, staging_folder
+from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, publish_folder, staging_folder
 from aml.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,9 @@ def _transfer_with_retries(url: str, dest: Path, partial: Path, retries: int, li
             raise DownloadError(f"Refused download of {url}: {err}; the partial file was deleted. "
                                 f"{_manual_hint(url, dest)}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            if is_disk_full(err):  # not the network's fault: another attempt would fail the same way
+                raise DiskFull(f"no space left on the device for {partial} while downloading {url}: free space and "
+                               "run again (the download resumes where it stopped)") from err
             error = err
             if isinstance(err, urllib.error.HTTPError) and err.code in (401, 403, 404, 410):
                 break

@@ -5,9 +5,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import Parser, folder
+from aml.cli.arguments import Parser, folder, run_cli
 from aml.data.images import ImageLoadError
 from aml.data.make_testset import TestSetError, build_test_set, read_description
+from aml.utils.atomic import DiskFull
 
 
 def main(argv: Optional[List[str]] = None) -> Path:
@@ -29,7 +30,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
             description["database"] = [line.strip() for line in Path(args.database).read_text().splitlines()
                                        if line.strip()]
         built = build_test_set(description, args.images, args.name, args.data_root, source=args.description)
-    except (TestSetError, ImageLoadError, OSError, KeyError, ValueError) as err:
+    except (TestSetError, ImageLoadError, OSError, KeyError, ValueError, DiskFull) as err:
         message = f"missing column or key {err}" if isinstance(err, KeyError) else str(err)
         sys.exit(f"error: {message}")
     print(f">> test set written to {built}; evaluate with: python test.py -d {args.name} ...")
@@ -37,4 +38,4 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 
-from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, publish_folder, staging_folder
+from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, publish_folder, staged
 from aml.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -379,16 +379,13 @@ def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Pa
     target = Path(target)
     if target.exists() and any(target.iterdir()):
         raise DownloadError(f"{target} already exists and is not empty; move it away to unpack the archives again")
-    staging = staging_folder(target)
-    try:
+    with staged(target) as staging:
         for archive in archives:
             _unpack(Path(archive), staging, flatten, progress)
         if target.exists() and not any(target.iterdir()):
             target.rmdir()
         if not publish_folder(staging, target):
             log.info(">> %s was unpacked by another process meanwhile; keeping it", target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

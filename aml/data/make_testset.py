@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from PIL import Image
 
-from aml.utils.atomic import publish_folder, staging_folder
+from aml.utils.atomic import publish_folder, staged
 from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
@@ -157,9 +157,8 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
     folder = data_subdir(data_root, "test") / name
     if folder.exists():
         raise TestSetError(f"{folder} already exists; choose another --name or move it away")
-    staging = staging_folder(folder)
-    (staging / "jpg").mkdir(parents=True)
-    try:
+    with staged(folder) as staging:
+        (staging / "jpg").mkdir(parents=True)
         for image in dict.fromkeys(list(database_names) + query_names):
             _copy_as_jpeg(images_dir / image, staging / "jpg" / f"{_stem(image)}.jpg")
         gnd = [{**{key: [database[n] for n in entry.get(key, [])] for key in lists},
@@ -169,8 +168,6 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
                      "gnd": gnd}, staging / f"gnd_{name}.pkl")
         if not publish_folder(staging, folder):
             raise TestSetError(f"{folder} was created by another process meanwhile; choose another --name or move it away")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info(">> %s: %d queries, %d database images, %s protocol, in %s", name, len(queries), len(database_names),
              protocol, folder)
     return folder

@@ -147,6 +147,18 @@ def staging_folder(folder: Union[str, Path]) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".staging", dir=folder.parent))
 
 
+@contextlib.contextmanager
+def staged(folder: Union[str, Path]) -> Iterator[Path]:
+    """A `staging_folder` of ``folder`` for the ``with`` block, which builds it and publishes
+    it (`publish_folder`); whatever is left of it when the block ends (an error, a full disk,
+    an interrupt) is removed, so a failed build leaves nothing behind."""
+    staging = staging_folder(folder)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def publish_folder(staging: Path, folder: Union[str, Path], overwrite: bool = False) -> bool:
     """Rename a finished ``staging`` folder to ``folder``; True if it was put in place. When
     ``folder`` exists already (another process finished first) it is kept and ``staging``

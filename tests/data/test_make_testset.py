@@ -133,3 +133,15 @@ def test_a_truncated_image_and_a_non_utf8_description_are_named(images, tmp_path
     with pytest.raises(SystemExit) as info:
         make_testset_cli.main([str(latin), "--images", str(images), "--name", "x", "--data-root", str(tmp_path / "r")])
     assert f"error: {latin} is not UTF-8 text" in str(info.value.code)
+
+
+def test_a_full_disk_ends_make_testset_in_one_line(images, tmp_path, full_disk):
+    import json
+
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"], "hard": [], "junk": []}]}))
+    full_disk(tmp_path / "root")
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root", str(tmp_path / "root")])
+    assert str(info.value.code).startswith("error: no space left on the device for ")
+    assert not (tmp_path / "root" / "test" / "x").exists()

@@ -137,14 +137,17 @@ def staging_folder(folder: Union[str, Path]) -> Path:
     """A new, empty staging folder beside ``folder`` that belongs to this process alone
     (``.<name>.<pid>.<random>.staging``): two processes building the same folder never write
     into or delete each other's. Staging folders of processes that no longer run (killed
-    mid-way) are removed first."""
+    mid-way) are removed first. It gets the permissions of any new folder (0777 less the
+    umask), not the 0700 of a temporary one, so that a group sharing a data root can read it."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     for old in folder.parent.glob(f".{folder.name}.*.staging"):
         pid = old.name[len(folder.name) + 2:].split(".")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".staging", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".staging", dir=folder.parent))
+    staging.chmod(0o777 & ~_process_umask())
+    return staging
 
 
 @contextlib.contextmanager

@@ -37,6 +37,24 @@ def test_staging_folders_are_per_process_and_dead_ones_are_removed(tmp_path):
     assert publish_folder(third, folder, overwrite=True) and (folder / "a.txt").read_text() == "third"
 
 
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o775), (0o022, 0o755), (0o077, 0o700)], ids=["002", "022", "077"])
+def test_data_set_folders_respect_the_umask(tmp_path, umask, mode):
+    """Staging folders come from mkdtemp (0700): a group sharing a data root could not read the sets."""
+    from aml.data.download import extract_archive
+    from aml.data.synthetic import SyntheticDistractorConfig, generate_distractor_set
+    from tests.data.test_download import make_tar
+
+    archive = tmp_path / "set.tgz"
+    archive.write_bytes(make_tar({"set/a/x.jpg": b"x"}))
+    old = os.umask(umask)
+    try:
+        folders = [generate_distractor_set(tmp_path / "root", config=SyntheticDistractorConfig(images=2, image_size=16)),
+                   extract_archive(archive, tmp_path / "jpg", flatten=True), staging_folder(tmp_path / "own")]
+    finally:
+        os.umask(old)
+    assert [oct(stat.S_IMODE(folder.stat().st_mode)) for folder in folders] == [oct(mode)] * 3
+
+
 class _FillsUp(io.RawIOBase):
     """A handle on a disk that fills up after ``room`` bytes."""
 

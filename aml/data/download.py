@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tarfile
 import time
 import urllib.error
@@ -316,21 +315,29 @@ def _check_member(member: tarfile.TarInfo, target: Path) -> None:
 
 
 def _unpack(archive: Path, folder: Path, flatten: bool, progress: bool) -> None:
-    """Unpack one archive into ``folder`` (a staging folder) after checking every member."""
-    scratch = folder / ".unpacking" if flatten else folder
+    """Unpack one archive into ``folder`` (a staging folder) after checking every member;
+    with ``flatten``, through a scratch folder beside it (inside, a member could bear its name)."""
+    if flatten:
+        with staged(folder) as scratch:
+            _extract(archive, scratch, progress)
+            _flatten(scratch, folder, archive)
+    else:
+        _extract(archive, folder, progress)
+
+
+def _extract(archive: Path, folder: Path, progress: bool) -> None:
+    """Every member of ``archive`` into ``folder``, each checked first."""
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
             for member in members:
-                _check_member(member, scratch)
+                _check_member(member, folder)
             for member in progress_bar(members, desc=f"unpacking {archive.name}", unit="file", enabled=progress,
                                leave=False):
-                tar.extract(member, scratch, filter="data")
+                tar.extract(member, folder, filter="data")
     except (tarfile.TarError, EOFError, zlib.error) as err:
         raise DownloadError(f"{archive} is truncated or not a readable archive ({err}); delete it and download "
                             "it again") from err
-    if flatten:
-        _flatten(scratch, folder, archive)
 
 
 def _materialise_links(scratch: Path, archive: Path) -> None:
@@ -362,7 +369,6 @@ def _flatten(scratch: Path, folder: Path, archive: Path) -> None:
             path.unlink()
             continue
         os.replace(path, target)
-    shutil.rmtree(scratch)
 
 
 def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Path], flatten: bool = False,

@@ -345,3 +345,11 @@ def test_a_full_disk_stops_a_download_at_once_and_names_it(server, small_disk):
                                        f"{server}/big.bin: free space and run again"):
         download_file(f"{server}/big.bin", disk / "big.bin", progress=False)
     assert len(Handler.requests) == 1 and not (disk / "big.bin").exists()
+
+
+def test_a_member_named_like_the_unpacking_scratch_folder_is_an_ordinary_file(tmp_path):
+    archive = tmp_path / "set.tgz"
+    archive.write_bytes(make_tar({"set/a/x.jpg": b"x", "set/b/.unpacking": b"mine", ".unpacking/y.jpg": b"y"}))
+    folder = extract_archive(archive, tmp_path / "jpg", flatten=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"x.jpg": b"x", ".unpacking": b"mine", "y.jpg": b"y"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jpg", "set.tgz"]

@@ -11,7 +11,7 @@ import math
 import pickle
 import struct
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -33,6 +33,28 @@ MAX_ELEMENTS = 1 << 25
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle asked for something other than plain data, or for more memory than data holds."""
+
+
+class DatasetFileError(ValueError):
+    """A dataset pickle that reads, but does not hold what its kind holds (a gnd's image lists
+    and entries, a training db's images and pairs): named with the file and the fix."""
+
+
+def kind_of(value: Any) -> str:
+    """How an error shows a value of the wrong type: its type and a short repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def index_array(value: Any) -> Optional[np.ndarray]:
+    """``value`` as a flat array of indices, or None when it is not a list (tuple, array) of integers."""
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return None
+    try:
+        indices = np.asarray(value).ravel()
+    except (ValueError, TypeError):  # ragged or nested lists
+        return None
+    return indices if indices.size == 0 or np.issubdtype(indices.dtype, np.integer) else None
 
 
 def _count(value: Any) -> int:
@@ -157,4 +179,5 @@ def save_pickle(obj: Any, path: Union[str, Path]) -> None:
     atomic_write(path, lambda out: pickle.dump(obj, out, protocol=4))
 
 
-__all__ = ["load_pickle", "save_pickle", "UnsafePickleError", "MAX_ELEMENTS"]
+__all__ = ["load_pickle", "save_pickle", "UnsafePickleError", "DatasetFileError", "MAX_ELEMENTS", "index_array",
+           "kind_of"]

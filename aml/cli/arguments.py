@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, List
 
 
+from aml.utils.devices import DeviceError, parse_device
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -102,6 +103,17 @@ def folder(text: str) -> str:
     return text
 
 
+def device_name(text: str) -> str:
+    """A device aml runs on (auto, cpu, cuda, cuda:N, mps), refused at parse time when it is not
+    one; whether this machine has it is known when the command starts (`resolve_device`)."""
+    if text != "auto":
+        try:
+            parse_device(text)
+        except DeviceError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def output_file(text: str) -> str:
     """A file that can be written (replaced if it exists): refuses a folder and a path under a
     file, so that a command does not find out after its work."""
@@ -123,7 +135,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--data-root and --device, which every command takes."""
     parser.add_argument("--data-root", default=None, metavar="DIR", type=folder,
                         help="data root for datasets, weights and features (default: $AML_DATA_ROOT or ./data)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", type=device_name,
+                        help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (log lines stay)")
     parser.add_argument("--dist-timeout", default=DEFAULT_TIMEOUT_S, type=positive_float, metavar="SECONDS",
                         help="under torchrun: how long a process waits for the others (at a gather or a gradient "

@@ -27,7 +27,7 @@ from aml.descriptors.store import DescriptorStore, StoreKey, encode_into_store
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation, weighted_expansion
 from aml.evaluation.search import nearest_with_distractors, positions_with_distractors, rank_database
-from aml.evaluation.whitening import whitenapply
+from aml.evaluation.whitening import whitened
 from aml.evaluation.whitening_store import get_whitening
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
@@ -98,7 +98,7 @@ def _search_with_distractors(database: np.ndarray, queries: np.ndarray, cfg: Dic
 
 
 def _whitening_transform(lw):
-    return (lambda x: whitenapply(x, *lw)) if lw is not None else None
+    return (lambda x: whitened(x, lw, "distractor")) if lw is not None else None
 
 
 def _rerank(base: str, database: np.ndarray, queries: np.ndarray, ranks: np.ndarray, entry: Dict[str, Any],
@@ -334,7 +334,7 @@ def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: Loade
                                                   store)
         _rerank_with_distractors("plain", encoded.vecs, qvecs, entry, cfg, gnd, settings, encoded.skipped_db, store)
         if lw is not None:
-            vecs_lw, qvecs_lw = whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw)
+            vecs_lw, qvecs_lw = whitened(encoded.vecs, lw, f"{name} database"), whitened(qvecs, lw, f"{name} query")
             entry["whiten"] = _search_with_distractors(vecs_lw, qvecs_lw, cfg, gnd, settings.device, encoded.skipped_db,
                                                        store, lw)
             _rerank_with_distractors("whiten", vecs_lw, qvecs_lw, entry, cfg, gnd, settings, encoded.skipped_db, store,
@@ -345,7 +345,7 @@ def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: Loade
         entry["plain"], ranks = _search(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db)
         _rerank("plain", encoded.vecs, qvecs, ranks, entry, cfg, gnd, settings, encoded.skipped_db)
         if lw is not None:
-            vecs_lw, qvecs_lw = whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw)
+            vecs_lw, qvecs_lw = whitened(encoded.vecs, lw, f"{name} database"), whitened(qvecs, lw, f"{name} query")
             entry["whiten"], ranks_lw = _search(vecs_lw, qvecs_lw, cfg, gnd, settings.device, encoded.skipped_db)
             _rerank("whiten", vecs_lw, qvecs_lw, ranks_lw, entry, cfg, gnd, settings, encoded.skipped_db)
     if encoded.skipped_db or encoded.skipped_queries:

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 import shutil
 
 import numpy as np
@@ -129,6 +130,43 @@ def test_whitening_from_checkpoint_meta(checkpoint, synth_root, tmp_path):
     # a learned whitening moves mAP by whole points (test_whitening_is_learned_changes_numbers_and_is_cached)
     assert medium(results, "whiten") == pytest.approx(medium(results, "plain"), abs=1e-4)
     assert not list(tmp_path.glob("*whiten*"))
+
+
+LW_DAMAGES = {
+    "nan": (lambda dim: {"synth-sfm": {"ss": {"m": np.zeros((dim, 1)), "P": np.where(np.eye(dim) > 0, np.nan, 0)}}},
+            r"meta\['Lw'\]\['synth-sfm'\]\['ss'\] holds 512 NaN or infinite values: it is damaged"),
+    "garbage": (lambda dim: "garbage", r"meta\['Lw'\] is a str, not \{set: "),
+    "set garbage": (lambda dim: {"synth-sfm": [1, 2]}, r"meta\['Lw'\]\['synth-sfm'\] is a list"),
+    "other dimension": (lambda dim: {"synth-sfm": {"ss": {"m": np.zeros((8, 1)), "P": np.eye(8)}}},
+                        r"meta\['Lw'\]\['synth-sfm'\]\['ss'\]: m of shape \(8, 1\) and P of shape \(8, 8\) do not whiten 512-d descriptors"),
+}
+
+
+@pytest.mark.parametrize("lw, message", LW_DAMAGES.values(), ids=LW_DAMAGES.keys())
+def test_a_damaged_whitening_in_a_checkpoint_ends_in_one_line(checkpoint, synth_root, tmp_path, lw, message):
+    """A NaN in meta['Lw'] gave whitened mAPs of 1.39/1.62/0.70 and exit status 0."""
+    from aml.cli.arguments import run_cli
+
+    state = torch.load(checkpoint, weights_only=True)
+    state["meta"]["Lw"] = lw(state["meta"]["outputdim"])
+    path = save_checkpoint(state, tmp_path / "with_lw.pth")
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: run(["-npath", str(path), "-w", "synth-sfm", "-q"], synth_root))
+    assert re.search(f"^error: {path}: {message}", str(info.value.code)), info.value.code
+
+
+def test_a_damaged_whitening_cache_is_learned_again(checkpoint, synth_root, tmp_path, capsys):
+    local = shutil.copy(checkpoint, tmp_path / "net.pth.tar")
+    first = run(["-npath", str(local), "-w", "synth-sfm"], synth_root)
+    cache = tmp_path / "net.pth.tar_synth-sfm_whiten_64.pth"
+    data = torch.load(cache, weights_only=False)
+    data["P"][0, 0] = np.nan
+    torch.save(data, cache)
+    capsys.readouterr()
+    second = run(["-npath", str(local), "-w", "synth-sfm"], synth_root)
+    assert "the whitening cache is damaged, learning it again" in capsys.readouterr().out
+    assert medium(second, "whiten") == medium(first, "whiten")
+    assert np.isfinite(torch.load(cache, weights_only=False)["P"]).all()
 
 
 def test_database_descriptors_are_cached(checkpoint, synth_root, monkeypatch):

@@ -252,7 +252,7 @@ def image_array(path: PathLike, image_size: Optional[float], bbx: Optional[BBox]
 
 
 def describe_with_onnx(session: Any, images: Sequence[PathLike], image_size: Optional[float],
-                       bbxs: Optional[Sequence[Optional[BBox]]] = None) -> np.ndarray:
+                       bbxs: Optional[Sequence[Optional[BBox]]] = None, source: Optional[PathLike] = None) -> np.ndarray:
     """Descriptors of images by an exported student, one image per run (sizes differ).
 
     Args:
@@ -260,9 +260,14 @@ def describe_with_onnx(session: Any, images: Sequence[PathLike], image_size: Opt
         images: the image files.
         image_size: the longer side images are shrunk to.
         bbxs: per image, a crop box or None.
+        source: the ONNX file, as errors name it (default: the file the session was made from).
 
     Returns:
         D x N float32 descriptors, one column per image (as `aml.descriptors.describe_images`).
+
+    Raises:
+        OnnxStudentError: naming the file and the first image, when a descriptor holds NaN or
+            infinite values (a damaged or badly quantized file).
 
     Examples:
         >>> from aml.descriptors.onnx_student import describe_with_onnx, onnx_session
@@ -272,7 +277,14 @@ def describe_with_onnx(session: Any, images: Sequence[PathLike], image_size: Opt
     boxes = list(bbxs) if bbxs is not None else [None] * len(images)
     columns = [session.run(None, {"image": image_array(path, image_size, box)})[0][0]
                for path, box in zip(images, boxes)]
-    return np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
+    vecs = np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(vecs).all(axis=0))
+    if bad.size:
+        source = source or getattr(session, "_model_path", None) or "the ONNX file"  # onnxruntime keeps the path
+        raise OnnxStudentError(f"{source} gives NaN or infinite descriptors for {bad.size} of {vecs.shape[1]} images "
+                               f"(first: {images[bad[0]]}): the file is damaged; export the student again "
+                               f"({REEXPORT})")
+    return vecs
 
 
 def seconds_per_image(session: Any, shape: Tuple[int, int], repeats: int = 5) -> float:

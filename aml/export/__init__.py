@@ -269,8 +269,8 @@ def int8_agreement(fp32: PathLike, int8: PathLike, images: Sequence[str], image_
         >>> int8_agreement("deploy/student.onnx", "deploy/student-int8.onnx", ["a.jpg", "b.jpg"], 362)  # doctest: +SKIP
         {'min': 0.991, 'mean': 0.997}
     """
-    reference = describe_with_onnx(onnx_session(fp32), images, image_size)
-    quantized = describe_with_onnx(onnx_session(int8), images, image_size)
+    reference = describe_with_onnx(onnx_session(fp32), images, image_size, source=fp32)
+    quantized = describe_with_onnx(onnx_session(int8), images, image_size, source=int8)
     cosines = (reference * quantized).sum(0) / (np.linalg.norm(reference, axis=0) * np.linalg.norm(quantized, axis=0))
     return {"min": float(cosines.min()), "mean": float(cosines.mean())}
 

@@ -7,13 +7,26 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from aml.descriptors.extraction import NonFiniteDescriptors
+
 Transform = Callable[[np.ndarray], np.ndarray]  # D x n descriptors -> D x n (e.g. whitening)
 
 
+def _finite(columns: torch.Tensor, what: str, first: int = 0) -> torch.Tensor:
+    """``columns`` (D x n descriptors), refused when one holds NaN or infinite values: a NaN
+    scores as nothing and would rank silently at random."""
+    bad = (~torch.isfinite(columns)).any(dim=0)
+    if bool(bad.any()):
+        raise NonFiniteDescriptors(f"{int(bad.sum())} of the {columns.shape[1]} {what} descriptors hold NaN or "
+                                   f"infinite values (the first: {what} {first + int(bad.nonzero()[0])}); they cannot "
+                                   "be ranked: encode them again")
+    return columns
+
+
 def _scores(database: np.ndarray, queries: np.ndarray, device: str, excluded: Sequence[int]) -> torch.Tensor:
-    """Q x N dot products; ``excluded`` columns at -inf."""
-    db = torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device)
-    q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
+    """Q x N dot products; ``excluded`` columns at -inf. Non-finite descriptors are refused."""
+    db = _finite(torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device), "database")
+    q = _finite(torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device), "query")
     scores = q.t() @ db
     if len(excluded):
         scores[:, torch.as_tensor(list(excluded), dtype=torch.long, device=device)] = -torch.inf
@@ -38,6 +51,10 @@ def rank_database(database: np.ndarray, queries: np.ndarray, device: str = "cpu"
 
     Returns:
         N_db x N_q database indices, column q ranked best first.
+
+    Raises:
+        aml.descriptors.extraction.NonFiniteDescriptors: when a query or database descriptor
+            holds NaN or infinite values, naming which.
 
     Examples:
         >>> import numpy as np
@@ -182,6 +199,7 @@ def _distractor_scores(queries: np.ndarray, distractors, device: str, transform:
     skipped = torch.as_tensor(sorted(excluded), dtype=torch.long, device=device)
     for start, block in distractors:
         rows = _block_rows(block, device, transform)  # n_k x D float32
+        _finite(rows.t(), "distractor", start)
         block_scores = _products(q, rows)
         gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
         if len(gone):

@@ -129,7 +129,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     device = process_device(requested, world)
     student, teacher = main_first(world, lambda: _load_networks(args, datasets))
     try:
-        check_reranking(reranking, datasets, args.data_root)  # the sizes of the test sets, now on disk
+        # the sizes of the test sets, now on disk, and the dimension of the database's descriptors
+        check_reranking(reranking, datasets, args.data_root, dim=(teacher or student).net.meta["outputdim"])
     except ValueError as err:
         parser.error(str(err))
     say(f">> Loading network:\n>>>> '{student.name}'")

@@ -252,7 +252,8 @@ def image_array(path: PathLike, image_size: Optional[float], bbx: Optional[BBox]
 
 
 def describe_with_onnx(session: Any, images: Sequence[PathLike], image_size: Optional[float],
-                       bbxs: Optional[Sequence[Optional[BBox]]] = None, source: Optional[PathLike] = None) -> np.ndarray:
+                       bbxs: Optional[Sequence[Optional[BBox]]] = None,
+                       source: Optional[PathLike] = None) -> np.ndarray:
     """Descriptors of images by an exported student, one image per run (sizes differ).
 
     Args:

@@ -41,7 +41,7 @@ def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cp
             return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
-    except Exception as err:  # noqa: BLE001 - torch.load of damaged bytes raises anything (AssertionError, LookupError...)
+    except Exception as err:  # damaged bytes make torch.load raise anything: AssertionError, LookupError, ...
         raise CheckpointError(
             f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Download or copy it again."

@@ -138,7 +138,8 @@ LW_DAMAGES = {
     "garbage": (lambda dim: "garbage", r"meta\['Lw'\] is a str, not \{set: "),
     "set garbage": (lambda dim: {"synth-sfm": [1, 2]}, r"meta\['Lw'\]\['synth-sfm'\] is a list"),
     "other dimension": (lambda dim: {"synth-sfm": {"ss": {"m": np.zeros((8, 1)), "P": np.eye(8)}}},
-                        r"meta\['Lw'\]\['synth-sfm'\]\['ss'\]: m of shape \(8, 1\) and P of shape \(8, 8\) do not whiten 512-d descriptors"),
+                        r"meta\['Lw'\]\['synth-sfm'\]\['ss'\]: m of shape \(8, 1\) and P of shape \(8, 8\) do not "
+                        r"whiten 512-d descriptors"),
 }
 
 

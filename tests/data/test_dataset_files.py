@@ -71,7 +71,8 @@ DB_DAMAGES = {
     "a list": (lambda dbs: [dbs], r"synth-sfm.pkl has no split 'train' \(found list"),
     "split a list": (lambda dbs: dbs.__setitem__("train", [1]), r"synth-sfm.pkl \(train\) holds list \[1\], not an "
                                                                 r"image db with cids, qidxs, pidxs, cluster"),
-    "no cluster": (lambda dbs: dbs["train"].pop("cluster") and None, r"holds \['cids', 'pidxs', 'qidxs'\], not an image db"),
+    "no cluster": (lambda dbs: dbs["train"].pop("cluster") and None,
+                   r"holds \['cids', 'pidxs', 'qidxs'\], not an image db"),
     "cids an int": (_split("cids", 5), r"'cids' holds int 5, where a list of image ids"),
     "qidxs names": (_split("qidxs", ["a"]), r"'qidxs' holds list \['a'\], where a list of integers in \[0, \d+\)"),
     "pidxs outside": (_split("pidxs", [10 ** 6]), r"'pidxs' holds list \[1000000\], where a list of integers in"),

@@ -143,7 +143,8 @@ def test_a_full_disk_ends_make_testset_in_one_line(images, tmp_path, full_disk):
     path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"], "hard": [], "junk": []}]}))
     full_disk(tmp_path / "root")
     with pytest.raises(SystemExit) as info:
-        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root", str(tmp_path / "root")])
+        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root",
+                               str(tmp_path / "root")])
     assert str(info.value.code).startswith("error: no space left on the device for ")
     assert not (tmp_path / "root" / "test" / "x").exists()
 
@@ -183,3 +184,17 @@ def test_a_csv_box_that_is_not_numbers_is_named(images, tmp_path):
     path.write_text("query,box,easy\nq.jpg,0 0 five 5,a.jpg\n")
     with pytest.raises(TestSetError, match=r"set.csv: query 0 has box '0 0 five 5'; a box is four numbers"):
         read_description(path)
+
+
+def test_a_database_list_that_is_not_utf8_is_named(images, tmp_path):
+    import json
+
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}]}))
+    listing = tmp_path / "database.txt"
+    listing.write_bytes("a.jpg\ncaf\xe9.jpg\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--database", str(listing),
+                               "--data-root", str(tmp_path / "r")])
+    assert str(info.value.code).startswith(f"error: --database {listing} is not UTF-8 text (byte 9: invalid "
+                                           "continuation byte)")

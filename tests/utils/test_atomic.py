@@ -48,7 +48,8 @@ def test_data_set_folders_respect_the_umask(tmp_path, umask, mode):
     archive.write_bytes(make_tar({"set/a/x.jpg": b"x"}))
     old = os.umask(umask)
     try:
-        folders = [generate_distractor_set(tmp_path / "root", config=SyntheticDistractorConfig(images=2, image_size=16)),
+        tiny = SyntheticDistractorConfig(images=2, image_size=16)
+        folders = [generate_distractor_set(tmp_path / "root", config=tiny),
                    extract_archive(archive, tmp_path / "jpg", flatten=True), staging_folder(tmp_path / "own")]
     finally:
         os.umask(old)

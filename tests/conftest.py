@@ -152,6 +152,45 @@ def full_disk(monkeypatch):
     return fill
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(megabytes)``: a real file system of that size (a tmpfs mounted in the test's
+    folder), so that numpy, torch and PIL meet a full disk as a user's command does (numpy
+    reports it without an errno); skipped where this process may not mount. Unmounted after the
+    test. ``fill_disk(folder, leave)`` then leaves ``leave`` bytes free on it."""
+    import subprocess
+
+    mounted = []
+
+    def make(megabytes: int = 30) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a small file system here ({done.stderr.strip() or done.returncode})")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill_disk(folder: Path, leave: int) -> Path:
+    """Fill the file system of ``folder`` with a file (``folder/filler``) until ``leave`` bytes stay free."""
+    stats = os.statvfs(folder)
+    free = stats.f_bavail * stats.f_frsize
+    filler = Path(folder) / "filler"
+    with open(filler, "wb") as out:
+        out.truncate(0)
+        chunk = b"\0" * (1 << 20)
+        size = max(free - leave, 0)
+        while size > 0:
+            size -= out.write(chunk[:size])
+    return filler
+
+
 def pytest_terminal_summary(terminalreporter, config):
     """With --durations (as .ci/run runs): when each of the 12 longest test files ran, and on
     which pytest-xdist worker, to see where a run's wall time goes."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, List
 
 
+from aml.utils.devices import DeviceError, parse_device
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -77,11 +78,49 @@ nonnegative_float = _bounded(float, "a finite number >= 0", lambda v: v >= 0)
 unit_interval = _bounded(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
+def _file_above(path: Path) -> Path:
+    """The nearest existing path above ``path``: a folder, or a file where a folder must be."""
+    for above in path.absolute().parents:
+        if above.exists() or above.is_symlink():
+            return above
+    return Path("/")
+
+
+def _check_above(text: str, path: Path) -> None:
+    """Refuse a path that cannot be created: a file stands where a folder above it must be."""
+    above = _file_above(path)
+    if not above.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {above} is a file, not a folder, so nothing can be written under "
+                                         "it; give another path")
+
+
 def folder(text: str) -> str:
-    """A folder that exists or can be created: refuses a path that is a file."""
+    """A folder that exists or can be created: refuses a path that is a file, or under one."""
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; give a folder (it is created if missing)")
+    _check_above(text, path)
+    return text
+
+
+def device_name(text: str) -> str:
+    """A device aml runs on (auto, cpu, cuda, cuda:N, mps), refused at parse time when it is not
+    one; whether this machine has it is known when the command starts (`resolve_device`)."""
+    if text != "auto":
+        try:
+            parse_device(text)
+        except DeviceError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file that can be written (replaced if it exists): refuses a folder and a path under a
+    file, so that a command does not find out after its work."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (e.g. {Path(text) / 'results.json'})")
+    _check_above(text, path)
     return text
 
 
@@ -96,7 +135,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--data-root and --device, which every command takes."""
     parser.add_argument("--data-root", default=None, metavar="DIR", type=folder,
                         help="data root for datasets, weights and features (default: $AML_DATA_ROOT or ./data)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", type=device_name,
+                        help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (log lines stay)")
     parser.add_argument("--dist-timeout", default=DEFAULT_TIMEOUT_S, type=positive_float, metavar="SECONDS",
                         help="under torchrun: how long a process waits for the others (at a gather or a gradient "

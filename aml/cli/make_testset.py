@@ -5,9 +5,20 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import Parser, folder
+from aml.cli.arguments import Parser, folder, run_cli
 from aml.data.images import ImageLoadError
 from aml.data.make_testset import TestSetError, build_test_set, read_description
+from aml.utils.atomic import DiskFull
+
+
+def _database_list(path: Path) -> List[str]:
+    """The image names of a --database file, one per line (UTF-8)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TestSetError(f"--database {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as "
+                           "UTF-8") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def main(argv: Optional[List[str]] = None) -> Path:
@@ -26,10 +37,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
     try:
         description = read_description(args.description)
         if args.database:
-            description["database"] = [line.strip() for line in Path(args.database).read_text().splitlines()
-                                       if line.strip()]
+            description["database"] = _database_list(Path(args.database))
         built = build_test_set(description, args.images, args.name, args.data_root, source=args.description)
-    except (TestSetError, ImageLoadError, OSError, KeyError, ValueError) as err:
+    except (TestSetError, ImageLoadError, OSError, KeyError, ValueError, DiskFull) as err:
         message = f"missing column or key {err}" if isinstance(err, KeyError) else str(err)
         sys.exit(f"error: {message}")
     print(f">> test set written to {built}; evaluate with: python test.py -d {args.name} ...")
@@ -37,4 +47,4 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -3,9 +3,10 @@
 import sys
 from typing import List, Optional
 
-from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int, unit_interval
+from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int, run_cli, unit_interval
 from aml.data.make_trainset import (TrainSetError, TrainSetReport, build_train_set, images_from_csv,
                                     images_from_folders)
+from aml.utils.atomic import DiskFull
 
 
 def main(argv: Optional[List[str]] = None) -> TrainSetReport:
@@ -30,7 +31,7 @@ def main(argv: Optional[List[str]] = None) -> TrainSetReport:
         items = images_from_folders(args.folders) if args.folders else images_from_csv(args.csv, args.images)
         report = build_train_set(items, args.name, args.data_root, args.val_fraction, args.pairs_per_landmark,
                                  args.seed)
-    except (TrainSetError, OSError, KeyError) as err:
+    except (TrainSetError, OSError, KeyError, DiskFull) as err:
         sys.exit(f"error: {err}")
     print("\n".join(report.lines()))
     print(f">> train with: python main.py -d {args.name} ...; whitening: test.py -w {args.name}")
@@ -38,4 +39,4 @@ def main(argv: Optional[List[str]] = None) -> TrainSetReport:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

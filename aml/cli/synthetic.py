@@ -4,7 +4,7 @@ landmark data sets."""
 import logging
 from typing import Optional, Sequence
 
-from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int
+from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int, run_cli
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_all
 
@@ -33,4 +33,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import List, Optional
 
 from aml.cli.arguments import (Parser, add_extraction_arguments, add_reranking_arguments, add_runtime_arguments, folder,
-                               nonnegative_int, parse_scales, positive_int, reranking_from, setup_logging)
+                               nonnegative_int, output_file, parse_scales, positive_int, reranking_from,
+                               setup_logging)
 from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
 from aml.evaluation.testing import TestSettings, check_reranking, evaluate, result_lines
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
+from aml.utils.atomic import atomic_write
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import init_from_environment, main_first, process_device
 
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "encoder with --asym (default: vgg16)")
     parser.add_argument("--asym", action="store_true",
                         help="asymmetric testing: teacher encodes the database, the network the queries")
-    parser.add_argument("--results", metavar="FILE", default=None, help="write every number and the settings as JSON")
+    parser.add_argument("--results", metavar="FILE", default=None, type=output_file,
+                        help="write every number and the settings as JSON")
     add_extraction_arguments(parser)
     parser.add_argument("--no-cache", action="store_true", help="do not cache database descriptors")
     parser.add_argument("--skip-bad-images", action="store_true",
@@ -115,8 +118,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
         if args.report and any(split_test_name(name)[1] for name in datasets):
             raise ValueError("--report draws full rankings, which a distractor set makes too long; run --report "
                              "without the '+' suffix")
-        if args.results and Path(args.results).is_dir():
-            raise ValueError(f"--results {args.results} is a folder; give a file name (e.g. {args.results}/results.json)")
         reranking = reranking_from(args)
         check_reranking(reranking, datasets, args.data_root, sizes=False)  # the sizes come once the sets are in
     except ValueError as err:
@@ -128,7 +129,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     device = process_device(requested, world)
     student, teacher = main_first(world, lambda: _load_networks(args, datasets))
     try:
-        check_reranking(reranking, datasets, args.data_root)  # the sizes of the test sets, now on disk
+        # the sizes of the test sets, now on disk, and the dimension of the database's descriptors
+        check_reranking(reranking, datasets, args.data_root, dim=(teacher or student).net.meta["outputdim"])
     except ValueError as err:
         parser.error(str(err))
     say(f">> Loading network:\n>>>> '{student.name}'")
@@ -149,7 +151,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if args.results and world.is_main:
         report = {"settings": {**vars(args), "device": str(device), "network": student.name,
                                "teacher": teacher.name if teacher else None}, "results": results}
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results).write_text(json.dumps(_json_ready(report), indent=1, ensure_ascii=False), encoding="utf-8")
+        text = json.dumps(_json_ready(report), indent=1, ensure_ascii=False)
+        # a name that is not UTF-8 (bytes on Linux) becomes its JSON escape (\udcxx), as json.loads reads it back
+        atomic_write(args.results, lambda out: out.write(text.encode("utf-8", "backslashreplace")))
         print(f">> results written to {args.results}")
     return results

@@ -8,7 +8,7 @@ from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arg
                                nonnegative_int, positive_float, positive_int, setup_logging, unit_interval)
 from aml.data.trainsets import training_set_names, whitening_set_names
 from aml.layers.pooling import POOLINGS
-from aml.losses import LOSSES
+from aml.losses import LOSSES, TEMPERATURES, check_temperature
 from aml.networks.backbones import BACKBONES, get_backbone
 from aml.training import TrainConfig, TrainResult, run
 from aml.training.config import problems
@@ -24,6 +24,15 @@ def architecture(text: str) -> str:
     except (ValueError, ImportError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
+
+
+def _temperature(text: str) -> float:
+    temp = positive_float(text)
+    try:
+        check_temperature(temp)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
+    return temp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="", metavar="FILENAME",
                    help="checkpoint name in the run folder; if missing, the latest model_epochN there")
     p.add_argument("--comment", "-c", default="", help="appended to the run folder name")
-    p.add_argument("--temp", default=0.1, type=positive_float, help="temperature of the cross-entropy losses")
+    p.add_argument("--temp", default=0.1, type=_temperature,
+                   help=f"temperature of the cross-entropy losses, {TEMPERATURES[0]:g} to {TEMPERATURES[1]:g} "
+                        "(default: 0.1)")
     p.add_argument("--nexamples", default=1000, type=nonnegative_int, help="kept for compatibility (unused)")
     p.add_argument("--teacher", "-t", default="vgg16",
                    help="vgg16 | resnet101 (published teachers) or a checkpoint path (default: vgg16)")

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tarfile
 import time
 import urllib.error
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
 
-from aml.utils.atomic import atomic_write, publish_folder, staging_folder
+from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, publish_folder, staged
 from aml.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -205,6 +204,9 @@ def _transfer_with_retries(url: str, dest: Path, partial: Path, retries: int, li
             raise DownloadError(f"Refused download of {url}: {err}; the partial file was deleted. "
                                 f"{_manual_hint(url, dest)}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            if is_disk_full(err):  # not the network's fault: another attempt would fail the same way
+                raise DiskFull(f"no space left on the device for {partial} while downloading {url}: free space and "
+                               "run again (the download resumes where it stopped)") from err
             error = err
             if isinstance(err, urllib.error.HTTPError) and err.code in (401, 403, 404, 410):
                 break
@@ -313,21 +315,29 @@ def _check_member(member: tarfile.TarInfo, target: Path) -> None:
 
 
 def _unpack(archive: Path, folder: Path, flatten: bool, progress: bool) -> None:
-    """Unpack one archive into ``folder`` (a staging folder) after checking every member."""
-    scratch = folder / ".unpacking" if flatten else folder
+    """Unpack one archive into ``folder`` (a staging folder) after checking every member;
+    with ``flatten``, through a scratch folder beside it (inside, a member could bear its name)."""
+    if flatten:
+        with staged(folder) as scratch:
+            _extract(archive, scratch, progress)
+            _flatten(scratch, folder, archive)
+    else:
+        _extract(archive, folder, progress)
+
+
+def _extract(archive: Path, folder: Path, progress: bool) -> None:
+    """Every member of ``archive`` into ``folder``, each checked first."""
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
             for member in members:
-                _check_member(member, scratch)
+                _check_member(member, folder)
             for member in progress_bar(members, desc=f"unpacking {archive.name}", unit="file", enabled=progress,
                                leave=False):
-                tar.extract(member, scratch, filter="data")
+                tar.extract(member, folder, filter="data")
     except (tarfile.TarError, EOFError, zlib.error) as err:
         raise DownloadError(f"{archive} is truncated or not a readable archive ({err}); delete it and download "
                             "it again") from err
-    if flatten:
-        _flatten(scratch, folder, archive)
 
 
 def _materialise_links(scratch: Path, archive: Path) -> None:
@@ -359,7 +369,6 @@ def _flatten(scratch: Path, folder: Path, archive: Path) -> None:
             path.unlink()
             continue
         os.replace(path, target)
-    shutil.rmtree(scratch)
 
 
 def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Path], flatten: bool = False,
@@ -376,16 +385,13 @@ def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Pa
     target = Path(target)
     if target.exists() and any(target.iterdir()):
         raise DownloadError(f"{target} already exists and is not empty; move it away to unpack the archives again")
-    staging = staging_folder(target)
-    try:
+    with staged(target) as staging:
         for archive in archives:
             _unpack(Path(archive), staging, flatten, progress)
         if target.exists() and not any(target.iterdir()):
             target.rmdir()
         if not publish_folder(staging, target):
             log.info(">> %s was unpacked by another process meanwhile; keeping it", target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

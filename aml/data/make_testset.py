@@ -21,17 +21,18 @@ are not in the database, boxes outside their image.
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from PIL import Image
 
-from aml.utils.atomic import publish_folder, staging_folder
+from aml.utils.atomic import publish_folder, staged
 from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
-from aml.data.safe_pickle import save_pickle
+from aml.data.safe_pickle import kind_of, save_pickle
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -57,18 +58,64 @@ def read_description(path: PathLike) -> Dict[str, Any]:
 def _read_description(path: Path) -> Dict[str, Any]:
     if path.suffix.lower() == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {"queries": list(data["queries"]), "database": data.get("database")}
+        check_description(data, str(path))
+        return {"queries": data["queries"], "database": data.get("database")}
     queries = []
     with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             entry: Dict[str, Any] = {"image": row["query"].strip()}
             if (row.get("box") or "").strip():
-                entry["box"] = [float(v) for v in row["box"].split()]
+                entry["box"] = _csv_box(row["box"], path, len(queries))
             for key in ("easy", "hard", "junk", "ok"):
                 if key in row:
                     entry[key] = (row[key] or "").split()
             queries.append(entry)
     return {"queries": queries, "database": None}
+
+
+def _csv_box(text: str, path: Path, q: int) -> List[float]:
+    try:
+        return [float(v) for v in text.split()]
+    except ValueError:
+        raise TestSetError(f"{path}: query {q} has box {text!r}; a box is four numbers x1 y1 x2 y2") from None
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(name, str) for name in value)
+
+
+def _is_box(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def check_description(description: Any, source: str) -> None:
+    """Refuse a description whose fields are of the wrong types (as JSON can give them):
+    ``queries`` a list of objects with an ``image`` name, lists of names, an optional box of
+    four numbers; ``database`` a list of names or absent.
+
+    Raises:
+        TestSetError: naming ``source``, the query and the field.
+    """
+    if not isinstance(description, dict) or not isinstance(description.get("queries"), list):
+        found = kind_of(description.get("queries")) if isinstance(description, dict) else kind_of(description)
+        raise TestSetError(f"{source}: expected an object whose 'queries' is a list of queries (and an optional "
+                           f"'database' list), found {found}")
+    if description.get("database") is not None and not _is_names(description["database"]):
+        raise TestSetError(f"{source}: 'database' is {kind_of(description['database'])}, not a list of image names")
+    for q, entry in enumerate(description["queries"]):
+        where = f"{source}: query {q}"
+        if not isinstance(entry, dict):
+            raise TestSetError(f"{where} is {kind_of(entry)}, not an object with 'image', 'box' and image lists")
+        if not isinstance(entry.get("image"), str):
+            raise TestSetError(f"{where}: 'image' is {kind_of(entry.get('image'))}, not an image name")
+        for key in ("easy", "hard", "junk", "ok"):
+            if key in entry and not _is_names(entry[key]):
+                raise TestSetError(f"{where} ({entry['image']}): '{key}' is {kind_of(entry[key])}, not a list of "
+                                   "image names")
+        if entry.get("box") is not None and not _is_box(entry["box"]):
+            raise TestSetError(f"{where} ({entry['image']}): 'box' is {kind_of(entry['box'])}, not four numbers "
+                               "x1, y1, x2, y2")
 
 
 def _protocol(queries: Sequence[Dict[str, Any]], source: str) -> str:
@@ -135,6 +182,7 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
         check_set_name(name)
     except ValueError as err:
         raise TestSetError(f"--name: {err}") from None
+    check_description(description, source)
     images_dir = Path(images_dir)
     queries = description["queries"]
     if not queries:
@@ -157,9 +205,8 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
     folder = data_subdir(data_root, "test") / name
     if folder.exists():
         raise TestSetError(f"{folder} already exists; choose another --name or move it away")
-    staging = staging_folder(folder)
-    (staging / "jpg").mkdir(parents=True)
-    try:
+    with staged(folder) as staging:
+        (staging / "jpg").mkdir(parents=True)
         for image in dict.fromkeys(list(database_names) + query_names):
             _copy_as_jpeg(images_dir / image, staging / "jpg" / f"{_stem(image)}.jpg")
         gnd = [{**{key: [database[n] for n in entry.get(key, [])] for key in lists},
@@ -169,8 +216,6 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
                      "gnd": gnd}, staging / f"gnd_{name}.pkl")
         if not publish_folder(staging, folder):
             raise TestSetError(f"{folder} was created by another process meanwhile; choose another --name or move it away")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info(">> %s: %d queries, %d database images, %s protocol, in %s", name, len(queries), len(database_names),
              protocol, folder)
     return folder

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from aml.utils.atomic import publish_folder, staging_folder
+from aml.utils.atomic import publish_folder, staged
 from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
@@ -164,8 +164,7 @@ def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Opt
     folder = data_subdir(data_root, "train") / name
     if folder.exists():
         raise TrainSetError(f"{folder} already exists; choose another --name or move it away")
-    staging = staging_folder(folder)
-    try:
+    with staged(folder) as staging:
         dbs = {}
         for split, landmarks in splits.items():
             dbs[split], files = _split_db(landmarks, by_landmark, pairs_per_landmark, rng)
@@ -179,8 +178,6 @@ def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Opt
         save_pickle({k: dbs["train"][k] for k in ("cids", "qidxs", "pidxs")}, staging / f"{name}-whiten.pkl")
         if not publish_folder(staging, folder):
             raise TrainSetError(f"{folder} was created by another process meanwhile; choose another --name or move it away")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return report
 
 

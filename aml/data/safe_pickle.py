@@ -2,34 +2,32 @@
 
 Only plain containers, strings, numbers and numpy arrays may be rebuilt; any other global
 (a function to call, a class to instantiate) stops the load, so a tampered file cannot run
-code. Constructors that allocate from a number (``bytes(n)``, numpy arrays of a given
-shape) are bounded, so a small file cannot ask for gigabytes.
+code. What the file's constructor calls build (``bytes(n)``, ``list(x)`` of another object,
+numpy arrays of a given shape) is counted against one budget per file, so a small file
+cannot ask for gigabytes, in one call or in many.
 """
 
 import math
 import pickle
 import struct
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import numpy as np
 
 from aml.utils.atomic import atomic_write
 
-
+_NUMPY = ("numpy.core.multiarray", "numpy._core.multiarray")
 _ALLOWED = {
     ("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "str", "int", "float",
                                     "bool", "complex", "bytes", "bytearray")
 } | {("collections", "OrderedDict"), ("__builtin__", "set")} | {
     (module, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+    for module in _NUMPY + ("numpy.core.numeric", "numpy._core.numeric")
     for name in ("_reconstruct", "scalar", "_frombuffer")
 } | {("numpy", "ndarray"), ("numpy", "dtype")}
 
-
-# Callables that allocate what their arguments ask for: bytes(n), bytearray(n), numpy's array
-# and scalar reconstruction (a shape, a dtype's item size).
-_SIZED = {("builtins", "bytes"), ("builtins", "bytearray")} | {
-    (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")}
-#: the most items (or bytes) one constructor call in a dataset pickle may ask for
+#: the most items (or bytes) that the constructor calls of one dataset pickle may build together
 MAX_ELEMENTS = 1 << 25
 
 
@@ -37,31 +35,129 @@ class UnsafePickleError(pickle.UnpicklingError):
     """The pickle asked for something other than plain data, or for more memory than data holds."""
 
 
-def _requested(value: Any) -> int:
-    """The items an argument asks to allocate: an int, a shape (tuple of ints), a dtype's item size."""
-    if isinstance(value, int) and not isinstance(value, bool):
+class DatasetFileError(ValueError):
+    """A dataset pickle that reads, but does not hold what its kind holds (a gnd's image lists
+    and entries, a training db's images and pairs): named with the file and the fix."""
+
+
+def kind_of(value: Any) -> str:
+    """How an error shows a value of the wrong type: its type and a short repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def index_array(value: Any) -> Optional[np.ndarray]:
+    """``value`` as a flat array of indices, or None when it is not a list (tuple, array) of integers."""
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return None
+    try:
+        indices = np.asarray(value).ravel()
+    except (ValueError, TypeError):  # ragged or nested lists
+        return None
+    return indices if indices.size == 0 or np.issubdtype(indices.dtype, np.integer) else None
+
+
+def _count(value: Any) -> int:
+    """Items that a constructor builds from ``value``: ``n`` of ``bytes(n)``, else a copy of it."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
         return abs(value)
-    if isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
-        return math.prod(abs(v) for v in value)
-    itemsize = getattr(value, "itemsize", None)
-    return itemsize if isinstance(itemsize, int) and hasattr(value, "kind") else 0
+    try:
+        return len(value)
+    except TypeError:
+        return 0
 
 
-def _bounded(name: str, constructor: Callable) -> Callable:
-    def call(*args: Any) -> Any:
-        largest = max((_requested(arg) for arg in args), default=0)
-        if largest > MAX_ELEMENTS:
-            raise UnsafePickleError(f"refusing {name} of {largest:,} items (at most {MAX_ELEMENTS:,} in a dataset file)")
-        return constructor(*args)
-    return call
+def _itemsize(dtype: Any) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except (TypeError, ValueError):
+        return 0  # numpy refuses it in the call itself
+
+
+def _shape(shape: Any) -> int:
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        return abs(shape)
+    if isinstance(shape, tuple) and all(isinstance(v, int) for v in shape):
+        return math.prod(abs(v) for v in shape)
+    return 0
+
+
+def _copied(*args: Any) -> int:
+    """``list(x)``, ``bytes(n)``, ``str(b, encoding)``...: what the first argument holds or asks for."""
+    return _count(args[0]) if args else 0
+
+
+def _text(*args: Any) -> int:
+    """``str(x)`` of text or a number; of anything else (its repr) it could be any size."""
+    if args and not isinstance(args[0], (str, bytes, bytearray, int, float)):
+        raise UnsafePickleError(f"refusing str() of a {type(args[0]).__name__}: a dataset file holds text")
+    return _copied(*args)
+
+
+def _array(subtype: Any = None, shape: Any = 0, dtype: Any = "b", *rest: Any) -> int:
+    """numpy's ``_reconstruct(subtype, shape, dtype)``: the array's bytes."""
+    return _shape(shape) * _itemsize(dtype)
+
+
+def _new_array(shape: Any = 0, dtype: Any = float, *rest: Any) -> int:
+    """``numpy.ndarray(shape, dtype, ...)`` called directly."""
+    return _shape(shape) * _itemsize(dtype)
+
+
+def _scalar(dtype: Any = None, obj: Any = None) -> int:
+    return _itemsize(dtype) + _count(obj)
+
+
+# What each constructor that allocates builds, from its arguments (before it runs).
+_SIZES: Dict[Tuple[str, str], Callable[..., int]] = {
+    **{("builtins", name): _copied for name in ("bytes", "bytearray", "list", "tuple", "set", "frozenset", "dict")},
+    ("builtins", "str"): _text,
+    ("__builtin__", "set"): _copied, ("collections", "OrderedDict"): _copied, ("numpy", "ndarray"): _new_array,
+    **{(module, "_reconstruct"): _array for module in _NUMPY},
+    **{(module, "scalar"): _scalar for module in _NUMPY},
+}
+
+
+class _ArrayType:
+    """What ``numpy.ndarray`` unpickles as: passed to ``_reconstruct`` it is the class, called
+    directly (``numpy.ndarray((2**28,))``) it is a constructor within the budget."""
+
+    def __init__(self, call: Callable[..., Any]):
+        self.call = call
+
+    def __call__(self, *args: Any) -> Any:
+        return self.call(*args)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only `_ALLOWED` globals; their calls build at most `MAX_ELEMENTS` items in all."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.built = 0
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
-            found = super().find_class(module, name)
-            return _bounded(f"{module}.{name}", found) if (module, name) in _SIZED else found
-        raise UnsafePickleError(f"refusing to load {module}.{name}: only plain data is allowed in dataset files")
+        if not ((module, name) in _ALLOWED or (module == "numpy.dtypes" and name.endswith("DType"))):
+            raise UnsafePickleError(f"refusing to load {module}.{name}: only plain data is allowed in dataset files")
+        found = super().find_class(module, name)
+        size = _SIZES.get((module, name))
+        if size is None:
+            return found
+        bounded = self._bounded(f"{module}.{name}", found, size)
+        return _ArrayType(bounded) if found is np.ndarray else bounded
+
+    def _bounded(self, name: str, constructor: Callable[..., Any], size: Callable[..., int]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            args = tuple(np.ndarray if isinstance(arg, _ArrayType) else arg for arg in args)
+            wanted = size(*args)
+            if self.built + wanted > MAX_ELEMENTS:
+                raise UnsafePickleError(f"refusing {name} of {wanted:,} items: with the {self.built:,} built before, "
+                                        f"more than the {MAX_ELEMENTS:,} a dataset file may build")
+            self.built += wanted
+            return constructor(*args)
+        return call
 
 
 def load_pickle(path: Union[str, Path]) -> Any:
@@ -83,4 +179,5 @@ def save_pickle(obj: Any, path: Union[str, Path]) -> None:
     atomic_write(path, lambda out: pickle.dump(obj, out, protocol=4))
 
 
-__all__ = ["load_pickle", "save_pickle", "UnsafePickleError", "MAX_ELEMENTS"]
+__all__ = ["load_pickle", "save_pickle", "UnsafePickleError", "DatasetFileError", "MAX_ELEMENTS", "index_array",
+           "kind_of"]

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
-from aml.utils.atomic import publish_folder, staging_folder
+from aml.utils.atomic import publish_folder, staged
 from aml.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -215,17 +215,17 @@ def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: Syn
     folder = Path(data_root) / "train" / name
     if (folder / f"{name}.pkl").exists() and not overwrite:
         return folder
-    staging = staging_folder(folder)
     rng = np.random.default_rng(config.seed)
     scenes = _landmarks(config.seed + 1000, config.train_landmarks + config.val_landmarks, STYLES["sfm"])
     total = (config.train_landmarks + config.val_landmarks) * config.views
-    with progress_bar(total=total, desc=f"generating {name}", unit="img", enabled=progress, leave=False) as bar:
+    with staged(folder) as staging, progress_bar(total=total, desc=f"generating {name}", unit="img",
+                                                 enabled=progress, leave=False) as bar:
         train = _split(rng, scenes[:config.train_landmarks], 0, config, staging / "ims", name, bar)
         val = _split(rng, scenes[config.train_landmarks:], config.train_landmarks, config, staging / "ims", name, bar)
-    save_pickle({"train": train, "val": val}, staging / f"{name}.pkl")
-    save_pickle({"cids": train["cids"], "qidxs": train["qidxs"], "pidxs": train["pidxs"]},
-                staging / f"{name}-whiten.pkl")
-    publish_folder(staging, folder, overwrite or not (folder / f"{name}.pkl").exists())
+        save_pickle({"train": train, "val": val}, staging / f"{name}.pkl")
+        save_pickle({"cids": train["cids"], "qidxs": train["qidxs"], "pidxs": train["pidxs"]},
+                    staging / f"{name}-whiten.pkl")
+        publish_folder(staging, folder, overwrite or not (folder / f"{name}.pkl").exists())
     log.info(">> %s: %d train and %d val images written to %s", name, len(train["cids"]), len(val["cids"]), folder)
     return folder
 
@@ -251,18 +251,12 @@ class SyntheticTestConfig:
 TEST_STYLES = {"synth-oxford": ("oxford", 0), "synth-paris": ("paris", 500)}
 
 
-def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: SyntheticTestConfig = SyntheticTestConfig(),
-                      overwrite: bool = False, progress: bool = False) -> Path:
-    """Write ``<data_root>/test/<name>/`` (jpg/*.jpg and gnd_<name>.pkl); ``progress``: a bar
-    over the images on stderr."""
-    folder = Path(data_root) / "test" / name
-    if (folder / f"gnd_{name}.pkl").exists() and not overwrite:
-        return folder
+def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progress: bool) -> Tuple[int, int]:
+    """Render test set ``name`` into ``staging`` (jpg/ and its gnd); its database and query counts."""
     style_name, seed_offset = TEST_STYLES.get(name, ("oxford", 900))
     seed = config.seed + seed_offset
     rng = np.random.default_rng(seed)
     scenes = _landmarks(seed + 1000, config.landmarks + config.distractor_landmarks, STYLES[style_name])
-    staging = staging_folder(folder)
     imlist: List[str] = []
     groups: List[Dict[str, List[int]]] = []
     total = (config.landmarks * (config.easy + config.hard + config.junk + config.queries_per_landmark)
@@ -301,8 +295,20 @@ def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: S
             gnd.append({"bbx": list(box), **{k: sorted(int(position[i]) for i in v) for k, v in groups[landmark].items()}})
     bar.close()
     save_pickle({"imlist": shuffled, "qimlist": qimlist, "gnd": gnd}, staging / f"gnd_{name}.pkl")
-    publish_folder(staging, folder, overwrite or not (folder / f"gnd_{name}.pkl").exists())
-    log.info(">> %s: %d database images and %d queries written to %s", name, len(shuffled), len(qimlist), folder)
+    return len(shuffled), len(qimlist)
+
+
+def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: SyntheticTestConfig = SyntheticTestConfig(),
+                      overwrite: bool = False, progress: bool = False) -> Path:
+    """Write ``<data_root>/test/<name>/`` (jpg/*.jpg and gnd_<name>.pkl); ``progress``: a bar
+    over the images on stderr."""
+    folder = Path(data_root) / "test" / name
+    if (folder / f"gnd_{name}.pkl").exists() and not overwrite:
+        return folder
+    with staged(folder) as staging:
+        images, queries = _write_test_set(staging, name, config, progress)
+        publish_folder(staging, folder, overwrite or not (folder / f"gnd_{name}.pkl").exists())
+    log.info(">> %s: %d database images and %d queries written to %s", name, images, queries, folder)
     return folder
 
 
@@ -328,16 +334,17 @@ def generate_distractor_set(data_root: PathLike, name: str = "synth-1m",
     if (folder / f"{name}.txt").exists() and not overwrite:
         return folder
     rng = np.random.default_rng(config.seed)
-    staging = staging_folder(folder)
     styles = list(STYLES.values())
     listing: List[str] = []
-    for i in progress_bar(range(config.images), desc=f"generating {name}", unit="img", enabled=progress, leave=False):
-        if i % config.views_per_landmark == 0:
-            scene = draw_landmark(rng, styles[(i // config.views_per_landmark) % len(styles)])
-        listing.append(f"{i // 1000:04d}/{name}_{i:07d}.jpg")
-        _save(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size)[0], staging / "jpg" / listing[-1])
-    (staging / f"{name}.txt").write_text("".join(f"{line}\n" for line in listing))
-    publish_folder(staging, folder, overwrite or not (folder / f"{name}.txt").exists())
+    with staged(folder) as staging:
+        for i in progress_bar(range(config.images), desc=f"generating {name}", unit="img", enabled=progress,
+                              leave=False):
+            if i % config.views_per_landmark == 0:
+                scene = draw_landmark(rng, styles[(i // config.views_per_landmark) % len(styles)])
+            listing.append(f"{i // 1000:04d}/{name}_{i:07d}.jpg")
+            _save(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size)[0], staging / "jpg" / listing[-1])
+        (staging / f"{name}.txt").write_text("".join(f"{line}\n" for line in listing))
+        publish_folder(staging, folder, overwrite or not (folder / f"{name}.txt").exists())
     log.info(">> %s: %d distractor images written to %s", name, len(listing), folder)
     return folder
 

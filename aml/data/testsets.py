@@ -14,7 +14,7 @@ import numpy as np
 
 from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.paths import data_subdir
-from aml.data.safe_pickle import load_pickle
+from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
 from aml.data.synthetic import generate_test_set
 
 PathLike = Union[str, Path]
@@ -77,12 +77,14 @@ TEST_SETS: Dict[str, EvaluationSet] = {
 
 def _custom_protocol(gnd_path: Path) -> str:
     """'revisited' when a gnd's entries hold easy/hard/junk lists, 'classic' for ok/junk."""
-    gnd = load_pickle(gnd_path).get("gnd") or [{}]
+    data = load_pickle(gnd_path)
+    gnd = data.get("gnd") if isinstance(data, dict) else None
+    first = gnd[0] if isinstance(gnd, (list, tuple)) and gnd and isinstance(gnd[0], dict) else {}
     for protocol, keys in GND_KEYS.items():
-        if all(key in gnd[0] for key in keys):
+        if all(key in first for key in keys):
             return protocol
-    raise ValueError(f"{gnd_path}: its entries hold {sorted(gnd[0])}; a gnd needs easy/hard/junk (revisited) "
-                     "or ok/junk (classic) lists")
+    raise DatasetFileError(f"{gnd_path}: its entries hold {sorted(map(str, first))}; a gnd needs easy/hard/junk "
+                           "(revisited) or ok/junk (classic) lists")
 
 
 def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationSet:
@@ -121,10 +123,14 @@ def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
     name = entry.name
     dir_data = os.path.join(str(dir_main), name)
     gnd_fname = os.path.join(dir_data, f"gnd_{name}.pkl")
-    cfg = dict(load_pickle(gnd_fname))
+    cfg = load_pickle(gnd_fname)
+    if not isinstance(cfg, dict):
+        raise DatasetFileError(f"{gnd_fname} holds a {type(cfg).__name__}, not a dict of imlist, qimlist and gnd; "
+                               "not a ground-truth file: download or make it again")
     missing = {"imlist", "qimlist", "gnd"} - set(cfg)
     if missing:
-        raise ValueError(f"{gnd_fname} lacks {sorted(missing)}; not a ground-truth file")
+        raise DatasetFileError(f"{gnd_fname} lacks {sorted(missing)}; not a ground-truth file")
+    cfg = dict(cfg)
     check_ground_truth(cfg, entry.protocol, gnd_fname)
     cfg.update(gnd_fname=gnd_fname, ext=".jpg", qext=".jpg", dir_data=dir_data,
                dir_images=os.path.join(dir_data, "jpg"), n=len(cfg["imlist"]), nq=len(cfg["qimlist"]),
@@ -135,28 +141,55 @@ def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
 GND_KEYS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
 
 
+def _names(cfg: Dict[str, Any], key: str, source: PathLike) -> int:
+    """The length of the image list ``cfg[key]``; a `DatasetFileError` unless it is a list of names."""
+    names = cfg[key]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+        bad = names if not isinstance(names, (list, tuple)) else next(n for n in names if not isinstance(n, str))
+        raise DatasetFileError(f"{source}: '{key}' holds {kind_of(bad)}, where a list of image names belongs; "
+                               "download or make the gnd file again")
+    return len(names)
+
+
+def _box(box: Any) -> Optional[np.ndarray]:
+    """A gnd box as four floats, or None when it is not four numbers."""
+    try:
+        values = np.asarray(box, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return None
+    return values if values.size == 4 else None
+
+
 def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> None:
-    """Refuse a gnd whose entries do not fit its image lists: one entry per query, the
-    protocol's keys present, every listed index inside the database, boxes of four finite
-    numbers with x1 < x2 and y1 < y2. Raises ValueError naming ``source`` and the query."""
-    n, nq, gnd = len(cfg["imlist"]), len(cfg["qimlist"]), cfg["gnd"]
+    """Refuse a gnd whose entries do not fit its image lists: lists of image names, one entry
+    (a dict) per query, the protocol's keys present, every listed index an integer inside the
+    database, boxes of four finite numbers with x1 < x2 and y1 < y2. Raises a
+    `DatasetFileError` (a ValueError) naming ``source`` and the query."""
+    n, nq, gnd = _names(cfg, "imlist", source), _names(cfg, "qimlist", source), cfg["gnd"]
+    if not isinstance(gnd, (list, tuple)):
+        raise DatasetFileError(f"{source}: 'gnd' holds {kind_of(gnd)}, where a list of one entry per query belongs")
     if len(gnd) != nq:
-        raise ValueError(f"{source}: {len(gnd)} gnd entries for {nq} queries; download the gnd file again")
+        raise DatasetFileError(f"{source}: {len(gnd)} gnd entries for {nq} queries; download the gnd file again")
     for q, entry in enumerate(gnd):
         where = f"{source}: query {q} ({cfg['qimlist'][q]})"
+        if not isinstance(entry, dict):
+            raise DatasetFileError(f"{where} has {kind_of(entry)} for its entry, where a dict of lists belongs")
         for key in GND_KEYS[protocol]:
             if key not in entry:
-                raise ValueError(f"{where} has no '{key}' list, which the {protocol} protocol needs")
-            indices = np.asarray(entry[key]).ravel()
-            if indices.size and (not np.issubdtype(indices.dtype, np.integer) or indices.min() < 0 or indices.max() >= n):
-                bad = [i for i in indices.tolist() if not float(i).is_integer() or not 0 <= i < n][:3]
-                raise ValueError(f"{where} lists database indices {bad} in '{key}', outside the {n} images of the "
-                                 "image list; the gnd file does not belong to these images")
-        box = entry.get("bbx")
-        if box is not None:
-            box = np.asarray(box, dtype=float).ravel()
-            if box.size != 4 or not np.isfinite(box).all() or box[0] >= box[2] or box[1] >= box[3]:
-                raise ValueError(f"{where} has box {box.tolist()}; a box is x1, y1, x2, y2 with x1 < x2 and y1 < y2")
+                raise DatasetFileError(f"{where} has no '{key}' list, which the {protocol} protocol needs")
+            indices = index_array(entry[key])
+            if indices is None:
+                raise DatasetFileError(f"{where} has {kind_of(entry[key])} in '{key}', where a list of database "
+                                       "indices belongs")
+            if indices.size and (indices.min() < 0 or indices.max() >= n):
+                bad = [i for i in indices.tolist() if not 0 <= i < n][:3]
+                raise DatasetFileError(f"{where} lists database indices {bad} in '{key}', outside the {n} images of "
+                                       "the image list; the gnd file does not belong to these images")
+        if entry.get("bbx") is not None:
+            box = _box(entry["bbx"])
+            if box is None or not np.isfinite(box).all() or box[0] >= box[2] or box[1] >= box[3]:
+                shown = box.tolist() if box is not None else kind_of(entry["bbx"])
+                raise DatasetFileError(f"{where} has box {shown}; a box is x1, y1, x2, y2 with x1 < x2 and y1 < y2")
 
 
 def config_imname(cfg: Dict[str, Any], i: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from aml.data.download import download_file, extract_archive, remove_download
 from aml.data.paths import cid2filename, data_subdir
-from aml.data.safe_pickle import load_pickle
+from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
 from aml.data.synthetic import generate_train_set
 
 PathLike = Union[str, Path]
@@ -105,14 +105,45 @@ def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
     return folder
 
 
+def check_image_db(db: Any, source: str, clusters: bool = True) -> Dict[str, Any]:
+    """A copy of an image db (one split of a training set, or a whitening set) once checked:
+    a dict whose 'cids' are image ids, 'qidxs' and 'pidxs' equally many image indices and,
+    with ``clusters``, 'cluster' one integer per image.
+
+    Raises:
+        DatasetFileError: naming ``source`` and the field, when anything else is found.
+    """
+    keys = ("cids", "qidxs", "pidxs") + (("cluster",) if clusters else ())
+    if not isinstance(db, dict) or any(key not in db for key in keys):
+        found = sorted(map(str, db)) if isinstance(db, dict) else kind_of(db)
+        raise DatasetFileError(f"{source} holds {found}, not an image db with {', '.join(keys)}; download or make "
+                               "it again (python -m aml.cli.make_trainset)")
+    cids = db["cids"]
+    if not isinstance(cids, (list, tuple)) or not all(isinstance(cid, str) for cid in cids):
+        raise DatasetFileError(f"{source}: 'cids' holds {kind_of(cids)}, where a list of image ids belongs")
+    ranges = {"qidxs": len(cids), "pidxs": len(cids), **({"cluster": None} if clusters else {})}
+    for key, size in ranges.items():
+        indices = index_array(db[key])
+        if indices is None or size is not None and indices.size and (indices.min() < 0 or indices.max() >= size):
+            raise DatasetFileError(f"{source}: '{key}' holds {kind_of(db[key])}, where a list of integers"
+                                   + (f" in [0, {size}) belongs (one per image of 'cids')" if size else " belongs"))
+    if len(db["qidxs"]) != len(db["pidxs"]) or clusters and len(db["cluster"]) != len(cids):
+        raise DatasetFileError(f"{source}: {len(db['qidxs'])} qidxs for {len(db['pidxs'])} pidxs"
+                               + (f", {len(db['cluster'])} clusters for {len(cids)} images" if clusters else "")
+                               + "; they must pair up one to one")
+    return dict(db)
+
+
 def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> Dict[str, Any]:
     """One split ('train' or 'val') of a training set, with absolute image paths in 'images'."""
     entry = get_train_set(name, data_root)
     folder = prepare_train_set(name, data_root)
-    db = load_pickle(folder / f"{entry.name}.pkl")
-    if split not in db:
-        raise ValueError(f"{folder / (entry.name + '.pkl')} has no split {split!r} (found {sorted(db)})")
-    db = dict(db[split])
+    path = folder / f"{entry.name}.pkl"
+    dbs = load_pickle(path)
+    if not isinstance(dbs, dict) or split not in dbs:
+        found = sorted(map(str, dbs)) if isinstance(dbs, dict) else kind_of(dbs)
+        raise DatasetFileError(f"{path} has no split {split!r} (found {found})")
+    db = check_image_db(dbs[split], f"{path} ({split})")
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
     return db
 
@@ -121,6 +152,7 @@ def load_whitening_db(name: str, data_root: Optional[PathLike] = None) -> Dict[s
     """A whitening set ``<name>-whiten.pkl`` with absolute image paths in 'images'."""
     entry = get_train_set(name, data_root)
     folder = prepare_train_set(name, data_root)
-    db = dict(load_pickle(folder / f"{entry.name}-whiten.pkl"))
+    path = folder / f"{entry.name}-whiten.pkl"
+    db = check_image_db(load_pickle(path), str(path), clusters=False)
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
     return db

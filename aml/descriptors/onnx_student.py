@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from aml.data.images import BBox, load_and_resize
+from aml.utils.atomic import atomic_path
 
 __all__ = ["OnnxStudentError", "OnnxStudentInfo", "describe_with_onnx", "image_array", "onnx_session",
            "read_onnx_metadata", "seconds_per_image", "whitening_digest", "write_onnx_metadata"]
@@ -126,7 +127,8 @@ def write_onnx_metadata(path: PathLike, info: OnnxStudentInfo) -> Path:
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
+    with atomic_path(path) as temporary:  # rewritten whole or not at all
+        onnx.save(model, str(temporary))
     return Path(path)
 
 
@@ -250,7 +252,8 @@ def image_array(path: PathLike, image_size: Optional[float], bbx: Optional[BBox]
 
 
 def describe_with_onnx(session: Any, images: Sequence[PathLike], image_size: Optional[float],
-                       bbxs: Optional[Sequence[Optional[BBox]]] = None) -> np.ndarray:
+                       bbxs: Optional[Sequence[Optional[BBox]]] = None,
+                       source: Optional[PathLike] = None) -> np.ndarray:
     """Descriptors of images by an exported student, one image per run (sizes differ).
 
     Args:
@@ -258,9 +261,14 @@ def describe_with_onnx(session: Any, images: Sequence[PathLike], image_size: Opt
         images: the image files.
         image_size: the longer side images are shrunk to.
         bbxs: per image, a crop box or None.
+        source: the ONNX file, as errors name it (default: the file the session was made from).
 
     Returns:
         D x N float32 descriptors, one column per image (as `aml.descriptors.describe_images`).
+
+    Raises:
+        OnnxStudentError: naming the file and the first image, when a descriptor holds NaN or
+            infinite values (a damaged or badly quantized file).
 
     Examples:
         >>> from aml.descriptors.onnx_student import describe_with_onnx, onnx_session
@@ -270,7 +278,14 @@ def describe_with_onnx(session: Any, images: Sequence[PathLike], image_size: Opt
     boxes = list(bbxs) if bbxs is not None else [None] * len(images)
     columns = [session.run(None, {"image": image_array(path, image_size, box)})[0][0]
                for path, box in zip(images, boxes)]
-    return np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
+    vecs = np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(vecs).all(axis=0))
+    if bad.size:
+        source = source or getattr(session, "_model_path", None) or "the ONNX file"  # onnxruntime keeps the path
+        raise OnnxStudentError(f"{source} gives NaN or infinite descriptors for {bad.size} of {vecs.shape[1]} images "
+                               f"(first: {images[bad[0]]}): the file is damaged; export the student again "
+                               f"({REEXPORT})")
+    return vecs
 
 
 def seconds_per_image(session: Any, shape: Tuple[int, int], repeats: int = 5) -> float:

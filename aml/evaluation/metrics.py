@@ -13,7 +13,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from aml.data.testsets import GND_KEYS
+
 DEFAULT_KAPPAS = (1, 5, 10)
+#: the evaluation protocols: revisited (easy/hard/junk) and classic (ok/junk)
+PROTOCOLS = tuple(GND_KEYS)
 
 
 def compute_ap(positions: np.ndarray, nres: int) -> float:
@@ -168,6 +172,9 @@ def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: s
         For ``"revisited"``, ``{'easy': {'map', 'mp@k', 'aps'}, 'medium': ..., 'hard': ...}``;
         for ``"classic"``, ``{'map': ..., 'aps': ...}`` from ok/junk.
 
+    Raises:
+        ValueError: for a protocol other than `PROTOCOLS`, listing them.
+
     Examples:
         >>> import numpy as np
         >>> from aml.evaluation import evaluate_ranks
@@ -177,6 +184,8 @@ def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: s
         >>> results["easy"]["map"], results["hard"]["map"], results["hard"]["mp@k"]
         (1.0, 0.25, {1: 0.0, 2: 0.5})
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: the known ones are {', '.join(PROTOCOLS)}")
     maps_of = compute_maps_from_positions if positions else compute_maps
     if protocol == "classic":
         m_ap, aps, _, _ = maps_of(ranks, {"gnd": gnd})["gnd"]

@@ -16,11 +16,11 @@ search, αQE of the queries with the (augmented) database, the final search.
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Iterator, List, Sequence
 
 import numpy as np
 
-from aml.evaluation.search import nearest
+from aml.evaluation.search import NEIGHBOUR_VALUES, nearest
 
 DEFAULT_ALPHA = 3.0
 
@@ -127,6 +127,23 @@ def weighted_expansion(vectors: np.ndarray, neighbours: np.ndarray, alpha: float
                [0.3328]], dtype=float32)
     """
     vectors = np.asarray(vectors, dtype=np.float32)
+    neighbours = np.asarray(neighbours)
+    expanded = np.empty_like(vectors)
+    for columns in _column_chunks(vectors.shape, neighbours.shape[1]):
+        expanded[:, columns] = _expand(vectors[:, columns], neighbours[:, :, columns], alpha)
+    return expanded
+
+
+def _column_chunks(shape: Sequence[int], k: int) -> Iterator[slice]:
+    """Columns of a D x N matrix by chunks whose D x k x n neighbours fit `NEIGHBOUR_VALUES`
+    (one rule for every caller, so that a column's result never depends on who computed it)."""
+    step = max(1, NEIGHBOUR_VALUES // max(shape[0] * k, 1))
+    for start in range(0, shape[1], step):
+        yield slice(start, start + step)
+
+
+def _expand(vectors: np.ndarray, neighbours: np.ndarray, alpha: float) -> np.ndarray:
+    """`weighted_expansion` of one chunk of columns."""
     neighbours = np.ascontiguousarray(neighbours, dtype=np.float32)
     similarities = np.einsum("dkq,dq->kq", neighbours, vectors)
     weights = np.maximum(similarities, 0) ** np.float32(alpha)  # 0 ** 0 == 1: alpha 0 is the average
@@ -171,8 +188,17 @@ def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, neighbours:
     """
     if not 1 <= k <= neighbours.shape[0]:
         raise ValueError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
-    top = np.asarray(neighbours[:k])  # k x Q
-    return weighted_expansion(queries, np.asarray(database, dtype=np.float32)[:, top], alpha)
+    return _expand_with(np.asarray(queries, dtype=np.float32), np.asarray(database, dtype=np.float32),
+                        np.asarray(neighbours[:k]), alpha)
+
+
+def _expand_with(vectors: np.ndarray, database: np.ndarray, top: np.ndarray, alpha: float) -> np.ndarray:
+    """`weighted_expansion` of ``vectors`` with the database columns ``top`` (k x N) as their
+    neighbours, gathered chunk by chunk: memory holds one chunk's neighbours, whatever k."""
+    expanded = np.empty_like(vectors)
+    for columns in _column_chunks(vectors.shape, top.shape[0]):
+        expanded[:, columns] = _expand(vectors[:, columns], database[:, top[:, columns]], alpha)
+    return expanded
 
 
 def database_augmentation(database: np.ndarray, k: int, alpha: float = DEFAULT_ALPHA, device: str = "cpu",
@@ -214,7 +240,7 @@ def database_augmentation(database: np.ndarray, k: int, alpha: float = DEFAULT_A
     if k == 0:
         return database.copy()
     top = nearest(database, database, k, device=device, excluded=excluded, skip_self=True)  # k x N
-    augmented = weighted_expansion(database, database[:, top], alpha)
+    augmented = _expand_with(database, database, top, alpha)
     if len(excluded):
         augmented[:, list(excluded)] = database[:, list(excluded)]
     return augmented

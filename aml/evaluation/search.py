@@ -7,13 +7,26 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from aml.descriptors.extraction import NonFiniteDescriptors
+
 Transform = Callable[[np.ndarray], np.ndarray]  # D x n descriptors -> D x n (e.g. whitening)
 
 
+def _finite(columns: torch.Tensor, what: str, first: int = 0) -> torch.Tensor:
+    """``columns`` (D x n descriptors), refused when one holds NaN or infinite values: a NaN
+    scores as nothing and would rank silently at random."""
+    bad = (~torch.isfinite(columns)).any(dim=0)
+    if bool(bad.any()):
+        raise NonFiniteDescriptors(f"{int(bad.sum())} of the {columns.shape[1]} {what} descriptors hold NaN or "
+                                   f"infinite values (the first: {what} {first + int(bad.nonzero()[0])}); they cannot "
+                                   "be ranked: encode them again")
+    return columns
+
+
 def _scores(database: np.ndarray, queries: np.ndarray, device: str, excluded: Sequence[int]) -> torch.Tensor:
-    """Q x N dot products; ``excluded`` columns at -inf."""
-    db = torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device)
-    q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
+    """Q x N dot products; ``excluded`` columns at -inf. Non-finite descriptors are refused."""
+    db = _finite(torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device), "database")
+    q = _finite(torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device), "query")
     scores = q.t() @ db
     if len(excluded):
         scores[:, torch.as_tensor(list(excluded), dtype=torch.long, device=device)] = -torch.inf
@@ -38,6 +51,10 @@ def rank_database(database: np.ndarray, queries: np.ndarray, device: str = "cpu"
 
     Returns:
         N_db x N_q database indices, column q ranked best first.
+
+    Raises:
+        aml.descriptors.extraction.NonFiniteDescriptors: when a query or database descriptor
+            holds NaN or infinite values, naming which.
 
     Examples:
         >>> import numpy as np
@@ -133,6 +150,17 @@ def nearest(database: np.ndarray, queries: np.ndarray, k: int, device: str = "cp
     return np.concatenate(found, axis=0).T if found else np.zeros((k, 0), dtype=np.int64)
 
 
+#: the most descriptor values (float32: 512 MiB) of neighbours that one step of a re-ranking
+#: holds at once: `nearest_with_distractors` keeps all its queries' k neighbours (Q x k x D, so
+#: k is bounded), the expansions of `aml.evaluation.reranking` gather them by chunks of columns
+NEIGHBOUR_VALUES = 1 << 27
+
+
+def most_neighbours(queries: int, dim: int) -> int:
+    """The largest k whose Q x k x D neighbours `nearest_with_distractors` may keep (`NEIGHBOUR_VALUES`)."""
+    return NEIGHBOUR_VALUES // max(queries * dim, 1)
+
+
 def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
                              distractors: Iterable[Tuple[int, np.ndarray]], device: str = "cpu",
                              excluded: Sequence[int] = (), excluded_distractors: Sequence[int] = (),
@@ -150,7 +178,15 @@ def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
     Returns:
         k x N_q indices into the concatenation (database images 0..N-1, distractor i at N + i),
         and their D x k x N_q descriptors (float32; transformed distractors).
+
+    Raises:
+        ValueError: when the Q x k x D descriptors kept would pass `NEIGHBOUR_VALUES`.
     """
+    dim, n_queries = queries.shape
+    if k > most_neighbours(n_queries, dim):
+        raise ValueError(f"{n_queries} queries keeping their {k} nearest {dim}-d descriptors would hold "
+                         f"{_gib(n_queries * k * dim)} (at most {_gib(NEIGHBOUR_VALUES)}): give k "
+                         f"{most_neighbours(n_queries, dim)} or less")
     scores = _scores(database, queries, device, excluded)  # Q x N
     n_q, n_db = scores.shape
     order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
@@ -168,10 +204,16 @@ def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
                            torch.gather(best, 1, kept_pick) if kept else block_scores.new_zeros(merged.shape))
         indices = torch.where(from_block, block_pick + n_db + start,
                               torch.gather(indices, 1, kept_pick) if kept else merged)
-        kept_vectors = (torch.gather(vectors, 1, kept_pick[..., None].expand(-1, -1, vectors.shape[2]))
-                        if kept else rows.new_zeros(*merged.shape, rows.shape[1]))
-        vectors = torch.where(from_block[..., None], rows[block_pick], kept_vectors)
+        # the kept neighbours in their new places, then the block's written over theirs: twice Q x k x D at most
+        moved = (torch.gather(vectors, 1, kept_pick[..., None].expand(-1, -1, vectors.shape[2]))
+                 if kept else rows.new_zeros(*merged.shape, rows.shape[1]))
+        moved[from_block] = rows[block_pick[from_block]]
+        vectors = moved
     return indices.cpu().numpy().T, np.ascontiguousarray(vectors.cpu().numpy().transpose(2, 1, 0))
+
+
+def _gib(values: int) -> str:
+    return f"{values * 4 / 2 ** 30:.3g} GiB"
 
 
 def _distractor_scores(queries: np.ndarray, distractors, device: str, transform: Optional[Transform],
@@ -182,6 +224,7 @@ def _distractor_scores(queries: np.ndarray, distractors, device: str, transform:
     skipped = torch.as_tensor(sorted(excluded), dtype=torch.long, device=device)
     for start, block in distractors:
         rows = _block_rows(block, device, transform)  # n_k x D float32
+        _finite(rows.t(), "distractor", start)
         block_scores = _products(q, rows)
         gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
         if len(gone):

@@ -26,10 +26,12 @@ from aml.descriptors import DescriptorKey, ExtractionConfig, cached_descriptors,
 from aml.descriptors.store import DescriptorStore, StoreKey, encode_into_store
 from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation, weighted_expansion
-from aml.evaluation.search import nearest_with_distractors, positions_with_distractors, rank_database
-from aml.evaluation.whitening import whitenapply
+from aml.evaluation.search import (most_neighbours, nearest_with_distractors, positions_with_distractors,
+                                   rank_database)
+from aml.evaluation.whitening import whitened
 from aml.evaluation.whitening_store import get_whitening
 from aml.networks.loading import LoadedNetwork
+from aml.utils.atomic import atomic_write
 from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ def _search_with_distractors(database: np.ndarray, queries: np.ndarray, cfg: Dic
 
 
 def _whitening_transform(lw):
-    return (lambda x: whitenapply(x, *lw)) if lw is not None else None
+    return (lambda x: whitened(x, lw, "distractor")) if lw is not None else None
 
 
 def _rerank(base: str, database: np.ndarray, queries: np.ndarray, ranks: np.ndarray, entry: Dict[str, Any],
@@ -130,19 +132,23 @@ def _rerank_with_distractors(base: str, database: np.ndarray, queries: np.ndarra
 
 
 def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: Optional[str] = None,
-                    sizes: bool = True) -> None:
+                    sizes: bool = True, dim: Optional[int] = None) -> None:
     """Refuse a re-ranking that the test sets cannot take, before anything is encoded.
 
     DBA with a distractor set would need the neighbours of every distractor among all the
     others, so it is refused there; ``--dba`` must leave a neighbour out of the database
     (an image is not its own neighbour) and ``--qe`` must not exceed the database with its
-    distractors. The test sets are prepared (downloaded or generated) when missing.
+    distractors, nor, with distractors, keep more neighbours' descriptors than memory is given
+    for (`aml.evaluation.search.most_neighbours`). The test sets are prepared (downloaded or
+    generated) when missing.
 
     Args:
         reranking: the re-ranking asked for.
         datasets: the test set names, with their ``+`` distractor suffixes.
         data_root: the data root.
         sizes: also check the sizes (reading the test sets); False: only what needs no data.
+        dim: the descriptors' dimension (the database encoder's), for the memory bound of
+            ``--qe`` with distractors; None: not checked.
 
     Raises:
         ValueError: one line naming the flag, the test set and its size.
@@ -158,7 +164,8 @@ def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: Op
     for name in datasets if sizes else ():
         dataset, suffix = split_test_name(name)
         prepare_test_set(dataset, data_root)
-        size = len(_TestSet.read(dataset, data_root).images)
+        test = _TestSet.read(dataset, data_root)
+        size = len(test.images)
         if reranking.dba >= size:
             raise ValueError(f"--dba {reranking.dba}: the database of {dataset} holds {size} images, so an image has "
                              f"at most {size - 1} neighbours; give --dba {size - 1} or less")
@@ -167,6 +174,12 @@ def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: Op
             held = f"{size} images" + (f" and {distractors} distractors" if suffix is not None else "")
             raise ValueError(f"--qe {reranking.qe}: the database of {name} holds {held}; give --qe "
                              f"{size + distractors} or less")
+        most = most_neighbours(len(test.queries), dim) if dim is not None and suffix is not None else reranking.qe
+        if reranking.qe > most:
+            held = len(test.queries) * reranking.qe * dim * 4 / 2 ** 30
+            raise ValueError(f"--qe {reranking.qe} with {name}: its {len(test.queries)} queries would keep their "
+                             f"{reranking.qe} nearest {dim}-d descriptors ({held:.3g} GiB) while the distractors are "
+                             f"searched, more than a re-ranking is given; give --qe {most} or less")
 
 
 def distractor_store(suffix: str, encoder: LoadedNetwork, settings: TestSettings) -> DescriptorStore:
@@ -218,11 +231,10 @@ def _write_skipped(test: _TestSet, encoded: _Encoded, settings: TestSettings, da
     path = folder / f"skipped_{test.name}.txt"
     if not current_world().is_main:  # rank 0 writes it
         return path
-    folder.mkdir(parents=True, exist_ok=True)
     lines = [f"database\t{test.images[i]}" for i in sorted(encoded.skipped_db)]
     lines += [f"query\t{test.queries[i]}" for i in sorted(encoded.skipped_queries)]
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
+    text = "".join(line + "\n" for line in lines)
+    return atomic_write(path, lambda out: out.write(text.encode("utf-8", "surrogateescape")))  # names as on disk
 
 
 def _query_aps(results: Dict[str, Any], kept: Sequence[int], nq: int) -> List[Optional[float]]:
@@ -334,7 +346,7 @@ def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: Loade
                                                   store)
         _rerank_with_distractors("plain", encoded.vecs, qvecs, entry, cfg, gnd, settings, encoded.skipped_db, store)
         if lw is not None:
-            vecs_lw, qvecs_lw = whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw)
+            vecs_lw, qvecs_lw = whitened(encoded.vecs, lw, f"{name} database"), whitened(qvecs, lw, f"{name} query")
             entry["whiten"] = _search_with_distractors(vecs_lw, qvecs_lw, cfg, gnd, settings.device, encoded.skipped_db,
                                                        store, lw)
             _rerank_with_distractors("whiten", vecs_lw, qvecs_lw, entry, cfg, gnd, settings, encoded.skipped_db, store,
@@ -345,7 +357,7 @@ def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: Loade
         entry["plain"], ranks = _search(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db)
         _rerank("plain", encoded.vecs, qvecs, ranks, entry, cfg, gnd, settings, encoded.skipped_db)
         if lw is not None:
-            vecs_lw, qvecs_lw = whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw)
+            vecs_lw, qvecs_lw = whitened(encoded.vecs, lw, f"{name} database"), whitened(qvecs, lw, f"{name} query")
             entry["whiten"], ranks_lw = _search(vecs_lw, qvecs_lw, cfg, gnd, settings.device, encoded.skipped_db)
             _rerank("whiten", vecs_lw, qvecs_lw, ranks_lw, entry, cfg, gnd, settings, encoded.skipped_db)
     if encoded.skipped_db or encoded.skipped_queries:
@@ -377,7 +389,8 @@ def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[L
     if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
         raise ValueError(f"asymmetric test needs equal dimensions: student {student.name} is "
                          f"{student.net.meta['outputdim']}-d, teacher {teacher.name} {teacher.net.meta['outputdim']}-d")
-    check_reranking(settings.reranking, settings.datasets, settings.data_root)
+    check_reranking(settings.reranking, settings.datasets, settings.data_root,
+                    dim=database_encoder.net.meta["outputdim"])
     for encoder in {id(e): e for e in (student, database_encoder)}.values():
         encoder.net.to(settings.device).eval()
     lw = get_whitening(database_encoder, settings.whitening, settings, published=teacher is None) if settings.whitening else None

@@ -7,11 +7,92 @@ P = E^T P1. Applying keeps the first d rows of P (X - m) and L2-normalises each 
 """
 
 import logging
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+class WhiteningError(ValueError):
+    """A whitening (m, P) that is not one: not numbers, not finite, or not of the descriptors' dimension.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import WhiteningError, check_whitening
+        >>> try:
+        ...     check_whitening(np.zeros(8), np.eye(8), 512, "model.pth: meta['Lw']")
+        ... except WhiteningError as err:
+        ...     print(str(err)[:70])
+        model.pth: meta['Lw']: m of shape (8,) and P of shape (8, 8) do not wh
+    """
+
+
+def check_whitening(m: Any, P: Any, dim: int, source: str) -> Tuple[np.ndarray, np.ndarray]:
+    """A whitening as read from a file, checked before it touches a descriptor.
+
+    Args:
+        m: the mean, D values (D or D x 1).
+        P: the projection, d x D with 1 <= d <= D.
+        dim: D, the dimension of the descriptors it whitens.
+        source: what the error names (a file, a checkpoint's ``meta['Lw']`` entry).
+
+    Returns:
+        m as a D x 1 array and P, in their own float dtype.
+
+    Raises:
+        WhiteningError: naming ``source``, when either is not an array of real numbers, their
+            shapes do not whiten D-d descriptors, or a value is NaN or infinite.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation.whitening import check_whitening
+        >>> m, P = check_whitening(np.zeros(3), np.eye(3), 3, "lw.pth")
+        >>> m.shape, P.shape
+        ((3, 1), (3, 3))
+        >>> try:
+        ...     check_whitening(np.zeros(3), np.full((3, 3), np.nan), 3, "lw.pth")
+        ... except ValueError as err:
+        ...     print(str(err).split(":")[0])
+        lw.pth holds 9 NaN or infinite values
+    """
+    arrays = [np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None for value in (m, P)]
+    numbers = (np.floating, np.integer)
+    if any(a is None or not any(np.issubdtype(a.dtype, kind) for kind in numbers) for a in arrays):
+        kinds = ", ".join(type(value).__name__ for value in (m, P))
+        raise WhiteningError(f"{source} is not a whitening: m and P are {kinds}, not arrays of numbers; learn the "
+                             "whitening again (delete the file, or test without -w)")
+    m, P = arrays
+    if m.size != dim or P.ndim != 2 or P.shape[1] != dim or not 1 <= P.shape[0] <= dim:
+        raise WhiteningError(f"{source}: m of shape {m.shape} and P of shape {P.shape} do not whiten {dim}-d "
+                             f"descriptors (m: {dim} values, P: {dim} columns); it was learned for another network")
+    bad = int((~np.isfinite(m)).sum() + (~np.isfinite(P)).sum())
+    if bad:
+        raise WhiteningError(f"{source} holds {bad} NaN or infinite values: it is damaged; learn the whitening again "
+                             "(delete the file, or test without -w)")
+    return m.reshape(dim, 1), P
+
+
+def whitened(X: np.ndarray, whitening: Tuple[np.ndarray, np.ndarray], what: str) -> np.ndarray:
+    """`whitenapply` of a checked whitening, refusing a result that is not finite.
+
+    Args:
+        X: D x N descriptors.
+        whitening: (m, P), as `check_whitening` returns them.
+        what: what the descriptors are, for the error (e.g. ``"roxford5k queries"``).
+
+    Returns:
+        The whitened descriptors.
+
+    Raises:
+        WhiteningError: naming ``what`` (e.g. ``"roxford5k queries"``) and how many columns went wrong.
+    """
+    Y = whitenapply(X, *whitening)
+    if not np.isfinite(Y).all():
+        bad = int((~np.isfinite(Y)).any(axis=0).sum())
+        raise WhiteningError(f"whitening made {bad} of the {Y.shape[1]} {what} descriptors NaN or infinite: the "
+                             "descriptors or the whitening hold values out of range")
+    return Y
 
 
 def cholesky(matrix: np.ndarray, max_tries: int = 20) -> np.ndarray:

@@ -19,12 +19,12 @@ from aml.data.paths import data_subdir
 from aml.data.trainsets import load_whitening_db
 from aml.descriptors import describe_images
 from aml.descriptors.key import DescriptorKey
-from aml.evaluation.whitening import whitenlearn
+from aml.evaluation.whitening import WhiteningError, check_whitening, whitenlearn
 from aml.networks.pretrained import PRETRAINED
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import optional_write
 from aml.utils.distributed import current_world
-from aml.utils.plain_files import load_plain_file, save_plain_file
+from aml.utils.plain_files import CheckpointError, load_plain_file, save_plain_file
 
 log = logging.getLogger(__name__)
 Whitening = Tuple[np.ndarray, np.ndarray]
@@ -60,39 +60,84 @@ def learn_whitening(encoder: LoadedNetwork, whitening_set: str, settings) -> Whi
     return whitenlearn(vecs, db["qidxs"], db["pidxs"])
 
 
-def _cached(cache: Path, key: str, whitening_set: str) -> Optional[Whitening]:
-    """The whitening in ``cache`` if it was learned under ``key``, else None (said in the log)."""
+def _file_whitening(data, dim: int, source: str) -> Whitening:
+    """(m, P) of a whitening file's dict, checked (`check_whitening`)."""
+    if not isinstance(data, dict) or "m" not in data or "P" not in data:
+        found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise WhiteningError(f"{source} holds {found}, not a whitening with 'm' and 'P'; download or learn it again")
+    return check_whitening(data["m"], data["P"], dim, source)
+
+
+def _cached(cache: Path, key: str, whitening_set: str, dim: int) -> Optional[Whitening]:
+    """The whitening in ``cache`` if it was learned under ``key``, else None (said in the log);
+    a cache that cannot be read or is not a whitening is learned again, as a missing one."""
     if not cache.exists():
         return None
-    data = load_plain_file(cache)
-    if data.get("key") != key:
-        log.info(">> %s: %s was learned for another network, scales or images; learning it again",
-                 whitening_set, cache)
+    try:
+        data = load_plain_file(cache)
+        if not isinstance(data, dict) or data.get("key") != key:
+            log.info(">> %s: %s was learned for another network, scales or images; learning it again",
+                     whitening_set, cache)
+            return None
+        found = _file_whitening(data, dim, str(cache))
+    except (CheckpointError, WhiteningError) as err:
+        log.warning(">> %s: the whitening cache is damaged, learning it again (%s)", whitening_set, err)
         return None
     log.info(">> %s: whitening read from %s", whitening_set, cache)
-    return np.asarray(data["m"]), np.asarray(data["P"])
+    return found
+
+
+def _stored(encoder: LoadedNetwork, whitening_set: str, multiscale: bool) -> Optional[Tuple[object, object, str]]:
+    """(m, P, what they are) of the checkpoint's ``meta['Lw']`` for ``whitening_set``, or None
+    when it holds none for this set and scale."""
+    lw = encoder.net.meta.get("Lw")
+    source = f"{encoder.path or encoder.name}: meta['Lw']"
+    if lw is None:
+        return None
+    if not isinstance(lw, dict):
+        raise WhiteningError(f"{source} is a {type(lw).__name__}, not {{set: {{'ss': {{'m', 'P'}}, 'ms': ...}}}}; the "
+                             "checkpoint is damaged: test without -w, or save it again without 'Lw'")
+    entry, kind = lw.get(whitening_set), "ms" if multiscale else "ss"
+    if entry is None:
+        return None
+    where = f"{source}['{whitening_set}']"
+    if not isinstance(entry, dict):
+        raise WhiteningError(f"{where} is a {type(entry).__name__}, not {{'ss': {{'m', 'P'}}, 'ms': ...}}; the "
+                             "checkpoint is damaged")
+    if kind not in entry:
+        log.info(">> %s: %s has no '%s' whitening; learning it", whitening_set, where, kind)
+        return None
+    if not isinstance(entry[kind], dict) or "m" not in entry[kind] or "P" not in entry[kind]:
+        raise WhiteningError(f"{where}['{kind}'] is not a dict with 'm' and 'P'; the checkpoint is damaged")
+    return entry[kind]["m"], entry[kind]["P"], f"{where}['{kind}']"
 
 
 def get_whitening(encoder: LoadedNetwork, whitening_set: str, settings, published: bool = True) -> Whitening:
     """Whitening for ``encoder``: the checkpoint's meta Lw, else the published file of a
-    published network (``published``), else the cache, else learned (and cached)."""
+    published network (``published``), else the cache, else learned (and cached). Each is
+    checked (`check_whitening`: finite, of the encoder's dimension) before it is used.
+
+    Raises:
+        WhiteningError: naming the checkpoint or file, when a whitening read is not one.
+    """
     multiscale = len(settings.scales) > 1
-    stored = encoder.net.meta.get("Lw", {}).get(whitening_set)
-    if stored:
+    dim = encoder.net.meta["outputdim"]
+    stored = _stored(encoder, whitening_set, multiscale)
+    if stored is not None:
         log.info(">> %s: Whitening is precomputed, loading it...", whitening_set)
-        entry = stored["ms" if multiscale else "ss"]
-        return np.asarray(entry["m"]), np.asarray(entry["P"])
+        m, P, source = stored
+        return check_whitening(m, P, dim, source)
     entry = PRETRAINED.get(encoder.name) if encoder.named else None
     if published and entry is not None and entry.whitening_url:
         path = download_file(entry.whitening_url, data_subdir(settings.data_root, "model") / entry.whitening_url.rsplit("/", 1)[1])
-        data = load_plain_file(path)
-        return np.asarray(data["m"]), np.asarray(data["P"])
+        return _file_whitening(load_plain_file(path), dim, str(path))
     cache = whitening_cache_path(encoder, whitening_set, multiscale, settings.image_size, settings.data_root)
     key = whitening_key(encoder, whitening_set, settings) if cache is not None else ""
-    found = _cached(cache, key, whitening_set) if cache is not None else None
+    found = _cached(cache, key, whitening_set, dim) if cache is not None else None
     if found is not None:
         return found
-    m, P = learn_whitening(encoder, whitening_set, settings)
+    m, P = check_whitening(*learn_whitening(encoder, whitening_set, settings), dim,
+                           f"the whitening learned on {whitening_set} (too few or repeated pairs?)")
     if cache is not None and current_world().is_main:
         with optional_write(f"{whitening_set}: the whitening cache"):
             save_plain_file({"m": m, "P": P, "key": key}, cache)

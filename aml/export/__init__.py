@@ -30,6 +30,7 @@ from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import checkpoint_name
 from aml.networks.pretrained import TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.utils.atomic import atomic_path
 
 __all__ = ["DeployedStudent", "ExportError", "Int8Settings", "QUANTIZED_NODES", "check_exports", "export_onnx",
            "export_student", "export_torchscript", "generated_images", "int8_agreement", "quantize_student",
@@ -144,7 +145,8 @@ def export_torchscript(model: DeployedStudent, path: PathLike, example: torch.Te
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # TorchScript is frozen upstream
         traced = torch.jit.trace(model, example, check_trace=False)
-    traced.save(str(path))
+    with atomic_path(path) as temporary:
+        traced.save(str(temporary))
     return Path(path)
 
 
@@ -203,9 +205,11 @@ def export_onnx(model: DeployedStudent, path: PathLike, example: torch.Tensor, o
     with torch.no_grad(), warnings.catch_warnings(), _onnx_symbolics(opset):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["descriptor"],
-                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "descriptor": {0: "batch"}},
-                          opset_version=opset, dynamo=False)
+        with atomic_path(path) as temporary:
+            torch.onnx.export(model, (example,), str(temporary), input_names=["image"], output_names=["descriptor"],
+                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                            "descriptor": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
     return Path(path)
 
 
@@ -298,8 +302,8 @@ def int8_agreement(fp32: PathLike, int8: PathLike, images: Sequence[str], image_
         >>> int8_agreement("deploy/student.onnx", "deploy/student-int8.onnx", ["a.jpg", "b.jpg"], 362)  # doctest: +SKIP
         {'min': 0.991, 'mean': 0.997}
     """
-    reference = describe_with_onnx(onnx_session(fp32), images, image_size)
-    quantized = describe_with_onnx(onnx_session(int8), images, image_size)
+    reference = describe_with_onnx(onnx_session(fp32), images, image_size, source=fp32)
+    quantized = describe_with_onnx(onnx_session(int8), images, image_size, source=int8)
     cosines = (reference * quantized).sum(0) / (np.linalg.norm(reference, axis=0) * np.linalg.norm(quantized, axis=0))
     return {"min": float(cosines.min()), "mean": float(cosines.mean())}
 

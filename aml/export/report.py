@@ -69,7 +69,7 @@ def onnx_test_maps(files: Dict[str, PathLike], teacher: LoadedNetwork, dataset: 
     cosine: Dict[str, Dict[str, float]] = {}
     first: Optional[np.ndarray] = None
     for name, path in files.items():
-        qvecs = describe_with_onnx(onnx_session(path), queries, image_size, bbxs)
+        qvecs = describe_with_onnx(onnx_session(path), queries, image_size, bbxs, source=path)
         results = evaluate_ranks(rank_database(vecs, qvecs), cfg["gnd"], cfg["protocol"])
         maps[name] = ({level: float(results[level]["map"]) for level in ("medium", "hard")}
                       if cfg["protocol"] == "revisited" else {"map": float(results["map"])})

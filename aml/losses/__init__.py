@@ -11,6 +11,7 @@ later papers in `aml.losses.compatibility`). The trainer reads only this registr
 three attributes.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
@@ -80,12 +81,45 @@ LOSSES: Dict[str, LossSpec] = {
 }
 
 
+#: the temperatures (``--temp``) with which the softmax losses still learn, `check_temperature`
+TEMPERATURES = (1e-3, 10.0)
+
+
+def check_temperature(temp: float) -> None:
+    """Refuse a temperature that makes the softmax losses degenerate, saying why.
+
+    Descriptors are L2-normalised, so the logits (similarities / temp) span at most 2 / temp.
+
+    Args:
+        temp: the temperature (``--temp``).
+
+    Raises:
+        ValueError: below `TEMPERATURES` (the softmax is a hard maximum and the gradients grow
+            as 1 / temp, so the run diverges whatever the learning rate), above it (the logits
+            are nearly equal, so the loss stays constant and nothing is learned), or not a
+            finite positive number.
+    """
+    low, high = TEMPERATURES
+    if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not math.isfinite(temp) or temp <= 0:
+        raise ValueError(f"--temp {temp!r}: a temperature is a finite number > 0 (default 0.1)")
+    if temp < low:
+        raise ValueError(f"--temp {temp:g}: below {low:g} the logits (similarities / temp) span {2 / temp:.3g}: the "
+                         f"softmax is a hard maximum and the gradients grow as 1/temp, so training diverges whatever "
+                         f"--lr is; use {low:g} to {high:g} (default 0.1)")
+    if temp > high:
+        raise ValueError(f"--temp {temp:g}: above {high:g} the logits (similarities / temp) span only {2 / temp:.3g}: "
+                         f"the softmax is nearly uniform, the loss stays constant and nothing is learned; use {low:g} "
+                         f"to {high:g} (default 0.1)")
+
+
 def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> nn.Module:
-    """The criterion ``name`` (see LOSSES) with the CLI's margin and temperature."""
+    """The criterion ``name`` (see LOSSES) with the CLI's margin and temperature (`check_temperature`)."""
+    check_temperature(temp)
     return LOSSES[name].build(margin, temp)
 
 
-__all__ = ["LOSSES", "LossKind", "LossSpec", "TeacherContext", "TupleBatch", "build_loss", "BackwardCompatibleLoss",
+__all__ = ["LOSSES", "LossKind", "LossSpec", "TeacherContext", "TupleBatch", "build_loss", "check_temperature",
+           "TEMPERATURES", "BackwardCompatibleLoss",
            "CompatibleEmbeddingLoss", "ContextualSimilarityLoss", "ContrastiveLoss", "ContrastiveDistLoss",
            "CrossEntropyDistLoss", "CrossEntropyLoss", "HardDarkRank", "HeterogeneousCompatibilityLoss",
            "MultiSimilarityLoss", "RKdAD", "RegressionLoss", "RelationalLoss", "TripletLoss", "TupleLoss"]

@@ -6,6 +6,7 @@ outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with nu
 """
 
 import math
+import numbers
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -79,16 +80,34 @@ def remap_legacy_keys(arch: str, state_dict: Dict[str, torch.Tensor]) -> Dict[st
 MAX_OUTPUT_DIM = 65536  # the published networks output 512 or 2048; a larger value would allocate gigabytes
 
 
+_FLAGS = ("local_whitening", "regional", "whitening")
+
+
+def _check_meta_types(meta: Dict[str, Any], source: str) -> None:
+    """Refuse a ``meta`` whose fields are of other types than a checkpoint's (a damaged or
+    edited file): names for the architecture and pooling, flags, three numbers of mean/std."""
+    for key in ("architecture", "pooling"):
+        if not isinstance(meta[key], str):
+            raise CheckpointError(f"{source}: meta['{key}'] is {type(meta[key]).__name__} {meta[key]!r:.40}, not a "
+                                  "name; the file is damaged or not a retrieval checkpoint")
+    for key in _FLAGS:
+        if key in meta and not (isinstance(meta[key], (bool, int)) and meta[key] in (0, 1)):
+            raise CheckpointError(f"{source}: meta['{key}'] is {type(meta[key]).__name__} {meta[key]!r:.40}, not "
+                                  "True or False; the file is damaged")
+    for key in ("mean", "std"):
+        values = meta[key]
+        if not (isinstance(values, (list, tuple)) and len(values) == 3
+                and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)):
+            raise CheckpointError(f"{source}: meta['{key}'] is {type(values).__name__} {values!r:.60}, not three "
+                                  "numbers (one per colour channel); the file is damaged")
+
+
 def _check_finite(state: Dict[str, Any], source: str) -> None:
     """Refuse weights or a normalisation (meta ``mean``/``std``) with NaN or infinite values:
     such a network gives descriptors that rank at random."""
     for key in ("mean", "std"):
         values = state["meta"][key]
-        try:
-            finite = all(math.isfinite(float(v)) for v in values)
-        except (TypeError, ValueError):
-            finite = False
-        if not finite:
+        if not all(math.isfinite(v) for v in values):
             raise CheckpointError(f"{source}: meta['{key}'] is {values}, not finite numbers; the file is damaged")
     for key, value in state["state_dict"].items():
         if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
@@ -108,17 +127,22 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
     missing = [k for k in ("architecture", "pooling", "mean", "std") if k not in meta]
     if missing:
         raise CheckpointError(f"{source}: meta lacks {missing}; not an aml/cirtorch checkpoint")
+    _check_meta_types(meta, source)
     _check_finite(state, source)
     arch = meta["architecture"]
-    dim = meta.get("outputdim") or TEACHER_DIMS.get(teacher or "vgg16")
-    if not isinstance(dim, int) or not 0 < dim <= MAX_OUTPUT_DIM:
+    dim = meta.get("outputdim")
+    dim = TEACHER_DIMS.get(teacher or "vgg16") if dim is None else dim
+    if not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= MAX_OUTPUT_DIM:
         raise CheckpointError(f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
                               f"{MAX_OUTPUT_DIM}); the file is damaged or not a retrieval checkpoint")
-    net = build_network(
-        arch, meta["pooling"], local_whitening=meta.get("local_whitening", False),
-        regional=meta.get("regional", False), whitening=meta.get("whitening", False),
-        mean=meta["mean"], std=meta["std"], pretrained=False, teacher_dim=dim,
-    )
+    try:
+        net = build_network(
+            arch, meta["pooling"], local_whitening=bool(meta.get("local_whitening", False)),
+            regional=bool(meta.get("regional", False)), whitening=bool(meta.get("whitening", False)),
+            mean=list(meta["mean"]), std=list(meta["std"]), pretrained=False, teacher_dim=dim,
+        )
+    except ValueError as err:  # an architecture or pooling this aml does not know
+        raise CheckpointError(f"{source}: {err}") from None
     weights = remap_legacy_keys(arch, state["state_dict"])
     try:
         net.load_state_dict(weights, strict=True)

@@ -107,7 +107,12 @@ def query_png(query_thumb: Image.Image, query_name: str, rankings: Sequence[Rank
             framed = _framed(thumbs[int(index)], label)
             canvas.paste(framed, (x, y))
             draw.text((x, y + framed.height + 2), f"#{column} {score:.3f}\n{label}", fill="black", font=font)
-    canvas.save(path)
+    _save_image(canvas, path, format="PNG")
+
+
+def _save_image(image: Image.Image, path: Path, **options) -> None:
+    """``image.save`` through the atomic writer: a full disk leaves no cut image behind."""
+    atomic_write(path, lambda out: image.save(out, **options))
 
 
 _STYLE = ("body{font-family:sans-serif;margin:1em}section{margin-bottom:1.5em}figure{display:inline-block;"
@@ -138,13 +143,13 @@ def write_report(folder: Path, dataset: str, gnd: Sequence[Dict], images: Sequen
             continue
         query_thumb = _thumbnail(queries[q], bbxs[q])
         query_file = f"thumbs/query{q:03d}.jpg"
-        query_thumb.save(folder / query_file, quality=90)
+        _save_image(query_thumb, folder / query_file, format="JPEG", quality=90)
         for ranking in query_rankings:
             for index in ranking.indices:
                 index = int(index)
                 if index not in db_thumbs:
                     db_thumbs[index] = _thumbnail(images[index])
-                    db_thumbs[index].save(folder / f"thumbs/db{index:06d}.jpg", quality=90)
+                    _save_image(db_thumbs[index], folder / f"thumbs/db{index:06d}.jpg", format="JPEG", quality=90)
         png = f"q{q:03d}.png"
         query_png(query_thumb, shown_name(queries[q]), query_rankings, gnd[q], db_thumbs, folder / png)
         rows = []

@@ -5,6 +5,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from aml.utils.atomic import atomic_write
+
 log = logging.getLogger("aml.training.trainer")  # the loop's lines, whichever module writes them
 CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
 LOSS_LOG_HEADER = "epoch, train_loss, val_loss"
@@ -24,7 +26,7 @@ class RunLog:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         if not self.loss_log.is_file() or not self.loss_log.read_text().strip():
-            self.loss_log.write_text(LOSS_LOG_HEADER + "\n")
+            self._rewrite([LOSS_LOG_HEADER])
 
     def restart_at(self, epoch: int) -> None:
         """Keep the header and the lines of 0-based epochs below ``epoch``."""
@@ -35,7 +37,11 @@ class RunLog:
             head = line.split(",", 1)[0].strip()
             if head.isdigit() and int(head) < epoch:
                 kept.append(line)
-        self.loss_log.write_text("\n".join(kept) + "\n")
+        self._rewrite(kept)
+
+    def _rewrite(self, lines: list) -> None:
+        """Replace loss_log.txt whole (a full disk keeps the old one)."""
+        atomic_write(self.loss_log, lambda out: out.write("".join(line + "\n" for line in lines).encode()))
 
     def line(self, text: str, echo: bool = True) -> None:
         """Append ``text`` to log.txt (and log it unless ``echo`` is False)."""

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import BinaryIO, Callable, Iterator, Optional, Union
 log = logging.getLogger(__name__)
 #: errno values of a full disk and of an exhausted quota
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+#: what numpy says, with no errno, when a file write stops short (``ndarray.tofile``, hence
+#: ``np.save`` into a file) or when it cannot reserve the space first: on a regular file, both
+#: mean that the device or the quota is full
+SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$|^Not enough free space to write \d+ bytes")
 
 
 class DiskFull(Exception):
@@ -23,10 +28,12 @@ class DiskFull(Exception):
 
 def is_disk_full(err: Optional[BaseException]) -> bool:
     """Whether ``err``, or an error it was raised from or during, is a full disk (torch.save
-    reports one as a RuntimeError raised while handling the OSError)."""
+    reports one as a RuntimeError raised while handling the OSError; numpy as an OSError
+    without errno, `SHORT_WRITE`)."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno in DISK_FULL:
+        if isinstance(err, OSError) and (err.errno in DISK_FULL
+                                         or err.errno is None and SHORT_WRITE.match(str(err))):
             return True
         seen.add(id(err))
         err = err.__cause__ or err.__context__
@@ -55,29 +62,43 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> P
     Raises:
         DiskFull: naming ``path``, when the disk or the quota is full.
     """
+    with atomic_path(path) as temporary, open(temporary, "wb") as out:
+        write(out)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """`atomic_write` for writers that take a file name, not a handle (TorchScript, ONNX,
+    onnxruntime's quantization): the ``with`` block writes the temporary file it is given,
+    which is then fsynced and renamed onto ``path``; on any error it is removed and an
+    existing ``path`` is left untouched.
+
+    Raises:
+        DiskFull: naming ``path``, when the disk or the quota is full.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         if is_disk_full(err):
             raise DiskFull(f"no space left on the device for {path}: free space and run again") from err
         raise
+    os.close(handle)
+    temporary = Path(name)
     try:
-        os.fchmod(handle, 0o666 & ~_process_umask())
-        with os.fdopen(handle, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.chmod(temporary, 0o666 & ~_process_umask())
         os.replace(temporary, path)
     except BaseException as err:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
         if is_disk_full(err) and not isinstance(err, DiskFull):
             raise DiskFull(f"no space left on the device for {path} (nothing of it was kept; files written before "
                            "are complete): free space and run again") from err
         raise
-    return path
 
 
 @contextlib.contextmanager
@@ -116,14 +137,29 @@ def staging_folder(folder: Union[str, Path]) -> Path:
     """A new, empty staging folder beside ``folder`` that belongs to this process alone
     (``.<name>.<pid>.<random>.staging``): two processes building the same folder never write
     into or delete each other's. Staging folders of processes that no longer run (killed
-    mid-way) are removed first."""
+    mid-way) are removed first. It gets the permissions of any new folder (0777 less the
+    umask), not the 0700 of a temporary one, so that a group sharing a data root can read it."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     for old in folder.parent.glob(f".{folder.name}.*.staging"):
         pid = old.name[len(folder.name) + 2:].split(".")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".staging", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".staging", dir=folder.parent))
+    staging.chmod(0o777 & ~_process_umask())
+    return staging
+
+
+@contextlib.contextmanager
+def staged(folder: Union[str, Path]) -> Iterator[Path]:
+    """A `staging_folder` of ``folder`` for the ``with`` block, which builds it and publishes
+    it (`publish_folder`); whatever is left of it when the block ends (an error, a full disk,
+    an interrupt) is removed, so a failed build leaves nothing behind."""
+    staging = staging_folder(folder)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def publish_folder(staging: Path, folder: Union[str, Path], overwrite: bool = False) -> bool:

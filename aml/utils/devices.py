@@ -2,21 +2,59 @@
 
 import torch
 
+#: the device types aml runs on (``--device``: auto, cpu, cuda, cuda:N, mps)
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+class DeviceError(ValueError):
+    """A device that is not one, or that this machine does not have."""
+
+
+def parse_device(device: str) -> torch.device:
+    """``device`` as a torch.device of `DEVICE_TYPES`.
+
+    Raises:
+        DeviceError: naming ``device`` and the choices, for anything else (``foo``, ``cuda:x``, ``meta``).
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"{device!r} is not a device; give {CHOICES}") from None
+    if parsed.type not in DEVICE_TYPES:
+        raise DeviceError(f"{device!r}: aml runs on {', '.join(DEVICE_TYPES)} devices; give {CHOICES}")
+    return parsed
+
 
 def resolve_device(device: str, gpu_id: str = "0") -> torch.device:
     """'auto' -> cuda:<first gpu id> when CUDA is available, else cpu; anything else as given.
 
     Raises:
-        ValueError: a CUDA device on a machine without CUDA.
+        DeviceError: a device that is not one, or that this machine does not have (CUDA
+            without CUDA, a GPU number past the last GPU).
     """
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device(f"cuda:{gpu_id.split(',')[0] or 0}")
+            first = gpu_id.split(",")[0].strip() or "0"
+            if not first.isdigit():
+                raise DeviceError(f"--gpu-id {gpu_id!r} is not a GPU number; give 0, 1, ...")
+            return _available(torch.device(f"cuda:{first}"), f"--gpu-id {gpu_id}")
         return torch.device("cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return resolved
+    try:
+        parsed = parse_device(device)
+    except DeviceError as err:
+        raise DeviceError(f"--device {err}") from None
+    return _available(parsed, f"--device {device}")
+
+
+def _available(device: torch.device, flag: str) -> torch.device:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"{flag}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"{flag}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"{flag}: MPS (Apple GPUs) is not available on this machine; use --device cpu")
+    return device
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -27,6 +27,11 @@ CASES = [
     (TRAIN, ["--lr", "inf"], "argument --lr/--learning-rate: must be a positive finite number, got 'inf'"),
     (TRAIN, ["--momentum", "1.5"], "argument --momentum: must be a number in [0, 1)"),
     (TRAIN, ["--temp", "0"], "argument --temp: must be a positive finite number"),
+    (TRAIN, ["--temp", "1e-30"], "argument --temp: below 0.001 the logits (similarities / temp) span 2e+30: the "
+                                 "softmax is a hard maximum and the gradients grow as 1/temp, so training diverges "
+                                 "whatever --lr is; use 0.001 to 10 (default 0.1)"),
+    (TRAIN, ["--temp", "1e30"], "argument --temp: above 10 the logits (similarities / temp) span only 2e-30: the "
+                                "softmax is nearly uniform, the loss stays constant and nothing is learned"),
     (TRAIN, ["-j", "-1"], "argument --workers/-j: must be an integer >= 0"),
     (TRAIN, ["--epochs", "1.5"], "argument --epochs: must be a positive integer, got '1.5'"),
     (TRAIN, ["--seed", "-3"], "argument --seed: must be an integer >= 0"),
@@ -61,6 +66,9 @@ CASES = [
     (QUERY, ["--qe", "0"], "argument --qe: must be a positive integer, got '0'"),
     (QUERY, ["--qe", "1", "--qe-alpha", "-2"], "argument --qe-alpha: must be a finite number >= 0, got '-2'"),
     (QUERY, ["--qe-alpha", "2"], "--qe-alpha 2 without --qe: give --qe K too"),
+    (TEST, ["--device", "foo"], "argument --device: 'foo' is not a device; give auto, cpu, cuda or cuda:N"),
+    (TRAIN, ["--device", "meta"], "argument --device: 'meta': aml runs on cpu, cuda, mps devices"),
+    (EXTRACT, ["--device", "cuda:x"], "argument --device: 'cuda:x' is not a device"),
     (EXTRACT, ["-imsize", "-1"], "argument --image-size/-imsize: must be a positive integer"),
     (EXTRACT, ["--shard-size", "-1"], "argument --shard-size: must be an integer >= 0"),
     (DEMO, ["--image-size", "0"], "argument --image-size: must be a positive integer"),
@@ -98,9 +106,19 @@ def test_a_file_where_a_folder_belongs_is_refused(command, flag, tmp_path, capsy
     assert afile.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command, flag", [(TEST, "--results"), (TEST, "--report"), (TRAIN, "--directory"),
+                                           (EXTRACT, "--data-root")])
+def test_a_path_under_a_file_is_refused_before_anything_runs(command, flag, tmp_path, capsys):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    err = bad(command, [flag, str(afile / "sub" / "results.json")], capsys)
+    assert f"argument {flag}: {afile}/sub/results.json: {afile} is a file, not a folder" in err
+    assert afile.read_text() == "mine"
+
+
 def test_results_into_a_folder_is_refused_before_anything_runs(tmp_path, capsys):
     err = bad(TEST, ["--results", str(tmp_path)], capsys)
-    assert f"--results {tmp_path} is a folder; give a file name" in err
+    assert f"argument --results: {tmp_path} is a folder; give a file name" in err
 
 
 EXPORT = (export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"])

@@ -122,6 +122,23 @@ def test_query_expansion_with_distractors_equals_the_in_memory_expansion_over_th
     assert results["plain + αqe5"]["medium"]["map"] != results["plain"]["medium"]["map"]
 
 
+def test_query_expansion_with_distractors_is_bounded_before_anything_is_encoded(root, nets, monkeypatch, capsys):
+    """--qe K with distractors keeps Q x K x D descriptors: K = 21,002 took 23.9 GB before the
+    kernel killed it. The bound (here lowered to 4 neighbours of 30 queries) is checked first."""
+    from aml.evaluation import search
+
+    student, _, teacher = nets
+    monkeypatch.setattr(search, "NEIGHBOUR_VALUES", 30 * 512 * 4)
+    with pytest.raises(SystemExit) as info:
+        test_cli.main(["-npath", str(student), "-d", "synth-oxford+synth1m", "--asym", "--teacher", str(teacher),
+                       "--data-root", str(root), "--qe", "5"] + COMMON)
+    printed = capsys.readouterr()
+    assert info.value.code == 2 and "Extracting" not in printed.out
+    assert ("error: --qe 5 with synth-oxford+synth1m: its 30 queries would keep their 5 nearest 512-d descriptors "
+            "(0.000286 GiB) while the distractors are searched, more than a re-ranking is given; give --qe 4 or "
+            "less") in printed.err
+
+
 @pytest.fixture
 def broken_root(tmp_path):
     """A data root whose distractor set holds one corrupt image."""

@@ -14,6 +14,7 @@ from aml.data.images import ImageLoadError
 from aml.data.safe_pickle import load_pickle, save_pickle
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+from aml.utils.atomic import DiskFull
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).
 pytestmark = pytest.mark.long
@@ -78,6 +79,18 @@ def test_unreadable_images_are_skipped_listed_and_counted(checkpoint, root, tmp_
     assert len(entry["plain"]["medium"]["aps"]) == len(gnd["qimlist"]) - 1
     saved = json.loads((tmp_path / "out" / "res.json").read_text())
     assert saved["results"]["synth-oxford"]["skipped"]["queries"] == [str(bad_query)]
+
+
+def test_the_skipped_list_on_a_full_disk_leaves_the_old_one_whole(checkpoint, root, tmp_path, full_disk):
+    gnd = load_pickle(root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl")
+    jpg(root, gnd["imlist"][3]).write_bytes(b"not a jpeg")
+    listing = tmp_path / "out" / "skipped_synth-oxford.txt"
+    listing.parent.mkdir()
+    listing.write_text("database\tan earlier list\n")
+    full_disk(listing.parent)
+    with pytest.raises(DiskFull, match=f"no space left on the device for {listing}"):
+        run(checkpoint, root, "--skip-bad-images", "--report", str(listing.parent))
+    assert listing.read_text() == "database\tan earlier list\n"
 
 
 def test_skipped_database_image_ranks_last():

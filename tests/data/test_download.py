@@ -332,3 +332,24 @@ def test_flattened_links_become_copies_and_links_that_would_leave_are_refused(tm
                                             r"to (\.\./){8}etc/passwd, not to a file of the archive"):
         extract_archive(archive, tmp_path / "other", flatten=True)
     assert not (tmp_path / "other").exists()
+
+
+def test_a_full_disk_stops_a_download_at_once_and_names_it(server, small_disk):
+    from aml.utils.atomic import DiskFull
+    from tests.conftest import fill_disk
+
+    Handler.files["/big.bin"] = PAYLOAD
+    disk = small_disk(1)
+    fill_disk(disk, leave=16 << 10)
+    with pytest.raises(DiskFull, match=f"no space left on the device for {disk}/big.bin.part while downloading "
+                                       f"{server}/big.bin: free space and run again"):
+        download_file(f"{server}/big.bin", disk / "big.bin", progress=False)
+    assert len(Handler.requests) == 1 and not (disk / "big.bin").exists()
+
+
+def test_a_member_named_like_the_unpacking_scratch_folder_is_an_ordinary_file(tmp_path):
+    archive = tmp_path / "set.tgz"
+    archive.write_bytes(make_tar({"set/a/x.jpg": b"x", "set/b/.unpacking": b"mine", ".unpacking/y.jpg": b"y"}))
+    folder = extract_archive(archive, tmp_path / "jpg", flatten=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"x.jpg": b"x", ".unpacking": b"mine", "y.jpg": b"y"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jpg", "set.tgz"]

@@ -1,6 +1,7 @@
 """Custom test sets: built from a description, checked, found by name by test.py."""
 
 import csv
+import re
 import shutil
 
 import numpy as np
@@ -133,3 +134,67 @@ def test_a_truncated_image_and_a_non_utf8_description_are_named(images, tmp_path
     with pytest.raises(SystemExit) as info:
         make_testset_cli.main([str(latin), "--images", str(images), "--name", "x", "--data-root", str(tmp_path / "r")])
     assert f"error: {latin} is not UTF-8 text" in str(info.value.code)
+
+
+def test_a_full_disk_ends_make_testset_in_one_line(images, tmp_path, full_disk):
+    import json
+
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"], "hard": [], "junk": []}]}))
+    full_disk(tmp_path / "root")
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root",
+                               str(tmp_path / "root")])
+    assert str(info.value.code).startswith("error: no space left on the device for ")
+    assert not (tmp_path / "root" / "test" / "x").exists()
+
+
+WRONG_TYPES = {
+    "a list": ([{"image": "q.jpg"}], r"expected an object whose 'queries' is a list of queries .*found list"),
+    "queries an int": ({"queries": 5}, r"expected an object whose 'queries' is a list .*found int 5"),
+    "no queries": ({"database": ["a.jpg"]}, r"expected an object whose 'queries' is a list .*found NoneType"),
+    "a query a string": ({"queries": ["q.jpg"]}, r"query 0 is str 'q.jpg', not an object with 'image'"),
+    "image a number": ({"queries": [{"image": 5}]}, r"query 0: 'image' is int 5, not an image name"),
+    "easy a string": ({"queries": [{"image": "q.jpg", "easy": "a.jpg"}]}, r"'easy' is str 'a.jpg', not a list of"),
+    "easy of numbers": ({"queries": [{"image": "q.jpg", "easy": [1]}]}, r"'easy' is list \[1\], not a list of image"),
+    "box text": ({"queries": [{"image": "q.jpg", "box": "0 0 5 5"}]}, r"'box' is str '0 0 5 5', not four numbers"),
+    "box of text": ({"queries": [{"image": "q.jpg", "box": [0, 0, "5", 5]}]}, r"'box' is list \[0, 0, '5', 5\]"),
+    "database a dict": ({"queries": [{"image": "q.jpg"}], "database": {"a": 1}}, r"'database' is dict \{'a': 1\}"),
+}
+
+
+@pytest.mark.parametrize("content, message", WRONG_TYPES.values(), ids=WRONG_TYPES.keys())
+def test_json_of_the_wrong_types_ends_in_one_line_naming_the_field(images, tmp_path, content, message):
+    import json
+
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root", str(tmp_path / "r")])
+    assert str(info.value.code).startswith(f"error: {path}") and len(str(info.value.code).splitlines()) == 1
+    assert re.search(message, str(info.value.code)), info.value.code
+    if isinstance(content, dict) and isinstance(content.get("queries"), list):
+        with pytest.raises(TestSetError, match=message):  # the library call checks the same
+            build_test_set(content, images, "x", tmp_path / "r", source=str(path))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_csv_box_that_is_not_numbers_is_named(images, tmp_path):
+    path = tmp_path / "set.csv"
+    path.write_text("query,box,easy\nq.jpg,0 0 five 5,a.jpg\n")
+    with pytest.raises(TestSetError, match=r"set.csv: query 0 has box '0 0 five 5'; a box is four numbers"):
+        read_description(path)
+
+
+def test_a_database_list_that_is_not_utf8_is_named(images, tmp_path):
+    import json
+
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}]}))
+    listing = tmp_path / "database.txt"
+    listing.write_bytes("a.jpg\ncaf\xe9.jpg\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--database", str(listing),
+                               "--data-root", str(tmp_path / "r")])
+    assert str(info.value.code).startswith(f"error: --database {listing} is not UTF-8 text (byte 9: invalid "
+                                           "continuation byte)")

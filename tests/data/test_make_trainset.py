@@ -107,3 +107,12 @@ def test_a_training_set_name_is_one_folder_name(landmark_folders, tmp_path):
         make_trainset_cli.main(["--folders", str(landmark_folders), "--name", "../../x", "--data-root",
                                 str(tmp_path / "root")])
     assert "--name: '../../x' cannot name a data set" in str(info.value.code) and not (tmp_path / "root").exists()
+
+
+def test_a_full_disk_ends_make_trainset_in_one_line(landmark_folders, tmp_path, full_disk):
+    full_disk(tmp_path / "data")
+    with pytest.raises(SystemExit) as info:
+        make_trainset_cli.main(["--folders", str(landmark_folders), "--name", "mine", "--data-root",
+                                str(tmp_path / "data")])
+    assert str(info.value.code).startswith("error: no space left on the device for ")
+    assert not (tmp_path / "data" / "train" / "mine").exists()

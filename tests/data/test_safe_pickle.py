@@ -3,6 +3,7 @@ import pickle
 
 import numpy as np
 import pytest
+from numpy._core.multiarray import _reconstruct
 
 from aml.data.safe_pickle import MAX_ELEMENTS, UnsafePickleError, load_pickle, save_pickle
 
@@ -57,7 +58,6 @@ def test_small_pickles_that_ask_for_gigabytes_are_refused(tmp_path, bomb):
 
 
 def test_a_numpy_array_of_a_crafted_shape_is_refused(tmp_path):
-    from numpy._core.multiarray import _reconstruct
     path = tmp_path / "db.pkl"
     path.write_bytes(pickle.dumps(_Reduces(_reconstruct, np.ndarray, (1 << 20, 1 << 20), b"b"), protocol=4))
     with pytest.raises(UnsafePickleError, match=r"db.pkl: refusing numpy.*_reconstruct of 1,099,511,627,776 items"):
@@ -72,3 +72,42 @@ def test_a_foreign_structure_is_named_not_a_traceback(tmp_path):
     path.write_bytes(pickle.dumps(_Reduces(dict, 5), protocol=4))  # dict(5): a TypeError inside the load
     with pytest.raises(pickle.UnpicklingError, match="gnd_odd.pkl is truncated or not a dataset pickle"):
         load_pickle(path)
+
+
+def test_the_budget_counts_everything_a_file_builds_not_one_call(tmp_path):
+    """A 31 KB gnd fed one ``bytes(2**25)`` to 24 ``list()`` calls and took 7.2 GB: each call
+    was within the bound, all of them were not."""
+    block = _Reduces(bytes, MAX_ELEMENTS)  # pickled once, referenced 24 times
+    path = tmp_path / "gnd_lists.pkl"
+    path.write_bytes(pickle.dumps({"imlist": [], "extra": [_Reduces(list, block) for _ in range(24)]}, protocol=4))
+    assert path.stat().st_size < 1000
+    with pytest.raises(UnsafePickleError, match=r"gnd_lists.pkl: refusing builtins.list of 33,554,432 items: with the "
+                                                r"33,554,432 built before, more than the 33,554,432"):
+        load_pickle(path)
+    path.write_bytes(pickle.dumps([_Reduces(bytes, MAX_ELEMENTS // 2) for _ in range(3)], protocol=4))
+    with pytest.raises(UnsafePickleError, match="refusing builtins.bytes of 16,777,216 items: with the 33,554,432"):
+        load_pickle(path)
+
+
+@pytest.mark.parametrize("bomb, message", [
+    (_Reduces(np.ndarray, (1 << 28,)), r"numpy.ndarray of 2,147,483,648 items"),  # called directly
+    (_Reduces(np.ndarray, (1 << 22,), np.dtype("complex128")), r"numpy.ndarray of 67,108,864 items"),
+    (_Reduces(_reconstruct, np.ndarray, (1 << 10,), np.dtype("V65536")), r"_reconstruct of 67,108,864 items"),
+    (_Reduces(str, [b"x" * 1000] * 1000), r"refusing str\(\) of a list"),
+], ids=["ndarray", "ndarray-dtype", "shape-times-itemsize", "str-of-a-list"])
+def test_numpy_arrays_are_bounded_by_shape_times_item_size(tmp_path, bomb, message):
+    path = tmp_path / "db.pkl"
+    path.write_bytes(pickle.dumps(bomb, protocol=4))
+    with pytest.raises(UnsafePickleError, match=message):
+        load_pickle(path)
+
+
+def test_arrays_of_every_kind_still_load(tmp_path):
+    data = {"a": np.arange(12, dtype=np.int64).reshape(3, 4), "b": np.float32(2.5), "c": np.array(["x", "yz"]),
+            "d": np.array([[1.0, 2.0]], order="F"), "e": set(range(5)), "f": bytearray(b"ab")}
+    for protocol in (4, 5):
+        save = tmp_path / f"p{protocol}.pkl"
+        save.write_bytes(pickle.dumps(data, protocol=protocol))
+        loaded = load_pickle(save)
+        assert all(np.array_equal(loaded[k], v) for k, v in data.items() if isinstance(v, np.ndarray))
+        assert loaded["b"] == np.float32(2.5) and loaded["e"] == set(range(5)) and loaded["f"] == bytearray(b"ab")

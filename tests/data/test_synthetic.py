@@ -1,5 +1,7 @@
 """The synthetic sets load through the real code paths and have consistent protocols."""
 
+from pathlib import Path
+
 import numpy as np
 
 from aml.data.images import load_image
@@ -91,3 +93,22 @@ def test_two_processes_generating_one_set_at_once_leave_it_whole(tmp_path):
                     for p in (tmp_path / "test" / "synth-1m" / "jpg").rglob("*.jpg"))
     assert len(listing) == 400 and sorted(listing) == images
     assert sorted(p.name for p in (tmp_path / "test").iterdir()) == ["synth-1m"]  # no staging folder left
+
+
+def test_generating_on_a_real_full_disk_ends_in_one_line(small_disk):
+    """As run from the shell (``python -m aml.cli.synthetic``): one line, exit status 1, nothing left."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import fill_disk
+
+    disk = small_disk(1)
+    fill_disk(disk, leave=8 << 10)
+    done = subprocess.run([sys.executable, "-m", "aml.cli.synthetic", "--data-root", str(disk), "--image-size", "48",
+                           "--train-landmarks", "2", "--val-landmarks", "1", "--views", "4", "-q"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 1 and done.stderr.startswith("error: no space left on the device")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in disk.rglob("*") if p.is_file()) == ["filler"]

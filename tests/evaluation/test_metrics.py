@@ -81,3 +81,9 @@ def test_matches_a_plain_loop_on_random_rankings():
         adjusted = [p - sum(j < p for j in junk) for p in pos]
         ap = sum(((1.0 if r == 0 else j / r) + (j + 1) / (r + 1)) / 2 / len(gnd[i]["ok"]) for j, r in enumerate(adjusted))
         assert aps[i] == pytest.approx(ap)
+
+
+def test_an_unknown_protocol_is_refused_listing_the_known_ones():
+    ranks = np.array([[0], [1]])
+    with pytest.raises(ValueError, match="unknown protocol 'revisted': the known ones are revisited, classic"):
+        evaluate_ranks(ranks, [{"easy": [0], "hard": [], "junk": []}], "revisted")

@@ -184,3 +184,26 @@ def test_blocked_top_k_applies_the_transform_to_every_block():
     np.testing.assert_array_equal(indices, expected)
     assert (indices >= 30).any()  # distractors among the neighbours
     np.testing.assert_allclose(vectors, concatenation[:, expected], atol=1e-6)
+
+
+def test_expansions_gather_their_neighbours_by_bounded_chunks(monkeypatch):
+    """DBA with k up to N - 1 (and αQE with k up to N) gathered D x k x N descriptors at once;
+    now a chunk of columns at a time, within the bound, with the same results."""
+    from aml.evaluation import reranking, search
+
+    rng = np.random.default_rng(0)
+    database, queries = unit_columns(rng, 16, 40), unit_columns(rng, 16, 9)
+    ranks = rank_database(database, queries)
+    whole = (database_augmentation(database, 39, alpha=1), alpha_query_expansion(queries, database, ranks, 40))
+    held = []
+    real = reranking._expand
+    monkeypatch.setattr(reranking, "_expand", lambda v, n, a: held.append(n.size) or real(v, n, a))
+    monkeypatch.setattr(search, "NEIGHBOUR_VALUES", 16 * 40 * 3)  # three columns of 40 neighbours at a time
+    monkeypatch.setattr(reranking, "NEIGHBOUR_VALUES", 16 * 40 * 3)
+    chunked = (database_augmentation(database, 39, alpha=1), alpha_query_expansion(queries, database, ranks, 40))
+    assert max(held) <= 16 * 40 * 3 and len(held) == 14 + 3
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match=r"9 queries keeping their 40 nearest 16-d descriptors would hold .* give k "
+                                         r"13 or less"):
+        nearest_with_distractors(database, queries, 40, [(0, database.T)])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aml.evaluation.metrics import compute_maps, compute_maps_from_positions, evaluate_ranks
-from aml.evaluation.search import positions_with_distractors, rank_database
+from aml.evaluation.search import nearest, positions_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply
 
 
@@ -87,3 +87,27 @@ def test_descending_order_puts_long_runs_of_ties_in_index_order():
     scores = np.zeros((2, 9), dtype=np.float32)  # one run of 9 equal scores, and a row of two runs
     scores[1, ::2] = 1.0
     np.testing.assert_array_equal(descending_order(scores), [list(range(9)), [0, 2, 4, 6, 8, 1, 3, 5, 7]])
+
+
+@pytest.mark.parametrize("where, message", [("query", "1 of the 2 query descriptors hold NaN or infinite values "
+                                                      "\\(the first: query 1\\)"),
+                                            ("database", "1 of the 3 database descriptors .*the first: database 2")])
+def test_non_finite_queries_or_database_descriptors_are_refused_by_name(where, message):
+    """A NaN query used to rank silently (its scores all NaN: the database in some order)."""
+    from aml.descriptors.extraction import NonFiniteDescriptors
+
+    database, queries = np.eye(3, dtype=np.float32), np.eye(3, 2, dtype=np.float32)
+    (queries if where == "query" else database)[0, -1] = np.nan
+    with pytest.raises(NonFiniteDescriptors, match=message):
+        rank_database(database, queries)
+    with pytest.raises(NonFiniteDescriptors, match=message):
+        nearest(database, queries, 1)
+
+
+def test_non_finite_distractors_are_refused_by_name():
+    from aml.descriptors.extraction import NonFiniteDescriptors
+
+    database, queries = np.eye(3, dtype=np.float32), np.eye(3, 2, dtype=np.float32)
+    blocks = [(0, np.eye(4, 3, dtype=np.float32)), (4, np.full((2, 3), np.inf, dtype=np.float32))]
+    with pytest.raises(NonFiniteDescriptors, match="2 of the 2 distractor descriptors .*the first: distractor 4"):
+        positions_with_distractors(database, queries, blocks)

@@ -43,3 +43,35 @@ def test_pca_whitening_gives_identity_covariance():
     m, P = pcawhitenlearn(data)
     y = P @ (data - m)
     assert y @ y.T / 500 == pytest.approx(np.eye(3), abs=1e-8)
+
+
+CHECKS = [
+    (np.zeros((4, 1)), np.full((4, 4), np.nan), r"lw.pth holds 16 NaN or infinite values: it is damaged"),
+    (np.array([[0.0], [np.inf], [0.0], [0.0]]), np.eye(4), r"lw.pth holds 1 NaN or infinite values"),
+    (np.zeros((3, 1)), np.eye(3), r"lw.pth: m of shape \(3, 1\) and P of shape \(3, 3\) do not whiten 4-d descriptors"),
+    (np.zeros((4, 1)), np.eye(4)[:, :2], r"P of shape \(4, 2\) do not whiten 4-d"),
+    (np.zeros((4, 1)), np.zeros((5, 4)), r"P of shape \(5, 4\) do not whiten 4-d"),
+    (np.zeros(4), np.zeros(4), r"P of shape \(4,\) do not whiten"),
+    ("garbage", np.eye(4), r"lw.pth is not a whitening: m and P are str, ndarray, not arrays of numbers"),
+    (np.zeros((4, 1)), np.array([["a"] * 4] * 4), r"m and P are ndarray, ndarray, not arrays of numbers"),
+    (None, {"P": 1}, r"m and P are NoneType, dict"),
+]
+
+
+@pytest.mark.parametrize("m, P, message", CHECKS)
+def test_a_whitening_that_is_not_one_is_refused_by_name(m, P, message):
+    from aml.evaluation.whitening import WhiteningError, check_whitening
+
+    with pytest.raises(WhiteningError, match=message):
+        check_whitening(m, P, 4, "lw.pth")
+
+
+def test_a_checked_whitening_applies_as_before_and_a_non_finite_result_is_refused():
+    from aml.evaluation.whitening import WhiteningError, check_whitening, whitened
+
+    rng = np.random.default_rng(0)
+    X, m, P = rng.normal(size=(4, 6)), rng.normal(size=4), rng.normal(size=(2, 4))  # m of D values: a column
+    checked = check_whitening(m, P, 4, "lw.pth")
+    assert np.array_equal(whitened(X, checked, "test"), whitenapply(X, m[:, None], P))
+    with pytest.raises(WhiteningError, match="whitening made 1 of the 6 test descriptors NaN or infinite"):
+        whitened(np.where(np.arange(6) == 2, np.nan, X), checked, "test")

@@ -66,6 +66,18 @@ def test_a_wrong_export_is_caught(student, tmp_path):
             export.check_exports = real
 
 
+def test_an_export_on_a_full_disk_keeps_the_earlier_files(student, tmp_path, full_disk):
+    from aml.utils.atomic import DiskFull
+
+    earlier = {name: tmp_path / name for name in ("student.pt", "student.onnx")}
+    for name, path in earlier.items():
+        path.write_bytes(name.encode())
+    full_disk(tmp_path)
+    with pytest.raises(DiskFull, match="student.pt"):
+        export_student(student, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {name: name.encode() for name in earlier}
+
+
 def test_command_line_prints_the_differences(student, tmp_path, capsys):
     path = save_checkpoint(checkpoint_state(student, 1, 0.0), tmp_path / "student.pth.tar")
     files = export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--no-onnx"])

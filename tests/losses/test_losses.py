@@ -196,3 +196,13 @@ def test_mode_loss_compatibility():
             check_loss_mode(loss, mode)
     assert set(LOSSES) >= {"contrastive", "triplet", "contrastive_dist", "cross_entropy", "cross_entropy_dist",
                            "multi", "rkd", "regression"}
+
+
+@pytest.mark.parametrize("temp, reason", [(1e-30, "diverges whatever --lr is"), (1e30, "nothing is learned"),
+                                          (float("nan"), "a finite number > 0"), (-0.1, "a finite number > 0")])
+def test_a_degenerate_temperature_is_refused_with_the_reason(temp, reason):
+    from aml.losses import build_loss
+
+    with pytest.raises(ValueError, match=reason):
+        build_loss("cross_entropy", temp=temp)
+    assert build_loss("cross_entropy", temp=0.05).temp == 0.05

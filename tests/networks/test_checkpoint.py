@@ -183,6 +183,76 @@ def test_fuzzed_checkpoint_bytes_end_in_a_checkpoint_error(tmp_path):
     assert outcomes["refused"] >= 100  # random bytes, at least, are refused
 
 
+@pytest.mark.filterwarnings("ignore")  # torch warns of odd pickle protocols, numpy of what it could not free
+def test_every_truncation_and_single_bit_flip_of_the_pickle_ends_in_a_checkpoint_error(tmp_path):
+    """Exhaustive over the pickle of one small checkpoint (with a numpy whitening in its meta):
+    torch.load of damaged bytes raised AssertionError and LookupError (an encoding name hit)."""
+    import zipfile
+
+    from aml.utils.plain_files import save_plain_file
+
+    state = {"meta": {"architecture": "resnet18", "pooling": "gem", "mean": [0.5] * 3, "std": [0.5] * 3,
+                      "Lw": {"set": {"ss": {"m": np.zeros((2, 1)), "P": np.eye(2)}}}},
+             "state_dict": OrderedDict(w=torch.ones(2)), "epoch": 1}
+    original = save_plain_file(state, tmp_path / "m.pth.tar").read_bytes()
+    members = zipfile.ZipFile(tmp_path / "m.pth.tar").infolist()
+    pickle_end = min(m.header_offset for m in members if not m.filename.endswith("data.pkl"))
+    path = tmp_path / "damaged.pth.tar"
+    variants = [original[:end] for end in range(0, len(original), 7)]
+    variants += [original[:i] + bytes([original[i] ^ 1]) + original[i + 1:] for i in range(pickle_end)]
+    read = 0
+    for data in variants:
+        path.write_bytes(data)
+        try:
+            load_checkpoint(path)
+            read += 1
+        except CheckpointError as err:
+            assert "damaged.pth.tar" in str(err)
+    assert read < len(variants) // 2
+
+
+class _Reduces:
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+@pytest.mark.parametrize("inside, found", [
+    (_Reduces(torch._utils._rebuild_tensor_v2, torch.zeros(3).untyped_storage(), 0, (3,), (1,), False, OrderedDict(),
+              "not a dict"), "AssertionError: expected dict, got str"),
+    (_Reduces(__import__("codecs").encode, "abc", "no-such-codec"), "LookupError: unknown encoding: no-such-codec"),
+], ids=["assertion", "encoding"])
+def test_what_torch_load_raises_on_crafted_files_is_a_checkpoint_error(tmp_path, inside, found):
+    path = tmp_path / "crafted.pth"
+    torch.save({"meta": {}, "state_dict": {"w": inside}}, path)
+    with pytest.raises(CheckpointError, match=f"cannot read {path}: .*{found}"):
+        load_checkpoint(path)
+
+
+META_DAMAGES = [("architecture", ["resnet18"], r"meta\['architecture'\] is list \['resnet18'\], not a name"),
+                ("architecture", "resnet9", r"Unsupported or unknown architecture: 'resnet9'"),
+                ("pooling", {"gem": 1}, r"meta\['pooling'\] is dict"),
+                ("pooling", "gemx", r"Unsupported or unknown pooling: 'gemx'"),
+                ("whitening", torch.zeros(2), r"meta\['whitening'\] is Tensor .*, not True or False"),
+                ("regional", "yes", r"meta\['regional'\] is str 'yes', not True or False"),
+                ("mean", np.zeros(3), r"meta\['mean'\] is ndarray .*, not three numbers"),
+                ("std", [0.2, 0.2], r"meta\['std'\] is list \[0.2, 0.2\], not three numbers"),
+                ("std", [0.2, "0.2", 0.2], r"meta\['std'\] is list .*, not three numbers"),
+                ("outputdim", torch.zeros(2), r"meta\['outputdim'\] is tensor"),
+                ("outputdim", True, r"meta\['outputdim'\] is True, not a descriptor dimension"),
+                ("outputdim", 0, r"meta\['outputdim'\] is 0, not a descriptor dimension")]
+
+
+@pytest.mark.parametrize("key, value, message", META_DAMAGES, ids=[f"{k}={v!r:.12}" for k, v, _ in META_DAMAGES])
+def test_meta_of_the_wrong_types_is_named(key, value, message):
+    state = {"meta": {"architecture": "mobilenet_v2", "pooling": "gem", "mean": [0.5] * 3, "std": [0.5] * 3,
+                      "outputdim": 64, key: value}, "state_dict": {}}
+    with pytest.raises(CheckpointError, match=f"edited.pth: {message}"):
+        network_from_checkpoint(state, source="edited.pth")
+
+
 def test_a_folder_or_an_implausible_dimension_is_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file"):
         load_checkpoint(tmp_path)

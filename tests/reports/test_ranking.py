@@ -115,3 +115,16 @@ def test_image_names_that_are_not_utf8_or_not_latin1_make_a_whole_report(tmp_pat
     assert f"{shown}1" in text and "\ufffd" in text if "\udce9" in stem else f"{stem}1" in text
     Image.open(out.parent / "q000.png").verify()
     assert sorted(p.name for p in out.parent.iterdir()) == ["index.html", "q000.png", "thumbs"]
+
+
+def test_a_full_disk_leaves_no_cut_image_in_the_report(tmp_path, full_disk):
+    from aml.utils.atomic import DiskFull
+
+    path = tmp_path / "jpg" / "a.jpg"
+    path.parent.mkdir()
+    Image.new("RGB", (40, 30), (40, 80, 120)).save(path)
+    full_disk(tmp_path / "report")
+    with pytest.raises(DiskFull, match="query000.jpg"):
+        write_report(tmp_path / "report", "mine", [{"easy": [0], "hard": [], "junk": []}], [str(path)], [str(path)],
+                     [None], [[Ranking("aml", [0], [0.9], 1.0)]])
+    assert not [p for p in (tmp_path / "report").rglob("*") if p.is_file()]

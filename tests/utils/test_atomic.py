@@ -37,6 +37,25 @@ def test_staging_folders_are_per_process_and_dead_ones_are_removed(tmp_path):
     assert publish_folder(third, folder, overwrite=True) and (folder / "a.txt").read_text() == "third"
 
 
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o775), (0o022, 0o755), (0o077, 0o700)], ids=["002", "022", "077"])
+def test_data_set_folders_respect_the_umask(tmp_path, umask, mode):
+    """Staging folders come from mkdtemp (0700): a group sharing a data root could not read the sets."""
+    from aml.data.download import extract_archive
+    from aml.data.synthetic import SyntheticDistractorConfig, generate_distractor_set
+    from tests.data.test_download import make_tar
+
+    archive = tmp_path / "set.tgz"
+    archive.write_bytes(make_tar({"set/a/x.jpg": b"x"}))
+    old = os.umask(umask)
+    try:
+        tiny = SyntheticDistractorConfig(images=2, image_size=16)
+        folders = [generate_distractor_set(tmp_path / "root", config=tiny),
+                   extract_archive(archive, tmp_path / "jpg", flatten=True), staging_folder(tmp_path / "own")]
+    finally:
+        os.umask(old)
+    assert [oct(stat.S_IMODE(folder.stat().st_mode)) for folder in folders] == [oct(mode)] * 3
+
+
 class _FillsUp(io.RawIOBase):
     """A handle on a disk that fills up after ``room`` bytes."""
 
@@ -70,3 +89,55 @@ def test_an_optional_write_on_a_full_disk_warns_and_goes_on(tmp_path, full_disk,
     assert "the cache not written" in caplog.text and not list(tmp_path.iterdir())
     with pytest.raises(DiskFull):
         atomic_write(tmp_path / "needed.npy", lambda out: out.write(b"x"))
+
+
+@pytest.mark.parametrize("message", ["4096 requested and 1024 written",
+                                     "Not enough free space to write 41943040 bytes after offset 128"])
+def test_numpys_short_writes_without_errno_are_a_full_disk(message):
+    wrapped = RuntimeError("PytorchStreamWriter failed writing file")
+    wrapped.__context__ = OSError(message)
+    assert is_disk_full(OSError(message)) and is_disk_full(wrapped)
+    assert not is_disk_full(OSError("4096 requested")) and not is_disk_full(OSError(errno.EACCES, message))
+
+
+@pytest.mark.parametrize("megabytes, leave", [(4, 1 << 20), (40, 30 << 20)],
+                         ids=["short write", "space reserved first"])
+def test_np_save_on_a_real_full_disk_is_named_and_keeps_the_old_file(small_disk, megabytes, leave):
+    """numpy writes arrays under 16 MB with fwrite (a short write) and reserves the space of
+    larger ones first: both are a full disk, the old file stays whole, nothing is left."""
+    import numpy as np
+
+    from tests.conftest import fill_disk
+
+    disk = small_disk(30)
+    path = disk / "db.npy"
+    atomic_write(path, lambda out: np.save(out, np.arange(10.0)))
+    fill_disk(disk, leave)
+    with pytest.raises(DiskFull, match=f"no space left on the device for {path}"):
+        atomic_write(path, lambda out: np.save(out, np.ones((megabytes << 20) // 8)))
+    assert np.array_equal(np.load(path), np.arange(10.0)) and sorted(p.name for p in disk.iterdir()) == ["db.npy",
+                                                                                                       "filler"]
+
+
+def test_a_writer_that_takes_a_file_name_replaces_the_file_whole_or_not_at_all(tmp_path, full_disk):
+    from aml.utils.atomic import atomic_path
+
+    path = tmp_path / "student.onnx"
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(b"first")
+    assert path.read_bytes() == b"first" and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+    with pytest.raises(RuntimeError, match="export failed"):
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(b"cut")
+            raise RuntimeError("export failed")
+    full_disk(tmp_path)
+    with pytest.raises(DiskFull, match=f"no space left on the device for {path}"):
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(b"second")
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,101 @@
+"""Dataset pickles of the wrong shape (a gnd, a training or whitening db) are named in one
+line with the field at fault, never a TypeError or AttributeError from deep inside."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from aml.data.safe_pickle import DatasetFileError, load_pickle, save_pickle
+from aml.data.testsets import configdataset, get_test_set
+from aml.data.trainsets import load_training_db, load_whitening_db
+
+
+def _set(gnd, key, value):
+    gnd[key] = value
+
+
+def _entry(q, key, value):
+    return lambda gnd: gnd["gnd"][q].__setitem__(key, value)
+
+
+GND_DAMAGES = {
+    "a list, not a dict": (lambda gnd: [gnd], r"holds a list, not a dict of imlist, qimlist and gnd"),
+    "imlist an int": (lambda gnd: _set(gnd, "imlist", 5), r"'imlist' holds int 5, where a list of image names"),
+    "a name an int": (lambda gnd: gnd["qimlist"].__setitem__(1, 7), r"'qimlist' holds int 7, where a list of image"),
+    "gnd a dict": (lambda gnd: _set(gnd, "gnd", {"easy": []}), r"'gnd' holds dict .*, where a list of one entry"),
+    "entry an int": (lambda gnd: gnd["gnd"].__setitem__(2, 3), r"query 2 \(.*\) has int 3 for its entry"),
+    "easy a dict": (_entry(0, "easy", {"a": 1}), r"query 0 .* has dict \{'a': 1\} in 'easy', where a list of database"),
+    "easy names": (_entry(1, "hard", ["a.jpg"]), r"query 1 .* has list \['a.jpg'\] in 'hard'"),
+    "easy ragged": (_entry(0, "junk", [[1, 2], [3]]), r"query 0 .* has list \[\[1, 2\], \[3\]\] in 'junk'"),
+    "easy floats": (_entry(0, "easy", [1.0, 2.5]), r"query 0 .* has list \[1.0, 2.5\] in 'easy'"),
+    "box text": (_entry(0, "bbx", "abc"), r"query 0 .* has box str 'abc'; a box is x1, y1, x2, y2"),
+    "box a dict": (_entry(0, "bbx", {"x": 1}), r"query 0 .* has box dict \{'x': 1\}"),
+    "box of 3": (_entry(0, "bbx", [1, 2, 3]), r"query 0 .* has box list \[1, 2, 3\]"),
+}
+
+
+@pytest.fixture
+def gnd_path(synth_root, tmp_path):
+    path = tmp_path / "test" / "synth-oxford" / "gnd_synth-oxford.pkl"
+    path.parent.mkdir(parents=True)
+    save_pickle(load_pickle(synth_root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl"), path)
+    return path
+
+
+@pytest.mark.parametrize("damage, message", GND_DAMAGES.values(), ids=GND_DAMAGES.keys())
+def test_a_malformed_gnd_is_named_with_its_field(gnd_path, damage, message):
+    gnd = load_pickle(gnd_path)
+    gnd["gnd"] = [dict(entry, easy=list(entry["easy"])) for entry in gnd["gnd"]]
+    damaged = damage(gnd)
+    save_pickle(damaged if damaged is not None else gnd, gnd_path)
+    with pytest.raises(DatasetFileError, match=f"{gnd_path}.*{message}"):
+        configdataset("synth-oxford", gnd_path.parent.parent)
+
+
+@pytest.mark.parametrize("content", [[1, 2], {"gnd": 5}, {"gnd": [7]}, {"gnd": [{3: [], "x": []}]}],
+                         ids=["list", "gnd-int", "entry-int", "keys-of-two-types"])
+def test_a_custom_set_whose_gnd_is_malformed_is_named(tmp_path, content):
+    folder = tmp_path / "test" / "mine"
+    (folder / "jpg").mkdir(parents=True)
+    save_pickle(content, folder / "gnd_mine.pkl")
+    with pytest.raises(DatasetFileError, match=r"gnd_mine.pkl: its entries hold .*; a gnd needs easy/hard/junk"):
+        get_test_set("mine", tmp_path)
+
+
+def _split(key, value):
+    return lambda dbs: dbs["train"].__setitem__(key, value)
+
+
+DB_DAMAGES = {
+    "a list": (lambda dbs: [dbs], r"synth-sfm.pkl has no split 'train' \(found list"),
+    "split a list": (lambda dbs: dbs.__setitem__("train", [1]), r"synth-sfm.pkl \(train\) holds list \[1\], not an "
+                                                                r"image db with cids, qidxs, pidxs, cluster"),
+    "no cluster": (lambda dbs: dbs["train"].pop("cluster") and None,
+                   r"holds \['cids', 'pidxs', 'qidxs'\], not an image db"),
+    "cids an int": (_split("cids", 5), r"'cids' holds int 5, where a list of image ids"),
+    "qidxs names": (_split("qidxs", ["a"]), r"'qidxs' holds list \['a'\], where a list of integers in \[0, \d+\)"),
+    "pidxs outside": (_split("pidxs", [10 ** 6]), r"'pidxs' holds list \[1000000\], where a list of integers in"),
+    "cluster short": (_split("cluster", [0]), r"\d+ clusters for \d+ images; they must pair up one to one"),
+    "pairs unequal": (_split("qidxs", [0]), r"1 qidxs for \d+ pidxs"),
+}
+
+
+@pytest.mark.parametrize("damage, message", DB_DAMAGES.values(), ids=DB_DAMAGES.keys())
+def test_a_malformed_training_db_is_named_with_its_field(synth_root, tmp_path, damage, message):
+    folder = tmp_path / "train" / "synth-sfm"
+    (folder / "ims").mkdir(parents=True)
+    dbs = copy.deepcopy(load_pickle(synth_root / "train" / "synth-sfm" / "synth-sfm.pkl"))
+    damaged = damage(dbs)
+    save_pickle(damaged if isinstance(damaged, list) else dbs, folder / "synth-sfm.pkl")
+    with pytest.raises(DatasetFileError, match=message):
+        load_training_db("synth-sfm", "train", tmp_path)
+
+
+def test_a_malformed_whitening_db_is_named(synth_root, tmp_path):
+    folder = tmp_path / "train" / "synth-sfm"
+    (folder / "ims").mkdir(parents=True)
+    save_pickle({"cids": ["a", "b"], "qidxs": [0], "pidxs": np.array([2])}, folder / "synth-sfm-whiten.pkl")
+    with pytest.raises(DatasetFileError, match=r"synth-sfm-whiten.pkl: 'pidxs' holds ndarray array\(\[2\]\), where a "
+                                               r"list of integers in \[0, 2\)"):
+        load_whitening_db("synth-sfm", tmp_path)

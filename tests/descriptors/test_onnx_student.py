@@ -1,0 +1,38 @@
+"""An exported student as an encoder: descriptors that are not finite are an error naming the file."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("onnxruntime")
+
+from aml.descriptors.onnx_student import OnnxStudentError, describe_with_onnx, onnx_session  # noqa: E402
+
+
+def _onnx(path, op):
+    """An ONNX graph image -> 3-d descriptor: ``op`` of the channel means (Neg then Log: NaN)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    nodes = [helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0)]
+    nodes += [helper.make_node(kind, [f"x{i}" if i else "mean"], [f"x{i + 1}" if i + 1 < len(op) else "descriptor"])
+              for i, kind in enumerate(op)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                            ["batch", 3, "height", "width"])],
+                              [helper.make_tensor_value_info("descriptor", TensorProto.FLOAT, ["batch", 3])], [axes])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
+    return path
+
+
+def test_nan_descriptors_of_an_onnx_student_are_an_error_naming_the_file(tmp_path):
+    image = tmp_path / "q.jpg"
+    Image.new("RGB", (40, 30), (200, 100, 50)).save(image)
+    good = describe_with_onnx(onnx_session(_onnx(tmp_path / "good.onnx", ["Identity"])), [image], 32)
+    assert good.shape == (3, 1) and np.isfinite(good).all()
+    damaged = _onnx(tmp_path / "damaged.onnx", ["Neg", "Log"])  # the log of a negative mean
+    with pytest.raises(OnnxStudentError, match=f"{damaged} gives NaN or infinite descriptors for 1 of 1 images "
+                                               f"\\(first: {image}\\): the file is damaged"):
+        describe_with_onnx(onnx_session(damaged), [image], 32)
+    with pytest.raises(OnnxStudentError, match="student-int8.onnx gives NaN"):
+        describe_with_onnx(onnx_session(damaged), [image], 32, source="student-int8.onnx")

@@ -1,0 +1,28 @@
+"""--device: a name that is not a device, or one this machine lacks, is one line naming it."""
+
+import pytest
+import torch
+
+from aml.utils.devices import DeviceError, parse_device, resolve_device
+
+
+@pytest.mark.parametrize("name, message", [("foo", "--device 'foo' is not a device; give auto, cpu, cuda or cuda:N"),
+                                           ("cuda:-1", "--device 'cuda:-1' is not a device"),
+                                           ("meta", "--device 'meta': aml runs on cpu, cuda, mps devices")])
+def test_a_name_that_is_not_a_device_is_named(name, message):
+    with pytest.raises(DeviceError, match=message):
+        resolve_device(name)
+
+
+def test_devices_this_machine_lacks_are_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="--device cuda:1: CUDA is not available on this machine"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto", "1,0") == torch.device("cuda:1") and parse_device("cuda:1").index == 1
+    with pytest.raises(DeviceError, match="--device cuda:2: this machine has 2 GPU"):
+        resolve_device("cuda:2")
+    with pytest.raises(DeviceError, match="--gpu-id 'x' is not a GPU number"):
+        resolve_device("auto", "x")

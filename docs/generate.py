@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -81,15 +82,33 @@ def _load(name: str) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+DEMO = "python -m aml.demo"
+
+
+def reader_command(name: str, command: str) -> str:
+    """The demo's recorded command as a reader runs it from the repository's root: without
+    ``--data-root`` (where the run kept its generated data, not a setting of the results) and
+    with ``--json`` writing the results file ``name`` (the record it writes is the
+    ``results.json`` of the run). Other commands are shown as recorded."""
+    if not command.startswith(DEMO + " "):
+        return command
+    words = shlex.split(command)
+    paths = {i + 1 for i, word in enumerate(words[:-1]) if word in ("--data-root", "--json")}
+    kept = [word for i, word in enumerate(words) if i not in paths and i + 1 not in paths]
+    return shlex.join(kept + ["--json", f"benchmarks/results/{name}"])
+
+
 def source_line(name: str, record: dict) -> str:
-    """Where a table's numbers come from: file, machine, kernels, versions, date, command."""
+    """Where a table's numbers come from: file, machine, kernels, versions, date, and the
+    command (the demo's as a reader runs it: `reader_command`)."""
     p = record["provenance"]
     kernels = p.get("cpu_capability", p.get("kernels", ""))
     if p.get("kernels") not in (None, "default", "CUDA"):
         kernels += f" ({p['kernels']})"
     versions = f"torch {p['torch']}" + (f", torchvision {p['torchvision']}" if "torchvision" in p else "")
     return (f"*From `benchmarks/results/{name}`: {p['machine']}" + (f", {kernels} kernels" if kernels and
-            kernels != "CUDA" else "") + f", {versions}, Python {p['python']}, {p['date']}; `{p['command']}`.*")
+            kernels != "CUDA" else "") + f", {versions}, Python {p['python']}, {p['date']}; "
+            f"`{reader_command(name, p['command'])}`.*")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -151,8 +170,9 @@ def demo_section() -> Generated:
              f"{seconds['students']:.0f} s for the students and their tests.\n\n" + source_line("demo.json", record) + "\n")
 
     def plot(path: Path) -> None:
-        groups = [f"{r['network'].replace('student ', '').replace(' (', chr(10) + '(')}\n{r['test']}"
-                  for r in record["rows"]]
+        from aml.demo.tables import chart_group
+
+        groups = [chart_group(r["network"], r["test"]) for r in record["rows"]]
         series = {f"{d} {level[0].upper()}": ([statistics.mean(r["map"][d][level]) for r in record["rows"]],
                                               [statistics.stdev(r["map"][d][level]) if len(r["map"][d][level]) > 1
                                                else 0.0 for r in record["rows"]])
@@ -418,6 +438,105 @@ def registry_section() -> Generated:
     return Generated({"losses_and_modes.md": text}, {}, [])
 
 
+# ---- every command's flags, from its argument parser
+
+#: generated file -> (the command as typed, the module whose ``build_parser()`` makes its parser, its subcommand)
+COMMANDS: Dict[str, Tuple[str, str, Optional[str]]] = {
+    "flags_main.md": ("python main.py", "aml.cli.train", None),
+    "flags_test.md": ("python test.py", "aml.cli.test", None),
+    "flags_extract_features.md": ("python extract_features.py", "aml.cli.extract_features", None),
+    "flags_search_index.md": ("python -m aml.search index", "aml.cli.search", "index"),
+    "flags_search_query.md": ("python -m aml.search query", "aml.cli.search", "query"),
+    "flags_export.md": ("python -m aml.export", "aml.cli.export", None),
+    "flags_make_testset.md": ("python -m aml.cli.make_testset", "aml.cli.make_testset", None),
+    "flags_make_trainset.md": ("python -m aml.cli.make_trainset", "aml.cli.make_trainset", None),
+    "flags_synthetic.md": ("python -m aml.cli.synthetic", "aml.cli.synthetic", None),
+    "flags_demo.md": ("python -m aml.demo", "aml.demo.pipeline", None),
+}
+DEFAULT_IN_HELP = re.compile(r"(\s*\(|;\s*)default:? ([^()]*(?:\([^()]*\)[^()]*)*)\)\s*$")
+
+
+def command_parser(module: str, subcommand: Optional[str]) -> argparse.ArgumentParser:
+    """The parser of a command: its module's ``build_parser()``, or the subcommand's parser in it."""
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    if subcommand is None:
+        return parser
+    chooser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return chooser.choices[subcommand]
+
+
+FLAG_IN_TEXT = re.compile(r"((?:python )?-m aml[\w.]*|(?<![\w/.-])--?[a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+
+
+def _cell(text: str) -> str:
+    """Plain text made safe for a Markdown table cell (no HTML, emphasis or column break), with
+    the flags it names as code."""
+    def plain(part: str) -> str:
+        part = part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return re.sub(r"([|*_`\\[\]])", r"\\\1", part)
+
+    parts = FLAG_IN_TEXT.split(text)  # even: text, odd: a flag
+    return "".join(f"`{part}`" if i % 2 else plain(part) for i, part in enumerate(parts))
+
+
+def _value(action: argparse.Action) -> str:
+    """What a flag's value is called: its metavar, a short list of choices, N, X or VALUE."""
+    if action.metavar:
+        return action.metavar
+    if action.choices and len(action.choices) <= 3:
+        return "{" + ",".join(map(str, action.choices)) + "}"
+    if isinstance(action.default, bool) or action.choices:
+        return "NAME"
+    return {int: "N", float: "X"}.get(type(action.default), "VALUE")
+
+
+def _flag(action: argparse.Action) -> str:
+    if not action.option_strings:
+        return f"`{action.metavar or action.dest}`"
+    value = "" if action.nargs == 0 else " " + _value(action)
+    return f"`{action.option_strings[0]}{value}`" + "".join(f" `{name}`" for name in action.option_strings[1:])
+
+
+def _default(action: argparse.Action, help_default: Optional[str]) -> str:
+    if action.required:
+        return "required"
+    if help_default is not None:
+        simple = re.fullmatch(r"[\w.,'\[\]+-]+", help_default) and help_default not in ("off", "on", "none", "all")
+        return f"`{help_default}`" if simple else _cell(help_default)
+    if action.nargs == 0 or action.default in (None, "", False):
+        return "off" if action.nargs == 0 else "–"
+    return f"`{action.default}`"
+
+
+def flag_rows(parser: argparse.ArgumentParser) -> List[List[str]]:
+    """One row per flag (and positional argument): the flag with its aliases and value, its
+    default (said in the help's "(default: ...)", else the parser's) and what it does."""
+    rows = []
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+            continue
+        help_text = action.help or ""
+        found = DEFAULT_IN_HELP.search(help_text)  # "... (default: X)" or "... (more; default: X)"
+        if found:
+            help_text = help_text[:found.start()] + (")" if found.group(1).startswith(";") else "")
+        what = _cell(help_text)
+        if action.choices and len(action.choices) > 3 and not all(str(c) in help_text for c in action.choices):
+            what += ("; " if what else "") + "one of " + ", ".join(f"`{c}`" for c in action.choices)
+        rows.append([_flag(action), _default(action, found.group(2) if found else None), what])
+    return rows
+
+
+def flags_section() -> Generated:
+    made = {}
+    for name, (typed, module, subcommand) in COMMANDS.items():
+        parser = command_parser(module, subcommand)
+        made[name] = (f"`{typed}`: every flag, from its argument parser (`{typed} --help` prints the same).\n\n"
+                      + table(["flag", "default", "what it does"], flag_rows(parser)))
+    return Generated(made, {}, [])
+
+
 def not_run_section() -> Generated:
     rows = []
     for page in doc_pages():
@@ -431,7 +550,7 @@ def not_run_section() -> Generated:
 
 SECTIONS = (demo_section, later_losses_section, extract_section, real_weights_section, decoding_section,
             training_section, search_section, int8_section, gpu_section, reranking_section, learning_section,
-            registry_section, not_run_section)
+            registry_section, flags_section, not_run_section)
 
 
 # ---- writing and checking

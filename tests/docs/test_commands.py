@@ -173,6 +173,17 @@ def test_every_block_is_runnable_or_says_why_not(page):
                 assert not {";", "&&", "|"} & set(words), f"{block.where}: one command per line"
 
 
+COLUMN = 80  # characters of a code line that the site shows without scrolling, 1280 px wide
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.parent.name == "docs"], ids=lambda p: p.name)
+def test_every_line_of_a_code_block_fits_the_column(page):
+    """A longer command is wrapped with continuations (``\\``), a comment goes on the line above."""
+    for block in page_blocks(page):
+        for number, line in enumerate(block.text.splitlines(), start=1):
+            assert len(line) <= COLUMN, f"{block.where}, line {number} of the block: {len(line)} characters"
+
+
 def test_the_markers_are_found():
     blocks = [block for page in PAGES for block in page_blocks(page)]
     assert sum(runs(block) for block in blocks) >= 10

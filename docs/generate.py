@@ -361,12 +361,15 @@ def int8_section() -> Generated:
         label = "int8 QDQ, trunk only (`--int8`)" if name == "int8" else name
         rows.append([label, f"{100 * maps['medium']:.2f}", f"{100 * maps['hard']:.2f}",
                      f"{cosine['min']:.4f} / {cosine['mean']:.4f}", _seconds(times["362"]), _seconds(times["1024"])])
+    machine = record["provenance"]["machine"]
     text = (f"Asymmetric mAP on {export['dataset']} ({export['queries']} queries, {export['database']:,} database "
             f"images, {export['image_size']} px; database by {s['teacher']}), the queries' cosine to float32, and the "
-            f"time per query image (one thread, median of {s['repeats']}); {s['calibration_images']} calibration "
+            f"time per query image on an x86 CPU ({machine}; onnxruntime, one thread, median of {s['repeats']}): a "
+            f"phone's ARM CPU runs other kernels, so time it there. {s['calibration_images']} calibration "
             f"images. Files: float32 {r['file_bytes']['float32'] / 1e6:.1f} MB, int8 "
             f"{r['file_bytes']['int8'] / 1e6:.1f} MB.\n\n"
-            + table(["queries by", "mAP Medium", "mAP Hard", "cosine min / mean", "362 px", "1024 px"], rows)
+            + table(["queries by", "mAP Medium", "mAP Hard", "cosine min / mean", "362 px, x86 CPU",
+                     "1024 px, x86 CPU"], rows)
             + "\n" + source_line("int8.json", record) + " onnxruntime, one thread.\n")
     return Generated({"int8.md": text}, {}, ["int8.json"])
 
@@ -436,6 +439,23 @@ def registry_section() -> Generated:
             "`aml/training/modes.py`); any other pair is refused when the flags are parsed, with the reason.\n\n"
             + table(["loss"] + [f"`{m}`" for m in MODES], rows))
     return Generated({"losses_and_modes.md": text}, {}, [])
+
+
+def imagenet_section() -> Generated:
+    """The ImageNet weights of every architecture, from `IMAGENET_WEIGHTS`."""
+    from aml.networks.imagenet import IMAGENET_WEIGHTS
+
+    rows = []
+    for arch, weights in IMAGENET_WEIGHTS.items():
+        original = weights.original.rpartition(": ")[2]
+        files = [f"`{f.filename}`" + (" (the original's name)" if f.filename == original and i else "")
+                 + (f" in the pip package `{f.package.requirement.split('==')[0]}`" if f.package else "")
+                 for i, f in enumerate(weights.files)]
+        rows.append([f"`{arch}`", _cell(weights.tag), ", ".join(files)])
+    text = ("From `IMAGENET_WEIGHTS` in `aml/networks/imagenet.py`. Any one of a row's files will do; the first is "
+            "the one downloaded. A pip package that carries a file is an offline copy (below).\n\n"
+            + table(["architecture", "weights", "files"], rows))
+    return Generated({"imagenet.md": text}, {}, [])
 
 
 # ---- every command's flags, from its argument parser
@@ -510,11 +530,16 @@ def _default(action: argparse.Action, help_default: Optional[str]) -> str:
     return f"`{action.default}`"
 
 
-def flag_rows(parser: argparse.ArgumentParser) -> List[List[str]]:
-    """One row per flag (and positional argument): the flag with its aliases and value, its
-    default (said in the help's "(default: ...)", else the parser's) and what it does."""
+def flag_rows(parser: argparse.ArgumentParser, dests: Optional[Sequence[str]] = None) -> List[List[str]]:
+    """One row per flag (and positional argument), or per flag of ``dests`` in their order:
+    the flag with its aliases and value, its default (said in the help's "(default: ...)",
+    else the parser's) and what it does."""
+    actions = parser._actions
+    if dests is not None:
+        by_dest = {action.dest: action for action in actions}
+        actions = [by_dest[dest] for dest in dests]
     rows = []
-    for action in parser._actions:
+    for action in actions:
         if action.help == argparse.SUPPRESS or isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
             continue
         help_text = action.help or ""
@@ -528,12 +553,19 @@ def flag_rows(parser: argparse.ArgumentParser) -> List[List[str]]:
     return rows
 
 
+#: main.py's flags that set the training recipe: their defaults are the original code's
+RECIPE = ("loss_margin", "image_size", "neg_num", "query_size", "pool_size", "batch_size",
+          "update_every", "epochs", "optimizer", "lr", "weight_decay")
+
+
 def flags_section() -> Generated:
     made = {}
     for name, (typed, module, subcommand) in COMMANDS.items():
         parser = command_parser(module, subcommand)
         made[name] = (f"`{typed}`: every flag, from its argument parser (`{typed} --help` prints the same).\n\n"
                       + table(["flag", "default", "what it does"], flag_rows(parser)))
+    train = command_parser(*COMMANDS["flags_main.md"][1:])
+    made["recipe.md"] = table(["flag", "default", "what it sets"], flag_rows(train, RECIPE))
     return Generated(made, {}, [])
 
 
@@ -550,7 +582,7 @@ def not_run_section() -> Generated:
 
 SECTIONS = (demo_section, later_losses_section, extract_section, real_weights_section, decoding_section,
             training_section, search_section, int8_section, gpu_section, reranking_section, learning_section,
-            registry_section, flags_section, not_run_section)
+            registry_section, imagenet_section, flags_section, not_run_section)
 
 
 # ---- writing and checking

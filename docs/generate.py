@@ -152,22 +152,33 @@ def _bars(groups, series, path: Path, ylabel: str, title: str) -> None:
 DEMO_LEVELS = (("synth-oxford", "medium"), ("synth-oxford", "hard"), ("synth-paris", "medium"), ("synth-paris", "hard"))
 
 
-def demo_section() -> Generated:
-    record = _load("demo.json")
-    if record is None:
-        return Generated({"demo.md": "*No demo results yet: `python -m aml.demo --json benchmarks/results/demo.json`.*\n"},
-                         {}, [])
+def _demo_table(record: dict) -> str:
+    """A demo run's mAP table (mean ± std over the students' seeds)."""
     rows = [[row["network"], row["test"]] + [mean_std(row["map"][d][level]) for d, level in DEMO_LEVELS]
             for row in record["rows"]]
     seeds = ", ".join(map(str, record["seeds"]))
-    text = (f"mAP (%), Medium (M) and Hard (H); mean ± standard deviation over the students' seeds {seeds} "
-            "(the teacher is one network):\n\n"
+    spread = (f"mean ± standard deviation over the students' seeds {seeds}" if len(record["seeds"]) > 1
+              else f"the students' seed {seeds}")
+    return (f"mAP (%), Medium (M) and Hard (H); {spread} (the teacher is one network):\n\n"
             + table(["network", "test", "synth-oxford M", "synth-oxford H", "synth-paris M", "synth-paris H"], rows))
-    text += "\n" + "".join(f"- {note}\n" for note in record.get("notes", []))
+
+
+def _demo_findings(name: str, record: dict) -> str:
+    """A demo run's verdicts on the paper's findings, its time and where it comes from."""
     seconds = record["seconds"]
-    text += (f"\nTime: {seconds['total']:.0f} s in all: {seconds['data']:.0f} s to generate the data (or find it), "
-             f"{seconds['teacher']:.0f} s for the teacher (trained, or found and tested), "
-             f"{seconds['students']:.0f} s for the students and their tests.\n\n" + source_line("demo.json", record) + "\n")
+    return ("".join(f"- {note}\n" for note in record.get("notes", []))
+            + f"\nTime: {seconds['total']:.0f} s in all: {seconds['data']:.0f} s to generate the data (or find it), "
+            f"{seconds['teacher']:.0f} s for the teacher (trained, or found and tested), "
+            f"{seconds['students']:.0f} s for the students and their tests.\n\n" + source_line(name, record) + "\n")
+
+
+def demo_section() -> Generated:
+    """The demo's table (demo.md), its findings (demo_findings.md) and chart; a longer run's."""
+    record = _load("demo.json")
+    if record is None:
+        missing = "*No demo results yet: `python -m aml.demo --json benchmarks/results/demo.json`.*\n"
+        return Generated({"demo.md": missing, "demo_findings.md": ""}, {}, [])
+    seeds = ", ".join(map(str, record["seeds"]))
 
     def plot(path: Path) -> None:
         from aml.demo.tables import chart_group
@@ -178,7 +189,46 @@ def demo_section() -> Generated:
                                                else 0.0 for r in record["rows"]])
                   for d, level in DEMO_LEVELS}
         _bars(groups, series, path, "mAP (%)", f"aml demo (mean ± std over seeds {seeds})")
-    return Generated({"demo.md": text}, {"demo.png": plot}, ["demo.json"])
+    return Generated({"demo.md": _demo_table(record), "demo_findings.md": _demo_findings("demo.json", record)},
+                     {"demo.png": plot}, ["demo.json"])
+
+
+VERDICT = re.compile(r"^(\(\d\)[^:]*): (holds|does NOT hold) \(")
+
+
+def demo_epochs_section() -> Generated:
+    """The demo's students after more epochs (benchmarks/results/demo-epochs<N>.json), one row per run."""
+    names = sorted((p.name for p in RESULTS.glob("demo-epochs*.json")), key=lambda n: (len(n), n))
+    if not names:
+        return Generated({"demo_epochs.md": "*Not measured yet: `python -m aml.demo --student-epochs 30 "
+                                            "--student-modes reg,ts_self --seeds 1 --json "
+                                            "benchmarks/results/demo-epochs30.json`.*\n"}, {}, [])
+    records = [_load(name) for name in names]
+
+    def medium(record: dict, mode: str, test: str) -> str:
+        row = next(r for r in record["rows"] if (r["network"].startswith("teacher") if mode == "teacher"
+                                                 else r["network"].endswith(f"({mode})")) and r["test"] == test)
+        return " / ".join(f"{statistics.mean(row['map'][d]['medium']):.1f}" for d, _ in DEMO_LEVELS[::2])
+
+    def verdicts(record: dict) -> str:
+        found = [VERDICT.match(note) for note in record["notes"] if VERDICT.match(note)]
+        return ", ".join(f"{m.group(1).split(' ')[0]}{' …' if i == 2 else ''} {m.group(2).replace('NOT', 'not')}"
+                         for i, m in enumerate(found))
+
+    columns = [("reg", "symmetric"), ("ts_self", "symmetric"), ("reg", "asymmetric"), ("ts_self", "asymmetric")]
+    rows = [[str(record["settings"]["student_epochs"])] + [medium(record, mode, test) for mode, test in columns]
+            + [verdicts(record), f"{record['seconds']['students']:.0f}"] for record in records]
+    teachers = {medium(record, "teacher", "symmetric") for record in records}
+    claims = [VERDICT.match(note).group(1) for note in records[0]["notes"] if VERDICT.match(note)]
+    text = ("mAP (%) Medium, synth-oxford / synth-paris, of the demo's `reg` and `ts_self` students after more "
+            "epochs, one seed each, against " + (f"one teacher ({teachers.pop()} symmetric)" if len(teachers) == 1
+                                                 else "**different teachers**")
+            + "; the paper's findings (" + "; ".join(claims) + "); and the seconds the two students took to train "
+            "and test:\n\n"
+            + table(["student epochs", "reg, symmetric", "ts_self, symmetric", "reg, asymmetric",
+                     "ts_self, asymmetric", "findings", "students s"], rows)
+            + "\n" + "\n\n".join(source_line(name, record) for name, record in zip(names, records)) + "\n")
+    return Generated({"demo_epochs.md": text}, {}, names)
 
 
 def later_losses_section() -> Generated:
@@ -487,7 +537,7 @@ def command_parser(module: str, subcommand: Optional[str]) -> argparse.ArgumentP
     return chooser.choices[subcommand]
 
 
-FLAG_IN_TEXT = re.compile(r"((?:python )?-m aml[\w.]*|(?<![\w/.-])--?[a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+FLAG_IN_TEXT = re.compile(r"((?:python )?-m aml[\w.]*|(?<![\w/.'-])--?[a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 
 
 def _cell(text: str) -> str:
@@ -562,10 +612,11 @@ def flags_section() -> Generated:
     made = {}
     for name, (typed, module, subcommand) in COMMANDS.items():
         parser = command_parser(module, subcommand)
-        made[name] = (f"`{typed}`: every flag, from its argument parser (`{typed} --help` prints the same).\n\n"
-                      + table(["flag", "default", "what it does"], flag_rows(parser)))
-    train = command_parser(*COMMANDS["flags_main.md"][1:])
-    made["recipe.md"] = table(["flag", "default", "what it sets"], flag_rows(train, RECIPE))
+        made[name] = (f"`{typed}`: every flag, from its parser (`{module}.build_parser()`; `{typed} --help` "
+                      "prints the same).\n\n" + table(["flag", "default", "what it does"], flag_rows(parser)))
+    module = COMMANDS["flags_main.md"][1]
+    made["recipe.md"] = (table(["flag", "default", "what it sets"], flag_rows(command_parser(module, None), RECIPE))
+                         + f"\n*From `{module}.build_parser()`.*\n")
     return Generated(made, {}, [])
 
 
@@ -580,9 +631,9 @@ def not_run_section() -> Generated:
     return Generated({"not_run.md": text}, {}, [])
 
 
-SECTIONS = (demo_section, later_losses_section, extract_section, real_weights_section, decoding_section,
-            training_section, search_section, int8_section, gpu_section, reranking_section, learning_section,
-            registry_section, imagenet_section, flags_section, not_run_section)
+SECTIONS = (demo_section, demo_epochs_section, later_losses_section, extract_section, real_weights_section,
+            decoding_section, training_section, search_section, int8_section, gpu_section, reranking_section,
+            learning_section, registry_section, imagenet_section, flags_section, not_run_section)
 
 
 # ---- writing and checking

@@ -102,3 +102,12 @@ def test_a_flag_row_says_its_default_and_keeps_flags_whole():
         ["`--whitening VALUE`", "–", "set: a \\| b, in &lt;data\\_root&gt;/x\\_y; see `--image-size`"],
         ["`--amp` `--no-amp`", "on CUDA only", "autocast"],
         ["`--out DIR`", "required", "where"]]
+
+
+def test_each_longer_demo_run_is_a_row_with_its_three_verdicts():
+    names = sorted(p.name for p in generate.RESULTS.glob("demo-epochs*.json"))
+    rows = [line for line in generate.demo_epochs_section().markdown["demo_epochs.md"].splitlines()
+            if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(names)
+    for row in rows:
+        assert row.count("hold") == 3, row

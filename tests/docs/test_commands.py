@@ -187,7 +187,8 @@ def test_every_line_of_a_code_block_fits_the_column(page):
 def test_the_commands_of_the_home_pages_task_table_parse():
     """Home's "choose by task" commands (not run: they need downloads or GPUs) are valid flags."""
     home = (ROOT / "docs" / "index.md").read_text().split("## Choose by task", 1)[1].split("\n## ", 1)[0]
-    typed = [row.split(" | ")[1].strip("`") for row in home.splitlines() if row.startswith("| ") and "`" in row]
+    typed = [row.strip(" |").split(" | ")[1].strip("`") for row in home.splitlines()
+             if row.startswith("| ") and "`" in row]
     assert len(typed) >= 8
     targets = (ROOT / "Makefile").read_text()
     for command in typed:

@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -81,8 +82,25 @@ def _load(name: str) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+DEMO = "python -m aml.demo"
+
+
+def reader_command(name: str, command: str) -> str:
+    """The demo's recorded command as a reader runs it from the repository's root: without
+    ``--data-root`` (where the run kept its generated data, not a setting of the results) and
+    with ``--json`` writing the results file ``name`` (the record it writes is the
+    ``results.json`` of the run). Other commands are shown as recorded."""
+    if not command.startswith(DEMO + " "):
+        return command
+    words = shlex.split(command)
+    paths = {i + 1 for i, word in enumerate(words[:-1]) if word in ("--data-root", "--json")}
+    kept = [word for i, word in enumerate(words) if i not in paths and i + 1 not in paths]
+    return shlex.join(kept + ["--json", f"benchmarks/results/{name}"])
+
+
 def source_line(name: str, record: dict) -> str:
-    """Where a table's numbers come from: file, machine, kernels, versions, date, command."""
+    """Where a table's numbers come from: file, machine, kernels, versions, date, and the
+    command (the demo's as a reader runs it: `reader_command`)."""
     p = record["provenance"]
     kernels = p.get("cpu_capability", p.get("kernels", ""))
     if p.get("kernels") not in (None, "default", "CUDA"):
@@ -92,7 +110,7 @@ def source_line(name: str, record: dict) -> str:
     commit = f", aml {p['commit']}" if p.get("commit") else ""
     return (f"*From `benchmarks/results/{name}`: {device}{p['machine']}" + (f", {kernels} kernels" if kernels and
             kernels != "CUDA" else "") + f", {versions}, Python {p['python']}{commit}, {p['date']}; "
-            f"`{p['command']}`.*")
+            f"`{reader_command(name, p['command'])}`.*")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -136,32 +154,83 @@ def _bars(groups, series, path: Path, ylabel: str, title: str) -> None:
 DEMO_LEVELS = (("synth-oxford", "medium"), ("synth-oxford", "hard"), ("synth-paris", "medium"), ("synth-paris", "hard"))
 
 
-def demo_section() -> Generated:
-    record = _load("demo.json")
-    if record is None:
-        return Generated({"demo.md": "*No demo results yet: `python -m aml.demo --json benchmarks/results/demo.json`.*\n"},
-                         {}, [])
+def _demo_table(record: dict) -> str:
+    """A demo run's mAP table (mean ± std over the students' seeds)."""
     rows = [[row["network"], row["test"]] + [mean_std(row["map"][d][level]) for d, level in DEMO_LEVELS]
             for row in record["rows"]]
     seeds = ", ".join(map(str, record["seeds"]))
-    text = (f"mAP (%), Medium (M) and Hard (H); mean ± standard deviation over the students' seeds {seeds} "
-            "(the teacher is one network):\n\n"
+    spread = (f"mean ± standard deviation over the students' seeds {seeds}" if len(record["seeds"]) > 1
+              else f"the students' seed {seeds}")
+    return (f"mAP (%), Medium (M) and Hard (H); {spread} (the teacher is one network):\n\n"
             + table(["network", "test", "synth-oxford M", "synth-oxford H", "synth-paris M", "synth-paris H"], rows))
-    text += "\n" + "".join(f"- {note}\n" for note in record.get("notes", []))
+
+
+def _demo_findings(name: str, record: dict) -> str:
+    """A demo run's verdicts on the paper's findings, its time and where it comes from."""
     seconds = record["seconds"]
-    text += (f"\nTime: {seconds['total']:.0f} s in all: {seconds['data']:.0f} s to generate the data (or find it), "
-             f"{seconds['teacher']:.0f} s for the teacher (trained, or found and tested), "
-             f"{seconds['students']:.0f} s for the students and their tests.\n\n" + source_line("demo.json", record) + "\n")
+    return ("".join(f"- {note}\n" for note in record.get("notes", []))
+            + f"\nTime: {seconds['total']:.0f} s in all: {seconds['data']:.0f} s to generate the data (or find it), "
+            f"{seconds['teacher']:.0f} s for the teacher (trained, or found and tested), "
+            f"{seconds['students']:.0f} s for the students and their tests.\n\n" + source_line(name, record) + "\n")
+
+
+def demo_section() -> Generated:
+    """The demo's table (demo.md), its findings (demo_findings.md) and chart; a longer run's."""
+    record = _load("demo.json")
+    if record is None:
+        missing = "*No demo results yet: `python -m aml.demo --json benchmarks/results/demo.json`.*\n"
+        return Generated({"demo.md": missing, "demo_findings.md": ""}, {}, [])
+    seeds = ", ".join(map(str, record["seeds"]))
 
     def plot(path: Path) -> None:
-        groups = [f"{r['network'].replace('student ', '').replace(' (', chr(10) + '(')}\n{r['test']}"
-                  for r in record["rows"]]
+        from aml.demo.tables import chart_group
+
+        groups = [chart_group(r["network"], r["test"]) for r in record["rows"]]
         series = {f"{d} {level[0].upper()}": ([statistics.mean(r["map"][d][level]) for r in record["rows"]],
                                               [statistics.stdev(r["map"][d][level]) if len(r["map"][d][level]) > 1
                                                else 0.0 for r in record["rows"]])
                   for d, level in DEMO_LEVELS}
         _bars(groups, series, path, "mAP (%)", f"aml demo (mean ± std over seeds {seeds})")
-    return Generated({"demo.md": text}, {"demo.png": plot}, ["demo.json"])
+    return Generated({"demo.md": _demo_table(record), "demo_findings.md": _demo_findings("demo.json", record)},
+                     {"demo.png": plot}, ["demo.json"])
+
+
+VERDICT = re.compile(r"^(\(\d\)[^:]*): (holds|does NOT hold) \(")
+
+
+def demo_epochs_section() -> Generated:
+    """The demo's students after more epochs (benchmarks/results/demo-epochs<N>.json), one row per run."""
+    names = sorted((p.name for p in RESULTS.glob("demo-epochs*.json")), key=lambda n: (len(n), n))
+    if not names:
+        return Generated({"demo_epochs.md": "*Not measured yet: `python -m aml.demo --student-epochs 30 "
+                                            "--student-modes reg,ts_self --seeds 1 --json "
+                                            "benchmarks/results/demo-epochs30.json`.*\n"}, {}, [])
+    records = [_load(name) for name in names]
+
+    def medium(record: dict, mode: str, test: str) -> str:
+        row = next(r for r in record["rows"] if (r["network"].startswith("teacher") if mode == "teacher"
+                                                 else r["network"].endswith(f"({mode})")) and r["test"] == test)
+        return " / ".join(f"{statistics.mean(row['map'][d]['medium']):.1f}" for d, _ in DEMO_LEVELS[::2])
+
+    def verdicts(record: dict) -> str:
+        found = [VERDICT.match(note) for note in record["notes"] if VERDICT.match(note)]
+        return ", ".join(f"{m.group(1).split(' ')[0]}{' …' if i == 2 else ''} {m.group(2).replace('NOT', 'not')}"
+                         for i, m in enumerate(found))
+
+    columns = [("reg", "symmetric"), ("ts_self", "symmetric"), ("reg", "asymmetric"), ("ts_self", "asymmetric")]
+    rows = [[str(record["settings"]["student_epochs"])] + [medium(record, mode, test) for mode, test in columns]
+            + [verdicts(record), f"{record['seconds']['students']:.0f}"] for record in records]
+    teachers = {medium(record, "teacher", "symmetric") for record in records}
+    claims = [VERDICT.match(note).group(1) for note in records[0]["notes"] if VERDICT.match(note)]
+    text = ("mAP (%) Medium, synth-oxford / synth-paris, of the demo's `reg` and `ts_self` students after more "
+            "epochs, one seed each, against " + (f"one teacher ({teachers.pop()} symmetric)" if len(teachers) == 1
+                                                 else "**different teachers**")
+            + "; the paper's findings (" + "; ".join(claims) + "); and the seconds the two students took to train "
+            "and test:\n\n"
+            + table(["student epochs", "reg, symmetric", "ts_self, symmetric", "reg, asymmetric",
+                     "ts_self, asymmetric", "findings", "students s"], rows)
+            + "\n" + "\n\n".join(source_line(name, record) for name, record in zip(names, records)) + "\n")
+    return Generated({"demo_epochs.md": text}, {}, names)
 
 
 def later_losses_section() -> Generated:
@@ -344,12 +413,15 @@ def int8_section() -> Generated:
         label = "int8 QDQ, trunk only (`--int8`)" if name == "int8" else name
         rows.append([label, f"{100 * maps['medium']:.2f}", f"{100 * maps['hard']:.2f}",
                      f"{cosine['min']:.4f} / {cosine['mean']:.4f}", _seconds(times["362"]), _seconds(times["1024"])])
+    machine = record["provenance"]["machine"]
     text = (f"Asymmetric mAP on {export['dataset']} ({export['queries']} queries, {export['database']:,} database "
             f"images, {export['image_size']} px; database by {s['teacher']}), the queries' cosine to float32, and the "
-            f"time per query image (one thread, median of {s['repeats']}); {s['calibration_images']} calibration "
+            f"time per query image on an x86 CPU ({machine}; onnxruntime, one thread, median of {s['repeats']}): a "
+            f"phone's ARM CPU runs other kernels, so time it there. {s['calibration_images']} calibration "
             f"images. Files: float32 {r['file_bytes']['float32'] / 1e6:.1f} MB, int8 "
             f"{r['file_bytes']['int8'] / 1e6:.1f} MB.\n\n"
-            + table(["queries by", "mAP Medium", "mAP Hard", "cosine min / mean", "362 px", "1024 px"], rows)
+            + table(["queries by", "mAP Medium", "mAP Hard", "cosine min / mean", "362 px, x86 CPU",
+                     "1024 px, x86 CPU"], rows)
             + "\n" + source_line("int8.json", record) + " onnxruntime, one thread.\n")
     return Generated({"int8.md": text}, {}, ["int8.json"])
 
@@ -497,6 +569,135 @@ def registry_section() -> Generated:
     return Generated({"losses_and_modes.md": text}, {}, [])
 
 
+def imagenet_section() -> Generated:
+    """The ImageNet weights of every architecture, from `IMAGENET_WEIGHTS`."""
+    from aml.networks.imagenet import IMAGENET_WEIGHTS
+
+    rows = []
+    for arch, weights in IMAGENET_WEIGHTS.items():
+        original = weights.original.rpartition(": ")[2]
+        files = [f"`{f.filename}`" + (" (the original's name)" if f.filename == original and i else "")
+                 + (f" in the pip package `{f.package.requirement.split('==')[0]}`" if f.package else "")
+                 for i, f in enumerate(weights.files)]
+        rows.append([f"`{arch}`", _cell(weights.tag), ", ".join(files)])
+    text = ("From `IMAGENET_WEIGHTS` in `aml/networks/imagenet.py`. Any one of a row's files will do; the first is "
+            "the one downloaded. A pip package that carries a file is an offline copy (below).\n\n"
+            + table(["architecture", "weights", "files"], rows))
+    return Generated({"imagenet.md": text}, {}, [])
+
+
+# ---- every command's flags, from its argument parser
+
+#: generated file -> (the command as typed, the module whose ``build_parser()`` makes its parser, its subcommand)
+COMMANDS: Dict[str, Tuple[str, str, Optional[str]]] = {
+    "flags_main.md": ("python main.py", "aml.cli.train", None),
+    "flags_test.md": ("python test.py", "aml.cli.test", None),
+    "flags_extract_features.md": ("python extract_features.py", "aml.cli.extract_features", None),
+    "flags_search_index.md": ("python -m aml.search index", "aml.cli.search", "index"),
+    "flags_search_query.md": ("python -m aml.search query", "aml.cli.search", "query"),
+    "flags_export.md": ("python -m aml.export", "aml.cli.export", None),
+    "flags_make_testset.md": ("python -m aml.cli.make_testset", "aml.cli.make_testset", None),
+    "flags_make_trainset.md": ("python -m aml.cli.make_trainset", "aml.cli.make_trainset", None),
+    "flags_synthetic.md": ("python -m aml.cli.synthetic", "aml.cli.synthetic", None),
+    "flags_demo.md": ("python -m aml.demo", "aml.demo.pipeline", None),
+}
+DEFAULT_IN_HELP = re.compile(r"(\s*\(|;\s*)default:? ([^()]*(?:\([^()]*\)[^()]*)*)\)\s*$")
+
+
+def command_parser(module: str, subcommand: Optional[str]) -> argparse.ArgumentParser:
+    """The parser of a command: its module's ``build_parser()``, or the subcommand's parser in it."""
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    if subcommand is None:
+        return parser
+    chooser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return chooser.choices[subcommand]
+
+
+FLAG_IN_TEXT = re.compile(r"((?:python )?-m aml[\w.]*|(?<![\w/.'-])--?[a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+
+
+def _cell(text: str) -> str:
+    """Plain text made safe for a Markdown table cell (no HTML, emphasis or column break), with
+    the flags it names as code."""
+    def plain(part: str) -> str:
+        part = part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return re.sub(r"([|*_`\\[\]])", r"\\\1", part)
+
+    parts = FLAG_IN_TEXT.split(text)  # even: text, odd: a flag
+    return "".join(f"`{part}`" if i % 2 else plain(part) for i, part in enumerate(parts))
+
+
+def _value(action: argparse.Action) -> str:
+    """What a flag's value is called: its metavar, a short list of choices, N, X or VALUE."""
+    if action.metavar:
+        return action.metavar
+    if action.choices and len(action.choices) <= 3:
+        return "{" + ",".join(map(str, action.choices)) + "}"
+    if isinstance(action.default, bool) or action.choices:
+        return "NAME"
+    return {int: "N", float: "X"}.get(type(action.default), "VALUE")
+
+
+def _flag(action: argparse.Action) -> str:
+    if not action.option_strings:
+        return f"`{action.metavar or action.dest}`"
+    value = "" if action.nargs == 0 else " " + _value(action)
+    return f"`{action.option_strings[0]}{value}`" + "".join(f" `{name}`" for name in action.option_strings[1:])
+
+
+def _default(action: argparse.Action, help_default: Optional[str]) -> str:
+    if action.required:
+        return "required"
+    if help_default is not None:
+        simple = re.fullmatch(r"[\w.,'\[\]+-]+", help_default) and help_default not in ("off", "on", "none", "all")
+        return f"`{help_default}`" if simple else _cell(help_default)
+    if action.nargs == 0 or action.default in (None, "", False):
+        return "off" if action.nargs == 0 else "–"
+    return f"`{action.default}`"
+
+
+def flag_rows(parser: argparse.ArgumentParser, dests: Optional[Sequence[str]] = None) -> List[List[str]]:
+    """One row per flag (and positional argument), or per flag of ``dests`` in their order:
+    the flag with its aliases and value, its default (said in the help's "(default: ...)",
+    else the parser's) and what it does."""
+    actions = parser._actions
+    if dests is not None:
+        by_dest = {action.dest: action for action in actions}
+        actions = [by_dest[dest] for dest in dests]
+    rows = []
+    for action in actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+            continue
+        help_text = action.help or ""
+        found = DEFAULT_IN_HELP.search(help_text)  # "... (default: X)" or "... (more; default: X)"
+        if found:
+            help_text = help_text[:found.start()] + (")" if found.group(1).startswith(";") else "")
+        what = _cell(help_text)
+        if action.choices and len(action.choices) > 3 and not all(str(c) in help_text for c in action.choices):
+            what += ("; " if what else "") + "one of " + ", ".join(f"`{c}`" for c in action.choices)
+        rows.append([_flag(action), _default(action, found.group(2) if found else None), what])
+    return rows
+
+
+#: main.py's flags that set the training recipe: their defaults are the original code's
+RECIPE = ("loss_margin", "image_size", "neg_num", "query_size", "pool_size", "batch_size",
+          "update_every", "epochs", "optimizer", "lr", "weight_decay")
+
+
+def flags_section() -> Generated:
+    made = {}
+    for name, (typed, module, subcommand) in COMMANDS.items():
+        parser = command_parser(module, subcommand)
+        made[name] = (f"`{typed}`: every flag, from its parser (`{module}.build_parser()`; `{typed} --help` "
+                      "prints the same).\n\n" + table(["flag", "default", "what it does"], flag_rows(parser)))
+    module = COMMANDS["flags_main.md"][1]
+    made["recipe.md"] = (table(["flag", "default", "what it sets"], flag_rows(command_parser(module, None), RECIPE))
+                         + f"\n*From `{module}.build_parser()`.*\n")
+    return Generated(made, {}, [])
+
+
 def not_run_section() -> Generated:
     rows = []
     for page in doc_pages():
@@ -508,9 +709,9 @@ def not_run_section() -> Generated:
     return Generated({"not_run.md": text}, {}, [])
 
 
-SECTIONS = (demo_section, later_losses_section, extract_section, real_weights_section, decoding_section,
-            training_section, search_section, int8_section, gpu_section, reranking_section, vit_readout_section,
-            learning_section, registry_section, not_run_section)
+SECTIONS = (demo_section, demo_epochs_section, later_losses_section, extract_section, real_weights_section,
+            decoding_section, training_section, search_section, int8_section, gpu_section, reranking_section,
+            vit_readout_section, learning_section, registry_section, imagenet_section, flags_section, not_run_section)
 
 
 # ---- writing and checking

@@ -24,6 +24,7 @@ AGREEMENT_IMAGES = 8  # calibration images on which the int8 descriptors are com
 
 
 def build_parser() -> Parser:
+    """The flags of ``python -m aml.export``."""
     parser = Parser(prog="python -m aml.export", description="Export a student for deployment (TorchScript + ONNX).")
     parser.add_argument("--network", "-npath", required=True, help="the student: a checkpoint path or a published name")
     parser.add_argument("--out", required=True, type=folder, help="folder for student.pt and student.onnx")
@@ -48,7 +49,8 @@ def build_parser() -> Parser:
                              "(database by --teacher) and their time per query image, in OUT/int8.json")
     parser.add_argument("--time-repeats", type=positive_int, default=5, metavar="N",
                         help="--test-set: timed runs per file and image size (the median is reported; default: 5)")
-    parser.add_argument("--data-root", default=None, type=folder)
+    parser.add_argument("--data-root", default=None, type=folder,
+                        help="where --test-set and published networks are found (default: $AML_DATA_ROOT or ./data)")
     return parser
 
 

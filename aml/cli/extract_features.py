@@ -31,11 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma separated: {', '.join(list(TEST_SETS) + list(TRAIN_SETS))}")
     parser.add_argument("--split", default="train,val",
                         help="training-set splits to encode, comma separated (default: train,val)")
-    parser.add_argument("--image-size", "-imsize", default=1024, type=positive_int, metavar="N")
-    parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales)
-    parser.add_argument("--gpu-id", "-g", default="0", metavar="N")
+    parser.add_argument("--image-size", "-imsize", default=1024, type=positive_int, metavar="N",
+                        help="maximum size of the longer image side (default: 1024)")
+    parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales,
+                        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')")
+    parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", help="dimension fallback for checkpoints without outputdim")
-    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int)
+    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, help="image loading workers (default: 8)")
     add_extraction_arguments(parser)
     parser.add_argument("--shard-size", default=0, type=nonnegative_int, metavar="N",
                         help="write a resumable descriptor store of N images per shard (the folder <name>.store, "

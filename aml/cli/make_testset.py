@@ -21,8 +21,8 @@ def _database_list(path: Path) -> List[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def main(argv: Optional[List[str]] = None) -> Path:
-    """Parse the flags, build the set, print where it is; errors end in one line."""
+def build_parser() -> Parser:
+    """The flags of ``python -m aml.cli.make_testset``."""
     parser = Parser(prog="python -m aml.cli.make_testset",
                     description="Build <data_root>/test/NAME (jpg/ + gnd_NAME.pkl) from a JSON or CSV description.")
     parser.add_argument("description", help="JSON or CSV: queries (image, box, easy/hard/junk or ok/junk lists)")
@@ -31,8 +31,14 @@ def main(argv: Optional[List[str]] = None) -> Path:
     parser.add_argument("--database", default=None, metavar="LIST",
                         help="text file of database image names, one per line (default: every image of --images "
                              "that is not a query, or the description's 'database')")
-    parser.add_argument("--data-root", default=None, type=folder)
-    args = parser.parse_args(argv)
+    parser.add_argument("--data-root", default=None, type=folder,
+                        help="where test/NAME is written (default: $AML_DATA_ROOT or ./data)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> Path:
+    """Parse the flags, build the set, print where it is; errors end in one line."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         description = read_description(args.description)

@@ -9,8 +9,8 @@ from aml.data.make_trainset import (TrainSetError, TrainSetReport, build_train_s
 from aml.utils.atomic import DiskFull
 
 
-def main(argv: Optional[List[str]] = None) -> TrainSetReport:
-    """Parse the flags, build the set, print what was kept and left out."""
+def build_parser() -> Parser:
+    """The flags of ``python -m aml.cli.make_trainset``."""
     parser = Parser(prog="python -m aml.cli.make_trainset",
                     description="Build <data_root>/train/NAME (ims/, NAME.pkl, NAME-whiten.pkl) for main.py -d NAME.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -22,8 +22,16 @@ def main(argv: Optional[List[str]] = None) -> TrainSetReport:
                         help="fraction of landmarks held out for validation (at least one; default: 0.1)")
     parser.add_argument("--pairs-per-landmark", type=positive_int, default=6,
                         help="query/positive pairs per landmark, chained over its shuffled images (default: 6)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
-    parser.add_argument("--data-root", default=None, type=folder)
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="seed of the validation draw and of the pairs (default: 0)")
+    parser.add_argument("--data-root", default=None, type=folder,
+                        help="where train/NAME is written (default: $AML_DATA_ROOT or ./data)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> TrainSetReport:
+    """Parse the flags, build the set, print what was kept and left out."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.csv and not args.images:
         parser.error("--csv needs --images (the folder its image names are relative to)")

@@ -30,21 +30,24 @@ def _box(text: str) -> List[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m aml.search index`` and ``query``."""
     parser = Parser(prog="python -m aml.search", description="Asymmetric search: teacher database, student queries.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     index = commands.add_parser("index", help="encode a folder or image list with the teacher into a store")
     index.add_argument("images", help="a folder (every image below it) or a text file of image paths")
     index.add_argument("--store", required=True, type=folder, help="the store folder to write")
     index.add_argument("--teacher", "-t", default="vgg16", help="vgg16 | resnet101 | a checkpoint path (default: vgg16)")
-    index.add_argument("--image-size", "-imsize", type=positive_int, default=1024)
-    index.add_argument("--multiscale", "-ms", type=parse_scales, default="[1]")
+    index.add_argument("--image-size", "-imsize", type=positive_int, default=1024,
+                       help="longer side of the images encoded; queries use the store's (default: 1024)")
+    index.add_argument("--multiscale", "-ms", type=parse_scales, default="[1]",
+                       help="scales, e.g. '[1, 1/2**(1/2), 1/2]'; queries use the store's (default: '[1]')")
     index.add_argument("--whitening", "-w", default=None, help="learn (or read) the teacher's whitening on this set")
     index.add_argument("--ivfpq", default=None, metavar="NLIST,M",
                        help="also build a faiss IVF-PQ index (NLIST lists, M sub-quantisers) and print its recall@10")
     add_reranking_arguments(index, qe=False)
     query = commands.add_parser("query", help="encode query images with the student and search a store")
     query.add_argument("images", nargs="+", help="query images")
-    query.add_argument("--store", required=True, type=folder)
+    query.add_argument("--store", required=True, type=folder, help="the store folder written by index")
     student = query.add_mutually_exclusive_group(required=True)
     student.add_argument("--network", "-npath", help="the student: a checkpoint path or a published name")
     student.add_argument("--onnx", default=None, metavar="FILE",
@@ -57,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
     add_reranking_arguments(query, dba=False)
     for sub in (index, query):
-        sub.add_argument("--workers", "-j", type=nonnegative_int, default=4)
-        sub.add_argument("--gpu-id", "-g", default="0")
+        sub.add_argument("--workers", "-j", type=nonnegative_int, default=4, help="image loading workers (default: 4)")
+        sub.add_argument("--gpu-id", "-g", default="0", help="GPU id used with --device auto (default: 0)")
         add_runtime_arguments(sub)
     return parser
 

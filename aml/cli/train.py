@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", "-a", default="resnet101", type=architecture, metavar="ARCH",
                    help=f"{' | '.join(sorted(BACKBONES))}, or timm:MODEL[.TAG][+patch|+cls] for any timm model "
                         "(a ViT's patch tokens or class token; docs/networks.md) (default: resnet101)")
-    p.add_argument("--pool", "-p", default="gem", choices=sorted(POOLINGS))
+    p.add_argument("--pool", "-p", default="gem", choices=sorted(POOLINGS), help="global pooling")
     p.add_argument("--local-whitening", "-lw", action="store_true", help="learnable linear layer before pooling")
     p.add_argument("--regional", "-r", action="store_true", help="regional (R-MAC grid) pooling")
     p.add_argument("--whitening", "-w", action="store_true", help="learnable whitening after pooling")
@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the trunk from these weights instead of ImageNet's: 'synthetic' pretrains it once on "
                         "synthetic objects (the offline stand-in for ImageNet, cached in <data_root>/networks/), FILE "
                         "is a trunk state dict")
-    p.add_argument("--loss", "-l", default="contrastive", choices=sorted(LOSSES))
-    p.add_argument("--mode", "-m", default="std", choices=list(MODES))
+    p.add_argument("--loss", "-l", default="contrastive", choices=sorted(LOSSES), help="the loss (docs/training.md)")
+    p.add_argument("--mode", "-m", default="std", choices=list(MODES),
+                   help="who encodes what: the student, the teacher (docs/training.md)")
     p.add_argument("--loss-margin", "-lm", default=0.7, type=nonnegative_float, help="margin of contrastive/triplet (default: 0.7)")
     p.add_argument("--image-size", default=1024, type=positive_int, help="longer side of training images (default: 1024)")
     p.add_argument("--neg-num", "-nn", default=5, type=nonnegative_int, help="negatives per tuple (default: 5)")
@@ -71,14 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-size", "-ps", default=20000, type=positive_int, help="negative pool per epoch (default: 20000)")
     p.add_argument("--gpu-id", "-g", default="0", help="GPU id used with --device auto (default: 0)")
     p.add_argument("--workers", "-j", default=8, type=nonnegative_int, help="data loading workers (default: 8)")
-    p.add_argument("--epochs", default=100, type=positive_int)
+    p.add_argument("--epochs", default=100, type=positive_int, help="the epoch the run ends after (default: 100)")
     p.add_argument("--batch-size", "-b", default=5, type=positive_int, help="tuples per mini-batch (default: 5)")
     p.add_argument("--update-every", "-u", default=1, type=positive_int, help="optimizer step every N batches (default: 1)")
-    p.add_argument("--optimizer", "-o", default="adam", choices=sorted(OPTIMIZERS))
-    p.add_argument("--lr", "--learning-rate", default=1e-6, type=positive_float)
-    p.add_argument("--momentum", default=0.9, type=unit_interval)
-    p.add_argument("--weight-decay", "--wd", default=1e-6, type=nonnegative_float)
-    p.add_argument("--print-freq", default=10, type=positive_int)
+    p.add_argument("--optimizer", "-o", default="adam", choices=sorted(OPTIMIZERS), help="the optimizer")
+    p.add_argument("--lr", "--learning-rate", default=1e-6, type=positive_float,
+                   help="learning rate, times exp(-0.01) each epoch (default: 1e-6)")
+    p.add_argument("--momentum", default=0.9, type=unit_interval, help="SGD's momentum (default: 0.9)")
+    p.add_argument("--weight-decay", "--wd", default=1e-6, type=nonnegative_float, help="weight decay (default: 1e-6)")
+    p.add_argument("--print-freq", default=10, type=positive_int, help="a log line every N batches (default: 10)")
     p.add_argument("--resume", default="", metavar="FILENAME",
                    help="checkpoint name in the run folder; if missing, the latest model_epochN there")
     p.add_argument("--comment", "-c", default="", help="appended to the run folder name")

@@ -189,21 +189,24 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
     return rows
 
 
-def main(argv: Optional[List[str]] = None) -> List[Dict]:
-    """python -m aml.demo [--data-root DIR] [--student-arch ARCH] ..."""
+def build_parser() -> Parser:
+    """The flags of ``python -m aml.demo``."""
     parser = Parser(prog="python -m aml.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", default=None, type=folder)
-    parser.add_argument("--student-arch", default="mobilenet_v2", help="a main.py -a name (default: mobilenet_v2)")
+    parser.add_argument("--data-root", default=None, type=folder,
+                        help="where the data sets, the networks and demo/ (runs, table, chart) go "
+                             "(default: $AML_DATA_ROOT or ./data)")
+    parser.add_argument("--student-arch", default="mobilenet_v2", help="the students' architecture, a main.py -a name")
     parser.add_argument("--teacher-arch", default="efficientnet_lite2",
-                        help="a main.py -a name, e.g. timm:convnext_atto or timm:vit_small_patch14_dinov2 (its weights "
-                             "in <data_root>/networks or $AML_WEIGHTS_PATH, or --teacher-trunk synthetic) "
-                             "(default: efficientnet_lite2)")
+                        help="the teacher's architecture, a main.py -a name, e.g. timm:convnext_atto or "
+                             "timm:vit_small_patch14_dinov2 (its weights in <data_root>/networks or $AML_WEIGHTS_PATH, "
+                             "or --teacher-trunk synthetic)")
     parser.add_argument("--teacher-trunk", default="imagenet", choices=TEACHER_TRUNKS,
                         help="the teacher's starting weights: its ImageNet weights (found offline) or a trunk "
                              "pretrained once on synthetic objects (default: imagenet)")
-    parser.add_argument("--image-size", type=positive_int, default=96)
-    parser.add_argument("--teacher-epochs", type=positive_int, default=2)
-    parser.add_argument("--student-epochs", type=positive_int, default=2)
+    parser.add_argument("--image-size", type=positive_int, default=96,
+                        help="the longer side of training and test images")
+    parser.add_argument("--teacher-epochs", type=positive_int, default=2, help="the teacher's epochs")
+    parser.add_argument("--student-epochs", type=positive_int, default=2, help="each student's epochs")
     parser.add_argument("--query-size", type=positive_int, default=360,
                         help="tuples per epoch (main.py -qs) of the teacher and the ts/ts_self students (default: 360)")
     parser.add_argument("--pool-size", type=positive_int, default=800,
@@ -222,6 +225,12 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser.add_argument("--seeds", type=positive_int, default=3,
                         help="students trained with seeds --seed, --seed + 1, ...; the table shows mean ± std "
                              "(default: 3)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
+    """python -m aml.demo [--data-root DIR] [--student-arch ARCH] ..."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     modes = [m for m in args.student_modes.split(",") if m]
     unknown = sorted(set(modes) - set(STUDENT_OPTIONS))

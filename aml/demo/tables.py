@@ -72,6 +72,12 @@ def results_record(rows: List[Dict], seeds: Sequence[int], **extra) -> Dict:
     return {"seeds": list(seeds), "rows": table, **extra}
 
 
+def chart_group(network: str, test: str) -> str:
+    """A row's label under its bars: the network without "student", its mode on a line of its
+    own, then the test ("mobilenet_v2\\n(reg)\\nasymmetric")."""
+    return f"{network.replace('student ', '').replace(' (', chr(10) + '(')}\n{test}"
+
+
 def write_results(rows: List[Dict], folder: Path, seeds: Sequence[int], notes: Sequence[str] = (),
                   record: Optional[Dict] = None) -> Path:
     """``results.md`` (the table, then ``notes`` as a list), ``results.png`` (a bar chart, when
@@ -84,7 +90,7 @@ def write_results(rows: List[Dict], folder: Path, seeds: Sequence[int], notes: S
     text = (f"# aml demo results\n\nmAP (%) on the synthetic test sets, Medium (M) and Hard (H); {spread}.\n\n"
             + markdown_table(rows) + "\n" + "".join(f"\n- {note}" for note in notes) + "\n" * bool(notes))
     atomic_write(folder / "results.md", lambda out: out.write(text.encode()))
-    groups = [f"{row['network'].replace('student ', '').replace(' (', chr(10) + '(')}\n{row['test']}" for row in rows]
+    groups = [chart_group(row["network"], row["test"]) for row in rows]
     if not bar_chart(groups, _series(rows), folder / "results.png", title=f"aml demo ({spread})"):
         log.warning(">> results.png not drawn: matplotlib is not installed (pip install matplotlib)")
     return folder / "results.md"

@@ -173,6 +173,35 @@ def test_every_block_is_runnable_or_says_why_not(page):
                 assert not {";", "&&", "|"} & set(words), f"{block.where}: one command per line"
 
 
+COLUMN = 80  # characters of a code line that the site shows without scrolling, 1280 px wide
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.parent.name == "docs"], ids=lambda p: p.name)
+def test_every_line_of_a_code_block_fits_the_column(page):
+    """A longer command is wrapped with continuations (``\\``), a comment goes on the line above."""
+    for block in page_blocks(page):
+        for number, line in enumerate(block.text.splitlines(), start=1):
+            assert len(line) <= COLUMN, f"{block.where}, line {number} of the block: {len(line)} characters"
+
+
+def test_the_commands_of_the_home_pages_task_table_parse():
+    """Home's "choose by task" commands (not run: they need downloads or GPUs) are valid flags."""
+    home = (ROOT / "docs" / "index.md").read_text().split("## Choose by task", 1)[1].split("\n## ", 1)[0]
+    typed = [row.strip(" |").split(" | ")[1].strip("`") for row in home.splitlines()
+             if row.startswith("| ") and "`" in row]
+    assert len(typed) >= 8
+    targets = (ROOT / "Makefile").read_text()
+    for command in typed:
+        words = shlex.split(command)
+        if words[0] == "make":
+            assert f"\n{words[1]}:" in targets, command
+            continue
+        if words[0] == "torchrun":
+            words = ["python"] + words[next(i for i, w in enumerate(words) if w.endswith(".py")):]
+        module, argv = entry_point(words)
+        importlib.import_module(module).build_parser().parse_args(argv)
+
+
 def test_the_markers_are_found():
     blocks = [block for page in PAGES for block in page_blocks(page)]
     assert sum(runs(block) for block in blocks) >= 10

@@ -288,8 +288,45 @@ def pdist(e: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.T
     return d * (1 - torch.eye(len(e), dtype=e.dtype, device=e.device))
 
 
+def _angles(e: torch.Tensor) -> torch.Tensor:
+    diff = F.normalize(e[None, :, :] - e[:, None, :], p=2, dim=2)  # [i, j] = unit(ej - ei)
+    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
+
+
+def _normalised_distances(e: torch.Tensor) -> torch.Tensor:
+    d = pdist(e)
+    return d / d[d > 0].mean()
+
+
+def rkd_loss(student: torch.Tensor, teacher: torch.Tensor, dist_ratio: float = 1.0,
+             angle_ratio: float = 2.0) -> torch.Tensor:
+    """Relational KD (Park et al.): ``angle_ratio`` x the angle loss + ``dist_ratio`` x the
+    distance loss (smooth-L1, mean) between the rows of the student and of the teacher (N x C
+    each, the same images in the same order); the teacher's side carries no gradient."""
+    with torch.no_grad():
+        teacher_d, teacher_a = _normalised_distances(teacher), _angles(teacher)
+    return (dist_ratio * F.smooth_l1_loss(_normalised_distances(student), teacher_d)
+            + angle_ratio * F.smooth_l1_loss(_angles(student), teacher_a))
+
+
+def hard_darkrank_loss(student: torch.Tensor, teacher: torch.Tensor, alpha: float = 3.0, beta: float = 3.0,
+                       permute_len: int = 4) -> torch.Tensor:
+    """DarkRank (Chen et al.), hard version: minus the mean log-likelihood, under the student's
+    scores -alpha d^beta, of the teacher's ranking of each row's ``permute_len`` nearest rows
+    (student and teacher N x C, N > ``permute_len``)."""
+    if len(student) <= permute_len:
+        raise ValueError(f"DarkRank needs batches of more than {permute_len} images")
+    with torch.no_grad():
+        teacher_scores = -alpha * pdist(teacher).pow(beta)
+        order = teacher_scores.sort(dim=1, descending=True)[1][:, 1:permute_len + 1]
+    ordered = torch.gather(-alpha * pdist(student).pow(beta), 1, order)
+    tails = torch.stack([torch.logsumexp(ordered[:, k:], dim=1) for k in range(ordered.shape[1])], dim=1)
+    return -(ordered - tails).sum(dim=1).mean()
+
+
 __all__ = ["mac", "spoc", "gem", "rmac", "rmac_regions", "roipool", "l2n", "powerlaw", "contrastive_loss",
            "contrastive_loss_dist", "regression_loss", "triplet_loss", "cross_entropy_loss", "cross_entropy_loss_dist",
            "similarity_cross_entropy_loss", "multi_similarity_loss", "pair_distances", "pdist", "tuple_distances",
            "columns_to_tuples", "contrastive_losses", "contrastive_dist_losses", "regression_losses", "triplet_losses",
-           "cross_entropy_dist_losses", "similarity_cross_entropy_losses", "multi_similarity_losses"]
+           "cross_entropy_dist_losses", "similarity_cross_entropy_losses", "multi_similarity_losses", "rkd_loss",
+           "hard_darkrank_loss"]

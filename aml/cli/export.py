@@ -2,22 +2,21 @@
 optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from aml.cli.arguments import Parser, folder, positive_int, run_cli, setup_logging
+from aml.cli.arguments import Parser, folder, one_line_errors, positive_int, run_cli, setup_logging
 from aml.descriptors import ExtractionConfig
-from aml.descriptors.onnx_student import OnnxStudentError
-from aml.export import ExportError, Int8Settings, export_student, int8_agreement, student_info
+from aml.export import Int8Settings, export_student, int8_agreement, student_info
 from aml.export.report import onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, load_teacher, load_test_network
 from aml.reports.provenance import provenance
 from aml.search import StoreError, list_images, open_store
 from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file
+from aml.utils.errors import ConfigError
 
 DEFAULT_IMAGE_SIZE = 1024
 AGREEMENT_IMAGES = 8  # calibration images on which the int8 descriptors are compared with float32
@@ -98,8 +97,8 @@ def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[Load
     spec = args.teacher or student.net.meta.get("teacher")
     if args.test_set is not None:
         if spec is None:
-            raise ValueError("--test-set encodes the database with the student's teacher, which the checkpoint does "
-                             "not record: give --teacher")
+            raise ConfigError("--test-set encodes the database with the student's teacher, which the checkpoint does "
+                              "not record: give --teacher")
         return spec, load_teacher(spec, args.data_root)
     if spec is not None and Path(spec).is_file():
         return spec, load_teacher(spec, args.data_root)
@@ -130,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
     args = parser.parse_args(argv)
     _check_flags(parser, args)
     setup_logging(verbose=False)
-    try:
+    with one_line_errors():
         student = load_test_network(args.network, None, None, args.data_root)
         whitening = _whitening(args)
         spec, teacher = _teacher(args, student)
@@ -149,8 +148,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
             print(f">> {kind}: {path} ({check})")
         if args.test_set is not None:
             _report(args, files, teacher, image_size, whitening)
-    except (ExportError, StoreError, OnnxStudentError) as err:
-        sys.exit(f"error: {err}")
     return files
 
 

@@ -2,19 +2,16 @@
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
 from aml.cli.arguments import (Parser, add_reranking_arguments, add_runtime_arguments, folder, nonnegative_int,
-                               parse_scales, positive_int, reranking_from, run_cli, setup_logging)
-from aml.data.images import ImageLoadError
+                               one_line_errors, parse_scales, positive_int, reranking_from, run_cli, setup_logging)
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings
 from aml.evaluation.whitening_store import get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
-from aml.descriptors.onnx_student import OnnxStudentError
 from aml.search import (StoreError, build_ivfpq, build_store, check_teacher, list_images, open_store, query_store,
                         query_store_onnx)
 
@@ -130,10 +127,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
     except ValueError as err:
         parser.error(str(err))
     setup_logging(verbose=False)
-    try:
+    with one_line_errors():
         return _index(args) if args.command == "index" else _query(args)
-    except (StoreError, ImageLoadError, OnnxStudentError) as err:
-        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import init_from_environment, main_first, process_device
+from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,12 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         datasets = _check_datasets(args.datasets, args.data_root)
         if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
-            raise ValueError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
+            raise ConfigError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
         if args.report and any(split_test_name(name)[1] for name in datasets):
-            raise ValueError("--report draws full rankings, which a distractor set makes too long; run --report "
-                             "without the '+' suffix")
+            raise ConfigError("--report draws full rankings, which a distractor set makes too long; run --report "
+                              "without the '+' suffix")
         if args.results and Path(args.results).is_dir():
-            raise ValueError(f"--results {args.results} is a folder; give a file name (e.g. {args.results}/results.json)")
+            raise ConfigError(f"--results {args.results} is a folder; give a file name (e.g. {args.results}/results.json)")
         reranking = reranking_from(args)
         check_reranking(reranking, datasets, args.data_root, sizes=False)  # the sizes come once the sets are in
     except ValueError as err:

@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 from aml.utils.atomic import atomic_write, publish_folder, staging_folder
 from aml.utils.progress import progress_bar
+from aml.utils.errors import AmlError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ _HASH_CHECK_LIMIT = 64 << 20  # files up to this size are re-hashed when found p
 DEFAULT_MAX_BYTES = 32 << 30
 
 
-class DownloadError(RuntimeError):
+class DownloadError(AmlError, RuntimeError):
     """A file could not be fetched or failed verification."""
 
 

@@ -15,12 +15,13 @@ from typing import BinaryIO, Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+from aml.utils.errors import AmlError
 
 PathLike = Union[str, Path]
 BBox = Sequence[float]
 
 
-class ImageLoadError(RuntimeError):
+class ImageLoadError(AmlError, RuntimeError):
     """An image file is missing or cannot be decoded."""
 
 

@@ -32,13 +32,14 @@ from aml.utils.atomic import publish_folder, staging_folder
 from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
+from aml.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 LISTS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
 
 
-class TestSetError(ValueError):
+class TestSetError(DataError):
     """The description of a test set does not fit its images."""
 
     __test__ = False  # not a pytest test class, despite its name

@@ -34,12 +34,13 @@ from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
+from aml.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 
-class TrainSetError(ValueError):
+class TrainSetError(DataError):
     """The images cannot make a training set (too few landmarks, a bad CSV, ...)."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from aml.utils.atomic import atomic_write
+from aml.utils.errors import AmlError
 
 
 _ALLOWED = {
@@ -33,7 +34,11 @@ _SIZED = {("builtins", "bytes"), ("builtins", "bytearray")} | {
 MAX_ELEMENTS = 1 << 25
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnreadablePickle(AmlError, pickle.UnpicklingError):
+    """A dataset file that is truncated or not a dataset pickle."""
+
+
+class UnsafePickleError(UnreadablePickle):
     """The pickle asked for something other than plain data, or for more memory than data holds."""
 
 
@@ -75,7 +80,7 @@ def load_pickle(path: Union[str, Path]) -> Any:
         raise UnsafePickleError(f"{path}: {err}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
             struct.error, OverflowError, RecursionError, MemoryError) as err:
-        raise pickle.UnpicklingError(f"{path} is truncated or not a dataset pickle ({err}); download it again") from err
+        raise UnreadablePickle(f"{path} is truncated or not a dataset pickle ({err}); download it again") from err
 
 
 def save_pickle(obj: Any, path: Union[str, Path]) -> None:
@@ -83,4 +88,4 @@ def save_pickle(obj: Any, path: Union[str, Path]) -> None:
     atomic_write(path, lambda out: pickle.dump(obj, out, protocol=4))
 
 
-__all__ = ["load_pickle", "save_pickle", "UnsafePickleError", "MAX_ELEMENTS"]
+__all__ = ["load_pickle", "save_pickle", "UnreadablePickle", "UnsafePickleError", "MAX_ELEMENTS"]

@@ -16,6 +16,7 @@ from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.paths import data_subdir
 from aml.data.safe_pickle import load_pickle
 from aml.data.synthetic import generate_test_set
+from aml.utils.errors import ConfigError, DataError
 
 PathLike = Union[str, Path]
 CIRTORCH_TEST = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/"
@@ -81,8 +82,8 @@ def _custom_protocol(gnd_path: Path) -> str:
     for protocol, keys in GND_KEYS.items():
         if all(key in gnd[0] for key in keys):
             return protocol
-    raise ValueError(f"{gnd_path}: its entries hold {sorted(gnd[0])}; a gnd needs easy/hard/junk (revisited) "
-                     "or ok/junk (classic) lists")
+    raise DataError(f"{gnd_path}: its entries hold {sorted(gnd[0])}; a gnd needs easy/hard/junk (revisited) "
+                    "or ok/junk (classic) lists")
 
 
 def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationSet:
@@ -94,8 +95,8 @@ def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationS
     folder = data_subdir(data_root, "test") / name
     if (folder / f"gnd_{name}.pkl").is_file() and (folder / "jpg").is_dir():
         return EvaluationSet(name, _custom_protocol(folder / f"gnd_{name}.pkl"))
-    raise ValueError(f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}, or make a folder "
-                     f"{folder} with jpg/ and gnd_{name}.pkl (python -m aml.cli.make_testset)")
+    raise ConfigError(f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}, or make a folder "
+                      f"{folder} with jpg/ and gnd_{name}.pkl (python -m aml.cli.make_testset)")
 
 
 def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:
@@ -124,7 +125,7 @@ def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
     cfg = dict(load_pickle(gnd_fname))
     missing = {"imlist", "qimlist", "gnd"} - set(cfg)
     if missing:
-        raise ValueError(f"{gnd_fname} lacks {sorted(missing)}; not a ground-truth file")
+        raise DataError(f"{gnd_fname} lacks {sorted(missing)}; not a ground-truth file")
     check_ground_truth(cfg, entry.protocol, gnd_fname)
     cfg.update(gnd_fname=gnd_fname, ext=".jpg", qext=".jpg", dir_data=dir_data,
                dir_images=os.path.join(dir_data, "jpg"), n=len(cfg["imlist"]), nq=len(cfg["qimlist"]),
@@ -141,22 +142,22 @@ def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> 
     numbers with x1 < x2 and y1 < y2. Raises ValueError naming ``source`` and the query."""
     n, nq, gnd = len(cfg["imlist"]), len(cfg["qimlist"]), cfg["gnd"]
     if len(gnd) != nq:
-        raise ValueError(f"{source}: {len(gnd)} gnd entries for {nq} queries; download the gnd file again")
+        raise DataError(f"{source}: {len(gnd)} gnd entries for {nq} queries; download the gnd file again")
     for q, entry in enumerate(gnd):
         where = f"{source}: query {q} ({cfg['qimlist'][q]})"
         for key in GND_KEYS[protocol]:
             if key not in entry:
-                raise ValueError(f"{where} has no '{key}' list, which the {protocol} protocol needs")
+                raise DataError(f"{where} has no '{key}' list, which the {protocol} protocol needs")
             indices = np.asarray(entry[key]).ravel()
             if indices.size and (not np.issubdtype(indices.dtype, np.integer) or indices.min() < 0 or indices.max() >= n):
                 bad = [i for i in indices.tolist() if not float(i).is_integer() or not 0 <= i < n][:3]
-                raise ValueError(f"{where} lists database indices {bad} in '{key}', outside the {n} images of the "
-                                 "image list; the gnd file does not belong to these images")
+                raise DataError(f"{where} lists database indices {bad} in '{key}', outside the {n} images of the "
+                                "image list; the gnd file does not belong to these images")
         box = entry.get("bbx")
         if box is not None:
             box = np.asarray(box, dtype=float).ravel()
             if box.size != 4 or not np.isfinite(box).all() or box[0] >= box[2] or box[1] >= box[3]:
-                raise ValueError(f"{where} has box {box.tolist()}; a box is x1, y1, x2, y2 with x1 < x2 and y1 < y2")
+                raise DataError(f"{where} has box {box.tolist()}; a box is x1, y1, x2, y2 with x1 < x2 and y1 < y2")
 
 
 def config_imname(cfg: Dict[str, Any], i: int) -> str:

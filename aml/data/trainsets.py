@@ -14,6 +14,7 @@ from aml.data.download import download_file, extract_archive, remove_download
 from aml.data.paths import cid2filename, data_subdir
 from aml.data.safe_pickle import load_pickle
 from aml.data.synthetic import generate_train_set
+from aml.utils.errors import ConfigError, DataError
 
 PathLike = Union[str, Path]
 CIRTORCH_TRAIN = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/train/"
@@ -81,8 +82,8 @@ def get_train_set(name: str, data_root: Optional[PathLike] = None) -> TrainSet:
     training, whitening = (folder / f"{name}.pkl").is_file(), (folder / f"{name}-whiten.pkl").is_file()
     if (folder / "ims").is_dir() and (training or whitening):
         return TrainSet(name, name, None, training=training, whitening=whitening)
-    raise ValueError(f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}, or make a "
-                     f"folder {folder} with ims/ and {name}.pkl (python -m aml.cli.make_trainset)")
+    raise ConfigError(f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}, or make a "
+                      f"folder {folder} with ims/ and {name}.pkl (python -m aml.cli.make_trainset)")
 
 
 def is_training_set(name: str, data_root: Optional[PathLike] = None) -> bool:
@@ -111,7 +112,7 @@ def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None
     folder = prepare_train_set(name, data_root)
     db = load_pickle(folder / f"{entry.name}.pkl")
     if split not in db:
-        raise ValueError(f"{folder / (entry.name + '.pkl')} has no split {split!r} (found {sorted(db)})")
+        raise DataError(f"{folder / (entry.name + '.pkl')} has no split {split!r} (found {sorted(db)})")
     db = dict(db[split])
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
     return db

@@ -38,6 +38,7 @@ from aml.training import TrainConfig, run
 from aml.utils.atomic import atomic_write
 from aml.utils.devices import resolve_device
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
+from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
     cached in <data_root>/networks/). A teacher trained by an earlier run with the same
     settings is reused."""
     if teacher_trunk not in TEACHER_TRUNKS:
-        raise ValueError(f"teacher_trunk must be one of {TEACHER_TRUNKS}, not {teacher_trunk!r}")
+        raise ConfigError(f"teacher_trunk must be one of {TEACHER_TRUNKS}, not {teacher_trunk!r}")
     root = resolve_data_root(data_root)
     start = time.time()
     quiet = budget.quiet

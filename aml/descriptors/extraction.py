@@ -31,6 +31,7 @@ from aml.networks.inference import inference_copy
 from aml.networks.retrieval_net import multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
+from aml.utils.errors import DataError, lookup
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,7 @@ def resolve_decoding(name: str, device: torch.device) -> Decoding:
     """The decoding ``name`` stands for ("auto": "workers" on CUDA, "pil" on the CPU)."""
     if name == "auto":
         name = "workers" if device.type == "cuda" else "pil"
-    try:
-        return DECODINGS[name]
-    except KeyError:
-        raise ValueError(f"unknown decoding {name!r}; choose one of {', '.join(DECODE_CHOICES)}") from None
+    return lookup(DECODINGS, name, "decoding", DECODE_CHOICES)
 
 
 AMP_DTYPES: Dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -132,10 +130,7 @@ def resolve_amp(amp: Optional[bool], device: torch.device, amp_dtype: str = "flo
     (the CPU keeps fp32)."""
     if not (device.type == "cuda" if amp is None else amp):
         return None
-    try:
-        return AMP_DTYPES[amp_dtype]
-    except KeyError:
-        raise ValueError(f"unknown autocast dtype {amp_dtype!r}; choose one of {', '.join(AMP_DTYPES)}") from None
+    return lookup(AMP_DTYPES, amp_dtype, "autocast dtype", AMP_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -196,10 +191,8 @@ class ExtractionConfig:
     collective: bool = True  # under torchrun, each rank encodes its block; False: this process alone
 
     def __post_init__(self):
-        if self.decode not in DECODE_CHOICES:
-            raise ValueError(f"unknown decoding {self.decode!r}; choose one of {', '.join(DECODE_CHOICES)}")
-        if self.amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"unknown autocast dtype {self.amp_dtype!r}; choose one of {', '.join(AMP_DTYPES)}")
+        lookup(dict.fromkeys(DECODE_CHOICES), self.decode, "decoding", DECODE_CHOICES)
+        lookup(AMP_DTYPES, self.amp_dtype, "autocast dtype", AMP_DTYPES)
 
     def but(self, **changes: Any) -> "ExtractionConfig":
         """A copy with some fields changed.
@@ -485,7 +478,7 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
     return vecs
 
 
-class NonFiniteDescriptors(ValueError):
+class NonFiniteDescriptors(DataError):
     """A network produced NaN or infinite descriptors."""
 
 

@@ -19,6 +19,7 @@ from aml.descriptors.store import StoreKey, encode_into_store, read_store
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
+from aml.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -186,25 +187,25 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         try:
             vecs = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
+            raise DataError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
     if vecs.ndim != 2 or vecs.shape[1] != expected_columns:
-        raise ValueError(f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "
-                         "(one column per image of the split, in db order)")
+        raise DataError(f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "
+                        "(one column per image of the split, in db order)")
     if not np.isfinite(vecs).all():
         bad = np.unique(np.nonzero(~np.isfinite(vecs))[1])
-        raise ValueError(f"feature file {path} holds NaN or infinite values in {bad.size} of {vecs.shape[1]} columns "
-                         f"(first: column {bad[0]}); extract it again with extract_features.py")
+        raise DataError(f"feature file {path} holds NaN or infinite values in {bad.size} of {vecs.shape[1]} columns "
+                        f"(first: column {bad[0]}); extract it again with extract_features.py")
     if expected_dim is not None and vecs.shape[0] != expected_dim:
-        raise ValueError(f"feature file {path} holds {vecs.shape[0]}-d descriptors but the student outputs "
-                         f"{expected_dim}-d; use the matching --teacher")
+        raise DataError(f"feature file {path} holds {vecs.shape[0]}-d descriptors but the student outputs "
+                        f"{expected_dim}-d; use the matching --teacher")
     return vecs.astype(np.float32, copy=False)
 
 
 def _load_store(folder: Path) -> np.ndarray:
     store = read_store(folder)
     if not store.complete():
-        raise ValueError(f"descriptor store {folder} lacks {len(store.missing())} of {store.shards} shards (an "
-                         "interrupted extract_features.py): run the same command again to encode them")
+        raise DataError(f"descriptor store {folder} lacks {len(store.missing())} of {store.shards} shards (an "
+                        "interrupted extract_features.py): run the same command again to encode them")
     return store.load()
 
 

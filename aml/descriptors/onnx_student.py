@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from aml.data.images import BBox, load_and_resize
+from aml.utils.errors import DataError
 
 __all__ = ["OnnxStudentError", "OnnxStudentInfo", "describe_with_onnx", "image_array", "onnx_session",
            "read_onnx_metadata", "seconds_per_image", "whitening_digest", "write_onnx_metadata"]
@@ -26,7 +27,7 @@ PREFIX = "aml."
 REEXPORT = "python -m aml.export --network STUDENT --out DIR --teacher TEACHER"
 
 
-class OnnxStudentError(ValueError):
+class OnnxStudentError(DataError):
     """An ONNX file that cannot be read, has no aml metadata, or does not fit a store.
 
     Examples:

@@ -30,6 +30,7 @@ from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, des
 from aml.descriptors.key import DescriptorKey
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
+from aml.utils.errors import ConfigError, DataError, lookup
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-class StoreMismatch(ValueError):
+class StoreMismatch(DataError):
     """A store folder holds descriptors of another network, settings or image list."""
 
 
@@ -77,10 +78,9 @@ class DescriptorStore:
     """One store folder for ``images`` encoded as ``key`` says (see the module docstring)."""
 
     def __init__(self, folder: Path, images: Sequence[str], key: StoreKey, dim: int):
-        if key.dtype not in DTYPES:
-            raise ValueError(f"descriptor store dtype {key.dtype!r}: choose one of {sorted(DTYPES)}")
+        lookup(DTYPES, key.dtype, "descriptor store dtype")
         if key.shard_size < 1:
-            raise ValueError(f"descriptor store shard size must be positive, got {key.shard_size}")
+            raise ConfigError(f"descriptor store shard size must be positive, got {key.shard_size}")
         self.folder, self.images, self.key, self.dim = Path(folder), [str(i) for i in images], key, dim
 
     # -- layout ---------------------------------------------------------------------------
@@ -216,12 +216,12 @@ class DescriptorStore:
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err}); "
-                             "delete it and run again to encode it again") from err
+            raise DataError(f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err}); "
+                            "delete it and run again to encode it again") from err
         rows = self.shard_rows(k)
         if array.shape != (len(rows), self.dim) or array.dtype != DTYPES[self.key.dtype]:
-            raise ValueError(f"descriptor store {self.folder}: {path.name} holds {array.shape} {array.dtype}, the "
-                             f"manifest says {len(rows)} x {self.dim} {self.key.dtype}; delete it and run again")
+            raise DataError(f"descriptor store {self.folder}: {path.name} holds {array.shape} {array.dtype}, the "
+                            f"manifest says {len(rows)} x {self.dim} {self.key.dtype}; delete it and run again")
         return array
 
     def blocks(self) -> Iterator[Tuple[int, np.ndarray]]:
@@ -252,7 +252,7 @@ def read_store(folder: Path) -> DescriptorStore:
             raise KeyError("fingerprint")
         key = StoreKey(descriptors, manifest["network"], manifest["dtype"], manifest["shard_size"])
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{folder} is not a readable descriptor store ({err})") from None
+        raise DataError(f"{folder} is not a readable descriptor store ({err})") from None
     return DescriptorStore(folder, images, key, int(manifest["dim"])).open()
 
 

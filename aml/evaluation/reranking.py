@@ -21,6 +21,7 @@ from typing import List, Sequence
 import numpy as np
 
 from aml.evaluation.search import nearest
+from aml.utils.errors import ConfigError
 
 DEFAULT_ALPHA = 3.0
 
@@ -44,7 +45,7 @@ class Reranking:
         >>> Reranking(qe=-1)
         Traceback (most recent call last):
         ...
-        ValueError: Reranking.qe must be an integer >= 0 (neighbours), got -1
+        aml.utils.errors.ConfigError: Reranking.qe must be an integer >= 0 (neighbours), got -1
     """
 
     qe: int = 0
@@ -56,11 +57,11 @@ class Reranking:
         for name in ("qe", "dba"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"Reranking.{name} must be an integer >= 0 (neighbours), got {value!r}")
+                raise ConfigError(f"Reranking.{name} must be an integer >= 0 (neighbours), got {value!r}")
         for name in ("qe_alpha", "dba_alpha"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"Reranking.{name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"Reranking.{name} must be a finite number >= 0, got {value!r}")
 
     @property
     def active(self) -> bool:
@@ -170,7 +171,7 @@ def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, neighbours:
                [0.7071]], dtype=float32)
     """
     if not 1 <= k <= neighbours.shape[0]:
-        raise ValueError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
+        raise ConfigError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
     top = np.asarray(neighbours[:k])  # k x Q
     return weighted_expansion(queries, np.asarray(database, dtype=np.float32)[:, top], alpha)
 
@@ -210,7 +211,7 @@ def database_augmentation(database: np.ndarray, k: int, alpha: float = DEFAULT_A
     database = np.asarray(database, dtype=np.float32)
     n = database.shape[1]
     if not 0 <= k < max(n, 1):
-        raise ValueError(f"DBA with k={k}: the database holds {n} images, so each has at most {n - 1} neighbours")
+        raise ConfigError(f"DBA with k={k}: the database holds {n} images, so each has at most {n - 1} neighbours")
     if k == 0:
         return database.copy()
     top = nearest(database, database, k, device=device, excluded=excluded, skip_self=True)  # k x N

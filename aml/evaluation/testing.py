@@ -31,6 +31,7 @@ from aml.evaluation.whitening import whitenapply
 from aml.evaluation.whitening_store import get_whitening
 from aml.networks.loading import LoadedNetwork
 from aml.utils.distributed import current_world
+from aml.utils.errors import ConfigError, lookup
 
 log = logging.getLogger(__name__)
 
@@ -152,21 +153,21 @@ def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: Op
     for name in datasets:
         dataset, suffix = split_test_name(name)
         if reranking.dba and suffix is not None:
-            raise ValueError(f"--dba {reranking.dba} with {name}: database-side augmentation with distractors would "
-                             f"need the neighbours of every distractor among all the others; run --dba on {dataset} "
-                             f"(without '+{suffix}'); --qe works with distractors")
+            raise ConfigError(f"--dba {reranking.dba} with {name}: database-side augmentation with distractors would "
+                              f"need the neighbours of every distractor among all the others; run --dba on {dataset} "
+                              f"(without '+{suffix}'); --qe works with distractors")
     for name in datasets if sizes else ():
         dataset, suffix = split_test_name(name)
         prepare_test_set(dataset, data_root)
         size = len(_TestSet.read(dataset, data_root).images)
         if reranking.dba >= size:
-            raise ValueError(f"--dba {reranking.dba}: the database of {dataset} holds {size} images, so an image has "
-                             f"at most {size - 1} neighbours; give --dba {size - 1} or less")
+            raise ConfigError(f"--dba {reranking.dba}: the database of {dataset} holds {size} images, so an image has "
+                              f"at most {size - 1} neighbours; give --dba {size - 1} or less")
         distractors = len(distractor_images(suffix, data_root)) if suffix is not None else 0
         if reranking.qe > size + distractors:
             held = f"{size} images" + (f" and {distractors} distractors" if suffix is not None else "")
-            raise ValueError(f"--qe {reranking.qe}: the database of {name} holds {held}; give --qe "
-                             f"{size + distractors} or less")
+            raise ConfigError(f"--qe {reranking.qe}: the database of {name} holds {held}; give --qe "
+                              f"{size + distractors} or less")
 
 
 def distractor_store(suffix: str, encoder: LoadedNetwork, settings: TestSettings) -> DescriptorStore:
@@ -175,7 +176,7 @@ def distractor_store(suffix: str, encoder: LoadedNetwork, settings: TestSettings
     descriptors = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction(),
                                    encoder.fingerprint)
     key = StoreKey(descriptors, encoder.name, settings.distractor_dtype, settings.shard_size)
-    name = DISTRACTOR_SETS[suffix].folder
+    name = lookup(DISTRACTOR_SETS, suffix, "distractor set").folder
     tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_{key.tag()}"
     folder = data_subdir(settings.data_root, "features") / "distractors" / f"{name}_{encoder.fingerprint}_{tag}"
     images = distractor_images(suffix, settings.data_root, settings.progress)
@@ -372,11 +373,11 @@ def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[L
     database_encoder = teacher or student
     with_distractors = [name for name in settings.datasets if split_test_name(name)[1] is not None]
     if with_distractors and settings.report_dir is not None:
-        raise ValueError(f"--report draws full rankings, which a distractor set makes too long ({with_distractors[0]}); "
-                         "run --report without the '+' suffix")
+        raise ConfigError(f"--report draws full rankings, which a distractor set makes too long ({with_distractors[0]}); "
+                          "run --report without the '+' suffix")
     if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
-        raise ValueError(f"asymmetric test needs equal dimensions: student {student.name} is "
-                         f"{student.net.meta['outputdim']}-d, teacher {teacher.name} {teacher.net.meta['outputdim']}-d")
+        raise ConfigError(f"asymmetric test needs equal dimensions: student {student.name} is "
+                          f"{student.net.meta['outputdim']}-d, teacher {teacher.name} {teacher.net.meta['outputdim']}-d")
     check_reranking(settings.reranking, settings.datasets, settings.data_root)
     for encoder in {id(e): e for e in (student, database_encoder)}.values():
         encoder.net.to(settings.device).eval()

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from aml.descriptors.onnx_student import image_array
 from aml.export.errors import ExportError
+from aml.utils.errors import ConfigError, lookup
 
 __all__ = ["Int8Settings", "QUANTIZED_NODES", "quantize_student"]
 
@@ -30,6 +31,7 @@ QUANTIZED_NODES: Dict[str, Callable[[Any], Optional[List[str]]]] = {
     "trunk": lambda graph: [node.name for node in graph.node if node.name.startswith(TRUNK_SCOPE)],
     "all": lambda graph: None,
 }
+QUANT_FORMATS = ("qdq", "qoperator")  # onnxruntime's QuantFormat.QDQ and QuantFormat.QOperator
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Int8Settings:
         >>> Int8Settings(("a.jpg",), 362, quantized="head")
         Traceback (most recent call last):
         ...
-        ValueError: unknown quantized nodes 'head'; one of all, trunk
+        aml.utils.errors.ConfigError: unknown quantized nodes 'head'; choose one of all, trunk
     """
 
     calibration: Sequence[str]
@@ -60,12 +62,10 @@ class Int8Settings:
     per_channel: bool = True
 
     def __post_init__(self):
-        if self.quantized not in QUANTIZED_NODES:
-            raise ValueError(f"unknown quantized nodes {self.quantized!r}; one of {', '.join(sorted(QUANTIZED_NODES))}")
-        if self.quant_format not in ("qdq", "qoperator"):
-            raise ValueError(f"unknown quantization format {self.quant_format!r}; qdq or qoperator")
+        lookup(QUANTIZED_NODES, self.quantized, "quantized nodes")
+        lookup(dict.fromkeys(QUANT_FORMATS), self.quant_format, "quantization format", QUANT_FORMATS)
         if not self.calibration:
-            raise ValueError("int8 quantization needs calibration images")
+            raise ConfigError("int8 quantization needs calibration images")
 
 
 def _calibration_reader(images: Sequence[str], image_size: int) -> Any:

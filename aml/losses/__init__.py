@@ -23,6 +23,7 @@ from aml.losses.context import TeacherContext
 from aml.losses.relational import HardDarkRank, RelationalLoss, RKdAD
 from aml.losses.tuples import (ContrastiveDistLoss, ContrastiveLoss, CrossEntropyDistLoss, CrossEntropyLoss,
                                MultiSimilarityLoss, RegressionLoss, TripletLoss, TupleLoss)
+from aml.utils.errors import lookup
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ LOSSES: Dict[str, LossSpec] = {
 
 def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> nn.Module:
     """The criterion ``name`` (see LOSSES) with the CLI's margin and temperature."""
-    return LOSSES[name].build(margin, temp)
+    return lookup(LOSSES, name, "loss").build(margin, temp)
 
 
 __all__ = ["LOSSES", "LossKind", "LossSpec", "TeacherContext", "TupleBatch", "build_loss", "BackwardCompatibleLoss",

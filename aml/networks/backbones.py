@@ -14,6 +14,7 @@ from torch import nn
 
 from aml.networks.imagenet import find_weights
 from aml.utils.plain_files import load_plain_file
+from aml.utils.errors import DataError, lookup
 
 @dataclass(frozen=True)
 class Backbone:
@@ -105,10 +106,7 @@ def get_backbone(arch: str) -> Backbone:
         >>> get_backbone("mobilenet_v2").student
         True
     """
-    try:
-        return BACKBONES[arch]
-    except KeyError:
-        raise ValueError(f"Unsupported or unknown architecture: {arch!r}; choose one of {sorted(BACKBONES)}") from None
+    return lookup(BACKBONES, arch, "architecture")
 
 
 def library_model(arch: str) -> nn.Module:
@@ -179,7 +177,7 @@ def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], so
         ValueError: naming ``source``, when the tensors fit no layout of ``arch``.
     """
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source} is not a trunk state dict (a mapping of names to tensors)")
+        raise DataError(f"{source} is not a trunk state dict (a mapping of names to tensors)")
     trunk = nn.Sequential(*get_backbone(arch).children(model))
     for name in [layout] if layout else list(LAYOUTS):
         converted = LAYOUTS[name](state, model, trunk)
@@ -187,9 +185,9 @@ def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], so
             model.load_state_dict(converted)
             return name
     expected = model.state_dict()
-    raise ValueError(f"{source} is not a {arch} trunk or model{f' in the {layout} layout' if layout else ''}: "
-                     f"{len(state)} tensors (e.g. {list(state)[:2]}), where a {arch} model has {len(expected)} "
-                     f"(e.g. {list(expected)[:2]})")
+    raise DataError(f"{source} is not a {arch} trunk or model{f' in the {layout} layout' if layout else ''}: "
+                    f"{len(state)} tensors (e.g. {list(state)[:2]}), where a {arch} model has {len(expected)} "
+                    f"(e.g. {list(expected)[:2]})")
 
 
 def build_trunk(arch: str, pretrained: bool, data_root: Optional[str] = None) -> List[nn.Module]:

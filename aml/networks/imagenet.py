@@ -20,6 +20,7 @@ import torch
 from aml.data.download import DownloadError, download_file, file_sha256, hash_prefix_from_name
 from aml.data.paths import data_subdir
 from aml.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD
+from aml.utils.errors import lookup
 
 #: folders (separated by os.pathsep) searched for weight files before anything is downloaded
 MIRROR_ENV = "AML_WEIGHTS_PATH"
@@ -149,10 +150,7 @@ IMAGENET_WEIGHTS: Dict[str, ImagenetWeights] = {
 
 def get_imagenet_weights(arch: str) -> ImagenetWeights:
     """The table entry of ``arch``; a ValueError lists the architectures that have one."""
-    try:
-        return IMAGENET_WEIGHTS[arch]
-    except KeyError:
-        raise ValueError(f"no ImageNet weights are known for {arch!r}; known: {sorted(IMAGENET_WEIGHTS)}") from None
+    return lookup(IMAGENET_WEIGHTS, arch, "architecture with ImageNet weights")
 
 
 def package_file(package: WeightsPackage) -> Optional[Path]:

@@ -15,6 +15,7 @@ from aml.networks.fingerprint import network_fingerprint
 from aml.networks.pretrained import PRETRAINED, TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
 from aml.layers.pooling import POOLINGS
+from aml.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 OFFTHESHELF_FLAGS = {"reg": "regional", "lwhiten": "local_whitening", "whiten": "whitening"}
@@ -81,13 +82,13 @@ def parse_offtheshelf(spec: str) -> Dict[str, Any]:
     """'resnet101-gem-reg-whiten' -> build_network keyword arguments (ImageNet weights)."""
     parts = spec.split("-")
     if len(parts) < 2:
-        raise ValueError(f"off-the-shelf network {spec!r} must look like ARCH-POOL[-reg][-lwhiten][-whiten]")
+        raise ConfigError(f"off-the-shelf network {spec!r} must look like ARCH-POOL[-reg][-lwhiten][-whiten]")
     params: Dict[str, Any] = {"architecture": parts[0], "pooling": parts[1], "pretrained": True}
     if parts[1] not in POOLINGS:
-        raise ValueError(f"off-the-shelf network {spec!r}: unknown pooling {parts[1]!r}, choose from {sorted(POOLINGS)}")
+        raise ConfigError(f"off-the-shelf network {spec!r}: unknown pooling {parts[1]!r}, choose from {sorted(POOLINGS)}")
     for flag in parts[2:]:
         if flag not in OFFTHESHELF_FLAGS:
-            raise ValueError(f"off-the-shelf network {spec!r}: unknown option {flag!r}, choose from {sorted(OFFTHESHELF_FLAGS)}")
+            raise ConfigError(f"off-the-shelf network {spec!r}: unknown option {flag!r}, choose from {sorted(OFFTHESHELF_FLAGS)}")
         params[OFFTHESHELF_FLAGS[flag]] = True
     return params
 
@@ -128,7 +129,7 @@ def load_named_or_file(network_path, teacher: Optional[str] = None,
         entry = PRETRAINED[name]
         net = load_network(pretrained_checkpoint(name, data_root), teacher)
         if net.meta["outputdim"] != entry.dim:
-            raise ValueError(f"{name}: expected a {entry.dim}-d network, the file holds {net.meta['outputdim']}-d")
+            raise DataError(f"{name}: expected a {entry.dim}-d network, the file holds {net.meta['outputdim']}-d")
         return LoadedNetwork(net, name, named=True)
     path = Path(network_path)
     if not path.exists():
@@ -143,7 +144,7 @@ def load_test_network(network_path: Optional[str] = None, offtheshelf: Optional[
                       teacher: Optional[str] = None, data_root: Optional[str] = None) -> LoadedNetwork:
     """The network under test, from ``--network-path`` or ``--network-offtheshelf``."""
     if bool(network_path) == bool(offtheshelf):
-        raise ValueError("give exactly one of --network-path and --network-offtheshelf")
+        raise ConfigError("give exactly one of --network-path and --network-offtheshelf")
     if network_path:
         return load_named_or_file(network_path, teacher, data_root)
     net = build_network(**parse_offtheshelf(offtheshelf), data_root=data_root)

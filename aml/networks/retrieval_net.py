@@ -17,6 +17,7 @@ from aml.layers.pooling import POOLINGS, Rpool
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
 from aml.networks.pretrained import FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING, TEACHER_DIMS
+from aml.utils.errors import ConfigError, lookup
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,7 @@ def build_network(
         (2048, True)
         >>> teacher = build_network("resnet101", "gem", whitening=True, data_root="data")  # doctest: +SKIP
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"Unsupported or unknown pooling: {pooling!r}; choose one of {sorted(POOLINGS)}")
+    pool_type = lookup(POOLINGS, pooling, "pooling")
     backbone = get_backbone(architecture)
     normalisation = get_imagenet_weights(architecture)
     dim = output_dimension(architecture, teacher, teacher_dim)
@@ -216,7 +216,7 @@ def build_network(
     if backbone.student or dim != backbone.dim:
         features += [nn.Conv2d(backbone.dim, dim, kernel_size=1, bias=False), nn.ReLU(inplace=True)]
     lwhiten = nn.Linear(dim, dim, bias=True) if local_whitening else None
-    pool = POOLINGS[pooling](dim)
+    pool = pool_type(dim)
     if regional:
         pool = Rpool(pool, whiten=nn.Linear(dim, dim, bias=True))
     whiten = nn.Linear(dim, dim, bias=True) if whitening else None
@@ -297,8 +297,8 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
     params = dict(params or {})
     unknown = set(params) - set(_BUILD_KEYS) - set(META_EXTRA_KEYS)
     if unknown:
-        raise ValueError(f"init_network: unknown parameters {sorted(unknown)}; "
-                         f"known: {sorted(set(_BUILD_KEYS) | set(META_EXTRA_KEYS))}")
+        raise ConfigError(f"init_network: unknown parameters {sorted(unknown)}; "
+                          f"known: {sorted(set(_BUILD_KEYS) | set(META_EXTRA_KEYS))}")
     outputdim = params.pop("outputdim", None)
     kept = {key: params.pop(key) for key in KEPT_META_KEYS if key in params and key != "teacher"}
     if outputdim is not None:
@@ -308,8 +308,8 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
             if get_backbone(params["architecture"]).student:
                 implied = TEACHER_DIMS[params["teacher"]]
         if implied is not None and int(implied) != outputdim:
-            raise ValueError(f"init_network: outputdim {outputdim} disagrees with the teacher's dimension {implied} "
-                             f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})")
+            raise ConfigError(f"init_network: outputdim {outputdim} disagrees with the teacher's dimension {implied} "
+                              f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})")
         params["teacher_dim"] = outputdim
     net = build_network(**params)
     net.meta.update(kept)

@@ -37,6 +37,7 @@ from aml.networks.pretrained import TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file, save_plain_file
+from aml.utils.errors import DataError
 
 __all__ = ["Store", "StoreError", "build_ivfpq", "build_store", "check_onnx_student", "check_teacher", "list_images",
            "open_store", "query_store", "query_store_onnx"]
@@ -56,7 +57,7 @@ STORE_SETTINGS = ("network", "source", "fingerprint", "image_size", "scales", "d
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-class StoreError(ValueError):
+class StoreError(DataError):
     """A store is missing, incomplete, or was encoded by another network than the student's teacher.
 
     A ValueError whose message names what is wrong and how to fix it.

@@ -12,9 +12,17 @@ from aml.data.distractors import split_test_name
 from aml.data.testsets import get_test_set
 from aml.data.trainsets import get_train_set, training_set_names
 from aml.networks.loading import checkpoint_name
-from aml.training.modes import Negatives, check_loss_mode, get_mode
+from aml.layers.pooling import POOLINGS
+from aml.losses import LOSSES
+from aml.networks.backbones import BACKBONES
+from aml.training.modes import MODES, Negatives, check_loss_mode, get_mode
+from aml.training.optim import OPTIMIZERS
 from aml.training.pretraining import TRUNK_SOURCES
+from aml.utils.bounds import (NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, UNIT_INTERVAL, bounded,
+                               out_of_bounds)
 from aml.utils.distributed import DEFAULT_TIMEOUT_S
+from aml.utils.errors import ConfigError, lookup
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -105,8 +113,8 @@ class TrainConfig:
     val: bool = True
     test_datasets: Tuple[str, ...] = ("roxford5k", "rparis6k")  # evaluated every test_freq epochs
     test_whiten: str = ""
-    val_freq: int = 1
-    save_freq: int = 1
+    val_freq: int = bounded(1, POSITIVE_INT)
+    save_freq: int = bounded(1, POSITIVE_INT)
     arch: str = "resnet101"
     pool: str = "gem"
     local_whitening: bool = False
@@ -116,33 +124,33 @@ class TrainConfig:
     trunk_weights: Optional[str] = None  # 'synthetic' or a trunk state-dict file, instead of ImageNet's
     loss: str = "contrastive"
     mode: str = "std"
-    loss_margin: float = 0.7
-    image_size: int = 1024
-    neg_num: int = 5
-    query_size: int = 2000
-    pool_size: int = 20000
+    loss_margin: float = bounded(0.7, NONNEGATIVE_FLOAT)
+    image_size: int = bounded(1024, POSITIVE_INT)
+    neg_num: int = bounded(5, NONNEGATIVE_INT)
+    query_size: int = bounded(2000, POSITIVE_INT)
+    pool_size: int = bounded(20000, POSITIVE_INT)
     gpu_id: str = "0"
-    workers: int = 8
-    epochs: int = 100
-    batch_size: int = 5  # tuples per step, over all processes
-    update_every: int = 1
+    workers: int = bounded(8, NONNEGATIVE_INT)
+    epochs: int = bounded(100, POSITIVE_INT)
+    batch_size: int = bounded(5, POSITIVE_INT)  # tuples per step, over all processes
+    update_every: int = bounded(1, POSITIVE_INT)
     optimizer: str = "adam"
-    lr: float = 1e-6
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    print_freq: int = 10
+    lr: float = bounded(1e-6, POSITIVE_FLOAT)
+    momentum: float = bounded(0.9, UNIT_INTERVAL)
+    weight_decay: float = bounded(1e-6, NONNEGATIVE_FLOAT)
+    print_freq: int = bounded(10, POSITIVE_INT)
     resume: str = ""
     comment: str = ""
-    temp: float = 0.1
+    temp: float = bounded(0.1, POSITIVE_FLOAT)
     teacher: str = "vgg16"  # vgg16 | resnet101 | a checkpoint path
     sym: bool = False
     feat_path: Optional[str] = None
     feat_val_path: Optional[str] = None
     train_batchnorm: bool = False
     batch_forward: bool = False
-    proj_lr_mult: float = 1.0
-    test_freq: int = 0
-    seed: int = 0
+    proj_lr_mult: float = bounded(1.0, POSITIVE_FLOAT)
+    test_freq: int = bounded(0, NONNEGATIVE_INT)
+    seed: int = bounded(0, NONNEGATIVE_INT)
     amp: Optional[bool] = None  # None: extraction autocast on CUDA only, training steps in fp32
     amp_dtype: str = "float16"
     decode: str = "auto"
@@ -150,7 +158,7 @@ class TrainConfig:
     data_root: Optional[str] = None
     device: str = "auto"
     quiet: bool = False
-    dist_timeout: float = DEFAULT_TIMEOUT_S
+    dist_timeout: float = bounded(DEFAULT_TIMEOUT_S, POSITIVE_FLOAT)
 
     def __post_init__(self):
         if isinstance(self.test_datasets, str):  # "a,b" as the flag takes it
@@ -180,11 +188,20 @@ class TrainConfig:
         """
         problem = next(iter(problems(self)), None)
         if problem:
-            raise ValueError(problem)
+            raise ConfigError(problem)
+
+
+#: the names main.py's flags choose among: field -> its registry (the flags' choices and `problems` read it)
+_WHAT = {"arch": "architecture", "pool": "pooling", "loss": "loss", "mode": "training mode", "optimizer": "optimizer"}
+CHOICES = {"arch": BACKBONES, "pool": POOLINGS, "loss": LOSSES, "mode": MODES, "optimizer": OPTIMIZERS}
 
 
 def problems(config: TrainConfig) -> List[str]:
     """Why a config cannot train, checked before anything is loaded.
+
+    The names (architecture, pooling, loss, mode, optimizer) come first: an unknown one is the
+    only reason given. Then the numbers against the ranges their fields declare (the ranges
+    main.py's flags check), then the combinations.
 
     Args:
         config: the run's options.
@@ -200,14 +217,26 @@ def problems(config: TrainConfig) -> List[str]:
         >>> [reason.split(" (")[0] for reason in problems(TrainConfig(directory="runs", loss="dark", batch_size=4))]
         ['--loss dark cannot be used with --mode std: it compares batches of student and teacher descriptors',
          '--loss dark needs --batch-size of at least 5']
+        >>> problems(TrainConfig(directory="runs", optimizer="adamw"))
+        ["--optimizer: unknown optimizer 'adamw'; choose one of adam, sgd"]
+        >>> problems(TrainConfig(directory="runs", neg_num=-1))
+        ['--neg-num -1: must be an integer >= 0, got -1']
     """
-    found: List[str] = []
+    unknown = []
+    for field, table in CHOICES.items():
+        try:
+            lookup(table, getattr(config, field), _WHAT[field])
+        except ConfigError as err:
+            unknown.append(f"--{field}: {err}")
+    if unknown:
+        return unknown
+    found: List[str] = out_of_bounds(config)
     for name, kind in ((config.training_dataset, "training"), (config.test_whiten, "whitening")):
         if name:
             try:
                 entry = get_train_set(name, config.data_root)
             except ValueError as err:
-                return [str(err)]
+                return found + [str(err)]
             if not getattr(entry, kind):
                 found.append(f"{name} is not a {kind} set; choose from {', '.join(training_set_names())}")
     try:

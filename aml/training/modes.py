@@ -15,6 +15,7 @@ import torch
 
 from aml.losses import LOSSES
 from aml.training.mining import mine_hard_negatives, random_negatives, teacher_triplets
+from aml.utils.errors import ConfigError, lookup
 
 
 class TrainingTuple(NamedTuple):
@@ -91,19 +92,16 @@ def validation_mode(mode: Mode) -> Mode:
 
 def get_mode(name: str) -> Mode:
     """Table entry of a mode, or a ValueError listing the modes."""
-    try:
-        return MODES[name]
-    except KeyError:
-        raise ValueError(f"unknown training mode {name!r}; choose one of {sorted(MODES)}") from None
+    return lookup(MODES, name, "training mode")
 
 
 def check_loss_mode(loss: str, mode: str) -> None:
     """Raise ValueError with the reason when ``loss`` (a LOSSES name) cannot train in ``mode``."""
-    spec = LOSSES[loss]
+    spec = lookup(LOSSES, loss, "loss")
     if not spec.accepts(get_mode(mode)):
         working = sorted(name for name, m in MODES.items() if spec.accepts(m))
-        raise ValueError(f"--loss {loss} cannot be used with --mode {mode}: {spec.why}; "
-                         f"modes that work: {', '.join(working)}")
+        raise ConfigError(f"--loss {loss} cannot be used with --mode {mode}: {spec.why}; "
+                          f"modes that work: {', '.join(working)}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from aml.layers.pooling import POOLING_LR_MULTIPLIER
+from aml.utils.errors import lookup
 
 LR_DECAY = math.exp(-0.01)
 
@@ -64,7 +65,7 @@ def build_optimizer(net: nn.Module, name: str, lr: float, momentum: float, weigh
     """The optimizer of ``--optimizer`` over `parameter_groups`; every group records
     its ``initial_lr`` (as the original's checkpoints do)."""
     groups = parameter_groups(net, lr, weight_decay, projection_lr_mult)
-    optimizer = OPTIMIZERS[name](groups, lr, momentum, weight_decay, can_fuse(groups) or None)
+    optimizer = lookup(OPTIMIZERS, name, "optimizer")(groups, lr, momentum, weight_decay, can_fuse(groups) or None)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer

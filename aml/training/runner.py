@@ -39,6 +39,7 @@ from aml.training.trainer import Split, Trainer, TrainSettings
 from aml.utils.atomic import folder_lock
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import World, init_from_environment, main_first, process_device
+from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def run(config: TrainConfig) -> TrainResult:
     world = init_from_environment(requested, config.dist_timeout)
     problem = batch_split_problem(config.batch_size, world)
     if problem:
-        raise ValueError(problem)
+        raise ConfigError(problem)
     device = str(process_device(requested, world))
     run_dir = Path(config.directory) / run_name(config)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -34,11 +34,12 @@ from aml.utils.atomic import remove_orphan_temporaries
 from aml.utils.distributed import World, barrier
 from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator as seeded_generator
+from aml.utils.errors import AmlError, ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(AmlError, RuntimeError):
     """The loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
 
 
@@ -70,7 +71,7 @@ class Split:
         (for the losses that ``needs_context``)."""
         if self.context is None:
             if self.teacher is None:
-                raise ValueError("the teacher's view of the split needs the teacher's descriptors (--teacher)")
+                raise ConfigError("the teacher's view of the split needs the teacher's descriptors (--teacher)")
             self.context = TeacherContext.of(self.teacher.t(), self.db["cluster"])
         return self.context
 
@@ -272,8 +273,8 @@ class Trainer:
                 self.log.line(f">> Train: [{epoch + 1}][{i + 1}/{len(loader)}]\tTime {time.time() - start:.3f}\t"
                               f"Loss {losses[-1]:.4f} ({np.mean(losses):.4f})")
         if not losses:
-            raise ValueError(f"epoch {epoch + 1} has no full batch: {len(loader.dataset)} tuples for batch size "
-                             f"{s.batch_size}; lower --batch-size or raise --query-size/--pool-size")
+            raise ConfigError(f"epoch {epoch + 1} has no full batch: {len(loader.dataset)} tuples for batch size "
+                              f"{s.batch_size}; lower --batch-size or raise --query-size/--pool-size")
         return float(np.mean(losses))
 
     @torch.no_grad()

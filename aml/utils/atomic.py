@@ -11,13 +11,14 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Union
+from aml.utils.errors import AmlError
 
 log = logging.getLogger(__name__)
 #: errno values of a full disk and of an exhausted quota
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class DiskFull(Exception):
+class DiskFull(AmlError):
     """A write failed because the disk (or the user's quota) is full."""
 
 
@@ -143,7 +144,7 @@ def publish_folder(staging: Path, folder: Union[str, Path], overwrite: bool = Fa
     return False
 
 
-class FolderInUse(RuntimeError):
+class FolderInUse(AmlError, RuntimeError):
     """Another live process holds the folder's lock."""
 
 

@@ -11,7 +11,7 @@ from aml.cli.arguments import Parser, folder, one_line_errors, positive_int, run
 from aml.descriptors import ExtractionConfig
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
 from aml.export.report import onnx_test_maps, onnx_timings
-from aml.networks.loading import LoadedNetwork, load_teacher, load_test_network
+from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
 from aml.reports.provenance import provenance
 from aml.search import StoreError, list_images, open_store
 from aml.utils.atomic import atomic_write
@@ -94,15 +94,14 @@ def _calibration(args, image_size: int) -> Int8Settings:
 def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[LoadedNetwork]]:
     """The teacher as named, and the teacher itself when it is on this machine (a checkpoint) or
     needed for --test-set."""
-    spec = args.teacher or student.net.meta.get("teacher")
-    if args.test_set is not None:
-        if spec is None:
-            raise ConfigError("--test-set encodes the database with the student's teacher, which the checkpoint does "
-                              "not record: give --teacher")
-        return spec, load_teacher(spec, args.data_root)
-    if spec is not None and Path(spec).is_file():
-        return spec, load_teacher(spec, args.data_root)
-    return spec, None
+    given = args.teacher or student.net.meta.get("teacher")
+    if given is None and args.test_set is not None:
+        raise ConfigError("--test-set encodes the database with the student's teacher, which the checkpoint does "
+                          "not record: give --teacher")
+    spec = NetworkSpec.parse(given) if given is not None else None
+    if spec is not None and (args.test_set is not None or spec.local_file is not None):
+        return given, load_spec(spec, None, args.data_root)
+    return given, None
 
 
 def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: int, whitening) -> Dict[str, Any]:

@@ -72,7 +72,7 @@ def _index(args) -> Path:
                                 device=device, data_root=args.data_root, progress=not args.quiet)
         whitening = get_whitening(teacher, args.whitening, settings)
     reranking = reranking_from(args)
-    store = build_store(teacher, args.teacher, images, args.store, args.image_size, args.multiscale, whitening,
+    store = build_store(teacher, images, args.store, args.image_size, args.multiscale, whitening,
                         ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet), reranking)
     print(f">> {len(images)} images indexed by {teacher.name} into {store}"
           + (f", augmented with DBA ({reranking.label()})" if reranking.dba else ""))
@@ -97,11 +97,7 @@ def _query(args) -> List[Any]:
                                                qe_alpha=reranking.qe_alpha), args)
     device = str(resolve_device(args.device, args.gpu_id))
     student = load_test_network(args.network, None, None, args.data_root).net
-    teacher_net = None
-    spec = args.teacher or student.meta.get("teacher")
-    if spec is not None and Path(spec).is_file():
-        teacher_net = load_teacher(spec, args.data_root).net
-    check_teacher(store, student, teacher_net, args.teacher)
+    check_teacher(store, student, args.teacher, args.data_root)
     results = query_store(store, student, args.images, args.k, bbxs=[args.box] if args.box else None,
                           config=ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet),
                           qe=reranking.qe, qe_alpha=reranking.qe_alpha)

@@ -26,8 +26,7 @@ from aml.export.quantization import QUANTIZED_NODES, Int8Settings, quantize_stud
 from aml.descriptors.onnx_student import (OnnxStudentInfo, describe_with_onnx, onnx_session, whitening_digest,
                                           write_onnx_metadata)
 from aml.networks.fingerprint import network_fingerprint
-from aml.networks.loading import checkpoint_name
-from aml.networks.pretrained import TEACHERS
+from aml.networks.loading import NetworkSpec
 from aml.networks.retrieval_net import ImageRetrievalNet
 
 __all__ = ["DeployedStudent", "ExportError", "Int8Settings", "QUANTIZED_NODES", "check_exports", "export_onnx",
@@ -243,7 +242,7 @@ def student_info(net: ImageRetrievalNet, name: str = "student", teacher: Optiona
     """
     spec = teacher or net.meta.get("teacher")
     return OnnxStudentInfo(student=name, fingerprint=network_fingerprint(net),
-                           teacher=None if spec is None else TEACHERS.get(spec) or checkpoint_name(spec),
+                           teacher=None if spec is None else NetworkSpec.parse(spec).name,
                            teacher_fingerprint=teacher_fingerprint, dim=int(net.meta["outputdim"]),
                            whitening=None if whitening is None else whitening_digest(*whitening))
 

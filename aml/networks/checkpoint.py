@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from aml.networks.backbones import get_backbone, library_model, load_weights
-from aml.networks.pretrained import TEACHER_DIMS
-from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network
+from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network, output_dimension
 from aml.utils.plain_files import CheckpointError, PathLike, load_plain_file, save_plain_file
 
 __all__ = ["CheckpointError", "load_plain_file", "save_plain_file", "save_checkpoint", "load_checkpoint",
@@ -101,8 +100,9 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
                             source: str = "checkpoint") -> ImageRetrievalNet:
     """Rebuild the network that ``state['meta']`` describes and load its weights strictly.
 
-    The dimension comes from ``meta['outputdim']`` (``teacher`` is the fallback for files
-    without it); ``meta['Lw']`` is kept in ``net.meta``.
+    The dimension comes from ``meta['outputdim']`` (for files without it, the one
+    `aml.networks.retrieval_net.output_dimension` gives the architecture and ``teacher``);
+    ``meta['Lw']`` is kept in ``net.meta``.
     """
     meta = state["meta"]
     missing = [k for k in ("architecture", "pooling", "mean", "std") if k not in meta]
@@ -110,7 +110,7 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
         raise CheckpointError(f"{source}: meta lacks {missing}; not an aml/cirtorch checkpoint")
     _check_finite(state, source)
     arch = meta["architecture"]
-    dim = meta.get("outputdim") or TEACHER_DIMS.get(teacher or "vgg16")
+    dim = meta.get("outputdim") or output_dimension(arch, teacher)
     if not isinstance(dim, int) or not 0 < dim <= MAX_OUTPUT_DIM:
         raise CheckpointError(f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
                               f"{MAX_OUTPUT_DIM}); the file is damaged or not a retrieval checkpoint")

@@ -16,7 +16,7 @@ from aml.layers.normalization import L2N
 from aml.layers.pooling import POOLINGS, Rpool
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
-from aml.networks.pretrained import FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING, TEACHER_DIMS
+from aml.networks.pretrained import FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING, teacher_dimension
 from aml.utils.errors import ConfigError, lookup
 
 log = logging.getLogger(__name__)
@@ -149,13 +149,14 @@ def multiscale_power(net: ImageRetrievalNet, scales: List[float]) -> float:
 
 
 def output_dimension(arch: str, teacher: Optional[str] = None, teacher_dim: Optional[int] = None) -> int:
-    """Descriptor dimension: a student trunk projects to its teacher's (default 512, vgg16);
-    other trunks keep their width unless ``teacher_dim`` asks for a projection."""
+    """Descriptor dimension: ``teacher_dim`` when given; a student trunk projects to its published
+    teacher's (`aml.networks.pretrained.DEFAULT_TEACHER`'s, vgg16's 512, for none or another
+    name); other trunks keep their width."""
     backbone = get_backbone(arch)
     if teacher_dim:
         return int(teacher_dim)
     if backbone.student:
-        return TEACHER_DIMS.get(teacher or "vgg16", TEACHER_DIMS["vgg16"])
+        return teacher_dimension(teacher) or teacher_dimension()
     return backbone.dim
 
 
@@ -304,9 +305,9 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
     if outputdim is not None:
         outputdim = int(outputdim)
         implied = params.get("teacher_dim")
-        if implied is None and params.get("architecture") and params.get("teacher") in TEACHER_DIMS:
+        if implied is None and params.get("architecture") and params.get("teacher"):
             if get_backbone(params["architecture"]).student:
-                implied = TEACHER_DIMS[params["teacher"]]
+                implied = teacher_dimension(params["teacher"])
         if implied is not None and int(implied) != outputdim:
             raise ConfigError(f"init_network: outputdim {outputdim} disagrees with the teacher's dimension {implied} "
                               f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})")

@@ -29,11 +29,9 @@ from aml.descriptors.onnx_student import (REEXPORT, OnnxStudentInfo, describe_wi
                                           read_onnx_metadata, whitening_digest)
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images, feature_file_settings
 from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch, encode_into_store, read_store
-from aml.networks.fingerprint import network_fingerprint
 from aml.evaluation.reranking import DEFAULT_ALPHA, Reranking, database_augmentation, weighted_expansion
 from aml.evaluation.whitening import whitenapply
-from aml.networks.loading import LoadedNetwork, checkpoint_name
-from aml.networks.pretrained import TEACHERS
+from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file, save_plain_file
@@ -194,7 +192,7 @@ class Store:
         return top.values.numpy(), top.indices.numpy()
 
 
-def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[str],
+def build_store(teacher: LoadedNetwork, images: Sequence[str],
                 folder: PathLike, image_size: int, scales: Sequence[float] = (1,),
                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                 config: ExtractionConfig = DEFAULT_EXTRACTION, reranking: Reranking = Reranking()) -> Path:
@@ -209,9 +207,8 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
     searches use instead, and ``search.json`` records it; the shards stay the teacher's own.
 
     Args:
-        teacher: the teacher and its provenance.
-        teacher_source: the name or path the teacher was loaded from, recorded for the
-            query-side check.
+        teacher: the teacher and its provenance (the name or path it was loaded from is
+            recorded for the query-side check).
         images: the database's image files.
         folder: the store's folder.
         image_size: the longer side images are shrunk to.
@@ -233,7 +230,7 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
         >>> from aml.networks.loading import load_teacher
         >>> from aml.search import build_store, list_images
         >>> teacher = load_teacher("vgg16")  # doctest: +SKIP
-        >>> build_store(teacher, "vgg16", list_images("photos/"), "photos.store", 1024)  # doctest: +SKIP
+        >>> build_store(teacher, list_images("photos/"), "photos.store", 1024)  # doctest: +SKIP
         PosixPath('photos.store')
     """
     folder = Path(folder)
@@ -254,7 +251,7 @@ def build_store(teacher: LoadedNetwork, teacher_source: str, images: Sequence[st
     store = encode_into_store(teacher.net, images, folder, key, config.but(desc="indexing"))
     if whitening is not None:
         save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
-    record: Dict[str, Any] = {"source": teacher_source}
+    record: Dict[str, Any] = {"source": teacher.spec.given}
     if dba:
         record["dba"] = _write_augmented(store, folder, whitening, dba, dba_alpha, config.device)
     atomic_write(folder / SEARCH, lambda out: out.write(json.dumps(record).encode()))
@@ -420,20 +417,20 @@ def open_store(folder: PathLike) -> Store:
     return Store(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening)
 
 
-def check_teacher(store: Store, student: ImageRetrievalNet, teacher_net: Optional[ImageRetrievalNet],
-                  teacher_spec: Optional[str]) -> None:
+def check_teacher(store: Store, student: ImageRetrievalNet, teacher: Optional[str] = None,
+                  data_root: Optional[str] = None) -> None:
     """Refuse a store encoded by another network than the student's teacher.
 
-    The teacher (``teacher_spec``, else the student's ``meta['teacher']``) must have the
-    store's weights (fingerprint), or, for a published teacher name, the store's network name.
+    The teacher (``teacher``, else the student's ``meta['teacher']``) must have the store's
+    weights (fingerprint) when its checkpoint is on this machine, else the store's network
+    name (a published teacher by its list name, a checkpoint by its file name).
 
     Args:
         store: the opened store.
         student: the student whose queries are to search it.
-        teacher_net: the teacher's network, when it is a checkpoint on this machine (its
-            fingerprint is compared); None: the names are compared.
-        teacher_spec: the teacher as the user named it (a published name or a path); None:
-            the student's ``meta['teacher']``.
+        teacher: the teacher as the user named it (a published name, an alias or a path);
+            None: the student's ``meta['teacher']``.
+        data_root: where a teacher's checkpoint is found (to compare its fingerprint).
 
     Raises:
         StoreError: when the student's dimension is not the store's, the teacher is not the
@@ -444,25 +441,26 @@ def check_teacher(store: Store, student: ImageRetrievalNet, teacher_net: Optiona
         >>> from aml.search import check_teacher, open_store
         >>> store = open_store("photos.store")  # doctest: +SKIP
         >>> student = load_named_or_file("mobilenet-v2-gem-contr-vgg16").net  # doctest: +SKIP
-        >>> check_teacher(store, student, None, None)  # doctest: +SKIP
+        >>> check_teacher(store, student)  # doctest: +SKIP
     """
     settings = store.settings
     if student.meta["outputdim"] != settings["dim"]:
         raise StoreError(f"the student outputs {student.meta['outputdim']}-d descriptors but the store {store.folder} "
                          f"holds {settings['dim']}-d ones of {settings['network']}")
-    spec = teacher_spec or student.meta.get("teacher")
-    if teacher_net is not None:
-        if network_fingerprint(teacher_net) != settings["fingerprint"]:
-            raise StoreError(f"the store {store.folder} was encoded by {settings['network']} ({settings['source']}), "
-                             f"not by the student's teacher {spec}; index the database with that teacher")
-        return
-    if spec is None:
+    given = teacher or student.meta.get("teacher")
+    if given is None:
         raise StoreError(f"the student does not record its teacher; give --teacher (the store was encoded by "
                          f"{settings['network']})")
-    # a published teacher by its list name; a checkpoint that is not on this machine by its file name
-    if (TEACHERS.get(spec) or checkpoint_name(spec)) != settings["network"]:
-        raise StoreError(f"the store {store.folder} was encoded by {settings['network']}, not by the student's "
-                         f"teacher {spec}; index the database with that teacher")
+    spec = NetworkSpec.parse(given)
+    if spec.local_file is not None:
+        same = load_spec(spec, None, data_root).fingerprint == settings["fingerprint"]
+        network = f"{settings['network']} ({settings['source']})"
+    else:
+        same = spec.name == settings["network"]
+        network = settings["network"]
+    if not same:
+        raise StoreError(f"the store {store.folder} was encoded by {network}, not by the student's teacher {given}; "
+                         "index the database with that teacher")
 
 
 def query_store(store: Store, student: ImageRetrievalNet, images: Sequence[str], k: int = 10,

@@ -11,7 +11,7 @@ from typing import Any, List, Optional, Tuple
 from aml.data.distractors import split_test_name
 from aml.data.testsets import get_test_set
 from aml.data.trainsets import get_train_set, training_set_names
-from aml.networks.loading import checkpoint_name
+from aml.networks.loading import NetworkSpec
 from aml.layers.pooling import POOLINGS
 from aml.losses import LOSSES
 from aml.networks.backbones import BACKBONES
@@ -291,5 +291,4 @@ def run_name(config: TrainConfig) -> str:
         name += f"_projlr{c.proj_lr_mult:g}"
     if c.seed != 0:
         name += f"_seed{c.seed}"
-    teacher = checkpoint_name(c.teacher) if Path(c.teacher).exists() else c.teacher
-    return name + f"_teach_{teacher}" + c.comment
+    return name + f"_teach_{NetworkSpec.parse(c.teacher).label}" + c.comment

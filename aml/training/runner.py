@@ -25,9 +25,8 @@ from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings, evaluate, result_lines
 from aml.losses import build_loss
 from aml.networks.backbones import get_backbone
-from aml.networks.checkpoint import load_checkpoint, load_trunk_weights
+from aml.networks.checkpoint import load_trunk_weights
 from aml.networks.loading import LoadedNetwork
-from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
 from aml.training.config import TrainConfig, run_name
 from aml.training.modes import get_mode
@@ -102,15 +101,6 @@ def run(config: TrainConfig) -> TrainResult:
         return _Run(config, world, device, run_dir).train()
 
 
-def teacher_dimension(teacher: str) -> Optional[int]:
-    """512 / 2048 for the published teachers, meta['outputdim'] of a checkpoint path."""
-    if teacher in TEACHER_DIMS:
-        return TEACHER_DIMS[teacher]
-    if Path(teacher).is_file():
-        return int(load_checkpoint(teacher)["meta"]["outputdim"])
-    return None
-
-
 class _Run:
     """The pieces of one run, built from its config: data, teacher, network, trainer."""
 
@@ -166,7 +156,6 @@ class _Run:
         random.seed(c.seed)
         net = build_network(c.arch, c.pool, c.local_whitening, c.regional, c.whitening,
                             pretrained=c.pretrained and trunk is None,
-                            teacher=c.teacher if c.teacher in TEACHER_DIMS else None,
                             teacher_dim=teacher_dim, data_root=c.data_root)
         if trunk is not None:
             load_trunk_weights(net, trunk)
@@ -219,7 +208,7 @@ class _Run:
         val = self.split("val", c.feat_val_path) if c.val else None
         dim = train.teacher.shape[0] if train.teacher is not None else None
         if dim is None and get_backbone(c.arch).student:  # a student trunk projects to its teacher's space
-            dim = teacher_dimension(c.teacher)
+            dim = self.teacher.spec.dimension()
         net = self.network(dim)
         optimizer = build_optimizer(net, c.optimizer, c.lr, c.momentum, c.weight_decay, c.proj_lr_mult)
         trainer = Trainer(net, build_loss(c.loss, c.loss_margin, c.temp).to(self.device), optimizer, self.mode,

@@ -10,13 +10,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
 
 from aml.utils.atomic import is_disk_full
 from aml.utils.bounds import (NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, UNIT_INTERVAL, Bound,
                                bound_of)
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
 from aml.utils.errors import AmlError, ConfigError
+
+if TYPE_CHECKING:
+    from aml.descriptors import ExtractionConfig
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.Pow: operator.pow}
@@ -137,6 +140,25 @@ def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = F
                              "default auto: workers on CUDA, pil on the CPU")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network for extraction (pays on large sets; see docs/speed.md)")
+
+
+def extraction_from(args: argparse.Namespace, device: Optional[str] = None) -> "ExtractionConfig":
+    """The `aml.descriptors.ExtractionConfig` of the flags of `add_extraction_arguments`,
+    ``--workers`` and ``--quiet``; a flag a command does not offer keeps its default.
+
+    Args:
+        args: the parsed flags.
+        device: the compute device (None: the network's).
+
+    Returns:
+        How the command's images are encoded (progress bars unless ``--quiet``).
+    """
+    from aml.descriptors import ExtractionConfig
+
+    return ExtractionConfig(workers=args.workers, device=device, batch_size=getattr(args, "batch_size", None),
+                            amp=getattr(args, "amp", None), amp_dtype=getattr(args, "amp_dtype", "float16"),
+                            decode=getattr(args, "decode", "auto"), compile=getattr(args, "compile", False),
+                            progress=not args.quiet)
 
 
 def add_reranking_arguments(parser: argparse.ArgumentParser, qe: bool = True, dba: bool = True) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from aml.cli.arguments import (Parser, add_reranking_arguments, add_runtime_arguments, folder, nonnegative_int,
-                               one_line_errors, parse_scales, positive_int, reranking_from, run_cli, setup_logging)
-from aml.descriptors import ExtractionConfig
-from aml.evaluation.testing import TestSettings
-from aml.evaluation.whitening_store import get_whitening
+                               extraction_from, one_line_errors, parse_scales, positive_int, reranking_from, run_cli,
+                               setup_logging)
+from aml.data.paths import DataRoot
+from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
 from aml.search import (StoreError, build_ivfpq, build_store, check_teacher, list_images, open_store, query_store,
@@ -66,14 +66,15 @@ def _index(args) -> Path:
     images = list_images(args.images)
     if not images:
         raise StoreError(f"{args.images} holds no images")
+    extraction = extraction_from(args, device)
     whitening = None
     if args.whitening:
-        settings = TestSettings(image_size=args.image_size, scales=args.multiscale, workers=args.workers,
-                                device=device, data_root=args.data_root, progress=not args.quiet)
-        whitening = get_whitening(teacher, args.whitening, settings)
+        request = WhiteningRequest(args.whitening, args.image_size, tuple(args.multiscale), extraction,
+                                   DataRoot.resolve(args.data_root))
+        whitening = get_whitening(teacher, request)
     reranking = reranking_from(args)
-    store = build_store(teacher, images, args.store, args.image_size, args.multiscale, whitening,
-                        ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet), reranking)
+    store = build_store(teacher, images, args.store, args.image_size, args.multiscale, whitening, extraction,
+                        reranking)
     print(f">> {len(images)} images indexed by {teacher.name} into {store}"
           + (f", augmented with DBA ({reranking.label()})" if reranking.dba else ""))
     if args.ivfpq:
@@ -99,7 +100,7 @@ def _query(args) -> List[Any]:
     student = load_test_network(args.network, None, None, args.data_root).net
     check_teacher(store, student, args.teacher, args.data_root)
     results = query_store(store, student, args.images, args.k, bbxs=[args.box] if args.box else None,
-                          config=ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet),
+                          config=extraction_from(args, device),
                           qe=reranking.qe, qe_alpha=reranking.qe_alpha)
     return _print_results(results, args)
 

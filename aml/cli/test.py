@@ -6,8 +6,9 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import (Parser, add_extraction_arguments, add_reranking_arguments, add_runtime_arguments, folder,
-                               nonnegative_int, parse_scales, positive_int, reranking_from, setup_logging)
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_reranking_arguments, add_runtime_arguments,
+                               extraction_from, folder, nonnegative_int, parse_scales, positive_int, reranking_from,
+                               setup_logging)
 from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
@@ -137,14 +138,12 @@ def main(argv: Optional[List[str]] = None) -> dict:
     say(student.net.meta_repr())
     if teacher is not None:
         say(f">> Asymmetric testing: database by teacher '{teacher.name}', queries by '{student.name}'")
-    settings = TestSettings(datasets=datasets, image_size=args.image_size, scales=args.multiscale,
-                            whitening=args.whitening, workers=args.workers, device=str(device),
-                            batch_size=args.batch_size, amp=args.amp, amp_dtype=args.amp_dtype, decode=args.decode,
-                            compile=args.compile, data_root=args.data_root,
-                            cache=not args.no_cache, progress=not args.quiet, skip_bad=args.skip_bad_images,
-                            skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,
-                            report_top=args.report_top, distractor_dtype=args.distractor_dtype,
-                            shard_size=args.shard_size, reranking=reranking)
+    settings = TestSettings(datasets=tuple(datasets), image_size=args.image_size, scales=args.multiscale,
+                            whitening=args.whitening,
+                            extraction=extraction_from(args, str(device)).but(skip_bad=args.skip_bad_images),
+                            data_root=args.data_root, cache=not args.no_cache, skipped_dir=_skipped_dir(args),
+                            report_dir=Path(args.report) if args.report else None, report_top=args.report_top,
+                            distractor_dtype=args.distractor_dtype, shard_size=args.shard_size, reranking=reranking)
     results = evaluate(student, settings, teacher,
                        on_result=lambda dataset, entry: say("\n".join(result_lines(dataset, entry)), flush=True))
     if args.results and world.is_main:

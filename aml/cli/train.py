@@ -2,19 +2,23 @@
 parsed into a `aml.training.TrainConfig`, then `aml.training.run`."""
 
 import argparse
+import dataclasses
 from typing import List, Optional
 
 from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, field_type, folder,
                                nonnegative_int, setup_logging)
 from aml.data.trainsets import training_set_names, whitening_set_names
-from aml.training import TrainConfig, TrainResult, run
+from aml.descriptors import ExtractionConfig
+from aml.training import TrainConfig, TrainResult, TrainSettings, run
 from aml.training.config import CHOICES, problems
 from aml.utils.distributed import current_rank
 
 
 def _ranged(field: str):
-    """The argparse type of a numeric flag: its `TrainConfig` field's range."""
-    return field_type(TrainConfig, field)
+    """The argparse type of a numeric flag: the range of its field in `TrainConfig` or its parts."""
+    part = next(part for part in (TrainConfig, TrainSettings, ExtractionConfig)
+                if field in {f.name for f in dataclasses.fields(part)})
+    return field_type(part, field)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +98,7 @@ UNUSED = ("nexamples", "pos_num")  # flags of the original kept for compatibilit
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
     """The `TrainConfig` of parsed flags (the flags the original kept but never used are dropped)."""
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k not in UNUSED})
+    return TrainConfig.from_flags(**{k: v for k, v in vars(args).items() if k not in UNUSED})
 
 
 def main(argv: Optional[List[str]] = None) -> TrainResult:

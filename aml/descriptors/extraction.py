@@ -31,6 +31,7 @@ from aml.networks.inference import inference_copy
 from aml.networks.retrieval_net import multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
+from aml.utils.bounds import NONNEGATIVE_INT, bounded
 from aml.utils.errors import DataError, lookup
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class ExtractionConfig:
         >>> vecs = extract_vectors(net, images, 1024, transform, config=config.but(decode="device"))  # doctest: +SKIP
     """
 
-    workers: int = 4  # loader workers (capped on the CPU, see effective_workers)
+    workers: int = bounded(4, NONNEGATIVE_INT)  # loader workers (capped on the CPU, see effective_workers)
     device: Optional[Device] = None  # None: the network's
     batch_size: Optional[int] = None  # None: default_batch_size (per image shape on the CPU)
     amp: Optional[bool] = None  # autocast; None: on CUDA only

@@ -11,15 +11,16 @@ that search found (in asymmetric tests: the student's queries expanded with the 
 database descriptors), the final search. Each step adds its own results entry.
 """
 
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from aml.data.paths import data_subdir
+from aml.data.paths import DataRoot, data_subdir
 from aml.data.distractors import DISTRACTOR_SETS, distractor_images, split_test_name
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.descriptors import DescriptorKey, ExtractionConfig, cached_descriptors, describe_images
@@ -28,7 +29,7 @@ from aml.evaluation.metrics import evaluate_ranks, format_results
 from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation, weighted_expansion
 from aml.evaluation.search import nearest_with_distractors, positions_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply
-from aml.evaluation.whitening_store import get_whitening
+from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import LoadedNetwork
 from aml.utils.distributed import current_world
 from aml.utils.errors import ConfigError, lookup
@@ -36,38 +37,86 @@ from aml.utils.errors import ConfigError, lookup
 log = logging.getLogger(__name__)
 
 
-@dataclass
+#: how test.py extracts unless told otherwise: its defaults (-j 8; the device is the network's)
+TEST_EXTRACTION = ExtractionConfig(workers=8)
+
+
+@dataclass(frozen=True)
 class TestSettings:
-    """Everything test.py's flags decide besides the networks."""
+    """Everything test.py's flags decide besides the networks.
+
+    Attributes:
+        datasets: the test sets, with their ``+`` distractor suffixes.
+        image_size: the longer side images are shrunk to.
+        scales: the multi-scale factors.
+        whitening: the whitening set (None: no whitening).
+        extraction: how the images are encoded (its device, default the network's, is where
+            the searches run too; ``skip_bad`` skips unreadable images, listed in
+            ``skipped_dir``).
+        data_root: the data root, resolved once (`aml.data.paths.DataRoot`).
+        cache: keep the database descriptors in ``<data_root>/features/cache``.
+        skipped_dir: where ``skipped_<dataset>.txt`` goes (None: the data set's folder).
+        report_dir: write the visual ranking report there (None: none).
+        report_top: the database images the report shows per query.
+        distractor_dtype: the dtype of the distractor store (float16 halves its disk and reads).
+        shard_size: images per distractor shard.
+        reranking: αQE and DBA (default: none).
+
+    Examples:
+        >>> from aml.descriptors import ExtractionConfig
+        >>> from aml.evaluation import TestSettings
+        >>> settings = TestSettings(datasets=("roxford5k",), extraction=ExtractionConfig(workers=0, device="cpu"))
+        >>> settings.scales, settings.data_root.path.is_absolute()
+        ((1.0,), True)
+    """
 
     __test__ = False  # not a pytest test class, despite its name
-    datasets: Sequence[str] = ("roxford5k", "rparis6k")
+    datasets: Tuple[str, ...] = ("roxford5k", "rparis6k")
     image_size: int = 1024
-    scales: Sequence[float] = (1,)
+    scales: Tuple[float, ...] = (1.0,)
     whitening: Optional[str] = None
-    workers: int = 8
-    device: str = "cpu"
-    batch_size: Optional[int] = None
-    amp: Optional[bool] = None  # autocast at extraction (None: on CUDA only)
-    amp_dtype: str = "float16"  # its dtype (aml.descriptors.extraction.AMP_DTYPES)
-    decode: str = "auto"  # where images are decoded (aml.descriptors.DECODINGS; auto: the device on CUDA)
-    compile: bool = False  # torch.compile the networks for extraction
-    data_root: Optional[str] = None
+    extraction: ExtractionConfig = TEST_EXTRACTION
+    data_root: DataRoot = None  # type: ignore[assignment]  # resolved from None, a path or a DataRoot
     cache: bool = True
-    progress: bool = False  # tqdm bars (stderr) while extracting
-    skip_bad: bool = False  # skip unreadable images (listed in skipped_dir) instead of stopping
-    skipped_dir: Optional[Path] = None  # where skipped_<dataset>.txt goes (default: the data set's folder)
-    report_dir: Optional[Path] = None  # write the visual ranking report there
+    skipped_dir: Optional[Path] = None
+    report_dir: Optional[Path] = None
     report_top: int = 10
-    distractor_dtype: str = "float32"  # of the distractor store (float16 halves its disk and reads)
-    shard_size: int = 16384  # images per distractor shard
-    reranking: Reranking = field(default_factory=Reranking)  # αQE and DBA (default: none)
+    distractor_dtype: str = "float32"
+    shard_size: int = 16384
+    reranking: Reranking = Reranking()
 
-    def extraction(self) -> ExtractionConfig:
-        """How the test images are encoded."""
-        return ExtractionConfig(workers=self.workers, device=self.device, batch_size=self.batch_size, amp=self.amp,
-                                amp_dtype=self.amp_dtype, decode=self.decode, compile=self.compile,
-                                progress=self.progress, skip_bad=self.skip_bad)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "datasets", tuple(self.datasets))
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(self, "data_root", DataRoot.resolve(self.data_root))
+
+    @property
+    def device(self) -> str:
+        """Where the images are encoded and the searches run (the CPU when not set)."""
+        return str(self.extraction.device_for())
+
+    def but(self, **changes: Any) -> "TestSettings":
+        """A copy with some fields changed.
+
+        Args:
+            **changes: the new values, by field name.
+
+        Returns:
+            The changed copy (these settings stay as they are).
+
+        Raises:
+            TypeError: for a name that is not a field.
+        """
+        return dataclasses.replace(self, **changes)
+
+    def whitening_request(self) -> WhiteningRequest:
+        """What the whitening of these settings is learned (or found) with.
+
+        Returns:
+            The request: the whitening set, encoded like the test images.
+        """
+        assert self.whitening is not None
+        return WhiteningRequest(self.whitening, self.image_size, self.scales, self.extraction, self.data_root)
 
 
 def htime(seconds: float) -> str:
@@ -173,15 +222,16 @@ def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: Op
 def distractor_store(suffix: str, encoder: LoadedNetwork, settings: TestSettings) -> DescriptorStore:
     """The distractor set ``suffix`` encoded by ``encoder`` (once per network and settings:
     shared by every test set and by every student tested against this teacher)."""
-    descriptors = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction(),
+    descriptors = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction,
                                    encoder.fingerprint)
     key = StoreKey(descriptors, encoder.name, settings.distractor_dtype, settings.shard_size)
     name = lookup(DISTRACTOR_SETS, suffix, "distractor set").folder
     tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_{key.tag()}"
     folder = data_subdir(settings.data_root, "features") / "distractors" / f"{name}_{encoder.fingerprint}_{tag}"
-    images = distractor_images(suffix, settings.data_root, settings.progress)
+    progress = settings.extraction.progress
+    images = distractor_images(suffix, settings.data_root, progress)
     # each process encodes its own shards
-    config = settings.extraction().but(progress=settings.progress and current_world().is_main, desc=f"{name} shard")
+    config = settings.extraction.but(progress=progress and current_world().is_main, desc=f"{name} shard")
     log.info(">> %s: %d distractors, descriptors by %s in %s", name, len(images), encoder.name, folder)
     return encode_into_store(encoder.net, images, folder, key, config)
 
@@ -251,7 +301,7 @@ def _report(test: _TestSet, encoded: _Encoded, kept: List[int], ranks: np.ndarra
                                scores.tolist(), student_aps[q]))
     if teacher is not None:
         tq = describe_images(teacher.net, [queries[q] for q in kept], settings.image_size, settings.scales,
-                             bbxs=[bbxs[q] for q in kept], config=settings.extraction().but(skip_bad=False))
+                             bbxs=[bbxs[q] for q in kept], config=settings.extraction.but(skip_bad=False))
         teacher_results, teacher_ranks = _search(encoded.vecs, tq, cfg, [cfg["gnd"][q] for q in kept],
                                                  settings.device, encoded.skipped_db)
         teacher_aps = _query_aps(teacher_results, kept, len(queries))
@@ -273,7 +323,7 @@ def _encode(test: _TestSet, student: LoadedNetwork, database_encoder: LoadedNetw
     scales = list(settings.scales)
     skipped_db: List[int] = []
     skipped_queries: List[int] = []
-    database = settings.extraction().but(desc=f"{dataset} database")
+    database = settings.extraction.but(desc=f"{dataset} database")
     if cache_dir is None:
         vecs = describe_images(database_encoder.net, images, settings.image_size, scales, config=database,
                                skipped=skipped_db)
@@ -282,7 +332,7 @@ def _encode(test: _TestSet, student: LoadedNetwork, database_encoder: LoadedNetw
                                database_encoder.fingerprint)
         vecs = cached_descriptors(database_encoder.net, images, key, cache_dir, dataset, skipped_db, config=database)
     qvecs = describe_images(student.net, queries, settings.image_size, scales, bbxs=bbxs, skipped=skipped_queries,
-                            config=settings.extraction().but(desc=f"{dataset} queries"))
+                            config=settings.extraction.but(desc=f"{dataset} queries"))
     return _Encoded(vecs, qvecs, skipped_db, skipped_queries)
 
 
@@ -321,7 +371,7 @@ def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: Loade
                       teacher: Optional[LoadedNetwork], settings: TestSettings, lw,
                       cache_dir: Optional[Path]) -> Dict[str, Any]:
     dataset, suffix = split_test_name(name)
-    dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.progress)
+    dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.extraction.progress)
     test = _TestSet.read(dataset, settings.data_root)
     cfg, images, queries = test.cfg, test.images, test.queries
     encoded = _encode(test, student, database_encoder, settings, cache_dir)
@@ -381,7 +431,8 @@ def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[L
     check_reranking(settings.reranking, settings.datasets, settings.data_root)
     for encoder in {id(e): e for e in (student, database_encoder)}.values():
         encoder.net.to(settings.device).eval()
-    lw = get_whitening(database_encoder, settings.whitening, settings, published=teacher is None) if settings.whitening else None
+    lw = (get_whitening(database_encoder, settings.whitening_request(), published=teacher is None)
+          if settings.whitening else None)
     cache_dir = data_subdir(settings.data_root, "features") / "cache" if settings.cache else None
     results: Dict[str, Any] = {}
     for dataset in settings.datasets:

@@ -24,6 +24,7 @@ from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.reports.curves import TrainingHistory
 from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
+from aml.training.config import TrainSettings
 from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
 from aml.training.optim import set_epoch_lr
 from aml.training.parallel import Parallel
@@ -76,34 +77,6 @@ class Split:
         return self.context
 
 
-@dataclass
-class TrainSettings:
-    """The loop's knobs (main.py flags)."""
-
-    image_size: int = 1024
-    neg_num: int = 5
-    query_size: int = 2000
-    pool_size: int = 20000
-    batch_size: int = 5
-    update_every: int = 1
-    epochs: int = 100
-    print_freq: int = 10
-    workers: int = 8
-    val: bool = True
-    val_freq: int = 1
-    save_freq: int = 1
-    sym: bool = False
-    device: str = "cpu"
-    test_freq: int = 0
-    train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
-    batch_forward: bool = False  # frozen BatchNorm: the mini-batch encoded together too (else tuple by tuple)
-    seed: int = 0  # every random draw comes from streams derived from it (aml.utils.seeding)
-    progress: bool = False  # tqdm bars (stderr) over training batches and descriptor extraction
-    amp: bool = False  # bfloat16 autocast of the training (and validation) forward passes and losses
-    # how mining extracts (its workers, device and progress are the fields above)
-    extraction: ExtractionConfig = DEFAULT_EXTRACTION
-
-
 def _check_finite(loss: torch.Tensor) -> None:
     value = loss.item()
     if not np.isfinite(value):
@@ -119,19 +92,21 @@ class Trainer:
 
     def __init__(self, net: ImageRetrievalNet, criterion: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, mode: Mode, train: Split, val: Optional[Split], run_dir: Path,
-                 settings: TrainSettings, evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
+                 settings: TrainSettings, extraction: ExtractionConfig = DEFAULT_EXTRACTION,
+                 evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
                  world: World = World()):
         self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
         self.val_mode = validation_mode(mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
-        self.device = torch.device(settings.device)
+        # mining's extraction; its device (default: the network's), workers and progress are the loop's too
+        self.extraction = extraction.but(device=extraction.device_for(net))
+        self.device = torch.device(self.extraction.device)
         self.world = world
         for split in (train, val):  # the teacher's descriptors stay on the device for the whole run
             if split is not None and split.teacher is not None:
                 split.teacher = split.teacher.to(self.device)
         net.to(memory_format=torch.channels_last)  # faster convolutions on the CPU and GPU
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
-        self.mining = settings.extraction.but(workers=settings.workers, device=self.device, progress=settings.progress)
         self.evaluate = evaluate
         self.parallel = Parallel(net, world, self.device, settings.batch_size, settings.train_batchnorm)
         if world.is_main:
@@ -147,7 +122,7 @@ class Trainer:
     def _encoder(self, split: Split) -> Callable[[Sequence[int]], torch.Tensor]:
         def encode(indices: Sequence[int]) -> torch.Tensor:
             return extract_vectors(self.net, [split.images[i] for i in indices], self.settings.image_size,
-                                   self.transform, config=self.mining)
+                                   self.transform, config=self.extraction)
         return encode
 
     def epoch_tuples(self, split: Split, epoch: int, everything: bool = False) -> List[TrainingTuple]:
@@ -187,7 +162,7 @@ class Trainer:
         batches = self._batches(split, tuples, generator, shuffle)
         batches = self.parallel.my_part(batches)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_list,
-                          num_workers=effective_workers(s.workers, self.device), generator=generator)
+                          num_workers=effective_workers(self.extraction.workers, self.device), generator=generator)
 
     # -- losses ---------------------------------------------------------------------------
     def _encode(self, encode, chunk: List[TupleItem], split: Split) -> TupleBatch:
@@ -200,8 +175,8 @@ class Trainer:
         return self.parallel.whole_batch(batch) if self.criterion.kind is LossKind.RELATIONAL else batch
 
     def _autocast(self):
-        """bfloat16 autocast of forward passes and losses with ``amp`` (gradients stay fp32)."""
-        if not self.settings.amp:
+        """bfloat16 autocast of forward passes and losses with ``autocast`` (gradients stay fp32)."""
+        if not self.settings.autocast:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -256,7 +231,8 @@ class Trainer:
         self.optimizer.zero_grad()
         losses: List[float] = []
         start = time.time()
-        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=s.progress, leave=False)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=self.extraction.progress,
+                           leave=False)
         for i, batch in enumerate(bar):
             try:
                 losses += self.batch_losses(batch, self.train_split, backward=True,
@@ -285,7 +261,7 @@ class Trainer:
         loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
         self.net.eval()
         losses: List[float] = []
-        for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.settings.progress,
+        for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.extraction.progress,
                           leave=False):
             losses += self.batch_losses(batch, split, backward=False)
         value = float(np.mean(losses)) if losses else float("nan")

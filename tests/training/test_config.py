@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from aml.cli import train as train_cli
-from aml.training import TrainConfig, run
+from aml.descriptors import ExtractionConfig
+from aml.training import TrainConfig, TrainSettings, run
 from aml.training.config import problems
 from aml.utils.errors import ConfigError
 
@@ -19,7 +20,7 @@ from aml.utils.errors import ConfigError
     ("momentum", 1.0, "--momentum 1.0: must be a number in [0, 1), got 1.0"),
 ])
 def test_a_number_out_of_its_range_is_refused_before_anything_is_written(field, value, reason, tmp_path):
-    config = TrainConfig(directory=str(tmp_path / "runs"), **{field: value})
+    config = TrainConfig.from_flags(directory=str(tmp_path / "runs"), **{field: value})
     assert reason in problems(config)
     with pytest.raises(ConfigError, match=reason.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         run(config)
@@ -49,18 +50,18 @@ def test_unknown_architecture_pooling_and_mode_are_named_together():
 
 
 def test_the_flags_check_the_ranges_the_config_declares():
-    """Every numeric flag of main.py takes its type from the field's range: a value the config
-    refuses, the flag refuses too."""
-    parser = train_cli.build_parser()
+    """Every numeric flag of main.py takes its type from the range its field declares (in the
+    config or one of its parts): a value the config refuses, the flag refuses too."""
+    fields = {f.name: f for part in (TrainConfig, TrainSettings, ExtractionConfig) for f in dataclasses.fields(part)}
     checked = 0
-    for action in parser._actions:
-        field = {f.name: f for f in dataclasses.fields(TrainConfig)}.get(action.dest)
+    for action in train_cli.build_parser()._actions:
+        field = fields.get(action.dest)
         if field is None or "bound" not in field.metadata:
             continue
         bound = field.metadata["bound"]
         low = "-1" if bound.kind is int else "-0.5"
         with pytest.raises(argparse.ArgumentTypeError, match=bound.what.replace("[", r"\[").replace(")", r"\)")):
             action.type(low)
-        assert problems(TrainConfig(directory="runs", **{field.name: bound.kind(low)}))
+        assert problems(TrainConfig.from_flags(directory="runs", **{field.name: bound.kind(low)}))
         checked += 1
-    assert checked >= 15
+    assert checked >= 19

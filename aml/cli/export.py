@@ -13,7 +13,7 @@ from aml.export import Int8Settings, export_student, int8_agreement, student_inf
 from aml.export.report import onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
 from aml.reports.provenance import provenance
-from aml.search import StoreError, list_images, open_store
+from aml.search import StoreError, list_images, open_database
 from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file
 from aml.utils.errors import ConfigError
@@ -53,10 +53,10 @@ def build_parser() -> Parser:
 
 def _whitening(args):
     if args.store:
-        store = open_store(args.store)
-        if store.whitening is None:
+        database = open_database(args.store)
+        if database.whitening is None:
             raise StoreError(f"the store {args.store} has no whitening to fold in")
-        return store.whitening
+        return database.whitening
     if args.whitening_file:
         data = load_plain_file(args.whitening_file)
         return np.asarray(data["m"]), np.asarray(data["P"])
@@ -132,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         student = load_test_network(args.network, None, None, args.data_root)
         whitening = _whitening(args)
         spec, teacher = _teacher(args, student)
-        image_size = args.image_size or (open_store(args.store).settings["image_size"] if args.store else
+        image_size = args.image_size or (open_database(args.store).settings["image_size"] if args.store else
                                          DEFAULT_IMAGE_SIZE)
         int8 = _calibration(args, image_size) if args.int8 else None
         info = student_info(student.net, student.name, spec, teacher.fingerprint if teacher else None, whitening)

@@ -12,8 +12,8 @@ from aml.data.paths import DataRoot
 from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
-from aml.search import (StoreError, build_ivfpq, build_store, check_teacher, list_images, open_store, query_store,
-                        query_store_onnx)
+from aml.search import (StoreError, build_ivfpq, build_store, check_teacher, list_images, open_database,
+                        query_database, query_database_onnx)
 
 
 def _box(text: str) -> List[float]:
@@ -79,7 +79,7 @@ def _index(args) -> Path:
           + (f", augmented with DBA ({reranking.label()})" if reranking.dba else ""))
     if args.ivfpq:
         nlist, m = (int(v) for v in args.ivfpq.split(","))
-        recall = build_ivfpq(open_store(store), nlist, m)
+        recall = build_ivfpq(open_database(store), nlist, m)
         print(f">> IVF-PQ index ({nlist} lists, {m} sub-quantisers): recall@10 against exact search {recall:.3f}")
     return store
 
@@ -87,21 +87,18 @@ def _index(args) -> Path:
 def _query(args) -> List[Any]:
     if args.box is not None and len(args.images) != 1:
         raise StoreError("--box crops a single query image; give one image with it")
-    store = open_store(args.store)
+    database = open_database(args.store)
     reranking = reranking_from(args)
+    bbxs = [args.box] if args.box else None
     if args.onnx:
         if args.teacher:
             raise StoreError(f"--teacher is for --network: {args.onnx} records its teacher (python -m aml.export "
                              "--teacher)")
-        return _print_results(query_store_onnx(store, args.onnx, args.images, args.k,
-                                               bbxs=[args.box] if args.box else None, qe=reranking.qe,
-                                               qe_alpha=reranking.qe_alpha), args)
+        return _print_results(query_database_onnx(database, args.onnx, args.images, args.k, bbxs, reranking), args)
     device = str(resolve_device(args.device, args.gpu_id))
     student = load_test_network(args.network, None, None, args.data_root).net
-    check_teacher(store, student, args.teacher, args.data_root)
-    results = query_store(store, student, args.images, args.k, bbxs=[args.box] if args.box else None,
-                          config=extraction_from(args, device),
-                          qe=reranking.qe, qe_alpha=reranking.qe_alpha)
+    check_teacher(database, student, args.teacher, args.data_root)
+    results = query_database(database, student, args.images, args.k, bbxs, extraction_from(args, device), reranking)
     return _print_results(results, args)
 
 

@@ -12,7 +12,7 @@ from aml.cli.arguments import (Parser, add_extraction_arguments, add_reranking_a
 from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
-from aml.evaluation.testing import TestSettings, check_reranking, evaluate, result_lines
+from aml.evaluation.testing import TestSettings, check_reranking, evaluate
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
 from aml.utils.devices import resolve_device
@@ -144,8 +144,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
                             data_root=args.data_root, cache=not args.no_cache, skipped_dir=_skipped_dir(args),
                             report_dir=Path(args.report) if args.report else None, report_top=args.report_top,
                             distractor_dtype=args.distractor_dtype, shard_size=args.shard_size, reranking=reranking)
-    results = evaluate(student, settings, teacher,
-                       on_result=lambda dataset, entry: say("\n".join(result_lines(dataset, entry)), flush=True))
+    results = {name: result.record() for name, result in evaluate(
+        student, settings, teacher, on_result=lambda result: say("\n".join(result.lines()), flush=True)).items()}
     if args.results and world.is_main:
         report = {"settings": {**vars(args), "device": str(device), "network": student.name,
                                "teacher": teacher.name if teacher else None}, "results": results}

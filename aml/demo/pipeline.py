@@ -81,7 +81,7 @@ def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[
     settings = TestSettings(datasets=tuple(DATASETS), image_size=budget.image_size, extraction=extraction,
                             data_root=data_root)
     database = load_named_or_file(teacher) if teacher is not None else None
-    return evaluate(load_named_or_file(network), settings, database)
+    return {name: result.record() for name, result in evaluate(load_named_or_file(network), settings, database).items()}
 
 
 # Per-role training options, both in the paper's setting: ImageNet trunks, frozen BatchNorm,

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from aml.data.encoded_images import EncodedImagesFromList, ImagePayload, decode_batch
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
 from aml.networks.inference import inference_copy
+from aml.networks.preserved import left_as_it_was
 from aml.networks.retrieval_net import multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
@@ -420,8 +421,8 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
     equals the one-image-at-a-time loop up to float rounding. The forward runs on
     `aml.networks.inference.inference_copy` of ``net`` (BatchNorm folded) when
     ``config.fold_batchnorm``, by default for calls of `FOLD_MIN_PIXELS` or more. A
-    batch that runs out of device memory is split with a warning. The network's train/eval
-    mode is restored afterwards.
+    batch that runs out of device memory is split with a warning. The network comes back as it
+    was: on its device, in its memory format and train/eval mode.
 
     Under torchrun the call is collective: every rank encodes its contiguous block of the
     images (`aml.utils.distributed.shard_range`) and every rank returns the whole
@@ -467,8 +468,9 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
                        resolve_amp(config.amp, resolved, config.amp_dtype), config.channels_last,
                        config.progress and world.is_main, config.desc, resolve_decoding(config.decode, resolved),
                        config.compile, _fold(config.fold_batchnorm, len(mine), image_size))
-    vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,
-                          [bbxs[i] for i in mine] if bbxs is not None else None, options, local_skipped)
+    with left_as_it_was(net):  # the caller's network keeps its device, memory format and mode
+        vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,
+                              [bbxs[i] for i in mine] if bbxs is not None else None, options, local_skipped)
     if world.distributed:
         vecs = gather_columns(vecs, len(images), world)
     _check_finite(vecs, images)

@@ -15,7 +15,7 @@ from aml.data.testsets import configdataset, prepare_test_set, query_and_databas
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
-from aml.descriptors.store import StoreKey, encode_into_store, read_store
+from aml.descriptors.store import StoreKey, encode_into_store, open_store
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
@@ -202,7 +202,7 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
 
 
 def _load_store(folder: Path) -> np.ndarray:
-    store = read_store(folder)
+    store = open_store(folder)
     if not store.complete():
         raise DataError(f"descriptor store {folder} lacks {len(store.missing())} of {store.shards} shards (an "
                         "interrupted extract_features.py): run the same command again to encode them")

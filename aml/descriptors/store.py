@@ -107,18 +107,35 @@ class DescriptorStore:
         return dict(self.key.record(), version=FORMAT_VERSION, count=self.count, dim=self.dim,
                     images_sha1=_list_sha1(self.images))
 
-    # -- opening --------------------------------------------------------------------------
-    def open(self) -> "DescriptorStore":
-        """Create the folder and manifest, or check that an existing one describes this
-        network, these settings and this image list (`StoreMismatch` otherwise).
-        Rank 0 writes; the others wait and check."""
+    # -- creating -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, folder: Path, images: Sequence[str], key: StoreKey, dim: int) -> "DescriptorStore":
+        """The store of ``images`` in ``folder``: its folder and manifest created, or an
+        existing one checked to describe this network, these settings and this image list.
+
+        Rank 0 writes; the other ranks wait and check.
+
+        Args:
+            folder: the store's folder.
+            images: the images it holds, in row order.
+            key: what its descriptors are.
+            dim: their dimension.
+
+        Returns:
+            The store (its missing shards still to encode: `fill`).
+
+        Raises:
+            StoreMismatch: when the folder holds descriptors of another network, settings or
+                image list (it is kept as it is).
+        """
+        store = cls(folder, images, key, dim)
         world = current_world()
         if world.is_main:
-            self._create_or_check()
+            store._create_or_check()
         barrier(world)
         if not world.is_main:
-            self._check(json.loads((self.folder / "manifest.json").read_text()))
-        return self
+            store._check(json.loads((store.folder / "manifest.json").read_text()))
+        return store
 
     def _create_or_check(self) -> None:
         path = self.folder / "manifest.json"
@@ -236,13 +253,19 @@ class DescriptorStore:
         return np.concatenate([block for _, block in self.blocks()]).astype(np.float32).T
 
 
-def open_store(folder: Path, images: Sequence[str], key: StoreKey, dim: int) -> DescriptorStore:
-    """`DescriptorStore.open` of a store for ``images``."""
-    return DescriptorStore(folder, images, key, dim).open()
+def open_store(folder: Path) -> DescriptorStore:
+    """An existing store, as its manifest and image list describe it (to read its shards).
 
+    Args:
+        folder: the store's folder.
 
-def read_store(folder: Path) -> DescriptorStore:
-    """An existing store, as its manifest and image list describe it (to read its shards)."""
+    Returns:
+        The store.
+
+    Raises:
+        DataError: when the folder holds no readable manifest and image list.
+        StoreMismatch: when the image list does not fit the manifest.
+    """
     folder = Path(folder)
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -253,7 +276,9 @@ def read_store(folder: Path) -> DescriptorStore:
         key = StoreKey(descriptors, manifest["network"], manifest["dtype"], manifest["shard_size"])
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"{folder} is not a readable descriptor store ({err})") from None
-    return DescriptorStore(folder, images, key, int(manifest["dim"])).open()
+    store = DescriptorStore(folder, images, key, int(manifest["dim"]))
+    store._check(manifest)  # the image list and the manifest agree
+    return store
 
 
 def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey,
@@ -261,7 +286,7 @@ def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey,
     """The store of ``images`` encoded by ``net`` as ``key`` says, its missing shards encoded
     first, each by this process alone (``config``: how; its skip policy decides whether an
     unreadable image is skipped and listed or raises)."""
-    store = open_store(folder, images, key, int(net.meta["outputdim"]))
+    store = DescriptorStore.create(folder, images, key, int(net.meta["outputdim"]))
     shard_config = config.but(collective=False)
 
     def encode(block: List[str], skipped: Optional[List[int]]):

@@ -11,18 +11,21 @@ weight. A query keeps weight 1 (its similarity to itself). DBA takes a database 
 neighbours among the other images (never itself).
 
 The order of a test (`aml.evaluation.testing`): whitening, DBA of the database, the first
-search, αQE of the queries with the (augmented) database, the final search.
+search, αQE of the queries with the (augmented) database, the final search. The last three are
+`search_with_expansion`, the one "search, αQE, search again" of the package: a test runs it on
+a `aml.evaluation.database.TestDatabase`, a store of `aml.search` on its database.
 """
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Callable, List, Protocol, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-from aml.evaluation.search import nearest
+from aml.evaluation.ranking import nearest
 from aml.utils.errors import ConfigError
 
+T = TypeVar("T")
 DEFAULT_ALPHA = 3.0
 
 
@@ -219,3 +222,55 @@ def database_augmentation(database: np.ndarray, k: int, alpha: float = DEFAULT_A
     if len(excluded):
         augmented[:, list(excluded)] = database[:, list(excluded)]
     return augmented
+
+
+class Database(Protocol):
+    """What αQE asks of a database: each query's first neighbours, with their descriptors."""
+
+    def nearest(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Each query's ``k`` best database images.
+
+        Args:
+            queries: D x Q descriptors.
+            k: neighbours per query.
+
+        Returns:
+            Their k x Q indices, best first, and their D x k x Q descriptors (zero where a
+            query has fewer than ``k``).
+        """
+
+
+def search_with_expansion(database: Database, queries: np.ndarray, reranking: Reranking,
+                          search: Callable[[np.ndarray], T], first: bool = True) -> List[T]:
+    """Search; with ``reranking.qe``, expand the queries with their first neighbours (αQE) and search again.
+
+    The one "search, αQE, search again" of the package: test.py runs it on the test set's
+    database (with its distractors), a store of `aml.search` on the teacher's database.
+
+    Args:
+        database: where the neighbours are found (`Database`).
+        queries: D x Q query descriptors (in asymmetric tests: the student's).
+        reranking: its ``qe`` and ``qe_alpha`` are used (DBA is the database's own).
+        search: what a search of queries gives (the metrics of a test, a store's top k).
+        first: also give the first search's result; False: only the final one (the
+            neighbours are found all the same).
+
+    Returns:
+        The searches' results in order: the first (with ``first``), then the search of the
+        expanded queries (with ``reranking.qe``).
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import Reranking, search_with_expansion
+        >>> from aml.evaluation.database import TestDatabase
+        >>> database = TestDatabase(np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32))
+        >>> query = np.array([[0.8], [0.6]], dtype=np.float32)
+        >>> scores = lambda q: (q.T @ database.vecs).astype(float).round(2).tolist()  # a search: the 3 images' scores
+        >>> search_with_expansion(database, query, Reranking(qe=1, qe_alpha=0), scores)  # towards image 2
+        [[[0.8, 0.6, 0.96]], [[0.71, 0.71, 0.99]]]
+    """
+    results = [search(queries)] if first or not reranking.qe else []
+    if reranking.qe:
+        _, neighbours = database.nearest(queries, reranking.qe)
+        results.append(search(weighted_expansion(queries, neighbours, reranking.qe_alpha)))
+    return results

@@ -1,14 +1,18 @@
-"""The test pipeline behind test.py: symmetric and asymmetric retrieval on test sets,
-with optional learned whitening, returning every number as a dict.
+"""The test pipeline behind test.py, as a library call: `evaluate` takes the networks and
+`TestSettings` and returns typed results (`aml.evaluation.results.DatasetResult`), the peer of
+`aml.training.run`.
 
-Asymmetric testing: the database is encoded by the teacher, the (cropped) queries by the
-student; with whitening, the teacher's whitening applies to both sides. Each network
-uses its own mean/std and its own multi-scale power.
+Symmetric testing encodes everything with the tested network; asymmetric testing encodes the
+database with the teacher and the (cropped) queries with the student; with whitening, the
+teacher's whitening applies to both sides. Each network uses its own mean/std and its own
+multi-scale power, and comes back as it went in (device, train/eval mode, memory format).
 
-Re-ranking (``settings.reranking``) runs in this order on each of the plain and whitened
-descriptors: DBA of the database, the first search, αQE of the queries with the neighbours
-that search found (in asymmetric tests: the student's queries expanded with the teacher's
-database descriptors), the final search. Each step adds its own results entry.
+Every search goes through one `aml.evaluation.database.TestDatabase`: the test set's database
+in memory, followed by a distractor set's descriptors read block by block for the +1M protocol
+(``roxford5k+1m``). Re-ranking (``settings.reranking``) runs in this order on each of the plain
+and whitened descriptors: DBA of the database, the first search, αQE of the queries with the
+neighbours that search found (in asymmetric tests: the student's queries expanded with the
+teacher's database descriptors), the final search; each search is a `SearchResult` of its own.
 """
 
 import dataclasses
@@ -20,16 +24,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from aml.data.paths import DataRoot, data_subdir
 from aml.data.distractors import DISTRACTOR_SETS, distractor_images, split_test_name
+from aml.data.paths import DataRoot, DataRootLike, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.descriptors import DescriptorKey, ExtractionConfig, cached_descriptors, describe_images
 from aml.descriptors.store import DescriptorStore, StoreKey, encode_into_store
-from aml.evaluation.metrics import evaluate_ranks, format_results
-from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation, weighted_expansion
-from aml.evaluation.search import nearest_with_distractors, positions_with_distractors, rank_database
+from aml.evaluation.database import Distractors, TestDatabase
+from aml.evaluation.metrics import evaluate_ranks
+from aml.evaluation.reranking import Reranking, search_with_expansion
+from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages
 from aml.evaluation.whitening import whitenapply
-from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
+from aml.evaluation.whitening_store import Whitening, WhiteningRequest, get_whitening
 from aml.networks.loading import LoadedNetwork
 from aml.utils.distributed import current_world
 from aml.utils.errors import ConfigError, lookup
@@ -132,54 +137,7 @@ def htime(seconds: float) -> str:
     return " ".join(parts)
 
 
-def _search(database: np.ndarray, queries: np.ndarray, cfg: Dict[str, Any], gnd: List[Dict[str, Any]], device: str,
-            excluded: Sequence[int] = ()) -> Tuple[Dict[str, Any], np.ndarray]:
-    ranks = rank_database(database, queries, device=device, excluded=excluded)
-    return evaluate_ranks(ranks, gnd, cfg["protocol"]), ranks
-
-
-def _search_with_distractors(database: np.ndarray, queries: np.ndarray, cfg: Dict[str, Any], gnd: List[Dict[str, Any]],
-                             device: str, excluded: Sequence[int], store: DescriptorStore, lw=None) -> Dict[str, Any]:
-    """The numbers of the test set with the store's distractors added to its database."""
-    places = positions_with_distractors(database, queries, store.blocks(), device, excluded, store.skipped(),
-                                        _whitening_transform(lw))
-    return evaluate_ranks(places, gnd, cfg["protocol"], positions=True)
-
-
-def _whitening_transform(lw):
-    return (lambda x: whitenapply(x, *lw)) if lw is not None else None
-
-
-def _rerank(base: str, database: np.ndarray, queries: np.ndarray, ranks: np.ndarray, entry: Dict[str, Any],
-            cfg: Dict[str, Any], gnd: List[Dict[str, Any]], settings: TestSettings, excluded: Sequence[int]) -> None:
-    """Add the re-ranked entries of ``base`` (``ranks``: its search): DBA, the first search,
-    αQE with that search's neighbours, the final search."""
-    reranking, device = settings.reranking, settings.device
-    keys = reranking.result_keys(base)
-    if reranking.dba:
-        database = database_augmentation(database, reranking.dba, reranking.dba_alpha, device, excluded)
-        entry[keys[0]], ranks = _search(database, queries, cfg, gnd, device, excluded)
-    if reranking.qe:
-        expanded = alpha_query_expansion(queries, database, ranks, reranking.qe, reranking.qe_alpha)
-        entry[keys[-1]], _ = _search(database, expanded, cfg, gnd, device, excluded)
-
-
-def _rerank_with_distractors(base: str, database: np.ndarray, queries: np.ndarray, entry: Dict[str, Any],
-                             cfg: Dict[str, Any], gnd: List[Dict[str, Any]], settings: TestSettings,
-                             excluded: Sequence[int], store: DescriptorStore, lw=None) -> None:
-    """αQE with the neighbours among the test database and the store's distractors (DBA is
-    refused with distractors, `check_reranking`), then the final search over both."""
-    reranking = settings.reranking
-    if not reranking.qe:
-        return
-    _, neighbours = nearest_with_distractors(database, queries, reranking.qe, store.blocks(), settings.device,
-                                             excluded, store.skipped(), _whitening_transform(lw))
-    expanded = weighted_expansion(queries, neighbours, reranking.qe_alpha)
-    entry[reranking.result_keys(base)[-1]] = _search_with_distractors(database, expanded, cfg, gnd, settings.device,
-                                                                      excluded, store, lw)
-
-
-def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: Optional[str] = None,
+def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: DataRootLike = None,
                     sizes: bool = True) -> None:
     """Refuse a re-ranking that the test sets cannot take, before anything is encoded.
 
@@ -248,7 +206,7 @@ class _TestSet:
     bbxs: List[Any]
 
     @classmethod
-    def read(cls, dataset: str, data_root: Optional[str]) -> "_TestSet":
+    def read(cls, dataset: str, data_root: DataRootLike) -> "_TestSet":
         cfg = configdataset(dataset, data_subdir(data_root, "test"))
         return cls(dataset, cfg, *query_and_database_paths(cfg))
 
@@ -285,33 +243,36 @@ def _query_aps(results: Dict[str, Any], kept: Sequence[int], nq: int) -> List[Op
     return out
 
 
-def _report(test: _TestSet, encoded: _Encoded, kept: List[int], ranks: np.ndarray, results: Dict[str, Any],
+def _report(test: _TestSet, encoded: _Encoded, kept: List[int], database: TestDatabase, plain: SearchResult,
             student: LoadedNetwork, teacher: Optional[LoadedNetwork], settings: TestSettings) -> Path:
     """The visual ranking report of one data set (with the teacher's own ranking when asymmetric)."""
     from aml.reports.ranking import Ranking, write_report
 
     dataset, cfg, images, queries, bbxs = test.name, test.cfg, test.images, test.queries, test.bbxs
-    top = min(settings.report_top, ranks.shape[0])
-    student_aps = _query_aps(results, kept, len(queries))
+    top = min(settings.report_top, encoded.vecs.shape[1])
+    student_aps = _query_aps(plain.metrics, kept, len(queries))
     rows: List[List[Ranking]] = [[] for _ in queries]
+    ranks, _ = database.nearest(encoded.qvecs, top)
     for column, q in enumerate(kept):
-        indices = ranks[:top, column]
+        indices = ranks[:, column]
         scores = encoded.vecs[:, indices].T @ encoded.qvecs[:, column]
         rows[q].append(Ranking(student.name if teacher is None else f"student {student.name}", indices.tolist(),
                                scores.tolist(), student_aps[q]))
     if teacher is not None:
         tq = describe_images(teacher.net, [queries[q] for q in kept], settings.image_size, settings.scales,
                              bbxs=[bbxs[q] for q in kept], config=settings.extraction.but(skip_bad=False))
-        teacher_results, teacher_ranks = _search(encoded.vecs, tq, cfg, [cfg["gnd"][q] for q in kept],
-                                                 settings.device, encoded.skipped_db)
-        teacher_aps = _query_aps(teacher_results, kept, len(queries))
+        gnd = [cfg["gnd"][q] for q in kept]
+        teacher_aps = _query_aps(evaluate_ranks(database.positions(tq), gnd, cfg["protocol"], positions=True), kept,
+                                 len(queries))
+        teacher_ranks, _ = database.nearest(tq, top)
         for column, q in enumerate(kept):
-            indices = teacher_ranks[:top, column]
+            indices = teacher_ranks[:, column]
             rows[q].append(Ranking(f"teacher {teacher.name}", indices.tolist(),
                                    (encoded.vecs[:, indices].T @ tq[:, column]).tolist(), teacher_aps[q]))
     how = (f"asymmetric: queries by {student.name}, database by {teacher.name}" if teacher is not None
            else f"symmetric: {student.name}")
-    summary = "; ".join([how] + [line.split(": ", 1)[1] for line in format_results(dataset, results)])
+    lines = DatasetResult(dataset, (plain,)).lines()
+    summary = "; ".join([how] + [line.split(": ", 1)[1] for line in lines])
     if not current_world().is_main:  # rank 0 writes it
         return Path(settings.report_dir) / dataset / "index.html"
     return write_report(Path(settings.report_dir) / dataset, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
@@ -336,110 +297,116 @@ def _encode(test: _TestSet, student: LoadedNetwork, database_encoder: LoadedNetw
     return _Encoded(vecs, qvecs, skipped_db, skipped_queries)
 
 
-def result_keys(entry: Dict[str, Any]) -> List[str]:
-    """The entries of one data set's results that hold numbers, in the order they were made:
-    ``'plain'``, its re-ranked entries (``'plain + dba10'``, ``'plain + dba10 + αqe2'``), then
-    ``'whiten'`` and its re-ranked entries."""
-    return [key for key in entry if key in ("plain", "whiten") or key.startswith(("plain + ", "whiten + "))]
+def _searches(database: TestDatabase, queries: np.ndarray, test: _TestSet, kept: List[int], whitened: bool,
+              reranking: Reranking) -> List[SearchResult]:
+    """The first search of ``database`` and, with ``reranking``, DBA and the searches after it."""
+    gnd, protocol = [test.cfg["gnd"][q] for q in kept], test.cfg["protocol"]
 
+    def metrics(searched: TestDatabase) -> Callable[[np.ndarray], Dict[str, Any]]:
+        return lambda q: evaluate_ranks(searched.positions(q), gnd, protocol, positions=True)
 
-def result_lines(dataset: str, entry: Dict[str, Any]) -> List[str]:
-    """The original's printed lines of one data set's results (and whitened results, and
-    each re-ranked entry: ``>> roxford5k + whiten + dba10 + αqe2: ...``), each ending with the
-    count of skipped images when there were any, then where the skipped list and the ranking
-    report went."""
-    skipped = entry.get("skipped")
-    count = len(skipped["database"]) + len(skipped["queries"]) if skipped else 0
-    note = f" ({count} unreadable images skipped)" if count else ""
-    lines = []
-    for key in result_keys(entry):
-        name = dataset if key == "plain" else f"{dataset} + {key.removeprefix('plain + ')}"
-        lines += [line + note for line in format_results(name, entry[key])]
-    if "distractors" in entry:
-        extra = entry["distractors"]
-        unread = f", {extra['skipped']} unreadable ones skipped (list next to the shards)" if extra["skipped"] else ""
-        lines.append(f">> {dataset}: {extra['count']} distractors added{unread}; descriptors in {extra['store']}")
-    if skipped:
-        lines.append(f">> {dataset}: {len(skipped['database'])} database images and {len(skipped['queries'])} "
-                     f"queries could not be read and were skipped; list in {skipped['list']}")
-    if "report" in entry:
-        lines.append(f">> {dataset}: ranking report in {entry['report']}")
-    return lines
+    found = [SearchResult(whitened, Reranking(), metrics(database)(queries))]
+    if not reranking.active:
+        return found
+    after = []
+    if reranking.dba:
+        database = database.augmented(reranking.dba, reranking.dba_alpha)
+        after.append(Reranking(dba=reranking.dba, dba_alpha=reranking.dba_alpha))
+    if reranking.qe:
+        after.append(reranking)
+    numbers = search_with_expansion(database, queries, reranking, metrics(database), first=bool(reranking.dba))
+    return found + [SearchResult(whitened, steps, values) for steps, values in zip(after, numbers)]
 
 
 def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: LoadedNetwork,
-                      teacher: Optional[LoadedNetwork], settings: TestSettings, lw,
-                      cache_dir: Optional[Path]) -> Dict[str, Any]:
+                      teacher: Optional[LoadedNetwork], settings: TestSettings, lw: Optional[Whitening],
+                      cache_dir: Optional[Path]) -> DatasetResult:
     dataset, suffix = split_test_name(name)
     dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.extraction.progress)
     test = _TestSet.read(dataset, settings.data_root)
-    cfg, images, queries = test.cfg, test.images, test.queries
     encoded = _encode(test, student, database_encoder, settings, cache_dir)
-    kept = [q for q in range(len(queries)) if q not in set(encoded.skipped_queries)]
-    qvecs, gnd = encoded.qvecs[:, kept], [cfg["gnd"][q] for q in kept]
-    entry: Dict[str, Any] = {}
+    kept = [q for q in range(len(test.queries)) if q not in set(encoded.skipped_queries)]
+    qvecs = encoded.qvecs[:, kept]
+    database = TestDatabase(encoded.vecs, encoded.skipped_db, device=settings.device)
+    added = None
     if suffix is not None:
         store = distractor_store(suffix, database_encoder, settings)
-        log.info(">> %s: Evaluating against %d + %d images...", name, len(images), store.count)
-        entry["plain"] = _search_with_distractors(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db,
-                                                  store)
-        _rerank_with_distractors("plain", encoded.vecs, qvecs, entry, cfg, gnd, settings, encoded.skipped_db, store)
-        if lw is not None:
-            vecs_lw, qvecs_lw = whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw)
-            entry["whiten"] = _search_with_distractors(vecs_lw, qvecs_lw, cfg, gnd, settings.device, encoded.skipped_db,
-                                                       store, lw)
-            _rerank_with_distractors("whiten", vecs_lw, qvecs_lw, entry, cfg, gnd, settings, encoded.skipped_db, store,
-                                     lw)
-        entry["distractors"] = {"count": store.count, "skipped": len(store.skipped()), "store": str(store.folder)}
+        database = dataclasses.replace(database, distractors=Distractors(store.blocks, store.count, store.skipped()))
+        added = DistractorsAdded(store.count, len(store.skipped()), str(store.folder))
+        log.info(">> %s: Evaluating against %d + %d images...", name, len(test.images), store.count)
     else:
         log.info(">> %s: Evaluating...", dataset)
-        entry["plain"], ranks = _search(encoded.vecs, qvecs, cfg, gnd, settings.device, encoded.skipped_db)
-        _rerank("plain", encoded.vecs, qvecs, ranks, entry, cfg, gnd, settings, encoded.skipped_db)
-        if lw is not None:
-            vecs_lw, qvecs_lw = whitenapply(encoded.vecs, *lw), whitenapply(qvecs, *lw)
-            entry["whiten"], ranks_lw = _search(vecs_lw, qvecs_lw, cfg, gnd, settings.device, encoded.skipped_db)
-            _rerank("whiten", vecs_lw, qvecs_lw, ranks_lw, entry, cfg, gnd, settings, encoded.skipped_db)
+    searches = _searches(database, qvecs, test, kept, False, settings.reranking)
+    if lw is not None:
+        whitened = database.whitened(lw)
+        searches += _searches(whitened, whitenapply(qvecs, *lw), test, kept, True, settings.reranking)
+    skipped = None
     if encoded.skipped_db or encoded.skipped_queries:
         listing = _write_skipped(test, encoded, settings, dataset_dir)
-        entry["skipped"] = {"database": [images[i] for i in encoded.skipped_db],
-                            "queries": [queries[i] for i in encoded.skipped_queries], "list": str(listing)}
+        skipped = SkippedImages(tuple(test.images[i] for i in encoded.skipped_db),
+                                tuple(test.queries[i] for i in encoded.skipped_queries), listing)
+    report = None
     if settings.report_dir is not None:
-        report_vecs = _Encoded(encoded.vecs, qvecs, encoded.skipped_db, encoded.skipped_queries)
-        entry["report"] = str(_report(test, report_vecs, kept, ranks, entry["plain"], student, teacher, settings))
-    return entry
+        kept_vecs = _Encoded(encoded.vecs, qvecs, encoded.skipped_db, encoded.skipped_queries)
+        report = _report(test, kept_vecs, kept, database, searches[0], student, teacher, settings)
+    return DatasetResult(name, tuple(searches), skipped, added, report)
 
 
 def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[LoadedNetwork] = None,
-             on_result: Optional[Callable[[str, Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    """Test ``student`` (symmetric) or student vs ``teacher`` (asymmetric, when given) on
-    every data set of ``settings``; return ``{dataset: {'plain': results, 'whiten':
-    results}}`` (plus the re-ranked entries of ``settings.reranking``, `result_keys`;
-    ``'skipped'`` when images were skipped, and ``'report'`` with ``settings.report_dir``).
-    ``on_result(dataset, entry)`` is called as each data set is done (test.py prints
-    `result_lines` there); progress is logged.
+             on_result: Optional[Callable[[DatasetResult], None]] = None) -> Dict[str, DatasetResult]:
+    """Test a network on every test set of ``settings``: symmetric, or asymmetric against a teacher.
 
-    Skipped database images are ranked last for every query; skipped queries are left out
-    of the means."""
+    The networks come back as they went in: on their device, in their train/eval mode and
+    memory format (the extraction works on them as it needs and restores them). Skipped
+    database images (``settings.extraction.skip_bad``) are ranked last for every query;
+    skipped queries are left out of the means. Progress is logged.
+
+    Args:
+        student: the tested network (it encodes the queries, and the database without a teacher).
+        settings: the test sets and how to test (`TestSettings`).
+        teacher: the teacher, which encodes the database (asymmetric testing); None: symmetric.
+        on_result: called with each test set's result as it is done (test.py prints its
+            `DatasetResult.lines` there).
+
+    Returns:
+        Per test set, in order, its `aml.evaluation.results.DatasetResult`: each search's
+        numbers (plain, whitened, re-ranked), the skipped images, the distractors, the report.
+
+    Raises:
+        ConfigError: for a ranking report with distractors, networks of other dimensions, or a
+            re-ranking the test sets cannot take (`check_reranking`).
+
+    Examples:
+        >>> from aml.descriptors import ExtractionConfig
+        >>> from aml.evaluation import TestSettings, evaluate
+        >>> from aml.networks import load_named_or_file
+        >>> student = load_named_or_file("runs/.../model_best.pth.tar")  # doctest: +SKIP
+        >>> teacher = load_named_or_file("vgg16")  # doctest: +SKIP
+        >>> settings = TestSettings(datasets=("roxford5k", "rparis6k"), extraction=ExtractionConfig(workers=4))
+        >>> results = evaluate(student, settings, teacher)  # doctest: +SKIP
+        >>> results["roxford5k"].plain.map("medium")  # doctest: +SKIP
+        0.512
+    """
     database_encoder = teacher or student
     with_distractors = [name for name in settings.datasets if split_test_name(name)[1] is not None]
     if with_distractors and settings.report_dir is not None:
-        raise ConfigError(f"--report draws full rankings, which a distractor set makes too long ({with_distractors[0]}); "
-                          "run --report without the '+' suffix")
+        raise ConfigError(f"--report draws full rankings, which a distractor set makes too long "
+                          f"({with_distractors[0]}); run --report without the '+' suffix")
     if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
         raise ConfigError(f"asymmetric test needs equal dimensions: student {student.name} is "
                           f"{student.net.meta['outputdim']}-d, teacher {teacher.name} {teacher.net.meta['outputdim']}-d")
     check_reranking(settings.reranking, settings.datasets, settings.data_root)
-    for encoder in {id(e): e for e in (student, database_encoder)}.values():
-        encoder.net.to(settings.device).eval()
+    if settings.extraction.device is None:  # the student's device, for every extraction and search
+        settings = settings.but(extraction=settings.extraction.but(device=settings.extraction.device_for(student.net)))
     lw = (get_whitening(database_encoder, settings.whitening_request(), published=teacher is None)
           if settings.whitening else None)
     cache_dir = data_subdir(settings.data_root, "features") / "cache" if settings.cache else None
-    results: Dict[str, Any] = {}
+    results: Dict[str, DatasetResult] = {}
     for dataset in settings.datasets:
         start = time.time()
         log.info(">> %s: Extracting...", dataset)
         results[dataset] = _evaluate_dataset(dataset, student, database_encoder, teacher, settings, lw, cache_dir)
         if on_result is not None:
-            on_result(dataset, results[dataset])
+            on_result(results[dataset])
         log.info(">> %s: elapsed time: %s", dataset, htime(time.time() - start))
     return results

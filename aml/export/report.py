@@ -13,7 +13,7 @@ from aml.data.paths import data_subdir
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.onnx_student import describe_with_onnx, onnx_session, seconds_per_image
 from aml.evaluation.metrics import evaluate_ranks
-from aml.evaluation.search import rank_database
+from aml.evaluation.ranking import rank_database
 from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork
 
@@ -61,7 +61,6 @@ def onnx_test_maps(files: Dict[str, PathLike], teacher: LoadedNetwork, dataset: 
     prepare_test_set(dataset, data_root)
     cfg = configdataset(dataset, data_subdir(data_root, "test"))
     images, queries, bbxs = query_and_database_paths(cfg)
-    teacher.net.eval()
     vecs = describe_images(teacher.net, images, image_size, config=config.but(desc=f"{dataset} database"))
     if whitening is not None:
         vecs = whitenapply(vecs, *whitening)

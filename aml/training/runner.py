@@ -8,7 +8,6 @@ and the tests.
 """
 
 import contextlib
-import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import prepare_test_set
 from aml.data.trainsets import load_training_db, prepare_train_set
 from aml.data.paths import DataRoot
-from aml.evaluation.testing import TestSettings, evaluate, result_lines
+from aml.evaluation.results import DatasetResult
+from aml.evaluation.testing import TestSettings, evaluate
 from aml.losses import build_loss
 from aml.networks.backbones import get_backbone
 from aml.networks.checkpoint import load_trunk_weights
@@ -175,19 +175,20 @@ class _Run:
         settings = TestSettings(datasets=c.test_datasets, image_size=self.loop.image_size,
                                 whitening=c.test_whiten or None, extraction=self.extraction, data_root=self.data_root)
 
-        def show(dataset: str, entry: Dict[str, Any]) -> None:
-            for line in result_lines(dataset, entry):
+        def show(result: DatasetResult) -> None:
+            for line in result.lines():
                 log.info(line)
 
         def evaluate_epoch(net, epoch: int) -> Dict[str, Any]:
+            """The epoch's test results as the history records them (test.py's results file entries)."""
             # in memory: no whitening file per epoch
             student = LoadedNetwork.in_memory(net, f"{self.run_dir.name}_epoch{epoch + 1}")
             # the student's own database changes every epoch: caching it would only fill the disk
-            results = {"symmetric": evaluate(student, dataclasses.replace(settings, cache=False), on_result=show)}
+            tests = {"symmetric": evaluate(student, settings.but(cache=False), on_result=show)}
             if teacher is not None:
-                results["asymmetric"] = evaluate(student, settings, teacher, on_result=show)
-            net.train()
-            return results
+                tests["asymmetric"] = evaluate(student, settings, teacher, on_result=show)
+            return {kind: {name: result.record() for name, result in results.items()}
+                    for kind, results in tests.items()}
 
         return evaluate_epoch
 

@@ -83,7 +83,7 @@ def test_unreadable_images_are_skipped_listed_and_counted(checkpoint, root, tmp_
 def test_skipped_database_image_ranks_last():
     import numpy as np
 
-    from aml.evaluation.search import rank_database
+    from aml.evaluation.ranking import rank_database
 
     database = np.eye(3, dtype=np.float32)
     ranks = rank_database(database, database[:, :1], excluded=[0])

@@ -1,6 +1,6 @@
-"""Nearest-neighbour search by dot product of L2-normalised descriptors: the full ranking of
-a test set's database, and the places of its images when a large distractor set is added
-(searched block by block, with bounded memory)."""
+"""Rankings by dot product of L2-normalised descriptors: the full ranking of a test set's
+database, each query's first neighbours, and the places of the database's images when a large
+distractor set is added (read block by block, with bounded memory)."""
 
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 

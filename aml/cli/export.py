@@ -138,14 +138,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         info = student_info(student.net, student.name, spec, teacher.fingerprint if teacher else None, whitening)
         files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)
         for kind, path in files.items():
-            if kind == "int8":
+            if kind == "int8" and int8 is not None:
                 agreement = int8_agreement(files["onnx"], path, int8.calibration[:AGREEMENT_IMAGES], image_size)
                 check = (f"cosine to float32 on {min(AGREEMENT_IMAGES, len(int8.calibration))} calibration images: "
                          f"min {agreement['min']:.4f}, mean {agreement['mean']:.4f}")
             else:
-                check = f"max abs diff to PyTorch {diffs[kind]:.2e}" if kind in diffs else "not checked (no onnxruntime)"
+                check = (f"max abs diff to PyTorch {diffs[kind]:.2e}" if kind in diffs
+                         else "not checked (no onnxruntime)")
             print(f">> {kind}: {path} ({check})")
         if args.test_set is not None:
+            assert teacher is not None  # --test-set loads it (_teacher)
             _report(args, files, teacher, image_size, whitening)
     return files
 

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="encode a folder or image list with the teacher into a store")
     index.add_argument("images", help="a folder (every image below it) or a text file of image paths")
     index.add_argument("--store", required=True, type=folder, help="the store folder to write")
-    index.add_argument("--teacher", "-t", default="vgg16", help="vgg16 | resnet101 | a checkpoint path (default: vgg16)")
+    index.add_argument("--teacher", "-t", default="vgg16",
+                       help="vgg16 | resnet101 | a checkpoint path (default: vgg16)")
     index.add_argument("--image-size", "-imsize", type=positive_int, default=1024)
     index.add_argument("--multiscale", "-ms", type=parse_scales, default="[1]")
     index.add_argument("--whitening", "-w", default=None, help="learn (or read) the teacher's whitening on this set")

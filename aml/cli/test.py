@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"learned whitening set: {' | '.join(whitening_set_names())}, or a custom set made by "
                              "python -m aml.cli.make_trainset (default: none)")
     add_reranking_arguments(parser)
-    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)")
+    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N",
+                        help="image loading workers (default: 8)")
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", metavar="TEACHER",
                         help="vgg16 | resnet101 (published teachers) or a checkpoint path; the database "
@@ -113,12 +114,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         datasets = _check_datasets(args.datasets, args.data_root)
         if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
-            raise ConfigError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
+            raise ConfigError(f"{args.whitening} has no whitening pairs; choose from "
+                              f"{', '.join(whitening_set_names())}")
         if args.report and any(split_test_name(name)[1] for name in datasets):
             raise ConfigError("--report draws full rankings, which a distractor set makes too long; run --report "
                               "without the '+' suffix")
         if args.results and Path(args.results).is_dir():
-            raise ConfigError(f"--results {args.results} is a folder; give a file name (e.g. {args.results}/results.json)")
+            raise ConfigError(f"--results {args.results} is a folder; give a file name (e.g. "
+                              f"{args.results}/results.json)")
         reranking = reranking_from(args)
         check_reranking(reranking, datasets, args.data_root, sizes=False)  # the sizes come once the sets are in
     except ValueError as err:

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Every flag of the original main.py (names, aliases, defaults), plus --data-root,
     --device, --test-freq, --train-batchnorm, --proj-lr-mult and --seed."""
     p = Parser(description="Train a retrieval network (asymmetric metric learning).")
-    p.add_argument("--directory", metavar="EXPORT_DIR", required=True, type=folder, help="where the run folder is created")
+    p.add_argument("--directory", metavar="EXPORT_DIR", required=True, type=folder,
+                   help="where the run folder is created")
     p.add_argument("--training-dataset", "-d", default="retrieval-SfM-120k",
                    help=f"{' | '.join(training_set_names())}, or a folder <data_root>/train/NAME made by "
                         "python -m aml.cli.make_trainset (default: retrieval-SfM-120k)")
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-whiten", default="",
                    help=f"whitening set for test evaluation: {' | '.join(whitening_set_names())} or a custom set")
     p.add_argument("--val-freq", default=1, type=_ranged("val_freq"), help="validate every N epochs (default: 1)")
-    p.add_argument("--save-freq", default=1, type=_ranged("save_freq"), help="write model_epochN every N epochs (default: 1)")
+    p.add_argument("--save-freq", default=1, type=_ranged("save_freq"),
+                   help="write model_epochN every N epochs (default: 1)")
     p.add_argument("--arch", "-a", default="resnet101", choices=sorted(CHOICES["arch"]))
     p.add_argument("--pool", "-p", default="gem", choices=sorted(CHOICES["pool"]))
     p.add_argument("--local-whitening", "-lw", action="store_true", help="learnable linear layer before pooling")
@@ -48,16 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "is a trunk state dict")
     p.add_argument("--loss", "-l", default="contrastive", choices=sorted(CHOICES["loss"]))
     p.add_argument("--mode", "-m", default="std", choices=list(CHOICES["mode"]))
-    p.add_argument("--loss-margin", "-lm", default=0.7, type=_ranged("loss_margin"), help="margin of contrastive/triplet (default: 0.7)")
-    p.add_argument("--image-size", default=1024, type=_ranged("image_size"), help="longer side of training images (default: 1024)")
+    p.add_argument("--loss-margin", "-lm", default=0.7, type=_ranged("loss_margin"),
+                   help="margin of contrastive/triplet (default: 0.7)")
+    p.add_argument("--image-size", default=1024, type=_ranged("image_size"),
+                   help="longer side of training images (default: 1024)")
     p.add_argument("--neg-num", "-nn", default=5, type=_ranged("neg_num"), help="negatives per tuple (default: 5)")
-    p.add_argument("--query-size", "-qs", default=2000, type=_ranged("query_size"), help="tuples per epoch (default: 2000)")
-    p.add_argument("--pool-size", "-ps", default=20000, type=_ranged("pool_size"), help="negative pool per epoch (default: 20000)")
+    p.add_argument("--query-size", "-qs", default=2000, type=_ranged("query_size"),
+                   help="tuples per epoch (default: 2000)")
+    p.add_argument("--pool-size", "-ps", default=20000, type=_ranged("pool_size"),
+                   help="negative pool per epoch (default: 20000)")
     p.add_argument("--gpu-id", "-g", default="0", help="GPU id used with --device auto (default: 0)")
     p.add_argument("--workers", "-j", default=8, type=_ranged("workers"), help="data loading workers (default: 8)")
     p.add_argument("--epochs", default=100, type=_ranged("epochs"))
-    p.add_argument("--batch-size", "-b", default=5, type=_ranged("batch_size"), help="tuples per mini-batch (default: 5)")
-    p.add_argument("--update-every", "-u", default=1, type=_ranged("update_every"), help="optimizer step every N batches (default: 1)")
+    p.add_argument("--batch-size", "-b", default=5, type=_ranged("batch_size"),
+                   help="tuples per mini-batch (default: 5)")
+    p.add_argument("--update-every", "-u", default=1, type=_ranged("update_every"),
+                   help="optimizer step every N batches (default: 1)")
     p.add_argument("--optimizer", "-o", default="adam", choices=sorted(CHOICES["optimizer"]))
     p.add_argument("--lr", "--learning-rate", default=1e-6, type=_ranged("lr"))
     p.add_argument("--momentum", default=0.9, type=_ranged("momentum"))
@@ -84,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proj-lr-mult", default=1.0, type=_ranged("proj_lr_mult"),
                    help="learning-rate multiplier of the student's 1x1 projection; 0.1 keeps its ReLU channels "
                         "alive when training from scratch at a high lr (default: 1, as the original)")
-    p.add_argument("--test-freq", default=0, type=_ranged("test_freq"), help="evaluate on --test-datasets every N epochs (0: never)")
+    p.add_argument("--test-freq", default=0, type=_ranged("test_freq"),
+                   help="evaluate on --test-datasets every N epochs (0: never)")
     p.add_argument("--seed", default=0, type=_ranged("seed"),
                    help="seed of the network's initialisation and of every random draw (tuples, shuffling); "
                         "the weights depend only on the flags, the data and this (default: 0)")

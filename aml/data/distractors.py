@@ -9,14 +9,14 @@ to ``jpg/``, as revisitop's download script leaves them.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple
 
 from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.paths import data_subdir
 from aml.data.synthetic import generate_distractor_set
 from aml.utils.errors import ConfigError, lookup
+from aml.utils.types import PathLike
 
-PathLike = Union[str, Path]
 SEPARATOR = "+"
 REVISITOP1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m/"
 REVISITOP1M_ARCHIVES = 100

@@ -160,7 +160,7 @@ def _transfer(url: str, partial: Path, limits: _Limits, progress: bool) -> _Rece
     from the start (a 416 says nothing of the part's bytes)."""
     have, version = _resumable_size(partial, url)
     request = urllib.request.Request(url, headers={"User-Agent": "aml"})
-    if have:
+    if have and version:  # a part worth resuming always has its version
         request.add_header("Range", f"bytes={have}-")
         request.add_header("If-Range", version)
     try:

@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence
 
 from PIL import Image
 
@@ -33,9 +33,9 @@ from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 from aml.utils.errors import DataError
+from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, Path]
 LISTS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
 
 
@@ -169,7 +169,8 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
         save_pickle({"imlist": [_stem(n) for n in database_names], "qimlist": [_stem(n) for n in query_names],
                      "gnd": gnd}, staging / f"gnd_{name}.pkl")
         if not publish_folder(staging, folder):
-            raise TestSetError(f"{folder} was created by another process meanwhile; choose another --name or move it away")
+            raise TestSetError(f"{folder} was created by another process meanwhile; choose another --name or move it "
+                               "away")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info(">> %s: %d queries, %d database images, %s protocol, in %s", name, len(queries), len(database_names),

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
+
 from aml.utils.errors import ConfigError
 
 ENV_VAR = "AML_DATA_ROOT"

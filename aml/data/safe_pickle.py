@@ -29,7 +29,8 @@ _ALLOWED = {
 # Callables that allocate what their arguments ask for: bytes(n), bytearray(n), numpy's array
 # and scalar reconstruction (a shape, a dtype's item size).
 _SIZED = {("builtins", "bytes"), ("builtins", "bytearray")} | {
-    (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")}
+    (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")}
 #: the most items (or bytes) one constructor call in a dataset pickle may ask for
 MAX_ELEMENTS = 1 << 25
 
@@ -56,7 +57,8 @@ def _bounded(name: str, constructor: Callable) -> Callable:
     def call(*args: Any) -> Any:
         largest = max((_requested(arg) for arg in args), default=0)
         if largest > MAX_ELEMENTS:
-            raise UnsafePickleError(f"refusing {name} of {largest:,} items (at most {MAX_ELEMENTS:,} in a dataset file)")
+            raise UnsafePickleError(f"refusing {name} of {largest:,} items (at most {MAX_ELEMENTS:,} in a dataset "
+                                    "file)")
         return constructor(*args)
     return call
 

@@ -8,17 +8,18 @@ On disk (``<data_root>/test/<name>/``): ``jpg/<image>.jpg`` and ``gnd_<name>.pkl
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
 
 import numpy as np
 
 from aml.data.download import download_file, extract_archives, remove_download
+from aml.data.formats import TestConfig
 from aml.data.paths import data_subdir
 from aml.data.safe_pickle import load_pickle
 from aml.data.synthetic import generate_test_set
 from aml.utils.errors import ConfigError, DataError
+from aml.utils.types import PathLike
 
-PathLike = Union[str, Path]
 CIRTORCH_TEST = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/"
 VGG = "https://www.robots.ox.ac.uk/~vgg/data/"
 
@@ -112,7 +113,7 @@ def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: 
     return test_root / entry.name
 
 
-def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
+def configdataset(dataset: str, dir_main: PathLike) -> TestConfig:
     """cirtorch's config dict of a test set stored under ``dir_main`` (``<data_root>/test``).
 
     Keys: imlist, qimlist, gnd, gnd_fname, ext, qext, dir_data, dir_images, n, nq,
@@ -130,13 +131,13 @@ def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
     cfg.update(gnd_fname=gnd_fname, ext=".jpg", qext=".jpg", dir_data=dir_data,
                dir_images=os.path.join(dir_data, "jpg"), n=len(cfg["imlist"]), nq=len(cfg["qimlist"]),
                im_fname=config_imname, qim_fname=config_qimname, dataset=name, protocol=entry.protocol)
-    return cfg
+    return cast(TestConfig, cfg)
 
 
 GND_KEYS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
 
 
-def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> None:
+def check_ground_truth(cfg: Mapping[str, Any], protocol: str, source: PathLike) -> None:
     """Refuse a gnd whose entries do not fit its image lists: one entry per query, the
     protocol's keys present, every listed index inside the database, boxes of four finite
     numbers with x1 < x2 and y1 < y2. Raises ValueError naming ``source`` and the query."""
@@ -149,7 +150,8 @@ def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> 
             if key not in entry:
                 raise DataError(f"{where} has no '{key}' list, which the {protocol} protocol needs")
             indices = np.asarray(entry[key]).ravel()
-            if indices.size and (not np.issubdtype(indices.dtype, np.integer) or indices.min() < 0 or indices.max() >= n):
+            if indices.size and (not np.issubdtype(indices.dtype, np.integer)
+                                 or indices.min() < 0 or indices.max() >= n):
                 bad = [i for i in indices.tolist() if not float(i).is_integer() or not 0 <= i < n][:3]
                 raise DataError(f"{where} lists database indices {bad} in '{key}', outside the {n} images of the "
                                 "image list; the gnd file does not belong to these images")
@@ -160,17 +162,17 @@ def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> 
                 raise DataError(f"{where} has box {box.tolist()}; a box is x1, y1, x2, y2 with x1 < x2 and y1 < y2")
 
 
-def config_imname(cfg: Dict[str, Any], i: int) -> str:
+def config_imname(cfg: TestConfig, i: int) -> str:
     """Path of database image ``i``."""
     return os.path.join(cfg["dir_images"], cfg["imlist"][i] + cfg["ext"])
 
 
-def config_qimname(cfg: Dict[str, Any], i: int) -> str:
+def config_qimname(cfg: TestConfig, i: int) -> str:
     """Path of query image ``i``."""
     return os.path.join(cfg["dir_images"], cfg["qimlist"][i] + cfg["qext"])
 
 
-def query_and_database_paths(cfg: Dict[str, Any]) -> Tuple[List[str], List[str], List[Optional[Tuple[float, ...]]]]:
+def query_and_database_paths(cfg: TestConfig) -> Tuple[List[str], List[str], List[Optional[Tuple[float, ...]]]]:
     """Database paths, query paths and query boxes (None when the gnd has no bbx)."""
     images = [config_imname(cfg, i) for i in range(cfg["n"])]
     queries = [config_qimname(cfg, i) for i in range(cfg["nq"])]

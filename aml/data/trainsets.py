@@ -8,15 +8,16 @@
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, cast
 
 from aml.data.download import download_file, extract_archive, remove_download
+from aml.data.formats import TrainingDb
 from aml.data.paths import cid2filename, data_subdir
 from aml.data.safe_pickle import load_pickle
 from aml.data.synthetic import generate_train_set
 from aml.utils.errors import ConfigError, DataError
+from aml.utils.types import PathLike
 
-PathLike = Union[str, Path]
 CIRTORCH_TRAIN = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/train/"
 
 
@@ -101,12 +102,13 @@ def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
     folder = train_root / entry.folder
     if not (folder / "ims").exists() or not any(folder.glob("*.pkl")):
         if entry.prepare is None:
-            raise FileNotFoundError(f"{folder} lacks ims/ or its pickles; make it again with python -m aml.cli.make_trainset")
+            raise FileNotFoundError(f"{folder} lacks ims/ or its pickles; make it again with python -m "
+                                    "aml.cli.make_trainset")
         entry.prepare(train_root)
     return folder
 
 
-def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> Dict[str, Any]:
+def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> TrainingDb:
     """One split ('train' or 'val') of a training set, with absolute image paths in 'images'."""
     entry = get_train_set(name, data_root)
     folder = prepare_train_set(name, data_root)
@@ -115,13 +117,13 @@ def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None
         raise DataError(f"{folder / (entry.name + '.pkl')} has no split {split!r} (found {sorted(db)})")
     db = dict(db[split])
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
-    return db
+    return cast(TrainingDb, db)
 
 
-def load_whitening_db(name: str, data_root: Optional[PathLike] = None) -> Dict[str, Any]:
+def load_whitening_db(name: str, data_root: Optional[PathLike] = None) -> TrainingDb:
     """A whitening set ``<name>-whiten.pkl`` with absolute image paths in 'images'."""
     entry = get_train_set(name, data_root)
     folder = prepare_train_set(name, data_root)
     db = dict(load_pickle(folder / f"{entry.name}-whiten.pkl"))
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
-    return db
+    return cast(TrainingDb, db)

@@ -29,7 +29,7 @@ from aml.data.encoded_images import EncodedImagesFromList, ImagePayload, decode_
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
 from aml.networks.inference import inference_copy
 from aml.networks.preserved import left_as_it_was
-from aml.networks.retrieval_net import multiscale_power
+from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
@@ -38,6 +38,7 @@ from aml.utils.errors import DataError, lookup
 log = logging.getLogger(__name__)
 
 Device = Union[str, torch.device]
+ImageDataset = Union[ImagesFromList, EncodedImagesFromList]  # single images, and their indices, by index
 BatchEncoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images -> B x D descriptors
 
 # Pixels per CPU forward: batches of images up to this many pixels in all (at least one
@@ -84,18 +85,18 @@ class Decoding:
     name: str
     summary: str
     dataset: Callable[[Sequence[Union[str, Path]], Optional[float], Optional[Sequence[Optional[BBox]]], Callable],
-                      Dataset]
+                      "ImageDataset"]
     shape: Callable[[Any], Tuple[int, ...]]
-    batch: Callable[[List[Any], torch.device, torch.nn.Module, Optional[List[int]]], Optional[torch.Tensor]]
+    batch: Callable[[List[Any], torch.device, ImageRetrievalNet, Optional[List[int]]], Optional[torch.Tensor]]
 
 
-def _pil_batch(items: List[torch.Tensor], device: torch.device, net: torch.nn.Module,
+def _pil_batch(items: List[torch.Tensor], device: torch.device, net: ImageRetrievalNet,
                failed: Optional[List[int]]) -> torch.Tensor:
     del net, failed  # decoded and checked in the workers already
     return torch.stack(items).to(device, non_blocking=True)
 
 
-def _device_batch(items: List[ImagePayload], device: torch.device, net: torch.nn.Module,
+def _device_batch(items: List[ImagePayload], device: torch.device, net: ImageRetrievalNet,
                   failed: Optional[List[int]]) -> Optional[torch.Tensor]:
     return decode_batch(items, device, net.meta["mean"], net.meta["std"], failed)
 
@@ -338,7 +339,7 @@ def _describe(encode: BatchEncoder, x: torch.Tensor, scales: Sequence[float], ms
     every scale of the whole batch in one forward."""
     if list(scales) == [1]:
         return encode(x).float()
-    total = 0.0
+    total: Any = 0.0  # a tensor from the first scale on
     for scale in scales:
         xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         total = total + encode(xs).float().pow(msp)
@@ -410,7 +411,7 @@ def _image_loader(dataset: Dataset, workers: int, device: torch.device) -> DataL
                       persistent_workers=False)
 
 
-def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], image_size: Optional[float],
+def extract_vectors(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], image_size: Optional[float],
                     transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]] = None, ms: Sequence[float] = (1,),
                     msp: float = 1.0, print_freq: int = 10, *, config: ExtractionConfig = DEFAULT_EXTRACTION,
                     skipped: Optional[List[int]] = None) -> torch.Tensor:
@@ -474,7 +475,7 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
     if world.distributed:
         vecs = gather_columns(vecs, len(images), world)
     _check_finite(vecs, images)
-    if config.skip_bad:
+    if local_skipped is not None:  # config.skip_bad
         found = concat_lists(gather_objects([mine.start + i for i in local_skipped], world))
         if skipped is not None:
             skipped.extend(found)
@@ -523,7 +524,7 @@ class _Options:
         return max(1, self.batch_size or default_batch_size(self.device, shape))
 
 
-def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], image_size: Optional[float],
+def _extract_block(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], image_size: Optional[float],
                    transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]], o: _Options,
                    bad: Optional[List[int]]) -> torch.Tensor:
     """`extract_vectors` of one process's images (``bad``: None = raise on an
@@ -548,7 +549,7 @@ def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], ima
             for items, indices in _batches(iter(loader), o.limit, o.decoding.shape, 4 * largest, bad):
                 failed: Optional[List[int]] = [] if bad is not None else None
                 x = o.decoding.batch(items, o.device, net, failed)
-                if failed:  # named in the log by decode_batch
+                if failed and bad is not None:  # named in the log by decode_batch
                     bad.extend(indices[k] for k in failed)
                     indices = [i for k, i in enumerate(indices) if k not in set(failed)]
                     bar.update(-len(failed))  # counted again with the skipped below

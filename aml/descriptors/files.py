@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from aml.data.paths import data_subdir
+from aml.data.paths import DataRootLike, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
@@ -119,7 +119,8 @@ def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:
         settings = json.loads(sidecar.read_text())
     except ValueError:
         return None
-    if settings.get("npy_bytes") != path.stat().st_size or settings.get("images_sha1") != _text_sha1(listing.read_text()):
+    listed = _text_sha1(listing.read_text())
+    if settings.get("npy_bytes") != path.stat().st_size or settings.get("images_sha1") != listed:
         return None
     return settings
 
@@ -209,7 +210,7 @@ def _load_store(folder: Path) -> np.ndarray:
     return store.load()
 
 
-def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[str]:
+def dataset_images(dataset: str, split: str, data_root: DataRootLike) -> List[str]:
     """Image paths of a training split or of a test set's database.
 
     Args:
@@ -234,7 +235,7 @@ def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[s
 
 
 def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, key: DescriptorKey,
-                             data_root: Optional[str] = None, output: Optional[Path] = None,
+                             data_root: DataRootLike = None, output: Optional[Path] = None,
                              shard_size: Optional[int] = None, store_dtype: str = "float32",
                              config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
     """Encode a data set (split) with a network and write its feature file.

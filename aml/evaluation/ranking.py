@@ -87,7 +87,8 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
     shards). The database scores of each query are sorted once; each distractor's score is
     looked up among them (how many database images it beats) and counted, and a reverse
     cumulative sum of the counts gives, for every database image, the distractors above
-    it. Memory holds one block and its Q x n_k scores, never the Q x (N + M) matrix. The places equal those of `rank_database` on the
+    it. Memory holds one block and its Q x n_k scores, never the Q x (N + M) matrix. The places
+    equal those of `rank_database` on the
     concatenation: equal scores keep the order, database images before distractors.
     ``excluded`` / ``excluded_distractors`` (unreadable images) score -inf. ``transform``
     applies to every block (the queries and database come transformed already).
@@ -152,7 +153,7 @@ def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
         and their D x k x N_q descriptors (float32; transformed distractors).
     """
     scores = _scores(database, queries, device, excluded)  # Q x N
-    n_q, n_db = scores.shape
+    n_db = scores.shape[1]
     order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
     best = torch.gather(scores, 1, order)
     indices = order

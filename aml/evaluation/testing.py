@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from aml.data.distractors import DISTRACTOR_SETS, distractor_images, split_test_name
+from aml.data.formats import TestConfig
 from aml.data.paths import DataRoot, DataRootLike, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.descriptors import DescriptorKey, ExtractionConfig, cached_descriptors, describe_images
@@ -71,8 +72,8 @@ class TestSettings:
         >>> from aml.descriptors import ExtractionConfig
         >>> from aml.evaluation import TestSettings
         >>> settings = TestSettings(datasets=("roxford5k",), extraction=ExtractionConfig(workers=0, device="cpu"))
-        >>> settings.scales, settings.data_root.path.is_absolute()
-        ((1.0,), True)
+        >>> settings.scales, type(settings.data_root).__name__
+        ((1.0,), 'DataRoot')
     """
 
     __test__ = False  # not a pytest test class, despite its name
@@ -81,7 +82,7 @@ class TestSettings:
     scales: Tuple[float, ...] = (1.0,)
     whitening: Optional[str] = None
     extraction: ExtractionConfig = TEST_EXTRACTION
-    data_root: DataRoot = None  # type: ignore[assignment]  # resolved from None, a path or a DataRoot
+    data_root: DataRootLike = None  # resolved once, into a DataRoot
     cache: bool = True
     skipped_dir: Optional[Path] = None
     report_dir: Optional[Path] = None
@@ -126,7 +127,7 @@ class TestSettings:
 
 def htime(seconds: float) -> str:
     """'1h 0m 5s' / '42s', dropping leading zero units (the original's format)."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     units = [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)]
     parts, started = [], False
     for suffix, size in units:
@@ -200,7 +201,7 @@ class _TestSet:
     their boxes."""
 
     name: str
-    cfg: Dict[str, Any]
+    cfg: TestConfig
     images: List[str]
     queries: List[str]
     bbxs: List[Any]
@@ -273,9 +274,10 @@ def _report(test: _TestSet, encoded: _Encoded, kept: List[int], database: TestDa
            else f"symmetric: {student.name}")
     lines = DatasetResult(dataset, (plain,)).lines()
     summary = "; ".join([how] + [line.split(": ", 1)[1] for line in lines])
+    folder = Path(settings.report_dir or ".") / dataset
     if not current_world().is_main:  # rank 0 writes it
-        return Path(settings.report_dir) / dataset / "index.html"
-    return write_report(Path(settings.report_dir) / dataset, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
+        return folder / "index.html"
+    return write_report(folder, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
 
 
 def _encode(test: _TestSet, student: LoadedNetwork, database_encoder: LoadedNetwork, settings: TestSettings,
@@ -394,7 +396,8 @@ def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[L
                           f"({with_distractors[0]}); run --report without the '+' suffix")
     if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
         raise ConfigError(f"asymmetric test needs equal dimensions: student {student.name} is "
-                          f"{student.net.meta['outputdim']}-d, teacher {teacher.name} {teacher.net.meta['outputdim']}-d")
+                          f"{student.net.meta['outputdim']}-d, teacher {teacher.name} "
+                          f"{teacher.net.meta['outputdim']}-d")
     check_reranking(settings.reranking, settings.datasets, settings.data_root)
     if settings.extraction.device is None:  # the student's device, for every extraction and search
         settings = settings.but(extraction=settings.extraction.but(device=settings.extraction.device_for(student.net)))

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from aml.data.download import download_file
-from aml.data.paths import DataRoot, DataRootLike, data_subdir
+from aml.data.paths import DataRootLike, data_subdir
 from aml.data.trainsets import load_whitening_db
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
@@ -64,7 +64,7 @@ class WhiteningRequest:
     image_size: int
     scales: Tuple[float, ...] = (1.0,)
     extraction: ExtractionConfig = DEFAULT_EXTRACTION
-    data_root: Optional[DataRoot] = None
+    data_root: DataRootLike = None
 
     @property
     def multiscale(self) -> bool:

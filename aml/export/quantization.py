@@ -14,16 +14,16 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from aml.descriptors.onnx_student import image_array
 from aml.export.errors import ExportError
 from aml.utils.errors import ConfigError, lookup
+from aml.utils.types import PathLike
 
 __all__ = ["Int8Settings", "QUANTIZED_NODES", "quantize_student"]
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, Path]
 TRUNK_SCOPE = "/features/"  # the ONNX exporter names the trunk's nodes by their module path (net.features)
 
 #: which nodes are quantized: name -> (the graph's nodes -> the names to quantize; None: all that onnxruntime can)

@@ -57,6 +57,11 @@ class DeployedStudent(nn.Module):
         torch.Size([1, 512])
     """
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+    m: torch.Tensor
+    P: torch.Tensor
+
     def __init__(self, net: ImageRetrievalNet, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None):
         super().__init__()
         self.net = net.eval()

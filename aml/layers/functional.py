@@ -84,7 +84,7 @@ def rmac(x: torch.Tensor, L: int = 3, eps: float = 1e-6) -> torch.Tensor:
 def roipool(x: torch.Tensor, rpool, L: int = 3, eps: float = 1e-6) -> torch.Tensor:
     """``rpool`` applied to the whole map and to every R-MAC region: B x R x C x 1 x 1
     (region 0 is the whole map). ``eps`` is unused, as in cirtorch."""
-    crops = [x] + [x[..., t:t + s, l:l + s] for t, l, s in rmac_regions(x.shape[-2], x.shape[-1], L)]
+    crops = [x] + [x[..., top:top + s, left:left + s] for top, left, s in rmac_regions(x.shape[-2], x.shape[-1], L)]
     return torch.stack([rpool(crop) for crop in crops], dim=1)
 
 
@@ -227,27 +227,34 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch
     return torch.sqrt(torch.sum((a - b + eps) ** 2, dim=0))
 
 
+def _tuples(x: torch.Tensor, label: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`columns_to_tuples` without per-member values: (anchors, members, labels)."""
+    anchors, members, labels = columns_to_tuples(x, label)
+    return anchors, members, labels
+
+
 def contrastive_loss(x: torch.Tensor, label: torch.Tensor, margin: float = 0.7, eps: float = 1e-6) -> torch.Tensor:
     """Sum over (anchor, member) pairs of 0.5 y d^2 + 0.5 (1 - y) max(0, margin - d)^2."""
-    return contrastive_losses(*columns_to_tuples(x, label), margin, eps).sum()
+    return contrastive_losses(*_tuples(x, label), margin, eps).sum()
 
 
 def contrastive_loss_dist(x: torch.Tensor, label: torch.Tensor, dists: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Contrastive loss whose negatives are pulled to target distances ``dists`` (one per
     non-anchor column, in column order) instead of pushed past a margin:
     sum of 0.5 y d^2 + 0.5 (1 - y) (dist - d)^2."""
-    return contrastive_dist_losses(*columns_to_tuples(x, label, dists), eps).sum()
+    anchors, members, labels, targets = columns_to_tuples(x, label, dists)
+    return contrastive_dist_losses(anchors, members, labels, targets, eps).sum()
 
 
 def regression_loss(x: torch.Tensor, label: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """0.5 ||anchor - positive + eps||^2 summed over positives (negatives ignored)."""
-    return regression_losses(*columns_to_tuples(x, label), eps).sum()
+    return regression_losses(*_tuples(x, label), eps).sum()
 
 
 def triplet_loss(x: torch.Tensor, label: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
     """Sum over negatives of max(0, |a - p|^2 - |a - n|^2 + margin), exactly one positive
     per tuple (no eps)."""
-    return triplet_losses(*columns_to_tuples(x, label), margin).sum()
+    return triplet_losses(*_tuples(x, label), margin).sum()
 
 
 def cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: float, eps: float = 1e-6) -> torch.Tensor:
@@ -262,20 +269,20 @@ def cross_entropy_loss_dist(x: torch.Tensor, label: torch.Tensor, temp: float, e
     """InfoNCE on distances: for each tuple, -sum_pos log softmax_j(-d_j / temp) over its
     members (d as in the contrastive loss). The original took one softmax over all pairs
     given; for a single tuple both are equal."""
-    return cross_entropy_dist_losses(*columns_to_tuples(x, label), temp, eps).sum()
+    return cross_entropy_dist_losses(*_tuples(x, label), temp, eps).sum()
 
 
 def similarity_cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: float) -> torch.Tensor:
     """InfoNCE on similarities: for each tuple, -sum_pos log softmax_j(anchor . x_j / temp)
     over its members."""
-    return similarity_cross_entropy_losses(*columns_to_tuples(x, label), temp).sum()
+    return similarity_cross_entropy_losses(*_tuples(x, label), temp).sum()
 
 
 def multi_similarity_loss(x: torch.Tensor, label: torch.Tensor, thresh: float = 0.5, scale_pos: float = 2.0,
                           scale_neg: float = 40.0) -> torch.Tensor:
     """Multi-similarity (Wang et al.), summed over tuples (the original used only the first
     anchor of a batch)."""
-    return multi_similarity_losses(*columns_to_tuples(x, label), thresh, scale_pos, scale_neg).sum()
+    return multi_similarity_losses(*_tuples(x, label), thresh, scale_pos, scale_neg).sum()
 
 
 def pdist(e: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:

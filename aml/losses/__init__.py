@@ -12,9 +12,7 @@ three attributes.
 """
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
-
-from torch import nn
+from typing import Any, Callable, Dict, Union
 
 from aml.losses.batch import LossKind, TupleBatch
 from aml.losses.compatibility import (BackwardCompatibleLoss, CompatibleEmbeddingLoss, ContextualSimilarityLoss,
@@ -26,12 +24,15 @@ from aml.losses.tuples import (ContrastiveDistLoss, ContrastiveLoss, CrossEntrop
 from aml.utils.errors import lookup
 
 
+Loss = Union[TupleLoss, RelationalLoss]  # what the registry builds: one call shape, loss(batch)
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """How to build a loss from (margin, temp) and which training modes it works with (a
     predicate over a mode's attributes)."""
 
-    build: Callable[[float, float], nn.Module]
+    build: Callable[[float, float], "Loss"]
     accepts: Callable[[Any], bool]
     why: str  # shown when a mode is refused
 
@@ -81,7 +82,7 @@ LOSSES: Dict[str, LossSpec] = {
 }
 
 
-def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> nn.Module:
+def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
     """The criterion ``name`` (see LOSSES) with the CLI's margin and temperature."""
     return lookup(LOSSES, name, "loss").build(margin, temp)
 

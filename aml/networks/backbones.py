@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from aml.data.paths import DataRootLike
 from aml.networks.imagenet import find_weights
 from aml.utils.plain_files import load_plain_file
 from aml.utils.errors import DataError, lookup
@@ -34,8 +35,14 @@ class Backbone:
     legacy_children: Dict[int, int] = field(default_factory=dict)
 
 
+def _features(model: nn.Module) -> nn.Module:
+    features = model.features
+    assert isinstance(features, nn.Module), f"{type(model).__name__} has no features trunk"
+    return features
+
+
 def _features_minus_last(model: nn.Module) -> List[nn.Module]:
-    return list(model.features.children())[:-1]
+    return list(_features(model).children())[:-1]
 
 
 def _all_but_pool_and_fc(model: nn.Module) -> List[nn.Module]:
@@ -43,16 +50,16 @@ def _all_but_pool_and_fc(model: nn.Module) -> List[nn.Module]:
 
 
 def _densenet(model: nn.Module) -> List[nn.Module]:
-    return list(model.features.children()) + [nn.ReLU(inplace=True)]
+    return list(_features(model).children()) + [nn.ReLU(inplace=True)]
 
 
 def _squeezenet(model: nn.Module) -> List[nn.Module]:
-    return list(model.features.children())
+    return list(_features(model).children())
 
 
 def _whole_features(model: nn.Module) -> List[nn.Module]:
     # mobilenet_v2: the whole torchvision Sequential is one child (keys features.0.<block>.*)
-    return [model.features]
+    return [_features(model)]
 
 
 def _first(count: int) -> Callable[[nn.Module], List[nn.Module]]:
@@ -64,7 +71,8 @@ BACKBONES: Dict[str, Backbone] = {
     **{f"vgg{d}": Backbone(f"vgg{d}", _features_minus_last, 512) for d in (11, 13, 16, 19)},
     **{f"resnet{d}": Backbone(f"resnet{d}", _all_but_pool_and_fc, 512) for d in (18, 34)},
     **{f"resnet{d}": Backbone(f"resnet{d}", _all_but_pool_and_fc, 2048) for d in (50, 101, 152)},
-    **{f"densenet{d}": Backbone(f"densenet{d}", _densenet, c) for d, c in ((121, 1024), (161, 2208), (169, 1664), (201, 1920))},
+    **{f"densenet{d}": Backbone(f"densenet{d}", _densenet, c)
+       for d, c in ((121, 1024), (161, 2208), (169, 1664), (201, 1920))},
     "squeezenet1_0": Backbone("squeezenet1_0", _squeezenet, 512),
     "squeezenet1_1": Backbone("squeezenet1_1", _squeezenet, 512),
     "mobilenet_v2": Backbone("mobilenet_v2", _whole_features, 1280, student=True),
@@ -123,7 +131,8 @@ def library_model(arch: str) -> nn.Module:
     return torchvision.models.get_model(backbone.model, weights=None)
 
 
-_DENSENET_2017 = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_DENSENET_2017 = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                            r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 _COUNTER = "num_batches_tracked"  # absent from files saved before PyTorch 0.4.1
 
 
@@ -190,7 +199,7 @@ def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], so
                     f"(e.g. {list(expected)[:2]})")
 
 
-def build_trunk(arch: str, pretrained: bool, data_root: Optional[str] = None) -> List[nn.Module]:
+def build_trunk(arch: str, pretrained: bool, data_root: DataRootLike = None) -> List[nn.Module]:
     """The trunk's children for ``arch``, with its ImageNet weights when ``pretrained``.
 
     The weights are those the original's ``pretrained=True`` loaded (`aml.networks.imagenet`:

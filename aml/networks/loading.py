@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from aml.data.download import download_file
-from aml.data.paths import data_subdir
+from aml.data.paths import DataRootLike, data_subdir
 from aml.layers.pooling import POOLINGS
 from aml.networks.checkpoint import load_checkpoint, load_network
 from aml.networks.fingerprint import network_fingerprint
@@ -204,21 +204,23 @@ def parse_offtheshelf(spec: str) -> Dict[str, Any]:
         raise ConfigError(f"off-the-shelf network {spec!r} must look like ARCH-POOL[-reg][-lwhiten][-whiten]")
     params: Dict[str, Any] = {"architecture": parts[0], "pooling": parts[1], "pretrained": True}
     if parts[1] not in POOLINGS:
-        raise ConfigError(f"off-the-shelf network {spec!r}: unknown pooling {parts[1]!r}, choose from {sorted(POOLINGS)}")
+        raise ConfigError(f"off-the-shelf network {spec!r}: unknown pooling {parts[1]!r}, choose from "
+                          f"{sorted(POOLINGS)}")
     for flag in parts[2:]:
         if flag not in OFFTHESHELF_FLAGS:
-            raise ConfigError(f"off-the-shelf network {spec!r}: unknown option {flag!r}, choose from {sorted(OFFTHESHELF_FLAGS)}")
+            raise ConfigError(f"off-the-shelf network {spec!r}: unknown option {flag!r}, choose from "
+                              f"{sorted(OFFTHESHELF_FLAGS)}")
         params[OFFTHESHELF_FLAGS[flag]] = True
     return params
 
 
-def pretrained_checkpoint(name: str, data_root: Optional[str] = None) -> Path:
+def pretrained_checkpoint(name: str, data_root: DataRootLike = None) -> Path:
     """Download (once) a network of the pretrained list into ``<data_root>/model``."""
     entry = PRETRAINED[name]
     return download_file(entry.url, data_subdir(data_root, "model") / entry.filename, sha256_prefix=entry.sha256)
 
 
-def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: Optional[str] = None) -> LoadedNetwork:
+def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: DataRootLike = None) -> LoadedNetwork:
     """The network a `NetworkSpec` names, in eval mode.
 
     Args:
@@ -233,6 +235,12 @@ def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: Optio
         FileNotFoundError: for a checkpoint that does not exist (nor is a published name).
         DataError: when a published file holds a network of another dimension than listed.
         ConfigError: for a network only in memory, which no spec can load.
+
+    Examples:
+        >>> from aml.networks import NetworkSpec, load_spec
+        >>> teacher = load_spec(NetworkSpec.parse("vgg16"), data_root="data")  # doctest: +SKIP
+        >>> teacher.name, teacher.spec.label  # doctest: +SKIP
+        ('retrievalSfM120k-vgg16-gem', 'vgg16')
     """
     if spec.source is Source.PUBLISHED:
         entry = PRETRAINED[spec.name]
@@ -252,7 +260,7 @@ def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: Optio
 
 
 def load_named_or_file(network_path: Union[str, Path], teacher: Optional[str] = None,
-                       data_root: Optional[str] = None) -> LoadedNetwork:
+                       data_root: DataRootLike = None) -> LoadedNetwork:
     """The network a pretrained-list name, a teacher alias or a checkpoint path stands for, in eval mode.
 
     Args:
@@ -280,15 +288,15 @@ def load_named_or_file(network_path: Union[str, Path], teacher: Optional[str] = 
 
 
 def load_test_network(network_path: Optional[str] = None, offtheshelf: Optional[str] = None,
-                      teacher: Optional[str] = None, data_root: Optional[str] = None) -> LoadedNetwork:
+                      teacher: Optional[str] = None, data_root: DataRootLike = None) -> LoadedNetwork:
     """The network under test, from ``--network-path`` or ``--network-offtheshelf``."""
     if bool(network_path) == bool(offtheshelf):
         raise ConfigError("give exactly one of --network-path and --network-offtheshelf")
-    spec = NetworkSpec.parse(network_path or offtheshelf, offtheshelf=bool(offtheshelf))
+    spec = NetworkSpec.parse(offtheshelf, offtheshelf=True) if offtheshelf else NetworkSpec.parse(str(network_path))
     return load_spec(spec, teacher, data_root)
 
 
-def load_teacher(teacher: str, data_root: Optional[str] = None) -> LoadedNetwork:
+def load_teacher(teacher: str, data_root: DataRootLike = None) -> LoadedNetwork:
     """'vgg16' | 'resnet101' (the published cirtorch teachers), a pretrained name, or a
     checkpoint path of any network the user trained."""
     return load_spec(NetworkSpec.parse(teacher), None, data_root)

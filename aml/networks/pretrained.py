@@ -76,6 +76,7 @@ PRETRAINED: Dict[str, PretrainedNetwork] = {**_cirtorch_networks(), **_aml_stude
 TEACHERS: Dict[str, str] = {"vgg16": "retrievalSfM120k-vgg16-gem", "resnet101": "retrievalSfM120k-resnet101-gem"}
 #: the teacher of the original's flags (--teacher), whose dimension a student projects to by default
 DEFAULT_TEACHER = "vgg16"
+DEFAULT_TEACHER_DIM = PRETRAINED[TEACHERS[DEFAULT_TEACHER]].dim
 
 
 def teacher_dimension(teacher: Optional[str] = None) -> Optional[int]:

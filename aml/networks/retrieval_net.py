@@ -6,17 +6,19 @@ convention; `ImageRetrievalNet.descriptors` returns rows (B x D).
 """
 
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from aml.data.paths import DataRootLike
 from aml.layers.functional import l2n
 from aml.layers.normalization import L2N
 from aml.layers.pooling import POOLINGS, Rpool
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
-from aml.networks.pretrained import FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING, teacher_dimension
+from aml.networks.pretrained import (DEFAULT_TEACHER_DIM, FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING,
+                                     teacher_dimension)
 from aml.utils.errors import ConfigError, lookup
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,12 @@ class ImageRetrievalNet(nn.Module):
         >>> net(images).shape, net.descriptors(images).shape
         (torch.Size([512, 2]), torch.Size([2, 512]))
     """
+
+    features: nn.Sequential
+    lwhiten: Optional[nn.Module]
+    pool: nn.Module
+    whiten: Optional[nn.Module]
+    meta: Dict[str, Any]
 
     def __init__(self, features: List[nn.Module], lwhiten: Optional[nn.Module], pool: nn.Module,
                  whiten: Optional[nn.Module], meta: Dict[str, Any]):
@@ -143,8 +151,9 @@ def multiscale_power(net: ImageRetrievalNet, scales: List[float]) -> float:
     """
     meta = net.meta
     plain_gem = meta.get("pooling") == "gem" and not meta.get("regional") and not meta.get("whitening")
-    if len(scales) > 1 and plain_gem and net.gem_p() is not None:
-        return net.gem_p()
+    p = net.gem_p()
+    if len(scales) > 1 and plain_gem and p is not None:
+        return p
     return 1.0
 
 
@@ -156,7 +165,7 @@ def output_dimension(arch: str, teacher: Optional[str] = None, teacher_dim: Opti
     if teacher_dim:
         return int(teacher_dim)
     if backbone.student:
-        return teacher_dimension(teacher) or teacher_dimension()
+        return teacher_dimension(teacher) or DEFAULT_TEACHER_DIM
     return backbone.dim
 
 
@@ -171,7 +180,7 @@ def build_network(
     pretrained: bool = True,
     teacher: Optional[str] = None,
     teacher_dim: Optional[int] = None,
-    data_root: Optional[str] = None,
+    data_root: DataRootLike = None,
 ) -> ImageRetrievalNet:
     """Build a retrieval network; nothing is moved to a device (the caller decides).
 
@@ -234,7 +243,7 @@ def build_network(
     return net
 
 
-def _load_published_layers(net: ImageRetrievalNet, data_root: Optional[str]) -> None:
+def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> None:
     """cirtorch's learned local/regional/final whitening layers, where they exist."""
     from aml.data.download import download_file
     from aml.data.paths import data_subdir
@@ -242,9 +251,10 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: Optional[str]) -> 
     meta = net.meta
     arch, pool = meta["architecture"], meta["pooling"]
     key = f"{arch}{'-lw' if meta['local_whitening'] else ''}-{pool}{'-r' if meta['regional'] else ''}"
-    wanted = [
+    regional = net.pool.whiten if isinstance(net.pool, Rpool) else None  # meta['regional']
+    wanted: List[Tuple[Optional[nn.Module], Optional[str]]] = [
         (net.lwhiten, LOCAL_WHITENING.get(arch)),
-        (net.pool.whiten if meta["regional"] else None, REGIONAL_WHITENING.get(f"{arch}-{pool}-r")),
+        (regional, REGIONAL_WHITENING.get(f"{arch}-{pool}-r")),
         (net.whiten, FINAL_WHITENING.get(key)),
     ]
     for layer, url in wanted:
@@ -305,9 +315,9 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
     if outputdim is not None:
         outputdim = int(outputdim)
         implied = params.get("teacher_dim")
-        if implied is None and params.get("architecture") and params.get("teacher"):
-            if get_backbone(params["architecture"]).student:
-                implied = teacher_dimension(params["teacher"])
+        architecture, teacher = params.get("architecture"), params.get("teacher")
+        if implied is None and architecture and teacher and get_backbone(architecture).student:
+            implied = teacher_dimension(teacher)
         if implied is not None and int(implied) != outputdim:
             raise ConfigError(f"init_network: outputdim {outputdim} disagrees with the teacher's dimension {implied} "
                               f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})")

@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from aml.data.paths import DataRootLike
 from aml.data.images import BBox
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.onnx_student import (REEXPORT, OnnxStudentInfo, describe_with_onnx, onnx_session,
@@ -19,7 +20,7 @@ Hits = Dict[str, Any]  # {"query": path, "results": [{"image": path, "score": sc
 
 
 def check_teacher(database: SearchDatabase, student: ImageRetrievalNet, teacher: Optional[str] = None,
-                  data_root: Optional[str] = None) -> None:
+                  data_root: DataRootLike = None) -> None:
     """Refuse a store encoded by another network than the student's teacher.
 
     The teacher (``teacher``, else the student's ``meta['teacher']``) must have the store's

@@ -125,7 +125,7 @@ def build_store(teacher: LoadedNetwork, images: Sequence[str],
         save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
     record: Dict[str, Any] = {"source": teacher.spec.given}
     if dba:
-        record["dba"] = _write_augmented(store, folder, whitening, dba, dba_alpha, config.device)
+        record["dba"] = _write_augmented(store, folder, whitening, dba, dba_alpha, str(config.device_for()))
     atomic_write(folder / SEARCH, lambda out: out.write(json.dumps(record).encode()))
     log.info(">> store of %d images by %s written to %s", store.count, teacher.name, folder)
     return folder
@@ -254,7 +254,10 @@ def _whitening(folder: Path, dim: int) -> Optional[Whitening]:
 
 
 def open_database(folder: PathLike) -> SearchDatabase:
-    """Load a store's database for search (either layout), its descriptors whitened when it has a whitening (and augmented with DBA).
+    """Load a store's database for search: its descriptors, whitened and augmented as the store was indexed.
+
+    Either layout is read; the descriptors are whitened when the store has a whitening (and
+    augmented with DBA when it was indexed so).
 
     Args:
         folder: the store's folder.

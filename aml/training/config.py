@@ -11,7 +11,7 @@ flags and `problems` both check."""
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from aml.data.distractors import split_test_name
 from aml.data.testsets import get_test_set
@@ -263,7 +263,8 @@ class TrainConfig:
 
 #: the names main.py's flags choose among: field -> its registry (the flags' choices and `problems` read it)
 _WHAT = {"arch": "architecture", "pool": "pooling", "loss": "loss", "mode": "training mode", "optimizer": "optimizer"}
-CHOICES = {"arch": BACKBONES, "pool": POOLINGS, "loss": LOSSES, "mode": MODES, "optimizer": OPTIMIZERS}
+CHOICES: Dict[str, Mapping[str, Any]] = {"arch": BACKBONES, "pool": POOLINGS, "loss": LOSSES, "mode": MODES,
+                                         "optimizer": OPTIMIZERS}
 
 
 def problems(config: TrainConfig) -> List[str]:

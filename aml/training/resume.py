@@ -31,8 +31,8 @@ def resume_run(run_dir: Path, name: str, net: ImageRetrievalNet,
                optimizer: torch.optim.Optimizer) -> Optional[Tuple[int, float]]:
     """Load ``run_dir/name``, or the latest model_epochN there, into ``net`` and ``optimizer``;
     returns (epochs done, best loss so far), or None when the folder holds no checkpoint."""
-    path = run_dir / name
-    if not path.is_file():
+    path: Optional[Path] = run_dir / name
+    if path is None or not path.is_file():
         path = latest_checkpoint(run_dir)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")

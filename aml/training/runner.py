@@ -129,7 +129,7 @@ class _Run:
         prepare_train_set(c.training_dataset, self.data_root)
         self.trunk_weights_file()
         if self.mode.needs_teacher and not (c.feat_path and (c.feat_val_path or not self.loop.val)):
-            self.teacher.loaded
+            _ = self.teacher.loaded  # downloaded or read once, here, before the other ranks
         for name in c.test_datasets if self.loop.test_freq else ():
             dataset, suffix = split_test_name(name)
             prepare_test_set(dataset, self.data_root)

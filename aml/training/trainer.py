@@ -11,15 +11,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Sized, Tuple, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from aml.data.formats import TrainingDb
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
-from aml.losses import LossKind, TeacherContext, TupleBatch
+from aml.losses import Loss, LossKind, TeacherContext, TupleBatch
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.reports.curves import TrainingHistory
@@ -54,7 +55,7 @@ class _NonFiniteLoss(ArithmeticError):
 class Split:
     """One split of the training set: its db, image paths and teacher descriptors."""
 
-    db: Dict[str, Any]
+    db: TrainingDb
     images: List[str]
     teacher: Optional[torch.Tensor] = None
     sizes: Optional[List[Tuple[int, int]]] = field(default=None, repr=False)
@@ -90,7 +91,7 @@ class Trainer:
     mini-batch under DistributedDataParallel (`aml.training.parallel`); rank 0 alone
     writes logs and checkpoints."""
 
-    def __init__(self, net: ImageRetrievalNet, criterion: torch.nn.Module,
+    def __init__(self, net: ImageRetrievalNet, criterion: Loss,
                  optimizer: torch.optim.Optimizer, mode: Mode, train: Split, val: Optional[Split], run_dir: Path,
                  settings: TrainSettings, extraction: ExtractionConfig = DEFAULT_EXTRACTION,
                  evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
@@ -99,8 +100,8 @@ class Trainer:
         self.val_mode = validation_mode(mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
         # mining's extraction; its device (default: the network's), workers and progress are the loop's too
-        self.extraction = extraction.but(device=extraction.device_for(net))
-        self.device = torch.device(self.extraction.device)
+        self.device = extraction.device_for(net)
+        self.extraction = extraction.but(device=self.device)
         self.world = world
         for split in (train, val):  # the teacher's descriptors stay on the device for the whole run
             if split is not None and split.teacher is not None:
@@ -150,8 +151,10 @@ class Trainer:
             sizes = split.image_sizes()
             keys = [resized_shape(sizes[t.members[0]], s.image_size) for t in tuples]
             return shape_grouped_batches(keys, s.batch_size, generator)
-        order = DataLoader(range(len(tuples)), batch_size=s.batch_size, shuffle=shuffle, drop_last=True,
-                           generator=generator, collate_fn=list)
+        # a DataLoader, not a bare sampler: its iterator draws a seed from the generator first (the same order)
+        indices = cast(Dataset, range(len(tuples)))  # a range is a map-style dataset of its numbers
+        order: DataLoader = DataLoader(indices, batch_size=s.batch_size, shuffle=shuffle, drop_last=True,
+                                       generator=generator, collate_fn=list)
         return list(order)
 
     def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
@@ -249,8 +252,8 @@ class Trainer:
                 self.log.line(f">> Train: [{epoch + 1}][{i + 1}/{len(loader)}]\tTime {time.time() - start:.3f}\t"
                               f"Loss {losses[-1]:.4f} ({np.mean(losses):.4f})")
         if not losses:
-            raise ConfigError(f"epoch {epoch + 1} has no full batch: {len(loader.dataset)} tuples for batch size "
-                              f"{s.batch_size}; lower --batch-size or raise --query-size/--pool-size")
+            raise ConfigError(f"epoch {epoch + 1} has no full batch: {len(cast(Sized, loader.dataset))} tuples for "
+                              f"batch size {s.batch_size}; lower --batch-size or raise --query-size/--pool-size")
         return float(np.mean(losses))
 
     @torch.no_grad()
@@ -258,11 +261,13 @@ class Trainer:
         """Mean per-tuple loss on the val split (all pairs, full pool, in the tuples of the
         validation mode, as the original), no gradient."""
         split = self.val_split
+        if split is None:
+            raise ValueError("validation needs the val split")
         loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
         self.net.eval()
         losses: List[float] = []
-        for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.extraction.progress,
-                          leave=False):
+        for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch",
+                                  enabled=self.extraction.progress, leave=False):
             losses += self.batch_losses(batch, split, backward=False)
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
@@ -321,7 +326,7 @@ class Trainer:
                 val_loss = self.validate(epoch)
             score = val_loss if val_loss is not None else (train_loss if not s.val else None)
             is_best = score is not None and score < self.min_loss
-            if is_best:
+            if is_best and score is not None:
                 self.min_loss = score
             # logs first: an epoch logged but not saved is trained again and its lines replaced
             self.log.losses(epoch, train_loss, val_loss)

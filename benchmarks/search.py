@@ -9,7 +9,7 @@ Writes a descriptor store of random unit distractors (float16 shards, as test.py
 with --distractor-dtype float16) to --folder once, then runs each method in its own process
 and reports seconds and that process's peak resident memory:
 
-- blocked: aml's search (aml.evaluation.search.positions_with_distractors), shard by shard
+- blocked: aml's search (aml.evaluation.ranking.positions_with_distractors), shard by shard
   from disk, exact places of the test database's images, mAP;
 - numpy: the original's way, all descriptors in memory as float32, the full score matrix and
   np.argsort of it, mAP;
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from aml.descriptors.key import DescriptorKey
-from aml.descriptors.store import StoreKey, open_store, read_store
+from aml.descriptors.store import DescriptorStore, StoreKey, open_store
 from aml.evaluation.metrics import evaluate_ranks
-from aml.evaluation.search import positions_with_distractors
+from aml.evaluation.ranking import positions_with_distractors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
@@ -61,14 +61,14 @@ def ensure_store(args):
     """The distractor store (random unit float16 descriptors), written once."""
     images = [f"distractor_{i:07d}.jpg" for i in range(args.distractors)]
     key = StoreKey(DescriptorKey("benchmark" + str(args.dim), 1024), "random", "float16", args.shard_size)
-    store = open_store(Path(args.folder), images, key, args.dim)
+    store = DescriptorStore.create(Path(args.folder), images, key, args.dim)
     for k in store.missing():
         store.write_shard(k, unit_columns(np.random.default_rng([1, k]), args.dim, len(store.shard_rows(k))))
     return store
 
 
 def run_blocked(args, database, queries, gnd):
-    store = read_store(Path(args.folder))
+    store = open_store(Path(args.folder))
     start = time.perf_counter()
     places = positions_with_distractors(database, queries, store.blocks(), args.device)
     result = evaluate_ranks(places, gnd, "revisited", positions=True)
@@ -76,7 +76,7 @@ def run_blocked(args, database, queries, gnd):
 
 
 def run_numpy(args, database, queries, gnd):
-    store = read_store(Path(args.folder))
+    store = open_store(Path(args.folder))
     start = time.perf_counter()
     everything = np.empty((database.shape[1] + store.count, args.dim), dtype=np.float32)  # X^T, all in memory
     everything[:database.shape[1]] = database.T
@@ -92,7 +92,7 @@ def run_numpy(args, database, queries, gnd):
 def run_faiss(args, database, queries, gnd):
     import faiss
 
-    store = read_store(Path(args.folder))
+    store = open_store(Path(args.folder))
     start = time.perf_counter()
     index = faiss.IndexFlatIP(args.dim)
     index.add(np.ascontiguousarray(database.T))

@@ -55,7 +55,7 @@ def synth_root(tmp_path_factory):
 
 
 SEED = int(os.environ.get("AML_TEST_SEED", "0"))
-# The learning tests' runs (tests/training/test_learning.py), TrainConfig fields. Frozen
+# The learning tests' runs (tests/training/test_learning.py), main.py's flags (TrainConfig.from_flags). Frozen
 # BatchNorm and a tuple loss: batch_forward encodes a mini-batch in one forward (the same
 # result as tuple by tuple up to rounding, in 3/4 of the time).
 LEARNING = dict(training_dataset="synth-sfm", pretrained=False, image_size=64, workers=0, device="cpu", val=False,
@@ -101,7 +101,7 @@ def trained_teacher(synth_root, tmp_path_factory, request) -> Path:
 
 
 def _train_teacher(root: Path, directory: Path) -> Path:
-    return run(TrainConfig(directory=str(directory), data_root=str(root), **TEACHER)).run_dir / TEACHER_FILE
+    return run(TrainConfig.from_flags(directory=str(directory), data_root=str(root), **TEACHER)).run_dir / TEACHER_FILE
 
 
 @pytest.hookimpl(hookwrapper=True)

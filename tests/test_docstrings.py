@@ -223,7 +223,7 @@ def test_mkdocstrings_reads_them_without_warnings(caplog):
 def test_the_names_are_found():
     """The parametrisation is not empty, and reaches the extra types."""
     assert len(OBJECTS) > 40
-    assert {"aml.search.open_store", "aml.export.export_student", "aml.losses.batch.TupleBatch"} <= set(OBJECTS)
+    assert {"aml.search.open_database", "aml.export.export_student", "aml.losses.batch.TupleBatch"} <= set(OBJECTS)
 
 
 def test_docstrings_use_markdown_not_sphinx_roles():

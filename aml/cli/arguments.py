@@ -2,6 +2,7 @@
 
 import argparse
 import ast
+import contextlib
 import logging
 import math
 import operator
@@ -9,15 +10,22 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, List
-
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 from aml.utils.devices import DeviceError, parse_device
+from aml.utils.atomic import is_disk_full
+from aml.utils.bounds import (NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, UNIT_INTERVAL, Bound,
+                               bound_of)
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
+from aml.utils.errors import AmlError, ConfigError
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.Pow: operator.pow}
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+if TYPE_CHECKING:
+    from aml.descriptors import ExtractionConfig
+
+_BINARY: Dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.Pow: operator.pow}
+_UNARY: Dict[type, Callable[[float], float]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
 def _number(node: ast.AST) -> float:
@@ -57,25 +65,29 @@ MIN_SCALE = 1 / 16  # a smaller one leaves a few pixels of a 362-px image (or no
 MAX_SCALES = 8
 
 
-def _bounded(kind: Callable[[str], float], what: str, accept: Callable[[float], bool]) -> Callable[[str], float]:
-    def convert(text: str) -> float:
+def flag_type(bound: Bound) -> Callable[[str], Any]:
+    """The argparse ``type`` of a flag whose values lie in ``bound`` (its error names the range)."""
+    def convert(text: str) -> Any:
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if not math.isfinite(value) or not accept(value):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
+            return bound.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
-    convert.__name__ = what
+    convert.__name__ = bound.what
     return convert
 
 
-positive_int = _bounded(int, "a positive integer", lambda v: v > 0)
-nonnegative_int = _bounded(int, "an integer >= 0", lambda v: v >= 0)
-positive_float = _bounded(float, "a positive finite number", lambda v: v > 0)
-nonnegative_float = _bounded(float, "a finite number >= 0", lambda v: v >= 0)
-unit_interval = _bounded(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+def field_type(cls: type, name: str) -> Callable[[str], Any]:
+    """The argparse ``type`` of the flag of a config field declared with a range
+    (`aml.utils.bounds.bounded`): the range is the field's, held once."""
+    return flag_type(bound_of(cls, name))
+
+
+positive_int = flag_type(POSITIVE_INT)
+nonnegative_int = flag_type(NONNEGATIVE_INT)
+positive_float = flag_type(POSITIVE_FLOAT)
+nonnegative_float = flag_type(NONNEGATIVE_FLOAT)
+unit_interval = flag_type(UNIT_INTERVAL)
 
 
 def _file_above(path: Path) -> Path:
@@ -171,6 +183,25 @@ def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = F
                         help="torch.compile the network for extraction (pays on large sets; see docs/speed.md)")
 
 
+def extraction_from(args: argparse.Namespace, device: Optional[str] = None) -> "ExtractionConfig":
+    """The `aml.descriptors.ExtractionConfig` of the flags of `add_extraction_arguments`,
+    ``--workers`` and ``--quiet``; a flag a command does not offer keeps its default.
+
+    Args:
+        args: the parsed flags.
+        device: the compute device (None: the network's).
+
+    Returns:
+        How the command's images are encoded (progress bars unless ``--quiet``).
+    """
+    from aml.descriptors import ExtractionConfig
+
+    return ExtractionConfig(workers=args.workers, device=device, batch_size=getattr(args, "batch_size", None),
+                            amp=getattr(args, "amp", None), amp_dtype=getattr(args, "amp_dtype", "float16"),
+                            decode=getattr(args, "decode", "auto"), compile=getattr(args, "compile", False),
+                            progress=not args.quiet)
+
+
 def add_reranking_arguments(parser: argparse.ArgumentParser, qe: bool = True, dba: bool = True) -> None:
     """--qe/--qe-alpha (alpha query expansion) and --dba/--dba-alpha (database-side
     augmentation); `reranking_from` turns them into a `Reranking`."""
@@ -199,7 +230,7 @@ def reranking_from(args: argparse.Namespace):
     for name in ("qe", "dba"):
         k, alpha = getattr(args, name, None), getattr(args, f"{name}_alpha", None)
         if alpha is not None and k is None:
-            raise ValueError(f"--{name}-alpha {alpha:g} without --{name}: give --{name} K too")
+            raise ConfigError(f"--{name}-alpha {alpha:g} without --{name}: give --{name} K too")
         values[name] = k or 0
         values[f"{name}_alpha"] = DEFAULT_ALPHA if alpha is None else alpha
     return Reranking(**values)
@@ -226,27 +257,17 @@ def _terminate_handler(owner: int):
     return handler
 
 
-def run_cli(main) -> None:
-    """Run a command's ``main()``; errors about the user's files and flags, and a diverged
-    training run, end the program with one clear line (exit status 1) instead of a traceback.
-    SIGTERM ends it as Ctrl-C does (an atomic write in progress removes its temporary file),
-    with exit status 143."""
-    import pickle
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn an error meant for the user into ``error: <message>`` and exit status 1.
 
-    from aml.data.download import DownloadError
-    from aml.data.images import ImageLoadError
-    from aml.networks.checkpoint import CheckpointError
-    from aml.training.trainer import TrainingDiverged
-    from aml.utils.atomic import DiskFull, FolderInUse, is_disk_full
-    from aml.utils.cpu import enlarge_kernel_cache
-
-    enlarge_kernel_cache()
-    signal.signal(signal.SIGTERM, _terminate_handler(os.getpid()))
+    An `aml.utils.errors.AmlError` (a flag, a name, a file or a data set that cannot work), a
+    missing file or folder, a full disk and a torchrun peer that went away end the program
+    with one line; anything else (a bug) keeps its traceback.
+    """
     try:
-        main()
-        shutdown()
-    except (DownloadError, CheckpointError, ImageLoadError, FileNotFoundError, NotADirectoryError, ValueError,
-            pickle.UnpicklingError, TrainingDiverged, FolderInUse, DiskFull) as err:
+        yield
+    except (AmlError, FileNotFoundError, NotADirectoryError) as err:
         sys.exit(f"error: {err}")
     except (OSError, RuntimeError) as err:
         if is_disk_full(err):
@@ -256,6 +277,21 @@ def run_cli(main) -> None:
             raise
         sys.exit("error: another process of this torchrun job did not answer in time (--dist-timeout) or went away: "
                  f"it died or hangs; checkpoints already written are complete ({str(err).splitlines()[0]})")
+
+
+def run_cli(main) -> None:
+    """Run a command's ``main()``; errors about the user's files and flags, and a diverged
+    training run, end the program with one clear line (exit status 1) instead of a traceback
+    (`one_line_errors`). SIGTERM ends it as Ctrl-C does (an atomic write in progress removes
+    its temporary file), with exit status 143."""
+    from aml.utils.cpu import enlarge_kernel_cache
+
+    enlarge_kernel_cache()
+    signal.signal(signal.SIGTERM, _terminate_handler(os.getpid()))
+    try:
+        with one_line_errors():
+            main()
+            shutdown()
     except KeyboardInterrupt:
         sys.exit("interrupted: checkpoints already written are complete (they are written atomically)")
     except Terminated:

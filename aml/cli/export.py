@@ -2,22 +2,21 @@
 optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from aml.cli.arguments import Parser, folder, positive_int, run_cli, setup_logging
+from aml.cli.arguments import Parser, folder, one_line_errors, positive_int, run_cli, setup_logging
 from aml.descriptors import ExtractionConfig
-from aml.descriptors.onnx_student import OnnxStudentError
-from aml.export import ExportError, Int8Settings, export_student, int8_agreement, student_info
+from aml.export import Int8Settings, export_student, int8_agreement, student_info
 from aml.export.report import onnx_test_maps, onnx_timings
-from aml.networks.loading import LoadedNetwork, load_teacher, load_test_network
+from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
 from aml.reports.provenance import provenance
-from aml.search import StoreError, list_images, open_store
+from aml.search import StoreError, list_images, open_database
 from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file
+from aml.utils.errors import ConfigError
 
 DEFAULT_IMAGE_SIZE = 1024
 AGREEMENT_IMAGES = 8  # calibration images on which the int8 descriptors are compared with float32
@@ -56,10 +55,10 @@ def build_parser() -> Parser:
 
 def _whitening(args):
     if args.store:
-        store = open_store(args.store)
-        if store.whitening is None:
+        database = open_database(args.store)
+        if database.whitening is None:
             raise StoreError(f"the store {args.store} has no whitening to fold in")
-        return store.whitening
+        return database.whitening
     if args.whitening_file:
         data = load_plain_file(args.whitening_file)
         return np.asarray(data["m"]), np.asarray(data["P"])
@@ -97,15 +96,14 @@ def _calibration(args, image_size: int) -> Int8Settings:
 def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[LoadedNetwork]]:
     """The teacher as named, and the teacher itself when it is on this machine (a checkpoint) or
     needed for --test-set."""
-    spec = args.teacher or student.net.meta.get("teacher")
-    if args.test_set is not None:
-        if spec is None:
-            raise ValueError("--test-set encodes the database with the student's teacher, which the checkpoint does "
-                             "not record: give --teacher")
-        return spec, load_teacher(spec, args.data_root)
-    if spec is not None and Path(spec).is_file():
-        return spec, load_teacher(spec, args.data_root)
-    return spec, None
+    given = args.teacher or student.net.meta.get("teacher")
+    if given is None and args.test_set is not None:
+        raise ConfigError("--test-set encodes the database with the student's teacher, which the checkpoint does "
+                          "not record: give --teacher")
+    spec = NetworkSpec.parse(given) if given is not None else None
+    if spec is not None and (args.test_set is not None or spec.local_file is not None):
+        return given, load_spec(spec, None, args.data_root)
+    return given, None
 
 
 def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: int, whitening) -> Dict[str, Any]:
@@ -132,27 +130,27 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
     args = parser.parse_args(argv)
     _check_flags(parser, args)
     setup_logging(verbose=False)
-    try:
+    with one_line_errors():
         student = load_test_network(args.network, None, None, args.data_root)
         whitening = _whitening(args)
         spec, teacher = _teacher(args, student)
-        image_size = args.image_size or (open_store(args.store).settings["image_size"] if args.store else
+        image_size = args.image_size or (open_database(args.store).settings["image_size"] if args.store else
                                          DEFAULT_IMAGE_SIZE)
         int8 = _calibration(args, image_size) if args.int8 else None
         info = student_info(student.net, student.name, spec, teacher.fingerprint if teacher else None, whitening)
         files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)
         for kind, path in files.items():
-            if kind == "int8":
+            if kind == "int8" and int8 is not None:
                 agreement = int8_agreement(files["onnx"], path, int8.calibration[:AGREEMENT_IMAGES], image_size)
                 check = (f"cosine to float32 on {min(AGREEMENT_IMAGES, len(int8.calibration))} calibration images: "
                          f"min {agreement['min']:.4f}, mean {agreement['mean']:.4f}")
             else:
-                check = f"max abs diff to PyTorch {diffs[kind]:.2e}" if kind in diffs else "not checked (no onnxruntime)"
+                check = (f"max abs diff to PyTorch {diffs[kind]:.2e}" if kind in diffs
+                         else "not checked (no onnxruntime)")
             print(f">> {kind}: {path} ({check})")
         if args.test_set is not None:
+            assert teacher is not None  # --test-set loads it (_teacher)
             _report(args, files, teacher, image_size, whitening)
-    except (ExportError, StoreError, OnnxStudentError) as err:
-        sys.exit(f"error: {err}")
     return files
 
 

@@ -9,11 +9,11 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, nonnegative_int, parse_scales,
-                               positive_int, setup_logging)
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, extraction_from,
+                               nonnegative_int, parse_scales, positive_int, setup_logging)
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.data.trainsets import TRAIN_SETS, is_training_set
-from aml.descriptors import DescriptorKey, ExtractionConfig, extract_dataset_features
+from aml.descriptors import DescriptorKey, extract_dataset_features
 from aml.networks.loading import load_test_network
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import init_from_environment, main_first, process_device
@@ -57,9 +57,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     device = process_device(requested, world)
     network = main_first(world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher,
                                                             args.data_root))
-    config = ExtractionConfig(workers=args.workers, device=str(device), batch_size=args.batch_size, amp=args.amp,
-                              amp_dtype=args.amp_dtype, decode=args.decode, compile=args.compile,
-                              progress=not args.quiet)
+    config = extraction_from(args, str(device))
     key = DescriptorKey.of(network.net, args.image_size, args.multiscale, config, network.fingerprint)
     written = []
     for dataset in filter(None, args.datasets.split(",")):

@@ -2,21 +2,18 @@
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
 from aml.cli.arguments import (Parser, add_reranking_arguments, add_runtime_arguments, folder, nonnegative_int,
-                               parse_scales, positive_int, reranking_from, run_cli, setup_logging)
-from aml.data.images import ImageLoadError
-from aml.descriptors import ExtractionConfig
-from aml.evaluation.testing import TestSettings
-from aml.evaluation.whitening_store import get_whitening
+                               extraction_from, one_line_errors, parse_scales, positive_int, reranking_from, run_cli,
+                               setup_logging)
+from aml.data.paths import DataRoot
+from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
-from aml.descriptors.onnx_student import OnnxStudentError
-from aml.search import (StoreError, build_ivfpq, build_store, check_teacher, list_images, open_store, query_store,
-                        query_store_onnx)
+from aml.search import (StoreError, build_ivfpq, build_store, check_teacher, list_images, open_database,
+                        query_database, query_database_onnx)
 
 
 def _box(text: str) -> List[float]:
@@ -36,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="encode a folder or image list with the teacher into a store")
     index.add_argument("images", help="a folder (every image below it) or a text file of image paths")
     index.add_argument("--store", required=True, type=folder, help="the store folder to write")
-    index.add_argument("--teacher", "-t", default="vgg16", help="vgg16 | resnet101 | a checkpoint path (default: vgg16)")
+    index.add_argument("--teacher", "-t", default="vgg16",
+                       help="vgg16 | resnet101 | a checkpoint path (default: vgg16)")
     index.add_argument("--image-size", "-imsize", type=positive_int, default=1024,
                        help="longer side of the images encoded; queries use the store's (default: 1024)")
     index.add_argument("--multiscale", "-ms", type=parse_scales, default="[1]",
@@ -72,19 +70,20 @@ def _index(args) -> Path:
     images = list_images(args.images)
     if not images:
         raise StoreError(f"{args.images} holds no images")
+    extraction = extraction_from(args, device)
     whitening = None
     if args.whitening:
-        settings = TestSettings(image_size=args.image_size, scales=args.multiscale, workers=args.workers,
-                                device=device, data_root=args.data_root, progress=not args.quiet)
-        whitening = get_whitening(teacher, args.whitening, settings)
+        request = WhiteningRequest(args.whitening, args.image_size, tuple(args.multiscale), extraction,
+                                   DataRoot.resolve(args.data_root))
+        whitening = get_whitening(teacher, request)
     reranking = reranking_from(args)
-    store = build_store(teacher, args.teacher, images, args.store, args.image_size, args.multiscale, whitening,
-                        ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet), reranking)
+    store = build_store(teacher, images, args.store, args.image_size, args.multiscale, whitening, extraction,
+                        reranking)
     print(f">> {len(images)} images indexed by {teacher.name} into {store}"
           + (f", augmented with DBA ({reranking.label()})" if reranking.dba else ""))
     if args.ivfpq:
         nlist, m = (int(v) for v in args.ivfpq.split(","))
-        recall = build_ivfpq(open_store(store), nlist, m)
+        recall = build_ivfpq(open_database(store), nlist, m)
         print(f">> IVF-PQ index ({nlist} lists, {m} sub-quantisers): recall@10 against exact search {recall:.3f}")
     return store
 
@@ -92,25 +91,18 @@ def _index(args) -> Path:
 def _query(args) -> List[Any]:
     if args.box is not None and len(args.images) != 1:
         raise StoreError("--box crops a single query image; give one image with it")
-    store = open_store(args.store)
+    database = open_database(args.store)
     reranking = reranking_from(args)
+    bbxs = [args.box] if args.box else None
     if args.onnx:
         if args.teacher:
             raise StoreError(f"--teacher is for --network: {args.onnx} records its teacher (python -m aml.export "
                              "--teacher)")
-        return _print_results(query_store_onnx(store, args.onnx, args.images, args.k,
-                                               bbxs=[args.box] if args.box else None, qe=reranking.qe,
-                                               qe_alpha=reranking.qe_alpha), args)
+        return _print_results(query_database_onnx(database, args.onnx, args.images, args.k, bbxs, reranking), args)
     device = str(resolve_device(args.device, args.gpu_id))
     student = load_test_network(args.network, None, None, args.data_root).net
-    teacher_net = None
-    spec = args.teacher or student.meta.get("teacher")
-    if spec is not None and Path(spec).is_file():
-        teacher_net = load_teacher(spec, args.data_root).net
-    check_teacher(store, student, teacher_net, args.teacher)
-    results = query_store(store, student, args.images, args.k, bbxs=[args.box] if args.box else None,
-                          config=ExtractionConfig(workers=args.workers, device=device, progress=not args.quiet),
-                          qe=reranking.qe, qe_alpha=reranking.qe_alpha)
+    check_teacher(database, student, args.teacher, args.data_root)
+    results = query_database(database, student, args.images, args.k, bbxs, extraction_from(args, device), reranking)
     return _print_results(results, args)
 
 
@@ -133,10 +125,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
     except ValueError as err:
         parser.error(str(err))
     setup_logging(verbose=False)
-    try:
+    with one_line_errors():
         return _index(args) if args.command == "index" else _query(args)
-    except (StoreError, ImageLoadError, OnnxStudentError) as err:
-        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

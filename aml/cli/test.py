@@ -6,18 +6,20 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import (Parser, add_extraction_arguments, add_reranking_arguments, add_runtime_arguments, folder,
-                               nonnegative_int, output_file, parse_scales, positive_int, reranking_from,
+from aml.cli.arguments import (Parser, add_extraction_arguments, add_reranking_arguments, add_runtime_arguments,
+                               extraction_from, folder, nonnegative_int, output_file, parse_scales, positive_int,
+                               reranking_from,
                                setup_logging)
 from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
-from aml.evaluation.testing import TestSettings, check_reranking, evaluate, result_lines
+from aml.evaluation.testing import TestSettings, check_reranking, evaluate
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
 from aml.utils.atomic import atomic_write
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import init_from_environment, main_first, process_device
+from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"learned whitening set: {' | '.join(whitening_set_names())}, or a custom set made by "
                              "python -m aml.cli.make_trainset (default: none)")
     add_reranking_arguments(parser)
-    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)")
+    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N",
+                        help="image loading workers (default: 8)")
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", metavar="TEACHER",
                         help="vgg16 | resnet101 (published teachers) or a checkpoint path; the database "
@@ -114,7 +117,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         datasets = _check_datasets(args.datasets, args.data_root)
         if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
-            raise ValueError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
+            raise ConfigError(f"{args.whitening} has no whitening pairs; choose from "
+                              f"{', '.join(whitening_set_names())}")
         if args.report and any(split_test_name(name)[1] for name in datasets):
             raise ValueError("--report draws full rankings, which a distractor set makes too long; run --report "
                              "without the '+' suffix")
@@ -138,16 +142,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
     say(student.net.meta_repr())
     if teacher is not None:
         say(f">> Asymmetric testing: database by teacher '{teacher.name}', queries by '{student.name}'")
-    settings = TestSettings(datasets=datasets, image_size=args.image_size, scales=args.multiscale,
-                            whitening=args.whitening, workers=args.workers, device=str(device),
-                            batch_size=args.batch_size, amp=args.amp, amp_dtype=args.amp_dtype, decode=args.decode,
-                            compile=args.compile, data_root=args.data_root,
-                            cache=not args.no_cache, progress=not args.quiet, skip_bad=args.skip_bad_images,
-                            skipped_dir=_skipped_dir(args), report_dir=Path(args.report) if args.report else None,
-                            report_top=args.report_top, distractor_dtype=args.distractor_dtype,
-                            shard_size=args.shard_size, reranking=reranking)
-    results = evaluate(student, settings, teacher,
-                       on_result=lambda dataset, entry: say("\n".join(result_lines(dataset, entry)), flush=True))
+    settings = TestSettings(datasets=tuple(datasets), image_size=args.image_size, scales=args.multiscale,
+                            whitening=args.whitening,
+                            extraction=extraction_from(args, str(device)).but(skip_bad=args.skip_bad_images),
+                            data_root=args.data_root, cache=not args.no_cache, skipped_dir=_skipped_dir(args),
+                            report_dir=Path(args.report) if args.report else None, report_top=args.report_top,
+                            distractor_dtype=args.distractor_dtype, shard_size=args.shard_size, reranking=reranking)
+    results = {name: result.record() for name, result in evaluate(
+        student, settings, teacher, on_result=lambda result: say("\n".join(result.lines()), flush=True)).items()}
     if args.results and world.is_main:
         report = {"settings": {**vars(args), "device": str(device), "network": student.name,
                                "teacher": teacher.name if teacher else None}, "results": results}

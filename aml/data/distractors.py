@@ -9,13 +9,14 @@ to ``jpg/``, as revisitop's download script leaves them.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple
 
 from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.paths import data_subdir
 from aml.data.synthetic import generate_distractor_set
+from aml.utils.errors import ConfigError, lookup
+from aml.utils.types import PathLike
 
-PathLike = Union[str, Path]
 SEPARATOR = "+"
 REVISITOP1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m/"
 REVISITOP1M_ARCHIVES = 100
@@ -66,14 +67,14 @@ def split_test_name(name: str) -> Tuple[str, Optional[str]]:
     if not sep:
         return name, None
     if suffix.lower() not in DISTRACTOR_SETS:
-        raise ValueError(f"{name}: unknown distractor set {suffix!r} after '{SEPARATOR}'; choose from "
-                         f"{sorted(DISTRACTOR_SETS)} (e.g. roxford5k{SEPARATOR}1m)")
+        raise ConfigError(f"{name}: unknown distractor set {suffix!r} after '{SEPARATOR}'; choose from "
+                          f"{sorted(DISTRACTOR_SETS)} (e.g. roxford5k{SEPARATOR}1m)")
     return test, suffix.lower()
 
 
 def prepare_distractors(suffix: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:
     """Make sure the distractor set ``suffix`` is on disk (download or generate); its folder."""
-    entry = DISTRACTOR_SETS[suffix]
+    entry = lookup(DISTRACTOR_SETS, suffix, "distractor set")
     test_root = data_subdir(data_root, "test")
     folder = test_root / entry.folder
     if not ((folder / f"{entry.folder}.txt").is_file() and (folder / "jpg").is_dir()):
@@ -84,6 +85,6 @@ def prepare_distractors(suffix: str, data_root: Optional[PathLike] = None, progr
 def distractor_images(suffix: str, data_root: Optional[PathLike] = None, progress: bool = False) -> List[str]:
     """Paths of the distractor images, in the order of the set's list."""
     folder = prepare_distractors(suffix, data_root, progress)
-    name = DISTRACTOR_SETS[suffix].folder
+    name = lookup(DISTRACTOR_SETS, suffix, "distractor set").folder
     lines = (folder / f"{name}.txt").read_text().split()
     return [str(folder / "jpg" / line) for line in lines]

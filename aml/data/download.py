@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, publish_folder, staged
 from aml.utils.progress import progress_bar
+from aml.utils.errors import AmlError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _HASH_CHECK_LIMIT = 64 << 20  # files up to this size are re-hashed when found p
 DEFAULT_MAX_BYTES = 32 << 30
 
 
-class DownloadError(RuntimeError):
+class DownloadError(AmlError, RuntimeError):
     """A file could not be fetched or failed verification."""
 
 
@@ -158,7 +159,7 @@ def _transfer(url: str, partial: Path, limits: _Limits, progress: bool) -> _Rece
     from the start (a 416 says nothing of the part's bytes)."""
     have, version = _resumable_size(partial, url)
     request = urllib.request.Request(url, headers={"User-Agent": "aml"})
-    if have:
+    if have and version:  # a part worth resuming always has its version
         request.add_header("Range", f"bytes={have}-")
         request.add_header("If-Range", version)
     try:

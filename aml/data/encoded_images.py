@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from aml.data.images import BBox, ImageLoadError, PathLike, errors_naming, load_and_resize, open_image_file, resized_shape
+from aml.data.images import (BBox, ImageLoadError, PathLike, errors_naming, load_and_resize, open_image_file,
+                             resized_shape)
 
 log = logging.getLogger(__name__)
 

@@ -9,18 +9,18 @@ import contextlib
 import math
 import os
 import stat
-from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Iterator, List, Optional, Sequence, Tuple
 
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-PathLike = Union[str, Path]
+from aml.utils.errors import AmlError
+from aml.utils.types import PathLike
+
 BBox = Sequence[float]
 
 
-class ImageLoadError(RuntimeError):
+class ImageLoadError(AmlError, RuntimeError):
     """An image file is missing or cannot be decoded."""
 
 
@@ -107,7 +107,8 @@ def load_and_resize(path: PathLike, imsize: Optional[float], bbx: Optional[BBox]
     image = load_image(path)
     full_side = max(image.size)
     if bbx is not None:
-        image = image.crop(tuple(float(c) for c in bbx))
+        x1, y1, x2, y2 = (float(c) for c in bbx)
+        image = image.crop((x1, y1, x2, y2))
         if min(image.size) < 1:
             raise ImageLoadError(f"image {path}: the box {tuple(bbx)} is empty; give x1 < x2 and y1 < y2")
     if imsize is not None:  # at least a pixel: a small box on a very large image would vanish
@@ -130,7 +131,7 @@ class ImagesFromList(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
         bbx = self.bbxs[index] if self.bbxs is not None else None
         image = load_and_resize(self.images[index], self.imsize, bbx)
         return (self.transform(image) if self.transform is not None else image), index

@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 from PIL import Image
 
@@ -33,13 +33,14 @@ from aml.utils.atomic import publish_folder, staged
 from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import kind_of, save_pickle
+from aml.utils.errors import DataError
+from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, Path]
 LISTS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
 
 
-class TestSetError(ValueError):
+class TestSetError(DataError):
     """The description of a test set does not fit its images."""
 
     __test__ = False  # not a pytest test class, despite its name
@@ -60,7 +61,7 @@ def _read_description(path: Path) -> Dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
         check_description(data, str(path))
         return {"queries": data["queries"], "database": data.get("database")}
-    queries = []
+    queries: List[Dict[str, Any]] = []
     with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             entry: Dict[str, Any] = {"image": row["query"].strip()}
@@ -215,7 +216,8 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
         save_pickle({"imlist": [_stem(n) for n in database_names], "qimlist": [_stem(n) for n in query_names],
                      "gnd": gnd}, staging / f"gnd_{name}.pkl")
         if not publish_folder(staging, folder):
-            raise TestSetError(f"{folder} was created by another process meanwhile; choose another --name or move it away")
+            raise TestSetError(f"{folder} was created by another process meanwhile; choose another --name or move it "
+                               "away")
     log.info(">> %s: %d queries, %d database images, %s protocol, in %s", name, len(queries), len(database_names),
              protocol, folder)
     return folder

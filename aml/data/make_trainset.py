@@ -25,7 +25,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,12 +34,13 @@ from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
+from aml.utils.errors import DataError
+from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, Path]
 
 
-class TrainSetError(ValueError):
+class TrainSetError(DataError):
     """The images cannot make a training set (too few landmarks, a bad CSV, ...)."""
 
 
@@ -130,7 +131,11 @@ def _chain_pairs(count: int, start: int, limit: int) -> List[Tuple[int, int]]:
 
 def _split_db(landmarks: Sequence[str], by_landmark, pairs_per_landmark: int,
               rng: np.random.Generator) -> Tuple[dict, List[Tuple[Path, str]]]:
-    cids, cluster, qidxs, pidxs, files = [], [], [], [], []
+    cids: List[str] = []
+    cluster: List[int] = []
+    qidxs: List[int] = []
+    pidxs: List[int] = []
+    files: List[Tuple[Path, str]] = []
     for index, landmark in enumerate(landmarks):
         members = [by_landmark[landmark][i] for i in rng.permutation(len(by_landmark[landmark]))]
         for a, b in _chain_pairs(len(members), len(cids), pairs_per_landmark):
@@ -177,7 +182,8 @@ def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Opt
         save_pickle(dbs, staging / f"{name}.pkl")
         save_pickle({k: dbs["train"][k] for k in ("cids", "qidxs", "pidxs")}, staging / f"{name}-whiten.pkl")
         if not publish_folder(staging, folder):
-            raise TrainSetError(f"{folder} was created by another process meanwhile; choose another --name or move it away")
+            raise TrainSetError(f"{folder} was created by another process meanwhile; choose another --name or move "
+                                "it away")
     return report
 
 

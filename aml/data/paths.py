@@ -7,25 +7,69 @@ Resolved from an explicit argument, else the ``AML_DATA_ROOT`` environment varia
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
+
+from aml.utils.errors import ConfigError
 
 ENV_VAR = "AML_DATA_ROOT"
 DEFAULT_ROOT = "data"
 SUBDIRS = ("train", "test", "networks", "whiten", "model", "features")
 
 
-def resolve_data_root(data_root: Optional[Union[str, Path]] = None) -> Path:
+@dataclass(frozen=True)
+class DataRoot:
+    """The data root, resolved once: an absolute path that every data helper takes as it is.
+
+    A path-like object (``os.fspath`` gives its folder), so it goes wherever a data root is
+    asked for; `data_subdir` and the helpers below it do not resolve it again.
+
+    Attributes:
+        path: the absolute folder.
+    """
+
+    path: Path
+
+    @classmethod
+    def resolve(cls, data_root: Optional[Union[str, "os.PathLike[str]"]] = None) -> "DataRoot":
+        """The data root: ``data_root`` > ``$AML_DATA_ROOT`` > ``./data``, made absolute (once).
+
+        Args:
+            data_root: the folder given, a `DataRoot` (returned as it is) or None.
+
+        Returns:
+            The resolved data root.
+        """
+        if isinstance(data_root, DataRoot):
+            return data_root
+        chosen = data_root or os.environ.get(ENV_VAR) or DEFAULT_ROOT
+        return cls(Path(chosen).expanduser().resolve())
+
+    def subdir(self, name: str) -> Path:
+        """One of the standard sub-folders (``train``, ``test``, ``networks`` ...)."""
+        if name not in SUBDIRS:
+            raise ValueError(f"unknown data sub-folder {name!r}; expected one of {SUBDIRS}")
+        return self.path / name
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+DataRootLike = Union[None, str, "os.PathLike[str]", DataRoot]
+
+
+def resolve_data_root(data_root: DataRootLike = None) -> Path:
     """Return the data root as an absolute path (argument > $AML_DATA_ROOT > ./data)."""
-    chosen = data_root or os.environ.get(ENV_VAR) or DEFAULT_ROOT
-    return Path(chosen).expanduser().resolve()
+    return DataRoot.resolve(data_root).path
 
 
-def data_subdir(data_root: Optional[Union[str, Path]], name: str) -> Path:
+def data_subdir(data_root: DataRootLike, name: str) -> Path:
     """Path of one of the standard sub-folders (``train``, ``test``, ``networks`` ...)."""
-    if name not in SUBDIRS:
-        raise ValueError(f"unknown data sub-folder {name!r}; expected one of {SUBDIRS}")
-    return resolve_data_root(data_root) / name
+    return DataRoot.resolve(data_root).subdir(name)
 
 
 def cid2filename(cid: str, prefix: Union[str, Path]) -> str:
@@ -40,6 +84,6 @@ def check_set_name(name: str) -> str:
     """``name`` if it can name a data set: one path component of letters, digits, '.', '_'
     and '-' (no '/', '..' or '+', which joins a test set to its distractors); else ValueError."""
     if not _SET_NAME.fullmatch(name or "") or ".." in name:
-        raise ValueError(f"{name!r} cannot name a data set: use letters, digits, '.', '_' and '-' only (one folder "
-                         "name, no '/', '..' or '+')")
+        raise ConfigError(f"{name!r} cannot name a data set: use letters, digits, '.', '_' and '-' only (one folder "
+                          "name, no '/', '..' or '+')")
     return name

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import numpy as np
 
 from aml.utils.atomic import atomic_write
+from aml.utils.errors import AmlError, DataError
 
 _NUMPY = ("numpy.core.multiarray", "numpy._core.multiarray")
 _ALLOWED = {
@@ -31,11 +32,15 @@ _ALLOWED = {
 MAX_ELEMENTS = 1 << 25
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnreadablePickle(AmlError, pickle.UnpicklingError):
+    """A dataset file that is truncated or not a dataset pickle."""
+
+
+class UnsafePickleError(UnreadablePickle):
     """The pickle asked for something other than plain data, or for more memory than data holds."""
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(DataError):
     """A dataset pickle that reads, but does not hold what its kind holds (a gnd's image lists
     and entries, a training db's images and pairs): named with the file and the fix."""
 
@@ -171,7 +176,7 @@ def load_pickle(path: Union[str, Path]) -> Any:
         raise UnsafePickleError(f"{path}: {err}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
             struct.error, OverflowError, RecursionError, MemoryError) as err:
-        raise pickle.UnpicklingError(f"{path} is truncated or not a dataset pickle ({err}); download it again") from err
+        raise UnreadablePickle(f"{path} is truncated or not a dataset pickle ({err}); download it again") from err
 
 
 def save_pickle(obj: Any, path: Union[str, Path]) -> None:
@@ -179,5 +184,5 @@ def save_pickle(obj: Any, path: Union[str, Path]) -> None:
     atomic_write(path, lambda out: pickle.dump(obj, out, protocol=4))
 
 
-__all__ = ["load_pickle", "save_pickle", "UnsafePickleError", "DatasetFileError", "MAX_ELEMENTS", "index_array",
-           "kind_of"]
+__all__ = ["load_pickle", "save_pickle", "UnreadablePickle", "UnsafePickleError", "DatasetFileError", "MAX_ELEMENTS",
+           "index_array", "kind_of"]

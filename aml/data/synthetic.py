@@ -20,7 +20,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -30,9 +30,9 @@ from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
 from aml.utils.atomic import publish_folder, staged
 from aml.utils.progress import progress_bar
+from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, Path]
 SCENE = 256
 ASPECTS = ((4, 3), (3, 4), (1, 1), (3, 2))
 
@@ -58,7 +58,8 @@ def _color(rng: np.random.Generator, shift: float) -> Tuple[int, int, int]:
     value = rng.uniform(0.25, 1.0)
     mix = rng.uniform(0.3, 1.0)
     rgb = value * (mix * base + (1 - mix) * rng.random())
-    return tuple(int(c) for c in np.clip(rgb * 255, 0, 255))
+    r, g, b = (int(c) for c in np.clip(rgb * 255, 0, 255))
+    return r, g, b
 
 
 def _texture(rng: np.random.Generator, kind: str, size: int, shift: float) -> Image.Image:
@@ -150,8 +151,8 @@ def render_view(scene: Image.Image, rng: np.random.Generator, difficulty: float,
     view = Image.composite(view, _clutter(rng, width, height), mask)
     pixels = np.asarray(view, dtype=np.float32)
     gain = 1.0 + d * rng.uniform(-0.45, 0.45, size=3)
-    pixels = pixels * gain + d * rng.uniform(-40, 40)
-    view = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    shaded = pixels * gain + d * rng.uniform(-40, 40)
+    view = Image.fromarray(np.clip(shaded, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(view)
     for _ in range(int(rng.integers(0, 1 + int(4 * d)))):
         w, h = rng.uniform(0.1, 0.1 + 0.35 * d, size=2) * (width, height)
@@ -159,8 +160,8 @@ def render_view(scene: Image.Image, rng: np.random.Generator, difficulty: float,
         draw.rectangle((x0, y0, x0 + w, y0 + h), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
     if d > 0.05:
         view = view.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 1.2 * d))))
-    box = mask.getbbox() or (0, 0, width, height)
-    return view, tuple(float(c) for c in box)
+    x1, y1, x2, y2 = (float(c) for c in mask.getbbox() or (0, 0, width, height))
+    return view, (x1, y1, x2, y2)
 
 
 def _landmarks(seed: int, count: int, style: Style) -> List[Image.Image]:
@@ -190,7 +191,10 @@ class SyntheticTrainConfig:
 
 def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: int, config: SyntheticTrainConfig,
            ims: Path, tag: str, bar: tqdm) -> Dict[str, list]:
-    cids, clusters, qidxs, pidxs = [], [], [], []
+    cids: List[str] = []
+    clusters: List[int] = []
+    qidxs: List[int] = []
+    pidxs: List[int] = []
     for c, scene in enumerate(scenes):
         first = len(cids)
         difficulties = rng.uniform(0.0, 0.8, size=config.views)
@@ -208,7 +212,8 @@ def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: 
     return {"cids": cids, "cluster": clusters, "qidxs": qidxs, "pidxs": pidxs}
 
 
-def generate_train_set(data_root: PathLike, name: str = "synth-sfm", config: SyntheticTrainConfig = SyntheticTrainConfig(),
+def generate_train_set(data_root: PathLike, name: str = "synth-sfm",
+                       config: SyntheticTrainConfig = SyntheticTrainConfig(),
                        overwrite: bool = False, progress: bool = False) -> Path:
     """Write ``<data_root>/train/<name>/`` (ims/, <name>.pkl, <name>-whiten.pkl); ``progress``:
     a bar over the images on stderr."""
@@ -270,7 +275,7 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
         return len(imlist) - 1
 
     for scene in scenes[:config.landmarks]:
-        group = {"easy": [], "hard": [], "junk": []}
+        group: Dict[str, List[int]] = {"easy": [], "hard": [], "junk": []}
         for kind, count, low, high in (("easy", config.easy, 0.05, 0.35), ("hard", config.hard, 0.55, 0.9)):
             for _ in range(count):
                 group[kind].append(add(render_view(scene, rng, rng.uniform(low, high), config.image_size)[0]))
@@ -285,20 +290,23 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
     position = np.empty_like(order)
     position[order] = np.arange(len(order))
     shuffled = [imlist[i] for i in order]
-    qimlist, gnd = [], []
+    qimlist: List[str] = []
+    gnd: List[Dict[str, Any]] = []
     for landmark, scene in enumerate(scenes[:config.landmarks]):
         for _ in range(config.queries_per_landmark):
             view, box = render_view(scene, rng, rng.uniform(0.0, 0.15), config.image_size, zoom=rng.uniform(1.15, 1.35))
             qimlist.append(f"{name}_query_{len(qimlist):03d}")
             _save(view, staging / "jpg" / f"{qimlist[-1]}.jpg")
             bar.update(1)
-            gnd.append({"bbx": list(box), **{k: sorted(int(position[i]) for i in v) for k, v in groups[landmark].items()}})
+            lists = {k: sorted(int(position[i]) for i in v) for k, v in groups[landmark].items()}
+            gnd.append({"bbx": list(box), **lists})
     bar.close()
     save_pickle({"imlist": shuffled, "qimlist": qimlist, "gnd": gnd}, staging / f"gnd_{name}.pkl")
     return len(shuffled), len(qimlist)
 
 
-def generate_test_set(data_root: PathLike, name: str = "synth-oxford", config: SyntheticTestConfig = SyntheticTestConfig(),
+def generate_test_set(data_root: PathLike, name: str = "synth-oxford",
+                      config: SyntheticTestConfig = SyntheticTestConfig(),
                       overwrite: bool = False, progress: bool = False) -> Path:
     """Write ``<data_root>/test/<name>/`` (jpg/*.jpg and gnd_<name>.pkl); ``progress``: a bar
     over the images on stderr."""

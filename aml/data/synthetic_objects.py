@@ -16,7 +16,7 @@ Everything is deterministic given the config (generated in memory, nothing is wr
 
 import math
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -60,7 +60,8 @@ class _ObjectClass:
 def _hue_rgb(hue: float, value: float, saturation: float) -> Tuple[int, int, int]:
     base = np.array([math.cos(2 * math.pi * (hue + k / 3)) for k in range(3)]) * 0.5 + 0.5
     rgb = value * (saturation * base + (1 - saturation) * 0.5)
-    return tuple(int(c) for c in np.clip(rgb * 255, 0, 255))
+    r, g, b = (int(c) for c in np.clip(rgb * 255, 0, 255))
+    return r, g, b
 
 
 def _draw_class(rng: np.random.Generator) -> _ObjectClass:
@@ -84,7 +85,7 @@ def _polygon(center: Tuple[float, float], radius: float, spin: float, points: in
 
 
 def _draw_part(draw: ImageDraw.ImageDraw, part: _Part, center: Tuple[float, float], radius: float, spin: float,
-               fill: tuple, line: tuple) -> None:
+               fill: Union[int, Tuple[int, ...]], line: Union[int, Tuple[int, ...]]) -> None:
     r = part.radius * radius
     angle = part.spin + spin
     width = max(1, int(r * 0.3))
@@ -118,7 +119,7 @@ def _draw_part(draw: ImageDraw.ImageDraw, part: _Part, center: Tuple[float, floa
 
 
 def _texture(image: Image.Image, mask: Image.Image, kind: str, rng: np.random.Generator,
-             colours: Tuple[tuple, tuple]) -> Image.Image:
+             colours: Sequence[Tuple[int, int, int]]) -> Image.Image:
     """Fill the object's mask with the class's texture in this instance's colours."""
     size = image.size[0]
     first, second = (np.array(c, np.float32) for c in colours)

@@ -8,16 +8,18 @@ On disk (``<data_root>/test/<name>/``): ``jpg/<image>.jpg`` and ``gnd_<name>.pkl
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
 
 import numpy as np
 
 from aml.data.download import download_file, extract_archives, remove_download
+from aml.data.formats import TestConfig
 from aml.data.paths import data_subdir
 from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
 from aml.data.synthetic import generate_test_set
+from aml.utils.errors import ConfigError
+from aml.utils.types import PathLike
 
-PathLike = Union[str, Path]
 CIRTORCH_TEST = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/"
 VGG = "https://www.robots.ox.ac.uk/~vgg/data/"
 
@@ -96,8 +98,8 @@ def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationS
     folder = data_subdir(data_root, "test") / name
     if (folder / f"gnd_{name}.pkl").is_file() and (folder / "jpg").is_dir():
         return EvaluationSet(name, _custom_protocol(folder / f"gnd_{name}.pkl"))
-    raise ValueError(f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}, or make a folder "
-                     f"{folder} with jpg/ and gnd_{name}.pkl (python -m aml.cli.make_testset)")
+    raise ConfigError(f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}, or make a folder "
+                      f"{folder} with jpg/ and gnd_{name}.pkl (python -m aml.cli.make_testset)")
 
 
 def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:
@@ -113,7 +115,7 @@ def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: 
     return test_root / entry.name
 
 
-def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
+def configdataset(dataset: str, dir_main: PathLike) -> TestConfig:
     """cirtorch's config dict of a test set stored under ``dir_main`` (``<data_root>/test``).
 
     Keys: imlist, qimlist, gnd, gnd_fname, ext, qext, dir_data, dir_images, n, nq,
@@ -135,13 +137,13 @@ def configdataset(dataset: str, dir_main: PathLike) -> Dict[str, Any]:
     cfg.update(gnd_fname=gnd_fname, ext=".jpg", qext=".jpg", dir_data=dir_data,
                dir_images=os.path.join(dir_data, "jpg"), n=len(cfg["imlist"]), nq=len(cfg["qimlist"]),
                im_fname=config_imname, qim_fname=config_qimname, dataset=name, protocol=entry.protocol)
-    return cfg
+    return cast(TestConfig, cfg)
 
 
 GND_KEYS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
 
 
-def _names(cfg: Dict[str, Any], key: str, source: PathLike) -> int:
+def _names(cfg: Mapping[str, Any], key: str, source: PathLike) -> int:
     """The length of the image list ``cfg[key]``; a `DatasetFileError` unless it is a list of names."""
     names = cfg[key]
     if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
@@ -160,7 +162,7 @@ def _box(box: Any) -> Optional[np.ndarray]:
     return values if values.size == 4 else None
 
 
-def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> None:
+def check_ground_truth(cfg: Mapping[str, Any], protocol: str, source: PathLike) -> None:
     """Refuse a gnd whose entries do not fit its image lists: lists of image names, one entry
     (a dict) per query, the protocol's keys present, every listed index an integer inside the
     database, boxes of four finite numbers with x1 < x2 and y1 < y2. Raises a
@@ -192,17 +194,17 @@ def check_ground_truth(cfg: Dict[str, Any], protocol: str, source: PathLike) -> 
                 raise DatasetFileError(f"{where} has box {shown}; a box is x1, y1, x2, y2 with x1 < x2 and y1 < y2")
 
 
-def config_imname(cfg: Dict[str, Any], i: int) -> str:
+def config_imname(cfg: TestConfig, i: int) -> str:
     """Path of database image ``i``."""
     return os.path.join(cfg["dir_images"], cfg["imlist"][i] + cfg["ext"])
 
 
-def config_qimname(cfg: Dict[str, Any], i: int) -> str:
+def config_qimname(cfg: TestConfig, i: int) -> str:
     """Path of query image ``i``."""
     return os.path.join(cfg["dir_images"], cfg["qimlist"][i] + cfg["qext"])
 
 
-def query_and_database_paths(cfg: Dict[str, Any]) -> Tuple[List[str], List[str], List[Optional[Tuple[float, ...]]]]:
+def query_and_database_paths(cfg: TestConfig) -> Tuple[List[str], List[str], List[Optional[Tuple[float, ...]]]]:
     """Database paths, query paths and query boxes (None when the gnd has no bbx)."""
     images = [config_imname(cfg, i) for i in range(cfg["n"])]
     queries = [config_qimname(cfg, i) for i in range(cfg["nq"])]

@@ -8,14 +8,16 @@
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, cast
 
 from aml.data.download import download_file, extract_archive, remove_download
+from aml.data.formats import TrainingDb
 from aml.data.paths import cid2filename, data_subdir
 from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
 from aml.data.synthetic import generate_train_set
+from aml.utils.errors import ConfigError
+from aml.utils.types import PathLike
 
-PathLike = Union[str, Path]
 CIRTORCH_TRAIN = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/train/"
 
 
@@ -81,8 +83,8 @@ def get_train_set(name: str, data_root: Optional[PathLike] = None) -> TrainSet:
     training, whitening = (folder / f"{name}.pkl").is_file(), (folder / f"{name}-whiten.pkl").is_file()
     if (folder / "ims").is_dir() and (training or whitening):
         return TrainSet(name, name, None, training=training, whitening=whitening)
-    raise ValueError(f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}, or make a "
-                     f"folder {folder} with ims/ and {name}.pkl (python -m aml.cli.make_trainset)")
+    raise ConfigError(f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}, or make a "
+                      f"folder {folder} with ims/ and {name}.pkl (python -m aml.cli.make_trainset)")
 
 
 def is_training_set(name: str, data_root: Optional[PathLike] = None) -> bool:
@@ -100,7 +102,8 @@ def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
     folder = train_root / entry.folder
     if not (folder / "ims").exists() or not any(folder.glob("*.pkl")):
         if entry.prepare is None:
-            raise FileNotFoundError(f"{folder} lacks ims/ or its pickles; make it again with python -m aml.cli.make_trainset")
+            raise FileNotFoundError(f"{folder} lacks ims/ or its pickles; make it again with python -m "
+                                    "aml.cli.make_trainset")
         entry.prepare(train_root)
     return folder
 
@@ -124,17 +127,17 @@ def check_image_db(db: Any, source: str, clusters: bool = True) -> Dict[str, Any
     ranges = {"qidxs": len(cids), "pidxs": len(cids), **({"cluster": None} if clusters else {})}
     for key, size in ranges.items():
         indices = index_array(db[key])
-        if indices is None or size is not None and indices.size and (indices.min() < 0 or indices.max() >= size):
+        if indices is None or (size is not None and indices.size and (indices.min() < 0 or indices.max() >= size)):
             raise DatasetFileError(f"{source}: '{key}' holds {kind_of(db[key])}, where a list of integers"
                                    + (f" in [0, {size}) belongs (one per image of 'cids')" if size else " belongs"))
-    if len(db["qidxs"]) != len(db["pidxs"]) or clusters and len(db["cluster"]) != len(cids):
+    if len(db["qidxs"]) != len(db["pidxs"]) or (clusters and len(db["cluster"]) != len(cids)):
         raise DatasetFileError(f"{source}: {len(db['qidxs'])} qidxs for {len(db['pidxs'])} pidxs"
                                + (f", {len(db['cluster'])} clusters for {len(cids)} images" if clusters else "")
                                + "; they must pair up one to one")
     return dict(db)
 
 
-def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> Dict[str, Any]:
+def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> TrainingDb:
     """One split ('train' or 'val') of a training set, with absolute image paths in 'images'."""
     entry = get_train_set(name, data_root)
     folder = prepare_train_set(name, data_root)
@@ -145,14 +148,14 @@ def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None
         raise DatasetFileError(f"{path} has no split {split!r} (found {found})")
     db = check_image_db(dbs[split], f"{path} ({split})")
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
-    return db
+    return cast(TrainingDb, db)
 
 
-def load_whitening_db(name: str, data_root: Optional[PathLike] = None) -> Dict[str, Any]:
+def load_whitening_db(name: str, data_root: Optional[PathLike] = None) -> TrainingDb:
     """A whitening set ``<name>-whiten.pkl`` with absolute image paths in 'images'."""
     entry = get_train_set(name, data_root)
     folder = prepare_train_set(name, data_root)
     path = folder / f"{entry.name}-whiten.pkl"
     db = check_image_db(load_pickle(path), str(path), clusters=False)
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
-    return db
+    return cast(TrainingDb, db)

@@ -48,8 +48,8 @@ def _compare(claim: str, comparison: str, winners: Dict[str, Dict], others: Dict
     medium = {label: " / ".join(f"{means[(d, LEVELS[0])]:.1f}" for d in DATASETS)
               for label, means in {**win, **rest}.items()}
     evidence = "; ".join(f"{label} {values}" for label, values in medium.items())
-    return Finding(claim, comparison, all(gap > 0 for gap in gaps), evidence + " (Medium, " + " / ".join(DATASETS) + ")",
-                   gaps)
+    evidence += " (Medium, " + " / ".join(DATASETS) + ")"
+    return Finding(claim, comparison, all(gap > 0 for gap in gaps), evidence, gaps)
 
 
 def paper_findings(rows: Sequence[Dict], student_arch: str, teacher_arch: str) -> List[Finding]:
@@ -62,16 +62,17 @@ def paper_findings(rows: Sequence[Dict], student_arch: str, teacher_arch: str) -
     findings = []
     asym = {m: student(m, "asymmetric") for m in ("reg", *METRIC_LEARNING)}
     sym = {m: student(m, "symmetric") for m in ("reg", *METRIC_LEARNING)}
-    learning_asym = {f"{m} asym": asym[m] for m in METRIC_LEARNING if asym[m] is not None}
-    learning_sym = {f"{m} sym": sym[m] for m in METRIC_LEARNING if sym[m] is not None}
-    if asym["reg"] is not None and learning_asym:
+    learning_asym = {f"{m} asym": row for m in METRIC_LEARNING if (row := asym[m]) is not None}
+    learning_sym = {f"{m} sym": row for m in METRIC_LEARNING if (row := sym[m]) is not None}
+    reg_asym, reg_sym = asym["reg"], sym["reg"]
+    if reg_asym is not None and learning_asym:
         findings.append(_compare("(1) plain regression works best in asymmetric testing",
                                  "asymmetric: reg beats " + " and ".join(m.split()[0] for m in learning_asym),
-                                 {"reg asym": asym["reg"]}, learning_asym))
-    if sym["reg"] is not None and learning_sym:
+                                 {"reg asym": reg_asym}, learning_asym))
+    if reg_sym is not None and learning_sym:
         findings.append(_compare("(2) asymmetric metric learning works best in symmetric testing",
                                  "symmetric: the best of " + " and ".join(m.split()[0] for m in learning_sym)
-                                 + " beats reg", learning_sym, {"reg sym": sym["reg"]}))
+                                 + " beats reg", learning_sym, {"reg sym": reg_sym}))
     if teacher is not None and learning_sym:
         findings.append(_compare("(2) ... even letting the student outperform the teacher",
                                  "symmetric: the best of " + " and ".join(m.split()[0] for m in learning_sym)

@@ -29,6 +29,7 @@ from aml.data.paths import resolve_data_root
 from aml.data.synthetic import generate_all
 from aml.demo.findings import findings_lines, paper_findings
 from aml.demo.tables import DATASETS, format_table, write_results
+from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings, evaluate
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
@@ -38,6 +39,7 @@ from aml.training import TrainConfig, run
 from aml.utils.atomic import atomic_write
 from aml.utils.devices import resolve_device
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
+from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +57,18 @@ class DemoBudget:
     quiet: bool = False
 
     def options(self) -> Dict[str, Any]:
-        """The training options (TrainConfig fields) every demo run shares."""
+        """The training options (main.py's flags, `TrainConfig.from_flags`) every demo run shares."""
         return dict(image_size=self.image_size, query_size=self.query_size, pool_size=self.pool_size, neg_num=3,
                     workers=self.workers, quiet=self.quiet)
 
 
 def _train(directory: Path, data_root: Path, arch: str, epochs: int, options: Dict[str, Any], seed: int,
            teacher: Optional[Path] = None, trunk: Optional[Path] = None, reuse: bool = False) -> Path:
-    """One training run (`aml.training.run`; ``options`` are TrainConfig fields, the mode
+    """One training run (`aml.training.run`; ``options`` are main.py's flags by name, the mode
     among them); the last epoch's checkpoint. With ``reuse``, a run that already holds that
     checkpoint is resumed from it (so nothing is trained again)."""
-    config = TrainConfig(directory=str(directory), data_root=str(data_root), training_dataset="synth-sfm", arch=arch,
-                         epochs=epochs, val=False, print_freq=1000, seed=seed, **options)
+    config = TrainConfig.from_flags(directory=str(directory), data_root=str(data_root), training_dataset="synth-sfm",
+                                    arch=arch, epochs=epochs, val=False, print_freq=1000, seed=seed, **options)
     config = config.but(teacher=str(teacher)) if teacher is not None else config
     config = config.but(trunk_weights=str(trunk)) if trunk is not None else config
     config = config.but(resume=f"model_epoch{epochs}.pth.tar") if reuse else config
@@ -75,10 +77,11 @@ def _train(directory: Path, data_root: Path, arch: str, epochs: int, options: Di
 
 def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[Path] = None) -> Dict:
     """test.py's evaluation through the package (its lines are logged, not printed)."""
-    settings = TestSettings(datasets=DATASETS, image_size=budget.image_size, workers=budget.workers,
-                            device=str(resolve_device("auto")), data_root=str(data_root), progress=not budget.quiet)
+    extraction = ExtractionConfig(workers=budget.workers, device=str(resolve_device("auto")), progress=not budget.quiet)
+    settings = TestSettings(datasets=tuple(DATASETS), image_size=budget.image_size, extraction=extraction,
+                            data_root=data_root)
     database = load_named_or_file(teacher) if teacher is not None else None
-    return evaluate(load_named_or_file(network), settings, database)
+    return {name: result.record() for name, result in evaluate(load_named_or_file(network), settings, database).items()}
 
 
 # Per-role training options, both in the paper's setting: ImageNet trunks, frozen BatchNorm,
@@ -153,7 +156,7 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
     cached in <data_root>/networks/). A teacher trained by an earlier run with the same
     settings is reused."""
     if teacher_trunk not in TEACHER_TRUNKS:
-        raise ValueError(f"teacher_trunk must be one of {TEACHER_TRUNKS}, not {teacher_trunk!r}")
+        raise ConfigError(f"teacher_trunk must be one of {TEACHER_TRUNKS}, not {teacher_trunk!r}")
     root = resolve_data_root(data_root)
     start = time.time()
     quiet = budget.quiet

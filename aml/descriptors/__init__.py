@@ -11,8 +11,10 @@ from aml.descriptors.files import (dataset_images, extract_dataset_features, fea
 from aml.networks.fingerprint import network_fingerprint
 from aml.descriptors.key import DescriptorKey, image_list_key
 
-__all__ = ["DECODE_CHOICES", "DECODINGS", "DEFAULT_EXTRACTION", "DescriptorKey", "ExtractionConfig", "cached_descriptors",
+__all__ = ["DECODE_CHOICES", "DECODINGS", "DEFAULT_EXTRACTION", "DescriptorKey", "ExtractionConfig",
+           "cached_descriptors",
            "dataset_images", "default_batch_size", "describe_images", "effective_workers", "evict",
-           "extract_dataset_features", "extract_vectors", "feature_file_key", "feature_file_name", "feature_file_settings",
+           "extract_dataset_features", "extract_vectors", "feature_file_key", "feature_file_name",
+           "feature_file_settings",
            "image_list_key", "load_feature_file", "network_fingerprint",
            "write_feature_file"]

@@ -19,7 +19,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -29,13 +29,17 @@ from torch.utils.data import DataLoader, Dataset
 from aml.data.encoded_images import DeviceDecoder, EncodedImagesFromList
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
 from aml.networks.inference import inference_copy
-from aml.networks.retrieval_net import multiscale_power
+from aml.networks.preserved import left_as_it_was
+from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
+from aml.utils.bounds import NONNEGATIVE_INT, bounded
+from aml.utils.errors import DataError, lookup
 
 log = logging.getLogger(__name__)
 
 Device = Union[str, torch.device]
+ImageDataset = Union[ImagesFromList, EncodedImagesFromList]  # single images, and their indices, by index
 BatchEncoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images -> B x D descriptors
 
 # Pixels per CPU forward: batches of images up to this many pixels in all (at least one
@@ -86,7 +90,7 @@ class Decoding:
     name: str
     summary: str
     dataset: Callable[[Sequence[Union[str, Path]], Optional[float], Optional[Sequence[Optional[BBox]]], Callable],
-                      Dataset]
+                      "ImageDataset"]
     shape: Callable[[Any], Tuple[int, ...]]
     decoder: Callable[[torch.device, Sequence[float], Sequence[float]], BatchDecoder]
 
@@ -124,10 +128,7 @@ def resolve_decoding(name: str, device: torch.device) -> Decoding:
     """The decoding ``name`` stands for ("auto": "workers" on CUDA, "pil" on the CPU)."""
     if name == "auto":
         name = "workers" if device.type == "cuda" else "pil"
-    try:
-        return DECODINGS[name]
-    except KeyError:
-        raise ValueError(f"unknown decoding {name!r}; choose one of {', '.join(DECODE_CHOICES)}") from None
+    return lookup(DECODINGS, name, "decoding", DECODE_CHOICES)
 
 
 AMP_DTYPES: Dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -139,10 +140,7 @@ def resolve_amp(amp: Optional[bool], device: torch.device, amp_dtype: str = "flo
     (the CPU keeps fp32)."""
     if not (device.type == "cuda" if amp is None else amp):
         return None
-    try:
-        return AMP_DTYPES[amp_dtype]
-    except KeyError:
-        raise ValueError(f"unknown autocast dtype {amp_dtype!r}; choose one of {', '.join(AMP_DTYPES)}") from None
+    return lookup(AMP_DTYPES, amp_dtype, "autocast dtype", AMP_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -191,7 +189,7 @@ class ExtractionConfig:
         >>> vecs = extract_vectors(net, images, 1024, transform, config=config.but(decode="device"))  # doctest: +SKIP
     """
 
-    workers: int = 4  # loader workers (capped on the CPU, see effective_workers)
+    workers: int = bounded(4, NONNEGATIVE_INT)  # loader workers (capped on the CPU, see effective_workers)
     device: Optional[Device] = None  # None: the network's
     batch_size: Optional[int] = None  # None: default_batch_size (per image shape on the CPU)
     amp: Optional[bool] = None  # autocast; None: on CUDA only
@@ -207,10 +205,8 @@ class ExtractionConfig:
     collective: bool = True  # under torchrun, each rank encodes its block; False: this process alone
 
     def __post_init__(self):
-        if self.decode not in DECODE_CHOICES:
-            raise ValueError(f"unknown decoding {self.decode!r}; choose one of {', '.join(DECODE_CHOICES)}")
-        if self.amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"unknown autocast dtype {self.amp_dtype!r}; choose one of {', '.join(AMP_DTYPES)}")
+        lookup(dict.fromkeys(DECODE_CHOICES), self.decode, "decoding", DECODE_CHOICES)
+        lookup(AMP_DTYPES, self.amp_dtype, "autocast dtype", AMP_DTYPES)
 
     def but(self, **changes: Any) -> "ExtractionConfig":
         """A copy with some fields changed.
@@ -354,7 +350,7 @@ def _describe(encode: BatchEncoder, x: torch.Tensor, scales: Sequence[float], ms
     every scale of the whole batch in one forward."""
     if list(scales) == [1]:
         return encode(x).float()
-    total = 0.0
+    total: Any = 0.0  # a tensor from the first scale on
     for scale in scales:
         xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         total = total + encode(xs).float().pow(msp)
@@ -435,7 +431,7 @@ def _image_loader(dataset: Dataset, workers: int, device: torch.device) -> DataL
                       persistent_workers=False)
 
 
-def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], image_size: Optional[float],
+def extract_vectors(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], image_size: Optional[float],
                     transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]] = None, ms: Sequence[float] = (1,),
                     msp: float = 1.0, print_freq: int = 10, *, config: ExtractionConfig = DEFAULT_EXTRACTION,
                     skipped: Optional[List[int]] = None) -> torch.Tensor:
@@ -446,8 +442,8 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
     equals the one-image-at-a-time loop up to float rounding. The forward runs on
     `aml.networks.inference.inference_copy` of ``net`` (BatchNorm folded) when
     ``config.fold_batchnorm``, by default for calls of `FOLD_MIN_PIXELS` or more. A
-    batch that runs out of device memory is split with a warning. The network's train/eval
-    mode is restored afterwards.
+    batch that runs out of device memory is split with a warning. The network comes back as it
+    was: on its device, in its memory format and train/eval mode.
 
     Under torchrun the call is collective: every rank encodes its contiguous block of the
     images (`aml.utils.distributed.shard_range`) and every rank returns the whole
@@ -494,19 +490,20 @@ def extract_vectors(net: torch.nn.Module, images: Sequence[Union[str, Path]], im
                        config.progress and world.is_main, config.desc, resolve_decoding(config.decode, resolved),
                        config.compile, _fold(config.fold_batchnorm, len(mine), image_size),
                        resolved.type == "cuda" if config.fixed_batches is None else config.fixed_batches)
-    vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,
-                          [bbxs[i] for i in mine] if bbxs is not None else None, options, local_skipped)
+    with left_as_it_was(net):  # the caller's network keeps its device, memory format and mode
+        vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,
+                              [bbxs[i] for i in mine] if bbxs is not None else None, options, local_skipped)
     if world.distributed:
         vecs = gather_columns(vecs, len(images), world)
     _check_finite(vecs, images)
-    if config.skip_bad:
+    if local_skipped is not None:  # config.skip_bad
         found = concat_lists(gather_objects([mine.start + i for i in local_skipped], world))
         if skipped is not None:
             skipped.extend(found)
     return vecs
 
 
-class NonFiniteDescriptors(ValueError):
+class NonFiniteDescriptors(DataError):
     """A network produced NaN or infinite descriptors."""
 
 
@@ -619,10 +616,7 @@ def _runner(net: torch.nn.Module, o: _Options) -> torch.nn.Module:
     """The module that encodes: ``net`` itself when it already sits on the device in the
     memory format asked for, else a copy (BatchNorm folded with ``o.fold``) that does. The
     caller's network keeps its device and memory format; its mode is the caller's to restore."""
-    if o.fold:
-        runner = inference_copy(net)
-    else:
-        runner = net
+    runner = inference_copy(net) if o.fold else net
     weight = next(runner.parameters(), None)
     placed = weight is None or weight.device == o.device
     formatted = _memory_format_of(runner) in (None, o.memory_format) or not o.channels_last
@@ -630,10 +624,11 @@ def _runner(net: torch.nn.Module, o: _Options) -> torch.nn.Module:
         return net
     if runner is net:
         runner = copy.deepcopy(net)
-    return runner.to(o.device, memory_format=o.memory_format) if o.channels_last else runner.to(o.device)
+    runner = runner.to(o.device)
+    return runner.to(memory_format=o.memory_format) if o.channels_last else runner
 
 
-def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], image_size: Optional[float],
+def _extract_block(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], image_size: Optional[float],
                    transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]], o: _Options,
                    bad: Optional[List[int]]) -> torch.Tensor:
     """`extract_vectors` of one process's images (``bad``: None = raise on an
@@ -642,7 +637,8 @@ def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], ima
     net.eval()
     try:
         runner = _runner(net, o).eval()
-        encode: BatchEncoder = torch.compile(runner.descriptors) if o.compile else runner.descriptors
+        describe = cast(BatchEncoder, runner.descriptors)
+        encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.compile else describe
         meta = getattr(net, "meta", {})
         decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
         loader = _image_loader(o.decoding.dataset(images, image_size, bbxs, transform), o.workers, o.device)
@@ -656,7 +652,7 @@ def _extract_block(net: torch.nn.Module, images: Sequence[Union[str, Path]], ima
             for items, indices in _batches(iter(loader), o.limit, o.decoding.shape, 4 * largest, bad):
                 failed: Optional[List[int]] = [] if bad is not None else None
                 x = decode(items, failed)  # outside autocast: the pixels are the same in every precision
-                if failed:  # named in the log by the decoder
+                if failed and bad is not None:  # named in the log by the decoder
                     bad.extend(indices[k] for k in failed)
                     indices = [i for k, i in enumerate(indices) if k not in set(failed)]
                     bar.update(-len(failed))  # counted again with the skipped below

@@ -10,15 +10,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from aml.data.paths import data_subdir
+from aml.data.paths import DataRootLike, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
-from aml.descriptors.store import StoreKey, encode_into_store, read_store
+from aml.descriptors.store import StoreKey, encode_into_store, open_store
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
+from aml.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:
         settings = json.loads(sidecar.read_text())
     except ValueError:
         return None
-    if settings.get("npy_bytes") != path.stat().st_size or settings.get("images_sha1") != _text_sha1(listing.read_text()):
+    listed = _text_sha1(listing.read_text())
+    if settings.get("npy_bytes") != path.stat().st_size or settings.get("images_sha1") != listed:
         return None
     return settings
 
@@ -186,29 +188,29 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         try:
             vecs = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
+            raise DataError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
     if vecs.ndim != 2 or vecs.shape[1] != expected_columns:
-        raise ValueError(f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "
-                         "(one column per image of the split, in db order)")
+        raise DataError(f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "
+                        "(one column per image of the split, in db order)")
     if not np.isfinite(vecs).all():
         bad = np.unique(np.nonzero(~np.isfinite(vecs))[1])
-        raise ValueError(f"feature file {path} holds NaN or infinite values in {bad.size} of {vecs.shape[1]} columns "
-                         f"(first: column {bad[0]}); extract it again with extract_features.py")
+        raise DataError(f"feature file {path} holds NaN or infinite values in {bad.size} of {vecs.shape[1]} columns "
+                        f"(first: column {bad[0]}); extract it again with extract_features.py")
     if expected_dim is not None and vecs.shape[0] != expected_dim:
-        raise ValueError(f"feature file {path} holds {vecs.shape[0]}-d descriptors but the student outputs "
-                         f"{expected_dim}-d; use the matching --teacher")
+        raise DataError(f"feature file {path} holds {vecs.shape[0]}-d descriptors but the student outputs "
+                        f"{expected_dim}-d; use the matching --teacher")
     return vecs.astype(np.float32, copy=False)
 
 
 def _load_store(folder: Path) -> np.ndarray:
-    store = read_store(folder)
+    store = open_store(folder)
     if not store.complete():
-        raise ValueError(f"descriptor store {folder} lacks {len(store.missing())} of {store.shards} shards (an "
-                         "interrupted extract_features.py): run the same command again to encode them")
+        raise DataError(f"descriptor store {folder} lacks {len(store.missing())} of {store.shards} shards (an "
+                        "interrupted extract_features.py): run the same command again to encode them")
     return store.load()
 
 
-def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[str]:
+def dataset_images(dataset: str, split: str, data_root: DataRootLike) -> List[str]:
     """Image paths of a training split or of a test set's database.
 
     Args:
@@ -233,7 +235,7 @@ def dataset_images(dataset: str, split: str, data_root: Optional[str]) -> List[s
 
 
 def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, key: DescriptorKey,
-                             data_root: Optional[str] = None, output: Optional[Path] = None,
+                             data_root: DataRootLike = None, output: Optional[Path] = None,
                              shard_size: Optional[int] = None, store_dtype: str = "float32",
                              config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
     """Encode a data set (split) with a network and write its feature file.

@@ -9,11 +9,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from torch import nn
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, ExtractionConfig
 from aml.networks.fingerprint import network_fingerprint
-from aml.networks.retrieval_net import multiscale_power
+from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 
 
 def image_list_key(images: Sequence[str]) -> List[Any]:
@@ -76,7 +75,7 @@ class DescriptorKey:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
 
     @classmethod
-    def of(cls, net: nn.Module, image_size: int, scales: Sequence[float] = (1.0,),
+    def of(cls, net: ImageRetrievalNet, image_size: int, scales: Sequence[float] = (1.0,),
            config: ExtractionConfig = DEFAULT_EXTRACTION, fingerprint: Optional[str] = None) -> "DescriptorKey":
         """The key of a network's descriptors at an image size and scales.
 

@@ -12,22 +12,23 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from aml.data.images import BBox, load_and_resize
 from aml.utils.atomic import atomic_path
+from aml.utils.errors import DataError
+from aml.utils.types import PathLike
 
 __all__ = ["OnnxStudentError", "OnnxStudentInfo", "describe_with_onnx", "image_array", "onnx_session",
            "read_onnx_metadata", "seconds_per_image", "whitening_digest", "write_onnx_metadata"]
 
-PathLike = Union[str, Path]
 PREFIX = "aml."
 REEXPORT = "python -m aml.export --network STUDENT --out DIR --teacher TEACHER"
 
 
-class OnnxStudentError(ValueError):
+class OnnxStudentError(DataError):
     """An ONNX file that cannot be read, has no aml metadata, or does not fit a store.
 
     Examples:
@@ -36,7 +37,7 @@ class OnnxStudentError(ValueError):
         ...     onnx_session("no/such.onnx")
         ... except OnnxStudentError as err:
         ...     print(err)
-        no/such.onnx does not exist; export the student with: python -m aml.export --network STUDENT --out DIR --teacher TEACHER
+        no/such.onnx does not exist; export the student with: python -m aml.export --network STUDENT ...
     """
 
 

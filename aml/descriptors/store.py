@@ -30,6 +30,7 @@ from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, des
 from aml.descriptors.key import DescriptorKey
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
+from aml.utils.errors import ConfigError, DataError, lookup
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-class StoreMismatch(ValueError):
+class StoreMismatch(DataError):
     """A store folder holds descriptors of another network, settings or image list."""
 
 
@@ -77,10 +78,9 @@ class DescriptorStore:
     """One store folder for ``images`` encoded as ``key`` says (see the module docstring)."""
 
     def __init__(self, folder: Path, images: Sequence[str], key: StoreKey, dim: int):
-        if key.dtype not in DTYPES:
-            raise ValueError(f"descriptor store dtype {key.dtype!r}: choose one of {sorted(DTYPES)}")
+        lookup(DTYPES, key.dtype, "descriptor store dtype")
         if key.shard_size < 1:
-            raise ValueError(f"descriptor store shard size must be positive, got {key.shard_size}")
+            raise ConfigError(f"descriptor store shard size must be positive, got {key.shard_size}")
         self.folder, self.images, self.key, self.dim = Path(folder), [str(i) for i in images], key, dim
 
     # -- layout ---------------------------------------------------------------------------
@@ -107,18 +107,35 @@ class DescriptorStore:
         return dict(self.key.record(), version=FORMAT_VERSION, count=self.count, dim=self.dim,
                     images_sha1=_list_sha1(self.images))
 
-    # -- opening --------------------------------------------------------------------------
-    def open(self) -> "DescriptorStore":
-        """Create the folder and manifest, or check that an existing one describes this
-        network, these settings and this image list (`StoreMismatch` otherwise).
-        Rank 0 writes; the others wait and check."""
+    # -- creating -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, folder: Path, images: Sequence[str], key: StoreKey, dim: int) -> "DescriptorStore":
+        """The store of ``images`` in ``folder``: its folder and manifest created, or an
+        existing one checked to describe this network, these settings and this image list.
+
+        Rank 0 writes; the other ranks wait and check.
+
+        Args:
+            folder: the store's folder.
+            images: the images it holds, in row order.
+            key: what its descriptors are.
+            dim: their dimension.
+
+        Returns:
+            The store (its missing shards still to encode: `fill`).
+
+        Raises:
+            StoreMismatch: when the folder holds descriptors of another network, settings or
+                image list (it is kept as it is).
+        """
+        store = cls(folder, images, key, dim)
         world = current_world()
         if world.is_main:
-            self._create_or_check()
+            store._create_or_check()
         barrier(world)
         if not world.is_main:
-            self._check(json.loads((self.folder / "manifest.json").read_text()))
-        return self
+            store._check(json.loads((store.folder / "manifest.json").read_text()))
+        return store
 
     def _create_or_check(self) -> None:
         path = self.folder / "manifest.json"
@@ -216,12 +233,12 @@ class DescriptorStore:
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err}); "
-                             "delete it and run again to encode it again") from err
+            raise DataError(f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err}); "
+                            "delete it and run again to encode it again") from err
         rows = self.shard_rows(k)
         if array.shape != (len(rows), self.dim) or array.dtype != DTYPES[self.key.dtype]:
-            raise ValueError(f"descriptor store {self.folder}: {path.name} holds {array.shape} {array.dtype}, the "
-                             f"manifest says {len(rows)} x {self.dim} {self.key.dtype}; delete it and run again")
+            raise DataError(f"descriptor store {self.folder}: {path.name} holds {array.shape} {array.dtype}, the "
+                            f"manifest says {len(rows)} x {self.dim} {self.key.dtype}; delete it and run again")
         return array
 
     def blocks(self) -> Iterator[Tuple[int, np.ndarray]]:
@@ -236,13 +253,19 @@ class DescriptorStore:
         return np.concatenate([block for _, block in self.blocks()]).astype(np.float32).T
 
 
-def open_store(folder: Path, images: Sequence[str], key: StoreKey, dim: int) -> DescriptorStore:
-    """`DescriptorStore.open` of a store for ``images``."""
-    return DescriptorStore(folder, images, key, dim).open()
+def open_store(folder: Path) -> DescriptorStore:
+    """An existing store, as its manifest and image list describe it (to read its shards).
 
+    Args:
+        folder: the store's folder.
 
-def read_store(folder: Path) -> DescriptorStore:
-    """An existing store, as its manifest and image list describe it (to read its shards)."""
+    Returns:
+        The store.
+
+    Raises:
+        DataError: when the folder holds no readable manifest and image list.
+        StoreMismatch: when the image list does not fit the manifest.
+    """
     folder = Path(folder)
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -252,8 +275,10 @@ def read_store(folder: Path) -> DescriptorStore:
             raise KeyError("fingerprint")
         key = StoreKey(descriptors, manifest["network"], manifest["dtype"], manifest["shard_size"])
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{folder} is not a readable descriptor store ({err})") from None
-    return DescriptorStore(folder, images, key, int(manifest["dim"])).open()
+        raise DataError(f"{folder} is not a readable descriptor store ({err})") from None
+    store = DescriptorStore(folder, images, key, int(manifest["dim"]))
+    store._check(manifest)  # the image list and the manifest agree
+    return store
 
 
 def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey,
@@ -261,7 +286,7 @@ def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey,
     """The store of ``images`` encoded by ``net`` as ``key`` says, its missing shards encoded
     first, each by this process alone (``config``: how; its skip policy decides whether an
     unreadable image is skipped and listed or raises)."""
-    store = open_store(folder, images, key, int(net.meta["outputdim"]))
+    store = DescriptorStore.create(folder, images, key, int(net.meta["outputdim"]))
     shard_config = config.but(collective=False)
 
     def encode(block: List[str], skipped: Optional[List[int]]):

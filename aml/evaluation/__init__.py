@@ -1,10 +1,14 @@
-"""Testing: whitening, search, re-ranking and the revisited Oxford/Paris metrics."""
+"""Testing: whitening, rankings, re-ranking, the revisited Oxford/Paris metrics, and the test
+pipeline as a library call (`evaluate`, with `TestSettings` in and `DatasetResult` out)."""
 
 from aml.evaluation.metrics import compute_ap, compute_map, evaluate_ranks, format_results
-from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation
-from aml.evaluation.search import rank_database
+from aml.evaluation.ranking import rank_database
+from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation, search_with_expansion
+from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages
+from aml.evaluation.testing import TestSettings, evaluate
 from aml.evaluation.whitening import WhiteningError, check_whitening, pcawhitenlearn, whitenapply, whitenlearn
 
-__all__ = ["compute_ap", "compute_map", "evaluate_ranks", "format_results",
-           "rank_database", "Reranking", "alpha_query_expansion", "database_augmentation",
-           "pcawhitenlearn", "whitenapply", "whitenlearn", "check_whitening", "WhiteningError"]
+__all__ = ["compute_ap", "compute_map", "evaluate_ranks", "format_results", "rank_database", "Reranking",
+           "alpha_query_expansion", "database_augmentation", "search_with_expansion", "DatasetResult",
+           "DistractorsAdded", "SearchResult", "SkippedImages", "TestSettings", "evaluate", "pcawhitenlearn",
+           "whitenapply", "whitenlearn", "check_whitening", "WhiteningError"]

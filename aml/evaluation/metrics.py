@@ -9,7 +9,7 @@ Queries with no positives are skipped. mP@k: with 1-based adjusted positions pos
 kq = min(max(pos), k) and P@k = #(pos <= kq) / kq.
 """
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -49,18 +49,17 @@ def compute_ap(positions: np.ndarray, nres: int) -> float:
 
 
 def _positions(inverse: np.ndarray, members: Sequence[int]) -> np.ndarray:
-    members = np.asarray(members, dtype=np.int64).ravel()
-    members = members[(members >= 0) & (members < inverse.size)]
-    found = inverse[members]
+    indices = np.asarray(members, dtype=np.int64).ravel()
+    found = inverse[indices[(indices >= 0) & (indices < inverse.size)]]
     return np.sort(found[found >= 0])
 
 
-def _score_query(inverse: np.ndarray, entry: Dict[str, Any], kappas: Sequence[int]) -> Tuple[float, np.ndarray]:
+def _score_query(inverse: np.ndarray, entry: Mapping[str, Any], kappas: Sequence[int]) -> Tuple[float, np.ndarray]:
     """AP and P@k of one query from the inverse of its ranking (NaN when it has no positives)."""
     ok = np.asarray(entry["ok"], dtype=np.int64).ravel()
     if ok.size == 0:
         return np.nan, np.full(len(kappas), np.nan)
-    pos = _positions(inverse, ok)
+    pos = _positions(inverse, ok.tolist())
     junk = _positions(inverse, entry.get("junk", []))
     pos = pos - np.searchsorted(junk, pos, side="left")
     precisions = np.zeros(len(kappas))
@@ -72,7 +71,7 @@ def _score_query(inverse: np.ndarray, entry: Dict[str, Any], kappas: Sequence[in
     return compute_ap(pos, ok.size), precisions
 
 
-def compute_maps(ranks: np.ndarray, gnds: Dict[str, Sequence[Dict[str, Any]]],
+def compute_maps(ranks: np.ndarray, gnds: Dict[str, Sequence[Mapping[str, Any]]],
                  kappas: Sequence[int] = ()) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
     """`compute_map` for several ground truths over the same ranking (E/M/H): each
     ranking is inverted once, in O(N_db), and every protocol looks its images up in it."""
@@ -90,8 +89,9 @@ def compute_maps(ranks: np.ndarray, gnds: Dict[str, Sequence[Dict[str, Any]]],
     return _maps(inverses(), n_q, gnds, kappas)
 
 
-def compute_maps_from_positions(positions: np.ndarray, gnds: Dict[str, Sequence[Dict[str, Any]]],
-                                kappas: Sequence[int] = ()) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+def compute_maps_from_positions(positions: np.ndarray, gnds: Dict[str, Sequence[Mapping[str, Any]]],
+                                kappas: Sequence[int] = ()
+                                ) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
     """`compute_maps` from ``positions`` (N x Q: 0-based place of database image i in
     the ranking of query q) instead of the ranking itself: all that mAP and mP@k need, so a
     search over 1M distractors need only return the places of the test set's own images."""
@@ -99,7 +99,7 @@ def compute_maps_from_positions(positions: np.ndarray, gnds: Dict[str, Sequence[
     return _maps((positions[:, q] for q in range(positions.shape[1])), positions.shape[1], gnds, kappas)
 
 
-def _maps(inverses, n_q: int, gnds: Dict[str, Sequence[Dict[str, Any]]],
+def _maps(inverses, n_q: int, gnds: Dict[str, Sequence[Mapping[str, Any]]],
           kappas: Sequence[int]) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
     aps = {name: np.full(n_q, np.nan) for name in gnds}
     prs = {name: np.full((n_q, len(kappas)), np.nan) for name in gnds}
@@ -115,7 +115,7 @@ def _maps(inverses, n_q: int, gnds: Dict[str, Sequence[Dict[str, Any]]],
     return results
 
 
-def compute_map(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]],
+def compute_map(ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]],
                 kappas: Sequence[int] = ()) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """mAP, per-query AP, mP@k and per-query P@k of a ranking.
 
@@ -142,7 +142,7 @@ def compute_map(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]],
     return compute_maps(ranks, {"gnd": gnd}, kappas)["gnd"]
 
 
-def revisited_gnd(gnd: Sequence[Dict[str, Any]], difficulty: str) -> List[Dict[str, np.ndarray]]:
+def revisited_gnd(gnd: Sequence[Mapping[str, Any]], difficulty: str) -> List[Dict[str, np.ndarray]]:
     """Easy: ok = easy, junk = junk + hard. Medium: ok = easy + hard, junk = junk.
     Hard: ok = hard, junk = junk + easy."""
     rules = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)),
@@ -155,7 +155,7 @@ def revisited_gnd(gnd: Sequence[Dict[str, Any]], difficulty: str) -> List[Dict[s
     return [{"ok": cat(g, ok_keys), "junk": cat(g, junk_keys)} for g in gnd]
 
 
-def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Dict[str, Any]], protocol: str,
+def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]], protocol: str,
                    kappas: Sequence[int] = DEFAULT_KAPPAS, positions: bool = False) -> Dict[str, Any]:
     """All numbers of one test set as a dict (fractions in [0, 1]).
 

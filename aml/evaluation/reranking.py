@@ -11,17 +11,21 @@ weight. A query keeps weight 1 (its similarity to itself). DBA takes a database 
 neighbours among the other images (never itself).
 
 The order of a test (`aml.evaluation.testing`): whitening, DBA of the database, the first
-search, αQE of the queries with the (augmented) database, the final search.
+search, αQE of the queries with the (augmented) database, the final search. The last three are
+`search_with_expansion`, the one "search, αQE, search again" of the package: a test runs it on
+a `aml.evaluation.database.TestDatabase`, a store of `aml.search` on its database.
 """
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence
+from typing import Callable, Iterator, List, Protocol, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-from aml.evaluation.search import NEIGHBOUR_VALUES, nearest
+from aml.evaluation.ranking import NEIGHBOUR_VALUES, nearest
+from aml.utils.errors import ConfigError
 
+T = TypeVar("T")
 DEFAULT_ALPHA = 3.0
 
 
@@ -44,7 +48,7 @@ class Reranking:
         >>> Reranking(qe=-1)
         Traceback (most recent call last):
         ...
-        ValueError: Reranking.qe must be an integer >= 0 (neighbours), got -1
+        aml.utils.errors.ConfigError: Reranking.qe must be an integer >= 0 (neighbours), got -1
     """
 
     qe: int = 0
@@ -56,11 +60,11 @@ class Reranking:
         for name in ("qe", "dba"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"Reranking.{name} must be an integer >= 0 (neighbours), got {value!r}")
+                raise ConfigError(f"Reranking.{name} must be an integer >= 0 (neighbours), got {value!r}")
         for name in ("qe_alpha", "dba_alpha"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"Reranking.{name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"Reranking.{name} must be a finite number >= 0, got {value!r}")
 
     @property
     def active(self) -> bool:
@@ -187,7 +191,7 @@ def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, neighbours:
                [0.7071]], dtype=float32)
     """
     if not 1 <= k <= neighbours.shape[0]:
-        raise ValueError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
+        raise ConfigError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
     return _expand_with(np.asarray(queries, dtype=np.float32), np.asarray(database, dtype=np.float32),
                         np.asarray(neighbours[:k]), alpha)
 
@@ -236,7 +240,7 @@ def database_augmentation(database: np.ndarray, k: int, alpha: float = DEFAULT_A
     database = np.asarray(database, dtype=np.float32)
     n = database.shape[1]
     if not 0 <= k < max(n, 1):
-        raise ValueError(f"DBA with k={k}: the database holds {n} images, so each has at most {n - 1} neighbours")
+        raise ConfigError(f"DBA with k={k}: the database holds {n} images, so each has at most {n - 1} neighbours")
     if k == 0:
         return database.copy()
     top = nearest(database, database, k, device=device, excluded=excluded, skip_self=True)  # k x N
@@ -244,3 +248,55 @@ def database_augmentation(database: np.ndarray, k: int, alpha: float = DEFAULT_A
     if len(excluded):
         augmented[:, list(excluded)] = database[:, list(excluded)]
     return augmented
+
+
+class Database(Protocol):
+    """What αQE asks of a database: each query's first neighbours, with their descriptors."""
+
+    def nearest(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Each query's ``k`` best database images.
+
+        Args:
+            queries: D x Q descriptors.
+            k: neighbours per query.
+
+        Returns:
+            Their k x Q indices, best first, and their D x k x Q descriptors (zero where a
+            query has fewer than ``k``).
+        """
+
+
+def search_with_expansion(database: Database, queries: np.ndarray, reranking: Reranking,
+                          search: Callable[[np.ndarray], T], first: bool = True) -> List[T]:
+    """Search; with ``reranking.qe``, expand the queries with their first neighbours (αQE) and search again.
+
+    The one "search, αQE, search again" of the package: test.py runs it on the test set's
+    database (with its distractors), a store of `aml.search` on the teacher's database.
+
+    Args:
+        database: where the neighbours are found (`Database`).
+        queries: D x Q query descriptors (in asymmetric tests: the student's).
+        reranking: its ``qe`` and ``qe_alpha`` are used (DBA is the database's own).
+        search: what a search of queries gives (the metrics of a test, a store's top k).
+        first: also give the first search's result; False: only the final one (the
+            neighbours are found all the same).
+
+    Returns:
+        The searches' results in order: the first (with ``first``), then the search of the
+        expanded queries (with ``reranking.qe``).
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import Reranking, search_with_expansion
+        >>> from aml.evaluation.database import TestDatabase
+        >>> database = TestDatabase(np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32))
+        >>> query = np.array([[0.8], [0.6]], dtype=np.float32)
+        >>> scores = lambda q: (q.T @ database.vecs).astype(float).round(2).tolist()  # a search: the 3 images' scores
+        >>> search_with_expansion(database, query, Reranking(qe=1, qe_alpha=0), scores)  # towards image 2
+        [[[0.8, 0.6, 0.96]], [[0.71, 0.71, 0.99]]]
+    """
+    results = [search(queries)] if first or not reranking.qe else []
+    if reranking.qe:
+        _, neighbours = database.nearest(queries, reranking.qe)
+        results.append(search(weighted_expansion(queries, neighbours, reranking.qe_alpha)))
+    return results

@@ -11,10 +11,12 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
+from aml.utils.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
-class WhiteningError(ValueError):
+class WhiteningError(DataError):
     """A whitening (m, P) that is not one: not numbers, not finite, or not of the descriptors' dimension.
 
     Examples:

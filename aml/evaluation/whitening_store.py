@@ -9,15 +9,16 @@ content, whitening images, image size, scales, msp, pixel path) and is learned a
 that key changes: a checkpoint replaced at the same path, other scales."""
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 
 from aml.data.download import download_file
-from aml.data.paths import data_subdir
+from aml.data.paths import DataRootLike, data_subdir
 from aml.data.trainsets import load_whitening_db
-from aml.descriptors import describe_images
+from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
 from aml.evaluation.whitening import WhiteningError, check_whitening, whitenlearn
 from aml.networks.pretrained import PRETRAINED
@@ -31,7 +32,7 @@ Whitening = Tuple[np.ndarray, np.ndarray]
 
 
 def whitening_cache_path(encoder: LoadedNetwork, whitening_set: str, multiscale: bool, image_size: int,
-                         data_root: Optional[str]) -> Optional[Path]:
+                         data_root: DataRootLike) -> Optional[Path]:
     """``<checkpoint>_<SET>_whiten[_ms]_<imsize>.pth`` next to a checkpoint file, the same
     name in ``<data_root>/whiten/`` for a named network, None for one only in memory."""
     stem = f"_{whitening_set}_whiten{'_ms' if multiscale else ''}_{image_size}.pth"
@@ -42,21 +43,48 @@ def whitening_cache_path(encoder: LoadedNetwork, whitening_set: str, multiscale:
     return None
 
 
-def whitening_key(encoder: LoadedNetwork, whitening_set: str, settings) -> str:
+@dataclass(frozen=True)
+class WhiteningRequest:
+    """Which learned whitening to provide, and how its images are encoded (as the test images).
+
+    Attributes:
+        whitening_set: the whitening set's name (a training set with whitening pairs).
+        image_size: the longer side images are shrunk to.
+        scales: the multi-scale factors.
+        extraction: how the images are encoded.
+        data_root: the data root (where the set is, and the cache of a named network).
+
+    Examples:
+        >>> from aml.evaluation.whitening_store import WhiteningRequest
+        >>> WhiteningRequest("retrieval-SfM-30k", 1024).multiscale
+        False
+    """
+
+    whitening_set: str
+    image_size: int
+    scales: Tuple[float, ...] = (1.0,)
+    extraction: ExtractionConfig = DEFAULT_EXTRACTION
+    data_root: DataRootLike = None
+
+    @property
+    def multiscale(self) -> bool:
+        """Whether the descriptors are averaged over several scales."""
+        return len(self.scales) > 1
+
+
+def whitening_key(encoder: LoadedNetwork, request: WhiteningRequest) -> str:
     """What decides a learned whitening: the digest of the whitening set's descriptors (their
     `DescriptorKey` and the images)."""
-    db = load_whitening_db(whitening_set, settings.data_root)
-    key = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction())
+    db = load_whitening_db(request.whitening_set, request.data_root)
+    key = DescriptorKey.of(encoder.net, request.image_size, request.scales, request.extraction)
     return key.digest(db["images"])
 
 
-def learn_whitening(encoder: LoadedNetwork, whitening_set: str, settings) -> Whitening:
-    """Learn Lw on the whitening set's images, encoded like the test images (``settings``: a
-    `aml.evaluation.testing.TestSettings`)."""
-    db = load_whitening_db(whitening_set, settings.data_root)
-    log.info(">> %s: Learning whitening with %s...", whitening_set, encoder.name)
-    vecs = describe_images(encoder.net, db["images"], settings.image_size, settings.scales,
-                           config=settings.extraction())
+def learn_whitening(encoder: LoadedNetwork, request: WhiteningRequest) -> Whitening:
+    """Learn Lw on the whitening set's images, encoded as ``request`` says."""
+    db = load_whitening_db(request.whitening_set, request.data_root)
+    log.info(">> %s: Learning whitening with %s...", request.whitening_set, encoder.name)
+    vecs = describe_images(encoder.net, db["images"], request.image_size, request.scales, config=request.extraction)
     return whitenlearn(vecs, db["qidxs"], db["pidxs"])
 
 
@@ -112,7 +140,7 @@ def _stored(encoder: LoadedNetwork, whitening_set: str, multiscale: bool) -> Opt
     return entry[kind]["m"], entry[kind]["P"], f"{where}['{kind}']"
 
 
-def get_whitening(encoder: LoadedNetwork, whitening_set: str, settings, published: bool = True) -> Whitening:
+def get_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published: bool = True) -> Whitening:
     """Whitening for ``encoder``: the checkpoint's meta Lw, else the published file of a
     published network (``published``), else the cache, else learned (and cached). Each is
     checked (`check_whitening`: finite, of the encoder's dimension) before it is used.
@@ -120,23 +148,24 @@ def get_whitening(encoder: LoadedNetwork, whitening_set: str, settings, publishe
     Raises:
         WhiteningError: naming the checkpoint or file, when a whitening read is not one.
     """
-    multiscale = len(settings.scales) > 1
+    whitening_set = request.whitening_set
     dim = encoder.net.meta["outputdim"]
-    stored = _stored(encoder, whitening_set, multiscale)
+    stored = _stored(encoder, whitening_set, request.multiscale)
     if stored is not None:
         log.info(">> %s: Whitening is precomputed, loading it...", whitening_set)
         m, P, source = stored
         return check_whitening(m, P, dim, source)
     entry = PRETRAINED.get(encoder.name) if encoder.named else None
     if published and entry is not None and entry.whitening_url:
-        path = download_file(entry.whitening_url, data_subdir(settings.data_root, "model") / entry.whitening_url.rsplit("/", 1)[1])
+        name = entry.whitening_url.rsplit("/", 1)[1]
+        path = download_file(entry.whitening_url, data_subdir(request.data_root, "model") / name)
         return _file_whitening(load_plain_file(path), dim, str(path))
-    cache = whitening_cache_path(encoder, whitening_set, multiscale, settings.image_size, settings.data_root)
-    key = whitening_key(encoder, whitening_set, settings) if cache is not None else ""
+    cache = whitening_cache_path(encoder, whitening_set, request.multiscale, request.image_size, request.data_root)
+    key = whitening_key(encoder, request) if cache is not None else ""
     found = _cached(cache, key, whitening_set, dim) if cache is not None else None
     if found is not None:
         return found
-    m, P = check_whitening(*learn_whitening(encoder, whitening_set, settings), dim,
+    m, P = check_whitening(*learn_whitening(encoder, request), dim,
                            f"the whitening learned on {whitening_set} (too few or repeated pairs?)")
     if cache is not None and current_world().is_main:
         with optional_write(f"{whitening_set}: the whitening cache"):

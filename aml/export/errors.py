@@ -1,7 +1,9 @@
 """The one error of the export."""
 
+from aml.utils.errors import AmlError
 
-class ExportError(RuntimeError):
+
+class ExportError(AmlError, RuntimeError):
     """The network cannot be exported, or an export does not match PyTorch.
 
     Examples:

@@ -14,16 +14,17 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from aml.descriptors.onnx_student import image_array
 from aml.export.errors import ExportError
 from aml.utils.atomic import atomic_path
+from aml.utils.errors import ConfigError, lookup
+from aml.utils.types import PathLike
 
 __all__ = ["Int8Settings", "QUANTIZED_NODES", "quantize_student"]
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, Path]
 TRUNK_SCOPE = "/features/"  # the ONNX exporter names the trunk's nodes by their module path (net.features)
 
 #: which nodes are quantized: name -> (the graph's nodes -> the names to quantize; None: all that onnxruntime can)
@@ -31,6 +32,7 @@ QUANTIZED_NODES: Dict[str, Callable[[Any], Optional[List[str]]]] = {
     "trunk": lambda graph: [node.name for node in graph.node if node.name.startswith(TRUNK_SCOPE)],
     "all": lambda graph: None,
 }
+QUANT_FORMATS = ("qdq", "qoperator")  # onnxruntime's QuantFormat.QDQ and QuantFormat.QOperator
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Int8Settings:
         >>> Int8Settings(("a.jpg",), 362, quantized="head")
         Traceback (most recent call last):
         ...
-        ValueError: unknown quantized nodes 'head'; one of all, trunk
+        aml.utils.errors.ConfigError: unknown quantized nodes 'head'; choose one of all, trunk
     """
 
     calibration: Sequence[str]
@@ -61,12 +63,10 @@ class Int8Settings:
     per_channel: bool = True
 
     def __post_init__(self):
-        if self.quantized not in QUANTIZED_NODES:
-            raise ValueError(f"unknown quantized nodes {self.quantized!r}; one of {', '.join(sorted(QUANTIZED_NODES))}")
-        if self.quant_format not in ("qdq", "qoperator"):
-            raise ValueError(f"unknown quantization format {self.quant_format!r}; qdq or qoperator")
+        lookup(QUANTIZED_NODES, self.quantized, "quantized nodes")
+        lookup(dict.fromkeys(QUANT_FORMATS), self.quant_format, "quantization format", QUANT_FORMATS)
         if not self.calibration:
-            raise ValueError("int8 quantization needs calibration images")
+            raise ConfigError("int8 quantization needs calibration images")
 
 
 def _calibration_reader(images: Sequence[str], image_size: int) -> Any:

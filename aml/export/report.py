@@ -3,24 +3,23 @@ student's (queries by the ONNX files through onnxruntime, database by the teache
 time of one query image on this CPU."""
 
 import logging
-from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
-from aml.data.paths import data_subdir
+from aml.data.paths import DataRootLike, data_subdir
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.onnx_student import describe_with_onnx, onnx_session, seconds_per_image
 from aml.evaluation.metrics import evaluate_ranks
-from aml.evaluation.search import rank_database
+from aml.evaluation.ranking import rank_database
 from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork
+from aml.utils.types import PathLike
 
 __all__ = ["TIMING_SIDES", "onnx_test_maps", "onnx_timings"]
 
 log = logging.getLogger(__name__)
-PathLike = Union[str, Path]
 TIMING_SIDES = (362, 1024)  # the longer side of the timed query images (the paper's test sizes)
 
 
@@ -28,8 +27,8 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(0) / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0))
 
 
-def onnx_test_maps(files: Dict[str, PathLike], teacher: LoadedNetwork, dataset: str, image_size: int,
-                   data_root: Optional[str] = None, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+def onnx_test_maps(files: Mapping[str, PathLike], teacher: LoadedNetwork, dataset: str, image_size: int,
+                   data_root: DataRootLike = None, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                    config: ExtractionConfig = DEFAULT_EXTRACTION) -> Dict[str, Any]:
     """Asymmetric mAP of exported students on a test set: queries by each ONNX file, database by the teacher.
 
@@ -61,7 +60,6 @@ def onnx_test_maps(files: Dict[str, PathLike], teacher: LoadedNetwork, dataset: 
     prepare_test_set(dataset, data_root)
     cfg = configdataset(dataset, data_subdir(data_root, "test"))
     images, queries, bbxs = query_and_database_paths(cfg)
-    teacher.net.eval()
     vecs = describe_images(teacher.net, images, image_size, config=config.but(desc=f"{dataset} database"))
     if whitening is not None:
         vecs = whitenapply(vecs, *whitening)
@@ -81,7 +79,7 @@ def onnx_test_maps(files: Dict[str, PathLike], teacher: LoadedNetwork, dataset: 
             "maps": maps, "cosine": cosine}
 
 
-def onnx_timings(files: Dict[str, PathLike], sides: Sequence[int] = TIMING_SIDES, repeats: int = 5,
+def onnx_timings(files: Mapping[str, PathLike], sides: Sequence[int] = TIMING_SIDES, repeats: int = 5,
                  threads: int = 1) -> Dict[str, Dict[str, float]]:
     """Seconds per query image of each ONNX file at each size, on this CPU.
 

@@ -84,7 +84,7 @@ def rmac(x: torch.Tensor, L: int = 3, eps: float = 1e-6) -> torch.Tensor:
 def roipool(x: torch.Tensor, rpool, L: int = 3, eps: float = 1e-6) -> torch.Tensor:
     """``rpool`` applied to the whole map and to every R-MAC region: B x R x C x 1 x 1
     (region 0 is the whole map). ``eps`` is unused, as in cirtorch."""
-    crops = [x] + [x[..., t:t + s, l:l + s] for t, l, s in rmac_regions(x.shape[-2], x.shape[-1], L)]
+    crops = [x] + [x[..., top:top + s, left:left + s] for top, left, s in rmac_regions(x.shape[-2], x.shape[-1], L)]
     return torch.stack([rpool(crop) for crop in crops], dim=1)
 
 
@@ -227,27 +227,34 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch
     return torch.sqrt(torch.sum((a - b + eps) ** 2, dim=0))
 
 
+def _tuples(x: torch.Tensor, label: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`columns_to_tuples` without per-member values: (anchors, members, labels)."""
+    anchors, members, labels = columns_to_tuples(x, label)
+    return anchors, members, labels
+
+
 def contrastive_loss(x: torch.Tensor, label: torch.Tensor, margin: float = 0.7, eps: float = 1e-6) -> torch.Tensor:
     """Sum over (anchor, member) pairs of 0.5 y d^2 + 0.5 (1 - y) max(0, margin - d)^2."""
-    return contrastive_losses(*columns_to_tuples(x, label), margin, eps).sum()
+    return contrastive_losses(*_tuples(x, label), margin, eps).sum()
 
 
 def contrastive_loss_dist(x: torch.Tensor, label: torch.Tensor, dists: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Contrastive loss whose negatives are pulled to target distances ``dists`` (one per
     non-anchor column, in column order) instead of pushed past a margin:
     sum of 0.5 y d^2 + 0.5 (1 - y) (dist - d)^2."""
-    return contrastive_dist_losses(*columns_to_tuples(x, label, dists), eps).sum()
+    anchors, members, labels, targets = columns_to_tuples(x, label, dists)
+    return contrastive_dist_losses(anchors, members, labels, targets, eps).sum()
 
 
 def regression_loss(x: torch.Tensor, label: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """0.5 ||anchor - positive + eps||^2 summed over positives (negatives ignored)."""
-    return regression_losses(*columns_to_tuples(x, label), eps).sum()
+    return regression_losses(*_tuples(x, label), eps).sum()
 
 
 def triplet_loss(x: torch.Tensor, label: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
     """Sum over negatives of max(0, |a - p|^2 - |a - n|^2 + margin), exactly one positive
     per tuple (no eps)."""
-    return triplet_losses(*columns_to_tuples(x, label), margin).sum()
+    return triplet_losses(*_tuples(x, label), margin).sum()
 
 
 def cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: float, eps: float = 1e-6) -> torch.Tensor:
@@ -262,20 +269,20 @@ def cross_entropy_loss_dist(x: torch.Tensor, label: torch.Tensor, temp: float, e
     """InfoNCE on distances: for each tuple, -sum_pos log softmax_j(-d_j / temp) over its
     members (d as in the contrastive loss). The original took one softmax over all pairs
     given; for a single tuple both are equal."""
-    return cross_entropy_dist_losses(*columns_to_tuples(x, label), temp, eps).sum()
+    return cross_entropy_dist_losses(*_tuples(x, label), temp, eps).sum()
 
 
 def similarity_cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: float) -> torch.Tensor:
     """InfoNCE on similarities: for each tuple, -sum_pos log softmax_j(anchor . x_j / temp)
     over its members."""
-    return similarity_cross_entropy_losses(*columns_to_tuples(x, label), temp).sum()
+    return similarity_cross_entropy_losses(*_tuples(x, label), temp).sum()
 
 
 def multi_similarity_loss(x: torch.Tensor, label: torch.Tensor, thresh: float = 0.5, scale_pos: float = 2.0,
                           scale_neg: float = 40.0) -> torch.Tensor:
     """Multi-similarity (Wang et al.), summed over tuples (the original used only the first
     anchor of a batch)."""
-    return multi_similarity_losses(*columns_to_tuples(x, label), thresh, scale_pos, scale_neg).sum()
+    return multi_similarity_losses(*_tuples(x, label), thresh, scale_pos, scale_neg).sum()
 
 
 def pdist(e: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:
@@ -288,8 +295,45 @@ def pdist(e: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.T
     return d * (1 - torch.eye(len(e), dtype=e.dtype, device=e.device))
 
 
+def _angles(e: torch.Tensor) -> torch.Tensor:
+    diff = F.normalize(e[None, :, :] - e[:, None, :], p=2, dim=2)  # [i, j] = unit(ej - ei)
+    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
+
+
+def _normalised_distances(e: torch.Tensor) -> torch.Tensor:
+    d = pdist(e)
+    return d / d[d > 0].mean()
+
+
+def rkd_loss(student: torch.Tensor, teacher: torch.Tensor, dist_ratio: float = 1.0,
+             angle_ratio: float = 2.0) -> torch.Tensor:
+    """Relational KD (Park et al.): ``angle_ratio`` x the angle loss + ``dist_ratio`` x the
+    distance loss (smooth-L1, mean) between the rows of the student and of the teacher (N x C
+    each, the same images in the same order); the teacher's side carries no gradient."""
+    with torch.no_grad():
+        teacher_d, teacher_a = _normalised_distances(teacher), _angles(teacher)
+    return (dist_ratio * F.smooth_l1_loss(_normalised_distances(student), teacher_d)
+            + angle_ratio * F.smooth_l1_loss(_angles(student), teacher_a))
+
+
+def hard_darkrank_loss(student: torch.Tensor, teacher: torch.Tensor, alpha: float = 3.0, beta: float = 3.0,
+                       permute_len: int = 4) -> torch.Tensor:
+    """DarkRank (Chen et al.), hard version: minus the mean log-likelihood, under the student's
+    scores -alpha d^beta, of the teacher's ranking of each row's ``permute_len`` nearest rows
+    (student and teacher N x C, N > ``permute_len``)."""
+    if len(student) <= permute_len:
+        raise ValueError(f"DarkRank needs batches of more than {permute_len} images")
+    with torch.no_grad():
+        teacher_scores = -alpha * pdist(teacher).pow(beta)
+        order = teacher_scores.sort(dim=1, descending=True)[1][:, 1:permute_len + 1]
+    ordered = torch.gather(-alpha * pdist(student).pow(beta), 1, order)
+    tails = torch.stack([torch.logsumexp(ordered[:, k:], dim=1) for k in range(ordered.shape[1])], dim=1)
+    return -(ordered - tails).sum(dim=1).mean()
+
+
 __all__ = ["mac", "spoc", "gem", "rmac", "rmac_regions", "roipool", "l2n", "powerlaw", "contrastive_loss",
            "contrastive_loss_dist", "regression_loss", "triplet_loss", "cross_entropy_loss", "cross_entropy_loss_dist",
            "similarity_cross_entropy_loss", "multi_similarity_loss", "pair_distances", "pdist", "tuple_distances",
            "columns_to_tuples", "contrastive_losses", "contrastive_dist_losses", "regression_losses", "triplet_losses",
-           "cross_entropy_dist_losses", "similarity_cross_entropy_losses", "multi_similarity_losses"]
+           "cross_entropy_dist_losses", "similarity_cross_entropy_losses", "multi_similarity_losses", "rkd_loss",
+           "hard_darkrank_loss"]

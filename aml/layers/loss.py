@@ -8,10 +8,13 @@ For code written against cirtorch or the original aml::
     from aml.layers.loss import ContrastiveLoss
     loss = ContrastiveLoss(margin=0.7)(x, label)
 
-aml's training reads its losses from the registry (`aml.losses`), whose modules take the
-student's anchor row and the reference rows; both compute the same sums. The relational losses
-(``RKdAD``, ``HardDarkRank``) already take the original's (student, teacher) rows and live in
-`aml.losses.relational`.
+The original's relational losses are here too, called as it called them, ``loss(student,
+teacher)`` with the rows (N x C) of the same images: ``RKdAD()(student, teacher)``,
+``HardDarkRank()(student, teacher)``.
+
+aml's training reads its losses from the registry (`aml.losses`), whose modules take a
+`aml.losses.TupleBatch` (``TupleBatch.from_columns(x, label)``, ``TupleBatch.pairs(student,
+teacher)``); both compute the same numbers, with the formulas of `aml.layers.functional`.
 """
 
 import torch
@@ -93,3 +96,27 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         return LF.cross_entropy_loss(x, label, self.temp)
+
+
+class RKdAD(nn.Module):
+    """The original aml's relational KD: 2 x angle loss + 1 x distance loss, smooth-L1, of
+    ``(student, teacher)`` rows N x C."""
+
+    def __init__(self, dist_ratio: float = 1.0, angle_ratio: float = 2.0):
+        super().__init__()
+        self.dist_ratio, self.angle_ratio = dist_ratio, angle_ratio
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return LF.rkd_loss(student, teacher, self.dist_ratio, self.angle_ratio)
+
+
+class HardDarkRank(nn.Module):
+    """The original aml's hard DarkRank (alpha 3, beta 3, 4 neighbours) of ``(student, teacher)``
+    rows N x C, N > 4."""
+
+    def __init__(self, alpha: float = 3.0, beta: float = 3.0, permute_len: int = 4):
+        super().__init__()
+        self.alpha, self.beta, self.permute_len = alpha, beta, permute_len
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return LF.hard_darkrank_loss(student, teacher, self.alpha, self.beta, self.permute_len)

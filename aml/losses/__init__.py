@@ -13,9 +13,7 @@ three attributes.
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
-
-from torch import nn
+from typing import Any, Callable, Dict, Union
 
 from aml.losses.batch import LossKind, TupleBatch
 from aml.losses.compatibility import (BackwardCompatibleLoss, CompatibleEmbeddingLoss, ContextualSimilarityLoss,
@@ -24,6 +22,10 @@ from aml.losses.context import TeacherContext
 from aml.losses.relational import HardDarkRank, RelationalLoss, RKdAD
 from aml.losses.tuples import (ContrastiveDistLoss, ContrastiveLoss, CrossEntropyDistLoss, CrossEntropyLoss,
                                MultiSimilarityLoss, RegressionLoss, TripletLoss, TupleLoss)
+from aml.utils.errors import ConfigError, lookup
+
+
+Loss = Union[TupleLoss, RelationalLoss]  # what the registry builds: one call shape, loss(batch)
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class LossSpec:
     """How to build a loss from (margin, temp) and which training modes it works with (a
     predicate over a mode's attributes)."""
 
-    build: Callable[[float, float], nn.Module]
+    build: Callable[[float, float], "Loss"]
     accepts: Callable[[Any], bool]
     why: str  # shown when a mode is refused
 
@@ -94,28 +96,29 @@ def check_temperature(temp: float) -> None:
         temp: the temperature (``--temp``).
 
     Raises:
-        ValueError: below `TEMPERATURES` (the softmax is a hard maximum and the gradients grow
+        ConfigError: below `TEMPERATURES` (the softmax is a hard maximum and the gradients grow
             as 1 / temp, so the run diverges whatever the learning rate), above it (the logits
             are nearly equal, so the loss stays constant and nothing is learned), or not a
             finite positive number.
     """
     low, high = TEMPERATURES
     if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not math.isfinite(temp) or temp <= 0:
-        raise ValueError(f"--temp {temp!r}: a temperature is a finite number > 0 (default 0.1)")
+        raise ConfigError(f"--temp {temp!r}: a temperature is a finite number > 0 (default 0.1)")
     if temp < low:
-        raise ValueError(f"--temp {temp:g}: below {low:g} the logits (similarities / temp) span {2 / temp:.3g}: the "
+        raise ConfigError(f"--temp {temp:g}: below {low:g} the logits (similarities / temp) span {2 / temp:.3g}: the "
                          f"softmax is a hard maximum and the gradients grow as 1/temp, so training diverges whatever "
                          f"--lr is; use {low:g} to {high:g} (default 0.1)")
     if temp > high:
-        raise ValueError(f"--temp {temp:g}: above {high:g} the logits (similarities / temp) span only {2 / temp:.3g}: "
+        raise ConfigError(f"--temp {temp:g}: above {high:g} the logits (similarities / temp) span only {2 / temp:.3g}: "
                          f"the softmax is nearly uniform, the loss stays constant and nothing is learned; use {low:g} "
                          f"to {high:g} (default 0.1)")
 
 
-def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> nn.Module:
+def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
     """The criterion ``name`` (see LOSSES) with the CLI's margin and temperature (`check_temperature`)."""
+    spec = lookup(LOSSES, name, "loss")
     check_temperature(temp)
-    return LOSSES[name].build(margin, temp)
+    return spec.build(margin, temp)
 
 
 __all__ = ["LOSSES", "LossKind", "LossSpec", "TeacherContext", "TupleBatch", "build_loss", "check_temperature",

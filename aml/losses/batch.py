@@ -121,4 +121,8 @@ class TupleBatch:
         Returns:
             The tuples as a batch, the shorter ones padded with label -1.
         """
-        return cls(*LF.columns_to_tuples(x, label, *([] if target is None else [target])))
+        if target is None:
+            anchors, members, labels = LF.columns_to_tuples(x, label)
+            return cls(anchors, members, labels)
+        anchors, members, labels, targets = LF.columns_to_tuples(x, label, target)
+        return cls(anchors, members, labels, targets)

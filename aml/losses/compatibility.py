@@ -145,6 +145,7 @@ class _ContextLoss(TupleLoss):
     needs_context = True
 
     def classes(self, batch: TupleBatch) -> torch.Tensor:
+        assert batch.context is not None  # TupleLoss.forward checked it
         return batch.context.classes[batch.queries]
 
 

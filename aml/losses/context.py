@@ -77,10 +77,10 @@ class TeacherContext:
             ValueError: when there are not as many cluster ids as descriptors.
         """
         descriptors = descriptors.detach()
-        clusters = torch.as_tensor(list(clusters), dtype=torch.long, device=descriptors.device)
-        if clusters.shape != descriptors.shape[:1]:
-            raise ValueError(f"{descriptors.shape[0]} teacher descriptors but {clusters.numel()} cluster ids")
-        ids, classes = torch.unique(clusters, return_inverse=True)
+        ids_of = torch.as_tensor(list(clusters), dtype=torch.long, device=descriptors.device)
+        if ids_of.shape != descriptors.shape[:1]:
+            raise ValueError(f"{descriptors.shape[0]} teacher descriptors but {ids_of.numel()} cluster ids")
+        ids, classes = torch.unique(ids_of, return_inverse=True)
         prototypes, boundaries = class_prototypes(descriptors, classes, len(ids))
         return cls(descriptors, classes, prototypes, boundaries)
 

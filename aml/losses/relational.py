@@ -4,21 +4,10 @@ N x C: `TupleBatch.pairs`), the same call shape as the tuple losses. The teacher
 carries no gradient. Pairwise distances are `aml.layers.functional.pdist`."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aml.layers import functional as LF
 from aml.losses.batch import LossKind, TupleBatch
-
-
-def _angles(e: torch.Tensor) -> torch.Tensor:
-    diff = F.normalize(e[None, :, :] - e[:, None, :], p=2, dim=2)  # [i, j] = unit(ej - ei)
-    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
-
-
-def _normalised_distances(e: torch.Tensor) -> torch.Tensor:
-    d = LF.pdist(e)
-    return d / d[d > 0].mean()
 
 
 class RelationalLoss(nn.Module):
@@ -31,7 +20,9 @@ class RelationalLoss(nn.Module):
 
     def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
         if cirtorch_arguments or not isinstance(batch, TupleBatch):
-            raise TypeError(f"{type(self).__name__} takes a TupleBatch; from rows: TupleBatch.pairs(student, teacher)")
+            raise TypeError(f"aml.losses.{type(self).__name__} takes a TupleBatch (from rows: "
+                            f"TupleBatch.pairs(student, teacher)); for the original's call loss(student, teacher) "
+                            f"use aml.layers.loss.{type(self).__name__}")
         return self.formula(batch.anchors, batch.members[:, 0])
 
     def formula(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -46,10 +37,7 @@ class RKdAD(RelationalLoss):
         self.dist_ratio, self.angle_ratio = dist_ratio, angle_ratio
 
     def formula(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_d, teacher_a = _normalised_distances(teacher), _angles(teacher)
-        return (self.dist_ratio * F.smooth_l1_loss(_normalised_distances(student), teacher_d)
-                + self.angle_ratio * F.smooth_l1_loss(_angles(student), teacher_a))
+        return LF.rkd_loss(student, teacher, self.dist_ratio, self.angle_ratio)
 
 
 class HardDarkRank(RelationalLoss):
@@ -61,11 +49,4 @@ class HardDarkRank(RelationalLoss):
         self.alpha, self.beta, self.permute_len = alpha, beta, permute_len
 
     def formula(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        if len(student) <= self.permute_len:
-            raise ValueError(f"DarkRank needs batches of more than {self.permute_len} images")
-        with torch.no_grad():
-            teacher_scores = -self.alpha * LF.pdist(teacher).pow(self.beta)
-            order = teacher_scores.sort(dim=1, descending=True)[1][:, 1:self.permute_len + 1]
-        ordered = torch.gather(-self.alpha * LF.pdist(student).pow(self.beta), 1, order)
-        tails = torch.stack([torch.logsumexp(ordered[:, k:], dim=1) for k in range(ordered.shape[1])], dim=1)
-        return -(ordered - tails).sum(dim=1).mean()
+        return LF.hard_darkrank_loss(student, teacher, self.alpha, self.beta, self.permute_len)

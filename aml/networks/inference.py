@@ -9,10 +9,12 @@ flow, as EfficientNet's blocks) gets the pairs that sit next to each other in a 
 
 import copy
 import logging
+from typing import TypeVar, cast
 
 from torch import nn
 
 log = logging.getLogger(__name__)
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def has_batchnorm(module: nn.Module) -> bool:
@@ -20,14 +22,15 @@ def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-def inference_copy(net: nn.Module) -> nn.Module:
+def inference_copy(net: ModuleT) -> ModuleT:
     """A copy of ``net`` in eval mode whose trunk (``net.features`` up to a student's
     projection) has its BatchNorm layers folded into the convolutions before them; ``net``
     itself is left untouched. Without BatchNorm, or when the trunk cannot be traced, the
     copy keeps the trunk as it is; a module without a ``features`` trunk is returned itself."""
     from torch.fx.experimental.optimization import fuse
 
-    if not isinstance(getattr(net, "features", None), nn.Module) or not has_batchnorm(net.features):
+    features = getattr(net, "features", None)
+    if not isinstance(features, nn.Module) or not has_batchnorm(features):
         return net
     was_training = net.training
     net.eval()
@@ -35,14 +38,17 @@ def inference_copy(net: nn.Module) -> nn.Module:
         folded = copy.deepcopy(net)
     finally:
         net.train(was_training)
-    end = folded.trunk_end() if hasattr(folded, "trunk_end") else len(folded.features)
-    trunk, tail = nn.Sequential(*list(folded.features)[:end]), list(folded.features)[end:]
+    features = cast(nn.Sequential, folded.features)
+    trunk_end = getattr(folded, "trunk_end", None)
+    end = trunk_end() if callable(trunk_end) else len(features)
+    trunk: nn.Module = nn.Sequential(*list(features)[:end])
+    tail = list(features)[end:]
     try:
-        trunk = fuse(trunk)
+        trunk = fuse(cast(nn.Sequential, trunk))
     except Exception as err:  # any tracing failure: fold the pairs that need no tracing
         log.debug(">> trunk not traced (%s: %s); folding Sequential pairs", type(err).__name__, err)
         fold_sequential_pairs(trunk)
-    folded.features = type(folded.features)(trunk, *tail)  # the projection (run in float32) as it was
+    folded.features = type(features)(trunk, *tail)  # the projection (run in float32) as it was
     return folded.eval()
 
 
@@ -51,14 +57,14 @@ def _after_folding(norm: nn.Module) -> nn.Module:
     and activation (applied after the normalisation, in that order)."""
     if type(norm) is nn.BatchNorm2d:
         return nn.Identity()
-    return nn.Sequential(norm.drop, norm.act)
+    return nn.Sequential(cast(nn.Module, norm.drop), cast(nn.Module, norm.act))
 
 
 def _foldable(norm: nn.Module) -> bool:
     plain = type(norm) is nn.BatchNorm2d
     with_activation = isinstance(norm, nn.BatchNorm2d) and isinstance(getattr(norm, "act", None), nn.Module) \
         and isinstance(getattr(norm, "drop", None), nn.Module)  # timm's BatchNormAct2d
-    return (plain or with_activation) and norm.track_running_stats and norm.running_mean is not None
+    return bool((plain or with_activation) and norm.track_running_stats and norm.running_mean is not None)
 
 
 def fold_sequential_pairs(module: nn.Module) -> int:
@@ -73,7 +79,8 @@ def fold_sequential_pairs(module: nn.Module) -> int:
         for first, second in zip(names, names[1:]):
             conv, norm = sequential._modules[first], sequential._modules[second]
             if isinstance(conv, nn.Conv2d) and _foldable(norm):
-                sequential._modules[first] = fuse_conv_bn_eval(conv.eval(), norm.eval())
+                batchnorm = cast(nn.modules.batchnorm._BatchNorm, norm)
+                sequential._modules[first] = fuse_conv_bn_eval(conv.eval(), batchnorm.eval())
                 sequential._modules[second] = _after_folding(norm)
                 folded += 1
     return folded

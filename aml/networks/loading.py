@@ -1,23 +1,133 @@
-"""Getting a network by what the user typed: a pretrained name, a checkpoint file, an
-off-the-shelf spec ('ARCH-POOL[-reg][-lwhiten][-whiten]') or a teacher name. Every loader
-returns a `LoadedNetwork`: the network and where it came from."""
+"""Getting a network by what the user typed: a published name, a teacher alias ('vgg16',
+'resnet101'), a checkpoint file or an off-the-shelf spec ('ARCH-POOL[-reg][-lwhiten][-whiten]').
+What the text stands for is decided once, by `NetworkSpec.parse`, and kept on the
+`LoadedNetwork` every loader returns: the network and where it came from."""
 
 import functools
 import logging
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from aml.data.download import download_file
-from aml.data.paths import data_subdir
-from aml.networks.checkpoint import load_network
+from aml.data.paths import DataRootLike, data_subdir
+from aml.layers.pooling import POOLINGS
+from aml.networks.checkpoint import load_checkpoint, load_network
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.pretrained import PRETRAINED, TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
-from aml.layers.pooling import POOLINGS
+from aml.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 OFFTHESHELF_FLAGS = {"reg": "regional", "lwhiten": "local_whitening", "whiten": "whitening"}
+
+
+class Source(Enum):
+    """Where a network comes from."""
+
+    PUBLISHED = "published"  # a name of the pretrained list (a teacher alias stands for one)
+    CHECKPOINT = "checkpoint"  # a checkpoint file
+    OFFTHESHELF = "off-the-shelf"  # ARCH-POOL[-reg][-lwhiten][-whiten] with ImageNet weights
+    MEMORY = "memory"  # only in memory: a student between two epochs
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What the user typed to name a network, told apart once.
+
+    A teacher alias (``vgg16``, ``resnet101``) stands for its published network; a name of the
+    pretrained list is published; an off-the-shelf spec is whatever ``--network-offtheshelf``
+    gave; anything else is a checkpoint file (whether it exists is the loader's question).
+
+    Attributes:
+        given: the text as the user gave it (recorded in stores, run folder names).
+        source: where the network comes from.
+        name: what it goes by in logs, feature files, stores and results: a published
+            network's list name, a checkpoint's file name without ``.pth...``, an off-the-shelf spec.
+        path: the checkpoint file, for a checkpoint.
+
+    Examples:
+        >>> from aml.networks.loading import NetworkSpec
+        >>> spec = NetworkSpec.parse("vgg16")
+        >>> spec.source.value, spec.name, spec.label
+        ('published', 'retrievalSfM120k-vgg16-gem', 'vgg16')
+        >>> spec = NetworkSpec.parse("runs/x/model_best.pth.tar")
+        >>> spec.source.value, spec.name, spec.path
+        ('checkpoint', 'model_best', PosixPath('runs/x/model_best.pth.tar'))
+        >>> NetworkSpec.parse("resnet101-gem-whiten", offtheshelf=True).named
+        True
+    """
+
+    given: str
+    source: Source
+    name: str
+    path: Optional[Path] = None
+
+    @classmethod
+    def parse(cls, text: Union[str, Path], offtheshelf: bool = False) -> "NetworkSpec":
+        """What ``text`` names.
+
+        Args:
+            text: a published name, a teacher alias, a checkpoint path, or (``offtheshelf``)
+                an off-the-shelf spec.
+            offtheshelf: ``text`` came from ``--network-offtheshelf``.
+
+        Returns:
+            The spec.
+
+        Raises:
+            ConfigError: for an off-the-shelf spec that does not parse (`parse_offtheshelf`).
+        """
+        text = str(text)
+        if offtheshelf:
+            parse_offtheshelf(text)
+            return cls(text, Source.OFFTHESHELF, text)
+        published = TEACHERS.get(text, text)
+        if published in PRETRAINED:
+            return cls(text, Source.PUBLISHED, published)
+        return cls(text, Source.CHECKPOINT, checkpoint_name(text), Path(text))
+
+    @classmethod
+    def in_memory(cls, name: str) -> "NetworkSpec":
+        """A network that exists only in memory, going by ``name``.
+
+        Args:
+            name: what it goes by in logs and results.
+
+        Returns:
+            The spec (nothing finds the network again, so nothing is cached for it).
+        """
+        return cls(name, Source.MEMORY, name)
+
+    @property
+    def named(self) -> bool:
+        """Whether ``name`` finds the network again (published or off-the-shelf)."""
+        return self.source in (Source.PUBLISHED, Source.OFFTHESHELF)
+
+    @property
+    def label(self) -> str:
+        """How the run folders name it: a published network as the user typed it (the
+        original's ``_teach_vgg16``), a checkpoint by its file name."""
+        return self.given if self.source is Source.PUBLISHED else self.name
+
+    @property
+    def local_file(self) -> Optional[Path]:
+        """The checkpoint file when it is on this machine (None for any other network)."""
+        return self.path if self.path is not None and self.path.is_file() else None
+
+    def dimension(self) -> Optional[int]:
+        """The descriptor dimension, without building the network.
+
+        Returns:
+            A published network's listed dimension, a checkpoint's ``meta['outputdim']`` (read
+            from the file when it is on this machine), else None.
+        """
+        if self.source is Source.PUBLISHED:
+            return PRETRAINED[self.name].dim
+        if self.local_file is not None:
+            return int(load_checkpoint(self.local_file)["meta"]["outputdim"])
+        return None
 
 
 @dataclass(eq=False)
@@ -30,10 +140,7 @@ class LoadedNetwork:
 
     Attributes:
         net: the network (eval mode when loaded from a file or a name).
-        name: what it goes by in logs, feature files and results (a checkpoint's file name
-            without ``.pth...``, a published name, an off-the-shelf spec).
-        path: the checkpoint file it was read from, if any.
-        named: whether ``name`` finds it again (published or off-the-shelf).
+        spec: what it is and where it came from (`NetworkSpec`).
 
     Examples:
         >>> from aml.networks import LoadedNetwork, build_network
@@ -47,9 +154,22 @@ class LoadedNetwork:
     """
 
     net: ImageRetrievalNet
-    name: str
-    path: Optional[Path] = None
-    named: bool = False
+    spec: NetworkSpec
+
+    @property
+    def name(self) -> str:
+        """What it goes by in logs, feature files and results (`NetworkSpec.name`)."""
+        return self.spec.name
+
+    @property
+    def path(self) -> Optional[Path]:
+        """The checkpoint file it was read from, if any."""
+        return self.spec.path if self.spec.source is Source.CHECKPOINT else None
+
+    @property
+    def named(self) -> bool:
+        """Whether ``name`` finds it again (published or off-the-shelf)."""
+        return self.spec.named
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -68,7 +188,7 @@ class LoadedNetwork:
         Returns:
             The network without a path, not ``named``: nothing is cached for it.
         """
-        return cls(net, name)
+        return cls(net, NetworkSpec.in_memory(name))
 
 
 def checkpoint_name(path) -> str:
@@ -81,30 +201,71 @@ def parse_offtheshelf(spec: str) -> Dict[str, Any]:
     """'resnet101-gem-reg-whiten' -> build_network keyword arguments (ImageNet weights)."""
     parts = spec.split("-")
     if len(parts) < 2:
-        raise ValueError(f"off-the-shelf network {spec!r} must look like ARCH-POOL[-reg][-lwhiten][-whiten]")
+        raise ConfigError(f"off-the-shelf network {spec!r} must look like ARCH-POOL[-reg][-lwhiten][-whiten]")
     params: Dict[str, Any] = {"architecture": parts[0], "pooling": parts[1], "pretrained": True}
     if parts[1] not in POOLINGS:
-        raise ValueError(f"off-the-shelf network {spec!r}: unknown pooling {parts[1]!r}, choose from {sorted(POOLINGS)}")
+        raise ConfigError(f"off-the-shelf network {spec!r}: unknown pooling {parts[1]!r}, choose from "
+                          f"{sorted(POOLINGS)}")
     for flag in parts[2:]:
         if flag not in OFFTHESHELF_FLAGS:
-            raise ValueError(f"off-the-shelf network {spec!r}: unknown option {flag!r}, choose from {sorted(OFFTHESHELF_FLAGS)}")
+            raise ConfigError(f"off-the-shelf network {spec!r}: unknown option {flag!r}, choose from "
+                              f"{sorted(OFFTHESHELF_FLAGS)}")
         params[OFFTHESHELF_FLAGS[flag]] = True
     return params
 
 
-def pretrained_checkpoint(name: str, data_root: Optional[str] = None) -> Path:
+def pretrained_checkpoint(name: str, data_root: DataRootLike = None) -> Path:
     """Download (once) a network of the pretrained list into ``<data_root>/model``."""
     entry = PRETRAINED[name]
     return download_file(entry.url, data_subdir(data_root, "model") / entry.filename, sha256_prefix=entry.sha256)
 
 
-def load_named_or_file(network_path, teacher: Optional[str] = None,
-                       data_root: Optional[str] = None) -> LoadedNetwork:
-    """The network a pretrained-list name or a checkpoint path stands for, in eval mode.
+def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: DataRootLike = None) -> LoadedNetwork:
+    """The network a `NetworkSpec` names, in eval mode.
 
     Args:
-        network_path (str | Path): a name of the pretrained list (downloaded once) or a
-            checkpoint file.
+        spec: the network as parsed (`NetworkSpec.parse`).
+        teacher: the teacher a student checkpoint was trained against, where it does not say.
+        data_root: where published weights (and ImageNet's) are kept.
+
+    Returns:
+        The network with its provenance.
+
+    Raises:
+        FileNotFoundError: for a checkpoint that does not exist (nor is a published name).
+        DataError: when a published file holds a network of another dimension than listed.
+        ConfigError: for a network only in memory, which no spec can load.
+
+    Examples:
+        >>> from aml.networks import NetworkSpec, load_spec
+        >>> teacher = load_spec(NetworkSpec.parse("vgg16"), data_root="data")  # doctest: +SKIP
+        >>> teacher.name, teacher.spec.label  # doctest: +SKIP
+        ('retrievalSfM120k-vgg16-gem', 'vgg16')
+    """
+    if spec.source is Source.PUBLISHED:
+        entry = PRETRAINED[spec.name]
+        net = load_network(pretrained_checkpoint(spec.name, data_root), teacher)
+        if net.meta["outputdim"] != entry.dim:
+            raise DataError(f"{spec.name}: expected a {entry.dim}-d network, the file holds {net.meta['outputdim']}-d")
+        return LoadedNetwork(net, spec)
+    if spec.source is Source.OFFTHESHELF:
+        return LoadedNetwork(build_network(**parse_offtheshelf(spec.given), data_root=data_root).eval(), spec)
+    if spec.source is Source.MEMORY:
+        raise ConfigError(f"{spec.name} exists only in memory; nothing can load it")
+    assert spec.path is not None
+    if not spec.path.exists():
+        raise FileNotFoundError(f"network {spec.given!r} is neither a file nor a name of the pretrained list (see "
+                                "README or `python test.py --list-pretrained`)")
+    return LoadedNetwork(load_network(spec.path, teacher), spec)
+
+
+def load_named_or_file(network_path: Union[str, Path], teacher: Optional[str] = None,
+                       data_root: DataRootLike = None) -> LoadedNetwork:
+    """The network a pretrained-list name, a teacher alias or a checkpoint path stands for, in eval mode.
+
+    Args:
+        network_path: a name of the pretrained list (downloaded once), a teacher alias
+            (``vgg16``, ``resnet101``) or a checkpoint file.
         teacher: the teacher a student checkpoint was trained against, where it does not say.
         data_root: where published weights are kept.
 
@@ -114,7 +275,7 @@ def load_named_or_file(network_path, teacher: Optional[str] = None,
 
     Raises:
         FileNotFoundError: when ``network_path`` is neither a file nor a name of the list.
-        ValueError: when a published file holds a network of another dimension than listed.
+        DataError: when a published file holds a network of another dimension than listed.
 
     Examples:
         >>> from aml.networks import load_named_or_file
@@ -123,34 +284,19 @@ def load_named_or_file(network_path, teacher: Optional[str] = None,
         >>> student.name, student.net.meta["outputdim"]  # doctest: +SKIP
         ('model_best', 512)
     """
-    if str(network_path) in PRETRAINED:
-        name = str(network_path)
-        entry = PRETRAINED[name]
-        net = load_network(pretrained_checkpoint(name, data_root), teacher)
-        if net.meta["outputdim"] != entry.dim:
-            raise ValueError(f"{name}: expected a {entry.dim}-d network, the file holds {net.meta['outputdim']}-d")
-        return LoadedNetwork(net, name, named=True)
-    path = Path(network_path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"network {str(network_path)!r} is neither a file nor a name of the pretrained list "
-            f"(see README or `python test.py --list-pretrained`)"
-        )
-    return LoadedNetwork(load_network(path, teacher), checkpoint_name(path), path)
+    return load_spec(NetworkSpec.parse(network_path), teacher, data_root)
 
 
 def load_test_network(network_path: Optional[str] = None, offtheshelf: Optional[str] = None,
-                      teacher: Optional[str] = None, data_root: Optional[str] = None) -> LoadedNetwork:
+                      teacher: Optional[str] = None, data_root: DataRootLike = None) -> LoadedNetwork:
     """The network under test, from ``--network-path`` or ``--network-offtheshelf``."""
     if bool(network_path) == bool(offtheshelf):
-        raise ValueError("give exactly one of --network-path and --network-offtheshelf")
-    if network_path:
-        return load_named_or_file(network_path, teacher, data_root)
-    net = build_network(**parse_offtheshelf(offtheshelf), data_root=data_root)
-    return LoadedNetwork(net.eval(), offtheshelf, named=True)
+        raise ConfigError("give exactly one of --network-path and --network-offtheshelf")
+    spec = NetworkSpec.parse(offtheshelf, offtheshelf=True) if offtheshelf else NetworkSpec.parse(str(network_path))
+    return load_spec(spec, teacher, data_root)
 
 
-def load_teacher(teacher: str, data_root: Optional[str] = None) -> LoadedNetwork:
+def load_teacher(teacher: str, data_root: DataRootLike = None) -> LoadedNetwork:
     """'vgg16' | 'resnet101' (the published cirtorch teachers), a pretrained name, or a
     checkpoint path of any network the user trained."""
-    return load_named_or_file(TEACHERS.get(teacher, teacher), None, data_root)
+    return load_spec(NetworkSpec.parse(teacher), None, data_root)

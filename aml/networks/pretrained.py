@@ -72,9 +72,25 @@ def _aml_students() -> Dict[str, PretrainedNetwork]:
 #: every name of the original test.py list, plus nothing else.
 PRETRAINED: Dict[str, PretrainedNetwork] = {**_cirtorch_networks(), **_aml_students()}
 
-#: teacher name (the --teacher flag) -> pretrained network and descriptor dimension.
+#: teacher alias (the --teacher flag) -> the published network it stands for.
 TEACHERS: Dict[str, str] = {"vgg16": "retrievalSfM120k-vgg16-gem", "resnet101": "retrievalSfM120k-resnet101-gem"}
-TEACHER_DIMS: Dict[str, int] = {teacher: PRETRAINED[name].dim for teacher, name in TEACHERS.items()}
+#: the teacher of the original's flags (--teacher), whose dimension a student projects to by default
+DEFAULT_TEACHER = "vgg16"
+DEFAULT_TEACHER_DIM = PRETRAINED[TEACHERS[DEFAULT_TEACHER]].dim
+
+
+def teacher_dimension(teacher: Optional[str] = None) -> Optional[int]:
+    """The descriptor dimension of a published teacher.
+
+    Args:
+        teacher: a teacher alias (``vgg16``, ``resnet101``) or a name of the pretrained list;
+            None: `DEFAULT_TEACHER`.
+
+    Returns:
+        Its listed dimension; None for any other name (a checkpoint path).
+    """
+    entry = PRETRAINED.get(TEACHERS.get(teacher or DEFAULT_TEACHER, teacher or DEFAULT_TEACHER))
+    return entry.dim if entry is not None else None
 
 
 _WHITEN = CIRTORCH + "whiten/retrieval-SfM-120k/retrieval-SfM-120k-"

@@ -6,17 +6,20 @@ convention; `ImageRetrievalNet.descriptors` returns rows (B x D).
 """
 
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from aml.data.paths import DataRootLike
 from aml.layers.functional import l2n
 from aml.layers.normalization import L2N
 from aml.layers.pooling import POOLINGS, Rpool
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
-from aml.networks.pretrained import FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING, TEACHER_DIMS
+from aml.networks.pretrained import (DEFAULT_TEACHER_DIM, FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING,
+                                     teacher_dimension)
+from aml.utils.errors import ConfigError, lookup
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,12 @@ class ImageRetrievalNet(nn.Module):
         >>> net(images).shape, net.descriptors(images).shape
         (torch.Size([512, 2]), torch.Size([2, 512]))
     """
+
+    features: "Features"
+    lwhiten: Optional[nn.Module]
+    pool: nn.Module
+    whiten: Optional[nn.Module]
+    meta: Dict[str, Any]
 
     def __init__(self, features: List[nn.Module], lwhiten: Optional[nn.Module], pool: nn.Module,
                  whiten: Optional[nn.Module], meta: Dict[str, Any]):
@@ -194,19 +203,21 @@ def multiscale_power(net: ImageRetrievalNet, scales: List[float]) -> float:
     """
     meta = net.meta
     plain_gem = meta.get("pooling") == "gem" and not meta.get("regional") and not meta.get("whitening")
-    if len(scales) > 1 and plain_gem and net.gem_p() is not None:
-        return net.gem_p()
+    p = net.gem_p()
+    if len(scales) > 1 and plain_gem and p is not None:
+        return p
     return 1.0
 
 
 def output_dimension(arch: str, teacher: Optional[str] = None, teacher_dim: Optional[int] = None) -> int:
-    """Descriptor dimension: a student trunk projects to its teacher's (default 512, vgg16);
-    other trunks keep their width unless ``teacher_dim`` asks for a projection."""
+    """Descriptor dimension: ``teacher_dim`` when given; a student trunk projects to its published
+    teacher's (`aml.networks.pretrained.DEFAULT_TEACHER`'s, vgg16's 512, for none or another
+    name); other trunks keep their width."""
     backbone = get_backbone(arch)
     if teacher_dim:
         return int(teacher_dim)
     if backbone.student:
-        return TEACHER_DIMS.get(teacher or "vgg16", TEACHER_DIMS["vgg16"])
+        return teacher_dimension(teacher) or DEFAULT_TEACHER_DIM
     return backbone.dim
 
 
@@ -221,7 +232,7 @@ def build_network(
     pretrained: bool = True,
     teacher: Optional[str] = None,
     teacher_dim: Optional[int] = None,
-    data_root: Optional[str] = None,
+    data_root: DataRootLike = None,
 ) -> ImageRetrievalNet:
     """Build a retrieval network; nothing is moved to a device (the caller decides).
 
@@ -259,8 +270,7 @@ def build_network(
         (2048, True)
         >>> teacher = build_network("resnet101", "gem", whitening=True, data_root="data")  # doctest: +SKIP
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"Unsupported or unknown pooling: {pooling!r}; choose one of {sorted(POOLINGS)}")
+    pool_type = lookup(POOLINGS, pooling, "pooling")
     backbone = get_backbone(architecture)
     normalisation = get_imagenet_weights(architecture)
     dim = output_dimension(architecture, teacher, teacher_dim)
@@ -268,7 +278,7 @@ def build_network(
     if backbone.student or dim != backbone.dim:
         features += [nn.Conv2d(backbone.dim, dim, kernel_size=1, bias=False), nn.ReLU(inplace=True)]
     lwhiten = nn.Linear(dim, dim, bias=True) if local_whitening else None
-    pool = POOLINGS[pooling](dim)
+    pool = pool_type(dim)
     if regional:
         pool = Rpool(pool, whiten=nn.Linear(dim, dim, bias=True))
     whiten = nn.Linear(dim, dim, bias=True) if whitening else None
@@ -285,7 +295,7 @@ def build_network(
     return net
 
 
-def _load_published_layers(net: ImageRetrievalNet, data_root: Optional[str]) -> None:
+def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> None:
     """cirtorch's learned local/regional/final whitening layers, where they exist."""
     from aml.data.download import download_file
     from aml.data.paths import data_subdir
@@ -293,9 +303,10 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: Optional[str]) -> 
     meta = net.meta
     arch, pool = meta["architecture"], meta["pooling"]
     key = f"{arch}{'-lw' if meta['local_whitening'] else ''}-{pool}{'-r' if meta['regional'] else ''}"
-    wanted = [
+    regional = net.pool.whiten if isinstance(net.pool, Rpool) else None  # meta['regional']
+    wanted: List[Tuple[Optional[nn.Module], Optional[str]]] = [
         (net.lwhiten, LOCAL_WHITENING.get(arch)),
-        (net.pool.whiten if meta["regional"] else None, REGIONAL_WHITENING.get(f"{arch}-{pool}-r")),
+        (regional, REGIONAL_WHITENING.get(f"{arch}-{pool}-r")),
         (net.whiten, FINAL_WHITENING.get(key)),
     ]
     for layer, url in wanted:
@@ -349,19 +360,19 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
     params = dict(params or {})
     unknown = set(params) - set(_BUILD_KEYS) - set(META_EXTRA_KEYS)
     if unknown:
-        raise ValueError(f"init_network: unknown parameters {sorted(unknown)}; "
-                         f"known: {sorted(set(_BUILD_KEYS) | set(META_EXTRA_KEYS))}")
+        raise ConfigError(f"init_network: unknown parameters {sorted(unknown)}; "
+                          f"known: {sorted(set(_BUILD_KEYS) | set(META_EXTRA_KEYS))}")
     outputdim = params.pop("outputdim", None)
     kept = {key: params.pop(key) for key in KEPT_META_KEYS if key in params and key != "teacher"}
     if outputdim is not None:
         outputdim = int(outputdim)
         implied = params.get("teacher_dim")
-        if implied is None and params.get("architecture") and params.get("teacher") in TEACHER_DIMS:
-            if get_backbone(params["architecture"]).student:
-                implied = TEACHER_DIMS[params["teacher"]]
+        architecture, teacher = params.get("architecture"), params.get("teacher")
+        if implied is None and architecture and teacher and get_backbone(architecture).student:
+            implied = teacher_dimension(teacher)
         if implied is not None and int(implied) != outputdim:
-            raise ValueError(f"init_network: outputdim {outputdim} disagrees with the teacher's dimension {implied} "
-                             f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})")
+            raise ConfigError(f"init_network: outputdim {outputdim} disagrees with the teacher's dimension {implied} "
+                              f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})")
         params["teacher_dim"] = outputdim
     net = build_network(**params)
     net.meta.update(kept)

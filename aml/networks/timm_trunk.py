@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -132,7 +132,7 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
     try:
         with torch.device("meta"):
             features = TimmTrunk(create_timm_body(spec), spec.readout)(torch.empty(1, 3, *_PROBE_SIZE))
-    except Exception as err:  # noqa: BLE001 (whatever the model raises at that size)
+    except Exception as err:
         raise ValueError(f"timm:{text}: {model} does not take images of any size and aspect ratio, as retrieval "
                          f"needs ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); choose "
                          "another model") from None
@@ -187,7 +187,7 @@ class TimmTrunk(nn.Module):
 
     def __init__(self, body: nn.Module, readout: Optional[str] = None):
         super().__init__()
-        self.body = body
+        self.body: Any = body  # a timm model: its attributes depend on the family
         self.readout = readout
         self.channels_last_output = getattr(body, "output_fmt", "NCHW") == "NHWC"
         # the ONNX opset a token model needs: its position embeddings are resampled by

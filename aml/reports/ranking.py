@@ -12,7 +12,7 @@ import html
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -51,7 +51,7 @@ def shown_name(path: str) -> str:
     return Path(path).stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def label_of(entry: Dict, index: int) -> str:
+def label_of(entry: Mapping[str, Any], index: int) -> str:
     """The ground-truth label of database image ``index`` for a query's gnd entry:
     easy/hard/junk (revisited), positive/junk (classic), else negative."""
     for key, label in (("easy", "easy"), ("hard", "hard"), ("ok", "positive"), ("junk", "junk")):
@@ -87,7 +87,7 @@ def _ap_text(ap: Optional[float]) -> str:
     return "AP -" if ap is None else f"AP {100 * ap:.1f}"
 
 
-def query_png(query_thumb: Image.Image, query_name: str, rankings: Sequence[Ranking], entry: Dict,
+def query_png(query_thumb: Image.Image, query_name: str, rankings: Sequence[Ranking], entry: Mapping[str, Any],
               thumbs: Dict[int, Image.Image], path: Path) -> None:
     """One query's picture: its ranking(s) as rows of framed thumbnails with captions."""
     top_k = max(len(r.indices) for r in rankings)
@@ -128,8 +128,8 @@ def _figure(thumb: str, label: str, *caption: str) -> str:
             f"<figcaption>{lines}</figcaption></figure>")
 
 
-def write_report(folder: Path, dataset: str, gnd: Sequence[Dict], images: Sequence[str], queries: Sequence[str],
-                 bbxs: Sequence[Optional[BBox]], rankings: Sequence[Sequence[Ranking]],
+def write_report(folder: Path, dataset: str, gnd: Sequence[Mapping[str, Any]], images: Sequence[str],
+                 queries: Sequence[str], bbxs: Sequence[Optional[BBox]], rankings: Sequence[Sequence[Ranking]],
                  summary: str = "") -> Path:
     """Write ``folder/index.html``, ``folder/q<NNN>.png`` and ``folder/thumbs/``;
     ``rankings[q]`` lists the rankings of query q (the tested network's first). Queries

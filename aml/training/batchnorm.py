@@ -45,7 +45,7 @@ def calibrate_batchnorm(net: nn.Module, batches) -> int:
             net(batch)
             seen += len(batch)
     finally:
-        for m, momentum, training in saved:
+        for m, momentum, _ in saved:
             m.momentum = momentum
         net.train(was_training)
     return seen

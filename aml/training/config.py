@@ -1,39 +1,124 @@
-"""Every option of a training run as one typed object, `TrainConfig`: a field is
-named as its ``main.py`` flag (``--neg-num`` is ``neg_num``) and has its default (the
-original's); an unknown field is a TypeError, and `TrainConfig.check` raises a
-ValueError that says why a combination cannot train, before anything is loaded."""
+"""Every option of a training run as one typed object, `TrainConfig`, composed of parts: what
+to train (dataset, network, loss, teacher, optimizer: its own fields), how the loop runs
+(`TrainSettings`, the trainer's part) and how images are encoded for mining, teacher
+descriptors and tests (`aml.descriptors.ExtractionConfig`). A field is named as its
+``main.py`` flag (``--neg-num`` is ``loop.neg_num``; `TrainConfig.from_flags` takes the
+flags by name) and has its default (the original's); an unknown field is a TypeError, and
+`TrainConfig.check` raises a ConfigError that says why a combination cannot train, before
+anything is loaded. Numeric fields declare their range (`aml.utils.bounds.bounded`), which the
+flags and `problems` both check."""
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from aml.data.distractors import split_test_name
 from aml.data.testsets import get_test_set
 from aml.data.trainsets import get_train_set, training_set_names
-from aml.networks.loading import checkpoint_name
-from aml.training.modes import Negatives, check_loss_mode, get_mode
+from aml.descriptors import ExtractionConfig
+from aml.layers.pooling import POOLINGS
+from aml.losses import LOSSES, check_temperature
+from aml.networks.backbones import get_backbone
+from aml.networks.loading import NetworkSpec
+from aml.networks.pretrained import DEFAULT_TEACHER
+from aml.training.modes import MODES, Negatives, check_loss_mode, get_mode
+from aml.training.optim import OPTIMIZERS
 from aml.training.pretraining import TRUNK_SOURCES
+from aml.utils.bounds import (NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, UNIT_INTERVAL, bounded,
+                               out_of_bounds)
 from aml.utils.distributed import DEFAULT_TIMEOUT_S
+from aml.utils.errors import ConfigError, lookup
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How the training loop runs: tuples per epoch, batches, epochs, validation, checkpoints.
+
+    The trainer's part of a `TrainConfig` (its fields are main.py's flags of the same names).
+
+    Attributes:
+        image_size: the longer side of training images.
+        neg_num: negatives per tuple.
+        query_size: tuples per epoch.
+        pool_size: the pool of negatives per epoch.
+        batch_size: tuples per step, over all processes.
+        update_every: an optimizer step every N batches.
+        epochs: the epochs to train.
+        print_freq: log the loss every N batches.
+        val: run validation.
+        val_freq: validate every N epochs.
+        save_freq: write ``model_epochN`` every N epochs.
+        sym: positives and negatives also go through the student.
+        test_freq: evaluate on the config's ``test_datasets`` every N epochs (0: never).
+        train_batchnorm: BatchNorm uses batch statistics, all images of a mini-batch encoded
+            together (for trunks trained from scratch); False: frozen, as the original.
+        batch_forward: with frozen BatchNorm, encode all images of a mini-batch together (one
+            forward per image shape) instead of tuple by tuple: the same result, more memory.
+        seed: the seed of the network's initialisation and of every random draw (tuples,
+            shuffling; `aml.utils.seeding`).
+        autocast: bfloat16 autocast of the training (and validation) forward passes and
+            losses (``--amp``); gradients stay fp32.
+
+    Examples:
+        >>> from aml.training import TrainSettings
+        >>> TrainSettings(epochs=2).but(batch_size=8).batch_size
+        8
+    """
+
+    image_size: int = bounded(1024, POSITIVE_INT)
+    neg_num: int = bounded(5, NONNEGATIVE_INT)
+    query_size: int = bounded(2000, POSITIVE_INT)
+    pool_size: int = bounded(20000, POSITIVE_INT)
+    batch_size: int = bounded(5, POSITIVE_INT)  # tuples per step, over all processes
+    update_every: int = bounded(1, POSITIVE_INT)
+    epochs: int = bounded(100, POSITIVE_INT)
+    print_freq: int = bounded(10, POSITIVE_INT)
+    val: bool = True
+    val_freq: int = bounded(1, POSITIVE_INT)
+    save_freq: int = bounded(1, POSITIVE_INT)
+    sym: bool = False
+    test_freq: int = bounded(0, NONNEGATIVE_INT)
+    train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
+    batch_forward: bool = False  # frozen BatchNorm: the mini-batch encoded together too (else tuple by tuple)
+    seed: int = bounded(0, NONNEGATIVE_INT)  # every random draw comes from streams derived from it
+    autocast: bool = False  # bfloat16 autocast of the training (and validation) forward passes and losses
+
+    def but(self, **changes: Any) -> "TrainSettings":
+        """A copy with some fields changed.
+
+        Args:
+            **changes: the new values, by field name.
+
+        Returns:
+            The changed copy (this one stays as it is).
+
+        Raises:
+            TypeError: for a name that is not a field.
+        """
+        return dataclasses.replace(self, **changes)
+
+
+#: how a training run extracts (mining, teacher descriptors, tests) unless told otherwise: main.py's defaults
+TRAIN_EXTRACTION = ExtractionConfig(workers=8, progress=True)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Every option of a training run, with main.py's defaults (the original's).
 
-    A field is named as its ``main.py`` flag (``--neg-num`` is ``neg_num``). Frozen; an
-    unknown field is a TypeError, and `check` (or `problems`) says why a
-    combination cannot train, before anything is loaded.
+    What to train is the config's own fields; how the loop runs is ``loop`` (`TrainSettings`)
+    and how images are encoded is ``extraction``. Frozen; an unknown field is a TypeError, and
+    `check` (or `problems`) says why a combination cannot train, before anything is loaded.
+    `from_flags` builds one from main.py's flags by name.
 
     Attributes:
         directory: where the run folder is created.
         training_dataset: a training set's name, or a folder ``<data_root>/train/NAME`` made
             by ``python -m aml.cli.make_trainset``.
-        val: run validation.
-        test_datasets: the test sets evaluated every ``test_freq`` epochs (a string is split
-            at commas).
+        test_datasets: the test sets evaluated every ``loop.test_freq`` epochs (a string is
+            split at commas).
         test_whiten: the whitening set for test evaluation ("": none).
-        val_freq: validate every N epochs.
-        save_freq: write ``model_epochN`` every N epochs.
         arch: the architecture, a name of `aml.networks.BACKBONES` or ``timm:<model>``.
         pool: the pooling, a name of `aml.layers.pooling.POOLINGS`.
         local_whitening: a learnable linear layer before pooling.
@@ -44,56 +129,39 @@ class TrainConfig:
         loss: the loss, a name of `aml.losses.LOSSES`.
         mode: the training mode, a name of `aml.training.modes.MODES`.
         loss_margin: the margin of the contrastive and triplet losses.
-        image_size: the longer side of training images.
-        neg_num: negatives per tuple.
-        query_size: tuples per epoch.
-        pool_size: the pool of negatives per epoch.
-        gpu_id: the GPU used with ``device="auto"``.
-        workers: data loading workers.
-        epochs: the epochs to train.
-        batch_size: tuples per step, over all processes.
-        update_every: an optimizer step every N batches.
+        temp: the temperature of the cross-entropy losses.
+        teacher: ``"vgg16"`` or ``"resnet101"`` (the published teachers), a published name or
+            a checkpoint path (`aml.networks.loading.NetworkSpec`).
+        feat_path: the teacher's D x N descriptors of the train split (a ``.npy`` feature file
+            or a descriptor store folder), read instead of loading the teacher.
+        feat_val_path: the same for the val split.
         optimizer: a name of `aml.training.optim.OPTIMIZERS`.
         lr: the learning rate.
         momentum: the optimizer's momentum.
         weight_decay: the weight decay.
-        print_freq: log the loss every N batches.
+        proj_lr_mult: the learning-rate multiplier of the student's 1x1 projection.
         resume: a checkpoint name in the run folder to resume from; if missing, the latest
             ``model_epochN`` there ("": start afresh).
         comment: appended to the run folder's name.
-        temp: the temperature of the cross-entropy losses.
-        teacher: ``"vgg16"`` or ``"resnet101"`` (the published teachers), or a checkpoint path.
-        sym: positives and negatives also go through the student.
-        feat_path: the teacher's D x N descriptors of the train split (a ``.npy`` feature file
-            or a descriptor store folder), read instead of loading the teacher.
-        feat_val_path: the same for the val split.
-        train_batchnorm: BatchNorm uses batch statistics, all images of a mini-batch encoded
-            together (for trunks trained from scratch); False: frozen, as the original.
-        batch_forward: with frozen BatchNorm, encode all images of a mini-batch together (one
-            forward per image shape) instead of tuple by tuple: the same result, more memory.
-        proj_lr_mult: the learning-rate multiplier of the student's 1x1 projection.
-        test_freq: evaluate on ``test_datasets`` every N epochs (0: never).
-        seed: the seed of the network's initialisation and of every random draw (tuples,
-            shuffling).
-        amp: autocast of the training steps and of extraction; False: fp32 everywhere; None:
-            extraction autocast on CUDA only, training steps in fp32.
-        amp_dtype: the dtype of extraction's autocast.
-        decode: where images are decoded for extraction (`aml.descriptors.ExtractionConfig`).
-        compile: ``torch.compile`` the network for extraction.
+        loop: how the training loop runs (`TrainSettings`).
+        extraction: how images are encoded for mining, teacher descriptors and tests (its
+            device is the run's; ``progress`` also draws the training bars).
         data_root: the data root for data sets, weights and features.
         device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-        quiet: no progress bars (log lines stay).
+        gpu_id: the GPU used with ``device="auto"``.
         dist_timeout: under torchrun, how long (seconds) a process waits for the others
             before it stops with an error.
 
     Examples:
-        >>> from aml.training import TrainConfig
+        >>> from aml.training import TrainConfig, TrainSettings
         >>> from aml.training.config import problems
         >>> config = TrainConfig(directory="runs", arch="mobilenet_v2", mode="ts", teacher="vgg16")
         >>> problems(config)
         []
-        >>> problems(config.but(loss="dark", batch_size=4))[-1]
+        >>> problems(config.but(loss="dark", loop=TrainSettings(batch_size=4)))[-1]
         '--loss dark needs --batch-size of at least 5 (4 neighbours per image)'
+        >>> TrainConfig.from_flags(directory="runs", neg_num=3, workers=0).loop.neg_num
+        3
         >>> TrainConfig(directory="runs", negnum=3)  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
         ...
@@ -102,11 +170,8 @@ class TrainConfig:
 
     directory: str  # where the run folder is created
     training_dataset: str = "retrieval-SfM-120k"
-    val: bool = True
-    test_datasets: Tuple[str, ...] = ("roxford5k", "rparis6k")  # evaluated every test_freq epochs
+    test_datasets: Tuple[str, ...] = ("roxford5k", "rparis6k")  # evaluated every loop.test_freq epochs
     test_whiten: str = ""
-    val_freq: int = 1
-    save_freq: int = 1
     arch: str = "resnet101"
     pool: str = "gem"
     local_whitening: bool = False
@@ -116,41 +181,24 @@ class TrainConfig:
     trunk_weights: Optional[str] = None  # 'synthetic' or a trunk state-dict file, instead of ImageNet's
     loss: str = "contrastive"
     mode: str = "std"
-    loss_margin: float = 0.7
-    image_size: int = 1024
-    neg_num: int = 5
-    query_size: int = 2000
-    pool_size: int = 20000
-    gpu_id: str = "0"
-    workers: int = 8
-    epochs: int = 100
-    batch_size: int = 5  # tuples per step, over all processes
-    update_every: int = 1
-    optimizer: str = "adam"
-    lr: float = 1e-6
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    print_freq: int = 10
-    resume: str = ""
-    comment: str = ""
-    temp: float = 0.1
-    teacher: str = "vgg16"  # vgg16 | resnet101 | a checkpoint path
-    sym: bool = False
+    loss_margin: float = bounded(0.7, NONNEGATIVE_FLOAT)
+    temp: float = bounded(0.1, POSITIVE_FLOAT)
+    teacher: str = DEFAULT_TEACHER  # vgg16 | resnet101 | a published name | a checkpoint path
     feat_path: Optional[str] = None
     feat_val_path: Optional[str] = None
-    train_batchnorm: bool = False
-    batch_forward: bool = False
-    proj_lr_mult: float = 1.0
-    test_freq: int = 0
-    seed: int = 0
-    amp: Optional[bool] = None  # None: extraction autocast on CUDA only, training steps in fp32
-    amp_dtype: str = "float16"
-    decode: str = "auto"
-    compile: bool = False
+    optimizer: str = "adam"
+    lr: float = bounded(1e-6, POSITIVE_FLOAT)
+    momentum: float = bounded(0.9, UNIT_INTERVAL)
+    weight_decay: float = bounded(1e-6, NONNEGATIVE_FLOAT)
+    proj_lr_mult: float = bounded(1.0, POSITIVE_FLOAT)
+    resume: str = ""
+    comment: str = ""
+    loop: TrainSettings = TrainSettings()
+    extraction: ExtractionConfig = TRAIN_EXTRACTION
     data_root: Optional[str] = None
     device: str = "auto"
-    quiet: bool = False
-    dist_timeout: float = DEFAULT_TIMEOUT_S
+    gpu_id: str = "0"
+    dist_timeout: float = bounded(DEFAULT_TIMEOUT_S, POSITIVE_FLOAT)
 
     def __post_init__(self):
         if isinstance(self.test_datasets, str):  # "a,b" as the flag takes it
@@ -158,11 +206,41 @@ class TrainConfig:
         else:
             object.__setattr__(self, "test_datasets", tuple(self.test_datasets))
 
+    @classmethod
+    def from_flags(cls, directory: str, **flags: Any) -> "TrainConfig":
+        """The config of main.py's flags, each given by its name (``--neg-num`` is ``neg_num``).
+
+        The loop's flags go to ``loop``; ``--workers``, ``--amp-dtype``, ``--decode``,
+        ``--compile`` and ``--quiet`` to ``extraction``; ``--amp`` to both (the training
+        steps' bfloat16 autocast, and extraction's autocast, which ``--no-amp`` turns off);
+        the others are the config's own fields.
+
+        Args:
+            directory: where the run folder is created.
+            **flags: main.py's flags by name, each with its value.
+
+        Returns:
+            The config.
+
+        Raises:
+            TypeError: for a name that is no flag.
+        """
+        loop_fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"autocast"}
+        loop = {name: flags.pop(name) for name in list(flags) if name in loop_fields}
+        amp = flags.pop("amp", None)
+        extraction = TRAIN_EXTRACTION.but(workers=flags.pop("workers", TRAIN_EXTRACTION.workers),
+                                          amp=False if amp is False else None,
+                                          amp_dtype=flags.pop("amp_dtype", TRAIN_EXTRACTION.amp_dtype),
+                                          decode=flags.pop("decode", TRAIN_EXTRACTION.decode),
+                                          compile=flags.pop("compile", TRAIN_EXTRACTION.compile),
+                                          progress=not flags.pop("quiet", False))
+        return cls(directory, loop=TrainSettings(autocast=bool(amp), **loop), extraction=extraction, **flags)
+
     def but(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed.
 
         Args:
-            **changes: the new values, by field name.
+            **changes: the new values, by field name (``loop`` and ``extraction`` take whole parts).
 
         Returns:
             The changed copy (this config stays as it is).
@@ -173,18 +251,27 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def check(self) -> None:
-        """Raise ValueError, with the reason, for a combination that cannot train.
+        """Raise ConfigError, with the reason, for a combination that cannot train.
 
         Raises:
-            ValueError: with the first of `problems`.
+            ConfigError: with the first of `problems`.
         """
         problem = next(iter(problems(self)), None)
         if problem:
-            raise ValueError(problem)
+            raise ConfigError(problem)
+
+
+#: the names main.py's flags choose among: field -> its registry (the flags' choices and `problems` read it)
+_WHAT = {"pool": "pooling", "loss": "loss", "mode": "training mode", "optimizer": "optimizer"}
+CHOICES: Dict[str, Mapping[str, Any]] = {"pool": POOLINGS, "loss": LOSSES, "mode": MODES, "optimizer": OPTIMIZERS}
 
 
 def problems(config: TrainConfig) -> List[str]:
     """Why a config cannot train, checked before anything is loaded.
+
+    The names (architecture, pooling, loss, mode, optimizer) come first: an unknown one is the
+    only reason given. Then the numbers against the ranges their fields declare (the ranges
+    main.py's flags check), then the combinations.
 
     Args:
         config: the run's options.
@@ -197,17 +284,38 @@ def problems(config: TrainConfig) -> List[str]:
         >>> from aml.training.config import problems
         >>> problems(TrainConfig(directory="runs"))
         []
-        >>> [reason.split(" (")[0] for reason in problems(TrainConfig(directory="runs", loss="dark", batch_size=4))]
+        >>> [reason.split(" (")[0] for reason in problems(TrainConfig.from_flags("runs", loss="dark", batch_size=4))]
         ['--loss dark cannot be used with --mode std: it compares batches of student and teacher descriptors',
          '--loss dark needs --batch-size of at least 5']
+        >>> problems(TrainConfig(directory="runs", optimizer="adamw"))
+        ["--optimizer: unknown optimizer 'adamw'; choose one of adam, sgd"]
+        >>> problems(TrainConfig.from_flags("runs", neg_num=-1))
+        ['--neg-num -1: must be an integer >= 0, got -1']
     """
-    found: List[str] = []
+    unknown = []
+    try:  # a name of the backbone table or of a family (timm:<model>)
+        get_backbone(config.arch)
+    except (ConfigError, ImportError) as err:
+        unknown.append(f"--arch: {err}")
+    for field, table in CHOICES.items():
+        try:
+            lookup(table, getattr(config, field), _WHAT[field])
+        except ConfigError as err:
+            unknown.append(f"--{field}: {err}")
+    if unknown:
+        return unknown
+    found: List[str] = out_of_bounds(config) + out_of_bounds(config.loop) + out_of_bounds(config.extraction)
+    try:
+        check_temperature(config.temp)
+    except ConfigError as err:
+        found.append(str(err))
+    loop = config.loop
     for name, kind in ((config.training_dataset, "training"), (config.test_whiten, "whitening")):
         if name:
             try:
                 entry = get_train_set(name, config.data_root)
             except ValueError as err:
-                return [str(err)]
+                return found + [str(err)]
             if not getattr(entry, kind):
                 found.append(f"{name} is not a {kind} set; choose from {', '.join(training_set_names())}")
     try:
@@ -215,10 +323,10 @@ def problems(config: TrainConfig) -> List[str]:
     except ValueError as err:
         found.append(str(err))
     mode = get_mode(config.mode)
-    if config.sym and not mode.allows_sym:
+    if loop.sym and not mode.allows_sym:
         found.append(f"--sym has no meaning with --mode {config.mode}: its members are not a query/positive/negative "
                      "tuple of different images")
-    if config.neg_num == 0 and mode.negatives is not Negatives.NONE:
+    if loop.neg_num == 0 and mode.negatives is not Negatives.NONE:
         found.append(f"--neg-num 0: --mode {config.mode} trains on tuples with {mode.negatives.value} negatives; with "
                      f"none, --loss {config.loss} sees positives only and cannot learn to separate images (use 1 or "
                      "more)")
@@ -234,9 +342,9 @@ def problems(config: TrainConfig) -> List[str]:
         elif config.trunk_weights not in TRUNK_SOURCES and not Path(config.trunk_weights).is_file():
             found.append(f"--trunk-weights: {config.trunk_weights!r} is neither one of {sorted(TRUNK_SOURCES)} nor "
                          "a file")
-    if config.loss == "dark" and config.batch_size < 5:
+    if config.loss == "dark" and loop.batch_size < 5:
         found.append("--loss dark needs --batch-size of at least 5 (4 neighbours per image)")
-    if config.train_batchnorm and config.batch_size < 2:
+    if loop.train_batchnorm and loop.batch_size < 2:
         found.append("--train-batchnorm needs --batch-size of at least 2 (BatchNorm uses the statistics of the "
                      "mini-batch); use 8 or more")
     return found
@@ -245,7 +353,7 @@ def problems(config: TrainConfig) -> List[str]:
 def run_name(config: TrainConfig) -> str:
     """The run folder name, built from the options as the original did (plus '_sym',
     '_trainbn', '_projlr<mult>' and '_seed<N>' when they differ from the defaults)."""
-    c = config
+    c, loop = config, config.loop
     name = f"{c.training_dataset}_{c.arch}_{c.pool}"
     name += "_lwhiten" * c.local_whitening + "_r" * c.regional + "_whiten" * c.whitening
     name += "_notpretrained" * (not c.pretrained)
@@ -255,12 +363,11 @@ def run_name(config: TrainConfig) -> str:
     if c.test_whiten:
         name += f"_test_whiten_on_{c.test_whiten}"
     name += (f"_{c.loss}_m{c.loss_margin:.2f}_{c.optimizer}_lr{c.lr:.1e}_wd{c.weight_decay:.1e}"
-             f"_nnum{c.neg_num}_qsize{c.query_size}_psize{c.pool_size}_bsize{c.batch_size}"
-             f"_uevery{c.update_every}_imsize{c.image_size}_temp{c.temp}_{c.mode}")
-    name += "_sym" * c.sym + "_trainbn" * c.train_batchnorm
+             f"_nnum{loop.neg_num}_qsize{loop.query_size}_psize{loop.pool_size}_bsize{loop.batch_size}"
+             f"_uevery{loop.update_every}_imsize{loop.image_size}_temp{c.temp}_{c.mode}")
+    name += "_sym" * loop.sym + "_trainbn" * loop.train_batchnorm
     if c.proj_lr_mult != 1.0:
         name += f"_projlr{c.proj_lr_mult:g}"
-    if c.seed != 0:
-        name += f"_seed{c.seed}"
-    teacher = checkpoint_name(c.teacher) if Path(c.teacher).exists() else c.teacher
-    return name + f"_teach_{teacher}" + c.comment
+    if loop.seed != 0:
+        name += f"_seed{loop.seed}"
+    return name + f"_teach_{NetworkSpec.parse(c.teacher).label}" + c.comment

@@ -2,7 +2,7 @@
 unsupervised triplets from a teacher's ranking. Pure functions over descriptor matrices
 (columns = images); the ranking is one matrix product on the given device."""
 
-from typing import List, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ def _ranked_candidates(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, depth:
     return torch.topk(scores, depth, dim=0, largest=True, sorted=True).indices.cpu().numpy()
 
 
-def _walk(candidates: Sequence[int], pool_clusters: np.ndarray, query_cluster, nnum: int) -> List[int]:
+def _walk(candidates: Iterable[int], pool_clusters: np.ndarray, query_cluster, nnum: int) -> List[int]:
     taken, seen = [], {query_cluster}
     for position in candidates:
         cluster = pool_clusters[position]
@@ -27,15 +27,16 @@ def _walk(candidates: Sequence[int], pool_clusters: np.ndarray, query_cluster, n
     return taken
 
 
-def mine_hard_negatives(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, query_clusters: Sequence,
-                        pool_clusters: Sequence, nnum: int, device: str = "cpu") -> Tuple[List[List[int]], float]:
+def mine_hard_negatives(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, query_clusters: Sequence[int],
+                        pool_clusters: Sequence[int], nnum: int,
+                        device: str = "cpu") -> Tuple[List[List[int]], float]:
     """For each query, the ``nnum`` highest-scoring pool images whose cluster differs from
     the query's and from every negative already taken (one negative per cluster).
 
     Returns pool positions per query and the mean L2 distance ||q - n + 1e-6|| over all
     chosen negatives. A query whose pool runs out of clusters gets fewer negatives.
     """
-    pool_clusters = np.asarray(pool_clusters)
+    pool_cluster_ids = np.asarray(pool_clusters)
     if nnum == 0 or pool_vecs.shape[1] == 0:
         return [[] for _ in query_clusters], 0.0
     query_vecs, pool_vecs = query_vecs.to(device), pool_vecs.to(device)
@@ -43,11 +44,11 @@ def mine_hard_negatives(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, query
     deep = None
     negatives = []
     for q, query_cluster in enumerate(query_clusters):
-        taken = _walk(shallow[:, q], pool_clusters, query_cluster, nnum)
+        taken = _walk(shallow[:, q], pool_cluster_ids, query_cluster, nnum)
         if len(taken) < nnum and shallow.shape[0] < pool_vecs.shape[1]:
             if deep is None:
                 deep = _ranked_candidates(query_vecs, pool_vecs, pool_vecs.shape[1], device)
-            taken = _walk(deep[:, q], pool_clusters, query_cluster, nnum)
+            taken = _walk(deep[:, q], pool_cluster_ids, query_cluster, nnum)
         negatives.append(taken)
     query_columns = [q for q, chosen in enumerate(negatives) for _ in chosen]
     if not query_columns:
@@ -57,11 +58,11 @@ def mine_hard_negatives(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, query
     return negatives, float(distances.double().mean())
 
 
-def random_negatives(query_clusters: Sequence, pool_clusters: Sequence, nnum: int,
+def random_negatives(query_clusters: Sequence[int], pool_clusters: Sequence[int], nnum: int,
                      generator: torch.Generator) -> List[List[int]]:
     """Like `mine_hard_negatives` but walking the pool in random order (no network)."""
-    pool_clusters = np.asarray(pool_clusters)
-    return [_walk(torch.randperm(len(pool_clusters), generator=generator).tolist(), pool_clusters, c, nnum)
+    pool_cluster_ids = np.asarray(pool_clusters)
+    return [_walk(torch.randperm(len(pool_cluster_ids), generator=generator).tolist(), pool_cluster_ids, c, nnum)
             for c in query_clusters]
 
 

@@ -13,8 +13,10 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from aml.data.formats import TrainingDb
 from aml.losses import LOSSES
 from aml.training.mining import mine_hard_negatives, random_negatives, teacher_triplets
+from aml.utils.errors import ConfigError, lookup
 
 
 class TrainingTuple(NamedTuple):
@@ -91,19 +93,16 @@ def validation_mode(mode: Mode) -> Mode:
 
 def get_mode(name: str) -> Mode:
     """Table entry of a mode, or a ValueError listing the modes."""
-    try:
-        return MODES[name]
-    except KeyError:
-        raise ValueError(f"unknown training mode {name!r}; choose one of {sorted(MODES)}") from None
+    return lookup(MODES, name, "training mode")
 
 
 def check_loss_mode(loss: str, mode: str) -> None:
     """Raise ValueError with the reason when ``loss`` (a LOSSES name) cannot train in ``mode``."""
-    spec = LOSSES[loss]
+    spec = lookup(LOSSES, loss, "loss")
     if not spec.accepts(get_mode(mode)):
         working = sorted(name for name, m in MODES.items() if spec.accepts(m))
-        raise ValueError(f"--loss {loss} cannot be used with --mode {mode}: {spec.why}; "
-                         f"modes that work: {', '.join(working)}")
+        raise ConfigError(f"--loss {loss} cannot be used with --mode {mode}: {spec.why}; "
+                          f"modes that work: {', '.join(working)}")
 
 
 @dataclass
@@ -126,7 +125,7 @@ def _tuple(mode: Mode, sym: bool, query: int, positives: Sequence[int], negative
     return TrainingTuple(tuple(members), tuple(labels), tuple(from_teacher))
 
 
-def build_epoch_tuples(mode: Mode, db: Dict, sizes: EpochSizes, generator: torch.Generator,
+def build_epoch_tuples(mode: Mode, db: TrainingDb, sizes: EpochSizes, generator: torch.Generator,
                        encode: StudentEncoder, teacher: Optional[torch.Tensor] = None, sym: bool = False,
                        device: str = "cpu") -> Tuple[List[TrainingTuple], float]:
     """The tuples of one epoch (and the mean query-negative distance of mined negatives).
@@ -143,6 +142,7 @@ def build_epoch_tuples(mode: Mode, db: Dict, sizes: EpochSizes, generator: torch
         order = torch.randperm(n_images, generator=generator)
         anchors = order[:sizes.query_size].tolist()
         pool = order[sizes.query_size:sizes.query_size + sizes.pool_size].tolist()
+        assert teacher is not None  # the mode needs_teacher
         pairs = teacher_triplets(teacher[:, anchors], teacher[:, pool], generator, device=device)
         return [_tuple(mode, sym, a, [pool[p]], [pool[n]]) for a, (p, n) in zip(anchors, pairs)], 0.0
     qpool, ppool = list(db["qidxs"]), list(db["pidxs"])
@@ -153,12 +153,16 @@ def build_epoch_tuples(mode: Mode, db: Dict, sizes: EpochSizes, generator: torch
         return [_tuple(mode, sym, q, [p], []) for q, p in zip(queries, positives)], 0.0
     pool = torch.randperm(n_images, generator=generator)[:sizes.pool_size].tolist()
     if mode.negatives is Negatives.RANDOM:
-        picked = random_negatives(clusters[queries], clusters[pool], sizes.neg_num, generator)
+        picked = random_negatives(clusters[queries].tolist(), clusters[pool].tolist(), sizes.neg_num, generator)
         distance = 0.0
     else:
         query_vecs = encode(queries)
-        pool_vecs = teacher[:, pool] if mode.asymmetric else encode(pool)
-        picked, distance = mine_hard_negatives(query_vecs, pool_vecs, clusters[queries], clusters[pool],
-                                               sizes.neg_num, device)
+        if mode.asymmetric:
+            assert teacher is not None  # the mode needs_teacher
+            pool_vecs = teacher[:, pool]
+        else:
+            pool_vecs = encode(pool)
+        picked, distance = mine_hard_negatives(query_vecs, pool_vecs, clusters[queries].tolist(),
+                                               clusters[pool].tolist(), sizes.neg_num, device)
     tuples = [_tuple(mode, sym, q, [p], [pool[n] for n in negs]) for q, p, negs in zip(queries, positives, picked)]
     return tuples, distance

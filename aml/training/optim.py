@@ -3,17 +3,19 @@ student's projection at its own lr), Adam/SGD, and the exponential learning-rate
 exp(-0.01) per epoch."""
 
 import math
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
-from torch import nn
 
-from aml.layers.pooling import POOLING_LR_MULTIPLIER
+from aml.layers.pooling import POOLING_LR_MULTIPLIER, Rpool
+from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.utils.errors import lookup
 
 LR_DECAY = math.exp(-0.01)
 
 
-def parameter_groups(net: nn.Module, lr: float, weight_decay: float, projection_lr_mult: float = 1.0) -> List[Dict]:
+def parameter_groups(net: ImageRetrievalNet, lr: float, weight_decay: float,
+                     projection_lr_mult: float = 1.0) -> List[Dict[str, Any]]:
     """Trunk, local whitening, pooling (x10 lr for GeM, x100 for GeMmp, no decay) and whitening.
 
     With ``projection_lr_mult`` != 1 the student's 1x1 projection gets its own group at
@@ -25,18 +27,19 @@ def parameter_groups(net: nn.Module, lr: float, weight_decay: float, projection_
     """
     projection = net.projection() if projection_lr_mult != 1.0 else None
     skip = {id(p) for p in projection.parameters()} if projection is not None else set()
-    groups = [{"params": [p for p in net.features.parameters() if id(p) not in skip]}]
+    groups: List[Dict[str, Any]] = [{"params": [p for p in net.features.parameters() if id(p) not in skip]}]
     if projection is not None:
         groups.append({"params": list(projection.parameters()), "lr": lr * projection_lr_mult})
     if net.lwhiten is not None:
         groups.append({"params": list(net.lwhiten.parameters())})
     pooling = net.meta["pooling"]
-    pool = net.pool.rpool if net.meta.get("regional") else net.pool
+    regional = net.pool if isinstance(net.pool, Rpool) else None  # meta['regional']
+    pool = regional.rpool if regional is not None else net.pool
     if list(pool.parameters()):
         groups.append({"params": list(pool.parameters()), "lr": lr * POOLING_LR_MULTIPLIER.get(pooling, 1.0),
                        "weight_decay": 0})
-    if net.meta.get("regional"):
-        groups.append({"params": list(net.pool.whiten.parameters())})
+    if regional is not None and regional.whiten is not None:
+        groups.append({"params": list(regional.whiten.parameters())})
     if net.whiten is not None:
         groups.append({"params": list(net.whiten.parameters())})
     return groups
@@ -59,12 +62,12 @@ def can_fuse(groups: List[Dict]) -> bool:
     return all(p.device.type in FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"])
 
 
-def build_optimizer(net: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
+def build_optimizer(net: ImageRetrievalNet, name: str, lr: float, momentum: float, weight_decay: float,
                     projection_lr_mult: float = 1.0) -> torch.optim.Optimizer:
     """The optimizer of ``--optimizer`` over `parameter_groups`; every group records
     its ``initial_lr`` (as the original's checkpoints do)."""
     groups = parameter_groups(net, lr, weight_decay, projection_lr_mult)
-    optimizer = OPTIMIZERS[name](groups, lr, momentum, weight_decay, can_fuse(groups) or None)
+    optimizer = lookup(OPTIMIZERS, name, "optimizer")(groups, lr, momentum, weight_decay, can_fuse(groups) or None)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from aml.losses import TupleBatch
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.distributed import World, concat_lists, gather_objects, shard_range
+from aml.utils.errors import ConfigError
 
 
 class DescriptorModel(nn.Module):
@@ -53,11 +54,11 @@ class Parallel:
             return
         problem = batch_split_problem(batch_size, world)
         if problem:
-            raise ValueError(problem)
+            raise ConfigError(problem)
         if sync_batchnorm:
             if device.type != "cuda":
-                raise ValueError("--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics "
-                                 "across processes on GPUs only); on the CPU train it in one process")
+                raise ConfigError("--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics "
+                                  "across processes on GPUs only); on the CPU train it in one process")
             nn.SyncBatchNorm.convert_sync_batchnorm(net)
         ids = [device.index] if device.type == "cuda" else None
         self.ddp = DistributedDataParallel(DescriptorModel(net), device_ids=ids, forward_sync_buffers=False)

@@ -19,13 +19,13 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from aml.data.paths import data_subdir
+from aml.data.paths import DataRootLike, data_subdir
 from aml.data.synthetic_objects import ObjectConfig, generate_objects
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD
@@ -57,7 +57,7 @@ class PretrainConfig:
         return f"{zlib.crc32(json.dumps(asdict(self), sort_keys=True).encode()):08x}"
 
 
-def trunk_file(arch: str, data_root: Optional[str], config: PretrainConfig = PretrainConfig()) -> Path:
+def trunk_file(arch: str, data_root: DataRootLike, config: PretrainConfig = PretrainConfig()) -> Path:
     """Where the stand-in trunk of ``arch`` is cached."""
     return data_subdir(data_root, "networks") / f"{FILE_PREFIX}-{arch}-{config.fingerprint()}.pth"
 
@@ -75,10 +75,10 @@ class _Classifier(nn.Module):
 def _split(labels: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """Indices of the training and the held-out images (the same fraction of every class)."""
     rng = np.random.default_rng(seed)
-    held = []
+    held: List[int] = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        held.extend(rng.choice(members, size=max(1, int(round(fraction * len(members)))), replace=False))
+        held.extend(rng.choice(members, size=max(1, round(fraction * len(members))), replace=False))
     mask = np.zeros(len(labels), bool)
     mask[held] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
@@ -126,7 +126,8 @@ def pretrain_trunk(arch: str, config: PretrainConfig = PretrainConfig(), device:
         model = _Classifier(arch, config.objects.classes)
     model.to(device).to(memory_format=torch.channels_last)
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, config.lr, weight_decay=config.weight_decay, fused=can_fuse([{"params": params}]) or None)
+    optimizer = torch.optim.AdamW(params, config.lr, weight_decay=config.weight_decay,
+                                  fused=can_fuse([{"params": params}]) or None)
     steps = config.epochs * (len(train_idx) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps, pct_start=0.15)
     loss = torch.tensor(float("nan"))
@@ -151,13 +152,13 @@ def pretrain_trunk(arch: str, config: PretrainConfig = PretrainConfig(), device:
         raise RuntimeError(f"pretraining {arch} diverged (loss {loss.item()}); lower PretrainConfig.lr")
     held = torch.from_numpy(held_idx)
     record = {"architecture": arch, "held_out_accuracy": _accuracy(model, x[held].to(device), y[held].to(device)),
-              "chance": 1.0 / config.objects.classes, "final_loss": float(loss.detach()), "seconds": time.time() - start,
-              "config": asdict(config), "torch": torch.__version__}
+              "chance": 1.0 / config.objects.classes, "final_loss": float(loss.detach()),
+              "seconds": time.time() - start, "config": asdict(config), "torch": torch.__version__}
     state = {key: value.detach().cpu().contiguous() for key, value in model.features.state_dict().items()}
     return state, record
 
 
-def ensure_synthetic_trunk(arch: str, data_root: Optional[str] = None, config: PretrainConfig = PretrainConfig(),
+def ensure_synthetic_trunk(arch: str, data_root: DataRootLike = None, config: PretrainConfig = PretrainConfig(),
                            device: str = "cpu", progress: bool = False) -> Path:
     """The cached stand-in trunk of ``arch`` (pretrained now, once, if it is not there yet);
     its record is written beside it as ``<file>.json``."""

@@ -10,6 +10,7 @@ import torch
 from aml.networks.checkpoint import CheckpointError, load_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.run_folder import latest_checkpoint
+from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ def resume_run(run_dir: Path, name: str, net: ImageRetrievalNet,
                optimizer: torch.optim.Optimizer) -> Optional[Tuple[int, float]]:
     """Load ``run_dir/name``, or the latest model_epochN there, into ``net`` and ``optimizer``;
     returns (epochs done, best loss so far), or None when the folder holds no checkpoint."""
-    path = run_dir / name
-    if not path.is_file():
+    path: Optional[Path] = run_dir / name
+    if path is None or not path.is_file():
         path = latest_checkpoint(run_dir)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")
@@ -46,9 +47,9 @@ def resume_run(run_dir: Path, name: str, net: ImageRetrievalNet,
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as err:
-        raise ValueError(f"cannot resume from {path}: its optimizer state does not match this run's parameter "
-                         f"groups ({err}); resume with the flags the run was started with (e.g. the same "
-                         "--proj-lr-mult)") from None
+        raise ConfigError(f"cannot resume from {path}: its optimizer state does not match this run's parameter "
+                          f"groups ({err}); resume with the flags the run was started with (e.g. the same "
+                          "--proj-lr-mult)") from None
     if "batchnorm_calibrated" in state["meta"]:
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))

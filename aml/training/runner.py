@@ -8,7 +8,6 @@ and the tests.
 """
 
 import contextlib
-import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -21,13 +20,13 @@ import torch
 from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import prepare_test_set
 from aml.data.trainsets import load_training_db, prepare_train_set
-from aml.descriptors import ExtractionConfig
-from aml.evaluation.testing import TestSettings, evaluate, result_lines
+from aml.data.paths import DataRoot
+from aml.evaluation.results import DatasetResult
+from aml.evaluation.testing import TestSettings, evaluate
 from aml.losses import build_loss
 from aml.networks.backbones import get_backbone
-from aml.networks.checkpoint import load_checkpoint, load_trunk_weights
+from aml.networks.checkpoint import load_trunk_weights
 from aml.networks.loading import LoadedNetwork
-from aml.networks.pretrained import TEACHER_DIMS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
 from aml.training.config import TrainConfig, run_name
 from aml.training.modes import get_mode
@@ -35,10 +34,11 @@ from aml.training.optim import build_optimizer
 from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.parallel import batch_split_problem
-from aml.training.trainer import Split, Trainer, TrainSettings
+from aml.training.trainer import Split, Trainer
 from aml.utils.atomic import folder_lock
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import World, init_from_environment, main_first, process_device
+from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,9 @@ def run(config: TrainConfig) -> TrainResult:
     config.check()
     requested = resolve_device(config.device, config.gpu_id)
     world = init_from_environment(requested, config.dist_timeout)
-    problem = batch_split_problem(config.batch_size, world)
+    problem = batch_split_problem(config.loop.batch_size, world)
     if problem:
-        raise ValueError(problem)
+        raise ConfigError(problem)
     device = str(process_device(requested, world))
     run_dir = Path(config.directory) / run_name(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,25 +101,16 @@ def run(config: TrainConfig) -> TrainResult:
         return _Run(config, world, device, run_dir).train()
 
 
-def teacher_dimension(teacher: str) -> Optional[int]:
-    """512 / 2048 for the published teachers, meta['outputdim'] of a checkpoint path."""
-    if teacher in TEACHER_DIMS:
-        return TEACHER_DIMS[teacher]
-    if Path(teacher).is_file():
-        return int(load_checkpoint(teacher)["meta"]["outputdim"])
-    return None
-
-
 class _Run:
     """The pieces of one run, built from its config: data, teacher, network, trainer."""
 
     def __init__(self, config: TrainConfig, world: World, device: str, run_dir: Path):
         self.config, self.world, self.device, self.run_dir = config, world, device, run_dir
+        self.loop = config.loop
+        self.data_root = DataRoot.resolve(config.data_root)
         self.mode = get_mode(config.mode)
-        self.teacher = Teacher(config.teacher, config.data_root)
-        self.extraction = ExtractionConfig(workers=config.workers, device=device,
-                                           amp=False if config.amp is False else None, amp_dtype=config.amp_dtype,
-                                           decode=config.decode, compile=config.compile, progress=not config.quiet)
+        self.teacher = Teacher(config.teacher, self.data_root)
+        self.extraction = config.extraction.but(device=device)  # this process's device
 
     def trunk_weights_file(self) -> Optional[Path]:
         """The file ``trunk_weights`` names (a named source is made first, once), or None."""
@@ -127,30 +118,31 @@ class _Run:
         if c.trunk_weights is None:
             return None
         if c.trunk_weights in TRUNK_SOURCES:
-            return TRUNK_SOURCES[c.trunk_weights](c.arch, c.data_root, device=self.device, progress=not c.quiet)
+            return TRUNK_SOURCES[c.trunk_weights](c.arch, self.data_root, device=self.device,
+                                                  progress=self.extraction.progress)
         return Path(c.trunk_weights)
 
     def prepare(self) -> None:
         """Everything that may download or generate files: the training db, the trunk weights,
         the teacher, the test sets (run by rank 0 first under torchrun)."""
         c = self.config
-        prepare_train_set(c.training_dataset, c.data_root)
+        prepare_train_set(c.training_dataset, self.data_root)
         self.trunk_weights_file()
-        if self.mode.needs_teacher and not (c.feat_path and (c.feat_val_path or not c.val)):
-            self.teacher.loaded
-        for name in c.test_datasets if c.test_freq else ():
+        if self.mode.needs_teacher and not (c.feat_path and (c.feat_val_path or not self.loop.val)):
+            _ = self.teacher.loaded  # downloaded or read once, here, before the other ranks
+        for name in c.test_datasets if self.loop.test_freq else ():
             dataset, suffix = split_test_name(name)
-            prepare_test_set(dataset, c.data_root)
+            prepare_test_set(dataset, self.data_root)
             if suffix is not None:
-                prepare_distractors(suffix, c.data_root)
+                prepare_distractors(suffix, self.data_root)
 
     def split(self, split: str, feat_path: Optional[str]) -> Split:
         c = self.config
-        db = load_training_db(c.training_dataset, split, c.data_root)
+        db = load_training_db(c.training_dataset, split, self.data_root)
         features = None
         if self.mode.needs_teacher:
-            features = teacher_split_features(self.teacher, c.training_dataset, split, db["images"], c.image_size,
-                                              feat_path, self.extraction)
+            features = teacher_split_features(self.teacher, c.training_dataset, split, db["images"],
+                                              self.loop.image_size, feat_path, self.extraction)
         return Split(db, list(db["images"]), features)
 
     def network(self, teacher_dim: Optional[int]) -> ImageRetrievalNet:
@@ -158,55 +150,45 @@ class _Run:
         seeded right before it is built: what ran before (a teacher
         loaded to extract its descriptors, or not when they were cached; a trunk pretrained
         once) never changes the initial weights."""
-        c = self.config
+        c, seed = self.config, self.loop.seed
         trunk = self.trunk_weights_file()
-        torch.manual_seed(c.seed)
-        np.random.seed(c.seed)
-        random.seed(c.seed)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
         net = build_network(c.arch, c.pool, c.local_whitening, c.regional, c.whitening,
                             pretrained=c.pretrained and trunk is None,
-                            teacher=c.teacher if c.teacher in TEACHER_DIMS else None,
-                            teacher_dim=teacher_dim, data_root=c.data_root)
+                            teacher_dim=teacher_dim, data_root=self.data_root)
         if trunk is not None:
             load_trunk_weights(net, trunk)
-        net.meta["teacher"], net.meta["seed"] = c.teacher, c.seed
+        net.meta["teacher"], net.meta["seed"] = c.teacher, seed
         net.meta["mode"], net.meta["loss"] = c.mode, c.loss  # checked on --resume
         if c.proj_lr_mult != 1.0 and net.projection() is None:
             log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)
         return net.to(self.device)
 
-    def settings(self) -> TrainSettings:
-        """The loop's knobs: the config's fields of the same names, and this run's device."""
-        c = self.config
-        same = {f.name: getattr(c, f.name) for f in dataclasses.fields(TrainSettings) if hasattr(c, f.name)}
-        return TrainSettings(**dict(same, device=self.device, amp=bool(c.amp), extraction=self.extraction,
-                                    progress=not c.quiet))
-
     def test_callback(self):
         """Evaluation every ``test_freq`` epochs (None: never)."""
         c = self.config
-        if not c.test_freq:
+        if not self.loop.test_freq:
             return None
         teacher = self.teacher.loaded if self.mode.needs_teacher else None
-        e = self.extraction
-        settings = TestSettings(datasets=list(c.test_datasets), image_size=c.image_size,
-                                whitening=c.test_whiten or None, workers=c.workers, device=self.device,
-                                data_root=c.data_root, cache=True, progress=not c.quiet, amp=e.amp,
-                                amp_dtype=e.amp_dtype, decode=e.decode, compile=e.compile)
+        settings = TestSettings(datasets=c.test_datasets, image_size=self.loop.image_size,
+                                whitening=c.test_whiten or None, extraction=self.extraction, data_root=self.data_root)
 
-        def show(dataset: str, entry: Dict[str, Any]) -> None:
-            for line in result_lines(dataset, entry):
+        def show(result: DatasetResult) -> None:
+            for line in result.lines():
                 log.info(line)
 
         def evaluate_epoch(net, epoch: int) -> Dict[str, Any]:
+            """The epoch's test results as the history records them (test.py's results file entries)."""
             # in memory: no whitening file per epoch
             student = LoadedNetwork.in_memory(net, f"{self.run_dir.name}_epoch{epoch + 1}")
             # the student's own database changes every epoch: caching it would only fill the disk
-            results = {"symmetric": evaluate(student, dataclasses.replace(settings, cache=False), on_result=show)}
+            tests = {"symmetric": evaluate(student, settings.but(cache=False), on_result=show)}
             if teacher is not None:
-                results["asymmetric"] = evaluate(student, settings, teacher, on_result=show)
-            net.train()
-            return results
+                tests["asymmetric"] = evaluate(student, settings, teacher, on_result=show)
+            return {kind: {name: result.record() for name, result in results.items()}
+                    for kind, results in tests.items()}
 
         return evaluate_epoch
 
@@ -215,18 +197,18 @@ class _Run:
         c, world = self.config, self.world
         main_first(world, self.prepare)
         train = self.split("train", c.feat_path)
-        val = self.split("val", c.feat_val_path) if c.val else None
+        val = self.split("val", c.feat_val_path) if self.loop.val else None
         dim = train.teacher.shape[0] if train.teacher is not None else None
         if dim is None and get_backbone(c.arch).student:  # a student trunk projects to its teacher's space
-            dim = teacher_dimension(c.teacher)
+            dim = self.teacher.spec.dimension()
         net = self.network(dim)
         optimizer = build_optimizer(net, c.optimizer, c.lr, c.momentum, c.weight_decay, c.proj_lr_mult)
         trainer = Trainer(net, build_loss(c.loss, c.loss_margin, c.temp).to(self.device), optimizer, self.mode,
-                          train, val, self.run_dir, self.settings(), self.test_callback(), world)
+                          train, val, self.run_dir, self.loop, self.extraction, self.test_callback(), world)
         resumed = trainer.resume(c.resume) if c.resume else False
         if not c.pretrained and not resumed and trainer.calibrate_if_vanishing():
             net.meta["batchnorm_calibrated"] = True
         log.info(">> Training %s in mode %s with %s loss; run folder %s%s", c.arch, c.mode, c.loss, self.run_dir,
-                 f"; {world.size} processes, {c.batch_size // world.size} tuples each per batch"
+                 f"; {world.size} processes, {self.loop.batch_size // world.size} tuples each per batch"
                  if world.distributed else "")
         return TrainResult(self.run_dir, trainer.fit(), net)

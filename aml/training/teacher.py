@@ -8,10 +8,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from aml.data.paths import data_subdir
+from aml.data.paths import DataRootLike, data_subdir
 from aml.descriptors import (DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images, feature_file_key,
                              feature_file_name, load_feature_file, write_feature_file)
-from aml.networks.loading import LoadedNetwork, load_teacher
+from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
 from aml.utils.distributed import current_world
 
 log = logging.getLogger(__name__)
@@ -21,12 +21,12 @@ class Teacher:
     """'vgg16' | 'resnet101' (published) or a checkpoint path, loaded once, on first use, and
     shared by every split and test of the run (``--feat-path`` runs never load it)."""
 
-    def __init__(self, spec: str, data_root: Optional[str] = None):
-        self.spec, self.data_root = spec, data_root
+    def __init__(self, spec: str, data_root: DataRootLike = None):
+        self.spec, self.data_root = NetworkSpec.parse(spec), data_root
 
     @functools.cached_property
     def loaded(self) -> LoadedNetwork:
-        return load_teacher(self.spec, self.data_root)
+        return load_spec(self.spec, None, self.data_root)
 
     @property
     def feature_name(self) -> str:

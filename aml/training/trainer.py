@@ -11,20 +11,22 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Sized, Tuple, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from aml.data.formats import TrainingDb
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
-from aml.descriptors.extraction import with_fixed_batches
-from aml.losses import LossKind, TeacherContext, TupleBatch
+from aml.descriptors.extraction import BatchEncoder, with_fixed_batches
+from aml.losses import Loss, LossKind, TeacherContext, TupleBatch
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.reports.curves import TrainingHistory
 from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
+from aml.training.config import TrainSettings
 from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
 from aml.training.optim import set_epoch_lr
 from aml.training.parallel import Parallel
@@ -35,11 +37,12 @@ from aml.utils.atomic import remove_orphan_temporaries
 from aml.utils.distributed import World, barrier
 from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator as seeded_generator
+from aml.utils.errors import AmlError, ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(AmlError, RuntimeError):
     """The loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
 
 
@@ -53,7 +56,7 @@ class _NonFiniteLoss(ArithmeticError):
 class Split:
     """One split of the training set: its db, image paths and teacher descriptors."""
 
-    db: Dict[str, Any]
+    db: TrainingDb
     images: List[str]
     teacher: Optional[torch.Tensor] = None
     sizes: Optional[List[Tuple[int, int]]] = field(default=None, repr=False)
@@ -71,37 +74,9 @@ class Split:
         (for the losses that ``needs_context``)."""
         if self.context is None:
             if self.teacher is None:
-                raise ValueError("the teacher's view of the split needs the teacher's descriptors (--teacher)")
+                raise ConfigError("the teacher's view of the split needs the teacher's descriptors (--teacher)")
             self.context = TeacherContext.of(self.teacher.t(), self.db["cluster"])
         return self.context
-
-
-@dataclass
-class TrainSettings:
-    """The loop's knobs (main.py flags)."""
-
-    image_size: int = 1024
-    neg_num: int = 5
-    query_size: int = 2000
-    pool_size: int = 20000
-    batch_size: int = 5
-    update_every: int = 1
-    epochs: int = 100
-    print_freq: int = 10
-    workers: int = 8
-    val: bool = True
-    val_freq: int = 1
-    save_freq: int = 1
-    sym: bool = False
-    device: str = "cpu"
-    test_freq: int = 0
-    train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
-    batch_forward: bool = False  # frozen BatchNorm: the mini-batch encoded together too (else tuple by tuple)
-    seed: int = 0  # every random draw comes from streams derived from it (aml.utils.seeding)
-    progress: bool = False  # tqdm bars (stderr) over training batches and descriptor extraction
-    amp: bool = False  # bfloat16 autocast of the training (and validation) forward passes and losses
-    # how mining extracts (its workers, device and progress are the fields above)
-    extraction: ExtractionConfig = DEFAULT_EXTRACTION
 
 
 def _check_finite(losses: List[float]) -> None:
@@ -117,21 +92,23 @@ class Trainer:
     mini-batch under DistributedDataParallel (`aml.training.parallel`); rank 0 alone
     writes logs and checkpoints."""
 
-    def __init__(self, net: ImageRetrievalNet, criterion: torch.nn.Module,
+    def __init__(self, net: ImageRetrievalNet, criterion: Loss,
                  optimizer: torch.optim.Optimizer, mode: Mode, train: Split, val: Optional[Split], run_dir: Path,
-                 settings: TrainSettings, evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
+                 settings: TrainSettings, extraction: ExtractionConfig = DEFAULT_EXTRACTION,
+                 evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
                  world: World = World()):
         self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
         self.val_mode = validation_mode(mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
-        self.device = torch.device(settings.device)
+        # mining's extraction; its device (default: the network's), workers and progress are the loop's too
+        self.device = extraction.device_for(net)
+        self.extraction = extraction.but(device=self.device)
         self.world = world
         for split in (train, val):  # the teacher's descriptors stay on the device for the whole run
             if split is not None and split.teacher is not None:
                 split.teacher = split.teacher.to(self.device)
         net.to(memory_format=torch.channels_last)  # faster convolutions on the CPU and GPU
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
-        self.mining = settings.extraction.but(workers=settings.workers, device=self.device, progress=settings.progress)
         self.evaluate = evaluate
         self.parallel = Parallel(net, world, self.device, settings.batch_size, settings.train_batchnorm)
         # on CUDA, forwards padded to a few batch sizes (cuDNN prepares kernels per input shape);
@@ -150,7 +127,7 @@ class Trainer:
     def _encoder(self, split: Split) -> Callable[[Sequence[int]], torch.Tensor]:
         def encode(indices: Sequence[int]) -> torch.Tensor:
             return extract_vectors(self.net, [split.images[i] for i in indices], self.settings.image_size,
-                                   self.transform, config=self.mining)
+                                   self.transform, config=self.extraction)
         return encode
 
     def epoch_tuples(self, split: Split, epoch: int, everything: bool = False) -> List[TrainingTuple]:
@@ -178,8 +155,10 @@ class Trainer:
             sizes = split.image_sizes()
             keys = [resized_shape(sizes[t.members[0]], s.image_size) for t in tuples]
             return shape_grouped_batches(keys, s.batch_size, generator)
-        order = DataLoader(range(len(tuples)), batch_size=s.batch_size, shuffle=shuffle, drop_last=True,
-                           generator=generator, collate_fn=list)
+        # a DataLoader, not a bare sampler: its iterator draws a seed from the generator first (the same order)
+        indices = cast(Dataset, range(len(tuples)))  # a range is a map-style dataset of its numbers
+        order: DataLoader = DataLoader(indices, batch_size=s.batch_size, shuffle=shuffle, drop_last=True,
+                                       generator=generator, collate_fn=list)
         return list(order)
 
     def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
@@ -190,7 +169,7 @@ class Trainer:
         batches = self._batches(split, tuples, generator, shuffle)
         batches = self.parallel.my_part(batches)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_list,
-                          num_workers=effective_workers(s.workers, self.device), generator=generator)
+                          num_workers=effective_workers(self.extraction.workers, self.device), generator=generator)
 
     # -- losses ---------------------------------------------------------------------------
     def _encode(self, encode, chunk: List[TupleItem], split: Split) -> TupleBatch:
@@ -203,8 +182,8 @@ class Trainer:
         return self.parallel.whole_batch(batch) if self.criterion.kind is LossKind.RELATIONAL else batch
 
     def _autocast(self):
-        """bfloat16 autocast of forward passes and losses with ``amp`` (gradients stay fp32)."""
-        if not self.settings.amp:
+        """bfloat16 autocast of forward passes and losses with ``autocast`` (gradients stay fp32)."""
+        if not self.settings.autocast:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -224,7 +203,7 @@ class Trainer:
         s = self.settings
         relational = self.criterion.kind is LossKind.RELATIONAL
         chunks = [batch] if s.train_batchnorm or s.batch_forward or relational else [[item] for item in batch]
-        encode = self.parallel.encode if backward else self.net.descriptors
+        encode: BatchEncoder = self.parallel.encode if backward else self.net.descriptors
         if self.fixed_batches:
             encode = with_fixed_batches(encode)
         scale = 1 if relational else self.parallel.loss_scale
@@ -263,7 +242,8 @@ class Trainer:
         self.optimizer.zero_grad()
         losses: List[float] = []
         start = time.time()
-        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=s.progress, leave=False)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=self.extraction.progress,
+                           leave=False)
         for i, batch in enumerate(bar):
             try:
                 losses += self.batch_losses(batch, self.train_split, backward=True,
@@ -280,8 +260,8 @@ class Trainer:
                 self.log.line(f">> Train: [{epoch + 1}][{i + 1}/{len(loader)}]\tTime {time.time() - start:.3f}\t"
                               f"Loss {losses[-1]:.4f} ({np.mean(losses):.4f})")
         if not losses:
-            raise ValueError(f"epoch {epoch + 1} has no full batch: {len(loader.dataset)} tuples for batch size "
-                             f"{s.batch_size}; lower --batch-size or raise --query-size/--pool-size")
+            raise ConfigError(f"epoch {epoch + 1} has no full batch: {len(cast(Sized, loader.dataset))} tuples for "
+                              f"batch size {s.batch_size}; lower --batch-size or raise --query-size/--pool-size")
         return float(np.mean(losses))
 
     @torch.no_grad()
@@ -289,11 +269,13 @@ class Trainer:
         """Mean per-tuple loss on the val split (all pairs, full pool, in the tuples of the
         validation mode, as the original), no gradient."""
         split = self.val_split
+        if split is None:
+            raise ValueError("validation needs the val split")
         loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
         self.net.eval()
         losses: List[float] = []
-        for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.settings.progress,
-                          leave=False):
+        for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch",
+                                  enabled=self.extraction.progress, leave=False):
             losses += self.batch_losses(batch, split, backward=False)
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
@@ -355,7 +337,7 @@ class Trainer:
                 val_loss = self.validate(epoch)
             score = val_loss if val_loss is not None else (train_loss if not s.val else None)
             is_best = score is not None and score < self.min_loss
-            if is_best:
+            if is_best and score is not None:
                 self.min_loss = score
             # logs first: an epoch logged but not saved is trained again and its lines replaced
             self.log.losses(epoch, train_loss, val_loss)

@@ -3,7 +3,7 @@ others, and encoding a tuple with the student (images of equal shape in one forw
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Dict, Hashable, List, Optional, Sequence
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -86,7 +86,7 @@ def encode_images(encode: BatchEncoder, images: Sequence[torch.Tensor], device: 
         out = encode(batch.contiguous(memory_format=torch.channels_last)).float()
         for row, i in enumerate(indices):
             rows[i] = out[row]
-    return torch.stack(rows) if rows else out
+    return torch.stack(cast(List[torch.Tensor], rows)) if rows else out  # every row encoded
 
 
 def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch.device,
@@ -102,7 +102,9 @@ def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch
     images = [image for item in items for image in item.images]
     encoded = encode_images(encode, images, device, shapes) if images or shapes else None
     teacher_members = [m for item in items for m, flag in zip(item.tuple.members, item.tuple.from_teacher) if flag]
-    parts = [p for p in (encoded, _columns(teacher, teacher_members).t().to(device) if teacher_members else None)
+    assert teacher is not None or not teacher_members, "teacher members need the teacher's descriptors"
+    parts = [p for p in (encoded, _columns(cast(torch.Tensor, teacher), teacher_members).t().to(device)
+                         if teacher_members else None)
              if p is not None]
     table = torch.cat([p.float() for p in parts])  # student rows, then teacher rows
     width = max(len(item.tuple.members) for item in items)
@@ -119,6 +121,7 @@ def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch
     rows = table[to_device(index, table.device)]
     distances = None
     if target:
+        assert teacher is not None  # checked above
         distances = torch.stack([_teacher_distances(teacher, item.tuple.members, width) for item in items])
         distances = distances[:, 1:].to(table.device)
     queries = None

@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Union
 
+from aml.utils.errors import AmlError
+from aml.utils.types import PathLike
+
 log = logging.getLogger(__name__)
 #: errno values of a full disk and of an exhausted quota
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -22,7 +25,7 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$|^Not enough free space to write \d+ bytes")
 
 
-class DiskFull(Exception):
+class DiskFull(AmlError):
     """A write failed because the disk (or the user's quota) is full."""
 
 
@@ -33,7 +36,7 @@ def is_disk_full(err: Optional[BaseException]) -> bool:
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, OSError) and (err.errno in DISK_FULL
-                                         or err.errno is None and SHORT_WRITE.match(str(err))):
+                                         or (err.errno is None and SHORT_WRITE.match(str(err)))):
             return True
         seen.add(id(err))
         err = err.__cause__ or err.__context__
@@ -53,7 +56,7 @@ def _process_umask() -> int:
     return mask
 
 
-def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(handle)`` on a temporary file next to ``path``, fsync it, then rename it
     onto ``path``; on any error (or interrupt) the temporary file is removed and an existing
     ``path`` is left untouched. The file gets the permissions of any new file (0666 less the
@@ -68,7 +71,7 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> P
 
 
 @contextlib.contextmanager
-def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+def atomic_path(path: PathLike) -> Iterator[Path]:
     """`atomic_write` for writers that take a file name, not a handle (TorchScript, ONNX,
     onnxruntime's quantization): the ``with`` block writes the temporary file it is given,
     which is then fsynced and renamed onto ``path``; on any error it is removed and an
@@ -179,7 +182,7 @@ def publish_folder(staging: Path, folder: Union[str, Path], overwrite: bool = Fa
     return False
 
 
-class FolderInUse(RuntimeError):
+class FolderInUse(AmlError, RuntimeError):
     """Another live process holds the folder's lock."""
 
 
@@ -189,7 +192,7 @@ def folder_lock(folder: Union[str, Path]) -> Iterator[Path]:
     the ``with`` block; FolderInUse when another process holds it. The lock goes with the
     process (flock), so a killed run never leaves a stale one."""
     path = Path(folder) / ".lock"
-    handle = open(path, "a+")
+    handle = open(path, "a+")  # noqa: SIM115 (held, and the lock with it, until the block ends)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

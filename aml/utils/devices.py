@@ -2,12 +2,14 @@
 
 import torch
 
+from aml.utils.errors import ConfigError
+
 #: the device types aml runs on (``--device``: auto, cpu, cuda, cuda:N, mps)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 CHOICES = "auto, cpu, cuda or cuda:N"
 
 
-class DeviceError(ValueError):
+class DeviceError(ConfigError):
     """A device that is not one, or that this machine does not have."""
 
 

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from aml.utils.atomic import atomic_write
+from aml.utils.errors import AmlError
+from aml.utils.types import PathLike
 
-PathLike = Union[str, Path]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(AmlError, RuntimeError):
     """A saved file (checkpoint, weights, store) is missing, truncated, foreign or does not fit."""
 
 

@@ -41,7 +41,8 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def progress_bar(iterable: Any = None, *, enabled: bool = True, stream: Optional[TextIO] = None, **options: Any) -> tqdm:
+def progress_bar(iterable: Any = None, *, enabled: bool = True, stream: Optional[TextIO] = None,
+                 **options: Any) -> tqdm:
     """A tqdm bar over ``iterable`` (or ``total=``) with tqdm's ``options`` (desc, unit,
     leave...); nothing when not ``enabled``; plain lines when ``stream`` (stderr by default)
     is not a terminal."""

@@ -14,10 +14,10 @@ from aml.data.images import ImageLoadError
 from aml.data.synthetic import SyntheticDistractorConfig, SyntheticTestConfig, generate_distractor_set, generate_test_set
 from aml.data.testsets import configdataset, query_and_database_paths
 from aml.descriptors import describe_images
-from aml.descriptors.store import read_store
+from aml.descriptors.store import open_store
 from aml.evaluation.metrics import evaluate_ranks
 from aml.evaluation.reranking import alpha_query_expansion
-from aml.evaluation.search import rank_database
+from aml.evaluation.ranking import rank_database
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
 from aml.training.batchnorm import calibrate_batchnorm
@@ -82,7 +82,7 @@ def test_map_with_distractors_equals_the_full_ranking_and_distractors_are_encode
     (new,) = set(stores(root)) - before  # one store: the teacher's, shared by both test sets
     shards = {p: p.stat().st_mtime_ns for p in new.glob("shard_*.npy")}
     assert len(shards) == 3 and capsys.readouterr().out.count("150 distractors added") == 2
-    manifest_store = read_store(new)
+    manifest_store = open_store(new)
     for name in datasets.split(","):
         dataset = split_test_name(name)[0]
         reference = full_ranking_maps(root, dataset, load_network(student), load_network(teacher), manifest_store)
@@ -106,7 +106,7 @@ def test_query_expansion_with_distractors_equals_the_in_memory_expansion_over_th
     name = "synth-oxford+synth1m"
     results = test_cli.main(["-npath", str(student), "-d", name, "--asym", "--teacher", str(teacher), "--data-root",
                              str(root), "--qe", "5"] + COMMON)[name]
-    store = read_store(Path(results["distractors"]["store"]))
+    store = open_store(Path(results["distractors"]["store"]))
     cfg = configdataset("synth-oxford", root / "test")
     images, queries, bbxs = query_and_database_paths(cfg)
     config = ExtractionConfig(workers=0)
@@ -125,7 +125,7 @@ def test_query_expansion_with_distractors_equals_the_in_memory_expansion_over_th
 def test_query_expansion_with_distractors_is_bounded_before_anything_is_encoded(root, nets, monkeypatch, capsys):
     """--qe K with distractors keeps Q x K x D descriptors: K = 21,002 took 23.9 GB before the
     kernel killed it. The bound (here lowered to 4 neighbours of 30 queries) is checked first."""
-    from aml.evaluation import search
+    from aml.evaluation import ranking as search
 
     student, _, teacher = nets
     monkeypatch.setattr(search, "NEIGHBOUR_VALUES", 30 * 512 * 4)

@@ -96,7 +96,7 @@ def test_the_skipped_list_on_a_full_disk_leaves_the_old_one_whole(checkpoint, ro
 def test_skipped_database_image_ranks_last():
     import numpy as np
 
-    from aml.evaluation.search import rank_database
+    from aml.evaluation.ranking import rank_database
 
     database = np.eye(3, dtype=np.float32)
     ranks = rank_database(database, database[:, :1], excluded=[0])

@@ -14,7 +14,7 @@ import torch
 from aml.cli import extract_features as extract_cli
 from aml.cli import test as test_cli
 from aml.data.synthetic import generate_distractor_set
-from aml.descriptors.store import read_store
+from aml.descriptors.store import open_store
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.training.batchnorm import calibrate_batchnorm
@@ -72,7 +72,7 @@ def test_test_py_with_distractors_gives_one_process_results(synth_root, net, tmp
         for level in ("easy", "medium", "hard"):
             assert results[2][name]["plain"][level]["map"] == pytest.approx(results[1][name]["plain"][level]["map"],
                                                                             abs=TOLERANCE)
-    one, two = (read_store(results[p]["synth-paris+synth1m"]["distractors"]["store"]).load() for p in (1, 2))
+    one, two = (open_store(results[p]["synth-paris+synth1m"]["distractors"]["store"]).load() for p in (1, 2))
     assert one.shape == two.shape == (512, SMALL_DISTRACTORS.images)
     np.testing.assert_allclose(two, one, atol=TOLERANCE)
 

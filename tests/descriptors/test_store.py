@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aml.descriptors.key import DescriptorKey
-from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch, open_store
+from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch
 
 IMAGES = [f"img{i:03d}.jpg" for i in range(10)]
 KEY = StoreKey(DescriptorKey("f" * 16, 64), "net", "float32", 4)
@@ -30,7 +30,7 @@ class Encoder:
 
 
 def test_shards_hold_fixed_size_blocks_in_order(tmp_path):
-    store = open_store(tmp_path / "s", IMAGES, KEY, 3)
+    store = DescriptorStore.create(tmp_path / "s", IMAGES, KEY, 3)
     assert store.fill(Encoder()) == 3 and store.complete()
     assert [np.load(store.shard_path(k)).shape for k in range(3)] == [(4, 3), (4, 3), (2, 3)]
     np.testing.assert_array_equal(store.load(), descriptors(IMAGES))
@@ -42,25 +42,25 @@ def test_shards_hold_fixed_size_blocks_in_order(tmp_path):
 
 
 def test_an_interrupted_extraction_restarts_at_the_first_missing_shard(tmp_path):
-    store = open_store(tmp_path, IMAGES, KEY, 3)
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
     with pytest.raises(KeyboardInterrupt):
         store.fill(Encoder(fail_at=IMAGES[5]))
     assert store.missing() == [1, 2] and not list(tmp_path.glob(".*.tmp"))
     again = Encoder()
-    assert open_store(tmp_path, IMAGES, KEY, 3).fill(again) == 2
+    assert DescriptorStore.create(tmp_path, IMAGES, KEY, 3).fill(again) == 2
     assert again.calls == [IMAGES[4:8], IMAGES[8:]]
     np.testing.assert_array_equal(store.load(), descriptors(IMAGES))
-    assert open_store(tmp_path, IMAGES, KEY, 3).fill(Encoder()) == 0  # complete: nothing encoded again
+    assert DescriptorStore.create(tmp_path, IMAGES, KEY, 3).fill(Encoder()) == 0  # complete: nothing encoded again
 
 
 def test_what_a_killed_write_leaves_is_never_read_as_a_shard(tmp_path):
-    store = open_store(tmp_path, IMAGES, KEY, 3)
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
     store.write_shard(0, descriptors(IMAGES[:4]))
     (tmp_path / ".shard_00001.npy.x1y2.tmp").write_bytes(b"\x93NUMPY half a shard")  # as a kill mid-write leaves
     assert store.missing() == [1, 2]
     with pytest.raises(FileNotFoundError, match="shard_00001.npy is missing"):
         store.load()
-    open_store(tmp_path, IMAGES, KEY, 3).fill(Encoder())
+    DescriptorStore.create(tmp_path, IMAGES, KEY, 3).fill(Encoder())
     np.testing.assert_array_equal(store.load(), descriptors(IMAGES))
 
 
@@ -71,24 +71,24 @@ def test_what_a_killed_write_leaves_is_never_read_as_a_shard(tmp_path):
     (dict(images=IMAGES[::-1]), "images_sha1"),
 ])
 def test_a_store_of_other_descriptors_is_refused_and_kept(tmp_path, change, named):
-    open_store(tmp_path, IMAGES, KEY, 3).fill(Encoder())
+    DescriptorStore.create(tmp_path, IMAGES, KEY, 3).fill(Encoder())
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     arguments = {"images": IMAGES, "key": KEY, **change}
     with pytest.raises(StoreMismatch, match=f"{tmp_path}.*{named}.*choose another folder"):
-        open_store(tmp_path, arguments["images"], arguments["key"], 3)
+        DescriptorStore.create(tmp_path, arguments["images"], arguments["key"], 3)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_shards_without_a_manifest_are_refused(tmp_path):
-    store = open_store(tmp_path, IMAGES, KEY, 3)
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
     store.fill(Encoder())
     (tmp_path / "manifest.json").unlink()
     with pytest.raises(StoreMismatch, match="shard_00000.npy.*no manifest.json"):
-        open_store(tmp_path, IMAGES, KEY, 3)
+        DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
 
 
 def test_a_damaged_shard_is_named(tmp_path):
-    store = open_store(tmp_path, IMAGES, KEY, 3)
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
     store.fill(Encoder())
     np.save(store.shard_path(1), np.zeros((4, 5), dtype=np.float32))
     with pytest.raises(ValueError, match=r"shard_00001\.npy holds \(4, 5\) float32, the manifest says 4 x 3"):
@@ -103,7 +103,7 @@ def test_a_damaged_shard_is_named(tmp_path):
 
 def test_float16_halves_the_shards_and_rounds_like_numpy(tmp_path):
     key = StoreKey(DescriptorKey("f" * 16, 64), "net", "float16", 4)
-    store = open_store(tmp_path, IMAGES, key, 3)
+    store = DescriptorStore.create(tmp_path, IMAGES, key, 3)
     store.fill(Encoder())
     assert np.load(store.shard_path(0)).dtype == np.float16
     np.testing.assert_array_equal(store.load(), descriptors(IMAGES).astype(np.float16).astype(np.float32))
@@ -115,7 +115,7 @@ def test_skipped_images_are_listed_next_to_the_shards(tmp_path):
             skipped.append(images.index(IMAGES[6]))
         return descriptors(images)
 
-    store = open_store(tmp_path, IMAGES, KEY, 3)
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
     store.fill(encode, skip_bad=True)
     assert store.skipped() == [6]
     assert (tmp_path / "skipped.txt").read_text().split() == [IMAGES[6]]

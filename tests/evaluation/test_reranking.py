@@ -9,7 +9,7 @@ import pytest
 
 from aml.evaluation.reranking import (Reranking, alpha_query_expansion, database_augmentation,
                                       weighted_expansion)
-from aml.evaluation.search import nearest, nearest_with_distractors, rank_database
+from aml.evaluation.ranking import nearest, nearest_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply
 
 # three 2-d database descriptors and a query: similarities 0.8 (a), 0.6 (b), 0.96 (c)
@@ -114,13 +114,13 @@ def test_dba_leaves_excluded_images_out():
 
 
 def test_nearest_is_the_first_rows_of_the_ranking_in_chunks(monkeypatch):
-    import aml.evaluation.search as search
+    import aml.evaluation.ranking as ranking
 
     rng = np.random.default_rng(3)
     database = rng.standard_normal((8, 30)).astype(np.float32)
     database[:, 7] = database[:, 4]  # a tie
     queries = rng.standard_normal((8, 11)).astype(np.float32)
-    monkeypatch.setattr(search, "NEIGHBOUR_CHUNK", 4)
+    monkeypatch.setattr(ranking, "NEIGHBOUR_CHUNK", 4)
     np.testing.assert_array_equal(nearest(database, queries, 5, excluded=[2]),
                                   rank_database(database, queries, excluded=[2])[:5])
 
@@ -189,7 +189,7 @@ def test_blocked_top_k_applies_the_transform_to_every_block():
 def test_expansions_gather_their_neighbours_by_bounded_chunks(monkeypatch):
     """DBA with k up to N - 1 (and αQE with k up to N) gathered D x k x N descriptors at once;
     now a chunk of columns at a time, within the bound, with the same results."""
-    from aml.evaluation import reranking, search
+    from aml.evaluation import ranking as search, reranking
 
     rng = np.random.default_rng(0)
     database, queries = unit_columns(rng, 16, 40), unit_columns(rng, 16, 9)

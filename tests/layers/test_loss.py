@@ -62,3 +62,23 @@ def test_the_original_cross_entropy_is_kept_as_it_computed():
 def test_a_matrix_without_its_anchor_first_is_refused():
     with pytest.raises(ValueError, match="anchor"):
         cirtorch.ContrastiveLoss()(X, torch.tensor([1, -1, 0, 0]))
+
+
+# the original's relational test vectors (rows of the same five images)
+STUDENT = torch.tensor([(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.6, 0.8, 0), (0, 0.6, 0.8)], dtype=torch.float64)
+TEACHER = torch.tensor([(1, 0, 0), (0.8, 0.6, 0), (0, 0, 1), (0.6, 0.8, 0), (0, 0.8, 0.6)], dtype=torch.float64)
+
+
+def test_the_relational_losses_take_the_originals_rows():
+    assert cirtorch.RKdAD()(STUDENT, TEACHER).item() == pytest.approx(0.157342660894, abs=1e-9)
+    assert cirtorch.HardDarkRank()(STUDENT, TEACHER).item() == pytest.approx(3.994939300100, abs=1e-9)
+    pairs = registry.TupleBatch.pairs(STUDENT, TEACHER)
+    assert cirtorch.RKdAD()(STUDENT, TEACHER).item() == registry.RKdAD()(pairs).item()
+    assert cirtorch.HardDarkRank()(STUDENT, TEACHER).item() == registry.HardDarkRank()(pairs).item()
+
+
+def test_the_registrys_relational_losses_name_the_module_of_the_originals_call():
+    with pytest.raises(TypeError, match="use aml.layers.loss.RKdAD"):
+        registry.RKdAD()(STUDENT, TEACHER)
+    with pytest.raises(TypeError, match="use aml.layers.loss.HardDarkRank"):
+        registry.HardDarkRank()(STUDENT, TEACHER)

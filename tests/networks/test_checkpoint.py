@@ -232,7 +232,7 @@ def test_what_torch_load_raises_on_crafted_files_is_a_checkpoint_error(tmp_path,
 
 
 META_DAMAGES = [("architecture", ["resnet18"], r"meta\['architecture'\] is list \['resnet18'\], not a name"),
-                ("architecture", "resnet9", r"Unsupported or unknown architecture: 'resnet9'"),
+                ("architecture", "resnet9", r"unknown architecture 'resnet9'; choose one of"),
                 ("pooling", {"gem": 1}, r"meta\['pooling'\] is dict"),
                 ("pooling", "gemx", r"Unsupported or unknown pooling: 'gemx'"),
                 ("whitening", torch.zeros(2), r"meta\['whitening'\] is Tensor .*, not True or False"),

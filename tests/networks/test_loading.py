@@ -8,7 +8,7 @@ from aml.evaluation.whitening_store import whitening_cache_path
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.fingerprint import network_fingerprint
-from aml.networks.loading import LoadedNetwork, load_named_or_file, load_teacher, load_test_network
+from aml.networks.loading import LoadedNetwork, NetworkSpec, load_named_or_file, load_teacher, load_test_network
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_where_the_whitening_of_each_provenance_is_cached(checkpoint, tmp_path):
     from_file = load_named_or_file(checkpoint)
     assert whitening_cache_path(from_file, "synth-sfm", False, 64, str(tmp_path)) == checkpoint.with_name(
         "model_best.pth.tar_synth-sfm_whiten_64.pth")
-    named = LoadedNetwork(from_file.net, "retrievalSfM120k-vgg16-gem", named=True)
+    named = LoadedNetwork(from_file.net, NetworkSpec.parse("retrievalSfM120k-vgg16-gem"))
     assert whitening_cache_path(named, "synth-sfm", True, 64, str(tmp_path)) == (
         tmp_path / "whiten" / "retrievalSfM120k-vgg16-gem_synth-sfm_whiten_ms_64.pth")
     assert whitening_cache_path(LoadedNetwork.in_memory(from_file.net, "run_epoch3"), "synth-sfm", False, 64,
@@ -41,3 +41,21 @@ def test_a_missing_network_and_two_sources_are_refused(tmp_path):
         load_named_or_file(tmp_path / "nothing.pth")
     with pytest.raises(ValueError, match="exactly one of --network-path and --network-offtheshelf"):
         load_test_network("a", "resnet18-gem")
+
+
+def test_what_the_user_typed_is_told_apart_once(checkpoint, tmp_path):
+    from aml.networks.loading import Source
+
+    alias = NetworkSpec.parse("resnet101")
+    assert (alias.source, alias.name, alias.label, alias.dimension()) == (
+        Source.PUBLISHED, "retrievalSfM120k-resnet101-gem", "resnet101", 2048)
+    published = NetworkSpec.parse("retrievalSfM120k-vgg16-gem")
+    assert (published.source, published.label, published.dimension(), published.local_file) == (
+        Source.PUBLISHED, "retrievalSfM120k-vgg16-gem", 512, None)
+    here = NetworkSpec.parse(str(checkpoint))
+    assert (here.source, here.name, here.path, here.local_file, here.dimension()) == (
+        Source.CHECKPOINT, "model_best", checkpoint, checkpoint, 512)
+    elsewhere = NetworkSpec.parse(str(tmp_path / "gone" / "teacher.pth.tar"))
+    assert (elsewhere.name, elsewhere.label, elsewhere.local_file, elsewhere.dimension()) == (
+        "teacher", "teacher", None, None)
+    assert NetworkSpec.parse("resnet18-gem", offtheshelf=True).named and not here.named

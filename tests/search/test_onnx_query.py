@@ -13,7 +13,7 @@ from aml.cli import search as search_cli
 from aml.descriptors.onnx_student import OnnxStudentError, read_onnx_metadata, write_onnx_metadata
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
-from aml.search import StoreError, open_store, query_store, query_store_onnx
+from aml.search import StoreError, open_database, query_database, query_database_onnx
 from aml.networks.checkpoint import load_network
 
 # Indexes a store, learns its whitening and quantizes a network for tens of seconds: started early (conftest).
@@ -45,10 +45,10 @@ def setup(synth_root, tmp_path_factory):
 
 def test_onnx_queries_return_the_checkpoints_first_image(setup):
     student, store, files, queries = setup
-    opened = open_store(store)
-    expected = [hits["results"][0]["image"] for hits in query_store(opened, load_network(student), queries, k=1)]
-    fp32 = [hits["results"][0]["image"] for hits in query_store_onnx(opened, files["onnx"], queries, k=1)]
-    int8 = [hits["results"][0]["image"] for hits in query_store_onnx(opened, files["int8"], queries, k=1)]
+    opened = open_database(store)
+    expected = [hits["results"][0]["image"] for hits in query_database(opened, load_network(student), queries, k=1)]
+    fp32 = [hits["results"][0]["image"] for hits in query_database_onnx(opened, files["onnx"], queries, k=1)]
+    int8 = [hits["results"][0]["image"] for hits in query_database_onnx(opened, files["int8"], queries, k=1)]
     assert read_onnx_metadata(files["int8"]).calibration_image_size == SIZE  # the store's image size
     assert fp32 == expected
     agree = np.mean([a == b for a, b in zip(int8, expected)])
@@ -75,7 +75,7 @@ def _edited(files, tmp_path, **changes):
 
 def test_a_file_for_another_store_is_refused(setup, tmp_path):
     _, store, files, queries = setup
-    opened = open_store(store)
+    opened = open_database(store)
     cases = {
         "another teacher": (dict(teacher_fingerprint="0" * 16, teacher="other"),
                             r"edited.onnx is a student of other, but the store .* was encoded by student"),
@@ -86,23 +86,23 @@ def test_a_file_for_another_store_is_refused(setup, tmp_path):
     }
     for name, (changes, message) in cases.items():
         with pytest.raises(StoreError, match=message):
-            query_store_onnx(opened, _edited(files, tmp_path, **changes), queries[:1])
+            query_database_onnx(opened, _edited(files, tmp_path, **changes), queries[:1])
     same = _edited(files, tmp_path, teacher_fingerprint=None)  # by name: the store's network name
-    assert len(query_store_onnx(opened, same, queries[:1], k=2)[0]["results"]) == 2
+    assert len(query_database_onnx(opened, same, queries[:1], k=2)[0]["results"]) == 2
 
 
 def test_a_file_without_metadata_or_damaged_is_refused(setup, tmp_path):
     import onnx
 
     _, store, files, queries = setup
-    opened = open_store(store)
+    opened = open_database(store)
     model = onnx.load(str(files["onnx"]))
     del model.metadata_props[:]
     bare = tmp_path / "bare.onnx"
     onnx.save(model, str(bare))
     with pytest.raises(StoreError, match=r"bare.onnx has no aml metadata .* export it again: python -m aml.export"):
-        query_store_onnx(opened, bare, queries[:1])
+        query_database_onnx(opened, bare, queries[:1])
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(files["onnx"].read_bytes()[:5000])
     with pytest.raises(OnnxStudentError, match=r"broken.onnx is not a readable ONNX model"):
-        query_store_onnx(opened, broken, queries[:1])
+        query_database_onnx(opened, broken, queries[:1])

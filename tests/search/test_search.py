@@ -12,12 +12,13 @@ from aml.descriptors import ExtractionConfig
 from aml.cli import search as search_cli
 from aml.data.safe_pickle import load_pickle
 from aml.descriptors import describe_images, write_feature_file
-from aml.evaluation.search import rank_database
+from aml.evaluation.ranking import rank_database
 from aml.networks import build_network
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, load_network, save_checkpoint
-from aml import search
+from aml.search import store as search_store
+from aml.evaluation.reranking import Reranking
 from aml.evaluation.whitening import whitenapply
-from aml.search import Store, StoreError, build_ivfpq, open_store
+from aml.search import SearchDatabase, StoreError, build_ivfpq, open_database
 from aml.utils.plain_files import save_plain_file
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).
@@ -44,7 +45,7 @@ def store(teacher, synth_root, tmp_path_factory):
 
 
 def test_store_holds_every_image_with_its_teacher(store, teacher, synth_root):
-    opened = open_store(store)
+    opened = open_database(store)
     files = sorted((synth_root / "test" / "synth-oxford" / "jpg").glob("*.jpg"))
     assert opened.vecs.shape == (512, len(files)) and opened.images == [str(p.resolve()) for p in files]
     assert opened.settings["network"] == "model_epoch3" and opened.settings["image_size"] == 64
@@ -91,7 +92,7 @@ def test_store_of_another_teacher_is_refused(store, synth_root, tmp_path):
 
 
 def test_ivfpq_of_too_few_images_is_refused(tmp_path):
-    store = Store(tmp_path, np.eye(8, 100, dtype=np.float32), [f"{i}.jpg" for i in range(100)], {"dim": 8})
+    store = SearchDatabase(tmp_path, np.eye(8, 100, dtype=np.float32), [f"{i}.jpg" for i in range(100)], {"dim": 8})
     with pytest.raises(StoreError, match=r"--ivfpq 2,2 needs at least 256 database images \(8-bit codes\); the store has 100"):
         build_ivfpq(store, nlist=2, m=2)
 
@@ -101,8 +102,8 @@ def test_ivfpq_reports_recall_against_exact_search(tmp_path):
     centres = rng.normal(size=(64, 20))
     vecs = (centres[:, rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(64, 3000))).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=0)
-    coarse = build_ivfpq(Store(tmp_path, vecs, [f"{i}.jpg" for i in range(3000)], {"dim": 64}), nlist=16, m=8)
-    store = Store(tmp_path, vecs, [f"{i}.jpg" for i in range(3000)], {"dim": 64})
+    coarse = build_ivfpq(SearchDatabase(tmp_path, vecs, [f"{i}.jpg" for i in range(3000)], {"dim": 64}), nlist=16, m=8)
+    store = SearchDatabase(tmp_path, vecs, [f"{i}.jpg" for i in range(3000)], {"dim": 64})
     recall = build_ivfpq(store, nlist=16, m=32)  # measured: 0.26 with 8 sub-quantisers, 0.69 with 32
     assert 0 < coarse < recall - 0.2 and recall <= 1.0 and (tmp_path / "index.faiss").is_file()
     scores, indices = store.search(vecs[:, :5], 3)
@@ -112,14 +113,14 @@ def test_ivfpq_reports_recall_against_exact_search(tmp_path):
 
 
 def test_exact_search_without_faiss_is_the_same(tmp_path, monkeypatch):
-    import aml.search as search
+    from aml.search import faiss_index
 
     rng = np.random.default_rng(1)
     vecs = rng.normal(size=(16, 50)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=0)
-    store = Store(tmp_path, vecs, [str(i) for i in range(50)], {"dim": 16})
+    store = SearchDatabase(tmp_path, vecs, [str(i) for i in range(50)], {"dim": 16})
     with_faiss = store.search(vecs[:, :4], 5)
-    monkeypatch.setattr(search, "faiss_or_none", lambda: None)
+    monkeypatch.setattr(faiss_index, "faiss_or_none", lambda: None)
     without = store.search(vecs[:, :4], 5)
     assert np.array_equal(with_faiss[1], without[1]) and np.allclose(with_faiss[0], without[0], atol=1e-5)
 
@@ -143,7 +144,7 @@ def test_the_readme_flow_with_the_exported_student(store, teacher, synth_root, t
     image.thumbnail((64, 64), Image.Resampling.LANCZOS)
     x = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None] / 255
     descriptor = session.run(None, {"image": x})[0].T
-    opened = open_store(store)
+    opened = open_database(store)
     scores, indices = opened.search(descriptor, k=5)
     assert [opened.images[i] for i in indices[0]] == expected
 
@@ -151,7 +152,7 @@ def test_the_readme_flow_with_the_exported_student(store, teacher, synth_root, t
 def test_teacher_check_by_name_when_the_checkpoint_is_elsewhere(tmp_path):
     from aml.search import check_teacher
 
-    store = Store(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], {"dim": 512, "network": "model_epoch2",
+    store = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], {"dim": 512, "network": "model_epoch2",
                                                                        "source": "x", "fingerprint": "f"})
     student = build_network("resnet18", pretrained=False)
     student.meta["teacher"] = "/elsewhere/run/model_epoch2.pth.tar"
@@ -168,8 +169,8 @@ def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, 
     test = synth_root / "test"
     flags = ["--store", str(tmp_path), "--teacher", str(teacher[0]), "-imsize", "64", "--data-root", str(synth_root)]
     search_cli.main(["index", str(test / "synth-paris" / "jpg"), *flags, "-w", "synth-sfm"] + COMMON)
-    old = open_store(tmp_path)  # with an IVF-PQ index (8-bit codes need 256 vectors: more than synth-paris has)
-    build_ivfpq(Store(tmp_path, np.tile(old.vecs, 2), old.images * 2, old.settings), nlist=4, m=8)
+    old = open_database(tmp_path)  # with an IVF-PQ index (8-bit codes need 256 vectors: more than synth-paris has)
+    build_ivfpq(SearchDatabase(tmp_path, np.tile(old.vecs, 2), old.images * 2, old.settings), nlist=4, m=8)
     assert (tmp_path / "index.faiss").is_file() and (tmp_path / "whitening.pth").is_file()
     search_cli.main(["index", str(test / "synth-oxford" / "jpg"), *flags] + COMMON)
     assert not (tmp_path / "index.faiss").exists() and not (tmp_path / "whitening.pth").exists()
@@ -191,20 +192,20 @@ def legacy_store(folder: Path, images, vecs) -> Path:
 
 def test_a_store_of_the_one_file_layout_is_read_and_indexing_replaces_it(teacher, synth_root, tmp_path):
     vecs = np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32)
-    opened = open_store(legacy_store(tmp_path, [f"{i}.jpg" for i in range(5)], vecs))
+    opened = open_database(legacy_store(tmp_path, [f"{i}.jpg" for i in range(5)], vecs))
     assert opened.images[2] == "2.jpg" and np.array_equal(opened.vecs, vecs) and opened.settings["dim"] == 8
     search_cli.main(["index", str(synth_root / "test" / "synth-paris" / "jpg"), "--store", str(tmp_path),
                      "--teacher", str(teacher[0]), "-imsize", "64", "--data-root", str(synth_root)] + COMMON)
-    assert not any((tmp_path / name).exists() for name in search.LEGACY_FILES)
-    assert open_store(tmp_path).vecs.shape[0] == 512
+    assert not any((tmp_path / name).exists() for name in search_store.LEGACY_FILES)
+    assert open_database(tmp_path).vecs.shape[0] == 512
 
 
 def test_an_interrupted_indexing_resumes_at_its_missing_shard(teacher, synth_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(search, "SHARD_SIZE", 8)
+    monkeypatch.setattr(search_store, "SHARD_SIZE", 8)
     flags = [str(synth_root / "test" / "synth-paris" / "jpg"), "--store", str(tmp_path), "--teacher", str(teacher[0]),
              "-imsize", "64", "--data-root", str(synth_root)] + COMMON
     search_cli.main(["index", *flags])
-    complete = open_store(tmp_path)
+    complete = open_database(tmp_path)
     shards = sorted(tmp_path.glob("shard_*.npy"))
     assert len(shards) >= 3
     written = {p.name: p.stat().st_mtime_ns for p in shards}
@@ -213,7 +214,7 @@ def test_an_interrupted_indexing_resumes_at_its_missing_shard(teacher, synth_roo
     search_cli.main(["index", *flags])
     again = {p.name: p.stat().st_mtime_ns for p in sorted(tmp_path.glob("shard_*.npy"))}
     assert [name for name in again if again[name] != written[name]] == [shards[1].name]  # only the missing one
-    np.testing.assert_allclose(open_store(tmp_path).vecs, complete.vecs, atol=1e-6)
+    np.testing.assert_allclose(open_database(tmp_path).vecs, complete.vecs, atol=1e-6)
     search_cli.main(["index", *flags])  # a complete store indexed again: every shard encoded again
     assert all(p.stat().st_mtime_ns != again[p.name] for p in tmp_path.glob("shard_*.npy"))
 
@@ -221,15 +222,15 @@ def test_an_interrupted_indexing_resumes_at_its_missing_shard(teacher, synth_roo
 def test_an_index_or_whitening_of_another_store_is_refused(tmp_path):
     vecs = np.random.default_rng(0).standard_normal((8, 300)).astype(np.float32)
     legacy_store(tmp_path, [f"{i}.jpg" for i in range(300)], vecs)
-    settings = open_store(tmp_path).settings
+    settings = open_database(tmp_path).settings
     save_plain_file({"m": np.zeros((4, 1)), "P": np.eye(4)}, tmp_path / "whitening.pth")
     with pytest.raises(StoreError, match=r"whitening.pth whitens 4-d descriptors but the store holds 8-d"):
-        open_store(tmp_path)
+        open_database(tmp_path)
     (tmp_path / "whitening.pth").unlink()
-    other = Store(tmp_path, np.tile(vecs, 2), [f"{i}.jpg" for i in range(600)], settings)
+    other = SearchDatabase(tmp_path, np.tile(vecs, 2), [f"{i}.jpg" for i in range(600)], settings)
     build_ivfpq(other, nlist=2, m=2, sample=10)
     with pytest.raises(StoreError, match=r"index.faiss indexes 600 vectors of 8 dimensions but the store holds 300"):
-        open_store(tmp_path).search(vecs[:, :1], 3)
+        open_database(tmp_path).search(vecs[:, :1], 3)
 
 
 def _edit_manifest(folder: Path, **changes):
@@ -278,7 +279,7 @@ def test_a_damaged_or_edited_store_is_named_with_the_fix(store, tmp_path, tamper
     edit, message = TAMPERING[tamper]
     edit(copy)
     with pytest.raises((StoreError, CheckpointError), match=message):
-        opened = open_store(copy)
+        opened = open_database(copy)
         opened.search(opened.vecs[:, :2], 3)
 
 
@@ -308,7 +309,7 @@ def test_index_with_dba_and_query_with_qe(random_teacher, synth_root, tmp_path):
     assert json.loads((tmp_path / "plain" / "search.json").read_text()) == {"source": str(teacher)}
     assert not (tmp_path / "plain" / "dba.npy").exists()  # a store indexed without DBA is as before
     assert json.loads((tmp_path / "dba" / "search.json").read_text())["dba"] == {"k": 3, "alpha": 1.0}
-    plain, augmented = open_store(tmp_path / "plain"), open_store(tmp_path / "dba")
+    plain, augmented = open_database(tmp_path / "plain"), open_database(tmp_path / "dba")
     assert augmented.settings["dba"] == {"k": 3, "alpha": 1.0} and "dba" not in plain.settings
     np.testing.assert_array_equal(augmented.vecs, database_augmentation(plain.vecs, 3, alpha=1))  # whitened, then DBA
 
@@ -327,17 +328,17 @@ def test_index_with_dba_and_query_with_qe(random_teacher, synth_root, tmp_path):
     assert [hit["score"] for hit in hits] == pytest.approx(scores.tolist(), abs=1e-5)
 
     search_cli.main(["index", str(jpg), "--store", str(tmp_path / "dba")] + flags)  # again, without --dba
-    assert not (tmp_path / "dba" / "dba.npy").exists() and "dba" not in open_store(tmp_path / "dba").settings
+    assert not (tmp_path / "dba" / "dba.npy").exists() and "dba" not in open_database(tmp_path / "dba").settings
 
 
 def test_query_expansion_of_a_store_by_hand():
     # database a = (1, 0), b = (0, 1), c = (0.6, 0.8); the query (0.8, 0.6) is nearest to c (0.96), then a (0.8)
-    store = Store(Path("no/such.store"), np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32),
+    store = SearchDatabase(Path("no/such.store"), np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32),
                   ["a", "b", "c"], {"dim": 2})
     query = np.array([[0.8], [0.6]], dtype=np.float32)
     expanded = np.array([0.8 + 0.96 * 0.6, 0.6 + 0.96 * 0.8]) / np.hypot(0.8 + 0.96 * 0.6, 0.6 + 0.96 * 0.8)
-    scores, indices = store.search(query, k=3, qe=1, qe_alpha=1)
+    scores, indices = store.search(query, k=3, reranking=Reranking(qe=1, qe_alpha=1))
     assert indices[0].tolist() == [2, 0, 1]
     assert scores[0].tolist() == pytest.approx([expanded @ [0.6, 0.8], expanded[0], expanded[1]], abs=1e-6)
     with pytest.raises(StoreError, match="--qe 4: the store no/such.store holds 3 images; give --qe 3 or less"):
-        store.search(query, k=1, qe=4)
+        store.search(query, k=1, reranking=Reranking(qe=4))

@@ -18,11 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def train(root, directory, teacher, **fields):
-    config = TrainConfig(directory=str(directory), data_root=str(root), training_dataset="synth-sfm",
-                         arch="squeezenet1_1", pretrained=False, mode="ts", teacher=str(teacher), image_size=40,
-                         neg_num=2, query_size=16, pool_size=24, batch_size=4, epochs=2, device="cpu", lr=1e-3,
-                         print_freq=100, workers=0)
-    return run(config.but(**fields))
+    flags = dict(data_root=str(root), training_dataset="synth-sfm", arch="squeezenet1_1", pretrained=False, mode="ts",
+                 teacher=str(teacher), image_size=40, neg_num=2, query_size=16, pool_size=24, batch_size=4, epochs=2,
+                 device="cpu", lr=1e-3, print_freq=100, workers=0)
+    return run(TrainConfig.from_flags(directory=str(directory), **dict(flags, **fields)))
 
 
 def weights(run_dir):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from aml.data.trainsets import load_training_db
+from aml.descriptors import ExtractionConfig
 from aml.losses import build_loss
 from aml.networks import build_network
 from aml.training.modes import MODES
@@ -41,10 +42,10 @@ def make_trainer(split, folder, **settings):
     torch.manual_seed(0)
     net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM)
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
-    options = dict(image_size=SIZE, neg_num=2, query_size=8, pool_size=16, batch_size=4, epochs=1, workers=0,
-                   val=False, print_freq=100)
+    options = dict(image_size=SIZE, neg_num=2, query_size=8, pool_size=16, batch_size=4, epochs=1, val=False,
+                   print_freq=100)
     return Trainer(net, build_loss("contrastive"), optimizer, MODES["ts"], split, None, folder,
-                   TrainSettings(**dict(options, **settings)))
+                   TrainSettings(**dict(options, **settings)), ExtractionConfig(workers=0, device="cpu"))
 
 
 def first_batch(trainer, split):
@@ -94,7 +95,7 @@ def test_an_epoch_with_fixed_batches_meets_at_most_seven_batch_sizes_per_image_s
     for fixed in (False, True):
         trainer = make_trainer(split, tmp_path / str(fixed), batch_forward=True, query_size=48, batch_size=8)
         trainer.fixed_batches = fixed
-        trainer.mining = trainer.mining.but(fixed_batches=fixed)
+        trainer.extraction = trainer.extraction.but(fixed_batches=fixed)
         shapes = set()
         trainer.net.features[0].register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape)))
         trainer.train_epoch(0)

@@ -74,9 +74,9 @@ def splits(synth_root, random_teacher):
 def takes_a_step_and_validates(net, loss, mode, sym, splits, directory):
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
     settings = TrainSettings(image_size=SIZE, neg_num=2, query_size=5, pool_size=10, batch_size=5, epochs=1,
-                             print_freq=100, workers=0, sym=sym)
+                             print_freq=100, sym=sym)
     trainer = Trainer(net, build_loss(loss), optimizer, MODES[mode], splits["train"], splits["val"],
-                      directory, settings)
+                      directory, settings, ExtractionConfig(workers=0, device="cpu"))
     before = [p.detach().clone() for p in net.parameters()]
     train_loss = trainer.train_epoch(0)  # 5 tuples: one batch, one step
     moved = sum(not torch.equal(a, p) for a, p in zip(before, net.parameters()))

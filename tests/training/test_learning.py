@@ -25,7 +25,7 @@ from tests.conftest import LEARNING, SEED
 
 
 def train(root, directory, **fields):
-    return run(TrainConfig(directory=str(directory), data_root=str(root), **dict(LEARNING, **fields)))
+    return run(TrainConfig.from_flags(directory=str(directory), data_root=str(root), **dict(LEARNING, **fields)))
 
 
 def asym_medium_map(student, teacher, root) -> float:
@@ -101,7 +101,7 @@ def test_mobilenet_student_from_scratch_fits_the_teacher_with_train_batchnorm_an
 
 
 def test_mobilenet_student_trains_in_ts_self_mode(synth_root, tmp_path, trained_teacher):
-    result = run(TrainConfig(directory=str(tmp_path), data_root=str(synth_root), training_dataset="synth-sfm",
+    result = run(TrainConfig.from_flags(directory=str(tmp_path), data_root=str(synth_root), training_dataset="synth-sfm",
                              arch="mobilenet_v2", pretrained=False, mode="ts_self", teacher=str(trained_teacher),
                              image_size=64, query_size=16, pool_size=64, neg_num=3, batch_size=4, epochs=1,
                              workers=0, device="cpu", print_freq=1000))

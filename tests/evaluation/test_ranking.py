@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aml.evaluation.metrics import compute_maps, compute_maps_from_positions, evaluate_ranks
-from aml.evaluation.search import nearest, positions_with_distractors, rank_database
+from aml.evaluation.ranking import nearest, positions_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply
 
 
@@ -70,7 +70,7 @@ def test_maps_from_places_equal_maps_from_ranks():
 
 @pytest.mark.kernels
 def test_descending_order_equals_a_stable_sort_with_many_ties():
-    from aml.evaluation.search import descending_order
+    from aml.evaluation.ranking import descending_order
 
     rng = np.random.default_rng(3)
     scores = rng.integers(0, 5, size=(7, 200)).astype(np.float32)  # ties everywhere
@@ -82,7 +82,7 @@ def test_descending_order_equals_a_stable_sort_with_many_ties():
 
 @pytest.mark.kernels
 def test_descending_order_puts_long_runs_of_ties_in_index_order():
-    from aml.evaluation.search import descending_order
+    from aml.evaluation.ranking import descending_order
 
     scores = np.zeros((2, 9), dtype=np.float32)  # one run of 9 equal scores, and a row of two runs
     scores[1, ::2] = 1.0

@@ -1,6 +1,6 @@
-"""Nearest-neighbour search by dot product of L2-normalised descriptors: the full ranking of
-a test set's database, and the places of its images when a large distractor set is added
-(searched block by block, with bounded memory)."""
+"""Rankings by dot product of L2-normalised descriptors: the full ranking of a test set's
+database, each query's first neighbours, and the places of the database's images when a large
+distractor set is added (read block by block, with bounded memory)."""
 
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 
@@ -104,7 +104,8 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
     shards). The database scores of each query are sorted once; each distractor's score is
     looked up among them (how many database images it beats) and counted, and a reverse
     cumulative sum of the counts gives, for every database image, the distractors above
-    it. Memory holds one block and its Q x n_k scores, never the Q x (N + M) matrix. The places equal those of `rank_database` on the
+    it. Memory holds one block and its Q x n_k scores, never the Q x (N + M) matrix. The places
+    equal those of `rank_database` on the
     concatenation: equal scores keep the order, database images before distractors.
     ``excluded`` / ``excluded_distractors`` (unreadable images) score -inf. ``transform``
     applies to every block (the queries and database come transformed already).
@@ -188,7 +189,7 @@ def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
                          f"{_gib(n_queries * k * dim)} (at most {_gib(NEIGHBOUR_VALUES)}): give k "
                          f"{most_neighbours(n_queries, dim)} or less")
     scores = _scores(database, queries, device, excluded)  # Q x N
-    n_q, n_db = scores.shape
+    n_db = scores.shape[1]
     order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
     best = torch.gather(scores, 1, order)
     indices = order

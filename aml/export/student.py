@@ -1,0 +1,372 @@
+"""The student for deployment: one self-contained graph from an RGB image to the descriptor
+the teacher's database is searched with.
+
+`DeployedStudent` takes B x 3 x H x W images with values in [0, 1] (any H, W),
+normalises them with the network's mean/std, runs the trunk, GeM pooling and L2
+normalisation exactly as `ImageRetrievalNet.descriptors`, and optionally applies the
+teacher's learned whitening (P (x - m), then L2) so that queries land in the whitened space
+of a store. It is written as TorchScript (traced) and ONNX (height and width dynamic), and
+`check_exports` compares both with PyTorch on generated images of several sizes. Every ONNX
+file carries what it is (`aml.descriptors.onnx_student.OnnxStudentInfo`: the student, its
+teacher, the dimension, the whitening folded in), and `quantize_student` makes the int8 one.
+"""
+
+import contextlib
+import dataclasses
+import logging
+import warnings
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from aml.export.errors import ExportError
+from aml.export.quantization import Int8Settings, quantize_student
+from aml.descriptors.onnx_student import (OnnxStudentInfo, describe_with_onnx, onnx_session, whitening_digest,
+                                          write_onnx_metadata)
+from aml.networks.fingerprint import network_fingerprint
+from aml.networks.loading import NetworkSpec
+from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.utils.atomic import atomic_path
+from aml.utils.types import PathLike
+
+log = logging.getLogger(__name__)
+CHECK_SIZES: Tuple[Tuple[int, int], ...] = ((224, 224), (180, 300), (320, 240))
+
+
+class DeployedStudent(nn.Module):
+    """The student for deployment: RGB images in [0, 1] to descriptors, whitening folded in.
+
+    It normalises B x 3 x H x W images with the network's mean/std, runs
+    `aml.networks.ImageRetrievalNet.descriptors`, and applies the teacher's whitening
+    when given (P (x - m), then L2), so that queries land in the whitened space of a store.
+
+    Args:
+        net: the student (put in eval mode).
+        whitening: the teacher's whitening (m, P), for the student's dimension; None: none.
+
+    Raises:
+        ExportError: when the whitening is for another dimension than the student's.
+
+    Examples:
+        >>> import torch
+        >>> from aml.export import DeployedStudent
+        >>> from aml.networks import build_network
+        >>> model = DeployedStudent(build_network("resnet18", pretrained=False))
+        >>> model(torch.rand(1, 3, 48, 32)).shape
+        torch.Size([1, 512])
+    """
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+    m: torch.Tensor
+    P: torch.Tensor
+
+    def __init__(self, net: ImageRetrievalNet, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None):
+        super().__init__()
+        self.net = net.eval()
+        self.register_buffer("mean", torch.tensor(net.meta["mean"], dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(net.meta["std"], dtype=torch.float32).view(1, 3, 1, 1))
+        self.whitened = whitening is not None
+        if whitening is not None:
+            m, P = whitening
+            dim = net.meta["outputdim"]
+            if np.asarray(P).shape != (dim, dim) or np.asarray(m).size != dim:
+                raise ExportError(f"the whitening is for {np.asarray(P).shape[-1]}-d descriptors but the student "
+                                  f"outputs {dim}-d ones; use the whitening of its teacher's store")
+            self.register_buffer("m", torch.as_tensor(np.asarray(m, dtype=np.float32).reshape(1, -1)))
+            self.register_buffer("P", torch.as_tensor(np.asarray(P, dtype=np.float32)))
+        self.eval()  # the wrapper too: exporters restore its mode, and train() would reach the network
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Descriptors of RGB images.
+
+        Args:
+            image: B x 3 x H x W RGB images with values in [0, 1] (any H, W).
+
+        Returns:
+            B x D descriptors, L2-normalised (after the whitening, when one is folded in).
+        """
+        x = self.net.descriptors((image - self.mean) / self.std)
+        if self.whitened:
+            x = (x - self.m) @ self.P.t()
+            x = x / (torch.linalg.vector_norm(x, ord=2, dim=1, keepdim=True) + 1e-6)
+        return x
+
+
+def generated_images(sizes: Sequence[Tuple[int, int]] = CHECK_SIZES, seed: int = 0) -> List[torch.Tensor]:
+    """One smooth random 1 x 3 x H x W image in [0, 1] per size.
+
+    Low frequencies plus noise, so that activations look like a photograph's rather than
+    white noise.
+
+    Args:
+        sizes: (height, width) of each image.
+        seed: the seed of the draw.
+
+    Returns:
+        The images.
+
+    Examples:
+        >>> from aml.export import generated_images
+        >>> [tuple(image.shape) for image in generated_images(((64, 48), (32, 32)))]
+        [(1, 3, 64, 48), (1, 3, 32, 32)]
+    """
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for height, width in sizes:
+        coarse = torch.rand(1, 3, max(2, height // 16), max(2, width // 16), generator=generator)
+        smooth = nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+        images.append((0.8 * smooth + 0.2 * torch.rand(1, 3, height, width, generator=generator)).clamp(0, 1))
+    return images
+
+
+def export_torchscript(model: DeployedStudent, path: PathLike, example: torch.Tensor) -> Path:
+    """Trace a deployed student and save it as TorchScript (loadable with ``torch.jit.load``).
+
+    Args:
+        model: the deployed student.
+        path: the file to write.
+        example: the input to trace with, 1 x 3 x H x W in [0, 1].
+
+    Returns:
+        ``path``.
+
+    Examples:
+        >>> from aml.export import DeployedStudent, export_torchscript, generated_images
+        >>> model = DeployedStudent(student)  # doctest: +SKIP
+        >>> export_torchscript(model, "student.pt", generated_images()[0])  # doctest: +SKIP
+        PosixPath('student.pt')
+    """
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about Python conditions on shapes (GeM's p): the check below proves the size stays free
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # TorchScript is frozen upstream
+        traced = torch.jit.trace(model, example, check_trace=False)
+    with atomic_path(path) as temporary:
+        traced.save(str(temporary))
+    return Path(path)
+
+
+def _antialiased_bicubic(g, image, output_size, align_corners, scales_h=None, scales_w=None):
+    """ONNX's Resize for torch's antialiased bicubic interpolation (``aten::_upsample_bicubic2d_aa``,
+    which timm's ViTs resample their position embeddings with): cubic with a = -0.5, the taps
+    outside the input dropped and the kernel widened when shrinking, as torch (and PIL) compute it."""
+    shape = g.op("Shape", image)
+    batch_and_channels = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([0])),
+                              g.op("Constant", value_t=torch.tensor([2])))
+    sizes = g.op("Concat", batch_and_channels, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: INT64
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    return g.op("Resize", image, empty, empty, sizes, mode_s="cubic", cubic_coeff_a_f=-0.5, antialias_i=1,
+                exclude_outside_i=1, coordinate_transformation_mode_s="half_pixel")
+
+
+#: operators that the ONNX exporter lacks, with the opset that has them: name -> (opset, symbolic)
+ONNX_SYMBOLICS = {"aten::_upsample_bicubic2d_aa": (18, _antialiased_bicubic)}
+
+
+@contextlib.contextmanager
+def _onnx_symbolics(opset: int) -> Iterator[None]:
+    """`ONNX_SYMBOLICS` that ``opset`` has, registered with the exporter for one export only."""
+    registered = [(name, at) for name, (at, _) in ONNX_SYMBOLICS.items() if opset >= at]
+    for name, at in registered:
+        torch.onnx.register_custom_op_symbolic(name, ONNX_SYMBOLICS[name][1], at)
+    try:
+        yield
+    finally:
+        for name, at in registered:
+            torch.onnx.unregister_custom_op_symbolic(name, at)
+
+
+def export_onnx(model: DeployedStudent, path: PathLike, example: torch.Tensor, opset: int = 17) -> Path:
+    """Export a deployed student to ONNX with batch, height and width dynamic.
+
+    The graph's input is ``image``, its output ``descriptor``. A trunk that needs a later
+    opset says so (``onnx_opset``: a ViT's resampled position embeddings need 18).
+
+    Args:
+        model: the deployed student.
+        path: the file to write.
+        example: the input to export with, 1 x 3 x H x W in [0, 1].
+        opset: the ONNX opset version (at least).
+
+    Returns:
+        ``path``.
+
+    Examples:
+        >>> from aml.export import DeployedStudent, export_onnx, generated_images
+        >>> model = DeployedStudent(student)  # doctest: +SKIP
+        >>> export_onnx(model, "student.onnx", generated_images()[0])  # doctest: +SKIP
+        PosixPath('student.onnx')
+    """
+    opset = max([opset] + [getattr(module, "onnx_opset", 0) for module in model.modules()])
+    with torch.no_grad(), warnings.catch_warnings(), _onnx_symbolics(opset):
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with atomic_path(path) as temporary:
+            torch.onnx.export(model, (example,), str(temporary), input_names=["image"], output_names=["descriptor"],
+                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                            "descriptor": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+    return Path(path)
+
+
+def check_exports(model: DeployedStudent, files: Dict[str, Path],
+                  images: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, float]:
+    """Max absolute difference between PyTorch's descriptors and each exported file's.
+
+    ``onnx`` runs through onnxruntime, and is skipped with a notice when it is not installed.
+
+    Args:
+        model: the deployed student the files were exported from.
+        files: ``{"torchscript": path, "onnx": path}``, either or both.
+        images: the images to compare on; None: `generated_images`.
+
+    Returns:
+        ``{kind: max abs difference}`` for each file checked.
+
+    Examples:
+        >>> from aml.export import check_exports
+        >>> check_exports(model, {"torchscript": Path("deploy/student.pt")})  # doctest: +SKIP
+        {'torchscript': 2.384185791015625e-07}
+    """
+    images = list(images) if images is not None else generated_images()
+    with torch.no_grad():
+        reference = [model(image).numpy() for image in images]
+    diffs: Dict[str, float] = {}
+    if "torchscript" in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded = torch.jit.load(str(files["torchscript"]))
+        with torch.no_grad():
+            diffs["torchscript"] = max(float(np.abs(loaded(i).numpy() - r).max()) for i, r in zip(images, reference))
+    if "onnx" in files:
+        try:
+            import onnxruntime
+        except ImportError:
+            log.warning(">> onnxruntime is not installed: the ONNX file is not checked (pip install onnxruntime)")
+            return diffs
+        session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+        diffs["onnx"] = max(float(np.abs(session.run(None, {"image": i.numpy()})[0] - r).max())
+                            for i, r in zip(images, reference))
+    return diffs
+
+
+def student_info(net: ImageRetrievalNet, name: str = "student", teacher: Optional[str] = None,
+                 teacher_fingerprint: Optional[str] = None,
+                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> OnnxStudentInfo:
+    """What an exported student is, as its ONNX files record it.
+
+    Args:
+        net: the student.
+        name: its name (a checkpoint's file name without ``.pth...``).
+        teacher: its teacher as the user named it (a published name or a checkpoint path);
+            None: the student's ``meta['teacher']``.
+        teacher_fingerprint: the teacher's weights' fingerprint, when its checkpoint is here.
+        whitening: the whitening folded in, or None.
+
+    Returns:
+        The float32 file's metadata; the teacher by the name a store records (a published
+        teacher's list name, a checkpoint's file name).
+
+    Examples:
+        >>> from aml.export import student_info
+        >>> from aml.networks import build_network
+        >>> info = student_info(build_network("resnet18", pretrained=False), teacher="vgg16")
+        >>> info.teacher, info.dim, info.whitening, info.precision
+        ('retrievalSfM120k-vgg16-gem', 512, None, 'float32')
+    """
+    spec = teacher or net.meta.get("teacher")
+    return OnnxStudentInfo(student=name, fingerprint=network_fingerprint(net),
+                           teacher=None if spec is None else NetworkSpec.parse(spec).name,
+                           teacher_fingerprint=teacher_fingerprint, dim=int(net.meta["outputdim"]),
+                           whitening=None if whitening is None else whitening_digest(*whitening))
+
+
+def int8_agreement(fp32: PathLike, int8: PathLike, images: Sequence[str], image_size: int) -> Dict[str, float]:
+    """Cosine similarity of the int8 student's descriptors to the float32 one's, on images.
+
+    Args:
+        fp32: the float32 ONNX file.
+        int8: the int8 ONNX file.
+        images: the images to compare on.
+        image_size: the longer side they are shrunk to.
+
+    Returns:
+        ``{"min": ..., "mean": ...}`` of the per-image cosines.
+
+    Examples:
+        >>> from aml.export import int8_agreement
+        >>> int8_agreement("deploy/student.onnx", "deploy/student-int8.onnx", ["a.jpg", "b.jpg"], 362)  # doctest: +SKIP
+        {'min': 0.991, 'mean': 0.997}
+    """
+    reference = describe_with_onnx(onnx_session(fp32), images, image_size, source=fp32)
+    quantized = describe_with_onnx(onnx_session(int8), images, image_size, source=int8)
+    cosines = (reference * quantized).sum(0) / (np.linalg.norm(reference, axis=0) * np.linalg.norm(quantized, axis=0))
+    return {"min": float(cosines.min()), "mean": float(cosines.mean())}
+
+
+def export_student(net: ImageRetrievalNet, folder: PathLike, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                   onnx: bool = True, tolerance: float = 1e-4, info: Optional[OnnxStudentInfo] = None,
+                   int8: Optional[Int8Settings] = None) -> Tuple[Dict[str, Path], Dict[str, float]]:
+    """Export a student as TorchScript and ONNX, checked against PyTorch, and optionally as int8 ONNX.
+
+    It writes ``student.pt`` (TorchScript) and ``student.onnx`` to ``folder`` and checks them
+    on generated images of several sizes; with ``int8``, also ``student-int8.onnx``
+    (`quantize_student`). Every ONNX file carries ``info`` in its metadata (the int8 one
+    with its precision and calibration).
+
+    Args:
+        net: the student (moved to the CPU in float32, and put in eval mode).
+        folder: where the files go (created when missing).
+        whitening: the teacher's whitening (m, P) to fold in, e.g. a store's; None: none.
+        onnx: also write ``student.onnx``.
+        tolerance: the largest max abs difference to PyTorch accepted.
+        info: what the ONNX files record; None: `student_info` of ``net`` and ``whitening``.
+        int8: how to make the int8 file; None: none.
+
+    Returns:
+        The files (``{"torchscript": path, "onnx": path, "int8": path}``) and the max abs
+        differences of the first two to PyTorch.
+
+    Raises:
+        ExportError: when an export differs from PyTorch by more than ``tolerance``, the
+            whitening is for another dimension, or ``int8`` is given without ``onnx``.
+
+    Examples:
+        >>> from aml.export import export_student
+        >>> from aml.networks import load_named_or_file
+        >>> student = load_named_or_file("mobilenet-v2-gem-contr-vgg16").net  # doctest: +SKIP
+        >>> files, diffs = export_student(student, "deploy")  # doctest: +SKIP
+        >>> sorted(files)  # doctest: +SKIP
+        ['onnx', 'torchscript']
+    """
+    if int8 is not None and not onnx:
+        raise ExportError("the int8 student is quantized from the ONNX one: drop --no-onnx")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = DeployedStudent(net.cpu().float(), whitening).eval()
+    # not square: no trunk's shortcut for its native size (timm's ViTs skip resampling their
+    # position embeddings on their square native grid) is traced into the graph
+    example = generated_images(((224, 192),))[0]
+    files = {"torchscript": export_torchscript(model, folder / "student.pt", example)}
+    if onnx:
+        files["onnx"] = export_onnx(model, folder / "student.onnx", example)
+    diffs = check_exports(model, files)
+    bad = {name: diff for name, diff in diffs.items() if not diff <= tolerance}
+    if bad:
+        raise ExportError(f"exported model differs from PyTorch by {bad} (max abs, tolerance {tolerance}); "
+                          "its pooling may not support a dynamic image size")
+    if onnx and "onnx" in diffs:  # onnxruntime (and so onnx) is installed
+        info = info if info is not None else student_info(net, whitening=whitening)
+        write_onnx_metadata(files["onnx"], info)
+        if int8 is not None:
+            files["int8"] = quantize_student(files["onnx"], folder / "student-int8.onnx", int8)
+            write_onnx_metadata(files["int8"], dataclasses.replace(
+                info, precision="int8", calibration_image_size=int8.image_size,
+                calibration_images=len(int8.calibration)))
+    elif int8 is not None:
+        raise ExportError("--int8 needs onnx and onnxruntime: pip install onnx onnxruntime")
+    return files, diffs

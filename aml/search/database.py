@@ -1,0 +1,180 @@
+"""A store as a query sees it: the teacher's database descriptors in memory (whitened, and
+augmented with DBA when the store was indexed so), searched exactly or with the store's IVF-PQ
+index; `open_database` (`aml.search.store`) loads one from a store folder."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from aml.evaluation.reranking import Reranking, search_with_expansion
+from aml.evaluation.whitening import whitenapply
+from aml.search.faiss_index import PQ_CODES, exact_search, faiss_or_none, read_index, train_ivfpq, write_index
+from aml.utils.errors import DataError
+
+# the files of a store folder besides the descriptor store's own (aml.descriptors.store)
+SEARCH = "search.json"  # what the query side checks: the teacher the store was indexed with
+WHITENING = "whitening.pth"
+DBA = "dba.npy"  # the descriptors after database-side augmentation (whitened first)
+INDEX = "index.faiss"
+REBUILD = "python -m aml.search index"
+
+Whitening = Tuple[np.ndarray, np.ndarray]
+
+
+class StoreError(DataError):
+    """A store is missing, incomplete, or was encoded by another network than the student's teacher.
+
+    A ValueError whose message names what is wrong and how to fix it.
+
+    Examples:
+        >>> from aml.search import StoreError, open_database
+        >>> try:
+        ...     open_database("no/such.store")
+        ... except StoreError as err:
+        ...     print(str(err).split(";")[0])
+        no/such.store is not a complete store (no descriptors.npy with matching settings)
+    """
+
+
+@dataclass
+class SearchDatabase:
+    """A store's database, loaded for search: the teacher's descriptors, searched with queries.
+
+    `aml.search.open_database` loads one from a store folder; `aml.search.query_database`
+    encodes query images and searches it.
+
+    Attributes:
+        folder: the store's folder.
+        vecs: D x N float32 database descriptors, whitened when the store has a whitening
+            (and augmented when it was indexed with DBA).
+        images: the N database images, in column order.
+        settings: how the store was made (network, source, fingerprint, image_size, scales,
+            dim, ``dba`` when it was augmented: ``{"k", "alpha"}``, ...).
+        whitening: the teacher's learned whitening (m, P), applied to both sides, or None.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from aml.search import SearchDatabase, open_database
+        >>> database = SearchDatabase(Path("no/such.store"), np.eye(3, dtype=np.float32), ["a.jpg", "b.jpg", "c.jpg"],
+        ...                           {})
+        >>> scores, indices = database.search(np.array([[0.0], [0.6], [0.8]]), k=2)
+        >>> indices, scores.round(2)
+        (array([[2, 1]]), array([[0.8, 0.6]], dtype=float32))
+        >>> database = open_database("photos.store")  # doctest: +SKIP
+    """
+
+    folder: Path
+    vecs: np.ndarray  # D x N, whitened when the store has a whitening
+    images: List[str]
+    settings: Dict[str, Any]
+    whitening: Optional[Whitening] = None
+
+    def search(self, queries: np.ndarray, k: int, prewhitened: bool = False,
+               reranking: Reranking = Reranking()) -> Tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best database images of each query, best first.
+
+        The queries are whitened like the database when the store has a whitening. The
+        search is exact (faiss ``IndexFlatIP`` when faiss is installed, else one matrix
+        product with torch) unless the store holds an IVF-PQ index. With ``reranking.qe``,
+        each query is expanded (αQE) with its first results and searched again
+        (`aml.evaluation.reranking.search_with_expansion`, as a test does).
+
+        Args:
+            queries: D x Q query descriptors.
+            k: results per query (at most the database's size).
+            prewhitened: the queries are whitened already (an exported student with the
+                store's whitening folded in).
+            reranking: its ``qe`` and ``qe_alpha`` (αQE); the store's DBA was applied when it
+                was indexed.
+
+        Returns:
+            The scores and the database indices, each Q x k, best first.
+
+        Raises:
+            StoreError: when the store's IVF-PQ index is damaged or belongs to another store,
+                or ``reranking.qe`` exceeds the store's size.
+        """
+        if self.whitening is not None and not prewhitened:
+            queries = whitenapply(queries, *self.whitening)
+        size = self.vecs.shape[1]
+        if reranking.qe > size:
+            raise StoreError(f"--qe {reranking.qe}: the store {self.folder} holds {size} images; give --qe {size} or "
+                             "less")
+        return search_with_expansion(self, queries, reranking, lambda q: self._top(q, k), first=False)[-1]
+
+    def nearest(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Each query's ``k`` first results, with their descriptors (what αQE expands with).
+
+        Args:
+            queries: D x Q query descriptors, in the store's (whitened) space.
+            k: results per query.
+
+        Returns:
+            k x Q database indices, best first (-1 where an IVF-PQ search found fewer), and
+            their D x k x Q descriptors (zero where none was found).
+        """
+        _, found = self._top(queries, k)
+        neighbours = self.vecs[:, found.T]  # D x k x Q
+        neighbours[:, found.T < 0] = 0
+        return found.T, neighbours
+
+    def _top(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.vecs.shape[1])
+        index_file = self.folder / INDEX
+        try:
+            index = read_index(index_file)
+        except RuntimeError as err:
+            raise StoreError(f"cannot read {index_file} ({str(err).splitlines()[0]}): it is damaged; delete it or "
+                             "rebuild it with: python -m aml.search index --ivfpq") from None
+        if index is None:
+            return exact_search(self.vecs, queries, k)
+        if (index.ntotal, index.d) != self.vecs.shape[::-1]:
+            raise StoreError(f"{index_file} indexes {index.ntotal} vectors of {index.d} dimensions but the store "
+                             f"holds {self.vecs.shape[1]} of {self.vecs.shape[0]}: it belongs to another store; "
+                             "delete it or rebuild it with: python -m aml.search index --ivfpq")
+        return index.search(np.ascontiguousarray(queries.T, dtype=np.float32), k)
+
+
+def build_ivfpq(database: SearchDatabase, nlist: int, m: int, nprobe: int = 16, k: int = 10, sample: int = 200,
+                seed: int = 0) -> float:
+    """Train and save an IVF-PQ index over a store; return its recall@k against exact search.
+
+    The index (``index.faiss`` in the store's folder) has ``nlist`` lists and ``m``
+    sub-quantisers of 8 bits; ``sample`` database descriptors serve as the queries of the
+    recall.
+
+    Args:
+        database: the store's database (`aml.search.open_database`).
+        nlist: the inverted lists.
+        m: the sub-quantisers; the dimension must be a multiple of it.
+        nprobe: the lists searched per query (at most ``nlist``).
+        k: the k of recall@k.
+        sample: the database descriptors drawn as queries.
+        seed: the seed of their draw.
+
+    Returns:
+        The recall@k of the index against exact search, in [0, 1].
+
+    Raises:
+        StoreError: without faiss, with fewer database images than 256 (and than ``nlist``),
+            or with a dimension that is not a multiple of ``m``.
+
+    Examples:
+        >>> from aml.search import build_ivfpq, open_database
+        >>> build_ivfpq(open_database("photos.store"), nlist=64, m=32)  # doctest: +SKIP
+        0.94
+    """
+    if faiss_or_none() is None:
+        raise StoreError("--ivfpq needs faiss: pip install faiss-cpu")
+    dim, n = database.vecs.shape
+    if n < max(PQ_CODES, nlist):
+        raise StoreError(f"--ivfpq {nlist},{m} needs at least {max(PQ_CODES, nlist)} database images (8-bit codes); "
+                         f"the store has {n}: search it exactly (without --ivfpq)")
+    if dim % m:
+        raise StoreError(f"--ivfpq: the dimension {dim} is not a multiple of {m} sub-quantisers")
+    index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
+    write_index(index, database.folder / INDEX)
+    return recall

@@ -1,0 +1,105 @@
+"""faiss behind the store's searches: exact search (``IndexFlatIP``, or one matrix product with
+torch without faiss) and the approximate IVF-PQ index a store may hold in ``index.faiss``."""
+
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import torch
+
+PQ_CODES = 256  # centroids of each 8-bit sub-quantiser: the fewest training vectors faiss accepts
+
+
+def faiss_or_none() -> Any:
+    """The faiss module when installed (``faiss-cpu`` or ``faiss-gpu``), else None."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def _rows(vecs: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(vecs.T, dtype=np.float32)
+
+
+def exact_search(vecs: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` best columns of ``vecs`` by dot product: faiss ``IndexFlatIP`` when
+    faiss is installed, else one matrix product with torch.
+
+    Args:
+        vecs: D x N database descriptors.
+        queries: D x Q query descriptors.
+        k: results per query (at most N).
+
+    Returns:
+        The scores and the indices, each Q x k, best first.
+    """
+    faiss = faiss_or_none()
+    if faiss is not None:
+        index = faiss.IndexFlatIP(vecs.shape[0])
+        index.add(_rows(vecs))
+        return index.search(_rows(queries), k)
+    scores = torch.from_numpy(_rows(queries)) @ torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32))
+    top = torch.topk(scores, k, dim=1)
+    return top.values.numpy(), top.indices.numpy()
+
+
+def read_index(path: Path) -> Optional[Any]:
+    """The IVF-PQ index in ``path``, or None when there is none (or no faiss to read it).
+
+    Args:
+        path: the ``index.faiss`` file.
+
+    Returns:
+        The faiss index, or None.
+
+    Raises:
+        RuntimeError: faiss's, when the file is damaged (the caller names the store).
+    """
+    faiss = faiss_or_none()
+    if faiss is None or not path.is_file():
+        return None
+    return faiss.read_index(str(path))
+
+
+def train_ivfpq(vecs: np.ndarray, nlist: int, m: int, nprobe: int = 16, k: int = 10, sample: int = 200,
+                seed: int = 0) -> Tuple[Any, float]:
+    """An IVF-PQ index over the columns of ``vecs``, and its recall@k against exact search.
+
+    Args:
+        vecs: D x N database descriptors (N >= 256 and >= ``nlist``; D a multiple of ``m``).
+        nlist: the inverted lists.
+        m: the sub-quantisers of 8 bits.
+        nprobe: the lists searched per query (at most ``nlist``).
+        k: the k of recall@k.
+        sample: the database descriptors drawn as queries of the recall.
+        seed: the seed of their draw.
+
+    Returns:
+        The trained index (vectors added) and its recall@k in [0, 1].
+    """
+    faiss = faiss_or_none()
+    dim, n = vecs.shape
+    data = _rows(vecs)
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(data)
+    index.add(data)
+    index.nprobe = min(nprobe, nlist)
+    rng = np.random.default_rng(seed)
+    probe = data[rng.choice(n, size=min(sample, n), replace=False)]
+    k = min(k, n)
+    exact = np.argsort(-(probe @ data.T), axis=1, kind="stable")[:, :k]
+    _, approximate = index.search(probe, k)
+    recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approximate, exact)]))
+    return index, recall
+
+
+def write_index(index: Any, path: Path) -> None:
+    """Save a faiss index to ``path``.
+
+    Args:
+        index: the index.
+        path: the file.
+    """
+    faiss_or_none().write_index(index, str(path))

@@ -1,0 +1,194 @@
+"""Querying a store: the checks that the student (a checkpoint, or an exported ONNX file) was
+made for the store's teacher, and the searches of its query images."""
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from aml.data.paths import DataRootLike
+from aml.data.images import BBox
+from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
+from aml.descriptors.onnx_student import (REEXPORT, OnnxStudentInfo, describe_with_onnx, onnx_session,
+                                          read_onnx_metadata, whitening_digest)
+from aml.evaluation.reranking import Reranking
+from aml.networks.loading import NetworkSpec, load_spec
+from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.search.database import SearchDatabase, StoreError
+from aml.utils.types import PathLike
+
+Hits = Dict[str, Any]  # {"query": path, "results": [{"image": path, "score": score}, ...]}
+
+
+def check_teacher(database: SearchDatabase, student: ImageRetrievalNet, teacher: Optional[str] = None,
+                  data_root: DataRootLike = None) -> None:
+    """Refuse a store encoded by another network than the student's teacher.
+
+    The teacher (``teacher``, else the student's ``meta['teacher']``) must have the store's
+    weights (fingerprint) when its checkpoint is on this machine, else the store's network
+    name (a published teacher by its list name, a checkpoint by its file name).
+
+    Args:
+        database: the store's database (`aml.search.open_database`).
+        student: the student whose queries are to search it.
+        teacher: the teacher as the user named it (a published name, an alias or a path);
+            None: the student's ``meta['teacher']``.
+        data_root: where a teacher's checkpoint is found (to compare its fingerprint).
+
+    Raises:
+        StoreError: when the student's dimension is not the store's, the teacher is not the
+            store's network, or the student records no teacher and none is given.
+
+    Examples:
+        >>> from aml.networks import load_named_or_file
+        >>> from aml.search import check_teacher, open_database
+        >>> database = open_database("photos.store")  # doctest: +SKIP
+        >>> student = load_named_or_file("mobilenet-v2-gem-contr-vgg16").net  # doctest: +SKIP
+        >>> check_teacher(database, student)  # doctest: +SKIP
+    """
+    settings, folder = database.settings, database.folder
+    if student.meta["outputdim"] != settings["dim"]:
+        raise StoreError(f"the student outputs {student.meta['outputdim']}-d descriptors but the store {folder} "
+                         f"holds {settings['dim']}-d ones of {settings['network']}")
+    given = teacher or student.meta.get("teacher")
+    if given is None:
+        raise StoreError(f"the student does not record its teacher; give --teacher (the store was encoded by "
+                         f"{settings['network']})")
+    spec = NetworkSpec.parse(given)
+    if spec.local_file is not None:
+        same = load_spec(spec, None, data_root).fingerprint == settings["fingerprint"]
+        network = f"{settings['network']} ({settings['source']})"
+    else:
+        same = spec.name == settings["network"]
+        network = settings["network"]
+    if not same:
+        raise StoreError(f"the store {folder} was encoded by {network}, not by the student's teacher {given}; "
+                         "index the database with that teacher")
+
+
+def _hits(database: SearchDatabase, images: Sequence[str], scores: np.ndarray, indices: np.ndarray) -> List[Hits]:
+    return [{"query": str(image), "results": [{"image": database.images[int(i)], "score": float(s)}
+                                              for s, i in zip(row_scores, row_indices) if i >= 0]}
+            for image, row_scores, row_indices in zip(images, scores, indices)]
+
+
+def query_database(database: SearchDatabase, student: ImageRetrievalNet, images: Sequence[str], k: int = 10,
+                   bbxs: Optional[Sequence[Optional[BBox]]] = None, config: ExtractionConfig = DEFAULT_EXTRACTION,
+                   reranking: Reranking = Reranking()) -> List[Hits]:
+    """Encode query images with the student and search the store's database with them.
+
+    The queries are encoded as the store was (image size, scales).
+
+    Args:
+        database: the store's database (checked against the student with `check_teacher`).
+        student: the student network.
+        images: the query images.
+        k: results per query.
+        bbxs: per query image, a crop box (x1, y1, x2, y2) or None.
+        config: how to extract (`aml.descriptors.ExtractionConfig`).
+        reranking: its ``qe``: αQE of each student query with its first results among the
+            teacher's descriptors, searched again (`SearchDatabase.search`).
+
+    Returns:
+        Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``
+        with its top-``k`` database images, best first.
+
+    Examples:
+        >>> from aml.search import query_database
+        >>> results = query_database(database, student, ["query.jpg"], k=5)  # doctest: +SKIP
+        >>> results[0]["results"][0]  # doctest: +SKIP
+        {'image': '/photos/0042.jpg', 'score': 0.83}
+    """
+    queries = describe_images(student, images, database.settings["image_size"], database.settings["scales"],
+                              bbxs=bbxs, config=config.but(desc="queries"))
+    return _hits(database, images, *database.search(queries, k, reranking=reranking))
+
+
+def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentInfo:
+    """Refuse an exported student (ONNX) that was not made for this store's teacher.
+
+    The file's aml metadata (written by `aml.export`) must name the store's teacher (by
+    fingerprint when the teacher's checkpoint was on the exporting machine, else by name), its
+    dimension, and the store's whitening when one is folded in; the store must be encoded at
+    one scale (the graph encodes one).
+
+    Args:
+        database: the store's database (`aml.search.open_database`).
+        path: the ONNX file.
+
+    Returns:
+        The file's metadata.
+
+    Raises:
+        StoreError: naming the file and the store's teacher, with the fix.
+        OnnxStudentError: when the file is missing or damaged.
+
+    Examples:
+        >>> from aml.search import check_onnx_student, open_database
+        >>> check_onnx_student(open_database("photos.store"), "deploy/student-int8.onnx").precision  # doctest: +SKIP
+        'int8'
+    """
+    settings, folder, whitening = database.settings, database.folder, database.whitening
+    teacher = f"{settings['network']} ({settings['source']})"
+    info = read_onnx_metadata(path)
+    if info is None:
+        raise StoreError(f"{path} has no aml metadata (it was not written by aml.export, or by an older version), so "
+                         f"nothing says it is a student of the store's teacher {teacher}; export it again: {REEXPORT}")
+    if info.dim != settings["dim"]:
+        raise StoreError(f"{path} outputs {info.dim}-d descriptors but the store {folder} holds "
+                         f"{settings['dim']}-d ones of {teacher}; query it with a student of that teacher")
+    if info.teacher is None:
+        raise StoreError(f"{path} does not record its teacher (the store was encoded by {teacher}); export it again "
+                         f"with --teacher: {REEXPORT}")
+    same = (info.teacher_fingerprint == settings["fingerprint"] if info.teacher_fingerprint
+            else info.teacher == settings["network"])
+    if not same:
+        raise StoreError(f"{path} is a student of {info.teacher}, but the store {folder} was encoded by "
+                         f"{teacher}; query it with a student of that teacher, or index the database with "
+                         f"{info.teacher}")
+    if info.whitening is not None and (whitening is None or info.whitening != whitening_digest(*whitening)):
+        has = "no whitening" if whitening is None else "another whitening"
+        raise StoreError(f"{path} has a whitening folded in but the store {folder} has {has}; export the "
+                         f"student again with --store {folder}")
+    if list(settings["scales"]) != [1]:
+        raise StoreError(f"the store {folder} is encoded at scales {list(settings['scales'])}, and an exported "
+                         "student encodes one: query it with the student's checkpoint (--network)")
+    return info
+
+
+def query_database_onnx(database: SearchDatabase, path: PathLike, images: Sequence[str], k: int = 10,
+                        bbxs: Optional[Sequence[Optional[BBox]]] = None,
+                        reranking: Reranking = Reranking()) -> List[Hits]:
+    """Encode query images with an exported student (onnxruntime) and search the store's database with them.
+
+    The file is checked with `check_onnx_student`; the queries are encoded at the store's
+    image size, resized as aml resizes, and whitened like the database unless the file has the
+    store's whitening folded in.
+
+    Args:
+        database: the store's database.
+        path: the exported student (``student.onnx`` or ``student-int8.onnx``).
+        images: the query images.
+        k: results per query.
+        bbxs: per query image, a crop box (x1, y1, x2, y2) or None.
+        reranking: its ``qe``: αQE of each query with its first results, as `query_database`.
+
+    Returns:
+        Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``,
+        as `query_database`.
+
+    Examples:
+        >>> from aml.search import open_database, query_database_onnx
+        >>> hits = query_database_onnx(open_database("photos.store"), "deploy/student-int8.onnx",
+        ...                            ["q.jpg"])  # doctest: +SKIP
+        >>> hits[0]["results"][0]["image"]  # doctest: +SKIP
+        '/photos/0042.jpg'
+    """
+    info = check_onnx_student(database, path)
+    session = onnx_session(path)
+    width = session.get_outputs()[0].shape[-1]
+    if isinstance(width, int) and width != info.dim:
+        raise StoreError(f"{path} outputs {width}-d descriptors but its metadata says {info.dim}: the file was edited "
+                         f"or damaged; export it again: {REEXPORT}")
+    queries = describe_with_onnx(session, images, database.settings["image_size"], bbxs)
+    return _hits(database, images, *database.search(queries, k, prewhitened=info.whitening is not None,
+                                                    reranking=reranking))

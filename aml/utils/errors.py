@@ -1,0 +1,57 @@
+"""The errors aml raises for its users, and the one lookup of every registry.
+
+Every error meant for a user (a flag, a name, a file or a data set that cannot work) derives
+from `AmlError`, whose message is one line naming what is wrong and how to fix it; the command
+lines turn it into ``error: <message>`` and anything else (a bug) keeps its traceback. The
+classes also derive from the builtin error they stand for (`ConfigError` and `DataError` are
+ValueErrors), so ``except ValueError`` keeps catching them.
+"""
+
+from typing import Iterable, Mapping, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class AmlError(Exception):
+    """Base of every error meant for a user: one line naming what is wrong and the fix."""
+
+
+class ConfigError(AmlError, ValueError):
+    """A setting, flag or name that cannot work (an unknown name, a value out of range, a
+    combination that cannot run)."""
+
+
+class DataError(AmlError, ValueError):
+    """A file or data set that does not hold what it should (a damaged ground truth, a feature
+    file of another size, a store of another network)."""
+
+
+def lookup(table: Mapping[str, T], name: str, what: str, choices: Optional[Iterable[str]] = None) -> T:
+    """The entry ``name`` of a registry, or a `ConfigError` that lists the choices.
+
+    Args:
+        table: the registry (name -> entry).
+        name: the name asked for.
+        what: what the registry holds, for the message (``"loss"``, ``"optimizer"``).
+        choices: the names offered, in the order to list them; None: the registry's, sorted.
+
+    Returns:
+        The entry.
+
+    Raises:
+        ConfigError: ``unknown <what> '<name>'; choose one of a, b, c``.
+
+    Examples:
+        >>> from aml.utils.errors import lookup
+        >>> lookup({"adam": 1, "sgd": 2}, "sgd", "optimizer")
+        2
+        >>> lookup({"adam": 1, "sgd": 2}, "adamw", "optimizer")
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: unknown optimizer 'adamw'; choose one of adam, sgd
+    """
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        listed = list(choices) if choices is not None else sorted(table)
+        raise ConfigError(f"unknown {what} {name!r}; choose one of {', '.join(listed)}") from None

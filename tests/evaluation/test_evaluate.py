@@ -1,0 +1,64 @@
+"""evaluate as a library call: typed results, and the networks it is lent come back as they
+went in (device, train/eval mode, memory format)."""
+
+import numpy as np
+import pytest
+import torch
+
+from aml.data.testsets import configdataset, query_and_database_paths
+from aml.descriptors import ExtractionConfig, describe_images
+from aml.evaluation import DatasetResult, Reranking, TestSettings, evaluate, evaluate_ranks, rank_database
+from aml.networks import LoadedNetwork, build_network
+
+SIZE = 32
+
+
+def _state(net):
+    """Each parameter (the object itself) with where and how its values lie, each buffer's, each module's mode."""
+    return ([(p, p.data_ptr(), p.device, p.dtype, p.stride()) for p in net.parameters()],
+            [(b.data_ptr(), b.device, b.stride()) for b in net.buffers()], [m.training for m in net.modules()])
+
+
+def _settings(root, **changes):
+    return TestSettings(datasets=("synth-oxford",), image_size=SIZE, data_root=root, cache=False,
+                        extraction=ExtractionConfig(workers=0, device="cpu"), **changes)
+
+
+def test_evaluate_leaves_the_networks_as_they_were(synth_root):
+    torch.manual_seed(0)
+    student = build_network("resnet18", pretrained=False).train()  # in training, contiguous weights
+    teacher = build_network("resnet18", pretrained=False).eval().to(memory_format=torch.channels_last)
+    before = {"student": _state(student), "teacher": _state(teacher)}
+    results = evaluate(LoadedNetwork.in_memory(student, "student"), _settings(synth_root),
+                       LoadedNetwork.in_memory(teacher, "teacher"))
+    assert isinstance(results["synth-oxford"], DatasetResult)
+    after = {"student": _state(student), "teacher": _state(teacher)}
+    for name in before:
+        assert all(a[0] is b[0] for a, b in zip(before[name][0], after[name][0])), f"{name}: a parameter was replaced"
+        assert before[name] == after[name], f"{name}: moved, laid out anew or switched to another mode"
+    assert student.training and not teacher.training
+    assert student.features[0].weight.is_contiguous()
+    assert teacher.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_evaluate_gives_the_numbers_of_a_ranking_of_its_descriptors(synth_root):
+    """A plain test's numbers are those of ranking the descriptors by hand; αQE adds one search
+    under its own key, DBA another."""
+    torch.manual_seed(1)
+    net = build_network("resnet18", pretrained=False).eval()
+    reranking = Reranking(qe=2, dba=3)
+    result = evaluate(LoadedNetwork.in_memory(net, "net"), _settings(synth_root, reranking=reranking))["synth-oxford"]
+    cfg = configdataset("synth-oxford", synth_root / "test")
+    images, queries, bbxs = query_and_database_paths(cfg)
+    config = ExtractionConfig(workers=0, device="cpu")
+    vecs = describe_images(net, images, SIZE, config=config)
+    qvecs = describe_images(net, queries, SIZE, bbxs=bbxs, config=config)
+    expected = evaluate_ranks(rank_database(vecs, qvecs), cfg["gnd"], cfg["protocol"])
+    assert result.plain.map("medium") == pytest.approx(expected["medium"]["map"], abs=1e-12)
+    assert result.plain.metrics["hard"]["aps"] == pytest.approx(expected["hard"]["aps"], abs=1e-12)
+    assert [search.key for search in result.searches] == ["plain", "plain + dba3", "plain + dba3 + αqe2"]
+    assert list(result.record()) == ["plain", "plain + dba3", "plain + dba3 + αqe2"]
+    assert result.search(reranking=reranking).metrics == result.record()["plain + dba3 + αqe2"]
+    lines = result.lines()
+    assert lines[0].startswith(">> synth-oxford: mAP E: ") and lines[2].startswith(">> synth-oxford + dba3: mAP")
+    assert np.isfinite(result.search(reranking=reranking).map("hard"))

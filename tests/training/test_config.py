@@ -1,0 +1,67 @@
+"""TrainConfig's own checks: the names and ranges main.py's flags check hold for a config
+made in Python too, from one place, before anything is loaded or written."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from aml.cli import train as train_cli
+from aml.descriptors import ExtractionConfig
+from aml.training import TrainConfig, TrainSettings, run
+from aml.training.config import problems
+from aml.utils.errors import ConfigError
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("neg_num", -1, "--neg-num -1: must be an integer >= 0, got -1"),
+    ("image_size", 0, "--image-size 0: must be a positive integer, got 0"),
+    ("lr", 0.0, "--lr 0.0: must be a positive finite number, got 0.0"),
+    ("momentum", 1.0, "--momentum 1.0: must be a number in [0, 1), got 1.0"),
+])
+def test_a_number_out_of_its_range_is_refused_before_anything_is_written(field, value, reason, tmp_path):
+    config = TrainConfig.from_flags(directory=str(tmp_path / "runs"), **{field: value})
+    assert reason in problems(config)
+    with pytest.raises(ConfigError, match=reason.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        run(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unknown_loss_is_a_reason_not_a_key_error():
+    assert problems(TrainConfig(directory="runs", loss="contrastve")) == [
+        "--loss: unknown loss 'contrastve'; choose one of bct, contrastive, contrastive_dist, cross_entropy, "
+        "cross_entropy_dist, csd, dark, hvs, lce, multi, regression, rkd, triplet"]
+
+
+def test_an_unknown_optimizer_is_refused_before_the_network_is_built(tmp_path, monkeypatch):
+    from aml.training import runner
+
+    monkeypatch.setattr(runner, "build_network", None)  # building it would fail with a TypeError
+    config = TrainConfig(directory=str(tmp_path / "runs"), training_dataset="synth-sfm", optimizer="adamw")
+    assert problems(config) == ["--optimizer: unknown optimizer 'adamw'; choose one of adam, sgd"]
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamw'"):
+        run(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_architecture_pooling_and_mode_are_named_together():
+    reasons = problems(TrainConfig(directory="runs", arch="resnet9", pool="max", mode="tss"))
+    assert [reason.split(":")[0] for reason in reasons] == ["--arch", "--pool", "--mode"]
+
+
+def test_the_flags_check_the_ranges_the_config_declares():
+    """Every numeric flag of main.py takes its type from the range its field declares (in the
+    config or one of its parts): a value the config refuses, the flag refuses too."""
+    fields = {f.name: f for part in (TrainConfig, TrainSettings, ExtractionConfig) for f in dataclasses.fields(part)}
+    checked = 0
+    for action in train_cli.build_parser()._actions:
+        field = fields.get(action.dest)
+        if field is None or "bound" not in field.metadata:
+            continue
+        bound = field.metadata["bound"]
+        low = "-1" if bound.kind is int else "-0.5"
+        with pytest.raises(argparse.ArgumentTypeError, match=bound.what.replace("[", r"\[").replace(")", r"\)")):
+            action.type(low)
+        assert problems(TrainConfig.from_flags(directory="runs", **{field.name: bound.kind(low)}))
+        checked += 1
+    assert checked >= 19

@@ -14,8 +14,15 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 from aml.utils.devices import DeviceError, parse_device
 from aml.utils.atomic import is_disk_full
-from aml.utils.bounds import (NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, UNIT_INTERVAL, Bound,
-                               bound_of)
+from aml.utils.bounds import (
+    NONNEGATIVE_FLOAT,
+    NONNEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    UNIT_INTERVAL,
+    Bound,
+    bound_of,
+)
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
 from aml.utils.errors import AmlError, ConfigError
 
@@ -23,8 +30,12 @@ if TYPE_CHECKING:
     from aml.descriptors import ExtractionConfig
 
 _BINARY: Dict[type, Callable[[float, float], float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.Pow: operator.pow}
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
 _UNARY: Dict[type, Callable[[float], float]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
@@ -49,14 +60,19 @@ def parse_scales(text: str) -> List[float]:
         items = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
         scales = [_number(item) for item in items]
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError) as err:
-        raise argparse.ArgumentTypeError(f"--multiscale {text!r} is not a list of numbers such as "
-                                         f"'[1, 1/2**(1/2), 1/2]' ({err})") from None
+        raise argparse.ArgumentTypeError(
+            f"--multiscale {text!r} is not a list of numbers such as '[1, 1/2**(1/2), 1/2]' ({err})"
+        ) from None
     if not scales or any(not math.isfinite(s) or not MIN_SCALE <= s <= MAX_SCALE for s in scales):
-        raise argparse.ArgumentTypeError(f"--multiscale {text!r}: every scale must be a number in [{MIN_SCALE}, "
-                                         f"{MAX_SCALE}] (1 = the image size itself)")
+        raise argparse.ArgumentTypeError(
+            f"--multiscale {text!r}: every scale must be a number in [{MIN_SCALE}, "
+            f"{MAX_SCALE}] (1 = the image size itself)"
+        )
     if len(scales) > MAX_SCALES:
-        raise argparse.ArgumentTypeError(f"--multiscale {text!r}: {len(scales)} scales; at most {MAX_SCALES} (the "
-                                         "original's multi-scale test uses 3)")
+        raise argparse.ArgumentTypeError(
+            f"--multiscale {text!r}: {len(scales)} scales; at most {MAX_SCALES} (the "
+            "original's multi-scale test uses 3)"
+        )
     return scales
 
 
@@ -67,6 +83,7 @@ MAX_SCALES = 8
 
 def flag_type(bound: Bound) -> Callable[[str], Any]:
     """The argparse ``type`` of a flag whose values lie in ``bound`` (its error names the range)."""
+
     def convert(text: str) -> Any:
         try:
             return bound.parse(text)
@@ -102,8 +119,9 @@ def _check_above(text: str, path: Path) -> None:
     """Refuse a path that cannot be created: a file stands where a folder above it must be."""
     above = _file_above(path)
     if not above.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: {above} is a file, not a folder, so nothing can be written under "
-                                         "it; give another path")
+        raise argparse.ArgumentTypeError(
+            f"{text}: {above} is a file, not a folder, so nothing can be written under it; give another path"
+        )
 
 
 def folder(text: str) -> str:
@@ -145,14 +163,25 @@ class Parser(argparse.ArgumentParser):
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """--data-root and --device, which every command takes."""
-    parser.add_argument("--data-root", default=None, metavar="DIR", type=folder,
-                        help="data root for datasets, weights and features (default: $AML_DATA_ROOT or ./data)")
-    parser.add_argument("--device", default="auto", type=device_name,
-                        help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        type=folder,
+        help="data root for datasets, weights and features (default: $AML_DATA_ROOT or ./data)",
+    )
+    parser.add_argument(
+        "--device", default="auto", type=device_name, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (log lines stay)")
-    parser.add_argument("--dist-timeout", default=DEFAULT_TIMEOUT_S, type=positive_float, metavar="SECONDS",
-                        help="under torchrun: how long a process waits for the others (at a gather or a gradient "
-                             f"reduction) before it stops with an error (default: {DEFAULT_TIMEOUT_S})")
+    parser.add_argument(
+        "--dist-timeout",
+        default=DEFAULT_TIMEOUT_S,
+        type=positive_float,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for the others (at a gather or a gradient "
+        f"reduction) before it stops with an error (default: {DEFAULT_TIMEOUT_S})",
+    )
 
 
 def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = False) -> None:
@@ -162,25 +191,41 @@ def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = F
     from aml.descriptors.extraction import AMP_DTYPES, CPU_PIXEL_BUDGET, GPU_BATCH_SIZE
 
     if not training:
-        parser.add_argument("--batch-size", default=None, type=positive_int,
-                            help=f"images per forward at extraction (default: {GPU_BATCH_SIZE} on CUDA; on the CPU "
-                                 f"as many as fit in {CPU_PIXEL_BUDGET:,} pixels)")
+        parser.add_argument(
+            "--batch-size",
+            default=None,
+            type=positive_int,
+            help=f"images per forward at extraction (default: {GPU_BATCH_SIZE} on CUDA; on the CPU "
+            f"as many as fit in {CPU_PIXEL_BUDGET:,} pixels)",
+        )
     if training:
-        amp_help = ("autocast of the training steps (bfloat16) and of extraction (--amp-dtype); --no-amp: fp32 "
-                    "everywhere (default: extraction autocast on CUDA only, training steps in fp32)")
+        amp_help = (
+            "autocast of the training steps (bfloat16) and of extraction (--amp-dtype); --no-amp: fp32 "
+            "everywhere (default: extraction autocast on CUDA only, training steps in fp32)"
+        )
     else:
         amp_help = "autocast of extraction to --amp-dtype; --no-amp: fp32 (default: on CUDA, off on the CPU)"
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=amp_help)
-    parser.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), default="float16",
-                        help="dtype of extraction's autocast (default: float16, closer to fp32 than bfloat16; "
-                             "docs/speed.md)")
-    parser.add_argument("--decode", choices=DECODE_CHOICES, default="auto",
-                        help="where images are decoded: pil (loader workers, normalised there: the original's way), "
-                             "workers (PIL in the workers, uint8 to the device, normalised there: the same pixels), "
-                             "device (JPEG bytes decoded in batches on the GPU with nvJPEG; close, not equal); "
-                             "default auto: workers on CUDA, pil on the CPU")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the network for extraction (pays on large sets; see docs/speed.md)")
+    parser.add_argument(
+        "--amp-dtype",
+        choices=sorted(AMP_DTYPES),
+        default="float16",
+        help="dtype of extraction's autocast (default: float16, closer to fp32 than bfloat16; docs/speed.md)",
+    )
+    parser.add_argument(
+        "--decode",
+        choices=DECODE_CHOICES,
+        default="auto",
+        help="where images are decoded: pil (loader workers, normalised there: the original's way), "
+        "workers (PIL in the workers, uint8 to the device, normalised there: the same pixels), "
+        "device (JPEG bytes decoded in batches on the GPU with nvJPEG; close, not equal); "
+        "default auto: workers on CUDA, pil on the CPU",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network for extraction (pays on large sets; see docs/speed.md)",
+    )
 
 
 def extraction_from(args: argparse.Namespace, device: Optional[str] = None) -> "ExtractionConfig":
@@ -196,29 +241,54 @@ def extraction_from(args: argparse.Namespace, device: Optional[str] = None) -> "
     """
     from aml.descriptors import ExtractionConfig
 
-    return ExtractionConfig(workers=args.workers, device=device, batch_size=getattr(args, "batch_size", None),
-                            amp=getattr(args, "amp", None), amp_dtype=getattr(args, "amp_dtype", "float16"),
-                            decode=getattr(args, "decode", "auto"), compile=getattr(args, "compile", False),
-                            progress=not args.quiet)
+    return ExtractionConfig(
+        workers=args.workers,
+        device=device,
+        batch_size=getattr(args, "batch_size", None),
+        amp=getattr(args, "amp", None),
+        amp_dtype=getattr(args, "amp_dtype", "float16"),
+        decode=getattr(args, "decode", "auto"),
+        compile=getattr(args, "compile", False),
+        progress=not args.quiet,
+    )
 
 
 def add_reranking_arguments(parser: argparse.ArgumentParser, qe: bool = True, dba: bool = True) -> None:
     """--qe/--qe-alpha (alpha query expansion) and --dba/--dba-alpha (database-side
     augmentation); `reranking_from` turns them into a `Reranking`."""
     if qe:
-        parser.add_argument("--qe", type=positive_int, default=None, metavar="K",
-                            help="alpha query expansion (αQE): each query plus its K nearest database images, "
-                                 "weighted by their similarity to the power --qe-alpha, searched again; the database "
-                                 "side is the teacher's with --asym (default: off)")
-        parser.add_argument("--qe-alpha", type=nonnegative_float, default=None, metavar="A",
-                            help="αQE's power of the similarities; 0 weighs every neighbour 1 (average query "
-                                 "expansion) (default: 3)")
+        parser.add_argument(
+            "--qe",
+            type=positive_int,
+            default=None,
+            metavar="K",
+            help="alpha query expansion (αQE): each query plus its K nearest database images, "
+            "weighted by their similarity to the power --qe-alpha, searched again; the database "
+            "side is the teacher's with --asym (default: off)",
+        )
+        parser.add_argument(
+            "--qe-alpha",
+            type=nonnegative_float,
+            default=None,
+            metavar="A",
+            help="αQE's power of the similarities; 0 weighs every neighbour 1 (average query expansion) (default: 3)",
+        )
     if dba:
-        parser.add_argument("--dba", type=positive_int, default=None, metavar="K",
-                            help="database-side augmentation (DBA): each database descriptor plus its K nearest other "
-                                 "database images, weighted as in αQE, before the search (default: off)")
-        parser.add_argument("--dba-alpha", type=nonnegative_float, default=None, metavar="A",
-                            help="DBA's power of the similarities (default: 3)")
+        parser.add_argument(
+            "--dba",
+            type=positive_int,
+            default=None,
+            metavar="K",
+            help="database-side augmentation (DBA): each database descriptor plus its K nearest other "
+            "database images, weighted as in αQE, before the search (default: off)",
+        )
+        parser.add_argument(
+            "--dba-alpha",
+            type=nonnegative_float,
+            default=None,
+            metavar="A",
+            help="DBA's power of the similarities (default: 3)",
+        )
 
 
 def reranking_from(args: argparse.Namespace):
@@ -238,8 +308,9 @@ def reranking_from(args: argparse.Namespace):
 
 def setup_logging(verbose: bool = True) -> None:
     """Log lines to stdout, as the original printed them."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        stream=sys.stdout, force=True)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stdout, force=True
+    )
 
 
 class Terminated(BaseException):
@@ -249,11 +320,13 @@ class Terminated(BaseException):
 def _terminate_handler(owner: int):
     """A SIGTERM handler that raises Terminated in the process ``owner`` and, in the loader
     workers forked from it, dies as SIGTERM's default action does."""
+
     def handler(signum, frame) -> None:
         if os.getpid() == owner:
             raise Terminated
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
+
     return handler
 
 
@@ -271,12 +344,16 @@ def one_line_errors() -> Iterator[None]:
         sys.exit(f"error: {err}")
     except (OSError, RuntimeError) as err:
         if is_disk_full(err):
-            sys.exit(f"error: no space left on the device ({str(err).splitlines()[0]}): free space and run again; "
-                     "checkpoints and files already written are complete")
+            sys.exit(
+                f"error: no space left on the device ({str(err).splitlines()[0]}): free space and run again; "
+                "checkpoints and files already written are complete"
+            )
         if not isinstance(err, RuntimeError) or not is_peer_failure(err):
             raise
-        sys.exit("error: another process of this torchrun job did not answer in time (--dist-timeout) or went away: "
-                 f"it died or hangs; checkpoints already written are complete ({str(err).splitlines()[0]})")
+        sys.exit(
+            "error: another process of this torchrun job did not answer in time (--dist-timeout) or went away: "
+            f"it died or hangs; checkpoints already written are complete ({str(err).splitlines()[0]})"
+        )
 
 
 def run_cli(main) -> None:
@@ -295,6 +372,9 @@ def run_cli(main) -> None:
     except KeyboardInterrupt:
         sys.exit("interrupted: checkpoints already written are complete (they are written atomically)")
     except Terminated:
-        print("terminated (SIGTERM): checkpoints and files already written are complete (they are written "
-              "atomically); --resume continues a training run", file=sys.stderr)
+        print(
+            "terminated (SIGTERM): checkpoints and files already written are complete (they are written "
+            "atomically); --resume continues a training run",
+            file=sys.stderr,
+        )
         sys.exit(128 + signal.SIGTERM)

@@ -28,28 +28,63 @@ def build_parser() -> Parser:
     parser.add_argument("--network", "-npath", required=True, help="the student: a checkpoint path or a published name")
     parser.add_argument("--out", required=True, type=folder, help="folder for student.pt and student.onnx")
     whitening = parser.add_mutually_exclusive_group()
-    whitening.add_argument("--store", type=folder, default=None,
-                           help="fold in the whitening of this search store (python -m aml.search index -w ...)")
+    whitening.add_argument(
+        "--store",
+        type=folder,
+        default=None,
+        help="fold in the whitening of this search store (python -m aml.search index -w ...)",
+    )
     whitening.add_argument("--whitening-file", default=None, help="fold in a whitening file ({'m', 'P'})")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="TorchScript only")
-    parser.add_argument("--teacher", "-t", default=None,
-                        help="the student's teacher (name or path), recorded in the ONNX files and encoding the "
-                             "--test-set database (default: the checkpoint's meta['teacher'])")
+    parser.add_argument(
+        "--teacher",
+        "-t",
+        default=None,
+        help="the student's teacher (name or path), recorded in the ONNX files and encoding the "
+        "--test-set database (default: the checkpoint's meta['teacher'])",
+    )
     parser.add_argument("--int8", action="store_true", help="also write student-int8.onnx (needs --calibration)")
-    parser.add_argument("--calibration", default=None, metavar="DIR",
-                        help="--int8: calibrate on the images of this folder (like the queries, e.g. a database's)")
-    parser.add_argument("--calibration-images", type=positive_int, default=None, metavar="N",
-                        help="--int8: calibrate on at most N of them (evenly spread; default: all)")
-    parser.add_argument("--image-size", "-imsize", type=positive_int, default=None,
-                        help="--int8: the longer side calibration (and --test-set) images are shrunk to (default: "
-                             f"the --store's image size, else {DEFAULT_IMAGE_SIZE})")
-    parser.add_argument("--test-set", default=None, metavar="NAME",
-                        help="--int8: report the asymmetric mAP of the int8 and float32 students on this test set "
-                             "(database by --teacher) and their time per query image, in OUT/int8.json")
-    parser.add_argument("--time-repeats", type=positive_int, default=5, metavar="N",
-                        help="--test-set: timed runs per file and image size (the median is reported; default: 5)")
-    parser.add_argument("--data-root", default=None, type=folder,
-                        help="where --test-set and published networks are found (default: $AML_DATA_ROOT or ./data)")
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        metavar="DIR",
+        help="--int8: calibrate on the images of this folder (like the queries, e.g. a database's)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="--int8: calibrate on at most N of them (evenly spread; default: all)",
+    )
+    parser.add_argument(
+        "--image-size",
+        "-imsize",
+        type=positive_int,
+        default=None,
+        help="--int8: the longer side calibration (and --test-set) images are shrunk to (default: "
+        f"the --store's image size, else {DEFAULT_IMAGE_SIZE})",
+    )
+    parser.add_argument(
+        "--test-set",
+        default=None,
+        metavar="NAME",
+        help="--int8: report the asymmetric mAP of the int8 and float32 students on this test set "
+        "(database by --teacher) and their time per query image, in OUT/int8.json",
+    )
+    parser.add_argument(
+        "--time-repeats",
+        type=positive_int,
+        default=5,
+        metavar="N",
+        help="--test-set: timed runs per file and image size (the median is reported; default: 5)",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        type=folder,
+        help="where --test-set and published networks are found (default: $AML_DATA_ROOT or ./data)",
+    )
     return parser
 
 
@@ -71,8 +106,15 @@ def _check_flags(parser: Parser, args) -> None:
     if args.int8 and args.calibration is None:
         parser.error("--int8 needs --calibration DIR: a folder of images like the queries to calibrate on")
     if not args.int8:
-        given = [flag for flag, value in (("--calibration", args.calibration), ("--test-set", args.test_set),
-                                          ("--calibration-images", args.calibration_images)) if value is not None]
+        given = [
+            flag
+            for flag, value in (
+                ("--calibration", args.calibration),
+                ("--test-set", args.test_set),
+                ("--calibration-images", args.calibration_images),
+            )
+            if value is not None
+        ]
         if given:
             parser.error(f"{given[0]} is for the int8 student: add --int8")
         return
@@ -81,8 +123,10 @@ def _check_flags(parser: Parser, args) -> None:
     if not Path(args.calibration).is_dir():
         parser.error(f"--calibration {args.calibration}: no such folder; give a folder of images like the queries")
     if not list_images(args.calibration):
-        parser.error(f"--calibration {args.calibration} holds no images (.jpg, .png, ...); give a folder of images "
-                     "like the queries")
+        parser.error(
+            f"--calibration {args.calibration} holds no images (.jpg, .png, ...); give a folder of images "
+            "like the queries"
+        )
 
 
 def _calibration(args, image_size: int) -> Int8Settings:
@@ -98,8 +142,10 @@ def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[Load
     needed for --test-set."""
     given = args.teacher or student.net.meta.get("teacher")
     if given is None and args.test_set is not None:
-        raise ConfigError("--test-set encodes the database with the student's teacher, which the checkpoint does "
-                          "not record: give --teacher")
+        raise ConfigError(
+            "--test-set encodes the database with the student's teacher, which the checkpoint does "
+            "not record: give --teacher"
+        )
     spec = NetworkSpec.parse(given) if given is not None else None
     if spec is not None and (args.test_set is not None or spec.local_file is not None):
         return given, load_spec(spec, None, args.data_root)
@@ -108,8 +154,9 @@ def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[Load
 
 def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: int, whitening) -> Dict[str, Any]:
     onnx = {"float32": files["onnx"], "int8": files["int8"]}
-    report = onnx_test_maps(onnx, teacher, args.test_set, image_size, args.data_root, whitening,
-                            ExtractionConfig(workers=0, device="cpu"))
+    report = onnx_test_maps(
+        onnx, teacher, args.test_set, image_size, args.data_root, whitening, ExtractionConfig(workers=0, device="cpu")
+    )
     report["seconds_per_image"] = onnx_timings(onnx, repeats=args.time_repeats)
     report["teacher"] = teacher.name
     record = {"provenance": provenance(), "report": report}
@@ -118,8 +165,10 @@ def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: in
     for name in onnx:
         levels = ", ".join(f"{level} {100 * value:.2f}" for level, value in report["maps"][name].items())
         times = ", ".join(f"{side} px {1e3 * t:.1f} ms" for side, t in report["seconds_per_image"][name].items())
-        print(f">> {args.test_set} mAP, {name} queries, database by {teacher.name}: {levels}; per query image "
-              f"(1 thread): {times}")
+        print(
+            f">> {args.test_set} mAP, {name} queries, database by {teacher.name}: {levels}; per query image "
+            f"(1 thread): {times}"
+        )
     print(f">> report: {path}")
     return report
 
@@ -134,19 +183,23 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         student = load_test_network(args.network, None, None, args.data_root)
         whitening = _whitening(args)
         spec, teacher = _teacher(args, student)
-        image_size = args.image_size or (open_database(args.store).settings["image_size"] if args.store else
-                                         DEFAULT_IMAGE_SIZE)
+        image_size = args.image_size or (
+            open_database(args.store).settings["image_size"] if args.store else DEFAULT_IMAGE_SIZE
+        )
         int8 = _calibration(args, image_size) if args.int8 else None
         info = student_info(student.net, student.name, spec, teacher.fingerprint if teacher else None, whitening)
         files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)
         for kind, path in files.items():
             if kind == "int8" and int8 is not None:
                 agreement = int8_agreement(files["onnx"], path, int8.calibration[:AGREEMENT_IMAGES], image_size)
-                check = (f"cosine to float32 on {min(AGREEMENT_IMAGES, len(int8.calibration))} calibration images: "
-                         f"min {agreement['min']:.4f}, mean {agreement['mean']:.4f}")
+                check = (
+                    f"cosine to float32 on {min(AGREEMENT_IMAGES, len(int8.calibration))} calibration images: "
+                    f"min {agreement['min']:.4f}, mean {agreement['mean']:.4f}"
+                )
             else:
-                check = (f"max abs diff to PyTorch {diffs[kind]:.2e}" if kind in diffs
-                         else "not checked (no onnxruntime)")
+                check = (
+                    f"max abs diff to PyTorch {diffs[kind]:.2e}" if kind in diffs else "not checked (no onnxruntime)"
+                )
             print(f">> {kind}: {path} ({check})")
         if args.test_set is not None:
             assert teacher is not None  # --test-set loads it (_teacher)

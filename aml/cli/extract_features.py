@@ -9,8 +9,16 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import (Parser, add_extraction_arguments, add_runtime_arguments, extraction_from,
-                               nonnegative_int, parse_scales, positive_int, setup_logging)
+from aml.cli.arguments import (
+    Parser,
+    add_extraction_arguments,
+    add_runtime_arguments,
+    extraction_from,
+    nonnegative_int,
+    parse_scales,
+    positive_int,
+    setup_logging,
+)
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.data.trainsets import TRAIN_SETS, is_training_set
 from aml.descriptors import DescriptorKey, extract_dataset_features
@@ -27,23 +35,50 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--network-path", "-npath", metavar="NETWORK", help="pretrained name or checkpoint file")
     group.add_argument("--network-offtheshelf", "-noff", metavar="NETWORK", help="'ARCH-POOL[-reg][-lwhiten][-whiten]'")
-    parser.add_argument("--datasets", "-d", metavar="DATASETS", default="roxford5k,rparis6k",
-                        help=f"comma separated: {', '.join(list(TEST_SETS) + list(TRAIN_SETS))}")
-    parser.add_argument("--split", default="train,val",
-                        help="training-set splits to encode, comma separated (default: train,val)")
-    parser.add_argument("--image-size", "-imsize", default=1024, type=positive_int, metavar="N",
-                        help="maximum size of the longer image side (default: 1024)")
-    parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales,
-                        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')")
+    parser.add_argument(
+        "--datasets",
+        "-d",
+        metavar="DATASETS",
+        default="roxford5k,rparis6k",
+        help=f"comma separated: {', '.join(list(TEST_SETS) + list(TRAIN_SETS))}",
+    )
+    parser.add_argument(
+        "--split", default="train,val", help="training-set splits to encode, comma separated (default: train,val)"
+    )
+    parser.add_argument(
+        "--image-size",
+        "-imsize",
+        default=1024,
+        type=positive_int,
+        metavar="N",
+        help="maximum size of the longer image side (default: 1024)",
+    )
+    parser.add_argument(
+        "--multiscale",
+        "-ms",
+        metavar="MULTISCALE",
+        default="[1]",
+        type=parse_scales,
+        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')",
+    )
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", help="dimension fallback for checkpoints without outputdim")
     parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, help="image loading workers (default: 8)")
     add_extraction_arguments(parser)
-    parser.add_argument("--shard-size", default=0, type=nonnegative_int, metavar="N",
-                        help="write a resumable descriptor store of N images per shard (the folder <name>.store, "
-                             "which main.py --feat-path also reads) instead of one .npy (default: 0, one .npy)")
-    parser.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
-                        help="dtype of the store's shards (default: float32)")
+    parser.add_argument(
+        "--shard-size",
+        default=0,
+        type=nonnegative_int,
+        metavar="N",
+        help="write a resumable descriptor store of N images per shard (the folder <name>.store, "
+        "which main.py --feat-path also reads) instead of one .npy (default: 0, one .npy)",
+    )
+    parser.add_argument(
+        "--store-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="dtype of the store's shards (default: float32)",
+    )
     add_runtime_arguments(parser)
     return parser
 
@@ -55,8 +90,9 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     world = init_from_environment(requested, args.dist_timeout)
     setup_logging(verbose=world.is_main)
     device = process_device(requested, world)
-    network = main_first(world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher,
-                                                            args.data_root))
+    network = main_first(
+        world, lambda: load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
+    )
     config = extraction_from(args, str(device))
     key = DescriptorKey.of(network.net, args.image_size, args.multiscale, config, network.fingerprint)
     written = []
@@ -64,8 +100,17 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
         is_train_set = is_training_set(dataset, args.data_root)
         if not is_train_set:
             get_test_set(dataset, args.data_root)  # a ValueError naming the choices
-        for split in (filter(None, args.split.split(",")) if is_train_set else ["db"]):
-            written.append(extract_dataset_features(network, dataset, split, key, args.data_root,
-                                                    shard_size=args.shard_size or None, store_dtype=args.store_dtype,
-                                                    config=config))
+        for split in filter(None, args.split.split(",")) if is_train_set else ["db"]:
+            written.append(
+                extract_dataset_features(
+                    network,
+                    dataset,
+                    split,
+                    key,
+                    args.data_root,
+                    shard_size=args.shard_size or None,
+                    store_dtype=args.store_dtype,
+                    config=config,
+                )
+            )
     return written

@@ -16,23 +16,31 @@ def _database_list(path: Path) -> List[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise TestSetError(f"--database {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as "
-                           "UTF-8") from None
+        raise TestSetError(
+            f"--database {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
+        ) from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def build_parser() -> Parser:
     """The flags of ``python -m aml.cli.make_testset``."""
-    parser = Parser(prog="python -m aml.cli.make_testset",
-                    description="Build <data_root>/test/NAME (jpg/ + gnd_NAME.pkl) from a JSON or CSV description.")
+    parser = Parser(
+        prog="python -m aml.cli.make_testset",
+        description="Build <data_root>/test/NAME (jpg/ + gnd_NAME.pkl) from a JSON or CSV description.",
+    )
     parser.add_argument("description", help="JSON or CSV: queries (image, box, easy/hard/junk or ok/junk lists)")
     parser.add_argument("--images", required=True, type=folder, help="folder the image names are relative to")
     parser.add_argument("--name", required=True, help="name of the test set (test.py -d NAME)")
-    parser.add_argument("--database", default=None, metavar="LIST",
-                        help="text file of database image names, one per line (default: every image of --images "
-                             "that is not a query, or the description's 'database')")
-    parser.add_argument("--data-root", default=None, type=folder,
-                        help="where test/NAME is written (default: $AML_DATA_ROOT or ./data)")
+    parser.add_argument(
+        "--database",
+        default=None,
+        metavar="LIST",
+        help="text file of database image names, one per line (default: every image of --images "
+        "that is not a query, or the description's 'database')",
+    )
+    parser.add_argument(
+        "--data-root", default=None, type=folder, help="where test/NAME is written (default: $AML_DATA_ROOT or ./data)"
+    )
     return parser
 
 

@@ -4,28 +4,39 @@ import sys
 from typing import List, Optional
 
 from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int, run_cli, unit_interval
-from aml.data.make_trainset import (TrainSetError, TrainSetReport, build_train_set, images_from_csv,
-                                    images_from_folders)
+from aml.data.make_trainset import TrainSetError, TrainSetReport, build_train_set, images_from_csv, images_from_folders
 from aml.utils.atomic import DiskFull
 
 
 def build_parser() -> Parser:
     """The flags of ``python -m aml.cli.make_trainset``."""
-    parser = Parser(prog="python -m aml.cli.make_trainset",
-                    description="Build <data_root>/train/NAME (ims/, NAME.pkl, NAME-whiten.pkl) for main.py -d NAME.")
+    parser = Parser(
+        prog="python -m aml.cli.make_trainset",
+        description="Build <data_root>/train/NAME (ims/, NAME.pkl, NAME-whiten.pkl) for main.py -d NAME.",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--folders", type=folder, help="one sub-folder of images per landmark")
     source.add_argument("--csv", help="CSV of image,landmark rows, or GLDv2's train_clean.csv (landmark_id,images)")
     parser.add_argument("--images", type=folder, help="folder the CSV's image names or ids are relative to")
     parser.add_argument("--name", required=True, help="name of the training set (main.py -d NAME)")
-    parser.add_argument("--val-fraction", type=unit_interval, default=0.1,
-                        help="fraction of landmarks held out for validation (at least one; default: 0.1)")
-    parser.add_argument("--pairs-per-landmark", type=positive_int, default=6,
-                        help="query/positive pairs per landmark, chained over its shuffled images (default: 6)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0,
-                        help="seed of the validation draw and of the pairs (default: 0)")
-    parser.add_argument("--data-root", default=None, type=folder,
-                        help="where train/NAME is written (default: $AML_DATA_ROOT or ./data)")
+    parser.add_argument(
+        "--val-fraction",
+        type=unit_interval,
+        default=0.1,
+        help="fraction of landmarks held out for validation (at least one; default: 0.1)",
+    )
+    parser.add_argument(
+        "--pairs-per-landmark",
+        type=positive_int,
+        default=6,
+        help="query/positive pairs per landmark, chained over its shuffled images (default: 6)",
+    )
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of the validation draw and of the pairs (default: 0)"
+    )
+    parser.add_argument(
+        "--data-root", default=None, type=folder, help="where train/NAME is written (default: $AML_DATA_ROOT or ./data)"
+    )
     return parser
 
 
@@ -37,8 +48,9 @@ def main(argv: Optional[List[str]] = None) -> TrainSetReport:
         parser.error("--csv needs --images (the folder its image names are relative to)")
     try:
         items = images_from_folders(args.folders) if args.folders else images_from_csv(args.csv, args.images)
-        report = build_train_set(items, args.name, args.data_root, args.val_fraction, args.pairs_per_landmark,
-                                 args.seed)
+        report = build_train_set(
+            items, args.name, args.data_root, args.val_fraction, args.pairs_per_landmark, args.seed
+        )
     except (TrainSetError, OSError, KeyError, DiskFull) as err:
         sys.exit(f"error: {err}")
     print("\n".join(report.lines()))

@@ -5,15 +5,34 @@ import json
 from pathlib import Path
 from typing import Any, List, Optional
 
-from aml.cli.arguments import (Parser, add_reranking_arguments, add_runtime_arguments, folder, nonnegative_int,
-                               extraction_from, one_line_errors, parse_scales, positive_int, reranking_from, run_cli,
-                               setup_logging)
+from aml.cli.arguments import (
+    Parser,
+    add_reranking_arguments,
+    add_runtime_arguments,
+    folder,
+    nonnegative_int,
+    extraction_from,
+    one_line_errors,
+    parse_scales,
+    positive_int,
+    reranking_from,
+    run_cli,
+    setup_logging,
+)
 from aml.data.paths import DataRoot
 from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
-from aml.search import (StoreError, build_ivfpq, build_store, check_teacher, list_images, open_database,
-                        query_database, query_database_onnx)
+from aml.search import (
+    StoreError,
+    build_ivfpq,
+    build_store,
+    check_teacher,
+    list_images,
+    open_database,
+    query_database,
+    query_database_onnx,
+)
 
 
 def _box(text: str) -> List[float]:
@@ -33,26 +52,48 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="encode a folder or image list with the teacher into a store")
     index.add_argument("images", help="a folder (every image below it) or a text file of image paths")
     index.add_argument("--store", required=True, type=folder, help="the store folder to write")
-    index.add_argument("--teacher", "-t", default="vgg16",
-                       help="vgg16 | resnet101 | a checkpoint path (default: vgg16)")
-    index.add_argument("--image-size", "-imsize", type=positive_int, default=1024,
-                       help="longer side of the images encoded; queries use the store's (default: 1024)")
-    index.add_argument("--multiscale", "-ms", type=parse_scales, default="[1]",
-                       help="scales, e.g. '[1, 1/2**(1/2), 1/2]'; queries use the store's (default: '[1]')")
+    index.add_argument(
+        "--teacher", "-t", default="vgg16", help="vgg16 | resnet101 | a checkpoint path (default: vgg16)"
+    )
+    index.add_argument(
+        "--image-size",
+        "-imsize",
+        type=positive_int,
+        default=1024,
+        help="longer side of the images encoded; queries use the store's (default: 1024)",
+    )
+    index.add_argument(
+        "--multiscale",
+        "-ms",
+        type=parse_scales,
+        default="[1]",
+        help="scales, e.g. '[1, 1/2**(1/2), 1/2]'; queries use the store's (default: '[1]')",
+    )
     index.add_argument("--whitening", "-w", default=None, help="learn (or read) the teacher's whitening on this set")
-    index.add_argument("--ivfpq", default=None, metavar="NLIST,M",
-                       help="also build a faiss IVF-PQ index (NLIST lists, M sub-quantisers) and print its recall@10")
+    index.add_argument(
+        "--ivfpq",
+        default=None,
+        metavar="NLIST,M",
+        help="also build a faiss IVF-PQ index (NLIST lists, M sub-quantisers) and print its recall@10",
+    )
     add_reranking_arguments(index, qe=False)
     query = commands.add_parser("query", help="encode query images with the student and search a store")
     query.add_argument("images", nargs="+", help="query images")
     query.add_argument("--store", required=True, type=folder, help="the store folder written by index")
     student = query.add_mutually_exclusive_group(required=True)
     student.add_argument("--network", "-npath", help="the student: a checkpoint path or a published name")
-    student.add_argument("--onnx", default=None, metavar="FILE",
-                         help="the student exported by python -m aml.export (student.onnx or student-int8.onnx), "
-                              "run with onnxruntime")
-    query.add_argument("--teacher", "-t", default=None,
-                       help="the student's teacher, when its checkpoint does not record it (name or path)")
+    student.add_argument(
+        "--onnx",
+        default=None,
+        metavar="FILE",
+        help="the student exported by python -m aml.export (student.onnx or student-int8.onnx), run with onnxruntime",
+    )
+    query.add_argument(
+        "--teacher",
+        "-t",
+        default=None,
+        help="the student's teacher, when its checkpoint does not record it (name or path)",
+    )
     query.add_argument("--box", type=_box, default=None, help="x1,y1,x2,y2 crop of the (single) query image")
     query.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
     query.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
@@ -73,14 +114,16 @@ def _index(args) -> Path:
     extraction = extraction_from(args, device)
     whitening = None
     if args.whitening:
-        request = WhiteningRequest(args.whitening, args.image_size, tuple(args.multiscale), extraction,
-                                   DataRoot.resolve(args.data_root))
+        request = WhiteningRequest(
+            args.whitening, args.image_size, tuple(args.multiscale), extraction, DataRoot.resolve(args.data_root)
+        )
         whitening = get_whitening(teacher, request)
     reranking = reranking_from(args)
-    store = build_store(teacher, images, args.store, args.image_size, args.multiscale, whitening, extraction,
-                        reranking)
-    print(f">> {len(images)} images indexed by {teacher.name} into {store}"
-          + (f", augmented with DBA ({reranking.label()})" if reranking.dba else ""))
+    store = build_store(teacher, images, args.store, args.image_size, args.multiscale, whitening, extraction, reranking)
+    print(
+        f">> {len(images)} images indexed by {teacher.name} into {store}"
+        + (f", augmented with DBA ({reranking.label()})" if reranking.dba else "")
+    )
     if args.ivfpq:
         nlist, m = (int(v) for v in args.ivfpq.split(","))
         recall = build_ivfpq(open_database(store), nlist, m)
@@ -96,8 +139,9 @@ def _query(args) -> List[Any]:
     bbxs = [args.box] if args.box else None
     if args.onnx:
         if args.teacher:
-            raise StoreError(f"--teacher is for --network: {args.onnx} records its teacher (python -m aml.export "
-                             "--teacher)")
+            raise StoreError(
+                f"--teacher is for --network: {args.onnx} records its teacher (python -m aml.export --teacher)"
+            )
         return _print_results(query_database_onnx(database, args.onnx, args.images, args.k, bbxs, reranking), args)
     device = str(resolve_device(args.device, args.gpu_id))
     student = load_test_network(args.network, None, None, args.data_root).net

@@ -14,16 +14,33 @@ def build_parser() -> Parser:
     parser = Parser(prog="python -m aml.cli.synthetic", description="Generate the synthetic landmark data sets.")
     parser.add_argument("--data-root", default=None, type=folder, help="data root (default $AML_DATA_ROOT or ./data)")
     parser.add_argument("--image-size", type=positive_int, default=160, help="longer side of generated images")
-    parser.add_argument("--train-landmarks", type=positive_int, default=SyntheticTrainConfig.train_landmarks,
-                        help="landmarks of synth-sfm's train split")
-    parser.add_argument("--val-landmarks", type=positive_int, default=SyntheticTrainConfig.val_landmarks,
-                        help="landmarks of synth-sfm's val split")
-    parser.add_argument("--views", type=positive_int, default=SyntheticTrainConfig.views,
-                        help="training views per landmark")
-    parser.add_argument("--test-landmarks", type=positive_int, default=SyntheticTestConfig.landmarks,
-                        help="query landmarks of synth-oxford and of synth-paris (2 queries each)")
-    parser.add_argument("--distractors", type=nonnegative_int, default=SyntheticTestConfig.distractor_landmarks,
-                        help="other landmarks whose views fill each test database")
+    parser.add_argument(
+        "--train-landmarks",
+        type=positive_int,
+        default=SyntheticTrainConfig.train_landmarks,
+        help="landmarks of synth-sfm's train split",
+    )
+    parser.add_argument(
+        "--val-landmarks",
+        type=positive_int,
+        default=SyntheticTrainConfig.val_landmarks,
+        help="landmarks of synth-sfm's val split",
+    )
+    parser.add_argument(
+        "--views", type=positive_int, default=SyntheticTrainConfig.views, help="training views per landmark"
+    )
+    parser.add_argument(
+        "--test-landmarks",
+        type=positive_int,
+        default=SyntheticTestConfig.landmarks,
+        help="query landmarks of synth-oxford and of synth-paris (2 queries each)",
+    )
+    parser.add_argument(
+        "--distractors",
+        type=nonnegative_int,
+        default=SyntheticTestConfig.distractor_landmarks,
+        help="other landmarks whose views fill each test database",
+    )
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="added to every set's seed")
     parser.add_argument("--overwrite", action="store_true", help="regenerate existing sets")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -34,10 +51,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: python -m aml.cli.synthetic --data-root DIR [sizes]."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train = SyntheticTrainConfig(args.train_landmarks, args.val_landmarks, args.views, image_size=args.image_size,
-                        seed=SyntheticTrainConfig.seed + args.seed)
-    test = SyntheticTestConfig(landmarks=args.test_landmarks, distractor_landmarks=args.distractors,
-                      image_size=args.image_size, seed=SyntheticTestConfig.seed + args.seed)
+    train = SyntheticTrainConfig(
+        args.train_landmarks,
+        args.val_landmarks,
+        args.views,
+        image_size=args.image_size,
+        seed=SyntheticTrainConfig.seed + args.seed,
+    )
+    test = SyntheticTestConfig(
+        landmarks=args.test_landmarks,
+        distractor_landmarks=args.distractors,
+        image_size=args.image_size,
+        seed=SyntheticTestConfig.seed + args.seed,
+    )
     generate_all(resolve_data_root(args.data_root), args.overwrite, train, test, progress=not args.quiet)
 
 

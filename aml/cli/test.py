@@ -6,10 +6,20 @@ import logging
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import (Parser, add_extraction_arguments, add_reranking_arguments, add_runtime_arguments,
-                               extraction_from, folder, nonnegative_int, output_file, parse_scales, positive_int,
-                               reranking_from,
-                               setup_logging)
+from aml.cli.arguments import (
+    Parser,
+    add_extraction_arguments,
+    add_reranking_arguments,
+    add_runtime_arguments,
+    extraction_from,
+    folder,
+    nonnegative_int,
+    output_file,
+    parse_scales,
+    positive_int,
+    reranking_from,
+    setup_logging,
+)
 from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
 from aml.data.trainsets import get_train_set, whitening_set_names
@@ -28,50 +38,110 @@ def build_parser() -> argparse.ArgumentParser:
     """The original test.py flags (names, aliases, defaults) plus --data-root, --device, --results, re-ranking."""
     parser = Parser(description="Evaluate a retrieval network, symmetrically or asymmetrically.")
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--network-path", "-npath", metavar="NETWORK",
-                       help="a name of the pretrained list (see --list-pretrained) or a checkpoint file")
-    group.add_argument("--network-offtheshelf", "-noff", metavar="NETWORK",
-                       help="off-the-shelf network 'ARCH-POOL' with optional '-reg', '-lwhiten', '-whiten'")
+    group.add_argument(
+        "--network-path",
+        "-npath",
+        metavar="NETWORK",
+        help="a name of the pretrained list (see --list-pretrained) or a checkpoint file",
+    )
+    group.add_argument(
+        "--network-offtheshelf",
+        "-noff",
+        metavar="NETWORK",
+        help="off-the-shelf network 'ARCH-POOL' with optional '-reg', '-lwhiten', '-whiten'",
+    )
     group.add_argument("--list-pretrained", action="store_true", help="print the pretrained list and exit")
-    parser.add_argument("--datasets", "-d", metavar="DATASETS", default="roxford5k,rparis6k",
-                        help=f"comma separated test sets: {', '.join(TEST_SETS)}, or any folder <data_root>/test/NAME "
-                             "with jpg/ and gnd_NAME.pkl; add a distractor set with '+': "
-                             f"{', '.join('NAME+' + d for d in DISTRACTOR_SETS)} (1m = the revisitop 1M distractors) "
-                             "(default: roxford5k,rparis6k)")
-    parser.add_argument("--distractor-dtype", choices=["float32", "float16"], default="float32",
-                        help="how distractor descriptors are stored on disk: float16 halves the disk and the reads, "
-                             "and rounds the scores (default: float32)")
-    parser.add_argument("--shard-size", default=16384, type=positive_int, metavar="N",
-                        help="distractor images per shard of the descriptor store (default: 16384)")
-    parser.add_argument("--image-size", "-imsize", default=1024, type=positive_int, metavar="N",
-                        help="maximum size of the longer image side (default: 1024)")
-    parser.add_argument("--multiscale", "-ms", metavar="MULTISCALE", default="[1]", type=parse_scales,
-                        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')")
-    parser.add_argument("--whitening", "-w", metavar="WHITENING", default=None,
-                        help=f"learned whitening set: {' | '.join(whitening_set_names())}, or a custom set made by "
-                             "python -m aml.cli.make_trainset (default: none)")
+    parser.add_argument(
+        "--datasets",
+        "-d",
+        metavar="DATASETS",
+        default="roxford5k,rparis6k",
+        help=f"comma separated test sets: {', '.join(TEST_SETS)}, or any folder <data_root>/test/NAME "
+        "with jpg/ and gnd_NAME.pkl; add a distractor set with '+': "
+        f"{', '.join('NAME+' + d for d in DISTRACTOR_SETS)} (1m = the revisitop 1M distractors) "
+        "(default: roxford5k,rparis6k)",
+    )
+    parser.add_argument(
+        "--distractor-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="how distractor descriptors are stored on disk: float16 halves the disk and the reads, "
+        "and rounds the scores (default: float32)",
+    )
+    parser.add_argument(
+        "--shard-size",
+        default=16384,
+        type=positive_int,
+        metavar="N",
+        help="distractor images per shard of the descriptor store (default: 16384)",
+    )
+    parser.add_argument(
+        "--image-size",
+        "-imsize",
+        default=1024,
+        type=positive_int,
+        metavar="N",
+        help="maximum size of the longer image side (default: 1024)",
+    )
+    parser.add_argument(
+        "--multiscale",
+        "-ms",
+        metavar="MULTISCALE",
+        default="[1]",
+        type=parse_scales,
+        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')",
+    )
+    parser.add_argument(
+        "--whitening",
+        "-w",
+        metavar="WHITENING",
+        default=None,
+        help=f"learned whitening set: {' | '.join(whitening_set_names())}, or a custom set made by "
+        "python -m aml.cli.make_trainset (default: none)",
+    )
     add_reranking_arguments(parser)
-    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, metavar="N",
-                        help="image loading workers (default: 8)")
+    parser.add_argument(
+        "--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)"
+    )
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
-    parser.add_argument("--teacher", "-t", default="vgg16", metavar="TEACHER",
-                        help="vgg16 | resnet101 (published teachers) or a checkpoint path; the database "
-                             "encoder with --asym (default: vgg16)")
-    parser.add_argument("--asym", action="store_true",
-                        help="asymmetric testing: teacher encodes the database, the network the queries")
-    parser.add_argument("--results", metavar="FILE", default=None, type=output_file,
-                        help="write every number and the settings as JSON")
+    parser.add_argument(
+        "--teacher",
+        "-t",
+        default="vgg16",
+        metavar="TEACHER",
+        help="vgg16 | resnet101 (published teachers) or a checkpoint path; the database "
+        "encoder with --asym (default: vgg16)",
+    )
+    parser.add_argument(
+        "--asym", action="store_true", help="asymmetric testing: teacher encodes the database, the network the queries"
+    )
+    parser.add_argument(
+        "--results", metavar="FILE", default=None, type=output_file, help="write every number and the settings as JSON"
+    )
     add_extraction_arguments(parser)
     parser.add_argument("--no-cache", action="store_true", help="do not cache database descriptors")
-    parser.add_argument("--skip-bad-images", action="store_true",
-                        help="skip unreadable images instead of stopping: skipped database images rank last, "
-                             "skipped queries are left out; the list goes next to --results (else --report, else "
-                             "the data set's folder) as skipped_<dataset>.txt")
-    parser.add_argument("--report", metavar="DIR", default=None, type=folder,
-                        help="write a visual ranking report per data set to DIR/<dataset>/index.html (+ a PNG per "
-                             "query); with --asym the teacher's own ranking is shown beside the network's")
-    parser.add_argument("--report-top", default=10, type=positive_int, metavar="K",
-                        help="database images shown per query in --report (default: 10)")
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip unreadable images instead of stopping: skipped database images rank last, "
+        "skipped queries are left out; the list goes next to --results (else --report, else "
+        "the data set's folder) as skipped_<dataset>.txt",
+    )
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        default=None,
+        type=folder,
+        help="write a visual ranking report per data set to DIR/<dataset>/index.html (+ a PNG per "
+        "query); with --asym the teacher's own ranking is shown beside the network's",
+    )
+    parser.add_argument(
+        "--report-top",
+        default=10,
+        type=positive_int,
+        metavar="K",
+        help="database images shown per query in --report (default: 10)",
+    )
     add_runtime_arguments(parser)
     return parser
 
@@ -117,11 +187,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         datasets = _check_datasets(args.datasets, args.data_root)
         if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
-            raise ConfigError(f"{args.whitening} has no whitening pairs; choose from "
-                              f"{', '.join(whitening_set_names())}")
+            raise ConfigError(
+                f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}"
+            )
         if args.report and any(split_test_name(name)[1] for name in datasets):
-            raise ValueError("--report draws full rankings, which a distractor set makes too long; run --report "
-                             "without the '+' suffix")
+            raise ValueError(
+                "--report draws full rankings, which a distractor set makes too long; run --report "
+                "without the '+' suffix"
+            )
         reranking = reranking_from(args)
         check_reranking(reranking, datasets, args.data_root, sizes=False)  # the sizes come once the sets are in
     except ValueError as err:
@@ -142,17 +215,37 @@ def main(argv: Optional[List[str]] = None) -> dict:
     say(student.net.meta_repr())
     if teacher is not None:
         say(f">> Asymmetric testing: database by teacher '{teacher.name}', queries by '{student.name}'")
-    settings = TestSettings(datasets=tuple(datasets), image_size=args.image_size, scales=args.multiscale,
-                            whitening=args.whitening,
-                            extraction=extraction_from(args, str(device)).but(skip_bad=args.skip_bad_images),
-                            data_root=args.data_root, cache=not args.no_cache, skipped_dir=_skipped_dir(args),
-                            report_dir=Path(args.report) if args.report else None, report_top=args.report_top,
-                            distractor_dtype=args.distractor_dtype, shard_size=args.shard_size, reranking=reranking)
-    results = {name: result.record() for name, result in evaluate(
-        student, settings, teacher, on_result=lambda result: say("\n".join(result.lines()), flush=True)).items()}
+    settings = TestSettings(
+        datasets=tuple(datasets),
+        image_size=args.image_size,
+        scales=args.multiscale,
+        whitening=args.whitening,
+        extraction=extraction_from(args, str(device)).but(skip_bad=args.skip_bad_images),
+        data_root=args.data_root,
+        cache=not args.no_cache,
+        skipped_dir=_skipped_dir(args),
+        report_dir=Path(args.report) if args.report else None,
+        report_top=args.report_top,
+        distractor_dtype=args.distractor_dtype,
+        shard_size=args.shard_size,
+        reranking=reranking,
+    )
+    results = {
+        name: result.record()
+        for name, result in evaluate(
+            student, settings, teacher, on_result=lambda result: say("\n".join(result.lines()), flush=True)
+        ).items()
+    }
     if args.results and world.is_main:
-        report = {"settings": {**vars(args), "device": str(device), "network": student.name,
-                               "teacher": teacher.name if teacher else None}, "results": results}
+        report = {
+            "settings": {
+                **vars(args),
+                "device": str(device),
+                "network": student.name,
+                "teacher": teacher.name if teacher else None,
+            },
+            "results": results,
+        }
         text = json.dumps(_json_ready(report), indent=1, ensure_ascii=False)
         # a name that is not UTF-8 (bytes on Linux) becomes its JSON escape (\udcxx), as json.loads reads it back
         atomic_write(args.results, lambda out: out.write(text.encode("utf-8", "backslashreplace")))

@@ -67,8 +67,10 @@ def split_test_name(name: str) -> Tuple[str, Optional[str]]:
     if not sep:
         return name, None
     if suffix.lower() not in DISTRACTOR_SETS:
-        raise ConfigError(f"{name}: unknown distractor set {suffix!r} after '{SEPARATOR}'; choose from "
-                          f"{sorted(DISTRACTOR_SETS)} (e.g. roxford5k{SEPARATOR}1m)")
+        raise ConfigError(
+            f"{name}: unknown distractor set {suffix!r} after '{SEPARATOR}'; choose from "
+            f"{sorted(DISTRACTOR_SETS)} (e.g. roxford5k{SEPARATOR}1m)"
+        )
     return test, suffix.lower()
 
 

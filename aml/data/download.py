@@ -142,9 +142,14 @@ def _copy_body(response, out, have: int, total: Optional[int], limits: _Limits, 
     for block in iter(lambda: response.read(_CHUNK), b""):
         have += len(block)
         if have > cap:
-            raise DownloadError(f"the server sent more than {cap} bytes" + (
-                f" (it announced {total})" if total is not None and total <= limits.max_bytes else
-                "; raise max_bytes if the file really is that large"))
+            raise DownloadError(
+                f"the server sent more than {cap} bytes"
+                + (
+                    f" (it announced {total})"
+                    if total is not None and total <= limits.max_bytes
+                    else "; raise max_bytes if the file really is that large"
+                )
+            )
         out.write(block)
         bar.update(len(block))
 
@@ -180,12 +185,19 @@ def _transfer(url: str, partial: Path, limits: _Limits, progress: bool) -> _Rece
         total = _complete_size(response.headers.get("Content-Range")) if resumed else None
         if total is None and length is not None:
             total = have + int(length)
-        record = {"url": url, "etag": response.headers.get("ETag"),
-                  "last_modified": response.headers.get("Last-Modified"), "total": total}
+        record = {
+            "url": url,
+            "etag": response.headers.get("ETag"),
+            "last_modified": response.headers.get("Last-Modified"),
+            "total": total,
+        }
         _write_json(_part_record(partial), record)
-        with open(partial, "ab" if resumed else "wb") as out, progress_bar(
-            total=total, initial=have, unit="B", unit_scale=True, desc=partial.name[:-5], enabled=progress
-        ) as bar:
+        with (
+            open(partial, "ab" if resumed else "wb") as out,
+            progress_bar(
+                total=total, initial=have, unit="B", unit_scale=True, desc=partial.name[:-5], enabled=progress
+            ) as bar,
+        ):
             try:
                 _copy_body(response, out, have, total, limits, bar)
             except DownloadError:
@@ -195,24 +207,28 @@ def _transfer(url: str, partial: Path, limits: _Limits, progress: bool) -> _Rece
     return _Received(total, total is not None or chunked)
 
 
-def _transfer_with_retries(url: str, dest: Path, partial: Path, retries: int, limits: _Limits,
-                           progress: bool) -> _Received:
+def _transfer_with_retries(
+    url: str, dest: Path, partial: Path, retries: int, limits: _Limits, progress: bool
+) -> _Received:
     error: BaseException = DownloadError("no attempt made")
     for attempt in range(max(retries, 1)):
         try:
             return _transfer(url, partial, limits, progress)
         except DownloadError as err:
-            raise DownloadError(f"Refused download of {url}: {err}; the partial file was deleted. "
-                                f"{_manual_hint(url, dest)}") from None
+            raise DownloadError(
+                f"Refused download of {url}: {err}; the partial file was deleted. {_manual_hint(url, dest)}"
+            ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             if is_disk_full(err):  # not the network's fault: another attempt would fail the same way
-                raise DiskFull(f"no space left on the device for {partial} while downloading {url}: free space and "
-                               "run again (the download resumes where it stopped)") from err
+                raise DiskFull(
+                    f"no space left on the device for {partial} while downloading {url}: free space and "
+                    "run again (the download resumes where it stopped)"
+                ) from err
             error = err
             if isinstance(err, urllib.error.HTTPError) and err.code in (401, 403, 404, 410):
                 break
             log.warning("download of %s failed (%s), attempt %d/%d", url, err, attempt + 1, retries)
-            time.sleep(min(2 ** attempt, 10) * 0.1)
+            time.sleep(min(2**attempt, 10) * 0.1)
     raise DownloadError(f"Could not download {url}: {error}. {_manual_hint(url, dest)}") from error
 
 
@@ -269,9 +285,11 @@ def download_file(
     received = _transfer_with_retries(url, dest, partial, retries, limits, progress)
     if not (expected_hash or size is not None or received.delimited):
         _discard(partial)
-        raise DownloadError(f"Unverifiable download of {url}: the server did not say how long the file is and no hash "
-                            f"or size is known for it, so a cut connection cannot be told from the file's end; "
-                            f"nothing was installed. {_manual_hint(url, dest)}")
+        raise DownloadError(
+            f"Unverifiable download of {url}: the server did not say how long the file is and no hash "
+            f"or size is known for it, so a cut connection cannot be told from the file's end; "
+            f"nothing was installed. {_manual_hint(url, dest)}"
+        )
     _verify(partial, url, dest, expected_hash, size if size is not None else received.total)
     digest = _sha256_of(partial).hexdigest()
     os.replace(partial, dest)
@@ -298,7 +316,7 @@ def _verify(partial: Path, url: str, dest: Path, expected_hash: Optional[str], e
         if not actual.startswith(expected_hash):
             _discard(partial)
             raise DownloadError(
-                f"Corrupt download of {url}: sha256 {actual[:len(expected_hash)]} != expected {expected_hash}; "
+                f"Corrupt download of {url}: sha256 {actual[: len(expected_hash)]} != expected {expected_hash}; "
                 f"the partial file was deleted, run the command again. {_manual_hint(url, dest)}"
             )
 
@@ -333,12 +351,14 @@ def _extract(archive: Path, folder: Path, progress: bool) -> None:
             members = tar.getmembers()
             for member in members:
                 _check_member(member, folder)
-            for member in progress_bar(members, desc=f"unpacking {archive.name}", unit="file", enabled=progress,
-                               leave=False):
+            for member in progress_bar(
+                members, desc=f"unpacking {archive.name}", unit="file", enabled=progress, leave=False
+            ):
                 tar.extract(member, folder, filter="data")
     except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise DownloadError(f"{archive} is truncated or not a readable archive ({err}); delete it and download "
-                            "it again") from err
+        raise DownloadError(
+            f"{archive} is truncated or not a readable archive ({err}); delete it and download it again"
+        ) from err
 
 
 def _materialise_links(scratch: Path, archive: Path) -> None:
@@ -349,8 +369,10 @@ def _materialise_links(scratch: Path, archive: Path) -> None:
     for link in sorted(p for p in scratch.rglob("*") if p.is_symlink()):
         resolved = link.resolve()
         if root not in resolved.parents or not resolved.is_file():
-            raise DownloadError(f"refusing archive link {link.relative_to(scratch)} in {archive}: it points to "
-                                f"{os.readlink(link)}, not to a file of the archive")
+            raise DownloadError(
+                f"refusing archive link {link.relative_to(scratch)} in {archive}: it points to "
+                f"{os.readlink(link)}, not to a file of the archive"
+            )
         data = resolved.read_bytes()
         link.unlink()
         link.write_bytes(data)
@@ -364,16 +386,19 @@ def _flatten(scratch: Path, folder: Path, archive: Path) -> None:
         target = folder / path.name
         if target.exists():
             if target.read_bytes() != path.read_bytes():
-                raise DownloadError(f"{archive}: {path.relative_to(scratch)} and an earlier file both flatten to "
-                                    f"{path.name} with different contents; unpack it without flattening and rename one")
+                raise DownloadError(
+                    f"{archive}: {path.relative_to(scratch)} and an earlier file both flatten to "
+                    f"{path.name} with different contents; unpack it without flattening and rename one"
+                )
             log.info(">> %s: %s is a copy of an earlier %s; kept once", archive, path.relative_to(scratch), path.name)
             path.unlink()
             continue
         os.replace(path, target)
 
 
-def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Path], flatten: bool = False,
-                     progress: bool = False) -> Path:
+def extract_archives(
+    archives: Sequence[Union[str, Path]], target: Union[str, Path], flatten: bool = False, progress: bool = False
+) -> Path:
     """Unpack (compressed) tar ``archives`` into a new folder ``target``, safely and atomically.
 
     Everything is unpacked into a staging sibling of this process (``.<target>.<pid>.*.staging``),
@@ -396,8 +421,9 @@ def extract_archives(archives: Sequence[Union[str, Path]], target: Union[str, Pa
     return target
 
 
-def extract_archive(archive: Union[str, Path], target: Union[str, Path], flatten: bool = False,
-                    progress: bool = False) -> Path:
+def extract_archive(
+    archive: Union[str, Path], target: Union[str, Path], flatten: bool = False, progress: bool = False
+) -> Path:
     """`extract_archives` of one archive."""
     return extract_archives([archive], target, flatten, progress)
 

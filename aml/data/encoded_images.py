@@ -30,8 +30,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from aml.data.images import (BBox, ImageLoadError, PathLike, errors_naming, load_and_resize, open_image_file,
-                             resized_shape)
+from aml.data.images import (
+    BBox,
+    ImageLoadError,
+    PathLike,
+    errors_naming,
+    load_and_resize,
+    open_image_file,
+    resized_shape,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +69,9 @@ def _pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
 
 
-def read_payload(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = None,
-                 pil_only: bool = False) -> ImagePayload:
+def read_payload(
+    path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = None, pil_only: bool = False
+) -> ImagePayload:
     """The payload of ``path``: its bytes when the device can decode it (never with
     ``pil_only``), else PIL's pixels (resized, cropped to ``bbx``). Raises
     `ImageLoadError` naming a missing or unreadable file."""
@@ -86,8 +94,13 @@ class EncodedImagesFromList(Dataset):
     """Item i = (`ImagePayload` of image i, i); the counterpart of ImagesFromList
     (``pil_only``: every image decoded by PIL in the worker, handed on as uint8 pixels)."""
 
-    def __init__(self, images: Sequence[PathLike], imsize: Optional[float] = None,
-                 bbxs: Optional[Sequence[Optional[BBox]]] = None, pil_only: bool = False):
+    def __init__(
+        self,
+        images: Sequence[PathLike],
+        imsize: Optional[float] = None,
+        bbxs: Optional[Sequence[Optional[BBox]]] = None,
+        pil_only: bool = False,
+    ):
         if bbxs is not None and len(bbxs) != len(images):
             raise ValueError(f"{len(images)} images but {len(bbxs)} bounding boxes")
         self.images, self.imsize, self.bbxs, self.pil_only = list(images), imsize, bbxs, pil_only
@@ -183,8 +196,9 @@ class DeviceDecoder:
             The batch, or None when no image is left.
         """
         encoded = [k for k, p in enumerate(payloads) if p.encoded]
-        images: List[Optional[torch.Tensor]] = [None if p.encoded else p.data.to(self.device, non_blocking=True)
-                                                for p in payloads]
+        images: List[Optional[torch.Tensor]] = [
+            None if p.encoded else p.data.to(self.device, non_blocking=True) for p in payloads
+        ]
         if encoded:
             try:
                 decoded: List[Optional[torch.Tensor]] = list(self.jpegs.decode([payloads[k].data for k in encoded]))
@@ -214,8 +228,13 @@ class DeviceDecoder:
             return None
 
 
-def decode_batch(payloads: Sequence[ImagePayload], device: torch.device, mean: Sequence[float],
-                 std: Sequence[float], failed: Optional[List[int]] = None) -> Optional[torch.Tensor]:
+def decode_batch(
+    payloads: Sequence[ImagePayload],
+    device: torch.device,
+    mean: Sequence[float],
+    std: Sequence[float],
+    failed: Optional[List[int]] = None,
+) -> Optional[torch.Tensor]:
     """B x 3 x H x W normalised float32 images on ``device`` from payloads of one resized
     shape (`DeviceDecoder.batch` of a decoder made for this one call).
 

@@ -50,8 +50,9 @@ def open_image_file(path: PathLike) -> BinaryIO:
     if not stat.S_ISREG(info.st_mode):
         raise ImageLoadError(f"image {path} is not a regular file (a device, FIFO or folder); list image files only")
     if info.st_size > MAX_IMAGE_BYTES:
-        raise ImageLoadError(f"image {path} has {info.st_size} bytes, more than the {MAX_IMAGE_BYTES} accepted; "
-                             "shrink it first")
+        raise ImageLoadError(
+            f"image {path} has {info.st_size} bytes, more than the {MAX_IMAGE_BYTES} accepted; shrink it first"
+        )
     with errors_naming(path):
         return open(path, "rb")
 
@@ -119,8 +120,13 @@ def load_and_resize(path: PathLike, imsize: Optional[float], bbx: Optional[BBox]
 class ImagesFromList(Dataset):
     """Images (optionally cropped) -> transformed tensors; item = (tensor, index)."""
 
-    def __init__(self, images: Sequence[PathLike], imsize: Optional[float] = None,
-                 bbxs: Optional[Sequence[Optional[BBox]]] = None, transform: Optional[Callable] = None):
+    def __init__(
+        self,
+        images: Sequence[PathLike],
+        imsize: Optional[float] = None,
+        bbxs: Optional[Sequence[Optional[BBox]]] = None,
+        transform: Optional[Callable] = None,
+    ):
         if bbxs is not None and len(bbxs) != len(images):
             raise ValueError(f"{len(images)} images but {len(bbxs)} bounding boxes")
         self.images = list(images)

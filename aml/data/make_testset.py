@@ -86,8 +86,11 @@ def _is_names(value: Any) -> bool:
 
 
 def _is_box(value: Any) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
 
 
 def check_description(description: Any, source: str) -> None:
@@ -100,8 +103,10 @@ def check_description(description: Any, source: str) -> None:
     """
     if not isinstance(description, dict) or not isinstance(description.get("queries"), list):
         found = kind_of(description.get("queries")) if isinstance(description, dict) else kind_of(description)
-        raise TestSetError(f"{source}: expected an object whose 'queries' is a list of queries (and an optional "
-                           f"'database' list), found {found}")
+        raise TestSetError(
+            f"{source}: expected an object whose 'queries' is a list of queries (and an optional "
+            f"'database' list), found {found}"
+        )
     if description.get("database") is not None and not _is_names(description["database"]):
         raise TestSetError(f"{source}: 'database' is {kind_of(description['database'])}, not a list of image names")
     for q, entry in enumerate(description["queries"]):
@@ -112,11 +117,13 @@ def check_description(description: Any, source: str) -> None:
             raise TestSetError(f"{where}: 'image' is {kind_of(entry.get('image'))}, not an image name")
         for key in ("easy", "hard", "junk", "ok"):
             if key in entry and not _is_names(entry[key]):
-                raise TestSetError(f"{where} ({entry['image']}): '{key}' is {kind_of(entry[key])}, not a list of "
-                                   "image names")
+                raise TestSetError(
+                    f"{where} ({entry['image']}): '{key}' is {kind_of(entry[key])}, not a list of image names"
+                )
         if entry.get("box") is not None and not _is_box(entry["box"]):
-            raise TestSetError(f"{where} ({entry['image']}): 'box' is {kind_of(entry['box'])}, not four numbers "
-                               "x1, y1, x2, y2")
+            raise TestSetError(
+                f"{where} ({entry['image']}): 'box' is {kind_of(entry['box'])}, not four numbers x1, y1, x2, y2"
+            )
 
 
 def _protocol(queries: Sequence[Dict[str, Any]], source: str) -> str:
@@ -141,8 +148,9 @@ def _check_images(names: Sequence[str], images_dir: Path, source: str) -> Dict[s
     return sizes
 
 
-def _check_query(q: int, entry: Dict[str, Any], lists: Sequence[str], database: Dict[str, int],
-                 sizes: Dict[str, tuple], source: str) -> None:
+def _check_query(
+    q: int, entry: Dict[str, Any], lists: Sequence[str], database: Dict[str, int], sizes: Dict[str, tuple], source: str
+) -> None:
     where = f"{source}: query {q} ({entry['image']})"
     seen: Dict[str, str] = {}
     for key in lists:
@@ -174,8 +182,13 @@ def _copy_as_jpeg(source: Path, target: Path) -> None:
             image.convert("RGB").save(target, "JPEG", quality=95)
 
 
-def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
-                   data_root: Optional[PathLike] = None, source: str = "description") -> Path:
+def build_test_set(
+    description: Dict[str, Any],
+    images_dir: PathLike,
+    name: str,
+    data_root: Optional[PathLike] = None,
+    source: str = "description",
+) -> Path:
     """Check ``description`` (see `read_description`) against ``images_dir`` and write
     ``<data_root>/test/<name>/`` (staged, renamed into place when complete). Raises
     `TestSetError` naming the first problem; an existing set is never overwritten."""
@@ -194,8 +207,11 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
     database_names = description.get("database")
     if database_names is None:
         taken = set(query_names)
-        database_names = sorted(str(p.relative_to(images_dir)) for p in images_dir.rglob("*")
-                                if p.is_file() and str(p.relative_to(images_dir)) not in taken)
+        database_names = sorted(
+            str(p.relative_to(images_dir))
+            for p in images_dir.rglob("*")
+            if p.is_file() and str(p.relative_to(images_dir)) not in taken
+        )
     sizes = _check_images(list(query_names) + list(database_names), images_dir, source)
     stems = [_stem(n) for n in dict.fromkeys(list(database_names) + query_names)]
     if len(set(stems)) != len(stems):
@@ -210,16 +226,29 @@ def build_test_set(description: Dict[str, Any], images_dir: PathLike, name: str,
         (staging / "jpg").mkdir(parents=True)
         for image in dict.fromkeys(list(database_names) + query_names):
             _copy_as_jpeg(images_dir / image, staging / "jpg" / f"{_stem(image)}.jpg")
-        gnd = [{**{key: [database[n] for n in entry.get(key, [])] for key in lists},
-                "bbx": [float(c) for c in entry["box"]] if entry.get("box") is not None else None}
-               for entry in queries]
-        save_pickle({"imlist": [_stem(n) for n in database_names], "qimlist": [_stem(n) for n in query_names],
-                     "gnd": gnd}, staging / f"gnd_{name}.pkl")
+        gnd = [
+            {
+                **{key: [database[n] for n in entry.get(key, [])] for key in lists},
+                "bbx": [float(c) for c in entry["box"]] if entry.get("box") is not None else None,
+            }
+            for entry in queries
+        ]
+        save_pickle(
+            {"imlist": [_stem(n) for n in database_names], "qimlist": [_stem(n) for n in query_names], "gnd": gnd},
+            staging / f"gnd_{name}.pkl",
+        )
         if not publish_folder(staging, folder):
-            raise TestSetError(f"{folder} was created by another process meanwhile; choose another --name or move it "
-                               "away")
-    log.info(">> %s: %d queries, %d database images, %s protocol, in %s", name, len(queries), len(database_names),
-             protocol, folder)
+            raise TestSetError(
+                f"{folder} was created by another process meanwhile; choose another --name or move it away"
+            )
+    log.info(
+        ">> %s: %d queries, %d database images, %s protocol, in %s",
+        name,
+        len(queries),
+        len(database_names),
+        protocol,
+        folder,
+    )
     return folder
 
 

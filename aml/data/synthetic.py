@@ -124,8 +124,9 @@ def _perspective_coeffs(output: Sequence[Tuple[float, float]], source: Sequence[
     return np.linalg.solve(np.array(rows, float), np.array(rhs, float)).tolist()
 
 
-def render_view(scene: Image.Image, rng: np.random.Generator, difficulty: float, side: int,
-                zoom: Optional[float] = None) -> Tuple[Image.Image, Tuple[float, float, float, float]]:
+def render_view(
+    scene: Image.Image, rng: np.random.Generator, difficulty: float, side: int, zoom: Optional[float] = None
+) -> Tuple[Image.Image, Tuple[float, float, float, float]]:
     """A view of ``scene``; returns the image and the bounding box (x1, y1, x2, y2) of the
     part of the scene that is visible in it.
 
@@ -141,13 +142,18 @@ def render_view(scene: Image.Image, rng: np.random.Generator, difficulty: float,
     cx = SCENE / 2 + rng.uniform(-0.5, 0.5) * d * SCENE * 0.5
     cy = SCENE / 2 + rng.uniform(-0.5, 0.5) * d * SCENE * 0.5
     jitter = 0.22 * d * span
-    corners = [(cx - span / 2, cy - span / 2), (cx + span / 2, cy - span / 2),
-               (cx + span / 2, cy + span / 2), (cx - span / 2, cy + span / 2)]
+    corners = [
+        (cx - span / 2, cy - span / 2),
+        (cx + span / 2, cy - span / 2),
+        (cx + span / 2, cy + span / 2),
+        (cx - span / 2, cy + span / 2),
+    ]
     source = [(x + rng.uniform(-jitter, jitter), y + rng.uniform(-jitter, jitter)) for x, y in corners]
     coeffs = _perspective_coeffs([(0, 0), (width, 0), (width, height), (0, height)], source)
     view = scene.transform((width, height), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR)
-    mask = Image.new("L", scene.size, 255).transform((width, height), Image.Transform.PERSPECTIVE, coeffs,
-                                                   Image.Resampling.BILINEAR)
+    mask = Image.new("L", scene.size, 255).transform(
+        (width, height), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR
+    )
     view = Image.composite(view, _clutter(rng, width, height), mask)
     pixels = np.asarray(view, dtype=np.float32)
     gain = 1.0 + d * rng.uniform(-0.45, 0.45, size=3)
@@ -177,6 +183,7 @@ def _save(image: Image.Image, path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 # training set (retrieval-SfM-120k layout)
 
+
 @dataclass(frozen=True)
 class SyntheticTrainConfig:
     """Sizes of a synthetic training set."""
@@ -189,8 +196,15 @@ class SyntheticTrainConfig:
     seed: int = 1
 
 
-def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: int, config: SyntheticTrainConfig,
-           ims: Path, tag: str, bar: tqdm) -> Dict[str, list]:
+def _split(
+    rng: np.random.Generator,
+    scenes: List[Image.Image],
+    cluster_offset: int,
+    config: SyntheticTrainConfig,
+    ims: Path,
+    tag: str,
+    bar: tqdm,
+) -> Dict[str, list]:
     cids: List[str] = []
     clusters: List[int] = []
     qidxs: List[int] = []
@@ -212,9 +226,13 @@ def _split(rng: np.random.Generator, scenes: List[Image.Image], cluster_offset: 
     return {"cids": cids, "cluster": clusters, "qidxs": qidxs, "pidxs": pidxs}
 
 
-def generate_train_set(data_root: PathLike, name: str = "synth-sfm",
-                       config: SyntheticTrainConfig = SyntheticTrainConfig(),
-                       overwrite: bool = False, progress: bool = False) -> Path:
+def generate_train_set(
+    data_root: PathLike,
+    name: str = "synth-sfm",
+    config: SyntheticTrainConfig = SyntheticTrainConfig(),
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
     """Write ``<data_root>/train/<name>/`` (ims/, <name>.pkl, <name>-whiten.pkl); ``progress``:
     a bar over the images on stderr."""
     folder = Path(data_root) / "train" / name
@@ -223,13 +241,16 @@ def generate_train_set(data_root: PathLike, name: str = "synth-sfm",
     rng = np.random.default_rng(config.seed)
     scenes = _landmarks(config.seed + 1000, config.train_landmarks + config.val_landmarks, STYLES["sfm"])
     total = (config.train_landmarks + config.val_landmarks) * config.views
-    with staged(folder) as staging, progress_bar(total=total, desc=f"generating {name}", unit="img",
-                                                 enabled=progress, leave=False) as bar:
-        train = _split(rng, scenes[:config.train_landmarks], 0, config, staging / "ims", name, bar)
-        val = _split(rng, scenes[config.train_landmarks:], config.train_landmarks, config, staging / "ims", name, bar)
+    with (
+        staged(folder) as staging,
+        progress_bar(total=total, desc=f"generating {name}", unit="img", enabled=progress, leave=False) as bar,
+    ):
+        train = _split(rng, scenes[: config.train_landmarks], 0, config, staging / "ims", name, bar)
+        val = _split(rng, scenes[config.train_landmarks :], config.train_landmarks, config, staging / "ims", name, bar)
         save_pickle({"train": train, "val": val}, staging / f"{name}.pkl")
-        save_pickle({"cids": train["cids"], "qidxs": train["qidxs"], "pidxs": train["pidxs"]},
-                    staging / f"{name}-whiten.pkl")
+        save_pickle(
+            {"cids": train["cids"], "qidxs": train["qidxs"], "pidxs": train["pidxs"]}, staging / f"{name}-whiten.pkl"
+        )
         publish_folder(staging, folder, overwrite or not (folder / f"{name}.pkl").exists())
     log.info(">> %s: %d train and %d val images written to %s", name, len(train["cids"]), len(val["cids"]), folder)
     return folder
@@ -237,6 +258,7 @@ def generate_train_set(data_root: PathLike, name: str = "synth-sfm",
 
 # ------------------------------------------------------------------------------------------
 # test sets (revisited Oxford/Paris layout)
+
 
 @dataclass(frozen=True)
 class SyntheticTestConfig:
@@ -264,8 +286,10 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
     scenes = _landmarks(seed + 1000, config.landmarks + config.distractor_landmarks, STYLES[style_name])
     imlist: List[str] = []
     groups: List[Dict[str, List[int]]] = []
-    total = (config.landmarks * (config.easy + config.hard + config.junk + config.queries_per_landmark)
-             + config.distractor_landmarks * config.distractor_views)
+    total = (
+        config.landmarks * (config.easy + config.hard + config.junk + config.queries_per_landmark)
+        + config.distractor_landmarks * config.distractor_views
+    )
     bar = progress_bar(total=total, desc=f"generating {name}", unit="img", enabled=progress, leave=False)
 
     def add(image: Image.Image) -> int:
@@ -274,7 +298,7 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
         bar.update(1)
         return len(imlist) - 1
 
-    for scene in scenes[:config.landmarks]:
+    for scene in scenes[: config.landmarks]:
         group: Dict[str, List[int]] = {"easy": [], "hard": [], "junk": []}
         for kind, count, low, high in (("easy", config.easy, 0.05, 0.35), ("hard", config.hard, 0.55, 0.9)):
             for _ in range(count):
@@ -283,7 +307,7 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
             view, _ = render_view(scene, rng, rng.uniform(0.5, 0.9), config.image_size, zoom=rng.uniform(0.22, 0.32))
             group["junk"].append(add(view))
         groups.append(group)
-    for scene in scenes[config.landmarks:]:
+    for scene in scenes[config.landmarks :]:
         for _ in range(config.distractor_views):
             add(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size)[0])
     order = rng.permutation(len(imlist))  # shuffle the database so that ids carry no signal
@@ -292,7 +316,7 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
     shuffled = [imlist[i] for i in order]
     qimlist: List[str] = []
     gnd: List[Dict[str, Any]] = []
-    for landmark, scene in enumerate(scenes[:config.landmarks]):
+    for landmark, scene in enumerate(scenes[: config.landmarks]):
         for _ in range(config.queries_per_landmark):
             view, box = render_view(scene, rng, rng.uniform(0.0, 0.15), config.image_size, zoom=rng.uniform(1.15, 1.35))
             qimlist.append(f"{name}_query_{len(qimlist):03d}")
@@ -305,9 +329,13 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
     return len(shuffled), len(qimlist)
 
 
-def generate_test_set(data_root: PathLike, name: str = "synth-oxford",
-                      config: SyntheticTestConfig = SyntheticTestConfig(),
-                      overwrite: bool = False, progress: bool = False) -> Path:
+def generate_test_set(
+    data_root: PathLike,
+    name: str = "synth-oxford",
+    config: SyntheticTestConfig = SyntheticTestConfig(),
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
     """Write ``<data_root>/test/<name>/`` (jpg/*.jpg and gnd_<name>.pkl); ``progress``: a bar
     over the images on stderr."""
     folder = Path(data_root) / "test" / name
@@ -323,6 +351,7 @@ def generate_test_set(data_root: PathLike, name: str = "synth-oxford",
 # ------------------------------------------------------------------------------------------
 # distractor set (revisitop1m layout: jpg/<sub>/<image>.jpg and <name>.txt listing them)
 
+
 @dataclass(frozen=True)
 class SyntheticDistractorConfig:
     """Size of a synthetic distractor set: views of landmarks that no test set contains."""
@@ -333,9 +362,13 @@ class SyntheticDistractorConfig:
     seed: int = 3
 
 
-def generate_distractor_set(data_root: PathLike, name: str = "synth-1m",
-                            config: SyntheticDistractorConfig = SyntheticDistractorConfig(),
-                            overwrite: bool = False, progress: bool = False) -> Path:
+def generate_distractor_set(
+    data_root: PathLike,
+    name: str = "synth-1m",
+    config: SyntheticDistractorConfig = SyntheticDistractorConfig(),
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
     """Write ``<data_root>/test/<name>/`` with ``config.images`` distractor images under
     ``jpg/`` (1,000 per sub-folder) and the list ``<name>.txt`` (paths relative to ``jpg/``)."""
     folder = Path(data_root) / "test" / name
@@ -345,8 +378,9 @@ def generate_distractor_set(data_root: PathLike, name: str = "synth-1m",
     styles = list(STYLES.values())
     listing: List[str] = []
     with staged(folder) as staging:
-        for i in progress_bar(range(config.images), desc=f"generating {name}", unit="img", enabled=progress,
-                              leave=False):
+        for i in progress_bar(
+            range(config.images), desc=f"generating {name}", unit="img", enabled=progress, leave=False
+        ):
             if i % config.views_per_landmark == 0:
                 scene = draw_landmark(rng, styles[(i // config.views_per_landmark) % len(styles)])
             listing.append(f"{i // 1000:04d}/{name}_{i:07d}.jpg")
@@ -357,8 +391,13 @@ def generate_distractor_set(data_root: PathLike, name: str = "synth-1m",
     return folder
 
 
-def generate_all(data_root: PathLike, overwrite: bool = False, train: SyntheticTrainConfig = SyntheticTrainConfig(),
-                 test: SyntheticTestConfig = SyntheticTestConfig(), progress: bool = False) -> None:
+def generate_all(
+    data_root: PathLike,
+    overwrite: bool = False,
+    train: SyntheticTrainConfig = SyntheticTrainConfig(),
+    test: SyntheticTestConfig = SyntheticTestConfig(),
+    progress: bool = False,
+) -> None:
     """synth-sfm, synth-oxford and synth-paris with the given sizes."""
     generate_train_set(data_root, "synth-sfm", train, overwrite, progress)
     for name in TEST_STYLES:

@@ -68,11 +68,18 @@ def _draw_class(rng: np.random.Generator) -> _ObjectClass:
     parts = []
     for index in range(int(rng.integers(2, 5))):
         offset = (0.0, 0.0) if index == 0 else tuple(rng.uniform(-0.55, 0.55, size=2))
-        parts.append(_Part(PARTS[int(rng.integers(len(PARTS)))], (float(offset[0]), float(offset[1])),
-                           float(rng.uniform(0.3, 0.65) if index else rng.uniform(0.55, 0.9)),
-                           float(rng.uniform(0, 2 * math.pi)), int(rng.integers(3, 9))))
-    return _ObjectClass(tuple(parts), TEXTURES[int(rng.integers(len(TEXTURES)))],
-                        (float(rng.random()), float(rng.random())))
+        parts.append(
+            _Part(
+                PARTS[int(rng.integers(len(PARTS)))],
+                (float(offset[0]), float(offset[1])),
+                float(rng.uniform(0.3, 0.65) if index else rng.uniform(0.55, 0.9)),
+                float(rng.uniform(0, 2 * math.pi)),
+                int(rng.integers(3, 9)),
+            )
+        )
+    return _ObjectClass(
+        tuple(parts), TEXTURES[int(rng.integers(len(TEXTURES)))], (float(rng.random()), float(rng.random()))
+    )
 
 
 def _polygon(center: Tuple[float, float], radius: float, spin: float, points: int, inner: float) -> List[tuple]:
@@ -84,8 +91,15 @@ def _polygon(center: Tuple[float, float], radius: float, spin: float, points: in
     return corners
 
 
-def _draw_part(draw: ImageDraw.ImageDraw, part: _Part, center: Tuple[float, float], radius: float, spin: float,
-               fill: Union[int, Tuple[int, ...]], line: Union[int, Tuple[int, ...]]) -> None:
+def _draw_part(
+    draw: ImageDraw.ImageDraw,
+    part: _Part,
+    center: Tuple[float, float],
+    radius: float,
+    spin: float,
+    fill: Union[int, Tuple[int, ...]],
+    line: Union[int, Tuple[int, ...]],
+) -> None:
     r = part.radius * radius
     angle = part.spin + spin
     width = max(1, int(r * 0.3))
@@ -104,22 +118,27 @@ def _draw_part(draw: ImageDraw.ImageDraw, part: _Part, center: Tuple[float, floa
         draw.arc(box, start, start + 60 + 30 * part.detail, fill=fill, width=width)
     elif part.kind == "zigzag":
         a = angle
-        points = [(center[0] + r * (2 * k / part.detail - 1) * math.cos(a) - (k % 2 - 0.5) * r * 0.6 * math.sin(a),
-                   center[1] + r * (2 * k / part.detail - 1) * math.sin(a) + (k % 2 - 0.5) * r * 0.6 * math.cos(a))
-                  for k in range(part.detail + 1)]
+        points = [
+            (
+                center[0] + r * (2 * k / part.detail - 1) * math.cos(a) - (k % 2 - 0.5) * r * 0.6 * math.sin(a),
+                center[1] + r * (2 * k / part.detail - 1) * math.sin(a) + (k % 2 - 0.5) * r * 0.6 * math.cos(a),
+            )
+            for k in range(part.detail + 1)
+        ]
         draw.line(points, fill=fill, width=width)
     else:  # dots: a ring of small discs around a centre disc
         dot = max(1.0, r * 0.22)
         for k in range(part.detail + 1):
             a = angle + 2 * math.pi * k / part.detail
-            cx, cy = (center if k == part.detail else (center[0] + r * math.cos(a), center[1] + r * math.sin(a)))
+            cx, cy = center if k == part.detail else (center[0] + r * math.cos(a), center[1] + r * math.sin(a))
             draw.ellipse((cx - dot, cy - dot, cx + dot, cy + dot), fill=fill)
     if part.kind == "star":  # a hollow centre
         draw.polygon(_polygon(center, r * 0.35, angle, part.detail, 0.45), fill=line)
 
 
-def _texture(image: Image.Image, mask: Image.Image, kind: str, rng: np.random.Generator,
-             colours: Sequence[Tuple[int, int, int]]) -> Image.Image:
+def _texture(
+    image: Image.Image, mask: Image.Image, kind: str, rng: np.random.Generator, colours: Sequence[Tuple[int, int, int]]
+) -> Image.Image:
     """Fill the object's mask with the class's texture in this instance's colours."""
     size = image.size[0]
     first, second = (np.array(c, np.float32) for c in colours)
@@ -160,14 +179,16 @@ def render_object(cls: _ObjectClass, rng: np.random.Generator, size: int) -> Ima
         ox, oy = part.offset
         at = (center[0] + radius * (ox * cos - oy * sin), center[1] + radius * (ox * sin + oy * cos))
         _draw_part(draw, part, at, radius, spin, 255, 0)
-    colours = tuple(_hue_rgb((hue + rng.normal(0, 0.04)) % 1.0, rng.uniform(0.45, 1.0), rng.uniform(0.5, 1.0))
-                    for hue in cls.hues)
+    colours = tuple(
+        _hue_rgb((hue + rng.normal(0, 0.04)) % 1.0, rng.uniform(0.45, 1.0), rng.uniform(0.5, 1.0)) for hue in cls.hues
+    )
     canvas = _texture(canvas, mask, cls.texture, rng, colours)
     strokes = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(0, 3))):
         x0, y0, x1, y1 = rng.uniform(0, size, size=4)
-        strokes.line((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
-                     width=int(rng.integers(1, 4)))
+        strokes.line(
+            (x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, 3)), width=int(rng.integers(1, 4))
+        )
     return canvas.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, 0.8))))
 
 

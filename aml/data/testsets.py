@@ -46,8 +46,10 @@ def _download_real(name: str, images_from: str) -> Callable[[Path, bool], None]:
         if not jpg.exists():
             source = test_root / images_from / "jpg"
             if not source.exists():
-                archives = [download_file(url, test_root / images_from / url.rsplit("/", 1)[1], progress=progress)
-                            for url in IMAGE_ARCHIVES[images_from]]
+                archives = [
+                    download_file(url, test_root / images_from / url.rsplit("/", 1)[1], progress=progress)
+                    for url in IMAGE_ARCHIVES[images_from]
+                ]
                 extract_archives(archives, source, flatten=True, progress=progress)
                 for archive in archives:
                     remove_download(archive)
@@ -85,8 +87,10 @@ def _custom_protocol(gnd_path: Path) -> str:
     for protocol, keys in GND_KEYS.items():
         if all(key in first for key in keys):
             return protocol
-    raise DatasetFileError(f"{gnd_path}: its entries hold {sorted(map(str, first))}; a gnd needs easy/hard/junk "
-                           "(revisited) or ok/junk (classic) lists")
+    raise DatasetFileError(
+        f"{gnd_path}: its entries hold {sorted(map(str, first))}; a gnd needs easy/hard/junk "
+        "(revisited) or ok/junk (classic) lists"
+    )
 
 
 def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationSet:
@@ -98,8 +102,10 @@ def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationS
     folder = data_subdir(data_root, "test") / name
     if (folder / f"gnd_{name}.pkl").is_file() and (folder / "jpg").is_dir():
         return EvaluationSet(name, _custom_protocol(folder / f"gnd_{name}.pkl"))
-    raise ConfigError(f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}, or make a folder "
-                      f"{folder} with jpg/ and gnd_{name}.pkl (python -m aml.cli.make_testset)")
+    raise ConfigError(
+        f"Unsupported or unknown dataset: {name}! Choose from {sorted(TEST_SETS)}, or make a folder "
+        f"{folder} with jpg/ and gnd_{name}.pkl (python -m aml.cli.make_testset)"
+    )
 
 
 def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:
@@ -127,16 +133,28 @@ def configdataset(dataset: str, dir_main: PathLike) -> TestConfig:
     gnd_fname = os.path.join(dir_data, f"gnd_{name}.pkl")
     cfg = load_pickle(gnd_fname)
     if not isinstance(cfg, dict):
-        raise DatasetFileError(f"{gnd_fname} holds a {type(cfg).__name__}, not a dict of imlist, qimlist and gnd; "
-                               "not a ground-truth file: download or make it again")
+        raise DatasetFileError(
+            f"{gnd_fname} holds a {type(cfg).__name__}, not a dict of imlist, qimlist and gnd; "
+            "not a ground-truth file: download or make it again"
+        )
     missing = {"imlist", "qimlist", "gnd"} - set(cfg)
     if missing:
         raise DatasetFileError(f"{gnd_fname} lacks {sorted(missing)}; not a ground-truth file")
     cfg = dict(cfg)
     check_ground_truth(cfg, entry.protocol, gnd_fname)
-    cfg.update(gnd_fname=gnd_fname, ext=".jpg", qext=".jpg", dir_data=dir_data,
-               dir_images=os.path.join(dir_data, "jpg"), n=len(cfg["imlist"]), nq=len(cfg["qimlist"]),
-               im_fname=config_imname, qim_fname=config_qimname, dataset=name, protocol=entry.protocol)
+    cfg.update(
+        gnd_fname=gnd_fname,
+        ext=".jpg",
+        qext=".jpg",
+        dir_data=dir_data,
+        dir_images=os.path.join(dir_data, "jpg"),
+        n=len(cfg["imlist"]),
+        nq=len(cfg["qimlist"]),
+        im_fname=config_imname,
+        qim_fname=config_qimname,
+        dataset=name,
+        protocol=entry.protocol,
+    )
     return cast(TestConfig, cfg)
 
 
@@ -148,8 +166,10 @@ def _names(cfg: Mapping[str, Any], key: str, source: PathLike) -> int:
     names = cfg[key]
     if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
         bad = names if not isinstance(names, (list, tuple)) else next(n for n in names if not isinstance(n, str))
-        raise DatasetFileError(f"{source}: '{key}' holds {kind_of(bad)}, where a list of image names belongs; "
-                               "download or make the gnd file again")
+        raise DatasetFileError(
+            f"{source}: '{key}' holds {kind_of(bad)}, where a list of image names belongs; "
+            "download or make the gnd file again"
+        )
     return len(names)
 
 
@@ -181,12 +201,15 @@ def check_ground_truth(cfg: Mapping[str, Any], protocol: str, source: PathLike) 
                 raise DatasetFileError(f"{where} has no '{key}' list, which the {protocol} protocol needs")
             indices = index_array(entry[key])
             if indices is None:
-                raise DatasetFileError(f"{where} has {kind_of(entry[key])} in '{key}', where a list of database "
-                                       "indices belongs")
+                raise DatasetFileError(
+                    f"{where} has {kind_of(entry[key])} in '{key}', where a list of database indices belongs"
+                )
             if indices.size and (indices.min() < 0 or indices.max() >= n):
                 bad = [i for i in indices.tolist() if not 0 <= i < n][:3]
-                raise DatasetFileError(f"{where} lists database indices {bad} in '{key}', outside the {n} images of "
-                                       "the image list; the gnd file does not belong to these images")
+                raise DatasetFileError(
+                    f"{where} lists database indices {bad} in '{key}', outside the {n} images of "
+                    "the image list; the gnd file does not belong to these images"
+                )
         if entry.get("bbx") is not None:
             box = _box(entry["bbx"])
             if box is None or not np.isfinite(box).all() or box[0] >= box[2] or box[1] >= box[3]:

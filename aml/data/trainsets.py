@@ -42,9 +42,11 @@ def _download_sfm(train_root: Path) -> None:
     thirty.mkdir(parents=True, exist_ok=True)
     if not (thirty / "ims").exists():
         os.symlink(ims.resolve(), thirty / "ims", target_is_directory=True)
-    for folder, name in (("retrieval-SfM-120k", "retrieval-SfM-120k.pkl"),
-                         ("retrieval-SfM-120k", "retrieval-SfM-120k-whiten.pkl"),
-                         ("retrieval-SfM-30k", "retrieval-SfM-30k-whiten.pkl")):
+    for folder, name in (
+        ("retrieval-SfM-120k", "retrieval-SfM-120k.pkl"),
+        ("retrieval-SfM-120k", "retrieval-SfM-120k-whiten.pkl"),
+        ("retrieval-SfM-30k", "retrieval-SfM-30k-whiten.pkl"),
+    ):
         download_file(CIRTORCH_TRAIN + "dbs/" + name, train_root / folder / name)
 
 
@@ -83,8 +85,10 @@ def get_train_set(name: str, data_root: Optional[PathLike] = None) -> TrainSet:
     training, whitening = (folder / f"{name}.pkl").is_file(), (folder / f"{name}-whiten.pkl").is_file()
     if (folder / "ims").is_dir() and (training or whitening):
         return TrainSet(name, name, None, training=training, whitening=whitening)
-    raise ConfigError(f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}, or make a "
-                      f"folder {folder} with ims/ and {name}.pkl (python -m aml.cli.make_trainset)")
+    raise ConfigError(
+        f"Unsupported or unknown training dataset: {name}! Choose from {sorted(TRAIN_SETS)}, or make a "
+        f"folder {folder} with ims/ and {name}.pkl (python -m aml.cli.make_trainset)"
+    )
 
 
 def is_training_set(name: str, data_root: Optional[PathLike] = None) -> bool:
@@ -102,8 +106,9 @@ def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
     folder = train_root / entry.folder
     if not (folder / "ims").exists() or not any(folder.glob("*.pkl")):
         if entry.prepare is None:
-            raise FileNotFoundError(f"{folder} lacks ims/ or its pickles; make it again with python -m "
-                                    "aml.cli.make_trainset")
+            raise FileNotFoundError(
+                f"{folder} lacks ims/ or its pickles; make it again with python -m aml.cli.make_trainset"
+            )
         entry.prepare(train_root)
     return folder
 
@@ -119,8 +124,10 @@ def check_image_db(db: Any, source: str, clusters: bool = True) -> Dict[str, Any
     keys = ("cids", "qidxs", "pidxs") + (("cluster",) if clusters else ())
     if not isinstance(db, dict) or any(key not in db for key in keys):
         found = sorted(map(str, db)) if isinstance(db, dict) else kind_of(db)
-        raise DatasetFileError(f"{source} holds {found}, not an image db with {', '.join(keys)}; download or make "
-                               "it again (python -m aml.cli.make_trainset)")
+        raise DatasetFileError(
+            f"{source} holds {found}, not an image db with {', '.join(keys)}; download or make "
+            "it again (python -m aml.cli.make_trainset)"
+        )
     cids = db["cids"]
     if not isinstance(cids, (list, tuple)) or not all(isinstance(cid, str) for cid in cids):
         raise DatasetFileError(f"{source}: 'cids' holds {kind_of(cids)}, where a list of image ids belongs")
@@ -128,12 +135,16 @@ def check_image_db(db: Any, source: str, clusters: bool = True) -> Dict[str, Any
     for key, size in ranges.items():
         indices = index_array(db[key])
         if indices is None or (size is not None and indices.size and (indices.min() < 0 or indices.max() >= size)):
-            raise DatasetFileError(f"{source}: '{key}' holds {kind_of(db[key])}, where a list of integers"
-                                   + (f" in [0, {size}) belongs (one per image of 'cids')" if size else " belongs"))
+            raise DatasetFileError(
+                f"{source}: '{key}' holds {kind_of(db[key])}, where a list of integers"
+                + (f" in [0, {size}) belongs (one per image of 'cids')" if size else " belongs")
+            )
     if len(db["qidxs"]) != len(db["pidxs"]) or (clusters and len(db["cluster"]) != len(cids)):
-        raise DatasetFileError(f"{source}: {len(db['qidxs'])} qidxs for {len(db['pidxs'])} pidxs"
-                               + (f", {len(db['cluster'])} clusters for {len(cids)} images" if clusters else "")
-                               + "; they must pair up one to one")
+        raise DatasetFileError(
+            f"{source}: {len(db['qidxs'])} qidxs for {len(db['pidxs'])} pidxs"
+            + (f", {len(db['cluster'])} clusters for {len(cids)} images" if clusters else "")
+            + "; they must pair up one to one"
+        )
     return dict(db)
 
 

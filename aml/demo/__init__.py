@@ -6,5 +6,16 @@ from aml.demo.findings import Finding, findings_lines, paper_findings
 from aml.demo.pipeline import DemoBudget, main, run_demo, student_rows, train_teacher
 from aml.demo.tables import format_table, markdown_table, write_results
 
-__all__ = ["DemoBudget", "Finding", "findings_lines", "format_table", "main", "markdown_table", "paper_findings",
-           "run_demo", "student_rows", "train_teacher", "write_results"]
+__all__ = [
+    "DemoBudget",
+    "Finding",
+    "findings_lines",
+    "format_table",
+    "main",
+    "markdown_table",
+    "paper_findings",
+    "run_demo",
+    "student_rows",
+    "train_teacher",
+    "write_results",
+]

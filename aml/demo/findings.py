@@ -35,8 +35,11 @@ def _row(rows: Sequence[Dict], network: str, test: str) -> Optional[Dict]:
 
 def _means(row: Dict) -> Dict[Tuple[str, str], float]:
     runs = row["results"] if isinstance(row["results"], list) else [row["results"]]
-    return {(d, level): float(np.mean([100 * r[d]["plain"][level]["map"] for r in runs]))
-            for d in DATASETS for level in LEVELS}
+    return {
+        (d, level): float(np.mean([100 * r[d]["plain"][level]["map"] for r in runs]))
+        for d in DATASETS
+        for level in LEVELS
+    }
 
 
 def _compare(claim: str, comparison: str, winners: Dict[str, Dict], others: Dict[str, Dict]) -> Finding:
@@ -45,8 +48,9 @@ def _compare(claim: str, comparison: str, winners: Dict[str, Dict], others: Dict
     rest = {label: _means(row) for label, row in others.items()}
     cells = [(d, level) for d in DATASETS for level in LEVELS]
     gaps = tuple(max(m[c] for m in win.values()) - max(m[c] for m in rest.values()) for c in cells)
-    medium = {label: " / ".join(f"{means[(d, LEVELS[0])]:.1f}" for d in DATASETS)
-              for label, means in {**win, **rest}.items()}
+    medium = {
+        label: " / ".join(f"{means[(d, LEVELS[0])]:.1f}" for d in DATASETS) for label, means in {**win, **rest}.items()
+    }
     evidence = "; ".join(f"{label} {values}" for label, values in medium.items())
     evidence += " (Medium, " + " / ".join(DATASETS) + ")"
     return Finding(claim, comparison, all(gap > 0 for gap in gaps), evidence, gaps)
@@ -55,6 +59,7 @@ def _compare(claim: str, comparison: str, winners: Dict[str, Dict], others: Dict
 def paper_findings(rows: Sequence[Dict], student_arch: str, teacher_arch: str) -> List[Finding]:
     """The comparisons the demo's table allows (a student mode that was not run drops the
     findings that need it)."""
+
     def student(mode: str, test: str) -> Optional[Dict]:
         return _row(rows, f"student {student_arch} ({mode})", test)
 
@@ -66,21 +71,39 @@ def paper_findings(rows: Sequence[Dict], student_arch: str, teacher_arch: str) -
     learning_sym = {f"{m} sym": row for m in METRIC_LEARNING if (row := sym[m]) is not None}
     reg_asym, reg_sym = asym["reg"], sym["reg"]
     if reg_asym is not None and learning_asym:
-        findings.append(_compare("(1) plain regression works best in asymmetric testing",
-                                 "asymmetric: reg beats " + " and ".join(m.split()[0] for m in learning_asym),
-                                 {"reg asym": reg_asym}, learning_asym))
+        findings.append(
+            _compare(
+                "(1) plain regression works best in asymmetric testing",
+                "asymmetric: reg beats " + " and ".join(m.split()[0] for m in learning_asym),
+                {"reg asym": reg_asym},
+                learning_asym,
+            )
+        )
     if reg_sym is not None and learning_sym:
-        findings.append(_compare("(2) asymmetric metric learning works best in symmetric testing",
-                                 "symmetric: the best of " + " and ".join(m.split()[0] for m in learning_sym)
-                                 + " beats reg", learning_sym, {"reg sym": reg_sym}))
+        findings.append(
+            _compare(
+                "(2) asymmetric metric learning works best in symmetric testing",
+                "symmetric: the best of " + " and ".join(m.split()[0] for m in learning_sym) + " beats reg",
+                learning_sym,
+                {"reg sym": reg_sym},
+            )
+        )
     if teacher is not None and learning_sym:
-        findings.append(_compare("(2) ... even letting the student outperform the teacher",
-                                 "symmetric: the best of " + " and ".join(m.split()[0] for m in learning_sym)
-                                 + " beats the teacher", learning_sym, {"teacher": teacher}))
+        findings.append(
+            _compare(
+                "(2) ... even letting the student outperform the teacher",
+                "symmetric: the best of " + " and ".join(m.split()[0] for m in learning_sym) + " beats the teacher",
+                learning_sym,
+                {"teacher": teacher},
+            )
+        )
     return findings
 
 
 def findings_lines(findings: Sequence[Finding]) -> List[str]:
     """One line per finding: the claim, holds / does not hold, the comparison, the numbers."""
-    return [f"{f.claim}: {'holds' if f.holds else 'does NOT hold'} ({f.comparison}, on "
-            f"{sum(g > 0 for g in f.gaps)} of {len(f.gaps)} test set x level cells; {f.evidence})" for f in findings]
+    return [
+        f"{f.claim}: {'holds' if f.holds else 'does NOT hold'} ({f.comparison}, on "
+        f"{sum(g > 0 for g in f.gaps)} of {len(f.gaps)} test set x level cells; {f.evidence})"
+        for f in findings
+    ]

@@ -58,17 +58,41 @@ class DemoBudget:
 
     def options(self) -> Dict[str, Any]:
         """The training options (main.py's flags, `TrainConfig.from_flags`) every demo run shares."""
-        return dict(image_size=self.image_size, query_size=self.query_size, pool_size=self.pool_size, neg_num=3,
-                    workers=self.workers, quiet=self.quiet)
+        return dict(
+            image_size=self.image_size,
+            query_size=self.query_size,
+            pool_size=self.pool_size,
+            neg_num=3,
+            workers=self.workers,
+            quiet=self.quiet,
+        )
 
 
-def _train(directory: Path, data_root: Path, arch: str, epochs: int, options: Dict[str, Any], seed: int,
-           teacher: Optional[Path] = None, trunk: Optional[Path] = None, reuse: bool = False) -> Path:
+def _train(
+    directory: Path,
+    data_root: Path,
+    arch: str,
+    epochs: int,
+    options: Dict[str, Any],
+    seed: int,
+    teacher: Optional[Path] = None,
+    trunk: Optional[Path] = None,
+    reuse: bool = False,
+) -> Path:
     """One training run (`aml.training.run`; ``options`` are main.py's flags by name, the mode
     among them); the last epoch's checkpoint. With ``reuse``, a run that already holds that
     checkpoint is resumed from it (so nothing is trained again)."""
-    config = TrainConfig.from_flags(directory=str(directory), data_root=str(data_root), training_dataset="synth-sfm",
-                                    arch=arch, epochs=epochs, val=False, print_freq=1000, seed=seed, **options)
+    config = TrainConfig.from_flags(
+        directory=str(directory),
+        data_root=str(data_root),
+        training_dataset="synth-sfm",
+        arch=arch,
+        epochs=epochs,
+        val=False,
+        print_freq=1000,
+        seed=seed,
+        **options,
+    )
     config = config.but(teacher=str(teacher)) if teacher is not None else config
     config = config.but(trunk_weights=str(trunk)) if trunk is not None else config
     config = config.but(resume=f"model_epoch{epochs}.pth.tar") if reuse else config
@@ -78,8 +102,9 @@ def _train(directory: Path, data_root: Path, arch: str, epochs: int, options: Di
 def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[Path] = None) -> Dict:
     """test.py's evaluation through the package (its lines are logged, not printed)."""
     extraction = ExtractionConfig(workers=budget.workers, device=str(resolve_device("auto")), progress=not budget.quiet)
-    settings = TestSettings(datasets=tuple(DATASETS), image_size=budget.image_size, extraction=extraction,
-                            data_root=data_root)
+    settings = TestSettings(
+        datasets=tuple(DATASETS), image_size=budget.image_size, extraction=extraction, data_root=data_root
+    )
     database = load_named_or_file(teacher) if teacher is not None else None
     return {name: result.record() for name, result in evaluate(load_named_or_file(network), settings, database).items()}
 
@@ -98,9 +123,11 @@ def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[
 TEACHER_OPTIONS = dict(mode="std", batch_size=8, lr=5e-4, batch_forward=True)
 _STUDENT = dict(batch_size=16, lr=1e-4, proj_lr_mult=30.0, batch_forward=True)
 STUDENT_OPTIONS: Dict[str, Dict[str, Any]] = {
-    "reg": dict(_STUDENT, mode="reg"), "ts_self": dict(_STUDENT, mode="ts_self", loss_margin=0.5),
+    "reg": dict(_STUDENT, mode="reg"),
+    "ts_self": dict(_STUDENT, mode="ts_self", loss_margin=0.5),
     "ts": dict(_STUDENT, mode="ts", loss_margin=0.5),
-    **{loss: dict(_STUDENT, mode="reg", loss=loss) for loss in ("csd", "bct", "hvs", "lce")}}
+    **{loss: dict(_STUDENT, mode="reg", loss=loss) for loss in ("csd", "bct", "hvs", "lce")},
+}
 DEFAULT_STUDENTS = ("reg", "ts_self", "ts")  # AML's modes: the paper's findings
 TEACHER_TRUNKS = ("imagenet", "synthetic")
 
@@ -117,12 +144,21 @@ def _initial_student(runs: Path, arch: str, teacher_dim: int, seed: int, imagene
 def train_teacher(root: Path, arch: str, budget: DemoBudget, seed: int, trunk: Optional[Path] = None) -> Path:
     """The demo's teacher: ``std`` mode from ``trunk`` (None: ImageNet); one trained by an
     earlier run with the same settings is reused."""
-    return _train(root / "demo" / "runs", root, arch, budget.teacher_epochs,
-                  dict(budget.options(), **TEACHER_OPTIONS), seed, trunk=trunk, reuse=True)
+    return _train(
+        root / "demo" / "runs",
+        root,
+        arch,
+        budget.teacher_epochs,
+        dict(budget.options(), **TEACHER_OPTIONS),
+        seed,
+        trunk=trunk,
+        reuse=True,
+    )
 
 
-def student_rows(root: Path, seed: int, teacher: Path, student_arch: str, budget: DemoBudget,
-                 student_modes: Sequence[str]) -> List[Dict]:
+def student_rows(
+    root: Path, seed: int, teacher: Path, student_arch: str, budget: DemoBudget, student_modes: Sequence[str]
+) -> List[Dict]:
     """Train the students of one seed from ImageNet against ``teacher`` and test them, with
     the untrained and the ImageNet-only student; the table rows. ``student_modes`` names
     recipes of `STUDENT_OPTIONS` (a mode, or a loss of a later paper)."""
@@ -130,13 +166,26 @@ def student_rows(root: Path, seed: int, teacher: Path, student_arch: str, budget
     teacher_dim = int(load_checkpoint(teacher)["meta"]["outputdim"])
     untrained = _initial_student(runs, student_arch, teacher_dim, seed, False, root)
     imagenet = _initial_student(runs, student_arch, teacher_dim, seed, True, root)
-    students = {name: _train(runs, root, student_arch, budget.student_epochs,
-                             dict(budget.options(), **STUDENT_OPTIONS[name]), seed, teacher) for name in student_modes}
+    students = {
+        name: _train(
+            runs,
+            root,
+            student_arch,
+            budget.student_epochs,
+            dict(budget.options(), **STUDENT_OPTIONS[name]),
+            seed,
+            teacher,
+        )
+        for name in student_modes
+    }
 
     def row(name: str, network: Path, asymmetric: bool) -> Dict:
         results = _test(network, root, budget, teacher if asymmetric else None)
-        return {"network": f"student {student_arch} {name}", "test": "asymmetric" if asymmetric else "symmetric",
-                "results": results}
+        return {
+            "network": f"student {student_arch} {name}",
+            "test": "asymmetric" if asymmetric else "symmetric",
+            "results": results,
+        }
 
     rows = [row("untrained", untrained, True), row("ImageNet only", imagenet, True)]
     for mode, path in students.items():
@@ -144,10 +193,16 @@ def student_rows(root: Path, seed: int, teacher: Path, student_arch: str, budget
     return rows
 
 
-def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2",
-             teacher_arch: str = "efficientnet_lite2", budget: DemoBudget = DemoBudget(),
-             student_modes: Sequence[str] = DEFAULT_STUDENTS, seeds: Sequence[int] = (0, 1, 2),
-             teacher_trunk: str = "imagenet", pretraining: PretrainConfig = PretrainConfig()) -> List[Dict]:
+def run_demo(
+    data_root: Optional[str] = None,
+    student_arch: str = "mobilenet_v2",
+    teacher_arch: str = "efficientnet_lite2",
+    budget: DemoBudget = DemoBudget(),
+    student_modes: Sequence[str] = DEFAULT_STUDENTS,
+    seeds: Sequence[int] = (0, 1, 2),
+    teacher_trunk: str = "imagenet",
+    pretraining: PretrainConfig = PretrainConfig(),
+) -> List[Dict]:
     """Run the demo; returns the table rows (network, test, results: one test.py result per
     seed; the teacher's row has one, for the one teacher trained with the first seed).
 
@@ -162,16 +217,27 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
     quiet = budget.quiet
     generate_all(root, progress=not quiet)
     seconds = {"data": time.time() - start}
-    trunk = (ensure_synthetic_trunk(teacher_arch, str(root), pretraining, progress=not quiet)
-             if teacher_trunk == "synthetic" else None)
+    trunk = (
+        ensure_synthetic_trunk(teacher_arch, str(root), pretraining, progress=not quiet)
+        if teacher_trunk == "synthetic"
+        else None
+    )
     teacher = train_teacher(root, teacher_arch, budget, seeds[0], trunk)
-    teacher_row = {"network": f"teacher {teacher_arch} (std)", "test": "symmetric",
-                   "results": [_test(teacher, root, budget)]}
+    teacher_row = {
+        "network": f"teacher {teacher_arch} (std)",
+        "test": "symmetric",
+        "results": [_test(teacher, root, budget)],
+    }
     seconds["teacher"] = time.time() - start - seconds["data"]
     per_seed = [student_rows(root, seed, teacher, student_arch, budget, student_modes) for seed in seeds]
-    rows = [teacher_row] + [{"network": first["network"], "test": first["test"],
-                             "results": [rows_of_seed[i]["results"] for rows_of_seed in per_seed]}
-            for i, first in enumerate(per_seed[0])]
+    rows = [teacher_row] + [
+        {
+            "network": first["network"],
+            "test": first["test"],
+            "results": [rows_of_seed[i]["results"] for rows_of_seed in per_seed],
+        }
+        for i, first in enumerate(per_seed[0])
+    ]
     if len(seeds) > 1:
         for seed, rows_of_seed in zip(seeds, per_seed):
             print(f"\nseed {seed}\n" + format_table([teacher_row] + rows_of_seed))
@@ -182,52 +248,95 @@ def run_demo(data_root: Optional[str] = None, student_arch: str = "mobilenet_v2"
     print("".join(f"\n{line}" for line in notes))
     seconds["students"] = time.time() - start - seconds["data"] - seconds["teacher"]
     seconds["total"] = time.time() - start
-    record = {"seconds": {k: round(v, 1) for k, v in seconds.items()}, "provenance": provenance(),
-              "settings": {"student_arch": student_arch, "teacher_arch": teacher_arch, "teacher_trunk": teacher_trunk,
-                           **dataclasses.asdict(budget), "teacher_options": TEACHER_OPTIONS,
-                           "student_options": {m: STUDENT_OPTIONS[m] for m in student_modes}}}
+    record = {
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "provenance": provenance(),
+        "settings": {
+            "student_arch": student_arch,
+            "teacher_arch": teacher_arch,
+            "teacher_trunk": teacher_trunk,
+            **dataclasses.asdict(budget),
+            "teacher_options": TEACHER_OPTIONS,
+            "student_options": {m: STUDENT_OPTIONS[m] for m in student_modes},
+        },
+    }
     written = write_results(rows, root / "demo", list(seeds), notes, record)
-    print(f"\n>> demo finished in {time.time() - start:.0f} s; runs in {root / 'demo' / 'runs'}; table in {written} "
-          f"and chart in {written.with_suffix('.png')}")
+    print(
+        f"\n>> demo finished in {time.time() - start:.0f} s; runs in {root / 'demo' / 'runs'}; table in {written} "
+        f"and chart in {written.with_suffix('.png')}"
+    )
     return rows
 
 
 def build_parser() -> Parser:
     """The flags of ``python -m aml.demo``."""
     parser = Parser(prog="python -m aml.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", default=None, type=folder,
-                        help="where the data sets, the networks and demo/ (runs, table, chart) go "
-                             "(default: $AML_DATA_ROOT or ./data)")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        type=folder,
+        help="where the data sets, the networks and demo/ (runs, table, chart) go (default: $AML_DATA_ROOT or ./data)",
+    )
     parser.add_argument("--student-arch", default="mobilenet_v2", help="the students' architecture, a main.py -a name")
-    parser.add_argument("--teacher-arch", default="efficientnet_lite2",
-                        help="the teacher's architecture, a main.py -a name, e.g. timm:convnext_atto or "
-                             "timm:vit_small_patch14_dinov2 (its weights in <data_root>/networks or $AML_WEIGHTS_PATH, "
-                             "or --teacher-trunk synthetic)")
-    parser.add_argument("--teacher-trunk", default="imagenet", choices=TEACHER_TRUNKS,
-                        help="the teacher's starting weights: its ImageNet weights (found offline) or a trunk "
-                             "pretrained once on synthetic objects (default: imagenet)")
-    parser.add_argument("--image-size", type=positive_int, default=96,
-                        help="the longer side of training and test images")
+    parser.add_argument(
+        "--teacher-arch",
+        default="efficientnet_lite2",
+        help="the teacher's architecture, a main.py -a name, e.g. timm:convnext_atto or "
+        "timm:vit_small_patch14_dinov2 (its weights in <data_root>/networks or $AML_WEIGHTS_PATH, "
+        "or --teacher-trunk synthetic)",
+    )
+    parser.add_argument(
+        "--teacher-trunk",
+        default="imagenet",
+        choices=TEACHER_TRUNKS,
+        help="the teacher's starting weights: its ImageNet weights (found offline) or a trunk "
+        "pretrained once on synthetic objects (default: imagenet)",
+    )
+    parser.add_argument(
+        "--image-size", type=positive_int, default=96, help="the longer side of training and test images"
+    )
     parser.add_argument("--teacher-epochs", type=positive_int, default=2, help="the teacher's epochs")
     parser.add_argument("--student-epochs", type=positive_int, default=2, help="each student's epochs")
-    parser.add_argument("--query-size", type=positive_int, default=360,
-                        help="tuples per epoch (main.py -qs) of the teacher and the ts/ts_self students (default: 360)")
-    parser.add_argument("--pool-size", type=positive_int, default=800,
-                        help="negative pool per epoch, and the reg students' images per epoch (main.py -ps; "
-                             "default: 800)")
-    parser.add_argument("--workers", type=nonnegative_int, default=0,
-                        help="loader workers (default 0: on 2 cores, workers only take time from the network)")
+    parser.add_argument(
+        "--query-size",
+        type=positive_int,
+        default=360,
+        help="tuples per epoch (main.py -qs) of the teacher and the ts/ts_self students (default: 360)",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=positive_int,
+        default=800,
+        help="negative pool per epoch, and the reg students' images per epoch (main.py -ps; default: 800)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        default=0,
+        help="loader workers (default 0: on 2 cores, workers only take time from the network)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    parser.add_argument("--student-modes", default=",".join(DEFAULT_STUDENTS),
-                        help=f"comma separated student recipes, among {', '.join(STUDENT_OPTIONS)}: AML's modes, "
-                             f"and losses of later papers trained in mode reg (default: {','.join(DEFAULT_STUDENTS)})")
-    parser.add_argument("--seed", type=nonnegative_int, default=0,
-                        help="seed of the teacher and of the first students (default: 0)")
-    parser.add_argument("--json", default=None, metavar="FILE",
-                        help="also write results.json here (the docs read benchmarks/results/demo.json)")
-    parser.add_argument("--seeds", type=positive_int, default=3,
-                        help="students trained with seeds --seed, --seed + 1, ...; the table shows mean ± std "
-                             "(default: 3)")
+    parser.add_argument(
+        "--student-modes",
+        default=",".join(DEFAULT_STUDENTS),
+        help=f"comma separated student recipes, among {', '.join(STUDENT_OPTIONS)}: AML's modes, "
+        f"and losses of later papers trained in mode reg (default: {','.join(DEFAULT_STUDENTS)})",
+    )
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of the teacher and of the first students (default: 0)"
+    )
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="FILE",
+        help="also write results.json here (the docs read benchmarks/results/demo.json)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=3,
+        help="students trained with seeds --seed, --seed + 1, ...; the table shows mean ± std (default: 3)",
+    )
     return parser
 
 
@@ -240,10 +349,24 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     if unknown or not modes:
         parser.error(f"--student-modes: unknown {unknown}; choose among {sorted(STUDENT_OPTIONS)}")
     logging.getLogger("aml").setLevel(logging.WARNING)
-    budget = DemoBudget(args.image_size, args.teacher_epochs, args.student_epochs, args.query_size, args.pool_size,
-                        args.workers, args.quiet)
-    rows = run_demo(args.data_root, args.student_arch, args.teacher_arch, budget, modes,
-                    seeds=range(args.seed, args.seed + args.seeds), teacher_trunk=args.teacher_trunk)
+    budget = DemoBudget(
+        args.image_size,
+        args.teacher_epochs,
+        args.student_epochs,
+        args.query_size,
+        args.pool_size,
+        args.workers,
+        args.quiet,
+    )
+    rows = run_demo(
+        args.data_root,
+        args.student_arch,
+        args.teacher_arch,
+        budget,
+        modes,
+        seeds=range(args.seed, args.seed + args.seeds),
+        teacher_trunk=args.teacher_trunk,
+    )
     if args.json:
         written = (resolve_data_root(args.data_root) / "demo" / "results.json").read_bytes()
         atomic_write(Path(args.json), lambda out: out.write(written))

@@ -32,8 +32,11 @@ def format_table(rows: List[Dict]) -> str:
     header = f"{'network':34s} {'test':11s}" + "".join(f" {d + ' M':>{width}s} {d + ' H':>{width}s}" for d in DATASETS)
     lines = [header, "-" * len(header)]
     for row, results in zip(rows, runs):
-        cells = "".join(f" {_cell([100 * r[d]['plain'][level]['map'] for r in results]):>{width}s}"
-                        for d in DATASETS for level in ("medium", "hard"))
+        cells = "".join(
+            f" {_cell([100 * r[d]['plain'][level]['map'] for r in results]):>{width}s}"
+            for d in DATASETS
+            for level in ("medium", "hard")
+        )
         lines.append(f"{row['network']:34s} {row['test']:11s}{cells}")
     return "\n".join(lines)
 
@@ -44,8 +47,10 @@ def _series(rows: List[Dict]) -> Dict[str, tuple]:
     for d in DATASETS:
         for level in ("medium", "hard"):
             values = [[100 * r[d]["plain"][level]["map"] for r in _runs(row)] for row in rows]
-            series[f"{d} {level[0].upper()}"] = ([float(np.mean(v)) for v in values],
-                                                  [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values])
+            series[f"{d} {level[0].upper()}"] = (
+                [float(np.mean(v)) for v in values],
+                [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values],
+            )
     return series
 
 
@@ -58,17 +63,31 @@ def markdown_table(rows: List[Dict]) -> str:
     header = "| network | test | " + " | ".join(f"{d} {lv}" for d in DATASETS for lv in ("M", "H")) + " |"
     lines = [header, "|" + "---|" * (2 + 2 * len(DATASETS))]
     for row in rows:
-        cells = [_cell([100 * r[d]["plain"][level]["map"] for r in _runs(row)])
-                 for d in DATASETS for level in ("medium", "hard")]
+        cells = [
+            _cell([100 * r[d]["plain"][level]["map"] for r in _runs(row)])
+            for d in DATASETS
+            for level in ("medium", "hard")
+        ]
         lines.append(f"| {row['network']} | {row['test']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def results_record(rows: List[Dict], seeds: Sequence[int], **extra) -> Dict:
     """The table as data: per row its mAP (%) Medium and Hard per test set and seed, plus ``extra``."""
-    table = [{"network": row["network"], "test": row["test"],
-              "map": {d: {level: [round(100 * r[d]["plain"][level]["map"], 4) for r in _runs(row)]
-                          for level in ("medium", "hard")} for d in DATASETS}} for row in rows]
+    table = [
+        {
+            "network": row["network"],
+            "test": row["test"],
+            "map": {
+                d: {
+                    level: [round(100 * r[d]["plain"][level]["map"], 4) for r in _runs(row)]
+                    for level in ("medium", "hard")
+                }
+                for d in DATASETS
+            },
+        }
+        for row in rows
+    ]
     return {"seeds": list(seeds), "rows": table, **extra}
 
 
@@ -78,8 +97,9 @@ def chart_group(network: str, test: str) -> str:
     return f"{network.replace('student ', '').replace(' (', chr(10) + '(')}\n{test}"
 
 
-def write_results(rows: List[Dict], folder: Path, seeds: Sequence[int], notes: Sequence[str] = (),
-                  record: Optional[Dict] = None) -> Path:
+def write_results(
+    rows: List[Dict], folder: Path, seeds: Sequence[int], notes: Sequence[str] = (), record: Optional[Dict] = None
+) -> Path:
     """``results.md`` (the table, then ``notes`` as a list), ``results.png`` (a bar chart, when
     matplotlib is installed) and ``results.json`` (`results_record` with ``record``:
     timings, machine, command) in ``folder``; returns the Markdown path."""
@@ -87,8 +107,13 @@ def write_results(rows: List[Dict], folder: Path, seeds: Sequence[int], notes: S
     data = json.dumps(results_record(rows, seeds, notes=list(notes), **(record or {})), indent=1)
     atomic_write(folder / "results.json", lambda out: out.write(data.encode()))
     spread = f"mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    text = (f"# aml demo results\n\nmAP (%) on the synthetic test sets, Medium (M) and Hard (H); {spread}.\n\n"
-            + markdown_table(rows) + "\n" + "".join(f"\n- {note}" for note in notes) + "\n" * bool(notes))
+    text = (
+        f"# aml demo results\n\nmAP (%) on the synthetic test sets, Medium (M) and Hard (H); {spread}.\n\n"
+        + markdown_table(rows)
+        + "\n"
+        + "".join(f"\n- {note}" for note in notes)
+        + "\n" * bool(notes)
+    )
     atomic_write(folder / "results.md", lambda out: out.write(text.encode()))
     groups = [chart_group(row["network"], row["test"]) for row in rows]
     if not bar_chart(groups, _series(rows), folder / "results.png", title=f"aml demo ({spread})"):

@@ -19,9 +19,16 @@ log = logging.getLogger(__name__)
 DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
 
 
-def cached_descriptors(net, images: Sequence[str], key: DescriptorKey, cache_dir: Path, tag: str,
-                       skipped: Optional[List[int]] = None, keep: int = DEFAULT_KEEP,
-                       config: ExtractionConfig = DEFAULT_EXTRACTION) -> np.ndarray:
+def cached_descriptors(
+    net,
+    images: Sequence[str],
+    key: DescriptorKey,
+    cache_dir: Path,
+    tag: str,
+    skipped: Optional[List[int]] = None,
+    keep: int = DEFAULT_KEEP,
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
+) -> np.ndarray:
     """Database descriptors, encoded once per network and settings and cached on disk.
 
     `describe_images` at ``key``'s image size and scales, cached in ``cache_dir`` as

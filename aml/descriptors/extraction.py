@@ -89,8 +89,9 @@ class Decoding:
 
     name: str
     summary: str
-    dataset: Callable[[Sequence[Union[str, Path]], Optional[float], Optional[Sequence[Optional[BBox]]], Callable],
-                      "ImageDataset"]
+    dataset: Callable[
+        [Sequence[Union[str, Path]], Optional[float], Optional[Sequence[Optional[BBox]]], Callable], "ImageDataset"
+    ]
     shape: Callable[[Any], Tuple[int, ...]]
     decoder: Callable[[torch.device, Sequence[float], Sequence[float]], BatchDecoder]
 
@@ -101,6 +102,7 @@ def _pil_decoder(device: torch.device, mean: Sequence[float], std: Sequence[floa
     def batch(items: List[torch.Tensor], failed: Optional[List[int]]) -> torch.Tensor:
         del failed  # decoded and checked in the workers already
         return torch.stack(items).to(device, non_blocking=True)
+
     return batch
 
 
@@ -109,17 +111,29 @@ def _device_decoder(device: torch.device, mean: Sequence[float], std: Sequence[f
 
 
 DECODINGS: Dict[str, Decoding] = {
-    "pil": Decoding("pil", "PIL in the loader workers, LANCZOS resizing: the original's pixels",
-                    lambda images, size, bbxs, transform: ImagesFromList(images, size, bbxs, transform),
-                    lambda image: tuple(image.shape[-2:]), _pil_decoder),
-    "device": Decoding("device", "JPEG bytes decoded in batches on the compute device (nvJPEG on CUDA), "
-                                 "antialiased bicubic resizing, the network's mean/std; other files by PIL",
-                       lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs),
-                       lambda payload: tuple(payload.shape), _device_decoder),
-    "workers": Decoding("workers", "PIL in the loader workers (the original's pixels), handed on as uint8 and "
-                                   "normalised on the device: a quarter of pil's bytes to pin and copy",
-                        lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs, pil_only=True),
-                        lambda payload: tuple(payload.shape), _device_decoder),
+    "pil": Decoding(
+        "pil",
+        "PIL in the loader workers, LANCZOS resizing: the original's pixels",
+        lambda images, size, bbxs, transform: ImagesFromList(images, size, bbxs, transform),
+        lambda image: tuple(image.shape[-2:]),
+        _pil_decoder,
+    ),
+    "device": Decoding(
+        "device",
+        "JPEG bytes decoded in batches on the compute device (nvJPEG on CUDA), "
+        "antialiased bicubic resizing, the network's mean/std; other files by PIL",
+        lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs),
+        lambda payload: tuple(payload.shape),
+        _device_decoder,
+    ),
+    "workers": Decoding(
+        "workers",
+        "PIL in the loader workers (the original's pixels), handed on as uint8 and "
+        "normalised on the device: a quarter of pil's bytes to pin and copy",
+        lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs, pil_only=True),
+        lambda payload: tuple(payload.shape),
+        _device_decoder,
+    ),
 }
 DECODE_CHOICES = ("auto",) + tuple(DECODINGS)
 
@@ -257,8 +271,13 @@ DEFAULT_EXTRACTION = ExtractionConfig()
 ORIGINAL_PIXELS = "pil-fp32"
 
 
-def _batches(loader: Iterator, limit: Callable[[Tuple[int, ...]], int], shape: Callable[[Any], Tuple[int, ...]],
-             max_pending: int, skipped: Optional[List[int]] = None) -> Iterator[Tuple[List[Any], List[int]]]:
+def _batches(
+    loader: Iterator,
+    limit: Callable[[Tuple[int, ...]], int],
+    shape: Callable[[Any], Tuple[int, ...]],
+    max_pending: int,
+    skipped: Optional[List[int]] = None,
+) -> Iterator[Tuple[List[Any], List[int]]]:
     """Group single images by shape (``shape`` of an item) into lists of at most
     ``limit(shape)``; yield (items, their indices). An unreadable image raises, or, when
     ``skipped`` is a list, has its index appended there."""
@@ -407,15 +426,19 @@ class _BatchCap:
         part and warns (one image that does not fit still raises)."""
         parts, start = [], 0
         while start < len(x):
-            part = x[start:start + self.size] if self.size else x[start:]
+            part = x[start : start + self.size] if self.size else x[start:]
             try:
                 parts.append(_describe(encode, part, scales, msp))
             except torch.OutOfMemoryError:
                 if len(part) == 1:
                     raise
                 self.size = len(part) // 2
-                log.warning(">> out of memory at a batch of %d images of %s pixels; going on with batches of %d",
-                            len(part), "x".join(str(v) for v in part.shape[-2:]), self.size)
+                log.warning(
+                    ">> out of memory at a batch of %d images of %s pixels; going on with batches of %d",
+                    len(part),
+                    "x".join(str(v) for v in part.shape[-2:]),
+                    self.size,
+                )
                 if x.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
@@ -426,15 +449,30 @@ class _BatchCap:
 def _image_loader(dataset: Dataset, workers: int, device: torch.device) -> DataLoader:
     """Single items (and their indices) from parallel workers, in order; pinned for a GPU."""
     workers = effective_workers(workers, device)
-    return DataLoader(_ReportErrors(dataset), batch_size=None, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-                      persistent_workers=False)
+    return DataLoader(
+        _ReportErrors(dataset),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
 
 
-def extract_vectors(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], image_size: Optional[float],
-                    transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]] = None, ms: Sequence[float] = (1,),
-                    msp: float = 1.0, print_freq: int = 10, *, config: ExtractionConfig = DEFAULT_EXTRACTION,
-                    skipped: Optional[List[int]] = None) -> torch.Tensor:
+def extract_vectors(
+    net: ImageRetrievalNet,
+    images: Sequence[Union[str, Path]],
+    image_size: Optional[float],
+    transform: Callable,
+    bbxs: Optional[Sequence[Optional[BBox]]] = None,
+    ms: Sequence[float] = (1,),
+    msp: float = 1.0,
+    print_freq: int = 10,
+    *,
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
+    skipped: Optional[List[int]] = None,
+) -> torch.Tensor:
     """Descriptors of images as a D x N float32 CPU tensor, column i for image i.
 
     cirtorch's positional arguments and semantics; how to extract is ``config``'s.
@@ -485,14 +523,31 @@ def extract_vectors(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], 
     mine = shard_range(len(images), world)
     local_skipped: Optional[List[int]] = [] if config.skip_bad else None
     resolved = config.device_for(net)
-    options = _Options(ms, msp, config.workers, resolved, config.batch_size,
-                       resolve_amp(config.amp, resolved, config.amp_dtype), config.channels_last,
-                       config.progress and world.is_main, config.desc, resolve_decoding(config.decode, resolved),
-                       config.compile, _fold(config.fold_batchnorm, len(mine), image_size),
-                       resolved.type == "cuda" if config.fixed_batches is None else config.fixed_batches)
+    options = _Options(
+        ms,
+        msp,
+        config.workers,
+        resolved,
+        config.batch_size,
+        resolve_amp(config.amp, resolved, config.amp_dtype),
+        config.channels_last,
+        config.progress and world.is_main,
+        config.desc,
+        resolve_decoding(config.decode, resolved),
+        config.compile,
+        _fold(config.fold_batchnorm, len(mine), image_size),
+        resolved.type == "cuda" if config.fixed_batches is None else config.fixed_batches,
+    )
     with left_as_it_was(net):  # the caller's network keeps its device, memory format and mode
-        vecs = _extract_block(net, [images[i] for i in mine], image_size, transform,
-                              [bbxs[i] for i in mine] if bbxs is not None else None, options, local_skipped)
+        vecs = _extract_block(
+            net,
+            [images[i] for i in mine],
+            image_size,
+            transform,
+            [bbxs[i] for i in mine] if bbxs is not None else None,
+            options,
+            local_skipped,
+        )
     if world.distributed:
         vecs = gather_columns(vecs, len(images), world)
     _check_finite(vecs, images)
@@ -514,7 +569,8 @@ def _check_finite(vecs: torch.Tensor, images: Sequence[Union[str, Path]]) -> Non
         first = int(bad.nonzero()[0])
         raise NonFiniteDescriptors(
             f"the network produced NaN or infinite descriptors for {int(bad.sum())} of {len(images)} images (the "
-            f"first: {images[first]}); its weights are damaged or it overflowed (without --amp / float16 if used)")
+            f"first: {images[first]}); its weights are damaged or it overflowed (without --amp / float16 if used)"
+        )
 
 
 def _fold(asked: Optional[bool], count: int, image_size: Optional[float]) -> bool:
@@ -588,10 +644,12 @@ def with_fixed_batches(encode: BatchEncoder) -> BatchEncoder:
     Returns:
         The padded encoder.
     """
+
     def padded(x: torch.Tensor) -> torch.Tensor:
         if len(x) == 0:
             return encode(x)
-        return encode(_padded(x, fixed_batch_size(len(x))))[:len(x)]
+        return encode(_padded(x, fixed_batch_size(len(x))))[: len(x)]
+
     return padded
 
 
@@ -607,8 +665,11 @@ def _memory_format_of(net: torch.nn.Module) -> Optional[torch.memory_format]:
     """The memory format of the first 4-d parameter of ``net`` (None: it has none)."""
     for parameter in net.parameters():
         if parameter.dim() == 4:
-            return torch.channels_last if (parameter.is_contiguous(memory_format=torch.channels_last)
-                                           and not parameter.is_contiguous()) else torch.contiguous_format
+            return (
+                torch.channels_last
+                if (parameter.is_contiguous(memory_format=torch.channels_last) and not parameter.is_contiguous())
+                else torch.contiguous_format
+            )
     return None
 
 
@@ -628,9 +689,15 @@ def _runner(net: torch.nn.Module, o: _Options) -> torch.nn.Module:
     return runner.to(memory_format=o.memory_format) if o.channels_last else runner
 
 
-def _extract_block(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], image_size: Optional[float],
-                   transform: Callable, bbxs: Optional[Sequence[Optional[BBox]]], o: _Options,
-                   bad: Optional[List[int]]) -> torch.Tensor:
+def _extract_block(
+    net: ImageRetrievalNet,
+    images: Sequence[Union[str, Path]],
+    image_size: Optional[float],
+    transform: Callable,
+    bbxs: Optional[Sequence[Optional[BBox]]],
+    o: _Options,
+    bad: Optional[List[int]],
+) -> torch.Tensor:
     """`extract_vectors` of one process's images (``bad``: None = raise on an
     unreadable image, a list = skip it and append its index)."""
     was_training = net.training
@@ -647,8 +714,10 @@ def _extract_block(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], i
         largest = o.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
         dim = meta.get("outputdim", 0)
         columns = _Columns(len(images), max(1, BLOCK_BYTES // (4 * max(1, dim))))
-        with torch.inference_mode(), progress_bar(total=len(images), enabled=o.progress, unit="img", desc=o.desc,
-                                                  leave=False) as bar:
+        with (
+            torch.inference_mode(),
+            progress_bar(total=len(images), enabled=o.progress, unit="img", desc=o.desc, leave=False) as bar,
+        ):
             for items, indices in _batches(iter(loader), o.limit, o.decoding.shape, 4 * largest, bad):
                 failed: Optional[List[int]] = [] if bad is not None else None
                 x = decode(items, failed)  # outside autocast: the pixels are the same in every precision
@@ -661,7 +730,7 @@ def _extract_block(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], i
                         x = _padded(x, fixed_batch_size(len(x), o.limit(o.decoding.shape(items[0]))))
                     with autocast:
                         out = cap.describe(encode, x.contiguous(memory_format=o.memory_format), o.scales, o.msp)
-                    columns.add(out[:len(indices)], indices)
+                    columns.add(out[: len(indices)], indices)
                 bar.update(len(items))
             if bad:
                 bar.update(len(bad))
@@ -670,9 +739,16 @@ def _extract_block(net: ImageRetrievalNet, images: Sequence[Union[str, Path]], i
         net.train(was_training)
 
 
-def describe_images(net, images: Sequence[str], image_size: int, scales: Sequence[float] = (1,),
-                    msp: Optional[float] = None, bbxs=None, config: ExtractionConfig = DEFAULT_EXTRACTION,
-                    skipped: Optional[List[int]] = None) -> np.ndarray:
+def describe_images(
+    net,
+    images: Sequence[str],
+    image_size: int,
+    scales: Sequence[float] = (1,),
+    msp: Optional[float] = None,
+    bbxs=None,
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
+    skipped: Optional[List[int]] = None,
+) -> np.ndarray:
     """D x N float32 descriptors of images, with the network's own mean/std transform.
 
     Args:
@@ -700,5 +776,6 @@ def describe_images(net, images: Sequence[str], image_size: int, scales: Sequenc
     transform = image_transform(net.meta["mean"], net.meta["std"])
     if msp is None:
         msp = multiscale_power(net, list(scales))
-    return extract_vectors(net, images, image_size, transform, bbxs=bbxs, ms=list(scales), msp=msp, config=config,
-                           skipped=skipped).numpy()
+    return extract_vectors(
+        net, images, image_size, transform, bbxs=bbxs, ms=list(scales), msp=msp, config=config, skipped=skipped
+    ).numpy()

@@ -29,7 +29,7 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 
 
 def _listing_path(path: Path) -> Path:
-    return path.with_name(path.name[:-len(".npy")] + "_img_list.txt")
+    return path.with_name(path.name[: -len(".npy")] + "_img_list.txt")
 
 
 def _settings_path(path: Path) -> Path:
@@ -40,8 +40,9 @@ def _text_sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def write_feature_file(vecs: np.ndarray, images: Sequence[str], path: Path,
-                       settings: Optional[Dict[str, Any]] = None) -> Path:
+def write_feature_file(
+    vecs: np.ndarray, images: Sequence[str], path: Path, settings: Optional[Dict[str, Any]] = None
+) -> Path:
     """Save D x N features with their image list and how they were made.
 
     The features go to ``path`` (.npy), the image list next to it (``_img_list.txt``) and the
@@ -75,8 +76,9 @@ def write_feature_file(vecs: np.ndarray, images: Sequence[str], path: Path,
     _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
     listing = "".join(f"{image}\n" for image in images)
     atomic_write(_listing_path(path), lambda out: out.write(listing.encode()))
-    record = dict(settings or {}, columns=int(vecs.shape[1]), npy_bytes=path.stat().st_size,
-                  images_sha1=_text_sha1(listing))
+    record = dict(
+        settings or {}, columns=int(vecs.shape[1]), npy_bytes=path.stat().st_size, images_sha1=_text_sha1(listing)
+    )
     atomic_write(sidecar, lambda out: out.write(json.dumps(record, sort_keys=True).encode()))
     return path
 
@@ -190,23 +192,31 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         except (ValueError, OSError, EOFError) as err:
             raise DataError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
     if vecs.ndim != 2 or vecs.shape[1] != expected_columns:
-        raise DataError(f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "
-                        "(one column per image of the split, in db order)")
+        raise DataError(
+            f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "
+            "(one column per image of the split, in db order)"
+        )
     if not np.isfinite(vecs).all():
         bad = np.unique(np.nonzero(~np.isfinite(vecs))[1])
-        raise DataError(f"feature file {path} holds NaN or infinite values in {bad.size} of {vecs.shape[1]} columns "
-                        f"(first: column {bad[0]}); extract it again with extract_features.py")
+        raise DataError(
+            f"feature file {path} holds NaN or infinite values in {bad.size} of {vecs.shape[1]} columns "
+            f"(first: column {bad[0]}); extract it again with extract_features.py"
+        )
     if expected_dim is not None and vecs.shape[0] != expected_dim:
-        raise DataError(f"feature file {path} holds {vecs.shape[0]}-d descriptors but the student outputs "
-                        f"{expected_dim}-d; use the matching --teacher")
+        raise DataError(
+            f"feature file {path} holds {vecs.shape[0]}-d descriptors but the student outputs "
+            f"{expected_dim}-d; use the matching --teacher"
+        )
     return vecs.astype(np.float32, copy=False)
 
 
 def _load_store(folder: Path) -> np.ndarray:
     store = open_store(folder)
     if not store.complete():
-        raise DataError(f"descriptor store {folder} lacks {len(store.missing())} of {store.shards} shards (an "
-                        "interrupted extract_features.py): run the same command again to encode them")
+        raise DataError(
+            f"descriptor store {folder} lacks {len(store.missing())} of {store.shards} shards (an "
+            "interrupted extract_features.py): run the same command again to encode them"
+        )
     return store.load()
 
 
@@ -234,10 +244,17 @@ def dataset_images(dataset: str, split: str, data_root: DataRootLike) -> List[st
     return query_and_database_paths(configdataset(dataset, data_subdir(data_root, "test")))[0]
 
 
-def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, key: DescriptorKey,
-                             data_root: DataRootLike = None, output: Optional[Path] = None,
-                             shard_size: Optional[int] = None, store_dtype: str = "float32",
-                             config: ExtractionConfig = DEFAULT_EXTRACTION) -> Path:
+def extract_dataset_features(
+    network: LoadedNetwork,
+    dataset: str,
+    split: str,
+    key: DescriptorKey,
+    data_root: DataRootLike = None,
+    output: Optional[Path] = None,
+    shard_size: Optional[int] = None,
+    store_dtype: str = "float32",
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
+) -> Path:
     """Encode a data set (split) with a network and write its feature file.
 
     The file is ``<data_root>/features/<name>.npy`` (`feature_file_name`) with the key
@@ -270,17 +287,20 @@ def extract_dataset_features(network: LoadedNetwork, dataset: str, split: str, k
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
     path = output or data_subdir(data_root, "features") / feature_file_name(
-        dataset, network.name, split if is_train_set else None, key.image_size)
+        dataset, network.name, split if is_train_set else None, key.image_size
+    )
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network.name)
     if shard_size:
         folder = path.with_suffix(".store")
         shards = config.but(progress=config.progress and current_world().is_main, desc=f"{dataset} {split} shard")
-        store = encode_into_store(network.net, images, folder, StoreKey(key, network.name, store_dtype, shard_size),
-                                  shards)
+        store = encode_into_store(
+            network.net, images, folder, StoreKey(key, network.name, store_dtype, shard_size), shards
+        )
         log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
         return folder
-    vecs = describe_images(network.net, images, key.image_size, key.scales, key.msp,
-                           config=config.but(desc=f"{dataset} {split}"))
+    vecs = describe_images(
+        network.net, images, key.image_size, key.scales, key.msp, config=config.but(desc=f"{dataset} {split}")
+    )
     world = current_world()
     if world.is_main:
         write_feature_file(vecs, images, path, dict(key.record(), network=network.name))

@@ -75,8 +75,14 @@ class DescriptorKey:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
 
     @classmethod
-    def of(cls, net: ImageRetrievalNet, image_size: int, scales: Sequence[float] = (1.0,),
-           config: ExtractionConfig = DEFAULT_EXTRACTION, fingerprint: Optional[str] = None) -> "DescriptorKey":
+    def of(
+        cls,
+        net: ImageRetrievalNet,
+        image_size: int,
+        scales: Sequence[float] = (1.0,),
+        config: ExtractionConfig = DEFAULT_EXTRACTION,
+        fingerprint: Optional[str] = None,
+    ) -> "DescriptorKey":
         """The key of a network's descriptors at an image size and scales.
 
         Args:
@@ -91,8 +97,13 @@ class DescriptorKey:
             The key, with the network's multi-scale power.
         """
         scales = tuple(float(s) for s in scales)
-        return cls(fingerprint or network_fingerprint(net), int(image_size), scales,
-                   round(float(multiscale_power(net, list(scales))), 6), config.pixel_path(net))
+        return cls(
+            fingerprint or network_fingerprint(net),
+            int(image_size),
+            scales,
+            round(float(multiscale_power(net, list(scales))), 6),
+            config.pixel_path(net),
+        )
 
     def record(self) -> Dict[str, Any]:
         """The key as JSON fields (feature-file settings, store manifests).
@@ -100,8 +111,13 @@ class DescriptorKey:
         Returns:
             A dict of fingerprint, image_size, scales, msp and pixels.
         """
-        return {"fingerprint": self.fingerprint, "image_size": self.image_size, "scales": list(self.scales),
-                "msp": self.msp, "pixels": self.pixels}
+        return {
+            "fingerprint": self.fingerprint,
+            "image_size": self.image_size,
+            "scales": list(self.scales),
+            "msp": self.msp,
+            "pixels": self.pixels,
+        }
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Optional["DescriptorKey"]:
@@ -118,8 +134,13 @@ class DescriptorKey:
         """
         if "fingerprint" not in record or "image_size" not in record:
             return None
-        return cls(record["fingerprint"], int(record["image_size"]), tuple(record.get("scales", (1.0,))),
-                   float(record.get("msp", 1.0)), record.get("pixels", ORIGINAL_PIXELS))
+        return cls(
+            record["fingerprint"],
+            int(record["image_size"]),
+            tuple(record.get("scales", (1.0,))),
+            float(record.get("msp", 1.0)),
+            record.get("pixels", ORIGINAL_PIXELS),
+        )
 
     def digest(self, images: Sequence[str]) -> str:
         """A 16-hex name for the descriptors of some images under this key.

@@ -21,8 +21,17 @@ from aml.utils.atomic import atomic_path
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
 
-__all__ = ["OnnxStudentError", "OnnxStudentInfo", "describe_with_onnx", "image_array", "onnx_session",
-           "read_onnx_metadata", "seconds_per_image", "whitening_digest", "write_onnx_metadata"]
+__all__ = [
+    "OnnxStudentError",
+    "OnnxStudentInfo",
+    "describe_with_onnx",
+    "image_array",
+    "onnx_session",
+    "read_onnx_metadata",
+    "seconds_per_image",
+    "whitening_digest",
+    "write_onnx_metadata",
+]
 
 PREFIX = "aml."
 REEXPORT = "python -m aml.export --network STUDENT --out DIR --teacher TEACHER"
@@ -80,8 +89,10 @@ class OnnxStudentInfo:
 
     def props(self) -> Dict[str, str]:
         """The metadata as ONNX ``metadata_props`` (strings; None is the empty string)."""
-        return {PREFIX + field.name: "" if getattr(self, field.name) is None else str(getattr(self, field.name))
-                for field in dataclasses.fields(self)}
+        return {
+            PREFIX + field.name: "" if getattr(self, field.name) is None else str(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_props(cls, props: Dict[str, str], path: PathLike) -> "OnnxStudentInfo":
@@ -91,8 +102,10 @@ class OnnxStudentInfo:
         for field in dataclasses.fields(cls):
             key = PREFIX + field.name
             if key not in props:
-                raise OnnxStudentError(f"{path} has aml metadata without {key}: it was edited or made by another "
-                                       f"version; export the student again ({REEXPORT})")
+                raise OnnxStudentError(
+                    f"{path} has aml metadata without {key}: it was edited or made by another "
+                    f"version; export the student again ({REEXPORT})"
+                )
             text = props[key]
             values[field.name] = None if text == "" else int(text) if field.type in (int, Optional[int]) else text
         return cls(**values)
@@ -155,8 +168,10 @@ def read_onnx_metadata(path: PathLike) -> Optional[OnnxStudentInfo]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf's DecodeError and friends: any failure is a damaged file
-        raise OnnxStudentError(f"{path} is not a readable ONNX model ({type(err).__name__}): it is damaged or not "
-                               f"ONNX; export the student again ({REEXPORT})") from None
+        raise OnnxStudentError(
+            f"{path} is not a readable ONNX model ({type(err).__name__}): it is damaged or not "
+            f"ONNX; export the student again ({REEXPORT})"
+        ) from None
     props = {p.key: p.value for p in model.metadata_props}
     if not any(key.startswith(PREFIX) for key in props):
         return None
@@ -199,8 +214,10 @@ def onnx_session(path: PathLike, threads: int = 1) -> Any:
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        raise OnnxStudentError(f"onnxruntime cannot load {path} ({str(err).splitlines()[0][:160]}): it is damaged "
-                               f"or not ONNX; export the student again ({REEXPORT})") from None
+        raise OnnxStudentError(
+            f"onnxruntime cannot load {path} ({str(err).splitlines()[0][:160]}): it is damaged "
+            f"or not ONNX; export the student again ({REEXPORT})"
+        ) from None
 
 
 def whitening_digest(m: np.ndarray, P: np.ndarray) -> str:
@@ -252,9 +269,13 @@ def image_array(path: PathLike, image_size: Optional[float], bbx: Optional[BBox]
     return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None] / 255)
 
 
-def describe_with_onnx(session: Any, images: Sequence[PathLike], image_size: Optional[float],
-                       bbxs: Optional[Sequence[Optional[BBox]]] = None,
-                       source: Optional[PathLike] = None) -> np.ndarray:
+def describe_with_onnx(
+    session: Any,
+    images: Sequence[PathLike],
+    image_size: Optional[float],
+    bbxs: Optional[Sequence[Optional[BBox]]] = None,
+    source: Optional[PathLike] = None,
+) -> np.ndarray:
     """Descriptors of images by an exported student, one image per run (sizes differ).
 
     Args:
@@ -277,15 +298,18 @@ def describe_with_onnx(session: Any, images: Sequence[PathLike], image_size: Opt
         (512, 1)
     """
     boxes = list(bbxs) if bbxs is not None else [None] * len(images)
-    columns = [session.run(None, {"image": image_array(path, image_size, box)})[0][0]
-               for path, box in zip(images, boxes)]
+    columns = [
+        session.run(None, {"image": image_array(path, image_size, box)})[0][0] for path, box in zip(images, boxes)
+    ]
     vecs = np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(vecs).all(axis=0))
     if bad.size:
         source = source or getattr(session, "_model_path", None) or "the ONNX file"  # onnxruntime keeps the path
-        raise OnnxStudentError(f"{source} gives NaN or infinite descriptors for {bad.size} of {vecs.shape[1]} images "
-                               f"(first: {images[bad[0]]}): the file is damaged; export the student again "
-                               f"({REEXPORT})")
+        raise OnnxStudentError(
+            f"{source} gives NaN or infinite descriptors for {bad.size} of {vecs.shape[1]} images "
+            f"(first: {images[bad[0]]}): the file is damaged; export the student again "
+            f"({REEXPORT})"
+        )
     return vecs
 
 

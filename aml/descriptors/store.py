@@ -60,9 +60,11 @@ class StoreKey:
         """A short hash of the key, for folder names; the same text as it has always been
         hashed, so stores already encoded (hours of 1M distractors) are found again."""
         d = self.descriptors
-        text = (f"StoreKey(fingerprint={d.fingerprint!r}, network={self.network!r}, image_size={d.image_size!r}, "
-                f"scales={d.scales!r}, msp={d.msp!r}, dtype={self.dtype!r}, shard_size={self.shard_size!r}, "
-                f"pixels={d.pixels!r})")
+        text = (
+            f"StoreKey(fingerprint={d.fingerprint!r}, network={self.network!r}, image_size={d.image_size!r}, "
+            f"scales={d.scales!r}, msp={d.msp!r}, dtype={self.dtype!r}, shard_size={self.shard_size!r}, "
+            f"pixels={d.pixels!r})"
+        )
         return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
@@ -104,8 +106,13 @@ class DescriptorStore:
         return self.folder / f"shard_{k:05d}.json"
 
     def manifest(self) -> Dict[str, Any]:
-        return dict(self.key.record(), version=FORMAT_VERSION, count=self.count, dim=self.dim,
-                    images_sha1=_list_sha1(self.images))
+        return dict(
+            self.key.record(),
+            version=FORMAT_VERSION,
+            count=self.count,
+            dim=self.dim,
+            images_sha1=_list_sha1(self.images),
+        )
 
     # -- creating -------------------------------------------------------------------------
     @classmethod
@@ -143,15 +150,19 @@ class DescriptorStore:
             try:
                 found = json.loads(path.read_text())
             except ValueError:
-                raise StoreMismatch(f"descriptor store {self.folder}: manifest.json is not valid JSON; delete the "
-                                    "folder to extract again") from None
+                raise StoreMismatch(
+                    f"descriptor store {self.folder}: manifest.json is not valid JSON; delete the "
+                    "folder to extract again"
+                ) from None
             self._check(found)
             return
         leftovers = sorted(self.folder.glob("shard_*.npy")) if self.folder.is_dir() else []
         if leftovers:
-            raise StoreMismatch(f"descriptor store {self.folder} holds shards ({leftovers[0].name}, ...) but no "
-                                "manifest.json, so nothing says which network made them; delete the folder or choose "
-                                "another")
+            raise StoreMismatch(
+                f"descriptor store {self.folder} holds shards ({leftovers[0].name}, ...) but no "
+                "manifest.json, so nothing says which network made them; delete the folder or choose "
+                "another"
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.folder / "images.txt", lambda out: out.write("".join(f"{i}\n" for i in self.images).encode()))
         _write_json(path, self.manifest())
@@ -162,8 +173,10 @@ class DescriptorStore:
         if not differ:
             return
         what = "; ".join(f"{name}: store {found.get(name)!r}, this run {wanted[name]!r}" for name in differ[:4])
-        raise StoreMismatch(f"descriptor store {self.folder} was made for other descriptors ({what}); it is kept as "
-                            "it is: choose another folder, or delete it to extract again")
+        raise StoreMismatch(
+            f"descriptor store {self.folder} was made for other descriptors ({what}); it is kept as "
+            "it is: choose another folder, or delete it to extract again"
+        )
 
     # -- writing --------------------------------------------------------------------------
     def missing(self) -> List[int]:
@@ -192,8 +205,13 @@ class DescriptorStore:
         world = current_world()
         todo = [k for k in self.missing() if k % world.size == world.rank]
         if todo:
-            log.info(">> %s: %d of %d shards to encode (this process: %d)", self.folder.name, len(self.missing()),
-                     self.shards, len(todo))
+            log.info(
+                ">> %s: %d of %d shards to encode (this process: %d)",
+                self.folder.name,
+                len(self.missing()),
+                self.shards,
+                len(todo),
+            )
         for k in todo:
             rows = self.shard_rows(k)
             skipped: List[int] = []
@@ -228,17 +246,23 @@ class DescriptorStore:
         """Shard ``k`` as an n_k x D array, checked against the manifest."""
         path = self.shard_path(k)
         if not path.is_file():
-            raise FileNotFoundError(f"descriptor store {self.folder}: {path.name} is missing (the extraction did not "
-                                    "finish); run the same command again to encode the missing shards")
+            raise FileNotFoundError(
+                f"descriptor store {self.folder}: {path.name} is missing (the extraction did not "
+                "finish); run the same command again to encode the missing shards"
+            )
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise DataError(f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err}); "
-                            "delete it and run again to encode it again") from err
+            raise DataError(
+                f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err}); "
+                "delete it and run again to encode it again"
+            ) from err
         rows = self.shard_rows(k)
         if array.shape != (len(rows), self.dim) or array.dtype != DTYPES[self.key.dtype]:
-            raise DataError(f"descriptor store {self.folder}: {path.name} holds {array.shape} {array.dtype}, the "
-                            f"manifest says {len(rows)} x {self.dim} {self.key.dtype}; delete it and run again")
+            raise DataError(
+                f"descriptor store {self.folder}: {path.name} holds {array.shape} {array.dtype}, the "
+                f"manifest says {len(rows)} x {self.dim} {self.key.dtype}; delete it and run again"
+            )
         return array
 
     def blocks(self) -> Iterator[Tuple[int, np.ndarray]]:
@@ -281,8 +305,9 @@ def open_store(folder: Path) -> DescriptorStore:
     return store
 
 
-def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey,
-                      config: ExtractionConfig = DEFAULT_EXTRACTION) -> DescriptorStore:
+def encode_into_store(
+    net, images: Sequence[str], folder: Path, key: StoreKey, config: ExtractionConfig = DEFAULT_EXTRACTION
+) -> DescriptorStore:
     """The store of ``images`` encoded by ``net`` as ``key`` says, its missing shards encoded
     first, each by this process alone (``config``: how; its skip policy decides whether an
     unreadable image is skipped and listed or raises)."""
@@ -291,8 +316,15 @@ def encode_into_store(net, images: Sequence[str], folder: Path, key: StoreKey,
 
     def encode(block: List[str], skipped: Optional[List[int]]):
         d = key.descriptors
-        return describe_images(net, block, d.image_size, d.scales, d.msp,
-                               config=shard_config.but(skip_bad=skipped is not None), skipped=skipped)
+        return describe_images(
+            net,
+            block,
+            d.image_size,
+            d.scales,
+            d.msp,
+            config=shard_config.but(skip_bad=skipped is not None),
+            skipped=skipped,
+        )
 
     store.fill(encode, config.skip_bad)
     return store

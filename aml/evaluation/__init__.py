@@ -8,7 +8,25 @@ from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult
 from aml.evaluation.testing import TestSettings, evaluate
 from aml.evaluation.whitening import WhiteningError, check_whitening, pcawhitenlearn, whitenapply, whitenlearn
 
-__all__ = ["compute_ap", "compute_map", "evaluate_ranks", "format_results", "rank_database", "Reranking",
-           "alpha_query_expansion", "database_augmentation", "search_with_expansion", "DatasetResult",
-           "DistractorsAdded", "SearchResult", "SkippedImages", "TestSettings", "evaluate", "pcawhitenlearn",
-           "whitenapply", "whitenlearn", "check_whitening", "WhiteningError"]
+__all__ = [
+    "compute_ap",
+    "compute_map",
+    "evaluate_ranks",
+    "format_results",
+    "rank_database",
+    "Reranking",
+    "alpha_query_expansion",
+    "database_augmentation",
+    "search_with_expansion",
+    "DatasetResult",
+    "DistractorsAdded",
+    "SearchResult",
+    "SkippedImages",
+    "TestSettings",
+    "evaluate",
+    "pcawhitenlearn",
+    "whitenapply",
+    "whitenlearn",
+    "check_whitening",
+    "WhiteningError",
+]

@@ -115,8 +115,9 @@ class TestDatabase:
         distractors = self.distractors
         if distractors is not None:
             distractors = dataclasses.replace(distractors, transform=lambda x: whitened(x, whitening, "distractor"))
-        return dataclasses.replace(self, vecs=whitened(self.vecs, whitening, f"{name} database"),
-                                   distractors=distractors)
+        return dataclasses.replace(
+            self, vecs=whitened(self.vecs, whitening, f"{name} database"), distractors=distractors
+        )
 
     def augmented(self, k: int, alpha: float) -> "TestDatabase":
         """The database after database-side augmentation (DBA) of its descriptors.
@@ -132,6 +133,8 @@ class TestDatabase:
             ConfigError: with distractors, whose neighbours among all the others DBA would need.
         """
         if self.distractors is not None:
-            raise ConfigError(f"DBA with {self.distractors.count} distractors would need the neighbours of every "
-                              "distractor among all the others")
+            raise ConfigError(
+                f"DBA with {self.distractors.count} distractors would need the neighbours of every "
+                "distractor among all the others"
+            )
         return dataclasses.replace(self, vecs=database_augmentation(self.vecs, k, alpha, self.device, self.excluded))

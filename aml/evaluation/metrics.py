@@ -71,8 +71,9 @@ def _score_query(inverse: np.ndarray, entry: Mapping[str, Any], kappas: Sequence
     return compute_ap(pos, ok.size), precisions
 
 
-def compute_maps(ranks: np.ndarray, gnds: Dict[str, Sequence[Mapping[str, Any]]],
-                 kappas: Sequence[int] = ()) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+def compute_maps(
+    ranks: np.ndarray, gnds: Dict[str, Sequence[Mapping[str, Any]]], kappas: Sequence[int] = ()
+) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
     """`compute_map` for several ground truths over the same ranking (E/M/H): each
     ranking is inverted once, in O(N_db), and every protocol looks its images up in it."""
     ranks = np.asarray(ranks)
@@ -89,9 +90,9 @@ def compute_maps(ranks: np.ndarray, gnds: Dict[str, Sequence[Mapping[str, Any]]]
     return _maps(inverses(), n_q, gnds, kappas)
 
 
-def compute_maps_from_positions(positions: np.ndarray, gnds: Dict[str, Sequence[Mapping[str, Any]]],
-                                kappas: Sequence[int] = ()
-                                ) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+def compute_maps_from_positions(
+    positions: np.ndarray, gnds: Dict[str, Sequence[Mapping[str, Any]]], kappas: Sequence[int] = ()
+) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
     """`compute_maps` from ``positions`` (N x Q: 0-based place of database image i in
     the ranking of query q) instead of the ranking itself: all that mAP and mP@k need, so a
     search over 1M distractors need only return the places of the test set's own images."""
@@ -99,8 +100,9 @@ def compute_maps_from_positions(positions: np.ndarray, gnds: Dict[str, Sequence[
     return _maps((positions[:, q] for q in range(positions.shape[1])), positions.shape[1], gnds, kappas)
 
 
-def _maps(inverses, n_q: int, gnds: Dict[str, Sequence[Mapping[str, Any]]],
-          kappas: Sequence[int]) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+def _maps(
+    inverses, n_q: int, gnds: Dict[str, Sequence[Mapping[str, Any]]], kappas: Sequence[int]
+) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
     aps = {name: np.full(n_q, np.nan) for name in gnds}
     prs = {name: np.full((n_q, len(kappas)), np.nan) for name in gnds}
     for q, inverse in enumerate(inverses):
@@ -115,8 +117,9 @@ def _maps(inverses, n_q: int, gnds: Dict[str, Sequence[Mapping[str, Any]]],
     return results
 
 
-def compute_map(ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]],
-                kappas: Sequence[int] = ()) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+def compute_map(
+    ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]], kappas: Sequence[int] = ()
+) -> Tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """mAP, per-query AP, mP@k and per-query P@k of a ranking.
 
     Each query costs O(N_db): the ranking is inverted once and positives/junk are looked up.
@@ -145,8 +148,11 @@ def compute_map(ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]],
 def revisited_gnd(gnd: Sequence[Mapping[str, Any]], difficulty: str) -> List[Dict[str, np.ndarray]]:
     """Easy: ok = easy, junk = junk + hard. Medium: ok = easy + hard, junk = junk.
     Hard: ok = hard, junk = junk + easy."""
-    rules = {"easy": (("easy",), ("junk", "hard")), "medium": (("easy", "hard"), ("junk",)),
-             "hard": (("hard",), ("junk", "easy"))}
+    rules = {
+        "easy": (("easy",), ("junk", "hard")),
+        "medium": (("easy", "hard"), ("junk",)),
+        "hard": (("hard",), ("junk", "easy")),
+    }
     ok_keys, junk_keys = rules[difficulty]
 
     def cat(entry, keys):
@@ -155,8 +161,13 @@ def revisited_gnd(gnd: Sequence[Mapping[str, Any]], difficulty: str) -> List[Dic
     return [{"ok": cat(g, ok_keys), "junk": cat(g, junk_keys)} for g in gnd]
 
 
-def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]], protocol: str,
-                   kappas: Sequence[int] = DEFAULT_KAPPAS, positions: bool = False) -> Dict[str, Any]:
+def evaluate_ranks(
+    ranks: np.ndarray,
+    gnd: Sequence[Mapping[str, Any]],
+    protocol: str,
+    kappas: Sequence[int] = DEFAULT_KAPPAS,
+    positions: bool = False,
+) -> Dict[str, Any]:
     """All numbers of one test set as a dict (fractions in [0, 1]).
 
     Args:
@@ -191,8 +202,10 @@ def evaluate_ranks(ranks: np.ndarray, gnd: Sequence[Mapping[str, Any]], protocol
         m_ap, aps, _, _ = maps_of(ranks, {"gnd": gnd})["gnd"]
         return {"map": m_ap, "aps": aps.tolist()}
     maps = maps_of(ranks, {d: revisited_gnd(gnd, d) for d in ("easy", "medium", "hard")}, kappas)
-    return {d: {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist())), "aps": aps.tolist()}
-            for d, (m_ap, aps, pr, _) in maps.items()}
+    return {
+        d: {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist())), "aps": aps.tolist()}
+        for d, (m_ap, aps, pr, _) in maps.items()
+    }
 
 
 def format_results(dataset: str, results: Dict[str, Any], kappas: Sequence[int] = DEFAULT_KAPPAS) -> List[str]:
@@ -220,8 +233,10 @@ def format_results(dataset: str, results: Dict[str, Any], kappas: Sequence[int] 
     if "map" in results:
         return [f">> {dataset}: mAP {100 * results['map']:.2f}"]
     pct = {d: np.around(100 * results[d]["map"], decimals=2) for d in ("easy", "medium", "hard")}
-    mpk = {d: np.around(100 * np.array([results[d]["mp@k"][k] for k in kappas]), decimals=2)
-           for d in ("easy", "medium", "hard")}
+    mpk = {
+        d: np.around(100 * np.array([results[d]["mp@k"][k] for k in kappas]), decimals=2)
+        for d in ("easy", "medium", "hard")
+    }
     return [
         f">> {dataset}: mAP E: {pct['easy']}, M: {pct['medium']}, H: {pct['hard']}",
         f">> {dataset}: mP@k{list(kappas)} E: {mpk['easy']}, M: {mpk['medium']}, H: {mpk['hard']}",

@@ -17,9 +17,11 @@ def _finite(columns: torch.Tensor, what: str, first: int = 0) -> torch.Tensor:
     scores as nothing and would rank silently at random."""
     bad = (~torch.isfinite(columns)).any(dim=0)
     if bool(bad.any()):
-        raise NonFiniteDescriptors(f"{int(bad.sum())} of the {columns.shape[1]} {what} descriptors hold NaN or "
-                                   f"infinite values (the first: {what} {first + int(bad.nonzero()[0])}); they cannot "
-                                   "be ranked: encode them again")
+        raise NonFiniteDescriptors(
+            f"{int(bad.sum())} of the {columns.shape[1]} {what} descriptors hold NaN or "
+            f"infinite values (the first: {what} {first + int(bad.nonzero()[0])}); they cannot "
+            "be ranked: encode them again"
+        )
     return columns
 
 
@@ -33,8 +35,9 @@ def _scores(database: np.ndarray, queries: np.ndarray, device: str, excluded: Se
     return scores
 
 
-def rank_database(database: np.ndarray, queries: np.ndarray, device: str = "cpu",
-                  excluded: Sequence[int] = ()) -> np.ndarray:
+def rank_database(
+    database: np.ndarray, queries: np.ndarray, device: str = "cpu", excluded: Sequence[int] = ()
+) -> np.ndarray:
     """The database ranked for every query by dot product, best first.
 
     The score matrix is one matrix product; each query's scores are sorted as one contiguous
@@ -93,10 +96,15 @@ def descending_order(scores: np.ndarray) -> np.ndarray:
     return order
 
 
-def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
-                               distractors: Iterable[Tuple[int, np.ndarray]], device: str = "cpu",
-                               excluded: Sequence[int] = (), excluded_distractors: Sequence[int] = (),
-                               transform: Optional[Transform] = None) -> np.ndarray:
+def positions_with_distractors(
+    database: np.ndarray,
+    queries: np.ndarray,
+    distractors: Iterable[Tuple[int, np.ndarray]],
+    device: str = "cpu",
+    excluded: Sequence[int] = (),
+    excluded_distractors: Sequence[int] = (),
+    transform: Optional[Transform] = None,
+) -> np.ndarray:
     """N_db x N_q places (0-based) of the test database's images in the ranking of the test
     database followed by the distractors, without forming that ranking.
 
@@ -131,15 +139,21 @@ def positions_with_distractors(database: np.ndarray, queries: np.ndarray,
 NEIGHBOUR_CHUNK = 1024  # queries whose scores are sorted at once by `nearest`
 
 
-def nearest(database: np.ndarray, queries: np.ndarray, k: int, device: str = "cpu", excluded: Sequence[int] = (),
-            skip_self: bool = False) -> np.ndarray:
+def nearest(
+    database: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    device: str = "cpu",
+    excluded: Sequence[int] = (),
+    skip_self: bool = False,
+) -> np.ndarray:
     """k x N_q indices of each query's ``k`` best database images: the first ``k`` rows of
     `rank_database` (equal scores in database order), searched ``NEIGHBOUR_CHUNK`` queries
     at a time. ``skip_self``: the queries are the database itself and column q never lists q
     (database-side augmentation)."""
     found = []
     for start in range(0, queries.shape[1], NEIGHBOUR_CHUNK):
-        scores = _scores(database, queries[:, start:start + NEIGHBOUR_CHUNK], device, excluded)
+        scores = _scores(database, queries[:, start : start + NEIGHBOUR_CHUNK], device, excluded)
         if skip_self:
             rows = torch.arange(scores.shape[0], device=scores.device)
             scores[rows, rows + start] = -torch.inf
@@ -162,10 +176,16 @@ def most_neighbours(queries: int, dim: int) -> int:
     return NEIGHBOUR_VALUES // max(queries * dim, 1)
 
 
-def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
-                             distractors: Iterable[Tuple[int, np.ndarray]], device: str = "cpu",
-                             excluded: Sequence[int] = (), excluded_distractors: Sequence[int] = (),
-                             transform: Optional[Transform] = None) -> Tuple[np.ndarray, np.ndarray]:
+def nearest_with_distractors(
+    database: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    distractors: Iterable[Tuple[int, np.ndarray]],
+    device: str = "cpu",
+    excluded: Sequence[int] = (),
+    excluded_distractors: Sequence[int] = (),
+    transform: Optional[Transform] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Each query's ``k`` best images of the test database followed by the distractors, and
     their descriptors, without forming the ranking of both.
 
@@ -185,9 +205,11 @@ def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
     """
     dim, n_queries = queries.shape
     if k > most_neighbours(n_queries, dim):
-        raise ValueError(f"{n_queries} queries keeping their {k} nearest {dim}-d descriptors would hold "
-                         f"{_gib(n_queries * k * dim)} (at most {_gib(NEIGHBOUR_VALUES)}): give k "
-                         f"{most_neighbours(n_queries, dim)} or less")
+        raise ValueError(
+            f"{n_queries} queries keeping their {k} nearest {dim}-d descriptors would hold "
+            f"{_gib(n_queries * k * dim)} (at most {_gib(NEIGHBOUR_VALUES)}): give k "
+            f"{most_neighbours(n_queries, dim)} or less"
+        )
     scores = _scores(database, queries, device, excluded)  # Q x N
     n_db = scores.shape[1]
     order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
@@ -201,24 +223,32 @@ def nearest_with_distractors(database: np.ndarray, queries: np.ndarray, k: int,
         from_block = merged >= kept
         block_pick = (merged - kept).clamp(min=0)
         kept_pick = merged.clamp(max=max(kept - 1, 0))
-        best = torch.where(from_block, torch.gather(block_scores, 1, block_pick),
-                           torch.gather(best, 1, kept_pick) if kept else block_scores.new_zeros(merged.shape))
-        indices = torch.where(from_block, block_pick + n_db + start,
-                              torch.gather(indices, 1, kept_pick) if kept else merged)
+        best = torch.where(
+            from_block,
+            torch.gather(block_scores, 1, block_pick),
+            torch.gather(best, 1, kept_pick) if kept else block_scores.new_zeros(merged.shape),
+        )
+        indices = torch.where(
+            from_block, block_pick + n_db + start, torch.gather(indices, 1, kept_pick) if kept else merged
+        )
         # the kept neighbours in their new places, then the block's written over theirs: twice Q x k x D at most
-        moved = (torch.gather(vectors, 1, kept_pick[..., None].expand(-1, -1, vectors.shape[2]))
-                 if kept else rows.new_zeros(*merged.shape, rows.shape[1]))
+        moved = (
+            torch.gather(vectors, 1, kept_pick[..., None].expand(-1, -1, vectors.shape[2]))
+            if kept
+            else rows.new_zeros(*merged.shape, rows.shape[1])
+        )
         moved[from_block] = rows[block_pick[from_block]]
         vectors = moved
     return indices.cpu().numpy().T, np.ascontiguousarray(vectors.cpu().numpy().transpose(2, 1, 0))
 
 
 def _gib(values: int) -> str:
-    return f"{values * 4 / 2 ** 30:.3g} GiB"
+    return f"{values * 4 / 2**30:.3g} GiB"
 
 
-def _distractor_scores(queries: np.ndarray, distractors, device: str, transform: Optional[Transform],
-                       excluded: Sequence[int]) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+def _distractor_scores(
+    queries: np.ndarray, distractors, device: str, transform: Optional[Transform], excluded: Sequence[int]
+) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
     """Per distractor block: its first index, its n_k x D rows and the Q x n_k scores of the
     queries, -inf for the ``excluded`` distractors."""
     q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
@@ -251,6 +281,5 @@ def _products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if rows.shape[0] >= MIN_BLOCK:
         return (queries.t() @ rows.t()).contiguous()
     padded = torch.zeros(MIN_BLOCK, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    padded[:rows.shape[0]] = rows
-    return (queries.t() @ padded.t())[:, :rows.shape[0]].contiguous()
-
+    padded[: rows.shape[0]] = rows
+    return (queries.t() @ padded.t())[:, : rows.shape[0]].contiguous()

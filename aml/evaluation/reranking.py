@@ -159,8 +159,9 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return (x / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
-def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, neighbours: np.ndarray, k: int,
-                          alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+def alpha_query_expansion(
+    queries: np.ndarray, database: np.ndarray, neighbours: np.ndarray, k: int, alpha: float = DEFAULT_ALPHA
+) -> np.ndarray:
     """Alpha query expansion (αQE) of the queries with their first database neighbours.
 
     Each query is replaced by the normalised sum of itself and its ``k`` first database
@@ -192,8 +193,9 @@ def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, neighbours:
     """
     if not 1 <= k <= neighbours.shape[0]:
         raise ConfigError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
-    return _expand_with(np.asarray(queries, dtype=np.float32), np.asarray(database, dtype=np.float32),
-                        np.asarray(neighbours[:k]), alpha)
+    return _expand_with(
+        np.asarray(queries, dtype=np.float32), np.asarray(database, dtype=np.float32), np.asarray(neighbours[:k]), alpha
+    )
 
 
 def _expand_with(vectors: np.ndarray, database: np.ndarray, top: np.ndarray, alpha: float) -> np.ndarray:
@@ -205,8 +207,9 @@ def _expand_with(vectors: np.ndarray, database: np.ndarray, top: np.ndarray, alp
     return expanded
 
 
-def database_augmentation(database: np.ndarray, k: int, alpha: float = DEFAULT_ALPHA, device: str = "cpu",
-                          excluded: Sequence[int] = ()) -> np.ndarray:
+def database_augmentation(
+    database: np.ndarray, k: int, alpha: float = DEFAULT_ALPHA, device: str = "cpu", excluded: Sequence[int] = ()
+) -> np.ndarray:
     """Database-side augmentation (DBA) of the database with its own nearest neighbours.
 
     Each database descriptor is replaced by the normalised sum of itself and its ``k``
@@ -266,8 +269,9 @@ class Database(Protocol):
         """
 
 
-def search_with_expansion(database: Database, queries: np.ndarray, reranking: Reranking,
-                          search: Callable[[np.ndarray], T], first: bool = True) -> List[T]:
+def search_with_expansion(
+    database: Database, queries: np.ndarray, reranking: Reranking, search: Callable[[np.ndarray], T], first: bool = True
+) -> List[T]:
     """Search; with ``reranking.qe``, expand the queries with their first neighbours (αQE) and search again.
 
     The one "search, αQE, search again" of the package: test.py runs it on the test set's

@@ -163,11 +163,17 @@ class DatasetResult:
         """
         entry: Dict[str, Any] = {search.key: search.metrics for search in self.searches}
         if self.distractors is not None:
-            entry["distractors"] = {"count": self.distractors.count, "skipped": self.distractors.skipped,
-                                    "store": self.distractors.store}
+            entry["distractors"] = {
+                "count": self.distractors.count,
+                "skipped": self.distractors.skipped,
+                "store": self.distractors.store,
+            }
         if self.skipped is not None:
-            entry["skipped"] = {"database": list(self.skipped.database), "queries": list(self.skipped.queries),
-                                "list": str(self.skipped.listing)}
+            entry["skipped"] = {
+                "database": list(self.skipped.database),
+                "queries": list(self.skipped.queries),
+                "list": str(self.skipped.listing),
+            }
         if self.report is not None:
             entry["report"] = str(self.report)
         return entry
@@ -191,8 +197,10 @@ class DatasetResult:
             unread = f", {extra.skipped} unreadable ones skipped (list next to the shards)" if extra.skipped else ""
             lines.append(f">> {self.dataset}: {extra.count} distractors added{unread}; descriptors in {extra.store}")
         if skipped:
-            lines.append(f">> {self.dataset}: {len(skipped.database)} database images and {len(skipped.queries)} "
-                         f"queries could not be read and were skipped; list in {skipped.listing}")
+            lines.append(
+                f">> {self.dataset}: {len(skipped.database)} database images and {len(skipped.queries)} "
+                f"queries could not be read and were skipped; list in {skipped.listing}"
+            )
         if self.report is not None:
             lines.append(f">> {self.dataset}: ranking report in {self.report}")
         return lines

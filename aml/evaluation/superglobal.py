@@ -47,8 +47,12 @@ class SuperGlobal:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"SuperGlobal.{name} must be an integer >= 0, got {value!r}")
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not np.isfinite(self.beta) \
-                or self.beta < 0:
+        if (
+            isinstance(self.beta, bool)
+            or not isinstance(self.beta, (int, float))
+            or not np.isfinite(self.beta)
+            or self.beta < 0
+        ):
             raise ValueError(f"SuperGlobal.beta must be a finite number >= 0, got {self.beta!r}")
 
 
@@ -97,13 +101,14 @@ def superglobal_scores(top: np.ndarray, query: np.ndarray, k: int, beta: float) 
     """
     augmented = augmented_descriptors(top, k, beta)
     first = augmented @ query
-    leaders = np.argsort(-first, kind="stable")[:k + 1]
+    leaders = np.argsort(-first, kind="stable")[: k + 1]
     expanded = augmented[leaders].max(axis=0)
     return (first + augmented @ expanded) / 2
 
 
-def superglobal_rerank(database: np.ndarray, queries: np.ndarray, ranks: np.ndarray,
-                       settings: SuperGlobal = SuperGlobal()) -> np.ndarray:
+def superglobal_rerank(
+    database: np.ndarray, queries: np.ndarray, ranks: np.ndarray, settings: SuperGlobal = SuperGlobal()
+) -> np.ndarray:
     """Re-rank each query's top ``settings.m`` results the SuperGlobal way.
 
     Args:
@@ -128,8 +133,10 @@ def superglobal_rerank(database: np.ndarray, queries: np.ndarray, ranks: np.ndar
         array([1, 0, 2])
     """
     if database.shape[0] != queries.shape[0] or ranks.shape[1] != queries.shape[1]:
-        raise ValueError(f"SuperGlobal: database {database.shape}, queries {queries.shape} and ranks {ranks.shape} "
-                         "disagree (D x N, D x Q, N x Q)")
+        raise ValueError(
+            f"SuperGlobal: database {database.shape}, queries {queries.shape} and ranks {ranks.shape} "
+            "disagree (D x N, D x Q, N x Q)"
+        )
     for name, values in (("database", database), ("query", queries)):
         if not np.isfinite(values).all():
             raise ValueError(f"SuperGlobal: the {name} descriptors hold NaN or infinite values")
@@ -139,7 +146,8 @@ def superglobal_rerank(database: np.ndarray, queries: np.ndarray, ranks: np.ndar
         return out
     for j in range(queries.shape[1]):
         top = out[:m, j].copy()
-        scores = superglobal_scores(database[:, top].T.astype(np.float64), queries[:, j].astype(np.float64),
-                                    settings.k, settings.beta)
+        scores = superglobal_scores(
+            database[:, top].T.astype(np.float64), queries[:, j].astype(np.float64), settings.k, settings.beta
+        )
         out[:m, j] = top[np.argsort(-scores, kind="stable")]
     return out

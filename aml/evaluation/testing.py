@@ -140,8 +140,13 @@ def htime(seconds: float) -> str:
     return " ".join(parts)
 
 
-def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: DataRootLike = None,
-                    sizes: bool = True, dim: Optional[int] = None) -> None:
+def check_reranking(
+    reranking: Reranking,
+    datasets: Sequence[str],
+    data_root: DataRootLike = None,
+    sizes: bool = True,
+    dim: Optional[int] = None,
+) -> None:
     """Refuse a re-ranking that the test sets cannot take, before anything is encoded.
 
     DBA with a distractor set would need the neighbours of every distractor among all the
@@ -167,35 +172,43 @@ def check_reranking(reranking: Reranking, datasets: Sequence[str], data_root: Da
     for name in datasets:
         dataset, suffix = split_test_name(name)
         if reranking.dba and suffix is not None:
-            raise ConfigError(f"--dba {reranking.dba} with {name}: database-side augmentation with distractors would "
-                              f"need the neighbours of every distractor among all the others; run --dba on {dataset} "
-                              f"(without '+{suffix}'); --qe works with distractors")
+            raise ConfigError(
+                f"--dba {reranking.dba} with {name}: database-side augmentation with distractors would "
+                f"need the neighbours of every distractor among all the others; run --dba on {dataset} "
+                f"(without '+{suffix}'); --qe works with distractors"
+            )
     for name in datasets if sizes else ():
         dataset, suffix = split_test_name(name)
         prepare_test_set(dataset, data_root)
         test = _TestSet.read(dataset, data_root)
         size = len(test.images)
         if reranking.dba >= size:
-            raise ConfigError(f"--dba {reranking.dba}: the database of {dataset} holds {size} images, so an image has "
-                              f"at most {size - 1} neighbours; give --dba {size - 1} or less")
+            raise ConfigError(
+                f"--dba {reranking.dba}: the database of {dataset} holds {size} images, so an image has "
+                f"at most {size - 1} neighbours; give --dba {size - 1} or less"
+            )
         distractors = len(distractor_images(suffix, data_root)) if suffix is not None else 0
         if reranking.qe > size + distractors:
             held = f"{size} images" + (f" and {distractors} distractors" if suffix is not None else "")
-            raise ConfigError(f"--qe {reranking.qe}: the database of {name} holds {held}; give --qe "
-                              f"{size + distractors} or less")
+            raise ConfigError(
+                f"--qe {reranking.qe}: the database of {name} holds {held}; give --qe {size + distractors} or less"
+            )
         most = most_neighbours(len(test.queries), dim) if dim is not None and suffix is not None else None
         if most is not None and reranking.qe > most:
-            gib = len(test.queries) * reranking.qe * (dim or 0) * 4 / 2 ** 30
-            raise ConfigError(f"--qe {reranking.qe} with {name}: its {len(test.queries)} queries would keep their "
-                              f"{reranking.qe} nearest {dim}-d descriptors ({gib:.3g} GiB) while the distractors are "
-                              f"searched, more than a re-ranking is given; give --qe {most} or less")
+            gib = len(test.queries) * reranking.qe * (dim or 0) * 4 / 2**30
+            raise ConfigError(
+                f"--qe {reranking.qe} with {name}: its {len(test.queries)} queries would keep their "
+                f"{reranking.qe} nearest {dim}-d descriptors ({gib:.3g} GiB) while the distractors are "
+                f"searched, more than a re-ranking is given; give --qe {most} or less"
+            )
 
 
 def distractor_store(suffix: str, encoder: LoadedNetwork, settings: TestSettings) -> DescriptorStore:
     """The distractor set ``suffix`` encoded by ``encoder`` (once per network and settings:
     shared by every test set and by every student tested against this teacher)."""
-    descriptors = DescriptorKey.of(encoder.net, settings.image_size, settings.scales, settings.extraction,
-                                   encoder.fingerprint)
+    descriptors = DescriptorKey.of(
+        encoder.net, settings.image_size, settings.scales, settings.extraction, encoder.fingerprint
+    )
     key = StoreKey(descriptors, encoder.name, settings.distractor_dtype, settings.shard_size)
     name = lookup(DISTRACTOR_SETS, suffix, "distractor set").folder
     tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_{key.tag()}"
@@ -256,8 +269,16 @@ def _query_aps(results: Dict[str, Any], kept: Sequence[int], nq: int) -> List[Op
     return out
 
 
-def _report(test: _TestSet, encoded: _Encoded, kept: List[int], database: TestDatabase, plain: SearchResult,
-            student: LoadedNetwork, teacher: Optional[LoadedNetwork], settings: TestSettings) -> Path:
+def _report(
+    test: _TestSet,
+    encoded: _Encoded,
+    kept: List[int],
+    database: TestDatabase,
+    plain: SearchResult,
+    student: LoadedNetwork,
+    teacher: Optional[LoadedNetwork],
+    settings: TestSettings,
+) -> Path:
     """The visual ranking report of one data set (with the teacher's own ranking when asymmetric)."""
     from aml.reports.ranking import Ranking, write_report
 
@@ -269,21 +290,43 @@ def _report(test: _TestSet, encoded: _Encoded, kept: List[int], database: TestDa
     for column, q in enumerate(kept):
         indices = ranks[:, column]
         scores = encoded.vecs[:, indices].T @ encoded.qvecs[:, column]
-        rows[q].append(Ranking(student.name if teacher is None else f"student {student.name}", indices.tolist(),
-                               scores.tolist(), student_aps[q]))
+        rows[q].append(
+            Ranking(
+                student.name if teacher is None else f"student {student.name}",
+                indices.tolist(),
+                scores.tolist(),
+                student_aps[q],
+            )
+        )
     if teacher is not None:
-        tq = describe_images(teacher.net, [queries[q] for q in kept], settings.image_size, settings.scales,
-                             bbxs=[bbxs[q] for q in kept], config=settings.extraction.but(skip_bad=False))
+        tq = describe_images(
+            teacher.net,
+            [queries[q] for q in kept],
+            settings.image_size,
+            settings.scales,
+            bbxs=[bbxs[q] for q in kept],
+            config=settings.extraction.but(skip_bad=False),
+        )
         gnd = [cfg["gnd"][q] for q in kept]
-        teacher_aps = _query_aps(evaluate_ranks(database.positions(tq), gnd, cfg["protocol"], positions=True), kept,
-                                 len(queries))
+        teacher_aps = _query_aps(
+            evaluate_ranks(database.positions(tq), gnd, cfg["protocol"], positions=True), kept, len(queries)
+        )
         teacher_ranks, _ = database.nearest(tq, top)
         for column, q in enumerate(kept):
             indices = teacher_ranks[:, column]
-            rows[q].append(Ranking(f"teacher {teacher.name}", indices.tolist(),
-                                   (encoded.vecs[:, indices].T @ tq[:, column]).tolist(), teacher_aps[q]))
-    how = (f"asymmetric: queries by {student.name}, database by {teacher.name}" if teacher is not None
-           else f"symmetric: {student.name}")
+            rows[q].append(
+                Ranking(
+                    f"teacher {teacher.name}",
+                    indices.tolist(),
+                    (encoded.vecs[:, indices].T @ tq[:, column]).tolist(),
+                    teacher_aps[q],
+                )
+            )
+    how = (
+        f"asymmetric: queries by {student.name}, database by {teacher.name}"
+        if teacher is not None
+        else f"symmetric: {student.name}"
+    )
     lines = DatasetResult(dataset, (plain,)).lines()
     summary = "; ".join([how] + [line.split(": ", 1)[1] for line in lines])
     folder = Path(settings.report_dir or ".") / dataset
@@ -292,27 +335,42 @@ def _report(test: _TestSet, encoded: _Encoded, kept: List[int], database: TestDa
     return write_report(folder, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
 
 
-def _encode(test: _TestSet, student: LoadedNetwork, database_encoder: LoadedNetwork, settings: TestSettings,
-            cache_dir: Optional[Path]) -> _Encoded:
+def _encode(
+    test: _TestSet,
+    student: LoadedNetwork,
+    database_encoder: LoadedNetwork,
+    settings: TestSettings,
+    cache_dir: Optional[Path],
+) -> _Encoded:
     dataset, images, queries, bbxs = test.name, test.images, test.queries, test.bbxs
     scales = list(settings.scales)
     skipped_db: List[int] = []
     skipped_queries: List[int] = []
     database = settings.extraction.but(desc=f"{dataset} database")
     if cache_dir is None:
-        vecs = describe_images(database_encoder.net, images, settings.image_size, scales, config=database,
-                               skipped=skipped_db)
+        vecs = describe_images(
+            database_encoder.net, images, settings.image_size, scales, config=database, skipped=skipped_db
+        )
     else:
-        key = DescriptorKey.of(database_encoder.net, settings.image_size, scales, database,
-                               database_encoder.fingerprint)
+        key = DescriptorKey.of(
+            database_encoder.net, settings.image_size, scales, database, database_encoder.fingerprint
+        )
         vecs = cached_descriptors(database_encoder.net, images, key, cache_dir, dataset, skipped_db, config=database)
-    qvecs = describe_images(student.net, queries, settings.image_size, scales, bbxs=bbxs, skipped=skipped_queries,
-                            config=settings.extraction.but(desc=f"{dataset} queries"))
+    qvecs = describe_images(
+        student.net,
+        queries,
+        settings.image_size,
+        scales,
+        bbxs=bbxs,
+        skipped=skipped_queries,
+        config=settings.extraction.but(desc=f"{dataset} queries"),
+    )
     return _Encoded(vecs, qvecs, skipped_db, skipped_queries)
 
 
-def _searches(database: TestDatabase, queries: np.ndarray, test: _TestSet, kept: List[int], whitened: bool,
-              reranking: Reranking) -> List[SearchResult]:
+def _searches(
+    database: TestDatabase, queries: np.ndarray, test: _TestSet, kept: List[int], whitened: bool, reranking: Reranking
+) -> List[SearchResult]:
     """The first search of ``database`` and, with ``reranking``, DBA and the searches after it."""
     gnd, protocol = [test.cfg["gnd"][q] for q in kept], test.cfg["protocol"]
 
@@ -332,9 +390,15 @@ def _searches(database: TestDatabase, queries: np.ndarray, test: _TestSet, kept:
     return found + [SearchResult(whitened, steps, values) for steps, values in zip(after, numbers)]
 
 
-def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: LoadedNetwork,
-                      teacher: Optional[LoadedNetwork], settings: TestSettings, lw: Optional[Whitening],
-                      cache_dir: Optional[Path]) -> DatasetResult:
+def _evaluate_dataset(
+    name: str,
+    student: LoadedNetwork,
+    database_encoder: LoadedNetwork,
+    teacher: Optional[LoadedNetwork],
+    settings: TestSettings,
+    lw: Optional[Whitening],
+    cache_dir: Optional[Path],
+) -> DatasetResult:
     dataset, suffix = split_test_name(name)
     dataset_dir = prepare_test_set(dataset, settings.data_root, progress=settings.extraction.progress)
     test = _TestSet.read(dataset, settings.data_root)
@@ -352,13 +416,17 @@ def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: Loade
         log.info(">> %s: Evaluating...", dataset)
     searches = _searches(database, qvecs, test, kept, False, settings.reranking)
     if lw is not None:
-        searches += _searches(database.whitened(lw, name), whitened(qvecs, lw, f"{name} query"), test, kept, True,
-                              settings.reranking)
+        searches += _searches(
+            database.whitened(lw, name), whitened(qvecs, lw, f"{name} query"), test, kept, True, settings.reranking
+        )
     skipped = None
     if encoded.skipped_db or encoded.skipped_queries:
         listing = _write_skipped(test, encoded, settings, dataset_dir)
-        skipped = SkippedImages(tuple(test.images[i] for i in encoded.skipped_db),
-                                tuple(test.queries[i] for i in encoded.skipped_queries), listing)
+        skipped = SkippedImages(
+            tuple(test.images[i] for i in encoded.skipped_db),
+            tuple(test.queries[i] for i in encoded.skipped_queries),
+            listing,
+        )
     report = None
     if settings.report_dir is not None:
         kept_vecs = _Encoded(encoded.vecs, qvecs, encoded.skipped_db, encoded.skipped_queries)
@@ -366,8 +434,12 @@ def _evaluate_dataset(name: str, student: LoadedNetwork, database_encoder: Loade
     return DatasetResult(name, tuple(searches), skipped, added, report)
 
 
-def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[LoadedNetwork] = None,
-             on_result: Optional[Callable[[DatasetResult], None]] = None) -> Dict[str, DatasetResult]:
+def evaluate(
+    student: LoadedNetwork,
+    settings: TestSettings,
+    teacher: Optional[LoadedNetwork] = None,
+    on_result: Optional[Callable[[DatasetResult], None]] = None,
+) -> Dict[str, DatasetResult]:
     """Test a network on every test set of ``settings``: symmetric, or asymmetric against a teacher.
 
     The networks come back as they went in: on their device, in their train/eval mode and
@@ -404,18 +476,26 @@ def evaluate(student: LoadedNetwork, settings: TestSettings, teacher: Optional[L
     database_encoder = teacher or student
     with_distractors = [name for name in settings.datasets if split_test_name(name)[1] is not None]
     if with_distractors and settings.report_dir is not None:
-        raise ConfigError(f"--report draws full rankings, which a distractor set makes too long "
-                          f"({with_distractors[0]}); run --report without the '+' suffix")
+        raise ConfigError(
+            f"--report draws full rankings, which a distractor set makes too long "
+            f"({with_distractors[0]}); run --report without the '+' suffix"
+        )
     if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
-        raise ConfigError(f"asymmetric test needs equal dimensions: student {student.name} is "
-                          f"{student.net.meta['outputdim']}-d, teacher {teacher.name} "
-                          f"{teacher.net.meta['outputdim']}-d")
-    check_reranking(settings.reranking, settings.datasets, settings.data_root,
-                    dim=database_encoder.net.meta["outputdim"])
+        raise ConfigError(
+            f"asymmetric test needs equal dimensions: student {student.name} is "
+            f"{student.net.meta['outputdim']}-d, teacher {teacher.name} "
+            f"{teacher.net.meta['outputdim']}-d"
+        )
+    check_reranking(
+        settings.reranking, settings.datasets, settings.data_root, dim=database_encoder.net.meta["outputdim"]
+    )
     if settings.extraction.device is None:  # the student's device, for every extraction and search
         settings = settings.but(extraction=settings.extraction.but(device=settings.extraction.device_for(student.net)))
-    lw = (get_whitening(database_encoder, settings.whitening_request(), published=teacher is None)
-          if settings.whitening else None)
+    lw = (
+        get_whitening(database_encoder, settings.whitening_request(), published=teacher is None)
+        if settings.whitening
+        else None
+    )
     cache_dir = data_subdir(settings.data_root, "features") / "cache" if settings.cache else None
     results: Dict[str, DatasetResult] = {}
     for dataset in settings.datasets:

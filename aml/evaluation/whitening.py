@@ -62,16 +62,22 @@ def check_whitening(m: Any, P: Any, dim: int, source: str) -> Tuple[np.ndarray, 
     numbers = (np.floating, np.integer)
     if any(a is None or not any(np.issubdtype(a.dtype, kind) for kind in numbers) for a in arrays):
         kinds = ", ".join(type(value).__name__ for value in (m, P))
-        raise WhiteningError(f"{source} is not a whitening: m and P are {kinds}, not arrays of numbers; learn the "
-                             "whitening again (delete the file, or test without -w)")
+        raise WhiteningError(
+            f"{source} is not a whitening: m and P are {kinds}, not arrays of numbers; learn the "
+            "whitening again (delete the file, or test without -w)"
+        )
     m, P = arrays
     if m.size != dim or P.ndim != 2 or P.shape[1] != dim or not 1 <= P.shape[0] <= dim:
-        raise WhiteningError(f"{source}: m of shape {m.shape} and P of shape {P.shape} do not whiten {dim}-d "
-                             f"descriptors (m: {dim} values, P: {dim} columns); it was learned for another network")
+        raise WhiteningError(
+            f"{source}: m of shape {m.shape} and P of shape {P.shape} do not whiten {dim}-d "
+            f"descriptors (m: {dim} values, P: {dim} columns); it was learned for another network"
+        )
     bad = int((~np.isfinite(m)).sum() + (~np.isfinite(P)).sum())
     if bad:
-        raise WhiteningError(f"{source} holds {bad} NaN or infinite values: it is damaged; learn the whitening again "
-                             "(delete the file, or test without -w)")
+        raise WhiteningError(
+            f"{source} holds {bad} NaN or infinite values: it is damaged; learn the whitening again "
+            "(delete the file, or test without -w)"
+        )
     return m.reshape(dim, 1), P
 
 
@@ -92,8 +98,10 @@ def whitened(X: np.ndarray, whitening: Tuple[np.ndarray, np.ndarray], what: str)
     Y = whitenapply(X, *whitening)
     if not np.isfinite(Y).all():
         bad = int((~np.isfinite(Y)).any(axis=0).sum())
-        raise WhiteningError(f"whitening made {bad} of the {Y.shape[1]} {what} descriptors NaN or infinite: the "
-                             "descriptors or the whitening hold values out of range")
+        raise WhiteningError(
+            f"whitening made {bad} of the {Y.shape[1]} {what} descriptors NaN or infinite: the "
+            "descriptors or the whitening hold values out of range"
+        )
     return Y
 
 

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 Whitening = Tuple[np.ndarray, np.ndarray]
 
 
-def whitening_cache_path(encoder: LoadedNetwork, whitening_set: str, multiscale: bool, image_size: int,
-                         data_root: DataRootLike) -> Optional[Path]:
+def whitening_cache_path(
+    encoder: LoadedNetwork, whitening_set: str, multiscale: bool, image_size: int, data_root: DataRootLike
+) -> Optional[Path]:
     """``<checkpoint>_<SET>_whiten[_ms]_<imsize>.pth`` next to a checkpoint file, the same
     name in ``<data_root>/whiten/`` for a named network, None for one only in memory."""
     stem = f"_{whitening_set}_whiten{'_ms' if multiscale else ''}_{image_size}.pth"
@@ -104,8 +105,9 @@ def _cached(cache: Path, key: str, whitening_set: str, dim: int) -> Optional[Whi
     try:
         data = load_plain_file(cache)
         if not isinstance(data, dict) or data.get("key") != key:
-            log.info(">> %s: %s was learned for another network, scales or images; learning it again",
-                     whitening_set, cache)
+            log.info(
+                ">> %s: %s was learned for another network, scales or images; learning it again", whitening_set, cache
+            )
             return None
         found = _file_whitening(data, dim, str(cache))
     except (CheckpointError, WhiteningError) as err:
@@ -123,15 +125,18 @@ def _stored(encoder: LoadedNetwork, whitening_set: str, multiscale: bool) -> Opt
     if lw is None:
         return None
     if not isinstance(lw, dict):
-        raise WhiteningError(f"{source} is a {type(lw).__name__}, not {{set: {{'ss': {{'m', 'P'}}, 'ms': ...}}}}; the "
-                             "checkpoint is damaged: test without -w, or save it again without 'Lw'")
+        raise WhiteningError(
+            f"{source} is a {type(lw).__name__}, not {{set: {{'ss': {{'m', 'P'}}, 'ms': ...}}}}; the "
+            "checkpoint is damaged: test without -w, or save it again without 'Lw'"
+        )
     entry, kind = lw.get(whitening_set), "ms" if multiscale else "ss"
     if entry is None:
         return None
     where = f"{source}['{whitening_set}']"
     if not isinstance(entry, dict):
-        raise WhiteningError(f"{where} is a {type(entry).__name__}, not {{'ss': {{'m', 'P'}}, 'ms': ...}}; the "
-                             "checkpoint is damaged")
+        raise WhiteningError(
+            f"{where} is a {type(entry).__name__}, not {{'ss': {{'m', 'P'}}, 'ms': ...}}; the checkpoint is damaged"
+        )
     if kind not in entry:
         log.info(">> %s: %s has no '%s' whitening; learning it", whitening_set, where, kind)
         return None
@@ -165,8 +170,11 @@ def get_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published: 
     found = _cached(cache, key, whitening_set, dim) if cache is not None else None
     if found is not None:
         return found
-    m, P = check_whitening(*learn_whitening(encoder, request), dim,
-                           f"the whitening learned on {whitening_set} (too few or repeated pairs?)")
+    m, P = check_whitening(
+        *learn_whitening(encoder, request),
+        dim,
+        f"the whitening learned on {whitening_set} (too few or repeated pairs?)",
+    )
     if cache is not None and current_world().is_main:
         with optional_write(f"{whitening_set}: the whitening cache"):
             save_plain_file({"m": m, "P": P, "key": key}, cache)

@@ -5,9 +5,28 @@ int8 ONNX file (`aml.export.quantization`) and what it costs on a test set
 
 from aml.export.errors import ExportError
 from aml.export.quantization import QUANTIZED_NODES, Int8Settings, quantize_student
-from aml.export.student import (DeployedStudent, check_exports, export_onnx, export_student, export_torchscript,
-                                generated_images, int8_agreement, student_info)
+from aml.export.student import (
+    DeployedStudent,
+    check_exports,
+    export_onnx,
+    export_student,
+    export_torchscript,
+    generated_images,
+    int8_agreement,
+    student_info,
+)
 
-__all__ = ["DeployedStudent", "ExportError", "Int8Settings", "QUANTIZED_NODES", "check_exports", "export_onnx",
-           "export_student", "export_torchscript", "generated_images", "int8_agreement", "quantize_student",
-           "student_info"]
+__all__ = [
+    "DeployedStudent",
+    "ExportError",
+    "Int8Settings",
+    "QUANTIZED_NODES",
+    "check_exports",
+    "export_onnx",
+    "export_student",
+    "export_torchscript",
+    "generated_images",
+    "int8_agreement",
+    "quantize_student",
+    "student_info",
+]

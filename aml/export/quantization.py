@@ -121,12 +121,22 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
         nodes = QUANTIZED_NODES[settings.quantized](onnx.load(str(prepared)).graph)
         if nodes is not None and not nodes:
             raise ExportError(f"{fp32} has no node named {TRUNK_SCOPE}...: not a graph of aml.export; export it again")
-        log.info(">> int8: calibrating on %d images at %d px, quantizing %s", len(settings.calibration),
-                 settings.image_size, "every node onnxruntime can" if nodes is None else f"{len(nodes)} trunk nodes")
+        log.info(
+            ">> int8: calibrating on %d images at %d px, quantizing %s",
+            len(settings.calibration),
+            settings.image_size,
+            "every node onnxruntime can" if nodes is None else f"{len(nodes)} trunk nodes",
+        )
         with atomic_path(out) as temporary:
-            quantize_static(str(prepared), str(temporary), _calibration_reader(settings.calibration,
-                                                                               settings.image_size),
-                            quant_format=formats[settings.quant_format], per_channel=settings.per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                            calibrate_method=CalibrationMethod.MinMax)
+            quantize_static(
+                str(prepared),
+                str(temporary),
+                _calibration_reader(settings.calibration, settings.image_size),
+                quant_format=formats[settings.quant_format],
+                per_channel=settings.per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
     return Path(out)

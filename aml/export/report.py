@@ -27,9 +27,15 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(0) / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0))
 
 
-def onnx_test_maps(files: Mapping[str, PathLike], teacher: LoadedNetwork, dataset: str, image_size: int,
-                   data_root: DataRootLike = None, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-                   config: ExtractionConfig = DEFAULT_EXTRACTION) -> Dict[str, Any]:
+def onnx_test_maps(
+    files: Mapping[str, PathLike],
+    teacher: LoadedNetwork,
+    dataset: str,
+    image_size: int,
+    data_root: DataRootLike = None,
+    whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
+) -> Dict[str, Any]:
     """Asymmetric mAP of exported students on a test set: queries by each ONNX file, database by the teacher.
 
     The database is encoded once by the teacher (`aml.descriptors.describe_images`), whitened
@@ -69,18 +75,28 @@ def onnx_test_maps(files: Mapping[str, PathLike], teacher: LoadedNetwork, datase
     for name, path in files.items():
         qvecs = describe_with_onnx(onnx_session(path), queries, image_size, bbxs, source=path)
         results = evaluate_ranks(rank_database(vecs, qvecs), cfg["gnd"], cfg["protocol"])
-        maps[name] = ({level: float(results[level]["map"]) for level in ("medium", "hard")}
-                      if cfg["protocol"] == "revisited" else {"map": float(results["map"])})
+        maps[name] = (
+            {level: float(results[level]["map"]) for level in ("medium", "hard")}
+            if cfg["protocol"] == "revisited"
+            else {"map": float(results["map"])}
+        )
         first = qvecs if first is None else first
         cos = _cosines(first, qvecs)
         cosine[name] = {"min": float(cos.min()), "mean": float(cos.mean())}
         log.info(">> %s: %s queries by %s: mAP %s", dataset, name, path, maps[name])
-    return {"dataset": dataset, "image_size": image_size, "queries": len(queries), "database": len(images),
-            "maps": maps, "cosine": cosine}
+    return {
+        "dataset": dataset,
+        "image_size": image_size,
+        "queries": len(queries),
+        "database": len(images),
+        "maps": maps,
+        "cosine": cosine,
+    }
 
 
-def onnx_timings(files: Mapping[str, PathLike], sides: Sequence[int] = TIMING_SIDES, repeats: int = 5,
-                 threads: int = 1) -> Dict[str, Dict[str, float]]:
+def onnx_timings(
+    files: Mapping[str, PathLike], sides: Sequence[int] = TIMING_SIDES, repeats: int = 5, threads: int = 1
+) -> Dict[str, Dict[str, float]]:
     """Seconds per query image of each ONNX file at each size, on this CPU.
 
     Images are 4:3 landscape with the given longer side; each time is the median of

@@ -24,8 +24,13 @@ from torch import nn
 
 from aml.export.errors import ExportError
 from aml.export.quantization import Int8Settings, quantize_student
-from aml.descriptors.onnx_student import (OnnxStudentInfo, describe_with_onnx, onnx_session, whitening_digest,
-                                          write_onnx_metadata)
+from aml.descriptors.onnx_student import (
+    OnnxStudentInfo,
+    describe_with_onnx,
+    onnx_session,
+    whitening_digest,
+    write_onnx_metadata,
+)
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec
 from aml.networks.retrieval_net import ImageRetrievalNet
@@ -74,8 +79,10 @@ class DeployedStudent(nn.Module):
             m, P = whitening
             dim = net.meta["outputdim"]
             if np.asarray(P).shape != (dim, dim) or np.asarray(m).size != dim:
-                raise ExportError(f"the whitening is for {np.asarray(P).shape[-1]}-d descriptors but the student "
-                                  f"outputs {dim}-d ones; use the whitening of its teacher's store")
+                raise ExportError(
+                    f"the whitening is for {np.asarray(P).shape[-1]}-d descriptors but the student "
+                    f"outputs {dim}-d ones; use the whitening of its teacher's store"
+                )
             self.register_buffer("m", torch.as_tensor(np.asarray(m, dtype=np.float32).reshape(1, -1)))
             self.register_buffer("P", torch.as_tensor(np.asarray(P, dtype=np.float32)))
         self.eval()  # the wrapper too: exporters restore its mode, and train() would reach the network
@@ -155,12 +162,23 @@ def _antialiased_bicubic(g, image, output_size, align_corners, scales_h=None, sc
     which timm's ViTs resample their position embeddings with): cubic with a = -0.5, the taps
     outside the input dropped and the kernel widened when shrinking, as torch (and PIL) compute it."""
     shape = g.op("Shape", image)
-    batch_and_channels = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([0])),
-                              g.op("Constant", value_t=torch.tensor([2])))
+    batch_and_channels = g.op(
+        "Slice", shape, g.op("Constant", value_t=torch.tensor([0])), g.op("Constant", value_t=torch.tensor([2]))
+    )
     sizes = g.op("Concat", batch_and_channels, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: INT64
     empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
-    return g.op("Resize", image, empty, empty, sizes, mode_s="cubic", cubic_coeff_a_f=-0.5, antialias_i=1,
-                exclude_outside_i=1, coordinate_transformation_mode_s="half_pixel")
+    return g.op(
+        "Resize",
+        image,
+        empty,
+        empty,
+        sizes,
+        mode_s="cubic",
+        cubic_coeff_a_f=-0.5,
+        antialias_i=1,
+        exclude_outside_i=1,
+        coordinate_transformation_mode_s="half_pixel",
+    )
 
 
 #: operators that the ONNX exporter lacks, with the opset that has them: name -> (opset, symbolic)
@@ -206,15 +224,22 @@ def export_onnx(model: DeployedStudent, path: PathLike, example: torch.Tensor, o
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         with atomic_path(path) as temporary:
-            torch.onnx.export(model, (example,), str(temporary), input_names=["image"], output_names=["descriptor"],
-                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                            "descriptor": {0: "batch"}},
-                              opset_version=opset, dynamo=False)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(temporary),
+                input_names=["image"],
+                output_names=["descriptor"],
+                dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "descriptor": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
     return Path(path)
 
 
-def check_exports(model: DeployedStudent, files: Dict[str, Path],
-                  images: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, float]:
+def check_exports(
+    model: DeployedStudent, files: Dict[str, Path], images: Optional[Sequence[torch.Tensor]] = None
+) -> Dict[str, float]:
     """Max absolute difference between PyTorch's descriptors and each exported file's.
 
     ``onnx`` runs through onnxruntime, and is skipped with a notice when it is not installed.
@@ -249,14 +274,19 @@ def check_exports(model: DeployedStudent, files: Dict[str, Path],
             log.warning(">> onnxruntime is not installed: the ONNX file is not checked (pip install onnxruntime)")
             return diffs
         session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
-        diffs["onnx"] = max(float(np.abs(session.run(None, {"image": i.numpy()})[0] - r).max())
-                            for i, r in zip(images, reference))
+        diffs["onnx"] = max(
+            float(np.abs(session.run(None, {"image": i.numpy()})[0] - r).max()) for i, r in zip(images, reference)
+        )
     return diffs
 
 
-def student_info(net: ImageRetrievalNet, name: str = "student", teacher: Optional[str] = None,
-                 teacher_fingerprint: Optional[str] = None,
-                 whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> OnnxStudentInfo:
+def student_info(
+    net: ImageRetrievalNet,
+    name: str = "student",
+    teacher: Optional[str] = None,
+    teacher_fingerprint: Optional[str] = None,
+    whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+) -> OnnxStudentInfo:
     """What an exported student is, as its ONNX files record it.
 
     Args:
@@ -279,10 +309,14 @@ def student_info(net: ImageRetrievalNet, name: str = "student", teacher: Optiona
         ('retrievalSfM120k-vgg16-gem', 512, None, 'float32')
     """
     spec = teacher or net.meta.get("teacher")
-    return OnnxStudentInfo(student=name, fingerprint=network_fingerprint(net),
-                           teacher=None if spec is None else NetworkSpec.parse(spec).name,
-                           teacher_fingerprint=teacher_fingerprint, dim=int(net.meta["outputdim"]),
-                           whitening=None if whitening is None else whitening_digest(*whitening))
+    return OnnxStudentInfo(
+        student=name,
+        fingerprint=network_fingerprint(net),
+        teacher=None if spec is None else NetworkSpec.parse(spec).name,
+        teacher_fingerprint=teacher_fingerprint,
+        dim=int(net.meta["outputdim"]),
+        whitening=None if whitening is None else whitening_digest(*whitening),
+    )
 
 
 def int8_agreement(fp32: PathLike, int8: PathLike, images: Sequence[str], image_size: int) -> Dict[str, float]:
@@ -308,9 +342,15 @@ def int8_agreement(fp32: PathLike, int8: PathLike, images: Sequence[str], image_
     return {"min": float(cosines.min()), "mean": float(cosines.mean())}
 
 
-def export_student(net: ImageRetrievalNet, folder: PathLike, whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-                   onnx: bool = True, tolerance: float = 1e-4, info: Optional[OnnxStudentInfo] = None,
-                   int8: Optional[Int8Settings] = None) -> Tuple[Dict[str, Path], Dict[str, float]]:
+def export_student(
+    net: ImageRetrievalNet,
+    folder: PathLike,
+    whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+    onnx: bool = True,
+    tolerance: float = 1e-4,
+    info: Optional[OnnxStudentInfo] = None,
+    int8: Optional[Int8Settings] = None,
+) -> Tuple[Dict[str, Path], Dict[str, float]]:
     """Export a student as TorchScript and ONNX, checked against PyTorch, and optionally as int8 ONNX.
 
     It writes ``student.pt`` (TorchScript) and ``student.onnx`` to ``folder`` and checks them
@@ -357,16 +397,24 @@ def export_student(net: ImageRetrievalNet, folder: PathLike, whitening: Optional
     diffs = check_exports(model, files)
     bad = {name: diff for name, diff in diffs.items() if not diff <= tolerance}
     if bad:
-        raise ExportError(f"exported model differs from PyTorch by {bad} (max abs, tolerance {tolerance}); "
-                          "its pooling may not support a dynamic image size")
+        raise ExportError(
+            f"exported model differs from PyTorch by {bad} (max abs, tolerance {tolerance}); "
+            "its pooling may not support a dynamic image size"
+        )
     if onnx and "onnx" in diffs:  # onnxruntime (and so onnx) is installed
         info = info if info is not None else student_info(net, whitening=whitening)
         write_onnx_metadata(files["onnx"], info)
         if int8 is not None:
             files["int8"] = quantize_student(files["onnx"], folder / "student-int8.onnx", int8)
-            write_onnx_metadata(files["int8"], dataclasses.replace(
-                info, precision="int8", calibration_image_size=int8.image_size,
-                calibration_images=len(int8.calibration)))
+            write_onnx_metadata(
+                files["int8"],
+                dataclasses.replace(
+                    info,
+                    precision="int8",
+                    calibration_image_size=int8.image_size,
+                    calibration_images=len(int8.calibration),
+                ),
+            )
     elif int8 is not None:
         raise ExportError("--int8 needs onnx and onnxruntime: pip install onnx onnxruntime")
     return files, diffs

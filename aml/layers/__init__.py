@@ -6,5 +6,20 @@ from aml.layers.functional import gem, l2n, mac, rmac, roipool, spoc
 from aml.layers.normalization import L2N
 from aml.layers.pooling import GeM, GeMmp, MAC, POOLINGS, RMAC, Rpool, SPoC
 
-__all__ = ["functional", "L2N", "l2n", "GeM", "GeMmp", "MAC", "POOLINGS", "RMAC", "Rpool", "SPoC", "gem", "mac",
-           "rmac", "roipool", "spoc"]
+__all__ = [
+    "functional",
+    "L2N",
+    "l2n",
+    "GeM",
+    "GeMmp",
+    "MAC",
+    "POOLINGS",
+    "RMAC",
+    "Rpool",
+    "SPoC",
+    "gem",
+    "mac",
+    "rmac",
+    "roipool",
+    "spoc",
+]

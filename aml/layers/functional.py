@@ -53,7 +53,7 @@ def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4)
     short = min(height, width)
     steps = torch.tensor([2.0, 3, 4, 5, 6, 7])
     gap = (max(height, width) - short) / (steps - 1)
-    extra = int(torch.argmin(torch.abs((short ** 2 - short * gap) / short ** 2 - overlap)).item()) + 1
+    extra = int(torch.argmin(torch.abs((short**2 - short * gap) / short**2 - overlap)).item()) + 1
     extra_w = extra if height < width else 0
     extra_h = extra if height > width else 0
 
@@ -77,14 +77,14 @@ def rmac(x: torch.Tensor, L: int = 3, eps: float = 1e-6) -> torch.Tensor:
     """R-MAC: L2-normalised global MAC plus the sum of L2-normalised regional MACs."""
     out = l2n(mac(x), eps=eps)
     for top, left, side in rmac_regions(x.shape[-2], x.shape[-1], L):
-        out = out + l2n(mac(x[..., top:top + side, left:left + side]), eps=eps)
+        out = out + l2n(mac(x[..., top : top + side, left : left + side]), eps=eps)
     return out
 
 
 def roipool(x: torch.Tensor, rpool, L: int = 3, eps: float = 1e-6) -> torch.Tensor:
     """``rpool`` applied to the whole map and to every R-MAC region: B x R x C x 1 x 1
     (region 0 is the whole map). ``eps`` is unused, as in cirtorch."""
-    crops = [x] + [x[..., top:top + s, left:left + s] for top, left, s in rmac_regions(x.shape[-2], x.shape[-1], L)]
+    crops = [x] + [x[..., top : top + s, left : left + s] for top, left, s in rmac_regions(x.shape[-2], x.shape[-1], L)]
     return torch.stack([rpool(crop) for crop in crops], dim=1)
 
 
@@ -121,32 +121,36 @@ def _masked_sum(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, values, values.new_zeros(())).sum(dim=-1)
 
 
-def contrastive_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, margin: float = 0.7,
-                       eps: float = 1e-6) -> torch.Tensor:
+def contrastive_losses(
+    anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, margin: float = 0.7, eps: float = 1e-6
+) -> torch.Tensor:
     """Per tuple: sum over members of 0.5 y d^2 + 0.5 (1 - y) max(0, margin - d)^2."""
     d = tuple_distances(anchors, members, eps)
     y = labels.to(d.dtype)
-    return _masked_sum(0.5 * y * d ** 2 + 0.5 * (1 - y) * torch.clamp(margin - d, min=0) ** 2, labels >= 0)
+    return _masked_sum(0.5 * y * d**2 + 0.5 * (1 - y) * torch.clamp(margin - d, min=0) ** 2, labels >= 0)
 
 
-def contrastive_dist_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, dists: torch.Tensor,
-                            eps: float = 1e-6) -> torch.Tensor:
+def contrastive_dist_losses(
+    anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, dists: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     """Per tuple: sum of 0.5 y d^2 + 0.5 (1 - y) (dist - d)^2, the negatives pulled to the
     target distances ``dists`` (B x M) instead of pushed past a margin."""
     d = tuple_distances(anchors, members, eps)
     y = labels.to(d.dtype)
-    return _masked_sum(0.5 * y * d ** 2 + 0.5 * (1 - y) * (dists.to(d.dtype) - d) ** 2, labels >= 0)
+    return _masked_sum(0.5 * y * d**2 + 0.5 * (1 - y) * (dists.to(d.dtype) - d) ** 2, labels >= 0)
 
 
-def regression_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor,
-                      eps: float = 1e-6) -> torch.Tensor:
+def regression_losses(
+    anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     """Per tuple: 0.5 ||anchor - positive + eps||^2 summed over positives (negatives ignored):
     what the contrastive loss computes on (-1, 1) pairs, aml's ``regression`` loss."""
     return _masked_sum(0.5 * tuple_distances(anchors, members, eps) ** 2, labels == 1)
 
 
-def triplet_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor,
-                   margin: float = 0.1) -> torch.Tensor:
+def triplet_losses(
+    anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, margin: float = 0.1
+) -> torch.Tensor:
     """Per tuple: sum over negatives of max(0, |a - p|^2 - |a - n|^2 + margin), exactly one
     positive per tuple (no eps)."""
     if not bool(((labels == 1).sum(dim=1) == 1).all()):
@@ -163,21 +167,29 @@ def _positive_log_likelihood(scores: torch.Tensor, labels: torch.Tensor) -> torc
     return -_masked_sum(log_p, labels == 1)
 
 
-def cross_entropy_dist_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, temp: float,
-                              eps: float = 1e-6) -> torch.Tensor:
+def cross_entropy_dist_losses(
+    anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, temp: float, eps: float = 1e-6
+) -> torch.Tensor:
     """InfoNCE on distances, per tuple: -sum_pos log softmax_j(-d_j / temp) over its members."""
     return _positive_log_likelihood(-tuple_distances(anchors, members, eps) / temp, labels)
 
 
-def similarity_cross_entropy_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor,
-                                    temp: float) -> torch.Tensor:
+def similarity_cross_entropy_losses(
+    anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, temp: float
+) -> torch.Tensor:
     """InfoNCE on similarities, per tuple: -sum_pos log softmax_j(anchor . x_j / temp) over
     its members (aml's ``cross_entropy`` loss)."""
     return _positive_log_likelihood(torch.einsum("bd,bmd->bm", anchors, members) / temp, labels)
 
 
-def multi_similarity_losses(anchors: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, thresh: float = 0.5,
-                            scale_pos: float = 2.0, scale_neg: float = 40.0) -> torch.Tensor:
+def multi_similarity_losses(
+    anchors: torch.Tensor,
+    members: torch.Tensor,
+    labels: torch.Tensor,
+    thresh: float = 0.5,
+    scale_pos: float = 2.0,
+    scale_neg: float = 40.0,
+) -> torch.Tensor:
     """Multi-similarity (Wang et al.) on anchor-member dot products s, per tuple:
     (1/a) log(1 + sum_pos exp(-a (s - l))) + (1/b) log(1 + sum_neg exp(b (s - l)))
     (a term without members is 0)."""
@@ -197,8 +209,7 @@ def _tuple_index(label: torch.Tensor) -> torch.Tensor:
     return torch.cumsum((label == -1).long(), dim=0) - 1
 
 
-def columns_to_tuples(x: torch.Tensor, label: torch.Tensor,
-                      *per_member: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+def columns_to_tuples(x: torch.Tensor, label: torch.Tensor, *per_member: torch.Tensor) -> Tuple[torch.Tensor, ...]:
     """cirtorch's D x N tuple matrix (several tuples of any lengths, each starting at its
     anchor, label -1) as (anchors B x D, members B x M x D, labels B x M with -1 padding),
     followed by each of ``per_member`` (one value per non-anchor column, in column order)
@@ -278,8 +289,9 @@ def similarity_cross_entropy_loss(x: torch.Tensor, label: torch.Tensor, temp: fl
     return similarity_cross_entropy_losses(*_tuples(x, label), temp).sum()
 
 
-def multi_similarity_loss(x: torch.Tensor, label: torch.Tensor, thresh: float = 0.5, scale_pos: float = 2.0,
-                          scale_neg: float = 40.0) -> torch.Tensor:
+def multi_similarity_loss(
+    x: torch.Tensor, label: torch.Tensor, thresh: float = 0.5, scale_pos: float = 2.0, scale_neg: float = 40.0
+) -> torch.Tensor:
     """Multi-similarity (Wang et al.), summed over tuples (the original used only the first
     anchor of a batch)."""
     return multi_similarity_losses(*_tuples(x, label), thresh, scale_pos, scale_neg).sum()
@@ -305,19 +317,22 @@ def _normalised_distances(e: torch.Tensor) -> torch.Tensor:
     return d / d[d > 0].mean()
 
 
-def rkd_loss(student: torch.Tensor, teacher: torch.Tensor, dist_ratio: float = 1.0,
-             angle_ratio: float = 2.0) -> torch.Tensor:
+def rkd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, dist_ratio: float = 1.0, angle_ratio: float = 2.0
+) -> torch.Tensor:
     """Relational KD (Park et al.): ``angle_ratio`` x the angle loss + ``dist_ratio`` x the
     distance loss (smooth-L1, mean) between the rows of the student and of the teacher (N x C
     each, the same images in the same order); the teacher's side carries no gradient."""
     with torch.no_grad():
         teacher_d, teacher_a = _normalised_distances(teacher), _angles(teacher)
-    return (dist_ratio * F.smooth_l1_loss(_normalised_distances(student), teacher_d)
-            + angle_ratio * F.smooth_l1_loss(_angles(student), teacher_a))
+    return dist_ratio * F.smooth_l1_loss(_normalised_distances(student), teacher_d) + angle_ratio * F.smooth_l1_loss(
+        _angles(student), teacher_a
+    )
 
 
-def hard_darkrank_loss(student: torch.Tensor, teacher: torch.Tensor, alpha: float = 3.0, beta: float = 3.0,
-                       permute_len: int = 4) -> torch.Tensor:
+def hard_darkrank_loss(
+    student: torch.Tensor, teacher: torch.Tensor, alpha: float = 3.0, beta: float = 3.0, permute_len: int = 4
+) -> torch.Tensor:
     """DarkRank (Chen et al.), hard version: minus the mean log-likelihood, under the student's
     scores -alpha d^beta, of the teacher's ranking of each row's ``permute_len`` nearest rows
     (student and teacher N x C, N > ``permute_len``)."""
@@ -325,15 +340,40 @@ def hard_darkrank_loss(student: torch.Tensor, teacher: torch.Tensor, alpha: floa
         raise ValueError(f"DarkRank needs batches of more than {permute_len} images")
     with torch.no_grad():
         teacher_scores = -alpha * pdist(teacher).pow(beta)
-        order = teacher_scores.sort(dim=1, descending=True)[1][:, 1:permute_len + 1]
+        order = teacher_scores.sort(dim=1, descending=True)[1][:, 1 : permute_len + 1]
     ordered = torch.gather(-alpha * pdist(student).pow(beta), 1, order)
     tails = torch.stack([torch.logsumexp(ordered[:, k:], dim=1) for k in range(ordered.shape[1])], dim=1)
     return -(ordered - tails).sum(dim=1).mean()
 
 
-__all__ = ["mac", "spoc", "gem", "rmac", "rmac_regions", "roipool", "l2n", "powerlaw", "contrastive_loss",
-           "contrastive_loss_dist", "regression_loss", "triplet_loss", "cross_entropy_loss", "cross_entropy_loss_dist",
-           "similarity_cross_entropy_loss", "multi_similarity_loss", "pair_distances", "pdist", "tuple_distances",
-           "columns_to_tuples", "contrastive_losses", "contrastive_dist_losses", "regression_losses", "triplet_losses",
-           "cross_entropy_dist_losses", "similarity_cross_entropy_losses", "multi_similarity_losses", "rkd_loss",
-           "hard_darkrank_loss"]
+__all__ = [
+    "mac",
+    "spoc",
+    "gem",
+    "rmac",
+    "rmac_regions",
+    "roipool",
+    "l2n",
+    "powerlaw",
+    "contrastive_loss",
+    "contrastive_loss_dist",
+    "regression_loss",
+    "triplet_loss",
+    "cross_entropy_loss",
+    "cross_entropy_loss_dist",
+    "similarity_cross_entropy_loss",
+    "multi_similarity_loss",
+    "pair_distances",
+    "pdist",
+    "tuple_distances",
+    "columns_to_tuples",
+    "contrastive_losses",
+    "contrastive_dist_losses",
+    "regression_losses",
+    "triplet_losses",
+    "cross_entropy_dist_losses",
+    "similarity_cross_entropy_losses",
+    "multi_similarity_losses",
+    "rkd_loss",
+    "hard_darkrank_loss",
+]

@@ -16,12 +16,24 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Union
 
 from aml.losses.batch import LossKind, TupleBatch
-from aml.losses.compatibility import (BackwardCompatibleLoss, CompatibleEmbeddingLoss, ContextualSimilarityLoss,
-                                      HeterogeneousCompatibilityLoss)
+from aml.losses.compatibility import (
+    BackwardCompatibleLoss,
+    CompatibleEmbeddingLoss,
+    ContextualSimilarityLoss,
+    HeterogeneousCompatibilityLoss,
+)
 from aml.losses.context import TeacherContext
 from aml.losses.relational import HardDarkRank, RelationalLoss, RKdAD
-from aml.losses.tuples import (ContrastiveDistLoss, ContrastiveLoss, CrossEntropyDistLoss, CrossEntropyLoss,
-                               MultiSimilarityLoss, RegressionLoss, TripletLoss, TupleLoss)
+from aml.losses.tuples import (
+    ContrastiveDistLoss,
+    ContrastiveLoss,
+    CrossEntropyDistLoss,
+    CrossEntropyLoss,
+    MultiSimilarityLoss,
+    RegressionLoss,
+    TripletLoss,
+    TupleLoss,
+)
 from aml.utils.errors import ConfigError, lookup
 
 
@@ -55,26 +67,41 @@ _IMAGES_WHY = "it trains on single images against the teacher's view of the whol
 
 
 LOSSES: Dict[str, LossSpec] = {
-    "contrastive": LossSpec(lambda m, t: ContrastiveLoss(margin=m), lambda mode: not mode.relational,
-                            "it needs tuples (anchor, positives, negatives)"),
-    "triplet": LossSpec(lambda m, t: TripletLoss(margin=m),
-                        lambda mode: mode.tuples and not mode.self_positive,
-                        "it needs exactly one positive and some negatives per tuple"),
+    "contrastive": LossSpec(
+        lambda m, t: ContrastiveLoss(margin=m),
+        lambda mode: not mode.relational,
+        "it needs tuples (anchor, positives, negatives)",
+    ),
+    "triplet": LossSpec(
+        lambda m, t: TripletLoss(margin=m),
+        lambda mode: mode.tuples and not mode.self_positive,
+        "it needs exactly one positive and some negatives per tuple",
+    ),
     "multi": LossSpec(lambda m, t: MultiSimilarityLoss(), _tuples, "it needs tuples with negatives"),
-    "cross_entropy": LossSpec(lambda m, t: CrossEntropyLoss(temp=t), _tuples,
-                              "it needs tuples with negatives"),
-    "cross_entropy_dist": LossSpec(lambda m, t: CrossEntropyDistLoss(temp=t), _tuples,
-                                   "it needs tuples with negatives"),
-    "contrastive_dist": LossSpec(lambda m, t: ContrastiveDistLoss(),
-                                 lambda mode: mode.tuples and mode.needs_teacher,
-                                 "its targets are teacher distances, so it needs a teacher tuple mode"),
-    "regression": LossSpec(lambda m, t: RegressionLoss(),
-                           lambda mode: mode.self_positive and not mode.relational,
-                           "it regresses the anchor onto teacher positives"),
-    "rkd": LossSpec(lambda m, t: RKdAD(), lambda mode: mode.relational,
-                    "it compares batches of student and teacher descriptors (mode rand)"),
-    "dark": LossSpec(lambda m, t: HardDarkRank(), lambda mode: mode.relational,
-                     "it compares batches of student and teacher descriptors (mode rand)"),
+    "cross_entropy": LossSpec(lambda m, t: CrossEntropyLoss(temp=t), _tuples, "it needs tuples with negatives"),
+    "cross_entropy_dist": LossSpec(
+        lambda m, t: CrossEntropyDistLoss(temp=t), _tuples, "it needs tuples with negatives"
+    ),
+    "contrastive_dist": LossSpec(
+        lambda m, t: ContrastiveDistLoss(),
+        lambda mode: mode.tuples and mode.needs_teacher,
+        "its targets are teacher distances, so it needs a teacher tuple mode",
+    ),
+    "regression": LossSpec(
+        lambda m, t: RegressionLoss(),
+        lambda mode: mode.self_positive and not mode.relational,
+        "it regresses the anchor onto teacher positives",
+    ),
+    "rkd": LossSpec(
+        lambda m, t: RKdAD(),
+        lambda mode: mode.relational,
+        "it compares batches of student and teacher descriptors (mode rand)",
+    ),
+    "dark": LossSpec(
+        lambda m, t: HardDarkRank(),
+        lambda mode: mode.relational,
+        "it compares batches of student and teacher descriptors (mode rand)",
+    ),
     # losses of later papers (aml.losses.compatibility); --temp is their temperature
     "csd": LossSpec(lambda m, t: ContextualSimilarityLoss(temp=t), _images, _IMAGES_WHY),
     "bct": LossSpec(lambda m, t: BackwardCompatibleLoss(temp=t), _images, _IMAGES_WHY),
@@ -105,13 +132,17 @@ def check_temperature(temp: float) -> None:
     if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not math.isfinite(temp) or temp <= 0:
         raise ConfigError(f"--temp {temp!r}: a temperature is a finite number > 0 (default 0.1)")
     if temp < low:
-        raise ConfigError(f"--temp {temp:g}: below {low:g} the logits (similarities / temp) span {2 / temp:.3g}: the "
-                         f"softmax is a hard maximum and the gradients grow as 1/temp, so training diverges whatever "
-                         f"--lr is; use {low:g} to {high:g} (default 0.1)")
+        raise ConfigError(
+            f"--temp {temp:g}: below {low:g} the logits (similarities / temp) span {2 / temp:.3g}: the "
+            f"softmax is a hard maximum and the gradients grow as 1/temp, so training diverges whatever "
+            f"--lr is; use {low:g} to {high:g} (default 0.1)"
+        )
     if temp > high:
-        raise ConfigError(f"--temp {temp:g}: above {high:g} the logits (similarities / temp) span only {2 / temp:.3g}: "
-                         f"the softmax is nearly uniform, the loss stays constant and nothing is learned; use {low:g} "
-                         f"to {high:g} (default 0.1)")
+        raise ConfigError(
+            f"--temp {temp:g}: above {high:g} the logits (similarities / temp) span only {2 / temp:.3g}: "
+            f"the softmax is nearly uniform, the loss stays constant and nothing is learned; use {low:g} "
+            f"to {high:g} (default 0.1)"
+        )
 
 
 def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
@@ -121,8 +152,28 @@ def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
     return spec.build(margin, temp)
 
 
-__all__ = ["LOSSES", "LossKind", "LossSpec", "TeacherContext", "TupleBatch", "build_loss", "check_temperature",
-           "TEMPERATURES", "BackwardCompatibleLoss",
-           "CompatibleEmbeddingLoss", "ContextualSimilarityLoss", "ContrastiveLoss", "ContrastiveDistLoss",
-           "CrossEntropyDistLoss", "CrossEntropyLoss", "HardDarkRank", "HeterogeneousCompatibilityLoss",
-           "MultiSimilarityLoss", "RKdAD", "RegressionLoss", "RelationalLoss", "TripletLoss", "TupleLoss"]
+__all__ = [
+    "LOSSES",
+    "LossKind",
+    "LossSpec",
+    "TeacherContext",
+    "TupleBatch",
+    "build_loss",
+    "check_temperature",
+    "TEMPERATURES",
+    "BackwardCompatibleLoss",
+    "CompatibleEmbeddingLoss",
+    "ContextualSimilarityLoss",
+    "ContrastiveLoss",
+    "ContrastiveDistLoss",
+    "CrossEntropyDistLoss",
+    "CrossEntropyLoss",
+    "HardDarkRank",
+    "HeterogeneousCompatibilityLoss",
+    "MultiSimilarityLoss",
+    "RKdAD",
+    "RegressionLoss",
+    "RelationalLoss",
+    "TripletLoss",
+    "TupleLoss",
+]

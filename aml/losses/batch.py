@@ -55,8 +55,10 @@ class TupleBatch:
     def __post_init__(self):
         b, d = self.anchors.shape if self.anchors.dim() == 2 else (None, None)
         if b is None or self.members.dim() != 3 or self.members.shape[0] != b or self.members.shape[2] != d:
-            raise ValueError(f"a tuple batch holds anchors B x D and members B x M x D, got "
-                             f"{tuple(self.anchors.shape)} and {tuple(self.members.shape)}")
+            raise ValueError(
+                f"a tuple batch holds anchors B x D and members B x M x D, got "
+                f"{tuple(self.anchors.shape)} and {tuple(self.members.shape)}"
+            )
         for name in ("labels", "target"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != tuple(self.members.shape[:2]):
@@ -70,8 +72,9 @@ class TupleBatch:
         return self.anchors.shape[0]
 
     @classmethod
-    def single(cls, anchor: torch.Tensor, members: torch.Tensor, labels: torch.Tensor,
-               target: Optional[torch.Tensor] = None) -> "TupleBatch":
+    def single(
+        cls, anchor: torch.Tensor, members: torch.Tensor, labels: torch.Tensor, target: Optional[torch.Tensor] = None
+    ) -> "TupleBatch":
         """One tuple: an anchor, its members and their labels.
 
         Args:
@@ -89,8 +92,12 @@ class TupleBatch:
         labels = torch.as_tensor(labels).reshape(1, -1)
         if members.shape[0] != labels.shape[1]:
             raise ValueError(f"{members.shape[0]} members but {labels.shape[1]} labels")
-        return cls(anchor.reshape(1, -1), members[None].to(anchor.dtype), labels,
-                   None if target is None else torch.as_tensor(target).reshape(1, -1))
+        return cls(
+            anchor.reshape(1, -1),
+            members[None].to(anchor.dtype),
+            labels,
+            None if target is None else torch.as_tensor(target).reshape(1, -1),
+        )
 
     @classmethod
     def pairs(cls, student: torch.Tensor, teacher: torch.Tensor) -> "TupleBatch":
@@ -109,8 +116,7 @@ class TupleBatch:
         return cls(student, teacher[:, None, :].to(student.dtype), labels)
 
     @classmethod
-    def from_columns(cls, x: torch.Tensor, label: torch.Tensor,
-                     target: Optional[torch.Tensor] = None) -> "TupleBatch":
+    def from_columns(cls, x: torch.Tensor, label: torch.Tensor, target: Optional[torch.Tensor] = None) -> "TupleBatch":
         """A batch from cirtorch's D x N tuple matrix and labels.
 
         Args:

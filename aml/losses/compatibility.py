@@ -19,8 +19,14 @@ from aml.losses.batch import TupleBatch
 from aml.losses.tuples import TupleLoss
 
 
-def prototype_logits(anchors: torch.Tensor, prototypes: torch.Tensor, classes: torch.Tensor, scale: float,
-                     margin: float = 0.0, eps: float = 1e-6) -> torch.Tensor:
+def prototype_logits(
+    anchors: torch.Tensor,
+    prototypes: torch.Tensor,
+    classes: torch.Tensor,
+    scale: float,
+    margin: float = 0.0,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """ArcFace logits of each anchor against C class prototypes: ``scale * cos(theta_c)``, and
     ``scale * cos(theta_y + margin)`` for the anchor's own class y when ``theta_y + margin``
     does not pass pi (as SSP's ArcFace); margin 0 gives the normalised softmax's logits.
@@ -53,8 +59,9 @@ def prototype_logits(anchors: torch.Tensor, prototypes: torch.Tensor, classes: t
     return scale * cosines
 
 
-def prototype_cross_entropy_losses(anchors: torch.Tensor, prototypes: torch.Tensor, classes: torch.Tensor,
-                                   scale: float, margin: float = 0.0) -> torch.Tensor:
+def prototype_cross_entropy_losses(
+    anchors: torch.Tensor, prototypes: torch.Tensor, classes: torch.Tensor, scale: float, margin: float = 0.0
+) -> torch.Tensor:
     """Per anchor: -log softmax_c(logits)[y], the logits of `prototype_logits`.
 
     Args:
@@ -77,8 +84,9 @@ def prototype_cross_entropy_losses(anchors: torch.Tensor, prototypes: torch.Tens
     return F.cross_entropy(logits, classes, reduction="none")
 
 
-def boundary_losses(anchors: torch.Tensor, prototypes: torch.Tensor, boundaries: torch.Tensor,
-                    classes: torch.Tensor) -> torch.Tensor:
+def boundary_losses(
+    anchors: torch.Tensor, prototypes: torch.Tensor, boundaries: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor:
     """LCE's boundary loss per anchor: ``max(0, b_y - cos(anchor, prototype_y))``, zero once
     the anchor is at least as close to its class's prototype as the class's farthest teacher
     descriptor.
@@ -103,8 +111,9 @@ def boundary_losses(anchors: torch.Tensor, prototypes: torch.Tensor, boundaries:
     return torch.clamp(boundaries[classes] - own, min=0)
 
 
-def contextual_similarity_losses(anchors: torch.Tensor, teacher_queries: torch.Tensor, context: torch.Tensor,
-                                 k: int, temp: float) -> torch.Tensor:
+def contextual_similarity_losses(
+    anchors: torch.Tensor, teacher_queries: torch.Tensor, context: torch.Tensor, k: int, temp: float
+) -> torch.Tensor:
     """CSD per query: KL(p_t || p_s) over the k context descriptors nearest the teacher's
     descriptor g of the query (itself included when it is in the context), with
     ``p_t = softmax_j(g . c_j / temp)`` and ``p_s = softmax_j(q . c_j / temp)``, q the student's
@@ -165,8 +174,9 @@ class BackwardCompatibleLoss(_ContextLoss):
 
     def formula(self, batch):
         c = batch.context
-        return prototype_cross_entropy_losses(batch.anchors, c.prototypes.to(batch.anchors.dtype), self.classes(batch),
-                                              1 / self.temp)
+        return prototype_cross_entropy_losses(
+            batch.anchors, c.prototypes.to(batch.anchors.dtype), self.classes(batch), 1 / self.temp
+        )
 
 
 class HeterogeneousCompatibilityLoss(_ContextLoss):
@@ -185,8 +195,9 @@ class HeterogeneousCompatibilityLoss(_ContextLoss):
 
     def formula(self, batch):
         c = batch.context
-        return prototype_cross_entropy_losses(batch.anchors, c.prototypes.to(batch.anchors.dtype), self.classes(batch),
-                                              1 / self.temp, self.margin)
+        return prototype_cross_entropy_losses(
+            batch.anchors, c.prototypes.to(batch.anchors.dtype), self.classes(batch), 1 / self.temp, self.margin
+        )
 
 
 class CompatibleEmbeddingLoss(_ContextLoss):
@@ -208,8 +219,9 @@ class CompatibleEmbeddingLoss(_ContextLoss):
         c, classes = batch.context, self.classes(batch)
         prototypes = c.prototypes.to(batch.anchors.dtype)
         ce = prototype_cross_entropy_losses(batch.anchors, prototypes, classes, 1 / self.temp, self.margin)
-        return ce + self.boundary_weight * boundary_losses(batch.anchors, prototypes,
-                                                           c.boundaries.to(batch.anchors.dtype), classes)
+        return ce + self.boundary_weight * boundary_losses(
+            batch.anchors, prototypes, c.boundaries.to(batch.anchors.dtype), classes
+        )
 
 
 class ContextualSimilarityLoss(_ContextLoss):

@@ -20,9 +20,11 @@ class RelationalLoss(nn.Module):
 
     def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
         if cirtorch_arguments or not isinstance(batch, TupleBatch):
-            raise TypeError(f"aml.losses.{type(self).__name__} takes a TupleBatch (from rows: "
-                            f"TupleBatch.pairs(student, teacher)); for the original's call loss(student, teacher) "
-                            f"use aml.layers.loss.{type(self).__name__}")
+            raise TypeError(
+                f"aml.losses.{type(self).__name__} takes a TupleBatch (from rows: "
+                f"TupleBatch.pairs(student, teacher)); for the original's call loss(student, teacher) "
+                f"use aml.layers.loss.{type(self).__name__}"
+            )
         return self.formula(batch.anchors, batch.members[:, 0])
 
     def formula(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

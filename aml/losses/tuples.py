@@ -22,8 +22,10 @@ class TupleLoss(nn.Module):
 
     def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
         if cirtorch_arguments or not isinstance(batch, TupleBatch):
-            raise TypeError(f"aml.losses.{type(self).__name__} takes a TupleBatch; for cirtorch's call "
-                            f"loss(x, label) with x D x N use aml.layers.loss.{type(self).__name__}")
+            raise TypeError(
+                f"aml.losses.{type(self).__name__} takes a TupleBatch; for cirtorch's call "
+                f"loss(x, label) with x D x N use aml.layers.loss.{type(self).__name__}"
+            )
         if self.needs_target and batch.target is None:
             raise ValueError(f"{type(self).__name__} needs the teacher's distances (TupleBatch.target)")
         if self.needs_context and batch.context is None:
@@ -90,8 +92,9 @@ class MultiSimilarityLoss(TupleLoss):
         self.thresh, self.scale_pos, self.scale_neg = thresh, scale_pos, scale_neg
 
     def formula(self, batch):
-        return LF.multi_similarity_losses(batch.anchors, batch.members, batch.labels, self.thresh, self.scale_pos,
-                                          self.scale_neg)
+        return LF.multi_similarity_losses(
+            batch.anchors, batch.members, batch.labels, self.thresh, self.scale_pos, self.scale_neg
+        )
 
 
 class CrossEntropyDistLoss(TupleLoss):

@@ -17,10 +17,17 @@ from torch import nn
 
 from aml.data.paths import DataRootLike
 from aml.networks.imagenet import find_weights
-from aml.networks.timm_trunk import (TimmTrunk, create_timm_body, import_timm, parse_timm_spec, removed_by_trunk,
-                                     timm_filter)
+from aml.networks.timm_trunk import (
+    TimmTrunk,
+    create_timm_body,
+    import_timm,
+    parse_timm_spec,
+    removed_by_trunk,
+    timm_filter,
+)
 from aml.utils.plain_files import load_plain_file
 from aml.utils.errors import DataError, lookup
+
 
 @dataclass(frozen=True)
 class Backbone:
@@ -76,8 +83,10 @@ BACKBONES: Dict[str, Backbone] = {
     **{f"vgg{d}": Backbone(f"vgg{d}", _features_minus_last, 512) for d in (11, 13, 16, 19)},
     **{f"resnet{d}": Backbone(f"resnet{d}", _all_but_pool_and_fc, 512) for d in (18, 34)},
     **{f"resnet{d}": Backbone(f"resnet{d}", _all_but_pool_and_fc, 2048) for d in (50, 101, 152)},
-    **{f"densenet{d}": Backbone(f"densenet{d}", _densenet, c)
-       for d, c in ((121, 1024), (161, 2208), (169, 1664), (201, 1920))},
+    **{
+        f"densenet{d}": Backbone(f"densenet{d}", _densenet, c)
+        for d, c in ((121, 1024), (161, 2208), (169, 1664), (201, 1920))
+    },
     "squeezenet1_0": Backbone("squeezenet1_0", _squeezenet, 512),
     "squeezenet1_1": Backbone("squeezenet1_1", _squeezenet, 512),
     "mobilenet_v2": Backbone("mobilenet_v2", _whole_features, 1280, student=True),
@@ -85,7 +94,11 @@ BACKBONES: Dict[str, Backbone] = {
     # classifier dropped). 2020 checkpoints had act1/act2 children too: their indices
     # 0,1,3,4,5,7 (7 = projection) are today's 0,1,2,3,4,5.
     "efficientnet_b3": Backbone(
-        "tf_efficientnet_b3", _first(-2), 1536, source="timm", student=True,
+        "tf_efficientnet_b3",
+        _first(-2),
+        1536,
+        source="timm",
+        student=True,
         legacy_children={0: 0, 1: 1, 3: 2, 4: 3, 5: 4, 7: 5},
     ),
     # The original's timm (0.1.14) 'mobilenetv3_100' is today's 'mobilenetv3_rw' (same weights
@@ -149,8 +162,12 @@ def get_backbone(arch: str) -> Backbone:
     family, colon, name = arch.partition(":")
     if colon and family in BACKBONE_FAMILIES:
         return BACKBONE_FAMILIES[family](name)
-    return lookup(BACKBONES, arch, "architecture",
-                  sorted(BACKBONES) + [f"{family}:NAME (e.g. timm:convnext_tiny)" for family in BACKBONE_FAMILIES])
+    return lookup(
+        BACKBONES,
+        arch,
+        "architecture",
+        sorted(BACKBONES) + [f"{family}:NAME (e.g. timm:convnext_tiny)" for family in BACKBONE_FAMILIES],
+    )
 
 
 def _torchvision_model(name: str) -> nn.Module:
@@ -169,7 +186,9 @@ def _timm_trunk_model(name: str) -> nn.Module:
 
 #: where a `Backbone`'s ``model`` comes from: source -> function(model name) -> the model, random weights
 MODEL_SOURCES: Dict[str, Callable[[str], nn.Module]] = {
-    "torchvision": _torchvision_model, "timm": _timm_model, "timm-trunk": _timm_trunk_model,
+    "torchvision": _torchvision_model,
+    "timm": _timm_model,
+    "timm-trunk": _timm_trunk_model,
 }
 
 
@@ -180,8 +199,10 @@ def library_model(arch: str) -> nn.Module:
     return MODEL_SOURCES[backbone.source](backbone.model)
 
 
-_DENSENET_2017 = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
-                            r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_DENSENET_2017 = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 _COUNTER = "num_batches_tracked"  # absent from files saved before PyTorch 0.4.1
 
 
@@ -234,13 +255,17 @@ def _in_order(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module
 #: trunk) returning the model's whole state dict, or None when the file is not in that layout.
 #: A file of unknown layout is tried against them in this order.
 LAYOUTS: Dict[str, Callable[[Dict[str, torch.Tensor], nn.Module, nn.Module], Optional[Dict[str, torch.Tensor]]]] = {
-    "trunk": _trunk_keys, "model": _model_keys, "densenet-2017": _densenet_2017, "in-order": _in_order,
+    "trunk": _trunk_keys,
+    "model": _model_keys,
+    "densenet-2017": _densenet_2017,
+    "in-order": _in_order,
     "timm": _timm_keys,
 }
 
 
-def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], source: str,
-                 layout: Optional[str] = None) -> str:
+def load_weights(
+    arch: str, model: nn.Module, state: Dict[str, torch.Tensor], source: str, layout: Optional[str] = None
+) -> str:
     """Load ``state`` (a weights file's tensors) into ``model``, the library model of ``arch``,
     in the given ``layout`` or the first of `LAYOUTS` it fits; returns the layout.
 
@@ -256,9 +281,11 @@ def load_weights(arch: str, model: nn.Module, state: Dict[str, torch.Tensor], so
             model.load_state_dict(converted)
             return name
     expected = model.state_dict()
-    raise DataError(f"{source} is not a {arch} trunk or model{f' in the {layout} layout' if layout else ''}: "
-                    f"{len(state)} tensors (e.g. {list(state)[:2]}), where a {arch} model has {len(expected)} "
-                    f"(e.g. {list(expected)[:2]})")
+    raise DataError(
+        f"{source} is not a {arch} trunk or model{f' in the {layout} layout' if layout else ''}: "
+        f"{len(state)} tensors (e.g. {list(state)[:2]}), where a {arch} model has {len(expected)} "
+        f"(e.g. {list(expected)[:2]})"
+    )
 
 
 def build_trunk(arch: str, pretrained: bool, data_root: DataRootLike = None) -> List[nn.Module]:

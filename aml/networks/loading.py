@@ -204,12 +204,14 @@ def parse_offtheshelf(spec: str) -> Dict[str, Any]:
         raise ConfigError(f"off-the-shelf network {spec!r} must look like ARCH-POOL[-reg][-lwhiten][-whiten]")
     params: Dict[str, Any] = {"architecture": parts[0], "pooling": parts[1], "pretrained": True}
     if parts[1] not in POOLINGS:
-        raise ConfigError(f"off-the-shelf network {spec!r}: unknown pooling {parts[1]!r}, choose from "
-                          f"{sorted(POOLINGS)}")
+        raise ConfigError(
+            f"off-the-shelf network {spec!r}: unknown pooling {parts[1]!r}, choose from {sorted(POOLINGS)}"
+        )
     for flag in parts[2:]:
         if flag not in OFFTHESHELF_FLAGS:
-            raise ConfigError(f"off-the-shelf network {spec!r}: unknown option {flag!r}, choose from "
-                              f"{sorted(OFFTHESHELF_FLAGS)}")
+            raise ConfigError(
+                f"off-the-shelf network {spec!r}: unknown option {flag!r}, choose from {sorted(OFFTHESHELF_FLAGS)}"
+            )
         params[OFFTHESHELF_FLAGS[flag]] = True
     return params
 
@@ -254,13 +256,16 @@ def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: DataR
         raise ConfigError(f"{spec.name} exists only in memory; nothing can load it")
     assert spec.path is not None
     if not spec.path.exists():
-        raise FileNotFoundError(f"network {spec.given!r} is neither a file nor a name of the pretrained list (see "
-                                "README or `python test.py --list-pretrained`)")
+        raise FileNotFoundError(
+            f"network {spec.given!r} is neither a file nor a name of the pretrained list (see "
+            "README or `python test.py --list-pretrained`)"
+        )
     return LoadedNetwork(load_network(spec.path, teacher), spec)
 
 
-def load_named_or_file(network_path: Union[str, Path], teacher: Optional[str] = None,
-                       data_root: DataRootLike = None) -> LoadedNetwork:
+def load_named_or_file(
+    network_path: Union[str, Path], teacher: Optional[str] = None, data_root: DataRootLike = None
+) -> LoadedNetwork:
     """The network a pretrained-list name, a teacher alias or a checkpoint path stands for, in eval mode.
 
     Args:
@@ -287,8 +292,12 @@ def load_named_or_file(network_path: Union[str, Path], teacher: Optional[str] = 
     return load_spec(NetworkSpec.parse(network_path), teacher, data_root)
 
 
-def load_test_network(network_path: Optional[str] = None, offtheshelf: Optional[str] = None,
-                      teacher: Optional[str] = None, data_root: DataRootLike = None) -> LoadedNetwork:
+def load_test_network(
+    network_path: Optional[str] = None,
+    offtheshelf: Optional[str] = None,
+    teacher: Optional[str] = None,
+    data_root: DataRootLike = None,
+) -> LoadedNetwork:
     """The network under test, from ``--network-path`` or ``--network-offtheshelf``."""
     if bool(network_path) == bool(offtheshelf):
         raise ConfigError("give exactly one of --network-path and --network-offtheshelf")

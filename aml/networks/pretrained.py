@@ -33,19 +33,22 @@ class PretrainedNetwork:
 def _cirtorch_networks() -> Dict[str, PretrainedNetwork]:
     files = {  # name: (path, dimension, sha256 prefix)
         "retrievalSfM120k-vgg16-gem": ("retrieval-SfM-120k/retrievalSfM120k-vgg16-gem-b4dcdc6.pth", 512, "b4dcdc6"),
-        "retrievalSfM120k-resnet101-gem": ("retrieval-SfM-120k/retrievalSfM120k-resnet101-gem-b80fb85.pth", 2048,
-                                           "b80fb85"),
+        "retrievalSfM120k-resnet101-gem": (
+            "retrieval-SfM-120k/retrievalSfM120k-resnet101-gem-b80fb85.pth",
+            2048,
+            "b80fb85",
+        ),
         "rSfM120k-tl-resnet50-gem-w": ("retrieval-SfM-120k/rSfM120k-tl-resnet50-gem-w-97bf910.pth", 2048, "97bf910"),
-        "rSfM120k-tl-resnet101-gem-w": ("retrieval-SfM-120k/rSfM120k-tl-resnet101-gem-w-a155e54.pth", 2048,
-                                        "a155e54"),
-        "rSfM120k-tl-resnet152-gem-w": ("retrieval-SfM-120k/rSfM120k-tl-resnet152-gem-w-f39cada.pth", 2048,
-                                        "f39cada"),
+        "rSfM120k-tl-resnet101-gem-w": ("retrieval-SfM-120k/rSfM120k-tl-resnet101-gem-w-a155e54.pth", 2048, "a155e54"),
+        "rSfM120k-tl-resnet152-gem-w": ("retrieval-SfM-120k/rSfM120k-tl-resnet152-gem-w-f39cada.pth", 2048, "f39cada"),
         "gl18-tl-resnet50-gem-w": ("gl18/gl18-tl-resnet50-gem-w-83fdc30.pth", 2048, "83fdc30"),
         "gl18-tl-resnet101-gem-w": ("gl18/gl18-tl-resnet101-gem-w-a4d43db.pth", 2048, "a4d43db"),
         "gl18-tl-resnet152-gem-w": ("gl18/gl18-tl-resnet152-gem-w-21278d5.pth", 2048, "21278d5"),
     }
-    return {name: PretrainedNetwork(name, CIRTORCH + "networks/" + path, "teacher", dim, sha256=sha)
-            for name, (path, dim, sha) in files.items()}
+    return {
+        name: PretrainedNetwork(name, CIRTORCH + "networks/" + path, "teacher", dim, sha256=sha)
+        for name, (path, dim, sha) in files.items()
+    }
 
 
 def _student(name: str, dim: int, teacher: Optional[str]) -> PretrainedNetwork:
@@ -62,8 +65,12 @@ def _aml_students() -> Dict[str, PretrainedNetwork]:
                 name = f"{arch}-gem-{method}-{teacher}"
                 students[name] = _student(name, dim, teacher)
     # Teacher-free (std mode) students; efficientnet's names use an underscore before the dim.
-    for name, dim in (("efficientnet-b3-gem-contr_2048", 2048), ("efficientnet-b3-gem-contr_512", 512),
-                      ("mobilenet-v2-gem-contr-2048", 2048), ("mobilenet-v2-gem-contr-512", 512)):
+    for name, dim in (
+        ("efficientnet-b3-gem-contr_2048", 2048),
+        ("efficientnet-b3-gem-contr_512", 512),
+        ("mobilenet-v2-gem-contr-2048", 2048),
+        ("mobilenet-v2-gem-contr-512", 512),
+    ):
         students[name] = _student(name, dim, None)
     # The original list points this one at a typo'd '.pthaa.tar'; the file is '.pth.tar'.
     return students

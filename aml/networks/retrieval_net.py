@@ -17,12 +17,16 @@ from aml.layers.normalization import L2N
 from aml.layers.pooling import POOLINGS, Rpool
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
-from aml.networks.pretrained import (DEFAULT_TEACHER_DIM, FINAL_WHITENING, LOCAL_WHITENING, REGIONAL_WHITENING,
-                                     teacher_dimension)
+from aml.networks.pretrained import (
+    DEFAULT_TEACHER_DIM,
+    FINAL_WHITENING,
+    LOCAL_WHITENING,
+    REGIONAL_WHITENING,
+    teacher_dimension,
+)
 from aml.utils.errors import ConfigError, lookup
 
 log = logging.getLogger(__name__)
-
 
 
 class Features(nn.Sequential):
@@ -42,8 +46,12 @@ class Features(nn.Sequential):
         if len(self) < 2:
             return None
         conv, relu = self[-2], self[-1]
-        if (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is None
-                and isinstance(relu, nn.ReLU)):
+        if (
+            isinstance(conv, nn.Conv2d)
+            and conv.kernel_size == (1, 1)
+            and conv.bias is None
+            and isinstance(relu, nn.ReLU)
+        ):
             return conv
         return None
 
@@ -100,8 +108,14 @@ class ImageRetrievalNet(nn.Module):
     whiten: Optional[nn.Module]
     meta: Dict[str, Any]
 
-    def __init__(self, features: List[nn.Module], lwhiten: Optional[nn.Module], pool: nn.Module,
-                 whiten: Optional[nn.Module], meta: Dict[str, Any]):
+    def __init__(
+        self,
+        features: List[nn.Module],
+        lwhiten: Optional[nn.Module],
+        pool: nn.Module,
+        whiten: Optional[nn.Module],
+        meta: Dict[str, Any],
+    ):
         super().__init__()
         self.features = Features(*features)
         self.lwhiten = lwhiten
@@ -176,9 +190,23 @@ class ImageRetrievalNet(nn.Module):
         Returns:
             The lines of ``(meta): dict(...)``, one key a line.
         """
-        lines = ["  (meta): dict( "] + [f"     {k}: {self.meta.get(k)}" for k in
-                                         ("architecture", "local_whitening", "pooling", "regional", "whitening",
-                                          "outputdim", "mean", "std")] + ["  )"]
+        lines = (
+            ["  (meta): dict( "]
+            + [
+                f"     {k}: {self.meta.get(k)}"
+                for k in (
+                    "architecture",
+                    "local_whitening",
+                    "pooling",
+                    "regional",
+                    "whitening",
+                    "outputdim",
+                    "mean",
+                    "std",
+                )
+            ]
+            + ["  )"]
+        )
         return "\n".join(lines)
 
 
@@ -283,9 +311,14 @@ def build_network(
         pool = Rpool(pool, whiten=nn.Linear(dim, dim, bias=True))
     whiten = nn.Linear(dim, dim, bias=True) if whitening else None
     meta = {
-        "architecture": architecture, "local_whitening": local_whitening, "pooling": pooling,
-        "regional": regional, "whitening": whitening, "mean": list(mean or normalisation.mean),
-        "std": list(std or normalisation.std), "outputdim": dim,
+        "architecture": architecture,
+        "local_whitening": local_whitening,
+        "pooling": pooling,
+        "regional": regional,
+        "whitening": whitening,
+        "mean": list(mean or normalisation.mean),
+        "std": list(std or normalisation.std),
+        "outputdim": dim,
     }
     if teacher:
         meta["teacher"] = teacher
@@ -326,8 +359,19 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> N
 #: ``trunk_weights`` (the file the trunk started from instead of ImageNet, when one did).
 META_EXTRA_KEYS = ("outputdim", "Lw", "teacher", "seed", "batchnorm_calibrated", "trunk_weights")
 KEPT_META_KEYS = ("Lw", "teacher", "seed", "batchnorm_calibrated", "trunk_weights", "mode", "loss")
-_BUILD_KEYS = ("architecture", "pooling", "local_whitening", "regional", "whitening", "mean", "std", "pretrained",
-               "teacher", "teacher_dim", "data_root")
+_BUILD_KEYS = (
+    "architecture",
+    "pooling",
+    "local_whitening",
+    "regional",
+    "whitening",
+    "mean",
+    "std",
+    "pretrained",
+    "teacher",
+    "teacher_dim",
+    "data_root",
+)
 
 
 def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
@@ -360,8 +404,10 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
     params = dict(params or {})
     unknown = set(params) - set(_BUILD_KEYS) - set(META_EXTRA_KEYS)
     if unknown:
-        raise ConfigError(f"init_network: unknown parameters {sorted(unknown)}; "
-                          f"known: {sorted(set(_BUILD_KEYS) | set(META_EXTRA_KEYS))}")
+        raise ConfigError(
+            f"init_network: unknown parameters {sorted(unknown)}; "
+            f"known: {sorted(set(_BUILD_KEYS) | set(META_EXTRA_KEYS))}"
+        )
     outputdim = params.pop("outputdim", None)
     kept = {key: params.pop(key) for key in KEPT_META_KEYS if key in params and key != "teacher"}
     if outputdim is not None:
@@ -371,8 +417,10 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
         if implied is None and architecture and teacher and get_backbone(architecture).student:
             implied = teacher_dimension(teacher)
         if implied is not None and int(implied) != outputdim:
-            raise ConfigError(f"init_network: outputdim {outputdim} disagrees with the teacher's dimension {implied} "
-                              f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})")
+            raise ConfigError(
+                f"init_network: outputdim {outputdim} disagrees with the teacher's dimension {implied} "
+                f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})"
+            )
         params["teacher_dim"] = outputdim
     net = build_network(**params)
     net.meta.update(kept)

@@ -39,7 +39,8 @@ def class_token_map(tokens: torch.Tensor, prefix: int, grid: Tuple[int, int]) ->
 
 #: readout name -> function(tokens B x N x C, number of prefix tokens, patch grid) -> B x C x H x W
 TOKEN_READOUTS: Dict[str, Callable[[torch.Tensor, int, Tuple[int, int]], torch.Tensor]] = {
-    "patch": patch_map, "cls": class_token_map,
+    "patch": patch_map,
+    "cls": class_token_map,
 }
 DEFAULT_READOUT = "patch"
 #: what a token model is built with: position embeddings resampled to any grid, images padded
@@ -110,8 +111,10 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
     name, _, readout = text.partition(READOUT_SEPARATOR)
     if not _TIMM_NAME.match(name) or not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:6] if name else []
-        raise ValueError(f"timm:{text}: timm {timm.__version__} has no model {name!r}"
-                         + (f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"))
+        raise ValueError(
+            f"timm:{text}: timm {timm.__version__} has no model {name!r}"
+            + (f"; close names: {', '.join(close)}" if close else "; see timm.list_models()")
+        )
     model, _, tag = name.partition(".")
     try:
         timm.models.get_pretrained_cfg(name)
@@ -122,8 +125,10 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
         plain = timm.create_model(name, pretrained=False, num_classes=0)
     if not is_token_model(plain):
         if readout:
-            raise ValueError(f"timm:{text}: {model} gives a feature map, not tokens: drop {READOUT_SEPARATOR}{readout} "
-                             "(readouts are for ViTs)")
+            raise ValueError(
+                f"timm:{text}: {model} gives a feature map, not tokens: drop {READOUT_SEPARATOR}{readout} "
+                "(readouts are for ViTs)"
+            )
     elif (readout or DEFAULT_READOUT) not in TOKEN_READOUTS:
         raise ValueError(f"timm:{text}: unknown readout {readout!r}; choose one of {sorted(TOKEN_READOUTS)}")
     elif readout == "cls" and plain.num_prefix_tokens == 0:
@@ -133,12 +138,16 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
         with torch.device("meta"):
             features = TimmTrunk(create_timm_body(spec), spec.readout)(torch.empty(1, 3, *_PROBE_SIZE))
     except Exception as err:
-        raise ValueError(f"timm:{text}: {model} does not take images of any size and aspect ratio, as retrieval "
-                         f"needs ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); choose "
-                         "another model") from None
+        raise ValueError(
+            f"timm:{text}: {model} does not take images of any size and aspect ratio, as retrieval "
+            f"needs ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); choose "
+            "another model"
+        ) from None
     if features.dim() != 4:
-        raise ValueError(f"timm:{text}: {model}'s features are neither a feature map nor a ViT's tokens (shape "
-                         f"{tuple(features.shape)} for one image); choose another model")
+        raise ValueError(
+            f"timm:{text}: {model}'s features are neither a feature map nor a ViT's tokens (shape "
+            f"{tuple(features.shape)} for one image); choose another model"
+        )
     return spec, int(features.shape[1])
 
 

@@ -28,12 +28,18 @@ def wrap_label(label: str, width: int = LABEL_WIDTH) -> str:
         >>> wrap_label("teacher efficientnet_lite2\\n(std)")
         'teacher\\nefficientnet_lite2\\n(std)'
     """
-    return "\n".join(textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False) or line
-                     for line in label.split("\n"))
+    return "\n".join(
+        textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False) or line for line in label.split("\n")
+    )
 
 
-def bar_chart(groups: Sequence[str], series: Dict[str, Tuple[Sequence[float], Sequence[float]]], path: Path,
-              ylabel: str = "mAP (%)", title: str = "") -> bool:
+def bar_chart(
+    groups: Sequence[str],
+    series: Dict[str, Tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    ylabel: str = "mAP (%)",
+    title: str = "",
+) -> bool:
     """Grouped bars: one group per entry of ``groups`` (labels wrapped by `wrap_label`), one
     bar per series (mean, with the spread as an error bar when non-zero). Returns False when
     matplotlib is not installed."""

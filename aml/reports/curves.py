@@ -19,8 +19,11 @@ def summarize_test(results: Dict[str, Any]) -> Dict[str, Any]:
         summary[kind] = {}
         for dataset, entry in per_dataset.items():
             plain = entry["plain"]
-            summary[kind][dataset] = ({"map": plain["map"]} if "map" in plain
-                                      else {level: plain[level]["map"] for level in ("medium", "hard")})
+            summary[kind][dataset] = (
+                {"map": plain["map"]}
+                if "map" in plain
+                else {level: plain[level]["map"] for level in ("medium", "hard")}
+            )
     return summary
 
 
@@ -59,8 +62,11 @@ def plot_history(records: List[Dict[str, Any]], path: Path) -> bool:
         for kind in tested[-1]["test"]:
             for dataset, levels in tested[-1]["test"][kind].items():
                 for level in levels:
-                    points = [(r["epoch"], 100 * r["test"][kind][dataset][level]) for r in tested
-                              if dataset in r["test"].get(kind, {})]
+                    points = [
+                        (r["epoch"], 100 * r["test"][kind][dataset][level])
+                        for r in tested
+                        if dataset in r["test"].get(kind, {})
+                    ]
                     axes[2].plot(*zip(*points), "o-", label=f"{dataset} {level[0].upper()} ({kind[:4]})")
         axes[2].set(xlabel="epoch", ylabel="mAP (%)", title="test mAP")
         axes[2].legend(fontsize=7)

@@ -30,22 +30,32 @@ def provenance(command: Optional[Sequence[str]] = None) -> Dict[str, str]:
         >>> provenance(["python", "-m", "aml.demo"])["command"]
         'python -m aml.demo'
     """
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{cpu_name()}, {os.cpu_count()} cores",
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads()),
-            "kernels": " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
-                                if k in os.environ) or "default",
-            "python": platform.python_version(), "torch": torch.__version__, "torchvision": _torchvision(),
-            **_accelerator(), **_commit(),
-            "command": " ".join(command if command is not None else _command_line())}
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": str(torch.get_num_threads()),
+        "kernels": " ".join(
+            f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ
+        )
+        or "default",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _torchvision(),
+        **_accelerator(),
+        **_commit(),
+        "command": " ".join(command if command is not None else _command_line()),
+    }
 
 
 def _accelerator() -> Dict[str, str]:
     """The CUDA device with its CUDA and cuDNN versions, when one is in use (else nothing)."""
     if not torch.cuda.is_available():
         return {}
-    return {"accelerator": f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, cuDNN "
-                           f"{torch.backends.cudnn.version()})"}
+    return {
+        "accelerator": f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, cuDNN "
+        f"{torch.backends.cudnn.version()})"
+    }
 
 
 def _commit() -> Dict[str, str]:
@@ -53,8 +63,13 @@ def _commit() -> Dict[str, str]:
     if os.environ.get("AML_COMMIT"):
         return {"commit": os.environ["AML_COMMIT"]}
     try:
-        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                               cwd=os.path.dirname(os.path.abspath(__file__)))
+        found = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": found.stdout.strip()} if found.returncode == 0 and found.stdout.strip() else {}
@@ -72,6 +87,6 @@ def _command_line() -> list:
     """This process's command line as typed: ``python -m aml.demo ...`` for a module run with -m."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name:
-        module = spec.name[:-len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        module = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
         return ["python", "-m", module, *sys.argv[1:]]
     return ["python", *sys.argv]

@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 
 #: frame colour of each label (RGB); the HTML uses the same colours.
 LABEL_COLOURS: Dict[str, Tuple[int, int, int]] = {
-    "query": (30, 90, 255), "easy": (0, 170, 0), "hard": (255, 140, 0), "positive": (0, 170, 0),
-    "junk": (150, 150, 150), "negative": (220, 0, 0),
+    "query": (30, 90, 255),
+    "easy": (0, 170, 0),
+    "hard": (255, 140, 0),
+    "positive": (0, 170, 0),
+    "junk": (150, 150, 150),
+    "negative": (220, 0, 0),
 }
 THUMB = 128  # longer side of a thumbnail, pixels
 FRAME = 5  # frame width, pixels
@@ -87,8 +91,14 @@ def _ap_text(ap: Optional[float]) -> str:
     return "AP -" if ap is None else f"AP {100 * ap:.1f}"
 
 
-def query_png(query_thumb: Image.Image, query_name: str, rankings: Sequence[Ranking], entry: Mapping[str, Any],
-              thumbs: Dict[int, Image.Image], path: Path) -> None:
+def query_png(
+    query_thumb: Image.Image,
+    query_name: str,
+    rankings: Sequence[Ranking],
+    entry: Mapping[str, Any],
+    thumbs: Dict[int, Image.Image],
+    path: Path,
+) -> None:
     """One query's picture: its ranking(s) as rows of framed thumbnails with captions."""
     top_k = max(len(r.indices) for r in rankings)
     width, height = ROW_LABEL_W + (top_k + 1) * TILE_W, 24 + len(rankings) * TILE_H
@@ -115,22 +125,33 @@ def _save_image(image: Image.Image, path: Path, **options) -> None:
     atomic_write(path, lambda out: image.save(out, **options))
 
 
-_STYLE = ("body{font-family:sans-serif;margin:1em}section{margin-bottom:1.5em}figure{display:inline-block;"
-          "margin:2px;text-align:center;font-size:11px;vertical-align:top;width:142px;white-space:normal;"
-          "overflow-wrap:anywhere}figure img{border:5px solid;display:block;margin:auto}"
-          ".row{white-space:nowrap}.name{display:inline-block;width:9em;vertical-align:top;font-size:13px}"
-          + "".join(f".{label} img{{border-color:rgb{colour}}}" for label, colour in LABEL_COLOURS.items()))
+_STYLE = (
+    "body{font-family:sans-serif;margin:1em}section{margin-bottom:1.5em}figure{display:inline-block;"
+    "margin:2px;text-align:center;font-size:11px;vertical-align:top;width:142px;white-space:normal;"
+    "overflow-wrap:anywhere}figure img{border:5px solid;display:block;margin:auto}"
+    ".row{white-space:nowrap}.name{display:inline-block;width:9em;vertical-align:top;font-size:13px}"
+    + "".join(f".{label} img{{border-color:rgb{colour}}}" for label, colour in LABEL_COLOURS.items())
+)
 
 
 def _figure(thumb: str, label: str, *caption: str) -> str:
     lines = "<br>".join(html.escape(line) for line in caption)
-    return (f'<figure class="{label}" data-label="{label}"><img src="{html.escape(thumb)}" alt="{label}">'
-            f"<figcaption>{lines}</figcaption></figure>")
+    return (
+        f'<figure class="{label}" data-label="{label}"><img src="{html.escape(thumb)}" alt="{label}">'
+        f"<figcaption>{lines}</figcaption></figure>"
+    )
 
 
-def write_report(folder: Path, dataset: str, gnd: Sequence[Mapping[str, Any]], images: Sequence[str],
-                 queries: Sequence[str], bbxs: Sequence[Optional[BBox]], rankings: Sequence[Sequence[Ranking]],
-                 summary: str = "") -> Path:
+def write_report(
+    folder: Path,
+    dataset: str,
+    gnd: Sequence[Mapping[str, Any]],
+    images: Sequence[str],
+    queries: Sequence[str],
+    bbxs: Sequence[Optional[BBox]],
+    rankings: Sequence[Sequence[Ranking]],
+    summary: str = "",
+) -> Path:
     """Write ``folder/index.html``, ``folder/q<NNN>.png`` and ``folder/thumbs/``;
     ``rankings[q]`` lists the rankings of query q (the tested network's first). Queries
     without rankings (skipped) are left out. Returns the HTML path."""
@@ -155,17 +176,29 @@ def write_report(folder: Path, dataset: str, gnd: Sequence[Mapping[str, Any]], i
         rows = []
         for ranking in query_rankings:
             figures = [_figure(query_file, "query", "query")]
-            figures += [_figure(f"thumbs/db{int(i):06d}.jpg", label_of(gnd[q], int(i)),
-                                f"#{k} {s:.3f} {label_of(gnd[q], int(i))}", shown_name(images[int(i)]))
-                        for k, (i, s) in enumerate(zip(ranking.indices, ranking.scores), start=1)]
-            rows.append(f'<div class="row"><span class="name">{html.escape(ranking.name)}<br>'
-                        f"{_ap_text(ranking.ap)}</span>{''.join(figures)}</div>")
-        sections.append(f'<section id="q{q:03d}"><h3>query {q}: {html.escape(shown_name(queries[q]))} '
-                        f'(<a href="{png}">png</a>)</h3>{"".join(rows)}</section>')
+            figures += [
+                _figure(
+                    f"thumbs/db{int(i):06d}.jpg",
+                    label_of(gnd[q], int(i)),
+                    f"#{k} {s:.3f} {label_of(gnd[q], int(i))}",
+                    shown_name(images[int(i)]),
+                )
+                for k, (i, s) in enumerate(zip(ranking.indices, ranking.scores), start=1)
+            ]
+            rows.append(
+                f'<div class="row"><span class="name">{html.escape(ranking.name)}<br>'
+                f"{_ap_text(ranking.ap)}</span>{''.join(figures)}</div>"
+            )
+        sections.append(
+            f'<section id="q{q:03d}"><h3>query {q}: {html.escape(shown_name(queries[q]))} '
+            f'(<a href="{png}">png</a>)</h3>{"".join(rows)}</section>'
+        )
     legend = " ".join(f'<span style="color:rgb{c}">&#9632; {label}</span>' for label, c in LABEL_COLOURS.items())
-    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(dataset)} ranking report</title>"
-            f"<style>{_STYLE}</style></head><body><h1>{html.escape(dataset)}</h1><p>{html.escape(summary)}</p>"
-            f"<p>{legend}</p>{''.join(sections)}</body></html>\n")
+    page = (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(dataset)} ranking report</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(dataset)}</h1><p>{html.escape(summary)}</p>"
+        f"<p>{legend}</p>{''.join(sections)}</body></html>\n"
+    )
     out = folder / "index.html"
     atomic_write(out, lambda handle: handle.write(page.encode("utf-8", "replace")))  # whole or not at all
     log.debug(">> %s: ranking report written to %s", dataset, out)

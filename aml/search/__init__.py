@@ -11,5 +11,15 @@ from aml.search.database import SearchDatabase, StoreError, build_ivfpq
 from aml.search.query import check_onnx_student, check_teacher, query_database, query_database_onnx
 from aml.search.store import build_store, list_images, open_database
 
-__all__ = ["SearchDatabase", "StoreError", "build_ivfpq", "build_store", "check_onnx_student", "check_teacher",
-           "list_images", "open_database", "query_database", "query_database_onnx"]
+__all__ = [
+    "SearchDatabase",
+    "StoreError",
+    "build_ivfpq",
+    "build_store",
+    "check_onnx_student",
+    "check_teacher",
+    "list_images",
+    "open_database",
+    "query_database",
+    "query_database_onnx",
+]

@@ -72,8 +72,9 @@ class SearchDatabase:
     settings: Dict[str, Any]
     whitening: Optional[Whitening] = None
 
-    def search(self, queries: np.ndarray, k: int, prewhitened: bool = False,
-               reranking: Reranking = Reranking()) -> Tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, prewhitened: bool = False, reranking: Reranking = Reranking()
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` best database images of each query, best first.
 
         The queries are whitened like the database when the store has a whitening. The
@@ -101,8 +102,9 @@ class SearchDatabase:
             queries = whitenapply(queries, *self.whitening)
         size = self.vecs.shape[1]
         if reranking.qe > size:
-            raise StoreError(f"--qe {reranking.qe}: the store {self.folder} holds {size} images; give --qe {size} or "
-                             "less")
+            raise StoreError(
+                f"--qe {reranking.qe}: the store {self.folder} holds {size} images; give --qe {size} or less"
+            )
         return search_with_expansion(self, queries, reranking, lambda q: self._top(q, k), first=False)[-1]
 
     def nearest(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -127,19 +129,24 @@ class SearchDatabase:
         try:
             index = read_index(index_file)
         except RuntimeError as err:
-            raise StoreError(f"cannot read {index_file} ({str(err).splitlines()[0]}): it is damaged; delete it or "
-                             "rebuild it with: python -m aml.search index --ivfpq") from None
+            raise StoreError(
+                f"cannot read {index_file} ({str(err).splitlines()[0]}): it is damaged; delete it or "
+                "rebuild it with: python -m aml.search index --ivfpq"
+            ) from None
         if index is None:
             return exact_search(self.vecs, queries, k)
         if (index.ntotal, index.d) != self.vecs.shape[::-1]:
-            raise StoreError(f"{index_file} indexes {index.ntotal} vectors of {index.d} dimensions but the store "
-                             f"holds {self.vecs.shape[1]} of {self.vecs.shape[0]}: it belongs to another store; "
-                             "delete it or rebuild it with: python -m aml.search index --ivfpq")
+            raise StoreError(
+                f"{index_file} indexes {index.ntotal} vectors of {index.d} dimensions but the store "
+                f"holds {self.vecs.shape[1]} of {self.vecs.shape[0]}: it belongs to another store; "
+                "delete it or rebuild it with: python -m aml.search index --ivfpq"
+            )
         return index.search(np.ascontiguousarray(queries.T, dtype=np.float32), k)
 
 
-def build_ivfpq(database: SearchDatabase, nlist: int, m: int, nprobe: int = 16, k: int = 10, sample: int = 200,
-                seed: int = 0) -> float:
+def build_ivfpq(
+    database: SearchDatabase, nlist: int, m: int, nprobe: int = 16, k: int = 10, sample: int = 200, seed: int = 0
+) -> float:
     """Train and save an IVF-PQ index over a store; return its recall@k against exact search.
 
     The index (``index.faiss`` in the store's folder) has ``nlist`` lists and ``m``
@@ -171,8 +178,10 @@ def build_ivfpq(database: SearchDatabase, nlist: int, m: int, nprobe: int = 16, 
         raise StoreError("--ivfpq needs faiss: pip install faiss-cpu")
     dim, n = database.vecs.shape
     if n < max(PQ_CODES, nlist):
-        raise StoreError(f"--ivfpq {nlist},{m} needs at least {max(PQ_CODES, nlist)} database images (8-bit codes); "
-                         f"the store has {n}: search it exactly (without --ivfpq)")
+        raise StoreError(
+            f"--ivfpq {nlist},{m} needs at least {max(PQ_CODES, nlist)} database images (8-bit codes); "
+            f"the store has {n}: search it exactly (without --ivfpq)"
+        )
     if dim % m:
         raise StoreError(f"--ivfpq: the dimension {dim} is not a multiple of {m} sub-quantisers")
     index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)

@@ -63,8 +63,9 @@ def read_index(path: Path) -> Optional[Any]:
     return faiss.read_index(str(path))
 
 
-def train_ivfpq(vecs: np.ndarray, nlist: int, m: int, nprobe: int = 16, k: int = 10, sample: int = 200,
-                seed: int = 0) -> Tuple[Any, float]:
+def train_ivfpq(
+    vecs: np.ndarray, nlist: int, m: int, nprobe: int = 16, k: int = 10, sample: int = 200, seed: int = 0
+) -> Tuple[Any, float]:
     """An IVF-PQ index over the columns of ``vecs``, and its recall@k against exact search.
 
     Args:

@@ -8,8 +8,14 @@ import numpy as np
 from aml.data.paths import DataRootLike
 from aml.data.images import BBox
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
-from aml.descriptors.onnx_student import (REEXPORT, OnnxStudentInfo, describe_with_onnx, onnx_session,
-                                          read_onnx_metadata, whitening_digest)
+from aml.descriptors.onnx_student import (
+    REEXPORT,
+    OnnxStudentInfo,
+    describe_with_onnx,
+    onnx_session,
+    read_onnx_metadata,
+    whitening_digest,
+)
 from aml.evaluation.reranking import Reranking
 from aml.networks.loading import NetworkSpec, load_spec
 from aml.networks.retrieval_net import ImageRetrievalNet
@@ -19,8 +25,9 @@ from aml.utils.types import PathLike
 Hits = Dict[str, Any]  # {"query": path, "results": [{"image": path, "score": score}, ...]}
 
 
-def check_teacher(database: SearchDatabase, student: ImageRetrievalNet, teacher: Optional[str] = None,
-                  data_root: DataRootLike = None) -> None:
+def check_teacher(
+    database: SearchDatabase, student: ImageRetrievalNet, teacher: Optional[str] = None, data_root: DataRootLike = None
+) -> None:
     """Refuse a store encoded by another network than the student's teacher.
 
     The teacher (``teacher``, else the student's ``meta['teacher']``) must have the store's
@@ -47,12 +54,15 @@ def check_teacher(database: SearchDatabase, student: ImageRetrievalNet, teacher:
     """
     settings, folder = database.settings, database.folder
     if student.meta["outputdim"] != settings["dim"]:
-        raise StoreError(f"the student outputs {student.meta['outputdim']}-d descriptors but the store {folder} "
-                         f"holds {settings['dim']}-d ones of {settings['network']}")
+        raise StoreError(
+            f"the student outputs {student.meta['outputdim']}-d descriptors but the store {folder} "
+            f"holds {settings['dim']}-d ones of {settings['network']}"
+        )
     given = teacher or student.meta.get("teacher")
     if given is None:
-        raise StoreError(f"the student does not record its teacher; give --teacher (the store was encoded by "
-                         f"{settings['network']})")
+        raise StoreError(
+            f"the student does not record its teacher; give --teacher (the store was encoded by {settings['network']})"
+        )
     spec = NetworkSpec.parse(given)
     if spec.local_file is not None:
         same = load_spec(spec, None, data_root).fingerprint == settings["fingerprint"]
@@ -61,19 +71,33 @@ def check_teacher(database: SearchDatabase, student: ImageRetrievalNet, teacher:
         same = spec.name == settings["network"]
         network = settings["network"]
     if not same:
-        raise StoreError(f"the store {folder} was encoded by {network}, not by the student's teacher {given}; "
-                         "index the database with that teacher")
+        raise StoreError(
+            f"the store {folder} was encoded by {network}, not by the student's teacher {given}; "
+            "index the database with that teacher"
+        )
 
 
 def _hits(database: SearchDatabase, images: Sequence[str], scores: np.ndarray, indices: np.ndarray) -> List[Hits]:
-    return [{"query": str(image), "results": [{"image": database.images[int(i)], "score": float(s)}
-                                              for s, i in zip(row_scores, row_indices) if i >= 0]}
-            for image, row_scores, row_indices in zip(images, scores, indices)]
+    return [
+        {
+            "query": str(image),
+            "results": [
+                {"image": database.images[int(i)], "score": float(s)} for s, i in zip(row_scores, row_indices) if i >= 0
+            ],
+        }
+        for image, row_scores, row_indices in zip(images, scores, indices)
+    ]
 
 
-def query_database(database: SearchDatabase, student: ImageRetrievalNet, images: Sequence[str], k: int = 10,
-                   bbxs: Optional[Sequence[Optional[BBox]]] = None, config: ExtractionConfig = DEFAULT_EXTRACTION,
-                   reranking: Reranking = Reranking()) -> List[Hits]:
+def query_database(
+    database: SearchDatabase,
+    student: ImageRetrievalNet,
+    images: Sequence[str],
+    k: int = 10,
+    bbxs: Optional[Sequence[Optional[BBox]]] = None,
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
+    reranking: Reranking = Reranking(),
+) -> List[Hits]:
     """Encode query images with the student and search the store's database with them.
 
     The queries are encoded as the store was (image size, scales).
@@ -98,8 +122,14 @@ def query_database(database: SearchDatabase, student: ImageRetrievalNet, images:
         >>> results[0]["results"][0]  # doctest: +SKIP
         {'image': '/photos/0042.jpg', 'score': 0.83}
     """
-    queries = describe_images(student, images, database.settings["image_size"], database.settings["scales"],
-                              bbxs=bbxs, config=config.but(desc="queries"))
+    queries = describe_images(
+        student,
+        images,
+        database.settings["image_size"],
+        database.settings["scales"],
+        bbxs=bbxs,
+        config=config.but(desc="queries"),
+    )
     return _hits(database, images, *database.search(queries, k, reranking=reranking))
 
 
@@ -131,33 +161,53 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
     teacher = f"{settings['network']} ({settings['source']})"
     info = read_onnx_metadata(path)
     if info is None:
-        raise StoreError(f"{path} has no aml metadata (it was not written by aml.export, or by an older version), so "
-                         f"nothing says it is a student of the store's teacher {teacher}; export it again: {REEXPORT}")
+        raise StoreError(
+            f"{path} has no aml metadata (it was not written by aml.export, or by an older version), so "
+            f"nothing says it is a student of the store's teacher {teacher}; export it again: {REEXPORT}"
+        )
     if info.dim != settings["dim"]:
-        raise StoreError(f"{path} outputs {info.dim}-d descriptors but the store {folder} holds "
-                         f"{settings['dim']}-d ones of {teacher}; query it with a student of that teacher")
+        raise StoreError(
+            f"{path} outputs {info.dim}-d descriptors but the store {folder} holds "
+            f"{settings['dim']}-d ones of {teacher}; query it with a student of that teacher"
+        )
     if info.teacher is None:
-        raise StoreError(f"{path} does not record its teacher (the store was encoded by {teacher}); export it again "
-                         f"with --teacher: {REEXPORT}")
-    same = (info.teacher_fingerprint == settings["fingerprint"] if info.teacher_fingerprint
-            else info.teacher == settings["network"])
+        raise StoreError(
+            f"{path} does not record its teacher (the store was encoded by {teacher}); export it again "
+            f"with --teacher: {REEXPORT}"
+        )
+    same = (
+        info.teacher_fingerprint == settings["fingerprint"]
+        if info.teacher_fingerprint
+        else info.teacher == settings["network"]
+    )
     if not same:
-        raise StoreError(f"{path} is a student of {info.teacher}, but the store {folder} was encoded by "
-                         f"{teacher}; query it with a student of that teacher, or index the database with "
-                         f"{info.teacher}")
+        raise StoreError(
+            f"{path} is a student of {info.teacher}, but the store {folder} was encoded by "
+            f"{teacher}; query it with a student of that teacher, or index the database with "
+            f"{info.teacher}"
+        )
     if info.whitening is not None and (whitening is None or info.whitening != whitening_digest(*whitening)):
         has = "no whitening" if whitening is None else "another whitening"
-        raise StoreError(f"{path} has a whitening folded in but the store {folder} has {has}; export the "
-                         f"student again with --store {folder}")
+        raise StoreError(
+            f"{path} has a whitening folded in but the store {folder} has {has}; export the "
+            f"student again with --store {folder}"
+        )
     if list(settings["scales"]) != [1]:
-        raise StoreError(f"the store {folder} is encoded at scales {list(settings['scales'])}, and an exported "
-                         "student encodes one: query it with the student's checkpoint (--network)")
+        raise StoreError(
+            f"the store {folder} is encoded at scales {list(settings['scales'])}, and an exported "
+            "student encodes one: query it with the student's checkpoint (--network)"
+        )
     return info
 
 
-def query_database_onnx(database: SearchDatabase, path: PathLike, images: Sequence[str], k: int = 10,
-                        bbxs: Optional[Sequence[Optional[BBox]]] = None,
-                        reranking: Reranking = Reranking()) -> List[Hits]:
+def query_database_onnx(
+    database: SearchDatabase,
+    path: PathLike,
+    images: Sequence[str],
+    k: int = 10,
+    bbxs: Optional[Sequence[Optional[BBox]]] = None,
+    reranking: Reranking = Reranking(),
+) -> List[Hits]:
     """Encode query images with an exported student (onnxruntime) and search the store's database with them.
 
     The file is checked with `check_onnx_student`; the queries are encoded at the store's
@@ -187,8 +237,11 @@ def query_database_onnx(database: SearchDatabase, path: PathLike, images: Sequen
     session = onnx_session(path)
     width = session.get_outputs()[0].shape[-1]
     if isinstance(width, int) and width != info.dim:
-        raise StoreError(f"{path} outputs {width}-d descriptors but its metadata says {info.dim}: the file was edited "
-                         f"or damaged; export it again: {REEXPORT}")
+        raise StoreError(
+            f"{path} outputs {width}-d descriptors but its metadata says {info.dim}: the file was edited "
+            f"or damaged; export it again: {REEXPORT}"
+        )
     queries = describe_with_onnx(session, images, database.settings["image_size"], bbxs)
-    return _hits(database, images, *database.search(queries, k, prewhitened=info.whitening is not None,
-                                                    reranking=reranking))
+    return _hits(
+        database, images, *database.search(queries, k, prewhitened=info.whitening is not None, reranking=reranking)
+    )

@@ -64,10 +64,16 @@ def list_images(source: PathLike) -> List[str]:
     return [line.strip() for line in source.read_text().splitlines() if line.strip()]
 
 
-def build_store(teacher: LoadedNetwork, images: Sequence[str],
-                folder: PathLike, image_size: int, scales: Sequence[float] = (1,),
-                whitening: Optional[Whitening] = None,
-                config: ExtractionConfig = DEFAULT_EXTRACTION, reranking: Reranking = Reranking()) -> Path:
+def build_store(
+    teacher: LoadedNetwork,
+    images: Sequence[str],
+    folder: PathLike,
+    image_size: int,
+    scales: Sequence[float] = (1,),
+    whitening: Optional[Whitening] = None,
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
+    reranking: Reranking = Reranking(),
+) -> Path:
     """Encode a database's images with the teacher into a store.
 
     The descriptors are a sharded descriptor store (`aml.descriptors.store`, float32):
@@ -109,10 +115,16 @@ def build_store(teacher: LoadedNetwork, images: Sequence[str],
     images = [str(Path(i).resolve()) for i in images]
     dba, dba_alpha = reranking.dba, reranking.dba_alpha
     if dba >= len(images):
-        raise StoreError(f"--dba {dba}: {len(images)} images to index, so an image has at most {len(images) - 1} "
-                         f"neighbours; give --dba {len(images) - 1} or less")
-    key = StoreKey(DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint), teacher.name,
-                   "float32", SHARD_SIZE)
+        raise StoreError(
+            f"--dba {dba}: {len(images)} images to index, so an image has at most {len(images) - 1} "
+            f"neighbours; give --dba {len(images) - 1} or less"
+        )
+    key = StoreKey(
+        DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint),
+        teacher.name,
+        "float32",
+        SHARD_SIZE,
+    )
     interrupted = not (folder / SEARCH).is_file()
     (folder / SEARCH).unlink(missing_ok=True)  # written last: until then the store is incomplete
     _clear_descriptors(folder, images, key, int(teacher.net.meta["outputdim"]), keep_matching=interrupted)
@@ -131,8 +143,9 @@ def build_store(teacher: LoadedNetwork, images: Sequence[str],
     return folder
 
 
-def _write_augmented(store: DescriptorStore, folder: Path, whitening: Optional[Whitening],
-                     k: int, alpha: float, device: str) -> Dict[str, Any]:
+def _write_augmented(
+    store: DescriptorStore, folder: Path, whitening: Optional[Whitening], k: int, alpha: float, device: str
+) -> Dict[str, Any]:
     """DBA of the store's (whitened) descriptors into ``dba.npy``; returns what search.json records."""
     vecs = store.load()
     if whitening is not None:
@@ -155,8 +168,13 @@ def _clear_descriptors(folder: Path, images: Sequence[str], key: StoreKey, dim: 
                 raise StoreMismatch("a complete store is indexed again")
             DescriptorStore.create(folder, images, key, dim)
         except StoreMismatch:
-            stale = [folder / "manifest.json", folder / "images.txt", folder / "skipped.txt",
-                     *folder.glob("shard_*.npy"), *folder.glob("shard_*.json")]
+            stale = [
+                folder / "manifest.json",
+                folder / "images.txt",
+                folder / "skipped.txt",
+                *folder.glob("shard_*.npy"),
+                *folder.glob("shard_*.json"),
+            ]
     for path in legacy + stale:
         path.unlink(missing_ok=True)
     if legacy or stale:
@@ -170,11 +188,14 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str,
     except ValueError as err:
         raise StoreError(f"{err}; index it again ({REBUILD})") from None
     if not store.complete():
-        raise StoreError(f"the store {folder} lacks {len(store.missing())} of {store.shards} shards (an interrupted "
-                         f"indexing): run the same {REBUILD} command again to encode them")
+        raise StoreError(
+            f"the store {folder} lacks {len(store.missing())} of {store.shards} shards (an interrupted "
+            f"indexing): run the same {REBUILD} command again to encode them"
+        )
     if not (folder / SEARCH).is_file():
-        raise StoreError(f"the store {folder} has no {SEARCH} (the indexing did not finish): run the same {REBUILD} "
-                         "command again")
+        raise StoreError(
+            f"the store {folder} has no {SEARCH} (the indexing did not finish): run the same {REBUILD} command again"
+        )
     try:
         vecs = store.load()
         record = json.loads((folder / SEARCH).read_text())
@@ -195,11 +216,15 @@ def _augmented(folder: Path, shape: Tuple[int, int]) -> np.ndarray:
     try:
         vecs = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise StoreError(f"cannot read {path} ({err}), which {SEARCH} names: the store is damaged; index it again "
-                         f"({REBUILD} --dba K)") from None
+        raise StoreError(
+            f"cannot read {path} ({err}), which {SEARCH} names: the store is damaged; index it again "
+            f"({REBUILD} --dba K)"
+        ) from None
     if vecs.shape != shape or vecs.dtype.kind != "f" or not np.isfinite(vecs).all():
-        raise StoreError(f"{path} holds {vecs.dtype} descriptors of shape {vecs.shape}, not the store's finite "
-                         f"{shape}: the store is damaged; index it again ({REBUILD} --dba K)")
+        raise StoreError(
+            f"{path} holds {vecs.dtype} descriptors of shape {vecs.shape}, not the store's finite "
+            f"{shape}: the store is damaged; index it again ({REBUILD} --dba K)"
+        )
     return vecs
 
 
@@ -210,27 +235,39 @@ def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, 
     path = folder / LEGACY_FILES[0]
     settings = feature_file_settings(path)
     if settings is None:
-        raise StoreError(f"{folder} is not a complete store (no {path.name} with matching settings); build it "
-                         f"with: {REBUILD}")
-    log.warning(">> %s has the one-file layout of aml.search before sharded stores, which aml reads until version "
-                "%s: index it again (%s) to keep it", folder, LEGACY_LAYOUT_READ_UNTIL, REBUILD)
+        raise StoreError(
+            f"{folder} is not a complete store (no {path.name} with matching settings); build it with: {REBUILD}"
+        )
+    log.warning(
+        ">> %s has the one-file layout of aml.search before sharded stores, which aml reads until version "
+        "%s: index it again (%s) to keep it",
+        folder,
+        LEGACY_LAYOUT_READ_UNTIL,
+        REBUILD,
+    )
     missing = sorted(set(STORE_SETTINGS) - set(settings))
     if missing:
-        raise StoreError(f"the settings of {path} lack {', '.join(missing)}: it is not a store made by "
-                         f"aml.search or was edited; index it again ({REBUILD})")
+        raise StoreError(
+            f"the settings of {path} lack {', '.join(missing)}: it is not a store made by "
+            f"aml.search or was edited; index it again ({REBUILD})"
+        )
     try:
         vecs = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise StoreError(f"cannot read {path} ({err}): the store is damaged; index it again ({REBUILD})") from None
     if vecs.ndim != 2 or vecs.dtype.kind != "f" or vecs.shape[0] != settings.get("dim"):
-        raise StoreError(f"{path} holds a {vecs.dtype} array of shape {vecs.shape}, not {settings.get('dim')}-d float "
-                         f"descriptors as its settings say: the store is damaged; index it again ({REBUILD})")
+        raise StoreError(
+            f"{path} holds a {vecs.dtype} array of shape {vecs.shape}, not {settings.get('dim')}-d float "
+            f"descriptors as its settings say: the store is damaged; index it again ({REBUILD})"
+        )
     if not np.isfinite(vecs).all():
         raise StoreError(f"{path} holds NaN or infinite values: the store is damaged; index it again ({REBUILD})")
     images = (folder / LEGACY_FILES[1]).read_text(errors="surrogateescape").splitlines()
     if len(images) != vecs.shape[1]:
-        raise StoreError(f"{path} holds {vecs.shape[1]} descriptors but its image list {len(images)} "
-                         f"images: the store is damaged; index it again ({REBUILD})")
+        raise StoreError(
+            f"{path} holds {vecs.shape[1]} descriptors but its image list {len(images)} "
+            f"images: the store is damaged; index it again ({REBUILD})"
+        )
     return vecs, images, settings
 
 
@@ -242,14 +279,19 @@ def _whitening(folder: Path, dim: int) -> Optional[Whitening]:
     try:
         whitening = (np.asarray(data["m"]), np.asarray(data["P"]))
     except (TypeError, KeyError, IndexError, ValueError) as err:
-        raise StoreError(f"{folder / WHITENING} is not a whitening (m, P): {type(err).__name__} {err}; delete it "
-                         f"or index again ({REBUILD})") from None
+        raise StoreError(
+            f"{folder / WHITENING} is not a whitening (m, P): {type(err).__name__} {err}; delete it "
+            f"or index again ({REBUILD})"
+        ) from None
     if whitening[1].ndim != 2 or {w.dtype.kind for w in whitening} != {"f"}:
-        raise StoreError(f"{folder / WHITENING} is not a whitening (m, P of floats); delete it or index again "
-                         f"({REBUILD})")
+        raise StoreError(
+            f"{folder / WHITENING} is not a whitening (m, P of floats); delete it or index again ({REBUILD})"
+        )
     if whitening[1].shape != (dim, dim) or whitening[0].size != dim:
-        raise StoreError(f"{folder / WHITENING} whitens {whitening[1].shape[1]}-d descriptors but the store holds "
-                         f"{dim}-d ones: it belongs to another store; delete it or index again")
+        raise StoreError(
+            f"{folder / WHITENING} whitens {whitening[1].shape[1]}-d descriptors but the store holds "
+            f"{dim}-d ones: it belongs to another store; delete it or index again"
+        )
     return whitening
 
 

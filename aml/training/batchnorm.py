@@ -51,20 +51,25 @@ def calibrate_batchnorm(net: nn.Module, batches) -> int:
     return seen
 
 
-def _calibration_batches(images: Sequence[str], load: Callable[[str], torch.Tensor], generator: torch.Generator,
-                         device: torch.device) -> List[torch.Tensor]:
+def _calibration_batches(
+    images: Sequence[str], load: Callable[[str], torch.Tensor], generator: torch.Generator, device: torch.device
+) -> List[torch.Tensor]:
     """``CALIBRATION_IMAGES`` random training images, loaded, in batches of one shape."""
     chosen = torch.randperm(len(images), generator=generator)[:CALIBRATION_IMAGES].tolist()
     groups: Dict[tuple, List[torch.Tensor]] = {}
     for i in chosen:
         image = load(images[i])
         groups.setdefault(tuple(image.shape), []).append(image)
-    return [torch.stack(group[k:k + CALIBRATION_BATCH]).to(device)
-            for group in groups.values() for k in range(0, len(group), CALIBRATION_BATCH)]
+    return [
+        torch.stack(group[k : k + CALIBRATION_BATCH]).to(device)
+        for group in groups.values()
+        for k in range(0, len(group), CALIBRATION_BATCH)
+    ]
 
 
-def calibrate_if_vanishing(net, images: Sequence[str], load: Callable[[str], torch.Tensor],
-                           generator: torch.Generator, device: torch.device) -> bool:
+def calibrate_if_vanishing(
+    net, images: Sequence[str], load: Callable[[str], torch.Tensor], generator: torch.Generator, device: torch.device
+) -> bool:
     """For a randomly initialised network: if its trunk's activations vanish on training
     images (they sink below GeM's eps in a random MobileNetV2 with identity BatchNorm, and
     then no gradient flows), set the BatchNorm statistics from ``CALIBRATION_IMAGES`` of

@@ -25,8 +25,15 @@ from aml.networks.pretrained import DEFAULT_TEACHER
 from aml.training.modes import MODES, Negatives, check_loss_mode, get_mode
 from aml.training.optim import OPTIMIZERS
 from aml.training.pretraining import TRUNK_SOURCES
-from aml.utils.bounds import (NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, UNIT_INTERVAL, bounded,
-                               out_of_bounds)
+from aml.utils.bounds import (
+    NONNEGATIVE_FLOAT,
+    NONNEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    UNIT_INTERVAL,
+    bounded,
+    out_of_bounds,
+)
 from aml.utils.distributed import DEFAULT_TIMEOUT_S
 from aml.utils.errors import ConfigError, lookup
 
@@ -228,12 +235,14 @@ class TrainConfig:
         loop_fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"autocast"}
         loop = {name: flags.pop(name) for name in list(flags) if name in loop_fields}
         amp = flags.pop("amp", None)
-        extraction = TRAIN_EXTRACTION.but(workers=flags.pop("workers", TRAIN_EXTRACTION.workers),
-                                          amp=False if amp is False else None,
-                                          amp_dtype=flags.pop("amp_dtype", TRAIN_EXTRACTION.amp_dtype),
-                                          decode=flags.pop("decode", TRAIN_EXTRACTION.decode),
-                                          compile=flags.pop("compile", TRAIN_EXTRACTION.compile),
-                                          progress=not flags.pop("quiet", False))
+        extraction = TRAIN_EXTRACTION.but(
+            workers=flags.pop("workers", TRAIN_EXTRACTION.workers),
+            amp=False if amp is False else None,
+            amp_dtype=flags.pop("amp_dtype", TRAIN_EXTRACTION.amp_dtype),
+            decode=flags.pop("decode", TRAIN_EXTRACTION.decode),
+            compile=flags.pop("compile", TRAIN_EXTRACTION.compile),
+            progress=not flags.pop("quiet", False),
+        )
         return cls(directory, loop=TrainSettings(autocast=bool(amp), **loop), extraction=extraction, **flags)
 
     def but(self, **changes: Any) -> "TrainConfig":
@@ -324,12 +333,16 @@ def problems(config: TrainConfig) -> List[str]:
         found.append(str(err))
     mode = get_mode(config.mode)
     if loop.sym and not mode.allows_sym:
-        found.append(f"--sym has no meaning with --mode {config.mode}: its members are not a query/positive/negative "
-                     "tuple of different images")
+        found.append(
+            f"--sym has no meaning with --mode {config.mode}: its members are not a query/positive/negative "
+            "tuple of different images"
+        )
     if loop.neg_num == 0 and mode.negatives is not Negatives.NONE:
-        found.append(f"--neg-num 0: --mode {config.mode} trains on tuples with {mode.negatives.value} negatives; with "
-                     f"none, --loss {config.loss} sees positives only and cannot learn to separate images (use 1 or "
-                     "more)")
+        found.append(
+            f"--neg-num 0: --mode {config.mode} trains on tuples with {mode.negatives.value} negatives; with "
+            f"none, --loss {config.loss} sees positives only and cannot learn to separate images (use 1 or "
+            "more)"
+        )
     for name in config.test_datasets:
         try:
             get_test_set(split_test_name(name)[0], config.data_root)
@@ -337,16 +350,21 @@ def problems(config: TrainConfig) -> List[str]:
             found.append(str(err).replace("dataset", "test dataset", 1))
     if config.trunk_weights is not None:
         if not config.pretrained:
-            found.append("--trunk-weights and --not-pretrained exclude each other: the first sets the trunk's "
-                         "initial weights, the second asks for random ones")
+            found.append(
+                "--trunk-weights and --not-pretrained exclude each other: the first sets the trunk's "
+                "initial weights, the second asks for random ones"
+            )
         elif config.trunk_weights not in TRUNK_SOURCES and not Path(config.trunk_weights).is_file():
-            found.append(f"--trunk-weights: {config.trunk_weights!r} is neither one of {sorted(TRUNK_SOURCES)} nor "
-                         "a file")
+            found.append(
+                f"--trunk-weights: {config.trunk_weights!r} is neither one of {sorted(TRUNK_SOURCES)} nor a file"
+            )
     if config.loss == "dark" and loop.batch_size < 5:
         found.append("--loss dark needs --batch-size of at least 5 (4 neighbours per image)")
     if loop.train_batchnorm and loop.batch_size < 2:
-        found.append("--train-batchnorm needs --batch-size of at least 2 (BatchNorm uses the statistics of the "
-                     "mini-batch); use 8 or more")
+        found.append(
+            "--train-batchnorm needs --batch-size of at least 2 (BatchNorm uses the statistics of the "
+            "mini-batch); use 8 or more"
+        )
     return found
 
 
@@ -358,13 +376,16 @@ def run_name(config: TrainConfig) -> str:
     name += "_lwhiten" * c.local_whitening + "_r" * c.regional + "_whiten" * c.whitening
     name += "_notpretrained" * (not c.pretrained)
     if c.trunk_weights:
-        name += "_trunk" + (c.trunk_weights if c.trunk_weights in TRUNK_SOURCES
-                            else Path(c.trunk_weights).name.split(".")[0])
+        name += "_trunk" + (
+            c.trunk_weights if c.trunk_weights in TRUNK_SOURCES else Path(c.trunk_weights).name.split(".")[0]
+        )
     if c.test_whiten:
         name += f"_test_whiten_on_{c.test_whiten}"
-    name += (f"_{c.loss}_m{c.loss_margin:.2f}_{c.optimizer}_lr{c.lr:.1e}_wd{c.weight_decay:.1e}"
-             f"_nnum{loop.neg_num}_qsize{loop.query_size}_psize{loop.pool_size}_bsize{loop.batch_size}"
-             f"_uevery{loop.update_every}_imsize{loop.image_size}_temp{c.temp}_{c.mode}")
+    name += (
+        f"_{c.loss}_m{c.loss_margin:.2f}_{c.optimizer}_lr{c.lr:.1e}_wd{c.weight_decay:.1e}"
+        f"_nnum{loop.neg_num}_qsize{loop.query_size}_psize{loop.pool_size}_bsize{loop.batch_size}"
+        f"_uevery{loop.update_every}_imsize{loop.image_size}_temp{c.temp}_{c.mode}"
+    )
     name += "_sym" * loop.sym + "_trainbn" * loop.train_batchnorm
     if c.proj_lr_mult != 1.0:
         name += f"_projlr{c.proj_lr_mult:g}"

@@ -27,9 +27,14 @@ def _walk(candidates: Iterable[int], pool_clusters: np.ndarray, query_cluster, n
     return taken
 
 
-def mine_hard_negatives(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, query_clusters: Sequence[int],
-                        pool_clusters: Sequence[int], nnum: int,
-                        device: str = "cpu") -> Tuple[List[List[int]], float]:
+def mine_hard_negatives(
+    query_vecs: torch.Tensor,
+    pool_vecs: torch.Tensor,
+    query_clusters: Sequence[int],
+    pool_clusters: Sequence[int],
+    nnum: int,
+    device: str = "cpu",
+) -> Tuple[List[List[int]], float]:
     """For each query, the ``nnum`` highest-scoring pool images whose cluster differs from
     the query's and from every negative already taken (one negative per cluster).
 
@@ -58,16 +63,24 @@ def mine_hard_negatives(query_vecs: torch.Tensor, pool_vecs: torch.Tensor, query
     return negatives, float(distances.double().mean())
 
 
-def random_negatives(query_clusters: Sequence[int], pool_clusters: Sequence[int], nnum: int,
-                     generator: torch.Generator) -> List[List[int]]:
+def random_negatives(
+    query_clusters: Sequence[int], pool_clusters: Sequence[int], nnum: int, generator: torch.Generator
+) -> List[List[int]]:
     """Like `mine_hard_negatives` but walking the pool in random order (no network)."""
     pool_cluster_ids = np.asarray(pool_clusters)
-    return [_walk(torch.randperm(len(pool_cluster_ids), generator=generator).tolist(), pool_cluster_ids, c, nnum)
-            for c in query_clusters]
+    return [
+        _walk(torch.randperm(len(pool_cluster_ids), generator=generator).tolist(), pool_cluster_ids, c, nnum)
+        for c in query_clusters
+    ]
 
 
-def teacher_triplets(anchor_vecs: torch.Tensor, pool_vecs: torch.Tensor, generator: torch.Generator,
-                     top_k: int = 300, device: str = "cpu") -> List[Tuple[int, int]]:
+def teacher_triplets(
+    anchor_vecs: torch.Tensor,
+    pool_vecs: torch.Tensor,
+    generator: torch.Generator,
+    top_k: int = 300,
+    device: str = "cpu",
+) -> List[Tuple[int, int]]:
     """Unsupervised (positive, negative) pool positions per anchor: two distinct ranks drawn
     among the teacher's top ``top_k`` (ranked on ``device``); the better ranked one is the positive."""
     order = _ranked_candidates(anchor_vecs, pool_vecs, top_k, device)

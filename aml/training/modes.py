@@ -70,19 +70,58 @@ class Mode:
 MODES: Dict[str, Mode] = {
     "std": Mode("std", Draw.PAIRS, Negatives.MINED, needs_teacher=False, asymmetric=False, allows_sym=False),
     "ts": Mode("ts", Draw.PAIRS, Negatives.MINED, needs_teacher=True, asymmetric=True),
-    "ts_self": Mode("ts_self", Draw.PAIRS, Negatives.MINED, needs_teacher=True, asymmetric=True, self_positive=True,
-                    validate_as="ts"),
+    "ts_self": Mode(
+        "ts_self",
+        Draw.PAIRS,
+        Negatives.MINED,
+        needs_teacher=True,
+        asymmetric=True,
+        self_positive=True,
+        validate_as="ts",
+    ),
     "ts_rand": Mode("ts_rand", Draw.PAIRS, Negatives.RANDOM, needs_teacher=True, asymmetric=True),
-    "reg": Mode("reg", Draw.IMAGES, Negatives.NONE, needs_teacher=True, asymmetric=True, self_positive=True,
-                allows_sym=False, validate_as="ts"),
-    "reg_only_pos": Mode("reg_only_pos", Draw.IMAGES, Negatives.NONE, needs_teacher=True, asymmetric=True,
-                         self_positive=True, allows_sym=False, validate_as="ts"),
-    "rand": Mode("rand", Draw.IMAGES, Negatives.NONE, needs_teacher=True, asymmetric=True, self_positive=True,
-                 relational=True, allows_sym=False),
-    "rand_tpl": Mode("rand_tpl", Draw.TRIPLETS, Negatives.NONE, needs_teacher=True, asymmetric=False,
-                     allows_sym=False, validate_as="std"),
-    "rand_tpl_a": Mode("rand_tpl_a", Draw.TRIPLETS, Negatives.NONE, needs_teacher=True, asymmetric=True,
-                       validate_as="ts"),
+    "reg": Mode(
+        "reg",
+        Draw.IMAGES,
+        Negatives.NONE,
+        needs_teacher=True,
+        asymmetric=True,
+        self_positive=True,
+        allows_sym=False,
+        validate_as="ts",
+    ),
+    "reg_only_pos": Mode(
+        "reg_only_pos",
+        Draw.IMAGES,
+        Negatives.NONE,
+        needs_teacher=True,
+        asymmetric=True,
+        self_positive=True,
+        allows_sym=False,
+        validate_as="ts",
+    ),
+    "rand": Mode(
+        "rand",
+        Draw.IMAGES,
+        Negatives.NONE,
+        needs_teacher=True,
+        asymmetric=True,
+        self_positive=True,
+        relational=True,
+        allows_sym=False,
+    ),
+    "rand_tpl": Mode(
+        "rand_tpl",
+        Draw.TRIPLETS,
+        Negatives.NONE,
+        needs_teacher=True,
+        asymmetric=False,
+        allows_sym=False,
+        validate_as="std",
+    ),
+    "rand_tpl_a": Mode(
+        "rand_tpl_a", Draw.TRIPLETS, Negatives.NONE, needs_teacher=True, asymmetric=True, validate_as="ts"
+    ),
 }
 
 
@@ -101,8 +140,9 @@ def check_loss_mode(loss: str, mode: str) -> None:
     spec = lookup(LOSSES, loss, "loss")
     if not spec.accepts(get_mode(mode)):
         working = sorted(name for name, m in MODES.items() if spec.accepts(m))
-        raise ConfigError(f"--loss {loss} cannot be used with --mode {mode}: {spec.why}; "
-                          f"modes that work: {', '.join(working)}")
+        raise ConfigError(
+            f"--loss {loss} cannot be used with --mode {mode}: {spec.why}; modes that work: {', '.join(working)}"
+        )
 
 
 @dataclass
@@ -125,9 +165,16 @@ def _tuple(mode: Mode, sym: bool, query: int, positives: Sequence[int], negative
     return TrainingTuple(tuple(members), tuple(labels), tuple(from_teacher))
 
 
-def build_epoch_tuples(mode: Mode, db: TrainingDb, sizes: EpochSizes, generator: torch.Generator,
-                       encode: StudentEncoder, teacher: Optional[torch.Tensor] = None, sym: bool = False,
-                       device: str = "cpu") -> Tuple[List[TrainingTuple], float]:
+def build_epoch_tuples(
+    mode: Mode,
+    db: TrainingDb,
+    sizes: EpochSizes,
+    generator: torch.Generator,
+    encode: StudentEncoder,
+    teacher: Optional[torch.Tensor] = None,
+    sym: bool = False,
+    device: str = "cpu",
+) -> Tuple[List[TrainingTuple], float]:
     """The tuples of one epoch (and the mean query-negative distance of mined negatives).
 
     ``encode`` gives student descriptors of image indices (used for mining); ``teacher`` is
@@ -136,22 +183,22 @@ def build_epoch_tuples(mode: Mode, db: TrainingDb, sizes: EpochSizes, generator:
     n_images = len(db["cids"])
     clusters = np.asarray(db["cluster"])
     if mode.draw is Draw.IMAGES:
-        images = torch.randperm(n_images, generator=generator)[:sizes.pool_size].tolist()
+        images = torch.randperm(n_images, generator=generator)[: sizes.pool_size].tolist()
         return [_tuple(mode, sym, i, [], []) for i in images], 0.0
     if mode.draw is Draw.TRIPLETS:
         order = torch.randperm(n_images, generator=generator)
-        anchors = order[:sizes.query_size].tolist()
-        pool = order[sizes.query_size:sizes.query_size + sizes.pool_size].tolist()
+        anchors = order[: sizes.query_size].tolist()
+        pool = order[sizes.query_size : sizes.query_size + sizes.pool_size].tolist()
         assert teacher is not None  # the mode needs_teacher
         pairs = teacher_triplets(teacher[:, anchors], teacher[:, pool], generator, device=device)
         return [_tuple(mode, sym, a, [pool[p]], [pool[n]]) for a, (p, n) in zip(anchors, pairs)], 0.0
     qpool, ppool = list(db["qidxs"]), list(db["pidxs"])
-    chosen = torch.randperm(len(qpool), generator=generator)[:sizes.query_size].tolist()
+    chosen = torch.randperm(len(qpool), generator=generator)[: sizes.query_size].tolist()
     queries = [qpool[i] for i in chosen]
     positives = [ppool[i] for i in chosen]
     if mode.negatives is Negatives.NONE or sizes.neg_num == 0:
         return [_tuple(mode, sym, q, [p], []) for q, p in zip(queries, positives)], 0.0
-    pool = torch.randperm(n_images, generator=generator)[:sizes.pool_size].tolist()
+    pool = torch.randperm(n_images, generator=generator)[: sizes.pool_size].tolist()
     if mode.negatives is Negatives.RANDOM:
         picked = random_negatives(clusters[queries].tolist(), clusters[pool].tolist(), sizes.neg_num, generator)
         distance = 0.0
@@ -162,7 +209,8 @@ def build_epoch_tuples(mode: Mode, db: TrainingDb, sizes: EpochSizes, generator:
             pool_vecs = teacher[:, pool]
         else:
             pool_vecs = encode(pool)
-        picked, distance = mine_hard_negatives(query_vecs, pool_vecs, clusters[queries].tolist(),
-                                               clusters[pool].tolist(), sizes.neg_num, device)
+        picked, distance = mine_hard_negatives(
+            query_vecs, pool_vecs, clusters[queries].tolist(), clusters[pool].tolist(), sizes.neg_num, device
+        )
     tuples = [_tuple(mode, sym, q, [p], [pool[n] for n in negs]) for q, p, negs in zip(queries, positives, picked)]
     return tuples, distance

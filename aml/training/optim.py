@@ -14,8 +14,9 @@ from aml.utils.errors import lookup
 LR_DECAY = math.exp(-0.01)
 
 
-def parameter_groups(net: ImageRetrievalNet, lr: float, weight_decay: float,
-                     projection_lr_mult: float = 1.0) -> List[Dict[str, Any]]:
+def parameter_groups(
+    net: ImageRetrievalNet, lr: float, weight_decay: float, projection_lr_mult: float = 1.0
+) -> List[Dict[str, Any]]:
     """Trunk, local whitening, pooling (x10 lr for GeM, x100 for GeMmp, no decay) and whitening.
 
     With ``projection_lr_mult`` != 1 the student's 1x1 projection gets its own group at
@@ -36,8 +37,9 @@ def parameter_groups(net: ImageRetrievalNet, lr: float, weight_decay: float,
     regional = net.pool if isinstance(net.pool, Rpool) else None  # meta['regional']
     pool = regional.rpool if regional is not None else net.pool
     if list(pool.parameters()):
-        groups.append({"params": list(pool.parameters()), "lr": lr * POOLING_LR_MULTIPLIER.get(pooling, 1.0),
-                       "weight_decay": 0})
+        groups.append(
+            {"params": list(pool.parameters()), "lr": lr * POOLING_LR_MULTIPLIER.get(pooling, 1.0), "weight_decay": 0}
+        )
     if regional is not None and regional.whiten is not None:
         groups.append({"params": list(regional.whiten.parameters())})
     if net.whiten is not None:
@@ -52,8 +54,9 @@ FUSED_DEVICES = ("cpu", "cuda")
 
 OPTIMIZERS = {
     "adam": lambda groups, lr, momentum, wd, fused: torch.optim.Adam(groups, lr, weight_decay=wd, fused=fused),
-    "sgd": lambda groups, lr, momentum, wd, fused: torch.optim.SGD(groups, lr, momentum=momentum, weight_decay=wd,
-                                                                   fused=fused),
+    "sgd": lambda groups, lr, momentum, wd, fused: torch.optim.SGD(
+        groups, lr, momentum=momentum, weight_decay=wd, fused=fused
+    ),
 }
 
 
@@ -62,8 +65,9 @@ def can_fuse(groups: List[Dict]) -> bool:
     return all(p.device.type in FUSED_DEVICES and p.is_floating_point() for g in groups for p in g["params"])
 
 
-def build_optimizer(net: ImageRetrievalNet, name: str, lr: float, momentum: float, weight_decay: float,
-                    projection_lr_mult: float = 1.0) -> torch.optim.Optimizer:
+def build_optimizer(
+    net: ImageRetrievalNet, name: str, lr: float, momentum: float, weight_decay: float, projection_lr_mult: float = 1.0
+) -> torch.optim.Optimizer:
     """The optimizer of ``--optimizer`` over `parameter_groups`; every group records
     its ``initial_lr`` (as the original's checkpoints do)."""
     groups = parameter_groups(net, lr, weight_decay, projection_lr_mult)

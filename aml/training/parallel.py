@@ -39,15 +39,18 @@ def batch_split_problem(batch_size: int, world: World) -> Optional[str]:
     """Why a global batch of ``batch_size`` tuples cannot be shared out over ``world`` (None: it can)."""
     if batch_size % world.size == 0:
         return None
-    return (f"--batch-size {batch_size} does not split over {world.size} processes: it is the global number of "
-            f"tuples per step; use a multiple of {world.size}")
+    return (
+        f"--batch-size {batch_size} does not split over {world.size} processes: it is the global number of "
+        f"tuples per step; use a multiple of {world.size}"
+    )
 
 
 class Parallel:
     """How this process takes part in a training step (a pass-through in one process)."""
 
-    def __init__(self, net: ImageRetrievalNet, world: World, device: torch.device, batch_size: int,
-                 sync_batchnorm: bool):
+    def __init__(
+        self, net: ImageRetrievalNet, world: World, device: torch.device, batch_size: int, sync_batchnorm: bool
+    ):
         self.world, self.ddp, self.sync_batchnorm = world, None, False
         self.encode = net.descriptors
         if not world.distributed:
@@ -57,8 +60,10 @@ class Parallel:
             raise ConfigError(problem)
         if sync_batchnorm:
             if device.type != "cuda":
-                raise ConfigError("--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics "
-                                  "across processes on GPUs only); on the CPU train it in one process")
+                raise ConfigError(
+                    "--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics "
+                    "across processes on GPUs only); on the CPU train it in one process"
+                )
             nn.SyncBatchNorm.convert_sync_batchnorm(net)
         ids = [device.index] if device.type == "cuda" else None
         self.ddp = DistributedDataParallel(DescriptorModel(net), device_ids=ids, forward_sync_buffers=False)
@@ -91,8 +96,10 @@ class Parallel:
         """For a relational loss: every rank's (student, teacher) rows, gathered with gradients."""
         if not self.world.distributed:
             return batch
-        return TupleBatch.pairs(torch.cat(distributed_nn.all_gather(batch.anchors)),
-                                torch.cat(distributed_nn.all_gather(batch.members[:, 0].contiguous())))
+        return TupleBatch.pairs(
+            torch.cat(distributed_nn.all_gather(batch.anchors)),
+            torch.cat(distributed_nn.all_gather(batch.members[:, 0].contiguous())),
+        )
 
     def global_losses(self, losses: List[float], relational: bool) -> List[float]:
         """Every rank's loss values in global batch order (a relational loss: alike on every rank)."""

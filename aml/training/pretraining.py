@@ -100,7 +100,7 @@ def _augment(batch: torch.Tensor, rng: torch.Generator, pad: int = 6) -> torch.T
     flips = torch.rand(len(batch), generator=rng) < 0.5
     for i in range(len(batch)):
         dy, dx = int(offsets[i, 0]), int(offsets[i, 1])
-        crop = padded[i, :, dy:dy + size, dx:dx + size]
+        crop = padded[i, :, dy : dy + size, dx : dx + size]
         out[i] = crop.flip(-1) if flips[i] else crop
     return out
 
@@ -108,13 +108,16 @@ def _augment(batch: torch.Tensor, rng: torch.Generator, pad: int = 6) -> torch.T
 @torch.no_grad()
 def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
     model.eval()
-    correct = sum(int((model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
-                  for i in range(0, len(images), batch))
+    correct = sum(
+        int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
+        for i in range(0, len(images), batch)
+    )
     return correct / max(1, len(images))
 
 
-def pretrain_trunk(arch: str, config: PretrainConfig = PretrainConfig(), device: str = "cpu",
-                   progress: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict]:
+def pretrain_trunk(
+    arch: str, config: PretrainConfig = PretrainConfig(), device: str = "cpu", progress: bool = False
+) -> Tuple[Dict[str, torch.Tensor], Dict]:
     """Train ``arch``'s trunk to classify the synthetic objects; returns the trunk's state
     dict (keys as ``nn.Sequential(*build_trunk(arch))``) and a record (accuracy, seconds)."""
     start = time.time()
@@ -126,19 +129,21 @@ def pretrain_trunk(arch: str, config: PretrainConfig = PretrainConfig(), device:
         model = _Classifier(arch, config.objects.classes)
     model.to(device).to(memory_format=torch.channels_last)
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, config.lr, weight_decay=config.weight_decay,
-                                  fused=can_fuse([{"params": params}]) or None)
+    optimizer = torch.optim.AdamW(
+        params, config.lr, weight_decay=config.weight_decay, fused=can_fuse([{"params": params}]) or None
+    )
     steps = config.epochs * (len(train_idx) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps, pct_start=0.15)
     loss = torch.tensor(float("nan"))
-    with progress_bar(total=steps, desc=f"pretraining {arch} on synthetic objects", unit="batch", enabled=progress,
-              leave=False) as bar:
+    with progress_bar(
+        total=steps, desc=f"pretraining {arch} on synthetic objects", unit="batch", enabled=progress, leave=False
+    ) as bar:
         for epoch in range(config.epochs):
             model.train()
             rng = generator(config.seed, "pretrain", epoch)
             order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=rng)]
             for first in range(0, len(order) - config.batch_size + 1, config.batch_size):
-                batch = order[first:first + config.batch_size]
+                batch = order[first : first + config.batch_size]
                 inputs = _augment(x[batch], rng).to(device)
                 loss = nn.functional.cross_entropy(model(inputs), y[batch].to(device))
                 optimizer.zero_grad(set_to_none=True)
@@ -151,15 +156,26 @@ def pretrain_trunk(arch: str, config: PretrainConfig = PretrainConfig(), device:
     if not torch.isfinite(loss):
         raise RuntimeError(f"pretraining {arch} diverged (loss {loss.item()}); lower PretrainConfig.lr")
     held = torch.from_numpy(held_idx)
-    record = {"architecture": arch, "held_out_accuracy": _accuracy(model, x[held].to(device), y[held].to(device)),
-              "chance": 1.0 / config.objects.classes, "final_loss": float(loss.detach()),
-              "seconds": time.time() - start, "config": asdict(config), "torch": torch.__version__}
+    record = {
+        "architecture": arch,
+        "held_out_accuracy": _accuracy(model, x[held].to(device), y[held].to(device)),
+        "chance": 1.0 / config.objects.classes,
+        "final_loss": float(loss.detach()),
+        "seconds": time.time() - start,
+        "config": asdict(config),
+        "torch": torch.__version__,
+    }
     state = {key: value.detach().cpu().contiguous() for key, value in model.features.state_dict().items()}
     return state, record
 
 
-def ensure_synthetic_trunk(arch: str, data_root: DataRootLike = None, config: PretrainConfig = PretrainConfig(),
-                           device: str = "cpu", progress: bool = False) -> Path:
+def ensure_synthetic_trunk(
+    arch: str,
+    data_root: DataRootLike = None,
+    config: PretrainConfig = PretrainConfig(),
+    device: str = "cpu",
+    progress: bool = False,
+) -> Path:
     """The cached stand-in trunk of ``arch`` (pretrained now, once, if it is not there yet);
     its record is written beside it as ``<file>.json``."""
     path = trunk_file(arch, data_root, config)
@@ -167,8 +183,13 @@ def ensure_synthetic_trunk(arch: str, data_root: DataRootLike = None, config: Pr
         return path
     log.info(">> no cached synthetic-pretrained %s trunk: pretraining it once (%s)", arch, path)
     state, record = pretrain_trunk(arch, config, device, progress)
-    log.info(">> %s pretrained in %.0f s: held-out accuracy %.1f%% (chance %.1f%%)", arch, record["seconds"],
-             100 * record["held_out_accuracy"], 100 * record["chance"])
+    log.info(
+        ">> %s pretrained in %.0f s: held-out accuracy %.1f%% (chance %.1f%%)",
+        arch,
+        record["seconds"],
+        100 * record["held_out_accuracy"],
+        100 * record["chance"],
+    )
     atomic_write(path.with_name(path.name + ".json"), lambda out: out.write(json.dumps(record, indent=1).encode()))
     atomic_write(path, lambda out: torch.save(state, out))
     return path

@@ -17,18 +17,23 @@ log = logging.getLogger(__name__)
 
 def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
     if theirs.get("architecture") != net.meta["architecture"]:
-        raise CheckpointError(f"cannot resume from {path}: it holds a {theirs.get('architecture')} network, this run "
-                              f"trains {net.meta['architecture']}; resume with the flags the run was started with, or "
-                              "choose another --directory")
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds a {theirs.get('architecture')} network, this run "
+            f"trains {net.meta['architecture']}; resume with the flags the run was started with, or "
+            "choose another --directory"
+        )
     for key in ("mode", "loss"):  # recorded since aml records them; older checkpoints pass
         old, new = theirs.get(key), net.meta.get(key)
         if old is not None and new is not None and old != new:
-            raise CheckpointError(f"cannot resume from {path}: it was trained with --{key} {old}, this run trains "
-                                  f"with --{key} {new}; resume with the flags the run was started with")
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained with --{key} {old}, this run trains "
+                f"with --{key} {new}; resume with the flags the run was started with"
+            )
 
 
-def resume_run(run_dir: Path, name: str, net: ImageRetrievalNet,
-               optimizer: torch.optim.Optimizer) -> Optional[Tuple[int, float]]:
+def resume_run(
+    run_dir: Path, name: str, net: ImageRetrievalNet, optimizer: torch.optim.Optimizer
+) -> Optional[Tuple[int, float]]:
     """Load ``run_dir/name``, or the latest model_epochN there, into ``net`` and ``optimizer``;
     returns (epochs done, best loss so far), or None when the folder holds no checkpoint."""
     path: Optional[Path] = run_dir / name
@@ -42,14 +47,18 @@ def resume_run(run_dir: Path, name: str, net: ImageRetrievalNet,
     try:
         net.load_state_dict(state["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"cannot resume from {path}: its weights do not fit this run's network "
-                              f"({str(err).splitlines()[0]}); resume with the flags the run was started with") from None
+        raise CheckpointError(
+            f"cannot resume from {path}: its weights do not fit this run's network "
+            f"({str(err).splitlines()[0]}); resume with the flags the run was started with"
+        ) from None
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as err:
-        raise ConfigError(f"cannot resume from {path}: its optimizer state does not match this run's parameter "
-                          f"groups ({err}); resume with the flags the run was started with (e.g. the same "
-                          "--proj-lr-mult)") from None
+        raise ConfigError(
+            f"cannot resume from {path}: its optimizer state does not match this run's parameter "
+            f"groups ({err}); resume with the flags the run was started with (e.g. the same "
+            "--proj-lr-mult)"
+        ) from None
     if "batchnorm_calibrated" in state["meta"]:
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))

@@ -61,6 +61,7 @@ class RunLog:
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The ``model_epochN.pth.tar`` with the largest N in ``run_dir``."""
-    found = [(int(m.group(1)), p) for p in run_dir.glob("model_epoch*.pth.tar")
-             if (m := CHECKPOINT_PATTERN.match(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in run_dir.glob("model_epoch*.pth.tar") if (m := CHECKPOINT_PATTERN.match(p.name))
+    ]
     return max(found)[1] if found else None

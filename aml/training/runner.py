@@ -118,8 +118,9 @@ class _Run:
         if c.trunk_weights is None:
             return None
         if c.trunk_weights in TRUNK_SOURCES:
-            return TRUNK_SOURCES[c.trunk_weights](c.arch, self.data_root, device=self.device,
-                                                  progress=self.extraction.progress)
+            return TRUNK_SOURCES[c.trunk_weights](
+                c.arch, self.data_root, device=self.device, progress=self.extraction.progress
+            )
         return Path(c.trunk_weights)
 
     def prepare(self) -> None:
@@ -141,8 +142,9 @@ class _Run:
         db = load_training_db(c.training_dataset, split, self.data_root)
         features = None
         if self.mode.needs_teacher:
-            features = teacher_split_features(self.teacher, c.training_dataset, split, db["images"],
-                                              self.loop.image_size, feat_path, self.extraction)
+            features = teacher_split_features(
+                self.teacher, c.training_dataset, split, db["images"], self.loop.image_size, feat_path, self.extraction
+            )
         return Split(db, list(db["images"]), features)
 
     def network(self, teacher_dim: Optional[int]) -> ImageRetrievalNet:
@@ -155,9 +157,16 @@ class _Run:
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
-        net = build_network(c.arch, c.pool, c.local_whitening, c.regional, c.whitening,
-                            pretrained=c.pretrained and trunk is None,
-                            teacher_dim=teacher_dim, data_root=self.data_root)
+        net = build_network(
+            c.arch,
+            c.pool,
+            c.local_whitening,
+            c.regional,
+            c.whitening,
+            pretrained=c.pretrained and trunk is None,
+            teacher_dim=teacher_dim,
+            data_root=self.data_root,
+        )
         if trunk is not None:
             load_trunk_weights(net, trunk)
         net.meta["teacher"], net.meta["seed"] = c.teacher, seed
@@ -172,8 +181,13 @@ class _Run:
         if not self.loop.test_freq:
             return None
         teacher = self.teacher.loaded if self.mode.needs_teacher else None
-        settings = TestSettings(datasets=c.test_datasets, image_size=self.loop.image_size,
-                                whitening=c.test_whiten or None, extraction=self.extraction, data_root=self.data_root)
+        settings = TestSettings(
+            datasets=c.test_datasets,
+            image_size=self.loop.image_size,
+            whitening=c.test_whiten or None,
+            extraction=self.extraction,
+            data_root=self.data_root,
+        )
 
         def show(result: DatasetResult) -> None:
             for line in result.lines():
@@ -187,8 +201,9 @@ class _Run:
             tests = {"symmetric": evaluate(student, settings.but(cache=False), on_result=show)}
             if teacher is not None:
                 tests["asymmetric"] = evaluate(student, settings, teacher, on_result=show)
-            return {kind: {name: result.record() for name, result in results.items()}
-                    for kind, results in tests.items()}
+            return {
+                kind: {name: result.record() for name, result in results.items()} for kind, results in tests.items()
+            }
 
         return evaluate_epoch
 
@@ -203,12 +218,30 @@ class _Run:
             dim = self.teacher.spec.dimension()
         net = self.network(dim)
         optimizer = build_optimizer(net, c.optimizer, c.lr, c.momentum, c.weight_decay, c.proj_lr_mult)
-        trainer = Trainer(net, build_loss(c.loss, c.loss_margin, c.temp).to(self.device), optimizer, self.mode,
-                          train, val, self.run_dir, self.loop, self.extraction, self.test_callback(), world)
+        trainer = Trainer(
+            net,
+            build_loss(c.loss, c.loss_margin, c.temp).to(self.device),
+            optimizer,
+            self.mode,
+            train,
+            val,
+            self.run_dir,
+            self.loop,
+            self.extraction,
+            self.test_callback(),
+            world,
+        )
         resumed = trainer.resume(c.resume) if c.resume else False
         if not c.pretrained and not resumed and trainer.calibrate_if_vanishing():
             net.meta["batchnorm_calibrated"] = True
-        log.info(">> Training %s in mode %s with %s loss; run folder %s%s", c.arch, c.mode, c.loss, self.run_dir,
-                 f"; {world.size} processes, {self.loop.batch_size // world.size} tuples each per batch"
-                 if world.distributed else "")
+        log.info(
+            ">> Training %s in mode %s with %s loss; run folder %s%s",
+            c.arch,
+            c.mode,
+            c.loss,
+            self.run_dir,
+            f"; {world.size} processes, {self.loop.batch_size // world.size} tuples each per batch"
+            if world.distributed
+            else "",
+        )
         return TrainResult(self.run_dir, trainer.fit(), net)

@@ -9,8 +9,16 @@ from typing import Optional, Sequence
 import torch
 
 from aml.data.paths import DataRootLike, data_subdir
-from aml.descriptors import (DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, describe_images, feature_file_key,
-                             feature_file_name, load_feature_file, write_feature_file)
+from aml.descriptors import (
+    DEFAULT_EXTRACTION,
+    DescriptorKey,
+    ExtractionConfig,
+    describe_images,
+    feature_file_key,
+    feature_file_name,
+    load_feature_file,
+    write_feature_file,
+)
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
 from aml.utils.distributed import current_world
 
@@ -36,9 +44,15 @@ class Teacher:
         return f"{loaded.name}-{loaded.fingerprint[:8]}" if loaded.path is not None else loaded.name
 
 
-def teacher_split_features(teacher: Teacher, dataset: str, split: str, images: Sequence[str], image_size: int,
-                           feat_path: Optional[str] = None,
-                           config: ExtractionConfig = DEFAULT_EXTRACTION) -> torch.Tensor:
+def teacher_split_features(
+    teacher: Teacher,
+    dataset: str,
+    split: str,
+    images: Sequence[str],
+    image_size: int,
+    feat_path: Optional[str] = None,
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
+) -> torch.Tensor:
     """D x N teacher descriptors of one split's ``images`` (db order).
 
     With ``feat_path`` the file is read and its shape checked (the teacher is not loaded).
@@ -49,8 +63,9 @@ def teacher_split_features(teacher: Teacher, dataset: str, split: str, images: S
     """
     if feat_path:
         return torch.from_numpy(load_feature_file(Path(feat_path), len(images)))
-    path = data_subdir(teacher.data_root, "features") / feature_file_name(dataset, teacher.feature_name, split,
-                                                                         image_size)
+    path = data_subdir(teacher.data_root, "features") / feature_file_name(
+        dataset, teacher.feature_name, split, image_size
+    )
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
     if path.is_file() and feature_file_key(path) == wanted:

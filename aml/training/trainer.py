@@ -92,11 +92,20 @@ class Trainer:
     mini-batch under DistributedDataParallel (`aml.training.parallel`); rank 0 alone
     writes logs and checkpoints."""
 
-    def __init__(self, net: ImageRetrievalNet, criterion: Loss,
-                 optimizer: torch.optim.Optimizer, mode: Mode, train: Split, val: Optional[Split], run_dir: Path,
-                 settings: TrainSettings, extraction: ExtractionConfig = DEFAULT_EXTRACTION,
-                 evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
-                 world: World = World()):
+    def __init__(
+        self,
+        net: ImageRetrievalNet,
+        criterion: Loss,
+        optimizer: torch.optim.Optimizer,
+        mode: Mode,
+        train: Split,
+        val: Optional[Split],
+        run_dir: Path,
+        settings: TrainSettings,
+        extraction: ExtractionConfig = DEFAULT_EXTRACTION,
+        evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
+        world: World = World(),
+    ):
         self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
         self.val_mode = validation_mode(mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
@@ -126,26 +135,37 @@ class Trainer:
     # -- tuples ---------------------------------------------------------------------------
     def _encoder(self, split: Split) -> Callable[[Sequence[int]], torch.Tensor]:
         def encode(indices: Sequence[int]) -> torch.Tensor:
-            return extract_vectors(self.net, [split.images[i] for i in indices], self.settings.image_size,
-                                   self.transform, config=self.extraction)
+            return extract_vectors(
+                self.net,
+                [split.images[i] for i in indices],
+                self.settings.image_size,
+                self.transform,
+                config=self.extraction,
+            )
+
         return encode
 
     def epoch_tuples(self, split: Split, epoch: int, everything: bool = False) -> List[TrainingTuple]:
         """Tuples of ``epoch`` from the seed's tuple stream; ``everything`` = validation: all
         pairs and images, in the tuples of the validation mode (``Mode.validate_as``)."""
         s = self.settings
-        sizes = EpochSizes(len(split.db["qidxs"]) if everything else s.query_size,
-                           len(split.images) if everything else s.pool_size, s.neg_num)
+        sizes = EpochSizes(
+            len(split.db["qidxs"]) if everything else s.query_size,
+            len(split.images) if everything else s.pool_size,
+            s.neg_num,
+        )
         mode = self.val_mode if everything else self.mode
         generator = seeded_generator(s.seed, "val-tuples" if everything else "tuples", epoch)
-        tuples, distance = build_epoch_tuples(mode, split.db, sizes, generator, self._encoder(split),
-                                              split.teacher, s.sym, str(self.device))
+        tuples, distance = build_epoch_tuples(
+            mode, split.db, sizes, generator, self._encoder(split), split.teacher, s.sym, str(self.device)
+        )
         if distance:
             log.info(">>>> Average negative l2-distance: %.2f", distance)
         return tuples
 
-    def _batches(self, split: Split, tuples: List[TrainingTuple], generator: torch.Generator,
-                 shuffle: bool) -> List[List[int]]:
+    def _batches(
+        self, split: Split, tuples: List[TrainingTuple], generator: torch.Generator, shuffle: bool
+    ) -> List[List[int]]:
         """The epoch's global mini-batches (tuple indices; a trailing partial batch dropped),
         shuffled by the seed's shuffle stream (independent of the tuple draw). With
         ``train_batchnorm`` a training batch holds queries of one shape where possible (one
@@ -157,8 +177,9 @@ class Trainer:
             return shape_grouped_batches(keys, s.batch_size, generator)
         # a DataLoader, not a bare sampler: its iterator draws a seed from the generator first (the same order)
         indices = cast(Dataset, range(len(tuples)))  # a range is a map-style dataset of its numbers
-        order: DataLoader = DataLoader(indices, batch_size=s.batch_size, shuffle=shuffle, drop_last=True,
-                                       generator=generator, collate_fn=list)
+        order: DataLoader = DataLoader(
+            indices, batch_size=s.batch_size, shuffle=shuffle, drop_last=True, generator=generator, collate_fn=list
+        )
         return list(order)
 
     def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
@@ -168,8 +189,13 @@ class Trainer:
         generator = seeded_generator(s.seed, "shuffle", epoch)
         batches = self._batches(split, tuples, generator, shuffle)
         batches = self.parallel.my_part(batches)
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_list,
-                          num_workers=effective_workers(self.extraction.workers, self.device), generator=generator)
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=collate_list,
+            num_workers=effective_workers(self.extraction.workers, self.device),
+            generator=generator,
+        )
 
     # -- losses ---------------------------------------------------------------------------
     def _encode(self, encode, chunk: List[TupleItem], split: Split) -> TupleBatch:
@@ -225,9 +251,11 @@ class Trainer:
         last = latest_checkpoint(self.run_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
         lr = self.optimizer.param_groups[0]["initial_lr"]
-        return (f"training stopped: loss is {value} at epoch {epoch + 1}, batch {batch + 1}/{batches}; likely cause: "
-                f"the learning rate is too high (--lr {lr:g}), or an image or a descriptor holds non-finite values; "
-                f"nothing non-finite was saved and {kept}")
+        return (
+            f"training stopped: loss is {value} at epoch {epoch + 1}, batch {batch + 1}/{batches}; likely cause: "
+            f"the learning rate is too high (--lr {lr:g}), or an image or a descriptor holds non-finite values; "
+            f"nothing non-finite was saved and {kept}"
+        )
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch: set the lr, build tuples with the current weights, step every
@@ -242,12 +270,12 @@ class Trainer:
         self.optimizer.zero_grad()
         losses: List[float] = []
         start = time.time()
-        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=self.extraction.progress,
-                           leave=False)
+        bar = progress_bar(
+            loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=self.extraction.progress, leave=False
+        )
         for i, batch in enumerate(bar):
             try:
-                losses += self.batch_losses(batch, self.train_split, backward=True,
-                                            sync=(i + 1) % s.update_every == 0)
+                losses += self.batch_losses(batch, self.train_split, backward=True, sync=(i + 1) % s.update_every == 0)
             except _NonFiniteLoss as err:
                 message = self._divergence_message(epoch, i, len(loader), err.value)
                 self.log.line(message, echo=False)
@@ -257,11 +285,15 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad()
             if (i + 1) % s.print_freq == 0 or i == 0 or i + 1 == len(loader):
-                self.log.line(f">> Train: [{epoch + 1}][{i + 1}/{len(loader)}]\tTime {time.time() - start:.3f}\t"
-                              f"Loss {losses[-1]:.4f} ({np.mean(losses):.4f})")
+                self.log.line(
+                    f">> Train: [{epoch + 1}][{i + 1}/{len(loader)}]\tTime {time.time() - start:.3f}\t"
+                    f"Loss {losses[-1]:.4f} ({np.mean(losses):.4f})"
+                )
         if not losses:
-            raise ConfigError(f"epoch {epoch + 1} has no full batch: {len(cast(Sized, loader.dataset))} tuples for "
-                              f"batch size {s.batch_size}; lower --batch-size or raise --query-size/--pool-size")
+            raise ConfigError(
+                f"epoch {epoch + 1} has no full batch: {len(cast(Sized, loader.dataset))} tuples for "
+                f"batch size {s.batch_size}; lower --batch-size or raise --query-size/--pool-size"
+            )
         return float(np.mean(losses))
 
     @torch.no_grad()
@@ -274,8 +306,9 @@ class Trainer:
         loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
         self.net.eval()
         losses: List[float] = []
-        for batch in progress_bar(loader, desc=f"validation {epoch + 1}", unit="batch",
-                                  enabled=self.extraction.progress, leave=False):
+        for batch in progress_bar(
+            loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.extraction.progress, leave=False
+        ):
             losses += self.batch_losses(batch, split, backward=False)
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
@@ -289,8 +322,9 @@ class Trainer:
         def load(path: str) -> torch.Tensor:
             return self.transform(load_and_resize(path, self.settings.image_size))
 
-        return calibrate_if_vanishing(self.net, split.images, load, seeded_generator(self.settings.seed, "calibration"),
-                                      self.device)
+        return calibrate_if_vanishing(
+            self.net, split.images, load, seeded_generator(self.settings.seed, "calibration"), self.device
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, epoch: int, is_best: bool) -> None:
@@ -298,11 +332,16 @@ class Trainer:
         writes). Best first: a resumed run restarts from the last model_epochN and retrains
         (deterministically) every epoch after it, so a best written by an epoch whose own
         checkpoint was lost is written again, never left stale."""
-        bad = [name for name, value in self.net.state_dict().items()
-               if value.is_floating_point() and not torch.isfinite(value).all()]
+        bad = [
+            name
+            for name, value in self.net.state_dict().items()
+            if value.is_floating_point() and not torch.isfinite(value).all()
+        ]
         if bad:
-            raise TrainingDiverged(f"training stopped: after epoch {epoch + 1} the weights {bad[:3]} are not finite; "
-                                   "nothing was saved for this epoch; lower --lr")
+            raise TrainingDiverged(
+                f"training stopped: after epoch {epoch + 1} the weights {bad[:3]} are not finite; "
+                "nothing was saved for this epoch; lower --lr"
+            )
         if self.world.is_main:
             state = checkpoint_state(self.net, epoch + 1, self.min_loss, self.optimizer)
             if is_best:
@@ -341,8 +380,13 @@ class Trainer:
                 self.min_loss = score
             # logs first: an epoch logged but not saved is trained again and its lines replaced
             self.log.losses(epoch, train_loss, val_loss)
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                      "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds}
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+            }
             self.curves.add(record)
             self.save(epoch, is_best)
             if self.evaluate is not None and s.test_freq and (epoch + 1) % s.test_freq == 0:

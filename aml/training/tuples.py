@@ -38,8 +38,14 @@ class TupleDataset(Dataset):
 
     def __getitem__(self, index: int) -> TupleItem:
         t = self.tuples[index]
-        return TupleItem(t, [self.transform(load_and_resize(self.images[m], self.image_size))
-                             for m, teacher in zip(t.members, t.from_teacher) if not teacher])
+        return TupleItem(
+            t,
+            [
+                self.transform(load_and_resize(self.images[m], self.image_size))
+                for m, teacher in zip(t.members, t.from_teacher)
+                if not teacher
+            ],
+        )
 
 
 def collate_list(batch: List[TupleItem]) -> List[TupleItem]:
@@ -60,15 +66,16 @@ def shape_grouped_batches(keys: Sequence[Hashable], batch_size: int, generator: 
     for members in groups.values():
         shuffled = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
         full = len(shuffled) - len(shuffled) % batch_size
-        batches += [shuffled[k:k + batch_size] for k in range(0, full, batch_size)]
+        batches += [shuffled[k : k + batch_size] for k in range(0, full, batch_size)]
         leftovers += shuffled[full:]
     leftovers = [leftovers[i] for i in torch.randperm(len(leftovers), generator=generator).tolist()]
-    batches += [leftovers[k:k + batch_size] for k in range(0, len(leftovers) - batch_size + 1, batch_size)]
+    batches += [leftovers[k : k + batch_size] for k in range(0, len(leftovers) - batch_size + 1, batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def encode_images(encode: BatchEncoder, images: Sequence[torch.Tensor], device: torch.device,
-                  shapes: Sequence[tuple] = ()) -> torch.Tensor:
+def encode_images(
+    encode: BatchEncoder, images: Sequence[torch.Tensor], device: torch.device, shapes: Sequence[tuple] = ()
+) -> torch.Tensor:
     """B x D student descriptors by ``encode`` (``net.descriptors``, or the distributed
     wrapper around it); images of the same shape share one forward pass. With frozen
     BatchNorm the result equals one forward per image; with BatchNorm in train mode each
@@ -79,19 +86,28 @@ def encode_images(encode: BatchEncoder, images: Sequence[torch.Tensor], device: 
     for i, image in enumerate(images):
         groups[tuple(image.shape)].append(i)
     rows: List[Optional[torch.Tensor]] = [None] * len(images)
-    for shape in (shapes or list(groups)):
+    for shape in shapes or list(groups):
         indices = groups.get(shape, [])
-        batch = (torch.stack([to_device(images[i], device) for i in indices]) if indices
-                 else torch.empty((0,) + tuple(shape), device=device))
+        batch = (
+            torch.stack([to_device(images[i], device) for i in indices])
+            if indices
+            else torch.empty((0,) + tuple(shape), device=device)
+        )
         out = encode(batch.contiguous(memory_format=torch.channels_last)).float()
         for row, i in enumerate(indices):
             rows[i] = out[row]
     return torch.stack(cast(List[torch.Tensor], rows)) if rows else out  # every row encoded
 
 
-def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch.device,
-                 teacher: Optional[torch.Tensor] = None, shapes: Sequence[tuple] = (),
-                 target: bool = False, context: Optional[TeacherContext] = None) -> TupleBatch:
+def encode_batch(
+    encode: BatchEncoder,
+    items: Sequence[TupleItem],
+    device: torch.device,
+    teacher: Optional[torch.Tensor] = None,
+    shapes: Sequence[tuple] = (),
+    target: bool = False,
+    context: Optional[TeacherContext] = None,
+) -> TupleBatch:
     """The `TupleBatch` of ``items``: the student images of all items encoded together
     (see `encode_images`), the teacher's members read from ``teacher`` (D x N, the
     split's descriptors), tuples shorter than the longest padded (label -1). With ``target``
@@ -103,9 +119,14 @@ def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch
     encoded = encode_images(encode, images, device, shapes) if images or shapes else None
     teacher_members = [m for item in items for m, flag in zip(item.tuple.members, item.tuple.from_teacher) if flag]
     assert teacher is not None or not teacher_members, "teacher members need the teacher's descriptors"
-    parts = [p for p in (encoded, _columns(cast(torch.Tensor, teacher), teacher_members).t().to(device)
-                         if teacher_members else None)
-             if p is not None]
+    parts = [
+        p
+        for p in (
+            encoded,
+            _columns(cast(torch.Tensor, teacher), teacher_members).t().to(device) if teacher_members else None,
+        )
+        if p is not None
+    ]
     table = torch.cat([p.float() for p in parts])  # student rows, then teacher rows
     width = max(len(item.tuple.members) for item in items)
     index = torch.zeros((len(items), width), dtype=torch.long)
@@ -117,7 +138,7 @@ def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch
                 index[b, s], from_teacher = from_teacher, from_teacher + 1
             else:
                 index[b, s], student = student, student + 1
-        labels[b, :len(item.tuple.labels)] = torch.tensor(item.tuple.labels)
+        labels[b, : len(item.tuple.labels)] = torch.tensor(item.tuple.labels)
     rows = table[to_device(index, table.device)]
     distances = None
     if target:
@@ -126,10 +147,12 @@ def encode_batch(encode: BatchEncoder, items: Sequence[TupleItem], device: torch
         distances = distances[:, 1:].to(table.device)
     queries = None
     if context is not None:
-        queries = to_device(torch.tensor([item.tuple.members[0] for item in items], dtype=torch.long),
-                            context.descriptors.device)
-    return TupleBatch(rows[:, 0], rows[:, 1:], to_device(labels[:, 1:].contiguous(), table.device), distances,
-                      queries, context)
+        queries = to_device(
+            torch.tensor([item.tuple.members[0] for item in items], dtype=torch.long), context.descriptors.device
+        )
+    return TupleBatch(
+        rows[:, 0], rows[:, 1:], to_device(labels[:, 1:].contiguous(), table.device), distances, queries, context
+    )
 
 
 def _columns(teacher: torch.Tensor, members: Sequence[int]) -> torch.Tensor:

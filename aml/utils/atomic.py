@@ -35,8 +35,7 @@ def is_disk_full(err: Optional[BaseException]) -> bool:
     without errno, `SHORT_WRITE`)."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and (err.errno in DISK_FULL
-                                         or (err.errno is None and SHORT_WRITE.match(str(err)))):
+        if isinstance(err, OSError) and (err.errno in DISK_FULL or (err.errno is None and SHORT_WRITE.match(str(err)))):
             return True
         seen.add(id(err))
         err = err.__cause__ or err.__context__
@@ -99,8 +98,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     except BaseException as err:
         temporary.unlink(missing_ok=True)
         if is_disk_full(err) and not isinstance(err, DiskFull):
-            raise DiskFull(f"no space left on the device for {path} (nothing of it was kept; files written before "
-                           "are complete): free space and run again") from err
+            raise DiskFull(
+                f"no space left on the device for {path} (nothing of it was kept; files written before "
+                "are complete): free space and run again"
+            ) from err
         raise
 
 
@@ -145,7 +146,7 @@ def staging_folder(folder: Union[str, Path]) -> Path:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     for old in folder.parent.glob(f".{folder.name}.*.staging"):
-        pid = old.name[len(folder.name) + 2:].split(".")[0]
+        pid = old.name[len(folder.name) + 2 :].split(".")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".staging", dir=folder.parent))
@@ -199,8 +200,10 @@ def folder_lock(folder: Union[str, Path]) -> Iterator[Path]:
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise FolderInUse(f"another run is using {folder} (pid {holder}); wait for it to end, or give another "
-                              "--directory or other flags") from None
+            raise FolderInUse(
+                f"another run is using {folder} (pid {holder}); wait for it to end, or give another "
+                "--directory or other flags"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

@@ -63,8 +63,13 @@ def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEO
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-        log.info(">> process %d of %d joined the group (%s, timeout %ds)", dist.get_rank(), dist.get_world_size(),
-                 backend, timeout_s)
+        log.info(
+            ">> process %d of %d joined the group (%s, timeout %ds)",
+            dist.get_rank(),
+            dist.get_world_size(),
+            backend,
+            timeout_s,
+        )
     return current_world()
 
 
@@ -97,10 +102,10 @@ def gather_columns(local: torch.Tensor, count: int, world: World) -> torch.Tenso
     longest = shard_range(count, World(0, world.size)).stop  # rank 0's block is the longest
     device = _collective_device()
     padded = torch.zeros(local.shape[0], longest, dtype=local.dtype, device=device)
-    padded[:, :local.shape[1]] = local.to(device)
+    padded[:, : local.shape[1]] = local.to(device)
     blocks = [torch.empty_like(padded) for _ in range(world.size)]
     dist.all_gather(blocks, padded)
-    parts = [block[:, :len(shard_range(count, World(r, world.size)))] for r, block in enumerate(blocks)]
+    parts = [block[:, : len(shard_range(count, World(r, world.size)))] for r, block in enumerate(blocks)]
     return torch.cat(parts, dim=1).to(local.device)
 
 
@@ -131,8 +136,15 @@ def is_peer_failure(error: BaseException) -> bool:
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and any(
-        marker in text for marker in ("Timed out waiting", "Connection closed by peer", "Connection reset by peer",
-                                      "gloo/transport", "NCCL"))
+        marker in text
+        for marker in (
+            "Timed out waiting",
+            "Connection closed by peer",
+            "Connection reset by peer",
+            "gloo/transport",
+            "NCCL",
+        )
+    )
 
 
 def _collective_device() -> torch.device:

@@ -16,7 +16,6 @@ from aml.utils.errors import AmlError
 from aml.utils.types import PathLike
 
 
-
 class CheckpointError(AmlError, RuntimeError):
     """A saved file (checkpoint, weights, store) is missing, truncated, foreign or does not fit."""
 
@@ -27,8 +26,14 @@ def _numpy_globals() -> list:
     reconstruct = np.zeros(1).__reduce__()[0]
     scalar = np.float64(0).__reduce__()[0]
     dtypes = [np.dtype] + [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
-    return [reconstruct, scalar, np.ndarray, *dtypes,
-            (reconstruct, "numpy.core.multiarray._reconstruct"), (scalar, "numpy.core.multiarray.scalar")]
+    return [
+        reconstruct,
+        scalar,
+        np.ndarray,
+        *dtypes,
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        (scalar, "numpy.core.multiarray.scalar"),
+    ]
 
 
 def _load_safetensors(path: PathLike, map_location: Union[str, torch.device]) -> Any:
@@ -41,8 +46,9 @@ def _load_safetensors(path: PathLike, map_location: Union[str, torch.device]) ->
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: it is truncated or not a safetensors file ({err}). Download or "
-                              "copy it again.") from err
+        raise CheckpointError(
+            f"cannot read {path}: it is truncated or not a safetensors file ({err}). Download or copy it again."
+        ) from err
 
 
 def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:

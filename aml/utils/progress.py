@@ -41,8 +41,9 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def progress_bar(iterable: Any = None, *, enabled: bool = True, stream: Optional[TextIO] = None,
-                 **options: Any) -> tqdm:
+def progress_bar(
+    iterable: Any = None, *, enabled: bool = True, stream: Optional[TextIO] = None, **options: Any
+) -> tqdm:
     """A tqdm bar over ``iterable`` (or ``total=``) with tqdm's ``options`` (desc, unit,
     leave...); nothing when not ``enabled``; plain lines when ``stream`` (stderr by default)
     is not a terminal."""
@@ -51,8 +52,9 @@ def progress_bar(iterable: Any = None, *, enabled: bool = True, stream: Optional
     stream = stream if stream is not None else sys.stderr
     if _is_terminal(stream):
         return tqdm(iterable, file=stream, **options)
-    options.update(mininterval=PLAIN_INTERVAL, maxinterval=PLAIN_INTERVAL, leave=True, ascii=True, ncols=100,
-                   dynamic_ncols=False)
+    options.update(
+        mininterval=PLAIN_INTERVAL, maxinterval=PLAIN_INTERVAL, leave=True, ascii=True, ncols=100, dynamic_ncols=False
+    )
     return tqdm(iterable, file=_Lines(stream), **options)
 
 

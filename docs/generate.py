@@ -521,8 +521,10 @@ def reranking_section() -> Generated:
     rows = [[row["network"], row["test"], row["reranking"]]
             + [f"{row['map'][d][level]:.2f}" for d in datasets for level in ("medium", "hard")]
             for row in record["results"]["rows"]]
+    superglobal = (f"; SuperGlobal (`sg`, last) re-ranks the first M = {s['superglobal']} results with K = "
+                   f"{s['sg_k']} and β = {s['sg_beta']:g}" if "superglobal" in s else "")
     text = (f"mAP (%), Medium (M) and Hard (H), at {s['image_size']} px without whitening; αQE with "
-            f"{s['qe']} neighbours, DBA with {s['dba']}, alpha {s['alpha']:g} for both:\n\n"
+            f"{s['qe']} neighbours, DBA with {s['dba']}, alpha {s['alpha']:g} for both{superglobal}:\n\n"
             + table(["network", "test", "re-ranking"] + [f"{d} {level[0].upper()}" for d in datasets
                                                           for level in ("medium", "hard")], rows)
             + "\n" + source_line("reranking.json", record) + "\n")

@@ -253,9 +253,14 @@ def extraction_from(args: argparse.Namespace, device: Optional[str] = None) -> "
     )
 
 
-def add_reranking_arguments(parser: argparse.ArgumentParser, qe: bool = True, dba: bool = True) -> None:
-    """--qe/--qe-alpha (alpha query expansion) and --dba/--dba-alpha (database-side
-    augmentation); `reranking_from` turns them into a `Reranking`."""
+def add_reranking_arguments(
+    parser: argparse.ArgumentParser, qe: bool = True, dba: bool = True, superglobal: bool = True
+) -> None:
+    """--qe/--qe-alpha (alpha query expansion), --dba/--dba-alpha (database-side augmentation)
+    and --superglobal/--sg-k/--sg-beta (SuperGlobal's re-ranking); `reranking_from` turns them
+    into a `Reranking`."""
+    from aml.evaluation.superglobal import PAPER_BETA, PAPER_K, PAPER_M
+
     if qe:
         parser.add_argument(
             "--qe",
@@ -289,20 +294,52 @@ def add_reranking_arguments(parser: argparse.ArgumentParser, qe: bool = True, db
             metavar="A",
             help="DBA's power of the similarities (default: 3)",
         )
+    if superglobal:
+        parser.add_argument(
+            "--superglobal",
+            type=positive_int,
+            default=None,
+            metavar="M",
+            help="SuperGlobal's re-ranking (Shao et al., ICCV 2023) of each query's first M results, "
+            "last: each of them averaged with its --sg-k nearest among them, the query expanded by "
+            f"the maximum of the first --sg-k + 1; the paper's M is {PAPER_M} (default: off)",
+        )
+        parser.add_argument(
+            "--sg-k",
+            type=nonnegative_int,
+            default=None,
+            metavar="K",
+            help=f"SuperGlobal's neighbours per image (default: {PAPER_K}, the paper's)",
+        )
+        parser.add_argument(
+            "--sg-beta",
+            type=nonnegative_float,
+            default=None,
+            metavar="B",
+            help=f"SuperGlobal's weight of the neighbours against the image itself (default: {PAPER_BETA:g}, "
+            "the paper's)",
+        )
 
 
 def reranking_from(args: argparse.Namespace):
     """The `Reranking` of the flags of `add_reranking_arguments`; a ValueError names an alpha
-    given without its K."""
+    given without its K, or a SuperGlobal setting without --superglobal."""
     from aml.evaluation.reranking import DEFAULT_ALPHA, Reranking
+    from aml.evaluation.superglobal import PAPER_BETA, PAPER_K, SuperGlobal
 
-    values = {}
+    values: Dict[str, Any] = {}
     for name in ("qe", "dba"):
         k, alpha = getattr(args, name, None), getattr(args, f"{name}_alpha", None)
         if alpha is not None and k is None:
             raise ConfigError(f"--{name}-alpha {alpha:g} without --{name}: give --{name} K too")
         values[name] = k or 0
         values[f"{name}_alpha"] = DEFAULT_ALPHA if alpha is None else alpha
+    m, k, beta = (getattr(args, name, None) for name in ("superglobal", "sg_k", "sg_beta"))
+    for flag, value in (("--sg-k", k), ("--sg-beta", beta)):
+        if value is not None and m is None:
+            raise ConfigError(f"{flag} {value:g} without --superglobal: give --superglobal M too")
+    if m is not None:
+        values["superglobal"] = SuperGlobal(m, PAPER_K if k is None else k, PAPER_BETA if beta is None else beta)
     return Reranking(**values)
 
 

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NLIST,M",
         help="also build a faiss IVF-PQ index (NLIST lists, M sub-quantisers) and print its recall@10",
     )
-    add_reranking_arguments(index, qe=False)
+    add_reranking_arguments(index, qe=False, superglobal=False)
     query = commands.add_parser("query", help="encode query images with the student and search a store")
     query.add_argument("images", nargs="+", help="query images")
     query.add_argument("--store", required=True, type=folder, help="the store folder written by index")

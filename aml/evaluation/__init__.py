@@ -1,10 +1,12 @@
-"""Testing: whitening, rankings, re-ranking, the revisited Oxford/Paris metrics, and the test
-pipeline as a library call (`evaluate`, with `TestSettings` in and `DatasetResult` out)."""
+"""Testing: whitening, rankings, re-ranking (αQE, DBA, SuperGlobal), the revisited Oxford/Paris
+metrics, and the test pipeline as a library call (`evaluate`, with `TestSettings` in and
+`DatasetResult` out)."""
 
 from aml.evaluation.metrics import compute_ap, compute_map, evaluate_ranks, format_results
 from aml.evaluation.ranking import rank_database
 from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation, search_with_expansion
 from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages
+from aml.evaluation.superglobal import Shortlist, SuperGlobal, superglobal_rerank, superglobal_shortlist
 from aml.evaluation.testing import TestSettings, evaluate
 from aml.evaluation.whitening import WhiteningError, check_whitening, pcawhitenlearn, whitenapply, whitenlearn
 
@@ -18,6 +20,10 @@ __all__ = [
     "alpha_query_expansion",
     "database_augmentation",
     "search_with_expansion",
+    "SuperGlobal",
+    "Shortlist",
+    "superglobal_rerank",
+    "superglobal_shortlist",
     "DatasetResult",
     "DistractorsAdded",
     "SearchResult",

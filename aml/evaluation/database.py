@@ -3,8 +3,8 @@ descriptors in memory, followed (for the +1M protocol) by distractors read block
 from a descriptor store. A plain test is the case without distractors, so one code path
 serves both: the places of the test set's images in the ranking of everything
 (`aml.evaluation.ranking.positions_with_distractors`, which the metrics read) and each
-query's first neighbours (`aml.evaluation.ranking.nearest_with_distractors`, which αQE and
-the ranking report read)."""
+query's first neighbours (`aml.evaluation.ranking.nearest_with_distractors`, which αQE,
+SuperGlobal and the ranking report read)."""
 
 import dataclasses
 from dataclasses import dataclass
@@ -70,6 +70,12 @@ class TestDatabase:
         if self.distractors is None:
             return iter(()), (), None
         return self.distractors.blocks(), self.distractors.skipped, self.distractors.transform
+
+    @property
+    def searchable(self) -> int:
+        """The images a query can find: the readable ones of the test set and of the distractors."""
+        extra = 0 if self.distractors is None else self.distractors.count - len(set(self.distractors.skipped))
+        return self.vecs.shape[1] - len(set(self.excluded)) + extra
 
     def positions(self, queries: np.ndarray) -> np.ndarray:
         """The places of the test set's images in each query's ranking of the whole database.

@@ -1,6 +1,6 @@
-"""Re-ranking by descriptor expansion: alpha query expansion (αQE) of the queries and
-database-side augmentation (DBA) of the database, both on D x N columns of L2-normalised
-descriptors.
+"""Re-ranking: alpha query expansion (αQE) of the queries and database-side augmentation (DBA)
+of the database, both on D x N columns of L2-normalised descriptors, and SuperGlobal's
+re-ranking of each query's first results (`aml.evaluation.superglobal`).
 
 Both replace a descriptor x by the L2-normalised sum of itself and its K nearest database
 descriptors, each weighted by its similarity to x raised to the power alpha (Radenović et
@@ -11,18 +11,22 @@ weight. A query keeps weight 1 (its similarity to itself). DBA takes a database 
 neighbours among the other images (never itself).
 
 The order of a test (`aml.evaluation.testing`): whitening, DBA of the database, the first
-search, αQE of the queries with the (augmented) database, the final search. The last three are
-`search_with_expansion`, the one "search, αQE, search again" of the package: a test runs it on
-a `aml.evaluation.database.TestDatabase`, a store of `aml.search` on its database.
+search, αQE of the queries with the (augmented) database, the search again, SuperGlobal's
+re-ranking of the first results of the last search (with the descriptors it searched with:
+whitened, augmented, expanded). The steps after DBA are `search_with_expansion`, the one
+"search, αQE, search again, re-rank" of the package: a test runs it on a
+`aml.evaluation.database.TestDatabase`, a store of `aml.search` on its database.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Protocol, Sequence, Tuple, TypeVar
+from typing import Callable, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 import numpy as np
 
 from aml.evaluation.ranking import NEIGHBOUR_VALUES, nearest
+from aml.evaluation.superglobal import Shortlist, SuperGlobal, superglobal_shortlist
 from aml.utils.errors import ConfigError
 
 T = TypeVar("T")
@@ -31,20 +35,24 @@ DEFAULT_ALPHA = 3.0
 
 @dataclass(frozen=True)
 class Reranking:
-    """Which re-ranking a test or a search runs: αQE of the queries, DBA of the database.
+    """Which re-ranking a test or a search runs: αQE, DBA and SuperGlobal.
 
     Attributes:
         qe: database neighbours that expand each query (αQE); 0: no query expansion.
         qe_alpha: the power of the neighbours' similarities in αQE (0: average QE).
         dba: neighbours that augment each database descriptor (DBA); 0: no augmentation.
         dba_alpha: the power of the neighbours' similarities in DBA.
+        superglobal: SuperGlobal's re-ranking, last; None: none.
 
     Examples:
         >>> from aml.evaluation import Reranking
+        >>> from aml.evaluation.superglobal import SuperGlobal
         >>> Reranking(qe=2, dba=10).label()
         'dba10 + αqe2'
         >>> Reranking(qe=5, qe_alpha=0).label()
         'αqe5(α=0)'
+        >>> Reranking(qe=2, superglobal=SuperGlobal()).label()
+        'αqe2 + sg400'
         >>> Reranking(qe=-1)
         Traceback (most recent call last):
         ...
@@ -55,6 +63,7 @@ class Reranking:
     qe_alpha: float = DEFAULT_ALPHA
     dba: int = 0
     dba_alpha: float = DEFAULT_ALPHA
+    superglobal: Optional[SuperGlobal] = None
 
     def __post_init__(self) -> None:
         for name in ("qe", "dba"):
@@ -65,25 +74,46 @@ class Reranking:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"Reranking.{name} must be a finite number >= 0, got {value!r}")
+        if self.superglobal is not None and not isinstance(self.superglobal, SuperGlobal):
+            raise ConfigError(f"Reranking.superglobal must be a SuperGlobal or None, got {self.superglobal!r}")
 
     @property
     def active(self) -> bool:
         """Whether anything is re-ranked."""
-        return bool(self.qe or self.dba)
+        return bool(self.qe or self.dba or self.superglobal)
 
     def label(self) -> str:
         """What runs, in the order it runs, as results and printed lines name it.
 
         Returns:
-            The steps joined by ``' + '`` (``'dba10 + αqe2'``), each alpha named when it is
-            not 3 (``'αqe2(α=0)'``); ``''`` when nothing is re-ranked.
+            The steps joined by ``' + '`` (``'dba10 + αqe2 + sg400'``), each alpha named when
+            it is not 3 (``'αqe2(α=0)'``), SuperGlobal's k and beta when they are not the
+            paper's (``'sg100(k=3)'``); ``''`` when nothing is re-ranked.
         """
         parts: List[str] = []
         if self.dba:
             parts.append(f"dba{self.dba}" + _alpha(self.dba_alpha))
         if self.qe:
             parts.append(f"αqe{self.qe}" + _alpha(self.qe_alpha))
+        if self.superglobal is not None:
+            parts.append(self.superglobal.label())
         return " + ".join(parts)
+
+    def stages(self) -> List["Reranking"]:
+        """The re-ranking done after each step, in order: what each search a test adds ran after.
+
+        Returns:
+            DBA alone, then DBA and αQE, then everything with SuperGlobal; only the steps
+            that run (``[]`` when nothing is re-ranked).
+
+        Examples:
+            >>> from aml.evaluation import Reranking
+            >>> [stage.label() for stage in Reranking(qe=2, dba=10).stages()]
+            ['dba10', 'dba10 + αqe2']
+        """
+        dba = Reranking(dba=self.dba, dba_alpha=self.dba_alpha)
+        steps = [(self.dba, dba), (self.qe, dataclasses.replace(self, superglobal=None)), (self.superglobal, self)]
+        return [stage for runs, stage in steps if runs]
 
     def result_keys(self, base: str) -> List[str]:
         """The results entries a test adds after the entry ``base``.
@@ -92,15 +122,11 @@ class Reranking:
             base: ``'plain'`` or ``'whiten'``.
 
         Returns:
-            In order: the first search after DBA (``'whiten + dba10'``), then the final
-            search after αQE (``'whiten + dba10 + αqe2'``); only those that run.
+            One per `stages`: the first search after DBA (``'whiten + dba10'``), the search
+            after αQE (``'whiten + dba10 + αqe2'``), SuperGlobal's re-ranking of it
+            (``'whiten + dba10 + αqe2 + sg400'``); only those that run.
         """
-        keys: List[str] = []
-        if self.dba:
-            keys.append(f"{base} + dba{self.dba}" + _alpha(self.dba_alpha))
-        if self.qe:
-            keys.append(f"{base} + {self.label()}")
-        return keys
+        return [f"{base} + {stage.label()}" for stage in self.stages()]
 
 
 def _alpha(alpha: float) -> str:
@@ -254,7 +280,12 @@ def database_augmentation(
 
 
 class Database(Protocol):
-    """What αQE asks of a database: each query's first neighbours, with their descriptors."""
+    """What αQE and SuperGlobal ask of a database: each query's first neighbours, with their
+    descriptors, and how many images a query can find."""
+
+    @property
+    def searchable(self) -> int:
+        """The images a query can find (those that could be read)."""
 
     def nearest(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Each query's ``k`` best database images.
@@ -265,29 +296,47 @@ class Database(Protocol):
 
         Returns:
             Their k x Q indices, best first, and their D x k x Q descriptors (zero where a
-            query has fewer than ``k``).
+            query has fewer than ``k``, with index -1).
         """
 
 
-def search_with_expansion(
-    database: Database, queries: np.ndarray, reranking: Reranking, search: Callable[[np.ndarray], T], first: bool = True
-) -> List[T]:
-    """Search; with ``reranking.qe``, expand the queries with their first neighbours (αQE) and search again.
+#: a search of D x Q queries: what it gives (the metrics of a test, a store's top k), with the
+#: first results of each query replaced by a `Shortlist` when one is given
+Search = Callable[[np.ndarray, Optional[Shortlist]], T]
 
-    The one "search, αQE, search again" of the package: test.py runs it on the test set's
-    database (with its distractors), a store of `aml.search` on the teacher's database.
+
+def search_with_expansion(
+    database: Database,
+    queries: np.ndarray,
+    reranking: Reranking,
+    search: Search[T],
+    first: bool = True,
+    expanded: bool = True,
+) -> List[T]:
+    """Search, expand the queries (αQE) and search again, re-rank the first results (SuperGlobal).
+
+    Each step after the first search runs when ``reranking`` asks for it. The one "search,
+    αQE, search again, re-rank" of the package: test.py runs it on the test set's database
+    (with its distractors), a store of `aml.search` on the teacher's database. SuperGlobal
+    re-ranks the first M results of the last search (of the expanded queries with αQE) with
+    the descriptors that search used; M is at most the images a query can find.
 
     Args:
         database: where the neighbours are found (`Database`).
         queries: D x Q query descriptors (in asymmetric tests: the student's).
-        reranking: its ``qe`` and ``qe_alpha`` are used (DBA is the database's own).
-        search: what a search of queries gives (the metrics of a test, a store's top k).
-        first: also give the first search's result; False: only the final one (the
+        reranking: its ``qe``, ``qe_alpha`` and ``superglobal`` are used (DBA is the
+            database's own).
+        search: what a search of queries gives, with a `Shortlist` in front when given
+            (`Search`).
+        first: also give the first search's result; False: only those after it (the
             neighbours are found all the same).
+        expanded: also give the search of the expanded queries when SuperGlobal re-ranks it;
+            False: only SuperGlobal's.
 
     Returns:
-        The searches' results in order: the first (with ``first``), then the search of the
-        expanded queries (with ``reranking.qe``).
+        The searches' results in order: the first (with ``first``), the search of the
+        expanded queries (with ``reranking.qe``), SuperGlobal's re-ranking of the last search
+        (with ``reranking.superglobal``).
 
     Examples:
         >>> import numpy as np
@@ -295,12 +344,18 @@ def search_with_expansion(
         >>> from aml.evaluation.database import TestDatabase
         >>> database = TestDatabase(np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32))
         >>> query = np.array([[0.8], [0.6]], dtype=np.float32)
-        >>> scores = lambda q: (q.T @ database.vecs).astype(float).round(2).tolist()  # a search: the 3 images' scores
+        >>> scores = lambda q, shortlist: (q.T @ database.vecs).astype(float).round(2).tolist()  # the 3 images' scores
         >>> search_with_expansion(database, query, Reranking(qe=1, qe_alpha=0), scores)  # towards image 2
         [[[0.8, 0.6, 0.96]], [[0.71, 0.71, 0.99]]]
     """
-    results = [search(queries)] if first or not reranking.qe else []
+    superglobal = reranking.superglobal
+    results = [search(queries, None)] if first or not (reranking.qe or superglobal) else []
     if reranking.qe:
         _, neighbours = database.nearest(queries, reranking.qe)
-        results.append(search(weighted_expansion(queries, neighbours, reranking.qe_alpha)))
+        queries = weighted_expansion(queries, neighbours, reranking.qe_alpha)
+        if expanded or superglobal is None:
+            results.append(search(queries, None))
+    if superglobal is not None:
+        indices, top = database.nearest(queries, min(superglobal.m, database.searchable))
+        results.append(search(queries, superglobal_shortlist(indices, top, queries, superglobal)))
     return results

@@ -1,7 +1,7 @@
-"""SuperGlobal's re-ranking of a query's top results with global descriptors only.
+"""SuperGlobal's re-ranking of a query's first results with global descriptors only.
 
 Shao et al., "Global Features are All You Need for Image Retrieval and Reranking", ICCV 2023,
-re-rank the top ``m`` database images of a query in two steps, both inside that short list:
+re-rank the first ``m`` results of a query in two steps, both inside that short list:
 
 1. *Descriptor augmentation* of each of the ``m`` images by its ``k`` nearest neighbours
    among them: ``x'_i = (x_i + beta * sum_j s_ij x_j) / (1 + beta * sum_j s_ij)``, s_ij the
@@ -11,19 +11,27 @@ re-rank the top ``m`` database images of a query in two steps, both inside that 
    the ``k + 1`` images first by s1 is a second query, ``s2_i = max_j(x'_j) . x'_i``; the
    final score is ``(s1_i + s2_i) / 2``.
 
-The images below the top ``m`` keep their places. Descriptors are D x N columns of
-L2-normalised vectors and rankings N x Q columns of database indices (cirtorch's
-conventions). The paper's values (its code's defaults, used for rOxford and rParis):
-``m = 400``, ``k = 9``, ``beta = 0.15``. Unlike the paper's code, a neighbour's similarity is
+The images below the first ``m`` keep their places. The formulas are those of the authors' code
+(``modules/reranking/MDescAug.py`` and ``RerankwMDA.py`` of ShihaoShao-GH/SuperGlobal), which
+made the paper's numbers: s2 compares the expanded query with the *augmented* descriptors, and
+the query itself is not among those the maximum is taken over. Its defaults, with which its
+``test.py`` re-ranks rOxford and rParis (with and without the 1M distractors), are the values
+here: ``m = 400``, ``k = 9``, ``beta = 0.15``. Unlike that code, a neighbour's similarity is
 clipped at 0 before it weighs (as aml's αQE and DBA do), so that a neighbour pointing away
-never subtracts; among an image's nearest neighbours this never happens in practice.
+never subtracts and the denominator stays at least 1; among an image's nearest neighbours a
+negative similarity is rare. Descriptors are D x N columns of L2-normalised vectors and
+rankings N x Q columns of database indices (cirtorch's conventions).
 """
 
 from dataclasses import dataclass
+from typing import Tuple
 
 import numpy as np
 
-#: the paper's hyper-parameters (its code's defaults; Shao et al., ICCV 2023, section 4)
+from aml.utils.errors import ConfigError
+
+#: the defaults of the authors' code (MDescAug and RerankwMDA), which its test.py uses for the
+#: paper's rOxford and rParis numbers
 PAPER_M, PAPER_K, PAPER_BETA = 400, 9, 0.15
 
 
@@ -32,10 +40,15 @@ class SuperGlobal:
     """SuperGlobal's re-ranking settings.
 
     Attributes:
-        m: the top results of a query that are re-ranked (0: none).
+        m: the first results of a query that are re-ranked.
         k: the neighbours that augment a descriptor, and the results (k + 1) whose maximum
             expands the query.
         beta: the weight of the neighbours against the descriptor itself.
+
+    Examples:
+        >>> from aml.evaluation.superglobal import SuperGlobal
+        >>> SuperGlobal().label(), SuperGlobal(m=100, k=3).label()
+        ('sg400', 'sg100(k=3)')
     """
 
     m: int = PAPER_M
@@ -43,17 +56,26 @@ class SuperGlobal:
     beta: float = PAPER_BETA
 
     def __post_init__(self) -> None:
-        for name in ("m", "k"):
+        for name, least in (("m", 1), ("k", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"SuperGlobal.{name} must be an integer >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ConfigError(f"SuperGlobal.{name} must be an integer >= {least}, got {value!r}")
         if (
             isinstance(self.beta, bool)
             or not isinstance(self.beta, (int, float))
             or not np.isfinite(self.beta)
             or self.beta < 0
         ):
-            raise ValueError(f"SuperGlobal.beta must be a finite number >= 0, got {self.beta!r}")
+            raise ConfigError(f"SuperGlobal.beta must be a finite number >= 0, got {self.beta!r}")
+
+    def label(self) -> str:
+        """Its name in results and printed lines.
+
+        Returns:
+            ``'sg<m>'``, with k and beta named when they are not the paper's (``'sg100(k=3)'``).
+        """
+        named = [f"k={self.k}"] * (self.k != PAPER_K) + [f"β={self.beta:g}"] * (self.beta != PAPER_BETA)
+        return f"sg{self.m}" + (f"({','.join(named)})" if named else "")
 
 
 def augmented_descriptors(x: np.ndarray, k: int, beta: float) -> np.ndarray:
@@ -106,10 +128,111 @@ def superglobal_scores(top: np.ndarray, query: np.ndarray, k: int, beta: float) 
     return (first + augmented @ expanded) / 2
 
 
+@dataclass(frozen=True)
+class Shortlist:
+    """Each query's first results after SuperGlobal's re-ranking, in their new order.
+
+    Attributes:
+        indices: M x Q database indices, column q best first (-1: no result, at the end).
+        scores: M x Q SuperGlobal scores, in the same order (-inf where there is no result).
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation.superglobal import Shortlist
+        >>> shortlist = Shortlist(np.array([[1], [0]]), np.array([[0.9], [0.8]]))
+        >>> shortlist.places(np.array([[0], [1], [2]]))[:, 0]  # images 0 and 1 swap, 2 stays
+        array([1, 0, 2])
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+
+    def places(self, places: np.ndarray) -> np.ndarray:
+        """The places of a test set's images with the shortlist's order in front.
+
+        Args:
+            places: N x Q places (0-based) of the test set's N images in each query's ranking
+                (`aml.evaluation.database.TestDatabase.positions`), whose first M are the
+                shortlist's; indices of N and above (distractors) have no row.
+
+        Returns:
+            The N x Q places: an image of the shortlist at its rank there, the others where
+            they were.
+        """
+        out = np.array(places, copy=True)
+        ranks = np.broadcast_to(np.arange(len(self.indices))[:, None], self.indices.shape)
+        queries = np.broadcast_to(np.arange(self.indices.shape[1]), self.indices.shape)
+        mine = (self.indices >= 0) & (self.indices < len(out))
+        out[self.indices[mine], queries[mine]] = ranks[mine]
+        return out
+
+    def ahead_of(self, scores: np.ndarray, indices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """A search's top k with the shortlist in front.
+
+        Args:
+            scores: Q x k scores of the search, best first.
+            indices: Q x k database indices (-1: none).
+
+        Returns:
+            Q x k scores and indices: the shortlist's results with their SuperGlobal scores,
+            then the search's results that are not among them, with their scores (-1 and
+            -inf where there are fewer than k).
+        """
+        k = indices.shape[1]
+        out_scores = np.full(scores.shape, -np.inf, dtype=np.float64)
+        out_indices = np.full(indices.shape, -1, dtype=indices.dtype)
+        for q, (row_scores, row) in enumerate(zip(scores, indices)):
+            head = self.indices[:, q] >= 0
+            rest = (row >= 0) & ~np.isin(row, self.indices[head, q])
+            found = np.concatenate([self.indices[head, q], row[rest]])[:k]
+            out_indices[q, : len(found)] = found
+            out_scores[q, : len(found)] = np.concatenate([self.scores[head, q], row_scores[rest]])[:k]
+        return out_scores, out_indices
+
+
+def superglobal_shortlist(
+    indices: np.ndarray, top: np.ndarray, queries: np.ndarray, settings: SuperGlobal
+) -> Shortlist:
+    """SuperGlobal's re-ranking of each query's first results, given with their descriptors.
+
+    Args:
+        indices: M x Q database indices of each query's first results, best first (-1: no
+            result, at the end), as a database's ``nearest`` gives them.
+        top: D x M x Q their L2-normalised descriptors (those a search used: whitened,
+            augmented, distractors included).
+        queries: D x Q query descriptors (those of that search).
+        settings: k and beta (``settings.m`` is the caller's: M is the rows given).
+
+    Returns:
+        The re-ranked `Shortlist`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation.superglobal import SuperGlobal, superglobal_shortlist
+        >>> top = np.array([[[0.0], [0.8], [1.0]], [[1.0], [0.6], [0.0]]])  # D x M x Q: C, B, A
+        >>> shortlist = superglobal_shortlist(np.array([[2], [1], [0]]), top, np.array([[0.7], [0.714]]),
+        ...                                   SuperGlobal(m=3, k=1, beta=1.0))
+        >>> shortlist.indices.ravel(), shortlist.scores.ravel().round(4)
+        (array([1, 0, 2]), array([0.8906, 0.8736, 0.6868]))
+    """
+    order = np.broadcast_to(np.arange(len(indices))[:, None], indices.shape).copy()
+    scores = np.full(indices.shape, -np.inf)
+    for q in range(indices.shape[1]):
+        count = int((indices[:, q] >= 0).sum())
+        if count == 0:
+            continue
+        found = superglobal_scores(
+            top[:, :count, q].T.astype(np.float64), queries[:, q].astype(np.float64), settings.k, settings.beta
+        )
+        order[:count, q] = np.argsort(-found, kind="stable")
+        scores[:count, q] = found[order[:count, q]]
+    return Shortlist(np.take_along_axis(indices, order, axis=0), scores)
+
+
 def superglobal_rerank(
     database: np.ndarray, queries: np.ndarray, ranks: np.ndarray, settings: SuperGlobal = SuperGlobal()
 ) -> np.ndarray:
-    """Re-rank each query's top ``settings.m`` results the SuperGlobal way.
+    """Re-rank each query's first ``settings.m`` results the SuperGlobal way.
 
     Args:
         database: D x N L2-normalised database descriptors.
@@ -141,13 +264,6 @@ def superglobal_rerank(
         if not np.isfinite(values).all():
             raise ValueError(f"SuperGlobal: the {name} descriptors hold NaN or infinite values")
     out = np.array(ranks, copy=True)
-    m = min(settings.m, len(ranks))
-    if m < 2:
-        return out
-    for j in range(queries.shape[1]):
-        top = out[:m, j].copy()
-        scores = superglobal_scores(
-            database[:, top].T.astype(np.float64), queries[:, j].astype(np.float64), settings.k, settings.beta
-        )
-        out[:m, j] = top[np.argsort(-scores, kind="stable")]
+    head = out[: settings.m]
+    out[: settings.m] = superglobal_shortlist(head, database[:, head], queries, settings).indices
     return out

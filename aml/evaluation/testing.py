@@ -12,7 +12,8 @@ in memory, followed by a distractor set's descriptors read block by block for th
 (``roxford5k+1m``). Re-ranking (``settings.reranking``) runs in this order on each of the plain
 and whitened descriptors: DBA of the database, the first search, αQE of the queries with the
 neighbours that search found (in asymmetric tests: the student's queries expanded with the
-teacher's database descriptors), the final search; each search is a `SearchResult` of its own.
+teacher's database descriptors), the search again, SuperGlobal's re-ranking of the first M
+results of the last search; each search is a `SearchResult` of its own.
 """
 
 import dataclasses
@@ -35,6 +36,7 @@ from aml.evaluation.metrics import evaluate_ranks
 from aml.evaluation.ranking import most_neighbours
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages
+from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
 from aml.evaluation.whitening_store import Whitening, WhiteningRequest, get_whitening
 from aml.networks.loading import LoadedNetwork
@@ -68,7 +70,7 @@ class TestSettings:
         report_top: the database images the report shows per query.
         distractor_dtype: the dtype of the distractor store (float16 halves its disk and reads).
         shard_size: images per distractor shard.
-        reranking: αQE and DBA (default: none).
+        reranking: αQE, DBA and SuperGlobal (default: none).
 
     Examples:
         >>> from aml.descriptors import ExtractionConfig
@@ -151,10 +153,10 @@ def check_reranking(
 
     DBA with a distractor set would need the neighbours of every distractor among all the
     others, so it is refused there; ``--dba`` must leave a neighbour out of the database
-    (an image is not its own neighbour) and ``--qe`` must not exceed the database with its
-    distractors, nor, with distractors, keep more neighbours' descriptors than memory is given
-    for (`aml.evaluation.search.most_neighbours`). The test sets are prepared (downloaded or
-    generated) when missing.
+    (an image is not its own neighbour), and ``--qe`` and ``--superglobal`` must not exceed the
+    database with its distractors, nor keep more neighbours' descriptors than memory is given
+    for (`aml.evaluation.ranking.most_neighbours`: αQE with distractors, SuperGlobal always).
+    The test sets are prepared (downloaded or generated) when missing.
 
     Args:
         reranking: the re-ranking asked for.
@@ -162,7 +164,7 @@ def check_reranking(
         data_root: the data root.
         sizes: also check the sizes (reading the test sets); False: only what needs no data.
         dim: the descriptors' dimension (the database encoder's), for the memory bound of
-            ``--qe`` with distractors; None: not checked.
+            ``--qe`` with distractors and of ``--superglobal``; None: not checked.
 
     Raises:
         ValueError: one line naming the flag, the test set and its size.
@@ -188,19 +190,24 @@ def check_reranking(
                 f"at most {size - 1} neighbours; give --dba {size - 1} or less"
             )
         distractors = len(distractor_images(suffix, data_root)) if suffix is not None else 0
-        if reranking.qe > size + distractors:
-            held = f"{size} images" + (f" and {distractors} distractors" if suffix is not None else "")
-            raise ConfigError(
-                f"--qe {reranking.qe}: the database of {name} holds {held}; give --qe {size + distractors} or less"
-            )
-        most = most_neighbours(len(test.queries), dim) if dim is not None and suffix is not None else None
-        if most is not None and reranking.qe > most:
-            gib = len(test.queries) * reranking.qe * (dim or 0) * 4 / 2**30
-            raise ConfigError(
-                f"--qe {reranking.qe} with {name}: its {len(test.queries)} queries would keep their "
-                f"{reranking.qe} nearest {dim}-d descriptors ({gib:.3g} GiB) while the distractors are "
-                f"searched, more than a re-ranking is given; give --qe {most} or less"
-            )
+        queries = len(test.queries)
+        superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
+        # αQE keeps its neighbours' descriptors while distractors are searched, SuperGlobal its first M always
+        for flag, k, bounded in (("--qe", reranking.qe, suffix is not None), ("--superglobal", superglobal, True)):
+            if k > size + distractors:
+                held = f"{size} images" + (f" and {distractors} distractors" if suffix is not None else "")
+                raise ConfigError(
+                    f"{flag} {k}: the database of {name} holds {held}; give {flag} {size + distractors} or less"
+                )
+            most = most_neighbours(queries, dim) if dim is not None and bounded else None
+            if most is not None and k > most:
+                gib = queries * k * (dim or 0) * 4 / 2**30
+                searched = "distractors are" if suffix is not None else "database is"
+                raise ConfigError(
+                    f"{flag} {k} with {name}: its {queries} queries would keep their {k} nearest {dim}-d "
+                    f"descriptors ({gib:.3g} GiB) while the {searched} searched, more than a re-ranking is "
+                    f"given; give {flag} {most} or less"
+                )
 
 
 def distractor_store(suffix: str, encoder: LoadedNetwork, settings: TestSettings) -> DescriptorStore:
@@ -374,20 +381,21 @@ def _searches(
     """The first search of ``database`` and, with ``reranking``, DBA and the searches after it."""
     gnd, protocol = [test.cfg["gnd"][q] for q in kept], test.cfg["protocol"]
 
-    def metrics(searched: TestDatabase) -> Callable[[np.ndarray], Dict[str, Any]]:
-        return lambda q: evaluate_ranks(searched.positions(q), gnd, protocol, positions=True)
+    def metrics(searched: TestDatabase) -> Callable[[np.ndarray, Optional[Shortlist]], Dict[str, Any]]:
+        def search(q: np.ndarray, shortlist: Optional[Shortlist]) -> Dict[str, Any]:
+            places = searched.positions(q)
+            places = places if shortlist is None else shortlist.places(places)
+            return evaluate_ranks(places, gnd, protocol, positions=True)
 
-    found = [SearchResult(whitened, Reranking(), metrics(database)(queries))]
+        return search
+
+    found = [SearchResult(whitened, Reranking(), metrics(database)(queries, None))]
     if not reranking.active:
         return found
-    after = []
     if reranking.dba:
         database = database.augmented(reranking.dba, reranking.dba_alpha)
-        after.append(Reranking(dba=reranking.dba, dba_alpha=reranking.dba_alpha))
-    if reranking.qe:
-        after.append(reranking)
     numbers = search_with_expansion(database, queries, reranking, metrics(database), first=bool(reranking.dba))
-    return found + [SearchResult(whitened, steps, values) for steps, values in zip(after, numbers)]
+    return found + [SearchResult(whitened, steps, values) for steps, values in zip(reranking.stages(), numbers)]
 
 
 def _evaluate_dataset(

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from aml.evaluation.reranking import Reranking, search_with_expansion
+from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitenapply
 from aml.search.faiss_index import PQ_CODES, exact_search, faiss_or_none, read_index, train_ivfpq, write_index
 from aml.utils.errors import DataError
@@ -80,7 +81,9 @@ class SearchDatabase:
         The queries are whitened like the database when the store has a whitening. The
         search is exact (faiss ``IndexFlatIP`` when faiss is installed, else one matrix
         product with torch) unless the store holds an IVF-PQ index. With ``reranking.qe``,
-        each query is expanded (αQE) with its first results and searched again
+        each query is expanded (αQE) with its first results and searched again; with
+        ``reranking.superglobal``, the first M results of the (last) search are re-ranked the
+        SuperGlobal way and come first, with their SuperGlobal scores
         (`aml.evaluation.reranking.search_with_expansion`, as a test does).
 
         Args:
@@ -88,24 +91,36 @@ class SearchDatabase:
             k: results per query (at most the database's size).
             prewhitened: the queries are whitened already (an exported student with the
                 store's whitening folded in).
-            reranking: its ``qe`` and ``qe_alpha`` (αQE); the store's DBA was applied when it
-                was indexed.
+            reranking: its ``qe`` and ``qe_alpha`` (αQE) and ``superglobal``; the store's DBA
+                was applied when it was indexed.
 
         Returns:
             The scores and the database indices, each Q x k, best first.
 
         Raises:
             StoreError: when the store's IVF-PQ index is damaged or belongs to another store,
-                or ``reranking.qe`` exceeds the store's size.
+                or ``reranking.qe`` or ``reranking.superglobal``'s M exceeds the store's size.
         """
         if self.whitening is not None and not prewhitened:
             queries = whitenapply(queries, *self.whitening)
-        size = self.vecs.shape[1]
-        if reranking.qe > size:
-            raise StoreError(
-                f"--qe {reranking.qe}: the store {self.folder} holds {size} images; give --qe {size} or less"
-            )
-        return search_with_expansion(self, queries, reranking, lambda q: self._top(q, k), first=False)[-1]
+        size = self.searchable
+        superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
+        for flag, asked in (("--qe", reranking.qe), ("--superglobal", superglobal)):
+            if asked > size:
+                raise StoreError(
+                    f"{flag} {asked}: the store {self.folder} holds {size} images; give {flag} {size} or less"
+                )
+
+        def top(q: np.ndarray, shortlist: Optional[Shortlist]) -> Tuple[np.ndarray, np.ndarray]:
+            found = self._top(q, k)
+            return found if shortlist is None else shortlist.ahead_of(*found)
+
+        return search_with_expansion(self, queries, reranking, top, first=False, expanded=False)[-1]
+
+    @property
+    def searchable(self) -> int:
+        """The images a query can find: all of the store's."""
+        return self.vecs.shape[1]
 
     def nearest(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Each query's ``k`` first results, with their descriptors (what αQE expands with).

@@ -60,12 +60,20 @@ CASES = [
     (TEST, ["--dba-alpha", "1"], "--dba-alpha 1 without --dba: give --dba K too"),
     (TEST, ["--dba", "5", "-d", "roxford5k+1m"], "--dba 5 with roxford5k+1m: database-side augmentation with "
                                                  "distractors would need the neighbours of every distractor"),
+    (TEST, ["--superglobal", "0"], "argument --superglobal: must be a positive integer, got '0'"),
+    (TEST, ["--superglobal", "400", "--sg-k", "-1"], "argument --sg-k: must be an integer >= 0, got '-1'"),
+    (TEST, ["--superglobal", "400", "--sg-beta", "nan"], "argument --sg-beta: must be a finite number >= 0, got 'nan'"),
+    (TEST, ["--sg-k", "5"], "--sg-k 5 without --superglobal: give --superglobal M too"),
+    (TEST, ["--sg-beta", "0.3"], "--sg-beta 0.3 without --superglobal: give --superglobal M too"),
     (INDEX, ["--dba", "0"], "argument --dba: must be a positive integer, got '0'"),
+    (INDEX, ["--superglobal", "10"], "unrecognized arguments: --superglobal 10"),
     (INDEX, ["--dba", "2", "--dba-alpha", "nan"], "argument --dba-alpha: must be a finite number >= 0, got 'nan'"),
     (INDEX, ["--dba-alpha", "2"], "--dba-alpha 2 without --dba: give --dba K too"),
     (QUERY, ["--qe", "0"], "argument --qe: must be a positive integer, got '0'"),
     (QUERY, ["--qe", "1", "--qe-alpha", "-2"], "argument --qe-alpha: must be a finite number >= 0, got '-2'"),
     (QUERY, ["--qe-alpha", "2"], "--qe-alpha 2 without --qe: give --qe K too"),
+    (QUERY, ["--superglobal", "-4"], "argument --superglobal: must be a positive integer, got '-4'"),
+    (QUERY, ["--sg-beta", "0.5"], "--sg-beta 0.5 without --superglobal: give --superglobal M too"),
     (TEST, ["--device", "foo"], "argument --device: 'foo' is not a device; give auto, cpu, cuda or cuda:N"),
     (TRAIN, ["--device", "meta"], "argument --device: 'meta': aml runs on cpu, cuda, mps devices"),
     (EXTRACT, ["--device", "cuda:x"], "argument --device: 'cuda:x' is not a device"),
@@ -223,7 +231,7 @@ def test_reranking_larger_than_the_database_is_refused_before_anything_is_encode
                                                                                   monkeypatch):
     from aml.data.synthetic import SyntheticDistractorConfig, generate_distractor_set
     from aml.data.testsets import configdataset
-    from aml.evaluation import testing
+    from aml.evaluation import ranking, testing
 
     generate_distractor_set(synth_root, "synth-1m", SyntheticDistractorConfig(images=150, image_size=64))
     size = configdataset("synth-oxford", synth_root / "test")["n"]
@@ -235,6 +243,15 @@ def test_reranking_larger_than_the_database_is_refused_before_anything_is_encode
     err = bad(run, ["-d", "synth-oxford+synth1m", "--qe", str(size + 151)], capsys)
     assert (f"--qe {size + 151}: the database of synth-oxford+synth1m holds {size} images and 150 distractors; give "
             f"--qe {size + 150} or less") in err
+    err = bad(run, ["-d", "synth-oxford", "--superglobal", str(size + 1)], capsys)
+    assert (f"--superglobal {size + 1}: the database of synth-oxford holds {size} images; give --superglobal {size} "
+            "or less") in err
+    # SuperGlobal keeps each query's first M descriptors, with or without distractors (bound lowered to 4 of 30 queries)
+    monkeypatch.setattr(ranking, "NEIGHBOUR_VALUES", 30 * 512 * 4)
+    err = bad(run, ["-d", "synth-oxford", "--superglobal", "5"], capsys)
+    assert ("--superglobal 5 with synth-oxford: its 30 queries would keep their 5 nearest 512-d descriptors "
+            "(0.000286 GiB) while the database is searched, more than a re-ranking is given; give --superglobal 4 or "
+            "less") in err
 
 
 def test_search_reranking_larger_than_the_store_is_refused(small_network, synth_root, tmp_path):
@@ -251,6 +268,10 @@ def test_search_reranking_larger_than_the_store_is_refused(small_network, synth_
         search_cli.main(index + ["--dba", "3"] + common)
     assert not (tmp_path / "store" / "search.json").exists()
     search_cli.main(index + ["--dba", "2"] + common)
+    query = ["query", str(next(folder.iterdir())), "--store", str(tmp_path / "store"), "--network",
+             str(small_network), "--teacher", str(small_network)]
     with pytest.raises(SystemExit, match=r"error: --qe 4: the store .*store holds 3 images; give --qe 3 or less"):
-        search_cli.main(["query", str(next(folder.iterdir())), "--store", str(tmp_path / "store"), "--network",
-                         str(small_network), "--teacher", str(small_network), "--qe", "4"] + common)
+        search_cli.main(query + ["--qe", "4"] + common)
+    with pytest.raises(SystemExit, match=r"error: --superglobal 5: the store .*store holds 3 images; give "
+                                         r"--superglobal 3 or less"):
+        search_cli.main(query + ["--superglobal", "5"] + common)

@@ -17,6 +17,7 @@ from aml.descriptors import describe_images
 from aml.descriptors.store import open_store
 from aml.evaluation.metrics import evaluate_ranks
 from aml.evaluation.reranking import alpha_query_expansion
+from aml.evaluation.superglobal import SuperGlobal, superglobal_rerank
 from aml.evaluation.ranking import rank_database
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
@@ -98,28 +99,51 @@ def test_map_with_distractors_equals_the_full_ranking_and_distractors_are_encode
     assert {p: p.stat().st_mtime_ns for p in new.glob("shard_*.npy")} == shards
 
 
-def test_query_expansion_with_distractors_equals_the_in_memory_expansion_over_the_concatenation(root, nets):
-    """αQE's neighbours come from the blocked search over database + distractor shards (merged
-    shard by shard), then the expanded queries are searched block by block again: exactly the
-    in-memory αQE over the concatenation."""
+def reranked_with_distractors(root, nets, flags):
+    """test.py's asymmetric entries on synth-oxford+synth1m with the re-ranking ``flags``, and the
+    reference's parts: the teacher's test database followed by the distractors in memory, the
+    student's queries, the ground truth and the test database's size."""
     student, _, teacher = nets
     name = "synth-oxford+synth1m"
     results = test_cli.main(["-npath", str(student), "-d", name, "--asym", "--teacher", str(teacher), "--data-root",
-                             str(root), "--qe", "5"] + COMMON)[name]
+                             str(root)] + flags + COMMON)[name]
     store = open_store(Path(results["distractors"]["store"]))
     cfg = configdataset("synth-oxford", root / "test")
     images, queries, bbxs = query_and_database_paths(cfg)
     config = ExtractionConfig(workers=0)
     database = np.concatenate([describe_images(load_network(teacher), images, 64, config=config), store.load()], axis=1)
     qvecs = describe_images(load_network(student), queries, 64, bbxs=bbxs, config=config)
+    return results, database, qvecs, cfg, len(images)
+
+
+def test_query_expansion_with_distractors_equals_the_in_memory_expansion_over_the_concatenation(root, nets):
+    """αQE's neighbours come from the blocked search over database + distractor shards (merged
+    shard by shard), then the expanded queries are searched block by block again: exactly the
+    in-memory αQE over the concatenation."""
+    results, database, qvecs, cfg, size = reranked_with_distractors(root, nets, ["--qe", "5"])
     first = rank_database(database, qvecs)
-    assert (first[:5] >= len(images)).any()  # distractors among the neighbours: the shards' merge is exercised
+    assert (first[:5] >= size).any()  # distractors among the neighbours: the shards' merge is exercised
     expanded = alpha_query_expansion(qvecs, database, first, 5, alpha=3)
     reference = evaluate_ranks(rank_database(database, expanded), cfg["gnd"], cfg["protocol"])
     for level in ("easy", "medium", "hard"):
         assert results["plain + αqe5"][level]["map"] == reference[level]["map"]  # exactly
         assert results["plain + αqe5"][level]["mp@k"] == reference[level]["mp@k"]
     assert results["plain + αqe5"]["medium"]["map"] != results["plain"]["medium"]["map"]
+
+
+def test_superglobal_with_distractors_equals_it_over_the_concatenation(root, nets):
+    """SuperGlobal's first M, with their descriptors, come from the blocked search over database +
+    distractor shards; the test images' places, with the re-ranked first M in front, give
+    exactly the metrics of the in-memory re-ranking of the concatenation's full ranking."""
+    results, database, qvecs, cfg, size = reranked_with_distractors(root, nets, ["--superglobal", "60", "--sg-k", "4"])
+    ranks = rank_database(database, qvecs)
+    assert (ranks[:60] >= size).any() and (ranks[:60] < size).any()  # distractors and test images among the 60
+    reference = evaluate_ranks(superglobal_rerank(database, qvecs, ranks, SuperGlobal(60, 4)), cfg["gnd"],
+                               cfg["protocol"])
+    for level in ("easy", "medium", "hard"):
+        assert results["plain + sg60(k=4)"][level]["map"] == reference[level]["map"]  # exactly
+        assert results["plain + sg60(k=4)"][level]["mp@k"] == reference[level]["mp@k"]
+    assert results["plain + sg60(k=4)"]["medium"]["map"] != results["plain"]["medium"]["map"]
 
 
 def test_query_expansion_with_distractors_is_bounded_before_anything_is_encoded(root, nets, monkeypatch, capsys):

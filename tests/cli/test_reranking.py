@@ -1,6 +1,7 @@
-"""test.py --qe/--dba end to end: whitening, then DBA of the teacher's database, the first
-search, αQE of the student's queries with the teacher's descriptors, the final search; every
-entry equal to the same steps computed in memory from the package's functions."""
+"""test.py --qe/--dba/--superglobal end to end: whitening, then DBA of the teacher's database,
+the first search, αQE of the student's queries with the teacher's descriptors, the search again,
+SuperGlobal's re-ranking of its first results; every entry equal to the same steps computed in
+memory from the package's functions."""
 
 import json
 
@@ -11,7 +12,8 @@ import torch
 from aml.cli import test as test_cli
 from aml.data.testsets import configdataset, query_and_database_paths
 from aml.descriptors import ExtractionConfig, describe_images
-from aml.evaluation import alpha_query_expansion, database_augmentation, evaluate_ranks, rank_database, whitenapply
+from aml.evaluation import (SuperGlobal, alpha_query_expansion, database_augmentation, evaluate_ranks, rank_database,
+                            superglobal_rerank, whitenapply)
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
 from aml.training.batchnorm import calibrate_batchnorm
@@ -98,3 +100,30 @@ def test_symmetric_query_expansion_alone_and_average_qe(nets, synth_root):
     average /= np.linalg.norm(average, axis=0)
     expected = evaluate_ranks(rank_database(database, average), cfg["gnd"], cfg["protocol"])
     assert results["plain + αqe2(α=0)"]["medium"]["map"] == pytest.approx(expected["medium"]["map"], abs=1e-12)
+
+
+def numbers(entry):
+    return {level: (entry[level]["map"], entry[level]["mp@k"]) for level in ("easy", "medium", "hard")}
+
+
+def test_superglobal_reranks_the_expanded_search_last_and_leaves_the_other_entries_as_they_were(nets, synth_root):
+    student, teacher = nets
+    run = ["-npath", str(student), "--asym", "--teacher", str(teacher), "-w", "synth-sfm", "--qe", "3",
+           "--data-root", str(synth_root)] + COMMON
+    without = test_cli.main(run)["synth-oxford"]
+    results = test_cli.main(run + ["--superglobal", "40", "--sg-k", "3"])["synth-oxford"]
+    sg = "αqe3 + sg40(k=3)"
+    assert list(results) == ["plain", "plain + αqe3", f"plain + {sg}", "whiten", "whiten + αqe3", f"whiten + {sg}"]
+    assert {key: numbers(results[key]) for key in without} == {key: numbers(entry) for key, entry in without.items()}
+
+    teacher_net = load_network(teacher)
+    database, queries, cfg = in_memory(synth_root, load_network(student), teacher_net)
+    whitening = teacher_net.meta["Lw"]["synth-sfm"]["ss"]
+    for base, (db, q) in {"plain": (database, queries),
+                          "whiten": (whitenapply(database, whitening["m"], whitening["P"]),
+                                     whitenapply(queries, whitening["m"], whitening["P"]))}.items():
+        expanded = alpha_query_expansion(q, db, rank_database(db, q), 3)
+        reranked = superglobal_rerank(db.astype(np.float32), expanded, rank_database(db, expanded), SuperGlobal(40, 3))
+        expected = evaluate_ranks(reranked, cfg["gnd"], cfg["protocol"])
+        assert numbers(results[f"{base} + {sg}"]) == numbers(expected)  # exactly
+        assert results[f"{base} + {sg}"]["medium"]["map"] != results[f"{base} + αqe3"]["medium"]["map"]

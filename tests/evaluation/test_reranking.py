@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from aml.evaluation.reranking import (Reranking, alpha_query_expansion, database_augmentation,
+from aml.evaluation.database import Distractors, TestDatabase
+from aml.evaluation.reranking import (Reranking, alpha_query_expansion, database_augmentation, search_with_expansion,
                                       weighted_expansion)
+from aml.evaluation.superglobal import SuperGlobal, superglobal_rerank
 from aml.evaluation.ranking import nearest, nearest_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply
 
@@ -145,6 +147,60 @@ def test_reranking_settings_name_what_runs_and_refuse_bad_values():
                          (dict(dba_alpha=float("nan")), "Reranking.dba_alpha must be a finite number >= 0")]:
         with pytest.raises(ValueError, match=message):
             Reranking(**bad)
+
+
+def test_superglobal_comes_last_in_the_names_and_the_stages():
+    every = Reranking(qe=2, dba=10, superglobal=SuperGlobal(m=50, k=3))
+    assert every.label() == "dba10 + αqe2 + sg50(k=3)"
+    assert every.result_keys("plain") == ["plain + dba10", "plain + dba10 + αqe2", "plain + dba10 + αqe2 + sg50(k=3)"]
+    assert every.stages() == [Reranking(dba=10), Reranking(qe=2, dba=10), every]
+    alone = Reranking(superglobal=SuperGlobal())
+    assert alone.active and alone.result_keys("whiten") == ["whiten + sg400"] and alone.stages() == [alone]
+    assert Reranking(qe=2, qe_alpha=0).stages() == [Reranking(qe=2, qe_alpha=0)]  # as before SuperGlobal
+    with pytest.raises(ValueError, match="Reranking.superglobal must be a SuperGlobal or None, got 400"):
+        Reranking(superglobal=400)
+
+
+def places_of(ranks, n):
+    """N x Q places of the first n images in each column's ranking."""
+    return np.argsort(ranks, axis=0, kind="stable")[:n]
+
+
+def test_superglobal_after_query_expansion_over_distractor_blocks_equals_it_over_the_concatenation():
+    """The test's path: αQE and SuperGlobal's first M from the blocked search (database, then
+    distractor blocks, unreadable images of both left out), places of the test images with the
+    shortlist in front; equal to superglobal_rerank of the full ranking of the concatenation.
+    M beyond the readable images re-ranks all of them, and the unreadable ones stay last."""
+    rng = np.random.default_rng(3)
+    db, distractors, queries = unit_columns(rng, 16, 40), unit_columns(rng, 16, 300), unit_columns(rng, 16, 6)
+    blocks = lambda: iter([(s, distractors[:, s:s + 64].T) for s in range(0, 300, 64)])  # noqa: E731
+    database = TestDatabase(db, excluded=[2], distractors=Distractors(blocks, 300, skipped=[20]))
+    assert database.searchable == 40 - 1 + 300 - 1
+    concatenation, excluded = np.concatenate([db, distractors], 1), [2, 40 + 20]
+    expanded = alpha_query_expansion(queries, concatenation, rank_database(concatenation, queries, excluded=excluded), 3)
+    for m in (25, 1000):
+        settings = SuperGlobal(m=m, k=4)
+        found = search_with_expansion(database, queries, Reranking(qe=3, superglobal=settings),
+                                      lambda q, shortlist: shortlist.places(database.positions(q)) if shortlist
+                                      else database.positions(q))
+        assert len(found) == 3  # the first search, the expanded one, SuperGlobal's
+        ranks = rank_database(concatenation, expanded, excluded=excluded)
+        np.testing.assert_array_equal(found[1], places_of(ranks, 40))
+        reranked = superglobal_rerank(concatenation, expanded, ranks, SuperGlobal(min(m, 338), k=4))
+        np.testing.assert_array_equal(found[2], places_of(reranked, 40))
+        assert (found[2] != found[1]).any() and (reranked[:25] >= 40).any()  # distractors among the first M
+        assert (found[2][2] == 338).all() and (reranked[-2:].T == [2, 60]).all()  # the unreadable ones last
+
+
+def test_a_store_asks_only_for_the_last_result():
+    database = TestDatabase(DATABASE)
+    calls = []
+    search = lambda q, shortlist: calls.append(shortlist) or len(calls)  # noqa: E731
+    reranking = Reranking(qe=1, superglobal=SuperGlobal(m=3, k=1))
+    assert search_with_expansion(database, QUERY, reranking, search, first=False, expanded=False) == [1]
+    assert calls[0].indices.shape == (3, 1)
+    assert search_with_expansion(database, QUERY, reranking, search, first=False) == [2, 3]
+    assert search_with_expansion(database, QUERY, Reranking(), search, first=False, expanded=False) == [4]
 
 
 def unit_columns(rng, d, n):

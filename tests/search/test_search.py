@@ -17,6 +17,7 @@ from aml.networks import build_network
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, load_network, save_checkpoint
 from aml.search import store as search_store
 from aml.evaluation.reranking import Reranking
+from aml.evaluation.superglobal import SuperGlobal, superglobal_rerank, superglobal_scores
 from aml.evaluation.whitening import whitenapply
 from aml.search import SearchDatabase, StoreError, build_ivfpq, open_database
 from aml.utils.plain_files import save_plain_file
@@ -326,6 +327,14 @@ def test_index_with_dba_and_query_with_qe(random_teacher, synth_root, tmp_path):
     assert [hit["image"] for hit in hits] == [augmented.images[i] for i in top]
     scores = augmented.vecs[:, top].T @ expanded[:, 0]
     assert [hit["score"] for hit in hits] == pytest.approx(scores.tolist(), abs=1e-5)
+    # and SuperGlobal's re-ranking of the first 12 results of the expanded query, last
+    search_cli.main(["query", str(query), "--store", str(tmp_path / "dba"), "--network", str(student), "-k", "14",
+                     "--qe", "2", "--superglobal", "12", "--sg-k", "3", "--json", str(out), "--data-root",
+                     str(synth_root)] + COMMON)
+    ranks = rank_database(augmented.vecs, expanded)
+    reranked = superglobal_rerank(augmented.vecs, expanded, ranks, SuperGlobal(12, 3))[:14, 0]
+    assert [hit["image"] for hit in json.loads(out.read_text())[0]["results"]] == [augmented.images[i] for i in reranked]
+    assert reranked.tolist() != ranks[:14, 0].tolist() and reranked[12:].tolist() == ranks[12:14, 0].tolist()
 
     search_cli.main(["index", str(jpg), "--store", str(tmp_path / "dba")] + flags)  # again, without --dba
     assert not (tmp_path / "dba" / "dba.npy").exists() and "dba" not in open_database(tmp_path / "dba").settings
@@ -342,3 +351,21 @@ def test_query_expansion_of_a_store_by_hand():
     assert scores[0].tolist() == pytest.approx([expanded @ [0.6, 0.8], expanded[0], expanded[1]], abs=1e-6)
     with pytest.raises(StoreError, match="--qe 4: the store no/such.store holds 3 images; give --qe 3 or less"):
         store.search(query, k=1, reranking=Reranking(qe=4))
+
+
+def test_superglobal_reranks_a_stores_first_results_and_the_rest_follow():
+    # a = (1, 0), b = (0.8, 0.6), c = (0, 1), d = (0.6, -0.8); the query (0.7, 0.714) ranks c, b, a, d;
+    # SuperGlobal (k = 1, beta = 1) re-ranks the first three b, a, c (tests/evaluation/test_superglobal.py)
+    vecs = np.array([[1.0, 0.8, 0.0, 0.6], [0.0, 0.6, 1.0, -0.8]], dtype=np.float32)
+    store = SearchDatabase(Path("no/such.store"), vecs, ["a", "b", "c", "d"], {"dim": 2})
+    query = np.array([[0.7], [0.714]], dtype=np.float32)
+    reranking = Reranking(superglobal=SuperGlobal(m=3, k=1, beta=1.0))
+    scores, indices = store.search(query, k=4, reranking=reranking)
+    first = superglobal_scores(vecs[:, [2, 1, 0]].T.astype(np.float64), query[:, 0].astype(np.float64), 1, 1.0)
+    assert indices[0].tolist() == [1, 0, 2, 3]
+    assert scores[0].tolist() == pytest.approx(first[[1, 2, 0]].tolist() + [float(query[:, 0] @ vecs[:, 3])])
+    scores, indices = store.search(query, k=2, reranking=reranking)
+    assert indices[0].tolist() == [1, 0] and scores[0].tolist() == pytest.approx(first[[1, 2]].tolist())
+    with pytest.raises(StoreError, match="--superglobal 5: the store no/such.store holds 4 images; give "
+                                         "--superglobal 4 or less"):
+        store.search(query, k=1, reranking=Reranking(superglobal=SuperGlobal(m=5)))

@@ -90,13 +90,30 @@ def format_matrix(matrix: CompatibilityMatrix, dataset: str, search: str = "plai
 
     Returns:
         The title line, the header and a line per network.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.compat import CompatibilityMatrix, MatrixNetwork, format_matrix
+        >>> teacher = MatrixNetwork("teacher", "t", "t.pth", "checkpoint", "resnet18", 8, "0" * 16)
+        >>> student = MatrixNetwork("student", "s", "s.pth", "checkpoint", "resnet18", 8, "1" * 16)
+        >>> maps = {("synth-oxford", "plain", "medium"): np.array([[0.6, 0.2], [0.65, 0.3]])}
+        >>> print(format_matrix(CompatibilityMatrix((teacher, student), maps), "synth-oxford"))
+        >> synth-oxford, mAP Medium (%)
+        queries \\ database  teacher    student
+        teacher               60.00      20.00
+        student               65.00*+    30.00
     """
     labels, texts = matrix.labels, cell_texts(matrix, dataset, search, level)
     first = max(len(CORNER), *(len(label) for label in labels))
-    width = max(9, *(len(label) for label in labels))
-    lines = [f">> {title(dataset, search, level)}", f"{CORNER:{first}s}" + "".join(f" {x:>{width}s}" for x in labels)]
-    lines += [f"{label:{first}s}" + "".join(f" {x:>{width}s}" for x in row) for label, row in zip(labels, texts)]
-    return "\n".join(lines)
+    width = max(9, *(len(label) + 3 for label in labels))
+
+    def aligned(text: str) -> str:  # labels and numbers right-aligned, the marks after them
+        number = text.rstrip(BEATS_TEACHER + BCT)
+        return f" {number:>{width - 2}s}{text[len(number) :]:2s}"
+
+    lines = [f"{CORNER:{first}s}" + "".join(aligned(label) for label in labels)]
+    lines += [f"{label:{first}s}" + "".join(map(aligned, row)) for label, row in zip(labels, texts)]
+    return "\n".join([f">> {title(dataset, search, level)}"] + [line.rstrip() for line in lines])
 
 
 def format_matrices(matrix: CompatibilityMatrix) -> str:
@@ -107,6 +124,13 @@ def format_matrices(matrix: CompatibilityMatrix) -> str:
 
     Returns:
         The tables, separated by blank lines.
+
+    Examples:
+        >>> from aml.compat import compatibility_matrix, format_matrices
+        >>> matrix = compatibility_matrix(networks, settings)  # doctest: +SKIP
+        >>> print(format_matrices(matrix))  # doctest: +SKIP
+        >> synth-oxford, mAP Medium (%)
+        ...
     """
     tables = [
         format_matrix(matrix, dataset, search, level)
@@ -127,6 +151,13 @@ def draw_matrix(matrix: CompatibilityMatrix, path: Path, search: str = "plain") 
 
     Returns:
         False when matplotlib is not installed (nothing is written).
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from aml.compat import compatibility_matrix, draw_matrix
+        >>> matrix = compatibility_matrix(networks, settings)  # doctest: +SKIP
+        >>> draw_matrix(matrix, Path("compat.png"))  # doctest: +SKIP
+        True
     """
     panels = [
         HeatmapPanel(

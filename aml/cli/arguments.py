@@ -184,6 +184,34 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_image_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """--image-size and --multiscale: the size and the scales images are encoded at."""
+    parser.add_argument(
+        "--image-size",
+        "-imsize",
+        default=1024,
+        type=positive_int,
+        metavar="N",
+        help="maximum size of the longer image side (default: 1024)",
+    )
+    parser.add_argument(
+        "--multiscale",
+        "-ms",
+        metavar="MULTISCALE",
+        default="[1]",
+        type=parse_scales,
+        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')",
+    )
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workers (image loading workers, 8 by default) and --gpu-id (the GPU of --device auto)."""
+    parser.add_argument(
+        "--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)"
+    )
+    parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
+
+
 def add_test_set_arguments(parser: argparse.ArgumentParser) -> None:
     """What test.py and python -m aml.compat test on, and at which size: --datasets (with their
     distractor sets), --distractor-dtype, --shard-size, --image-size, --multiscale and
@@ -216,22 +244,7 @@ def add_test_set_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="distractor images per shard of the descriptor store (default: 16384)",
     )
-    parser.add_argument(
-        "--image-size",
-        "-imsize",
-        default=1024,
-        type=positive_int,
-        metavar="N",
-        help="maximum size of the longer image side (default: 1024)",
-    )
-    parser.add_argument(
-        "--multiscale",
-        "-ms",
-        metavar="MULTISCALE",
-        default="[1]",
-        type=parse_scales,
-        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')",
-    )
+    add_image_size_arguments(parser)
     parser.add_argument(
         "--whitening",
         "-w",

@@ -12,9 +12,9 @@ from aml.cli.arguments import (
     add_extraction_arguments,
     add_runtime_arguments,
     add_test_set_arguments,
+    add_worker_arguments,
     checked_test_sets,
     extraction_from,
-    nonnegative_int,
     output_file,
     setup_logging,
 )
@@ -53,10 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint's file name without .pth..., a published network as typed)",
     )
     add_test_set_arguments(parser)
-    parser.add_argument(
-        "--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)"
-    )
-    parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
+    add_worker_arguments(parser)
     parser.add_argument(
         "--json",
         metavar="FILE",

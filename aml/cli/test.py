@@ -12,10 +12,10 @@ from aml.cli.arguments import (
     add_reranking_arguments,
     add_runtime_arguments,
     add_test_set_arguments,
+    add_worker_arguments,
     checked_test_sets,
     extraction_from,
     folder,
-    nonnegative_int,
     output_file,
     positive_int,
     reranking_from,
@@ -52,10 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--list-pretrained", action="store_true", help="print the pretrained list and exit")
     add_test_set_arguments(parser)
     add_reranking_arguments(parser)
-    parser.add_argument(
-        "--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)"
-    )
-    parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
+    add_worker_arguments(parser)
     parser.add_argument(
         "--teacher",
         "-t",

@@ -550,7 +550,10 @@ def compat_section() -> Generated:
             named = " / ".join(level.capitalize() for level in levels)
             parts.append(f"{dataset}{'' if search == 'plain' else ' + ' + search}, mAP (%) {named}:\n\n"
                          + table([_cell(CORNER)] + matrix.labels, rows))
-    text = ("\n".join(parts) + f"\n{_cell(legend(matrix))}. {record['seconds']:.0f} s in all.\n\n"
+    marks = [matrix.marks(*key) for key in matrix.maps]
+    better, bct = (sum(int(found[k].sum()) for found in marks) for k in (0, 1))
+    text = ("\n".join(parts) + f"\n{_cell(legend(matrix))}. Marked: {better} cells beat the teacher, {bct} meet "
+            f"BCT's criterion (of {len(marks) * len(matrix.labels) ** 2}). {record['seconds']:.0f} s in all.\n\n"
             + source_line("compat.json", record) + "\n")
 
     def plot(path: Path) -> None:

@@ -73,29 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def network_texts(words: List[str]) -> List[str]:
-    """The networks of ``--networks``: its words, each split at commas."""
-    return [item for word in words for item in word.split(",") if item]
+def network_specs(words: List[str]) -> List[NetworkSpec]:
+    """The networks of ``--networks`` (its words, each split at commas), each parsed once."""
+    return [NetworkSpec.parse(item) for word in words for item in word.split(",") if item]
 
 
-def network_labels(given: Optional[str], texts: List[str]) -> List[str]:
-    """One label per network: those of ``--labels``, else each network's name; a ConfigError
-    when their number is wrong or two are the same."""
+def network_labels(given: Optional[str], specs: List[NetworkSpec]) -> List[str]:
+    """One label per network: those of ``--labels``, else what each network is called (a
+    checkpoint's file name, a published network as typed); a ConfigError when their number is
+    wrong or two are the same."""
     if given is not None:
         labels = [label.strip() for label in given.split(",")]
-        if len(labels) != len(texts) or not all(labels):
+        if len(labels) != len(specs) or not all(labels):
             raise ConfigError(
-                f"--labels {given!r}: {len(labels)} labels for {len(texts)} networks; give one label per "
+                f"--labels {given!r}: {len(labels)} labels for {len(specs)} networks; give one label per "
                 "network, in their order"
             )
     else:
-        labels = [NetworkSpec.parse(text).label for text in texts]
+        labels = [spec.label for spec in specs]
     for i, label in enumerate(labels):
         if label in labels[:i]:
-            example = ",".join(["teacher"] + [f"student{k}" for k in range(1, len(texts))])
+            first = specs[labels.index(label)].given
+            example = ",".join(["teacher"] + [f"student{k}" for k in range(1, len(specs))])
             raise ConfigError(
-                f"two networks are called {label!r} ({texts[labels.index(label)]} and {texts[i]}); name "
-                f"them with --labels, one per network, e.g. --labels {example}"
+                f"two networks are called {label!r} ({first} and {specs[i].given}); name them with --labels, "
+                f"one per network, e.g. --labels {example}"
             )
     return labels
 
@@ -111,8 +113,8 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
     args = parser.parse_args(argv)
     try:
         datasets = checked_test_sets(args)
-        texts = network_texts(args.networks)
-        labels = network_labels(args.labels, texts)
+        specs = network_specs(args.networks)
+        labels = network_labels(args.labels, specs)
         if not datasets:
             raise ConfigError(f"--datasets {args.datasets!r} names no test set")
         if args.heatmap and importlib.util.find_spec("matplotlib") is None:
@@ -121,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
         parser.error(str(err))
     device = resolve_device(args.device, args.gpu_id)
     setup_logging()
-    networks = {label: load_spec(NetworkSpec.parse(text), None, args.data_root) for label, text in zip(labels, texts)}
+    networks = {label: load_spec(spec, None, args.data_root) for label, spec in zip(labels, specs)}
     for name in datasets:
         dataset, suffix = split_test_name(name)
         prepare_test_set(dataset, args.data_root, progress=not args.quiet)
@@ -145,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
         record = {
             **matrix.record(),
             "seconds": round(seconds, 1),
-            "settings": {**vars(args), "networks": texts, "labels": labels, "device": str(device)},
+            "settings": {**vars(args), "networks": [s.given for s in specs], "labels": labels, "device": str(device)},
             "provenance": provenance(),
         }
         text = json.dumps(record, indent=1, ensure_ascii=False)

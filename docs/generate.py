@@ -531,6 +531,39 @@ def reranking_section() -> Generated:
     return Generated({"reranking.md": text}, {}, ["reranking.json"])
 
 
+def compat_section() -> Generated:
+    """The compatibility matrix of the demo's teacher and students (compatibility.md) and its heatmaps."""
+    record = _load("compat.json")
+    if record is None:
+        return Generated({"compat.md": "*Not measured yet: `python -m aml.compat -n TEACHER STUDENT ... --json "
+                                       "benchmarks/results/compat.json` ([The compatibility matrix](compatibility.md)).*\n"},
+                         {}, [])
+    from aml.compat import CompatibilityMatrix, draw_matrix
+    from aml.compat.report import CORNER, cell_texts, legend
+
+    matrix = CompatibilityMatrix.from_record(record)
+    parts = []
+    for dataset in matrix.datasets:
+        for search in matrix.searches(dataset):
+            levels = matrix.levels(dataset)
+            cells = [cell_texts(matrix, dataset, search, level) for level in levels]
+            rows = [[f"**{label}**"] + [_cell(" / ".join(level[i][j] for level in cells)) for j in range(len(matrix.labels))]
+                    for i, label in enumerate(matrix.labels)]
+            named = " / ".join(level.capitalize() for level in levels)
+            parts.append(f"{dataset}{'' if search == 'plain' else ' + ' + search}, mAP (%) {named}:\n\n"
+                         + table([_cell(CORNER)] + matrix.labels, rows))
+    marks = [matrix.marks(*key) for key in matrix.maps]
+    better, bct = (sum(int(found[k].sum()) for found in marks) for k in (0, 1))
+    text = ("\n".join(parts) + f"\n{_cell(legend(matrix))}. Marked: {better} cells beat the teacher, {bct} meet "
+            f"BCT's criterion (of {len(marks) * len(matrix.labels) ** 2}). {record['seconds']:.0f} s in all.\n\n"
+            + source_line("compat.json", record) + "\n")
+
+    def plot(path: Path) -> None:
+        if not draw_matrix(matrix, path):
+            raise SystemExit("matplotlib is needed to draw the plots (pip install matplotlib)")
+    return Generated({"compat.md": text}, {"compat.png": plot}, ["compat.json"])
+
+
 def vit_readout_section() -> Generated:
     record = _load("vit_readout.json")
     if record is None:
@@ -598,6 +631,7 @@ COMMANDS: Dict[str, Tuple[str, str, Optional[str]]] = {
     "flags_search_index.md": ("python -m aml.search index", "aml.cli.search", "index"),
     "flags_search_query.md": ("python -m aml.search query", "aml.cli.search", "query"),
     "flags_export.md": ("python -m aml.export", "aml.cli.export", None),
+    "flags_compat.md": ("python -m aml.compat", "aml.cli.compat", None),
     "flags_make_testset.md": ("python -m aml.cli.make_testset", "aml.cli.make_testset", None),
     "flags_make_trainset.md": ("python -m aml.cli.make_trainset", "aml.cli.make_trainset", None),
     "flags_synthetic.md": ("python -m aml.cli.synthetic", "aml.cli.synthetic", None),
@@ -713,7 +747,7 @@ def not_run_section() -> Generated:
 
 SECTIONS = (demo_section, demo_epochs_section, later_losses_section, extract_section, real_weights_section,
             decoding_section, training_section, search_section, int8_section, gpu_section, reranking_section,
-            vit_readout_section, learning_section, registry_section, imagenet_section, flags_section, not_run_section)
+            compat_section, vit_readout_section, learning_section, registry_section, imagenet_section, flags_section, not_run_section)
 
 
 # ---- writing and checking

@@ -19,7 +19,8 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-PACKAGES = ("aml.networks", "aml.descriptors", "aml.evaluation", "aml.training", "aml.search", "aml.export")
+PACKAGES = ("aml.networks", "aml.descriptors", "aml.evaluation", "aml.training", "aml.search", "aml.export",
+            "aml.compat")
 #: types the docs reference that no package's __all__ lists (or that it lists under another name)
 EXTRA = ("aml.networks.loading.LoadedNetwork", "aml.networks.loading.load_named_or_file", "aml.losses.batch.TupleBatch",
          "aml.descriptors.key.DescriptorKey", "aml.training.config.TrainConfig", "aml.training.runner.TrainResult",

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aml"
 #: rank of each top-level part of the package; a module may import only from ranks <= its own,
 #: and never from another part of the same rank unless listed in SAME_RANK_ALLOWED.
 RANKS = {"utils": 0, "data": 1, "layers": 1, "networks": 2, "losses": 2, "descriptors": 3, "reports": 3,
-         "evaluation": 4, "training": 5, "search": 5, "export": 5, "cli": 6, "demo": 7}
+         "evaluation": 4, "training": 5, "search": 5, "export": 5, "compat": 5, "cli": 6, "demo": 7}
 
 
 def part_of(module: str) -> str:

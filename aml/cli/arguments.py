@@ -184,6 +184,102 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_image_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """--image-size and --multiscale: the size and the scales images are encoded at."""
+    parser.add_argument(
+        "--image-size",
+        "-imsize",
+        default=1024,
+        type=positive_int,
+        metavar="N",
+        help="maximum size of the longer image side (default: 1024)",
+    )
+    parser.add_argument(
+        "--multiscale",
+        "-ms",
+        metavar="MULTISCALE",
+        default="[1]",
+        type=parse_scales,
+        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')",
+    )
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workers (image loading workers, 8 by default) and --gpu-id (the GPU of --device auto)."""
+    parser.add_argument(
+        "--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)"
+    )
+    parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
+
+
+def add_test_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """What test.py and python -m aml.compat test on, and at which size: --datasets (with their
+    distractor sets), --distractor-dtype, --shard-size, --image-size, --multiscale and
+    --whitening; `checked_test_sets` reads the names."""
+    from aml.data.distractors import DISTRACTOR_SETS
+    from aml.data.testsets import TEST_SETS
+    from aml.data.trainsets import whitening_set_names
+
+    parser.add_argument(
+        "--datasets",
+        "-d",
+        metavar="DATASETS",
+        default="roxford5k,rparis6k",
+        help=f"comma separated test sets: {', '.join(TEST_SETS)}, or any folder <data_root>/test/NAME "
+        "with jpg/ and gnd_NAME.pkl; add a distractor set with '+': "
+        f"{', '.join('NAME+' + d for d in DISTRACTOR_SETS)} (1m = the revisitop 1M distractors) "
+        "(default: roxford5k,rparis6k)",
+    )
+    parser.add_argument(
+        "--distractor-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="how distractor descriptors are stored on disk: float16 halves the disk and the reads, "
+        "and rounds the scores (default: float32)",
+    )
+    parser.add_argument(
+        "--shard-size",
+        default=16384,
+        type=positive_int,
+        metavar="N",
+        help="distractor images per shard of the descriptor store (default: 16384)",
+    )
+    add_image_size_arguments(parser)
+    parser.add_argument(
+        "--whitening",
+        "-w",
+        metavar="WHITENING",
+        default=None,
+        help=f"learned whitening set: {' | '.join(whitening_set_names())}, or a custom set made by "
+        "python -m aml.cli.make_trainset (default: none)",
+    )
+
+
+def checked_test_sets(args: argparse.Namespace) -> List[str]:
+    """The test sets of the flags of `add_test_set_arguments`, each a known or custom test set,
+    and --whitening a set with whitening pairs.
+
+    Args:
+        args: the parsed flags.
+
+    Returns:
+        The test set names, with their ``+`` distractor suffixes.
+
+    Raises:
+        ConfigError: for an unknown test set, or a whitening set without whitening pairs.
+    """
+    from aml.data.distractors import split_test_name
+    from aml.data.testsets import get_test_set
+    from aml.data.trainsets import get_train_set, whitening_set_names
+
+    names = [name for name in args.datasets.split(",") if name]
+    for name in names:
+        get_test_set(split_test_name(name)[0], args.data_root)
+    if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
+        raise ConfigError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
+    return names
+
+
 def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = False) -> None:
     """How images become descriptors: --batch-size (unless ``training``, where it counts
     tuples), --amp/--no-amp, --amp-dtype, --decode and --compile."""

@@ -12,11 +12,10 @@ from typing import List, Optional
 from aml.cli.arguments import (
     Parser,
     add_extraction_arguments,
+    add_image_size_arguments,
     add_runtime_arguments,
     extraction_from,
     nonnegative_int,
-    parse_scales,
-    positive_int,
     setup_logging,
 )
 from aml.data.testsets import TEST_SETS, get_test_set
@@ -45,22 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--split", default="train,val", help="training-set splits to encode, comma separated (default: train,val)"
     )
-    parser.add_argument(
-        "--image-size",
-        "-imsize",
-        default=1024,
-        type=positive_int,
-        metavar="N",
-        help="maximum size of the longer image side (default: 1024)",
-    )
-    parser.add_argument(
-        "--multiscale",
-        "-ms",
-        metavar="MULTISCALE",
-        default="[1]",
-        type=parse_scales,
-        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')",
-    )
+    add_image_size_arguments(parser)
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", help="dimension fallback for checkpoints without outputdim")
     parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, help="image loading workers (default: 8)")

@@ -11,25 +11,24 @@ from aml.cli.arguments import (
     add_extraction_arguments,
     add_reranking_arguments,
     add_runtime_arguments,
+    add_test_set_arguments,
+    add_worker_arguments,
+    checked_test_sets,
     extraction_from,
     folder,
-    nonnegative_int,
     output_file,
-    parse_scales,
     positive_int,
     reranking_from,
     setup_logging,
 )
-from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
-from aml.data.testsets import TEST_SETS, get_test_set, prepare_test_set
-from aml.data.trainsets import get_train_set, whitening_set_names
+from aml.data.distractors import prepare_distractors, split_test_name
+from aml.data.testsets import prepare_test_set
 from aml.evaluation.testing import TestSettings, check_reranking, evaluate
 from aml.networks.loading import load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
 from aml.utils.atomic import atomic_write
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import init_from_environment, main_first, process_device
-from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,59 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="off-the-shelf network 'ARCH-POOL' with optional '-reg', '-lwhiten', '-whiten'",
     )
     group.add_argument("--list-pretrained", action="store_true", help="print the pretrained list and exit")
-    parser.add_argument(
-        "--datasets",
-        "-d",
-        metavar="DATASETS",
-        default="roxford5k,rparis6k",
-        help=f"comma separated test sets: {', '.join(TEST_SETS)}, or any folder <data_root>/test/NAME "
-        "with jpg/ and gnd_NAME.pkl; add a distractor set with '+': "
-        f"{', '.join('NAME+' + d for d in DISTRACTOR_SETS)} (1m = the revisitop 1M distractors) "
-        "(default: roxford5k,rparis6k)",
-    )
-    parser.add_argument(
-        "--distractor-dtype",
-        choices=["float32", "float16"],
-        default="float32",
-        help="how distractor descriptors are stored on disk: float16 halves the disk and the reads, "
-        "and rounds the scores (default: float32)",
-    )
-    parser.add_argument(
-        "--shard-size",
-        default=16384,
-        type=positive_int,
-        metavar="N",
-        help="distractor images per shard of the descriptor store (default: 16384)",
-    )
-    parser.add_argument(
-        "--image-size",
-        "-imsize",
-        default=1024,
-        type=positive_int,
-        metavar="N",
-        help="maximum size of the longer image side (default: 1024)",
-    )
-    parser.add_argument(
-        "--multiscale",
-        "-ms",
-        metavar="MULTISCALE",
-        default="[1]",
-        type=parse_scales,
-        help="scales, e.g. '[1, 1/2**(1/2), 1/2]' (default: '[1]')",
-    )
-    parser.add_argument(
-        "--whitening",
-        "-w",
-        metavar="WHITENING",
-        default=None,
-        help=f"learned whitening set: {' | '.join(whitening_set_names())}, or a custom set made by "
-        "python -m aml.cli.make_trainset (default: none)",
-    )
+    add_test_set_arguments(parser)
     add_reranking_arguments(parser)
-    parser.add_argument(
-        "--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)"
-    )
-    parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
+    add_worker_arguments(parser)
     parser.add_argument(
         "--teacher",
         "-t",
@@ -146,13 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_datasets(text: str, data_root: Optional[str]) -> List[str]:
-    names = [name for name in text.split(",") if name]
-    for name in names:
-        get_test_set(split_test_name(name)[0], data_root)
-    return names
-
-
 def _skipped_dir(args: argparse.Namespace) -> Optional[Path]:
     if args.results:
         return Path(args.results).resolve().parent
@@ -185,11 +127,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             print(f"{entry.name:45s} {entry.kind:8s} {entry.teacher or '-':10s} {entry.url}")
         return {}
     try:
-        datasets = _check_datasets(args.datasets, args.data_root)
-        if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
-            raise ConfigError(
-                f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}"
-            )
+        datasets = checked_test_sets(args)
         if args.report and any(split_test_name(name)[1] for name in datasets):
             raise ValueError(
                 "--report draws full rankings, which a distractor set makes too long; run --report "

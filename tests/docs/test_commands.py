@@ -31,7 +31,8 @@ pytestmark = pytest.mark.long
 SHELL = ("bash", "sh", "shell")
 TOOLS = ("cp", "mkdir", "ls")
 SCRIPTS = {"main.py": "aml.cli.train", "test.py": "aml.cli.test", "extract_features.py": "aml.cli.extract_features"}
-MODULES = {"aml.search": "aml.cli.search", "aml.export": "aml.cli.export", "aml.demo": "aml.demo.pipeline"}
+MODULES = {"aml.search": "aml.cli.search", "aml.export": "aml.cli.export", "aml.demo": "aml.demo.pipeline",
+           "aml.compat": "aml.cli.compat"}
 # Small sizes: (a flag and its aliases, the value, whether to add it when the command does not
 # give it). A given ``--epochs`` is halved instead, so that a resumed run (a larger --epochs
 # than the run it resumes) still trains on.
@@ -41,6 +42,7 @@ SMALL: Dict[str, Sequence[Tuple[Tuple[str, ...], str, bool]]] = {
     "aml.cli.test": [(("--image-size", "-imsize"), "64", True), (("--workers", "-j"), "0", True)],
     "aml.cli.extract_features": [(("--image-size", "-imsize"), "64", True), (("--workers", "-j"), "0", True)],
     "aml.cli.search": [(("--image-size", "-imsize"), "64", False), (("--workers", "-j"), "0", True)],
+    "aml.cli.compat": [(("--image-size", "-imsize"), "64", True), (("--workers", "-j"), "0", True)],
     "aml.cli.export": [(("--image-size", "-imsize"), "64", False), (("--calibration-images",), "8", False),
                        (("--time-repeats",), "1", False)],
     "aml.cli.synthetic": [(("--image-size",), "64", True), (("--train-landmarks",), "12", True),
@@ -48,7 +50,7 @@ SMALL: Dict[str, Sequence[Tuple[Tuple[str, ...], str, bool]]] = {
                           (("--test-landmarks",), "8", True), (("--distractors",), "4", True)],
 }
 HALVED = ("--epochs",)
-OUTPUTS = ("--results", "--json", "--out", "--store", "--report", "--directory")  # must exist after the command
+OUTPUTS = ("--results", "--json", "--heatmap", "--out", "--store", "--report", "--directory")  # must exist after the command
 
 
 def runs(block: Block) -> bool:

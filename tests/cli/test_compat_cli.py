@@ -1,0 +1,61 @@
+"""python -m aml.compat end to end: the networks by file, the tables printed, the JSON with its
+settings and provenance, the heatmaps; and the flags refused before anything is loaded."""
+
+import json
+
+import pytest
+import torch
+
+from aml.cli import compat as compat_cli
+from aml.compat import CompatibilityMatrix
+from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+
+# Uses the learning tests' trained teacher (trained once per session): started early (conftest).
+pytestmark = pytest.mark.long
+
+
+@pytest.fixture
+def root(tmp_path, synth_root):
+    """A data root of its own with the session's synthetic test and training sets."""
+    (tmp_path / "data").mkdir()
+    for part in ("test", "train"):
+        (tmp_path / "data" / part).symlink_to(synth_root / part)
+    return tmp_path / "data"
+
+
+def test_the_matrix_is_printed_written_and_drawn_with_whitening(trained_teacher, root, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    torch.manual_seed(0)
+    student = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 0, 0.0),
+                              tmp_path / "student.pth.tar")
+    out, png = tmp_path / "out" / "compat.json", tmp_path / "compat.png"
+    matrix = compat_cli.main(["-n", f"{trained_teacher},{student}", "--labels", "teacher,student",
+                              "-d", "synth-oxford", "-imsize", "64", "-w", "synth-sfm", "-j", "0", "--device", "cpu",
+                              "--data-root", str(root), "-q", "--json", str(out), "--heatmap", str(png)])
+    printed = capsys.readouterr().out
+    assert ">> synth-oxford + whiten, mAP Hard (%)" in printed and "*: beats the teacher's symmetric mAP" in printed
+    record = json.loads(out.read_text())
+    assert CompatibilityMatrix.from_record(record) == matrix
+    assert list(record["maps"]["synth-oxford"]) == ["plain", "whiten"]
+    assert record["settings"]["labels"] == ["teacher", "student"] and record["settings"]["whitening"] == "synth-sfm"
+    assert record["networks"][0]["given"] == str(trained_teacher) and record["networks"][0]["mode"] == "std"
+    assert "torch" in record["provenance"] and record["seconds"] > 0
+    whitened = matrix.maps["synth-oxford", "whiten", "medium"]
+    assert whitened[0, 0] > whitened[1, 1]  # the trained teacher, whitened, above a random network
+    assert png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-n", "a/model.pth.tar,b/model.pth.tar"], "two networks are called 'model' (a/model.pth.tar and "
+                                                "b/model.pth.tar); name them with --labels"),
+    (["-n", "a.pth.tar", "b.pth.tar", "--labels", "teacher"], "--labels 'teacher': 1 labels for 2 networks"),
+    (["-n", "a.pth.tar", "-d", "nosuchset"], "Unsupported or unknown dataset: nosuchset"),
+    (["-n", "a.pth.tar", "-d", ","], "names no test set"),
+])
+def test_bad_flags_are_one_line_before_anything_is_loaded(flags, message, root, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        compat_cli.main(flags + ["--data-root", str(root)])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1

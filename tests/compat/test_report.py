@@ -1,0 +1,63 @@
+"""The matrix as people read it: text tables with the marks, the JSON record and its way back,
+and the heatmaps."""
+
+import json
+
+import numpy as np
+import pytest
+
+from aml.compat import CompatibilityMatrix, MatrixNetwork, draw_matrix, format_matrices, format_matrix
+
+NO = np.nan
+
+
+def _matrix() -> CompatibilityMatrix:
+    networks = (
+        MatrixNetwork("teacher", "model_epoch2", "t.pth.tar", "checkpoint", "resnet18", 8, "0" * 16, "std"),
+        MatrixNetwork("reg", "model_epoch2", "r.pth.tar", "checkpoint", "mobilenet_v2", 8, "1" * 16, "reg"),
+        MatrixNetwork("wide", "wide", "w.pth.tar", "checkpoint", "resnet18", 16, "2" * 16),
+    )
+    maps = {
+        ("synth-oxford", "plain", "medium"): np.array([[0.6, 0.62, NO], [0.65, 0.61, NO], [NO, NO, 0.5]]),
+        ("synth-oxford", "plain", "hard"): np.array([[0.4, 0.2, NO], [0.1, 0.3, NO], [NO, NO, 0.2]]),
+        ("oxford5k", "plain", "all"): np.array([[0.8, 0.1, NO], [0.1, 0.9, NO], [NO, NO, 0.7]]),
+    }
+    return CompatibilityMatrix(networks, maps)
+
+
+def test_a_table_shows_each_cell_in_percent_with_its_marks_and_no_search_as_a_dash():
+    assert format_matrix(_matrix(), "synth-oxford").splitlines() == [
+        ">> synth-oxford, mAP Medium (%)",
+        "queries \\ database  teacher        reg       wide",
+        "teacher               60.00      62.00*+        -",
+        "reg                   65.00*+    61.00*         -",
+        "wide                      -          -      50.00",
+    ]
+
+
+def test_every_test_set_and_level_is_printed_with_the_legend():
+    text = format_matrices(_matrix())
+    assert [line for line in text.splitlines() if line.startswith(">>")] == [
+        ">> synth-oxford, mAP Medium (%)", ">> synth-oxford, mAP Hard (%)", ">> oxford5k, mAP (%)"]
+    assert text.splitlines()[-1].startswith("*: beats the teacher's symmetric mAP (teacher: teacher); +: BCT")
+
+
+def test_the_record_holds_numbers_and_marks_and_gives_the_matrix_back():
+    matrix = _matrix()
+    record = json.loads(json.dumps(matrix.record()))
+    cell = record["maps"]["synth-oxford"]["plain"]["medium"]
+    assert cell["map"] == [[0.6, 0.62, None], [0.65, 0.61, None], [None, None, 0.5]]
+    assert cell["beats_teacher"][1] == [True, True, False] and cell["bct"][0] == [False, True, False]
+    assert record["teacher"] == "teacher" and [n["dim"] for n in record["networks"]] == [8, 8, 16]
+    assert CompatibilityMatrix.from_record(record) == matrix
+    assert matrix.datasets == ["synth-oxford", "oxford5k"] and matrix.levels("oxford5k") == ["all"]
+
+
+def test_the_heatmaps_are_drawn_one_per_test_set_and_level(tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    path = tmp_path / "matrix.png"
+    assert draw_matrix(_matrix(), path)
+    width, height = Image.open(path).size  # Medium and Hard side by side, oxford5k's one mAP below
+    assert 0.8 < width / height < 1.5 and path.stat().st_size > 10_000

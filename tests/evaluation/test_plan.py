@@ -42,7 +42,7 @@ def test_every_file_is_read_before_the_first_image_is_encoded(root, network, mon
     monkeypatch.setattr(extraction, "extract_vectors", lambda *a, **k: pytest.fail("an image was encoded"))
     (root / "test" / "mine" / "jpg").mkdir(parents=True)
     save_pickle([1, 2], root / "test" / "mine" / "gnd_mine.pkl")
-    with pytest.raises(DatasetFileError, match="gnd_mine.pkl: its entries hold"):
+    with pytest.raises(DatasetFileError, match=r"gnd_mine\.pkl: its entries hold"):
         evaluate(network, _settings(root).but(datasets=("synth-oxford", "mine")))
 
 

@@ -76,8 +76,11 @@ def split_test_name(name: str) -> Tuple[str, Optional[str]]:
 
 def prepare_distractors(suffix: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:
     """Make sure the distractor set ``suffix`` is on disk (download or generate); its folder."""
+    return _prepared(suffix, data_subdir(data_root, "test"), progress)
+
+
+def _prepared(suffix: str, test_root: Path, progress: bool) -> Path:
     entry = lookup(DISTRACTOR_SETS, suffix, "distractor set")
-    test_root = data_subdir(data_root, "test")
     folder = test_root / entry.folder
     if not ((folder / f"{entry.folder}.txt").is_file() and (folder / "jpg").is_dir()):
         entry.prepare(test_root, progress)
@@ -86,7 +89,21 @@ def prepare_distractors(suffix: str, data_root: Optional[PathLike] = None, progr
 
 def distractor_images(suffix: str, data_root: Optional[PathLike] = None, progress: bool = False) -> List[str]:
     """Paths of the distractor images, in the order of the set's list."""
-    folder = prepare_distractors(suffix, data_root, progress)
+    return read_distractor_list(suffix, data_subdir(data_root, "test"), progress)
+
+
+def read_distractor_list(suffix: str, test_root: Path, progress: bool = False) -> List[str]:
+    """`distractor_images` in the folder of the test sets (``<data_root>/test``).
+
+    Args:
+        suffix: the distractor set (``1m``, ``synth1m``).
+        test_root: the folder of the test sets; the set is prepared there when missing.
+        progress: bars while downloading and unpacking.
+
+    Returns:
+        The paths of its images, in the order of its list.
+    """
+    folder = _prepared(suffix, Path(test_root), progress)
     name = lookup(DISTRACTOR_SETS, suffix, "distractor set").folder
     lines = (folder / f"{name}.txt").read_text().split()
     return [str(folder / "jpg" / line) for line in lines]

@@ -97,9 +97,14 @@ def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationS
     """Registry entry for ``name`` (case-insensitive), else a custom set: any folder
     ``<data_root>/test/<name>/`` with ``jpg/`` and ``gnd_<name>.pkl`` (protocol read from the
     gnd; see ``python -m aml.cli.make_testset``). A ValueError lists the choices otherwise."""
+    return find_test_set(name, data_subdir(data_root, "test"))
+
+
+def find_test_set(name: str, test_root: PathLike) -> EvaluationSet:
+    """`get_test_set` in the folder of the test sets (``<data_root>/test``)."""
     if name.lower() in TEST_SETS:
         return TEST_SETS[name.lower()]
-    folder = data_subdir(data_root, "test") / name
+    folder = Path(test_root) / name
     if (folder / f"gnd_{name}.pkl").is_file() and (folder / "jpg").is_dir():
         return EvaluationSet(name, _custom_protocol(folder / f"gnd_{name}.pkl"))
     raise ConfigError(
@@ -111,8 +116,12 @@ def get_test_set(name: str, data_root: Optional[PathLike] = None) -> EvaluationS
 def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: bool = False) -> Path:
     """Make sure ``<data_root>/test/<name>`` holds images and gnd (download or generate;
     ``progress``: bars while downloading and unpacking)."""
-    test_root = data_subdir(data_root, "test")
-    entry = get_test_set(name, data_root)
+    return _prepared(name, data_subdir(data_root, "test"), progress)
+
+
+def _prepared(name: str, test_root: Path, progress: bool) -> Path:
+    """The folder of test set ``name`` under ``test_root``, downloaded or generated when missing."""
+    entry = find_test_set(name, test_root)
     gnd = test_root / entry.name / f"gnd_{entry.name}.pkl"
     if not gnd.exists() or not (test_root / entry.name / "jpg").exists():
         if entry.prepare is None:
@@ -121,13 +130,28 @@ def prepare_test_set(name: str, data_root: Optional[PathLike] = None, progress: 
     return test_root / entry.name
 
 
+def read_test_set(name: str, test_root: Path, progress: bool = False) -> TestConfig:
+    """A test set's config (`configdataset`), prepared first when missing.
+
+    Args:
+        name: the test set.
+        test_root: the folder of the test sets (``<data_root>/test``).
+        progress: bars while downloading and unpacking.
+
+    Returns:
+        Its config: image lists, ground truth, protocol, folders.
+    """
+    _prepared(name, Path(test_root), progress)
+    return configdataset(name, test_root)
+
+
 def configdataset(dataset: str, dir_main: PathLike) -> TestConfig:
     """cirtorch's config dict of a test set stored under ``dir_main`` (``<data_root>/test``).
 
     Keys: imlist, qimlist, gnd, gnd_fname, ext, qext, dir_data, dir_images, n, nq,
     im_fname(cfg, i), qim_fname(cfg, i), dataset, protocol.
     """
-    entry = get_test_set(dataset, Path(dir_main).parent)
+    entry = find_test_set(dataset, dir_main)
     name = entry.name
     dir_data = os.path.join(str(dir_main), name)
     gnd_fname = os.path.join(dir_data, f"gnd_{name}.pkl")
@@ -161,13 +185,13 @@ def configdataset(dataset: str, dir_main: PathLike) -> TestConfig:
 GND_KEYS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
 
 
-def _names(cfg: Mapping[str, Any], key: str, source: PathLike) -> int:
-    """The length of the image list ``cfg[key]``; a `DatasetFileError` unless it is a list of names."""
-    names = cfg[key]
+def _names(cfg: Mapping[str, Any], field: str, source: PathLike) -> int:
+    """The length of the image list ``cfg[field]``; a `DatasetFileError` unless it is a list of names."""
+    names = cfg[field]
     if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
         bad = names if not isinstance(names, (list, tuple)) else next(n for n in names if not isinstance(n, str))
         raise DatasetFileError(
-            f"{source}: '{key}' holds {kind_of(bad)}, where a list of image names belongs; "
+            f"{source}: '{field}' holds {kind_of(bad)}, where a list of image names belongs; "
             "download or make the gnd file again"
         )
     return len(names)

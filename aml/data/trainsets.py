@@ -78,10 +78,15 @@ def get_train_set(name: str, data_root: Optional[PathLike] = None) -> TrainSet:
     """Registry entry for a training/whitening set (case-insensitive), else a custom set: a
     folder ``<data_root>/train/<name>/`` with ``ims/`` and ``<name>.pkl`` and/or
     ``<name>-whiten.pkl`` (see ``python -m aml.cli.make_trainset``)."""
+    return find_train_set(name, data_subdir(data_root, "train"))
+
+
+def find_train_set(name: str, train_root: Path) -> TrainSet:
+    """`get_train_set` in the folder of the training sets (``<data_root>/train``)."""
     for key, entry in TRAIN_SETS.items():
         if key.lower() == name.lower():
             return entry
-    folder = data_subdir(data_root, "train") / name
+    folder = Path(train_root) / name
     training, whitening = (folder / f"{name}.pkl").is_file(), (folder / f"{name}-whiten.pkl").is_file()
     if (folder / "ims").is_dir() and (training or whitening):
         return TrainSet(name, name, None, training=training, whitening=whitening)
@@ -101,15 +106,19 @@ def is_training_set(name: str, data_root: Optional[PathLike] = None) -> bool:
 
 def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
     """Make sure the training set's images and pickles exist (download or generate)."""
-    entry = get_train_set(name, data_root)
     train_root = data_subdir(data_root, "train")
-    folder = train_root / entry.folder
+    return _prepared(find_train_set(name, train_root), train_root)
+
+
+def _prepared(entry: TrainSet, train_root: Path) -> Path:
+    """The folder of ``entry`` under ``train_root``, downloaded or generated when missing."""
+    folder = Path(train_root) / entry.folder
     if not (folder / "ims").exists() or not any(folder.glob("*.pkl")):
         if entry.prepare is None:
             raise FileNotFoundError(
                 f"{folder} lacks ims/ or its pickles; make it again with python -m aml.cli.make_trainset"
             )
-        entry.prepare(train_root)
+        entry.prepare(Path(train_root))
     return folder
 
 
@@ -164,8 +173,21 @@ def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None
 
 def load_whitening_db(name: str, data_root: Optional[PathLike] = None) -> TrainingDb:
     """A whitening set ``<name>-whiten.pkl`` with absolute image paths in 'images'."""
-    entry = get_train_set(name, data_root)
-    folder = prepare_train_set(name, data_root)
+    return read_whitening_db(name, data_subdir(data_root, "train"))
+
+
+def read_whitening_db(name: str, train_root: Path) -> TrainingDb:
+    """`load_whitening_db` in the folder of the training sets (``<data_root>/train``).
+
+    Args:
+        name: the whitening set (a training set with ``<name>-whiten.pkl``).
+        train_root: the folder of the training sets; the set is prepared there when missing.
+
+    Returns:
+        The checked db, with the absolute image paths in 'images'.
+    """
+    entry = find_train_set(name, train_root)
+    folder = _prepared(entry, train_root)
     path = folder / f"{entry.name}-whiten.pkl"
     db = check_image_db(load_pickle(path), str(path), clusters=False)
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]

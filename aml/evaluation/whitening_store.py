@@ -17,6 +17,7 @@ import numpy as np
 
 from aml.data.download import download_file
 from aml.data.paths import DataRootLike, data_subdir
+from aml.data.formats import TrainingDb
 from aml.data.trainsets import load_whitening_db
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
@@ -73,17 +74,8 @@ class WhiteningRequest:
         return len(self.scales) > 1
 
 
-def whitening_key(encoder: LoadedNetwork, request: WhiteningRequest) -> str:
-    """What decides a learned whitening: the digest of the whitening set's descriptors (their
-    `DescriptorKey` and the images)."""
-    db = load_whitening_db(request.whitening_set, request.data_root)
-    key = DescriptorKey.of(encoder.net, request.image_size, request.scales, request.extraction)
-    return key.digest(db["images"])
-
-
-def learn_whitening(encoder: LoadedNetwork, request: WhiteningRequest) -> Whitening:
-    """Learn Lw on the whitening set's images, encoded as ``request`` says."""
-    db = load_whitening_db(request.whitening_set, request.data_root)
+def learn_whitening(encoder: LoadedNetwork, request: WhiteningRequest, db: TrainingDb) -> Whitening:
+    """Learn Lw on the whitening set's images (``db``), encoded as ``request`` says."""
     log.info(">> %s: Learning whitening with %s...", request.whitening_set, encoder.name)
     vecs = describe_images(encoder.net, db["images"], request.image_size, request.scales, config=request.extraction)
     return whitenlearn(vecs, db["qidxs"], db["pidxs"])
@@ -97,14 +89,14 @@ def _file_whitening(data, dim: int, source: str) -> Whitening:
     return check_whitening(data["m"], data["P"], dim, source)
 
 
-def _cached(cache: Path, key: str, whitening_set: str, dim: int) -> Optional[Whitening]:
-    """The whitening in ``cache`` if it was learned under ``key``, else None (said in the log);
+def _cached(cache: Path, digest: str, whitening_set: str, dim: int) -> Optional[Whitening]:
+    """The whitening in ``cache`` if it was learned under ``digest``, else None (said in the log);
     a cache that cannot be read or is not a whitening is learned again, as a missing one."""
     if not cache.exists():
         return None
     try:
         data = load_plain_file(cache)
-        if not isinstance(data, dict) or data.get("key") != key:
+        if not isinstance(data, dict) or data.get("key") != digest:
             log.info(
                 ">> %s: %s was learned for another network, scales or images; learning it again", whitening_set, cache
             )
@@ -145,10 +137,18 @@ def _stored(encoder: LoadedNetwork, whitening_set: str, multiscale: bool) -> Opt
     return entry[kind]["m"], entry[kind]["P"], f"{where}['{kind}']"
 
 
-def get_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published: bool = True) -> Whitening:
-    """Whitening for ``encoder``: the checkpoint's meta Lw, else the published file of a
-    published network (``published``), else the cache, else learned (and cached). Each is
-    checked (`check_whitening`: finite, of the encoder's dimension) before it is used.
+def known_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published: bool = True) -> Optional[Whitening]:
+    """The whitening that needs neither the whitening set nor learning: the checkpoint's meta
+    Lw, else the published file of a published network (``published``), checked
+    (`check_whitening`: finite, of the encoder's dimension).
+
+    Args:
+        encoder: the network whose descriptors are whitened.
+        request: the whitening set, image size and scales (their ``ss``/``ms`` entry).
+        published: look for a published network's file.
+
+    Returns:
+        (m, P), or None when it has to be found in the cache or learned (`learned_whitening`).
 
     Raises:
         WhiteningError: naming the checkpoint or file, when a whitening read is not one.
@@ -165,18 +165,58 @@ def get_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published: 
         name = entry.whitening_url.rsplit("/", 1)[1]
         path = download_file(entry.whitening_url, data_subdir(request.data_root, "model") / name)
         return _file_whitening(load_plain_file(path), dim, str(path))
+    return None
+
+
+def learned_whitening(
+    encoder: LoadedNetwork, request: WhiteningRequest, db: TrainingDb, key: DescriptorKey
+) -> Whitening:
+    """The whitening learned on the whitening set: read from its cache file when it was learned
+    from the same descriptors, else learned (and cached), checked (`check_whitening`).
+
+    Args:
+        encoder: the network whose descriptors are whitened.
+        request: the whitening set and how its images are encoded.
+        db: the whitening set (`aml.data.trainsets.read_whitening_db`).
+        key: what the encoder's descriptors depend on (`DescriptorKey.of` the encoder at the
+            request's image size, scales and extraction); with the images, the cache's key.
+
+    Returns:
+        (m, P).
+
+    Raises:
+        WhiteningError: when the learned whitening is not one (too few or repeated pairs).
+    """
+    whitening_set = request.whitening_set
+    dim = encoder.net.meta["outputdim"]
     cache = whitening_cache_path(encoder, whitening_set, request.multiscale, request.image_size, request.data_root)
-    key = whitening_key(encoder, request) if cache is not None else ""
-    found = _cached(cache, key, whitening_set, dim) if cache is not None else None
+    digest = key.digest(db["images"]) if cache is not None else ""
+    found = _cached(cache, digest, whitening_set, dim) if cache is not None else None
     if found is not None:
         return found
     m, P = check_whitening(
-        *learn_whitening(encoder, request),
+        *learn_whitening(encoder, request, db),
         dim,
         f"the whitening learned on {whitening_set} (too few or repeated pairs?)",
     )
     if cache is not None and current_world().is_main:
         with optional_write(f"{whitening_set}: the whitening cache"):
-            save_plain_file({"m": m, "P": P, "key": key}, cache)
+            save_plain_file({"m": m, "P": P, "key": digest}, cache)
             log.info(">> %s: Saving to %s...", whitening_set, cache)
     return m, P
+
+
+def get_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published: bool = True) -> Whitening:
+    """Whitening for ``encoder``: the checkpoint's meta Lw, else the published file of a
+    published network (``published``), else the cache, else learned (and cached). Each is
+    checked (`check_whitening`: finite, of the encoder's dimension) before it is used.
+
+    Raises:
+        WhiteningError: naming the checkpoint or file, when a whitening read is not one.
+    """
+    known = known_whitening(encoder, request, published)
+    if known is not None:
+        return known
+    db = load_whitening_db(request.whitening_set, request.data_root)
+    key = DescriptorKey.of(encoder.net, request.image_size, request.scales, request.extraction)
+    return learned_whitening(encoder, request, db, key)

@@ -99,3 +99,30 @@ def test_a_malformed_whitening_db_is_named(synth_root, tmp_path):
     with pytest.raises(DatasetFileError, match=r"synth-sfm-whiten.pkl: 'pidxs' holds ndarray array\(\[2\]\), where a "
                                                r"list of integers in \[0, 2\)"):
         load_whitening_db("synth-sfm", tmp_path)
+
+
+def test_a_custom_set_is_found_in_the_folder_the_config_is_given(synth_root, tmp_path):
+    """cirtorch's configdataset(dataset, dir_main) looks in dir_main, whatever its name (it used
+    to look in <parent of dir_main>/test)."""
+    from aml.data.testsets import read_test_set
+
+    folder = tmp_path / "sets" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "jpg").symlink_to(synth_root / "test" / "synth-oxford" / "jpg", target_is_directory=True)
+    save_pickle(load_pickle(synth_root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl"), folder / "gnd_mine.pkl")
+    cfg = configdataset("mine", tmp_path / "sets")
+    assert (cfg["dataset"], cfg["protocol"], cfg["dir_data"]) == ("mine", "revisited", str(folder))
+    assert read_test_set("mine", tmp_path / "sets")["imlist"] == cfg["imlist"]
+
+
+def test_the_readers_of_a_folder_read_what_those_of_the_data_root_read(synth_root):
+    from aml.data.distractors import distractor_images, read_distractor_list
+    from aml.data.synthetic import SyntheticDistractorConfig, generate_distractor_set
+    from aml.data.testsets import read_test_set
+    from aml.data.trainsets import read_whitening_db
+
+    generate_distractor_set(synth_root, "synth-1m", SyntheticDistractorConfig(images=150, image_size=64))
+    cfg = read_test_set("synth-paris", synth_root / "test")
+    assert cfg["imlist"] == configdataset("synth-paris", synth_root / "test")["imlist"] and cfg["n"] > 0
+    assert read_distractor_list("synth1m", synth_root / "test") == distractor_images("synth1m", synth_root)
+    assert read_whitening_db("synth-sfm", synth_root / "train") == load_whitening_db("synth-sfm", synth_root)

@@ -1,0 +1,411 @@
+"""What a test is told and what that decides: `TestSettings` (test.py's flags besides the
+networks) and `TestPlan`, the settings resolved once, before anything is encoded.
+
+`TestPlan.of` checks the settings against the networks and the data, then reads everything
+they name: each test set's images and ground truth, its distractor set's image list, the
+whitening set (or the whitening that needs none), the folders where descriptors are cached and
+stored, and the one `DescriptorKey` of the database encoder's descriptors (the database cache,
+the distractor stores and the whitening cache are all keyed by it). A missing or damaged file
+thus stops a test before its first image is encoded, and the encoding and the searches
+(`aml.evaluation.testing`) work on these values, not on the settings.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
+
+from aml.data.distractors import DISTRACTOR_SETS, read_distractor_list, split_test_name
+from aml.data.formats import TestConfig, TrainingDb
+from aml.data.paths import DataRoot, DataRootLike
+from aml.data.testsets import query_and_database_paths, read_test_set
+from aml.data.trainsets import read_whitening_db
+from aml.descriptors import DescriptorKey, ExtractionConfig
+from aml.descriptors.store import StoreKey
+from aml.evaluation.ranking import most_neighbours
+from aml.evaluation.reranking import Reranking
+from aml.evaluation.whitening_store import Whitening, WhiteningRequest, known_whitening
+from aml.networks.loading import LoadedNetwork
+from aml.utils.distributed import current_world
+from aml.utils.errors import ConfigError, lookup
+
+#: how test.py extracts unless told otherwise: its defaults (-j 8; the device is the network's)
+TEST_EXTRACTION = ExtractionConfig(workers=8)
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    """Everything test.py's flags decide besides the networks.
+
+    Attributes:
+        datasets: the test sets, with their ``+`` distractor suffixes.
+        image_size: the longer side images are shrunk to.
+        scales: the multi-scale factors.
+        whitening: the whitening set (None: no whitening).
+        extraction: how the images are encoded (its device, default the network's, is where
+            the searches run too; ``skip_bad`` skips unreadable images, listed in
+            ``skipped_dir``).
+        data_root: the data root, resolved once (`aml.data.paths.DataRoot`).
+        cache: keep the database descriptors in ``<data_root>/features/cache``.
+        skipped_dir: where ``skipped_<dataset>.txt`` goes (None: the data set's folder).
+        report_dir: write the visual ranking report there (None: none).
+        report_top: the database images the report shows per query.
+        distractor_dtype: the dtype of the distractor store (float16 halves its disk and reads).
+        shard_size: images per distractor shard.
+        reranking: αQE, DBA and SuperGlobal (default: none).
+
+    Examples:
+        >>> from aml.descriptors import ExtractionConfig
+        >>> from aml.evaluation import TestSettings
+        >>> settings = TestSettings(datasets=("roxford5k",), extraction=ExtractionConfig(workers=0, device="cpu"))
+        >>> settings.scales, type(settings.data_root).__name__
+        ((1.0,), 'DataRoot')
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+    datasets: Tuple[str, ...] = ("roxford5k", "rparis6k")
+    image_size: int = 1024
+    scales: Tuple[float, ...] = (1.0,)
+    whitening: Optional[str] = None
+    extraction: ExtractionConfig = TEST_EXTRACTION
+    data_root: DataRootLike = None  # resolved once, into a DataRoot
+    cache: bool = True
+    skipped_dir: Optional[Path] = None
+    report_dir: Optional[Path] = None
+    report_top: int = 10
+    distractor_dtype: str = "float32"
+    shard_size: int = 16384
+    reranking: Reranking = Reranking()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "datasets", tuple(self.datasets))
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(self, "data_root", DataRoot.resolve(self.data_root))
+
+    @property
+    def device(self) -> str:
+        """Where the images are encoded and the searches run (the CPU when not set)."""
+        return str(self.extraction.device_for())
+
+    def but(self, **changes: Any) -> "TestSettings":
+        """A copy with some fields changed.
+
+        Args:
+            **changes: the new values, by field name.
+
+        Returns:
+            The changed copy (these settings stay as they are).
+
+        Raises:
+            TypeError: for a name that is not a field.
+        """
+        return dataclasses.replace(self, **changes)
+
+    def whitening_request(self) -> WhiteningRequest:
+        """What the whitening of these settings is learned (or found) with.
+
+        Returns:
+            The request: the whitening set, encoded like the test images.
+        """
+        assert self.whitening is not None
+        return WhiteningRequest(self.whitening, self.image_size, self.scales, self.extraction, self.data_root)
+
+
+def check_reranking(
+    reranking: Reranking,
+    datasets: Sequence[str],
+    data_root: DataRootLike = None,
+    sizes: bool = True,
+    dim: Optional[int] = None,
+) -> None:
+    """Refuse a re-ranking that the test sets cannot take, before anything is encoded.
+
+    DBA with a distractor set would need the neighbours of every distractor among all the
+    others, so it is refused there; ``--dba`` must leave a neighbour out of the database
+    (an image is not its own neighbour), and ``--qe`` and ``--superglobal`` must not exceed the
+    database with its distractors, nor keep more neighbours' descriptors than memory is given
+    for (`aml.evaluation.ranking.most_neighbours`: αQE with distractors, SuperGlobal always).
+    The test sets are prepared (downloaded or generated) when missing.
+
+    Args:
+        reranking: the re-ranking asked for.
+        datasets: the test set names, with their ``+`` distractor suffixes.
+        data_root: the data root.
+        sizes: also check the sizes (reading the test sets); False: only what needs no data.
+        dim: the descriptors' dimension (the database encoder's), for the memory bound of
+            ``--qe`` with distractors and of ``--superglobal``; None: not checked.
+
+    Raises:
+        ValueError: one line naming the flag, the test set and its size.
+    """
+    if not reranking.active:
+        return
+    for name in datasets:
+        dataset, suffix = split_test_name(name)
+        if reranking.dba and suffix is not None:
+            raise ConfigError(
+                f"--dba {reranking.dba} with {name}: database-side augmentation with distractors would "
+                f"need the neighbours of every distractor among all the others; run --dba on {dataset} "
+                f"(without '+{suffix}'); --qe works with distractors"
+            )
+    if not sizes:
+        return
+    test_root = DataRoot.resolve(data_root).subdir("test")
+    for name in datasets:
+        dataset, suffix = split_test_name(name)
+        cfg = read_test_set(dataset, test_root)
+        distractors = len(read_distractor_list(suffix, test_root)) if suffix is not None else 0
+        _check_sizes(reranking, name, suffix, cfg["n"], cfg["nq"], distractors, dim)
+
+
+def _check_sizes(
+    reranking: Reranking,
+    name: str,
+    suffix: Optional[str],
+    size: int,
+    queries: int,
+    distractors: int,
+    dim: Optional[int],
+) -> None:
+    """`check_reranking` of one test set of ``size`` database images, ``queries`` queries and
+    ``distractors`` distractors (its set ``suffix``)."""
+    dataset = split_test_name(name)[0]
+    if reranking.dba >= size:
+        raise ConfigError(
+            f"--dba {reranking.dba}: the database of {dataset} holds {size} images, so an image has "
+            f"at most {size - 1} neighbours; give --dba {size - 1} or less"
+        )
+    superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
+    # αQE keeps its neighbours' descriptors while distractors are searched, SuperGlobal its first M always
+    for flag, k, bounded in (("--qe", reranking.qe, suffix is not None), ("--superglobal", superglobal, True)):
+        if k > size + distractors:
+            held = f"{size} images" + (f" and {distractors} distractors" if suffix is not None else "")
+            raise ConfigError(
+                f"{flag} {k}: the database of {name} holds {held}; give {flag} {size + distractors} or less"
+            )
+        most = most_neighbours(queries, dim) if dim is not None and bounded else None
+        if most is not None and k > most:
+            gib = queries * k * (dim or 0) * 4 / 2**30
+            searched = "distractors are" if suffix is not None else "database is"
+            raise ConfigError(
+                f"{flag} {k} with {name}: its {queries} queries would keep their {k} nearest {dim}-d "
+                f"descriptors ({gib:.3g} GiB) while the {searched} searched, more than a re-ranking is "
+                f"given; give {flag} {most} or less"
+            )
+
+
+@dataclass(frozen=True)
+class PlannedSet:
+    """One test set of the settings, read: its ground truth and images.
+
+    Attributes:
+        name: the name the settings give it (with its ``+`` distractor suffix).
+        cfg: its config (`aml.data.testsets.configdataset`): image lists, ground truth, protocol.
+        images: its database images.
+        queries: its query images.
+        bbxs: the queries' boxes (None: the whole image).
+        distractors: the suffix of its distractor set (`TestPlan.distractors`), or None.
+        listing: where the list of its skipped images goes, if any.
+    """
+
+    name: str
+    cfg: TestConfig
+    images: List[str]
+    queries: List[str]
+    bbxs: List[Any]
+    distractors: Optional[str]
+    listing: Path
+
+    @property
+    def dataset(self) -> str:
+        """The test set's own name (without the distractors)."""
+        return split_test_name(self.name)[0]
+
+
+@dataclass(frozen=True)
+class PlannedDistractors:
+    """A distractor set, and the store its descriptors by the database encoder go to.
+
+    Attributes:
+        name: the set's folder name (``revisitop1m``, ``synth-1m``).
+        images: its images, in the order of its list.
+        folder: the store's folder (one per network and settings, shared by every test set
+            and by every student tested against this teacher).
+        key: what the store holds (`aml.descriptors.store.StoreKey`).
+        extraction: how its shards are encoded.
+    """
+
+    name: str
+    images: List[str]
+    folder: Path
+    key: StoreKey
+    extraction: ExtractionConfig
+
+
+@dataclass(frozen=True)
+class PlannedWhitening:
+    """Where the whitening comes from: known already, or looked up in its cache and else learned.
+
+    Attributes:
+        request: the whitening set, encoded like the test images.
+        known: the checkpoint's or the published whitening (then nothing is learned), or None.
+        db: the whitening set, read (None when ``known``).
+    """
+
+    request: WhiteningRequest
+    known: Optional[Whitening] = None
+    db: Optional[TrainingDb] = None
+
+
+@dataclass(frozen=True)
+class TestPlan:
+    """A test's settings resolved: everything they decide, read and keyed, nothing encoded.
+
+    Attributes:
+        student: the tested network (it encodes the queries, and the database without a teacher).
+        teacher: the teacher, which encodes the database (asymmetric testing), or None.
+        sets: the test sets, in order.
+        image_size: the longer side images are shrunk to.
+        scales: the multi-scale factors.
+        extraction: how the images are encoded, on the device where everything runs.
+        key: what the database encoder's descriptors depend on (the database cache, the
+            distractor stores and the whitening cache are keyed by it).
+        cache_dir: where the database descriptors are cached (None: not cached).
+        distractors: the distractor sets, by suffix.
+        whitening: where the whitening comes from (None: no whitening).
+        reranking: αQE, DBA and SuperGlobal.
+        report_dir: where the ranking report goes (None: none).
+        report_top: the database images the report shows per query.
+
+    Examples:
+        >>> from aml.evaluation.plan import TestPlan
+        >>> plan = TestPlan.of(student, settings, teacher)  # doctest: +SKIP
+        >>> [test.name for test in plan.sets], plan.key.pixels  # doctest: +SKIP
+        (['roxford5k+1m'], 'pil-fp32')
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+    student: LoadedNetwork
+    teacher: Optional[LoadedNetwork]
+    sets: Tuple[PlannedSet, ...]
+    image_size: int
+    scales: Tuple[float, ...]
+    extraction: ExtractionConfig
+    key: DescriptorKey
+    cache_dir: Optional[Path]
+    distractors: Dict[str, PlannedDistractors]
+    whitening: Optional[PlannedWhitening]
+    reranking: Reranking
+    report_dir: Optional[Path]
+    report_top: int
+
+    @property
+    def database_encoder(self) -> LoadedNetwork:
+        """The network that encodes the database, the distractors and the whitening set."""
+        return self.teacher or self.student
+
+    @property
+    def device(self) -> str:
+        """Where the images are encoded and the searches run."""
+        return str(self.extraction.device_for())
+
+    @classmethod
+    def of(cls, student: LoadedNetwork, settings: TestSettings, teacher: Optional[LoadedNetwork] = None) -> "TestPlan":
+        """Check the settings, then read everything they name.
+
+        Args:
+            student: the tested network.
+            settings: the test sets and how to test.
+            teacher: the teacher, which encodes the database (asymmetric testing); None: symmetric.
+
+        Returns:
+            The plan.
+
+        Raises:
+            ConfigError: for a ranking report with distractors, networks of other dimensions, or a
+                re-ranking the test sets cannot take (`check_reranking`).
+        """
+        database = teacher or student
+        _check_networks(student, settings, teacher)
+        check_reranking(settings.reranking, settings.datasets, sizes=False)
+        root = cast(DataRoot, settings.data_root)  # resolved by the settings
+        extraction = settings.extraction
+        if extraction.device is None:  # the student's device, for every extraction and search
+            extraction = extraction.but(device=extraction.device_for(student.net))
+        progress, test_root = extraction.progress, root.subdir("test")
+        sets = _read_sets(settings, test_root, progress)
+        suffixes = dict.fromkeys(test.distractors for test in sets if test.distractors is not None)
+        lists = {suffix: read_distractor_list(suffix, test_root, progress) for suffix in suffixes}
+        dim = database.net.meta["outputdim"]
+        for test in sets:
+            count = len(lists[test.distractors]) if test.distractors is not None else 0
+            _check_sizes(
+                settings.reranking, test.name, test.distractors, len(test.images), len(test.queries), count, dim
+            )
+        whitening = (
+            _whitening(database, settings, extraction, published=teacher is None) if settings.whitening else None
+        )
+        key = DescriptorKey.of(database.net, settings.image_size, settings.scales, extraction, database.fingerprint)
+        distractors = {}
+        for suffix, images in lists.items():  # one store per network and settings, shared by the test sets
+            name = lookup(DISTRACTOR_SETS, suffix, "distractor set").folder
+            store = StoreKey(key, database.name, settings.distractor_dtype, settings.shard_size)
+            tag = f"imsize{settings.image_size}_{settings.distractor_dtype}_{store.tag()}"
+            folder = root.subdir("features") / "distractors" / f"{name}_{database.fingerprint}_{tag}"
+            # each process encodes its own shards
+            shards = extraction.but(progress=progress and current_world().is_main, desc=f"{name} shard")
+            distractors[suffix] = PlannedDistractors(name, images, folder, store, shards)
+        return cls(
+            student,
+            teacher,
+            tuple(sets),
+            settings.image_size,
+            settings.scales,
+            extraction,
+            key,
+            root.subdir("features") / "cache" if settings.cache else None,
+            distractors,
+            whitening,
+            settings.reranking,
+            settings.report_dir,
+            settings.report_top,
+        )
+
+
+def _read_sets(settings: TestSettings, test_root: Path, progress: bool) -> List[PlannedSet]:
+    """The test sets of ``settings``, prepared when missing and read."""
+    sets = []
+    for name in settings.datasets:
+        dataset, suffix = split_test_name(name)
+        cfg = read_test_set(dataset, test_root, progress=progress)
+        listing = Path(settings.skipped_dir or cfg["dir_data"]) / f"skipped_{dataset}.txt"
+        sets.append(PlannedSet(name, cfg, *query_and_database_paths(cfg), suffix, listing))
+    return sets
+
+
+def _whitening(
+    encoder: LoadedNetwork, settings: TestSettings, extraction: ExtractionConfig, published: bool
+) -> PlannedWhitening:
+    """Where the whitening of ``settings`` comes from; the whitening set read unless it is known."""
+    root = cast(DataRoot, settings.data_root)
+    request = WhiteningRequest(cast(str, settings.whitening), settings.image_size, settings.scales, extraction, root)
+    known = known_whitening(encoder, request, published)
+    return PlannedWhitening(
+        request, known, read_whitening_db(request.whitening_set, root.subdir("train")) if known is None else None
+    )
+
+
+def _check_networks(student: LoadedNetwork, settings: TestSettings, teacher: Optional[LoadedNetwork]) -> None:
+    """Refuse a ranking report with distractors, and networks of other dimensions."""
+    with_distractors = [name for name in settings.datasets if split_test_name(name)[1] is not None]
+    if with_distractors and settings.report_dir is not None:
+        raise ConfigError(
+            f"--report draws full rankings, which a distractor set makes too long "
+            f"({with_distractors[0]}); run --report without the '+' suffix"
+        )
+    if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
+        raise ConfigError(
+            f"asymmetric test needs equal dimensions: student {student.name} is "
+            f"{student.net.meta['outputdim']}-d, teacher {teacher.name} "
+            f"{teacher.net.meta['outputdim']}-d"
+        )

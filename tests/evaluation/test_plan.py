@@ -1,0 +1,61 @@
+"""A test's settings resolved before anything is encoded (`TestPlan`): every file they name is
+read first, and one key serves the database cache, the distractor store and the whitening."""
+
+import pytest
+import torch
+
+from aml.data.safe_pickle import DatasetFileError, save_pickle
+from aml.data.synthetic import SyntheticDistractorConfig, generate_distractor_set
+from aml.descriptors import ExtractionConfig
+from aml.evaluation import Reranking, TestSettings, evaluate
+from aml.evaluation.plan import TestPlan
+from aml.networks import LoadedNetwork, build_network
+
+
+@pytest.fixture
+def root(synth_root, tmp_path):
+    """A data root with synth_root's sets, a synthetic distractor set and nothing encoded."""
+    generate_distractor_set(synth_root, "synth-1m", SyntheticDistractorConfig(images=150, image_size=64))
+    root = tmp_path / "data"
+    (root / "test").mkdir(parents=True)
+    for name in ("synth-oxford", "synth-paris", "synth-1m"):
+        (root / "test" / name).symlink_to(synth_root / "test" / name, target_is_directory=True)
+    (root / "train").symlink_to(synth_root / "train", target_is_directory=True)
+    return root
+
+
+@pytest.fixture
+def network():
+    torch.manual_seed(0)
+    return LoadedNetwork.in_memory(build_network("resnet18", pretrained=False), "net")
+
+
+def _settings(root, **changes):
+    return TestSettings(datasets=("synth-oxford", "synth-paris+synth1m"), image_size=32, data_root=root,
+                        extraction=ExtractionConfig(workers=0, device="cpu"), **changes)
+
+
+def test_every_file_is_read_before_the_first_image_is_encoded(root, network, monkeypatch):
+    """A damaged second test set stops the test before the first set is encoded."""
+    import aml.descriptors.extraction as extraction
+
+    monkeypatch.setattr(extraction, "extract_vectors", lambda *a, **k: pytest.fail("an image was encoded"))
+    (root / "test" / "mine" / "jpg").mkdir(parents=True)
+    save_pickle([1, 2], root / "test" / "mine" / "gnd_mine.pkl")
+    with pytest.raises(DatasetFileError, match=r"gnd_mine\.pkl: its entries hold"):
+        evaluate(network, _settings(root).but(datasets=("synth-oxford", "mine")))
+
+
+def test_one_key_serves_the_cache_the_distractor_store_and_the_whitening(root, network):
+    settings = _settings(root, whitening="synth-sfm", reranking=Reranking(qe=2))
+    plan = TestPlan.of(network, settings)
+    assert [test.name for test in plan.sets] == ["synth-oxford", "synth-paris+synth1m"]
+    assert [test.distractors for test in plan.sets] == [None, "synth1m"] and list(plan.distractors) == ["synth1m"]
+    store = plan.distractors["synth1m"]
+    assert store.key.descriptors == plan.key and len(store.images) == 150
+    assert plan.cache_dir == root.resolve() / "features" / "cache" and plan.device == "cpu"
+    assert plan.whitening is not None and plan.whitening.known is None and len(plan.whitening.db["images"]) > 0
+    results = evaluate(network, settings)
+    assert results["synth-paris+synth1m"].distractors.store == str(store.folder)
+    cached = sorted(path.name for path in plan.cache_dir.iterdir())
+    assert cached == [f"{test.dataset}_{plan.key.digest(test.images)}.npy" for test in plan.sets]

@@ -316,7 +316,7 @@ def feature_file_key(path: Path) -> Optional[DescriptorKey]:
         path: the feature file (``.npy``).
 
     Returns:
-        The key, or None when the file has no whole settings or they hold no key.
+        The key, or None when the file has no whole settings or they hold no valid key.
 
     Examples:
         >>> import pathlib, tempfile
@@ -330,4 +330,7 @@ def feature_file_key(path: Path) -> Optional[DescriptorKey]:
         True
     """
     settings = feature_file_settings(path)
-    return DescriptorKey.from_record(settings) if settings is not None else None
+    try:
+        return DescriptorKey.from_record(settings, str(path)) if settings is not None else None
+    except DataError:  # edited or damaged settings: no key, so the file is written again
+        return None

@@ -41,6 +41,18 @@ def test_settings_belong_to_the_files_beside_them(tmp_path, monkeypatch):
     json.loads(path.with_name(path.name + ".json").read_text())  # the sidecar itself is intact
 
 
+def test_a_feature_file_whose_settings_were_edited_has_no_key(tmp_path):
+    """main.py reads the teacher's features when their key matches: settings of the wrong types
+    were a TypeError; now they match nothing, so the features are extracted again."""
+    path = tmp_path / "set_net_imsize64.npy"
+    key = DescriptorKey("ab" * 8, 64)
+    write_feature_file(np.ones((4, 3), np.float32), ["a", "b", "c"], path, key.record())
+    assert features.feature_file_key(path) == key
+    sidecar = path.with_name(path.name + ".json")
+    sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), scales=2)))
+    assert features.feature_file_settings(path) is not None and features.feature_file_key(path) is None
+
+
 def test_non_finite_feature_file_is_refused(tmp_path):
     vecs = np.ones((4, 6), np.float32)
     vecs[0, 2] = np.inf

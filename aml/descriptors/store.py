@@ -34,7 +34,7 @@ import numpy as np
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
-from aml.networks.checkpoint import MAX_OUTPUT_DIM
+from aml.networks.checkpoint import OUTPUT_DIM
 from aml.utils.atomic import atomic_write
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
@@ -112,7 +112,7 @@ class StoreKey:
             "shard_size": POSITIVE_INT.problem(shard_size),
         }
         _refuse(problems, source)
-        return cls(descriptors, str(network), str(dtype), int(shard_size))
+        return cls(descriptors, str(network), str(dtype), int(shard_size or 0))
 
     def tag(self) -> str:
         """A short hash of the key, for folder names; the same text as it has always been
@@ -173,7 +173,7 @@ def descriptors_sha256(array: np.ndarray) -> str:
         >>> descriptors_sha256(np.zeros((2, 3), np.float16)) == descriptors_sha256(np.zeros((3, 2), np.float16))
         True
     """
-    return hashlib.sha256(np.ascontiguousarray(array)).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
 def _manifest_digest(manifest: Dict[str, Any]) -> str:
@@ -218,13 +218,13 @@ def read_manifest(folder: Path) -> Tuple[Dict[str, Any], StoreKey]:
     version, dim, count = manifest.get("version"), manifest.get("dim"), manifest.get("count")
     problems = {
         "version": None if version == FORMAT_VERSION else f"must be {FORMAT_VERSION}, got {version!r}",
-        "dim": POSITIVE_INT.problem(dim) or (None if dim <= MAX_OUTPUT_DIM else f"must be at most {MAX_OUTPUT_DIM}"),
+        "dim": OUTPUT_DIM.problem(dim),
         "count": NONNEGATIVE_INT.problem(count),
         "images_sha1": None if isinstance(manifest.get("images_sha1"), str) else "must be a string",
     }
     _refuse(problems, source)
     if HASHES in manifest:
-        _refuse({HASHES: _hashes_problem(manifest[HASHES], -(-int(count) // key.shard_size))}, source)
+        _refuse({HASHES: _hashes_problem(manifest[HASHES], -(-int(count or 0) // key.shard_size))}, source)
     return manifest, key
 
 

@@ -30,7 +30,6 @@ from aml.descriptors.store import (
     DescriptorStore,
     StoreDamaged,
     StoreKey,
-    StoreMismatch,
     encode_into_store,
     open_store,
 )
@@ -243,11 +242,15 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
         DescriptorStore.create(staging, images, key, dim)
         kept: Tuple[str, ...] = ("shard_*.npy", "shard_*.json", MANIFEST, IMAGE_LIST)
         log.info(">> %s: resuming the interrupted indexing in %s", staging.parent, staging.name)
-    except (StoreMismatch, DataError):
+    except DataError:  # of other descriptors (StoreMismatch), or damaged: nothing to resume from
         kept = ()
     for path in staging.iterdir():
-        if not any(path.match(pattern) for pattern in kept):
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if any(path.match(pattern) for pattern in kept):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, Any]]:

@@ -62,6 +62,10 @@ class StoreError(DataError):
 class IvfPq:
     """The shape of an IVF-PQ index: ``nlist`` inverted lists, ``m`` sub-quantisers of 8 bits.
 
+    Attributes:
+        nlist: the inverted lists.
+        m: the sub-quantisers; the dimension must be a multiple of it.
+
     Examples:
         >>> from aml.search import IvfPq
         >>> IvfPq(64, 32).problem(count=100, dim=512).split(";")[0]
@@ -74,15 +78,16 @@ class IvfPq:
     m: int
 
     def problem(self, count: int, dim: int) -> Optional[str]:
-        """Why this index cannot be built over ``count`` descriptors of ``dim`` dimensions
-        (None when it can), known before any image is encoded.
+        """Why this index cannot be built over ``count`` descriptors of ``dim`` dimensions.
+
+        Known before any image is encoded.
 
         Args:
             count: the database images.
             dim: their dimension.
 
         Returns:
-            What is wrong, with the fix, or None.
+            What is wrong, with the fix, or None when it can be built.
         """
         flag = f"--ivfpq {self.nlist},{self.m}"
         if faiss_or_none() is None:

@@ -185,8 +185,8 @@ def test_a_store_written_before_hashes_is_read_unverified_with_a_warning(tmp_pat
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(dim="x"), r"dim: must be a positive integer, got 'x'"),
-    (dict(dim=10**6), r"dim: must be at most 65536"),
+    (dict(dim="x"), r"dim: must be a descriptor dimension \(1 to 65536\), got 'x'"),
+    (dict(dim=10**6), r"dim: must be a descriptor dimension \(1 to 65536\), got 1000000"),
     (dict(count="10"), r"count: must be an integer >= 0, got '10'"),
     (dict(shard_size=0), r"shard_size: must be a positive integer, got 0"),
     (dict(dtype="int8"), r"dtype: must be one of float16, float32, got 'int8'"),

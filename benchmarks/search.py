@@ -64,6 +64,7 @@ def ensure_store(args):
     store = DescriptorStore.create(Path(args.folder), images, key, args.dim)
     for k in store.missing():
         store.write_shard(k, unit_columns(np.random.default_rng([1, k]), args.dim, len(store.shard_rows(k))))
+    store.record_hashes()
     return store
 
 

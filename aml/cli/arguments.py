@@ -4,7 +4,6 @@ import argparse
 import ast
 import contextlib
 import logging
-import math
 import operator
 import os
 import signal
@@ -22,6 +21,7 @@ from aml.utils.bounds import (
     UNIT_INTERVAL,
     Bound,
     bound_of,
+    scales_problem,
 )
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
 from aml.utils.errors import AmlError, ConfigError
@@ -63,22 +63,10 @@ def parse_scales(text: str) -> List[float]:
         raise argparse.ArgumentTypeError(
             f"--multiscale {text!r} is not a list of numbers such as '[1, 1/2**(1/2), 1/2]' ({err})"
         ) from None
-    if not scales or any(not math.isfinite(s) or not MIN_SCALE <= s <= MAX_SCALE for s in scales):
-        raise argparse.ArgumentTypeError(
-            f"--multiscale {text!r}: every scale must be a number in [{MIN_SCALE}, "
-            f"{MAX_SCALE}] (1 = the image size itself)"
-        )
-    if len(scales) > MAX_SCALES:
-        raise argparse.ArgumentTypeError(
-            f"--multiscale {text!r}: {len(scales)} scales; at most {MAX_SCALES} (the "
-            "original's multi-scale test uses 3)"
-        )
+    problem = scales_problem(scales)
+    if problem:
+        raise argparse.ArgumentTypeError(f"--multiscale {text!r}: {problem}")
     return scales
-
-
-MAX_SCALE = 4.0  # a larger scale enlarges a 1024-px image past 4096 px: a mistake, not a setting
-MIN_SCALE = 1 / 16  # a smaller one leaves a few pixels of a 362-px image (or none): nothing to describe
-MAX_SCALES = 8
 
 
 def flag_type(bound: Bound) -> Callable[[str], Any]:

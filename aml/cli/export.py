@@ -9,6 +9,7 @@ import numpy as np
 
 from aml.cli.arguments import Parser, folder, one_line_errors, positive_int, run_cli, setup_logging
 from aml.descriptors import ExtractionConfig
+from aml.evaluation.whitening import check_whitening
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
 from aml.export.report import onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
@@ -88,7 +89,8 @@ def build_parser() -> Parser:
     return parser
 
 
-def _whitening(args):
+def _whitening(args, dim: int):
+    """The whitening to fold in (--store's or --whitening-file's), checked for the student's ``dim``."""
     if args.store:
         database = open_database(args.store)
         if database.whitening is None:
@@ -96,7 +98,8 @@ def _whitening(args):
         return database.whitening
     if args.whitening_file:
         data = load_plain_file(args.whitening_file)
-        return np.asarray(data["m"]), np.asarray(data["P"])
+        m, P = (data.get("m"), data.get("P")) if isinstance(data, dict) else (None, None)
+        return check_whitening(m, P, dim, args.whitening_file)
     return None
 
 
@@ -181,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
     setup_logging(verbose=False)
     with one_line_errors():
         student = load_test_network(args.network, None, None, args.data_root)
-        whitening = _whitening(args)
+        whitening = _whitening(args, student.net.meta["outputdim"])
         spec, teacher = _teacher(args, student)
         image_size = args.image_size or (
             open_database(args.store).settings["image_size"] if args.store else DEFAULT_IMAGE_SIZE

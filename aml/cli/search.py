@@ -13,6 +13,7 @@ from aml.cli.arguments import (
     nonnegative_int,
     extraction_from,
     one_line_errors,
+    output_file,
     parse_scales,
     positive_int,
     reranking_from,
@@ -20,12 +21,13 @@ from aml.cli.arguments import (
     setup_logging,
 )
 from aml.data.paths import DataRoot
+from aml.utils.atomic import atomic_write
 from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
 from aml.search import (
+    IvfPq,
     StoreError,
-    build_ivfpq,
     build_store,
     check_teacher,
     list_images,
@@ -43,6 +45,16 @@ def _box(text: str) -> List[float]:
     if len(box) != 4 or box[0] >= box[2] or box[1] >= box[3]:
         raise argparse.ArgumentTypeError(f"--box {text!r}: four numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2")
     return box
+
+
+def _ivfpq(text: str) -> IvfPq:
+    try:
+        nlist, m = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ivfpq {text!r}: two positive integers NLIST,M, e.g. 1024,64") from None
+    if nlist < 1 or m < 1:
+        raise argparse.ArgumentTypeError(f"--ivfpq {text!r}: two positive integers NLIST,M, e.g. 1024,64")
+    return IvfPq(nlist, m)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--whitening", "-w", default=None, help="learn (or read) the teacher's whitening on this set")
     index.add_argument(
         "--ivfpq",
+        type=_ivfpq,
         default=None,
         metavar="NLIST,M",
         help="also build a faiss IVF-PQ index (NLIST lists, M sub-quantisers) and print its recall@10",
@@ -96,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--box", type=_box, default=None, help="x1,y1,x2,y2 crop of the (single) query image")
     query.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
-    query.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    query.add_argument("--json", type=output_file, default=None, metavar="FILE", help="write the results as JSON")
     add_reranking_arguments(query, dba=False)
     for sub in (index, query):
         sub.add_argument("--workers", "-j", type=nonnegative_int, default=4, help="image loading workers (default: 4)")
@@ -119,15 +132,19 @@ def _index(args) -> Path:
         )
         whitening = get_whitening(teacher, request)
     reranking = reranking_from(args)
-    store = build_store(teacher, images, args.store, args.image_size, args.multiscale, whitening, extraction, reranking)
+    store = build_store(
+        teacher, images, args.store, args.image_size, args.multiscale, whitening, extraction, reranking, args.ivfpq
+    )
     print(
         f">> {len(images)} images indexed by {teacher.name} into {store}"
         + (f", augmented with DBA ({reranking.label()})" if reranking.dba else "")
     )
     if args.ivfpq:
-        nlist, m = (int(v) for v in args.ivfpq.split(","))
-        recall = build_ivfpq(open_database(store), nlist, m)
-        print(f">> IVF-PQ index ({nlist} lists, {m} sub-quantisers): recall@10 against exact search {recall:.3f}")
+        recall = open_database(store).settings["ivfpq"]["recall"]
+        print(
+            f">> IVF-PQ index ({args.ivfpq.nlist} lists, {args.ivfpq.m} sub-quantisers): recall@10 against exact "
+            f"search {recall:.3f}"
+        )
     return store
 
 
@@ -156,7 +173,7 @@ def _print_results(results: List[Any], args) -> List[Any]:
         for rank, hit in enumerate(entry["results"], start=1):
             print(f"{rank:4d}  {hit['score']:.4f}  {hit['image']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        atomic_write(args.json, lambda out: out.write(json.dumps(results, indent=1).encode()))
     return results
 
 

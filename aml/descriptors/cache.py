@@ -64,7 +64,8 @@ def cached_descriptors(
             vecs = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError):
             vecs = None
-        if vecs is not None and vecs.ndim == 2 and vecs.shape[1] == len(images) and np.isfinite(vecs).all():
+        dim = net.meta["outputdim"]
+        if vecs is not None and vecs.dtype.kind == "f" and vecs.shape == (dim, len(images)) and np.isfinite(vecs).all():
             log.info(">> %s: database descriptors read from cache %s", tag, path)
             os.utime(path)  # most recently used
             return vecs

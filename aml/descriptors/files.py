@@ -36,8 +36,13 @@ def _settings_path(path: Path) -> Path:
     return Path(str(path) + ".json")
 
 
-def _text_sha1(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
+def _listing(images: Sequence[str]) -> bytes:
+    # names that are not UTF-8 (bytes on Linux, surrogates in Python) are written as they are
+    return "".join(f"{image}\n" for image in images).encode(errors="surrogateescape")
+
+
+def _sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
 
 
 def write_feature_file(
@@ -74,11 +79,9 @@ def write_feature_file(
     path = Path(path)
     sidecar = invalidate_feature_file(path)
     _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
-    listing = "".join(f"{image}\n" for image in images)
-    atomic_write(_listing_path(path), lambda out: out.write(listing.encode()))
-    record = dict(
-        settings or {}, columns=int(vecs.shape[1]), npy_bytes=path.stat().st_size, images_sha1=_text_sha1(listing)
-    )
+    listing = _listing(images)
+    atomic_write(_listing_path(path), lambda out: out.write(listing))
+    record = dict(settings or {}, columns=int(vecs.shape[1]), npy_bytes=path.stat().st_size, images_sha1=_sha1(listing))
     atomic_write(sidecar, lambda out: out.write(json.dumps(record, sort_keys=True).encode()))
     return path
 
@@ -118,10 +121,12 @@ def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:
     if not (sidecar.is_file() and path.is_file() and listing.is_file()):
         return None
     try:
-        settings = json.loads(sidecar.read_text())
+        settings = json.loads(sidecar.read_bytes())
     except ValueError:
         return None
-    listed = _text_sha1(listing.read_text())
+    if not isinstance(settings, dict):
+        return None
+    listed = _sha1(listing.read_bytes())
     if settings.get("npy_bytes") != path.stat().st_size or settings.get("images_sha1") != listed:
         return None
     return settings
@@ -191,6 +196,8 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
             vecs = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise DataError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
+    if vecs.dtype.kind != "f":
+        raise DataError(f"feature file {path} holds {vecs.dtype} values, not float descriptors; extract it again")
     if vecs.ndim != 2 or vecs.shape[1] != expected_columns:
         raise DataError(
             f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "
@@ -316,7 +323,7 @@ def feature_file_key(path: Path) -> Optional[DescriptorKey]:
         path: the feature file (``.npy``).
 
     Returns:
-        The key, or None when the file has no whole settings or they hold no key.
+        The key, or None when the file has no whole settings or they hold no valid key.
 
     Examples:
         >>> import pathlib, tempfile
@@ -330,4 +337,7 @@ def feature_file_key(path: Path) -> Optional[DescriptorKey]:
         True
     """
     settings = feature_file_settings(path)
-    return DescriptorKey.from_record(settings) if settings is not None else None
+    try:
+        return DescriptorKey.from_record(settings, str(path)) if settings is not None else None
+    except DataError:  # edited or damaged settings: no key, so the file is written again
+        return None

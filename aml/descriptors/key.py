@@ -13,6 +13,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, ExtractionConfig
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
+from aml.utils.bounds import POSITIVE_FLOAT, POSITIVE_INT, scales_problem
+from aml.utils.errors import DataError
+
+
+def _text_problem(value: Any) -> Optional[str]:
+    return None if isinstance(value, str) and value else f"must be a non-empty string, got {value!r}"
 
 
 def image_list_key(images: Sequence[str]) -> List[Any]:
@@ -120,27 +126,39 @@ class DescriptorKey:
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> Optional["DescriptorKey"]:
-        """The key a record holds.
+    def from_record(cls, record: Mapping[str, Any], source: str = "the record") -> Optional["DescriptorKey"]:
+        """The key a record holds, each field checked.
 
         Records written before a field existed get its value then: one scale, msp 1, the
         original's pixels.
 
         Args:
             record: a mapping as `record` writes it (other keys are ignored).
+            source: what the error names (a file).
 
         Returns:
             The key, or None without fingerprint or image size.
+
+        Raises:
+            DataError: naming ``source`` and the field, when a field is not of its type or
+                leaves its range (a file edited or damaged).
         """
         if "fingerprint" not in record or "image_size" not in record:
             return None
-        return cls(
-            record["fingerprint"],
-            int(record["image_size"]),
-            tuple(record.get("scales", (1.0,))),
-            float(record.get("msp", 1.0)),
-            record.get("pixels", ORIGINAL_PIXELS),
-        )
+        scales = record.get("scales", [1.0])
+        msp = record.get("msp", 1.0)
+        pixels = record.get("pixels", ORIGINAL_PIXELS)
+        problems = {
+            "fingerprint": _text_problem(record["fingerprint"]),
+            "image_size": POSITIVE_INT.problem(record["image_size"]),
+            "scales": scales_problem(scales),
+            "msp": POSITIVE_FLOAT.problem(msp),
+            "pixels": _text_problem(pixels),
+        }
+        for name, problem in problems.items():
+            if problem:
+                raise DataError(f"{source}: {name}: {problem}; the file was edited or is damaged")
+        return cls(record["fingerprint"], int(record["image_size"]), tuple(scales), float(msp), pixels)
 
     def digest(self, images: Sequence[str]) -> str:
         """A 16-hex name for the descriptors of some images under this key.

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 PREFIX = "aml."
+PRECISIONS = ("float32", "int8")
 REEXPORT = "python -m aml.export --network STUDENT --out DIR --teacher TEACHER"
 
 
@@ -107,7 +108,18 @@ class OnnxStudentInfo:
                     f"version; export the student again ({REEXPORT})"
                 )
             text = props[key]
-            values[field.name] = None if text == "" else int(text) if field.type in (int, Optional[int]) else text
+            number = field.type in (int, Optional[int])
+            if number and text != "" and not (text.isdigit() and int(text) > 0):
+                raise OnnxStudentError(
+                    f"{path}: its metadata {key} is {text!r}, not a positive integer: it was edited or is damaged; "
+                    f"export the student again ({REEXPORT})"
+                )
+            values[field.name] = None if text == "" else int(text) if number else text
+        if values["dim"] is None or values["precision"] not in PRECISIONS:
+            raise OnnxStudentError(
+                f"{path}: its metadata says dim {values['dim']} and precision {values['precision']!r} (one of "
+                f"{', '.join(PRECISIONS)}): it was edited or is damaged; export the student again ({REEXPORT})"
+            )
         return cls(**values)
 
 

@@ -4,17 +4,23 @@ fixed-size shards on disk, written once per network and read block by block.
 A store is a folder::
 
     manifest.json          image count, shard size, dtype, dimension, network fingerprint,
-                           extraction settings, sha1 of the image list
+                           extraction settings, sha1 of the image list, sha256 of each
+                           shard's descriptors, and a digest of all these fields
     images.txt             the image list, one path per line
     shard_00000.npy        rows = images [0, shard_size), float16 or float32, N_k x D
     shard_00000.json       the shard's skipped (unreadable) images, written before the .npy
     skipped.txt            every skipped image (with skip_bad), next to the shards
 
-Each shard is written atomically, so a shard file is always whole and an interrupted
+Each shard is written atomically and never replaced (when two processes encode the same
+shard, the first one written stays), so a shard file is always whole and an interrupted
 extraction restarts at the first missing shard. A manifest that does not match the network,
 the settings or the image list is refused: descriptors of one network are never mixed with
-another's. Under torchrun the missing shards are dealt out to the ranks (shard k to rank
-k mod size); no rank waits for another until the last shard is written.
+another's. Every field of a manifest is checked when it is read, and its digest tells an
+edited manifest; each shard is checked against its sha256 when it is read, so a shard
+replaced or copied from another store is refused, naming it. Stores written before aml
+recorded these hashes are read with a warning. Under torchrun the missing shards are dealt
+out to the ranks (shard k to rank k mod size); no rank waits for another until the last
+shard is written.
 """
 
 import hashlib
@@ -28,7 +34,9 @@ import numpy as np
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
+from aml.networks.checkpoint import OUTPUT_DIM
 from aml.utils.atomic import atomic_write
+from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
 from aml.utils.errors import ConfigError, DataError, lookup
 
@@ -36,10 +44,30 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
+MANIFEST = "manifest.json"
+IMAGE_LIST = "images.txt"
+HASHES = "shard_sha256"  # the manifest's list of each shard's sha256 (None: not recorded yet)
+DIGEST = "digest"  # the manifest's sha256 of its other fields
+HEX = "0123456789abcdef"
+REENCODE = "delete the store to encode it again"
+SHARD_FIX = "delete it and run the same command again to encode it again"
+UNVERIFIED_FIX = "encode it again into a new folder to have them checked"
 
 
 class StoreMismatch(DataError):
     """A store folder holds descriptors of another network, settings or image list."""
+
+
+class StoreDamaged(DataError):
+    """A file of a store that is damaged, was edited, or is not this store's own.
+
+    Attributes:
+        problem: what is wrong, naming the file (a caller with another fix adds its own).
+    """
+
+    def __init__(self, problem: str, fix: str = REENCODE):
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -56,6 +84,36 @@ class StoreKey:
         """The manifest's key fields (flat, as stores have always been written)."""
         return dict(self.descriptors.record(), network=self.network, dtype=self.dtype, shard_size=self.shard_size)
 
+    @classmethod
+    def from_manifest(cls, manifest: Dict[str, Any], source: str) -> "StoreKey":
+        """The key a manifest holds, each field checked.
+
+        Args:
+            manifest: the manifest's fields.
+            source: what the error names (the manifest file).
+
+        Returns:
+            The key.
+
+        Raises:
+            DataError: naming ``source`` and the field, when a field is missing, not of its
+                type or out of its range.
+        """
+        try:
+            descriptors = DescriptorKey.from_record(manifest, source)
+        except DataError as err:
+            raise StoreDamaged(str(err)) from None
+        if descriptors is None:
+            raise StoreDamaged(f"{source} has no fingerprint or image_size: it was edited or is damaged")
+        network, dtype, shard_size = (manifest.get(name) for name in ("network", "dtype", "shard_size"))
+        problems = {
+            "network": None if isinstance(network, str) else f"must be a string, got {network!r}",
+            "dtype": None if dtype in DTYPES else f"must be one of {', '.join(DTYPES)}, got {dtype!r}",
+            "shard_size": POSITIVE_INT.problem(shard_size),
+        }
+        _refuse(problems, source)
+        return cls(descriptors, str(network), str(dtype), int(shard_size or 0))
+
     def tag(self) -> str:
         """A short hash of the key, for folder names; the same text as it has always been
         hashed, so stores already encoded (hours of 1M distractors) are found again."""
@@ -68,12 +126,106 @@ class StoreKey:
         return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
+def _refuse(problems: Dict[str, Optional[str]], source: str) -> None:
+    """Raise the first of ``problems`` (field -> what is wrong, or None) as one line naming ``source``."""
+    for name, problem in problems.items():
+        if problem:
+            raise StoreDamaged(f"{source}: {name}: {problem}; the file was edited or is damaged")
+
+
+def _list_text(images: Sequence[str]) -> bytes:
+    # names that are not UTF-8 (bytes on Linux, surrogates in Python) are written as they are
+    return "".join(f"{image}\n" for image in images).encode(errors="surrogateescape")
+
+
 def _list_sha1(images: Sequence[str]) -> str:
-    return hashlib.sha1("".join(f"{image}\n" for image in images).encode()).hexdigest()
+    return hashlib.sha1(_list_text(images)).hexdigest()
 
 
 def _write_json(path: Path, record: Dict[str, Any]) -> None:
     atomic_write(path, lambda out: out.write(json.dumps(record, indent=1, sort_keys=True).encode()))
+
+
+def _read_json(path: Path, fix: str = REENCODE) -> Any:
+    """A JSON file of a store, or a StoreDamaged naming it."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:
+        raise StoreDamaged(f"cannot read {path} ({err}): it is damaged", fix) from None
+
+
+def descriptors_sha256(array: np.ndarray) -> str:
+    """The sha256 of descriptors as a store records a shard's: their bytes, row-major.
+
+    Args:
+        array: an n x D shard.
+
+    Returns:
+        64 hex digits.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.descriptors.store import descriptors_sha256
+        >>> descriptors_sha256(np.zeros((2, 3), np.float16))[:16]
+        '15ec7bf0b50732b4'
+        >>> descriptors_sha256(np.eye(2, 3, dtype=np.float16)) == descriptors_sha256(np.zeros((2, 3), np.float16))
+        False
+    """
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+
+
+def _manifest_digest(manifest: Dict[str, Any]) -> str:
+    fields = {name: value for name, value in manifest.items() if name != DIGEST}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _hashes_problem(hashes: Any, shards: int) -> Optional[str]:
+    if not isinstance(hashes, list) or len(hashes) != shards:
+        return f"must be a list of {shards} sha256 digests (one per shard), got {str(hashes)[:80]}"
+    for value in hashes:
+        if value is not None and not (isinstance(value, str) and len(value) == 64 and set(value) <= set(HEX)):
+            return f"must hold sha256 digests, got {value!r}"
+    return None
+
+
+def read_manifest(folder: Path) -> Tuple[Dict[str, Any], StoreKey]:
+    """A store's manifest, checked: valid JSON of an object, its digest (an edited manifest
+    is refused), and every field's type and range.
+
+    Args:
+        folder: the store's folder.
+
+    Returns:
+        The manifest's fields and the key they hold.
+
+    Raises:
+        FileNotFoundError: without ``manifest.json``.
+        DataError: naming the file and what is wrong in it.
+    """
+    path = folder / MANIFEST
+    source = str(path)
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict):
+        raise StoreDamaged(f"{source} holds a {type(manifest).__name__}, not a store's manifest")
+    if DIGEST in manifest and manifest[DIGEST] != _manifest_digest(manifest):
+        raise StoreDamaged(
+            f"{source} was edited after aml wrote it (its fields do not match its digest), so the descriptors "
+            "are not what it now says"
+        )
+    key = StoreKey.from_manifest(manifest, source)
+    version, dim, count = manifest.get("version"), manifest.get("dim"), manifest.get("count")
+    problems = {
+        "version": None if version == FORMAT_VERSION else f"must be {FORMAT_VERSION}, got {version!r}",
+        "dim": OUTPUT_DIM.problem(dim),
+        "count": NONNEGATIVE_INT.problem(count),
+        "images_sha1": None if isinstance(manifest.get("images_sha1"), str) else "must be a string",
+    }
+    _refuse(problems, source)
+    if HASHES in manifest:
+        _refuse({HASHES: _hashes_problem(manifest[HASHES], -(-int(count or 0) // key.shard_size))}, source)
+    return manifest, key
 
 
 class DescriptorStore:
@@ -84,6 +236,7 @@ class DescriptorStore:
         if key.shard_size < 1:
             raise ConfigError(f"descriptor store shard size must be positive, got {key.shard_size}")
         self.folder, self.images, self.key, self.dim = Path(folder), [str(i) for i in images], key, dim
+        self._hashes: Optional[List[Optional[str]]] = None  # the manifest's, read when first needed
 
     # -- layout ---------------------------------------------------------------------------
     @property
@@ -106,6 +259,7 @@ class DescriptorStore:
         return self.folder / f"shard_{k:05d}.json"
 
     def manifest(self) -> Dict[str, Any]:
+        """The manifest's fields that say what the store holds (all must match to reuse it)."""
         return dict(
             self.key.record(),
             version=FORMAT_VERSION,
@@ -113,6 +267,11 @@ class DescriptorStore:
             dim=self.dim,
             images_sha1=_list_sha1(self.images),
         )
+
+    def _write_manifest(self, hashes: List[Optional[str]]) -> None:
+        record = dict(self.manifest(), **{HASHES: hashes})
+        record[DIGEST] = _manifest_digest(record)
+        _write_json(self.folder / MANIFEST, record)
 
     # -- creating -------------------------------------------------------------------------
     @classmethod
@@ -134,6 +293,7 @@ class DescriptorStore:
         Raises:
             StoreMismatch: when the folder holds descriptors of another network, settings or
                 image list (it is kept as it is).
+            DataError: when its manifest is damaged or was edited.
         """
         store = cls(folder, images, key, dim)
         world = current_world()
@@ -141,20 +301,13 @@ class DescriptorStore:
             store._create_or_check()
         barrier(world)
         if not world.is_main:
-            store._check(json.loads((store.folder / "manifest.json").read_text()))
+            store._check(read_manifest(store.folder)[0])
         return store
 
     def _create_or_check(self) -> None:
-        path = self.folder / "manifest.json"
+        path = self.folder / MANIFEST
         if path.is_file():
-            try:
-                found = json.loads(path.read_text())
-            except ValueError:
-                raise StoreMismatch(
-                    f"descriptor store {self.folder}: manifest.json is not valid JSON; delete the "
-                    "folder to extract again"
-                ) from None
-            self._check(found)
+            self._check(read_manifest(self.folder)[0])
             return
         leftovers = sorted(self.folder.glob("shard_*.npy")) if self.folder.is_dir() else []
         if leftovers:
@@ -164,8 +317,8 @@ class DescriptorStore:
                 "another"
             )
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / "images.txt", lambda out: out.write("".join(f"{i}\n" for i in self.images).encode()))
-        _write_json(path, self.manifest())
+        atomic_write(self.folder / IMAGE_LIST, lambda out: out.write(_list_text(self.images)))
+        self._write_manifest([None] * self.shards)
 
     def _check(self, found: Dict[str, Any]) -> None:
         wanted = self.manifest()
@@ -185,7 +338,8 @@ class DescriptorStore:
 
     def write_shard(self, k: int, vecs: np.ndarray, skipped: Sequence[int] = ()) -> Path:
         """Store shard ``k`` (D x n_k or n_k x D descriptors of its images, ``skipped``: their
-        indices in the whole list); its skipped list goes first, the array last."""
+        indices in the whole list); its skipped list goes first, the array last. A shard on
+        disk is never replaced: when another process wrote it first, its file stays."""
         rows = self.shard_rows(k)
         array = np.asarray(vecs)
         if array.shape == (self.dim, len(rows)) and array.shape != (len(rows), self.dim):
@@ -194,14 +348,14 @@ class DescriptorStore:
             raise ValueError(f"shard {k} of {self.folder} needs {len(rows)} x {self.dim} descriptors, got {vecs.shape}")
         _write_json(self._skip_path(k), {"skipped": [int(i) for i in skipped]})
         array = np.ascontiguousarray(array, dtype=DTYPES[self.key.dtype])
-        return atomic_write(self.shard_path(k), lambda out: np.save(out, array))
+        return atomic_write(self.shard_path(k), lambda out: np.save(out, array), replace=False)
 
     def fill(self, encode, skip_bad: bool = False) -> int:
         """Encode and write every missing shard (``encode(images, skipped)`` -> D x n array,
         appending the positions of unreadable images to ``skipped`` when ``skip_bad``);
         under torchrun each rank takes its share. Returns the number of shards this
         process wrote. Ends with every rank waiting for the others and rank 0 writing
-        skipped.txt."""
+        skipped.txt and the shards' hashes (`record_hashes`)."""
         world = current_world()
         todo = [k for k in self.missing() if k % world.size == world.rank]
         if todo:
@@ -220,13 +374,30 @@ class DescriptorStore:
         barrier(world)
         if world.is_main:
             self._write_skipped_list()
+            self.record_hashes()
+        barrier(world)
+        self._hashes = None  # the manifest's, as rank 0 wrote them
         return len(todo)
+
+    def record_hashes(self) -> None:
+        """Record in the manifest the sha256 of every shard whose hash it lacks (each read as
+        it is on disk: a shard never changes once written). A manifest written before aml
+        recorded hashes is left as it is: its shards stay unverified."""
+        manifest, _ = read_manifest(self.folder)
+        hashes = manifest.get(HASHES)
+        if hashes is None or all(h is not None for h in hashes):
+            return
+        for k in range(self.shards):
+            if hashes[k] is None and self.shard_path(k).is_file():
+                hashes[k] = descriptors_sha256(self._load_shard(k))
+        self._write_manifest(hashes)
+        self._hashes = None
 
     def _write_skipped_list(self) -> None:
         skipped = self.skipped()
         path = self.folder / "skipped.txt"
         if skipped:
-            atomic_write(path, lambda out: out.write("".join(f"{self.images[i]}\n" for i in skipped).encode()))
+            atomic_write(path, lambda out: out.write(_list_text([self.images[i] for i in skipped])))
             log.warning(">> %s: %d unreadable images skipped, listed in %s", self.folder.name, len(skipped), path)
 
     # -- reading --------------------------------------------------------------------------
@@ -234,16 +405,54 @@ class DescriptorStore:
         return not self.missing()
 
     def skipped(self) -> List[int]:
-        """Indices of the images that could not be read (their rows are zero)."""
+        """Indices of the images that could not be read (their rows are zero).
+
+        Raises:
+            DataError: naming a shard's skipped list that is damaged or names other images.
+        """
         found: List[int] = []
         for k in range(self.shards):
             path = self._skip_path(k)
-            if path.is_file():
-                found += json.loads(path.read_text())["skipped"]
+            if not path.is_file():
+                continue
+            record = _read_json(path, SHARD_FIX)
+            rows = self.shard_rows(k)
+            listed = record.get("skipped") if isinstance(record, dict) else None
+            if not isinstance(listed, list) or not all(type(i) is int and i in rows for i in listed):
+                raise StoreDamaged(
+                    f"{path} does not list skipped images of its shard (indices in [{rows.start}, {rows.stop})): "
+                    "it was edited or is damaged",
+                    "delete it and its shard, and run the same command again to encode it again",
+                )
+            found += listed
         return sorted(found)
 
-    def read_shard(self, k: int) -> np.ndarray:
-        """Shard ``k`` as an n_k x D array, checked against the manifest."""
+    def hashes(self) -> List[Optional[str]]:
+        """Each shard's sha256 as the manifest records it (None: not recorded)."""
+        if self._hashes is None:
+            manifest, _ = read_manifest(self.folder)
+            self._hashes = list(manifest.get(HASHES) or [None] * self.shards)
+        return self._hashes
+
+    def unverified(self) -> List[int]:
+        """Shards with no recorded hash (a store written before aml recorded them): read unchecked."""
+        return [k for k, digest in enumerate(self.hashes()) if digest is None]
+
+    def warn_unverified(self) -> None:
+        """Log a warning when some shards cannot be checked (`unverified`)."""
+        unverified = self.unverified()
+        if unverified:
+            log.warning(
+                ">> descriptor store %s: %d of %d shards have no sha256 in its manifest (it was written "
+                "before aml recorded them), so a shard replaced or copied from another store would go "
+                "unnoticed; %s",
+                self.folder,
+                len(unverified),
+                self.shards,
+                UNVERIFIED_FIX,
+            )
+
+    def _load_shard(self, k: int) -> np.ndarray:
         path = self.shard_path(k)
         if not path.is_file():
             raise FileNotFoundError(
@@ -253,15 +462,35 @@ class DescriptorStore:
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise DataError(
-                f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err}); "
-                "delete it and run again to encode it again"
+            raise StoreDamaged(
+                f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err})", SHARD_FIX
             ) from err
         rows = self.shard_rows(k)
         if array.shape != (len(rows), self.dim) or array.dtype != DTYPES[self.key.dtype]:
-            raise DataError(
+            raise StoreDamaged(
                 f"descriptor store {self.folder}: {path.name} holds {array.shape} {array.dtype}, the "
-                f"manifest says {len(rows)} x {self.dim} {self.key.dtype}; delete it and run again"
+                f"manifest says {len(rows)} x {self.dim} {self.key.dtype}",
+                SHARD_FIX,
+            )
+        return array
+
+    def read_shard(self, k: int) -> np.ndarray:
+        """Shard ``k`` as an n_k x D array, checked against the manifest: its shape, dtype and
+        sha256.
+
+        Raises:
+            FileNotFoundError: when it is missing.
+            DataError: naming the shard, when it is damaged, of another shape, or not the
+                shard this store wrote (replaced, or copied from another store).
+        """
+        array = self._load_shard(k)
+        expected = self.hashes()[k]
+        if expected is not None and descriptors_sha256(array) != expected:
+            raise StoreDamaged(
+                f"descriptor store {self.folder}: {self.shard_path(k).name} is not the shard this store "
+                "wrote (its descriptors do not match the sha256 in manifest.json): it was replaced or copied "
+                "from another store",
+                SHARD_FIX,
             )
         return array
 
@@ -280,6 +509,10 @@ class DescriptorStore:
 def open_store(folder: Path) -> DescriptorStore:
     """An existing store, as its manifest and image list describe it (to read its shards).
 
+    Every field of the manifest is checked (`read_manifest`), and so is its agreement with
+    the image list and the shard files; a store written before aml recorded its shards'
+    hashes is opened with a warning (`DescriptorStore.warn_unverified`).
+
     Args:
         folder: the store's folder.
 
@@ -287,21 +520,28 @@ def open_store(folder: Path) -> DescriptorStore:
         The store.
 
     Raises:
-        DataError: when the folder holds no readable manifest and image list.
+        DataError: naming the file, when the folder holds no readable manifest and image list,
+            or the manifest was edited or does not fit the shard files.
         StoreMismatch: when the image list does not fit the manifest.
     """
     folder = Path(folder)
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        images = (folder / "images.txt").read_text().split("\n")[:-1]
-        descriptors = DescriptorKey.from_record(manifest)
-        if descriptors is None:
-            raise KeyError("fingerprint")
-        key = StoreKey(descriptors, manifest["network"], manifest["dtype"], manifest["shard_size"])
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{folder} is not a readable descriptor store ({err})") from None
+        manifest, key = read_manifest(folder)
+        images = (folder / IMAGE_LIST).read_bytes().decode(errors="surrogateescape").split("\n")[:-1]
+    except OSError as err:
+        raise StoreDamaged(f"{folder} is not a readable descriptor store ({err})") from None
     store = DescriptorStore(folder, images, key, int(manifest["dim"]))
     store._check(manifest)  # the image list and the manifest agree
+    beyond = sorted(
+        p.name for p in folder.glob("shard_*.npy") if not p.stem[6:].isdigit() or int(p.stem[6:]) >= store.shards
+    )
+    if beyond:
+        raise StoreDamaged(
+            f"{folder / MANIFEST} says {store.shards} shards of {key.shard_size} images, but the folder also "
+            f"holds {beyond[0]}: the manifest was edited or the shard comes from another store"
+        )
+    store._hashes = list(manifest.get(HASHES) or [None] * store.shards)
+    store.warn_unverified()
     return store
 
 
@@ -327,4 +567,6 @@ def encode_into_store(
         )
 
     store.fill(encode, config.skip_bad)
+    if current_world().is_main:
+        store.warn_unverified()
     return store

@@ -16,6 +16,7 @@ from torch import nn
 
 from aml.networks.backbones import get_backbone, library_model, load_weights
 from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network, output_dimension
+from aml.utils.bounds import Bound
 from aml.utils.plain_files import CheckpointError, PathLike, load_plain_file, save_plain_file
 
 __all__ = [
@@ -90,6 +91,7 @@ def remap_legacy_keys(arch: str, state_dict: Dict[str, torch.Tensor]) -> Dict[st
 
 
 MAX_OUTPUT_DIM = 65536  # the published networks output 512 or 2048; a larger value would allocate gigabytes
+OUTPUT_DIM = Bound(int, f"a descriptor dimension (1 to {MAX_OUTPUT_DIM})", lambda v: 1 <= v <= MAX_OUTPUT_DIM)
 
 
 _FLAGS = ("local_whitening", "regional", "whitening")
@@ -157,7 +159,7 @@ def network_from_checkpoint(
     arch = meta["architecture"]
     dim = meta.get("outputdim")
     dim = output_dimension(arch, teacher) if dim is None else dim
-    if not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= MAX_OUTPUT_DIM:
+    if not isinstance(dim, int) or OUTPUT_DIM.problem(dim):
         raise CheckpointError(
             f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
             f"{MAX_OUTPUT_DIM}); the file is damaged or not a retrieval checkpoint"

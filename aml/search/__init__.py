@@ -7,11 +7,12 @@ index (`aml.search.faiss_index`), are `SearchDatabase`'s; the checks that a stud
 the store's teacher are `aml.search.query`'s.
 """
 
-from aml.search.database import SearchDatabase, StoreError, build_ivfpq
+from aml.search.database import IvfPq, SearchDatabase, StoreError, build_ivfpq
 from aml.search.query import check_onnx_student, check_teacher, query_database, query_database_onnx
 from aml.search.store import build_store, list_images, open_database
 
 __all__ = [
+    "IvfPq",
     "SearchDatabase",
     "StoreError",
     "build_ivfpq",

@@ -2,6 +2,8 @@
 augmented with DBA when the store was indexed so), searched exactly or with the store's IVF-PQ
 index; `open_database` (`aml.search.store`) loads one from a store folder."""
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -10,8 +12,9 @@ import numpy as np
 
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.superglobal import Shortlist
-from aml.evaluation.whitening import whitenapply
+from aml.evaluation.whitening import whitened
 from aml.search.faiss_index import PQ_CODES, exact_search, faiss_or_none, read_index, train_ivfpq, write_index
+from aml.utils.atomic import atomic_write
 from aml.utils.errors import DataError
 
 # the files of a store folder besides the descriptor store's own (aml.descriptors.store)
@@ -20,8 +23,25 @@ WHITENING = "whitening.pth"
 DBA = "dba.npy"  # the descriptors after database-side augmentation (whitened first)
 INDEX = "index.faiss"
 REBUILD = "python -m aml.search index"
+FILES = "files"  # search.json's sha256 of each of the store's files besides the shards
 
 Whitening = Tuple[np.ndarray, np.ndarray]
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as ``search.json`` records the store's files.
+
+    Args:
+        path: the file.
+
+    Returns:
+        64 hex digits.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class StoreError(DataError):
@@ -37,6 +57,50 @@ class StoreError(DataError):
         ...     print(str(err).split(";")[0])
         no/such.store is not a complete store (no descriptors.npy with matching settings)
     """
+
+
+@dataclass(frozen=True)
+class IvfPq:
+    """The shape of an IVF-PQ index: ``nlist`` inverted lists, ``m`` sub-quantisers of 8 bits.
+
+    Attributes:
+        nlist: the inverted lists.
+        m: the sub-quantisers; the dimension must be a multiple of it.
+
+    Examples:
+        >>> from aml.search import IvfPq
+        >>> IvfPq(64, 32).problem(count=100, dim=512).split(";")[0]
+        '--ivfpq 64,32 needs at least 256 database images (8-bit codes)'
+        >>> IvfPq(64, 32).problem(count=10000, dim=512) is None
+        True
+    """
+
+    nlist: int
+    m: int
+
+    def problem(self, count: int, dim: int) -> Optional[str]:
+        """Why this index cannot be built over ``count`` descriptors of ``dim`` dimensions.
+
+        Known before any image is encoded.
+
+        Args:
+            count: the database images.
+            dim: their dimension.
+
+        Returns:
+            What is wrong, with the fix, or None when it can be built.
+        """
+        flag = f"--ivfpq {self.nlist},{self.m}"
+        if faiss_or_none() is None:
+            return f"{flag} needs faiss: pip install faiss-cpu"
+        if count < max(PQ_CODES, self.nlist):
+            return (
+                f"{flag} needs at least {max(PQ_CODES, self.nlist)} database images (8-bit codes); the store "
+                f"has {count}: search it exactly (without --ivfpq)"
+            )
+        if dim % self.m:
+            return f"{flag}: the dimension {dim} is not a multiple of {self.m} sub-quantisers"
+        return None
 
 
 @dataclass
@@ -98,11 +162,12 @@ class SearchDatabase:
             The scores and the database indices, each Q x k, best first.
 
         Raises:
-            StoreError: when the store's IVF-PQ index is damaged or belongs to another store,
-                or ``reranking.qe`` or ``reranking.superglobal``'s M exceeds the store's size.
+            StoreError: when the queries are not finite descriptors of the store's dimension,
+                the store's IVF-PQ index is damaged or belongs to another store, or
+                ``reranking.qe`` or ``reranking.superglobal``'s M exceeds the store's size.
+            WhiteningError: when whitening makes a query NaN or infinite.
         """
-        if self.whitening is not None and not prewhitened:
-            queries = whitenapply(queries, *self.whitening)
+        queries = self._checked(queries, prewhitened)
         size = self.searchable
         superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
         for flag, asked in (("--qe", reranking.qe), ("--superglobal", superglobal)):
@@ -121,6 +186,27 @@ class SearchDatabase:
     def searchable(self) -> int:
         """The images a query can find: all of the store's."""
         return self.vecs.shape[1]
+
+    def _checked(self, queries: np.ndarray, prewhitened: bool) -> np.ndarray:
+        """The queries as D x Q finite descriptors of the store's space (whitened unless
+        ``prewhitened``), or a StoreError: a NaN scores as nothing and would rank silently."""
+        whiten = self.whitening is not None and not prewhitened
+        dim = self.whitening[0].size if whiten and self.whitening is not None else self.vecs.shape[0]
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[0] != dim:
+            raise StoreError(
+                f"the queries are descriptors of shape {queries.shape}, but the store {self.folder} takes "
+                f"{dim} x Q ({dim}-d, one column per query)"
+            )
+        bad = int((~np.isfinite(queries)).any(axis=0).sum())
+        if bad:
+            raise StoreError(
+                f"{bad} of the {queries.shape[1]} query descriptors hold NaN or infinite values: they cannot be "
+                "searched (the student or the ONNX file that encoded them is damaged)"
+            )
+        if whiten and self.whitening is not None:
+            queries = whitened(queries, self.whitening, "query")
+        return queries
 
     def nearest(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Each query's ``k`` first results, with their descriptors (what αQE expands with).
@@ -150,6 +236,11 @@ class SearchDatabase:
             ) from None
         if index is None:
             return exact_search(self.vecs, queries, k)
+        if index.metric_type != faiss_or_none().METRIC_INNER_PRODUCT:
+            raise StoreError(
+                f"{index_file} ranks by another metric than the inner product of the store's descriptors: "
+                "it was not built by aml; delete it or rebuild it with: python -m aml.search index --ivfpq"
+            )
         if (index.ntotal, index.d) != self.vecs.shape[::-1]:
             raise StoreError(
                 f"{index_file} indexes {index.ntotal} vectors of {index.d} dimensions but the store "
@@ -166,7 +257,7 @@ def build_ivfpq(
 
     The index (``index.faiss`` in the store's folder) has ``nlist`` lists and ``m``
     sub-quantisers of 8 bits; ``sample`` database descriptors serve as the queries of the
-    recall.
+    recall. The store's ``search.json`` records the index's sha256 and its recall.
 
     Args:
         database: the store's database (`aml.search.open_database`).
@@ -182,23 +273,34 @@ def build_ivfpq(
 
     Raises:
         StoreError: without faiss, with fewer database images than 256 (and than ``nlist``),
-            or with a dimension that is not a multiple of ``m``.
+            or with a dimension that is not a multiple of ``m`` (`IvfPq.problem`).
 
     Examples:
         >>> from aml.search import build_ivfpq, open_database
         >>> build_ivfpq(open_database("photos.store"), nlist=64, m=32)  # doctest: +SKIP
         0.94
     """
-    if faiss_or_none() is None:
-        raise StoreError("--ivfpq needs faiss: pip install faiss-cpu")
     dim, n = database.vecs.shape
-    if n < max(PQ_CODES, nlist):
-        raise StoreError(
-            f"--ivfpq {nlist},{m} needs at least {max(PQ_CODES, nlist)} database images (8-bit codes); "
-            f"the store has {n}: search it exactly (without --ivfpq)"
-        )
-    if dim % m:
-        raise StoreError(f"--ivfpq: the dimension {dim} is not a multiple of {m} sub-quantisers")
+    problem = IvfPq(nlist, m).problem(n, dim)
+    if problem:
+        raise StoreError(problem)
     index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
     write_index(index, database.folder / INDEX)
+    _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall})
     return recall
+
+
+def _record_index(folder: Path, settings: Dict[str, Any]) -> None:
+    """Add the index's sha256 and settings to the store's ``search.json`` (a store indexed by
+    an aml that recorded no hashes, or a database not read from a store folder, has none to
+    add to)."""
+    path = folder / SEARCH
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return
+    if not isinstance(record, dict) or not isinstance(record.get(FILES), dict):
+        return
+    record[FILES][INDEX] = file_sha256(folder / INDEX)
+    record["ivfpq"] = settings
+    atomic_write(path, lambda out: out.write(json.dumps(record).encode()))

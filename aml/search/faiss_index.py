@@ -7,6 +7,8 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
+from aml.utils.atomic import atomic_path
+
 PQ_CODES = 256  # centroids of each 8-bit sub-quantiser: the fewest training vectors faiss accepts
 
 
@@ -97,10 +99,11 @@ def train_ivfpq(
 
 
 def write_index(index: Any, path: Path) -> None:
-    """Save a faiss index to ``path``.
+    """Save a faiss index to ``path``, atomically.
 
     Args:
         index: the index.
         path: the file.
     """
-    faiss_or_none().write_index(index, str(path))
+    with atomic_path(path) as temporary:  # an index on disk is whole, or the old one
+        faiss_or_none().write_index(index, str(temporary))

@@ -241,7 +241,12 @@ def query_database_onnx(
             f"{path} outputs {width}-d descriptors but its metadata says {info.dim}: the file was edited "
             f"or damaged; export it again: {REEXPORT}"
         )
-    queries = describe_with_onnx(session, images, database.settings["image_size"], bbxs)
+    queries = describe_with_onnx(session, images, database.settings["image_size"], bbxs, source=path)
+    if queries.shape[0] != info.dim:
+        raise StoreError(
+            f"{path} gives {queries.shape[0]}-d descriptors but its metadata says {info.dim}: the file was edited "
+            f"or damaged; export it again: {REEXPORT}"
+        )
     return _hits(
         database, images, *database.search(queries, k, prewhitened=info.whitening is not None, reranking=reranking)
     )

@@ -2,30 +2,58 @@
 by `build_store` and opened for search by `open_database`.
 
 A store is a folder: the teacher's descriptors as a sharded descriptor store (the one the +1M
-protocol uses, `aml.descriptors.store`: ``manifest.json`` with the `DescriptorKey`
-and the teacher's name, ``images.txt``, ``shard_*.npy``), ``search.json`` (the teacher as it
-was given, for the query-side check, and the DBA applied at indexing; written last), optionally
-``whitening.pth`` (the teacher's learned whitening, applied to both sides), ``dba.npy`` (the
-descriptors after database-side augmentation, whitened first; searched instead of the shards)
-and ``index.faiss`` (an IVF-PQ index, `aml.search.faiss_index`).
+protocol uses, `aml.descriptors.store`: ``manifest.json`` with the `DescriptorKey`, the
+teacher's name and each shard's sha256, ``images.txt``, ``shard_*.npy``), ``search.json`` (the
+teacher as it was given, for the query-side check, the DBA applied at indexing, and the sha256
+of each file below; written last), optionally ``whitening.pth`` (the teacher's learned
+whitening, applied to both sides), ``dba.npy`` (the descriptors after database-side
+augmentation, whitened first; searched instead of the shards) and ``index.faiss`` (an IVF-PQ
+index, `aml.search.faiss_index`). A store is built in ``.<name>.indexing`` beside it, locked
+(``.<name>.lock``) against a second indexing, and renamed into place when complete.
 Stores of the older one-file layout (``descriptors.npy`` with its image list and settings)
-are read, with a warning, until aml `LEGACY_LAYOUT_READ_UNTIL`.
+are read, with a warning, until aml `LEGACY_LAYOUT_READ_UNTIL`; so are stores written before
+aml recorded the hashes of their files.
 """
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, feature_file_settings
-from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch, encode_into_store, open_store
+from aml.descriptors.store import (
+    IMAGE_LIST,
+    MANIFEST,
+    DescriptorStore,
+    StoreDamaged,
+    StoreKey,
+    encode_into_store,
+    open_store,
+)
 from aml.evaluation.reranking import Reranking, database_augmentation
-from aml.evaluation.whitening import whitenapply
+from aml.evaluation.whitening import WhiteningError, check_whitening, whitenapply, whitened
+from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
-from aml.search.database import DBA, INDEX, REBUILD, SEARCH, WHITENING, SearchDatabase, StoreError, Whitening
-from aml.utils.atomic import atomic_write
+from aml.search.database import (
+    DBA,
+    FILES,
+    INDEX,
+    REBUILD,
+    SEARCH,
+    WHITENING,
+    IvfPq,
+    SearchDatabase,
+    StoreError,
+    Whitening,
+    build_ivfpq,
+    file_sha256,
+)
+from aml.utils.atomic import atomic_write, folder_lock, publish_folder
+from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
+from aml.utils.errors import DataError
 from aml.utils.types import PathLike
 from aml.utils.plain_files import load_plain_file, save_plain_file
 
@@ -37,6 +65,9 @@ SHARD_SIZE = 65536  # images per shard (256 MB of 1024-d float32)
 #: what build_store records, and the query side reads
 STORE_SETTINGS = ("network", "source", "fingerprint", "image_size", "scales", "dim")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+#: what a store folder may hold: its own files (and what an atomic write leaves while it runs)
+STORE_FILES: Tuple[str, ...] = (MANIFEST, IMAGE_LIST, "skipped.txt", "shard_*.npy", "shard_*.json", SEARCH, WHITENING)
+STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")
 
 
 def list_images(source: PathLike) -> List[str]:
@@ -61,7 +92,13 @@ def list_images(source: PathLike) -> List[str]:
     source = Path(source)
     if source.is_dir():
         return sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    return [line.strip() for line in source.read_text().splitlines() if line.strip()]
+    try:
+        text = source.read_bytes().decode(errors="surrogateescape")  # names that are not UTF-8 as they are
+    except OSError as err:
+        raise StoreError(
+            f"cannot read the image list {source} ({err.strerror}): give a folder or a text file of paths"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def build_store(
@@ -73,22 +110,27 @@ def build_store(
     whitening: Optional[Whitening] = None,
     config: ExtractionConfig = DEFAULT_EXTRACTION,
     reranking: Reranking = Reranking(),
+    ivfpq: Optional[IvfPq] = None,
 ) -> Path:
     """Encode a database's images with the teacher into a store.
 
-    The descriptors are a sharded descriptor store (`aml.descriptors.store`, float32):
-    an interrupted indexing, run again with the same teacher, settings and images, resumes at
-    its first missing shard. Indexing into a complete store encodes everything again (its
-    images may have changed in place); the whitening, DBA and IVF-PQ index there are
-    removed: they belong to the old descriptors. With ``reranking.dba``, the (whitened) descriptors
-    are augmented once (`aml.evaluation.database_augmentation`) into ``dba.npy``, which
-    searches use instead, and ``search.json`` records it; the shards stay the teacher's own.
+    The store is built in ``.<name>.indexing`` beside ``folder`` and renamed into place when
+    complete, so the old store (if any) answers queries until then, and a store is never
+    half written nor mixed with another indexing's files; ``.<name>.lock`` keeps a second
+    indexing of ``folder`` out meanwhile. The descriptors are a sharded descriptor store
+    (`aml.descriptors.store`, float32): an interrupted indexing, run again with the same
+    teacher, settings and images, resumes at its first missing shard. Indexing into a
+    complete store encodes everything again (its images may have changed in place); its
+    whitening, DBA and IVF-PQ index go with it. With ``reranking.dba``, the (whitened)
+    descriptors are augmented once (`aml.evaluation.database_augmentation`) into ``dba.npy``,
+    which searches use instead, and ``search.json`` records it; the shards stay the
+    teacher's own. ``search.json`` records the sha256 of every file beside the shards.
 
     Args:
         teacher: the teacher and its provenance (the name or path it was loaded from is
             recorded for the query-side check).
         images: the database's image files.
-        folder: the store's folder.
+        folder: the store's folder: new, empty, or a store (replaced when the new one is complete).
         image_size: the longer side images are shrunk to.
         scales: the multi-scale factors.
         whitening: the teacher's learned whitening (m, P), saved with the store and applied to
@@ -97,12 +139,17 @@ def build_store(
         reranking: its ``dba`` neighbours augment each database descriptor, weighted by their
             similarities to the power ``dba_alpha`` (DBA; 0: none); its query-side fields are
             not used here.
+        ivfpq: also build this IVF-PQ index (`build_ivfpq`; its recall is in
+            ``search.json`` and the database's ``settings["ivfpq"]``); None: none.
 
     Returns:
         The store's folder.
 
     Raises:
-        StoreError: when ``reranking.dba`` leaves no image out (at most N - 1 neighbours).
+        StoreError: before any image is encoded, when ``reranking.dba`` leaves no image out (at
+            most N - 1 neighbours), ``ivfpq`` cannot be built (`IvfPq.problem`), or ``folder``
+            holds files that are not a store's.
+        FolderInUse: when another process is indexing into ``folder``.
 
     Examples:
         >>> from aml.networks.loading import load_teacher
@@ -112,79 +159,106 @@ def build_store(
         PosixPath('photos.store')
     """
     folder = Path(folder)
+    target = folder.resolve()  # a link to a store: the store it points to is replaced
     images = [str(Path(i).resolve()) for i in images]
-    dba, dba_alpha = reranking.dba, reranking.dba_alpha
-    if dba >= len(images):
-        raise StoreError(
-            f"--dba {dba}: {len(images)} images to index, so an image has at most {len(images) - 1} "
-            f"neighbours; give --dba {len(images) - 1} or less"
-        )
+    dim = int(teacher.net.meta["outputdim"])
+    _check_plan(len(images), dim, reranking, ivfpq)
     key = StoreKey(
         DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint),
         teacher.name,
         "float32",
         SHARD_SIZE,
     )
-    interrupted = not (folder / SEARCH).is_file()
-    (folder / SEARCH).unlink(missing_ok=True)  # written last: until then the store is incomplete
-    _clear_descriptors(folder, images, key, int(teacher.net.meta["outputdim"]), keep_matching=interrupted)
-    for stale in (folder / WHITENING, folder / DBA, folder / INDEX):
-        if stale.is_file():
-            log.info(">> replacing the store in %s: %s removed", folder, stale.name)
-            stale.unlink()
-    store = encode_into_store(teacher.net, images, folder, key, config.but(desc="indexing"))
-    if whitening is not None:
-        save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
-    record: Dict[str, Any] = {"source": teacher.spec.given}
-    if dba:
-        record["dba"] = _write_augmented(store, folder, whitening, dba, dba_alpha, str(config.device_for()))
-    atomic_write(folder / SEARCH, lambda out: out.write(json.dumps(record).encode()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(target, fix="give another --store", beside=True):
+        _refuse_foreign_files(target)
+        staging = target.parent / f".{target.name}.indexing"
+        _clear_staging(staging, images, key, dim)
+        store = encode_into_store(teacher.net, images, staging, key, config.but(desc="indexing"))
+        record: Dict[str, Any] = {"source": teacher.spec.given}
+        if whitening is not None:
+            save_plain_file({"m": whitening[0], "P": whitening[1]}, staging / WHITENING)
+        if reranking.dba:
+            record["dba"] = _write_augmented(store, staging, whitening, reranking, str(config.device_for()))
+        record[FILES] = {name: file_sha256(staging / name) for name in (WHITENING, DBA) if (staging / name).is_file()}
+        atomic_write(staging / SEARCH, lambda out: out.write(json.dumps(record).encode()))
+        if ivfpq is not None:
+            build_ivfpq(open_database(staging), ivfpq.nlist, ivfpq.m)
+        _refuse_foreign_files(target)  # files put there meanwhile are the user's: not replaced
+        publish_folder(staging, target, overwrite=True)
     log.info(">> store of %d images by %s written to %s", store.count, teacher.name, folder)
     return folder
 
 
+def _check_plan(count: int, dim: int, reranking: Reranking, ivfpq: Optional[IvfPq]) -> None:
+    """Refuse, before anything is encoded, a DBA or an IVF-PQ index that cannot be built."""
+    if reranking.dba >= count:
+        raise StoreError(
+            f"--dba {reranking.dba}: {count} images to index, so an image has at most {count - 1} "
+            f"neighbours; give --dba {count - 1} or less"
+        )
+    problem = ivfpq.problem(count, dim) if ivfpq is not None else None
+    if problem:
+        raise StoreError(problem)
+
+
+def _refuse_foreign_files(folder: Path) -> None:
+    """Refuse a store folder that holds files that are not a store's: indexing replaces the
+    whole folder, and they are the user's."""
+    if not folder.is_dir():
+        if folder.exists():
+            raise StoreError(f"{folder} is a file, not a store folder; give another --store")
+        return
+    foreign = sorted(
+        p.name for p in folder.iterdir() if not any(p.match(pattern) for pattern in STORE_FILES) or p.is_dir()
+    )
+    if foreign:
+        raise StoreError(
+            f"{folder} holds {len(foreign)} files or folders that are not a store's ({foreign[0]}, ...): indexing "
+            "replaces the whole folder, so give an empty or new folder as --store"
+        )
+
+
 def _write_augmented(
-    store: DescriptorStore, folder: Path, whitening: Optional[Whitening], k: int, alpha: float, device: str
+    store: DescriptorStore, folder: Path, whitening: Optional[Whitening], reranking: Reranking, device: str
 ) -> Dict[str, Any]:
     """DBA of the store's (whitened) descriptors into ``dba.npy``; returns what search.json records."""
     vecs = store.load()
     if whitening is not None:
         vecs = whitenapply(vecs, *whitening)
+    k, alpha = reranking.dba, reranking.dba_alpha
     augmented = database_augmentation(vecs, k, alpha, device, excluded=store.skipped())
     atomic_write(folder / DBA, lambda out: np.save(out, augmented, allow_pickle=False))
     log.info(">> DBA of %d neighbours (alpha %g) applied to the store's descriptors: %s", k, alpha, DBA)
     return {"k": k, "alpha": alpha}
 
 
-def _clear_descriptors(folder: Path, images: Sequence[str], key: StoreKey, dim: int, keep_matching: bool) -> None:
-    """Remove the descriptors of an earlier indexing from ``folder`` (and those of the older
-    one-file layout); with ``keep_matching``, shards of this very ``key`` and ``images`` stay
-    (an interrupted indexing resumes)."""
-    legacy = [folder / name for name in LEGACY_FILES if (folder / name).is_file()]
-    stale: List[Path] = []
-    if (folder / "manifest.json").is_file():
-        try:
-            if not keep_matching:
-                raise StoreMismatch("a complete store is indexed again")
-            DescriptorStore.create(folder, images, key, dim)
-        except StoreMismatch:
-            stale = [
-                folder / "manifest.json",
-                folder / "images.txt",
-                folder / "skipped.txt",
-                *folder.glob("shard_*.npy"),
-                *folder.glob("shard_*.json"),
-            ]
-    for path in legacy + stale:
-        path.unlink(missing_ok=True)
-    if legacy or stale:
-        log.info(">> replacing the store in %s: the descriptors of its earlier indexing removed", folder)
+def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int) -> None:
+    """Empty the staging folder of an interrupted indexing, but for the shards of this very
+    ``key`` and ``images`` (which the indexing resumes from)."""
+    if not staging.is_dir():
+        return
+    try:
+        DescriptorStore.create(staging, images, key, dim)
+        kept: Tuple[str, ...] = ("shard_*.npy", "shard_*.json", MANIFEST, IMAGE_LIST)
+        log.info(">> %s: resuming the interrupted indexing in %s", staging.parent, staging.name)
+    except DataError:  # of other descriptors (StoreMismatch), or damaged: nothing to resume from
+        kept = ()
+    for path in staging.iterdir():
+        if any(path.match(pattern) for pattern in kept):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, Any]]:
     """(D x N descriptors, images, settings) of a store folder, each part checked."""
     try:
         store = open_store(folder)
+    except StoreDamaged as err:
+        raise StoreError(f"{err.problem}; index it again ({REBUILD})") from None
     except ValueError as err:
         raise StoreError(f"{err}; index it again ({REBUILD})") from None
     if not store.complete():
@@ -198,16 +272,82 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str,
         )
     try:
         vecs = store.load()
-        record = json.loads((folder / SEARCH).read_text())
-        source = record["source"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise StoreError(f"the store {folder} is damaged ({err}); index it again ({REBUILD})") from None
+    except StoreDamaged as err:
+        raise StoreError(f"{err.problem}; index it again ({REBUILD})") from None
     if not np.isfinite(vecs).all():
         raise StoreError(f"the store {folder} holds NaN or infinite values: it is damaged; index it again ({REBUILD})")
-    settings = dict(store.key.record(), source=source, dim=store.dim)
-    if record.get("dba"):
-        settings["dba"] = record["dba"]
+    record = _search_record(folder)
+    settings = dict(store.key.record(), source=record["source"], dim=store.dim)
+    for name in ("dba", "ivfpq", FILES):
+        if name in record:
+            settings[name] = record[name]
     return vecs, store.images, settings
+
+
+def _search_record(folder: Path) -> Dict[str, Any]:
+    """The store's ``search.json``, every field checked."""
+    path = folder / SEARCH
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise StoreError(f"cannot read {path} ({err}): the store is damaged; index it again ({REBUILD})") from None
+    if not isinstance(record, dict):
+        raise StoreError(f"{path} holds a {type(record).__name__}, not a store's record; index it again ({REBUILD})")
+    dba, files = record.get("dba"), record.get(FILES, {})
+    problems = {
+        "source": None if isinstance(record.get("source"), str) else f"must be a string, got {record.get('source')!r}",
+        "dba": None if dba is None or _dba_problem(dba) is None else _dba_problem(dba),
+        FILES: None
+        if isinstance(files, dict) and all(isinstance(v, str) for v in files.values())
+        else f"must map file names to sha256 digests, got {str(files)[:80]}",
+        "ivfpq": None if isinstance(record.get("ivfpq", {}), dict) else "must be an object",
+    }
+    for name, problem in problems.items():
+        if problem:
+            raise StoreError(
+                f"{path}: {name}: {problem}; it was edited or is damaged: index the store again ({REBUILD})"
+            )
+    return record
+
+
+def _dba_problem(dba: Any) -> Optional[str]:
+    if not isinstance(dba, dict):
+        return f"must be {{'k': K, 'alpha': A}}, got {dba!r}"
+    return POSITIVE_INT.problem(dba.get("k")) or NONNEGATIVE_FLOAT.problem(dba.get("alpha"))
+
+
+def _verify_files(folder: Path, settings: Dict[str, Any]) -> None:
+    """Check the store's whitening, DBA and index files against the sha256 that ``search.json``
+    records: each one there must be this store's own (not replaced, nor copied from another
+    store). A store indexed before aml recorded them is read with a warning."""
+    present = [name for name in (WHITENING, DBA, INDEX) if (folder / name).exists()]
+    listed = settings.get(FILES)
+    if listed is None:
+        if present:
+            log.warning(
+                ">> the store %s was indexed before aml recorded the sha256 of its files, so a %s replaced or "
+                "copied from another store would go unnoticed; index it again (%s) to have them checked",
+                folder,
+                " or ".join(present),
+                REBUILD,
+            )
+        return
+    for name in sorted(set(present) | set(listed) | ({DBA} if settings.get("dba") else set())):
+        path = folder / name
+        if name not in listed:
+            raise StoreError(
+                f"{path} was not written by this store's indexing ({SEARCH} does not list it): it belongs to "
+                f"another store; delete it, or index again ({REBUILD})"
+            )
+        if not path.is_file():
+            raise StoreError(
+                f"{path} is missing, which {SEARCH} lists: the store is damaged; index it again ({REBUILD})"
+            )
+        if file_sha256(path) != listed[name]:
+            raise StoreError(
+                f"{path} is not the file this store's indexing wrote (its sha256 differs from the one in "
+                f"{SEARCH}): it was replaced or copied from another store; index it again ({REBUILD})"
+            )
 
 
 def _augmented(folder: Path, shape: Tuple[int, int]) -> np.ndarray:
@@ -251,6 +391,7 @@ def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, 
             f"the settings of {path} lack {', '.join(missing)}: it is not a store made by "
             f"aml.search or was edited; index it again ({REBUILD})"
         )
+    _check_legacy_settings(settings, f"{path}.json")
     try:
         vecs = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
@@ -271,35 +412,43 @@ def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, 
     return vecs, images, settings
 
 
-def _whitening(folder: Path, dim: int) -> Optional[Whitening]:
-    """The store's whitening (None without one), checked against its dimension."""
-    if not (folder / WHITENING).is_file():
-        return None
-    data = load_plain_file(folder / WHITENING)
+def _check_legacy_settings(settings: Dict[str, Any], source: str) -> None:
+    """The fields of a one-file store's settings that a query reads, each of its type and range."""
     try:
-        whitening = (np.asarray(data["m"]), np.asarray(data["P"]))
-    except (TypeError, KeyError, IndexError, ValueError) as err:
-        raise StoreError(
-            f"{folder / WHITENING} is not a whitening (m, P): {type(err).__name__} {err}; delete it "
-            f"or index again ({REBUILD})"
-        ) from None
-    if whitening[1].ndim != 2 or {w.dtype.kind for w in whitening} != {"f"}:
-        raise StoreError(
-            f"{folder / WHITENING} is not a whitening (m, P of floats); delete it or index again ({REBUILD})"
-        )
-    if whitening[1].shape != (dim, dim) or whitening[0].size != dim:
-        raise StoreError(
-            f"{folder / WHITENING} whitens {whitening[1].shape[1]}-d descriptors but the store holds "
-            f"{dim}-d ones: it belongs to another store; delete it or index again"
-        )
-    return whitening
+        DescriptorKey.from_record(settings, source)
+    except DataError as err:
+        raise StoreError(f"{err}: index it again ({REBUILD})") from None
+    dim = settings["dim"]
+    problems = {
+        "dim": OUTPUT_DIM.problem(dim),
+        "network": None if isinstance(settings["network"], str) else "must be a string",
+        "source": None if isinstance(settings["source"], str) else "must be a string",
+    }
+    for name, problem in problems.items():
+        if problem:
+            raise StoreError(f"{source}: {name}: {problem}; it was edited: index the store again ({REBUILD})")
+
+
+def _whitening(folder: Path, dim: int) -> Optional[Whitening]:
+    """The store's whitening (None without one), checked: of the store's dimension, finite."""
+    path = folder / WHITENING
+    if not path.is_file():
+        return None
+    data = load_plain_file(path)
+    m, P = (data.get("m"), data.get("P")) if isinstance(data, dict) else (None, None)
+    try:
+        return check_whitening(m, P, dim, str(path))
+    except WhiteningError as err:
+        raise StoreError(f"{str(err).split('; ')[0]}; index the store again ({REBUILD} -w SET)") from None
 
 
 def open_database(folder: PathLike) -> SearchDatabase:
     """Load a store's database for search: its descriptors, whitened and augmented as the store was indexed.
 
-    Either layout is read; the descriptors are whitened when the store has a whitening (and
-    augmented with DBA when it was indexed so).
+    Either layout is read; every file is checked (the manifest's fields, each shard, the
+    whitening, DBA and index files against the sha256 that ``search.json`` records, the
+    whitening's values and shape). The descriptors are whitened when the store has a
+    whitening (and augmented with DBA when it was indexed so).
 
     Args:
         folder: the store's folder.
@@ -308,7 +457,7 @@ def open_database(folder: PathLike) -> SearchDatabase:
         The database.
 
     Raises:
-        StoreError: naming what is missing or damaged, with the fix.
+        StoreError: naming what is missing, damaged, edited or of another store, with the fix.
 
     Examples:
         >>> from aml.search import open_database
@@ -317,13 +466,17 @@ def open_database(folder: PathLike) -> SearchDatabase:
         ((512, 10000), 'retrievalSfM120k-vgg16-gem')
     """
     folder = Path(folder)
-    if (folder / "manifest.json").is_file():
+    if (folder / MANIFEST).is_file():
         vecs, images, settings = _sharded_descriptors(folder)
     else:
         vecs, images, settings = _legacy_descriptors(folder)
+    _verify_files(folder, settings)
     whitening = _whitening(folder, vecs.shape[0])
     if settings.get("dba"):
-        vecs = _augmented(folder, vecs.shape)  # whitened before it was augmented
+        vecs = _augmented(folder, vecs.shape if whitening is None else (whitening[1].shape[0], vecs.shape[1]))
     elif whitening is not None:
-        vecs = whitenapply(vecs, *whitening)
+        try:
+            vecs = whitened(vecs, whitening, f"store {folder}'s database")
+        except WhiteningError as err:
+            raise StoreError(f"{err}: index the store again ({REBUILD})") from None
     return SearchDatabase(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening)

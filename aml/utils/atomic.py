@@ -55,26 +55,40 @@ def _process_umask() -> int:
     return mask
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object], replace: bool = True) -> Path:
     """Call ``write(handle)`` on a temporary file next to ``path``, fsync it, then rename it
     onto ``path``; on any error (or interrupt) the temporary file is removed and an existing
     ``path`` is left untouched. The file gets the permissions of any new file (0666 less the
-    umask), not the 0600 of a temporary file.
+    umask), not the 0600 of a temporary file. With ``replace`` False, a ``path`` that exists
+    when the file is complete (another process wrote it first) is kept and this one dropped.
 
     Raises:
         DiskFull: naming ``path``, when the disk or the quota is full.
     """
-    with atomic_path(path) as temporary, open(temporary, "wb") as out:
+    with atomic_path(path, replace) as temporary, open(temporary, "wb") as out:
         write(out)
     return Path(path)
 
 
+def _link_unless_present(temporary: Path, path: Path) -> None:
+    """Put ``temporary`` at ``path`` unless a file is there already (the first one stays)."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: the same, but not atomic
+        if not path.exists():
+            os.replace(temporary, path)
+    temporary.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
+def atomic_path(path: PathLike, replace: bool = True) -> Iterator[Path]:
     """`atomic_write` for writers that take a file name, not a handle (TorchScript, ONNX,
     onnxruntime's quantization): the ``with`` block writes the temporary file it is given,
-    which is then fsynced and renamed onto ``path``; on any error it is removed and an
-    existing ``path`` is left untouched.
+    which is then fsynced and renamed onto ``path`` (with ``replace`` False: linked there,
+    unless ``path`` exists); on any error it is removed and an existing ``path`` is left
+    untouched.
 
     Raises:
         DiskFull: naming ``path``, when the disk or the quota is full.
@@ -94,7 +108,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.chmod(temporary, 0o666 & ~_process_umask())
-        os.replace(temporary, path)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            _link_unless_present(temporary, path)
     except BaseException as err:
         temporary.unlink(missing_ok=True)
         if is_disk_full(err) and not isinstance(err, DiskFull):
@@ -169,16 +186,23 @@ def staged(folder: Union[str, Path]) -> Iterator[Path]:
 def publish_folder(staging: Path, folder: Union[str, Path], overwrite: bool = False) -> bool:
     """Rename a finished ``staging`` folder to ``folder``; True if it was put in place. When
     ``folder`` exists already (another process finished first) it is kept and ``staging``
-    removed, unless ``overwrite``, which replaces it."""
+    removed, unless ``overwrite``, which replaces it: the old folder is first renamed aside
+    (into a staging folder of this process, removed after), so that a reader finds the old
+    folder or the new one whole, never one half deleted."""
     folder = Path(folder)
+    aside = None
     if folder.exists() and overwrite:
-        shutil.rmtree(folder)
+        aside = staging_folder(folder)
+        folder.rename(aside / folder.name)
     try:
         if not folder.exists():
             staging.rename(folder)
             return True
     except OSError:  # created by another process between the check and the rename
         pass
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
     return False
 
@@ -188,11 +212,27 @@ class FolderInUse(AmlError, RuntimeError):
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Union[str, Path]) -> Iterator[Path]:
-    """Hold an exclusive lock on ``folder`` (``<folder>/.lock``, with the holder's pid) for
-    the ``with`` block; FolderInUse when another process holds it. The lock goes with the
-    process (flock), so a killed run never leaves a stale one."""
-    path = Path(folder) / ".lock"
+def folder_lock(
+    folder: Union[str, Path], fix: str = "give another --directory or other flags", beside: bool = False
+) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` for the ``with`` block; FolderInUse when another
+    process holds it. The lock goes with the process (flock), so a killed run never leaves a
+    stale one.
+
+    Args:
+        folder: the folder.
+        fix: what the error advises besides waiting (``"give another --store"``).
+        beside: lock ``.<name>.lock`` beside the folder instead of ``<folder>/.lock``, so that
+            the folder itself may be replaced (a staging folder renamed onto it) while held.
+
+    Returns:
+        The lock file, holding the holder's pid.
+
+    Raises:
+        FolderInUse: naming the folder and the process that holds it.
+    """
+    folder = Path(folder)
+    path = folder.parent / f".{folder.name}.lock" if beside else folder / ".lock"
     handle = open(path, "a+")  # noqa: SIM115 (held, and the lock with it, until the block ends)
     try:
         try:
@@ -200,10 +240,7 @@ def folder_lock(folder: Union[str, Path]) -> Iterator[Path]:
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise FolderInUse(
-                f"another run is using {folder} (pid {holder}); wait for it to end, or give another "
-                "--directory or other flags"
-            ) from None
+            raise FolderInUse(f"another run is using {folder} (pid {holder}); wait for it to end, or {fix}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

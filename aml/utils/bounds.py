@@ -64,6 +64,38 @@ NONNEGATIVE_INT = Bound(int, "an integer >= 0", lambda v: v >= 0)
 POSITIVE_FLOAT = Bound(float, "a positive finite number", lambda v: v > 0)
 NONNEGATIVE_FLOAT = Bound(float, "a finite number >= 0", lambda v: v >= 0)
 UNIT_INTERVAL = Bound(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+MAX_SCALE = 4.0  # a larger scale enlarges a 1024-px image past 4096 px: a mistake, not a setting
+MIN_SCALE = 1 / 16  # a smaller one leaves a few pixels of a 362-px image (or none): nothing to describe
+MAX_SCALES = 8
+SCALE = Bound(
+    float, f"a number in [{MIN_SCALE}, {MAX_SCALE}] (1 = the image size itself)", lambda v: MIN_SCALE <= v <= MAX_SCALE
+)
+
+
+def scales_problem(scales: Any) -> Optional[str]:
+    """Why ``scales`` is not a list of multi-scale factors (None when it is one).
+
+    Args:
+        scales: the factors, as parsed or as read from a file.
+
+    Returns:
+        What is wrong, or None.
+
+    Examples:
+        >>> from aml.utils.bounds import scales_problem
+        >>> scales_problem([1, 0.5]) is None
+        True
+        >>> scales_problem([1, 0])
+        'every scale must be a number in [0.0625, 4.0] (1 = the image size itself), got 0'
+    """
+    if not isinstance(scales, (list, tuple)) or not scales:
+        return f"must be a list of scales, got {scales!r}"
+    if len(scales) > MAX_SCALES:
+        return f"{len(scales)} scales; at most {MAX_SCALES} (the original's multi-scale test uses 3)"
+    for scale in scales:
+        if SCALE.problem(scale) is not None:
+            return f"every scale must be {SCALE.what}, got {scale!r}"
+    return None
 
 
 def bounded(default: Any, bound: Bound) -> Any:

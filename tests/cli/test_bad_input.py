@@ -69,6 +69,8 @@ CASES = [
     (INDEX, ["--superglobal", "10"], "unrecognized arguments: --superglobal 10"),
     (INDEX, ["--dba", "2", "--dba-alpha", "nan"], "argument --dba-alpha: must be a finite number >= 0, got 'nan'"),
     (INDEX, ["--dba-alpha", "2"], "--dba-alpha 2 without --dba: give --dba K too"),
+    (INDEX, ["--ivfpq", "64"], "argument --ivfpq: --ivfpq '64': two positive integers NLIST,M, e.g. 1024,64"),
+    (INDEX, ["--ivfpq", "0,8"], "argument --ivfpq: --ivfpq '0,8': two positive integers NLIST,M"),
     (QUERY, ["--qe", "0"], "argument --qe: must be a positive integer, got '0'"),
     (QUERY, ["--qe", "1", "--qe-alpha", "-2"], "argument --qe-alpha: must be a finite number >= 0, got '-2'"),
     (QUERY, ["--qe-alpha", "2"], "--qe-alpha 2 without --qe: give --qe K too"),
@@ -115,7 +117,7 @@ def test_a_file_where_a_folder_belongs_is_refused(command, flag, tmp_path, capsy
 
 
 @pytest.mark.parametrize("command, flag", [(TEST, "--results"), (TEST, "--report"), (TRAIN, "--directory"),
-                                           (EXTRACT, "--data-root")])
+                                           (EXTRACT, "--data-root"), (QUERY, "--json")])
 def test_a_path_under_a_file_is_refused_before_anything_runs(command, flag, tmp_path, capsys):
     afile = tmp_path / "notes.txt"
     afile.write_text("mine")
@@ -124,9 +126,11 @@ def test_a_path_under_a_file_is_refused_before_anything_runs(command, flag, tmp_
     assert afile.read_text() == "mine"
 
 
-def test_results_into_a_folder_is_refused_before_anything_runs(tmp_path, capsys):
-    err = bad(TEST, ["--results", str(tmp_path)], capsys)
-    assert f"argument --results: {tmp_path} is a folder; give a file name" in err
+@pytest.mark.parametrize("command, flag", [(TEST, "--results"), (QUERY, "--json")])
+def test_results_into_a_folder_are_refused_before_anything_runs(command, flag, tmp_path, capsys):
+    """search query --json FOLDER ended in a traceback after the work: the results were lost."""
+    err = bad(command, [flag, str(tmp_path)], capsys)
+    assert f"argument {flag}: {tmp_path} is a folder; give a file name" in err
 
 
 EXPORT = (export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"])

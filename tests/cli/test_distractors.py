@@ -22,6 +22,7 @@ from aml.evaluation.ranking import rank_database
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
 from aml.training.batchnorm import calibrate_batchnorm
+from aml.utils.errors import DataError
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).
 pytestmark = pytest.mark.long
@@ -192,3 +193,19 @@ def test_report_with_distractors_is_refused(root, nets, capsys):
         test_cli.main(["-npath", str(nets[0]), "-d", "synth-oxford+synth1m", "--report", "r", "--data-root", str(root)]
                       + COMMON)
     assert "--report draws full rankings" in capsys.readouterr().err
+
+
+def test_a_distractor_shard_replaced_by_another_stores_is_named(root, nets):
+    """A shard of the same shape from another store was searched silently; the manifest's sha256 names it."""
+    student = nets[0]
+    args = ["-npath", str(student), "-d", "synth-oxford+synth1m", "--data-root", str(root)] + COMMON
+    folder = Path(test_cli.main(args)["synth-oxford+synth1m"]["distractors"]["store"])
+    shard = folder / "shard_00001.npy"
+    kept = shard.read_bytes()
+    np.save(shard, np.roll(np.load(shard), 1, axis=0))
+    try:
+        with pytest.raises(DataError, match=r"^descriptor store .*: shard_00001.npy is not the shard this store "
+                                            r"wrote .*; delete it and run the same command again"):
+            test_cli.main(args)
+    finally:
+        shard.write_bytes(kept)

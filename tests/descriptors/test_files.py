@@ -41,6 +41,18 @@ def test_settings_belong_to_the_files_beside_them(tmp_path, monkeypatch):
     json.loads(path.with_name(path.name + ".json").read_text())  # the sidecar itself is intact
 
 
+def test_a_feature_file_whose_settings_were_edited_has_no_key(tmp_path):
+    """main.py reads the teacher's features when their key matches: settings of the wrong types
+    were a TypeError; now they match nothing, so the features are extracted again."""
+    path = tmp_path / "set_net_imsize64.npy"
+    key = DescriptorKey("ab" * 8, 64)
+    write_feature_file(np.ones((4, 3), np.float32), ["a", "b", "c"], path, key.record())
+    assert features.feature_file_key(path) == key
+    sidecar = path.with_name(path.name + ".json")
+    sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), scales=2)))
+    assert features.feature_file_settings(path) is not None and features.feature_file_key(path) is None
+
+
 def test_non_finite_feature_file_is_refused(tmp_path):
     vecs = np.ones((4, 6), np.float32)
     vecs[0, 2] = np.inf
@@ -64,6 +76,31 @@ def test_database_cache_is_keyed_by_file_contents(tmp_path):
     paths[0].write_bytes(paths[1].read_bytes())  # replaced in place, same path
     changed = cached_descriptors(net, images, DescriptorKey.of(net, 48), tmp_path / "cache", "t", config=ExtractionConfig(workers=0))
     assert np.allclose(changed[:, 0], first[:, 1], atol=1e-5) and not np.allclose(changed[:, 0], first[:, 0])
+
+
+def test_a_cache_file_of_another_shape_or_type_is_encoded_again(tmp_path, caplog):
+    """A cache file of the right name but the wrong rows or of strings was returned, or a TypeError."""
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    torch.manual_seed(0)
+    net = build_network("resnet18", pretrained=False).eval()
+    key, images = DescriptorKey.of(net, 48), [str(tmp_path / "a.jpg")]
+    path = tmp_path / "cache" / f"t_{key.digest(images)}.npy"
+    path.parent.mkdir()
+    for wrong in (np.ones((7, 1), np.float32), np.array([["x"] * 1] * 512)):
+        np.save(path, wrong)
+        vecs = cached_descriptors(net, images, key, path.parent, "t", config=ExtractionConfig(workers=0))
+        assert vecs.shape == (512, 1) and "is unreadable or stale; encoding again" in caplog.text
+
+
+def test_feature_files_keep_names_that_are_not_utf8_and_refuse_other_values(tmp_path):
+    names = ["a.jpg", b"caf\xe9.jpg".decode(errors="surrogateescape")]
+    path = write_feature_file(np.ones((4, 2), np.float32), names, tmp_path / "db.npy", {"network": "n"})
+    assert feature_file_settings(path)["columns"] == 2
+    path.with_name(path.name + ".json").write_text("[1, 2]")
+    assert feature_file_settings(path) is None  # settings that are not an object: no settings
+    np.save(tmp_path / "strings.npy", np.array([["x", "y"]] * 4))
+    with pytest.raises(ValueError, match=r"strings.npy holds <U1 values, not float descriptors; extract it again"):
+        load_feature_file(tmp_path / "strings.npy", 2)
 
 
 def test_cache_keeps_the_most_recently_used_files_per_data_set(tmp_path):

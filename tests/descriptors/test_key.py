@@ -52,6 +52,25 @@ def test_records_round_trip_and_old_records_read_as_then():
     assert DescriptorKey.from_record({"network": "vgg16"}) is None
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("scales", 2, r"scales: must be a list of scales, got 2"),
+    ("scales", [0], r"scales: every scale must be a number in \[0.0625, 4.0\]"),
+    ("scales", [1] * 9, r"scales: 9 scales; at most 8"),
+    ("image_size", [1], r"image_size: must be a positive integer, got \[1\]"),
+    ("image_size", -5, r"image_size: must be a positive integer, got -5"),
+    ("image_size", 64.5, r"image_size: must be a positive integer, got 64.5"),
+    ("msp", "a", r"msp: must be a positive finite number, got 'a'"),
+    ("fingerprint", 5, r"fingerprint: must be a non-empty string, got 5"),
+    ("pixels", None, r"pixels: must be a non-empty string, got None"),
+])
+def test_a_record_of_the_wrong_types_or_ranges_is_named(field, value, message):
+    """An edited manifest's scales or image size was a TypeError, a RuntimeError inside the resize,
+    or a search at image size -5 that ranked silently."""
+    record = dict(DescriptorKey("ab" * 8, 64).record(), **{field: value})
+    with pytest.raises(ValueError, match=f"^store/manifest.json: {message}.*; the file was edited or is damaged$"):
+        DescriptorKey.from_record(record, "store/manifest.json")
+
+
 def test_a_store_key_is_flat_in_its_manifest_and_keeps_its_folder_tag():
     key = StoreKey(DescriptorKey("ab" * 8, 1024, (1.0, 0.7071), 3.0, "device-fp16"), "vgg16", "float16", 16384)
     assert key.record() == {"fingerprint": "ab" * 8, "network": "vgg16", "image_size": 1024, "scales": [1.0, 0.7071],

@@ -36,3 +36,19 @@ def test_nan_descriptors_of_an_onnx_student_are_an_error_naming_the_file(tmp_pat
         describe_with_onnx(onnx_session(damaged), [image], 32)
     with pytest.raises(OnnxStudentError, match="student-int8.onnx gives NaN"):
         describe_with_onnx(onnx_session(damaged), [image], 32, source="student-int8.onnx")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("aml.dim", "abc", r"its metadata aml.dim is 'abc', not a positive integer"),
+    ("aml.dim", "-512", r"its metadata aml.dim is '-512', not a positive integer"),
+    ("aml.calibration_images", "1e3", r"its metadata aml.calibration_images is '1e3', not a positive integer"),
+    ("aml.dim", "", r"its metadata says dim None"),
+    ("aml.precision", "int4", r"its metadata says dim 512 and precision 'int4' \(one of float32, int8\)"),
+])
+def test_edited_metadata_is_named_with_the_fix(key, value, message):
+    """A metadata field of the wrong type was a ValueError traceback of int()."""
+    from aml.descriptors.onnx_student import OnnxStudentInfo
+
+    props = OnnxStudentInfo("student", "0123", "vgg16", None, 512, None, "int8", 362, 100).props()
+    with pytest.raises(OnnxStudentError, match=f"^deploy/student.onnx: {message}.*; export the student again"):
+        OnnxStudentInfo.from_props(dict(props, **{key: value}), "deploy/student.onnx")

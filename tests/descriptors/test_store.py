@@ -1,13 +1,16 @@
 """The sharded descriptor store: layout, atomic shards, restart at the first missing shard,
-refusal of a manifest of another network or image list, skipped images."""
+refusal of a manifest of another network or image list, skipped images, and the checks of
+what is read: every manifest field, its digest, each shard's sha256."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from aml.descriptors.key import DescriptorKey
-from aml.descriptors.store import DescriptorStore, StoreKey, StoreMismatch
+from aml.descriptors.store import DescriptorStore, StoreDamaged, StoreKey, StoreMismatch, descriptors_sha256, open_store
+from aml.utils.errors import DataError
 
 IMAGES = [f"img{i:03d}.jpg" for i in range(10)]
 KEY = StoreKey(DescriptorKey("f" * 16, 64), "net", "float32", 4)
@@ -126,3 +129,111 @@ def test_bad_settings_are_refused():
         DescriptorStore("x", IMAGES, StoreKey(DescriptorKey("f", 64), "n", "int8", 4), 3)
     with pytest.raises(ValueError, match="shard size must be positive"):
         DescriptorStore("x", IMAGES, StoreKey(DescriptorKey("f", 64), "n", "float32", 0), 3)
+
+
+def _manifest(folder):
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _old_manifest(folder, **changes):
+    """The manifest as aml wrote it before it recorded hashes (no digest, no shard hashes), with ``changes``."""
+    manifest = {k: v for k, v in _manifest(folder).items() if k not in ("digest", "shard_sha256")}
+    (folder / "manifest.json").write_text(json.dumps(dict(manifest, **changes)))
+
+
+def test_the_manifest_records_each_shards_sha256_and_its_own_digest(tmp_path):
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
+    assert _manifest(tmp_path)["shard_sha256"] == [None] * 3  # recorded when the shards are written
+    store.fill(Encoder())
+    recorded = _manifest(tmp_path)["shard_sha256"]
+    assert recorded == [descriptors_sha256(np.load(store.shard_path(k))) for k in range(3)]
+    assert open_store(tmp_path).unverified() == []
+    manifest = _manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(dict(manifest, scales=[1.0, 0.5])))  # other scales
+    with pytest.raises(StoreDamaged, match=r"manifest.json was edited after aml wrote it .*; delete the store"):
+        open_store(tmp_path)
+
+
+def test_a_shard_copied_from_another_store_with_the_same_settings_is_refused(tmp_path):
+    """It was searched silently: an image ranked itself second (0.876) instead of first (1.0)."""
+    ours = DescriptorStore.create(tmp_path / "ours", IMAGES, KEY, 3)
+    ours.fill(Encoder())
+    theirs = DescriptorStore.create(tmp_path / "theirs", [f"oth{i:03d}.jpg" for i in range(10, 20)], KEY, 3)
+    theirs.fill(Encoder())
+    for suffix in (".npy", ".json"):
+        shutil.copyfile(theirs.shard_path(1).with_suffix(suffix), ours.shard_path(1).with_suffix(suffix))
+    opened = open_store(tmp_path / "ours")
+    np.testing.assert_array_equal(opened.read_shard(0), descriptors(IMAGES[:4]).T)
+    with pytest.raises(StoreDamaged, match=r"ours: shard_00001.npy is not the shard this store wrote .* copied from "
+                                           r"another store; delete it and run the same command again"):
+        opened.load()
+    ours.shard_path(1).unlink()
+    DescriptorStore.create(tmp_path / "ours", IMAGES, KEY, 3).fill(Encoder())  # the fix the message gives
+    np.testing.assert_array_equal(open_store(tmp_path / "ours").load(), descriptors(IMAGES))
+
+
+def test_a_store_written_before_hashes_is_read_unverified_with_a_warning(tmp_path, caplog):
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
+    store.fill(Encoder())
+    _old_manifest(tmp_path)
+    opened = open_store(tmp_path)
+    assert "3 of 3 shards have no sha256 in its manifest" in caplog.text and opened.unverified() == [0, 1, 2]
+    np.testing.assert_array_equal(opened.load(), descriptors(IMAGES))
+    store.shard_path(2).unlink()  # an extraction of that aml, resumed by this one: its shards are not vouched for
+    DescriptorStore.create(tmp_path, IMAGES, KEY, 3).fill(Encoder())
+    assert "shard_sha256" not in _manifest(tmp_path) and open_store(tmp_path).unverified() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(dim="x"), r"dim: must be a descriptor dimension \(1 to 65536\), got 'x'"),
+    (dict(dim=10**6), r"dim: must be a descriptor dimension \(1 to 65536\), got 1000000"),
+    (dict(count="10"), r"count: must be an integer >= 0, got '10'"),
+    (dict(shard_size=0), r"shard_size: must be a positive integer, got 0"),
+    (dict(dtype="int8"), r"dtype: must be one of float16, float32, got 'int8'"),
+    (dict(network=5), r"network: must be a string, got 5"),
+    (dict(version=2), r"version: must be 1, got 2"),
+    (dict(images_sha1=None), r"images_sha1: must be a string"),
+    (dict(image_size="big"), r"image_size: must be a positive integer, got 'big'"),
+    (dict(scales=2), r"scales: must be a list of scales, got 2"),
+    (dict(shard_sha256=["0" * 64]), r"shard_sha256: must be a list of 3 sha256 digests"),
+    (dict(shard_sha256=[None, None, "x"]), r"shard_sha256: must hold sha256 digests, got 'x'"),
+])
+def test_every_manifest_field_is_checked_when_read(tmp_path, changes, message):
+    """Edited fields were tracebacks (TypeError, RuntimeError inside the resize) or silent searches."""
+    DescriptorStore.create(tmp_path, IMAGES, KEY, 3).fill(Encoder())
+    _old_manifest(tmp_path, **changes)
+    with pytest.raises(StoreDamaged, match=f"{tmp_path}/manifest.json: {message}"):
+        open_store(tmp_path)
+    with pytest.raises(DataError, match="manifest.json"):
+        DescriptorStore.create(tmp_path, IMAGES, KEY, 3)  # the writer's side reads it the same way
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda folder: (folder / "manifest.json").write_text("[1, 2]"), r"manifest.json holds a list, not a store's"),
+    (lambda folder: (folder / "manifest.json").write_text("{cut"), r"cannot read .*manifest.json .*: it is damaged"),
+    (lambda folder: (folder / "shard_00003.npy").write_bytes(b""), r"says 3 shards of 4 images, but the folder also "
+                                                                    r"holds shard_00003.npy"),
+    (lambda folder: (folder / "shard_00001.json").write_text('{"skipped": [0]}'),
+     r"shard_00001.json does not list skipped images of its shard \(indices in \[4, 8\)\)"),
+])
+def test_files_of_a_store_that_do_not_agree_are_named(tmp_path, edit, message):
+    DescriptorStore.create(tmp_path, IMAGES, KEY, 3).fill(Encoder())
+    edit(tmp_path)
+    with pytest.raises(StoreDamaged, match=message):
+        open_store(tmp_path).skipped()
+
+
+def test_a_shard_written_twice_keeps_the_first_and_its_hash(tmp_path):
+    """Two processes encoding one shard (two test.py runs sharing distractors) never leave one
+    process's hash next to the other's descriptors."""
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
+    store.write_shard(0, descriptors(IMAGES[:4]))
+    store.write_shard(0, descriptors(IMAGES[:4]) + 1)
+    store.fill(Encoder())
+    np.testing.assert_array_equal(open_store(tmp_path).load(), descriptors(IMAGES))
+
+
+def test_image_names_that_are_not_utf8_are_kept(tmp_path):
+    images = IMAGES[:-1] + [b"img009\xff.jpg".decode(errors="surrogateescape")]  # as os.listdir gives such a name
+    DescriptorStore.create(tmp_path, images, KEY, 3).fill(Encoder())
+    assert open_store(tmp_path).images == images

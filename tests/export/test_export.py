@@ -127,3 +127,21 @@ def test_a_vit_student_exports_for_any_image_size(readout, tmp_path):
     image = generated_images(((150, 210),), seed=3)[0]
     with torch.no_grad():
         assert torch.allclose(torch.jit.load(str(files["torchscript"]))(image), DeployedStudent(net)(image), atol=1e-5)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"m": np.zeros((512, 1)), "P": np.where(np.eye(512) > 0, np.nan, 0)}, r"lw.pth holds 512 NaN or infinite values"),
+    ({"m": np.zeros((256, 1)), "P": np.eye(256)}, r"lw.pth: m of shape \(256, 1\) and P of shape \(256, 256\) do not "
+                                                  r"whiten 512-d descriptors"),
+    ([np.zeros(512), np.eye(512)], r"lw.pth is not a whitening: m and P are NoneType, NoneType"),
+])
+def test_a_whitening_file_that_is_not_one_is_named(student, tmp_path, data, message):
+    """A NaN in --whitening-file was folded into the exported student; a list was a TypeError."""
+    from aml.utils.plain_files import save_plain_file
+
+    path = save_checkpoint(checkpoint_state(student, 1, 0.0), tmp_path / "student.pth.tar")
+    save_plain_file(data, tmp_path / "lw.pth")
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path}/{message}"):
+        export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--whitening-file",
+                         str(tmp_path / "lw.pth"), "--no-onnx"])
+    assert not (tmp_path / "out").exists()

@@ -106,3 +106,20 @@ def test_a_file_without_metadata_or_damaged_is_refused(setup, tmp_path):
     broken.write_bytes(files["onnx"].read_bytes()[:5000])
     with pytest.raises(OnnxStudentError, match=r"broken.onnx is not a readable ONNX model"):
         query_database_onnx(opened, broken, queries[:1])
+
+
+def test_an_exported_student_with_nan_weights_is_named_by_the_command(setup, tmp_path):
+    """A NaN in an exported student gave exit status 0 and an empty result list."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, store, files, queries = setup
+    model = onnx.load(str(files["onnx"]))
+    weights = next(i for i in model.graph.initializer if len(i.dims) == 4)  # the first convolution's
+    array = numpy_helper.to_array(weights).copy()
+    array.flat[0] = np.nan
+    weights.CopyFrom(numpy_helper.from_array(array, weights.name))
+    damaged = tmp_path / "damaged.onnx"
+    onnx.save(model, str(damaged))
+    with pytest.raises(SystemExit, match=f"^error: {damaged} gives NaN or infinite descriptors for 1 of 1 images"):
+        search_cli.main(["query", str(queries[0]), "--store", str(store), "--onnx", str(damaged)] + COMMON)

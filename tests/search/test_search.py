@@ -202,22 +202,40 @@ def test_a_store_of_the_one_file_layout_is_read_and_indexing_replaces_it(teacher
 
 
 def test_an_interrupted_indexing_resumes_at_its_missing_shard(teacher, synth_root, tmp_path, monkeypatch):
+    """The store is built beside the old one, which queries find whole until the new one is renamed into place."""
+    from aml.descriptors import store as descriptor_store
+
     monkeypatch.setattr(search_store, "SHARD_SIZE", 8)
-    flags = [str(synth_root / "test" / "synth-paris" / "jpg"), "--store", str(tmp_path), "--teacher", str(teacher[0]),
+    store, staging = tmp_path / "store", tmp_path / ".store.indexing"
+    flags = [str(synth_root / "test" / "synth-paris" / "jpg"), "--store", str(store), "--teacher", str(teacher[0]),
              "-imsize", "64", "--data-root", str(synth_root)] + COMMON
     search_cli.main(["index", *flags])
-    complete = open_database(tmp_path)
-    shards = sorted(tmp_path.glob("shard_*.npy"))
-    assert len(shards) >= 3
-    written = {p.name: p.stat().st_mtime_ns for p in shards}
-    (tmp_path / "search.json").unlink()  # as an interrupted indexing leaves it: one shard and search.json missing
-    shards[1].unlink()
+    complete = open_database(store)
+    before = {p.name: p.read_bytes() for p in store.iterdir()}
+    shards = len(list(store.glob("shard_*.npy")))
+    encoded, encode = [], descriptor_store.describe_images
+
+    def interrupted_after(count):
+        def describe(net, images, *args, **kwargs):
+            if len(encoded) == count:
+                raise KeyboardInterrupt
+            encoded.append(images)
+            return encode(net, images, *args, **kwargs)
+        return describe
+
+    monkeypatch.setattr(descriptor_store, "describe_images", interrupted_after(2))
+    with pytest.raises(KeyboardInterrupt):
+        search_cli.main(["index", *flags])
+    assert {p.name: p.read_bytes() for p in store.iterdir()} == before  # the old store, untouched meanwhile
+    assert len(list(staging.glob("shard_*.npy"))) == 2
+    encoded.clear()
+    monkeypatch.setattr(descriptor_store, "describe_images", interrupted_after(None))
     search_cli.main(["index", *flags])
-    again = {p.name: p.stat().st_mtime_ns for p in sorted(tmp_path.glob("shard_*.npy"))}
-    assert [name for name in again if again[name] != written[name]] == [shards[1].name]  # only the missing one
-    np.testing.assert_allclose(open_database(tmp_path).vecs, complete.vecs, atol=1e-6)
+    assert len(encoded) == shards - 2 and not staging.exists()  # only the missing shards
+    np.testing.assert_allclose(open_database(store).vecs, complete.vecs, atol=1e-6)
+    encoded.clear()
     search_cli.main(["index", *flags])  # a complete store indexed again: every shard encoded again
-    assert all(p.stat().st_mtime_ns != again[p.name] for p in tmp_path.glob("shard_*.npy"))
+    assert len(encoded) == shards
 
 
 def test_an_index_or_whitening_of_another_store_is_refused(tmp_path):
@@ -225,7 +243,7 @@ def test_an_index_or_whitening_of_another_store_is_refused(tmp_path):
     legacy_store(tmp_path, [f"{i}.jpg" for i in range(300)], vecs)
     settings = open_database(tmp_path).settings
     save_plain_file({"m": np.zeros((4, 1)), "P": np.eye(4)}, tmp_path / "whitening.pth")
-    with pytest.raises(StoreError, match=r"whitening.pth whitens 4-d descriptors but the store holds 8-d"):
+    with pytest.raises(StoreError, match=r"whitening.pth: m of shape \(4, 1\) and P of shape \(4, 4\) do not whiten 8-d"):
         open_database(tmp_path)
     (tmp_path / "whitening.pth").unlink()
     other = SearchDatabase(tmp_path, np.tile(vecs, 2), [f"{i}.jpg" for i in range(600)], settings)
@@ -235,9 +253,28 @@ def test_an_index_or_whitening_of_another_store_is_refused(tmp_path):
 
 
 def _edit_manifest(folder: Path, **changes):
+    """A manifest as aml wrote it before it recorded hashes (no digest, no shard hashes), with ``changes``."""
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest.update(changes)
-    (folder / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if v is not None}))
+    skipped = ("digest", "shard_sha256")
+    (folder / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items()
+                                                     if v is not None and k not in skipped}))
+
+
+def _edit_keeping_digest(folder: Path, **changes):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.update(changes)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _unrecorded(edit):
+    """``edit`` of a store whose search.json records no file hashes (indexed by an earlier aml)."""
+    def apply(folder: Path):
+        record = json.loads((folder / "search.json").read_text())
+        record.pop("files")
+        (folder / "search.json").write_text(json.dumps(record))
+        edit(folder)
+    return apply
 
 
 def _shorter_image_list(folder: Path):
@@ -251,23 +288,43 @@ def _nan_descriptor(folder: Path):
     np.save(folder / "shard_00000.npy", vecs)
 
 
+def _foreign_shard(folder: Path):
+    """The shard of another store with the same settings: same shape, other rows."""
+    np.save(folder / "shard_00000.npy", np.roll(np.load(folder / "shard_00000.npy"), 1, axis=0))
+
+
 def _garbage(name: str):
     return lambda folder: (folder / name).write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def _nan_whitening(folder: Path):
+    P = np.eye(512)
+    P[7, 3] = np.nan
+    save_plain_file({"m": np.zeros((512, 1)), "P": P}, folder / "whitening.pth")
 
 
 TAMPERING = {
     "shard-header": (lambda f: (f / "shard_00000.npy").write_bytes(b"\0" * (f / "shard_00000.npy").stat().st_size),
                      r"shard_00000.npy is not a readable .npy array"),
     "missing-shard": (lambda f: (f / "shard_00000.npy").unlink(), r"lacks 1 of 1 shards .* run the same"),
-    "nan": (_nan_descriptor, r"holds NaN or infinite values"),
+    "nan": (_nan_descriptor, r"shard_00000.npy is not the shard this store wrote"),
+    "nan-unverified": (lambda f: (_edit_manifest(f), _nan_descriptor(f)), r"holds NaN or infinite values"),
+    "foreign-shard": (_foreign_shard, r"shard_00000.npy is not the shard this store wrote .* copied from another "
+                                      r"store; index it again"),
     "image-list": (_shorter_image_list, r"was made for other descriptors \(count"),
     "dim": (lambda f: _edit_manifest(f, dim=7), r"the manifest says \d+ x 7 float32"),
-    "manifest": (lambda f: _edit_manifest(f, fingerprint=None), r"is not a readable descriptor store"),
+    "manifest": (lambda f: _edit_manifest(f, fingerprint=None), r"manifest.json has no fingerprint or image_size"),
+    "edited-scales": (lambda f: _edit_keeping_digest(f, scales=[1, 0.5]),
+                      r"manifest.json was edited after aml wrote it .*; index it again"),
     "search": (lambda f: (f / "search.json").unlink(), r"has no search.json \(the indexing did not finish\)"),
-    "index": (_garbage("index.faiss"), r"cannot read .*index.faiss"),
-    "whitening": (_garbage("whitening.pth"), r"cannot read .*whitening.pth"),
-    "whitening-1d": (lambda f: save_plain_file({"m": np.zeros(512), "P": np.zeros(512)}, f / "whitening.pth"),
-                     r"whitening.pth is not a whitening"),
+    "search-edited": (lambda f: (f / "search.json").write_text('{"source": 5}'), r"search.json: source: must be a"),
+    "stray-index": (_garbage("index.faiss"), r"index.faiss was not written by this store's indexing"),
+    "index": (_unrecorded(_garbage("index.faiss")), r"cannot read .*index.faiss"),
+    "whitening": (_unrecorded(_garbage("whitening.pth")), r"cannot read .*whitening.pth"),
+    "whitening-1d": (_unrecorded(lambda f: save_plain_file({"m": np.zeros(512), "P": np.zeros(512)},
+                                                           f / "whitening.pth")),
+                     r"whitening.pth: m of shape \(512,\) and P of shape \(512,\) do not whiten"),
+    "whitening-nan": (_unrecorded(_nan_whitening), r"whitening.pth holds 1 NaN or infinite values"),
 }
 
 
@@ -284,21 +341,6 @@ def test_a_damaged_or_edited_store_is_named_with_the_fix(store, tmp_path, tamper
         opened.search(opened.vecs[:, :2], 3)
 
 
-@pytest.fixture(scope="module")
-def random_teacher(tmp_path_factory):
-    """A random resnet18 (calibrated BatchNorm) and a student that records it as its teacher."""
-    from aml.training.batchnorm import calibrate_batchnorm
-
-    folder = tmp_path_factory.mktemp("random")
-    torch.manual_seed(3)
-    net = build_network("resnet18", pretrained=False)
-    calibrate_batchnorm(net, [torch.rand(8, 3, 64, 64)])
-    state = checkpoint_state(net, 0, 0.0)
-    teacher = save_checkpoint(state, folder / "teacher.pth.tar")
-    state["meta"]["teacher"] = str(teacher)
-    return teacher, save_checkpoint(state, folder / "student.pth.tar")
-
-
 def test_index_with_dba_and_query_with_qe(random_teacher, synth_root, tmp_path):
     from aml.evaluation import alpha_query_expansion, database_augmentation
 
@@ -307,7 +349,8 @@ def test_index_with_dba_and_query_with_qe(random_teacher, synth_root, tmp_path):
     flags = ["--teacher", str(teacher), "-imsize", "64", "--data-root", str(synth_root), "-w", "synth-sfm"] + COMMON
     search_cli.main(["index", str(jpg), "--store", str(tmp_path / "plain")] + flags)
     search_cli.main(["index", str(jpg), "--store", str(tmp_path / "dba"), "--dba", "3", "--dba-alpha", "1"] + flags)
-    assert json.loads((tmp_path / "plain" / "search.json").read_text()) == {"source": str(teacher)}
+    record = json.loads((tmp_path / "plain" / "search.json").read_text())
+    assert record["source"] == str(teacher) and "dba" not in record and list(record["files"]) == ["whitening.pth"]
     assert not (tmp_path / "plain" / "dba.npy").exists()  # a store indexed without DBA is as before
     assert json.loads((tmp_path / "dba" / "search.json").read_text())["dba"] == {"k": 3, "alpha": 1.0}
     plain, augmented = open_database(tmp_path / "plain"), open_database(tmp_path / "dba")

@@ -141,3 +141,32 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_write_that_keeps_an_existing_file_keeps_the_first_one_written(tmp_path):
+    """Shards are written so: two processes encoding one shard leave the first one's, never a swap."""
+    path = tmp_path / "shard_00000.npy"
+    atomic_write(path, lambda out: out.write(b"first"), replace=False)
+    atomic_write(path, lambda out: out.write(b"second"), replace=False)
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+
+
+def test_a_lock_beside_a_folder_holds_while_the_folder_is_replaced(tmp_path):
+    from aml.utils.atomic import FolderInUse, folder_lock
+
+    store = tmp_path / "store"
+    store.mkdir()
+    with folder_lock(store, fix="give another --store", beside=True) as lock:
+        assert lock == tmp_path / ".store.lock" and not list(store.iterdir())
+        staging = staging_folder(store)
+        (staging / "manifest.json").write_text("new")
+        assert publish_folder(staging, store, overwrite=True)
+        with pytest.raises(FolderInUse, match=f"another run is using {store} \\(pid {os.getpid()}\\); wait for it "
+                                              "to end, or give another --store"):
+            with folder_lock(store, fix="give another --store", beside=True):
+                pass
+    assert (store / "manifest.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        ".store.lock", "store"]
+    with folder_lock(store, beside=True):  # free again
+        pass

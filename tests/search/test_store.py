@@ -1,0 +1,233 @@
+"""The store folder of python -m aml.search: locked and built beside the old store while it is
+indexed, every file beside the shards bound to the store by its sha256 in search.json, every
+whitening checked, the queries checked before they are searched, the results written whole."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aml.cli import search as search_cli
+from aml.evaluation.whitening import WhiteningError
+from aml.networks.checkpoint import load_network
+from aml.search import SearchDatabase, StoreError, open_database, query_database
+from aml.utils.plain_files import save_plain_file
+
+# Indexes stores and starts processes for tens of seconds: started early (conftest).
+pytestmark = pytest.mark.long
+
+COMMON = ["-j", "0", "--device", "cpu", "-q"]
+REPOSITORY = Path(__file__).resolve().parents[2]
+# A process that indexes as `python -m aml.search` does, but waits inside its first encoding
+# (argv: the file it touches then, the file it waits for, the command's flags).
+BLOCKED_INDEXING = """
+import sys, time
+from pathlib import Path
+from aml.cli import search
+from aml.descriptors import store
+blocked, gate = Path(sys.argv[1]), Path(sys.argv[2])
+encode = store.describe_images
+def describe(*args, **kwargs):
+    blocked.touch()
+    while not gate.exists():
+        time.sleep(0.05)
+    return encode(*args, **kwargs)
+store.describe_images = describe
+search.main(sys.argv[3:])
+"""
+
+
+def flags(teacher, synth_root, *extra):
+    return ["--teacher", str(teacher), "-imsize", "64", "--data-root", str(synth_root), *extra] + COMMON
+
+
+def jpg(synth_root, name):
+    return synth_root / "test" / name / "jpg"
+
+
+@pytest.fixture(scope="module")
+def whitened_store(random_teacher, synth_root, tmp_path_factory):
+    """A store of synth-paris with its whitening and DBA."""
+    folder = tmp_path_factory.mktemp("whitened") / "store"
+    search_cli.main(["index", str(jpg(synth_root, "synth-paris")), "--store", str(folder), "--dba", "3"]
+                    + flags(random_teacher[0], synth_root, "-w", "synth-sfm"))
+    return folder
+
+
+def test_a_second_indexing_of_a_store_in_use_is_refused_and_the_store_stays_whole(random_teacher, synth_root,
+                                                                                     tmp_path):
+    """Two indexings into one folder both exited 0 and could leave one's descriptors with the
+    other's whitening and dba.npy (top score 0.60 instead of 0.93). Two real processes."""
+    teacher, student = random_teacher
+    store = tmp_path / "store"
+    search_cli.main(["index", str(jpg(synth_root, "synth-oxford")), "--store", str(store)]
+                    + flags(teacher, synth_root))
+    old = open_database(store).images
+    blocked, gate = tmp_path / "blocked", tmp_path / "go"
+    env = dict(os.environ, PYTHONPATH=str(REPOSITORY))
+    paris = ["index", str(jpg(synth_root, "synth-paris")), "--store", str(store)]
+    first = subprocess.Popen([sys.executable, "-c", BLOCKED_INDEXING, str(blocked), str(gate), *paris,
+                              *flags(teacher, synth_root, "-w", "synth-sfm")], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not blocked.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
+            time.sleep(0.1)
+        assert open_database(store).images == old  # the old store answers queries while the new one is built
+        second = subprocess.run([sys.executable, "-m", "aml.search", *paris, "--dba", "3",
+                                 *flags(teacher, synth_root)], env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 1 and second.stderr.splitlines() == [
+            f"error: another run is using {store.resolve()} (pid {first.pid}); wait for it to end, or give another "
+            "--store"]
+        gate.touch()
+        assert first.wait(timeout=300) == 0, first.communicate()[0]
+    finally:
+        first.kill()
+        first.communicate()
+    opened = open_database(store)
+    images = sorted(str(p.resolve()) for p in jpg(synth_root, "synth-paris").glob("*.jpg"))
+    assert opened.images == images and opened.whitening is not None and "dba" not in opened.settings
+    hits = query_database(opened, load_network(student), [images[5]], k=2)[0]["results"]  # its own teacher
+    assert hits[0]["image"] == images[5] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".store.lock", "blocked", "go", "store"]
+
+
+def test_a_folder_of_other_files_is_not_indexed_into(random_teacher, synth_root, tmp_path, monkeypatch):
+    """Indexing replaces the whole folder: one holding the user's files is refused before any work."""
+    from aml.descriptors import store as descriptor_store
+
+    monkeypatch.setattr(descriptor_store, "describe_images", None)  # nothing may be encoded
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"holds 1 files or folders that are not a store's \(notes.txt, ...\): "
+                                         r"indexing replaces the whole folder, so give an empty or new folder"):
+        search_cli.main(["index", str(jpg(synth_root, "synth-paris")), "--store", str(tmp_path)]
+                        + flags(random_teacher[0], synth_root))
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_ivfpq_with_too_few_images_is_refused_before_anything_is_encoded(random_teacher, synth_root, tmp_path,
+                                                                         monkeypatch):
+    from aml.descriptors import store as descriptor_store
+
+    monkeypatch.setattr(descriptor_store, "describe_images", None)  # it failed only after encoding everything
+    with pytest.raises(SystemExit, match=r"--ivfpq 4,8 needs at least 256 database images \(8-bit codes\); the "
+                                         r"store has 189: search it exactly"):
+        search_cli.main(["index", str(jpg(synth_root, "synth-paris")), "--store", str(tmp_path / "store"),
+                         "--ivfpq", "4,8"] + flags(random_teacher[0], synth_root))
+    assert not (tmp_path / "store").exists()
+
+
+def test_search_json_binds_the_files_beside_the_shards(whitened_store):
+    record = json.loads((whitened_store / "search.json").read_text())
+    assert sorted(record["files"]) == ["dba.npy", "whitening.pth"] and record["dba"] == {"k": 3, "alpha": 3.0}
+    assert open_database(whitened_store).settings["dba"] == {"k": 3, "alpha": 3.0}
+
+
+def _other_whitening(folder: Path):
+    """A whitening of the same dimension from another store: the same P, another mean."""
+    data = {"m": np.full((512, 1), 0.01), "P": np.eye(512)}
+    save_plain_file(data, folder / "whitening.pth")
+
+
+def _nan_whitening(folder: Path):
+    P = np.eye(512)
+    P[3, 7] = np.nan
+    save_plain_file({"m": np.zeros((512, 1)), "P": P}, folder / "whitening.pth")
+
+
+def _unrecorded(folder: Path):
+    """search.json as an aml that recorded no hashes wrote it."""
+    record = json.loads((folder / "search.json").read_text())
+    record.pop("files")
+    (folder / "search.json").write_text(json.dumps(record))
+
+
+REPLACED = {
+    "whitening": (_other_whitening, r"whitening.pth is not the file this store's indexing wrote \(its sha256 differs "
+                                    r"from the one in search.json\): it was replaced or copied from another store"),
+    "dba": (lambda f: np.save(f / "dba.npy", np.roll(np.load(f / "dba.npy"), 1, axis=1)),
+            r"dba.npy is not the file this store's indexing wrote"),
+    "missing whitening": (lambda f: (f / "whitening.pth").unlink(), r"whitening.pth is missing, which search.json"),
+    "nan whitening": (_nan_whitening, r"whitening.pth is not the file this store's indexing wrote"),
+    "nan whitening, unrecorded": (lambda f: (_unrecorded(f), _nan_whitening(f)),
+                                  r"whitening.pth holds 1 NaN or infinite values: it is damaged; index the store "
+                                  r"again \(python -m aml.search index -w SET\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(REPLACED))
+def test_a_file_replaced_in_a_store_is_named_on_both_query_paths(whitened_store, random_teacher, synth_root, tmp_path,
+                                                                  case):
+    """A NaN in whitening.pth gave rc 0 and an empty result list, and another store's whitening
+    or DBA of the same shape was searched silently."""
+    copy = tmp_path / "store"
+    shutil.copytree(whitened_store, copy)
+    edit, message = REPLACED[case]
+    edit(copy)
+    query = str(sorted(jpg(synth_root, "synth-paris").glob("*query*.jpg"))[0])
+    # the store is checked before a query is encoded, by the checkpoint or by an exported student
+    for student in (["--network", str(random_teacher[1])], ["--onnx", str(tmp_path / "student.onnx")]):
+        with pytest.raises(SystemExit, match=f"^error: .*{message}"):
+            search_cli.main(["query", query, "--store", str(copy), *student, "--data-root", str(synth_root)] + COMMON)
+
+
+def test_an_unrecorded_whitening_is_read_with_a_warning(whitened_store, tmp_path, caplog):
+    copy = tmp_path / "store"
+    shutil.copytree(whitened_store, copy)
+    _unrecorded(copy)
+    _other_whitening(copy)
+    open_database(copy)
+    assert "indexed before aml recorded the sha256 of its files, so a whitening.pth or dba.npy replaced" in caplog.text
+
+
+def test_queries_are_checked_before_and_after_whitening(tmp_path):
+    vecs = np.eye(3, dtype=np.float32)
+    database = SearchDatabase(tmp_path, vecs, ["a", "b", "c"], {"dim": 3})
+    with pytest.raises(StoreError, match=r"1 of the 2 query descriptors hold NaN or infinite values"):
+        database.search(np.array([[1.0, np.nan], [0, 0], [0, 0]]), k=2)
+    with pytest.raises(StoreError, match=r"the queries are descriptors of shape \(4, 1\), but the store .* takes 3 x Q"):
+        database.search(np.ones((4, 1)), k=2)
+    huge = SearchDatabase(tmp_path, vecs, ["a", "b", "c"], {"dim": 3}, (np.zeros((3, 1)), np.full((3, 3), 1e300)))
+    with np.errstate(all="ignore"), pytest.raises(WhiteningError, match=r"whitening made 1 of the 1 query "
+                                                                           r"descriptors NaN or infinite"):
+        huge.search(np.full((3, 1), 1e30), k=2)
+
+
+def test_results_are_written_whole_on_a_full_disk(whitened_store, random_teacher, synth_root, small_disk):
+    """query --json was written with Path.write_text: a full disk left cut JSON in place of the old results."""
+    from tests.conftest import fill_disk
+
+    disk = small_disk(1)
+    out = disk / "hits.json"
+    out.write_text('["the results of yesterday"]')
+    query = ["query", str(sorted(jpg(synth_root, "synth-paris").glob("*query*.jpg"))[0]), "--store",
+             str(whitened_store), "--network", str(random_teacher[1]), "-k", "100", "--json", str(out),
+             "--data-root", str(synth_root)] + COMMON
+    fill_disk(disk, 2048)
+    with pytest.raises(SystemExit, match=f"no space left on the device for {out}"):
+        search_cli.main(query)
+    assert out.read_text() == '["the results of yesterday"]' and sorted(p.name for p in disk.iterdir()) == [
+        "filler", "hits.json"]
+
+
+def test_image_names_that_are_not_utf8_are_indexed_and_found(random_teacher, synth_root, tmp_path):
+    """Indexing a folder with such a name was a UnicodeEncodeError."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    source = sorted(jpg(synth_root, "synth-paris").glob("*.jpg"))
+    for path in source[:5]:
+        shutil.copy(path, photos)
+    odd = os.fsdecode(bytes(photos) + b"/caf\xe9.jpg")
+    shutil.copy(source[7], odd)
+    out = tmp_path / "hits.json"
+    search_cli.main(["index", str(photos), "--store", str(tmp_path / "store")] + flags(random_teacher[0], synth_root))
+    search_cli.main(["query", odd, "--store", str(tmp_path / "store"), "--network", str(random_teacher[1]), "-k", "1",
+                     "--json", str(out), "--data-root", str(synth_root)] + COMMON)
+    assert json.loads(out.read_text())[0]["results"][0]["image"] == odd

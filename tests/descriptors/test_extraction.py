@@ -376,3 +376,31 @@ def test_fixed_batch_sizes_are_powers_of_two_up_to_the_full_batch():
 
     sizes = [fixed_batch_size(n, 32) for n in range(1, 33)]
     assert set(sizes) == {1, 2, 4, 8, 16, 32} and all(n <= size < 2 * n for n, size in enumerate(sizes, 1))
+
+
+@pytest.mark.parametrize("decode", ["pil", "device"])
+def test_an_extraction_waits_for_the_device_once_whatever_its_number_of_batches(images, net, monkeypatch, decode):
+    """On CUDA every read of a value by the host and every copy to the host waits for the
+    queued kernels: the loop reads none per batch, and the descriptors cross in one block."""
+    from aml.descriptors import extraction
+    from tests.dispatch import ScalarReads
+
+    copies = []
+    flush = extraction._Columns._flush
+
+    def counted(self):
+        copies.append(len(self.pending))
+        flush(self)
+
+    monkeypatch.setattr(extraction._Columns, "_flush", counted)
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    config = ExtractionConfig(workers=0, batch_size=2, decode=decode)
+    counts = []
+    for count in (4, 14):  # 2 batches and at least 7 (4 image shapes)
+        copies.clear()
+        with ScalarReads() as reads:
+            extract_vectors(net, images[:count], 80, transform, config=config)
+        counts.append((reads.count, [n for n in copies if n]))
+    (few_reads, few_copies), (many_reads, many_copies) = counts
+    assert many_reads == few_reads <= 1  # the final check of finiteness
+    assert len(few_copies) == len(many_copies) == 1 and many_copies[0] >= 7

@@ -4,7 +4,6 @@ the input shapes the network meets (cuDNN prepares kernels anew for every one)."
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from aml.data.trainsets import load_training_db
 from aml.descriptors import ExtractionConfig
@@ -13,22 +12,9 @@ from aml.networks import build_network
 from aml.training.modes import MODES
 from aml.training.optim import build_optimizer
 from aml.training.trainer import Split, Trainer, TrainSettings
+from tests.dispatch import ScalarReads
 
 DIM, SIZE = 64, 48
-
-
-class ScalarReads(TorchDispatchMode):
-    """Counts reads of a tensor's value by the host (``.item()``, ``bool(t)``): on CUDA each
-    one waits for every kernel queued before it."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from aml.networks.timm_trunk import (
     timm_filter,
 )
 from aml.utils.plain_files import load_plain_file
-from aml.utils.errors import DataError, lookup
+from aml.utils.errors import DataError, lookup_family
 
 
 @dataclass(frozen=True)
@@ -157,17 +157,7 @@ def get_backbone(arch: str) -> Backbone:
         >>> get_backbone("timm:vit_tiny_patch16_224").dim
         192
     """
-    if arch in BACKBONES:
-        return BACKBONES[arch]
-    family, colon, name = arch.partition(":")
-    if colon and family in BACKBONE_FAMILIES:
-        return BACKBONE_FAMILIES[family](name)
-    return lookup(
-        BACKBONES,
-        arch,
-        "architecture",
-        sorted(BACKBONES) + [f"{family}:NAME (e.g. timm:convnext_tiny)" for family in BACKBONE_FAMILIES],
-    )
+    return lookup_family(BACKBONES, BACKBONE_FAMILIES, arch, "architecture")
 
 
 def _torchvision_model(name: str) -> nn.Module:

@@ -22,7 +22,7 @@ from aml.data.download import DownloadError, download_file, file_sha256, hash_pr
 from aml.data.paths import DataRootLike, data_subdir
 from aml.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from aml.networks.timm_trunk import import_timm, parse_timm_spec
-from aml.utils.errors import lookup
+from aml.utils.errors import lookup_family
 
 #: folders (separated by os.pathsep) searched for weight files before anything is downloaded
 MIRROR_ENV = "AML_WEIGHTS_PATH"
@@ -261,17 +261,7 @@ WEIGHTS_FAMILIES: Dict[str, Callable[[str], ImagenetWeights]] = {"timm": timm_we
 
 def get_imagenet_weights(arch: str) -> ImagenetWeights:
     """The table entry of ``arch`` (or of its family); a ConfigError lists the architectures that have one."""
-    if arch in IMAGENET_WEIGHTS:
-        return IMAGENET_WEIGHTS[arch]
-    family, colon, name = arch.partition(":")
-    if colon and family in WEIGHTS_FAMILIES:
-        return WEIGHTS_FAMILIES[family](name)
-    return lookup(
-        IMAGENET_WEIGHTS,
-        arch,
-        "architecture with ImageNet weights",
-        sorted(IMAGENET_WEIGHTS) + [f"{family}:NAME" for family in WEIGHTS_FAMILIES],
-    )
+    return lookup_family(IMAGENET_WEIGHTS, WEIGHTS_FAMILIES, arch, "architecture with ImageNet weights")
 
 
 def package_file(package: WeightsPackage) -> Optional[Path]:

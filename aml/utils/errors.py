@@ -7,7 +7,7 @@ classes also derive from the builtin error they stand for (`ConfigError` and `Da
 ValueErrors), so ``except ValueError`` keeps catching them.
 """
 
-from typing import Iterable, Mapping, Optional, TypeVar
+from typing import Callable, Iterable, Mapping, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -55,3 +55,34 @@ def lookup(table: Mapping[str, T], name: str, what: str, choices: Optional[Itera
     except (KeyError, TypeError):
         listed = list(choices) if choices is not None else sorted(table)
         raise ConfigError(f"unknown {what} {name!r}; choose one of {', '.join(listed)}") from None
+
+
+def lookup_family(table: Mapping[str, T], families: Mapping[str, Callable[[str], T]], name: str, what: str) -> T:
+    """The entry ``name`` of a registry, or the one its family makes of ``<family>:<model>``.
+
+    Args:
+        table: the registry's named entries.
+        families: family -> function that makes the entry of a model of that family.
+        name: the name asked for.
+        what: what the registry holds, for the message.
+
+    Returns:
+        The entry.
+
+    Raises:
+        ConfigError: the name is neither in the table nor of a family; the message lists both.
+
+    Examples:
+        >>> from aml.utils.errors import lookup_family
+        >>> lookup_family({"vgg16": 512}, {"timm": len}, "timm:convnext", "architecture")
+        8
+        >>> lookup_family({"vgg16": 512}, {"timm": len}, "vgg19", "architecture")
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: unknown architecture 'vgg19'; choose one of vgg16, timm:NAME
+    """
+    if isinstance(name, str) and name not in table:
+        family, colon, model = name.partition(":")
+        if colon and family in families:
+            return families[family](model)
+    return lookup(table, name, what, sorted(table) + [f"{family}:NAME" for family in families])

@@ -185,7 +185,11 @@ def build_store(
         if ivfpq is not None:
             build_ivfpq(open_database(staging), ivfpq.nlist, ivfpq.m)
         _refuse_foreign_files(target)  # files put there meanwhile are the user's: not replaced
-        publish_folder(staging, target, overwrite=True)
+        if not publish_folder(staging, target, overwrite=True):
+            raise StoreError(
+                f"{target} was put there by another program while indexing (kept as it is); the new store "
+                "was not written: give another --store"
+            )
     log.info(">> store of %d images by %s written to %s", store.count, teacher.name, folder)
     return folder
 

@@ -188,7 +188,9 @@ def publish_folder(staging: Path, folder: Union[str, Path], overwrite: bool = Fa
     ``folder`` exists already (another process finished first) it is kept and ``staging``
     removed, unless ``overwrite``, which replaces it: the old folder is first renamed aside
     (into a staging folder of this process, removed after), so that a reader finds the old
-    folder or the new one whole, never one half deleted."""
+    folder or the new one whole, never one half deleted. A rename that fails for another
+    reason (permissions, another file system) puts the old folder back, keeps ``staging``
+    and raises: nothing is lost."""
     folder = Path(folder)
     aside = None
     if folder.exists() and overwrite:
@@ -198,12 +200,15 @@ def publish_folder(staging: Path, folder: Union[str, Path], overwrite: bool = Fa
         if not folder.exists():
             staging.rename(folder)
             return True
-    except OSError:  # created by another process between the check and the rename
-        pass
+    except OSError:
+        if not folder.exists():  # not another process's folder: a real failure
+            if aside is not None:
+                (aside / folder.name).rename(folder)
+            raise
     finally:
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)  # another process published first
     return False
 
 

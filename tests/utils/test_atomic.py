@@ -4,6 +4,7 @@ import errno
 import io
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,27 @@ def test_staging_folders_are_per_process_and_dead_ones_are_removed(tmp_path):
     third = staging_folder(folder)
     (third / "a.txt").write_text("third")
     assert publish_folder(third, folder, overwrite=True) and (folder / "a.txt").read_text() == "third"
+
+
+def test_a_failed_replacement_puts_the_old_folder_back_and_keeps_the_new_one(tmp_path, monkeypatch):
+    """A rename that fails for another reason than a rival's folder must lose neither folder."""
+    folder, staging = tmp_path / "store", tmp_path / ".store.indexing"
+    folder.mkdir()
+    (folder / "a.txt").write_text("old")
+    staging.mkdir()
+    (staging / "a.txt").write_text("new")
+    rename = Path.rename
+
+    def failing(self, target):
+        if self == staging:
+            raise PermissionError(13, "Permission denied", str(target))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(PermissionError):
+        publish_folder(staging, folder, overwrite=True)
+    assert (folder / "a.txt").read_text() == "old" and (staging / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".store.indexing", "store"]  # no folder aside left
 
 
 @pytest.mark.parametrize("umask, mode", [(0o002, 0o775), (0o022, 0o755), (0o077, 0o700)], ids=["002", "022", "077"])

@@ -2,6 +2,7 @@
 list (each file's size and mtime) in ``<data_root>/features/cache/``, the least recently used
 beyond ``keep`` per data set evicted."""
 
+import contextlib
 import logging
 import os
 import re
@@ -67,7 +68,8 @@ def cached_descriptors(
         dim = net.meta["outputdim"]
         if vecs is not None and vecs.dtype.kind == "f" and vecs.shape == (dim, len(images)) and np.isfinite(vecs).all():
             log.info(">> %s: database descriptors read from cache %s", tag, path)
-            os.utime(path)  # most recently used
+            with contextlib.suppress(FileNotFoundError):  # evicted by another run meanwhile: read already
+                os.utime(path)  # most recently used
             return vecs
         log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
     vecs = describe_images(net, images, key.image_size, key.scales, key.msp, config=config, skipped=skipped)

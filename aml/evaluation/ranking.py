@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from aml.descriptors.extraction import NonFiniteDescriptors
+from aml.utils.errors import ConfigError
 
 Transform = Callable[[np.ndarray], np.ndarray]  # D x n descriptors -> D x n (e.g. whitening)
 
@@ -201,11 +202,11 @@ def nearest_with_distractors(
         and their D x k x N_q descriptors (float32; transformed distractors).
 
     Raises:
-        ValueError: when the Q x k x D descriptors kept would pass `NEIGHBOUR_VALUES`.
+        ConfigError: when the Q x k x D descriptors kept would pass `NEIGHBOUR_VALUES`.
     """
     dim, n_queries = queries.shape
     if k > most_neighbours(n_queries, dim):
-        raise ValueError(
+        raise ConfigError(
             f"{n_queries} queries keeping their {k} nearest {dim}-d descriptors would hold "
             f"{_gib(n_queries * k * dim)} (at most {_gib(NEIGHBOUR_VALUES)}): give k "
             f"{most_neighbours(n_queries, dim)} or less"

@@ -205,7 +205,7 @@ def alpha_query_expansion(
         D x Q float32 expanded queries.
 
     Raises:
-        ValueError: when ``k`` is not in [1, rows of ``neighbours``].
+        ConfigError: when ``k`` is not in [1, rows of ``neighbours``].
 
     Examples:
         >>> import numpy as np
@@ -256,7 +256,7 @@ def database_augmentation(
         D x N float32 augmented descriptors.
 
     Raises:
-        ValueError: when ``k`` is negative or not below N.
+        ConfigError: when ``k`` is negative or not below N.
 
     Examples:
         >>> import numpy as np

@@ -28,7 +28,7 @@ from typing import Tuple
 
 import numpy as np
 
-from aml.utils.errors import ConfigError
+from aml.utils.errors import ConfigError, DataError
 
 #: the defaults of the authors' code (MDescAug and RerankwMDA), which its test.py uses for the
 #: paper's rOxford and rParis numbers
@@ -245,7 +245,7 @@ def superglobal_rerank(
         The re-ranked N x Q rankings (a new array; rows below m unchanged).
 
     Raises:
-        ValueError: when the shapes disagree or a descriptor is not finite.
+        DataError: when the shapes disagree or a descriptor is not finite.
 
     Examples:
         >>> import numpy as np
@@ -256,13 +256,13 @@ def superglobal_rerank(
         array([1, 0, 2])
     """
     if database.shape[0] != queries.shape[0] or ranks.shape[1] != queries.shape[1]:
-        raise ValueError(
+        raise DataError(
             f"SuperGlobal: database {database.shape}, queries {queries.shape} and ranks {ranks.shape} "
             "disagree (D x N, D x Q, N x Q)"
         )
     for name, values in (("database", database), ("query", queries)):
         if not np.isfinite(values).all():
-            raise ValueError(f"SuperGlobal: the {name} descriptors hold NaN or infinite values")
+            raise DataError(f"SuperGlobal: the {name} descriptors hold NaN or infinite values")
     out = np.array(ranks, copy=True)
     head = out[: settings.m]
     out[: settings.m] = superglobal_shortlist(head, database[:, head], queries, settings).indices

@@ -146,7 +146,7 @@ def get_backbone(arch: str) -> Backbone:
         output channels, whether it is a student trunk.
 
     Raises:
-        ValueError: for an unknown name; the message lists the supported ones.
+        ConfigError: for an unknown name; the message lists the supported ones.
 
     Examples:
         >>> from aml.networks import get_backbone

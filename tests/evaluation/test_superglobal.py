@@ -7,7 +7,7 @@ import pytest
 
 from aml.evaluation.superglobal import (PAPER_BETA, PAPER_K, PAPER_M, Shortlist, SuperGlobal, augmented_descriptors,
                                         superglobal_rerank, superglobal_scores, superglobal_shortlist)
-from aml.utils.errors import ConfigError
+from aml.utils.errors import ConfigError, DataError
 
 A, B, C = np.array([1.0, 0.0]), np.array([0.8, 0.6]), np.array([0.0, 1.0])  # cos(A,B) .8, cos(B,C) .6, cos(A,C) 0
 Q = np.array([0.7, 0.714])
@@ -55,9 +55,9 @@ def test_the_paper_values_are_the_defaults_and_bad_settings_or_inputs_are_refuse
         with pytest.raises(ConfigError, match="SuperGlobal"):
             SuperGlobal(**bad)
     database = np.stack([A, B], axis=1)
-    with pytest.raises(ValueError, match="disagree"):
+    with pytest.raises(DataError, match="disagree"):
         superglobal_rerank(database, np.zeros((3, 1)), np.array([[0], [1]]))
-    with pytest.raises(ValueError, match="query descriptors hold NaN"):
+    with pytest.raises(DataError, match="query descriptors hold NaN"):
         superglobal_rerank(database, np.full((2, 1), np.nan), np.array([[0], [1]]))
 
 

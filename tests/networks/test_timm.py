@@ -14,6 +14,7 @@ from aml.networks.checkpoint import checkpoint_state, load_network, load_trunk_w
 from aml.networks.imagenet import MIRROR_ENV, WeightsError, find_weights, get_imagenet_weights  # noqa: E402
 from aml.networks.inference import has_batchnorm, inference_copy  # noqa: E402
 from aml.networks.timm_trunk import TimmTrunk  # noqa: E402
+from aml.utils.errors import ConfigError  # noqa: E402
 
 # timm's own test models (a few hundred thousand weights): the families' layers at a small size
 VIT = "timm:test_vit"  # 64-d, patch 16, a class token, mean = std = 0.5 in timm's config
@@ -51,7 +52,7 @@ def test_timm_names_are_a_family_parsed_from_the_name():
                           ("timm:vit_tinyy_patch16_224", "no model 'vit_tinyy_patch16_224'"),
                           ("timm:swin_tiny_patch4_window7_224", "does not take images of any size and aspect ratio"),
                           ("timm", "unknown architecture")):
-        with pytest.raises(ValueError, match=message) as info:
+        with pytest.raises(ConfigError, match=message) as info:  # one line from the command lines
             get_backbone(name)
         assert "\n" not in str(info.value)
 

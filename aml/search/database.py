@@ -4,7 +4,7 @@ index; `open_database` (`aml.search.store`) loads one from a store folder."""
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -13,7 +13,7 @@ import numpy as np
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
-from aml.search.faiss_index import PQ_CODES, exact_search, faiss_or_none, read_index, train_ivfpq, write_index
+from aml.search.faiss_index import PQ_CODES, ExactIndex, faiss_or_none, read_index, train_ivfpq, write_index
 from aml.utils.atomic import atomic_write
 from aml.utils.errors import DataError
 
@@ -118,6 +118,8 @@ class SearchDatabase:
         settings: how the store was made (network, source, fingerprint, image_size, scales,
             dim, ``dba`` when it was augmented: ``{"k", "alpha"}``, ...).
         whitening: the teacher's learned whitening (m, P), applied to both sides, or None.
+        index: what answers the searches, read or made at the first one and kept: the
+            store's IVF-PQ index, else an `ExactIndex` over ``vecs``.
 
     Examples:
         >>> from pathlib import Path
@@ -136,6 +138,8 @@ class SearchDatabase:
     images: List[str]
     settings: Dict[str, Any]
     whitening: Optional[Whitening] = None
+    #: the store's IVF-PQ index or an exact one, read or made at the first search and kept
+    index: Any = field(default=None, init=False, repr=False, compare=False)
 
     def search(
         self, queries: np.ndarray, k: int, prewhitened: bool = False, reranking: Reranking = Reranking()
@@ -225,7 +229,13 @@ class SearchDatabase:
         return found.T, neighbours
 
     def _top(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        k = min(k, self.vecs.shape[1])
+        if self.index is None:
+            ivfpq = self._read_ivfpq()
+            self.index = ivfpq if ivfpq is not None else ExactIndex(self.vecs)
+        return self.index.search(np.ascontiguousarray(queries.T, dtype=np.float32), min(k, self.vecs.shape[1]))
+
+    def _read_ivfpq(self) -> Any:
+        """The store's IVF-PQ index, checked against the store, or None when it has none."""
         index_file = self.folder / INDEX
         try:
             index = read_index(index_file)
@@ -235,7 +245,7 @@ class SearchDatabase:
                 "rebuild it with: python -m aml.search index --ivfpq"
             ) from None
         if index is None:
-            return exact_search(self.vecs, queries, k)
+            return None
         if index.metric_type != faiss_or_none().METRIC_INNER_PRODUCT:
             raise StoreError(
                 f"{index_file} ranks by another metric than the inner product of the store's descriptors: "
@@ -247,7 +257,7 @@ class SearchDatabase:
                 f"holds {self.vecs.shape[1]} of {self.vecs.shape[0]}: it belongs to another store; "
                 "delete it or rebuild it with: python -m aml.search index --ivfpq"
             )
-        return index.search(np.ascontiguousarray(queries.T, dtype=np.float32), k)
+        return index
 
 
 def build_ivfpq(
@@ -286,6 +296,7 @@ def build_ivfpq(
         raise StoreError(problem)
     index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
     write_index(index, database.folder / INDEX)
+    database.index = index
     _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall})
     return recall
 

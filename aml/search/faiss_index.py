@@ -25,9 +25,45 @@ def _rows(vecs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vecs.T, dtype=np.float32)
 
 
+class ExactIndex:
+    """Exact search over fixed database descriptors by dot product, prepared once: faiss
+    ``IndexFlatIP`` over their rows when faiss is installed, else one matrix product with torch
+    (over the D x N array as it is, no copy).
+
+    Args:
+        vecs: D x N database descriptors.
+    """
+
+    def __init__(self, vecs: np.ndarray):
+        faiss = faiss_or_none()
+        self.flat: Any = None
+        self.matrix: Optional[torch.Tensor] = None
+        if faiss is not None:
+            self.flat = faiss.IndexFlatIP(vecs.shape[0])
+            self.flat.add(_rows(vecs))
+        else:
+            self.matrix = torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32))
+
+    def search(self, query_rows: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Each query's ``k`` best database columns, as faiss's ``Index.search`` answers.
+
+        Args:
+            query_rows: Q x D float32 query descriptors, one per row.
+            k: results per query (at most N).
+
+        Returns:
+            The scores and the indices, each Q x k, best first.
+        """
+        if self.flat is not None:
+            return self.flat.search(query_rows, k)
+        assert self.matrix is not None
+        top = torch.topk(torch.from_numpy(query_rows) @ self.matrix, k, dim=1)
+        return top.values.numpy(), top.indices.numpy()
+
+
 def exact_search(vecs: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Each query's ``k`` best columns of ``vecs`` by dot product: faiss ``IndexFlatIP`` when
-    faiss is installed, else one matrix product with torch.
+    """Each query's ``k`` best columns of ``vecs`` by dot product (`ExactIndex`, made for
+    this one search).
 
     Args:
         vecs: D x N database descriptors.
@@ -37,14 +73,7 @@ def exact_search(vecs: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndar
     Returns:
         The scores and the indices, each Q x k, best first.
     """
-    faiss = faiss_or_none()
-    if faiss is not None:
-        index = faiss.IndexFlatIP(vecs.shape[0])
-        index.add(_rows(vecs))
-        return index.search(_rows(queries), k)
-    scores = torch.from_numpy(_rows(queries)) @ torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32))
-    top = torch.topk(scores, k, dim=1)
-    return top.values.numpy(), top.indices.numpy()
+    return ExactIndex(vecs).search(_rows(queries), k)
 
 
 def read_index(path: Path) -> Optional[Any]:

@@ -20,6 +20,7 @@ from aml.evaluation.reranking import Reranking
 from aml.evaluation.superglobal import SuperGlobal, superglobal_rerank, superglobal_scores
 from aml.evaluation.whitening import whitenapply
 from aml.search import SearchDatabase, StoreError, build_ivfpq, open_database
+from aml.search.faiss_index import ExactIndex
 from aml.utils.plain_files import save_plain_file
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).
@@ -119,10 +120,11 @@ def test_exact_search_without_faiss_is_the_same(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     vecs = rng.normal(size=(16, 50)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=0)
-    store = SearchDatabase(tmp_path, vecs, [str(i) for i in range(50)], {"dim": 16})
-    with_faiss = store.search(vecs[:, :4], 5)
+    with_faiss = SearchDatabase(tmp_path, vecs, [str(i) for i in range(50)], {"dim": 16}).search(vecs[:, :4], 5)
     monkeypatch.setattr(faiss_index, "faiss_or_none", lambda: None)
+    store = SearchDatabase(tmp_path, vecs, [str(i) for i in range(50)], {"dim": 16})
     without = store.search(vecs[:, :4], 5)
+    assert store.index.flat is None  # torch's product answered
     assert np.array_equal(with_faiss[1], without[1]) and np.allclose(with_faiss[0], without[0], atol=1e-5)
 
 
@@ -381,6 +383,31 @@ def test_index_with_dba_and_query_with_qe(random_teacher, synth_root, tmp_path):
 
     search_cli.main(["index", str(jpg), "--store", str(tmp_path / "dba")] + flags)  # again, without --dba
     assert not (tmp_path / "dba" / "dba.npy").exists() and "dba" not in open_database(tmp_path / "dba").settings
+
+
+def test_a_store_reads_its_index_once_whatever_its_searches(tmp_path, monkeypatch):
+    """αQE and SuperGlobal search three times per query batch: the index file is read, or the
+    exact index made over the database, once for the store's life, not once per search."""
+    from aml.search import database as database_module
+
+    rng = np.random.default_rng(2)
+    vecs = rng.normal(size=(16, 300)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=0)
+    images = [f"{i}.jpg" for i in range(300)]
+    made, read = [], []
+    monkeypatch.setattr(database_module, "ExactIndex", lambda v: made.append(v) or ExactIndex(v))
+    reading = database_module.read_index
+    monkeypatch.setattr(database_module, "read_index", lambda path: read.append(path) or reading(path))
+    reranking = Reranking(qe=2, superglobal=SuperGlobal(m=20, k=3))
+    exact = SearchDatabase(tmp_path / "exact", vecs, images, {"dim": 16})
+    for _ in range(2):
+        exact.search(vecs[:, :4], 10, reranking=reranking)
+    assert len(made) == 1 and len(read) == 1
+    build_ivfpq(SearchDatabase(tmp_path, vecs, images, {"dim": 16}), nlist=4, m=4)
+    approximate = SearchDatabase(tmp_path, vecs, images, {"dim": 16})
+    for _ in range(2):
+        approximate.search(vecs[:, :4], 10, reranking=reranking)
+    assert len(made) == 1 and len(read) == 2 and approximate.index.ntotal == 300
 
 
 def test_query_expansion_of_a_store_by_hand():

@@ -16,8 +16,8 @@ shard, the first one written stays), so a shard file is always whole and an inte
 extraction restarts at the first missing shard. A manifest that does not match the network,
 the settings or the image list is refused: descriptors of one network are never mixed with
 another's. Every field of a manifest is checked when it is read, and its digest tells an
-edited manifest; each shard is checked against its sha256 when it is read, so a shard
-replaced or copied from another store is refused, naming it. Stores written before aml
+edited manifest; each shard is checked against its sha256 when a store first reads its file (again when
+the file is replaced), so a shard replaced or copied from another store is refused, naming it. Stores written before aml
 recorded these hashes are read with a warning. Under torchrun the missing shards are dealt
 out to the ranks (shard k to rank k mod size); no rank waits for another until the last
 shard is written.
@@ -237,6 +237,7 @@ class DescriptorStore:
             raise ConfigError(f"descriptor store shard size must be positive, got {key.shard_size}")
         self.folder, self.images, self.key, self.dim = Path(folder), [str(i) for i in images], key, dim
         self._hashes: Optional[List[Optional[str]]] = None  # the manifest's, read when first needed
+        self._verified: Dict[int, Tuple[int, int, int]] = {}  # shard -> its file's identity when its hash matched
 
     # -- layout ---------------------------------------------------------------------------
     @property
@@ -476,22 +477,26 @@ class DescriptorStore:
 
     def read_shard(self, k: int) -> np.ndarray:
         """Shard ``k`` as an n_k x D array, checked against the manifest: its shape, dtype and
-        sha256.
+        sha256 (hashed once per file: read again unchanged, it is not hashed again).
 
         Raises:
             FileNotFoundError: when it is missing.
             DataError: naming the shard, when it is damaged, of another shape, or not the
                 shard this store wrote (replaced, or copied from another store).
         """
+        stamp = _file_stamp(self.shard_path(k))
         array = self._load_shard(k)
         expected = self.hashes()[k]
-        if expected is not None and descriptors_sha256(array) != expected:
+        if expected is None or self._verified.get(k) == stamp:  # the file this store checked already
+            return array
+        if descriptors_sha256(array) != expected:
             raise StoreDamaged(
                 f"descriptor store {self.folder}: {self.shard_path(k).name} is not the shard this store "
                 "wrote (its descriptors do not match the sha256 in manifest.json): it was replaced or copied "
                 "from another store",
                 SHARD_FIX,
             )
+        self._verified[k] = stamp
         return array
 
     def blocks(self) -> Iterator[Tuple[int, np.ndarray]]:
@@ -504,6 +509,16 @@ class DescriptorStore:
         if not self.count:
             return np.zeros((self.dim, 0), dtype=np.float32)
         return np.concatenate([block for _, block in self.blocks()]).astype(np.float32).T
+
+
+def _file_stamp(path: Path) -> Tuple[int, int, int]:
+    """What tells a file from one put in its place: its inode, modification time and size
+    (zeros when it is missing: reading it then fails by name)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (found.st_ino, found.st_mtime_ns, found.st_size)
 
 
 def open_store(folder: Path) -> DescriptorStore:

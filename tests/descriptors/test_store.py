@@ -172,6 +172,25 @@ def test_a_shard_copied_from_another_store_with_the_same_settings_is_refused(tmp
     np.testing.assert_array_equal(open_store(tmp_path / "ours").load(), descriptors(IMAGES))
 
 
+def test_a_store_hashes_each_shard_file_once_and_again_when_it_is_replaced(tmp_path, monkeypatch):
+    """A +1M test passes over the distractor shards about ten times: each shard file is
+    hashed at its first read only, and a file put in its place is checked again."""
+    from aml.descriptors import store as store_module
+
+    DescriptorStore.create(tmp_path / "ours", IMAGES, KEY, 3).fill(Encoder())
+    theirs = DescriptorStore.create(tmp_path / "theirs", [f"oth{i:03d}.jpg" for i in range(10, 20)], KEY, 3)
+    theirs.fill(Encoder())
+    hashed = []
+    monkeypatch.setattr(store_module, "descriptors_sha256", lambda array: hashed.append(1) or descriptors_sha256(array))
+    opened = open_store(tmp_path / "ours")
+    for _ in range(3):
+        np.testing.assert_array_equal(opened.load(), descriptors(IMAGES))
+    assert len(hashed) == 3  # one per shard
+    shutil.copyfile(theirs.shard_path(1), opened.shard_path(1))
+    with pytest.raises(StoreDamaged, match="shard_00001.npy is not the shard this store wrote"):
+        opened.load()
+
+
 def test_a_store_written_before_hashes_is_read_unverified_with_a_warning(tmp_path, caplog):
     store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
     store.fill(Encoder())

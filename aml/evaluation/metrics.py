@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple, TypedDict
 
 import numpy as np
 
+from aml.data.formats import GroundTruth
 from aml.data.testsets import GND_KEYS
 
 DEFAULT_KAPPAS = (1, 5, 10)
@@ -179,7 +180,7 @@ def revisited_gnd(gnd: Sequence[Mapping[str, Any]], difficulty: str) -> List[Dic
 
 def evaluate_ranks(
     ranks: np.ndarray,
-    gnd: Sequence[Mapping[str, Any]],
+    gnd: Sequence[GroundTruth],
     protocol: str,
     kappas: Sequence[int] = DEFAULT_KAPPAS,
     positions: bool = False,

@@ -3,7 +3,7 @@ optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from aml.cli.arguments import Parser, folder, one_line_errors, positive_int, run
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.whitening import check_whitening
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
-from aml.export.report import onnx_test_maps, onnx_timings
+from aml.export.report import OnnxTestMaps, onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
 from aml.reports.provenance import provenance
 from aml.search import StoreError, list_images, open_database
@@ -155,13 +155,24 @@ def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[Load
     return given, None
 
 
-def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: int, whitening) -> Dict[str, Any]:
+class Int8Report(OnnxTestMaps):
+    """``int8.json``'s report: the mAPs of the float32 and int8 files, the seconds per query
+    image of each at each timed size, and the teacher that encoded the database."""
+
+    seconds_per_image: Dict[str, Dict[str, float]]
+    teacher: str
+
+
+def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: int, whitening) -> Int8Report:
     onnx = {"float32": files["onnx"], "int8": files["int8"]}
-    report = onnx_test_maps(
+    maps = onnx_test_maps(
         onnx, teacher, args.test_set, image_size, args.data_root, whitening, ExtractionConfig(workers=0, device="cpu")
     )
-    report["seconds_per_image"] = onnx_timings(onnx, repeats=args.time_repeats)
-    report["teacher"] = teacher.name
+    report: Int8Report = {
+        **maps,
+        "seconds_per_image": onnx_timings(onnx, repeats=args.time_repeats),
+        "teacher": teacher.name,
+    }
     record = {"provenance": provenance(), "report": report}
     path = Path(args.out) / "int8.json"
     atomic_write(path, lambda out: out.write((json.dumps(record, indent=1) + "\n").encode()))

@@ -7,7 +7,7 @@ whose dimensions differ has no search. The first network is the teacher whose sy
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypedDict
 
 import numpy as np
 
@@ -27,6 +27,25 @@ LAYOUT = (
     "maps[test set][search][level]['map'][i][j]: the mAP (0-1) of network i's queries searched in "
     "network j's database, networks in the order of 'networks'; null: their dimensions differ"
 )
+
+
+class MatrixCell(TypedDict):
+    """One matrix of the record: the mAP of each pair (null: no search), and its marks."""
+
+    map: List[List[Optional[float]]]
+    beats_teacher: List[List[bool]]
+    bct: List[List[bool]]
+
+
+class MatrixRecord(TypedDict):
+    """`CompatibilityMatrix.record`: the networks (each `MatrixNetwork`'s fields), the teacher's
+    label, how to read the numbers (`LAYOUT`) and the matrices by test set, search and level."""
+
+    networks: List[Dict[str, Any]]  # dataclasses.asdict of each MatrixNetwork
+    teacher: str
+    layout: str
+    maps: Dict[str, Dict[str, Dict[str, MatrixCell]]]
+
 
 #: called with the query network's label, the database network's label and the pair's results
 PairCallback = Callable[[str, str, Dict[str, DatasetResult]], None]
@@ -193,7 +212,7 @@ class CompatibilityMatrix:
         maps = self.maps[dataset, search, level]
         return beats_teacher(maps), bct_compatible(maps)
 
-    def record(self) -> Dict[str, Any]:
+    def record(self) -> MatrixRecord:
         """The matrix as JSON data.
 
         Returns:
@@ -201,7 +220,7 @@ class CompatibilityMatrix:
             (how to read the numbers) and ``maps``: per test set, search and level the mAP
             (``map``, null where no search) and the marks (``beats_teacher``, ``bct``).
         """
-        maps: Dict[str, Any] = {}
+        maps: Dict[str, Dict[str, Dict[str, MatrixCell]]] = {}
         for (dataset, search, level), values in self.maps.items():
             better, bct = self.marks(dataset, search, level)
             numbers = [[None if np.isnan(value) else float(value) for value in row] for row in values]

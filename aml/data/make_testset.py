@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypedDict
 
 from PIL import Image
 
@@ -37,7 +37,30 @@ from aml.utils.errors import DataError
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
-LISTS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
+#: a query's lists of database images
+ListName = Literal["easy", "hard", "junk", "ok"]
+LISTS: Dict[str, Tuple[ListName, ...]] = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
+
+
+class DescribedQuery(TypedDict, total=False):
+    """One query of a description: its image, optional box (x1, y1, x2, y2) and the lists of
+    database images (``easy``, ``hard``, ``junk``, or ``ok`` and ``junk``), names relative to
+    the images folder."""
+
+    image: str
+    box: Optional[List[float]]
+    easy: List[str]
+    hard: List[str]
+    junk: List[str]
+    ok: List[str]
+
+
+class Description(TypedDict):
+    """A test set's description: its queries and its database images (None: every image of the
+    folder that is not a query)."""
+
+    queries: List[DescribedQuery]
+    database: Optional[List[str]]
 
 
 class TestSetError(DataError):
@@ -46,7 +69,7 @@ class TestSetError(DataError):
     __test__ = False  # not a pytest test class, despite its name
 
 
-def read_description(path: PathLike) -> Dict[str, Any]:
+def read_description(path: PathLike) -> Description:
     """{'queries': [...], 'database': [...] or None} from a JSON or CSV description (UTF-8)."""
     try:
         return _read_description(Path(path))
@@ -56,15 +79,15 @@ def read_description(path: PathLike) -> Dict[str, Any]:
         raise TestSetError(f"{path} is not valid JSON ({err})") from None
 
 
-def _read_description(path: Path) -> Dict[str, Any]:
+def _read_description(path: Path) -> Description:
     if path.suffix.lower() == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         check_description(data, str(path))
         return {"queries": data["queries"], "database": data.get("database")}
-    queries: List[Dict[str, Any]] = []
+    queries: List[DescribedQuery] = []
     with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            entry: Dict[str, Any] = {"image": row["query"].strip()}
+            entry: DescribedQuery = {"image": row["query"].strip()}
             if (row.get("box") or "").strip():
                 entry["box"] = _csv_box(row["box"], path, len(queries))
             for key in ("easy", "hard", "junk", "ok"):
@@ -126,7 +149,7 @@ def check_description(description: Any, source: str) -> None:
             )
 
 
-def _protocol(queries: Sequence[Dict[str, Any]], source: str) -> str:
+def _protocol(queries: Sequence[DescribedQuery], source: str) -> str:
     keys = set().union(*(q.keys() for q in queries)) if queries else set()
     if "ok" in keys and keys & {"easy", "hard"}:
         raise TestSetError(f"{source}: mix of classic (ok) and revisited (easy/hard) lists; use one protocol")
@@ -149,7 +172,12 @@ def _check_images(names: Sequence[str], images_dir: Path, source: str) -> Dict[s
 
 
 def _check_query(
-    q: int, entry: Dict[str, Any], lists: Sequence[str], database: Dict[str, int], sizes: Dict[str, tuple], source: str
+    q: int,
+    entry: DescribedQuery,
+    lists: Sequence[ListName],
+    database: Dict[str, int],
+    sizes: Dict[str, tuple],
+    source: str,
 ) -> None:
     where = f"{source}: query {q} ({entry['image']})"
     seen: Dict[str, str] = {}
@@ -169,6 +197,11 @@ def _check_query(
         log.warning(">> %s has no positive: it will not count in mAP", where)
 
 
+def _bbx(entry: DescribedQuery) -> Optional[List[float]]:
+    box = entry.get("box")
+    return None if box is None else [float(c) for c in box]
+
+
 def _stem(name: str) -> str:
     return str(Path(name).with_suffix("")).replace(os.sep, "__")
 
@@ -183,7 +216,7 @@ def _copy_as_jpeg(source: Path, target: Path) -> None:
 
 
 def build_test_set(
-    description: Dict[str, Any],
+    description: Description,
     images_dir: PathLike,
     name: str,
     data_root: Optional[PathLike] = None,
@@ -229,7 +262,7 @@ def build_test_set(
         gnd = [
             {
                 **{key: [database[n] for n in entry.get(key, [])] for key in lists},
-                "bbx": [float(c) for c in entry["box"]] if entry.get("box") is not None else None,
+                "bbx": _bbx(entry),
             }
             for entry in queries
         ]

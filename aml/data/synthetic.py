@@ -20,12 +20,13 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from aml.data.formats import GroundTruth
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
 from aml.utils.atomic import publish_folder, staged
@@ -315,15 +316,15 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
     position[order] = np.arange(len(order))
     shuffled = [imlist[i] for i in order]
     qimlist: List[str] = []
-    gnd: List[Dict[str, Any]] = []
+    gnd: List[GroundTruth] = []
     for landmark, scene in enumerate(scenes[: config.landmarks]):
         for _ in range(config.queries_per_landmark):
             view, box = render_view(scene, rng, rng.uniform(0.0, 0.15), config.image_size, zoom=rng.uniform(1.15, 1.35))
             qimlist.append(f"{name}_query_{len(qimlist):03d}")
             _save(view, staging / "jpg" / f"{qimlist[-1]}.jpg")
             bar.update(1)
-            lists = {k: sorted(int(position[i]) for i in v) for k, v in groups[landmark].items()}
-            gnd.append({"bbx": list(box), **lists})
+            placed = {k: sorted(int(position[i]) for i in v) for k, v in groups[landmark].items()}
+            gnd.append({"bbx": list(box), "easy": placed["easy"], "hard": placed["hard"], "junk": placed["junk"]})
     bar.close()
     save_pickle({"imlist": shuffled, "qimlist": qimlist, "gnd": gnd}, staging / f"gnd_{name}.pkl")
     return len(shuffled), len(qimlist)

@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, TypedDict
 
 import torch
 
@@ -44,6 +44,25 @@ from aml.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+class RunOptions(TypedDict, total=False):
+    """The main.py flags (by name, `TrainConfig.from_flags`) a demo run sets: the budget's
+    and a role's (`TEACHER_OPTIONS`, `STUDENT_OPTIONS`)."""
+
+    image_size: int
+    query_size: int
+    pool_size: int
+    neg_num: int
+    workers: int
+    quiet: bool
+    mode: str
+    loss: str
+    loss_margin: float
+    batch_size: int
+    lr: float
+    proj_lr_mult: float
+    batch_forward: bool
+
+
 @dataclass(frozen=True)
 class DemoBudget:
     """How much the demo trains and tests: image size, epochs, tuples and images per epoch."""
@@ -56,16 +75,16 @@ class DemoBudget:
     workers: int = 0
     quiet: bool = False
 
-    def options(self) -> Dict[str, Any]:
+    def options(self) -> RunOptions:
         """The training options (main.py's flags, `TrainConfig.from_flags`) every demo run shares."""
-        return dict(
-            image_size=self.image_size,
-            query_size=self.query_size,
-            pool_size=self.pool_size,
-            neg_num=3,
-            workers=self.workers,
-            quiet=self.quiet,
-        )
+        return {
+            "image_size": self.image_size,
+            "query_size": self.query_size,
+            "pool_size": self.pool_size,
+            "neg_num": 3,
+            "workers": self.workers,
+            "quiet": self.quiet,
+        }
 
 
 def _train(
@@ -73,7 +92,7 @@ def _train(
     data_root: Path,
     arch: str,
     epochs: int,
-    options: Dict[str, Any],
+    options: RunOptions,
     seed: int,
     teacher: Optional[Path] = None,
     trunk: Optional[Path] = None,
@@ -120,13 +139,13 @@ def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[
 # teacher's descriptors of the -ps 800 pool images per epoch (with 360 they end well short).
 # A student recipe is named by its row in the table and holds its mode and, for the losses of
 # later papers (docs/training.md), its loss: they train in mode reg on the same -ps 800 images.
-TEACHER_OPTIONS = dict(mode="std", batch_size=8, lr=5e-4, batch_forward=True)
-_STUDENT = dict(batch_size=16, lr=1e-4, proj_lr_mult=30.0, batch_forward=True)
-STUDENT_OPTIONS: Dict[str, Dict[str, Any]] = {
-    "reg": dict(_STUDENT, mode="reg"),
-    "ts_self": dict(_STUDENT, mode="ts_self", loss_margin=0.5),
-    "ts": dict(_STUDENT, mode="ts", loss_margin=0.5),
-    **{loss: dict(_STUDENT, mode="reg", loss=loss) for loss in ("csd", "bct", "hvs", "lce")},
+TEACHER_OPTIONS: RunOptions = {"mode": "std", "batch_size": 8, "lr": 5e-4, "batch_forward": True}
+_STUDENT: RunOptions = {"batch_size": 16, "lr": 1e-4, "proj_lr_mult": 30.0, "batch_forward": True}
+STUDENT_OPTIONS: Dict[str, RunOptions] = {
+    "reg": {**_STUDENT, "mode": "reg"},
+    "ts_self": {**_STUDENT, "mode": "ts_self", "loss_margin": 0.5},
+    "ts": {**_STUDENT, "mode": "ts", "loss_margin": 0.5},
+    **{loss: {**_STUDENT, "mode": "reg", "loss": loss} for loss in ("csd", "bct", "hvs", "lce")},
 }
 DEFAULT_STUDENTS = ("reg", "ts_self", "ts")  # AML's modes: the paper's findings
 TEACHER_TRUNKS = ("imagenet", "synthetic")
@@ -149,7 +168,7 @@ def train_teacher(root: Path, arch: str, budget: DemoBudget, seed: int, trunk: O
         root,
         arch,
         budget.teacher_epochs,
-        dict(budget.options(), **TEACHER_OPTIONS),
+        {**budget.options(), **TEACHER_OPTIONS},
         seed,
         trunk=trunk,
         reuse=True,
@@ -172,7 +191,7 @@ def student_rows(
             root,
             student_arch,
             budget.student_epochs,
-            dict(budget.options(), **STUDENT_OPTIONS[name]),
+            {**budget.options(), **STUDENT_OPTIONS[name]},
             seed,
             teacher,
         )

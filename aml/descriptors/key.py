@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, TypedDict
 
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, ExtractionConfig
@@ -46,6 +46,16 @@ def image_list_key(images: Sequence[str]) -> List[Any]:
         except OSError:
             key.append([str(image), -1, 0])
     return key
+
+
+class KeyRecord(TypedDict):
+    """A `DescriptorKey` as JSON fields (feature-file settings and store manifests hold them)."""
+
+    fingerprint: str
+    image_size: int
+    scales: List[float]
+    msp: float
+    pixels: str
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,7 @@ class DescriptorKey:
             config.pixel_path(net),
         )
 
-    def record(self) -> Dict[str, Any]:
+    def record(self) -> "KeyRecord":
         """The key as JSON fields (feature-file settings, store manifests).
 
         Returns:

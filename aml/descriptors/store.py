@@ -28,12 +28,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Final, Iterator, List, Mapping, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
-from aml.descriptors.key import DescriptorKey
+from aml.descriptors.key import DescriptorKey, KeyRecord
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.utils.atomic import atomic_write
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
@@ -46,8 +46,8 @@ FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
 MANIFEST = "manifest.json"
 IMAGE_LIST = "images.txt"
-HASHES = "shard_sha256"  # the manifest's list of each shard's sha256 (None: not recorded yet)
-DIGEST = "digest"  # the manifest's sha256 of its other fields
+HASHES: Final = "shard_sha256"  # the manifest's list of each shard's sha256 (None: not recorded yet)
+DIGEST: Final = "digest"  # the manifest's sha256 of its other fields
 HEX = "0123456789abcdef"
 REENCODE = "delete the store to encode it again"
 SHARD_FIX = "delete it and run the same command again to encode it again"
@@ -70,6 +70,34 @@ class StoreDamaged(DataError):
         self.problem = problem
 
 
+class StoreKeyRecord(KeyRecord):
+    """A `StoreKey` as the manifest's fields: the descriptors' key, the encoder's name, the
+    dtype and the rows per shard."""
+
+    network: str
+    dtype: str
+    shard_size: int
+
+
+class Manifest(StoreKeyRecord):
+    """What a store's ``manifest.json`` says it holds: its key's fields, the format version,
+    the number of images, the descriptors' dimension and the sha1 of the image list (the file
+    adds each shard's sha256 and a digest of the other fields)."""
+
+    version: int
+    count: int
+    dim: int
+    images_sha1: str
+
+
+class StoredManifest(Manifest, total=False):
+    """A manifest as the file holds it: with each shard's sha256 (None: not recorded yet) and
+    the sha256 of its other fields (a manifest written before aml recorded them has neither)."""
+
+    shard_sha256: List[Optional[str]]
+    digest: str
+
+
 @dataclass(frozen=True)
 class StoreKey:
     """What a store holds: descriptors of one `DescriptorKey`, in shards of
@@ -80,9 +108,14 @@ class StoreKey:
     dtype: str = "float16"
     shard_size: int = 16384
 
-    def record(self) -> Dict[str, Any]:
+    def record(self) -> StoreKeyRecord:
         """The manifest's key fields (flat, as stores have always been written)."""
-        return dict(self.descriptors.record(), network=self.network, dtype=self.dtype, shard_size=self.shard_size)
+        return {
+            **self.descriptors.record(),
+            "network": self.network,
+            "dtype": self.dtype,
+            "shard_size": self.shard_size,
+        }
 
     @classmethod
     def from_manifest(cls, manifest: Dict[str, Any], source: str) -> "StoreKey":
@@ -142,7 +175,7 @@ def _list_sha1(images: Sequence[str]) -> str:
     return hashlib.sha1(_list_text(images)).hexdigest()
 
 
-def _write_json(path: Path, record: Dict[str, Any]) -> None:
+def _write_json(path: Path, record: Mapping[str, object]) -> None:
     atomic_write(path, lambda out: out.write(json.dumps(record, indent=1, sort_keys=True).encode()))
 
 
@@ -176,7 +209,7 @@ def descriptors_sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def _manifest_digest(manifest: Dict[str, Any]) -> str:
+def _manifest_digest(manifest: Mapping[str, object]) -> str:
     fields = {name: value for name, value in manifest.items() if name != DIGEST}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -190,7 +223,7 @@ def _hashes_problem(hashes: Any, shards: int) -> Optional[str]:
     return None
 
 
-def read_manifest(folder: Path) -> Tuple[Dict[str, Any], StoreKey]:
+def read_manifest(folder: Path) -> Tuple[StoredManifest, StoreKey]:
     """A store's manifest, checked: valid JSON of an object, its digest (an edited manifest
     is refused), and every field's type and range.
 
@@ -225,7 +258,7 @@ def read_manifest(folder: Path) -> Tuple[Dict[str, Any], StoreKey]:
     _refuse(problems, source)
     if HASHES in manifest:
         _refuse({HASHES: _hashes_problem(manifest[HASHES], -(-int(count or 0) // key.shard_size))}, source)
-    return manifest, key
+    return cast(StoredManifest, manifest), key  # every field checked
 
 
 class DescriptorStore:
@@ -259,18 +292,18 @@ class DescriptorStore:
     def _skip_path(self, k: int) -> Path:
         return self.folder / f"shard_{k:05d}.json"
 
-    def manifest(self) -> Dict[str, Any]:
+    def manifest(self) -> Manifest:
         """The manifest's fields that say what the store holds (all must match to reuse it)."""
-        return dict(
-            self.key.record(),
-            version=FORMAT_VERSION,
-            count=self.count,
-            dim=self.dim,
-            images_sha1=_list_sha1(self.images),
-        )
+        return {
+            **self.key.record(),
+            "version": FORMAT_VERSION,
+            "count": self.count,
+            "dim": self.dim,
+            "images_sha1": _list_sha1(self.images),
+        }
 
     def _write_manifest(self, hashes: List[Optional[str]]) -> None:
-        record = dict(self.manifest(), **{HASHES: hashes})
+        record: StoredManifest = {**self.manifest(), HASHES: hashes}
         record[DIGEST] = _manifest_digest(record)
         _write_json(self.folder / MANIFEST, record)
 
@@ -321,8 +354,8 @@ class DescriptorStore:
         atomic_write(self.folder / IMAGE_LIST, lambda out: out.write(_list_text(self.images)))
         self._write_manifest([None] * self.shards)
 
-    def _check(self, found: Dict[str, Any]) -> None:
-        wanted = self.manifest()
+    def _check(self, found: StoredManifest) -> None:
+        wanted: Mapping[str, object] = self.manifest()
         differ = [name for name in wanted if found.get(name) != wanted[name]]
         if not differ:
             return

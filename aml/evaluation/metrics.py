@@ -9,15 +9,32 @@ Queries with no positives are skipped. mP@k: with 1-based adjusted positions pos
 kq = min(max(pos), k) and P@k = #(pos <= kq) / kq.
 """
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, TypedDict
 
 import numpy as np
 
+from aml.data.formats import GroundTruth
 from aml.data.testsets import GND_KEYS
 
 DEFAULT_KAPPAS = (1, 5, 10)
 #: the evaluation protocols: revisited (easy/hard/junk) and classic (ok/junk)
 PROTOCOLS = tuple(GND_KEYS)
+
+#: the numbers of one difficulty level of the revisited protocol: its mAP, mP@k by k, and the
+#: AP of each query (fractions in [0, 1]; an entry of test.py's results file)
+LevelMetrics = TypedDict("LevelMetrics", {"map": float, "mp@k": Dict[int, float], "aps": List[float]})
+
+
+class Metrics(TypedDict, total=False):
+    """The numbers of one search of a test set, as `evaluate_ranks` gives them and test.py's
+    results file holds them: ``easy``, ``medium`` and ``hard`` (the revisited protocol), or
+    ``map`` and ``aps`` (the classic one)."""
+
+    easy: LevelMetrics
+    medium: LevelMetrics
+    hard: LevelMetrics
+    map: float
+    aps: List[float]
 
 
 def compute_ap(positions: np.ndarray, nres: int) -> float:
@@ -163,11 +180,11 @@ def revisited_gnd(gnd: Sequence[Mapping[str, Any]], difficulty: str) -> List[Dic
 
 def evaluate_ranks(
     ranks: np.ndarray,
-    gnd: Sequence[Mapping[str, Any]],
+    gnd: Sequence[GroundTruth],
     protocol: str,
     kappas: Sequence[int] = DEFAULT_KAPPAS,
     positions: bool = False,
-) -> Dict[str, Any]:
+) -> Metrics:
     """All numbers of one test set as a dict (fractions in [0, 1]).
 
     Args:
@@ -202,13 +219,14 @@ def evaluate_ranks(
         m_ap, aps, _, _ = maps_of(ranks, {"gnd": gnd})["gnd"]
         return {"map": m_ap, "aps": aps.tolist()}
     maps = maps_of(ranks, {d: revisited_gnd(gnd, d) for d in ("easy", "medium", "hard")}, kappas)
-    return {
+    levels: Dict[str, LevelMetrics] = {
         d: {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist())), "aps": aps.tolist()}
         for d, (m_ap, aps, pr, _) in maps.items()
     }
+    return {"easy": levels["easy"], "medium": levels["medium"], "hard": levels["hard"]}
 
 
-def format_results(dataset: str, results: Dict[str, Any], kappas: Sequence[int] = DEFAULT_KAPPAS) -> List[str]:
+def format_results(dataset: str, results: Metrics, kappas: Sequence[int] = DEFAULT_KAPPAS) -> List[str]:
     """The original's printed lines (percentages, 2 decimals).
 
     Args:

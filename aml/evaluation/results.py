@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from aml.evaluation.metrics import format_results
+from aml.evaluation.metrics import Metrics, format_results
 from aml.evaluation.reranking import Reranking
 
 
@@ -20,7 +20,7 @@ class SearchResult:
         reranking: the re-ranking steps that ran before this search: none (the first search),
             DBA (the first search of the augmented database), or DBA and αQE (the final search).
         metrics: the numbers, as `aml.evaluation.metrics.evaluate_ranks` gives them
-            (``{"easy"|"medium"|"hard": {"map", "mp", "aps", ...}}`` for the revisited protocol).
+            (``{"easy"|"medium"|"hard": {"map", "mp@k", "aps"}}`` for the revisited protocol).
 
     Examples:
         >>> from aml.evaluation import Reranking
@@ -33,7 +33,7 @@ class SearchResult:
 
     whitened: bool
     reranking: Reranking
-    metrics: Dict[str, Any]
+    metrics: Metrics
 
     @property
     def steps(self) -> List[str]:
@@ -54,8 +54,10 @@ class SearchResult:
         Returns:
             The mAP in [0, 1].
         """
-        numbers = self.metrics.get(level, self.metrics)
-        return float(numbers["map"])
+        metrics = self.metrics
+        levels = {"easy": metrics.get("easy"), "medium": metrics.get("medium"), "hard": metrics.get("hard")}
+        numbers = levels.get(level)
+        return float(metrics["map"] if numbers is None else numbers["map"])
 
 
 @dataclass(frozen=True)

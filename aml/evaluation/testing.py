@@ -26,14 +26,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from aml.descriptors import cached_descriptors, describe_images
 from aml.descriptors.store import DescriptorStore, encode_into_store
 from aml.evaluation.database import Distractors, TestDatabase
-from aml.evaluation.metrics import evaluate_ranks
+from aml.evaluation.metrics import Metrics, evaluate_ranks
 from aml.evaluation.plan import TEST_EXTRACTION, PlannedSet, TestPlan, TestSettings, check_reranking
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages
@@ -147,7 +147,7 @@ def _write_skipped(test: PlannedSet, encoded: _Encoded) -> Path:
     return atomic_write(test.listing, lambda out: out.write(text))
 
 
-def _query_aps(results: Dict[str, Any], kept: Sequence[int], nq: int) -> List[Optional[float]]:
+def _query_aps(results: Metrics, kept: Sequence[int], nq: int) -> List[Optional[float]]:
     """Per-query AP (Medium for the revisited protocol) indexed by the original query number."""
     aps = results["medium"]["aps"] if "medium" in results else results["aps"]
     out: List[Optional[float]] = [None] * nq
@@ -213,8 +213,8 @@ def _searches(
     """The first search of ``database`` and, with ``reranking``, DBA and the searches after it."""
     gnd, protocol = [test.cfg["gnd"][q] for q in kept], test.cfg["protocol"]
 
-    def metrics(searched: TestDatabase) -> Callable[[np.ndarray, Optional[Shortlist]], Dict[str, Any]]:
-        def search(q: np.ndarray, shortlist: Optional[Shortlist]) -> Dict[str, Any]:
+    def metrics(searched: TestDatabase) -> Callable[[np.ndarray, Optional[Shortlist]], Metrics]:
+        def search(q: np.ndarray, shortlist: Optional[Shortlist]) -> Metrics:
             places = searched.positions(q)
             places = places if shortlist is None else shortlist.places(places)
             return evaluate_ranks(places, gnd, protocol, positions=True)

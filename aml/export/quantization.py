@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
+
 from aml.descriptors.onnx_student import image_array
 from aml.export.errors import ExportError
 from aml.utils.atomic import atomic_path
@@ -78,7 +80,7 @@ def _calibration_reader(images: Sequence[str], image_size: int) -> Any:
         def __init__(self):
             self.pending = iter(images)
 
-        def get_next(self) -> Optional[Dict[str, Any]]:
+        def get_next(self) -> Optional[Dict[str, np.ndarray]]:
             path = next(self.pending, None)
             return None if path is None else {"image": image_array(path, image_size)}
 

@@ -3,7 +3,7 @@ student's (queries by the ONNX files through onnxruntime, database by the teache
 time of one query image on this CPU."""
 
 import logging
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple, TypedDict
 
 import numpy as np
 
@@ -17,10 +17,31 @@ from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork
 from aml.utils.types import PathLike
 
-__all__ = ["TIMING_SIDES", "onnx_test_maps", "onnx_timings"]
+__all__ = ["TIMING_SIDES", "OnnxTestMaps", "onnx_test_maps", "onnx_timings"]
 
 log = logging.getLogger(__name__)
 TIMING_SIDES = (362, 1024)  # the longer side of the timed query images (the paper's test sizes)
+
+
+class OnnxTestMaps(TypedDict):
+    """The mAP of exported students on a test set (`onnx_test_maps`), the body of ``int8.json``.
+
+    Attributes:
+        dataset: the test set.
+        image_size: the longer side of the database images.
+        queries: the number of queries.
+        database: the number of database images.
+        maps: per ONNX file, ``{"medium", "hard"}`` (revisited protocol) or ``{"map"}`` (classic).
+        cosine: per ONNX file, the ``min`` and ``mean`` cosine of its query descriptors to the
+            first file's.
+    """
+
+    dataset: str
+    image_size: int
+    queries: int
+    database: int
+    maps: Dict[str, Dict[str, float]]
+    cosine: Dict[str, Dict[str, float]]
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -35,7 +56,7 @@ def onnx_test_maps(
     data_root: DataRootLike = None,
     whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None,
     config: ExtractionConfig = DEFAULT_EXTRACTION,
-) -> Dict[str, Any]:
+) -> OnnxTestMaps:
     """Asymmetric mAP of exported students on a test set: queries by each ONNX file, database by the teacher.
 
     The database is encoded once by the teacher (`aml.descriptors.describe_images`), whitened

@@ -9,7 +9,7 @@ import math
 import numbers
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, TypedDict, Union, cast
 
 import torch
 from torch import nn
@@ -32,13 +32,29 @@ __all__ = [
 ]
 
 
+class _Weights(TypedDict):
+    meta: Dict[str, Any]
+    state_dict: Dict[str, torch.Tensor]
+
+
+class Checkpoint(_Weights, total=False):
+    """A checkpoint as the original writes it: ``meta`` (what rebuilds the network: the
+    original's open dict of architecture, pooling, mean, std, outputdim, ...) and
+    ``state_dict`` (the weights), and from a training run ``epoch`` (epochs done), ``min_loss``
+    (the best loss so far) and ``optimizer`` (torch's optimizer state)."""
+
+    epoch: int
+    min_loss: float
+    optimizer: Dict[str, Any]
+
+
 def save_checkpoint(state: Any, path: PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync,
     rename), so that an interrupted write never corrupts an existing checkpoint."""
     return save_plain_file(state, path)
 
 
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Checkpoint:
     """Read a checkpoint without executing code: only tensors, containers, numbers and
     numpy arrays are admitted. Raises `CheckpointError` naming the file otherwise."""
     path = Path(path)
@@ -56,12 +72,12 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(
             f"{path} is not an aml/cirtorch checkpoint: expected a dict with 'meta' and 'state_dict', found {found}"
         )
-    return state
+    return cast(Checkpoint, state)  # its meta and state_dict checked
 
 
 def checkpoint_state(
     net: ImageRetrievalNet, epoch: int, min_loss: float, optimizer: Optional[torch.optim.Optimizer] = None
-) -> Dict[str, Any]:
+) -> Checkpoint:
     """The dict the training loop saves (the original layout)."""
     return {
         "epoch": epoch,
@@ -125,7 +141,7 @@ def _check_meta_types(meta: Dict[str, Any], source: str) -> None:
             )
 
 
-def _check_finite(state: Dict[str, Any], source: str) -> None:
+def _check_finite(state: Checkpoint, source: str) -> None:
     """Refuse weights or a normalisation (meta ``mean``/``std``) with NaN or infinite values:
     such a network gives descriptors that rank at random."""
     for key in ("mean", "std"):
@@ -142,7 +158,7 @@ def _check_finite(state: Dict[str, Any], source: str) -> None:
 
 
 def network_from_checkpoint(
-    state: Dict[str, Any], teacher: Optional[str] = None, source: str = "checkpoint"
+    state: Checkpoint, teacher: Optional[str] = None, source: str = "checkpoint"
 ) -> ImageRetrievalNet:
     """Rebuild the network that ``state['meta']`` describes and load its weights strictly.
 

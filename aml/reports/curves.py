@@ -4,17 +4,45 @@ folder, rewritten after every epoch."""
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, TypedDict, cast
 
 from aml.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
+#: an epoch's ``--test-freq`` results: {test kind: {dataset: its entry of test.py's results file}}
+TestRecords = Dict[str, Dict[str, Dict[str, Any]]]
+#: the same in ``history.json``: {test kind: {dataset: {'medium': mAP, 'hard': mAP} or {'map': mAP}}}
+TestSummary = Dict[str, Dict[str, Dict[str, float]]]
 
-def summarize_test(results: Dict[str, Any]) -> Dict[str, Any]:
+
+class EpochRecord(TypedDict):
+    """The numbers of one trained epoch: its number (1-based), mean training and validation
+    loss (None: not validated), learning rate and the seconds of its mining and training."""
+
+    epoch: int
+    train_loss: float
+    val_loss: Optional[float]
+    lr: float
+    seconds: float
+
+
+class TestedEpoch(EpochRecord, total=False):
+    """An epoch as the trainer returns it, with its test results when it was tested."""
+
+    test: TestRecords
+
+
+class HistoryEpoch(EpochRecord, total=False):
+    """An epoch as ``history.json`` holds it, with its test mAPs when it was tested."""
+
+    test: TestSummary
+
+
+def summarize_test(results: TestRecords) -> TestSummary:
     """{test kind: {dataset: {'medium': mAP, 'hard': mAP}}} (or {'map': mAP} for the classic
     protocol) from the trainer's ``--test-freq`` results, without the per-query lists."""
-    summary: Dict[str, Any] = {}
+    summary: TestSummary = {}
     for kind, per_dataset in results.items():
         summary[kind] = {}
         for dataset, entry in per_dataset.items():
@@ -38,7 +66,7 @@ def _matplotlib_figure():
     return Figure, FigureCanvasAgg, MaxNLocator
 
 
-def plot_history(records: List[Dict[str, Any]], path: Path) -> bool:
+def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
     """Loss, learning rate and (when tested) mAP against the epoch as one PNG; False when
     matplotlib is not installed."""
     classes = _matplotlib_figure()
@@ -86,7 +114,7 @@ class TrainingHistory:
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.enabled = enabled
         self.json_path, self.png_path = Path(run_dir) / "history.json", Path(run_dir) / "curves.png"
-        self.records: List[Dict[str, Any]] = []
+        self.records: List[HistoryEpoch] = []
         self._warned = False
         if self.json_path.is_file():
             try:
@@ -99,9 +127,9 @@ class TrainingHistory:
         self.records = [r for r in self.records if r["epoch"] <= epoch]
         self._write()
 
-    def add(self, record: Dict[str, Any]) -> None:
+    def add(self, record: TestedEpoch) -> None:
         """Insert or replace the record of ``record['epoch']`` and rewrite both files."""
-        entry = {k: v for k, v in record.items() if k != "test"}
+        entry = cast(HistoryEpoch, {k: v for k, v in record.items() if k != "test"})  # its keys as given
         if record.get("test"):
             entry["test"] = summarize_test(record["test"])
         self.records = [r for r in self.records if r["epoch"] != entry["epoch"]] + [entry]

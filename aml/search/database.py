@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, Final, List, Optional, Tuple, TypedDict
 
 import numpy as np
 
@@ -23,7 +23,7 @@ WHITENING = "whitening.pth"
 DBA = "dba.npy"  # the descriptors after database-side augmentation (whitened first)
 INDEX = "index.faiss"
 REBUILD = "python -m aml.search index"
-FILES = "files"  # search.json's sha256 of each of the store's files besides the shards
+FILES: Final = "files"  # search.json's sha256 of each of the store's files besides the shards
 
 Whitening = Tuple[np.ndarray, np.ndarray]
 
@@ -103,6 +103,54 @@ class IvfPq:
         return None
 
 
+class DbaRecord(TypedDict):
+    """The DBA a store was indexed with: its neighbours and their weight exponent."""
+
+    k: int
+    alpha: float
+
+
+class IvfPqRecord(TypedDict):
+    """A store's IVF-PQ index: its lists, sub-quantisers and measured recall."""
+
+    nlist: int
+    m: int
+    recall: float
+
+
+class SearchRecord(TypedDict, total=False):
+    """A store's ``search.json``: the teacher as the user named it (``source``), the DBA and the
+    IVF-PQ index it was indexed with, and the sha256 of its files besides the shards."""
+
+    source: str
+    dba: DbaRecord
+    ivfpq: IvfPqRecord
+    files: Dict[str, str]
+
+
+class _StoreSettings(TypedDict):
+    network: str
+    source: str
+    fingerprint: str
+    image_size: int
+    scales: List[float]
+    dim: int
+
+
+class StoreSettings(_StoreSettings, total=False):
+    """How a store was made: the fields of every store (the teacher's name and how the user
+    named it, its fingerprint, the image size, scales and dimension), those of a sharded store's
+    manifest (``msp``, ``pixels``, ``dtype``, ``shard_size``) and of its ``search.json``."""
+
+    msp: float
+    pixels: str
+    dtype: str
+    shard_size: int
+    dba: DbaRecord
+    ivfpq: IvfPqRecord
+    files: Dict[str, str]
+
+
 @dataclass
 class SearchDatabase:
     """A store's database, loaded for search: the teacher's descriptors, searched with queries.
@@ -136,7 +184,7 @@ class SearchDatabase:
     folder: Path
     vecs: np.ndarray  # D x N, whitened when the store has a whitening
     images: List[str]
-    settings: Dict[str, Any]
+    settings: StoreSettings
     whitening: Optional[Whitening] = None
     #: the store's IVF-PQ index or an exact one, read or made at the first search and kept
     index: Any = field(default=None, init=False, repr=False, compare=False)
@@ -301,7 +349,7 @@ def build_ivfpq(
     return recall
 
 
-def _record_index(folder: Path, settings: Dict[str, Any]) -> None:
+def _record_index(folder: Path, settings: IvfPqRecord) -> None:
     """Add the index's sha256 and settings to the store's ``search.json`` (a store indexed by
     an aml that recorded no hashes, or a database not read from a store folder, has none to
     add to)."""

@@ -1,7 +1,7 @@
 """Querying a store: the checks that the student (a checkpoint, or an exported ONNX file) was
 made for the store's teacher, and the searches of its query images."""
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence, TypedDict
 
 import numpy as np
 
@@ -22,7 +22,19 @@ from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.search.database import SearchDatabase, StoreError
 from aml.utils.types import PathLike
 
-Hits = Dict[str, Any]  # {"query": path, "results": [{"image": path, "score": score}, ...]}
+
+class Hit(TypedDict):
+    """One result of a query: a database image and its score."""
+
+    image: str
+    score: float
+
+
+class Hits(TypedDict):
+    """A query image and its results, best first (an entry of the list ``python -m aml.search query --json`` writes)."""
+
+    query: str
+    results: List[Hit]
 
 
 def check_teacher(

@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -44,9 +44,12 @@ from aml.search.database import (
     REBUILD,
     SEARCH,
     WHITENING,
+    DbaRecord,
     IvfPq,
     SearchDatabase,
+    SearchRecord,
     StoreError,
+    StoreSettings,
     Whitening,
     build_ivfpq,
     file_sha256,
@@ -175,7 +178,7 @@ def build_store(
         staging = target.parent / f".{target.name}.indexing"
         _clear_staging(staging, images, key, dim)
         store = encode_into_store(teacher.net, images, staging, key, config.but(desc="indexing"))
-        record: Dict[str, Any] = {"source": teacher.spec.given}
+        record: SearchRecord = {"source": teacher.spec.given}
         if whitening is not None:
             save_plain_file({"m": whitening[0], "P": whitening[1]}, staging / WHITENING)
         if reranking.dba:
@@ -225,7 +228,7 @@ def _refuse_foreign_files(folder: Path) -> None:
 
 def _write_augmented(
     store: DescriptorStore, folder: Path, whitening: Optional[Whitening], reranking: Reranking, device: str
-) -> Dict[str, Any]:
+) -> DbaRecord:
     """DBA of the store's (whitened) descriptors into ``dba.npy``; returns what search.json records."""
     vecs = store.load()
     if whitening is not None:
@@ -257,7 +260,7 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
             path.unlink()
 
 
-def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, Any]]:
+def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSettings]:
     """(D x N descriptors, images, settings) of a store folder, each part checked."""
     try:
         store = open_store(folder)
@@ -281,14 +284,17 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str,
     if not np.isfinite(vecs).all():
         raise StoreError(f"the store {folder} holds NaN or infinite values: it is damaged; index it again ({REBUILD})")
     record = _search_record(folder)
-    settings = dict(store.key.record(), source=record["source"], dim=store.dim)
-    for name in ("dba", "ivfpq", FILES):
-        if name in record:
-            settings[name] = record[name]
+    settings: StoreSettings = {**store.key.record(), "source": record["source"], "dim": store.dim}
+    if "dba" in record:
+        settings["dba"] = record["dba"]
+    if "ivfpq" in record:
+        settings["ivfpq"] = record["ivfpq"]
+    if FILES in record:
+        settings[FILES] = record[FILES]
     return vecs, store.images, settings
 
 
-def _search_record(folder: Path) -> Dict[str, Any]:
+def _search_record(folder: Path) -> SearchRecord:
     """The store's ``search.json``, every field checked."""
     path = folder / SEARCH
     try:
@@ -311,7 +317,7 @@ def _search_record(folder: Path) -> Dict[str, Any]:
             raise StoreError(
                 f"{path}: {name}: {problem}; it was edited or is damaged: index the store again ({REBUILD})"
             )
-    return record
+    return cast(SearchRecord, record)  # every field checked
 
 
 def _dba_problem(dba: Any) -> Optional[str]:
@@ -320,7 +326,7 @@ def _dba_problem(dba: Any) -> Optional[str]:
     return POSITIVE_INT.problem(dba.get("k")) or NONNEGATIVE_FLOAT.problem(dba.get("alpha"))
 
 
-def _verify_files(folder: Path, settings: Dict[str, Any]) -> None:
+def _verify_files(folder: Path, settings: StoreSettings) -> None:
     """Check the store's whitening, DBA and index files against the sha256 that ``search.json``
     records: each one there must be this store's own (not replaced, nor copied from another
     store). A store indexed before aml recorded them is read with a warning."""
@@ -372,7 +378,7 @@ def _augmented(folder: Path, shape: Tuple[int, int]) -> np.ndarray:
     return vecs
 
 
-def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, Any]]:
+def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSettings]:
     """The same from a store of the older one-file layout (descriptors.npy with its image
     list and settings), which aml.search wrote before it wrote shards (read until
     `LEGACY_LAYOUT_READ_UNTIL`, with a warning)."""
@@ -413,7 +419,7 @@ def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], Dict[str, 
             f"{path} holds {vecs.shape[1]} descriptors but its image list {len(images)} "
             f"images: the store is damaged; index it again ({REBUILD})"
         )
-    return vecs, images, settings
+    return vecs, images, cast(StoreSettings, settings)  # the fields a query reads checked
 
 
 def _check_legacy_settings(settings: Dict[str, Any], source: str) -> None:

@@ -12,7 +12,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from aml.networks.backbones import get_backbone
 from aml.networks.checkpoint import load_trunk_weights
 from aml.networks.loading import LoadedNetwork
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
+from aml.reports.curves import TestedEpoch, TestRecords
 from aml.training.config import TrainConfig, run_name
 from aml.training.modes import get_mode
 from aml.training.optim import build_optimizer
@@ -63,7 +64,7 @@ class TrainResult:
     """
 
     run_dir: Path
-    history: List[Dict[str, Any]]
+    history: List[TestedEpoch]
     net: ImageRetrievalNet
 
 
@@ -175,7 +176,7 @@ class _Run:
             log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)
         return net.to(self.device)
 
-    def test_callback(self):
+    def test_callback(self) -> Optional[Callable[[ImageRetrievalNet, int], TestRecords]]:
         """Evaluation every ``test_freq`` epochs (None: never)."""
         c = self.config
         if not self.loop.test_freq:
@@ -193,7 +194,7 @@ class _Run:
             for line in result.lines():
                 log.info(line)
 
-        def evaluate_epoch(net, epoch: int) -> Dict[str, Any]:
+        def evaluate_epoch(net, epoch: int) -> TestRecords:
             """The epoch's test results as the history records them (test.py's results file entries)."""
             # in memory: no whitening file per epoch
             student = LoadedNetwork.in_memory(net, f"{self.run_dir.name}_epoch{epoch + 1}")

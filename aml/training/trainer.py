@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Sized, Tuple, cast
+from typing import Callable, List, Optional, Sequence, Sized, Tuple, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from aml.descriptors.extraction import BatchEncoder, with_fixed_batches
 from aml.losses import Loss, LossKind, TeacherContext, TupleBatch
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.reports.curves import TrainingHistory
+from aml.reports.curves import TestedEpoch, TestRecords, TrainingHistory
 from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
 from aml.training.config import TrainSettings
 from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
@@ -103,7 +103,7 @@ class Trainer:
         run_dir: Path,
         settings: TrainSettings,
         extraction: ExtractionConfig = DEFAULT_EXTRACTION,
-        evaluate: Optional[Callable[[ImageRetrievalNet, int], Dict[str, Any]]] = None,
+        evaluate: Optional[Callable[[ImageRetrievalNet, int], TestRecords]] = None,
         world: World = World(),
     ):
         self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
@@ -130,7 +130,7 @@ class Trainer:
         self.curves = TrainingHistory(self.run_dir, enabled=world.is_main)
         self.min_loss = float("inf")
         self.start_epoch = 0
-        self.history: List[Dict[str, Any]] = []
+        self.history: List[TestedEpoch] = []
 
     # -- tuples ---------------------------------------------------------------------------
     def _encoder(self, split: Split) -> Callable[[Sequence[int]], torch.Tensor]:
@@ -359,7 +359,7 @@ class Trainer:
         self.start_epoch, self.min_loss = found
         return True
 
-    def fit(self) -> List[Dict[str, Any]]:
+    def fit(self) -> List[TestedEpoch]:
         """Train epochs start_epoch .. epochs-1; returns one record per epoch (its losses, lr
         and ``seconds``: the wall time of its mining and training, without validation)."""
         s = self.settings
@@ -380,7 +380,7 @@ class Trainer:
                 self.min_loss = score
             # logs first: an epoch logged but not saved is trained again and its lines replaced
             self.log.losses(epoch, train_loss, val_loss)
-            record = {
+            record: TestedEpoch = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
                 "val_loss": val_loss,

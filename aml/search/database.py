@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Final, List, Optional, Tuple, TypedDict
+from typing import Any, Dict, Final, List, Optional, Tuple, TypedDict
 
 import numpy as np
 
@@ -166,8 +166,6 @@ class SearchDatabase:
         settings: how the store was made (network, source, fingerprint, image_size, scales,
             dim, ``dba`` when it was augmented: ``{"k", "alpha"}``, ...).
         whitening: the teacher's learned whitening (m, P), applied to both sides, or None.
-        index: what answers the searches, read or made at the first one and kept: the
-            store's IVF-PQ index, else an `ExactIndex` over ``vecs``.
 
     Examples:
         >>> from pathlib import Path
@@ -186,7 +184,8 @@ class SearchDatabase:
     images: List[str]
     settings: StoreSettings
     whitening: Optional[Whitening] = None
-    #: the store's IVF-PQ index or an exact one, read or made at the first search and kept
+    #: what answers the searches, read or made at the first one and kept: the store's IVF-PQ
+    #: index, else an ExactIndex over ``vecs``
     index: Any = field(default=None, init=False, repr=False, compare=False)
 
     def search(

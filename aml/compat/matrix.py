@@ -1,6 +1,8 @@
 """The compatibility matrix of several networks: each network's queries searched in each
 network's database on every test set. Every cell is test.py's number for that pair
-(`aml.evaluation.evaluate`: symmetric on the diagonal, asymmetric off it); a pair of networks
+(`aml.evaluation.evaluate` of the query and the database network; on the diagonal the
+network with itself, which is its symmetric test, whitened with the same whitening as the
+rest of its column); a pair of networks
 whose dimensions differ has no search. The first network is the teacher whose symmetric mAP
 `aml.compat.marks.beats_teacher` compares with."""
 
@@ -261,9 +263,10 @@ def compatibility_matrix(
 ) -> CompatibilityMatrix:
     """Search every network's queries in every network's database, on every test set of ``settings``.
 
-    Each cell is `aml.evaluation.evaluate` of the pair, test.py's path: the network alone on
-    the diagonal, the row's network as the student and the column's as the teacher off it
-    (with whitening, the database network's, as in test.py). The columns are done one after
+    Each cell is `aml.evaluation.evaluate` of the pair, test.py's path: the row's network as
+    the student and the column's as the teacher (the network with itself on the diagonal, so
+    that with whitening every cell of a column uses the whitening learned for its network,
+    where test.py alone would apply a published network's whitening file). The columns are done one after
     the other, so that with ``settings.cache`` (the default) each network encodes each
     database once, and every other cell of its column reads the database cache; the queries
     are encoded for each pair.
@@ -308,7 +311,7 @@ def compatibility_matrix(
                 log.info(">> %s in %s: %d-d queries, %d-d database: no search", labels[row], labels[column], *dims)
                 continue
             log.info(">> queries by %s, database by %s", labels[row], labels[column])
-            results = evaluate(query, settings) if row == column else evaluate(query, settings, database)
+            results = evaluate(query, settings, database)  # the diagonal too: one whitening per column
             for dataset, result in results.items():
                 for search in result.searches:
                     for level in levels_of(search):

@@ -95,6 +95,21 @@ def test_each_cell_is_test_pys_number_for_its_pair_and_each_database_is_encoded_
     assert CompatibilityMatrix.from_record(matrix.record()) == matrix
 
 
+def test_a_column_is_searched_with_its_network_as_the_database_on_the_diagonal_too(files, root, monkeypatch):
+    """With whitening, test.py alone applies a published network's whitening file while a pair
+    learns one: the diagonal cell is evaluated as a pair of the network with itself, so that
+    every cell of a column uses the same whitening and the marks compare like with like."""
+    from aml.compat import matrix as matrix_module
+
+    calls = []
+    monkeypatch.setattr(matrix_module, "evaluate", lambda query, settings, database=None: calls.append(
+        (query, database)) or {})
+    networks = {name: load_named_or_file(path) for name, path in files.items()}
+    compatibility_matrix(networks, _settings(root).but(whitening="synth-sfm"))
+    teacher, student, narrow = networks.values()
+    assert calls == [(teacher, teacher), (student, teacher), (teacher, student), (student, student), (narrow, narrow)]
+
+
 def test_no_network_or_a_ranking_report_is_refused(root, tmp_path):
     with pytest.raises(ConfigError, match="at least one network"):
         compatibility_matrix({}, _settings(root))

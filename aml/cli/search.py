@@ -35,6 +35,7 @@ from aml.search import (
     query_database,
     query_database_onnx,
 )
+from aml.search.store import search_record
 
 
 def _box(text: str) -> List[float]:
@@ -140,7 +141,7 @@ def _index(args) -> Path:
         + (f", augmented with DBA ({reranking.label()})" if reranking.dba else "")
     )
     if args.ivfpq:
-        recall = open_database(store).settings["ivfpq"]["recall"]
+        recall = search_record(store)["ivfpq"]["recall"]  # not the descriptors, read again
         print(
             f">> IVF-PQ index ({args.ivfpq.nlist} lists, {args.ivfpq.m} sub-quantisers): recall@10 against exact "
             f"search {recall:.3f}"

@@ -283,7 +283,7 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSett
         raise StoreError(f"{err.problem}; index it again ({REBUILD})") from None
     if not np.isfinite(vecs).all():
         raise StoreError(f"the store {folder} holds NaN or infinite values: it is damaged; index it again ({REBUILD})")
-    record = _search_record(folder)
+    record = search_record(folder)
     settings: StoreSettings = {**store.key.record(), "source": record["source"], "dim": store.dim}
     if "dba" in record:
         settings["dba"] = record["dba"]
@@ -294,8 +294,19 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSett
     return vecs, store.images, settings
 
 
-def _search_record(folder: Path) -> SearchRecord:
-    """The store's ``search.json``, every field checked."""
+def search_record(folder: Path) -> SearchRecord:
+    """A store's ``search.json``, every field checked (what a command reports of a store
+    without reading its descriptors).
+
+    Args:
+        folder: the store's folder.
+
+    Returns:
+        The record: the teacher's name, DBA, IVF-PQ index and the files' sha256.
+
+    Raises:
+        StoreError: when it cannot be read or a field is not what aml writes.
+    """
     path = folder / SEARCH
     try:
         record = json.loads(path.read_bytes())

@@ -124,6 +124,30 @@ def test_ivfpq_with_too_few_images_is_refused_before_anything_is_encoded(random_
     assert not (tmp_path / "store").exists()
 
 
+def test_an_ivfpq_index_is_built_reported_and_searched(random_teacher, synth_root, tmp_path, monkeypatch, capsys):
+    """The store's descriptors are read once (to train the index); the recall printed comes from
+    search.json, not from opening the whole store again."""
+    from PIL import Image
+
+    from aml.search import store as search_store
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(260):  # an 8-bit product quantiser trains on 256 vectors at least
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(folder / f"{i:03d}.jpg")
+    reads = []
+    sharded = search_store._sharded_descriptors
+    monkeypatch.setattr(search_store, "_sharded_descriptors", lambda path: reads.append(path) or sharded(path))
+    search_cli.main(["index", str(folder), "--store", str(tmp_path / "store"), "--ivfpq", "4,8"]
+                    + flags(random_teacher[0], synth_root, "-imsize", "32"))
+    recall = search_store.search_record(tmp_path / "store")["ivfpq"]["recall"]
+    assert len(reads) == 1 and f"recall@10 against exact search {recall:.3f}" in capsys.readouterr().out
+    database = open_database(tmp_path / "store")
+    scores, found = database.search(database.vecs[:, :3], 5)
+    assert database.index.ntotal == 260 and found.shape == (3, 5) and 0 < recall <= 1
+
+
 def test_search_json_binds_the_files_beside_the_shards(whitened_store):
     record = json.loads((whitened_store / "search.json").read_text())
     assert sorted(record["files"]) == ["dba.npy", "whitening.pth"] and record["dba"] == {"k": 3, "alpha": 3.0}

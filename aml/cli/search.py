@@ -13,7 +13,7 @@ from aml.cli.arguments import (
     nonnegative_int,
     extraction_from,
     one_line_errors,
-    output_file,
+    output_file_of,
     parse_scales,
     positive_int,
     reranking_from,
@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--box", type=_box, default=None, help="x1,y1,x2,y2 crop of the (single) query image")
     query.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
-    query.add_argument("--json", type=output_file, default=None, metavar="FILE", help="write the results as JSON")
+    query.add_argument(
+        "--json", type=output_file_of("JSON"), default=None, metavar="FILE", help="write the results as JSON"
+    )
     add_reranking_arguments(query, dba=False)
     for sub in (index, query):
         sub.add_argument("--workers", "-j", type=nonnegative_int, default=4, help="image loading workers (default: 4)")
@@ -185,6 +187,14 @@ def main(argv: Optional[List[str]] = None) -> Any:
         reranking_from(args)
     except ValueError as err:
         parser.error(str(err))
+    if (
+        args.command == "query"
+        and args.json
+        and Path(args.json).absolute().parent.resolve() == Path(args.store).resolve()
+    ):
+        parser.error(
+            f"--json {args.json} is inside the store {args.store}, whose files it would replace; write it elsewhere"
+        )
     setup_logging(verbose=False)
     with one_line_errors():
         return _index(args) if args.command == "index" else _query(args)

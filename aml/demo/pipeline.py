@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int
+from aml.cli.arguments import Parser, folder, nonnegative_int, output_file_of, positive_int
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import generate_all
 from aml.demo.findings import findings_lines, paper_findings
@@ -329,6 +329,7 @@ def build_parser() -> Parser:
         "--json",
         default=None,
         metavar="FILE",
+        type=output_file_of("JSON"),
         help="also write results.json here (the docs read benchmarks/results/demo.json)",
     )
     parser.add_argument(

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from aml import demo
+from aml.cli import compat as compat_cli
 from aml.cli import export as export_cli
 from aml.cli import extract_features as extract_cli
 from aml.cli import search as search_cli
@@ -131,6 +132,41 @@ def test_results_into_a_folder_are_refused_before_anything_runs(command, flag, t
     """search query --json FOLDER ended in a traceback after the work: the results were lost."""
     err = bad(command, [flag, str(tmp_path)], capsys)
     assert f"argument {flag}: {tmp_path} is a folder; give a file name" in err
+
+
+COMPAT = (compat_cli.main, ["--networks", "unused.pth"])
+
+
+@pytest.mark.parametrize("command, flag, name", [(TEST, "--results", "model_best.pth.tar"),
+                                                 (QUERY, "--json", "query.jpg"), (DEMO, "--json", "runs.tar"),
+                                                 (COMPAT, "--json", "net.pth"), (COMPAT, "--heatmap", "notes.txt")])
+def test_results_never_replace_a_file_of_another_kind(command, flag, name, tmp_path, capsys):
+    """test.py --results model_best.pth.tar replaced the checkpoint with the results."""
+    precious = tmp_path / name
+    precious.write_bytes(b"PK\x03\x04 a checkpoint, an image or notes")
+    err = bad(command, [flag, str(precious)], capsys)
+    assert f"argument {flag}: {precious} exists and is not a" in err and "it is not replaced" in err
+    assert precious.read_bytes() == b"PK\x03\x04 a checkpoint, an image or notes"
+
+
+@pytest.mark.parametrize("kind, content", [("JSON", b' \n{"old": 1}'), ("JSON", b""), ("PNG", b"\x89PNG\r\n\x1a\n...")])
+def test_results_replace_an_earlier_file_of_their_kind(kind, content, tmp_path):
+    from aml.cli.arguments import output_file_of
+
+    earlier = tmp_path / "out"
+    earlier.write_bytes(content)
+    assert output_file_of(kind)(str(earlier)) == str(earlier)
+
+
+def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
+    """search query --json STORE/search.json would replace the store's own record."""
+    store = tmp_path / "photos.store"
+    store.mkdir()
+    (store / "search.json").write_text('{"source": "vgg16"}')
+    err = bad((search_cli.main, ["query", "q.jpg", "--network", "unused.pth"]),
+              ["--store", str(store), "--json", str(store / "search.json")], capsys)
+    assert f"is inside the store {store}, whose files it would replace" in err
+    assert (store / "search.json").read_text() == '{"source": "vgg16"}'
 
 
 EXPORT = (export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"])

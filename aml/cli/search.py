@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -42,8 +43,8 @@ def _box(text: str) -> List[float]:
         box = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--box {text!r}: four numbers x1,y1,x2,y2") from None
-    if len(box) != 4 or box[0] >= box[2] or box[1] >= box[3]:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: four numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2")
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[0] >= box[2] or box[1] >= box[3]:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: four finite numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2")
     return box
 
 

@@ -77,6 +77,8 @@ CASES = [
     (QUERY, ["--qe-alpha", "2"], "--qe-alpha 2 without --qe: give --qe K too"),
     (QUERY, ["--superglobal", "-4"], "argument --superglobal: must be a positive integer, got '-4'"),
     (QUERY, ["--sg-beta", "0.5"], "--sg-beta 0.5 without --superglobal: give --superglobal M too"),
+    (QUERY, ["--box", "nan,nan,nan,nan"], "argument --box: --box 'nan,nan,nan,nan': four finite numbers"),
+    (QUERY, ["--box", "0,0,inf,5"], "argument --box: --box '0,0,inf,5': four finite numbers x1,y1,x2,y2"),
     (TEST, ["--device", "foo"], "argument --device: 'foo' is not a device; give auto, cpu, cuda or cuda:N"),
     (TRAIN, ["--device", "meta"], "argument --device: 'meta': aml runs on cpu, cuda, mps devices"),
     (EXTRACT, ["--device", "cuda:x"], "argument --device: 'cuda:x' is not a device"),

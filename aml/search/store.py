@@ -308,8 +308,10 @@ def _search_record(folder: Path) -> Dict[str, Any]:
         "source": None if isinstance(record.get("source"), str) else f"must be a string, got {record.get('source')!r}",
         "dba": None if dba is None or _dba_problem(dba) is None else _dba_problem(dba),
         FILES: None
-        if isinstance(files, dict) and all(isinstance(v, str) for v in files.values())
-        else f"must map file names to sha256 digests, got {str(files)[:80]}",
+        if isinstance(files, dict)
+        and all(isinstance(v, str) for v in files.values())
+        and set(files) <= {WHITENING, DBA, INDEX}
+        else f"must map the store's {WHITENING}, {DBA} or {INDEX} to sha256 digests, got {str(files)[:80]}",
         "ivfpq": None if isinstance(record.get("ivfpq", {}), dict) else "must be an object",
     }
     for name, problem in problems.items():

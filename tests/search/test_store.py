@@ -257,3 +257,15 @@ def test_an_image_list_is_read_from_a_pipe_and_no_further_than_a_list(tmp_path, 
     monkeypatch.setattr(store, "MAX_LIST_BYTES", 1 << 16)
     with pytest.raises(StoreError, match=r"/dev/zero is not a list of image paths"):
         list_images("/dev/zero")
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere/whitening.pth", "/dev/zero", "notes.txt"])
+def test_search_json_names_only_the_stores_own_files(whitened_store, tmp_path, name):
+    """Any name there was hashed, outside the store too (/dev/zero: read without end)."""
+    store = shutil.copytree(whitened_store, tmp_path / "copy.store")
+    record = json.loads((store / "search.json").read_text())
+    record["files"][name] = "0" * 64
+    (store / "search.json").write_text(json.dumps(record))
+    with pytest.raises(StoreError, match=r"search.json: files: must map the store's whitening.pth, dba.npy or "
+                                         r"index.faiss to sha256 digests"):
+        open_database(store)

@@ -288,13 +288,15 @@ def checked_test_sets(args: argparse.Namespace) -> List[str]:
         The test set names, with their ``+`` distractor suffixes.
 
     Raises:
-        ConfigError: for an unknown test set, or a whitening set without whitening pairs.
+        ConfigError: for no test set or an unknown one, or a whitening set without whitening pairs.
     """
     from aml.data.distractors import split_test_name
     from aml.data.testsets import get_test_set
     from aml.data.trainsets import get_train_set, whitening_set_names
 
     names = [name for name in args.datasets.split(",") if name]
+    if not names:
+        raise ConfigError(f"--datasets {args.datasets!r} names no test set; give one or more, e.g. roxford5k,rparis6k")
     for name in names:
         get_test_set(split_test_name(name)[0], args.data_root)
     if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:

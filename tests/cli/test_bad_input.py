@@ -8,6 +8,7 @@ from aml.cli import compat as compat_cli
 from aml.cli import export as export_cli
 from aml.cli import extract_features as extract_cli
 from aml.cli import search as search_cli
+from aml.cli import synthetic as synthetic_cli
 from aml.cli import test as test_cli
 from aml.cli import train as train_cli
 
@@ -15,6 +16,7 @@ TRAIN = (train_cli.main, ["--directory", "unused"])
 TEST = (test_cli.main, ["-npath", "unused.pth"])
 EXTRACT = (extract_cli.main, ["-npath", "unused.pth"])
 DEMO = (demo.main, [])
+SYNTHETIC = (synthetic_cli.main, [])
 INDEX = (search_cli.main, ["index", "unused/", "--store", "unused.store"])
 QUERY = (search_cli.main, ["query", "unused.jpg", "--store", "unused.store", "--network", "unused.pth"])
 
@@ -85,6 +87,9 @@ CASES = [
     (EXTRACT, ["-imsize", "-1"], "argument --image-size/-imsize: must be a positive integer"),
     (EXTRACT, ["--shard-size", "-1"], "argument --shard-size: must be an integer >= 0"),
     (DEMO, ["--image-size", "0"], "argument --image-size: must be a positive integer"),
+    (TEST, ["-d", ",,"], "--datasets ',,' names no test set; give one or more"),  # was rc 0, nothing tested
+    (TEST, ["-d", ""], "--datasets '' names no test set"),
+    (SYNTHETIC, ["--image-size", "1000000000"], "argument --image-size: must be an integer from 8 to 4096"),
     (DEMO, ["--workers", "-2"], "argument --workers: must be an integer >= 0"),
     (TRAIN, ["--loss", "csd", "--mode", "ts"], "--loss csd cannot be used with --mode ts: it trains on single images "
                                                "against the teacher's view of the whole split (modes reg, reg_only_pos)"),
@@ -317,3 +322,10 @@ def test_search_reranking_larger_than_the_store_is_refused(small_network, synth_
     with pytest.raises(SystemExit, match=r"error: --superglobal 5: the store .*store holds 3 images; give "
                                          r"--superglobal 3 or less"):
         search_cli.main(query + ["--superglobal", "5"] + common)
+
+
+def test_an_onnx_folder_is_named_a_folder(tmp_path, capsys):
+    from aml.descriptors.onnx_student import OnnxStudentError, onnx_session
+
+    with pytest.raises(OnnxStudentError, match=f"{tmp_path} is a folder, not an ONNX file; give student.onnx"):
+        onnx_session(tmp_path)

@@ -172,7 +172,7 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
     (store / "search.json").write_text('{"source": "vgg16"}')
     err = bad((search_cli.main, ["query", "q.jpg", "--network", "unused.pth"]),
               ["--store", str(store), "--json", str(store / "search.json")], capsys)
-    assert f"is inside the store {store}, whose files it would replace" in err
+    assert f"is a file of the store {store}, which it would replace" in err
     assert (store / "search.json").read_text() == '{"source": "vgg16"}'
 
 

@@ -108,7 +108,12 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
             readout, a readout asked of a CNN, or a model that takes one image size only.
     """
     timm = import_timm()
-    name, _, readout = text.partition(READOUT_SEPARATOR)
+    name, separator, readout = text.partition(READOUT_SEPARATOR)
+    if separator and not readout:  # one network would go by two names (and two fingerprints of its settings)
+        raise ValueError(
+            f"timm:{text}: nothing follows {READOUT_SEPARATOR!r}; drop it, or name a readout of "
+            f"{sorted(TOKEN_READOUTS)} (for ViTs)"
+        )
     if not _TIMM_NAME.match(name) or not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:6] if name else []
         raise ValueError(

@@ -50,7 +50,8 @@ def test_timm_names_are_a_family_parsed_from_the_name():
                           ("timm:convnext_atto.nope", "no pretrained tag 'nope'; its tags: d2_in1k"),
                           ("timm:vit_tinyy_patch16_224", "no model 'vit_tinyy_patch16_224'"),
                           ("timm:swin_tiny_patch4_window7_224", "does not take images of any size and aspect ratio"),
-                          ("timm", "unknown architecture")):
+                          ("timm", "unknown architecture"),
+                          (CNN + "+", "nothing follows '\\+'; drop it"), (VIT + "+", "nothing follows '\\+'; drop it")):
         with pytest.raises(ValueError, match=message) as info:
             get_backbone(name)
         assert "\n" not in str(info.value)

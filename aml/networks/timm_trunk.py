@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from aml.utils.errors import ConfigError
+
 #: how a readout is named at the end of an architecture: ``timm:vit_small_patch14_dinov2+cls``
 READOUT_SEPARATOR = "+"
 _TIMM_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)?$")
@@ -104,19 +106,19 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
         The spec (a token model gets the default readout, ``patch``) and the channels.
 
     Raises:
-        ValueError: for a name timm does not know (with close names), an unknown tag or
+        ConfigError: (a ValueError) for a name timm does not know (with close names), an unknown tag or
             readout, a readout asked of a CNN, or a model that takes one image size only.
     """
     timm = import_timm()
     name, separator, readout = text.partition(READOUT_SEPARATOR)
     if separator and not readout:  # one network would go by two names (and two fingerprints of its settings)
-        raise ValueError(
+        raise ConfigError(
             f"timm:{text}: nothing follows {READOUT_SEPARATOR!r}; drop it, or name a readout of "
             f"{sorted(TOKEN_READOUTS)} (for ViTs)"
         )
     if not _TIMM_NAME.match(name) or not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:6] if name else []
-        raise ValueError(
+        raise ConfigError(
             f"timm:{text}: timm {timm.__version__} has no model {name!r}"
             + (f"; close names: {', '.join(close)}" if close else "; see timm.list_models()")
         )
@@ -125,31 +127,31 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
         timm.models.get_pretrained_cfg(name)
     except RuntimeError:
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{model}.*")]
-        raise ValueError(f"timm:{text}: {model} has no pretrained tag {tag!r}; its tags: {', '.join(tags)}") from None
+        raise ConfigError(f"timm:{text}: {model} has no pretrained tag {tag!r}; its tags: {', '.join(tags)}") from None
     with torch.device("meta"):
         plain = timm.create_model(name, pretrained=False, num_classes=0)
     if not is_token_model(plain):
         if readout:
-            raise ValueError(
+            raise ConfigError(
                 f"timm:{text}: {model} gives a feature map, not tokens: drop {READOUT_SEPARATOR}{readout} "
                 "(readouts are for ViTs)"
             )
     elif (readout or DEFAULT_READOUT) not in TOKEN_READOUTS:
-        raise ValueError(f"timm:{text}: unknown readout {readout!r}; choose one of {sorted(TOKEN_READOUTS)}")
+        raise ConfigError(f"timm:{text}: unknown readout {readout!r}; choose one of {sorted(TOKEN_READOUTS)}")
     elif readout == "cls" and plain.num_prefix_tokens == 0:
-        raise ValueError(f"timm:{text}: {model} has no class token; use {READOUT_SEPARATOR}patch")
+        raise ConfigError(f"timm:{text}: {model} has no class token; use {READOUT_SEPARATOR}patch")
     spec = TimmSpec(model, tag, (readout or DEFAULT_READOUT) if is_token_model(plain) else None)
     try:
         with torch.device("meta"):
             features = TimmTrunk(create_timm_body(spec), spec.readout)(torch.empty(1, 3, *_PROBE_SIZE))
     except Exception as err:
-        raise ValueError(
+        raise ConfigError(
             f"timm:{text}: {model} does not take images of any size and aspect ratio, as retrieval "
             f"needs ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); choose "
             "another model"
         ) from None
     if features.dim() != 4:
-        raise ValueError(
+        raise ConfigError(
             f"timm:{text}: {model}'s features are neither a feature map nor a ViT's tokens (shape "
             f"{tuple(features.shape)} for one image); choose another model"
         )

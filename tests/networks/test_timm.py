@@ -182,3 +182,15 @@ def test_a_vit_in_channels_last_gives_the_same_descriptors():
         net.to(memory_format=torch.channels_last)
         got = net.descriptors(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec, message", [("timm:nosuchmodel-gem", "no model 'nosuchmodel'"),
+                                           ("timm:test_convnext+-gem", "nothing follows")])
+def test_an_offtheshelf_timm_name_that_cannot_work_is_one_line(spec, message, synth_root):
+    """test.py -noff timm:<unknown>-gem ended in a ValueError traceback (-a had one line)."""
+    from aml.cli import test as test_cli
+    from aml.cli.arguments import one_line_errors
+
+    with pytest.raises(SystemExit) as info, one_line_errors():
+        test_cli.main(["-noff", spec, "-d", "synth-oxford", "--data-root", str(synth_root), "--device", "cpu"])
+    assert str(info.value.code).startswith("error: ") and message in str(info.value.code)

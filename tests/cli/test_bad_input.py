@@ -90,6 +90,10 @@ CASES = [
     (TEST, ["-d", ",,"], "--datasets ',,' names no test set; give one or more"),  # was rc 0, nothing tested
     (TEST, ["-d", ""], "--datasets '' names no test set"),
     (SYNTHETIC, ["--image-size", "1000000000"], "argument --image-size: must be an integer from 8 to 4096"),
+    (EXTRACT, ["-d", ","], "--datasets ',' names nothing to encode"),  # was rc 0, nothing encoded
+    (EXTRACT, ["-d", "synth-sfm", "--split", ""], "--split '' names nothing to encode"),
+    (DEMO, ["--student-arch", "timm:nosuch"], "--student-arch: timm:nosuch: timm"),  # was refused after the teacher
+    (DEMO, ["--student-arch", "nosuch"], "--student-arch: unknown architecture 'nosuch'"),
     (DEMO, ["--workers", "-2"], "argument --workers: must be an integer >= 0"),
     (TRAIN, ["--loss", "csd", "--mode", "ts"], "--loss csd cannot be used with --mode ts: it trains on single images "
                                                "against the teacher's view of the whole split (modes reg, reg_only_pos)"),

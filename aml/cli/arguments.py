@@ -142,6 +142,40 @@ def output_file(text: str) -> str:
     return text
 
 
+#: how a file of each kind a command writes begins: an existing file that begins otherwise
+#: (a checkpoint, an image, a store's descriptors) is not the command's to replace
+OUTPUT_KINDS: Dict[str, Callable[[bytes], bool]] = {
+    "JSON": lambda head: head.lstrip()[:1] in (b"{", b"["),
+    "PNG": lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"),
+}
+
+
+def output_file_of(kind: str) -> Callable[[str], str]:
+    """The argparse ``type`` of an output file of ``kind`` (a name of `OUTPUT_KINDS`): an
+    `output_file` that, when it exists and is not empty, must be a file of that kind, so that
+    a slip of the tab key (``--results model_best.pth.tar``) never replaces a user's file."""
+    looks_right = OUTPUT_KINDS[kind]
+
+    def convert(text: str) -> str:
+        output_file(text)
+        path = Path(text)
+        if not path.is_file():
+            return text
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(64)
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"{text}: cannot read it to check what it is ({err.strerror})") from None
+        if head.strip() and not looks_right(head):
+            raise argparse.ArgumentTypeError(
+                f"{text} exists and is not a {kind} file: it is not replaced; give another file name"
+            )
+        return text
+
+    convert.__name__ = f"{kind} file"
+    return convert
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (the usage stays behind --help)."""
 
@@ -254,13 +288,15 @@ def checked_test_sets(args: argparse.Namespace) -> List[str]:
         The test set names, with their ``+`` distractor suffixes.
 
     Raises:
-        ConfigError: for an unknown test set, or a whitening set without whitening pairs.
+        ConfigError: for no test set or an unknown one, or a whitening set without whitening pairs.
     """
     from aml.data.distractors import split_test_name
     from aml.data.testsets import get_test_set
     from aml.data.trainsets import get_train_set, whitening_set_names
 
     names = [name for name in args.datasets.split(",") if name]
+    if not names:
+        raise ConfigError(f"--datasets {args.datasets!r} names no test set; give one or more, e.g. roxford5k,rparis6k")
     for name in names:
         get_test_set(split_test_name(name)[0], args.data_root)
     if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:

@@ -15,7 +15,7 @@ from aml.cli.arguments import (
     add_worker_arguments,
     checked_test_sets,
     extraction_from,
-    output_file,
+    output_file_of,
     setup_logging,
 )
 from aml.compat import CompatibilityMatrix, compatibility_matrix, draw_matrix, format_matrices
@@ -58,14 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         metavar="FILE",
         default=None,
-        type=output_file,
+        type=output_file_of("JSON"),
         help="write the matrices, their marks, the networks, the settings and the provenance as JSON",
     )
     parser.add_argument(
         "--heatmap",
         metavar="FILE",
         default=None,
-        type=output_file,
+        type=output_file_of("PNG"),
         help="draw the matrices as heatmaps into a PNG file (the whitened ones with --whitening; needs matplotlib)",
     )
     add_extraction_arguments(parser)
@@ -115,8 +115,6 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
         datasets = checked_test_sets(args)
         specs = network_specs(args.networks)
         labels = network_labels(args.labels, specs)
-        if not datasets:
-            raise ConfigError(f"--datasets {args.datasets!r} names no test set")
         if args.heatmap and importlib.util.find_spec("matplotlib") is None:
             raise ConfigError("--heatmap draws with matplotlib, which is not installed: pip install matplotlib")
     except ValueError as err:

@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> List[Path]:
     """Run extract_features.py with ``argv``; returns the files written."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value in (("--datasets", args.datasets), ("--split", args.split)):
+        if not any(value.split(",")):
+            parser.error(f"{flag} {value!r} names nothing to encode; give one or more, comma separated")
     requested = resolve_device(args.device, args.gpu_id)
     world = init_from_environment(requested, args.dist_timeout)
     setup_logging(verbose=world.is_main)

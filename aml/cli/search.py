@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -13,7 +14,7 @@ from aml.cli.arguments import (
     nonnegative_int,
     extraction_from,
     one_line_errors,
-    output_file,
+    output_file_of,
     parse_scales,
     positive_int,
     reranking_from,
@@ -25,6 +26,7 @@ from aml.utils.atomic import atomic_write
 from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
+from aml.search.store import STORE_FILES
 from aml.search import (
     IvfPq,
     StoreError,
@@ -43,8 +45,8 @@ def _box(text: str) -> List[float]:
         box = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--box {text!r}: four numbers x1,y1,x2,y2") from None
-    if len(box) != 4 or box[0] >= box[2] or box[1] >= box[3]:
-        raise argparse.ArgumentTypeError(f"--box {text!r}: four numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2")
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[0] >= box[2] or box[1] >= box[3]:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: four finite numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2")
     return box
 
 
@@ -56,6 +58,12 @@ def _ivfpq(text: str) -> IvfPq:
     if nlist < 1 or m < 1:
         raise argparse.ArgumentTypeError(f"--ivfpq {text!r}: two positive integers NLIST,M, e.g. 1024,64")
     return IvfPq(nlist, m)
+
+
+def _a_store_file(path: Path, store: Path) -> bool:
+    """Whether ``path`` is one of the files a store folder holds (its manifest, its record, ...)."""
+    inside = path.absolute().parent.resolve() == store.resolve()
+    return inside and any(path.match(pattern) for pattern in STORE_FILES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--box", type=_box, default=None, help="x1,y1,x2,y2 crop of the (single) query image")
     query.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
-    query.add_argument("--json", type=output_file, default=None, metavar="FILE", help="write the results as JSON")
+    query.add_argument(
+        "--json", type=output_file_of("JSON"), default=None, metavar="FILE", help="write the results as JSON"
+    )
     add_reranking_arguments(query, dba=False)
     for sub in (index, query):
         sub.add_argument("--workers", "-j", type=nonnegative_int, default=4, help="image loading workers (default: 4)")
@@ -186,6 +196,10 @@ def main(argv: Optional[List[str]] = None) -> Any:
         reranking_from(args)
     except ValueError as err:
         parser.error(str(err))
+    if args.command == "query" and args.json and _a_store_file(Path(args.json), Path(args.store)):
+        parser.error(
+            f"--json {args.json} is a file of the store {args.store}, which it would replace; write it elsewhere"
+        )
     setup_logging(verbose=False)
     with one_line_errors():
         return _index(args) if args.command == "index" else _query(args)

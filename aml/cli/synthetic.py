@@ -4,16 +4,22 @@ landmark data sets."""
 import logging
 from typing import Optional, Sequence
 
-from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int, run_cli
+from aml.cli.arguments import Parser, flag_type, folder, nonnegative_int, positive_int, run_cli
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_all
+from aml.utils.bounds import Bound
+
+#: the side of a synthetic image: a few pixels draw nothing, 10^9 took all the memory (MemoryError)
+IMAGE_SIZE = Bound(int, "an integer from 8 to 4096", lambda v: 8 <= v <= 4096)
 
 
 def build_parser() -> Parser:
     """The flags of ``python -m aml.cli.synthetic``."""
     parser = Parser(prog="python -m aml.cli.synthetic", description="Generate the synthetic landmark data sets.")
     parser.add_argument("--data-root", default=None, type=folder, help="data root (default $AML_DATA_ROOT or ./data)")
-    parser.add_argument("--image-size", type=positive_int, default=160, help="longer side of generated images")
+    parser.add_argument(
+        "--image-size", type=flag_type(IMAGE_SIZE), default=160, help="longer side of generated images (8 to 4096)"
+    )
     parser.add_argument(
         "--train-landmarks",
         type=positive_int,

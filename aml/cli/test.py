@@ -16,7 +16,7 @@ from aml.cli.arguments import (
     checked_test_sets,
     extraction_from,
     folder,
-    output_file,
+    output_file_of,
     positive_int,
     reranking_from,
     setup_logging,
@@ -65,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--asym", action="store_true", help="asymmetric testing: teacher encodes the database, the network the queries"
     )
     parser.add_argument(
-        "--results", metavar="FILE", default=None, type=output_file, help="write every number and the settings as JSON"
+        "--results",
+        metavar="FILE",
+        default=None,
+        type=output_file_of("JSON"),
+        help="write every number and the settings as JSON",
     )
     add_extraction_arguments(parser)
     parser.add_argument("--no-cache", action="store_true", help="do not cache database descriptors")

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.paths import data_subdir
 from aml.data.synthetic import generate_distractor_set
-from aml.utils.errors import ConfigError, lookup
+from aml.utils.errors import ConfigError, DataError, lookup
 from aml.utils.types import PathLike
 
 SEPARATOR = "+"
@@ -102,8 +102,18 @@ def read_distractor_list(suffix: str, test_root: Path, progress: bool = False) -
 
     Returns:
         The paths of its images, in the order of its list.
+
+    Raises:
+        DataError: naming the list, when it names an image outside the set's ``jpg/``.
     """
     folder = _prepared(suffix, Path(test_root), progress)
     name = lookup(DISTRACTOR_SETS, suffix, "distractor set").folder
-    lines = (folder / f"{name}.txt").read_text().split()
+    listing = folder / f"{name}.txt"
+    lines = listing.read_bytes().decode(errors="surrogateescape").split()  # names that are not UTF-8 as they are
+    outside = next((line for line in lines if Path(line).is_absolute() or ".." in Path(line).parts), None)
+    if outside is not None:
+        raise DataError(
+            f"{listing} lists {outside}, which is not inside {folder / 'jpg'}: the list is damaged or not the "
+            "set's; delete it to download or generate it again"
+        )
     return [str(folder / "jpg" / line) for line in lines]

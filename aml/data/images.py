@@ -99,6 +99,51 @@ def imresize(image: Image.Image, imsize: float) -> Image.Image:
     return image
 
 
+def checked_box(path: PathLike, bbx: BBox, size: Tuple[int, int]) -> Tuple[float, float, float, float]:
+    """A crop box of an image, checked: four finite numbers x1 < x2, y1 < y2, at least half of
+    the box on the image (PIL fills the rest with black: a box mostly or wholly outside the
+    image would describe black, and a huge one would take gigabytes).
+
+    Args:
+        path: the image, for the error.
+        bbx: x1, y1, x2, y2 in pixels.
+        size: the image's (width, height).
+
+    Returns:
+        The box as floats.
+
+    Raises:
+        ImageLoadError: naming the image, the box and the image's size.
+
+    Examples:
+        >>> from aml.data.images import checked_box
+        >>> checked_box("q.jpg", [10, 0, 60, 40], (50, 40))  # 40 of its 50 columns on the image
+        (10.0, 0.0, 60.0, 40.0)
+        >>> checked_box("q.jpg", [100, 0, 160, 40], (50, 40))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        aml.data.images.ImageLoadError: image q.jpg: the box (100, 0, 160, 40) lies outside its 50x40 image ...
+    """
+    try:
+        x1, y1, x2, y2 = (float(c) for c in bbx)
+    except (TypeError, ValueError):
+        raise ImageLoadError(f"image {path}: the box {bbx!r} is not four numbers x1, y1, x2, y2") from None
+    box = (x1, y1, x2, y2)
+    if not all(math.isfinite(c) for c in box):
+        raise ImageLoadError(f"image {path}: the box {tuple(bbx)} holds NaN or infinite numbers; give pixels")
+    if x1 >= x2 or y1 >= y2:
+        raise ImageLoadError(f"image {path}: the box {tuple(bbx)} is empty; give x1 < x2 and y1 < y2")
+    width, height = size
+    inside = max(0.0, min(x2, width) - max(x1, 0.0)) * max(0.0, min(y2, height) - max(y1, 0.0))
+    if inside < (x2 - x1) * (y2 - y1) / 2:
+        share = "none" if inside == 0 else f"{inside / ((x2 - x1) * (y2 - y1)):.0%}"
+        raise ImageLoadError(
+            f"image {path}: the box {tuple(bbx)} lies outside its {width}x{height} image ({share} of it on the image); "
+            "give a box inside the image"
+        )
+    return box
+
+
 def load_and_resize(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = None) -> Image.Image:
     """Load an image, crop it to ``bbx`` (x1, y1, x2, y2) if given, and shrink it.
 
@@ -108,8 +153,7 @@ def load_and_resize(path: PathLike, imsize: Optional[float], bbx: Optional[BBox]
     image = load_image(path)
     full_side = max(image.size)
     if bbx is not None:
-        x1, y1, x2, y2 = (float(c) for c in bbx)
-        image = image.crop((x1, y1, x2, y2))
+        image = image.crop(checked_box(path, bbx, image.size))
         if min(image.size) < 1:
             raise ImageLoadError(f"image {path}: the box {tuple(bbx)} is empty; give x1 < x2 and y1 < y2")
     if imsize is not None:  # at least a pixel: a small box on a very large image would vanish

@@ -15,7 +15,9 @@ by spaces. Names are paths relative to the images folder.
 The result is ``<data_root>/test/<name>/`` with ``jpg/`` and ``gnd_<name>.pkl``, which
 ``test.py -d <name>`` reads like any registered set. Everything is checked before anything
 is written: missing or unreadable images, images in two lists of one query, positives that
-are not in the database, boxes outside their image.
+are not in the database, boxes outside their image, database images listed twice, and
+queries that are in the database without being in their own lists (each would count a
+right result as a wrong one).
 """
 
 import csv
@@ -86,7 +88,9 @@ def _read_description(path: Path) -> Description:
         return {"queries": data["queries"], "database": data.get("database")}
     queries: List[DescribedQuery] = []
     with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            if not (row.get("query") or "").strip():
+                raise TestSetError(f"{path}: line {line} has no query image; give one in its 'query' column")
             entry: DescribedQuery = {"image": row["query"].strip()}
             if (row.get("box") or "").strip():
                 entry["box"] = _csv_box(row["box"], path, len(queries))
@@ -188,6 +192,11 @@ def _check_query(
             if name not in database:
                 raise TestSetError(f"{where} lists {name} in '{key}', but it is not in the database")
             seen[name] = key
+    if entry["image"] in database and entry["image"] not in seen:
+        raise TestSetError(
+            f"{where} is in the database too: it would find itself first and count as a wrong result; "
+            "leave it out of the database, or list it in the query's own lists"
+        )
     box = entry.get("box")
     if box is not None:
         width, height = sizes[entry["image"]]
@@ -250,6 +259,12 @@ def build_test_set(
     if len(set(stems)) != len(stems):
         raise TestSetError(f"{source}: two images share a name once the extension is dropped; rename one")
     database = {n: i for i, n in enumerate(database_names)}
+    if len(database) != len(database_names):
+        twice = next(n for n in database if list(database_names).count(n) > 1)
+        raise TestSetError(
+            f"{source}: the database lists {twice} twice; list each image once (a copy that is not "
+            "among a query's positives would count as a wrong result)"
+        )
     for q, entry in enumerate(queries):
         _check_query(q, entry, lists, database, sizes, source)
     folder = data_subdir(data_root, "test") / name

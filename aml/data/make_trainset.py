@@ -100,20 +100,27 @@ def images_from_csv(path: PathLike, images_dir: PathLike) -> List[Tuple[Path, st
     """(image, landmark) from a CSV with columns image,landmark (any header naming them
     ``image``/``id`` and ``landmark``/``landmark_id``), or GLDv2's ``landmark_id,images``."""
     images_dir = Path(images_dir)
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except UnicodeDecodeError as err:
+        raise TrainSetError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
     if not rows:
         raise TrainSetError(f"{path} has no rows")
     columns = set(rows[0])
     landmark_key = "landmark_id" if "landmark_id" in columns else "landmark"
     if landmark_key not in columns:
         raise TrainSetError(f"{path}: no 'landmark' or 'landmark_id' column (found {sorted(columns)})")
-    if "images" in columns:  # GLDv2 train_clean.csv
-        return [(_find_image(images_dir, i), row[landmark_key]) for row in rows for i in row["images"].split()]
-    image_key = "image" if "image" in columns else "id"
+    image_key = "images" if "images" in columns else "image" if "image" in columns else "id"  # images: GLDv2's
     if image_key not in columns:
         raise TrainSetError(f"{path}: no 'image' or 'id' column (found {sorted(columns)})")
-    return [(_find_image(images_dir, row[image_key]), row[landmark_key]) for row in rows]
+    for line, row in enumerate(rows, start=2):
+        empty = [key for key in (landmark_key, image_key) if not (row.get(key) or "").strip()]
+        if empty:
+            raise TrainSetError(f"{path}: line {line} has no {' and no '.join(empty)}; give both on every line")
+    if image_key == "images":  # GLDv2 train_clean.csv: the image ids of a landmark, separated by spaces
+        return [(_find_image(images_dir, i), row[landmark_key]) for row in rows for i in row["images"].split()]
+    return [(_find_image(images_dir, row[image_key].strip()), row[landmark_key]) for row in rows]
 
 
 def _readable_unique(items: Sequence[Tuple[Path, str]], report: TrainSetReport) -> Dict[str, List[Tuple[Path, str]]]:

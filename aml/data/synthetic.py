@@ -176,6 +176,12 @@ def _landmarks(seed: int, count: int, style: Style) -> List[Image.Image]:
     return [draw_landmark(rng, style) for _ in range(count)]
 
 
+def _kept(folder: Path) -> Path:
+    """An existing set, kept as it is (whatever sizes were asked now): said, so that nobody takes it for new."""
+    log.info(">> %s exists: kept as it is (--overwrite makes it again with the sizes given)", folder)
+    return folder
+
+
 def _save(image: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="JPEG", quality=90)
@@ -238,7 +244,7 @@ def generate_train_set(
     a bar over the images on stderr."""
     folder = Path(data_root) / "train" / name
     if (folder / f"{name}.pkl").exists() and not overwrite:
-        return folder
+        return _kept(folder)
     rng = np.random.default_rng(config.seed)
     scenes = _landmarks(config.seed + 1000, config.train_landmarks + config.val_landmarks, STYLES["sfm"])
     total = (config.train_landmarks + config.val_landmarks) * config.views
@@ -341,7 +347,7 @@ def generate_test_set(
     over the images on stderr."""
     folder = Path(data_root) / "test" / name
     if (folder / f"gnd_{name}.pkl").exists() and not overwrite:
-        return folder
+        return _kept(folder)
     with staged(folder) as staging:
         images, queries = _write_test_set(staging, name, config, progress)
         publish_folder(staging, folder, overwrite or not (folder / f"gnd_{name}.pkl").exists())

@@ -24,14 +24,14 @@ from typing import Dict, List, Optional, Sequence, TypedDict
 
 import torch
 
-from aml.cli.arguments import Parser, folder, nonnegative_int, positive_int
+from aml.cli.arguments import Parser, folder, nonnegative_int, output_file_of, positive_int
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import generate_all
 from aml.demo.findings import findings_lines, paper_findings
 from aml.demo.tables import DATASETS, format_table, write_results
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings, evaluate
-from aml.networks import build_network
+from aml.networks import build_network, get_backbone
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.loading import load_named_or_file
 from aml.reports.provenance import provenance
@@ -348,6 +348,7 @@ def build_parser() -> Parser:
         "--json",
         default=None,
         metavar="FILE",
+        type=output_file_of("JSON"),
         help="also write results.json here (the docs read benchmarks/results/demo.json)",
     )
     parser.add_argument(
@@ -367,6 +368,11 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     unknown = sorted(set(modes) - set(STUDENT_OPTIONS))
     if unknown or not modes:
         parser.error(f"--student-modes: unknown {unknown}; choose among {sorted(STUDENT_OPTIONS)}")
+    for flag, arch in (("--teacher-arch", args.teacher_arch), ("--student-arch", args.student_arch)):
+        try:  # before the synthetic data and the teacher's training: a student's arch was refused only after them
+            get_backbone(arch)
+        except ValueError as err:
+            parser.error(f"{flag}: {err}")
     logging.getLogger("aml").setLevel(logging.WARNING)
     budget = DemoBudget(
         args.image_size,

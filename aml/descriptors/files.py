@@ -16,6 +16,7 @@ from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
 from aml.descriptors.store import StoreKey, encode_into_store, open_store
+from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
@@ -189,6 +190,8 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
     path = Path(path)
     if path.is_dir() and (path / "manifest.json").is_file():
         vecs = _load_store(path)
+    elif path.is_dir():
+        raise DataError(f"feature file {path} is a folder without a store's manifest.json; give the .npy file")
     elif not path.is_file():
         raise FileNotFoundError(f"feature file {path} does not exist; create it with extract_features.py")
     else:
@@ -198,10 +201,10 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
             raise DataError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
     if vecs.dtype.kind != "f":
         raise DataError(f"feature file {path} holds {vecs.dtype} values, not float descriptors; extract it again")
-    if vecs.ndim != 2 or vecs.shape[1] != expected_columns:
+    if vecs.ndim != 2 or vecs.shape[1] != expected_columns or OUTPUT_DIM.problem(vecs.shape[0]):
         raise DataError(
             f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "
-            "(one column per image of the split, in db order)"
+            f"(one column per image of the split, in db order; D {OUTPUT_DIM.what})"
         )
     if not np.isfinite(vecs).all():
         bad = np.unique(np.nonzero(~np.isfinite(vecs))[1])

@@ -191,6 +191,8 @@ def read_onnx_metadata(path: PathLike) -> Optional[OnnxStudentInfo]:
 
 
 def _exists(path: PathLike) -> None:
+    if Path(path).is_dir():
+        raise OnnxStudentError(f"{path} is a folder, not an ONNX file; give student.onnx or student-int8.onnx in it")
     if not Path(path).is_file():
         raise OnnxStudentError(f"{path} does not exist; export the student with: {REEXPORT}")
 

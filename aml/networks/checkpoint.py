@@ -5,7 +5,6 @@ the network (architecture, pooling, local_whitening, regional, whitening, mean, 
 outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with numpy arrays).
 """
 
-import math
 import numbers
 import re
 from pathlib import Path
@@ -27,6 +26,7 @@ __all__ = [
     "load_checkpoint",
     "checkpoint_state",
     "network_from_checkpoint",
+    "checkpoint_dimension",
     "load_trunk_weights",
     "load_network",
 ]
@@ -128,6 +128,11 @@ def _check_meta_types(meta: Dict[str, Any], source: str) -> None:
                 f"{source}: meta['{key}'] is {type(meta[key]).__name__} {meta[key]!r:.40}, not "
                 "True or False; the file is damaged"
             )
+    if meta.get("teacher") is not None and not isinstance(meta["teacher"], str):
+        raise CheckpointError(
+            f"{source}: meta['teacher'] is {type(meta['teacher']).__name__} {meta['teacher']!r:.40}, not the "
+            "name or path of a network; the file is damaged"
+        )
     for key in ("mean", "std"):
         values = meta[key]
         if not (
@@ -141,13 +146,23 @@ def _check_meta_types(meta: Dict[str, Any], source: str) -> None:
             )
 
 
+#: the range of each of a checkpoint's normalisation values (pixels are in [0, 1]; every timm
+#: model's lie in it): a zero std divides by zero, a negative one inverts the image
+PIXEL_NORMALISATION = {
+    "mean": Bound(float, "in [0, 1] (pixels are in [0, 1])", lambda v: 0 <= v <= 1),
+    "std": Bound(float, "in (0, 1]", lambda v: 0 < v <= 1),
+}
+
+
 def _check_finite(state: Checkpoint, source: str) -> None:
-    """Refuse weights or a normalisation (meta ``mean``/``std``) with NaN or infinite values:
-    such a network gives descriptors that rank at random."""
-    for key in ("mean", "std"):
+    """Refuse weights with NaN or infinite values, or a normalisation (meta ``mean``/``std``)
+    out of `PIXEL_NORMALISATION`: such a network gives descriptors that rank at random."""
+    for key, bound in PIXEL_NORMALISATION.items():
         values = state["meta"][key]
-        if not all(math.isfinite(v) for v in values):
-            raise CheckpointError(f"{source}: meta['{key}'] is {values}, not finite numbers; the file is damaged")
+        if any(bound.problem(v) for v in values):
+            raise CheckpointError(
+                f"{source}: meta['{key}'] is {values}, not three numbers {bound.what}; the file is damaged or edited"
+            )
     for key, value in state["state_dict"].items():
         if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
@@ -155,6 +170,42 @@ def _check_finite(state: Checkpoint, source: str) -> None:
                 f"{source}: weight {key} holds {bad} NaN or infinite value(s); the network cannot "
                 "be used (a diverged training run or a damaged file): use an earlier checkpoint"
             )
+
+
+def checkpoint_dimension(meta: Dict[str, Any], teacher: Optional[str] = None, source: str = "checkpoint") -> int:
+    """The descriptor dimension of a checkpoint's network, checked before anything is built.
+
+    Args:
+        meta: the checkpoint's ``meta``.
+        teacher: the teacher of a student whose ``meta`` has no ``outputdim`` (files of the
+            original): its dimension is the teacher's.
+        source: what the error names (the file).
+
+    Returns:
+        ``meta['outputdim']``, or for files without it the one
+        `aml.networks.retrieval_net.output_dimension` gives the architecture and ``teacher``.
+
+    Raises:
+        CheckpointError: naming ``source``, when it is not a descriptor dimension (1 to
+            `MAX_OUTPUT_DIM`), or the architecture is not a name.
+    """
+    dim = meta.get("outputdim")
+    if dim is None:
+        arch = meta.get("architecture")
+        if not isinstance(arch, str):
+            raise CheckpointError(
+                f"{source}: meta has no 'outputdim' and no architecture name; not a retrieval checkpoint"
+            )
+        try:
+            dim = output_dimension(arch, teacher)
+        except ValueError as err:  # an architecture this aml does not know
+            raise CheckpointError(f"{source}: {err}") from None
+    if not isinstance(dim, int) or isinstance(dim, bool) or OUTPUT_DIM.problem(dim):
+        raise CheckpointError(
+            f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
+            f"{MAX_OUTPUT_DIM}); the file is damaged or not a retrieval checkpoint"
+        )
+    return dim
 
 
 def network_from_checkpoint(
@@ -173,13 +224,7 @@ def network_from_checkpoint(
     _check_meta_types(meta, source)
     _check_finite(state, source)
     arch = meta["architecture"]
-    dim = meta.get("outputdim")
-    dim = output_dimension(arch, teacher) if dim is None else dim
-    if not isinstance(dim, int) or OUTPUT_DIM.problem(dim):
-        raise CheckpointError(
-            f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
-            f"{MAX_OUTPUT_DIM}); the file is damaged or not a retrieval checkpoint"
-        )
+    dim = checkpoint_dimension(meta, teacher, source)
     try:
         net = build_network(
             arch,

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Union
 from aml.data.download import download_file
 from aml.data.paths import DataRootLike, data_subdir
 from aml.layers.pooling import POOLINGS
-from aml.networks.checkpoint import load_checkpoint, load_network
+from aml.networks.checkpoint import checkpoint_dimension, load_checkpoint, load_network
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.pretrained import PRETRAINED, TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
@@ -126,7 +126,7 @@ class NetworkSpec:
         if self.source is Source.PUBLISHED:
             return PRETRAINED[self.name].dim
         if self.local_file is not None:
-            return int(load_checkpoint(self.local_file)["meta"]["outputdim"])
+            return checkpoint_dimension(load_checkpoint(self.local_file)["meta"], source=str(self.local_file))
         return None
 
 

@@ -107,11 +107,16 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
         The spec (a token model gets the default readout, ``patch``) and the channels.
 
     Raises:
-        ConfigError: for a name timm does not know (with close names), an unknown tag or
+        ConfigError: (a ValueError) for a name timm does not know (with close names), an unknown tag or
             readout, a readout asked of a CNN, or a model that takes one image size only.
     """
     timm = import_timm()
-    name, _, readout = text.partition(READOUT_SEPARATOR)
+    name, separator, readout = text.partition(READOUT_SEPARATOR)
+    if separator and not readout:  # one network would go by two names (and two fingerprints of its settings)
+        raise ConfigError(
+            f"timm:{text}: nothing follows {READOUT_SEPARATOR!r}; drop it, or name a readout of "
+            f"{sorted(TOKEN_READOUTS)} (for ViTs)"
+        )
     if not _TIMM_NAME.match(name) or not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:6] if name else []
         raise ConfigError(

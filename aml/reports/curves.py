@@ -106,6 +106,11 @@ def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
     return True
 
 
+def _is_record(record: Any) -> bool:
+    """Whether ``record`` is an epoch's record as `TrainingHistory` writes it (an object with an integer epoch)."""
+    return isinstance(record, dict) and type(record.get("epoch")) is int
+
+
 class TrainingHistory:
     """``history.json`` and ``curves.png`` of a run folder; a resumed run keeps the records
     of the epochs it does not train again. ``enabled`` False (a rank other than 0 of a
@@ -118,9 +123,14 @@ class TrainingHistory:
         self._warned = False
         if self.json_path.is_file():
             try:
-                self.records = json.loads(self.json_path.read_text())
+                records = json.loads(self.json_path.read_bytes())
             except ValueError:
                 log.warning(">> %s is not valid JSON; starting a new history", self.json_path)
+            else:
+                if isinstance(records, list) and all(_is_record(r) for r in records):
+                    self.records = records
+                else:
+                    log.warning(">> %s does not hold one record per epoch; starting a new history", self.json_path)
 
     def restart_at(self, epoch: int) -> None:
         """Drop the records of epochs after ``epoch`` (1-based; the resumed checkpoint's)."""

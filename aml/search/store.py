@@ -67,6 +67,8 @@ LEGACY_LAYOUT_READ_UNTIL = "0.2.0"
 SHARD_SIZE = 65536  # images per shard (256 MB of 1024-d float32)
 #: what build_store records, and the query side reads
 STORE_SETTINGS = ("network", "source", "fingerprint", "image_size", "scales", "dim")
+#: the largest image list read (4 million paths of 64 characters)
+MAX_LIST_BYTES = 256 << 20
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 #: what a store folder may hold: its own files (and what an atomic write leaves while it runs)
 STORE_FILES: Tuple[str, ...] = (MANIFEST, IMAGE_LIST, "skipped.txt", "shard_*.npy", "shard_*.json", SEARCH, WHITENING)
@@ -96,11 +98,19 @@ def list_images(source: PathLike) -> List[str]:
     if source.is_dir():
         return sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     try:
-        text = source.read_bytes().decode(errors="surrogateescape")  # names that are not UTF-8 as they are
+        with open(source, "rb") as handle:  # a pipe too (<(find ...)); a device is read no further than a list
+            data = handle.read(MAX_LIST_BYTES + 1)
     except OSError as err:
         raise StoreError(
             f"cannot read the image list {source} ({err.strerror}): give a folder or a text file of paths"
         ) from None
+    if len(data) > MAX_LIST_BYTES or b"\0" in data or source.suffix.lower() in IMAGE_EXTENSIONS:
+        what = "an image" if source.suffix.lower() in IMAGE_EXTENSIONS else "binary or larger than any list"
+        raise StoreError(
+            f"{source} is not a list of image paths ({what}): give a folder of images or a text file of "
+            "paths, one a line"
+        )
+    text = data.decode(errors="surrogateescape")  # names that are not UTF-8 as they are
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -319,8 +329,10 @@ def search_record(folder: Path) -> SearchRecord:
         "source": None if isinstance(record.get("source"), str) else f"must be a string, got {record.get('source')!r}",
         "dba": None if dba is None or _dba_problem(dba) is None else _dba_problem(dba),
         FILES: None
-        if isinstance(files, dict) and all(isinstance(v, str) for v in files.values())
-        else f"must map file names to sha256 digests, got {str(files)[:80]}",
+        if isinstance(files, dict)
+        and all(isinstance(v, str) for v in files.values())
+        and set(files) <= {WHITENING, DBA, INDEX}
+        else f"must map the store's {WHITENING}, {DBA} or {INDEX} to sha256 digests, got {str(files)[:80]}",
         "ivfpq": None if isinstance(record.get("ivfpq", {}), dict) else "must be an object",
     }
     for name, problem in problems.items():

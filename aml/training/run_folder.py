@@ -25,7 +25,7 @@ class RunLog:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.loss_log.is_file() or not self.loss_log.read_text().strip():
+        if not self.loss_log.is_file() or not self.loss_log.read_text(errors="replace").strip():
             self._rewrite([LOSS_LOG_HEADER])
 
     def restart_at(self, epoch: int) -> None:
@@ -33,7 +33,7 @@ class RunLog:
         if not self.enabled:
             return
         kept = [LOSS_LOG_HEADER]
-        for line in self.loss_log.read_text().splitlines():
+        for line in self.loss_log.read_text(errors="replace").splitlines():
             head = line.split(",", 1)[0].strip()
             if head.isdigit() and int(head) < epoch:
                 kept.append(line)

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 
 from aml import demo
+from aml.cli import compat as compat_cli
 from aml.cli import export as export_cli
 from aml.cli import extract_features as extract_cli
 from aml.cli import search as search_cli
+from aml.cli import synthetic as synthetic_cli
 from aml.cli import test as test_cli
 from aml.cli import train as train_cli
 
@@ -14,6 +16,7 @@ TRAIN = (train_cli.main, ["--directory", "unused"])
 TEST = (test_cli.main, ["-npath", "unused.pth"])
 EXTRACT = (extract_cli.main, ["-npath", "unused.pth"])
 DEMO = (demo.main, [])
+SYNTHETIC = (synthetic_cli.main, [])
 INDEX = (search_cli.main, ["index", "unused/", "--store", "unused.store"])
 QUERY = (search_cli.main, ["query", "unused.jpg", "--store", "unused.store", "--network", "unused.pth"])
 
@@ -76,12 +79,21 @@ CASES = [
     (QUERY, ["--qe-alpha", "2"], "--qe-alpha 2 without --qe: give --qe K too"),
     (QUERY, ["--superglobal", "-4"], "argument --superglobal: must be a positive integer, got '-4'"),
     (QUERY, ["--sg-beta", "0.5"], "--sg-beta 0.5 without --superglobal: give --superglobal M too"),
+    (QUERY, ["--box", "nan,nan,nan,nan"], "argument --box: --box 'nan,nan,nan,nan': four finite numbers"),
+    (QUERY, ["--box", "0,0,inf,5"], "argument --box: --box '0,0,inf,5': four finite numbers x1,y1,x2,y2"),
     (TEST, ["--device", "foo"], "argument --device: 'foo' is not a device; give auto, cpu, cuda or cuda:N"),
     (TRAIN, ["--device", "meta"], "argument --device: 'meta': aml runs on cpu, cuda, mps devices"),
     (EXTRACT, ["--device", "cuda:x"], "argument --device: 'cuda:x' is not a device"),
     (EXTRACT, ["-imsize", "-1"], "argument --image-size/-imsize: must be a positive integer"),
     (EXTRACT, ["--shard-size", "-1"], "argument --shard-size: must be an integer >= 0"),
     (DEMO, ["--image-size", "0"], "argument --image-size: must be a positive integer"),
+    (TEST, ["-d", ",,"], "--datasets ',,' names no test set; give one or more"),  # was rc 0, nothing tested
+    (TEST, ["-d", ""], "--datasets '' names no test set"),
+    (SYNTHETIC, ["--image-size", "1000000000"], "argument --image-size: must be an integer from 8 to 4096"),
+    (EXTRACT, ["-d", ","], "--datasets ',' names nothing to encode"),  # was rc 0, nothing encoded
+    (EXTRACT, ["-d", "synth-sfm", "--split", ""], "--split '' names nothing to encode"),
+    (DEMO, ["--student-arch", "timm:nosuch"], "--student-arch: timm:nosuch: timm"),  # was refused after the teacher
+    (DEMO, ["--student-arch", "nosuch"], "--student-arch: unknown architecture 'nosuch'"),
     (DEMO, ["--workers", "-2"], "argument --workers: must be an integer >= 0"),
     (TRAIN, ["--loss", "csd", "--mode", "ts"], "--loss csd cannot be used with --mode ts: it trains on single images "
                                                "against the teacher's view of the whole split (modes reg, reg_only_pos)"),
@@ -131,6 +143,41 @@ def test_results_into_a_folder_are_refused_before_anything_runs(command, flag, t
     """search query --json FOLDER ended in a traceback after the work: the results were lost."""
     err = bad(command, [flag, str(tmp_path)], capsys)
     assert f"argument {flag}: {tmp_path} is a folder; give a file name" in err
+
+
+COMPAT = (compat_cli.main, ["--networks", "unused.pth"])
+
+
+@pytest.mark.parametrize("command, flag, name", [(TEST, "--results", "model_best.pth.tar"),
+                                                 (QUERY, "--json", "query.jpg"), (DEMO, "--json", "runs.tar"),
+                                                 (COMPAT, "--json", "net.pth"), (COMPAT, "--heatmap", "notes.txt")])
+def test_results_never_replace_a_file_of_another_kind(command, flag, name, tmp_path, capsys):
+    """test.py --results model_best.pth.tar replaced the checkpoint with the results."""
+    precious = tmp_path / name
+    precious.write_bytes(b"PK\x03\x04 a checkpoint, an image or notes")
+    err = bad(command, [flag, str(precious)], capsys)
+    assert f"argument {flag}: {precious} exists and is not a" in err and "it is not replaced" in err
+    assert precious.read_bytes() == b"PK\x03\x04 a checkpoint, an image or notes"
+
+
+@pytest.mark.parametrize("kind, content", [("JSON", b' \n{"old": 1}'), ("JSON", b""), ("PNG", b"\x89PNG\r\n\x1a\n...")])
+def test_results_replace_an_earlier_file_of_their_kind(kind, content, tmp_path):
+    from aml.cli.arguments import output_file_of
+
+    earlier = tmp_path / "out"
+    earlier.write_bytes(content)
+    assert output_file_of(kind)(str(earlier)) == str(earlier)
+
+
+def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
+    """search query --json STORE/search.json would replace the store's own record."""
+    store = tmp_path / "photos.store"
+    store.mkdir()
+    (store / "search.json").write_text('{"source": "vgg16"}')
+    err = bad((search_cli.main, ["query", "q.jpg", "--network", "unused.pth"]),
+              ["--store", str(store), "--json", str(store / "search.json")], capsys)
+    assert f"is a file of the store {store}, which it would replace" in err
+    assert (store / "search.json").read_text() == '{"source": "vgg16"}'
 
 
 EXPORT = (export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"])
@@ -279,3 +326,10 @@ def test_search_reranking_larger_than_the_store_is_refused(small_network, synth_
     with pytest.raises(SystemExit, match=r"error: --superglobal 5: the store .*store holds 3 images; give "
                                          r"--superglobal 3 or less"):
         search_cli.main(query + ["--superglobal", "5"] + common)
+
+
+def test_an_onnx_folder_is_named_a_folder(tmp_path, capsys):
+    from aml.descriptors.onnx_student import OnnxStudentError, onnx_session
+
+    with pytest.raises(OnnxStudentError, match=f"{tmp_path} is a folder, not an ONNX file; give student.onnx"):
+        onnx_session(tmp_path)

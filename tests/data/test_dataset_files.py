@@ -126,3 +126,25 @@ def test_the_readers_of_a_folder_read_what_those_of_the_data_root_read(synth_roo
     assert cfg["imlist"] == configdataset("synth-paris", synth_root / "test")["imlist"] and cfg["n"] > 0
     assert read_distractor_list("synth1m", synth_root / "test") == distractor_images("synth1m", synth_root)
     assert read_whitening_db("synth-sfm", synth_root / "train") == load_whitening_db("synth-sfm", synth_root)
+
+
+@pytest.mark.parametrize("line", ["../../../../etc/hosts", "/etc/hosts", "a/../../b.jpg"])
+def test_a_distractor_list_names_only_images_of_its_set(tmp_path, line):
+    """A list naming files outside the set's jpg/ had them read as distractors."""
+    from aml.data.distractors import DISTRACTOR_SETS, read_distractor_list
+    from aml.utils.errors import DataError
+
+    name = DISTRACTOR_SETS["synth1m"].folder
+    (tmp_path / name / "jpg").mkdir(parents=True)
+    (tmp_path / name / f"{name}.txt").write_bytes(f"a.jpg\n{line}\n".encode())
+    with pytest.raises(DataError, match=rf"{name}.txt lists {line}, which is not inside .*jpg"):
+        read_distractor_list("synth1m", tmp_path)
+
+
+def test_a_distractor_list_of_other_bytes_is_read_as_names(tmp_path):
+    from aml.data.distractors import DISTRACTOR_SETS, read_distractor_list
+
+    name = DISTRACTOR_SETS["synth1m"].folder
+    (tmp_path / name / "jpg").mkdir(parents=True)
+    (tmp_path / name / f"{name}.txt").write_bytes(b"a.jpg\ncaf\xe9.jpg\n")
+    assert [p.split("/")[-1] for p in read_distractor_list("synth1m", tmp_path)] == ["a.jpg", "caf\udce9.jpg"]

@@ -198,3 +198,29 @@ def test_a_database_list_that_is_not_utf8_is_named(images, tmp_path):
                                "--data-root", str(tmp_path / "r")])
     assert str(info.value.code).startswith(f"error: --database {listing} is not UTF-8 text (byte 9: invalid "
                                            "continuation byte)")
+
+
+@pytest.mark.parametrize("database, message", [
+    (["a.jpg", "b.jpg", "a.jpg"], "the database lists a.jpg twice; list each image once"),
+    (["q.jpg", "a.jpg", "b.jpg"], r"query 0 \(q.jpg\) is in the database too: it would find itself first"),
+])
+def test_a_database_that_would_count_right_results_wrong_is_refused(images, tmp_path, database, message):
+    """A database image listed twice (one copy a positive, the other a negative) or a query in
+    the database (first at rank 1, not a positive) lowered mAP silently."""
+    with pytest.raises(TestSetError, match=message):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": database}, images, "x",
+                       tmp_path / "root")
+    assert not (tmp_path / "root" / "test" / "x").exists()
+
+
+def test_a_query_in_the_database_and_in_its_own_lists_is_kept(images, tmp_path):
+    folder = build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"], "junk": ["q.jpg"]}],
+                             "database": ["q.jpg", "a.jpg"]}, images, "x", tmp_path)
+    assert load_pickle(folder / "gnd_x.pkl")["gnd"][0]["junk"] == [0]
+
+
+def test_a_csv_row_without_its_query_is_named(images, tmp_path):
+    path = tmp_path / "set.csv"
+    path.write_text("box,query,easy\n0 0 5 5\n")
+    with pytest.raises(TestSetError, match=r"set.csv: line 2 has no query image"):
+        read_description(path)

@@ -116,3 +116,20 @@ def test_a_full_disk_ends_make_trainset_in_one_line(landmark_folders, tmp_path, 
                                 str(tmp_path / "data")])
     assert str(info.value.code).startswith("error: no space left on the device for ")
     assert not (tmp_path / "data" / "train" / "mine").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"landmark_id,images\n1\n", "line 2 has no images; give both on every line"),
+    (b"landmark,image\n1\n2,a.jpg\n", "line 2 has no image; give both on every line"),
+    (b"image,landmark\n,3\n", "line 2 has no image; give both on every line"),
+    (b"image,landmark\n\xff\xfe.jpg,1\n", "is not UTF-8 text (byte 15: invalid start byte); save it as UTF-8"),
+])
+def test_a_csv_with_short_rows_or_other_bytes_is_one_line(tmp_path, content, message, capsys):
+    """Short rows ended in AttributeError or TypeError, other bytes in UnicodeDecodeError."""
+    path = tmp_path / "mine.csv"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit) as info:
+        make_trainset_cli.main(["--csv", str(path), "--images", str(tmp_path), "--name", "x",
+                                "--data-root", str(tmp_path / "root")])
+    said = str(info.value.code)
+    assert said.startswith(f"error: {path}") and said.endswith(message) and "\n" not in said

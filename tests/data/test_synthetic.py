@@ -112,3 +112,12 @@ def test_generating_on_a_real_full_disk_ends_in_one_line(small_disk):
     assert done.returncode == 1 and done.stderr.startswith("error: no space left on the device")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert sorted(p.name for p in disk.rglob("*") if p.is_file()) == ["filler"]
+
+
+def test_an_existing_set_is_said_to_be_kept(synth_root, caplog):
+    """Asked again with other sizes, the generator kept the old set without a word."""
+    from aml.data.synthetic import SyntheticTestConfig, generate_test_set
+
+    with caplog.at_level("INFO", logger="aml"):
+        folder = generate_test_set(synth_root, "synth-oxford", SyntheticTestConfig(image_size=48))
+    assert f"{folder} exists: kept as it is (--overwrite makes it again" in caplog.text

@@ -120,3 +120,14 @@ def test_cache_keeps_the_most_recently_used_files_per_data_set(tmp_path):
                                                         "synth-oxford_0000000000000004.npy",
                                                         "synth-oxford_mirror_0000000000000000.npy",
                                                         "synth-paris_0.npy"]
+
+
+def test_a_feature_file_of_no_dimension_or_a_folder_is_named(tmp_path):
+    """A 0 x N teacher feature file trained into a RuntimeError (mat1 and mat2 shapes cannot be multiplied)."""
+    from aml.utils.errors import DataError
+
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3), np.float32))
+    with pytest.raises(DataError, match=r"empty.npy has shape \(0, 3\), expected D x 3 .*D a descriptor dimension"):
+        load_feature_file(tmp_path / "empty.npy", 3)
+    with pytest.raises(DataError, match=rf"feature file {tmp_path} is a folder without a store's manifest.json"):
+        load_feature_file(tmp_path, 3)

@@ -151,7 +151,7 @@ def test_a_network_with_non_finite_values_is_refused_by_name(tmp_path, damage):
         expected = r"diverged.pth.tar: weight features.4.0.conv1.weight holds 1 NaN or infinite value"
     else:
         state["meta"]["mean"] = [0.485, float("nan"), 0.406]
-        expected = r"diverged.pth.tar: meta\['mean'\] is \[0.485, nan, 0.406\], not finite numbers"
+        expected = r"diverged.pth.tar: meta\['mean'\] is \[0.485, nan, 0.406\], not three numbers in \[0, 1\]"
     path = save_checkpoint(state, tmp_path / "diverged.pth.tar")
     with pytest.raises(CheckpointError, match=expected):
         load_network(path)
@@ -242,7 +242,12 @@ META_DAMAGES = [("architecture", ["resnet18"], r"meta\['architecture'\] is list 
                 ("std", [0.2, "0.2", 0.2], r"meta\['std'\] is list .*, not three numbers"),
                 ("outputdim", torch.zeros(2), r"meta\['outputdim'\] is tensor"),
                 ("outputdim", True, r"meta\['outputdim'\] is True, not a descriptor dimension"),
-                ("outputdim", 0, r"meta\['outputdim'\] is 0, not a descriptor dimension")]
+                ("outputdim", 0, r"meta\['outputdim'\] is 0, not a descriptor dimension"),
+                # a zero std was torchvision's ValueError, a negative one inverted the images silently
+                ("std", [0.0, 0.0, 0.0], r"meta\['std'\] is \[0.0, 0.0, 0.0\], not three numbers in \(0, 1\]"),
+                ("std", [-0.2, 0.2, 0.2], r"meta\['std'\] is \[-0.2, 0.2, 0.2\], not three numbers in \(0, 1\]"),
+                ("mean", [1e30, 0.5, 0.5], r"meta\['mean'\] is \[1e\+30, 0.5, 0.5\], not three numbers in \[0, 1\]"),
+                ("teacher", 5, r"meta\['teacher'\] is int 5, not the name or path of a network")]
 
 
 @pytest.mark.parametrize("key, value, message", META_DAMAGES, ids=[f"{k}={v!r:.12}" for k, v, _ in META_DAMAGES])
@@ -273,3 +278,21 @@ def test_a_checkpoint_goes_by_its_file_name_without_the_pth_suffixes():
     assert checkpoint_name("runs/x/model_best.pth.tar") == "model_best"
     assert checkpoint_name(Path("/a/retrievalSfM120k-vgg16-gem-b4dcdc6.pth")) == "retrievalSfM120k-vgg16-gem-b4dcdc6"
     assert checkpoint_name("model_epoch3.pth.tar") == "model_epoch3"
+
+
+@pytest.mark.parametrize("outputdim, found", [(None, 512), (10**9, None), ("512", None)])
+def test_a_teachers_dimension_is_read_checked_from_its_file(tmp_path, outputdim, found):
+    """main.py -m std with a student trunk read --teacher's meta['outputdim'] unchecked: a file
+    without it (the original's) was a KeyError, 10**9 an allocation of 5 TB."""
+    from aml.networks.loading import NetworkSpec
+
+    state = checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0)
+    state["meta"].pop("outputdim")
+    if outputdim is not None:
+        state["meta"]["outputdim"] = outputdim
+    spec = NetworkSpec.parse(str(save_checkpoint(state, tmp_path / "teacher.pth.tar")))
+    if found is not None:
+        assert spec.dimension() == found
+    else:
+        with pytest.raises(CheckpointError, match=rf"teacher.pth.tar: meta\['outputdim'\] is {outputdim!r}, not a"):
+            spec.dimension()

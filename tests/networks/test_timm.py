@@ -51,7 +51,8 @@ def test_timm_names_are_a_family_parsed_from_the_name():
                           ("timm:convnext_atto.nope", "no pretrained tag 'nope'; its tags: d2_in1k"),
                           ("timm:vit_tinyy_patch16_224", "no model 'vit_tinyy_patch16_224'"),
                           ("timm:swin_tiny_patch4_window7_224", "does not take images of any size and aspect ratio"),
-                          ("timm", "unknown architecture")):
+                          ("timm", "unknown architecture"),
+                          (CNN + "+", "nothing follows '\\+'; drop it"), (VIT + "+", "nothing follows '\\+'; drop it")):
         with pytest.raises(ConfigError, match=message) as info:  # one line from the command lines
             get_backbone(name)
         assert "\n" not in str(info.value)
@@ -182,3 +183,15 @@ def test_a_vit_in_channels_last_gives_the_same_descriptors():
         net.to(memory_format=torch.channels_last)
         got = net.descriptors(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec, message", [("timm:nosuchmodel-gem", "no model 'nosuchmodel'"),
+                                           ("timm:test_convnext+-gem", "nothing follows")])
+def test_an_offtheshelf_timm_name_that_cannot_work_is_one_line(spec, message, synth_root):
+    """test.py -noff timm:<unknown>-gem ended in a ValueError traceback (-a had one line)."""
+    from aml.cli import test as test_cli
+    from aml.cli.arguments import one_line_errors
+
+    with pytest.raises(SystemExit) as info, one_line_errors():
+        test_cli.main(["-noff", spec, "-d", "synth-oxford", "--data-root", str(synth_root), "--device", "cpu"])
+    assert str(info.value.code).startswith("error: ") and message in str(info.value.code)

@@ -255,3 +255,41 @@ def test_image_names_that_are_not_utf8_are_indexed_and_found(random_teacher, syn
     search_cli.main(["query", odd, "--store", str(tmp_path / "store"), "--network", str(random_teacher[1]), "-k", "1",
                      "--json", str(out), "--data-root", str(synth_root)] + COMMON)
     assert json.loads(out.read_text())[0]["results"][0]["image"] == odd
+
+
+@pytest.mark.parametrize("name, content, what", [("photo.jpg", b"\xff\xd8\xff\xe0\0\x10JFIF", "an image"),
+                                                 ("photos.tar", b"a.jpg\0\0\0", "binary or larger than any list")])
+def test_an_image_or_a_binary_file_given_as_the_list_is_named(tmp_path, name, content, what):
+    """search index photo.jpg ended in 'ValueError: embedded null byte'."""
+    from aml.search import list_images
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match=rf"{name} is not a list of image paths \({what}\): give a folder"):
+        list_images(path)
+
+
+def test_an_image_list_is_read_from_a_pipe_and_no_further_than_a_list(tmp_path, monkeypatch):
+    from aml.search import list_images
+    from aml.search import store
+
+    fifo = tmp_path / "list"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen([sys.executable, "-c", f"open({str(fifo)!r}, 'w').write('a.jpg\\nb.jpg\\n')"])
+    assert list_images(fifo) == ["a.jpg", "b.jpg"]
+    writer.wait()
+    monkeypatch.setattr(store, "MAX_LIST_BYTES", 1 << 16)
+    with pytest.raises(StoreError, match=r"/dev/zero is not a list of image paths"):
+        list_images("/dev/zero")
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere/whitening.pth", "/dev/zero", "notes.txt"])
+def test_search_json_names_only_the_stores_own_files(whitened_store, tmp_path, name):
+    """Any name there was hashed, outside the store too (/dev/zero: read without end)."""
+    store = shutil.copytree(whitened_store, tmp_path / "copy.store")
+    record = json.loads((store / "search.json").read_text())
+    record["files"][name] = "0" * 64
+    (store / "search.json").write_text(json.dumps(record))
+    with pytest.raises(StoreError, match=r"search.json: files: must map the store's whitening.pth, dba.npy or "
+                                         r"index.faiss to sha256 digests"):
+        open_database(store)

@@ -17,3 +17,11 @@ def test_a_resumed_run_on_a_full_disk_keeps_the_loss_log(tmp_path, full_disk):
         log.restart_at(1)
     assert (tmp_path / "loss_log.txt").read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == [
         "loss_log.txt"]
+
+
+def test_a_loss_log_with_other_bytes_is_resumed(tmp_path):
+    """A loss_log.txt with bytes that are not UTF-8 (an editor's, a cut write) ended --resume in UnicodeDecodeError."""
+    (tmp_path / "loss_log.txt").write_bytes(f"{LOSS_LOG_HEADER}\n0, 0.5\n\xff\xfe garbage\n1, 0.4\n".encode("latin-1"))
+    log = RunLog(tmp_path)
+    log.restart_at(1)
+    assert (tmp_path / "loss_log.txt").read_text() == f"{LOSS_LOG_HEADER}\n0, 0.5\n"

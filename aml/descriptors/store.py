@@ -35,7 +35,7 @@ import numpy as np
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey, KeyRecord
 from aml.networks.checkpoint import OUTPUT_DIM
-from aml.utils.atomic import atomic_write
+from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
 from aml.utils.errors import ConfigError, DataError, lookup
@@ -416,16 +416,18 @@ class DescriptorStore:
     def record_hashes(self) -> None:
         """Record in the manifest the sha256 of every shard whose hash it lacks (each read as
         it is on disk: a shard never changes once written). A manifest written before aml
-        recorded hashes is left as it is: its shards stay unverified."""
-        manifest, _ = read_manifest(self.folder)
-        hashes = manifest.get(HASHES)
-        if hashes is None or all(h is not None for h in hashes):
-            return
-        for k in range(self.shards):
-            if hashes[k] is None and self.shard_path(k).is_file():
-                hashes[k] = descriptors_sha256(self._load_shard(k))
-        self._write_manifest(hashes)
-        self._hashes = None
+        recorded hashes is left as it is: its shards stay unverified. The store's lock is held
+        meanwhile, so that two processes filling one store keep each other's hashes."""
+        with folder_lock(self.folder, wait=True):
+            manifest, _ = read_manifest(self.folder)
+            hashes = manifest.get(HASHES)
+            if hashes is None or all(h is not None for h in hashes):
+                return
+            for k in range(self.shards):
+                if hashes[k] is None and self.shard_path(k).is_file():
+                    hashes[k] = descriptors_sha256(self._load_shard(k))
+            self._write_manifest(hashes)
+            self._hashes = None
 
     def _write_skipped_list(self) -> None:
         skipped = self.skipped()

@@ -218,17 +218,21 @@ class FolderInUse(AmlError, RuntimeError):
 
 @contextlib.contextmanager
 def folder_lock(
-    folder: Union[str, Path], fix: str = "give another --directory or other flags", beside: bool = False
+    folder: Union[str, Path],
+    fix: str = "give another --directory or other flags",
+    beside: bool = False,
+    wait: bool = False,
 ) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` for the ``with`` block; FolderInUse when another
-    process holds it. The lock goes with the process (flock), so a killed run never leaves a
-    stale one.
+    process holds it (unless ``wait``). The lock goes with the process (flock), so a killed
+    run never leaves a stale one.
 
     Args:
         folder: the folder.
         fix: what the error advises besides waiting (``"give another --store"``).
         beside: lock ``.<name>.lock`` beside the folder instead of ``<folder>/.lock``, so that
             the folder itself may be replaced (a staging folder renamed onto it) while held.
+        wait: wait for the other process instead (for a short update of a shared folder).
 
     Returns:
         The lock file, holding the holder's pid.
@@ -241,7 +245,7 @@ def folder_lock(
     handle = open(path, "a+")  # noqa: SIM115 (held, and the lock with it, until the block ends)
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"

@@ -191,6 +191,25 @@ def test_a_store_hashes_each_shard_file_once_and_again_when_it_is_replaced(tmp_p
         opened.load()
 
 
+def test_shard_hashes_are_recorded_under_the_stores_lock(tmp_path):
+    """Two runs filling one distractor store each read the manifest, add their hashes and write
+    it: without a lock the last writer drops the other's."""
+    import threading
+
+    from aml.utils.atomic import folder_lock
+
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
+    for k in range(store.shards):
+        store.write_shard(k, descriptors(IMAGES[k * 4 : k * 4 + 4]).T)
+    with folder_lock(tmp_path):  # another process updating the manifest
+        recording = threading.Thread(target=store.record_hashes)
+        recording.start()
+        recording.join(0.3)
+        assert recording.is_alive() and _manifest(tmp_path)["shard_sha256"] == [None] * 3  # it waits
+    recording.join(10)
+    assert not recording.is_alive() and open_store(tmp_path).unverified() == []
+
+
 def test_a_store_written_before_hashes_is_read_unverified_with_a_warning(tmp_path, caplog):
     store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
     store.fill(Encoder())

@@ -72,6 +72,8 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 #: what a store folder may hold: its own files (and what an atomic write leaves while it runs)
 STORE_FILES: Tuple[str, ...] = (MANIFEST, IMAGE_LIST, "skipped.txt", "shard_*.npy", "shard_*.json", SEARCH, WHITENING)
 STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")
+#: the files that make a folder a store (a search store, a descriptor store, one of the one-file layout)
+STORE_MARKERS = (SEARCH, MANIFEST, LEGACY_FILES[0])
 #: an image list (names that are not UTF-8 kept as they are)
 IMAGE_LIST_TEXT = TextFile(
     "the image list", "give a folder of images or a text file of paths, one a line", StoreError, names=True

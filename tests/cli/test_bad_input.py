@@ -207,6 +207,18 @@ def test_bad_export_flags_are_refused_before_anything_loads(extra, message, caps
     assert message in bad(EXPORT, extra, capsys)
 
 
+@pytest.mark.parametrize("marker", ["search.json", "manifest.json", "descriptors.npy"])
+def test_an_export_into_a_store_folder_is_refused_before_anything_loads(tmp_path, marker, capsys):
+    """student.pt and student.onnx in a store's folder made the next `search index` of it refuse."""
+    store = tmp_path / "photos.store"
+    store.mkdir()
+    (store / marker).write_text("{}")
+    err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(store)], capsys)
+    assert (f"argument --out: {store} is a store's folder (it holds {marker}): the exported files there would keep "
+            "it from being indexed again; give another folder") in err
+    assert sorted(p.name for p in store.iterdir()) == [marker]
+
+
 def test_a_calibration_folder_without_images_is_named(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("no images here")
     err = bad(EXPORT, ["--int8", "--calibration", str(tmp_path)], capsys)

@@ -277,6 +277,39 @@ def add_test_set_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def comma_names(flag: str, text: str, what: str) -> List[str]:
+    """The names of a comma separated flag (``--datasets a,b``), each given once.
+
+    Args:
+        flag: the flag, for the message.
+        text: its value as typed.
+        what: what it names (``"test set"``), for the message.
+
+    Returns:
+        The names, in the order given (empty names, as in ``a,,b``, left out).
+
+    Raises:
+        ConfigError: when it names nothing, or one name twice (it would be run twice, and is
+            most often a slip for another name).
+
+    Examples:
+        >>> from aml.cli.arguments import comma_names
+        >>> comma_names("--datasets", "roxford5k,,rparis6k", "test set")
+        ['roxford5k', 'rparis6k']
+        >>> comma_names("--datasets", "roxford5k,roxford5k", "test set")
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: --datasets 'roxford5k,roxford5k' names roxford5k twice; give each test set once
+    """
+    names = [name for name in text.split(",") if name]
+    if not names:
+        raise ConfigError(f"{flag} {text!r} names no {what}; give one or more, comma separated")
+    twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"{flag} {text!r} names {twice} twice; give each {what} once")
+    return names
+
+
 def checked_test_sets(args: argparse.Namespace) -> List[str]:
     """The test sets of the flags of `add_test_set_arguments`, each a known or custom test set,
     and --whitening a set with whitening pairs.
@@ -288,15 +321,14 @@ def checked_test_sets(args: argparse.Namespace) -> List[str]:
         The test set names, with their ``+`` distractor suffixes.
 
     Raises:
-        ConfigError: for no test set or an unknown one, or a whitening set without whitening pairs.
+        ConfigError: for no test set, one named twice or an unknown one, or a whitening set without
+            whitening pairs.
     """
     from aml.data.distractors import split_test_name
     from aml.data.testsets import get_test_set
     from aml.data.trainsets import get_train_set, whitening_set_names
 
-    names = [name for name in args.datasets.split(",") if name]
-    if not names:
-        raise ConfigError(f"--datasets {args.datasets!r} names no test set; give one or more, e.g. roxford5k,rparis6k")
+    names = comma_names("--datasets", args.datasets, "test set")
     for name in names:
         get_test_set(split_test_name(name)[0], args.data_root)
     if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:

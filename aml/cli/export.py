@@ -1,6 +1,7 @@
 """python -m aml.export: the student as TorchScript and ONNX, checked against PyTorch, and
 optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
+import argparse
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -15,6 +16,7 @@ from aml.export.report import OnnxTestMaps, onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
 from aml.reports.provenance import provenance
 from aml.search import StoreError, list_images, open_database
+from aml.search.store import STORE_MARKERS
 from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file
 from aml.utils.errors import ConfigError
@@ -23,11 +25,26 @@ DEFAULT_IMAGE_SIZE = 1024
 AGREEMENT_IMAGES = 8  # calibration images on which the int8 descriptors are compared with float32
 
 
+def export_folder(text: str) -> str:
+    """The argparse ``type`` of --out: a `folder` that is not a store's, whose next indexing
+    would refuse the exported files as not a store's."""
+    folder(text)
+    marker = next((name for name in STORE_MARKERS if (Path(text) / name).exists()), None)
+    if marker is not None:
+        raise argparse.ArgumentTypeError(
+            f"{text} is a store's folder (it holds {marker}): the exported files there would keep it from being "
+            "indexed again; give another folder, e.g. a new one beside it"
+        )
+    return text
+
+
 def build_parser() -> Parser:
     """The flags of ``python -m aml.export``."""
     parser = Parser(prog="python -m aml.export", description="Export a student for deployment (TorchScript + ONNX).")
     parser.add_argument("--network", "-npath", required=True, help="the student: a checkpoint path or a published name")
-    parser.add_argument("--out", required=True, type=folder, help="folder for student.pt and student.onnx")
+    parser.add_argument(
+        "--out", required=True, type=export_folder, help="folder for student.pt and student.onnx (not a store's)"
+    )
     whitening = parser.add_mutually_exclusive_group()
     whitening.add_argument(
         "--store",

@@ -14,6 +14,7 @@ from aml.cli.arguments import (
     add_extraction_arguments,
     add_image_size_arguments,
     add_runtime_arguments,
+    comma_names,
     extraction_from,
     nonnegative_int,
     setup_logging,
@@ -23,6 +24,7 @@ from aml.data.trainsets import TRAIN_SETS, is_training_set
 from aml.descriptors import DescriptorKey, extract_dataset_features
 from aml.networks.loading import load_test_network
 from aml.utils.devices import resolve_device
+from aml.utils.errors import ConfigError
 from aml.utils.distributed import init_from_environment, main_first, process_device
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,11 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     """Run extract_features.py with ``argv``; returns the files written."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, value in (("--datasets", args.datasets), ("--split", args.split)):
-        if not any(value.split(",")):
-            parser.error(f"{flag} {value!r} names nothing to encode; give one or more, comma separated")
+    try:
+        datasets = comma_names("--datasets", args.datasets, "data set")
+        splits = comma_names("--split", args.split, "split")
+    except ConfigError as err:
+        parser.error(str(err))
     requested = resolve_device(args.device, args.gpu_id)
     world = init_from_environment(requested, args.dist_timeout)
     setup_logging(verbose=world.is_main)
@@ -84,11 +88,11 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     config = extraction_from(args, str(device))
     key = DescriptorKey.of(network.net, args.image_size, args.multiscale, config, network.fingerprint)
     written = []
-    for dataset in filter(None, args.datasets.split(",")):
+    for dataset in datasets:
         is_train_set = is_training_set(dataset, args.data_root)
         if not is_train_set:
             get_test_set(dataset, args.data_root)  # a ValueError naming the choices
-        for split in filter(None, args.split.split(",")) if is_train_set else ["db"]:
+        for split in splits if is_train_set else ["db"]:
             written.append(
                 extract_dataset_features(
                     network,

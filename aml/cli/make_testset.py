@@ -7,19 +7,8 @@ from typing import List, Optional
 
 from aml.cli.arguments import Parser, folder, run_cli
 from aml.data.images import ImageLoadError
-from aml.data.make_testset import TestSetError, build_test_set, read_description
+from aml.data.make_testset import TestSetError, build_test_set, read_database_list, read_description
 from aml.utils.atomic import DiskFull
-
-
-def _database_list(path: Path) -> List[str]:
-    """The image names of a --database file, one per line (UTF-8)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise TestSetError(
-            f"--database {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
-        ) from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def build_parser() -> Parser:
@@ -51,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     try:
         description = read_description(args.description)
         if args.database:
-            description["database"] = _database_list(Path(args.database))
+            description["database"] = read_database_list(args.database)
         built = build_test_set(description, args.images, args.name, args.data_root, source=args.description)
     except (TestSetError, ImageLoadError, OSError, KeyError, ValueError, DiskFull) as err:
         message = f"missing column or key {err}" if isinstance(err, KeyError) else str(err)

@@ -15,6 +15,7 @@ from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.paths import data_subdir
 from aml.data.synthetic import generate_distractor_set
 from aml.utils.errors import ConfigError, DataError, lookup
+from aml.utils.text_files import TextFile, read_text_file
 from aml.utils.types import PathLike
 
 SEPARATOR = "+"
@@ -58,6 +59,10 @@ DISTRACTOR_SETS: Dict[str, DistractorSet] = {
     "1m": DistractorSet("revisitop1m", _download_revisitop1m),
     "synth1m": DistractorSet("synth-1m", _generate_synthetic),
 }
+#: a distractor set's list of its images (names that are not UTF-8 kept as they are)
+DISTRACTOR_LIST_TEXT = TextFile(
+    "the distractor list", "it is damaged or not the set's; delete it to download or generate it again", names=True
+)
 
 
 def split_test_name(name: str) -> Tuple[str, Optional[str]]:
@@ -109,7 +114,7 @@ def read_distractor_list(suffix: str, test_root: Path, progress: bool = False) -
     folder = _prepared(suffix, Path(test_root), progress)
     name = lookup(DISTRACTOR_SETS, suffix, "distractor set").folder
     listing = folder / f"{name}.txt"
-    lines = listing.read_bytes().decode(errors="surrogateescape").split()  # names that are not UTF-8 as they are
+    lines = read_text_file(listing, DISTRACTOR_LIST_TEXT).split()
     outside = next((line for line in lines if Path(line).is_absolute() or ".." in Path(line).parts), None)
     if outside is not None:
         raise DataError(

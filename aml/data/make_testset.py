@@ -21,6 +21,7 @@ right result as a wrong one).
 """
 
 import csv
+import io
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from aml.data.images import ImageLoadError, load_image
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import kind_of, save_pickle
 from aml.utils.errors import DataError
+from aml.utils.text_files import TextFile, read_text_file
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
@@ -71,34 +73,44 @@ class TestSetError(DataError):
     __test__ = False  # not a pytest test class, despite its name
 
 
+#: a test set's description and its database list, as read
+DESCRIPTION_TEXT = TextFile("the description", "give a JSON or CSV description (see docs/own-data.md)", TestSetError)
+DATABASE_LIST_TEXT = TextFile("--database", "give a text file of image names, one a line", TestSetError)
+
+
 def read_description(path: PathLike) -> Description:
     """{'queries': [...], 'database': [...] or None} from a JSON or CSV description (UTF-8)."""
-    try:
-        return _read_description(Path(path))
-    except UnicodeDecodeError as err:
-        raise TestSetError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise TestSetError(f"{path} is not valid JSON ({err})") from None
-
-
-def _read_description(path: Path) -> Description:
+    path = Path(path)
+    text = read_text_file(path, DESCRIPTION_TEXT)
     if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TestSetError(f"{path} is not valid JSON ({err})") from None
         check_description(data, str(path))
         return {"queries": data["queries"], "database": data.get("database")}
+    return {"queries": _csv_queries(text, path), "database": None}
+
+
+def _csv_queries(text: str, path: Path) -> List[DescribedQuery]:
+    """The queries of a CSV description (columns query, box, easy, hard, junk or ok)."""
     queries: List[DescribedQuery] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
-            if not (row.get("query") or "").strip():
-                raise TestSetError(f"{path}: line {line} has no query image; give one in its 'query' column")
-            entry: DescribedQuery = {"image": row["query"].strip()}
-            if (row.get("box") or "").strip():
-                entry["box"] = _csv_box(row["box"], path, len(queries))
-            for key in ("easy", "hard", "junk", "ok"):
-                if key in row:
-                    entry[key] = (row[key] or "").split()
-            queries.append(entry)
-    return {"queries": queries, "database": None}
+    for line, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+        if not (row.get("query") or "").strip():
+            raise TestSetError(f"{path}: line {line} has no query image; give one in its 'query' column")
+        entry: DescribedQuery = {"image": row["query"].strip()}
+        if (row.get("box") or "").strip():
+            entry["box"] = _csv_box(row["box"], path, len(queries))
+        for key in ("easy", "hard", "junk", "ok"):
+            if key in row:
+                entry[key] = (row[key] or "").split()
+        queries.append(entry)
+    return queries
+
+
+def read_database_list(path: PathLike) -> List[str]:
+    """The image names of a database list, one a line (UTF-8), for a description's 'database'."""
+    return [line.strip() for line in read_text_file(path, DATABASE_LIST_TEXT).splitlines() if line.strip()]
 
 
 def _csv_box(text: str, path: Path, q: int) -> List[float]:

@@ -21,6 +21,7 @@ and ``<name>-whiten.pkl`` (the train split's images and pairs, for ``-w <name>``
 
 import csv
 import hashlib
+import io
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
 from aml.utils.errors import DataError
+from aml.utils.text_files import TextFile, read_text_file
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 
 class TrainSetError(DataError):
     """The images cannot make a training set (too few landmarks, a bad CSV, ...)."""
+
+
+#: the CSV of `images_from_csv`, as read
+TRAIN_CSV_TEXT = TextFile("the CSV", "give a CSV with columns image,landmark (UTF-8)", TrainSetError)
 
 
 @dataclass
@@ -100,11 +106,7 @@ def images_from_csv(path: PathLike, images_dir: PathLike) -> List[Tuple[Path, st
     """(image, landmark) from a CSV with columns image,landmark (any header naming them
     ``image``/``id`` and ``landmark``/``landmark_id``), or GLDv2's ``landmark_id,images``."""
     images_dir = Path(images_dir)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except UnicodeDecodeError as err:
-        raise TrainSetError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    rows = list(csv.DictReader(io.StringIO(read_text_file(path, TRAIN_CSV_TEXT), newline="")))
     if not rows:
         raise TrainSetError(f"{path} has no rows")
     columns = set(rows[0])

@@ -59,6 +59,7 @@ from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
 from aml.utils.plain_files import load_plain_file, save_plain_file
+from aml.utils.text_files import TextFile, read_text_file
 
 log = logging.getLogger(__name__)
 LEGACY_FILES = ("descriptors.npy", "descriptors_img_list.txt", "descriptors.npy.json")  # the one-file layout
@@ -67,12 +68,16 @@ LEGACY_LAYOUT_READ_UNTIL = "0.2.0"
 SHARD_SIZE = 65536  # images per shard (256 MB of 1024-d float32)
 #: what build_store records, and the query side reads
 STORE_SETTINGS = ("network", "source", "fingerprint", "image_size", "scales", "dim")
-#: the largest image list read (4 million paths of 64 characters)
-MAX_LIST_BYTES = 256 << 20
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 #: what a store folder may hold: its own files (and what an atomic write leaves while it runs)
 STORE_FILES: Tuple[str, ...] = (MANIFEST, IMAGE_LIST, "skipped.txt", "shard_*.npy", "shard_*.json", SEARCH, WHITENING)
 STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")
+#: the files that make a folder a store (a search store, a descriptor store, one of the one-file layout)
+STORE_MARKERS = (SEARCH, MANIFEST, LEGACY_FILES[0])
+#: an image list (names that are not UTF-8 kept as they are)
+IMAGE_LIST_TEXT = TextFile(
+    "the image list", "give a folder of images or a text file of paths, one a line", StoreError, names=True
+)
 
 
 def list_images(source: PathLike) -> List[str]:
@@ -97,20 +102,9 @@ def list_images(source: PathLike) -> List[str]:
     source = Path(source)
     if source.is_dir():
         return sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    try:
-        with open(source, "rb") as handle:  # a pipe too (<(find ...)); a device is read no further than a list
-            data = handle.read(MAX_LIST_BYTES + 1)
-    except OSError as err:
-        raise StoreError(
-            f"cannot read the image list {source} ({err.strerror}): give a folder or a text file of paths"
-        ) from None
-    if len(data) > MAX_LIST_BYTES or b"\0" in data or source.suffix.lower() in IMAGE_EXTENSIONS:
-        what = "an image" if source.suffix.lower() in IMAGE_EXTENSIONS else "binary or larger than any list"
-        raise StoreError(
-            f"{source} is not a list of image paths ({what}): give a folder of images or a text file of "
-            "paths, one a line"
-        )
-    text = data.decode(errors="surrogateescape")  # names that are not UTF-8 as they are
+    if source.suffix.lower() in IMAGE_EXTENSIONS:
+        raise StoreError(f"the image list {source} is an image, not a list of paths: {IMAGE_LIST_TEXT.fix}")
+    text = read_text_file(source, IMAGE_LIST_TEXT)  # a pipe too (<(find ...))
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

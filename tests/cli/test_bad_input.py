@@ -90,8 +90,12 @@ CASES = [
     (TEST, ["-d", ",,"], "--datasets ',,' names no test set; give one or more"),  # was rc 0, nothing tested
     (TEST, ["-d", ""], "--datasets '' names no test set"),
     (SYNTHETIC, ["--image-size", "1000000000"], "argument --image-size: must be an integer from 8 to 4096"),
-    (EXTRACT, ["-d", ","], "--datasets ',' names nothing to encode"),  # was rc 0, nothing encoded
-    (EXTRACT, ["-d", "synth-sfm", "--split", ""], "--split '' names nothing to encode"),
+    (EXTRACT, ["-d", ","], "--datasets ',' names no data set; give one or more"),  # was rc 0, nothing encoded
+    (EXTRACT, ["-d", "synth-sfm", "--split", ""], "--split '' names no split"),
+    (TEST, ["-d", "roxford5k,rparis6k,roxford5k"], "--datasets 'roxford5k,rparis6k,roxford5k' names roxford5k twice; "
+                                                   "give each test set once"),  # was tested twice
+    (EXTRACT, ["-d", "synth-sfm,synth-sfm"], "--datasets 'synth-sfm,synth-sfm' names synth-sfm twice"),
+    (EXTRACT, ["-d", "synth-sfm", "--split", "train,val,train"], "--split 'train,val,train' names train twice"),
     (DEMO, ["--student-arch", "timm:nosuch"], "--student-arch: timm:nosuch: timm"),  # was refused after the teacher
     (DEMO, ["--student-arch", "nosuch"], "--student-arch: unknown architecture 'nosuch'"),
     (DEMO, ["--workers", "-2"], "argument --workers: must be an integer >= 0"),
@@ -116,6 +120,12 @@ def bad(command, extra, capsys):
 @pytest.mark.parametrize("command, extra, message", CASES, ids=[" ".join(c[1]) for c in CASES])
 def test_bad_numbers_are_refused_at_parse_time(command, extra, message, capsys):
     assert message in bad(command, extra, capsys)
+
+
+def test_a_test_set_with_and_without_distractors_is_two_sets_not_one_twice():
+    from aml.cli.arguments import comma_names
+
+    assert comma_names("--datasets", "roxford5k+1m,roxford5k,", "test set") == ["roxford5k+1m", "roxford5k"]
 
 
 @pytest.mark.parametrize("command, flag", [(TRAIN, "--directory"), (TRAIN, "--data-root"), (TEST, "--data-root"),
@@ -195,6 +205,18 @@ EXPORT_CASES = [
 @pytest.mark.parametrize("extra, message", EXPORT_CASES, ids=[" ".join(c[0]) for c in EXPORT_CASES])
 def test_bad_export_flags_are_refused_before_anything_loads(extra, message, capsys):
     assert message in bad(EXPORT, extra, capsys)
+
+
+@pytest.mark.parametrize("marker", ["search.json", "manifest.json", "descriptors.npy"])
+def test_an_export_into_a_store_folder_is_refused_before_anything_loads(tmp_path, marker, capsys):
+    """student.pt and student.onnx in a store's folder made the next `search index` of it refuse."""
+    store = tmp_path / "photos.store"
+    store.mkdir()
+    (store / marker).write_text("{}")
+    err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(store)], capsys)
+    assert (f"argument --out: {store} is a store's folder (it holds {marker}): the exported files there would keep "
+            "it from being indexed again; give another folder") in err
+    assert sorted(p.name for p in store.iterdir()) == [marker]
 
 
 def test_a_calibration_folder_without_images_is_named(tmp_path, capsys):

@@ -52,6 +52,7 @@ def test_the_matrix_is_printed_written_and_drawn_with_whitening(trained_teacher,
     (["-n", "a.pth.tar", "b.pth.tar", "--labels", "teacher"], "--labels 'teacher': 1 labels for 2 networks"),
     (["-n", "a.pth.tar", "-d", "nosuchset"], "Unsupported or unknown dataset: nosuchset"),
     (["-n", "a.pth.tar", "-d", ","], "names no test set"),
+    (["-n", "a.pth.tar", "-d", "synth-oxford,synth-oxford"], "names synth-oxford twice; give each test set once"),
 ])
 def test_bad_flags_are_one_line_before_anything_is_loaded(flags, message, root, capsys):
     with pytest.raises(SystemExit) as stopped:

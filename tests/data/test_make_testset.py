@@ -133,7 +133,7 @@ def test_a_truncated_image_and_a_non_utf8_description_are_named(images, tmp_path
     latin.write_bytes("query,easy\nq.jpg,caf\xe9.jpg\n".encode("latin-1"))
     with pytest.raises(SystemExit) as info:
         make_testset_cli.main([str(latin), "--images", str(images), "--name", "x", "--data-root", str(tmp_path / "r")])
-    assert f"error: {latin} is not UTF-8 text" in str(info.value.code)
+    assert f"error: the description {latin} is not UTF-8 text" in str(info.value.code)
 
 
 def test_a_full_disk_ends_make_testset_in_one_line(images, tmp_path, full_disk):
@@ -198,6 +198,27 @@ def test_a_database_list_that_is_not_utf8_is_named(images, tmp_path):
                                "--data-root", str(tmp_path / "r")])
     assert str(info.value.code).startswith(f"error: --database {listing} is not UTF-8 text (byte 9: invalid "
                                            "continuation byte)")
+
+
+@pytest.mark.parametrize("flag", ["description", "--database"])
+def test_a_description_or_database_list_larger_than_any_is_refused(images, tmp_path, monkeypatch, flag):
+    """A huge file given as either (or /dev/zero) was read whole: out of memory or a hang."""
+    import json
+
+    from aml.utils import text_files
+
+    monkeypatch.setattr(text_files, "MAX_TEXT_BYTES", 1 << 10)
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": ["a.jpg"] * 200}))
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}]}))
+    given = [str(huge), "--database", str(path)] if flag == "description" else [str(path), "--database", str(huge)]
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main(given + ["--images", str(images), "--name", "x", "--data-root", str(tmp_path / "r")])
+    what = "the description" if flag == "description" else "--database"
+    assert re.fullmatch(rf"error: {what} {huge} is larger than 1024 bytes or has no end \(.*\): give a .*",
+                        str(info.value.code))
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("database, message", [

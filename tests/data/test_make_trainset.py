@@ -132,4 +132,18 @@ def test_a_csv_with_short_rows_or_other_bytes_is_one_line(tmp_path, content, mes
         make_trainset_cli.main(["--csv", str(path), "--images", str(tmp_path), "--name", "x",
                                 "--data-root", str(tmp_path / "root")])
     said = str(info.value.code)
-    assert said.startswith(f"error: {path}") and said.endswith(message) and "\n" not in said
+    assert said.startswith("error: ") and str(path) in said and said.endswith(message) and "\n" not in said
+
+
+def test_a_csv_larger_than_any_is_refused(tmp_path, monkeypatch):
+    """A huge file given as the CSV (or /dev/zero) was read whole: out of memory or a hang."""
+    from aml.utils import text_files
+
+    monkeypatch.setattr(text_files, "MAX_TEXT_BYTES", 1 << 10)
+    path = tmp_path / "huge.csv"
+    path.write_bytes(b"image,landmark\n" + b"a.jpg,1\n" * 200)
+    with pytest.raises(SystemExit) as info:
+        make_trainset_cli.main(["--csv", str(path), "--images", str(tmp_path), "--name", "x",
+                                "--data-root", str(tmp_path / "root")])
+    assert str(info.value.code) == (f"error: the CSV {path} is larger than 1024 bytes or has no end (a device, a pipe "
+                                    "that does not close): give a CSV with columns image,landmark (UTF-8)")

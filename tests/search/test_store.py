@@ -257,29 +257,29 @@ def test_image_names_that_are_not_utf8_are_indexed_and_found(random_teacher, syn
     assert json.loads(out.read_text())[0]["results"][0]["image"] == odd
 
 
-@pytest.mark.parametrize("name, content, what", [("photo.jpg", b"\xff\xd8\xff\xe0\0\x10JFIF", "an image"),
-                                                 ("photos.tar", b"a.jpg\0\0\0", "binary or larger than any list")])
+@pytest.mark.parametrize("name, content, what", [("photo.jpg", b"\xff\xd8\xff\xe0\0\x10JFIF", "is an image, not a list"),
+                                                 ("photos.tar", b"a.jpg\0\0\0", r"is not text \(it holds NUL")])
 def test_an_image_or_a_binary_file_given_as_the_list_is_named(tmp_path, name, content, what):
     """search index photo.jpg ended in 'ValueError: embedded null byte'."""
     from aml.search import list_images
 
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(StoreError, match=rf"{name} is not a list of image paths \({what}\): give a folder"):
+    with pytest.raises(StoreError, match=rf"the image list .*{name} {what}.*: give a folder of images"):
         list_images(path)
 
 
 def test_an_image_list_is_read_from_a_pipe_and_no_further_than_a_list(tmp_path, monkeypatch):
     from aml.search import list_images
-    from aml.search import store
+    from aml.utils import text_files
 
     fifo = tmp_path / "list"
     os.mkfifo(fifo)
     writer = subprocess.Popen([sys.executable, "-c", f"open({str(fifo)!r}, 'w').write('a.jpg\\nb.jpg\\n')"])
     assert list_images(fifo) == ["a.jpg", "b.jpg"]
     writer.wait()
-    monkeypatch.setattr(store, "MAX_LIST_BYTES", 1 << 16)
-    with pytest.raises(StoreError, match=r"/dev/zero is not a list of image paths"):
+    monkeypatch.setattr(text_files, "MAX_TEXT_BYTES", 1 << 16)
+    with pytest.raises(StoreError, match=r"the image list /dev/zero is larger than 65536 bytes or has no end"):
         list_images("/dev/zero")
 
 

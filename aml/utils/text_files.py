@@ -1,0 +1,87 @@
+"""Reading a user's text file (an image list, a CSV, a JSON description): whole, but no further
+than `MAX_TEXT_BYTES`, so that ``/dev/zero``, a pipe that never ends or a huge file given by
+mistake is refused in one line instead of hanging or filling the memory. A pipe
+(``<(find ...)``, a FIFO) is read until its writer closes it."""
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Type
+
+from aml.utils.errors import DataError
+from aml.utils.types import PathLike
+
+#: the largest text file read (an image list of 4 million paths of 64 characters)
+MAX_TEXT_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class TextFile:
+    """What a user's text file is, for reading it and for the messages that refuse it.
+
+    Attributes:
+        what: the file in words, put before its path (``"the image list"``).
+        fix: what to give instead, ending the messages (``"give a text file of paths, one a line"``).
+        error: the error raised (a `DataError`).
+        names: bytes that are not UTF-8 are kept (file names as they are on disk) rather than refused.
+    """
+
+    what: str
+    fix: str
+    error: Type[DataError] = DataError
+    names: bool = False
+
+
+def _in_words(size: int) -> str:
+    """A number of bytes, in MB when it is at least one."""
+    return f"{size >> 20} MB" if size >= 1 << 20 else f"{size} bytes"
+
+
+def read_text_file(path: PathLike, kind: TextFile) -> str:
+    """The text of ``path`` (UTF-8), read no further than `MAX_TEXT_BYTES`.
+
+    Args:
+        path: the file (a regular file, or a pipe).
+        kind: what the file is (`TextFile`).
+
+    Returns:
+        Its text.
+
+    Raises:
+        DataError: (``kind.error``) one line naming ``kind.what``, ``path`` and ``kind.fix``, when
+            it cannot be opened, is larger than `MAX_TEXT_BYTES` or has no end, holds NUL bytes, or
+            (unless ``kind.names``) is not UTF-8.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from aml.utils.text_files import TextFile, read_text_file
+        >>> listing = TextFile("the image list", "give a text file of paths, one a line")
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder) / "images.txt"
+        ...     _ = path.write_text("a.jpg\\nb.jpg\\n")
+        ...     read_text_file(path, listing).split()
+        ['a.jpg', 'b.jpg']
+    """
+    limit = MAX_TEXT_BYTES
+    try:
+        with open(path, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            large_file = stat.S_ISREG(status.st_mode) and status.st_size > limit  # refused unread
+            data = b"" if large_file else handle.read(limit + 1)
+    except OSError as err:
+        raise kind.error(f"cannot read {kind.what} {path} ({err.strerror}): {kind.fix}") from None
+    if large_file or len(data) > limit:
+        raise kind.error(
+            f"{kind.what} {path} is larger than {_in_words(limit)} or has no end (a device, a pipe that does not "
+            f"close): {kind.fix}"
+        )
+    if b"\0" in data:
+        raise kind.error(f"{kind.what} {path} is not text (it holds NUL bytes: a binary file): {kind.fix}")
+    if kind.names:
+        return data.decode(errors="surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise kind.error(
+            f"{kind.what} {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
+        ) from None

@@ -17,7 +17,7 @@ ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q $(XDIST) -m "learning or kernel
 AVX2_WORKERS ?= 2
 SSE41_WORKERS ?= 2
 
-.PHONY: install demo test test-other-isa test-avx2 test-sse41 bench gpu-assets lint docs docs-tables clean-data
+.PHONY: install demo test test-other-isa test-avx2 test-sse41 test-torch-2.11 bench gpu-assets lint docs docs-tables clean-data
 
 # pip compiles every installed file (a minute for torch's CUDA build); instead, compile what
 # aml's commands and tests import, once, by importing it (also where PYTHONDONTWRITEBYTECODE
@@ -55,6 +55,26 @@ test-sse41: install
 # slower) takes the cores the AVX2 set leaves. Each set's output comes whole when it ends (make -O).
 test-other-isa: install
 	$(MAKE) --no-print-directory -j2 -O test-avx2 test-sse41
+
+# The oldest torch aml supports (requirements-torch-2.11.txt), in a venv of its own: the tests of
+# the code that follows torch's API from release to release (DistributedDataParallel, the
+# extraction's streams and autocast, torch.fx, the exports, the GPU benchmark).
+OLD_VENV ?= .venv-torch-2.11
+OLD_PY := $(OLD_VENV)/bin/python
+TORCH_API_TESTS := tests/training/test_distributed.py tests/training/test_parallel.py \
+	tests/training/test_device_path.py tests/descriptors/test_extraction.py tests/networks \
+	tests/data/test_encoded_images.py tests/export tests/benchmarks
+
+$(OLD_VENV)/.installed: requirements.txt requirements-torch-2.11.txt requirements-data.txt setup.py
+	$(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_PY) -m pip install -q --no-compile -r requirements-torch-2.11.txt \
+		$$(grep -E -v '^(torch|torchvision)==|^#' requirements.txt)
+	$(OLD_PY) -m pip install -q --no-compile --no-deps -r requirements-data.txt
+	touch $@
+
+# aml itself from this folder (PYTHONPATH, inherited by the torchrun jobs the tests start).
+test-torch-2.11: $(OLD_VENV)/.installed
+	PYTHONPATH=$(CURDIR) $(OLD_PY) -m pytest -q -n 2 $(XDIST) $(TORCH_API_TESTS)
 
 bench: install
 	$(PY) benchmarks/extract.py

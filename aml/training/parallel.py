@@ -11,7 +11,8 @@ statistics (``train_batchnorm``) BatchNorm becomes SyncBatchNorm (CUDA only), wh
 passes are collectives, so all ranks make the same forward calls."""
 
 import contextlib
-from typing import List, Optional, Sequence, Tuple
+import inspect
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed.nn.functional as distributed_nn
@@ -33,6 +34,24 @@ class DescriptorModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.descriptors(x)
+
+
+def without_buffer_broadcast(ddp: type = DistributedDataParallel) -> Dict[str, Any]:
+    """The keyword that keeps ``ddp`` from broadcasting buffers at every forward.
+
+    Every rank holds the same buffers (BatchNorm's statistics are frozen, or synchronised by
+    SyncBatchNorm), so the broadcast would only cost time. torch 2.13 renamed the keyword
+    (``broadcast_buffers``, deprecated since, became ``forward_sync_buffers``); older releases
+    know only the old name.
+
+    Args:
+        ddp: the DistributedDataParallel class of the installed torch.
+
+    Returns:
+        ``{"forward_sync_buffers": False}``, or ``{"broadcast_buffers": False}`` before torch 2.13.
+    """
+    known = inspect.signature(ddp).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers": False}
 
 
 def batch_split_problem(batch_size: int, world: World) -> Optional[str]:
@@ -66,7 +85,7 @@ class Parallel:
                 )
             nn.SyncBatchNorm.convert_sync_batchnorm(net)
         ids = [device.index] if device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(DescriptorModel(net), device_ids=ids, forward_sync_buffers=False)
+        self.ddp = DistributedDataParallel(DescriptorModel(net), device_ids=ids, **without_buffer_broadcast())
         self.encode, self.sync_batchnorm = self.ddp, sync_batchnorm
 
     @property

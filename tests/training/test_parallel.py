@@ -5,7 +5,7 @@ import torch
 
 from aml.losses import TupleBatch
 from aml.networks import build_network
-from aml.training.parallel import Parallel, batch_split_problem
+from aml.training.parallel import Parallel, batch_split_problem, without_buffer_broadcast
 from aml.utils.distributed import World
 
 
@@ -29,3 +29,18 @@ def test_a_global_batch_must_split_evenly_over_the_processes():
                                                              "the global number of tuples per step; use a multiple of 2")
     with pytest.raises(ValueError, match="does not split over 3 processes"):
         Parallel(build_network("squeezenet1_1", pretrained=False), World(size=3), torch.device("cpu"), 4, False)
+
+
+def test_buffers_are_not_broadcast_under_the_keyword_the_installed_torch_knows():
+    class Before213:  # torch 2.11's DistributedDataParallel (the GPU machine's torch)
+        def __init__(self, module, device_ids=None, broadcast_buffers=True):
+            pass
+
+    class Since213:
+        def __init__(self, module, device_ids=None, broadcast_buffers=None, forward_sync_buffers=None):
+            pass
+
+    assert without_buffer_broadcast(Before213) == {"broadcast_buffers": False}
+    assert without_buffer_broadcast(Since213) == {"forward_sync_buffers": False}
+    installed = "forward_sync_buffers" if torch.__version__ >= (2, 13) else "broadcast_buffers"
+    assert without_buffer_broadcast() == {installed: False}

@@ -21,6 +21,7 @@ from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
 from aml.utils.errors import DataError
+from aml.utils.text_files import TooLarge, read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,8 @@ def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:
     if not (sidecar.is_file() and path.is_file() and listing.is_file()):
         return None
     try:
-        settings = json.loads(sidecar.read_bytes())
-    except ValueError:
+        settings = json.loads(read_bounded(sidecar))
+    except (TooLarge, ValueError):  # not the settings aml writes
         return None
     if not isinstance(settings, dict):
         return None

@@ -39,6 +39,7 @@ from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
 from aml.utils.errors import ConfigError, DataError, lookup
+from aml.utils.text_files import read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def _write_json(path: Path, record: Mapping[str, object]) -> None:
 def _read_json(path: Path, fix: str = REENCODE) -> Any:
     """A JSON file of a store, or a StoreDamaged naming it."""
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(read_bounded(path))
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as err:

@@ -16,6 +16,7 @@ from aml.evaluation.whitening import whitened
 from aml.search.faiss_index import PQ_CODES, ExactIndex, faiss_or_none, read_index, train_ivfpq, write_index
 from aml.utils.atomic import atomic_write
 from aml.utils.errors import DataError
+from aml.utils.text_files import read_bounded
 
 # the files of a store folder besides the descriptor store's own (aml.descriptors.store)
 SEARCH = "search.json"  # what the query side checks: the teacher the store was indexed with
@@ -354,7 +355,7 @@ def _record_index(folder: Path, settings: IvfPqRecord) -> None:
     add to)."""
     path = folder / SEARCH
     try:
-        record = json.loads(path.read_bytes())
+        record = json.loads(read_bounded(path))
     except (OSError, ValueError):
         return
     if not isinstance(record, dict) or not isinstance(record.get(FILES), dict):

@@ -59,7 +59,7 @@ from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
 from aml.utils.plain_files import load_plain_file, save_plain_file
-from aml.utils.text_files import TextFile, read_text_file
+from aml.utils.text_files import TextFile, read_bounded, read_text_file
 
 log = logging.getLogger(__name__)
 LEGACY_FILES = ("descriptors.npy", "descriptors_img_list.txt", "descriptors.npy.json")  # the one-file layout
@@ -313,7 +313,7 @@ def search_record(folder: Path) -> SearchRecord:
     """
     path = folder / SEARCH
     try:
-        record = json.loads(path.read_bytes())
+        record = json.loads(read_bounded(path))
     except (OSError, ValueError) as err:
         raise StoreError(f"cannot read {path} ({err}): the store is damaged; index it again ({REBUILD})") from None
     if not isinstance(record, dict):

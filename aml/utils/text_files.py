@@ -1,8 +1,10 @@
-"""Reading a user's text file (an image list, a CSV, a JSON description): whole, but no further
-than `MAX_TEXT_BYTES`, so that ``/dev/zero``, a pipe that never ends or a huge file given by
-mistake is refused in one line instead of hanging or filling the memory. A pipe
-(``<(find ...)``, a FIFO) is read until its writer closes it."""
+"""Reading a user's text file (an image list, a CSV, a JSON description) or a small file of a
+store (its manifest, record and image list): whole, but no further than `MAX_TEXT_BYTES`, so
+that ``/dev/zero``, a pipe that never ends or a huge file given by mistake is refused in one
+line instead of hanging or filling the memory. A pipe (``<(find ...)``, a FIFO) is read until
+its writer closes it."""
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -37,6 +39,34 @@ def _in_words(size: int) -> str:
     return f"{size >> 20} MB" if size >= 1 << 20 else f"{size} bytes"
 
 
+class TooLarge(OSError):
+    """A file larger than `MAX_TEXT_BYTES`, or without end; ``strerror`` says which in words."""
+
+
+def read_bounded(path: PathLike) -> bytes:
+    """The bytes of ``path``, read no further than `MAX_TEXT_BYTES` (a larger regular file unread).
+
+    Args:
+        path: the file (a regular file, or a pipe).
+
+    Returns:
+        Its bytes.
+
+    Raises:
+        TooLarge: (an OSError) when it is larger than `MAX_TEXT_BYTES` or has no end.
+        OSError: when it cannot be opened or read.
+    """
+    limit = MAX_TEXT_BYTES
+    with open(path, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        large_file = stat.S_ISREG(status.st_mode) and status.st_size > limit  # refused unread
+        data = b"" if large_file else handle.read(limit + 1)
+    if large_file or len(data) > limit:
+        words = f"larger than {_in_words(limit)} or has no end (a device, a pipe that does not close)"
+        raise TooLarge(errno.EFBIG, words, str(path))
+    return data
+
+
 def read_text_file(path: PathLike, kind: TextFile) -> str:
     """The text of ``path`` (UTF-8), read no further than `MAX_TEXT_BYTES`.
 
@@ -62,19 +92,12 @@ def read_text_file(path: PathLike, kind: TextFile) -> str:
         ...     read_text_file(path, listing).split()
         ['a.jpg', 'b.jpg']
     """
-    limit = MAX_TEXT_BYTES
     try:
-        with open(path, "rb") as handle:
-            status = os.fstat(handle.fileno())
-            large_file = stat.S_ISREG(status.st_mode) and status.st_size > limit  # refused unread
-            data = b"" if large_file else handle.read(limit + 1)
+        data = read_bounded(path)
+    except TooLarge as err:
+        raise kind.error(f"{kind.what} {path} is {err.strerror}: {kind.fix}") from None
     except OSError as err:
         raise kind.error(f"cannot read {kind.what} {path} ({err.strerror}): {kind.fix}") from None
-    if large_file or len(data) > limit:
-        raise kind.error(
-            f"{kind.what} {path} is larger than {_in_words(limit)} or has no end (a device, a pipe that does not "
-            f"close): {kind.fix}"
-        )
     if b"\0" in data:
         raise kind.error(f"{kind.what} {path} is not text (it holds NUL bytes: a binary file): {kind.fix}")
     if kind.names:

@@ -39,6 +39,10 @@ def test_settings_belong_to_the_files_beside_them(tmp_path, monkeypatch):
     path.with_name("set_net_imsize64_img_list.txt").write_text("a\nb\nx\n")  # edited by hand
     assert feature_file_settings(path) is None
     json.loads(path.with_name(path.name + ".json").read_text())  # the sidecar itself is intact
+    write_feature_file(np.ones((4, 3), np.float32), ["a", "b", "c"], path, {"fingerprint": "A"})
+    with open(path.with_name(path.name + ".json"), "ab") as out:
+        out.truncate(1 << 40)  # a sparse terabyte: not read, not the settings aml writes
+    assert feature_file_settings(path) is None
 
 
 def test_a_feature_file_whose_settings_were_edited_has_no_key(tmp_path):

@@ -305,6 +305,16 @@ def _nan_whitening(folder: Path):
     save_plain_file({"m": np.zeros((512, 1)), "P": P}, folder / "whitening.pth")
 
 
+def _huge(name):
+    """Make a store's small file a sparse terabyte (refused unread: reading it would take the memory)."""
+
+    def edit(folder):
+        with open(folder / name, "ab") as out:
+            out.truncate(1 << 40)
+
+    return edit
+
+
 TAMPERING = {
     "shard-header": (lambda f: (f / "shard_00000.npy").write_bytes(b"\0" * (f / "shard_00000.npy").stat().st_size),
                      r"shard_00000.npy is not a readable .npy array"),
@@ -320,6 +330,8 @@ TAMPERING = {
                       r"manifest.json was edited after aml wrote it .*; index it again"),
     "search": (lambda f: (f / "search.json").unlink(), r"has no search.json \(the indexing did not finish\)"),
     "search-edited": (lambda f: (f / "search.json").write_text('{"source": 5}'), r"search.json: source: must be a"),
+    "manifest-huge": (_huge("manifest.json"), r"cannot read .*manifest.json .*larger than 256 MB or has no end"),
+    "search-huge": (_huge("search.json"), r"cannot read .*search.json .*larger than 256 MB or has no end"),
     "stray-index": (_garbage("index.faiss"), r"index.faiss was not written by this store's indexing"),
     "index": (_unrecorded(_garbage("index.faiss")), r"cannot read .*index.faiss"),
     "whitening": (_unrecorded(_garbage("whitening.pth")), r"cannot read .*whitening.pth"),

@@ -14,7 +14,7 @@ from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
 from aml.search.faiss_index import PQ_CODES, ExactIndex, faiss_or_none, read_index, train_ivfpq, write_index
-from aml.utils.atomic import atomic_write
+from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.errors import DataError
 from aml.utils.text_files import read_bounded
 
@@ -315,7 +315,9 @@ def build_ivfpq(
 
     The index (``index.faiss`` in the store's folder) has ``nlist`` lists and ``m``
     sub-quantisers of 8 bits; ``sample`` database descriptors serve as the queries of the
-    recall. The store's ``search.json`` records the index's sha256 and its recall.
+    recall. The store's ``search.json`` records the index's sha256 and its recall; the index
+    and its record are written under the store's lock, so that two builds at once leave one
+    index with its own record.
 
     Args:
         database: the store's database (`aml.search.open_database`).
@@ -343,9 +345,10 @@ def build_ivfpq(
     if problem:
         raise StoreError(problem)
     index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
-    write_index(index, database.folder / INDEX)
+    with folder_lock(database.folder, wait=True):  # another build's index and record are never mixed with this one's
+        write_index(index, database.folder / INDEX)
+        _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall})
     database.index = index
-    _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall})
     return recall
 
 

@@ -114,6 +114,33 @@ def test_ivfpq_reports_recall_against_exact_search(tmp_path):
         build_ivfpq(store, nlist=16, m=7)
 
 
+def test_an_ivfpq_index_and_its_record_are_written_under_the_stores_lock(tmp_path, monkeypatch):
+    """Two builds at once would otherwise record one's sha256 with the other's settings."""
+    from aml.search import database as search_database
+    from aml.utils.atomic import FolderInUse, folder_lock
+
+    vecs = np.random.default_rng(2).normal(size=(16, 300)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=0)
+    (tmp_path / "search.json").write_text(json.dumps({"source": "t", "files": {}}))
+    held = []
+    real_write, real_record = search_database.write_index, search_database._record_index
+
+    def probe(real):
+        def call(*args):
+            with pytest.raises(FolderInUse), folder_lock(tmp_path):
+                pass
+            held.append(real.__name__)
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(search_database, "write_index", probe(real_write))
+    monkeypatch.setattr(search_database, "_record_index", probe(real_record))
+    build_ivfpq(SearchDatabase(tmp_path, vecs, [f"{i}.jpg" for i in range(300)], {"dim": 16}), nlist=4, m=4)
+    assert held == ["write_index", "_record_index"]
+    record = json.loads((tmp_path / "search.json").read_text())
+    assert record["ivfpq"]["nlist"] == 4 and len(record["files"]["index.faiss"]) == 64
+
+
 def test_exact_search_without_faiss_is_the_same(tmp_path, monkeypatch):
     from aml.search import faiss_index
 

@@ -3,30 +3,33 @@ decodes them in batches (nvJPEG on CUDA, libjpeg on the CPU) and resizes them.
 
 What a worker does with a file:
 
-- a JPEG in RGB or grayscale that ends with its end-of-image marker, without a crop: it reads
-  the header (for the size after resizing) and hands the bytes on, undecoded;
+- a JPEG in RGB or grayscale that ends with its end-of-image marker, without a crop, less than
+  4 times its resized size along each side: it reads the header (for the size after
+  resizing) and hands the bytes on, undecoded;
 - anything else (PNG, CMYK, a query's crop, a JPEG without its end marker, which libjpeg
-  would decode half): it decodes the file by the exact PIL path of `aml.data.images`
+  would decode half, a JPEG shrunk 4 times or more): it decodes the file by the exact PIL path of `aml.data.images`
   and hands on uint8 pixels.
 
 With ``pil_only`` (extraction's ``decode="workers"``) every file takes the second way: the
 original's pixels, a quarter of the bytes of normalised float tensors.
 
-On the device an image is resized to the shape PIL's thumbnail gives (``resized_shape``),
-with antialiased bicubic interpolation rounded to integers, where PIL uses LANCZOS: close,
-not equal (docs/speed.md gives the differences). A file the device fails to decode is decoded alone
-by the PIL path; a file that fails there too raises `ImageLoadError` naming it.
+On the device an image is resized to the shape PIL's thumbnail gives (``resized_shape``) by
+PIL's own LANCZOS arithmetic (`aml.data.resampling`): the same bytes as PIL from the same
+decoded pixels. A JPEG 4 times its resized size or more along a side, which ``thumbnail``
+reduces by an integer factor first, goes the PIL way in the worker. A file the device fails
+to decode is decoded alone by the PIL path; a file that fails there too raises
+`ImageLoadError` naming it.
 """
 
 import io
 import logging
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -39,6 +42,7 @@ from aml.data.images import (
     open_image_file,
     resized_shape,
 )
+from aml.data.resampling import LanczosResize, reduces_first
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +65,14 @@ class ImagePayload:
         return replace(self, data=self.data.pin_memory())
 
 
-def _decodable_on_device(header: Image.Image, raw: bytes) -> bool:
-    return header.format == "JPEG" and header.mode in DEVICE_MODES and raw.rstrip(b"\0").endswith(JPEG_END)
+def _decodable_on_device(header: Image.Image, raw: bytes, shape: Tuple[int, int]) -> bool:
+    """Whether the device gives PIL's pixels of this file at ``shape`` (height, width)."""
+    return (
+        header.format == "JPEG"
+        and header.mode in DEVICE_MODES
+        and raw.rstrip(b"\0").endswith(JPEG_END)
+        and not reduces_first(header.size, shape)
+    )
 
 
 def _pixels(image: Image.Image) -> torch.Tensor:
@@ -83,9 +93,10 @@ def read_payload(
     if bbx is None:
         with errors_naming(path):
             header = Image.open(io.BytesIO(raw))
-            if _decodable_on_device(header, raw):
+            shape = resized_shape(header.size, imsize)
+            if _decodable_on_device(header, raw, shape):
                 data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-                return ImagePayload(str(path), resized_shape(header.size, imsize), data, True, imsize)
+                return ImagePayload(str(path), shape, data, True, imsize)
     image = load_and_resize(path, imsize, bbx)
     return ImagePayload(str(path), (image.height, image.width), _pixels(image), False, imsize)
 
@@ -153,14 +164,6 @@ class _DecodeStream:
         return decoded
 
 
-def _resized(image: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
-    image = image.float()
-    if tuple(image.shape[-2:]) == tuple(shape):
-        return image
-    out = F.interpolate(image[None], size=shape, mode="bicubic", antialias=True, align_corners=False)[0]
-    return out.round_().clamp_(0, 255)
-
-
 class DeviceDecoder:
     """Turns payloads of one resized shape into a normalised float32 batch on ``device``.
 
@@ -179,6 +182,7 @@ class DeviceDecoder:
         self.scale = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).mul(255.0).to(device)
         self.shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).mul(255.0).to(device)
         self.jpegs = _DecodeStream(device)
+        self.resize = LanczosResize(device)
 
     def batch(self, payloads: Sequence[ImagePayload], failed: Optional[List[int]] = None) -> Optional[torch.Tensor]:
         """B x 3 x H x W normalised float32 images on the device from payloads of one shape.
@@ -206,11 +210,21 @@ class DeviceDecoder:
                 decoded = [self._decode_one(payloads[k], failed, k) for k in encoded]
             for k, image in zip(encoded, decoded):
                 images[k] = image
-        kept = [(image, p) for image, p in zip(images, payloads) if image is not None]
+        kept = [image for image in images if image is not None]
         if not kept:
             return None
-        batch = torch.stack([_resized(image, p.shape) for image, p in kept])
-        return (batch - self.shift) / self.scale
+        return (self._resized(kept, payloads[0].shape) - self.shift) / self.scale
+
+    def _resized(self, images: List[torch.Tensor], shape: Tuple[int, int]) -> torch.Tensor:
+        """The images resized to ``shape`` as one float32 batch: those of one source shape
+        (most of a data set's) resized together."""
+        sources: Dict[Tuple[int, ...], List[int]] = defaultdict(list)
+        for k, image in enumerate(images):
+            sources[tuple(image.shape)].append(k)
+        out = torch.empty((len(images), 3) + tuple(shape), dtype=torch.float32, device=self.device)
+        for members in sources.values():
+            out[members] = self.resize(torch.stack([images[k] for k in members]), shape)
+        return out
 
     def _decode_one(self, payload: ImagePayload, failed: Optional[List[int]], position: int) -> Optional[torch.Tensor]:
         """A file the batched decode refused: the device alone, then the PIL path."""

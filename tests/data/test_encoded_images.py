@@ -10,7 +10,7 @@ from PIL import Image
 
 import aml.data.encoded_images as encoded_images
 from aml.data.encoded_images import EncodedImagesFromList, decode_batch, read_payload
-from aml.data.images import ImageLoadError, image_transform, load_and_resize
+from aml.data.images import ImageLoadError, load_and_resize
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -72,18 +72,46 @@ def test_bad_files_are_named_in_the_worker(files, tmp_path, name):
         EncodedImagesFromList([path], 96)[0]
 
 
-def test_device_pixels_are_close_to_pil(files, device="cpu"):
-    """libjpeg through torchvision (nvJPEG's distance: benchmarks/decoding.py on a GPU)."""
-    names = ["landscape.jpg", "progressive.jpg", "gray.jpg", "cmyk.jpg", "image.png", "small.jpg"]
-    transform = image_transform(MEAN, STD)
+def grey_levels(batch: torch.Tensor) -> np.ndarray:
+    """Normalised images back to 0..255 (H x W x 3 per image)."""
+    pixels = batch * torch.tensor(STD).view(1, 3, 1, 1) * 255 + torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+    return pixels.round().permute(0, 2, 3, 1).numpy().astype(np.int64)
+
+
+@pytest.mark.parametrize("imsize", [160, 96, 57])
+def test_device_pixels_on_the_cpu_are_pils_own(files, imsize):
+    """libjpeg through torchvision and PIL's LANCZOS arithmetic on tensors: PIL's bytes (nvJPEG's
+    distance to them: benchmarks/gpu.py on a GPU)."""
+    names = ["landscape.jpg", "portrait.jpg", "progressive.jpg", "gray.jpg", "cmyk.jpg", "image.png", "small.jpg"]
     for name in names:
-        payload = read_payload(files[name], 96)
-        batch = decode_batch([payload], torch.device(device), MEAN, STD).cpu()
-        reference = transform(load_and_resize(files[name], 96))
-        assert batch.shape == (1,) + tuple(reference.shape)
-        # pixels within a few grey levels on average: bicubic-antialias vs LANCZOS (and nvJPEG's IDCT)
-        mean_error = (batch[0] - reference).abs().mul(torch.tensor(STD).view(3, 1, 1) * 255).mean().item()
-        assert mean_error < 2.5, (name, mean_error)
+        payload = read_payload(files[name], imsize)
+        batch = decode_batch([payload], torch.device("cpu"), MEAN, STD)
+        reference = np.asarray(load_and_resize(files[name], imsize), dtype=np.int64)
+        assert np.array_equal(grey_levels(batch)[0], reference), (name, imsize)
+        assert payload.encoded is (name.endswith(".jpg") and name != "cmyk.jpg")
+
+
+def test_a_jpeg_that_pil_reduces_before_resizing_is_decoded_by_pil(files):
+    """thumbnail first reduces a source 4 times the output or more (reducing_gap 2): those
+    pixels come from PIL in the worker, not from the device."""
+    shrunk = read_payload(files["landscape.jpg"], 40)  # 160 x 120 to 40 x 30: 4 times
+    assert not shrunk.encoded and shrunk.shape == (30, 40)
+    expected = np.asarray(load_and_resize(files["landscape.jpg"], 40), dtype=np.int64)
+    assert np.array_equal(shrunk.data.permute(1, 2, 0).numpy(), expected)
+    assert read_payload(files["landscape.jpg"], 41).encoded  # less than 4 times: the device's
+
+
+def test_sources_of_two_sizes_resize_into_one_batch(tmp_path):
+    rng = np.random.default_rng(4)
+    paths = []
+    for k, size in enumerate([(320, 240), (160, 120), (320, 240)]):
+        paths.append(tmp_path / f"{k}.jpg")
+        smooth_image(rng, *size).save(paths[-1], quality=90)
+    payloads = [read_payload(path, 96) for path in paths]
+    assert {p.shape for p in payloads} == {(72, 96)} and all(p.encoded for p in payloads)
+    batch = decode_batch(payloads, torch.device("cpu"), MEAN, STD)
+    expected = np.stack([np.asarray(load_and_resize(path, 96), dtype=np.int64) for path in paths])
+    assert np.array_equal(grey_levels(batch), expected)
 
 
 @pytest.mark.parametrize("device", DEVICES)

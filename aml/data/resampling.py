@@ -1,0 +1,150 @@
+"""PIL's LANCZOS resizing on tensors, to the bit: the shrinking of `aml.data.images.imresize`
+done on the compute device, for images the device decodes.
+
+PIL resizes an 8-bit image in two passes, along the width, then along the height. For each
+output pixel of an axis it weighs the source pixels within 3 x (source / output size) of its
+centre by the Lanczos-3 kernel stretched by that factor, normalises the weights to sum to 1 and
+rounds them to fixed point (22 fractional bits); the weighted sum, plus half a unit, is shifted
+back and clipped to 0..255 after each pass. This module computes the same weights in double
+precision (Python's ``math.sin`` is the C library's, as PIL's) and the same integer sums in
+int32, so a pass gives PIL's bytes exactly, on any device.
+
+When the image is 4 times the output or more along an axis, ``thumbnail`` first reduces it by
+an integer factor (``reducing_gap`` 2.0) and then resizes from a fractional box; such images
+are left to PIL (`reduces_first`).
+"""
+
+import math
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+#: the fractional bits of PIL's fixed-point weights (32 - 8 - 2)
+PRECISION_BITS = 22
+#: the half of Lanczos-3's window, in source pixels at scale 1
+LANCZOS_SUPPORT = 3.0
+#: thumbnail's reducing_gap: it reduces first by int(source / output / 2) when that is 2 or more
+REDUCING_GAP = 2.0
+
+
+def _sinc(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    x = x * math.pi
+    return math.sin(x) / x
+
+
+def _lanczos(x: float) -> float:
+    return _sinc(x) * _sinc(x / 3) if -3.0 <= x < 3.0 else 0.0
+
+
+def _fixed_point(weight: float) -> int:
+    """A weight in PIL's fixed point: scaled, then rounded half away from zero."""
+    scaled = weight * (1 << PRECISION_BITS)
+    return int(scaled + 0.5) if weight >= 0 else int(scaled - 0.5)
+
+
+def lanczos_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The source pixels and fixed-point weights of PIL's LANCZOS resizing of one axis.
+
+    Args:
+        in_size: the source's length along the axis.
+        out_size: the output's length.
+
+    Returns:
+        ``(index, weight)``, both ``out_size x taps``: output pixel i is
+        ``sum_k source[index[i, k]] * weight[i, k]`` in units of ``2**-22``; unused taps have
+        weight 0.
+
+    Examples:
+        >>> from aml.data.resampling import lanczos_taps
+        >>> index, weight = lanczos_taps(4, 2)
+        >>> index[0, :4].tolist(), weight.shape, weight.sum(axis=1).tolist()  # weights sum to 1
+        ([0, 1, 2, 3], (2, 13), [4194304, 4194304])
+    """
+    scale = in_size / out_size
+    stretch = max(scale, 1.0)
+    support = LANCZOS_SUPPORT * stretch
+    taps = math.ceil(support) * 2 + 1
+    index = np.zeros((out_size, taps), dtype=np.int64)
+    weight = np.zeros((out_size, taps), dtype=np.int32)
+    reciprocal = 1.0 / stretch  # PIL multiplies by it
+    for i in range(out_size):
+        centre = (i + 0.5) * scale
+        first = max(int(centre - support + 0.5), 0)
+        count = min(int(centre + support + 0.5), in_size) - first
+        kernel = [_lanczos((x + first - centre + 0.5) * reciprocal) for x in range(count)]
+        total = sum(kernel)
+        if total != 0.0:
+            kernel = [w / total for w in kernel]
+        index[i] = first  # unused taps read a pixel of the image, weighed 0
+        index[i, :count] = np.arange(first, first + count)
+        weight[i, :count] = [_fixed_point(w) for w in kernel]
+    return index, weight
+
+
+def reduces_first(size: Tuple[int, int], shape: Tuple[int, int]) -> bool:
+    """Whether PIL's ``thumbnail`` of an image of ``size`` to ``shape`` reduces it by an
+    integer factor before resizing (a source 4 times the output or more along an axis).
+
+    Args:
+        size: the source's (width, height).
+        shape: the output's (height, width).
+
+    Returns:
+        True when `LanczosResize` would not give PIL's pixels.
+    """
+    (width, height), (out_height, out_width) = size, shape
+    return int(width / out_width / REDUCING_GAP) > 1 or int(height / out_height / REDUCING_GAP) > 1
+
+
+class LanczosResize:
+    """PIL's LANCZOS resizing of uint8 images on a device, keeping each axis's taps.
+
+    Args:
+        device: where the images are.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.taps: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, images: torch.Tensor, shape: Tuple[int, int]) -> torch.Tensor:
+        """``images`` (B x C x H x W, values 0..255) resized to ``shape`` (height, width) as PIL does.
+
+        Args:
+            images: the images, on the device.
+            shape: the output's (height, width), at most the input's.
+
+        Returns:
+            B x C x height x width float32 images of integer values 0..255.
+        """
+        out = images.to(torch.int32)
+        if out.shape[-1] != shape[1]:
+            out = self._pass(out, -1, shape[1])
+        if out.shape[-2] != shape[0]:
+            out = self._pass(out, -2, shape[0])
+        return out.float()
+
+    def _axis_taps(self, in_size: int, out_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if (in_size, out_size) not in self.taps:
+            index, weight = lanczos_taps(in_size, out_size)
+            self.taps[in_size, out_size] = (
+                torch.from_numpy(index).to(self.device),
+                torch.from_numpy(weight).to(self.device),
+            )
+        return self.taps[in_size, out_size]
+
+    def _pass(self, images: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
+        """One axis: int32 sums of the taps from half a unit, shifted back and clipped, as PIL's.
+        The axis goes first, so that each tap gathers whole contiguous rows."""
+        index, weight = self._axis_taps(images.shape[dim], out_size)
+        moved = images.movedim(dim, 0).contiguous()
+        rows = moved.reshape(moved.shape[0], -1)
+        total = torch.full((out_size, rows.shape[1]), 1 << (PRECISION_BITS - 1), dtype=torch.int32, device=rows.device)
+        term = torch.empty_like(total)
+        for k in range(index.shape[1]):
+            total += torch.mul(rows.index_select(0, index[:, k]), weight[:, k, None], out=term)
+        total = (total >> PRECISION_BITS).clamp_(0, 255)
+        return total.reshape((out_size,) + tuple(moved.shape[1:])).movedim(0, dim)

@@ -34,7 +34,7 @@ from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
-from aml.utils.errors import DataError, lookup
+from aml.utils.errors import ConfigError, DataError, lookup
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,10 @@ class ExtractionConfig:
         decode: where images are decoded, a name of `DECODINGS`, or ``"auto"``:
             ``"workers"`` on CUDA, ``"pil"`` on the CPU.
         channels_last: run the forward in the channels_last memory format.
-        compile: ``torch.compile`` the forward.
+        compile: ``torch.compile`` the forward (BatchNorm is then left to the compiler: a
+            folded copy is a new traced class at every call, which it would compile anew).
         fold_batchnorm: fold BatchNorm into the convolutions; None: for calls of
-            `FOLD_MIN_PIXELS` or more.
+            `FOLD_MIN_PIXELS` or more, unless ``compile``.
         fixed_batches: a partial batch is padded to a power of two (`fixed_batch_size`),
             so that the device meets few input shapes per image shape; None: on CUDA, where
             cuDNN prepares its kernels anew for every input shape it meets.
@@ -187,7 +188,7 @@ class ExtractionConfig:
         collective: under torchrun, each rank encodes its block; False: this process alone.
 
     Raises:
-        ValueError: for an unknown ``decode`` or ``amp_dtype``.
+        ValueError: for an unknown ``decode`` or ``amp_dtype``, or ``fold_batchnorm`` with ``compile``.
 
     Examples:
         >>> from aml.descriptors import ExtractionConfig
@@ -221,6 +222,11 @@ class ExtractionConfig:
     def __post_init__(self):
         lookup(dict.fromkeys(DECODE_CHOICES), self.decode, "decoding", DECODE_CHOICES)
         lookup(AMP_DTYPES, self.amp_dtype, "autocast dtype", AMP_DTYPES)
+        if self.compile and self.fold_batchnorm:
+            raise ConfigError(
+                "fold_batchnorm=True with compile=True: a folded copy is a new traced class at every call, which "
+                "torch.compile would compile anew; leave fold_batchnorm to None (the compiler fuses BatchNorm)"
+            )
 
     def but(self, **changes: Any) -> "ExtractionConfig":
         """A copy with some fields changed.
@@ -535,7 +541,7 @@ def extract_vectors(
         config.desc,
         resolve_decoding(config.decode, resolved),
         config.compile,
-        _fold(config.fold_batchnorm, len(mine), image_size),
+        _fold(config.fold_batchnorm, len(mine), image_size) and not config.compile,
         resolved.type == "cuda" if config.fixed_batches is None else config.fixed_batches,
     )
     with left_as_it_was(net):  # the caller's network keeps its device, memory format and mode

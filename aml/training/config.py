@@ -64,8 +64,8 @@ class TrainSettings:
             forward per image shape) instead of tuple by tuple: the same result, more memory.
         seed: the seed of the network's initialisation and of every random draw (tuples,
             shuffling; `aml.utils.seeding`).
-        autocast: bfloat16 autocast of the training (and validation) forward passes and
-            losses (``--amp``); gradients stay fp32.
+        autocast: bfloat16 autocast of the training (and validation) forward passes
+            (``--amp``); the losses and the gradients stay fp32.
 
     Examples:
         >>> from aml.training import TrainSettings
@@ -89,7 +89,7 @@ class TrainSettings:
     train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
     batch_forward: bool = False  # frozen BatchNorm: the mini-batch encoded together too (else tuple by tuple)
     seed: int = bounded(0, NONNEGATIVE_INT)  # every random draw comes from streams derived from it
-    autocast: bool = False  # bfloat16 autocast of the training (and validation) forward passes and losses
+    autocast: bool = False  # bfloat16 autocast of the training (and validation) forward passes
 
     def but(self, **changes: Any) -> "TrainSettings":
         """A copy with some fields changed.

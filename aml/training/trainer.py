@@ -208,7 +208,7 @@ class Trainer:
         return self.parallel.whole_batch(batch) if self.criterion.kind is LossKind.RELATIONAL else batch
 
     def _autocast(self):
-        """bfloat16 autocast of forward passes and losses with ``autocast`` (gradients stay fp32)."""
+        """bfloat16 autocast of the forward passes with ``autocast`` (gradients stay fp32)."""
         if not self.settings.autocast:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -237,8 +237,11 @@ class Trainer:
         for k, chunk in enumerate(chunks):
             with self.parallel.no_sync(backward and sync and k + 1 == len(chunks)):
                 with self._autocast():
-                    chunk_values = self.criterion(self._encode(encode, chunk, split)).float().reshape(-1)
-                    total = chunk_values.sum()
+                    tuples = self._encode(encode, chunk, split)
+                # the loss in float32 on every device: CUDA's autocast runs some of its ops in
+                # float32 and others in bfloat16 (acos and a scatter of the margin losses clash)
+                chunk_values = self.criterion(tuples).float().reshape(-1)
+                total = chunk_values.sum()
                 if backward:
                     (total * scale if scale != 1 else total).backward()
             values.append(chunk_values.detach())

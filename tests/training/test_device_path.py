@@ -91,3 +91,24 @@ def test_an_epoch_with_fixed_batches_meets_at_most_seven_batch_sizes_per_image_s
     assert any(shape[0] & (shape[0] - 1) for shape in loose)  # batches of 3, 5, ... images
     assert all(shape[0] & (shape[0] - 1) == 0 for shape in fixed), sorted(fixed)
     assert len(fixed) <= 7 * len(spatial) and spatial == {shape[2:] for shape in loose}
+
+
+def test_under_autocast_only_the_forward_runs_in_bfloat16_and_the_loss_in_float32(split, tmp_path):
+    """CUDA's autocast runs acos in float32 and matrix products in bfloat16, so a margin loss
+    under it mixed dtypes in a scatter (the CPU's autocast has no acos rule): the criterion
+    runs outside autocast, on float32 rows, on every device."""
+    trainer = make_trainer(split, tmp_path, batch_forward=True, autocast=True)
+    seen = []
+    criterion = trainer.criterion.forward
+
+    def recording(batch):
+        seen.append((torch.is_autocast_enabled("cpu"), batch.anchors.dtype, batch.members.dtype))
+        return criterion(batch)
+
+    trainer.criterion.forward = recording
+    batch = first_batch(trainer, split)  # its tuples are mined by an extraction, not under autocast on the CPU
+    forwards = []
+    trainer.net.features[0].register_forward_pre_hook(lambda m, args: forwards.append(torch.is_autocast_enabled("cpu")))
+    losses = trainer.batch_losses(batch, split, backward=True)
+    assert len(losses) == 4 and forwards and all(forwards)
+    assert seen == [(False, torch.float32, torch.float32)]

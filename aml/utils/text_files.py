@@ -10,7 +10,7 @@ import stat
 from dataclasses import dataclass
 from typing import Type
 
-from aml.utils.errors import DataError
+from aml.utils.errors import AmlError, DataError
 from aml.utils.types import PathLike
 
 #: the largest text file read (an image list of 4 million paths of 64 characters)
@@ -39,8 +39,8 @@ def _in_words(size: int) -> str:
     return f"{size >> 20} MB" if size >= 1 << 20 else f"{size} bytes"
 
 
-class TooLarge(OSError):
-    """A file larger than `MAX_TEXT_BYTES`, or without end; ``strerror`` says which in words."""
+class TooLarge(AmlError, OSError):
+    """A file larger than `MAX_TEXT_BYTES`, or without end (an OSError: ``strerror`` says so in words)."""
 
 
 def read_bounded(path: PathLike) -> bytes:

@@ -35,6 +35,7 @@ from aml.utils.distributed import World, concat_lists, current_world, gather_col
 from aml.utils.progress import progress_bar
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
 from aml.utils.errors import ConfigError, DataError, lookup
+from aml.utils.devices import same_device, to_device
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _pil_decoder(device: torch.device, mean: Sequence[float], std: Sequence[floa
 
     def batch(items: List[torch.Tensor], failed: Optional[List[int]]) -> torch.Tensor:
         del failed  # decoded and checked in the workers already
-        return torch.stack(items).to(device, non_blocking=True)
+        return to_device(torch.stack(items), device)  # the stack is new memory: pinned here, not in the loader
 
     return batch
 
@@ -121,7 +122,7 @@ DECODINGS: Dict[str, Decoding] = {
     "device": Decoding(
         "device",
         "JPEG bytes decoded in batches on the compute device (nvJPEG on CUDA), "
-        "antialiased bicubic resizing, the network's mean/std; other files by PIL",
+        "resized with PIL's LANCZOS arithmetic, the network's mean/std; other files by PIL",
         lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs),
         lambda payload: tuple(payload.shape),
         _device_decoder,
@@ -685,7 +686,7 @@ def _runner(net: torch.nn.Module, o: _Options) -> torch.nn.Module:
     caller's network keeps its device and memory format; its mode is the caller's to restore."""
     runner = inference_copy(net) if o.fold else net
     weight = next(runner.parameters(), None)
-    placed = weight is None or weight.device == o.device
+    placed = weight is None or same_device(weight.device, o.device)  # cuda:0 is cuda on GPU 0
     formatted = _memory_format_of(runner) in (None, o.memory_format) or not o.channels_last
     if runner is net and placed and formatted:
         return net

@@ -59,6 +59,35 @@ def _available(device: torch.device, flag: str) -> torch.device:
     return device
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` are one device, where a device without a number is the current
+    one of its kind (``cuda`` is ``cuda:0`` in a process on GPU 0, which ``==`` denies).
+
+    Args:
+        a: a device (a tensor's, say: always numbered).
+        b: another (a flag's, say: perhaps not numbered).
+
+    Returns:
+        True when they are the same device.
+
+    Examples:
+        >>> import torch
+        >>> from aml.utils.devices import same_device
+        >>> mps = torch.device("mps")
+        >>> same_device(torch.device("mps:0"), mps), same_device(torch.device("cpu"), mps)
+        (True, False)
+    """
+    if a.type != b.type:
+        return False
+    return a == b or _numbered(a) == _numbered(b)
+
+
+def _numbered(device: torch.device) -> torch.device:
+    if device.index is not None or device.type == "cpu":
+        return device
+    return torch.device(device.type, torch.cuda.current_device() if device.type == "cuda" else 0)
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device`` without waiting for it.
 

@@ -26,3 +26,16 @@ def test_devices_this_machine_lacks_are_named(monkeypatch):
         resolve_device("cuda:2")
     with pytest.raises(DeviceError, match="--gpu-id 'x' is not a GPU number"):
         resolve_device("auto", "x")
+
+
+def test_a_device_without_a_number_is_the_current_one(monkeypatch):
+    """extract_vectors copied the network at every call for --device cuda: a parameter sits on
+    cuda:0, and torch.device('cuda:0') == torch.device('cuda') is False."""
+    from aml.utils.devices import same_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    cuda = torch.device("cuda")
+    assert torch.device("cuda:0") != cuda  # what the comparison was
+    assert same_device(torch.device("cuda:1"), cuda) and not same_device(torch.device("cuda:0"), cuda)
+    assert same_device(torch.device("cuda:0"), torch.device("cuda:0")) and not same_device(cuda, torch.device("cpu"))
+    assert same_device(torch.device("cpu"), torch.device("cpu"))

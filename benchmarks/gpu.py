@@ -55,7 +55,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from aml.data.images import image_transform, load_and_resize
+from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import ExtractionConfig, extract_vectors
 from aml.descriptors.extraction import _BatchCap, _batches, _image_loader, resolve_amp, resolve_decoding
 from aml.losses import build_loss
@@ -63,7 +63,7 @@ from aml.networks import build_network
 from aml.networks.inference import inference_copy
 from aml.networks.retrieval_net import multiscale_power
 from aml.training.modes import get_mode
-from aml.training.batchnorm import calibrate_batchnorm
+from aml.training.batchnorm import calibrate_batchnorm, freeze_batchnorm
 from aml.training.optim import build_optimizer
 from aml.training.trainer import Split, Trainer, TrainSettings
 
@@ -317,14 +317,29 @@ def sync_rows(args, paths: Sequence[str], device: torch.device, folder: Path) ->
     extract_vectors(net, images, args.image_size, transform, config=config)  # warm: shapes met
     extraction = _count_syncs(lambda: extract_vectors(net, images, args.image_size, transform, config=config))
     trainer = _ts_trainer(args, paths, device, folder / "syncs", fast=True)
-    trainer.net.train()
+    _training_mode(trainer)
     loader = trainer._loader(trainer.train_split, trainer.epoch_tuples(trainer.train_split, 0), 0, shuffle=True)
     batches = iter(loader)
     trainer.batch_losses(next(batches), trainer.train_split, backward=True)  # warm
     batch = next(batches)
     training = _count_syncs(lambda: trainer.batch_losses(batch, trainer.train_split, backward=True))
-    return {"extraction_images": len(images), "extraction_batches": math.ceil(len(images) / 32),
+    return {"extraction_images": len(images), "extraction_batches": batch_count(images, args.image_size),
             "extraction_syncs": extraction, "training_batch_syncs": training}
+
+
+def batch_count(images: Sequence[str], size: int, batch: int = 32) -> int:
+    """The forwards of an extraction on CUDA: batches of ``batch`` per image shape after resizing."""
+    shapes: Dict[tuple, int] = {}
+    for path in images:
+        shape = resized_shape(image_size(path), size)
+        shapes[shape] = shapes.get(shape, 0) + 1
+    return sum(math.ceil(count / batch) for count in shapes.values())
+
+
+def _training_mode(trainer: Trainer) -> None:
+    """The network as a training epoch runs it: train mode, BatchNorm frozen (the default)."""
+    trainer.net.train()
+    freeze_batchnorm(trainer.net)
 
 
 # -- training -------------------------------------------------------------------------------
@@ -427,7 +442,7 @@ def profile_rows(args, paths, device: torch.device, folder: Path) -> Dict:
         extract_vectors(net, list(paths[:64]), size, transform, config=config)
     tables["first extraction"] = extraction.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     trainer = _ts_trainer(args, paths, device, folder / "profile", fast=True)
-    trainer.net.train()
+    _training_mode(trainer)
     loader = trainer._loader(trainer.train_split, trainer.epoch_tuples(trainer.train_split, 0), 0, shuffle=True)
     batch = next(iter(loader))
     with profile(activities=activities) as training:

@@ -3,6 +3,8 @@
 # its profile, then the CUDA tests. Everything lands in $OUT (default ./gpu-out). Needs the
 # folder `make gpu-assets` fills (weights and photos), carried along with the tree.
 #   OUT=/somewhere AML_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh
+# BENCH_ARGS adds flags to the benchmark: a rehearsal on the CPU at a small size,
+#   BENCH_ARGS="--images 12 --image-size 128 --tuples 10 --workers 1 --training" bash benchmarks/gpu_check.sh
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -13,10 +15,10 @@ export AML_WEIGHTS_PATH="$PWD/gpu-assets/networks" AML_COMMIT="${AML_COMMIT:-unk
 torch.backends.cudnn.version(), torch.cuda.get_device_name(), __import__("os").cpu_count())'
 } > "$OUT/env.txt" 2>&1
 timeout "${BENCH_TIMEOUT:-420}" python benchmarks/gpu.py --photos gpu-assets/photos --profile \
-  --json "$OUT/gpu.json" > "$OUT/gpu.log" 2>&1
+  --json "$OUT/gpu.json" ${BENCH_ARGS:-} > "$OUT/gpu.log" 2>&1
 echo "rc=$?" >> "$OUT/gpu.log"
 timeout "${TESTS_TIMEOUT:-150}" python -m pytest -q -p no:cacheprovider -k "cuda or precision" \
   tests/data/test_encoded_images.py tests/descriptors/test_extraction.py tests/networks/test_precision.py \
   > "$OUT/cudatests.log" 2>&1
 echo "rc=$?" >> "$OUT/cudatests.log"
-tail -5 "$OUT/gpu.log" "$OUT/cudatests.log"
+tail -n 5 "$OUT/gpu.log" "$OUT/cudatests.log"

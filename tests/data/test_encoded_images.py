@@ -153,7 +153,7 @@ def test_a_file_the_device_refuses_goes_through_pil_or_is_named(files, monkeypat
     assert decode_batch([bad], torch.device("cpu"), MEAN, STD, []) is None
 
 
-def test_payloads_pin_for_the_gpu(files):
+def test_payloads_pin_for_cuda(files):
     payload = read_payload(files["landscape.jpg"], 96)
     if not torch.cuda.is_available():
         pytest.skip("pinning needs CUDA")

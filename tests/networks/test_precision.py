@@ -109,7 +109,11 @@ def test_calibrated_trunks_stay_far_inside_float16(tmp_path, arch, teacher_dim):
 def test_real_imagenet_trunk_on_real_photos_stays_far_inside_float16():
     net = build_network("mobilenet_v2", pretrained=True, teacher_dim=2048).eval()  # torchvision's V1 file
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    photos = [transform(load_and_resize(p, 256)) for p in list(sample_photos().values())[::3]]
+    try:
+        found = sample_photos()
+    except FileNotFoundError as err:  # a GPU machine without the scikit-image wheel
+        pytest.skip(str(err))
+    photos = [transform(load_and_resize(p, 256)) for p in list(found.values())[::3]]
     peak = _trunk_peak(net, photos)
     assert 1 < peak < FLOAT16_MAX / MARGIN, peak
     assert math.isfinite(peak)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (docs/speed.md, "On a GPU"): the machine, benchmarks/gpu.py with
-# its profile, then the CUDA tests. Everything lands in $OUT (default ./gpu-out). Needs the
-# folder `make gpu-assets` fills (weights and photos), carried along with the tree.
+# its profile, device decoding's pixels against PIL's (benchmarks/decoding.py), then the CUDA
+# tests, within 570 s. Everything lands in $OUT (default ./gpu-out). Needs the folder `make
+# gpu-assets` fills (weights and photos), carried along with the tree.
 #   OUT=/somewhere AML_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh
 # BENCH_ARGS adds flags to the benchmark: a rehearsal on the CPU at a small size,
 #   BENCH_ARGS="--images 12 --image-size 128 --tuples 10 --workers 1 --training" bash benchmarks/gpu_check.sh
@@ -17,8 +18,10 @@ torch.backends.cudnn.version(), torch.cuda.get_device_name(), __import__("os").c
 timeout "${BENCH_TIMEOUT:-420}" python benchmarks/gpu.py --photos gpu-assets/photos --profile \
   --json "$OUT/gpu.json" ${BENCH_ARGS:-} > "$OUT/gpu.log" 2>&1
 echo "rc=$?" >> "$OUT/gpu.log"
-timeout "${TESTS_TIMEOUT:-150}" python -m pytest -q -p no:cacheprovider -k "cuda or precision" \
-  tests/data/test_encoded_images.py tests/descriptors/test_extraction.py tests/networks/test_precision.py \
+timeout 30 python benchmarks/decoding.py --json "$OUT/decoding.json" > /dev/null 2>&1  # nvJPEG's pixels against PIL's
+timeout "${TESTS_TIMEOUT:-120}" python -m pytest -q -p no:cacheprovider -k "cuda or precision" \
+  tests/data/test_encoded_images.py tests/data/test_resampling.py tests/descriptors/test_extraction.py \
+  tests/networks/test_precision.py \
   > "$OUT/cudatests.log" 2>&1
 echo "rc=$?" >> "$OUT/cudatests.log"
 tail -n 5 "$OUT/gpu.log" "$OUT/cudatests.log"

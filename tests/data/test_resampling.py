@@ -9,6 +9,7 @@ from aml.data.images import resized_shape
 from aml.data.resampling import LanczosResize, lanczos_taps, reduces_first
 
 SOURCES = [(160, 120), (120, 160), (97, 61), (333, 500), (1024, 768)]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SIZES = [1000, 724, 362, 300, 160, 129, 96, 64, 41]
 
 
@@ -18,23 +19,24 @@ def thumbnail(array: np.ndarray, imsize: int) -> np.ndarray:
     return np.asarray(image)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("source", SOURCES)
-def test_every_one_step_shrink_gives_pils_bytes(source):
+def test_every_one_step_shrink_gives_pils_bytes(source, device):
     """Noise and a 0/255 checkerboard (the kernel's negative lobes push sums past 0..255)."""
     width, height = source
     rng = np.random.default_rng(width * height)
     checker = ((np.indices((height, width)).sum(axis=0) % 2) * 255).astype(np.uint8)
     images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8), np.repeat(checker[..., None], 3, axis=2)]
-    resize = LanczosResize(torch.device("cpu"))
+    resize = LanczosResize(torch.device(device))
     checked = 0
     for imsize in SIZES:
         shape = resized_shape(source, imsize)
         if reduces_first(source, shape):
             continue
         for array in images:
-            out = resize(torch.from_numpy(array).permute(2, 0, 1)[None], shape)
+            out = resize(torch.from_numpy(array).permute(2, 0, 1)[None].to(device), shape)
             assert out.dtype == torch.float32 and tuple(out.shape) == (1, 3) + shape
-            np.testing.assert_array_equal(out[0].permute(1, 2, 0).numpy(), thumbnail(array, imsize))
+            np.testing.assert_array_equal(out[0].permute(1, 2, 0).cpu().numpy(), thumbnail(array, imsize))
             checked += 1
     assert checked >= 6
 

@@ -216,7 +216,8 @@ def decode_alone(net, paths, image_size, device, workers, decode) -> float:
     """Seconds per image of aml's loader and decoding, without the network."""
     decoding = resolve_decoding(decode, device)
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    loader = _image_loader(decoding.dataset(paths, image_size, None, transform), workers, device)
+    loader = _image_loader(decoding.dataset(paths, image_size, None, transform), workers, device,
+                           pin=decoding.pin_items)
     decoder = decoding.decoder(device, net.meta["mean"], net.meta["std"])
 
     def run():

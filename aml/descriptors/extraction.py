@@ -35,7 +35,7 @@ from aml.utils.distributed import World, concat_lists, current_world, gather_col
 from aml.utils.progress import progress_bar
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
 from aml.utils.errors import ConfigError, DataError, lookup
-from aml.utils.devices import same_device, to_device
+from aml.utils.devices import same_device
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,19 @@ class Decoding:
     """Where images are decoded: the loader's dataset, the shape of one of its items after
     resizing, and the decoder made once per extraction (device, mean, std) that turns a list
     of items of one shape into a batch on the device (positions of files that fail there are
-    appended to its ``failed`` argument, or raise when it is None)."""
+    appended to its ``failed`` argument, or raise when it is None). ``key`` names its pixels
+    in descriptor keys: a new one whenever its pixels change, so that no cache, store or
+    feature file of the old pixels answers for the new."""
 
     name: str
+    key: str
     summary: str
     dataset: Callable[
         [Sequence[Union[str, Path]], Optional[float], Optional[Sequence[Optional[BBox]]], Callable], "ImageDataset"
     ]
     shape: Callable[[Any], Tuple[int, ...]]
     decoder: Callable[[torch.device, Sequence[float], Sequence[float]], BatchDecoder]
+    pin_items: bool  # the loader pins each item for the GPU (False: the decoder stacks them first)
 
 
 def _pil_decoder(device: torch.device, mean: Sequence[float], std: Sequence[float]) -> BatchDecoder:
@@ -102,7 +106,9 @@ def _pil_decoder(device: torch.device, mean: Sequence[float], std: Sequence[floa
 
     def batch(items: List[torch.Tensor], failed: Optional[List[int]]) -> torch.Tensor:
         del failed  # decoded and checked in the workers already
-        return to_device(torch.stack(items), device)  # the stack is new memory: pinned here, not in the loader
+        pinned = device.type == "cuda"  # the batch is stacked straight into page-locked memory, then copied async
+        stacked = torch.empty((len(items), *items[0].shape), dtype=items[0].dtype, pin_memory=pinned)
+        return torch.stack(items, out=stacked).to(device, non_blocking=True)
 
     return batch
 
@@ -114,26 +120,32 @@ def _device_decoder(device: torch.device, mean: Sequence[float], std: Sequence[f
 DECODINGS: Dict[str, Decoding] = {
     "pil": Decoding(
         "pil",
+        "pil",
         "PIL in the loader workers, LANCZOS resizing: the original's pixels",
         lambda images, size, bbxs, transform: ImagesFromList(images, size, bbxs, transform),
         lambda image: tuple(image.shape[-2:]),
         _pil_decoder,
+        pin_items=False,
     ),
     "device": Decoding(
         "device",
+        "device-lanczos",  # "device" resized with antialiased bicubic interpolation
         "JPEG bytes decoded in batches on the compute device (nvJPEG on CUDA), "
         "resized with PIL's LANCZOS arithmetic, the network's mean/std; other files by PIL",
         lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs),
         lambda payload: tuple(payload.shape),
         _device_decoder,
+        pin_items=True,
     ),
     "workers": Decoding(
+        "workers",
         "workers",
         "PIL in the loader workers (the original's pixels), handed on as uint8 and "
         "normalised on the device: a quarter of pil's bytes to pin and copy",
         lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs, pil_only=True),
         lambda payload: tuple(payload.shape),
         _device_decoder,
+        pin_items=True,
     ),
 }
 DECODE_CHOICES = ("auto",) + tuple(DECODINGS)
@@ -259,8 +271,8 @@ class ExtractionConfig:
     def pixel_path(self, net: Optional[torch.nn.Module] = None) -> str:
         """Name of what descriptors depend on besides the network and sizes.
 
-        Where images are decoded and the precision (``"pil-fp32"``, ``"device-bf16"``, ...);
-        part of every descriptor key.
+        Where images are decoded and the precision (``"pil-fp32"``, ``"device-lanczos-bf16"``,
+        ...); part of every descriptor key.
 
         Args:
             net: the network to extract with (its device counts when ``device`` is None).
@@ -270,7 +282,7 @@ class ExtractionConfig:
         """
         device = self.device_for(net)
         dtype = resolve_amp(self.amp, device, self.amp_dtype)
-        return f"{resolve_decoding(self.decode, device).name}-{_SHORT[dtype] if dtype else 'fp32'}"
+        return f"{resolve_decoding(self.decode, device).key}-{_SHORT[dtype] if dtype else 'fp32'}"
 
 
 DEFAULT_EXTRACTION = ExtractionConfig()
@@ -453,15 +465,16 @@ class _BatchCap:
         return torch.cat(parts)
 
 
-def _image_loader(dataset: Dataset, workers: int, device: torch.device) -> DataLoader:
-    """Single items (and their indices) from parallel workers, in order; pinned for a GPU."""
+def _image_loader(dataset: Dataset, workers: int, device: torch.device, pin: bool = True) -> DataLoader:
+    """Single items (and their indices) from parallel workers, in order; pinned for a GPU
+    unless ``pin`` is False (items that are stacked before they travel)."""
     workers = effective_workers(workers, device)
     return DataLoader(
         _ReportErrors(dataset),
         batch_size=None,
         shuffle=False,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=pin and device.type == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
@@ -715,7 +728,8 @@ def _extract_block(
         encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.compile else describe
         meta = getattr(net, "meta", {})
         decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
-        loader = _image_loader(o.decoding.dataset(images, image_size, bbxs, transform), o.workers, o.device)
+        dataset = o.decoding.dataset(images, image_size, bbxs, transform)
+        loader = _image_loader(dataset, o.workers, o.device, pin=o.decoding.pin_items)
         autocast = torch.autocast(o.device.type, dtype=o.amp) if o.amp else contextlib.nullcontext()
         cap = _BatchCap()
         largest = o.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)

@@ -262,8 +262,8 @@ def test_pixel_path_names_decoding_and_precision():
     assert ExtractionConfig(device="cpu").pixel_path() == "pil-fp32"
     assert ExtractionConfig(device="cuda").pixel_path() == "workers-fp16"
     assert ExtractionConfig(device="cuda", decode="pil", amp=False).pixel_path() == "pil-fp32"
-    assert ExtractionConfig(device="cuda", decode="device", amp_dtype="bfloat16").pixel_path() == "device-bf16"
-    assert ExtractionConfig(device="cpu", decode="device", amp=True, workers=3).pixel_path() == "device-fp16"
+    assert ExtractionConfig(device="cuda", decode="device", amp_dtype="bfloat16").pixel_path() == "device-lanczos-bf16"
+    assert ExtractionConfig(device="cpu", decode="device", amp=True, workers=3).pixel_path() == "device-lanczos-fp16"
     # without a device of its own, the network's decides
     assert ExtractionConfig().pixel_path(torch.nn.Linear(1, 1)) == "pil-fp32"
 
@@ -311,6 +311,8 @@ def test_batchnorm_is_folded_when_the_call_pays_for_it():
 
 def test_images_are_decoded_outside_autocast(images, net, monkeypatch):
     """Pixels do not depend on the precision of the forward: decoding runs before autocast."""
+    import dataclasses
+
     import aml.descriptors.extraction as extraction
 
     states = []
@@ -324,8 +326,7 @@ def test_images_are_decoded_outside_autocast(images, net, monkeypatch):
             return inner(items, failed)
         return batch
 
-    monkeypatch.setitem(extraction.DECODINGS, "pil", extraction.Decoding(
-        "pil", pil.summary, pil.dataset, pil.shape, recording_decoder))
+    monkeypatch.setitem(extraction.DECODINGS, "pil", dataclasses.replace(pil, decoder=recording_decoder))
     transform = image_transform(net.meta["mean"], net.meta["std"])
     extract_vectors(net, images[:4], 64, transform, config=ExtractionConfig(workers=0, amp=True, amp_dtype="bfloat16"))
     assert states and not any(states)

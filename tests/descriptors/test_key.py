@@ -24,7 +24,7 @@ def test_the_key_of_a_network_holds_its_content_size_scales_msp_and_pixels(net):
     assert single.pixels == ORIGINAL_PIXELS and len(single.fingerprint) >= 16
     multi = DescriptorKey.of(net, 64, (1, 0.5))
     assert multi.scales == (1.0, 0.5) and multi.msp == pytest.approx(net.gem_p(), abs=1e-6)  # GeM's p, multi-scale
-    assert DescriptorKey.of(net, 64, config=ExtractionConfig(decode="device")).pixels == "device-fp32"
+    assert DescriptorKey.of(net, 64, config=ExtractionConfig(decode="device")).pixels == "device-lanczos-fp32"
     assert DescriptorKey.of(net, 64, fingerprint="abc").fingerprint == "abc"  # a hash the caller already has
 
 

@@ -63,7 +63,7 @@ OLD_VENV ?= .venv-torch-2.11
 OLD_PY := $(OLD_VENV)/bin/python
 TORCH_API_TESTS := tests/training/test_distributed.py tests/training/test_parallel.py \
 	tests/training/test_device_path.py tests/descriptors/test_extraction.py tests/networks \
-	tests/data/test_encoded_images.py tests/export tests/benchmarks
+	tests/data/test_encoded_images.py tests/data/test_resampling.py tests/export tests/benchmarks
 
 $(OLD_VENV)/.installed: requirements.txt requirements-torch-2.11.txt requirements-data.txt setup.py
 	$(PYTHON) -m venv $(OLD_VENV)

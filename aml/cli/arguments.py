@@ -352,8 +352,8 @@ def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = F
         )
     if training:
         amp_help = (
-            "autocast of the training steps (bfloat16) and of extraction (--amp-dtype); --no-amp: fp32 "
-            "everywhere (default: extraction autocast on CUDA only, training steps in fp32)"
+            "autocast of the training forward passes (bfloat16; the losses in fp32) and of extraction "
+            "(--amp-dtype); --no-amp: fp32 everywhere (default: extraction autocast on CUDA only, training in fp32)"
         )
     else:
         amp_help = "autocast of extraction to --amp-dtype; --no-amp: fp32 (default: on CUDA, off on the CPU)"
@@ -370,7 +370,8 @@ def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = F
         default="auto",
         help="where images are decoded: pil (loader workers, normalised there: the original's way), "
         "workers (PIL in the workers, uint8 to the device, normalised there: the same pixels), "
-        "device (JPEG bytes decoded in batches on the GPU with nvJPEG; close, not equal); "
+        "device (JPEG bytes decoded in batches on the device, nvJPEG on CUDA, and resized with PIL's "
+        "LANCZOS arithmetic: PIL's pixels on the CPU, close on CUDA); "
         "default auto: workers on CUDA, pil on the CPU",
     )
     parser.add_argument(

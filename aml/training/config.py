@@ -219,7 +219,7 @@ class TrainConfig:
 
         The loop's flags go to ``loop``; ``--workers``, ``--amp-dtype``, ``--decode``,
         ``--compile`` and ``--quiet`` to ``extraction``; ``--amp`` to both (the training
-        steps' bfloat16 autocast, and extraction's autocast, which ``--no-amp`` turns off);
+        forward passes' bfloat16 autocast, and extraction's autocast, which ``--no-amp`` turns off);
         the others are the config's own fields.
 
         Args:

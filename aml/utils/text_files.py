@@ -1,5 +1,5 @@
 """Reading a user's text file (an image list, a CSV, a JSON description) or a small file of a
-store (its manifest, record and image list): whole, but no further than `MAX_TEXT_BYTES`, so
+store (its manifest and search.json, a feature file's settings): whole, but no further than `MAX_TEXT_BYTES`, so
 that ``/dev/zero``, a pipe that never ends or a huge file given by mistake is refused in one
 line instead of hanging or filling the memory. A pipe (``<(find ...)``, a FIFO) is read until
 its writer closes it."""

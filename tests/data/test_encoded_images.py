@@ -81,7 +81,7 @@ def grey_levels(batch: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("imsize", [160, 96, 57])
 def test_device_pixels_on_the_cpu_are_pils_own(files, imsize):
     """libjpeg through torchvision and PIL's LANCZOS arithmetic on tensors: PIL's bytes (nvJPEG's
-    distance to them: benchmarks/gpu.py on a GPU)."""
+    distance to them: benchmarks/decoding.py on a GPU)."""
     names = ["landscape.jpg", "portrait.jpg", "progressive.jpg", "gray.jpg", "cmyk.jpg", "image.png", "small.jpg"]
     for name in names:
         payload = read_payload(files[name], imsize)

@@ -4,7 +4,9 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+import torch
 
 from aml.cli.arguments import (
     Parser,
@@ -23,8 +25,9 @@ from aml.cli.arguments import (
 )
 from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import prepare_test_set
+from aml.evaluation.reranking import Reranking
 from aml.evaluation.testing import TestSettings, check_reranking, evaluate
-from aml.networks.loading import load_teacher, load_test_network
+from aml.networks.loading import LoadedNetwork, load_teacher, load_test_network
 from aml.networks.pretrained import PRETRAINED
 from aml.utils.atomic import atomic_write
 from aml.utils.devices import resolve_device
@@ -122,14 +125,8 @@ def _json_ready(results):
     return json.loads(json.dumps(results, default=float))
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-    """Run test.py with ``argv``; returns the results dict."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.list_pretrained:
-        for entry in PRETRAINED.values():
-            print(f"{entry.name:45s} {entry.kind:8s} {entry.teacher or '-':10s} {entry.url}")
-        return {}
+def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tuple[List[str], Reranking]:
+    """The test sets and the re-ranking the flags ask for, or the parser's one-line error."""
     try:
         datasets = checked_test_sets(args)
         if args.report and any(split_test_name(name)[1] for name in datasets):
@@ -141,6 +138,62 @@ def main(argv: Optional[List[str]] = None) -> dict:
         check_reranking(reranking, datasets, args.data_root, sizes=False)  # the sizes come once the sets are in
     except ValueError as err:
         parser.error(str(err))
+    return datasets, reranking
+
+
+def _settings(
+    args: argparse.Namespace, datasets: List[str], device: torch.device, reranking: Reranking
+) -> TestSettings:
+    """How to test, from the flags."""
+    return TestSettings(
+        datasets=tuple(datasets),
+        image_size=args.image_size,
+        scales=args.multiscale,
+        whitening=args.whitening,
+        extraction=extraction_from(args, str(device)).but(skip_bad=args.skip_bad_images),
+        data_root=args.data_root,
+        cache=not args.no_cache,
+        skipped_dir=_skipped_dir(args),
+        report_dir=Path(args.report) if args.report else None,
+        report_top=args.report_top,
+        distractor_dtype=args.distractor_dtype,
+        shard_size=args.shard_size,
+        reranking=reranking,
+    )
+
+
+def _write_results(
+    args: argparse.Namespace,
+    device: torch.device,
+    networks: Tuple[LoadedNetwork, Optional[LoadedNetwork]],
+    results: dict,
+) -> None:
+    """``--results``: the flags, the networks and the numbers as one JSON file (written whole or not at all)."""
+    student, teacher = networks
+    report = {
+        "settings": {
+            **vars(args),
+            "device": str(device),
+            "network": student.name,
+            "teacher": teacher.name if teacher else None,
+        },
+        "results": results,
+    }
+    text = json.dumps(_json_ready(report), indent=1, ensure_ascii=False)
+    # a name that is not UTF-8 (bytes on Linux) becomes its JSON escape (\udcxx), as json.loads reads it back
+    atomic_write(args.results, lambda out: out.write(text.encode("utf-8", "backslashreplace")))
+    print(f">> results written to {args.results}")
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    """Run test.py with ``argv``; returns the results dict."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_pretrained:
+        for entry in PRETRAINED.values():
+            print(f"{entry.name:45s} {entry.kind:8s} {entry.teacher or '-':10s} {entry.url}")
+        return {}
+    datasets, reranking = _checked(parser, args)
     requested = resolve_device(args.device, args.gpu_id)
     world = init_from_environment(requested, args.dist_timeout)
     setup_logging(verbose=world.is_main)
@@ -157,39 +210,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
     say(student.net.meta_repr())
     if teacher is not None:
         say(f">> Asymmetric testing: database by teacher '{teacher.name}', queries by '{student.name}'")
-    settings = TestSettings(
-        datasets=tuple(datasets),
-        image_size=args.image_size,
-        scales=args.multiscale,
-        whitening=args.whitening,
-        extraction=extraction_from(args, str(device)).but(skip_bad=args.skip_bad_images),
-        data_root=args.data_root,
-        cache=not args.no_cache,
-        skipped_dir=_skipped_dir(args),
-        report_dir=Path(args.report) if args.report else None,
-        report_top=args.report_top,
-        distractor_dtype=args.distractor_dtype,
-        shard_size=args.shard_size,
-        reranking=reranking,
+    tested = evaluate(
+        student,
+        _settings(args, datasets, device, reranking),
+        teacher,
+        on_result=lambda result: say("\n".join(result.lines()), flush=True),
     )
-    results = {
-        name: result.record()
-        for name, result in evaluate(
-            student, settings, teacher, on_result=lambda result: say("\n".join(result.lines()), flush=True)
-        ).items()
-    }
+    results = {name: result.record() for name, result in tested.items()}
     if args.results and world.is_main:
-        report = {
-            "settings": {
-                **vars(args),
-                "device": str(device),
-                "network": student.name,
-                "teacher": teacher.name if teacher else None,
-            },
-            "results": results,
-        }
-        text = json.dumps(_json_ready(report), indent=1, ensure_ascii=False)
-        # a name that is not UTF-8 (bytes on Linux) becomes its JSON escape (\udcxx), as json.loads reads it back
-        atomic_write(args.results, lambda out: out.write(text.encode("utf-8", "backslashreplace")))
-        print(f">> results written to {args.results}")
+        _write_results(args, device, (student, teacher), results)
     return results

@@ -195,6 +195,7 @@ class Trainer:
             collate_fn=collate_list,
             num_workers=effective_workers(self.extraction.workers, self.device),
             generator=generator,
+            pin_memory=self.device.type == "cuda",  # in the loader's thread: TupleItem.pin_memory
         )
 
     # -- losses ---------------------------------------------------------------------------

@@ -24,6 +24,11 @@ class TupleItem:
     tuple: TrainingTuple
     images: List[torch.Tensor]
 
+    def pin_memory(self) -> "TupleItem":
+        """A copy with page-locked images, for an asynchronous copy to the GPU (the loader's
+        pinning thread calls it on CUDA, so the training loop does not pin them itself)."""
+        return TupleItem(self.tuple, [image.pin_memory() for image in self.images])
+
 
 class TupleDataset(Dataset):
     """Item i = `TupleItem` of tuple i: the images of the members the student encodes

@@ -112,3 +112,15 @@ def test_under_autocast_only_the_forward_runs_in_bfloat16_and_the_loss_in_float3
     losses = trainer.batch_losses(batch, split, backward=True)
     assert len(losses) == 4 and forwards and all(forwards)
     assert seen == [(False, torch.float32, torch.float32)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_tuple_images_arrive_pinned_for_cuda(split):
+    """The loader's thread pins a tuple's images, so the training loop copies them without pinning."""
+    from torch.utils.data import DataLoader
+
+    from aml.training.tuples import TupleItem, collate_list
+
+    items = [TupleItem(None, [torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])]
+    pinned = next(iter(DataLoader(items, batch_size=1, collate_fn=collate_list, pin_memory=True)))
+    assert all(image.is_pinned() for image in pinned[0].images)

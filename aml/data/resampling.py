@@ -1,7 +1,9 @@
 """PIL's LANCZOS resizing on tensors, to the bit: the shrinking of `aml.data.images.imresize`
 done on the compute device, for images the device decodes.
 
-PIL resizes an 8-bit image in two passes, along the width, then along the height. For each
+PIL resizes an 8-bit image in two passes, one along each axis (Pillow 13 shrinks the height
+first when that removes more than twice as many rows as the other pass removes columns,
+earlier releases always the width first; both orders are matched). For each
 output pixel of an axis it weighs the source pixels within 3 x (source / output size) of its
 centre by the Lanczos-3 kernel stretched by that factor, normalises the weights to sum to 1 and
 rounds them to fixed point (22 fractional bits); the weighted sum, plus half a unit, is shifted
@@ -18,6 +20,7 @@ import math
 from typing import Dict, Tuple
 
 import numpy as np
+import PIL
 import torch
 
 #: the fractional bits of PIL's fixed-point weights (32 - 8 - 2)
@@ -26,6 +29,30 @@ PRECISION_BITS = 22
 LANCZOS_SUPPORT = 3.0
 #: thumbnail's reducing_gap: it reduces first by int(source / output / 2) when that is 2 or more
 REDUCING_GAP = 2.0
+#: the Pillow release from which a pass along the height may come first
+HEIGHT_FIRST_SINCE = 13
+
+
+def height_first(source: Tuple[int, int], shape: Tuple[int, int], pillow: str = PIL.__version__) -> bool:
+    """Whether PIL resizes ``source`` (height, width) to ``shape`` along the height first.
+
+    Args:
+        source: the image's (height, width).
+        shape: the output's (height, width).
+        pillow: the Pillow release whose order to follow (the installed one).
+
+    Returns:
+        True from Pillow 13 when the height loses more than twice as many rows as the width
+        loses columns; False before.
+
+    Examples:
+        >>> from aml.data.resampling import height_first
+        >>> height_first((900, 301), (300, 100), "13.0.0"), height_first((900, 301), (300, 100), "12.1.0")
+        (True, False)
+    """
+    if int(pillow.split(".")[0]) < HEIGHT_FIRST_SINCE:
+        return False
+    return source[0] - shape[0] > 2 * (source[1] - shape[1])
 
 
 def _sinc(x: float) -> float:
@@ -121,10 +148,10 @@ class LanczosResize:
             B x C x height x width float32 images of integer values 0..255.
         """
         out = images.to(torch.int32)
-        if out.shape[-1] != shape[1]:
-            out = self._pass(out, -1, shape[1])
-        if out.shape[-2] != shape[0]:
-            out = self._pass(out, -2, shape[0])
+        passes = [(-1, shape[1]), (-2, shape[0])]
+        for dim, size in reversed(passes) if height_first((out.shape[-2], out.shape[-1]), shape) else passes:
+            if out.shape[dim] != size:
+                out = self._pass(out, dim, size)
         return out.float()
 
     def _axis_taps(self, in_size: int, out_size: int) -> Tuple[torch.Tensor, torch.Tensor]:

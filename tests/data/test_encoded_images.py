@@ -183,3 +183,10 @@ def test_cuda_decoding_never_writes_memory_that_queued_kernels_still_read(files)
         torch.cuda.synchronize()
         assert [int(s) for s in sums] == [k * 3 * shape[1] * shape[2] for k in range(1, 17)]
         assert torch.allclose(got.cpu(), expected)
+
+
+def test_an_image_size_below_one_pixel_gives_a_one_pixel_side(files):
+    """As load_and_resize: never a side of 0 (a multi-scale of a tiny size)."""
+    payload = read_payload(files["landscape.jpg"], 0.5)
+    expected = load_and_resize(files["landscape.jpg"], 0.5)
+    assert payload.shape == (expected.height, expected.width) == (1, 1)

@@ -8,7 +8,8 @@ from PIL import Image
 from aml.data.images import resized_shape
 from aml.data.resampling import LanczosResize, lanczos_taps, reduces_first
 
-SOURCES = [(160, 120), (120, 160), (97, 61), (333, 500), (1024, 768)]
+# the tall ones: Pillow 13 resizes them along the height first
+SOURCES = [(160, 120), (120, 160), (97, 61), (333, 500), (1024, 768), (301, 900), (137, 1100), (900, 301)]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SIZES = [1000, 724, 362, 300, 160, 129, 96, 64, 41]
 

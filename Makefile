@@ -68,7 +68,7 @@ TORCH_API_TESTS := tests/training/test_distributed.py tests/training/test_parall
 $(OLD_VENV)/.installed: requirements.txt requirements-torch-2.11.txt requirements-data.txt setup.py
 	$(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_PY) -m pip install -q --no-compile -r requirements-torch-2.11.txt \
-		$$(grep -E -v '^(torch|torchvision)==|^#' requirements.txt)
+		$$(sed -e 's/#.*//' requirements.txt | grep -E -v '^(torch|torchvision)==')
 	$(OLD_PY) -m pip install -q --no-compile --no-deps -r requirements-data.txt
 	touch $@
 

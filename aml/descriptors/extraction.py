@@ -13,7 +13,6 @@ CPU tensor, column i = image i.
 
 import contextlib
 import copy
-import dataclasses
 import logging
 import os
 from collections import defaultdict
@@ -34,6 +33,7 @@ from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
+from aml.utils.changeable import Changeable
 from aml.utils.errors import ConfigError, DataError, lookup
 from aml.utils.devices import same_device
 
@@ -171,7 +171,7 @@ def resolve_amp(amp: Optional[bool], device: torch.device, amp_dtype: str = "flo
 
 
 @dataclass(frozen=True)
-class ExtractionConfig:
+class ExtractionConfig(Changeable):
     """How `extract_vectors` turns images into descriptors.
 
     Everything besides the network, the image size and the scales: loading, decoding,
@@ -240,20 +240,6 @@ class ExtractionConfig:
                 "fold_batchnorm=True with compile=True: a folded copy is a new traced class at every call, which "
                 "torch.compile would compile anew; leave fold_batchnorm to None (the compiler fuses BatchNorm)"
             )
-
-    def but(self, **changes: Any) -> "ExtractionConfig":
-        """A copy with some fields changed.
-
-        Args:
-            **changes: the new values, by field name.
-
-        Returns:
-            The changed copy (this config stays as it is).
-
-        Raises:
-            TypeError: for a name that is not a field.
-        """
-        return dataclasses.replace(self, **changes)
 
     def device_for(self, net: Optional[torch.nn.Module] = None) -> torch.device:
         """The compute device: the configured one, else the network's, else the CPU.

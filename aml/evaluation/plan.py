@@ -10,7 +10,6 @@ thus stops a test before its first image is encoded, and the encoding and the se
 (`aml.evaluation.testing`) work on these values, not on the settings.
 """
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
@@ -26,6 +25,7 @@ from aml.evaluation.ranking import most_neighbours
 from aml.evaluation.reranking import Reranking
 from aml.evaluation.whitening_store import Whitening, WhiteningRequest, known_whitening
 from aml.networks.loading import LoadedNetwork
+from aml.utils.changeable import Changeable
 from aml.utils.distributed import current_world
 from aml.utils.errors import ConfigError, lookup
 
@@ -34,7 +34,7 @@ TEST_EXTRACTION = ExtractionConfig(workers=8)
 
 
 @dataclass(frozen=True)
-class TestSettings:
+class TestSettings(Changeable):
     """Everything test.py's flags decide besides the networks.
 
     Attributes:
@@ -86,20 +86,6 @@ class TestSettings:
     def device(self) -> str:
         """Where the images are encoded and the searches run (the CPU when not set)."""
         return str(self.extraction.device_for())
-
-    def but(self, **changes: Any) -> "TestSettings":
-        """A copy with some fields changed.
-
-        Args:
-            **changes: the new values, by field name.
-
-        Returns:
-            The changed copy (these settings stay as they are).
-
-        Raises:
-            TypeError: for a name that is not a field.
-        """
-        return dataclasses.replace(self, **changes)
 
     def whitening_request(self) -> WhiteningRequest:
         """What the whitening of these settings is learned (or found) with.

@@ -34,12 +34,13 @@ from aml.utils.bounds import (
     bounded,
     out_of_bounds,
 )
+from aml.utils.changeable import Changeable
 from aml.utils.distributed import DEFAULT_TIMEOUT_S
 from aml.utils.errors import ConfigError, lookup
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(Changeable):
     """How the training loop runs: tuples per epoch, batches, epochs, validation, checkpoints.
 
     The trainer's part of a `TrainConfig` (its fields are main.py's flags of the same names).
@@ -91,27 +92,13 @@ class TrainSettings:
     seed: int = bounded(0, NONNEGATIVE_INT)  # every random draw comes from streams derived from it
     autocast: bool = False  # bfloat16 autocast of the training (and validation) forward passes
 
-    def but(self, **changes: Any) -> "TrainSettings":
-        """A copy with some fields changed.
-
-        Args:
-            **changes: the new values, by field name.
-
-        Returns:
-            The changed copy (this one stays as it is).
-
-        Raises:
-            TypeError: for a name that is not a field.
-        """
-        return dataclasses.replace(self, **changes)
-
 
 #: how a training run extracts (mining, teacher descriptors, tests) unless told otherwise: main.py's defaults
 TRAIN_EXTRACTION = ExtractionConfig(workers=8, progress=True)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Changeable):
     """Every option of a training run, with main.py's defaults (the original's).
 
     What to train is the config's own fields; how the loop runs is ``loop`` (`TrainSettings`)
@@ -244,20 +231,6 @@ class TrainConfig:
             progress=not flags.pop("quiet", False),
         )
         return cls(directory, loop=TrainSettings(autocast=bool(amp), **loop), extraction=extraction, **flags)
-
-    def but(self, **changes: Any) -> "TrainConfig":
-        """A copy with some fields changed.
-
-        Args:
-            **changes: the new values, by field name (``loop`` and ``extraction`` take whole parts).
-
-        Returns:
-            The changed copy (this config stays as it is).
-
-        Raises:
-            TypeError: for a name that is not a field.
-        """
-        return dataclasses.replace(self, **changes)
 
     def check(self) -> None:
         """Raise ConfigError, with the reason, for a combination that cannot train.

@@ -93,7 +93,7 @@ def read_payload(
     if bbx is None:
         with errors_naming(path):
             header = Image.open(io.BytesIO(raw))
-            shape = resized_shape(header.size, None if imsize is None else max(1.0, imsize))  # as load_and_resize
+            shape = resized_shape(header.size, imsize)
             if _decodable_on_device(header, raw, shape):
                 data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
                 return ImagePayload(str(path), shape, data, True, imsize)

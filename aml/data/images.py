@@ -79,7 +79,7 @@ def resized_shape(size: Tuple[int, int], imsize: Optional[float]) -> Tuple[int, 
     width, height = size
     if imsize is None:
         return height, width
-    box = math.floor(imsize)
+    box = max(1, math.floor(imsize))  # as load_and_resize: at least a pixel
     if box >= width and box >= height:
         return height, width
     aspect = width / height

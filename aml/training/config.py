@@ -274,6 +274,29 @@ def problems(config: TrainConfig) -> List[str]:
         >>> problems(TrainConfig.from_flags("runs", neg_num=-1))
         ['--neg-num -1: must be an integer >= 0, got -1']
     """
+    unknown = _unknown_names(config)
+    if unknown:
+        return unknown
+    found: List[str] = out_of_bounds(config) + out_of_bounds(config.loop) + out_of_bounds(config.extraction)
+    try:
+        check_temperature(config.temp)
+    except ConfigError as err:
+        found.append(str(err))
+    for name, kind in ((config.training_dataset, "training"), (config.test_whiten, "whitening")):
+        if name:
+            try:
+                entry = get_train_set(name, config.data_root)
+            except ValueError as err:
+                return found + [str(err)]
+            if not getattr(entry, kind):
+                found.append(f"{name} is not a {kind} set; choose from {', '.join(training_set_names())}")
+    return (
+        found + _mode_problems(config) + _test_set_problems(config) + _trunk_problems(config) + _batch_problems(config)
+    )
+
+
+def _unknown_names(config: TrainConfig) -> List[str]:
+    """The architecture, pooling, loss, mode and optimizer names that no table holds."""
     unknown = []
     try:  # a name of the backbone table or of a family (timm:<model>)
         get_backbone(config.arch)
@@ -284,27 +307,17 @@ def problems(config: TrainConfig) -> List[str]:
             lookup(table, getattr(config, field), _WHAT[field])
         except ConfigError as err:
             unknown.append(f"--{field}: {err}")
-    if unknown:
-        return unknown
-    found: List[str] = out_of_bounds(config) + out_of_bounds(config.loop) + out_of_bounds(config.extraction)
-    try:
-        check_temperature(config.temp)
-    except ConfigError as err:
-        found.append(str(err))
-    loop = config.loop
-    for name, kind in ((config.training_dataset, "training"), (config.test_whiten, "whitening")):
-        if name:
-            try:
-                entry = get_train_set(name, config.data_root)
-            except ValueError as err:
-                return found + [str(err)]
-            if not getattr(entry, kind):
-                found.append(f"{name} is not a {kind} set; choose from {', '.join(training_set_names())}")
+    return unknown
+
+
+def _mode_problems(config: TrainConfig) -> List[str]:
+    """The loss, --sym and --neg-num that the mode cannot train with."""
+    found = []
     try:
         check_loss_mode(config.loss, config.mode)
     except ValueError as err:
         found.append(str(err))
-    mode = get_mode(config.mode)
+    mode, loop = get_mode(config.mode), config.loop
     if loop.sym and not mode.allows_sym:
         found.append(
             f"--sym has no meaning with --mode {config.mode}: its members are not a query/positive/negative "
@@ -316,24 +329,40 @@ def problems(config: TrainConfig) -> List[str]:
             f"none, --loss {config.loss} sees positives only and cannot learn to separate images (use 1 or "
             "more)"
         )
+    return found
+
+
+def _test_set_problems(config: TrainConfig) -> List[str]:
+    """The --test-datasets that are not test sets."""
+    found = []
     for name in config.test_datasets:
         try:
             get_test_set(split_test_name(name)[0], config.data_root)
         except ValueError as err:
             found.append(str(err).replace("dataset", "test dataset", 1))
-    if config.trunk_weights is not None:
-        if not config.pretrained:
-            found.append(
-                "--trunk-weights and --not-pretrained exclude each other: the first sets the trunk's "
-                "initial weights, the second asks for random ones"
-            )
-        elif config.trunk_weights not in TRUNK_SOURCES and not Path(config.trunk_weights).is_file():
-            found.append(
-                f"--trunk-weights: {config.trunk_weights!r} is neither one of {sorted(TRUNK_SOURCES)} nor a file"
-            )
-    if config.loss == "dark" and loop.batch_size < 5:
+    return found
+
+
+def _trunk_problems(config: TrainConfig) -> List[str]:
+    """A --trunk-weights that is no source or file, or that --not-pretrained contradicts."""
+    if config.trunk_weights is None:
+        return []
+    if not config.pretrained:
+        return [
+            "--trunk-weights and --not-pretrained exclude each other: the first sets the trunk's "
+            "initial weights, the second asks for random ones"
+        ]
+    if config.trunk_weights not in TRUNK_SOURCES and not Path(config.trunk_weights).is_file():
+        return [f"--trunk-weights: {config.trunk_weights!r} is neither one of {sorted(TRUNK_SOURCES)} nor a file"]
+    return []
+
+
+def _batch_problems(config: TrainConfig) -> List[str]:
+    """Mini-batches too small for the loss or for BatchNorm's statistics."""
+    found = []
+    if config.loss == "dark" and config.loop.batch_size < 5:
         found.append("--loss dark needs --batch-size of at least 5 (4 neighbours per image)")
-    if loop.train_batchnorm and loop.batch_size < 2:
+    if config.loop.train_batchnorm and config.loop.batch_size < 2:
         found.append(
             "--train-batchnorm needs --batch-size of at least 2 (BatchNorm uses the statistics of the "
             "mini-batch); use 8 or more"

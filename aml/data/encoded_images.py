@@ -217,14 +217,18 @@ class DeviceDecoder:
 
     def _resized(self, images: List[torch.Tensor], shape: Tuple[int, int]) -> torch.Tensor:
         """The images resized to ``shape`` as one float32 batch: those of one source shape
-        (most of a data set's) resized together."""
+        (most of a data set's) resized together, put back in order by views (an index tensor
+        built from a list would be a blocking copy to the device)."""
         sources: Dict[Tuple[int, ...], List[int]] = defaultdict(list)
         for k, image in enumerate(images):
             sources[tuple(image.shape)].append(k)
-        out = torch.empty((len(images), 3) + tuple(shape), dtype=torch.float32, device=self.device)
+        if len(sources) == 1:
+            return self.resize(torch.stack(images), shape)
+        rows: List[torch.Tensor] = [images[0]] * len(images)
         for members in sources.values():
-            out[members] = self.resize(torch.stack([images[k] for k in members]), shape)
-        return out
+            for k, row in zip(members, self.resize(torch.stack([images[k] for k in members]), shape)):
+                rows[k] = row
+        return torch.stack(rows)
 
     def _decode_one(self, payload: ImagePayload, failed: Optional[List[int]], position: int) -> Optional[torch.Tensor]:
         """A file the batched decode refused: the device alone, then the PIL path."""

@@ -541,7 +541,7 @@ def extract_vectors(
         config.desc,
         resolve_decoding(config.decode, resolved),
         config.compile,
-        _fold(config.fold_batchnorm, len(mine), image_size) and not config.compile,
+        _fold(config.fold_batchnorm, len(mine), image_size, config.compile),
         resolved.type == "cuda" if config.fixed_batches is None else config.fixed_batches,
     )
     with left_as_it_was(net):  # the caller's network keeps its device, memory format and mode
@@ -579,8 +579,11 @@ def _check_finite(vecs: torch.Tensor, images: Sequence[Union[str, Path]]) -> Non
         )
 
 
-def _fold(asked: Optional[bool], count: int, image_size: Optional[float]) -> bool:
-    """Whether to fold BatchNorm: as asked, else when the call is large enough to pay for it."""
+def _fold(asked: Optional[bool], count: int, image_size: Optional[float], compiled: bool = False) -> bool:
+    """Whether to fold BatchNorm: as asked, else when the call is large enough to pay for it;
+    never for ``torch.compile`` (a folded copy is a new traced class at every call)."""
+    if compiled:
+        return False
     if asked is not None:
         return asked
     return image_size is None or count * float(image_size) ** 2 >= FOLD_MIN_PIXELS

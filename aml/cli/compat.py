@@ -121,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
         parser.error(str(err))
     device = resolve_device(args.device, args.gpu_id)
     setup_logging()
-    networks = {label: load_spec(spec, None, args.data_root) for label, spec in zip(labels, specs)}
+    networks = {label: load_spec(spec, None, args.data_root) for label, spec in zip(labels, specs, strict=True)}
     for name in datasets:
         dataset, suffix = split_test_name(name)
         prepare_test_set(dataset, args.data_root, progress=not args.quiet)

@@ -52,9 +52,9 @@ def cell_texts(matrix: CompatibilityMatrix, dataset: str, search: str, level: st
     return [
         [
             NO_SEARCH if np.isnan(value) else f"{100 * value:.2f}" + BEATS_TEACHER * bool(b) + BCT * bool(c)
-            for value, b, c in zip(values, better_row, bct_row)
+            for value, b, c in zip(values, better_row, bct_row, strict=True)
         ]
-        for values, better_row, bct_row in zip(matrix.maps[dataset, search, level], better, bct)
+        for values, better_row, bct_row in zip(matrix.maps[dataset, search, level], better, bct, strict=True)
     ]
 
 
@@ -112,7 +112,7 @@ def format_matrix(matrix: CompatibilityMatrix, dataset: str, search: str = "plai
         return f" {number:>{width - 2}s}{text[len(number) :]:2s}"
 
     lines = [f"{CORNER:{first}s}" + "".join(aligned(label) for label in labels)]
-    lines += [f"{label:{first}s}" + "".join(map(aligned, row)) for label, row in zip(labels, texts)]
+    lines += [f"{label:{first}s}" + "".join(map(aligned, row)) for label, row in zip(labels, texts, strict=True)]
     return "\n".join([f">> {title(dataset, search, level)}"] + [line.rstrip() for line in lines])
 
 

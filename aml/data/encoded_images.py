@@ -208,7 +208,7 @@ class DeviceDecoder:
                 decoded: List[Optional[torch.Tensor]] = list(self.jpegs.decode([payloads[k].data for k in encoded]))
             except RuntimeError:  # one bad file fails the whole call: decode one by one
                 decoded = [self._decode_one(payloads[k], failed, k) for k in encoded]
-            for k, image in zip(encoded, decoded):
+            for k, image in zip(encoded, decoded, strict=True):
                 images[k] = image
         kept = [image for image in images if image is not None]
         if not kept:
@@ -226,7 +226,7 @@ class DeviceDecoder:
             return self.resize(torch.stack(images), shape)
         rows: List[torch.Tensor] = [images[0]] * len(images)
         for members in sources.values():
-            for k, row in zip(members, self.resize(torch.stack([images[k] for k in members]), shape)):
+            for k, row in zip(members, self.resize(torch.stack([images[k] for k in members]), shape), strict=True):
                 rows[k] = row
         return torch.stack(rows)
 

@@ -118,7 +118,7 @@ def _clutter(rng: np.random.Generator, width: int, height: int) -> Image.Image:
 def _perspective_coeffs(output: Sequence[Tuple[float, float]], source: Sequence[Tuple[float, float]]) -> List[float]:
     """PIL PERSPECTIVE coefficients mapping output corners to source corners."""
     rows, rhs = [], []
-    for (x, y), (u, v) in zip(output, source):
+    for (x, y), (u, v) in zip(output, source, strict=True):
         rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
         rhs += [u, v]

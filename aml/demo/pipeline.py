@@ -258,7 +258,7 @@ def run_demo(
         for i, first in enumerate(per_seed[0])
     ]
     if len(seeds) > 1:
-        for seed, rows_of_seed in zip(seeds, per_seed):
+        for seed, rows_of_seed in zip(seeds, per_seed, strict=True):
             print(f"\nseed {seed}\n" + format_table([teacher_row] + rows_of_seed))
         print(f"\nmean ± std over seeds {', '.join(map(str, seeds))} (one teacher, seed {seeds[0]})")
     print("\n" + format_table(rows))

@@ -31,7 +31,7 @@ def format_table(rows: List[Dict]) -> str:
         width = 16
     header = f"{'network':34s} {'test':11s}" + "".join(f" {d + ' M':>{width}s} {d + ' H':>{width}s}" for d in DATASETS)
     lines = [header, "-" * len(header)]
-    for row, results in zip(rows, runs):
+    for row, results in zip(rows, runs, strict=True):
         cells = "".join(
             f" {_cell([100 * r[d]['plain'][level]['map'] for r in results]):>{width}s}"
             for d in DATASETS

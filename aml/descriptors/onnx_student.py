@@ -313,7 +313,8 @@ def describe_with_onnx(
     """
     boxes = list(bbxs) if bbxs is not None else [None] * len(images)
     columns = [
-        session.run(None, {"image": image_array(path, image_size, box)})[0][0] for path, box in zip(images, boxes)
+        session.run(None, {"image": image_array(path, image_size, box)})[0][0]
+        for path, box in zip(images, boxes, strict=True)
     ]
     vecs = np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(vecs).all(axis=0))

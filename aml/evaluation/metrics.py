@@ -220,7 +220,7 @@ def evaluate_ranks(
         return {"map": m_ap, "aps": aps.tolist()}
     maps = maps_of(ranks, {d: revisited_gnd(gnd, d) for d in ("easy", "medium", "hard")}, kappas)
     levels: Dict[str, LevelMetrics] = {
-        d: {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist())), "aps": aps.tolist()}
+        d: {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist(), strict=True)), "aps": aps.tolist()}
         for d, (m_ap, aps, pr, _) in maps.items()
     }
     return {"easy": levels["easy"], "medium": levels["medium"], "hard": levels["hard"]}

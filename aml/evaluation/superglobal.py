@@ -181,7 +181,7 @@ class Shortlist:
         k = indices.shape[1]
         out_scores = np.full(scores.shape, -np.inf, dtype=np.float64)
         out_indices = np.full(indices.shape, -1, dtype=indices.dtype)
-        for q, (row_scores, row) in enumerate(zip(scores, indices)):
+        for q, (row_scores, row) in enumerate(zip(scores, indices, strict=True)):
             head = self.indices[:, q] >= 0
             rest = (row >= 0) & ~np.isin(row, self.indices[head, q])
             found = np.concatenate([self.indices[head, q], row[rest]])[:k]

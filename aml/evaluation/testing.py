@@ -151,7 +151,7 @@ def _query_aps(results: Metrics, kept: Sequence[int], nq: int) -> List[Optional[
     """Per-query AP (Medium for the revisited protocol) indexed by the original query number."""
     aps = results["medium"]["aps"] if "medium" in results else results["aps"]
     out: List[Optional[float]] = [None] * nq
-    for q, ap in zip(kept, aps):
+    for q, ap in zip(kept, aps, strict=True):
         out[q] = None if ap is None or np.isnan(ap) else float(ap)
     return out
 
@@ -227,7 +227,9 @@ def _searches(
     if reranking.dba:
         database = database.augmented(reranking.dba, reranking.dba_alpha)
     numbers = search_with_expansion(database, queries, reranking, metrics(database), first=bool(reranking.dba))
-    return found + [SearchResult(whitened, steps, values) for steps, values in zip(reranking.stages(), numbers)]
+    return found + [
+        SearchResult(whitened, steps, values) for steps, values in zip(reranking.stages(), numbers, strict=True)
+    ]
 
 
 def _search(

@@ -266,7 +266,9 @@ def check_exports(
             warnings.simplefilter("ignore", FutureWarning)
             loaded = torch.jit.load(str(files["torchscript"]))
         with torch.no_grad():
-            diffs["torchscript"] = max(float(np.abs(loaded(i).numpy() - r).max()) for i, r in zip(images, reference))
+            diffs["torchscript"] = max(
+                float(np.abs(loaded(i).numpy() - r).max()) for i, r in zip(images, reference, strict=True)
+            )
     if "onnx" in files:
         try:
             import onnxruntime
@@ -275,7 +277,8 @@ def check_exports(
             return diffs
         session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
         diffs["onnx"] = max(
-            float(np.abs(session.run(None, {"image": i.numpy()})[0] - r).max()) for i, r in zip(images, reference)
+            float(np.abs(session.run(None, {"image": i.numpy()})[0] - r).max())
+            for i, r in zip(images, reference, strict=True)
         )
     return diffs
 

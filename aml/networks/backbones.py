@@ -238,7 +238,7 @@ def _in_order(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module
     ours = model.state_dict()
     if [tuple(v.shape) for v in state.values()] != [tuple(v.shape) for v in ours.values()]:
         return None
-    return dict(zip(ours, state.values()))
+    return dict(zip(ours, state.values(), strict=True))
 
 
 #: how a weights file's tensors map onto the library model: name -> function(state, model,

@@ -8,6 +8,7 @@ flow, as EfficientNet's blocks) gets the pairs that sit next to each other in a 
 """
 
 import copy
+import itertools
 import logging
 from typing import TypeVar, cast
 
@@ -79,7 +80,7 @@ def fold_sequential_pairs(module: nn.Module) -> int:
     folded = 0
     for sequential in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         names = list(sequential._modules)
-        for first, second in zip(names, names[1:]):
+        for first, second in itertools.pairwise(names):
             conv, norm = sequential._modules[first], sequential._modules[second]
             if isinstance(conv, nn.Conv2d) and _foldable(norm):
                 batchnorm = cast(nn.modules.batchnorm._BatchNorm, norm)

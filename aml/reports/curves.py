@@ -80,7 +80,7 @@ def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
     axes[0].plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
     val = [(r["epoch"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
     if val:
-        axes[0].plot(*zip(*val), "s-", label="val")
+        axes[0].plot(*zip(*val, strict=True), "s-", label="val")
     axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
     axes[0].legend()
     axes[1].plot(epochs, [r["lr"] for r in records], "o-")
@@ -95,7 +95,7 @@ def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
                         for r in tested
                         if dataset in r["test"].get(kind, {})
                     ]
-                    axes[2].plot(*zip(*points), "o-", label=f"{dataset} {level[0].upper()} ({kind[:4]})")
+                    axes[2].plot(*zip(*points, strict=True), "o-", label=f"{dataset} {level[0].upper()} ({kind[:4]})")
         axes[2].set(xlabel="epoch", ylabel="mAP (%)", title="test mAP")
         axes[2].legend(fontsize=7)
     for axis in axes:

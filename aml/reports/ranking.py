@@ -111,7 +111,7 @@ def query_png(
         canvas.paste(_framed(query_thumb, "query"), (x, y))
         draw.text((4, y + 4), ranking.name.split(" ")[0][:10], fill="black", font=font)
         draw.text((4, y + 20), _ap_text(ranking.ap), fill="black", font=font)
-        for column, (index, score) in enumerate(zip(ranking.indices, ranking.scores), start=1):
+        for column, (index, score) in enumerate(zip(ranking.indices, ranking.scores, strict=True), start=1):
             label = label_of(entry, int(index))
             x, y = tile_origin(row, column)
             framed = _framed(thumbs[int(index)], label)
@@ -183,7 +183,7 @@ def write_report(
                     f"#{k} {s:.3f} {label_of(gnd[q], int(i))}",
                     shown_name(images[int(i)]),
                 )
-                for k, (i, s) in enumerate(zip(ranking.indices, ranking.scores), start=1)
+                for k, (i, s) in enumerate(zip(ranking.indices, ranking.scores, strict=True), start=1)
             ]
             rows.append(
                 f'<div class="row"><span class="name">{html.escape(ranking.name)}<br>'

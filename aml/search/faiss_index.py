@@ -123,7 +123,7 @@ def train_ivfpq(
     k = min(k, n)
     exact = np.argsort(-(probe @ data.T), axis=1, kind="stable")[:, :k]
     _, approximate = index.search(probe, k)
-    recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approximate, exact)]))
+    recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approximate, exact, strict=True)]))
     return index, recall
 
 

@@ -94,10 +94,12 @@ def _hits(database: SearchDatabase, images: Sequence[str], scores: np.ndarray, i
         {
             "query": str(image),
             "results": [
-                {"image": database.images[int(i)], "score": float(s)} for s, i in zip(row_scores, row_indices) if i >= 0
+                {"image": database.images[int(i)], "score": float(s)}
+                for s, i in zip(row_scores, row_indices, strict=True)
+                if i >= 0
             ],
         }
-        for image, row_scores, row_indices in zip(images, scores, indices)
+        for image, row_scores, row_indices in zip(images, scores, indices, strict=True)
     ]
 
 

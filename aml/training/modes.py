@@ -191,13 +191,13 @@ def build_epoch_tuples(
         pool = order[sizes.query_size : sizes.query_size + sizes.pool_size].tolist()
         assert teacher is not None  # the mode needs_teacher
         pairs = teacher_triplets(teacher[:, anchors], teacher[:, pool], generator, device=device)
-        return [_tuple(mode, sym, a, [pool[p]], [pool[n]]) for a, (p, n) in zip(anchors, pairs)], 0.0
+        return [_tuple(mode, sym, a, [pool[p]], [pool[n]]) for a, (p, n) in zip(anchors, pairs, strict=True)], 0.0
     qpool, ppool = list(db["qidxs"]), list(db["pidxs"])
     chosen = torch.randperm(len(qpool), generator=generator)[: sizes.query_size].tolist()
     queries = [qpool[i] for i in chosen]
     positives = [ppool[i] for i in chosen]
     if mode.negatives is Negatives.NONE or sizes.neg_num == 0:
-        return [_tuple(mode, sym, q, [p], []) for q, p in zip(queries, positives)], 0.0
+        return [_tuple(mode, sym, q, [p], []) for q, p in zip(queries, positives, strict=True)], 0.0
     pool = torch.randperm(n_images, generator=generator)[: sizes.pool_size].tolist()
     if mode.negatives is Negatives.RANDOM:
         picked = random_negatives(clusters[queries].tolist(), clusters[pool].tolist(), sizes.neg_num, generator)
@@ -212,5 +212,8 @@ def build_epoch_tuples(
         picked, distance = mine_hard_negatives(
             query_vecs, pool_vecs, clusters[queries].tolist(), clusters[pool].tolist(), sizes.neg_num, device
         )
-    tuples = [_tuple(mode, sym, q, [p], [pool[n] for n in negs]) for q, p, negs in zip(queries, positives, picked)]
+    tuples = [
+        _tuple(mode, sym, q, [p], [pool[n] for n in negs])
+        for q, p, negs in zip(queries, positives, picked, strict=True)
+    ]
     return tuples, distance

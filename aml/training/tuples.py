@@ -47,7 +47,7 @@ class TupleDataset(Dataset):
             t,
             [
                 self.transform(load_and_resize(self.images[m], self.image_size))
-                for m, teacher in zip(t.members, t.from_teacher)
+                for m, teacher in zip(t.members, t.from_teacher, strict=True)
                 if not teacher
             ],
         )
@@ -122,7 +122,9 @@ def encode_batch(
         raise ValueError("the teacher's distances need the teacher's descriptors of the split")
     images = [image for item in items for image in item.images]
     encoded = encode_images(encode, images, device, shapes) if images or shapes else None
-    teacher_members = [m for item in items for m, flag in zip(item.tuple.members, item.tuple.from_teacher) if flag]
+    teacher_members = [
+        m for item in items for m, flag in zip(item.tuple.members, item.tuple.from_teacher, strict=True) if flag
+    ]
     assert teacher is not None or not teacher_members, "teacher members need the teacher's descriptors"
     parts = [
         p

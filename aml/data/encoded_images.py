@@ -15,8 +15,10 @@ original's pixels, a quarter of the bytes of normalised float tensors.
 
 On the device an image is resized to the shape PIL's thumbnail gives (``resized_shape``) by
 PIL's own LANCZOS arithmetic (`aml.data.resampling`): the same bytes as PIL from the same
-decoded pixels. A JPEG 4 times its resized size or more along a side, which ``thumbnail``
-reduces by an integer factor first, goes the PIL way in the worker. A file the device fails
+decoded pixels; then normalised by `aml.data.images.PixelNormalizer`, the same float32
+values as the PIL path's ToTensor and Normalize. A JPEG 4 times its resized size or more
+along a side, which ``thumbnail`` reduces by an integer factor first, goes the PIL way in
+the worker. A file the device fails
 to decode is decoded alone by the PIL path; a file that fails there too raises
 `ImageLoadError` naming it.
 """
@@ -28,7 +30,6 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -37,7 +38,9 @@ from aml.data.images import (
     BBox,
     ImageLoadError,
     PathLike,
+    PixelNormalizer,
     errors_naming,
+    image_pixels,
     load_and_resize,
     open_image_file,
     resized_shape,
@@ -75,10 +78,6 @@ def _decodable_on_device(header: Image.Image, raw: bytes, shape: Tuple[int, int]
     )
 
 
-def _pixels(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
-
-
 def read_payload(
     path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = None, pil_only: bool = False
 ) -> ImagePayload:
@@ -87,7 +86,7 @@ def read_payload(
     `ImageLoadError` naming a missing or unreadable file."""
     if pil_only:
         image = load_and_resize(path, imsize, bbx)
-        return ImagePayload(str(path), (image.height, image.width), _pixels(image), False, imsize)
+        return ImagePayload(str(path), (image.height, image.width), image_pixels(image), False, imsize)
     with open_image_file(path) as handle, errors_naming(path):
         raw = handle.read()
     if bbx is None:
@@ -98,7 +97,7 @@ def read_payload(
                 data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
                 return ImagePayload(str(path), shape, data, True, imsize)
     image = load_and_resize(path, imsize, bbx)
-    return ImagePayload(str(path), (image.height, image.width), _pixels(image), False, imsize)
+    return ImagePayload(str(path), (image.height, image.width), image_pixels(image), False, imsize)
 
 
 class EncodedImagesFromList(Dataset):
@@ -179,8 +178,7 @@ class DeviceDecoder:
 
     def __init__(self, device: torch.device, mean: Sequence[float], std: Sequence[float]):
         self.device = device
-        self.scale = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).mul(255.0).to(device)
-        self.shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).mul(255.0).to(device)
+        self.normalise = PixelNormalizer(mean, std, device)
         self.jpegs = _DecodeStream(device)
         self.resize = LanczosResize(device)
 
@@ -213,7 +211,7 @@ class DeviceDecoder:
         kept = [image for image in images if image is not None]
         if not kept:
             return None
-        return (self._resized(kept, payloads[0].shape) - self.shift) / self.scale
+        return self.normalise(self._resized(kept, payloads[0].shape))
 
     def _resized(self, images: List[torch.Tensor], shape: Tuple[int, int]) -> torch.Tensor:
         """The images resized to ``shape`` as one float32 batch: those of one source shape
@@ -237,7 +235,7 @@ class DeviceDecoder:
         except RuntimeError:
             pass
         try:
-            return _pixels(load_and_resize(payload.path, payload.imsize)).to(self.device)
+            return image_pixels(load_and_resize(payload.path, payload.imsize)).to(self.device)
         except ImageLoadError as err:
             if failed is None:
                 raise

@@ -11,6 +11,8 @@ import os
 import stat
 from typing import Any, BinaryIO, Callable, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
@@ -192,3 +194,49 @@ def image_transform(mean: List[float], std: List[float]) -> Callable:
     from torchvision import transforms
 
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=mean, std=std)])
+
+
+def image_pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a 3 x H x W uint8 tensor: ToTensor's input, a quarter of its output's bytes.
+
+    Args:
+        image: a decoded RGB image.
+
+    Returns:
+        Its pixels, channels first.
+    """
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+class PixelNormalizer:
+    """`image_transform`'s arithmetic on batches of pixels already on the compute device.
+
+    ToTensor divides by 255, Normalize subtracts the mean and divides by the standard
+    deviation, all in float32; done in the same order here, every value equals the
+    transform's (IEEE division and subtraction round the same on every device), so images
+    can travel to a GPU as uint8 and be normalised there. The constants go to ``device``
+    once: a tensor copied to a GPU at every batch would make the host wait for it.
+
+    Args:
+        mean: the network's input mean per channel (0..1 scale).
+        std: its standard deviation per channel.
+        device: where the batches will be.
+
+    Examples:
+        >>> import torch
+        >>> from PIL import Image
+        >>> from aml.data.images import PixelNormalizer, image_pixels, image_transform
+        >>> image = Image.new("RGB", (4, 3), (10, 128, 250))
+        >>> mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        >>> normalise = PixelNormalizer(mean, std, torch.device("cpu"))
+        >>> torch.equal(normalise(image_pixels(image)[None])[0], image_transform(mean, std)(image))
+        True
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W values 0..255 (uint8, or float of integer values) -> normalised float32."""
+        return pixels.float().div(255).sub(self.mean).div(self.std)

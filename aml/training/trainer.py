@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from aml.data.formats import TrainingDb
-from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
+from aml.data.images import PixelNormalizer, image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
-from aml.descriptors.extraction import BatchEncoder, with_fixed_batches
+from aml.descriptors.extraction import with_fixed_batches
 from aml.losses import Loss, LossKind, TeacherContext, TupleBatch
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
@@ -32,7 +32,14 @@ from aml.training.optim import set_epoch_lr
 from aml.training.parallel import Parallel
 from aml.training.resume import resume_run
 from aml.training.run_folder import RunLog, latest_checkpoint
-from aml.training.tuples import TupleDataset, TupleItem, collate_list, encode_batch, shape_grouped_batches
+from aml.training.tuples import (
+    TupleDataset,
+    TupleItem,
+    collate_list,
+    encode_batch,
+    from_pixels,
+    shape_grouped_batches,
+)
 from aml.utils.atomic import remove_orphan_temporaries
 from aml.utils.distributed import World, barrier
 from aml.utils.progress import progress_bar
@@ -118,6 +125,8 @@ class Trainer:
                 split.teacher = split.teacher.to(self.device)
         net.to(memory_format=torch.channels_last)  # faster convolutions on the CPU and GPU
         self.transform = image_transform(net.meta["mean"], net.meta["std"])
+        # the loader hands on uint8 pixels, normalised here: a quarter of the bytes to share, pin and copy
+        self.pixels = PixelNormalizer(net.meta["mean"], net.meta["std"], self.device)
         self.evaluate = evaluate
         self.parallel = Parallel(net, world, self.device, settings.batch_size, settings.train_batchnorm)
         # on CUDA, forwards padded to a few batch sizes (cuDNN prepares kernels per input shape);
@@ -185,7 +194,7 @@ class Trainer:
     def _loader(self, split: Split, tuples: List[TrainingTuple], epoch: int, shuffle: bool) -> DataLoader:
         """This rank's part of every global mini-batch (all of it in one process)."""
         s = self.settings
-        dataset = TupleDataset(tuples, split.images, s.image_size, self.transform)
+        dataset = TupleDataset(tuples, split.images, s.image_size)
         generator = seeded_generator(s.seed, "shuffle", epoch)
         batches = self._batches(split, tuples, generator, shuffle)
         batches = self.parallel.my_part(batches)
@@ -230,7 +239,7 @@ class Trainer:
         s = self.settings
         relational = self.criterion.kind is LossKind.RELATIONAL
         chunks = [batch] if s.train_batchnorm or s.batch_forward or relational else [[item] for item in batch]
-        encode: BatchEncoder = self.parallel.encode if backward else self.net.descriptors
+        encode = from_pixels(self.parallel.encode if backward else self.net.descriptors, self.pixels)
         if self.fixed_batches:
             encode = with_fixed_batches(encode)
         scale = 1 if relational else self.parallel.loss_scale

@@ -1,14 +1,15 @@
-"""Loading tuples for training: images of student members, teacher descriptors of the
-others, and encoding a tuple with the student (images of equal shape in one forward)."""
+"""Loading tuples for training: images of student members (uint8 pixels, normalised on the
+compute device), teacher descriptors of the others, and encoding a tuple with the student
+(images of equal shape in one forward)."""
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Dict, Hashable, List, Optional, Sequence, cast
+from typing import Dict, Hashable, List, Optional, Sequence, cast
 
 import torch
 from torch.utils.data import Dataset
 
-from aml.data.images import load_and_resize
+from aml.data.images import PixelNormalizer, image_pixels, load_and_resize
 from aml.descriptors.extraction import BatchEncoder
 from aml.losses.batch import TupleBatch
 from aml.losses.context import TeacherContext
@@ -19,7 +20,7 @@ from aml.utils.devices import to_device
 @dataclass
 class TupleItem:
     """One tuple as the loader gives it: the tuple, and its student members' images (decoded
-    in a loader worker), in member order."""
+    and resized in a loader worker, 3 x H x W uint8 pixels), in member order."""
 
     tuple: TrainingTuple
     images: List[torch.Tensor]
@@ -31,12 +32,14 @@ class TupleItem:
 
 
 class TupleDataset(Dataset):
-    """Item i = `TupleItem` of tuple i: the images of the members the student encodes
+    """Item i = `TupleItem` of tuple i: the pixels of the members the student encodes
     (the others are the teacher's descriptors, added by `encode_batch` in the main
-    process, where the teacher's matrix lives, maybe on the GPU)."""
+    process, where the teacher's matrix lives, maybe on the GPU). The pixels are uint8, a
+    quarter of the bytes of normalised float32 images: the encoder normalises them on the
+    compute device (`from_pixels`)."""
 
-    def __init__(self, tuples: Sequence[TrainingTuple], images: Sequence[str], image_size: int, transform: Callable):
-        self.tuples, self.images, self.image_size, self.transform = list(tuples), list(images), image_size, transform
+    def __init__(self, tuples: Sequence[TrainingTuple], images: Sequence[str], image_size: int):
+        self.tuples, self.images, self.image_size = list(tuples), list(images), image_size
 
     def __len__(self) -> int:
         return len(self.tuples)
@@ -46,7 +49,7 @@ class TupleDataset(Dataset):
         return TupleItem(
             t,
             [
-                self.transform(load_and_resize(self.images[m], self.image_size))
+                image_pixels(load_and_resize(self.images[m], self.image_size))
                 for m, teacher in zip(t.members, t.from_teacher, strict=True)
                 if not teacher
             ],
@@ -76,6 +79,23 @@ def shape_grouped_batches(keys: Sequence[Hashable], batch_size: int, generator: 
     leftovers = [leftovers[i] for i in torch.randperm(len(leftovers), generator=generator).tolist()]
     batches += [leftovers[k : k + batch_size] for k in range(0, len(leftovers) - batch_size + 1, batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def from_pixels(encode: BatchEncoder, normalise: PixelNormalizer) -> BatchEncoder:
+    """``encode`` of batches of uint8 pixels: normalised first, on their device.
+
+    Args:
+        encode: B x 3 x H x W normalised images -> B x D descriptors.
+        normalise: the network's normalisation.
+
+    Returns:
+        The encoder of pixels.
+    """
+
+    def encoded(pixels: torch.Tensor) -> torch.Tensor:
+        return encode(normalise(pixels))
+
+    return encoded
 
 
 def encode_images(

@@ -10,7 +10,7 @@ from PIL import Image
 
 import aml.data.encoded_images as encoded_images
 from aml.data.encoded_images import EncodedImagesFromList, decode_batch, read_payload
-from aml.data.images import ImageLoadError, load_and_resize
+from aml.data.images import ImageLoadError, image_transform, load_and_resize
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -78,17 +78,34 @@ def grey_levels(batch: torch.Tensor) -> np.ndarray:
     return pixels.round().permute(0, 2, 3, 1).numpy().astype(np.int64)
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("imsize", [160, 96, 57])
 def test_device_pixels_on_the_cpu_are_pils_own(files, imsize):
     """libjpeg through torchvision and PIL's LANCZOS arithmetic on tensors: PIL's bytes (nvJPEG's
-    distance to them: benchmarks/decoding.py on a GPU)."""
+    distance to them: benchmarks/decoding.py on a GPU), normalised to the very float32 values
+    of the PIL path's ToTensor and Normalize."""
     names = ["landscape.jpg", "portrait.jpg", "progressive.jpg", "gray.jpg", "cmyk.jpg", "image.png", "small.jpg"]
+    transform = image_transform(MEAN, STD)
     for name in names:
         payload = read_payload(files[name], imsize)
         batch = decode_batch([payload], torch.device("cpu"), MEAN, STD)
-        reference = np.asarray(load_and_resize(files[name], imsize), dtype=np.int64)
-        assert np.array_equal(grey_levels(batch)[0], reference), (name, imsize)
+        reference = load_and_resize(files[name], imsize)
+        assert np.array_equal(grey_levels(batch)[0], np.asarray(reference, dtype=np.int64)), (name, imsize)
+        assert torch.equal(batch[0], transform(reference)), (name, imsize)
         assert payload.encoded is (name.endswith(".jpg") and name != "cmyk.jpg")
+
+
+@pytest.mark.kernels
+def test_workers_pixels_are_the_pil_paths_tensors(files):
+    """decode="workers": PIL decodes in the worker, uint8 travels, the device normalises to
+    the values the PIL path's transform gives."""
+    names = ["landscape.jpg", "portrait.jpg", "gray.jpg", "cmyk.jpg", "image.png"]
+    payloads = [read_payload(files[name], 96, pil_only=True) for name in names]
+    assert not any(p.encoded for p in payloads) and all(p.data.dtype == torch.uint8 for p in payloads)
+    transform = image_transform(MEAN, STD)
+    for name, payload in zip(names, payloads, strict=True):
+        expected = transform(load_and_resize(files[name], 96))
+        assert torch.equal(decode_batch([payload], torch.device("cpu"), MEAN, STD)[0], expected), name
 
 
 def test_a_jpeg_that_pil_reduces_before_resizing_is_decoded_by_pil(files):

@@ -1,8 +1,19 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from aml.data.images import ImageLoadError, image_size, imresize, load_and_resize, load_image, resized_shape
+from aml.data.images import (
+    ImageLoadError,
+    PixelNormalizer,
+    image_pixels,
+    image_size,
+    image_transform,
+    imresize,
+    load_and_resize,
+    load_image,
+    resized_shape,
+)
 
 
 @pytest.mark.parametrize("size, imsize, expected", [((1000, 700), 362.7, (362, 253)), ((701, 333), 500, (500, 238)),
@@ -119,3 +130,20 @@ def test_a_box_mostly_on_its_image_is_cropped_as_given(tmp_path):
     path = tmp_path / "q.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
     assert load_and_resize(path, None, (-5, 0, 40, 31)).size == (45, 31)  # PIL pads what is outside
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("mean, std", [([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), ([0.5] * 3, [0.5] * 3)])
+def test_pixels_normalised_in_a_batch_equal_the_transform_of_each_image(mean, std):
+    """Every grey level, odd sizes, a channels_last batch: the very float32 values of ToTensor and Normalize."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)) for _ in range(3)]
+    images.append(Image.fromarray(np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)))  # all 256 levels
+    images = [image.resize((53, 37)) for image in images]
+    transform, normalise = image_transform(mean, std), PixelNormalizer(mean, std, torch.device("cpu"))
+    pixels = torch.stack([image_pixels(image) for image in images])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (4, 3, 37, 53)
+    expected = torch.stack([transform(image) for image in images])
+    assert torch.equal(normalise(pixels), expected)
+    assert torch.equal(normalise(pixels.contiguous(memory_format=torch.channels_last)), expected)
+    assert torch.equal(normalise(pixels.float()), expected)  # resized pixels arrive as float integers

@@ -184,7 +184,7 @@ def test_workers_decoding_gives_the_pil_pixels(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     pil = extract_vectors(net, images, 64, transform, config=ExtractionConfig(decode="pil"))
     workers = extract_vectors(net, images, 64, transform, config=ExtractionConfig(decode="workers"))
-    assert torch.allclose(pil, workers, atol=1e-5)
+    assert torch.equal(pil, workers)  # the same float32 inputs, normalised in the main process
 
 
 @pytest.mark.parametrize("dtype, floor", [("float16", 0.9995), ("bfloat16", 0.99)])
@@ -288,8 +288,8 @@ def test_the_cache_keeps_pil_and_device_descriptors_apart(images, net, tmp_path)
         return cached_descriptors(net, images[:4], DescriptorKey.of(net, 64, (1,), config), tmp_path, "db", config=config)
 
     pil, device = cached(ExtractionConfig(decode="pil")), cached(ExtractionConfig(decode="device"))
-    assert len(list(tmp_path.glob("db_*.npy"))) == 2
-    assert not np.array_equal(pil, device)
+    assert len(list(tmp_path.glob("db_*.npy"))) == 2  # nvJPEG's pixels may differ from PIL's by a grey level
+    np.testing.assert_array_equal(pil, device)  # on the CPU, libjpeg and PIL's arithmetic: PIL's very pixels
 
 
 def test_folded_batchnorm_gives_the_same_descriptors(images, net):

@@ -124,3 +124,21 @@ def test_tuple_images_arrive_pinned_for_cuda(split):
     items = [TupleItem(None, [torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])]
     pinned = next(iter(DataLoader(items, batch_size=1, collate_fn=collate_list, pin_memory=True)))
     assert all(image.is_pinned() for image in pinned[0].images)
+
+
+@pytest.mark.kernels
+def test_tuple_images_travel_as_uint8_and_meet_the_network_as_the_transform_gives_them(split, tmp_path):
+    """A quarter of the bytes through the loader, the pinned memory and the copy to the GPU;
+    normalised on the compute device to the values of ToTensor and Normalize in the worker."""
+    from aml.data.images import load_and_resize
+    from aml.training.tuples import from_pixels
+
+    trainer = make_trainer(split, tmp_path)
+    batch = first_batch(trainer, split)
+    pixels = [image for item in batch for image in item.images]
+    assert pixels and all(image.dtype == torch.uint8 for image in pixels)
+    item = batch[0]
+    students = [m for m, teacher in zip(item.tuple.members, item.tuple.from_teacher, strict=True) if not teacher]
+    floats = torch.stack([trainer.transform(load_and_resize(split.images[m], SIZE)) for m in students])
+    inputs = from_pixels(lambda x: x, trainer.pixels)(torch.stack(item.images))  # what the network receives
+    assert torch.equal(inputs, floats)

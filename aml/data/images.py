@@ -214,8 +214,11 @@ class PixelNormalizer:
     ToTensor divides by 255, Normalize subtracts the mean and divides by the standard
     deviation, all in float32; done in the same order here, every value equals the
     transform's (IEEE division and subtraction round the same on every device), so images
-    can travel to a GPU as uint8 and be normalised there. The constants go to ``device``
-    once: a tensor copied to a GPU at every batch would make the host wait for it.
+    can travel to a GPU as uint8 and be normalised there. Every divisor is a tensor on the
+    device: CUDA divides by a Python number as a multiplication by its rounded reciprocal,
+    which moves 126 of the 256 grey levels / 255 by one unit in the last place. The
+    constants go to ``device`` once: a tensor copied to a GPU at every batch would make the
+    host wait for it.
 
     Args:
         mean: the network's input mean per channel (0..1 scale).
@@ -234,9 +237,10 @@ class PixelNormalizer:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.levels = torch.tensor(255.0, dtype=torch.float32).to(device)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W values 0..255 (uint8, or float of integer values) -> normalised float32."""
-        return pixels.float().div(255).sub(self.mean).div(self.std)
+        return pixels.float().div(self.levels).sub(self.mean).div(self.std)

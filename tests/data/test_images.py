@@ -147,3 +147,27 @@ def test_pixels_normalised_in_a_batch_equal_the_transform_of_each_image(mean, st
     assert torch.equal(normalise(pixels), expected)
     assert torch.equal(normalise(pixels.contiguous(memory_format=torch.channels_last)), expected)
     assert torch.equal(normalise(pixels.float()), expected)  # resized pixels arrive as float integers
+
+
+def test_the_normalisation_divides_by_tensors_on_the_device_never_by_a_python_number():
+    """CUDA divides a tensor by a Python number (a CPU scalar) as a multiplication by its
+    reciprocal rounded to float32, which is not ToTensor's division on the CPU for 126 of
+    the 256 grey levels; a divisor on the device is a true division there too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Divisions(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.divisors = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.div:
+                self.divisors.append(args[1])
+            return func(*args, **(kwargs or {}))
+
+    normalise = PixelNormalizer([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], torch.device("cpu"))
+    with Divisions() as seen:
+        normalise(torch.zeros(1, 3, 2, 2, dtype=torch.uint8))
+    assert len(seen.divisors) == 2 and all(isinstance(d, torch.Tensor) for d in seen.divisors)
+    grey = np.arange(256, dtype=np.float32)
+    assert np.count_nonzero(grey / np.float32(255) != grey * np.float32(1 / 255)) == 126  # the reciprocal's toll

@@ -65,8 +65,8 @@ TORCH_API_TESTS := tests/training/test_distributed.py tests/training/test_parall
 	tests/training/test_device_path.py tests/descriptors/test_extraction.py tests/networks \
 	tests/data/test_encoded_images.py tests/data/test_resampling.py tests/export tests/benchmarks
 
-# torch 2.11 comes from PyPI, a CUDA build: 3.3 GB to download, 5 GB in the venv; nothing is kept in
-# pip's cache (--no-cache-dir), which would hold the download once more.
+# torch 2.11 comes from PyPI, a CUDA build: 6.8 GB of disk at most while pip installs it, 5.1 GB in
+# the venv after; nothing is kept in pip's cache (--no-cache-dir), which would hold the downloads again.
 $(OLD_VENV)/.installed: requirements.txt requirements-torch-2.11.txt requirements-data.txt setup.py
 	$(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_PY) -m pip install -q --no-compile --no-cache-dir -r requirements-torch-2.11.txt \

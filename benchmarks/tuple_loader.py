@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Images per second of the training loader alone (no network): what feeds a GPU.
 
-    python benchmarks/tuple_loader.py                      # 1024x768 JPEGs at --image-size 1024
-    python benchmarks/tuple_loader.py --image-size 362 --workers 1,2
+    python benchmarks/tuple_loader.py                      # image sizes 1024 and 362, 1 and 2 workers
+    python benchmarks/tuple_loader.py --image-sizes 1024 --workers 4
 
 Writes generated 1024x768 JPEGs (the size of most retrieval-SfM-120k and Oxford images) and
 times a DataLoader over aml's `TupleDataset` (7 images a tuple, batches of 5 tuples), best of
@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from aml.training.modes import TrainingTuple
 from aml.training.tuples import TupleDataset, TupleItem, collate_list
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
+from record import add_json_argument, write_record  # noqa: E402 (benchmarks/ is not a package)
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TUPLE = 7  # a query, a positive and 5 negatives: the original's -nn 5
@@ -71,26 +71,29 @@ def images_per_second(dataset: Dataset, workers: int, repeats: int) -> float:
     return len(dataset) * TUPLE / best
 
 
-def main() -> Dict:
+def main(argv: Optional[List[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--image-sizes", default="1024,362", type=lambda s: [int(v) for v in s.split(",")])
     parser.add_argument("--tuples", type=int, default=40)
     parser.add_argument("--workers", default="1,2", type=lambda s: [int(w) for w in s.split(",")])
     parser.add_argument("--repeats", type=int, default=3)
     add_json_argument(parser, "tuple_loader")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    rows: Dict[str, Dict[str, Dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as folder:
         paths = write_images(Path(folder), 20)
         members = [tuple((q + k) % len(paths) for k in range(TUPLE)) for q in range(args.tuples)]
         tuples = [TrainingTuple(m, (-1, 1) + (0,) * (TUPLE - 2), (False,) * TUPLE) for m in members]
-        loaders = {"uint8 (aml)": TupleDataset(tuples, paths, args.image_size),
-                   "float32 (the original's)": NormalisedInWorkers(tuples, paths, args.image_size)}
-        rows = {str(w): {name: images_per_second(d, w, args.repeats) for name, d in loaders.items()}
-                for w in args.workers}
-    for workers, row in rows.items():
-        print(f"{workers} workers at {args.image_size} px: "
-              + ", ".join(f"{name} {rate:.0f} images/s" for name, rate in row.items()))
+        for size in args.image_sizes:
+            loaders = {"uint8 (aml)": TupleDataset(tuples, paths, size),
+                       "float32 (the original's)": NormalisedInWorkers(tuples, paths, size)}
+            rows[str(size)] = {str(w): {name: images_per_second(d, w, args.repeats) for name, d in loaders.items()}
+                               for w in args.workers}
+    for size, by_workers in rows.items():
+        for workers, row in by_workers.items():
+            print(f"{size} px, {workers} workers: "
+                  + ", ".join(f"{name} {rate:.0f} images/s" for name, rate in row.items()))
     write_record(args.json, "tuple_loader", {k: v for k, v in vars(args).items() if k != "json"}, rows)
     return rows
 

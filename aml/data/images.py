@@ -213,10 +213,11 @@ class PixelNormalizer:
 
     ToTensor divides by 255, Normalize subtracts the mean and divides by the standard
     deviation, all in float32; done in the same order here, every value equals the
-    transform's (IEEE division and subtraction round the same on every device), so images
-    can travel to a GPU as uint8 and be normalised there. Every divisor is a tensor on the
-    device: CUDA divides by a Python number as a multiplication by its rounded reciprocal,
-    which moves 126 of the 256 grey levels / 255 by one unit in the last place. The
+    transform's (IEEE division and subtraction round the same on the CPU and on CUDA), so
+    images can travel to a GPU as uint8 and be normalised there. Every divisor is a tensor
+    on the device: CUDA divides by a Python number (or a one-element CPU tensor) as a
+    multiplication by its rounded reciprocal, which moves 126 of the 256 grey levels / 255
+    by one unit in the last place. The
     constants go to ``device`` once: a tensor copied to a GPU at every batch would make the
     host wait for it.
 
@@ -237,7 +238,7 @@ class PixelNormalizer:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
-        self.levels = torch.tensor(255.0, dtype=torch.float32).to(device)
+        self.levels = torch.full((1, 1, 1, 1), 255.0, dtype=torch.float32).to(device)  # 4-d: never a scalar
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
 

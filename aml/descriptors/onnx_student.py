@@ -312,6 +312,8 @@ def describe_with_onnx(
         (512, 1)
     """
     boxes = list(bbxs) if bbxs is not None else [None] * len(images)
+    if len(boxes) != len(images):
+        raise ValueError(f"{len(images)} images but {len(boxes)} bounding boxes")
     columns = [
         session.run(None, {"image": image_array(path, image_size, box)})[0][0]
         for path, box in zip(images, boxes, strict=True)

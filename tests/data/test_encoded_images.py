@@ -96,16 +96,17 @@ def test_device_pixels_on_the_cpu_are_pils_own(files, imsize):
 
 
 @pytest.mark.kernels
-def test_workers_pixels_are_the_pil_paths_tensors(files):
+@pytest.mark.parametrize("device", DEVICES)
+def test_workers_pixels_are_the_pil_paths_tensors(files, device):
     """decode="workers": PIL decodes in the worker, uint8 travels, the device normalises to
-    the values the PIL path's transform gives."""
+    the values the PIL path's transform gives in the worker (on CUDA too: true divisions)."""
     names = ["landscape.jpg", "portrait.jpg", "gray.jpg", "cmyk.jpg", "image.png"]
     payloads = [read_payload(files[name], 96, pil_only=True) for name in names]
     assert not any(p.encoded for p in payloads) and all(p.data.dtype == torch.uint8 for p in payloads)
     transform = image_transform(MEAN, STD)
     for name, payload in zip(names, payloads, strict=True):
         expected = transform(load_and_resize(files[name], 96))
-        assert torch.equal(decode_batch([payload], torch.device("cpu"), MEAN, STD)[0], expected), name
+        assert torch.equal(decode_batch([payload], torch.device(device), MEAN, STD)[0].cpu(), expected), name
 
 
 def test_a_jpeg_that_pil_reduces_before_resizing_is_decoded_by_pil(files):

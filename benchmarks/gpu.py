@@ -68,7 +68,8 @@ from aml.training.optim import build_optimizer
 from aml.training.trainer import Split, Trainer, TrainSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline import make_images, original_loop  # noqa: E402  (benchmarks/ is not a package)
+import gpu_targets  # noqa: E402  (benchmarks/ is not a package)
+from baseline import make_images, original_loop  # noqa: E402
 from record import add_json_argument, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,6 +265,8 @@ def extraction_row(args, name: str, paths: Sequence[str], device: torch.device, 
     row["network_alone"] = 1 / network_alone(net, shape, len(paths), scales, msp, device, batch,
                                              resolve_amp(None, device))
     row["decode_alone"] = 1 / decode_alone(net, paths, args.image_size, device, args.workers, args.decode)
+    # the device decoder's rate (nvJPEG on CUDA): with network alone, the ceiling of the targets
+    row["device_decode_alone"] = 1 / decode_alone(net, paths, args.image_size, device, args.workers, "device")
     return row
 
 
@@ -558,7 +561,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         results["extraction"] = []
         shown = list(VARIANTS) if args.variants else list(EVERY_ROW)
         print("\n| network | original img/s | " + " | ".join(f"{v} img/s (speed-up, cold, min cosine)" for v in shown)
-              + " | network alone img/s | decode alone img/s |\n" + "|---" * (4 + len(shown)) + "|", flush=True)
+              + " | network alone img/s | decode alone img/s | device decoding alone img/s |\n"
+              + "|---" * (5 + len(shown)) + "|", flush=True)
         for k, name in enumerate(args.networks):
             if budget.left() <= 0:
                 results["skipped"].append(f"extraction {name}")
@@ -570,7 +574,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             results["extraction"].append(row)
             save()
             print(f"| {name} | {row.get('original', 0):.1f} | {' | '.join(_cell(row.get(v)) for v in shown)} | "
-                  f"{row.get('network_alone', 0):.1f} | {row.get('decode_alone', 0):.1f} |"
+                  f"{row.get('network_alone', 0):.1f} | {row.get('decode_alone', 0):.1f} | "
+                  f"{row.get('device_decode_alone', 0):.1f} |"
                   + (f" {row['error']}" if "error" in row else ""), flush=True)
             if on_cuda:
                 torch.cuda.empty_cache()
@@ -600,8 +605,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         section("compile", lambda: compile_row(args, paths, device),
                 args.compile if args.compile is not None else on_cuda)
     results["seconds"] = budget.spent()
-    print(f"\n{results['seconds']:.0f} s in all", flush=True)
     save()
+    print("\n" + gpu_targets.table(gpu_targets.checks(results)), flush=True)
+    print(f"{results['seconds']:.0f} s in all", flush=True)
     return results
 
 

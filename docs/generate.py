@@ -29,6 +29,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 GENERATED = ROOT / "docs" / "generated"
 IMAGES = ROOT / "docs" / "images" / "generated"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # benchmarks/ is not a package: gpu_targets judges a GPU record
+
+import gpu_targets  # noqa: E402
 
 # ---- the docs' fenced blocks (also what tests/docs/test_commands.py runs)
 
@@ -438,15 +441,19 @@ def _gpu_extraction(record: dict) -> str:
     r, s = record["results"], record["settings"]
     rows_in = [row for row in r.get("extraction", []) if "original" in row]
     variants = list(dict.fromkeys(v for row in rows_in for v in row if isinstance(row[v], dict)))
+    device_decoding = any("device_decode_alone" in row for row in rows_in)
     rows = [[row["network"], f"{row['original']:.1f}"] + [_rate_cell(row[v]) if v in row else "" for v in variants]
-            + [f"{row['network_alone']:,.0f}", f"{row['decode_alone']:,.0f}"] for row in rows_in]
+            + [f"{row['network_alone']:,.0f}", f"{row['decode_alone']:,.0f}"]
+            + ([f"{row['device_decode_alone']:,.0f}" if "device_decode_alone" in row else ""] if device_decoding else [])
+            for row in rows_in]
     failed = [f"{row['network']}: {row['error']}" for row in r.get("extraction", []) if "error" in row]
     return (f"{s.get('images', '')} JPEGs at {s.get('image_size', '')} px, {s.get('workers', '')} loader workers, "
             f"autocast {s.get('amp_dtype', 'float16')}; images per second (speed-up over the original's loop"
             + (", the first call's rate, which meets every shape for the first time" if any(
                 "cold_rate" in row.get(v, {}) for row in rows_in for v in variants) else "")
             + ", smallest cosine to the original's descriptors):\n\n"
-            + table(["network", "the original's loop"] + variants + ["network alone", "decoding alone"], rows)
+            + table(["network", "the original's loop"] + variants + ["network alone", "decoding alone"]
+                    + (["device decoding alone"] if device_decoding else []), rows)
             + "".join(f"\nNot measured: {line}\n" for line in failed))
 
 
@@ -506,6 +513,8 @@ def gpu_section() -> Generated:
                      "`--batch-forward --amp`.\n")
         if record.get("note"):
             part += f"\n{record['note']}\n"
+        part += ("\nThe targets of the CUDA path (`python benchmarks/gpu_targets.py " + f"benchmarks/results/{name}`):\n\n"
+                 + gpu_targets.table(gpu_targets.checks(r)))
         parts.append(part + "\n" + source_line(name, record) + "\n")
     text = "\n".join(parts) or "*Not measured yet: `python benchmarks/gpu.py` on a CUDA machine.*\n"
     return Generated({"gpu.md": text}, {}, names)

@@ -31,11 +31,13 @@ def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path, capsys):
     assert [r["network"] for r in rows] == ["mobilenet_v2 -> 512", "mobilenet_v2 -> 512 (3 scales)"]
     for row, variants in zip(rows, (bench.VARIANTS, bench.EVERY_ROW)):  # every variant on the first row
         assert row["original"] > 0 and row["network_alone"] > 0 and row["decode_alone"] > 0
+        assert row["device_decode_alone"] > 0  # the decoder's ceiling of the targets
         assert set(variants) <= set(row)
         for variant in variants:  # on the CPU: fp32; nvJPEG's stand-in is libjpeg
             cell = row[variant]
             assert cell["rate"] > 0 and cell["cold_rate"] > 0 and cell["cos_min"] > 0.999, (variant, cell)
     assert results["ts_epoch"]["original_s"] > 0 and results["ts_epoch"]["fast_s"] > 0
+    assert "| mobilenet_v2 -> 512: aml's rate |" in out and "| ts epoch: speed-up over the original's loop |" in out
     record = json.loads((tmp_path / "gpu.json").read_text())  # what docs/generate.py reads
     assert record["benchmark"] == "gpu" and record["results"]["extraction"] == json.loads(json.dumps(rows))
     assert record["provenance"]["torch"] == torch.__version__ and record["provenance"]["command"].startswith("python")

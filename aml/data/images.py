@@ -217,9 +217,8 @@ class PixelNormalizer:
     images can travel to a GPU as uint8 and be normalised there. Every divisor is a tensor
     on the device: CUDA divides by a Python number (or a one-element CPU tensor) as a
     multiplication by its rounded reciprocal, which moves 126 of the 256 grey levels / 255
-    by one unit in the last place. The
-    constants go to ``device`` once: a tensor copied to a GPU at every batch would make the
-    host wait for it.
+    by one unit in the last place. The constants go to ``device`` once: a tensor copied to a
+    GPU at every batch would make the host wait for it.
 
     Args:
         mean: the network's input mean per channel (0..1 scale).

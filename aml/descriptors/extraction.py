@@ -151,10 +151,15 @@ DECODINGS: Dict[str, Decoding] = {
 DECODE_CHOICES = ("auto",) + tuple(DECODINGS)
 
 
+#: what ``decode="auto"`` means per device type ("pil" elsewhere): the measurement that chose
+#: each is in docs/speed.md, "The defaults on CUDA"
+AUTO_DECODING: Dict[str, str] = {"cuda": "workers", "cpu": "pil"}
+
+
 def resolve_decoding(name: str, device: torch.device) -> Decoding:
-    """The decoding ``name`` stands for ("auto": "workers" on CUDA, "pil" on the CPU)."""
+    """The decoding ``name`` stands for ("auto": `AUTO_DECODING` of the device's type)."""
     if name == "auto":
-        name = "workers" if device.type == "cuda" else "pil"
+        name = AUTO_DECODING.get(device.type, "pil")
     return lookup(DECODINGS, name, "decoding", DECODE_CHOICES)
 
 

@@ -431,3 +431,14 @@ def test_a_compiled_extraction_compiles_once_for_every_call(images, net, monkeyp
     torch._dynamo.reset()
     with pytest.raises(ConfigError, match="fold_batchnorm=True with compile=True"):
         ExtractionConfig(compile=True, fold_batchnorm=True)
+
+
+def test_auto_decoding_is_the_table_of_the_device_type():
+    from aml.descriptors.extraction import AUTO_DECODING, resolve_decoding
+
+    assert resolve_decoding("auto", torch.device("cpu")).name == "pil"
+    assert resolve_decoding("auto", torch.device("cuda")).name == AUTO_DECODING["cuda"] == "workers"
+    assert resolve_decoding("auto", torch.device("meta")).name == "pil"  # a device the table does not name
+    assert resolve_decoding("device", torch.device("cpu")).key == "device-lanczos"
+    with pytest.raises(ValueError, match="choose one of auto, pil, device, workers"):
+        resolve_decoding("nvjpeg", torch.device("cuda"))

@@ -266,7 +266,9 @@ def extraction_row(args, name: str, paths: Sequence[str], device: torch.device, 
                                              resolve_amp(None, device))
     row["decode_alone"] = 1 / decode_alone(net, paths, args.image_size, device, args.workers, args.decode)
     # the device decoder's rate (nvJPEG on CUDA): with network alone, the ceiling of the targets
-    row["device_decode_alone"] = 1 / decode_alone(net, paths, args.image_size, device, args.workers, "device")
+    row["device_decode_alone"] = (
+        row["decode_alone"] if resolve_decoding(args.decode, device).name == "device"
+        else 1 / decode_alone(net, paths, args.image_size, device, args.workers, "device"))
     return row
 
 

@@ -7,7 +7,8 @@ What a worker does with a file:
   4 times its resized size along each side: it reads the header (for the size after
   resizing) and hands the bytes on, undecoded;
 - anything else (PNG, CMYK, a query's crop, a JPEG without its end marker, which libjpeg
-  would decode half, a JPEG shrunk 4 times or more): it decodes the file by the exact PIL path of `aml.data.images`
+  would decode half, a JPEG 4 times its resized size or more, which ``thumbnail`` reduces by
+  an integer factor first): it decodes the file by the exact PIL path of `aml.data.images`
   and hands on uint8 pixels.
 
 With ``pil_only`` (extraction's ``decode="workers"``) every file takes the second way: the
@@ -16,11 +17,8 @@ original's pixels, a quarter of the bytes of normalised float tensors.
 On the device an image is resized to the shape PIL's thumbnail gives (``resized_shape``) by
 PIL's own LANCZOS arithmetic (`aml.data.resampling`): the same bytes as PIL from the same
 decoded pixels; then normalised by `aml.data.images.PixelNormalizer`, the same float32
-values as the PIL path's ToTensor and Normalize. A JPEG 4 times its resized size or more
-along a side, which ``thumbnail`` reduces by an integer factor first, goes the PIL way in
-the worker. A file the device fails
-to decode is decoded alone by the PIL path; a file that fails there too raises
-`ImageLoadError` naming it.
+values as the PIL path's ToTensor and Normalize. A file the device fails to decode is
+decoded alone by the PIL path; a file that fails there too raises `ImageLoadError` naming it.
 """
 
 import io

@@ -217,12 +217,12 @@ def decode_alone(net, paths, image_size, device, workers, decode) -> float:
     """Seconds per image of aml's loader and decoding, without the network."""
     decoding = resolve_decoding(decode, device)
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    loader = _image_loader(decoding.dataset(paths, image_size, None, transform), workers, device,
-                           pin=decoding.pin_items)
+    dataset = decoding.dataset(paths, image_size, None, transform)
     decoder = decoding.decoder(device, net.meta["mean"], net.meta["std"])
 
     def run():
-        for items, _ in _batches(iter(loader), lambda shape: 32, decoding.shape, 128):
+        loader = _image_loader(dataset, workers, device, decoding)
+        for items, _ in _batches(loader, lambda shape: 32, decoding.shape, 128):
             decoder(items, None)
     _, seconds = timed(device, run)
     return seconds / len(paths)

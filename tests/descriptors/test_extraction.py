@@ -211,6 +211,28 @@ def test_device_decoding_skips_and_names_a_bad_file(images, net, tmp_path, real_
     assert skipped == [3] and torch.all(vecs[:, 3] == 0) and torch.all(vecs[:, [0, 1, 2, 4, 5]].norm(dim=0) > 0.99)
 
 
+def test_device_decodings_workers_hand_on_eight_files_a_message(images, net, tmp_path, monkeypatch, real_workers):
+    """Each message from a loader worker costs the main process a shared-memory block per
+    tensor: device decoding's workers send a chunk's JPEG bytes together."""
+    from aml.data.encoded_images import LoaderChunk
+
+    received = []
+    unpacked = LoaderChunk.unpacked
+    monkeypatch.setattr(LoaderChunk, "unpacked", lambda chunk: received.append(len(chunk.entries)) or unpacked(chunk))
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(open(images[0], "rb").read()[:300])
+    paths = images[:9] + [str(bad)] + images[9:]
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    skipped = []
+    device = extract_vectors(net, paths, 64, transform, skipped=skipped,
+                             config=ExtractionConfig(decode="device", workers=2, skip_bad=True))
+    assert received == [8, 7] and skipped == [9]
+    received.clear()
+    pil = extract_vectors(net, images, 64, transform, config=ExtractionConfig(decode="pil", workers=2))
+    assert received == [1] * len(images)  # pixels, MBs each: one image a message
+    torch.testing.assert_close(device[:, [k for k in range(len(paths)) if k != 9]], pil, rtol=0, atol=1e-6)
+
+
 def test_unknown_decoding_is_refused(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     with pytest.raises(ValueError, match="unknown decoding 'gpu'.*auto, pil, device"):

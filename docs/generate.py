@@ -327,6 +327,22 @@ def decoding_section() -> Generated:
     return Generated({"decoding.md": text}, {}, ["decoding.json"])
 
 
+def image_loader_section() -> Generated:
+    record = _load("image_loader.json")
+    if record is None:
+        return Generated({"image_loader.md": "*Not measured yet: `python benchmarks/image_loader.py`.*\n"}, {}, [])
+    settings = record["settings"]
+    rows = [[name, chunk, f"{cost['median']:.0f}", f"{cost['min']:.0f} to {cost['max']:.0f}",
+             f"{1e6 / cost['median']:,.0f}"]
+            for name, by_chunk in record["results"].items() for chunk, cost in by_chunk.items()]
+    text = (f"The main thread's CPU time per image, receiving {settings['images']} generated 1024x768 JPEGs at "
+            f"{settings['image_size']} px from {settings['workers']} loader worker(s), median and range of "
+            f"{settings['repeats']} runs:\n\n"
+            + table(["decoding", "images a message", "us per image", "range", "ceiling, images/s"], rows)
+            + "\n" + source_line("image_loader.json", record) + "\n")
+    return Generated({"image_loader.md": text}, {}, ["image_loader.json"])
+
+
 def training_section() -> Generated:
     names = sorted(p.name for p in RESULTS.glob("train_epoch*.json"))
     parts = []
@@ -755,7 +771,7 @@ def not_run_section() -> Generated:
 
 
 SECTIONS = (demo_section, demo_epochs_section, later_losses_section, extract_section, real_weights_section,
-            decoding_section, training_section, search_section, int8_section, gpu_section, reranking_section,
+            decoding_section, image_loader_section, training_section, search_section, int8_section, gpu_section, reranking_section,
             compat_section, vit_readout_section, learning_section, registry_section, imagenet_section, flags_section, not_run_section)
 
 

@@ -727,6 +727,11 @@ def flag_rows(parser: argparse.ArgumentParser, dests: Optional[Sequence[str]] = 
     if dests is not None:
         by_dest = {action.dest: action for action in actions}
         actions = [by_dest[dest] for dest in dests]
+    return action_rows(actions)
+
+
+def action_rows(actions: Sequence[argparse.Action]) -> List[List[str]]:
+    """The rows of `flag_rows` for these actions."""
     rows = []
     for action in actions:
         if action.help == argparse.SUPPRESS or isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
@@ -747,12 +752,27 @@ RECIPE = ("loss_margin", "image_size", "neg_num", "query_size", "pool_size", "ba
           "update_every", "epochs", "optimizer", "lr", "weight_decay")
 
 
+#: the groups argparse makes itself: a parser with no other has one table
+ARGPARSE_GROUPS = ("positional arguments", "options", "optional arguments")
+
+
+def flag_tables(parser: argparse.ArgumentParser) -> str:
+    """The flags as one table, or as a table under each heading of --help when the parser
+    puts its flags in groups."""
+    header = ["flag", "default", "what it does"]
+    groups = [group for group in parser._action_groups if action_rows(group._group_actions)]
+    if all(group.title in ARGPARSE_GROUPS for group in groups):
+        return table(header, flag_rows(parser))
+    return "\n".join(f"**{(group.title or '').capitalize()}**\n\n" + table(header, action_rows(group._group_actions))
+                     for group in groups)
+
+
 def flags_section() -> Generated:
     made = {}
     for name, (typed, module, subcommand) in COMMANDS.items():
         parser = command_parser(module, subcommand)
         made[name] = (f"`{typed}`: every flag, from its parser (`{module}.build_parser()`; `{typed} --help` "
-                      "prints the same).\n\n" + table(["flag", "default", "what it does"], flag_rows(parser)))
+                      "prints the same).\n\n" + flag_tables(parser))
     module = COMMANDS["flags_main.md"][1]
     made["recipe.md"] = (table(["flag", "default", "what it sets"], flag_rows(command_parser(module, None), RECIPE))
                          + f"\n*From `{module}.build_parser()`.*\n")

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Union
 
 from aml.utils.devices import DeviceError, parse_device
 from aml.utils.atomic import is_disk_full
@@ -37,6 +37,10 @@ _BINARY: Dict[type, Callable[[float, float], float]] = {
     ast.Pow: operator.pow,
 }
 _UNARY: Dict[type, Callable[[float], float]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+#: where flags go: a parser, or one of its argument groups (a heading in --help)
+Flags = Union[argparse.ArgumentParser, argparse._ArgumentGroup]
 
 
 def _number(node: ast.AST) -> float:
@@ -183,7 +187,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+def add_runtime_arguments(parser: Flags) -> None:
     """--data-root and --device, which every command takes."""
     parser.add_argument(
         "--data-root",
@@ -206,7 +210,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_image_size_arguments(parser: argparse.ArgumentParser) -> None:
+def add_image_size_arguments(parser: Flags) -> None:
     """--image-size and --multiscale: the size and the scales images are encoded at."""
     parser.add_argument(
         "--image-size",
@@ -226,7 +230,7 @@ def add_image_size_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+def add_worker_arguments(parser: Flags) -> None:
     """--workers (image loading workers, 8 by default) and --gpu-id (the GPU of --device auto)."""
     parser.add_argument(
         "--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)"
@@ -234,7 +238,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
 
 
-def add_test_set_arguments(parser: argparse.ArgumentParser) -> None:
+def add_test_set_arguments(parser: Flags) -> None:
     """What test.py and python -m aml.compat test on, and at which size: --datasets (with their
     distractor sets), --distractor-dtype, --shard-size, --image-size, --multiscale and
     --whitening; `checked_test_sets` reads the names."""
@@ -336,7 +340,7 @@ def checked_test_sets(args: argparse.Namespace) -> List[str]:
     return names
 
 
-def add_extraction_arguments(parser: argparse.ArgumentParser, training: bool = False) -> None:
+def add_extraction_arguments(parser: Flags, training: bool = False) -> None:
     """How images become descriptors: --batch-size (unless ``training``, where it counts
     tuples), --amp/--no-amp, --amp-dtype, --decode and --compile."""
     from aml.descriptors import DECODE_CHOICES
@@ -406,9 +410,7 @@ def extraction_from(args: argparse.Namespace, device: Optional[str] = None) -> "
     )
 
 
-def add_reranking_arguments(
-    parser: argparse.ArgumentParser, qe: bool = True, dba: bool = True, superglobal: bool = True
-) -> None:
+def add_reranking_arguments(parser: Flags, qe: bool = True, dba: bool = True, superglobal: bool = True) -> None:
     """--qe/--qe-alpha (alpha query expansion), --dba/--dba-alpha (database-side augmentation)
     and --superglobal/--sg-k/--sg-beta (SuperGlobal's re-ranking); `reranking_from` turns them
     into a `Reranking`."""

@@ -236,6 +236,33 @@ def _copy_as_jpeg(source: Path, target: Path) -> None:
             image.convert("RGB").save(target, "JPEG", quality=95)
 
 
+def _database_names(description: Description, images_dir: Path, query_names: List[str]) -> List[str]:
+    """The description's database, or else every file under ``images_dir`` but the queries."""
+    listed = description.get("database")
+    if listed is not None:
+        return list(listed)
+    taken = set(query_names)
+    return sorted(
+        str(p.relative_to(images_dir))
+        for p in images_dir.rglob("*")
+        if p.is_file() and str(p.relative_to(images_dir)) not in taken
+    )
+
+
+def _check_names(database_names: List[str], query_names: List[str], source: str) -> None:
+    """Refuse two images whose names differ only by their extension, and a database image
+    listed twice."""
+    stems = [_stem(n) for n in dict.fromkeys(database_names + query_names)]
+    if len(set(stems)) != len(stems):
+        raise TestSetError(f"{source}: two images share a name once the extension is dropped; rename one")
+    if len(set(database_names)) != len(database_names):
+        twice = next(n for n in database_names if database_names.count(n) > 1)
+        raise TestSetError(
+            f"{source}: the database lists {twice} twice; list each image once (a copy that is not "
+            "among a query's positives would count as a wrong result)"
+        )
+
+
 def build_test_set(
     description: Description,
     images_dir: PathLike,
@@ -258,45 +285,28 @@ def build_test_set(
     protocol = _protocol(queries, source)
     lists = LISTS[protocol]
     query_names = [q["image"] for q in queries]
-    database_names = description.get("database")
-    if database_names is None:
-        taken = set(query_names)
-        database_names = sorted(
-            str(p.relative_to(images_dir))
-            for p in images_dir.rglob("*")
-            if p.is_file() and str(p.relative_to(images_dir)) not in taken
-        )
+    database_names = _database_names(description, images_dir, query_names)
     sizes = _check_images(list(query_names) + list(database_names), images_dir, source)
-    stems = [_stem(n) for n in dict.fromkeys(list(database_names) + query_names)]
-    if len(set(stems)) != len(stems):
-        raise TestSetError(f"{source}: two images share a name once the extension is dropped; rename one")
+    _check_names(database_names, query_names, source)
     database = {n: i for i, n in enumerate(database_names)}
-    if len(database) != len(database_names):
-        twice = next(n for n in database if list(database_names).count(n) > 1)
-        raise TestSetError(
-            f"{source}: the database lists {twice} twice; list each image once (a copy that is not "
-            "among a query's positives would count as a wrong result)"
-        )
     for q, entry in enumerate(queries):
         _check_query(q, entry, lists, database, sizes, source)
     folder = data_subdir(data_root, "test") / name
     if folder.exists():
         raise TestSetError(f"{folder} already exists; choose another --name or move it away")
+    gnd = [
+        {**{key: [database[n] for n in entry.get(key, [])] for key in lists}, "bbx": _bbx(entry)} for entry in queries
+    ]
+    ground_truth = {
+        "imlist": [_stem(n) for n in database_names],
+        "qimlist": [_stem(n) for n in query_names],
+        "gnd": gnd,
+    }
     with staged(folder) as staging:
         (staging / "jpg").mkdir(parents=True)
         for image in dict.fromkeys(list(database_names) + query_names):
             _copy_as_jpeg(images_dir / image, staging / "jpg" / f"{_stem(image)}.jpg")
-        gnd = [
-            {
-                **{key: [database[n] for n in entry.get(key, [])] for key in lists},
-                "bbx": _bbx(entry),
-            }
-            for entry in queries
-        ]
-        save_pickle(
-            {"imlist": [_stem(n) for n in database_names], "qimlist": [_stem(n) for n in query_names], "gnd": gnd},
-            staging / f"gnd_{name}.pkl",
-        )
+        save_pickle(ground_truth, staging / f"gnd_{name}.pkl")
         if not publish_folder(staging, folder):
             raise TestSetError(
                 f"{folder} was created by another process meanwhile; choose another --name or move it away"

@@ -212,6 +212,23 @@ def student_rows(
     return rows
 
 
+def _rows_over_seeds(teacher_row: Dict, per_seed: List[List[Dict]]) -> List[Dict]:
+    """The teacher's row, then each student row with its results of every seed."""
+    return [teacher_row] + [
+        {"network": first["network"], "test": first["test"], "results": [of_seed[i]["results"] for of_seed in per_seed]}
+        for i, first in enumerate(per_seed[0])
+    ]
+
+
+def _print_tables(rows: List[Dict], teacher_row: Dict, per_seed: List[List[Dict]], seeds: Sequence[int]) -> None:
+    """Each seed's table (with several seeds), then the table of ``rows``."""
+    if len(seeds) > 1:
+        for seed, rows_of_seed in zip(seeds, per_seed, strict=True):
+            print(f"\nseed {seed}\n" + format_table([teacher_row] + rows_of_seed))
+        print(f"\nmean ± std over seeds {', '.join(map(str, seeds))} (one teacher, seed {seeds[0]})")
+    print("\n" + format_table(rows))
+
+
 def run_demo(
     data_root: Optional[str] = None,
     student_arch: str = "mobilenet_v2",
@@ -249,36 +266,22 @@ def run_demo(
     }
     seconds["teacher"] = time.time() - start - seconds["data"]
     per_seed = [student_rows(root, seed, teacher, student_arch, budget, student_modes) for seed in seeds]
-    rows = [teacher_row] + [
-        {
-            "network": first["network"],
-            "test": first["test"],
-            "results": [rows_of_seed[i]["results"] for rows_of_seed in per_seed],
-        }
-        for i, first in enumerate(per_seed[0])
-    ]
-    if len(seeds) > 1:
-        for seed, rows_of_seed in zip(seeds, per_seed, strict=True):
-            print(f"\nseed {seed}\n" + format_table([teacher_row] + rows_of_seed))
-        print(f"\nmean ± std over seeds {', '.join(map(str, seeds))} (one teacher, seed {seeds[0]})")
-    print("\n" + format_table(rows))
+    rows = _rows_over_seeds(teacher_row, per_seed)
+    _print_tables(rows, teacher_row, per_seed, seeds)
     notes = [f"one teacher (seed {seeds[0]}); the spread is over the students' seeds"] * (len(seeds) > 1)
     notes += findings_lines(paper_findings(rows, student_arch, teacher_arch))
     print("".join(f"\n{line}" for line in notes))
     seconds["students"] = time.time() - start - seconds["data"] - seconds["teacher"]
     seconds["total"] = time.time() - start
-    record = {
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "provenance": provenance(),
-        "settings": {
-            "student_arch": student_arch,
-            "teacher_arch": teacher_arch,
-            "teacher_trunk": teacher_trunk,
-            **dataclasses.asdict(budget),
-            "teacher_options": TEACHER_OPTIONS,
-            "student_options": {m: STUDENT_OPTIONS[m] for m in student_modes},
-        },
+    settings = {
+        "student_arch": student_arch,
+        "teacher_arch": teacher_arch,
+        "teacher_trunk": teacher_trunk,
+        **dataclasses.asdict(budget),
+        "teacher_options": TEACHER_OPTIONS,
+        "student_options": {m: STUDENT_OPTIONS[m] for m in student_modes},
     }
+    record = {"seconds": {k: round(v, 1) for k, v in seconds.items()}, "provenance": provenance(), "settings": settings}
     written = write_results(rows, root / "demo", list(seeds), notes, record)
     print(
         f"\n>> demo finished in {time.time() - start:.0f} s; runs in {root / 'demo' / 'runs'}; table in {written} "

@@ -1,6 +1,5 @@
 """benchmarks/gpu.py runs on the CPU at a small size, so that it never rots, and never aborts."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,21 +7,15 @@ import pytest
 import torch
 
 from aml.descriptors.extraction import NonFiniteDescriptors
+from tests.benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--device", "cpu", "--images", "6", "--image-size", "64", "--tuples", "6", "--workers", "0",
          "--no-cold-start", "--no-training"]
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path, capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("gpu")
     results = bench.main(SMALL + ["--networks", "mobilenet_v2 -> 512,mobilenet_v2 -> 512 (3 scales)",
                                   "--json", str(tmp_path / "gpu.json")])
     out = capsys.readouterr().out
@@ -45,7 +38,7 @@ def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path, capsys):
 
 
 def test_a_failing_row_or_section_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("gpu")
     real = bench.extraction_row
 
     def failing(args, name, *rest):
@@ -68,12 +61,12 @@ def test_a_failing_row_or_section_is_recorded_and_the_run_goes_on(tmp_path, monk
 
 
 def test_a_section_past_the_budget_is_left_out(tmp_path):
-    results = load_benchmark().main(SMALL + ["--budget", "0", "--profile", "--json", str(tmp_path / "gpu.json")])
+    results = load_benchmark("gpu").main(SMALL + ["--budget", "0", "--profile", "--json", str(tmp_path / "gpu.json")])
     assert "profile" in results["skipped"] and "ts_epoch" in results["skipped"] and not results["extraction"]
 
 
 def test_the_cold_start_probe_times_a_first_and_a_second_call():
-    bench = load_benchmark()
+    bench = load_benchmark("gpu")
     net = __import__("aml.networks", fromlist=["build_network"]).build_network("squeezenet1_1", pretrained=False)
     row = bench._probe(net.eval(), torch.device("cpu"), bench.PROBES["contiguous fp32"], [(1, 3, 40, 32)], train=False)
     assert row["first_s"] > 0 and row["steady_s"] > 0 and row["shapes"] == 1
@@ -82,7 +75,7 @@ def test_the_cold_start_probe_times_a_first_and_a_second_call():
 
 
 def test_the_training_rows_time_two_epochs_of_the_getting_started_flow(tmp_path, monkeypatch):
-    bench = load_benchmark()
+    bench = load_benchmark("gpu")
     monkeypatch.setattr(bench, "SYNTHETIC", ["--train-landmarks", "6", "--val-landmarks", "2", "--views", "4",
                                              "--test-landmarks", "2", "--distractors", "0", "--quiet"])
     monkeypatch.setattr(bench, "TEACHER_RUN", ["-a", "squeezenet1_1", "--not-pretrained", "-m", "std", "-qs", "8",
@@ -98,12 +91,12 @@ def test_the_training_rows_time_two_epochs_of_the_getting_started_flow(tmp_path,
 
 def test_the_gpu_benchmark_refuses_an_unknown_row():
     with pytest.raises(SystemExit):
-        load_benchmark().main(["--networks", "alexnet", "--device", "cpu"])
+        load_benchmark("gpu").main(["--networks", "alexnet", "--device", "cpu"])
 
 
 def test_the_sync_row_counts_the_batches_an_extraction_makes(tmp_path):
     """Batches of 32 per shape: 42 landscape and 22 portrait images make 3, not 64 / 32."""
-    bench = load_benchmark()
+    bench = load_benchmark("gpu")
     from PIL import Image
 
     paths = []

@@ -1,12 +1,8 @@
 """benchmarks/gpu_targets.py: the CUDA path's targets judged from a gpu.py record, on hand-made numbers."""
 
-import importlib.util
-from pathlib import Path
+from tests.benchmarks import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("gpu_targets", ROOT / "benchmarks" / "gpu_targets.py")
-gpu_targets = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_targets)
+gpu_targets = load_benchmark("gpu_targets")
 
 
 def by_name(results):

@@ -1,18 +1,13 @@
 """benchmarks/image_loader.py runs through at a tiny size and reports every decoding's chunks."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 from aml.descriptors.extraction import DECODINGS
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks import load_benchmark
 
 
 def test_the_loader_cost_benchmark_reports_one_image_a_message_and_each_decodings_chunk(tmp_path):
-    spec = importlib.util.spec_from_file_location("image_loader", ROOT / "benchmarks" / "image_loader.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("image_loader")
     rows = bench.main(["--images", "10", "--image-size", "64", "--workers", "1", "--repeats", "1",
                        "--json", str(tmp_path / "loader.json")])
     assert list(rows) == ["device", "workers", "pil"]

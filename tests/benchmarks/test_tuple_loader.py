@@ -1,15 +1,10 @@
 """benchmarks/tuple_loader.py runs through at a tiny size and reports both loaders."""
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmarks import load_benchmark
 
 
 def test_the_loader_benchmark_times_both_loaders_for_every_size_and_worker_count(tmp_path):
-    spec = importlib.util.spec_from_file_location("tuple_loader", ROOT / "benchmarks" / "tuple_loader.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("tuple_loader")
     rows = bench.main(["--image-sizes", "64,32", "--tuples", "2", "--workers", "0,1", "--repeats", "1",
                        "--json", str(tmp_path / "loader.json")])
     assert list(rows) == ["64", "32"] and all(list(by) == ["0", "1"] for by in rows.values())

@@ -1,7 +1,6 @@
 """benchmarks/gpu.py runs on the CPU at a small size, so that it never rots, and never aborts."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +8,6 @@ import torch
 from aml.descriptors.extraction import NonFiniteDescriptors
 from tests.benchmarks import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--device", "cpu", "--images", "6", "--image-size", "64", "--tuples", "6", "--workers", "0",
          "--no-cold-start", "--no-training"]
 

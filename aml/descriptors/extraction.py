@@ -81,9 +81,11 @@ class _ReportErrors(Dataset):
 BatchDecoder = Callable[[List[Any], Optional[List[int]]], Optional[torch.Tensor]]
 
 # Device decoding's workers hand on this many files' bytes in one message: the main process
-# receives 8 files for about the cost of 2 sent one by one (benchmarks/image_loader.py). The
-# other decodings send one image a message: their items are pixels, MBs each, and a chunk
-# would multiply the memory in flight for a smaller gain.
+# receives 8 files for about the cost of 2 sent one by one (benchmarks/image_loader.py). A
+# file's bytes live until its chunk's last file is decoded: with 4 batches of images waiting
+# for their shape's batch to fill, a few MB of JPEGs per waiting image at most. The other
+# decodings send one image a message: their items are pixels, MBs each, and a chunk would
+# multiply the memory in flight for a smaller gain.
 DEVICE_CHUNK = 8
 
 
@@ -470,8 +472,8 @@ def _image_loader(
     """Single items (and their indices) of ``dataset`` from ``workers`` processes, in order.
 
     The workers hand items on in `LoaderChunk`s of ``decoding.chunk``, pinned for a GPU when
-    ``decoding.pin_items`` (not when the decoder stacks them first); each worker keeps about 4
-    items in flight (at least 2 chunks)."""
+    ``decoding.pin_items`` (not when the decoder stacks them first); each worker keeps 4 items
+    in flight, or 2 chunks when a chunk holds more."""
     loader = DataLoader(
         _ReportErrors(dataset),
         batch_size=decoding.chunk,

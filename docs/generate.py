@@ -327,20 +327,24 @@ def decoding_section() -> Generated:
     return Generated({"decoding.md": text}, {}, ["decoding.json"])
 
 
-def image_loader_section() -> Generated:
-    record = _load("image_loader.json")
-    if record is None:
-        return Generated({"image_loader.md": "*Not measured yet: `python benchmarks/image_loader.py`.*\n"}, {}, [])
+def _image_loader_table(name: str, record: dict) -> str:
     settings = record["settings"]
-    rows = [[name, chunk, f"{cost['median']:.0f}", f"{cost['min']:.0f} to {cost['max']:.0f}",
+    rows = [[decoding, chunk, f"{cost['median']:.0f}", f"{cost['min']:.0f} to {cost['max']:.0f}",
              f"{1e6 / cost['median']:,.0f}"]
-            for name, by_chunk in record["results"].items() for chunk, cost in by_chunk.items()]
-    text = (f"The main thread's CPU time per image, receiving {settings['images']} generated 1024x768 JPEGs at "
+            for decoding, by_chunk in record["results"].items() for chunk, cost in by_chunk.items()]
+    return (f"The main thread's CPU time per image, receiving {settings['images']} generated 1024x768 JPEGs at "
             f"{settings['image_size']} px from {settings['workers']} loader worker(s), median and range of "
             f"{settings['repeats']} runs:\n\n"
             + table(["decoding", "images a message", "us per image", "range", "ceiling, images/s"], rows)
-            + "\n" + source_line("image_loader.json", record) + "\n")
-    return Generated({"image_loader.md": text}, {}, ["image_loader.json"])
+            + "\n" + source_line(name, record) + "\n")
+
+
+def image_loader_section() -> Generated:
+    """Every ``image_loader*.json``: this machine's, and those of GPU machines (gpu_check.sh)."""
+    names = sorted(p.name for p in RESULTS.glob("image_loader*.json"))
+    text = ("\n".join(_image_loader_table(name, _load(name)) for name in names)
+            or "*Not measured yet: `python benchmarks/image_loader.py`.*\n")
+    return Generated({"image_loader.md": text}, {}, names)
 
 
 def training_section() -> Generated:

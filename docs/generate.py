@@ -454,7 +454,8 @@ def _rate_cell(entry: dict) -> str:
     if "error" in entry:
         return f"error: {entry['error'].split(':')[0]}"
     cold = f", first call {entry['cold_rate']:.1f}" if "cold_rate" in entry else ""
-    return f"{entry['rate']:.1f} ({entry['speedup']:.2f}x{cold}, cos {entry['cos_min']:.5f})"
+    one = f", one image {entry['one_image_s'] * 1e3:.0f} ms" if "one_image_s" in entry else ""
+    return f"{entry['rate']:.1f} ({entry['speedup']:.2f}x{cold}{one}, cos {entry['cos_min']:.5f})"
 
 
 def _gpu_extraction(record: dict) -> str:
@@ -471,6 +472,8 @@ def _gpu_extraction(record: dict) -> str:
             f"autocast {s.get('amp_dtype', 'float16')}; images per second (speed-up over the original's loop"
             + (", the first call's rate, which meets every shape for the first time" if any(
                 "cold_rate" in row.get(v, {}) for row in rows_in for v in variants) else "")
+            + (", the time of a call for one image: what any call costs" if any(
+                "one_image_s" in row.get(v, {}) for row in rows_in for v in variants) else "")
             + ", smallest cosine to the original's descriptors):\n\n"
             + table(["network", "the original's loop"] + variants + ["network alone", "decoding alone"]
                     + (["device decoding alone"] if device_decoding else []), rows)

@@ -402,8 +402,9 @@ class _Columns:
     cross to the host in blocks of at least ``block_rows`` rows (and at the end): a copy to
     the host waits for the device, so one per batch would stall the pipeline at every batch."""
 
-    def __init__(self, count: int, block_rows: int):
-        self.count, self.block_rows = count, block_rows
+    def __init__(self, count: int, dim: int):
+        self.count, self.dim = count, dim
+        self.block_rows = max(1, BLOCK_BYTES // (4 * max(1, dim)))
         self.pending: List[Tuple[torch.Tensor, List[int]]] = []
         self.rows = 0
         self.vecs: Optional[torch.Tensor] = None
@@ -424,10 +425,10 @@ class _Columns:
         self.vecs[:, indices] = block.t()
         self.pending, self.rows = [], 0
 
-    def result(self, dim: int) -> torch.Tensor:
-        """The D x N descriptors (zeros of ``dim`` rows when nothing was encoded)."""
+    def result(self) -> torch.Tensor:
+        """The D x N descriptors (zeros when nothing was encoded)."""
         self._flush()
-        return self.vecs if self.vecs is not None else torch.zeros(dim, self.count)
+        return self.vecs if self.vecs is not None else torch.zeros(self.dim, self.count)
 
 
 # Rows a block of descriptors gathers on the device before it is copied to the host: 64 MiB
@@ -471,7 +472,8 @@ def _image_loader(
 ) -> Generator[Tuple[Any, int], None, None]:
     """Single items (and their indices) of ``dataset`` from ``workers`` processes, in order.
 
-    The workers hand items on in `LoaderChunk`s of ``decoding.chunk``, pinned for a GPU when
+    The workers start at once and read ahead while the caller prepares the network. They
+    hand items on in `LoaderChunk`s of ``decoding.chunk``, pinned for a GPU when
     ``decoding.pin_items`` (not when the decoder stacks them first); each worker keeps 4 items
     in flight, or 2 chunks when a chunk holds more."""
     loader = DataLoader(
@@ -484,8 +486,8 @@ def _image_loader(
         prefetch_factor=max(2, 4 // decoding.chunk) if workers else None,
         persistent_workers=False,
     )
-    for chunk in loader:
-        yield from chunk.unpacked()
+    chunks = iter(loader)  # the workers start now, not when the first item is asked for
+    return (item for chunk in chunks for item in chunk.unpacked())
 
 
 def extract_vectors(
@@ -734,42 +736,54 @@ def _extract_block(
     was_training = net.training
     net.eval()
     try:
-        runner = _runner(net, o).eval()
-        describe = cast(BatchEncoder, runner.descriptors)
-        encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.compile else describe
-        meta = getattr(net, "meta", {})
-        decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
         dataset = o.decoding.dataset(images, image_size, bbxs, transform)
-        autocast = torch.autocast(o.device.type, dtype=o.amp) if o.amp else contextlib.nullcontext()
-        cap = _BatchCap()
-        largest = o.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
-        dim = meta.get("outputdim", 0)
-        columns = _Columns(len(images), max(1, BLOCK_BYTES // (4 * max(1, dim))))
+        # the workers start reading now, while the network is prepared (a copy takes tenths of a second)
         loader = _image_loader(dataset, effective_workers(o.workers, o.device), o.device, o.decoding)
-        with (
-            torch.inference_mode(),
-            contextlib.closing(loader),  # the workers stop with the call, even when it raises
-            progress_bar(total=len(images), enabled=o.progress, unit="img", desc=o.desc, leave=False) as bar,
-        ):
-            for items, indices in _batches(loader, o.limit, o.decoding.shape, 4 * largest, bad):
-                failed: Optional[List[int]] = [] if bad is not None else None
-                x = decode(items, failed)  # outside autocast: the pixels are the same in every precision
-                if failed and bad is not None:  # named in the log by the decoder
-                    bad.extend(indices[k] for k in failed)
-                    indices = [i for k, i in enumerate(indices) if k not in set(failed)]
-                    bar.update(-len(failed))  # counted again with the skipped below
-                if x is not None:
-                    if o.fixed:
-                        x = _padded(x, fixed_batch_size(len(x), o.limit(o.decoding.shape(items[0]))))
-                    with autocast:
-                        out = cap.describe(encode, x.contiguous(memory_format=o.memory_format), o.scales, o.msp)
-                    columns.add(out[: len(indices)], indices)
-                bar.update(len(items))
-            if bad:
-                bar.update(len(bad))
-            return columns.result(dim)
+        with contextlib.closing(loader):  # the workers stop with the call, even when it raises
+            runner = _runner(net, o).eval()
+            describe = cast(BatchEncoder, runner.descriptors)
+            encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.compile else describe
+            meta = getattr(net, "meta", {})
+            decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
+            return _encode_loaded(loader, encode, decode, o, _Columns(len(images), meta.get("outputdim", 0)), bad)
     finally:
         net.train(was_training)
+
+
+def _encode_loaded(
+    loader: Iterator[Tuple[Any, int]],
+    encode: BatchEncoder,
+    decode: BatchDecoder,
+    o: _Options,
+    columns: "_Columns",
+    bad: Optional[List[int]],
+) -> torch.Tensor:
+    """The descriptors of the loader's images, decoded and encoded in batches of one shape,
+    gathered by ``columns`` (``bad``: as in `_extract_block`)."""
+    autocast = torch.autocast(o.device.type, dtype=o.amp) if o.amp else contextlib.nullcontext()
+    cap = _BatchCap()
+    largest = o.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
+    with (
+        torch.inference_mode(),
+        progress_bar(total=columns.count, enabled=o.progress, unit="img", desc=o.desc, leave=False) as bar,
+    ):
+        for items, indices in _batches(loader, o.limit, o.decoding.shape, 4 * largest, bad):
+            failed: Optional[List[int]] = [] if bad is not None else None
+            x = decode(items, failed)  # outside autocast: the pixels are the same in every precision
+            if failed and bad is not None:  # named in the log by the decoder
+                bad.extend(indices[k] for k in failed)
+                indices = [i for k, i in enumerate(indices) if k not in set(failed)]
+                bar.update(-len(failed))  # counted again with the skipped below
+            if x is not None:
+                if o.fixed:
+                    x = _padded(x, fixed_batch_size(len(x), o.limit(o.decoding.shape(items[0]))))
+                with autocast:
+                    out = cap.describe(encode, x.contiguous(memory_format=o.memory_format), o.scales, o.msp)
+                columns.add(out[: len(indices)], indices)
+            bar.update(len(items))
+        if bad:
+            bar.update(len(bad))
+        return columns.result()
 
 
 def describe_images(

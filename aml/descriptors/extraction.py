@@ -470,12 +470,15 @@ class _BatchCap:
 def _image_loader(
     dataset: Dataset, workers: int, device: torch.device, decoding: Decoding
 ) -> Generator[Tuple[Any, int], None, None]:
-    """Single items (and their indices) of ``dataset`` from ``workers`` processes, in order.
+    """Single items (and their indices) of ``dataset`` from ``workers`` processes (no more
+    than it has chunks), in order.
 
     The workers start at once and read ahead while the caller prepares the network. They
     hand items on in `LoaderChunk`s of ``decoding.chunk``, pinned for a GPU when
     ``decoding.pin_items`` (not when the decoder stacks them first); each worker keeps 4 items
     in flight, or 2 chunks when a chunk holds more."""
+    messages = -(-len(dataset) // decoding.chunk)  # type: ignore[arg-type]
+    workers = min(workers, messages)  # a worker that gets nothing to read only costs its start
     loader = DataLoader(
         _ReportErrors(dataset),
         batch_size=decoding.chunk,

@@ -253,6 +253,25 @@ def test_the_loader_workers_start_before_the_network_is_prepared(images, net, mo
     assert events == ["workers", "network"] and vecs.shape == (512, 3)
 
 
+@pytest.mark.parametrize("decode, count, started", [("pil", 3, 3), ("device", 3, 1), ("device", 14, 2)])
+def test_no_more_workers_start_than_there_are_messages(images, net, monkeypatch, real_workers, decode, count, started):
+    """A worker starts as a copy of the process (tens of ms for a large one) and costs that
+    even when it gets nothing to read: device decoding hands on 8 files a message."""
+    from aml.descriptors import extraction
+
+    workers = []
+
+    class Loader(extraction.DataLoader):
+        def __iter__(self):
+            workers.append(self.num_workers)
+            return super().__iter__()
+
+    monkeypatch.setattr(extraction, "DataLoader", Loader)
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    extract_vectors(net, images[:count], 64, transform, config=ExtractionConfig(workers=8, decode=decode))
+    assert workers == [started]
+
+
 def test_unknown_decoding_is_refused(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     with pytest.raises(ValueError, match="unknown decoding 'gpu'.*auto, pil, device"):

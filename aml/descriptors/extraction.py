@@ -473,8 +473,7 @@ def _image_loader(
     """Single items (and their indices) of ``dataset`` from ``workers`` processes (no more
     than it has chunks), in order.
 
-    The workers start at once and read ahead while the caller prepares the network. They
-    hand items on in `LoaderChunk`s of ``decoding.chunk``, pinned for a GPU when
+    The workers start at once. They hand items on in `LoaderChunk`s of ``decoding.chunk``, pinned for a GPU when
     ``decoding.pin_items`` (not when the decoder stacks them first); each worker keeps 4 items
     in flight, or 2 chunks when a chunk holds more."""
     messages = -(-len(dataset) // decoding.chunk)  # type: ignore[arg-type]
@@ -739,15 +738,16 @@ def _extract_block(
     was_training = net.training
     net.eval()
     try:
+        # the network first: once the workers are started (copies of this process), every page
+        # the main process writes is copied first, and preparing a ResNet101 takes 3 times as long
+        runner = _runner(net, o).eval()
+        describe = cast(BatchEncoder, runner.descriptors)
+        encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.compile else describe
+        meta = getattr(net, "meta", {})
+        decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
         dataset = o.decoding.dataset(images, image_size, bbxs, transform)
-        # the workers start reading now, while the network is prepared (a copy takes tenths of a second)
         loader = _image_loader(dataset, effective_workers(o.workers, o.device), o.device, o.decoding)
         with contextlib.closing(loader):  # the workers stop with the call, even when it raises
-            runner = _runner(net, o).eval()
-            describe = cast(BatchEncoder, runner.descriptors)
-            encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.compile else describe
-            meta = getattr(net, "meta", {})
-            decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
             return _encode_loaded(loader, encode, decode, o, _Columns(len(images), meta.get("outputdim", 0)), bad)
     finally:
         net.train(was_training)

@@ -233,9 +233,10 @@ def test_device_decodings_workers_hand_on_eight_files_a_message(images, net, tmp
     torch.testing.assert_close(device[:, [k for k in range(len(paths)) if k != 9]], pil, rtol=0, atol=1e-6)
 
 
-def test_the_loader_workers_start_before_the_network_is_prepared(images, net, monkeypatch, real_workers):
-    """Preparing the network (a folded copy: tenths of a second for a ResNet101) overlaps
-    with the workers' first reads."""
+def test_the_network_is_prepared_before_the_loader_workers_start(images, net, monkeypatch, real_workers):
+    """A started worker is a copy of the process: every page the main process writes after
+    that is copied first (folding a ResNet101 then took 3 times as long,
+    benchmarks/call_cost.py)."""
     from aml.descriptors import extraction
 
     events = []
@@ -250,7 +251,7 @@ def test_the_loader_workers_start_before_the_network_is_prepared(images, net, mo
     monkeypatch.setattr(extraction, "_runner", lambda *args: events.append("network") or prepare(*args))
     transform = image_transform(net.meta["mean"], net.meta["std"])
     vecs = extract_vectors(net, images[:3], 64, transform, config=ExtractionConfig(workers=1, fold_batchnorm=True))
-    assert events == ["workers", "network"] and vecs.shape == (512, 3)
+    assert events == ["network", "workers"] and vecs.shape == (512, 3)
 
 
 @pytest.mark.parametrize("decode, count, started", [("pil", 3, 3), ("device", 3, 1), ("device", 14, 2)])

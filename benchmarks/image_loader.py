@@ -8,10 +8,12 @@ On a GPU the main process is the one serial part of extraction: it receives ever
 the loader workers, then queues the decoding and the network. What it spends per image on
 receiving is a ceiling on extraction's rate, whatever the GPU. This benchmark drains aml's
 extraction loader (`aml.descriptors.extraction._image_loader`, no decoding after it and no
-network) over generated 1024x768 JPEGs and measures the main thread's CPU time per image
-(``time.thread_time``: what it computes and what the kernel does for it, not its waits), for
-each decoding with one image a message and with the decoding's own chunk
-(`aml.data.encoded_images.LoaderChunk`). Median and range of ``--repeats`` runs.
+network) over generated 1024x768 JPEGs and measures, per image, the main thread's CPU time
+(``time.thread_time``: what it computes and what the kernel does for it, not its waits) and
+the main process's (``time.process_time``: with its threads, so with threaded workers their
+reading too), for each decoding with its workers as processes (DataLoader's, one image a
+message) and, for device decoding, as threads (aml's). Median and range of ``--repeats``
+runs; the wall time of a drain is its rate.
 """
 
 import argparse
@@ -36,16 +38,20 @@ from tuple_loader import MEAN, STD, write_images  # noqa: E402
 CPU = torch.device("cpu")  # no pinning: the pinning thread would share the main process's time
 
 
-def main_thread_cost(decoding: Decoding, paths: List[str], image_size: int, workers: int) -> float:
-    """Microseconds of the main thread's CPU time per image, draining the loader once."""
+def costs(decoding: Decoding, paths: List[str], image_size: int, workers: int) -> Dict[str, float]:
+    """Microseconds per image of the main thread's and the main process's CPU time, and the
+    drain's rate in images per second, draining the loader once."""
     dataset = decoding.dataset(paths, image_size, None, image_transform(MEAN, STD))
-    start = time.thread_time()
+    thread, process, wall = time.thread_time(), time.process_time(), time.perf_counter()
     count = sum(1 for _ in _image_loader(dataset, workers, CPU, decoding))
-    return (time.thread_time() - start) / count * 1e6
+    return {"thread_us": (time.thread_time() - thread) / count * 1e6,
+            "process_us": (time.process_time() - process) / count * 1e6,
+            "rate": count / (time.perf_counter() - wall)}
 
 
-def summary(values: List[float]) -> Dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+def summary(runs: List[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
+    return {key: {"median": statistics.median(run[key] for run in runs), "min": min(run[key] for run in runs),
+                  "max": max(run[key] for run in runs)} for key in runs[0]}
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
@@ -59,20 +65,21 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     add_json_argument(parser, "image_loader")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows: Dict[str, Dict[str, Dict[str, float]]] = {}
+    rows: Dict[str, Dict[str, Dict[str, Dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory() as folder:
         files = write_images(Path(folder), 20)
         paths = [files[k % len(files)] for k in range(args.images)]
         for name in args.decodings:
             decoding = DECODINGS[name]
-            chunks = sorted({1, decoding.chunk})
-            rows[name] = {str(chunk): summary([main_thread_cost(replace(decoding, chunk=chunk), paths,
-                                                                 args.image_size, args.workers)
-                                                for _ in range(args.repeats)]) for chunk in chunks}
-    for name, by_chunk in rows.items():
-        for chunk, cost in by_chunk.items():
-            print(f"{name}, {chunk} a message: {cost['median']:.0f} us per image "
-                  f"({cost['min']:.0f} to {cost['max']:.0f})")
+            kinds = {"processes": replace(decoding, threads=False)}
+            if decoding.threads:
+                kinds["threads"] = decoding
+            rows[name] = {kind: summary([costs(d, paths, args.image_size, args.workers) for _ in range(args.repeats)])
+                          for kind, d in kinds.items()}
+    for name, by_kind in rows.items():
+        for kind, cost in by_kind.items():
+            print(f"{name}, workers as {kind}: main thread {cost['thread_us']['median']:.0f} us per image, "
+                  f"main process {cost['process_us']['median']:.0f} us, {cost['rate']['median']:.0f} images/s")
     write_record(args.json, "image_loader", {k: v for k, v in vars(args).items() if k != "json"}, rows)
     return rows
 

@@ -26,7 +26,7 @@ import logging
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -96,56 +96,6 @@ def read_payload(
                 return ImagePayload(str(path), shape, data, True, imsize)
     image = load_and_resize(path, imsize, bbx)
     return ImagePayload(str(path), (image.height, image.width), image_pixels(image), False, imsize)
-
-
-@dataclass
-class LoaderChunk:
-    """Consecutive loader items (``(item, index)`` pairs) that a worker hands on in one message.
-
-    Every tensor that travels from a loader worker to the main process costs the main
-    process a shared-memory block and a file descriptor received over a socket, per tensor;
-    at the rates a GPU decodes JPEGs that is the loader's ceiling
-    (``benchmarks/image_loader.py``). The JPEG bytes of a chunk's encoded payloads therefore
-    travel back to back in one tensor (``jpegs``; ``spans`` holds each one's position in
-    ``entries`` and its length) and `unpacked` hands them back as views of it. Other items
-    (decoded pixels, a file's error) travel as they are.
-    """
-
-    entries: List[Tuple[Any, int]]
-    jpegs: torch.Tensor
-    spans: List[Tuple[int, int]]
-
-    @classmethod
-    def of(cls, entries: List[Tuple[Any, int]]) -> "LoaderChunk":
-        """The chunk of ``entries`` (a DataLoader's ``collate_fn``: runs in the worker)."""
-        encoded = [k for k, (item, _) in enumerate(entries) if isinstance(item, ImagePayload) and item.encoded]
-        if not encoded:
-            return cls(list(entries), torch.empty(0, dtype=torch.uint8), [])
-        jpegs = torch.cat([entries[k][0].data for k in encoded])
-        stripped = list(entries)
-        for k in encoded:
-            # an empty tensor travels without a block of its own; a view of ``jpegs`` would need one
-            stripped[k] = (replace(entries[k][0], data=torch.empty(0, dtype=torch.uint8)), entries[k][1])
-        return cls(stripped, jpegs, [(k, len(entries[k][0].data)) for k in encoded])
-
-    def unpacked(self) -> List[Tuple[Any, int]]:
-        """The items in their order, each encoded payload's data a view of ``jpegs``."""
-        entries, start = list(self.entries), 0
-        for k, length in self.spans:
-            item, index = entries[k]
-            entries[k] = (replace(item, data=self.jpegs[start : start + length]), index)
-            start += length
-        return entries
-
-    def pin_memory(self) -> "LoaderChunk":
-        """Decoded pixels in page-locked memory for their copy to the GPU (DataLoader's
-        pin_memory calls this); JPEG bytes stay where they are: the decoder reads them on
-        the host."""
-        pinned = [
-            (item.pin_memory() if hasattr(item, "pin_memory") and not getattr(item, "encoded", False) else item, index)
-            for item, index in self.entries
-        ]
-        return replace(self, entries=pinned)
 
 
 class EncodedImagesFromList(Dataset):

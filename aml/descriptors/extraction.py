@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from aml.data.encoded_images import DeviceDecoder, EncodedImagesFromList, LoaderChunk
+from aml.data.encoded_images import DeviceDecoder, EncodedImagesFromList, ImagePayload
 from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
 from aml.networks.inference import inference_copy
 from aml.networks.preserved import left_as_it_was
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
+from aml.utils.threads import ordered_map
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
 from aml.utils.changeable import Changeable
 from aml.utils.errors import ConfigError, DataError, lookup
@@ -80,13 +81,8 @@ class _ReportErrors(Dataset):
 
 BatchDecoder = Callable[[List[Any], Optional[List[int]]], Optional[torch.Tensor]]
 
-# Device decoding's workers hand on this many files' bytes in one message: the main process
-# receives 8 files for about the cost of 2 sent one by one (benchmarks/image_loader.py). A
-# file's bytes live until its chunk's last file is decoded: with 4 batches of images waiting
-# for their shape's batch to fill, a few MB of JPEGs per waiting image at most. The other
-# decodings send one image a message: their items are pixels, MBs each, and a chunk would
-# multiply the memory in flight for a smaller gain.
-DEVICE_CHUNK = 8
+# Loader workers start ahead of the caller by this many items each.
+AHEAD_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -107,7 +103,7 @@ class Decoding:
     shape: Callable[[Any], Tuple[int, ...]]
     decoder: Callable[[torch.device, Sequence[float], Sequence[float]], BatchDecoder]
     pin_items: bool  # the loader pins each item for the GPU (False: the decoder stacks them first)
-    chunk: int = 1  # items a loader worker hands on in one message (`LoaderChunk`)
+    threads: bool = False  # its workers are threads of the main process (they read files), not processes
 
 
 def _pil_decoder(device: torch.device, mean: Sequence[float], std: Sequence[float]) -> BatchDecoder:
@@ -145,7 +141,7 @@ DECODINGS: Dict[str, Decoding] = {
         lambda payload: tuple(payload.shape),
         _device_decoder,
         pin_items=True,
-        chunk=DEVICE_CHUNK,
+        threads=True,
     ),
     "workers": Decoding(
         "workers",
@@ -470,26 +466,42 @@ class _BatchCap:
 def _image_loader(
     dataset: Dataset, workers: int, device: torch.device, decoding: Decoding
 ) -> Generator[Tuple[Any, int], None, None]:
-    """Single items (and their indices) of ``dataset`` from ``workers`` processes (no more
-    than it has chunks), in order.
+    """Single items (and their indices) of ``dataset`` from ``workers`` workers (no more than
+    it has items), in order, each worker 4 items ahead; pinned for a GPU when
+    ``decoding.pin_items`` (not when the decoder stacks them first).
 
-    The workers start at once. They hand items on in `LoaderChunk`s of ``decoding.chunk``, pinned for a GPU when
-    ``decoding.pin_items`` (not when the decoder stacks them first); each worker keeps 4 items
-    in flight, or 2 chunks when a chunk holds more."""
-    messages = -(-len(dataset) // decoding.chunk)  # type: ignore[arg-type]
-    workers = min(workers, messages)  # a worker that gets nothing to read only costs its start
+    With ``decoding.threads`` the workers are threads of this process: device decoding's
+    workers read files and headers, work that leaves Python's lock to others, and a process
+    would cost its start (a copy of this process: tenths of a second with 8 workers) and a
+    shared-memory block per item (benchmarks/image_loader.py, benchmarks/call_cost.py).
+    Otherwise they are DataLoader's processes, which decode with PIL in parallel."""
+    workers = min(workers, len(dataset))  # type: ignore[arg-type]
+    pin = decoding.pin_items and device.type == "cuda"
+    if decoding.threads:
+        items = _ReportErrors(dataset)
+        return ordered_map(
+            lambda index: _pinned(items[index]) if pin else items[index],
+            len(items),
+            workers,
+            AHEAD_PER_WORKER * max(1, workers),
+        )
     loader = DataLoader(
         _ReportErrors(dataset),
-        batch_size=decoding.chunk,
+        batch_size=None,
         shuffle=False,
-        collate_fn=LoaderChunk.of,
         num_workers=workers,
-        pin_memory=decoding.pin_items and device.type == "cuda",
-        prefetch_factor=max(2, 4 // decoding.chunk) if workers else None,
+        pin_memory=pin,
+        prefetch_factor=AHEAD_PER_WORKER if workers else None,
         persistent_workers=False,
     )
-    chunks = iter(loader)  # the workers start now, not when the first item is asked for
-    return (item for chunk in chunks for item in chunk.unpacked())
+    return (item for item in loader)
+
+
+def _pinned(entry: Tuple[Any, int]) -> Tuple[Any, int]:
+    """A loader item with its decoded pixels in page-locked memory, for an asynchronous copy
+    to the GPU (JPEG bytes stay: the decoder reads them on the host)."""
+    item, index = entry
+    return (item.pin_memory(), index) if isinstance(item, ImagePayload) and not item.encoded else entry
 
 
 def extract_vectors(

@@ -1,18 +1,18 @@
-"""benchmarks/image_loader.py runs through at a tiny size and reports every decoding's chunks."""
+"""benchmarks/image_loader.py runs through at a tiny size and reports every decoding's workers."""
 
 import json
 
-from aml.descriptors.extraction import DECODINGS
 from tests.benchmarks import load_benchmark
 
 
-def test_the_loader_cost_benchmark_reports_one_image_a_message_and_each_decodings_chunk(tmp_path):
+def test_the_loader_cost_benchmark_reports_processes_for_every_decoding_and_threads_for_devices(tmp_path):
     bench = load_benchmark("image_loader")
     rows = bench.main(["--images", "10", "--image-size", "64", "--workers", "1", "--repeats", "1",
                        "--json", str(tmp_path / "loader.json")])
-    assert list(rows) == ["device", "workers", "pil"]
-    for name, by_chunk in rows.items():
-        assert sorted(by_chunk, key=int) == [str(c) for c in sorted({1, DECODINGS[name].chunk})]
-        assert all(0 < cost["min"] <= cost["median"] <= cost["max"] for cost in by_chunk.values())
-    assert "8" in rows["device"]
+    assert {name: list(by_kind) for name, by_kind in rows.items()} == {
+        "device": ["processes", "threads"], "workers": ["processes"], "pil": ["processes"]}
+    for by_kind in rows.values():
+        for cost in by_kind.values():
+            assert list(cost) == ["thread_us", "process_us", "rate"]
+            assert all(0 < value["min"] <= value["median"] <= value["max"] for value in cost.values())
     assert json.loads((tmp_path / "loader.json").read_text())["results"] == rows

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import aml.data.encoded_images as encoded_images
-from aml.data.encoded_images import EncodedImagesFromList, ImagePayload, LoaderChunk, decode_batch, read_payload
+from aml.data.encoded_images import EncodedImagesFromList, decode_batch, read_payload
 from aml.data.images import ImageLoadError, image_transform, load_and_resize
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -208,40 +208,3 @@ def test_an_image_size_below_one_pixel_gives_a_one_pixel_side(files):
     payload = read_payload(files["landscape.jpg"], 0.5)
     expected = load_and_resize(files["landscape.jpg"], 0.5)
     assert payload.shape == (expected.height, expected.width) == (1, 1)
-
-
-def test_a_chunk_carries_its_jpeg_bytes_in_one_tensor_and_gives_every_item_back(files):
-    names = ["landscape.jpg", "cmyk.jpg", "gray.jpg", "image.png", "portrait.jpg"]
-    entries = [(read_payload(files[name], 96), k) for k, name in enumerate(names)] + [("a file's error", 9)]
-    chunk = LoaderChunk.of(entries)
-    assert len(chunk.jpegs) == sum(len(read_payload(files[name], 96).data) for name in names[::2])
-    assert [item.data.numel() for item, _ in chunk.entries[::2]] == [0, 0, 0]  # the bytes travel once, in jpegs
-    back = chunk.unpacked()
-    assert [index for _, index in back] == [0, 1, 2, 3, 4, 9] and back[5] == entries[5]
-    for (before, _), (after, _) in zip(entries[:5], back[:5], strict=True):
-        assert (after.path, after.shape, after.encoded) == (before.path, before.shape, before.encoded)
-        assert torch.equal(after.data, before.data)
-    assert back[1][0].data is entries[1][0].data  # pixels travel as they are
-    assert {back[k][0].data.untyped_storage().data_ptr() for k in (0, 2, 4)} == {chunk.jpegs.untyped_storage().data_ptr()}
-
-
-def test_pinning_a_chunk_pins_the_pixels_and_leaves_the_jpeg_bytes(files, monkeypatch):
-    pinned = []
-    monkeypatch.setattr(ImagePayload, "pin_memory", lambda self: pinned.append(self.path) or self)
-    entries = [(read_payload(files[name], 96), k) for k, name in enumerate(["landscape.jpg", "cmyk.jpg"])]
-    chunk = LoaderChunk.of(entries + [("a file's error", 2)])
-    assert chunk.pin_memory().unpacked()[2] == ("a file's error", 2)
-    assert pinned == [str(files["cmyk.jpg"])]  # nvJPEG reads its input on the host
-
-
-def test_a_worker_hands_on_the_bytes_of_a_chunks_jpegs_in_one_block(files):
-    from torch.utils.data import DataLoader
-
-    paths = [files["landscape.jpg"], files["portrait.jpg"], files["gray.jpg"]] * 3
-    loader = DataLoader(EncodedImagesFromList(paths, 96), batch_size=4, collate_fn=LoaderChunk.of, num_workers=1)
-    chunks = list(loader)
-    assert [len(chunk.entries) for chunk in chunks] == [4, 4, 1]
-    for chunk in chunks:  # each crossed as one block of bytes, and each file comes back whole
-        assert all(item.data.numel() == 0 for item, _ in chunk.entries)
-        for item, index in chunk.unpacked():
-            assert bytes(item.data.numpy()) == paths[index].read_bytes()

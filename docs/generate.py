@@ -329,13 +329,16 @@ def decoding_section() -> Generated:
 
 def _image_loader_table(name: str, record: dict) -> str:
     settings = record["settings"]
-    rows = [[decoding, chunk, f"{cost['median']:.0f}", f"{cost['min']:.0f} to {cost['max']:.0f}",
-             f"{1e6 / cost['median']:,.0f}"]
-            for decoding, by_chunk in record["results"].items() for chunk, cost in by_chunk.items()]
-    return (f"The main thread's CPU time per image, receiving {settings['images']} generated 1024x768 JPEGs at "
-            f"{settings['image_size']} px from {settings['workers']} loader worker(s), median and range of "
-            f"{settings['repeats']} runs:\n\n"
-            + table(["decoding", "images a message", "us per image", "range", "ceiling, images/s"], rows)
+
+    def cell(value: dict, unit: str = "") -> str:
+        return f"{value['median']:,.0f}{unit} ({value['min']:,.0f} to {value['max']:,.0f})"
+
+    rows = [[decoding, kind, cell(cost["thread_us"]), cell(cost["process_us"]), cell(cost["rate"])]
+            for decoding, by_kind in record["results"].items() for kind, cost in by_kind.items()]
+    return (f"Receiving {settings['images']} generated 1024x768 JPEGs at {settings['image_size']} px from "
+            f"{settings['workers']} loader worker(s), per image: the main thread's and the main process's CPU time, "
+            f"and the loader's rate; median (range) of {settings['repeats']} runs:\n\n"
+            + table(["decoding", "workers as", "main thread, us", "main process, us", "images/s"], rows)
             + "\n" + source_line(name, record) + "\n")
 
 
@@ -345,6 +348,23 @@ def image_loader_section() -> Generated:
     text = ("\n".join(_image_loader_table(name, _load(name)) for name in names)
             or "*Not measured yet: `python benchmarks/image_loader.py`.*\n")
     return Generated({"image_loader.md": text}, {}, names)
+
+
+def call_cost_section() -> Generated:
+    """Every ``call_cost*.json``: this machine's, and those of GPU machines (gpu_check.sh)."""
+    names = sorted(p.name for p in RESULTS.glob("call_cost*.json"))
+    parts = []
+    for name in names:
+        record = _load(name)
+        results = record["results"]
+        parts_of = list(next(iter(results.values())))
+        parts.append(f"Milliseconds, the smallest of {record['settings']['repeats']} (networks on "
+                     f"{record['settings']['device']}):\n\n"
+                     + table(["network"] + parts_of,
+                             [[arch] + [f"{row[p] * 1e3:.0f}" for p in parts_of] for arch, row in results.items()])
+                     + "\n" + source_line(name, record) + "\n")
+    text = "\n".join(parts) or "*Not measured yet: `python benchmarks/call_cost.py`.*\n"
+    return Generated({"call_cost.md": text}, {}, names)
 
 
 def training_section() -> Generated:
@@ -798,7 +818,7 @@ def not_run_section() -> Generated:
 
 
 SECTIONS = (demo_section, demo_epochs_section, later_losses_section, extract_section, real_weights_section,
-            decoding_section, image_loader_section, training_section, search_section, int8_section, gpu_section, reranking_section,
+            decoding_section, image_loader_section, call_cost_section, training_section, search_section, int8_section, gpu_section, reranking_section,
             compat_section, vit_readout_section, learning_section, registry_section, imagenet_section, flags_section, not_run_section)
 
 

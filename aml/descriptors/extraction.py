@@ -2,8 +2,9 @@
 
 Images are read in parallel workers and decoded there by PIL, the original's pixels
 (``decode="pil"``: normalised in the workers; ``"workers"``: handed on as uint8 and
-normalised on the device), or in batches on the compute device (``"device"``: nvJPEG on
-CUDA, see `aml.data.encoded_images`); ``"auto"`` is "workers" on CUDA, "pil" on the CPU.
+normalised on the device; both in worker processes), or read by worker threads and decoded
+in batches on the compute device (``"device"``: nvJPEG on CUDA, see
+`aml.data.encoded_images`); ``"auto"`` is "workers" on CUDA, "pil" on the CPU.
 Images of equal shape after resizing are stacked into one batch (no padding, so the
 descriptor of an image never depends on its batch-mates); the forward runs under
 ``torch.inference_mode`` with channels_last and, on CUDA by default, float16 autocast.

@@ -92,7 +92,6 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help=f"whitening set for test evaluation: {' | '.join(whitening_set_names())} or a custom set",
     )
-    group.add_argument("--gpu-id", "-g", default="0", help="GPU id used with --device auto (default: 0)")
     group.add_argument("--workers", "-j", default=8, type=_ranged("workers"), help="data loading workers (default: 8)")
     group.add_argument(
         "--seed",
@@ -248,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher_arguments(p)
     _add_optimisation_arguments(p)
     add_extraction_arguments(p.add_argument_group("precision and decoding"), training=True)
-    add_runtime_arguments(p.add_argument_group("data root and device"))
+    device = p.add_argument_group("data root and device")
+    add_runtime_arguments(device)
+    device.add_argument("--gpu-id", "-g", default="0", help="GPU id used with --device auto (default: 0)")
     return p
 
 

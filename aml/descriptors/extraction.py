@@ -472,10 +472,12 @@ def _image_loader(
     ``decoding.pin_items`` (not when the decoder stacks them first).
 
     With ``decoding.threads`` the workers are threads of this process: device decoding's
-    workers read files and headers, work that leaves Python's lock to others, and a process
-    would cost its start (a copy of this process: tenths of a second with 8 workers) and a
-    shared-memory block per item (benchmarks/image_loader.py, benchmarks/call_cost.py).
-    Otherwise they are DataLoader's processes, which decode with PIL in parallel."""
+    workers read files (which leaves Python's lock to the others) and parse headers (which
+    holds it for tens of microseconds), where a process would cost its start (a copy of this
+    process: tenths of a second with 8 workers) and a shared-memory block per item
+    (benchmarks/image_loader.py, benchmarks/call_cost.py). On CUDA each thread runs torch's
+    operations (pinning) on one thread, as DataLoader's pinning thread does. Otherwise they
+    are DataLoader's processes, which decode with PIL in parallel."""
     workers = min(workers, len(dataset))  # type: ignore[arg-type]
     pin = decoding.pin_items and device.type == "cuda"
     if decoding.threads:
@@ -485,6 +487,7 @@ def _image_loader(
             len(items),
             workers,
             AHEAD_PER_WORKER * max(1, workers),
+            _one_torch_thread if pin else None,
         )
     loader = DataLoader(
         _ReportErrors(dataset),
@@ -496,6 +499,12 @@ def _image_loader(
         persistent_workers=False,
     )
     return (item for item in loader)
+
+
+def _one_torch_thread() -> None:
+    """A reader thread's torch operations run on one thread: each thread that runs a parallel
+    operation would otherwise start a team of its own, all of them beside the main thread."""
+    torch.set_num_threads(1)
 
 
 def _pinned(entry: Tuple[Any, int]) -> Tuple[Any, int]:
@@ -751,8 +760,9 @@ def _extract_block(
     was_training = net.training
     net.eval()
     try:
-        # the network first: once the workers are started (copies of this process), every page
-        # the main process writes is copied first, and preparing a ResNet101 takes 3 times as long
+        # the network first: once worker processes are started (copies of this one), every page
+        # the main process writes is copied first (a one-image ResNet101 call with the fold and
+        # one worker took 0.49 s instead of 0.34 s)
         runner = _runner(net, o).eval()
         describe = cast(BatchEncoder, runner.descriptors)
         encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.compile else describe

@@ -4,12 +4,18 @@ a process per worker would cost its start (a copy of the process) and a message 
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Deque, Generator, TypeVar
+from typing import Callable, Deque, Generator, Optional, TypeVar
 
 T = TypeVar("T")
 
 
-def ordered_map(function: Callable[[int], T], count: int, threads: int, ahead: int) -> Generator[T, None, None]:
+def ordered_map(
+    function: Callable[[int], T],
+    count: int,
+    threads: int,
+    ahead: int,
+    initializer: Optional[Callable[[], None]] = None,
+) -> Generator[T, None, None]:
     """``function(0)``, ..., ``function(count - 1)`` in that order, computed by ``threads``
     threads at most ``ahead`` items ahead of the caller (in the caller's thread when
     ``threads`` is 0). An exception of ``function`` is raised where its item is due.
@@ -20,6 +26,7 @@ def ordered_map(function: Callable[[int], T], count: int, threads: int, ahead: i
         count: how many indices.
         threads: the pool's threads (0: none).
         ahead: how many items may be computed before the caller asks for them.
+        initializer: what each thread of the pool runs first.
 
     Returns:
         A generator of the results.
@@ -32,7 +39,7 @@ def ordered_map(function: Callable[[int], T], count: int, threads: int, ahead: i
     if threads == 0:
         yield from (function(index) for index in range(count))
         return
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="aml-read")
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="aml-read", initializer=initializer)
     pending: Deque[Future] = deque()
     try:
         for index in range(count):

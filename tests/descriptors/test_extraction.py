@@ -1,5 +1,7 @@
 """The one extraction function: batching must not change any descriptor."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -233,12 +235,13 @@ def test_device_decodings_workers_are_threads_that_read_in_order_and_skip_a_bad_
     torch.testing.assert_close(device[:, [k for k in range(len(paths)) if k != 9]], pil, rtol=0, atol=1e-6)
     with pytest.raises(ImageLoadError, match="cut.jpg"):
         extract_vectors(net, paths, 64, transform, config=ExtractionConfig(decode="device", workers=3))
+    assert not [t for t in threading.enumerate() if t.name.startswith("aml-read")]  # stopped with the call
 
 
 def test_the_network_is_prepared_before_the_loader_workers_start(images, net, monkeypatch, real_workers):
     """A started worker is a copy of the process: every page the main process writes after
-    that is copied first (folding a ResNet101 then took 3 times as long,
-    benchmarks/call_cost.py)."""
+    that is copied first (a one-image ResNet101 call with the fold and one worker took 0.49 s
+    instead of 0.34 s)."""
     from aml.descriptors import extraction
 
     events = []
@@ -470,9 +473,9 @@ def test_an_extraction_waits_for_the_device_once_whatever_its_number_of_batches(
             extract_vectors(net, images[:count], 80, transform, config=config)
         counts.append((reads.count, [n for n in copies if n]))
     (few_reads, few_copies), (many_reads, many_copies) = counts
-    # the loader's seed, drawn on the host as its workers start (no wait for the device), and
-    # the final check of finiteness
-    assert many_reads == few_reads <= 2
+    # the final check of finiteness, and with worker processes the loader's seed, drawn on the
+    # host as they start (no wait for the device)
+    assert many_reads == few_reads <= (1 if decode == "device" else 2)
     assert len(few_copies) == len(many_copies) == 1 and many_copies[0] >= 7
 
 

@@ -25,7 +25,6 @@ import argparse
 import sys
 from dataclasses import replace
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -41,17 +40,13 @@ from aml.networks.inference import inference_copy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import add_json_argument, write_record  # noqa: E402 (benchmarks/ is not a package)
+from timing import best_of  # noqa: E402
 
 
 def smallest(run: Callable[[], object], repeats: int) -> float:
     """The smallest time of ``repeats`` runs, after one to warm up."""
     run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_of(run, repeats)
 
 
 def first_image(images: List[str], workers: int, threads: bool) -> None:

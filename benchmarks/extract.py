@@ -22,7 +22,6 @@ import argparse
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, List
 
@@ -37,17 +36,13 @@ from aml.training.batchnorm import calibrate_batchnorm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import make_images, original_loop  # noqa: E402  (benchmarks/ is not a package)
 from record import add_json_argument, write_record  # noqa: E402
+from timing import best_of  # noqa: E402
 
 SCALES = {"single": (1.0,), "3 scales": (1.0, 1 / math.sqrt(2), 0.5)}
 
 
 def best_rate(run: Callable[[], object], count: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+    return count / best_of(run, repeats)
 
 
 def network(arch: str, paths: List[str], size: int) -> torch.nn.Module:

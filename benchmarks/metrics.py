@@ -21,6 +21,7 @@ from aml.evaluation.ranking import descending_order, rank_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
+from timing import best_of  # noqa: E402
 
 
 def main() -> None:
@@ -51,15 +52,6 @@ def main() -> None:
     write_record(args.json, "metrics", {k: v for k, v in vars(args).items() if k != "json"},
                  {"ranking_s": ranked - start, "evaluation_s": done - ranked, "map_medium": results["medium"]["map"],
                   "sorting": sorting})
-
-
-def best_of(run, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def sort_times(rng: np.random.Generator, queries: int, size: int) -> dict:

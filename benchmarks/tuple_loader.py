@@ -14,7 +14,6 @@ of the bytes, and the compute device normalises them.
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -29,6 +28,7 @@ from aml.training.tuples import TupleDataset, TupleItem, collate_list
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import add_json_argument, write_record  # noqa: E402 (benchmarks/ is not a package)
+from timing import best_of  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TUPLE = 7  # a query, a positive and 5 negatives: the original's -nn 5
@@ -61,14 +61,11 @@ def write_images(folder: Path, count: int) -> List[str]:
 
 
 def images_per_second(dataset: Dataset, workers: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        loader = DataLoader(dataset, batch_size=5, collate_fn=collate_list, num_workers=workers)
-        start = time.perf_counter()
-        for _batch in loader:
+    def drain() -> None:
+        for _batch in DataLoader(dataset, batch_size=5, collate_fn=collate_list, num_workers=workers):
             pass
-        best = min(best, time.perf_counter() - start)
-    return len(dataset) * TUPLE / best
+
+    return len(dataset) * TUPLE / best_of(drain, repeats)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:

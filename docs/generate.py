@@ -327,11 +327,19 @@ def decoding_section() -> Generated:
     return Generated({"decoding.md": text}, {}, ["decoding.json"])
 
 
+def records_section(pattern: str, markdown: str, render: Callable[[str, dict], str], command: str) -> Generated:
+    """``markdown`` made of ``render(name, record)`` for every results file matching ``pattern``
+    (this machine's and those of GPU machines, which gpu_check.sh writes), in name order."""
+    names = sorted(p.name for p in RESULTS.glob(pattern))
+    text = "\n".join(render(name, _load(name)) for name in names) or f"*Not measured yet: `{command}`.*\n"
+    return Generated({markdown: text}, {}, names)
+
+
 def _image_loader_table(name: str, record: dict) -> str:
     settings = record["settings"]
 
-    def cell(value: dict, unit: str = "") -> str:
-        return f"{value['median']:,.0f}{unit} ({value['min']:,.0f} to {value['max']:,.0f})"
+    def cell(value: dict) -> str:
+        return f"{value['median']:,.0f} ({value['min']:,.0f} to {value['max']:,.0f})"
 
     rows = [[decoding, kind, cell(cost["thread_us"]), cell(cost["process_us"]), cell(cost["rate"])]
             for decoding, by_kind in record["results"].items() for kind, cost in by_kind.items()]
@@ -342,29 +350,23 @@ def _image_loader_table(name: str, record: dict) -> str:
             + "\n" + source_line(name, record) + "\n")
 
 
+def _call_cost_table(name: str, record: dict) -> str:
+    results = record["results"]
+    parts = list(next(iter(results.values())))
+    return (f"Milliseconds, the smallest of {record['settings']['repeats']} (networks on "
+            f"{record['settings']['device']}):\n\n"
+            + table(["network"] + parts, [[arch] + [f"{row[p] * 1e3:.0f}" for p in parts]
+                                          for arch, row in results.items()])
+            + "\n" + source_line(name, record) + "\n")
+
+
 def image_loader_section() -> Generated:
-    """Every ``image_loader*.json``: this machine's, and those of GPU machines (gpu_check.sh)."""
-    names = sorted(p.name for p in RESULTS.glob("image_loader*.json"))
-    text = ("\n".join(_image_loader_table(name, _load(name)) for name in names)
-            or "*Not measured yet: `python benchmarks/image_loader.py`.*\n")
-    return Generated({"image_loader.md": text}, {}, names)
+    return records_section("image_loader*.json", "image_loader.md", _image_loader_table,
+                           "python benchmarks/image_loader.py")
 
 
 def call_cost_section() -> Generated:
-    """Every ``call_cost*.json``: this machine's, and those of GPU machines (gpu_check.sh)."""
-    names = sorted(p.name for p in RESULTS.glob("call_cost*.json"))
-    parts = []
-    for name in names:
-        record = _load(name)
-        results = record["results"]
-        parts_of = list(next(iter(results.values())))
-        parts.append(f"Milliseconds, the smallest of {record['settings']['repeats']} (networks on "
-                     f"{record['settings']['device']}):\n\n"
-                     + table(["network"] + parts_of,
-                             [[arch] + [f"{row[p] * 1e3:.0f}" for p in parts_of] for arch, row in results.items()])
-                     + "\n" + source_line(name, record) + "\n")
-    text = "\n".join(parts) or "*Not measured yet: `python benchmarks/call_cost.py`.*\n"
-    return Generated({"call_cost.md": text}, {}, names)
+    return records_section("call_cost*.json", "call_cost.md", _call_cost_table, "python benchmarks/call_cost.py")
 
 
 def training_section() -> Generated:

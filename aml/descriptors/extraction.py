@@ -482,12 +482,9 @@ def _image_loader(
     pin = decoding.pin_items and device.type == "cuda"
     if decoding.threads:
         items = _ReportErrors(dataset)
+        read: Callable[[int], Tuple[Any, int]] = (lambda index: _pinned(items[index])) if pin else items.__getitem__
         return ordered_map(
-            lambda index: _pinned(items[index]) if pin else items[index],
-            len(items),
-            workers,
-            AHEAD_PER_WORKER * max(1, workers),
-            _one_torch_thread if pin else None,
+            read, len(items), workers, AHEAD_PER_WORKER * max(1, workers), _one_torch_thread if pin else None
         )
     loader = DataLoader(
         _ReportErrors(dataset),
@@ -498,7 +495,7 @@ def _image_loader(
         prefetch_factor=AHEAD_PER_WORKER if workers else None,
         persistent_workers=False,
     )
-    return (item for item in loader)
+    return (item for item in loader)  # a generator: closing it stops the workers
 
 
 def _one_torch_thread() -> None:

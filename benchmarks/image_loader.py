@@ -11,9 +11,11 @@ extraction loader (`aml.descriptors.extraction._image_loader`, no decoding after
 network) over generated 1024x768 JPEGs and measures, per image, the main thread's CPU time
 (``time.thread_time``: what it computes and what the kernel does for it, not its waits) and
 the main process's (``time.process_time``: with its threads, so with threaded workers their
-reading too), for each decoding with its workers as processes (DataLoader's, one image a
-message) and, for device decoding, as threads (aml's). Median and range of ``--repeats``
-runs; the wall time of a drain is its rate.
+reading and decoding too), for each decoding with its workers as processes (DataLoader's, one
+image a message) and as threads (`aml.utils.threads.ordered_map`), whichever extraction uses
+(``settings.workers_as``): for PIL's decodings threads share Python's lock, which only a
+machine with many cores shows. Median and range of ``--repeats`` runs; the wall time of a
+drain is its rate. The record is written after every decoding.
 """
 
 import argparse
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import add_json_argument, write_record  # noqa: E402 (benchmarks/ is not a package)
 from tuple_loader import MEAN, STD, write_images  # noqa: E402
 
+KINDS = {False: "processes", True: "threads"}  # a decoding's ``threads`` -> how its workers run
 CPU = torch.device("cpu")  # no pinning: the pinning thread would share the main process's time
 
 
@@ -66,21 +69,20 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows: Dict[str, Dict[str, Dict[str, Dict[str, float]]]] = {}
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
+    settings["workers_as"] = {name: KINDS[DECODINGS[name].threads] for name in args.decodings}
     with tempfile.TemporaryDirectory() as folder:
         files = write_images(Path(folder), 20)
         paths = [files[k % len(files)] for k in range(args.images)]
         for name in args.decodings:
-            decoding = DECODINGS[name]
-            kinds = {"processes": replace(decoding, threads=False)}
-            if decoding.threads:
-                kinds["threads"] = decoding
-            rows[name] = {kind: summary([costs(d, paths, args.image_size, args.workers) for _ in range(args.repeats)])
-                          for kind, d in kinds.items()}
+            rows[name] = {kind: summary([costs(replace(DECODINGS[name], threads=threads), paths, args.image_size,
+                                               args.workers) for _ in range(args.repeats)])
+                          for threads, kind in KINDS.items()}
+            write_record(args.json, "image_loader", settings, rows)
     for name, by_kind in rows.items():
         for kind, cost in by_kind.items():
             print(f"{name}, workers as {kind}: main thread {cost['thread_us']['median']:.0f} us per image, "
                   f"main process {cost['process_us']['median']:.0f} us, {cost['rate']['median']:.0f} images/s")
-    write_record(args.json, "image_loader", {k: v for k, v in vars(args).items() if k != "json"}, rows)
     return rows
 
 

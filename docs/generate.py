@@ -341,7 +341,12 @@ def _image_loader_table(name: str, record: dict) -> str:
     def cell(value: dict) -> str:
         return f"{value['median']:,.0f} ({value['min']:,.0f} to {value['max']:,.0f})"
 
-    rows = [[decoding, kind, cell(cost["thread_us"]), cell(cost["process_us"]), cell(cost["rate"])]
+    used = settings.get("workers_as", {})  # the kind extraction uses, per decoding
+
+    def kind_cell(decoding: str, kind: str) -> str:
+        return f"**{kind}** (extraction's)" if used.get(decoding) == kind else kind
+
+    rows = [[decoding, kind_cell(decoding, kind), cell(cost["thread_us"]), cell(cost["process_us"]), cell(cost["rate"])]
             for decoding, by_kind in record["results"].items() for kind, cost in by_kind.items()]
     return (f"Receiving {settings['images']} generated 1024x768 JPEGs at {settings['image_size']} px from "
             f"{settings['workers']} loader worker(s), per image: the main thread's and the main process's CPU time, "

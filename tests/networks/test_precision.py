@@ -17,6 +17,8 @@ import torch
 from aml.data.images import image_transform, load_and_resize
 from aml.data.photos import sample_photos
 from aml.networks import build_network
+from aml.networks.backbones import BACKBONES
+from aml.networks.pretrained import TEACHERS
 from aml.networks.inference import inference_copy
 from aml.training.batchnorm import calibrate_batchnorm
 
@@ -43,17 +45,23 @@ def _input_dtypes(net, x, dtype):
     return seen, out.dtype
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("spec", [dict(architecture="mobilenet_v2", teacher_dim=2048),
-                                  dict(architecture="resnet18", whitening=True)], ids=["student-2048", "whitened"])
-def test_the_head_runs_in_float32_under_autocast(spec, dtype):
+# every student and teacher trunk, and timm's (a ViT's token readout, a ConvNeXt), each projected
+# to 2048-d where its own dimension differs; and a trunk with whitening
+HEADS = [dict(architecture=name, teacher_dim=2048) for name in
+         sorted({name for name, backbone in BACKBONES.items() if backbone.student} | set(TEACHERS))
+         + ["timm:test_vit", "timm:test_convnext"]] + [dict(architecture="resnet18", whitening=True)]
+
+
+@pytest.mark.parametrize("spec", HEADS, ids=lambda spec: "-".join(str(v) for v in spec.values()))
+def test_the_head_runs_in_float32_under_autocast(spec):
     torch.manual_seed(0)
     net = build_network(pretrained=False, **spec).eval()
     x = torch.rand(2, 3, 64, 48)
-    for copy in (net, inference_copy(net)):  # as trained, and as extracted (BatchNorm folded)
-        seen, out = _input_dtypes(copy, x, dtype)
-        assert out == torch.float32
-        assert seen and all(d == torch.float32 for d in seen.values()), seen
+    for dtype in (torch.float16, torch.bfloat16):
+        for copy in (net, inference_copy(net)):  # as trained, and as extracted (BatchNorm folded)
+            seen, out = _input_dtypes(copy, x, dtype)
+            assert out == torch.float32
+            assert seen and all(d == torch.float32 for d in seen.values()), (dtype, seen)
 
 
 def _synthetic_jpegs(folder: Path, count: int, side: int):

@@ -14,6 +14,7 @@ CPU tensor, column i = image i.
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 from collections import defaultdict
@@ -526,18 +527,16 @@ def extract_vectors(
 ) -> torch.Tensor:
     """Descriptors of images as a D x N float32 CPU tensor, column i for image i.
 
-    cirtorch's positional arguments and semantics; how to extract is ``config``'s.
-    Batches hold only images of equal shape, so in fp32 with ``decode="pil"`` the result
-    equals the one-image-at-a-time loop up to float rounding. The forward runs on
-    `aml.networks.inference.inference_copy` of ``net`` (BatchNorm folded) when
-    ``config.fold_batchnorm``, by default for calls of `FOLD_MIN_PIXELS` or more. A
-    batch that runs out of device memory is split with a warning. The network comes back as it
-    was: on its device, in its memory format and train/eval mode.
+    cirtorch's positional arguments and semantics; how to extract is ``config``'s. Batches hold only
+    images of equal shape, so in fp32 with ``decode="pil"`` the result equals the one-image-at-a-time
+    loop up to float rounding. The forward runs on `aml.networks.inference.inference_copy` of ``net``
+    (BatchNorm folded) when ``config.fold_batchnorm``, by default for calls of `FOLD_MIN_PIXELS` or
+    more. A batch that runs out of device memory is split with a warning. The network comes back as
+    it was: on its device, in its memory format and train/eval mode.
 
-    Under torchrun the call is collective: every rank encodes its contiguous block of the
-    images (`aml.utils.distributed.shard_range`) and every rank returns the whole
-    D x N result (and the whole ``skipped`` list); ``config.collective`` False: this process
-    encodes all of ``images`` alone (the shards of a descriptor store).
+    Under torchrun the call is collective: every rank encodes its contiguous block of the images
+    (`aml.utils.distributed.shard_range`) and every rank returns the whole D x N result (and the whole
+    ``skipped`` list); ``config.collective`` False: this process encodes all of ``images`` alone.
 
     Args:
         net: the network (a `aml.networks.ImageRetrievalNet`).
@@ -572,33 +571,13 @@ def extract_vectors(
     del print_freq
     world = current_world() if config.collective else World()
     mine = shard_range(len(images), world)
+    fold = _fold(config.fold_batchnorm, len(mine), image_size, config.compile)
+    resolved = config.but(device=config.device_for(net), progress=config.progress and world.is_main)
+    plan = _Plan(resolved, ms, msp, fold)
     local_skipped: Optional[List[int]] = [] if config.skip_bad else None
-    resolved = config.device_for(net)
-    options = _Options(
-        ms,
-        msp,
-        config.workers,
-        resolved,
-        config.batch_size,
-        resolve_amp(config.amp, resolved, config.amp_dtype),
-        config.channels_last,
-        config.progress and world.is_main,
-        config.desc,
-        resolve_decoding(config.decode, resolved),
-        config.compile,
-        _fold(config.fold_batchnorm, len(mine), image_size, config.compile),
-        resolved.type == "cuda" if config.fixed_batches is None else config.fixed_batches,
-    )
     with left_as_it_was(net):  # the caller's network keeps its device, memory format and mode
-        vecs = _extract_block(
-            net,
-            [images[i] for i in mine],
-            image_size,
-            transform,
-            [bbxs[i] for i in mine] if bbxs is not None else None,
-            options,
-            local_skipped,
-        )
+        mine_bbxs = [bbxs[i] for i in mine] if bbxs is not None else None
+        vecs = _extract_block(net, [images[i] for i in mine], image_size, transform, mine_bbxs, plan, local_skipped)
     if world.distributed:
         vecs = gather_columns(vecs, len(images), world)
     _check_finite(vecs, images)
@@ -635,29 +614,40 @@ def _fold(asked: Optional[bool], count: int, image_size: Optional[float], compil
 
 
 @dataclass(frozen=True)
-class _Options:
-    """How `_extract_block` runs (extract_vectors' arguments, resolved)."""
+class _Plan:
+    """How `_extract_block` runs: the call's config (its device resolved, its progress bar on
+    the main process only), the scales, and whether to fold BatchNorm."""
 
+    config: ExtractionConfig
     scales: Sequence[float]
     msp: float
-    workers: int
-    device: torch.device
-    batch_size: Optional[int]
-    amp: Optional[torch.dtype]  # autocast dtype, None: fp32
-    channels_last: bool
-    progress: bool
-    desc: str
-    decoding: Decoding
-    compile: bool
-    fold: bool
-    fixed: bool  # pad partial batches to a power of two (fixed_batch_size)
+    fold: bool  # `_fold`
+
+    @functools.cached_property
+    def device(self) -> torch.device:
+        return self.config.device_for()
+
+    @functools.cached_property
+    def amp(self) -> Optional[torch.dtype]:
+        """The autocast dtype, None: fp32."""
+        return resolve_amp(self.config.amp, self.device, self.config.amp_dtype)
+
+    @functools.cached_property
+    def decoding(self) -> Decoding:
+        return resolve_decoding(self.config.decode, self.device)
+
+    @functools.cached_property
+    def fixed(self) -> bool:
+        """Partial batches padded to a power of two (`fixed_batch_size`); by default on CUDA."""
+        fixed = self.config.fixed_batches
+        return self.device.type == "cuda" if fixed is None else fixed
 
     def limit(self, shape: Tuple[int, ...]) -> int:
-        return max(1, self.batch_size or default_batch_size(self.device, shape))
+        return max(1, self.config.batch_size or default_batch_size(self.device, shape))
 
     @property
     def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
+        return torch.channels_last if self.config.channels_last else torch.contiguous_format
 
 
 def fixed_batch_size(count: int, limit: Optional[int] = None) -> int:
@@ -727,20 +717,20 @@ def _memory_format_of(net: torch.nn.Module) -> Optional[torch.memory_format]:
     return None
 
 
-def _runner(net: torch.nn.Module, o: _Options) -> torch.nn.Module:
+def _runner(net: torch.nn.Module, o: _Plan) -> torch.nn.Module:
     """The module that encodes: ``net`` itself when it already sits on the device in the
     memory format asked for, else a copy (BatchNorm folded with ``o.fold``) that does. The
     caller's network keeps its device and memory format; its mode is the caller's to restore."""
     runner = inference_copy(net) if o.fold else net
     weight = next(runner.parameters(), None)
     placed = weight is None or same_device(weight.device, o.device)  # cuda:0 is cuda on GPU 0
-    formatted = _memory_format_of(runner) in (None, o.memory_format) or not o.channels_last
+    formatted = _memory_format_of(runner) in (None, o.memory_format) or not o.config.channels_last
     if runner is net and placed and formatted:
         return net
     if runner is net:
         runner = copy.deepcopy(net)
     runner = runner.to(o.device)
-    return runner.to(memory_format=o.memory_format) if o.channels_last else runner
+    return runner.to(memory_format=o.memory_format) if o.config.channels_last else runner
 
 
 def _extract_block(
@@ -749,7 +739,7 @@ def _extract_block(
     image_size: Optional[float],
     transform: Callable,
     bbxs: Optional[Sequence[Optional[BBox]]],
-    o: _Options,
+    o: _Plan,
     bad: Optional[List[int]],
 ) -> torch.Tensor:
     """`extract_vectors` of one process's images (``bad``: None = raise on an
@@ -762,11 +752,11 @@ def _extract_block(
         # one worker took 0.49 s instead of 0.34 s)
         runner = _runner(net, o).eval()
         describe = cast(BatchEncoder, runner.descriptors)
-        encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.compile else describe
+        encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.config.compile else describe
         meta = getattr(net, "meta", {})
         decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
         dataset = o.decoding.dataset(images, image_size, bbxs, transform)
-        loader = _image_loader(dataset, effective_workers(o.workers, o.device), o.device, o.decoding)
+        loader = _image_loader(dataset, effective_workers(o.config.workers, o.device), o.device, o.decoding)
         with contextlib.closing(loader):  # the workers stop with the call, even when it raises
             return _encode_loaded(loader, encode, decode, o, _Columns(len(images), meta.get("outputdim", 0)), bad)
     finally:
@@ -777,7 +767,7 @@ def _encode_loaded(
     loader: Iterator[Tuple[Any, int]],
     encode: BatchEncoder,
     decode: BatchDecoder,
-    o: _Options,
+    o: _Plan,
     columns: "_Columns",
     bad: Optional[List[int]],
 ) -> torch.Tensor:
@@ -785,10 +775,12 @@ def _encode_loaded(
     gathered by ``columns`` (``bad``: as in `_extract_block`)."""
     autocast = torch.autocast(o.device.type, dtype=o.amp) if o.amp else contextlib.nullcontext()
     cap = _BatchCap()
-    largest = o.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
+    largest = o.config.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
     with (
         torch.inference_mode(),
-        progress_bar(total=columns.count, enabled=o.progress, unit="img", desc=o.desc, leave=False) as bar,
+        progress_bar(
+            total=columns.count, enabled=o.config.progress, unit="img", desc=o.config.desc, leave=False
+        ) as bar,
     ):
         for items, indices in _batches(loader, o.limit, o.decoding.shape, 4 * largest, bad):
             failed: Optional[List[int]] = [] if bad is not None else None

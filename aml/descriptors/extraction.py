@@ -51,9 +51,10 @@ BatchEncoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images ->
 # cost more per image (benchmarks/extract.py --batch-sizes; docs/speed.md).
 CPU_PIXEL_BUDGET = 250_000
 GPU_BATCH_SIZE = 32
-# Folding BatchNorm costs a copy of the network (~0.1 s for MobileNetV2, 0.4 s for ResNet101
-# on the CPU) and saves ~30% of MobileNetV2's forward (0.1 us per pixel on one CPU thread):
-# by default it is done for calls of at least this many pixels (images x image size squared).
+# Folding BatchNorm costs a copy of the network (~0.05 s for MobileNetV2, 0.1 s for ResNet101
+# on one CPU thread, benchmarks/call_cost.py) and saves ~30% of MobileNetV2's forward (0.1 us
+# per pixel on one CPU thread): by default it is done for calls of at least this many pixels
+# (images x image size squared), where it pays with a margin.
 FOLD_MIN_PIXELS = 2_000_000
 
 

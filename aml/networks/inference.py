@@ -9,9 +9,12 @@ flow, as EfficientNet's blocks) gets the pairs that sit next to each other in a 
 
 import copy
 import itertools
+from collections import Counter
 import logging
 from typing import TypeVar, cast
 
+import torch
+import torch.fx
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -27,8 +30,10 @@ def inference_copy(net: ModuleT) -> ModuleT:
     """A copy of ``net`` in eval mode whose trunk (``net.features`` up to a student's
     projection) has its BatchNorm layers folded into the convolutions before them; ``net``
     itself is left untouched. Without BatchNorm, or when the trunk cannot be traced, the
-    copy keeps the trunk as it is; a module without a ``features`` trunk is returned itself."""
-    from torch.fx.experimental.optimization import fuse
+    copy keeps the trunk as it is; a module without a ``features`` trunk is returned itself.
+    The network is copied once and its convolutions folded in place (torch's fusion helpers copy
+    each module again: on a GPU, Python's time is most of the fold's)."""
+    from torch.fx import symbolic_trace
 
     features = getattr(net, "features", None)
     if not isinstance(features, nn.Module) or not has_batchnorm(features):
@@ -45,10 +50,13 @@ def inference_copy(net: ModuleT) -> ModuleT:
     trunk: nn.Module = nn.Sequential(*list(features)[:end])
     tail = list(features)[end:]
     try:
-        trunk = fuse(cast(nn.Sequential, trunk))
+        traced = symbolic_trace(trunk)
     except Exception as err:  # any tracing failure: fold the pairs that need no tracing
         log.debug(">> trunk not traced (%s: %s); folding Sequential pairs", type(err).__name__, err)
         fold_sequential_pairs(trunk)
+    else:
+        fold_traced(traced)
+        trunk = traced
     folded.features = type(features)(trunk, *tail)  # the projection (run in float32) as it was
     return folded.eval()
 
@@ -71,20 +79,52 @@ def _foldable(norm: nn.Module) -> bool:
     return bool((plain or with_activation) and norm.track_running_stats and norm.running_mean is not None)
 
 
+def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> None:
+    """In place: ``conv`` becomes itself followed by the BatchNorm ``norm`` (in eval mode)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    batchnorm = cast(nn.modules.batchnorm._BatchNorm, norm)
+    mean, var = cast(torch.Tensor, batchnorm.running_mean), cast(torch.Tensor, batchnorm.running_var)
+    conv.weight, conv.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, mean, var, batchnorm.eps, batchnorm.weight, batchnorm.bias
+    )
+
+
+def fold_traced(traced: "torch.fx.GraphModule") -> int:
+    """In place: in a traced trunk, every Conv2d (called once) whose output only a BatchNorm2d
+    reads takes that BatchNorm in, and the BatchNorm leaves the graph. Returns the number of
+    pairs folded."""
+    modules = dict(traced.named_modules())
+    calls = Counter(node.target for node in traced.graph.nodes if node.op == "call_module")
+    folded = 0
+    for node in list(traced.graph.nodes):
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if not (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1):
+            continue
+        if calls[source.target] > 1:  # a shared convolution is folded for every call or none
+            continue
+        conv, norm = modules[cast(str, source.target)], modules[cast(str, node.target)]
+        if isinstance(conv, nn.Conv2d) and type(norm) is nn.BatchNorm2d and _foldable(norm):
+            _fold_into(conv, norm)
+            node.replace_all_uses_with(source)
+            traced.graph.erase_node(node)
+            folded += 1
+    traced.delete_all_unused_submodules()  # the folded BatchNorms
+    traced.recompile()
+    return folded
+
+
 def fold_sequential_pairs(module: nn.Module) -> int:
     """In place: in every Sequential of ``module`` (eval mode), a Conv2d directly followed by
     a BatchNorm2d (or timm's BatchNormAct2d) becomes one Conv2d (and what follows the
     normalisation). Returns the number of pairs folded."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     folded = 0
     for sequential in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         names = list(sequential._modules)
         for first, second in itertools.pairwise(names):
             conv, norm = sequential._modules[first], sequential._modules[second]
             if isinstance(conv, nn.Conv2d) and _foldable(norm):
-                batchnorm = cast(nn.modules.batchnorm._BatchNorm, norm)
-                sequential._modules[first] = fuse_conv_bn_eval(conv.eval(), batchnorm.eval())
+                _fold_into(conv, norm)
                 sequential._modules[second] = _after_folding(norm)
                 folded += 1
     return folded

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aml.networks import BACKBONES, build_network
-from aml.networks.inference import fold_sequential_pairs, has_batchnorm, inference_copy
+from aml.networks.inference import fold_sequential_pairs, fold_traced, has_batchnorm, inference_copy
 
 
 def with_random_statistics(net):
@@ -67,6 +67,58 @@ def test_sequential_pairs_fold_in_place():
     assert torch.allclose(seq(x), expected, atol=1e-6)
 
 
+class _Branches(torch.nn.Module):
+    """A convolution a BatchNorm alone reads (folded), one whose output a skip reads too, and
+    one called twice (left as they are)."""
+
+    def __init__(self):
+        super().__init__()
+        conv, norm = torch.nn.Conv2d, torch.nn.BatchNorm2d
+        self.a, self.b, self.c = conv(3, 3, 3, padding=1), conv(3, 3, 1), conv(3, 3, 1)
+        self.bn_a, self.bn_b, self.bn_c = norm(3), norm(3), norm(3)
+
+    def forward(self, x):
+        y = self.bn_a(self.a(x))
+        z = self.b(y)
+        return self.bn_b(z) + z + self.bn_c(self.c(self.c(y)))
+
+
+def test_traced_pairs_fold_in_place():
+    module = with_random_statistics(_Branches()).eval()
+    x = torch.rand(1, 3, 8, 8)
+    expected = module(x)
+    traced = torch.fx.symbolic_trace(module)
+    a = traced.a
+    assert fold_traced(traced) == 1
+    assert traced.a is a and not hasattr(traced, "bn_a")  # folded in place, the BatchNorm gone
+    assert isinstance(traced.bn_b, torch.nn.BatchNorm2d) and isinstance(traced.bn_c, torch.nn.BatchNorm2d)
+    assert torch.allclose(traced(x), expected, atol=1e-6)
+
+
 def test_a_module_without_a_trunk_is_used_as_it_is():
     module = torch.nn.Linear(2, 2)
     assert inference_copy(module) is module
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3"])  # a trunk that traces, one that does not
+def test_the_network_is_copied_once(arch, monkeypatch):
+    """The fold copies the network once: fx's fuse copies the trunk a second time and each
+    convolution a third, and a trunk that does not trace was copied before tracing failed (on
+    CUDA, the copies' Python time is most of the fold's)."""
+    import copy
+
+    net = build_network(arch, pretrained=False)
+    deepcopy, depth, copied = copy.deepcopy, [0], []
+
+    def counting(x, memo=None, _nil=[]):
+        if depth[0] == 0 and isinstance(x, torch.nn.Module):
+            copied.append(type(x).__name__)
+        depth[0] += 1
+        try:
+            return deepcopy(x, memo, _nil)
+        finally:
+            depth[0] -= 1
+
+    monkeypatch.setattr(copy, "deepcopy", counting)
+    inference_copy(net)
+    assert copied == ["ImageRetrievalNet"]  # torch's fuse_conv_bn_eval copies every convolution again

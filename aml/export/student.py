@@ -33,6 +33,7 @@ from aml.descriptors.onnx_student import (
 )
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec
+from aml.networks.preserved import left_as_it_was
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_path
 from aml.utils.types import PathLike
@@ -362,7 +363,8 @@ def export_student(
     with its precision and calibration).
 
     Args:
-        net: the student (moved to the CPU in float32, and put in eval mode).
+        net: the student (exported in float32 from the CPU; it comes back on its device, in its
+            dtype and mode).
         folder: where the files go (created when missing).
         whitening: the teacher's whitening (m, P) to fold in, e.g. a store's; None: none.
         onnx: also write ``student.onnx``.
@@ -390,7 +392,23 @@ def export_student(
         raise ExportError("the int8 student is quantized from the ONNX one: drop --no-onnx")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = DeployedStudent(net.cpu().float(), whitening).eval()
+    with left_as_it_was(net):  # the caller's network keeps its device, dtype and mode
+        model = DeployedStudent(net.cpu().float(), whitening).eval()
+        files, diffs = _export_checked(model, folder, onnx, tolerance)
+    if onnx and "onnx" in diffs:  # onnxruntime (and so onnx) is installed
+        info = info if info is not None else student_info(net, whitening=whitening)
+        write_onnx_metadata(files["onnx"], info)
+        if int8 is not None:
+            files["int8"] = _export_int8(files["onnx"], folder, info, int8)
+    elif int8 is not None:
+        raise ExportError("--int8 needs onnx and onnxruntime: pip install onnx onnxruntime")
+    return files, diffs
+
+
+def _export_checked(
+    model: DeployedStudent, folder: Path, onnx: bool, tolerance: float
+) -> Tuple[Dict[str, Path], Dict[str, float]]:
+    """``student.pt`` (and ``student.onnx``) in ``folder``, each within ``tolerance`` of PyTorch."""
     # not square: no trunk's shortcut for its native size (timm's ViTs skip resampling their
     # position embeddings on their square native grid) is traced into the graph
     example = generated_images(((224, 192),))[0]
@@ -404,20 +422,15 @@ def export_student(
             f"exported model differs from PyTorch by {bad} (max abs, tolerance {tolerance}); "
             "its pooling may not support a dynamic image size"
         )
-    if onnx and "onnx" in diffs:  # onnxruntime (and so onnx) is installed
-        info = info if info is not None else student_info(net, whitening=whitening)
-        write_onnx_metadata(files["onnx"], info)
-        if int8 is not None:
-            files["int8"] = quantize_student(files["onnx"], folder / "student-int8.onnx", int8)
-            write_onnx_metadata(
-                files["int8"],
-                dataclasses.replace(
-                    info,
-                    precision="int8",
-                    calibration_image_size=int8.image_size,
-                    calibration_images=len(int8.calibration),
-                ),
-            )
-    elif int8 is not None:
-        raise ExportError("--int8 needs onnx and onnxruntime: pip install onnx onnxruntime")
     return files, diffs
+
+
+def _export_int8(onnx_file: Path, folder: Path, info: OnnxStudentInfo, int8: Int8Settings) -> Path:
+    """``student-int8.onnx`` quantized from ``onnx_file``, its metadata ``info`` with its precision
+    and calibration."""
+    path = quantize_student(onnx_file, folder / "student-int8.onnx", int8)
+    calibrated = dataclasses.replace(
+        info, precision="int8", calibration_image_size=int8.image_size, calibration_images=len(int8.calibration)
+    )
+    write_onnx_metadata(path, calibrated)
+    return path

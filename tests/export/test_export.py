@@ -145,3 +145,16 @@ def test_a_whitening_file_that_is_not_one_is_named(student, tmp_path, data, mess
         export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--whitening-file",
                          str(tmp_path / "lw.pth"), "--no-onnx"])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_students_network_comes_back_as_it_was(student, tmp_path):
+    """Exported in float32 from the CPU; the caller's network keeps its dtype, its memory and its mode."""
+    import copy
+
+    net = copy.deepcopy(student).double().train()
+    weight = next(net.parameters())
+    pointer = weight.data_ptr()
+    files, diffs = export_student(net, tmp_path, onnx=False)
+    assert diffs["torchscript"] < 1e-5 and files["torchscript"].is_file()
+    assert net.training and all(module.training for module in net.modules())
+    assert weight.dtype == torch.float64 and weight.data_ptr() == pointer

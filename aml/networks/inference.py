@@ -104,7 +104,7 @@ def fold_traced(traced: "torch.fx.GraphModule") -> int:
         if calls[source.target] > 1:  # a shared convolution is folded for every call or none
             continue
         conv, norm = modules[cast(str, source.target)], modules[cast(str, node.target)]
-        if isinstance(conv, nn.Conv2d) and type(norm) is nn.BatchNorm2d and _foldable(norm):
+        if type(conv) is nn.Conv2d and type(norm) is nn.BatchNorm2d and _foldable(norm):  # as torch's fuse
             _fold_into(conv, norm)
             node.replace_all_uses_with(source)
             traced.graph.erase_node(node)

@@ -17,6 +17,8 @@ import torch
 import torch.fx
 from torch import nn
 
+from aml.networks.preserved import left_as_it_was
+
 log = logging.getLogger(__name__)
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -38,12 +40,8 @@ def inference_copy(net: ModuleT) -> ModuleT:
     features = getattr(net, "features", None)
     if not isinstance(features, nn.Module) or not has_batchnorm(features):
         return net
-    was_training = net.training
-    net.eval()
-    try:
-        folded = copy.deepcopy(net)
-    finally:
-        net.train(was_training)
+    with left_as_it_was(net):  # every module's mode (a frozen BatchNorm in a training network)
+        folded = copy.deepcopy(net.eval())
     features = cast(nn.Sequential, folded.features)
     trunk_end = getattr(folded, "trunk_end", None)
     end = trunk_end() if callable(trunk_end) else len(features)

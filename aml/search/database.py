@@ -317,7 +317,7 @@ def build_ivfpq(
     sub-quantisers of 8 bits; ``sample`` database descriptors serve as the queries of the
     recall. The store's ``search.json`` records the index's sha256 and its recall; the index
     and its record are written under the store's lock, so that two builds at once leave one
-    index with its own record.
+    index with its own record. ``database`` searches with the new index from then on.
 
     Args:
         database: the store's database (`aml.search.open_database`).

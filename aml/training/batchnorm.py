@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from aml.networks.preserved import left_as_it_was
+
 log = logging.getLogger(__name__)
 
 CALIBRATION_IMAGES = 64
@@ -28,26 +30,25 @@ def freeze_batchnorm(net: nn.Module) -> None:
 def calibrate_batchnorm(net: nn.Module, batches) -> int:
     """Set BatchNorm running statistics from data: one pass in train mode with a cumulative
     average (momentum None) over ``batches`` (tensors B x 3 x H x W). A randomly initialised
-    network then trains with frozen BatchNorm without its activations collapsing. Returns
-    the number of images seen."""
+    network then trains with frozen BatchNorm without its activations collapsing. Every module
+    keeps its mode. Returns the number of images seen."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return 0
-    saved = [(m, m.momentum, m.training) for m in norms]
-    was_training = net.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    net.train()
+    momenta = [(m, m.momentum) for m in norms]
     seen = 0
-    try:
-        for batch in batches:
-            net(batch)
-            seen += len(batch)
-    finally:
-        for m, momentum, _ in saved:
-            m.momentum = momentum
-        net.train(was_training)
+    with left_as_it_was(net):  # every module's mode (a frozen BatchNorm stays frozen)
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        net.train()
+        try:
+            for batch in batches:
+                net(batch)
+                seen += len(batch)
+        finally:
+            for m, momentum in momenta:
+                m.momentum = momentum
     return seen
 
 
@@ -74,9 +75,9 @@ def calibrate_if_vanishing(
     images (they sink below GeM's eps in a random MobileNetV2 with identity BatchNorm, and
     then no gradient flows), set the BatchNorm statistics from ``CALIBRATION_IMAGES`` of
     ``images`` (``load``: path -> normalised 3 x H x W tensor; see `calibrate_batchnorm`).
-    Returns whether it calibrated."""
+    Returns whether it calibrated; every module of ``net`` keeps its mode."""
     batches = _calibration_batches(images, load, generator, device)
-    with torch.no_grad():
+    with torch.no_grad(), left_as_it_was(net):
         net.eval()
         level = float(np.mean([net.features(b).abs().mean().item() for b in batches[:2]]))
     if level >= VANISHING:

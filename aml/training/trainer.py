@@ -97,7 +97,8 @@ class Trainer:
 
     With a distributed ``world`` (torchrun) each rank trains its slice of every global
     mini-batch under DistributedDataParallel (`aml.training.parallel`); rank 0 alone
-    writes logs and checkpoints."""
+    writes logs and checkpoints. The trainer owns what it is given: the network goes to
+    channels_last, and the splits' teacher descriptors to the compute device."""
 
     def __init__(
         self,

@@ -122,3 +122,15 @@ def test_the_network_is_copied_once(arch, monkeypatch):
     monkeypatch.setattr(copy, "deepcopy", counting)
     inference_copy(net)
     assert copied == ["ImageRetrievalNet"]  # torch's fuse_conv_bn_eval copies every convolution again
+
+
+def test_a_training_network_keeps_its_frozen_batchnorm():
+    """Each module's mode comes back, not the network's alone (train() would unfreeze them)."""
+    from aml.training.batchnorm import freeze_batchnorm
+
+    net = build_network("resnet18", pretrained=False).train()
+    freeze_batchnorm(net)
+    modes = {name: module.training for name, module in net.named_modules()}
+    inference_copy(net)
+    assert {name: module.training for name, module in net.named_modules()} == modes
+    assert net.training and not net.features[1].training  # the trunk's first BatchNorm

@@ -36,3 +36,19 @@ def test_calibration_sets_the_running_statistics_to_the_data_and_restores_the_mo
     assert calibrate_batchnorm(net, batches) == 4
     assert torch.allclose(net[0].running_mean, torch.full((3,), 3.0))  # the cumulative mean of the batches' means
     assert not net.training and net[0].momentum == 0.1
+
+
+def test_calibration_keeps_every_modules_mode():
+    """A training network with frozen BatchNorm comes back so, calibrated or not."""
+    from aml.training.batchnorm import freeze_batchnorm
+
+    torch.manual_seed(0)
+    net = build_network("mobilenet_v2", pretrained=False, teacher_dim=64).train()
+    freeze_batchnorm(net)
+    modes = {name: module.training for name, module in net.named_modules()}
+    pool = images()
+    for _ in range(2):  # calibrated, then found not vanishing
+        calibrate_if_vanishing(net, list(pool), pool.__getitem__, torch.Generator().manual_seed(1), torch.device("cpu"))
+        assert {name: module.training for name, module in net.named_modules()} == modes
+    calibrate_batchnorm(net, [torch.stack([pool["img0.jpg"]])])
+    assert {name: module.training for name, module in net.named_modules()} == modes

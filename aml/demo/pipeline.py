@@ -15,6 +15,7 @@ The ImageNet weights are found offline (``aml.networks.imagenet``: the pip packa
 pretrained on synthetic objects instead, for architectures without offline weights.
 """
 
+import argparse
 import dataclasses
 import logging
 import time
@@ -299,68 +300,86 @@ def build_parser() -> Parser:
         type=folder,
         help="where the data sets, the networks and demo/ (runs, table, chart) go (default: $AML_DATA_ROOT or ./data)",
     )
-    parser.add_argument("--student-arch", default="mobilenet_v2", help="the students' architecture, a main.py -a name")
-    parser.add_argument(
+    _add_network_arguments(parser)
+    _add_training_arguments(parser)
+    _add_output_arguments(parser)
+    return parser
+
+
+def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """The teacher's and the students' networks, and the students' recipes."""
+    group = parser.add_argument_group("networks")
+    group.add_argument("--student-arch", default="mobilenet_v2", help="the students' architecture, a main.py -a name")
+    group.add_argument(
         "--teacher-arch",
         default="efficientnet_lite2",
         help="the teacher's architecture, a main.py -a name, e.g. timm:convnext_atto or "
         "timm:vit_small_patch14_dinov2 (its weights in <data_root>/networks or $AML_WEIGHTS_PATH, "
         "or --teacher-trunk synthetic)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--teacher-trunk",
         default="imagenet",
         choices=TEACHER_TRUNKS,
         help="the teacher's starting weights: its ImageNet weights (found offline) or a trunk "
         "pretrained once on synthetic objects (default: imagenet)",
     )
-    parser.add_argument(
-        "--image-size", type=positive_int, default=96, help="the longer side of training and test images"
-    )
-    parser.add_argument("--teacher-epochs", type=positive_int, default=2, help="the teacher's epochs")
-    parser.add_argument("--student-epochs", type=positive_int, default=2, help="each student's epochs")
-    parser.add_argument(
-        "--query-size",
-        type=positive_int,
-        default=360,
-        help="tuples per epoch (main.py -qs) of the teacher and the ts/ts_self students (default: 360)",
-    )
-    parser.add_argument(
-        "--pool-size",
-        type=positive_int,
-        default=800,
-        help="negative pool per epoch, and the reg students' images per epoch (main.py -ps; default: 800)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=nonnegative_int,
-        default=0,
-        help="loader workers (default 0: on 2 cores, workers only take time from the network)",
-    )
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    parser.add_argument(
+    group.add_argument(
         "--student-modes",
         default=",".join(DEFAULT_STUDENTS),
         help=f"comma separated student recipes, among {', '.join(STUDENT_OPTIONS)}: AML's modes, "
         f"and losses of later papers trained in mode reg (default: {','.join(DEFAULT_STUDENTS)})",
     )
-    parser.add_argument(
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """How long and on what the networks train."""
+    group = parser.add_argument_group("training")
+    group.add_argument(
+        "--image-size", type=positive_int, default=96, help="the longer side of training and test images"
+    )
+    group.add_argument("--teacher-epochs", type=positive_int, default=2, help="the teacher's epochs")
+    group.add_argument("--student-epochs", type=positive_int, default=2, help="each student's epochs")
+    group.add_argument(
+        "--query-size",
+        type=positive_int,
+        default=360,
+        help="tuples per epoch (main.py -qs) of the teacher and the ts/ts_self students (default: 360)",
+    )
+    group.add_argument(
+        "--pool-size",
+        type=positive_int,
+        default=800,
+        help="negative pool per epoch, and the reg students' images per epoch (main.py -ps; default: 800)",
+    )
+    group.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        default=0,
+        help="loader workers (default 0: on 2 cores, workers only take time from the network)",
+    )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The seeds the table averages over, and what the demo writes and shows."""
+    group = parser.add_argument_group("seeds and output")
+    group.add_argument(
         "--seed", type=nonnegative_int, default=0, help="seed of the teacher and of the first students (default: 0)"
     )
-    parser.add_argument(
+    group.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=3,
+        help="students trained with seeds --seed, --seed + 1, ...; the table shows mean ± std (default: 3)",
+    )
+    group.add_argument(
         "--json",
         default=None,
         metavar="FILE",
         type=output_file_of("JSON"),
         help="also write results.json here (the docs read benchmarks/results/demo.json)",
     )
-    parser.add_argument(
-        "--seeds",
-        type=positive_int,
-        default=3,
-        help="students trained with seeds --seed, --seed + 1, ...; the table shows mean ± std (default: 3)",
-    )
-    return parser
+    group.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:

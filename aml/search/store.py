@@ -182,23 +182,39 @@ def build_store(
         staging = target.parent / f".{target.name}.indexing"
         _clear_staging(staging, images, key, dim)
         store = encode_into_store(teacher.net, images, staging, key, config.but(desc="indexing"))
-        record: SearchRecord = {"source": teacher.spec.given}
-        if whitening is not None:
-            save_plain_file({"m": whitening[0], "P": whitening[1]}, staging / WHITENING)
-        if reranking.dba:
-            record["dba"] = _write_augmented(store, staging, whitening, reranking, str(config.device_for()))
-        record[FILES] = {name: file_sha256(staging / name) for name in (WHITENING, DBA) if (staging / name).is_file()}
-        atomic_write(staging / SEARCH, lambda out: out.write(json.dumps(record).encode()))
+        _write_search_files(store, teacher.spec.given, whitening, reranking, str(config.device_for()))
         if ivfpq is not None:
             build_ivfpq(open_database(staging), ivfpq.nlist, ivfpq.m)
-        _refuse_foreign_files(target)  # files put there meanwhile are the user's: not replaced
-        if not publish_folder(staging, target, overwrite=True):
-            raise StoreError(
-                f"{target} was put there by another program while indexing (kept as it is); the new store "
-                "was not written: give another --store"
-            )
+        _publish(staging, target)
     log.info(">> store of %d images by %s written to %s", store.count, teacher.name, folder)
     return folder
+
+
+def _write_search_files(
+    store: DescriptorStore, source: str, whitening: Optional[Whitening], reranking: Reranking, device: str
+) -> None:
+    """What a store holds for searching besides the teacher's shards, written into its folder:
+    the whitening, DBA's augmented descriptors (computed on ``device``) and ``search.json``
+    (the teacher's ``source``, DBA's record, the sha256 of both files)."""
+    folder = store.folder
+    record: SearchRecord = {"source": source}
+    if whitening is not None:
+        save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
+    if reranking.dba:
+        record["dba"] = _write_augmented(store, folder, whitening, reranking, device)
+    record[FILES] = {name: file_sha256(folder / name) for name in (WHITENING, DBA) if (folder / name).is_file()}
+    atomic_write(folder / SEARCH, lambda out: out.write(json.dumps(record).encode()))
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Put the complete store in ``staging`` in place of ``target``, unless files that are not
+    a store's were put there meanwhile (the user's: never replaced)."""
+    _refuse_foreign_files(target)
+    if not publish_folder(staging, target, overwrite=True):
+        raise StoreError(
+            f"{target} was put there by another program while indexing (kept as it is); the new store "
+            "was not written: give another --store"
+        )
 
 
 def _check_plan(count: int, dim: int, reranking: Reranking, ivfpq: Optional[IvfPq]) -> None:

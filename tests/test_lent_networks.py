@@ -1,6 +1,7 @@
 """A network lent to a library call comes back as it was: every module's train/eval mode (a
-training network's frozen BatchNorm included), and its parameters and buffers where they were
-(the same tensors, device, dtype and memory layout)."""
+training network's frozen BatchNorm included), its parameters and buffers where they were (the
+same tensors, device, dtype and memory layout) and their values (the BatchNorm calibration
+changes the running statistics alone, its purpose)."""
 
 from typing import Callable, Dict
 
@@ -72,9 +73,13 @@ def test_a_lent_network_comes_back_as_it_was(call, images, tmp_path):
     net = build_network("mobilenet_v2", pretrained=False, teacher_dim=64).train()
     freeze_batchnorm(net)  # a network in training, as a trainer lends it
     modes, tensors = _state(net)
+    values = {name: value.clone() for name, value in net.state_dict().items()}
     CALLS[call](net, images, tmp_path)
     after_modes, after_tensors = _state(net)
     assert after_modes == modes
     for name, (tensor, *where) in tensors.items():
         kept, *now = after_tensors[name]
         assert kept is tensor and now == where, name
+    changed = [name for name, value in net.state_dict().items() if not torch.equal(value, values[name])]
+    assert changed == [] or (call == "BatchNorm calibration" and all("running_" in name or "batches" in name
+                                                                       for name in changed))

@@ -744,24 +744,20 @@ def _extract_block(
     bad: Optional[List[int]],
 ) -> torch.Tensor:
     """`extract_vectors` of one process's images (``bad``: None = raise on an
-    unreadable image, a list = skip it and append its index)."""
-    was_training = net.training
-    net.eval()
-    try:
-        # the network first: once worker processes are started (copies of this one), every page
-        # the main process writes is copied first (a one-image ResNet101 call with the fold and
-        # one worker took 0.49 s instead of 0.34 s)
-        runner = _runner(net, o).eval()
-        describe = cast(BatchEncoder, runner.descriptors)
-        encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.config.compile else describe
-        meta = getattr(net, "meta", {})
-        decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
-        dataset = o.decoding.dataset(images, image_size, bbxs, transform)
-        loader = _image_loader(dataset, effective_workers(o.config.workers, o.device), o.device, o.decoding)
-        with contextlib.closing(loader):  # the workers stop with the call, even when it raises
-            return _encode_loaded(loader, encode, decode, o, _Columns(len(images), meta.get("outputdim", 0)), bad)
-    finally:
-        net.train(was_training)
+    unreadable image, a list = skip it and append its index). The network may be left in eval
+    mode, on the device: `extract_vectors` gives it back as it was."""
+    # the network first: once worker processes are started (copies of this one), every page
+    # the main process writes is copied first (a one-image ResNet101 call with the fold and
+    # one worker took 0.49 s instead of 0.34 s)
+    runner = _runner(net, o).eval()
+    describe = cast(BatchEncoder, runner.descriptors)
+    encode: BatchEncoder = cast(BatchEncoder, torch.compile(describe)) if o.config.compile else describe
+    meta = getattr(net, "meta", {})
+    decode = o.decoding.decoder(o.device, meta.get("mean", ()), meta.get("std", ()))
+    dataset = o.decoding.dataset(images, image_size, bbxs, transform)
+    loader = _image_loader(dataset, effective_workers(o.config.workers, o.device), o.device, o.decoding)
+    with contextlib.closing(loader):  # the workers stop with the call, even when it raises
+        return _encode_loaded(loader, encode, decode, o, _Columns(len(images), meta.get("outputdim", 0)), bad)
 
 
 def _encode_loaded(

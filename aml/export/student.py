@@ -12,6 +12,7 @@ teacher, the dimension, the whitening folded in), and `quantize_student` makes t
 """
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import warnings
@@ -33,7 +34,6 @@ from aml.descriptors.onnx_student import (
 )
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec
-from aml.networks.preserved import left_as_it_was
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_path
 from aml.utils.types import PathLike
@@ -363,8 +363,8 @@ def export_student(
     with its precision and calibration).
 
     Args:
-        net: the student (exported in float32 from the CPU; it comes back on its device, in its
-            dtype and mode).
+        net: the student (a copy of it is exported, in float32 from the CPU; the network
+            itself stays as it is).
         folder: where the files go (created when missing).
         whitening: the teacher's whitening (m, P) to fold in, e.g. a store's; None: none.
         onnx: also write ``student.onnx``.
@@ -392,11 +392,11 @@ def export_student(
         raise ExportError("the int8 student is quantized from the ONNX one: drop --no-onnx")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with left_as_it_was(net):  # the caller's network keeps its device, dtype and mode
-        model = DeployedStudent(net.cpu().float(), whitening).eval()
-        files, diffs = _export_checked(model, folder, onnx, tolerance)
+    exported = copy.deepcopy(net).cpu().float()  # the caller's network keeps its device, dtype and mode
+    model = DeployedStudent(exported, whitening).eval()
+    files, diffs = _export_checked(model, folder, onnx, tolerance)
     if onnx and "onnx" in diffs:  # onnxruntime (and so onnx) is installed
-        info = info if info is not None else student_info(net, whitening=whitening)
+        info = info if info is not None else student_info(exported, whitening=whitening)
         write_onnx_metadata(files["onnx"], info)
         if int8 is not None:
             files["int8"] = _export_int8(files["onnx"], folder, info, int8)

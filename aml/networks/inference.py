@@ -9,15 +9,13 @@ flow, as EfficientNet's blocks) gets the pairs that sit next to each other in a 
 
 import copy
 import itertools
-from collections import Counter
 import logging
+from collections import Counter
 from typing import TypeVar, cast
 
 import torch
 import torch.fx
 from torch import nn
-
-from aml.networks.preserved import left_as_it_was
 
 log = logging.getLogger(__name__)
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -35,20 +33,17 @@ def inference_copy(net: ModuleT) -> ModuleT:
     copy keeps the trunk as it is; a module without a ``features`` trunk is returned itself.
     The network is copied once and its convolutions folded in place (torch's fusion helpers copy
     each module again: on a GPU, Python's time is most of the fold's)."""
-    from torch.fx import symbolic_trace
-
     features = getattr(net, "features", None)
     if not isinstance(features, nn.Module) or not has_batchnorm(features):
         return net
-    with left_as_it_was(net):  # every module's mode (a frozen BatchNorm in a training network)
-        folded = copy.deepcopy(net.eval())
+    folded = copy.deepcopy(net).eval()  # the caller's network keeps every module's mode
     features = cast(nn.Sequential, folded.features)
     trunk_end = getattr(folded, "trunk_end", None)
     end = trunk_end() if callable(trunk_end) else len(features)
     trunk: nn.Module = nn.Sequential(*list(features)[:end])
     tail = list(features)[end:]
     try:
-        traced = symbolic_trace(trunk)
+        traced = torch.fx.symbolic_trace(trunk)
     except Exception as err:  # any tracing failure: fold the pairs that need no tracing
         log.debug(">> trunk not traced (%s: %s); folding Sequential pairs", type(err).__name__, err)
         fold_sequential_pairs(trunk)
@@ -90,8 +85,8 @@ def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> None:
 
 def fold_traced(traced: "torch.fx.GraphModule") -> int:
     """In place: in a traced trunk, every Conv2d (called once) whose output only a BatchNorm2d
-    reads takes that BatchNorm in, and the BatchNorm leaves the graph. Returns the number of
-    pairs folded."""
+    reads takes that BatchNorm in, and the BatchNorm leaves the graph. The modules are those of
+    the module traced (torch.fx shares them): trace a copy. Returns the number of pairs folded."""
     modules = dict(traced.named_modules())
     calls = Counter(node.target for node in traced.graph.nodes if node.op == "call_module")
     folded = 0
@@ -115,13 +110,15 @@ def fold_traced(traced: "torch.fx.GraphModule") -> int:
 def fold_sequential_pairs(module: nn.Module) -> int:
     """In place: in every Sequential of ``module`` (eval mode), a Conv2d directly followed by
     a BatchNorm2d (or timm's BatchNormAct2d) becomes one Conv2d (and what follows the
-    normalisation). Returns the number of pairs folded."""
+    normalisation); a convolution used in more than one place is left as it is. Returns the
+    number of pairs folded."""
+    uses = Counter(id(m) for _, m in module.named_modules(remove_duplicate=False))
     folded = 0
     for sequential in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         names = list(sequential._modules)
         for first, second in itertools.pairwise(names):
             conv, norm = sequential._modules[first], sequential._modules[second]
-            if isinstance(conv, nn.Conv2d) and _foldable(norm):
+            if isinstance(conv, nn.Conv2d) and uses[id(conv)] == 1 and _foldable(norm):  # a shared one: as it is
                 _fold_into(conv, norm)
                 sequential._modules[second] = _after_folding(norm)
                 folded += 1

@@ -95,12 +95,26 @@ def test_traced_pairs_fold_in_place():
     assert torch.allclose(traced(x), expected, atol=1e-6)
 
 
+def test_a_shared_convolution_is_left_as_it_is():
+    """One convolution in two Sequentials, each with a BatchNorm after it: folding it for one
+    would change the other."""
+    conv = torch.nn.Conv2d(3, 3, 1)
+    module = torch.nn.Sequential(torch.nn.Sequential(conv, torch.nn.BatchNorm2d(3)),
+                                 torch.nn.Sequential(conv, torch.nn.BatchNorm2d(3)),
+                                 torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)))
+    with_random_statistics(module).eval()
+    x = torch.rand(1, 3, 8, 8)
+    expected = module(x)
+    assert fold_sequential_pairs(module) == 1  # the third pair only
+    assert torch.allclose(module(x), expected, atol=1e-6)
+
+
 def test_a_module_without_a_trunk_is_used_as_it_is():
     module = torch.nn.Linear(2, 2)
     assert inference_copy(module) is module
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3"])  # a trunk that traces, one that does not
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])  # a trunk that traces, one that does not
 def test_the_network_is_copied_once(arch, monkeypatch):
     """The fold copies the network once: fx's fuse copies the trunk a second time and each
     convolution a third, and a trunk that does not trace was copied before tracing failed (on

@@ -47,8 +47,9 @@ def test_calibration_keeps_every_modules_mode():
     freeze_batchnorm(net)
     modes = {name: module.training for name, module in net.named_modules()}
     pool = images()
-    for _ in range(2):  # calibrated, then found not vanishing
-        calibrate_if_vanishing(net, list(pool), pool.__getitem__, torch.Generator().manual_seed(1), torch.device("cpu"))
+    for expected in (True, False):  # calibrated, then found not vanishing
+        assert calibrate_if_vanishing(net, list(pool), pool.__getitem__, torch.Generator().manual_seed(1),
+                                      torch.device("cpu")) == expected
         assert {name: module.training for name, module in net.named_modules()} == modes
     calibrate_batchnorm(net, [torch.stack([pool["img0.jpg"]])])
     assert {name: module.training for name, module in net.named_modules()} == modes

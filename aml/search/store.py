@@ -201,7 +201,7 @@ def _write_search_files(
     if whitening is not None:
         save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
     if reranking.dba:
-        record["dba"] = _write_augmented(store, folder, whitening, reranking, device)
+        record["dba"] = _write_augmented(store, whitening, reranking, device)
     record[FILES] = {name: file_sha256(folder / name) for name in (WHITENING, DBA) if (folder / name).is_file()}
     atomic_write(folder / SEARCH, lambda out: out.write(json.dumps(record).encode()))
 
@@ -247,15 +247,16 @@ def _refuse_foreign_files(folder: Path) -> None:
 
 
 def _write_augmented(
-    store: DescriptorStore, folder: Path, whitening: Optional[Whitening], reranking: Reranking, device: str
+    store: DescriptorStore, whitening: Optional[Whitening], reranking: Reranking, device: str
 ) -> DbaRecord:
-    """DBA of the store's (whitened) descriptors into ``dba.npy``; returns what search.json records."""
+    """DBA of the store's (whitened) descriptors into its ``dba.npy``; returns what search.json
+    records."""
     vecs = store.load()
     if whitening is not None:
         vecs = whitenapply(vecs, *whitening)
     k, alpha = reranking.dba, reranking.dba_alpha
     augmented = database_augmentation(vecs, k, alpha, device, excluded=store.skipped())
-    atomic_write(folder / DBA, lambda out: np.save(out, augmented, allow_pickle=False))
+    atomic_write(store.folder / DBA, lambda out: np.save(out, augmented, allow_pickle=False))
     log.info(">> DBA of %d neighbours (alpha %g) applied to the store's descriptors: %s", k, alpha, DBA)
     return {"k": k, "alpha": alpha}
 

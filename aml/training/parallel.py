@@ -64,6 +64,27 @@ def batch_split_problem(batch_size: int, world: World) -> Optional[str]:
     )
 
 
+def to_sync_batchnorm(net: nn.Module) -> nn.Module:
+    """In place: every BatchNorm of ``net`` (not itself one) becomes a SyncBatchNorm with its
+    parameters and statistics.
+
+    timm's BatchNormAct2d (EfficientNet, MobileNetV3, timm trunks) becomes timm's
+    SyncBatchNormAct, which keeps its activation: torch's converter makes it a plain
+    SyncBatchNorm, whose forward skips the activation and dropout left inside it.
+
+    Args:
+        net: the network.
+
+    Returns:
+        ``net``.
+    """
+    if any(type(m).__module__.startswith("timm.") for m in net.modules()):
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(net)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(net)
+
+
 class Parallel:
     """How this process takes part in a training step (a pass-through in one process)."""
 
@@ -83,7 +104,7 @@ class Parallel:
                     "--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics "
                     "across processes on GPUs only); on the CPU train it in one process"
                 )
-            nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            to_sync_batchnorm(net)
         ids = [device.index] if device.type == "cuda" else None
         self.ddp = DistributedDataParallel(DescriptorModel(net), device_ids=ids, **without_buffer_broadcast())
         self.encode, self.sync_batchnorm = self.ddp, sync_batchnorm

@@ -5,7 +5,7 @@ import torch
 
 from aml.losses import TupleBatch
 from aml.networks import build_network
-from aml.training.parallel import Parallel, batch_split_problem, without_buffer_broadcast
+from aml.training.parallel import Parallel, batch_split_problem, to_sync_batchnorm, without_buffer_broadcast
 from aml.utils.distributed import World
 
 
@@ -44,3 +44,20 @@ def test_buffers_are_not_broadcast_under_the_keyword_the_installed_torch_knows()
     assert without_buffer_broadcast(Since213) == {"forward_sync_buffers": False}
     installed = "forward_sync_buffers" if torch.__version__ >= (2, 13) else "broadcast_buffers"
     assert without_buffer_broadcast() == {installed: False}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3", "efficientnet_lite0"])
+def test_sync_batchnorm_keeps_the_network(arch):
+    """Every BatchNorm becomes a SyncBatchNorm and the descriptors stay (torch's converter drops
+    the activation inside timm's BatchNormAct2d: EfficientNet's came out at cosine 0.65)."""
+    import copy
+
+    torch.manual_seed(0)
+    net = build_network(arch, pretrained=False).eval()
+    synced = to_sync_batchnorm(copy.deepcopy(net))
+    plain_norms = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   and not isinstance(m, torch.nn.SyncBatchNorm)]
+    assert plain_norms == [] and any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    x = torch.rand(2, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.allclose(synced.descriptors(x), net.descriptors(x), atol=1e-6)

@@ -106,11 +106,13 @@ def encode_images(
     BatchNorm the result equals one forward per image; with BatchNorm in train mode each
     shape group is normalised by its own batch statistics. ``shapes``, when given, is the
     order of the forward passes and must hold every image shape; a shape without images gets
-    a forward of an empty batch (SyncBatchNorm: every rank makes the same calls)."""
+    a forward of an empty batch, which the backward reaches too (SyncBatchNorm: every rank
+    makes the same calls, forward and backward)."""
     groups: Dict[tuple, List[int]] = defaultdict(list)
     for i, image in enumerate(images):
         groups[tuple(image.shape)].append(i)
     rows: List[Optional[torch.Tensor]] = [None] * len(images)
+    empty: List[torch.Tensor] = []
     for shape in shapes or list(groups):
         indices = groups.get(shape, [])
         batch = (
@@ -119,9 +121,17 @@ def encode_images(
             else torch.empty((0,) + tuple(shape), device=device)
         )
         out = encode(batch.contiguous(memory_format=torch.channels_last)).float()
+        if not indices:
+            empty.append(out)
         for row, i in enumerate(indices):
             rows[i] = out[row]
-    return torch.stack(cast(List[torch.Tensor], rows)) if rows else out  # every row encoded
+    encoded = torch.stack(cast(List[torch.Tensor], rows)) if rows else out  # every row encoded
+    if not empty:
+        return encoded
+    # SyncBatchNorm's backward of an empty batch takes part in its collectives only when the
+    # backward reaches it: every forward joins the result (adding zero), so that every rank
+    # makes the same backward calls (else the ranks' all_reduce calls pair up wrongly, or hang)
+    return encoded + torch.stack([out.sum() for out in empty]).sum() * 0
 
 
 def encode_batch(

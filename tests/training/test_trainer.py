@@ -98,6 +98,28 @@ def test_tuple_images_batched_equal_one_by_one_with_gradients():
     assert encode_images(net.descriptors, images, torch.device("cpu")).shape == (3, 512)
 
 
+def test_a_forward_of_an_empty_batch_is_reached_by_the_backward():
+    """Under SyncBatchNorm every rank forwards every rank's image shapes, empty where it has
+    none; its backward takes part in SyncBatchNorm's collectives only when reached, so the
+    result must hold every forward (the values are the images' own)."""
+    torch.manual_seed(0)
+    net = build_network("resnet18", pretrained=False).eval()
+    images = [torch.rand(3, 40, 32), torch.rand(3, 40, 32)]
+    reached = []
+
+    def encode(x):
+        out = net.descriptors(x)
+        if len(x) == 0:
+            out.register_hook(lambda grad: reached.append(tuple(grad.shape)))
+        return out
+
+    shapes = [(3, 32, 40), (3, 40, 32), (3, 48, 48)]  # two shapes that other ranks hold
+    encoded = encode_images(encode, images, torch.device("cpu"), shapes)
+    assert torch.equal(encoded, encode_images(net.descriptors, images, torch.device("cpu")))
+    encoded.sum().backward()
+    assert reached == [(0, 512), (0, 512)]
+
+
 def test_tuples_of_a_batch_encoded_together_equal_one_by_one_with_frozen_batchnorm():
     torch.manual_seed(0)
     net = build_network("resnet18", pretrained=False)

@@ -214,7 +214,7 @@ def columns_to_tuples(x: torch.Tensor, label: torch.Tensor, *per_member: torch.T
     anchor, label -1) as (anchors B x D, members B x M x D, labels B x M with -1 padding),
     followed by each of ``per_member`` (one value per non-anchor column, in column order)
     as B x M."""
-    label = label.reshape(-1)
+    label = label.reshape(-1).to(x.device)  # a CPU label for descriptors on a GPU
     tuples = _tuple_index(label)
     is_member = label != -1
     starts = torch.nonzero(~is_member).flatten()

@@ -60,7 +60,7 @@ def mine_hard_negatives(
         return negatives, 0.0
     pool_columns = [n for chosen in negatives for n in chosen]
     distances = torch.linalg.vector_norm(query_vecs[:, query_columns] - pool_vecs[:, pool_columns] + 1e-6, dim=0)
-    return negatives, float(distances.double().mean())
+    return negatives, float(distances.cpu().double().mean())  # MPS has no float64
 
 
 def random_negatives(

@@ -370,6 +370,18 @@ def image_loader_section() -> Generated:
                            "python benchmarks/image_loader.py")
 
 
+def _neighbours_table(name: str, record: dict) -> str:
+    s = record["settings"]
+    return (f"Each of {s['images']:,} random {s['dim']}-d descriptors' {s['k']} nearest others (DBA's search), "
+            f"on {s['device']}, seconds (the smallest of {s['repeats']}):\n\n"
+            + table(["way", "seconds"], [[way, f"{seconds:.2f}"] for way, seconds in record["results"].items()])
+            + "\n" + source_line(name, record) + "\n")
+
+
+def neighbours_section() -> Generated:
+    return records_section("neighbours*.json", "neighbours.md", _neighbours_table, "python benchmarks/neighbours.py")
+
+
 def call_cost_section() -> Generated:
     return records_section("call_cost*.json", "call_cost.md", _call_cost_table, "python benchmarks/call_cost.py")
 
@@ -825,7 +837,7 @@ def not_run_section() -> Generated:
 
 
 SECTIONS = (demo_section, demo_epochs_section, later_losses_section, extract_section, real_weights_section,
-            decoding_section, image_loader_section, call_cost_section, training_section, search_section, int8_section, gpu_section, reranking_section,
+            decoding_section, image_loader_section, call_cost_section, neighbours_section, training_section, search_section, int8_section, gpu_section, reranking_section,
             compat_section, vit_readout_section, learning_section, registry_section, imagenet_section, flags_section, not_run_section)
 
 

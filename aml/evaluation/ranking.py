@@ -30,9 +30,14 @@ def _scores(database: np.ndarray, queries: np.ndarray, device: str, excluded: Se
     """Q x N dot products; ``excluded`` columns at -inf. Non-finite descriptors are refused."""
     db = _finite(torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device), "database")
     q = _finite(torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device), "query")
+    return _scored(db, q, excluded)
+
+
+def _scored(db: torch.Tensor, q: torch.Tensor, excluded: Sequence[int]) -> torch.Tensor:
+    """Q x N dot products of descriptors on one device; ``excluded`` columns at -inf."""
     scores = q.t() @ db
     if len(excluded):
-        scores[:, torch.as_tensor(list(excluded), dtype=torch.long, device=device)] = -torch.inf
+        scores[:, torch.as_tensor(list(excluded), dtype=torch.long, device=scores.device)] = -torch.inf
     return scores
 
 
@@ -137,7 +142,8 @@ def positions_with_distractors(
     return places.cpu().numpy().T
 
 
-NEIGHBOUR_CHUNK = 1024  # queries whose scores are sorted at once by `nearest`
+NEIGHBOUR_CHUNK = 1024  # queries whose scores `nearest` takes at once, at most
+SCORE_VALUES = 1 << 28  # and at most this many scores (float32: 1 GiB) at once
 
 
 def nearest(
@@ -149,21 +155,57 @@ def nearest(
     skip_self: bool = False,
 ) -> np.ndarray:
     """k x N_q indices of each query's ``k`` best database images: the first ``k`` rows of
-    `rank_database` (equal scores in database order), searched ``NEIGHBOUR_CHUNK`` queries
-    at a time. ``skip_self``: the queries are the database itself and column q never lists q
-    (database-side augmentation)."""
+    `rank_database` (equal scores in database order), found by `top_in_order` for a few
+    queries at a time (``NEIGHBOUR_CHUNK``, and no more than ``SCORE_VALUES`` scores). The
+    database goes to ``device`` and is checked once. ``skip_self``: the queries are the
+    database itself and column q never lists q (database-side augmentation)."""
+    db = _finite(torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device), "database")
+    if queries is not database:  # checked whole, on the host
+        _finite(torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32), "query")
+    chunk = max(1, min(NEIGHBOUR_CHUNK, SCORE_VALUES // max(db.shape[1], 1)))
     found = []
-    for start in range(0, queries.shape[1], NEIGHBOUR_CHUNK):
-        scores = _scores(database, queries[:, start : start + NEIGHBOUR_CHUNK], device, excluded)
+    for start in range(0, queries.shape[1], chunk):
+        block = np.ascontiguousarray(queries[:, start : start + chunk])
+        scores = _scored(db, torch.as_tensor(block, dtype=torch.float32, device=device), excluded)
         if skip_self:
             rows = torch.arange(scores.shape[0], device=scores.device)
             scores[rows, rows + start] = -torch.inf
-        if scores.device.type == "cpu":
-            order = descending_order(scores.numpy())[:, :k]
-        else:
-            order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k].cpu().numpy()
-        found.append(order)
+        found.append(top_in_order(scores, k).cpu().numpy())
     return np.concatenate(found, axis=0).T if found else np.zeros((k, 0), dtype=np.int64)
+
+
+def top_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Q x k column indices of each row's ``k`` highest scores, highest first, equal scores in
+    ascending column order: the first ``k`` columns of a stable descending sort, without
+    sorting whole rows.
+
+    The k-th highest score of each row bounds the candidates (every score at or above it);
+    the widest row's count of them is taken by ``topk``, put in column order, then sorted
+    stably by score.
+
+    Args:
+        scores: Q x N scores, without NaN.
+        k: the columns to keep (at most N).
+
+    Returns:
+        Q x k int64 column indices.
+
+    Examples:
+        >>> import torch
+        >>> from aml.evaluation.ranking import top_in_order
+        >>> top_in_order(torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.5]]), 3).tolist()
+        [[1, 0, 2]]
+    """
+    k = min(k, scores.shape[1])
+    if k == 0:
+        return torch.zeros(scores.shape[0], 0, dtype=torch.long, device=scores.device)
+    top = torch.topk(scores, k, dim=1)
+    width = int((scores >= top.values[:, -1:]).sum(dim=1).max())  # k, or more where the k-th score ties
+    if width > k:
+        top = torch.topk(scores, width, dim=1)
+    columns, placed = torch.sort(top.indices, dim=1)
+    order = torch.argsort(torch.gather(top.values, 1, placed), dim=1, descending=True, stable=True)
+    return torch.gather(columns, 1, order)[:, :k]
 
 
 #: the most descriptor values (float32: 512 MiB) of neighbours that one step of a re-ranking

@@ -111,3 +111,37 @@ def test_non_finite_distractors_are_refused_by_name():
     blocks = [(0, np.eye(4, 3, dtype=np.float32)), (4, np.full((2, 3), np.inf, dtype=np.float32))]
     with pytest.raises(NonFiniteDescriptors, match="2 of the 2 distractor descriptors .*the first: distractor 4"):
         positions_with_distractors(database, queries, blocks)
+
+
+@pytest.mark.parametrize("k", [1, 3, 40, 199, 200, 300])
+def test_top_in_order_is_the_first_columns_of_a_stable_sort(k):
+    """Without sorting whole rows: ties inside and across the k-th score, -inf, k past N."""
+    import torch
+
+    from aml.evaluation.ranking import top_in_order
+
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 5, size=(7, 200)).astype(np.float32)  # ties everywhere
+    scores[0] = rng.standard_normal(200)  # a row without ties
+    scores[1, [3, 50]] = -np.inf
+    scores[2] = -np.inf  # a row of excluded images only
+    scores[2, 7] = 1.0
+    expected = np.stack([np.argsort(-row, kind="stable") for row in scores])[:, :k]
+    np.testing.assert_array_equal(top_in_order(torch.from_numpy(scores), k).numpy(), expected)
+
+
+def test_nearest_takes_no_more_scores_at_once_than_its_bound(monkeypatch):
+    import aml.evaluation.ranking as ranking
+
+    rng = np.random.default_rng(5)
+    database = unit(rng, 8, 30)
+    database[:, 7] = database[:, 4]  # a tie
+    queries = unit(rng, 8, 11)
+    taken = []
+    scored = ranking._scored
+    monkeypatch.setattr(ranking, "_scored", lambda db, q, excluded: taken.append(q.shape[1]) or scored(db, q, excluded))
+    monkeypatch.setattr(ranking, "SCORE_VALUES", 90)  # 3 queries of 30 scores
+    expected = rank_database(database, queries, excluded=[2])[:5]
+    taken.clear()
+    np.testing.assert_array_equal(nearest(database, queries, 5, excluded=[2]), expected)
+    assert taken == [3, 3, 3, 2]

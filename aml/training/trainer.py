@@ -344,8 +344,9 @@ class Trainer:
     def save(self, epoch: int, is_best: bool) -> None:
         """model_best on a new best, then model_epoch<N> every save_freq epochs (atomic
         writes). Best first: a resumed run restarts from the last model_epochN and retrains
-        (deterministically) every epoch after it, so a best written by an epoch whose own
-        checkpoint was lost is written again, never left stale."""
+        (deterministically on the CPU) every epoch after it, so a best written by an epoch whose
+        own checkpoint was lost is written again; on a GPU the retrained epoch may round
+        differently, and the earlier best, a complete checkpoint, stays."""
         bad = [
             name
             for name, value in self.net.state_dict().items()

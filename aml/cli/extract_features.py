@@ -21,7 +21,7 @@ from aml.cli.arguments import (
 )
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.data.trainsets import TRAIN_SETS, is_training_set
-from aml.descriptors import DescriptorKey, extract_dataset_features
+from aml.descriptors import DescriptorKey, dataset_images, extract_dataset_features
 from aml.networks.loading import load_test_network
 from aml.utils.devices import resolve_device
 from aml.utils.errors import ConfigError
@@ -87,22 +87,23 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     )
     config = extraction_from(args, str(device))
     key = DescriptorKey.of(network.net, args.image_size, args.multiscale, config, network.fingerprint)
-    written = []
     for dataset in datasets:
-        is_train_set = is_training_set(dataset, args.data_root)
-        if not is_train_set:
+        if not is_training_set(dataset, args.data_root):
             get_test_set(dataset, args.data_root)  # a ValueError naming the choices
-        for split in splits if is_train_set else ["db"]:
-            written.append(
-                extract_dataset_features(
-                    network,
-                    dataset,
-                    split,
-                    key,
-                    args.data_root,
-                    shard_size=args.shard_size or None,
-                    store_dtype=args.store_dtype,
-                    config=config,
-                )
-            )
-    return written
+    parts = [(d, s) for d in datasets for s in (splits if is_training_set(d, args.data_root) else ["db"])]
+    # downloads and generation by rank 0 first, under torchrun; then the collective extractions
+    main_first(world, lambda: [dataset_images(dataset, split, args.data_root) for dataset, split in parts])
+    shard_size = args.shard_size or None
+    return [
+        extract_dataset_features(
+            network,
+            dataset,
+            split,
+            key,
+            args.data_root,
+            shard_size=shard_size,
+            store_dtype=args.store_dtype,
+            config=config,
+        )
+        for dataset, split in parts
+    ]

@@ -7,14 +7,14 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
 from aml.utils.atomic import atomic_write, optional_write
-from aml.utils.distributed import current_world
+from aml.utils.distributed import all_ranks, current_world
 
 log = logging.getLogger(__name__)
 DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
@@ -60,24 +60,35 @@ def cached_descriptors(
     """
     skipped = skipped if skipped is not None else []
     path = Path(cache_dir) / f"{tag}_{key.digest(images)}.npy"
-    if path.exists():
-        try:
-            vecs = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError):
-            vecs = None
-        dim = net.meta["outputdim"]
-        if vecs is not None and vecs.dtype.kind == "f" and vecs.shape == (dim, len(images)) and np.isfinite(vecs).all():
-            log.info(">> %s: database descriptors read from cache %s", tag, path)
-            with contextlib.suppress(FileNotFoundError):  # evicted by another run meanwhile: read already
-                os.utime(path)  # most recently used
-            return vecs
-        log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
+    cached = _read_cache(path, (net.meta["outputdim"], len(images)), tag)
+    if config.collective and not all_ranks(cached is not None, current_world()):
+        cached = None  # a rank without the file (another machine's data root): all encode, collectively
+    if cached is not None:
+        log.info(">> %s: database descriptors read from cache %s", tag, path)
+        with contextlib.suppress(FileNotFoundError):  # evicted by another run meanwhile: read already
+            os.utime(path)  # most recently used
+        return cached
     vecs = describe_images(net, images, key.image_size, key.scales, key.msp, config=config, skipped=skipped)
     if not skipped and current_world().is_main:
         with optional_write(f"{tag}: the descriptor cache"):
             atomic_write(path, lambda out: np.save(out, vecs.astype(np.float32)))
             evict(Path(cache_dir), tag, keep)
     return vecs
+
+
+def _read_cache(path: Path, shape: Tuple[int, int], tag: str) -> Optional[np.ndarray]:
+    """The descriptors cached at ``path``, or None when there are none or they are unreadable,
+    of another shape or not finite (said in the log)."""
+    if not path.exists():
+        return None
+    try:
+        vecs = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        vecs = None
+    if vecs is not None and vecs.dtype.kind == "f" and vecs.shape == shape and np.isfinite(vecs).all():
+        return vecs
+    log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
+    return None
 
 
 def _mtime(path: Path) -> float:

@@ -26,7 +26,7 @@ from aml.evaluation.reranking import Reranking
 from aml.evaluation.whitening_store import Whitening, WhiteningRequest, known_whitening
 from aml.networks.loading import LoadedNetwork
 from aml.utils.changeable import Changeable
-from aml.utils.distributed import current_world
+from aml.utils.distributed import current_world, main_first
 from aml.utils.errors import ConfigError, lookup
 
 #: how test.py extracts unless told otherwise: its defaults (-j 8; the device is the network's)
@@ -319,9 +319,10 @@ class TestPlan:
         if extraction.device is None:  # the student's device, for every extraction and search
             extraction = extraction.but(device=extraction.device_for(student.net))
         progress, test_root = extraction.progress, root.subdir("test")
-        sets = _read_sets(settings, test_root, progress)
+        world = current_world()  # what is downloaded or generated: by rank 0 first, under torchrun
+        sets = main_first(world, lambda: _read_sets(settings, test_root, progress))
         suffixes = dict.fromkeys(test.distractors for test in sets if test.distractors is not None)
-        lists = {suffix: read_distractor_list(suffix, test_root, progress) for suffix in suffixes}
+        lists = main_first(world, lambda: {s: read_distractor_list(s, test_root, progress) for s in suffixes})
         dim = database.net.meta["outputdim"]
         for test in sets:
             count = len(lists[test.distractors]) if test.distractors is not None else 0
@@ -329,7 +330,9 @@ class TestPlan:
                 settings.reranking, test.name, test.distractors, len(test.images), len(test.queries), count, dim
             )
         whitening = (
-            _whitening(database, settings, extraction, published=teacher is None) if settings.whitening else None
+            main_first(world, lambda: _whitening(database, settings, extraction, published=teacher is None))
+            if settings.whitening
+            else None
         )
         key = DescriptorKey.of(database.net, settings.image_size, settings.scales, extraction, database.fingerprint)
         distractors = {}

@@ -10,6 +10,7 @@ import torch
 from aml.networks.checkpoint import CheckpointError, load_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.run_folder import latest_checkpoint
+from aml.utils.distributed import current_world, from_main
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def resume_run(
     path: Optional[Path] = run_dir / name
     if path is None or not path.is_file():
         path = latest_checkpoint(run_dir)
+    path = from_main(path, current_world())  # one checkpoint for all ranks (a shared folder seen late)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")
         return None

@@ -20,7 +20,7 @@ from aml.descriptors import (
     write_feature_file,
 )
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
-from aml.utils.distributed import current_world
+from aml.utils.distributed import all_ranks, current_world
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,10 @@ def teacher_split_features(
     )
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
-    if path.is_file() and feature_file_key(path) == wanted:
+    found = path.is_file() and feature_file_key(path) == wanted
+    if config.collective:  # a rank without the file (another machine's data root): all encode, collectively
+        found = all_ranks(found, current_world())
+    if found:
         return torch.from_numpy(load_feature_file(path, len(images)))
     log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, loaded.name)
     vecs = describe_images(loaded.net, images, image_size, config=config.but(desc=f"{dataset} {split}"))

@@ -58,10 +58,10 @@ def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEO
     this process's `World`. CUDA processes use the GPU of their LOCAL_RANK."""
     if not launched_by_torchrun():
         return World()
+    if device.type == "cuda":  # also in a group joined before: collectives use the current GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
         log.info(
             ">> process %d of %d joined the group (%s, timeout %ds)",
@@ -118,6 +118,20 @@ def gather_objects(value: Any, world: World) -> List[Any]:
     return out
 
 
+def all_ranks(found: bool, world: World) -> bool:
+    """Whether every rank found what it looked for (a usable cache file, ...): one answer for
+    all, so that all take the same collective path. Ranks on several machines may each have
+    their own data root, where rank 0 alone wrote the files."""
+    if not world.distributed:
+        return found
+    return all(gather_objects(bool(found), world))
+
+
+def from_main(value: Any, world: World) -> Any:
+    """Rank 0's ``value``, on every rank (one decision for all, e.g. the checkpoint to resume)."""
+    return gather_objects(value, world)[0] if world.distributed else value
+
+
 def barrier(world: World) -> None:
     """Wait until every rank got here (after rank 0 wrote what the others read)."""
     if world.distributed:
@@ -131,7 +145,9 @@ def concat_lists(parts: Sequence[Sequence[Any]]) -> List[Any]:
 
 def is_peer_failure(error: BaseException) -> bool:
     """Whether ``error`` is a collective that failed because another process died or did not
-    answer within the timeout (gloo and nccl raise RuntimeErrors that say so)."""
+    answer within the timeout (torch's DistBackendError, gloo's RuntimeErrors that say so); an
+    NCCL error of another kind (a set-up failure) is not one. NCCL's own timeout ends the
+    process from its watchdog, without a Python error."""
     if isinstance(error, dist.DistBackendError):
         return True
     text = str(error)
@@ -142,7 +158,6 @@ def is_peer_failure(error: BaseException) -> bool:
             "Connection closed by peer",
             "Connection reset by peer",
             "gloo/transport",
-            "NCCL",
         )
     )
 

@@ -1,8 +1,15 @@
 """The distributed helpers with one process (what every single-process run sees) and the
 arithmetic of sharding (what every rank computes)."""
 
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from aml.utils.distributed import (World, gather_columns, gather_objects, init_from_environment, is_peer_failure,
                                    main_first, shard_range)
@@ -31,4 +38,54 @@ def test_peer_failures_are_told_apart_from_other_errors():
     assert is_peer_failure(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms for recv"))
     assert is_peer_failure(RuntimeError("Connection closed by peer [127.0.0.1]:1234"))
     assert not is_peer_failure(RuntimeError("CUDA out of memory"))
+    assert not is_peer_failure(RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, invalid usage"))
     assert not is_peer_failure(ValueError("Timed out waiting"))
+
+
+RANKS_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aml.descriptors import DescriptorKey, ExtractionConfig, cached_descriptors
+from aml.networks import build_network
+from aml.utils.distributed import all_ranks, barrier, current_world, from_main, init_from_environment, shutdown
+
+folder = Path(sys.argv[1])
+world = init_from_environment(torch.device("cpu"), timeout_s=20)
+answers = [all_ranks(world.rank == 0, world), all_ranks(True, world), from_main(world.rank + 10, world)]
+torch.manual_seed(0)
+net = build_network("resnet18", pretrained=False).eval()
+images = [str(folder / f"{i}.jpg") for i in range(4)]
+config = ExtractionConfig(workers=0)
+key = DescriptorKey.of(net, 32, (1,), config)
+cache = folder / f"cache{world.rank}"  # each rank its own data root (two machines); rank 0's holds the file
+cache.mkdir()
+if world.is_main:
+    np.save(cache / f"db_{key.digest(images)}.npy", np.zeros((512, 4), dtype=np.float32))
+barrier(world)
+vecs = cached_descriptors(net, images, key, cache, "db", config=config)
+np.save(folder / f"vecs{world.rank}.npy", vecs)
+(folder / f"answers{world.rank}.json").write_text(json.dumps(answers))
+shutdown()
+"""
+
+
+def test_ranks_take_one_decision_on_a_cache_only_some_of_them_see(tmp_path):
+    """On two machines with a data root each, rank 0 alone finds the cache it wrote: all ranks
+    must encode (a collective), or the others wait for it in vain."""
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+               str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert [json.loads((tmp_path / f"answers{r}.json").read_text()) for r in (0, 1)] == [[False, True, 10]] * 2
+    vecs = [np.load(tmp_path / f"vecs{r}.npy") for r in (0, 1)]
+    assert np.array_equal(vecs[0], vecs[1]) and np.abs(vecs[0]).sum(axis=0).min() > 0  # encoded, not the zeros

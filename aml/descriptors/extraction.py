@@ -449,6 +449,8 @@ class _BatchCap:
             part = x[start : start + self.size] if self.size else x[start:]
             try:
                 parts.append(_describe(encode, part, scales, msp))
+                start += len(part)
+                continue
             except torch.OutOfMemoryError:
                 if len(part) == 1:
                     raise
@@ -459,11 +461,14 @@ class _BatchCap:
                     "x".join(str(v) for v in part.shape[-2:]),
                     self.size,
                 )
-                if x.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            start += len(part)
+            _release_cached_memory(x.device)  # after the except block: its traceback held the failed forward
         return torch.cat(parts)
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    """Hand the blocks the allocator keeps back to the device (CUDA), after an out-of-memory."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _image_loader(

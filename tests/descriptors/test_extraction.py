@@ -314,6 +314,28 @@ def test_out_of_memory_splits_the_batch_and_warns(images, net, caplog):
         extract_vectors(ShortOfMemory(net, limit=0), same_shape[:1], 64, transform)
 
 
+def test_after_out_of_memory_the_failed_forward_is_freed_before_the_cache_is_released(monkeypatch):
+    """The allocator's cache is handed back once the failed forward's tensors are gone (inside
+    the except block, its traceback still holds them, and the cache frees nothing)."""
+    import weakref
+
+    import aml.descriptors.extraction as extraction
+
+    held, alive_at_release = [], []
+
+    def encode(x):
+        activations = torch.ones(len(x), 1000)  # what a failed forward leaves in its frames
+        if len(x) > 1:
+            held.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return activations[:, :8]
+
+    monkeypatch.setattr(extraction, "_release_cached_memory",
+                        lambda device: alive_at_release.append([ref() is not None for ref in held]))
+    out = extraction._BatchCap().describe(encode, torch.zeros(4, 3, 2, 2), (1,), 1.0)
+    assert out.shape == (4, 8) and alive_at_release == [[False], [False, False]]
+
+
 def test_cpu_batches_follow_the_pixel_budget():
     from aml.descriptors.extraction import CPU_PIXEL_BUDGET, default_batch_size
 

@@ -197,8 +197,8 @@ def top_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
         [[1, 0, 2]]
     """
     k = min(k, scores.shape[1])
-    if k == 0:
-        return torch.zeros(scores.shape[0], 0, dtype=torch.long, device=scores.device)
+    if k == 0 or scores.shape[0] == 0:
+        return torch.zeros(scores.shape[0], k, dtype=torch.long, device=scores.device)
     top = torch.topk(scores, k, dim=1)
     width = int((scores >= top.values[:, -1:]).sum(dim=1).max())  # k, or more where the k-th score ties
     if width > k:

@@ -68,11 +68,11 @@ def teacher_split_features(
     )
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
-    found = path.is_file() and feature_file_key(path) == wanted
-    if config.collective:  # a rank without the file (another machine's data root): all encode, collectively
-        found = all_ranks(found, current_world())
-    if found:
-        return torch.from_numpy(load_feature_file(path, len(images)))
+    cached = load_feature_file(path, len(images)) if path.is_file() and feature_file_key(path) == wanted else None
+    if config.collective and not all_ranks(cached is not None, current_world()):
+        cached = None  # a rank without the file (another machine's data root): all encode, collectively
+    if cached is not None:
+        return torch.from_numpy(cached)
     log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, loaded.name)
     vecs = describe_images(loaded.net, images, image_size, config=config.but(desc=f"{dataset} {split}"))
     if current_world().is_main:  # every rank has the descriptors (the extraction is collective); one writes them

@@ -145,8 +145,8 @@ def concat_lists(parts: Sequence[Sequence[Any]]) -> List[Any]:
 
 def is_peer_failure(error: BaseException) -> bool:
     """Whether ``error`` is a collective that failed because another process died or did not
-    answer within the timeout (torch's DistBackendError, gloo's RuntimeErrors that say so); an
-    NCCL error of another kind (a set-up failure) is not one. NCCL's own timeout ends the
+    answer within the timeout: torch's DistBackendError (NCCL raises every error of its own as
+    one, a set-up failure too) or gloo's RuntimeErrors that say so. NCCL's own timeout ends the
     process from its watchdog, without a Python error."""
     if isinstance(error, dist.DistBackendError):
         return True

@@ -128,6 +128,7 @@ def test_top_in_order_is_the_first_columns_of_a_stable_sort(k):
     scores[2, 7] = 1.0
     expected = np.stack([np.argsort(-row, kind="stable") for row in scores])[:, :k]
     np.testing.assert_array_equal(top_in_order(torch.from_numpy(scores), k).numpy(), expected)
+    assert top_in_order(torch.zeros(0, 200), k).shape == (0, min(k, 200))  # no query
 
 
 def test_nearest_takes_no_more_scores_at_once_than_its_bound(monkeypatch):
@@ -145,3 +146,7 @@ def test_nearest_takes_no_more_scores_at_once_than_its_bound(monkeypatch):
     taken.clear()
     np.testing.assert_array_equal(nearest(database, queries, 5, excluded=[2]), expected)
     assert taken == [3, 3, 3, 2]
+    alone = rank_database(database, database)  # DBA's search: each image's column never lists itself
+    by_chunks = nearest(database, database, 4, skip_self=True)
+    for i in range(30):
+        assert by_chunks[:, i].tolist() == [j for j in alone[:, i] if j != i][:4]

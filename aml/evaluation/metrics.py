@@ -66,9 +66,11 @@ def compute_ap(positions: np.ndarray, nres: int) -> float:
 
 
 def _positions(inverse: np.ndarray, members: Sequence[int]) -> np.ndarray:
+    """The sorted positions in the ranking of the images ``members`` lists, each once (an image
+    listed twice is at one place: revisitop looks the ranking up in the list)."""
     indices = np.asarray(members, dtype=np.int64).ravel()
     found = inverse[indices[(indices >= 0) & (indices < inverse.size)]]
-    return np.sort(found[found >= 0])
+    return np.unique(found[found >= 0])
 
 
 def _score_query(inverse: np.ndarray, entry: Mapping[str, Any], kappas: Sequence[int]) -> Tuple[float, np.ndarray]:

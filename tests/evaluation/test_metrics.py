@@ -27,6 +27,15 @@ def test_all_positives_first_after_junk_gives_one():
     assert m == pytest.approx(1.0)
 
 
+def test_an_image_listed_twice_counts_once_as_revisitop_counts_it():
+    """revisitop finds the ranking's images in the lists (np.in1d): a repeated index is one
+    place; the AP still divides by the list's length, as revisitop's does."""
+    m, _, _, _ = compute_map(ranks_of([3, 0, 1, 2]), [{"ok": [0, 0]}])
+    assert m == pytest.approx((0 / 1 + 1 / 2) / 2 / 2)  # one positive at place 1 of a list of 2
+    m, _, _, _ = compute_map(ranks_of([3, 0, 1, 2]), [{"ok": [1], "junk": [0, 0]}])
+    assert m == pytest.approx((0 / 1 + 1 / 2) / 2)  # one junk image before it, not two
+
+
 def test_trapezoid_precisions():
     # positives at positions 0 and 2: (1 + 1)/2 * 1/2 + (1/2 + 2/3)/2 * 1/2
     assert compute_ap(np.array([0, 2]), 2) == pytest.approx(0.5 + 7 / 24)

@@ -20,8 +20,8 @@ recorded as skipped:
   for inference and for a training step;
 - ``extraction`` (per network: mobilenet_v2 to 512 and 2048, vgg16, resnet101, mobilenet_v2 at
   3 scales): the original's loop (PIL in loader workers, one image per forward, fp32); aml's
-  default and, with ``--variants``, its other decodings and precisions and its network
-  unfolded (``fold_batchnorm=False``), each timed twice
+  default and, with ``--variants``, its other decodings and precisions, its network
+  unfolded (``fold_batchnorm=False``) and contiguous (``channels_last=False``), each timed twice
   (``cold_rate``: the first call, which meets the shapes; ``rate``: the second); the
   network alone on ready batches; aml's decoding alone; the smallest cosine to the
   original's descriptors;
@@ -91,6 +91,8 @@ VARIANTS: Dict[str, Dict] = {
     "--amp-dtype bfloat16": dict(amp_dtype="bfloat16"),
     # whether folding BatchNorm pays on the device (on the CPU it saves ~30% of MobileNetV2's forward)
     "fold_batchnorm=False": dict(fold_batchnorm=False),
+    # whether channels_last pays for depthwise convolutions (cuDNN prepares them per shape there)
+    "channels_last=False": dict(channels_last=False),
 }
 # the variants timed on every row; the others (with --variants) on the first row only
 EVERY_ROW = ("aml", "--decode device")

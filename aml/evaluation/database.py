@@ -7,6 +7,7 @@ query's first neighbours (`aml.evaluation.ranking.nearest_with_distractors`, whi
 SuperGlobal and the ranking report read)."""
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from aml.evaluation.ranking import Transform, nearest_with_distractors, positions_with_distractors
 from aml.evaluation.reranking import database_augmentation
-from aml.evaluation.whitening import whitened
+from aml.evaluation.whitening import whitened, whitened_rows
 from aml.utils.errors import ConfigError
 
 Blocks = Callable[[], Iterator[Tuple[int, np.ndarray]]]  # a fresh pass over (first index, n_k x D rows) blocks
@@ -113,14 +114,15 @@ class TestDatabase:
 
         Returns:
             The database with its descriptors whitened and every distractor block whitened as
-            it is read.
+            it is read, on the device the scores are computed on (`whitened_rows`).
 
         Raises:
             WhiteningError: when whitening makes a descriptor NaN or infinite.
         """
         distractors = self.distractors
         if distractors is not None:
-            distractors = dataclasses.replace(distractors, transform=lambda x: whitened(x, whitening, "distractor"))
+            white = functools.partial(whitened_rows, whitening=whitening, what="distractor")
+            distractors = dataclasses.replace(distractors, transform=white)
         return dataclasses.replace(
             self, vecs=whitened(self.vecs, whitening, f"{name} database"), distractors=distractors
         )

@@ -10,7 +10,7 @@ import torch
 from aml.descriptors.extraction import NonFiniteDescriptors
 from aml.utils.errors import ConfigError
 
-Transform = Callable[[np.ndarray], np.ndarray]  # D x n descriptors -> D x n (e.g. whitening)
+Transform = Callable[[torch.Tensor], torch.Tensor]  # n x D float32 rows -> n x d float32 rows, on their device
 
 
 def _finite(columns: torch.Tensor, what: str, first: int = 0) -> torch.Tensor:
@@ -308,11 +308,9 @@ def _distractor_scores(
 
 def _block_rows(block: np.ndarray, device: str, transform: Optional[Transform]) -> torch.Tensor:
     """A stored n_k x D block as float32 rows on ``device`` (converted by torch, not numpy),
-    transformed when asked."""
+    transformed there when asked."""
     rows = torch.from_numpy(np.asarray(block)).to(device=device, dtype=torch.float32)
-    if transform is None:
-        return rows
-    return torch.as_tensor(np.ascontiguousarray(transform(rows.cpu().numpy().T).T), dtype=torch.float32, device=device)
+    return rows if transform is None else transform(rows)
 
 
 MIN_BLOCK = 32  # narrower blocks are padded: BLAS computes a product with 1 column (gemv) in another order

@@ -10,6 +10,7 @@ import logging
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from aml.utils.errors import DataError
 
@@ -97,12 +98,53 @@ def whitened(X: np.ndarray, whitening: Tuple[np.ndarray, np.ndarray], what: str)
     """
     Y = whitenapply(X, *whitening)
     if not np.isfinite(Y).all():
-        bad = int((~np.isfinite(Y)).any(axis=0).sum())
-        raise WhiteningError(
-            f"whitening made {bad} of the {Y.shape[1]} {what} descriptors NaN or infinite: the "
-            "descriptors or the whitening hold values out of range"
-        )
+        _refuse_non_finite(int((~np.isfinite(Y)).any(axis=0).sum()), Y.shape[1], what)
     return Y
+
+
+def _refuse_non_finite(bad: int, count: int, what: str) -> None:
+    raise WhiteningError(
+        f"whitening made {bad} of the {count} {what} descriptors NaN or infinite: the "
+        "descriptors or the whitening hold values out of range"
+    )
+
+
+def whitened_rows(rows: torch.Tensor, whitening: Tuple[np.ndarray, np.ndarray], what: str) -> torch.Tensor:
+    """`whitened` for n x D float32 rows, computed where they lie.
+
+    On a CUDA device the rows stay there and are whitened in float64 (`whitenapply_rows`):
+    a block of the +1M distractors is not copied to the host and back, nor multiplied by the
+    D x D projection on the host's cores. Elsewhere `whitenapply` computes it on the host (on
+    the CPU that is the same memory; MPS has no float64).
+
+    Args:
+        rows: n x D descriptors, float32.
+        whitening: (m, P), as `check_whitening` returns them.
+        what: what the descriptors are, for the error (e.g. ``"distractor"``).
+
+    Returns:
+        The n x d whitened rows, float32, on the rows' device.
+
+    Raises:
+        WhiteningError: naming ``what`` when a result is NaN or infinite.
+    """
+    if rows.device.type == "cuda":
+        Y = whitenapply_rows(rows, *whitening)
+    else:
+        Y = torch.from_numpy(np.ascontiguousarray(whitenapply(rows.cpu().numpy().T, *whitening).T))
+    bad = (~torch.isfinite(Y)).any(dim=1)
+    if bool(bad.any()):
+        _refuse_non_finite(int(bad.sum()), Y.shape[0], what)
+    return Y.to(device=rows.device, dtype=torch.float32)
+
+
+def whitenapply_rows(rows: torch.Tensor, m: np.ndarray, P: np.ndarray) -> torch.Tensor:
+    """`whitenapply` of n x D rows in float64 on their device: (rows - m^T) P^T, each row
+    divided by (its L2 norm + 1e-6); n x d float64."""
+    mean = torch.as_tensor(np.asarray(m).reshape(1, -1), dtype=torch.float64, device=rows.device)
+    projection = torch.as_tensor(np.asarray(P), dtype=torch.float64, device=rows.device)
+    Y = (rows.to(torch.float64) - mean) @ projection.T
+    return Y / (torch.linalg.vector_norm(Y, dim=1, keepdim=True) + 1e-6)
 
 
 def cholesky(matrix: np.ndarray, max_tries: int = 20) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 
 from aml.evaluation.metrics import compute_maps, compute_maps_from_positions, evaluate_ranks
 from aml.evaluation.ranking import nearest, positions_with_distractors, rank_database
-from aml.evaluation.whitening import whitenapply
+from aml.evaluation.whitening import whitenapply, whitened_rows
 
 
 def unit(rng, d, n):
@@ -50,7 +50,7 @@ def test_blocked_places_apply_the_transform_to_every_block():
     white = lambda x: whitenapply(x, m, P)  # noqa: E731
     full = places(rank_database(white(np.concatenate([db, distractors], 1)), white(queries)))
     found = positions_with_distractors(white(db), white(queries), [(0, distractors[:, :25].T), (25, distractors[:, 25:].T)],
-                                       transform=white)
+                                       transform=lambda rows: whitened_rows(rows, (m, P), "distractor"))
     np.testing.assert_array_equal(found, full[:30])
 
 

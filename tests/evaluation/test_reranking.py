@@ -12,7 +12,7 @@ from aml.evaluation.reranking import (Reranking, alpha_query_expansion, database
                                       weighted_expansion)
 from aml.evaluation.superglobal import SuperGlobal, superglobal_rerank
 from aml.evaluation.ranking import nearest, nearest_with_distractors, rank_database
-from aml.evaluation.whitening import whitenapply
+from aml.evaluation.whitening import whitenapply, whitened_rows
 
 # three 2-d database descriptors and a query: similarities 0.8 (a), 0.6 (b), 0.96 (c)
 A, B, C = (1.0, 0.0), (0.0, 1.0), (0.6, 0.8)
@@ -235,7 +235,8 @@ def test_blocked_top_k_applies_the_transform_to_every_block():
     white = lambda x: whitenapply(x, m, P)  # noqa: E731
     concatenation = white(np.concatenate([db, distractors], 1)).astype(np.float32)
     blocks = [(s, distractors[:, s:s + 16].T.astype(np.float16)) for s in range(0, 50, 16)]
-    indices, vectors = nearest_with_distractors(white(db), white(queries), 4, blocks, transform=white)
+    indices, vectors = nearest_with_distractors(white(db), white(queries), 4, blocks,
+                                                transform=lambda rows: whitened_rows(rows, (m, P), "distractor"))
     expected = rank_database(concatenation, white(queries))[:4]
     np.testing.assert_array_equal(indices, expected)
     assert (indices >= 30).any()  # distractors among the neighbours

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from aml.evaluation.whitening import cholesky, pcawhitenlearn, whitenapply, whitenlearn
 
@@ -75,3 +76,37 @@ def test_a_checked_whitening_applies_as_before_and_a_non_finite_result_is_refuse
     assert np.array_equal(whitened(X, checked, "test"), whitenapply(X, m[:, None], P))
     with pytest.raises(WhiteningError, match="whitening made 1 of the 6 test descriptors NaN or infinite"):
         whitened(np.where(np.arange(6) == 2, np.nan, X), checked, "test")
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def test_rows_whitened_in_float64_by_torch_equal_whitenapply():
+    """The arithmetic a CUDA device runs on distractor blocks (`whitenapply_rows`), here on the
+    CPU: the same float64 values as numpy's, a reduced projection (d < D) included."""
+    from aml.evaluation.whitening import whitenapply_rows
+
+    rng = np.random.default_rng(1)
+    X, m, P = rng.normal(size=(8, 40)).astype(np.float32), rng.normal(size=(8, 1)), rng.normal(size=(5, 8))
+    rows = whitenapply_rows(torch.from_numpy(X.T.copy()), m, P)
+    assert rows.dtype == torch.float64 and rows.shape == (40, 5)
+    np.testing.assert_allclose(rows.numpy().T, whitenapply(X, m, P), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_are_whitened_on_their_device_as_on_the_host_and_non_finite_ones_refused(device):
+    from aml.evaluation.whitening import WhiteningError, check_whitening, whitened, whitened_rows
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(6, 50)).astype(np.float32)
+    checked = check_whitening(rng.normal(size=6), rng.normal(size=(6, 6)), 6, "lw.pth")
+    rows = whitened_rows(torch.from_numpy(X.T.copy()).to(device), checked, "distractor")
+    assert rows.device.type == device and rows.dtype == torch.float32
+    host = whitened(X, checked, "distractor").astype(np.float32)
+    if device == "cpu":  # the host's own arithmetic: bit for bit
+        np.testing.assert_array_equal(rows.numpy().T, host)
+    else:
+        np.testing.assert_allclose(rows.cpu().numpy().T, host, rtol=0, atol=1e-6)
+    X[3, 7] = np.nan
+    with pytest.raises(WhiteningError, match="whitening made 1 of the 50 distractor descriptors NaN or infinite"):
+        whitened_rows(torch.from_numpy(X.T.copy()).to(device), checked, "distractor")

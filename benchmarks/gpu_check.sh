@@ -25,7 +25,7 @@ timeout 30 python benchmarks/call_cost.py --repeats 3 --json "$OUT/call_cost.jso
 timeout 30 python benchmarks/decoding.py --json "$OUT/decoding.json" > /dev/null 2>&1  # nvJPEG's pixels against PIL's
 timeout "${TESTS_TIMEOUT:-90}" python -m pytest -q -p no:cacheprovider -k "cuda or precision" \
   tests/data/test_encoded_images.py tests/data/test_resampling.py tests/descriptors/test_extraction.py \
-  tests/networks/test_precision.py tests/training/test_device_path.py \
+  tests/networks/test_precision.py tests/training/test_device_path.py tests/evaluation/test_whitening.py \
   > "$OUT/cudatests.log" 2>&1
 echo "rc=$?" >> "$OUT/cudatests.log"
 tail -n 5 "$OUT/gpu.log" "$OUT/cudatests.log"

@@ -12,6 +12,7 @@ from aml.cli.arguments import Parser, folder, one_line_errors, positive_int, run
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.whitening import check_whitening
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
+from aml.export.student import EXPORTED_FILES
 from aml.export.report import OnnxTestMaps, onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
 from aml.reports.provenance import provenance
@@ -22,6 +23,7 @@ from aml.utils.plain_files import load_plain_file
 from aml.utils.errors import ConfigError
 
 DEFAULT_IMAGE_SIZE = 1024
+INT8_REPORT = "int8.json"  # --test-set's report, beside the exported files
 AGREEMENT_IMAGES = 8  # calibration images on which the int8 descriptors are compared with float32
 
 
@@ -120,9 +122,24 @@ def _whitening(args, dim: int):
     return None
 
 
+def _replaced_input(args) -> Optional[str]:
+    """Why the export would write over one of its own inputs (a checkpoint called
+    ``student.pt`` in --out, say), or None."""
+    written = [Path(args.out) / name for name in (*EXPORTED_FILES.values(), INT8_REPORT)]
+    inputs = (("--network", args.network), ("--teacher", args.teacher), ("--whitening-file", args.whitening_file))
+    for flag, given in inputs:
+        for path in written:
+            if given and path.is_file() and Path(given).is_file() and path.samefile(given):
+                return f"{flag} {given} is {path}, which the export writes: give another --out (it would be replaced)"
+    return None
+
+
 def _check_flags(parser: Parser, args) -> None:
-    """The --int8 flags fit together and the calibration folder holds images (before anything
-    is loaded); a refusal is one line naming the flag."""
+    """The --int8 flags fit together, the calibration folder holds images and no input is a
+    file the export writes (before anything is loaded); a refusal is one line naming the flag."""
+    replaced = _replaced_input(args)
+    if replaced:
+        parser.error(replaced)
     if args.int8 and args.calibration is None:
         parser.error("--int8 needs --calibration DIR: a folder of images like the queries to calibrate on")
     if not args.int8:
@@ -191,7 +208,7 @@ def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: in
         "teacher": teacher.name,
     }
     record = {"provenance": provenance(), "report": report}
-    path = Path(args.out) / "int8.json"
+    path = Path(args.out) / INT8_REPORT
     atomic_write(path, lambda out: out.write((json.dumps(record, indent=1) + "\n").encode()))
     for name in onnx:
         levels = ", ".join(f"{level} {100 * value:.2f}" for level, value in report["maps"][name].items())

@@ -35,10 +35,12 @@ from aml.descriptors.onnx_student import (
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.utils.atomic import atomic_path
+from aml.utils.atomic import atomic_path, staged
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
+#: what `export_student` writes, by kind
+EXPORTED_FILES = {"torchscript": "student.pt", "onnx": "student.onnx", "int8": "student-int8.onnx"}
 CHECK_SIZES: Tuple[Tuple[int, int], ...] = ((224, 224), (180, 300), (320, 240))
 
 
@@ -360,7 +362,9 @@ def export_student(
     It writes ``student.pt`` (TorchScript) and ``student.onnx`` to ``folder`` and checks them
     on generated images of several sizes; with ``int8``, also ``student-int8.onnx``
     (`quantize_student`). Every ONNX file carries ``info`` in its metadata (the int8 one
-    with its precision and calibration).
+    with its precision and calibration). The files are made and checked in a staging folder
+    and moved into ``folder`` only when all of them passed: a refused or failed export leaves
+    the files of an earlier one as they were.
 
     Args:
         net: the student (a copy of it is exported, in float32 from the CPU; the network
@@ -394,14 +398,19 @@ def export_student(
     folder.mkdir(parents=True, exist_ok=True)
     exported = copy.deepcopy(net).cpu().float()  # the caller's network keeps its device, dtype and mode
     model = DeployedStudent(exported, whitening).eval()
-    files, diffs = _export_checked(model, folder, onnx, tolerance)
-    if onnx and "onnx" in diffs:  # onnxruntime (and so onnx) is installed
-        info = info if info is not None else student_info(exported, whitening=whitening)
-        write_onnx_metadata(files["onnx"], info)
-        if int8 is not None:
-            files["int8"] = _export_int8(files["onnx"], folder, info, int8)
-    elif int8 is not None:
-        raise ExportError("--int8 needs onnx and onnxruntime: pip install onnx onnxruntime")
+    with staged(folder / "export") as staging:  # inside ``folder``: the moves below are renames
+        files, diffs = _export_checked(model, staging, onnx, tolerance)
+        if onnx and "onnx" in diffs:  # onnxruntime (and so onnx) is installed
+            info = info if info is not None else student_info(exported, whitening=whitening)
+            write_onnx_metadata(files["onnx"], info)
+            if int8 is not None:
+                files["int8"] = _export_int8(files["onnx"], staging, info, int8)
+        elif int8 is not None:
+            raise ExportError("--int8 needs onnx and onnxruntime: pip install onnx onnxruntime")
+        files = {kind: path.replace(folder / path.name) for kind, path in files.items()}
+    for earlier in sorted(set(EXPORTED_FILES.values()) - {path.name for path in files.values()}):
+        if (folder / earlier).exists():
+            log.warning(">> %s is left from an earlier export (this one did not write it)", folder / earlier)
     return files, diffs
 
 
@@ -412,9 +421,9 @@ def _export_checked(
     # not square: no trunk's shortcut for its native size (timm's ViTs skip resampling their
     # position embeddings on their square native grid) is traced into the graph
     example = generated_images(((224, 192),))[0]
-    files = {"torchscript": export_torchscript(model, folder / "student.pt", example)}
+    files = {"torchscript": export_torchscript(model, folder / EXPORTED_FILES["torchscript"], example)}
     if onnx:
-        files["onnx"] = export_onnx(model, folder / "student.onnx", example)
+        files["onnx"] = export_onnx(model, folder / EXPORTED_FILES["onnx"], example)
     diffs = check_exports(model, files)
     bad = {name: diff for name, diff in diffs.items() if not diff <= tolerance}
     if bad:
@@ -428,7 +437,7 @@ def _export_checked(
 def _export_int8(onnx_file: Path, folder: Path, info: OnnxStudentInfo, int8: Int8Settings) -> Path:
     """``student-int8.onnx`` quantized from ``onnx_file``, its metadata ``info`` with its precision
     and calibration."""
-    path = quantize_student(onnx_file, folder / "student-int8.onnx", int8)
+    path = quantize_student(onnx_file, folder / EXPORTED_FILES["int8"], int8)
     calibrated = dataclasses.replace(
         info, precision="int8", calibration_image_size=int8.image_size, calibration_images=len(int8.calibration)
     )

@@ -66,6 +66,44 @@ def test_a_wrong_export_is_caught(student, tmp_path):
             export.check_exports = real
 
 
+def test_a_refused_export_keeps_the_earlier_files_and_leaves_nothing(student, tmp_path, monkeypatch):
+    """The files are checked before they replace an earlier export's (they were renamed into
+    place first, so a refused export destroyed the good files and left the bad ones)."""
+    import aml.export.student as export
+
+    earlier = {name: name.encode() for name in ("student.pt", "student.onnx", "student-int8.onnx")}
+    for name, content in earlier.items():
+        (tmp_path / name).write_bytes(content)
+    monkeypatch.setattr(export, "check_exports", lambda model, files, images=None: {"torchscript": 0.5})
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_student(student, tmp_path, onnx=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier
+
+
+def test_an_export_replaces_its_files_and_names_those_an_earlier_one_left(student, tmp_path, caplog):
+    (tmp_path / "student.pt").write_bytes(b"old")
+    (tmp_path / "student-int8.onnx").write_bytes(b"old int8")
+    files, _ = export_student(student, tmp_path, onnx=False)
+    assert files == {"torchscript": tmp_path / "student.pt"} and torch.jit.load(str(files["torchscript"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student-int8.onnx", "student.pt"]  # no staging left
+    assert f"{tmp_path / 'student-int8.onnx'} is left from an earlier export" in caplog.text
+
+
+@pytest.mark.parametrize("flag", ["--network", "--whitening-file"])
+def test_an_input_the_export_would_write_over_is_refused(student, tmp_path, flag, capsys):
+    out = tmp_path / "deploy"
+    out.mkdir()
+    checkpoint = save_checkpoint(checkpoint_state(student, 1, 0.0), out / "student.pt")
+    before = checkpoint.read_bytes()
+    argv = ["--network", str(checkpoint) if flag == "--network" else "mobilenet-v2-gem-contr-vgg16", "--out", str(out)]
+    if flag == "--whitening-file":
+        argv += ["--whitening-file", str(checkpoint)]
+    with pytest.raises(SystemExit):
+        export_cli.main(argv)
+    assert f"{flag} {checkpoint} is {checkpoint}, which the export writes: give another --out" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before
+
+
 def test_an_export_on_a_full_disk_keeps_the_earlier_files(student, tmp_path, full_disk):
     from aml.utils.atomic import DiskFull
 

@@ -230,12 +230,18 @@ def _check_plan(count: int, dim: int, reranking: Reranking, ivfpq: Optional[IvfP
 
 
 def _refuse_foreign_files(folder: Path) -> None:
-    """Refuse a store folder that holds files that are not a store's: indexing replaces the
-    whole folder, and they are the user's."""
+    """Refuse a store folder that holds files that are not a search store's (a test's
+    descriptor store included): indexing replaces the whole folder, and they are the user's."""
     if not folder.is_dir():
         if folder.exists():
             raise StoreError(f"{folder} is a file, not a store folder; give another --store")
         return
+    if (folder / MANIFEST).is_file() and not any((folder / name).is_file() for name in (SEARCH, LEGACY_FILES[0])):
+        raise StoreError(
+            f"{folder} holds descriptors but no {SEARCH}: it is test.py's descriptor store (the +1M "
+            "distractors', hours of encoding) or an indexing by an older aml that did not finish; indexing "
+            "replaces the whole folder, so give another --store (or delete this one first if it is yours to lose)"
+        )
     foreign = sorted(
         p.name for p in folder.iterdir() if not any(p.match(pattern) for pattern in STORE_FILES) or p.is_dir()
     )
@@ -296,7 +302,8 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSett
         )
     if not (folder / SEARCH).is_file():
         raise StoreError(
-            f"the store {folder} has no {SEARCH} (the indexing did not finish): run the same {REBUILD} command again"
+            f"the store {folder} has no {SEARCH}: it is not a search store (test.py's descriptor store, or an "
+            f"indexing that did not finish); index the images into another folder ({REBUILD} --store NEW)"
         )
     try:
         vecs = store.load()

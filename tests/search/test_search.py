@@ -355,7 +355,7 @@ TAMPERING = {
     "manifest": (lambda f: _edit_manifest(f, fingerprint=None), r"manifest.json has no fingerprint or image_size"),
     "edited-scales": (lambda f: _edit_keeping_digest(f, scales=[1, 0.5]),
                       r"manifest.json was edited after aml wrote it .*; index it again"),
-    "search": (lambda f: (f / "search.json").unlink(), r"has no search.json \(the indexing did not finish\)"),
+    "search": (lambda f: (f / "search.json").unlink(), r"has no search.json: it is not a search store .*into another folder"),
     "search-edited": (lambda f: (f / "search.json").write_text('{"source": 5}'), r"search.json: source: must be a"),
     "manifest-huge": (_huge("manifest.json"), r"cannot read .*manifest.json .*larger than 256 MB or has no end"),
     "search-huge": (_huge("search.json"), r"cannot read .*search.json .*larger than 256 MB or has no end"),

@@ -112,6 +112,24 @@ def test_a_folder_of_other_files_is_not_indexed_into(random_teacher, synth_root,
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+def test_a_tests_descriptor_store_is_not_indexed_into(random_teacher, synth_root, tmp_path, monkeypatch):
+    """Its files all look like a store's, so it was replaced: hours of +1M encoding lost to a
+    slip of the tab key. A search store has a search.json; a test's descriptor store has not."""
+    from aml.descriptors import store as descriptor_store
+
+    monkeypatch.setattr(descriptor_store, "describe_images", None)  # nothing may be encoded
+    distractors = tmp_path / "revisitop1m.store"
+    distractors.mkdir()
+    files = {"manifest.json": b"{}", "images.txt": b"a.jpg\n", "shard_00000.npy": b"mine", ".lock": b""}
+    for name, content in files.items():
+        (distractors / name).write_bytes(content)
+    with pytest.raises(SystemExit, match=r"revisitop1m.store holds descriptors but no search.json: it is test.py's "
+                                         r"descriptor store .* give another --store"):
+        search_cli.main(["index", str(jpg(synth_root, "synth-paris")), "--store", str(distractors)]
+                        + flags(random_teacher[0], synth_root))
+    assert {p.name: p.read_bytes() for p in distractors.iterdir()} == files
+
+
 def test_ivfpq_with_too_few_images_is_refused_before_anything_is_encoded(random_teacher, synth_root, tmp_path,
                                                                          monkeypatch):
     from aml.descriptors import store as descriptor_store

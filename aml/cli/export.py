@@ -16,7 +16,7 @@ from aml.export.student import EXPORTED_FILES
 from aml.export.report import OnnxTestMaps, onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
 from aml.reports.provenance import provenance
-from aml.search import StoreError, list_images, open_database
+from aml.search import SearchDatabase, StoreError, check_teacher, list_images, open_database
 from aml.search.store import STORE_MARKERS
 from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file
@@ -108,13 +108,12 @@ def build_parser() -> Parser:
     return parser
 
 
-def _whitening(args, dim: int):
+def _whitening(args, store: Optional[SearchDatabase], dim: int):
     """The whitening to fold in (--store's or --whitening-file's), checked for the student's ``dim``."""
-    if args.store:
-        database = open_database(args.store)
-        if database.whitening is None:
+    if store is not None:
+        if store.whitening is None:
             raise StoreError(f"the store {args.store} has no whitening to fold in")
-        return database.whitening
+        return store.whitening
     if args.whitening_file:
         data = load_plain_file(args.whitening_file)
         m, P = (data.get("m"), data.get("P")) if isinstance(data, dict) else (None, None)
@@ -229,13 +228,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
     setup_logging(verbose=False)
     with one_line_errors():
         student = load_test_network(args.network, None, None, args.data_root)
-        whitening = _whitening(args, student.net.meta["outputdim"])
+        store = open_database(args.store) if args.store else None
+        if store is not None:  # its whitening is the teacher's: folded into another teacher's student, it is noise
+            check_teacher(store, student.net, args.teacher, args.data_root)
+        whitening = _whitening(args, store, student.net.meta["outputdim"])
         spec, teacher = _teacher(args, student)
-        image_size = args.image_size or (
-            open_database(args.store).settings["image_size"] if args.store else DEFAULT_IMAGE_SIZE
-        )
+        image_size = args.image_size or (store.settings["image_size"] if store is not None else DEFAULT_IMAGE_SIZE)
         int8 = _calibration(args, image_size) if args.int8 else None
-        info = student_info(student.net, student.name, spec, teacher.fingerprint if teacher else None, whitening)
+        recorded = None if args.teacher else student.net.meta.get("teacher_fingerprint")
+        info = student_info(student.net, student.name, spec, teacher.fingerprint if teacher else recorded, whitening)
         files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)
         for kind, path in files.items():
             if kind == "int8" and int8 is not None:

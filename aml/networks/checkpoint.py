@@ -133,6 +133,11 @@ def _check_meta_types(meta: Dict[str, Any], source: str) -> None:
             f"{source}: meta['teacher'] is {type(meta['teacher']).__name__} {meta['teacher']!r:.40}, not the "
             "name or path of a network; the file is damaged"
         )
+    if meta.get("teacher_fingerprint") is not None and not isinstance(meta["teacher_fingerprint"], str):
+        raise CheckpointError(
+            f"{source}: meta['teacher_fingerprint'] is {type(meta['teacher_fingerprint']).__name__}, not a "
+            "fingerprint; the file is damaged"
+        )
     for key in ("mean", "std"):
         values = meta[key]
         if not (

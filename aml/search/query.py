@@ -1,6 +1,7 @@
 """Querying a store: the checks that the student (a checkpoint, or an exported ONNX file) was
 made for the store's teacher, and the searches of its query images."""
 
+import logging
 from typing import List, Optional, Sequence, TypedDict
 
 import numpy as np
@@ -17,10 +18,12 @@ from aml.descriptors.onnx_student import (
     whitening_digest,
 )
 from aml.evaluation.reranking import Reranking
-from aml.networks.loading import NetworkSpec, load_spec
+from aml.networks.loading import NetworkSpec, Source, load_spec
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.search.database import SearchDatabase, StoreError
 from aml.utils.types import PathLike
+
+log = logging.getLogger(__name__)
 
 
 class Hit(TypedDict):
@@ -42,9 +45,11 @@ def check_teacher(
 ) -> None:
     """Refuse a store encoded by another network than the student's teacher.
 
-    The teacher (``teacher``, else the student's ``meta['teacher']``) must have the store's
-    weights (fingerprint) when its checkpoint is on this machine, else the store's network
-    name (a published teacher by its list name, a checkpoint by its file name).
+    The store's weights (fingerprint) must be the teacher's: with no ``teacher`` given, those
+    the student was trained with (its ``meta['teacher_fingerprint']``); else, or for a
+    student that does not record them, those of the teacher's checkpoint when it is on this
+    machine. Otherwise only the store's network name is compared (a published teacher by its
+    list name; a checkpoint by its file name, with a warning that its weights went unchecked).
 
     Args:
         database: the store's database (`aml.search.open_database`).
@@ -76,12 +81,21 @@ def check_teacher(
             f"the student does not record its teacher; give --teacher (the store was encoded by {settings['network']})"
         )
     spec = NetworkSpec.parse(given)
-    if spec.local_file is not None:
+    recorded = student.meta.get("teacher_fingerprint") if teacher is None else None  # what it was trained with
+    network = f"{settings['network']} ({settings['source']})"
+    if recorded is not None:
+        same = recorded == settings["fingerprint"]
+    elif spec.local_file is not None:
         same = load_spec(spec, None, data_root).fingerprint == settings["fingerprint"]
-        network = f"{settings['network']} ({settings['source']})"
     else:
-        same = spec.name == settings["network"]
-        network = settings["network"]
+        same, network = spec.name == settings["network"], settings["network"]
+        if same and spec.source is Source.CHECKPOINT:
+            log.warning(
+                ">> the store %s is checked against the teacher %s by its file name only: that checkpoint is not "
+                "on this machine and the student records no teacher fingerprint",
+                folder,
+                given,
+            )
     if not same:
         raise StoreError(
             f"the store {folder} was encoded by {network}, not by the student's teacher {given}; "

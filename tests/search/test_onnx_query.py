@@ -123,3 +123,18 @@ def test_an_exported_student_with_nan_weights_is_named_by_the_command(setup, tmp
     onnx.save(model, str(damaged))
     with pytest.raises(SystemExit, match=f"^error: {damaged} gives NaN or infinite descriptors for 1 of 1 images"):
         search_cli.main(["query", str(queries[0]), "--store", str(store), "--onnx", str(damaged)] + COMMON)
+
+
+def test_the_whitening_of_another_teachers_store_is_not_folded_in(setup, tmp_path):
+    """A store's whitening is its teacher's: folded into the student of another teacher of the
+    same dimension it exported a student whose descriptors were noise, silently."""
+    _, store, _, _ = setup
+    torch.manual_seed(5)
+    other = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), tmp_path / "other.pth")
+    state = checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0)
+    state["meta"]["teacher"] = str(other)
+    student = save_checkpoint(state, tmp_path / "student.pth.tar")
+    with pytest.raises(SystemExit, match=r"was encoded by student \(.*student.pth.tar\), not by the student's teacher "
+                                         r".*other.pth; index the database with that teacher"):
+        export_cli.main(["--network", str(student), "--out", str(tmp_path / "deploy"), "--store", str(store)])
+    assert not (tmp_path / "deploy").exists() or not any((tmp_path / "deploy").iterdir())

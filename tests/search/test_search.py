@@ -179,7 +179,7 @@ def test_the_readme_flow_with_the_exported_student(store, teacher, synth_root, t
     assert [opened.images[i] for i in indices[0]] == expected
 
 
-def test_teacher_check_by_name_when_the_checkpoint_is_elsewhere(tmp_path):
+def test_teacher_check_by_name_when_the_checkpoint_is_elsewhere(tmp_path, caplog):
     from aml.search import check_teacher
 
     store = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], {"dim": 512, "network": "model_epoch2",
@@ -187,12 +187,32 @@ def test_teacher_check_by_name_when_the_checkpoint_is_elsewhere(tmp_path):
     student = build_network("resnet18", pretrained=False)
     student.meta["teacher"] = "/elsewhere/run/model_epoch2.pth.tar"
     check_teacher(store, student, None, None)
+    assert "checked against the teacher /elsewhere/run/model_epoch2.pth.tar by its file name only" in caplog.text
     student.meta["teacher"] = "/elsewhere/run/model_best.pth.tar"
     with pytest.raises(StoreError, match="not by the student's teacher"):
         check_teacher(store, student, None, None)
     student.meta["teacher"] = "vgg16"
     store.settings["network"] = "retrievalSfM120k-vgg16-gem"
     check_teacher(store, student, None, None)
+
+
+def test_teacher_check_by_the_fingerprint_training_recorded(tmp_path):
+    """Two runs' model_best.pth.tar share a file name: a student trained with one of them
+    passed the check against a store of the other wherever neither file was at hand."""
+    from aml.search import check_teacher
+
+    store = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], {"dim": 512, "network": "model_best",
+                                                                       "source": "runs/B/model_best.pth.tar",
+                                                                       "fingerprint": "b" * 16})
+    student = build_network("resnet18", pretrained=False)
+    student.meta.update(teacher="runs/A/model_best.pth.tar", teacher_fingerprint="a" * 16)
+    with pytest.raises(StoreError, match=r"encoded by model_best \(runs/B/model_best.pth.tar\), not by the student's "
+                                         r"teacher runs/A/model_best.pth.tar"):
+        check_teacher(store, student, None, None)
+    student.meta["teacher_fingerprint"] = "b" * 16
+    check_teacher(store, student, None, None)
+    with pytest.raises(StoreError, match="not by the student's teacher vgg16"):  # a teacher given: that one counts
+        check_teacher(store, student, "vgg16", None)
 
 
 def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, synth_root, tmp_path):

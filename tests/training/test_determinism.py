@@ -50,6 +50,11 @@ def test_cold_and_warm_teacher_cache_give_the_same_weights(synth_root, tmp_path,
     cold = train(synth_root, tmp_path / "cold", fresh_teacher)
     warm = train(synth_root, tmp_path / "warm", fresh_teacher)
     assert_identical(weights(cold.run_dir), weights(warm.run_dir))
+    from aml.networks.loading import NetworkSpec, load_spec
+
+    teacher = load_spec(NetworkSpec.parse(str(fresh_teacher)), None, None).fingerprint  # what a store records
+    for run_dir in (cold.run_dir, warm.run_dir):  # the student records its teacher's weights (search checks them)
+        assert load_checkpoint(Path(run_dir) / "model_epoch2.pth.tar")["meta"]["teacher_fingerprint"] == teacher
 
 
 @pytest.mark.kernels

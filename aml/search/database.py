@@ -283,10 +283,23 @@ class SearchDatabase:
         return self.index.search(np.ascontiguousarray(queries.T, dtype=np.float32), min(k, self.vecs.shape[1]))
 
     def _read_ivfpq(self) -> Any:
-        """The store's IVF-PQ index, checked against the store, or None when it has none."""
+        """The store's IVF-PQ index, checked against the store, or None when it has none.
+
+        It is read at the first search; a store whose ``search.json`` records its files' sha256
+        uses only the index it recorded when it was opened, byte for byte (an indexing of the
+        folder meanwhile would otherwise pair the new store's index with the old descriptors)."""
         index_file = self.folder / INDEX
+        listed = self.settings.get(FILES)
+        if (listed is not None and INDEX not in listed) or not index_file.is_file():
+            return None
+        data = index_file.read_bytes()  # once: the bytes checked are the bytes used
+        if listed is not None and hashlib.sha256(data).hexdigest() != listed[INDEX]:
+            raise StoreError(
+                f"{index_file} is not the index the store had when it was opened (the folder was indexed again "
+                "meanwhile): open the store again"
+            )
         try:
-            index = read_index(index_file)
+            index = read_index(data)
         except RuntimeError as err:
             raise StoreError(
                 f"cannot read {index_file} ({str(err).splitlines()[0]}): it is damaged; delete it or "

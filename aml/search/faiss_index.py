@@ -76,11 +76,11 @@ def exact_search(vecs: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndar
     return ExactIndex(vecs).search(_rows(queries), k)
 
 
-def read_index(path: Path) -> Optional[Any]:
-    """The IVF-PQ index in ``path``, or None when there is none (or no faiss to read it).
+def read_index(data: bytes) -> Optional[Any]:
+    """The IVF-PQ index of an ``index.faiss`` file's bytes, or None without faiss to read it.
 
     Args:
-        path: the ``index.faiss`` file.
+        data: the file's bytes (read once by the caller, who checks their sha256).
 
     Returns:
         The faiss index, or None.
@@ -89,9 +89,9 @@ def read_index(path: Path) -> Optional[Any]:
         RuntimeError: faiss's, when the file is damaged (the caller names the store).
     """
     faiss = faiss_or_none()
-    if faiss is None or not path.is_file():
+    if faiss is None:
         return None
-    return faiss.read_index(str(path))
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
 def train_ivfpq(

@@ -16,7 +16,7 @@ import pytest
 from aml.cli import search as search_cli
 from aml.evaluation.whitening import WhiteningError
 from aml.networks.checkpoint import load_network
-from aml.search import SearchDatabase, StoreError, open_database, query_database
+from aml.search import SearchDatabase, StoreError, build_ivfpq, open_database, query_database
 from aml.utils.plain_files import save_plain_file
 
 # Indexes stores and starts processes for tens of seconds: started early (conftest).
@@ -161,9 +161,14 @@ def test_an_ivfpq_index_is_built_reported_and_searched(random_teacher, synth_roo
                     + flags(random_teacher[0], synth_root, "-imsize", "32"))
     recall = search_store.search_record(tmp_path / "store")["ivfpq"]["recall"]
     assert len(reads) == 1 and f"recall@10 against exact search {recall:.3f}" in capsys.readouterr().out
-    database = open_database(tmp_path / "store")
+    database, stale = open_database(tmp_path / "store"), open_database(tmp_path / "store")
     scores, found = database.search(database.vecs[:, :3], 5)
     assert database.index.ntotal == 260 and found.shape == (3, 5) and 0 < recall <= 1
+    # the index is read at the first search: one written since the store was opened is not paired with its descriptors
+    build_ivfpq(open_database(tmp_path / "store"), nlist=8, m=8)
+    with pytest.raises(StoreError, match=r"index.faiss is not the index the store had when it was opened \(the "
+                                         r"folder was indexed again meanwhile\): open the store again"):
+        stale.search(stale.vecs[:, :3], 5)
 
 
 def test_search_json_binds_the_files_beside_the_shards(whitened_store):

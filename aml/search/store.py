@@ -287,8 +287,9 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
             path.unlink()
 
 
-def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSettings]:
-    """(D x N descriptors, images, settings) of a store folder, each part checked."""
+def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSettings, List[int]]:
+    """(D x N descriptors, images, settings, the images that could not be read) of a store
+    folder, each part checked."""
     try:
         store = open_store(folder)
     except StoreDamaged as err:
@@ -306,9 +307,11 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSett
             f"indexing that did not finish); index the images into another folder ({REBUILD} --store NEW)"
         )
     try:
-        vecs = store.load()
+        vecs, unreadable = store.load(), store.skipped()
     except StoreDamaged as err:
         raise StoreError(f"{err.problem}; index it again ({REBUILD})") from None
+    except DataError as err:
+        raise StoreError(f"{err}; index it again ({REBUILD})") from None
     if not np.isfinite(vecs).all():
         raise StoreError(f"the store {folder} holds NaN or infinite values: it is damaged; index it again ({REBUILD})")
     record = search_record(folder)
@@ -319,7 +322,7 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSett
         settings["ivfpq"] = record["ivfpq"]
     if FILES in record:
         settings[FILES] = record[FILES]
-    return vecs, store.images, settings
+    return vecs, store.images, settings, unreadable
 
 
 def search_record(folder: Path) -> SearchRecord:
@@ -499,7 +502,8 @@ def open_database(folder: PathLike) -> SearchDatabase:
     Either layout is read; every file is checked (the manifest's fields, each shard, the
     whitening, DBA and index files against the sha256 that ``search.json`` records, the
     whitening's values and shape). The descriptors are whitened when the store has a
-    whitening (and augmented with DBA when it was indexed so).
+    whitening (and augmented with DBA when it was indexed so); images that could not be read
+    when it was indexed (``skip_bad``) are left out.
 
     Args:
         folder: the store's folder.
@@ -518,9 +522,9 @@ def open_database(folder: PathLike) -> SearchDatabase:
     """
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
-        vecs, images, settings = _sharded_descriptors(folder)
+        vecs, images, settings, unreadable = _sharded_descriptors(folder)
     else:
-        vecs, images, settings = _legacy_descriptors(folder)
+        (vecs, images, settings), unreadable = _legacy_descriptors(folder), []
     _verify_files(folder, settings)
     whitening = _whitening(folder, vecs.shape[0])
     if settings.get("dba"):
@@ -530,4 +534,8 @@ def open_database(folder: PathLike) -> SearchDatabase:
             vecs = whitened(vecs, whitening, f"store {folder}'s database")
         except WhiteningError as err:
             raise StoreError(f"{err}: index the store again ({REBUILD})") from None
+    if unreadable:  # their columns are zeros, which whitening or DBA would turn into answers
+        log.info(">> %d images of %s could not be read when it was indexed: not searched", len(unreadable), folder)
+        kept = np.setdiff1d(np.arange(len(images)), unreadable)
+        vecs, images = vecs[:, kept], [images[i] for i in kept]
     return SearchDatabase(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening)

@@ -316,3 +316,30 @@ def test_search_json_names_only_the_stores_own_files(whitened_store, tmp_path, n
     with pytest.raises(StoreError, match=r"search.json: files: must map the store's whitening.pth, dba.npy or "
                                          r"index.faiss to sha256 digests"):
         open_database(store)
+
+
+def test_images_that_could_not_be_read_are_not_searched(random_teacher, tmp_path):
+    """build_store with skip_bad kept their zero columns, which the whitening turns into one
+    unit vector (-Pm/|Pm|): an unreadable image ranked as a real answer."""
+    from PIL import Image
+
+    from aml.descriptors import ExtractionConfig
+    from aml.networks.loading import NetworkSpec, load_spec
+    from aml.search import build_store
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    (folder / "3.jpg").write_bytes(b"not a jpeg")
+    images = sorted(str(p) for p in folder.glob("*.jpg"))
+    teacher = load_spec(NetworkSpec.parse(str(random_teacher[0])), None, None)
+    m = rng.normal(size=(512, 1))
+    build_store(teacher, images, tmp_path / "store", 32, whitening=(m, np.eye(512)),
+                config=ExtractionConfig(skip_bad=True, workers=0, device="cpu"))
+    database = open_database(tmp_path / "store")
+    assert database.images == [str(Path(p).resolve()) for p in images if not p.endswith("3.jpg")]
+    assert database.vecs.shape == (512, 5) and database.searchable == 5
+    _, found = database.search(-m, 5)  # the direction the unreadable image's zeros were whitened to
+    assert sorted(found[0]) == [0, 1, 2, 3, 4]

@@ -7,6 +7,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
+from aml.evaluation.ranking import top_in_order
 from aml.utils.atomic import atomic_path
 
 PQ_CODES = 256  # centroids of each 8-bit sub-quantiser: the fewest training vectors faiss accepts
@@ -52,13 +53,17 @@ class ExactIndex:
             k: results per query (at most N).
 
         Returns:
-            The scores and the indices, each Q x k, best first.
+            The scores and the indices, each Q x k, best first, equal scores in database order
+            (as the test's ranking puts them; faiss may pick other images of the k-th score).
         """
         if self.flat is not None:
-            return self.flat.search(query_rows, k)
+            scores, indices = self.flat.search(query_rows, k)
+            order = np.lexsort((indices, -scores), axis=1)  # faiss leaves equal scores in any order
+            return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
         assert self.matrix is not None
-        top = torch.topk(torch.from_numpy(query_rows) @ self.matrix, k, dim=1)
-        return top.values.numpy(), top.indices.numpy()
+        scores = torch.from_numpy(query_rows) @ self.matrix
+        indices = top_in_order(scores, k)
+        return torch.gather(scores, 1, indices).numpy(), indices.numpy()
 
 
 def exact_search(vecs: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

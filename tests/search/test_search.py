@@ -498,3 +498,25 @@ def test_superglobal_reranks_a_stores_first_results_and_the_rest_follow():
     with pytest.raises(StoreError, match="--superglobal 5: the store no/such.store holds 4 images; give "
                                          "--superglobal 4 or less"):
         store.search(query, k=1, reranking=Reranking(superglobal=SuperGlobal(m=5)))
+
+
+@pytest.mark.parametrize("with_faiss", [True, False])
+def test_exact_search_puts_equal_scores_in_database_order(with_faiss, monkeypatch):
+    """Six copies of one photo: faiss answered [2, 1, 0], torch's topk [3, 5, 4]; the test's
+    ranking puts them in database order, and so does the store's search now."""
+    from aml.search import faiss_index
+
+    if with_faiss:
+        pytest.importorskip("faiss")
+    else:
+        monkeypatch.setattr(faiss_index, "faiss_or_none", lambda: None)
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(8, 20)).astype(np.float32)
+    vecs[:, [3, 7, 8, 11, 15, 16]] = np.abs(vecs[:, [0]]) + 1  # six equal columns, the best for the query
+    vecs /= np.linalg.norm(vecs, axis=0)
+    query = vecs[:, [3]]
+    index = faiss_index.ExactIndex(vecs)
+    scores, indices = index.search(np.ascontiguousarray(query.T), 6)
+    assert indices.tolist() == [[3, 7, 8, 11, 15, 16]] and np.all(scores[0] == scores[0, 0])
+    if not with_faiss:  # torch's path also picks the first of the equal scores at the k-th place
+        assert index.search(np.ascontiguousarray(query.T), 4)[1].tolist() == [[3, 7, 8, 11]]

@@ -272,12 +272,16 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
     ``key`` and ``images`` (which the indexing resumes from)."""
     if not staging.is_dir():
         return
+    kept: Tuple[str, ...] = ()
     try:
-        DescriptorStore.create(staging, images, key, dim)
-        kept: Tuple[str, ...] = ("shard_*.npy", "shard_*.json", MANIFEST, IMAGE_LIST)
-        log.info(">> %s: resuming the interrupted indexing in %s", staging.parent, staging.name)
+        edited = _edited_since_encoded(DescriptorStore.create(staging, images, key, dim))
+        if edited is None:
+            kept = ("shard_*.npy", "shard_*.json", MANIFEST, IMAGE_LIST)
+            log.info(">> %s: resuming the interrupted indexing in %s", staging.parent, staging.name)
+        else:
+            log.info(">> %s changed since the interrupted indexing encoded it: encoding every image again", edited)
     except DataError:  # of other descriptors (StoreMismatch), or damaged: nothing to resume from
-        kept = ()
+        pass
     for path in staging.iterdir():
         if any(path.match(pattern) for pattern in kept):
             continue
@@ -285,6 +289,23 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def _edited_since_encoded(store: DescriptorStore) -> Optional[str]:
+    """An image modified (or gone) after the shard that holds it was written, or None: the
+    store's key lists the images by path only."""
+    for k in range(store.shards):
+        shard = store.shard_path(k)
+        if not shard.is_file():
+            continue
+        written = shard.stat().st_mtime_ns
+        for i in store.shard_rows(k):
+            try:
+                if Path(store.images[i]).stat().st_mtime_ns > written:
+                    return store.images[i]
+            except OSError:
+                return store.images[i]
+    return None
 
 
 def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSettings, List[int]]:

@@ -1,6 +1,7 @@
 """python -m aml.search: a teacher-encoded store queried with a student."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -520,3 +521,35 @@ def test_exact_search_puts_equal_scores_in_database_order(with_faiss, monkeypatc
     assert indices.tolist() == [[3, 7, 8, 11, 15, 16]] and np.all(scores[0] == scores[0, 0])
     if not with_faiss:  # torch's path also picks the first of the equal scores at the k-th place
         assert index.search(np.ascontiguousarray(query.T), 4)[1].tolist() == [[3, 7, 8, 11]]
+
+
+def test_an_interrupted_indexing_encodes_again_what_was_edited_since(random_teacher, synth_root, tmp_path, monkeypatch):
+    """Its shards were kept by the images' paths alone: an image edited before the indexing was
+    run again kept its old descriptor in the store."""
+    from aml.descriptors import store as descriptor_store
+
+    monkeypatch.setattr(search_store, "SHARD_SIZE", 8)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for image in sorted((synth_root / "test" / "synth-paris" / "jpg").glob("*.jpg"))[:20]:
+        shutil.copy(image, photos / image.name)
+    flags = [str(photos), "--store", str(tmp_path / "store"), "--teacher", str(random_teacher[0]), "-imsize", "32",
+             "--data-root", str(synth_root)] + COMMON
+    encoded, encode = [], descriptor_store.describe_images
+
+    def describe(net, images, *args, **kwargs):
+        if interrupt and encoded:
+            raise KeyboardInterrupt
+        encoded.append(images)
+        return encode(net, images, *args, **kwargs)
+
+    monkeypatch.setattr(descriptor_store, "describe_images", describe)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        search_cli.main(["index", *flags])
+    first = sorted(photos.glob("*.jpg"))[0]
+    later = (tmp_path / "store").parent / ".store.indexing" / "shard_00000.npy"
+    os.utime(first, ns=(later.stat().st_mtime_ns + 10**9,) * 2)  # edited after its shard was written
+    interrupt, encoded[:] = False, []
+    search_cli.main(["index", *flags])
+    assert len(encoded) == 3  # every shard, not the 2 missing ones

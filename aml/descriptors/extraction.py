@@ -586,7 +586,7 @@ def extract_vectors(
         vecs = _extract_block(net, [images[i] for i in mine], image_size, transform, mine_bbxs, plan, local_skipped)
     if world.distributed:
         vecs = gather_columns(vecs, len(images), world)
-    _check_finite(vecs, images)
+    _check_finite(vecs, images, plan.amp)
     if local_skipped is not None:  # config.skip_bad
         found = concat_lists(gather_objects([mine.start + i for i in local_skipped], world))
         if skipped is not None:
@@ -598,14 +598,21 @@ class NonFiniteDescriptors(DataError):
     """A network produced NaN or infinite descriptors."""
 
 
-def _check_finite(vecs: torch.Tensor, images: Sequence[Union[str, Path]]) -> None:
-    """Refuse descriptors with NaN or infinite values, naming the first image concerned."""
+def _check_finite(vecs: torch.Tensor, images: Sequence[Union[str, Path]], amp: Optional[torch.dtype]) -> None:
+    """Refuse descriptors with NaN or infinite values, naming the first image concerned and,
+    under autocast (``amp``), how to extract in float32."""
     bad = (~torch.isfinite(vecs)).any(dim=0)
     if bool(bad.any()):
         first = int(bad.nonzero()[0])
+        why = (
+            f"it overflowed in {str(amp).replace('torch.', '')} autocast or its weights are damaged; extract in "
+            "float32 to tell (--no-amp of main.py, test.py and extract_features.py; ExtractionConfig(amp=False))"
+            if amp is not None
+            else "its weights are damaged (it ran in float32)"
+        )
         raise NonFiniteDescriptors(
             f"the network produced NaN or infinite descriptors for {int(bad.sum())} of {len(images)} images (the "
-            f"first: {images[first]}); its weights are damaged or it overflowed (without --amp / float16 if used)"
+            f"first: {images[first]}); {why}"
         )
 
 

@@ -110,9 +110,13 @@ def test_non_finite_descriptors_are_refused_naming_the_first_image(images):
     with torch.no_grad():
         broken.features[0].weight[0, 0, 0, 0] = float("inf")  # every image: inf - inf somewhere
     with pytest.raises(NonFiniteDescriptors, match=f"for {len(images)} of {len(images)} images \\(the first: "
-                                                   f"{images[0]}\\)"):
+                                                   f"{images[0]}\\); its weights are damaged \\(it ran in float32\\)"):
         extract_vectors(broken, images, 64, image_transform(broken.meta["mean"], broken.meta["std"]),
                         config=ExtractionConfig(workers=0))
+    with pytest.raises(NonFiniteDescriptors, match=r"it overflowed in bfloat16 autocast or its weights are damaged; "
+                                                   r"extract in float32 to tell \(--no-amp of main.py"):
+        extract_vectors(broken, images[:2], 64, image_transform(broken.meta["mean"], broken.meta["std"]),
+                        config=ExtractionConfig(workers=0, amp=True, amp_dtype="bfloat16"))
 
 
 def test_cpu_workers_leave_cores_to_torch():

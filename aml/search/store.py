@@ -17,6 +17,7 @@ aml recorded the hashes of their files.
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
@@ -167,7 +168,7 @@ def build_store(
     """
     folder = Path(folder)
     target = folder.resolve()  # a link to a store: the store it points to is replaced
-    images = [str(Path(i).resolve()) for i in images]
+    images = [os.path.abspath(i) for i in images]  # links kept: a git-annex or DVC photo keeps its own name
     dim = int(teacher.net.meta["outputdim"])
     _check_plan(len(images), dim, reranking, ivfpq)
     key = StoreKey(

@@ -16,7 +16,8 @@ import pytest
 from aml.cli import search as search_cli
 from aml.evaluation.whitening import WhiteningError
 from aml.networks.checkpoint import load_network
-from aml.search import SearchDatabase, StoreError, build_ivfpq, open_database, query_database
+from aml.descriptors import ExtractionConfig
+from aml.search import SearchDatabase, StoreError, build_ivfpq, list_images, open_database, query_database
 from aml.utils.plain_files import save_plain_file
 
 # Indexes stores and starts processes for tens of seconds: started early (conftest).
@@ -323,7 +324,6 @@ def test_images_that_could_not_be_read_are_not_searched(random_teacher, tmp_path
     unit vector (-Pm/|Pm|): an unreadable image ranked as a real answer."""
     from PIL import Image
 
-    from aml.descriptors import ExtractionConfig
     from aml.networks.loading import NetworkSpec, load_spec
     from aml.search import build_store
 
@@ -343,3 +343,23 @@ def test_images_that_could_not_be_read_are_not_searched(random_teacher, tmp_path
     assert database.vecs.shape == (512, 5) and database.searchable == 5
     _, found = database.search(-m, 5)  # the direction the unreadable image's zeros were whitened to
     assert sorted(found[0]) == [0, 1, 2, 3, 4]
+
+
+def test_a_store_names_linked_images_by_their_own_path(random_teacher, tmp_path):
+    """git-annex and DVC keep photos as links into an object folder: the store printed the
+    objects' names instead of the photos'."""
+    from PIL import Image
+
+    from aml.networks.loading import NetworkSpec, load_spec
+    from aml.search import build_store
+
+    objects, photos = tmp_path / "objects", tmp_path / "photos"
+    objects.mkdir()
+    photos.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(objects / f"SHA256-{i}", format="JPEG")
+        (photos / f"photo{i}.jpg").symlink_to(objects / f"SHA256-{i}")
+    teacher = load_spec(NetworkSpec.parse(str(random_teacher[0])), None, None)
+    build_store(teacher, list_images(photos), tmp_path / "store", 32, config=ExtractionConfig(workers=0, device="cpu"))
+    assert open_database(tmp_path / "store").images == [str(photos / f"photo{i}.jpg") for i in range(3)]

@@ -712,10 +712,15 @@ def with_fixed_batches(encode: BatchEncoder) -> BatchEncoder:
 
 def _padded(x: torch.Tensor, size: int) -> torch.Tensor:
     """``x`` with zero images appended up to ``size`` (descriptors are computed per image,
-    so the padding changes no real image's)."""
+    so the padding changes no real image's), in ``x``'s memory format (a channels_last batch
+    stays one)."""
     if len(x) >= size:
         return x
-    return torch.cat([x, x.new_zeros((size - len(x),) + tuple(x.shape[1:]))])
+    out = x.new_zeros((size,) + tuple(x.shape[1:]))
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    out[: len(x)] = x
+    return out
 
 
 def _memory_format_of(net: torch.nn.Module) -> Optional[torch.memory_format]:

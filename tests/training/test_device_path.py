@@ -54,11 +54,15 @@ def test_fixed_batches_give_the_same_losses_and_gradients_with_power_of_two_forw
     for fixed in (False, True):
         trainer = make_trainer(split, tmp_path / str(fixed), batch_forward=True)
         trainer.fixed_batches = fixed  # the CUDA default, on the CPU
-        shapes = set()
-        trainer.net.features[0].register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape)))
+        shapes, formats = set(), set()
+        def seen(m, args):
+            shapes.add(tuple(args[0].shape))
+            formats.add(args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous())
+        trainer.net.features[0].register_forward_pre_hook(seen)
         trainer.net.train()
         losses = trainer.batch_losses(first_batch(trainer, split), split, backward=True)
         runs.append((losses, [p.grad.clone() for p in trainer.net.parameters() if p.grad is not None], shapes))
+        assert formats == {True}  # padded batches too reach the network in its channels_last (no conversion)
     (loose_losses, loose_grads, loose), (fixed_losses, fixed_grads, fixed) = runs
     assert loose_losses == pytest.approx(fixed_losses, rel=1e-5, abs=1e-6)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(loose_grads, fixed_grads))

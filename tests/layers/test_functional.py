@@ -65,6 +65,19 @@ def test_a_batch_of_tuples_is_the_sum_of_its_tuples():
         LF.contrastive_loss(X, labels(1, -1, 0, 0))
 
 
+def test_the_triplet_losses_check_of_one_positive_reads_nothing_back_from_a_device():
+    """It read a boolean back per chunk (a wait for the device per tuple without
+    --batch-forward); off the CPU the device asserts it (here the meta device stands for CUDA)."""
+    from aml.layers.functional import triplet_losses
+    from tests.dispatch import ScalarReads
+
+    anchors, members = torch.zeros(2, 4, device="meta"), torch.zeros(2, 3, 4, device="meta")
+    tuple_labels = torch.tensor([[1, 0, 0], [1, 0, -1]]).to("meta")
+    with ScalarReads() as reads:
+        assert triplet_losses(anchors, members, tuple_labels).shape == (2,)
+    assert reads.count == 0
+
+
 def test_cross_entropy_loss_is_the_original_formula():
     x = torch.tensor([[0.2, -0.4, 1.0], [0.5, 0.1, -0.3]], dtype=torch.float64)
     y = labels(-1, 1, 0)

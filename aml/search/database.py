@@ -10,6 +10,7 @@ from typing import Any, Dict, Final, List, Optional, Tuple, TypedDict
 
 import numpy as np
 
+from aml.data.download import file_sha256
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
@@ -27,22 +28,6 @@ REBUILD = "python -m aml.search index"
 FILES: Final = "files"  # search.json's sha256 of each of the store's files besides the shards
 
 Whitening = Tuple[np.ndarray, np.ndarray]
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, as ``search.json`` records the store's files.
-
-    Args:
-        path: the file.
-
-    Returns:
-        64 hex digits.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class StoreError(DataError):

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
+from aml.data.download import file_sha256
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, feature_file_settings
 from aml.descriptors.store import (
     IMAGE_LIST,
@@ -53,7 +54,6 @@ from aml.search.database import (
     StoreSettings,
     Whitening,
     build_ivfpq,
-    file_sha256,
 )
 from aml.utils.atomic import atomic_write, folder_lock, publish_folder
 from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT

@@ -3,6 +3,7 @@ optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -22,6 +23,7 @@ from aml.utils.atomic import atomic_write
 from aml.utils.plain_files import load_plain_file
 from aml.utils.errors import ConfigError
 
+log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 1024
 INT8_REPORT = "int8.json"  # --test-set's report, beside the exported files
 AGREEMENT_IMAGES = 8  # calibration images on which the int8 descriptors are compared with float32
@@ -235,8 +237,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         spec, teacher = _teacher(args, student)
         image_size = args.image_size or (store.settings["image_size"] if store is not None else DEFAULT_IMAGE_SIZE)
         int8 = _calibration(args, image_size) if args.int8 else None
+        # the teacher's weights as training recorded them, else as its checkpoint here holds them
         recorded = None if args.teacher else student.net.meta.get("teacher_fingerprint")
-        info = student_info(student.net, student.name, spec, teacher.fingerprint if teacher else recorded, whitening)
+        teacher_fingerprint = recorded or (teacher.fingerprint if teacher else None)
+        info = student_info(student.net, student.name, spec, teacher_fingerprint, whitening)
         files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)
         for kind, path in files.items():
             if kind == "int8" and int8 is not None:
@@ -253,6 +257,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         if args.test_set is not None:
             assert teacher is not None  # --test-set loads it (_teacher)
             _report(args, files, teacher, image_size, whitening)
+        elif (Path(args.out) / INT8_REPORT).exists():
+            log.warning(">> %s is left from an earlier export (this one did not write it)", Path(args.out, INT8_REPORT))
     return files
 
 

@@ -7,7 +7,7 @@ P = E^T P1. Applying keeps the first d rows of P (X - m) and L2-normalises each 
 """
 
 import logging
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -102,7 +102,8 @@ def whitened(X: np.ndarray, whitening: Tuple[np.ndarray, np.ndarray], what: str)
     return Y
 
 
-def _refuse_non_finite(bad: int, count: int, what: str) -> None:
+def _refuse_non_finite(bad: int, count: int, what: str) -> NoReturn:
+    """Raise the WhiteningError of ``bad`` of ``count`` ``what`` descriptors not finite."""
     raise WhiteningError(
         f"whitening made {bad} of the {count} {what} descriptors NaN or infinite: the "
         "descriptors or the whitening hold values out of range"

@@ -154,11 +154,10 @@ def triplet_losses(
     """Per tuple: sum over negatives of max(0, |a - p|^2 - |a - n|^2 + margin), exactly one
     positive per tuple (no eps)."""
     one_positive = ((labels == 1).sum(dim=1) == 1).all()
-    if labels.device.type == "cpu":
-        if not bool(one_positive):
-            raise ValueError("the triplet loss needs exactly one positive per tuple")
-    else:  # checked by the device, in its stream: reading the answer back would stall every batch
+    if labels.device.type in ("cuda", "meta"):  # asserted by the device: reading it back would stall every batch
         torch._assert_async(one_positive, "the triplet loss needs exactly one positive per tuple")
+    elif not bool(one_positive):  # the CPU (and MPS, which has no asynchronous assert)
+        raise ValueError("the triplet loss needs exactly one positive per tuple")
     squared = torch.sum((anchors[:, None, :] - members) ** 2, dim=-1)
     positive = _masked_sum(squared, labels == 1)
     return _masked_sum(torch.clamp(positive[:, None] - squared + margin, min=0), labels == 0)

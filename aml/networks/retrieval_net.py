@@ -352,13 +352,23 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> N
         layer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-#: keys a checkpoint's ``meta`` may hold besides `build_network`'s parameters: cirtorch's
-#: ``outputdim`` (checked) and ``Lw`` (kept); aml's ``teacher``, ``seed`` and
-#: ``batchnorm_calibrated`` (kept; the last marks a from-scratch trunk whose BatchNorm
-#: statistics were computed on training images before training, an aml addition) and
-#: ``trunk_weights`` (the file the trunk started from instead of ImageNet, when one did).
-META_EXTRA_KEYS = ("outputdim", "Lw", "teacher", "seed", "batchnorm_calibrated", "trunk_weights")
-KEPT_META_KEYS = ("Lw", "teacher", "seed", "batchnorm_calibrated", "trunk_weights", "mode", "loss")
+#: what a checkpoint's ``meta`` keeps besides `build_network`'s parameters: cirtorch's ``Lw``;
+#: aml's ``teacher`` and ``teacher_fingerprint`` (its weights, which a search store is checked
+#: against), ``seed``, ``batchnorm_calibrated`` (a from-scratch trunk whose BatchNorm statistics
+#: were computed on training images before training), ``trunk_weights`` (the file the trunk
+#: started from instead of ImageNet, when one did), ``mode`` and ``loss`` (checked on --resume)
+KEPT_META_KEYS = (
+    "Lw",
+    "teacher",
+    "teacher_fingerprint",
+    "seed",
+    "batchnorm_calibrated",
+    "trunk_weights",
+    "mode",
+    "loss",
+)
+#: and the keys `init_network` accepts besides: those, and cirtorch's ``outputdim`` (checked)
+META_EXTRA_KEYS = ("outputdim", *KEPT_META_KEYS)
 _BUILD_KEYS = (
     "architecture",
     "pooling",

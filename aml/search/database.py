@@ -275,7 +275,7 @@ class SearchDatabase:
         folder meanwhile would otherwise pair the new store's index with the old descriptors)."""
         index_file = self.folder / INDEX
         listed = self.settings.get(FILES)
-        if (listed is not None and INDEX not in listed) or not index_file.is_file():
+        if faiss_or_none() is None or (listed is not None and INDEX not in listed) or not index_file.is_file():
             return None
         data = index_file.read_bytes()  # once: the bytes checked are the bytes used
         if listed is not None and hashlib.sha256(data).hexdigest() != listed[INDEX]:

@@ -318,15 +318,15 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSett
         raise StoreError(f"{err.problem}; index it again ({REBUILD})") from None
     except ValueError as err:
         raise StoreError(f"{err}; index it again ({REBUILD})") from None
-    if not store.complete():
-        raise StoreError(
-            f"the store {folder} lacks {len(store.missing())} of {store.shards} shards (an interrupted "
-            f"indexing): run the same {REBUILD} command again to encode them"
-        )
     if not (folder / SEARCH).is_file():
         raise StoreError(
             f"the store {folder} has no {SEARCH}: it is not a search store (test.py's descriptor store, or an "
             f"indexing that did not finish); index the images into another folder ({REBUILD} --store NEW)"
+        )
+    if not store.complete():
+        raise StoreError(
+            f"the store {folder} lacks {len(store.missing())} of {store.shards} shards (an interrupted "
+            f"indexing): run the same {REBUILD} command again to encode them"
         )
     try:
         vecs, unreadable = store.load(), store.skipped()
@@ -559,5 +559,7 @@ def open_database(folder: PathLike) -> SearchDatabase:
     if unreadable:  # their columns are zeros, which whitening or DBA would turn into answers
         log.info(">> %d images of %s could not be read when it was indexed: not searched", len(unreadable), folder)
         kept = np.setdiff1d(np.arange(len(images)), unreadable)
+        if not len(kept):
+            raise StoreError(f"none of the {len(images)} images of the store {folder} could be read: nothing to search")
         vecs, images = vecs[:, kept], [images[i] for i in kept]
     return SearchDatabase(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening)

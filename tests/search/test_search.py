@@ -205,8 +205,10 @@ def test_teacher_check_by_the_fingerprint_training_recorded(tmp_path):
     store = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], {"dim": 512, "network": "model_best",
                                                                        "source": "runs/B/model_best.pth.tar",
                                                                        "fingerprint": "b" * 16})
-    student = build_network("resnet18", pretrained=False)
-    student.meta.update(teacher="runs/A/model_best.pth.tar", teacher_fingerprint="a" * 16)
+    trained = build_network("resnet18", pretrained=False)
+    trained.meta.update(teacher="runs/A/model_best.pth.tar", teacher_fingerprint="a" * 16)
+    student = load_network(save_checkpoint(checkpoint_state(trained, 1, 0.0), tmp_path / "student.pth.tar"))
+    assert student.meta["teacher_fingerprint"] == "a" * 16  # kept by the checkpoint's reader
     with pytest.raises(StoreError, match=r"encoded by model_best \(runs/B/model_best.pth.tar\), not by the student's "
                                          r"teacher runs/A/model_best.pth.tar"):
         check_teacher(store, student, None, None)

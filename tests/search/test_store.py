@@ -335,14 +335,18 @@ def test_images_that_could_not_be_read_are_not_searched(random_teacher, tmp_path
     (folder / "3.jpg").write_bytes(b"not a jpeg")
     images = sorted(str(p) for p in folder.glob("*.jpg"))
     teacher = load_spec(NetworkSpec.parse(str(random_teacher[0])), None, None)
-    m = rng.normal(size=(512, 1))
+    m = 0.01 * rng.normal(size=(512, 1))  # an unreadable image's zeros, whitened: exactly -m/|m|
     build_store(teacher, images, tmp_path / "store", 32, whitening=(m, np.eye(512)),
                 config=ExtractionConfig(skip_bad=True, workers=0, device="cpu"))
     database = open_database(tmp_path / "store")
-    assert database.images == [str(Path(p).resolve()) for p in images if not p.endswith("3.jpg")]
+    assert database.images == [os.path.abspath(p) for p in images if not p.endswith("3.jpg")]
     assert database.vecs.shape == (512, 5) and database.searchable == 5
-    _, found = database.search(-m, 5)  # the direction the unreadable image's zeros were whitened to
-    assert sorted(found[0]) == [0, 1, 2, 3, 4]
+    scores, _ = database.search(-m / np.linalg.norm(m), 1)
+    assert scores[0, 0] < 0.9  # no answer is that vector (it scored 1.0, first)
+    build_store(teacher, images[3:4], tmp_path / "unreadable", 32, config=ExtractionConfig(skip_bad=True, workers=0,
+                                                                                           device="cpu"))
+    with pytest.raises(StoreError, match=r"none of the 1 images of the store .*unreadable could be read"):
+        open_database(tmp_path / "unreadable")
 
 
 def test_a_store_names_linked_images_by_their_own_path(random_teacher, tmp_path):

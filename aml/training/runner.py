@@ -130,13 +130,21 @@ class _Run:
         c = self.config
         prepare_train_set(c.training_dataset, self.data_root)
         self.trunk_weights_file()
-        if self.mode.needs_teacher and not (c.feat_path and (c.feat_val_path or not self.loop.val)):
+        if self.reads_teacher:
             _ = self.teacher.loaded  # downloaded or read once, here, before the other ranks
         for name in c.test_datasets if self.loop.test_freq else ():
             dataset, suffix = split_test_name(name)
             prepare_test_set(dataset, self.data_root)
             if suffix is not None:
                 prepare_distractors(suffix, self.data_root)
+
+    @property
+    def reads_teacher(self) -> bool:
+        """Whether the run reads the teacher's weights: to encode the training images (unless
+        --feat-path files hold every split's descriptors) or to test the student against it."""
+        c = self.config
+        from_files = bool(c.feat_path) and (bool(c.feat_val_path) or not self.loop.val)
+        return self.mode.needs_teacher and (not from_files or bool(self.loop.test_freq))
 
     def split(self, split: str, feat_path: Optional[str]) -> Split:
         c = self.config
@@ -172,7 +180,7 @@ class _Run:
             load_trunk_weights(net, trunk)
         net.meta["teacher"], net.meta["seed"] = c.teacher, seed
         # the student's teacher by its weights: a store is checked against them wherever it is queried
-        net.meta["teacher_fingerprint"] = self.teacher.fingerprint if self.mode.needs_teacher else None
+        net.meta["teacher_fingerprint"] = self.teacher.loaded.fingerprint if self.reads_teacher else None
         net.meta["mode"], net.meta["loss"] = c.mode, c.loss  # checked on --resume
         if c.proj_lr_mult != 1.0 and net.projection() is None:
             log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)

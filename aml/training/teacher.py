@@ -37,13 +37,6 @@ class Teacher:
         return load_spec(self.spec, None, self.data_root)
 
     @property
-    def fingerprint(self) -> Optional[str]:
-        """The teacher's weights' fingerprint when this run loaded it, else None (a ``--feat-path``
-        run, which never loads it, does not know it)."""
-        loaded = self.__dict__.get("loaded")  # the cached_property's value, when it was computed
-        return loaded.fingerprint if loaded is not None else None
-
-    @property
     def feature_name(self) -> str:
         """Name used in feature files; a checkpoint's (model_best, model_epochN repeat across
         runs) gets its weights' hash appended."""

@@ -11,6 +11,7 @@ from typing import Any, Dict, Final, List, Optional, Tuple, TypedDict
 import numpy as np
 
 from aml.data.download import file_sha256
+from aml.descriptors.store import MANIFEST
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
@@ -152,6 +153,8 @@ class SearchDatabase:
         settings: how the store was made (network, source, fingerprint, image_size, scales,
             dim, ``dba`` when it was augmented: ``{"k", "alpha"}``, ...).
         whitening: the teacher's learned whitening (m, P), applied to both sides, or None.
+        manifest: the sha256 of the store's ``manifest.json`` when it was opened (None: not
+            read from a sharded store), which tells whether the folder was indexed again since.
 
     Examples:
         >>> from pathlib import Path
@@ -170,6 +173,7 @@ class SearchDatabase:
     images: List[str]
     settings: StoreSettings
     whitening: Optional[Whitening] = None
+    manifest: Optional[str] = None
     #: what answers the searches, read or made at the first one and kept: the store's IVF-PQ
     #: index, else an ExactIndex over ``vecs``
     index: Any = field(default=None, init=False, repr=False, compare=False)
@@ -344,6 +348,12 @@ def build_ivfpq(
         raise StoreError(problem)
     index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
     with folder_lock(database.folder, wait=True):  # another build's index and record are never mixed with this one's
+        manifest = database.folder / MANIFEST
+        if database.manifest is not None and (not manifest.is_file() or file_sha256(manifest) != database.manifest):
+            raise StoreError(
+                f"the store {database.folder} was indexed again since it was opened: its index would be of the "
+                "old descriptors; open the store again and build the index on it"
+            )
         write_index(index, database.folder / INDEX)
         _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall})
     database.index = index

@@ -562,4 +562,5 @@ def open_database(folder: PathLike) -> SearchDatabase:
         if not len(kept):
             raise StoreError(f"none of the {len(images)} images of the store {folder} could be read: nothing to search")
         vecs, images = vecs[:, kept], [images[i] for i in kept]
-    return SearchDatabase(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening)
+    manifest = file_sha256(folder / MANIFEST) if (folder / MANIFEST).is_file() else None
+    return SearchDatabase(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening, manifest)

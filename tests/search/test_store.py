@@ -170,6 +170,14 @@ def test_an_ivfpq_index_is_built_reported_and_searched(random_teacher, synth_roo
     with pytest.raises(StoreError, match=r"index.faiss is not the index the store had when it was opened \(the "
                                          r"folder was indexed again meanwhile\): open the store again"):
         stale.search(stale.vecs[:, :3], 5)
+    # nor is an index of a database opened before the folder was indexed again written into the new store
+    index_bytes = (tmp_path / "store" / "index.faiss").read_bytes()
+    manifest = tmp_path / "store" / "manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")  # another indexing's manifest
+    with pytest.raises(StoreError, match=r"was indexed again since it was opened: its index would be of the old "
+                                         r"descriptors; open the store again"):
+        build_ivfpq(stale, nlist=4, m=8)
+    assert (tmp_path / "store" / "index.faiss").read_bytes() == index_bytes
 
 
 def test_search_json_binds_the_files_beside_the_shards(whitened_store):

@@ -491,7 +491,11 @@ def _image_loader(
         items = _ReportErrors(dataset)
         read: Callable[[int], Tuple[Any, int]] = (lambda index: _pinned(items[index])) if pin else items.__getitem__
         return ordered_map(
-            read, len(items), workers, AHEAD_PER_WORKER * max(1, workers), _one_torch_thread if pin else None
+            read,
+            len(items),
+            workers,
+            AHEAD_PER_WORKER * max(1, workers),
+            functools.partial(_pinning_thread, device) if pin else None,
         )
     loader = DataLoader(
         _ReportErrors(dataset),
@@ -505,10 +509,14 @@ def _image_loader(
     return (item for item in loader)  # a generator: closing it stops the workers
 
 
-def _one_torch_thread() -> None:
-    """A reader thread's torch operations run on one thread: each thread that runs a parallel
-    operation would otherwise start a team of its own, all of them beside the main thread."""
+def _pinning_thread(device: torch.device) -> None:
+    """A reader thread that pins for ``device``: its torch operations run on one thread (each
+    thread that runs a parallel operation would otherwise start a team of its own, all of them
+    beside the main thread), and its current GPU is ``device`` (CUDA's current device is per
+    thread: pinning from a thread left on GPU 0 opens a context there, whatever GPU runs)."""
     torch.set_num_threads(1)
+    if device.index is not None:
+        torch.cuda.set_device(device)
 
 
 def _pinned(entry: Tuple[Any, int]) -> Tuple[Any, int]:

@@ -55,8 +55,12 @@ def current_rank() -> int:
 
 def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     """Join the process group torchrun described (no-op for a single process) and return
-    this process's `World`. CUDA processes use the GPU of their LOCAL_RANK."""
+    this process's `World`. CUDA processes use the GPU of their LOCAL_RANK; a single process
+    makes ``device`` its current GPU (the loaders' page-locked memory goes through it: left
+    on GPU 0, ``--gpu-id 1`` opened a context on GPU 0 too)."""
     if not launched_by_torchrun():
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
         return World()
     if device.type == "cuda":  # also in a group joined before: collectives use the current GPU
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

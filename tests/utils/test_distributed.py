@@ -34,6 +34,27 @@ def test_one_process_is_a_world_of_one(monkeypatch):
     assert main_first(world, lambda: 42) == 42
 
 
+def test_a_process_on_a_numbered_gpu_pins_through_that_gpu(monkeypatch):
+    """CUDA's current device is per thread and starts at GPU 0: the main thread (DataLoader's
+    pinning follows it) and each pinning reader thread make the run's GPU current, else
+    page-locked memory opens a context on GPU 0 as well."""
+    import threading
+
+    from aml.descriptors import extraction
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(torch.device(device)))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    init_from_environment(torch.device("cpu"))
+    init_from_environment(torch.device("cuda"))  # the current GPU, whichever it is
+    assert current == []
+    init_from_environment(torch.device("cuda", 1))
+    reader = threading.Thread(target=extraction._pinning_thread, args=(torch.device("cuda", 1),))
+    reader.start()
+    reader.join()
+    assert current == [torch.device("cuda", 1)] * 2
+
+
 def test_peer_failures_are_told_apart_from_other_errors():
     assert is_peer_failure(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms for recv"))
     assert is_peer_failure(RuntimeError("Connection closed by peer [127.0.0.1]:1234"))

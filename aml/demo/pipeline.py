@@ -18,6 +18,7 @@ pretrained on synthetic objects instead, for architectures without offline weigh
 import argparse
 import dataclasses
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_chec
 from aml.networks.loading import load_named_or_file
 from aml.reports.provenance import provenance
 from aml.training import TrainConfig, run
+from aml.training.config import run_name
 from aml.utils.atomic import atomic_write
 from aml.utils.devices import resolve_device
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
@@ -101,7 +103,8 @@ def _train(
 ) -> Path:
     """One training run (`aml.training.run`; ``options`` are main.py's flags by name, the mode
     among them); the last epoch's checkpoint. With ``reuse``, a run that already holds that
-    checkpoint is resumed from it (so nothing is trained again)."""
+    checkpoint is resumed from it (so nothing is trained again); without, an earlier demo's run
+    of the same settings is deleted first and trained again."""
     config = TrainConfig.from_flags(
         directory=str(directory),
         data_root=str(data_root),
@@ -115,7 +118,10 @@ def _train(
     )
     config = config.but(teacher=str(teacher)) if teacher is not None else config
     config = config.but(trunk_weights=str(trunk)) if trunk is not None else config
-    config = config.but(resume=f"model_epoch{epochs}.pth.tar") if reuse else config
+    if reuse:
+        config = config.but(resume=f"model_epoch{epochs}.pth.tar")
+    else:  # the demo's own run of these settings is trained again (main.py refuses to replace a run)
+        shutil.rmtree(Path(directory) / run_name(config), ignore_errors=True)
     return run(config).run_dir / f"model_epoch{epochs}.pth.tar"
 
 

@@ -3,7 +3,7 @@ mode, loss and optimizer before anything is loaded into them."""
 
 import logging
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 
@@ -30,6 +30,30 @@ def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
                 f"cannot resume from {path}: it was trained with --{key} {old}, this run trains "
                 f"with --{key} {new}; resume with the flags the run was started with"
             )
+    old, new = theirs.get("teacher_fingerprint"), net.meta.get("teacher_fingerprint")
+    if old is not None and new is not None and old != new:  # e.g. a retrained teacher copied over the file
+        raise CheckpointError(
+            f"cannot resume from {path}: it was trained against other teacher weights than those of "
+            f"--teacher {net.meta.get('teacher')} (fingerprint {old}, now {new}); resume with the teacher the run "
+            "was started with, or start a new run"
+        )
+
+
+def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a checkpoint that holds no training state to resume, or that of another optimizer."""
+    saved = state.get("optimizer")
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not groups or state.get("epoch") is None or state.get("min_loss") is None:
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds a network but no training state (optimizer, epoch, best loss); "
+            "it cannot continue a run: start a new one (another --directory)"
+        )
+    missing = sorted(set(optimizer.param_groups[0]) - set(groups[0]) - {"params"})
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: its optimizer state lacks {', '.join(missing)} of this run's optimizer: "
+            "it was trained with another --optimizer; resume with the flags the run was started with"
+        )
 
 
 def resume_run(
@@ -46,6 +70,7 @@ def resume_run(
         return None
     state = load_checkpoint(path)
     _check_meta(path, state["meta"], net)
+    _check_training_state(path, state, optimizer)
     try:
         net.load_state_dict(state["state_dict"])
     except RuntimeError as err:

@@ -59,6 +59,13 @@ class RunLog:
             out.write(f"{epoch}, {train_loss}" + (f", {val_loss}" if val_loss is not None else "") + "\n")
 
 
+def earlier_checkpoint(run_dir: Path) -> Optional[Path]:
+    """A checkpoint an earlier run left in ``run_dir`` (its model_best, else its latest
+    model_epochN), or None."""
+    best = run_dir / "model_best.pth.tar"
+    return best if best.is_file() else latest_checkpoint(run_dir)
+
+
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The ``model_epochN.pth.tar`` with the largest N in ``run_dir``."""
     found = [

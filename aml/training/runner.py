@@ -33,12 +33,13 @@ from aml.training.config import TrainConfig, run_name
 from aml.training.modes import get_mode
 from aml.training.optim import build_optimizer
 from aml.training.pretraining import TRUNK_SOURCES
+from aml.training.run_folder import earlier_checkpoint
 from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.parallel import batch_split_problem
 from aml.training.trainer import Split, Trainer
 from aml.utils.atomic import folder_lock
 from aml.utils.devices import resolve_device
-from aml.utils.distributed import World, init_from_environment, main_first, process_device
+from aml.utils.distributed import World, from_main, init_from_environment, main_first, process_device
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,12 @@ def run(config: TrainConfig) -> TrainResult:
     run_dir = Path(config.directory) / run_name(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(run_dir) if world.is_main else contextlib.nullcontext():
+        earlier = from_main(None if config.resume else earlier_checkpoint(run_dir), world)
+        if earlier is not None:  # a new run would replace its checkpoints, model_best first
+            raise ConfigError(
+                f"{run_dir} holds the checkpoints of an earlier run ({earlier.name}): continue it with "
+                "--resume latest, or start a new one elsewhere (another --directory or --comment)"
+            )
         return _Run(config, world, device, run_dir).train()
 
 

@@ -103,6 +103,40 @@ def test_resume_of_a_checkpoint_of_another_loss_is_refused_by_name(synth_root, t
               str(checkpoint))
 
 
+def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(synth_root, tmp_path):
+    """The same command again without --resume (after raising --epochs, say) emptied the logs
+    and replaced model_best after one epoch, then every model_epochN."""
+    from aml.utils.errors import ConfigError
+
+    first = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
+    before = {p.name: p.read_bytes() for p in first.run_dir.iterdir()}
+    with pytest.raises(ConfigError, match=r"holds the checkpoints of an earlier run \(model_best.pth.tar\): continue "
+                                          r"it with --resume latest, or start a new one elsewhere"):
+        train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val")
+    assert {p.name: p.read_bytes() for p in first.run_dir.iterdir()} == before
+    checkpoint = first.run_dir / "model_epoch1.pth.tar"
+    state = load_checkpoint(checkpoint)
+    elsewhere = tmp_path / "other.pth.tar"
+    torch.save({key: value for key, value in state.items() if key != "optimizer"}, elsewhere)
+    with pytest.raises(CheckpointError, match=r"other.pth.tar: it holds a network but no training state"):
+        train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "--resume", str(elsewhere))
+    with pytest.raises(CheckpointError, match=r"its optimizer state lacks .*momentum.*another --optimizer"):
+        train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-o", "sgd", "--resume", str(checkpoint))
+    assert {p.name: p.read_bytes() for p in first.run_dir.iterdir()} == before
+
+
+def test_resume_against_other_teacher_weights_is_refused():
+    from aml.networks import build_network
+    from aml.training.resume import _check_meta
+
+    net = build_network(SMALL, pretrained=False)
+    net.meta.update(teacher="teacher.pth.tar", teacher_fingerprint="b" * 16)
+    with pytest.raises(CheckpointError, match=r"trained against other teacher weights than those of --teacher "
+                                              r"teacher.pth.tar \(fingerprint a{16}, now b{16}\)"):
+        _check_meta("model_epoch3.pth.tar", {**net.meta, "teacher_fingerprint": "a" * 16}, net)
+    _check_meta("model_epoch3.pth.tar", {**net.meta, "teacher_fingerprint": None}, net)  # recorded by no earlier aml
+
+
 def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path):
     result = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar",
                    "--test-freq", "1", "-td", "synth-oxford")

@@ -11,7 +11,7 @@ that key changes: a checkpoint replaced at the same path, other scales."""
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -75,10 +75,29 @@ class WhiteningRequest:
 
 
 def learn_whitening(encoder: LoadedNetwork, request: WhiteningRequest, db: TrainingDb) -> Whitening:
-    """Learn Lw on the whitening set's images (``db``), encoded as ``request`` says."""
+    """Learn Lw on the whitening set's images (``db``), encoded as ``request`` says; images
+    that could not be read (``skip_bad``) are left out, with their pairs (their zero
+    descriptors would move the mean and the pairs' scatter)."""
     log.info(">> %s: Learning whitening with %s...", request.whitening_set, encoder.name)
-    vecs = describe_images(encoder.net, db["images"], request.image_size, request.scales, config=request.extraction)
-    return whitenlearn(vecs, db["qidxs"], db["pidxs"])
+    skipped: List[int] = []
+    vecs = describe_images(
+        encoder.net, db["images"], request.image_size, request.scales, config=request.extraction, skipped=skipped
+    )
+    qidxs, pidxs = list(db["qidxs"]), list(db["pidxs"])
+    if skipped:
+        gone = set(skipped)
+        kept = [i for i in range(vecs.shape[1]) if i not in gone]
+        place = {old: new for new, old in enumerate(kept)}
+        pairs = [(place[q], place[p]) for q, p in zip(qidxs, pidxs, strict=True) if q in place and p in place]
+        log.warning(
+            ">> %s: %d images could not be read; the whitening is learned without them and without %d of its %d pairs",
+            request.whitening_set,
+            len(gone),
+            len(qidxs) - len(pairs),
+            len(qidxs),
+        )
+        vecs, qidxs, pidxs = vecs[:, kept], [q for q, _ in pairs], [p for _, p in pairs]
+    return whitenlearn(vecs, qidxs, pidxs)
 
 
 def _file_whitening(data, dim: int, source: str) -> Whitening:

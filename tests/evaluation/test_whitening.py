@@ -110,3 +110,33 @@ def test_rows_are_whitened_on_their_device_as_on_the_host_and_non_finite_ones_re
     X[3, 7] = np.nan
     with pytest.raises(WhiteningError, match="whitening made 1 of the 50 distractor descriptors NaN or infinite"):
         whitened_rows(torch.from_numpy(X.T.copy()).to(device), checked, "distractor")
+
+
+def test_an_unreadable_image_of_the_whitening_set_is_left_out_with_its_pairs(tmp_path):
+    """With --skip-bad-images its zero descriptor went into the mean and the pairs' scatter,
+    and the whitening so learned was cached."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from aml.descriptors import ExtractionConfig, describe_images
+    from aml.evaluation.whitening_store import WhiteningRequest, learn_whitening
+    from aml.networks import build_network
+
+    rng = np.random.default_rng(3)
+    images = []
+    for i in range(12):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path)
+        images.append(str(path))
+    (tmp_path / "5.jpg").write_bytes(b"truncated")
+    torch.manual_seed(0)
+    net = build_network("squeezenet1_1", pretrained=False).eval()
+    db = {"images": images, "qidxs": [0, 2, 4, 6, 8, 10], "pidxs": [1, 3, 5, 7, 9, 11]}
+    config = ExtractionConfig(workers=0, device="cpu", skip_bad=True)
+    m, P = learn_whitening(SimpleNamespace(net=net, name="net"), WhiteningRequest("set", 32, extraction=config), db)
+    good = [p for p in images if not p.endswith("5.jpg")]  # the pair (4, 5) goes with it
+    vecs = describe_images(net, good, 32, config=config)
+    m_good, P_good = whitenlearn(vecs, [0, 2, 5, 7, 9], [1, 3, 6, 8, 10])
+    np.testing.assert_allclose(m, m_good, atol=1e-6)
+    np.testing.assert_allclose(P, P_good, rtol=1e-4, atol=1e-4)

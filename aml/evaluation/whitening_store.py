@@ -22,7 +22,7 @@ from aml.data.trainsets import load_whitening_db
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
 from aml.evaluation.whitening import WhiteningError, check_whitening, whitenlearn
-from aml.networks.pretrained import PRETRAINED
+from aml.networks.pretrained import PRETRAINED, PUBLISHED_WHITENING_SET
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import optional_write
 from aml.utils.distributed import all_ranks, current_world
@@ -181,8 +181,17 @@ def known_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published
         return check_whitening(m, P, dim, source)
     entry = PRETRAINED.get(encoder.name) if encoder.named else None
     if published and entry is not None and entry.whitening_url:
+        if whitening_set != PUBLISHED_WHITENING_SET:  # the original used it whatever the set asked
+            log.info(
+                ">> %s: %s's published whitening was learned on %s, not used",
+                whitening_set,
+                encoder.name,
+                PUBLISHED_WHITENING_SET,
+            )
+            return None
         name = entry.whitening_url.rsplit("/", 1)[1]
         path = download_file(entry.whitening_url, data_subdir(request.data_root, "model") / name)
+        log.info(">> %s: whitening from the published file %s", whitening_set, path)
         return _file_whitening(load_plain_file(path), dim, str(path))
     return None
 

@@ -8,6 +8,8 @@ CIRTORCH = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/"
 AML = "http://files.inria.fr/aml/"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the set the published students' whitening files were learned on (the paper's, cirtorch's)
+PUBLISHED_WHITENING_SET = "retrieval-SfM-120k"
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class PretrainedNetwork:
     kind: str  # "teacher" (cirtorch network) or "student" (aml)
     dim: int  # descriptor dimension (meta['outputdim'] of the file)
     teacher: Optional[str] = None  # the teacher a student was trained against, when any
-    whitening_url: Optional[str] = None
+    whitening_url: Optional[str] = None  # a student's whitening, learned on `PUBLISHED_WHITENING_SET`
     sha256: Optional[str] = None  # prefix of the file's sha256, when published (cirtorch names carry it)
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD

@@ -43,6 +43,8 @@ def _download_real(name: str, images_from: str) -> Callable[[Path, bool], None]:
     def prepare(test_root: Path, progress: bool) -> None:
         folder = test_root / name
         jpg = folder / "jpg"
+        if jpg.is_symlink() and not jpg.exists():  # an absolute link of a data root since moved
+            jpg.unlink()
         if not jpg.exists():
             source = test_root / images_from / "jpg"
             if not source.exists():
@@ -55,7 +57,8 @@ def _download_real(name: str, images_from: str) -> Callable[[Path, bool], None]:
                     remove_download(archive)
             if source != jpg:
                 folder.mkdir(parents=True, exist_ok=True)
-                os.symlink(source.resolve(), jpg, target_is_directory=True)
+                # relative: the data root can be moved or copied (rsync -a) with its links
+                os.symlink(os.path.relpath(source, folder), jpg, target_is_directory=True)
         gnd = f"gnd_{name}.pkl"
         download_file(CIRTORCH_TEST + f"{name}/{gnd}", folder / gnd, progress=progress)
 

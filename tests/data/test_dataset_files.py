@@ -2,6 +2,8 @@
 line with the field at fault, never a TypeError or AttributeError from deep inside."""
 
 import copy
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +150,27 @@ def test_a_distractor_list_of_other_bytes_is_read_as_names(tmp_path):
     (tmp_path / name / "jpg").mkdir(parents=True)
     (tmp_path / name / f"{name}.txt").write_bytes(b"a.jpg\ncaf\xe9.jpg\n")
     assert [p.split("/")[-1] for p in read_distractor_list("synth1m", tmp_path)] == ["a.jpg", "caf\udce9.jpg"]
+
+
+def test_a_revisited_sets_images_stay_found_after_the_data_root_moves(tmp_path, monkeypatch):
+    """roxford5k/jpg was an absolute link to oxford5k/jpg: after `mv data /big/data` it dangled
+    and preparing the set again ended in a FileExistsError traceback."""
+    from aml.data import testsets
+
+    monkeypatch.setattr(testsets, "download_file", lambda url, path, progress=False: path)  # the gnd is there
+    test_root = tmp_path / "data" / "test"
+    (test_root / "oxford5k" / "jpg").mkdir(parents=True)
+    (test_root / "oxford5k" / "jpg" / "all_souls_000000.jpg").write_bytes(b"jpeg")
+    prepare = testsets.TEST_SETS["roxford5k"].prepare
+    prepare(test_root, False)
+    link = test_root / "roxford5k" / "jpg"
+    assert not Path(os.readlink(link)).is_absolute()
+    moved = tmp_path / "big" / "data"
+    moved.parent.mkdir()
+    (tmp_path / "data").rename(moved)
+    assert (moved / "test" / "roxford5k" / "jpg" / "all_souls_000000.jpg").read_bytes() == b"jpeg"
+    dangling = moved / "test" / "roxford5k" / "jpg"
+    dangling.unlink()
+    dangling.symlink_to(tmp_path / "data" / "test" / "oxford5k" / "jpg")  # as earlier versions linked it
+    prepare(moved / "test", False)
+    assert (dangling / "all_souls_000000.jpg").read_bytes() == b"jpeg"

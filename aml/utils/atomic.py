@@ -25,6 +25,9 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$|^Not enough free space to write \d+ bytes")
 
 
+NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}  # a folder this user cannot write to
+
+
 class DiskFull(AmlError):
     """A write failed because the disk (or the user's quota) is full."""
 
@@ -124,11 +127,16 @@ def atomic_path(path: PathLike, replace: bool = True) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def optional_write(what: str) -> Iterator[None]:
-    """For writes a run can do without (caches): a full disk logs a warning and the run goes on."""
+    """For writes a run can do without (caches): a full disk, or a folder this user cannot
+    write to (a read-only mount, a shared data root), logs a warning and the run goes on."""
     try:
         yield
     except DiskFull as err:
         log.warning(">> %s not written, the results are not affected: %s", what, err)
+    except OSError as err:
+        if err.errno not in NOT_WRITABLE:
+            raise
+        log.warning(">> %s not written (%s), the results are not affected", what, err)
 
 
 def remove_orphan_temporaries(folder: Union[str, Path]) -> list:

@@ -113,6 +113,24 @@ def test_an_optional_write_on_a_full_disk_warns_and_goes_on(tmp_path, full_disk,
         atomic_write(tmp_path / "needed.npy", lambda out: out.write(b"x"))
 
 
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_an_optional_write_to_a_folder_it_cannot_write_warns_and_goes_on(tmp_path, monkeypatch, caplog, code):
+    """A whitening or database cache beside a checkpoint on a read-only mount ended the test
+    in a traceback after the encoding, with no results (tests run as root: the refusal is
+    made by hand)."""
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with optional_write("the whitening cache"):
+        atomic_write(tmp_path / "lw.pth", lambda out: out.write(b"x"))
+    assert "the whitening cache not written" in caplog.text and not list(tmp_path.iterdir())
+    with pytest.raises(OSError), optional_write("the cache"):
+        raise OSError(errno.EIO, "input/output error")  # any other failure is not hidden
+
+
 @pytest.mark.parametrize("message", ["4096 requested and 1024 written",
                                      "Not enough free space to write 41943040 bytes after offset 128"])
 def test_numpys_short_writes_without_errno_are_a_full_disk(message):

@@ -59,10 +59,11 @@ def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch
 def resume_run(
     run_dir: Path, name: str, net: ImageRetrievalNet, optimizer: torch.optim.Optimizer
 ) -> Optional[Tuple[int, float]]:
-    """Load ``run_dir/name``, or the latest model_epochN there, into ``net`` and ``optimizer``;
-    returns (epochs done, best loss so far), or None when the folder holds no checkpoint."""
-    path: Optional[Path] = run_dir / name
-    if path is None or not path.is_file():
+    """Load ``run_dir/name`` (else ``name`` itself, a path), or the latest model_epochN there,
+    into ``net`` and ``optimizer``; returns (epochs done, best loss so far: the lower of the
+    checkpoint's and the run's ``model_best``), or None when the folder holds no checkpoint."""
+    path: Optional[Path] = next((p for p in (run_dir / name, Path(name)) if p.is_file()), None)
+    if path is None:
         path = latest_checkpoint(run_dir)
     path = from_main(path, current_world())  # one checkpoint for all ranks (a shared folder seen late)
     if path is None:
@@ -89,4 +90,17 @@ def resume_run(
     if "batchnorm_calibrated" in state["meta"]:
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))
-    return int(state["epoch"]), float(state["min_loss"])
+    return int(state["epoch"]), min(float(state["min_loss"]), _best_loss(run_dir, net))
+
+
+def _best_loss(run_dir: Path, net: ImageRetrievalNet) -> float:
+    """The loss of the run's ``model_best`` (inf without one, or one of another network): a
+    resumed run replaces it only with a better one, also when it resumes from an epoch before
+    it (a crash between the two writes, an earlier ``--resume model_epochN``)."""
+    best = run_dir / "model_best.pth.tar"
+    if not best.is_file():
+        return float("inf")
+    state = load_checkpoint(best)
+    if state["meta"].get("architecture") != net.meta["architecture"] or state.get("min_loss") is None:
+        return float("inf")
+    return float(state["min_loss"])

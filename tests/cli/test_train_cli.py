@@ -262,3 +262,28 @@ def test_a_timm_vit_student_trains_and_tests_symmetric_and_asymmetric(synth_root
     symmetric = test_cli.main(common)["synth-oxford"]["plain"]["medium"]["map"]
     asymmetric = test_cli.main(common + ["--asym", "--teacher", str(teacher)])["synth-oxford"]["plain"]["medium"]["map"]
     assert 0 < symmetric < 1 and 0 < asymmetric < 1 and symmetric != asymmetric
+
+
+def test_resume_keeps_a_better_model_best_and_finds_a_path_relative_to_the_working_folder(tmp_path, monkeypatch):
+    """Resuming from an epoch before model_best (a crash between its write and model_epochN's on a
+    GPU, or --resume model_epoch5 in a folder whose best is epoch 8) took the best loss of that
+    epoch, so a worse epoch replaced model_best; and a path relative to the working folder was
+    not looked for, so the folder's latest checkpoint was taken instead, without a word."""
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.training.optim import build_optimizer
+    from aml.training.resume import resume_run
+
+    net = build_network(SMALL, pretrained=False)
+    optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
+    run_dir, other = tmp_path / "run", tmp_path / "other"
+    run_dir.mkdir()
+    other.mkdir()
+    save_checkpoint(checkpoint_state(net, 1, 0.5, optimizer), run_dir / "model_epoch1.pth.tar")
+    save_checkpoint(checkpoint_state(net, 3, 0.3, optimizer), run_dir / "model_best.pth.tar")
+    save_checkpoint(checkpoint_state(net, 2, 0.4, optimizer), run_dir / "model_epoch2.pth.tar")
+    save_checkpoint(checkpoint_state(net, 7, 0.2, optimizer), other / "model_epoch7.pth.tar")
+    assert resume_run(run_dir, "model_epoch1.pth.tar", net, optimizer) == (1, 0.3)
+    monkeypatch.chdir(tmp_path)
+    assert resume_run(run_dir, "other/model_epoch7.pth.tar", net, optimizer) == (7, 0.2)
+    assert resume_run(run_dir, "latest", net, optimizer) == (2, 0.3)

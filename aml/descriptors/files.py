@@ -168,7 +168,7 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         path: a ``.npy`` feature file, or a descriptor store folder (written by
             ``extract_features.py --shard-size``).
         expected_columns: the split's number of images (one column each, in db order).
-        expected_dim: the student's descriptor dimension, when it must match.
+        expected_dim: the descriptors' dimension (the teacher's, the student's), when it must match.
 
     Returns:
         The D x N descriptors as float32.
@@ -215,8 +215,8 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         )
     if expected_dim is not None and vecs.shape[0] != expected_dim:
         raise DataError(
-            f"feature file {path} holds {vecs.shape[0]}-d descriptors but the student outputs "
-            f"{expected_dim}-d; use the matching --teacher"
+            f"feature file {path} holds {vecs.shape[0]}-d descriptors but {expected_dim}-d are expected "
+            "(the teacher's and the student's); use the --teacher it was extracted with"
         )
     return vecs.astype(np.float32, copy=False)
 

@@ -61,8 +61,8 @@ def teacher_split_features(
     (the teacher's weights, the image size, ``config``'s pixel path) is this one. Freshly
     encoded descriptors are returned as they are, not read back from the file.
     """
-    if feat_path:
-        return torch.from_numpy(load_feature_file(Path(feat_path), len(images)))
+    if feat_path:  # of the teacher's dimension, as far as it is known without loading it
+        return torch.from_numpy(load_feature_file(Path(feat_path), len(images), teacher.spec.dimension()))
     path = data_subdir(teacher.data_root, "features") / feature_file_name(
         dataset, teacher.feature_name, split, image_size
     )

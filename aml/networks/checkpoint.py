@@ -41,11 +41,13 @@ class Checkpoint(_Weights, total=False):
     """A checkpoint as the original writes it: ``meta`` (what rebuilds the network: the
     original's open dict of architecture, pooling, mean, std, outputdim, ...) and
     ``state_dict`` (the weights), and from a training run ``epoch`` (epochs done), ``min_loss``
-    (the best loss so far) and ``optimizer`` (torch's optimizer state)."""
+    (the best loss so far), ``optimizer`` (torch's optimizer state) and, since aml records it,
+    ``min_loss_of`` (whether ``min_loss`` is a "validation" or a "training" loss)."""
 
     epoch: int
     min_loss: float
     optimizer: Dict[str, Any]
+    min_loss_of: str
 
 
 def save_checkpoint(state: Any, path: PathLike) -> Path:
@@ -76,16 +78,24 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
 
 
 def checkpoint_state(
-    net: ImageRetrievalNet, epoch: int, min_loss: float, optimizer: Optional[torch.optim.Optimizer] = None
+    net: ImageRetrievalNet,
+    epoch: int,
+    min_loss: float,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    min_loss_of: Optional[str] = None,
 ) -> Checkpoint:
-    """The dict the training loop saves (the original layout)."""
-    return {
+    """The dict the training loop saves (the original layout), plus ``min_loss_of`` when given:
+    the kind of loss ("validation" or "training") that ``min_loss`` is."""
+    state: Checkpoint = {
         "epoch": epoch,
         "meta": dict(net.meta),
         "state_dict": net.state_dict(),
         "min_loss": float(min_loss),
         "optimizer": optimizer.state_dict() if optimizer is not None else {},
     }
+    if min_loss_of is not None:
+        state["min_loss_of"] = min_loss_of
+    return state
 
 
 _CHILD = re.compile(r"^features\.(\d+)\.(.*)$")

@@ -92,6 +92,27 @@ class TrainSettings(Changeable):
     seed: int = bounded(0, NONNEGATIVE_INT)  # every random draw comes from streams derived from it
     autocast: bool = False  # bfloat16 autocast of the training (and validation) forward passes
 
+    def notices(self) -> List[str]:
+        """What a run with these settings will not write, though it can train: the checkpoints
+        that ``--val-freq`` or ``--save-freq`` above ``--epochs`` leave out.
+
+        Examples:
+            >>> TrainSettings(epochs=3, save_freq=5).notices()[0].split(":")[0]
+            '--save-freq 5 is above --epochs 3'
+        """
+        found = []
+        if self.save_freq > self.epochs:
+            found.append(
+                f"--save-freq {self.save_freq} is above --epochs {self.epochs}: no model_epochN is written, "
+                "and an interrupted run resumes from model_best, the only checkpoint"
+            )
+        if self.val and self.val_freq > self.epochs:
+            found.append(
+                f"--val-freq {self.val_freq} is above --epochs {self.epochs}: no epoch is validated, so no "
+                "model_best is written (--no-val chooses it by the training loss)"
+            )
+        return found
+
 
 #: how a training run extracts (mining, teacher descriptors, tests) unless told otherwise: main.py's defaults
 TRAIN_EXTRACTION = ExtractionConfig(workers=8, progress=True)

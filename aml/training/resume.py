@@ -9,7 +9,7 @@ import torch
 
 from aml.networks.checkpoint import CheckpointError, load_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.training.run_folder import latest_checkpoint
+from aml.training.run_folder import earlier_checkpoint, latest_checkpoint
 from aml.utils.distributed import current_world, from_main
 from aml.utils.errors import ConfigError
 
@@ -56,15 +56,56 @@ def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch
         )
 
 
+# the optimizer settings a resumed run takes from its checkpoint, whatever the command line says
+RESUMED_SETTINGS = ("initial_lr", "momentum", "betas", "weight_decay")
+
+
+def _check_best_loss_kind(path: Path, state: Mapping[str, Any], min_loss_of: Optional[str]) -> None:
+    """Refuse a checkpoint whose best loss is of another kind (validation vs training) than the
+    run's: the two are not comparable, and model_best would be chosen across them."""
+    theirs = state.get("min_loss_of")
+    if theirs is not None and min_loss_of is not None and theirs != min_loss_of:
+        flag = {"training": "with --no-val", "validation": "without --no-val"}
+        raise CheckpointError(
+            f"cannot resume from {path}: its model_best was chosen by {theirs} loss, this run chooses by "
+            f"{min_loss_of} loss, and the two are not comparable; resume {flag[theirs]}, as the run was started"
+        )
+
+
+def _warn_of_resumed_settings(path: Path, saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Name the optimizer settings of this command that the checkpoint's state overrides (those
+    of the trunk's group: the others' learning rates are multiples of its)."""
+    ours, theirs = optimizer.param_groups[0], saved["param_groups"][0]
+    differ = [
+        f"{key} {theirs[key]} (this command: {ours[key]})"
+        for key in RESUMED_SETTINGS
+        if key in ours and key in theirs and ours[key] != theirs[key]
+    ]
+    if differ:
+        log.warning(
+            "resuming from %s continues with its optimizer's settings: %s; to train with other settings, start "
+            "a new run",
+            path,
+            "; ".join(differ),
+        )
+
+
 def resume_run(
-    run_dir: Path, name: str, net: ImageRetrievalNet, optimizer: torch.optim.Optimizer
+    run_dir: Path,
+    name: str,
+    net: ImageRetrievalNet,
+    optimizer: torch.optim.Optimizer,
+    min_loss_of: Optional[str] = None,
 ) -> Optional[Tuple[int, float]]:
-    """Load ``run_dir/name`` (else ``name`` itself, a path), or the latest model_epochN there,
-    into ``net`` and ``optimizer``; returns (epochs done, best loss so far: the lower of the
-    checkpoint's and the run's ``model_best``), or None when the folder holds no checkpoint."""
+    """Load ``run_dir/name`` (else ``name`` itself, a path), or the latest model_epochN there
+    (else its model_best), into ``net`` and ``optimizer``; returns (epochs done, best loss so
+    far: the lower of the checkpoint's and the run's ``model_best``), or None when the folder
+    holds no checkpoint.
+    ``min_loss_of`` ("validation" or "training") is the kind of loss this run picks its best by:
+    a checkpoint that recorded another is refused."""
     path: Optional[Path] = next((p for p in (run_dir / name, Path(name)) if p.is_file()), None)
-    if path is None:
-        path = latest_checkpoint(run_dir)
+    if path is None:  # the latest model_epochN; else model_best (--save-freq above the epochs done)
+        path = latest_checkpoint(run_dir) or earlier_checkpoint(run_dir)
     path = from_main(path, current_world())  # one checkpoint for all ranks (a shared folder seen late)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")
@@ -72,6 +113,7 @@ def resume_run(
     state = load_checkpoint(path)
     _check_meta(path, state["meta"], net)
     _check_training_state(path, state, optimizer)
+    _check_best_loss_kind(path, state, min_loss_of)
     try:
         net.load_state_dict(state["state_dict"])
     except RuntimeError as err:
@@ -79,6 +121,7 @@ def resume_run(
             f"cannot resume from {path}: its weights do not fit this run's network "
             f"({str(err).splitlines()[0]}); resume with the flags the run was started with"
         ) from None
+    _warn_of_resumed_settings(path, state["optimizer"], optimizer)
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as err:
@@ -90,10 +133,10 @@ def resume_run(
     if "batchnorm_calibrated" in state["meta"]:
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))
-    return int(state["epoch"]), min(float(state["min_loss"]), _best_loss(run_dir, net))
+    return int(state["epoch"]), min(float(state["min_loss"]), _best_loss(run_dir, net, min_loss_of))
 
 
-def _best_loss(run_dir: Path, net: ImageRetrievalNet) -> float:
+def _best_loss(run_dir: Path, net: ImageRetrievalNet, min_loss_of: Optional[str]) -> float:
     """The loss of the run's ``model_best`` (inf without one, or one of another network): a
     resumed run replaces it only with a better one, also when it resumes from an epoch before
     it (a crash between the two writes, an earlier ``--resume model_epochN``)."""
@@ -103,4 +146,5 @@ def _best_loss(run_dir: Path, net: ImageRetrievalNet) -> float:
     state = load_checkpoint(best)
     if state["meta"].get("architecture") != net.meta["architecture"] or state.get("min_loss") is None:
         return float("inf")
+    _check_best_loss_kind(best, state, min_loss_of)
     return float(state["min_loss"])

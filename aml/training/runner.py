@@ -91,6 +91,8 @@ def run(config: TrainConfig) -> TrainResult:
         ['model_best.pth.tar', 'model_epoch1.pth.tar']
     """
     config.check()
+    for notice in config.loop.notices():
+        log.warning(">> %s", notice)
     requested = resolve_device(config.device, config.gpu_id)
     world = init_from_environment(requested, config.dist_timeout)
     problem = batch_split_problem(config.loop.batch_size, world)

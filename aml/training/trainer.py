@@ -358,17 +358,22 @@ class Trainer:
                 "nothing was saved for this epoch; lower --lr"
             )
         if self.world.is_main:
-            state = checkpoint_state(self.net, epoch + 1, self.min_loss, self.optimizer)
+            state = checkpoint_state(self.net, epoch + 1, self.min_loss, self.optimizer, self.min_loss_of)
             if is_best:
                 save_checkpoint(state, self.run_dir / "model_best.pth.tar")
             if (epoch + 1) % self.settings.save_freq == 0:
                 save_checkpoint(state, self.run_dir / f"model_epoch{epoch + 1}.pth.tar")
         barrier(self.world)
 
+    @property
+    def min_loss_of(self) -> str:
+        """The loss model_best is chosen by: validation's, or training's with ``--no-val``."""
+        return "validation" if self.settings.val else "training"
+
     def resume(self, name: str) -> bool:
         """Continue from ``run_dir/name``, or the latest model_epochN there (`resume_run`);
         False if none exists."""
-        found = resume_run(self.run_dir, name, self.net, self.optimizer)
+        found = resume_run(self.run_dir, name, self.net, self.optimizer, self.min_loss_of)
         if found is None:
             return False
         self.start_epoch, self.min_loss = found

@@ -109,6 +109,7 @@ def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(synth_root, tmp_pa
     from aml.utils.errors import ConfigError
 
     first = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
+    assert load_checkpoint(first.run_dir / "model_best.pth.tar")["min_loss_of"] == "training"
     before = {p.name: p.read_bytes() for p in first.run_dir.iterdir()}
     with pytest.raises(ConfigError, match=r"holds the checkpoints of an earlier run \(model_best.pth.tar\): continue "
                                           r"it with --resume latest, or start a new one elsewhere"):
@@ -293,3 +294,45 @@ def test_resume_keeps_a_better_model_best_and_finds_a_path_relative_to_the_worki
     monkeypatch.chdir(tmp_path)
     assert resume_run(run_dir, "other/model_epoch7.pth.tar", net, optimizer) == (7, 0.2)
     assert resume_run(run_dir, "latest", net, optimizer) == (2, 0.3)
+
+
+def test_resume_refuses_a_best_loss_of_the_other_kind_and_names_the_settings_it_overrides(tmp_path, caplog):
+    """Switching --no-val across a resume chose model_best by comparing a validation loss with a
+    training loss; and a resumed run took the checkpoint's lr, momentum and weight decay over the
+    command's, without a word. Without a model_epochN (--save-freq above the epochs done), the run
+    started over from random weights: model_best is resumed instead."""
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.training.optim import build_optimizer
+    from aml.training.resume import resume_run
+
+    net = build_network(SMALL, pretrained=False)
+    optimizer = build_optimizer(net, "sgd", 1e-3, 0.9, 1e-6)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_checkpoint(checkpoint_state(net, 4, 0.5, optimizer, "validation"), run_dir / "model_best.pth.tar")
+    with pytest.raises(CheckpointError, match=r"model_best.pth.tar: its model_best was chosen by validation loss, "
+                                              r"this run chooses by training loss.*resume without --no-val"):
+        resume_run(run_dir, "latest", net, optimizer, "training")
+    other = build_optimizer(net, "sgd", 5e-4, 0.8, 1e-6)
+    with caplog.at_level("WARNING", logger="aml.training.resume"):
+        assert resume_run(run_dir, "latest", net, other, "validation") == (4, 0.5)  # model_best: the only one
+    assert "continues with its optimizer's settings: initial_lr 0.001 (this command: 0.0005); momentum 0.9 (this " \
+           "command: 0.8); to train with other settings, start a new run" in caplog.text
+    assert other.param_groups[0]["momentum"] == 0.9
+    save_checkpoint(checkpoint_state(net, 5, 0.7, optimizer), run_dir / "model_epoch5.pth.tar")  # an older aml's
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="aml.training.resume"):
+        assert resume_run(run_dir, "latest", net, optimizer, "validation") == (5, 0.5)
+    assert not caplog.text
+
+
+def test_checkpoint_frequencies_above_the_epochs_are_named_before_training():
+    from aml.training import TrainSettings
+
+    assert TrainSettings(epochs=3, save_freq=3, val_freq=3).notices() == []
+    assert TrainSettings(epochs=3, val_freq=4, val=False).notices() == []
+    notices = TrainSettings(epochs=3, save_freq=5, val_freq=4).notices()
+    assert [notice.split(":")[0] for notice in notices] == ["--save-freq 5 is above --epochs 3",
+                                                            "--val-freq 4 is above --epochs 3"]
+    assert "no model_best is written" in notices[1]

@@ -67,7 +67,7 @@ class SkippedImages:
     Attributes:
         database: the database images (ranked last for every query).
         queries: the queries (left out of the means).
-        listing: the file that lists them.
+        listing: the file that lists them (None: its folder could not be written).
 
     Examples:
         >>> from pathlib import Path
@@ -79,7 +79,7 @@ class SkippedImages:
 
     database: Tuple[str, ...]
     queries: Tuple[str, ...]
-    listing: Path
+    listing: Optional[Path]
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ class DatasetResult:
             entry["skipped"] = {
                 "database": list(self.skipped.database),
                 "queries": list(self.skipped.queries),
-                "list": str(self.skipped.listing),
+                "list": None if self.skipped.listing is None else str(self.skipped.listing),
             }
         if self.report is not None:
             entry["report"] = str(self.report)
@@ -199,9 +199,10 @@ class DatasetResult:
             unread = f", {extra.skipped} unreadable ones skipped (list next to the shards)" if extra.skipped else ""
             lines.append(f">> {self.dataset}: {extra.count} distractors added{unread}; descriptors in {extra.store}")
         if skipped:
+            where = f"list in {skipped.listing}" if skipped.listing else "their list could not be written (see above)"
             lines.append(
                 f">> {self.dataset}: {len(skipped.database)} database images and {len(skipped.queries)} "
-                f"queries could not be read and were skipped; list in {skipped.listing}"
+                f"queries could not be read and were skipped; {where}"
             )
         if self.report is not None:
             lines.append(f">> {self.dataset}: ranking report in {self.report}")

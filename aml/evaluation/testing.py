@@ -41,7 +41,7 @@ from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
 from aml.evaluation.whitening_store import Whitening, learned_whitening
 from aml.networks.loading import LoadedNetwork
-from aml.utils.atomic import atomic_write
+from aml.utils.atomic import atomic_write, optional_write
 from aml.utils.distributed import current_world
 
 # TestSettings and check_reranking are defined with the plan and used from here too
@@ -138,13 +138,34 @@ def _store(plan: TestPlan, suffix: str) -> DescriptorStore:
     return encode_into_store(encoder.net, planned.images, planned.folder, planned.key, planned.extraction)
 
 
-def _write_skipped(test: PlannedSet, encoded: _Encoded) -> Path:
-    if not current_world().is_main:  # rank 0 writes it
+def _write_skipped(test: PlannedSet, encoded: _Encoded) -> Optional[Path]:
+    """The list of the skipped images, in ``test.listing`` (rank 0 writes it); None where that
+    folder cannot be written (a read-only data set folder, a full disk: a warning says so)."""
+    if not current_world().is_main:
         return test.listing
     lines = [f"database\t{test.images[i]}" for i in sorted(encoded.skipped_db)]
     lines += [f"query\t{test.queries[i]}" for i in sorted(encoded.skipped_queries)]
     text = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")  # names as on disk
-    return atomic_write(test.listing, lambda out: out.write(text))
+    with optional_write(f"the list of skipped images {test.listing}"):
+        return atomic_write(test.listing, lambda out: out.write(text))
+    _remove_stale_listing(test)
+    return None
+
+
+def _remove_stale_listing(test: PlannedSet) -> None:
+    """Delete an earlier test's list of skipped images where this test wrote none (it read
+    every image, or could not write its list): left beside new results, it would name images
+    that this test did not skip."""
+    if not current_world().is_main or not test.listing.is_file():
+        return
+    try:
+        test.listing.unlink()
+    except OSError as err:
+        log.warning(
+            ">> %s is an earlier test's list of skipped images, not this one's: it could not be removed (%s)",
+            test.listing,
+            err,
+        )
 
 
 def _query_aps(results: Metrics, kept: Sequence[int], nq: int) -> List[Optional[float]]:
@@ -257,6 +278,8 @@ def _search(
             tuple(test.queries[i] for i in encoded.skipped_queries),
             _write_skipped(test, encoded),
         )
+    else:
+        _remove_stale_listing(test)
     report = _report(plan, test, encoded, database, searches[0]) if plan.report_dir is not None else None
     return DatasetResult(name, tuple(searches), skipped, added, report)
 

@@ -356,8 +356,9 @@ def add_extraction_arguments(parser: Flags, training: bool = False) -> None:
         )
     if training:
         amp_help = (
-            "autocast of the training forward passes (bfloat16; the losses in fp32) and of extraction "
-            "(--amp-dtype); --no-amp: fp32 everywhere (default: extraction autocast on CUDA only, training in fp32)"
+            "bfloat16 autocast of the training forward passes (the losses in fp32); extraction (mining, the "
+            "teacher, tests) autocasts to --amp-dtype on CUDA only, with or without --amp; --no-amp: fp32 "
+            "everywhere (default: training in fp32)"
         )
     else:
         amp_help = "autocast of extraction to --amp-dtype; --no-amp: fp32 (default: on CUDA, off on the CPU)"

@@ -93,10 +93,16 @@ class TrainSettings(Changeable):
     autocast: bool = False  # bfloat16 autocast of the training (and validation) forward passes
 
     def notices(self) -> List[str]:
-        """What a run with these settings will not write, though it can train: the checkpoints
-        that ``--val-freq`` or ``--save-freq`` above ``--epochs`` leave out.
+        """The checkpoints these settings leave out, though they can train (logged before training).
+
+        A ``--save-freq`` above ``--epochs`` writes no ``model_epochN``; a ``--val-freq`` above
+        it, with validation, no ``model_best``.
+
+        Returns:
+            One sentence per checkpoint left out; empty when every one is written.
 
         Examples:
+            >>> from aml.training import TrainSettings
             >>> TrainSettings(epochs=3, save_freq=5).notices()[0].split(":")[0]
             '--save-freq 5 is above --epochs 3'
         """

@@ -85,8 +85,9 @@ def run(config: TrainConfig) -> TrainResult:
 
     Examples:
         >>> from aml.training import TrainConfig, run
-        >>> result = run(TrainConfig(directory="runs", training_dataset="synth-sfm", arch="resnet18",
-        ...                          image_size=96, query_size=64, pool_size=128, epochs=1))  # doctest: +SKIP
+        >>> config = TrainConfig.from_flags("runs", training_dataset="synth-sfm", arch="resnet18", image_size=96,
+        ...                                 query_size=64, pool_size=128, epochs=1)
+        >>> result = run(config)  # doctest: +SKIP
         >>> sorted(path.name for path in result.run_dir.glob("*.pth.tar"))  # doctest: +SKIP
         ['model_best.pth.tar', 'model_epoch1.pth.tar']
     """

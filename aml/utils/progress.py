@@ -2,7 +2,7 @@
 
 Every loop that shows progress goes through `progress_bar`. On a terminal it is tqdm's
 bar, redrawn in place. When stderr is not a terminal, redrawing in place would write every
-refresh into the log (thousands of carriage-return lines in ``make demo > log``), so a bar
+refresh into the log (thousands of carriage-return lines in ``make demo > log 2>&1``), so a bar
 writes a line when it starts, at most one every ``PLAIN_INTERVAL`` seconds, and one when it
 ends.
 """

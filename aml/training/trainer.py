@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Sized, Tuple, cast
+from typing import Callable, List, Mapping, Optional, Sequence, Sized, Tuple, cast
 
 import numpy as np
 import torch
@@ -90,6 +90,21 @@ def _check_finite(losses: List[float]) -> None:
     bad = [value for value in losses if not np.isfinite(value)]
     if bad:
         raise _NonFiniteLoss(bad[0])
+
+
+def non_finite_weights(state: Mapping[str, torch.Tensor]) -> List[str]:
+    """The names of the floating-point tensors of ``state`` that hold a NaN or an infinity.
+
+    One read by the host for all of them (two when one is bad): on CUDA each read waits for
+    the queued kernels, and a network has hundreds of tensors.
+    """
+    floats = {name: value for name, value in state.items() if value.is_floating_point()}
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(value).all() for value in floats.values()])
+    if bool(finite.all()):
+        return []
+    return [name for name, ok in zip(floats, finite.tolist()) if not ok]
 
 
 class Trainer:
@@ -347,11 +362,7 @@ class Trainer:
         (deterministically on the CPU) every epoch after it, so a best written by an epoch whose
         own checkpoint was lost is written again; on a GPU the retrained epoch may round
         differently, and the earlier best, a complete checkpoint, stays."""
-        bad = [
-            name
-            for name, value in self.net.state_dict().items()
-            if value.is_floating_point() and not torch.isfinite(value).all()
-        ]
+        bad = non_finite_weights(self.net.state_dict())
         if bad:
             raise TrainingDiverged(
                 f"training stopped: after epoch {epoch + 1} the weights {bad[:3]} are not finite; "

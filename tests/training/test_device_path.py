@@ -146,3 +146,18 @@ def test_tuple_images_travel_as_uint8_and_meet_the_network_as_the_transform_give
     floats = torch.stack([trainer.transform(load_and_resize(split.images[m], SIZE)) for m in students])
     inputs = from_pixels(lambda x: x, trainer.pixels)(torch.stack(item.images))  # what the network receives
     assert torch.equal(inputs, floats)
+
+
+def test_the_finiteness_check_before_a_checkpoint_reads_one_scalar_for_all_weights():
+    """save() read one boolean per weight tensor (hundreds per checkpoint, each a wait on CUDA)."""
+    from aml.training.trainer import non_finite_weights
+
+    state = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM).state_dict()
+    assert len(state) > 50
+    with ScalarReads() as reads:
+        assert non_finite_weights(state) == []
+    assert reads.count == 1
+    state["features.3.expand1x1.bias"][2] = float("nan")
+    state["pool.p"].fill_(float("-inf"))
+    assert non_finite_weights(state) == ["features.3.expand1x1.bias", "pool.p"]
+    assert non_finite_weights({"count": torch.tensor(3)}) == []

@@ -104,7 +104,7 @@ def non_finite_weights(state: Mapping[str, torch.Tensor]) -> List[str]:
     finite = torch.stack([torch.isfinite(value).all() for value in floats.values()])
     if bool(finite.all()):
         return []
-    return [name for name, ok in zip(floats, finite.tolist()) if not ok]
+    return [name for name, ok in zip(floats, finite.tolist(), strict=True) if not ok]
 
 
 class Trainer:

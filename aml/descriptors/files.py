@@ -268,7 +268,8 @@ def extract_dataset_features(
 ) -> Path:
     """Encode a data set (split) with a network and write its feature file.
 
-    The file is ``<data_root>/features/<name>.npy`` (`feature_file_name`) with the key
+    The file is ``<data_root>/features/<name>.npy`` (`feature_file_name` of the network's
+    ``feature_name``: a checkpoint's carries its weights' fingerprint) with the key
     in its settings. With ``shard_size`` the descriptors go to a resumable descriptor store,
     the folder ``<name>.store`` (float32 or float16), which ``--feat-path`` reads as well.
 
@@ -298,7 +299,7 @@ def extract_dataset_features(
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
     path = output or data_subdir(data_root, "features") / feature_file_name(
-        dataset, network.name, split if is_train_set else None, key.image_size
+        dataset, network.feature_name, split if is_train_set else None, key.image_size
     )
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network.name)
     if shard_size:

@@ -162,6 +162,12 @@ class LoadedNetwork:
         return self.spec.name
 
     @property
+    def feature_name(self) -> str:
+        """What names its feature files and stores: ``name``, with the weights' fingerprint
+        appended for a checkpoint (``model_best``, ``model_epochN`` repeat across runs)."""
+        return f"{self.name}-{self.fingerprint[:8]}" if self.path is not None else self.name
+
+    @property
     def path(self) -> Optional[Path]:
         """The checkpoint file it was read from, if any."""
         return self.spec.path if self.spec.source is Source.CHECKPOINT else None

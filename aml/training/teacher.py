@@ -36,13 +36,6 @@ class Teacher:
     def loaded(self) -> LoadedNetwork:
         return load_spec(self.spec, None, self.data_root)
 
-    @property
-    def feature_name(self) -> str:
-        """Name used in feature files; a checkpoint's (model_best, model_epochN repeat across
-        runs) gets its weights' hash appended."""
-        loaded = self.loaded
-        return f"{loaded.name}-{loaded.fingerprint[:8]}" if loaded.path is not None else loaded.name
-
 
 def teacher_split_features(
     teacher: Teacher,
@@ -64,7 +57,7 @@ def teacher_split_features(
     if feat_path:  # of the teacher's dimension, as far as it is known without loading it
         return torch.from_numpy(load_feature_file(Path(feat_path), len(images), teacher.spec.dimension()))
     path = data_subdir(teacher.data_root, "features") / feature_file_name(
-        dataset, teacher.feature_name, split, image_size
+        dataset, teacher.loaded.feature_name, split, image_size
     )
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)

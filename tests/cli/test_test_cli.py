@@ -235,10 +235,26 @@ def test_extract_features_writes_columns_in_db_order(checkpoint, synth_root):
                               "-j", "0", "--device", "cpu", "--data-root", str(synth_root)])
     train, val = (np.load(p) for p in paths)
     assert train.shape == (512, 16 * 8) and val.shape == (512, 4 * 8)
-    assert paths[0].name == "synth-sfm_resnet18-gem_imsize64.npy"
-    assert paths[1].name == "synth-sfm-val_resnet18-gem_imsize64.npy"
-    listing = paths[0].with_name("synth-sfm_resnet18-gem_imsize64_img_list.txt").read_text().splitlines()
+    fingerprint = re.fullmatch(r"synth-sfm_resnet18-gem-([0-9a-f]{8})_imsize64.npy", paths[0].name).group(1)
+    assert paths[1].name == f"synth-sfm-val_resnet18-gem-{fingerprint}_imsize64.npy"
+    listing = paths[0].with_name(paths[0].stem + "_img_list.txt").read_text().splitlines()
     assert len(listing) == 128 and np.linalg.norm(train, axis=0) == pytest.approx(np.ones(128), abs=1e-4)
+
+
+def test_two_runs_model_best_extract_to_two_files(synth_root, tmp_path):
+    """Files were named by the checkpoint's file stem: the second run's model_best replaced the
+    first's features, which --feat-path then read as the other teacher's."""
+    written = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = tmp_path / f"run{seed}" / "model_best.pth.tar"
+        path.parent.mkdir()
+        save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False), 1, 0.0), path)
+        written += extract_cli.main(["-npath", str(path), "-d", "synth-sfm", "--split", "val", "-imsize", "32",
+                                     "-j", "0", "--device", "cpu", "-q", "--data-root", str(tmp_path / "data")])
+    first, second = written
+    assert first != second and first.is_file() and second.is_file()
+    assert not np.array_equal(np.load(first), np.load(second))
 
 
 def test_a_full_disk_ends_extract_features_in_one_line(checkpoint, synth_root, tmp_path, full_disk):
@@ -298,7 +314,7 @@ def test_extract_features_store_equals_the_npy_and_feeds_feat_path(checkpoint, s
               "--data-root", str(synth_root)]
     files = extract_cli.main(common + ["--split", "val"])
     stores = extract_cli.main(common + ["--split", "val", "--shard-size", "7"])
-    assert stores[0].name == "synth-sfm-val_resnet18-gem_imsize64.store" and len(list(stores[0].glob("shard_*.npy"))) == 5
+    assert stores[0].name == files[0].with_suffix(".store").name and len(list(stores[0].glob("shard_*.npy"))) == 5
     np.testing.assert_allclose(load_feature_file(stores[0], 32), load_feature_file(files[0], 32), atol=1e-6)
     (stores[0] / "shard_00002.npy").unlink()  # as if the extraction had been interrupted
     with pytest.raises(ValueError, match="lacks 1 of 5 shards.*run the same command again"):

@@ -29,7 +29,7 @@ def test_the_split_is_encoded_once_and_read_back_under_its_key(teacher, synth_ro
     config = ExtractionConfig(workers=0)
     first = teacher_split_features(teacher, "synth-sfm", "val", images, 48, config=config)
     assert first.shape == (512, len(images)) and encoded == [len(images)]
-    path = synth_root / "features" / f"synth-sfm-val_{teacher.feature_name}_imsize48.npy"
+    path = synth_root / "features" / f"synth-sfm-val_{teacher.loaded.feature_name}_imsize48.npy"
     assert feature_file_key(path).fingerprint == teacher.loaded.fingerprint and feature_file_key(path).image_size == 48
     again = teacher_split_features(teacher, "synth-sfm", "val", images, 48, config=config)
     assert encoded == [len(images)] and torch.equal(first, again)  # read from the file, not encoded again

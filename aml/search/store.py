@@ -294,7 +294,8 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
 
 def _edited_since_encoded(store: DescriptorStore) -> Optional[str]:
     """An image modified (or gone) after the shard that holds it was written, or None: the
-    store's key lists the images by path only."""
+    store's key lists the images by path only. The inode's change time counts too: a copy
+    that keeps an older file's modification time (``cp -p``, ``rsync -t``) still sets it."""
     for k in range(store.shards):
         shard = store.shard_path(k)
         if not shard.is_file():
@@ -302,7 +303,8 @@ def _edited_since_encoded(store: DescriptorStore) -> Optional[str]:
         written = shard.stat().st_mtime_ns
         for i in store.shard_rows(k):
             try:
-                if Path(store.images[i]).stat().st_mtime_ns > written:
+                found = Path(store.images[i]).stat()
+                if max(found.st_mtime_ns, found.st_ctime_ns) > written:
                     return store.images[i]
             except OSError:
                 return store.images[i]

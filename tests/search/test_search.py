@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -525,9 +526,12 @@ def test_exact_search_puts_equal_scores_in_database_order(with_faiss, monkeypatc
         assert index.search(np.ascontiguousarray(query.T), 4)[1].tolist() == [[3, 7, 8, 11]]
 
 
-def test_an_interrupted_indexing_encodes_again_what_was_edited_since(random_teacher, synth_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("edit", ["touched", "replaced keeping its time"])
+def test_an_interrupted_indexing_encodes_again_what_was_edited_since(random_teacher, synth_root, tmp_path, monkeypatch,
+                                                                     edit):
     """Its shards were kept by the images' paths alone: an image edited before the indexing was
-    run again kept its old descriptor in the store."""
+    run again kept its old descriptor in the store; then by modification time alone, which
+    ``cp -p`` and ``rsync -t`` carry over from the older copy."""
     from aml.descriptors import store as descriptor_store
 
     monkeypatch.setattr(search_store, "SHARD_SIZE", 8)
@@ -551,7 +555,13 @@ def test_an_interrupted_indexing_encodes_again_what_was_edited_since(random_teac
         search_cli.main(["index", *flags])
     first = sorted(photos.glob("*.jpg"))[0]
     later = (tmp_path / "store").parent / ".store.indexing" / "shard_00000.npy"
-    os.utime(first, ns=(later.stat().st_mtime_ns + 10**9,) * 2)  # edited after its shard was written
+    if edit == "touched":
+        os.utime(first, ns=(later.stat().st_mtime_ns + 10**9,) * 2)  # edited after its shard was written
+    else:
+        time.sleep(0.05)  # past the file system's clock tick
+        old = first.stat().st_mtime_ns
+        shutil.copyfile(sorted(photos.glob("*.jpg"))[-1], first)  # another photo, with the old one's time (cp -p)
+        os.utime(first, ns=(old, old))
     interrupt, encoded[:] = False, []
     search_cli.main(["index", *flags])
     assert len(encoded) == 3  # every shard, not the 2 missing ones

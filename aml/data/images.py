@@ -9,6 +9,7 @@ import contextlib
 import math
 import os
 import stat
+from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -41,6 +42,42 @@ def errors_naming(path: PathLike) -> Iterator[None]:
 
 # No photograph of the benchmarks comes near this: a larger "image" is a device, a stream or
 # something else that is not one (a database image linked to /dev/zero was read whole).
+#: what counts as an image when a folder is listed (case-insensitive)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def image_files(folder: PathLike) -> List[Path]:
+    """The image files below ``folder`` (by extension), sorted; hidden files and folders
+    (``.thumbnails/``, ``._IMG.jpg``) and other files (``Thumbs.db``, a CSV) are left out.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from aml.data.images import image_files
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     for name in ("b.jpg", "a.PNG", "notes.txt", ".thumbnails/b.jpg"):
+        ...         (pathlib.Path(folder) / name).parent.mkdir(exist_ok=True)
+        ...         (pathlib.Path(folder) / name).touch()
+        ...     [path.name for path in image_files(folder)]
+        ['a.PNG', 'b.jpg']
+    """
+    return [path for path in visible_files(folder) if path.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def visible_files(folder: PathLike) -> List[Path]:
+    """The files below ``folder``, sorted, but hidden files and those in hidden folders
+    (``.thumbnails/``, ``.DS_Store``): `image_files` without the extension test, for sets whose
+    images have none (cirtorch's ``ims/`` layout)."""
+    folder = Path(folder)
+    return sorted(
+        (
+            path
+            for path in folder.rglob("*")
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        ),
+        key=str,
+    )
+
+
 MAX_IMAGE_BYTES = 256 << 20
 
 

@@ -20,30 +20,33 @@ queries that are in the database without being in their own lists (each would co
 right result as a wrong one).
 """
 
-import csv
-import io
 import json
 import logging
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypedDict
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypedDict, cast
 
 from PIL import Image
 
 from aml.utils.atomic import publish_folder, staged
-from aml.data.images import ImageLoadError, load_image
+from aml.data.images import ImageLoadError, image_files, load_image, visible_files
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import kind_of, save_pickle
+from aml.data.testsets import TEST_SETS
 from aml.utils.errors import DataError
-from aml.utils.text_files import TextFile, read_text_file
+from aml.utils.text_files import TextFile, csv_rows, read_text_file
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
 #: a query's lists of database images
 ListName = Literal["easy", "hard", "junk", "ok"]
 LISTS: Dict[str, Tuple[ListName, ...]] = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
+#: what a query of a description may hold (a JSON object's keys, a CSV's columns with ``query`` for ``image``)
+QUERY_KEYS = ("image", "box", "easy", "hard", "junk", "ok")
+DESCRIPTION_KEYS = ("queries", "database")
+CSV_COLUMNS = ("query", "box", "easy", "hard", "junk", "ok")
 
 
 class DescribedQuery(TypedDict, total=False):
@@ -95,7 +98,7 @@ def read_description(path: PathLike) -> Description:
 def _csv_queries(text: str, path: Path) -> List[DescribedQuery]:
     """The queries of a CSV description (columns query, box, easy, hard, junk or ok)."""
     queries: List[DescribedQuery] = []
-    for line, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+    for line, row in enumerate(csv_rows(text, path, TestSetError, CSV_COLUMNS), start=2):
         if not (row.get("query") or "").strip():
             raise TestSetError(f"{path}: line {line} has no query image; give one in its 'query' column")
         entry: DescribedQuery = {"image": row["query"].strip()}
@@ -146,6 +149,9 @@ def check_description(description: Any, source: str) -> None:
             f"{source}: expected an object whose 'queries' is a list of queries (and an optional "
             f"'database' list), found {found}"
         )
+    unknown = sorted(set(description) - set(DESCRIPTION_KEYS))
+    if unknown:
+        raise TestSetError(f"{source}: unknown field {unknown[0]!r}; a description holds {', '.join(DESCRIPTION_KEYS)}")
     if description.get("database") is not None and not _is_names(description["database"]):
         raise TestSetError(f"{source}: 'database' is {kind_of(description['database'])}, not a list of image names")
     for q, entry in enumerate(description["queries"]):
@@ -154,6 +160,11 @@ def check_description(description: Any, source: str) -> None:
             raise TestSetError(f"{where} is {kind_of(entry)}, not an object with 'image', 'box' and image lists")
         if not isinstance(entry.get("image"), str):
             raise TestSetError(f"{where}: 'image' is {kind_of(entry.get('image'))}, not an image name")
+        unknown = sorted(set(entry) - set(QUERY_KEYS))
+        if unknown:  # a misspelt 'box' or list would be left out without a word
+            raise TestSetError(
+                f"{where} ({entry['image']}): unknown field {unknown[0]!r}; a query holds {', '.join(QUERY_KEYS)}"
+            )
         for key in ("easy", "hard", "junk", "ok"):
             if key in entry and not _is_names(entry[key]):
                 raise TestSetError(
@@ -237,30 +248,68 @@ def _copy_as_jpeg(source: Path, target: Path) -> None:
 
 
 def _database_names(description: Description, images_dir: Path, query_names: List[str]) -> List[str]:
-    """The description's database, or else every file under ``images_dir`` but the queries."""
+    """The description's database, or else every image under ``images_dir`` but the queries
+    (by extension, hidden files and folders left out: `image_files`)."""
     listed = description.get("database")
     if listed is not None:
         return list(listed)
     taken = set(query_names)
-    return sorted(
-        str(p.relative_to(images_dir))
-        for p in images_dir.rglob("*")
-        if p.is_file() and str(p.relative_to(images_dir)) not in taken
-    )
+    found = image_files(images_dir)
+    others = sorted(set(visible_files(images_dir)) - set(found))
+    if others:
+        log.warning(
+            ">> %d files of %s are not images by their extension and are left out of the database, e.g. %s; "
+            "to keep them, give the database as a list (--database)",
+            len(others),
+            images_dir,
+            others[0].name,
+        )
+    names = (str(path.relative_to(images_dir)) for path in found)
+    return [name for name in names if name not in taken]
 
 
 def _check_names(database_names: List[str], query_names: List[str], source: str) -> None:
-    """Refuse two images whose names differ only by their extension, and a database image
-    listed twice."""
-    stems = [_stem(n) for n in dict.fromkeys(database_names + query_names)]
-    if len(set(stems)) != len(stems):
-        raise TestSetError(f"{source}: two images share a name once the extension is dropped; rename one")
+    """Refuse two images whose names differ only by their extension or by case (one file on
+    macOS and Windows), and a database image listed twice."""
+    seen: Dict[str, str] = {}
+    for name in dict.fromkeys(database_names + query_names):
+        other = seen.setdefault(_stem(name).casefold(), name)
+        if other != name:
+            raise TestSetError(
+                f"{source}: {other} and {name} share a name once the extension and case are dropped "
+                "(their copies in jpg/ would be one file); rename one"
+            )
     if len(set(database_names)) != len(database_names):
         twice = next(n for n in database_names if database_names.count(n) > 1)
         raise TestSetError(
             f"{source}: the database lists {twice} twice; list each image once (a copy that is not "
             "among a query's positives would count as a wrong result)"
         )
+
+
+def _relative_name(name: str, source: str) -> str:
+    """``name`` in one spelling (``./q.png`` is ``q.png``); refused when it leaves the folder."""
+    normal = os.path.normpath(name)
+    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        raise TestSetError(f"{source}: {name} is not inside --images; names are relative to --images")
+    return normal
+
+
+def _normalized(description: Description, source: str) -> Description:
+    """The description with every image name in one spelling (`_relative_name`)."""
+
+    def names(values: Sequence[str]) -> List[str]:
+        return [_relative_name(value, source) for value in values]
+
+    queries: List[DescribedQuery] = []
+    for entry in description["queries"]:
+        query = cast(DescribedQuery, {**entry, "image": _relative_name(entry["image"], source)})
+        for key in LISTS["revisited"] + LISTS["classic"]:
+            if key in entry:
+                query[key] = names(entry[key])
+        queries.append(query)
+    listed = description.get("database")
+    return {"queries": queries, "database": None if listed is None else names(listed)}
 
 
 def build_test_set(
@@ -277,7 +326,13 @@ def build_test_set(
         check_set_name(name)
     except ValueError as err:
         raise TestSetError(f"--name: {err}") from None
+    if name.lower() in TEST_SETS:
+        raise TestSetError(
+            f"--name {name}: test.py -d {name} means the registered set {TEST_SETS[name.lower()].name}, not "
+            "this one; choose another name"
+        )
     check_description(description, source)
+    description = _normalized(description, source)
     images_dir = Path(images_dir)
     queries = description["queries"]
     if not queries:

@@ -19,9 +19,7 @@ Written to ``<data_root>/train/<name>/``: ``ims/``, ``<name>.pkl`` ({'train': db
 and ``<name>-whiten.pkl`` (the train split's images and pairs, for ``-w <name>``).
 """
 
-import csv
 import hashlib
-import io
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -31,12 +29,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from aml.utils.atomic import publish_folder, staged
-from aml.data.images import ImageLoadError, load_image
+from aml.data.images import ImageLoadError, load_image, visible_files
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
+from aml.data.trainsets import TRAIN_SETS
 from aml.utils.errors import DataError
-from aml.utils.text_files import TextFile, read_text_file
+from aml.utils.text_files import TextFile, csv_rows, read_text_file
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
@@ -83,12 +82,13 @@ class TrainSetReport:
 
 
 def images_from_folders(root: PathLike) -> List[Tuple[Path, str]]:
-    """(image, landmark) for every file of ``root/<landmark>/``."""
+    """(image, landmark) for every file of ``root/<landmark>/`` but hidden ones (`visible_files`;
+    one that is not an image is reported as unreadable)."""
     root = Path(root)
-    landmarks = sorted(p for p in root.iterdir() if p.is_dir())
+    landmarks = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not landmarks:
         raise TrainSetError(f"{root} holds no landmark folders (expected {root}/<landmark>/<images>)")
-    return [(image, folder.name) for folder in landmarks for image in sorted(folder.rglob("*")) if image.is_file()]
+    return [(image, folder.name) for folder in landmarks for image in visible_files(folder)]
 
 
 def _find_image(images_dir: Path, image_id: str) -> Path:
@@ -106,7 +106,7 @@ def images_from_csv(path: PathLike, images_dir: PathLike) -> List[Tuple[Path, st
     """(image, landmark) from a CSV with columns image,landmark (any header naming them
     ``image``/``id`` and ``landmark``/``landmark_id``), or GLDv2's ``landmark_id,images``."""
     images_dir = Path(images_dir)
-    rows = list(csv.DictReader(io.StringIO(read_text_file(path, TRAIN_CSV_TEXT), newline="")))
+    rows = csv_rows(read_text_file(path, TRAIN_CSV_TEXT), path, TrainSetError)
     if not rows:
         raise TrainSetError(f"{path} has no rows")
     columns = set(rows[0])
@@ -121,8 +121,8 @@ def images_from_csv(path: PathLike, images_dir: PathLike) -> List[Tuple[Path, st
         if empty:
             raise TrainSetError(f"{path}: line {line} has no {' and no '.join(empty)}; give both on every line")
     if image_key == "images":  # GLDv2 train_clean.csv: the image ids of a landmark, separated by spaces
-        return [(_find_image(images_dir, i), row[landmark_key]) for row in rows for i in row["images"].split()]
-    return [(_find_image(images_dir, row[image_key].strip()), row[landmark_key]) for row in rows]
+        return [(_find_image(images_dir, i), row[landmark_key].strip()) for row in rows for i in row["images"].split()]
+    return [(_find_image(images_dir, row[image_key].strip()), row[landmark_key].strip()) for row in rows]
 
 
 def _readable_unique(items: Sequence[Tuple[Path, str]], report: TrainSetReport) -> Dict[str, List[Tuple[Path, str]]]:
@@ -181,8 +181,17 @@ def build_train_set(
         check_set_name(name)
     except ValueError as err:
         raise TrainSetError(f"--name: {err}") from None
+    if name.lower() in {key.lower() for key in TRAIN_SETS}:
+        raise TrainSetError(
+            f"--name {name}: main.py -d {name} means the registered set of that name, not this one; choose another name"
+        )
     report = TrainSetReport()
     by_landmark = _readable_unique(items, report)
+    if items and len(report.unreadable) == len(items):
+        raise TrainSetError(
+            f"none of the {len(items)} images could be read (missing or not images), e.g. {report.unreadable[0]}; "
+            "check the image folder (--images, --folders)"
+        )
     report.single_landmarks = sorted(k for k, v in by_landmark.items() if len(v) < 2)
     usable = sorted(k for k, v in by_landmark.items() if len(v) >= 2)
     if len(usable) < 2:

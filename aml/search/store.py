@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 import numpy as np
 
 from aml.data.download import file_sha256
+from aml.data.images import IMAGE_EXTENSIONS, image_files
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, feature_file_settings
 from aml.descriptors.store import (
     IMAGE_LIST,
@@ -69,7 +70,6 @@ LEGACY_LAYOUT_READ_UNTIL = "0.2.0"
 SHARD_SIZE = 65536  # images per shard (256 MB of 1024-d float32)
 #: what build_store records, and the query side reads
 STORE_SETTINGS = ("network", "source", "fingerprint", "image_size", "scales", "dim")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 #: what a store folder may hold: its own files (and what an atomic write leaves while it runs)
 STORE_FILES: Tuple[str, ...] = (MANIFEST, IMAGE_LIST, "skipped.txt", "shard_*.npy", "shard_*.json", SEARCH, WHITENING)
 STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")
@@ -85,8 +85,8 @@ def list_images(source: PathLike) -> List[str]:
     """Every image file under a folder (sorted), or the lines of a text file list.
 
     Args:
-        source: a folder (its images, by extension, at any depth) or a text file of image
-            paths, one a line.
+        source: a folder (its images, by extension, at any depth, hidden files and folders
+            left out: `aml.data.images.image_files`) or a text file of image paths, one a line.
 
     Returns:
         The image paths.
@@ -95,14 +95,14 @@ def list_images(source: PathLike) -> List[str]:
         >>> import pathlib, tempfile
         >>> from aml.search import list_images
         >>> with tempfile.TemporaryDirectory() as folder:
-        ...     for name in ("b.jpg", "a.PNG", "notes.txt"):
+        ...     for name in ("b.jpg", "a.PNG", "notes.txt", "._b.jpg"):
         ...         (pathlib.Path(folder) / name).touch()
         ...     [pathlib.Path(path).name for path in list_images(folder)]
         ['a.PNG', 'b.jpg']
     """
     source = Path(source)
     if source.is_dir():
-        return sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        return [str(path) for path in image_files(source)]
     if source.suffix.lower() in IMAGE_EXTENSIONS:
         raise StoreError(f"the image list {source} is an image, not a list of paths: {IMAGE_LIST_TEXT.fix}")
     text = read_text_file(source, IMAGE_LIST_TEXT)  # a pipe too (<(find ...))

@@ -170,9 +170,10 @@ def staging_folder(folder: Union[str, Path]) -> Path:
     umask), not the 0700 of a temporary one, so that a group sharing a data root can read it."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    ours = re.compile(rf"\.{re.escape(folder.name)}\.(\d+)\.[A-Za-z0-9_]+\.staging")  # not those of "<name>.<x>"
     for old in folder.parent.glob(f".{folder.name}.*.staging"):
-        pid = old.name[len(folder.name) + 2 :].split(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        match = ours.fullmatch(old.name)
+        if match and not _alive(int(match.group(1))):
             shutil.rmtree(old, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".staging", dir=folder.parent))
     staging.chmod(0o777 & ~_process_umask())

@@ -4,17 +4,21 @@ that ``/dev/zero``, a pipe that never ends or a huge file given by mistake is re
 line instead of hanging or filling the memory. A pipe (``<(find ...)``, a FIFO) is read until
 its writer closes it."""
 
+import contextlib
+import csv
 import errno
+import io
 import os
 import stat
 from dataclasses import dataclass
-from typing import Type
+from typing import Dict, Iterator, List, Optional, Sequence, Type
 
 from aml.utils.errors import AmlError, DataError
 from aml.utils.types import PathLike
 
 #: the largest text file read (an image list of 4 million paths of 64 characters)
 MAX_TEXT_BYTES = 256 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ def read_text_file(path: PathLike, kind: TextFile) -> str:
         raise kind.error(f"cannot read {kind.what} {path} ({err.strerror}): {kind.fix}") from None
     if b"\0" in data:
         raise kind.error(f"{kind.what} {path} is not text (it holds NUL bytes: a binary file): {kind.fix}")
+    data = data.removeprefix(UTF8_BOM)  # Excel's "CSV UTF-8" starts with one
     if kind.names:
         return data.decode(errors="surrogateescape")
     try:
@@ -108,3 +113,54 @@ def read_text_file(path: PathLike, kind: TextFile) -> str:
         raise kind.error(
             f"{kind.what} {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
         ) from None
+
+
+@contextlib.contextmanager
+def _any_field_size() -> Iterator[None]:
+    """csv's field size limit lifted for the block (GLDv2 lists a landmark's thousands of
+    image ids in one field; csv refuses fields of over 131,072 characters)."""
+    previous = csv.field_size_limit(MAX_TEXT_BYTES)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def csv_rows(
+    text: str, source: PathLike, error: Type[DataError], columns: Optional[Sequence[str]] = None
+) -> List[Dict[str, str]]:
+    """The rows of a CSV's text, by its header's names (spaces around them dropped).
+
+    Args:
+        text: the CSV (`read_text_file`).
+        source: its file, for the messages.
+        error: the error raised.
+        columns: the names a header may hold (None: any).
+
+    Returns:
+        One dict per row.
+
+    Raises:
+        DataError: (``error``) naming ``source``, for a header name outside ``columns`` or a
+            line the csv module cannot read.
+
+    Examples:
+        >>> from aml.utils.errors import DataError
+        >>> from aml.utils.text_files import csv_rows
+        >>> csv_rows("query, box\\nq.jpg, 1 2 3 4\\n", "queries.csv", DataError, ("query", "box"))
+        [{'query': 'q.jpg', 'box': ' 1 2 3 4'}]
+    """
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        with _any_field_size():
+            header = [name.strip() for name in reader.fieldnames or []]
+            unknown = [name for name in header if columns is not None and name not in columns]
+            if unknown:
+                raise error(
+                    f"{source}: unknown column {unknown[0]!r} (the header holds {', '.join(header)}); the columns "
+                    f"are {', '.join(columns or ())}"
+                )
+            reader.fieldnames = header
+            return list(reader)
+    except csv.Error as err:
+        raise error(f"{source}: line {reader.line_num} cannot be read as CSV ({err}); save it as plain CSV") from None

@@ -245,3 +245,65 @@ def test_a_csv_row_without_its_query_is_named(images, tmp_path):
     path.write_text("box,query,easy\n0 0 5 5\n")
     with pytest.raises(TestSetError, match=r"set.csv: line 2 has no query image"):
         read_description(path)
+
+
+def test_a_misspelt_field_or_column_is_refused_rather_than_left_out(images, tmp_path):
+    """'bbx' (the gnd's own key) or 'positives' in a JSON query, or a CSV header with spaces after
+    its commas: the box and the lists were dropped without a word (the whole image searched, no
+    positive counted)."""
+    import json
+
+    root = tmp_path / "root"
+    for query, field in (({"image": "q.jpg", "bbx": [1, 1, 5, 5], "easy": ["a.jpg"]}, "bbx"),
+                         ({"image": "q.jpg", "positives": ["a.jpg"]}, "positives")):
+        with pytest.raises(TestSetError, match=rf"query 0 \(q.jpg\): unknown field '{field}'; a query holds image, "
+                                               r"box, easy, hard, junk, ok"):
+            build_test_set({"queries": [query], "database": None}, images, "mine", root)
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "databse": ["a.jpg"]}))
+    with pytest.raises(TestSetError, match="unknown field 'databse'; a description holds queries, database"):
+        build_test_set(read_description(path), images, "mine", root)
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("query, box, easy, hard, junk\nq.jpg, 0 0 20 10, a.jpg, b.jpg,\n")
+    made = load_pickle(build_test_set(read_description(spaced), images, "spaced", root) / "gnd_spaced.pkl")
+    assert made["gnd"][0]["bbx"] == [0, 0, 20, 10] and made["gnd"][0]["easy"] == [0] and made["gnd"][0]["hard"] == [1]
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("\ufeffquery,bbox,easy\nq.jpg,0 0 20 10,a.jpg\n", encoding="utf-8")  # Excel's BOM too
+    with pytest.raises(TestSetError, match=r"wrong.csv: unknown column 'bbox' \(the header holds query, bbox, easy\)"):
+        read_description(wrong)
+    assert not (root / "test" / "mine").exists()
+
+
+def test_the_default_database_holds_images_only_and_names_are_spelt_one_way(images, tmp_path, caplog):
+    """Every file under --images was a database image: a thumbnail folder's copies became
+    distractors (a copy of a positive counted as a wrong result) and a Thumbs.db ended the build;
+    a query written ./q.jpg was found in the database as q.jpg."""
+    from PIL import Image
+
+    (images / ".thumbnails").mkdir()
+    Image.new("RGB", (8, 6)).save(images / ".thumbnails" / "a.jpg")
+    (images / "Thumbs.db").write_bytes(b"\0\1")
+    (images / "queries.csv").write_text("query\n")
+    with caplog.at_level("WARNING", logger="aml.data.make_testset"):
+        folder = build_test_set({"queries": [{"image": "./q.jpg", "easy": ["sub/../a.jpg"]}], "database": None},
+                                images, "mine", tmp_path)
+    assert "2 files of" in caplog.text and "are not images by their extension and are left out of the database, " \
+        "e.g. Thumbs.db; to keep them, give the database as a list (--database)" in caplog.text
+    made = load_pickle(folder / "gnd_mine.pkl")
+    assert made["imlist"] == ["a", "b", "c"] and made["qimlist"] == ["q"] and made["gnd"][0]["easy"] == [0]
+    with pytest.raises(TestSetError, match=r"\.\./imgs/a.jpg is not inside --images"):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["../imgs/a.jpg"]}], "database": ["../imgs/a.jpg"]},
+                       images, "out", tmp_path)
+    Image.new("RGB", (8, 6)).save(images / "A.png")
+    with pytest.raises(TestSetError, match=r"A.png and a.jpg share a name once the extension and case are dropped"):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "cased",
+                       tmp_path)
+
+
+@pytest.mark.parametrize("name", ["Roxford5k", "synth-oxford", "SYNTH-OXFORD"])
+def test_a_name_that_test_py_reads_as_a_registered_set_is_refused(images, tmp_path, name):
+    """test.py looks names up case-insensitively in its registry first: a set made as Roxford5k
+    was never the one tested (roxford5k was, downloaded if missing)."""
+    with pytest.raises(TestSetError, match=rf"--name {name}: test.py -d {name} means the registered set"):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, name, tmp_path)
+    assert not (tmp_path / "test").exists()

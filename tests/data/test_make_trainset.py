@@ -147,3 +147,35 @@ def test_a_csv_larger_than_any_is_refused(tmp_path, monkeypatch):
                                 "--data-root", str(tmp_path / "root")])
     assert str(info.value.code) == (f"error: the CSV {path} is larger than 1024 bytes or has no end (a device, a pipe "
                                     "that does not close): give a CSV with columns image,landmark (UTF-8)")
+
+
+def test_csv_spellings_and_hidden_files_keep_their_meaning(landmark_folders, tmp_path):
+    """A landmark id written ' 1' was another landmark than '1' (its images mined as negatives of
+    each other); Excel's BOM hid the first column; a photo manager's hidden thumbnails became
+    training images; a GLDv2 landmark of thousands of images ended in csv's field-size error."""
+    images = sorted((landmark_folders / "landmark003").glob("0*.jpg"))[:2]
+    path = tmp_path / "mine.csv"
+    path.write_text(f"\ufeffimage, landmark\n{images[0]},1\n{images[1]}, 1\n", encoding="utf-8")
+    assert images_from_csv(path, tmp_path) == [(images[0], "1"), (images[1], "1")]
+    folders = tmp_path / "folders"
+    for name in ("a", "b", ".thumbnails"):
+        (folders / name / ".cache").mkdir(parents=True)
+        for k, image in enumerate(images):
+            shutil.copyfile(image, folders / name / f"{k}.jpg")
+        shutil.copyfile(images[0], folders / name / ".cache" / "0.jpg")
+        (folders / name / "Thumbs.db").write_bytes(b"\0")
+    assert [(p.relative_to(folders).as_posix(), lm) for p, lm in images_from_folders(folders)] == [
+        ("a/0.jpg", "a"), ("a/1.jpg", "a"), ("a/Thumbs.db", "a"), ("b/0.jpg", "b"), ("b/1.jpg", "b"),
+        ("b/Thumbs.db", "b")]  # a file that is not an image: reported as unreadable
+    clean = tmp_path / "train_clean.csv"
+    clean.write_text("landmark_id,images\n7," + " ".join(f"{k:016x}" for k in range(8000)) + "\n")
+    with pytest.raises(TrainSetError, match=r"none of the 8000 images could be read .*e.g. .*0000000000000000; check "
+                                            r"the image folder \(--images, --folders\)"):
+        build_train_set(images_from_csv(clean, tmp_path / "nowhere"), "gld", tmp_path / "data")
+
+
+@pytest.mark.parametrize("name", ["Synth-SFM", "retrieval-sfm-120k"])
+def test_a_name_that_main_py_reads_as_a_registered_set_is_refused(landmark_folders, tmp_path, name):
+    with pytest.raises(TrainSetError, match=rf"--name {name}: main.py -d {name} means the registered set"):
+        build_train_set(images_from_folders(landmark_folders), name, tmp_path / "data")
+    assert not (tmp_path / "data").exists()

@@ -210,3 +210,14 @@ def test_a_lock_beside_a_folder_holds_while_the_folder_is_replaced(tmp_path):
         ".store.lock", "store"]
     with folder_lock(store, beside=True):  # free again
         pass
+
+
+def test_a_staging_folder_of_a_set_whose_name_extends_this_one_is_not_taken_for_a_dead_ones(tmp_path):
+    """The staging of set 'a.123' (.a.123.<pid>.<random>.staging) was read as set 'a''s of process
+    123 and deleted mid-build when no process 123 ran."""
+    other = tmp_path / ".a.123.456.xyz.staging"
+    other.mkdir()
+    dead = tmp_path / ".a.999999999.abc_1.staging"
+    dead.mkdir()
+    staging_folder(tmp_path / "a")
+    assert other.is_dir() and not dead.exists()

@@ -177,19 +177,46 @@ def _query_aps(results: Metrics, kept: Sequence[int], nq: int) -> List[Optional[
     return out
 
 
-def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, database: TestDatabase, plain: SearchResult) -> Path:
+@dataclass(frozen=True)
+class _Shown:
+    """The search a ranking report shows: the whitened one when the test whitens, else the
+    plain one (before any re-ranking), with the descriptors it ranked."""
+
+    database: TestDatabase
+    queries: np.ndarray
+    teacher_queries: Optional[np.ndarray]
+    result: SearchResult
+
+
+def _shown(
+    plan: TestPlan, test: PlannedSet, encoded: _Encoded, searches: Sequence[SearchResult], lw: Optional[Whitening]
+) -> _Shown:
+    database = TestDatabase(encoded.vecs, encoded.skipped_db, device=plan.device)
+    if lw is None:
+        return _Shown(database, encoded.qvecs, encoded.teacher_qvecs, searches[0])
+    tq = encoded.teacher_qvecs
+    return _Shown(
+        database.whitened(lw, test.name),
+        whitened(encoded.qvecs, lw, f"{test.name} query"),
+        None if tq is None else whitened(tq, lw, f"{test.name} teacher query"),
+        next(search for search in searches if search.whitened),
+    )
+
+
+def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown) -> Path:
     """The visual ranking report of one data set (with the teacher's own ranking when asymmetric)."""
     from aml.reports.ranking import Ranking, write_report
 
     student, teacher, kept = plan.student, plan.teacher, encoded.kept
     dataset, cfg, images, queries, bbxs = test.dataset, test.cfg, test.images, test.queries, test.bbxs
-    top = min(plan.report_top, encoded.vecs.shape[1])
-    student_aps = _query_aps(plain.metrics, kept, len(queries))
+    database = shown.database
+    top = min(plan.report_top, database.vecs.shape[1])
+    student_aps = _query_aps(shown.result.metrics, kept, len(queries))
     rows: List[List[Ranking]] = [[] for _ in queries]
-    ranks, _ = database.nearest(encoded.qvecs, top)
+    ranks, _ = database.nearest(shown.queries, top)
     for column, q in enumerate(kept):
         indices = ranks[:, column]
-        scores = encoded.vecs[:, indices].T @ encoded.qvecs[:, column]
+        scores = database.vecs[:, indices].T @ shown.queries[:, column]
         rows[q].append(
             Ranking(
                 student.name if teacher is None else f"student {student.name}",
@@ -198,7 +225,7 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, database: TestD
                 student_aps[q],
             )
         )
-    tq = encoded.teacher_qvecs
+    tq = shown.teacher_queries
     if teacher is not None and tq is not None:
         gnd = [cfg["gnd"][q] for q in kept]
         teacher_aps = _query_aps(
@@ -211,7 +238,7 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, database: TestD
                 Ranking(
                     f"teacher {teacher.name}",
                     indices.tolist(),
-                    (encoded.vecs[:, indices].T @ tq[:, column]).tolist(),
+                    (database.vecs[:, indices].T @ tq[:, column]).tolist(),
                     teacher_aps[q],
                 )
             )
@@ -220,8 +247,8 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, database: TestD
         if teacher is not None
         else f"symmetric: {student.name}"
     )
-    lines = DatasetResult(dataset, (plain,)).lines()
-    summary = "; ".join([how] + [line.split(": ", 1)[1] for line in lines])
+    lines = DatasetResult(dataset, (shown.result,)).lines()  # ">> roxford5k + whiten: mAP ...", its search named
+    summary = "; ".join([how] + [line.removeprefix(">> ") for line in lines])
     folder = Path(plan.report_dir or ".") / dataset
     if not current_world().is_main:  # rank 0 writes it
         return folder / "index.html"
@@ -280,7 +307,9 @@ def _search(
         )
     else:
         _remove_stale_listing(test)
-    report = _report(plan, test, encoded, database, searches[0]) if plan.report_dir is not None else None
+    report = None
+    if plan.report_dir is not None:  # refused with distractors: the test set's own database
+        report = _report(plan, test, encoded, _shown(plan, test, encoded, searches, lw))
     return DatasetResult(name, tuple(searches), skipped, added, report)
 
 

@@ -41,17 +41,22 @@ class HistoryEpoch(EpochRecord, total=False):
 
 def summarize_test(results: TestRecords) -> TestSummary:
     """{test kind: {dataset: {'medium': mAP, 'hard': mAP}}} (or {'map': mAP} for the classic
-    protocol) from the trainer's ``--test-freq`` results, without the per-query lists."""
+    protocol) from the trainer's ``--test-freq`` results, without the per-query lists: the plain
+    search under the data set's name, each other one (``--test-whiten``'s) under
+    ``'<dataset> + <its steps>'``."""
     summary: TestSummary = {}
     for kind, per_dataset in results.items():
         summary[kind] = {}
         for dataset, entry in per_dataset.items():
-            plain = entry["plain"]
-            summary[kind][dataset] = (
-                {"map": plain["map"]}
-                if "map" in plain
-                else {level: plain[level]["map"] for level in ("medium", "hard")}
-            )
+            for search, metrics in entry.items():
+                if not isinstance(metrics, dict) or not ({"map", "medium"} & set(metrics)):
+                    continue  # not a search: skipped images, distractors, a report
+                name = dataset if search == "plain" else f"{dataset} + {search}"
+                summary[kind][name] = (
+                    {"map": metrics["map"]}
+                    if "map" in metrics
+                    else {level: metrics[level]["map"] for level in ("medium", "hard")}
+                )
     return summary
 
 
@@ -151,8 +156,9 @@ class TrainingHistory:
             return
         text = json.dumps(self.records, indent=1, default=float)
         atomic_write(self.json_path, lambda out: out.write(text.encode()))
-        if not self.records:
+        if self.records and plot_history(self.records, self.png_path):
             return
-        if not plot_history(self.records, self.png_path) and not self._warned:
+        self.png_path.unlink(missing_ok=True)  # an earlier run's curves would stand beside this history
+        if self.records and not self._warned:
             log.warning(">> curves.png not drawn: matplotlib is not installed (pip install matplotlib)")
             self._warned = True

@@ -154,8 +154,12 @@ def write_report(
 ) -> Path:
     """Write ``folder/index.html``, ``folder/q<NNN>.png`` and ``folder/thumbs/``;
     ``rankings[q]`` lists the rankings of query q (the tested network's first). Queries
-    without rankings (skipped) are left out. Returns the HTML path."""
+    without rankings (skipped) are left out. Returns the HTML path.
+
+    An earlier report in ``folder`` is replaced: its page goes first (an interrupted rewrite
+    leaves no page that links a mix of the two), its images that this one does not write last."""
     folder = Path(folder)
+    (folder / "index.html").unlink(missing_ok=True)
     (folder / "thumbs").mkdir(parents=True, exist_ok=True)
     db_thumbs: Dict[int, Image.Image] = {}
     sections = []
@@ -199,6 +203,12 @@ def write_report(
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(dataset)}</h1><p>{html.escape(summary)}</p>"
         f"<p>{legend}</p>{''.join(sections)}</body></html>\n"
     )
+    written = {f"q{q:03d}.png" for q, found in enumerate(rankings) if found}
+    written |= {f"thumbs/query{q:03d}.jpg" for q, found in enumerate(rankings) if found}
+    written |= {f"thumbs/db{index:06d}.jpg" for index in db_thumbs}
+    for stale in [*folder.glob("q[0-9]*.png"), *folder.glob("thumbs/*.jpg")]:
+        if stale.relative_to(folder).as_posix() not in written:
+            stale.unlink()
     out = folder / "index.html"
     atomic_write(out, lambda handle: handle.write(page.encode("utf-8", "replace")))  # whole or not at all
     log.debug(">> %s: ranking report written to %s", dataset, out)

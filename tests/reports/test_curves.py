@@ -27,3 +27,24 @@ def test_a_history_is_kept_up_to_the_resumed_epoch(tmp_path, monkeypatch):
     history = curves.TrainingHistory(tmp_path)
     history.restart_at(2)
     assert [r["epoch"] for r in history.records] == [1, 2]
+
+
+def test_a_run_started_over_leaves_no_earlier_curves_and_whitened_tests_are_kept(tmp_path, monkeypatch):
+    """The earlier run's curves.png stayed beside the new history until an epoch ended (for good
+    if it crashed, or without matplotlib); --test-whiten's mAP was dropped from the history and
+    the plot, which showed the plain search's only."""
+    (tmp_path / "curves.png").write_bytes(b"an earlier run's")
+    history = curves.TrainingHistory(tmp_path)
+    history.restart_at(0)
+    assert not (tmp_path / "curves.png").exists()
+    levels = {"medium": {"map": 0.5, "aps": [0.5]}, "hard": {"map": 0.25, "aps": [0.25]}}
+    whitened = {"medium": {"map": 0.75, "aps": [0.75]}, "hard": {"map": 0.5, "aps": [0.5]}}
+    record = {"symmetric": {"synth-oxford": {"plain": levels, "whiten": whitened, "skipped": {"database": []}},
+                            "synth-paris": {"plain": {"map": 0.4, "aps": [0.4]}}}}
+    assert curves.summarize_test(record) == {"symmetric": {
+        "synth-oxford": {"medium": 0.5, "hard": 0.25}, "synth-oxford + whiten": {"medium": 0.75, "hard": 0.5},
+        "synth-paris": {"map": 0.4}}}
+    (tmp_path / "curves.png").write_bytes(b"an earlier run's")
+    monkeypatch.setattr(curves, "_matplotlib_figure", lambda: None)
+    history.add({"epoch": 1, "train_loss": 0.5, "val_loss": None, "lr": 1e-3, "test": record})
+    assert not (tmp_path / "curves.png").exists()  # not drawn: nothing of another run shown

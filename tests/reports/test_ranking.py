@@ -53,8 +53,12 @@ def report(synth_root, tmp_path_factory):
     teacher = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), folder / "t.pth")
     results = test_cli.main(["-npath", str(student), "-d", "synth-oxford", "-imsize", "64", "-j", "0", "--device",
                              "cpu", "-q", "--data-root", str(synth_root), "--asym", "--teacher", str(teacher),
-                             "--report", str(folder / "out"), "--report-top", "6"])
+                             "--report", str(folder / "out"), "--report-top", "6", "-w", "synth-sfm"])
+    REPORTED.update(results["synth-oxford"])
     return Path(results["synth-oxford"]["report"])
+
+
+REPORTED = {}  # the test's results of the report fixture's run
 
 
 def test_report_page_parses_and_every_file_opens(report):
@@ -88,9 +92,15 @@ def test_frames_match_the_ground_truth(report, synth_root):
 
 
 def test_report_shows_each_ranking_ap(report):
+    """With -w the report showed the plain search's rankings and numbers, unnamed, while the
+    command printed the whitened ones: it shows the whitened search and names it."""
     text = report.read_text()
     assert text.count("student s") == 30 and text.count("teacher t") == 30 and "AP " in text
-    assert "asymmetric: queries by s, database by t; mAP E: " in text  # the summary on top
+    assert "asymmetric: queries by s, database by t; synth-oxford + whiten: mAP E: " in text  # the summary on top
+    shown = [ap for ap in REPORTED["whiten"]["medium"]["aps"] if ap == ap]
+    plain = [ap for ap in REPORTED["plain"]["medium"]["aps"] if ap == ap]
+    assert shown != plain
+    assert all(f"AP {100 * ap:.1f}" in text for ap in shown)
 
 
 @pytest.mark.parametrize("stem", [os.fsdecode(b"caf\xe9"), "东京塔", "a\u0301b"], ids=["not-utf8", "cjk", "combining"])
@@ -128,3 +138,32 @@ def test_a_full_disk_leaves_no_cut_image_in_the_report(tmp_path, full_disk):
         write_report(tmp_path / "report", "mine", [{"easy": [0], "hard": [], "junk": []}], [str(path)], [str(path)],
                      [None], [[Ranking("aml", [0], [0.9], 1.0)]])
     assert not [p for p in (tmp_path / "report").rglob("*") if p.is_file()]
+
+
+def test_a_report_written_over_an_earlier_one_keeps_none_of_its_images(tmp_path, monkeypatch):
+    """A second report into the same folder kept the PNGs of queries it did not show (skipped
+    now) and, interrupted, left the earlier page linking a mix of the two runs' images."""
+    from aml.reports import ranking
+
+    names = []
+    for i in range(3):
+        path = tmp_path / "jpg" / f"{i}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (40, 30), (40 * i, 80, 120)).save(path)
+        names.append(str(path))
+    gnd = [{"easy": [1], "hard": [], "junk": []}, {"easy": [2], "hard": [], "junk": []}]
+    folder = tmp_path / "report"
+    write_report(folder, "mine", gnd, names, names[:2], [None, None],
+                 [[Ranking("aml", [1, 2], [0.9, 0.5], 1.0)], [Ranking("aml", [2, 0], [0.9, 0.5], 1.0)]])
+    assert (folder / "q001.png").is_file() and (folder / "thumbs" / "db000000.jpg").is_file()
+    write_report(folder, "mine", gnd, names, names[:2], [None, None], [[Ranking("aml", [1], [0.9], 1.0)], []])
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.*")) == [
+        "index.html", "q000.png", "thumbs/db000001.jpg", "thumbs/query000.jpg"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ranking, "query_png", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(folder, "mine", gnd, names, names[:2], [None, None], [[Ranking("aml", [2], [0.9], 1.0)], []])
+    assert not (folder / "index.html").exists()

@@ -137,12 +137,18 @@ def device_name(text: str) -> str:
 
 
 def output_file(text: str) -> str:
-    """A file that can be written (replaced if it exists): refuses a folder and a path under a
-    file, so that a command does not find out after its work."""
+    """A file that can be written (replaced if it exists): refuses a folder, a path under a
+    file and one in a folder this user cannot write to, so that a command does not find out
+    after its work."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (e.g. {Path(text) / 'results.json'})")
     _check_above(text, path)
+    above = _file_above(path)
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(
+            f"{text}: this user cannot write in {above} (read-only, or another user's); give a path you can write to"
+        )
     return text
 
 
@@ -187,8 +193,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_runtime_arguments(parser: Flags) -> None:
-    """--data-root and --device, which every command takes."""
+def add_runtime_arguments(parser: Flags, distributed: bool = True) -> None:
+    """--data-root, --device and --quiet, which every command takes, and --dist-timeout for the
+    commands that run under torchrun (``distributed``)."""
     parser.add_argument(
         "--data-root",
         default=None,
@@ -200,6 +207,8 @@ def add_runtime_arguments(parser: Flags) -> None:
         "--device", default="auto", type=device_name, help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N"
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (log lines stay)")
+    if not distributed:
+        return
     parser.add_argument(
         "--dist-timeout",
         default=DEFAULT_TIMEOUT_S,
@@ -208,6 +217,13 @@ def add_runtime_arguments(parser: Flags) -> None:
         help="under torchrun: how long a process waits for the others (at a gather or a gradient "
         f"reduction) before it stops with an error (default: {DEFAULT_TIMEOUT_S})",
     )
+
+
+def refuse_torchrun(parser: argparse.ArgumentParser) -> None:
+    """End a command that runs as one process when torchrun started several: each would do the
+    whole work and write the same files."""
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") > 1:
+        parser.error(f"{parser.prog} runs as one process; start it without torchrun")
 
 
 def add_image_size_arguments(parser: Flags) -> None:

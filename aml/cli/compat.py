@@ -11,6 +11,7 @@ from aml.cli.arguments import (
     Parser,
     add_extraction_arguments,
     add_runtime_arguments,
+    refuse_torchrun,
     add_test_set_arguments,
     add_worker_arguments,
     checked_test_sets,
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw the matrices as heatmaps into a PNG file (the whitened ones with --whitening; needs matplotlib)",
     )
     add_extraction_arguments(parser)
-    add_runtime_arguments(parser)
+    add_runtime_arguments(parser, distributed=False)
     return parser
 
 
@@ -111,10 +112,15 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
     """Run ``python -m aml.compat`` with ``argv``; returns the matrix."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    refuse_torchrun(parser)
     try:
         datasets = checked_test_sets(args)
         specs = network_specs(args.networks)
+        if not specs:
+            raise ConfigError(f"--networks {' '.join(args.networks)!r} names no network; give one or more")
         labels = network_labels(args.labels, specs)
+        if args.json and args.heatmap and Path(args.json).absolute() == Path(args.heatmap).absolute():
+            raise ConfigError(f"--json and --heatmap are both {args.json}: the heatmap would replace the JSON")
         if args.heatmap and importlib.util.find_spec("matplotlib") is None:
             raise ConfigError("--heatmap draws with matplotlib, which is not installed: pip install matplotlib")
     except ValueError as err:
@@ -146,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
             **matrix.record(),
             "seconds": round(seconds, 1),
             "settings": {**vars(args), "networks": [s.given for s in specs], "labels": labels, "device": str(device)},
-            "provenance": provenance(),
+            "provenance": provenance(None if argv is None else ["python", "-m", "aml.compat", *argv]),
         }
         text = json.dumps(record, indent=1, ensure_ascii=False)
         atomic_write(Path(args.json), lambda out: out.write(text.encode("utf-8", "backslashreplace")))

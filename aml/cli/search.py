@@ -10,6 +10,7 @@ from aml.cli.arguments import (
     Parser,
     add_reranking_arguments,
     add_runtime_arguments,
+    refuse_torchrun,
     folder,
     nonnegative_int,
     extraction_from,
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (index, query):
         sub.add_argument("--workers", "-j", type=nonnegative_int, default=4, help="image loading workers (default: 4)")
         sub.add_argument("--gpu-id", "-g", default="0", help="GPU id used with --device auto (default: 0)")
-        add_runtime_arguments(sub)
+        add_runtime_arguments(sub, distributed=False)
     return parser
 
 
@@ -192,6 +193,7 @@ def main(argv: Optional[List[str]] = None) -> Any:
     """``index``: returns the store folder; ``query``: the results."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    refuse_torchrun(parser)
     try:
         reranking_from(args)
     except ValueError as err:

@@ -142,7 +142,10 @@ def format_matrices(matrix: CompatibilityMatrix) -> str:
 
 
 def draw_matrix(matrix: CompatibilityMatrix, path: Path, search: str = "plain") -> bool:
-    """The heatmaps of one search: a row per test set, a column per level, each cell with its mAP and marks.
+    """The heatmaps of one search, each cell with its mAP and marks, into one PNG.
+
+    One heatmap per test set and level, in that order, as many in a row of the grid as a test
+    set has levels at most.
 
     Args:
         matrix: the matrix.

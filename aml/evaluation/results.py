@@ -49,15 +49,26 @@ class SearchResult:
         """The mAP of one difficulty level (the revisited protocol), or the classic mAP.
 
         Args:
-            level: ``"easy"``, ``"medium"`` or ``"hard"``; ignored for a classic test set.
+            level: ``"easy"``, ``"medium"`` or ``"hard"`` (the revisited protocol); ``"all"``
+                or any of those for a classic test set, which has one mAP.
 
         Returns:
             The mAP in [0, 1].
+
+        Raises:
+            ValueError: for another level (``"Hard"``), naming the levels.
         """
+        if level not in ("easy", "medium", "hard", "all"):
+            raise ValueError(f"level {level!r}: choose easy, medium or hard (all: a classic test set's one mAP)")
         metrics = self.metrics
-        levels = {"easy": metrics.get("easy"), "medium": metrics.get("medium"), "hard": metrics.get("hard")}
-        numbers = levels.get(level)
-        return float(metrics["map"] if numbers is None else numbers["map"])
+        if "map" in metrics:  # the classic protocol
+            return float(metrics["map"])
+        if level == "all":
+            raise ValueError("level 'all' is a classic test set's; this one has easy, medium and hard")
+        numbers = {"easy": metrics.get("easy"), "medium": metrics.get("medium"), "hard": metrics.get("hard")}[level]
+        if numbers is None:
+            raise ValueError(f"level {level!r}: these results hold no such level ({sorted(metrics)})")
+        return float(numbers["map"])
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import platform
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -58,21 +59,30 @@ def _accelerator() -> Dict[str, str]:
     }
 
 
-def _commit() -> Dict[str, str]:
-    """The git commit of aml's tree (``$AML_COMMIT`` where the tree travelled without .git)."""
+#: the folder that holds the ``aml`` package: a git checkout's top level when aml runs from one
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _git(arguments: Sequence[str], folder: Path) -> Optional[str]:
+    """What ``git <arguments>`` prints in ``folder``, or None."""
+    try:
+        found = subprocess.run(["git", *arguments], capture_output=True, text=True, timeout=10, cwd=folder)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() if found.returncode == 0 and found.stdout.strip() else None
+
+
+def _commit(source_root: Path = SOURCE_ROOT) -> Dict[str, str]:
+    """The git commit of aml's tree, ``-dirty`` when it holds uncommitted changes
+    (``$AML_COMMIT`` where the tree travelled without .git); nothing when aml is installed
+    inside another project's checkout (git would name that project's commit)."""
     if os.environ.get("AML_COMMIT"):
         return {"commit": os.environ["AML_COMMIT"]}
-    try:
-        found = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        )
-    except (OSError, subprocess.SubprocessError):
+    top = _git(["rev-parse", "--show-toplevel"], source_root)
+    if top is None or Path(top).resolve() != source_root.resolve():
         return {}
-    return {"commit": found.stdout.strip()} if found.returncode == 0 and found.stdout.strip() else {}
+    commit = _git(["describe", "--always", "--dirty", "--abbrev=7"], source_root)
+    return {"commit": commit} if commit else {}
 
 
 def _torchvision() -> str:

@@ -41,6 +41,7 @@ def test_the_matrix_is_printed_written_and_drawn_with_whitening(trained_teacher,
     assert record["settings"]["labels"] == ["teacher", "student"] and record["settings"]["whitening"] == "synth-sfm"
     assert record["networks"][0]["given"] == str(trained_teacher) and record["networks"][0]["mode"] == "std"
     assert "torch" in record["provenance"] and record["seconds"] > 0
+    assert record["provenance"]["command"].startswith(f"python -m aml.compat -n {trained_teacher},")  # not pytest's
     whitened = matrix.maps["synth-oxford", "whiten", "medium"]
     assert whitened[0, 0] > whitened[1, 1]  # the trained teacher, whitened, above a random network
     assert png.stat().st_size > 10_000
@@ -53,10 +54,34 @@ def test_the_matrix_is_printed_written_and_drawn_with_whitening(trained_teacher,
     (["-n", "a.pth.tar", "-d", "nosuchset"], "Unsupported or unknown dataset: nosuchset"),
     (["-n", "a.pth.tar", "-d", ","], "names no test set"),
     (["-n", "a.pth.tar", "-d", "synth-oxford,synth-oxford"], "names synth-oxford twice; give each test set once"),
+    (["-n", ","], "--networks ',' names no network; give one or more"),
+    (["-n", "a.pth.tar", "--json", "out.x", "--heatmap", "out.x"], "--json and --heatmap are both out.x: the heatmap "
+                                                                     "would replace the JSON"),
 ])
-def test_bad_flags_are_one_line_before_anything_is_loaded(flags, message, root, capsys):
+def test_bad_flags_are_one_line_before_anything_is_loaded(flags, message, root, capsys, monkeypatch, tmp_path):
+    """'-n ,' prepared (downloaded) the test sets before it was refused; '--json X --heatmap X'
+    replaced the JSON with the heatmap."""
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stopped:
         compat_cli.main(flags + ["--data-root", str(root)])
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1
+
+
+def test_under_torchrun_or_into_a_folder_it_cannot_write_it_stops_before_any_work(root, capsys, monkeypatch, tmp_path):
+    """Under torchrun every process computed the whole matrix; an output in a read-only folder
+    ended the command in a traceback after all the pairs were tested."""
+    import os
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        compat_cli.main(["-n", "a.pth.tar", "--data-root", str(root)])
+    assert "runs as one process; start it without torchrun" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(tmp_path / "ro") and real_access(path, mode))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(SystemExit):
+        compat_cli.main(["-n", "a.pth.tar", "--data-root", str(root), "--json", str(tmp_path / "ro" / "m.json")])
+    assert f"this user cannot write in {tmp_path / 'ro'}" in capsys.readouterr().err

@@ -96,3 +96,19 @@ def test_an_unknown_protocol_is_refused_listing_the_known_ones():
     ranks = np.array([[0], [1]])
     with pytest.raises(ValueError, match="unknown protocol 'revisted': the known ones are revisited, classic"):
         evaluate_ranks(ranks, [{"easy": [0], "hard": [], "junk": []}], "revisted")
+
+
+def test_a_level_that_is_not_one_is_named():
+    """map('Hard') fell through to the classic mAP's key (a KeyError on a revisited set) or, on a
+    classic set, gave its mAP for any string."""
+    from aml.evaluation import Reranking
+    from aml.evaluation.results import SearchResult
+
+    revisited = SearchResult(False, Reranking(), {"medium": {"map": 0.5}, "hard": {"map": 0.25}})
+    classic = SearchResult(False, Reranking(), {"map": 0.75})
+    assert revisited.map("hard") == 0.25 and classic.map("all") == 0.75 and classic.map() == 0.75
+    for search in (revisited, classic):
+        with pytest.raises(ValueError, match="level 'Hard': choose easy, medium or hard"):
+            search.map("Hard")
+    with pytest.raises(ValueError, match="level 'all' is a classic test set's"):
+        revisited.map("all")

@@ -25,3 +25,4 @@ def test_the_chart_is_drawn_with_wrapped_labels(tmp_path):
     path = tmp_path / "chart.png"
     assert bar_chart([chart_group("teacher efficientnet_lite2 (std)", "symmetric")], {"M": ([70.0], [0.0])}, path)
     assert path.stat().st_size > 1000
+

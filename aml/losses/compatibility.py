@@ -142,10 +142,11 @@ def contextual_similarity_losses(
     with torch.no_grad():
         teacher = F.normalize(teacher_queries, dim=1) @ context.t()
         nearest, index = teacher.topk(min(k, context.shape[0]), dim=1)
-        p_teacher = F.softmax(nearest / temp, dim=1)
+        # in log space: at a low temperature far neighbours' probabilities underflow to 0, and 0 * log(0) is NaN
+        log_p_teacher = F.log_softmax(nearest / temp, dim=1)
     student = (F.normalize(anchors, dim=1) @ context.t()).gather(1, index)
     log_p_student = F.log_softmax(student / temp, dim=1)
-    return torch.sum(p_teacher * (torch.log(p_teacher) - log_p_student), dim=1)
+    return torch.sum(log_p_teacher.exp() * (log_p_teacher - log_p_student), dim=1)
 
 
 class _ContextLoss(TupleLoss):

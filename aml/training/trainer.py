@@ -334,11 +334,13 @@ class Trainer:
             raise ValueError("validation needs the val split")
         loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
         self.net.eval()
+        # a relational loss is one value per batch: the original records it per tuple (/ nq, weight nq)
+        tuples = self.settings.batch_size if self.criterion.kind is LossKind.RELATIONAL else 1
         losses: List[float] = []
         for batch in progress_bar(
             loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.extraction.progress, leave=False
         ):
-            losses += self.batch_losses(batch, split, backward=False)
+            losses += [value / tuples for value in self.batch_losses(batch, split, backward=False)]
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value

@@ -156,3 +156,14 @@ def test_they_need_the_context_and_train_in_the_image_modes():
         replace(plain, queries=torch.tensor([0]))
     with pytest.raises(ValueError, match="queries must be B = 1 row indices"):
         replace(plain, queries=torch.tensor([0, 1]), context=CONTEXT)
+
+
+def test_the_contextual_similarity_loss_stays_finite_at_a_low_temperature():
+    """At temp 0.01 the far neighbours' teacher probabilities underflowed to 0 and 0 * log(0) made
+    the first batch's loss NaN: the run stopped as diverged, never trained."""
+    generator = torch.Generator().manual_seed(0)
+    context = torch.nn.functional.normalize(torch.randn(300, 16, generator=generator), dim=1)
+    anchors = torch.nn.functional.normalize(torch.randn(4, 16, generator=generator), dim=1)
+    for temp in (0.1, 0.01, 0.001):
+        losses = contextual_similarity_losses(anchors, context[:4], context, 256, temp)
+        assert torch.isfinite(losses).all() and (losses >= -1e-6).all()

@@ -161,3 +161,25 @@ def test_the_finiteness_check_before_a_checkpoint_reads_one_scalar_for_all_weigh
     state["pool.p"].fill_(float("-inf"))
     assert non_finite_weights(state) == ["features.3.expand1x1.bias", "pool.p"]
     assert non_finite_weights({"count": torch.tensor(3)}) == []
+
+
+def test_a_relational_validation_loss_is_per_tuple_as_the_originals(split, tmp_path, monkeypatch):
+    """The original records a relational batch's loss / nq with weight nq; aml logged the batch's
+    value, batch-size times larger (model_best unchanged, the logged val_loss not the original's)."""
+    torch.manual_seed(0)
+    net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM)
+    settings = TrainSettings(image_size=SIZE, neg_num=0, query_size=8, pool_size=16, batch_size=4, epochs=1,
+                             print_freq=100)
+    trainer = Trainer(net, build_loss("rkd"), build_optimizer(net, "adam", 1e-3, 0.9, 1e-6), MODES["rand"], split,
+                      split, tmp_path, settings, ExtractionConfig(workers=0, device="cpu"))
+    batches = []
+    real = Trainer.batch_losses
+
+    def recorded(self, *args, **kwargs):
+        batches.append(real(self, *args, **kwargs))
+        return batches[-1]
+
+    monkeypatch.setattr(Trainer, "batch_losses", recorded)
+    value = trainer.validate(0)
+    assert all(len(values) == 1 for values in batches) and len(batches) > 1
+    assert value == pytest.approx(sum(values[0] for values in batches) / len(batches) / 4)

@@ -1,7 +1,7 @@
 # One-command set-up, demo, tests and benchmark. Override PYTHON, VENV or DATA_ROOT if needed.
 PYTHON ?= python3
 VENV ?= .venv
-DATA_ROOT ?= data
+DATA_ROOT ?= $(or $(AML_DATA_ROOT),data)
 PY := $(VENV)/bin/python
 
 # pytest-xdist: 2 workers of one thread each keep 2 cores busier than one worker of two

@@ -27,14 +27,18 @@ from typing import Dict, List, Optional, Sequence, TypedDict
 import torch
 
 from aml.cli.arguments import Parser, folder, nonnegative_int, output_file_of, positive_int
-from aml.data.paths import resolve_data_root
+from aml.data.download import file_sha256
+from aml.data.paths import data_subdir, resolve_data_root
 from aml.data.synthetic import generate_all
+from aml.data.testsets import read_test_set
+from aml.data.trainsets import load_training_db
 from aml.demo.findings import findings_lines, paper_findings
 from aml.demo.tables import DATASETS, format_table, write_results
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings, evaluate
 from aml.networks import build_network, get_backbone
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from aml.networks.imagenet import find_weights
 from aml.networks.loading import load_named_or_file
 from aml.reports.provenance import provenance
 from aml.training import TrainConfig, run
@@ -121,8 +125,29 @@ def _train(
     if reuse:
         config = config.but(resume=f"model_epoch{epochs}.pth.tar")
     else:  # the demo's own run of these settings is trained again (main.py refuses to replace a run)
+        config = config.but(comment=_settings_comment(epochs, teacher))  # runs of other settings stay
         shutil.rmtree(Path(directory) / run_name(config), ignore_errors=True)
     return run(config).run_dir / f"model_epoch{epochs}.pth.tar"
+
+
+def data_sizes(root: Path) -> Dict[str, str]:
+    """The demo's data sets as they are on disk: training images per split, queries and
+    database images per test set."""
+    sizes = {
+        "synth-sfm": ", ".join(
+            f"{len(load_training_db('synth-sfm', split, root)['images'])} {split}" for split in ("train", "val")
+        )
+    }
+    for name in DATASETS:
+        cfg = read_test_set(name, data_subdir(root, "test"))
+        sizes[name] = f"{cfg['nq']} queries, {cfg['n']} database images"
+    return sizes
+
+
+def _settings_comment(epochs: int, teacher: Optional[Path]) -> str:
+    """What a student's run folder name lacks to be the demo's run of these settings alone: its
+    epochs and its teacher's weights (the teacher's file is model_epochN of any teacher run)."""
+    return f"_e{epochs}" + (f"_{file_sha256(teacher)[:8]}" if teacher is not None else "")
 
 
 def _test(network: Path, data_root: Path, budget: DemoBudget, teacher: Optional[Path] = None) -> Dict:
@@ -259,6 +284,8 @@ def run_demo(
     start = time.time()
     quiet = budget.quiet
     generate_all(root, progress=not quiet)
+    data = data_sizes(root)  # an earlier data root's sets are kept as they are, whatever their sizes: said
+    print(">> data: " + "; ".join(f"{name} {sizes}" for name, sizes in data.items()))
     seconds = {"data": time.time() - start}
     trunk = (
         ensure_synthetic_trunk(teacher_arch, str(root), pretraining, progress=not quiet)
@@ -266,8 +293,8 @@ def run_demo(
         else None
     )
     teacher = train_teacher(root, teacher_arch, budget, seeds[0], trunk)
-    teacher_row = {
-        "network": f"teacher {teacher_arch} (std)",
+    teacher_row = {  # a teacher from another trunk than the students' is named so (no finding compares them)
+        "network": f"teacher {teacher_arch} (std)" + (", synthetic trunk" if teacher_trunk == "synthetic" else ""),
         "test": "symmetric",
         "results": [_test(teacher, root, budget)],
     }
@@ -276,11 +303,15 @@ def run_demo(
     rows = _rows_over_seeds(teacher_row, per_seed)
     _print_tables(rows, teacher_row, per_seed, seeds)
     notes = [f"one teacher (seed {seeds[0]}); the spread is over the students' seeds"] * (len(seeds) > 1)
+    notes += ["the teacher starts from a synthetic trunk, the students from ImageNet: no finding compares them"] * (
+        teacher_trunk == "synthetic"
+    )
     notes += findings_lines(paper_findings(rows, student_arch, teacher_arch))
     print("".join(f"\n{line}" for line in notes))
     seconds["students"] = time.time() - start - seconds["data"] - seconds["teacher"]
     seconds["total"] = time.time() - start
     settings = {
+        "data": data,
         "student_arch": student_arch,
         "teacher_arch": teacher_arch,
         "teacher_trunk": teacher_trunk,
@@ -401,6 +432,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
             get_backbone(arch)
         except ValueError as err:
             parser.error(f"{flag}: {err}")
+    starting = [args.student_arch] + [args.teacher_arch] * (args.teacher_trunk == "imagenet")
+    for arch in starting:  # found (or downloaded) now: a missing file ended the demo after the data and the teacher
+        find_weights(arch, resolve_data_root(args.data_root))
     logging.getLogger("aml").setLevel(logging.WARNING)
     budget = DemoBudget(
         args.image_size,

@@ -29,7 +29,15 @@ def test_demo_runs_end_to_end_from_imagenet_and_reuses_its_teacher(synth_root, c
     assert torch.equal(imagenet["features.0.0.0.weight"], v1["features.0.0.weight"])  # the original's V1 file
     assert not list((synth_root / "networks").glob("aml-synthetic-pretrained-*"))  # no stand-in needed
     teacher = next(runs.glob("synth-sfm_efficientnet_lite2_*/model_epoch1.pth.tar"))
+    from aml.data.download import file_sha256
+
+    # the student's folder names its epochs and its teacher's weights: runs of other settings are not deleted
+    assert next(runs.glob(f"synth-sfm_mobilenet_v2_*_reg_*_e1_{file_sha256(teacher)[:8]}/model_epoch1.pth.tar"))
     first = capsys.readouterr().out
+    from aml.data.testsets import read_test_set
+
+    cfg = read_test_set("synth-oxford", synth_root / "test")
+    assert ">> data: synth-sfm " in first and f"synth-oxford {cfg['nq']} queries, {cfg['n']} database images" in first
     assert "synth-oxford M" in first and "student mobilenet_v2 (reg)" in first
     assert format_table(rows).count("\n") == len(rows) + 1
     assert format_table(rows) in first
@@ -111,3 +119,22 @@ def test_a_timm_teacher_trains_from_its_weights_found_offline(synth_root, tmp_pa
     assert state["meta"]["mean"] == [0.5, 0.5, 0.5] and state["meta"]["outputdim"] == 64
     assert state["state_dict"]["features.0.body.pos_embed"].shape == released["pos_embed"].shape
     assert 0 < _test(teacher, synth_root, TINY)["synth-oxford"]["plain"]["medium"]["map"] < 1
+
+
+def test_a_starting_network_without_its_weights_ends_the_demo_before_any_work(tmp_path, monkeypatch):
+    """A --student-arch whose ImageNet file was not here ended the demo after the data were made
+    and the teacher trained."""
+    from aml.demo import pipeline
+    from aml.networks.imagenet import WeightsError
+
+    asked = []
+
+    def missing(arch, data_root=None, download=True):
+        asked.append(arch)
+        raise WeightsError(f"no ImageNet weights of {arch}")
+
+    monkeypatch.setattr(pipeline, "find_weights", missing)
+    monkeypatch.setattr(pipeline, "run_demo", lambda *args, **kwargs: pytest.fail("the demo started"))
+    with pytest.raises(WeightsError, match="no ImageNet weights of resnet50"):
+        main(["--data-root", str(tmp_path / "root"), "--student-arch", "resnet50"])
+    assert asked == ["resnet50"] and not (tmp_path / "root").exists()

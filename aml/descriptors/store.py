@@ -372,15 +372,18 @@ class DescriptorStore:
         return [k for k in range(self.shards) if not self.shard_path(k).is_file()]
 
     def write_shard(self, k: int, vecs: np.ndarray, skipped: Sequence[int] = ()) -> Path:
-        """Store shard ``k`` (D x n_k or n_k x D descriptors of its images, ``skipped``: their
-        indices in the whole list); its skipped list goes first, the array last. A shard on
-        disk is never replaced: when another process wrote it first, its file stays."""
+        """Store shard ``k`` (D x n_k descriptors of its images, a column each, as
+        `describe_images` gives them; ``skipped``: their indices in the whole list), as n_k x D
+        rows; its skipped list goes first, the array last. A shard on disk is never replaced:
+        when another process wrote it first, its file stays."""
         rows = self.shard_rows(k)
         array = np.asarray(vecs)
-        if array.shape == (self.dim, len(rows)) and array.shape != (len(rows), self.dim):
-            array = array.T
-        if array.shape != (len(rows), self.dim):
-            raise ValueError(f"shard {k} of {self.folder} needs {len(rows)} x {self.dim} descriptors, got {vecs.shape}")
+        if array.shape != (self.dim, len(rows)):  # one layout: with n_k == D a guess would store it transposed
+            raise ValueError(
+                f"shard {k} of {self.folder} needs {self.dim} x {len(rows)} descriptors (a column per image), "
+                f"got {array.shape}"
+            )
+        array = array.T
         _write_json(self._skip_path(k), {"skipped": [int(i) for i in skipped]})
         array = np.ascontiguousarray(array, dtype=DTYPES[self.key.dtype])
         return atomic_write(self.shard_path(k), lambda out: np.save(out, array), replace=False)

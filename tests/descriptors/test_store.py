@@ -200,7 +200,7 @@ def test_shard_hashes_are_recorded_under_the_stores_lock(tmp_path):
 
     store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
     for k in range(store.shards):
-        store.write_shard(k, descriptors(IMAGES[k * 4 : k * 4 + 4]).T)
+        store.write_shard(k, descriptors(IMAGES[k * 4 : k * 4 + 4]))
     with folder_lock(tmp_path):  # another process updating the manifest
         recording = threading.Thread(target=store.record_hashes)
         recording.start()
@@ -275,3 +275,16 @@ def test_image_names_that_are_not_utf8_are_kept(tmp_path):
     images = IMAGES[:-1] + [b"img009\xff.jpg".decode(errors="surrogateescape")]  # as os.listdir gives such a name
     DescriptorStore.create(tmp_path, images, KEY, 3).fill(Encoder())
     assert open_store(tmp_path).images == images
+
+
+def test_a_shard_of_as_many_images_as_dimensions_is_not_stored_transposed(tmp_path):
+    """write_shard took D x n or n x D by shape: a shard of exactly D images (512 photos for a
+    512-d teacher, --shard-size 2048 with a 2048-d network) was stored transposed, silently."""
+    key = StoreKey(KEY.descriptors, KEY.network, "float32", 3)
+    images = IMAGES[:6]
+    store = DescriptorStore.create(tmp_path, images, key, 3)
+    columns = np.arange(18, dtype=np.float32).reshape(3, 6)  # image i's descriptor: column i
+    assert store.fill(lambda block, skipped: columns[:, [images.index(i) for i in block]]) == 2
+    np.testing.assert_array_equal(store.load(), columns)
+    with pytest.raises(ValueError, match=r"needs 3 x 3 descriptors \(a column per image\), got \(3, 4\)"):
+        store.write_shard(0, np.zeros((3, 4)))

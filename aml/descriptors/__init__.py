@@ -21,6 +21,7 @@ from aml.descriptors.files import (
     feature_file_name,
     feature_file_settings,
     load_feature_file,
+    reusable_feature_file,
     write_feature_file,
 )
 from aml.networks.fingerprint import network_fingerprint
@@ -46,5 +47,6 @@ __all__ = [
     "image_list_key",
     "load_feature_file",
     "network_fingerprint",
+    "reusable_feature_file",
     "write_feature_file",
 ]

@@ -14,7 +14,7 @@ from aml.data.paths import DataRootLike, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
-from aml.descriptors.key import DescriptorKey
+from aml.descriptors.key import DescriptorKey, images_digest
 from aml.descriptors.store import StoreKey, encode_into_store, open_store
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
@@ -83,7 +83,13 @@ def write_feature_file(
     _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
     listing = _listing(images)
     atomic_write(_listing_path(path), lambda out: out.write(listing))
-    record = dict(settings or {}, columns=int(vecs.shape[1]), npy_bytes=path.stat().st_size, images_sha1=_sha1(listing))
+    record = dict(
+        settings or {},
+        columns=int(vecs.shape[1]),
+        npy_bytes=path.stat().st_size,
+        images_sha1=_sha1(listing),
+        images_key=images_digest(images),  # their sizes and times: a set made again under the same names differs
+    )
     atomic_write(sidecar, lambda out: out.write(json.dumps(record, sort_keys=True).encode()))
     return path
 
@@ -346,3 +352,27 @@ def feature_file_key(path: Path) -> Optional[DescriptorKey]:
         return DescriptorKey.from_record(settings, str(path)) if settings is not None else None
     except DataError:  # edited or damaged settings: no key, so the file is written again
         return None
+
+
+def reusable_feature_file(path: Path, key: DescriptorKey, images: Sequence[str]) -> Optional[np.ndarray]:
+    """The descriptors of ``path`` when it holds ``images`` encoded as ``key`` says, else None.
+
+    Its key must be ``key``, and the images (their paths, sizes and times) those it was made
+    from: a training set generated again under the same names (``--overwrite``), or edited,
+    is encoded again. Files written before aml recorded the images pass on the key alone.
+
+    Args:
+        path: the feature file (``.npy``).
+        key: how the descriptors must have been made.
+        images: the images they must describe, in column order.
+
+    Returns:
+        The D x N descriptors, or None.
+    """
+    if not path.is_file() or feature_file_key(path) != key:
+        return None
+    recorded = (feature_file_settings(path) or {}).get("images_key")
+    if recorded is not None and recorded != images_digest(images):
+        log.info(">> %s describes other images (changed since): encoding them again", path)
+        return None
+    return load_feature_file(path, len(images))

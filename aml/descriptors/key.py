@@ -48,6 +48,17 @@ def image_list_key(images: Sequence[str]) -> List[Any]:
     return key
 
 
+def images_digest(images: Sequence[str]) -> str:
+    """16 hex digits of `image_list_key`: what a feature file records of the images it describes.
+
+    Examples:
+        >>> from aml.descriptors.key import images_digest
+        >>> images_digest(["no/such/image.jpg"]) == images_digest(["no/such/image.jpg"])
+        True
+    """
+    return hashlib.sha1(json.dumps(image_list_key(images)).encode()).hexdigest()[:16]
+
+
 class KeyRecord(TypedDict):
     """A `DescriptorKey` as JSON fields (feature-file settings and store manifests hold them)."""
 

@@ -17,6 +17,7 @@ from aml.descriptors import (
     feature_file_key,
     feature_file_name,
     load_feature_file,
+    reusable_feature_file,
     write_feature_file,
 )
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
@@ -35,6 +36,15 @@ class Teacher:
     @functools.cached_property
     def loaded(self) -> LoadedNetwork:
         return load_spec(self.spec, None, self.data_root)
+
+
+def _cache_path(path: Path, key: DescriptorKey) -> Path:
+    """``path``, unless it holds descriptors of other settings (``extract_features.py -ms ...``
+    or ``--no-amp`` write the same name): those stay, and this key's file goes beside them."""
+    found = feature_file_key(path) if path.is_file() else None
+    if found is None or found == key:
+        return path
+    return path.with_name(f"{path.stem}_{key.digest([])[:8]}{path.suffix}")
 
 
 def teacher_split_features(
@@ -56,12 +66,13 @@ def teacher_split_features(
     """
     if feat_path:  # of the teacher's dimension, as far as it is known without loading it
         return torch.from_numpy(load_feature_file(Path(feat_path), len(images), teacher.spec.dimension()))
-    path = data_subdir(teacher.data_root, "features") / feature_file_name(
-        dataset, teacher.loaded.feature_name, split, image_size
-    )
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
-    cached = load_feature_file(path, len(images)) if path.is_file() and feature_file_key(path) == wanted else None
+    path = _cache_path(
+        data_subdir(teacher.data_root, "features") / feature_file_name(dataset, loaded.feature_name, split, image_size),
+        wanted,
+    )
+    cached = reusable_feature_file(path, wanted, images)
     if config.collective and not all_ranks(cached is not None, current_world()):
         cached = None  # a rank without the file (another machine's data root): all encode, collectively
     if cached is not None:

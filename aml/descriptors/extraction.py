@@ -556,8 +556,10 @@ def extract_vectors(
         net: the network (a `aml.networks.ImageRetrievalNet`).
         images: the image files.
         image_size: the longer side images are shrunk to (never enlarged); None: full size.
-        transform: what turns a PIL-decoded image into a normalised tensor (the device path
-            normalises with ``net.meta``'s mean/std instead).
+        transform: what turns a PIL-decoded image into a normalised tensor. The ``workers``
+            and ``device`` decodings (CUDA's default) normalise with ``net.meta``'s mean/std
+            instead, so another transform (not ToTensor then Normalize with those) is applied
+            by the ``pil`` decoding: ``decode="auto"`` picks it, another decoding is refused.
         bbxs: per image, a crop box (x1, y1, x2, y2) or None: the queries' regions.
         ms: the scales.
         msp: the power used to average the scales.
@@ -587,6 +589,7 @@ def extract_vectors(
     mine = shard_range(len(images), world)
     fold = _fold(config.fold_batchnorm, len(mine), image_size, config.compile)
     resolved = config.but(device=config.device_for(net), progress=config.progress and world.is_main)
+    resolved = _honouring(transform, getattr(net, "meta", {}), resolved)
     plan = _Plan(resolved, ms, msp, fold)
     local_skipped: Optional[List[int]] = [] if config.skip_bad else None
     with left_as_it_was(net):  # the caller's network keeps its device, memory format and mode
@@ -600,6 +603,38 @@ def extract_vectors(
         if skipped is not None:
             skipped.extend(found)
     return vecs
+
+
+def _normalises_as(transform: Callable, meta: Dict[str, Any]) -> bool:
+    """Whether ``transform`` is ToTensor then Normalize with ``meta``'s mean and std: what the
+    workers and device decodings do on the device."""
+    from torchvision import transforms
+
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(transform, transforms.Compose) or steps is None or len(steps) != 2:
+        return False
+    to_tensor, normalize = steps
+    return (
+        isinstance(to_tensor, transforms.ToTensor)
+        and isinstance(normalize, transforms.Normalize)
+        and [float(v) for v in normalize.mean] == [float(v) for v in meta.get("mean", ())]
+        and [float(v) for v in normalize.std] == [float(v) for v in meta.get("std", ())]
+    )
+
+
+def _honouring(transform: Callable, meta: Dict[str, Any], config: ExtractionConfig) -> ExtractionConfig:
+    """``config``, with the ``pil`` decoding where its own would not apply ``transform`` (a
+    cirtorch caller's transform on CUDA was replaced by the network's mean/std, silently)."""
+    device = torch.device(config.device) if config.device is not None else torch.device("cpu")
+    if resolve_decoding(config.decode, device).name == "pil" or _normalises_as(transform, meta):
+        return config
+    if config.decode != "auto":
+        raise ConfigError(
+            f"decode={config.decode!r} normalises with the network's mean and std, and this transform does "
+            "something else; extract with decode='pil', which applies the transform"
+        )
+    log.info(">> the transform is not the network's mean/std normalisation: decoding with PIL, which applies it")
+    return config.but(decode="pil")
 
 
 class NonFiniteDescriptors(DataError):

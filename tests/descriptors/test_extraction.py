@@ -537,3 +537,23 @@ def test_auto_decoding_is_the_table_of_the_device_type():
     assert resolve_decoding("device", torch.device("cpu")).key == "device-lanczos"
     with pytest.raises(ValueError, match="choose one of auto, pil, device, workers"):
         resolve_decoding("nvjpeg", torch.device("cuda"))
+
+
+def test_a_callers_own_transform_is_applied_on_every_decoding_path(images, net, monkeypatch):
+    """cirtorch's extract_vectors(net, images, size, transform): on CUDA (decode 'workers' by
+    default) the caller's transform was replaced by the network's mean/std, silently."""
+    from torchvision import transforms
+
+    from aml.descriptors import extraction
+
+    own = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5] * 3, std=[0.25] * 3)])
+    pil = extract_vectors(net, images[:3], 48, own, config=ExtractionConfig(workers=0, decode="pil"))
+    monkeypatch.setitem(extraction.AUTO_DECODING, "cpu", "workers")  # as CUDA's default
+    assert torch.equal(extract_vectors(net, images[:3], 48, own, config=ExtractionConfig(workers=0)), pil)
+    with pytest.raises(ConfigError, match="decode='workers' normalises with the network's mean and std, and this "
+                                          "transform does something else"):
+        extract_vectors(net, images[:3], 48, own, config=ExtractionConfig(workers=0, decode="workers"))
+    theirs = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=net.meta["mean"],
+                                                                             std=net.meta["std"])])
+    standard = extract_vectors(net, images[:3], 48, theirs, config=ExtractionConfig(workers=0, decode="workers"))
+    assert not torch.allclose(standard, pil)  # the network's own normalisation: the device path, as before

@@ -329,11 +329,16 @@ def build_network(
 
 
 def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> None:
-    """cirtorch's learned local/regional/final whitening layers, where they exist."""
+    """cirtorch's learned local/regional/final whitening layers, where they exist: learned on
+    the trunk's own features, so not after a 1x1 projection to another dimension (a teacher's)."""
     from aml.data.download import download_file
     from aml.data.paths import data_subdir
+    from aml.utils.plain_files import CheckpointError, load_plain_file
 
     meta = net.meta
+    if net.projection() is not None:
+        log.info(">> %s: its layers follow a random projection; no published whitening fits them", meta["architecture"])
+        return
     arch, pool = meta["architecture"], meta["pooling"]
     key = f"{arch}{'-lw' if meta['local_whitening'] else ''}-{pool}{'-r' if meta['regional'] else ''}"
     regional = net.pool.whiten if isinstance(net.pool, Rpool) else None  # meta['regional']
@@ -349,7 +354,13 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> N
             log.info(">> %s: no published weights for this linear layer, it stays random", key)
             continue
         path = download_file(url, data_subdir(data_root, "whiten") / url.rsplit("/", 1)[1])
-        layer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            layer.load_state_dict(load_plain_file(path))
+        except (RuntimeError, TypeError, AttributeError) as err:
+            raise CheckpointError(
+                f"{path} does not hold the {key} whitening layer ({str(err).splitlines()[0]}); delete it to download "
+                "it again"
+            ) from None
 
 
 #: what a checkpoint's ``meta`` keeps besides `build_network`'s parameters: cirtorch's ``Lw``;

@@ -100,3 +100,27 @@ def test_timm_students_build():
     net = build_network("efficientnet_b3", pretrained=False, teacher="vgg16").eval()
     assert net(torch.rand(1, 3, 64, 64)).shape == (512, 1)
     assert net.state_dict()["features.5.weight"].shape == (512, 1536, 1, 1)
+
+
+def test_published_whitening_layers_are_not_loaded_after_a_projection_and_a_damaged_one_is_named(tmp_path):
+    """-a resnet50 -w with a vgg16 teacher: the 2048-d published whitening went into a 512-d
+    layer after the projection (a size-mismatch traceback after the teacher's extraction); a
+    damaged layer file gave an IndexError naming nothing."""
+    from aml.networks.checkpoint import CheckpointError
+    from aml.networks.pretrained import FINAL_WHITENING
+    from aml.networks.retrieval_net import _load_published_layers
+
+    projected = build_network("resnet50", "gem", whitening=True, teacher_dim=512, pretrained=False)
+    before = projected.whiten.weight.clone()
+    _load_published_layers(projected, tmp_path)  # nothing to download, nothing loaded
+    assert torch.equal(projected.whiten.weight, before) and not (tmp_path / "whiten").exists()
+    own = build_network("resnet50", "gem", whitening=True, pretrained=False)
+    path = tmp_path / "whiten" / FINAL_WHITENING["resnet50-gem"].rsplit("/", 1)[1]
+    path.parent.mkdir()
+    torch.save({"weight": torch.zeros(512, 512), "bias": torch.zeros(512)}, path)  # another layer's
+    with pytest.raises(CheckpointError, match=rf"{path.name} does not hold the resnet50-gem whitening layer .*delete "
+                                              r"it to download it again"):
+        _load_published_layers(own, tmp_path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=path.name):
+        _load_published_layers(own, tmp_path)

@@ -338,7 +338,7 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> N
     meta = net.meta
     if net.projection() is not None:
         if net.lwhiten is not None or net.whiten is not None or isinstance(net.pool, Rpool):
-            log.info(">> %s: random whitening layers (after its projection, no published one fits)", meta["architecture"])
+            log.info(">> %s: random whitening layers (no published one fits after a projection)", meta["architecture"])
         return
     arch, pool = meta["architecture"], meta["pooling"]
     key = f"{arch}{'-lw' if meta['local_whitening'] else ''}-{pool}{'-r' if meta['regional'] else ''}"

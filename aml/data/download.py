@@ -5,6 +5,7 @@ Everything the package fetches (datasets, gnd files, weights) goes through
 members that would land outside the target folder.
 """
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -236,12 +237,31 @@ def _install_record(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.download.json")
 
 
-def _intact(dest: Path) -> bool:
+def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
     """Whether a file already at ``dest`` is still the one the downloader installed (same
-    size and sha256 as recorded then; a file put there by hand has no record and is
-    trusted, as the manual-download hint asks)."""
+    size and sha256 as recorded then). A file put there by hand, as the manual-download hint
+    asks, has no record: it is checked once against the sha256 prefix its name (or the
+    caller) gives, then recorded; one without a known hash is trusted.
+
+    Raises:
+        DownloadError: for a file put there by hand that is not the one ``url`` names (it is
+            left as it is: it may be another of the user's files).
+    """
     record = _read_json(_install_record(dest))
     if not record:
+        if expected_hash is None:
+            return True
+        digest = _sha256_of(dest).hexdigest()
+        if not digest.startswith(expected_hash):
+            raise DownloadError(
+                f"{dest} is not the file {url} names: its sha256 begins {digest[: len(expected_hash)]}, not "
+                f"{expected_hash} (another network saved under that name?); move it away to download the right one. "
+                f"{_manual_hint(url, dest)}"
+            )
+        # checked once: later calls compare the size (and hash small files) against the record;
+        # in a read-only folder it is checked again next time
+        with contextlib.suppress(OSError):
+            _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
         return True
     if record.get("size") != dest.stat().st_size:
         return False
@@ -268,19 +288,21 @@ def download_file(
     against the sha256 prefix (given, or read from a ``name-<hex>.ext`` file name) or else
     the expected size, then renamed into place. The installed file's size and sha256 are
     recorded next to it (``.<name>.download.json``): a later call fetches a file that has
-    since been truncated or altered again. A file with neither a hash nor a known size is
-    installed only when the server delimited its body (Content-Length or chunked): a
+    since been truncated or altered again. A file put at ``dest`` by hand is checked once
+    against the sha256 prefix, and refused (left as it is) when it is another file. A file
+    with neither a hash nor a known size is installed only when the server delimited its
+    body (Content-Length or chunked): a
     connection that drops is otherwise indistinguishable from the file's end. A body
     larger than announced, or than ``max_bytes``, is refused and deleted.
     """
     dest = Path(dest)
+    expected_hash = sha256_prefix or hash_prefix_from_name(dest.name)
     if dest.exists():
-        if _intact(dest):
+        if _intact(dest, url, expected_hash):
             return dest
         log.warning(">> %s differs from the file downloaded from %s; fetching it again", dest, url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
-    expected_hash = sha256_prefix or hash_prefix_from_name(dest.name)
     limits = _Limits(timeout, max_bytes, hashed=bool(expected_hash))
     received = _transfer_with_retries(url, dest, partial, retries, limits, progress)
     if not (expected_hash or size is not None or received.delimited):

@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import io
+import json
 import tarfile
 import threading
 
@@ -353,3 +354,22 @@ def test_a_member_named_like_the_unpacking_scratch_folder_is_an_ordinary_file(tm
     folder = extract_archive(archive, tmp_path / "jpg", flatten=True)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"x.jpg": b"x", ".unpacking": b"mine", "y.jpg": b"y"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jpg", "set.tgz"]
+
+
+def test_a_file_put_by_hand_is_checked_once_against_the_hash_its_name_carries(server, tmp_path):
+    """A file without an install record was trusted by its name: another network saved as
+    retrievalSfM120k-vgg16-gem-b4dcdc6.pth loaded as the published one, its whitening applied."""
+    from aml.data.download import DownloadError
+
+    name = f"weights-{sha(PAYLOAD)[:7]}.pth"
+    other = tmp_path / "other" / name
+    other.parent.mkdir()
+    other.write_bytes(b"another network")
+    with pytest.raises(DownloadError, match=rf"{name} is not the file .* names: its sha256 begins [0-9a-f]{{7}}, not "
+                                            rf"{sha(PAYLOAD)[:7]} .*move it away"):
+        download_file(f"{server}/{name}", other, progress=False)
+    assert other.read_bytes() == b"another network" and Handler.requests == []  # left as it is, nothing fetched
+    right = tmp_path / name
+    right.write_bytes(PAYLOAD)
+    assert download_file(f"{server}/{name}", right, progress=False) == right and Handler.requests == []
+    assert json.loads((tmp_path / f".{name}.download.json").read_text())["sha256"] == sha(PAYLOAD)

@@ -102,10 +102,13 @@ def test_timm_students_build():
     assert net.state_dict()["features.5.weight"].shape == (512, 1536, 1, 1)
 
 
-def test_published_whitening_layers_are_not_loaded_after_a_projection_and_a_damaged_one_is_named(tmp_path):
+def test_published_whitening_layers_are_not_loaded_after_a_projection_and_a_damaged_one_is_named(tmp_path,
+                                                                                                  monkeypatch):
     """-a resnet50 -w with a vgg16 teacher: the 2048-d published whitening went into a 512-d
     layer after the projection (a size-mismatch traceback after the teacher's extraction); a
-    damaged layer file gave an IndexError naming nothing."""
+    file of other bytes under its name was loaded, and a damaged one gave an IndexError."""
+    from aml.data import download
+    from aml.data.download import DownloadError
     from aml.networks.checkpoint import CheckpointError
     from aml.networks.pretrained import FINAL_WHITENING
     from aml.networks.retrieval_net import _load_published_layers
@@ -118,6 +121,9 @@ def test_published_whitening_layers_are_not_loaded_after_a_projection_and_a_dama
     path = tmp_path / "whiten" / FINAL_WHITENING["resnet50-gem"].rsplit("/", 1)[1]
     path.parent.mkdir()
     torch.save({"weight": torch.zeros(512, 512), "bias": torch.zeros(512)}, path)  # another layer's
+    with pytest.raises(DownloadError, match=rf"{path.name} is not the file .* names"):  # its name's hash
+        _load_published_layers(own, tmp_path)
+    monkeypatch.setattr(download, "download_file", lambda url, dest, **kwargs: dest)  # as if it had passed
     with pytest.raises(CheckpointError, match=rf"{path.name} does not hold the resnet50-gem whitening layer .*delete "
                                               r"it to download it again"):
         _load_published_layers(own, tmp_path)

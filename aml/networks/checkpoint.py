@@ -5,6 +5,7 @@ the network (architecture, pooling, local_whitening, regional, whitening, mean, 
 outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with numpy arrays).
 """
 
+import logging
 import numbers
 import re
 from pathlib import Path
@@ -17,6 +18,8 @@ from aml.networks.backbones import get_backbone, library_model, load_weights
 from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network, output_dimension
 from aml.utils.bounds import Bound
 from aml.utils.plain_files import CheckpointError, PathLike, load_plain_file, save_plain_file
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError",
@@ -187,7 +190,25 @@ def _check_finite(state: Checkpoint, source: str) -> None:
             )
 
 
-def checkpoint_dimension(meta: Dict[str, Any], teacher: Optional[str] = None, source: str = "checkpoint") -> int:
+def _projection_dimension(weights: Optional[Dict[str, torch.Tensor]]) -> Optional[int]:
+    """The output channels of a student's 1x1 projection (the last child of ``features`` when
+    it is a bias-free 1x1 convolution), or None."""
+    indices = [int(m.group(1)) for key in weights or {} if (m := _CHILD_WEIGHT.match(key))]
+    if weights is None or not indices:
+        return None
+    last = weights[f"features.{max(indices)}.weight"]
+    return int(last.shape[0]) if last.dim() == 4 and tuple(last.shape[2:]) == (1, 1) else None
+
+
+_CHILD_WEIGHT = re.compile(r"^features\.(\d+)\.weight$")
+
+
+def checkpoint_dimension(
+    meta: Dict[str, Any],
+    teacher: Optional[str] = None,
+    source: str = "checkpoint",
+    weights: Optional[Dict[str, torch.Tensor]] = None,
+) -> int:
     """The descriptor dimension of a checkpoint's network, checked before anything is built.
 
     Args:
@@ -195,10 +216,13 @@ def checkpoint_dimension(meta: Dict[str, Any], teacher: Optional[str] = None, so
         teacher: the teacher of a student whose ``meta`` has no ``outputdim`` (files of the
             original): its dimension is the teacher's.
         source: what the error names (the file).
+        weights: its state dict: a file without ``outputdim`` whose weights end with a 1x1
+            projection has that projection's dimension, whatever ``teacher`` says.
 
     Returns:
-        ``meta['outputdim']``, or for files without it the one
-        `aml.networks.retrieval_net.output_dimension` gives the architecture and ``teacher``.
+        ``meta['outputdim']``, or for files without it the projection's in ``weights``, else
+        the one `aml.networks.retrieval_net.output_dimension` gives the architecture and
+        ``teacher``.
 
     Raises:
         CheckpointError: naming ``source``, when it is not a descriptor dimension (1 to
@@ -215,6 +239,10 @@ def checkpoint_dimension(meta: Dict[str, Any], teacher: Optional[str] = None, so
             dim = output_dimension(arch, teacher)
         except ValueError as err:  # an architecture this aml does not know
             raise CheckpointError(f"{source}: {err}") from None
+        projected = _projection_dimension(weights)
+        if projected is not None and projected != dim:
+            log.info(">> %s: no outputdim in its meta; its projection gives %d dimensions", source, projected)
+            dim = projected
     if not isinstance(dim, int) or isinstance(dim, bool) or OUTPUT_DIM.problem(dim):
         raise CheckpointError(
             f"{source}: meta['outputdim'] is {dim!r}, not a descriptor dimension (1 to "
@@ -239,7 +267,7 @@ def network_from_checkpoint(
     _check_meta_types(meta, source)
     _check_finite(state, source)
     arch = meta["architecture"]
-    dim = checkpoint_dimension(meta, teacher, source)
+    dim = checkpoint_dimension(meta, teacher, source, state["state_dict"])
     try:
         net = build_network(
             arch,
@@ -258,7 +286,12 @@ def network_from_checkpoint(
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{source}: weights do not fit a {arch} network of dimension {dim}: {err}") from err
+        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err)]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(
+            f"{source}: weights do not fit a {arch} network of dimension {dim}: {problems[0]}{more}; the file is "
+            "damaged, or its meta does not describe its weights"
+        ) from None
     for key in KEPT_META_KEYS:
         if key in meta:
             net.meta[key] = meta[key]

@@ -296,3 +296,22 @@ def test_a_teachers_dimension_is_read_checked_from_its_file(tmp_path, outputdim,
     else:
         with pytest.raises(CheckpointError, match=rf"teacher.pth.tar: meta\['outputdim'\] is {outputdim!r}, not a"):
             spec.dimension()
+
+
+def test_an_originals_student_without_outputdim_takes_its_projections_dimension(tmp_path):
+    """The original's student files have no outputdim: a 2048-d one loaded with the default
+    teacher failed in two lines of torch's size-mismatch list, naming no fix."""
+    trunk = torchvision.models.mobilenet_v2(weights=None).features
+    state_dict = prefixed("features.0.", trunk.state_dict())
+    state_dict["features.1.weight"] = torch.randn(2048, 1280, 1, 1)
+    state_dict["pool.p"] = torch.tensor([3.0])
+    meta = {key: value for key, value in cirtorch_meta("mobilenet_v2", 2048).items() if key != "outputdim"}
+    net = network_from_checkpoint({"meta": meta, "state_dict": state_dict})  # no --teacher: vgg16's 512 before
+    assert net.meta["outputdim"] == 2048 and torch.equal(net.features[1].weight, state_dict["features.1.weight"])
+    state_dict["features.0.0.0.weight"] = torch.randn(8, 3, 3, 3)
+    with pytest.raises(CheckpointError) as info:
+        network_from_checkpoint({"meta": meta, "state_dict": state_dict}, source="x.pth")
+    message = str(info.value)
+    assert message.startswith("x.pth: weights do not fit a mobilenet_v2 network of dimension 2048: size mismatch for "
+                              "features.0.0.0.weight") and "\n" not in message
+    assert message.endswith("the file is damaged, or its meta does not describe its weights")

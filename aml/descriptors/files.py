@@ -368,6 +368,21 @@ def reusable_feature_file(path: Path, key: DescriptorKey, images: Sequence[str])
 
     Returns:
         The D x N descriptors, or None.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.descriptors import DescriptorKey, reusable_feature_file, write_feature_file
+        >>> key = DescriptorKey("3f2a9c0d1e2b4a5c", 1024)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     image = pathlib.Path(folder) / "a.jpg"
+        ...     _ = image.write_bytes(b"a photo")
+        ...     path = write_feature_file(np.ones((4, 1)), [str(image)], pathlib.Path(folder) / "db.npy",
+        ...                               dict(key.record(), network="vgg16"))
+        ...     kept = reusable_feature_file(path, key, [str(image)]).shape
+        ...     _ = image.write_bytes(b"another photo")
+        ...     kept, reusable_feature_file(path, key, [str(image)])
+        ((4, 1), None)
     """
     if not path.is_file() or feature_file_key(path) != key:
         return None

@@ -130,8 +130,9 @@ def _maps(
     results = {}
     for name in gnds:
         valid = ~np.isnan(aps[name])
-        m_ap = float(aps[name][valid].mean()) if valid.any() else 0.0
-        pr = prs[name][valid].mean(axis=0) if valid.any() else np.zeros(len(kappas))
+        # no query with a positive: undefined (revisitop divides by zero), not 0 (a network that found nothing)
+        m_ap = float(aps[name][valid].mean()) if valid.any() else float("nan")
+        pr = prs[name][valid].mean(axis=0) if valid.any() else np.full(len(kappas), np.nan)
         results[name] = (m_ap, aps[name], pr, prs[name])
     return results
 

@@ -112,3 +112,17 @@ def test_a_level_that_is_not_one_is_named():
             search.map("Hard")
     with pytest.raises(ValueError, match="level 'all' is a classic test set's"):
         revisited.map("all")
+
+
+def test_a_level_where_no_query_has_a_positive_is_undefined_not_zero():
+    """A set made without 'hard' lists printed H: 0.0 for every network, as if none found anything."""
+    from aml.evaluation import format_results
+    from aml.evaluation.metrics import evaluate_ranks
+
+    ranks = ranks_of([0, 1, 2], [2, 1, 0])
+    m, aps, pr, _ = compute_map(ranks, [{"ok": []}, {"ok": []}], kappas=[1, 5])
+    assert np.isnan(m) and np.isnan(aps).all() and np.isnan(pr).all()
+    results = evaluate_ranks(ranks, [{"easy": [0], "hard": [], "junk": []}, {"easy": [2], "hard": [], "junk": []}],
+                             "revisited")
+    assert results["medium"]["map"] == 1.0 and np.isnan(results["hard"]["map"])
+    assert format_results("mine", results)[0] == ">> mine: mAP E: 100.0, M: 100.0, H: nan"

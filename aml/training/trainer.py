@@ -41,7 +41,7 @@ from aml.training.tuples import (
     shape_grouped_batches,
 )
 from aml.utils.atomic import remove_orphan_temporaries
-from aml.utils.distributed import World, barrier
+from aml.utils.distributed import World, barrier, from_main
 from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator as seeded_generator
 from aml.utils.errors import AmlError, ConfigError
@@ -186,7 +186,8 @@ class Trainer:
         )
         if distance:
             log.info(">>>> Average negative l2-distance: %.2f", distance)
-        return tuples
+        # rank 0's tuples for all: ranks that mined apart (a tie broken otherwise on another GPU) would train apart
+        return from_main(tuples, self.world)
 
     def _batches(
         self, split: Split, tuples: List[TrainingTuple], generator: torch.Generator, shuffle: bool

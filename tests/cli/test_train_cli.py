@@ -336,3 +336,28 @@ def test_checkpoint_frequencies_above_the_epochs_are_named_before_training():
     assert [notice.split(":")[0] for notice in notices] == ["--save-freq 5 is above --epochs 3",
                                                             "--val-freq 4 is above --epochs 3"]
     assert "no model_best is written" in notices[1]
+
+
+def test_the_network_is_built_by_rank_0_first(synth_root, tmp_path, monkeypatch):
+    """Under torchrun every rank built the network at once: on a fresh data root all of them
+    downloaded the ImageNet weights into one shared .part file."""
+    from aml.training import runner
+
+    inside, built = [], []
+    real_first, real_build = runner.main_first, runner.build_network
+
+    def first(world, step):
+        inside.append(True)
+        try:
+            return real_first(world, step)
+        finally:
+            inside.pop()
+
+    def build(*args, **kwargs):
+        built.append(bool(inside))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "main_first", first)
+    monkeypatch.setattr(runner, "build_network", build)
+    train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
+    assert built == [True]

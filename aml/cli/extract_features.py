@@ -20,7 +20,7 @@ from aml.cli.arguments import (
     setup_logging,
 )
 from aml.data.testsets import TEST_SETS, get_test_set
-from aml.data.trainsets import TRAIN_SETS, is_training_set
+from aml.data.trainsets import is_training_set, training_set_names
 from aml.descriptors import DescriptorKey, dataset_images, extract_dataset_features
 from aml.networks.loading import load_test_network
 from aml.utils.devices import resolve_device
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-d",
         metavar="DATASETS",
         default="roxford5k,rparis6k",
-        help=f"comma separated: {', '.join(list(TEST_SETS) + list(TRAIN_SETS))}",
+        help=f"comma separated: {', '.join(list(TEST_SETS) + training_set_names())}",
     )
     parser.add_argument(
         "--split", default="train,val", help="training-set splits to encode, comma separated (default: train,val)"

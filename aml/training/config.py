@@ -318,7 +318,12 @@ def problems(config: TrainConfig) -> List[str]:
             if not getattr(entry, kind):
                 found.append(f"{name} is not a {kind} set; choose from {', '.join(training_set_names())}")
     return (
-        found + _mode_problems(config) + _test_set_problems(config) + _trunk_problems(config) + _batch_problems(config)
+        found
+        + _teacher_problems(config)
+        + _mode_problems(config)
+        + _test_set_problems(config)
+        + _trunk_problems(config)
+        + _batch_problems(config)
     )
 
 
@@ -335,6 +340,18 @@ def _unknown_names(config: TrainConfig) -> List[str]:
         except ConfigError as err:
             unknown.append(f"--{field}: {err}")
     return unknown
+
+
+def _teacher_problems(config: TrainConfig) -> List[str]:
+    """A --teacher that is neither a published name nor a file (a typo trained a 512-d student,
+    the default's, without a word)."""
+    spec = NetworkSpec.parse(config.teacher)
+    if spec.path is None or spec.path.is_file():
+        return []
+    return [
+        f"--teacher {config.teacher!r} is neither a published network (vgg16, resnet101, a name of "
+        "test.py --list-pretrained) nor a checkpoint file"
+    ]
 
 
 def _mode_problems(config: TrainConfig) -> List[str]:

@@ -65,3 +65,15 @@ def test_the_flags_check_the_ranges_the_config_declares():
         assert problems(TrainConfig.from_flags(directory="runs", **{field.name: bound.kind(low)}))
         checked += 1
     assert checked >= 19
+
+
+@pytest.mark.parametrize("teacher", ["ResNet101", "resnet10", "runs/no/such/model_best.pth.tar"])
+def test_a_teacher_that_is_no_network_is_refused_before_anything_is_loaded(teacher):
+    """main.py -t ResNet101 (a typo) trained a 512-d student, the default's, in a folder named
+    after the typo; the original's choices refused it."""
+    from aml.training.config import problems
+
+    found = problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher=teacher))
+    assert found == [f"--teacher {teacher!r} is neither a published network (vgg16, resnet101, a name of test.py "
+                     "--list-pretrained) nor a checkpoint file"]
+    assert problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher="resnet101")) == []

@@ -817,7 +817,25 @@ def _extract_block(
     dataset = o.decoding.dataset(images, image_size, bbxs, transform)
     loader = _image_loader(dataset, effective_workers(o.config.workers, o.device), o.device, o.decoding)
     with contextlib.closing(loader):  # the workers stop with the call, even when it raises
-        return _encode_loaded(loader, encode, decode, o, _Columns(len(images), meta.get("outputdim", 0)), bad)
+        try:
+            return _encode_loaded(loader, encode, decode, o, _Columns(len(images), meta.get("outputdim", 0)), bad)
+        except _TooSmall as err:
+            raise ImageLoadError(
+                f"image {images[err.index]} is too small for the network: {err.shape[1]}x{err.shape[0]} pixels "
+                f"after resizing (scales {list(o.scales)}); leave it out, or skip it (--skip-bad-images)"
+            ) from None
+
+
+#: what torch says when an input is too small for a pooling, a kernel or a scale
+_TOO_SMALL = ("Output size is too small", "sizes should be greater than 0", "Kernel size can't be greater")
+
+
+class _TooSmall(Exception):
+    """A batch of images too small for the network (``index``: its first image)."""
+
+    def __init__(self, index: int, shape: Tuple[int, ...]):
+        super().__init__(index, shape)
+        self.index, self.shape = index, shape
 
 
 def _encode_loaded(
@@ -849,9 +867,23 @@ def _encode_loaded(
             if x is not None:
                 if o.fixed:
                     x = _padded(x, fixed_batch_size(len(x), o.limit(o.decoding.shape(items[0]))))
-                with autocast:
-                    out = cap.describe(encode, x.contiguous(memory_format=o.memory_format), o.scales, o.msp)
-                columns.add(out[: len(indices)], indices)
+                try:
+                    with autocast:
+                        out = cap.describe(encode, x.contiguous(memory_format=o.memory_format), o.scales, o.msp)
+                except RuntimeError as err:  # one shape per batch: all its images are too small, or none
+                    if isinstance(err, torch.OutOfMemoryError) or not any(t in str(err) for t in _TOO_SMALL):
+                        raise
+                    if bad is None:
+                        raise _TooSmall(indices[0], tuple(x.shape[-2:])) from None
+                    log.warning(
+                        ">> %d images of %s pixels skipped: too small for the network",
+                        len(indices),
+                        "x".join(str(v) for v in x.shape[-2:][::-1]),
+                    )
+                    bad.extend(indices)
+                    bar.update(-len(indices))  # counted again with the skipped below
+                else:
+                    columns.add(out[: len(indices)], indices)
             bar.update(len(items))
         if bad:
             bar.update(len(bad))

@@ -557,3 +557,23 @@ def test_a_callers_own_transform_is_applied_on_every_decoding_path(images, net, 
                                                                              std=net.meta["std"])])
     standard = extract_vectors(net, images[:3], 48, theirs, config=ExtractionConfig(workers=0, decode="workers"))
     assert not torch.allclose(standard, pil)  # the network's own normalisation: the device path, as before
+
+
+def test_an_image_too_small_for_the_network_is_named_and_can_be_skipped(images, net, tmp_path):
+    """A 200 x 2 px image at scale 0.5 (or a 12 px one through VGG16's pools) ended the run in
+    torch's traceback naming no file, and --skip-bad-images could not skip it."""
+    from aml.descriptors import describe_images
+
+    thin = tmp_path / "thin.jpg"
+    Image.new("RGB", (200, 2)).save(thin)
+    paths = [images[0], str(thin), images[1]]
+    with pytest.raises(ImageLoadError, match=r"image .*thin.jpg is too small for the network: 64x1 pixels after "
+                                             r"resizing \(scales \[1, 0.5\]\); leave it out, or skip it"):
+        describe_images(net, paths, 64, scales=(1, 0.5), config=ExtractionConfig(workers=0))
+    skipped = []
+    vecs = describe_images(net, paths, 64, scales=(1, 0.5), config=ExtractionConfig(workers=0, skip_bad=True),
+                           skipped=skipped)
+    assert skipped == [1] and not vecs[:, 1].any()
+    assert np.linalg.norm(vecs[:, [0, 2]], axis=0) == pytest.approx([1, 1], abs=1e-4)
+    alone = describe_images(net, [images[0]], 64, scales=(1, 0.5), config=ExtractionConfig(workers=0))
+    np.testing.assert_allclose(vecs[:, 0], alone[:, 0], atol=1e-6)

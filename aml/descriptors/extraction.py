@@ -37,7 +37,7 @@ from aml.utils.progress import progress_bar
 from aml.utils.threads import ordered_map
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
 from aml.utils.changeable import Changeable
-from aml.utils.errors import ConfigError, DataError, lookup
+from aml.utils.errors import AmlError, ConfigError, DataError, lookup
 from aml.utils.devices import same_device
 
 log = logging.getLogger(__name__)
@@ -830,7 +830,7 @@ def _extract_block(
 _TOO_SMALL = ("Output size is too small", "sizes should be greater than 0", "Kernel size can't be greater")
 
 
-class _TooSmall(Exception):
+class _TooSmall(AmlError):
     """A batch of images too small for the network (``index``: its first image)."""
 
     def __init__(self, index: int, shape: Tuple[int, ...]):

@@ -237,8 +237,8 @@ class _Run:
         dim = train.teacher.shape[0] if train.teacher is not None else None
         if dim is None and get_backbone(c.arch).student:  # a student trunk projects to its teacher's space
             dim = self.teacher.spec.dimension()
-        # rank 0 first: the ImageNet weights and published layers it may download land before the others look
-        net = main_first(world, lambda: self.network(dim))
+        # rank 0 first where it may download (ImageNet weights, published layers): the others then find them
+        net = main_first(world, lambda: self.network(dim)) if c.pretrained else self.network(dim)
         optimizer = build_optimizer(net, c.optimizer, c.lr, c.momentum, c.weight_decay, c.proj_lr_mult)
         trainer = Trainer(
             net,

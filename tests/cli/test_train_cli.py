@@ -359,5 +359,7 @@ def test_the_network_is_built_by_rank_0_first(synth_root, tmp_path, monkeypatch)
 
     monkeypatch.setattr(runner, "main_first", first)
     monkeypatch.setattr(runner, "build_network", build)
-    train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
+    pretrained = [flag for flag in TINY if flag != "--not-pretrained"]  # ImageNet weights: what may be downloaded
+    train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), *pretrained, "-a", "mobilenet_v2",
+                    "--epochs", "1", "--no-val"])
     assert built == [True]

@@ -12,7 +12,7 @@ import html
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -142,6 +142,16 @@ def _figure(thumb: str, label: str, *caption: str) -> str:
     )
 
 
+def _remove_stale_images(folder: Path, shown: Sequence[int], db_indices: Iterable[int]) -> None:
+    """Delete the images of an earlier report in ``folder`` that this one did not write (the
+    PNGs and thumbnails of queries ``shown``, the thumbnails of database images ``db_indices``)."""
+    written = {f"q{q:03d}.png" for q in shown} | {f"thumbs/query{q:03d}.jpg" for q in shown}
+    written |= {f"thumbs/db{index:06d}.jpg" for index in db_indices}
+    for stale in [*folder.glob("q[0-9]*.png"), *folder.glob("thumbs/*.jpg")]:
+        if stale.relative_to(folder).as_posix() not in written:
+            stale.unlink()
+
+
 def write_report(
     folder: Path,
     dataset: str,
@@ -203,12 +213,7 @@ def write_report(
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(dataset)}</h1><p>{html.escape(summary)}</p>"
         f"<p>{legend}</p>{''.join(sections)}</body></html>\n"
     )
-    written = {f"q{q:03d}.png" for q, found in enumerate(rankings) if found}
-    written |= {f"thumbs/query{q:03d}.jpg" for q, found in enumerate(rankings) if found}
-    written |= {f"thumbs/db{index:06d}.jpg" for index in db_thumbs}
-    for stale in [*folder.glob("q[0-9]*.png"), *folder.glob("thumbs/*.jpg")]:
-        if stale.relative_to(folder).as_posix() not in written:
-            stale.unlink()
+    _remove_stale_images(folder, [q for q, found in enumerate(rankings) if found], db_thumbs)
     out = folder / "index.html"
     atomic_write(out, lambda handle: handle.write(page.encode("utf-8", "replace")))  # whole or not at all
     log.debug(">> %s: ranking report written to %s", dataset, out)

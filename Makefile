@@ -67,11 +67,14 @@ TORCH_API_TESTS := tests/training/test_distributed.py tests/training/test_parall
 
 # torch 2.11 comes from PyPI, a CUDA build: 6.8 GB of disk at most while pip installs it, 5.1 GB in
 # the venv after; nothing is kept in pip's cache (--no-cache-dir), which would hold the downloads again.
+# Its bytecode is compiled once, as in `install`: without it each of the lane's processes (the
+# torchrun jobs' too) compiles torch again where PYTHONDONTWRITEBYTECODE is set, 5 s each.
 $(OLD_VENV)/.installed: requirements.txt requirements-torch-2.11.txt requirements-data.txt setup.py
 	$(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_PY) -m pip install -q --no-compile --no-cache-dir -r requirements-torch-2.11.txt \
 		$$(sed -e 's/#.*//' requirements.txt | grep -E -v '^(torch|torchvision)==')
 	$(OLD_PY) -m pip install -q --no-compile --no-deps -r requirements-data.txt
+	env -u PYTHONDONTWRITEBYTECODE PYTHONPATH=$(CURDIR) $(OLD_PY) -c '$(PRECOMPILE)'
 	touch $@
 
 # aml itself from this folder (PYTHONPATH, inherited by the torchrun jobs the tests start).

@@ -70,7 +70,8 @@ def server():
     Handler.files, Handler.cut_after, Handler.requests, Handler.honour_if_range = {}, {}, [], True
     Handler.no_length, Handler.endless = set(), set()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # polled every 10 ms: shutdown() waits for the next poll (0.5 s by default)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()

@@ -8,7 +8,8 @@ A store is a folder::
                            shard's descriptors, and a digest of all these fields
     images.txt             the image list, one path per line
     shard_00000.npy        rows = images [0, shard_size), float16 or float32, N_k x D
-    shard_00000.json       the shard's skipped (unreadable) images, written before the .npy
+    shard_00000.json       the shard's skipped (unreadable) images and a digest of its images'
+                           sizes and modification times, written before the .npy
     skipped.txt            every skipped image (with skip_bad), next to the shards
 
 Each shard is written atomically and never replaced (when two processes encode the same
@@ -18,7 +19,9 @@ the settings or the image list is refused: descriptors of one network are never 
 another's. Every field of a manifest is checked when it is read, and its digest tells an
 edited manifest; each shard is checked against its sha256 when a store first reads its file (again when
 the file is replaced), so a shard replaced or copied from another store is refused, naming it. Stores written before aml
-recorded these hashes are read with a warning. Under torchrun the missing shards are dealt
+recorded these hashes are read with a warning. Images changed since their shard was encoded
+(a distractor downloaded again, an unreadable one repaired) are found when the store is filled,
+and the stale shards are named: their descriptors are of the old images. Under torchrun the missing shards are dealt
 out to the ranks (shard k to rank k mod size); no rank waits for another until the last
 shard is written.
 """
@@ -26,6 +29,7 @@ shard is written.
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Final, Iterator, List, Mapping, Optional, Sequence, Tuple, cast
@@ -33,7 +37,7 @@ from typing import Any, Dict, Final, Iterator, List, Mapping, Optional, Sequence
 import numpy as np
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
-from aml.descriptors.key import DescriptorKey, KeyRecord
+from aml.descriptors.key import DescriptorKey, KeyRecord, images_digest
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
@@ -49,6 +53,7 @@ MANIFEST = "manifest.json"
 IMAGE_LIST = "images.txt"
 HASHES: Final = "shard_sha256"  # the manifest's list of each shard's sha256 (None: not recorded yet)
 DIGEST: Final = "digest"  # the manifest's sha256 of its other fields
+IMAGES_KEY: Final = "images_key"  # a shard's record of its images' sizes and times (`images_digest`)
 HEX = "0123456789abcdef"
 REENCODE = "delete the store to encode it again"
 SHARD_FIX = "delete it and run the same command again to encode it again"
@@ -384,7 +389,8 @@ class DescriptorStore:
                 f"got {array.shape}"
             )
         array = array.T
-        _write_json(self._skip_path(k), {"skipped": [int(i) for i in skipped]})
+        record = {"skipped": [int(i) for i in skipped], IMAGES_KEY: self._images_key(k)}
+        _write_json(self._skip_path(k), record)
         array = np.ascontiguousarray(array, dtype=DTYPES[self.key.dtype])
         return atomic_write(self.shard_path(k), lambda out: np.save(out, array), replace=False)
 
@@ -393,8 +399,17 @@ class DescriptorStore:
         appending the positions of unreadable images to ``skipped`` when ``skip_bad``);
         under torchrun each rank takes its share. Returns the number of shards this
         process wrote. Ends with every rank waiting for the others and rank 0 writing
-        skipped.txt and the shards' hashes (`record_hashes`)."""
+        skipped.txt and the shards' hashes (`record_hashes`).
+
+        Raises:
+            StoreMismatch: naming the files of the shards whose images changed since they were
+                encoded (`stale_shards`), before anything is encoded.
+        """
         world = current_world()
+        if world.is_main:
+            self._refuse_stale()
+            self._forget_missing_hashes()
+        barrier(world)
         todo = [k for k in self.missing() if k % world.size == world.rank]
         if todo:
             log.info(
@@ -416,6 +431,67 @@ class DescriptorStore:
         barrier(world)
         self._hashes = None  # the manifest's, as rank 0 wrote them
         return len(todo)
+
+    def _images_key(self, k: int) -> str:
+        """A digest of the paths, sizes and modification times of shard ``k``'s images."""
+        return images_digest([self.images[i] for i in self.shard_rows(k)])
+
+    def stale_shards(self) -> List[int]:
+        """Written shards whose images changed since they were encoded: their sizes or
+        modification times differ from the ones the shard recorded; for a shard written before
+        aml recorded them, an image modified (or its inode changed, as ``cp -p`` does) after the
+        shard's file, or gone. Every image of a written shard is looked at (a stat each)."""
+        stale = []
+        for k in range(self.shards):
+            if not self.shard_path(k).is_file():
+                continue
+            try:
+                record = _read_json(self._skip_path(k), SHARD_FIX)
+            except FileNotFoundError:
+                record = {}
+            recorded = record.get(IMAGES_KEY) if isinstance(record, dict) else None
+            changed = self._edited_after_written(k) if recorded is None else recorded != self._images_key(k)
+            if changed:
+                stale.append(k)
+        return stale
+
+    def _edited_after_written(self, k: int) -> bool:
+        written = self.shard_path(k).stat().st_mtime_ns
+        for i in self.shard_rows(k):
+            try:
+                found = os.stat(self.images[i])
+            except OSError:
+                return True
+            if max(found.st_mtime_ns, found.st_ctime_ns) > written:
+                return True
+        return False
+
+    def _refuse_stale(self) -> None:
+        stale = self.stale_shards()
+        if not stale:
+            return
+        files = [f"{self.shard_path(k).name} and {self._skip_path(k).name}" for k in stale[:3]]
+        rows = self.shard_rows(stale[0])
+        raise StoreMismatch(
+            f"descriptor store {self.folder}: the images of {len(stale)} shard(s) changed since they were "
+            f"encoded (images {rows.start + 1} to {rows.stop} of {IMAGE_LIST}, from {self.images[rows.start]}, "
+            "for the first), so their descriptors are of the old images; delete "
+            f"{', '.join(files)}{', ...' if len(stale) > 3 else ''} and run the same command again to encode "
+            "them again (or delete the store)"
+        )
+
+    def _forget_missing_hashes(self) -> None:
+        """Drop the recorded sha256 of shards that are missing (deleted to be encoded again):
+        the shard encoded in their place gets its own."""
+        with folder_lock(self.folder, wait=True):
+            manifest, _ = read_manifest(self.folder)
+            hashes = manifest.get(HASHES)
+            if hashes is None or not any(hashes[k] is not None for k in self.missing()):
+                return
+            for k in self.missing():
+                hashes[k] = None
+            self._write_manifest(hashes)
+            self._hashes = None
 
     def record_hashes(self) -> None:
         """Record in the manifest the sha256 of every shard whose hash it lacks (each read as

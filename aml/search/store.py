@@ -275,12 +275,16 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
         return
     kept: Tuple[str, ...] = ()
     try:
-        edited = _edited_since_encoded(DescriptorStore.create(staging, images, key, dim))
-        if edited is None:
+        stale = DescriptorStore.create(staging, images, key, dim).stale_shards()
+        if not stale:
             kept = ("shard_*.npy", "shard_*.json", MANIFEST, IMAGE_LIST)
             log.info(">> %s: resuming the interrupted indexing in %s", staging.parent, staging.name)
         else:
-            log.info(">> %s changed since the interrupted indexing encoded it: encoding every image again", edited)
+            log.info(
+                ">> images of %d shard(s) changed since the interrupted indexing encoded them: encoding "
+                "every image again",
+                len(stale),
+            )
     except DataError:  # of other descriptors (StoreMismatch), or damaged: nothing to resume from
         pass
     for path in staging.iterdir():
@@ -290,25 +294,6 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
             shutil.rmtree(path)
         else:
             path.unlink()
-
-
-def _edited_since_encoded(store: DescriptorStore) -> Optional[str]:
-    """An image modified (or gone) after the shard that holds it was written, or None: the
-    store's key lists the images by path only. The inode's change time counts too: a copy
-    that keeps an older file's modification time (``cp -p``, ``rsync -t``) still sets it."""
-    for k in range(store.shards):
-        shard = store.shard_path(k)
-        if not shard.is_file():
-            continue
-        written = shard.stat().st_mtime_ns
-        for i in store.shard_rows(k):
-            try:
-                found = Path(store.images[i]).stat()
-                if max(found.st_mtime_ns, found.st_ctime_ns) > written:
-                    return store.images[i]
-            except OSError:
-                return store.images[i]
-    return None
 
 
 def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSettings, List[int]]:

@@ -3,6 +3,7 @@ refusal of a manifest of another network or image list, skipped images, and the 
 what is read: every manifest field, its digest, each shard's sha256."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -18,7 +19,8 @@ KEY = StoreKey(DescriptorKey("f" * 16, 64), "net", "float32", 4)
 
 def descriptors(images):
     """Deterministic D=3 descriptors per image name (D x n)."""
-    return np.array([[len(i), int(i[3:6]), 1.0] for i in images], dtype=np.float32).T
+    names = [os.path.basename(i) for i in images]
+    return np.array([[len(i), int(i[3:6]), 1.0] for i in names], dtype=np.float32).T
 
 
 class Encoder:
@@ -288,3 +290,59 @@ def test_a_shard_of_as_many_images_as_dimensions_is_not_stored_transposed(tmp_pa
     np.testing.assert_array_equal(store.load(), columns)
     with pytest.raises(ValueError, match=r"needs 3 x 3 descriptors \(a column per image\), got \(3, 4\)"):
         store.write_shard(0, np.zeros((3, 4)))
+
+
+def _photos(folder, n=10):
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"img{i:03d}.jpg").write_bytes(b"x" * (100 + i))
+    return [str(folder / f"img{i:03d}.jpg") for i in range(n)]
+
+
+class Shifted(Encoder):
+    """Other descriptors than `Encoder`'s: an image encoded again after it changed."""
+
+    def __call__(self, images, skipped):
+        return super().__call__(images, skipped) + 1
+
+
+@pytest.mark.parametrize("edit", ["rewritten", "touched", "removed"])
+def test_images_changed_since_their_shard_was_encoded_are_named_and_only_those_shards_encoded_again(tmp_path, edit):
+    """The store knew its images by path only: a distractor downloaded again, or an unreadable one
+    repaired, kept the old descriptor (or its place in skipped.txt) without a word."""
+    images = _photos(tmp_path / "photos")
+    store = DescriptorStore.create(tmp_path / "s", images, KEY, 3)
+    store.fill(Encoder())
+    changed = tmp_path / "photos" / "img005.jpg"
+    if edit == "rewritten":
+        changed.write_bytes(b"another photo")
+    elif edit == "touched":
+        os.utime(changed, ns=(changed.stat().st_mtime_ns + 10**9,) * 2)
+    else:
+        changed.unlink()
+    assert DescriptorStore.create(tmp_path / "s", images, KEY, 3).stale_shards() == [1]
+    with pytest.raises(StoreMismatch, match=r"the images of 1 shard\(s\) changed since they were encoded \(images 5 "
+                                            r"to 8 of images.txt.*delete shard_00001.npy and shard_00001.json and run"):
+        DescriptorStore.create(tmp_path / "s", images, KEY, 3).fill(Encoder())
+    if edit == "removed":
+        changed.write_bytes(b"back")
+    store.shard_path(1).unlink()
+    (tmp_path / "s" / "shard_00001.json").unlink()
+    again = Shifted()
+    assert DescriptorStore.create(tmp_path / "s", images, KEY, 3).fill(again) == 1 and again.calls == [images[4:8]]
+    expected = descriptors(images)
+    expected[:, 4:8] += 1
+    np.testing.assert_array_equal(open_store(tmp_path / "s").load(), expected)  # its new sha256 recorded
+    assert open_store(tmp_path / "s").stale_shards() == []
+
+
+def test_a_shard_written_before_images_were_recorded_is_stale_when_an_image_is_newer(tmp_path):
+    images = _photos(tmp_path / "photos")
+    store = DescriptorStore.create(tmp_path / "s", images, KEY, 3)
+    store.fill(Encoder())
+    for k in range(store.shards):  # as an earlier aml wrote them: the skipped images alone
+        (tmp_path / "s" / f"shard_{k:05d}.json").write_text(json.dumps({"skipped": []}))
+    assert store.stale_shards() == []
+    later = store.shard_path(2).stat().st_mtime_ns + 10**9
+    os.utime(images[9], ns=(later, later))
+    assert store.stale_shards() == [2]

@@ -6,6 +6,7 @@ members that would land outside the target folder.
 """
 
 import contextlib
+import fcntl
 import hashlib
 import http.client
 import json
@@ -19,7 +20,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 
 from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, publish_folder, staged
@@ -293,31 +294,60 @@ def download_file(
     with neither a hash nor a known size is installed only when the server delimited its
     body (Content-Length or chunked): a
     connection that drops is otherwise indistinguishable from the file's end. A body
-    larger than announced, or than ``max_bytes``, is refused and deleted.
+    larger than announced, or than ``max_bytes``, is refused and deleted. Processes fetching
+    one file at once (the ranks of a node, two jobs on one data root) take turns on a lock
+    beside it (``.<name>.lock``): one downloads, the others then find it in place.
     """
     dest = Path(dest)
     expected_hash = sha256_prefix or hash_prefix_from_name(dest.name)
-    if dest.exists():
-        if _intact(dest, url, expected_hash):
-            return dest
-        log.warning(">> %s differs from the file downloaded from %s; fetching it again", dest, url)
+    if dest.exists() and _intact(dest, url, expected_hash):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
-    limits = _Limits(timeout, max_bytes, hashed=bool(expected_hash))
-    received = _transfer_with_retries(url, dest, partial, retries, limits, progress)
-    if not (expected_hash or size is not None or received.delimited):
-        _discard(partial)
-        raise DownloadError(
-            f"Unverifiable download of {url}: the server did not say how long the file is and no hash "
-            f"or size is known for it, so a cut connection cannot be told from the file's end; "
-            f"nothing was installed. {_manual_hint(url, dest)}"
-        )
-    _verify(partial, url, dest, expected_hash, size if size is not None else received.total)
-    digest = _sha256_of(partial).hexdigest()
-    os.replace(partial, dest)
-    _part_record(partial).unlink(missing_ok=True)
-    _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
-    return dest
+    with _download_lock(dest):
+        if dest.exists():
+            if _intact(dest, url, expected_hash):
+                return dest
+            log.warning(">> %s differs from the file downloaded from %s; fetching it again", dest, url)
+        partial = dest.with_name(dest.name + ".part")
+        limits = _Limits(timeout, max_bytes, hashed=bool(expected_hash))
+        received = _transfer_with_retries(url, dest, partial, retries, limits, progress)
+        if not (expected_hash or size is not None or received.delimited):
+            _discard(partial)
+            raise DownloadError(
+                f"Unverifiable download of {url}: the server did not say how long the file is and no hash "
+                f"or size is known for it, so a cut connection cannot be told from the file's end; "
+                f"nothing was installed. {_manual_hint(url, dest)}"
+            )
+        _verify(partial, url, dest, expected_hash, size if size is not None else received.total)
+        digest = _sha256_of(partial).hexdigest()
+        os.replace(partial, dest)
+        _part_record(partial).unlink(missing_ok=True)
+        _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
+        return dest
+
+
+@contextlib.contextmanager
+def _download_lock(dest: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``dest``: one process fetches the file (into one .part), the
+    others wait for it and then find it in place. The holder deletes the lock file when done; a
+    waiter that then holds a deleted file's lock opens the new one again."""
+    path = dest.with_name(f".{dest.name}.lock")
+    while True:
+        handle = open(path, "a")  # noqa: SIM115 (held, and the lock with it, until the block ends)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(handle.fileno()).st_ino:
+                try:
+                    yield
+                finally:
+                    path.unlink(missing_ok=True)
+                return
+        finally:
+            handle.close()
 
 
 def _verify(partial: Path, url: str, dest: Path, expected_hash: Optional[str], expected_size: Optional[int]) -> None:

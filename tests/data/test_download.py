@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -25,6 +26,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     honour_if_range = True
     no_length = set()  # paths answered without Content-Length (the body ends when the connection closes)
     endless = set()  # paths whose body never ends (no Content-Length)
+    slow = set()  # paths whose body comes in 8 KiB pieces, 10 ms apart
 
     def log_message(self, *args):
         pass
@@ -60,7 +62,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             while self.path in self.endless:
                 self.wfile.write(body)
             cut = self.cut_after.pop(self.path, None)
-            self.wfile.write(body[start:cut] if cut else body[start:])
+            sent = body[start:cut] if cut else body[start:]
+            for piece in range(0, len(sent), 8192 if self.path in self.slow else len(sent) or 1):
+                self.wfile.write(sent[piece:piece + 8192] if self.path in self.slow else sent)
+                time.sleep(0.01 if self.path in self.slow else 0)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -68,7 +73,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     Handler.files, Handler.cut_after, Handler.requests, Handler.honour_if_range = {}, {}, [], True
-    Handler.no_length, Handler.endless = set(), set()
+    Handler.no_length, Handler.endless, Handler.slow = set(), set(), set()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     # polled every 10 ms: shutdown() waits for the next poll (0.5 s by default)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
@@ -374,3 +379,26 @@ def test_a_file_put_by_hand_is_checked_once_against_the_hash_its_name_carries(se
     right.write_bytes(PAYLOAD)
     assert download_file(f"{server}/{name}", right, progress=False) == right and Handler.requests == []
     assert json.loads((tmp_path / f".{name}.download.json").read_text())["sha256"] == sha(PAYLOAD)
+
+
+def test_processes_fetching_one_file_at_once_download_it_once(server, tmp_path):
+    """Two processes (the ranks of a torchrun node, two jobs on one data root) wrote the same
+    .part at once: the download failed as corrupt, or a file of both bodies was kept."""
+    Handler.files["/shared.bin"] = PAYLOAD
+    Handler.slow.add("/shared.bin")
+    dest = tmp_path / f"shared-{sha(PAYLOAD)[:8]}.bin"
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(download_file(f"{server}/shared.bin", dest, progress=False))
+        except Exception as err:  # noqa: BLE001 (any failure of either is the finding)
+            errors.append(err)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and results == [dest, dest]
+    assert dest.read_bytes() == PAYLOAD and [path for path, _ in Handler.requests] == ["/shared.bin"]

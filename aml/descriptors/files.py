@@ -5,6 +5,8 @@ with their image list and settings, what ``main.py --feat-path`` reads and
 import hashlib
 import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -352,6 +354,77 @@ def feature_file_key(path: Path) -> Optional[DescriptorKey]:
         return DescriptorKey.from_record(settings, str(path)) if settings is not None else None
     except DataError:  # edited or damaged settings: no key, so the file is written again
         return None
+
+
+@dataclass(frozen=True)
+class FeatureProvenance:
+    """What a feature file (or a descriptor store) says of how it was made; None where it
+    does not say (a file of the original's code, or written by hand).
+
+    Attributes:
+        images: its images, in column order (the ``_img_list.txt`` beside it, a store's
+            ``images.txt``).
+        network: the name of the network that encoded them.
+        fingerprint: that network's weights' fingerprint.
+    """
+
+    images: Optional[List[str]] = None
+    network: Optional[str] = None
+    fingerprint: Optional[str] = None
+
+    def other_images(self, images: Sequence[str]) -> Optional[int]:
+        """The first column whose image is not ``images``' (compared below each list's common
+        folder, so that a data root moved elsewhere still matches), or None.
+
+        Examples:
+            >>> from aml.descriptors.files import FeatureProvenance
+            >>> made = FeatureProvenance(images=["/a/data/x/1.jpg", "/a/data/x/2.jpg"])
+            >>> made.other_images(["/b/data/x/1.jpg", "/b/data/x/2.jpg"]), made.other_images(["/b/2.jpg", "/b/1.jpg"])
+            (None, 0)
+        """
+        if self.images is None:
+            return None
+        listed, wanted = _below_common_folder(self.images), _below_common_folder(images)
+        for column, (a, b) in enumerate(zip(listed, wanted, strict=False)):
+            if a != b:
+                return column
+        return None if len(listed) == len(wanted) else min(len(listed), len(wanted))
+
+
+def _below_common_folder(images: Sequence[str]) -> List[str]:
+    if not images:
+        return []
+    folder = os.path.commonpath(images) if len(images) > 1 else os.path.dirname(images[0])
+    return [os.path.relpath(image, folder) if folder else image for image in images]
+
+
+def feature_provenance(path: Path) -> FeatureProvenance:
+    """What the feature file ``path`` (a ``.npy`` or a descriptor store folder) says of how it
+    was made: its image list, and the network's name and fingerprint from its whole settings.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.descriptors import DescriptorKey, feature_provenance, write_feature_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = write_feature_file(np.zeros((4, 1)), ["a.jpg"], pathlib.Path(folder) / "db.npy",
+        ...                               dict(DescriptorKey("3f2a9c0d1e2b4a5c", 64).record(), network="vgg16"))
+        ...     feature_provenance(path)
+        FeatureProvenance(images=['a.jpg'], network='vgg16', fingerprint='3f2a9c0d1e2b4a5c')
+    """
+    path = Path(path)
+    if path.is_dir():
+        store = open_store(path)
+        return FeatureProvenance(list(store.images), store.key.network, store.key.descriptors.fingerprint)
+    listing = _listing_path(path)
+    images = listing.read_bytes().decode(errors="surrogateescape").splitlines() if listing.is_file() else None
+    settings = feature_file_settings(path) or {}
+    network, fingerprint = settings.get("network"), settings.get("fingerprint")
+    return FeatureProvenance(
+        images,
+        network if isinstance(network, str) else None,
+        fingerprint if isinstance(fingerprint, str) else None,
+    )
 
 
 def reusable_feature_file(path: Path, key: DescriptorKey, images: Sequence[str]) -> Optional[np.ndarray]:

@@ -21,6 +21,7 @@ from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import prepare_test_set
 from aml.data.trainsets import load_training_db, prepare_train_set
 from aml.data.paths import DataRoot
+from aml.descriptors import feature_provenance
 from aml.evaluation.results import DatasetResult
 from aml.evaluation.testing import TestSettings, evaluate
 from aml.losses import build_loss
@@ -190,11 +191,20 @@ class _Run:
             load_trunk_weights(net, trunk)
         net.meta["teacher"], net.meta["seed"] = c.teacher, seed
         # the student's teacher by its weights: a store is checked against them wherever it is queried
-        net.meta["teacher_fingerprint"] = self.teacher.loaded.fingerprint if self.reads_teacher else None
+        net.meta["teacher_fingerprint"] = self._teacher_fingerprint()
         net.meta["mode"], net.meta["loss"] = c.mode, c.loss  # checked on --resume
         if c.proj_lr_mult != 1.0 and net.projection() is None:
             log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)
         return net.to(self.device)
+
+    def _teacher_fingerprint(self) -> Optional[str]:
+        """The teacher's weights' fingerprint: the loaded teacher's, or, in a run that reads
+        its descriptors from --feat-path files alone, the one the train file records."""
+        if self.reads_teacher:
+            return self.teacher.loaded.fingerprint
+        if self.mode.needs_teacher and self.config.feat_path:
+            return feature_provenance(Path(self.config.feat_path)).fingerprint
+        return None
 
     def test_callback(self) -> Optional[Callable[[ImageRetrievalNet, int], TestRecords]]:
         """Evaluation every ``test_freq`` epochs (None: never)."""

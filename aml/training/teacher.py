@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from aml.data.paths import DataRootLike, data_subdir
@@ -16,12 +17,14 @@ from aml.descriptors import (
     describe_images,
     feature_file_key,
     feature_file_name,
+    feature_provenance,
     load_feature_file,
     reusable_feature_file,
     write_feature_file,
 )
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
 from aml.utils.distributed import all_ranks, current_world
+from aml.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,32 @@ def _cache_path(path: Path, key: DescriptorKey) -> Path:
     return path.with_name(f"{path.stem}_{key.digest([])[:8]}{path.suffix}")
 
 
+def _given_features(teacher: Teacher, path: Path, images: Sequence[str]) -> np.ndarray:
+    """A ``--feat-path`` file's descriptors: of the teacher's dimension (as far as it is known
+    without loading it), and, where its image list and settings say, of these images (column
+    j: image j of the split) encoded by this teacher.
+
+    Raises:
+        DataError: naming the file, the first column of another image, or the other network.
+    """
+    vecs = load_feature_file(path, len(images), teacher.spec.dimension())
+    made = feature_provenance(path)
+    column = made.other_images(images)
+    if column is not None and made.images is not None:
+        listed = made.images[column] if column < len(made.images) else "nothing"
+        wanted = images[column] if column < len(images) else "nothing"
+        raise DataError(
+            f"feature file {path} describes other images than the training split's: its column {column} is "
+            f"{listed}, the split's image {column} is {wanted}; extract it for this set with extract_features.py"
+        )
+    if made.network is not None and made.network != teacher.spec.name:
+        raise DataError(
+            f"feature file {path} was encoded by {made.network}, not by --teacher {teacher.spec.given} "
+            f"({teacher.spec.name}); give the --teacher it was extracted with, or its file"
+        )
+    return vecs
+
+
 def teacher_split_features(
     teacher: Teacher,
     dataset: str,
@@ -58,14 +87,15 @@ def teacher_split_features(
 ) -> torch.Tensor:
     """D x N teacher descriptors of one split's ``images`` (db order).
 
-    With ``feat_path`` the file is read and its shape checked (the teacher is not loaded).
+    With ``feat_path`` the file is read and checked (the teacher is not loaded): its shape,
+    and, as far as the files beside it say, its images and its network (`_given_features`).
     Otherwise the teacher encodes the images at ``image_size``; the result is kept as
     ``<dataset>[-val]_<teacher>_imsize<N>.npy`` and reused while its `DescriptorKey`
     (the teacher's weights, the image size, ``config``'s pixel path) is this one. Freshly
     encoded descriptors are returned as they are, not read back from the file.
     """
-    if feat_path:  # of the teacher's dimension, as far as it is known without loading it
-        return torch.from_numpy(load_feature_file(Path(feat_path), len(images), teacher.spec.dimension()))
+    if feat_path:
+        return torch.from_numpy(_given_features(teacher, Path(feat_path), images))
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
     path = _cache_path(

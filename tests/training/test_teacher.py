@@ -68,3 +68,29 @@ def test_a_split_whose_images_changed_under_the_same_names_is_encoded_again(synt
     shutil.copyfile(source[0], images[1])  # made again: another picture under the same name
     again = teacher_split_features(teacher, "mine", "train", images, 32, config=config)
     assert encoded == [4, 4] and not torch.equal(first, again) and torch.equal(again[:, 0], again[:, 1])
+
+
+def test_a_feat_path_file_of_other_images_or_of_another_network_is_refused_by_name(tmp_path):
+    """A --feat-path file was checked for its shape alone: one of the same size made for another
+    set (or the set in another order) paired image j with another image's teacher descriptor,
+    and one encoded by another 512-d network trained against it as the --teacher's."""
+    from aml.descriptors import DescriptorKey, write_feature_file
+    from aml.utils.errors import DataError
+
+    images = [str(tmp_path / "data" / "train" / "set" / f"{k}.jpg") for k in range(3)]
+    vecs = np.eye(512, 3, dtype=np.float32)
+    made = dict(DescriptorKey("3f2a9c0d1e2b4a5c", 64).record(), network="retrievalSfM120k-vgg16-gem")
+    path = write_feature_file(vecs, images, tmp_path / "feats.npy", made)
+    vgg16 = Teacher("vgg16")
+    np.testing.assert_array_equal(teacher_split_features(vgg16, "set", "train", images, 64, str(path)).numpy(), vecs)
+    moved = [image.replace(str(tmp_path / "data"), "/elsewhere/data") for image in images]
+    assert teacher_split_features(vgg16, "set", "train", moved, 64, str(path)).shape == (512, 3)  # a data root moved
+    with pytest.raises(DataError, match=r"feats.npy describes other images than the training split's: its column 0 "
+                                        r"is .*0.jpg, the split's image 0 is .*2.jpg"):
+        teacher_split_features(vgg16, "set", "train", images[::-1], 64, str(path))
+    with pytest.raises(DataError, match=r"feats.npy was encoded by retrievalSfM120k-vgg16-gem, not by --teacher "
+                                        r".*model_best.pth.tar \(model_best\)"):
+        teacher_split_features(Teacher(str(tmp_path / "model_best.pth.tar")), "set", "train", images, 64, str(path))
+    (tmp_path / "feats_img_list.txt").unlink()  # a file that says nothing of its images: its shape alone
+    (tmp_path / "feats.npy.json").unlink()
+    assert teacher_split_features(vgg16, "set", "train", images[::-1], 64, str(path)).shape == (512, 3)

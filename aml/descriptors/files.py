@@ -399,8 +399,14 @@ def _below_common_folder(images: Sequence[str]) -> List[str]:
 
 
 def feature_provenance(path: Path) -> FeatureProvenance:
-    """What the feature file ``path`` (a ``.npy`` or a descriptor store folder) says of how it
-    was made: its image list, and the network's name and fingerprint from its whole settings.
+    """What a feature file says of how it was made (`FeatureProvenance`).
+
+    Args:
+        path: a ``.npy`` feature file (its image list beside it, the network's name and
+            fingerprint from its whole settings) or a descriptor store folder.
+
+    Returns:
+        What it says; None in the fields it does not.
 
     Examples:
         >>> import pathlib, tempfile

@@ -246,7 +246,7 @@ def database_augmentation(
 
     Args:
         database: D x N database descriptors.
-        k: neighbours per image (0 <= k < N).
+        k: neighbours per image (0 <= k < N less the ``excluded``).
         alpha: the power of the similarities.
         device: where the neighbours are searched.
         excluded: database images (unreadable, skipped) that are nobody's neighbour and stay
@@ -256,7 +256,8 @@ def database_augmentation(
         D x N float32 augmented descriptors.
 
     Raises:
-        ConfigError: when ``k`` is negative or not below N.
+        ConfigError: when ``k`` is negative, or not below the number of images that are not
+            ``excluded`` (an image would take itself or an excluded one).
 
     Examples:
         >>> import numpy as np
@@ -268,8 +269,13 @@ def database_augmentation(
     """
     database = np.asarray(database, dtype=np.float32)
     n = database.shape[1]
-    if not 0 <= k < max(n, 1):
-        raise ConfigError(f"DBA with k={k}: the database holds {n} images, so each has at most {n - 1} neighbours")
+    readable = n - len(set(excluded))  # the others are nobody's neighbour
+    if not 0 <= k < max(readable, 1):
+        unread = f" ({n - readable} could not be read)" if readable < n else ""
+        raise ConfigError(
+            f"DBA with k={k}: the database holds {readable} images{unread}, so each has at most "
+            f"{readable - 1} neighbours"
+        )
     if k == 0:
         return database.copy()
     top = nearest(database, database, k, device=device, excluded=excluded, skip_self=True)  # k x N

@@ -15,7 +15,15 @@ from aml.descriptors.store import MANIFEST
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
-from aml.search.faiss_index import PQ_CODES, ExactIndex, faiss_or_none, read_index, train_ivfpq, write_index
+from aml.search.faiss_index import (
+    PQ_CODES,
+    ExactIndex,
+    faiss_or_none,
+    in_tie_order,
+    read_index,
+    train_ivfpq,
+    write_index,
+)
 from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.errors import DataError
 from aml.utils.text_files import read_bounded
@@ -197,7 +205,7 @@ class SearchDatabase:
             prewhitened: the queries are whitened already (an exported student with the
                 store's whitening folded in).
             reranking: its ``qe`` and ``qe_alpha`` (αQE) and ``superglobal``; the store's DBA
-                was applied when it was indexed.
+                was applied when it was indexed (a ``dba`` other than the store's is refused).
 
         Returns:
             The scores and the database indices, each Q x k, best first.
@@ -205,9 +213,18 @@ class SearchDatabase:
         Raises:
             StoreError: when the queries are not finite descriptors of the store's dimension,
                 the store's IVF-PQ index is damaged or belongs to another store, or
-                ``reranking.qe`` or ``reranking.superglobal``'s M exceeds the store's size.
+                ``reranking.qe`` or ``reranking.superglobal``'s M exceeds the store's size, or
+                ``reranking.dba`` is not the store's.
             WhiteningError: when whitening makes a query NaN or infinite.
         """
+        dba = self.settings.get("dba")
+        indexed = dba["k"] if dba is not None else 0
+        if reranking.dba and reranking.dba != indexed:
+            raise StoreError(
+                f"DBA of {reranking.dba} neighbours: the store {self.folder} was indexed with "
+                f"{f'--dba {indexed}' if indexed else 'no DBA'}, and DBA is applied when a store is indexed; "
+                f"index it again with --dba {reranking.dba}"
+            )
         queries = self._checked(queries, prewhitened)
         size = self.searchable
         superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
@@ -269,7 +286,9 @@ class SearchDatabase:
         if self.index is None:
             ivfpq = self._read_ivfpq()
             self.index = ivfpq if ivfpq is not None else ExactIndex(self.vecs)
-        return self.index.search(np.ascontiguousarray(queries.T, dtype=np.float32), min(k, self.vecs.shape[1]))
+        return in_tie_order(
+            *self.index.search(np.ascontiguousarray(queries.T, dtype=np.float32), min(k, self.vecs.shape[1]))
+        )
 
     def _read_ivfpq(self) -> Any:
         """The store's IVF-PQ index, checked against the store, or None when it has none.

@@ -57,13 +57,25 @@ class ExactIndex:
             (as the test's ranking puts them; faiss may pick other images of the k-th score).
         """
         if self.flat is not None:
-            scores, indices = self.flat.search(query_rows, k)
-            order = np.lexsort((indices, -scores), axis=1)  # faiss leaves equal scores in any order
-            return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
+            return in_tie_order(*self.flat.search(query_rows, k))
         assert self.matrix is not None
         scores = torch.from_numpy(query_rows) @ self.matrix
         indices = top_in_order(scores, k)
         return torch.gather(scores, 1, indices).numpy(), indices.numpy()
+
+
+def in_tie_order(scores: np.ndarray, indices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """A faiss search's Q x k results, each row best first and equal scores in the store's
+    order (faiss leaves them in any order), positions it did not fill (-1) last.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.search.faiss_index import in_tie_order
+        >>> in_tie_order(np.array([[0.5, 0.9, 0.9, -1.0]]), np.array([[3, 7, 2, -1]]))[1].tolist()
+        [[2, 7, 3, -1]]
+    """
+    order = np.lexsort((indices, -scores, indices < 0), axis=1)
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
 
 
 def exact_search(vecs: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

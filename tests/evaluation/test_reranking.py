@@ -13,6 +13,7 @@ from aml.evaluation.reranking import (Reranking, alpha_query_expansion, database
 from aml.evaluation.superglobal import SuperGlobal, superglobal_rerank
 from aml.evaluation.ranking import nearest, nearest_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply, whitened_rows
+from aml.utils.errors import ConfigError
 
 # three 2-d database descriptors and a query: similarities 0.8 (a), 0.6 (b), 0.96 (c)
 A, B, C = (1.0, 0.0), (0.0, 1.0), (0.6, 0.8)
@@ -113,6 +114,16 @@ def test_dba_leaves_excluded_images_out():
     # a's nearest other image would be c (0.6) but c is excluded: (0.8, 0.6) (0.8)
     assert augmented[:, 0].tolist() == pytest.approx(unit(1.0 + 0.8 * 0.8, 0.8 * 0.6), abs=1e-6)
     assert augmented[:, 1].tolist() == pytest.approx(unit(0.6 * 0.8, 1.0 + 0.6 * 0.6), abs=1e-6)
+
+
+def test_dba_with_as_many_neighbours_as_readable_images_is_refused():
+    """k counted the unreadable images: with k = 3 of 5 images, 2 excluded, image 0 took itself
+    (the excluded and itself all scored -inf, and the tie went to the lowest index)."""
+    database = np.array([A, B, C, (0.8, 0.6), (0.6, 0.8)], dtype=np.float32).T
+    assert database_augmentation(database, k=2, alpha=1, excluded=[3, 4]).shape == (2, 5)
+    with pytest.raises(ConfigError, match=r"DBA with k=3: the database holds 3 images \(2 could not be read\), so "
+                                          r"each has at most 2 neighbours"):
+        database_augmentation(database, k=3, alpha=1, excluded=[3, 4])
 
 
 def test_nearest_is_the_first_rows_of_the_ranking_in_chunks(monkeypatch):

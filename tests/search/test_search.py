@@ -116,6 +116,35 @@ def test_ivfpq_reports_recall_against_exact_search(tmp_path):
         build_ivfpq(store, nlist=16, m=7)
 
 
+def test_equal_scores_of_an_ivfpq_search_come_in_the_stores_order(tmp_path):
+    """Only exact search put ties in the store's order: IVF-PQ returned identical copies (near-
+    duplicate photos share PQ codes) as faiss left them, and αQE and SuperGlobal took them so."""
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(16, 600)).astype(np.float32)
+    vecs[:, ::100] = vecs[:, :1]  # six copies: columns 0, 100, ..., 500
+    vecs /= np.linalg.norm(vecs, axis=0)
+    store = SearchDatabase(tmp_path, vecs, [f"{i}.jpg" for i in range(600)], {"dim": 16})
+    exact = store.search(vecs[:, :1], 6)[1]
+    build_ivfpq(store, nlist=8, m=4, nprobe=8)
+    indexed = SearchDatabase(tmp_path, vecs, [f"{i}.jpg" for i in range(600)], {"dim": 16, "files": None})
+    found = indexed.search(vecs[:, :1], 3)[1]
+    assert exact.tolist() == [[0, 100, 200, 300, 400, 500]] and found.tolist() == [[0, 100, 200]]
+
+
+def test_a_search_asking_for_another_dba_than_the_stores_is_refused(tmp_path):
+    """DBA is applied when a store is indexed: ``Reranking(dba=3)`` on a store indexed without it
+    searched with no DBA, without a word."""
+    vecs = np.eye(16, 40, dtype=np.float32)
+    names = [f"{i}.jpg" for i in range(40)]
+    with pytest.raises(StoreError, match=r"DBA of 3 neighbours: the store .* was indexed with no DBA, .* index it "
+                                         r"again with --dba 3"):
+        SearchDatabase(tmp_path, vecs, names, {"dim": 16}).search(vecs[:, :2], 5, reranking=Reranking(dba=3))
+    augmented = SearchDatabase(tmp_path, vecs, names, {"dim": 16, "dba": {"k": 3, "alpha": 3.0}})
+    assert augmented.search(vecs[:, :2], 5, reranking=Reranking(dba=3))[1].shape == (2, 5)
+    with pytest.raises(StoreError, match=r"was indexed with --dba 3"):
+        augmented.search(vecs[:, :2], 5, reranking=Reranking(dba=2))
+
+
 def test_an_ivfpq_index_and_its_record_are_written_under_the_stores_lock(tmp_path, monkeypatch):
     """Two builds at once would otherwise record one's sha256 with the other's settings."""
     from aml.search import database as search_database

@@ -115,6 +115,12 @@ def _whitening(args, store: Optional[SearchDatabase], dim: int):
     if store is not None:
         if store.whitening is None:
             raise StoreError(f"the store {args.store} has no whitening to fold in")
+        if list(store.settings["scales"]) != [1]:  # learned on multi-scale descriptors
+            raise StoreError(
+                f"the store {args.store} is encoded at scales {list(store.settings['scales'])}: its whitening "
+                "belongs after the multi-scale mean, and an exported student encodes one scale; index a store "
+                "at one scale to fold its whitening in"
+            )
         return store.whitening
     if args.whitening_file:
         data = load_plain_file(args.whitening_file)

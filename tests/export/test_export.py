@@ -123,6 +123,22 @@ def test_command_line_prints_the_differences(student, tmp_path, capsys):
     assert "max abs diff to PyTorch 0.00e+00" in capsys.readouterr().out
 
 
+def test_the_whitening_of_a_multiscale_store_is_not_folded_into_a_one_scale_graph(student, whitening, tmp_path,
+                                                                                  monkeypatch):
+    """It was learned on multi-scale descriptors: folded after one scale, the file's descriptors
+    were whitened wrongly, and only aml's own queries refused the file."""
+    from types import SimpleNamespace
+
+    path = save_checkpoint(checkpoint_state(student, 1, 0.0), tmp_path / "student.pth.tar")
+    store = SimpleNamespace(whitening=whitening, settings={"scales": [1, 0.7071, 0.5], "image_size": 64})
+    monkeypatch.setattr(export_cli, "open_database", lambda folder: store)
+    monkeypatch.setattr(export_cli, "check_teacher", lambda *args: None)
+    with pytest.raises(SystemExit, match=r"is encoded at scales \[1, 0.7071, 0.5\]: its whitening belongs after "
+                                         r"the multi-scale mean"):
+        export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--store", str(tmp_path / "store")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_export_leaves_the_network_in_eval_mode(tmp_path):
     """Exporters restore the wrapper's mode: a wrapper left in training mode would put the
     network's BatchNorm into batch statistics after the first export."""

@@ -283,6 +283,22 @@ def image_array(path: PathLike, image_size: Optional[float], bbx: Optional[BBox]
     return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None] / 255)
 
 
+def _encoded(session: Any, pixels: np.ndarray, path: PathLike, source: PathLike) -> np.ndarray:
+    """One image's 1 x D descriptor; what onnxruntime refuses (an image too small for the
+    network's kernels, a graph that needs another input) names the image and the file."""
+    try:
+        return session.run(None, {"image": pixels})[0]
+    except Exception as err:  # onnxruntime's own classes (InvalidArgument, Fail, ...) derive from Exception only
+        if not type(err).__module__.startswith("onnxruntime"):
+            raise
+        height, width = pixels.shape[-2:]
+        raise OnnxStudentError(
+            f"{source} cannot encode {path} ({width} x {height} pixels as given to it: "
+            f"{str(err).splitlines()[0][:200]}); an image that small is too small for the network: leave it "
+            "out, or give a larger image or box"
+        ) from None
+
+
 def describe_with_onnx(
     session: Any,
     images: Sequence[PathLike],
@@ -304,7 +320,8 @@ def describe_with_onnx(
 
     Raises:
         OnnxStudentError: naming the file and the first image, when a descriptor holds NaN or
-            infinite values (a damaged or badly quantized file).
+            infinite values (a damaged or badly quantized file), or naming the image that
+            onnxruntime cannot run (one too small for the network).
 
     Examples:
         >>> from aml.descriptors.onnx_student import describe_with_onnx, onnx_session
@@ -314,14 +331,14 @@ def describe_with_onnx(
     boxes = list(bbxs) if bbxs is not None else [None] * len(images)
     if len(boxes) != len(images):
         raise ValueError(f"{len(images)} images but {len(boxes)} bounding boxes")
+    source = source or getattr(session, "_model_path", None) or "the ONNX file"  # onnxruntime keeps the path
     columns = [
-        session.run(None, {"image": image_array(path, image_size, box)})[0][0]
+        _encoded(session, image_array(path, image_size, box), path, source)[0]
         for path, box in zip(images, boxes, strict=True)
     ]
     vecs = np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(vecs).all(axis=0))
     if bad.size:
-        source = source or getattr(session, "_model_path", None) or "the ONNX file"  # onnxruntime keeps the path
         raise OnnxStudentError(
             f"{source} gives NaN or infinite descriptors for {bad.size} of {vecs.shape[1]} images "
             f"(first: {images[bad[0]]}): the file is damaged; export the student again "

@@ -40,6 +40,32 @@ def test_nan_descriptors_of_an_onnx_student_are_an_error_naming_the_file(tmp_pat
         describe_with_onnx(onnx_session(damaged), [image], 32, bbxs=[None, None])
 
 
+def test_an_image_too_small_for_the_onnx_student_is_named(tmp_path):
+    """onnxruntime's InvalidArgument (an image smaller than a kernel) was a traceback; the
+    PyTorch path names the image."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    kernel = helper.make_tensor("kernel", TensorProto.FLOAT, [3, 3, 7, 7], [0.01] * 441)
+    axes = helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])
+    nodes = [helper.make_node("Conv", ["image", "kernel"], ["features"]),  # 7 x 7, no padding
+             helper.make_node("ReduceMean", ["features", "axes"], ["descriptor"], keepdims=0)]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                            ["batch", 3, "height", "width"])],
+                              [helper.make_tensor_value_info("descriptor", TensorProto.FLOAT, ["batch", 3])],
+                              [kernel, axes])
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
+    large, small = tmp_path / "large.png", tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(large)
+    Image.new("RGB", (40, 4)).save(small)
+    session = onnx_session(path)
+    assert describe_with_onnx(session, [large], None).shape == (3, 1)
+    with pytest.raises(OnnxStudentError, match=f"{path} cannot encode {small} \\(40 x 4 pixels as given to it: .*"
+                                               "too small for the network: leave it out"):
+        describe_with_onnx(session, [large, small], None)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("aml.dim", "abc", r"its metadata aml.dim is 'abc', not a positive integer"),
     ("aml.dim", "-512", r"its metadata aml.dim is '-512', not a positive integer"),

@@ -81,10 +81,15 @@ class DeployedStudent(nn.Module):
         if whitening is not None:
             m, P = whitening
             dim = net.meta["outputdim"]
-            if np.asarray(P).shape != (dim, dim) or np.asarray(m).size != dim:
+            shape = np.asarray(P).shape
+            if shape != (dim, dim) or np.asarray(m).size != dim:
+                reduced = len(shape) == 2 and shape[1] == dim and np.asarray(m).size == dim
                 raise ExportError(
-                    f"the whitening is for {np.asarray(P).shape[-1]}-d descriptors but the student "
-                    f"outputs {dim}-d ones; use the whitening of its teacher's store"
+                    f"the whitening reduces {dim}-d descriptors to {shape[0]}-d, and an export folds in only a "
+                    "whitening that keeps the dimension (as a store's does)"
+                    if reduced
+                    else f"the whitening is for {shape[-1]}-d descriptors but the student outputs {dim}-d ones; "
+                    "use the whitening of its teacher's store"
                 )
             self.register_buffer("m", torch.as_tensor(np.asarray(m, dtype=np.float32).reshape(1, -1)))
             self.register_buffer("P", torch.as_tensor(np.asarray(P, dtype=np.float32)))

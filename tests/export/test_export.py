@@ -164,6 +164,11 @@ def test_a_whitening_of_another_dimension_is_refused():
     net = build_network("resnet18", pretrained=False)  # 512-d
     with pytest.raises(ExportError, match="the whitening is for 256-d descriptors but the student outputs 512-d"):
         DeployedStudent(net, (np.zeros((256, 1)), np.eye(256)))
+    # a whitening that reduces the dimension (check_whitening accepts one) was refused as "for
+    # 512-d descriptors but the student outputs 512-d ones"
+    with pytest.raises(ExportError, match="the whitening reduces 512-d descriptors to 256-d, and an export folds in "
+                                          "only a whitening that keeps the dimension"):
+        DeployedStudent(net, (np.zeros((512, 1)), np.eye(256, 512)))
 
 
 @pytest.mark.parametrize("readout", ["patch", "cls"])

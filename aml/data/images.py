@@ -104,6 +104,32 @@ def load_image(path: PathLike) -> Image.Image:
     return image.convert("RGB")
 
 
+EXIF_ORIENTATION = 0x0112  # 1: as stored; 2 to 8: mirrored and/or turned (6 and 8: a quarter turn)
+
+
+def exif_orientation(path: PathLike) -> int:
+    """The EXIF orientation an image file carries (1: none, or none readable); aml, as
+    cirtorch, encodes the pixels as stored, whatever a viewer shows.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> from aml.data.images import exif_orientation
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     exif = Image.Exif()
+        ...     exif[0x0112] = 6  # a phone held upright: stored turned a quarter
+        ...     Image.new("RGB", (40, 30)).save(pathlib.Path(folder) / "q.jpg", exif=exif)
+        ...     exif_orientation(pathlib.Path(folder) / "q.jpg")
+        6
+    """
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # unreadable: the loading names it
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def image_size(path: PathLike) -> Tuple[int, int]:
     """(width, height) of an image file, read from its header (nothing is decoded)."""
     with errors_naming(path), Image.open(path) as image:

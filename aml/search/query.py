@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, TypedDict
 import numpy as np
 
 from aml.data.paths import DataRootLike
-from aml.data.images import BBox
+from aml.data.images import BBox, exif_orientation
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.onnx_student import (
     REEXPORT,
@@ -150,6 +150,7 @@ def query_database(
         >>> results[0]["results"][0]  # doctest: +SKIP
         {'image': '/photos/0042.jpg', 'score': 0.83}
     """
+    _warn_turned(images)
     queries = describe_images(
         student,
         images,
@@ -159,6 +160,21 @@ def query_database(
         config=config.but(desc="queries"),
     )
     return _hits(database, images, *database.search(queries, k, reranking=reranking))
+
+
+def _warn_turned(images: Sequence[str]) -> None:
+    """Name the query images whose EXIF orientation a viewer applies and aml does not (phone
+    photos are often stored turned): they are searched, and boxed, as stored."""
+    turned = [image for image in images if exif_orientation(image) != 1]
+    if turned:
+        log.warning(
+            ">> %d query image(s) carry an EXIF orientation (first: %s): aml, as cirtorch, encodes the pixels as "
+            "stored, so they are searched as stored (a photo stored turned is searched turned) and --box is in "
+            "the stored pixel grid; turn the files upright (e.g. PIL's ImageOps.exif_transpose) to search them "
+            "as shown",
+            len(turned),
+            turned[0],
+        )
 
 
 def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentInfo:
@@ -269,6 +285,7 @@ def query_database_onnx(
             f"{path} outputs {width}-d descriptors but its metadata says {info.dim}: the file was edited "
             f"or damaged; export it again: {REEXPORT}"
         )
+    _warn_turned(images)
     queries = describe_with_onnx(session, images, database.settings["image_size"], bbxs, source=path)
     if queries.shape[0] != info.dim:
         raise StoreError(

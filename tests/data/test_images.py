@@ -171,3 +171,25 @@ def test_the_normalisation_divides_by_tensors_on_the_device_never_by_a_python_nu
     assert len(seen.divisors) == 2 and all(isinstance(d, torch.Tensor) for d in seen.divisors)
     grey = np.arange(256, dtype=np.float32)
     assert np.count_nonzero(grey / np.float32(255) != grey * np.float32(1 / 255)) == 126  # the reciprocal's toll
+
+
+def test_the_exif_orientation_of_a_phone_photo_is_read_and_named_when_queried(tmp_path, caplog):
+    """A photo stored turned (EXIF orientation 6) was searched turned, and boxed in the stored grid,
+    without a word: a viewer shows it upright."""
+    import logging
+
+    from aml.data.images import exif_orientation
+    from aml.search.query import _warn_turned
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned, plain = tmp_path / "turned.jpg", tmp_path / "plain.jpg"
+    Image.new("RGB", (40, 10)).save(turned, exif=exif)
+    Image.new("RGB", (40, 10)).save(plain)
+    (tmp_path / "broken.jpg").write_bytes(b"not a photo")
+    assert [exif_orientation(p) for p in (turned, plain, tmp_path / "broken.jpg")] == [6, 1, 1]
+    with caplog.at_level(logging.WARNING, logger="aml"):
+        _warn_turned([str(plain)])
+        assert not caplog.records
+        _warn_turned([str(plain), str(turned)])
+    assert f"1 query image(s) carry an EXIF orientation (first: {turned})" in caplog.text

@@ -521,7 +521,8 @@ def open_database(folder: PathLike) -> SearchDatabase:
         The database.
 
     Raises:
-        StoreError: naming what is missing, damaged, edited or of another store, with the fix.
+        StoreError: naming what is missing, damaged, edited or of another store, with the fix,
+            or when the folder was indexed again while it was being read.
 
     Examples:
         >>> from aml.search import open_database
@@ -530,6 +531,7 @@ def open_database(folder: PathLike) -> SearchDatabase:
         ((512, 10000), 'retrievalSfM120k-vgg16-gem')
     """
     folder = Path(folder)
+    identity = _folder_identity(folder)  # an indexing swaps in a new folder: nothing may mix the two
     if (folder / MANIFEST).is_file():
         vecs, images, settings, unreadable = _sharded_descriptors(folder)
     else:
@@ -549,5 +551,19 @@ def open_database(folder: PathLike) -> SearchDatabase:
         if not len(kept):
             raise StoreError(f"none of the {len(images)} images of the store {folder} could be read: nothing to search")
         vecs, images = vecs[:, kept], [images[i] for i in kept]
-    manifest = file_sha256(folder / MANIFEST) if (folder / MANIFEST).is_file() else None
+    manifest = file_sha256(folder / MANIFEST) if (folder / MANIFEST).is_file() else None  # for build_ivfpq
+    if _folder_identity(folder) != identity:
+        raise StoreError(
+            f"the store {folder} was indexed again while it was being opened (its files would mix two "
+            "indexings): open it again"
+        )
     return SearchDatabase(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening, manifest)
+
+
+def _folder_identity(folder: Path) -> Tuple[int, int]:
+    """The folder's device and inode: an indexing renames a new folder into its place."""
+    try:
+        found = folder.stat()
+    except OSError as err:
+        raise StoreError(f"cannot open the store {folder} ({err}); give a store folder ({REBUILD})") from None
+    return found.st_dev, found.st_ino

@@ -375,3 +375,27 @@ def test_a_store_names_linked_images_by_their_own_path(random_teacher, tmp_path)
     teacher = load_spec(NetworkSpec.parse(str(random_teacher[0])), None, None)
     build_store(teacher, list_images(photos), tmp_path / "store", 32, config=ExtractionConfig(workers=0, device="cpu"))
     assert open_database(tmp_path / "store").images == [str(photos / f"photo{i}.jpg") for i in range(3)]
+
+
+def test_a_store_indexed_again_while_it_is_opened_is_refused(whitened_store, tmp_path, monkeypatch):
+    """Its parts were read one after another from the folder's path: an indexing that swapped in
+    its new folder meanwhile paired the old shards with the new whitening, DBA and index, each
+    of them passing its sha256 check against the new search.json."""
+    from aml.search import store as search_store
+    from aml.utils.atomic import publish_folder
+
+    folder = tmp_path / "store"
+    shutil.copytree(whitened_store, folder)
+    shutil.copytree(whitened_store, tmp_path / ".store.new")
+    read = search_store._sharded_descriptors
+
+    def while_indexed(path):
+        found = read(path)
+        publish_folder(tmp_path / ".store.new", folder, overwrite=True)  # the other indexing ends
+        return found
+
+    monkeypatch.setattr(search_store, "_sharded_descriptors", while_indexed)
+    with pytest.raises(StoreError, match=r"store .* was indexed again while it was being opened .*: open it again"):
+        open_database(folder)
+    monkeypatch.setattr(search_store, "_sharded_descriptors", read)
+    assert open_database(folder).vecs.shape == open_database(whitened_store).vecs.shape  # opened again: whole

@@ -561,9 +561,10 @@ def open_database(folder: PathLike) -> SearchDatabase:
 
 
 def _folder_identity(folder: Path) -> Tuple[int, int]:
-    """The folder's device and inode: an indexing renames a new folder into its place."""
+    """The folder's device and inode (an indexing renames a new folder into its place); zeros
+    when there is none (reading it then names what is missing)."""
     try:
         found = folder.stat()
-    except OSError as err:
-        raise StoreError(f"cannot open the store {folder} ({err}); give a store folder ({REBUILD})") from None
+    except OSError:
+        return (0, 0)
     return found.st_dev, found.st_ino

@@ -6,7 +6,6 @@ members that would land outside the target folder.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -20,10 +19,10 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 
-from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, publish_folder, staged
+from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, lock_beside, publish_folder, staged
 from aml.utils.progress import progress_bar
 from aml.utils.errors import AmlError
 
@@ -303,7 +302,7 @@ def download_file(
     if dest.exists() and _intact(dest, url, expected_hash):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _download_lock(dest):
+    with lock_beside(dest):  # one process fetches the file (into one .part), the others then find it
         if dest.exists():
             if _intact(dest, url, expected_hash):
                 return dest
@@ -324,30 +323,6 @@ def download_file(
         _part_record(partial).unlink(missing_ok=True)
         _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
         return dest
-
-
-@contextlib.contextmanager
-def _download_lock(dest: Path) -> Iterator[None]:
-    """Hold ``.<name>.lock`` beside ``dest``: one process fetches the file (into one .part), the
-    others wait for it and then find it in place. The holder deletes the lock file when done; a
-    waiter that then holds a deleted file's lock opens the new one again."""
-    path = dest.with_name(f".{dest.name}.lock")
-    while True:
-        handle = open(path, "a")  # noqa: SIM115 (held, and the lock with it, until the block ends)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                current = os.stat(path).st_ino
-            except FileNotFoundError:
-                current = None
-            if current == os.fstat(handle.fileno()).st_ino:
-                try:
-                    yield
-                finally:
-                    path.unlink(missing_ok=True)
-                return
-        finally:
-            handle.close()
 
 
 def _verify(partial: Path, url: str, dest: Path, expected_hash: Optional[str], expected_size: Optional[int]) -> None:

@@ -420,7 +420,7 @@ def feature_provenance(path: Path) -> FeatureProvenance:
     """
     path = Path(path)
     if path.is_dir():
-        store = open_store(path)
+        store = open_store(path, warn=False)  # read, and warned of, as the descriptors were
         return FeatureProvenance(list(store.images), store.key.network, store.key.descriptors.fingerprint)
     listing = _listing_path(path)
     images = listing.read_bytes().decode(errors="surrogateescape").splitlines() if listing.is_file() else None

@@ -485,10 +485,10 @@ class DescriptorStore:
         the shard encoded in their place gets its own."""
         with folder_lock(self.folder, wait=True):
             manifest, _ = read_manifest(self.folder)
-            hashes = manifest.get(HASHES)
-            if hashes is None or not any(hashes[k] is not None for k in self.missing()):
+            hashes, missing = manifest.get(HASHES), self.missing()
+            if hashes is None or not any(hashes[k] is not None for k in missing):
                 return
-            for k in self.missing():
+            for k in missing:
                 hashes[k] = None
             self._write_manifest(hashes)
             self._hashes = None
@@ -636,7 +636,7 @@ def _file_stamp(path: Path) -> Tuple[int, int, int]:
     return (found.st_ino, found.st_mtime_ns, found.st_size)
 
 
-def open_store(folder: Path) -> DescriptorStore:
+def open_store(folder: Path, warn: bool = True) -> DescriptorStore:
     """An existing store, as its manifest and image list describe it (to read its shards).
 
     Every field of the manifest is checked (`read_manifest`), and so is its agreement with
@@ -645,6 +645,7 @@ def open_store(folder: Path) -> DescriptorStore:
 
     Args:
         folder: the store's folder.
+        warn: log `DescriptorStore.warn_unverified`'s warning (a second opening need not).
 
     Returns:
         The store.
@@ -671,7 +672,8 @@ def open_store(folder: Path) -> DescriptorStore:
             f"holds {beyond[0]}: the manifest was edited or the shard comes from another store"
         )
     store._hashes = list(manifest.get(HASHES) or [None] * store.shards)
-    store.warn_unverified()
+    if warn:
+        store.warn_unverified()
     return store
 
 

@@ -286,9 +286,8 @@ class SearchDatabase:
         if self.index is None:
             ivfpq = self._read_ivfpq()
             self.index = ivfpq if ivfpq is not None else ExactIndex(self.vecs)
-        return in_tie_order(
-            *self.index.search(np.ascontiguousarray(queries.T, dtype=np.float32), min(k, self.vecs.shape[1]))
-        )
+        found = self.index.search(np.ascontiguousarray(queries.T, dtype=np.float32), min(k, self.vecs.shape[1]))
+        return in_tie_order(*found)  # IVF-PQ leaves ties in any order (exact search's are in order already)
 
     def _read_ivfpq(self) -> Any:
         """The store's IVF-PQ index, checked against the store, or None when it has none.

@@ -181,6 +181,42 @@ def staging_folder(folder: Union[str, Path]) -> Path:
 
 
 @contextlib.contextmanager
+def lock_beside(path: PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``path`` for the ``with`` block,
+    waiting for another holder (processes making one file take turns). Unlike `folder_lock`,
+    the lock file goes when the block ends: a waiter that then holds the deleted file's lock
+    opens the new one and waits again.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from aml.utils.atomic import lock_beside
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     with lock_beside(pathlib.Path(folder) / "weights.pth"):
+        ...         held = sorted(p.name for p in pathlib.Path(folder).iterdir())
+        ...     held, sorted(pathlib.Path(folder).iterdir())
+        (['.weights.pth.lock'], [])
+    """
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        handle = open(lock, "a")  # noqa: SIM115 (held, and the lock with it, until the block ends)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                current: Optional[int] = os.stat(lock).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(handle.fileno()).st_ino:  # not a file its holder deleted meanwhile
+                try:
+                    yield
+                finally:
+                    lock.unlink(missing_ok=True)
+                return
+        finally:
+            handle.close()
+
+
+@contextlib.contextmanager
 def staged(folder: Union[str, Path]) -> Iterator[Path]:
     """A `staging_folder` of ``folder`` for the ``with`` block, which builds it and publishes
     it (`publish_folder`); whatever is left of it when the block ends (an error, a full disk,

@@ -10,7 +10,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -66,16 +66,20 @@ def image_files(folder: PathLike) -> List[Path]:
 def visible_files(folder: PathLike) -> List[Path]:
     """The files below ``folder``, sorted, but hidden files and those in hidden folders
     (``.thumbnails/``, ``.DS_Store``): `image_files` without the extension test, for sets whose
-    images have none (cirtorch's ``ims/`` layout)."""
+    images have none (cirtorch's ``ims/`` layout). Linked folders are entered (a folder of
+    photos linked into a set belongs to it), each real folder once."""
     folder = Path(folder)
-    return sorted(
-        (
-            path
-            for path in folder.rglob("*")
-            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-        ),
-        key=str,
-    )
+    seen: Set[str] = set()
+    found: List[Path] = []
+    for parent, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # a link back up the tree, or a second link to a folder already listed
+            folders.clear()
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found.extend(Path(parent) / name for name in files if not name.startswith("."))
+    return sorted((path for path in found if path.is_file()), key=str)
 
 
 MAX_IMAGE_BYTES = 256 << 20

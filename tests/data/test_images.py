@@ -193,3 +193,21 @@ def test_the_exif_orientation_of_a_phone_photo_is_read_and_named_when_queried(tm
         assert not caplog.records
         _warn_turned([str(plain), str(turned)])
     assert f"1 query image(s) carry an EXIF orientation (first: {turned})" in caplog.text
+
+
+def test_image_files_enter_linked_folders_once_and_skip_hidden_ones(tmp_path):
+    from aml.data.images import image_files
+
+    trip = tmp_path / "elsewhere" / "trip2019"
+    trip.mkdir(parents=True)
+    for name in ("x.jpg", "y.jpg", ".hidden.jpg"):
+        (trip / name).touch()
+    landmark = tmp_path / "set" / "bridge"
+    landmark.mkdir(parents=True)
+    (landmark / "1.jpg").touch()
+    (landmark / "trip").symlink_to(trip, target_is_directory=True)  # a folder of photos linked in
+    (landmark / "loop").symlink_to(landmark, target_is_directory=True)  # a link back up: listed once
+    (landmark / ".cache").mkdir()
+    (landmark / ".cache" / "z.jpg").touch()
+    found = [str(path.relative_to(tmp_path / "set")) for path in image_files(tmp_path / "set")]
+    assert found == ["bridge/1.jpg", "bridge/trip/x.jpg", "bridge/trip/y.jpg"]

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypedDic
 from PIL import Image
 
 from aml.utils.atomic import publish_folder, staged
-from aml.data.images import ImageLoadError, image_files, load_image, visible_files
+from aml.data.images import ImageLoadError, exif_orientation, image_files, load_image, visible_files
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import kind_of, save_pickle
 from aml.data.testsets import TEST_SETS
@@ -229,6 +229,22 @@ def _check_query(
         log.warning(">> %s has no positive: it will not count in mAP", where)
 
 
+def _warn_turned_boxes(queries: Sequence[DescribedQuery], images_dir: Path, source: str) -> None:
+    """Name the boxed queries whose EXIF orientation a viewer applies: the box is read in the
+    stored pixel grid (as cirtorch crops), not in the picture a viewer shows."""
+    boxed = [entry["image"] for entry in queries if entry.get("box")]
+    turned = [image for image in boxed if exif_orientation(images_dir / image) != 1]
+    if turned:
+        log.warning(
+            ">> %s: %d boxed query image(s) carry an EXIF orientation (first: %s): boxes are in the stored "
+            "pixel grid, which a viewer shows turned or mirrored; draw them on the stored pixels, or turn the "
+            "files upright first (e.g. PIL's ImageOps.exif_transpose)",
+            source,
+            len(turned),
+            turned[0],
+        )
+
+
 def _bbx(entry: DescribedQuery) -> Optional[List[float]]:
     box = entry.get("box")
     return None if box is None else [float(c) for c in box]
@@ -239,9 +255,10 @@ def _stem(name: str) -> str:
 
 
 def _copy_as_jpeg(source: Path, target: Path) -> None:
-    """JPEGs are copied byte for byte; other formats are converted (quality 95)."""
+    """JPEGs are copied byte for byte (a phone's MPO too: a JPEG whose first picture every
+    reader shows); other formats are converted (quality 95)."""
     with Image.open(source) as image:
-        if image.format == "JPEG":
+        if image.format in ("JPEG", "MPO"):
             shutil.copyfile(source, target)
         else:
             image.convert("RGB").save(target, "JPEG", quality=95)
@@ -346,6 +363,7 @@ def build_test_set(
     database = {n: i for i, n in enumerate(database_names)}
     for q, entry in enumerate(queries):
         _check_query(q, entry, lists, database, sizes, source)
+    _warn_turned_boxes(queries, images_dir, source)
     folder = data_subdir(data_root, "test") / name
     if folder.exists():
         raise TestSetError(f"{folder} already exists; choose another --name or move it away")

@@ -141,8 +141,9 @@ def csv_rows(
         One dict per row.
 
     Raises:
-        DataError: (``error``) naming ``source``, for a header name outside ``columns`` or a
-            line the csv module cannot read.
+        DataError: (``error``) naming ``source``, for a header name outside ``columns``, a
+            line the csv module cannot read, or a line with more fields than the header (an
+            unquoted comma in a field would shift names out of their column).
 
     Examples:
         >>> from aml.utils.errors import DataError
@@ -161,6 +162,15 @@ def csv_rows(
                     f"are {', '.join(columns or ())}"
                 )
             reader.fieldnames = header
-            return list(reader)
+            rows = []
+            for row in reader:
+                extra = [field for field in row.pop(None, []) if field.strip()]
+                if extra:
+                    raise error(
+                        f"{source}: line {reader.line_num} has {len(header) + len(extra)} fields for the "
+                        f"header's {len(header)} ({', '.join(header)}); quote a field holding a comma"
+                    )
+                rows.append(row)
+            return rows
     except csv.Error as err:
         raise error(f"{source}: line {reader.line_num} cannot be read as CSV ({err}); save it as plain CSV") from None

@@ -271,6 +271,13 @@ def test_a_misspelt_field_or_column_is_refused_rather_than_left_out(images, tmp_
     wrong.write_text("\ufeffquery,bbox,easy\nq.jpg,0 0 20 10,a.jpg\n", encoding="utf-8")  # Excel's BOM too
     with pytest.raises(TestSetError, match=r"wrong.csv: unknown column 'bbox' \(the header holds query, bbox, easy\)"):
         read_description(wrong)
+    shifted = tmp_path / "shifted.csv"  # an unquoted comma: d.jpg would have left the lists unseen
+    shifted.write_text("query,box,easy,hard,junk\nq.jpg,,a.jpg,b.jpg,c.jpg,d.jpg\nq.jpg,,a.jpg,b.jpg,c.jpg,\n")
+    with pytest.raises(TestSetError, match=r"shifted.csv: line 2 has 6 fields for the header's 5 \(query, box, easy, "
+                                           r"hard, junk\); quote a field holding a comma"):
+        read_description(shifted)
+    shifted.write_text("query,box,easy,hard,junk\nq.jpg,,a.jpg,b.jpg,c.jpg,\n")  # a trailing comma is no field
+    assert read_description(shifted)["queries"][0]["junk"] == ["c.jpg"]
     assert not (root / "test" / "mine").exists()
 
 
@@ -307,3 +314,28 @@ def test_a_name_that_test_py_reads_as_a_registered_set_is_refused(images, tmp_pa
     with pytest.raises(TestSetError, match=rf"--name {name}: test.py -d {name} means the registered set"):
         build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, name, tmp_path)
     assert not (tmp_path / "test").exists()
+
+
+def test_phone_jpegs_are_copied_as_they_are_and_turned_boxes_are_named(images, tmp_path, caplog):
+    """A phone's MPO file (a JPEG with a second picture) was re-encoded, so the set scored other
+    pixels than the user's; a box on a photo a viewer shows turned was cropped silently in the
+    stored grid."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    picture.save(images / "a.jpg", "MPO", save_all=True, append_images=[picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    assert Image.open(images / "a.jpg").format == "MPO"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter
+    Image.new("RGB", (40, 30)).save(images / "q.jpg", exif=exif)
+    with caplog.at_level("WARNING"):
+        folder = build_test_set({"queries": [{"image": "q.jpg", "box": [0, 0, 20, 10], "easy": ["a.jpg"]}],
+                                 "database": None}, images, "phone", tmp_path / "root")
+    assert (folder / "jpg" / "a.jpg").read_bytes() == (images / "a.jpg").read_bytes()
+    assert "1 boxed query image(s) carry an EXIF orientation (first: q.jpg): boxes are in the stored pixel grid" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "plain",
+                       tmp_path / "root")
+    assert "EXIF" not in caplog.text  # without a box, query and database are both encoded as stored

@@ -89,3 +89,26 @@ def check_set_name(name: str) -> str:
             "name, no '/', '..' or '+')"
         )
     return name
+
+
+def link_folder(source: Path, link: Path) -> None:
+    """Make ``link`` a relative link to the folder ``source`` unless it already reaches one; a
+    dangling link (an absolute one made before the data root moved) is made again. Relative,
+    so the data root can be moved or copied (``rsync -a``) with its links.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from pathlib import Path
+        >>> from aml.data.paths import link_folder
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     (Path(root) / "120k" / "ims").mkdir(parents=True)
+        ...     (Path(root) / "30k").mkdir()
+        ...     link_folder(Path(root) / "120k" / "ims", Path(root) / "30k" / "ims")
+        ...     os.readlink(Path(root) / "30k" / "ims")
+        '../120k/ims'
+    """
+    if link.is_symlink() and not link.exists():
+        link.unlink()
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(source, link.parent), link, target_is_directory=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 from aml.data.download import download_file, extract_archives, remove_download
 from aml.data.formats import TestConfig
-from aml.data.paths import data_subdir
+from aml.data.paths import data_subdir, link_folder
 from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
 from aml.data.synthetic import generate_test_set
 from aml.utils.errors import ConfigError
@@ -43,22 +43,17 @@ def _download_real(name: str, images_from: str) -> Callable[[Path, bool], None]:
     def prepare(test_root: Path, progress: bool) -> None:
         folder = test_root / name
         jpg = folder / "jpg"
-        if jpg.is_symlink() and not jpg.exists():  # an absolute link of a data root since moved
-            jpg.unlink()
-        if not jpg.exists():
-            source = test_root / images_from / "jpg"
-            if not source.exists():
-                archives = [
-                    download_file(url, test_root / images_from / url.rsplit("/", 1)[1], progress=progress)
-                    for url in IMAGE_ARCHIVES[images_from]
-                ]
-                extract_archives(archives, source, flatten=True, progress=progress)
-                for archive in archives:
-                    remove_download(archive)
-            if source != jpg:
-                folder.mkdir(parents=True, exist_ok=True)
-                # relative: the data root can be moved or copied (rsync -a) with its links
-                os.symlink(os.path.relpath(source, folder), jpg, target_is_directory=True)
+        source = test_root / images_from / "jpg"
+        if not jpg.exists() and not source.exists():
+            archives = [
+                download_file(url, test_root / images_from / url.rsplit("/", 1)[1], progress=progress)
+                for url in IMAGE_ARCHIVES[images_from]
+            ]
+            extract_archives(archives, source, flatten=True, progress=progress)
+            for archive in archives:
+                remove_download(archive)
+        if source != jpg:
+            link_folder(source, jpg)
         gnd = f"gnd_{name}.pkl"
         download_file(CIRTORCH_TEST + f"{name}/{gnd}", folder / gnd, progress=progress)
 

@@ -5,14 +5,13 @@
 ``ims/<cid[-2:]>/<cid[-4:-2]>/<cid[-6:-4]>/<cid>``.
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, cast
 
 from aml.data.download import download_file, extract_archive, remove_download
 from aml.data.formats import TrainingDb
-from aml.data.paths import cid2filename, data_subdir
+from aml.data.paths import cid2filename, data_subdir, link_folder
 from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
 from aml.data.synthetic import generate_train_set
 from aml.utils.errors import ConfigError
@@ -38,10 +37,7 @@ def _download_sfm(train_root: Path) -> None:
         archive = download_file(CIRTORCH_TRAIN + "ims/ims.tar.gz", train_root / "retrieval-SfM-120k" / "ims.tar.gz")
         extract_archive(archive, ims, progress=True)
         remove_download(archive)
-    thirty = train_root / "retrieval-SfM-30k"
-    thirty.mkdir(parents=True, exist_ok=True)
-    if not (thirty / "ims").exists():
-        os.symlink(ims.resolve(), thirty / "ims", target_is_directory=True)
+    link_folder(ims, train_root / "retrieval-SfM-30k" / "ims")
     for folder, name in (
         ("retrieval-SfM-120k", "retrieval-SfM-120k.pkl"),
         ("retrieval-SfM-120k", "retrieval-SfM-120k-whiten.pkl"),

@@ -174,3 +174,23 @@ def test_a_revisited_sets_images_stay_found_after_the_data_root_moves(tmp_path, 
     dangling.symlink_to(tmp_path / "data" / "test" / "oxford5k" / "jpg")  # as earlier versions linked it
     prepare(moved / "test", False)
     assert (dangling / "all_souls_000000.jpg").read_bytes() == b"jpeg"
+
+
+def test_sfm_30k_shares_120k_images_after_the_data_root_moves(tmp_path, monkeypatch):
+    """retrieval-SfM-30k/ims was an absolute link to 120k's: after `mv data /big/data` it
+    dangled and `-w retrieval-SfM-30k` ended in a FileExistsError traceback."""
+    from aml.data import trainsets
+
+    monkeypatch.setattr(trainsets, "download_file", lambda url, path, progress=False: path)  # the pickles are there
+    train_root = tmp_path / "data" / "train"
+    (train_root / "retrieval-SfM-120k" / "ims" / "aa").mkdir(parents=True)
+    (train_root / "retrieval-SfM-120k" / "ims" / "aa" / "x").write_bytes(b"jpeg")
+    link = train_root / "retrieval-SfM-30k" / "ims"
+    link.parent.mkdir()
+    link.symlink_to(train_root / "retrieval-SfM-120k" / "ims")  # as earlier versions linked it
+    moved = tmp_path / "big" / "data"
+    moved.parent.mkdir()
+    (tmp_path / "data").rename(moved)
+    trainsets._download_sfm(moved / "train")
+    assert (moved / "train" / "retrieval-SfM-30k" / "ims" / "aa" / "x").read_bytes() == b"jpeg"
+    assert not Path(os.readlink(moved / "train" / "retrieval-SfM-30k" / "ims")).is_absolute()

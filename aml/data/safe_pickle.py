@@ -19,9 +19,11 @@ from aml.utils.atomic import atomic_write
 from aml.utils.errors import AmlError, DataError
 
 _NUMPY = ("numpy.core.multiarray", "numpy._core.multiarray")
+_BUILTINS = ("builtins", "__builtin__")  # protocols 0 to 2 name the module as Python 2 did
 _ALLOWED = (
     {
-        ("builtins", name)
+        (module, name)
+        for module in _BUILTINS
         for name in (
             "dict",
             "list",
@@ -37,13 +39,14 @@ _ALLOWED = (
             "bytearray",
         )
     }
-    | {("collections", "OrderedDict"), ("__builtin__", "set")}
+    | {("collections", "OrderedDict")}
     | {
         (module, name)
         for module in _NUMPY + ("numpy.core.numeric", "numpy._core.numeric")
         for name in ("_reconstruct", "scalar", "_frombuffer")
     }
     | {("numpy", "ndarray"), ("numpy", "dtype")}
+    | {("_codecs", "encode")}  # how protocols 0 to 2 write bytes (numpy's buffers too) in Python 3
 )
 
 #: the most items (or bytes) that the constructor calls of one dataset pickle may build together
@@ -119,6 +122,13 @@ def _text(*args: Any) -> int:
     return _copied(*args)
 
 
+def _latin1(*args: Any) -> int:
+    """``_codecs.encode(text, "latin1")``, bytes as protocols 0 to 2 write them; no other codec."""
+    if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
+        raise UnsafePickleError("refusing _codecs.encode other than of text to latin1: a dataset file holds bytes")
+    return len(args[0])
+
+
 def _array(subtype: Any = None, shape: Any = 0, dtype: Any = "b", *rest: Any) -> int:
     """numpy's ``_reconstruct(subtype, shape, dtype)``: the array's bytes."""
     return _shape(shape) * _itemsize(dtype)
@@ -135,11 +145,15 @@ def _scalar(dtype: Any = None, obj: Any = None) -> int:
 
 # What each constructor that allocates builds, from its arguments (before it runs).
 _SIZES: Dict[Tuple[str, str], Callable[..., int]] = {
-    **{("builtins", name): _copied for name in ("bytes", "bytearray", "list", "tuple", "set", "frozenset", "dict")},
-    ("builtins", "str"): _text,
-    ("__builtin__", "set"): _copied,
+    **{
+        (module, name): _copied
+        for module in _BUILTINS
+        for name in ("bytes", "bytearray", "list", "tuple", "set", "frozenset", "dict")
+    },
+    **{(module, "str"): _text for module in _BUILTINS},
     ("collections", "OrderedDict"): _copied,
     ("numpy", "ndarray"): _new_array,
+    ("_codecs", "encode"): _latin1,
     **{(module, "_reconstruct"): _array for module in _NUMPY},
     **{(module, "scalar"): _scalar for module in _NUMPY},
 }

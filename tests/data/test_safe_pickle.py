@@ -1,3 +1,4 @@
+import codecs
 import os
 import pickle
 
@@ -94,7 +95,8 @@ def test_the_budget_counts_everything_a_file_builds_not_one_call(tmp_path):
     (_Reduces(np.ndarray, (1 << 22,), np.dtype("complex128")), r"numpy.ndarray of 67,108,864 items"),
     (_Reduces(_reconstruct, np.ndarray, (1 << 10,), np.dtype("V65536")), r"_reconstruct of 67,108,864 items"),
     (_Reduces(str, [b"x" * 1000] * 1000), r"refusing str\(\) of a list"),
-], ids=["ndarray", "ndarray-dtype", "shape-times-itemsize", "str-of-a-list"])
+    (_Reduces(codecs.encode, "x" * 10, "zlib"), r"refusing _codecs.encode other than of text to latin1"),
+], ids=["ndarray", "ndarray-dtype", "shape-times-itemsize", "str-of-a-list", "other-codec"])
 def test_numpy_arrays_are_bounded_by_shape_times_item_size(tmp_path, bomb, message):
     path = tmp_path / "db.pkl"
     path.write_bytes(pickle.dumps(bomb, protocol=4))
@@ -105,7 +107,7 @@ def test_numpy_arrays_are_bounded_by_shape_times_item_size(tmp_path, bomb, messa
 def test_arrays_of_every_kind_still_load(tmp_path):
     data = {"a": np.arange(12, dtype=np.int64).reshape(3, 4), "b": np.float32(2.5), "c": np.array(["x", "yz"]),
             "d": np.array([[1.0, 2.0]], order="F"), "e": set(range(5)), "f": bytearray(b"ab")}
-    for protocol in (4, 5):
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):  # 0 to 2 (Python 2's) write bytes by _codecs.encode
         save = tmp_path / f"p{protocol}.pkl"
         save.write_bytes(pickle.dumps(data, protocol=protocol))
         loaded = load_pickle(save)

@@ -125,6 +125,17 @@ def folder(text: str) -> str:
     return text
 
 
+def existing_folder(text: str) -> str:
+    """A folder to read from: refuses a path that does not exist or is a file, so a mistyped
+    input folder is named as such rather than as missing files below it."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist; give the folder that holds the images")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; give the folder that holds the images")
+    return text
+
+
 def device_name(text: str) -> str:
     """A device aml runs on (auto, cpu, cuda, cuda:N, mps), refused at parse time when it is not
     one; whether this machine has it is known when the command starts (`resolve_device`)."""

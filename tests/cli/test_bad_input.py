@@ -7,6 +7,8 @@ from aml import demo
 from aml.cli import compat as compat_cli
 from aml.cli import export as export_cli
 from aml.cli import extract_features as extract_cli
+from aml.cli import make_testset as make_testset_cli
+from aml.cli import make_trainset as make_trainset_cli
 from aml.cli import search as search_cli
 from aml.cli import synthetic as synthetic_cli
 from aml.cli import test as test_cli
@@ -355,3 +357,19 @@ def test_an_onnx_folder_is_named_a_folder(tmp_path, capsys):
 
     with pytest.raises(OnnxStudentError, match=f"{tmp_path} is a folder, not an ONNX file; give student.onnx"):
         onnx_session(tmp_path)
+
+
+@pytest.mark.parametrize("command, flag", [
+    ((make_testset_cli.main, ["d.csv", "--name", "x"]), "--images"),
+    ((make_trainset_cli.main, ["--name", "x"]), "--folders"),
+    ((make_trainset_cli.main, ["--name", "x", "--csv", "d.csv"]), "--images"),
+])
+def test_a_mistyped_input_folder_is_named_as_such(command, flag, tmp_path, capsys):
+    """A missing --images was reported as each image under it missing ('download the data set
+    again'); a file given as an input folder is refused the same way."""
+    missing = tmp_path / "imgs"
+    assert f"argument {flag}: {missing} does not exist; give the folder that holds the images" in bad(
+        command, [flag, str(missing)], capsys)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    assert f"argument {flag}: {afile} is a file, not a folder" in bad(command, [flag, str(afile)], capsys)

@@ -1,7 +1,6 @@
 """test.py: symmetric and asymmetric evaluation on the revisited Oxford/Paris protocol."""
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -28,8 +27,10 @@ from aml.data.testsets import prepare_test_set
 from aml.evaluation.reranking import Reranking
 from aml.evaluation.testing import TestSettings, check_reranking, evaluate
 from aml.networks.loading import LoadedNetwork, load_teacher, load_test_network
-from aml.networks.pretrained import PRETRAINED
+from aml.networks.pretrained import DEFAULT_TEACHER, PRETRAINED
 from aml.utils.atomic import atomic_write
+from aml.utils.errors import ConfigError
+from aml.utils.text_files import strict_json
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import init_from_environment, main_first, process_device
 
@@ -59,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--teacher",
         "-t",
-        default="vgg16",
+        default=None,
         metavar="TEACHER",
         help="vgg16 | resnet101 (published teachers) or a checkpoint path; the database "
-        "encoder with --asym (default: vgg16)",
+        "encoder with --asym (default: the teacher the network records, else vgg16); one "
+        "whose weights are not those the network was trained against is refused",
     )
     parser.add_argument(
         "--asym", action="store_true", help="asymmetric testing: teacher encodes the database, the network the queries"
@@ -112,7 +114,7 @@ def _load_networks(args: argparse.Namespace, datasets: List[str]):
     """The tested network, the teacher (None without --asym), and the test sets in place
     (downloaded if needed; run by rank 0 first under torchrun)."""
     student = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
-    teacher = load_teacher(args.teacher, args.data_root) if args.asym else None
+    teacher = _load_teacher(args, student) if args.asym else None
     for name_of_set in datasets:
         dataset, suffix = split_test_name(name_of_set)
         prepare_test_set(dataset, args.data_root, progress=not args.quiet)
@@ -121,8 +123,19 @@ def _load_networks(args: argparse.Namespace, datasets: List[str]):
     return student, teacher
 
 
-def _json_ready(results):
-    return json.loads(json.dumps(results, default=float))
+def _load_teacher(args: argparse.Namespace, student: LoadedNetwork) -> LoadedNetwork:
+    """--teacher, else the teacher the network records (its ``meta['teacher']``; a published
+    student's from the list), else vgg16."""
+    recorded = student.net.meta.get("teacher")
+    if args.teacher is not None or recorded is None:
+        return load_teacher(args.teacher or DEFAULT_TEACHER, args.data_root)
+    try:
+        return load_teacher(recorded, args.data_root)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{student.name} records the teacher {recorded!r}, which is neither a file here nor a published "
+            "name; give --teacher (its checkpoint)"
+        ) from None
 
 
 def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tuple[List[str], Reranking]:
@@ -179,7 +192,7 @@ def _write_results(
         },
         "results": results,
     }
-    text = json.dumps(_json_ready(report), indent=1, ensure_ascii=False)
+    text = strict_json(report)
     # a name that is not UTF-8 (bytes on Linux) becomes its JSON escape (\udcxx), as json.loads reads it back
     atomic_write(args.results, lambda out: out.write(text.encode("utf-8", "backslashreplace")))
     print(f">> results written to {args.results}")

@@ -110,7 +110,7 @@ def check_reranking(
     others, so it is refused there; ``--dba`` must leave a neighbour out of the database
     (an image is not its own neighbour), and ``--qe`` and ``--superglobal`` must not exceed the
     database with its distractors, nor keep more neighbours' descriptors than memory is given
-    for (`aml.evaluation.ranking.most_neighbours`: αQE with distractors, SuperGlobal always).
+    for (`aml.evaluation.ranking.most_neighbours`).
     The test sets are prepared (downloaded or generated) when missing.
 
     Args:
@@ -119,7 +119,7 @@ def check_reranking(
         data_root: the data root.
         sizes: also check the sizes (reading the test sets); False: only what needs no data.
         dim: the descriptors' dimension (the database encoder's), for the memory bound of
-            ``--qe`` with distractors and of ``--superglobal``; None: not checked.
+            ``--qe`` and ``--superglobal``; None: not checked.
 
     Raises:
         ValueError: one line naming the flag, the test set and its size.
@@ -163,21 +163,26 @@ def _check_sizes(
         )
     superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
     # αQE keeps its neighbours' descriptors while distractors are searched, SuperGlobal its first M always
-    for flag, k, bounded in (("--qe", reranking.qe, suffix is not None), ("--superglobal", superglobal, True)):
+    for flag, k in (("--qe", reranking.qe), ("--superglobal", superglobal)):
         if k > size + distractors:
             held = f"{size} images" + (f" and {distractors} distractors" if suffix is not None else "")
             raise ConfigError(
                 f"{flag} {k}: the database of {name} holds {held}; give {flag} {size + distractors} or less"
             )
-        most = most_neighbours(queries, dim) if dim is not None and bounded else None
-        if most is not None and k > most:
-            gib = queries * k * (dim or 0) * 4 / 2**30
-            searched = "distractors are" if suffix is not None else "database is"
-            raise ConfigError(
-                f"{flag} {k} with {name}: its {queries} queries would keep their {k} nearest {dim}-d "
-                f"descriptors ({gib:.3g} GiB) while the {searched} searched, more than a re-ranking is "
-                f"given; give {flag} {most} or less"
-            )
+        _check_neighbours(flag, k, name, queries, dim)
+
+
+def _check_neighbours(flag: str, k: int, name: str, queries: int, dim: Optional[int]) -> None:
+    """Refuse a ``k`` whose nearest descriptors of every query (`most_neighbours`) would pass
+    the memory a search keeps them in; ``dim`` None: not checked."""
+    most = most_neighbours(queries, dim) if dim is not None else None
+    if most is not None and k > most:
+        gib = queries * k * (dim or 0) * 4 / 2**30
+        raise ConfigError(
+            f"{flag} {k} with {name}: its {queries} queries would keep their {k} nearest {dim}-d "
+            f"descriptors ({gib:.3g} GiB) while the database is searched, more than a search is given; "
+            f"give {flag} {most} or less"
+        )
 
 
 @dataclass(frozen=True)
@@ -308,8 +313,10 @@ class TestPlan:
             The plan.
 
         Raises:
-            ConfigError: for a ranking report with distractors, networks of other dimensions, or a
-                re-ranking the test sets cannot take (`check_reranking`).
+            ConfigError: for a ranking report with distractors, networks of other dimensions, a
+                teacher other than the one the student was trained against (its
+                ``meta['teacher_fingerprint']``), or a re-ranking or a report's top K the test
+                sets cannot take (`check_reranking`).
         """
         database = teacher or student
         _check_networks(student, settings, teacher)
@@ -329,6 +336,9 @@ class TestPlan:
             _check_sizes(
                 settings.reranking, test.name, test.distractors, len(test.images), len(test.queries), count, dim
             )
+            if settings.report_dir is not None:
+                shown = min(settings.report_top, len(test.images))
+                _check_neighbours("--report-top", shown, test.name, len(test.queries), dim)
         whitening = (
             main_first(world, lambda: _whitening(database, settings, extraction, published=teacher is None))
             if settings.whitening
@@ -385,16 +395,26 @@ def _whitening(
 
 
 def _check_networks(student: LoadedNetwork, settings: TestSettings, teacher: Optional[LoadedNetwork]) -> None:
-    """Refuse a ranking report with distractors, and networks of other dimensions."""
+    """Refuse a ranking report with distractors, and a teacher of another dimension or other
+    weights than the student records."""
     with_distractors = [name for name in settings.datasets if split_test_name(name)[1] is not None]
     if with_distractors and settings.report_dir is not None:
         raise ConfigError(
             f"--report draws full rankings, which a distractor set makes too long "
             f"({with_distractors[0]}); run --report without the '+' suffix"
         )
-    if teacher is not None and teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
+    if teacher is None:
+        return
+    if teacher.net.meta["outputdim"] != student.net.meta["outputdim"]:
         raise ConfigError(
             f"asymmetric test needs equal dimensions: student {student.name} is "
             f"{student.net.meta['outputdim']}-d, teacher {teacher.name} "
             f"{teacher.net.meta['outputdim']}-d"
+        )
+    recorded = student.net.meta.get("teacher_fingerprint")  # the weights it was trained against
+    if recorded is not None and recorded != teacher.fingerprint:
+        raise ConfigError(
+            f"student {student.name} was trained against the teacher {student.net.meta.get('teacher')} "
+            f"(weights {recorded}), not {teacher.name} (weights {teacher.fingerprint}): its queries would "
+            "search a database of another space; test it with its own teacher (--teacher)"
         )

@@ -255,6 +255,8 @@ def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: DataR
         net = load_network(pretrained_checkpoint(spec.name, data_root), teacher)
         if net.meta["outputdim"] != entry.dim:
             raise DataError(f"{spec.name}: expected a {entry.dim}-d network, the file holds {net.meta['outputdim']}-d")
+        if entry.teacher is not None:  # a published student's teacher is in the list, where its file does not say
+            net.meta.setdefault("teacher", entry.teacher)
         return LoadedNetwork(net, spec)
     if spec.source is Source.OFFTHESHELF:
         return LoadedNetwork(build_network(**parse_offtheshelf(spec.given), data_root=data_root).eval(), spec)

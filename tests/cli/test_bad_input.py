@@ -13,6 +13,7 @@ from aml.cli import search as search_cli
 from aml.cli import synthetic as synthetic_cli
 from aml.cli import test as test_cli
 from aml.cli import train as train_cli
+from aml.utils.errors import ConfigError
 
 TRAIN = (train_cli.main, ["--directory", "unused"])
 TEST = (test_cli.main, ["-npath", "unused.pth"])
@@ -303,7 +304,7 @@ def small_network(tmp_path_factory):
 
 
 def test_reranking_larger_than_the_database_is_refused_before_anything_is_encoded(small_network, synth_root, capsys,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, tmp_path):
     from aml.data.synthetic import SyntheticDistractorConfig, generate_distractor_set
     from aml.data.testsets import configdataset
     from aml.evaluation import ranking, testing
@@ -325,8 +326,14 @@ def test_reranking_larger_than_the_database_is_refused_before_anything_is_encode
     monkeypatch.setattr(ranking, "NEIGHBOUR_VALUES", 30 * 512 * 4)
     err = bad(run, ["-d", "synth-oxford", "--superglobal", "5"], capsys)
     assert ("--superglobal 5 with synth-oxford: its 30 queries would keep their 5 nearest 512-d descriptors "
-            "(0.000286 GiB) while the database is searched, more than a re-ranking is given; give --superglobal 4 or "
+            "(0.000286 GiB) while the database is searched, more than a search is given; give --superglobal 4 or "
             "less") in err
+    # so do αQE without distractors and a report's top K: both were refused only after every image was encoded
+    err = bad(run, ["-d", "synth-oxford", "--qe", "5"], capsys)
+    assert "--qe 5 with synth-oxford: its 30 queries would keep their 5 nearest 512-d descriptors" in err
+    with pytest.raises(ConfigError, match="--report-top 5 with synth-oxford: its 30 queries would keep their 5 nearest "
+                                          "512-d descriptors .* give --report-top 4 or less"):
+        run[0](run[1] + ["-d", "synth-oxford", "--report", str(tmp_path / "report"), "--report-top", "5"])
 
 
 def test_search_reranking_larger_than_the_store_is_refused(small_network, synth_root, tmp_path):

@@ -160,7 +160,7 @@ def test_query_expansion_with_distractors_is_bounded_before_anything_is_encoded(
     printed = capsys.readouterr()
     assert info.value.code == 2 and "Extracting" not in printed.out
     assert ("error: --qe 5 with synth-oxford+synth1m: its 30 queries would keep their 5 nearest 512-d descriptors "
-            "(0.000286 GiB) while the distractors are searched, more than a re-ranking is given; give --qe 4 or "
+            "(0.000286 GiB) while the database is searched, more than a search is given; give --qe 4 or "
             "less") in printed.err
 
 

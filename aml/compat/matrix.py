@@ -27,7 +27,8 @@ CLASSIC = "all"
 #: how the record lays its numbers out
 LAYOUT = (
     "maps[test set][search][level]['map'][i][j]: the mAP (0-1) of network i's queries searched in "
-    "network j's database, networks in the order of 'networks'; null: their dimensions differ"
+    "network j's database, networks in the order of 'networks'; null: their dimensions differ (no "
+    "search), or no query has a positive at this level (mAP undefined; the networks' 'dim' tell which)"
 )
 
 
@@ -133,7 +134,8 @@ class CompatibilityMatrix:
     Attributes:
         networks: the networks in order; the first is the teacher.
         maps: per (test set, search, level) the N x N mAP in [0, 1], row i's queries searched
-            in column j's database; NaN where the two dimensions differ. The search is a
+            in column j's database; NaN where the two dimensions differ (no search) or no query
+            has a positive at the level (undefined). The search is a
             `aml.evaluation.SearchResult.key` (``plain``, ``whiten``); the level ``medium``,
             ``hard``, or ``all`` for a classic test set.
 

@@ -9,7 +9,7 @@ import numpy as np
 from aml.compat.matrix import CompatibilityMatrix
 from aml.reports.charts import HeatmapPanel, heatmap_grid
 
-BEATS_TEACHER, BCT, NO_SEARCH = "*", "+", "-"
+BEATS_TEACHER, BCT, NO_SEARCH, UNDEFINED = "*", "+", "-", "n/a"
 CORNER = "queries \\ database"
 
 
@@ -32,7 +32,8 @@ def legend(matrix: CompatibilityMatrix) -> str:
     return (
         f"{BEATS_TEACHER}: beats the teacher's symmetric mAP (teacher: {matrix.teacher.label}); "
         f"{BCT}: BCT's criterion, the row's queries in the column's database beat the column's "
-        f"network on its own; {NO_SEARCH}: the dimensions differ, no search"
+        f"network on its own; {NO_SEARCH}: the dimensions differ, no search; {UNDEFINED}: searched, but no "
+        "query has a positive at this level, so the mAP is undefined"
     )
 
 
@@ -46,15 +47,25 @@ def cell_texts(matrix: CompatibilityMatrix, dataset: str, search: str, level: st
         level: the level (``medium``, ``hard``, ``all``).
 
     Returns:
-        N rows of N texts (``"41.20*+"``, ``"-"`` where no search).
+        N rows of N texts (``"41.20*+"``, ``"-"`` where no search, ``"n/a"`` where the mAP is
+        undefined).
     """
     better, bct = matrix.marks(dataset, search, level)
+    dims = [network.dim for network in matrix.networks]
+
+    def text(value: float, searched: bool, b: bool, c: bool) -> str:
+        if not searched:
+            return NO_SEARCH
+        return UNDEFINED if np.isnan(value) else f"{100 * value:.2f}" + BEATS_TEACHER * bool(b) + BCT * bool(c)
+
     return [
         [
-            NO_SEARCH if np.isnan(value) else f"{100 * value:.2f}" + BEATS_TEACHER * bool(b) + BCT * bool(c)
-            for value, b, c in zip(values, better_row, bct_row, strict=True)
+            text(value, dims[row] == dims[column], b, c)
+            for column, (value, b, c) in enumerate(zip(values, better_row, bct_row, strict=True))
         ]
-        for values, better_row, bct_row in zip(matrix.maps[dataset, search, level], better, bct, strict=True)
+        for row, (values, better_row, bct_row) in enumerate(
+            zip(matrix.maps[dataset, search, level], better, bct, strict=True)
+        )
     ]
 
 

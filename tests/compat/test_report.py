@@ -35,6 +35,18 @@ def test_a_table_shows_each_cell_in_percent_with_its_marks_and_no_search_as_a_da
     ]
 
 
+def test_an_undefined_map_of_a_searched_pair_is_not_called_a_dimension_mismatch():
+    """A level without any positive (NaN mAP) printed '-', which the legend reads as 'the
+    dimensions differ, no search'."""
+    matrix = _matrix()
+    matrix.maps["synth-oxford", "plain", "hard"][:2, :2] = NO  # no query has a hard positive
+    lines = format_matrix(matrix, "synth-oxford", level="hard").splitlines()
+    assert lines[2:] == ["teacher                 n/a        n/a          -",
+                         "reg                     n/a        n/a          -",
+                         "wide                      -          -      20.00"]
+    assert "n/a: searched, but no query has a positive at this level" in format_matrices(matrix)
+
+
 def test_every_test_set_and_level_is_printed_with_the_legend():
     text = format_matrices(_matrix())
     assert [line for line in text.splitlines() if line.startswith(">>")] == [

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, TypedDict, cast
 
 from aml.utils.atomic import atomic_write
+from aml.utils.text_files import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,10 @@ def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
                     points = [
                         (r["epoch"], 100 * r["test"][kind][dataset][level])
                         for r in tested
-                        if dataset in r["test"].get(kind, {})
+                        if r["test"].get(kind, {}).get(dataset, {}).get(level) is not None  # null: undefined
                     ]
+                    if not points:
+                        continue
                     axes[2].plot(*zip(*points, strict=True), "o-", label=f"{dataset} {level[0].upper()} ({kind[:4]})")
         axes[2].set(xlabel="epoch", ylabel="mAP (%)", title="test mAP")
         axes[2].legend(fontsize=7)
@@ -154,7 +157,7 @@ class TrainingHistory:
     def _write(self) -> None:
         if not self.enabled:
             return
-        text = json.dumps(self.records, indent=1, default=float)
+        text = strict_json(self.records)
         atomic_write(self.json_path, lambda out: out.write(text.encode()))
         if self.records and plot_history(self.records, self.png_path):
             return

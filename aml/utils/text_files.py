@@ -2,16 +2,18 @@
 store (its manifest and search.json, a feature file's settings): whole, but no further than `MAX_TEXT_BYTES`, so
 that ``/dev/zero``, a pipe that never ends or a huge file given by mistake is refused in one
 line instead of hanging or filling the memory. A pipe (``<(find ...)``, a FIFO) is read until
-its writer closes it."""
+its writer closes it. Results are written as strict JSON (`strict_json`)."""
 
 import contextlib
 import csv
 import errno
 import io
+import json
+import math
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Type
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Type
 
 from aml.utils.errors import AmlError, DataError
 from aml.utils.types import PathLike
@@ -174,3 +176,27 @@ def csv_rows(
             return rows
     except csv.Error as err:
         raise error(f"{source}: line {reader.line_num} cannot be read as CSV ({err}); save it as plain CSV") from None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def strict_json(value: Any, indent: Optional[int] = 1) -> str:
+    """JSON text that every reader takes: numpy numbers as floats, and NaN or an infinity (an
+    undefined mAP: no query with a positive at a level) as null, not Python's bare ``NaN``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.utils.text_files import strict_json
+        >>> strict_json({"medium": np.float32(0.5), "hard": float("nan")}, indent=None)
+        '{"medium": 0.5, "hard": null}'
+    """
+    plain = json.loads(json.dumps(value, default=float))
+    return json.dumps(_finite(plain), indent=indent, ensure_ascii=False, allow_nan=False)

@@ -48,3 +48,23 @@ def test_a_run_started_over_leaves_no_earlier_curves_and_whitened_tests_are_kept
     monkeypatch.setattr(curves, "_matplotlib_figure", lambda: None)
     history.add({"epoch": 1, "train_loss": 0.5, "val_loss": None, "lr": 1e-3, "test": record})
     assert not (tmp_path / "curves.png").exists()  # not drawn: nothing of another run shown
+
+
+def test_an_undefined_map_is_written_as_null_and_read_back_and_drawn(tmp_path):
+    """A level without positives (NaN) was written as a bare NaN, which strict JSON readers
+    (jq, JavaScript) refuse."""
+    pytest.importorskip("matplotlib")
+    history = curves.TrainingHistory(tmp_path)
+    history.restart_at(0)
+    undefined = {"medium": {"map": 0.5, "aps": [0.5]}, "hard": {"map": float("nan"), "aps": [float("nan")]}}
+    for epoch in (1, 2):
+        history.add({"epoch": epoch, "train_loss": 0.5, "val_loss": None, "lr": 1e-3,
+                     "test": {"symmetric": {"mine": {"plain": undefined}}}})
+    text = (tmp_path / "history.json").read_text()
+    assert "NaN" not in text
+    records = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in history.json"))
+    assert records[1]["test"]["symmetric"]["mine"] == {"medium": 0.5, "hard": None}
+    resumed = curves.TrainingHistory(tmp_path)
+    resumed.restart_at(2)
+    resumed.add({"epoch": 3, "train_loss": 0.5, "val_loss": None, "lr": 1e-3})  # drawn again from what was read
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -88,6 +88,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma separated test sets for --test-freq evaluation (default: roxford5k,rparis6k)",
     )
     group.add_argument(
+        "--test-image-size",
+        default=1024,
+        type=_ranged("test_image_size"),
+        help="longer side of test images for --test-freq (default: 1024, as test.py)",
+    )
+    group.add_argument(
         "--test-whiten",
         default="",
         help=f"whitening set for test evaluation: {' | '.join(whitening_set_names())} or a custom set",

@@ -140,6 +140,8 @@ class TrainConfig(Changeable):
         test_datasets: the test sets evaluated every ``loop.test_freq`` epochs (a string is
             split at commas).
         test_whiten: the whitening set for test evaluation ("": none).
+        test_image_size: the longer side of test images (1024, as test.py and cirtorch's
+            in-training test; not the training ``--image-size``).
         arch: the architecture, a name of `aml.networks.BACKBONES` or ``timm:<model>``.
         pool: the pooling, a name of `aml.layers.pooling.POOLINGS`.
         local_whitening: a learnable linear layer before pooling.
@@ -193,6 +195,7 @@ class TrainConfig(Changeable):
     training_dataset: str = "retrieval-SfM-120k"
     test_datasets: Tuple[str, ...] = ("roxford5k", "rparis6k")  # evaluated every loop.test_freq epochs
     test_whiten: str = ""
+    test_image_size: int = bounded(1024, POSITIVE_INT)
     arch: str = "resnet101"
     pool: str = "gem"
     local_whitening: bool = False

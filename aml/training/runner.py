@@ -214,7 +214,7 @@ class _Run:
         teacher = self.teacher.loaded if self.mode.needs_teacher else None
         settings = TestSettings(
             datasets=c.test_datasets,
-            image_size=self.loop.image_size,
+            image_size=c.test_image_size,
             whitening=c.test_whiten or None,
             extraction=self.extraction,
             data_root=self.data_root,

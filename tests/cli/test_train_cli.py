@@ -140,7 +140,7 @@ def test_resume_against_other_teacher_weights_is_refused():
 
 def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path):
     result = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar",
-                   "--test-freq", "1", "-td", "synth-oxford")
+                   "--test-freq", "1", "-td", "synth-oxford", "--test-image-size", "48")
     assert [r["epoch"] for r in result.history] == [1]
     tested = result.history[0]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"]
     assert 0 < tested < 1

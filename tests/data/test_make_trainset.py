@@ -52,7 +52,7 @@ def test_folders_make_a_set_that_trains(landmark_folders, synth_root, tmp_path, 
     run = train_cli.main(["--directory", str(tmp_path / "runs"), "--data-root", str(data), "-d", "mine", "-a",
                           "resnet18", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30",
                           "-b", "5", "-j", "0", "--device", "cpu", "--epochs", "1", "-q", "--test-freq", "1",
-                          "-td", "synth-oxford", "--test-whiten", "mine"])
+                          "-td", "synth-oxford", "--test-whiten", "mine", "--test-image-size", "48"])
     record = json.loads((run.run_dir / "history.json").read_text())[0]
     assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
     assert 0 <= run.history[0]["test"]["symmetric"]["synth-oxford"]["whiten"]["medium"]["map"] <= 1

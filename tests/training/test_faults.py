@@ -180,7 +180,8 @@ def test_resuming_another_architecture_names_the_file(synth_root, tmp_path):
 
 
 def test_history_and_curves_are_written_every_epoch(synth_root, tmp_path):
-    run = train(synth_root, tmp_path, "--epochs", "2", "--test-freq", "2", "-td", "synth-oxford")
+    run = train(synth_root, tmp_path, "--epochs", "2", "--test-freq", "2", "-td", "synth-oxford", "--test-image-size",
+                "40")
     history = json.loads((run.run_dir / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in history)
@@ -188,6 +189,12 @@ def test_history_and_curves_are_written_every_epoch(synth_root, tmp_path):
     assert "test" not in history[0]
     medium = history[1]["test"]["symmetric"]["synth-oxford"]["medium"]
     assert medium == pytest.approx(run.history[1]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"])
+    # tested at --test-image-size, as test.py tests the epoch's checkpoint (it was the training --image-size)
+    from aml.cli import test as test_cli
+
+    tested = test_cli.main(["-npath", str(run.run_dir / "model_epoch2.pth.tar"), "-d", "synth-oxford", "-imsize", "40",
+                            "-j", "0", "--device", "cpu", "--data-root", str(synth_root), "--no-cache"])
+    assert medium == pytest.approx(tested["synth-oxford"]["plain"]["medium"]["map"], abs=1e-9)
     from PIL import Image
 
     with Image.open(run.run_dir / "curves.png") as png:

@@ -60,7 +60,10 @@ def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4)
     def starts(length: int, side: int, count: int) -> List[int]:
         half = math.floor(side / 2 - 1)
         step = 0.0 if count == 1 else (length - side) / (count - 1)
-        return [int(math.floor(half + i * step) - half) for i in range(count)]
+        # in float32, as cirtorch: a start that is a whole number in float64 can fall just below it
+        # (34 x 5 has a region at row 30, not 31)
+        positions = torch.floor(half + torch.arange(count, dtype=torch.float32) * step) - half
+        return [int(start) for start in positions.tolist()]
 
     regions = []
     for level in range(1, levels + 1):

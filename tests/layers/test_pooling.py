@@ -78,3 +78,12 @@ def test_rpool_output_is_unit_norm():
 def test_registry_builds_every_pooling():
     for name, factory in POOLINGS.items():
         assert factory(4)(torch.rand(1, 4, 5, 5)).shape == (1, 4, 1, 1), name
+
+
+def test_rmac_region_starts_are_rounded_in_float32_as_cirtorch():
+    """On a 34 x 5 map the second level's 8 regions of side 3 start every 31/7 rows; 7 x 31/7 is
+    31 in float64 but 30.99999 in cirtorch's float32, whose last region starts at row 30."""
+    level2 = [top for top, left, side in rmac_regions(34, 5, 3) if side == 3 and left == 0]
+    assert level2 == [0, 4, 8, 13, 17, 22, 26, 30]
+    level2 = [left for top, left, side in rmac_regions(5, 34, 3) if side == 3 and top == 0]
+    assert level2 == [0, 4, 8, 13, 17, 22, 26, 30]  # the same along the width

@@ -9,7 +9,8 @@ synthetic`` then starts from it as ``main.py`` (default) starts from ImageNet.
 
 Recipe: the trunk plus global average pooling and a linear classifier, cross-entropy,
 AdamW with a cosine schedule, random crops and flips, BatchNorm in training mode (as on
-ImageNet), the networks' ImageNet mean/std normalisation. 10% of each class is held out and
+ImageNet), each network's own input normalisation (the mean/std it trains and tests with).
+10% of each class is held out and
 the accuracy on it is recorded next to the weights.
 """
 
@@ -28,7 +29,7 @@ from torch import nn
 from aml.data.paths import DataRootLike, data_subdir
 from aml.data.synthetic_objects import ObjectConfig, generate_objects
 from aml.networks.backbones import build_trunk, get_backbone
-from aml.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD
+from aml.networks.imagenet import get_imagenet_weights
 from aml.utils.atomic import atomic_write
 from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator
@@ -58,8 +59,11 @@ class PretrainConfig:
 
 
 def trunk_file(arch: str, data_root: DataRootLike, config: PretrainConfig = PretrainConfig()) -> Path:
-    """Where the stand-in trunk of ``arch`` is cached."""
-    return data_subdir(data_root, "networks") / f"{FILE_PREFIX}-{arch}-{config.fingerprint()}.pth"
+    """Where the stand-in trunk of ``arch`` is cached: named by the recipe and by the input
+    normalisation it learned with (the network's own, `aml.networks.imagenet.get_imagenet_weights`)."""
+    inputs = get_imagenet_weights(arch)
+    recipe = zlib.crc32(f"{config.fingerprint()} {inputs.mean} {inputs.std}".encode())
+    return data_subdir(data_root, "networks") / f"{FILE_PREFIX}-{arch}-{recipe:08x}.pth"
 
 
 class _Classifier(nn.Module):
@@ -84,10 +88,13 @@ def _split(labels: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, 
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
+def _to_tensor(images: np.ndarray, arch: str) -> torch.Tensor:
+    """The images normalised as the network ``arch`` normalises its inputs in training and
+    testing (ImageNet's statistics, 0.5 for EfficientNet-Lite and many timm models)."""
+    inputs = get_imagenet_weights(arch)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(inputs.mean).view(1, 3, 1, 1)
+    std = torch.tensor(inputs.std).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
@@ -123,7 +130,7 @@ def pretrain_trunk(
     start = time.time()
     images, labels = generate_objects(config.objects, progress=progress)
     train_idx, held_idx = _split(labels, config.held_out, config.seed)
-    x, y = _to_tensor(images), torch.from_numpy(labels)
+    x, y = _to_tensor(images, arch), torch.from_numpy(labels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = _Classifier(arch, config.objects.classes)

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +91,24 @@ def test_a_timm_vit_trunk_pretrains_and_loads_into_its_student(tmp_path):
     net = load_trunk_weights(build_network("timm:test_vit", pretrained=False, teacher_dim=32), path)
     assert torch.equal(net.state_dict()["features.0.body.pos_embed"], state["0.body.pos_embed"])
     assert net.meta["trunk_weights"] == path.name and net.projection().weight.shape == (32, 64, 1, 1)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_pretraining_normalises_inputs_as_the_network_does(arch, tmp_path):
+    """The stand-in trunk learned on ImageNet-normalised inputs whatever the network's own
+    normalisation: EfficientNet-Lite (0.5, 0.5) then trained and tested on inputs of another
+    scale and offset (a pixel of 128 was 0.074 in pretraining, 0.004 in training)."""
+    from aml.training.pretraining import _to_tensor
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    meta = build_network(arch, pretrained=False).meta
+    mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    assert torch.allclose(_to_tensor(images, arch), expected, atol=1e-6)
+
+
+def test_a_cached_trunk_is_named_by_the_normalisation_it_learned_with(tmp_path):
+    def recipe(arch):
+        return trunk_file(arch, str(tmp_path)).stem.rsplit("-", 1)[1]
+
+    assert recipe("efficientnet_lite0") != recipe("resnet18") == recipe("mobilenet_v2")

@@ -3,6 +3,7 @@
 import argparse
 import ast
 import contextlib
+import errno
 import logging
 import operator
 import os
@@ -125,6 +126,23 @@ def folder(text: str) -> str:
     return text
 
 
+def _check_writable(text: str, path: Path) -> None:
+    """Refuse a path under a folder this user cannot write in (read-only, or another user's)."""
+    above = path if path.is_dir() else _file_above(path)
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(
+            f"{text}: this user cannot write in {above} (read-only, or another user's); give a path you can write to"
+        )
+
+
+def output_folder(text: str) -> str:
+    """A `folder` that a command writes into, refused at parse time when this user cannot
+    write there (a read-only mount), so that no command finds out after its work."""
+    folder(text)
+    _check_writable(text, Path(text))
+    return text
+
+
 def existing_folder(text: str) -> str:
     """A folder to read from: refuses a path that does not exist or is a file, so a mistyped
     input folder is named as such rather than as missing files below it."""
@@ -155,11 +173,7 @@ def output_file(text: str) -> str:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (e.g. {Path(text) / 'results.json'})")
     _check_above(text, path)
-    above = _file_above(path)
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(
-            f"{text}: this user cannot write in {above} (read-only, or another user's); give a path you can write to"
-        )
+    _check_writable(text, path)
     return text
 
 
@@ -550,19 +564,33 @@ def _terminate_handler(owner: int):
     return handler
 
 
+def _no_access(err: OSError) -> str:
+    """An access refused (permissions, a read-only file system) as one line naming the path."""
+    where = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None) or str(err)
+    return (
+        f"{where}: {err.strerror or err} (read-only, or another user's); give paths this user can read and write; "
+        "files already written are complete"
+    )
+
+
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Turn an error meant for the user into ``error: <message>`` and exit status 1.
 
     An `aml.utils.errors.AmlError` (a flag, a name, a file or a data set that cannot work), a
-    missing file or folder, a full disk and a torchrun peer that went away end the program
-    with one line; anything else (a bug) keeps its traceback.
+    missing file or folder, one this user may not read or write (permissions, a read-only file
+    system), a full disk and a torchrun peer that went away end the program with one line;
+    anything else (a bug) keeps its traceback.
     """
     try:
         yield
     except (AmlError, FileNotFoundError, NotADirectoryError) as err:
         sys.exit(f"error: {err}")
+    except PermissionError as err:  # EACCES, EPERM: a file or folder of another user
+        sys.exit(f"error: {_no_access(err)}")
     except (OSError, RuntimeError) as err:
+        if isinstance(err, OSError) and err.errno == errno.EROFS:
+            sys.exit(f"error: {_no_access(err)}")
         if is_disk_full(err):
             sys.exit(
                 f"error: no space left on the device ({str(err).splitlines()[0]}): free space and run again; "

@@ -17,6 +17,7 @@ from aml.cli.arguments import (
     checked_test_sets,
     extraction_from,
     output_file_of,
+    run_cli,
     setup_logging,
 )
 from aml.compat import CompatibilityMatrix, compatibility_matrix, draw_matrix, format_matrices
@@ -161,3 +162,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
         draw_matrix(matrix, Path(args.heatmap), "whiten" if args.whitening else "plain")
         print(f">> heatmaps drawn in {args.heatmap}")
     return matrix
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from aml.cli.arguments import Parser, folder, one_line_errors, positive_int, run_cli, setup_logging
+from aml.cli.arguments import Parser, folder, one_line_errors, output_folder, positive_int, run_cli, setup_logging
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.whitening import check_whitening
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
@@ -32,7 +32,7 @@ AGREEMENT_IMAGES = 8  # calibration images on which the int8 descriptors are com
 def export_folder(text: str) -> str:
     """The argparse ``type`` of --out: a `folder` that is not a store's, whose next indexing
     would refuse the exported files as not a store's."""
-    folder(text)
+    output_folder(text)
     marker = next((name for name in STORE_MARKERS if (Path(text) / name).exists()), None)
     if marker is not None:
         raise argparse.ArgumentTypeError(

@@ -17,8 +17,11 @@ from aml.cli.arguments import (
     comma_names,
     extraction_from,
     nonnegative_int,
+    output_folder,
+    run_cli,
     setup_logging,
 )
+from aml.data.paths import data_subdir
 from aml.data.testsets import TEST_SETS, get_test_set
 from aml.data.trainsets import is_training_set, training_set_names
 from aml.descriptors import DescriptorKey, dataset_images, extract_dataset_features
@@ -76,7 +79,8 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     try:
         datasets = comma_names("--datasets", args.datasets, "data set")
         splits = comma_names("--split", args.split, "split")
-    except ConfigError as err:
+        output_folder(str(data_subdir(args.data_root, "features")))  # before any image is encoded
+    except (ConfigError, argparse.ArgumentTypeError) as err:
         parser.error(str(err))
     requested = resolve_device(args.device, args.gpu_id)
     world = init_from_environment(requested, args.dist_timeout)
@@ -107,3 +111,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
         )
         for dataset, split in parts
     ]
+
+
+if __name__ == "__main__":
+    run_cli(main)

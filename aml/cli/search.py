@@ -12,6 +12,7 @@ from aml.cli.arguments import (
     add_runtime_arguments,
     refuse_torchrun,
     folder,
+    output_folder,
     nonnegative_int,
     extraction_from,
     one_line_errors,
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     index = commands.add_parser("index", help="encode a folder or image list with the teacher into a store")
     index.add_argument("images", help="a folder (every image below it) or a text file of image paths")
-    index.add_argument("--store", required=True, type=folder, help="the store folder to write")
+    index.add_argument("--store", required=True, type=output_folder, help="the store folder to write")
     index.add_argument(
         "--teacher", "-t", default="vgg16", help="vgg16 | resnet101 | a checkpoint path (default: vgg16)"
     )

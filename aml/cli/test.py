@@ -16,10 +16,11 @@ from aml.cli.arguments import (
     add_worker_arguments,
     checked_test_sets,
     extraction_from,
-    folder,
+    output_folder,
     output_file_of,
     positive_int,
     reranking_from,
+    run_cli,
     setup_logging,
 )
 from aml.data.distractors import prepare_distractors, split_test_name
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--report",
         metavar="DIR",
         default=None,
-        type=folder,
+        type=output_folder,
         help="write a visual ranking report per data set to DIR/<dataset>/index.html (+ a PNG per "
         "query); with --asym the teacher's own ranking is shown beside the network's",
     )
@@ -233,3 +234,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if args.results and world.is_main:
         _write_results(args, device, (student, teacher), results)
     return results
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -10,8 +10,9 @@ from aml.cli.arguments import (
     add_extraction_arguments,
     add_runtime_arguments,
     field_type,
-    folder,
+    output_folder,
     nonnegative_int,
+    run_cli,
     setup_logging,
 )
 from aml.data.trainsets import training_set_names, whitening_set_names
@@ -55,7 +56,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the run: where it is written, how long it lasts, how often it reports, validates, tests and saves."""
     group = parser.add_argument_group("the run")
     group.add_argument(
-        "--directory", metavar="EXPORT_DIR", required=True, type=folder, help="where the run folder is created"
+        "--directory", metavar="EXPORT_DIR", required=True, type=output_folder, help="where the run folder is created"
     )
     group.add_argument("--comment", "-c", default="", help="appended to the run folder name")
     group.add_argument(
@@ -276,3 +277,7 @@ def main(argv: Optional[List[str]] = None) -> TrainResult:
         parser.error(found[0])
     setup_logging(verbose=current_rank() == 0)
     return run(config)
+
+
+if __name__ == "__main__":
+    run_cli(main)

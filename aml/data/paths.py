@@ -44,7 +44,11 @@ class DataRoot:
         if isinstance(data_root, DataRoot):
             return data_root
         chosen = data_root or os.environ.get(ENV_VAR) or DEFAULT_ROOT
-        return cls(Path(chosen).expanduser().resolve())
+        path = Path(chosen).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            source = "--data-root" if data_root else (f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "./data")
+            raise ConfigError(f"the data root {path} (from {source}) is a file, not a folder; give a folder")
+        return cls(path)
 
     def subdir(self, name: str) -> Path:
         """One of the standard sub-folders (``train``, ``test``, ``networks`` ...)."""

@@ -30,6 +30,7 @@ from aml.data.formats import GroundTruth
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
 from aml.utils.atomic import publish_folder, staged
+from aml.utils.errors import ConfigError
 from aml.utils.progress import progress_bar
 from aml.utils.types import PathLike
 
@@ -176,6 +177,20 @@ def _landmarks(seed: int, count: int, style: Style) -> List[Image.Image]:
     return [draw_landmark(rng, style) for _ in range(count)]
 
 
+def _made_before(folder: Path, marker: str, overwrite: bool) -> bool:
+    """Whether ``folder`` holds a set generated before (its ``marker`` file is there), to be kept
+    unless ``overwrite``. Anything else of that name (a user's folder or file) is not replaced
+    without ``overwrite``: a ConfigError names it."""
+    if (folder / marker).exists():
+        return not overwrite
+    if (folder.exists() or folder.is_symlink()) and not overwrite:
+        raise ConfigError(
+            f"{folder} exists and is not a generated set (it has no {marker}): it is not replaced; move it "
+            "away, or replace it with python -m aml.cli.synthetic --overwrite"
+        )
+    return False
+
+
 def _kept(folder: Path) -> Path:
     """An existing set, kept as it is (whatever sizes were asked now): said, so that nobody takes it for new."""
     log.info(">> %s exists: kept as it is (--overwrite makes it again with the sizes given)", folder)
@@ -243,7 +258,7 @@ def generate_train_set(
     """Write ``<data_root>/train/<name>/`` (ims/, <name>.pkl, <name>-whiten.pkl); ``progress``:
     a bar over the images on stderr."""
     folder = Path(data_root) / "train" / name
-    if (folder / f"{name}.pkl").exists() and not overwrite:
+    if _made_before(folder, f"{name}.pkl", overwrite):
         return _kept(folder)
     rng = np.random.default_rng(config.seed)
     scenes = _landmarks(config.seed + 1000, config.train_landmarks + config.val_landmarks, STYLES["sfm"])
@@ -258,7 +273,7 @@ def generate_train_set(
         save_pickle(
             {"cids": train["cids"], "qidxs": train["qidxs"], "pidxs": train["pidxs"]}, staging / f"{name}-whiten.pkl"
         )
-        publish_folder(staging, folder, overwrite or not (folder / f"{name}.pkl").exists())
+        publish_folder(staging, folder, overwrite)
     log.info(">> %s: %d train and %d val images written to %s", name, len(train["cids"]), len(val["cids"]), folder)
     return folder
 
@@ -346,11 +361,11 @@ def generate_test_set(
     """Write ``<data_root>/test/<name>/`` (jpg/*.jpg and gnd_<name>.pkl); ``progress``: a bar
     over the images on stderr."""
     folder = Path(data_root) / "test" / name
-    if (folder / f"gnd_{name}.pkl").exists() and not overwrite:
+    if _made_before(folder, f"gnd_{name}.pkl", overwrite):
         return _kept(folder)
     with staged(folder) as staging:
         images, queries = _write_test_set(staging, name, config, progress)
-        publish_folder(staging, folder, overwrite or not (folder / f"gnd_{name}.pkl").exists())
+        publish_folder(staging, folder, overwrite)
     log.info(">> %s: %d database images and %d queries written to %s", name, images, queries, folder)
     return folder
 
@@ -379,7 +394,7 @@ def generate_distractor_set(
     """Write ``<data_root>/test/<name>/`` with ``config.images`` distractor images under
     ``jpg/`` (1,000 per sub-folder) and the list ``<name>.txt`` (paths relative to ``jpg/``)."""
     folder = Path(data_root) / "test" / name
-    if (folder / f"{name}.txt").exists() and not overwrite:
+    if _made_before(folder, f"{name}.txt", overwrite):
         return folder
     rng = np.random.default_rng(config.seed)
     styles = list(STYLES.values())
@@ -393,7 +408,7 @@ def generate_distractor_set(
             listing.append(f"{i // 1000:04d}/{name}_{i:07d}.jpg")
             _save(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size)[0], staging / "jpg" / listing[-1])
         (staging / f"{name}.txt").write_text("".join(f"{line}\n" for line in listing))
-        publish_folder(staging, folder, overwrite or not (folder / f"{name}.txt").exists())
+        publish_folder(staging, folder, overwrite)
     log.info(">> %s: %d distractor images written to %s", name, len(listing), folder)
     return folder
 

@@ -23,6 +23,7 @@ from aml.descriptors import (
     write_feature_file,
 )
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
+from aml.utils.atomic import optional_write
 from aml.utils.distributed import all_ranks, current_world
 from aml.utils.errors import DataError
 
@@ -110,5 +111,6 @@ def teacher_split_features(
     log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, loaded.name)
     vecs = describe_images(loaded.net, images, image_size, config=config.but(desc=f"{dataset} {split}"))
     if current_world().is_main:  # every rank has the descriptors (the extraction is collective); one writes them
-        write_feature_file(vecs, images, path, dict(wanted.record(), network=loaded.name))
+        with optional_write(f"{path.name}: the teacher descriptors' cache"):  # a read-only data root trains on
+            write_feature_file(vecs, images, path, dict(wanted.record(), network=loaded.name))
     return torch.from_numpy(vecs)

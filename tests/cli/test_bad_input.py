@@ -1,5 +1,7 @@
 """Every command answers bad flags with one line naming the flag, never a traceback."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -380,3 +382,71 @@ def test_a_mistyped_input_folder_is_named_as_such(command, flag, tmp_path, capsy
     afile = tmp_path / "notes.txt"
     afile.write_text("mine")
     assert f"argument {flag}: {afile} is a file, not a folder" in bad(command, [flag, str(afile)], capsys)
+
+
+@pytest.mark.parametrize("command, flag", [(TRAIN, "--directory"), (TEST, "--report"), (INDEX, "--store"),
+                                           ((export_cli.main, ["--network", "unused.pth"]), "--out")])
+def test_an_output_folder_this_user_cannot_write_is_refused_before_any_work(command, flag, tmp_path, capsys,
+                                                                            monkeypatch):
+    """On a read-only mount these ended in a traceback, test.py --report and extract_features.py
+    after every image was encoded."""
+    import os
+
+    from aml.cli import arguments
+
+    mounted = tmp_path / "ro"
+    mounted.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(arguments.os, "access", lambda path, mode: real_access(path, mode) and mounted != Path(path))
+    err = bad(command, [flag, str(mounted / "out")], capsys)
+    assert f"argument {flag}: {mounted / 'out'}: this user cannot write in {mounted} (read-only, or another " in err
+
+
+def test_extract_features_on_a_read_only_data_root_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import os
+
+    from aml.cli import arguments
+
+    root = tmp_path / "shared"
+    root.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(arguments.os, "access", lambda path, mode: real_access(path, mode) and root != Path(path))
+    err = bad(EXTRACT, ["--data-root", str(root), "-d", "synth-oxford"], capsys)
+    assert f"{root / 'features'}: this user cannot write in {root}" in err
+
+
+@pytest.mark.parametrize("code, reason", [(30, "Read-only file system"), (13, "Permission denied")])
+def test_an_access_refused_while_running_ends_in_one_line_naming_the_path(code, reason):
+    from aml.cli.arguments import one_line_errors
+
+    with pytest.raises(SystemExit) as info, one_line_errors():
+        raise (PermissionError if code == 13 else OSError)(code, reason, "/mnt/shared/runs/model_epoch1.pth.tar")
+    assert str(info.value.code) == (f"error: /mnt/shared/runs/model_epoch1.pth.tar: {reason} (read-only, or another "
+                                    "user's); give paths this user can read and write; files already written are "
+                                    "complete")
+
+
+def test_a_data_root_that_is_a_file_is_named_with_where_it_came_from(tmp_path, monkeypatch):
+    from aml.data.paths import DataRoot
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    monkeypatch.setenv("AML_DATA_ROOT", str(afile))
+    with pytest.raises(ConfigError, match=rf"the data root {afile} \(from \$AML_DATA_ROOT\) is a file, not a folder"):
+        DataRoot.resolve()
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import")  # imported by the other tests
+@pytest.mark.parametrize("module", sorted(path.stem for path in (Path(__file__).parents[2] / "aml" / "cli").glob("*.py")
+                                          if path.stem not in ("__init__", "arguments")))
+def test_every_command_module_runs_as_a_program(module, capsys, monkeypatch):
+    """python -m aml.cli.compat (test, train, extract_features) printed nothing and exited 0."""
+    import runpy
+    import signal
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # run_cli's SIGTERM handler stays the test's
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module(f"aml.cli.{module}", run_name="__main__", alter_sys=False)
+    assert info.value.code == 0 and "usage:" in capsys.readouterr().out

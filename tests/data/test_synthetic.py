@@ -121,3 +121,28 @@ def test_an_existing_set_is_said_to_be_kept(synth_root, caplog):
     with caplog.at_level("INFO", logger="aml"):
         folder = generate_test_set(synth_root, "synth-oxford", SyntheticTestConfig(image_size=48))
     assert f"{folder} exists: kept as it is (--overwrite makes it again" in caplog.text
+
+
+def test_a_users_folder_or_file_of_a_synthetic_sets_name_is_not_replaced(tmp_path):
+    """A folder test/synth-oxford without the set's gnd (a user's own files) was renamed aside and
+    deleted when test.py -d synth-oxford generated the set; a file train/synth-sfm likewise."""
+    import pytest
+
+    from aml.data.synthetic import SyntheticTrainConfig, generate_train_set
+    from aml.utils.errors import ConfigError
+
+    mine = tmp_path / "test" / "synth-oxford"
+    mine.mkdir(parents=True)
+    (mine / "my_labels.csv").write_text("precious")
+    with pytest.raises(ConfigError, match=rf"{mine} exists and is not a generated set \(it has no "
+                                          r"gnd_synth-oxford.pkl\): it is not replaced; move it away"):
+        prepare_test_set("synth-oxford", tmp_path)
+    assert (mine / "my_labels.csv").read_text() == "precious"
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "synth-sfm").write_text("notes")
+    small = SyntheticTrainConfig(train_landmarks=2, val_landmarks=1, views=3, image_size=32)
+    with pytest.raises(ConfigError, match="synth-sfm exists and is not a generated set"):
+        generate_train_set(tmp_path, "synth-sfm", small)
+    assert (tmp_path / "train" / "synth-sfm").read_text() == "notes"
+    folder = generate_train_set(tmp_path, "synth-sfm", small, overwrite=True)  # asked for: replaced
+    assert (folder / "synth-sfm.pkl").is_file()

@@ -94,3 +94,25 @@ def test_a_feat_path_file_of_other_images_or_of_another_network_is_refused_by_na
     (tmp_path / "feats_img_list.txt").unlink()  # a file that says nothing of its images: its shape alone
     (tmp_path / "feats.npy.json").unlink()
     assert teacher_split_features(vgg16, "set", "train", images[::-1], 64, str(path)).shape == (512, 3)
+
+
+def test_a_read_only_data_root_trains_on_the_teacher_descriptors_it_could_not_cache(synth_root, tmp_path, monkeypatch,
+                                                                                    caplog):
+    """main.py -m ts on a shared, read-only data root encoded every teacher descriptor, then
+    ended in a traceback writing their cache."""
+    import errno
+
+    torch.manual_seed(5)
+    path = save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False), 0, 0.0),
+                           tmp_path / "teacher.pth.tar")
+    images = load_training_db("synth-sfm", "val", synth_root)["images"][:3]
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "root" / "features"))
+
+    monkeypatch.setattr(teacher_module, "write_feature_file", read_only)
+    with caplog.at_level("WARNING", logger="aml"):
+        vecs = teacher_split_features(Teacher(str(path), str(tmp_path / "root")), "synth-sfm", "val", images, 32,
+                                      config=ExtractionConfig(workers=0))
+    assert vecs.shape[1] == 3 and torch.isfinite(vecs).all()
+    assert "the teacher descriptors' cache not written ([Errno 30] Read-only file system" in caplog.text

@@ -185,6 +185,18 @@ OUTPUT_KINDS: Dict[str, Callable[[bytes], bool]] = {
 }
 
 
+def _owner(path: Path) -> Optional[str]:
+    """What of aml's ``path`` belongs to, whatever its kind: a store's file (its manifest,
+    its search.json) or a run folder's history; None: nothing's."""
+    from aml.search.store import is_store_file
+
+    if is_store_file(path):
+        return f"store {path.absolute().parent}"
+    if path.name == "history.json" and (path.absolute().parent / "loss_log.txt").exists():
+        return f"run folder {path.absolute().parent}"
+    return None
+
+
 def output_file_of(kind: str) -> Callable[[str], str]:
     """The argparse ``type`` of an output file of ``kind`` (a name of `OUTPUT_KINDS`): an
     `output_file` that, when it exists and is not empty, must be a file of that kind, so that
@@ -194,6 +206,11 @@ def output_file_of(kind: str) -> Callable[[str], str]:
     def convert(text: str) -> str:
         output_file(text)
         path = Path(text)
+        owner = _owner(path)
+        if owner is not None:
+            raise argparse.ArgumentTypeError(
+                f"{text} is a file of the {owner}, which it would replace; write it elsewhere"
+            )
         if not path.is_file():
             return text
         try:

@@ -28,7 +28,6 @@ from aml.utils.atomic import atomic_write
 from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
-from aml.search.store import STORE_FILES
 from aml.search import (
     IvfPq,
     StoreError,
@@ -60,12 +59,6 @@ def _ivfpq(text: str) -> IvfPq:
     if nlist < 1 or m < 1:
         raise argparse.ArgumentTypeError(f"--ivfpq {text!r}: two positive integers NLIST,M, e.g. 1024,64")
     return IvfPq(nlist, m)
-
-
-def _a_store_file(path: Path, store: Path) -> bool:
-    """Whether ``path`` is one of the files a store folder holds (its manifest, its record, ...)."""
-    inside = path.absolute().parent.resolve() == store.resolve()
-    return inside and any(path.match(pattern) for pattern in STORE_FILES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,10 +192,6 @@ def main(argv: Optional[List[str]] = None) -> Any:
         reranking_from(args)
     except ValueError as err:
         parser.error(str(err))
-    if args.command == "query" and args.json and _a_store_file(Path(args.json), Path(args.store)):
-        parser.error(
-            f"--json {args.json} is a file of the store {args.store}, which it would replace; write it elsewhere"
-        )
     setup_logging(verbose=False)
     with one_line_errors():
         return _index(args) if args.command == "index" else _query(args)

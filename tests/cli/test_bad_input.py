@@ -193,6 +193,22 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
               ["--store", str(store), "--json", str(store / "search.json")], capsys)
     assert f"is a file of the store {store}, which it would replace" in err
     assert (store / "search.json").read_text() == '{"source": "vgg16"}'
+    # another store's manifest, and a run's history, from any command that writes JSON
+    other = tmp_path / "distractors"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"shards": 3}')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "loss_log.txt").write_text("epoch,loss\n")
+    (run / "history.json").write_text("[]")
+    for command, flag, target, owner in ((QUERY, "--json", other / "manifest.json", f"store {other}"),
+                                         (TEST, "--results", other / "manifest.json", f"store {other}"),
+                                         (TEST, "--results", run / "history.json", f"run folder {run}")):
+        err = bad(command, [flag, str(target)], capsys)
+        assert f"argument {flag}: {target} is a file of the {owner}, which it would replace" in err
+    assert (other / "manifest.json").read_text() == '{"shards": 3}' and (run / "history.json").read_text() == "[]"
+    err = bad(TEST, ["--results", str(other / "results.json"), "-d", "nosuch"], capsys)  # a file of its own is fine
+    assert "is a file of the" not in err and "nosuch" in err
 
 
 EXPORT = (export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"])

@@ -13,7 +13,8 @@ from aml.cli.arguments import Parser, folder, one_line_errors, output_folder, po
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.whitening import check_whitening
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
-from aml.export.student import EXPORTED_FILES
+from aml.export.errors import ExportError
+from aml.export.student import EXPORTED_FILES, check_export_folder
 from aml.export.report import OnnxTestMaps, onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
 from aml.reports.provenance import provenance
@@ -39,6 +40,10 @@ def export_folder(text: str) -> str:
             f"{text} is a store's folder (it holds {marker}): the exported files there would keep it from being "
             "indexed again; give another folder, e.g. a new one beside it"
         )
+    try:
+        check_export_folder(text)
+    except ExportError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

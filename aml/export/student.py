@@ -41,6 +41,9 @@ from aml.utils.types import PathLike
 log = logging.getLogger(__name__)
 #: what `export_student` writes, by kind
 EXPORTED_FILES = {"torchscript": "student.pt", "onnx": "student.onnx", "int8": "student-int8.onnx"}
+#: how each exported file begins (TorchScript: a zip; ONNX: a ModelProto, its ir_version first):
+#: a file of that name that begins otherwise is not an earlier export, and is not replaced
+EXPORTED_HEADS = {"torchscript": b"PK\x03\x04", "onnx": b"\x08", "int8": b"\x08"}
 CHECK_SIZES: Tuple[Tuple[int, int], ...] = ((224, 224), (180, 300), (320, 240))
 
 
@@ -387,7 +390,9 @@ def export_student(
 
     Raises:
         ExportError: when an export differs from PyTorch by more than ``tolerance``, the
-            whitening is for another dimension, or ``int8`` is given without ``onnx``.
+            whitening is for another dimension, ``int8`` is given without ``onnx``, or the
+            folder holds something other than an earlier export under an exported file's
+            name (`check_export_folder`).
 
     Examples:
         >>> from aml.export import export_student
@@ -400,6 +405,7 @@ def export_student(
     if int8 is not None and not onnx:
         raise ExportError("the int8 student is quantized from the ONNX one: drop --no-onnx")
     folder = Path(folder)
+    check_export_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     exported = copy.deepcopy(net).cpu().float()  # the caller's network keeps its device, dtype and mode
     model = DeployedStudent(exported, whitening).eval()
@@ -417,6 +423,39 @@ def export_student(
         if (folder / earlier).exists():
             log.warning(">> %s is left from an earlier export (this one did not write it)", folder / earlier)
     return files, diffs
+
+
+def check_export_folder(folder: PathLike) -> None:
+    """Refuse a folder where an export would replace what is not an earlier export: a folder,
+    or a file of another kind, under one of `EXPORTED_FILES`' names (an empty file is replaced).
+
+    Raises:
+        ExportError: naming the path.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from aml.export.student import check_export_folder
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     (pathlib.Path(folder) / "student.pt").write_text("my notes")
+        ...     check_export_folder(folder)
+        Traceback (most recent call last):
+        ...
+        aml.export.errors.ExportError: .../student.pt exists and is not an exported TorchScript student: ...
+    """
+    for kind, name in EXPORTED_FILES.items():
+        path = Path(folder) / name
+        if path.exists() and not path.is_file():
+            raise ExportError(
+                f"{path} is a folder, not an exported student: it is not replaced; export to another folder"
+            )
+        if path.is_file():
+            with open(path, "rb") as handle:
+                head = handle.read(4)
+            if head and not head.startswith(EXPORTED_HEADS[kind]):
+                what = "TorchScript" if kind == "torchscript" else "ONNX"
+                raise ExportError(
+                    f"{path} exists and is not an exported {what} student: it is not replaced; export to another folder"
+                )
 
 
 def _export_checked(

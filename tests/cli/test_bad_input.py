@@ -466,3 +466,22 @@ def test_every_command_module_runs_as_a_program(module, capsys, monkeypatch):
     with pytest.raises(SystemExit) as info:
         runpy.run_module(f"aml.cli.{module}", run_name="__main__", alter_sys=False)
     assert info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_export_never_replaces_what_is_not_an_earlier_export(tmp_path, capsys):
+    """A folder named student.pt ended the export in a traceback after the work; a user's file
+    named student.pt or student.onnx was replaced without a word."""
+    out = tmp_path / "deploy"
+    (out / "student.pt").mkdir(parents=True)
+    err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(out)], capsys)
+    assert f"argument --out: {out / 'student.pt'} is a folder, not an exported student: it is not replaced" in err
+    (out / "student.pt").rmdir()
+    (out / "student.onnx").write_text("my notes")
+    err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(out)], capsys)
+    assert f"{out / 'student.onnx'} exists and is not an exported ONNX student: it is not replaced" in err
+    assert (out / "student.onnx").read_text() == "my notes"
+    from aml.cli.export import export_folder
+
+    (out / "student.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")  # an earlier export's: replaced
+    (out / "student.pt").write_bytes(b"PK\x03\x04archive")
+    assert export_folder(str(out)) == str(out)

@@ -71,7 +71,8 @@ def test_a_refused_export_keeps_the_earlier_files_and_leaves_nothing(student, tm
     place first, so a refused export destroyed the good files and left the bad ones)."""
     import aml.export.student as export
 
-    earlier = {name: name.encode() for name in ("student.pt", "student.onnx", "student-int8.onnx")}
+    earlier = {name: (b"PK\x03\x04" if name.endswith(".pt") else b"\x08") + name.encode()  # as exports begin
+               for name in ("student.pt", "student.onnx", "student-int8.onnx")}
     for name, content in earlier.items():
         (tmp_path / name).write_bytes(content)
     monkeypatch.setattr(export, "check_exports", lambda model, files, images=None: {"torchscript": 0.5})
@@ -81,8 +82,8 @@ def test_a_refused_export_keeps_the_earlier_files_and_leaves_nothing(student, tm
 
 
 def test_an_export_replaces_its_files_and_names_those_an_earlier_one_left(student, tmp_path, caplog):
-    (tmp_path / "student.pt").write_bytes(b"old")
-    (tmp_path / "student-int8.onnx").write_bytes(b"old int8")
+    (tmp_path / "student.pt").write_bytes(b"PK\x03\x04old")
+    (tmp_path / "student-int8.onnx").write_bytes(b"\x08old int8")
     files, _ = export_student(student, tmp_path, onnx=False)
     assert files == {"torchscript": tmp_path / "student.pt"} and torch.jit.load(str(files["torchscript"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student-int8.onnx", "student.pt"]  # no staging left
@@ -107,13 +108,13 @@ def test_an_input_the_export_would_write_over_is_refused(student, tmp_path, flag
 def test_an_export_on_a_full_disk_keeps_the_earlier_files(student, tmp_path, full_disk):
     from aml.utils.atomic import DiskFull
 
-    earlier = {name: tmp_path / name for name in ("student.pt", "student.onnx")}
-    for name, path in earlier.items():
-        path.write_bytes(name.encode())
+    earlier = {"student.pt": b"PK\x03\x04student.pt", "student.onnx": b"\x08student.onnx"}  # as exports begin
+    for name, content in earlier.items():
+        (tmp_path / name).write_bytes(content)
     full_disk(tmp_path)
     with pytest.raises(DiskFull, match="student.pt"):
         export_student(student, tmp_path)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {name: name.encode() for name in earlier}
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier
 
 
 def test_command_line_prints_the_differences(student, tmp_path, capsys):

@@ -24,6 +24,7 @@ from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
 from aml.utils.errors import DataError
 from aml.utils.text_files import TooLarge, read_bounded
+from aml.utils.plain_files import file_format
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,11 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         try:
             vecs = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
+            other = file_format(path)
+            if other is not None and "numpy" not in other:
+                raise DataError(
+                    f"feature file {path} is {other}, not a .npy array; give the file extract_features.py wrote"
+                ) from err
             raise DataError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
     if vecs.dtype.kind != "f":
         raise DataError(f"feature file {path} holds {vecs.dtype} values, not float descriptors; extract it again")
@@ -220,6 +226,12 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         raise DataError(
             f"feature file {path} holds NaN or infinite values in {bad.size} of {vecs.shape[1]} columns "
             f"(first: column {bad[0]}); extract it again with extract_features.py"
+        )
+    zero = np.flatnonzero(~np.any(vecs, axis=0))
+    if zero.size:
+        raise DataError(
+            f"feature file {path} holds {zero.size} all-zero columns of {vecs.shape[1]} (first: column {zero[0]}): "
+            "a descriptor is never zero (they are L2-normalised); extract it again with extract_features.py"
         )
     if expected_dim is not None and vecs.shape[0] != expected_dim:
         raise DataError(

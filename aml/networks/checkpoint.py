@@ -73,9 +73,16 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         or not isinstance(state.get("state_dict"), dict)
         or not isinstance(state.get("meta"), dict)
     ):
-        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(
+                f"{path} is a plain state dict of {len(state)} tensors (a library's weights, e.g. torchvision's), not "
+                "an aml/cirtorch checkpoint with 'meta' and 'state_dict'; to train from it, give it as --trunk-weights"
+            )
+        keys = sorted(map(str, state)) if isinstance(state, dict) else []
+        found = ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
         raise CheckpointError(
-            f"{path} is not an aml/cirtorch checkpoint: expected a dict with 'meta' and 'state_dict', found {found}"
+            f"{path} is not an aml/cirtorch checkpoint: expected a dict with 'meta' and 'state_dict', found "
+            f"{found or type(state).__name__}"
         )
     return cast(Checkpoint, state)  # its meta and state_dict checked
 

@@ -5,8 +5,9 @@ Checkpoints, trunk weights, whitening and search stores all go through these two
 code, and the atomic writer, so no interrupted write leaves a half-written file in place.
 """
 
+import re
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -66,10 +67,59 @@ def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cp
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
     except Exception as err:  # damaged bytes make torch.load raise anything: AssertionError, LookupError, ...
-        raise CheckpointError(
-            f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Download or copy it again."
-        ) from err
+        raise CheckpointError(_unreadable(Path(path), err)) from err
+
+
+#: how files that are not PyTorch's begin, for naming what was given instead
+_OTHER_FORMATS = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\x93NUMPY", "a numpy array (.npy)"),
+    (b"\x08", "an ONNX model"),
+    (b"{", "a JSON file"),
+)
+_PICKLED_OBJECT = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def file_format(path: PathLike) -> Optional[str]:
+    """What a file that should hold arrays or tensors is instead, by its first bytes (``"empty
+    (0 bytes)"``, ``"a JPEG image"``, ...); None: none of those.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from aml.utils.plain_files import file_format
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     (pathlib.Path(folder) / "feats.npy").write_bytes(b"\\xff\\xd8\\xff\\xe0")
+        ...     file_format(pathlib.Path(folder) / "feats.npy")
+        4
+        'a JPEG image'
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head:
+        return "empty (0 bytes)"
+    return next((what for start, what in _OTHER_FORMATS if head.startswith(start)), None)
+
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    """Why ``path`` is not a PyTorch file of plain data, in one line: what it is instead (by
+    its first bytes), a pickled object's class, or torch's own first words."""
+    other = file_format(path)
+    if other == "empty (0 bytes)":
+        return f"{path} is empty (0 bytes): the copy or the download stopped; copy or download it again"
+    if other is not None:
+        return f"{path} is {other}, not a PyTorch file; give the checkpoint or weights file"
+    pickled = _PICKLED_OBJECT.search(str(err))
+    if pickled is not None:
+        return (
+            f"{path} holds a pickled {pickled.group(1)} object (torch.save of a whole model), whose loading could run "
+            "code: aml loads tensors only; save its state_dict instead (torch.save(model.state_dict(), ...))"
+        )
+    first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()[0][:200] if str(err) else ""
+    return (
+        f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
+        f"({type(err).__name__}: {first}). Download or copy it again."
+    )
 
 
 def save_plain_file(obj: Any, path: PathLike) -> Path:

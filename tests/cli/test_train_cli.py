@@ -157,7 +157,7 @@ def test_bad_feature_files_are_clear_and_keep_checkpoints(synth_root, tmp_path):
     with pytest.raises(ValueError, match="wrong.npy has shape \\(512, 7\\), expected D x 128"):
         train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-m", "ts", "--feat-path", str(wrong))
     other_teacher = tmp_path / "resnet101.npy"  # the default --teacher is vgg16 (512-d)
-    np.save(other_teacher, np.zeros((2048, 128), dtype=np.float32))
+    np.save(other_teacher, np.ones((2048, 128), dtype=np.float32))
     with pytest.raises(ValueError, match="resnet101.npy holds 2048-d descriptors but 512-d are expected .* use the "
                                          "--teacher it was extracted with"):
         train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-m", "ts", "--feat-path",

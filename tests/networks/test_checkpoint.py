@@ -120,8 +120,32 @@ def test_truncated_checkpoint_is_named(tmp_path):
 def test_foreign_checkpoint_is_named(tmp_path):
     path = tmp_path / "classifier.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    with pytest.raises(CheckpointError, match="classifier.pth is not an aml/cirtorch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"classifier.pth is a plain state dict of 122 tensors \(a library's "
+                                              r"weights, e.g. torchvision's\), not an aml/cirtorch checkpoint"):
         load_checkpoint(path)
+    torch.save({f"layer{k}": k for k in range(300)}, path)  # the keys were all listed: a line of kilobytes
+    with pytest.raises(CheckpointError, match=r"found layer0, layer1, layer10, .*, layer106 and 290 more$"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"", r"is empty \(0 bytes\): the copy or the download stopped"),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF", "is a JPEG image, not a PyTorch file"),
+    (b"\x93NUMPY\x01\x00", r"is a numpy array \(.npy\), not a PyTorch file"),
+    (None, r"holds a pickled torchvision.models.resnet.ResNet object \(torch.save of a whole model\), whose loading "
+           r"could run code: aml loads tensors only; save its state_dict instead"),
+], ids=["empty", "jpeg", "npy", "whole-module"])
+def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path, content, what):
+    """torch's own message passed through: an EOFError with no text, or its advice to load
+    with weights_only=False (which runs the file's code), with terminal colour codes."""
+    path = tmp_path / "model.pth"
+    if content is None:
+        torch.save(torchvision.models.resnet18(weights=None), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=what) as info:
+        load_checkpoint(path)
+    assert "weights_only" not in str(info.value) and "\x1b" not in str(info.value)
 
 
 def test_checkpoint_that_runs_code_is_refused(tmp_path):

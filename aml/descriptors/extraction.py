@@ -585,6 +585,7 @@ def extract_vectors(
         torch.Size([2048, 2])
     """
     del print_freq
+    _check_scales(image_size, ms)
     world = current_world() if config.collective else World()
     mine = shard_range(len(images), world)
     fold = _fold(config.fold_batchnorm, len(mine), image_size, config.compile)
@@ -603,6 +604,17 @@ def extract_vectors(
         if skipped is not None:
             skipped.extend(found)
     return vecs
+
+
+def _check_scales(image_size: Optional[float], scales: Sequence[float]) -> None:
+    """Refuse an image size and scales that leave every image under one pixel, before any is
+    read (each image was refused in turn, as too small, or skipped as unreadable)."""
+    small = min(scales)
+    if image_size is not None and image_size * small < 1:
+        raise ConfigError(
+            f"image size {image_size:g} at scale {small:g} gives images under one pixel: raise the image size "
+            f"(--image-size) or drop the scales below {1 / image_size:.3g} (--multiscale)"
+        )
 
 
 def _normalises_as(transform: Callable, meta: Dict[str, Any]) -> bool:
@@ -822,7 +834,8 @@ def _extract_block(
         except _TooSmall as err:
             raise ImageLoadError(
                 f"image {images[err.index]} is too small for the network: {err.shape[1]}x{err.shape[0]} pixels "
-                f"after resizing (scales {list(o.scales)}); leave it out, or skip it (--skip-bad-images)"
+                f"after resizing (image size {image_size}, scales {list(o.scales)}); raise the image size or drop "
+                "the smallest scales, or leave the image out (test.py skips it with --skip-bad-images)"
             ) from None
 
 

@@ -568,8 +568,13 @@ def test_an_image_too_small_for_the_network_is_named_and_can_be_skipped(images, 
     Image.new("RGB", (200, 2)).save(thin)
     paths = [images[0], str(thin), images[1]]
     with pytest.raises(ImageLoadError, match=r"image .*thin.jpg is too small for the network: 64x1 pixels after "
-                                             r"resizing \(scales \[1, 0.5\]\); leave it out, or skip it"):
+                                             r"resizing \(image size 64, scales \[1, 0.5\]\); raise the image size "
+                                             r"or drop the smallest scales, or leave the image out"):
         describe_images(net, paths, 64, scales=(1, 0.5), config=ExtractionConfig(workers=0))
+    # sizes that leave every image under a pixel are refused before any image is read
+    with pytest.raises(ConfigError, match=r"image size 10 at scale 0.0625 gives images under one pixel: raise the "
+                                          r"image size \(--image-size\) or drop the scales below 0.1"):
+        describe_images(net, ["never-read.jpg"], 10, scales=(1, 0.0625), config=ExtractionConfig(workers=0))
     skipped = []
     vecs = describe_images(net, paths, 64, scales=(1, 0.5), config=ExtractionConfig(workers=0, skip_bad=True),
                            skipped=skipped)

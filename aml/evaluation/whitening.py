@@ -44,8 +44,9 @@ def check_whitening(m: Any, P: Any, dim: int, source: str) -> Tuple[np.ndarray, 
         m as a D x 1 array and P, in their own float dtype.
 
     Raises:
-        WhiteningError: naming ``source``, when either is not an array of real numbers, their
-            shapes do not whiten D-d descriptors, or a value is NaN or infinite.
+        WhiteningError: naming ``source``, when either is not an array of real numbers (numpy
+            or torch), their shapes do not whiten D-d descriptors, a value is NaN or infinite,
+            or a row of P is all zero.
 
     Examples:
         >>> import numpy as np
@@ -59,13 +60,20 @@ def check_whitening(m: Any, P: Any, dim: int, source: str) -> Tuple[np.ndarray, 
         ...     print(str(err).split(":")[0])
         lw.pth holds 9 NaN or infinite values
     """
-    arrays = [np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None for value in (m, P)]
+    arrays = [
+        value.detach().cpu().numpy()
+        if isinstance(value, torch.Tensor)
+        else np.asarray(value)
+        if isinstance(value, (np.ndarray, list, tuple))
+        else None
+        for value in (m, P)
+    ]
     numbers = (np.floating, np.integer)
     if any(a is None or not any(np.issubdtype(a.dtype, kind) for kind in numbers) for a in arrays):
         kinds = ", ".join(type(value).__name__ for value in (m, P))
         raise WhiteningError(
             f"{source} is not a whitening: m and P are {kinds}, not arrays of numbers; learn the "
-            "whitening again (delete the file, or test without -w)"
+            "whitening again, or give another"
         )
     m, P = arrays
     if m.size != dim or P.ndim != 2 or P.shape[1] != dim or not 1 <= P.shape[0] <= dim:
@@ -76,8 +84,13 @@ def check_whitening(m: Any, P: Any, dim: int, source: str) -> Tuple[np.ndarray, 
     bad = int((~np.isfinite(m)).sum() + (~np.isfinite(P)).sum())
     if bad:
         raise WhiteningError(
-            f"{source} holds {bad} NaN or infinite values: it is damaged; learn the whitening again "
-            "(delete the file, or test without -w)"
+            f"{source} holds {bad} NaN or infinite values: it is damaged; learn the whitening again, or give another"
+        )
+    zero = int((~P.any(axis=1)).sum())
+    if zero:
+        raise WhiteningError(
+            f"{source}: {zero} of P's {P.shape[0]} rows are all zero, so every whitened descriptor would be zero "
+            "there (a learned whitening has none): it is damaged; learn the whitening again, or give another"
         )
     return m.reshape(dim, 1), P
 

@@ -56,7 +56,17 @@ CHECKS = [
     ("garbage", np.eye(4), r"lw.pth is not a whitening: m and P are str, ndarray, not arrays of numbers"),
     (np.zeros((4, 1)), np.array([["a"] * 4] * 4), r"m and P are ndarray, ndarray, not arrays of numbers"),
     (None, {"P": 1}, r"m and P are NoneType, dict"),
+    # all-zero rows whiten every descriptor to zero there (an export folded one in without a word)
+    (np.zeros((4, 1)), np.zeros((4, 4)), r"lw.pth: 4 of P's 4 rows are all zero, so every whitened descriptor"),
+    (np.zeros((4, 1)), np.diag([1.0, 1.0, 0.0, 1.0]), r"1 of P's 4 rows are all zero"),
 ]
+
+
+def test_a_whitening_of_torch_tensors_is_taken():
+    from aml.evaluation.whitening import check_whitening
+
+    m, P = check_whitening(torch.zeros(4, 1), torch.eye(4), 4, "lw.pth")
+    assert isinstance(P, np.ndarray) and np.array_equal(P, np.eye(4))
 
 
 @pytest.mark.parametrize("m, P, message", CHECKS)

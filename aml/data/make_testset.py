@@ -188,13 +188,19 @@ def _check_images(names: Sequence[str], images_dir: Path, source: str) -> Dict[s
     error listing the missing or unreadable ones."""
     sizes, problems = {}, []
     for name in dict.fromkeys(names):
+        if not (images_dir / name).is_file():  # a name of the user's lists: nothing to download again
+            problems.append(f"{name} is not a file in {images_dir}")
+            continue
         try:
             sizes[name] = load_image(images_dir / name).size
         except ImageLoadError as err:
             problems.append(str(err))
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise TestSetError(f"{source}: {len(problems)} images missing or unreadable: {shown}")
+        raise TestSetError(
+            f"{source}: {len(problems)} images missing or unreadable: {shown}; fix the names (the description's "
+            "or --database's), --images, or the files"
+        )
     return sizes
 
 

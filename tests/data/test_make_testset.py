@@ -67,7 +67,8 @@ def images(tmp_path):
 
 @pytest.mark.parametrize("query, message", [
     ({"image": "q.jpg", "easy": ["a.jpg"], "hard": ["a.jpg"]}, "lists a.jpg in both 'easy' and 'hard'"),
-    ({"image": "zzz.jpg", "easy": ["a.jpg"]}, "1 images missing or unreadable: image .*zzz.jpg is missing"),
+    ({"image": "zzz.jpg", "easy": ["a.jpg"]}, r"1 images missing or unreadable: zzz.jpg is not a file in .*imgs; fix "
+                                              r"the names \(the description's or --database's\), --images, or the files"),
     ({"image": "q.jpg", "easy": ["a.jpg"], "box": [0, 0, 50, 10]}, r"has box \[0, 0, 50, 10\], outside its 40x30 image"),
     ({"image": "q.jpg", "ok": ["a.jpg"], "easy": ["b.jpg"]}, "mix of classic"),
 ])
@@ -103,7 +104,7 @@ def test_json_description_and_one_line_errors(images, tmp_path, capsys):
     path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["nope.jpg"]}], "database": ["a.jpg", "nope.jpg"]}))
     with pytest.raises(SystemExit) as info:
         make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root", str(tmp_path)])
-    assert str(info.value.code).startswith("error: ") and "nope.jpg is missing" in str(info.value.code)
+    assert str(info.value.code).startswith("error: ") and "nope.jpg is not a file in" in str(info.value.code)
     shutil.rmtree(images)
 
 

@@ -143,15 +143,18 @@ def output_folder(text: str) -> str:
     return text
 
 
-def existing_folder(text: str) -> str:
-    """A folder to read from: refuses a path that does not exist or is a file, so a mistyped
-    input folder is named as such rather than as missing files below it."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} does not exist; give the folder that holds the images")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; give the folder that holds the images")
-    return text
+def check_input_folders(parser: argparse.ArgumentParser, args: argparse.Namespace, *flags: str) -> None:
+    """Refuse, as the parser's one-line error, a folder the command reads from (``--images``)
+    that does not exist or is a file, so that a mistyped one is named as such rather than as
+    every image below it missing (checked after parsing: the docs' commands parse anywhere)."""
+    for flag in flags:
+        text = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if text is None:
+            continue
+        if not Path(text).exists():
+            parser.error(f"argument {flag}: {text} does not exist; give the folder that holds the images")
+        if not Path(text).is_dir():
+            parser.error(f"argument {flag}: {text} is a file, not a folder; give the folder that holds the images")
 
 
 def device_name(text: str) -> str:

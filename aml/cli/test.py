@@ -27,7 +27,7 @@ from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import prepare_test_set
 from aml.evaluation.reranking import Reranking
 from aml.evaluation.testing import TestSettings, check_reranking, evaluate
-from aml.networks.loading import LoadedNetwork, load_teacher, load_test_network
+from aml.networks.loading import LoadedNetwork, NetworkSpec, Source, load_spec, load_teacher, load_test_network
 from aml.networks.pretrained import DEFAULT_TEACHER, PRETRAINED
 from aml.utils.atomic import atomic_write
 from aml.utils.errors import ConfigError
@@ -125,18 +125,39 @@ def _load_networks(args: argparse.Namespace, datasets: List[str]):
 
 
 def _load_teacher(args: argparse.Namespace, student: LoadedNetwork) -> LoadedNetwork:
-    """--teacher, else the teacher the network records (its ``meta['teacher']``; a published
-    student's from the list), else vgg16."""
-    recorded = student.net.meta.get("teacher")
-    if args.teacher is not None or recorded is None:
-        return load_teacher(args.teacher or DEFAULT_TEACHER, args.data_root)
-    try:
-        return load_teacher(recorded, args.data_root)
-    except FileNotFoundError:
+    """--teacher, else the teacher the network records (`LoadedNetwork.recorded_teacher`), else
+    vgg16. The recorded teacher must still be the weights the network was trained against
+    (its ``meta['teacher_fingerprint']``); a --teacher of other weights is tested, with a
+    warning that it measures two networks' compatibility, not the student's own."""
+    recorded, trained_against = student.recorded_teacher, student.net.meta.get("teacher_fingerprint")
+    if args.teacher is None and recorded is not None:
+        spec = NetworkSpec.parse(recorded)
+        if spec.source is Source.CHECKPOINT and spec.local_file is None:
+            raise ConfigError(
+                f"{student.name} records the teacher {recorded!r}, which is not a file here (a path as its "
+                "training gave it); give --teacher (its checkpoint)"
+            )
+        teacher = load_spec(spec, None, args.data_root)
+    else:
+        teacher = load_teacher(args.teacher or DEFAULT_TEACHER, args.data_root)
+    if trained_against is None or trained_against == teacher.fingerprint:
+        return teacher
+    if args.teacher is None:
         raise ConfigError(
-            f"{student.name} records the teacher {recorded!r}, which is neither a file here nor a published "
-            "name; give --teacher (its checkpoint)"
-        ) from None
+            f"{student.name} was trained against the weights {trained_against} of its teacher {recorded}, but "
+            f"{teacher.name} now holds {teacher.fingerprint}: the file was replaced; give --teacher the one it "
+            "was trained against"
+        )
+    log.warning(
+        ">> %s was trained against another teacher (%s, weights %s) than %s (weights %s): this measures how "
+        "compatible the two are, not the student's asymmetric mAP",
+        student.name,
+        recorded,
+        trained_against,
+        teacher.name,
+        teacher.fingerprint,
+    )
+    return teacher
 
 
 def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tuple[List[str], Reranking]:

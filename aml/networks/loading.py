@@ -177,6 +177,15 @@ class LoadedNetwork:
         """Whether ``name`` finds it again (published or off-the-shelf)."""
         return self.spec.named
 
+    @property
+    def recorded_teacher(self) -> Optional[str]:
+        """The teacher it was trained against, as its training named it: its
+        ``meta['teacher']``, else, for a published student, the list's; None: not recorded."""
+        recorded = self.net.meta.get("teacher")
+        if recorded is None and self.spec.source is Source.PUBLISHED:
+            return PRETRAINED[self.spec.name].teacher
+        return recorded
+
     @functools.cached_property
     def fingerprint(self) -> str:
         """The content hash of the network's weights and meta (computed once: a loaded
@@ -255,8 +264,6 @@ def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: DataR
         net = load_network(pretrained_checkpoint(spec.name, data_root), teacher)
         if net.meta["outputdim"] != entry.dim:
             raise DataError(f"{spec.name}: expected a {entry.dim}-d network, the file holds {net.meta['outputdim']}-d")
-        if entry.teacher is not None:  # a published student's teacher is in the list, where its file does not say
-            net.meta.setdefault("teacher", entry.teacher)
         return LoadedNetwork(net, spec)
     if spec.source is Source.OFFTHESHELF:
         return LoadedNetwork(build_network(**parse_offtheshelf(spec.given), data_root=data_root).eval(), spec)

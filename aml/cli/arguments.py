@@ -182,21 +182,21 @@ def output_file(text: str) -> str:
 
 #: how a file of each kind a command writes begins: an existing file that begins otherwise
 #: (a checkpoint, an image, a store's descriptors) is not the command's to replace
-OUTPUT_KINDS: Dict[str, Callable[[bytes], bool]] = {
-    "JSON": lambda head: head.lstrip()[:1] in (b"{", b"["),
-    "PNG": lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"),
-}
+OUTPUT_KINDS: Dict[str, str] = {"JSON": "a JSON file", "PNG": "a PNG image"}  # `aml.utils.plain_files.FILE_KINDS`
 
 
 def _owner(path: Path) -> Optional[str]:
-    """What of aml's ``path`` belongs to, whatever its kind: a store's file (its manifest,
-    its search.json) or a run folder's history; None: nothing's."""
-    from aml.search.store import is_store_file
+    """What of aml's ``path`` would break: any file in a store's folder (the next indexing
+    refuses files that are not the store's), or a run folder's history; None: nothing."""
+    from aml.reports.curves import HISTORY
+    from aml.search.store import STORE_MARKERS
+    from aml.training.run_folder import LOSS_LOG
 
-    if is_store_file(path):
-        return f"store {path.absolute().parent}"
-    if path.name == "history.json" and (path.absolute().parent / "loss_log.txt").exists():
-        return f"run folder {path.absolute().parent}"
+    folder = path.absolute().parent
+    if any((folder / marker).exists() for marker in STORE_MARKERS):
+        return f"store {folder}"
+    if path.name == HISTORY and (folder / LOSS_LOG).exists():
+        return f"run folder {folder}"
     return None
 
 
@@ -204,16 +204,17 @@ def output_file_of(kind: str) -> Callable[[str], str]:
     """The argparse ``type`` of an output file of ``kind`` (a name of `OUTPUT_KINDS`): an
     `output_file` that, when it exists and is not empty, must be a file of that kind, so that
     a slip of the tab key (``--results model_best.pth.tar``) never replaces a user's file."""
-    looks_right = OUTPUT_KINDS[kind]
+    from aml.utils.plain_files import begins_as
+
+    def looks_right(head: bytes) -> bool:
+        return begins_as(head, OUTPUT_KINDS[kind])
 
     def convert(text: str) -> str:
         output_file(text)
         path = Path(text)
         owner = _owner(path)
         if owner is not None:
-            raise argparse.ArgumentTypeError(
-                f"{text} is a file of the {owner}, which it would replace; write it elsewhere"
-            )
+            raise argparse.ArgumentTypeError(f"{text} is in the {owner}, which it would break; write it elsewhere")
         if not path.is_file():
             return text
         try:

@@ -2,7 +2,6 @@
 
 import argparse
 import importlib.util
-import json
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -27,6 +26,7 @@ from aml.evaluation import DatasetResult, TestSettings
 from aml.networks import NetworkSpec, load_spec
 from aml.reports.provenance import provenance
 from aml.utils.atomic import atomic_write
+from aml.utils.text_files import strict_json
 from aml.utils.devices import resolve_device
 from aml.utils.errors import ConfigError
 
@@ -155,8 +155,8 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
             "settings": {**vars(args), "networks": [s.given for s in specs], "labels": labels, "device": str(device)},
             "provenance": provenance(None if argv is None else ["python", "-m", "aml.compat", *argv]),
         }
-        text = json.dumps(record, indent=1, ensure_ascii=False)
-        atomic_write(Path(args.json), lambda out: out.write(text.encode("utf-8", "backslashreplace")))
+        data = strict_json(record)
+        atomic_write(Path(args.json), lambda out: out.write(data))
         print(f">> matrices written to {args.json}")
     if args.heatmap:
         draw_matrix(matrix, Path(args.heatmap), "whiten" if args.whitening else "plain")

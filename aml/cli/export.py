@@ -2,7 +2,6 @@
 optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -21,6 +20,7 @@ from aml.reports.provenance import provenance
 from aml.search import SearchDatabase, StoreError, check_teacher, list_images, open_database
 from aml.search.store import STORE_MARKERS
 from aml.utils.atomic import atomic_write
+from aml.utils.text_files import strict_json
 from aml.utils.plain_files import load_plain_file
 from aml.utils.errors import ConfigError
 
@@ -189,7 +189,7 @@ def _calibration(args, image_size: int) -> Int8Settings:
 def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[LoadedNetwork]]:
     """The teacher as named, and the teacher itself when it is on this machine (a checkpoint) or
     needed for --test-set."""
-    given = args.teacher or student.net.meta.get("teacher")
+    given = args.teacher or student.recorded_teacher
     if given is None and args.test_set is not None:
         raise ConfigError(
             "--test-set encodes the database with the student's teacher, which the checkpoint does "
@@ -221,7 +221,8 @@ def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: in
     }
     record = {"provenance": provenance(), "report": report}
     path = Path(args.out) / INT8_REPORT
-    atomic_write(path, lambda out: out.write((json.dumps(record, indent=1) + "\n").encode()))
+    data = strict_json(record) + b"\n"
+    atomic_write(path, lambda out: out.write(data))
     for name in onnx:
         levels = ", ".join(f"{level} {100 * value:.2f}" for level, value in report["maps"][name].items())
         times = ", ".join(f"{side} px {1e3 * t:.1f} ms" for side, t in report["seconds_per_image"][name].items())

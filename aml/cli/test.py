@@ -214,9 +214,8 @@ def _write_results(
         },
         "results": results,
     }
-    text = strict_json(report)
-    # a name that is not UTF-8 (bytes on Linux) becomes its JSON escape (\udcxx), as json.loads reads it back
-    atomic_write(args.results, lambda out: out.write(text.encode("utf-8", "backslashreplace")))
+    data = strict_json(report)
+    atomic_write(args.results, lambda out: out.write(data))
     print(f">> results written to {args.results}")
 
 

@@ -67,18 +67,25 @@ def visible_files(folder: PathLike) -> List[Path]:
     """The files below ``folder``, sorted, but hidden files and those in hidden folders
     (``.thumbnails/``, ``.DS_Store``): `image_files` without the extension test, for sets whose
     images have none (cirtorch's ``ims/`` layout). Linked folders are entered (a folder of
-    photos linked into a set belongs to it), each real folder once."""
-    folder = Path(folder)
+    photos linked into a set belongs to it), each real folder once: the tree itself first,
+    then the linked folders by name, so a folder reached both ways is listed under the same
+    path on every machine."""
     seen: Set[str] = set()
     found: List[Path] = []
-    for parent, folders, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(parent)
-        if real in seen:  # a link back up the tree, or a second link to a folder already listed
-            folders.clear()
-            continue
-        seen.add(real)
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        found.extend(Path(parent) / name for name in files if not name.startswith("."))
+    pending = [Path(folder)]
+    while pending:
+        top = pending.pop(0)
+        for parent, folders, files in os.walk(top):  # links to folders are listed, not entered
+            real = os.path.realpath(parent)
+            if real in seen:  # a link back up the tree, or a folder already listed
+                folders.clear()
+                continue
+            seen.add(real)
+            visible = sorted(name for name in folders if not name.startswith("."))
+            linked = [name for name in visible if os.path.islink(os.path.join(parent, name))]
+            pending.extend(Path(parent) / name for name in linked)
+            folders[:] = [name for name in visible if name not in linked]
+            found.extend(Path(parent) / name for name in files if not name.startswith("."))
     return sorted((path for path in found if path.is_file()), key=str)
 
 
@@ -132,6 +139,12 @@ def exif_orientation(path: PathLike) -> int:
     except (OSError, ValueError, SyntaxError):  # unreadable: the loading names it
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def turned_images(paths: Sequence[PathLike]) -> List[PathLike]:
+    """The images of ``paths`` whose EXIF orientation a viewer applies (`exif_orientation`
+    not 1): aml encodes, and crops, them as stored, which is not as they are shown."""
+    return [path for path in paths if exif_orientation(path) != 1]
 
 
 def image_size(path: PathLike) -> Tuple[int, int]:

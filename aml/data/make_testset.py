@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypedDic
 from PIL import Image
 
 from aml.utils.atomic import publish_folder, staged
-from aml.data.images import ImageLoadError, exif_orientation, image_files, load_image, visible_files
+from aml.data.images import ImageLoadError, image_files, load_image, turned_images, visible_files
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import kind_of, save_pickle
 from aml.data.testsets import TEST_SETS
@@ -238,8 +238,7 @@ def _check_query(
 def _warn_turned_boxes(queries: Sequence[DescribedQuery], images_dir: Path, source: str) -> None:
     """Name the boxed queries whose EXIF orientation a viewer applies: the box is read in the
     stored pixel grid (as cirtorch crops), not in the picture a viewer shows."""
-    boxed = [entry["image"] for entry in queries if entry.get("box")]
-    turned = [image for image in boxed if exif_orientation(images_dir / image) != 1]
+    turned = turned_images([images_dir / entry["image"] for entry in queries if entry.get("box")])
     if turned:
         log.warning(
             ">> %s: %d boxed query image(s) carry an EXIF orientation (first: %s): boxes are in the stored "

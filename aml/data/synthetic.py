@@ -186,7 +186,7 @@ def _made_before(folder: Path, marker: str, overwrite: bool) -> bool:
     if (folder.exists() or folder.is_symlink()) and not overwrite:
         raise ConfigError(
             f"{folder} exists and is not a generated set (it has no {marker}): it is not replaced; move it "
-            "away, or replace it with python -m aml.cli.synthetic --overwrite"
+            "away or delete it"
         )
     return False
 

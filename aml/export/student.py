@@ -36,14 +36,15 @@ from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_path, staged
+from aml.utils.plain_files import begins_as
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
 #: what `export_student` writes, by kind
 EXPORTED_FILES = {"torchscript": "student.pt", "onnx": "student.onnx", "int8": "student-int8.onnx"}
-#: how each exported file begins (TorchScript: a zip; ONNX: a ModelProto, its ir_version first):
-#: a file of that name that begins otherwise is not an earlier export, and is not replaced
-EXPORTED_HEADS = {"torchscript": b"PK\x03\x04", "onnx": b"\x08", "int8": b"\x08"}
+#: the kind of each exported file (`aml.utils.plain_files.FILE_KINDS`): a file of that name of
+#: another kind is not an earlier export, and is not replaced
+EXPORTED_KINDS = {"torchscript": "a zip archive", "onnx": "an ONNX model", "int8": "an ONNX model"}
 CHECK_SIZES: Tuple[Tuple[int, int], ...] = ((224, 224), (180, 300), (320, 240))
 
 
@@ -445,13 +446,15 @@ def check_export_folder(folder: PathLike) -> None:
     for kind, name in EXPORTED_FILES.items():
         path = Path(folder) / name
         if path.exists() and not path.is_file():
-            raise ExportError(
-                f"{path} is a folder, not an exported student: it is not replaced; export to another folder"
-            )
+            what = "a folder" if path.is_dir() else "not a regular file"
+            raise ExportError(f"{path} is {what}, not an exported student: it is not replaced; export elsewhere")
         if path.is_file():
-            with open(path, "rb") as handle:
-                head = handle.read(4)
-            if head and not head.startswith(EXPORTED_HEADS[kind]):
+            try:
+                with open(path, "rb") as handle:
+                    head = handle.read(4)
+            except OSError as err:
+                raise ExportError(f"{path} cannot be read ({err.strerror}): export to another folder") from None
+            if head and not begins_as(head, EXPORTED_KINDS[kind]):
                 what = "TorchScript" if kind == "torchscript" else "ONNX"
                 raise ExportError(
                     f"{path} exists and is not an exported {what} student: it is not replaced; export to another folder"

@@ -119,6 +119,9 @@ def _is_record(record: Any) -> bool:
     return isinstance(record, dict) and type(record.get("epoch")) is int
 
 
+HISTORY = "history.json"
+
+
 class TrainingHistory:
     """``history.json`` and ``curves.png`` of a run folder; a resumed run keeps the records
     of the epochs it does not train again. ``enabled`` False (a rank other than 0 of a
@@ -126,7 +129,7 @@ class TrainingHistory:
 
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.enabled = enabled
-        self.json_path, self.png_path = Path(run_dir) / "history.json", Path(run_dir) / "curves.png"
+        self.json_path, self.png_path = Path(run_dir) / HISTORY, Path(run_dir) / "curves.png"
         self.records: List[HistoryEpoch] = []
         self._warned = False
         if self.json_path.is_file():
@@ -157,8 +160,8 @@ class TrainingHistory:
     def _write(self) -> None:
         if not self.enabled:
             return
-        text = strict_json(self.records)
-        atomic_write(self.json_path, lambda out: out.write(text.encode()))
+        data = strict_json(self.records)
+        atomic_write(self.json_path, lambda out: out.write(data))
         if self.records and plot_history(self.records, self.png_path):
             return
         self.png_path.unlink(missing_ok=True)  # an earlier run's curves would stand beside this history

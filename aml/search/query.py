@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, TypedDict
 import numpy as np
 
 from aml.data.paths import DataRootLike
-from aml.data.images import BBox, exif_orientation
+from aml.data.images import BBox, turned_images
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.onnx_student import (
     REEXPORT,
@@ -165,7 +165,7 @@ def query_database(
 def _warn_turned(images: Sequence[str]) -> None:
     """Name the query images whose EXIF orientation a viewer applies and aml does not (phone
     photos are often stored turned): they are searched, and boxed, as stored."""
-    turned = [image for image in images if exif_orientation(image) != 1]
+    turned = turned_images(images)
     if turned:
         log.warning(
             ">> %d query image(s) carry an EXIF orientation (first: %s): aml, as cirtorch, encodes the pixels as "

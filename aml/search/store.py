@@ -77,26 +77,6 @@ STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")
 STORE_MARKERS = (SEARCH, MANIFEST, LEGACY_FILES[0])
 
 
-def is_store_file(path: PathLike) -> bool:
-    """Whether ``path`` is one of the files of a store (`STORE_FILES`) in a folder that is one
-    (it holds a `STORE_MARKERS` file): writing anything else there would break the store.
-
-    Examples:
-        >>> import tempfile, pathlib
-        >>> from aml.search.store import is_store_file
-        >>> with tempfile.TemporaryDirectory() as folder:
-        ...     (pathlib.Path(folder) / "manifest.json").write_text("{}")
-        ...     is_store_file(pathlib.Path(folder) / "manifest.json"), is_store_file(pathlib.Path(folder) / "hits.json")
-        2
-        (True, False)
-    """
-    path = Path(path)
-    folder = path.absolute().parent
-    return any((folder / marker).exists() for marker in STORE_MARKERS) and any(
-        path.match(pattern) for pattern in STORE_FILES
-    )
-
-
 #: an image list (names that are not UTF-8 kept as they are)
 IMAGE_LIST_TEXT = TextFile(
     "the image list", "give a folder of images or a text file of paths, one a line", StoreError, names=True

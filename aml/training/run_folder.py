@@ -10,6 +10,7 @@ from aml.utils.atomic import atomic_write
 log = logging.getLogger("aml.training.trainer")  # the loop's lines, whichever module writes them
 CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
 LOSS_LOG_HEADER = "epoch, train_loss, val_loss"
+LOSS_LOG = "loss_log.txt"  # a run folder's mark: every run writes it first
 
 
 class RunLog:
@@ -21,7 +22,7 @@ class RunLog:
 
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.run_dir, self.enabled = run_dir, enabled
-        self.loss_log = run_dir / "loss_log.txt"
+        self.loss_log = run_dir / LOSS_LOG
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)

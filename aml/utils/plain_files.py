@@ -7,7 +7,7 @@ code, and the atomic writer, so no interrupted write leaves a half-written file 
 
 import re
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -70,14 +70,28 @@ def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(_unreadable(Path(path), err)) from err
 
 
-#: how files that are not PyTorch's begin, for naming what was given instead
-_OTHER_FORMATS = (
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"\x89PNG", "a PNG image"),
-    (b"\x93NUMPY", "a numpy array (.npy)"),
-    (b"\x08", "an ONNX model"),
-    (b"{", "a JSON file"),
-)
+#: how files of each kind begin, to tell a file given by mistake from the kind asked for
+FILE_KINDS: Dict[str, Tuple[bytes, ...]] = {
+    "a JPEG image": (b"\xff\xd8\xff",),
+    "a PNG image": (b"\x89PNG\r\n\x1a\n",),
+    "a numpy array (.npy)": (b"\x93NUMPY",),
+    "an ONNX model": (b"\x08",),  # a ModelProto: its ir_version, field 1, comes first
+    "a zip archive": (b"PK\x03\x04",),  # TorchScript, and torch.save's own format
+    "a JSON file": (b"{", b"["),  # after any white space
+}
+
+
+def begins_as(head: bytes, kind: str) -> bool:
+    """Whether a file's first bytes ``head`` are those of ``kind`` (a key of `FILE_KINDS`).
+
+    Examples:
+        >>> from aml.utils.plain_files import begins_as
+        >>> begins_as(b'  {"results": 1}', "a JSON file"), begins_as(b"PK\\x03\\x04", "an ONNX model")
+        (True, False)
+    """
+    return (head.lstrip() if kind == "a JSON file" else head).startswith(FILE_KINDS[kind])
+
+
 _PICKLED_OBJECT = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
@@ -94,11 +108,15 @@ def file_format(path: PathLike) -> Optional[str]:
         4
         'a JPEG image'
     """
-    with open(path, "rb") as handle:
-        head = handle.read(8)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:  # a folder, a file this user cannot read: the caller's error names it
+        return None
     if not head:
         return "empty (0 bytes)"
-    return next((what for start, what in _OTHER_FORMATS if head.startswith(start)), None)
+    # a zip may be torch.save's own format: not named as something else
+    return next((kind for kind in FILE_KINDS if kind != "a zip archive" and begins_as(head, kind)), None)
 
 
 def _unreadable(path: Path, err: BaseException) -> str:

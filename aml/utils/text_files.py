@@ -188,15 +188,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def strict_json(value: Any, indent: Optional[int] = 1) -> str:
-    """JSON text that every reader takes: numpy numbers as floats, and NaN or an infinity (an
-    undefined mAP: no query with a positive at a level) as null, not Python's bare ``NaN``.
+def strict_json(value: Any, indent: Optional[int] = 1) -> bytes:
+    """A results file's bytes, JSON that every reader takes: numpy numbers as floats, NaN or an
+    infinity (an undefined mAP: no query with a positive at a level) as null, not Python's bare
+    ``NaN``; UTF-8, a file name that is not (bytes on Linux) as its ``\\udcxx`` escape, which
+    ``json.loads`` reads back.
 
     Examples:
         >>> import numpy as np
         >>> from aml.utils.text_files import strict_json
         >>> strict_json({"medium": np.float32(0.5), "hard": float("nan")}, indent=None)
-        '{"medium": 0.5, "hard": null}'
+        b'{"medium": 0.5, "hard": null}'
     """
     plain = json.loads(json.dumps(value, default=float))
-    return json.dumps(_finite(plain), indent=indent, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(_finite(plain), indent=indent, ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8", "backslashreplace")

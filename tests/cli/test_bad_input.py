@@ -191,7 +191,7 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
     (store / "search.json").write_text('{"source": "vgg16"}')
     err = bad((search_cli.main, ["query", "q.jpg", "--network", "unused.pth"]),
               ["--store", str(store), "--json", str(store / "search.json")], capsys)
-    assert f"is a file of the store {store}, which it would replace" in err
+    assert f"is in the store {store}, which it would break; write it elsewhere" in err
     assert (store / "search.json").read_text() == '{"source": "vgg16"}'
     # another store's manifest, and a run's history, from any command that writes JSON
     other = tmp_path / "distractors"
@@ -205,10 +205,12 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
                                          (TEST, "--results", other / "manifest.json", f"store {other}"),
                                          (TEST, "--results", run / "history.json", f"run folder {run}")):
         err = bad(command, [flag, str(target)], capsys)
-        assert f"argument {flag}: {target} is a file of the {owner}, which it would replace" in err
+        assert f"argument {flag}: {target} is in the {owner}, which it would break" in err
     assert (other / "manifest.json").read_text() == '{"shards": 3}' and (run / "history.json").read_text() == "[]"
-    err = bad(TEST, ["--results", str(other / "results.json"), "-d", "nosuch"], capsys)  # a file of its own is fine
-    assert "is a file of the" not in err and "nosuch" in err
+    err = bad(TEST, ["--results", str(other / "results.json"), "-d", "nosuch"], capsys)  # the next index refuses it
+    assert f"argument --results: {other / 'results.json'} is in the store {other}" in err
+    err = bad(TEST, ["--results", str(run / "results.json"), "-d", "nosuch"], capsys)  # a run's folder takes it
+    assert "is in the" not in err and "nosuch" in err
 
 
 EXPORT = (export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"])
@@ -474,7 +476,7 @@ def test_export_never_replaces_what_is_not_an_earlier_export(tmp_path, capsys):
     out = tmp_path / "deploy"
     (out / "student.pt").mkdir(parents=True)
     err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(out)], capsys)
-    assert f"argument --out: {out / 'student.pt'} is a folder, not an exported student: it is not replaced" in err
+    assert f"argument --out: {out / 'student.pt'} is a folder, not an exported student: it is not replaced; export elsewhere" in err
     (out / "student.pt").rmdir()
     (out / "student.onnx").write_text("my notes")
     err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(out)], capsys)

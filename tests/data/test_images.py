@@ -211,3 +211,13 @@ def test_image_files_enter_linked_folders_once_and_skip_hidden_ones(tmp_path):
     (landmark / ".cache" / "z.jpg").touch()
     found = [str(path.relative_to(tmp_path / "set")) for path in image_files(tmp_path / "set")]
     assert found == ["bridge/1.jpg", "bridge/trip/x.jpg", "bridge/trip/y.jpg"]
+
+
+def test_a_folder_reached_by_its_path_and_by_a_link_is_listed_under_its_own_path(tmp_path):
+    """Which of two paths was listed depended on the order the file system returns names."""
+    from aml.data.images import image_files
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "x.jpg").touch()
+    (tmp_path / "album").symlink_to(tmp_path / "photos", target_is_directory=True)  # sorts before photos/
+    assert [str(p.relative_to(tmp_path)) for p in image_files(tmp_path)] == ["photos/x.jpg"]

@@ -258,7 +258,7 @@ def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, 
     search_cli.main(["index", str(test / "synth-oxford" / "jpg"), *flags] + COMMON)
     assert not (tmp_path / "index.faiss").exists() and not (tmp_path / "whitening.pth").exists()
     image = sorted((test / "synth-oxford" / "jpg").glob("*.jpg"))[3]
-    out = tmp_path / "answer.json"
+    out = tmp_path.with_name(tmp_path.name + "-answer.json")  # beside the store: in it, the next index refuses it
     search_cli.main(["query", str(image), "--store", str(tmp_path), "--network", str(teacher[1]), "-k", "3",
                      "--json", str(out), "--data-root", str(synth_root)] + COMMON)
     top = json.loads(out.read_text())[0]["results"][0]

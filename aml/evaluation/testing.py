@@ -43,6 +43,7 @@ from aml.evaluation.whitening_store import Whitening, learned_whitening
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write, optional_write
 from aml.utils.distributed import current_world
+from aml.utils.errors import DataError
 
 # TestSettings and check_reranking are defined with the plan and used from here too
 __all__ = ["TEST_EXTRACTION", "TestSettings", "check_reranking", "evaluate", "htime"]
@@ -112,6 +113,15 @@ def _encode(plan: TestPlan, test: PlannedSet) -> _Encoded:
         config=plan.extraction.but(desc=f"{dataset} queries"),
     )
     kept = [q for q in range(len(test.queries)) if q not in set(skipped_queries)]
+    for what, images, skipped in (
+        ("database image", test.images, skipped_db),
+        ("query", test.queries, skipped_queries),
+    ):
+        if images and len(skipped) == len(images):  # no mAP to give: not a result of nan
+            raise DataError(
+                f"{test.name}: every {what} was skipped as unreadable (first: {images[0]}): the set's images are "
+                "missing or damaged; prepare it again (and see the first error without --skip-bad-images)"
+            )
     teacher_qvecs = None
     if plan.report_dir is not None and plan.teacher is not None:  # the report shows the teacher's ranking too
         teacher_qvecs = describe_images(

@@ -85,6 +85,18 @@ def test_unreadable_images_are_skipped_listed_and_counted(checkpoint, root, tmp_
     assert not (tmp_path / "out" / "skipped_synth-oxford.txt").exists()
 
 
+def test_a_set_whose_every_query_is_skipped_is_an_error_not_a_result(checkpoint, root):
+    """With every query unreadable, --skip-bad-images printed mAP nan and exited 0."""
+    from aml.utils.errors import DataError
+
+    gnd = load_pickle(root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl")
+    for name in gnd["qimlist"]:
+        jpg(root, name).write_bytes(b"")
+    with pytest.raises(DataError, match=r"synth-oxford: every query was skipped as unreadable \(first: .*\.jpg\): "
+                                        r"the set's images are missing or damaged"):
+        run(checkpoint, root, "--skip-bad-images")
+
+
 def test_a_skipped_list_that_cannot_be_written_ends_no_test(checkpoint, root, capsys, full_disk):
     """The list goes to the data set's folder without --results or --report, often a shared,
     read-only or full one: the test stopped there, after the encoding, with its results unsaid.

@@ -15,6 +15,7 @@ CPU tensor, column i = image i.
 import contextlib
 import copy
 import functools
+import math
 import logging
 import os
 from collections import defaultdict
@@ -420,14 +421,18 @@ class _Columns:
         block = torch.cat([out for out, _ in self.pending]).cpu()  # the one wait for the device
         indices = [i for _, part in self.pending for i in part]
         if self.vecs is None:
-            self.vecs = torch.zeros(block.shape[1], self.count)
+            with torch.inference_mode(False):  # an ordinary tensor, as cirtorch's: its callers may write into it
+                self.vecs = torch.zeros(block.shape[1], self.count)
         self.vecs[:, indices] = block.t()
         self.pending, self.rows = [], 0
 
     def result(self) -> torch.Tensor:
         """The D x N descriptors (zeros when nothing was encoded)."""
         self._flush()
-        return self.vecs if self.vecs is not None else torch.zeros(self.dim, self.count)
+        if self.vecs is not None:
+            return self.vecs
+        with torch.inference_mode(False):
+            return torch.zeros(self.dim, self.count)
 
 
 # Rows a block of descriptors gathers on the device before it is copied to the host: 64 MiB
@@ -586,6 +591,8 @@ def extract_vectors(
     """
     del print_freq
     _check_scales(image_size, ms)
+    if bbxs is not None and len(bbxs) != len(images):
+        raise ConfigError(f"{len(bbxs)} boxes for {len(images)} images: give one box (or None) per image")
     world = current_world() if config.collective else World()
     mine = shard_range(len(images), world)
     fold = _fold(config.fold_batchnorm, len(mine), image_size, config.compile)
@@ -607,8 +614,13 @@ def extract_vectors(
 
 
 def _check_scales(image_size: Optional[float], scales: Sequence[float]) -> None:
-    """Refuse an image size and scales that leave every image under one pixel, before any is
-    read (each image was refused in turn, as too small, or skipped as unreadable)."""
+    """Refuse scales that are none, not positive finite numbers, or that with the image size
+    leave every image under one pixel, before any is read (each image was refused in turn, as
+    too small, or skipped as unreadable)."""
+    if not len(scales):
+        raise ConfigError("no scales to extract at: give at least one (--multiscale '[1]')")
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ConfigError(f"scales must be positive finite numbers, got {list(scales)}")
     small = min(scales)
     if image_size is not None and image_size * small < 1:
         raise ConfigError(

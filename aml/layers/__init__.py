@@ -3,7 +3,7 @@ are in `aml.layers.functional`, cirtorch's functional API."""
 
 from aml.layers import functional
 from aml.layers.functional import gem, l2n, mac, rmac, roipool, spoc
-from aml.layers.normalization import L2N
+from aml.layers.normalization import L2N, PowerLaw
 from aml.layers.pooling import GeM, GeMmp, MAC, POOLINGS, RMAC, Rpool, SPoC
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "GeMmp",
     "MAC",
     "POOLINGS",
+    "PowerLaw",
     "RMAC",
     "Rpool",
     "SPoC",

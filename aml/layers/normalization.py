@@ -1,4 +1,4 @@
-"""L2 normalisation of descriptors."""
+"""L2 normalisation of descriptors, and cirtorch's power law."""
 
 import torch
 from torch import nn
@@ -18,3 +18,14 @@ class L2N(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
+
+
+class PowerLaw(nn.Module):
+    """Module form of `aml.layers.functional.powerlaw` (cirtorch's, which no network uses)."""
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return LF.powerlaw(x, eps=self.eps)

@@ -55,33 +55,37 @@ class GeMmp(nn.Module):
 
 
 class RMAC(nn.Module):
-    """R-MAC pooling (regional MAC on a 3-level grid)."""
+    """R-MAC pooling (regional MAC on an ``L``-level grid); cirtorch's signature."""
 
-    def __init__(self, levels: int = 3, eps: float = 1e-6):
+    def __init__(self, L: int = 3, eps: float = 1e-6):
         super().__init__()
-        self.levels = levels
+        self.L = L
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return LF.rmac(x, self.levels, self.eps)
+        return LF.rmac(x, self.L, self.eps)
 
 
 class Rpool(nn.Module):
     """Regional pooling: the whole map and every R-MAC region pooled with ``rpool``,
-    L2-normalised, optionally whitened (``whiten``) and normalised again, then summed."""
+    L2-normalised, optionally whitened (``whiten``) and normalised again, then summed and
+    normalised (``aggregate``; False: the B x R x D x 1 x 1 regional descriptors, as cirtorch's
+    ``extract_ssr`` takes them). cirtorch's signature."""
 
-    def __init__(self, rpool: nn.Module, whiten: Optional[nn.Module] = None, levels: int = 3, eps: float = 1e-6):
+    def __init__(self, rpool: nn.Module, whiten: Optional[nn.Module] = None, L: int = 3, eps: float = 1e-6):
         super().__init__()
         self.rpool = rpool
         self.whiten = whiten
-        self.levels = levels
+        self.L = L
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        regions = LF.roipool(x, self.rpool, self.levels, self.eps).flatten(2)  # B x R x C
+    def forward(self, x: torch.Tensor, aggregate: bool = True) -> torch.Tensor:
+        regions = LF.roipool(x, self.rpool, self.L, self.eps).flatten(2)  # B x R x C
         regions = LF.l2n(regions, eps=self.eps, dim=-1)
         if self.whiten is not None:
             regions = LF.l2n(self.whiten(regions), eps=self.eps, dim=-1)
+        if not aggregate:
+            return regions[..., None, None]
         return LF.l2n(regions.sum(dim=1), eps=self.eps)[..., None, None]
 
 

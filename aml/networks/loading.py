@@ -126,7 +126,8 @@ class NetworkSpec:
         if self.source is Source.PUBLISHED:
             return PRETRAINED[self.name].dim
         if self.local_file is not None:
-            return checkpoint_dimension(load_checkpoint(self.local_file)["meta"], source=str(self.local_file))
+            state = load_checkpoint(self.local_file)  # an original file's projection gives its dimension
+            return checkpoint_dimension(state["meta"], source=str(self.local_file), weights=state["state_dict"])
         return None
 
 

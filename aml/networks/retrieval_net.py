@@ -266,7 +266,7 @@ def build_network(
 
     ``teacher`` or ``teacher_dim`` fix the output dimension: student trunks
     (mobilenet_v2/v3, efficientnet_b3) always get a bias-free 1x1 projection + ReLU to it;
-    other trunks get one only when ``teacher_dim`` differs from their width.
+    other trunks get one only when that dimension differs from their width.
 
     Args:
         architecture: the trunk, a name of `BACKBONES` or ``timm:<model>`` (any timm model).
@@ -301,7 +301,8 @@ def build_network(
     pool_type = lookup(POOLINGS, pooling, "pooling")
     backbone = get_backbone(architecture)
     normalisation = get_imagenet_weights(architecture)
-    dim = output_dimension(architecture, teacher, teacher_dim)
+    # a published teacher fixes the dimension of any trunk (a resnet18 "of resnet101" is 2048-d)
+    dim = output_dimension(architecture, teacher, teacher_dim or (teacher_dimension(teacher) if teacher else None))
     features = build_trunk(architecture, pretrained, data_root)
     if backbone.student or dim != backbone.dim:
         features += [nn.Conv2d(backbone.dim, dim, kernel_size=1, bias=False), nn.ReLU(inplace=True)]
@@ -316,8 +317,8 @@ def build_network(
         "pooling": pooling,
         "regional": regional,
         "whitening": whitening,
-        "mean": list(mean or normalisation.mean),
-        "std": list(std or normalisation.std),
+        "mean": [float(v) for v in (mean or normalisation.mean)],  # numpy numbers too: checkpoints hold floats
+        "std": [float(v) for v in (std or normalisation.std)],
         "outputdim": dim,
     }
     if teacher:

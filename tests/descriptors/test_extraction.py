@@ -70,6 +70,22 @@ def test_batched_equals_one_by_one(images, net, real_workers):
     assert torch.allclose(batched, reference(net, images, 64), atol=1e-5)
 
 
+def test_the_descriptors_are_an_ordinary_tensor_as_cirtorchs(images, net):
+    """They were an inference tensor: cirtorch-ported code that normalises in place or uses them
+    as a loss's target failed ("Inplace update to inference tensor outside InferenceMode")."""
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    vecs = extract_vectors(net, images[:2], 64, transform, config=ExtractionConfig(workers=0))
+    assert not vecs.is_inference()
+    vecs.div_(2)
+    weights = torch.ones(vecs.shape[0], requires_grad=True)
+    ((weights @ vecs) ** 2).sum().backward()  # a target saved for backward
+    assert weights.grad is not None
+    for bad, message in ((dict(ms=[]), "no scales"), (dict(ms=[1, float("nan")]), r"scales must be positive"),
+                         (dict(bbxs=[None]), r"1 boxes for 2 images")):
+        with pytest.raises(ConfigError, match=message):
+            extract_vectors(net, images[:2], 64, transform, config=ExtractionConfig(workers=0), **bad)
+
+
 def test_bbx_crops_are_applied(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     bbxs = [(5, 5, 40, 30)] * len(images)

@@ -87,3 +87,23 @@ def test_rmac_region_starts_are_rounded_in_float32_as_cirtorch():
     assert level2 == [0, 4, 8, 13, 17, 22, 26, 30]
     level2 = [left for top, left, side in rmac_regions(5, 34, 3) if side == 3 and top == 0]
     assert level2 == [0, 4, 8, 13, 17, 22, 26, 30]  # the same along the width
+
+
+def test_the_pooling_modules_keep_cirtorchs_signatures():
+    """RMAC(L=3) and Rpool(GeM(), L=3) failed (the argument was renamed), and cirtorch's
+    extract_ssr calls Rpool(x, aggregate=False) for the regional descriptors."""
+    import inspect
+
+    from aml.layers import GeM, PowerLaw, RMAC, Rpool
+
+    assert list(inspect.signature(RMAC).parameters) == ["L", "eps"]
+    assert list(inspect.signature(Rpool).parameters) == ["rpool", "whiten", "L", "eps"]
+    x = torch.rand(2, 4, 6, 9)
+    pool = Rpool(GeM(), L=2)
+    regions = pool(x, aggregate=False)
+    assert pool.L == 2 and RMAC(L=2).L == 2
+    assert regions.shape == (2, 1 + len(rmac_regions(6, 9, 2)), 4, 1, 1)
+    assert torch.allclose(regions.norm(dim=2), torch.ones(2, regions.shape[1], 1, 1), atol=1e-5)
+    summed = regions.sum(dim=1)
+    assert torch.allclose(pool(x), summed / (summed.norm(dim=1, keepdim=True) + 1e-6), atol=1e-6)
+    assert torch.allclose(PowerLaw()(torch.tensor([4.0, -9.0])), torch.tensor([2.0, -3.0]), atol=1e-5)

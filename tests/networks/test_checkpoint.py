@@ -332,6 +332,11 @@ def test_an_originals_student_without_outputdim_takes_its_projections_dimension(
     meta = {key: value for key, value in cirtorch_meta("mobilenet_v2", 2048).items() if key != "outputdim"}
     net = network_from_checkpoint({"meta": meta, "state_dict": state_dict})  # no --teacher: vgg16's 512 before
     assert net.meta["outputdim"] == 2048 and torch.equal(net.features[1].weight, state_dict["features.1.weight"])
+    # as --teacher (a --feat-path file's dimension is checked against it) the file says the same, unbuilt
+    from aml.networks.loading import NetworkSpec
+
+    torch.save({"meta": meta, "state_dict": state_dict}, tmp_path / "student2048.pth.tar")
+    assert NetworkSpec.parse(str(tmp_path / "student2048.pth.tar")).dimension() == 2048
     state_dict["features.0.0.0.weight"] = torch.randn(8, 3, 3, 3)
     with pytest.raises(CheckpointError) as info:
         network_from_checkpoint({"meta": meta, "state_dict": state_dict}, source="x.pth")

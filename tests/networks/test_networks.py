@@ -11,6 +11,10 @@ def test_student_gets_projection_to_teacher_dimension():
     assert net.features[1].weight.shape == (2048, 1280, 1, 1) and net.features[1].bias is None
     assert isinstance(net.features[2], torch.nn.ReLU)
     assert net.projection() is net.features[1]
+    # any trunk: a resnet18 recorded as resnet101's student was 512-d, a space its teacher's database is not in
+    other = init_network({"architecture": "resnet18", "pretrained": False, "teacher": "resnet101"})
+    assert other.meta["outputdim"] == 2048 and other.projection().weight.shape == (2048, 512, 1, 1)
+    assert build_network("resnet18", pretrained=False, teacher="vgg16").projection() is None  # 512 already
 
 
 def test_projection_is_found_only_where_there_is_one():
@@ -130,3 +134,16 @@ def test_published_whitening_layers_are_not_loaded_after_a_projection_and_a_dama
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=path.name):
         _load_published_layers(own, tmp_path)
+
+
+def test_a_network_built_with_numpy_statistics_saves_a_checkpoint_that_loads(tmp_path):
+    """mean/std given as numpy numbers were stored as they were, and the checkpoint was then
+    refused as 'damaged or edited'."""
+    import numpy as np
+
+    from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
+
+    net = build_network("resnet18", pretrained=False, mean=list(np.float32([0.5] * 3)), std=list(np.float64([0.25] * 3)))
+    assert all(type(v) is float for v in net.meta["mean"] + net.meta["std"])
+    path = save_checkpoint(checkpoint_state(net, 1, 0.0), tmp_path / "net.pth.tar")
+    assert load_network(path).meta["std"] == [0.25, 0.25, 0.25]

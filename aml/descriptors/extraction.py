@@ -590,9 +590,7 @@ def extract_vectors(
         torch.Size([2048, 2])
     """
     del print_freq
-    _check_scales(image_size, ms)
-    if bbxs is not None and len(bbxs) != len(images):
-        raise ConfigError(f"{len(bbxs)} boxes for {len(images)} images: give one box (or None) per image")
+    _check_request(len(images), image_size, ms, bbxs)
     world = current_world() if config.collective else World()
     mine = shard_range(len(images), world)
     fold = _fold(config.fold_batchnorm, len(mine), image_size, config.compile)
@@ -613,10 +611,14 @@ def extract_vectors(
     return vecs
 
 
-def _check_scales(image_size: Optional[float], scales: Sequence[float]) -> None:
-    """Refuse scales that are none, not positive finite numbers, or that with the image size
-    leave every image under one pixel, before any is read (each image was refused in turn, as
-    too small, or skipped as unreadable)."""
+def _check_request(
+    count: int, image_size: Optional[float], scales: Sequence[float], bbxs: Optional[Sequence[Optional[BBox]]]
+) -> None:
+    """Refuse, before any image is read, scales that are none, not positive finite numbers, or
+    that with the image size leave every image under one pixel (each image was refused in
+    turn, as too small, or skipped as unreadable), and boxes that are not one per image."""
+    if bbxs is not None and len(bbxs) != count:
+        raise ConfigError(f"{len(bbxs)} boxes for {count} images: give one box (or None) per image")
     if not len(scales):
         raise ConfigError("no scales to extract at: give at least one (--multiscale '[1]')")
     if not all(math.isfinite(s) and s > 0 for s in scales):

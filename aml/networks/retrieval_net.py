@@ -301,7 +301,6 @@ def build_network(
     pool_type = lookup(POOLINGS, pooling, "pooling")
     backbone = get_backbone(architecture)
     normalisation = get_imagenet_weights(architecture)
-    # a published teacher fixes the dimension of any trunk (a resnet18 "of resnet101" is 2048-d)
     dim = output_dimension(architecture, teacher, teacher_dim or (teacher_dimension(teacher) if teacher else None))
     features = build_trunk(architecture, pretrained, data_root)
     if backbone.student or dim != backbone.dim:

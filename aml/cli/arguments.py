@@ -3,7 +3,6 @@
 import argparse
 import ast
 import contextlib
-import errno
 import logging
 import operator
 import os
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Union
 
 from aml.utils.devices import DeviceError, parse_device
-from aml.utils.atomic import is_disk_full
+from aml.utils.atomic import NOT_WRITABLE, is_disk_full
 from aml.utils.bounds import (
     NONNEGATIVE_FLOAT,
     NONNEGATIVE_INT,
@@ -607,10 +606,8 @@ def one_line_errors() -> Iterator[None]:
         yield
     except (AmlError, FileNotFoundError, NotADirectoryError) as err:
         sys.exit(f"error: {err}")
-    except PermissionError as err:  # EACCES, EPERM: a file or folder of another user
-        sys.exit(f"error: {_no_access(err)}")
     except (OSError, RuntimeError) as err:
-        if isinstance(err, OSError) and err.errno == errno.EROFS:
+        if isinstance(err, OSError) and err.errno in NOT_WRITABLE:  # another user's, or a read-only mount
             sys.exit(f"error: {_no_access(err)}")
         if is_disk_full(err):
             sys.exit(

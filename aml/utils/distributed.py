@@ -173,8 +173,11 @@ def _collective_device() -> torch.device:
 
 
 def shutdown() -> None:
-    """Leave the process group (end of a command)."""
+    """Leave the process group (end of a command), once every rank is there: a rank that tore
+    its group down while rank 0 still wrote the results aborted now and then under load
+    ("terminate called without an active exception"), failing the whole torchrun job."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -244,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         student = load_test_network(args.network, None, None, args.data_root)
         store = open_database(args.store) if args.store else None
         if store is not None:  # its whitening is the teacher's: folded into another teacher's student, it is noise
-            check_teacher(store, student.net, args.teacher, args.data_root)
+            check_teacher(store, student.net, args.teacher or student.recorded_teacher, args.data_root)
         whitening = _whitening(args, store, student.net.meta["outputdim"])
         spec, teacher = _teacher(args, student)
         image_size = args.image_size or (store.settings["image_size"] if store is not None else DEFAULT_IMAGE_SIZE)

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher",
         "-t",
         default=None,
-        help="the student's teacher, when its checkpoint does not record it (name or path)",
+        help="the student's teacher, when neither its checkpoint nor the published list records it (name or path)",
     )
     query.add_argument("--box", type=_box, default=None, help="x1,y1,x2,y2 crop of the (single) query image")
     query.add_argument("-k", type=positive_int, default=10, help="results per query (default: 10)")
@@ -167,9 +167,9 @@ def _query(args) -> List[Any]:
             )
         return _print_results(query_database_onnx(database, args.onnx, args.images, args.k, bbxs, reranking), args)
     device = str(resolve_device(args.device, args.gpu_id))
-    student = load_test_network(args.network, None, None, args.data_root).net
-    check_teacher(database, student, args.teacher, args.data_root)
-    results = query_database(database, student, args.images, args.k, bbxs, extraction_from(args, device), reranking)
+    loaded = load_test_network(args.network, None, None, args.data_root)
+    check_teacher(database, loaded.net, args.teacher or loaded.recorded_teacher, args.data_root)
+    results = query_database(database, loaded.net, args.images, args.k, bbxs, extraction_from(args, device), reranking)
     return _print_results(results, args)
 
 

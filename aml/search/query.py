@@ -45,17 +45,18 @@ def check_teacher(
 ) -> None:
     """Refuse a store encoded by another network than the student's teacher.
 
-    The store's weights (fingerprint) must be the teacher's: with no ``teacher`` given, those
-    the student was trained with (its ``meta['teacher_fingerprint']``); else, or for a
-    student that does not record them, those of the teacher's checkpoint when it is on this
-    machine. Otherwise only the store's network name is compared (a published teacher by its
+    The store's weights (fingerprint) must be the teacher's: for the teacher the student
+    records (``teacher`` None or its ``meta['teacher']``), those it was trained with (its
+    ``meta['teacher_fingerprint']``); for another teacher, or a student that does not record
+    them, those of the teacher's checkpoint when it is on this machine. Otherwise only the store's network name is compared (a published teacher by its
     list name; a checkpoint by its file name, with a warning that its weights went unchecked).
 
     Args:
         database: the store's database (`aml.search.open_database`).
         student: the student whose queries are to search it.
-        teacher: the teacher as the user named it (a published name, an alias or a path);
-            None: the student's ``meta['teacher']``.
+        teacher: the teacher as the user named it (a published name, an alias or a path), or
+            as the student records it (`aml.networks.LoadedNetwork.recorded_teacher`, which
+            knows a published student's); None: the student's ``meta['teacher']``.
         data_root: where a teacher's checkpoint is found (to compare its fingerprint).
 
     Raises:
@@ -75,13 +76,14 @@ def check_teacher(
             f"the student outputs {student.meta['outputdim']}-d descriptors but the store {folder} "
             f"holds {settings['dim']}-d ones of {settings['network']}"
         )
-    given = teacher or student.meta.get("teacher")
+    named = student.meta.get("teacher")
+    given = teacher or named
     if given is None:
         raise StoreError(
             f"the student does not record its teacher; give --teacher (the store was encoded by {settings['network']})"
         )
     spec = NetworkSpec.parse(given)
-    recorded = student.meta.get("teacher_fingerprint") if teacher is None else None  # what it was trained with
+    recorded = student.meta.get("teacher_fingerprint") if given == named else None  # what it was trained with
     network = f"{settings['network']} ({settings['source']})"
     if recorded is not None:
         same = recorded == settings["fingerprint"]

@@ -594,3 +594,40 @@ def test_an_interrupted_indexing_encodes_again_what_was_edited_since(random_teac
     interrupt, encoded[:] = False, []
     search_cli.main(["index", *flags])
     assert len(encoded) == 3  # every shard, not the 2 missing ones
+
+
+@pytest.mark.parametrize("command", ["search", "export"])
+def test_a_published_student_needs_no_teacher_flag_for_its_teachers_store(command, tmp_path, monkeypatch):
+    """A published student's checkpoint records no teacher: search query and export --store
+    asked for --teacher although the published list names it."""
+    from aml.cli import export as export_cli
+    from aml.networks import loading
+
+    torch.manual_seed(0)
+    published = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0),
+                                tmp_path / "published.pth.tar")
+    monkeypatch.setattr(loading, "pretrained_checkpoint", lambda name, data_root=None: published)
+    settings = {"dim": 512, "network": "retrievalSfM120k-vgg16-gem", "source": "vgg16", "fingerprint": "f",
+                "scales": [1], "image_size": 64}
+    whitening = (np.zeros((512, 1)), np.eye(512))
+    database = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], settings, whitening)
+    checked = []
+    if command == "search":
+        monkeypatch.setattr(search_cli, "open_database", lambda folder: database)
+        monkeypatch.setattr(search_cli, "query_database", lambda *args: checked.append(args[1]) or [])
+        search_cli.main(["query", "q.jpg", "--store", str(tmp_path), "--network", "mobilenet-v2-gem-contr-vgg16"]
+                        + COMMON)
+    else:
+        monkeypatch.setattr(export_cli, "open_database", lambda folder: database)
+        monkeypatch.setattr(export_cli, "export_student", lambda net, *args, **kwargs: checked.append(net) or ({}, {}))
+        export_cli.main(["--network", "mobilenet-v2-gem-contr-vgg16", "--store", str(tmp_path), "--out",
+                         str(tmp_path / "out")])
+    assert len(checked) == 1
+    settings["network"] = "retrievalSfM120k-resnet101-gem"  # the store of another teacher: still refused
+    with pytest.raises(SystemExit):
+        if command == "search":
+            search_cli.main(["query", "q.jpg", "--store", str(tmp_path), "--network", "mobilenet-v2-gem-contr-vgg16"]
+                            + COMMON)
+        else:
+            export_cli.main(["--network", "mobilenet-v2-gem-contr-vgg16", "--store", str(tmp_path), "--out",
+                             str(tmp_path / "out")])

@@ -48,8 +48,9 @@ def check_teacher(
     The store's weights (fingerprint) must be the teacher's: for the teacher the student
     records (``teacher`` None or its ``meta['teacher']``), those it was trained with (its
     ``meta['teacher_fingerprint']``); for another teacher, or a student that does not record
-    them, those of the teacher's checkpoint when it is on this machine. Otherwise only the store's network name is compared (a published teacher by its
-    list name; a checkpoint by its file name, with a warning that its weights went unchecked).
+    them, those of the teacher's checkpoint when it is on this machine. Otherwise only the
+    store's network name is compared (a published teacher by its list name; a checkpoint by
+    its file name, with a warning that its weights went unchecked).
 
     Args:
         database: the store's database (`aml.search.open_database`).

@@ -10,31 +10,31 @@ from aml.utils.atomic import atomic_write
 log = logging.getLogger("aml.training.trainer")  # the loop's lines, whichever module writes them
 CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
 LOSS_LOG_HEADER = "epoch, train_loss, val_loss"
-LOSS_LOG = "loss_log.txt"  # a run folder's mark: every run writes it first
+LOSS_LOG = "loss_log.txt"  # a run folder's mark: every run that starts training writes it first
 
 
 class RunLog:
     """log.txt and loss_log.txt of a run folder, appended and flushed line by line.
 
-    loss_log.txt gets its header once; `restart_at` drops the lines of epochs that a
-    resumed run trains again (a crash after logging an epoch but before its checkpoint).
-    ``enabled`` False (a rank other than 0 of a distributed run) writes nothing."""
+    Nothing is written before `restart_at`, where training starts: it writes the header and
+    drops the lines of epochs that a resumed run trains again (a crash after logging an epoch
+    but before its checkpoint), so a run refused before it trains (a checkpoint that does not
+    resume) leaves no log. ``enabled`` False (a rank other than 0 of a distributed run) writes
+    nothing."""
 
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.run_dir, self.enabled = run_dir, enabled
         self.loss_log = run_dir / LOSS_LOG
-        if not enabled:
-            return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.loss_log.is_file() or not self.loss_log.read_text(errors="replace").strip():
-            self._rewrite([LOSS_LOG_HEADER])
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
 
     def restart_at(self, epoch: int) -> None:
         """Keep the header and the lines of 0-based epochs below ``epoch``."""
         if not self.enabled:
             return
         kept = [LOSS_LOG_HEADER]
-        for line in self.loss_log.read_text(errors="replace").splitlines():
+        earlier = self.loss_log.read_text(errors="replace") if self.loss_log.is_file() else ""
+        for line in earlier.splitlines():
             head = line.split(",", 1)[0].strip()
             if head.isdigit() and int(head) < epoch:
                 kept.append(line)

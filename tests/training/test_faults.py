@@ -172,11 +172,13 @@ def test_resume_cleans_leftovers_of_a_killed_run(synth_root, tmp_path):
 
 
 def test_resuming_another_architecture_names_the_file(synth_root, tmp_path):
+    """... and the refused run leaves no log behind (its loss_log.txt marked a run folder that never trained)."""
     foreign = tmp_path / "mobilenet.pth.tar"
     save_checkpoint(checkpoint_state(build_network("mobilenet_v2", pretrained=False, teacher_dim=512), 3, 0.1), foreign)
     with pytest.raises(CheckpointError, match=r"cannot resume from .*mobilenet.pth.tar: it holds a mobilenet_v2 "
                                               r"network, this run trains squeezenet1_1"):
         train(synth_root, tmp_path / "runs", "--epochs", "1", "--resume", str(foreign))
+    assert [p.name for p in (tmp_path / "runs").glob("*/*") if p.name != ".lock"] == []
 
 
 def test_history_and_curves_are_written_every_epoch(synth_root, tmp_path):

@@ -8,6 +8,7 @@ from aml.utils.atomic import DiskFull
 
 def test_a_resumed_run_on_a_full_disk_keeps_the_loss_log(tmp_path, full_disk):
     log = RunLog(tmp_path)
+    log.restart_at(0)
     log.losses(0, 0.5, None)
     log.losses(1, 0.4, None)
     before = (tmp_path / "loss_log.txt").read_text()

@@ -147,8 +147,8 @@ def build_store(
             both sides; None: none.
         config: how to extract (`aml.descriptors.ExtractionConfig`).
         reranking: its ``dba`` neighbours augment each database descriptor, weighted by their
-            similarities to the power ``dba_alpha`` (DBA; 0: none); its query-side fields are
-            not used here.
+            similarities to the power ``dba_alpha`` (DBA; 0: none); αQE and SuperGlobal are
+            chosen by each search, and refused here.
         ivfpq: also build this IVF-PQ index (`build_ivfpq`; its recall is in
             ``search.json`` and the database's ``settings["ivfpq"]``); None: none.
 
@@ -156,8 +156,8 @@ def build_store(
         The store's folder.
 
     Raises:
-        StoreError: before any image is encoded, when ``reranking.dba`` leaves no image out (at
-            most N - 1 neighbours), ``ivfpq`` cannot be built (`IvfPq.problem`), or ``folder``
+        StoreError: before any image is encoded, when ``reranking`` asks for αQE or
+            SuperGlobal, ``reranking.dba`` leaves no image out (at most N - 1 neighbours), ``ivfpq`` cannot be built (`IvfPq.problem`), or ``folder``
             holds files that are not a store's.
         FolderInUse: when another process is indexing into ``folder``.
 
@@ -221,7 +221,13 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def _check_plan(count: int, dim: int, reranking: Reranking, ivfpq: Optional[IvfPq]) -> None:
-    """Refuse, before anything is encoded, a DBA or an IVF-PQ index that cannot be built."""
+    """Refuse, before anything is encoded, a DBA or an IVF-PQ index that cannot be built, and
+    a query-side re-ranking (αQE, SuperGlobal), which each search chooses, not the store."""
+    if reranking.qe or reranking.superglobal is not None:
+        raise StoreError(
+            f"{reranking.label()}: αQE and SuperGlobal re-rank each search (query_database(..., reranking=...), "
+            "search query --qe/--superglobal); a store is built with DBA only (Reranking(dba=K))"
+        )
     if reranking.dba >= count:
         raise StoreError(
             f"--dba {reranking.dba}: {count} images to index, so an image has at most {count - 1} "

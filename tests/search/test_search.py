@@ -101,6 +101,18 @@ def test_ivfpq_of_too_few_images_is_refused(tmp_path):
         build_ivfpq(store, nlist=2, m=2)
 
 
+@pytest.mark.parametrize("reranking", [Reranking(qe=2), Reranking(superglobal=SuperGlobal())])
+def test_a_store_is_not_built_with_a_query_side_reranking(reranking, tmp_path):
+    """build_store took a Reranking and used its DBA only: αQE or SuperGlobal asked of an indexing did nothing."""
+    from aml.networks.loading import LoadedNetwork
+    from aml.search import build_store
+
+    teacher = LoadedNetwork.in_memory(build_network("resnet18", pretrained=False), "t")
+    with pytest.raises(StoreError, match="re-rank each search"):
+        build_store(teacher, ["a.jpg", "b.jpg"], tmp_path / "store", 64, reranking=reranking)
+    assert not (tmp_path / "store").exists()
+
+
 def test_ivfpq_reports_recall_against_exact_search(tmp_path):
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(64, 20))

@@ -157,8 +157,9 @@ def build_store(
 
     Raises:
         StoreError: before any image is encoded, when ``reranking`` asks for αQE or
-            SuperGlobal, ``reranking.dba`` leaves no image out (at most N - 1 neighbours), ``ivfpq`` cannot be built (`IvfPq.problem`), or ``folder``
-            holds files that are not a store's.
+            SuperGlobal, ``reranking.dba`` leaves no image out (at most N - 1 neighbours),
+            ``ivfpq`` cannot be built (`IvfPq.problem`), or ``folder`` holds files that are not
+            a store's.
         FolderInUse: when another process is indexing into ``folder``.
 
     Examples:

@@ -186,6 +186,17 @@ def _calibration(args, image_size: int) -> Int8Settings:
     return Int8Settings(tuple(images), image_size)
 
 
+def _agreement_images(args, int8: Int8Settings) -> Tuple[List[str], str]:
+    """At most `AGREEMENT_IMAGES` images of --calibration to compare the int8 descriptors
+    with float32's on, evenly spread, and which they are: those left out of the calibration
+    ("held-out") when --calibration-images left some out, else calibration images."""
+    calibrated = set(int8.calibration)
+    held_out = [image for image in list_images(args.calibration) if image not in calibrated]
+    chosen, which = (held_out, "held-out") if held_out else (list(int8.calibration), "calibration")
+    count = min(AGREEMENT_IMAGES, len(chosen))
+    return [chosen[int(i)] for i in np.linspace(0, len(chosen) - 1, count)], which
+
+
 def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[LoadedNetwork]]:
     """The teacher as named, and the teacher itself when it is on this machine (a checkpoint) or
     needed for --test-set."""
@@ -256,9 +267,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)
         for kind, path in files.items():
             if kind == "int8" and int8 is not None:
-                agreement = int8_agreement(files["onnx"], path, int8.calibration[:AGREEMENT_IMAGES], image_size)
+                images, which = _agreement_images(args, int8)
+                agreement = int8_agreement(files["onnx"], path, images, image_size)
                 check = (
-                    f"cosine to float32 on {min(AGREEMENT_IMAGES, len(int8.calibration))} calibration images: "
+                    f"cosine to float32 on {len(images)} {which} images: "
                     f"min {agreement['min']:.4f}, mean {agreement['mean']:.4f}"
                 )
             else:

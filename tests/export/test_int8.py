@@ -85,3 +85,20 @@ def test_the_report_gives_map_and_time_of_both(exported, capsys):
         assert 0 < report["seconds_per_image"][name]["362"] < report["seconds_per_image"][name]["1024"]
     assert report["cosine"]["float32"]["min"] == pytest.approx(1.0) and report["cosine"]["int8"]["min"] > 0.9
     assert record["provenance"]["command"]
+
+
+def test_int8_agreement_is_measured_on_images_left_out_of_the_calibration(tmp_path):
+    """The printed cosine to float32 was measured on the first calibration images: in-sample,
+    it said little of the queries to come, although --calibration-images had left images out."""
+    from argparse import Namespace
+
+    for i in range(20):
+        (tmp_path / f"{i:02d}.jpg").write_bytes(b"")
+    args = Namespace(calibration=str(tmp_path), calibration_images=5)
+    int8 = export_cli._calibration(args, SIZE)
+    images, which = export_cli._agreement_images(args, int8)
+    assert which == "held-out" and len(images) == export_cli.AGREEMENT_IMAGES == 8
+    assert not set(images) & set(int8.calibration) and len(set(images)) == 8
+    args.calibration_images = None  # every image calibrates: the comparison can only be in-sample, and says so
+    images, which = export_cli._agreement_images(args, export_cli._calibration(args, SIZE))
+    assert which == "calibration" and len(images) == 8 and images[0].endswith("00.jpg") and images[-1].endswith("19.jpg")

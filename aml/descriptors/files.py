@@ -27,6 +27,7 @@ from aml.utils.text_files import TooLarge, read_bounded
 from aml.utils.plain_files import file_format
 
 log = logging.getLogger(__name__)
+UNIT_NORM_TOLERANCE = 1e-2  # |norm - 1| of a column read as L2-normalised (float16 storage rounds to 1e-3)
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -238,7 +239,27 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
             f"feature file {path} holds {vecs.shape[0]}-d descriptors but {expected_dim}-d are expected "
             "(the teacher's and the student's); use the --teacher it was extracted with"
         )
+    _warn_of_unnormalised(path, vecs)
     return vecs.astype(np.float32, copy=False)
+
+
+def _warn_of_unnormalised(path: Path, vecs: np.ndarray) -> None:
+    """Warn of columns that are not L2-normalised (beyond float16's rounding): the student's
+    descriptors are, so a loss that compares the two can never reach them."""
+    norms = np.linalg.norm(vecs.astype(np.float64), axis=0)
+    off = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
+    if off.size:
+        log.warning(
+            ">> feature file %s: %d of %d columns are not L2-normalised (norms %.3g to %.3g; first: column %d), "
+            "but the student's descriptors are, so the losses that compare the two cannot reach them; "
+            "L2-normalise each column, or extract the file with extract_features.py",
+            path,
+            off.size,
+            vecs.shape[1],
+            norms[off].min(),
+            norms[off].max(),
+            off[0],
+        )
 
 
 def _load_store(folder: Path) -> np.ndarray:

@@ -152,3 +152,18 @@ def test_a_feature_file_of_zero_columns_or_of_another_format_is_named(tmp_path):
     path.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
     with pytest.raises(DataError, match="feats.npy is a JPEG image, not a .npy array; give the file extract_features"):
         load_feature_file(path, expected_columns=5)
+
+
+def test_a_feature_file_of_columns_that_are_not_unit_is_warned_of(tmp_path, caplog):
+    """A user's own teacher descriptors, not L2-normalised, trained the student towards vectors
+    its unit descriptors cannot reach, without a word."""
+    path = tmp_path / "feats.npy"
+    vecs = np.eye(8, 5, dtype=np.float32)
+    np.save(path, vecs.astype(np.float16))  # unit columns, stored in float16: no warning
+    load_feature_file(path, expected_columns=5)
+    assert "not L2-normalised" not in caplog.text
+    vecs[:, 1] *= 3
+    vecs[:, 4] *= 0.5
+    np.save(path, vecs)
+    np.testing.assert_array_equal(load_feature_file(path, expected_columns=5), vecs)  # used as given
+    assert "feats.npy: 2 of 5 columns are not L2-normalised (norms 0.5 to 3; first: column 1)" in caplog.text

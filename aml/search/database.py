@@ -24,7 +24,7 @@ from aml.search.faiss_index import (
     train_ivfpq,
     write_index,
 )
-from aml.utils.atomic import atomic_write, folder_lock
+from aml.utils.atomic import atomic_write, folder_identity, folder_lock
 from aml.utils.errors import DataError
 from aml.utils.text_files import read_bounded
 
@@ -163,6 +163,9 @@ class SearchDatabase:
         whitening: the teacher's learned whitening (m, P), applied to both sides, or None.
         manifest: the sha256 of the store's ``manifest.json`` when it was opened (None: not
             read from a sharded store), which tells whether the folder was indexed again since.
+        identity: the store folder's device and inode when it was opened (None: not read
+            from a folder): an indexing renames a new folder into place, so this tells a new
+            indexing of the same images (the same manifest) with another DBA or whitening.
 
     Examples:
         >>> from pathlib import Path
@@ -182,6 +185,7 @@ class SearchDatabase:
     settings: StoreSettings
     whitening: Optional[Whitening] = None
     manifest: Optional[str] = None
+    identity: Optional[Tuple[int, int]] = None
     #: what answers the searches, read or made at the first one and kept: the store's IVF-PQ
     #: index, else an ExactIndex over ``vecs``
     index: Any = field(default=None, init=False, repr=False, compare=False)
@@ -218,12 +222,13 @@ class SearchDatabase:
             WhiteningError: when whitening makes a query NaN or infinite.
         """
         dba = self.settings.get("dba")
-        indexed = dba["k"] if dba is not None else 0
-        if reranking.dba and reranking.dba != indexed:
+        indexed = (dba["k"], float(dba["alpha"])) if dba is not None else (0, reranking.dba_alpha)
+        if reranking.dba and (reranking.dba, reranking.dba_alpha) != indexed:
             raise StoreError(
-                f"DBA of {reranking.dba} neighbours: the store {self.folder} was indexed with "
-                f"{f'--dba {indexed}' if indexed else 'no DBA'}, and DBA is applied when a store is indexed; "
-                f"index it again with --dba {reranking.dba}"
+                f"DBA of {reranking.dba} neighbours (alpha {reranking.dba_alpha:g}): the store {self.folder} was "
+                f"indexed with {f'--dba {indexed[0]} --dba-alpha {indexed[1]:g}' if dba else 'no DBA'}, and DBA "
+                f"is applied when a store is indexed; index it again with --dba {reranking.dba} --dba-alpha "
+                f"{reranking.dba_alpha:g}"
             )
         queries = self._checked(queries, prewhitened)
         size = self.searchable
@@ -367,7 +372,10 @@ def build_ivfpq(
     index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
     with folder_lock(database.folder, wait=True):  # another build's index and record are never mixed with this one's
         manifest = database.folder / MANIFEST
-        if database.manifest is not None and (not manifest.is_file() or file_sha256(manifest) != database.manifest):
+        replaced = database.identity is not None and folder_identity(database.folder) != database.identity
+        if replaced or (
+            database.manifest is not None and (not manifest.is_file() or file_sha256(manifest) != database.manifest)
+        ):
             raise StoreError(
                 f"the store {database.folder} was indexed again since it was opened: its index would be of the "
                 "old descriptors; open the store again and build the index on it"

@@ -145,7 +145,8 @@ def query_database(
 
     Returns:
         Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``
-        with its top-``k`` database images, best first.
+        with its top-``k`` database images, best first; no results for a query image that
+        ``config.skip_bad`` skipped (unreadable).
 
     Examples:
         >>> from aml.search import query_database
@@ -154,6 +155,7 @@ def query_database(
         {'image': '/photos/0042.jpg', 'score': 0.83}
     """
     _warn_turned(images)
+    skipped: List[int] = []
     queries = describe_images(
         student,
         images,
@@ -161,8 +163,12 @@ def query_database(
         database.settings["scales"],
         bbxs=bbxs,
         config=config.but(desc="queries"),
+        skipped=skipped,
     )
-    return _hits(database, images, *database.search(queries, k, reranking=reranking))
+    read = [i for i in range(len(images)) if i not in set(skipped)]  # a skipped query's column is zeros
+    found = _hits(database, [images[i] for i in read], *database.search(queries[:, read], k, reranking=reranking))
+    answers = dict(zip(read, found, strict=True))
+    return [answers.get(i, {"query": str(image), "results": []}) for i, image in enumerate(images)]
 
 
 def _warn_turned(images: Sequence[str]) -> None:

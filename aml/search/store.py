@@ -56,7 +56,7 @@ from aml.search.database import (
     Whitening,
     build_ivfpq,
 )
-from aml.utils.atomic import atomic_write, folder_lock, publish_folder
+from aml.utils.atomic import atomic_write, folder_identity, folder_lock, publish_folder
 from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
@@ -540,7 +540,7 @@ def open_database(folder: PathLike) -> SearchDatabase:
         ((512, 10000), 'retrievalSfM120k-vgg16-gem')
     """
     folder = Path(folder)
-    identity = _folder_identity(folder)  # an indexing swaps in a new folder: nothing may mix the two
+    identity = folder_identity(folder)  # an indexing swaps in a new folder: nothing may mix the two
     if (folder / MANIFEST).is_file():
         vecs, images, settings, unreadable = _sharded_descriptors(folder)
     else:
@@ -561,19 +561,11 @@ def open_database(folder: PathLike) -> SearchDatabase:
             raise StoreError(f"none of the {len(images)} images of the store {folder} could be read: nothing to search")
         vecs, images = vecs[:, kept], [images[i] for i in kept]
     manifest = file_sha256(folder / MANIFEST) if (folder / MANIFEST).is_file() else None  # for build_ivfpq
-    if _folder_identity(folder) != identity:
+    if folder_identity(folder) != identity:
         raise StoreError(
             f"the store {folder} was indexed again while it was being opened (its files would mix two "
             "indexings): open it again"
         )
-    return SearchDatabase(folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening, manifest)
-
-
-def _folder_identity(folder: Path) -> Tuple[int, int]:
-    """The folder's device and inode (an indexing renames a new folder into its place); zeros
-    when there is none (reading it then names what is missing)."""
-    try:
-        found = folder.stat()
-    except OSError:
-        return (0, 0)
-    return found.st_dev, found.st_ino
+    return SearchDatabase(
+        folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening, manifest, identity
+    )

@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional, Union
+from typing import BinaryIO, Callable, Iterator, Optional, Tuple, Union
 
 from aml.utils.errors import AmlError
 from aml.utils.types import PathLike
@@ -302,3 +302,13 @@ def folder_lock(
         yield path
     finally:
         handle.close()
+
+
+def folder_identity(folder: Path) -> Tuple[int, int]:
+    """The folder's device and inode, which `publish_folder` changes (it renames a new folder
+    into its place); zeros when there is none."""
+    try:
+        found = folder.stat()
+    except OSError:
+        return (0, 0)
+    return found.st_dev, found.st_ino

@@ -148,13 +148,34 @@ def test_a_search_asking_for_another_dba_than_the_stores_is_refused(tmp_path):
     searched with no DBA, without a word."""
     vecs = np.eye(16, 40, dtype=np.float32)
     names = [f"{i}.jpg" for i in range(40)]
-    with pytest.raises(StoreError, match=r"DBA of 3 neighbours: the store .* was indexed with no DBA, .* index it "
+    with pytest.raises(StoreError, match=r"DBA of 3 neighbours \(alpha 3\): the store .* was indexed with no DBA, .* index it "
                                          r"again with --dba 3"):
         SearchDatabase(tmp_path, vecs, names, {"dim": 16}).search(vecs[:, :2], 5, reranking=Reranking(dba=3))
     augmented = SearchDatabase(tmp_path, vecs, names, {"dim": 16, "dba": {"k": 3, "alpha": 3.0}})
     assert augmented.search(vecs[:, :2], 5, reranking=Reranking(dba=3))[1].shape == (2, 5)
     with pytest.raises(StoreError, match=r"was indexed with --dba 3"):
         augmented.search(vecs[:, :2], 5, reranking=Reranking(dba=2))
+    with pytest.raises(StoreError, match=r"DBA of 3 neighbours \(alpha 0\): .* indexed with --dba 3 --dba-alpha 3"):
+        augmented.search(vecs[:, :2], 5, reranking=Reranking(dba=3, dba_alpha=0))  # was searched as the store's
+
+
+def test_an_ivfpq_index_of_a_store_indexed_again_with_the_same_images_is_refused(tmp_path):
+    """Indexed again with the same images and teacher but another DBA or whitening, a store
+    has the same manifest.json: an index trained on the database opened before was recorded
+    in the new store, and answered its searches with the old descriptors."""
+    from aml.utils.atomic import folder_identity
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    vecs = np.random.default_rng(2).normal(size=(16, 300)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=0)
+    opened = SearchDatabase(folder, vecs, [f"{i}.jpg" for i in range(300)], {"dim": 16},
+                            identity=folder_identity(folder))
+    folder.rename(tmp_path / "old")  # what an indexing does: its new folder renamed into place
+    folder.mkdir()
+    with pytest.raises(StoreError, match="was indexed again since it was opened"):
+        build_ivfpq(opened, nlist=4, m=4)
+    assert not (folder / "index.faiss").exists()
 
 
 def test_an_ivfpq_index_and_its_record_are_written_under_the_stores_lock(tmp_path, monkeypatch):
@@ -643,3 +664,23 @@ def test_a_published_student_needs_no_teacher_flag_for_its_teachers_store(comman
         else:
             export_cli.main(["--network", "mobilenet-v2-gem-contr-vgg16", "--store", str(tmp_path), "--out",
                              str(tmp_path / "out")])
+
+
+def test_an_unreadable_query_skipped_gets_no_results(synth_root, tmp_path):
+    """With skip_bad, an unreadable query's zero column was searched: the first k database images
+    (or, whitened, plausible scores) came back as its answer."""
+    from aml.search import query_database
+
+    torch.manual_seed(0)
+    student = build_network("resnet18", pretrained=False).eval()
+    jpg = sorted((synth_root / "test" / "synth-oxford" / "jpg").glob("*.jpg"))[:6]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    config = ExtractionConfig(workers=0, device="cpu", progress=False)
+    vecs = describe_images(student, [str(p) for p in jpg], 48, (1,), config=config)
+    database = SearchDatabase(tmp_path, vecs, [str(p) for p in jpg], {"dim": 512, "image_size": 48, "scales": [1]})
+    results = query_database(database, student, [str(bad), str(jpg[2])], k=3, config=config.but(skip_bad=True))
+    assert results[0] == {"query": str(bad), "results": []}
+    assert results[1]["query"] == str(jpg[2]) and results[1]["results"][0]["image"] == str(jpg[2])
+    assert query_database(database, student, [str(bad)], k=3, config=config.but(skip_bad=True)) == [
+        {"query": str(bad), "results": []}]

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from aml.utils.errors import AmlError
+from aml.utils.text_files import check_line_names
 from aml.utils.types import PathLike
 
 BBox = Sequence[float]
@@ -49,6 +50,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 def image_files(folder: PathLike) -> List[Path]:
     """The image files below ``folder`` (by extension), sorted; hidden files and folders
     (``.thumbnails/``, ``._IMG.jpg``) and other files (``Thumbs.db``, a CSV) are left out.
+    A name with a line break is refused (`aml.utils.text_files.check_line_names`).
 
     Examples:
         >>> import pathlib, tempfile
@@ -60,7 +62,9 @@ def image_files(folder: PathLike) -> List[Path]:
         ...     [path.name for path in image_files(folder)]
         ['a.PNG', 'b.jpg']
     """
-    return [path for path in visible_files(folder) if path.suffix.lower() in IMAGE_EXTENSIONS]
+    found = [path for path in visible_files(folder) if path.suffix.lower() in IMAGE_EXTENSIONS]
+    check_line_names(str(path) for path in found)  # refused before hours of encoding, not when the list is written
+    return found
 
 
 def visible_files(folder: PathLike) -> List[Path]:

@@ -35,7 +35,7 @@ from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
 from aml.data.trainsets import TRAIN_SETS
 from aml.utils.errors import DataError
-from aml.utils.text_files import TextFile, csv_rows, read_text_file
+from aml.utils.text_files import TextFile, check_line_names, csv_rows, read_text_file
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,15 @@ class TrainSetReport:
 
 def images_from_folders(root: PathLike) -> List[Tuple[Path, str]]:
     """(image, landmark) for every file of ``root/<landmark>/`` but hidden ones (`visible_files`;
-    one that is not an image is reported as unreadable)."""
+    one that is not an image is reported as unreadable); a name with a line break is refused
+    (`aml.utils.text_files.check_line_names`)."""
     root = Path(root)
     landmarks = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not landmarks:
         raise TrainSetError(f"{root} holds no landmark folders (expected {root}/<landmark>/<images>)")
-    return [(image, folder.name) for folder in landmarks for image in visible_files(folder)]
+    found = [(image, folder.name) for folder in landmarks for image in visible_files(folder)]
+    check_line_names(str(image) for image, _ in found)
+    return found
 
 
 def _find_image(images_dir: Path, image_id: str) -> Path:

@@ -23,7 +23,7 @@ from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world
 from aml.utils.errors import DataError
-from aml.utils.text_files import TooLarge, read_bounded
+from aml.utils.text_files import TooLarge, line_list, read_bounded, read_line_list
 from aml.utils.plain_files import file_format
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,6 @@ def _listing_path(path: Path) -> Path:
 
 def _settings_path(path: Path) -> Path:
     return Path(str(path) + ".json")
-
-
-def _listing(images: Sequence[str]) -> bytes:
-    # names that are not UTF-8 (bytes on Linux, surrogates in Python) are written as they are
-    return "".join(f"{image}\n" for image in images).encode(errors="surrogateescape")
 
 
 def _sha1(data: bytes) -> str:
@@ -85,7 +80,7 @@ def write_feature_file(
     path = Path(path)
     sidecar = invalidate_feature_file(path)
     _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
-    listing = _listing(images)
+    listing = line_list(images)
     atomic_write(_listing_path(path), lambda out: out.write(listing))
     record = dict(
         settings or {},
@@ -456,7 +451,7 @@ def feature_provenance(path: Path) -> FeatureProvenance:
         store = open_store(path, warn=False)  # read, and warned of, as the descriptors were
         return FeatureProvenance(list(store.images), store.key.network, store.key.descriptors.fingerprint)
     listing = _listing_path(path)
-    images = listing.read_bytes().decode(errors="surrogateescape").splitlines() if listing.is_file() else None
+    images = read_line_list(listing.read_bytes()) if listing.is_file() else None
     settings = feature_file_settings(path) or {}
     network, fingerprint = settings.get("network"), settings.get("fingerprint")
     return FeatureProvenance(

@@ -43,7 +43,7 @@ from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
 from aml.utils.errors import ConfigError, DataError, lookup
-from aml.utils.text_files import read_bounded
+from aml.utils.text_files import line_list, read_bounded, read_line_list
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +172,8 @@ def _refuse(problems: Dict[str, Optional[str]], source: str) -> None:
             raise StoreDamaged(f"{source}: {name}: {problem}; the file was edited or is damaged")
 
 
-def _list_text(images: Sequence[str]) -> bytes:
-    # names that are not UTF-8 (bytes on Linux, surrogates in Python) are written as they are
-    return "".join(f"{image}\n" for image in images).encode(errors="surrogateescape")
-
-
 def _list_sha1(images: Sequence[str]) -> str:
-    return hashlib.sha1(_list_text(images)).hexdigest()
+    return hashlib.sha1(line_list(images)).hexdigest()
 
 
 def _write_json(path: Path, record: Mapping[str, object]) -> None:
@@ -357,7 +352,7 @@ class DescriptorStore:
                 "another"
             )
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / IMAGE_LIST, lambda out: out.write(_list_text(self.images)))
+        atomic_write(self.folder / IMAGE_LIST, lambda out: out.write(line_list(self.images)))
         self._write_manifest([None] * self.shards)
 
     def _check(self, found: StoredManifest) -> None:
@@ -513,7 +508,7 @@ class DescriptorStore:
         skipped = self.skipped()
         path = self.folder / "skipped.txt"
         if skipped:
-            atomic_write(path, lambda out: out.write(_list_text([self.images[i] for i in skipped])))
+            atomic_write(path, lambda out: out.write(line_list([self.images[i] for i in skipped])))
             log.warning(">> %s: %d unreadable images skipped, listed in %s", self.folder.name, len(skipped), path)
 
     # -- reading --------------------------------------------------------------------------
@@ -658,7 +653,7 @@ def open_store(folder: Path, warn: bool = True) -> DescriptorStore:
     folder = Path(folder)
     try:
         manifest, key = read_manifest(folder)
-        images = (folder / IMAGE_LIST).read_bytes().decode(errors="surrogateescape").split("\n")[:-1]
+        images = read_line_list((folder / IMAGE_LIST).read_bytes())
     except OSError as err:
         raise StoreDamaged(f"{folder} is not a readable descriptor store ({err})") from None
     store = DescriptorStore(folder, images, key, int(manifest["dim"]))

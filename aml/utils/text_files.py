@@ -13,7 +13,7 @@ import math
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Type
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Type
 
 from aml.utils.errors import AmlError, DataError
 from aml.utils.types import PathLike
@@ -203,3 +203,35 @@ def strict_json(value: Any, indent: Optional[int] = 1) -> bytes:
     plain = json.loads(json.dumps(value, default=float))
     text = json.dumps(_finite(plain), indent=indent, ensure_ascii=False, allow_nan=False)
     return text.encode("utf-8", "backslashreplace")
+
+
+def check_line_names(names: Iterable[str]) -> None:
+    """Refuse a file name with a line break: aml lists images one per line (stores, feature
+    files), where it would read back as two names.
+
+    Raises:
+        DataError: naming the first such file, with the fix.
+    """
+    broken = next((name for name in names if "\n" in name), None)
+    if broken is not None:
+        raise DataError(
+            f"the file name {broken!r} holds a line break, and aml lists images one per line (stores, feature "
+            "files), where it would read back as two: rename the file"
+        )
+
+
+def line_list(names: Sequence[str]) -> bytes:
+    """``names`` one per line, as `read_line_list` reads them back (a name that is not UTF-8
+    keeps its bytes: surrogates in Python, bytes on Linux).
+
+    Raises:
+        DataError: for a name with a line break (`check_line_names`).
+    """
+    check_line_names(names)
+    return "".join(f"{name}\n" for name in names).encode(errors="surrogateescape")
+
+
+def read_line_list(data: bytes) -> List[str]:
+    """The names `line_list` wrote (split at line feeds only: a carriage return or a form feed
+    is part of a name)."""
+    return data.decode(errors="surrogateescape").split("\n")[:-1]

@@ -66,3 +66,24 @@ def test_what_is_not_a_text_file_is_one_line_of_the_callers_error(tmp_path, make
     make(path)
     with pytest.raises(ListError, match=problem + r".*: give a text file of names, one a line$"):
         read_text_file(path, TextFile("the list", "give a text file of names, one a line", ListError))
+
+
+def test_an_image_list_reads_back_the_names_it_wrote_and_refuses_a_line_break(tmp_path):
+    """A name with a line feed was written into a store's images.txt as two lines: the store
+    indexed 'successfully' and could never be opened (other descriptors, index it again)."""
+    from aml.data.images import image_files
+    from aml.data.make_trainset import images_from_folders
+    from aml.utils.text_files import line_list, read_line_list
+
+    names = ["a.jpg", "b\rc.jpg", "d\x0ce.jpg", b"caf\xe9.jpg".decode(errors="surrogateescape")]
+    assert read_line_list(line_list(names)) == names  # split at line feeds only, bytes kept
+    with pytest.raises(DataError, match=r"'we\\nird.jpg' holds a line break, .* rename the file"):
+        line_list(["a.jpg", "we\nird.jpg"])
+    for name in ("img0.jpg", "we\nird.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(DataError, match=r"we\\nird.jpg' holds a line break"):
+        image_files(tmp_path)
+    (tmp_path / "landmark").mkdir()
+    (tmp_path / "we\nird.jpg").rename(tmp_path / "landmark" / "we\nird.jpg")
+    with pytest.raises(DataError, match=r"we\\nird.jpg' holds a line break"):  # make_trainset's listing
+        images_from_folders(tmp_path)

@@ -54,14 +54,28 @@ class ExactIndex:
 
         Returns:
             The scores and the indices, each Q x k, best first, equal scores in database order
-            (as the test's ranking puts them; faiss may pick other images of the k-th score).
+            and the images tied at the k-th score the first ones of the store (as the test's
+            ranking puts them).
         """
         if self.flat is not None:
-            return in_tie_order(*self.flat.search(query_rows, k))
+            return self._faiss_search(query_rows, k)
         assert self.matrix is not None
         scores = torch.from_numpy(query_rows) @ self.matrix
         indices = top_in_order(scores, k)
         return torch.gather(scores, 1, indices).numpy(), indices.numpy()
+
+
+    def _faiss_search(self, query_rows: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """faiss's search, widened until no image beyond those returned ties with the k-th (faiss
+        picks any images of the k-th score): k + 1 results first, then twice as many."""
+        total, wider = self.flat.ntotal, k
+        while True:
+            wider = min(total, 2 * wider if wider > k else k + 1)
+            scores, indices = self.flat.search(query_rows, wider)
+            if wider == total or not len(scores) or np.all(scores[:, -1] < scores[:, k - 1]):
+                break
+        scores, indices = in_tie_order(scores, indices)
+        return scores[:, :k], indices[:, :k]
 
 
 def in_tie_order(scores: np.ndarray, indices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

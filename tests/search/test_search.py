@@ -584,8 +584,13 @@ def test_exact_search_puts_equal_scores_in_database_order(with_faiss, monkeypatc
     index = faiss_index.ExactIndex(vecs)
     scores, indices = index.search(np.ascontiguousarray(query.T), 6)
     assert indices.tolist() == [[3, 7, 8, 11, 15, 16]] and np.all(scores[0] == scores[0, 0])
-    if not with_faiss:  # torch's path also picks the first of the equal scores at the k-th place
-        assert index.search(np.ascontiguousarray(query.T), 4)[1].tolist() == [[3, 7, 8, 11]]
+    assert index.search(np.ascontiguousarray(query.T), 4)[1].tolist() == [[3, 7, 8, 11]]  # the first of the tie
+    # faiss picked any of 6,000 images tied at the k-th score (10 and 11, not the test's 0 and 1)
+    a, b = np.eye(8, 2, dtype=np.float32).T
+    vecs = np.concatenate([np.tile(b[:, None], 3000), np.tile(a[:, None], 10), np.tile(b[:, None], 3000)], axis=1)
+    index = faiss_index.ExactIndex(vecs)
+    assert index.search(a[None], 10)[1].tolist() == [list(range(3000, 3010))]
+    assert index.search(a[None], 12)[1].tolist() == [list(range(3000, 3010)) + [0, 1]]
 
 
 @pytest.mark.parametrize("edit", ["touched", "replaced keeping its time"])

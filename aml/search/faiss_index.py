@@ -64,7 +64,6 @@ class ExactIndex:
         indices = top_in_order(scores, k)
         return torch.gather(scores, 1, indices).numpy(), indices.numpy()
 
-
     def _faiss_search(self, query_rows: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """faiss's search, widened until no image beyond those returned ties with the k-th (faiss
         picks any images of the k-th score): k + 1 results first, then twice as many."""

@@ -593,7 +593,7 @@ def extract_vectors(
     _check_request(len(images), image_size, ms, bbxs)
     world = current_world() if config.collective else World()
     mine = shard_range(len(images), world)
-    fold = _fold(config.fold_batchnorm, len(mine), image_size, config.compile)
+    fold = _fold(config.fold_batchnorm, len(images), image_size, config.compile)  # the call's: every rank alike
     resolved = config.but(device=config.device_for(net), progress=config.progress and world.is_main)
     resolved = _honouring(transform, getattr(net, "meta", {}), resolved)
     plan = _Plan(resolved, ms, msp, fold)

@@ -418,6 +418,22 @@ def test_batchnorm_is_folded_when_the_call_pays_for_it():
     assert _fold(True, 1, 8) and not _fold(False, 10 ** 6, 1024)
 
 
+def test_every_torchrun_rank_folds_as_one_process_would(images, net, monkeypatch):
+    """Each rank decided from its own share of the images: ranks of one call (and a torchrun
+    run against one process) folded differently, and their descriptors differed in rounding."""
+    import aml.descriptors.extraction as extraction
+    from aml.utils.distributed import World
+
+    folds = []
+    monkeypatch.setattr(extraction, "FOLD_MIN_PIXELS", len(images) * 64 ** 2)  # the whole call pays, a half does not
+    monkeypatch.setattr(extraction, "current_world", lambda: World(rank=1, size=2))
+    monkeypatch.setattr(extraction, "gather_columns", lambda vecs, count, world: vecs)
+    monkeypatch.setattr(extraction, "_extract_block", lambda *args: folds.append(args[5].fold) or torch.zeros(512, 1))
+    extract_vectors(net, images, 64, image_transform(net.meta["mean"], net.meta["std"]),
+                    config=ExtractionConfig(collective=True))
+    assert folds == [True]
+
+
 def test_images_are_decoded_outside_autocast(images, net, monkeypatch):
     """Pixels do not depend on the precision of the forward: decoding runs before autocast."""
     import dataclasses

@@ -34,7 +34,9 @@ def errors_naming(path: PathLike) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
-        raise ImageLoadError(f"image {path} is missing; download the data set again or fix its list") from None
+        raise ImageLoadError(
+            f"image {path} is missing; check its path (an image of a data set: download the set again or fix its list)"
+        ) from None
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"image {path} is refused: {err}; shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:

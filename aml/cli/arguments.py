@@ -142,18 +142,32 @@ def output_folder(text: str) -> str:
     return text
 
 
-def check_input_folders(parser: argparse.ArgumentParser, args: argparse.Namespace, *flags: str) -> None:
-    """Refuse, as the parser's one-line error, a folder the command reads from (``--images``)
-    that does not exist or is a file, so that a mistyped one is named as such rather than as
-    every image below it missing (checked after parsing: the docs' commands parse anywhere)."""
-    for flag in flags:
-        text = getattr(args, flag.lstrip("-").replace("-", "_"))
+def input_folder(text: str) -> str:
+    """The argparse ``type`` of a folder a command reads (``--images``, ``--store``): refuses a
+    path that is a file; whether it exists is checked after parsing (`check_input_folders`)."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; give a folder")
+    return text
+
+
+def check_input_folders(parser: argparse.ArgumentParser, args: argparse.Namespace, holding: Dict[str, str]) -> None:
+    """Refuse, as the parser's one-line error, a folder the command reads from that does not
+    exist or is a file, so that a mistyped one is named as such rather than as every image
+    below it missing (checked after parsing: the docs' commands parse anywhere).
+
+    Args:
+        parser: the command's parser.
+        args: its parsed flags.
+        holding: flag -> what its folder holds ("the images"), for the fix.
+    """
+    for flag, what in holding.items():
+        text = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if text is None:
             continue
         if not Path(text).exists():
-            parser.error(f"argument {flag}: {text} does not exist; give the folder that holds the images")
+            parser.error(f"argument {flag}: {text} does not exist; give the folder that holds {what}")
         if not Path(text).is_dir():
-            parser.error(f"argument {flag}: {text} is a file, not a folder; give the folder that holds the images")
+            parser.error(f"argument {flag}: {text} is a file, not a folder; give the folder that holds {what}")
 
 
 def device_name(text: str) -> str:

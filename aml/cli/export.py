@@ -8,7 +8,17 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from aml.cli.arguments import Parser, folder, one_line_errors, output_folder, positive_int, run_cli, setup_logging
+from aml.cli.arguments import (
+    Parser,
+    check_input_folders,
+    folder,
+    input_folder,
+    one_line_errors,
+    output_folder,
+    positive_int,
+    run_cli,
+    setup_logging,
+)
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.whitening import check_whitening
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
@@ -57,7 +67,7 @@ def build_parser() -> Parser:
     whitening = parser.add_mutually_exclusive_group()
     whitening.add_argument(
         "--store",
-        type=folder,
+        type=input_folder,
         default=None,
         help="fold in the whitening of this search store (python -m aml.search index -w ...)",
     )
@@ -152,6 +162,7 @@ def _check_flags(parser: Parser, args) -> None:
     replaced = _replaced_input(args)
     if replaced:
         parser.error(replaced)
+    check_input_folders(parser, args, {"--store": "a store (python -m aml.search index writes one)"})
     if args.int8 and args.calibration is None:
         parser.error("--int8 needs --calibration DIR: a folder of images like the queries to calibrate on")
     if not args.int8:
@@ -169,8 +180,7 @@ def _check_flags(parser: Parser, args) -> None:
         return
     if not args.onnx:
         parser.error("--int8 quantizes the ONNX student: drop --no-onnx")
-    if not Path(args.calibration).is_dir():
-        parser.error(f"--calibration {args.calibration}: no such folder; give a folder of images like the queries")
+    check_input_folders(parser, args, {"--calibration": "images like the queries"})
     if not list_images(args.calibration):
         parser.error(
             f"--calibration {args.calibration} holds no images (.jpg, .png, ...); give a folder of images "

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from aml.cli.arguments import Parser, check_input_folders, folder, run_cli
+from aml.cli.arguments import Parser, check_input_folders, folder, input_folder, run_cli
 from aml.data.images import ImageLoadError
 from aml.data.make_testset import TestSetError, build_test_set, read_database_list, read_description
 from aml.utils.atomic import DiskFull
@@ -18,7 +18,7 @@ def build_parser() -> Parser:
         description="Build <data_root>/test/NAME (jpg/ + gnd_NAME.pkl) from a JSON or CSV description.",
     )
     parser.add_argument("description", help="JSON or CSV: queries (image, box, easy/hard/junk or ok/junk lists)")
-    parser.add_argument("--images", required=True, type=folder, help="folder the image names are relative to")
+    parser.add_argument("--images", required=True, type=input_folder, help="folder the image names are relative to")
     parser.add_argument("--name", required=True, help="name of the test set (test.py -d NAME)")
     parser.add_argument(
         "--database",
@@ -37,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     """Parse the flags, build the set, print where it is; errors end in one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_input_folders(parser, args, "--images")
+    check_input_folders(parser, args, {"--images": "the images"})
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         description = read_description(args.description)

@@ -3,7 +3,16 @@
 import sys
 from typing import List, Optional
 
-from aml.cli.arguments import Parser, check_input_folders, folder, nonnegative_int, positive_int, run_cli, unit_interval
+from aml.cli.arguments import (
+    Parser,
+    check_input_folders,
+    folder,
+    input_folder,
+    nonnegative_int,
+    positive_int,
+    run_cli,
+    unit_interval,
+)
 from aml.data.make_trainset import TrainSetError, TrainSetReport, build_train_set, images_from_csv, images_from_folders
 from aml.utils.atomic import DiskFull
 
@@ -15,9 +24,9 @@ def build_parser() -> Parser:
         description="Build <data_root>/train/NAME (ims/, NAME.pkl, NAME-whiten.pkl) for main.py -d NAME.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--folders", type=folder, help="one sub-folder of images per landmark")
+    source.add_argument("--folders", type=input_folder, help="one sub-folder of images per landmark")
     source.add_argument("--csv", help="CSV of image,landmark rows, or GLDv2's train_clean.csv (landmark_id,images)")
-    parser.add_argument("--images", type=folder, help="folder the CSV's image names or ids are relative to")
+    parser.add_argument("--images", type=input_folder, help="folder the CSV's image names or ids are relative to")
     parser.add_argument("--name", required=True, help="name of the training set (main.py -d NAME)")
     parser.add_argument(
         "--val-fraction",
@@ -44,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> TrainSetReport:
     """Parse the flags, build the set, print what was kept and left out."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_input_folders(parser, args, "--folders", "--images")
+    check_input_folders(parser, args, {"--folders": "the landmark folders", "--images": "the images"})
     if args.csv and not args.images:
         parser.error("--csv needs --images (the folder its image names are relative to)")
     try:

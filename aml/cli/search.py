@@ -11,7 +11,8 @@ from aml.cli.arguments import (
     add_reranking_arguments,
     add_runtime_arguments,
     refuse_torchrun,
-    folder,
+    check_input_folders,
+    input_folder,
     output_folder,
     nonnegative_int,
     extraction_from,
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_reranking_arguments(index, qe=False, superglobal=False)
     query = commands.add_parser("query", help="encode query images with the student and search a store")
     query.add_argument("images", nargs="+", help="query images")
-    query.add_argument("--store", required=True, type=folder, help="the store folder written by index")
+    query.add_argument("--store", required=True, type=input_folder, help="the store folder written by index")
     student = query.add_mutually_exclusive_group(required=True)
     student.add_argument("--network", "-npath", help="the student: a checkpoint path or a published name")
     student.add_argument(
@@ -192,6 +193,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
         reranking_from(args)
     except ValueError as err:
         parser.error(str(err))
+    if args.command == "query":
+        check_input_folders(parser, args, {"--store": "a store (python -m aml.search index writes one)"})
     setup_logging(verbose=False)
     with one_line_errors():
         return _index(args) if args.command == "index" else _query(args)

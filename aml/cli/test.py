@@ -115,6 +115,14 @@ def _load_networks(args: argparse.Namespace, datasets: List[str]):
     """The tested network, the teacher (None without --asym), and the test sets in place
     (downloaded if needed; run by rank 0 first under torchrun)."""
     student = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
+    if args.teacher and not args.asym:
+        log.warning(
+            ">> --teacher %s without --asym: the test is symmetric (%s encodes the database too); the teacher only "
+            "gives the dimension of a checkpoint of the original that records none. Add --asym to encode the "
+            "database with it",
+            args.teacher,
+            student.name,
+        )
     teacher = _load_teacher(args, student) if args.asym else None
     for name_of_set in datasets:
         dataset, suffix = split_test_name(name_of_set)

@@ -18,6 +18,7 @@ from aml.descriptors.onnx_student import (
     whitening_digest,
 )
 from aml.evaluation.reranking import Reranking
+from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec, Source, load_spec
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.search.database import SearchDatabase, StoreError
@@ -45,6 +46,8 @@ def check_teacher(
 ) -> None:
     """Refuse a store encoded by another network than the student's teacher.
 
+    The store's own network (the same weights) is accepted whatever it records: a symmetric
+    search.
     The store's weights (fingerprint) must be the teacher's: for the teacher the student
     records (``teacher`` None or its ``meta['teacher']``), those it was trained with (its
     ``meta['teacher_fingerprint']``); for another teacher, or a student that does not record
@@ -77,6 +80,8 @@ def check_teacher(
             f"the student outputs {student.meta['outputdim']}-d descriptors but the store {folder} "
             f"holds {settings['dim']}-d ones of {settings['network']}"
         )
+    if network_fingerprint(student) == settings["fingerprint"]:
+        return  # the store's own network: a symmetric search
     named = student.meta.get("teacher")
     given = teacher or named
     if given is None:

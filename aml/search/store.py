@@ -447,6 +447,10 @@ def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSetti
     path = folder / LEGACY_FILES[0]
     settings = feature_file_settings(path)
     if settings is None:
+        if not folder.is_dir():
+            raise StoreError(f"the store {folder} does not exist; build it with: {REBUILD}")
+        if not path.exists():
+            raise StoreError(f"{folder} is not a store (it holds no {MANIFEST}); build one with: {REBUILD}")
         raise StoreError(
             f"{folder} is not a complete store (no {path.name} with matching settings); build it with: {REBUILD}"
         )

@@ -189,9 +189,11 @@ class _Run:
         )
         if trunk is not None:
             load_trunk_weights(net, trunk)
-        net.meta["teacher"], net.meta["seed"] = c.teacher, seed
-        # the student's teacher by its weights: a store is checked against them wherever it is queried
-        net.meta["teacher_fingerprint"] = self._teacher_fingerprint()
+        net.meta["seed"] = seed
+        if self.mode.needs_teacher:  # a std run has no teacher (--teacher sets a student trunk's dimension only)
+            net.meta["teacher"] = c.teacher
+            # the student's teacher by its weights: a store is checked against them wherever it is queried
+            net.meta["teacher_fingerprint"] = self._teacher_fingerprint()
         net.meta["mode"], net.meta["loss"] = c.mode, c.loss  # checked on --resume
         if c.proj_lr_mult != 1.0 and net.projection() is None:
             log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)

@@ -218,7 +218,8 @@ EXPORT_CASES = [
     (["--int8"], "--int8 needs --calibration DIR: a folder of images like the queries to calibrate on"),
     (["--calibration", "photos"], "--calibration is for the int8 student: add --int8"),
     (["--test-set", "synth-oxford"], "--test-set is for the int8 student: add --int8"),
-    (["--int8", "--calibration", "no/such/folder"], "--calibration no/such/folder: no such folder"),
+    (["--int8", "--calibration", "no/such/folder"],
+     "argument --calibration: no/such/folder does not exist; give the folder that holds images like the queries"),
     (["--int8", "--calibration-images", "0"], "argument --calibration-images: must be a positive integer, got '0'"),
     (["--image-size", "-1"], "argument --image-size/-imsize: must be a positive integer"),
     (["--time-repeats", "0"], "argument --time-repeats: must be a positive integer"),
@@ -386,20 +387,29 @@ def test_an_onnx_folder_is_named_a_folder(tmp_path, capsys):
         onnx_session(tmp_path)
 
 
-@pytest.mark.parametrize("command, flag", [
-    ((make_testset_cli.main, ["d.csv", "--name", "x"]), "--images"),
-    ((make_trainset_cli.main, ["--name", "x"]), "--folders"),
-    ((make_trainset_cli.main, ["--name", "x", "--csv", "d.csv"]), "--images"),
+STORE = "a store (python -m aml.search index writes one)"
+
+
+@pytest.mark.parametrize("command, flag, holding", [
+    ((make_testset_cli.main, ["d.csv", "--name", "x"]), "--images", "the images"),
+    ((make_trainset_cli.main, ["--name", "x"]), "--folders", "the landmark folders"),
+    ((make_trainset_cli.main, ["--name", "x", "--csv", "d.csv"]), "--images", "the images"),
+    (QUERY, "--store", STORE),
+    ((export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"]), "--store", STORE),
+    ((export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy", "--int8"]), "--calibration",
+     "images like the queries"),
 ])
-def test_a_mistyped_input_folder_is_named_as_such(command, flag, tmp_path, capsys):
+def test_a_mistyped_input_folder_is_named_as_such(command, flag, holding, tmp_path, capsys):
     """A missing --images was reported as each image under it missing ('download the data set
-    again'); a file given as an input folder is refused the same way."""
+    again'), a missing --store as one without a descriptors.npy; a file given as an input
+    folder was refused as if the folder were to be created."""
     missing = tmp_path / "imgs"
-    assert f"argument {flag}: {missing} does not exist; give the folder that holds the images" in bad(
+    assert f"argument {flag}: {missing} does not exist; give the folder that holds {holding}" in bad(
         command, [flag, str(missing)], capsys)
     afile = tmp_path / "notes.txt"
     afile.write_text("mine")
-    assert f"argument {flag}: {afile} is a file, not a folder" in bad(command, [flag, str(afile)], capsys)
+    err = bad(command, [flag, str(afile)], capsys)
+    assert f"argument {flag}: {afile} is a file, not a folder" in err and "created" not in err
 
 
 @pytest.mark.parametrize("command, flag", [(TRAIN, "--directory"), (TEST, "--report"), (INDEX, "--store"),

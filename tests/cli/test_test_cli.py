@@ -70,6 +70,13 @@ def test_asymmetric_uses_teacher_for_database(checkpoint, synth_root, tmp_path, 
     assert medium(asym) != pytest.approx(medium(sym), abs=1e-6)
 
 
+def test_a_teacher_without_asym_is_warned_of(checkpoint, synth_root, capsys):
+    """--teacher without --asym printed symmetric numbers without a word (dropping --asym from
+    the docs' command is an easy slip)."""
+    run(["-npath", str(checkpoint), "--teacher", str(checkpoint)], synth_root)
+    assert "--teacher " + str(checkpoint) + " without --asym: the test is symmetric" in capsys.readouterr().out
+
+
 def test_asymmetric_dimension_mismatch_is_refused(checkpoint, synth_root, tmp_path):
     small = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False, teacher_dim=128), 1, 0.0),
                             tmp_path / "small.pth")

@@ -91,8 +91,31 @@ def test_store_of_another_teacher_is_refused(store, synth_root, tmp_path):
     save_checkpoint(state, tmp_path / "orphan.pth.tar")
     with pytest.raises(SystemExit, match="does not record its teacher; give --teacher"):
         search_cli.main(["query", query, "--store", str(store), "--network", str(tmp_path / "orphan.pth.tar")] + COMMON)
-    with pytest.raises(SystemExit, match="not a complete store"):
+    with pytest.raises(SystemExit, match=r"is not a store \(it holds no manifest.json\); build one with"):
         search_cli.main(["query", query, "--store", str(tmp_path), "--network", str(student)] + COMMON)
+    with pytest.raises(StoreError, match="the store .*nope does not exist"):  # in Python, without the parser's check
+        open_database(tmp_path / "nope")
+
+
+def test_the_stores_own_network_searches_it_symmetrically(store, teacher, synth_root, tmp_path):
+    """A std run recorded --teacher's default (vgg16) as its teacher: querying a store with the
+    network that encoded it was refused ('index the database with that teacher')."""
+    from aml.networks.fingerprint import network_fingerprint
+    from aml.search import check_teacher
+
+    assert "teacher" not in load_checkpoint(teacher[0])["meta"]  # the std teacher records none
+    query = sorted((synth_root / "test" / "synth-oxford" / "jpg").glob("*query*.jpg"))[0]
+    hits = search_cli.main(["query", str(query), "--store", str(store), "--network", str(teacher[0]), "-k", "1"]
+                           + COMMON)
+    assert hits[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    earlier = load_network(teacher[0])
+    earlier.meta["teacher"] = "vgg16"  # as a std run of an earlier aml recorded it, in the store's network too
+    database = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"],
+                              {"dim": 512, "network": "model_epoch3", "source": "x", "fingerprint": network_fingerprint(earlier)})
+    check_teacher(database, earlier)
+    database.settings["fingerprint"] = "0" * 16  # another network's store: the recorded teacher counts again
+    with pytest.raises(StoreError, match="not by the student's teacher vgg16"):
+        check_teacher(database, earlier)
 
 
 def test_ivfpq_of_too_few_images_is_refused(tmp_path):

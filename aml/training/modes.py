@@ -157,6 +157,23 @@ class EpochSizes:
 StudentEncoder = Callable[[Sequence[int]], torch.Tensor]  # image indices -> D x n student descriptors
 
 
+def epoch_tuple_count(mode: Mode, db: TrainingDb, sizes: EpochSizes) -> int:
+    """How many tuples `build_epoch_tuples` draws for an epoch of ``sizes`` (known before any
+    mining: images for the modes that draw images, anchors for triplets, else query pairs).
+
+    Examples:
+        >>> from aml.training.modes import MODES, EpochSizes, epoch_tuple_count
+        >>> db = {"cids": list(range(10)), "cluster": [0] * 10, "qidxs": [0, 1, 2], "pidxs": [3, 4, 5]}
+        >>> [epoch_tuple_count(MODES[name], db, EpochSizes(4, 8, 5)) for name in ("ts", "rand", "rand_tpl")]
+        [3, 8, 4]
+    """
+    if mode.draw is Draw.IMAGES:
+        return min(sizes.pool_size, len(db["cids"]))
+    if mode.draw is Draw.TRIPLETS:
+        return min(sizes.query_size, len(db["cids"]))
+    return min(sizes.query_size, len(db["qidxs"]))
+
+
 def _tuple(mode: Mode, sym: bool, query: int, positives: Sequence[int], negatives: Sequence[int]) -> TrainingTuple:
     teacher_side = mode.asymmetric and not sym
     members = [query] + ([query] if mode.self_positive else []) + list(positives) + list(negatives)

@@ -27,7 +27,7 @@ from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.reports.curves import TestedEpoch, TestRecords, TrainingHistory
 from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
 from aml.training.config import TrainSettings
-from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
+from aml.training.modes import epoch_tuple_count, EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
 from aml.training.optim import set_epoch_lr
 from aml.training.parallel import Parallel
 from aml.training.resume import resume_run
@@ -174,11 +174,7 @@ class Trainer:
         """Tuples of ``epoch`` from the seed's tuple stream; ``everything`` = validation: all
         pairs and images, in the tuples of the validation mode (``Mode.validate_as``)."""
         s = self.settings
-        sizes = EpochSizes(
-            len(split.db["qidxs"]) if everything else s.query_size,
-            len(split.images) if everything else s.pool_size,
-            s.neg_num,
-        )
+        sizes = self._sizes(split, everything)
         mode = self.val_mode if everything else self.mode
         generator = seeded_generator(s.seed, "val-tuples" if everything else "tuples", epoch)
         tuples, distance = build_epoch_tuples(
@@ -188,6 +184,36 @@ class Trainer:
             log.info(">>>> Average negative l2-distance: %.2f", distance)
         # rank 0's tuples for all: ranks that mined apart (a tie broken otherwise on another GPU) would train apart
         return from_main(tuples, self.world)
+
+    def _sizes(self, split: Split, everything: bool) -> EpochSizes:
+        s = self.settings
+        if everything:
+            return EpochSizes(len(split.db["qidxs"]), len(split.images), s.neg_num)
+        return EpochSizes(s.query_size, s.pool_size, s.neg_num)
+
+    def check_batches(self) -> None:
+        """Refuse, before any mining, a split whose epoch draws fewer tuples than a batch: a
+        training epoch would train nothing, a validation would measure nothing (NaN), and no
+        model_best would ever be written.
+
+        Raises:
+            ConfigError: naming the split, its tuples and the fix.
+        """
+        s = self.settings
+        validated = self.val_split if s.val else None
+        for name, split, mode, everything, outcome in (
+            ("train", self.train_split, self.mode, False, "no batch would train"),
+            ("val", validated, self.val_mode, True, "validation would measure nothing and no model_best be written"),
+        ):
+            if split is None:
+                continue
+            count = epoch_tuple_count(mode, split.db, self._sizes(split, everything))
+            if count < s.batch_size:
+                raise ConfigError(
+                    f"the {name} split draws {count} tuples an epoch, fewer than --batch-size {s.batch_size}: "
+                    f"{outcome}; give --batch-size {count} or less"
+                    + ("; or train without validation (--no-val)" if everything else "")
+                )
 
     def _batches(
         self, split: Split, tuples: List[TrainingTuple], generator: torch.Generator, shuffle: bool
@@ -397,6 +423,7 @@ class Trainer:
         """Train epochs start_epoch .. epochs-1; returns one record per epoch (its losses, lr
         and ``seconds``: the wall time of its mining and training, without validation)."""
         s = self.settings
+        self.check_batches()
         # epochs about to be trained again (after a crash, or a rerun in the same folder) lose their old lines
         self.log.restart_at(self.start_epoch)
         self.curves.restart_at(self.start_epoch)

@@ -283,3 +283,17 @@ def test_a_full_disk_ends_training_in_one_line_and_keeps_the_checkpoints_written
     assert str(info.value.code).startswith("error: no space left on the device for ") and str(run) in str(info.value.code)
     assert "model_epoch1.pth.tar" in checkpoints(run) and "model_epoch2.pth.tar" not in checkpoints(run)
     assert load_checkpoint(run / "model_epoch1.pth.tar")["epoch"] == 1 and not list(run.glob(".*.tmp"))
+
+
+def test_a_val_split_smaller_than_a_batch_is_refused_before_training(synth_root, tmp_path):
+    """Its validation loss was NaN (no full batch) every epoch, so no model_best was ever written,
+    without a word; the training split is checked the same way before any mining."""
+    from aml.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"the val split draws 16 tuples an epoch, fewer than --batch-size 20: "
+                                          r"validation would measure nothing .* --batch-size 16 or less; or train "
+                                          r"without validation \(--no-val\)"):
+        train(synth_root, tmp_path, "-b", "20", "-qs", "40")
+    with pytest.raises(ConfigError, match=r"the train split draws 10 tuples an epoch, fewer than --batch-size 12"):
+        train(synth_root, tmp_path, "-b", "12", "--no-val")
+    assert not list(tmp_path.glob("*/*.txt"))

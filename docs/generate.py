@@ -779,8 +779,8 @@ def _default(action: argparse.Action, help_default: Optional[str]) -> str:
     if help_default is not None:
         simple = re.fullmatch(r"[\w.,'\[\]+-]+", help_default) and help_default not in ("off", "on", "none", "all")
         return f"`{help_default}`" if simple else _cell(help_default)
-    if action.nargs == 0 or action.default in (None, "", False):
-        return "off" if action.nargs == 0 else "–"
+    if action.nargs == 0 or action.default is None or action.default is False or action.default == "":
+        return "off" if action.nargs == 0 else "–"  # not `in (None, "", False)`: 0 == False
     return f"`{action.default}`"
 
 

@@ -97,11 +97,13 @@ def test_a_flag_row_says_its_default_and_keeps_flags_whole():
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="autocast (default: on CUDA only)")
     parser.add_argument("--out", required=True, metavar="DIR", help="where")
+    parser.add_argument("--seed", type=int, default=0, help="seed")  # 0 == False: it showed "–"
     assert generate.flag_rows(parser) == [
         ["`--image-size N` `-imsize`", "`1024`", "longer side"],
         ["`--whitening VALUE`", "–", "set: a \\| b, in &lt;data\\_root&gt;/x\\_y; see `--image-size`"],
         ["`--amp` `--no-amp`", "on CUDA only", "autocast"],
-        ["`--out DIR`", "required", "where"]]
+        ["`--out DIR`", "required", "where"],
+        ["`--seed N`", "`0`", "seed"]]
 
 
 def test_each_longer_demo_run_is_a_row_with_its_three_verdicts():

@@ -43,7 +43,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
         description = read_description(args.description)
         if args.database:
             description["database"] = read_database_list(args.database)
-        built = build_test_set(description, args.images, args.name, args.data_root, source=args.description)
+        source = args.description + (f" with --database {args.database}" if args.database else "")
+        built = build_test_set(description, args.images, args.name, args.data_root, source=source)
     except (TestSetError, ImageLoadError, OSError, KeyError, ValueError, DiskFull) as err:
         message = f"missing column or key {err}" if isinstance(err, KeyError) else str(err)
         sys.exit(f"error: {message}")

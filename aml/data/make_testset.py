@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypedDic
 from PIL import Image
 
 from aml.utils.atomic import publish_folder, staged
+from aml.data.distractors import DISTRACTOR_SETS
 from aml.data.images import ImageLoadError, image_files, load_image, turned_images, visible_files
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import kind_of, save_pickle
@@ -188,7 +189,12 @@ def _check_images(names: Sequence[str], images_dir: Path, source: str) -> Dict[s
     error listing the missing or unreadable ones."""
     sizes, problems = {}, []
     for name in dict.fromkeys(names):
-        if not (images_dir / name).is_file():  # a name of the user's lists: nothing to download again
+        try:
+            found = (images_dir / name).is_file()
+        except OSError as err:  # a line of a CSV given as --database: too long for a file name
+            problems.append(f"{name[:60]!r} is not a file name ({err.strerror})")
+            continue
+        if not found:  # a name of the user's lists: nothing to download again
             problems.append(f"{name} is not a file in {images_dir}")
             continue
         try:
@@ -309,23 +315,29 @@ def _check_names(database_names: List[str], query_names: List[str], source: str)
         )
 
 
-def _relative_name(name: str, source: str) -> str:
-    """``name`` in one spelling (``./q.png`` is ``q.png``); refused when it leaves the folder."""
+def _relative_name(name: str, source: str, images_dir: Path) -> str:
+    """``name`` in one spelling (``./q.png`` is ``q.png``; an absolute path inside
+    ``images_dir`` is taken relative to it); refused when it leaves the folder."""
     normal = os.path.normpath(name)
-    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
-        raise TestSetError(f"{source}: {name} is not inside --images; names are relative to --images")
+    if os.path.isabs(normal):
+        top = os.path.abspath(images_dir)
+        if os.path.commonpath([top, normal]) != top:
+            raise TestSetError(f"{source}: {name} is not inside --images {images_dir}; names are relative to --images")
+        normal = os.path.relpath(normal, top)
+    if normal == ".." or normal.startswith(".." + os.sep):
+        raise TestSetError(f"{source}: {name} is not inside --images {images_dir}; names are relative to --images")
     return normal
 
 
-def _normalized(description: Description, source: str) -> Description:
+def _normalized(description: Description, source: str, images_dir: Path) -> Description:
     """The description with every image name in one spelling (`_relative_name`)."""
 
     def names(values: Sequence[str]) -> List[str]:
-        return [_relative_name(value, source) for value in values]
+        return [_relative_name(value, source, images_dir) for value in values]
 
     queries: List[DescribedQuery] = []
     for entry in description["queries"]:
-        query = cast(DescribedQuery, {**entry, "image": _relative_name(entry["image"], source)})
+        query = cast(DescribedQuery, {**entry, "image": _relative_name(entry["image"], source, images_dir)})
         for key in LISTS["revisited"] + LISTS["classic"]:
             if key in entry:
                 query[key] = names(entry[key])
@@ -353,9 +365,12 @@ def build_test_set(
             f"--name {name}: test.py -d {name} means the registered set {TEST_SETS[name.lower()].name}, not "
             "this one; choose another name"
         )
+    taken = next((kind.folder for kind in DISTRACTOR_SETS.values() if kind.folder.lower() == name.lower()), None)
+    if taken is not None:
+        raise TestSetError(f"--name {name}: test/{taken} is where the distractor set is kept; choose another name")
     check_description(description, source)
-    description = _normalized(description, source)
     images_dir = Path(images_dir)
+    description = _normalized(description, source, images_dir)
     queries = description["queries"]
     if not queries:
         raise TestSetError(f"{source}: no queries")

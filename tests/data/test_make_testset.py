@@ -105,6 +105,15 @@ def test_json_description_and_one_line_errors(images, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root", str(tmp_path)])
     assert str(info.value.code).startswith("error: ") and "nope.jpg is not a file in" in str(info.value.code)
+    # the CSV given as --database by mistake: its long lines ended in a raw OSError, blamed on the description
+    path.write_text(json.dumps({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}]}))
+    csv_file = tmp_path / "queries.csv"
+    csv_file.write_text("query,box,easy,hard,junk\n" + "q.jpg,1 2 3 4," + " ".join(["a.jpg"] * 60) + ",,\n")
+    with pytest.raises(SystemExit) as info:
+        make_testset_cli.main([str(path), "--images", str(images), "--name", "x", "--data-root", str(tmp_path),
+                               "--database", str(csv_file)])
+    assert f"error: {path} with --database {csv_file}: " in str(info.value.code)
+    assert "is not a file name (File name too long)" in str(info.value.code)
     shutil.rmtree(images)
 
 
@@ -302,6 +311,14 @@ def test_the_default_database_holds_images_only_and_names_are_spelt_one_way(imag
     with pytest.raises(TestSetError, match=r"\.\./imgs/a.jpg is not inside --images"):
         build_test_set({"queries": [{"image": "q.jpg", "easy": ["../imgs/a.jpg"]}], "database": ["../imgs/a.jpg"]},
                        images, "out", tmp_path)
+    with pytest.raises(TestSetError, match=r"/elsewhere/a.jpg is not inside --images"):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["/elsewhere/a.jpg"]}], "database": None},
+                       images, "out", tmp_path)
+    # an absolute path inside --images (a list made with find "$PWD/imgs") was refused as outside it
+    folder = build_test_set({"queries": [{"image": str(images.absolute() / "q.jpg"), "easy": ["a.jpg"]}],
+                             "database": [str(images.absolute() / n) for n in ("a.jpg", "b.jpg", "c.png")]},
+                            images, "absolute", tmp_path)
+    assert load_pickle(folder / "gnd_absolute.pkl")["imlist"] == ["a", "b", "c"]
     Image.new("RGB", (8, 6)).save(images / "A.png")
     with pytest.raises(TestSetError, match=r"A.png and a.jpg share a name once the extension and case are dropped"):
         build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "cased",
@@ -315,6 +332,14 @@ def test_a_name_that_test_py_reads_as_a_registered_set_is_refused(images, tmp_pa
     with pytest.raises(TestSetError, match=rf"--name {name}: test.py -d {name} means the registered set"):
         build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, name, tmp_path)
     assert not (tmp_path / "test").exists()
+
+
+def test_the_distractor_sets_folder_is_not_a_set_name(images, tmp_path):
+    """A set made as revisitop1m took the folder of the 1M distractors: -d roxford5k+1m then
+    read its jpg/ as the distractors' and skipped their download."""
+    with pytest.raises(TestSetError, match=r"--name Revisitop1m: test/revisitop1m is where the distractor set"):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "Revisitop1m",
+                       tmp_path)
 
 
 def test_phone_jpegs_are_copied_as_they_are_and_turned_boxes_are_named(images, tmp_path, caplog):

@@ -43,10 +43,25 @@ from record import add_json_argument, write_record  # noqa: E402 (benchmarks/ is
 from timing import best_of  # noqa: E402
 
 
-def smallest(run: Callable[[], object], repeats: int) -> float:
-    """The smallest time of ``repeats`` runs, after one to warm up."""
-    run()
-    return best_of(run, repeats)
+def smallest(run: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """The smallest time of ``repeats`` runs, after one to warm up, each until ``device`` has
+    done what it was given (on CUDA a run otherwise times only the launches)."""
+
+    def done() -> None:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    done()
+    return best_of(done, repeats)
+
+
+def measured(run: Callable[[], float]) -> object:
+    """``run()``'s seconds, or the error it raised (a measurement that fails does not end the run)."""
+    try:
+        return run()
+    except Exception as err:  # noqa: BLE001
+        return f"{type(err).__name__}: {err}"
 
 
 def first_image(images: List[str], workers: int, threads: bool) -> None:
@@ -67,7 +82,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device(args.device)
-    rows: Dict[str, Dict[str, float]] = {}
+    rows: Dict[str, Dict[str, object]] = {}
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
     with tempfile.TemporaryDirectory() as folder:
         image = str(Path(folder) / "image.jpg")
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
@@ -81,17 +97,20 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 config = ExtractionConfig(workers=workers, device=device, decode=decode, fold_batchnorm=True)
                 extract_vectors(net, [image], 64, transform, config=config)
 
-            row = {"fold": smallest(lambda net=net: inference_copy(net), args.repeats)}
+            work: Dict[str, Callable[[], object]] = {"fold": lambda net=net: inference_copy(net)}
             for kind in ("processes", "threads"):
-                row.update({f"{kind} {w}": smallest(lambda w=w, kind=kind: first_image(images, w, kind == "threads"),
-                                                    args.repeats) for w in args.workers})
-            row["call, no worker"] = smallest(lambda: call(0, "device"), args.repeats)
-            row["call, 8 threads asked"] = smallest(lambda: call(8, "device"), args.repeats)
-            row["call, 8 processes asked"] = smallest(lambda: call(8, "workers"), args.repeats)
-            rows[arch] = row
-    for arch, row in rows.items():
-        print(f"{arch} on {device}: " + ", ".join(f"{name} {seconds * 1e3:.0f} ms" for name, seconds in row.items()))
-    write_record(args.json, "call_cost", {k: v for k, v in vars(args).items() if k != "json"}, rows)
+                work.update({f"{kind} {w}": lambda w=w, kind=kind: first_image(images, w, kind == "threads")
+                             for w in args.workers})
+            work["call, no worker"] = lambda: call(0, "device")
+            work["call, 8 threads asked"] = lambda: call(8, "device")
+            work["call, 8 processes asked"] = lambda: call(8, "workers")
+            rows[arch] = {}
+            for name, run in work.items():
+                rows[arch][name] = measured(lambda run=run: smallest(run, args.repeats, device))
+                write_record(args.json, "call_cost", settings, rows)  # after every number: a run cut short keeps them
+            print(f"{arch} on {device}: " + ", ".join(
+                f"{name} {value * 1e3:.0f} ms" if isinstance(value, float) else f"{name} {value}"
+                for name, value in rows[arch].items()), flush=True)
     return rows
 
 

@@ -58,13 +58,18 @@ def main(argv=None) -> None:
         for device in devices:
             for name, path in paths.items():
                 for size in (1024, 362):
-                    ours = decode_batch([read_payload(path, size)], torch.device(device), MEAN, STD)[0].cpu()
-                    difference = ((ours - transform(load_and_resize(path, size))) * scale).abs()
-                    print(f"| {device} | {name} | {size} | {difference.mean():.2f} | {difference.max():.0f} |",
-                          flush=True)
-                    rows.append({"device": device, "file": name, "image_size": size,
-                                 "mean_abs": difference.mean().item(), "max_abs": difference.max().item()})
-    write_record(args.json, "decoding", {}, rows)
+                    row = {"device": device, "file": name, "image_size": size}
+                    try:
+                        ours = decode_batch([read_payload(path, size)], torch.device(device), MEAN, STD)[0].cpu()
+                        difference = ((ours - transform(load_and_resize(path, size))) * scale).abs()
+                        row.update(mean_abs=difference.mean().item(), max_abs=difference.max().item())
+                        print(f"| {device} | {name} | {size} | {row['mean_abs']:.2f} | {row['max_abs']:.0f} |",
+                              flush=True)
+                    except Exception as err:  # noqa: BLE001 (a row that fails records why; the others go on)
+                        row["error"] = f"{type(err).__name__}: {err}"
+                        print(f"| {device} | {name} | {size} | {row['error']} | |", flush=True)
+                    rows.append(row)
+                    write_record(args.json, "decoding", {}, rows)  # after every row: a run cut short keeps them
 
 
 if __name__ == "__main__":

@@ -269,13 +269,20 @@ def extraction_row(args, name: str, paths: Sequence[str], device: torch.device, 
             row[variant] = error_of(err)
     shape = transform(load_and_resize(paths[1], args.image_size)).shape
     batch = 32 if device.type == "cuda" else 4
-    row["network_alone"] = 1 / network_alone(net, shape, len(paths), scales, msp, device, batch,
-                                             resolve_amp(None, device))
-    row["decode_alone"] = 1 / decode_alone(net, paths, args.image_size, device, args.workers, args.decode)
-    # the device decoder's rate (nvJPEG on CUDA): with network alone, the ceiling of the targets
-    row["device_decode_alone"] = (
-        row["decode_alone"] if resolve_decoding(args.decode, device).name == "device"
-        else 1 / decode_alone(net, paths, args.image_size, device, args.workers, "device"))
+    ceilings = {
+        "network_alone": lambda: network_alone(net, shape, len(paths), scales, msp, device, batch,
+                                               resolve_amp(None, device)),
+        "decode_alone": lambda: decode_alone(net, paths, args.image_size, device, args.workers, args.decode),
+        # the device decoder's rate (nvJPEG on CUDA): with network alone, the ceiling of the targets
+        "device_decode_alone": lambda: (
+            1 / row["decode_alone"] if resolve_decoding(args.decode, device).name == "device" and "decode_alone" in row
+            else decode_alone(net, paths, args.image_size, device, args.workers, "device")),
+    }
+    for key, seconds_per_image in ceilings.items():
+        try:
+            row[key] = 1 / seconds_per_image()
+        except Exception as err:  # noqa: BLE001 - the variants timed above stay; the error is recorded
+            row[f"{key}_error"] = error_of(err)["error"]
     return row
 
 

@@ -341,6 +341,7 @@ def decoding_section() -> Generated:
             "of file (1024x768 originals):\n\n"
             + table(["device", "file", "size", "mean abs difference", "largest"],
                     [[r["device"], r["file"], r["image_size"], f"{r['mean_abs']:.2f}", f"{r['max_abs']:.0f}"]
+                     if "error" not in r else [r["device"], r["file"], r["image_size"], _cell(f"failed: {r['error']}"), ""]
                      for r in record["results"]])
             + "\n" + source_line("decoding.json", record) + "\n")
     return Generated({"decoding.md": text}, {}, ["decoding.json"])
@@ -376,11 +377,14 @@ def _image_loader_table(name: str, record: dict) -> str:
 
 def _call_cost_table(name: str, record: dict) -> str:
     results = record["results"]
-    parts = list(next(iter(results.values())))
+    parts = list(dict.fromkeys(part for row in results.values() for part in row))
+
+    def cell(value) -> str:  # seconds; an error's text; absent: the run ended before it
+        return "–" if value is None else f"{value * 1e3:.0f}" if isinstance(value, float) else _cell(f"failed: {value}")
+
     return (f"Milliseconds, the smallest of {record['settings']['repeats']} (networks on "
             f"{record['settings']['device']}):\n\n"
-            + table(["network"] + parts, [[arch] + [f"{row[p] * 1e3:.0f}" for p in parts]
-                                          for arch, row in results.items()])
+            + table(["network"] + parts, [[arch] + [cell(row.get(p)) for p in parts] for arch, row in results.items()])
             + "\n" + source_line(name, record) + "\n")
 
 
@@ -516,14 +520,21 @@ def _rate_cell(entry: dict) -> str:
     return f"{entry['rate']:.1f} ({entry['speedup']:.2f}x{cold}{one}, cos {entry['cos_min']:.5f})"
 
 
+def _ceiling_cell(row: dict, key: str) -> str:
+    """A ceiling's images/s, or the error that ended its measurement (``<key>_error``)."""
+    if key in row:
+        return f"{row[key]:,.0f}"
+    return _cell(f"error: {row[key + '_error'].split(':')[0]}") if key + "_error" in row else ""
+
+
 def _gpu_extraction(record: dict) -> str:
     r, s = record["results"], record["settings"]
     rows_in = [row for row in r.get("extraction", []) if "original" in row]
     variants = list(dict.fromkeys(v for row in rows_in for v in row if isinstance(row[v], dict)))
-    device_decoding = any("device_decode_alone" in row for row in rows_in)
+    device_decoding = any("device_decode_alone" in row or "device_decode_alone_error" in row for row in rows_in)
     rows = [[row["network"], f"{row['original']:.1f}"] + [_rate_cell(row[v]) if v in row else "" for v in variants]
-            + [f"{row['network_alone']:,.0f}", f"{row['decode_alone']:,.0f}"]
-            + ([f"{row['device_decode_alone']:,.0f}" if "device_decode_alone" in row else ""] if device_decoding else [])
+            + [_ceiling_cell(row, "network_alone"), _ceiling_cell(row, "decode_alone")]
+            + ([_ceiling_cell(row, "device_decode_alone")] if device_decoding else [])
             for row in rows_in]
     failed = [f"{row['network']}: {row['error']}" for row in r.get("extraction", []) if "error" in row]
     return (f"{s.get('images', '')} JPEGs at {s.get('image_size', '')} px, {s.get('workers', '')} loader workers, "

@@ -1,12 +1,24 @@
 """benchmarks/gpu.py runs on the CPU at a small size, so that it never rots, and never aborts."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from aml.descriptors.extraction import NonFiniteDescriptors
 from tests.benchmarks import load_benchmark
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def docs_generate():
+    """docs/generate.py as a module (docs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("docs_generate", ROOT / "docs" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 SMALL = ["--device", "cpu", "--images", "6", "--image-size", "64", "--tuples", "6", "--workers", "0",
          "--no-cold-start", "--no-training"]
@@ -56,6 +68,26 @@ def test_a_failing_row_or_section_is_recorded_and_the_run_goes_on(tmp_path, monk
     saved = json.loads((tmp_path / "gpu.json").read_text())["results"]
     assert saved["extraction"][0]["error"] == first["error"] and "seconds" in saved
     assert "NaN (simulated)" in capsys.readouterr().out
+
+
+def test_a_ceiling_that_fails_keeps_the_rows_variants(tmp_path, monkeypatch):
+    """nvJPEG failing in the decoder-alone measurement replaced a row's timed variants by its error."""
+    bench = load_benchmark("gpu")
+    real = bench.decode_alone
+
+    def device_fails(net, paths, image_size, device, workers, decode):
+        if decode == "device":
+            raise RuntimeError("nvjpeg: simulated failure")
+        return real(net, paths, image_size, device, workers, decode)
+
+    monkeypatch.setattr(bench, "decode_alone", device_fails)
+    results = bench.main(SMALL + ["--tuples", "0", "--decode", "pil", "--networks", "mobilenet_v2 -> 512",
+                                  "--json", str(tmp_path / "gpu.json")])
+    row = results["extraction"][0]
+    assert row["aml"]["rate"] > 0 and row["decode_alone"] > 0 and "device_decode_alone" not in row
+    assert row["device_decode_alone_error"] == "RuntimeError: nvjpeg: simulated failure"
+    record = json.loads((tmp_path / "gpu.json").read_text())
+    assert "error: RuntimeError" in docs_generate()._gpu_extraction(record)  # the docs' table shows it
 
 
 def test_a_section_past_the_budget_is_left_out(tmp_path):

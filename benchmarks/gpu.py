@@ -11,13 +11,17 @@ the real photos in ``--photos`` (scikit-image's, ``make gpu-assets`` gathers bot
 of the extraction rows have random weights with BatchNorm statistics calibrated on the
 images (a random trunk's activations otherwise vanish and every descriptor looks alike).
 
-Sections, each saved to the JSON as soon as it is done; a section or row that fails records
-its error and the run goes on; a section that would start after ``--budget`` seconds is
-recorded as skipped:
+Sections, in this order, each saved to the JSON as soon as it is done; a section or row that
+fails records its error and the run goes on; a section that would start after ``--budget``
+seconds is recorded as skipped:
 
 - ``cold_start``: seconds of the first forward at an input shape never met (cuDNN prepares
   its kernels per shape) against a second one, per network, memory format and precision,
   for inference and for a training step;
+- ``real_weights`` (with ``--photos``): torchvision's ImageNet MobileNetV2 with a 2048-d
+  projection on real photos, every variant's smallest cosine to the original's;
+- ``syncs`` (CUDA): host synchronisations counted by ``torch.cuda.set_sync_debug_mode`` in a
+  warm extraction (per batch) and in a training batch;
 - ``extraction`` (per network: mobilenet_v2 to 512 and 2048, vgg16, resnet101, mobilenet_v2 at
   3 scales): the original's loop (PIL in loader workers, one image per forward, fp32); aml's
   default and, with ``--variants``, its other decodings and precisions, its network
@@ -25,15 +29,11 @@ recorded as skipped:
   (``cold_rate``: the first call, which meets the shapes; ``rate``: the second); the
   network alone on ready batches; aml's decoding alone; the smallest cosine to the
   original's descriptors;
-- ``real_weights`` (with ``--photos``): torchvision's ImageNet MobileNetV2 with a 2048-d
-  projection on real photos, every variant's smallest cosine to the original's;
-- ``syncs`` (CUDA): host synchronisations counted by ``torch.cuda.set_sync_debug_mode`` in a
-  warm extraction (per batch) and in a training batch;
-- ``ts_epoch``: one ``ts`` epoch of ``--tuples`` tuples one tuple at a time in fp32 with PIL
-  mining (the original's way) against ``--batch-forward --amp`` with aml's defaults;
 - ``training`` (``--training``, default on CUDA): the getting-started teacher
   (EfficientNet-Lite0, ``std``) and student (MobileNetV2, ``reg``) from their ImageNet
   weights on synthetic data, two epochs each through ``main.py``: the seconds of each epoch;
+- ``ts_epoch``: one ``ts`` epoch of ``--tuples`` tuples one tuple at a time in fp32 with PIL
+  mining (the original's way) against ``--batch-forward --amp`` with aml's defaults;
 - ``profile`` (``--profile``): torch.profiler's top operations of a first extraction and of
   a training batch, also written next to the JSON as ``<json>.profile.txt``;
 - ``compile`` (``--compile``, default on CUDA): torch.compile's cost and gain.
@@ -574,6 +574,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         if isinstance(results.get("cold_start"), dict) and "inference" in results["cold_start"]:
             print(cold_start_table(results["cold_start"]), flush=True)
 
+        # short, and what decides the defaults: real weights' cosines, host syncs per batch
+        section("real_weights", lambda: real_weights_row(args, device), args.photos is not None)
+        section("syncs", lambda: sync_rows(args, paths, device, folder), on_cuda)
+
         results["extraction"] = []
         shown = list(VARIANTS) if args.variants else list(EVERY_ROW)
         print("\n| network | original img/s | " + " | ".join(f"{v} img/s (speed-up, cold, min cosine)" for v in shown)
@@ -596,8 +600,6 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             if on_cuda:
                 torch.cuda.empty_cache()
 
-        section("real_weights", lambda: real_weights_row(args, device), args.photos is not None)
-        section("syncs", lambda: sync_rows(args, paths, device, folder), on_cuda)
         section("training", lambda: training_rows(args, folder, budget),
                 args.training if args.training is not None else on_cuda)
         if isinstance(results.get("training"), dict):

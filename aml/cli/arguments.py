@@ -151,9 +151,10 @@ def input_folder(text: str) -> str:
 
 
 def check_input_folders(parser: argparse.ArgumentParser, args: argparse.Namespace, holding: Dict[str, str]) -> None:
-    """Refuse, as the parser's one-line error, a folder the command reads from that does not
-    exist or is a file, so that a mistyped one is named as such rather than as every image
-    below it missing (checked after parsing: the docs' commands parse anywhere).
+    """Refuse, as the parser's one-line error, a folder the command reads from (an
+    `input_folder`, so never a file) that does not exist, so that a mistyped one is named as
+    such rather than as every image below it missing (checked after parsing: the docs'
+    commands parse anywhere).
 
     Args:
         parser: the command's parser.
@@ -166,8 +167,6 @@ def check_input_folders(parser: argparse.ArgumentParser, args: argparse.Namespac
             continue
         if not Path(text).exists():
             parser.error(f"argument {flag}: {text} does not exist; give the folder that holds {what}")
-        if not Path(text).is_dir():
-            parser.error(f"argument {flag}: {text} is a file, not a folder; give the folder that holds {what}")
 
 
 def device_name(text: str) -> str:

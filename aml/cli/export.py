@@ -37,7 +37,7 @@ from aml.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 1024
 INT8_REPORT = "int8.json"  # --test-set's report, beside the exported files
-AGREEMENT_IMAGES = 8  # calibration images on which the int8 descriptors are compared with float32
+AGREEMENT_IMAGES = 8  # images (held out of the calibration where any are) comparing int8 with float32
 
 
 def export_folder(text: str) -> str:
@@ -84,6 +84,7 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--calibration",
         default=None,
+        type=input_folder,
         metavar="DIR",
         help="--int8: calibrate on the images of this folder (like the queries, e.g. a database's)",
     )

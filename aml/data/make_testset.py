@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypedDict, cast
 
@@ -190,7 +191,9 @@ def _check_images(names: Sequence[str], images_dir: Path, source: str) -> Dict[s
     sizes, problems = {}, []
     for name in dict.fromkeys(names):
         try:
-            found = (images_dir / name).is_file()
+            found = stat.S_ISREG(os.stat(images_dir / name).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            found = False
         except OSError as err:  # a line of a CSV given as --database: too long for a file name
             problems.append(f"{name[:60]!r} is not a file name ({err.strerror})")
             continue
@@ -320,10 +323,12 @@ def _relative_name(name: str, source: str, images_dir: Path) -> str:
     ``images_dir`` is taken relative to it); refused when it leaves the folder."""
     normal = os.path.normpath(name)
     if os.path.isabs(normal):
-        top = os.path.abspath(images_dir)
-        if os.path.commonpath([top, normal]) != top:
+        tops = (os.path.abspath(images_dir), os.path.realpath(images_dir))  # as given, and through its links
+        spellings = (normal, os.path.realpath(normal))
+        inside = next(((p, t) for t in tops for p in spellings if os.path.commonpath([t, p]) == t), None)
+        if inside is None:
             raise TestSetError(f"{source}: {name} is not inside --images {images_dir}; names are relative to --images")
-        normal = os.path.relpath(normal, top)
+        normal = os.path.relpath(*inside)
     if normal == ".." or normal.startswith(".." + os.sep):
         raise TestSetError(f"{source}: {name} is not inside --images {images_dir}; names are relative to --images")
     return normal

@@ -66,15 +66,18 @@ class ExactIndex:
 
     def _faiss_search(self, query_rows: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """faiss's search, widened until no image beyond those returned ties with the k-th (faiss
-        picks any images of the k-th score): k + 1 results first, then twice as many."""
-        total, wider = self.flat.ntotal, k
-        while True:
-            wider = min(total, 2 * wider if wider > k else k + 1)
-            scores, indices = self.flat.search(query_rows, wider)
-            if wider == total or not len(scores) or np.all(scores[:, -1] < scores[:, k - 1]):
-                break
-        scores, indices = in_tie_order(scores, indices)
-        return scores[:, :k], indices[:, :k]
+        picks any images of the k-th score): k + 1 results first, then twice as many for the
+        queries still tied, until none is or the store is exhausted."""
+        total = self.flat.ntotal
+        scores, indices = np.empty((len(query_rows), k), np.float32), np.empty((len(query_rows), k), np.int64)
+        rows, wider = np.arange(len(query_rows)), min(total, k + 1)
+        while len(rows):
+            found, at = self.flat.search(query_rows[rows], wider)
+            settled = (found[:, -1] < found[:, k - 1]) | (wider == total)
+            ordered_scores, ordered = in_tie_order(found[settled], at[settled])
+            scores[rows[settled]], indices[rows[settled]] = ordered_scores[:, :k], ordered[:, :k]
+            rows, wider = rows[~settled], min(total, 2 * wider)
+        return scores, indices
 
 
 def in_tie_order(scores: np.ndarray, indices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -170,7 +170,8 @@ def query_database(
         config=config.but(desc="queries"),
         skipped=skipped,
     )
-    read = [i for i in range(len(images)) if i not in set(skipped)]  # a skipped query's column is zeros
+    unread = set(skipped)  # a skipped query's column is zeros
+    read = [i for i in range(len(images)) if i not in unread]
     found = _hits(database, [images[i] for i in read], *database.search(queries[:, read], k, reranking=reranking))
     answers = dict(zip(read, found, strict=True))
     return [answers.get(i, {"query": str(image), "results": []}) for i, image in enumerate(images)]
@@ -195,9 +196,10 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
     """Refuse an exported student (ONNX) that was not made for this store's teacher.
 
     The file's aml metadata (written by `aml.export`) must name the store's teacher (by
-    fingerprint when the teacher's checkpoint was on the exporting machine, else by name), its
-    dimension, and the store's whitening when one is folded in; the store must be encoded at
-    one scale (the graph encodes one).
+    fingerprint when the teacher's checkpoint was on the exporting machine, else by name), or
+    be the store's own network (by fingerprint: a symmetric search); its dimension must be the
+    store's, and so must a whitening folded in; the store must be encoded at one scale (the
+    graph encodes one).
 
     Args:
         database: the store's database (`aml.search.open_database`).
@@ -228,12 +230,13 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
             f"{path} outputs {info.dim}-d descriptors but the store {folder} holds "
             f"{settings['dim']}-d ones of {teacher}; query it with a student of that teacher"
         )
-    if info.teacher is None:
+    own = info.fingerprint == settings["fingerprint"]  # the store's own network: a symmetric search
+    if info.teacher is None and not own:
         raise StoreError(
             f"{path} does not record its teacher (the store was encoded by {teacher}); export it again "
             f"with --teacher: {REEXPORT}"
         )
-    same = (
+    same = own or (
         info.teacher_fingerprint == settings["fingerprint"]
         if info.teacher_fingerprint
         else info.teacher == settings["network"]

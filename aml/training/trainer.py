@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence, Sized, Tuple, cast
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.reports.curves import TestedEpoch, TestRecords, TrainingHistory
 from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
 from aml.training.config import TrainSettings
-from aml.training.modes import epoch_tuple_count, EpochSizes, Mode, TrainingTuple, build_epoch_tuples, validation_mode
+from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, epoch_tuple_count, validation_mode
 from aml.training.optim import set_epoch_lr
 from aml.training.parallel import Parallel
 from aml.training.resume import resume_run
@@ -345,11 +345,7 @@ class Trainer:
                     f">> Train: [{epoch + 1}][{i + 1}/{len(loader)}]\tTime {time.time() - start:.3f}\t"
                     f"Loss {losses[-1]:.4f} ({np.mean(losses):.4f})"
                 )
-        if not losses:
-            raise ConfigError(
-                f"epoch {epoch + 1} has no full batch: {len(cast(Sized, loader.dataset))} tuples for "
-                f"batch size {s.batch_size}; lower --batch-size or raise --query-size/--pool-size"
-            )
+        assert losses, "check_batches refuses a split of no full batch"
         return float(np.mean(losses))
 
     @torch.no_grad()

@@ -206,13 +206,14 @@ def strict_json(value: Any, indent: Optional[int] = 1) -> bytes:
 
 
 def check_line_names(names: Iterable[str]) -> None:
-    """Refuse a file name with a line break: aml lists images one per line (stores, feature
-    files), where it would read back as two names.
+    """Refuse a file name with a line break (a line feed or a carriage return): aml lists
+    images one per line (stores, feature files), where it would read back as two names, or,
+    in a list edited on Windows, lose its carriage return.
 
     Raises:
         DataError: naming the first such file, with the fix.
     """
-    broken = next((name for name in names if "\n" in name), None)
+    broken = next((name for name in names if "\n" in name or "\r" in name), None)
     if broken is not None:
         raise DataError(
             f"the file name {broken!r} holds a line break, and aml lists images one per line (stores, feature "
@@ -232,6 +233,10 @@ def line_list(names: Sequence[str]) -> bytes:
 
 
 def read_line_list(data: bytes) -> List[str]:
-    """The names `line_list` wrote (split at line feeds only: a carriage return or a form feed
-    is part of a name)."""
-    return data.decode(errors="surrogateescape").split("\n")[:-1]
+    """The names `line_list` wrote, or a list written by hand: one a line, split at line feeds
+    only (a form feed is part of a name), a carriage return before one dropped (a list edited
+    on Windows), the last line with or without its line feed."""
+    lines = data.decode(errors="surrogateescape").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]

@@ -319,6 +319,11 @@ def test_the_default_database_holds_images_only_and_names_are_spelt_one_way(imag
                              "database": [str(images.absolute() / n) for n in ("a.jpg", "b.jpg", "c.png")]},
                             images, "absolute", tmp_path)
     assert load_pickle(folder / "gnd_absolute.pkl")["imlist"] == ["a", "b", "c"]
+    alias = tmp_path / "alias"
+    alias.symlink_to(images)  # the same folder by another path: its absolute names are inside it too
+    folder = build_test_set({"queries": [{"image": str(alias / "q.jpg"), "easy": ["a.jpg"]}], "database": None},
+                            images, "aliased", tmp_path)
+    assert load_pickle(folder / "gnd_aliased.pkl")["qimlist"] == ["q"]
     Image.new("RGB", (8, 6)).save(images / "A.png")
     with pytest.raises(TestSetError, match=r"A.png and a.jpg share a name once the extension and case are dropped"):
         build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "cased",

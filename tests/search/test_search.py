@@ -118,6 +118,27 @@ def test_the_stores_own_network_searches_it_symmetrically(store, teacher, synth_
         check_teacher(database, earlier)
 
 
+def test_the_stores_own_network_exported_searches_it(tmp_path, monkeypatch):
+    """export --store of a store's own (std) network passed check_teacher, then query --onnx
+    refused the file: it records no teacher."""
+    from aml.descriptors.onnx_student import OnnxStudentInfo
+    from aml.search import check_onnx_student
+    from aml.search import query as search_query
+
+    settings = {"dim": 512, "network": "teacher", "source": "teacher.pth.tar", "fingerprint": "f" * 16,
+                "scales": [1]}
+    database = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], settings)
+    own = OnnxStudentInfo("teacher", "f" * 16, None, None, 512, None)
+    monkeypatch.setattr(search_query, "read_onnx_metadata", lambda path: own)
+    assert check_onnx_student(database, "teacher.onnx") is own
+    settings["scales"] = [1, 0.5]  # what the graph cannot encode is refused still
+    with pytest.raises(StoreError, match="encoded at scales"):
+        check_onnx_student(database, "teacher.onnx")
+    settings.update(scales=[1], fingerprint="0" * 16)  # another store: a file without a teacher is refused
+    with pytest.raises(StoreError, match="does not record its teacher"):
+        check_onnx_student(database, "teacher.onnx")
+
+
 def test_ivfpq_of_too_few_images_is_refused(tmp_path):
     store = SearchDatabase(tmp_path, np.eye(8, 100, dtype=np.float32), [f"{i}.jpg" for i in range(100)], {"dim": 8})
     with pytest.raises(StoreError, match=r"--ivfpq 2,2 needs at least 256 database images \(8-bit codes\); the store has 100"):
@@ -614,6 +635,9 @@ def test_exact_search_puts_equal_scores_in_database_order(with_faiss, monkeypatc
     index = faiss_index.ExactIndex(vecs)
     assert index.search(a[None], 10)[1].tolist() == [list(range(3000, 3010))]
     assert index.search(a[None], 12)[1].tolist() == [list(range(3000, 3010)) + [0, 1]]
+    both = index.search(np.stack([b, a]), 12)  # queries widened apart: b ties 6,000 images, a only at its end
+    assert both[1].tolist() == [list(range(12)), list(range(3000, 3010)) + [0, 1]]
+    assert both[0].tolist() == [[1.0] * 12, [1.0] * 10 + [0.0] * 2]
 
 
 @pytest.mark.parametrize("edit", ["touched", "replaced keeping its time"])

@@ -75,8 +75,13 @@ def test_an_image_list_reads_back_the_names_it_wrote_and_refuses_a_line_break(tm
     from aml.data.make_trainset import images_from_folders
     from aml.utils.text_files import line_list, read_line_list
 
-    names = ["a.jpg", "b\rc.jpg", "d\x0ce.jpg", b"caf\xe9.jpg".decode(errors="surrogateescape")]
+    names = ["a.jpg", "d\x0ce.jpg", b"caf\xe9.jpg".decode(errors="surrogateescape")]
     assert read_line_list(line_list(names)) == names  # split at line feeds only, bytes kept
+    # a list written by hand: edited on Windows, or without the last line feed
+    assert read_line_list(b"a.jpg\r\nb.jpg\r\n") == read_line_list(b"a.jpg\nb.jpg") == ["a.jpg", "b.jpg"]
+    assert read_line_list(b"") == [] and read_line_list(b"\n") == [""]
+    with pytest.raises(DataError, match=r"'b\\rc.jpg' holds a line break"):
+        line_list(["b\rc.jpg"])
     with pytest.raises(DataError, match=r"'we\\nird.jpg' holds a line break, .* rename the file"):
         line_list(["a.jpg", "we\nird.jpg"])
     for name in ("img0.jpg", "we\nird.jpg"):

@@ -101,4 +101,5 @@ def test_int8_agreement_is_measured_on_images_left_out_of_the_calibration(tmp_pa
     assert not set(images) & set(int8.calibration) and len(set(images)) == 8
     args.calibration_images = None  # every image calibrates: the comparison can only be in-sample, and says so
     images, which = export_cli._agreement_images(args, export_cli._calibration(args, SIZE))
-    assert which == "calibration" and len(images) == 8 and images[0].endswith("00.jpg") and images[-1].endswith("19.jpg")
+    assert which == "calibration" and len(images) == 8
+    assert images[0].endswith("00.jpg") and images[-1].endswith("19.jpg")

@@ -110,8 +110,8 @@ def test_the_stores_own_network_searches_it_symmetrically(store, teacher, synth_
     assert hits[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     earlier = load_network(teacher[0])
     earlier.meta["teacher"] = "vgg16"  # as a std run of an earlier aml recorded it, in the store's network too
-    database = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"],
-                              {"dim": 512, "network": "model_epoch3", "source": "x", "fingerprint": network_fingerprint(earlier)})
+    settings = {"dim": 512, "network": "model_epoch3", "source": "x", "fingerprint": network_fingerprint(earlier)}
+    database = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], settings)
     check_teacher(database, earlier)
     database.settings["fingerprint"] = "0" * 16  # another network's store: the recorded teacher counts again
     with pytest.raises(StoreError, match="not by the student's teacher vgg16"):
@@ -192,7 +192,8 @@ def test_a_search_asking_for_another_dba_than_the_stores_is_refused(tmp_path):
     searched with no DBA, without a word."""
     vecs = np.eye(16, 40, dtype=np.float32)
     names = [f"{i}.jpg" for i in range(40)]
-    with pytest.raises(StoreError, match=r"DBA of 3 neighbours \(alpha 3\): the store .* was indexed with no DBA, .* index it "
+    with pytest.raises(StoreError, match=r"DBA of 3 neighbours \(alpha 3\): the store .* was indexed with no DBA, "
+                                         r".* index it "
                                          r"again with --dba 3"):
         SearchDatabase(tmp_path, vecs, names, {"dim": 16}).search(vecs[:, :2], 5, reranking=Reranking(dba=3))
     augmented = SearchDatabase(tmp_path, vecs, names, {"dim": 16, "dba": {"k": 3, "alpha": 3.0}})

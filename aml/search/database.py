@@ -50,7 +50,7 @@ class StoreError(DataError):
         ...     open_database("no/such.store")
         ... except StoreError as err:
         ...     print(str(err).split(";")[0])
-        no/such.store is not a complete store (no descriptors.npy with matching settings)
+        the store no/such.store does not exist
     """
 
 

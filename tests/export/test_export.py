@@ -134,6 +134,7 @@ def test_the_whitening_of_a_multiscale_store_is_not_folded_into_a_one_scale_grap
     store = SimpleNamespace(whitening=whitening, settings={"scales": [1, 0.7071, 0.5], "image_size": 64})
     monkeypatch.setattr(export_cli, "open_database", lambda folder: store)
     monkeypatch.setattr(export_cli, "check_teacher", lambda *args: None)
+    (tmp_path / "store").mkdir()
     with pytest.raises(SystemExit, match=r"is encoded at scales \[1, 0.7071, 0.5\]: its whitening belongs after "
                                          r"the multi-scale mean"):
         export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--store", str(tmp_path / "store")])

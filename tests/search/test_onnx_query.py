@@ -76,19 +76,23 @@ def _edited(files, tmp_path, **changes):
 def test_a_file_for_another_store_is_refused(setup, tmp_path):
     _, store, files, queries = setup
     opened = open_database(store)
+    other = "1" * 16  # the file of another network than the store's (the fixture's student is its own teacher)
     cases = {
-        "another teacher": (dict(teacher_fingerprint="0" * 16, teacher="other"),
+        "another teacher": (dict(fingerprint=other, teacher_fingerprint="0" * 16, teacher="other"),
                             r"edited.onnx is a student of other, but the store .* was encoded by student"),
-        "another teacher by name": (dict(teacher_fingerprint=None, teacher="other"), r"is a student of other"),
+        "another teacher by name": (dict(fingerprint=other, teacher_fingerprint=None, teacher="other"),
+                                    r"is a student of other"),
         "dimension": (dict(dim=256), r"edited.onnx outputs 256-d descriptors but the store .* holds 512-d ones"),
         "whitening": (dict(whitening="abc"), r"has a whitening folded in but the store .* has another whitening"),
-        "no teacher": (dict(teacher=None, teacher_fingerprint=None), r"does not record its teacher"),
+        "no teacher": (dict(fingerprint=other, teacher=None, teacher_fingerprint=None), r"does not record its teacher"),
     }
     for name, (changes, message) in cases.items():
         with pytest.raises(StoreError, match=message):
             query_database_onnx(opened, _edited(files, tmp_path, **changes), queries[:1])
-    same = _edited(files, tmp_path, teacher_fingerprint=None)  # by name: the store's network name
+    same = _edited(files, tmp_path, fingerprint=other, teacher_fingerprint=None)  # by name: the store's network name
     assert len(query_database_onnx(opened, same, queries[:1], k=2)[0]["results"]) == 2
+    own = _edited(files, tmp_path, teacher=None, teacher_fingerprint=None)  # the store's own network: symmetric
+    assert len(query_database_onnx(opened, own, queries[:1], k=2)[0]["results"]) == 2
 
 
 def test_a_file_without_metadata_or_damaged_is_refused(setup, tmp_path):

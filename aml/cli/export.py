@@ -148,7 +148,9 @@ def _whitening(args, store: Optional[SearchDatabase], dim: int):
 def _replaced_input(args) -> Optional[str]:
     """Why the export would write over one of its own inputs (a checkpoint called
     ``student.pt`` in --out, say), or None."""
-    written = [Path(args.out) / name for name in (*EXPORTED_FILES.values(), INT8_REPORT)]
+    kinds = ["torchscript"] + ["onnx"] * args.onnx + ["int8"] * args.int8
+    names = [EXPORTED_FILES[kind] for kind in kinds] + [INT8_REPORT] * (args.test_set is not None)
+    written = [Path(args.out) / name for name in names]
     inputs = (("--network", args.network), ("--teacher", args.teacher), ("--whitening-file", args.whitening_file))
     for flag, given in inputs:
         for path in written:

@@ -90,6 +90,18 @@ def test_an_export_replaces_its_files_and_names_those_an_earlier_one_left(studen
     assert f"{tmp_path / 'student-int8.onnx'} is left from an earlier export" in caplog.text
 
 
+def test_only_the_files_an_export_writes_count_as_replaced(tmp_path):
+    """--no-onnx writes no student.onnx: an input of that name was refused all the same."""
+    from argparse import Namespace
+
+    (tmp_path / "student.onnx").write_bytes(b"mine")
+    args = Namespace(out=str(tmp_path), network=str(tmp_path / "student.onnx"), teacher=None, whitening_file=None,
+                     onnx=False, int8=False, test_set=None)
+    assert export_cli._replaced_input(args) is None
+    args.onnx = True
+    assert "which the export writes" in export_cli._replaced_input(args)
+
+
 @pytest.mark.parametrize("flag", ["--network", "--whitening-file"])
 def test_an_input_the_export_would_write_over_is_refused(student, tmp_path, flag, capsys):
     out = tmp_path / "deploy"

@@ -540,13 +540,15 @@ def extract_vectors(
     ms: Sequence[float] = (1,),
     msp: float = 1.0,
     print_freq: int = 10,
+    workers: Optional[int] = None,
     *,
     config: ExtractionConfig = DEFAULT_EXTRACTION,
     skipped: Optional[List[int]] = None,
 ) -> torch.Tensor:
     """Descriptors of images as a D x N float32 CPU tensor, column i for image i.
 
-    cirtorch's positional arguments and semantics; how to extract is ``config``'s. Batches hold only
+    cirtorch's positional arguments (and the original aml's ``workers``) and semantics; how to
+    extract is ``config``'s. Batches hold only
     images of equal shape, so in fp32 with ``decode="pil"`` the result equals the one-image-at-a-time
     loop up to float rounding. The forward runs on `aml.networks.inference.inference_copy` of ``net``
     (BatchNorm folded) when ``config.fold_batchnorm``, by default for calls of `FOLD_MIN_PIXELS` or
@@ -569,6 +571,7 @@ def extract_vectors(
         ms: the scales.
         msp: the power used to average the scales.
         print_freq: accepted for cirtorch compatibility, unused.
+        workers: the original aml's loader workers: ``config.workers`` when given.
         config: how to extract (`ExtractionConfig`).
         skipped: with ``config.skip_bad``, the indices of the unreadable images are appended
             here.
@@ -590,6 +593,8 @@ def extract_vectors(
         torch.Size([2048, 2])
     """
     del print_freq
+    if workers is not None:
+        config = config.but(workers=workers)
     _check_request(len(images), image_size, ms, bbxs)
     world = current_world() if config.collective else World()
     mine = shard_range(len(images), world)

@@ -9,13 +9,15 @@ Queries with no positives are skipped. mP@k: with 1-based adjusted positions pos
 kq = min(max(pos), k) and P@k = #(pos <= kq) / kq.
 """
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, TypedDict
+import logging
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypedDict, Union
 
 import numpy as np
 
 from aml.data.formats import GroundTruth
 from aml.data.testsets import GND_KEYS
 
+log = logging.getLogger(__name__)
 DEFAULT_KAPPAS = (1, 5, 10)
 #: the evaluation protocols: revisited (easy/hard/junk) and classic (ok/junk)
 PROTOCOLS = tuple(GND_KEYS)
@@ -262,3 +264,46 @@ def format_results(dataset: str, results: Metrics, kappas: Sequence[int] = DEFAU
         f">> {dataset}: mAP E: {pct['easy']}, M: {pct['medium']}, H: {pct['hard']}",
         f">> {dataset}: mP@k{list(kappas)} E: {mpk['easy']}, M: {mpk['medium']}, H: {mpk['hard']}",
     ]
+
+
+def compute_map_and_print(
+    dataset: str,
+    ranks: np.ndarray,
+    gnd: Sequence[GroundTruth],
+    kappas: Union[Sequence[int], IO[str]] = DEFAULT_KAPPAS,
+    log_file: Optional[IO[str]] = None,
+) -> Metrics:
+    """cirtorch's and the original aml's ``compute_map_and_print``, for code written against
+    them: the numbers of `evaluate_ranks` under the protocol the ground truth follows
+    (easy/hard/junk: revisited, ok/junk: classic), their lines (`format_results`) logged, as
+    aml's library does (the originals printed them), and written to ``log_file`` when given.
+
+    Args:
+        dataset: the test set's name, for the lines.
+        ranks: N_db x N_q database indices, best first per column.
+        gnd: per query, its lists.
+        kappas: the k of mP@k; a file here is the original aml's ``log`` (its 4th argument).
+        log_file: where the lines are written too.
+
+    Returns:
+        `evaluate_ranks`'s numbers.
+
+    Examples:
+        >>> import io
+        >>> import numpy as np
+        >>> from aml.evaluation import compute_map_and_print
+        >>> out = io.StringIO()
+        >>> results = compute_map_and_print("mine", np.array([[1], [0]]), [{"ok": [0], "junk": []}], out)
+        >>> results["map"], out.getvalue().strip()
+        (0.25, '>> mine: mAP 25.00')
+    """
+    if hasattr(kappas, "write"):  # compute_map_and_print(dataset, ranks, gnd, log) of the original aml
+        kappas, log_file = DEFAULT_KAPPAS, kappas  # type: ignore[assignment]
+    kappas = tuple(kappas)
+    protocol = "revisited" if gnd and "easy" in gnd[0] else "classic"
+    results = evaluate_ranks(np.asarray(ranks), gnd, protocol, kappas)
+    for line in format_results(dataset, results, kappas):
+        log.info(line)
+        if log_file is not None:
+            log_file.write(line + "\n")
+    return results

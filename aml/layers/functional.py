@@ -341,9 +341,10 @@ def hard_darkrank_loss(
 ) -> torch.Tensor:
     """DarkRank (Chen et al.), hard version: minus the mean log-likelihood, under the student's
     scores -alpha d^beta, of the teacher's ranking of each row's ``permute_len`` nearest rows
-    (student and teacher N x C, N > ``permute_len``)."""
-    if len(student) <= permute_len:
-        raise ValueError(f"DarkRank needs batches of more than {permute_len} images")
+    (student and teacher N x C, N >= 2; the N - 1 others where N <= ``permute_len``, as the
+    original ranked them)."""
+    if len(student) < 2:
+        raise ValueError("DarkRank ranks each image's nearest others: it needs at least 2 images")
     with torch.no_grad():
         teacher_scores = -alpha * pdist(teacher).pow(beta)
         order = teacher_scores.sort(dim=1, descending=True)[1][:, 1 : permute_len + 1]

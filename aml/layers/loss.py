@@ -55,12 +55,15 @@ class ContrastiveDistLoss(nn.Module):
     """The original aml's: negatives pulled to target distances ``dist`` (one per non-anchor
     column) instead of past a margin."""
 
-    def __init__(self, eps: float = 1e-6):
+    def __init__(self, margin: float = 0.7, eps: float = 1e-6):
         super().__init__()
-        self.eps = eps
+        self.margin, self.eps = margin, eps  # the margin is the original's argument; the targets replace it
 
     def forward(self, x: torch.Tensor, label: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
         return LF.contrastive_loss_dist(x, label, dist, eps=self.eps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(margin={self.margin:.4f})"
 
 
 class MultiSimilarityLoss(nn.Module):
@@ -77,12 +80,15 @@ class MultiSimilarityLoss(nn.Module):
 class CrossEntropyDistLoss(nn.Module):
     """The original aml's InfoNCE on distances, -sum_pos log softmax_j(-d_j / temp), per tuple."""
 
-    def __init__(self, temp: float = 0.1, eps: float = 1e-6):
+    def __init__(self, temp: float = 1.0, eps: float = 1e-6):
         super().__init__()
         self.temp, self.eps = temp, eps
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         return LF.cross_entropy_loss_dist(x, label, self.temp, eps=self.eps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(temp={self.temp:.2f})"
 
 
 class CrossEntropyLoss(nn.Module):
@@ -90,12 +96,15 @@ class CrossEntropyLoss(nn.Module):
     the anchor's -1 included: not a retrieval loss, kept so that old code gets old numbers);
     aml's ``cross_entropy`` training loss is InfoNCE on similarities instead."""
 
-    def __init__(self, temp: float = 0.1):
+    def __init__(self, temp: float = 1.0, eps: float = 1e-6):
         super().__init__()
-        self.temp = temp
+        self.temp, self.eps = temp, eps
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        return LF.cross_entropy_loss(x, label, self.temp)
+        return LF.cross_entropy_loss(x, label, self.temp, eps=self.eps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(temp={self.temp:.2f})"
 
 
 class RKdAD(nn.Module):
@@ -112,7 +121,7 @@ class RKdAD(nn.Module):
 
 class HardDarkRank(nn.Module):
     """The original aml's hard DarkRank (alpha 3, beta 3, 4 neighbours) of ``(student, teacher)``
-    rows N x C, N > 4."""
+    rows N x C, N >= 2 (with N - 1 neighbours where N <= 4, as the original)."""
 
     def __init__(self, alpha: float = 3.0, beta: float = 3.0, permute_len: int = 4):
         super().__init__()

@@ -29,3 +29,6 @@ class PowerLaw(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return LF.powerlaw(x, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from aml.layers import functional as LF
+from aml.layers.normalization import L2N
 
 
 class MAC(nn.Module):
@@ -48,10 +49,13 @@ class GeMmp(nn.Module):
     def __init__(self, p: float = 3.0, mp: int = 1, eps: float = 1e-6):
         super().__init__()
         self.p = nn.Parameter(torch.ones(mp) * p)
-        self.eps = eps
+        self.mp, self.eps = mp, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return LF.gem(x, self.p, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"p=[{self.mp}], eps={self.eps}"
 
 
 class RMAC(nn.Module):
@@ -65,28 +69,37 @@ class RMAC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return LF.rmac(x, self.L, self.eps)
 
+    def extra_repr(self) -> str:
+        return f"L={self.L}"
+
 
 class Rpool(nn.Module):
     """Regional pooling: the whole map and every R-MAC region pooled with ``rpool``,
     L2-normalised, optionally whitened (``whiten``) and normalised again, then summed and
     normalised (``aggregate``; False: the B x R x D x 1 x 1 regional descriptors, as cirtorch's
-    ``extract_ssr`` takes them). cirtorch's signature."""
+    ``extract_ssr`` takes them). cirtorch's signature and numbers: ``eps`` is the regions'
+    pooling's; the normalisations keep `L2N`'s own (``norm``)."""
 
     def __init__(self, rpool: nn.Module, whiten: Optional[nn.Module] = None, L: int = 3, eps: float = 1e-6):
         super().__init__()
         self.rpool = rpool
         self.whiten = whiten
+        self.norm = L2N()
         self.L = L
         self.eps = eps
 
     def forward(self, x: torch.Tensor, aggregate: bool = True) -> torch.Tensor:
         regions = LF.roipool(x, self.rpool, self.L, self.eps).flatten(2)  # B x R x C
-        regions = LF.l2n(regions, eps=self.eps, dim=-1)
+        unit = self.norm.eps
+        regions = LF.l2n(regions, eps=unit, dim=-1)
         if self.whiten is not None:
-            regions = LF.l2n(self.whiten(regions), eps=self.eps, dim=-1)
+            regions = LF.l2n(self.whiten(regions), eps=unit, dim=-1)
         if not aggregate:
             return regions[..., None, None]
-        return LF.l2n(regions.sum(dim=1), eps=self.eps)[..., None, None]
+        return LF.l2n(regions.sum(dim=1), eps=unit)[..., None, None]
+
+    def extra_repr(self) -> str:
+        return f"L={self.L}"
 
 
 PoolingFactory = Callable[[int], nn.Module]

@@ -401,6 +401,19 @@ def test_the_cache_keeps_pil_and_device_descriptors_apart(images, net, tmp_path)
     np.testing.assert_array_equal(pil, device)  # on the CPU, libjpeg and PIL's arithmetic: PIL's very pixels
 
 
+def test_the_original_amls_workers_argument_is_taken(images, net, monkeypatch):
+    """extract_vectors(net, images, size, transform, ..., print_freq, workers) of the original
+    aml raised TypeError: the loader's workers are ExtractionConfig's in aml."""
+    import aml.descriptors.extraction as extraction
+
+    seen = []
+    real = extraction._Plan
+    monkeypatch.setattr(extraction, "_Plan", lambda config, *rest: seen.append(config.workers) or real(config, *rest))
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    positional = extract_vectors(net, images[:2], 48, transform, None, [1], 1, 10, 0)
+    assert seen == [0] and torch.equal(positional, extract_vectors(net, images[:2], 48, transform, workers=0))
+
+
 def test_folded_batchnorm_gives_the_same_descriptors(images, net):
     transform = image_transform(net.meta["mean"], net.meta["std"])
     folded = extract_vectors(net, images, 64, transform, ms=(1, 0.5), config=ExtractionConfig(fold_batchnorm=True))

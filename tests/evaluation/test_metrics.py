@@ -126,3 +126,20 @@ def test_a_level_where_no_query_has_a_positive_is_undefined_not_zero():
                              "revisited")
     assert results["medium"]["map"] == 1.0 and np.isnan(results["hard"]["map"])
     assert format_results("mine", results)[0] == ">> mine: mAP E: 100.0, M: 100.0, H: nan"
+
+
+def test_compute_map_and_print_of_cirtorch_and_of_the_original_aml(tmp_path):
+    """Both originals' test.py and main.py import it; aml had no such name."""
+    import io
+
+    from aml.evaluation import compute_map_and_print, evaluate_ranks
+
+    ranks = np.array([[3, 0], [0, 1], [1, 2], [2, 3]])
+    gnd = [{"easy": [0], "hard": [2], "junk": [3]}, {"easy": [1], "hard": [3], "junk": []}]
+    expected = evaluate_ranks(ranks, gnd, "revisited", (1, 5, 10))
+    assert compute_map_and_print("roxford5k", ranks, gnd) == expected  # cirtorch's call
+    log = io.StringIO()
+    assert compute_map_and_print("roxford5k", ranks, gnd, log) == expected  # the original aml's: log 4th
+    assert log.getvalue().splitlines()[0].startswith(">> roxford5k: mAP E: ")
+    classic = compute_map_and_print("oxford5k", ranks, [{"ok": [0], "junk": [3]}, {"ok": [1], "junk": []}], [1])
+    assert set(classic) == {"map", "aps"}

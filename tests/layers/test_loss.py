@@ -82,3 +82,34 @@ def test_the_registrys_relational_losses_name_the_module_of_the_originals_call()
         registry.RKdAD()(STUDENT, TEACHER)
     with pytest.raises(TypeError, match="use aml.layers.loss.HardDarkRank"):
         registry.HardDarkRank()(STUDENT, TEACHER)
+
+
+def test_the_original_amls_loss_signatures_and_defaults():
+    """ContrastiveDistLoss(margin=...) raised (and ContrastiveDistLoss(0.7) took 0.7 as eps);
+    CrossEntropyLoss(temp, eps) raised, and both cross-entropy modules defaulted to temp 0.1
+    where the original's default is 1."""
+    import inspect
+
+    for module, names in ((cirtorch.ContrastiveDistLoss, ["margin", "eps"]), (cirtorch.CrossEntropyLoss, ["temp", "eps"]),
+                          (cirtorch.CrossEntropyDistLoss, ["temp", "eps"])):
+        assert list(inspect.signature(module).parameters) == names
+    dist = torch.tensor([0.0, 0.5, 1.5], dtype=torch.float64)
+    assert cirtorch.ContrastiveDistLoss(0.7)(X, LABEL, dist).item() == pytest.approx(
+        cirtorch.ContrastiveDistLoss(margin=0.7, eps=1e-6)(X, LABEL, dist).item(), abs=1e-12)
+    assert repr(cirtorch.ContrastiveDistLoss(margin=0.7)) == "ContrastiveDistLoss(margin=0.7000)"
+    assert cirtorch.CrossEntropyLoss()(X, LABEL).item() == pytest.approx(
+        cirtorch.CrossEntropyLoss(1, 1e-6)(X, LABEL).item(), abs=1e-12)
+    assert cirtorch.CrossEntropyDistLoss()(X, LABEL).item() == pytest.approx(
+        cirtorch.CrossEntropyDistLoss(temp=1)(X, LABEL).item(), abs=1e-12)
+    assert repr(cirtorch.CrossEntropyLoss(temp=0.1)) == "CrossEntropyLoss(temp=0.10)"
+
+
+def test_dark_rank_of_four_images_ranks_the_three_others_as_the_original():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    scores = lambda e: -3 * torch.cdist(e, e).pow(3)  # noqa: E731
+    order = scores(teacher).sort(dim=1, descending=True)[1][:, 1:]
+    ordered = torch.gather(scores(student), 1, order)
+    tails = torch.stack([torch.logsumexp(ordered[:, k:], dim=1) for k in range(3)], dim=1)
+    expected = -(ordered - tails).sum(dim=1).mean()
+    assert cirtorch.HardDarkRank()(student, teacher).item() == pytest.approx(expected.item(), abs=1e-6)

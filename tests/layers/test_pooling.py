@@ -5,6 +5,7 @@ import torch
 
 from aml.layers import GeM, GeMmp, L2N, POOLINGS, Rpool, gem, l2n, mac, rmac, spoc
 from aml.layers.functional import rmac_regions
+from aml.layers.functional import roipool as LF_roipool
 
 
 def feature_map():
@@ -107,3 +108,18 @@ def test_the_pooling_modules_keep_cirtorchs_signatures():
     summed = regions.sum(dim=1)
     assert torch.allclose(pool(x), summed / (summed.norm(dim=1, keepdim=True) + 1e-6), atol=1e-6)
     assert torch.allclose(PowerLaw()(torch.tensor([4.0, -9.0])), torch.tensor([2.0, -3.0]), atol=1e-5)
+
+
+def test_the_pooling_modules_read_as_cirtorchs():
+    """GeMmp had no .mp, RMAC and PowerLaw printed without their arguments, and Rpool's eps
+    changed its normalisations (cirtorch's keep L2N's own 1e-6)."""
+    from aml.layers import MAC, PowerLaw, RMAC
+
+    assert GeMmp(mp=8).mp == 8 and repr(GeMmp(mp=8)) == "GeMmp(p=[8], eps=1e-06)"
+    assert repr(RMAC()) == "RMAC(L=3)" and repr(PowerLaw()) == "PowerLaw(eps=1e-06)"
+    x = torch.rand(1, 4, 6, 9)
+    regions = LF_roipool(x, MAC(), 3, 1e-2).flatten(2)  # the regions pooled with eps 1e-2
+    unit = regions / (regions.norm(dim=-1, keepdim=True) + 1e-6)
+    summed = unit.sum(dim=1)
+    expected = summed / (summed.norm(dim=1, keepdim=True) + 1e-6)
+    assert torch.allclose(Rpool(MAC(), eps=1e-2)(x).flatten(1), expected, atol=1e-7)

@@ -273,8 +273,9 @@ def compute_map_and_print(
     kappas: Union[Sequence[int], IO[str]] = DEFAULT_KAPPAS,
     log_file: Optional[IO[str]] = None,
 ) -> Metrics:
-    """cirtorch's and the original aml's ``compute_map_and_print``, for code written against
-    them: the numbers of `evaluate_ranks` under the protocol the ground truth follows
+    """cirtorch's and the original aml's ``compute_map_and_print``, for code written against them.
+
+    The numbers of `evaluate_ranks` under the protocol the ground truth follows
     (easy/hard/junk: revisited, ok/junk: classic), their lines (`format_results`) logged, as
     aml's library does (the originals printed them), and written to ``log_file`` when given.
 

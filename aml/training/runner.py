@@ -102,15 +102,32 @@ def run(config: TrainConfig) -> TrainResult:
         raise ConfigError(problem)
     device = str(process_device(requested, world))
     run_dir = Path(config.directory) / run_name(config)
+    made = world.is_main and not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with folder_lock(run_dir) if world.is_main else contextlib.nullcontext():
-        earlier = from_main(None if config.resume else earlier_checkpoint(run_dir), world)
-        if earlier is not None:  # a new run would replace its checkpoints, model_best first
-            raise ConfigError(
-                f"{run_dir} holds the checkpoints of an earlier run ({earlier.name}): continue it with "
-                "--resume latest, or start a new one elsewhere (another --directory or --comment)"
-            )
-        return _Run(config, world, device, run_dir).train()
+    try:
+        with folder_lock(run_dir) if world.is_main else contextlib.nullcontext():
+            earlier = from_main(None if config.resume else earlier_checkpoint(run_dir), world)
+            if earlier is not None:  # a new run would replace its checkpoints, model_best first
+                raise ConfigError(
+                    f"{run_dir} holds the checkpoints of an earlier run ({earlier.name}): continue it with "
+                    "--resume latest, or start a new one elsewhere (another --directory or --comment)"
+                )
+            return _Run(config, world, device, run_dir).train()
+    except BaseException:
+        if made:
+            _remove_if_unused(run_dir)
+        raise
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Remove the run folder this run made when the run ended before it wrote anything in it
+    (refused at start, stopped while preparing): only its lock is there."""
+    try:
+        if {path.name for path in run_dir.iterdir()} <= {".lock"}:
+            (run_dir / ".lock").unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:  # another process wrote there meanwhile: the folder stays, the run's error is the one to see
+        pass
 
 
 class _Run:

@@ -158,3 +158,14 @@ def test_teacher_triplets_positive_ranked_above_negative():
     anchors, pool = unit_columns(3, 4), unit_columns(4, 50)
     for a, (p, n) in enumerate(teacher_triplets(anchors, pool, torch.Generator().manual_seed(1), top_k=10)):
         assert anchors[:, a] @ pool[:, p] >= anchors[:, a] @ pool[:, n]
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("sizes", [EpochSizes(5, 20, 3), EpochSizes(15, 60, 2)], ids=["small", "beyond the queries"])
+def test_the_tuple_count_known_before_mining_is_the_draws(mode, sizes):
+    """Training refuses a split of fewer tuples than a batch before it mines, by epoch_tuple_count:
+    it must count what build_epoch_tuples draws, in every mode."""
+    from aml.training.modes import epoch_tuple_count
+
+    tuples, _ = build(mode, sizes=sizes)
+    assert len(tuples) == epoch_tuple_count(MODES[mode], DB, sizes)

@@ -33,7 +33,7 @@ from aml.utils.atomic import atomic_write
 from aml.utils.errors import ConfigError
 from aml.utils.text_files import strict_json
 from aml.utils.devices import resolve_device
-from aml.utils.distributed import init_from_environment, main_first, process_device
+from aml.utils.distributed import init_from_environment, main_first, process_device, warn_once
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ def _load_networks(args: argparse.Namespace, datasets: List[str]):
     (downloaded if needed; run by rank 0 first under torchrun)."""
     student = load_test_network(args.network_path, args.network_offtheshelf, args.teacher, args.data_root)
     if args.teacher and not args.asym:
-        log.warning(
+        warn_once(
+            log,
             ">> --teacher %s without --asym: the test is symmetric (%s encodes the database too); the teacher only "
             "gives the dimension of a checkpoint of the original that records none. Add --asym to encode the "
             "database with it",
@@ -156,7 +157,8 @@ def _load_teacher(args: argparse.Namespace, student: LoadedNetwork) -> LoadedNet
             f"{teacher.name} now holds {teacher.fingerprint}: the file was replaced; give --teacher the one it "
             "was trained against"
         )
-    log.warning(
+    warn_once(
+        log,
         ">> %s was trained against another teacher (%s, weights %s) than %s (weights %s): this measures how "
         "compatible the two are, not the student's asymmetric mAP",
         student.name,

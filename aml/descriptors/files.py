@@ -21,7 +21,7 @@ from aml.descriptors.store import StoreKey, encode_into_store, open_store
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
-from aml.utils.distributed import barrier, current_world
+from aml.utils.distributed import barrier, current_world, warn_once
 from aml.utils.errors import DataError
 from aml.utils.text_files import TooLarge, line_list, read_bounded, read_line_list
 from aml.utils.plain_files import file_format
@@ -244,7 +244,8 @@ def _warn_of_unnormalised(path: Path, vecs: np.ndarray) -> None:
     norms = np.sqrt(np.einsum("ij,ij->j", vecs, vecs, dtype=np.float64))  # no copy of the matrix
     off = np.flatnonzero(np.abs(norms - 1) > UNIT_NORM_TOLERANCE)
     if off.size:
-        log.warning(
+        warn_once(
+            log,
             ">> feature file %s: %d of %d columns are not L2-normalised (norms %.3g to %.3g; first: column %d), "
             "but the student's descriptors are, so the losses that compare the two cannot reach them; "
             "L2-normalise each column, or extract the file with extract_features.py",

@@ -10,7 +10,7 @@ import torch
 from aml.networks.checkpoint import CheckpointError, load_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.run_folder import earlier_checkpoint, latest_checkpoint
-from aml.utils.distributed import current_world, from_main
+from aml.utils.distributed import current_world, from_main, warn_once
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ def _warn_of_resumed_settings(path: Path, saved: Mapping[str, Any], optimizer: t
         if key in ours and key in theirs and ours[key] != theirs[key]
     ]
     if differ:
-        log.warning(
+        warn_once(
+            log,
             "resuming from %s continues with its optimizer's settings: %s; to train with other settings, start "
             "a new run",
             path,

@@ -40,7 +40,7 @@ from aml.training.parallel import batch_split_problem
 from aml.training.trainer import Split, Trainer
 from aml.utils.atomic import folder_lock
 from aml.utils.devices import resolve_device
-from aml.utils.distributed import World, from_main, init_from_environment, main_first, process_device
+from aml.utils.distributed import World, from_main, init_from_environment, main_first, process_device, warn_once
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def run(config: TrainConfig) -> TrainResult:
     """
     config.check()
     for notice in config.loop.notices():
-        log.warning(">> %s", notice)
+        warn_once(log, ">> %s", notice)
     requested = resolve_device(config.device, config.gpu_id)
     world = init_from_environment(requested, config.dist_timeout)
     problem = batch_split_problem(config.loop.batch_size, world)
@@ -213,7 +213,7 @@ class _Run:
             net.meta["teacher_fingerprint"] = self._teacher_fingerprint()
         net.meta["mode"], net.meta["loss"] = c.mode, c.loss  # checked on --resume
         if c.proj_lr_mult != 1.0 and net.projection() is None:
-            log.warning(">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)
+            warn_once(log, ">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)
         return net.to(self.device)
 
     def _teacher_fingerprint(self) -> Optional[str]:

@@ -53,6 +53,18 @@ def current_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def warn_once(logger: logging.Logger, message: str, *args: Any) -> None:
+    """Log a warning that every process of a job would give alike (about the flags, the networks
+    or a file they all read) from rank 0 alone, rather than once per process.
+
+    Examples:
+        >>> import logging
+        >>> warn_once(logging.getLogger("aml"), ">> --save-freq %d is above --epochs %d", 5, 3)
+    """
+    if current_rank() == 0:
+        logger.warning(message, *args)
+
+
 def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     """Join the process group torchrun described (no-op for a single process) and return
     this process's `World`. CUDA processes use the GPU of their LOCAL_RANK; a single process

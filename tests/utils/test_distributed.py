@@ -2,6 +2,7 @@
 arithmetic of sharding (what every rank computes)."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 from aml.utils.distributed import (World, gather_columns, gather_objects, init_from_environment, is_peer_failure,
-                                   main_first, shard_range)
+                                   main_first, shard_range, warn_once)
 
 
 @pytest.mark.parametrize("count, size, blocks", [
@@ -23,6 +24,14 @@ from aml.utils.distributed import (World, gather_columns, gather_objects, init_f
 ])
 def test_shards_are_contiguous_cover_everything_once_and_differ_by_at_most_one(count, size, blocks):
     assert [shard_range(count, World(rank, size)) for rank in range(size)] == blocks
+
+
+@pytest.mark.parametrize("rank, given", [("0", 1), ("1", 0), ("3", 0)])
+def test_a_warning_every_process_would_give_alike_is_given_by_rank_0_alone(monkeypatch, caplog, rank, given):
+    monkeypatch.setenv("RANK", rank)
+    with caplog.at_level("WARNING", logger="aml.tests"):
+        warn_once(logging.getLogger("aml.tests"), ">> --save-freq %d is above --epochs %d", 5, 3)
+    assert [record.getMessage() for record in caplog.records] == [">> --save-freq 5 is above --epochs 3"] * given
 
 
 def test_one_process_is_a_world_of_one(monkeypatch):

@@ -68,7 +68,8 @@ def cached_descriptors(
         with contextlib.suppress(FileNotFoundError):  # evicted by another run meanwhile: read already
             os.utime(path)  # most recently used
         return cached
-    vecs = describe_images(net, images, key.image_size, key.scales, key.msp, config=config, skipped=skipped)
+    # the network's own multi-scale power, as the queries get it (the key's is rounded to name the file)
+    vecs = describe_images(net, images, key.image_size, key.scales, config=config, skipped=skipped)
     if not skipped and current_world().is_main:
         with optional_write(f"{tag}: the descriptor cache"):
             atomic_write(path, lambda out: np.save(out, vecs.astype(np.float32)))

@@ -347,8 +347,9 @@ def extract_dataset_features(
         )
         log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
         return folder
+    # the network's own multi-scale power, as the queries get it (the key's is rounded)
     vecs = describe_images(
-        network.net, images, key.image_size, key.scales, key.msp, config=config.but(desc=f"{dataset} {split}")
+        network.net, images, key.image_size, key.scales, config=config.but(desc=f"{dataset} {split}")
     )
     world = current_world()
     if world.is_main:

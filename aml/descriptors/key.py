@@ -121,7 +121,8 @@ class DescriptorKey:
                 None: computed.
 
         Returns:
-            The key, with the network's multi-scale power.
+            The key, with the network's multi-scale power rounded to 6 decimals (it names the
+            descriptors; they are encoded with the exact power, as the queries are).
         """
         scales = tuple(float(s) for s in scales)
         return cls(

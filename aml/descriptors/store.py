@@ -687,8 +687,7 @@ def encode_into_store(
             net,
             block,
             d.image_size,
-            d.scales,
-            d.msp,
+            d.scales,  # with the network's own multi-scale power, as the queries (the key's is rounded)
             config=shard_config.but(skip_bad=skipped is not None),
             skipped=skipped,
         )

@@ -627,3 +627,23 @@ def test_an_image_too_small_for_the_network_is_named_and_can_be_skipped(images, 
     assert np.linalg.norm(vecs[:, [0, 2]], axis=0) == pytest.approx([1, 1], abs=1e-4)
     alone = describe_images(net, [images[0]], 64, scales=(1, 0.5), config=ExtractionConfig(workers=0))
     np.testing.assert_allclose(vecs[:, 0], alone[:, 0], atol=1e-6)
+
+
+def test_cached_and_stored_databases_are_encoded_with_the_networks_own_multiscale_power(images, net, tmp_path):
+    """The key rounds GeM's p to 6 decimals to name the descriptors; the cached test database
+    and the stores were encoded with that rounded power, the queries with the network's own."""
+    import copy
+
+    from aml.descriptors import DescriptorKey, cached_descriptors, describe_images
+    from aml.descriptors.extraction import multiscale_power
+    from aml.descriptors.store import StoreKey, encode_into_store
+
+    odd = copy.deepcopy(net)
+    odd.pool.p.data.fill_(2.8734521865844727)
+    scales = (1, 2 ** -0.5)
+    key = DescriptorKey.of(odd, 64, scales)
+    assert key.msp != multiscale_power(odd, list(scales))  # what the key records differs
+    queries = describe_images(odd, images[:3], 64, scales)
+    cached = cached_descriptors(odd, images[:3], key, tmp_path / "cache", "db")
+    stored = encode_into_store(odd, images[:3], tmp_path / "store", StoreKey(key, "odd", "float32", 2)).load()
+    assert np.array_equal(cached, queries) and np.array_equal(stored, queries)

@@ -165,12 +165,18 @@ def epoch_tuple_count(mode: Mode, db: TrainingDb, sizes: EpochSizes) -> int:
         >>> from aml.training.modes import MODES, EpochSizes, epoch_tuple_count
         >>> db = {"cids": list(range(10)), "cluster": [0] * 10, "qidxs": [0, 1, 2], "pidxs": [3, 4, 5]}
         >>> [epoch_tuple_count(MODES[name], db, EpochSizes(4, 8, 5)) for name in ("ts", "rand", "rand_tpl")]
-        [3, 8, 4]
+        [3, 8, 3]
     """
     if mode.draw is Draw.IMAGES:
         return min(sizes.pool_size, len(db["cids"]))
     if mode.draw is Draw.TRIPLETS:
-        return min(sizes.query_size, len(db["cids"]))
+        return min(_triplet_anchors(db, sizes), len(db["cids"]))
+    return min(sizes.query_size, len(db["qidxs"]))
+
+
+def _triplet_anchors(db: TrainingDb, sizes: EpochSizes) -> int:
+    """The anchors of a triplet epoch: ``query_size``, at most one per query pair of the db
+    (the original caps its query size so in every mode, triplets too)."""
     return min(sizes.query_size, len(db["qidxs"]))
 
 
@@ -204,8 +210,9 @@ def build_epoch_tuples(
         return [_tuple(mode, sym, i, [], []) for i in images], 0.0
     if mode.draw is Draw.TRIPLETS:
         order = torch.randperm(n_images, generator=generator)
-        anchors = order[: sizes.query_size].tolist()
-        pool = order[sizes.query_size : sizes.query_size + sizes.pool_size].tolist()
+        count = _triplet_anchors(db, sizes)
+        anchors = order[:count].tolist()
+        pool = order[count : count + sizes.pool_size].tolist()
         assert teacher is not None  # the mode needs_teacher
         pairs = teacher_triplets(teacher[:, anchors], teacher[:, pool], generator, device=device)
         return [_tuple(mode, sym, a, [pool[p]], [pool[n]]) for a, (p, n) in zip(anchors, pairs, strict=True)], 0.0

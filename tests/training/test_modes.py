@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aml.training.mining import mine_hard_negatives, random_negatives, teacher_triplets
-from aml.training.modes import MODES, EpochSizes, build_epoch_tuples, validation_mode
+from aml.training.modes import MODES, EpochSizes, build_epoch_tuples, epoch_tuple_count, validation_mode
 
 N = 40
 DB = {"cids": [f"{i:08x}" for i in range(N)], "cluster": [i // 4 for i in range(N)],
@@ -130,6 +130,17 @@ def test_random_triplets_follow_teacher_ranking():
         assert TEACHER[:, anchor] @ TEACHER[:, positive] >= TEACHER[:, anchor] @ TEACHER[:, negative]
     asym, _ = build("rand_tpl_a", sizes=EpochSizes(6, 30, 3))
     assert all(t.from_teacher == (False, True, True) for t in asym)
+
+
+def test_random_triplets_take_at_most_one_anchor_per_query_pair_and_their_pool_after_them():
+    """The original caps its query size by the db's query pairs in the triplet modes too; aml
+    took --query-size anchors from the images, and its pool after as many."""
+    sizes = EpochSizes(20, 10, 3)  # 10 query pairs in DB
+    tuples, _ = build("rand_tpl", sizes=sizes)
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(0)).tolist()
+    assert [t.members[0] for t in tuples] == order[:10]
+    assert {m for t in tuples for m in t.members[1:]} <= set(order[10:20])
+    assert epoch_tuple_count(MODES["rand_tpl"], DB, sizes) == 10
 
 
 def test_mining_takes_best_scoring_one_per_cluster_never_the_query_cluster():

@@ -153,6 +153,7 @@ class _ContextLoss(TupleLoss):
     """A tuple loss that reads each query's class or teacher descriptor from the context."""
 
     needs_context = True
+    batch_mean = True  # the papers' code averages the per-image losses over the batch
 
     def classes(self, batch: TupleBatch) -> torch.Tensor:
         assert batch.context is not None  # TupleLoss.forward checked it

@@ -17,6 +17,7 @@ class RelationalLoss(nn.Module):
     kind = LossKind.RELATIONAL
     needs_target = False
     needs_context = False
+    batch_mean = False  # one value per batch already
 
     def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
         if cirtorch_arguments or not isinstance(batch, TupleBatch):

@@ -19,6 +19,7 @@ class TupleLoss(nn.Module):
     kind = LossKind.TUPLE
     needs_target = False  # the teacher's query-member distances (TupleBatch.target)
     needs_context = False  # the teacher's view of the split (TupleBatch.context and queries)
+    batch_mean = False  # a training step sums the tuples' values (the original's); True: averages them
 
     def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
         if cirtorch_arguments or not isinstance(batch, TupleBatch):

@@ -277,7 +277,8 @@ class Trainer:
         Distributed, ``batch`` is this rank's slice and the losses returned are the global
         batch's; tuple losses are scaled by the number of ranks before backward, because
         DistributedDataParallel averages gradients where one process sums them (a relational
-        loss is already whole on every rank: its gathered rows send gradients back).
+        loss is already whole on every rank: its gathered rows send gradients back). A loss
+        that ``batch_mean`` (the later papers') steps with the mean over the global batch.
         ``sync`` False: the optimizer does not step after this batch (no gradient reduction)."""
         s = self.settings
         relational = self.criterion.kind is LossKind.RELATIONAL
@@ -285,7 +286,9 @@ class Trainer:
         encode = from_pixels(self.parallel.encode if backward else self.net.descriptors, self.pixels)
         if self.fixed_batches:
             encode = with_fixed_batches(encode)
-        scale = 1 if relational else self.parallel.loss_scale
+        scale: float = 1 if relational else self.parallel.loss_scale
+        if self.criterion.batch_mean:  # this rank's mean; DistributedDataParallel averages the ranks'
+            scale = 1 / len(batch)
         values: List[torch.Tensor] = []
         for k, chunk in enumerate(chunks):
             with self.parallel.no_sync(backward and sync and k + 1 == len(chunks)):

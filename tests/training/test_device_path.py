@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from aml.data.trainsets import load_training_db
 from aml.descriptors import ExtractionConfig
-from aml.losses import build_loss
+from aml.losses import LOSSES, build_loss
 from aml.networks import build_network
 from aml.training.modes import MODES
 from aml.training.optim import build_optimizer
@@ -183,3 +183,25 @@ def test_a_relational_validation_loss_is_per_tuple_as_the_originals(split, tmp_p
     value = trainer.validate(0)
     assert all(len(values) == 1 for values in batches) and len(batches) > 1
     assert value == pytest.approx(sum(values[0] for values in batches) / len(batches) / 4)
+
+
+@pytest.mark.parametrize("loss", [name for name in LOSSES if build_loss(name).batch_mean])
+def test_the_later_papers_losses_step_with_the_batch_mean_the_others_with_the_sum(split, tmp_path, loss):
+    """BCT, HVS, LCE and CSD average their per-image losses over the batch, as their papers'
+    code does; aml summed them, a batch-size times larger step with SGD."""
+    grads = []
+    for mean in (True, False):
+        torch.manual_seed(0)
+        net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM)
+        settings = TrainSettings(image_size=SIZE, neg_num=0, query_size=8, pool_size=16, batch_size=4, epochs=1,
+                                 print_freq=100)
+        criterion = build_loss(loss)
+        criterion.batch_mean = mean
+        trainer = Trainer(net, criterion, build_optimizer(net, "sgd", 1e-3, 0.9, 1e-6), MODES["reg"], split, None,
+                          tmp_path / str(mean), settings, ExtractionConfig(workers=0, device="cpu"))
+        batch = first_batch(trainer, split)
+        losses = trainer.batch_losses(batch, split, backward=True)
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    assert len(losses) == 4
+    torch.testing.assert_close(grads[0] * 4, grads[1], rtol=1e-4, atol=1e-7)
+    assert {name for name in LOSSES if build_loss(name).batch_mean} == {"bct", "hvs", "lce", "csd"}

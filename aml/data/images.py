@@ -118,7 +118,44 @@ def load_image(path: PathLike) -> Image.Image:
     with open_image_file(path) as handle, errors_naming(path):
         image = Image.open(handle)
         image.load()
-    return image.convert("RGB")
+    return rgb_image(image, path)
+
+
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})  # "I": 32-bit, from a 16-bit file
+
+
+def rgb_image(image: Image.Image, path: PathLike) -> Image.Image:
+    """``image`` (read from ``path``) as 8-bit RGB, as a viewer shows it.
+
+    A 16-bit grey image (a scanner's or a camera's PNG or TIFF) is scaled to 8 bits: PIL's
+    own conversion, the original's, clips every value above 255 to white. Floating-point
+    pixels and integers beyond 16 bits are refused, their range being unknown.
+
+    Raises:
+        ImageLoadError: naming ``path``, for pixels that have no 8-bit reading.
+
+    Examples:
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> from aml.data.images import rgb_image
+        >>> grey = Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.uint16))
+        >>> np.asarray(rgb_image(grey, "scan.png"))[0, :, 0].tolist()
+        [0, 128, 255]
+    """
+    if image.mode == "F":
+        raise ImageLoadError(
+            f"image {path} has floating-point pixels, whose range is not known; save it as an 8- or 16-bit image"
+        )
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+            raise ImageLoadError(
+                f"image {path} has integer pixels from {values.min()} to {values.max()}, beyond 16 bits; "
+                "save it as an 8- or 16-bit image"
+            )
+        image = Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")  # 65535 / 255 = 257
+    with errors_naming(path):
+        return image.convert("RGB")
 
 
 EXIF_ORIENTATION = 0x0112  # 1: as stored; 2 to 8: mirrored and/or turned (6 and 8: a quarter turn)

@@ -33,7 +33,7 @@ from PIL import Image
 
 from aml.utils.atomic import publish_folder, staged
 from aml.data.distractors import DISTRACTOR_SETS
-from aml.data.images import ImageLoadError, image_files, load_image, turned_images, visible_files
+from aml.data.images import ImageLoadError, image_files, load_image, rgb_image, turned_images, visible_files
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import kind_of, save_pickle
 from aml.data.testsets import TEST_SETS
@@ -275,7 +275,7 @@ def _copy_as_jpeg(source: Path, target: Path) -> None:
         if image.format in ("JPEG", "MPO"):
             shutil.copyfile(source, target)
         else:
-            image.convert("RGB").save(target, "JPEG", quality=95)
+            rgb_image(image, source).save(target, "JPEG", quality=95)
 
 
 def _database_names(description: Description, images_dir: Path, query_names: List[str]) -> List[str]:

@@ -221,3 +221,27 @@ def test_a_folder_reached_by_its_path_and_by_a_link_is_listed_under_its_own_path
     (tmp_path / "photos" / "x.jpg").touch()
     (tmp_path / "album").symlink_to(tmp_path / "photos", target_is_directory=True)  # sorts before photos/
     assert [str(p.relative_to(tmp_path)) for p in image_files(tmp_path)] == ["photos/x.jpg"]
+
+
+@pytest.mark.parametrize("suffix, dtype", [(".png", np.uint16), (".tif", np.uint16), (".tif", np.int32)],
+                         ids=["png-16", "tiff-16", "tiff-32-holding-16"])
+def test_a_16_bit_grey_image_is_read_as_a_viewer_shows_it_not_clipped_to_white(tmp_path, suffix, dtype):
+    """PIL's conversion (the original's) clipped every 16-bit value above 255 to white."""
+    grey = np.random.default_rng(0).integers(0, 256, (12, 16))
+    path = tmp_path / f"scan{suffix}"
+    Image.fromarray((grey * 257).astype(dtype)).save(path)
+    pixels = np.asarray(load_image(path))
+    assert pixels.shape == (12, 16, 3) and np.array_equal(pixels[..., 1], grey)
+    assert np.array_equal(np.asarray(load_and_resize(path, 8))[..., 0], np.asarray(
+        Image.fromarray(grey.astype(np.uint8)).resize((8, 6), Image.LANCZOS)))
+
+
+@pytest.mark.parametrize("values, message", [
+    (np.full((4, 4), 0.5, np.float32), "floating-point pixels"),
+    (np.full((4, 4), 70000, np.int32), "from 70000 to 70000, beyond 16 bits"),
+])
+def test_pixels_of_an_unknown_range_are_refused_naming_the_file(tmp_path, values, message):
+    path = tmp_path / "odd.tif"
+    Image.fromarray(values).save(path)
+    with pytest.raises(ImageLoadError, match=f"odd.tif has .*{message}"):
+        load_image(path)

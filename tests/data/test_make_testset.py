@@ -370,3 +370,13 @@ def test_phone_jpegs_are_copied_as_they_are_and_turned_boxes_are_named(images, t
         build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "plain",
                        tmp_path / "root")
     assert "EXIF" not in caplog.text  # without a box, query and database are both encoded as stored
+
+
+def test_a_16_bit_image_is_converted_as_a_viewer_shows_it_not_white(images, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((30, 40), 100 * 257, np.uint16)).save(images / "c.png")  # mid-grey, 16 bits
+    folder = build_test_set({"queries": [{"image": "q.jpg", "ok": ["a.jpg"]}], "database": None}, images, "scan",
+                            tmp_path)
+    with Image.open(folder / "jpg" / "c.jpg") as converted:
+        assert abs(np.asarray(converted).astype(int) - 100).max() <= 2  # a JPEG's rounding; it was 255

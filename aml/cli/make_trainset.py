@@ -32,7 +32,8 @@ def build_parser() -> Parser:
         "--val-fraction",
         type=unit_interval,
         default=0.1,
-        help="fraction of landmarks held out for validation (at least one; default: 0.1)",
+        help="fraction of landmarks held out for validation (at least one, and two in each split from 4 "
+        "landmarks: negatives come from other landmarks; default: 0.1)",
     )
     parser.add_argument(
         "--pairs-per-landmark",

@@ -73,12 +73,29 @@ class TrainSetReport:
                 f">> left out {len(self.duplicates)} duplicates: "
                 + ", ".join(f"{a} (= {b})" for a, b in self.duplicates[:5])
             )
+        for split, outcome in (
+            ("train", "only modes without negatives (reg, rand) train on it"),
+            ("val", "train with --no-val (validation mines negatives, but in mode rand)"),
+        ):
+            if self.landmarks.get(split) == 1:
+                out.append(
+                    f">> the {split} split holds one landmark: tuples get no negatives (they come from other "
+                    f"landmarks), so {outcome}; 4 landmarks give each split two"
+                )
         if self.single_landmarks:
             out.append(
                 f">> left out {len(self.single_landmarks)} landmarks with a single image: "
                 + ", ".join(self.single_landmarks[:5])
             )
         return out
+
+
+def _validation_landmarks(usable: int, val_fraction: float) -> int:
+    """The landmarks held out for validation: ``val_fraction`` of them, and, where there are
+    4 or more, at least 2 in each split (negatives come from other landmarks than the query's:
+    a split of one landmark has none)."""
+    fewest = 2 if usable >= 4 else 1
+    return min(usable - fewest, max(fewest, round(val_fraction * usable)))
 
 
 def images_from_folders(root: PathLike) -> List[Tuple[Path, str]]:
@@ -204,7 +221,7 @@ def build_train_set(
         )
     rng = np.random.default_rng(seed)
     order = [usable[i] for i in rng.permutation(len(usable))]
-    n_val = min(len(usable) - 1, max(1, round(val_fraction * len(usable))))
+    n_val = _validation_landmarks(len(usable), val_fraction)
     splits = {"train": sorted(order[n_val:]), "val": sorted(order[:n_val])}
     folder = data_subdir(data_root, "train") / name
     if folder.exists():

@@ -27,7 +27,15 @@ from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.reports.curves import TestedEpoch, TestRecords, TrainingHistory
 from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
 from aml.training.config import TrainSettings
-from aml.training.modes import EpochSizes, Mode, TrainingTuple, build_epoch_tuples, epoch_tuple_count, validation_mode
+from aml.training.modes import (
+    EpochSizes,
+    Mode,
+    Negatives,
+    TrainingTuple,
+    build_epoch_tuples,
+    epoch_tuple_count,
+    validation_mode,
+)
 from aml.training.optim import set_epoch_lr
 from aml.training.parallel import Parallel
 from aml.training.resume import resume_run
@@ -196,8 +204,11 @@ class Trainer:
         training epoch would train nothing, a validation would measure nothing (NaN), and no
         model_best would ever be written.
 
+        A split of one landmark (cluster) is refused where the mode mines negatives: they come
+        from other landmarks, and its tuples would have none.
+
         Raises:
-            ConfigError: naming the split, its tuples and the fix.
+            ConfigError: naming the split, its tuples or landmarks and the fix.
         """
         s = self.settings
         validated = self.val_split if s.val else None
@@ -207,6 +218,14 @@ class Trainer:
         ):
             if split is None:
                 continue
+            landmarks = len(set(split.db["cluster"]))
+            if mode.negatives is not Negatives.NONE and s.neg_num and landmarks < 2:
+                raise ConfigError(
+                    f"the {name} split holds images of {landmarks} landmark: --mode {mode.name} takes its "
+                    f"negatives from other landmarks than the query's and would find none; give the set 2 or "
+                    "more landmarks in each split (make_trainset gives both two from 4 landmarks)"
+                    + ("; or train without validation (--no-val)" if everything else "")
+                )
             count = epoch_tuple_count(mode, split.db, self._sizes(split, everything))
             if count < s.batch_size:
                 raise ConfigError(

@@ -102,6 +102,21 @@ def test_too_few_landmarks_and_empty_folders_are_refused(tmp_path, landmark_fold
     assert not (tmp_path / "data" / "train" / "few").exists()
 
 
+@pytest.mark.parametrize("landmarks, split, lone", [(4, {"train": 2, "val": 2}, []), (3, {"train": 2, "val": 1}, ["val"]),
+                                                    (2, {"train": 1, "val": 1}, ["train", "val"])])
+def test_each_split_gets_two_landmarks_where_there_are_four_and_a_lone_one_is_said(landmark_folders, tmp_path,
+                                                                                   landmarks, split, lone):
+    """Negatives come from other landmarks: a split of one has none. Sets of 4 to 14 landmarks
+    held out one for validation."""
+    folders = sorted(landmark_folders.glob("landmark0*"))[2:2 + landmarks]
+    items = [(path, folder.name) for folder in folders for path in sorted(folder.glob("0*.jpg"))[:3]]
+    report = build_train_set(items, "small", tmp_path / "data")
+    assert report.landmarks == split
+    said = [line for line in report.lines() if "holds one landmark" in line]
+    assert [line.split()[2] for line in said] == lone
+    assert all("tuples get no negatives" in line and "4 landmarks give each split two" in line for line in said)
+
+
 def test_a_training_set_name_is_one_folder_name(landmark_folders, tmp_path):
     with pytest.raises(SystemExit) as info:
         make_trainset_cli.main(["--folders", str(landmark_folders), "--name", "../../x", "--data-root",

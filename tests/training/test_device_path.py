@@ -205,3 +205,24 @@ def test_the_later_papers_losses_step_with_the_batch_mean_the_others_with_the_su
     assert len(losses) == 4
     torch.testing.assert_close(grads[0] * 4, grads[1], rtol=1e-4, atol=1e-7)
     assert {name for name in LOSSES if build_loss(name).batch_mean} == {"bct", "hvs", "lce", "csd"}
+
+
+def test_a_split_of_one_landmark_is_refused_where_the_mode_mines_negatives(split, tmp_path):
+    """Negatives come from other landmarks: such a split trained and validated on tuples with
+    none, without a word (the val split of any own set of 3 landmarks)."""
+    from aml.utils.errors import ConfigError
+
+    lone = Split(dict(split.db, cluster=[7] * len(split.db["cluster"])), split.images, split.teacher)
+    trainer = make_trainer(lone, tmp_path)
+    with pytest.raises(ConfigError, match=r"the train split holds images of 1 landmark: --mode ts takes its "
+                                          r"negatives from other landmarks"):
+        trainer.check_batches()
+    trainer.val_split, trainer.train_split = lone, split
+    trainer.settings = trainer.settings.but(val=True)
+    with pytest.raises(ConfigError, match=r"the val split holds .* or train without validation \(--no-val\)"):
+        trainer.check_batches()
+    trainer.mode = MODES["reg"]  # trains without negatives; validated on ts tuples all the same
+    with pytest.raises(ConfigError, match=r"the val split holds images of 1 landmark: --mode ts"):
+        trainer.check_batches()
+    trainer.train_split, trainer.settings = lone, trainer.settings.but(val=False)
+    trainer.check_batches()  # reg without validation needs no negatives

@@ -63,7 +63,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         default="",
         metavar="FILENAME",
-        help="checkpoint name in the run folder; if missing, the latest model_epochN there",
+        help="checkpoint name in the run folder, or a checkpoint file; latest (or a name not there): the "
+        "latest model_epochN there",
     )
     group.add_argument(
         "--epochs", default=100, type=_ranged("epochs"), help="the epoch the run ends after (default: 100)"

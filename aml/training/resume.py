@@ -2,6 +2,7 @@
 mode, loss and optimizer before anything is loaded into them."""
 
 import logging
+import numbers
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
@@ -16,6 +17,19 @@ from aml.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+# the meta a resumed run must share with its checkpoint, and the flag that sets each: a pooling
+# without weights (mac, spoc, rmac) loads into any other, and trained on as another network
+SHAPING_FLAGS = {
+    "pooling": "--pool",
+    "regional": "--regional",
+    "whitening": "--whitening",
+    "local_whitening": "--local-whitening",
+    "outputdim": "an output dimension",
+    "mode": "--mode",
+    "loss": "--loss",
+}
+
+
 def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
     if theirs.get("architecture") != net.meta["architecture"]:
         raise CheckpointError(
@@ -23,12 +37,12 @@ def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
             f"trains {net.meta['architecture']}; resume with the flags the run was started with, or "
             "choose another --directory"
         )
-    for key in ("mode", "loss"):  # recorded since aml records them; older checkpoints pass
+    for key, flag in SHAPING_FLAGS.items():  # mode and loss recorded since aml records them; older checkpoints pass
         old, new = theirs.get(key), net.meta.get(key)
         if old is not None and new is not None and old != new:
             raise CheckpointError(
-                f"cannot resume from {path}: it was trained with --{key} {old}, this run trains "
-                f"with --{key} {new}; resume with the flags the run was started with"
+                f"cannot resume from {path}: it was trained with {flag} {old}, this run trains "
+                f"with {flag} {new}; resume with the flags the run was started with"
             )
     old, new = theirs.get("teacher_fingerprint"), net.meta.get("teacher_fingerprint")
     if old is not None and new is not None and old != new:  # e.g. a retrained teacher copied over the file
@@ -48,6 +62,17 @@ def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch
             f"cannot resume from {path}: it holds a network but no training state (optimizer, epoch, best loss); "
             "it cannot continue a run: start a new one (another --directory)"
         )
+    epoch, min_loss = _scalar(state["epoch"]), _scalar(state["min_loss"])
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        raise CheckpointError(
+            f"cannot resume from {path}: its epoch {epoch!r} is not a count of epochs done; the file was edited or "
+            "damaged: resume from another checkpoint of the run"
+        )
+    if isinstance(min_loss, bool) or not isinstance(min_loss, numbers.Real) or min_loss != min_loss:
+        raise CheckpointError(
+            f"cannot resume from {path}: its best loss {min_loss!r} is not a number; the file was edited or "
+            "damaged: resume from another checkpoint of the run"
+        )
     missing = sorted(set(optimizer.param_groups[0]) - set(groups[0]) - {"params"})
     if missing:
         raise CheckpointError(
@@ -55,6 +80,13 @@ def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch
             "it was trained with another --optimizer; resume with the flags the run was started with"
         )
 
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor as its number (a checkpoint may hold the loss so); anything else as it is."""
+    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+
+LATEST = "latest"  # --resume latest: the run folder's latest checkpoint, said without a warning
 
 # the optimizer settings a resumed run takes from its checkpoint, whatever the command line says
 RESUMED_SETTINGS = ("initial_lr", "momentum", "betas", "weight_decay")
@@ -105,8 +137,15 @@ def resume_run(
     ``min_loss_of`` ("validation" or "training") is the kind of loss this run picks its best by:
     a checkpoint that recorded another is refused."""
     path: Optional[Path] = next((p for p in (run_dir / name, Path(name)) if p.is_file()), None)
+    if path is None and Path(name).parent != Path("."):  # a path, not a name in the run folder
+        raise CheckpointError(
+            f"--resume {name}: no such file; give a checkpoint file, or a file name of the run folder {run_dir} "
+            "(any other name resumes from its latest model_epochN)"
+        )
     if path is None:  # the latest model_epochN; else model_best (--save-freq above the epochs done)
         path = latest_checkpoint(run_dir) or earlier_checkpoint(run_dir)
+        if path is not None and name not in ("", LATEST):
+            warn_once(log, ">> --resume %s is not in the run folder: resuming from its latest, %s", name, path.name)
     path = from_main(path, current_world())  # one checkpoint for all ranks (a shared folder seen late)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")

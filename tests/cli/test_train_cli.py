@@ -363,3 +363,41 @@ def test_the_network_is_built_by_rank_0_first(synth_root, tmp_path, monkeypatch)
     train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), *pretrained, "-a", "mobilenet_v2",
                     "--epochs", "1", "--no-val"])
     assert built == [True]
+
+
+def test_resume_refuses_another_pooling_a_damaged_epoch_or_best_loss_and_a_path_that_is_not_there(tmp_path, caplog):
+    """mac, spoc and rmac hold no weights, so a run of one resumed from another's checkpoint and
+    trained on as another network; an edited epoch (-3) wrote model_epoch-2 and replaced the
+    run's checkpoints, a NaN best loss kept model_best forever; a --resume path that is not there
+    took the folder's latest checkpoint without a word."""
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.training.optim import build_optimizer
+    from aml.training.resume import resume_run
+
+    net = build_network(SMALL, pretrained=False, pooling="mac")
+    optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_checkpoint(checkpoint_state(net, 1, 0.5, optimizer), run_dir / "model_epoch1.pth.tar")
+    spoc = build_network(SMALL, pretrained=False, pooling="spoc")
+    with pytest.raises(CheckpointError, match=r"model_epoch1.pth.tar: it was trained with --pool mac, this run "
+                                              r"trains with --pool spoc; resume with the flags"):
+        resume_run(run_dir, "latest", spoc, build_optimizer(spoc, "adam", 1e-3, 0.9, 1e-6))
+    for epoch, loss, message in ((-3, 0.5, r"its epoch -3 is not a count"), ("one", 0.5, r"its epoch 'one' is not"),
+                                 (2, float("nan"), r"its best loss nan is not a number"),
+                                 (2, "x", r"its best loss 'x' is not a number")):
+        state = checkpoint_state(net, 1, 0.5, optimizer)
+        state.update(epoch=epoch, min_loss=loss)
+        save_checkpoint(state, tmp_path / "edited.pth.tar")
+        with pytest.raises(CheckpointError, match=message + r".*resume from another checkpoint of the run"):
+            resume_run(run_dir, str(tmp_path / "edited.pth.tar"), net, optimizer)
+    state.update(epoch=2, min_loss=torch.tensor(0.25))  # a loss kept as a tensor is a number
+    save_checkpoint(state, tmp_path / "edited.pth.tar")
+    assert resume_run(run_dir, str(tmp_path / "edited.pth.tar"), net, optimizer) == (2, 0.25)
+    with pytest.raises(CheckpointError, match=r"--resume other/model_epoch1.pth.tar: no such file"):
+        resume_run(run_dir, "other/model_epoch1.pth.tar", net, optimizer)
+    with caplog.at_level("WARNING", logger="aml.training.resume"):
+        assert resume_run(run_dir, "model_epoch9.pth.tar", net, optimizer) == (1, 0.5)
+        assert resume_run(run_dir, "latest", net, optimizer) == (1, 0.5)
+    assert caplog.text.count("is not in the run folder: resuming from its latest, model_epoch1.pth.tar") == 1

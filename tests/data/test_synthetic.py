@@ -106,7 +106,7 @@ def test_generating_on_a_real_full_disk_ends_in_one_line(small_disk):
     disk = small_disk(1)
     fill_disk(disk, leave=8 << 10)
     done = subprocess.run([sys.executable, "-m", "aml.cli.synthetic", "--data-root", str(disk), "--image-size", "48",
-                           "--train-landmarks", "2", "--val-landmarks", "1", "--views", "4", "-q"],
+                           "--train-landmarks", "2", "--val-landmarks", "2", "--views", "4", "-q"],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 1 and done.stderr.startswith("error: no space left on the device")
@@ -146,3 +146,16 @@ def test_a_users_folder_or_file_of_a_synthetic_sets_name_is_not_replaced(tmp_pat
     assert (tmp_path / "train" / "synth-sfm").read_text() == "notes"
     folder = generate_train_set(tmp_path, "synth-sfm", small, overwrite=True)  # asked for: replaced
     assert (folder / "synth-sfm.pkl").is_file()
+
+
+def test_fewer_than_two_views_or_landmarks_are_refused_when_parsed(capsys):
+    """--views 1 ended in numpy's 'Cannot take a larger sample than population' after the
+    test sets were drawn; a split of one landmark gives tuples without negatives."""
+    import pytest
+
+    from aml.cli.synthetic import build_parser
+
+    for flag in ("--views", "--train-landmarks", "--val-landmarks"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([flag, "1"])
+        assert f"argument {flag}: must be an integer of 2 or more" in capsys.readouterr().err

@@ -115,8 +115,21 @@ def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
 
 
 def _is_record(record: Any) -> bool:
-    """Whether ``record`` is an epoch's record as `TrainingHistory` writes it (an object with an integer epoch)."""
-    return isinstance(record, dict) and type(record.get("epoch")) is int
+    """Whether ``record`` is an epoch's record as `TrainingHistory` writes it: an object with an
+    integer epoch, a number for its training loss and learning rate, a number or null for its
+    validation loss, and its tests (if any) as an object."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    return (
+        isinstance(record, dict)
+        and type(record.get("epoch")) is int
+        and number(record.get("train_loss"))
+        and number(record.get("lr"))
+        and (record.get("val_loss") is None or number(record["val_loss"]))
+        and isinstance(record.get("test", {}), dict)
+    )
 
 
 HISTORY = "history.json"

@@ -8,7 +8,10 @@ from aml.reports import curves
 
 
 @pytest.mark.parametrize("content", [b'{"epoch": 1}', b"[1, 2]", b'[{"epoch": "2"}]', b'[{"loss": 1}]',
-                                     b'[{"epoch": 1}, {"epoch": null}]', b"\xff\xfe not text"])
+                                     b'[{"epoch": 1}, {"epoch": null}]', b"\xff\xfe not text",
+                                     b'[{"epoch": 1}]', b'[{"epoch": 1, "train_loss": "x", "lr": 0.1}]',
+                                     b'[{"epoch": 1, "train_loss": 1, "lr": 0.1, "val_loss": "y"}]',
+                                     b'[{"epoch": 1, "train_loss": 1, "lr": 0.1, "test": [1]}]'])
 def test_a_history_of_other_content_is_started_again_with_a_warning(tmp_path, content, monkeypatch, caplog):
     """A history.json of valid JSON but other types ended --resume in TypeError or KeyError."""
     monkeypatch.setattr(curves, "_matplotlib_figure", lambda: None)
@@ -23,7 +26,7 @@ def test_a_history_of_other_content_is_started_again_with_a_warning(tmp_path, co
 
 def test_a_history_is_kept_up_to_the_resumed_epoch(tmp_path, monkeypatch):
     monkeypatch.setattr(curves, "_matplotlib_figure", lambda: None)
-    (tmp_path / "history.json").write_text(json.dumps([{"epoch": e, "train_loss": 1.0} for e in (1, 2, 3)]))
+    (tmp_path / "history.json").write_text(json.dumps([{"epoch": e, "train_loss": 1.0, "lr": 0.1} for e in (1, 2, 3)]))
     history = curves.TrainingHistory(tmp_path)
     history.restart_at(2)
     assert [r["epoch"] for r in history.records] == [1, 2]

@@ -84,6 +84,22 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
             f"{path} is not an aml/cirtorch checkpoint: expected a dict with 'meta' and 'state_dict', found "
             f"{found or type(state).__name__}"
         )
+    odd = next(
+        (
+            (key, value)
+            for key, value in state["state_dict"].items()
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor) or value.layout is not torch.strided
+        ),
+        None,
+    )
+    if odd is not None:
+        value = odd[1]
+        what = type(value).__name__ if not isinstance(value, torch.Tensor) else "a sparse tensor"
+        what = "a dense tensor" if isinstance(value, torch.Tensor) and value.layout is torch.strided else what
+        raise CheckpointError(
+            f"{path}: state_dict entry {odd[0]!r} ({what}) is not a dense tensor named by a string, as a "
+            "checkpoint's are; the file is damaged or edited: use another copy"
+        )
     return cast(Checkpoint, state)  # its meta and state_dict checked
 
 

@@ -127,6 +127,11 @@ def _unreadable(path: Path, err: BaseException) -> str:
         return f"{path} is empty (0 bytes): the copy or the download stopped; copy or download it again"
     if other is not None:
         return f"{path} is {other}, not a PyTorch file; give the checkpoint or weights file"
+    if "TorchScript" in str(err):  # torch.jit.save's zip: a program, not a checkpoint
+        return (
+            f"{path} is a TorchScript program (torch.jit.save, e.g. aml's export), which runs but holds no "
+            "checkpoint to rebuild the network from; give the .pth.tar checkpoint it was exported from"
+        )
     pickled = _PICKLED_OBJECT.search(str(err))
     if pickled is not None:
         return (

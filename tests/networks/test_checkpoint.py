@@ -117,6 +117,27 @@ def test_truncated_checkpoint_is_named(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("damage, what", [
+    (lambda state: state.__setitem__(3, torch.zeros(1)), r"entry 3 \(a dense tensor\) is not a dense tensor named"),
+    (lambda state: state.__setitem__("fc.bias", torch.zeros(3).to_sparse()), r"entry 'fc.bias' \(a sparse tensor\)"),
+    (lambda state: state.__setitem__("fc.bias", [0.0]), r"entry 'fc.bias' \(list\)"),
+])
+def test_a_state_dict_of_other_keys_or_tensors_is_named(tmp_path, damage, what):
+    """An int key ended in AttributeError inside load_state_dict, a sparse tensor in NotImplementedError."""
+    state = checkpoint_state(build_network("squeezenet1_1", pretrained=False), 1, 0.0)
+    damage(state["state_dict"])
+    path = save_checkpoint(state, tmp_path / "edited.pth.tar")
+    with pytest.raises(CheckpointError, match=r"edited.pth.tar: state_dict " + what + r".*damaged or edited"):
+        load_checkpoint(path)
+
+
+def test_a_torchscript_export_is_named_for_what_it_is(tmp_path):
+    path = tmp_path / "student.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+    with pytest.raises(CheckpointError, match=r"student.pt is a TorchScript program .* give the .pth.tar checkpoint"):
+        load_checkpoint(path)
+
+
 def test_foreign_checkpoint_is_named(tmp_path):
     path = tmp_path / "classifier.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)

@@ -339,6 +339,14 @@ def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrieval
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     trunk = nn.Sequential(*get_backbone(arch).children(model))
+    damaged = [
+        key for key, value in trunk.state_dict().items() if value.is_floating_point() and not value.isfinite().all()
+    ]
+    if damaged:
+        raise CheckpointError(
+            f"{path}: weight {damaged[0]} of the trunk holds NaN or infinite values ({len(damaged)} such tensors); "
+            "the file is damaged or from a diverged run: give another --trunk-weights"
+        )
     net.features[: len(trunk)].load_state_dict(trunk.state_dict())
     net.meta["trunk_weights"] = Path(path).name
     return net

@@ -5,6 +5,7 @@ import hashlib
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from aml.data import download
@@ -204,3 +205,16 @@ def test_the_teacher_trunk_is_found_in_its_package(offline, tmp_path):
     assert file.layout == "in-order" and path.name == "efficientnet-lite2-9656183e.pth"
     trunk = nn.Sequential(*build_trunk("efficientnet_lite2", True, str(tmp_path)))
     assert trunk[-1].num_features == 1280
+
+
+def test_trunk_weights_with_a_nan_are_refused_naming_the_file_and_the_tensor(tmp_path):
+    """They loaded, and the first batch's descriptors were blamed on 'its weights', no file named."""
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "resnet18-nan.pth")
+    net = build_network("resnet18", pretrained=False)
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"resnet18-nan.pth: weight 4.0.conv1.weight of the trunk holds NaN or "
+                                              r"infinite values .* give another --trunk-weights"):
+        load_trunk_weights(net, tmp_path / "resnet18-nan.pth")
+    assert all(torch.equal(before[key], value) for key, value in net.state_dict().items())  # left as it was

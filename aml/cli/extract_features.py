@@ -76,6 +76,8 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     """Run extract_features.py with ``argv``; returns the files written."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.store_dtype != "float32" and not args.shard_size:
+        parser.error(f"--store-dtype {args.store_dtype} sets the dtype of a store's shards: give --shard-size N too")
     try:
         datasets = comma_names("--datasets", args.datasets, "data set")
         splits = comma_names("--split", args.split, "split")

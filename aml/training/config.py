@@ -9,6 +9,7 @@ anything is loaded. Numeric fields declare their range (`aml.utils.bounds.bounde
 flags and `problems` both check."""
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -324,6 +325,7 @@ def problems(config: TrainConfig) -> List[str]:
         found
         + _teacher_problems(config)
         + _mode_problems(config)
+        + _ignored_flags(config)
         + _test_set_problems(config)
         + _trunk_problems(config)
         + _batch_problems(config)
@@ -343,6 +345,26 @@ def _unknown_names(config: TrainConfig) -> List[str]:
         except ConfigError as err:
             unknown.append(f"--{field}: {err}")
     return unknown
+
+
+def _ignored_flags(config: TrainConfig) -> List[str]:
+    """Flags this run would ignore, or that would take it elsewhere: the teacher's feature files
+    in a mode without a teacher, a --comment with a path separator (it ends the run folder's name)."""
+    found = []
+    given = [
+        flag for flag, value in (("--feat-path", config.feat_path), ("--feat-val-path", config.feat_val_path)) if value
+    ]
+    if given and not get_mode(config.mode).needs_teacher:
+        found.append(
+            f"{' and '.join(given)}: --mode {config.mode} trains without a teacher and would not read the teacher's "
+            "descriptors; leave them out, or choose a teacher mode (ts, reg, ...)"
+        )
+    if any(sep in config.comment for sep in {"/", os.sep, "\0"}):
+        found.append(
+            f"--comment {config.comment!r}: it ends the run folder's name and cannot hold a path separator; the run "
+            "folder's place is --directory"
+        )
+    return found
 
 
 def _teacher_problems(config: TrainConfig) -> List[str]:

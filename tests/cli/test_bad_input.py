@@ -107,6 +107,11 @@ CASES = [
     (TRAIN, ["--loss", "csd", "--mode", "ts"], "--loss csd cannot be used with --mode ts: it trains on single images "
                                                "against the teacher's view of the whole split (modes reg, reg_only_pos)"),
     (TRAIN, ["-l", "lce", "-m", "rand"], "--loss lce cannot be used with --mode rand"),
+    (TRAIN, ["-c", "/../elsewhere"], "--comment '/../elsewhere': it ends the run folder's name and cannot hold a path "
+                                     "separator"),  # wrote history.json and curves outside --directory
+    (TRAIN, ["-m", "std", "--feat-path", "t.npy"], "--feat-path: --mode std trains without a teacher"),  # was ignored
+    (EXTRACT, ["-d", "synth-sfm", "--store-dtype", "float16"], "--store-dtype float16 sets the dtype of a store's "
+                                                                "shards: give --shard-size N too"),  # wrote float32
     (DEMO, ["--student-modes", "reg,csx"], "--student-modes: unknown ['csx']; choose among ['bct', 'csd', 'hvs', 'lce', "
                                            "'reg', 'ts', 'ts_self']"),
 ]

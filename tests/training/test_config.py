@@ -27,6 +27,20 @@ def test_a_number_out_of_its_range_is_refused_before_anything_is_written(field, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("flags, reason", [
+    ({"comment": "/../../elsewhere"}, "--comment '/../../elsewhere': it ends the run folder's name and cannot hold a "
+                                      "path separator"),
+    ({"mode": "std", "feat_path": "train.npy", "feat_val_path": "val.npy"},
+     "--feat-path and --feat-val-path: --mode std trains without a teacher and would not read the teacher's "
+     "descriptors"),
+])
+def test_a_flag_that_would_be_ignored_or_lead_the_run_elsewhere_is_refused(flags, reason, tmp_path):
+    """A --comment with '/' wrote the run's history and curves outside --directory; --feat-path
+    in std was ignored without a word."""
+    assert any(problem.startswith(reason) for problem in problems(TrainConfig.from_flags(str(tmp_path), **flags)))
+    assert problems(TrainConfig.from_flags(str(tmp_path), comment="_run-2")) == []
+
+
 def test_an_unknown_loss_is_a_reason_not_a_key_error():
     assert problems(TrainConfig(directory="runs", loss="contrastve")) == [
         "--loss: unknown loss 'contrastve'; choose one of bct, contrastive, contrastive_dist, cross_entropy, "

@@ -161,7 +161,8 @@ def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None
     dbs = load_pickle(path)
     if not isinstance(dbs, dict) or split not in dbs:
         found = sorted(map(str, dbs)) if isinstance(dbs, dict) else kind_of(dbs)
-        raise DatasetFileError(f"{path} has no split {split!r} (found {found})")
+        fix = "; train without validation (--no-val), or make the set again" if split == "val" else ""
+        raise DatasetFileError(f"{path} has no split {split!r} (found {found}){fix}")
     db = check_image_db(dbs[split], f"{path} ({split})")
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]
     return cast(TrainingDb, db)

@@ -263,6 +263,11 @@ def load_weights(
         ValueError: naming ``source``, when the tensors fit no layout of ``arch``.
     """
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        if isinstance(state, dict) and {"meta", "state_dict"} <= set(state):
+            raise DataError(
+                f"{source} is an aml/cirtorch checkpoint, not a trunk's weights: to go on training it, give it to "
+                "--resume; to start from the ImageNet trunk, leave --trunk-weights out"
+            )
         raise DataError(f"{source} is not a trunk state dict (a mapping of names to tensors)")
     trunk = nn.Sequential(*get_backbone(arch).children(model))
     for name in [layout] if layout else list(LAYOUTS):

@@ -194,3 +194,13 @@ def test_sfm_30k_shares_120k_images_after_the_data_root_moves(tmp_path, monkeypa
     trainsets._download_sfm(moved / "train")
     assert (moved / "train" / "retrieval-SfM-30k" / "ims" / "aa" / "x").read_bytes() == b"jpeg"
     assert not Path(os.readlink(moved / "train" / "retrieval-SfM-30k" / "ims")).is_absolute()
+
+
+def test_a_training_set_without_a_val_split_names_the_fix(synth_root, tmp_path):
+    folder = tmp_path / "train" / "synth-sfm"
+    (folder / "ims").mkdir(parents=True)
+    dbs = load_pickle(synth_root / "train" / "synth-sfm" / "synth-sfm.pkl")
+    save_pickle({"train": dbs["train"]}, folder / "synth-sfm.pkl")
+    with pytest.raises(DatasetFileError, match=r"synth-sfm.pkl has no split 'val' \(found \['train'\]\); train without "
+                                               r"validation \(--no-val\), or make the set again"):
+        load_training_db("synth-sfm", "val", tmp_path)

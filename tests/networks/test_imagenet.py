@@ -218,3 +218,12 @@ def test_trunk_weights_with_a_nan_are_refused_naming_the_file_and_the_tensor(tmp
                                               r"infinite values .* give another --trunk-weights"):
         load_trunk_weights(net, tmp_path / "resnet18-nan.pth")
     assert all(torch.equal(before[key], value) for key, value in net.state_dict().items())  # left as it was
+
+
+def test_an_aml_checkpoint_given_as_trunk_weights_is_named_with_the_flag_it_belongs_to(tmp_path):
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+
+    path = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.5), tmp_path / "s.pth.tar")
+    with pytest.raises(CheckpointError, match=r"s.pth.tar is an aml/cirtorch checkpoint, not a trunk's weights: to go "
+                                              r"on training it, give it to --resume"):
+        load_trunk_weights(build_network("resnet18", pretrained=False), path)

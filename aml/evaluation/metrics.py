@@ -16,6 +16,7 @@ import numpy as np
 
 from aml.data.formats import GroundTruth
 from aml.data.testsets import GND_KEYS
+from aml.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 DEFAULT_KAPPAS = (1, 5, 10)
@@ -99,6 +100,11 @@ def compute_maps(
     ranking is inverted once, in O(N_db), and every protocol looks its images up in it."""
     ranks = np.asarray(ranks)
     n_db, n_q = ranks.shape
+    if ranks.size and ranks.min() < 0:  # numpy would read -1 as the last image
+        raise DataError(
+            f"ranks hold the index {int(ranks.min())}: each column must rank database images 0, 1, ... (a search's "
+            "fill for 'no result', -1, is no image); keep only the results found"
+        )
     inverse = np.full(max(n_db, int(ranks.max(initial=-1)) + 1), -1, dtype=np.int64)
     order = np.arange(n_db, dtype=np.int64)
 
@@ -154,6 +160,9 @@ def compute_map(
 
     Returns:
         The tuple (mAP, per-query AP, mP@k, per-query P@k), with NaN rows for skipped queries.
+
+    Raises:
+        DataError: when ``ranks`` holds a negative index (faiss's -1 for "no result").
 
     Examples:
         >>> import numpy as np

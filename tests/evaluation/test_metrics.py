@@ -143,3 +143,12 @@ def test_compute_map_and_print_of_cirtorch_and_of_the_original_aml(tmp_path):
     assert log.getvalue().splitlines()[0].startswith(">> roxford5k: mAP E: ")
     classic = compute_map_and_print("oxford5k", ranks, [{"ok": [0], "junk": [3]}, {"ok": [1], "junk": []}], [1])
     assert set(classic) == {"map", "aps"}
+
+
+def test_a_ranking_with_a_negative_index_is_refused_not_read_as_the_last_image():
+    """faiss fills a short result list with -1; numpy read it as the last image, which here is
+    the query's positive: AP 1 for a ranking that never found it."""
+    from aml.utils.errors import DataError
+
+    with pytest.raises(DataError, match=r"ranks hold the index -1: each column must rank database images"):
+        compute_map(np.array([[0], [-1]]), [{"ok": [2]}])

@@ -151,4 +151,4 @@ def test_a_ranking_with_a_negative_index_is_refused_not_read_as_the_last_image()
     from aml.utils.errors import DataError
 
     with pytest.raises(DataError, match=r"ranks hold the index -1: each column must rank database images"):
-        compute_map(np.array([[0], [-1]]), [{"ok": [2]}])
+        compute_map(np.array([[-1], [0], [1]]), [{"ok": [2]}])  # was AP 1: image 2 "ranked first"

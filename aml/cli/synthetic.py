@@ -4,17 +4,13 @@ landmark data sets."""
 import logging
 from typing import Optional, Sequence
 
-from aml.cli.arguments import Parser, flag_type, folder, nonnegative_int, positive_int, run_cli
+from aml.cli.arguments import Parser, field_type, flag_type, folder, nonnegative_int, positive_int, run_cli
 from aml.data.paths import resolve_data_root
 from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_all
 from aml.utils.bounds import Bound
 
 #: the side of a synthetic image: a few pixels draw nothing, 10^9 took all the memory (MemoryError)
 IMAGE_SIZE = Bound(int, "an integer from 8 to 4096", lambda v: 8 <= v <= 4096)
-#: a query pair takes two views of a landmark
-VIEWS = Bound(int, "an integer of 2 or more (a query and its positive are two views)", lambda v: v >= 2)
-#: a tuple's negatives come from other landmarks of its split
-LANDMARKS = Bound(int, "an integer of 2 or more (negatives come from other landmarks)", lambda v: v >= 2)
 
 
 def build_parser() -> Parser:
@@ -26,18 +22,21 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "--train-landmarks",
-        type=flag_type(LANDMARKS),
+        type=field_type(SyntheticTrainConfig, "train_landmarks"),
         default=SyntheticTrainConfig.train_landmarks,
         help="landmarks of synth-sfm's train split",
     )
     parser.add_argument(
         "--val-landmarks",
-        type=flag_type(LANDMARKS),
+        type=field_type(SyntheticTrainConfig, "val_landmarks"),
         default=SyntheticTrainConfig.val_landmarks,
         help="landmarks of synth-sfm's val split",
     )
     parser.add_argument(
-        "--views", type=flag_type(VIEWS), default=SyntheticTrainConfig.views, help="training views per landmark"
+        "--views",
+        type=field_type(SyntheticTrainConfig, "views"),
+        default=SyntheticTrainConfig.views,
+        help="training views per landmark",
     )
     parser.add_argument(
         "--test-landmarks",

@@ -147,11 +147,11 @@ def rgb_image(image: Image.Image, path: PathLike) -> Image.Image:
             f"image {path} has floating-point pixels, whose range is not known; save it as an 8- or 16-bit image"
         )
     if image.mode in SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.int64)
+        values = np.asarray(image).astype(np.int32)
         if values.size and (values.min() < 0 or values.max() > 0xFFFF):
             raise ImageLoadError(
-                f"image {path} has integer pixels from {values.min()} to {values.max()}, beyond 16 bits; "
-                "save it as an 8- or 16-bit image"
+                f"image {path} has integer pixels from {values.min()} to {values.max()}, outside 16 bits "
+                "(0 to 65535); save it as an 8- or 16-bit image"
             )
         image = Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")  # 65535 / 255 = 257
     with errors_naming(path):

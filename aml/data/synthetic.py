@@ -30,6 +30,7 @@ from aml.data.formats import GroundTruth
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
 from aml.utils.atomic import publish_folder, staged
+from aml.utils.bounds import Bound, bounded, out_of_bounds
 from aml.utils.errors import ConfigError
 from aml.utils.progress import progress_bar
 from aml.utils.types import PathLike
@@ -206,13 +207,20 @@ def _save(image: Image.Image, path: Path) -> None:
 # training set (retrieval-SfM-120k layout)
 
 
+#: a split's landmarks: a tuple's negatives come from its other landmarks
+LANDMARKS = Bound(int, "an integer of 2 or more (negatives come from other landmarks)", lambda v: v >= 2)
+#: a landmark's views: a query pair takes two
+VIEWS = Bound(int, "an integer of 2 or more (a query and its positive are two views)", lambda v: v >= 2)
+
+
 @dataclass(frozen=True)
 class SyntheticTrainConfig:
-    """Sizes of a synthetic training set."""
+    """Sizes of a synthetic training set (each split at least 2 landmarks: negatives come from
+    other landmarks; at least 2 views: a query pair takes two)."""
 
-    train_landmarks: int = 150
-    val_landmarks: int = 12
-    views: int = 14
+    train_landmarks: int = bounded(150, LANDMARKS)
+    val_landmarks: int = bounded(12, LANDMARKS)
+    views: int = bounded(14, VIEWS)
     pairs_per_landmark: int = 6
     image_size: int = 160
     seed: int = 1
@@ -257,6 +265,9 @@ def generate_train_set(
 ) -> Path:
     """Write ``<data_root>/train/<name>/`` (ims/, <name>.pkl, <name>-whiten.pkl); ``progress``:
     a bar over the images on stderr."""
+    problems = out_of_bounds(config)
+    if problems:
+        raise ConfigError(f"{name}: " + "; ".join(problems))
     folder = Path(data_root) / "train" / name
     if _made_before(folder, f"{name}.pkl", overwrite):
         return _kept(folder)

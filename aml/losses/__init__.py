@@ -7,8 +7,9 @@ members B x M x D, labels B x M): a `LossKind.TUPLE` loss gives one value per tu
 for the batch (the student's rows against the teacher's rows of the same images). Each module
 says its ``kind``, whether it ``needs_target`` (the teacher's distances) and whether it
 ``needs_context`` (the teacher's view of the whole split: `TeacherContext`, for the losses of
-later papers in `aml.losses.compatibility`). The trainer reads only this registry and those
-three attributes.
+later papers in `aml.losses.compatibility`), and whether a training step takes the mean of its
+values (``batch_mean``, those papers' reduction) or their sum (the original's). The trainer
+reads only this registry and those four attributes.
 """
 
 import math

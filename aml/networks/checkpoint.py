@@ -9,7 +9,7 @@ import logging
 import numbers
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, TypedDict, Union, cast
+from typing import Any, Dict, List, Mapping, Optional, TypedDict, Union, cast
 
 import torch
 from torch import nn
@@ -93,12 +93,16 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         None,
     )
     if odd is not None:
-        value = odd[1]
-        what = type(value).__name__ if not isinstance(value, torch.Tensor) else "a sparse tensor"
-        what = "a dense tensor" if isinstance(value, torch.Tensor) and value.layout is torch.strided else what
+        key, value = odd
+        if not isinstance(key, str):
+            what = f"its key is {type(key).__name__} {key!r}, not a string"
+        elif isinstance(value, torch.Tensor):
+            what = "it holds a sparse tensor, not a dense one"
+        else:
+            what = f"it holds a {type(value).__name__}, not a tensor"
         raise CheckpointError(
-            f"{path}: state_dict entry {odd[0]!r} ({what}) is not a dense tensor named by a string, as a "
-            "checkpoint's are; the file is damaged or edited: use another copy"
+            f"{path}: a state_dict entry ({what}) is not a checkpoint's: the file is damaged or edited; "
+            "use another copy"
         )
     return cast(Checkpoint, state)  # its meta and state_dict checked
 
@@ -195,6 +199,21 @@ PIXEL_NORMALISATION = {
 }
 
 
+def non_finite_weights(state: Mapping[str, torch.Tensor]) -> List[str]:
+    """The names of the floating-point tensors of ``state`` that hold a NaN or an infinity.
+
+    One read by the host for all of them (two when one is bad): on CUDA each read waits for
+    the queued kernels, and a network has hundreds of tensors.
+    """
+    floats = {name: value for name, value in state.items() if value.is_floating_point()}
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(value).all() for value in floats.values()])
+    if bool(finite.all()):
+        return []
+    return [name for name, ok in zip(floats, finite.tolist(), strict=True) if not ok]
+
+
 def _check_finite(state: Checkpoint, source: str) -> None:
     """Refuse weights with NaN or infinite values, or a normalisation (meta ``mean``/``std``)
     out of `PIXEL_NORMALISATION`: such a network gives descriptors that rank at random."""
@@ -204,13 +223,13 @@ def _check_finite(state: Checkpoint, source: str) -> None:
             raise CheckpointError(
                 f"{source}: meta['{key}'] is {values}, not three numbers {bound.what}; the file is damaged or edited"
             )
-    for key, value in state["state_dict"].items():
-        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
-            bad = int((~torch.isfinite(value)).sum())
-            raise CheckpointError(
-                f"{source}: weight {key} holds {bad} NaN or infinite value(s); the network cannot "
-                "be used (a diverged training run or a damaged file): use an earlier checkpoint"
-            )
+    damaged = non_finite_weights(state["state_dict"])
+    if damaged:
+        bad = int((~torch.isfinite(state["state_dict"][damaged[0]])).sum())
+        raise CheckpointError(
+            f"{source}: weight {damaged[0]} holds {bad} NaN or infinite value(s); the network cannot "
+            "be used (a diverged training run or a damaged file): use an earlier checkpoint"
+        )
 
 
 def _projection_dimension(weights: Optional[Dict[str, torch.Tensor]]) -> Optional[int]:
@@ -334,19 +353,22 @@ def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrieval
     """
     arch = net.meta["architecture"]
     model = library_model(arch)
+    state = load_plain_file(path)
+    damaged = (
+        non_finite_weights({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+        if isinstance(state, dict)
+        else []
+    )
+    if damaged:
+        raise CheckpointError(
+            f"{path}: weight {damaged[0]} holds NaN or infinite values ({len(damaged)} such tensors); the file is "
+            "damaged or from a diverged run: give another --trunk-weights"
+        )
     try:
-        load_weights(arch, model, load_plain_file(path), str(path))
+        load_weights(arch, model, state, str(path))
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     trunk = nn.Sequential(*get_backbone(arch).children(model))
-    damaged = [
-        key for key, value in trunk.state_dict().items() if value.is_floating_point() and not value.isfinite().all()
-    ]
-    if damaged:
-        raise CheckpointError(
-            f"{path}: weight {damaged[0]} of the trunk holds NaN or infinite values ({len(damaged)} such tensors); "
-            "the file is damaged or from a diverged run: give another --trunk-weights"
-        )
     net.features[: len(trunk)].load_state_dict(trunk.state_dict())
     net.meta["trunk_weights"] = Path(path).name
     return net

@@ -117,10 +117,15 @@ def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
 def _is_record(record: Any) -> bool:
     """Whether ``record`` is an epoch's record as `TrainingHistory` writes it: an object with an
     integer epoch, a number for its training loss and learning rate, a number or null for its
-    validation loss, and its tests (if any) as an object."""
+    validation loss, and its tests (if any) as {kind: {dataset: {level: number or null}}}."""
 
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def objects(value: Any, depth: int) -> bool:  # nested dicts of numbers or nulls at the bottom
+        if depth == 0:
+            return value is None or number(value)
+        return isinstance(value, dict) and all(objects(inner, depth - 1) for inner in value.values())
 
     return (
         isinstance(record, dict)
@@ -128,7 +133,7 @@ def _is_record(record: Any) -> bool:
         and number(record.get("train_loss"))
         and number(record.get("lr"))
         and (record.get("val_loss") is None or number(record["val_loss"]))
-        and isinstance(record.get("test", {}), dict)
+        and objects(record.get("test", {}), 3)
     )
 
 

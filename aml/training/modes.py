@@ -170,13 +170,13 @@ def epoch_tuple_count(mode: Mode, db: TrainingDb, sizes: EpochSizes) -> int:
     if mode.draw is Draw.IMAGES:
         return min(sizes.pool_size, len(db["cids"]))
     if mode.draw is Draw.TRIPLETS:
-        return min(_triplet_anchors(db, sizes), len(db["cids"]))
-    return min(sizes.query_size, len(db["qidxs"]))
+        return min(_query_count(db, sizes), len(db["cids"]))
+    return _query_count(db, sizes)
 
 
-def _triplet_anchors(db: TrainingDb, sizes: EpochSizes) -> int:
-    """The anchors of a triplet epoch: ``query_size``, at most one per query pair of the db
-    (the original caps its query size so in every mode, triplets too)."""
+def _query_count(db: TrainingDb, sizes: EpochSizes) -> int:
+    """An epoch's queries (a triplet epoch's anchors too): ``query_size``, at most one per
+    query pair of the db, as the original caps its query size in every mode."""
     return min(sizes.query_size, len(db["qidxs"]))
 
 
@@ -210,7 +210,7 @@ def build_epoch_tuples(
         return [_tuple(mode, sym, i, [], []) for i in images], 0.0
     if mode.draw is Draw.TRIPLETS:
         order = torch.randperm(n_images, generator=generator)
-        count = _triplet_anchors(db, sizes)
+        count = _query_count(db, sizes)
         anchors = order[:count].tolist()
         pool = order[count : count + sizes.pool_size].tolist()
         assert teacher is not None  # the mode needs_teacher

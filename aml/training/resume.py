@@ -62,23 +62,35 @@ def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch
             f"cannot resume from {path}: it holds a network but no training state (optimizer, epoch, best loss); "
             "it cannot continue a run: start a new one (another --directory)"
         )
-    epoch, min_loss = _scalar(state["epoch"]), _scalar(state["min_loss"])
+    epoch = _scalar(state["epoch"])
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
         raise CheckpointError(
             f"cannot resume from {path}: its epoch {epoch!r} is not a count of epochs done; the file was edited or "
             "damaged: resume from another checkpoint of the run"
         )
-    if isinstance(min_loss, bool) or not isinstance(min_loss, numbers.Real) or min_loss != min_loss:
-        raise CheckpointError(
-            f"cannot resume from {path}: its best loss {min_loss!r} is not a number; the file was edited or "
-            "damaged: resume from another checkpoint of the run"
-        )
+    _best_loss_of(path, state)
     missing = sorted(set(optimizer.param_groups[0]) - set(groups[0]) - {"params"})
     if missing:
         raise CheckpointError(
             f"cannot resume from {path}: its optimizer state lacks {', '.join(missing)} of this run's optimizer: "
             "it was trained with another --optimizer; resume with the flags the run was started with"
         )
+
+
+def _best_loss_of(path: Path, state: Mapping[str, Any]) -> float:
+    """A checkpoint's best loss so far (``min_loss``): a number, or +inf before any.
+
+    Raises:
+        CheckpointError: naming ``path``, for anything else (NaN or -inf would keep its
+            ``model_best`` for ever; a string ended the resume in a ValueError).
+    """
+    value = _scalar(state["min_loss"])
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value or value == float("-inf"):
+        raise CheckpointError(
+            f"cannot resume from {path}: its best loss {value!r} is not a number; the file was edited or "
+            "damaged: resume from another checkpoint of the run"
+        )
+    return float(value)
 
 
 def _scalar(value: Any) -> Any:
@@ -173,10 +185,10 @@ def resume_run(
     if "batchnorm_calibrated" in state["meta"]:
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))
-    return int(state["epoch"]), min(float(state["min_loss"]), _best_loss(run_dir, net, min_loss_of))
+    return int(state["epoch"]), min(_best_loss_of(path, state), _model_best_loss(run_dir, net, min_loss_of))
 
 
-def _best_loss(run_dir: Path, net: ImageRetrievalNet, min_loss_of: Optional[str]) -> float:
+def _model_best_loss(run_dir: Path, net: ImageRetrievalNet, min_loss_of: Optional[str]) -> float:
     """The loss of the run's ``model_best`` (inf without one, or one of another network): a
     resumed run replaces it only with a better one, also when it resumes from an epoch before
     it (a crash between the two writes, an earlier ``--resume model_epochN``)."""
@@ -187,4 +199,4 @@ def _best_loss(run_dir: Path, net: ImageRetrievalNet, min_loss_of: Optional[str]
     if state["meta"].get("architecture") != net.meta["architecture"] or state.get("min_loss") is None:
         return float("inf")
     _check_best_loss_kind(best, state, min_loss_of)
-    return float(state["min_loss"])
+    return _best_loss_of(best, state)

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple, cast
+from typing import Callable, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from aml.data.images import PixelNormalizer, image_size, image_transform, load_a
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
 from aml.descriptors.extraction import with_fixed_batches
 from aml.losses import Loss, LossKind, TeacherContext, TupleBatch
-from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+from aml.networks.checkpoint import checkpoint_state, non_finite_weights, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.reports.curves import TestedEpoch, TestRecords, TrainingHistory
 from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
@@ -98,21 +98,6 @@ def _check_finite(losses: List[float]) -> None:
     bad = [value for value in losses if not np.isfinite(value)]
     if bad:
         raise _NonFiniteLoss(bad[0])
-
-
-def non_finite_weights(state: Mapping[str, torch.Tensor]) -> List[str]:
-    """The names of the floating-point tensors of ``state`` that hold a NaN or an infinity.
-
-    One read by the host for all of them (two when one is bad): on CUDA each read waits for
-    the queued kernels, and a network has hundreds of tensors.
-    """
-    floats = {name: value for name, value in state.items() if value.is_floating_point()}
-    if not floats:
-        return []
-    finite = torch.stack([torch.isfinite(value).all() for value in floats.values()])
-    if bool(finite.all()):
-        return []
-    return [name for name, ok in zip(floats, finite.tolist(), strict=True) if not ok]
 
 
 class Trainer:

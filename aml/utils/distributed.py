@@ -61,7 +61,8 @@ def warn_once(logger: logging.Logger, message: str, *args: Any) -> None:
         >>> import logging
         >>> warn_once(logging.getLogger("aml"), ">> --save-freq %d is above --epochs %d", 5, 3)
     """
-    if current_rank() == 0:
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else current_rank()
+    if rank == 0:
         logger.warning(message, *args)
 
 

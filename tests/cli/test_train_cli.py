@@ -386,6 +386,7 @@ def test_resume_refuses_another_pooling_a_damaged_epoch_or_best_loss_and_a_path_
         resume_run(run_dir, "latest", spoc, build_optimizer(spoc, "adam", 1e-3, 0.9, 1e-6))
     for epoch, loss, message in ((-3, 0.5, r"its epoch -3 is not a count"), ("one", 0.5, r"its epoch 'one' is not"),
                                  (2, float("nan"), r"its best loss nan is not a number"),
+                                 (2, float("-inf"), r"its best loss -inf is not a number"),
                                  (2, "x", r"its best loss 'x' is not a number")):
         state = checkpoint_state(net, 1, 0.5, optimizer)
         state.update(epoch=epoch, min_loss=loss)
@@ -397,6 +398,11 @@ def test_resume_refuses_another_pooling_a_damaged_epoch_or_best_loss_and_a_path_
     assert resume_run(run_dir, str(tmp_path / "edited.pth.tar"), net, optimizer) == (2, 0.25)
     with pytest.raises(CheckpointError, match=r"--resume other/model_epoch1.pth.tar: no such file"):
         resume_run(run_dir, "other/model_epoch1.pth.tar", net, optimizer)
+    state.update(min_loss="x")  # the run's model_best is read too
+    save_checkpoint(state, run_dir / "model_best.pth.tar")
+    with pytest.raises(CheckpointError, match=r"model_best.pth.tar: its best loss 'x' is not a number"):
+        resume_run(run_dir, "latest", net, optimizer)
+    (run_dir / "model_best.pth.tar").unlink()
     with caplog.at_level("WARNING", logger="aml.training.resume"):
         assert resume_run(run_dir, "model_epoch9.pth.tar", net, optimizer) == (1, 0.5)
         assert resume_run(run_dir, "latest", net, optimizer) == (1, 0.5)

@@ -238,7 +238,7 @@ def test_a_16_bit_grey_image_is_read_as_a_viewer_shows_it_not_clipped_to_white(t
 
 @pytest.mark.parametrize("values, message", [
     (np.full((4, 4), 0.5, np.float32), "floating-point pixels"),
-    (np.full((4, 4), 70000, np.int32), "from 70000 to 70000, beyond 16 bits"),
+    (np.full((4, 4), 70000, np.int32), "from 70000 to 70000, outside 16 bits"),
 ])
 def test_pixels_of_an_unknown_range_are_refused_naming_the_file(tmp_path, values, message):
     path = tmp_path / "odd.tif"

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from aml.data.images import load_image
 from aml.data.synthetic import SyntheticTestConfig, generate_test_set
@@ -126,7 +127,7 @@ def test_an_existing_set_is_said_to_be_kept(synth_root, caplog):
 def test_a_users_folder_or_file_of_a_synthetic_sets_name_is_not_replaced(tmp_path):
     """A folder test/synth-oxford without the set's gnd (a user's own files) was renamed aside and
     deleted when test.py -d synth-oxford generated the set; a file train/synth-sfm likewise."""
-    import pytest
+
 
     from aml.data.synthetic import SyntheticTrainConfig, generate_train_set
     from aml.utils.errors import ConfigError
@@ -140,7 +141,7 @@ def test_a_users_folder_or_file_of_a_synthetic_sets_name_is_not_replaced(tmp_pat
     assert (mine / "my_labels.csv").read_text() == "precious"
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "synth-sfm").write_text("notes")
-    small = SyntheticTrainConfig(train_landmarks=2, val_landmarks=1, views=3, image_size=32)
+    small = SyntheticTrainConfig(train_landmarks=2, val_landmarks=2, views=3, image_size=32)
     with pytest.raises(ConfigError, match="synth-sfm exists and is not a generated set"):
         generate_train_set(tmp_path, "synth-sfm", small)
     assert (tmp_path / "train" / "synth-sfm").read_text() == "notes"
@@ -151,7 +152,7 @@ def test_a_users_folder_or_file_of_a_synthetic_sets_name_is_not_replaced(tmp_pat
 def test_fewer_than_two_views_or_landmarks_are_refused_when_parsed(capsys):
     """--views 1 ended in numpy's 'Cannot take a larger sample than population' after the
     test sets were drawn; a split of one landmark gives tuples without negatives."""
-    import pytest
+
 
     from aml.cli.synthetic import build_parser
 
@@ -159,3 +160,12 @@ def test_fewer_than_two_views_or_landmarks_are_refused_when_parsed(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args([flag, "1"])
         assert f"argument {flag}: must be an integer of 2 or more" in capsys.readouterr().err
+
+
+def test_a_training_config_of_one_view_or_landmark_is_refused_from_python_too(tmp_path):
+    from aml.data.synthetic import SyntheticTrainConfig, generate_train_set
+    from aml.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"synth-sfm: --views 1: must be an integer of 2 or more"):
+        generate_train_set(tmp_path, "synth-sfm", SyntheticTrainConfig(views=1))
+    assert not (tmp_path / "train").exists()

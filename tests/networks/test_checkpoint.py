@@ -118,16 +118,16 @@ def test_truncated_checkpoint_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("damage, what", [
-    (lambda state: state.__setitem__(3, torch.zeros(1)), r"entry 3 \(a dense tensor\) is not a dense tensor named"),
-    (lambda state: state.__setitem__("fc.bias", torch.zeros(3).to_sparse()), r"entry 'fc.bias' \(a sparse tensor\)"),
-    (lambda state: state.__setitem__("fc.bias", [0.0]), r"entry 'fc.bias' \(list\)"),
+    (lambda state: state.__setitem__(3, torch.zeros(1)), r"a state_dict entry \(its key is int 3, not a string\)"),
+    (lambda state: state.__setitem__("fc.bias", torch.zeros(3).to_sparse()), r"a state_dict entry \(it holds a sparse tensor, not a dense one\)"),
+    (lambda state: state.__setitem__("fc.bias", [0.0]), r"a state_dict entry \(it holds a list, not a tensor\)"),
 ])
 def test_a_state_dict_of_other_keys_or_tensors_is_named(tmp_path, damage, what):
     """An int key ended in AttributeError inside load_state_dict, a sparse tensor in NotImplementedError."""
     state = checkpoint_state(build_network("squeezenet1_1", pretrained=False), 1, 0.0)
     damage(state["state_dict"])
     path = save_checkpoint(state, tmp_path / "edited.pth.tar")
-    with pytest.raises(CheckpointError, match=r"edited.pth.tar: state_dict " + what + r".*damaged or edited"):
+    with pytest.raises(CheckpointError, match=r"edited.pth.tar: " + what + r" is not a checkpoint's: the file is damaged or edited"):
         load_checkpoint(path)
 
 

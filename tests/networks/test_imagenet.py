@@ -214,7 +214,7 @@ def test_trunk_weights_with_a_nan_are_refused_naming_the_file_and_the_tensor(tmp
     torch.save(state, tmp_path / "resnet18-nan.pth")
     net = build_network("resnet18", pretrained=False)
     before = {key: value.clone() for key, value in net.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"resnet18-nan.pth: weight 4.0.conv1.weight of the trunk holds NaN or "
+    with pytest.raises(CheckpointError, match=r"resnet18-nan.pth: weight layer1.0.conv1.weight holds NaN or "
                                               r"infinite values .* give another --trunk-weights"):
         load_trunk_weights(net, tmp_path / "resnet18-nan.pth")
     assert all(torch.equal(before[key], value) for key, value in net.state_dict().items())  # left as it was

@@ -11,7 +11,9 @@ from aml.reports import curves
                                      b'[{"epoch": 1}, {"epoch": null}]', b"\xff\xfe not text",
                                      b'[{"epoch": 1}]', b'[{"epoch": 1, "train_loss": "x", "lr": 0.1}]',
                                      b'[{"epoch": 1, "train_loss": 1, "lr": 0.1, "val_loss": "y"}]',
-                                     b'[{"epoch": 1, "train_loss": 1, "lr": 0.1, "test": [1]}]'])
+                                     b'[{"epoch": 1, "train_loss": 1, "lr": 0.1, "test": [1]}]',
+                                     b'[{"epoch": 1, "train_loss": 1, "lr": 0.1, "test": {"plain": [1]}}]',
+                                     b'[{"epoch": 1, "train_loss": 1, "lr": 0.1, "test": {"p": {"d": {"m": "x"}}}}]'])
 def test_a_history_of_other_content_is_started_again_with_a_warning(tmp_path, content, monkeypatch, caplog):
     """A history.json of valid JSON but other types ended --resume in TypeError or KeyError."""
     monkeypatch.setattr(curves, "_matplotlib_figure", lambda: None)

@@ -101,7 +101,16 @@ class TestDatabase:
         Returns:
             k x Q indices (the test set's images 0..N-1, distractor i at N + i), best first,
             and their D x k x Q descriptors (transformed distractors).
+
+        Raises:
+            ConfigError: when ``k`` passes the images that could be read: an unreadable one,
+                whitened, would be a neighbour with a descriptor (αQE, SuperGlobal).
         """
+        if k > self.searchable:
+            raise ConfigError(
+                f"{k} neighbours asked for, but the database holds {self.searchable} images that could be read; "
+                f"give {self.searchable} or less (--qe, --superglobal)"
+            )
         blocks, skipped, transform = self._blocks()
         return nearest_with_distractors(self.vecs, queries, k, blocks, self.device, self.excluded, skipped, transform)
 

@@ -275,3 +275,14 @@ def test_expansions_gather_their_neighbours_by_bounded_chunks(monkeypatch):
     with pytest.raises(ValueError, match=r"9 queries keeping their 40 nearest 16-d descriptors would hold .* give k "
                                          r"13 or less"):
         nearest_with_distractors(database, queries, 40, [(0, database.T)])
+
+
+def test_more_neighbours_than_readable_images_are_refused():
+    """An unreadable image scores -inf but keeps a descriptor (whitened, not zero): with k past
+    the readable images, αQE gave it a weight."""
+    database = TestDatabase(np.eye(4, dtype=np.float32), excluded=[1, 3])
+    query = np.array([[1.0], [0.0], [0.0], [0.0]], dtype=np.float32)
+    assert database.nearest(query, 2)[0][:, 0].tolist() == [0, 2]
+    with pytest.raises(ConfigError, match=r"3 neighbours asked for, but the database holds 2 images that could be "
+                                          r"read; give 2 or less"):
+        database.nearest(query, 3)

@@ -25,7 +25,7 @@ from aml.evaluation.whitening import WhiteningError, check_whitening, whitenlear
 from aml.networks.pretrained import PRETRAINED, PUBLISHED_WHITENING_SET
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import optional_write
-from aml.utils.distributed import all_ranks, current_world
+from aml.utils.distributed import all_ranks, current_world, warn_once
 from aml.utils.plain_files import CheckpointError, load_plain_file, save_plain_file
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ def learn_whitening(encoder: LoadedNetwork, request: WhiteningRequest, db: Train
         kept = [i for i in range(vecs.shape[1]) if i not in gone]
         place = {old: new for new, old in enumerate(kept)}
         pairs = [(place[q], place[p]) for q, p in zip(qidxs, pidxs, strict=True) if q in place and p in place]
-        log.warning(
+        warn_once(
+            log,
             ">> %s: %d images could not be read; the whitening is learned without them and without %d of its %d pairs",
             request.whitening_set,
             len(gone),

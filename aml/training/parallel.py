@@ -125,12 +125,14 @@ class Parallel:
         return self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
 
     def shapes(self, images: Sequence[torch.Tensor]) -> Tuple[tuple, ...]:
-        """With SyncBatchNorm: every image shape on any rank, so that all ranks make the same
-        forward calls; else () (each rank its own)."""
+        """With SyncBatchNorm: every image shape on any rank, in the order the global batch meets
+        them, so that all ranks make the same forward calls; else () (each rank its own)."""
         if not self.sync_batchnorm:
             return ()
-        mine = sorted({tuple(image.shape) for image in images})
-        return tuple(sorted(set(concat_lists(gather_objects(mine, self.world)))))
+        # in the order the whole batch meets them, as one process does (the ranks hold contiguous
+        # slices): the running statistics of BatchNorm are updated shape by shape
+        mine = list(dict.fromkeys(tuple(image.shape) for image in images))
+        return tuple(dict.fromkeys(concat_lists(gather_objects(mine, self.world))))
 
     def whole_batch(self, batch: TupleBatch) -> TupleBatch:
         """For a relational loss: every rank's (student, teacher) rows, gathered with gradients."""

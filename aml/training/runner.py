@@ -40,7 +40,15 @@ from aml.training.parallel import batch_split_problem
 from aml.training.trainer import Split, Trainer
 from aml.utils.atomic import folder_lock
 from aml.utils.devices import resolve_device
-from aml.utils.distributed import World, from_main, init_from_environment, main_first, process_device, warn_once
+from aml.utils.distributed import (
+    World,
+    barrier,
+    from_main,
+    init_from_environment,
+    main_first,
+    process_device,
+    warn_once,
+)
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,8 +110,10 @@ def run(config: TrainConfig) -> TrainResult:
         raise ConfigError(problem)
     device = str(process_device(requested, world))
     run_dir = Path(config.directory) / run_name(config)
-    made = world.is_main and not run_dir.exists()
+    fresh = not run_dir.exists()
+    barrier(world)  # every process looked before any makes it: process 0 knows whether this run made it
     run_dir.mkdir(parents=True, exist_ok=True)
+    made = world.is_main and fresh
     try:
         with folder_lock(run_dir) if world.is_main else contextlib.nullcontext():
             earlier = from_main(None if config.resume else earlier_checkpoint(run_dir), world)

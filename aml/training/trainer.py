@@ -334,7 +334,11 @@ class Trainer:
         losses: List[float] = []
         start = time.time()
         bar = progress_bar(
-            loader, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch", enabled=self.extraction.progress, leave=False
+            loader,
+            desc=f"epoch {epoch + 1}/{s.epochs}",
+            unit="batch",
+            enabled=self.extraction.progress and self.world.is_main,
+            leave=False,
         )
         for i, batch in enumerate(bar):
             try:
@@ -368,7 +372,11 @@ class Trainer:
         tuples = self.settings.batch_size if self.criterion.kind is LossKind.RELATIONAL else 1
         losses: List[float] = []
         for batch in progress_bar(
-            loader, desc=f"validation {epoch + 1}", unit="batch", enabled=self.extraction.progress, leave=False
+            loader,
+            desc=f"validation {epoch + 1}",
+            unit="batch",
+            enabled=self.extraction.progress and self.world.is_main,
+            leave=False,
         ):
             losses += [value / tuples for value in self.batch_losses(batch, split, backward=False)]
         value = float(np.mean(losses)) if losses else float("nan")

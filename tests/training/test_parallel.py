@@ -61,3 +61,18 @@ def test_sync_batchnorm_keeps_the_network(arch):
     x = torch.rand(2, 3, 64, 48)
     with torch.no_grad():
         assert torch.allclose(synced.descriptors(x), net.descriptors(x), atol=1e-6)
+
+
+def test_synchronised_forwards_meet_the_shapes_in_the_order_of_the_whole_batch(monkeypatch):
+    """Sorted, two processes updated BatchNorm's running statistics shape by shape in another
+    order than one process (first met first), another network after a step."""
+    import aml.training.parallel as parallel_module
+
+    net = build_network("squeezenet1_1", pretrained=False)
+    parallel = Parallel(net, World(), torch.device("cpu"), batch_size=4, sync_batchnorm=False)
+    parallel.world, parallel.sync_batchnorm = World(rank=0, size=2), True  # as on 2 GPUs
+    tall, wide, square = torch.zeros(3, 8, 6), torch.zeros(3, 6, 8), torch.zeros(3, 7, 7)
+    ranks = [[tall, wide], [wide, square]]  # the global batch: tall, wide, wide, square
+    monkeypatch.setattr(parallel_module, "gather_objects", lambda mine, world: [
+        list(dict.fromkeys(tuple(image.shape) for image in part)) for part in ranks])
+    assert parallel.shapes(ranks[0]) == ((3, 8, 6), (3, 6, 8), (3, 7, 7))

@@ -20,7 +20,10 @@ from aml.training.batchnorm import calibrate_batchnorm
 # SGD: Adam divides by the root of tiny second moments, which turns rounding into whole steps.
 TINY = ["-d", "synth-sfm", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "12", "-ps", "30", "-b", "4",
         "-j", "0", "--device", "cpu", "--lr", "1e-2", "-o", "sgd", "--print-freq", "100", "-a", "resnet18", "-q"]
-# One (mode, loss) per kind of loss in the registry: the two ways a batch's gradient is formed.
+# One (mode, loss) per kind of loss in the registry (per tuple, relational). A loss whose step takes
+# the batch's mean (`batch_mean`) is a tuple loss scaled by 1 / (tuples of this process), which
+# DistributedDataParallel's average over the processes makes the global mean: tested in one process
+# (test_device_path.py), not here, to keep the suite's time.
 # Modes without hard-negative mining: mining ranks descriptors that the processes extract in
 # other batches than one process does (rounding, 1e-7), and a near-tie can pick another
 # negative, after which the runs differ as any two runs on different machines do.

@@ -26,8 +26,9 @@ def cached(tmp_path_factory):
 def test_pretraining_learns_the_object_classes(cached):
     record = json.loads(cached[1].with_name(cached[1].name + ".json").read_text())
     print(f"LEARNING seed {TINY.seed} synthetic-object pretraining of resnet18: held-out accuracy {record['held_out_accuracy']:.3f}")
-    # 4 classes, 5 held-out images each: chance is 25%; measured 50-80% over seeds 0-2 under the
-    # three CPU kernel sets (docs/tests.md); asserted: half way from chance to the lowest
+    # 4 classes, 5 held-out images each: chance is 25%; measured 60-80% over seeds 0-2 under the
+    # default and SSE4.1 kernels (benchmarks/results/learning_margins.json); asserted: at most half
+    # way from chance to the lowest
     assert record["held_out_accuracy"] >= 0.375 and record["chance"] == 0.25
     assert record["architecture"] == "resnet18" and record["config"]["epochs"] == 4
 

@@ -76,3 +76,12 @@ def test_synchronised_forwards_meet_the_shapes_in_the_order_of_the_whole_batch(m
     monkeypatch.setattr(parallel_module, "gather_objects", lambda mine, world: [
         list(dict.fromkeys(tuple(image.shape) for image in part)) for part in ranks])
     assert parallel.shapes(ranks[0]) == ((3, 8, 6), (3, 6, 8), (3, 7, 7))
+
+
+def test_batch_statistics_under_torchrun_on_the_cpu_are_refused_with_the_reason():
+    """SyncBatchNorm shares batch statistics across processes on GPUs only (docs/distributed.md)."""
+    from aml.utils.errors import ConfigError
+
+    net = build_network("squeezenet1_1", pretrained=False)
+    with pytest.raises(ConfigError, match=r"--train-batchnorm under torchrun needs CUDA"):
+        Parallel(net, World(rank=0, size=2), torch.device("cpu"), batch_size=4, sync_batchnorm=True)

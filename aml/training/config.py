@@ -325,7 +325,7 @@ def problems(config: TrainConfig) -> List[str]:
         found
         + _teacher_problems(config)
         + _mode_problems(config)
-        + _ignored_flags(config)
+        + _flag_problems(config)
         + _test_set_problems(config)
         + _trunk_problems(config)
         + _batch_problems(config)
@@ -347,7 +347,7 @@ def _unknown_names(config: TrainConfig) -> List[str]:
     return unknown
 
 
-def _ignored_flags(config: TrainConfig) -> List[str]:
+def _flag_problems(config: TrainConfig) -> List[str]:
     """Flags this run would ignore, or that would take it elsewhere: the teacher's feature files
     in a mode without a teacher, a --comment with a path separator (it ends the run folder's name)."""
     found = []

@@ -305,6 +305,24 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
             path.unlink()
 
 
+def _warn_of_changed_images(store: DescriptorStore) -> None:
+    """Say when images of the store changed on disk since they were indexed (a stat each): their
+    descriptors, the old ones, answer for the new files until the images are indexed again."""
+    stale = store.stale_shards()
+    if stale:
+        rows = [store.shard_rows(k) for k in stale]
+        log.warning(
+            ">> %s: %d of its shards hold images changed, moved or removed since they were indexed (images %d to "
+            "%d of shard %d first): searches find them by their old descriptors; index the images again (%s)",
+            store.folder,
+            len(stale),
+            rows[0].start,
+            rows[0].stop - 1,
+            stale[0],
+            REBUILD,
+        )
+
+
 def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSettings, List[int]]:
     """(D x N descriptors, images, settings, the images that could not be read) of a store
     folder, each part checked."""
@@ -324,6 +342,7 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSett
             f"the store {folder} lacks {len(store.missing())} of {store.shards} shards (an interrupted "
             f"indexing): run the same {REBUILD} command again to encode them"
         )
+    _warn_of_changed_images(store)
     try:
         vecs, unreadable = store.load(), store.skipped()
     except StoreDamaged as err:

@@ -737,3 +737,22 @@ def test_an_unreadable_query_skipped_gets_no_results(synth_root, tmp_path):
     assert results[1]["query"] == str(jpg[2]) and results[1]["results"][0]["image"] == str(jpg[2])
     assert query_database(database, student, [str(bad)], k=3, config=config.but(skip_bad=True)) == [
         {"query": str(bad), "results": []}]
+
+
+def test_an_image_changed_after_indexing_is_said_when_the_store_opens(teacher, synth_root, tmp_path, capsys):
+    """A file replaced in place was searched by its old descriptor without a word."""
+    from PIL import Image
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((48, 64, 3), 60 * k, np.uint8)).save(images / f"{k}.png")
+    search_cli.main(["index", str(images), "--store", str(tmp_path / "store"), "--teacher", str(teacher[0]),
+                     "-imsize", "48", "--data-root", str(synth_root)] + COMMON)
+    capsys.readouterr()
+    open_database(tmp_path / "store")  # the command's logging (to stdout) is in place
+    assert "since they were indexed" not in capsys.readouterr().out
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / "1.png")
+    open_database(tmp_path / "store")
+    assert "1 of its shards hold images changed, moved or removed since they were indexed (images 0 to 2 of shard " \
+           "0 first): searches find them by their old descriptors; index the images again" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from aml.networks.timm_trunk import (
     removed_by_trunk,
     timm_filter,
 )
-from aml.utils.plain_files import load_plain_file
+from aml.utils.plain_files import is_state_dict, load_plain_file
 from aml.utils.errors import DataError, lookup_family
 
 
@@ -262,7 +262,7 @@ def load_weights(
     Raises:
         ValueError: naming ``source``, when the tensors fit no layout of ``arch``.
     """
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not is_state_dict(state):
         if isinstance(state, dict) and {"meta", "state_dict"} <= set(state):
             raise DataError(
                 f"{source} is an aml/cirtorch checkpoint, not a trunk's weights: to go on training it, give it to "

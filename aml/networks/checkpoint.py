@@ -17,7 +17,7 @@ from torch import nn
 from aml.networks.backbones import get_backbone, library_model, load_weights
 from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network, output_dimension
 from aml.utils.bounds import Bound
-from aml.utils.plain_files import CheckpointError, PathLike, load_plain_file, save_plain_file
+from aml.utils.plain_files import CheckpointError, PathLike, is_state_dict, load_plain_file, save_plain_file
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         or not isinstance(state.get("state_dict"), dict)
         or not isinstance(state.get("meta"), dict)
     ):
-        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        if is_state_dict(state):
             raise CheckpointError(
                 f"{path} is a plain state dict of {len(state)} tensors (a library's weights, e.g. torchvision's), not "
                 "an aml/cirtorch checkpoint with 'meta' and 'state_dict'; to train from it, give it as --trunk-weights"
@@ -354,11 +354,7 @@ def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrieval
     arch = net.meta["architecture"]
     model = library_model(arch)
     state = load_plain_file(path)
-    damaged = (
-        non_finite_weights({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
-        if isinstance(state, dict)
-        else []
-    )
+    damaged = non_finite_weights(state) if is_state_dict(state) else []  # else load_weights names the file
     if damaged:
         raise CheckpointError(
             f"{path}: weight {damaged[0]} holds NaN or infinite values ({len(damaged)} such tensors); the file is "

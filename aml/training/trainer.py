@@ -203,20 +203,19 @@ class Trainer:
         ):
             if split is None:
                 continue
+            no_val = "; or train without validation (--no-val)" if everything else ""
             landmarks = len(set(split.db["cluster"]))
             if mode.negatives is not Negatives.NONE and s.neg_num and landmarks < 2:
                 raise ConfigError(
                     f"the {name} split holds images of {landmarks} landmark: --mode {mode.name} takes its "
                     f"negatives from other landmarks than the query's and would find none; give the set 2 or "
-                    "more landmarks in each split (make_trainset gives both two from 4 landmarks)"
-                    + ("; or train without validation (--no-val)" if everything else "")
+                    f"more landmarks in each split (make_trainset gives both two from 4 landmarks){no_val}"
                 )
             count = epoch_tuple_count(mode, split.db, self._sizes(split, everything))
             if count < s.batch_size:
                 raise ConfigError(
                     f"the {name} split draws {count} tuples an epoch, fewer than --batch-size {s.batch_size}: "
-                    f"{outcome}; give --batch-size {count} or less"
-                    + ("; or train without validation (--no-val)" if everything else "")
+                    f"{outcome}; give --batch-size {count} or less{no_val}"
                 )
 
     def _batches(

@@ -145,6 +145,18 @@ def _unreadable(path: Path, err: BaseException) -> str:
     )
 
 
+def is_state_dict(value: Any) -> bool:
+    """Whether ``value`` (a loaded file) is a state dict: a non-empty mapping of names to tensors.
+
+    Examples:
+        >>> import torch
+        >>> from aml.utils.plain_files import is_state_dict
+        >>> is_state_dict({"fc.weight": torch.zeros(2)}), is_state_dict({"meta": {}, "state_dict": {}})
+        (True, False)
+    """
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def save_plain_file(obj: Any, path: PathLike) -> Path:
     """``torch.save`` through the atomic writer: an existing ``path`` is replaced only whole."""
     return atomic_write(path, lambda out: torch.save(obj, out))

@@ -20,7 +20,7 @@ class RunLog:
     drops the lines of epochs that a resumed run trains again (a crash after logging an epoch
     but before its checkpoint), so a run refused before it trains (a checkpoint that does not
     resume) leaves no log. ``enabled`` False (a rank other than 0 of a distributed run) writes
-    nothing."""
+    and logs nothing."""
 
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.run_dir, self.enabled = run_dir, enabled
@@ -45,11 +45,12 @@ class RunLog:
         atomic_write(self.loss_log, lambda out: out.write("".join(line + "\n" for line in lines).encode()))
 
     def line(self, text: str, echo: bool = True) -> None:
-        """Append ``text`` to log.txt (and log it unless ``echo`` is False)."""
-        if echo:
-            log.info(text)
+        """Append ``text`` to log.txt and log it (unless ``echo`` is False); a disabled log
+        (a rank other than 0) does neither."""
         if not self.enabled:
             return
+        if echo:
+            log.info(text)
         with open(self.run_dir / "log.txt", "a") as out:
             out.write(text + "\n")
 

@@ -250,7 +250,7 @@ class _Run:
         )
 
         def show(result: DatasetResult) -> None:
-            for line in result.lines():
+            for line in result.lines() if self.world.is_main else ():  # every rank has the result
                 log.info(line)
 
         def evaluate_epoch(net, epoch: int) -> TestRecords:

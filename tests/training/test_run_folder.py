@@ -1,5 +1,7 @@
 """The run folder's loss log: rewritten whole or not at all."""
 
+import logging
+
 import pytest
 
 from aml.training.run_folder import LOSS_LOG_HEADER, RunLog
@@ -26,3 +28,41 @@ def test_a_loss_log_with_other_bytes_is_resumed(tmp_path):
     log = RunLog(tmp_path)
     log.restart_at(1)
     assert (tmp_path / "loss_log.txt").read_text() == f"{LOSS_LOG_HEADER}\n0, 0.5\n"
+
+
+def test_only_the_main_rank_logs_and_writes_the_run_log(tmp_path, caplog):
+    """Rank 1's RunLog wrote nothing but logged every line: from a script under torchrun, each
+    epoch's lines came once per process."""
+    caplog.set_level(logging.INFO, logger="aml")
+    RunLog(tmp_path / "other", enabled=False).line(">> epoch 1 of rank 1")
+    RunLog(tmp_path / "main").line(">> epoch 1 of rank 0")
+    assert [r.getMessage() for r in caplog.records] == [">> epoch 1 of rank 0"]
+    assert not (tmp_path / "other").exists() and (tmp_path / "main" / "log.txt").is_file()
+
+
+def test_the_epoch_tests_are_logged_by_the_main_rank_alone(tmp_path, monkeypatch, caplog):
+    """Every rank gets the collective evaluation's results; only rank 0 logged them from the CLI,
+    every rank from a script of the user's under torchrun."""
+    from aml.networks import build_network
+    from aml.training import runner
+    from aml.training.config import TrainConfig, TrainSettings
+    from aml.utils.distributed import World
+
+    class Result:
+        def lines(self):
+            return [">> synth-oxford: mAP 50.00"]
+
+        def record(self):
+            return {}
+
+    def evaluate(student, settings, teacher=None, on_result=None):
+        on_result(Result())
+        return {"synth-oxford": Result()}
+
+    monkeypatch.setattr(runner, "evaluate", evaluate)
+    config = TrainConfig(directory=str(tmp_path), mode="std", loop=TrainSettings(test_freq=1))
+    net = build_network("resnet18", pretrained=False)
+    caplog.set_level(logging.INFO, logger="aml")
+    for rank in (1, 0):
+        runner._Run(config, World(rank, 2), "cpu", tmp_path / "run").test_callback()(net, 0)
+    assert [r.getMessage() for r in caplog.records] == [">> synth-oxford: mAP 50.00"]

@@ -34,6 +34,7 @@ from aml.utils.atomic import atomic_write
 from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator
 from aml.training.optim import can_fuse
+from aml.utils.errors import TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,11 @@ def pretrain_trunk(
                 bar.update(1)
             log.info(">> pretraining %s: epoch %d/%d, loss %.3f", arch, epoch + 1, config.epochs, loss.item())
     if not torch.isfinite(loss):
-        raise RuntimeError(f"pretraining {arch} diverged (loss {loss.item()}); lower PretrainConfig.lr")
+        raise TrainingDiverged(
+            f"pretraining {arch} on the synthetic objects diverged (loss {loss.item()}), nothing was saved: "
+            "this recipe does not suit the trunk; start it from ImageNet weights (leave out --trunk-weights) "
+            "or from a file of your own, or pretrain from Python with a lower PretrainConfig.lr"
+        )
     held = torch.from_numpy(held_idx)
     record = {
         "architecture": arch,

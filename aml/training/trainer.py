@@ -52,13 +52,9 @@ from aml.utils.atomic import remove_orphan_temporaries
 from aml.utils.distributed import World, barrier, from_main
 from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator as seeded_generator
-from aml.utils.errors import AmlError, ConfigError
+from aml.utils.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(AmlError, RuntimeError):
-    """The loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
 
 
 class _NonFiniteLoss(ArithmeticError):

@@ -26,6 +26,10 @@ class DataError(AmlError, ValueError):
     file of another size, a store of another network)."""
 
 
+class TrainingDiverged(AmlError, RuntimeError):
+    """The loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
+
+
 def lookup(table: Mapping[str, T], name: str, what: str, choices: Optional[Iterable[str]] = None) -> T:
     """The entry ``name`` of a registry, or a `ConfigError` that lists the choices.
 

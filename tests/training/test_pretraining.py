@@ -113,3 +113,13 @@ def test_a_cached_trunk_is_named_by_the_normalisation_it_learned_with(tmp_path):
         return trunk_file(arch, str(tmp_path)).stem.rsplit("-", 1)[1]
 
     assert recipe("efficientnet_lite0") != recipe("resnet18") == recipe("mobilenet_v2")
+
+
+def test_a_diverged_pretraining_ends_in_one_line_naming_the_fix():
+    """It raised a RuntimeError: a traceback from main.py --trunk-weights synthetic, whose fix
+    (PretrainConfig.lr) no flag reaches."""
+    from aml.utils.errors import AmlError
+
+    config = PretrainConfig(objects=ObjectConfig(classes=2, per_class=20, size=32), epochs=2, batch_size=8, lr=1e30)
+    with pytest.raises(AmlError, match="pretraining resnet18 on the synthetic objects diverged .*leave out --trunk-weights"):
+        pretrain_trunk("resnet18", config)

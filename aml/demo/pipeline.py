@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, TypedDict
 
-import torch
 
 from aml.cli.arguments import Parser, folder, nonnegative_int, output_file_of, positive_int
 from aml.data.download import file_sha256
@@ -47,6 +46,7 @@ from aml.utils.atomic import atomic_write
 from aml.utils.devices import resolve_device
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
 from aml.utils.errors import ConfigError
+from aml.utils.seeding import global_seed
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,8 @@ TEACHER_TRUNKS = ("imagenet", "synthetic")
 def _initial_student(runs: Path, arch: str, teacher_dim: int, seed: int, imagenet: bool, data_root: Path) -> Path:
     """A student before any retrieval training: random weights, or the ImageNet trunk with a
     random projection (where every trained student starts)."""
-    torch.manual_seed(seed)
-    net = build_network(arch, pretrained=imagenet, teacher_dim=teacher_dim, data_root=str(data_root))
+    with global_seed(seed):
+        net = build_network(arch, pretrained=imagenet, teacher_dim=teacher_dim, data_root=str(data_root))
     label = "imagenet" if imagenet else "untrained"
     return save_checkpoint(checkpoint_state(net, 0, 0.0), runs / f"{label}-{arch}-{teacher_dim}-seed{seed}.pth.tar")
 

@@ -510,6 +510,7 @@ def _image_loader(
         pin_memory=pin,
         prefetch_factor=AHEAD_PER_WORKER if workers else None,
         persistent_workers=False,
+        generator=torch.Generator(),  # its workers' seeds: not a draw from the caller's global generator
     )
     return (item for item in loader)  # a generator: closing it stops the workers
 

@@ -10,11 +10,12 @@ normalisation and a folded whitening stay in float (docs/search-export.md measur
 alternatives).
 """
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -87,6 +88,19 @@ def _calibration_reader(images: Sequence[str], image_size: int) -> Any:
     return Reader()
 
 
+@contextlib.contextmanager
+def _root_logger_kept() -> Iterator[None]:
+    """The root logger's handlers as they were before: onnxruntime's quantizer logs through
+    ``logging.info``, which gives a root logger without handlers one for good (a caller's
+    later ``logging.basicConfig`` then did nothing)."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+
+
 def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> Path:
     """Quantize an exported float32 student to int8 (onnxruntime's static quantization).
 
@@ -129,7 +143,7 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
             settings.image_size,
             "every node onnxruntime can" if nodes is None else f"{len(nodes)} trunk nodes",
         )
-        with atomic_path(out) as temporary:
+        with atomic_path(out) as temporary, _root_logger_kept():
             quantize_static(
                 str(prepared),
                 str(temporary),

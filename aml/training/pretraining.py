@@ -32,7 +32,7 @@ from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
 from aml.utils.atomic import atomic_write
 from aml.utils.progress import progress_bar
-from aml.utils.seeding import generator
+from aml.utils.seeding import generator, global_seed
 from aml.training.optim import can_fuse
 from aml.utils.errors import TrainingDiverged
 
@@ -132,8 +132,7 @@ def pretrain_trunk(
     images, labels = generate_objects(config.objects, progress=progress)
     train_idx, held_idx = _split(labels, config.held_out, config.seed)
     x, y = _to_tensor(images, arch), torch.from_numpy(labels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with global_seed(config.seed):
         model = _Classifier(arch, config.objects.classes)
     model.to(device).to(memory_format=torch.channels_last)
     params = list(model.parameters())

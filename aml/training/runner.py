@@ -9,13 +9,10 @@ and the tests.
 
 import contextlib
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-import numpy as np
-import torch
 
 from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import prepare_test_set
@@ -50,6 +47,7 @@ from aml.utils.distributed import (
     warn_once,
 )
 from aml.utils.errors import ConfigError
+from aml.utils.seeding import global_seed
 
 log = logging.getLogger(__name__)
 
@@ -201,19 +199,17 @@ class _Run:
         once) never changes the initial weights."""
         c, seed = self.config, self.loop.seed
         trunk = self.trunk_weights_file()
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        random.seed(seed)
-        net = build_network(
-            c.arch,
-            c.pool,
-            c.local_whitening,
-            c.regional,
-            c.whitening,
-            pretrained=c.pretrained and trunk is None,
-            teacher_dim=teacher_dim,
-            data_root=self.data_root,
-        )
+        with global_seed(seed):  # the caller's generators stay as they were
+            net = build_network(
+                c.arch,
+                c.pool,
+                c.local_whitening,
+                c.regional,
+                c.whitening,
+                pretrained=c.pretrained and trunk is None,
+                teacher_dim=teacher_dim,
+                data_root=self.data_root,
+            )
         if trunk is not None:
             load_trunk_weights(net, trunk)
         net.meta["seed"] = seed

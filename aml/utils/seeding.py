@@ -6,7 +6,9 @@ and ``--seed``: not on what ran before (loading a teacher, extracting a cache), 
 workers or on PYTHONHASHSEED. Streams with different names are independent.
 """
 
+import contextlib
 import zlib
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -23,3 +25,25 @@ def derived_seed(seed: int, stream: str, *keys: int) -> int:
 def generator(seed: int, stream: str, *keys: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with `derived_seed`."""
     return torch.Generator().manual_seed(derived_seed(seed, stream, *keys))
+
+
+@contextlib.contextmanager
+def global_seed(seed: int) -> Iterator[None]:
+    """Inside: torch's global CPU generator seeded with ``seed``, for what draws from it alone
+    (a network's initial weights); after: the caller's generator state, as it was, and the
+    GPUs' generators untouched.
+
+    Examples:
+        >>> import torch
+        >>> from aml.utils.seeding import global_seed
+        >>> before = torch.get_rng_state()
+        >>> with global_seed(0):
+        ...     first = torch.rand(1)
+        >>> with global_seed(0):
+        ...     again = torch.rand(1)
+        >>> bool(first == again), bool((torch.get_rng_state() == before).all())
+        (True, True)
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield

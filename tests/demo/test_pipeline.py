@@ -138,3 +138,17 @@ def test_a_starting_network_without_its_weights_ends_the_demo_before_any_work(tm
     with pytest.raises(WeightsError, match="no ImageNet weights of resnet50"):
         main(["--data-root", str(tmp_path / "root"), "--student-arch", "resnet50"])
     assert asked == ["resnet50"] and not (tmp_path / "root").exists()
+
+
+def test_the_initial_student_leaves_the_callers_generator_alone(tmp_path):
+    """It seeded torch's global generator for good: a caller's torch.manual_seed then had no effect."""
+    from aml.demo.pipeline import _initial_student
+
+    draws, weights = [], []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        path = _initial_student(tmp_path, "resnet18", 64, 0, False, tmp_path)
+        draws.append(torch.rand(1))
+        weights.append(load_checkpoint(path)["state_dict"])
+    assert not torch.equal(*draws)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

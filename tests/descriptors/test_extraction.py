@@ -112,6 +112,18 @@ def test_training_mode_is_restored(images, net):
     net.eval()
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_extraction_leaves_the_global_generator_alone(images, net, workers):
+    """The loader drew its workers' base seed from torch's global generator: every call moved a
+    caller's random stream on."""
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    extract_vectors(net, images[:2], 64, image_transform(net.meta["mean"], net.meta["std"]),
+                    config=ExtractionConfig(workers=workers))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_bad_image_is_named_from_worker(images, net, tmp_path, real_workers):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"garbage")

@@ -103,3 +103,22 @@ def test_int8_agreement_is_measured_on_images_left_out_of_the_calibration(tmp_pa
     images, which = export_cli._agreement_images(args, export_cli._calibration(args, SIZE))
     assert which == "calibration" and len(images) == 8
     assert images[0].endswith("00.jpg") and images[-1].endswith("19.jpg")
+
+
+def test_quantizing_leaves_the_root_logger_as_it_was(exported, synth_root, tmp_path):
+    """onnxruntime's quantizer logs through logging.info, which gave a caller's root logger
+    without handlers one for good: the caller's own logging.basicConfig then did nothing."""
+    import logging
+
+    from aml.export import Int8Settings, quantize_student
+
+    files, _, _ = exported
+    images = sorted(str(p) for p in (synth_root / "test" / "synth-paris" / "jpg").glob("*.jpg"))[:2]
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = []  # a script that has not configured logging (pytest gave the root one)
+    try:
+        quantize_student(files["onnx"], tmp_path / "int8.onnx", Int8Settings(images, SIZE))
+        assert root.handlers == [] and (tmp_path / "int8.onnx").is_file()
+    finally:
+        root.handlers[:] = saved

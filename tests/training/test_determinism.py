@@ -98,3 +98,30 @@ def test_streams_are_stable_and_independent():
     assert derived_seed(0, "tuples", 3) == derived_seed(0, "tuples", 3)
     seeds = {derived_seed(s, stream, e) for s in (0, 1) for stream in ("tuples", "shuffle") for e in (0, 1)}
     assert len(seeds) == 8
+
+
+def test_building_the_network_leaves_the_callers_generators_alone(tmp_path):
+    """run() re-seeded torch's, numpy's and Python's global generators for good: a caller's
+    own seed then drew the draws of --seed 0. The initial weights still depend on --seed only."""
+    import random
+
+    import numpy as np
+
+    from aml.training import runner
+    from aml.utils.distributed import World
+
+    config = TrainConfig(directory=str(tmp_path), arch="resnet18", pretrained=False, mode="std")
+    first = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        np.random.seed(caller_seed)
+        random.seed(caller_seed)
+        expected = torch.rand(3), np.random.rand(3), random.random()
+        torch.manual_seed(caller_seed)
+        np.random.seed(caller_seed)
+        random.seed(caller_seed)
+        net = runner._Run(config, World(), "cpu", tmp_path / "run").network(None)
+        assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+        assert random.random() == expected[2]
+        first.append(next(net.parameters()).detach().clone())
+    assert torch.equal(*first)

@@ -13,6 +13,7 @@ import numpy as np
 
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
+from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, optional_write
 from aml.utils.distributed import all_ranks, current_world
 
@@ -21,7 +22,7 @@ DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
 
 
 def cached_descriptors(
-    net,
+    net: ImageRetrievalNet,
     images: Sequence[str],
     key: DescriptorKey,
     cache_dir: Path,
@@ -38,7 +39,7 @@ def cached_descriptors(
     ``keep`` most recently used files of ``tag`` stay (`evict`).
 
     Args:
-        net (ImageRetrievalNet): the network.
+        net: the network.
         images: the database's image files.
         key: what the descriptors depend on (`DescriptorKey.of` the network, the image
             size, the scales and ``config``).

@@ -52,6 +52,9 @@ BatchEncoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images ->
 # cost more per image (benchmarks/extract.py --batch-sizes; docs/speed.md).
 CPU_PIXEL_BUDGET = 250_000
 GPU_BATCH_SIZE = 32
+# Images waiting for others of their shape are held up to 4 batches of this shape (16 images
+# on the CPU): the batches of small images fill up before the wait holds too many decoded ones.
+SMALLEST_PENDING_SHAPE = (125, 125)
 # Folding BatchNorm costs a copy of the network (~0.05 s for MobileNetV2, 0.1 s for ResNet101
 # on one CPU thread, benchmarks/call_cost.py) and saves ~30% of MobileNetV2's forward (0.1 us
 # per pixel on one CPU thread): by default it is done for calls of at least this many pixels
@@ -657,8 +660,7 @@ def _normalises_as(transform: Callable, meta: Dict[str, Any]) -> bool:
 def _honouring(transform: Callable, meta: Dict[str, Any], config: ExtractionConfig) -> ExtractionConfig:
     """``config``, with the ``pil`` decoding where its own would not apply ``transform`` (a
     cirtorch caller's transform on CUDA was replaced by the network's mean/std, silently)."""
-    device = torch.device(config.device) if config.device is not None else torch.device("cpu")
-    if resolve_decoding(config.decode, device).name == "pil" or _normalises_as(transform, meta):
+    if resolve_decoding(config.decode, config.device_for()).name == "pil" or _normalises_as(transform, meta):
         return config
     if config.decode != "auto":
         raise ConfigError(
@@ -883,7 +885,7 @@ def _encode_loaded(
     gathered by ``columns`` (``bad``: as in `_extract_block`)."""
     autocast = torch.autocast(o.device.type, dtype=o.amp) if o.amp else contextlib.nullcontext()
     cap = _BatchCap()
-    largest = o.config.batch_size or (GPU_BATCH_SIZE if o.device.type != "cpu" else 16)
+    largest = o.config.batch_size or default_batch_size(o.device, SMALLEST_PENDING_SHAPE)
     with (
         torch.inference_mode(),
         progress_bar(
@@ -924,25 +926,25 @@ def _encode_loaded(
 
 
 def describe_images(
-    net,
+    net: ImageRetrievalNet,
     images: Sequence[str],
     image_size: int,
     scales: Sequence[float] = (1,),
     msp: Optional[float] = None,
-    bbxs=None,
+    bbxs: Optional[Sequence[Optional[BBox]]] = None,
     config: ExtractionConfig = DEFAULT_EXTRACTION,
     skipped: Optional[List[int]] = None,
 ) -> np.ndarray:
     """D x N float32 descriptors of images, with the network's own mean/std transform.
 
     Args:
-        net (ImageRetrievalNet): the network; its ``meta`` gives the mean and std.
+        net: the network; its ``meta`` gives the mean and std.
         images: the image files.
         image_size: the longer side images are shrunk to (never enlarged).
         scales: the scales.
         msp: the power used to average the scales; None: the network's
             (`aml.networks.multiscale_power`).
-        bbxs (Sequence[BBox | None] | None): per image, a crop box (x1, y1, x2, y2) or None.
+        bbxs: per image, a crop box (x1, y1, x2, y2) or None.
         config: how to extract (`ExtractionConfig`).
         skipped: with ``config.skip_bad``, the indices of the unreadable images are appended
             here.

@@ -39,6 +39,7 @@ import numpy as np
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey, KeyRecord, images_digest
 from aml.networks.checkpoint import OUTPUT_DIM
+from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
@@ -673,7 +674,11 @@ def open_store(folder: Path, warn: bool = True) -> DescriptorStore:
 
 
 def encode_into_store(
-    net, images: Sequence[str], folder: Path, key: StoreKey, config: ExtractionConfig = DEFAULT_EXTRACTION
+    net: ImageRetrievalNet,
+    images: Sequence[str],
+    folder: Path,
+    key: StoreKey,
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
 ) -> DescriptorStore:
     """The store of ``images`` encoded by ``net`` as ``key`` says, its missing shards encoded
     first, each by this process alone (``config``: how; its skip policy decides whether an

@@ -94,21 +94,6 @@ def in_tie_order(scores: np.ndarray, indices: np.ndarray) -> Tuple[np.ndarray, n
     return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
 
 
-def exact_search(vecs: np.ndarray, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Each query's ``k`` best columns of ``vecs`` by dot product (`ExactIndex`, made for
-    this one search).
-
-    Args:
-        vecs: D x N database descriptors.
-        queries: D x Q query descriptors.
-        k: results per query (at most N).
-
-    Returns:
-        The scores and the indices, each Q x k, best first.
-    """
-    return ExactIndex(vecs).search(_rows(queries), k)
-
-
 def read_index(data: bytes) -> Optional[Any]:
     """The IVF-PQ index of an ``index.faiss`` file's bytes, or None without faiss to read it.
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from aml.networks.preserved import left_as_it_was
+from aml.networks.retrieval_net import ImageRetrievalNet
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,11 @@ def _calibration_batches(
 
 
 def calibrate_if_vanishing(
-    net, images: Sequence[str], load: Callable[[str], torch.Tensor], generator: torch.Generator, device: torch.device
+    net: ImageRetrievalNet,
+    images: Sequence[str],
+    load: Callable[[str], torch.Tensor],
+    generator: torch.Generator,
+    device: torch.device,
 ) -> bool:
     """For a randomly initialised network: if its trunk's activations vanish on training
     images (they sink below GeM's eps in a random MobileNetV2 with identity BatchNorm, and

@@ -256,17 +256,13 @@ class TestPlan:
         student: the tested network (it encodes the queries, and the database without a teacher).
         teacher: the teacher, which encodes the database (asymmetric testing), or None.
         sets: the test sets, in order.
-        image_size: the longer side images are shrunk to.
-        scales: the multi-scale factors.
-        extraction: how the images are encoded, on the device where everything runs.
+        settings: the settings, their extraction on the device where everything runs (the
+            student's unless they name one).
         key: what the database encoder's descriptors depend on (the database cache, the
             distractor stores and the whitening cache are keyed by it).
         cache_dir: where the database descriptors are cached (None: not cached).
         distractors: the distractor sets, by suffix.
         whitening: where the whitening comes from (None: no whitening).
-        reranking: αQE, DBA and SuperGlobal.
-        report_dir: where the ranking report goes (None: none).
-        report_top: the database images the report shows per query.
 
     Examples:
         >>> from aml.evaluation.plan import TestPlan
@@ -279,16 +275,11 @@ class TestPlan:
     student: LoadedNetwork
     teacher: Optional[LoadedNetwork]
     sets: Tuple[PlannedSet, ...]
-    image_size: int
-    scales: Tuple[float, ...]
-    extraction: ExtractionConfig
+    settings: TestSettings
     key: DescriptorKey
     cache_dir: Optional[Path]
     distractors: Dict[str, PlannedDistractors]
     whitening: Optional[PlannedWhitening]
-    reranking: Reranking
-    report_dir: Optional[Path]
-    report_top: int
 
     @property
     def database_encoder(self) -> LoadedNetwork:
@@ -298,7 +289,7 @@ class TestPlan:
     @property
     def device(self) -> str:
         """Where the images are encoded and the searches run."""
-        return str(self.extraction.device_for())
+        return self.settings.device
 
     @classmethod
     def of(cls, student: LoadedNetwork, settings: TestSettings, teacher: Optional[LoadedNetwork] = None) -> "TestPlan":
@@ -323,6 +314,7 @@ class TestPlan:
         extraction = settings.extraction
         if extraction.device is None:  # the student's device, for every extraction and search
             extraction = extraction.but(device=extraction.device_for(student.net))
+            settings = settings.but(extraction=extraction)
         progress, test_root = extraction.progress, root.subdir("test")
         world = current_world()  # what is downloaded or generated: by rank 0 first, under torchrun
         sets = main_first(world, lambda: _read_sets(settings, test_root, progress))
@@ -338,7 +330,7 @@ class TestPlan:
                 shown = min(settings.report_top, len(test.images))
                 _check_neighbours("--report-top", shown, test.name, len(test.queries), dim)
         whitening = (
-            main_first(world, lambda: _whitening(database, settings, extraction, published=teacher is None))
+            main_first(world, lambda: _whitening(database, settings, published=teacher is None))
             if settings.whitening
             else None
         )
@@ -356,16 +348,11 @@ class TestPlan:
             student,
             teacher,
             tuple(sets),
-            settings.image_size,
-            settings.scales,
-            extraction,
+            settings,
             key,
             root.subdir("features") / "cache" if settings.cache else None,
             distractors,
             whitening,
-            settings.reranking,
-            settings.report_dir,
-            settings.report_top,
         )
 
 
@@ -380,15 +367,13 @@ def _read_sets(settings: TestSettings, test_root: Path, progress: bool) -> List[
     return sets
 
 
-def _whitening(
-    encoder: LoadedNetwork, settings: TestSettings, extraction: ExtractionConfig, published: bool
-) -> PlannedWhitening:
+def _whitening(encoder: LoadedNetwork, settings: TestSettings, published: bool) -> PlannedWhitening:
     """Where the whitening of ``settings`` comes from; the whitening set read unless it is known."""
-    root = cast(DataRoot, settings.data_root)
-    request = WhiteningRequest(cast(str, settings.whitening), settings.image_size, settings.scales, extraction, root)
+    request = settings.whitening_request()
     known = known_whitening(encoder, request, published)
+    train_root = cast(DataRoot, settings.data_root).subdir("train")
     return PlannedWhitening(
-        request, known, read_whitening_db(request.whitening_set, root.subdir("train")) if known is None else None
+        request, known, read_whitening_db(request.whitening_set, train_root) if known is None else None
     )
 
 

@@ -91,14 +91,12 @@ def _whitening(plan: TestPlan) -> Optional[Whitening]:
 
 def _encode(plan: TestPlan, test: PlannedSet) -> _Encoded:
     """A test set's database (cached when the plan says so) and queries."""
-    encoder, dataset = plan.database_encoder, test.dataset
+    encoder, dataset, s = plan.database_encoder, test.dataset, plan.settings
     skipped_db: List[int] = []
     skipped_queries: List[int] = []
-    database = plan.extraction.but(desc=f"{dataset} database")
+    database = s.extraction.but(desc=f"{dataset} database")
     if plan.cache_dir is None:
-        vecs = describe_images(
-            encoder.net, test.images, plan.image_size, plan.scales, config=database, skipped=skipped_db
-        )
+        vecs = describe_images(encoder.net, test.images, s.image_size, s.scales, config=database, skipped=skipped_db)
     else:
         vecs = cached_descriptors(
             encoder.net, test.images, plan.key, plan.cache_dir, dataset, skipped_db, config=database
@@ -106,11 +104,11 @@ def _encode(plan: TestPlan, test: PlannedSet) -> _Encoded:
     qvecs = describe_images(
         plan.student.net,
         test.queries,
-        plan.image_size,
-        plan.scales,
+        s.image_size,
+        s.scales,
         bbxs=test.bbxs,
         skipped=skipped_queries,
-        config=plan.extraction.but(desc=f"{dataset} queries"),
+        config=s.extraction.but(desc=f"{dataset} queries"),
     )
     kept = [q for q in range(len(test.queries)) if q not in set(skipped_queries)]
     for what, images, skipped in (
@@ -123,14 +121,14 @@ def _encode(plan: TestPlan, test: PlannedSet) -> _Encoded:
                 "missing or damaged; prepare it again (and see the first error without --skip-bad-images)"
             )
     teacher_qvecs = None
-    if plan.report_dir is not None and plan.teacher is not None:  # the report shows the teacher's ranking too
+    if s.report_dir is not None and plan.teacher is not None:  # the report shows the teacher's ranking too
         teacher_qvecs = describe_images(
             plan.teacher.net,
             [test.queries[q] for q in kept],
-            plan.image_size,
-            plan.scales,
+            s.image_size,
+            s.scales,
             bbxs=[test.bbxs[q] for q in kept],
-            config=plan.extraction.but(skip_bad=False),
+            config=s.extraction.but(skip_bad=False),
         )
     return _Encoded(vecs, qvecs[:, kept], kept, skipped_db, skipped_queries, teacher_qvecs)
 
@@ -220,7 +218,7 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown) 
     student, teacher, kept = plan.student, plan.teacher, encoded.kept
     dataset, cfg, images, queries, bbxs = test.dataset, test.cfg, test.images, test.queries, test.bbxs
     database = shown.database
-    top = min(plan.report_top, database.vecs.shape[1])
+    top = min(plan.settings.report_top, database.vecs.shape[1])
     student_aps = _query_aps(shown.result.metrics, kept, len(queries))
     rows: List[List[Ranking]] = [[] for _ in queries]
     ranks, _ = database.nearest(shown.queries, top)
@@ -259,7 +257,7 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown) 
     )
     lines = DatasetResult(dataset, (shown.result,)).lines()  # ">> roxford5k + whiten: mAP ...", its search named
     summary = "; ".join([how] + [line.removeprefix(">> ") for line in lines])
-    folder = Path(plan.report_dir or ".") / dataset
+    folder = Path(plan.settings.report_dir or ".") / dataset
     if not current_world().is_main:  # rank 0 writes it
         return folder / "index.html"
     return write_report(folder, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
@@ -303,10 +301,15 @@ def _search(
         log.info(">> %s: Evaluating against %d + %d images...", name, len(test.images), store.count)
     else:
         log.info(">> %s: Evaluating...", test.dataset)
-    searches = _searches(database, encoded.qvecs, test, kept, False, plan.reranking)
+    searches = _searches(database, encoded.qvecs, test, kept, False, plan.settings.reranking)
     if lw is not None:
         searches += _searches(
-            database.whitened(lw, name), whitened(encoded.qvecs, lw, f"{name} query"), test, kept, True, plan.reranking
+            database.whitened(lw, name),
+            whitened(encoded.qvecs, lw, f"{name} query"),
+            test,
+            kept,
+            True,
+            plan.settings.reranking,
         )
     skipped = None
     if encoded.skipped_db or encoded.skipped_queries:
@@ -318,7 +321,7 @@ def _search(
     else:
         _remove_stale_listing(test)
     report = None
-    if plan.report_dir is not None:  # refused with distractors: the test set's own database
+    if plan.settings.report_dir is not None:  # refused with distractors: the test set's own database
         report = _report(plan, test, encoded, _shown(plan, test, encoded, searches, lw))
     return DatasetResult(name, tuple(searches), skipped, added, report)
 

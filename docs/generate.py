@@ -699,7 +699,7 @@ def registry_section() -> Generated:
     from aml.training.modes import MODES
 
     rows = [[f"`{loss}`"] + ["✓" if spec.accepts(mode) else "" for mode in MODES.values()] for loss, spec in LOSSES.items()]
-    text = ("✓: the loss trains in the mode (`LOSSES` in `aml/losses/__init__.py`, `MODES` in "
+    text = ("✓: the loss trains in the mode (`LOSSES` in `aml/losses/registry.py`, `MODES` in "
             "`aml/training/modes.py`); any other pair is refused when the flags are parsed, with the reason.\n\n"
             + table(["loss"] + [f"`{m}`" for m in MODES], rows))
     return Generated({"losses_and_modes.md": text}, {}, [])

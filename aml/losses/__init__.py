@@ -12,10 +12,6 @@ values (``batch_mean``, those papers' reduction) or their sum (the original's). 
 reads only this registry and those four attributes.
 """
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Union
-
 from aml.losses.batch import LossKind, TupleBatch
 from aml.losses.compatibility import (
     BackwardCompatibleLoss,
@@ -24,6 +20,8 @@ from aml.losses.compatibility import (
     HeterogeneousCompatibilityLoss,
 )
 from aml.losses.context import TeacherContext
+from aml.losses.registry import LOSSES, TEMPERATURES, LossSpec, build_loss, check_temperature
+from aml.losses.registry import Loss as Loss  # the type of what the registry builds
 from aml.losses.relational import HardDarkRank, RelationalLoss, RKdAD
 from aml.losses.tuples import (
     ContrastiveDistLoss,
@@ -35,123 +33,6 @@ from aml.losses.tuples import (
     TripletLoss,
     TupleLoss,
 )
-from aml.utils.errors import ConfigError, lookup
-
-
-Loss = Union[TupleLoss, RelationalLoss]  # what the registry builds: one call shape, loss(batch)
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """How to build a loss from (margin, temp) and which training modes it works with (a
-    predicate over a mode's attributes)."""
-
-    build: Callable[[float, float], "Loss"]
-    accepts: Callable[[Any], bool]
-    why: str  # shown when a mode is refused
-
-    @property
-    def kind(self) -> LossKind:
-        """What one value of the loss stands for (read from its module)."""
-        return self.build(0.7, 0.1).kind
-
-
-def _tuples(mode) -> bool:
-    return mode.tuples
-
-
-def _images(mode) -> bool:
-    return mode.needs_teacher and not mode.tuples and not mode.relational
-
-
-_IMAGES_WHY = "it trains on single images against the teacher's view of the whole split (modes reg, reg_only_pos)"
-
-
-LOSSES: Dict[str, LossSpec] = {
-    "contrastive": LossSpec(
-        lambda m, t: ContrastiveLoss(margin=m),
-        lambda mode: not mode.relational,
-        "it needs tuples (anchor, positives, negatives)",
-    ),
-    "triplet": LossSpec(
-        lambda m, t: TripletLoss(margin=m),
-        lambda mode: mode.tuples and not mode.self_positive,
-        "it needs exactly one positive and some negatives per tuple",
-    ),
-    "multi": LossSpec(lambda m, t: MultiSimilarityLoss(), _tuples, "it needs tuples with negatives"),
-    "cross_entropy": LossSpec(lambda m, t: CrossEntropyLoss(temp=t), _tuples, "it needs tuples with negatives"),
-    "cross_entropy_dist": LossSpec(
-        lambda m, t: CrossEntropyDistLoss(temp=t), _tuples, "it needs tuples with negatives"
-    ),
-    "contrastive_dist": LossSpec(
-        lambda m, t: ContrastiveDistLoss(),
-        lambda mode: mode.tuples and mode.needs_teacher,
-        "its targets are teacher distances, so it needs a teacher tuple mode",
-    ),
-    "regression": LossSpec(
-        lambda m, t: RegressionLoss(),
-        lambda mode: mode.self_positive and not mode.relational,
-        "it regresses the anchor onto teacher positives",
-    ),
-    "rkd": LossSpec(
-        lambda m, t: RKdAD(),
-        lambda mode: mode.relational,
-        "it compares batches of student and teacher descriptors (mode rand)",
-    ),
-    "dark": LossSpec(
-        lambda m, t: HardDarkRank(),
-        lambda mode: mode.relational,
-        "it compares batches of student and teacher descriptors (mode rand)",
-    ),
-    # losses of later papers (aml.losses.compatibility); --temp is their temperature
-    "csd": LossSpec(lambda m, t: ContextualSimilarityLoss(temp=t), _images, _IMAGES_WHY),
-    "bct": LossSpec(lambda m, t: BackwardCompatibleLoss(temp=t), _images, _IMAGES_WHY),
-    "hvs": LossSpec(lambda m, t: HeterogeneousCompatibilityLoss(temp=t), _images, _IMAGES_WHY),
-    "lce": LossSpec(lambda m, t: CompatibleEmbeddingLoss(temp=t), _images, _IMAGES_WHY),
-}
-
-
-#: the temperatures (``--temp``) with which the softmax losses still learn, `check_temperature`
-TEMPERATURES = (1e-3, 10.0)
-
-
-def check_temperature(temp: float) -> None:
-    """Refuse a temperature that makes the softmax losses degenerate, saying why.
-
-    Descriptors are L2-normalised, so the logits (similarities / temp) span at most 2 / temp.
-
-    Args:
-        temp: the temperature (``--temp``).
-
-    Raises:
-        ConfigError: below `TEMPERATURES` (the softmax is a hard maximum and the gradients grow
-            as 1 / temp, so the run diverges whatever the learning rate), above it (the logits
-            are nearly equal, so the loss stays constant and nothing is learned), or not a
-            finite positive number.
-    """
-    low, high = TEMPERATURES
-    if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not math.isfinite(temp) or temp <= 0:
-        raise ConfigError(f"--temp {temp!r}: a temperature is a finite number > 0 (default 0.1)")
-    if temp < low:
-        raise ConfigError(
-            f"--temp {temp:g}: below {low:g} the logits (similarities / temp) span {2 / temp:.3g}: the "
-            f"softmax is a hard maximum and the gradients grow as 1/temp, so training diverges whatever "
-            f"--lr is; use {low:g} to {high:g} (default 0.1)"
-        )
-    if temp > high:
-        raise ConfigError(
-            f"--temp {temp:g}: above {high:g} the logits (similarities / temp) span only {2 / temp:.3g}: "
-            f"the softmax is nearly uniform, the loss stays constant and nothing is learned; use {low:g} "
-            f"to {high:g} (default 0.1)"
-        )
-
-
-def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
-    """The criterion ``name`` (see LOSSES) with the CLI's margin and temperature (`check_temperature`)."""
-    spec = lookup(LOSSES, name, "loss")
-    check_temperature(temp)
-    return spec.build(margin, temp)
-
 
 __all__ = [
     "LOSSES",

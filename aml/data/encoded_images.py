@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from aml.data.images import (
     BBox,
+    check_boxes,
     ImageLoadError,
     PathLike,
     PixelNormalizer,
@@ -109,8 +110,7 @@ class EncodedImagesFromList(Dataset):
         bbxs: Optional[Sequence[Optional[BBox]]] = None,
         pil_only: bool = False,
     ):
-        if bbxs is not None and len(bbxs) != len(images):
-            raise ValueError(f"{len(images)} images but {len(bbxs)} bounding boxes")
+        check_boxes(len(images), bbxs)
         self.images, self.imsize, self.bbxs, self.pil_only = list(images), imsize, bbxs, pil_only
 
     def __len__(self) -> int:

@@ -17,11 +17,33 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from aml.utils.errors import AmlError
+from aml.utils.errors import AmlError, ConfigError
 from aml.utils.text_files import check_line_names
 from aml.utils.types import PathLike
 
 BBox = Sequence[float]
+
+
+def check_boxes(count: int, bbxs: Optional[Sequence[Optional[BBox]]]) -> None:
+    """Refuse crop boxes that are not one (or None) per image.
+
+    Args:
+        count: the images.
+        bbxs: their boxes, or None (no crops).
+
+    Raises:
+        ConfigError: for another number of boxes.
+
+    Examples:
+        >>> from aml.data.images import check_boxes
+        >>> check_boxes(2, [None, (0, 0, 10, 10)])
+        >>> check_boxes(2, [None])
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: 1 boxes for 2 images: give one box (or None) per image
+    """
+    if bbxs is not None and len(bbxs) != count:
+        raise ConfigError(f"{len(bbxs)} boxes for {count} images: give one box (or None) per image")
 
 
 class ImageLoadError(AmlError, RuntimeError):
@@ -296,8 +318,7 @@ class ImagesFromList(Dataset):
         bbxs: Optional[Sequence[Optional[BBox]]] = None,
         transform: Optional[Callable] = None,
     ):
-        if bbxs is not None and len(bbxs) != len(images):
-            raise ValueError(f"{len(images)} images but {len(bbxs)} bounding boxes")
+        check_boxes(len(images), bbxs)
         self.images = list(images)
         self.imsize = imsize
         self.bbxs = bbxs

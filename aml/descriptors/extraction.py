@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from aml.data.encoded_images import DeviceDecoder, EncodedImagesFromList, ImagePayload
-from aml.data.images import BBox, ImageLoadError, ImagesFromList, image_transform
+from aml.data.images import BBox, ImageLoadError, ImagesFromList, check_boxes, image_transform
 from aml.networks.inference import inference_copy
 from aml.networks.preserved import left_as_it_was
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
@@ -626,8 +626,7 @@ def _check_request(
     """Refuse, before any image is read, scales that are none, not positive finite numbers, or
     that with the image size leave every image under one pixel (each image was refused in
     turn, as too small, or skipped as unreadable), and boxes that are not one per image."""
-    if bbxs is not None and len(bbxs) != count:
-        raise ConfigError(f"{len(bbxs)} boxes for {count} images: give one box (or None) per image")
+    check_boxes(count, bbxs)
     if not len(scales):
         raise ConfigError("no scales to extract at: give at least one (--multiscale '[1]')")
     if not all(math.isfinite(s) and s > 0 for s in scales):

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from aml.data.images import BBox, load_and_resize
+from aml.data.images import BBox, check_boxes, load_and_resize
 from aml.utils.atomic import atomic_path
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
@@ -328,9 +328,8 @@ def describe_with_onnx(
         >>> describe_with_onnx(onnx_session("deploy/student.onnx"), ["query.jpg"], 1024).shape  # doctest: +SKIP
         (512, 1)
     """
+    check_boxes(len(images), bbxs)
     boxes = list(bbxs) if bbxs is not None else [None] * len(images)
-    if len(boxes) != len(images):
-        raise ValueError(f"{len(images)} images but {len(boxes)} bounding boxes")
     source = source or getattr(session, "_model_path", None) or "the ONNX file"  # onnxruntime keeps the path
     columns = [
         _encoded(session, image_array(path, image_size, box), path, source)[0]

@@ -36,7 +36,7 @@ def test_nan_descriptors_of_an_onnx_student_are_an_error_naming_the_file(tmp_pat
         describe_with_onnx(onnx_session(damaged), [image], 32)
     with pytest.raises(OnnxStudentError, match="student-int8.onnx gives NaN"):
         describe_with_onnx(onnx_session(damaged), [image], 32, source="student-int8.onnx")
-    with pytest.raises(ValueError, match="1 images but 2 bounding boxes"):  # as the torch path says it
+    with pytest.raises(ValueError, match="2 boxes for 1 images"):  # as the torch path says it
         describe_with_onnx(onnx_session(damaged), [image], 32, bbxs=[None, None])
 
 

@@ -174,6 +174,19 @@ def epoch_tuple_count(mode: Mode, db: TrainingDb, sizes: EpochSizes) -> int:
     return _query_count(db, sizes)
 
 
+def triplet_pool_count(db: TrainingDb, sizes: EpochSizes) -> int:
+    """The pool a triplet epoch draws each anchor's positive and negative from: up to
+    ``pool_size`` of the images that are not its anchors.
+
+    Examples:
+        >>> from aml.training.modes import EpochSizes, triplet_pool_count
+        >>> db = {"cids": list(range(10)), "cluster": [0] * 10, "qidxs": [0, 1, 2], "pidxs": [3, 4, 5]}
+        >>> triplet_pool_count(db, EpochSizes(4, 5, 5)), triplet_pool_count(db, EpochSizes(4, 20, 5))
+        (5, 7)
+    """
+    return max(0, min(sizes.pool_size, len(db["cids"]) - _query_count(db, sizes)))
+
+
 def _query_count(db: TrainingDb, sizes: EpochSizes) -> int:
     """An epoch's queries (a triplet epoch's anchors too): ``query_size``, at most one per
     query pair of the db, as the original caps its query size in every mode."""

@@ -28,12 +28,14 @@ from aml.reports.curves import TestedEpoch, TestRecords, TrainingHistory
 from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
 from aml.training.config import TrainSettings
 from aml.training.modes import (
+    Draw,
     EpochSizes,
     Mode,
     Negatives,
     TrainingTuple,
     build_epoch_tuples,
     epoch_tuple_count,
+    triplet_pool_count,
     validation_mode,
 )
 from aml.training.optim import set_epoch_lr
@@ -186,7 +188,8 @@ class Trainer:
         model_best would ever be written.
 
         A split of one landmark (cluster) is refused where the mode mines negatives: they come
-        from other landmarks, and its tuples would have none.
+        from other landmarks, and its tuples would have none; so is a triplet mode's pool of
+        fewer than 2 images beside the anchors.
 
         Raises:
             ConfigError: naming the split, its tuples or landmarks and the fix.
@@ -207,7 +210,15 @@ class Trainer:
                     f"negatives from other landmarks than the query's and would find none; give the set 2 or "
                     f"more landmarks in each split (make_trainset gives both two from 4 landmarks){no_val}"
                 )
-            count = epoch_tuple_count(mode, split.db, self._sizes(split, everything))
+            sizes = self._sizes(split, everything)
+            pool = triplet_pool_count(split.db, sizes)
+            if mode.draw is Draw.TRIPLETS and pool < 2:
+                raise ConfigError(
+                    f"the {name} split leaves {pool} images beside its anchors: --mode {mode.name} draws each "
+                    f"anchor's positive and negative among them, 2 or more; give --pool-size 2 or more, or a "
+                    f"smaller --query-size{no_val}"
+                )
+            count = epoch_tuple_count(mode, split.db, sizes)
             if count < s.batch_size:
                 raise ConfigError(
                     f"the {name} split draws {count} tuples an epoch, fewer than --batch-size {s.batch_size}: "

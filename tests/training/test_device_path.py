@@ -232,3 +232,19 @@ def test_a_split_of_one_landmark_is_refused_where_the_mode_mines_negatives(split
         trainer.check_batches()
     trainer.train_split, trainer.settings = lone, trainer.settings.but(val=False)
     trainer.check_batches()  # reg without validation needs no negatives
+
+
+@pytest.mark.parametrize("mode", ["rand_tpl", "rand_tpl_a"])
+def test_a_triplet_mode_without_two_pool_images_beside_its_anchors_is_refused(split, tmp_path, mode):
+    """--pool-size 1 (or a split whose query pairs leave fewer than 2 other images) ended the
+    first epoch in a bare ValueError of the mining ("teacher triplets need a pool ...")."""
+    from aml.utils.errors import ConfigError
+
+    trainer = make_trainer(split, tmp_path, pool_size=1, batch_size=2)
+    trainer.mode = MODES[mode]
+    with pytest.raises(ConfigError, match=rf"the train split leaves 1 images beside its anchors: --mode {mode} "
+                                          r"draws .* give --pool-size 2 or more"):
+        trainer.check_batches()
+    trainer.settings = trainer.settings.but(pool_size=2)
+    trainer.check_batches()
+    assert len(trainer.epoch_tuples(split, 0)) == 8

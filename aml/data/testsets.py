@@ -17,7 +17,7 @@ from aml.data.formats import TestConfig
 from aml.data.paths import data_subdir, link_folder
 from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
 from aml.data.synthetic import generate_test_set
-from aml.utils.errors import ConfigError
+from aml.utils.errors import ConfigError, MissingFile
 from aml.utils.types import PathLike
 
 CIRTORCH_TEST = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/"
@@ -123,7 +123,7 @@ def _prepared(name: str, test_root: Path, progress: bool) -> Path:
     gnd = test_root / entry.name / f"gnd_{entry.name}.pkl"
     if not gnd.exists() or not (test_root / entry.name / "jpg").exists():
         if entry.prepare is None:
-            raise FileNotFoundError(f"{gnd} is missing and {name} cannot be downloaded automatically; put it there")
+            raise MissingFile(f"{gnd} is missing and {name} cannot be downloaded automatically; put it there")
         entry.prepare(test_root, progress)
     return test_root / entry.name
 

@@ -14,7 +14,7 @@ from aml.data.formats import TrainingDb
 from aml.data.paths import cid2filename, data_subdir, link_folder
 from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
 from aml.data.synthetic import generate_train_set
-from aml.utils.errors import ConfigError
+from aml.utils.errors import ConfigError, MissingFile
 from aml.utils.types import PathLike
 
 CIRTORCH_TRAIN = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/train/"
@@ -111,9 +111,7 @@ def _prepared(entry: TrainSet, train_root: Path) -> Path:
     folder = Path(train_root) / entry.folder
     if not (folder / "ims").exists() or not any(folder.glob("*.pkl")):
         if entry.prepare is None:
-            raise FileNotFoundError(
-                f"{folder} lacks ims/ or its pickles; make it again with python -m aml.cli.make_trainset"
-            )
+            raise MissingFile(f"{folder} lacks ims/ or its pickles; make it again with python -m aml.cli.make_trainset")
         entry.prepare(Path(train_root))
     return folder
 

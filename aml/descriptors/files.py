@@ -22,7 +22,7 @@ from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
 from aml.utils.distributed import barrier, current_world, warn_once
-from aml.utils.errors import DataError
+from aml.utils.errors import DataError, MissingFile
 from aml.utils.text_files import TooLarge, line_list, read_bounded, read_line_list
 from aml.utils.plain_files import file_format
 
@@ -199,7 +199,7 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
     elif path.is_dir():
         raise DataError(f"feature file {path} is a folder without a store's manifest.json; give the .npy file")
     elif not path.is_file():
-        raise FileNotFoundError(f"feature file {path} does not exist; create it with extract_features.py")
+        raise MissingFile(f"feature file {path} does not exist; create it with extract_features.py")
     else:
         try:
             vecs = np.load(path, allow_pickle=False)

@@ -43,7 +43,7 @@ from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
-from aml.utils.errors import ConfigError, DataError, lookup
+from aml.utils.errors import ConfigError, DataError, MissingFile, lookup
 from aml.utils.text_files import line_list, read_bounded, read_line_list
 
 log = logging.getLogger(__name__)
@@ -567,7 +567,7 @@ class DescriptorStore:
     def _load_shard(self, k: int) -> np.ndarray:
         path = self.shard_path(k)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"descriptor store {self.folder}: {path.name} is missing (the extraction did not "
                 "finish); run the same command again to encode the missing shards"
             )

@@ -17,7 +17,7 @@ from aml.networks.checkpoint import checkpoint_dimension, load_checkpoint, load_
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.pretrained import PRETRAINED, TEACHERS
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
-from aml.utils.errors import ConfigError, DataError
+from aml.utils.errors import ConfigError, DataError, MissingFile
 
 log = logging.getLogger(__name__)
 OFFTHESHELF_FLAGS = {"reg": "regional", "lwhiten": "local_whitening", "whiten": "whitening"}
@@ -272,7 +272,7 @@ def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: DataR
         raise ConfigError(f"{spec.name} exists only in memory; nothing can load it")
     assert spec.path is not None
     if not spec.path.exists():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"network {spec.given!r} is neither a file nor a name of the pretrained list (see "
             "README or `python test.py --list-pretrained`)"
         )

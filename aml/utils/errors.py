@@ -26,6 +26,10 @@ class DataError(AmlError, ValueError):
     file of another size, a store of another network)."""
 
 
+class MissingFile(AmlError, FileNotFoundError):
+    """A file or data set aml needs is not there (the message says how to make or get it)."""
+
+
 class TrainingDiverged(AmlError, RuntimeError):
     """The loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
 

@@ -45,6 +45,28 @@ def test_the_errors_keep_their_builtin_kind():
     assert issubclass(UnsafePickleError, pickle.UnpicklingError)
 
 
+def test_no_module_raises_a_bare_file_not_found_for_its_user():
+    """A missing file of aml's (a data set, a feature file, a store's shard, the photos' wheel)
+    raised a builtin FileNotFoundError, outside the one error base: it is a MissingFile, which
+    is both."""
+    import ast
+    from pathlib import Path
+
+    from aml.descriptors.files import load_feature_file
+    from aml.utils.errors import MissingFile
+
+    bare = []
+    for path in Path(aml.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                if getattr(node.exc.func, "id", None) in ("FileNotFoundError", "RuntimeError", "OSError"):
+                    bare.append(f"{path.name}:{node.lineno}")
+    assert not bare, bare
+    assert issubclass(MissingFile, AmlError) and issubclass(MissingFile, FileNotFoundError)
+    with pytest.raises(MissingFile, match="feature file no/such.npy does not exist; create it with extract_features"):
+        load_feature_file(Path("no/such.npy"), 3)
+
+
 def _raising(error):
     def main():
         raise error

@@ -16,7 +16,7 @@ import numpy as np
 
 from aml.data.formats import GroundTruth
 from aml.data.testsets import GND_KEYS
-from aml.utils.errors import DataError
+from aml.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 DEFAULT_KAPPAS = (1, 5, 10)
@@ -215,7 +215,7 @@ def evaluate_ranks(
         for ``"classic"``, ``{'map': ..., 'aps': ...}`` from ok/junk.
 
     Raises:
-        ValueError: for a protocol other than `PROTOCOLS`, listing them.
+        ConfigError: for a protocol other than `PROTOCOLS`, listing them (a ValueError).
 
     Examples:
         >>> import numpy as np
@@ -227,7 +227,7 @@ def evaluate_ranks(
         (1.0, 0.25, {1: 0.0, 2: 0.5})
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}: the known ones are {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown protocol {protocol!r}: the known ones are {', '.join(PROTOCOLS)}")
     maps_of = compute_maps_from_positions if positions else compute_maps
     if protocol == "classic":
         m_ap, aps, _, _ = maps_of(ranks, {"gnd": gnd})["gnd"]

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from aml.evaluation.metrics import Metrics, format_results
 from aml.evaluation.reranking import Reranking
+from aml.utils.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,18 @@ class SearchResult:
             The mAP in [0, 1].
 
         Raises:
-            ValueError: for another level (``"Hard"``), naming the levels.
+            ConfigError: for another level (``"Hard"``), naming the levels (a ValueError).
         """
         if level not in ("easy", "medium", "hard", "all"):
-            raise ValueError(f"level {level!r}: choose easy, medium or hard (all: a classic test set's one mAP)")
+            raise ConfigError(f"level {level!r}: choose easy, medium or hard (all: a classic test set's one mAP)")
         metrics = self.metrics
         if "map" in metrics:  # the classic protocol
             return float(metrics["map"])
         if level == "all":
-            raise ValueError("level 'all' is a classic test set's; this one has easy, medium and hard")
+            raise ConfigError("level 'all' is a classic test set's; this one has easy, medium and hard")
         numbers = {"easy": metrics.get("easy"), "medium": metrics.get("medium"), "hard": metrics.get("hard")}[level]
         if numbers is None:
-            raise ValueError(f"level {level!r}: these results hold no such level ({sorted(metrics)})")
+            raise ConfigError(f"level {level!r}: these results hold no such level ({sorted(metrics)})")
         return float(numbers["map"])
 
 

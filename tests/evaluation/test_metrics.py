@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from aml.evaluation.metrics import compute_ap, compute_map, evaluate_ranks, format_results, revisited_gnd
+from aml.utils.errors import ConfigError
 
 
 def ranks_of(*columns):
@@ -94,7 +95,7 @@ def test_matches_a_plain_loop_on_random_rankings():
 
 def test_an_unknown_protocol_is_refused_listing_the_known_ones():
     ranks = np.array([[0], [1]])
-    with pytest.raises(ValueError, match="unknown protocol 'revisted': the known ones are revisited, classic"):
+    with pytest.raises(ConfigError, match="unknown protocol 'revisted': the known ones are revisited, classic"):
         evaluate_ranks(ranks, [{"easy": [0], "hard": [], "junk": []}], "revisted")
 
 
@@ -108,9 +109,9 @@ def test_a_level_that_is_not_one_is_named():
     classic = SearchResult(False, Reranking(), {"map": 0.75})
     assert revisited.map("hard") == 0.25 and classic.map("all") == 0.75 and classic.map() == 0.75
     for search in (revisited, classic):
-        with pytest.raises(ValueError, match="level 'Hard': choose easy, medium or hard"):
+        with pytest.raises(ConfigError, match="level 'Hard': choose easy, medium or hard"):
             search.map("Hard")
-    with pytest.raises(ValueError, match="level 'all' is a classic test set's"):
+    with pytest.raises(ConfigError, match="level 'all' is a classic test set's"):
         revisited.map("all")
 
 

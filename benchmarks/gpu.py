@@ -66,7 +66,7 @@ from aml.networks.retrieval_net import multiscale_power
 from aml.training.modes import get_mode
 from aml.training.batchnorm import calibrate_batchnorm, freeze_batchnorm
 from aml.training.optim import build_optimizer
-from aml.training.trainer import Split, Trainer, TrainSettings
+from aml.training.trainer import Learner, Split, Trainer, TrainSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_targets  # noqa: E402  (benchmarks/ is not a package)
@@ -384,7 +384,7 @@ def _ts_trainer(args, paths, device, folder: Path, fast: bool) -> Trainer:
     settings = TrainSettings(image_size=args.image_size, neg_num=5, query_size=args.tuples, pool_size=len(paths),
                              batch_size=5, epochs=1, val=False, batch_forward=fast, autocast=fast, seed=0)
     optimizer = build_optimizer(net, "adam", 1e-6, 0.9, 1e-6)
-    return Trainer(net, build_loss("contrastive", 0.7, 0.1).to(device), optimizer, get_mode("ts"),
+    return Trainer(Learner(net, build_loss("contrastive", 0.7, 0.1).to(device), optimizer, get_mode("ts")),
                    Split(db, list(paths), teacher), None, folder, settings,
                    extraction.but(workers=args.workers, device=str(device)))
 

@@ -34,7 +34,7 @@ from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.run_folder import earlier_checkpoint
 from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.parallel import batch_split_problem
-from aml.training.trainer import Split, Trainer
+from aml.training.trainer import Learner, Split, Trainer
 from aml.utils.atomic import folder_lock
 from aml.utils.devices import resolve_device
 from aml.utils.distributed import (
@@ -276,10 +276,7 @@ class _Run:
         net = main_first(world, lambda: self.network(dim)) if c.pretrained else self.network(dim)
         optimizer = build_optimizer(net, c.optimizer, c.lr, c.momentum, c.weight_decay, c.proj_lr_mult)
         trainer = Trainer(
-            net,
-            build_loss(c.loss, c.loss_margin, c.temp).to(self.device),
-            optimizer,
-            self.mode,
+            Learner(net, build_loss(c.loss, c.loss_margin, c.temp).to(self.device), optimizer, self.mode),
             train,
             val,
             self.run_dir,

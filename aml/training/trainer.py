@@ -92,6 +92,17 @@ class Split:
         return self.context
 
 
+@dataclass(frozen=True)
+class Learner:
+    """What a run trains: the network, the loss it learns by, the optimizer that steps it,
+    and the training mode that draws its tuples (one the loss accepts)."""
+
+    net: ImageRetrievalNet
+    criterion: Loss
+    optimizer: torch.optim.Optimizer
+    mode: Mode
+
+
 def _check_finite(losses: List[float]) -> None:
     bad = [value for value in losses if not np.isfinite(value)]
     if bad:
@@ -99,7 +110,7 @@ def _check_finite(losses: List[float]) -> None:
 
 
 class Trainer:
-    """Trains ``net`` with ``criterion`` in ``mode``; checkpoints go to ``run_dir``.
+    """Trains a `Learner` (its network with its loss, in its mode); checkpoints go to ``run_dir``.
 
     With a distributed ``world`` (torchrun) each rank trains its slice of every global
     mini-batch under DistributedDataParallel (`aml.training.parallel`); rank 0 alone
@@ -108,10 +119,7 @@ class Trainer:
 
     def __init__(
         self,
-        net: ImageRetrievalNet,
-        criterion: Loss,
-        optimizer: torch.optim.Optimizer,
-        mode: Mode,
+        learner: Learner,
         train: Split,
         val: Optional[Split],
         run_dir: Path,
@@ -120,8 +128,9 @@ class Trainer:
         evaluate: Optional[Callable[[ImageRetrievalNet, int], TestRecords]] = None,
         world: World = World(),
     ):
-        self.net, self.criterion, self.optimizer, self.mode = net, criterion, optimizer, mode
-        self.val_mode = validation_mode(mode)
+        net = learner.net
+        self.net, self.criterion, self.optimizer, self.mode = net, learner.criterion, learner.optimizer, learner.mode
+        self.val_mode = validation_mode(learner.mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
         # mining's extraction; its device (default: the network's), workers and progress are the loop's too
         self.device = extraction.device_for(net)

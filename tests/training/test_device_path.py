@@ -11,7 +11,7 @@ from aml.losses import LOSSES, build_loss
 from aml.networks import build_network
 from aml.training.modes import MODES
 from aml.training.optim import build_optimizer
-from aml.training.trainer import Split, Trainer, TrainSettings
+from aml.training.trainer import Learner, Split, Trainer, TrainSettings
 from tests.dispatch import ScalarReads
 
 DIM, SIZE = 64, 48
@@ -30,7 +30,7 @@ def make_trainer(split, folder, **settings):
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
     options = dict(image_size=SIZE, neg_num=2, query_size=8, pool_size=16, batch_size=4, epochs=1, val=False,
                    print_freq=100)
-    return Trainer(net, build_loss("contrastive"), optimizer, MODES["ts"], split, None, folder,
+    return Trainer(Learner(net, build_loss("contrastive"), optimizer, MODES["ts"]), split, None, folder,
                    TrainSettings(**dict(options, **settings)), ExtractionConfig(workers=0, device="cpu"))
 
 
@@ -170,7 +170,7 @@ def test_a_relational_validation_loss_is_per_tuple_as_the_originals(split, tmp_p
     net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM)
     settings = TrainSettings(image_size=SIZE, neg_num=0, query_size=8, pool_size=16, batch_size=4, epochs=1,
                              print_freq=100)
-    trainer = Trainer(net, build_loss("rkd"), build_optimizer(net, "adam", 1e-3, 0.9, 1e-6), MODES["rand"], split,
+    trainer = Trainer(Learner(net, build_loss("rkd"), build_optimizer(net, "adam", 1e-3, 0.9, 1e-6), MODES["rand"]), split,
                       split, tmp_path, settings, ExtractionConfig(workers=0, device="cpu"))
     batches = []
     real = Trainer.batch_losses
@@ -205,7 +205,7 @@ def test_a_batch_mean_loss_steps_with_the_mean_of_the_batch(split, tmp_path, los
         criterion = build_loss(loss)
         assert criterion.batch_mean
         criterion.batch_mean = mean  # the same loss, summed: the steps differ by the batch size
-        trainer = Trainer(net, criterion, build_optimizer(net, "sgd", 1e-3, 0.9, 1e-6), MODES["reg"], split, None,
+        trainer = Trainer(Learner(net, criterion, build_optimizer(net, "sgd", 1e-3, 0.9, 1e-6), MODES["reg"]), split, None,
                           tmp_path / str(mean), settings, ExtractionConfig(workers=0, device="cpu"))
         losses = trainer.batch_losses(first_batch(trainer, split), split, backward=True)
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))

@@ -18,7 +18,7 @@ from aml.networks.checkpoint import checkpoint_state, load_checkpoint, load_netw
 from aml.training.modes import MODES, check_loss_mode
 from aml.training.optim import build_optimizer
 from aml.training.teacher import Teacher, teacher_split_features
-from aml.training.trainer import Split, Trainer, TrainSettings
+from aml.training.trainer import Learner, Split, Trainer, TrainSettings
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).
 pytestmark = pytest.mark.long
@@ -75,7 +75,7 @@ def takes_a_step_and_validates(net, loss, mode, sym, splits, directory):
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
     settings = TrainSettings(image_size=SIZE, neg_num=2, query_size=5, pool_size=10, batch_size=5, epochs=1,
                              print_freq=100, sym=sym)
-    trainer = Trainer(net, build_loss(loss), optimizer, MODES[mode], splits["train"], splits["val"],
+    trainer = Trainer(Learner(net, build_loss(loss), optimizer, MODES[mode]), splits["train"], splits["val"],
                       directory, settings, ExtractionConfig(workers=0, device="cpu"))
     before = [p.detach().clone() for p in net.parameters()]
     train_loss = trainer.train_epoch(0)  # 5 tuples: one batch, one step

@@ -9,7 +9,11 @@ Images of equal shape after resizing are stacked into one batch (no padding, so 
 descriptor of an image never depends on its batch-mates); the forward runs under
 ``torch.inference_mode`` with channels_last and, on CUDA by default, float16 autocast.
 A batch that runs out of device memory is split, with a warning. Result: a D x N float32
-CPU tensor, column i = image i.
+CPU tensor, column i = image i. In float32 with ``decode="pil"`` the result equals cirtorch's
+one-image-at-a-time loop up to float rounding. The forward runs on
+`aml.networks.inference.inference_copy` of the network (BatchNorm folded) when
+``fold_batchnorm`` says so, by default for calls of `FOLD_MIN_PIXELS` or more; the network
+passed in comes back as it was (device, memory format, train/eval mode).
 """
 
 import contextlib
@@ -552,11 +556,7 @@ def extract_vectors(
     """Descriptors of images as a D x N float32 CPU tensor, column i for image i.
 
     cirtorch's positional arguments (and the original aml's ``workers``) and semantics; how to
-    extract is ``config``'s. Batches hold only
-    images of equal shape, so in fp32 with ``decode="pil"`` the result equals the one-image-at-a-time
-    loop up to float rounding. The forward runs on `aml.networks.inference.inference_copy` of ``net``
-    (BatchNorm folded) when ``config.fold_batchnorm``, by default for calls of `FOLD_MIN_PIXELS` or
-    more. A batch that runs out of device memory is split with a warning. The network comes back as
+    extract is ``config``'s (the module's docstring says how it runs). The network comes back as
     it was: on its device, in its memory format and train/eval mode.
 
     Under torchrun the call is collective: every rank encodes its contiguous block of the images

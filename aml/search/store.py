@@ -122,29 +122,22 @@ def build_store(
     reranking: Reranking = Reranking(),
     ivfpq: Optional[IvfPq] = None,
 ) -> Path:
-    """Encode a database's images with the teacher into a store.
+    """Encode a database's images with the teacher into a store (the module's docstring says
+    what a store holds and how it is written).
 
-    The store is built in ``.<name>.indexing`` beside ``folder`` and renamed into place when
-    complete, so the old store (if any) answers queries until then, and a store is never
-    half written nor mixed with another indexing's files; ``.<name>.lock`` keeps a second
-    indexing of ``folder`` out meanwhile. The descriptors are a sharded descriptor store
-    (`aml.descriptors.store`, float32): an interrupted indexing, run again with the same
-    teacher, settings and images, resumes at its first missing shard. Indexing into a
-    complete store encodes everything again (its images may have changed in place); its
-    whitening, DBA and IVF-PQ index go with it. With ``reranking.dba``, the (whitened)
-    descriptors are augmented once (`aml.evaluation.database_augmentation`) into ``dba.npy``,
-    which searches use instead, and ``search.json`` records it; the shards stay the
-    teacher's own. ``search.json`` records the sha256 of every file beside the shards.
+    The old store (if any) answers queries until the new one is complete. An interrupted
+    indexing, run again with the same teacher, settings and images, resumes at its first
+    missing shard; indexing into a complete store encodes everything again (its images may
+    have changed in place). With ``reranking.dba`` the (whitened) descriptors are augmented
+    once (`aml.evaluation.database_augmentation`) into ``dba.npy``, which searches use.
 
     Args:
-        teacher: the teacher and its provenance (the name or path it was loaded from is
-            recorded for the query-side check).
+        teacher: the teacher and its provenance (its name or path is kept for `aml.search.check_teacher`).
         images: the database's image files.
         folder: the store's folder: new, empty, or a store (replaced when the new one is complete).
         image_size: the longer side images are shrunk to.
         scales: the multi-scale factors.
-        whitening: the teacher's learned whitening (m, P), saved with the store and applied to
-            both sides; None: none.
+        whitening: the teacher's learned whitening (m, P), applied to both sides; None: none.
         config: how to extract (`aml.descriptors.ExtractionConfig`).
         reranking: its ``dba`` neighbours augment each database descriptor, weighted by their
             similarities to the power ``dba_alpha`` (DBA; 0: none); αQE and SuperGlobal are
@@ -174,12 +167,8 @@ def build_store(
     images = [os.path.abspath(i) for i in images]  # links kept: a git-annex or DVC photo keeps its own name
     dim = int(teacher.net.meta["outputdim"])
     _check_plan(len(images), dim, reranking, ivfpq)
-    key = StoreKey(
-        DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint),
-        teacher.name,
-        "float32",
-        SHARD_SIZE,
-    )
+    descriptors = DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint)
+    key = StoreKey(descriptors, teacher.name, "float32", SHARD_SIZE)
     target.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(target, fix="give another --store", beside=True):
         _refuse_foreign_files(target)

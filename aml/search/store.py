@@ -122,14 +122,14 @@ def build_store(
     reranking: Reranking = Reranking(),
     ivfpq: Optional[IvfPq] = None,
 ) -> Path:
-    """Encode a database's images with the teacher into a store (the module's docstring says
-    what a store holds and how it is written).
+    """Encode a database's images with the teacher into a store.
 
-    The old store (if any) answers queries until the new one is complete. An interrupted
-    indexing, run again with the same teacher, settings and images, resumes at its first
-    missing shard; indexing into a complete store encodes everything again (its images may
-    have changed in place). With ``reranking.dba`` the (whitened) descriptors are augmented
-    once (`aml.evaluation.database_augmentation`) into ``dba.npy``, which searches use.
+    The module's docstring says what a store holds and how it is written. The old store (if
+    any) answers queries until the new one is complete. An interrupted indexing, run again
+    with the same teacher, settings and images, resumes at its first missing shard; indexing
+    into a complete store encodes everything again (its images may have changed in place).
+    With ``reranking.dba`` the (whitened) descriptors are augmented once
+    (`aml.evaluation.database_augmentation`) into ``dba.npy``, which searches use.
 
     Args:
         teacher: the teacher and its provenance (its name or path is kept for `aml.search.check_teacher`).

@@ -20,7 +20,7 @@ from aml.cli.arguments import (
     setup_logging,
 )
 from aml.descriptors import ExtractionConfig
-from aml.evaluation.whitening import check_whitening
+from aml.evaluation.whitening_store import read_whitening_file
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
 from aml.export.errors import ExportError
 from aml.export.student import EXPORTED_FILES, check_export_folder
@@ -31,7 +31,6 @@ from aml.search import SearchDatabase, StoreError, check_teacher, list_images, o
 from aml.search.store import STORE_MARKERS
 from aml.utils.atomic import atomic_write
 from aml.utils.text_files import strict_json
-from aml.utils.plain_files import load_plain_file
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -139,9 +138,7 @@ def _whitening(args, store: Optional[SearchDatabase], dim: int):
             )
         return store.whitening
     if args.whitening_file:
-        data = load_plain_file(args.whitening_file)
-        m, P = (data.get("m"), data.get("P")) if isinstance(data, dict) else (None, None)
-        return check_whitening(m, P, dim, args.whitening_file)
+        return read_whitening_file(args.whitening_file, dim)
     return None
 
 

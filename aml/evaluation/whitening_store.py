@@ -27,6 +27,7 @@ from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import optional_write
 from aml.utils.distributed import all_ranks, current_world, warn_once
 from aml.utils.plain_files import CheckpointError, load_plain_file, save_plain_file
+from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
 Whitening = Tuple[np.ndarray, np.ndarray]
@@ -101,8 +102,39 @@ def learn_whitening(encoder: LoadedNetwork, request: WhiteningRequest, db: Train
     return whitenlearn(vecs, qidxs, pidxs)
 
 
-def _file_whitening(data, dim: int, source: str) -> Whitening:
-    """(m, P) of a whitening file's dict, checked (`check_whitening`)."""
+def read_whitening_file(path: PathLike, dim: int) -> Whitening:
+    """The whitening (m, P) of a file as aml and cirtorch save them (a dict with ``m`` and ``P``).
+
+    Args:
+        path: the file (a whitening cache, a published whitening, a store's, ``--whitening-file``).
+        dim: the dimension of the descriptors it is to whiten.
+
+    Returns:
+        (m, P), checked (`aml.evaluation.whitening.check_whitening`: shapes, finite values).
+
+    Raises:
+        CheckpointError: for a file that is not a readable torch or pickle file.
+        WhiteningError: for a file that holds no whitening, or one not of ``dim``-d descriptors.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation.whitening_store import read_whitening_file, save_whitening_file
+        >>> save_whitening_file("lw.pth", (np.zeros((4, 1)), np.eye(4)))  # doctest: +SKIP
+        >>> [a.shape for a in read_whitening_file("lw.pth", 4)]  # doctest: +SKIP
+        [(4, 1), (4, 4)]
+    """
+    return _whitening_of(load_plain_file(path), dim, str(path))
+
+
+def save_whitening_file(path: PathLike, whitening: Whitening, key: Optional[str] = None) -> None:
+    """Write ``whitening`` (m, P) as `read_whitening_file` reads it; a cache records the digest
+    ``key`` of what it was learned from."""
+    m, P = whitening
+    save_plain_file({"m": m, "P": P} if key is None else {"m": m, "P": P, "key": key}, path)
+
+
+def _whitening_of(data, dim: int, source: str) -> Whitening:
+    """(m, P) of a whitening file's contents, checked (`check_whitening`)."""
     if not isinstance(data, dict) or "m" not in data or "P" not in data:
         found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise WhiteningError(f"{source} holds {found}, not a whitening with 'm' and 'P'; download or learn it again")
@@ -121,7 +153,7 @@ def _cached(cache: Path, digest: str, whitening_set: str, dim: int) -> Optional[
                 ">> %s: %s was learned for another network, scales or images; learning it again", whitening_set, cache
             )
             return None
-        found = _file_whitening(data, dim, str(cache))
+        found = _whitening_of(data, dim, str(cache))
     except (CheckpointError, WhiteningError) as err:
         log.warning(">> %s: the whitening cache is damaged, learning it again (%s)", whitening_set, err)
         return None
@@ -193,7 +225,7 @@ def known_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published
         name = entry.whitening_url.rsplit("/", 1)[1]
         path = download_file(entry.whitening_url, data_subdir(request.data_root, "model") / name)
         log.info(">> %s: whitening from the published file %s", whitening_set, path)
-        return _file_whitening(load_plain_file(path), dim, str(path))
+        return read_whitening_file(path, dim)
     return None
 
 
@@ -232,7 +264,7 @@ def learned_whitening(
     )
     if cache is not None and current_world().is_main:
         with optional_write(f"{whitening_set}: the whitening cache"):
-            save_plain_file({"m": m, "P": P, "key": digest}, cache)
+            save_whitening_file(cache, (m, P), digest)
             log.info(">> %s: Saving to %s...", whitening_set, cache)
     return m, P
 

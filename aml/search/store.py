@@ -37,7 +37,8 @@ from aml.descriptors.store import (
     open_store,
 )
 from aml.evaluation.reranking import Reranking, database_augmentation
-from aml.evaluation.whitening import WhiteningError, check_whitening, whitenapply, whitened
+from aml.evaluation.whitening import WhiteningError, whitenapply, whitened
+from aml.evaluation.whitening_store import read_whitening_file, save_whitening_file
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
 from aml.search.database import (
@@ -60,7 +61,6 @@ from aml.utils.atomic import atomic_write, folder_identity, folder_lock, publish
 from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
-from aml.utils.plain_files import load_plain_file, save_plain_file
 from aml.utils.text_files import TextFile, read_bounded, read_text_file
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def _write_search_files(
     folder = store.folder
     record: SearchRecord = {"source": source}
     if whitening is not None:
-        save_plain_file({"m": whitening[0], "P": whitening[1]}, folder / WHITENING)
+        save_whitening_file(folder / WHITENING, whitening)
     if reranking.dba:
         record["dba"] = _write_augmented(store, whitening, reranking, device)
     record[FILES] = {name: file_sha256(folder / name) for name in (WHITENING, DBA) if (folder / name).is_file()}
@@ -518,10 +518,8 @@ def _whitening(folder: Path, dim: int) -> Optional[Whitening]:
     path = folder / WHITENING
     if not path.is_file():
         return None
-    data = load_plain_file(path)
-    m, P = (data.get("m"), data.get("P")) if isinstance(data, dict) else (None, None)
     try:
-        return check_whitening(m, P, dim, str(path))
+        return read_whitening_file(path, dim)
     except WhiteningError as err:
         raise StoreError(f"{str(err).split('; ')[0]}; index the store again ({REBUILD} -w SET)") from None
 

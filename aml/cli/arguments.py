@@ -201,11 +201,11 @@ def _owner(path: Path) -> Optional[str]:
     """What of aml's ``path`` would break: any file in a store's folder (the next indexing
     refuses files that are not the store's), or a run folder's history; None: nothing."""
     from aml.reports.curves import HISTORY
-    from aml.search.store import STORE_MARKERS
+    from aml.search.store import store_marker
     from aml.training.run_folder import LOSS_LOG
 
     folder = path.absolute().parent
-    if any((folder / marker).exists() for marker in STORE_MARKERS):
+    if store_marker(folder) is not None:
         return f"store {folder}"
     if path.name == HISTORY and (folder / LOSS_LOG).exists():
         return f"run folder {folder}"

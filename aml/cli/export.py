@@ -28,7 +28,7 @@ from aml.export.report import OnnxTestMaps, onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
 from aml.reports.provenance import provenance
 from aml.search import SearchDatabase, StoreError, check_teacher, list_images, open_database
-from aml.search.store import STORE_MARKERS
+from aml.search.store import store_marker
 from aml.utils.atomic import atomic_write
 from aml.utils.text_files import strict_json
 from aml.utils.errors import ConfigError
@@ -43,7 +43,7 @@ def export_folder(text: str) -> str:
     """The argparse ``type`` of --out: a `folder` that is not a store's, whose next indexing
     would refuse the exported files as not a store's."""
     output_folder(text)
-    marker = next((name for name in STORE_MARKERS if (Path(text) / name).exists()), None)
+    marker = store_marker(text)
     if marker is not None:
         raise argparse.ArgumentTypeError(
             f"{text} is a store's folder (it holds {marker}): the exported files there would keep it from being "

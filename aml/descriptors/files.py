@@ -17,7 +17,7 @@ from aml.data.testsets import configdataset, prepare_test_set, query_and_databas
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey, images_digest
-from aml.descriptors.store import StoreKey, encode_into_store, open_store
+from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write
@@ -194,10 +194,10 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         (512, 3)
     """
     path = Path(path)
-    if path.is_dir() and (path / "manifest.json").is_file():
+    if path.is_dir() and (path / MANIFEST).is_file():
         vecs = _load_store(path)
     elif path.is_dir():
-        raise DataError(f"feature file {path} is a folder without a store's manifest.json; give the .npy file")
+        raise DataError(f"feature file {path} is a folder without a store's {MANIFEST}; give the .npy file")
     elif not path.is_file():
         raise MissingFile(f"feature file {path} does not exist; create it with extract_features.py")
     else:

@@ -77,6 +77,17 @@ STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")
 STORE_MARKERS = (SEARCH, MANIFEST, LEGACY_FILES[0])
 
 
+def store_marker(folder: PathLike) -> Optional[str]:
+    """The file that makes ``folder`` a store's (one of `STORE_MARKERS`), or None.
+
+    Examples:
+        >>> from aml.search.store import store_marker
+        >>> store_marker("photos.store"), store_marker("no/such/folder")  # doctest: +SKIP
+        ('search.json', None)
+    """
+    return next((name for name in STORE_MARKERS if (Path(folder) / name).exists()), None)
+
+
 #: an image list (names that are not UTF-8 kept as they are)
 IMAGE_LIST_TEXT = TextFile(
     "the image list", "give a folder of images or a text file of paths, one a line", StoreError, names=True

@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, TypedDict
+from typing import Callable, Dict, List, Optional, Sequence, TypedDict
 
 
 from aml.cli.arguments import Parser, folder, nonnegative_int, output_file_of, positive_int
@@ -252,13 +252,14 @@ def _rows_over_seeds(teacher_row: Dict, per_seed: List[List[Dict]]) -> List[Dict
     ]
 
 
-def _print_tables(rows: List[Dict], teacher_row: Dict, per_seed: List[List[Dict]], seeds: Sequence[int]) -> None:
+def _table_lines(rows: List[Dict], teacher_row: Dict, per_seed: List[List[Dict]], seeds: Sequence[int]) -> List[str]:
     """Each seed's table (with several seeds), then the table of ``rows``."""
+    lines = []
     if len(seeds) > 1:
         for seed, rows_of_seed in zip(seeds, per_seed, strict=True):
-            print(f"\nseed {seed}\n" + format_table([teacher_row] + rows_of_seed))
-        print(f"\nmean ± std over seeds {', '.join(map(str, seeds))} (one teacher, seed {seeds[0]})")
-    print("\n" + format_table(rows))
+            lines.append(f"\nseed {seed}\n" + format_table([teacher_row] + rows_of_seed))
+        lines.append(f"\nmean ± std over seeds {', '.join(map(str, seeds))} (one teacher, seed {seeds[0]})")
+    return lines + ["\n" + format_table(rows)]
 
 
 def run_demo(
@@ -270,6 +271,7 @@ def run_demo(
     seeds: Sequence[int] = (0, 1, 2),
     teacher_trunk: str = "imagenet",
     pretraining: PretrainConfig = PretrainConfig(),
+    report: Callable[[str], None] = log.info,
 ) -> List[Dict]:
     """Run the demo; returns the table rows (network, test, results: one test.py result per
     seed; the teacher's row has one, for the one teacher trained with the first seed).
@@ -277,7 +279,8 @@ def run_demo(
     Students start from their ImageNet weights; the teacher too, or (``teacher_trunk``
     "synthetic") from a trunk pretrained on synthetic objects with ``pretraining`` (once;
     cached in <data_root>/networks/). A teacher trained by an earlier run with the same
-    settings is reused."""
+    settings is reused. The data's sizes, the tables, the findings and where the results
+    went are given to ``report`` (the log; ``python -m aml.demo`` prints them)."""
     if teacher_trunk not in TEACHER_TRUNKS:
         raise ConfigError(f"teacher_trunk must be one of {TEACHER_TRUNKS}, not {teacher_trunk!r}")
     root = resolve_data_root(data_root)
@@ -285,7 +288,7 @@ def run_demo(
     quiet = budget.quiet
     generate_all(root, progress=not quiet)
     data = data_sizes(root)  # an earlier data root's sets are kept as they are, whatever their sizes: said
-    print(">> data: " + "; ".join(f"{name} {sizes}" for name, sizes in data.items()))
+    report(">> data: " + "; ".join(f"{name} {sizes}" for name, sizes in data.items()))
     seconds = {"data": time.time() - start}
     trunk = (
         ensure_synthetic_trunk(teacher_arch, str(root), pretraining, progress=not quiet)
@@ -301,13 +304,14 @@ def run_demo(
     seconds["teacher"] = time.time() - start - seconds["data"]
     per_seed = [student_rows(root, seed, teacher, student_arch, budget, student_modes) for seed in seeds]
     rows = _rows_over_seeds(teacher_row, per_seed)
-    _print_tables(rows, teacher_row, per_seed, seeds)
+    for table in _table_lines(rows, teacher_row, per_seed, seeds):
+        report(table)
     notes = [f"one teacher (seed {seeds[0]}); the spread is over the students' seeds"] * (len(seeds) > 1)
     notes += ["the teacher starts from a synthetic trunk, the students from ImageNet: no finding compares them"] * (
         teacher_trunk == "synthetic"
     )
     notes += findings_lines(paper_findings(rows, student_arch, teacher_arch))
-    print("".join(f"\n{line}" for line in notes))
+    report("".join(f"\n{line}" for line in notes))
     seconds["students"] = time.time() - start - seconds["data"] - seconds["teacher"]
     seconds["total"] = time.time() - start
     settings = {
@@ -321,7 +325,7 @@ def run_demo(
     }
     record = {"seconds": {k: round(v, 1) for k, v in seconds.items()}, "provenance": provenance(), "settings": settings}
     written = write_results(rows, root / "demo", list(seeds), notes, record)
-    print(
+    report(
         f"\n>> demo finished in {time.time() - start:.0f} s; runs in {root / 'demo' / 'runs'}; table in {written} "
         f"and chart in {written.with_suffix('.png')}"
     )
@@ -453,6 +457,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
         modes,
         seeds=range(args.seed, args.seed + args.seeds),
         teacher_trunk=args.teacher_trunk,
+        report=print,
     )
     if args.json:
         written = (resolve_data_root(args.data_root) / "demo" / "results.json").read_bytes()

@@ -18,7 +18,7 @@ TINY = DemoBudget(image_size=64, teacher_epochs=1, student_epochs=1, query_size=
 
 def test_demo_runs_end_to_end_from_imagenet_and_reuses_its_teacher(synth_root, capsys):
     # (that the same command trains the same weights is tests/training/test_determinism.py's)
-    rows = run_demo(str(synth_root), budget=TINY, student_modes=("reg",), seeds=(0,))
+    rows = run_demo(str(synth_root), budget=TINY, student_modes=("reg",), seeds=(0,), report=print)
     assert [(r["network"], r["test"]) for r in rows] == [
         ("teacher efficientnet_lite2 (std)", "symmetric"), ("student mobilenet_v2 untrained", "asymmetric"),
         ("student mobilenet_v2 ImageNet only", "asymmetric"), ("student mobilenet_v2 (reg)", "symmetric"),

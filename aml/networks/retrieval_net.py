@@ -280,8 +280,8 @@ def build_network(
         pretrained: start the trunk from the original's ImageNet weights (found offline or
             downloaded, see `aml.networks.imagenet.find_weights`) and download
             cirtorch's learned linear layers where published.
-        teacher: ``"vgg16"`` or ``"resnet101"``, whose dimension a student trunk projects to
-            (default 512, vgg16's); recorded in ``meta``.
+        teacher: ``"vgg16"`` or ``"resnet101"``, whose dimension the network projects to (a
+            student trunk's default: 512, vgg16's); recorded in ``meta``.
         teacher_dim: the output dimension to project to, for any trunk.
         data_root: where weights are found or downloaded.
 

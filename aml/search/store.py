@@ -68,8 +68,8 @@ LEGACY_FILES = ("descriptors.npy", "descriptors_img_list.txt", "descriptors.npy.
 #: the last aml version that reads stores of the one-file layout
 LEGACY_LAYOUT_READ_UNTIL = "0.2.0"
 SHARD_SIZE = 65536  # images per shard (256 MB of 1024-d float32)
-#: what build_store records, and the query side reads
-STORE_SETTINGS = ("network", "source", "fingerprint", "image_size", "scales", "dim")
+#: what build_store records, and the query side reads: the fields every StoreSettings has
+STORE_SETTINGS = tuple(sorted(StoreSettings.__required_keys__))
 #: what a store folder may hold: its own files (and what an atomic write leaves while it runs)
 STORE_FILES: Tuple[str, ...] = (MANIFEST, IMAGE_LIST, "skipped.txt", "shard_*.npy", "shard_*.json", SEARCH, WHITENING)
 STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")

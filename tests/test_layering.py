@@ -19,10 +19,24 @@ def part_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
+def absolute(path: Path, node: ast.ImportFrom) -> list:
+    """The modules a ``from`` import names, relative ones (``from ..cli import train``) resolved
+    against ``path``'s package: a relative import counts as its absolute form."""
+    if not node.level:
+        return [node.module or ""]
+    package = ("aml",) + path.relative_to(PACKAGE).parts[:-1]
+    base = ".".join(package[: len(package) - (node.level - 1)])
+    if node.module:
+        return [f"{base}.{node.module}"]
+    return [f"{base}.{alias.name}" for alias in node.names]  # from .. import cli
+
+
 def imports(path: Path):
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("aml."):
-            yield node.module, node.lineno
+        if isinstance(node, ast.ImportFrom):
+            for module in absolute(path, node):
+                if module.startswith("aml."):
+                    yield module, node.lineno
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("aml."):
@@ -87,3 +101,13 @@ def test_no_import_circles():
 
     for module in sorted(graph):
         visit(module, [])
+
+
+def test_relative_imports_are_resolved_before_they_are_ranked(tmp_path):
+    """``from ..cli import train`` in aml/data/ was not seen at all (only names starting "aml."
+    were), so a relative import could climb any layer."""
+    source = "from ..cli import train\nfrom . import images\nfrom .. import search\n"
+    path = PACKAGE / "data" / "probe.py"
+    tree = ast.parse(source)
+    found = [module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for module in absolute(path, node)]
+    assert found == ["aml.cli", "aml.data.images", "aml.search"]

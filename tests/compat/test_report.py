@@ -65,11 +65,21 @@ def test_the_record_holds_numbers_and_marks_and_gives_the_matrix_back():
     assert matrix.datasets == ["synth-oxford", "oxford5k"] and matrix.levels("oxford5k") == ["all"]
 
 
-def test_the_heatmaps_are_drawn_one_per_test_set_and_level(tmp_path):
+def test_the_heatmaps_are_drawn_one_per_test_set_and_level(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
     from PIL import Image
 
+    saved, real = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: saved.append(figure) or real(
+        figure, *args, **kwargs))
     path = tmp_path / "matrix.png"
     assert draw_matrix(_matrix(), path)
     width, height = Image.open(path).size  # Medium and Hard side by side, oxford5k's one mAP below
     assert 0.8 < width / height < 1.5 and path.stat().st_size > 10_000
+    (figure,) = saved
+    titles = [axes.get_title() for axes in figure.axes if axes.get_title()]  # colour bars have none
+    assert titles == ["synth-oxford, mAP Medium (%)", "synth-oxford, mAP Hard (%)", "oxford5k, mAP (%)"]
+    first = next(axes for axes in figure.axes if axes.get_title())
+    assert [t.get_text() for t in first.texts][:3] == ["60.00", "62.00*+", "-"]  # each cell's mAP and marks
+    assert [t.get_text() for t in first.get_xticklabels()] == ["teacher", "reg", "wide"]

@@ -122,7 +122,7 @@ def test_hash_mismatch_is_refused_and_nothing_lands(server, tmp_path):
 def test_missing_url_names_url_and_destination(server, tmp_path):
     with pytest.raises(DownloadError) as info:
         download_file(f"{server}/gnd_roxford5k.pkl", tmp_path / "test" / "gnd_roxford5k.pkl", progress=False)
-    assert "gnd_roxford5k.pkl" in str(info.value) and str(tmp_path / "test") in str(info.value)
+    assert f"{server}/gnd_roxford5k.pkl" in str(info.value) and str(tmp_path / "test") in str(info.value)
 
 
 def test_no_network_gives_manual_instructions(tmp_path):

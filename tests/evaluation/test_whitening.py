@@ -34,8 +34,11 @@ def test_whitenapply_keeps_first_dimensions_and_normalises():
 
 
 def test_cholesky_adds_ridge_to_singular_matrix():
+    """The first ridge that makes it positive definite (1e-10), not a larger one."""
     L = cholesky(np.zeros((2, 2)))
-    assert np.allclose(L @ L.T, np.eye(2) * 1e-10, atol=1e-12) or np.all(np.diag(L) > 0)
+    np.testing.assert_allclose(L @ L.T, np.eye(2) * 1e-10, rtol=1e-6, atol=0)
+    L = cholesky(np.array([[1.0, 1.0], [1.0, 1.0]]))  # singular: one ridge of 1e-10 makes it definite
+    np.testing.assert_allclose(L @ L.T, np.array([[1.0, 1.0], [1.0, 1.0]]) + 1e-10 * np.eye(2), rtol=0, atol=1e-15)
 
 
 def test_pca_whitening_gives_identity_covariance():

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from aml.networks import build_network, init_network, multiscale_power
+from aml.networks.backbones import BACKBONES, build_trunk
 from aml.networks.retrieval_net import output_dimension
 
 
@@ -147,3 +148,18 @@ def test_a_network_built_with_numpy_statistics_saves_a_checkpoint_that_loads(tmp
     assert all(type(v) is float for v in net.meta["mean"] + net.meta["std"])
     path = save_checkpoint(checkpoint_state(net, 1, 0.0), tmp_path / "net.pth.tar")
     assert load_network(path).meta["std"] == [0.25, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("arch", sorted(BACKBONES))
+def test_every_backbone_gives_the_width_its_entry_declares(arch):
+    """Only one backbone per family was ever built: a declared width that the trunk does not
+    give (meta['outputdim'] then says another dimension than the descriptors have) went unseen.
+    Built on the meta device: shapes without weights or arithmetic."""
+    with torch.device("meta"):
+        trunk = torch.nn.Sequential(*build_trunk(arch, False, None))
+        width = trunk(torch.empty(1, 3, 64, 64)).shape[1]
+        net = build_network(arch, pretrained=False)
+    assert width == BACKBONES[arch].dim
+    projection = net.projection()
+    assert net.meta["outputdim"] == (projection.out_channels if projection is not None else width)
+    assert projection is None or projection.in_channels == width

@@ -253,10 +253,13 @@ def test_an_ivfpq_index_and_its_record_are_written_under_the_stores_lock(tmp_pat
 def test_exact_search_without_faiss_is_the_same(tmp_path, monkeypatch):
     from aml.search import faiss_index
 
+    pytest.importorskip("faiss")
     rng = np.random.default_rng(1)
     vecs = rng.normal(size=(16, 50)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=0)
-    with_faiss = SearchDatabase(tmp_path, vecs, [str(i) for i in range(50)], {"dim": 16}).search(vecs[:, :4], 5)
+    first = SearchDatabase(tmp_path, vecs, [str(i) for i in range(50)], {"dim": 16})
+    with_faiss = first.search(vecs[:, :4], 5)
+    assert first.index.flat is not None  # faiss answered
     monkeypatch.setattr(faiss_index, "faiss_or_none", lambda: None)
     store = SearchDatabase(tmp_path, vecs, [str(i) for i in range(50)], {"dim": 16})
     without = store.search(vecs[:, :4], 5)
@@ -627,6 +630,7 @@ def test_exact_search_puts_equal_scores_in_database_order(with_faiss, monkeypatc
     vecs /= np.linalg.norm(vecs, axis=0)
     query = vecs[:, [3]]
     index = faiss_index.ExactIndex(vecs)
+    assert (index.flat is not None) == with_faiss  # the search under test is faiss's, or torch's
     scores, indices = index.search(np.ascontiguousarray(query.T), 6)
     assert indices.tolist() == [[3, 7, 8, 11, 15, 16]] and np.all(scores[0] == scores[0, 0])
     assert index.search(np.ascontiguousarray(query.T), 4)[1].tolist() == [[3, 7, 8, 11]]  # the first of the tie

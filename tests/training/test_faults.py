@@ -248,16 +248,20 @@ def test_sigterm_ends_main_py_with_one_line_and_leaves_no_temporary_file(synth_r
     import signal
     import time
 
+    # 50 epochs: the run is still training when the signal comes, so a run that ignored it ends
+    # with 0 (or runs past the timeout), never with 143
     argv = [sys.executable, str(REPO / "main.py"), "--directory", str(tmp_path), "--data-root", str(synth_root),
-            *TINY, "--epochs", "3", "--no-val"]
+            *TINY, "--epochs", "50", "--no-val"]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not list(tmp_path.rglob("model_epoch1.pth.tar")) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)  # after the first checkpoint (a resume from here is the kill -9 test's)
-    _, err = process.communicate(timeout=120)
-    if process.returncode == 0:
-        pytest.skip("the run ended before SIGTERM arrived")
+    try:
+        deadline = time.time() + 240
+        while not list(tmp_path.rglob("model_epoch1.pth.tar")) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        process.send_signal(signal.SIGTERM)  # after the first checkpoint (a resume from here is the kill -9 test's)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == 143 and err.strip().splitlines()[-1].startswith("terminated (SIGTERM): "), err
     assert not list(next(tmp_path.iterdir()).glob(".*.tmp"))
 

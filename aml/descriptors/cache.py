@@ -15,7 +15,7 @@ from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, des
 from aml.descriptors.key import DescriptorKey
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, optional_write
-from aml.utils.distributed import all_ranks, current_world
+from aml.utils.distributed import current_world, found_by_all
 
 log = logging.getLogger(__name__)
 DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
@@ -62,8 +62,7 @@ def cached_descriptors(
     skipped = skipped if skipped is not None else []
     path = Path(cache_dir) / f"{tag}_{key.digest(images)}.npy"
     cached = _read_cache(path, (net.meta["outputdim"], len(images)), tag)
-    if config.collective and not all_ranks(cached is not None, current_world()):
-        cached = None  # a rank without the file (another machine's data root): all encode, collectively
+    cached = found_by_all(cached, config.collective)
     if cached is not None:
         log.info(">> %s: database descriptors read from cache %s", tag, path)
         with contextlib.suppress(FileNotFoundError):  # evicted by another run meanwhile: read already

@@ -25,7 +25,7 @@ from aml.evaluation.whitening import WhiteningError, check_whitening, whitenlear
 from aml.networks.pretrained import PRETRAINED, PUBLISHED_WHITENING_SET
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import optional_write
-from aml.utils.distributed import all_ranks, current_world, warn_once
+from aml.utils.distributed import current_world, found_by_all, warn_once
 from aml.utils.plain_files import CheckpointError, load_plain_file, save_plain_file
 from aml.utils.types import PathLike
 
@@ -253,8 +253,7 @@ def learned_whitening(
     cache = whitening_cache_path(encoder, whitening_set, request.multiscale, request.image_size, request.data_root)
     digest = key.digest(db["images"]) if cache is not None else ""
     found = _cached(cache, digest, whitening_set, dim) if cache is not None else None
-    if request.extraction.collective and not all_ranks(found is not None, current_world()):
-        found = None  # a rank without the file (another machine's data root): all learn it, collectively
+    found = found_by_all(found, request.extraction.collective)  # else all learn it, collectively
     if found is not None:
         return found
     m, P = check_whitening(

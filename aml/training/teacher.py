@@ -24,7 +24,7 @@ from aml.descriptors import (
 )
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
 from aml.utils.atomic import optional_write
-from aml.utils.distributed import all_ranks, current_world
+from aml.utils.distributed import current_world, found_by_all
 from aml.utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ def teacher_split_features(
         wanted,
     )
     cached = reusable_feature_file(path, wanted, images)
-    if config.collective and not all_ranks(cached is not None, current_world()):
-        cached = None  # a rank without the file (another machine's data root): all encode, collectively
+    cached = found_by_all(cached, config.collective)
     if cached is not None:
         return torch.from_numpy(cached)
     log.info(">> extracting teacher descriptors of %s (%s) with %s", dataset, split, loaded.name)

@@ -15,7 +15,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -142,6 +142,31 @@ def all_ranks(found: bool, world: World) -> bool:
     if not world.distributed:
         return found
     return all(gather_objects(bool(found), world))
+
+
+T = TypeVar("T")
+
+
+def found_by_all(found: Optional[T], collective: bool) -> Optional[T]:
+    """``found`` (a cache read, or None) when every rank of a collective call found its own,
+    else None on every rank: a rank without the file (another machine's data root) makes all
+    encode it again, together.
+
+    Args:
+        found: what this rank read.
+        collective: whether every rank runs this call (under torchrun); False: this rank alone.
+
+    Returns:
+        ``found``, or None.
+
+    Examples:
+        >>> from aml.utils.distributed import found_by_all
+        >>> found_by_all([1.0], collective=True)  # one process: its own answer
+        [1.0]
+    """
+    if collective and not all_ranks(found is not None, current_world()):
+        return None
+    return found
 
 
 def from_main(value: Any, world: World) -> Any:

@@ -13,7 +13,23 @@ from aml.losses.context import TeacherContext
 
 
 class LossKind(Enum):
-    """What one value of a loss stands for."""
+    """What one value of a loss stands for.
+
+    A loss says its kind as its class attribute ``kind``; the trainer reads it to know how to
+    build the batch and what the loss's values are.
+
+    Attributes:
+        TUPLE: one value per tuple, its anchor against its members (`TupleLoss`).
+        RELATIONAL: one value per batch, the student's rows against the teacher's rows of the
+            same images (`RelationalLoss`).
+
+    Examples:
+        >>> from aml.losses import LossKind, RKdAD, TripletLoss
+        >>> TripletLoss.kind, RKdAD.kind.value
+        (<LossKind.TUPLE: 'tuple'>, 'relational')
+        >>> LossKind("tuple") is LossKind.TUPLE
+        True
+    """
 
     TUPLE = "tuple"  # one value per tuple: its anchor against its members
     RELATIONAL = "relational"  # one value per batch: the student's rows against the teacher's rows

@@ -161,13 +161,30 @@ class _ContextLoss(TupleLoss):
 
 
 class BackwardCompatibleLoss(_ContextLoss):
-    """BCT's influence loss (Shen et al., CVPR 2020): the cross-entropy of the student's
-    descriptor under the old model's classifier, ``-log softmax_c(cos(q, w_c) / temp)[y]``.
+    """BCT's influence loss (Shen et al., CVPR 2020), the teacher's class prototypes as classifier.
+
+    The cross-entropy of the student's descriptor under the old model's classifier,
+    ``-log softmax_c(cos(q, w_c) / temp)[y]``.
 
     Simplification: aml's teachers have no classifier, so the classifier weights w_c are the
     teacher's class prototypes (the mean teacher descriptor of each cluster, normalised: what
     BCT itself uses for classes its old classifier lacks), on cosines with ``--temp``; BCT's
     own new-classifier loss is left out (the student has no classifier either).
+
+    Args:
+        temp: the temperature of the softmax over cosines (``--temp``).
+
+    Examples:
+        >>> import torch
+        >>> from aml.losses import BackwardCompatibleLoss, TeacherContext, TupleBatch
+        >>> teacher = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])  # a split of 4 images
+        >>> context = TeacherContext.of(teacher, [7, 7, 3, 3])  # in 2 clusters
+        >>> queries = torch.tensor([0, 2])  # two tuples' query images, rows of the context
+        >>> student = torch.tensor([[0.8, 0.6], [1.0, 0.0]])  # the first near its class, the second in the other
+        >>> labels = torch.ones(2, 1, dtype=torch.long)  # each tuple's member: its query's teacher descriptor
+        >>> batch = TupleBatch(student, teacher[queries, None], labels, queries=queries, context=context)
+        >>> [round(value, 4) for value in BackwardCompatibleLoss(temp=0.1)(batch).tolist()]
+        [0.0018, 12.6491]
     """
 
     def __init__(self, temp: float = 0.1):
@@ -175,6 +192,11 @@ class BackwardCompatibleLoss(_ContextLoss):
         self.temp = temp
 
     def formula(self, batch):
+        """Per tuple: -log softmax_c(cos(q, w_c) / temp)[y], q its anchor, w_c the class prototypes.
+
+        Args:
+            batch (TupleBatch): the tuples, with ``queries`` and ``context`` (`TupleLoss.forward` checked them).
+        """
         c = batch.context
         return prototype_cross_entropy_losses(
             batch.anchors, c.prototypes.to(batch.anchors.dtype), self.classes(batch), 1 / self.temp
@@ -182,13 +204,30 @@ class BackwardCompatibleLoss(_ContextLoss):
 
 
 class HeterogeneousCompatibilityLoss(_ContextLoss):
-    """HVS's compatibility loss (Duggal et al., CVPR 2021) as SSP trains it: ArcFace under the
-    gallery (teacher) model's frozen classifier, ``-log softmax(s cos(theta_c + m [c = y]))[y]``
-    with m = 0.15 and s = 1 / ``--temp``.
+    """HVS's compatibility loss (Duggal et al., CVPR 2021) as SSP trains it, ArcFace on prototypes.
+
+    ArcFace under the gallery (teacher) model's frozen classifier,
+    ``-log softmax(s cos(theta_c + m [c = y]))[y]`` with m = 0.15 and s = 1 / ``--temp``.
 
     Simplification: the teacher's classifier is its class prototypes (`BackwardCompatibleLoss`),
     and SSP's second term, ArcFace under the student's own trained classifier, is left out; SSP
     uses s = sqrt(D) (22.6 for 512-d: ``--temp 0.044``).
+
+    Args:
+        temp: 1 / s, the inverse of ArcFace's scale (``--temp``).
+        margin: m, ArcFace's additive angular margin (radians).
+
+    Examples:
+        >>> import torch
+        >>> from aml.losses import HeterogeneousCompatibilityLoss, TeacherContext, TupleBatch
+        >>> teacher = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])  # a split of 4 images
+        >>> context = TeacherContext.of(teacher, [7, 7, 3, 3])  # in 2 clusters
+        >>> queries = torch.tensor([0, 2])  # two tuples' query images, rows of the context
+        >>> student = torch.tensor([[0.8, 0.6], [1.0, 0.0]])  # the first near its class, the second in the other
+        >>> labels = torch.ones(2, 1, dtype=torch.long)  # each tuple's member: its query's teacher descriptor
+        >>> batch = TupleBatch(student, teacher[queries, None], labels, queries=queries, context=context)
+        >>> [round(value, 4) for value in HeterogeneousCompatibilityLoss(temp=0.1)(batch).tolist()]
+        [0.0032, 14.0313]
     """
 
     def __init__(self, temp: float = 0.1, margin: float = 0.15):
@@ -196,6 +235,11 @@ class HeterogeneousCompatibilityLoss(_ContextLoss):
         self.temp, self.margin = temp, margin
 
     def formula(self, batch):
+        """Per tuple: ArcFace's cross-entropy of its anchor under the class prototypes (`prototype_logits`).
+
+        Args:
+            batch (TupleBatch): the tuples, with ``queries`` and ``context`` (`TupleLoss.forward` checked them).
+        """
         c = batch.context
         return prototype_cross_entropy_losses(
             batch.anchors, c.prototypes.to(batch.anchors.dtype), self.classes(batch), 1 / self.temp, self.margin
@@ -203,14 +247,33 @@ class HeterogeneousCompatibilityLoss(_ContextLoss):
 
 
 class CompatibleEmbeddingLoss(_ContextLoss):
-    """LCE (Meng et al., ICCV 2021): ArcFace under the classifier aligned with the old
-    (teacher's) class centres plus the boundary loss, ``ce + max(0, b_y - cos(q, c_y))``,
-    m = 0.1 and s = 1 / ``--temp`` (LCE's code: m = 0.1, s = 16).
+    """LCE (Meng et al., ICCV 2021): ArcFace on the teacher's class centres plus a boundary loss.
+
+    ArcFace under the classifier aligned with the old (teacher's) class centres plus the
+    boundary loss, ``ce + max(0, b_y - cos(q, c_y))``, m = 0.1 and s = 1 / ``--temp`` (LCE's
+    code: m = 0.1, s = 16).
 
     The class centres c and boundaries b are LCE's: the normalised mean teacher descriptor of
     each cluster and the smallest cosine of its members to it. Simplification: LCE trains a
     new classifier pulled onto those centres (align loss, weight 100); here it is the centres
     themselves (the align loss is zero), and there is no transformation module.
+
+    Args:
+        temp: 1 / s, the inverse of ArcFace's scale (``--temp``).
+        margin: m, ArcFace's additive angular margin (radians).
+        boundary_weight: the weight of the boundary loss.
+
+    Examples:
+        >>> import torch
+        >>> from aml.losses import CompatibleEmbeddingLoss, TeacherContext, TupleBatch
+        >>> teacher = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])  # a split of 4 images
+        >>> context = TeacherContext.of(teacher, [7, 7, 3, 3])  # in 2 clusters
+        >>> queries = torch.tensor([0, 2])  # two tuples' query images, rows of the context
+        >>> student = torch.tensor([[0.8, 0.6], [1.0, 0.0]])  # the first near its class, the second in the other
+        >>> labels = torch.ones(2, 1, dtype=torch.long)  # each tuple's member: its query's teacher descriptor
+        >>> batch = TupleBatch(student, teacher[queries, None], labels, queries=queries, context=context)
+        >>> [round(value, 4) for value in CompatibleEmbeddingLoss(temp=0.1)(batch).tolist()]
+        [0.0026, 14.8453]
     """
 
     def __init__(self, temp: float = 0.1, margin: float = 0.1, boundary_weight: float = 1.0):
@@ -218,6 +281,11 @@ class CompatibleEmbeddingLoss(_ContextLoss):
         self.temp, self.margin, self.boundary_weight = temp, margin, boundary_weight
 
     def formula(self, batch):
+        """Per tuple: ArcFace's cross-entropy of its anchor under the class centres plus the boundary loss.
+
+        Args:
+            batch (TupleBatch): the tuples, with ``queries`` and ``context`` (`TupleLoss.forward` checked them).
+        """
         c, classes = batch.context, self.classes(batch)
         prototypes = c.prototypes.to(batch.anchors.dtype)
         ce = prototype_cross_entropy_losses(batch.anchors, prototypes, classes, 1 / self.temp, self.margin)
@@ -227,13 +295,30 @@ class CompatibleEmbeddingLoss(_ContextLoss):
 
 
 class ContextualSimilarityLoss(_ContextLoss):
-    """CSD (Wu et al., CVPR 2022): the student keeps the teacher's contextual similarity of
-    each image, the KL divergence between the teacher's and the student's softmax over the
-    image's k nearest teacher descriptors of the training split
-    (`contextual_similarity_losses`), one temperature ``--temp`` for both sides, k = 256.
+    """CSD (Wu et al., CVPR 2022): the student keeps the teacher's contextual similarity of each image.
+
+    The KL divergence between the teacher's and the student's softmax over the image's k
+    nearest teacher descriptors of the training split (`contextual_similarity_losses`), one
+    temperature ``--temp`` for both sides, k = 256.
 
     As the paper, the context is the teacher's descriptors of the whole split, computed once;
     D3still's reimplementation takes each batch's instead, with two temperatures.
+
+    Args:
+        temp: the temperature of both softmaxes (``--temp``).
+        k: the nearest teacher descriptors each image is compared with (all when fewer).
+
+    Examples:
+        >>> import torch
+        >>> from aml.losses import ContextualSimilarityLoss, TeacherContext, TupleBatch
+        >>> teacher = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])  # a split of 4 images
+        >>> context = TeacherContext.of(teacher, [7, 7, 3, 3])  # in 2 clusters
+        >>> queries = torch.tensor([0, 2])  # two tuples' query images, rows of the context
+        >>> student = torch.tensor([[0.8, 0.6], [1.0, 0.0]])  # the first near its class, the second in the other
+        >>> labels = torch.ones(2, 1, dtype=torch.long)  # each tuple's member: its query's teacher descriptor
+        >>> batch = TupleBatch(student, teacher[queries, None], labels, queries=queries, context=context)
+        >>> [round(value, 4) for value in ContextualSimilarityLoss(temp=0.1)(batch).tolist()]
+        [1.5389, 10.2619]
     """
 
     def __init__(self, temp: float = 0.1, k: int = 256):
@@ -241,5 +326,10 @@ class ContextualSimilarityLoss(_ContextLoss):
         self.temp, self.k = temp, k
 
     def formula(self, batch):
+        """Per tuple: CSD's KL divergence over its query's k nearest teacher descriptors.
+
+        Args:
+            batch (TupleBatch): the tuples, with ``queries`` and ``context`` (`TupleLoss.forward` checked them).
+        """
         context = batch.context.descriptors.to(batch.anchors.dtype)
         return contextual_similarity_losses(batch.anchors, context[batch.queries], context, self.k, self.temp)

@@ -51,6 +51,7 @@ class TeacherContext:
 
     Examples:
         >>> import torch
+        >>> from aml.losses import TeacherContext
         >>> context = TeacherContext.of(torch.eye(3, dtype=torch.float64), [7, 7, 2])
         >>> context.classes.tolist(), context.prototypes.shape, context.boundaries.round(decimals=4).tolist()
         ([1, 1, 0], torch.Size([2, 3]), [1.0, 0.7071])

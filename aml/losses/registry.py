@@ -31,8 +31,27 @@ Loss = Union[TupleLoss, RelationalLoss]  # what the registry builds: one call sh
 
 @dataclass(frozen=True)
 class LossSpec:
-    """How to build a loss from (margin, temp) and which training modes it works with (a
-    predicate over a mode's attributes)."""
+    """How to build a loss from (margin, temp) and which training modes it works with.
+
+    The modes it works with are given by a predicate over a mode's attributes; `LOSSES` holds
+    one spec per loss name.
+
+    Attributes:
+        build: (margin, temp) -> the loss, from ``--margin`` and ``--temp``.
+        accepts: mode -> whether the loss works with that training mode (a predicate over the
+            mode's attributes: ``tuples``, ``relational``, ``needs_teacher``, ``self_positive``).
+        why: why a mode is refused, shown when one is.
+
+    Examples:
+        >>> from aml.losses import LOSSES, LossSpec, TripletLoss
+        >>> spec = LOSSES["triplet"]
+        >>> spec.build(0.3, 0.1), spec.kind.value
+        (TripletLoss(), 'tuple')
+        >>> spec.why
+        'it needs exactly one positive and some negatives per tuple'
+        >>> LossSpec(lambda m, t: TripletLoss(margin=m), lambda mode: True, "").build(0.3, 0.1).margin
+        0.3
+    """
 
     build: Callable[[float, float], "Loss"]
     accepts: Callable[[Any], bool]
@@ -116,6 +135,14 @@ def check_temperature(temp: float) -> None:
             as 1 / temp, so the run diverges whatever the learning rate), above it (the logits
             are nearly equal, so the loss stays constant and nothing is learned), or not a
             finite positive number.
+
+    Examples:
+        >>> from aml.losses import check_temperature
+        >>> check_temperature(0.1)
+        >>> check_temperature(100.0)
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: --temp 100: above 10 the logits (similarities / temp) span only 0.02: ...
     """
     low, high = TEMPERATURES
     if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not math.isfinite(temp) or temp <= 0:
@@ -135,7 +162,32 @@ def check_temperature(temp: float) -> None:
 
 
 def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
-    """The criterion ``name`` (see LOSSES) with the CLI's margin and temperature (`check_temperature`)."""
+    """The criterion ``name`` (see LOSSES) with the CLI's margin and temperature.
+
+    The name is looked up, then the temperature checked (`check_temperature`); each loss takes
+    the one of the two it has, if any (``--margin`` for the contrastive and triplet losses,
+    ``--temp`` for the softmax ones).
+
+    Args:
+        name: the loss's name, a key of `LOSSES` (``--loss``).
+        margin: the margin (``--margin``).
+        temp: the temperature (``--temp``).
+
+    Returns:
+        The loss, a `TupleLoss` or a `RelationalLoss` (its ``kind`` says which).
+
+    Raises:
+        ConfigError: for a name `LOSSES` lacks (the message lists the choices) or a temperature
+            `check_temperature` refuses.
+
+    Examples:
+        >>> from aml.losses import build_loss
+        >>> loss = build_loss("triplet", margin=0.3)
+        >>> loss, loss.margin
+        (TripletLoss(), 0.3)
+        >>> build_loss("cross_entropy", temp=0.05).temp
+        0.05
+    """
     spec = lookup(LOSSES, name, "loss")
     check_temperature(temp)
     return spec.build(margin, temp)

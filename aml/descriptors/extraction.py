@@ -56,8 +56,8 @@ BatchEncoder = Callable[[torch.Tensor], torch.Tensor]  # B x 3 x H x W images ->
 # cost more per image (benchmarks/extract.py --batch-sizes; docs/speed.md).
 CPU_PIXEL_BUDGET = 250_000
 GPU_BATCH_SIZE = 32
-# Images waiting for others of their shape are held up to 4 batches of this shape (16 images
-# on the CPU): the batches of small images fill up before the wait holds too many decoded ones.
+# Images waiting for others of their shape are held up to 4 batches of this shape (4 batches of
+# 16 images on the CPU): the batches of small images fill up before the wait holds too many.
 SMALLEST_PENDING_SHAPE = (125, 125)
 # Folding BatchNorm costs a copy of the network (~0.05 s for MobileNetV2, 0.1 s for ResNet101
 # on one CPU thread, benchmarks/call_cost.py) and saves ~30% of MobileNetV2's forward (0.1 us

@@ -106,7 +106,8 @@ def read_whitening_file(path: PathLike, dim: int) -> Whitening:
     """The whitening (m, P) of a file as aml and cirtorch save them (a dict with ``m`` and ``P``).
 
     Args:
-        path: the file (a whitening cache, a published whitening, a store's, ``--whitening-file``).
+        path: the file (a published whitening, a store's, ``--whitening-file``; a cache, which
+            also records what it was learned from, is read by `learned_whitening`).
         dim: the dimension of the descriptors it is to whiten.
 
     Returns:

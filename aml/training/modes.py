@@ -225,7 +225,7 @@ def build_epoch_tuples(
         order = torch.randperm(n_images, generator=generator)
         count = _query_count(db, sizes)
         anchors = order[:count].tolist()
-        pool = order[count : count + sizes.pool_size].tolist()
+        pool = order[count : count + triplet_pool_count(db, sizes)].tolist()
         assert teacher is not None  # the mode needs_teacher
         pairs = teacher_triplets(teacher[:, anchors], teacher[:, pool], generator, device=device)
         return [_tuple(mode, sym, a, [pool[p]], [pool[n]]) for a, (p, n) in zip(anchors, pairs, strict=True)], 0.0

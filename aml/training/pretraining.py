@@ -163,8 +163,8 @@ def pretrain_trunk(
     if not torch.isfinite(loss):
         raise TrainingDiverged(
             f"pretraining {arch} on the synthetic objects diverged (loss {loss.item()}), nothing was saved: "
-            "this recipe does not suit the trunk; start it from ImageNet weights (leave out --trunk-weights) "
-            "or from a file of your own, or pretrain from Python with a lower PretrainConfig.lr"
+            "this recipe does not suit the trunk; start it from its ImageNet weights or from a weights file "
+            "of your own, or pretrain from Python with a lower PretrainConfig.lr"
         )
     held = torch.from_numpy(held_idx)
     record = {

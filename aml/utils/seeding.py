@@ -1,9 +1,11 @@
 """Random streams derived from a run's seed.
 
 Every random draw of a training run comes from a generator built here from (seed, stream
-name, keys), never from the global RNG, so a run's weights depend only on its flags, data
-and ``--seed``: not on what ran before (loading a teacher, extracting a cache), on loader
-workers or on PYTHONHASHSEED. Streams with different names are independent.
+name, keys), so a run's weights depend only on its flags, data and ``--seed``: not on what ran
+before (loading a teacher, extracting a cache), on loader workers or on PYTHONHASHSEED.
+Streams with different names are independent. The one draw from torch's global generator,
+a network's initial weights, is made inside `global_seed`, which seeds it and then gives the
+caller's state back.
 """
 
 import contextlib

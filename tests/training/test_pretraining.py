@@ -121,5 +121,5 @@ def test_a_diverged_pretraining_ends_in_one_line_naming_the_fix():
     from aml.utils.errors import AmlError
 
     config = PretrainConfig(objects=ObjectConfig(classes=2, per_class=20, size=32), epochs=2, batch_size=8, lr=1e30)
-    with pytest.raises(AmlError, match="pretraining resnet18 on the synthetic objects diverged .*leave out --trunk-weights"):
+    with pytest.raises(AmlError, match="pretraining resnet18 on the synthetic objects diverged .*start it from its ImageNet weights"):
         pretrain_trunk("resnet18", config)

@@ -16,7 +16,7 @@ import numpy as np
 from aml.compat.marks import bct_compatible, beats_teacher
 from aml.evaluation.results import DatasetResult, SearchResult
 from aml.evaluation.testing import TestSettings, evaluate
-from aml.networks.loading import LoadedNetwork
+from aml.networks.loading import LoadedNetwork, check_loaded
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,12 @@ def compatibility_matrix(
         array([[0.70, 0.13],
                [0.12, 0.39]])
     """
+    if not isinstance(networks, Mapping):
+        raise ConfigError(f"networks must map a label to each LoadedNetwork, got a {type(networks).__name__}")
     if not networks or not settings.datasets:
         raise ConfigError("a compatibility matrix needs at least one network and one test set")
+    for label, network in networks.items():
+        check_loaded(network, f"network {label!r}")
     if settings.report_dir is not None:
         raise ConfigError("a compatibility matrix draws no ranking report; test a pair with test.py --report")
     labels, loaded = list(networks), list(networks.values())

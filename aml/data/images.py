@@ -24,6 +24,32 @@ from aml.utils.types import PathLike
 BBox = Sequence[float]
 
 
+def check_image_list(images: Any) -> None:
+    """Refuse one path, or an iterator, where a list of image paths belongs (a string was
+    read a character at a time: "image / is not a regular file").
+
+    Args:
+        images: what was given as the images.
+
+    Raises:
+        ConfigError: naming what was given and the fix.
+
+    Examples:
+        >>> from aml.data.images import check_image_list
+        >>> check_image_list(["a.jpg", "b.jpg"])
+        >>> check_image_list("a.jpg")
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: images must be a list of image paths, got one str ('a.jpg'): give ['a.jpg']
+    """
+    if isinstance(images, (str, bytes, os.PathLike)):
+        raise ConfigError(
+            f"images must be a list of image paths, got one {type(images).__name__} ({images!r}): give [{images!r}]"
+        )
+    if not hasattr(images, "__len__") or not hasattr(images, "__getitem__"):
+        raise ConfigError(f"images must be a list of image paths, got a {type(images).__name__}: give list(...) of it")
+
+
 def check_boxes(count: int, bbxs: Optional[Sequence[Optional[BBox]]]) -> None:
     """Refuse crop boxes that are not one (or None) per image.
 

@@ -21,6 +21,7 @@ import copy
 import functools
 import math
 import logging
+import numbers
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -33,9 +34,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from aml.data.encoded_images import DeviceDecoder, EncodedImagesFromList, ImagePayload
-from aml.data.images import BBox, ImageLoadError, ImagesFromList, check_boxes, image_transform
+from aml.data.images import BBox, ImageLoadError, ImagesFromList, check_boxes, check_image_list, image_transform
 from aml.networks.inference import inference_copy
 from aml.networks.preserved import left_as_it_was
+from aml.networks.loading import check_network
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
 from aml.utils.progress import progress_bar
@@ -599,6 +601,8 @@ def extract_vectors(
     del print_freq
     if workers is not None:
         config = config.but(workers=workers)
+    check_network(net)
+    check_image_list(images)
     _check_request(len(images), image_size, ms, bbxs)
     world = current_world() if config.collective else World()
     mine = shard_range(len(images), world)
@@ -627,6 +631,10 @@ def _check_request(
     that with the image size leave every image under one pixel (each image was refused in
     turn, as too small, or skipped as unreadable), and boxes that are not one per image."""
     check_boxes(count, bbxs)
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, numbers.Real) or not 0 < image_size < math.inf
+    ):
+        raise ConfigError(f"image size {image_size!r}: the longer side to shrink images to is a number > 0 (or None)")
     if not len(scales):
         raise ConfigError("no scales to extract at: give at least one (--multiscale '[1]')")
     if not all(math.isfinite(s) and s > 0 for s in scales):
@@ -958,6 +966,7 @@ def describe_images(
         >>> describe_images(net, ["a.jpg", "b.jpg"], 1024, scales=(1, 2 ** 0.5, 2 ** -0.5)).shape  # doctest: +SKIP
         (512, 2)
     """
+    check_network(net)
     transform = image_transform(net.meta["mean"], net.meta["std"])
     if msp is None:
         msp = multiscale_power(net, list(scales))

@@ -99,6 +99,7 @@ def compute_maps(
     """`compute_map` for several ground truths over the same ranking (E/M/H): each
     ranking is inverted once, in O(N_db), and every protocol looks its images up in it."""
     ranks = np.asarray(ranks)
+    _check_ranking(ranks, gnds, "ranks", "N_db x N_q database indices")
     n_db, n_q = ranks.shape
     if ranks.size and ranks.min() < 0:  # numpy would read -1 as the last image
         raise DataError(
@@ -117,12 +118,27 @@ def compute_maps(
     return _maps(inverses(), n_q, gnds, kappas)
 
 
+def _check_ranking(ranks: np.ndarray, gnds: Dict[str, Sequence[Mapping[str, Any]]], what: str, shape: str) -> None:
+    """Refuse a ranking that is not 2-D integers with one column per query of the ground truth
+    (a Q x N_db one, numpy's ``argsort(-scores, axis=1)``, was read a column at a time)."""
+    if ranks.ndim != 2 or not (np.issubdtype(ranks.dtype, np.integer) or ranks.size == 0):
+        raise DataError(f"{what} must be {shape}, integers, one column per query; got {ranks.dtype} of {ranks.shape}")
+    for gnd in gnds.values():
+        if len(gnd) != ranks.shape[1]:
+            hint = "; pass them transposed (.T)" if ranks.shape[0] == len(gnd) else ""
+            raise DataError(
+                f"{what} of shape {ranks.shape} rank {ranks.shape[1]} queries (columns) and the ground truth has "
+                f"{len(gnd)}: {what} are {shape}, one column per query{hint}"
+            )
+
+
 def compute_maps_from_positions(
     positions: np.ndarray, gnds: Dict[str, Sequence[Mapping[str, Any]]], kappas: Sequence[int] = ()
 ) -> Dict[str, Tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
     """`compute_maps` from ``positions`` (N x Q: 0-based place of database image i in
     the ranking of query q) instead of the ranking itself: all that mAP and mP@k need, so a
     search over 1M distractors need only return the places of the test set's own images."""
+    _check_ranking(np.asarray(positions), gnds, "positions", "N_db x N_q places")
     positions = np.asarray(positions, dtype=np.int64)
     return _maps((positions[:, q] for q in range(positions.shape[1])), positions.shape[1], gnds, kappas)
 
@@ -228,6 +244,15 @@ def evaluate_ranks(
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}: the known ones are {', '.join(PROTOCOLS)}")
+    needed = ("ok",) if protocol == "classic" else ("easy", "hard")
+    lacking = next((q for q, entry in enumerate(gnd) if not all(key in entry for key in needed)), None)
+    if lacking is not None:  # revisited on a classic gnd scored no positive anywhere: NaN without a word
+        other = "revisited" if protocol == "classic" else "classic"
+        raise DataError(
+            f"the ground truth of query {lacking} has {sorted(gnd[lacking])}, not {' and '.join(needed)}: "
+            f"the {protocol} protocol needs them; a ground truth of the {other} protocol is evaluated with "
+            f"protocol={other!r}"
+        )
     maps_of = compute_maps_from_positions if positions else compute_maps
     if protocol == "classic":
         m_ap, aps, _, _ = maps_of(ranks, {"gnd": gnd})["gnd"]

@@ -24,7 +24,7 @@ from aml.descriptors.store import StoreKey
 from aml.evaluation.ranking import most_neighbours
 from aml.evaluation.reranking import Reranking
 from aml.evaluation.whitening_store import Whitening, WhiteningRequest, known_whitening
-from aml.networks.loading import LoadedNetwork
+from aml.networks.loading import LoadedNetwork, check_loaded
 from aml.utils.changeable import Changeable
 from aml.utils.distributed import current_world, main_first
 from aml.utils.errors import ConfigError, lookup
@@ -38,7 +38,8 @@ class TestSettings(Changeable):
     """Everything test.py's flags decide besides the networks.
 
     Attributes:
-        datasets: the test sets, with their ``+`` distractor suffixes.
+        datasets: the test sets, with their ``+`` distractor suffixes (a string is split at
+            commas).
         image_size: the longer side images are shrunk to.
         scales: the multi-scale factors.
         whitening: the whitening set (None: no whitening).
@@ -78,6 +79,8 @@ class TestSettings(Changeable):
     reranking: Reranking = Reranking()
 
     def __post_init__(self) -> None:
+        if isinstance(self.datasets, str):  # "a,b" as test.py's -d takes it (iterated, it was letters)
+            object.__setattr__(self, "datasets", tuple(d for d in self.datasets.split(",") if d))
         object.__setattr__(self, "datasets", tuple(self.datasets))
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         object.__setattr__(self, "data_root", DataRoot.resolve(self.data_root))
@@ -307,6 +310,9 @@ class TestPlan:
             ConfigError: for a ranking report with distractors, networks of other dimensions, or
                 a re-ranking or a report's top K the test sets cannot take (`check_reranking`).
         """
+        check_loaded(student, "student")
+        if teacher is not None:
+            check_loaded(teacher, "teacher")
         database = teacher or student
         _check_networks(student, settings, teacher)
         check_reranking(settings.reranking, settings.datasets, sizes=False)

@@ -26,8 +26,48 @@ def _finite(columns: torch.Tensor, what: str, first: int = 0) -> torch.Tensor:
     return columns
 
 
+def check_columns(database: np.ndarray, queries: np.ndarray) -> None:
+    """Refuse descriptors that are not D x N columns of one dimension D: other shapes, or
+    queries given as rows (Q x D, numpy's habit: unit-norm rows, columns that are not).
+
+    Args:
+        database: D x N_db descriptors.
+        queries: D x N_q descriptors.
+
+    Raises:
+        ConfigError: naming the shapes and the fix.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation.ranking import check_columns
+        >>> check_columns(np.eye(4)[:, :3], np.eye(4)[:, :1])
+        >>> check_columns(np.eye(4)[:, :3], np.eye(4)[:1])
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: the database is 4 x 3 and the queries 1 x 4: descriptors are ...
+    """
+    shapes = [tuple(np.shape(a)) for a in (database, queries)]
+    if any(len(shape) != 2 for shape in shapes) or shapes[0][0] != shapes[1][0]:
+        raise ConfigError(
+            f"the database is {' x '.join(map(str, shapes[0]))} and the queries {' x '.join(map(str, shapes[1]))}: "
+            "descriptors are D x N, one column per image, of one dimension D; pass the side given as rows "
+            "transposed (.T)"
+        )
+    q = np.asarray(queries)
+    if q.shape[0] != q.shape[1] and q.size and _unit(q, 1) and not _unit(q, 0):
+        raise ConfigError(
+            f"the queries' {q.shape[0]} rows are unit vectors and their {q.shape[1]} columns are not: "
+            "descriptors are D x N, one L2-normalised column per image; pass both sides transposed (.T)"
+        )
+
+
+def _unit(a: np.ndarray, axis: int) -> bool:
+    return bool(np.allclose(np.linalg.norm(a, axis=axis), 1.0, atol=1e-3))
+
+
 def _scores(database: np.ndarray, queries: np.ndarray, device: str, excluded: Sequence[int]) -> torch.Tensor:
     """Q x N dot products; ``excluded`` columns at -inf. Non-finite descriptors are refused."""
+    check_columns(database, queries)
     db = _finite(torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device), "database")
     q = _finite(torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device), "query")
     return _scored(db, q, excluded)

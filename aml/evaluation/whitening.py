@@ -12,7 +12,7 @@ from typing import Any, NoReturn, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from aml.utils.errors import DataError
+from aml.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,19 @@ def whitenlearn(X: np.ndarray, qidxs: Sequence[int], pidxs: Sequence[int]) -> Tu
         True
     """
     X = np.asarray(X, dtype=np.float64)
-    queries, positives = X[:, list(qidxs)], X[:, list(pidxs)]
+    qidxs, pidxs = list(qidxs), list(pidxs)
+    if (
+        X.ndim != 2
+        or len(qidxs) != len(pidxs)
+        or not qidxs
+        or max(qidxs + pidxs) >= X.shape[1]
+        or min(qidxs + pidxs) < 0
+    ):
+        raise ConfigError(
+            f"whitenlearn takes D x N descriptors (one column per image) and pairs of column indices: got {X.shape} "
+            f"with {len(qidxs)} queries and {len(pidxs)} positives up to index {max(qidxs + pidxs, default=0)}"
+        )
+    queries, positives = X[:, qidxs], X[:, pidxs]
     m = queries.mean(axis=1, keepdims=True)
     diff = queries - positives
     P1 = np.linalg.inv(cholesky(diff @ diff.T / diff.shape[1]))
@@ -237,6 +249,11 @@ def pcawhitenlearn(X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         True
     """
     X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] <= X.shape[0]:  # X.T or too few: a rank-deficient covariance, its noise blown up
+        raise ConfigError(
+            f"pcawhitenlearn takes D x N descriptors (one column per image) with more images than dimensions: "
+            f"got {X.shape}; pass X.T if the images are rows"
+        )
     m = X.mean(axis=1, keepdims=True)
     centred = X - m
     values, vectors = _sorted_eigh(centred @ centred.T / X.shape[1])
@@ -265,6 +282,12 @@ def whitenapply(X: np.ndarray, m: np.ndarray, P: np.ndarray, dimensions: Optiona
         >>> whitenapply(X, np.zeros((2, 1)), np.eye(2), dimensions=1).round(4)
         array([[1., 1.]])
     """
-    P = np.asarray(P)[: dimensions or None, :]
-    Y = P @ (np.asarray(X) - np.asarray(m))
+    X, m, P = np.asarray(X), np.asarray(m), np.asarray(P)
+    if X.ndim != 2 or P.ndim != 2 or P.shape[1] != X.shape[0] or m.size != X.shape[0]:
+        raise ConfigError(
+            f"whitenapply takes D x N descriptors, a mean of D values and a d x D projection: got X {X.shape}, m "
+            f"{m.shape}, P {P.shape}; pass X.T if the images are rows"
+        )
+    P = P[: dimensions or None, :]
+    Y = P @ (X - m.reshape(-1, 1))  # a mean of shape (D,) broadcast along the images otherwise
     return Y / (np.linalg.norm(Y, ord=2, axis=0, keepdims=True) + 1e-6)

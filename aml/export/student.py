@@ -33,7 +33,7 @@ from aml.descriptors.onnx_student import (
     write_onnx_metadata,
 )
 from aml.networks.fingerprint import network_fingerprint
-from aml.networks.loading import NetworkSpec
+from aml.networks.loading import NetworkSpec, check_network
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_path, staged
 from aml.utils.plain_files import begins_as
@@ -403,6 +403,7 @@ def export_student(
         >>> sorted(files)  # doctest: +SKIP
         ['onnx', 'torchscript']
     """
+    check_network(net)
     if int8 is not None and not onnx:
         raise ExportError("the int8 student is quantized from the ONNX one: drop --no-onnx")
     folder = Path(folder)

@@ -10,6 +10,7 @@ import torch
 
 from aml.layers import functional as LF
 from aml.losses.context import TeacherContext
+from aml.utils.errors import ConfigError
 
 
 class LossKind(Enum):
@@ -128,6 +129,11 @@ class TupleBatch:
         Returns:
             N tuples of one member labelled 1.
         """
+        if student.ndim != 2 or student.shape != teacher.shape:
+            raise ConfigError(
+                f"pairs takes N x D rows of the same images from both networks: got {tuple(student.shape)} and "
+                f"{tuple(teacher.shape)} (aml's descriptor matrices are D x N: pass them transposed, .T)"
+            )
         labels = torch.ones((len(student), 1), dtype=torch.long, device=student.device)
         return cls(student, teacher[:, None, :].to(student.dtype), labels)
 

@@ -10,6 +10,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+import torch
+
 from aml.data.download import download_file
 from aml.data.paths import DataRootLike, data_subdir
 from aml.layers.pooling import POOLINGS
@@ -79,6 +81,10 @@ class NetworkSpec:
         Raises:
             ConfigError: for an off-the-shelf spec that does not parse (`parse_offtheshelf`).
         """
+        if not isinstance(text, (str, Path)):  # str() of a network was read as a path ("File name too long")
+            raise ConfigError(
+                f"a network is named by a published name or a checkpoint path, got a {type(text).__name__}"
+            )
         text = str(text)
         if offtheshelf:
             parse_offtheshelf(text)
@@ -205,6 +211,66 @@ class LoadedNetwork:
             The network without a path, not ``named``: nothing is cached for it.
         """
         return cls(net, NetworkSpec.in_memory(name))
+
+
+def check_network(net: Any, what: str = "net") -> None:
+    """Refuse what is not a retrieval network (a module with its ``meta``, aml's or cirtorch's)
+    where one is expected: a `LoadedNetwork` (whose ``.net`` is one), a torchvision model.
+
+    Args:
+        net: what was given.
+        what: the argument's name, for the message.
+
+    Raises:
+        ConfigError: naming what was given and the fix.
+
+    Examples:
+        >>> from aml.networks import LoadedNetwork, build_network
+        >>> from aml.networks.loading import check_network
+        >>> net = build_network("resnet18", pretrained=False)
+        >>> check_network(net)
+        >>> check_network(LoadedNetwork.in_memory(net, "r18"))
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: net is a LoadedNetwork: pass its network, net.net
+    """
+    if isinstance(net, LoadedNetwork):
+        raise ConfigError(f"{what} is a LoadedNetwork: pass its network, {what}.net")
+    if not isinstance(net, torch.nn.Module) or not isinstance(getattr(net, "meta", None), dict):
+        raise ConfigError(
+            f"{what} must be a retrieval network with its meta (aml.networks.build_network, "
+            f"load_named_or_file(...).net, a cirtorch ImageRetrievalNet), got a {type(net).__name__}"
+        )
+
+
+def check_loaded(network: Any, what: str) -> None:
+    """Refuse what is not a `LoadedNetwork` where a network with its provenance is expected.
+
+    Args:
+        network: what was given.
+        what: the argument's name, for the message.
+
+    Raises:
+        ConfigError: naming what was given and how to make a `LoadedNetwork` of it.
+
+    Examples:
+        >>> from aml.networks import build_network
+        >>> from aml.networks.loading import check_loaded
+        >>> check_loaded(build_network("resnet18", pretrained=False), "teacher")
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: teacher must be a LoadedNetwork (a network with its provenance), got a \
+ImageRetrievalNet: wrap it, LoadedNetwork.in_memory(net, name)
+    """
+    if not isinstance(network, LoadedNetwork):
+        hint = (
+            "wrap it, LoadedNetwork.in_memory(net, name)"
+            if isinstance(network, torch.nn.Module)
+            else "load it, load_named_or_file(name or path)"
+        )
+        raise ConfigError(
+            f"{what} must be a LoadedNetwork (a network with its provenance), got a {type(network).__name__}: {hint}"
+        )
 
 
 def checkpoint_name(path) -> str:

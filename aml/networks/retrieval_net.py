@@ -22,6 +22,7 @@ from aml.networks.pretrained import (
     FINAL_WHITENING,
     LOCAL_WHITENING,
     REGIONAL_WHITENING,
+    TEACHERS,
     teacher_dimension,
 )
 from aml.utils.errors import ConfigError, lookup
@@ -289,7 +290,7 @@ def build_network(
         The network on the CPU, its ``meta`` filled in.
 
     Raises:
-        ValueError: for an unknown architecture or pooling.
+        ConfigError: for an unknown architecture, pooling or teacher (a ValueError).
 
     Examples:
         >>> from aml.networks import build_network
@@ -299,6 +300,11 @@ def build_network(
         >>> teacher = build_network("resnet101", "gem", whitening=True, data_root="data")  # doctest: +SKIP
     """
     pool_type = lookup(POOLINGS, pooling, "pooling")
+    if teacher and not teacher_dim and teacher_dimension(teacher) is None:  # a misspelling gave 512-d without a word
+        raise ConfigError(
+            f"unknown teacher {teacher!r}: name a published one ({', '.join(sorted(TEACHERS))} or a name of the "
+            "pretrained list) or give teacher_dim, the dimension to project to"
+        )
     backbone = get_backbone(architecture)
     normalisation = get_imagenet_weights(architecture)
     dim = output_dimension(architecture, teacher, teacher_dim or (teacher_dimension(teacher) if teacher else None))

@@ -19,7 +19,7 @@ from aml.descriptors.onnx_student import (
 )
 from aml.evaluation.reranking import Reranking
 from aml.networks.fingerprint import network_fingerprint
-from aml.networks.loading import NetworkSpec, Source, load_spec
+from aml.networks.loading import NetworkSpec, Source, check_network, load_spec
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.search.database import SearchDatabase, StoreError
 from aml.utils.types import PathLike
@@ -159,6 +159,7 @@ def query_database(
         >>> results[0]["results"][0]  # doctest: +SKIP
         {'image': '/photos/0042.jpg', 'score': 0.83}
     """
+    check_network(student, "student")
     _warn_turned(images)
     skipped: List[int] = []
     queries = describe_images(

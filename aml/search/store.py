@@ -17,6 +17,7 @@ aml recorded the hashes of their files.
 
 import json
 import logging
+import numbers
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 import numpy as np
 
 from aml.data.download import file_sha256
-from aml.data.images import IMAGE_EXTENSIONS, image_files
+from aml.data.images import IMAGE_EXTENSIONS, check_image_list, image_files
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, feature_file_settings
 from aml.descriptors.store import (
     IMAGE_LIST,
@@ -40,7 +41,7 @@ from aml.evaluation.reranking import Reranking, database_augmentation
 from aml.evaluation.whitening import WhiteningError, whitenapply, whitened
 from aml.evaluation.whitening_store import read_whitening_file, save_whitening_file
 from aml.networks.checkpoint import OUTPUT_DIM
-from aml.networks.loading import LoadedNetwork
+from aml.networks.loading import LoadedNetwork, check_loaded
 from aml.search.database import (
     DBA,
     FILES,
@@ -173,18 +174,18 @@ def build_store(
         >>> build_store(teacher, list_images("photos/"), "photos.store", 1024)  # doctest: +SKIP
         PosixPath('photos.store')
     """
+    check_loaded(teacher, "teacher")
+    _check_plan(images, image_size, int(teacher.net.meta["outputdim"]), reranking, ivfpq)
     folder = Path(folder)
     target = folder.resolve()  # a link to a store: the store it points to is replaced
     images = [os.path.abspath(i) for i in images]  # links kept: a git-annex or DVC photo keeps its own name
-    dim = int(teacher.net.meta["outputdim"])
-    _check_plan(len(images), dim, reranking, ivfpq)
     descriptors = DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint)
     key = StoreKey(descriptors, teacher.name, "float32", SHARD_SIZE)
     target.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(target, fix="give another --store", beside=True):
         _refuse_foreign_files(target)
         staging = target.parent / f".{target.name}.indexing"
-        _clear_staging(staging, images, key, dim)
+        _clear_staging(staging, images, key, int(teacher.net.meta["outputdim"]))
         store = encode_into_store(teacher.net, images, staging, key, config.but(desc="indexing"))
         _write_search_files(store, teacher.spec.given, whitening, reranking, str(config.device_for()))
         if ivfpq is not None:
@@ -221,9 +222,16 @@ def _publish(staging: Path, target: Path) -> None:
         )
 
 
-def _check_plan(count: int, dim: int, reranking: Reranking, ivfpq: Optional[IvfPq]) -> None:
-    """Refuse, before anything is encoded, a DBA or an IVF-PQ index that cannot be built, and
-    a query-side re-ranking (αQE, SuperGlobal), which each search chooses, not the store."""
+def _check_plan(images: Sequence[str], image_size: int, dim: int, reranking: Reranking, ivfpq: Optional[IvfPq]) -> None:
+    """Refuse, before anything is encoded, images that are not a list of some, an image size
+    that is not a number of pixels, a DBA or an IVF-PQ index that cannot be built, and a
+    query-side re-ranking (αQE, SuperGlobal), which each search chooses, not the store."""
+    check_image_list(images)
+    if not images:
+        raise StoreError("no images to index: give the database's image files (list_images(folder))")
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+        raise StoreError(f"image size {image_size!r}: a store's images are shrunk to a whole number of pixels > 0")
+    count = len(images)
     if reranking.qe or reranking.superglobal is not None:
         raise StoreError(
             f"{reranking.label()}: αQE and SuperGlobal re-rank each search (query_database(..., reranking=...), "

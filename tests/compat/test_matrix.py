@@ -116,3 +116,8 @@ def test_no_network_or_a_ranking_report_is_refused(root, tmp_path):
     network = LoadedNetwork.in_memory(build_network("resnet18", pretrained=False), "resnet18")
     with pytest.raises(ConfigError, match="ranking report"):
         compatibility_matrix({"resnet18": network}, _settings(root).but(report_dir=tmp_path))
+    # a list, or a bare network, was an AttributeError ("'list' object has no attribute 'values'")
+    with pytest.raises(ConfigError, match="networks must map a label to each LoadedNetwork, got a list"):
+        compatibility_matrix([network], _settings(root))
+    with pytest.raises(ConfigError, match=r"network 'r18' must be a LoadedNetwork .* LoadedNetwork.in_memory"):
+        compatibility_matrix({"r18": network.net}, _settings(root))

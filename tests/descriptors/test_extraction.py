@@ -124,6 +124,27 @@ def test_an_extraction_leaves_the_global_generator_alone(images, net, workers):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_one_path_a_bad_image_size_or_a_loaded_network_is_refused(images, net):
+    """A single path was read a character at a time ("image / is not a regular file"), an image
+    size of 0 was a ZeroDivisionError inside an error message and NaN shrank every image to one
+    pixel, and a LoadedNetwork was an AttributeError."""
+    from aml.descriptors import describe_images
+    from aml.networks import LoadedNetwork
+
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    with pytest.raises(ConfigError, match=r"images must be a list of image paths, got one str .*: give \['"):
+        extract_vectors(net, str(images[0]), 64, transform)
+    with pytest.raises(ConfigError, match=r"got a generator: give list\(...\) of it"):
+        describe_images(net, (image for image in images), 64)
+    for size in (0, float("nan"), "64", -3):
+        with pytest.raises(ConfigError, match=r"image size .*: the longer side to shrink images to is a number > 0"):
+            describe_images(net, images[:1], size)
+    with pytest.raises(ConfigError, match=r"net is a LoadedNetwork: pass its network, net.net"):
+        describe_images(LoadedNetwork.in_memory(net, "r18"), images[:1], 64)
+    with pytest.raises(ConfigError, match=r"net must be a retrieval network with its meta .* got a Sequential"):
+        extract_vectors(torch.nn.Sequential(), images[:1], 64, transform)
+
+
 def test_bad_image_is_named_from_worker(images, net, tmp_path, real_workers):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"garbage")

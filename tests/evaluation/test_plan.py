@@ -59,3 +59,11 @@ def test_one_key_serves_the_cache_the_distractor_store_and_the_whitening(root, n
     assert results["synth-paris+synth1m"].distractors.store == str(store.folder)
     cached = sorted(path.name for path in plan.cache_dir.iterdir())
     assert cached == [f"{test.dataset}_{plan.key.digest(test.images)}.npy" for test in plan.sets]
+
+
+def test_test_sets_given_as_one_string_are_split_at_commas():
+    """TestSettings(datasets="synth-oxford") was read a letter at a time ("unknown dataset: s")."""
+    from aml.evaluation import TestSettings
+
+    assert TestSettings(datasets="synth-oxford").datasets == ("synth-oxford",)
+    assert TestSettings(datasets="synth-oxford,synth-paris+synth1m").datasets == ("synth-oxford", "synth-paris+synth1m")

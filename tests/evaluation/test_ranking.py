@@ -150,3 +150,39 @@ def test_nearest_takes_no_more_scores_at_once_than_its_bound(monkeypatch):
     by_chunks = nearest(database, database, 4, skip_self=True)
     for i in range(30):
         assert by_chunks[:, i].tolist() == [j for j in alone[:, i] if j != i][:4]
+
+
+def test_descriptors_given_as_rows_are_refused_not_ranked():
+    """N x D descriptors (numpy's habit) were ranked as D x N: a 16 x 16 "ranking" of 60 images,
+    without a word; one side transposed was torch's shape error."""
+    from aml.utils.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 60))
+    X /= np.linalg.norm(X, axis=0)
+    assert rank_database(X, X[:, :5]).shape == (60, 5)
+    with pytest.raises(ConfigError, match=r"the queries' 60 rows are unit vectors and their 16 columns are not"):
+        rank_database(X.T, X.T)
+    with pytest.raises(ConfigError, match=r"the database is 16 x 60 and the queries 60 x 16: descriptors are D x N"):
+        rank_database(X, X.T)
+
+
+def test_a_ranking_of_another_shape_than_the_ground_truth_is_refused():
+    """Q x N_db ranks (numpy's argsort of Q x N scores) were an IndexError, fewer columns than
+    queries scored some and dropped the rest, float ranks a numpy error, and a classic ground
+    truth under the revisited protocol gave NaN everywhere."""
+    from aml.utils.errors import DataError
+
+    ranks = np.tile(np.arange(30)[:, None], (1, 5))
+    gnd = [{"ok": [i], "junk": []} for i in range(5)]
+    with pytest.raises(DataError, match=r"ranks of shape \(5, 30\) rank 30 queries .* pass them transposed \(.T\)"):
+        compute_maps(ranks.T, {"g": gnd})
+    with pytest.raises(DataError, match=r"rank 2 queries \(columns\) and the ground truth has 5"):
+        compute_maps(ranks[:, :2], {"g": gnd})
+    with pytest.raises(DataError, match=r"integers, one column per query; got float64"):
+        compute_maps(ranks.astype(float), {"g": gnd})
+    with pytest.raises(DataError, match=r"has \['junk', 'ok'\], not easy and hard: .* protocol='classic'"):
+        evaluate_ranks(ranks, gnd, "revisited")
+    with pytest.raises(DataError, match=r"not ok: the classic protocol .* protocol='revisited'"):
+        evaluate_ranks(ranks, [{"easy": [1], "hard": [], "junk": []}] * 5, "classic")
+    assert evaluate_ranks(ranks, gnd, "classic")["map"] > 0

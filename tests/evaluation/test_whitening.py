@@ -177,3 +177,24 @@ def test_a_published_students_whitening_file_serves_only_the_set_it_was_learned_
     assert known_whitening(student, WhiteningRequest("synth-sfm", 64, data_root=tmp_path)) is None and not downloads
     m, P = known_whitening(student, WhiteningRequest("retrieval-SfM-120k", 64, data_root=tmp_path))
     assert downloads[0].endswith("mobilenet_v2_gem_contr_vgg16_whitening.pth") and np.array_equal(P, np.eye(512))
+
+
+def test_whitening_arguments_of_the_wrong_shape_are_refused():
+    """X.T was an IndexError (learn), a broadcast error (apply), or a 60 x 60 PCA whitening; a
+    mean of shape (D,) with as many images as dimensions was broadcast along the images."""
+    from aml.utils.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 60))
+    X /= np.linalg.norm(X, axis=0)
+    m, P = whitenlearn(X, range(20), range(20, 40))
+    square = X[:, :16]
+    np.testing.assert_allclose(whitenapply(square, m.ravel(), P), whitenapply(square, m, P), atol=1e-12)
+    with pytest.raises(ConfigError, match=r"whitenlearn takes D x N .* got \(60, 16\)"):
+        whitenlearn(X.T, range(20), range(20, 40))
+    with pytest.raises(ConfigError, match=r"3 queries and 4 positives"):
+        whitenlearn(X, range(3), range(4))
+    with pytest.raises(ConfigError, match=r"whitenapply takes D x N .* got X \(60, 16\)"):
+        whitenapply(X.T, m, P)
+    with pytest.raises(ConfigError, match=r"pcawhitenlearn .* more images than dimensions: got \(60, 16\)"):
+        pcawhitenlearn(X.T)

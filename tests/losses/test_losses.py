@@ -206,3 +206,14 @@ def test_a_degenerate_temperature_is_refused_with_the_reason(temp, reason):
     with pytest.raises(ValueError, match=reason):
         build_loss("cross_entropy", temp=temp)
     assert build_loss("cross_entropy", temp=0.05).temp == 0.05
+
+
+def test_pairs_of_other_shapes_are_refused():
+    """A teacher's D x N matrix against the student's N x D rows was a shape error deep in the loss."""
+    from aml.losses import TupleBatch
+    from aml.utils.errors import ConfigError
+
+    rows = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    assert TupleBatch.pairs(rows, rows).members.shape == (6, 1, 4)
+    with pytest.raises(ConfigError, match=r"pairs takes N x D rows .* got \(6, 4\) and \(4, 6\)"):
+        TupleBatch.pairs(rows, rows.T)

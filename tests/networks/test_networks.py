@@ -163,3 +163,18 @@ def test_every_backbone_gives_the_width_its_entry_declares(arch):
     projection = net.projection()
     assert net.meta["outputdim"] == (projection.out_channels if projection is not None else width)
     assert projection is None or projection.in_channels == width
+
+
+def test_a_misspelled_teacher_or_a_network_given_as_a_name_is_refused():
+    """teacher="resnet-101" built a 512-d student without a word (recorded as its teacher); a
+    network object where a name belongs was read as a path: "File name too long"."""
+    from aml.networks import LoadedNetwork, load_named_or_file
+    from aml.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown teacher 'resnet-101': name a published one \(resnet101, vgg16"):
+        build_network("mobilenet_v2", pretrained=False, teacher="resnet-101")
+    assert build_network("mobilenet_v2", pretrained=False, teacher="/my/teacher.pth.tar",
+                         teacher_dim=64).meta["outputdim"] == 64
+    net = build_network("resnet18", pretrained=False)
+    with pytest.raises(ConfigError, match=r"published name or a checkpoint path, got a LoadedNetwork"):
+        load_named_or_file(LoadedNetwork.in_memory(net, "r18"))

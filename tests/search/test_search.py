@@ -157,6 +157,26 @@ def test_a_store_is_not_built_with_a_query_side_reranking(reranking, tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_a_bare_network_no_images_or_a_bad_image_size_is_refused_before_indexing(tmp_path):
+    """A bare network was an AttributeError ('no attribute net'), no images "give --dba -1 or
+    less", an image size of 0 a damaged manifest."""
+    from aml.networks.loading import LoadedNetwork
+    from aml.search import build_store
+    from aml.utils.errors import ConfigError
+
+    net = build_network("resnet18", pretrained=False)
+    with pytest.raises(ConfigError, match=r"teacher must be a LoadedNetwork .* LoadedNetwork.in_memory\(net, name\)"):
+        build_store(net, ["a.jpg"], tmp_path / "store", 64)
+    teacher = LoadedNetwork.in_memory(net, "t")
+    with pytest.raises(StoreError, match="no images to index"):
+        build_store(teacher, [], tmp_path / "store", 64)
+    with pytest.raises(StoreError, match=r"image size 0: a store's images are shrunk to a whole number of pixels"):
+        build_store(teacher, ["a.jpg"], tmp_path / "store", 0)
+    with pytest.raises(ConfigError, match=r"got one str \('a.jpg'\)"):
+        build_store(teacher, "a.jpg", tmp_path / "store", 64)
+    assert not (tmp_path / "store").exists()
+
+
 def test_ivfpq_reports_recall_against_exact_search(tmp_path):
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(64, 20))

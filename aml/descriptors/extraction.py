@@ -45,7 +45,7 @@ from aml.utils.threads import ordered_map
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
 from aml.utils.changeable import Changeable
 from aml.utils.errors import AmlError, ConfigError, DataError, lookup
-from aml.utils.devices import same_device
+from aml.utils.devices import parse_device, same_device
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ class ExtractionConfig(Changeable):
     collective: bool = True  # under torchrun, each rank encodes its block; False: this process alone
 
     def __post_init__(self):
+        if self.device is not None:
+            parse_device(str(self.device))  # "gpu" was torch's RuntimeError at the first extraction
         lookup(dict.fromkeys(DECODE_CHOICES), self.decode, "decoding", DECODE_CHOICES)
         lookup(AMP_DTYPES, self.amp_dtype, "autocast dtype", AMP_DTYPES)
         if self.compile and self.fold_batchnorm:

@@ -177,8 +177,8 @@ def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
         The loss, a `TupleLoss` or a `RelationalLoss` (its ``kind`` says which).
 
     Raises:
-        ConfigError: for a name `LOSSES` lacks (the message lists the choices) or a temperature
-            `check_temperature` refuses.
+        ConfigError: for a name `LOSSES` lacks (the message lists the choices), a temperature
+            `check_temperature` refuses, or a margin that is not a finite number >= 0.
 
     Examples:
         >>> from aml.losses import build_loss
@@ -190,4 +190,6 @@ def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
     """
     spec = lookup(LOSSES, name, "loss")
     check_temperature(temp)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < math.inf:
+        raise ConfigError(f"--loss-margin {margin!r}: a margin is a finite number >= 0 (default 0.7)")
     return spec.build(margin, temp)

@@ -6,6 +6,7 @@ convention; `ImageRetrievalNet.descriptors` returns rows (B x D).
 """
 
 import logging
+import numbers
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -300,6 +301,10 @@ def build_network(
         >>> teacher = build_network("resnet101", "gem", whitening=True, data_root="data")  # doctest: +SKIP
     """
     pool_type = lookup(POOLINGS, pooling, "pooling")
+    if teacher_dim is not None and (
+        isinstance(teacher_dim, bool) or not isinstance(teacher_dim, numbers.Integral) or teacher_dim < 1
+    ):  # 0 was ignored without a word, -5 a RuntimeError of torch
+        raise ConfigError(f"teacher_dim {teacher_dim!r}: the dimension to project to is a whole number > 0")
     if teacher and not teacher_dim and teacher_dimension(teacher) is None:  # a misspelling gave 512-d without a word
         raise ConfigError(
             f"unknown teacher {teacher!r}: name a published one ({', '.join(sorted(TEACHERS))} or a name of the "
@@ -322,8 +327,8 @@ def build_network(
         "pooling": pooling,
         "regional": regional,
         "whitening": whitening,
-        "mean": [float(v) for v in (mean or normalisation.mean)],  # numpy numbers too: checkpoints hold floats
-        "std": [float(v) for v in (std or normalisation.std)],
+        "mean": [float(v) for v in (normalisation.mean if mean is None else mean)],  # numpy's too: floats kept
+        "std": [float(v) for v in (normalisation.std if std is None else std)],
         "outputdim": dim,
     }
     if teacher:

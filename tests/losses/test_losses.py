@@ -217,3 +217,14 @@ def test_pairs_of_other_shapes_are_refused():
     assert TupleBatch.pairs(rows, rows).members.shape == (6, 1, 4)
     with pytest.raises(ConfigError, match=r"pairs takes N x D rows .* got \(6, 4\) and \(4, 6\)"):
         TupleBatch.pairs(rows, rows.T)
+
+
+def test_a_margin_that_is_no_margin_is_refused():
+    """build_loss took a margin of -1 or NaN (main.py's flag bounds it; a script's call did not)."""
+    from aml.losses import build_loss
+    from aml.utils.errors import ConfigError
+
+    for margin in (-1, float("nan"), float("inf"), "0.7"):
+        with pytest.raises(ConfigError, match=r"--loss-margin .*: a margin is a finite number >= 0"):
+            build_loss("contrastive", margin=margin)
+    assert build_loss("contrastive", margin=0).margin == 0

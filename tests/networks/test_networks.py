@@ -178,3 +178,17 @@ def test_a_misspelled_teacher_or_a_network_given_as_a_name_is_refused():
     net = build_network("resnet18", pretrained=False)
     with pytest.raises(ConfigError, match=r"published name or a checkpoint path, got a LoadedNetwork"):
         load_named_or_file(LoadedNetwork.in_memory(net, "r18"))
+
+
+def test_a_teacher_dim_that_is_no_dimension_is_refused_and_numpy_statistics_are_taken():
+    """teacher_dim=0 was ignored without a word and -5 was torch's RuntimeError; a numpy mean
+    was "the truth value of an array is ambiguous"."""
+    import numpy as np
+
+    from aml.utils.errors import ConfigError
+
+    for dim in (0, -5, 2.5, True):
+        with pytest.raises(ConfigError, match=r"teacher_dim .*: the dimension to project to is a whole number > 0"):
+            build_network("resnet18", pretrained=False, teacher_dim=dim)
+    net = build_network("resnet18", pretrained=False, mean=np.array([0.5, 0.5, 0.5]), std=np.array([0.25] * 3))
+    assert net.meta["mean"] == [0.5] * 3 and net.meta["std"] == [0.25] * 3

@@ -175,6 +175,11 @@ def test_a_bare_network_no_images_or_a_bad_image_size_is_refused_before_indexing
     with pytest.raises(ConfigError, match=r"got one str \('a.jpg'\)"):
         build_store(teacher, "a.jpg", tmp_path / "store", 64)
     assert not (tmp_path / "store").exists()
+    from aml.search import query_database
+
+    database = SearchDatabase(tmp_path, np.eye(512, 3, dtype=np.float32), ["0.jpg", "1.jpg", "2.jpg"], {"dim": 512})
+    with pytest.raises(StoreError, match=r"k -1: the results per query are a whole number > 0"):  # numpy's error
+        query_database(database, net, ["a.jpg"], k=-1)
 
 
 def test_ivfpq_reports_recall_against_exact_search(tmp_path):

@@ -79,6 +79,7 @@ class TestSettings(Changeable):
     reranking: Reranking = Reranking()
 
     def __post_init__(self) -> None:
+        self.check_parts(extraction=ExtractionConfig, reranking=Reranking)
         if isinstance(self.datasets, str):  # "a,b" as test.py's -d takes it (iterated, it was letters)
             object.__setattr__(self, "datasets", tuple(d for d in self.datasets.split(",") if d))
         object.__setattr__(self, "datasets", tuple(self.datasets))

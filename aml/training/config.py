@@ -226,6 +226,7 @@ class TrainConfig(Changeable):
     dist_timeout: float = bounded(DEFAULT_TIMEOUT_S, POSITIVE_FLOAT)
 
     def __post_init__(self):
+        self.check_parts(loop=TrainSettings, extraction=ExtractionConfig)
         if isinstance(self.test_datasets, str):  # "a,b" as the flag takes it
             object.__setattr__(self, "test_datasets", tuple(d for d in self.test_datasets.split(",") if d))
         else:

@@ -91,3 +91,16 @@ def test_a_teacher_that_is_no_network_is_refused_before_anything_is_loaded(teach
     assert found == [f"--teacher {teacher!r} is neither a published network (vgg16, resnet101, a name of test.py "
                      "--list-pretrained) nor a checkpoint file"]
     assert problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher="resnet101")) == []
+
+
+def test_a_dict_for_the_loop_or_the_extraction_is_refused_by_name():
+    """TrainConfig(loop={...}) was dataclasses' TypeError "must be called with a dataclass type"."""
+    from aml.descriptors import ExtractionConfig
+    from aml.evaluation import TestSettings
+    from aml.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"TrainConfig.loop must hold TrainSettings\(...\), got a dict"):
+        TrainConfig(directory="runs", loop={"epochs": 1})
+    with pytest.raises(ConfigError, match=r"TestSettings.extraction must hold ExtractionConfig\(...\), got a dict"):
+        TestSettings(extraction={"workers": 0})
+    assert TestSettings(extraction=ExtractionConfig(workers=0)).extraction.workers == 0

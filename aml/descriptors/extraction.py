@@ -603,9 +603,7 @@ def extract_vectors(
     del print_freq
     if workers is not None:
         config = config.but(workers=workers)
-    check_network(net)
-    check_image_list(images)
-    _check_request(len(images), image_size, ms, bbxs)
+    _check_request(net, images, image_size, ms, bbxs)
     world = current_world() if config.collective else World()
     mine = shard_range(len(images), world)
     fold = _fold(config.fold_batchnorm, len(images), image_size, config.compile)  # the call's: every rank alike
@@ -627,12 +625,20 @@ def extract_vectors(
 
 
 def _check_request(
-    count: int, image_size: Optional[float], scales: Sequence[float], bbxs: Optional[Sequence[Optional[BBox]]]
+    net: Any,
+    images: Any,
+    image_size: Optional[float],
+    scales: Sequence[float],
+    bbxs: Optional[Sequence[Optional[BBox]]],
 ) -> None:
-    """Refuse, before any image is read, scales that are none, not positive finite numbers, or
-    that with the image size leave every image under one pixel (each image was refused in
-    turn, as too small, or skipped as unreadable), and boxes that are not one per image."""
-    check_boxes(count, bbxs)
+    """Refuse, before any image is read, what is not a retrieval network or a list of images,
+    an image size that is not a positive number, scales that are none, not positive finite
+    numbers, or that with the image size leave every image under one pixel (each image was
+    refused in turn, as too small, or skipped as unreadable), and boxes that are not one per
+    image."""
+    check_network(net)
+    check_image_list(images)
+    check_boxes(len(images), bbxs)
     if image_size is not None and (
         isinstance(image_size, bool) or not isinstance(image_size, numbers.Real) or not 0 < image_size < math.inf
     ):

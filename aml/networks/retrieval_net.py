@@ -251,6 +251,21 @@ def output_dimension(arch: str, teacher: Optional[str] = None, teacher_dim: Opti
     return backbone.dim
 
 
+def _check_teacher(teacher: Optional[str], teacher_dim: Optional[int]) -> None:
+    """Refuse a ``teacher_dim`` that is no dimension (0 was ignored, -5 torch's error) and a
+    teacher name that is no published one when no ``teacher_dim`` says the dimension (a
+    misspelling gave a 512-d network without a word)."""
+    if teacher_dim is not None and (
+        isinstance(teacher_dim, bool) or not isinstance(teacher_dim, numbers.Integral) or teacher_dim < 1
+    ):
+        raise ConfigError(f"teacher_dim {teacher_dim!r}: the dimension to project to is a whole number > 0")
+    if teacher and not teacher_dim and teacher_dimension(teacher) is None:
+        raise ConfigError(
+            f"unknown teacher {teacher!r}: name a published one ({', '.join(sorted(TEACHERS))} or a name of the "
+            "pretrained list) or give teacher_dim, the dimension to project to"
+        )
+
+
 def build_network(
     architecture: str = "resnet101",
     pooling: str = "gem",
@@ -301,15 +316,7 @@ def build_network(
         >>> teacher = build_network("resnet101", "gem", whitening=True, data_root="data")  # doctest: +SKIP
     """
     pool_type = lookup(POOLINGS, pooling, "pooling")
-    if teacher_dim is not None and (
-        isinstance(teacher_dim, bool) or not isinstance(teacher_dim, numbers.Integral) or teacher_dim < 1
-    ):  # 0 was ignored without a word, -5 a RuntimeError of torch
-        raise ConfigError(f"teacher_dim {teacher_dim!r}: the dimension to project to is a whole number > 0")
-    if teacher and not teacher_dim and teacher_dimension(teacher) is None:  # a misspelling gave 512-d without a word
-        raise ConfigError(
-            f"unknown teacher {teacher!r}: name a published one ({', '.join(sorted(TEACHERS))} or a name of the "
-            "pretrained list) or give teacher_dim, the dimension to project to"
-        )
+    _check_teacher(teacher, teacher_dim)
     backbone = get_backbone(architecture)
     normalisation = get_imagenet_weights(architecture)
     dim = output_dimension(architecture, teacher, teacher_dim or (teacher_dimension(teacher) if teacher else None))

@@ -257,8 +257,14 @@ class ExtractionConfig(Changeable):
     collective: bool = True  # under torchrun, each rank encodes its block; False: this process alone
 
     def __post_init__(self):
-        if self.device is not None:
-            parse_device(str(self.device))  # "gpu" was torch's RuntimeError at the first extraction
+        if self.device is not None:  # "gpu" was torch's RuntimeError at the first extraction
+            try:
+                parse_device(str(self.device))
+            except ConfigError:
+                raise ConfigError(
+                    f"ExtractionConfig(device={self.device!r}) is not a device: give 'cpu', 'cuda', 'cuda:N' or "
+                    "'mps', or None (the network's)"
+                ) from None
         lookup(dict.fromkeys(DECODE_CHOICES), self.decode, "decoding", DECODE_CHOICES)
         lookup(AMP_DTYPES, self.amp_dtype, "autocast dtype", AMP_DTYPES)
         if self.compile and self.fold_batchnorm:

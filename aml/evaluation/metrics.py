@@ -248,10 +248,11 @@ def evaluate_ranks(
     lacking = next((q for q, entry in enumerate(gnd) if not all(key in entry for key in needed)), None)
     if lacking is not None:  # revisited on a classic gnd scored no positive anywhere: NaN without a word
         other = "revisited" if protocol == "classic" else "classic"
+        of_other = all(key in gnd[lacking] for key in (("easy", "hard") if other == "revisited" else ("ok",)))
         raise DataError(
             f"the ground truth of query {lacking} has {sorted(gnd[lacking])}, not {' and '.join(needed)}: "
-            f"the {protocol} protocol needs them; a ground truth of the {other} protocol is evaluated with "
-            f"protocol={other!r}"
+            f"the {protocol} protocol needs them"
+            + (f"; a ground truth of the {other} protocol is evaluated with protocol={other!r}" if of_other else "")
         )
     maps_of = compute_maps_from_positions if positions else compute_maps
     if protocol == "classic":

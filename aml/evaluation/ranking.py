@@ -51,7 +51,7 @@ def check_columns(database: np.ndarray, queries: np.ndarray) -> None:
         raise ConfigError(
             f"the database is {' x '.join(map(str, shapes[0]))} and the queries {' x '.join(map(str, shapes[1]))}: "
             "descriptors are D x N, one column per image, of one dimension D; pass the side given as rows "
-            "transposed (.T)"
+            "transposed (.T), or encode both sides in one space (a student of this teacher)"
         )
     q = np.asarray(queries)
     if q.shape[0] != q.shape[1] and q.size and _unit(q, 1) and not _unit(q, 0):

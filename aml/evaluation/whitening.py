@@ -249,11 +249,8 @@ def pcawhitenlearn(X: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         True
     """
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] <= X.shape[0]:  # X.T or too few: a rank-deficient covariance, its noise blown up
-        raise ConfigError(
-            f"pcawhitenlearn takes D x N descriptors (one column per image) with more images than dimensions: "
-            f"got {X.shape}; pass X.T if the images are rows"
-        )
+    if X.ndim != 2:
+        raise ConfigError(f"pcawhitenlearn takes D x N descriptors, one column per image: got {X.shape}")
     m = X.mean(axis=1, keepdims=True)
     centred = X - m
     values, vectors = _sorted_eigh(centred @ centred.T / X.shape[1])

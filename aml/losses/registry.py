@@ -2,6 +2,7 @@
 training modes it works with (`LOSSES`, `build_loss`), and the temperatures that still learn."""
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Union
 
@@ -190,6 +191,6 @@ def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
     """
     spec = lookup(LOSSES, name, "loss")
     check_temperature(temp)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < math.inf:
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not 0 <= margin < math.inf:
         raise ConfigError(f"--loss-margin {margin!r}: a margin is a finite number >= 0 (default 0.7)")
     return spec.build(margin, temp)

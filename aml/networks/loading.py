@@ -214,8 +214,9 @@ class LoadedNetwork:
 
 
 def check_network(net: Any, what: str = "net") -> None:
-    """Refuse what is not a retrieval network (a module with its ``meta``, aml's or cirtorch's)
-    where one is expected: a `LoadedNetwork` (whose ``.net`` is one), a torchvision model.
+    """Refuse what is not a retrieval network (a module with its ``meta``) where one is expected.
+
+    A `LoadedNetwork` (whose ``.net`` is one) or a torchvision model are refused, naming the fix.
 
     Args:
         net: what was given.
@@ -239,7 +240,7 @@ def check_network(net: Any, what: str = "net") -> None:
     if not isinstance(net, torch.nn.Module) or not isinstance(getattr(net, "meta", None), dict):
         raise ConfigError(
             f"{what} must be a retrieval network with its meta (aml.networks.build_network, "
-            f"load_named_or_file(...).net, a cirtorch ImageRetrievalNet), got a {type(net).__name__}"
+            f"init_network or load_named_or_file(...).net), got a {type(net).__name__}"
         )
 
 

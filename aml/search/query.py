@@ -2,6 +2,7 @@
 made for the store's teacher, and the searches of its query images."""
 
 import logging
+import numbers
 from typing import List, Optional, Sequence, TypedDict
 
 import numpy as np
@@ -160,7 +161,7 @@ def query_database(
         {'image': '/photos/0042.jpg', 'score': 0.83}
     """
     check_network(student, "student")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:  # -1 was numpy's error deep in the search
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # -1 was numpy's error deep in the search
         raise StoreError(f"k {k!r}: the results per query are a whole number > 0 (search query -k)")
     _warn_turned(images)
     skipped: List[int] = []

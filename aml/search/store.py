@@ -175,6 +175,8 @@ def build_store(
         PosixPath('photos.store')
     """
     check_loaded(teacher, "teacher")
+    if not isinstance(images, (str, bytes, os.PathLike)) and not hasattr(images, "__len__"):
+        images = list(images)  # a folder's glob(), say
     _check_plan(images, image_size, int(teacher.net.meta["outputdim"]), reranking, ivfpq)
     folder = Path(folder)
     target = folder.resolve()  # a link to a store: the store it points to is replaced
@@ -227,7 +229,7 @@ def _check_plan(images: Sequence[str], image_size: int, dim: int, reranking: Rer
     that is not a number of pixels, a DBA or an IVF-PQ index that cannot be built, and a
     query-side re-ranking (αQE, SuperGlobal), which each search chooses, not the store."""
     check_image_list(images)
-    if not images:
+    if len(images) == 0:
         raise StoreError("no images to index: give the database's image files (list_images(folder))")
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
         raise StoreError(f"image size {image_size!r}: a store's images are shrunk to a whole number of pixels > 0")

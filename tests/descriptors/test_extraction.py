@@ -143,8 +143,9 @@ def test_one_path_a_bad_image_size_or_a_loaded_network_is_refused(images, net):
         describe_images(LoadedNetwork.in_memory(net, "r18"), images[:1], 64)
     with pytest.raises(ConfigError, match=r"net must be a retrieval network with its meta .* got a Sequential"):
         extract_vectors(torch.nn.Sequential(), images[:1], 64, transform)
-    with pytest.raises(ConfigError, match=r"'gpu' is not a device"):  # torch's RuntimeError at the first extraction
-        ExtractionConfig(device="gpu")
+    with pytest.raises(ConfigError, match=r"ExtractionConfig\(device='gpu'\) is not a device: give 'cpu', 'cuda'"):
+        ExtractionConfig(device="gpu")  # torch's RuntimeError at the first extraction
+    assert ExtractionConfig(device=torch.device("cuda:1")).device == torch.device("cuda:1")  # checked when used
 
 
 def test_bad_image_is_named_from_worker(images, net, tmp_path, real_workers):

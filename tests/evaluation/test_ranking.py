@@ -185,4 +185,6 @@ def test_a_ranking_of_another_shape_than_the_ground_truth_is_refused():
         evaluate_ranks(ranks, gnd, "revisited")
     with pytest.raises(DataError, match=r"not ok: the classic protocol .* protocol='revisited'"):
         evaluate_ranks(ranks, [{"easy": [1], "hard": [], "junk": []}] * 5, "classic")
+    with pytest.raises(DataError, match=r"not easy and hard: the revisited protocol needs them$"):  # no 'ok' either
+        evaluate_ranks(ranks, [{"easy": [1], "junk": []}] * 5, "revisited")
     assert evaluate_ranks(ranks, gnd, "classic")["map"] > 0

@@ -180,8 +180,9 @@ def test_a_published_students_whitening_file_serves_only_the_set_it_was_learned_
 
 
 def test_whitening_arguments_of_the_wrong_shape_are_refused():
-    """X.T was an IndexError (learn), a broadcast error (apply), or a 60 x 60 PCA whitening; a
-    mean of shape (D,) with as many images as dimensions was broadcast along the images."""
+    """X.T was an IndexError (learn) or a broadcast error (apply); a mean of shape (D,) with as
+    many images as dimensions was broadcast along the images. A PCA whitening of fewer images
+    than dimensions stays allowed (its leading rows whiten)."""
     from aml.utils.errors import ConfigError
 
     rng = np.random.default_rng(0)
@@ -196,5 +197,8 @@ def test_whitening_arguments_of_the_wrong_shape_are_refused():
         whitenlearn(X, range(3), range(4))
     with pytest.raises(ConfigError, match=r"whitenapply takes D x N .* got X \(60, 16\)"):
         whitenapply(X.T, m, P)
-    with pytest.raises(ConfigError, match=r"pcawhitenlearn .* more images than dimensions: got \(60, 16\)"):
-        pcawhitenlearn(X.T)
+    with pytest.raises(ConfigError, match=r"pcawhitenlearn takes D x N descriptors, one column per image: got \(60,\)"):
+        pcawhitenlearn(X[0])
+    m, P = pcawhitenlearn(X[:, :10])  # 10 images, 16 dimensions: the 9 leading rows whiten them
+    Y = P[:9] @ (X[:, :10] - m)
+    np.testing.assert_allclose(Y @ Y.T / 10, np.eye(9), atol=1e-6)

@@ -228,3 +228,6 @@ def test_a_margin_that_is_no_margin_is_refused():
         with pytest.raises(ConfigError, match=r"--loss-margin .*: a margin is a finite number >= 0"):
             build_loss("contrastive", margin=margin)
     assert build_loss("contrastive", margin=0).margin == 0
+    import numpy as np
+
+    assert build_loss("contrastive", margin=np.float32(0.5)).margin == 0.5

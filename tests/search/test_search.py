@@ -180,6 +180,10 @@ def test_a_bare_network_no_images_or_a_bad_image_size_is_refused_before_indexing
     database = SearchDatabase(tmp_path, np.eye(512, 3, dtype=np.float32), ["0.jpg", "1.jpg", "2.jpg"], {"dim": 512})
     with pytest.raises(StoreError, match=r"k -1: the results per query are a whole number > 0"):  # numpy's error
         query_database(database, net, ["a.jpg"], k=-1)
+    with pytest.raises(StoreError, match="no images to index"):  # numpy's paths too ("truth value ... ambiguous")
+        build_store(teacher, np.array([], dtype=str), tmp_path / "store", 64)
+    with pytest.raises(StoreError, match="re-rank each search"):  # a folder's glob() is taken as its list
+        build_store(teacher, (p for p in ["a.jpg", "b.jpg"]), tmp_path / "store", 64, reranking=Reranking(qe=2))
 
 
 def test_ivfpq_reports_recall_against_exact_search(tmp_path):

@@ -174,10 +174,8 @@ def build_store(
         >>> build_store(teacher, list_images("photos/"), "photos.store", 1024)  # doctest: +SKIP
         PosixPath('photos.store')
     """
-    check_loaded(teacher, "teacher")
-    if not isinstance(images, (str, bytes, os.PathLike)) and not hasattr(images, "__len__"):
-        images = list(images)  # a folder's glob(), say
-    _check_plan(images, image_size, int(teacher.net.meta["outputdim"]), reranking, ivfpq)
+    images = images if hasattr(images, "__len__") or isinstance(images, os.PathLike) else list(images)  # a glob()
+    _check_plan(teacher, images, image_size, reranking, ivfpq)
     folder = Path(folder)
     target = folder.resolve()  # a link to a store: the store it points to is replaced
     images = [os.path.abspath(i) for i in images]  # links kept: a git-annex or DVC photo keeps its own name
@@ -224,10 +222,15 @@ def _publish(staging: Path, target: Path) -> None:
         )
 
 
-def _check_plan(images: Sequence[str], image_size: int, dim: int, reranking: Reranking, ivfpq: Optional[IvfPq]) -> None:
-    """Refuse, before anything is encoded, images that are not a list of some, an image size
-    that is not a number of pixels, a DBA or an IVF-PQ index that cannot be built, and a
-    query-side re-ranking (αQE, SuperGlobal), which each search chooses, not the store."""
+def _check_plan(
+    teacher: LoadedNetwork, images: Sequence[str], image_size: int, reranking: Reranking, ivfpq: Optional[IvfPq]
+) -> None:
+    """Refuse, before anything is encoded, a teacher that is not a `LoadedNetwork`, images that
+    are not a list of some, an image size that is not a number of pixels, a DBA or an IVF-PQ
+    index that cannot be built, and a query-side re-ranking (αQE, SuperGlobal), which each
+    search chooses, not the store."""
+    check_loaded(teacher, "teacher")
+    dim = int(teacher.net.meta["outputdim"])
     check_image_list(images)
     if len(images) == 0:
         raise StoreError("no images to index: give the database's image files (list_images(folder))")

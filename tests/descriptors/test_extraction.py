@@ -561,7 +561,7 @@ def test_an_extraction_waits_for_the_device_once_whatever_its_number_of_batches(
     """On CUDA every read of a value by the host and every copy to the host waits for the
     queued kernels: the loop reads none per batch, and the descriptors cross in one block."""
     from aml.descriptors import extraction
-    from tests.dispatch import ScalarReads
+    from tests.dispatch import HostWaits
 
     copies = []
     flush = extraction._Columns._flush
@@ -576,7 +576,7 @@ def test_an_extraction_waits_for_the_device_once_whatever_its_number_of_batches(
     counts = []
     for count in (4, 14):  # 2 batches and at least 7 (4 image shapes)
         copies.clear()
-        with ScalarReads() as reads:
+        with HostWaits() as reads:
             extract_vectors(net, images[:count], 80, transform, config=config)
         counts.append((reads.count, [n for n in copies if n]))
     (few_reads, few_copies), (many_reads, many_copies) = counts

@@ -69,11 +69,11 @@ def test_the_triplet_losses_check_of_one_positive_reads_nothing_back_from_a_devi
     """It read a boolean back per chunk (a wait for the device per tuple without
     --batch-forward); off the CPU the device asserts it (here the meta device stands for CUDA)."""
     from aml.layers.functional import triplet_losses
-    from tests.dispatch import ScalarReads
+    from tests.dispatch import HostWaits
 
     anchors, members = torch.zeros(2, 4, device="meta"), torch.zeros(2, 3, 4, device="meta")
     tuple_labels = torch.tensor([[1, 0, 0], [1, 0, -1]]).to("meta")
-    with ScalarReads() as reads:
+    with HostWaits() as reads:
         assert triplet_losses(anchors, members, tuple_labels).shape == (2,)
     assert reads.count == 0
 

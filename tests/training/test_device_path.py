@@ -1,18 +1,19 @@
 """What makes a training batch slow on a GPU, counted on the CPU: host syncs per batch and
 the input shapes the network meets (cuDNN prepares kernels anew for every one)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from aml.data.trainsets import load_training_db
 from aml.descriptors import ExtractionConfig
-from aml.losses import LOSSES, build_loss
+from aml.losses import LOSSES, LossKind, build_loss
 from aml.networks import build_network
 from aml.training.modes import MODES
 from aml.training.optim import build_optimizer
 from aml.training.trainer import Learner, Split, Trainer, TrainSettings
-from tests.dispatch import ScalarReads
+from tests.dispatch import HostWaits
 
 DIM, SIZE = 64, 48
 
@@ -24,13 +25,13 @@ def split(synth_root):
     return Split(db, list(db["images"]), teacher)
 
 
-def make_trainer(split, folder, **settings):
+def make_trainer(split, folder, loss="contrastive", mode="ts", **settings):
     torch.manual_seed(0)
     net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM)
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
     options = dict(image_size=SIZE, neg_num=2, query_size=8, pool_size=16, batch_size=4, epochs=1, val=False,
                    print_freq=100)
-    return Trainer(Learner(net, build_loss("contrastive"), optimizer, MODES["ts"]), split, None, folder,
+    return Trainer(Learner(net, build_loss(loss), optimizer, MODES[mode]), split, None, folder,
                    TrainSettings(**dict(options, **settings)), ExtractionConfig(workers=0, device="cpu"))
 
 
@@ -43,10 +44,28 @@ def first_batch(trainer, split):
 def test_a_training_batch_reads_no_scalar_from_the_device(split, tmp_path, batch_forward):
     trainer = make_trainer(split, tmp_path, batch_forward=batch_forward)
     batch = first_batch(trainer, split)
-    with ScalarReads() as reads:
+    with HostWaits() as reads:
         losses = trainer.batch_losses(batch, split, backward=True)
     assert len(losses) == 4 and all(loss >= 0 for loss in losses)
     assert reads.count == 0  # the loss values come back in one copy per batch
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_no_loss_makes_the_host_wait_for_the_device_in_a_training_batch(split, tmp_path, loss):
+    """rkd's mean over the positive distances (``d[d > 0]``) waited twice a batch on CUDA to
+    learn how many there were; each loss is tried in the first mode it works with. (The split's
+    teacher context, computed once per run, is computed before.)"""
+    mode = next(name for name, m in MODES.items() if LOSSES[loss].accepts(m))
+    trainer = make_trainer(split, tmp_path, loss=loss, mode=mode)
+    batch = first_batch(trainer, split)
+    split.teacher_context()
+    with HostWaits() as waits:
+        losses = trainer.batch_losses(batch, split, backward=True)
+    assert len(losses) == (1 if LOSSES[loss].kind is LossKind.RELATIONAL else 4) and all(np.isfinite(losses))
+    # on the CPU alone, the triplet loss reads its check of one positive back (CUDA asserts it on
+    # the device: tests/layers/test_functional.py)
+    on_the_cpu_only = {"_local_scalar_dense"} if loss == "triplet" else set()
+    assert [name for name in waits.names if name not in on_the_cpu_only] == []
 
 
 def test_fixed_batches_give_the_same_losses_and_gradients_with_power_of_two_forwards(split, tmp_path):
@@ -154,7 +173,7 @@ def test_the_finiteness_check_before_a_checkpoint_reads_one_scalar_for_all_weigh
 
     state = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM).state_dict()
     assert len(state) > 50
-    with ScalarReads() as reads:
+    with HostWaits() as reads:
         assert non_finite_weights(state) == []
     assert reads.count == 1
     state["features.3.expand1x1.bias"][2] = float("nan")

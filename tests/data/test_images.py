@@ -245,3 +245,16 @@ def test_pixels_of_an_unknown_range_are_refused_naming_the_file(tmp_path, values
     Image.fromarray(values).save(path)
     with pytest.raises(ImageLoadError, match=f"odd.tif has .*{message}"):
         load_image(path)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 1), (1, 5), (4, 3)])
+def test_pixels_are_a_writable_copy_whatever_the_image_shape(monkeypatch, size):
+    """An image one pixel high needs no reordering: its tensor was PIL's read-only array (torch
+    warns that writing to it is undefined)."""
+    arrays = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda array: arrays.append(array) or from_numpy(array))
+    image = Image.new("RGB", size, (10, 20, 30))
+    pixels = image_pixels(image)
+    assert [a.flags.writeable and a.flags.c_contiguous for a in arrays] == [True]
+    assert pixels.shape == (3, size[1], size[0]) and pixels[:, 0, 0].tolist() == [10, 20, 30]

@@ -277,6 +277,10 @@ def extraction_row(args, name: str, paths: Sequence[str], device: torch.device, 
         "device_decode_alone": lambda: (
             1 / row["decode_alone"] if resolve_decoding(args.decode, device).name == "device" and "decode_alone" in row
             else decode_alone(net, paths, args.image_size, device, args.workers, "device")),
+        # the same with every image resized on the device (the benchmark's JPEGs are as large as
+        # the image size; photos of a data set come larger, in many shapes): what resizing costs
+        "device_decode_resized_alone": lambda: decode_alone(net, paths, args.image_size * 3 // 4, device,
+                                                            args.workers, "device"),
     }
     for key, seconds_per_image in ceilings.items():
         try:

@@ -16,12 +16,15 @@ an integer factor (``reducing_gap`` 2.0) and then resizes from a fractional box;
 are left to PIL (`reduces_first`).
 """
 
+import functools
 import math
 from typing import Dict, Tuple
 
 import numpy as np
 import PIL
 import torch
+
+from aml.utils.devices import to_device
 
 #: the fractional bits of PIL's fixed-point weights (32 - 8 - 2)
 PRECISION_BITS = 22
@@ -111,6 +114,14 @@ def lanczos_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
     return index, weight
 
 
+@functools.lru_cache(maxsize=4096)
+def _host_taps(in_size: int, out_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`lanczos_taps` as CPU tensors, computed once per pair of lengths for every extraction
+    (each takes milliseconds of Python; a data set's photos come in a few hundred shapes)."""
+    index, weight = lanczos_taps(in_size, out_size)
+    return torch.from_numpy(index), torch.from_numpy(weight)
+
+
 def reduces_first(size: Tuple[int, int], shape: Tuple[int, int]) -> bool:
     """Whether PIL's ``thumbnail`` of an image of ``size`` to ``shape`` reduces it by an
     integer factor before resizing (a source 4 times the output or more along an axis).
@@ -147,6 +158,8 @@ class LanczosResize:
         Returns:
             B x C x height x width float32 images of integer values 0..255.
         """
+        if tuple(images.shape[-2:]) == tuple(shape):  # already resized (by the loader's workers)
+            return images.float()
         out = images.to(torch.int32)
         passes = [(-1, shape[1]), (-2, shape[0])]
         for dim, size in reversed(passes) if height_first((out.shape[-2], out.shape[-1]), shape) else passes:
@@ -155,12 +168,11 @@ class LanczosResize:
         return out.float()
 
     def _axis_taps(self, in_size: int, out_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The taps of one axis on the device, copied without waiting for it (a blocking copy
+        in the middle of a batch is a host sync on CUDA)."""
         if (in_size, out_size) not in self.taps:
-            index, weight = lanczos_taps(in_size, out_size)
-            self.taps[in_size, out_size] = (
-                torch.from_numpy(index).to(self.device),
-                torch.from_numpy(weight).to(self.device),
-            )
+            index, weight = _host_taps(in_size, out_size)
+            self.taps[in_size, out_size] = (to_device(index, self.device), to_device(weight, self.device))
         return self.taps[in_size, out_size]
 
     def _pass(self, images: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:

@@ -35,6 +35,7 @@ def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path, capsys):
     for row, variants in zip(rows, (bench.VARIANTS, bench.EVERY_ROW)):  # every variant on the first row
         assert row["original"] > 0 and row["network_alone"] > 0 and row["decode_alone"] > 0
         assert row["device_decode_alone"] > 0  # the decoder's ceiling of the targets
+        assert row["device_decode_resized_alone"] > 0  # and with every image resized on the device
         assert set(variants) <= set(row)
         for variant in variants:  # on the CPU: fp32; nvJPEG's stand-in is libjpeg
             cell = row[variant]

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from aml.data.images import resized_shape
+import aml.data.resampling as resampling
 from aml.data.resampling import LanczosResize, lanczos_taps, reduces_first
 
 # the tall ones: Pillow 13 resizes them along the height first
@@ -49,6 +50,22 @@ def test_the_taps_of_one_axis():
     assert index.min() == 0 and index.max() == 1023
     same, kept = lanczos_taps(5, 5)
     assert np.array_equal(kept.sum(axis=1), [1 << 22] * 5) and np.array_equal(same[:, 0], [0, 0, 0, 1, 2])
+
+
+def test_the_taps_of_a_pair_of_lengths_are_computed_once_and_copied_without_waiting(monkeypatch):
+    """Every extraction made a new resizer, which computed each pair's taps again (milliseconds
+    of Python) and copied them with a blocking copy (a host sync on CUDA)."""
+    computed, copied = [], []
+    compute, copy = resampling.lanczos_taps, resampling.to_device
+    monkeypatch.setattr(resampling, "lanczos_taps", lambda n, m: computed.append((n, m)) or compute(n, m))
+    monkeypatch.setattr(resampling, "to_device", lambda t, device: copied.append(t.shape) or copy(t, device))
+    resampling._host_taps.cache_clear()
+    images = torch.randint(0, 256, (2, 3, 37, 53), dtype=torch.uint8)
+    resized = [LanczosResize(torch.device("cpu"))(images, (20, 29)) for _ in range(2)]
+    assert sorted(computed) == [(37, 20), (53, 29)]
+    assert len(copied) == 8  # index and weight, of 2 axes, for each resizer
+    assert torch.equal(resized[0], resized[1])
+    assert torch.equal(LanczosResize(torch.device("cpu"))(images, (37, 53)), images.float())
 
 
 @pytest.mark.parametrize("size, shape, reduces", [

@@ -377,7 +377,7 @@ def image_pixels(image: Image.Image) -> torch.Tensor:
     """
     # numpy's copy, one thread: a torch copy in a reader thread would start a team of its own; a
     # copy always (a one-pixel-high image needs no reordering, and PIL's array is read-only)
-    return torch.from_numpy(np.require(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1), requirements="CW"))
+    return torch.from_numpy(np.require(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1), requirements=("C", "W")))
 
 
 class PixelNormalizer:

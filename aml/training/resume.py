@@ -10,7 +10,7 @@ import torch
 
 from aml.networks.checkpoint import CheckpointError, load_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.training.run_folder import earlier_checkpoint, latest_checkpoint
+from aml.training.run_folder import earlier_checkpoint, epoch_checkpoints, latest_checkpoint
 from aml.utils.distributed import current_world, from_main, warn_once
 from aml.utils.errors import ConfigError
 
@@ -166,6 +166,7 @@ def resume_run(
     _check_meta(path, state["meta"], net)
     _check_training_state(path, state, optimizer)
     _check_best_loss_kind(path, state, min_loss_of)
+    _check_nothing_overwritten(run_dir, path, int(state["epoch"]))
     try:
         net.load_state_dict(state["state_dict"])
     except RuntimeError as err:
@@ -186,6 +187,26 @@ def resume_run(
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))
     return int(state["epoch"]), min(_best_loss_of(path, state), _model_best_loss(run_dir, net, min_loss_of))
+
+
+def _check_nothing_overwritten(run_dir: Path, path: Path, epoch: int) -> None:
+    """Refuse a resume whose epochs would overwrite checkpoints of ``run_dir``: those of later
+    epochs of its run, or, from a file outside the folder, any (two runs would mix there)."""
+    branch = f"or train from it in another folder (another --directory or --comment, with --resume {path})"
+    own = earlier_checkpoint(run_dir)
+    if own is not None and path.resolve().parent != run_dir.resolve():
+        raise ConfigError(
+            f"cannot resume from {path}: it lies outside {run_dir}, which holds the checkpoints of another "
+            f"run ({own.name}) that training on from it would overwrite or mix with; continue that run with "
+            f"--resume latest, {branch}"
+        )
+    later = [p.name for n, p in epoch_checkpoints(run_dir).items() if n > epoch]
+    if later:
+        raise ConfigError(
+            f"cannot resume from {path} (epoch {epoch}): {run_dir} holds checkpoints of later epochs "
+            f"({', '.join(later)}) that training on from it would overwrite; continue the folder's run from "
+            f"its latest with --resume latest, {branch}"
+        )
 
 
 def _model_best_loss(run_dir: Path, net: ImageRetrievalNet, min_loss_of: Optional[str]) -> float:

@@ -3,7 +3,7 @@
 import logging
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 from aml.utils.atomic import atomic_write
 
@@ -68,9 +68,15 @@ def earlier_checkpoint(run_dir: Path) -> Optional[Path]:
     return best if best.is_file() else latest_checkpoint(run_dir)
 
 
+def epoch_checkpoints(run_dir: Path) -> Dict[int, Path]:
+    """The ``model_epochN.pth.tar`` files of ``run_dir`` by N, in order."""
+    found = {
+        int(m.group(1)): p for p in run_dir.glob("model_epoch*.pth.tar") if (m := CHECKPOINT_PATTERN.match(p.name))
+    }
+    return dict(sorted(found.items()))
+
+
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The ``model_epochN.pth.tar`` with the largest N in ``run_dir``."""
-    found = [
-        (int(m.group(1)), p) for p in run_dir.glob("model_epoch*.pth.tar") if (m := CHECKPOINT_PATTERN.match(p.name))
-    ]
-    return max(found)[1] if found else None
+    found = epoch_checkpoints(run_dir)
+    return found[max(found)] if found else None

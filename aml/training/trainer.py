@@ -449,6 +449,13 @@ class Trainer:
         """Train epochs start_epoch .. epochs-1; returns one record per epoch (its losses, lr
         and ``seconds``: the wall time of its mining and training, without validation)."""
         s = self.settings
+        if self.start_epoch >= s.epochs:
+            log.warning(
+                ">> nothing to train: the checkpoint resumed has done %d epochs, --epochs is %d; raise --epochs "
+                "to train on",
+                self.start_epoch,
+                s.epochs,
+            )
         self.check_batches()
         # epochs about to be trained again (after a crash, or a rerun in the same folder) lose their old lines
         self.log.restart_at(self.start_epoch)

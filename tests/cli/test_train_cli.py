@@ -283,16 +283,16 @@ def test_resume_keeps_a_better_model_best_and_finds_a_path_relative_to_the_worki
 
     net = build_network(SMALL, pretrained=False)
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
-    run_dir, other = tmp_path / "run", tmp_path / "other"
-    run_dir.mkdir()
-    other.mkdir()
+    run_dir, other, fresh = tmp_path / "run", tmp_path / "other", tmp_path / "fresh"
+    for folder in (run_dir, other, fresh):
+        folder.mkdir()
     save_checkpoint(checkpoint_state(net, 1, 0.5, optimizer), run_dir / "model_epoch1.pth.tar")
     save_checkpoint(checkpoint_state(net, 3, 0.3, optimizer), run_dir / "model_best.pth.tar")
-    save_checkpoint(checkpoint_state(net, 2, 0.4, optimizer), run_dir / "model_epoch2.pth.tar")
     save_checkpoint(checkpoint_state(net, 7, 0.2, optimizer), other / "model_epoch7.pth.tar")
     assert resume_run(run_dir, "model_epoch1.pth.tar", net, optimizer) == (1, 0.3)
     monkeypatch.chdir(tmp_path)
-    assert resume_run(run_dir, "other/model_epoch7.pth.tar", net, optimizer) == (7, 0.2)
+    assert resume_run(fresh, "other/model_epoch7.pth.tar", net, optimizer) == (7, 0.2)
+    save_checkpoint(checkpoint_state(net, 2, 0.4, optimizer), run_dir / "model_epoch2.pth.tar")
     assert resume_run(run_dir, "latest", net, optimizer) == (2, 0.3)
 
 
@@ -394,8 +394,9 @@ def test_resume_refuses_another_pooling_a_damaged_epoch_or_best_loss_and_a_path_
         with pytest.raises(CheckpointError, match=message + r".*resume from another checkpoint of the run"):
             resume_run(run_dir, str(tmp_path / "edited.pth.tar"), net, optimizer)
     state.update(epoch=2, min_loss=torch.tensor(0.25))  # a loss kept as a tensor is a number
-    save_checkpoint(state, tmp_path / "edited.pth.tar")
-    assert resume_run(run_dir, str(tmp_path / "edited.pth.tar"), net, optimizer) == (2, 0.25)
+    save_checkpoint(state, run_dir / "edited.pth.tar")  # in the run folder: one from outside would mix two runs
+    assert resume_run(run_dir, "edited.pth.tar", net, optimizer) == (2, 0.25)
+    (run_dir / "edited.pth.tar").unlink()
     with pytest.raises(CheckpointError, match=r"--resume other/model_epoch1.pth.tar: no such file"):
         resume_run(run_dir, "other/model_epoch1.pth.tar", net, optimizer)
     state.update(min_loss="x")  # the run's model_best is read too

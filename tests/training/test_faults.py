@@ -16,6 +16,7 @@ from aml.cli import train as train_cli
 from aml.networks import build_network
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
 from aml.training.trainer import TrainingDiverged
+from aml.utils.errors import ConfigError
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).
 pytestmark = pytest.mark.long
@@ -169,6 +170,34 @@ def test_resume_cleans_leftovers_of_a_killed_run(synth_root, tmp_path):
     lines = (run_dir / "loss_log.txt").read_text().splitlines()
     assert lines[0] == "epoch, train_loss, val_loss" and lines.count(lines[0]) == 1
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "1"]
+
+
+def test_a_resume_that_would_overwrite_checkpoints_is_refused_and_touches_nothing(synth_root, tmp_path, straight_run,
+                                                                                   capsys):
+    """--resume model_epoch1 in a folder that holds epoch 2, or another run's checkpoint into a
+    folder of checkpoints, trained on and replaced the folder's later checkpoints."""
+    run, _ = straight_run
+    directory = run.run_dir.parent
+    def written():  # the files and when they were written (the lock is taken by every run)
+        return {p.name: p.stat().st_mtime_ns for p in run.run_dir.iterdir() if p.name != ".lock"}
+
+    before = written()
+    with pytest.raises(ConfigError, match=r"model_epoch1.pth.tar \(epoch 1\): .* holds checkpoints of later epochs "
+                                          r"\(model_epoch2.pth.tar\) that training on from it would overwrite"):
+        train(synth_root, directory, "--epochs", "2", "--no-val", "--resume", "model_epoch1.pth.tar")
+    other = train(synth_root, tmp_path / "other", "--epochs", "1", "--no-val").run_dir / "model_epoch1.pth.tar"
+    with pytest.raises(ConfigError, match=r"lies outside .*, which holds the checkpoints of another run "
+                                          r"\(model_best.pth.tar\)"):
+        train(synth_root, directory, "--epochs", "2", "--no-val", "--resume", str(other))
+    assert written() == before
+    capsys.readouterr()
+    train(synth_root, directory, "--epochs", "1", "--no-val", "--resume", "latest")  # trains nothing, and says so
+    assert ">> nothing to train: the checkpoint resumed has done 2 epochs, --epochs is 1" in capsys.readouterr().out
+    assert {k: v for k, v in written().items() if k.endswith(".pth.tar")} == {
+        k: v for k, v in before.items() if k.endswith(".pth.tar")}
+    branch = train(synth_root, tmp_path / "branch", "--epochs", "2", "--no-val", "--resume",
+                   str(run.run_dir / "model_epoch1.pth.tar"))  # a branch in a folder of its own trains
+    assert checkpoints(branch.run_dir) == ["model_best.pth.tar", "model_epoch2.pth.tar"]
 
 
 def test_resuming_another_architecture_names_the_file(synth_root, tmp_path):

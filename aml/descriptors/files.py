@@ -396,11 +396,13 @@ class FeatureProvenance:
             ``images.txt``).
         network: the name of the network that encoded them.
         fingerprint: that network's weights' fingerprint.
+        image_size: the size the images were resized to before encoding.
     """
 
     images: Optional[List[str]] = None
     network: Optional[str] = None
     fingerprint: Optional[str] = None
+    image_size: Optional[float] = None
 
     def other_images(self, images: Sequence[str]) -> Optional[int]:
         """The first column whose image is not ``images``' (compared below each list's common
@@ -446,20 +448,22 @@ def feature_provenance(path: Path) -> FeatureProvenance:
         ...     path = write_feature_file(np.zeros((4, 1)), ["a.jpg"], pathlib.Path(folder) / "db.npy",
         ...                               dict(DescriptorKey("3f2a9c0d1e2b4a5c", 64).record(), network="vgg16"))
         ...     feature_provenance(path)
-        FeatureProvenance(images=['a.jpg'], network='vgg16', fingerprint='3f2a9c0d1e2b4a5c')
+        FeatureProvenance(images=['a.jpg'], network='vgg16', fingerprint='3f2a9c0d1e2b4a5c', image_size=64)
     """
     path = Path(path)
     if path.is_dir():
         store = open_store(path, warn=False)  # read, and warned of, as the descriptors were
-        return FeatureProvenance(list(store.images), store.key.network, store.key.descriptors.fingerprint)
+        made = store.key.descriptors
+        return FeatureProvenance(list(store.images), store.key.network, made.fingerprint, made.image_size)
     listing = _listing_path(path)
     images = read_line_list(listing.read_bytes()) if listing.is_file() else None
     settings = feature_file_settings(path) or {}
-    network, fingerprint = settings.get("network"), settings.get("fingerprint")
+    network, fingerprint, size = settings.get("network"), settings.get("fingerprint"), settings.get("image_size")
     return FeatureProvenance(
         images,
         network if isinstance(network, str) else None,
         fingerprint if isinstance(fingerprint, str) else None,
+        size if isinstance(size, (int, float)) and not isinstance(size, bool) else None,
     )
 
 

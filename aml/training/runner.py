@@ -146,7 +146,8 @@ class _Run:
         self.loop = config.loop
         self.data_root = DataRoot.resolve(config.data_root)
         self.mode = get_mode(config.mode)
-        self.teacher = Teacher(config.teacher, self.data_root)
+        given = [path for path in (config.feat_path, config.feat_val_path) if path]
+        self.teacher = Teacher(config.teacher, self.data_root, given)
         self.extraction = config.extraction.but(device=device)  # this process's device
 
     def trunk_weights_file(self) -> Optional[Path]:

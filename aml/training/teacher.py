@@ -24,7 +24,7 @@ from aml.descriptors import (
 )
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
 from aml.utils.atomic import optional_write
-from aml.utils.distributed import current_world, found_by_all
+from aml.utils.distributed import current_world, found_by_all, warn_once
 from aml.utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,25 @@ log = logging.getLogger(__name__)
 
 class Teacher:
     """'vgg16' | 'resnet101' (published) or a checkpoint path, loaded once, on first use, and
-    shared by every split and test of the run (``--feat-path`` runs never load it)."""
+    shared by every split and test of the run (``--feat-path`` runs load it only to validate or
+    test with it; then the weights must be those the ``feature_files`` were encoded by)."""
 
-    def __init__(self, spec: str, data_root: DataRootLike = None):
-        self.spec, self.data_root = NetworkSpec.parse(spec), data_root
+    def __init__(self, spec: str, data_root: DataRootLike = None, feature_files: Sequence[str] = ()):
+        self.spec, self.data_root, self.feature_files = NetworkSpec.parse(spec), data_root, feature_files
 
     @functools.cached_property
     def loaded(self) -> LoadedNetwork:
-        return load_spec(self.spec, None, self.data_root)
+        loaded = load_spec(self.spec, None, self.data_root)
+        for path in self.feature_files:
+            recorded = feature_provenance(Path(path)).fingerprint
+            if recorded is not None and recorded != loaded.fingerprint:
+                raise DataError(
+                    f"feature file {path} was encoded by other weights than --teacher {self.spec.given}'s "
+                    f"(fingerprints {recorded[:8]} and {loaded.fingerprint[:8]}): its descriptors and the "
+                    "teacher's would be two spaces; give the --teacher it was extracted with, or extract it again "
+                    "with extract_features.py"
+                )
+        return loaded
 
 
 def _cache_path(path: Path, key: DescriptorKey) -> Path:
@@ -51,10 +62,11 @@ def _cache_path(path: Path, key: DescriptorKey) -> Path:
     return path.with_name(f"{path.stem}_{key.digest([])[:8]}{path.suffix}")
 
 
-def _given_features(teacher: Teacher, path: Path, images: Sequence[str]) -> np.ndarray:
+def _given_features(teacher: Teacher, path: Path, images: Sequence[str], image_size: int) -> np.ndarray:
     """A ``--feat-path`` file's descriptors: of the teacher's dimension (as far as it is known
     without loading it), and, where its image list and settings say, of these images (column
-    j: image j of the split) encoded by this teacher.
+    j: image j of the split) encoded by this teacher; encoded at another image size than the
+    run's, with a warning.
 
     Raises:
         DataError: naming the file, the first column of another image, or the other network.
@@ -73,6 +85,17 @@ def _given_features(teacher: Teacher, path: Path, images: Sequence[str]) -> np.n
         raise DataError(
             f"feature file {path} was encoded by {made.network}, not by --teacher {teacher.spec.given} "
             f"({teacher.spec.name}); give the --teacher it was extracted with, or its file"
+        )
+    if made.image_size is not None and made.image_size != image_size:
+        warn_once(
+            log,
+            ">> feature file %s was encoded at image size %g, this run trains at --image-size %d: the student "
+            "learns the teacher's descriptors of other pixels (extract_features.py -imsize %d encodes them at "
+            "the run's)",
+            path,
+            made.image_size,
+            image_size,
+            image_size,
         )
     return vecs
 
@@ -96,7 +119,7 @@ def teacher_split_features(
     encoded descriptors are returned as they are, not read back from the file.
     """
     if feat_path:
-        return torch.from_numpy(_given_features(teacher, Path(feat_path), images))
+        return torch.from_numpy(_given_features(teacher, Path(feat_path), images, image_size))
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
     path = _cache_path(

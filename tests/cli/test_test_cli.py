@@ -17,6 +17,7 @@ from aml.evaluation import testing, whitening_store
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.loading import parse_offtheshelf
+from aml.utils.errors import DataError
 
 # Trains networks or starts processes for tens of seconds: started early (conftest).
 pytestmark = pytest.mark.long
@@ -366,6 +367,15 @@ def test_extract_features_store_equals_the_npy_and_feeds_feat_path(checkpoint, s
                              "--teacher", str(checkpoint), "--feat-path", str(train[0]), "--feat-val-path",
                              str(stores[0]), "-q"])
     assert np.isfinite(result.history[0]["val_loss"])
+    # a teacher file of the same name with other weights: refused where the run loads it (validation)
+    torch.manual_seed(1)
+    other = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0),
+                            tmp_path / "other" / checkpoint.name)
+    with pytest.raises(DataError, match=r"was encoded by other weights than --teacher .*other/resnet18-gem.pth.tar's"):
+        train_cli.main(["--directory", str(tmp_path / "runs2"), "--data-root", str(synth_root), "-d", "synth-sfm",
+                        "--not-pretrained", "-a", "resnet18", "--image-size", "48", "-m", "ts", "-nn", "2", "-qs",
+                        "10", "-ps", "30", "-b", "5", "-j", "0", "--device", "cpu", "--epochs", "1",
+                        "--teacher", str(other), "--feat-path", str(train[0]), "-q"])
 
 
 def test_scripts_report_user_errors_in_one_line(tmp_path):

@@ -116,3 +116,28 @@ def test_a_read_only_data_root_trains_on_the_teacher_descriptors_it_could_not_ca
                                       config=ExtractionConfig(workers=0))
     assert vecs.shape[1] == 3 and torch.isfinite(vecs).all()
     assert "the teacher descriptors' cache not written ([Errno 30] Read-only file system" in caplog.text
+
+
+def test_a_feat_path_file_of_other_weights_is_refused_once_the_teacher_loads(teacher, tmp_path, caplog):
+    """A --feat-path file was checked against the teacher's name alone: one encoded by another
+    checkpoint of the same name trained the student, and --test-freq tested it asymmetrically
+    against the other weights, without a word; one of another image size trained on silently."""
+    from aml.descriptors import DescriptorKey, write_feature_file
+    from aml.utils.errors import DataError
+
+    images = [str(tmp_path / f"{k}.jpg") for k in range(3)]
+    right = teacher.loaded.fingerprint
+    for name, fingerprint in (("other.npy", "3f2a9c0d1e2b4a5c"), ("right.npy", right)):
+        write_feature_file(np.eye(512, 3, dtype=np.float32), images, tmp_path / name,
+                           dict(DescriptorKey(fingerprint, 64).record(), network="model_best"))
+    given = Teacher(str(tmp_path / "model_best.pth.tar"), None, [str(tmp_path / "right.npy")])
+    assert given.loaded.fingerprint == right
+    with caplog.at_level("WARNING", logger="aml.training.teacher"):
+        assert teacher_split_features(given, "set", "train", images, 64, str(tmp_path / "right.npy")).shape == (512, 3)
+        assert not caplog.records
+        teacher_split_features(given, "set", "train", images, 48, str(tmp_path / "right.npy"))
+    assert "right.npy was encoded at image size 64, this run trains at --image-size 48" in caplog.text
+    other = Teacher(str(tmp_path / "model_best.pth.tar"), None, [str(tmp_path / "right.npy"), str(tmp_path / "other.npy")])
+    with pytest.raises(DataError, match=r"other.npy was encoded by other weights than --teacher .*model_best.pth.tar's "
+                                        rf"\(fingerprints 3f2a9c0d and {right[:8]}\): .* give the --teacher it was"):
+        other.loaded

@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NLIST,M",
         help="also build a faiss IVF-PQ index (NLIST lists, M sub-quantisers) and print its recall@10",
     )
+    index.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a store of other images, teacher weights, image size or scales in --store (refused otherwise)",
+    )
     add_reranking_arguments(index, qe=False, superglobal=False)
     query = commands.add_parser("query", help="encode query images with the student and search a store")
     query.add_argument("images", nargs="+", help="query images")
@@ -140,7 +145,16 @@ def _index(args) -> Path:
         whitening = get_whitening(teacher, request)
     reranking = reranking_from(args)
     store = build_store(
-        teacher, images, args.store, args.image_size, args.multiscale, whitening, extraction, reranking, args.ivfpq
+        teacher,
+        images,
+        args.store,
+        args.image_size,
+        args.multiscale,
+        whitening,
+        extraction,
+        reranking,
+        args.ivfpq,
+        replace=args.replace,
     )
     print(
         f">> {len(images)} images indexed by {teacher.name} into {store}"

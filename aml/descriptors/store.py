@@ -263,6 +263,33 @@ def read_manifest(folder: Path) -> Tuple[StoredManifest, StoreKey]:
     return cast(StoredManifest, manifest), key  # every field checked
 
 
+def store_differences(folder: Path, images: Sequence[str], key: StoreKey) -> List[str]:
+    """How the store in ``folder`` differs from ``images`` encoded as ``key``: its images,
+    teacher weights, image size or scales (what it describes, not how it was computed: the
+    pixel path, the dtype); [] when it does not, or holds no readable manifest.
+
+    Args:
+        folder: a store's folder.
+        images: the images (absolute paths, in order).
+        key: how they would be encoded.
+
+    Returns:
+        The differences, in words: the store's side ("other teacher weights", "image size 64").
+    """
+    try:
+        manifest, found = read_manifest(folder)
+    except (OSError, DataError):  # none, or damaged: nothing it describes is known
+        return []
+    theirs, ours = found.descriptors, key.descriptors
+    named = {
+        f"other images (it holds {manifest['count']})": manifest["images_sha1"] != _list_sha1(images),
+        "other teacher weights": theirs.fingerprint != ours.fingerprint,
+        f"image size {theirs.image_size:g}": theirs.image_size != ours.image_size,
+        f"scales {list(theirs.scales)}": tuple(theirs.scales) != tuple(ours.scales),
+    }
+    return [words for words, differs in named.items() if differs]
+
+
 class DescriptorStore:
     """One store folder for ``images`` encoded as ``key`` says (see the module docstring)."""
 

@@ -36,6 +36,7 @@ from aml.descriptors.store import (
     StoreKey,
     encode_into_store,
     open_store,
+    store_differences,
 )
 from aml.evaluation.reranking import Reranking, database_augmentation
 from aml.evaluation.whitening import WhiteningError, whitenapply, whitened
@@ -133,13 +134,16 @@ def build_store(
     config: ExtractionConfig = DEFAULT_EXTRACTION,
     reranking: Reranking = Reranking(),
     ivfpq: Optional[IvfPq] = None,
+    replace: bool = False,
 ) -> Path:
     """Encode a database's images with the teacher into a store.
 
     The module's docstring says what a store holds and how it is written. The old store (if
     any) answers queries until the new one is complete. An interrupted indexing, run again
     with the same teacher, settings and images, resumes at its first missing shard; indexing
-    into a complete store encodes everything again (its images may have changed in place).
+    into a complete store of the same images, teacher weights, image size and scales encodes
+    everything again (its images may have changed in place); a store of others is replaced
+    only with ``replace``.
     With ``reranking.dba`` the (whitened) descriptors are augmented once
     (`aml.evaluation.database_augmentation`) into ``dba.npy``, which searches use.
 
@@ -156,6 +160,8 @@ def build_store(
             chosen by each search, and refused here.
         ivfpq: also build this IVF-PQ index (`build_ivfpq`; its recall is in
             ``search.json`` and the database's ``settings["ivfpq"]``); None: none.
+        replace: replace a store of other images, teacher weights, image size or scales in
+            ``folder`` (refused otherwise: a mistyped folder would lose its encoding).
 
     Returns:
         The store's folder.
@@ -163,8 +169,9 @@ def build_store(
     Raises:
         StoreError: before any image is encoded, when ``reranking`` asks for αQE or
             SuperGlobal, ``reranking.dba`` leaves no image out (at most N - 1 neighbours),
-            ``ivfpq`` cannot be built (`IvfPq.problem`), or ``folder`` holds files that are not
-            a store's.
+            ``ivfpq`` cannot be built (`IvfPq.problem`), ``folder`` holds files that are not
+            a store's, or a store of other images, teacher weights, image size or scales (without
+            ``replace``).
         FolderInUse: when another process is indexing into ``folder``.
 
     Examples:
@@ -184,6 +191,8 @@ def build_store(
     target.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(target, fix="give another --store", beside=True):
         _refuse_foreign_files(target)
+        if not replace:
+            _refuse_replacing_another(target, images, key)
         staging = target.parent / f".{target.name}.indexing"
         _clear_staging(staging, images, key, int(teacher.net.meta["outputdim"]))
         store = encode_into_store(teacher.net, images, staging, key, config.but(desc="indexing"))
@@ -250,6 +259,20 @@ def _check_plan(
     problem = ivfpq.problem(count, dim) if ivfpq is not None else None
     if problem:
         raise StoreError(problem)
+
+
+def _refuse_replacing_another(target: Path, images: Sequence[str], key: StoreKey) -> None:
+    """Refuse to replace a complete store that describes something else than the indexing
+    would (`store_differences`)."""
+    if not (target / SEARCH).is_file():  # no complete store there
+        return
+    differences = store_differences(target, images, key)
+    if differences:
+        raise StoreError(
+            f"{target} holds a store that differs from this indexing ({len(images)} images by {key.network} at "
+            f"{key.descriptors.image_size:g} px): {', '.join(differences)}; indexing would replace it: give "
+            "another --store, or --replace to replace it"
+        )
 
 
 def _refuse_foreign_files(folder: Path) -> None:

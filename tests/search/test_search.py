@@ -365,7 +365,15 @@ def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, 
     old = open_database(tmp_path)  # with an IVF-PQ index (8-bit codes need 256 vectors: more than synth-paris has)
     build_ivfpq(SearchDatabase(tmp_path, np.tile(old.vecs, 2), old.images * 2, old.settings), nlist=4, m=8)
     assert (tmp_path / "index.faiss").is_file() and (tmp_path / "whitening.pth").is_file()
-    search_cli.main(["index", str(test / "synth-oxford" / "jpg"), *flags] + COMMON)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(SystemExit, match=rf"{tmp_path} holds a store that differs from this indexing \(\d+ images by "
+                                         r".* at 64 px\): other images \(it holds \d+\); indexing "
+                                         r"would replace it: give another --store, or --replace to replace it"):
+        search_cli.main(["index", str(test / "synth-oxford" / "jpg"), *flags] + COMMON)  # a mistyped --store, say
+    with pytest.raises(SystemExit, match=r"at 48 px\): image size 64; indexing would replace it"):
+        search_cli.main(["index", str(test / "synth-paris" / "jpg"), *flags[:4], "-imsize", "48", *flags[6:]] + COMMON)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    search_cli.main(["index", str(test / "synth-oxford" / "jpg"), *flags, "--replace"] + COMMON)
     assert not (tmp_path / "index.faiss").exists() and not (tmp_path / "whitening.pth").exists()
     image = sorted((test / "synth-oxford" / "jpg").glob("*.jpg"))[3]
     out = tmp_path.with_name(tmp_path.name + "-answer.json")  # beside the store: in it, the next index refuses it

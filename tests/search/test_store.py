@@ -72,7 +72,7 @@ def test_a_second_indexing_of_a_store_in_use_is_refused_and_the_store_stays_whol
     old = open_database(store).images
     blocked, gate = tmp_path / "blocked", tmp_path / "go"
     env = dict(os.environ, PYTHONPATH=str(REPOSITORY))
-    paris = ["index", str(jpg(synth_root, "synth-paris")), "--store", str(store)]
+    paris = ["index", str(jpg(synth_root, "synth-paris")), "--store", str(store), "--replace"]
     first = subprocess.Popen([sys.executable, "-c", BLOCKED_INDEXING, str(blocked), str(gate), *paris,
                               *flags(teacher, synth_root, "-w", "synth-sfm")], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

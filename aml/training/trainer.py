@@ -51,7 +51,7 @@ from aml.training.tuples import (
     shape_grouped_batches,
 )
 from aml.utils.atomic import remove_orphan_temporaries
-from aml.utils.distributed import World, barrier, from_main
+from aml.utils.distributed import World, barrier, from_main, warn_once
 from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator as seeded_generator
 from aml.utils.errors import ConfigError, TrainingDiverged
@@ -198,7 +198,8 @@ class Trainer:
 
         A split of one landmark (cluster) is refused where the mode mines negatives: they come
         from other landmarks, and its tuples would have none; so is a triplet mode's pool of
-        fewer than 2 images beside the anchors.
+        fewer than 2 images beside the anchors. A ``neg_num`` above the other landmarks' number
+        gets a warning: a tuple takes one negative per landmark.
 
         Raises:
             ConfigError: naming the split, its tuples or landmarks and the fix.
@@ -218,6 +219,16 @@ class Trainer:
                     f"the {name} split holds images of {landmarks} landmark: --mode {mode.name} takes its "
                     f"negatives from other landmarks than the query's and would find none; give the set 2 or "
                     f"more landmarks in each split (make_trainset gives both two from 4 landmarks){no_val}"
+                )
+            if mode.negatives is not Negatives.NONE and s.neg_num > landmarks - 1:
+                warn_once(
+                    log,
+                    ">> --neg-num %d: the %s split holds %d landmarks, so a tuple gets %d negatives at most (one "
+                    "per landmark other than its query's)",
+                    s.neg_num,
+                    name,
+                    landmarks,
+                    landmarks - 1,
                 )
             sizes = self._sizes(split, everything)
             pool = triplet_pool_count(split.db, sizes)

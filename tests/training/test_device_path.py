@@ -253,6 +253,18 @@ def test_a_split_of_one_landmark_is_refused_where_the_mode_mines_negatives(split
     trainer.check_batches()  # reg without validation needs no negatives
 
 
+def test_more_negatives_than_other_landmarks_are_warned_of(split, tmp_path, caplog):
+    """A tuple takes one negative per other landmark: -nn 100 on a set of 6 landmarks trained
+    on 5 negatives a tuple under a run folder named nnum100, without a word."""
+    landmarks = len(set(split.db["cluster"]))
+    with caplog.at_level("WARNING", logger="aml.training.trainer"):
+        make_trainer(split, tmp_path / "some", neg_num=landmarks - 1).check_batches()
+        assert not caplog.records
+        make_trainer(split, tmp_path / "more", neg_num=landmarks).check_batches()
+    assert caplog.messages == [f">> --neg-num {landmarks}: the train split holds {landmarks} landmarks, so a tuple "
+                               f"gets {landmarks - 1} negatives at most (one per landmark other than its query's)"]
+
+
 @pytest.mark.parametrize("mode", ["rand_tpl", "rand_tpl_a"])
 def test_a_triplet_mode_without_two_pool_images_beside_its_anchors_is_refused(split, tmp_path, mode):
     """--pool-size 1 (or a split whose query pairs leave fewer than 2 other images) ended the

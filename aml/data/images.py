@@ -6,6 +6,7 @@ first and then shrunk by the factor the full image would get.
 """
 
 import contextlib
+import logging
 import math
 import os
 import stat
@@ -21,6 +22,7 @@ from aml.utils.errors import AmlError, ConfigError
 from aml.utils.text_files import check_line_names
 from aml.utils.types import PathLike
 
+log = logging.getLogger(__name__)
 BBox = Sequence[float]
 
 
@@ -162,11 +164,47 @@ def open_image_file(path: PathLike) -> BinaryIO:
 
 
 def load_image(path: PathLike) -> Image.Image:
-    """Open ``path`` as an RGB PIL image, with an error naming the file when that fails."""
+    """Open ``path`` as an RGB PIL image, with an error naming the file when that fails, and a
+    warning naming it when it looks cut short (`cut_short`)."""
     with open_image_file(path) as handle, errors_naming(path):
         image = Image.open(handle)
         image.load()
+    if cut_short(image):
+        log.warning(
+            ">> image %s: its last row is uniform grey (128), what a JPEG file cut short decodes to, the lost "
+            "part grey; if it is cut short, copy or download it again",
+            path,
+        )
     return rgb_image(image, path)
+
+
+def cut_short(image: Image.Image) -> bool:
+    """Whether a decoded baseline JPEG looks cut short: libjpeg (PIL's decoder) decodes a file
+    whose data ends early, then an end marker, without a word, every block it lacks a flat
+    grey of 128, so its last row is 128 throughout. (A file cut without the marker is refused
+    by PIL; a progressive one cut short decodes blurred, not grey. An image whose last row is
+    a flat mid-grey of its own matches too: hence a warning, not a refusal.)
+
+    Args:
+        image: the decoded image, as PIL opened it.
+
+    Returns:
+        True when it looks cut short.
+
+    Examples:
+        >>> from PIL import Image
+        >>> from aml.data.images import cut_short
+        >>> grey = Image.new("RGB", (4, 3), (128, 128, 128))
+        >>> grey.format = "JPEG"
+        >>> cut_short(grey), cut_short(Image.new("RGB", (4, 3), (128, 128, 127)))
+        (True, False)
+    """
+    if image.format != "JPEG" or image.info.get("progressive") or image.mode not in ("L", "RGB"):
+        return False
+    width, height = image.size
+    extrema = image.crop((0, height - 1, width, height)).getextrema()
+    bands = [extrema] if image.mode == "L" else list(extrema)
+    return all(band == (128, 128) for band in bands)
 
 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})  # "I": 32-bit, from a 16-bit file

@@ -258,3 +258,31 @@ def test_pixels_are_a_writable_copy_whatever_the_image_shape(monkeypatch, size):
     pixels = image_pixels(image)
     assert [a.flags.writeable and a.flags.c_contiguous for a in arrays] == [True]
     assert pixels.shape == (3, size[1], size[0]) and pixels[:, 0, 0].tolist() == [10, 20, 30]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_jpeg_cut_short_then_ended_is_named_in_a_warning(tmp_path, caplog, mode):
+    """Cut in the middle with its end marker put back (a copy or download stopped short, then
+    "repaired"), a JPEG decoded without a word, its lower part a flat grey."""
+    import io
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).resize((300, 200)).convert(mode)
+    files = {}
+    for name, progressive in (("baseline", False), ("progressive", True)):
+        data = io.BytesIO()
+        photo.save(data, "JPEG", quality=90, progressive=progressive)
+        whole = data.getvalue()
+        files[name] = tmp_path / f"{name}.jpg"
+        files[name].write_bytes(whole)
+        files[f"{name}-cut"] = tmp_path / f"{name}-cut.jpg"
+        files[f"{name}-cut"].write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")
+    with caplog.at_level("WARNING", logger="aml.data.images"):
+        for path in files.values():
+            load_and_resize(path, 100)
+    # the cut progressive file decodes blurred, not grey: a usable image, not warned of
+    assert caplog.messages == [f">> image {files['baseline-cut']}: its last row is uniform grey (128), what a "
+                               "JPEG file cut short decodes to, the lost part grey; if it is cut short, copy or "
+                               "download it again"]
+    grey = [128] * 300 if mode == "L" else [[128, 128, 128]] * 300
+    assert np.asarray(Image.open(files["baseline-cut"]))[-1].tolist() == grey

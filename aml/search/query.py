@@ -92,10 +92,11 @@ def check_teacher(
     spec = NetworkSpec.parse(given)
     recorded = student.meta.get("teacher_fingerprint") if given == named else None  # what it was trained with
     network = f"{settings['network']} ({settings['source']})"
-    if recorded is not None:
-        same = recorded == settings["fingerprint"]
-    elif spec.local_file is not None:
-        same = load_spec(spec, None, data_root).fingerprint == settings["fingerprint"]
+    ours = recorded if recorded is not None or spec.local_file is None else load_spec(spec, None, data_root).fingerprint
+    if ours is not None:  # by the weights
+        same = ours == settings["fingerprint"]
+        network = f"{settings['network']} ({settings['source']}, weights {settings['fingerprint'][:8]})"
+        given = f"{given} (weights {ours[:8]})"
     else:
         same, network = spec.name == settings["network"], settings["network"]
         if same and spec.source is Source.CHECKPOINT:

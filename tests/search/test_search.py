@@ -349,8 +349,8 @@ def test_teacher_check_by_the_fingerprint_training_recorded(tmp_path):
     trained.meta.update(teacher="runs/A/model_best.pth.tar", teacher_fingerprint="a" * 16)
     student = load_network(save_checkpoint(checkpoint_state(trained, 1, 0.0), tmp_path / "student.pth.tar"))
     assert student.meta["teacher_fingerprint"] == "a" * 16  # kept by the checkpoint's reader
-    with pytest.raises(StoreError, match=r"encoded by model_best \(runs/B/model_best.pth.tar\), not by the student's "
-                                         r"teacher runs/A/model_best.pth.tar"):
+    with pytest.raises(StoreError, match=r"encoded by model_best \(runs/B/model_best.pth.tar, weights bbbbbbbb\), not "
+                                         r"by the student's teacher runs/A/model_best.pth.tar \(weights aaaaaaaa\)"):
         check_teacher(store, student, None, None)
     student.meta["teacher_fingerprint"] = "b" * 16
     check_teacher(store, student, None, None)

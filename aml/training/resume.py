@@ -10,7 +10,7 @@ import torch
 
 from aml.networks.checkpoint import CheckpointError, load_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.training.run_folder import earlier_checkpoint, epoch_checkpoints, latest_checkpoint
+from aml.training.run_folder import CHECKPOINT_PATTERN, earlier_checkpoint, epoch_checkpoints, latest_checkpoint
 from aml.utils.distributed import current_world, from_main, warn_once
 from aml.utils.errors import ConfigError
 
@@ -162,7 +162,7 @@ def resume_run(
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")
         return None
-    state = load_checkpoint(path)
+    state = _load_resumed(run_dir, path)
     _check_meta(path, state["meta"], net)
     _check_training_state(path, state, optimizer)
     _check_best_loss_kind(path, state, min_loss_of)
@@ -187,6 +187,25 @@ def resume_run(
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))
     return int(state["epoch"]), min(_best_loss_of(path, state), _model_best_loss(run_dir, net, min_loss_of))
+
+
+def _load_resumed(run_dir: Path, path: Path) -> Mapping[str, Any]:
+    """The checkpoint ``path``; a damaged one of the run folder names the run's previous
+    checkpoint to resume from instead."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as err:
+        if path.parent.resolve() != run_dir.resolve():
+            raise
+        found = CHECKPOINT_PATTERN.match(path.name)
+        last = int(found.group(1)) if found else None  # model_best or another name: any epoch before it
+        previous = [p.name for n, p in epoch_checkpoints(run_dir).items() if p != path and (last is None or n < last)]
+        if not previous:
+            raise
+        raise CheckpointError(
+            f"{err} Or move it out of the run folder and resume from the run's previous checkpoint: "
+            f"--resume {previous[-1]}"
+        ) from None
 
 
 def _check_nothing_overwritten(run_dir: Path, path: Path, epoch: int) -> None:

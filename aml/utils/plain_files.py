@@ -122,6 +122,8 @@ def file_format(path: PathLike) -> Optional[str]:
 def _unreadable(path: Path, err: BaseException) -> str:
     """Why ``path`` is not a PyTorch file of plain data, in one line: what it is instead (by
     its first bytes), a pickled object's class, or torch's own first words."""
+    if path.is_dir():
+        return f"{path} is a folder, not a PyTorch file; give the file in it"
     other = file_format(path)
     if other == "empty (0 bytes)":
         return f"{path} is empty (0 bytes): the copy or the download stopped; copy or download it again"

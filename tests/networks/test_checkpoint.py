@@ -365,3 +365,11 @@ def test_an_originals_student_without_outputdim_takes_its_projections_dimension(
     assert message.startswith("x.pth: weights do not fit a mobilenet_v2 network of dimension 2048: size mismatch for "
                               "features.0.0.0.weight") and "\n" not in message
     assert message.endswith("the file is damaged, or its meta does not describe its weights")
+
+
+def test_a_folder_given_as_a_plain_file_is_named_a_folder(tmp_path):
+    """--whitening-file FOLDER was called truncated or corrupt, to be downloaded again."""
+    from aml.utils.plain_files import load_plain_file
+
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path} is a folder, not a PyTorch file; give the file in it$"):
+        load_plain_file(tmp_path)

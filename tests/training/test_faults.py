@@ -200,6 +200,25 @@ def test_a_resume_that_would_overwrite_checkpoints_is_refused_and_touches_nothin
     assert checkpoints(branch.run_dir) == ["model_best.pth.tar", "model_epoch2.pth.tar"]
 
 
+def test_a_damaged_checkpoint_of_the_run_folder_names_the_one_to_resume_from(synth_root, tmp_path, straight_run):
+    """A truncated latest checkpoint was named with "download or copy it again", which a run's own
+    checkpoint cannot be: its previous one is the way on."""
+    import shutil
+
+    run, _ = straight_run
+    copy = tmp_path / run.run_dir.name
+    shutil.copytree(run.run_dir, copy)
+    latest = copy / "model_epoch2.pth.tar"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"model_epoch2.pth.tar: it is truncated, corrupt .* Or move it out of "
+                                              r"the run folder and resume from the run's previous checkpoint: "
+                                              r"--resume model_epoch1.pth.tar$"):
+        train(synth_root, tmp_path, "--epochs", "2", "--no-val", "--resume", "latest")
+    (copy / "model_epoch1.pth.tar").unlink()  # none before it: the file's own fix alone
+    with pytest.raises(CheckpointError, match=r"Download or copy it again.$"):
+        train(synth_root, tmp_path, "--epochs", "2", "--no-val", "--resume", "latest")
+
+
 def test_resuming_another_architecture_names_the_file(synth_root, tmp_path):
     """... and the refused run leaves nothing behind (its empty run folder and loss_log.txt marked a
     run that never trained)."""

@@ -26,6 +26,7 @@ from aml.networks.pretrained import PRETRAINED, PUBLISHED_WHITENING_SET
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import optional_write
 from aml.utils.distributed import current_world, found_by_all, warn_once
+from aml.utils.errors import named_few
 from aml.utils.plain_files import CheckpointError, load_plain_file, save_plain_file
 from aml.utils.types import PathLike
 
@@ -137,7 +138,7 @@ def save_whitening_file(path: PathLike, whitening: Whitening, key: Optional[str]
 def _whitening_of(data, dim: int, source: str) -> Whitening:
     """(m, P) of a whitening file's contents, checked (`check_whitening`)."""
     if not isinstance(data, dict) or "m" not in data or "P" not in data:
-        found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        found = named_few(data) if isinstance(data, dict) else type(data).__name__
         raise WhiteningError(f"{source} holds {found}, not a whitening with 'm' and 'P'; download or learn it again")
     return check_whitening(data["m"], data["P"], dim, source)
 

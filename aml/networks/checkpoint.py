@@ -17,6 +17,7 @@ from torch import nn
 from aml.networks.backbones import get_backbone, library_model, load_weights
 from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network, output_dimension
 from aml.utils.bounds import Bound
+from aml.utils.errors import named_few
 from aml.utils.plain_files import CheckpointError, PathLike, is_state_dict, load_plain_file, save_plain_file
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
                 f"{path} is a plain state dict of {len(state)} tensors (a library's weights, e.g. torchvision's), not "
                 "an aml/cirtorch checkpoint with 'meta' and 'state_dict'; to train from it, give it as --trunk-weights"
             )
-        keys = sorted(map(str, state)) if isinstance(state, dict) else []
-        found = ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+        found = named_few(state) if isinstance(state, dict) else ""
         raise CheckpointError(
             f"{path} is not an aml/cirtorch checkpoint: expected a dict with 'meta' and 'state_dict', found "
             f"{found or type(state).__name__}"

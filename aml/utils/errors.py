@@ -34,6 +34,19 @@ class TrainingDiverged(AmlError, RuntimeError):
     """The loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
 
 
+def named_few(names: Iterable[object], shown: int = 10) -> str:
+    """The first ``shown`` of ``names`` (sorted) for a message, and how many more there are:
+    a file's hundreds of keys would make a line of kilobytes.
+
+    Examples:
+        >>> from aml.utils.errors import named_few
+        >>> named_few([f"layer{k}" for k in range(4)], shown=2), named_few([])
+        ('layer0, layer1 and 2 more', '')
+    """
+    listed = sorted(map(str, names))
+    return ", ".join(listed[:shown]) + (f" and {len(listed) - shown} more" if len(listed) > shown else "")
+
+
 def lookup(table: Mapping[str, T], name: str, what: str, choices: Optional[Iterable[str]] = None) -> T:
     """The entry ``name`` of a registry, or a `ConfigError` that lists the choices.
 

@@ -207,6 +207,8 @@ def test_a_vit_student_exports_for_any_image_size(readout, tmp_path):
     ({"m": np.zeros((256, 1)), "P": np.eye(256)}, r"lw.pth: m of shape \(256, 1\) and P of shape \(256, 256\) do not "
                                                   r"whiten 512-d descriptors"),
     ([np.zeros(512), np.eye(512)], r"lw.pth holds list, not a whitening with 'm' and 'P'"),
+    ({f"features.{k}.weight": np.zeros(1) for k in range(300)},  # a state dict: its keys were all listed
+     r"lw.pth holds features.0.weight, features.1.weight, .*features.106.weight and 290 more, not a whitening"),
 ])
 def test_a_whitening_file_that_is_not_one_is_named(student, tmp_path, data, message):
     """A NaN in --whitening-file was folded into the exported student; a list was a TypeError."""

@@ -347,10 +347,12 @@ def checked_box(path: PathLike, bbx: BBox, size: Tuple[int, int]) -> Tuple[float
     width, height = size
     inside = max(0.0, min(x2, width) - max(x1, 0.0)) * max(0.0, min(y2, height) - max(y1, 0.0))
     if inside < (x2 - x1) * (y2 - y1) / 2:
-        share = "none" if inside == 0 else f"{inside / ((x2 - x1) * (y2 - y1)):.0%}"
+        fraction = inside / ((x2 - x1) * (y2 - y1))
+        share = "none" if inside == 0 else f"{fraction:.0%}" if fraction >= 0.01 else "less than 1%"
+        where = "outside" if inside == 0 else "mostly outside"
         raise ImageLoadError(
-            f"image {path}: the box {tuple(bbx)} lies outside its {width}x{height} image ({share} of it on the image); "
-            "give a box inside the image"
+            f"image {path}: the box {tuple(bbx)} lies {where} its {width}x{height} image ({share} of it on the "
+            "image, PIL would fill the rest with black); give a box inside the image"
         )
     return box
 

@@ -149,6 +149,9 @@ def resume_run(
     ``min_loss_of`` ("validation" or "training") is the kind of loss this run picks its best by:
     a checkpoint that recorded another is refused."""
     path: Optional[Path] = next((p for p in (run_dir / name, Path(name)) if p.is_file()), None)
+    folder = next((p for p in (run_dir / name, Path(name)) if name and p.is_dir()), None)
+    if path is None and folder is not None:
+        raise CheckpointError(f"--resume {name}: {folder} is a folder; give a checkpoint file in it")
     if path is None and Path(name).parent != Path("."):  # a path, not a name in the run folder
         raise CheckpointError(
             f"--resume {name}: no such file; give a checkpoint file, or a file name of the run folder {run_dir} "

@@ -399,6 +399,8 @@ def test_resume_refuses_another_pooling_a_damaged_epoch_or_best_loss_and_a_path_
     (run_dir / "edited.pth.tar").unlink()
     with pytest.raises(CheckpointError, match=r"--resume other/model_epoch1.pth.tar: no such file"):
         resume_run(run_dir, "other/model_epoch1.pth.tar", net, optimizer)
+    with pytest.raises(CheckpointError, match=rf"--resume {tmp_path}: {tmp_path} is a folder; give a checkpoint file"):
+        resume_run(run_dir, str(tmp_path), net, optimizer)
     state.update(min_loss="x")  # the run's model_best is read too
     save_checkpoint(state, run_dir / "model_best.pth.tar")
     with pytest.raises(CheckpointError, match=r"model_best.pth.tar: its best loss 'x' is not a number"):

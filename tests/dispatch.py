@@ -4,11 +4,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 #: operators whose output's size depends on the values: on CUDA the host waits to learn it
-DATA_DEPENDENT = {"nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive", "repeat_interleave"}
+DATA_DEPENDENT = {"nonzero", "nonzero_numpy", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
+                  "repeat_interleave"}
+#: indexing operators, which wait like ``nonzero`` when a boolean mask is among their indices
+INDEXING = {torch.ops.aten.index, torch.ops.aten.index_put, torch.ops.aten.index_put_, torch.ops.aten._index_put_impl_}
 
 
 def _boolean_index(func, args) -> bool:
-    if func.overloadpacket is not torch.ops.aten.index:
+    if func.overloadpacket not in INDEXING:
         return False
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or []))
 

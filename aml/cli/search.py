@@ -33,6 +33,7 @@ from aml.search import (
     IvfPq,
     StoreError,
     build_store,
+    check_store_folder,
     check_teacher,
     list_images,
     open_database,
@@ -137,6 +138,8 @@ def _index(args) -> Path:
     if not images:
         raise StoreError(f"{args.images} holds no images")
     extraction = extraction_from(args, device)
+    if not args.replace:  # before the whitening is learned
+        check_store_folder(args.store, teacher, images, args.image_size, args.multiscale, extraction)
     whitening = None
     if args.whitening:
         request = WhiteningRequest(

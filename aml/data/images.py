@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from aml.utils.distributed import warn_once
 from aml.utils.errors import AmlError, ConfigError
 from aml.utils.text_files import check_line_names
 from aml.utils.types import PathLike
@@ -170,7 +171,8 @@ def load_image(path: PathLike) -> Image.Image:
         image = Image.open(handle)
         image.load()
     if cut_short(image):
-        log.warning(
+        warn_once(
+            log,
             ">> image %s: its last row is uniform grey (128), what a JPEG file cut short decodes to, the lost "
             "part grey; if it is cut short, copy or download it again",
             path,
@@ -416,7 +418,7 @@ def image_pixels(image: Image.Image) -> torch.Tensor:
         Its pixels, channels first.
     """
     # numpy's copy, one thread: a torch copy in a reader thread would start a team of its own; a
-    # copy always (a one-pixel-high image needs no reordering, and PIL's array is read-only)
+    # copy always (a 1 x 1 image needs no reordering, and PIL's array is read-only)
     return torch.from_numpy(np.require(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1), requirements=("C", "W")))
 
 

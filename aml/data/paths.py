@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Sequence, Union
 
 from aml.utils.errors import ConfigError
 
@@ -74,6 +74,21 @@ def resolve_data_root(data_root: DataRootLike = None) -> Path:
 def data_subdir(data_root: DataRootLike, name: str) -> Path:
     """Path of one of the standard sub-folders (``train``, ``test``, ``networks`` ...)."""
     return DataRoot.resolve(data_root).subdir(name)
+
+
+def below_common_folder(images: Sequence[str]) -> List[str]:
+    """Each image's path below the folder all of them share: two lists of the same images
+    under another root (a data root moved elsewhere) compare equal.
+
+    Examples:
+        >>> from aml.data.paths import below_common_folder
+        >>> below_common_folder(["/a/data/x/1.jpg", "/a/data/y/2.jpg"])
+        ['x/1.jpg', 'y/2.jpg']
+    """
+    if not images:
+        return []
+    folder = os.path.commonpath(images) if len(images) > 1 else os.path.dirname(images[0])
+    return [os.path.relpath(image, folder) if folder else image for image in images]
 
 
 def cid2filename(cid: str, prefix: Union[str, Path]) -> str:

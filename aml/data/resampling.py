@@ -114,12 +114,15 @@ def lanczos_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
     return index, weight
 
 
-@functools.lru_cache(maxsize=4096)
-def _host_taps(in_size: int, out_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """`lanczos_taps` as CPU tensors, computed once per pair of lengths for every extraction
-    (each takes milliseconds of Python; a data set's photos come in a few hundred shapes)."""
+@functools.lru_cache(maxsize=256)
+def _host_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """`lanczos_taps`, read-only, computed once per pair of lengths for every extraction (each
+    takes milliseconds of Python; a data set's photos come in a few hundred shapes; a pair's
+    arrays take up to a few hundred kB)."""
     index, weight = lanczos_taps(in_size, out_size)
-    return torch.from_numpy(index), torch.from_numpy(weight)
+    index.setflags(write=False)
+    weight.setflags(write=False)
+    return index, weight
 
 
 def reduces_first(size: Tuple[int, int], shape: Tuple[int, int]) -> bool:
@@ -171,7 +174,7 @@ class LanczosResize:
         """The taps of one axis on the device, copied without waiting for it (a blocking copy
         in the middle of a batch is a host sync on CUDA)."""
         if (in_size, out_size) not in self.taps:
-            index, weight = _host_taps(in_size, out_size)
+            index, weight = (torch.tensor(taps) for taps in _host_taps(in_size, out_size))  # this resizer's own
             self.taps[in_size, out_size] = (to_device(index, self.device), to_device(weight, self.device))
         return self.taps[in_size, out_size]
 

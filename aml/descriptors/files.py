@@ -5,14 +5,13 @@ with their image list and settings, what ``main.py --feat-path`` reads and
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from aml.data.paths import DataRootLike, data_subdir
+from aml.data.paths import DataRootLike, below_common_folder, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
@@ -416,18 +415,11 @@ class FeatureProvenance:
         """
         if self.images is None:
             return None
-        listed, wanted = _below_common_folder(self.images), _below_common_folder(images)
+        listed, wanted = below_common_folder(self.images), below_common_folder(images)
         for column, (a, b) in enumerate(zip(listed, wanted, strict=False)):
             if a != b:
                 return column
         return None if len(listed) == len(wanted) else min(len(listed), len(wanted))
-
-
-def _below_common_folder(images: Sequence[str]) -> List[str]:
-    if not images:
-        return []
-    folder = os.path.commonpath(images) if len(images) > 1 else os.path.dirname(images[0])
-    return [os.path.relpath(image, folder) if folder else image for image in images]
 
 
 def feature_provenance(path: Path) -> FeatureProvenance:

@@ -36,6 +36,7 @@ from typing import Any, Dict, Final, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from aml.data.paths import below_common_folder
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey, KeyRecord, images_digest
 from aml.networks.checkpoint import OUTPUT_DIM
@@ -264,9 +265,10 @@ def read_manifest(folder: Path) -> Tuple[StoredManifest, StoreKey]:
 
 
 def store_differences(folder: Path, images: Sequence[str], key: StoreKey) -> List[str]:
-    """How the store in ``folder`` differs from ``images`` encoded as ``key``: its images,
-    teacher weights, image size or scales (what it describes, not how it was computed: the
-    pixel path, the dtype); [] when it does not, or holds no readable manifest.
+    """How the store in ``folder`` differs from ``images`` encoded as ``key``: its images (in
+    any order, below any common folder), teacher weights, image size or scales (what it
+    describes, not how it was computed: the pixel path, the dtype); [] when it does not, or
+    holds no readable manifest.
 
     Args:
         folder: a store's folder.
@@ -282,12 +284,23 @@ def store_differences(folder: Path, images: Sequence[str], key: StoreKey) -> Lis
         return []
     theirs, ours = found.descriptors, key.descriptors
     named = {
-        f"other images (it holds {manifest['count']})": manifest["images_sha1"] != _list_sha1(images),
+        f"other images (it holds {manifest['count']})": _other_images(folder, manifest, images),
         "other teacher weights": theirs.fingerprint != ours.fingerprint,
         f"image size {theirs.image_size:g}": theirs.image_size != ours.image_size,
         f"scales {list(theirs.scales)}": tuple(theirs.scales) != tuple(ours.scales),
     }
     return [words for words, differs in named.items() if differs]
+
+
+def _other_images(folder: Path, manifest: StoredManifest, images: Sequence[str]) -> bool:
+    """Whether the store lists other images than ``images``, in any order, below any folder."""
+    if manifest["images_sha1"] == _list_sha1(images):
+        return False
+    try:
+        listed = read_line_list((folder / IMAGE_LIST).read_bytes())
+    except OSError:
+        return True
+    return sorted(below_common_folder(listed)) != sorted(below_common_folder(images))
 
 
 class DescriptorStore:

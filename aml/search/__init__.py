@@ -9,7 +9,7 @@ the store's teacher are `aml.search.query`'s.
 
 from aml.search.database import IvfPq, SearchDatabase, StoreError, build_ivfpq
 from aml.search.query import check_onnx_student, check_teacher, query_database, query_database_onnx
-from aml.search.store import build_store, list_images, open_database
+from aml.search.store import build_store, check_store_folder, list_images, open_database
 
 __all__ = [
     "IvfPq",
@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "build_ivfpq",
     "build_store",
+    "check_store_folder",
     "check_onnx_student",
     "check_teacher",
     "list_images",

@@ -186,8 +186,7 @@ def build_store(
     folder = Path(folder)
     target = folder.resolve()  # a link to a store: the store it points to is replaced
     images = [os.path.abspath(i) for i in images]  # links kept: a git-annex or DVC photo keeps its own name
-    descriptors = DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint)
-    key = StoreKey(descriptors, teacher.name, "float32", SHARD_SIZE)
+    key = _store_key(teacher, image_size, scales, config)
     target.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(target, fix="give another --store", beside=True):
         _refuse_foreign_files(target)
@@ -259,6 +258,47 @@ def _check_plan(
     problem = ivfpq.problem(count, dim) if ivfpq is not None else None
     if problem:
         raise StoreError(problem)
+
+
+def _store_key(teacher: LoadedNetwork, image_size: int, scales: Sequence[float], config: ExtractionConfig) -> StoreKey:
+    descriptors = DescriptorKey.of(teacher.net, image_size, scales, config, teacher.fingerprint)
+    return StoreKey(descriptors, teacher.name, "float32", SHARD_SIZE)
+
+
+def check_store_folder(
+    folder: PathLike,
+    teacher: LoadedNetwork,
+    images: Sequence[str],
+    image_size: int,
+    scales: Sequence[float] = (1,),
+    config: ExtractionConfig = DEFAULT_EXTRACTION,
+) -> None:
+    """Refuse, before any other work, a store folder that `build_store` would refuse.
+
+    That is a folder holding files that are not a store's, or a store of other images, teacher
+    weights, image size or scales (unless ``replace``); ``search index -w`` checks it before it
+    learns the whitening.
+
+    Args:
+        folder: the store's folder.
+        teacher: the teacher that would index.
+        images: the images it would index.
+        image_size: their size.
+        scales: the multi-scale factors.
+        config: how they would be extracted.
+
+    Raises:
+        StoreError: naming the folder, what differs and the fix.
+
+    Examples:
+        >>> from aml.search import check_store_folder, list_images
+        >>> check_store_folder("photos.store", teacher, list_images("photos/"), 1024)  # doctest: +SKIP
+    """
+    target = Path(folder).resolve()
+    _refuse_foreign_files(target)
+    _refuse_replacing_another(
+        target, [os.path.abspath(i) for i in images], _store_key(teacher, image_size, scales, config)
+    )
 
 
 def _refuse_replacing_another(target: Path, images: Sequence[str], key: StoreKey) -> None:

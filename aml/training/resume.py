@@ -214,21 +214,30 @@ def _load_resumed(run_dir: Path, path: Path) -> Mapping[str, Any]:
 def _check_nothing_overwritten(run_dir: Path, path: Path, epoch: int) -> None:
     """Refuse a resume whose epochs would overwrite checkpoints of ``run_dir``: those of later
     epochs of its run, or, from a file outside the folder, any (two runs would mix there)."""
+    problem = from_main(_overwritten(run_dir, path, epoch), current_world())  # one decision for all ranks
+    if problem:
+        raise ConfigError(problem)
+
+
+def _overwritten(run_dir: Path, path: Path, epoch: int) -> Optional[str]:
+    """What resuming from ``path`` (at ``epoch``) in ``run_dir`` would overwrite, said with the
+    fix, or None."""
     branch = f"or train from it in another folder (another --directory or --comment, with --resume {path})"
     own = earlier_checkpoint(run_dir)
-    if own is not None and path.resolve().parent != run_dir.resolve():
-        raise ConfigError(
-            f"cannot resume from {path}: it lies outside {run_dir}, which holds the checkpoints of another "
-            f"run ({own.name}) that training on from it would overwrite or mix with; continue that run with "
-            f"--resume latest, {branch}"
+    if own is not None and path.parent.resolve() != run_dir.resolve():  # the file itself may be a link
+        return (
+            f"cannot resume from {path}: it lies outside {run_dir}, which holds checkpoints ({own.name}) that "
+            f"training on from it would overwrite or mix with; continue the folder's run with --resume latest, "
+            f"{branch}"
         )
     later = [p.name for n, p in epoch_checkpoints(run_dir).items() if n > epoch]
     if later:
-        raise ConfigError(
+        return (
             f"cannot resume from {path} (epoch {epoch}): {run_dir} holds checkpoints of later epochs "
             f"({', '.join(later)}) that training on from it would overwrite; continue the folder's run from "
             f"its latest with --resume latest, {branch}"
         )
+    return None
 
 
 def _model_best_loss(run_dir: Path, net: ImageRetrievalNet, min_loss_of: Optional[str]) -> float:

@@ -461,7 +461,8 @@ class Trainer:
         and ``seconds``: the wall time of its mining and training, without validation)."""
         s = self.settings
         if self.start_epoch >= s.epochs:
-            log.warning(
+            warn_once(
+                log,
                 ">> nothing to train: the checkpoint resumed has done %d epochs, --epochs is %d; raise --epochs "
                 "to train on",
                 self.start_epoch,

@@ -294,6 +294,10 @@ def test_resume_keeps_a_better_model_best_and_finds_a_path_relative_to_the_worki
     assert resume_run(fresh, "other/model_epoch7.pth.tar", net, optimizer) == (7, 0.2)
     save_checkpoint(checkpoint_state(net, 2, 0.4, optimizer), run_dir / "model_epoch2.pth.tar")
     assert resume_run(run_dir, "latest", net, optimizer) == (2, 0.3)
+    linked = tmp_path / "linked"  # a run folder restored as links (a backup, DVC): its files are its own
+    linked.mkdir()
+    (linked / "model_epoch7.pth.tar").symlink_to(other / "model_epoch7.pth.tar")
+    assert resume_run(linked, "latest", net, optimizer) == (7, 0.2)
 
 
 def test_resume_refuses_a_best_loss_of_the_other_kind_and_names_the_settings_it_overrides(tmp_path, caplog):

@@ -250,8 +250,8 @@ def test_pixels_of_an_unknown_range_are_refused_naming_the_file(tmp_path, values
 
 @pytest.mark.parametrize("size", [(1, 1), (5, 1), (1, 5), (4, 3)])
 def test_pixels_are_a_writable_copy_whatever_the_image_shape(monkeypatch, size):
-    """An image one pixel high needs no reordering: its tensor was PIL's read-only array (torch
-    warns that writing to it is undefined)."""
+    """A 1 x 1 image needs no reordering: its tensor was PIL's read-only array (torch warns that
+    writing to it is undefined)."""
     arrays = []
     from_numpy = torch.from_numpy
     monkeypatch.setattr(torch, "from_numpy", lambda array: arrays.append(array) or from_numpy(array))

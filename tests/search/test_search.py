@@ -358,7 +358,7 @@ def test_teacher_check_by_the_fingerprint_training_recorded(tmp_path):
         check_teacher(store, student, "vgg16", None)
 
 
-def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, synth_root, tmp_path):
+def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, synth_root, tmp_path, monkeypatch):
     test = synth_root / "test"
     flags = ["--store", str(tmp_path), "--teacher", str(teacher[0]), "-imsize", "64", "--data-root", str(synth_root)]
     search_cli.main(["index", str(test / "synth-paris" / "jpg"), *flags, "-w", "synth-sfm"] + COMMON)
@@ -370,11 +370,18 @@ def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, 
                                          r".* at 64 px\): other images \(it holds \d+\); indexing "
                                          r"would replace it: give another --store, or --replace to replace it"):
         search_cli.main(["index", str(test / "synth-oxford" / "jpg"), *flags] + COMMON)  # a mistyped --store, say
-    with pytest.raises(SystemExit, match=r"at 48 px\): image size 64; indexing would replace it"):
-        search_cli.main(["index", str(test / "synth-paris" / "jpg"), *flags[:4], "-imsize", "48", *flags[6:]] + COMMON)
+    with monkeypatch.context() as patched:  # refused before the whitening is learned
+        patched.setattr(search_cli, "get_whitening", lambda *a: pytest.fail("the whitening was learned first"))
+        with pytest.raises(SystemExit, match=r"at 48 px\): image size 64; indexing would replace it"):
+            search_cli.main(["index", str(test / "synth-paris" / "jpg"), *flags[:4], "-imsize", "48", *flags[6:],
+                             "-w", "synth-sfm"] + COMMON)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     search_cli.main(["index", str(test / "synth-oxford" / "jpg"), *flags, "--replace"] + COMMON)
     assert not (tmp_path / "index.faiss").exists() and not (tmp_path / "whitening.pth").exists()
+    listing = tmp_path.with_name(tmp_path.name + "-list.txt")  # the same images in another order: no --replace
+    listing.write_text("\n".join(str(p) for p in sorted((test / "synth-oxford" / "jpg").glob("*.jpg"), reverse=True)))
+    search_cli.main(["index", str(listing), *flags] + COMMON)
+    assert open_database(tmp_path).images[0].endswith(sorted((test / "synth-oxford" / "jpg").glob("*.jpg"))[-1].name)
     image = sorted((test / "synth-oxford" / "jpg").glob("*.jpg"))[3]
     out = tmp_path.with_name(tmp_path.name + "-answer.json")  # beside the store: in it, the next index refuses it
     search_cli.main(["query", str(image), "--store", str(tmp_path), "--network", str(teacher[1]), "-k", "3",

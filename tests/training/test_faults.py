@@ -186,8 +186,8 @@ def test_a_resume_that_would_overwrite_checkpoints_is_refused_and_touches_nothin
                                           r"\(model_epoch2.pth.tar\) that training on from it would overwrite"):
         train(synth_root, directory, "--epochs", "2", "--no-val", "--resume", "model_epoch1.pth.tar")
     other = train(synth_root, tmp_path / "other", "--epochs", "1", "--no-val").run_dir / "model_epoch1.pth.tar"
-    with pytest.raises(ConfigError, match=r"lies outside .*, which holds the checkpoints of another run "
-                                          r"\(model_best.pth.tar\)"):
+    with pytest.raises(ConfigError, match=r"lies outside .*, which holds checkpoints \(model_best.pth.tar\) that "
+                                          r"training on from it would overwrite or mix with"):
         train(synth_root, directory, "--epochs", "2", "--no-val", "--resume", str(other))
     assert written() == before
     capsys.readouterr()

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aml.losses import TupleBatch
 from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.training.config import TrainSettings
 from aml.utils.distributed import World, concat_lists, gather_objects, shard_range
 from aml.utils.errors import ConfigError
 
@@ -61,6 +62,23 @@ def batch_split_problem(batch_size: int, world: World) -> Optional[str]:
     return (
         f"--batch-size {batch_size} does not split over {world.size} processes: it is the global number of "
         f"tuples per step; use a multiple of {world.size}"
+    )
+
+
+def sync_batchnorm_problem(settings: TrainSettings, world: World) -> Optional[str]:
+    """Why ``settings`` cannot train with SyncBatchNorm in ``world`` (None: they can, or need not).
+
+    With autocast, a rank's empty forward (an image shape only another rank has, which every
+    rank runs alike) makes SyncBatchNorm share its statistics in bfloat16, where a rank with
+    images shares float32 ones (``torch.batch_norm_stats`` on CUDA): NCCL would gather buffers
+    of two sizes (a hang, or other statistics).
+    """
+    if not (world.distributed and settings.train_batchnorm and settings.autocast):
+        return None
+    return (
+        "--amp with --train-batchnorm under torchrun: SyncBatchNorm shares bfloat16 statistics from a process "
+        "whose batch lacks an image shape another has and float32 ones from the others, which the processes "
+        "cannot gather; train without one of them, or in one process"
     )
 
 

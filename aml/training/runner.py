@@ -33,7 +33,7 @@ from aml.training.optim import build_optimizer
 from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.run_folder import earlier_checkpoint
 from aml.training.teacher import Teacher, teacher_split_features
-from aml.training.parallel import batch_split_problem
+from aml.training.parallel import batch_split_problem, sync_batchnorm_problem
 from aml.training.trainer import Learner, Split, Trainer
 from aml.utils.atomic import folder_lock
 from aml.utils.devices import resolve_device
@@ -103,7 +103,7 @@ def run(config: TrainConfig) -> TrainResult:
         warn_once(log, ">> %s", notice)
     requested = resolve_device(config.device, config.gpu_id)
     world = init_from_environment(requested, config.dist_timeout)
-    problem = batch_split_problem(config.loop.batch_size, world)
+    problem = batch_split_problem(config.loop.batch_size, world) or sync_batchnorm_problem(config.loop, world)
     if problem:
         raise ConfigError(problem)
     device = str(process_device(requested, world))

@@ -85,3 +85,23 @@ def test_batch_statistics_under_torchrun_on_the_cpu_are_refused_with_the_reason(
     net = build_network("squeezenet1_1", pretrained=False)
     with pytest.raises(ConfigError, match=r"--train-batchnorm under torchrun needs CUDA"):
         Parallel(net, World(rank=0, size=2), torch.device("cpu"), batch_size=4, sync_batchnorm=True)
+
+
+def test_autocast_with_synchronised_batchnorm_is_refused_under_torchrun(monkeypatch, tmp_path):
+    """A rank's empty forward (a shape only another rank has) made SyncBatchNorm share bfloat16
+    statistics where the others shared float32 ones: NCCL gathers buffers of two sizes."""
+    from aml.cli import train as train_cli
+    from aml.training import runner
+    from aml.training.config import TrainSettings
+    from aml.training.parallel import sync_batchnorm_problem
+
+    both = TrainSettings(train_batchnorm=True, autocast=True)
+    assert sync_batchnorm_problem(both, World()) is None  # one process: no SyncBatchNorm
+    assert sync_batchnorm_problem(TrainSettings(train_batchnorm=True), World(size=2)) is None
+    assert sync_batchnorm_problem(TrainSettings(autocast=True), World(size=2)) is None
+    assert sync_batchnorm_problem(both, World(size=2)).startswith("--amp with --train-batchnorm under torchrun")
+    monkeypatch.setattr(runner, "init_from_environment", lambda *args: World(rank=0, size=2))
+    with pytest.raises(ValueError, match=r"--amp with --train-batchnorm under torchrun: .* train without one of them"):
+        train_cli.main(["--directory", str(tmp_path), "-d", "synth-sfm", "-a", "squeezenet1_1", "--not-pretrained",
+                        "-b", "4", "--train-batchnorm", "--amp", "--device", "cpu", "--epochs", "1"])
+    assert not any(tmp_path.iterdir())  # refused before the run folder

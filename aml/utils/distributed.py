@@ -75,11 +75,15 @@ def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEO
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         return World()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":  # also in a group joined before: collectives use the current GPU
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        # NCCL bound to this process's GPU: left unsaid, torch guesses it from the global rank
+        # (another GPU where a machine runs fewer processes than it has GPUs)
+        bound = torch.device("cuda", local) if backend == "nccl" else None
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=bound)
         log.info(
             ">> process %d of %d joined the group (%s, timeout %ds)",
             dist.get_rank(),
@@ -177,7 +181,7 @@ def from_main(value: Any, world: World) -> Any:
 def barrier(world: World) -> None:
     """Wait until every rank got here (after rank 0 wrote what the others read)."""
     if world.distributed:
-        dist.barrier()
+        _barrier()
 
 
 def concat_lists(parts: Sequence[Sequence[Any]]) -> List[Any]:
@@ -204,6 +208,15 @@ def is_peer_failure(error: BaseException) -> bool:
     )
 
 
+def _barrier() -> None:
+    """``dist.barrier``, on this process's GPU under NCCL (torch warns, and may pick another
+    GPU, when it is not said)."""
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
 def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -215,7 +228,7 @@ def shutdown() -> None:
     its group down while rank 0 still wrote the results aborted now and then under load
     ("terminate called without an active exception"), failing the whole torchrun job."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        _barrier()
         dist.destroy_process_group()
 
 

@@ -64,6 +64,35 @@ def test_a_process_on_a_numbered_gpu_pins_through_that_gpu(monkeypatch):
     assert current == [torch.device("cuda", 1)] * 2
 
 
+def test_nccl_is_bound_to_the_local_gpu_and_waits_on_it(monkeypatch):
+    """Without device_id and device_ids torch guessed NCCL's GPU from the global rank (another
+    GPU where a machine runs fewer processes than it has GPUs) and warned at every barrier."""
+    import torch.distributed as dist
+
+    from aml.utils import distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **options: calls.append((backend, options)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    init_from_environment(torch.device("cuda"))
+    init_from_environment(torch.device("cpu"))
+    assert [call[0] for call in calls] == ["set_device", "nccl", "gloo"]
+    assert calls[0][1] == 1 and calls[1][1]["device_id"] == torch.device("cuda", 1)
+    assert calls[2][1]["device_id"] is None
+    waits = []
+    monkeypatch.setattr(dist, "barrier", lambda **options: waits.append(options))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for backend in ("nccl", "gloo"):
+        monkeypatch.setattr(dist, "get_backend", lambda: backend)
+        distributed.barrier(World(rank=0, size=2))
+    assert waits == [{"device_ids": [1]}, {}]
+
+
 def test_peer_failures_are_told_apart_from_other_errors():
     assert is_peer_failure(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 5000ms for recv"))
     assert is_peer_failure(RuntimeError("Connection closed by peer [127.0.0.1]:1234"))

@@ -39,7 +39,15 @@ from aml.networks.inference import inference_copy
 from aml.networks.preserved import left_as_it_was
 from aml.networks.loading import check_network
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
-from aml.utils.distributed import World, concat_lists, current_world, gather_columns, gather_objects, shard_range
+from aml.utils.distributed import (
+    World,
+    concat_lists,
+    current_world,
+    failing_together,
+    gather_columns,
+    gather_objects,
+    shard_range,
+)
 from aml.utils.progress import progress_bar
 from aml.utils.threads import ordered_map
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
@@ -617,7 +625,7 @@ def extract_vectors(
     resolved = _honouring(transform, getattr(net, "meta", {}), resolved)
     plan = _Plan(resolved, ms, msp, fold)
     local_skipped: Optional[List[int]] = [] if config.skip_bad else None
-    with left_as_it_was(net):  # the caller's network keeps its device, memory format and mode
+    with failing_together(world), left_as_it_was(net):  # the caller's network as it was; one rank's error stops all
         mine_bbxs = [bbxs[i] for i in mine] if bbxs is not None else None
         vecs = _extract_block(net, [images[i] for i in mine], image_size, transform, mine_bbxs, plan, local_skipped)
     if world.distributed:

@@ -11,14 +11,17 @@ encodes its shard, every rank gets the whole result); files are written by rank 
 followed by `barrier` where the other ranks read them.
 """
 
+import contextlib
 import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from aml.utils.errors import AmlError
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,42 @@ def gather_objects(value: Any, world: World) -> List[Any]:
     out: List[Any] = [None] * world.size
     dist.all_gather_object(out, value)
     return out
+
+
+class PeerFailed(AmlError, RuntimeError):
+    """Another process of the job stopped with an error in a step all of them take together."""
+
+
+@contextlib.contextmanager
+def failing_together(world: World) -> Iterator[None]:
+    """Run a step that ends in a collective on every rank, and stop every rank when one fails.
+
+    A rank that raised (an unreadable image in its share) would leave the others waiting in
+    the collective until the timeout (half an hour by default), the error shown by that rank
+    alone. Here every rank says whether it failed, in one collective after the step: the rank
+    that failed raises its own error, the others `PeerFailed` naming it.
+
+    Args:
+        world: the job's processes.
+
+    Raises:
+        PeerFailed: on the other ranks, naming the failed rank and its error.
+    """
+    if not world.distributed:
+        yield
+        return
+    failure: Optional[BaseException] = None
+    try:
+        yield
+    except Exception as err:  # any error: the others must not wait for this rank
+        failure = err
+    said = gather_objects(None if failure is None else f"{type(failure).__name__}: {failure}", world)
+    if failure is not None:
+        raise failure
+    failed = [(rank, text) for rank, text in enumerate(said) if text is not None]
+    if failed:
+        rank, text = failed[0]
+        raise PeerFailed(f"process {rank} of {world.size} stopped: {text}")
 
 
 def all_ranks(found: bool, world: World) -> bool:

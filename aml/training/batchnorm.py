@@ -11,6 +11,7 @@ from torch import nn
 
 from aml.networks.preserved import left_as_it_was
 from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.utils.distributed import current_world, from_main
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ def calibrate_if_vanishing(
     with torch.no_grad(), left_as_it_was(net):
         net.eval()
         level = float(np.mean([net.features(b).abs().mean().item() for b in batches[:2]]))
+    # one decision for all ranks (under torchrun, with SyncBatchNorm, calibration's forwards are
+    # collectives); each rank computes the same statistics from the same images
+    level = from_main(level, current_world())
     if level >= VANISHING:
         return False
     seen = calibrate_batchnorm(net, batches)

@@ -53,3 +53,25 @@ def test_calibration_keeps_every_modules_mode():
         assert {name: module.training for name, module in net.named_modules()} == modes
     calibrate_batchnorm(net, [torch.stack([pool["img0.jpg"]])])
     assert {name: module.training for name, module in net.named_modules()} == modes
+
+
+def test_under_torchrun_rank_0_decides_whether_to_calibrate(monkeypatch):
+    """Each rank measured its own level: ranks near the threshold could decide apart, and with
+    SyncBatchNorm the calibration's forwards are collectives the others never join."""
+    from aml.training import batchnorm
+    from aml.utils.distributed import World
+
+    monkeypatch.setattr(batchnorm, "current_world", lambda: World(rank=1, size=2))
+    said = []
+
+    def rank_0s(value, world):
+        said.append((value, world.size))
+        return 1.0  # rank 0 measured activations that do not vanish
+
+    monkeypatch.setattr(batchnorm, "from_main", rank_0s)
+    torch.manual_seed(0)
+    net = build_network("mobilenet_v2", pretrained=False, teacher_dim=64)
+    pool = images()
+    assert not calibrate_if_vanishing(net, list(pool), pool.__getitem__, torch.Generator().manual_seed(1),
+                                      torch.device("cpu"))
+    assert len(said) == 1 and said[0][0] < VANISHING and said[0][1] == 2  # its own level vanished

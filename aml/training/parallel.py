@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from aml.losses import TupleBatch
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.config import TrainSettings
-from aml.utils.distributed import World, concat_lists, gather_objects, shard_range
+from aml.utils.distributed import World, concat_lists, gather_columns, gather_objects, shard_range
 from aml.utils.errors import ConfigError
 
 
@@ -161,9 +161,11 @@ class Parallel:
             torch.cat(distributed_nn.all_gather(batch.members[:, 0].contiguous())),
         )
 
-    def global_losses(self, losses: List[float], relational: bool) -> List[float]:
-        """Every rank's loss values in global batch order (a relational loss: alike on every rank)."""
-        if not self.world.distributed:
-            return losses
-        parts = gather_objects(losses, self.world)
-        return parts[0] if relational else concat_lists(parts)
+    def global_losses(self, losses: torch.Tensor, relational: bool) -> List[float]:
+        """Every rank's loss values (a 1-D tensor each, as long on every rank) in global batch
+        order, read back in one copy (a relational loss: alike on every rank). The ranks' values
+        meet on the devices, not as pickled objects, which would cost a collective of sizes, a
+        wait and copies both ways on every step."""
+        if self.world.distributed and not relational:
+            losses = gather_columns(losses[None, :], len(losses) * self.world.size, self.world)[0]
+        return losses.cpu().tolist()

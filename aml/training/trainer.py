@@ -332,7 +332,7 @@ class Trainer:
                     (total * scale if scale != 1 else total).backward()
             values.append(chunk_values.detach())
         # the batch's one wait for the device; a non-finite loss stops the run before the optimizer steps
-        losses = self.parallel.global_losses(torch.cat(values).cpu().tolist(), relational)
+        losses = self.parallel.global_losses(torch.cat(values), relational)
         _check_finite(losses)
         return losses
 

@@ -18,7 +18,7 @@ def test_in_one_process_every_piece_is_a_pass_through():
     assert parallel.shapes([torch.zeros(3, 4, 4)]) == ()
     batch = TupleBatch.pairs(torch.eye(2), torch.eye(2))
     assert parallel.whole_batch(batch) is batch
-    assert parallel.global_losses([0.5, 0.25], relational=False) == [0.5, 0.25]
+    assert parallel.global_losses(torch.tensor([0.5, 0.25]), relational=False) == [0.5, 0.25]
     with parallel.no_sync(False):
         pass
 

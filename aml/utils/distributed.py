@@ -214,7 +214,11 @@ def found_by_all(found: Optional[T], collective: bool) -> Optional[T]:
 
 def from_main(value: Any, world: World) -> Any:
     """Rank 0's ``value``, on every rank (one decision for all, e.g. the checkpoint to resume)."""
-    return gather_objects(value, world)[0] if world.distributed else value
+    if not world.distributed:
+        return value
+    box = [value if world.is_main else None]  # rank 0's sent, the others' never pickled
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(world: World) -> None:

@@ -118,19 +118,36 @@ def shard_range(count: int, world: World) -> range:
     return range(start, start + base + (world.rank < extra))
 
 
+#: bytes one step of `gather_columns` holds on the collective's device, every rank's part together
+GATHER_BYTES = 64 << 20
+
+
 def gather_columns(local: torch.Tensor, count: int, world: World) -> torch.Tensor:
     """Every rank's D x n_r block (rank order = `shard_range` order) joined into the
-    D x ``count`` whole, on every rank. Blocks are padded to equal size for the collective."""
+    D x ``count`` whole, on every rank, on ``local``'s device.
+
+    The blocks travel in steps of columns (padded to equal size for the collective), so that
+    the collective's device (a GPU under NCCL) holds `GATHER_BYTES` at a time, not every
+    rank's block: a set of millions of images gathered whole would not fit on it.
+    """
     if not world.distributed:
         return local
-    longest = shard_range(count, World(0, world.size)).stop  # rank 0's block is the longest
-    device = _collective_device()
-    padded = torch.zeros(local.shape[0], longest, dtype=local.dtype, device=device)
-    padded[:, : local.shape[1]] = local.to(device)
-    blocks = [torch.empty_like(padded) for _ in range(world.size)]
-    dist.all_gather(blocks, padded)
-    parts = [block[:, : len(shard_range(count, World(r, world.size)))] for r, block in enumerate(blocks)]
-    return torch.cat(parts, dim=1).to(local.device)
+    blocks = [shard_range(count, World(rank, world.size)) for rank in range(world.size)]
+    longest = len(blocks[0])  # rank 0's block is the longest
+    device, rows = _collective_device(), local.shape[0]
+    step = max(1, GATHER_BYTES // max(1, rows * local.element_size() * world.size))
+    whole = torch.empty(rows, count, dtype=local.dtype, device=local.device)
+    for start in range(0, longest, step):  # as many steps on every rank
+        stop = min(start + step, longest)
+        part = torch.zeros(rows, stop - start, dtype=local.dtype, device=device)
+        mine = local[:, start:stop]
+        part[:, : mine.shape[1]] = mine.to(device)
+        parts = [torch.empty_like(part) for _ in range(world.size)]
+        dist.all_gather(parts, part)
+        for block, got in zip(blocks, parts, strict=True):
+            taken = max(0, min(stop, len(block)) - start)
+            whole[:, block.start + start : block.start + start + taken] = got[:, :taken].to(local.device)
+    return whole
 
 
 def gather_objects(value: Any, world: World) -> List[Any]:

@@ -192,3 +192,35 @@ def test_an_unreadable_image_in_one_ranks_share_stops_every_rank_at_once(tmp_pat
     assert errors[1][0] == "ImageLoadError" and "3.jpg" in errors[1][1]
     assert errors[0][0] == "PeerFailed" and errors[0][1].startswith("process 1 of 2 stopped: ImageLoadError: ")
     assert "3.jpg" in errors[0][1] and int(errors[0][2]) < 30  # at once, not after the timeout
+
+
+@pytest.mark.parametrize("count, size, step_columns", [(7, 2, 2), (10, 3, 1), (5, 2, 100), (2, 3, 1)])
+def test_columns_are_gathered_in_steps_that_bound_the_devices_memory(monkeypatch, count, size, step_columns):
+    """Every rank's block was gathered whole on the collective's device, then joined there:
+    twice the whole matrix on every GPU (millions of images at 2048-d would not fit)."""
+    import torch.distributed as dist
+
+    from aml.utils import distributed
+    from aml.utils.distributed import shard_range
+
+    rows, rank = 3, size - 1
+    whole = torch.arange(rows * count, dtype=torch.float32).reshape(rows, count)
+    blocks = [shard_range(count, World(r, size)) for r in range(size)]
+    monkeypatch.setattr(distributed, "GATHER_BYTES", step_columns * rows * 4 * size)
+    monkeypatch.setattr(distributed, "_collective_device", lambda: torch.device("cpu"))
+    calls = []
+
+    def all_gather(parts, part):  # the other ranks' parts of the same columns, padded alike
+        start = len(calls) * step_columns
+        calls.append(part.shape)
+        assert part.numel() * size * 4 <= distributed.GATHER_BYTES
+        for r, block in enumerate(blocks):
+            piece = whole[:, block.start + start : block.start + min(start + part.shape[1], len(block))]
+            parts[r].zero_()
+            parts[r][:, : piece.shape[1]] = piece
+        assert torch.equal(parts[rank][:, : part.shape[1]], part)
+
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    mine = whole[:, blocks[rank].start : blocks[rank].stop]
+    assert torch.equal(distributed.gather_columns(mine, count, World(rank, size)), whole)
+    assert len(calls) == -(-len(blocks[0]) // step_columns)

@@ -16,8 +16,9 @@ The result is ``<data_root>/test/<name>/`` with ``jpg/`` and ``gnd_<name>.pkl``,
 ``test.py -d <name>`` reads like any registered set. Everything is checked before anything
 is written: missing or unreadable images, images in two lists of one query, positives that
 are not in the database, boxes outside their image, database images listed twice, and
-queries that are in the database without being in their own lists (each would count a
-right result as a wrong one).
+queries that are in the database other than as their own junk, and copies of one image (the
+same bytes under two names) that a query's lists treat apart (each would count a result
+wrongly).
 """
 
 import json
@@ -34,7 +35,8 @@ from PIL import Image
 from aml.utils.atomic import publish_folder, staged
 from aml.data.distractors import DISTRACTOR_SETS
 from aml.data.images import ImageLoadError, image_files, load_image, rgb_image, turned_images, visible_files
-from aml.data.paths import check_set_name, data_subdir
+from aml.data.download import file_sha256
+from aml.data.paths import check_set_name, data_subdir, resolve_data_root
 from aml.data.safe_pickle import kind_of, save_pickle
 from aml.data.testsets import TEST_SETS
 from aml.utils.errors import DataError
@@ -230,10 +232,12 @@ def _check_query(
             if name not in database:
                 raise TestSetError(f"{where} lists {name} in '{key}', but it is not in the database")
             seen[name] = key
-    if entry["image"] in database and entry["image"] not in seen:
+    own = seen.get(entry["image"])
+    if entry["image"] in database and own != "junk":
+        found = f"lists itself in '{own}'" if own else "is in the database too"
         raise TestSetError(
-            f"{where} is in the database too: it would find itself first and count as a wrong result; "
-            "leave it out of the database, or list it in the query's own lists"
+            f"{where} {found}: it would find itself first and count as a {'right' if own else 'wrong'} result; "
+            "leave it out of the database, or list it as the query's junk"
         )
     box = entry.get("box")
     if box is not None:
@@ -242,6 +246,45 @@ def _check_query(
             raise TestSetError(f"{where} has box {box}, outside its {width}x{height} image or not x1 < x2, y1 < y2")
     if not any(entry.get(key) for key in lists if key != "junk"):
         log.warning(">> %s has no positive: it will not count in mAP", where)
+
+
+def _same_files(names: Sequence[str], images_dir: Path) -> List[List[str]]:
+    """The groups of ``names`` whose files hold the same bytes (copies, links), two or more each."""
+    groups: Dict[str, List[str]] = {}
+    for name in dict.fromkeys(names):
+        groups.setdefault(file_sha256(images_dir / name), []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _check_copies(
+    queries: Sequence[DescribedQuery],
+    database_names: Sequence[str],
+    lists: Sequence[ListName],
+    images_dir: Path,
+    source: str,
+) -> None:
+    """Refuse copies of one image (the same bytes under two names, or a link) that a query's
+    lists treat apart: a database copy of the query that is not its junk finds itself; two
+    database copies, one a positive and the other not, count the same image right and wrong."""
+    query_names = [entry["image"] for entry in queries]
+    for group in _same_files(list(database_names) + query_names, images_dir):
+        for q, entry in enumerate(queries):
+            where = f"{source}: query {q} ({entry['image']})"
+            listed_in = {name: next((key for key in lists if name in entry.get(key, [])), None) for name in group}
+            in_database = [name for name in group if name in database_names]
+            if entry["image"] in group:
+                itself = [name for name in in_database if listed_in[name] != "junk" and name != entry["image"]]
+                if itself:
+                    raise TestSetError(
+                        f"{where}: the database image {itself[0]} is the same file (the same bytes): the query "
+                        "would find itself first; leave it out of the database, or list it as the query's junk"
+                    )
+            elif len({listed_in[name] for name in in_database}) > 1:
+                listed = ", ".join(f"{name} ({listed_in[name] or 'in no list'})" for name in in_database)
+                raise TestSetError(
+                    f"{where}: {listed} are the same file (the same bytes) in different lists: one image counted "
+                    "right and wrong; keep one copy in the database, or list the copies alike"
+                )
 
 
 def _warn_turned_boxes(queries: Sequence[DescribedQuery], images_dir: Path, source: str) -> None:
@@ -278,15 +321,31 @@ def _copy_as_jpeg(source: Path, target: Path) -> None:
             rgb_image(image, source).save(target, "JPEG", quality=95)
 
 
-def _database_names(description: Description, images_dir: Path, query_names: List[str]) -> List[str]:
+def _database_names(description: Description, images_dir: Path, query_names: List[str], root: Path) -> List[str]:
     """The description's database, or else every image under ``images_dir`` but the queries
-    (by extension, hidden files and folders left out: `image_files`)."""
+    (by extension, hidden files and folders left out: `image_files`) and those of the data
+    root ``root``'s sets where they lie under it (``--images .`` with ``./data``: sets built
+    before, copies of the queries and positives)."""
     listed = description.get("database")
     if listed is not None:
         return list(listed)
-    taken = set(query_names)
+    top = images_dir.resolve()
+    sets = [folder.resolve() for folder in (root / "test", root / "train")]
+    sets = [folder for folder in sets if folder != top and folder.is_relative_to(top)]  # under --images
+
+    def ours(path: Path) -> bool:
+        return not any(path.resolve().is_relative_to(folder) for folder in sets)
+
     found = image_files(images_dir)
-    others = sorted(set(visible_files(images_dir)) - set(found))
+    kept = [path for path in found if ours(path)]
+    if len(kept) < len(found):
+        log.warning(
+            ">> %d images under %s belong to the data root's sets (%s), left out of the database",
+            len(found) - len(kept),
+            images_dir,
+            ", ".join(str(folder) for folder in sets),
+        )
+    others = sorted(path for path in set(visible_files(images_dir)) - set(found) if ours(path))
     if others:
         log.warning(
             ">> %d files of %s are not images by their extension and are left out of the database, e.g. %s; "
@@ -295,7 +354,8 @@ def _database_names(description: Description, images_dir: Path, query_names: Lis
             images_dir,
             others[0].name,
         )
-    names = (str(path.relative_to(images_dir)) for path in found)
+    taken = set(query_names)
+    names = (str(path.relative_to(images_dir)) for path in kept)
     return [name for name in names if name not in taken]
 
 
@@ -382,12 +442,13 @@ def build_test_set(
     protocol = _protocol(queries, source)
     lists = LISTS[protocol]
     query_names = [q["image"] for q in queries]
-    database_names = _database_names(description, images_dir, query_names)
+    database_names = _database_names(description, images_dir, query_names, resolve_data_root(data_root).resolve())
     sizes = _check_images(list(query_names) + list(database_names), images_dir, source)
     _check_names(database_names, query_names, source)
     database = {n: i for i, n in enumerate(database_names)}
     for q, entry in enumerate(queries):
         _check_query(q, entry, lists, database, sizes, source)
+    _check_copies(queries, database_names, lists, images_dir, source)
     _warn_turned_boxes(queries, images_dir, source)
     folder = data_subdir(data_root, "test") / name
     if folder.exists():

@@ -108,6 +108,15 @@ def images_from_folders(root: PathLike) -> List[Tuple[Path, str]]:
         raise TrainSetError(f"{root} holds no landmark folders (expected {root}/<landmark>/<images>)")
     found = [(image, folder.name) for folder in landmarks for image in visible_files(folder)]
     check_line_names(str(image) for image, _ in found)
+    loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    if loose:
+        log.warning(
+            ">> %d files of %s lie beside its landmark folders, not in one (e.g. %s), and are left out; put each "
+            "in its landmark's folder to use it",
+            len(loose),
+            root,
+            loose[0].name,
+        )
     return found
 
 
@@ -215,9 +224,14 @@ def build_train_set(
     report.single_landmarks = sorted(k for k, v in by_landmark.items() if len(v) < 2)
     usable = sorted(k for k, v in by_landmark.items() if len(v) >= 2)
     if len(usable) < 2:
+        lost = []
+        if report.unreadable:
+            lost.append(f"{len(report.unreadable)} images unreadable (e.g. {report.unreadable[0]})")
+        if report.single_landmarks:
+            lost.append(f"{len(report.single_landmarks)} landmarks of one image (e.g. {report.single_landmarks[0]})")
         raise TrainSetError(
             f"{len(usable)} landmarks with two or more readable, distinct images: at least 2 are "
-            "needed (one for training, one for validation)"
+            "needed (one for training, one for validation)" + (f"; {', '.join(lost)}" if lost else "")
         )
     rng = np.random.default_rng(seed)
     order = [usable[i] for i in rng.permutation(len(usable))]

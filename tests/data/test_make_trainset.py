@@ -100,6 +100,21 @@ def test_too_few_landmarks_and_empty_folders_are_refused(tmp_path, landmark_fold
     with pytest.raises(TrainSetError, match="1 landmarks with two or more"):
         build_train_set(items, "few", tmp_path / "data")
     assert not (tmp_path / "data" / "train" / "few").exists()
+    # what was lost on the way is named: a missing image, and the landmark it left alone
+    items += [(landmark_folders / "landmark003" / "00.jpg", "two"), (tmp_path / "nope.jpg", "two")]
+    with pytest.raises(TrainSetError, match=r"1 landmarks with two or more .*; 1 images unreadable \(e.g. .*nope.jpg\), "
+                                            r"1 landmarks of one image \(e.g. two\)$"):
+        build_train_set(items, "few", tmp_path / "data")
+
+
+def test_files_beside_the_landmark_folders_are_named(landmark_folders, tmp_path, caplog):
+    """They were left out without a word."""
+    shutil.copytree(landmark_folders / "landmark000", tmp_path / "lm" / "L0")
+    shutil.copyfile(landmark_folders / "landmark001" / "00.jpg", tmp_path / "lm" / "flat.jpg")
+    with caplog.at_level("WARNING", logger="aml.data.make_trainset"):
+        found = images_from_folders(tmp_path / "lm")
+    assert {landmark for _, landmark in found} == {"L0"}
+    assert "1 files of " in caplog.text and "lie beside its landmark folders, not in one (e.g. flat.jpg)" in caplog.text
 
 
 @pytest.mark.parametrize("landmarks, split, lone", [(4, {"train": 2, "val": 2}, []), (3, {"train": 2, "val": 1}, ["val"]),

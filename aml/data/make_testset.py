@@ -102,12 +102,12 @@ def read_description(path: PathLike) -> Description:
 def _csv_queries(text: str, path: Path) -> List[DescribedQuery]:
     """The queries of a CSV description (columns query, box, easy, hard, junk or ok)."""
     queries: List[DescribedQuery] = []
-    for line, row in enumerate(csv_rows(text, path, TestSetError, CSV_COLUMNS), start=2):
+    for line, row in csv_rows(text, path, TestSetError, CSV_COLUMNS):
         if not (row.get("query") or "").strip():
             raise TestSetError(f"{path}: line {line} has no query image; give one in its 'query' column")
         entry: DescribedQuery = {"image": row["query"].strip()}
         if (row.get("box") or "").strip():
-            entry["box"] = _csv_box(row["box"], path, len(queries))
+            entry["box"] = _csv_box(row["box"], f"{path}: line {line} ({entry['image']})")
         for key in ("easy", "hard", "junk", "ok"):
             if key in row:
                 entry[key] = (row[key] or "").split()
@@ -120,11 +120,11 @@ def read_database_list(path: PathLike) -> List[str]:
     return [line.strip() for line in read_text_file(path, DATABASE_LIST_TEXT).splitlines() if line.strip()]
 
 
-def _csv_box(text: str, path: Path, q: int) -> List[float]:
+def _csv_box(text: str, where: str) -> List[float]:
     try:
         return [float(v) for v in text.split()]
     except ValueError:
-        raise TestSetError(f"{path}: query {q} has box {text!r}; a box is four numbers x1 y1 x2 y2") from None
+        raise TestSetError(f"{where} has box {text!r}; a box is four numbers x1 y1 x2 y2") from None
 
 
 def _is_names(value: Any) -> bool:

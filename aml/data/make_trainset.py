@@ -135,9 +135,10 @@ def images_from_csv(path: PathLike, images_dir: PathLike) -> List[Tuple[Path, st
     """(image, landmark) from a CSV with columns image,landmark (any header naming them
     ``image``/``id`` and ``landmark``/``landmark_id``), or GLDv2's ``landmark_id,images``."""
     images_dir = Path(images_dir)
-    rows = csv_rows(read_text_file(path, TRAIN_CSV_TEXT), path, TrainSetError)
-    if not rows:
+    lines = csv_rows(read_text_file(path, TRAIN_CSV_TEXT), path, TrainSetError)
+    if not lines:
         raise TrainSetError(f"{path} has no rows")
+    rows = [row for _, row in lines]
     columns = set(rows[0])
     landmark_key = "landmark_id" if "landmark_id" in columns else "landmark"
     if landmark_key not in columns:
@@ -145,7 +146,7 @@ def images_from_csv(path: PathLike, images_dir: PathLike) -> List[Tuple[Path, st
     image_key = "images" if "images" in columns else "image" if "image" in columns else "id"  # images: GLDv2's
     if image_key not in columns:
         raise TrainSetError(f"{path}: no 'image' or 'id' column (found {sorted(columns)})")
-    for line, row in enumerate(rows, start=2):
+    for line, row in lines:
         empty = [key for key in (landmark_key, image_key) if not (row.get(key) or "").strip()]
         if empty:
             raise TrainSetError(f"{path}: line {line} has no {' and no '.join(empty)}; give both on every line")

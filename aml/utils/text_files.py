@@ -13,7 +13,7 @@ import math
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Type
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Type
 
 from aml.utils.errors import AmlError, DataError
 from aml.utils.types import PathLike
@@ -128,9 +128,17 @@ def _any_field_size() -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
+class CsvRow(NamedTuple):
+    """One row of a CSV: the line it ends on (blank lines counted, as an editor shows them)
+    and its fields by the header's names."""
+
+    line: int
+    fields: Dict[str, str]
+
+
 def csv_rows(
     text: str, source: PathLike, error: Type[DataError], columns: Optional[Sequence[str]] = None
-) -> List[Dict[str, str]]:
+) -> List[CsvRow]:
     """The rows of a CSV's text, by its header's names (spaces around them dropped).
 
     Args:
@@ -140,7 +148,7 @@ def csv_rows(
         columns: the names a header may hold (None: any).
 
     Returns:
-        One dict per row.
+        One `CsvRow` per row.
 
     Raises:
         DataError: (``error``) naming ``source``, for a header name outside ``columns``, a
@@ -150,8 +158,8 @@ def csv_rows(
     Examples:
         >>> from aml.utils.errors import DataError
         >>> from aml.utils.text_files import csv_rows
-        >>> csv_rows("query, box\\nq.jpg, 1 2 3 4\\n", "queries.csv", DataError, ("query", "box"))
-        [{'query': 'q.jpg', 'box': ' 1 2 3 4'}]
+        >>> csv_rows("query, box\\n\\nq.jpg, 1 2 3 4\\n", "queries.csv", DataError, ("query", "box"))
+        [CsvRow(line=3, fields={'query': 'q.jpg', 'box': ' 1 2 3 4'})]
     """
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
@@ -172,7 +180,7 @@ def csv_rows(
                         f"{source}: line {reader.line_num} has {len(header) + len(extra)} fields for the "
                         f"header's {len(header)} ({', '.join(header)}); quote a field holding a comma"
                     )
-                rows.append(row)
+                rows.append(CsvRow(reader.line_num, row))
             return rows
     except csv.Error as err:
         raise error(f"{source}: line {reader.line_num} cannot be read as CSV ({err}); save it as plain CSV") from None

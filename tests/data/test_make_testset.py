@@ -191,8 +191,11 @@ def test_json_of_the_wrong_types_ends_in_one_line_naming_the_field(images, tmp_p
 
 def test_a_csv_box_that_is_not_numbers_is_named(images, tmp_path):
     path = tmp_path / "set.csv"
-    path.write_text("query,box,easy\nq.jpg,0 0 five 5,a.jpg\n")
-    with pytest.raises(TestSetError, match=r"set.csv: query 0 has box '0 0 five 5'; a box is four numbers"):
+    path.write_text("query,box,easy\n\nq.jpg,0 0 five 5,a.jpg\n")  # named by its line, blank lines counted
+    with pytest.raises(TestSetError, match=r"set.csv: line 3 \(q.jpg\) has box '0 0 five 5'; a box is four numbers"):
+        read_description(path)
+    path.write_text("query,box,easy\nq.jpg,,a.jpg\n\n\n,0 0 5 5,a.jpg\n")
+    with pytest.raises(TestSetError, match=r"set.csv: line 5 has no query image"):
         read_description(path)
 
 

@@ -221,6 +221,7 @@ def _check_query(
     lists: Sequence[ListName],
     database: Dict[str, int],
     sizes: Dict[str, tuple],
+    images_dir: Path,
     source: str,
 ) -> None:
     where = f"{source}: query {q} ({entry['image']})"
@@ -230,7 +231,9 @@ def _check_query(
             if name in seen:
                 raise TestSetError(f"{where} lists {name} in both '{seen[name]}' and '{key}'")
             if name not in database:
-                raise TestSetError(f"{where} lists {name} in '{key}', but it is not in the database")
+                spaced = any(" " in other for other in database)  # a CSV list splits its names at spaces
+                hint = "; a name holding a space needs the JSON form of the description" if spaced else ""
+                raise TestSetError(f"{where} lists {name} in '{key}', but it is not in the database{hint}")
             seen[name] = key
     own = seen.get(entry["image"])
     if entry["image"] in database and own != "junk":
@@ -243,7 +246,11 @@ def _check_query(
     if box is not None:
         width, height = sizes[entry["image"]]
         if len(box) != 4 or not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
-            raise TestSetError(f"{where} has box {box}, outside its {width}x{height} image or not x1 < x2, y1 < y2")
+            turned = bool(turned_images([images_dir / entry["image"]]))
+            hint = " (its file carries an EXIF orientation: the box is in the stored pixels, not as shown)" * turned
+            raise TestSetError(
+                f"{where} has box {box}, outside its {width}x{height} image or not x1 < x2, y1 < y2{hint}"
+            )
     if not any(entry.get(key) for key in lists if key != "junk"):
         log.warning(">> %s has no positive: it will not count in mAP", where)
 
@@ -447,7 +454,7 @@ def build_test_set(
     _check_names(database_names, query_names, source)
     database = {n: i for i, n in enumerate(database_names)}
     for q, entry in enumerate(queries):
-        _check_query(q, entry, lists, database, sizes, source)
+        _check_query(q, entry, lists, database, sizes, images_dir, source)
     _check_copies(queries, database_names, lists, images_dir, source)
     _warn_turned_boxes(queries, images_dir, source)
     folder = data_subdir(data_root, "test") / name

@@ -174,6 +174,22 @@ def _readable_unique(items: Sequence[Tuple[Path, str]], report: TrainSetReport) 
     return by_landmark
 
 
+def _warn_of_case(landmarks: Sequence[str]) -> None:
+    """Name landmark ids that differ by case alone (``Eiffel``, ``eiffel``): two landmarks,
+    which may fall in both splits and be mined as each other's negatives."""
+    seen: Dict[str, str] = {}
+    for landmark in landmarks:
+        other = seen.setdefault(landmark.casefold(), landmark)
+        if other != landmark:
+            log.warning(
+                ">> landmarks %r and %r differ by case alone: they are two landmarks, each the other's negative; "
+                "give them one id if they are one",
+                other,
+                landmark,
+            )
+            return
+
+
 def _chain_pairs(count: int, start: int, limit: int) -> List[Tuple[int, int]]:
     return [(start + k, start + k + 1) for k in range(min(limit, count - 1))]
 
@@ -222,6 +238,7 @@ def build_train_set(
             f"none of the {len(items)} images could be read (missing or not images), e.g. {report.unreadable[0]}; "
             "check the image folder (--images, --folders)"
         )
+    _warn_of_case(list(by_landmark))
     report.single_landmarks = sorted(k for k, v in by_landmark.items() if len(v) < 2)
     usable = sorted(k for k, v in by_landmark.items() if len(v) >= 2)
     if len(usable) < 2:

@@ -169,7 +169,7 @@ def csv_rows(
             if unknown:
                 raise error(
                     f"{source}: unknown column {unknown[0]!r} (the header holds {', '.join(header)}); the columns "
-                    f"are {', '.join(columns or ())}"
+                    f"are {', '.join(columns or ())}, and the first line is the header that names them"
                 )
             reader.fieldnames = header
             rows = []

@@ -434,3 +434,25 @@ def test_a_query_in_its_own_positives_is_refused(images, tmp_path):
                                            r"count as a right result; .* or list it as the query's junk"):
         build_test_set({"queries": [{"image": "q.jpg", "easy": ["q.jpg", "a.jpg"]}], "database": ["q.jpg", "a.jpg"]},
                        images, "x", tmp_path)
+
+
+def test_a_csv_names_with_spaces_a_turned_box_and_a_missing_header_say_the_way_out(images, tmp_path):
+    from PIL import Image
+
+    shutil.copyfile(images / "a.jpg", images / "my photo.jpg")
+    path = tmp_path / "set.csv"
+    path.write_text("query,box,easy\nq.jpg,,my photo.jpg\n")
+    with pytest.raises(TestSetError, match=r"lists my in 'easy', but it is not in the database; a name holding a "
+                                           r"space needs the JSON form"):
+        build_test_set(read_description(path), images, "x", tmp_path / "root")
+    turned = Image.new("RGB", (64, 40), (90, 20, 30))
+    exif = turned.getexif()
+    exif[0x0112] = 6  # shown turned a quarter: 40 x 64
+    turned.save(images / "turned.jpg", exif=exif)
+    with pytest.raises(TestSetError, match=r"has box \[0, 0, 30, 60\], outside its 64x40 image .* \(its file carries "
+                                           r"an EXIF orientation: the box is in the stored pixels, not as shown\)"):
+        build_test_set({"queries": [{"image": "turned.jpg", "box": [0, 0, 30, 60], "easy": ["b.jpg"]}],
+                        "database": ["b.jpg"]}, images, "x", tmp_path / "root")
+    path.write_text("q.jpg,,a.jpg\n")  # no header
+    with pytest.raises(TestSetError, match=r"unknown column 'q.jpg' .*, and the first line is the header that names"):
+        read_description(path)

@@ -209,3 +209,11 @@ def test_a_name_that_main_py_reads_as_a_registered_set_is_refused(landmark_folde
     with pytest.raises(TrainSetError, match=rf"--name {name}: main.py -d {name} means the registered set"):
         build_train_set(images_from_folders(landmark_folders), name, tmp_path / "data")
     assert not (tmp_path / "data").exists()
+
+
+def test_landmark_ids_that_differ_by_case_alone_are_named(landmark_folders, tmp_path, caplog):
+    items = [(p, "Eiffel") for p in sorted((landmark_folders / "landmark002").glob("0*.jpg"))]
+    items += [(p, "eiffel") for p in sorted((landmark_folders / "landmark003").glob("0*.jpg"))]
+    with caplog.at_level("WARNING", logger="aml.data.make_trainset"):
+        build_train_set(items, "cased", tmp_path / "data")
+    assert "landmarks 'Eiffel' and 'eiffel' differ by case alone" in caplog.text

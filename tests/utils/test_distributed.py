@@ -131,19 +131,29 @@ shutdown()
 """
 
 
-def test_ranks_take_one_decision_on_a_cache_only_some_of_them_see(tmp_path):
-    """On two machines with a data root each, rank 0 alone finds the cache it wrote: all ranks
-    must encode (a collective), or the others wait for it in vain."""
+def photos(folder, count):
+    """``count`` small random JPEGs, 0.jpg, 1.jpg, ..."""
     rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
-    script = tmp_path / "ranks.py"
-    script.write_text(RANKS_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-               str(tmp_path)]
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+
+
+def two_processes(script, folder):
+    """``script`` (its first argument: ``folder``) run by torchrun in 2 gloo processes, which must succeed."""
+    path = folder / "script.py"
+    path.write_text(script)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(path),
+               str(folder)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_ranks_take_one_decision_on_a_cache_only_some_of_them_see(tmp_path):
+    """On two machines with a data root each, rank 0 alone finds the cache it wrote: all ranks
+    must encode (a collective), or the others wait for it in vain."""
+    photos(tmp_path, 4)
+    two_processes(RANKS_SCRIPT, tmp_path)
     assert [json.loads((tmp_path / f"answers{r}.json").read_text()) for r in (0, 1)] == [[False, True, 10]] * 2
     vecs = [np.load(tmp_path / f"vecs{r}.npy") for r in (0, 1)]
     assert np.array_equal(vecs[0], vecs[1]) and np.abs(vecs[0]).sum(axis=0).min() > 0  # encoded, not the zeros
@@ -177,17 +187,9 @@ shutdown()
 def test_an_unreadable_image_in_one_ranks_share_stops_every_rank_at_once(tmp_path):
     """The rank that failed raised; the others waited in the gather of the descriptors until
     the timeout (half an hour by default), then died without the image's name."""
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+    photos(tmp_path, 3)
     (tmp_path / "3.jpg").write_bytes(b"not a jpeg")
-    script = tmp_path / "failing.py"
-    script.write_text(FAILING_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-               str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    two_processes(FAILING_SCRIPT, tmp_path)
     errors = [(tmp_path / f"error{rank}.txt").read_text().split("|") for rank in (0, 1)]
     assert errors[1][0] == "ImageLoadError" and "3.jpg" in errors[1][1]
     assert errors[0][0] == "PeerFailed" and errors[0][1].startswith("process 1 of 2 stopped: ImageLoadError: ")

@@ -140,12 +140,9 @@ def build_store(
 
     The module's docstring says what a store holds and how it is written. The old store (if
     any) answers queries until the new one is complete. An interrupted indexing, run again
-    with the same teacher, settings and images, resumes at its first missing shard; indexing
-    into a complete store of the same images, teacher weights, image size and scales encodes
-    everything again (its images may have changed in place); a store of others is replaced
-    only with ``replace``.
-    With ``reranking.dba`` the (whitened) descriptors are augmented once
-    (`aml.evaluation.database_augmentation`) into ``dba.npy``, which searches use.
+    alike, resumes at its first missing shard; indexing into a complete store of the same
+    images encodes everything again (they may have changed in place). With ``reranking.dba``
+    the descriptors are augmented once (`aml.evaluation.database_augmentation`).
 
     Args:
         teacher: the teacher and its provenance (its name or path is kept for `aml.search.check_teacher`).
@@ -168,10 +165,8 @@ def build_store(
 
     Raises:
         StoreError: before any image is encoded, when ``reranking`` asks for αQE or
-            SuperGlobal, ``reranking.dba`` leaves no image out (at most N - 1 neighbours),
-            ``ivfpq`` cannot be built (`IvfPq.problem`), ``folder`` holds files that are not
-            a store's, or a store of other images, teacher weights, image size or scales (without
-            ``replace``).
+            SuperGlobal or a DBA of N or more neighbours, ``ivfpq`` cannot be built, or
+            ``folder`` is one `check_store_folder` refuses.
         FolderInUse: when another process is indexing into ``folder``.
 
     Examples:

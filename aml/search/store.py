@@ -145,7 +145,7 @@ def build_store(
     the descriptors are augmented once (`aml.evaluation.database_augmentation`).
 
     Args:
-        teacher: the teacher and its provenance (its name or path is kept for `aml.search.check_teacher`).
+        teacher: the teacher and its provenance (kept for `aml.search.check_teacher`).
         images: the database's image files.
         folder: the store's folder: new, empty, or a store (replaced when the new one is complete).
         image_size: the longer side images are shrunk to.
@@ -155,10 +155,8 @@ def build_store(
         reranking: its ``dba`` neighbours augment each database descriptor, weighted by their
             similarities to the power ``dba_alpha`` (DBA; 0: none); αQE and SuperGlobal are
             chosen by each search, and refused here.
-        ivfpq: also build this IVF-PQ index (`build_ivfpq`; its recall is in
-            ``search.json`` and the database's ``settings["ivfpq"]``); None: none.
-        replace: replace a store of other images, teacher weights, image size or scales in
-            ``folder`` (refused otherwise: a mistyped folder would lose its encoding).
+        ivfpq: also build this IVF-PQ index (`build_ivfpq`, its recall in ``search.json``).
+        replace: replace a store of other images, teacher weights, image size or scales.
 
     Returns:
         The store's folder.

@@ -43,7 +43,6 @@ from aml.utils.distributed import (
     World,
     concat_lists,
     current_world,
-    failing_together,
     gather_columns,
     gather_objects,
     shard_range,
@@ -625,7 +624,7 @@ def extract_vectors(
     resolved = _honouring(transform, getattr(net, "meta", {}), resolved)
     plan = _Plan(resolved, ms, msp, fold)
     local_skipped: Optional[List[int]] = [] if config.skip_bad else None
-    with failing_together(world), left_as_it_was(net):  # the caller's network as it was; one rank's error stops all
+    with left_as_it_was(net):  # the caller's network keeps its device, memory format and mode
         mine_bbxs = [bbxs[i] for i in mine] if bbxs is not None else None
         vecs = _extract_block(net, [images[i] for i in mine], image_size, transform, mine_bbxs, plan, local_skipped)
     if world.distributed:

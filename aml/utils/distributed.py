@@ -11,17 +11,14 @@ encodes its shard, every rank gets the whole result); files are written by rank 
 followed by `barrier` where the other ranks read them.
 """
 
-import contextlib
 import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
-
-from aml.utils.errors import AmlError
 
 log = logging.getLogger(__name__)
 
@@ -159,42 +156,6 @@ def gather_objects(value: Any, world: World) -> List[Any]:
     return out
 
 
-class PeerFailed(AmlError, RuntimeError):
-    """Another process of the job stopped with an error in a step all of them take together."""
-
-
-@contextlib.contextmanager
-def failing_together(world: World) -> Iterator[None]:
-    """Run a step that ends in a collective on every rank, and stop every rank when one fails.
-
-    A rank that raised (an unreadable image in its share) would leave the others waiting in
-    the collective until the timeout (half an hour by default), the error shown by that rank
-    alone. Here every rank says whether it failed, in one collective after the step: the rank
-    that failed raises its own error, the others `PeerFailed` naming it.
-
-    Args:
-        world: the job's processes.
-
-    Raises:
-        PeerFailed: on the other ranks, naming the failed rank and its error.
-    """
-    if not world.distributed:
-        yield
-        return
-    failure: Optional[BaseException] = None
-    try:
-        yield
-    except Exception as err:  # any error: the others must not wait for this rank
-        failure = err
-    said = gather_objects(None if failure is None else f"{type(failure).__name__}: {failure}", world)
-    if failure is not None:
-        raise failure
-    failed = [(rank, text) for rank, text in enumerate(said) if text is not None]
-    if failed:
-        rank, text = failed[0]
-        raise PeerFailed(f"process {rank} of {world.size} stopped: {text}")
-
-
 def all_ranks(found: bool, world: World) -> bool:
     """Whether every rank found what it looked for (a usable cache file, ...): one answer for
     all, so that all take the same collective path. Ranks on several machines may each have
@@ -240,8 +201,12 @@ def from_main(value: Any, world: World) -> Any:
 
 def barrier(world: World) -> None:
     """Wait until every rank got here (after rank 0 wrote what the others read)."""
-    if world.distributed:
-        _barrier()
+    if not world.distributed:
+        return
+    if dist.get_backend() == "nccl":  # on this process's GPU (torch warns, and may pick another, unsaid)
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
 
 
 def concat_lists(parts: Sequence[Sequence[Any]]) -> List[Any]:
@@ -268,15 +233,6 @@ def is_peer_failure(error: BaseException) -> bool:
     )
 
 
-def _barrier() -> None:
-    """``dist.barrier``, on this process's GPU under NCCL (torch warns, and may pick another
-    GPU, when it is not said)."""
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
-
-
 def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -288,7 +244,7 @@ def shutdown() -> None:
     its group down while rank 0 still wrote the results aborted now and then under load
     ("terminate called without an active exception"), failing the whole torchrun job."""
     if dist.is_available() and dist.is_initialized():
-        _barrier()
+        barrier(current_world())
         dist.destroy_process_group()
 
 

@@ -1,6 +1,5 @@
 """The one extraction function: batching must not change any descriptor."""
 
-import contextlib
 import threading
 
 import numpy as np
@@ -478,7 +477,6 @@ def test_every_torchrun_rank_folds_as_one_process_would(images, net, monkeypatch
     monkeypatch.setattr(extraction, "FOLD_MIN_PIXELS", len(images) * 64 ** 2)  # the whole call pays, a half does not
     monkeypatch.setattr(extraction, "current_world", lambda: World(rank=1, size=2))
     monkeypatch.setattr(extraction, "gather_columns", lambda vecs, count, world: vecs)
-    monkeypatch.setattr(extraction, "failing_together", lambda world: contextlib.nullcontext())  # no group here
     monkeypatch.setattr(extraction, "_extract_block", lambda *args: folds.append(args[5].fold) or torch.zeros(512, 1))
     extract_vectors(net, images, 64, image_transform(net.meta["mean"], net.meta["std"]),
                     config=ExtractionConfig(collective=True))

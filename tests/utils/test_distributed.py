@@ -159,43 +159,6 @@ def test_ranks_take_one_decision_on_a_cache_only_some_of_them_see(tmp_path):
     assert np.array_equal(vecs[0], vecs[1]) and np.abs(vecs[0]).sum(axis=0).min() > 0  # encoded, not the zeros
 
 
-FAILING_SCRIPT = """
-import sys, time
-from pathlib import Path
-
-import torch
-
-from aml.data.images import image_transform
-from aml.descriptors import ExtractionConfig, extract_vectors
-from aml.networks import build_network
-from aml.utils.distributed import init_from_environment, shutdown
-
-folder = Path(sys.argv[1])
-world = init_from_environment(torch.device("cpu"), timeout_s=60)
-net = build_network("squeezenet1_1", pretrained=False)
-images = [str(folder / f"{i}.jpg") for i in range(4)]  # rank 1 encodes 2.jpg and 3.jpg
-started = time.monotonic()
-try:
-    extract_vectors(net, images, 32, image_transform(net.meta["mean"], net.meta["std"]),
-                    config=ExtractionConfig(workers=0))
-except Exception as err:
-    (folder / f"error{world.rank}.txt").write_text(f"{type(err).__name__}|{err}|{time.monotonic() - started:.0f}")
-shutdown()
-"""
-
-
-def test_an_unreadable_image_in_one_ranks_share_stops_every_rank_at_once(tmp_path):
-    """The rank that failed raised; the others waited in the gather of the descriptors until
-    the timeout (half an hour by default), then died without the image's name."""
-    photos(tmp_path, 3)
-    (tmp_path / "3.jpg").write_bytes(b"not a jpeg")
-    two_processes(FAILING_SCRIPT, tmp_path)
-    errors = [(tmp_path / f"error{rank}.txt").read_text().split("|") for rank in (0, 1)]
-    assert errors[1][0] == "ImageLoadError" and "3.jpg" in errors[1][1]
-    assert errors[0][0] == "PeerFailed" and errors[0][1].startswith("process 1 of 2 stopped: ImageLoadError: ")
-    assert "3.jpg" in errors[0][1] and int(errors[0][2]) < 30  # at once, not after the timeout
-
-
 @pytest.mark.parametrize("count, size, step_columns", [(7, 2, 2), (10, 3, 1), (5, 2, 100), (2, 3, 1)])
 def test_columns_are_gathered_in_steps_that_bound_the_devices_memory(monkeypatch, count, size, step_columns):
     """Every rank's block was gathered whole on the collective's device, then joined there:

@@ -28,7 +28,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypedDict, cast
+from typing import Any, Dict, List, Literal, Optional, Sequence, Set, Tuple, TypedDict, cast
 
 from PIL import Image
 
@@ -231,16 +231,17 @@ def _check_query(
             if name in seen:
                 raise TestSetError(f"{where} lists {name} in both '{seen[name]}' and '{key}'")
             if name not in database:
-                spaced = any(" " in other for other in database)  # a CSV list splits its names at spaces
-                hint = "; a name holding a space needs the JSON form of the description" if spaced else ""
+                split = source.lower().endswith(".csv") and any(name in other.split() for other in database)
+                hint = "; a name holding a space needs the JSON form of the description" if split else ""
                 raise TestSetError(f"{where} lists {name} in '{key}', but it is not in the database{hint}")
             seen[name] = key
     own = seen.get(entry["image"])
-    if entry["image"] in database and own != "junk":
-        found = f"lists itself in '{own}'" if own else "is in the database too"
+    boxed = entry.get("box") is not None  # its crop finding its whole image is a retrieval (classic Oxford's)
+    if entry["image"] in database and own != "junk" and not (own and boxed):
+        found = f"lists itself in '{own}' without a box" if own else "is in the database too"
         raise TestSetError(
             f"{where} {found}: it would find itself first and count as a {'right' if own else 'wrong'} result; "
-            "leave it out of the database, or list it as the query's junk"
+            "leave it out of the database, or list it as the query's junk (or, with a box, among its positives)"
         )
     box = entry.get("box")
     if box is not None:
@@ -256,10 +257,15 @@ def _check_query(
 
 
 def _same_files(names: Sequence[str], images_dir: Path) -> List[List[str]]:
-    """The groups of ``names`` whose files hold the same bytes (copies, links), two or more each."""
-    groups: Dict[str, List[str]] = {}
+    """The groups of ``names`` whose files hold the same bytes (copies, links), two or more
+    each; only files of one size are read (equal bytes have equal sizes)."""
+    by_size: Dict[int, List[str]] = {}
     for name in dict.fromkeys(names):
-        groups.setdefault(file_sha256(images_dir / name), []).append(name)
+        by_size.setdefault(os.stat(images_dir / name).st_size, []).append(name)
+    groups: Dict[str, List[str]] = {}
+    for alike in (group for group in by_size.values() if len(group) > 1):
+        for name in alike:
+            groups.setdefault(file_sha256(images_dir / name), []).append(name)
     return [group for group in groups.values() if len(group) > 1]
 
 
@@ -271,26 +277,33 @@ def _check_copies(
     source: str,
 ) -> None:
     """Refuse copies of one image (the same bytes under two names, or a link) that a query's
-    lists treat apart: a database copy of the query that is not its junk finds itself; two
-    database copies, one a positive and the other not, count the same image right and wrong."""
+    lists treat apart: a database copy of the query that is not its junk (or, for a boxed
+    query, among its positives) finds itself; two database copies in different lists treat one
+    image as two."""
     query_names = [entry["image"] for entry in queries]
-    for group in _same_files(list(database_names) + query_names, images_dir):
-        for q, entry in enumerate(queries):
-            where = f"{source}: query {q} ({entry['image']})"
-            listed_in = {name: next((key for key in lists if name in entry.get(key, [])), None) for name in group}
-            in_database = [name for name in group if name in database_names]
+    groups = _same_files(list(database_names) + query_names, images_dir)
+    if not groups:
+        return
+    database = set(database_names)
+    for q, entry in enumerate(queries):
+        where = f"{source}: query {q} ({entry['image']})"
+        listed = {name: key for key in lists for name in entry.get(key, [])}
+        boxed = entry.get("box") is not None
+        for group in groups:
+            in_database = [name for name in group if name in database]
             if entry["image"] in group:
-                itself = [name for name in in_database if listed_in[name] != "junk" and name != entry["image"]]
+                allowed = ("junk", *lists) if boxed else ("junk",)  # a crop may find its whole image
+                itself = [name for name in in_database if listed.get(name) not in allowed and name != entry["image"]]
                 if itself:
                     raise TestSetError(
                         f"{where}: the database image {itself[0]} is the same file (the same bytes): the query "
                         "would find itself first; leave it out of the database, or list it as the query's junk"
                     )
-            elif len({listed_in[name] for name in in_database}) > 1:
-                listed = ", ".join(f"{name} ({listed_in[name] or 'in no list'})" for name in in_database)
+            elif len({listed.get(name) for name in in_database}) > 1:
+                named = ", ".join(f"{name} ({listed.get(name) or 'in no list'})" for name in in_database)
                 raise TestSetError(
-                    f"{where}: {listed} are the same file (the same bytes) in different lists: one image counted "
-                    "right and wrong; keep one copy in the database, or list the copies alike"
+                    f"{where}: {named} are the same file (the same bytes) in different lists: one image treated "
+                    "as two; keep one copy in the database, or list the copies alike"
                 )
 
 
@@ -336,23 +349,17 @@ def _database_names(description: Description, images_dir: Path, query_names: Lis
     listed = description.get("database")
     if listed is not None:
         return list(listed)
-    top = images_dir.resolve()
-    sets = [folder.resolve() for folder in (root / "test", root / "train")]
-    sets = [folder for folder in sets if folder != top and folder.is_relative_to(top)]  # under --images
-
-    def ours(path: Path) -> bool:
-        return not any(path.resolve().is_relative_to(folder) for folder in sets)
-
     found = image_files(images_dir)
-    kept = [path for path in found if ours(path)]
+    theirs = _in_data_root_sets(found + visible_files(images_dir), images_dir, root)
+    kept = [path for path in found if path not in theirs]
     if len(kept) < len(found):
         log.warning(
-            ">> %d images under %s belong to the data root's sets (%s), left out of the database",
+            ">> %d images under %s belong to the sets of the data root %s, left out of the database",
             len(found) - len(kept),
             images_dir,
-            ", ".join(str(folder) for folder in sets),
+            root,
         )
-    others = sorted(path for path in set(visible_files(images_dir)) - set(found) if ours(path))
+    others = sorted(path for path in set(visible_files(images_dir)) - set(found) if path not in theirs)
     if others:
         log.warning(
             ">> %d files of %s are not images by their extension and are left out of the database, e.g. %s; "
@@ -364,6 +371,25 @@ def _database_names(description: Description, images_dir: Path, query_names: Lis
     taken = set(query_names)
     names = (str(path.relative_to(images_dir)) for path in kept)
     return [name for name in names if name not in taken]
+
+
+def _in_data_root_sets(paths: Sequence[Path], images_dir: Path, root: Path) -> Set[Path]:
+    """Those of ``paths`` (found under ``images_dir``) that lie in the ``test`` or ``train``
+    folder of the data root ``root``, reached through a folder under ``images_dir`` that is the
+    data root or a link to it (``./data`` -> a scratch disk)."""
+    top, root = Path(os.path.abspath(images_dir)), root.resolve()
+    resolved: Dict[Path, Path] = {}
+    theirs = set()
+    for path in paths:
+        absolute = Path(os.path.abspath(path))
+        for folder in absolute.parents:
+            if folder == top or not folder.is_relative_to(top):
+                break
+            if resolved.setdefault(folder, folder.resolve()) == root:
+                if absolute.relative_to(folder).parts[0] in ("test", "train"):
+                    theirs.add(path)
+                break
+    return theirs
 
 
 def _check_names(database_names: List[str], query_names: List[str], source: str) -> None:
@@ -449,7 +475,7 @@ def build_test_set(
     protocol = _protocol(queries, source)
     lists = LISTS[protocol]
     query_names = [q["image"] for q in queries]
-    database_names = _database_names(description, images_dir, query_names, resolve_data_root(data_root).resolve())
+    database_names = _database_names(description, images_dir, query_names, resolve_data_root(data_root))
     sizes = _check_images(list(query_names) + list(database_names), images_dir, source)
     _check_names(database_names, query_names, source)
     database = {n: i for i, n in enumerate(database_names)}

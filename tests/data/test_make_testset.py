@@ -385,17 +385,21 @@ def test_a_16_bit_image_is_converted_as_a_viewer_shows_it_not_white(images, tmp_
         assert abs(np.asarray(converted).astype(int) - 100).max() <= 2  # a JPEG's rounding; it was 255
 
 
-def test_the_default_database_leaves_out_the_sets_of_a_data_root_under_the_images(images, caplog):
+@pytest.mark.parametrize("linked", [False, True], ids=["folder", "link"])
+def test_the_default_database_leaves_out_the_sets_of_a_data_root_under_the_images(images, tmp_path, caplog, linked):
     """With --images . and the default ./data, a second set took the first set's copies of the
     queries and positives into its database (medium mAP 73.66 fell to 19.72, without a word)."""
     root = images / "data"
+    if linked:  # ./data -> a scratch disk: walked into as a folder, the same
+        (tmp_path / "scratch").mkdir()
+        root.symlink_to(tmp_path / "scratch")
     first = build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "A", root)
     assert load_pickle(first / "gnd_A.pkl")["imlist"] == ["a", "b", "c"]
     with caplog.at_level("WARNING", logger="aml.data.make_testset"):
         second = build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "B",
                                 root)
     assert load_pickle(second / "gnd_B.pkl")["imlist"] == ["a", "b", "c"]
-    assert "4 images under" in caplog.text and "belong to the data root's sets" in caplog.text
+    assert "4 images under" in caplog.text and "belong to the sets of the data root" in caplog.text
 
 
 @pytest.mark.parametrize("lists, message", [
@@ -428,12 +432,17 @@ def test_copies_in_the_database_are_listed_alike_by_every_query(images, tmp_path
     assert load_pickle(folder / "gnd_x.pkl")["gnd"][0]["easy"] == [0, 2]
 
 
-def test_a_query_in_its_own_positives_is_refused(images, tmp_path):
-    """It found itself first, a right result (mAP 100 for a network that learned nothing)."""
-    with pytest.raises(TestSetError, match=r"query 0 \(q.jpg\) lists itself in 'easy': it would find itself first and "
-                                           r"count as a right result; .* or list it as the query's junk"):
+def test_a_query_in_its_own_positives_is_refused_unless_boxed(images, tmp_path):
+    """Whole, it found itself first, a right result (mAP 100 for a network that learned nothing);
+    a crop finding its whole image is a retrieval (classic Oxford's queries are in their lists)."""
+    with pytest.raises(TestSetError, match=r"query 0 \(q.jpg\) lists itself in 'easy' without a box: it would find "
+                                           r"itself first and count as a right result; .* list it as the query's junk"):
         build_test_set({"queries": [{"image": "q.jpg", "easy": ["q.jpg", "a.jpg"]}], "database": ["q.jpg", "a.jpg"]},
                        images, "x", tmp_path)
+    shutil.copyfile(images / "q.jpg", images / "copy.jpg")
+    boxed = {"image": "q.jpg", "box": [2, 2, 20, 20], "ok": ["q.jpg", "copy.jpg", "a.jpg"]}
+    folder = build_test_set({"queries": [boxed], "database": ["q.jpg", "copy.jpg", "a.jpg"]}, images, "x", tmp_path)
+    assert load_pickle(folder / "gnd_x.pkl")["gnd"][0]["ok"] == [0, 1, 2]
 
 
 def test_a_csv_names_with_spaces_a_turned_box_and_a_missing_header_say_the_way_out(images, tmp_path):
@@ -444,7 +453,10 @@ def test_a_csv_names_with_spaces_a_turned_box_and_a_missing_header_say_the_way_o
     path.write_text("query,box,easy\nq.jpg,,my photo.jpg\n")
     with pytest.raises(TestSetError, match=r"lists my in 'easy', but it is not in the database; a name holding a "
                                            r"space needs the JSON form"):
-        build_test_set(read_description(path), images, "x", tmp_path / "root")
+        build_test_set(read_description(path), images, "x", tmp_path / "root", source=str(path))
+    with pytest.raises(TestSetError, match=r"lists nope.jpg in 'easy', but it is not in the database$"):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["nope.jpg"]}], "database": ["my photo.jpg"]}, images,
+                       "x", tmp_path / "root", source=str(path))  # another slip: no word of spaces
     turned = Image.new("RGB", (64, 40), (90, 20, 30))
     exif = turned.getexif()
     exif[0x0112] = 6  # shown turned a quarter: 40 x 64

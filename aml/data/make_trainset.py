@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from aml.utils.atomic import publish_folder, staged
-from aml.data.images import ImageLoadError, load_image, visible_files
+from aml.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, visible_files
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
@@ -108,7 +108,9 @@ def images_from_folders(root: PathLike) -> List[Tuple[Path, str]]:
         raise TrainSetError(f"{root} holds no landmark folders (expected {root}/<landmark>/<images>)")
     found = [(image, folder.name) for folder in landmarks for image in visible_files(folder)]
     check_line_names(str(image) for image, _ in found)
-    loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    loose = sorted(
+        p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if loose:
         log.warning(
             ">> %d files of %s lie beside its landmark folders, not in one (e.g. %s), and are left out; put each "

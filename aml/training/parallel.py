@@ -65,7 +65,7 @@ def batch_split_problem(batch_size: int, world: World) -> Optional[str]:
     )
 
 
-def sync_batchnorm_problem(settings: TrainSettings, world: World) -> Optional[str]:
+def sync_batchnorm_problem(settings: TrainSettings, world: World, device: torch.device) -> Optional[str]:
     """Why ``settings`` cannot train with SyncBatchNorm in ``world`` (None: they can, or need not).
 
     With autocast, a rank's empty forward (an image shape only another rank has, which every
@@ -73,8 +73,8 @@ def sync_batchnorm_problem(settings: TrainSettings, world: World) -> Optional[st
     images shares float32 ones (``torch.batch_norm_stats`` on CUDA): NCCL would gather buffers
     of two sizes (a hang, or other statistics).
     """
-    if not (world.distributed and settings.train_batchnorm and settings.autocast):
-        return None
+    if not (world.distributed and settings.train_batchnorm and settings.autocast and device.type == "cuda"):
+        return None  # on the CPU, --train-batchnorm under torchrun is refused for itself
     return (
         "--amp with --train-batchnorm under torchrun: SyncBatchNorm shares bfloat16 statistics from a process "
         "whose batch lacks an image shape another has and float32 ones from the others, which the processes "
@@ -163,9 +163,11 @@ class Parallel:
 
     def global_losses(self, losses: torch.Tensor, relational: bool) -> List[float]:
         """Every rank's loss values (a 1-D tensor each, as long on every rank) in global batch
-        order, read back in one copy (a relational loss: alike on every rank). The ranks' values
-        meet on the devices, not as pickled objects, which would cost a collective of sizes, a
-        wait and copies both ways on every step."""
-        if self.world.distributed and not relational:
-            losses = gather_columns(losses[None, :], len(losses) * self.world.size, self.world)[0]
+        order, read back in one copy; a relational loss's, alike on every rank, as rank 0 has
+        them (one decision on their finiteness for all). The ranks' values meet on the devices,
+        not as pickled objects, which would cost a collective of sizes, a wait and copies both
+        ways on every step."""
+        if self.world.distributed:
+            gathered = gather_columns(losses[None, :], len(losses) * self.world.size, self.world)[0]
+            losses = gathered[: len(losses)] if relational else gathered
         return losses.cpu().tolist()

@@ -103,7 +103,9 @@ def run(config: TrainConfig) -> TrainResult:
         warn_once(log, ">> %s", notice)
     requested = resolve_device(config.device, config.gpu_id)
     world = init_from_environment(requested, config.dist_timeout)
-    problem = batch_split_problem(config.loop.batch_size, world) or sync_batchnorm_problem(config.loop, world)
+    problem = batch_split_problem(config.loop.batch_size, world) or sync_batchnorm_problem(
+        config.loop, world, requested
+    )
     if problem:
         raise ConfigError(problem)
     device = str(process_device(requested, world))

@@ -95,13 +95,39 @@ def test_autocast_with_synchronised_batchnorm_is_refused_under_torchrun(monkeypa
     from aml.training.config import TrainSettings
     from aml.training.parallel import sync_batchnorm_problem
 
-    both = TrainSettings(train_batchnorm=True, autocast=True)
-    assert sync_batchnorm_problem(both, World()) is None  # one process: no SyncBatchNorm
-    assert sync_batchnorm_problem(TrainSettings(train_batchnorm=True), World(size=2)) is None
-    assert sync_batchnorm_problem(TrainSettings(autocast=True), World(size=2)) is None
-    assert sync_batchnorm_problem(both, World(size=2)).startswith("--amp with --train-batchnorm under torchrun")
+    both, cuda = TrainSettings(train_batchnorm=True, autocast=True), torch.device("cuda")
+    assert sync_batchnorm_problem(both, World(), cuda) is None  # one process: no SyncBatchNorm
+    assert sync_batchnorm_problem(TrainSettings(train_batchnorm=True), World(size=2), cuda) is None
+    assert sync_batchnorm_problem(TrainSettings(autocast=True), World(size=2), cuda) is None
+    assert sync_batchnorm_problem(both, World(size=2), torch.device("cpu")) is None  # refused for itself there
+    assert sync_batchnorm_problem(both, World(size=2), cuda).startswith("--amp with --train-batchnorm under torchrun")
     monkeypatch.setattr(runner, "init_from_environment", lambda *args: World(rank=0, size=2))
+    monkeypatch.setattr(runner, "resolve_device", lambda *args: cuda)
     with pytest.raises(ValueError, match=r"--amp with --train-batchnorm under torchrun: .* train without one of them"):
         train_cli.main(["--directory", str(tmp_path), "-d", "synth-sfm", "-a", "squeezenet1_1", "--not-pretrained",
                         "-b", "4", "--train-batchnorm", "--amp", "--device", "cpu", "--epochs", "1"])
     assert not any(tmp_path.iterdir())  # refused before the run folder
+
+
+def test_the_losses_of_every_rank_meet_in_one_tensor_collective(monkeypatch):
+    """One all_gather of tensors per step (no pickled objects); a relational loss's values are
+    rank 0's on every rank, so that all decide alike on their finiteness."""
+    import torch.distributed as dist
+
+    from aml.utils import distributed
+
+    parallel = Parallel(build_network("squeezenet1_1", pretrained=False), World(), torch.device("cpu"), 4, False)
+    parallel.world = World(rank=1, size=2)  # rank 1 of 2, its collective faked below
+    monkeypatch.setattr(distributed, "_collective_device", lambda: torch.device("cpu"))
+    calls = []
+
+    def all_gather(parts, part):
+        calls.append(part.shape)
+        parts[0].copy_(torch.tensor([[0.5, 0.25]]))  # rank 0's values
+        parts[1].copy_(part)
+
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    monkeypatch.setattr(dist, "all_gather_object", lambda *args: pytest.fail("losses pickled"))
+    assert parallel.global_losses(torch.tensor([1.0, 2.0]), relational=False) == [0.5, 0.25, 1.0, 2.0]
+    assert parallel.global_losses(torch.tensor([1.0, 2.0]), relational=True) == [0.5, 0.25]
+    assert calls == [(1, 2), (1, 2)]

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -96,6 +97,8 @@ def network_labels(given: Optional[str], specs: List[NetworkSpec]) -> List[str]:
     for i, label in enumerate(labels):
         if label in labels[:i]:
             first = specs[labels.index(label)].given
+            if os.path.realpath(first) == os.path.realpath(specs[i].given):
+                raise ConfigError(f"{first} and {specs[i].given} are one network file; give it once")
             example = ",".join(["teacher"] + [f"student{k}" for k in range(1, len(specs))])
             raise ConfigError(
                 f"two networks are called {label!r} ({first} and {specs[i].given}); name them with --labels, "
@@ -120,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
         if not specs:
             raise ConfigError(f"--networks {' '.join(args.networks)!r} names no network; give one or more")
         labels = network_labels(args.labels, specs)
-        if args.json and args.heatmap and Path(args.json).absolute() == Path(args.heatmap).absolute():
+        if args.json and args.heatmap and Path(args.json).resolve() == Path(args.heatmap).resolve():
             raise ConfigError(f"--json and --heatmap are both {args.json}: the heatmap would replace the JSON")
         if args.heatmap and importlib.util.find_spec("matplotlib") is None:
             raise ConfigError("--heatmap draws with matplotlib, which is not installed: pip install matplotlib")

@@ -303,8 +303,15 @@ def compatibility_matrix(
         raise ConfigError(f"networks must map a label to each LoadedNetwork, got a {type(networks).__name__}")
     if not networks or not settings.datasets:
         raise ConfigError("a compatibility matrix needs at least one network and one test set")
+    seen: Dict[str, str] = {}
     for label, network in networks.items():
         check_loaded(network, f"network {label!r}")
+        first = seen.setdefault(network.fingerprint, label)
+        if first != label:
+            raise ConfigError(
+                f"networks {first!r} and {label!r} are one network (the same weights, fingerprint "
+                f"{network.fingerprint[:8]}): its rows and columns would repeat; give it once"
+            )
     if settings.report_dir is not None:
         raise ConfigError("a compatibility matrix draws no ranking report; test a pair with test.py --report")
     labels, loaded = list(networks), list(networks.values())

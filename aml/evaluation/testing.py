@@ -218,7 +218,7 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown) 
     student, teacher, kept = plan.student, plan.teacher, encoded.kept
     dataset, cfg, images, queries, bbxs = test.dataset, test.cfg, test.images, test.queries, test.bbxs
     database = shown.database
-    top = min(plan.settings.report_top, database.vecs.shape[1])
+    top = min(plan.settings.report_top, database.searchable)  # the images skipped unreadable are never found
     student_aps = _query_aps(shown.result.metrics, kept, len(queries))
     rows: List[List[Ranking]] = [[] for _ in queries]
     ranks, _ = database.nearest(shown.queries, top)

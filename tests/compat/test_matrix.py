@@ -121,3 +121,8 @@ def test_no_network_or_a_ranking_report_is_refused(root, tmp_path):
         compatibility_matrix([network], _settings(root))
     with pytest.raises(ConfigError, match=r"network 'r18' must be a LoadedNetwork .* LoadedNetwork.in_memory"):
         compatibility_matrix({"r18": network.net}, _settings(root))
+    # one network under two labels (two spellings of one file, a copy, vgg16 and its published name)
+    twice = LoadedNetwork.in_memory(network.net, "copy")
+    with pytest.raises(ConfigError, match=r"networks 'a' and 'b' are one network \(the same weights, fingerprint "
+                                          r"\w{8}\): its rows and columns would repeat; give it once"):
+        compatibility_matrix({"a": network, "b": twice}, _settings(root))

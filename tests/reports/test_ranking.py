@@ -167,3 +167,30 @@ def test_a_report_written_over_an_earlier_one_keeps_none_of_its_images(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         write_report(folder, "mine", gnd, names, names[:2], [None, None], [[Ranking("aml", [2], [0.9], 1.0)], []])
     assert not (folder / "index.html").exists()
+
+
+def test_a_report_of_a_database_with_an_unreadable_image_shows_what_can_be_found(tmp_path):
+    """--report-top as large as the database stopped the run after all its encoding, blaming
+    --qe and --superglobal, when --skip-bad-images had left an image out."""
+    import numpy as np
+
+    from aml.data.make_testset import build_test_set
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "photos"
+    images.mkdir()
+    for name in ("q.jpg", "a.jpg", "b.jpg", "c.jpg"):
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(images / name)
+    root = tmp_path / "data"
+    folder = build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "tiny",
+                            root)
+    (folder / "jpg" / "c.jpg").write_bytes(b"damaged since")
+    torch.manual_seed(0)
+    net = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), tmp_path / "n.pth")
+    results = test_cli.main(["-npath", str(net), "-d", "tiny", "-imsize", "32", "-j", "0", "--device", "cpu", "-q",
+                             "--data-root", str(root), "--skip-bad-images", "--report", str(tmp_path / "out"),
+                             "--report-top", "3"])
+    page = Page()
+    page.feed(Path(results["tiny"]["report"]).read_text())
+    labels = [label for label, _ in page.sections[0]["rows"][0]]
+    assert len(labels) == 3 and labels[0] == "query", labels  # the query, a.jpg and b.jpg: c.jpg is never found

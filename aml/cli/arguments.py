@@ -199,16 +199,19 @@ OUTPUT_KINDS: Dict[str, str] = {"JSON": "a JSON file", "PNG": "a PNG image"}  # 
 
 def _owner(path: Path) -> Optional[str]:
     """What of aml's ``path`` would break: any file in a store's folder (the next indexing
-    refuses files that are not the store's), or a run folder's history; None: nothing."""
+    refuses files that are not the store's), a run folder's history, or a feature file's
+    settings (what checks its provenance); None: nothing."""
     from aml.reports.curves import HISTORY
     from aml.search.store import store_marker
     from aml.training.run_folder import LOSS_LOG
 
     folder = path.absolute().parent
     if store_marker(folder) is not None:
-        return f"store {folder}"
+        return f"in the store {folder}"
     if path.name == HISTORY and (folder / LOSS_LOG).exists():
-        return f"run folder {folder}"
+        return f"in the run folder {folder}"
+    if path.name.endswith(".npy.json") and path.with_name(path.name[: -len(".json")]).is_file():
+        return f"the settings of the feature file {path.with_name(path.name[: -len('.json')])} (its provenance)"
     return None
 
 
@@ -226,7 +229,7 @@ def output_file_of(kind: str) -> Callable[[str], str]:
         path = Path(text)
         owner = _owner(path)
         if owner is not None:
-            raise argparse.ArgumentTypeError(f"{text} is in the {owner}, which it would break; write it elsewhere")
+            raise argparse.ArgumentTypeError(f"{text} is {owner}, which it would break; write it elsewhere")
         if not path.is_file():
             return text
         try:

@@ -206,12 +206,18 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
     run.mkdir()
     (run / "loss_log.txt").write_text("epoch,loss\n")
     (run / "history.json").write_text("[]")
-    for command, flag, target, owner in ((QUERY, "--json", other / "manifest.json", f"store {other}"),
-                                         (TEST, "--results", other / "manifest.json", f"store {other}"),
-                                         (TEST, "--results", run / "history.json", f"run folder {run}")):
+    features = tmp_path / "db.npy"  # a feature file and its settings, which check its provenance
+    features.write_bytes(b"\x93NUMPY")
+    (tmp_path / "db.npy.json").write_text("{}")
+    for command, flag, target, owner in ((QUERY, "--json", other / "manifest.json", f"in the store {other}"),
+                                         (TEST, "--results", other / "manifest.json", f"in the store {other}"),
+                                         (TEST, "--results", run / "history.json", f"in the run folder {run}"),
+                                         (TEST, "--results", tmp_path / "db.npy.json",
+                                          f"the settings of the feature file {features} (its provenance)")):
         err = bad(command, [flag, str(target)], capsys)
-        assert f"argument {flag}: {target} is in the {owner}, which it would break" in err
+        assert f"argument {flag}: {target} is {owner}, which it would break" in err
     assert (other / "manifest.json").read_text() == '{"shards": 3}' and (run / "history.json").read_text() == "[]"
+    assert (tmp_path / "db.npy.json").read_text() == "{}"
     err = bad(TEST, ["--results", str(other / "results.json"), "-d", "nosuch"], capsys)  # the next index refuses it
     assert f"argument --results: {other / 'results.json'} is in the store {other}" in err
     err = bad(TEST, ["--results", str(run / "results.json"), "-d", "nosuch"], capsys)  # a run's folder takes it

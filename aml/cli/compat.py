@@ -98,7 +98,7 @@ def network_labels(given: Optional[str], specs: List[NetworkSpec]) -> List[str]:
         if label in labels[:i]:
             first = specs[labels.index(label)].given
             if os.path.realpath(first) == os.path.realpath(specs[i].given):
-                raise ConfigError(f"{first} and {specs[i].given} are one network file; give it once")
+                raise ConfigError(f"{first} and {specs[i].given} name one network; give it once")
             example = ",".join(["teacher"] + [f"student{k}" for k in range(1, len(specs))])
             raise ConfigError(
                 f"two networks are called {label!r} ({first} and {specs[i].given}); name them with --labels, "

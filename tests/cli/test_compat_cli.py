@@ -58,7 +58,7 @@ def test_the_matrix_is_printed_written_and_drawn_with_whitening(trained_teacher,
     (["-n", "a.pth.tar", "--json", "out.x", "--heatmap", "out.x"], "--json and --heatmap are both out.x: the heatmap "
                                                                      "would replace the JSON"),
     (["-n", "a.pth.tar", "--json", "out/d.x", "--heatmap", "out/../out/d.x"], "--json and --heatmap are both out/d.x"),
-    (["-n", "nets/t.pth.tar", "./nets/t.pth.tar"], "nets/t.pth.tar and ./nets/t.pth.tar are one network file; give it "
+    (["-n", "nets/t.pth.tar", "./nets/t.pth.tar"], "nets/t.pth.tar and ./nets/t.pth.tar name one network; give it "
                                                    "once"),
 ])
 def test_bad_flags_are_one_line_before_anything_is_loaded(flags, message, root, capsys, monkeypatch, tmp_path):

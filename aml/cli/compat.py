@@ -20,7 +20,7 @@ from aml.cli.arguments import (
     run_cli,
     setup_logging,
 )
-from aml.compat import CompatibilityMatrix, compatibility_matrix, draw_matrix, format_matrices
+from aml.compat import CompatibilityMatrix, check_distinct, compatibility_matrix, draw_matrix, format_matrices
 from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import prepare_test_set
 from aml.evaluation import DatasetResult, TestSettings
@@ -94,11 +94,15 @@ def network_labels(given: Optional[str], specs: List[NetworkSpec]) -> List[str]:
             )
     else:
         labels = [spec.label for spec in specs]
+    seen: Dict[str, str] = {}
+    for spec in specs:  # one file under two spellings (or links), a published network under two names
+        same = os.path.realpath(spec.path) if spec.path is not None else spec.name
+        first = seen.setdefault(same, spec.given)
+        if first != spec.given or specs.count(spec) > 1:
+            raise ConfigError(f"{first} and {spec.given} name one network; give it once")
     for i, label in enumerate(labels):
         if label in labels[:i]:
             first = specs[labels.index(label)].given
-            if os.path.realpath(first) == os.path.realpath(specs[i].given):
-                raise ConfigError(f"{first} and {specs[i].given} name one network; give it once")
             example = ",".join(["teacher"] + [f"student{k}" for k in range(1, len(specs))])
             raise ConfigError(
                 f"two networks are called {label!r} ({first} and {specs[i].given}); name them with --labels, "
@@ -123,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
         if not specs:
             raise ConfigError(f"--networks {' '.join(args.networks)!r} names no network; give one or more")
         labels = network_labels(args.labels, specs)
-        if args.json and args.heatmap and Path(args.json).resolve() == Path(args.heatmap).resolve():
+        if args.json and args.heatmap and os.path.realpath(args.json) == os.path.realpath(args.heatmap):
             raise ConfigError(f"--json and --heatmap are both {args.json}: the heatmap would replace the JSON")
         if args.heatmap and importlib.util.find_spec("matplotlib") is None:
             raise ConfigError("--heatmap draws with matplotlib, which is not installed: pip install matplotlib")
@@ -132,6 +136,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
     device = resolve_device(args.device, args.gpu_id)
     setup_logging()
     networks = {label: load_spec(spec, None, args.data_root) for label, spec in zip(labels, specs, strict=True)}
+    check_distinct(networks)  # copies under other names: before the test sets are prepared
     for name in datasets:
         dataset, suffix = split_test_name(name)
         prepare_test_set(dataset, args.data_root, progress=not args.quiet)

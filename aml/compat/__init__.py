@@ -4,7 +4,7 @@ cell test.py's mAP for the pair), its marks (`beats_teacher`, `bct_compatible`) 
 and heatmaps (`format_matrices`, `draw_matrix`)."""
 
 from aml.compat.marks import bct_compatible, beats_teacher
-from aml.compat.matrix import CompatibilityMatrix, MatrixNetwork, compatibility_matrix
+from aml.compat.matrix import CompatibilityMatrix, MatrixNetwork, check_distinct, compatibility_matrix
 from aml.compat.report import draw_matrix, format_matrices, format_matrix
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "MatrixNetwork",
     "bct_compatible",
     "beats_teacher",
+    "check_distinct",
     "compatibility_matrix",
     "draw_matrix",
     "format_matrices",

@@ -260,6 +260,30 @@ class CompatibilityMatrix:
         return cls(networks, maps)
 
 
+def check_distinct(networks: Mapping[str, LoadedNetwork]) -> None:
+    """Refuse one network given twice (the same weights under two labels: a copy of a file,
+    ``model_best`` beside the epoch it copies): its rows and columns would repeat.
+
+    Args:
+        networks: label -> network.
+
+    Raises:
+        ConfigError: naming both labels.
+
+    Examples:
+        >>> from aml.compat import check_distinct
+        >>> check_distinct({"teacher": teacher, "student": student})  # doctest: +SKIP
+    """
+    seen: Dict[str, str] = {}
+    for label, network in networks.items():
+        first = seen.setdefault(network.fingerprint, label)
+        if first != label:
+            raise ConfigError(
+                f"networks {first!r} and {label!r} are one network (the same weights, fingerprint "
+                f"{network.fingerprint[:8]}): its rows and columns would repeat; give it once"
+            )
+
+
 def compatibility_matrix(
     networks: Mapping[str, LoadedNetwork], settings: TestSettings, on_pair: Optional[PairCallback] = None
 ) -> CompatibilityMatrix:
@@ -303,15 +327,9 @@ def compatibility_matrix(
         raise ConfigError(f"networks must map a label to each LoadedNetwork, got a {type(networks).__name__}")
     if not networks or not settings.datasets:
         raise ConfigError("a compatibility matrix needs at least one network and one test set")
-    seen: Dict[str, str] = {}
     for label, network in networks.items():
         check_loaded(network, f"network {label!r}")
-        first = seen.setdefault(network.fingerprint, label)
-        if first != label:
-            raise ConfigError(
-                f"networks {first!r} and {label!r} are one network (the same weights, fingerprint "
-                f"{network.fingerprint[:8]}): its rows and columns would repeat; give it once"
-            )
+    check_distinct(networks)
     if settings.report_dir is not None:
         raise ConfigError("a compatibility matrix draws no ranking report; test a pair with test.py --report")
     labels, loaded = list(networks), list(networks.values())

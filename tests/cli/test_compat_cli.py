@@ -88,3 +88,29 @@ def test_under_torchrun_or_into_a_folder_it_cannot_write_it_stops_before_any_wor
     with pytest.raises(SystemExit):
         compat_cli.main(["-n", "a.pth.tar", "--data-root", str(root), "--json", str(tmp_path / "ro" / "m.json")])
     assert f"this user cannot write in {tmp_path / 'ro'}" in capsys.readouterr().err
+
+
+def test_one_network_given_twice_is_refused_before_the_test_sets_are_prepared(root, tmp_path, capsys, monkeypatch):
+    """A link, a published network under two names, or a copy under another file name (as
+    model_best beside the epoch it copies) gave a matrix whose rows and columns repeat."""
+    import shutil
+
+    from aml.utils.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False), 0, 0.0), tmp_path / "a.pth.tar")
+    (tmp_path / "link.pth.tar").symlink_to(tmp_path / "a.pth.tar")
+    (tmp_path / "view.json").symlink_to(tmp_path / "out.json")  # the JSON to come, under another name
+    for flags, message in ((["-n", "a.pth.tar", "link.pth.tar"], "a.pth.tar and link.pth.tar name one network"),
+                           (["-n", "vgg16", "retrievalSfM120k-vgg16-gem"], "vgg16 and retrievalSfM120k-vgg16-gem "
+                                                                         "name one network; give it once"),
+                           (["-n", "a.pth.tar", "--json", "out.json", "--heatmap", "view.json"],
+                            "--json and --heatmap are both out.json")):
+        with pytest.raises(SystemExit):
+            compat_cli.main(flags + ["--data-root", str(root)])
+        assert message in capsys.readouterr().err
+    shutil.copyfile(tmp_path / "a.pth.tar", tmp_path / "copy.pth.tar")
+    monkeypatch.setattr(compat_cli, "prepare_test_set", lambda *args, **kwargs: pytest.fail("prepared first"))
+    with pytest.raises(ConfigError, match=r"networks 'a' and 'copy' are one network \(the same weights"):
+        compat_cli.main(["-n", "a.pth.tar", "copy.pth.tar", "--data-root", str(root), "--device", "cpu"])

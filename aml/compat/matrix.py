@@ -261,8 +261,10 @@ class CompatibilityMatrix:
 
 
 def check_distinct(networks: Mapping[str, LoadedNetwork]) -> None:
-    """Refuse one network given twice (the same weights under two labels: a copy of a file,
-    ``model_best`` beside the epoch it copies): its rows and columns would repeat.
+    """Refuse one network given twice: its rows and columns would repeat.
+
+    The same weights under two labels: a copy of a file, ``model_best`` beside the epoch it
+    copies.
 
     Args:
         networks: label -> network.

@@ -501,8 +501,8 @@ def add_reranking_arguments(parser: Flags, qe: bool = True, dba: bool = True, su
             default=None,
             metavar="K",
             help="alpha query expansion (αQE): each query plus its K nearest database images, "
-            "weighted by their similarity to the power --qe-alpha, searched again; the database "
-            "side is the teacher's with --asym (default: off)",
+            "weighted by their similarity to the power --qe-alpha, searched again; the neighbours "
+            "are the database's descriptors (the teacher's in an asymmetric search) (default: off)",
         )
         parser.add_argument(
             "--qe-alpha",

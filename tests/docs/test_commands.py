@@ -117,30 +117,9 @@ def generates_its_data(page: Path) -> bool:
                for block in page_blocks(page) if runs(block) and block.language in SHELL for words in commands(block))
 
 
-def own_data_files(folder: Path) -> None:
-    """What docs/own-data.md says its examples hold: my_photos/ (synth-oxford's images),
-    queries.csv and database.txt (its ground truth as a CSV), landmarks/ (synth-sfm's training
-    images, a folder per landmark)."""
-    from aml.data.trainsets import load_training_db
-    from tests.data.test_make_testset import mirror_csv
-
-    shutil.copytree(folder / "data" / "test" / "synth-oxford" / "jpg", folder / "my_photos")
-    mirror_csv(folder / "data", folder / "queries.csv")
-    db = load_training_db("synth-sfm", "train", folder / "data")
-    for path, cluster in zip(db["images"], db["cluster"]):
-        landmark = folder / "landmarks" / f"landmark{cluster:03d}"
-        landmark.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, landmark / Path(path).name)
-
-
-SETUP = {"own-data.md": own_data_files}  # a page's example files, made before its commands run
-
-
 def _run_page(page: Path, folder: Path, synth_root: Path, networks: Optional[Path], monkeypatch) -> Path:
     if not generates_its_data(page):
         shutil.copytree(synth_root, folder / "data")
-    if page.name in SETUP:
-        SETUP[page.name](folder)
     if networks is not None:
         for name in ("teacher.pth.tar", "student.pth.tar"):
             shutil.copyfile(networks / name, folder / name)

@@ -736,6 +736,7 @@ COMMANDS: Dict[str, Tuple[str, str, Optional[str]]] = {
     "flags_make_testset.md": ("python -m aml.cli.make_testset", "aml.cli.make_testset", None),
     "flags_make_trainset.md": ("python -m aml.cli.make_trainset", "aml.cli.make_trainset", None),
     "flags_synthetic.md": ("python -m aml.cli.synthetic", "aml.cli.synthetic", None),
+    "flags_download.md": ("python -m aml.cli.download", "aml.cli.download", None),
     "flags_demo.md": ("python -m aml.demo", "aml.demo.pipeline", None),
 }
 DEFAULT_IN_HELP = re.compile(r"(\s*\(|;\s*)default:? ([^()]*(?:\([^()]*\)[^()]*)*)\)\s*$")

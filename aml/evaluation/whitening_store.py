@@ -15,7 +15,6 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from aml.data.download import download_file
 from aml.data.paths import DataRootLike, data_subdir
 from aml.data.formats import TrainingDb
 from aml.data.trainsets import load_whitening_db
@@ -23,7 +22,7 @@ from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_image
 from aml.descriptors.key import DescriptorKey
 from aml.evaluation.whitening import WhiteningError, check_whitening, whitenlearn
 from aml.networks.pretrained import PRETRAINED, PUBLISHED_WHITENING_SET
-from aml.networks.loading import LoadedNetwork
+from aml.networks.loading import LoadedNetwork, published_whitening_file
 from aml.utils.atomic import optional_write
 from aml.utils.distributed import current_world, found_by_all, warn_once
 from aml.utils.errors import named_few
@@ -224,8 +223,8 @@ def known_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published
                 PUBLISHED_WHITENING_SET,
             )
             return None
-        name = entry.whitening_url.rsplit("/", 1)[1]
-        path = download_file(entry.whitening_url, data_subdir(request.data_root, "model") / name)
+        path = published_whitening_file(entry.name, request.data_root)
+        assert path is not None  # the entry has a whitening_url
         log.info(">> %s: whitening from the published file %s", whitening_set, path)
         return read_whitening_file(path, dim)
     return None

@@ -305,6 +305,15 @@ def pretrained_checkpoint(name: str, data_root: DataRootLike = None) -> Path:
     return download_file(entry.url, data_subdir(data_root, "model") / entry.filename, sha256_prefix=entry.sha256)
 
 
+def published_whitening_file(name: str, data_root: DataRootLike = None) -> Optional[Path]:
+    """Download (once) the whitening file a network of the pretrained list is published with
+    into ``<data_root>/model``; None for a network published without one."""
+    url = PRETRAINED[name].whitening_url
+    if url is None:
+        return None
+    return download_file(url, data_subdir(data_root, "model") / url.rsplit("/", 1)[1])
+
+
 def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: DataRootLike = None) -> LoadedNetwork:
     """The network a `NetworkSpec` names, in eval mode.
 

@@ -158,9 +158,8 @@ def test_an_unreadable_image_of_the_whitening_set_is_left_out_with_its_pairs(tmp
 def test_a_published_students_whitening_file_serves_only_the_set_it_was_learned_on(tmp_path, monkeypatch):
     """It served any -w SET (the original's too): `-w synth-sfm` printed `+ whiten` lines and
     recorded synth-sfm for a whitening learned on retrieval-SfM-120k."""
-    from aml.evaluation import whitening_store
     from aml.evaluation.whitening_store import WhiteningRequest, known_whitening
-    from aml.networks import build_network
+    from aml.networks import build_network, loading
     from aml.networks.loading import LoadedNetwork, NetworkSpec
     from aml.utils.plain_files import save_plain_file
 
@@ -171,7 +170,7 @@ def test_a_published_students_whitening_file_serves_only_the_set_it_was_learned_
         save_plain_file({"m": np.zeros((512, 1)), "P": np.eye(512)}, path)
         return path
 
-    monkeypatch.setattr(whitening_store, "download_file", download)
+    monkeypatch.setattr(loading, "download_file", download)
     student = LoadedNetwork(build_network("mobilenet_v2", pretrained=False, teacher_dim=512),
                             NetworkSpec.parse("mobilenet-v2-gem-contr-vgg16"))
     assert known_whitening(student, WhiteningRequest("synth-sfm", 64, data_root=tmp_path)) is None and not downloads

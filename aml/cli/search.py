@@ -34,7 +34,6 @@ from aml.search import (
     StoreError,
     build_store,
     check_store_folder,
-    check_teacher,
     list_images,
     open_database,
     query_database,
@@ -186,8 +185,9 @@ def _query(args) -> List[Any]:
         return _print_results(query_database_onnx(database, args.onnx, args.images, args.k, bbxs, reranking), args)
     device = str(resolve_device(args.device, args.gpu_id))
     loaded = load_test_network(args.network, None, None, args.data_root)
-    check_teacher(database, loaded.net, args.teacher or loaded.recorded_teacher, args.data_root)
-    results = query_database(database, loaded.net, args.images, args.k, bbxs, extraction_from(args, device), reranking)
+    config = extraction_from(args, device)
+    teacher = args.teacher or loaded.recorded_teacher
+    results = query_database(database, loaded.net, args.images, args.k, bbxs, config, reranking, teacher)
     return _print_results(results, args)
 
 

@@ -4,6 +4,7 @@ index; `open_database` (`aml.search.store`) loads one from a store folder."""
 
 import hashlib
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Final, List, Optional, Tuple, TypedDict
@@ -52,6 +53,24 @@ class StoreError(DataError):
         ...     print(str(err).split(";")[0])
         the store no/such.store does not exist
     """
+
+
+def check_results_wanted(k: Any) -> None:
+    """Refuse a number of results per query that is not a whole number above 0 (0 gave no
+    results without a word; -1 was numpy's error deep in the search).
+
+    Args:
+        k: the results per query asked for.
+
+    Raises:
+        StoreError: naming the value and the flag.
+
+    Examples:
+        >>> from aml.search.database import check_results_wanted
+        >>> check_results_wanted(10)
+    """
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise StoreError(f"k {k!r}: the results per query are a whole number > 0 (search query -k)")
 
 
 @dataclass(frozen=True)
@@ -215,12 +234,13 @@ class SearchDatabase:
             The scores and the database indices, each Q x k, best first.
 
         Raises:
-            StoreError: when the queries are not finite descriptors of the store's dimension,
-                the store's IVF-PQ index is damaged or belongs to another store, or
-                ``reranking.qe`` or ``reranking.superglobal``'s M exceeds the store's size, or
-                ``reranking.dba`` is not the store's.
+            StoreError: when ``k`` is not a whole number above 0, the queries are not finite
+                descriptors of the store's dimension, the store's IVF-PQ index is damaged or
+                belongs to another store, or ``reranking.qe`` or ``reranking.superglobal``'s M
+                exceeds the store's size, or ``reranking.dba`` is not the store's.
             WhiteningError: when whitening makes a query NaN or infinite.
         """
+        check_results_wanted(k)
         dba = self.settings.get("dba")
         indexed = (dba["k"], float(dba["alpha"])) if dba is not None else (0, reranking.dba_alpha)
         if reranking.dba and (reranking.dba, reranking.dba_alpha) != indexed:

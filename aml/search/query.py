@@ -2,7 +2,6 @@
 made for the store's teacher, and the searches of its query images."""
 
 import logging
-import numbers
 from typing import List, Optional, Sequence, TypedDict
 
 import numpy as np
@@ -22,7 +21,7 @@ from aml.evaluation.reranking import Reranking
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec, Source, check_network, load_spec
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.search.database import SearchDatabase, StoreError
+from aml.search.database import SearchDatabase, StoreError, check_results_wanted
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
@@ -135,13 +134,16 @@ def query_database(
     bbxs: Optional[Sequence[Optional[BBox]]] = None,
     config: ExtractionConfig = DEFAULT_EXTRACTION,
     reranking: Reranking = Reranking(),
+    teacher: Optional[str] = None,
 ) -> List[Hits]:
     """Encode query images with the student and search the store's database with them.
 
-    The queries are encoded as the store was (image size, scales).
+    The student is first checked against the store (`check_teacher`: a store of another
+    network than its teacher is refused); the queries are encoded as the store was (image
+    size, scales).
 
     Args:
-        database: the store's database (checked against the student with `check_teacher`).
+        database: the store's database.
         student: the student network.
         images: the query images.
         k: results per query.
@@ -149,11 +151,17 @@ def query_database(
         config: how to extract (`aml.descriptors.ExtractionConfig`).
         reranking: its ``qe``: αQE of each student query with its first results among the
             teacher's descriptors, searched again (`SearchDatabase.search`).
+        teacher: the student's teacher as `check_teacher` takes it (None: the one the
+            student records).
 
     Returns:
         Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``
         with its top-``k`` database images, best first; no results for a query image that
         ``config.skip_bad`` skipped (unreadable).
+
+    Raises:
+        StoreError: for a store of another network than the student's teacher, or a ``k``
+            that is not a whole number above 0.
 
     Examples:
         >>> from aml.search import query_database
@@ -162,8 +170,8 @@ def query_database(
         {'image': '/photos/0042.jpg', 'score': 0.83}
     """
     check_network(student, "student")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # -1 was numpy's error deep in the search
-        raise StoreError(f"k {k!r}: the results per query are a whole number > 0 (search query -k)")
+    check_results_wanted(k)
+    check_teacher(database, student, teacher)
     _warn_turned(images)
     skipped: List[int] = []
     queries = describe_images(
@@ -300,6 +308,7 @@ def query_database_onnx(
         '/photos/0042.jpg'
     """
     info = check_onnx_student(database, path)
+    check_results_wanted(k)
     session = onnx_session(path)
     width = session.get_outputs()[0].shape[-1]
     if isinstance(width, int) and width != info.dim:

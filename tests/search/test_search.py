@@ -747,8 +747,11 @@ def test_a_published_student_needs_no_teacher_flag_for_its_teachers_store(comman
     database = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"], settings, whitening)
     checked = []
     if command == "search":
+        from aml.search import query as query_module
+
         monkeypatch.setattr(search_cli, "open_database", lambda folder: database)
-        monkeypatch.setattr(search_cli, "query_database", lambda *args: checked.append(args[1]) or [])
+        monkeypatch.setattr(query_module, "describe_images",
+                            lambda net, images, *args, **kwargs: checked.append(net) or np.ones((512, len(images))))
         search_cli.main(["query", "q.jpg", "--store", str(tmp_path), "--network", "mobilenet-v2-gem-contr-vgg16"]
                         + COMMON)
     else:
@@ -770,6 +773,7 @@ def test_a_published_student_needs_no_teacher_flag_for_its_teachers_store(comman
 def test_an_unreadable_query_skipped_gets_no_results(synth_root, tmp_path):
     """With skip_bad, an unreadable query's zero column was searched: the first k database images
     (or, whitened, plausible scores) came back as its answer."""
+    from aml.networks.fingerprint import network_fingerprint
     from aml.search import query_database
 
     torch.manual_seed(0)
@@ -779,7 +783,8 @@ def test_an_unreadable_query_skipped_gets_no_results(synth_root, tmp_path):
     bad.write_bytes(b"not a jpeg")
     config = ExtractionConfig(workers=0, device="cpu", progress=False)
     vecs = describe_images(student, [str(p) for p in jpg], 48, (1,), config=config)
-    database = SearchDatabase(tmp_path, vecs, [str(p) for p in jpg], {"dim": 512, "image_size": 48, "scales": [1]})
+    settings = {"dim": 512, "image_size": 48, "scales": [1], "fingerprint": network_fingerprint(student)}
+    database = SearchDatabase(tmp_path, vecs, [str(p) for p in jpg], settings)
     results = query_database(database, student, [str(bad), str(jpg[2])], k=3, config=config.but(skip_bad=True))
     assert results[0] == {"query": str(bad), "results": []}
     assert results[1]["query"] == str(jpg[2]) and results[1]["results"][0]["image"] == str(jpg[2])
@@ -804,3 +809,24 @@ def test_an_image_changed_after_indexing_is_said_when_the_store_opens(teacher, s
     open_database(tmp_path / "store")
     assert "1 of its shards hold images changed, moved or removed since they were indexed (images 0 to 2 of shard " \
            "0 first): searches find them by their old descriptors; index the images again" in capsys.readouterr().out
+
+
+def test_query_database_refuses_a_store_of_another_teacher_and_no_results_asked(tmp_path):
+    """In Python, query_database searched any store with any student of its dimension (only the
+    command line checked the teacher), and SearchDatabase.search gave k=0 no results without a
+    word and k=-1 numpy's error."""
+    from aml.search import query_database
+
+    student = build_network("resnet18", pretrained=False, teacher="other-teacher.pth.tar", teacher_dim=512).eval()
+    settings = {"dim": 512, "network": "teacher", "source": "teacher.pth.tar", "fingerprint": "f",
+                "image_size": 48, "scales": [1]}
+    database = SearchDatabase(tmp_path, np.eye(512, 3, dtype=np.float32), ["0.jpg", "1.jpg", "2.jpg"], settings)
+    with pytest.raises(StoreError, match=r"encoded by teacher, not by the student's teacher other-teacher.pth.tar"):
+        query_database(database, student, ["q.jpg"])
+    with pytest.raises(StoreError, match=r"encoded by teacher, not by the student's teacher elsewhere/x.pth.tar"):
+        query_database(database, student, ["q.jpg"], teacher="elsewhere/x.pth.tar")
+    queries = np.eye(512, 1, dtype=np.float32)
+    assert database.search(queries, 1)[1].tolist() == [[0]]
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(StoreError, match=rf"k {k!r}: the results per query are a whole number > 0"):
+            database.search(queries, k)

@@ -210,3 +210,17 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_sep("=", "longest files: worker, from-to (s after the first test)")
     for name, (start, stop, worker) in sorted(files.items(), key=lambda kv: kv[1][0] - kv[1][1])[:12]:
         terminalreporter.write_line(f"{worker:4s} {start - begin:6.0f} - {stop - begin:6.0f}  {name}")
+
+
+@pytest.fixture(scope="session")
+def earlier_export(tmp_path_factory) -> Path:
+    """A folder holding what `aml.export.export_student` writes (a random MobileNetV2 student
+    with its aml metadata), and a copy of its ONNX file under the int8 file's name."""
+    from aml.export import export_student
+    from aml.networks import build_network
+
+    folder = tmp_path_factory.mktemp("earlier-export")
+    torch.manual_seed(0)
+    export_student(build_network("mobilenet_v2", pretrained=False, teacher_dim=512).eval(), folder)
+    shutil.copyfile(folder / "student.onnx", folder / "student-int8.onnx")
+    return folder

@@ -2,6 +2,7 @@
 optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -19,6 +20,7 @@ from aml.cli.arguments import (
     run_cli,
     setup_logging,
 )
+from aml.data.testsets import get_test_set
 from aml.descriptors import ExtractionConfig
 from aml.evaluation.whitening_store import read_whitening_file
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
@@ -36,6 +38,7 @@ from aml.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 1024
 INT8_REPORT = "int8.json"  # --test-set's report, beside the exported files
+TIME_REPEATS = 5  # --time-repeats' default
 AGREEMENT_IMAGES = 8  # images (held out of the calibration where any are) comparing int8 with float32
 
 
@@ -112,9 +115,9 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--time-repeats",
         type=positive_int,
-        default=5,
+        default=None,
         metavar="N",
-        help="--test-set: timed runs per file and image size (the median is reported; default: 5)",
+        help=f"--test-set: timed runs per file and image size (the median is reported; default: {TIME_REPEATS})",
     )
     parser.add_argument(
         "--data-root",
@@ -165,6 +168,8 @@ def _check_flags(parser: Parser, args) -> None:
     check_input_folders(parser, args, {"--store": "a store (python -m aml.search index writes one)"})
     if args.int8 and args.calibration is None:
         parser.error("--int8 needs --calibration DIR: a folder of images like the queries to calibrate on")
+    if args.time_repeats is not None and args.test_set is None:
+        parser.error("--time-repeats times the files of --test-set's report: add --test-set (and --int8)")
     if not args.int8:
         given = [
             flag
@@ -172,12 +177,15 @@ def _check_flags(parser: Parser, args) -> None:
                 ("--calibration", args.calibration),
                 ("--test-set", args.test_set),
                 ("--calibration-images", args.calibration_images),
+                ("--image-size", args.image_size),
             )
             if value is not None
         ]
         if given:
             parser.error(f"{given[0]} is for the int8 student: add --int8")
         return
+    if args.test_set is not None:
+        _check_report_target(parser, args)
     if not args.onnx:
         parser.error("--int8 quantizes the ONNX student: drop --no-onnx")
     check_input_folders(parser, args, {"--calibration": "images like the queries"})
@@ -186,6 +194,27 @@ def _check_flags(parser: Parser, args) -> None:
             f"--calibration {args.calibration} holds no images (.jpg, .png, ...); give a folder of images "
             "like the queries"
         )
+
+
+def _check_report_target(parser: Parser, args) -> None:
+    """--test-set names a test set, and its report would replace no file but an earlier report
+    (checked before the export: the calibration and the export take minutes)."""
+    try:
+        get_test_set(args.test_set, args.data_root)
+    except ConfigError as err:
+        parser.error(f"--test-set: {err}")
+    path = Path(args.out) / INT8_REPORT
+    if path.exists() and not _earlier_report(path):
+        parser.error(f"{path} exists and is not an earlier int8 report: it is not replaced; give another --out")
+
+
+def _earlier_report(path: Path) -> bool:
+    """Whether ``path`` holds a report that this command wrote (its provenance and report)."""
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"provenance", "report"} <= set(record)
 
 
 def _calibration(args, image_size: int) -> Int8Settings:
@@ -237,7 +266,7 @@ def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: in
     )
     report: Int8Report = {
         **maps,
-        "seconds_per_image": onnx_timings(onnx, repeats=args.time_repeats),
+        "seconds_per_image": onnx_timings(onnx, repeats=args.time_repeats or TIME_REPEATS),
         "teacher": teacher.name,
     }
     record = {"provenance": provenance(), "report": report}

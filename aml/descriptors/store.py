@@ -293,14 +293,30 @@ def store_differences(folder: Path, images: Sequence[str], key: StoreKey) -> Lis
 
 
 def _other_images(folder: Path, manifest: StoredManifest, images: Sequence[str]) -> bool:
-    """Whether the store lists other images than ``images``, in any order, below any folder."""
+    """Whether the store lists other images than ``images``, in any order, below any folder
+    (the same names below another folder are the same images moved there, unless the images
+    the store lists are still in place with other sizes: another day's ``DSC_0001.jpg``)."""
     if manifest["images_sha1"] == _list_sha1(images):
         return False
     try:
         listed = read_line_list((folder / IMAGE_LIST).read_bytes())
     except OSError:
         return True
-    return sorted(below_common_folder(listed)) != sorted(below_common_folder(images))
+    theirs, ours = below_common_folder(listed), below_common_folder(images)
+    if sorted(theirs) != sorted(ours):
+        return True
+    now = dict(zip(ours, images, strict=True))
+    return any(_other_sizes(old, now[name]) for name, old in zip(theirs, listed, strict=True))
+
+
+def _other_sizes(old: str, new: str) -> bool:
+    """Whether the image the store listed as ``old`` is still there with another size than ``new``."""
+    if old == new:
+        return False
+    try:
+        return os.stat(old).st_size != os.stat(new).st_size
+    except OSError:  # moved away, or the new one unreadable: nothing says they differ
+        return False
 
 
 class DescriptorStore:

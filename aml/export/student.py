@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import logging
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -26,9 +27,11 @@ from torch import nn
 from aml.export.errors import ExportError
 from aml.export.quantization import Int8Settings, quantize_student
 from aml.descriptors.onnx_student import (
+    OnnxStudentError,
     OnnxStudentInfo,
     describe_with_onnx,
     onnx_session,
+    read_onnx_metadata,
     whitening_digest,
     write_onnx_metadata,
 )
@@ -36,15 +39,14 @@ from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec, check_network
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_path, staged
-from aml.utils.plain_files import begins_as
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
 #: what `export_student` writes, by kind
 EXPORTED_FILES = {"torchscript": "student.pt", "onnx": "student.onnx", "int8": "student-int8.onnx"}
-#: the kind of each exported file (`aml.utils.plain_files.FILE_KINDS`): a file of that name of
-#: another kind is not an earlier export, and is not replaced
-EXPORTED_KINDS = {"torchscript": "a zip archive", "onnx": "an ONNX model", "int8": "an ONNX model"}
+#: how the entry of a TorchScript archive that holds `DeployedStudent`'s traced code begins
+#: (``student.py``, or ``student/___torch_mangle_N.py`` when a process traced it before)
+TORCHSCRIPT_MARK = "/code/__torch__/aml/export/student"
 CHECK_SIZES: Tuple[Tuple[int, int], ...] = ((224, 224), (180, 300), (320, 240))
 
 
@@ -413,13 +415,14 @@ def export_student(
     model = DeployedStudent(exported, whitening).eval()
     with staged(folder / "export") as staging:  # inside ``folder``: the moves below are renames
         files, diffs = _export_checked(model, staging, onnx, tolerance)
-        if onnx and "onnx" in diffs:  # onnxruntime (and so onnx) is installed
+        if onnx:  # its metadata says what it is, with or without onnxruntime to check it
             info = info if info is not None else student_info(exported, whitening=whitening)
             write_onnx_metadata(files["onnx"], info)
-            if int8 is not None:
-                files["int8"] = _export_int8(files["onnx"], staging, info, int8)
-        elif int8 is not None:
+        if int8 is not None and "onnx" not in diffs:
             raise ExportError("--int8 needs onnx and onnxruntime: pip install onnx onnxruntime")
+        if int8 is not None:
+            assert info is not None  # written with the ONNX file, which --int8 needs
+            files["int8"] = _export_int8(files["onnx"], staging, info, int8)
         files = {kind: path.replace(folder / path.name) for kind, path in files.items()}
     for earlier in sorted(set(EXPORTED_FILES.values()) - {path.name for path in files.values()}):
         if (folder / earlier).exists():
@@ -427,9 +430,32 @@ def export_student(
     return files, diffs
 
 
+def _earlier_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript student that aml exported: its archive holds the
+    traced code of `DeployedStudent` (a checkpoint that ``torch.save`` wrote is a zip too)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(TORCHSCRIPT_MARK in name and name.endswith(".py") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _earlier_onnx(path: Path) -> bool:
+    """Whether ``path`` is an ONNX student that aml exported: it carries aml's metadata."""
+    try:
+        return read_onnx_metadata(path) is not None
+    except OnnxStudentError:  # not ONNX, damaged, or no onnx package to tell
+        return False
+
+
+#: per exported kind, how an earlier export of aml's is told from another file of that name
+EARLIER_EXPORT = {"torchscript": _earlier_torchscript, "onnx": _earlier_onnx, "int8": _earlier_onnx}
+
+
 def check_export_folder(folder: PathLike) -> None:
-    """Refuse a folder where an export would replace what is not an earlier export: a folder,
-    or a file of another kind, under one of `EXPORTED_FILES`' names (an empty file is replaced).
+    """Refuse a folder where an export would replace what is not an earlier export of aml's: a
+    folder, or a file that aml did not export, under one of `EXPORTED_FILES`' names (a
+    checkpoint or a model of one's own called ``student.pt``, say; an empty file is replaced).
 
     Raises:
         ExportError: naming the path.
@@ -442,24 +468,26 @@ def check_export_folder(folder: PathLike) -> None:
         ...     check_export_folder(folder)
         Traceback (most recent call last):
         ...
-        aml.export.errors.ExportError: .../student.pt exists and is not an exported TorchScript student: ...
+        aml.export.errors.ExportError: .../student.pt exists and is not a TorchScript student that aml exported: ...
     """
     for kind, name in EXPORTED_FILES.items():
         path = Path(folder) / name
         if path.exists() and not path.is_file():
             what = "a folder" if path.is_dir() else "not a regular file"
             raise ExportError(f"{path} is {what}, not an exported student: it is not replaced; export elsewhere")
-        if path.is_file():
-            try:
-                with open(path, "rb") as handle:
-                    head = handle.read(4)
-            except OSError as err:
-                raise ExportError(f"{path} cannot be read ({err.strerror}): export to another folder") from None
-            if head and not begins_as(head, EXPORTED_KINDS[kind]):
-                what = "TorchScript" if kind == "torchscript" else "ONNX"
-                raise ExportError(
-                    f"{path} exists and is not an exported {what} student: it is not replaced; export to another folder"
-                )
+        if not path.is_file():
+            continue
+        try:
+            with open(path, "rb") as handle:
+                empty = not handle.read(1)
+        except OSError as err:
+            raise ExportError(f"{path} cannot be read ({err.strerror}): export to another folder") from None
+        if not empty and not EARLIER_EXPORT[kind](path):
+            what = "a TorchScript" if kind == "torchscript" else "an ONNX"
+            raise ExportError(
+                f"{path} exists and is not {what} student that aml exported: it is not replaced; export to "
+                "another folder, or move the file away"
+            )
 
 
 def _export_checked(

@@ -254,6 +254,15 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
         if info.teacher_fingerprint
         else info.teacher == settings["network"]
     )
+    by_name = same and not own and not info.teacher_fingerprint and info.teacher is not None
+    if by_name and NetworkSpec.parse(str(info.teacher)).source is Source.CHECKPOINT:
+        log.warning(
+            ">> the store %s is checked against %s's teacher %s by its file name only: the file records no teacher "
+            "fingerprint (its teacher's checkpoint was not on the machine that exported it)",
+            folder,
+            path,
+            info.teacher,
+        )
     if not same:
         raise StoreError(
             f"{path} is a student of {info.teacher}, but the store {folder} was encoded by "

@@ -1,9 +1,11 @@
 """Every command answers bad flags with one line naming the flag, never a traceback."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from aml import demo
 from aml.cli import compat as compat_cli
@@ -234,12 +236,35 @@ EXPORT_CASES = [
     (["--int8", "--calibration-images", "0"], "argument --calibration-images: must be a positive integer, got '0'"),
     (["--image-size", "-1"], "argument --image-size/-imsize: must be a positive integer"),
     (["--time-repeats", "0"], "argument --time-repeats: must be a positive integer"),
+    # ignored without a word before
+    (["--image-size", "99", "--no-onnx"], "--image-size is for the int8 student: add --int8"),
+    (["--time-repeats", "3"], "--time-repeats times the files of --test-set's report: add --test-set"),
 ]
 
 
 @pytest.mark.parametrize("extra, message", EXPORT_CASES, ids=[" ".join(c[0]) for c in EXPORT_CASES])
 def test_bad_export_flags_are_refused_before_anything_loads(extra, message, capsys):
     assert message in bad(EXPORT, extra, capsys)
+
+
+def test_an_int8_report_is_refused_before_the_export_where_it_cannot_be_made_or_kept(synth_root, tmp_path, capsys):
+    """A misspelt --test-set was refused after the export had replaced the earlier files (and
+    the calibration had run); a file int8.json of one's own was replaced by the report."""
+    out = tmp_path / "deploy"
+    out.mkdir()
+    photos = str(synth_root / "test" / "synth-oxford" / "jpg")
+    command = (export_cli.main, ["--network", "unused.pth", "--out", str(out), "--int8", "--calibration", photos,
+                                 "--data-root", str(synth_root)])
+    err = bad(command, ["--test-set", "synth-oxfrd"], capsys)
+    assert "--test-set: Unsupported or unknown dataset: synth-oxfrd!" in err
+    (out / "int8.json").write_text("my measurements, do not lose")
+    err = bad(command, ["--test-set", "synth-oxford"], capsys)
+    assert f"{out / 'int8.json'} exists and is not an earlier int8 report: it is not replaced" in err
+    assert (out / "int8.json").read_text() == "my measurements, do not lose"
+    assert sorted(p.name for p in out.iterdir()) == ["int8.json"]
+    (out / "int8.json").write_text('{"provenance": {}, "report": {}}')  # an earlier report: replaced, not refused
+    with pytest.raises(SystemExit, match="network 'unused.pth' is neither a file nor a name"):  # loaded: past the flags
+        export_cli.main(command[1] + ["--test-set", "synth-oxford"])
 
 
 @pytest.mark.parametrize("marker", ["search.json", "manifest.json", "descriptors.npy"])
@@ -491,9 +516,10 @@ def test_every_command_module_runs_as_a_program(module, capsys, monkeypatch):
     assert info.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
-def test_export_never_replaces_what_is_not_an_earlier_export(tmp_path, capsys):
+def test_export_never_replaces_what_is_not_an_earlier_export(earlier_export, tmp_path, capsys):
     """A folder named student.pt ended the export in a traceback after the work; a user's file
-    named student.pt or student.onnx was replaced without a word."""
+    named student.pt or student.onnx was replaced without a word, and so was a checkpoint saved
+    as student.pt (a zip, as TorchScript is) or an ONNX model of one's own (protobuf, as aml's)."""
     out = tmp_path / "deploy"
     (out / "student.pt").mkdir(parents=True)
     err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(out)], capsys)
@@ -501,10 +527,28 @@ def test_export_never_replaces_what_is_not_an_earlier_export(tmp_path, capsys):
     (out / "student.pt").rmdir()
     (out / "student.onnx").write_text("my notes")
     err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(out)], capsys)
-    assert f"{out / 'student.onnx'} exists and is not an exported ONNX student: it is not replaced" in err
+    assert f"{out / 'student.onnx'} exists and is not an ONNX student that aml exported: it is not replaced" in err
     assert (out / "student.onnx").read_text() == "my notes"
     from aml.cli.export import export_folder
 
-    (out / "student.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")  # an earlier export's: replaced
-    (out / "student.pt").write_bytes(b"PK\x03\x04archive")
+    import onnx
+
+    (out / "student.onnx").write_bytes(b"")  # empty: replaced
+    torch.save({"epoch": 41, "state_dict": {}}, out / "student.pt")
+    err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(out)], capsys)
+    assert f"{out / 'student.pt'} exists and is not a TorchScript student that aml exported" in err
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Identity()), out / "student.pt")  # TorchScript, not aml's student
+    capsys.readouterr()
+    assert "is not a TorchScript student that aml exported" in bad((export_cli.main, ["--network", "unused.pth"]),
+                                                                    ["--out", str(out)], capsys)
+    (out / "student.pt").write_bytes((earlier_export / "student.pt").read_bytes())
+    own = onnx.load(str(earlier_export / "student.onnx"))
+    del own.metadata_props[:]
+    onnx.save(own, str(out / "student-int8.onnx"))
+    assert "student-int8.onnx exists and is not an ONNX student that aml exported" in bad(
+        (export_cli.main, ["--network", "unused.pth"]), ["--out", str(out)], capsys)
+    for name in ("student.onnx", "student-int8.onnx"):  # earlier exports: replaced
+        (out / name).write_bytes((earlier_export / name).read_bytes())
     assert export_folder(str(out)) == str(out)

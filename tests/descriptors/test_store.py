@@ -346,3 +346,24 @@ def test_a_shard_written_before_images_were_recorded_is_stale_when_an_image_is_n
     later = store.shard_path(2).stat().st_mtime_ns + 10**9
     os.utime(images[9], ns=(later, later))
     assert store.stale_shards() == [2]
+
+
+def test_the_same_names_below_another_folder_are_other_images_where_the_listed_ones_differ(tmp_path):
+    """day2/DSC_0000.jpg ... counted as day1's images moved: indexing them replaced day1's store
+    without --replace. Moved (the listed images gone) or copied (same sizes), they are the same."""
+    from aml.descriptors.store import store_differences
+
+    def photos(folder, sizes):
+        folder.mkdir()
+        for i, size in enumerate(sizes):
+            (folder / f"DSC_{i:04d}.jpg").write_bytes(b"x" * size)
+        return [str(folder / f"DSC_{i:04d}.jpg") for i in range(len(sizes))]
+
+    day1 = photos(tmp_path / "day1", [10, 11, 12])
+    DescriptorStore.create(tmp_path / "store", day1, KEY, 3).fill(lambda images, skipped: np.ones((3, len(images))))
+    day2 = photos(tmp_path / "day2", [10, 20, 12])
+    assert store_differences(tmp_path / "store", day2, KEY) == ["other images (it holds 3)"]
+    copy = shutil.copytree(tmp_path / "day1", tmp_path / "copy")
+    assert store_differences(tmp_path / "store", [str(copy / os.path.basename(p)) for p in day1][::-1], KEY) == []
+    moved = (tmp_path / "day1").rename(tmp_path / "moved")
+    assert store_differences(tmp_path / "store", [str(moved / os.path.basename(p)) for p in day1], KEY) == []

@@ -66,13 +66,12 @@ def test_a_wrong_export_is_caught(student, tmp_path):
             export.check_exports = real
 
 
-def test_a_refused_export_keeps_the_earlier_files_and_leaves_nothing(student, tmp_path, monkeypatch):
+def test_a_refused_export_keeps_the_earlier_files_and_leaves_nothing(student, earlier_export, tmp_path, monkeypatch):
     """The files are checked before they replace an earlier export's (they were renamed into
     place first, so a refused export destroyed the good files and left the bad ones)."""
     import aml.export.student as export
 
-    earlier = {name: (b"PK\x03\x04" if name.endswith(".pt") else b"\x08") + name.encode()  # as exports begin
-               for name in ("student.pt", "student.onnx", "student-int8.onnx")}
+    earlier = {p.name: p.read_bytes() for p in earlier_export.iterdir()}
     for name, content in earlier.items():
         (tmp_path / name).write_bytes(content)
     monkeypatch.setattr(export, "check_exports", lambda model, files, images=None: {"torchscript": 0.5})
@@ -81,9 +80,9 @@ def test_a_refused_export_keeps_the_earlier_files_and_leaves_nothing(student, tm
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier
 
 
-def test_an_export_replaces_its_files_and_names_those_an_earlier_one_left(student, tmp_path, caplog):
-    (tmp_path / "student.pt").write_bytes(b"PK\x03\x04old")
-    (tmp_path / "student-int8.onnx").write_bytes(b"\x08old int8")
+def test_an_export_replaces_its_files_and_names_those_an_earlier_one_left(student, earlier_export, tmp_path, caplog):
+    (tmp_path / "student.pt").write_bytes((earlier_export / "student.pt").read_bytes())
+    (tmp_path / "student-int8.onnx").write_bytes((earlier_export / "student-int8.onnx").read_bytes())
     files, _ = export_student(student, tmp_path, onnx=False)
     assert files == {"torchscript": tmp_path / "student.pt"} and torch.jit.load(str(files["torchscript"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student-int8.onnx", "student.pt"]  # no staging left
@@ -113,14 +112,15 @@ def test_an_input_the_export_would_write_over_is_refused(student, tmp_path, flag
         argv += ["--whitening-file", str(checkpoint)]
     with pytest.raises(SystemExit):
         export_cli.main(argv)
-    assert f"{flag} {checkpoint} is {checkpoint}, which the export writes: give another --out" in capsys.readouterr().err
+    # refused as a file of --out that aml did not export, before the inputs are compared
+    assert f"{checkpoint} exists and is not a TorchScript student that aml exported" in capsys.readouterr().err
     assert checkpoint.read_bytes() == before
 
 
-def test_an_export_on_a_full_disk_keeps_the_earlier_files(student, tmp_path, full_disk):
+def test_an_export_on_a_full_disk_keeps_the_earlier_files(student, earlier_export, tmp_path, full_disk):
     from aml.utils.atomic import DiskFull
 
-    earlier = {"student.pt": b"PK\x03\x04student.pt", "student.onnx": b"\x08student.onnx"}  # as exports begin
+    earlier = {name: (earlier_export / name).read_bytes() for name in ("student.pt", "student.onnx")}
     for name, content in earlier.items():
         (tmp_path / name).write_bytes(content)
     full_disk(tmp_path)
@@ -238,3 +238,17 @@ def test_the_students_network_comes_back_as_it_was(student, tmp_path):
     assert net.training and all(module.training for module in net.modules())
     assert weight.dtype == torch.float64 and weight.data_ptr() == pointer
     assert read_onnx_metadata(files["onnx"]).fingerprint == network_fingerprint(student)  # float32's bytes
+
+
+def test_without_onnxruntime_the_onnx_file_still_says_what_it_is(student, tmp_path, monkeypatch):
+    """The metadata was written only when onnxruntime checked the file: without it, student.onnx
+    had none, and `search query --onnx` refused it with a fix (export again) that gave the same."""
+    import sys
+
+    from aml.descriptors.onnx_student import read_onnx_metadata
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime: ImportError
+    files, diffs = export_student(student, tmp_path)
+    assert set(diffs) == {"torchscript"}
+    info = read_onnx_metadata(files["onnx"])
+    assert info is not None and info.dim == 512 and info.precision == "float32"

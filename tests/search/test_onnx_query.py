@@ -73,7 +73,7 @@ def _edited(files, tmp_path, **changes):
     return copy
 
 
-def test_a_file_for_another_store_is_refused(setup, tmp_path):
+def test_a_file_for_another_store_is_refused(setup, tmp_path, caplog):
     _, store, files, queries = setup
     opened = open_database(store)
     other = "1" * 16  # the file of another network than the store's (the fixture's student is its own teacher)
@@ -91,6 +91,8 @@ def test_a_file_for_another_store_is_refused(setup, tmp_path):
             query_database_onnx(opened, _edited(files, tmp_path, **changes), queries[:1])
     same = _edited(files, tmp_path, fingerprint=other, teacher_fingerprint=None)  # by name: the store's network name
     assert len(query_database_onnx(opened, same, queries[:1], k=2)[0]["results"]) == 2
+    # said, as for a checkpoint: any file of that name would pass
+    assert f"checked against {same}'s teacher student by its file name only" in caplog.text
     own = _edited(files, tmp_path, teacher=None, teacher_fingerprint=None)  # the store's own network: symmetric
     assert len(query_database_onnx(opened, own, queries[:1], k=2)[0]["results"]) == 2
 

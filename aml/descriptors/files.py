@@ -4,10 +4,11 @@ with their image list and settings, what ``main.py --feat-path`` reads and
 
 import hashlib
 import json
+import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from aml.data.paths import DataRootLike, below_common_folder, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
-from aml.descriptors.key import DescriptorKey, images_digest
+from aml.descriptors.key import DescriptorKey, image_list_key, images_digest, list_key_digest
 from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
@@ -396,12 +397,17 @@ class FeatureProvenance:
         network: the name of the network that encoded them.
         fingerprint: that network's weights' fingerprint.
         image_size: the size the images were resized to before encoding.
+        scales: the scales they were encoded at (multi-scale: several).
+        changed: whether images changed since they were encoded (their sizes or
+            modification times differ from those recorded, the same paths listed).
     """
 
     images: Optional[List[str]] = None
     network: Optional[str] = None
     fingerprint: Optional[str] = None
     image_size: Optional[float] = None
+    scales: Optional[Tuple[float, ...]] = None
+    changed: bool = False
 
     def other_images(self, images: Sequence[str]) -> Optional[int]:
         """The first column whose image is not ``images``' (compared below each list's common
@@ -439,24 +445,41 @@ def feature_provenance(path: Path) -> FeatureProvenance:
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     path = write_feature_file(np.zeros((4, 1)), ["a.jpg"], pathlib.Path(folder) / "db.npy",
         ...                               dict(DescriptorKey("3f2a9c0d1e2b4a5c", 64).record(), network="vgg16"))
-        ...     feature_provenance(path)
-        FeatureProvenance(images=['a.jpg'], network='vgg16', fingerprint='3f2a9c0d1e2b4a5c', image_size=64)
+        ...     made = feature_provenance(path)
+        >>> made.images, made.network, made.fingerprint, made.image_size, made.scales, made.changed
+        (['a.jpg'], 'vgg16', '3f2a9c0d1e2b4a5c', 64, (1.0,), False)
     """
     path = Path(path)
     if path.is_dir():
         store = open_store(path, warn=False)  # read, and warned of, as the descriptors were
         made = store.key.descriptors
-        return FeatureProvenance(list(store.images), store.key.network, made.fingerprint, made.image_size)
+        changed = all(os.path.exists(image) for image in store.images) and bool(store.stale_shards())
+        return FeatureProvenance(
+            list(store.images), store.key.network, made.fingerprint, made.image_size, tuple(made.scales), changed
+        )
     listing = _listing_path(path)
     images = read_line_list(listing.read_bytes()) if listing.is_file() else None
     settings = feature_file_settings(path) or {}
     network, fingerprint, size = settings.get("network"), settings.get("fingerprint"), settings.get("image_size")
+    key = feature_file_key(path)
+    recorded = settings.get("images_key")
     return FeatureProvenance(
         images,
         network if isinstance(network, str) else None,
         fingerprint if isinstance(fingerprint, str) else None,
         size if isinstance(size, (int, float)) and not isinstance(size, bool) else None,
+        tuple(key.scales) if key is not None else None,
+        _changed_since(images, recorded),
     )
+
+
+def _changed_since(images: Optional[List[str]], recorded: Any) -> bool:
+    """Whether the images at the paths a feature file lists differ from the sizes and times it
+    recorded (False where it recorded none, or where some are gone: moved, not changed)."""
+    if images is None or not isinstance(recorded, str):
+        return False
+    key = image_list_key(images)
+    return all(size >= 0 for _, size, _ in key) and list_key_digest(key) != recorded
 
 
 def reusable_feature_file(path: Path, key: DescriptorKey, images: Sequence[str]) -> Optional[np.ndarray]:

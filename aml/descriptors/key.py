@@ -56,7 +56,18 @@ def images_digest(images: Sequence[str]) -> str:
         >>> images_digest(["no/such/image.jpg"]) == images_digest(["no/such/image.jpg"])
         True
     """
-    return hashlib.sha1(json.dumps(image_list_key(images)).encode()).hexdigest()[:16]
+    return list_key_digest(image_list_key(images))
+
+
+def list_key_digest(key: List[Any]) -> str:
+    """16 hex digits of an `image_list_key` (`images_digest` of the images it was made of).
+
+    Examples:
+        >>> from aml.descriptors.key import image_list_key, images_digest, list_key_digest
+        >>> list_key_digest(image_list_key(["no/such/image.jpg"])) == images_digest(["no/such/image.jpg"])
+        True
+    """
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]
 
 
 class KeyRecord(TypedDict):

@@ -38,6 +38,19 @@ class Teacher:
     def __init__(self, spec: str, data_root: DataRootLike = None, feature_files: Sequence[str] = ()):
         self.spec, self.data_root, self.feature_files = NetworkSpec.parse(spec), data_root, feature_files
 
+    def check_same_weights(self, path: Path, fingerprint: Optional[str]) -> None:
+        """Refuse a feature file encoded by other weights than another of the run's files
+        (``--feat-path`` and ``--feat-val-path`` of two teachers of one name), where both
+        record theirs: the teacher need not be loaded to tell."""
+        for other in self.feature_files:
+            theirs = feature_provenance(Path(other)).fingerprint
+            if fingerprint is not None and theirs is not None and theirs != fingerprint:
+                raise DataError(
+                    f"feature files {other} and {path} were encoded by other weights (fingerprints {theirs[:8]} "
+                    f"and {fingerprint[:8]}): training and validation would measure two teachers' spaces; extract "
+                    "both with the --teacher of the run"
+                )
+
     @functools.cached_property
     def loaded(self) -> LoadedNetwork:
         loaded = load_spec(self.spec, None, self.data_root)
@@ -81,10 +94,26 @@ def _given_features(teacher: Teacher, path: Path, images: Sequence[str], image_s
             f"feature file {path} describes other images than the training split's: its column {column} is "
             f"{listed}, the split's image {column} is {wanted}; extract it for this set with extract_features.py"
         )
+    if made.changed:
+        raise DataError(
+            f"feature file {path} describes the split's images as they were when it was written: some changed since "
+            "(their sizes or modification times differ: a set generated again or edited); extract it again with "
+            "extract_features.py"
+        )
     if made.network is not None and made.network != teacher.spec.name:
         raise DataError(
             f"feature file {path} was encoded by {made.network}, not by --teacher {teacher.spec.given} "
             f"({teacher.spec.name}); give the --teacher it was extracted with, or its file"
+        )
+    teacher.check_same_weights(path, made.fingerprint)
+    if made.scales is not None and tuple(made.scales) != (1,):
+        warn_once(
+            log,
+            ">> feature file %s was encoded at scales %s, the teacher descriptors of a run at one: the student "
+            "learns multi-scale descriptors from single-scale images (extract_features.py without -ms encodes "
+            "them as a run does)",
+            path,
+            list(made.scales),
         )
     if made.image_size is not None and made.image_size != image_size:
         warn_once(

@@ -1,5 +1,8 @@
 """The teacher's descriptors of a training split: encoded once, kept under their key, reused."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +144,45 @@ def test_a_feat_path_file_of_other_weights_is_refused_once_the_teacher_loads(tea
     with pytest.raises(DataError, match=r"other.npy was encoded by other weights than --teacher .*model_best.pth.tar's "
                                         rf"\(fingerprints 3f2a9c0d and {right[:8]}\): .* give the --teacher it was"):
         other.loaded
+
+
+def test_a_feat_path_file_of_changed_images_other_scales_or_two_teachers_is_refused_or_named(tmp_path, caplog):
+    """--feat-path took a file whose images had been generated again under the same names (each
+    column the old image's descriptor), one encoded at several scales without a word, and a
+    --feat-val-path of another teacher's weights than --feat-path's when the teacher was not
+    loaded (validation then measured another space, and chose model_best by it)."""
+    from aml.descriptors import DescriptorKey, write_feature_file
+    from aml.utils.errors import DataError
+
+    folder = tmp_path / "data" / "train" / "set"
+    folder.mkdir(parents=True)
+    images = [str(folder / f"{k}.jpg") for k in range(3)]
+    for k, image in enumerate(images):
+        Path(image).write_bytes(b"photo" * (k + 1))
+    made = dict(DescriptorKey("3f2a9c0d1e2b4a5c", 64).record(), network="retrievalSfM120k-vgg16-gem")
+    path = write_feature_file(np.eye(512, 3, dtype=np.float32), images, tmp_path / "feats.npy", made)
+    vgg16 = Teacher("vgg16", None, [str(path)])
+    assert teacher_split_features(vgg16, "set", "train", images, 64, str(path)).shape == (512, 3)
+    copy = shutil.copytree(tmp_path / "data", tmp_path / "copy")  # the same images elsewhere: the same
+    assert teacher_split_features(vgg16, "set", "train", [str(copy / "train" / "set" / f"{k}.jpg") for k in range(3)],
+                                  64, str(path)).shape == (512, 3)
+    Path(images[1]).write_bytes(b"another photo")
+    with pytest.raises(DataError, match=r"feats.npy describes the split's images as they were when it was written: "
+                                        r"some changed since"):
+        teacher_split_features(vgg16, "set", "train", images, 64, str(path))
+    (tmp_path / "data").rename(tmp_path / "moved")  # gone from the listed paths: moved, not changed
+    moved = [image.replace(str(tmp_path / "data"), str(tmp_path / "copy")) for image in images]
+    assert teacher_split_features(vgg16, "set", "train", moved, 64, str(path)).shape == (512, 3)
+
+    multi = dict(DescriptorKey("3f2a9c0d1e2b4a5c", 64, (1, 0.5), 3.0).record(), network="retrievalSfM120k-vgg16-gem")
+    write_feature_file(np.eye(512, 3, dtype=np.float32), moved, tmp_path / "multi.npy", multi)
+    with caplog.at_level("WARNING", logger="aml.training.teacher"):
+        teacher_split_features(vgg16, "set", "train", moved, 64, str(tmp_path / "multi.npy"))
+    assert "multi.npy was encoded at scales [1.0, 0.5], the teacher descriptors of a run at one" in caplog.text
+
+    other = dict(DescriptorKey("0123456789abcdef", 64).record(), network="retrievalSfM120k-vgg16-gem")
+    val = write_feature_file(np.eye(512, 2, dtype=np.float32), moved[:2], tmp_path / "val.npy", other)
+    two = Teacher("vgg16", None, [str(path), str(val)])
+    with pytest.raises(DataError, match=r"feature files .*feats.npy and .*val.npy were encoded by other weights "
+                                        r"\(fingerprints 3f2a9c0d and 01234567\)"):
+        teacher_split_features(two, "set", "val", moved[:2], 64, str(val))

@@ -17,6 +17,7 @@ from aml.descriptors.extraction import (
 from aml.descriptors.files import (
     dataset_images,
     extract_dataset_features,
+    feature_file_beside,
     feature_file_key,
     feature_file_name,
     feature_file_settings,
@@ -42,6 +43,7 @@ __all__ = [
     "evict",
     "extract_dataset_features",
     "extract_vectors",
+    "feature_file_beside",
     "feature_file_key",
     "feature_file_name",
     "feature_file_settings",

@@ -335,9 +335,10 @@ def extract_dataset_features(
     """
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
-    path = output or data_subdir(data_root, "features") / feature_file_name(
+    named = data_subdir(data_root, "features") / feature_file_name(
         dataset, network.feature_name, split if is_train_set else None, key.image_size
     )
+    path = output or (named if shard_size else feature_file_beside(named, key))  # a file of other settings stays
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network.name)
     if shard_size:
         folder = path.with_suffix(".store")
@@ -357,6 +358,27 @@ def extract_dataset_features(
     barrier(world)  # the other ranks read it next
     log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
     return path
+
+
+def feature_file_beside(path: Path, key: DescriptorKey) -> Path:
+    """``path``, unless it holds descriptors of other settings (another ``-ms``, ``--no-amp``
+    or teacher weights under the same name): those stay, and ``key``'s file goes beside them,
+    its name ending in the key's digest.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.descriptors import DescriptorKey, feature_file_beside, write_feature_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = write_feature_file(np.zeros((4, 1)), ["a.jpg"], pathlib.Path(folder) / "db.npy",
+        ...                               DescriptorKey("3f2a9c0d1e2b4a5c", 64, (1, 0.5), 3.0).record())
+        ...     feature_file_beside(path, DescriptorKey("3f2a9c0d1e2b4a5c", 64)).name != "db.npy"
+        True
+    """
+    found = feature_file_key(path) if path.is_file() else None
+    if found is None or found == key:
+        return path
+    return path.with_name(f"{path.stem}_{key.digest([])[:8]}{path.suffix}")
 
 
 def feature_file_key(path: Path) -> Optional[DescriptorKey]:

@@ -15,7 +15,7 @@ from aml.descriptors import (
     DescriptorKey,
     ExtractionConfig,
     describe_images,
-    feature_file_key,
+    feature_file_beside,
     feature_file_name,
     feature_provenance,
     load_feature_file,
@@ -64,15 +64,6 @@ class Teacher:
                     "with extract_features.py"
                 )
         return loaded
-
-
-def _cache_path(path: Path, key: DescriptorKey) -> Path:
-    """``path``, unless it holds descriptors of other settings (``extract_features.py -ms ...``
-    or ``--no-amp`` write the same name): those stay, and this key's file goes beside them."""
-    found = feature_file_key(path) if path.is_file() else None
-    if found is None or found == key:
-        return path
-    return path.with_name(f"{path.stem}_{key.digest([])[:8]}{path.suffix}")
 
 
 def _given_features(teacher: Teacher, path: Path, images: Sequence[str], image_size: int) -> np.ndarray:
@@ -151,7 +142,7 @@ def teacher_split_features(
         return torch.from_numpy(_given_features(teacher, Path(feat_path), images, image_size))
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
-    path = _cache_path(
+    path = feature_file_beside(
         data_subdir(teacher.data_root, "features") / feature_file_name(dataset, loaded.feature_name, split, image_size),
         wanted,
     )

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aml.cli import extract_features as extract_cli
+from aml.descriptors import feature_file_key
 from aml.cli import test as test_cli
 from aml.cli.arguments import parse_scales
 from aml.data.images import ImageLoadError
@@ -295,6 +296,23 @@ def test_two_runs_model_best_extract_to_two_files(synth_root, tmp_path):
     first, second = written
     assert first != second and first.is_file() and second.is_file()
     assert not np.array_equal(np.load(first), np.load(second))
+
+
+def test_extract_features_of_other_settings_writes_beside_the_earlier_file(synth_root, tmp_path):
+    """A run of other settings (-ms, --no-amp) under the same name replaced the earlier file (hours
+    of SfM-120k) without a word; it goes beside it, and the same settings again replace it."""
+    torch.manual_seed(0)
+    path = save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False), 1, 0.0),
+                           tmp_path / "teacher.pth.tar")
+    common = ["-npath", str(path), "-d", "synth-sfm", "--split", "val", "-imsize", "64", "-j", "0", "--device", "cpu",
+              "-q", "--data-root", str(synth_root)]
+    multi, = extract_cli.main(common + ["-ms", "[1, 1/2]"])
+    before = np.load(multi)
+    single, = extract_cli.main(common)
+    assert single != multi and single.parent == multi.parent and single.stem.startswith(multi.stem + "_")
+    np.testing.assert_array_equal(np.load(multi), before)
+    assert feature_file_key(multi).scales == (1.0, 0.5) and feature_file_key(single).scales == (1.0,)
+    assert extract_cli.main(common + ["-ms", "[1, 1/2]"]) == [multi]
 
 
 def test_a_full_disk_ends_extract_features_in_one_line(checkpoint, synth_root, tmp_path, full_disk):

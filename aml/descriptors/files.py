@@ -361,9 +361,17 @@ def extract_dataset_features(
 
 
 def feature_file_beside(path: Path, key: DescriptorKey) -> Path:
-    """``path``, unless it holds descriptors of other settings (another ``-ms``, ``--no-amp``
-    or teacher weights under the same name): those stay, and ``key``'s file goes beside them,
-    its name ending in the key's digest.
+    """Where descriptors of ``key`` go: ``path``, or beside it when it holds other settings'.
+
+    A file of other settings under the same name (another ``-ms``, ``--no-amp``, other teacher
+    weights) stays; ``key``'s file goes beside it, its name ending in the key's digest.
+
+    Args:
+        path: the feature file's usual name.
+        key: how the descriptors to write are encoded.
+
+    Returns:
+        ``path``, or the name beside it.
 
     Examples:
         >>> import pathlib, tempfile

@@ -4,7 +4,7 @@ training modes it works with (`LOSSES`, `build_loss`), and the temperatures that
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Tuple, Union
 
 from aml.losses.batch import LossKind
 from aml.losses.compatibility import (
@@ -42,6 +42,8 @@ class LossSpec:
         accepts: mode -> whether the loss works with that training mode (a predicate over the
             mode's attributes: ``tuples``, ``relational``, ``needs_teacher``, ``self_positive``).
         why: why a mode is refused, shown when one is.
+        min_batch: the fewest images per mini-batch (``--batch-size``) with which the loss
+            measures anything, and why (a relational loss compares the images of a batch).
 
     Examples:
         >>> from aml.losses import LOSSES, LossSpec, TripletLoss
@@ -57,6 +59,7 @@ class LossSpec:
     build: Callable[[float, float], "Loss"]
     accepts: Callable[[Any], bool]
     why: str  # shown when a mode is refused
+    min_batch: Tuple[int, str] = (1, "")
 
     @property
     def kind(self) -> LossKind:
@@ -105,11 +108,13 @@ LOSSES: Dict[str, LossSpec] = {
         lambda m, t: RKdAD(),
         lambda mode: mode.relational,
         "it compares batches of student and teacher descriptors (mode rand)",
+        (3, "its angles take three images; of two, the distances divided by their mean are 1 on both sides"),
     ),
     "dark": LossSpec(
         lambda m, t: HardDarkRank(),
         lambda mode: mode.relational,
         "it compares batches of student and teacher descriptors (mode rand)",
+        (5, "4 neighbours per image"),
     ),
     # losses of later papers (aml.losses.compatibility); --temp is their temperature
     "csd": LossSpec(lambda m, t: ContextualSimilarityLoss(temp=t), _images, _IMAGES_WHY),

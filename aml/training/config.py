@@ -23,7 +23,7 @@ from aml.losses import LOSSES, check_temperature
 from aml.networks.backbones import get_backbone
 from aml.networks.loading import NetworkSpec
 from aml.networks.pretrained import DEFAULT_TEACHER
-from aml.training.modes import MODES, Negatives, check_loss_mode, get_mode
+from aml.training.modes import MODES, Negatives, check_loss_mode, get_mode, validation_mode
 from aml.training.optim import OPTIMIZERS
 from aml.training.pretraining import TRUNK_SOURCES
 from aml.utils.bounds import (
@@ -96,8 +96,8 @@ class TrainSettings(Changeable):
     def notices(self) -> List[str]:
         """The checkpoints these settings leave out, though they can train (logged before training).
 
-        A ``--save-freq`` above ``--epochs`` writes no ``model_epochN``; a ``--val-freq`` above
-        it, with validation, no ``model_best``.
+        A ``--save-freq`` above ``--epochs`` writes no ``model_epochN`` before the last epoch's;
+        a ``--val-freq`` above it, with validation, no ``model_best``.
 
         Returns:
             One sentence per checkpoint left out; empty when every one is written.
@@ -110,8 +110,8 @@ class TrainSettings(Changeable):
         found = []
         if self.save_freq > self.epochs:
             found.append(
-                f"--save-freq {self.save_freq} is above --epochs {self.epochs}: no model_epochN is written, "
-                "and an interrupted run resumes from model_best, the only checkpoint"
+                f"--save-freq {self.save_freq} is above --epochs {self.epochs}: no model_epochN is written "
+                "before the last epoch's, so an interrupted run resumes from model_best"
             )
         if self.val and self.val_freq > self.epochs:
             found.append(
@@ -399,6 +399,14 @@ def _mode_problems(config: TrainConfig) -> List[str]:
             f"none, --loss {config.loss} sees positives only and cannot learn to separate images (use 1 or "
             "more)"
         )
+    checked = validation_mode(mode)
+    if loop.neg_num == 0 and loop.val and mode.negatives is Negatives.NONE and checked.negatives is not Negatives.NONE:
+        found.append(
+            f"--neg-num 0: --mode {config.mode} is validated on --mode {checked.name}'s tuples, with "
+            f"{checked.negatives.value} negatives; with none, the validation loss measures positives only (a "
+            "triplet or cross-entropy loss is 0 for every epoch) and model_best stays the first epoch; use 1 "
+            "or more, or --no-val"
+        )
     return found
 
 
@@ -430,8 +438,9 @@ def _trunk_problems(config: TrainConfig) -> List[str]:
 def _batch_problems(config: TrainConfig) -> List[str]:
     """Mini-batches too small for the loss or for BatchNorm's statistics."""
     found = []
-    if config.loss == "dark" and config.loop.batch_size < 5:
-        found.append("--loss dark needs --batch-size of at least 5 (4 neighbours per image)")
+    fewest, why = LOSSES[config.loss].min_batch
+    if config.loop.batch_size < fewest:
+        found.append(f"--loss {config.loss} needs --batch-size of at least {fewest} ({why})")
     if config.loop.train_batchnorm and config.loop.batch_size < 2:
         found.append(
             "--train-batchnorm needs --batch-size of at least 2 (BatchNorm uses the statistics of the "

@@ -244,6 +244,40 @@ class Trainer:
                     f"the {name} split draws {count} tuples an epoch, fewer than --batch-size {s.batch_size}: "
                     f"{outcome}; give --batch-size {count} or less{no_val}"
                 )
+            if not everything:
+                self._check_steps(count // s.batch_size)
+            elif count % s.batch_size:
+                warn_once(
+                    log,
+                    ">> validation scores %d of the val split's %d tuples each epoch (whole batches of --batch-size "
+                    "%d, as the original), and which are left out changes with each epoch's draw; a --batch-size "
+                    "that divides %d scores them all",
+                    count - count % s.batch_size,
+                    count,
+                    s.batch_size,
+                    count,
+                )
+
+    def _check_steps(self, batches: int) -> None:
+        """Refuse an ``update_every`` above the batches of an epoch (the gradients, zeroed when an
+        epoch starts, would never be applied: checkpoints of untouched weights); name the
+        batches of each epoch whose gradients are dropped (as the original drops them)."""
+        every = self.settings.update_every
+        if every > batches:
+            raise ConfigError(
+                f"--update-every {every}: an epoch holds {batches} batches, so the optimizer would never step "
+                f"(the accumulated gradients are dropped when the next epoch starts); give --update-every "
+                f"{batches} or less, or a larger --query-size"
+            )
+        if batches % every:
+            warn_once(
+                log,
+                ">> --update-every %d: an epoch holds %d batches, so the gradients of its last %d are dropped "
+                "(as the original drops them); their losses still count in the epoch's training loss",
+                every,
+                batches,
+                batches % every,
+            )
 
     def _batches(
         self, split: Split, tuples: List[TrainingTuple], generator: torch.Generator, shuffle: bool
@@ -387,8 +421,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> float:
-        """Mean per-tuple loss on the val split (all pairs, full pool, in the tuples of the
-        validation mode, as the original), no gradient."""
+        """Mean per-tuple loss on the val split (its pairs in whole batches, full pool, in the
+        tuples of the validation mode, as the original), no gradient."""
         split = self.val_split
         if split is None:
             raise ValueError("validation needs the val split")
@@ -423,8 +457,8 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, epoch: int, is_best: bool) -> None:
-        """model_best on a new best, then model_epoch<N> every save_freq epochs (atomic
-        writes). Best first: a resumed run restarts from the last model_epochN and retrains
+        """model_best on a new best, then model_epoch<N> every save_freq epochs and after the
+        last one (atomic writes). Best first: a resumed run restarts from the last model_epochN and retrains
         (deterministically on the CPU) every epoch after it, so a best written by an epoch whose
         own checkpoint was lost is written again; on a GPU the retrained epoch may round
         differently, and the earlier best, a complete checkpoint, stays."""
@@ -438,7 +472,8 @@ class Trainer:
             state = checkpoint_state(self.net, epoch + 1, self.min_loss, self.optimizer, self.min_loss_of)
             if is_best:
                 save_checkpoint(state, self.run_dir / "model_best.pth.tar")
-            if (epoch + 1) % self.settings.save_freq == 0:
+            last = epoch + 1 == self.settings.epochs  # trained and logged: never lost for --save-freq
+            if (epoch + 1) % self.settings.save_freq == 0 or last:
                 save_checkpoint(state, self.run_dir / f"model_epoch{epoch + 1}.pth.tar")
         barrier(self.world)
 

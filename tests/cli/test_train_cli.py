@@ -56,6 +56,12 @@ def test_the_flags_defaults_are_the_configs_defaults():
     (["-nn", "0"], "--neg-num 0: --mode std trains on tuples with mined negatives; with none, --loss contrastive sees "
                    "positives only"),
     (["-nn", "0", "-m", "ts_rand", "-l", "triplet"], "--neg-num 0: --mode ts_rand trains on tuples with random"),
+    # trained (rand_tpl draws its own negatives), but validated as std: a triplet loss of 0 every epoch
+    (["-nn", "0", "-m", "rand_tpl", "-l", "triplet"], "--neg-num 0: --mode rand_tpl is validated on --mode std's "
+                                                      "tuples, with mined negatives"),
+    (["-nn", "0", "-m", "reg", "-l", "regression"], "--mode reg is validated on --mode ts's tuples"),
+    (["-m", "rand", "-l", "rkd", "-b", "2"], "--loss rkd needs --batch-size of at least 3 (its angles take three"),
+    (["-m", "rand", "-l", "dark", "-b", "4"], "--loss dark needs --batch-size of at least 5 (4 neighbours"),
     (["--trunk-weights", "synthetic", "--not-pretrained"], "--trunk-weights and --not-pretrained exclude each other"),
     (["--trunk-weights", "no/such/trunk.pth"], "--trunk-weights: 'no/such/trunk.pth' is neither one of ['synthetic'] "
                                                "nor a file"),
@@ -340,6 +346,23 @@ def test_checkpoint_frequencies_above_the_epochs_are_named_before_training():
     assert [notice.split(":")[0] for notice in notices] == ["--save-freq 5 is above --epochs 3",
                                                             "--val-freq 4 is above --epochs 3"]
     assert "no model_best is written" in notices[1]
+    assert TrainSettings(epochs=3, val_freq=4, val=False, neg_num=0).notices() == []
+
+
+def test_the_last_epoch_is_saved_and_an_update_every_of_no_step_is_refused(synth_root, tmp_path, capsys):
+    """--epochs 3 --save-freq 2 trained, logged and lost epoch 3 (not a model_best); -u above an
+    epoch's batches never stepped: checkpoints of the untouched weights, without a word."""
+    run = train(synth_root, tmp_path / "saved", "-a", SMALL, "--epochs", "3", "--save-freq", "2", "--no-val")
+    assert sorted(p.name for p in run.run_dir.glob("model_epoch*")) == ["model_epoch2.pth.tar", "model_epoch3.pth.tar"]
+    from aml.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--update-every 9: an epoch holds \d batches, so the optimizer would "
+                                          r"never step"):
+        train(synth_root, tmp_path / "never", "-a", SMALL, "--epochs", "1", "--no-val", "-u", "9")
+    capsys.readouterr()
+    train(synth_root, tmp_path / "some", "-a", SMALL, "--epochs", "1", "--no-val", "-u", "3", "-qs", "20")
+    printed = capsys.readouterr()
+    assert "--update-every 3: an epoch holds 4 batches, so the gradients of its last 1 are dropped" in printed.out
 
 
 def test_the_network_is_built_by_rank_0_first(synth_root, tmp_path, monkeypatch):

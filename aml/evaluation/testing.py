@@ -21,12 +21,13 @@ teacher's database descriptors), the search again, SuperGlobal's re-ranking of t
 results of the last search; each search is a `SearchResult` of its own.
 """
 
+import copy
 import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, cast
 
 import numpy as np
 
@@ -176,13 +177,30 @@ def _remove_stale_listing(test: PlannedSet) -> None:
         )
 
 
-def _query_aps(results: Metrics, kept: Sequence[int], nq: int) -> List[Optional[float]]:
-    """Per-query AP (Medium for the revisited protocol) indexed by the original query number."""
-    aps = results["medium"]["aps"] if "medium" in results else results["aps"]
-    out: List[Optional[float]] = [None] * nq
+def _every_query(results: Metrics, kept: Sequence[int], nq: int) -> Metrics:
+    """``results`` of the ``kept`` queries with each level's per-query APs placed at their
+    query's number, NaN for a query that was skipped (unreadable): a results file's ``aps[q]``
+    is query q's, whichever queries were skipped."""
+    if len(kept) == nq:
+        return results
+    placed = cast(Dict[str, Any], copy.deepcopy(results))
+    levels = [placed[level] for level in ("easy", "medium", "hard") if level in placed]
+    for entry in levels + ([placed] if "aps" in placed else []):
+        entry["aps"] = _placed(entry["aps"], kept, nq)
+    return cast(Metrics, placed)
+
+
+def _placed(aps: Sequence[float], kept: Sequence[int], nq: int) -> List[float]:
+    out = [float("nan")] * nq
     for q, ap in zip(kept, aps, strict=True):
-        out[q] = None if ap is None or np.isnan(ap) else float(ap)
+        out[q] = ap
     return out
+
+
+def _query_aps(results: Metrics) -> List[Optional[float]]:
+    """Per-query AP (Medium for the revisited protocol) by query number (None: skipped, or no positive)."""
+    aps = results["medium"]["aps"] if "medium" in results else results["aps"]
+    return [None if ap is None or np.isnan(ap) else float(ap) for ap in aps]
 
 
 @dataclass(frozen=True)
@@ -219,7 +237,7 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown) 
     dataset, cfg, images, queries, bbxs = test.dataset, test.cfg, test.images, test.queries, test.bbxs
     database = shown.database
     top = min(plan.settings.report_top, database.searchable)  # the images skipped unreadable are never found
-    student_aps = _query_aps(shown.result.metrics, kept, len(queries))
+    student_aps = _query_aps(shown.result.metrics)
     rows: List[List[Ranking]] = [[] for _ in queries]
     ranks, _ = database.nearest(shown.queries, top)
     for column, q in enumerate(kept):
@@ -237,7 +255,9 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown) 
     if teacher is not None and tq is not None:
         gnd = [cfg["gnd"][q] for q in kept]
         teacher_aps = _query_aps(
-            evaluate_ranks(database.positions(tq), gnd, cfg["protocol"], positions=True), kept, len(queries)
+            _every_query(
+                evaluate_ranks(database.positions(tq), gnd, cfg["protocol"], positions=True), kept, len(queries)
+            )
         )
         teacher_ranks, _ = database.nearest(tq, top)
         for column, q in enumerate(kept):
@@ -273,7 +293,7 @@ def _searches(
         def search(q: np.ndarray, shortlist: Optional[Shortlist]) -> Metrics:
             places = searched.positions(q)
             places = places if shortlist is None else shortlist.places(places)
-            return evaluate_ranks(places, gnd, protocol, positions=True)
+            return _every_query(evaluate_ranks(places, gnd, protocol, positions=True), kept, len(test.queries))
 
         return search
 

@@ -75,7 +75,7 @@ def test_unreadable_images_are_skipped_listed_and_counted(checkpoint, root, tmp_
     listing = (tmp_path / "out" / "skipped_synth-oxford.txt").read_text().splitlines()
     assert listing == [f"database\t{bad_db}", f"query\t{bad_query}"]
     assert ">> synth-oxford: mAP E: " in printed and "(2 unreadable images skipped)" in printed
-    assert len(entry["plain"]["medium"]["aps"]) == len(gnd["qimlist"]) - 1
+    assert len(entry["plain"]["medium"]["aps"]) == len(gnd["qimlist"])  # aps[q] is query q's
     saved = json.loads((tmp_path / "out" / "res.json").read_text())
     assert saved["results"]["synth-oxford"]["skipped"]["queries"] == [str(bad_query)]
     shutil.copyfile(jpg(root, gnd["imlist"][4]), bad_db)  # mended: the earlier list would name images read now
@@ -83,6 +83,21 @@ def test_unreadable_images_are_skipped_listed_and_counted(checkpoint, root, tmp_
     results = run(checkpoint, root, "--skip-bad-images", "--results", str(tmp_path / "out" / "res.json"))
     assert "skipped" not in results["synth-oxford"]
     assert not (tmp_path / "out" / "skipped_synth-oxford.txt").exists()
+
+
+def test_a_skipped_querys_ap_is_nan_at_its_place_and_the_others_keep_theirs(checkpoint, root, tmp_path):
+    """A skipped query's entry was left out of each per-query AP list: the results file's aps[q]
+    was query q + 1's from the skipped one on."""
+    gnd = load_pickle(root / "test" / "synth-oxford" / "gnd_synth-oxford.pkl")
+    full = run(checkpoint, root)["synth-oxford"]["plain"]
+    jpg(root, gnd["qimlist"][2]).write_bytes(b"")
+    run(checkpoint, root, "--skip-bad-images", "--results", str(tmp_path / "res.json"))
+    saved = json.loads((tmp_path / "res.json").read_text())["results"]["synth-oxford"]["plain"]
+    for level in ("easy", "medium", "hard"):
+        aps = saved[level]["aps"]
+        assert aps[2] is None and len(aps) == len(gnd["qimlist"])
+        assert [ap for q, ap in enumerate(aps) if q != 2] == pytest.approx(
+            [ap for q, ap in enumerate(full[level]["aps"]) if q != 2], nan_ok=True)
 
 
 def test_a_set_whose_every_query_is_skipped_is_an_error_not_a_result(checkpoint, root):

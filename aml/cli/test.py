@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="TEACHER",
         help="vgg16 | resnet101 (published teachers) or a checkpoint path; the database "
-        "encoder with --asym (default: the teacher the network records, else vgg16); one "
-        "whose weights are not those the network was trained against is refused",
+        "encoder with --asym (default: the teacher the network records, else vgg16); the recorded "
+        "teacher is refused where its file now holds other weights than the network was trained "
+        "against, another --teacher is tested with a warning (the numbers then measure two networks' "
+        "compatibility)",
     )
     parser.add_argument(
         "--asym", action="store_true", help="asymmetric testing: teacher encodes the database, the network the queries"

@@ -38,7 +38,7 @@ import numpy as np
 
 from aml.data.paths import below_common_folder
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
-from aml.descriptors.key import DescriptorKey, KeyRecord, images_digest
+from aml.descriptors.key import DescriptorKey, KeyRecord, image_list_key, list_key_digest
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, folder_lock
@@ -327,6 +327,8 @@ class DescriptorStore:
         if key.shard_size < 1:
             raise ConfigError(f"descriptor store shard size must be positive, got {key.shard_size}")
         self.folder, self.images, self.key, self.dim = Path(folder), [str(i) for i in images], key, dim
+        # the paths the store's list holds, where its images were moved below another folder since
+        self.listed: Optional[List[str]] = None
         self._hashes: Optional[List[Optional[str]]] = None  # the manifest's, read when first needed
         self._verified: Dict[int, Tuple[int, int, int]] = {}  # shard -> its file's identity when its hash matched
 
@@ -357,7 +359,7 @@ class DescriptorStore:
             "version": FORMAT_VERSION,
             "count": self.count,
             "dim": self.dim,
-            "images_sha1": _list_sha1(self.images),
+            "images_sha1": _list_sha1(self.listed or self.images),
         }
 
     def _write_manifest(self, hashes: List[Optional[str]]) -> None:
@@ -413,6 +415,8 @@ class DescriptorStore:
         self._write_manifest([None] * self.shards)
 
     def _check(self, found: StoredManifest) -> None:
+        if self.listed is None and found.get("images_sha1") != _list_sha1(self.images):
+            self.listed = self._moved_list()
         wanted: Mapping[str, object] = self.manifest()
         differ = [name for name in wanted if found.get(name) != wanted[name]]
         if not differ:
@@ -422,6 +426,18 @@ class DescriptorStore:
             f"descriptor store {self.folder} was made for other descriptors ({what}); it is kept as "
             "it is: choose another folder, or delete it to extract again"
         )
+
+    def _moved_list(self) -> Optional[List[str]]:
+        """The store's list of images where it names ``images`` in order below another folder
+        (a data root moved or copied elsewhere), else None."""
+        try:
+            listed = read_line_list((self.folder / IMAGE_LIST).read_bytes())
+        except OSError:
+            return None
+        if len(listed) != len(self.images) or below_common_folder(listed) != below_common_folder(self.images):
+            return None
+        log.info(">> %s lists its images below another folder (moved): reading them where they are now", self.folder)
+        return listed
 
     # -- writing --------------------------------------------------------------------------
     def missing(self) -> List[int]:
@@ -485,8 +501,13 @@ class DescriptorStore:
         return len(todo)
 
     def _images_key(self, k: int) -> str:
-        """A digest of the paths, sizes and modification times of shard ``k``'s images."""
-        return images_digest([self.images[i] for i in self.shard_rows(k)])
+        """A digest of the paths (as the store lists them), sizes and modification times of
+        shard ``k``'s images."""
+        rows = self.shard_rows(k)
+        key = image_list_key([self.images[i] for i in rows])
+        if self.listed is not None:  # moved: the sizes and times of the images now, under the names recorded
+            key = [[self.listed[i], size, mtime] for i, (_, size, mtime) in zip(rows, key, strict=True)]
+        return list_key_digest(key)
 
     def stale_shards(self) -> List[int]:
         """Written shards whose images changed since they were encoded: their sizes or

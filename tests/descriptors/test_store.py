@@ -367,3 +367,25 @@ def test_the_same_names_below_another_folder_are_other_images_where_the_listed_o
     assert store_differences(tmp_path / "store", [str(copy / os.path.basename(p)) for p in day1][::-1], KEY) == []
     moved = (tmp_path / "day1").rename(tmp_path / "moved")
     assert store_differences(tmp_path / "store", [str(moved / os.path.basename(p)) for p in day1], KEY) == []
+
+
+def test_a_store_of_images_moved_below_another_folder_is_used_where_they_are_now(tmp_path):
+    """A data root copied or moved elsewhere (cp -a, mv) made its +1M distractor store "made for
+    other descriptors": the only fix offered was encoding the million images again."""
+    first = tmp_path / "data" / "jpg"
+    first.mkdir(parents=True)
+    for i, name in enumerate(IMAGES):
+        (first / name).write_bytes(b"x" * (i + 1))
+    encode = Encoder()
+    DescriptorStore.create(tmp_path / "store", [str(first / n) for n in IMAGES], KEY, 3).fill(encode)
+    moved = shutil.copytree(tmp_path / "data", tmp_path / "elsewhere") / "jpg"  # sizes and times kept
+    images = [str(moved / n) for n in IMAGES]
+    store = DescriptorStore.create(tmp_path / "store", images, KEY, 3)
+    assert store.fill(encode) == 0 and store.images == images
+    np.testing.assert_array_equal(open_store(tmp_path / "store").load(), descriptors(IMAGES))
+    (moved / IMAGES[5]).write_bytes(b"another image")  # changed where it is now: its shard is stale
+    with pytest.raises(StoreMismatch, match=r"the images of 1 shard\(s\) changed since they were"):
+        DescriptorStore.create(tmp_path / "store", images, KEY, 3).fill(encode)
+    others = [str(moved / n) for n in IMAGES[::-1]]  # other names in each place: other images
+    with pytest.raises(StoreMismatch, match="was made for other descriptors"):
+        DescriptorStore.create(tmp_path / "store", others, KEY, 3)

@@ -360,6 +360,11 @@ def _flag_problems(config: TrainConfig) -> List[str]:
             f"{' and '.join(given)}: --mode {config.mode} trains without a teacher and would not read the teacher's "
             "descriptors; leave them out, or choose a teacher mode (ts, reg, ...)"
         )
+    if config.feat_val_path and not config.loop.val:
+        found.append(
+            "--feat-val-path with --no-val: the val split is not validated, so the file would not be read; leave "
+            "one of them out"
+        )
     if any(sep in config.comment for sep in {"/", os.sep, "\0"}):
         found.append(
             f"--comment {config.comment!r}: it ends the run folder's name and cannot hold a path separator; the run "

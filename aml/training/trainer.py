@@ -431,14 +431,22 @@ class Trainer:
         # a relational loss is one value per batch: the original records it per tuple (/ nq, weight nq)
         tuples = self.settings.batch_size if self.criterion.kind is LossKind.RELATIONAL else 1
         losses: List[float] = []
-        for batch in progress_bar(
+        bar = progress_bar(
             loader,
             desc=f"validation {epoch + 1}",
             unit="batch",
             enabled=self.extraction.progress and self.world.is_main,
             leave=False,
-        ):
-            losses += [value / tuples for value in self.batch_losses(batch, split, backward=False)]
+        )
+        for i, batch in enumerate(bar):
+            try:
+                losses += [value / tuples for value in self.batch_losses(batch, split, backward=False)]
+            except _NonFiniteLoss as err:  # finite weights (checked when saved), a non-finite descriptor
+                raise TrainingDiverged(
+                    f"validation stopped: its loss is {err.args[0]} at epoch {epoch + 1}, batch {i + 1}/{len(loader)}: "
+                    "a val image or the network gives non-finite descriptors (with --amp, float16 overflowing: "
+                    "--amp-dtype bfloat16 or --no-amp); the epoch's checkpoints are not written"
+                ) from None
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value

@@ -60,6 +60,8 @@ def test_the_flags_defaults_are_the_configs_defaults():
     (["-nn", "0", "-m", "rand_tpl", "-l", "triplet"], "--neg-num 0: --mode rand_tpl is validated on --mode std's "
                                                       "tuples, with mined negatives"),
     (["-nn", "0", "-m", "reg", "-l", "regression"], "--mode reg is validated on --mode ts's tuples"),
+    (["-m", "reg", "--feat-val-path", "val.npy", "--no-val"], "--feat-val-path with --no-val: the val split is not "
+                                                                 "validated, so the file would not be read"),
     (["-m", "rand", "-l", "rkd", "-b", "2"], "--loss rkd needs --batch-size of at least 3 (its angles take three"),
     (["-m", "rand", "-l", "dark", "-b", "4"], "--loss dark needs --batch-size of at least 5 (4 neighbours"),
     (["--trunk-weights", "synthetic", "--not-pretrained"], "--trunk-weights and --not-pretrained exclude each other"),

@@ -350,3 +350,22 @@ def test_a_val_split_smaller_than_a_batch_is_refused_before_training(synth_root,
     with pytest.raises(ConfigError, match=r"the train split draws 10 tuples an epoch, fewer than --batch-size 12"):
         train(synth_root, tmp_path, "-b", "12", "--no-val")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_non_finite_validation_loss_ends_in_one_line_and_saves_nothing_of_its_epoch(synth_root, tmp_path,
+                                                                                      monkeypatch):
+    """Validation's non-finite loss escaped as the internal _NonFiniteLoss: a traceback, not the
+    one-line error that training's gives."""
+    real = trainer_module.Trainer.batch_losses
+
+    def batch_losses(self, batch, split, backward, sync=True):
+        values = real(self, batch, split, backward, sync)
+        if not backward:
+            trainer_module._check_finite([float("nan")])  # as a val image of non-finite descriptors makes it
+        return values
+
+    monkeypatch.setattr(trainer_module.Trainer, "batch_losses", batch_losses)
+    with pytest.raises(TrainingDiverged, match=r"validation stopped: its loss is nan at epoch 1, batch 1/\d+: a val "
+                                               r"image or the network gives non-finite descriptors"):
+        train(synth_root, tmp_path, "--epochs", "1")
+    assert not list(tmp_path.rglob("*.pth.tar"))

@@ -3,9 +3,9 @@ torchrun job, or on a machine with internet for compute nodes without it)."""
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
-from aml.cli.arguments import Parser, folder, run_cli, setup_logging
+from aml.cli.arguments import Parser, comma_names, folder, run_cli, setup_logging
 from aml.data.distractors import DISTRACTOR_SETS, prepare_distractors, split_test_name
 from aml.data.paths import DataRootLike, resolve_data_root
 from aml.data.testsets import TEST_SETS, prepare_test_set
@@ -74,7 +74,17 @@ KINDS: Tuple[Callable[[str], Optional[Download]], ...] = (_test_set, _distractor
 
 
 def resolve(name: str) -> Download:
-    """What ``name`` stands for, or a ConfigError that lists what can be fetched."""
+    """What ``name`` stands for, the first of `KINDS` that knows it.
+
+    Args:
+        name: a name as the command line gives it.
+
+    Returns:
+        What to fetch for it.
+
+    Raises:
+        ConfigError: listing what can be fetched, when no kind knows the name.
+    """
     for kind in KINDS:
         found = kind(name)
         if found is not None:
@@ -109,10 +119,10 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "--imagenet",
-        nargs="+",
-        default=[],
-        metavar="ARCH",
-        help="architectures whose ImageNet weights main.py starts from (mobilenet_v2, timm:<model>, ...)",
+        default=None,
+        metavar="ARCH[,ARCH...]",
+        help="architectures whose ImageNet weights main.py starts from, comma-separated (mobilenet_v2,"
+        "efficientnet_b3, timm:<model>, ...)",
     )
     parser.add_argument("--data-root", default=None, type=folder, help="data root (default $AML_DATA_ROOT or ./data)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -120,25 +130,49 @@ def build_parser() -> Parser:
 
 
 def downloads(names: Sequence[str], architectures: Sequence[str]) -> List[Download]:
-    """Every name read before anything is fetched, each once: an unknown one stops the command."""
+    """Every name read before anything is fetched, each once: an unknown one stops the command.
+
+    Args:
+        names: data sets and published networks (`resolve`).
+        architectures: architectures whose ImageNet weights to fetch.
+
+    Returns:
+        What to fetch, in the order given.
+
+    Raises:
+        ConfigError: for a name or an architecture that nothing fetches.
+    """
     wanted = [resolve(name) for name in dict.fromkeys(names)]
     return wanted + [_imagenet(arch) for arch in dict.fromkeys(architectures)]
 
 
-def fetch_all(wanted: Sequence[Download], data_root: DataRootLike, progress: bool) -> List[Tuple[str, Path]]:
-    """Fetch each download in turn into the data root; (name, path) of everything in place."""
+def fetch_all(wanted: Sequence[Download], data_root: DataRootLike, progress: bool) -> Iterator[Tuple[str, Path]]:
+    """Fetch each download in turn into the data root, giving each path as it is in place.
+
+    Args:
+        wanted: what to fetch (`downloads`).
+        data_root: the data root (None: ``$AML_DATA_ROOT`` or ``./data``).
+        progress: show progress bars.
+
+    Returns:
+        (name, path) of each file or folder put in place, as it is (a later failure leaves
+        the earlier ones said).
+    """
     root = resolve_data_root(data_root)
-    return [(download.name, path) for download in wanted for path in download.fetch(root, progress)]
+    for download in wanted:
+        for path in download.fetch(root, progress):
+            yield download.name, path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: python -m aml.cli.download NAME [NAME ...] [--imagenet ARCH ...]."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.names and not args.imagenet:
+    if not args.names and args.imagenet is None:
         parser.error("name what to download: a data set, a published network, or --imagenet ARCH")
     try:
-        wanted = downloads(args.names, args.imagenet)
+        architectures = comma_names("--imagenet", args.imagenet, "architecture") if args.imagenet is not None else []
+        wanted = downloads(args.names, architectures)
     except ConfigError as err:
         parser.error(str(err))
     setup_logging()

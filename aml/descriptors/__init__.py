@@ -15,6 +15,7 @@ from aml.descriptors.extraction import (
     extract_vectors,
 )
 from aml.descriptors.files import (
+    changed_since_written,
     dataset_images,
     extract_dataset_features,
     feature_file_beside,
@@ -36,6 +37,7 @@ __all__ = [
     "DescriptorKey",
     "ExtractionConfig",
     "cached_descriptors",
+    "changed_since_written",
     "dataset_images",
     "default_batch_size",
     "describe_images",

@@ -16,7 +16,7 @@ from aml.data.paths import DataRootLike, below_common_folder, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
-from aml.descriptors.key import DescriptorKey, image_list_key, images_digest, list_key_digest
+from aml.descriptors.key import DescriptorKey, images_digest, images_digest_as_listed
 from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
@@ -428,8 +428,6 @@ class FeatureProvenance:
         fingerprint: that network's weights' fingerprint.
         image_size: the size the images were resized to before encoding.
         scales: the scales they were encoded at (multi-scale: several).
-        changed: whether images changed since they were encoded (their sizes or
-            modification times differ from those recorded, the same paths listed).
     """
 
     images: Optional[List[str]] = None
@@ -437,7 +435,6 @@ class FeatureProvenance:
     fingerprint: Optional[str] = None
     image_size: Optional[float] = None
     scales: Optional[Tuple[float, ...]] = None
-    changed: bool = False
 
     def other_images(self, images: Sequence[str]) -> Optional[int]:
         """The first column whose image is not ``images``' (compared below each list's common
@@ -476,40 +473,72 @@ def feature_provenance(path: Path) -> FeatureProvenance:
         ...     path = write_feature_file(np.zeros((4, 1)), ["a.jpg"], pathlib.Path(folder) / "db.npy",
         ...                               dict(DescriptorKey("3f2a9c0d1e2b4a5c", 64).record(), network="vgg16"))
         ...     made = feature_provenance(path)
-        >>> made.images, made.network, made.fingerprint, made.image_size, made.scales, made.changed
-        (['a.jpg'], 'vgg16', '3f2a9c0d1e2b4a5c', 64, (1.0,), False)
+        >>> made.images, made.network, made.fingerprint, made.image_size, made.scales
+        (['a.jpg'], 'vgg16', '3f2a9c0d1e2b4a5c', 64, (1.0,))
     """
     path = Path(path)
     if path.is_dir():
         store = open_store(path, warn=False)  # read, and warned of, as the descriptors were
         made = store.key.descriptors
-        changed = all(os.path.exists(image) for image in store.images) and bool(store.stale_shards())
         return FeatureProvenance(
-            list(store.images), store.key.network, made.fingerprint, made.image_size, tuple(made.scales), changed
+            list(store.images), store.key.network, made.fingerprint, made.image_size, tuple(made.scales)
         )
     listing = _listing_path(path)
     images = read_line_list(listing.read_bytes()) if listing.is_file() else None
     settings = feature_file_settings(path) or {}
     network, fingerprint, size = settings.get("network"), settings.get("fingerprint"), settings.get("image_size")
     key = feature_file_key(path)
-    recorded = settings.get("images_key")
     return FeatureProvenance(
         images,
         network if isinstance(network, str) else None,
         fingerprint if isinstance(fingerprint, str) else None,
         size if isinstance(size, (int, float)) and not isinstance(size, bool) else None,
         tuple(key.scales) if key is not None else None,
-        _changed_since(images, recorded),
     )
 
 
-def _changed_since(images: Optional[List[str]], recorded: Any) -> bool:
-    """Whether the images at the paths a feature file lists differ from the sizes and times it
-    recorded (False where it recorded none, or where some are gone: moved, not changed)."""
-    if images is None or not isinstance(recorded, str):
+def changed_since_written(path: Path, images: Sequence[str]) -> bool:
+    """Whether ``images``, which a feature file (or store) lists, changed since it was written.
+
+    Their sizes or modification times now differ from those it recorded, under the names it
+    lists (so that the same images below another folder are unchanged).
+
+    Args:
+        path: a ``.npy`` feature file or a descriptor store folder that lists ``images``
+            (the same names below their common folder, in order: `FeatureProvenance.other_images`).
+        images: the images as they are now.
+
+    Returns:
+        True where they changed; False where they did not, or where the file recorded nothing
+        to tell (written before aml recorded it).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.descriptors import changed_since_written, write_feature_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     image = pathlib.Path(folder) / "a.jpg"
+        ...     _ = image.write_bytes(b"a photo")
+        ...     path = write_feature_file(np.ones((4, 1)), [str(image)], pathlib.Path(folder) / "db.npy")
+        ...     before = changed_since_written(path, [str(image)])
+        ...     _ = image.write_bytes(b"another photo")
+        ...     before, changed_since_written(path, [str(image)])
+        (False, True)
+    """
+    path, images = Path(path), list(images)
+    if path.is_dir():
+        store = open_store(path, warn=False)
+        if store.images != images:  # moved: the store's names, the images where they are now
+            store.listed, store.images = store.images, images
+        return bool(store.stale_shards())
+    listing = _listing_path(path)
+    recorded = (feature_file_settings(path) or {}).get("images_key")
+    if not isinstance(recorded, str) or not listing.is_file():
         return False
-    key = image_list_key(images)
-    return all(size >= 0 for _, size, _ in key) and list_key_digest(key) != recorded
+    listed = read_line_list(listing.read_bytes())
+    if len(listed) != len(images) or not all(os.path.isfile(image) for image in images):
+        return False  # other images, or missing ones: each has its own message
+    return images_digest_as_listed(images, listed) != recorded
 
 
 def reusable_feature_file(path: Path, key: DescriptorKey, images: Sequence[str]) -> Optional[np.ndarray]:

@@ -59,6 +59,20 @@ def images_digest(images: Sequence[str]) -> str:
     return list_key_digest(image_list_key(images))
 
 
+def images_digest_as_listed(images: Sequence[str], listed: Sequence[str]) -> str:
+    """`images_digest` of ``images`` as they are now (sizes, times), under the names ``listed``
+    recorded for them: what a record made of ``listed`` holds while the same images, moved
+    below another folder, are unchanged.
+
+    Examples:
+        >>> from aml.descriptors.key import images_digest, images_digest_as_listed
+        >>> images_digest_as_listed(["no/a.jpg"], ["old/a.jpg"]) == images_digest(["old/a.jpg"])
+        True
+    """
+    now = image_list_key(images)
+    return list_key_digest([[name, size, mtime] for name, (_, size, mtime) in zip(listed, now, strict=True)])
+
+
 def list_key_digest(key: List[Any]) -> str:
     """16 hex digits of an `image_list_key` (`images_digest` of the images it was made of).
 

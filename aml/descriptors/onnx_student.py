@@ -131,6 +131,15 @@ def _onnx():
     return onnx
 
 
+def onnx_installed() -> bool:
+    """Whether the onnx package, which reads and writes ONNX files' metadata, is installed."""
+    try:
+        _onnx()
+    except OnnxStudentError:
+        return False
+    return True
+
+
 def write_onnx_metadata(path: PathLike, info: OnnxStudentInfo) -> Path:
     """Write `info` into the ``metadata_props`` of an ONNX file (in place; other keys stay).
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from aml.data.paths import below_common_folder
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
-from aml.descriptors.key import DescriptorKey, KeyRecord, image_list_key, list_key_digest
+from aml.descriptors.key import DescriptorKey, KeyRecord, images_digest_as_listed
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, folder_lock
@@ -306,7 +306,22 @@ def _other_images(folder: Path, manifest: StoredManifest, images: Sequence[str])
     if sorted(theirs) != sorted(ours):
         return True
     now = dict(zip(ours, images, strict=True))
-    return any(_other_sizes(old, now[name]) for name, old in zip(theirs, listed, strict=True))
+    return not same_images_moved(listed, [now[name] for name in theirs])
+
+
+def same_images_moved(listed: Sequence[str], images: Sequence[str]) -> bool:
+    """Whether ``images`` are the images ``listed``, in order, moved below another folder: the
+    same names below each list's common folder, and no listed image still in place with
+    another size than its namesake (another day's ``DSC_0001.jpg``).
+
+    Examples:
+        >>> from aml.descriptors.store import same_images_moved
+        >>> same_images_moved(["/old/x/1.jpg", "/old/y/2.jpg"], ["/new/x/1.jpg", "/new/y/2.jpg"])
+        True
+    """
+    if len(listed) != len(images) or below_common_folder(listed) != below_common_folder(images):
+        return False
+    return not any(_other_sizes(old, new) for old, new in zip(listed, images, strict=True))
 
 
 def _other_sizes(old: str, new: str) -> bool:
@@ -434,7 +449,7 @@ class DescriptorStore:
             listed = read_line_list((self.folder / IMAGE_LIST).read_bytes())
         except OSError:
             return None
-        if len(listed) != len(self.images) or below_common_folder(listed) != below_common_folder(self.images):
+        if not same_images_moved(listed, self.images):
             return None
         log.info(">> %s lists its images below another folder (moved): reading them where they are now", self.folder)
         return listed
@@ -504,10 +519,9 @@ class DescriptorStore:
         """A digest of the paths (as the store lists them), sizes and modification times of
         shard ``k``'s images."""
         rows = self.shard_rows(k)
-        key = image_list_key([self.images[i] for i in rows])
-        if self.listed is not None:  # moved: the sizes and times of the images now, under the names recorded
-            key = [[self.listed[i], size, mtime] for i, (_, size, mtime) in zip(rows, key, strict=True)]
-        return list_key_digest(key)
+        images = [self.images[i] for i in rows]
+        listed = images if self.listed is None else [self.listed[i] for i in rows]  # moved: as recorded
+        return images_digest_as_listed(images, listed)
 
     def stale_shards(self) -> List[int]:
         """Written shards whose images changed since they were encoded: their sizes or

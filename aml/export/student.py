@@ -30,6 +30,7 @@ from aml.descriptors.onnx_student import (
     OnnxStudentError,
     OnnxStudentInfo,
     describe_with_onnx,
+    onnx_installed,
     onnx_session,
     read_onnx_metadata,
     whitening_digest,
@@ -39,6 +40,7 @@ from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec, check_network
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_path, staged
+from aml.utils.plain_files import begins_as
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
@@ -442,9 +444,12 @@ def _earlier_torchscript(path: Path) -> bool:
 
 def _earlier_onnx(path: Path) -> bool:
     """Whether ``path`` is an ONNX student that aml exported: it carries aml's metadata."""
+    if not onnx_installed():  # nothing can read the metadata (and no ONNX file is written): as ONNX begins
+        with open(path, "rb") as handle:
+            return begins_as(handle.read(4), "an ONNX model")
     try:
         return read_onnx_metadata(path) is not None
-    except OnnxStudentError:  # not ONNX, damaged, or no onnx package to tell
+    except OnnxStudentError:  # not ONNX, or damaged
         return False
 
 

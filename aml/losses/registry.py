@@ -44,6 +44,7 @@ class LossSpec:
         why: why a mode is refused, shown when one is.
         min_batch: the fewest images per mini-batch (``--batch-size``) with which the loss
             measures anything, and why (a relational loss compares the images of a batch).
+        uses_negatives: whether a tuple's negatives enter the loss (a regression does not).
 
     Examples:
         >>> from aml.losses import LOSSES, LossSpec, TripletLoss
@@ -60,6 +61,7 @@ class LossSpec:
     accepts: Callable[[Any], bool]
     why: str  # shown when a mode is refused
     min_batch: Tuple[int, str] = (1, "")
+    uses_negatives: bool = True
 
     @property
     def kind(self) -> LossKind:
@@ -103,24 +105,27 @@ LOSSES: Dict[str, LossSpec] = {
         lambda m, t: RegressionLoss(),
         lambda mode: mode.self_positive and not mode.relational,
         "it regresses the anchor onto teacher positives",
+        uses_negatives=False,
     ),
     "rkd": LossSpec(
         lambda m, t: RKdAD(),
         lambda mode: mode.relational,
         "it compares batches of student and teacher descriptors (mode rand)",
         (3, "its angles take three images; of two, the distances divided by their mean are 1 on both sides"),
+        uses_negatives=False,
     ),
     "dark": LossSpec(
         lambda m, t: HardDarkRank(),
         lambda mode: mode.relational,
         "it compares batches of student and teacher descriptors (mode rand)",
         (5, "4 neighbours per image"),
+        uses_negatives=False,
     ),
     # losses of later papers (aml.losses.compatibility); --temp is their temperature
-    "csd": LossSpec(lambda m, t: ContextualSimilarityLoss(temp=t), _images, _IMAGES_WHY),
-    "bct": LossSpec(lambda m, t: BackwardCompatibleLoss(temp=t), _images, _IMAGES_WHY),
-    "hvs": LossSpec(lambda m, t: HeterogeneousCompatibilityLoss(temp=t), _images, _IMAGES_WHY),
-    "lce": LossSpec(lambda m, t: CompatibleEmbeddingLoss(temp=t), _images, _IMAGES_WHY),
+    "csd": LossSpec(lambda m, t: ContextualSimilarityLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False),
+    "bct": LossSpec(lambda m, t: BackwardCompatibleLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False),
+    "hvs": LossSpec(lambda m, t: HeterogeneousCompatibilityLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False),
+    "lce": LossSpec(lambda m, t: CompatibleEmbeddingLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False),
 }
 
 

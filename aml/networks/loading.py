@@ -306,8 +306,15 @@ def pretrained_checkpoint(name: str, data_root: DataRootLike = None) -> Path:
 
 
 def published_whitening_file(name: str, data_root: DataRootLike = None) -> Optional[Path]:
-    """Download (once) the whitening file a network of the pretrained list is published with
-    into ``<data_root>/model``; None for a network published without one."""
+    """Download (once) the whitening file a network of the pretrained list is published with.
+
+    Args:
+        name: a name of the pretrained list.
+        data_root: the data root; the file goes to its ``model/``.
+
+    Returns:
+        The file, or None for a network published without one.
+    """
     url = PRETRAINED[name].whitening_url
     if url is None:
         return None

@@ -208,6 +208,9 @@ class SearchDatabase:
     #: what answers the searches, read or made at the first one and kept: the store's IVF-PQ
     #: index, else an ExactIndex over ``vecs``
     index: Any = field(default=None, init=False, repr=False, compare=False)
+    #: the student `aml.search.query_database` last checked against the store, with its teacher
+    #: and weights' versions: a loop of queries checks it once, not at each call
+    checked: Any = field(default=None, init=False, repr=False, compare=False)
 
     def search(
         self, queries: np.ndarray, k: int, prewhitened: bool = False, reranking: Reranking = Reranking()

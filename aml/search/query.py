@@ -2,6 +2,7 @@
 made for the store's teacher, and the searches of its query images."""
 
 import logging
+import weakref
 from typing import List, Optional, Sequence, TypedDict
 
 import numpy as np
@@ -171,7 +172,7 @@ def query_database(
     """
     check_network(student, "student")
     check_results_wanted(k)
-    check_teacher(database, student, teacher)
+    _check_teacher_once(database, student, teacher)
     _warn_turned(images)
     skipped: List[int] = []
     queries = describe_images(
@@ -188,6 +189,16 @@ def query_database(
     found = _hits(database, [images[i] for i in read], *database.search(queries[:, read], k, reranking=reranking))
     answers = dict(zip(read, found, strict=True))
     return [answers.get(i, {"query": str(image), "results": []}) for i, image in enumerate(images)]
+
+
+def _check_teacher_once(database: SearchDatabase, student: ImageRetrievalNet, teacher: Optional[str]) -> None:
+    """`check_teacher`, unless this student, with these weights (none changed or replaced since)
+    and this teacher, passed it last: hashing the weights costs 7 to 50 ms a call on a CPU."""
+    weights = tuple((tensor.data_ptr(), tensor._version) for tensor in student.state_dict().values())
+    seen = (weakref.ref(student), teacher, weights)  # a dead reference equals no other
+    if database.checked != seen:
+        check_teacher(database, student, teacher)
+        database.checked = seen
 
 
 def _warn_turned(images: Sequence[str]) -> None:

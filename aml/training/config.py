@@ -405,7 +405,8 @@ def _mode_problems(config: TrainConfig) -> List[str]:
             "more)"
         )
     checked = validation_mode(mode)
-    if loop.neg_num == 0 and loop.val and mode.negatives is Negatives.NONE and checked.negatives is not Negatives.NONE:
+    validated_on_negatives = checked.negatives is not Negatives.NONE and LOSSES[config.loss].uses_negatives
+    if loop.neg_num == 0 and loop.val and mode.negatives is Negatives.NONE and validated_on_negatives:
         found.append(
             f"--neg-num 0: --mode {config.mode} is validated on --mode {checked.name}'s tuples, with "
             f"{checked.negatives.value} negatives; with none, the validation loss measures positives only (a "

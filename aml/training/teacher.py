@@ -14,6 +14,7 @@ from aml.descriptors import (
     DEFAULT_EXTRACTION,
     DescriptorKey,
     ExtractionConfig,
+    changed_since_written,
     describe_images,
     feature_file_beside,
     feature_file_name,
@@ -85,7 +86,7 @@ def _given_features(teacher: Teacher, path: Path, images: Sequence[str], image_s
             f"feature file {path} describes other images than the training split's: its column {column} is "
             f"{listed}, the split's image {column} is {wanted}; extract it for this set with extract_features.py"
         )
-    if made.changed:
+    if changed_since_written(path, images):
         raise DataError(
             f"feature file {path} describes the split's images as they were when it was written: some changed since "
             "(their sizes or modification times differ: a set generated again or edited); extract it again with "

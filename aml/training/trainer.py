@@ -442,11 +442,13 @@ class Trainer:
             try:
                 losses += [value / tuples for value in self.batch_losses(batch, split, backward=False)]
             except _NonFiniteLoss as err:  # finite weights (checked when saved), a non-finite descriptor
-                raise TrainingDiverged(
+                message = (
                     f"validation stopped: its loss is {err.args[0]} at epoch {epoch + 1}, batch {i + 1}/{len(loader)}: "
                     "a val image or the network gives non-finite descriptors (with --amp, float16 overflowing: "
                     "--amp-dtype bfloat16 or --no-amp); the epoch's checkpoints are not written"
-                ) from None
+                )
+                self.log.line(message, echo=False)
+                raise TrainingDiverged(message) from None
         value = float(np.mean(losses)) if losses else float("nan")
         log.info(">> Val: [%d]\tLoss %.4f", epoch + 1, value)
         return value

@@ -552,3 +552,10 @@ def test_export_never_replaces_what_is_not_an_earlier_export(earlier_export, tmp
     for name in ("student.onnx", "student-int8.onnx"):  # earlier exports: replaced
         (out / name).write_bytes((earlier_export / name).read_bytes())
     assert export_folder(str(out)) == str(out)
+    import sys
+
+    sys.modules["onnx"], real = None, sys.modules["onnx"]  # without the onnx package (--no-onnx): as ONNX begins
+    try:
+        assert export_folder(str(out)) == str(out)
+    finally:
+        sys.modules["onnx"] = real

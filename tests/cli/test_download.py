@@ -55,6 +55,18 @@ def test_every_registered_name_is_fetched_as_what_it_names(name, fetched, tmp_pa
     assert fetched == expected_calls(name)
 
 
+@pytest.mark.parametrize("name, calls", [
+    ("ROxford5k+1M", [("prepare_test_set", "roxford5k"), ("prepare_distractors", "1m")]),
+    ("revisitop1m", [("prepare_distractors", "1m")]),
+    ("Retrieval-SfM-120k", [("prepare_train_set", "retrieval-SfM-120k")]),
+    ("resnet101", [("pretrained_checkpoint", "retrievalSfM120k-resnet101-gem"),
+                   ("whitening", "retrievalSfM120k-resnet101-gem")]),
+])
+def test_names_as_users_type_them(name, calls, fetched, tmp_path):
+    download_cli.main([name, "--data-root", str(tmp_path), "-q"])
+    assert fetched == calls
+
+
 def test_an_unknown_name_stops_the_command_before_anything_is_fetched(fetched, tmp_path, capsys):
     with pytest.raises(SystemExit):
         download_cli.main(["roxford5k", "roxford5k+2m", "--data-root", str(tmp_path)])
@@ -92,7 +104,7 @@ def test_a_published_student_comes_with_its_whitening_file(monkeypatch, tmp_path
 
 
 def test_sets_already_on_disk_are_found_and_named(synth_root, capsys):
-    download_cli.main(["synth-oxford", "synth-sfm", "--imagenet", "mobilenet_v2", "--data-root", str(synth_root)])
+    download_cli.main(["--imagenet", "mobilenet_v2", "synth-oxford", "synth-sfm", "--data-root", str(synth_root)])
     printed = capsys.readouterr().out.splitlines()
     assert printed[-3:-1] == [f"synth-oxford: {synth_root / 'test' / 'synth-oxford'}",
                               f"synth-sfm: {synth_root / 'train' / 'synth-sfm'}"]

@@ -59,7 +59,7 @@ def test_the_flags_defaults_are_the_configs_defaults():
     # trained (rand_tpl draws its own negatives), but validated as std: a triplet loss of 0 every epoch
     (["-nn", "0", "-m", "rand_tpl", "-l", "triplet"], "--neg-num 0: --mode rand_tpl is validated on --mode std's "
                                                       "tuples, with mined negatives"),
-    (["-nn", "0", "-m", "reg", "-l", "regression"], "--mode reg is validated on --mode ts's tuples"),
+    (["-nn", "0", "-m", "rand_tpl_a", "-l", "cross_entropy"], "--mode rand_tpl_a is validated on --mode ts's tuples"),
     (["-m", "reg", "--feat-val-path", "val.npy", "--no-val"], "--feat-val-path with --no-val: the val split is not "
                                                                  "validated, so the file would not be read"),
     (["-m", "rand", "-l", "rkd", "-b", "2"], "--loss rkd needs --batch-size of at least 3 (its angles take three"),
@@ -349,6 +349,9 @@ def test_checkpoint_frequencies_above_the_epochs_are_named_before_training():
                                                             "--val-freq 4 is above --epochs 3"]
     assert "no model_best is written" in notices[1]
     assert TrainSettings(epochs=3, val_freq=4, val=False, neg_num=0).notices() == []
+    from aml.training.config import problems  # a regression reads no negatives: -nn 0 validates it alike
+
+    assert problems(TrainConfig.from_flags("runs", mode="reg", loss="regression", neg_num=0)) == []
 
 
 def test_the_last_epoch_is_saved_and_an_update_every_of_no_step_is_refused(synth_root, tmp_path, capsys):

@@ -383,7 +383,10 @@ def test_a_store_of_images_moved_below_another_folder_is_used_where_they_are_now
     store = DescriptorStore.create(tmp_path / "store", images, KEY, 3)
     assert store.fill(encode) == 0 and store.images == images
     np.testing.assert_array_equal(open_store(tmp_path / "store").load(), descriptors(IMAGES))
-    (moved / IMAGES[5]).write_bytes(b"another image")  # changed where it is now: its shard is stale
+    (moved / IMAGES[5]).write_bytes(b"another image")  # the listed one still there, of another size: others
+    with pytest.raises(StoreMismatch, match="was made for other descriptors"):
+        DescriptorStore.create(tmp_path / "store", images, KEY, 3)
+    shutil.rmtree(tmp_path / "data")  # moved away, then changed where it is now: its shard is stale
     with pytest.raises(StoreMismatch, match=r"the images of 1 shard\(s\) changed since they were"):
         DescriptorStore.create(tmp_path / "store", images, KEY, 3).fill(encode)
     others = [str(moved / n) for n in IMAGES[::-1]]  # other names in each place: other images

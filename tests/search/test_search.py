@@ -830,3 +830,30 @@ def test_query_database_refuses_a_store_of_another_teacher_and_no_results_asked(
     for k in (0, -1, 1.5, True):
         with pytest.raises(StoreError, match=rf"k {k!r}: the results per query are a whole number > 0"):
             database.search(queries, k)
+
+
+def test_a_loop_of_queries_checks_the_student_once_until_its_weights_change(tmp_path, monkeypatch):
+    """query_database hashed the student's weights at every call (7 to 50 ms on a CPU, more than
+    a query's encoding on a GPU); the check is kept for the same student, weights and teacher."""
+    from aml.networks.fingerprint import network_fingerprint
+    from aml.search import query as query_module
+    from aml.search import query_database
+
+    student = build_network("resnet18", pretrained=False).eval()
+    settings = {"dim": 512, "network": "s", "source": "s.pth", "fingerprint": network_fingerprint(student),
+                "image_size": 48, "scales": [1]}
+    database = SearchDatabase(tmp_path, np.eye(512, 3, dtype=np.float32), ["0.jpg", "1.jpg", "2.jpg"], settings)
+    checks, real = [], query_module.check_teacher
+    monkeypatch.setattr(query_module, "check_teacher", lambda *args: checks.append(args) or real(*args))
+    monkeypatch.setattr(query_module, "describe_images",
+                        lambda net, images, *args, **kwargs: np.eye(512, len(images), dtype=np.float32))
+    for _ in range(3):
+        query_database(database, student, ["q.jpg"], k=1)
+    assert len(checks) == 1
+    with torch.no_grad():
+        next(student.parameters()).add_(1.0)  # trained on in place: no longer the store's own network
+    with pytest.raises(StoreError, match="the student does not record its teacher"):
+        query_database(database, student, ["q.jpg"], k=1)
+    with pytest.raises(StoreError, match="the student does not record its teacher"):  # another network: checked
+        query_database(database, build_network("resnet18", pretrained=False).eval(), ["q.jpg"], k=1)
+    assert len(checks) == 3

@@ -170,9 +170,12 @@ def test_a_feat_path_file_of_changed_images_other_scales_or_two_teachers_is_refu
     with pytest.raises(DataError, match=r"feats.npy describes the split's images as they were when it was written: "
                                         r"some changed since"):
         teacher_split_features(vgg16, "set", "train", images, 64, str(path))
-    (tmp_path / "data").rename(tmp_path / "moved")  # gone from the listed paths: moved, not changed
     moved = [image.replace(str(tmp_path / "data"), str(tmp_path / "copy")) for image in images]
-    assert teacher_split_features(vgg16, "set", "train", moved, 64, str(path)).shape == (512, 3)
+    assert teacher_split_features(vgg16, "set", "train", moved, 64, str(path)).shape == (512, 3)  # the copy: intact
+    shutil.rmtree(tmp_path / "data")  # moved away, then one generated again where the run reads it
+    Path(moved[0]).write_bytes(b"generated again")
+    with pytest.raises(DataError, match=r"feats.npy describes the split's images as they were"):
+        teacher_split_features(vgg16, "set", "train", moved, 64, str(path))
 
     multi = dict(DescriptorKey("3f2a9c0d1e2b4a5c", 64, (1, 0.5), 3.0).record(), network="retrievalSfM120k-vgg16-gem")
     write_feature_file(np.eye(512, 3, dtype=np.float32), moved, tmp_path / "multi.npy", multi)

@@ -19,6 +19,7 @@ from aml.layers.pooling import POOLINGS, Rpool
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
 from aml.networks.pretrained import (
+    DEFAULT_TEACHER,
     DEFAULT_TEACHER_DIM,
     FINAL_WHITENING,
     LOCAL_WHITENING,
@@ -462,6 +463,19 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
                 f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})"
             )
         params["teacher_dim"] = outputdim
+    elif _keeps_width_as_the_original(params):
+        del params["teacher"]  # the original gave these their trunk's width, and recorded no teacher
     net = build_network(**params)
     net.meta.update(kept)
     return net
+
+
+def _keeps_width_as_the_original(params: Dict[str, Any]) -> bool:
+    """Whether the original's ``init_network`` gave this network its trunk's width whatever its
+    ``teacher``: a trunk that is not a student, with ``teacher='vgg16'`` (the original's
+    test.py passed it for every network, published ResNet101 teachers included), no dimension
+    given. A ``teacher='resnet101'`` projects a narrower trunk (a KeyError in the original)."""
+    architecture = params.get("architecture", "resnet101")
+    if params.get("teacher") != DEFAULT_TEACHER or params.get("teacher_dim") is not None:
+        return False
+    return not get_backbone(architecture).student

@@ -18,6 +18,16 @@ def test_student_gets_projection_to_teacher_dimension():
     assert build_network("resnet18", pretrained=False, teacher="vgg16").projection() is None  # 512 already
 
 
+def test_init_network_keeps_a_trunks_width_with_the_originals_default_teacher():
+    """The original's test.py passed teacher='vgg16' for every network: a published ResNet101
+    teacher then got a 1x1 projection to 512, and its state_dict did not load."""
+    net = init_network({"architecture": "resnet101", "pooling": "gem", "pretrained": False, "teacher": "vgg16"})
+    assert net.meta["outputdim"] == 2048 and net.projection() is None and "teacher" not in net.meta
+    net.load_state_dict(build_network("resnet101", pretrained=False).state_dict())
+    student = init_network({"architecture": "mobilenet_v2", "pretrained": False, "teacher": "vgg16"})
+    assert student.meta["outputdim"] == 512 and student.meta["teacher"] == "vgg16"  # a student projects, as there
+
+
 def test_projection_is_found_only_where_there_is_one():
     assert build_network("resnet18", pretrained=False).projection() is None  # ends with a residual stage
     assert build_network("vgg16", pretrained=False).projection() is None  # 3x3 conv + ReLU

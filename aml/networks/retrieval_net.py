@@ -7,7 +7,7 @@ convention; `ImageRetrievalNet.descriptors` returns rows (B x D).
 
 import logging
 import numbers
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -73,10 +73,18 @@ class Features(nn.Sequential):
             x = layer(x)
         if end < len(layers):
             with torch.autocast(x.device.type, enabled=False):
-                x = x.float()
+                x = x.to(head_dtype(layers[end:]))
                 for layer in layers[end:]:
                     x = layer(x)
         return x
+
+
+def head_dtype(modules: Sequence[Optional[nn.Module]]) -> torch.dtype:
+    """The dtype the layers after the trunk run in: their weights' (float32, under autocast
+    too; that of a network converted with ``.half()`` or ``.double()``, as cirtorch ran it),
+    float32 where they hold none."""
+    weights = (w for m in modules if m is not None for w in m.parameters() if w.is_floating_point())
+    return next(weights, torch.ones(())).dtype
 
 
 class ImageRetrievalNet(nn.Module):
@@ -131,19 +139,21 @@ class ImageRetrievalNet(nn.Module):
         """Descriptors of a batch of images, one row per image.
 
         The trunk runs under the caller's autocast, if any; everything after it (a student's
-        projection, local whitening, pooling, normalisation, whitening) always runs in
-        float32: GeM's x^p, its mean over positions and the squared norm of a 2048-d
-        descriptor overflow float16, and the head costs little next to the trunk.
+        projection, local whitening, pooling, normalisation, whitening) runs in the dtype of
+        its weights, float32 under autocast: GeM's x^p, its mean over positions and the
+        squared norm of a 2048-d descriptor overflow float16, and the head costs little next
+        to the trunk. A network converted with ``.half()`` or ``.double()`` runs it in that
+        dtype, as cirtorch did.
 
         Args:
             x: B x 3 x H x W images, normalised with the network's mean and std.
 
         Returns:
-            B x D L2-normalised float32 descriptors.
+            B x D L2-normalised descriptors, float32 unless the network was converted.
         """
         o = self.features(x)
         with torch.autocast(o.device.type, enabled=False):
-            o = o.float()
+            o = o.to(head_dtype([self.lwhiten, self.pool, self.whiten]))
             if self.lwhiten is not None:
                 o = self.lwhiten(o.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             o = self.norm(self.pool(o)).flatten(1)

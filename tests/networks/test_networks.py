@@ -202,3 +202,17 @@ def test_a_teacher_dim_that_is_no_dimension_is_refused_and_numpy_statistics_are_
             build_network("resnet18", pretrained=False, teacher_dim=dim)
     net = build_network("resnet18", pretrained=False, mean=np.array([0.5, 0.5, 0.5]), std=np.array([0.25] * 3))
     assert net.meta["mean"] == [0.5] * 3 and net.meta["std"] == [0.25] * 3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_network_converted_to_another_dtype_runs_in_it_as_cirtorchs(dtype):
+    """The head ran in float32 whatever the weights: a network converted with .half(),
+    .bfloat16() or .double(), as cirtorch users do for inference, ended in a dtype error."""
+    for net in (build_network("resnet18", pretrained=False, whitening=True),
+                build_network("mobilenet_v2", pretrained=False, teacher_dim=256)):
+        net = net.eval().to(dtype)
+        with torch.no_grad():
+            out = net(torch.rand(2, 3, 64, 48, dtype=dtype))
+        assert out.dtype == dtype and torch.isfinite(out).all() and out.shape[1] == 2
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # autocast: the head stays float32
+        assert build_network("resnet18", pretrained=False).eval()(torch.rand(1, 3, 64, 48)).dtype == torch.float32

@@ -110,6 +110,11 @@ def _file_above(path: Path) -> Path:
 def _check_above(text: str, path: Path) -> None:
     """Refuse a path that cannot be created: a file stands where a folder above it must be."""
     above = _file_above(path)
+    if above.is_symlink() and not above.exists():
+        raise argparse.ArgumentTypeError(
+            f"{text}: {above} is a link that leads nowhere (to a missing path, or round a loop of links); mend or "
+            "remove the link, or give another path"
+        )
     if not above.is_dir():
         raise argparse.ArgumentTypeError(
             f"{text}: {above} is a file, not a folder, so nothing can be written under it; give another path"
@@ -117,8 +122,14 @@ def _check_above(text: str, path: Path) -> None:
 
 
 def folder(text: str) -> str:
-    """A folder that exists or can be created: refuses a path that is a file, or under one."""
+    """A folder that exists or can be created: refuses a path that is a file, or under one, and
+    a link that leads nowhere (dangling, or a loop: nothing can be created there)."""
     path = Path(text)
+    if path.is_symlink() and not path.exists():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a link that leads nowhere (to a missing path, or round a loop of links); give a folder, or "
+            "mend or remove the link"
+        )
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; give a folder (it is created if missing)")
     _check_above(text, path)

@@ -150,6 +150,19 @@ def test_a_file_where_a_folder_belongs_is_refused(command, flag, tmp_path, capsy
     assert afile.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command, flag", [(TRAIN, "--directory"), (TEST, "--report"), (INDEX, "--store"),
+                                           ((export_cli.main, ["--network", "unused.pth"]), "--out"),
+                                           (TEST, "--results")])
+def test_a_link_that_leads_nowhere_is_refused_where_a_folder_belongs(command, flag, tmp_path, capsys):
+    """A link loop (or a dangling link) as --store, --out or --directory ended in a traceback
+    (RuntimeError: Symlink loop, FileExistsError)."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    given = tmp_path / "a" / "results.json" if flag == "--results" else tmp_path / "a"
+    err = bad(command, [flag, str(given)], capsys)
+    assert f"argument {flag}" in err and f"{tmp_path / 'a'} is a link that leads nowhere" in err
+
+
 @pytest.mark.parametrize("command, flag", [(TEST, "--results"), (TEST, "--report"), (TRAIN, "--directory"),
                                            (EXTRACT, "--data-root"), (QUERY, "--json")])
 def test_a_path_under_a_file_is_refused_before_anything_runs(command, flag, tmp_path, capsys):

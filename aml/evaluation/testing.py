@@ -43,7 +43,7 @@ from aml.evaluation.whitening import whitened
 from aml.evaluation.whitening_store import Whitening, learned_whitening
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write, optional_write
-from aml.utils.distributed import current_world
+from aml.utils.distributed import current_world, from_main
 from aml.utils.errors import DataError
 
 # TestSettings and check_reranking are defined with the plan and used from here too
@@ -148,10 +148,8 @@ def _store(plan: TestPlan, suffix: str) -> DescriptorStore:
 
 
 def _write_skipped(test: PlannedSet, encoded: _Encoded) -> Optional[Path]:
-    """The list of the skipped images, in ``test.listing`` (rank 0 writes it); None where that
-    folder cannot be written (a read-only data set folder, a full disk: a warning says so)."""
-    if not current_world().is_main:
-        return test.listing
+    """The list of the skipped images, in ``test.listing``; None where that folder cannot be
+    written (a read-only data set folder, a full disk: a warning says so)."""
     lines = [f"database\t{test.images[i]}" for i in sorted(encoded.skipped_db)]
     lines += [f"query\t{test.queries[i]}" for i in sorted(encoded.skipped_queries)]
     text = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")  # names as on disk
@@ -165,7 +163,7 @@ def _remove_stale_listing(test: PlannedSet) -> None:
     """Delete an earlier test's list of skipped images where this test wrote none (it read
     every image, or could not write its list): left beside new results, it would name images
     that this test did not skip."""
-    if not current_world().is_main or not test.listing.is_file():
+    if not test.listing.is_file():
         return
     try:
         test.listing.unlink()
@@ -278,8 +276,6 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown) 
     lines = DatasetResult(dataset, (shown.result,)).lines()  # ">> roxford5k + whiten: mAP ...", its search named
     summary = "; ".join([how] + [line.removeprefix(">> ") for line in lines])
     folder = Path(plan.settings.report_dir or ".") / dataset
-    if not current_world().is_main:  # rank 0 writes it
-        return folder / "index.html"
     return write_report(folder, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
 
 
@@ -311,7 +307,8 @@ def _searches(
 def _search(
     plan: TestPlan, test: PlannedSet, encoded: _Encoded, lw: Optional[Whitening], store: Optional[DescriptorStore]
 ) -> DatasetResult:
-    """Every search of one test set (plain, whitened, re-ranked), its skipped images, distractors, report."""
+    """Every search of one test set (plain, whitened, re-ranked), its skipped images, distractors,
+    report (rank 0 alone, which writes the files)."""
     name, kept = test.name, encoded.kept
     database = TestDatabase(encoded.vecs, encoded.skipped_db, device=plan.device)
     added = None
@@ -400,10 +397,13 @@ def evaluate(
             stores[test.distractors] = _store(plan, test.distractors)
         seconds[test.name] = time.time() - start
     results: Dict[str, DatasetResult] = {}
+    world = current_world()
     for test in plan.sets:
         start = time.time()
         store = stores[test.distractors] if test.distractors is not None else None
-        results[test.name] = _search(plan, test, encoded[test.name], lw, store)
+        # rank 0 searches, under torchrun too (each rank holds every descriptor), and hands its results on
+        searched = _search(plan, test, encoded[test.name], lw, store) if world.is_main else None
+        results[test.name] = from_main(searched, world)
         if on_result is not None:
             on_result(results[test.name])
         log.info(">> %s: elapsed time: %s", test.name, htime(seconds[test.name] + time.time() - start))

@@ -62,3 +62,27 @@ def test_evaluate_gives_the_numbers_of_a_ranking_of_its_descriptors(synth_root):
     lines = result.lines()
     assert lines[0].startswith(">> synth-oxford: mAP E: ") and lines[2].startswith(">> synth-oxford + dba3: mAP")
     assert np.isfinite(result.search(reranking=reranking).map("hard"))
+
+
+def test_under_torchrun_rank_0_alone_searches_and_hands_its_results_on(synth_root, monkeypatch):
+    """Every rank searched every test set (the +1M store read once per process) to print and
+    write nothing: rank 0 searches, the others get its results."""
+    from aml.evaluation import testing
+    from aml.utils.distributed import World
+
+    searched, handed = [], []
+    monkeypatch.setattr(testing, "current_world", lambda: World(rank=1, size=2))
+    monkeypatch.setattr(testing, "_search", lambda *args: searched.append(args) or "rank 1's own")
+    monkeypatch.setattr(testing, "from_main", lambda value, world: handed.append(value) or "rank 0's")
+    monkeypatch.setattr(testing.TestPlan, "of", classmethod(lambda cls, *args: _one_set_plan(synth_root)))
+    monkeypatch.setattr(testing, "_encode", lambda plan, test: None)
+    results = evaluate(LoadedNetwork.in_memory(build_network("resnet18", pretrained=False), "net"),
+                       _settings(synth_root))
+    assert searched == [] and handed == [None] and results == {"synth-oxford": "rank 0's"}
+
+
+def _one_set_plan(root):
+    """A plan of one test set without distractors or whitening (what `evaluate` reads of it)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(whitening=None, sets=[SimpleNamespace(name="synth-oxford", distractors=None)])

@@ -173,7 +173,7 @@ def load_image(path: PathLike) -> Image.Image:
     if cut_short(image):
         warn_once(
             log,
-            ">> image %s: its last row is uniform grey (128), what a JPEG file cut short decodes to, the lost "
+            ">> image %s: its last row is uniform mid-grey, what a JPEG file cut short decodes to, the lost "
             "part grey; if it is cut short, copy or download it again",
             path,
         )
@@ -183,9 +183,10 @@ def load_image(path: PathLike) -> Image.Image:
 def cut_short(image: Image.Image) -> bool:
     """Whether a decoded baseline JPEG looks cut short: libjpeg (PIL's decoder) decodes a file
     whose data ends early, then an end marker, without a word, every block it lacks a flat
-    grey of 128, so its last row is 128 throughout. (A file cut without the marker is refused
-    by PIL; a progressive one cut short decodes blurred, not grey. An image whose last row is
-    a flat mid-grey of its own matches too: hence a warning, not a refusal.)
+    grey of 128, so its last row is 128 throughout (127 in a CMYK file stored inverted, as
+    Adobe's are; a phone's MPO is a JPEG too). (A file cut without the marker is refused by
+    PIL; a progressive one cut short decodes blurred, not grey. An image whose last row is a
+    flat mid-grey of its own matches too: hence a warning, not a refusal.)
 
     Args:
         image: the decoded image, as PIL opened it.
@@ -201,12 +202,16 @@ def cut_short(image: Image.Image) -> bool:
         >>> cut_short(grey), cut_short(Image.new("RGB", (4, 3), (128, 128, 127)))
         (True, False)
     """
-    if image.format != "JPEG" or image.info.get("progressive") or image.mode not in ("L", "RGB"):
+    if image.format not in ("JPEG", "MPO") or image.info.get("progressive") or image.mode not in CUT_SHORT_GREYS:
         return False
     width, height = image.size
     extrema = image.crop((0, height - 1, width, height)).getextrema()
     bands = [extrema] if image.mode == "L" else list(extrema)
-    return all(band == (128, 128) for band in bands)
+    return any(all(band == (grey, grey) for band in bands) for grey in CUT_SHORT_GREYS[image.mode])
+
+
+#: per JPEG mode, the values libjpeg fills the blocks of a file cut short with
+CUT_SHORT_GREYS = {"L": (128,), "RGB": (128,), "CMYK": (128, 127)}  # CMYK: also stored inverted (Adobe)
 
 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})  # "I": 32-bit, from a 16-bit file
@@ -265,9 +270,9 @@ def exif_orientation(path: PathLike) -> int:
         6
     """
     try:
-        with Image.open(path) as image:
+        with open_image_file(path) as handle, Image.open(handle) as image:
             value = image.getexif().get(EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError):  # unreadable: the loading names it
+    except (OSError, ValueError, SyntaxError, ImageLoadError):  # unreadable (a FIFO would block): loading names it
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -280,7 +285,7 @@ def turned_images(paths: Sequence[PathLike]) -> List[PathLike]:
 
 def image_size(path: PathLike) -> Tuple[int, int]:
     """(width, height) of an image file, read from its header (nothing is decoded)."""
-    with errors_naming(path), Image.open(path) as image:
+    with open_image_file(path) as handle, errors_naming(path), Image.open(handle) as image:
         return image.size
 
 

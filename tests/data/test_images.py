@@ -261,29 +261,47 @@ def test_pixels_are_a_writable_copy_whatever_the_image_shape(monkeypatch, size):
     assert pixels.shape == (3, size[1], size[0]) and pixels[:, 0, 0].tolist() == [10, 20, 30]
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_a_jpeg_cut_short_then_ended_is_named_in_a_warning(tmp_path, caplog, mode):
+@pytest.mark.parametrize("mode, kind", [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "MPO")])
+def test_a_jpeg_cut_short_then_ended_is_named_in_a_warning(tmp_path, caplog, mode, kind):
     """Cut in the middle with its end marker put back (a copy or download stopped short, then
-    "repaired"), a JPEG decoded without a word, its lower part a flat grey."""
+    "repaired"), a JPEG decoded without a word, its lower part a flat grey; a phone's MPO and a
+    CMYK JPEG (grey 127: stored inverted) went unwarned after the fix for the others."""
     import io
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).resize((300, 200)).convert(mode)
     files = {}
-    for name, progressive in (("baseline", False), ("progressive", True)):
+    kinds = [("baseline", False)] + [("progressive", True)] * (mode != "CMYK")  # a cut progressive CMYK: refused
+    for name, progressive in kinds:
         data = io.BytesIO()
-        photo.save(data, "JPEG", quality=90, progressive=progressive)
+        frames = {"save_all": True, "append_images": [photo]} if kind == "MPO" else {}  # a phone's pair
+        photo.save(data, kind, quality=90, progressive=progressive, **frames)
         whole = data.getvalue()
         files[name] = tmp_path / f"{name}.jpg"
         files[name].write_bytes(whole)
         files[f"{name}-cut"] = tmp_path / f"{name}-cut.jpg"
-        files[f"{name}-cut"].write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")
+        cut = len(whole) // (4 if kind == "MPO" else 2)  # an MPO: in its first image
+        files[f"{name}-cut"].write_bytes(whole[:cut] + b"\xff\xd9")
     with caplog.at_level("WARNING", logger="aml.data.images"):
         for path in files.values():
             load_and_resize(path, 100)
     # the cut progressive file decodes blurred, not grey: a usable image, not warned of
-    assert caplog.messages == [f">> image {files['baseline-cut']}: its last row is uniform grey (128), what a "
+    assert caplog.messages == [f">> image {files['baseline-cut']}: its last row is uniform mid-grey, what a "
                                "JPEG file cut short decodes to, the lost part grey; if it is cut short, copy or "
                                "download it again"]
-    grey = [128] * 300 if mode == "L" else [[128, 128, 128]] * 300
-    assert np.asarray(Image.open(files["baseline-cut"]))[-1].tolist() == grey
+    cut = Image.open(files["baseline-cut"])
+    assert cut.format == kind and len(set(np.asarray(cut)[-1].ravel().tolist()) - {127, 128}) == 0
+
+
+def test_a_fifo_among_images_is_named_not_waited_on(tmp_path):
+    """exif_orientation (search query's first look at its images) and image_size (training's
+    shapes) opened a FIFO and waited for a writer for ever; loading named it."""
+    import os
+
+    from aml.data.images import ImageLoadError, exif_orientation, image_size
+
+    fifo = tmp_path / "q.jpg"
+    os.mkfifo(fifo)
+    assert exif_orientation(fifo) == 1  # its loading names it
+    with pytest.raises(ImageLoadError, match=r"q.jpg is not a regular file \(a device, FIFO or folder\)"):
+        image_size(fifo)

@@ -18,7 +18,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from aml.utils.distributed import warn_once
 from aml.utils.errors import AmlError, ConfigError
 from aml.utils.text_files import check_line_names
 from aml.utils.types import PathLike
@@ -170,9 +169,8 @@ def load_image(path: PathLike) -> Image.Image:
     with open_image_file(path) as handle, errors_naming(path):
         image = Image.open(handle)
         image.load()
-    if cut_short(image):
-        warn_once(
-            log,
+    if cut_short(image):  # every process, for the images of its share
+        log.warning(
             ">> image %s: its last row is uniform mid-grey, what a JPEG file cut short decodes to, the lost "
             "part grey; if it is cut short, copy or download it again",
             path,

@@ -526,6 +526,8 @@ def changed_since_written(path: Path, images: Sequence[str]) -> bool:
         (False, True)
     """
     path, images = Path(path), list(images)
+    if not all(os.path.isfile(image) for image in images):
+        return False  # missing images: each has its own message
     if path.is_dir():
         store = open_store(path, warn=False)
         if store.images != images:  # moved: the store's names, the images where they are now
@@ -536,9 +538,7 @@ def changed_since_written(path: Path, images: Sequence[str]) -> bool:
     if not isinstance(recorded, str) or not listing.is_file():
         return False
     listed = read_line_list(listing.read_bytes())
-    if len(listed) != len(images) or not all(os.path.isfile(image) for image in images):
-        return False  # other images, or missing ones: each has its own message
-    return images_digest_as_listed(images, listed) != recorded
+    return len(listed) == len(images) and images_digest_as_listed(images, listed) != recorded
 
 
 def reusable_feature_file(path: Path, key: DescriptorKey, images: Sequence[str]) -> Optional[np.ndarray]:

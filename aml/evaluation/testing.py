@@ -23,11 +23,12 @@ results of the last search; each search is a `SearchResult` of its own.
 
 import copy
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union, cast
 
 import numpy as np
 
@@ -43,8 +44,8 @@ from aml.evaluation.whitening import whitened
 from aml.evaluation.whitening_store import Whitening, learned_whitening
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import atomic_write, optional_write
-from aml.utils.distributed import current_world, from_main
-from aml.utils.errors import DataError
+from aml.utils.distributed import World, current_world, from_main
+from aml.utils.errors import AmlError, DataError
 
 # TestSettings and check_reranking are defined with the plan and used from here too
 __all__ = ["TEST_EXTRACTION", "TestSettings", "check_reranking", "evaluate", "htime"]
@@ -343,6 +344,21 @@ def _search(
     return DatasetResult(name, tuple(searches), skipped, added, report)
 
 
+def _searched_by_main(world: World, search: Callable[[], DatasetResult]) -> DatasetResult:
+    """``search()`` on rank 0 alone (each rank holds every descriptor; rank 0 writes the files),
+    its result, or its error about the data, handed to every rank, which all end alike."""
+    outcome: Union[DatasetResult, AmlError, None] = None
+    if world.is_main:
+        try:
+            outcome = search()
+        except AmlError as err:  # a damaged store, a whitening of NaN: the others would wait for rank 0
+            outcome = err
+    outcome = from_main(outcome, world)
+    if isinstance(outcome, AmlError):
+        raise outcome
+    return outcome
+
+
 def evaluate(
     student: LoadedNetwork,
     settings: TestSettings,
@@ -397,13 +413,13 @@ def evaluate(
             stores[test.distractors] = _store(plan, test.distractors)
         seconds[test.name] = time.time() - start
     results: Dict[str, DatasetResult] = {}
-    world = current_world()
+    world = current_world()  # rank 0 searches, under torchrun too
     for test in plan.sets:
         start = time.time()
         store = stores[test.distractors] if test.distractors is not None else None
-        # rank 0 searches, under torchrun too (each rank holds every descriptor), and hands its results on
-        searched = _search(plan, test, encoded[test.name], lw, store) if world.is_main else None
-        results[test.name] = from_main(searched, world)
+        results[test.name] = _searched_by_main(
+            world, functools.partial(_search, plan, test, encoded[test.name], lw, store)
+        )
         if on_result is not None:
             on_result(results[test.name])
         log.info(">> %s: elapsed time: %s", test.name, htime(seconds[test.name] + time.time() - start))

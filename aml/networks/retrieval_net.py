@@ -36,8 +36,8 @@ class Features(nn.Sequential):
     """The trunk's layers, then a student's 1x1 projection and ReLU, run in order (an
     ``nn.Sequential``: cirtorch's ``features`` and its state-dict keys).
 
-    The trunk runs under the caller's autocast; the projection always in float32 (its
-    2048 outputs per position feed GeM's x^p, which overflows float16).
+    The trunk runs under the caller's autocast; the projection in float32 (its 2048 outputs
+    per position feed GeM's x^p, which overflows float16), float64 in a ``.double()`` network.
     """
 
     def projection(self) -> Optional[nn.Conv2d]:
@@ -75,16 +75,25 @@ class Features(nn.Sequential):
             with torch.autocast(x.device.type, enabled=False):
                 x = x.to(head_dtype(layers[end:]))
                 for layer in layers[end:]:
-                    x = layer(x)
+                    x = run_head_layer(layer, x)
         return x
 
 
 def head_dtype(modules: Sequence[Optional[nn.Module]]) -> torch.dtype:
-    """The dtype the layers after the trunk run in: their weights' (float32, under autocast
-    too; that of a network converted with ``.half()`` or ``.double()``, as cirtorch ran it),
-    float32 where they hold none."""
-    weights = (w for m in modules if m is not None for w in m.parameters() if w.is_floating_point())
-    return next(weights, torch.ones(())).dtype
+    """The dtype the layers after the trunk run in: float32 (under autocast, and for a network
+    converted with ``.half()`` or ``.bfloat16()``: GeM's x^p overflows float16), float64 for a
+    network converted with ``.double()``."""
+    firsts = (next(m.parameters(), None) for m in modules if m is not None)  # a conversion converts them all
+    return torch.float64 if any(w is not None and w.dtype == torch.float64 for w in firsts) else torch.float32
+
+
+def run_head_layer(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for a layer after the trunk, ``x`` in `head_dtype`: 16-bit weights (a
+    network converted with ``.half()``) are used upcast to it, never rounding ``x`` down."""
+    upcast = {
+        name: w.to(x.dtype) for name, w in module.named_parameters() if w.dtype in (torch.float16, torch.bfloat16)
+    }
+    return torch.func.functional_call(module, upcast, (x,), strict=False) if upcast else module(x)
 
 
 class ImageRetrievalNet(nn.Module):
@@ -139,26 +148,25 @@ class ImageRetrievalNet(nn.Module):
         """Descriptors of a batch of images, one row per image.
 
         The trunk runs under the caller's autocast, if any; everything after it (a student's
-        projection, local whitening, pooling, normalisation, whitening) runs in the dtype of
-        its weights, float32 under autocast: GeM's x^p, its mean over positions and the
-        squared norm of a 2048-d descriptor overflow float16, and the head costs little next
-        to the trunk. A network converted with ``.half()`` or ``.double()`` runs it in that
-        dtype, as cirtorch did.
+        projection, local whitening, pooling, normalisation, whitening) runs in float32, also
+        in a network converted with ``.half()`` (its head's weights used upcast): GeM's x^p,
+        its mean over positions and the squared norm of a 2048-d descriptor overflow float16,
+        and the head costs little next to the trunk. A ``.double()`` network runs it in float64.
 
         Args:
             x: B x 3 x H x W images, normalised with the network's mean and std.
 
         Returns:
-            B x D L2-normalised descriptors, float32 unless the network was converted.
+            B x D L2-normalised descriptors, float32 (float64 for a ``.double()`` network).
         """
         o = self.features(x)
         with torch.autocast(o.device.type, enabled=False):
-            o = o.to(head_dtype([self.lwhiten, self.pool, self.whiten]))
+            o = o.to(head_dtype([self.features, self.lwhiten, self.pool, self.whiten]))
             if self.lwhiten is not None:
-                o = self.lwhiten(o.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            o = self.norm(self.pool(o)).flatten(1)
+                o = run_head_layer(self.lwhiten, o.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            o = self.norm(run_head_layer(self.pool, o)).flatten(1)
             if self.whiten is not None:
-                o = l2n(self.whiten(o))
+                o = l2n(run_head_layer(self.whiten, o))
         return o
 
     def trunk_end(self) -> int:
@@ -473,7 +481,7 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
                 f"(teacher={params.get('teacher')!r}, teacher_dim={params.get('teacher_dim')!r})"
             )
         params["teacher_dim"] = outputdim
-    elif _keeps_width_as_the_original(params):
+    if _keeps_width_as_the_original(params):
         del params["teacher"]  # the original gave these their trunk's width, and recorded no teacher
     net = build_network(**params)
     net.meta.update(kept)
@@ -484,8 +492,9 @@ def _keeps_width_as_the_original(params: Dict[str, Any]) -> bool:
     """Whether the original's ``init_network`` gave this network its trunk's width whatever its
     ``teacher``: a trunk that is not a student, with ``teacher='vgg16'`` (the original's
     test.py passed it for every network, published ResNet101 teachers included), no dimension
-    given. A ``teacher='resnet101'`` projects a narrower trunk (a KeyError in the original)."""
-    architecture = params.get("architecture", "resnet101")
-    if params.get("teacher") != DEFAULT_TEACHER or params.get("teacher_dim") is not None:
+    given but its own (a checkpoint's ``outputdim``). A ``teacher='resnet101'`` projects a
+    narrower trunk (a KeyError in the original)."""
+    backbone = get_backbone(params.get("architecture", "resnet101"))
+    if params.get("teacher") != DEFAULT_TEACHER or params.get("teacher_dim") not in (None, backbone.dim):
         return False
-    return not get_backbone(architecture).student
+    return not backbone.student

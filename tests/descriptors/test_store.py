@@ -392,3 +392,22 @@ def test_a_store_of_images_moved_below_another_folder_is_used_where_they_are_now
     others = [str(moved / n) for n in IMAGES[::-1]]  # other names in each place: other images
     with pytest.raises(StoreMismatch, match="was made for other descriptors"):
         DescriptorStore.create(tmp_path / "store", others, KEY, 3)
+
+
+def test_a_store_read_as_feature_file_says_changed_images_not_missing_ones(tmp_path):
+    """changed_since_written took a deleted image for a changed one (its own message, naming the
+    file, comes when it is loaded), and said nothing of one changed in place."""
+    from aml.descriptors import changed_since_written
+
+    folder = tmp_path / "jpg"
+    folder.mkdir()
+    images = []
+    for i, name in enumerate(IMAGES[:3]):
+        (folder / name).write_bytes(b"x" * (i + 1))
+        images.append(str(folder / name))
+    DescriptorStore.create(tmp_path / "store", images, KEY, 3).fill(lambda batch, skipped: np.ones((3, len(batch))))
+    assert not changed_since_written(tmp_path / "store", images)
+    (folder / IMAGES[2]).write_bytes(b"another")
+    assert changed_since_written(tmp_path / "store", images)
+    (folder / IMAGES[2]).unlink()
+    assert not changed_since_written(tmp_path / "store", images)

@@ -81,6 +81,29 @@ def test_under_torchrun_rank_0_alone_searches_and_hands_its_results_on(synth_roo
     assert searched == [] and handed == [None] and results == {"synth-oxford": "rank 0's"}
 
 
+def test_rank_0s_error_in_a_search_ends_every_rank_alike(monkeypatch):
+    """Rank 0 alone searches: its error about the data (a damaged store) left the others
+    waiting for its results until torchrun or the timeout stopped them."""
+    from aml.evaluation import testing
+    from aml.utils.distributed import World
+    from aml.utils.errors import DataError
+
+    sent = []
+
+    def from_main(value, world):
+        sent.append(value)
+        return DataError("shard_00003.npy is damaged") if world.rank else value  # as rank 0 sent it
+
+    def damaged():
+        raise DataError("shard_00003.npy is damaged")
+
+    monkeypatch.setattr(testing, "from_main", from_main)
+    for rank in (0, 1):
+        with pytest.raises(DataError, match="shard_00003.npy is damaged"):
+            testing._searched_by_main(World(rank=rank, size=2), damaged)
+    assert isinstance(sent[0], DataError) and sent[1] is None  # rank 0 sent its error; rank 1 searched nothing
+
+
 def _one_set_plan(root):
     """A plan of one test set without distractors or whitening (what `evaluate` reads of it)."""
     from types import SimpleNamespace

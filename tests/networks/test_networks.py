@@ -24,6 +24,8 @@ def test_init_network_keeps_a_trunks_width_with_the_originals_default_teacher():
     net = init_network({"architecture": "resnet101", "pooling": "gem", "pretrained": False, "teacher": "vgg16"})
     assert net.meta["outputdim"] == 2048 and net.projection() is None and "teacher" not in net.meta
     net.load_state_dict(build_network("resnet101", pretrained=False).state_dict())
+    spread = init_network({**net.meta, "pretrained": False, "teacher": "vgg16"})  # a meta spread: outputdim too
+    assert spread.meta["outputdim"] == 2048 and "teacher" not in spread.meta
     student = init_network({"architecture": "mobilenet_v2", "pretrained": False, "teacher": "vgg16"})
     assert student.meta["outputdim"] == 512 and student.meta["teacher"] == "vgg16"  # a student projects, as there
 
@@ -204,15 +206,28 @@ def test_a_teacher_dim_that_is_no_dimension_is_refused_and_numpy_statistics_are_
     assert net.meta["mean"] == [0.5] * 3 and net.meta["std"] == [0.25] * 3
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
-def test_a_network_converted_to_another_dtype_runs_in_it_as_cirtorchs(dtype):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_network_converted_to_another_dtype_runs_with_its_head_in_float32_or_more(dtype):
     """The head ran in float32 whatever the weights: a network converted with .half(),
-    .bfloat16() or .double(), as cirtorch users do for inference, ended in a dtype error."""
+    .bfloat16() or .double(), as cirtorch users do for inference, ended in a dtype error where
+    its head has weights (a whitening, a student's projection); a 16-bit head would overflow."""
+    head = torch.float64 if dtype == torch.float64 else torch.float32
     for net in (build_network("resnet18", pretrained=False, whitening=True),
-                build_network("mobilenet_v2", pretrained=False, teacher_dim=256)):
-        net = net.eval().to(dtype)
+                build_network("mobilenet_v2", pretrained=False, teacher_dim=256),
+                build_network("resnet18", pretrained=False, pooling="mac")):
+        reference = net.eval().to(head)
+        images = torch.rand(2, 3, 64, 48)
         with torch.no_grad():
-            out = net(torch.rand(2, 3, 64, 48, dtype=dtype))
-        assert out.dtype == dtype and torch.isfinite(out).all() and out.shape[1] == 2
+            expected = reference.descriptors(images.to(head))
+            converted = net.to(dtype)
+            out = converted(images.to(dtype))
+        assert out.dtype == head and out.shape[1] == 2 and all(p.dtype == dtype for p in converted.parameters())
+        # the trunk ran in the 16-bit dtype, the head in float32: no overflow, rounding only
+        assert torch.allclose(out.T, expected, atol=0.05 if dtype != torch.float64 else 1e-12)
+    big = build_network("resnet18", pretrained=False).eval()  # GeM's x^p of activations past 40 overflows float16
+    with torch.no_grad():
+        big.features[-1][-1].bn2.weight.mul_(60.0)
+        half = big.half()(torch.rand(1, 3, 64, 48).half())
+    assert torch.isfinite(half).all()
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # autocast: the head stays float32
         assert build_network("resnet18", pretrained=False).eval()(torch.rand(1, 3, 64, 48)).dtype == torch.float32

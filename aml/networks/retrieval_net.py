@@ -495,6 +495,8 @@ def _keeps_width_as_the_original(params: Dict[str, Any]) -> bool:
     given but its own (a checkpoint's ``outputdim``). A ``teacher='resnet101'`` projects a
     narrower trunk (a KeyError in the original)."""
     backbone = get_backbone(params.get("architecture", "resnet101"))
-    if params.get("teacher") != DEFAULT_TEACHER or params.get("teacher_dim") not in (None, backbone.dim):
+    teacher = params.get("teacher")
+    named = TEACHERS.get(teacher, teacher) if isinstance(teacher, str) else None  # the alias or its full name
+    if named != TEACHERS[DEFAULT_TEACHER] or params.get("teacher_dim") not in (None, backbone.dim):
         return False
     return not backbone.student

@@ -24,6 +24,8 @@ def test_init_network_keeps_a_trunks_width_with_the_originals_default_teacher():
     net = init_network({"architecture": "resnet101", "pooling": "gem", "pretrained": False, "teacher": "vgg16"})
     assert net.meta["outputdim"] == 2048 and net.projection() is None and "teacher" not in net.meta
     net.load_state_dict(build_network("resnet101", pretrained=False).state_dict())
+    named = init_network({"architecture": "resnet101", "pretrained": False, "teacher": "retrievalSfM120k-vgg16-gem"})
+    assert named.meta["outputdim"] == 2048 and "teacher" not in named.meta  # the alias's full name: alike
     spread = init_network({**net.meta, "pretrained": False, "teacher": "vgg16"})  # a meta spread: outputdim too
     assert spread.meta["outputdim"] == 2048 and "teacher" not in spread.meta
     student = init_network({"architecture": "mobilenet_v2", "pretrained": False, "teacher": "vgg16"})

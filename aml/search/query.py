@@ -260,20 +260,7 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
             f"{path} does not record its teacher (the store was encoded by {teacher}); export it again "
             f"with --teacher: {REEXPORT}"
         )
-    same = own or (
-        info.teacher_fingerprint == settings["fingerprint"]
-        if info.teacher_fingerprint
-        else info.teacher == settings["network"]
-    )
-    by_name = same and not own and not info.teacher_fingerprint and info.teacher is not None
-    if by_name and NetworkSpec.parse(str(info.teacher)).source is Source.CHECKPOINT:
-        log.warning(
-            ">> the store %s is checked against %s's teacher %s by its file name only: the file records no teacher "
-            "fingerprint (its teacher's checkpoint was not on the machine that exported it)",
-            folder,
-            path,
-            info.teacher,
-        )
+    same = own or _same_teacher(info, database, path)
     if not same:
         raise StoreError(
             f"{path} is a student of {info.teacher}, but the store {folder} was encoded by "
@@ -292,6 +279,23 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
             "student encodes one: query it with the student's checkpoint (--network)"
         )
     return info
+
+
+def _same_teacher(info: OnnxStudentInfo, database: SearchDatabase, path: PathLike) -> bool:
+    """Whether an exported student's teacher is the store's network: by fingerprint where the
+    file records one, else by name (said, for a checkpoint: any file of that name passes)."""
+    if info.teacher_fingerprint:
+        return info.teacher_fingerprint == database.settings["fingerprint"]
+    same = info.teacher == database.settings["network"]
+    if same and NetworkSpec.parse(str(info.teacher)).source is Source.CHECKPOINT:
+        log.warning(
+            ">> the store %s is checked against %s's teacher %s by its file name only: the file records no teacher "
+            "fingerprint (its teacher's checkpoint was not on the machine that exported it)",
+            database.folder,
+            path,
+            info.teacher,
+        )
+    return same
 
 
 def query_database_onnx(

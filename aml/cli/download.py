@@ -57,9 +57,11 @@ def _train_set(name: str) -> Optional[Download]:
 def _published(name: str) -> Optional[Download]:
     """A published network (a name of the pretrained list or a teacher's alias) and the
     whitening file it is published with."""
-    listed = TEACHERS.get(name, name)
-    if listed not in PRETRAINED:
+    aliases = {key.lower(): key for key in (*TEACHERS, *PRETRAINED)}  # any case, as the data sets' names
+    given = aliases.get(name.lower())
+    if given is None:
         return None
+    listed = TEACHERS.get(given, given)
 
     def fetch(root: Path, progress: bool) -> List[Path]:
         checkpoint = pretrained_checkpoint(listed, root)

@@ -116,6 +116,25 @@ def _check_best_loss_kind(path: Path, state: Mapping[str, Any], min_loss_of: Opt
         )
 
 
+# a run's training precision (net.meta["autocast"]) as a resume names it, and the flags that keep it
+PRECISIONS = {"bfloat16": ("bfloat16 autocast", "with --amp"), "off": ("float32", "without --amp")}
+
+
+def _warn_of_other_precision(path: Path, theirs: Mapping[str, Any], net: ImageRetrievalNet) -> None:
+    """Name a resume whose forward passes run in another precision than the checkpoint's epochs
+    (``--amp`` added or dropped): allowed (e.g. float32 after a bfloat16 run diverged), not silent."""
+    old, new = theirs.get("autocast"), net.meta.get("autocast")
+    if old in PRECISIONS and new in PRECISIONS and old != new:
+        warn_once(
+            log,
+            "resuming from %s: its epochs were trained in %s, this run goes on in %s; resume %s to train on as it was",
+            path,
+            PRECISIONS[old][0],
+            PRECISIONS[new][0],
+            PRECISIONS[old][1],
+        )
+
+
 def _warn_of_resumed_settings(path: Path, saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
     """Name the optimizer settings of this command that the checkpoint's state overrides (those
     of the trunk's group: the others' learning rates are multiples of its)."""
@@ -178,6 +197,7 @@ def resume_run(
             f"({str(err).splitlines()[0]}); resume with the flags the run was started with"
         ) from None
     _warn_of_resumed_settings(path, state["optimizer"], optimizer)
+    _warn_of_other_precision(path, state["meta"], net)
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as err:

@@ -61,6 +61,9 @@ def test_every_registered_name_is_fetched_as_what_it_names(name, fetched, tmp_pa
     ("Retrieval-SfM-120k", [("prepare_train_set", "retrieval-SfM-120k")]),
     ("resnet101", [("pretrained_checkpoint", "retrievalSfM120k-resnet101-gem"),
                    ("whitening", "retrievalSfM120k-resnet101-gem")]),
+    ("VGG16", [("pretrained_checkpoint", "retrievalSfM120k-vgg16-gem"), ("whitening", "retrievalSfM120k-vgg16-gem")]),
+    ("retrievalsfm120k-vgg16-gem", [("pretrained_checkpoint", "retrievalSfM120k-vgg16-gem"),
+                                    ("whitening", "retrievalSfM120k-vgg16-gem")]),
 ])
 def test_names_as_users_type_them(name, calls, fetched, tmp_path):
     download_cli.main([name, "--data-root", str(tmp_path), "-q"])

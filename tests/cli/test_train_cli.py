@@ -339,6 +339,37 @@ def test_resume_refuses_a_best_loss_of_the_other_kind_and_names_the_settings_it_
     assert not caplog.text
 
 
+def test_resume_in_another_precision_is_named(tmp_path, caplog):
+    """A run started with --amp and resumed without it (or the other way round) went on in the other
+    precision without a word: the precision is not in the run folder's name."""
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.training.optim import build_optimizer
+    from aml.training.resume import resume_run
+
+    net = build_network(SMALL, pretrained=False)
+    optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    net.meta["autocast"] = "bfloat16"
+    save_checkpoint(checkpoint_state(net, 2, 0.5, optimizer), run_dir / "model_epoch2.pth.tar")
+    net.meta["autocast"] = "off"
+    with caplog.at_level("WARNING", logger="aml.training.resume"):
+        assert resume_run(run_dir, "latest", net, optimizer) == (2, 0.5)
+    assert "its epochs were trained in bfloat16 autocast, this run goes on in float32; resume with --amp to " \
+           "train on as it was" in caplog.text
+    caplog.clear()
+    net.meta["autocast"] = "bfloat16"
+    with caplog.at_level("WARNING", logger="aml.training.resume"):
+        resume_run(run_dir, "latest", net, optimizer)
+    assert not caplog.text
+
+
+def test_the_training_precision_is_recorded_in_every_checkpoint(synth_root, tmp_path):
+    run = train(synth_root, tmp_path / "amp", "-a", SMALL, "--epochs", "1", "--no-val", "--amp")
+    assert load_checkpoint(run.run_dir / "model_epoch1.pth.tar")["meta"]["autocast"] == "bfloat16"
+
+
 def test_checkpoint_frequencies_above_the_epochs_are_named_before_training():
     from aml.training import TrainSettings
 

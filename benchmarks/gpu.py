@@ -362,8 +362,8 @@ def batch_count(images: Sequence[str], size: int, batch: int = 32) -> int:
 
 def _training_mode(trainer: Trainer) -> None:
     """The network as a training epoch runs it: train mode, BatchNorm frozen (the default)."""
-    trainer.net.train()
-    freeze_batchnorm(trainer.net)
+    trainer.learner.net.train()
+    freeze_batchnorm(trainer.learner.net)
 
 
 # -- training -------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ class Trainer:
         world: World = World(),
     ):
         net = learner.net
-        self.net, self.criterion, self.optimizer, self.mode = net, learner.criterion, learner.optimizer, learner.mode
+        self.learner = learner
         self.val_mode = validation_mode(learner.mode)
         self.train_split, self.val_split, self.run_dir, self.settings = train, val, Path(run_dir), settings
         # mining's extraction; its device (default: the network's), workers and progress are the loop's too
@@ -161,7 +161,7 @@ class Trainer:
     def _encoder(self, split: Split) -> Callable[[Sequence[int]], torch.Tensor]:
         def encode(indices: Sequence[int]) -> torch.Tensor:
             return extract_vectors(
-                self.net,
+                self.learner.net,
                 [split.images[i] for i in indices],
                 self.settings.image_size,
                 self.transform,
@@ -175,7 +175,7 @@ class Trainer:
         pairs and images, in the tuples of the validation mode (``Mode.validate_as``)."""
         s = self.settings
         sizes = self._sizes(split, everything)
-        mode = self.val_mode if everything else self.mode
+        mode = self.val_mode if everything else self.learner.mode
         generator = seeded_generator(s.seed, "val-tuples" if everything else "tuples", epoch)
         tuples, distance = build_epoch_tuples(
             mode, split.db, sizes, generator, self._encoder(split), split.teacher, s.sym, str(self.device)
@@ -207,7 +207,7 @@ class Trainer:
         s = self.settings
         validated = self.val_split if s.val else None
         for name, split, mode, everything, outcome in (
-            ("train", self.train_split, self.mode, False, "no batch would train"),
+            ("train", self.train_split, self.learner.mode, False, "no batch would train"),
             ("val", validated, self.val_mode, True, "validation would measure nothing and no model_best be written"),
         ):
             if split is None:
@@ -320,9 +320,11 @@ class Trainer:
         ``needs_context``); for a relational loss under torchrun, the whole global batch
         (every rank's rows gathered, with gradients: the loss relates them all)."""
         shapes = self.parallel.shapes([image for item in chunk for image in item.images])
-        context = split.teacher_context() if self.criterion.needs_context else None
-        batch = encode_batch(encode, chunk, self.device, split.teacher, shapes, self.criterion.needs_target, context)
-        return self.parallel.whole_batch(batch) if self.criterion.kind is LossKind.RELATIONAL else batch
+        context = split.teacher_context() if self.learner.criterion.needs_context else None
+        batch = encode_batch(
+            encode, chunk, self.device, split.teacher, shapes, self.learner.criterion.needs_target, context
+        )
+        return self.parallel.whole_batch(batch) if self.learner.criterion.kind is LossKind.RELATIONAL else batch
 
     def _autocast(self):
         """bfloat16 autocast of the forward passes with ``autocast`` (gradients stay fp32)."""
@@ -345,13 +347,13 @@ class Trainer:
         that ``batch_mean`` (the later papers') steps with the mean over the global batch.
         ``sync`` False: the optimizer does not step after this batch (no gradient reduction)."""
         s = self.settings
-        relational = self.criterion.kind is LossKind.RELATIONAL
+        relational = self.learner.criterion.kind is LossKind.RELATIONAL
         chunks = [batch] if s.train_batchnorm or s.batch_forward or relational else [[item] for item in batch]
-        encode = from_pixels(self.parallel.encode if backward else self.net.descriptors, self.pixels)
+        encode = from_pixels(self.parallel.encode if backward else self.learner.net.descriptors, self.pixels)
         if self.fixed_batches:
             encode = with_fixed_batches(encode)
         scale: float = 1 if relational else self.parallel.loss_scale
-        if self.criterion.batch_mean:  # this rank's mean; DistributedDataParallel averages the ranks'
+        if self.learner.criterion.batch_mean:  # this rank's mean; DistributedDataParallel averages the ranks'
             scale = 1 / len(batch)
         values: List[torch.Tensor] = []
         for k, chunk in enumerate(chunks):
@@ -360,7 +362,7 @@ class Trainer:
                     tuples = self._encode(encode, chunk, split)
                 # the loss in float32 on every device: CUDA's autocast runs some of its ops in
                 # float32 and others in bfloat16 (acos and a scatter of the margin losses clash)
-                chunk_values = self.criterion(tuples).float().reshape(-1)
+                chunk_values = self.learner.criterion(tuples).float().reshape(-1)
                 total = chunk_values.sum()
                 if backward:
                     (total * scale if scale != 1 else total).backward()
@@ -373,7 +375,7 @@ class Trainer:
     def _divergence_message(self, epoch: int, batch: int, batches: int, value: float) -> str:
         last = latest_checkpoint(self.run_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
-        lr = self.optimizer.param_groups[0]["initial_lr"]
+        lr = self.learner.optimizer.param_groups[0]["initial_lr"]
         return (
             f"training stopped: loss is {value} at epoch {epoch + 1}, batch {batch + 1}/{batches}; likely cause: "
             f"the learning rate is too high (--lr {lr:g}), or an image or a descriptor holds non-finite values; "
@@ -384,13 +386,13 @@ class Trainer:
         """One epoch: set the lr, build tuples with the current weights, step every
         ``update_every`` batches (a trailing partial accumulation is dropped)."""
         s = self.settings
-        set_epoch_lr(self.optimizer, epoch)
-        log.info(">> Creating tuples for an epoch of %s-%s...", "train", self.mode.name)
+        set_epoch_lr(self.learner.optimizer, epoch)
+        log.info(">> Creating tuples for an epoch of %s-%s...", "train", self.learner.mode.name)
         loader = self._loader(self.train_split, self.epoch_tuples(self.train_split, epoch), epoch, shuffle=True)
-        self.net.train()
+        self.learner.net.train()
         if not s.train_batchnorm:
-            freeze_batchnorm(self.net)
-        self.optimizer.zero_grad()
+            freeze_batchnorm(self.learner.net)
+        self.learner.optimizer.zero_grad()
         losses: List[float] = []
         start = time.time()
         bar = progress_bar(
@@ -409,8 +411,8 @@ class Trainer:
                 raise TrainingDiverged(message) from None
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)
             if (i + 1) % s.update_every == 0:
-                self.optimizer.step()
-                self.optimizer.zero_grad()
+                self.learner.optimizer.step()
+                self.learner.optimizer.zero_grad()
             if (i + 1) % s.print_freq == 0 or i == 0 or i + 1 == len(loader):
                 self.log.line(
                     f">> Train: [{epoch + 1}][{i + 1}/{len(loader)}]\tTime {time.time() - start:.3f}\t"
@@ -427,9 +429,9 @@ class Trainer:
         if split is None:
             raise ValueError("validation needs the val split")
         loader = self._loader(split, self.epoch_tuples(split, epoch, everything=True), epoch, shuffle=False)
-        self.net.eval()
+        self.learner.net.eval()
         # a relational loss is one value per batch: the original records it per tuple (/ nq, weight nq)
-        tuples = self.settings.batch_size if self.criterion.kind is LossKind.RELATIONAL else 1
+        tuples = self.settings.batch_size if self.learner.criterion.kind is LossKind.RELATIONAL else 1
         losses: List[float] = []
         bar = progress_bar(
             loader,
@@ -462,7 +464,7 @@ class Trainer:
             return self.transform(load_and_resize(path, self.settings.image_size))
 
         return calibrate_if_vanishing(
-            self.net, split.images, load, seeded_generator(self.settings.seed, "calibration"), self.device
+            self.learner.net, split.images, load, seeded_generator(self.settings.seed, "calibration"), self.device
         )
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -472,14 +474,16 @@ class Trainer:
         (deterministically on the CPU) every epoch after it, so a best written by an epoch whose
         own checkpoint was lost is written again; on a GPU the retrained epoch may round
         differently, and the earlier best, a complete checkpoint, stays."""
-        bad = non_finite_weights(self.net.state_dict())
+        bad = non_finite_weights(self.learner.net.state_dict())
         if bad:
             raise TrainingDiverged(
                 f"training stopped: after epoch {epoch + 1} the weights {bad[:3]} are not finite; "
                 "nothing was saved for this epoch; lower --lr"
             )
         if self.world.is_main:
-            state = checkpoint_state(self.net, epoch + 1, self.min_loss, self.optimizer, self.min_loss_of)
+            state = checkpoint_state(
+                self.learner.net, epoch + 1, self.min_loss, self.learner.optimizer, self.min_loss_of
+            )
             if is_best:
                 save_checkpoint(state, self.run_dir / "model_best.pth.tar")
             last = epoch + 1 == self.settings.epochs  # trained and logged: never lost for --save-freq
@@ -495,7 +499,7 @@ class Trainer:
     def resume(self, name: str) -> bool:
         """Continue from ``run_dir/name``, or the latest model_epochN there (`resume_run`);
         False if none exists."""
-        found = resume_run(self.run_dir, name, self.net, self.optimizer, self.min_loss_of)
+        found = resume_run(self.run_dir, name, self.learner.net, self.learner.optimizer, self.min_loss_of)
         if found is None:
             return False
         self.start_epoch, self.min_loss = found
@@ -517,7 +521,7 @@ class Trainer:
         # epochs about to be trained again (after a crash, or a rerun in the same folder) lose their old lines
         self.log.restart_at(self.start_epoch)
         self.curves.restart_at(self.start_epoch)
-        self.log.line(f">> Seed {s.seed}; {self.mode.name} validated on {self.val_mode.name} tuples")
+        self.log.line(f">> Seed {s.seed}; {self.learner.mode.name} validated on {self.val_mode.name} tuples")
         for epoch in range(self.start_epoch, s.epochs):
             started = time.perf_counter()
             train_loss = self.train_epoch(epoch)
@@ -535,13 +539,13 @@ class Trainer:
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": self.learner.optimizer.param_groups[0]["lr"],
                 "seconds": seconds,
             }
             self.curves.add(record)
             self.save(epoch, is_best)
             if self.evaluate is not None and s.test_freq and (epoch + 1) % s.test_freq == 0:
-                record["test"] = self.evaluate(self.net, epoch)
+                record["test"] = self.evaluate(self.learner.net, epoch)
                 self.curves.add(record)
             self.history.append(record)
         return self.history

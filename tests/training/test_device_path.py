@@ -1,6 +1,8 @@
 """What makes a training batch slow on a GPU, counted on the CPU: host syncs per batch and
 the input shapes the network meets (cuDNN prepares kernels anew for every one)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -77,10 +79,10 @@ def test_fixed_batches_give_the_same_losses_and_gradients_with_power_of_two_forw
         def seen(m, args):
             shapes.add(tuple(args[0].shape))
             formats.add(args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous())
-        trainer.net.features[0].register_forward_pre_hook(seen)
-        trainer.net.train()
+        trainer.learner.net.features[0].register_forward_pre_hook(seen)
+        trainer.learner.net.train()
         losses = trainer.batch_losses(first_batch(trainer, split), split, backward=True)
-        runs.append((losses, [p.grad.clone() for p in trainer.net.parameters() if p.grad is not None], shapes))
+        runs.append((losses, [p.grad.clone() for p in trainer.learner.net.parameters() if p.grad is not None], shapes))
         assert formats == {True}  # padded batches too reach the network in its channels_last (no conversion)
     (loose_losses, loose_grads, loose), (fixed_losses, fixed_grads, fixed) = runs
     assert loose_losses == pytest.approx(fixed_losses, rel=1e-5, abs=1e-6)
@@ -106,7 +108,7 @@ def test_an_epoch_with_fixed_batches_meets_at_most_seven_batch_sizes_per_image_s
         trainer.fixed_batches = fixed
         trainer.extraction = trainer.extraction.but(fixed_batches=fixed)
         shapes = set()
-        trainer.net.features[0].register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape)))
+        trainer.learner.net.features[0].register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape)))
         trainer.train_epoch(0)
         counts.append(shapes)
     loose, fixed = counts
@@ -122,16 +124,16 @@ def test_under_autocast_only_the_forward_runs_in_bfloat16_and_the_loss_in_float3
     runs outside autocast, on float32 rows, on every device."""
     trainer = make_trainer(split, tmp_path, batch_forward=True, autocast=True)
     seen = []
-    criterion = trainer.criterion.forward
+    criterion = trainer.learner.criterion.forward
 
     def recording(batch):
         seen.append((torch.is_autocast_enabled("cpu"), batch.anchors.dtype, batch.members.dtype))
         return criterion(batch)
 
-    trainer.criterion.forward = recording
+    trainer.learner.criterion.forward = recording
     batch = first_batch(trainer, split)  # its tuples are mined by an extraction, not under autocast on the CPU
     forwards = []
-    trainer.net.features[0].register_forward_pre_hook(lambda m, args: forwards.append(torch.is_autocast_enabled("cpu")))
+    trainer.learner.net.features[0].register_forward_pre_hook(lambda m, args: forwards.append(torch.is_autocast_enabled("cpu")))
     losses = trainer.batch_losses(batch, split, backward=True)
     assert len(losses) == 4 and forwards and all(forwards)
     assert seen == [(False, torch.float32, torch.float32)]
@@ -246,7 +248,7 @@ def test_a_split_of_one_landmark_is_refused_where_the_mode_mines_negatives(split
     trainer.settings = trainer.settings.but(val=True)
     with pytest.raises(ConfigError, match=r"the val split holds .* or train without validation \(--no-val\)"):
         trainer.check_batches()
-    trainer.mode = MODES["reg"]  # trains without negatives; validated on ts tuples all the same
+    trainer.learner = dataclasses.replace(trainer.learner, mode=MODES["reg"])  # trains without negatives; validated on ts tuples all the same
     with pytest.raises(ConfigError, match=r"the val split holds images of 1 landmark: --mode ts"):
         trainer.check_batches()
     trainer.train_split, trainer.settings = lone, trainer.settings.but(val=False)
@@ -272,7 +274,7 @@ def test_a_triplet_mode_without_two_pool_images_beside_its_anchors_is_refused(sp
     from aml.utils.errors import ConfigError
 
     trainer = make_trainer(split, tmp_path, pool_size=1, batch_size=2)
-    trainer.mode = MODES[mode]
+    trainer.learner = dataclasses.replace(trainer.learner, mode=MODES[mode])
     with pytest.raises(ConfigError, match=rf"the train split leaves 1 images beside its anchors: --mode {mode} "
                                           r"draws .* give --pool-size 2 or more"):
         trainer.check_batches()

@@ -15,6 +15,7 @@ when missing). It prints the mAP table and writes it, with the machine and versi
 """
 
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -26,9 +27,11 @@ import torch
 from aml.data.synthetic import generate_all
 from aml.demo.pipeline import TEACHER_OPTIONS, DemoBudget
 from aml.demo.tables import DATASETS
+from aml.descriptors import ExtractionConfig
 from aml.evaluation.testing import TestSettings, evaluate
 from aml.networks import LoadedNetwork, build_network, load_named_or_file
 from aml.training import TrainConfig, run
+from aml.training.config import run_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
@@ -41,23 +44,27 @@ LEVELS = ("medium", "hard")
 def mean_average_precisions(network: LoadedNetwork, settings: TestSettings) -> Dict[str, Dict[str, float]]:
     """mAP (%) Medium and Hard per test set."""
     results = evaluate(network, settings)
-    return {d: {level: 100 * results[d]["plain"][level]["map"] for level in LEVELS} for d in DATASETS}
+    return {d: {level: 100 * results[d].plain.map(level) for level in LEVELS} for d in DATASETS}
 
 
 def trained(args: argparse.Namespace, arch: str, pooling: str, seed: int) -> LoadedNetwork:
     """``arch`` trained in std mode on synth-sfm, as the demo trains its teacher."""
     options = dict(DemoBudget(image_size=args.image_size, quiet=True).options(), **TEACHER_OPTIONS)
-    config = TrainConfig(directory=str(Path(args.data_root) / "vit_readout" / "runs"), data_root=args.data_root,
-                         training_dataset="synth-sfm", arch=arch, pool=pooling, pretrained=args.pretrained,
-                         epochs=args.epochs,
-                         val=False, print_freq=1000, seed=seed, device=args.device, **options)
+    if args.tuples is not None:
+        options.update(query_size=args.tuples, pool_size=2 * args.tuples)
+    config = TrainConfig.from_flags(str(Path(args.data_root) / "vit_readout" / "runs"), data_root=args.data_root,
+                                    training_dataset="synth-sfm", arch=arch, pool=pooling, pretrained=args.pretrained,
+                                    epochs=args.epochs, val=False, print_freq=1000, seed=seed, device=args.device,
+                                    **options)
+    shutil.rmtree(Path(config.directory) / run_name(config), ignore_errors=True)  # this script's own run, again
     return load_named_or_file(run(config).run_dir / f"model_epoch{args.epochs}.pth.tar")
 
 
 def measure(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """One row per (readout, pooling, weights): mAP Medium and Hard per data set."""
-    settings = TestSettings(datasets=list(DATASETS), image_size=args.image_size, workers=0, device=args.device,
-                            data_root=args.data_root, progress=False)
+    extraction = ExtractionConfig(workers=0, device=args.device, progress=False)
+    settings = TestSettings(datasets=tuple(DATASETS), image_size=args.image_size, extraction=extraction,
+                            data_root=args.data_root)
     seeds = [int(s) for s in args.seeds.split(",")][:1 if args.pretrained else None]
     start = "pretrained" if args.pretrained else "random"
     rows = []
@@ -89,6 +96,8 @@ def main(argv=None) -> Dict:
     parser.add_argument("--image-size", type=int, default=96, help="the demo's (default: 96)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the random networks (default: 0,1,2)")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs, the demo's teacher's (default: 2)")
+    parser.add_argument("--tuples", type=int, default=None,
+                        help="training tuples per epoch (-qs; -ps twice as many; default: the demo's)")
     parser.add_argument("--device", default="cpu")
     add_json_argument(parser, "vit_readout")
     args = parser.parse_args(argv)

@@ -34,6 +34,7 @@ from aml.data.trainsets import load_training_db
 from aml.demo.findings import findings_lines, paper_findings
 from aml.demo.tables import DATASETS, format_table, write_results
 from aml.descriptors import ExtractionConfig
+from aml.descriptors.key import images_digest
 from aml.evaluation.testing import TestSettings, evaluate
 from aml.networks import build_network, get_backbone
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
@@ -122,10 +123,11 @@ def _train(
     )
     config = config.but(teacher=str(teacher)) if teacher is not None else config
     config = config.but(trunk_weights=str(trunk)) if trunk is not None else config
-    if reuse:
+    config = config.but(comment=_settings_comment(epochs, teacher))  # runs of other settings stay
+    if reuse:  # only a run of these epochs on these very images is reused
+        config = config.but(comment=f"{config.comment}_{_training_images_digest(data_root)}")
         config = config.but(resume=f"model_epoch{epochs}.pth.tar")
     else:  # the demo's own run of these settings is trained again (main.py refuses to replace a run)
-        config = config.but(comment=_settings_comment(epochs, teacher))  # runs of other settings stay
         shutil.rmtree(Path(directory) / run_name(config), ignore_errors=True)
     return run(config).run_dir / f"model_epoch{epochs}.pth.tar"
 
@@ -142,6 +144,13 @@ def data_sizes(root: Path) -> Dict[str, str]:
         cfg = read_test_set(name, data_subdir(root, "test"))
         sizes[name] = f"{cfg['nq']} queries, {cfg['n']} database images"
     return sizes
+
+
+def _training_images_digest(root: Path) -> str:
+    """8 hex digits of synth-sfm's images as they are now (names, sizes, times): a teacher run
+    is reused only while they are the ones it was trained on (generated again, they differ)."""
+    images = [image for split in ("train", "val") for image in load_training_db("synth-sfm", split, root)["images"]]
+    return images_digest(images)[:8]
 
 
 def _settings_comment(epochs: int, teacher: Optional[Path]) -> str:
@@ -194,7 +203,7 @@ def _initial_student(runs: Path, arch: str, teacher_dim: int, seed: int, imagene
 
 def train_teacher(root: Path, arch: str, budget: DemoBudget, seed: int, trunk: Optional[Path] = None) -> Path:
     """The demo's teacher: ``std`` mode from ``trunk`` (None: ImageNet); one trained by an
-    earlier run with the same settings is reused."""
+    earlier run with the same settings (its epochs among them) on the same images is reused."""
     return _train(
         root / "demo" / "runs",
         root,

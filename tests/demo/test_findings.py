@@ -77,3 +77,17 @@ def test_regression_is_compared_with_every_student_of_the_table_in_asymmetric_te
     rows = table(reg_asym=(35, 33), ts_self_asym=(30, 30), lce_asym=(40, 40))
     found = paper_findings(rows, "mobilenet_v2", "resnet18")
     assert not found[0].holds and "reg beats ts_self and lce" in found[0].comparison
+
+
+def test_every_seed_compares_each_seeds_best_rows_whichever_they_are():
+    """Each seed compared the winner with the best competitor on the means only: ts beating reg
+    on one seed (12 against 10) left 'holds on every one of 3 seeds' standing."""
+    rows = table(reg_asym=[(10, 10)] * 3, ts_self_asym=[(9, 9)] * 3, ts_asym=[(5, 5), (5, 5), (12, 12)])
+    (found,) = paper_findings(rows, "mobilenet_v2", "resnet18")
+    assert (found.holds, found.every_seed) == (True, False)
+    assert found.gaps == pytest.approx((1.0, 1.0, 1.0, 1.0))
+    # the winners' side alike: ts (the better on the means) loses seed 1, where ts_self wins: each seed's best
+    # of the two beats reg
+    rows = table(reg_sym=[(30, 30), (30, 30)], ts_self_sym=[(29, 29), (35, 35)], ts_sym=[(40, 40), (25, 25)])
+    (found,) = paper_findings(rows, "mobilenet_v2", "resnet18")
+    assert (found.holds, found.every_seed) == (True, True)

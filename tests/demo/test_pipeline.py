@@ -1,5 +1,6 @@
 """The demo pipeline end to end with tiny settings (the real one is `make demo`)."""
 
+import dataclasses
 import json
 import math
 
@@ -55,6 +56,31 @@ def test_demo_runs_end_to_end_from_imagenet_and_reuses_its_teacher(synth_root, c
 
     with Image.open(synth_root / "demo" / "results.png") as chart:
         assert chart.format == "PNG" and chart.size[0] >= 600
+
+
+def test_a_teacher_is_reused_only_for_its_epochs_and_its_images(synth_root):
+    """A teacher trained for more epochs shared the folder of the default one: the next default
+    demo resumed model_epoch1 beside model_epoch2 and was refused with flags the demo lacks; and a
+    teacher trained on synth-sfm before it was generated again was reused for the new images."""
+    import os
+
+    from pathlib import Path
+
+    from aml.data.trainsets import load_training_db
+    from aml.demo.pipeline import _training_images_digest
+
+    teacher = train_teacher(synth_root, "efficientnet_lite2", TINY, 0)
+    longer = train_teacher(synth_root, "efficientnet_lite2", dataclasses.replace(TINY, teacher_epochs=2), 0)
+    assert longer.name == "model_epoch2.pth.tar" and longer.parent != teacher.parent
+    assert train_teacher(synth_root, "efficientnet_lite2", TINY, 0) == teacher  # not refused, not retrained
+    image = Path(load_training_db("synth-sfm", "train", synth_root)["images"][0])
+    before, stamp = _training_images_digest(synth_root), image.stat()
+    os.utime(image, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # the images made again
+    try:
+        assert _training_images_digest(synth_root) != before
+    finally:
+        os.utime(image, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert _training_images_digest(synth_root) == before
 
 
 def test_the_losses_of_later_papers_train_in_the_demos_setting(synth_root):

@@ -44,10 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-d",
         metavar="DATASETS",
         default="roxford5k,rparis6k",
-        help=f"comma separated: {', '.join(list(TEST_SETS) + training_set_names())}",
+        help=f"comma separated: {', '.join(list(TEST_SETS) + training_set_names())}, or a set of your own "
+        "(make_testset, make_trainset)",
     )
     parser.add_argument(
-        "--split", default="train,val", help="training-set splits to encode, comma separated (default: train,val)"
+        "--split",
+        default=None,
+        help="training-set splits to encode, comma separated (default: train,val); a test set's database is "
+        "encoded whole",
     )
     add_image_size_arguments(parser)
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
@@ -72,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _test_set_or_choices(name: str, data_root: Optional[str]) -> None:
+    """Refuse a name that is no test set nor training set, naming both kinds of choices."""
+    try:
+        get_test_set(name, data_root)
+    except ConfigError as err:
+        raise ConfigError(
+            f"{err}; or a training set: {', '.join(training_set_names())}, or one of your own in "
+            f"{data_subdir(data_root, 'train') / name} (python -m aml.cli.make_trainset)"
+        ) from None
+
+
 def main(argv: Optional[List[str]] = None) -> List[Path]:
     """Run extract_features.py with ``argv``; returns the files written."""
     parser = build_parser()
@@ -80,10 +95,18 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
         parser.error(f"--store-dtype {args.store_dtype} sets the dtype of a store's shards: give --shard-size N too")
     try:
         datasets = comma_names("--datasets", args.datasets, "data set")
-        splits = comma_names("--split", args.split, "split")
+        splits = comma_names("--split", "train,val" if args.split is None else args.split, "split")
         output_folder(str(data_subdir(args.data_root, "features")))  # before any image is encoded
     except (ConfigError, argparse.ArgumentTypeError) as err:
         parser.error(str(err))
+    for dataset in datasets:
+        if not is_training_set(dataset, args.data_root):
+            _test_set_or_choices(dataset, args.data_root)
+    if args.split is not None and not any(is_training_set(d, args.data_root) for d in datasets):
+        parser.error(
+            f"--split {args.split} chooses a training set's splits; {args.datasets} holds test sets only, "
+            "whose database is encoded whole: leave --split out"
+        )
     requested = resolve_device(args.device, args.gpu_id)
     world = init_from_environment(requested, args.dist_timeout)
     setup_logging(verbose=world.is_main)
@@ -93,9 +116,6 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     )
     config = extraction_from(args, str(device))
     key = DescriptorKey.of(network.net, args.image_size, args.multiscale, config, network.fingerprint)
-    for dataset in datasets:
-        if not is_training_set(dataset, args.data_root):
-            get_test_set(dataset, args.data_root)  # a ValueError naming the choices
     parts = [(d, s) for d in datasets for s in (splits if is_training_set(d, args.data_root) else ["db"])]
     # downloads and generation by rank 0 first, under torchrun; then the collective extractions
     main_first(world, lambda: [dataset_images(dataset, split, args.data_root) for dataset, split in parts])

@@ -48,7 +48,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
     except (TestSetError, ImageLoadError, OSError, KeyError, ValueError, DiskFull) as err:
         message = f"missing column or key {err}" if isinstance(err, KeyError) else str(err)
         sys.exit(f"error: {message}")
-    print(f">> test set written to {built}; evaluate with: python test.py -d {args.name} ...")
+    root = f" --data-root {args.data_root}" if args.data_root else ""
+    print(f">> test set written to {built}; evaluate with: python test.py -d {args.name}{root} ...")
     return built
 
 

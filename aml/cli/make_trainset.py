@@ -57,6 +57,10 @@ def main(argv: Optional[List[str]] = None) -> TrainSetReport:
     check_input_folders(parser, args, {"--folders": "the landmark folders", "--images": "the images"})
     if args.csv and not args.images:
         parser.error("--csv needs --images (the folder its image names are relative to)")
+    if args.folders and args.images:
+        parser.error(
+            "--images is the folder of --csv's image names; --folders names its images itself: leave --images out"
+        )
     try:
         items = images_from_folders(args.folders) if args.folders else images_from_csv(args.csv, args.images)
         report = build_train_set(
@@ -65,7 +69,8 @@ def main(argv: Optional[List[str]] = None) -> TrainSetReport:
     except (TrainSetError, OSError, KeyError, DiskFull) as err:
         sys.exit(f"error: {err}")
     print("\n".join(report.lines()))
-    print(f">> train with: python main.py -d {args.name} ...; whitening: test.py -w {args.name}")
+    root = f" --data-root {args.data_root}" if args.data_root else ""
+    print(f">> train with: python main.py -d {args.name}{root} ...; whitening: test.py -w {args.name}{root}")
     return report
 
 

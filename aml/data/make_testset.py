@@ -39,6 +39,7 @@ from aml.data.download import file_sha256
 from aml.data.paths import check_set_name, data_subdir, resolve_data_root
 from aml.data.safe_pickle import kind_of, save_pickle
 from aml.data.testsets import TEST_SETS
+from aml.data.trainsets import is_training_set
 from aml.utils.errors import DataError
 from aml.utils.text_files import TextFile, csv_rows, read_text_file
 from aml.utils.types import PathLike
@@ -444,6 +445,22 @@ def _normalized(description: Description, source: str, images_dir: Path) -> Desc
     return {"queries": queries, "database": None if listed is None else names(listed)}
 
 
+def _check_no_training_set_shares(name: str, data_root: Optional[PathLike]) -> None:
+    """Refuse a name under which extract_features.py would read a training set, or write the
+    feature files of one's val split (``<set>-val_<network>.npy``), replacing them."""
+    if is_training_set(name, data_root):
+        raise TestSetError(
+            f"--name {name}: a training set of that name is in {data_subdir(data_root, 'train')}, which "
+            f"extract_features.py -d {name} would encode instead of this set; choose another name"
+        )
+    base, dash, split = name.rpartition("-")
+    if dash and split.lower() == "val" and is_training_set(base, data_root):
+        raise TestSetError(
+            f"--name {name}: its feature files would be those of training set {base}'s val split "
+            f"({base}-val_NETWORK.npy), each replacing the other; choose another name"
+        )
+
+
 def build_test_set(
     description: Description,
     images_dir: PathLike,
@@ -466,6 +483,7 @@ def build_test_set(
     taken = next((kind.folder for kind in DISTRACTOR_SETS.values() if kind.folder.lower() == name.lower()), None)
     if taken is not None:
         raise TestSetError(f"--name {name}: test/{taken} is where the distractor set is kept; choose another name")
+    _check_no_training_set_shares(name, data_root)
     check_description(description, source)
     images_dir = Path(images_dir)
     description = _normalized(description, source, images_dir)

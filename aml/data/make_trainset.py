@@ -33,8 +33,9 @@ from aml.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, visibl
 from aml.data.paths import check_set_name, data_subdir
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
+from aml.data.testsets import find_test_set
 from aml.data.trainsets import TRAIN_SETS
-from aml.utils.errors import DataError
+from aml.utils.errors import ConfigError, DataError
 from aml.utils.text_files import TextFile, check_line_names, csv_rows, read_text_file
 from aml.utils.types import PathLike
 
@@ -215,6 +216,21 @@ def _split_db(
     return {"cids": cids, "cluster": cluster, "qidxs": qidxs, "pidxs": pidxs}, files
 
 
+def _check_no_test_set_shares(name: str, data_root: Optional[PathLike]) -> None:
+    """Refuse a name that extract_features.py would also read as a test set, or whose val
+    split's feature files (``<name>-val_<network>.npy``) a test set's would replace."""
+    for taken in (name, f"{name}-val"):
+        try:
+            found = find_test_set(taken, data_subdir(data_root, "test"))
+        except ConfigError:
+            continue
+        raise TrainSetError(
+            f"--name {name}: the test set {found.name} would share "
+            + ("its name" if taken == name else f"the feature files of {name}'s val split ({taken}_NETWORK.npy)")
+            + " in extract_features.py; choose another name"
+        )
+
+
 def build_train_set(
     items: Sequence[Tuple[Path, str]],
     name: str,
@@ -233,6 +249,7 @@ def build_train_set(
         raise TrainSetError(
             f"--name {name}: main.py -d {name} means the registered set of that name, not this one; choose another name"
         )
+    _check_no_test_set_shares(name, data_root)
     report = TrainSetReport()
     by_landmark = _readable_unique(items, report)
     if items and len(report.unreadable) == len(items):

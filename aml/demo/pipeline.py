@@ -126,7 +126,7 @@ def _train(
     config = config.but(comment=_settings_comment(epochs, teacher))  # runs of other settings stay
     if reuse:  # only a run of these epochs on these very images is reused
         config = config.but(comment=f"{config.comment}_{_training_images_digest(data_root)}")
-        config = config.but(resume=f"model_epoch{epochs}.pth.tar")
+        config = config.but(resume="latest")  # its last epoch; an interrupted one's latest
     else:  # the demo's own run of these settings is trained again (main.py refuses to replace a run)
         shutil.rmtree(Path(directory) / run_name(config), ignore_errors=True)
     return run(config).run_dir / f"model_epoch{epochs}.pth.tar"

@@ -25,6 +25,7 @@ from aml.evaluation.ranking import most_neighbours
 from aml.evaluation.reranking import Reranking
 from aml.evaluation.whitening_store import Whitening, WhiteningRequest, known_whitening
 from aml.networks.loading import LoadedNetwork, check_loaded
+from aml.reports.ranking import check_report_folder
 from aml.utils.changeable import Changeable
 from aml.utils.distributed import current_world, main_first
 from aml.utils.errors import ConfigError, lookup
@@ -336,6 +337,7 @@ class TestPlan:
             if settings.report_dir is not None:
                 shown = min(settings.report_top, len(test.images))
                 _check_neighbours("--report-top", shown, test.name, len(test.queries), dim)
+                check_report_folder(settings.report_dir / test.name)  # before any image is encoded
         whitening = (
             main_first(world, lambda: _whitening(database, settings, published=teacher is None))
             if settings.whitening

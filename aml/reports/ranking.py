@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from aml.data.images import BBox, load_image
 from aml.utils.atomic import atomic_write
+from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,47 @@ def _figure(thumb: str, label: str, *caption: str) -> str:
     )
 
 
+#: the file every report folder holds: what marks the folder as one that --report may replace
+REPORT_MARK = ".aml-ranking-report"
+
+
+def check_report_folder(folder: Path) -> None:
+    """Refuse a report folder that holds files other than an aml ranking report's.
+
+    A report replaces its folder's ``index.html`` and deletes the images of an earlier report
+    there: a folder of the user's own files (a web site, photos) is not touched.
+
+    Args:
+        folder: ``--report``'s folder of one test set (``DIR/<dataset>``).
+
+    Raises:
+        ConfigError: naming the folder and one of its files.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from aml.reports.ranking import check_report_folder
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     check_report_folder(pathlib.Path(folder) / "roxford5k")  # not there yet: fine
+    """
+    if not folder.is_dir() or (folder / REPORT_MARK).is_file():
+        return
+    found = sorted(path.name for path in folder.iterdir())
+    if found and not _older_report(folder):
+        raise ConfigError(
+            f"--report: {folder} holds files that are not an aml ranking report ({found[0]}, ...), which a report "
+            "would replace or delete; give --report another folder"
+        )
+
+
+def _older_report(folder: Path) -> bool:
+    """A report written before reports were marked: its page's title says so."""
+    page = folder / "index.html"
+    if not page.is_file():
+        return False
+    with page.open("rb") as handle:
+        return b" ranking report</title>" in handle.read(4096)
+
+
 def _remove_stale_images(folder: Path, shown: Sequence[int], db_indices: Iterable[int]) -> None:
     """Delete the images of an earlier report in ``folder`` that this one did not write (the
     PNGs and thumbnails of queries ``shown``, the thumbnails of database images ``db_indices``)."""
@@ -167,10 +209,13 @@ def write_report(
     without rankings (skipped) are left out. Returns the HTML path.
 
     An earlier report in ``folder`` is replaced: its page goes first (an interrupted rewrite
-    leaves no page that links a mix of the two), its images that this one does not write last."""
+    leaves no page that links a mix of the two), its images that this one does not write last.
+    A folder of other files is refused (`check_report_folder`)."""
     folder = Path(folder)
-    (folder / "index.html").unlink(missing_ok=True)
+    check_report_folder(folder)
     (folder / "thumbs").mkdir(parents=True, exist_ok=True)
+    (folder / REPORT_MARK).touch()
+    (folder / "index.html").unlink(missing_ok=True)
     db_thumbs: Dict[int, Image.Image] = {}
     sections = []
     for q, query_rankings in enumerate(rankings):

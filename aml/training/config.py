@@ -365,6 +365,11 @@ def _flag_problems(config: TrainConfig) -> List[str]:
             "--feat-val-path with --no-val: the val split is not validated, so the file would not be read; leave "
             "one of them out"
         )
+    if config.loop.val_freq != 1 and not config.loop.val:
+        found.append(
+            f"--val-freq {config.loop.val_freq} with --no-val: no epoch is validated, so it would change nothing; "
+            "leave one of them out"
+        )
     if any(sep in config.comment for sep in {"/", os.sep, "\0"}):
         found.append(
             f"--comment {config.comment!r}: it ends the run folder's name and cannot hold a path separator; the run "

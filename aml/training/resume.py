@@ -183,6 +183,13 @@ def resume_run(
     path = from_main(path, current_world())  # one checkpoint for all ranks (a shared folder seen late)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")
+        if name not in ("", LATEST):  # as the original, the run starts; a mistyped name is said
+            warn_once(
+                log,
+                ">> --resume %s: no such file in %s, which holds no checkpoint: training starts from scratch",
+                name,
+                run_dir,
+            )
         return None
     state = _load_resumed(run_dir, path)
     _check_meta(path, state["meta"], net)

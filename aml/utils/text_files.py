@@ -151,8 +151,8 @@ def csv_rows(
         One `CsvRow` per row.
 
     Raises:
-        DataError: (``error``) naming ``source``, for a header name outside ``columns``, a
-            line the csv module cannot read, or a line with more fields than the header (an
+        DataError: (``error``) naming ``source``, for a header name outside ``columns`` or
+            named twice, a line the csv module cannot read, or a line with more fields than the header (an
             unquoted comma in a field would shift names out of their column).
 
     Examples:
@@ -170,6 +170,12 @@ def csv_rows(
                 raise error(
                     f"{source}: unknown column {unknown[0]!r} (the header holds {', '.join(header)}); the columns "
                     f"are {', '.join(columns or ())}, and the first line is the header that names them"
+                )
+            twice = [name for k, name in enumerate(header) if name in header[:k]]
+            if twice:  # csv keeps the last of two columns of one name: the other's names would be lost
+                raise error(
+                    f"{source}: the header names the column {twice[0]!r} twice ({', '.join(header)}); put all its "
+                    "names in one column, separated by spaces"
                 )
             reader.fieldnames = header
             rows = []

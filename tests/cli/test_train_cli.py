@@ -62,6 +62,7 @@ def test_the_flags_defaults_are_the_configs_defaults():
     (["-nn", "0", "-m", "rand_tpl_a", "-l", "cross_entropy"], "--mode rand_tpl_a is validated on --mode ts's tuples"),
     (["-m", "reg", "--feat-val-path", "val.npy", "--no-val"], "--feat-val-path with --no-val: the val split is not "
                                                                  "validated, so the file would not be read"),
+    (["--val-freq", "2", "--no-val"], "--val-freq 2 with --no-val: no epoch is validated, so it would change nothing"),
     (["-m", "rand", "-l", "rkd", "-b", "2"], "--loss rkd needs --batch-size of at least 3 (its angles take three"),
     (["-m", "rand", "-l", "dark", "-b", "4"], "--loss dark needs --batch-size of at least 5 (4 neighbours"),
     (["--trunk-weights", "synthetic", "--not-pretrained"], "--trunk-weights and --not-pretrained exclude each other"),
@@ -146,9 +147,12 @@ def test_resume_against_other_teacher_weights_is_refused():
     _check_meta("model_epoch3.pth.tar", {**net.meta, "teacher_fingerprint": None}, net)  # recorded by no earlier aml
 
 
-def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path):
+def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path, capsys):
+    """As the original, a --resume of nothing starts the run; a name that is nowhere (mistyped)
+    started it without a word."""
     result = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar",
                    "--test-freq", "1", "-td", "synth-oxford", "--test-image-size", "48")
+    assert "--resume nothing.pth.tar: no such file in " in capsys.readouterr().out
     assert [r["epoch"] for r in result.history] == [1]
     tested = result.history[0]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"]
     assert 0 < tested < 1

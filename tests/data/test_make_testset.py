@@ -32,11 +32,12 @@ def mirror_csv(synth_root, path):
     return path, database, gnd
 
 
-def test_a_set_made_from_a_csv_scores_as_the_set_it_mirrors(synth_root, tmp_path):
+def test_a_set_made_from_a_csv_scores_as_the_set_it_mirrors(synth_root, tmp_path, capsys):
     description, database, gnd = mirror_csv(synth_root, tmp_path / "mirror.csv")
     root = tmp_path / "root"
     make_testset_cli.main([str(description), "--images", str(synth_root / "test" / "synth-oxford" / "jpg"),
                            "--name", "mirror", "--database", str(database), "--data-root", str(root)])
+    assert f"evaluate with: python test.py -d mirror --data-root {root} ..." in capsys.readouterr().out
     assert get_test_set("mirror", root).protocol == "revisited"
     made = load_pickle(root / "test" / "mirror" / "gnd_mirror.pkl")
     assert made["imlist"] == gnd["imlist"] and made["qimlist"] == gnd["qimlist"]
@@ -257,6 +258,16 @@ def test_a_csv_row_without_its_query_is_named(images, tmp_path):
     path = tmp_path / "set.csv"
     path.write_text("box,query,easy\n0 0 5 5\n")
     with pytest.raises(TestSetError, match=r"set.csv: line 2 has no query image"):
+        read_description(path)
+
+
+def test_a_column_named_twice_is_refused_rather_than_half_read(tmp_path):
+    """Two 'easy' columns: csv kept the last, so the first one's positives were in no list (and
+    counted as wrong results) without a word; make_trainset's CSV reads through the same reader."""
+    path = tmp_path / "twice.csv"
+    path.write_text("query,box,easy,hard,easy,junk\nq.jpg,,a.jpg,b.jpg,c.jpg,\n")
+    with pytest.raises(TestSetError, match=r"twice.csv: the header names the column 'easy' twice \(query, box, easy, "
+                                           r"hard, easy, junk\); put all its names in one column"):
         read_description(path)
 
 

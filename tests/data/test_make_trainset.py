@@ -217,3 +217,42 @@ def test_landmark_ids_that_differ_by_case_alone_are_named(landmark_folders, tmp_
     with caplog.at_level("WARNING", logger="aml.data.make_trainset"):
         build_train_set(items, "cased", tmp_path / "data")
     assert "landmarks 'Eiffel' and 'eiffel' differ by case alone" in caplog.text
+
+
+def test_a_test_set_and_a_training_set_never_share_feature_files(landmark_folders, synth_root, tmp_path):
+    """A test set named mine-val wrote extract_features.py's files of training set mine's val split
+    (each replacing the other); one named mine was never encoded (-d mine read the training set)."""
+    from aml.data.make_testset import TestSetError, build_test_set
+
+    data = tmp_path / "data"
+    build_train_set(images_from_folders(landmark_folders), "mine", data)
+    nothing = {"queries": [], "database": None}
+    with pytest.raises(TestSetError, match=r"--name mine: a training set of that name is in .*extract_features.py -d "
+                                           r"mine would encode instead"):
+        build_test_set(nothing, tmp_path, "mine", data)
+    with pytest.raises(TestSetError, match=r"--name mine-val: its feature files would be those of training set mine's "
+                                           r"val split \(mine-val_NETWORK.npy\)"):
+        build_test_set(nothing, tmp_path, "mine-val", data)
+    shutil.copytree(synth_root / "test" / "synth-oxford", data / "test" / "theirs-val")
+    (data / "test" / "theirs-val" / "gnd_synth-oxford.pkl").rename(data / "test" / "theirs-val" / "gnd_theirs-val.pkl")
+    for name, shared in (("theirs", "the feature files of theirs's val split"), ("theirs-val", "its name"),
+                         ("rOxford5k", "its name")):
+        with pytest.raises(TrainSetError, match=rf"--name {name}: the test set \S+ would share {shared}"):
+            build_train_set([], name, data)
+    assert sorted(p.name for p in (data / "train").iterdir()) == ["mine"]
+
+
+def test_contradictory_flags_and_the_hint_of_another_data_root(landmark_folders, tmp_path, capsys):
+    """--images beside --folders, and --split for test sets only, were ignored without a word;
+    the closing hint left out --data-root, so it failed as printed."""
+    with pytest.raises(SystemExit):
+        make_trainset_cli.main(["--folders", str(landmark_folders), "--images", str(tmp_path), "--name", "x"])
+    assert "--folders names its images itself: leave --images out" in capsys.readouterr().err
+    from aml.cli import extract_features as extract_cli
+
+    with pytest.raises(SystemExit):
+        extract_cli.main(["-noff", "resnet18-gem", "-d", "synth-oxford", "--split", "val", "--data-root",
+                          str(tmp_path)])
+    assert "--split val chooses a training set's splits; synth-oxford holds test sets only" in capsys.readouterr().err
+    make_trainset_cli.main(["--folders", str(landmark_folders), "--name", "mine", "--data-root", str(tmp_path / "d")])
+    assert f"python main.py -d mine --data-root {tmp_path / 'd'} ..." in capsys.readouterr().out

@@ -124,7 +124,7 @@ def test_image_names_that_are_not_utf8_or_not_latin1_make_a_whole_report(tmp_pat
     shown = stem.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     assert f"{shown}1" in text and "\ufffd" in text if "\udce9" in stem else f"{stem}1" in text
     Image.open(out.parent / "q000.png").verify()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["index.html", "q000.png", "thumbs"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [".aml-ranking-report", "index.html", "q000.png", "thumbs"]
 
 
 def test_a_full_disk_leaves_no_cut_image_in_the_report(tmp_path, full_disk):
@@ -137,7 +137,7 @@ def test_a_full_disk_leaves_no_cut_image_in_the_report(tmp_path, full_disk):
     with pytest.raises(DiskFull, match="query000.jpg"):
         write_report(tmp_path / "report", "mine", [{"easy": [0], "hard": [], "junk": []}], [str(path)], [str(path)],
                      [None], [[Ranking("aml", [0], [0.9], 1.0)]])
-    assert not [p for p in (tmp_path / "report").rglob("*") if p.is_file()]
+    assert [p.name for p in (tmp_path / "report").rglob("*") if p.is_file()] == [".aml-ranking-report"]
 
 
 def test_a_report_written_over_an_earlier_one_keeps_none_of_its_images(tmp_path, monkeypatch):
@@ -158,7 +158,7 @@ def test_a_report_written_over_an_earlier_one_keeps_none_of_its_images(tmp_path,
     assert (folder / "q001.png").is_file() and (folder / "thumbs" / "db000000.jpg").is_file()
     write_report(folder, "mine", gnd, names, names[:2], [None, None], [[Ranking("aml", [1], [0.9], 1.0)], []])
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.*")) == [
-        "index.html", "q000.png", "thumbs/db000001.jpg", "thumbs/query000.jpg"]
+        ".aml-ranking-report", "index.html", "q000.png", "thumbs/db000001.jpg", "thumbs/query000.jpg"]
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -167,6 +167,43 @@ def test_a_report_written_over_an_earlier_one_keeps_none_of_its_images(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         write_report(folder, "mine", gnd, names, names[:2], [None, None], [[Ranking("aml", [2], [0.9], 1.0)], []])
     assert not (folder / "index.html").exists()
+
+
+def test_a_folder_of_ones_own_files_is_refused_and_left_as_it_was(tmp_path, synth_root):
+    """--report DIR replaced DIR/<dataset>/index.html and deleted every q*.png and thumbs/*.jpg
+    there, a web site's or a photo folder's, without a word."""
+    from aml.utils.errors import ConfigError
+
+    own = tmp_path / "site" / "synth-oxford"
+    (own / "thumbs").mkdir(parents=True)
+    (own / "index.html").write_text("<html>my own page</html>")
+    (own / "thumbs" / "holiday.jpg").write_bytes(b"a photo")
+    (own / "q7_plot.png").write_bytes(b"a plot")
+    before = {p: p.read_bytes() for p in own.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"--report: .*synth-oxford holds files that are not an aml ranking report "
+                                          r"\(index.html, ...\).*give --report another folder"):
+        write_report(own, "synth-oxford", [], [], [], [], [])
+    from aml.cli import test as test_cli
+    from aml.evaluation import testing
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("images were encoded before the report's folder was checked")
+
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+
+    net = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), tmp_path / "n.pth")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(testing, "describe_images", not_reached)
+        with pytest.raises(ConfigError, match="holds files that are not an aml ranking report"):
+            test_cli.main(["-npath", str(net), "-d", "synth-oxford", "-imsize", "32", "-j", "0", "--device", "cpu",
+                           "-q", "--no-cache", "--data-root", str(synth_root), "--report", str(tmp_path / "site")])
+    assert {p: p.read_bytes() for p in own.rglob("*") if p.is_file()} == before
+    older = tmp_path / "older"  # a report of an aml from before the mark: replaced as ever
+    older.mkdir()
+    (older / "index.html").write_text("<!DOCTYPE html><html><head><title>mine ranking report</title>")
+    write_report(older, "mine", [], [], [], [], [])
+    assert (older / ".aml-ranking-report").is_file()
 
 
 def test_a_report_of_a_database_with_an_unreadable_image_shows_what_can_be_found(tmp_path):

@@ -7,7 +7,9 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, cast
+from typing import Any, Callable, Dict, List, Optional, cast
+
+import numpy as np
 
 from aml.data.download import download_file, extract_archive, remove_download
 from aml.data.formats import TrainingDb
@@ -149,6 +151,28 @@ def check_image_db(db: Any, source: str, clusters: bool = True) -> Dict[str, Any
             + "; they must pair up one to one"
         )
     return dict(db)
+
+
+def pairs_across_clusters(db: TrainingDb) -> List[int]:
+    """The query/positive pairs of a training split whose two images lie in different clusters.
+
+    Negatives are mined from the clusters other than the query's: such a pair's positive can be
+    drawn as its own negative (the original's mining alike). aml's own sets have none.
+
+    Args:
+        db: a split (`load_training_db`).
+
+    Returns:
+        The pairs' indices in 'qidxs'.
+
+    Examples:
+        >>> from aml.data.trainsets import pairs_across_clusters
+        >>> pairs_across_clusters({"qidxs": [0, 2], "pidxs": [1, 3], "cluster": [5, 5, 6, 7]})
+        [1]
+    """
+    cluster = np.asarray(db["cluster"])
+    across = cluster[np.asarray(db["qidxs"], dtype=np.int64)] != cluster[np.asarray(db["pidxs"], dtype=np.int64)]
+    return np.flatnonzero(across).tolist()
 
 
 def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> TrainingDb:

@@ -403,7 +403,7 @@ def _mode_problems(config: TrainConfig) -> List[str]:
             f"--sym has no meaning with --mode {config.mode}: its members are not a query/positive/negative "
             "tuple of different images"
         )
-    if loop.neg_num == 0 and mode.negatives is not Negatives.NONE:
+    if loop.neg_num == 0 and mode.negatives is not Negatives.NONE and LOSSES[config.loss].uses_negatives:
         found.append(
             f"--neg-num 0: --mode {config.mode} trains on tuples with {mode.negatives.value} negatives; with "
             f"none, --loss {config.loss} sees positives only and cannot learn to separate images (use 1 or "

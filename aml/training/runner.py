@@ -16,7 +16,8 @@ from typing import Callable, List, Optional
 
 from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.testsets import prepare_test_set
-from aml.data.trainsets import load_training_db, prepare_train_set
+from aml.data.formats import TrainingDb
+from aml.data.trainsets import load_training_db, pairs_across_clusters, prepare_train_set
 from aml.data.paths import DataRoot
 from aml.descriptors import feature_provenance
 from aml.evaluation.results import DatasetResult
@@ -28,7 +29,7 @@ from aml.networks.loading import LoadedNetwork
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
 from aml.reports.curves import TestedEpoch, TestRecords
 from aml.training.config import TrainConfig, run_name
-from aml.training.modes import get_mode
+from aml.training.modes import Negatives, get_mode
 from aml.training.optim import build_optimizer
 from aml.training.pretraining import TRUNK_SOURCES
 from aml.training.run_folder import earlier_checkpoint
@@ -50,6 +51,25 @@ from aml.utils.errors import ConfigError
 from aml.utils.seeding import global_seed
 
 log = logging.getLogger(__name__)
+
+
+def _warn_of_pairs_across_clusters(name: str, split: str, db: TrainingDb) -> None:
+    """Name a split whose query/positive pairs join two clusters: mining may take such a pair's
+    positive as its own negative (as the original's)."""
+    across = pairs_across_clusters(db)
+    if across:
+        warn_once(
+            log,
+            ">> %s (%s): %d of its %d query/positive pairs join two clusters (first: images %d and %d); a "
+            "pair's positive may be mined as its own negative, as in the original: make the set again with "
+            "each pair inside one landmark (python -m aml.cli.make_trainset)",
+            name,
+            split,
+            len(across),
+            len(db["qidxs"]),
+            db["qidxs"][across[0]],
+            db["pidxs"][across[0]],
+        )
 
 
 @dataclass
@@ -188,6 +208,8 @@ class _Run:
     def split(self, split: str, feat_path: Optional[str]) -> Split:
         c = self.config
         db = load_training_db(c.training_dataset, split, self.data_root)
+        if self.mode.negatives is not Negatives.NONE:
+            _warn_of_pairs_across_clusters(c.training_dataset, split, db)
         features = None
         if self.mode.needs_teacher:
             features = teacher_split_features(

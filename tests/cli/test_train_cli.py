@@ -387,6 +387,8 @@ def test_checkpoint_frequencies_above_the_epochs_are_named_before_training():
     from aml.training.config import problems  # a regression reads no negatives: -nn 0 validates it alike
 
     assert problems(TrainConfig.from_flags("runs", mode="reg", loss="regression", neg_num=0)) == []
+    # a loss that reads no negatives trains without them in a mode that mines some (regression in ts_self)
+    assert problems(TrainConfig.from_flags("runs", mode="ts_self", loss="regression", neg_num=0, val=False)) == []
 
 
 def test_the_last_epoch_is_saved_and_an_update_every_of_no_step_is_refused(synth_root, tmp_path, capsys):
@@ -477,3 +479,26 @@ def test_resume_refuses_another_pooling_a_damaged_epoch_or_best_loss_and_a_path_
         assert resume_run(run_dir, "model_epoch9.pth.tar", net, optimizer) == (1, 0.5)
         assert resume_run(run_dir, "latest", net, optimizer) == (1, 0.5)
     assert caplog.text.count("is not in the run folder: resuming from its latest, model_epoch1.pth.tar") == 1
+
+
+def test_a_pair_that_joins_two_clusters_is_named_before_mining(synth_root, tmp_path, capsys):
+    """A training set whose query/positive pair spans two clusters (a hand-made db) let mining draw
+    the pair's positive as its own negative, pulled and pushed in one tuple, without a word."""
+    import shutil
+
+    from aml.data.safe_pickle import load_pickle, save_pickle
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "train" / "synth-sfm", data / "train" / "crossed")
+    dbs = load_pickle(data / "train" / "crossed" / "synth-sfm.pkl")
+    (data / "train" / "crossed" / "synth-sfm.pkl").unlink()
+    (data / "train" / "crossed" / "synth-sfm-whiten.pkl").unlink()
+    train_db = dbs["train"]
+    query = train_db["qidxs"][0]
+    other = next(i for i, c in enumerate(train_db["cluster"]) if c != train_db["cluster"][query])
+    train_db["pidxs"] = [other, *train_db["pidxs"][1:]]
+    save_pickle(dbs, data / "train" / "crossed" / "crossed.pkl")
+    train_cli.main(["--directory", str(tmp_path / "runs"), "--data-root", str(data)] + TINY[2:]
+                   + ["-d", "crossed", "-a", SMALL, "--epochs", "1", "--no-val"])
+    assert (f">> crossed (train): 1 of its {len(train_db['qidxs'])} query/positive pairs join two clusters (first: "
+            f"images {query} and {other}); a pair's positive may be mined as its own negative") in capsys.readouterr().out

@@ -370,8 +370,15 @@ def test_resume_in_another_precision_is_named(tmp_path, caplog):
 
 
 def test_the_training_precision_is_recorded_in_every_checkpoint(synth_root, tmp_path):
+    """...and every key a fresh run's meta holds is one the original's init_network and
+    load_network take (the new key was refused by init_network, and dropped by load_network)."""
+    from aml.networks import init_network
+
     run = train(synth_root, tmp_path / "amp", "-a", SMALL, "--epochs", "1", "--no-val", "--amp")
-    assert load_checkpoint(run.run_dir / "model_epoch1.pth.tar")["meta"]["autocast"] == "bfloat16"
+    meta = load_checkpoint(run.run_dir / "model_epoch1.pth.tar")["meta"]
+    assert meta["autocast"] == "bfloat16"
+    assert load_network(run.run_dir / "model_epoch1.pth.tar").meta == meta
+    assert init_network({**meta, "pretrained": False}).meta["autocast"] == "bfloat16"
 
 
 def test_checkpoint_frequencies_above_the_epochs_are_named_before_training():

@@ -11,6 +11,7 @@ import http.client
 import json
 import logging
 import os
+import posixpath
 import re
 import tarfile
 import time
@@ -18,13 +19,14 @@ import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from pathlib import Path, PurePosixPath
+from typing import List, Optional, Sequence, Set, Tuple, Union
 
 
 from aml.utils.atomic import DiskFull, atomic_write, is_disk_full, lock_beside, publish_folder, staged
 from aml.utils.progress import progress_bar
 from aml.utils.errors import AmlError
+from aml.utils.plain_files import begins_as
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,12 @@ def _validator(record: dict) -> Optional[str]:
 def _complete_size(content_range: Optional[str]) -> Optional[int]:
     """N of a 'bytes */N' or 'bytes a-b/N' Content-Range header."""
     match = re.search(r"/(\d+)\s*$", content_range or "")
+    return int(match.group(1)) if match else None
+
+
+def _range_start(content_range: Optional[str]) -> Optional[int]:
+    """a of a 'bytes a-b/N' Content-Range header (None for another)."""
+    match = re.match(r"\s*bytes\s+(\d+)-", content_range or "")
     return int(match.group(1)) if match else None
 
 
@@ -177,8 +185,12 @@ def _transfer(url: str, partial: Path, limits: _Limits, progress: bool) -> _Rece
             return _Received(have, True)
         log.info(">> %s cannot be checked against %s (a 416 answer); fetching it again", partial, url)
         return _restart(url, partial, limits, progress)
+    resumed = bool(have) and response.status == 206
+    if resumed and _range_start(response.headers.get("Content-Range")) != have:  # a gap or an overlap
+        response.close()
+        log.info(">> %s: %s resumed it elsewhere than at byte %d; fetching it again", partial, url, have)
+        return _restart(url, partial, limits, progress)
     with response:
-        resumed = bool(have) and response.status == 206
         if not resumed:
             have = 0
         length = response.headers.get("Content-Length")
@@ -318,11 +330,27 @@ def download_file(
                 f"nothing was installed. {_manual_hint(url, dest)}"
             )
         _verify(partial, url, dest, expected_hash, size if size is not None else received.total)
+        _refuse_web_page(partial, url, dest)
         digest = _sha256_of(partial).hexdigest()
         os.replace(partial, dest)
         _part_record(partial).unlink(missing_ok=True)
         _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
         return dest
+
+
+def _refuse_web_page(partial: Path, url: str, dest: Path) -> None:
+    """Refuse a web page (a login portal's, a server's error page sent as 200) where the file
+    was asked for: installed, it would be recorded as intact and never fetched again."""
+    if dest.suffix.lower() in (".html", ".htm"):
+        return
+    with open(partial, "rb") as handle:
+        head = handle.read(64)
+    if begins_as(head, "a web page (HTML)"):
+        _discard(partial)
+        raise DownloadError(
+            f"Bad download of {url}: the server sent a web page (a login, proxy or error page?), not the file; "
+            f"nothing was installed. {_manual_hint(url, dest)}"
+        )
 
 
 def _verify(partial: Path, url: str, dest: Path, expected_hash: Optional[str], expected_size: Optional[int]) -> None:
@@ -348,16 +376,49 @@ def _verify(partial: Path, url: str, dest: Path, expected_hash: Optional[str], e
             )
 
 
-def _check_member(member: tarfile.TarInfo, target: Path) -> None:
-    resolved = (target / member.name).resolve()
-    if not str(resolved).startswith(str(target.resolve()) + os.sep) and resolved != target.resolve():
-        raise DownloadError(f"refusing archive member {member.name!r}: it would be written outside {target}")
-    if member.issym() or member.islnk():
-        link = (resolved.parent / member.linkname).resolve()
-        if not str(link).startswith(str(target.resolve())):
-            raise DownloadError(f"refusing archive link {member.name!r} -> {member.linkname!r} outside {target}")
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise DownloadError(f"refusing special archive member {member.name!r}")
+def _plain(path: str, links: Set[PurePosixPath], itself: bool = False) -> Optional[PurePosixPath]:
+    """An archive path made plain component by component (``a/./b/../c`` is ``a/c``); None when
+    it is absolute, leaves the archive's folder or goes through one of the archive's ``links``
+    (``itself``: its last component may be one, the link member's own name)."""
+    if posixpath.isabs(path):
+        return None
+    parts: List[str] = []
+    components = [c for c in path.split("/") if c not in ("", ".")]
+    for k, component in enumerate(components):
+        if component == "..":
+            if not parts:
+                return None
+            parts.pop()
+            continue
+        parts.append(component)
+        if PurePosixPath(*parts) in links and not (itself and k == len(components) - 1):
+            return None
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def _check_members(members: Sequence[tarfile.TarInfo], target: Path) -> None:
+    """Refuse an archive of which any member would land, or point, outside ``target``.
+
+    Checked on the members' names alone, before anything is written (the folder is empty):
+    every path made plain stays inside and goes through no link of the archive itself, so
+    the paths the names say are the paths written (a chain of links is how an archive
+    reaches beyond the folder, past Python's own ``data`` filter in some versions)."""
+    links = {PurePosixPath(posixpath.normpath(m.name)) for m in members if m.issym() or m.islnk()}
+    for member in members:
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise DownloadError(f"refusing special archive member {member.name!r}")
+        if _plain(member.name, links, itself=True) is None:
+            raise DownloadError(
+                f"refusing archive member {member.name!r}: it would be written outside {target} or through a link"
+            )
+        if member.issym() or member.islnk():
+            # a symbolic link's target is read from its folder, a hard link's from the archive's root
+            folder = posixpath.dirname(member.name) if member.issym() else ""
+            if posixpath.isabs(member.linkname) or _plain(posixpath.join(folder, member.linkname), links) is None:
+                raise DownloadError(
+                    f"refusing archive link {member.name!r} -> {member.linkname!r}: it points outside {target} "
+                    "or through another link"
+                )
 
 
 def _unpack(archive: Path, folder: Path, flatten: bool, progress: bool) -> None:
@@ -376,12 +437,13 @@ def _extract(archive: Path, folder: Path, progress: bool) -> None:
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
-            for member in members:
-                _check_member(member, folder)
+            _check_members(members, folder)
             for member in progress_bar(
                 members, desc=f"unpacking {archive.name}", unit="file", enabled=progress, leave=False
             ):
                 tar.extract(member, folder, filter="data")
+    except tarfile.FilterError as err:  # a member Python's data filter refuses: downloading again would not help
+        raise DownloadError(f"refusing {archive}: {err}; it is not an archive aml unpacks") from err
     except (tarfile.TarError, EOFError, zlib.error) as err:
         raise DownloadError(
             f"{archive} is truncated or not a readable archive ({err}); delete it and download it again"

@@ -224,7 +224,9 @@ def load_pickle(path: Union[str, Path]) -> Any:
         RecursionError,
         MemoryError,
     ) as err:
-        raise UnreadablePickle(f"{path} is truncated or not a dataset pickle ({err}); download it again") from err
+        raise UnreadablePickle(
+            f"{path} is truncated or not a dataset pickle ({err}); delete it to have aml download or make it anew"
+        ) from err
 
 
 def save_pickle(obj: Any, path: Union[str, Path]) -> None:

@@ -78,7 +78,10 @@ FILE_KINDS: Dict[str, Tuple[bytes, ...]] = {
     "an ONNX model": (b"\x08",),  # a ModelProto: its ir_version, field 1, comes first
     "a zip archive": (b"PK\x03\x04",),  # TorchScript, and torch.save's own format
     "a JSON file": (b"{", b"["),  # after any white space
+    "a web page (HTML)": (b"<!doctyp", b"<html"),  # after any white space, in any case: a portal's or a 404 page
 }
+#: the kinds whose first bytes may follow white space
+_SPACED_KINDS = ("a JSON file", "a web page (HTML)")
 
 
 def begins_as(head: bytes, kind: str) -> bool:
@@ -88,8 +91,12 @@ def begins_as(head: bytes, kind: str) -> bool:
         >>> from aml.utils.plain_files import begins_as
         >>> begins_as(b'  {"results": 1}', "a JSON file"), begins_as(b"PK\\x03\\x04", "an ONNX model")
         (True, False)
+        >>> begins_as(b"\\n<!DOCTYPE html>", "a web page (HTML)")
+        True
     """
-    return (head.lstrip() if kind == "a JSON file" else head).startswith(FILE_KINDS[kind])
+    if kind == "a web page (HTML)":
+        head = head.lower()
+    return (head.lstrip() if kind in _SPACED_KINDS else head).startswith(FILE_KINDS[kind])
 
 
 _PICKLED_OBJECT = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
@@ -110,7 +117,7 @@ def file_format(path: PathLike) -> Optional[str]:
     """
     try:
         with open(path, "rb") as handle:
-            head = handle.read(8)
+            head = handle.read(64)  # a web page's white space before its first tag
     except OSError:  # a folder, a file this user cannot read: the caller's error names it
         return None
     if not head:
@@ -141,9 +148,10 @@ def _unreadable(path: Path, err: BaseException) -> str:
             "code: aml loads tensors only; save its state_dict instead (torch.save(model.state_dict(), ...))"
         )
     first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()[0][:200] if str(err) else ""
+    first = first.split(". ")[0]  # torch's advice to load with weights_only=False is not aml's
     return (
         f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
-        f"({type(err).__name__}: {first}). Download or copy it again."
+        f"({type(err).__name__}: {first}). Copy it again, or delete it to have aml download it anew."
     )
 
 

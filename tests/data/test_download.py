@@ -27,6 +27,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     no_length = set()  # paths answered without Content-Length (the body ends when the connection closes)
     endless = set()  # paths whose body never ends (no Content-Length)
     slow = set()  # paths whose body comes in 8 KiB pieces, 10 ms apart
+    skew = {}  # path -> bytes the next ranged answer starts past the asked-for byte (once)
+    content_type = {}  # path -> its Content-Type (default: none sent)
 
     def log_message(self, *args):
         pass
@@ -43,7 +45,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if ranged and self.honour_if_range and self.headers.get("If-Range") not in (None, etag):
             ranged = None  # another version: the whole new file
         if ranged:
-            start = int(ranged.split("=")[1].split("-")[0])
+            start = int(ranged.split("=")[1].split("-")[0]) + self.skew.pop(self.path, 0)
             if start >= len(body):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(body)}")
@@ -55,6 +57,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("ETag", etag)
+        if self.path in self.content_type:
+            self.send_header("Content-Type", self.content_type[self.path])
         if self.path not in self.no_length | self.endless:
             self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
@@ -74,6 +78,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server():
     Handler.files, Handler.cut_after, Handler.requests, Handler.honour_if_range = {}, {}, [], True
     Handler.no_length, Handler.endless, Handler.slow = set(), set(), set()
+    Handler.skew, Handler.content_type = {}, {}
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     # polled every 10 ms: shutdown() waits for the next poll (0.5 s by default)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
@@ -109,6 +114,35 @@ def test_interrupted_transfer_resumes_with_range(server, tmp_path):
     download_file(f"{server}/big.bin", tmp_path / "big.bin", progress=False)
     assert (tmp_path / "big.bin").read_bytes() == PAYLOAD
     assert Handler.requests[-1] == ("/big.bin", "bytes=30000-")
+
+
+def test_a_part_resumed_at_another_byte_is_fetched_again(server, tmp_path):
+    """A 206 answer that starts past the part's end was appended as if it followed on: a gap,
+    filled in later at the right size, installed with other bytes where no hash checks it."""
+    Handler.files["/big.bin"] = PAYLOAD
+    Handler.cut_after["/big.bin"] = 30000
+    with pytest.raises(DownloadError, match="Incomplete download"):
+        download_file(f"{server}/big.bin", tmp_path / "big.bin", progress=False, retries=1)
+    Handler.skew["/big.bin"] = 100
+    download_file(f"{server}/big.bin", tmp_path / "big.bin", progress=False)
+    assert (tmp_path / "big.bin").read_bytes() == PAYLOAD
+    assert Handler.requests[-2:] == [("/big.bin", "bytes=30000-"), ("/big.bin", None)]
+
+
+def test_a_web_page_sent_for_a_file_is_refused_and_fetched_next_time(server, tmp_path):
+    """A portal's or an error page answered with 200 was installed as the gnd, network or archive,
+    recorded as intact, and never fetched again (the errors said to download it again)."""
+    page = b"\n<!DOCTYPE html><html><body>Please log in</body></html>"
+    Handler.files["/gnd_roxford5k.pkl"] = page
+    Handler.content_type["/gnd_roxford5k.pkl"] = "text/html"
+    with pytest.raises(DownloadError, match=r"the server sent a web page .*nothing was installed"):
+        download_file(f"{server}/gnd_roxford5k.pkl", tmp_path / "gnd_roxford5k.pkl", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    Handler.files["/gnd_roxford5k.pkl"] = PAYLOAD
+    download_file(f"{server}/gnd_roxford5k.pkl", tmp_path / "gnd_roxford5k.pkl", progress=False)
+    assert (tmp_path / "gnd_roxford5k.pkl").read_bytes() == PAYLOAD
+    Handler.files["/index.html"] = page  # a page asked for is a page
+    assert download_file(f"{server}/index.html", tmp_path / "index.html", progress=False).read_bytes() == page
 
 
 def test_hash_mismatch_is_refused_and_nothing_lands(server, tmp_path):
@@ -256,6 +290,34 @@ def test_archive_members_that_escape_or_are_special_are_refused(tmp_path, kind):
     with pytest.raises(DownloadError, match="refusing"):
         extract_archive(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("entries", [
+    [("sym", "l", "sub"), ("file", "l/x.jpg", "")],  # a file written through the archive's link
+    [("sym", "l1", "."), ("sym", "l2", "l1/.."), ("file", "l2/x.jpg", "")],  # a chain: l2 is the folder above
+    [("file", "a.jpg", ""), ("sym", "s", "a.jpg"), ("hard", "h", "s")],  # a hard link to a link
+    [("sym", "d", "sub"), ("sym", "e", "d/../..")],  # a link that leaves through another
+], ids=["through-link", "chain", "hardlink-to-link", "leaves-through-link"])
+def test_archives_that_reach_through_their_own_links_are_refused_before_anything_is_written(tmp_path, entries):
+    """The checks read each path as its text says, while a chain of the archive's own links can
+    lead elsewhere: on some Pythons (CVE-2025-4517, 3.11.7 among them) past the data filter
+    too, so that files outside the folder were written and replaced."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for kind, name, target in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, target
+            elif kind == "hard":
+                info.type, info.linkname = tarfile.LNKTYPE, target
+            tar.addfile(info, io.BytesIO(b"") if kind == "file" else None)
+    archive = tmp_path / "links.tgz"
+    archive.write_bytes(buffer.getvalue())
+    for flatten in (False, True):
+        with pytest.raises(DownloadError, match=r"refusing archive (member|link) .*(through a link|through another "
+                                                r"link)"):
+            extract_archive(archive, tmp_path / "out", flatten=flatten)
+        assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["links.tgz"]
 
 
 def test_revisitop1m_comes_through_the_resumable_verified_downloader(server, tmp_path, monkeypatch):

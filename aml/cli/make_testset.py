@@ -1,6 +1,7 @@
 """python -m aml.cli.make_testset: a test set of your own images (see aml.data.make_testset)."""
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -48,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     except (TestSetError, ImageLoadError, OSError, KeyError, ValueError, DiskFull) as err:
         message = f"missing column or key {err}" if isinstance(err, KeyError) else str(err)
         sys.exit(f"error: {message}")
-    root = f" --data-root {args.data_root}" if args.data_root else ""
+    root = f" --data-root {shlex.quote(str(args.data_root))}" if args.data_root else ""  # as a shell reads it
     print(f">> test set written to {built}; evaluate with: python test.py -d {args.name}{root} ...")
     return built
 

@@ -1,5 +1,6 @@
 """python -m aml.cli.make_trainset: a training set of your own images (see aml.data.make_trainset)."""
 
+import shlex
 import sys
 from typing import List, Optional
 
@@ -69,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> TrainSetReport:
     except (TrainSetError, OSError, KeyError, DiskFull) as err:
         sys.exit(f"error: {err}")
     print("\n".join(report.lines()))
-    root = f" --data-root {args.data_root}" if args.data_root else ""
+    root = f" --data-root {shlex.quote(str(args.data_root))}" if args.data_root else ""  # as a shell reads it
     print(f">> train with: python main.py -d {args.name}{root} ...; whitening: test.py -w {args.name}{root}")
     return report
 

@@ -396,8 +396,13 @@ def _plain(path: str, links: Set[PurePosixPath], itself: bool = False) -> Option
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
-def _check_members(members: Sequence[tarfile.TarInfo], target: Path) -> None:
-    """Refuse an archive of which any member would land, or point, outside ``target``.
+#: the fix said of an archive that is refused: not a download cut short, so fetching it again as it is fails alike
+_NOT_OURS = "; it is not an archive of the data set as published: delete it and check where it came from"
+
+
+def _check_members(members: Sequence[tarfile.TarInfo], archive: Path) -> None:
+    """Refuse an ``archive`` of which any member would land, or point, outside the folder it
+    is unpacked into.
 
     Checked on the members' names alone, before anything is written (the folder is empty):
     every path made plain stays inside and goes through no link of the archive itself, so
@@ -406,18 +411,39 @@ def _check_members(members: Sequence[tarfile.TarInfo], target: Path) -> None:
     links = {PurePosixPath(posixpath.normpath(m.name)) for m in members if m.issym() or m.islnk()}
     for member in members:
         if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-            raise DownloadError(f"refusing special archive member {member.name!r}")
+            raise DownloadError(f"refusing special archive member {member.name!r} of {archive}{_NOT_OURS}")
         if _plain(member.name, links, itself=True) is None:
             raise DownloadError(
-                f"refusing archive member {member.name!r}: it would be written outside {target} or through a link"
+                f"refusing archive member {member.name!r} of {archive}: it would be written outside the folder it is "
+                f"unpacked into, or through a link{_NOT_OURS}"
             )
         if member.issym() or member.islnk():
             # a symbolic link's target is read from its folder, a hard link's from the archive's root
             folder = posixpath.dirname(member.name) if member.issym() else ""
             if posixpath.isabs(member.linkname) or _plain(posixpath.join(folder, member.linkname), links) is None:
                 raise DownloadError(
-                    f"refusing archive link {member.name!r} -> {member.linkname!r}: it points outside {target} "
-                    "or through another link"
+                    f"refusing archive link {member.name!r} -> {member.linkname!r} of {archive}: it points outside "
+                    f"the folder it is unpacked into, or through another link{_NOT_OURS}"
+                )
+
+
+def _check_on_disk(member: tarfile.TarInfo, folder: Path, archive: Path) -> None:
+    """Refuse a member whose path, or whose link's target, goes through a link already in
+    ``folder``: one an earlier archive of the same set unpacked there (which the members' names
+    cannot show), or one a file system that folds case finds under another case."""
+    paths = [member.name]
+    if member.issym():
+        paths.append(posixpath.join(posixpath.dirname(member.name), member.linkname))
+    elif member.islnk():
+        paths.append(member.linkname)
+    for path in paths:
+        current = folder
+        for component in (c for c in path.split("/") if c not in ("", ".")):
+            current = current.parent if component == ".." else current / component
+            if current.is_symlink():
+                raise DownloadError(
+                    f"refusing {archive}: its member {member.name!r} reaches through the link {component!r} that "
+                    "an archive of the set unpacked; delete the archives and download them again"
                 )
 
 
@@ -437,13 +463,14 @@ def _extract(archive: Path, folder: Path, progress: bool) -> None:
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
-            _check_members(members, folder)
+            _check_members(members, archive)
             for member in progress_bar(
                 members, desc=f"unpacking {archive.name}", unit="file", enabled=progress, leave=False
             ):
+                _check_on_disk(member, folder, archive)
                 tar.extract(member, folder, filter="data")
     except tarfile.FilterError as err:  # a member Python's data filter refuses: downloading again would not help
-        raise DownloadError(f"refusing {archive}: {err}; it is not an archive aml unpacks") from err
+        raise DownloadError(f"refusing {archive}: {err}{_NOT_OURS}") from err
     except (tarfile.TarError, EOFError, zlib.error) as err:
         raise DownloadError(
             f"{archive} is truncated or not a readable archive ({err}); delete it and download it again"

@@ -138,7 +138,8 @@ def images_from_csv(path: PathLike, images_dir: PathLike) -> List[Tuple[Path, st
     """(image, landmark) from a CSV with columns image,landmark (any header naming them
     ``image``/``id`` and ``landmark``/``landmark_id``), or GLDv2's ``landmark_id,images``."""
     images_dir = Path(images_dir)
-    lines = csv_rows(read_text_file(path, TRAIN_CSV_TEXT), path, TrainSetError)
+    read = ("image", "id", "images", "landmark", "landmark_id")  # any other column is left unread
+    lines = csv_rows(read_text_file(path, TRAIN_CSV_TEXT), path, TrainSetError, read=read)
     if not lines:
         raise TrainSetError(f"{path} has no rows")
     rows = [row for _, row in lines]

@@ -225,7 +225,8 @@ def load_pickle(path: Union[str, Path]) -> Any:
         MemoryError,
     ) as err:
         raise UnreadablePickle(
-            f"{path} is truncated or not a dataset pickle ({err}); delete it to have aml download or make it anew"
+            f"{path} is truncated or not a dataset pickle ({err}); copy or make it again (a file aml downloaded or "
+            "generated is made anew once deleted)"
         ) from err
 
 

@@ -27,14 +27,14 @@ from typing import Callable, Dict, List, Optional, Sequence, TypedDict
 
 from aml.cli.arguments import Parser, folder, nonnegative_int, output_file_of, positive_int
 from aml.data.download import file_sha256
-from aml.data.paths import data_subdir, resolve_data_root
+from aml.data.paths import below_common_folder, data_subdir, resolve_data_root
 from aml.data.synthetic import generate_all
 from aml.data.testsets import read_test_set
 from aml.data.trainsets import load_training_db
 from aml.demo.findings import findings_lines, paper_findings
 from aml.demo.tables import DATASETS, format_table, write_results
 from aml.descriptors import ExtractionConfig
-from aml.descriptors.key import images_digest
+from aml.descriptors.key import images_digest_as_listed
 from aml.evaluation.testing import TestSettings, evaluate
 from aml.networks import build_network, get_backbone
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
@@ -147,10 +147,11 @@ def data_sizes(root: Path) -> Dict[str, str]:
 
 
 def _training_images_digest(root: Path) -> str:
-    """8 hex digits of synth-sfm's images as they are now (names, sizes, times): a teacher run
-    is reused only while they are the ones it was trained on (generated again, they differ)."""
+    """8 hex digits of synth-sfm's images as they are now (names below the set's folder, sizes,
+    times): a teacher run is reused only while they are the ones it was trained on (generated
+    again, they differ; the data root moved, they do not)."""
     images = [image for split in ("train", "val") for image in load_training_db("synth-sfm", split, root)["images"]]
-    return images_digest(images)[:8]
+    return images_digest_as_listed(images, below_common_folder(images))[:8]
 
 
 def _settings_comment(epochs: int, teacher: Optional[Path]) -> str:

@@ -10,6 +10,7 @@ therefore works offline. Only PIL is needed.
 
 import html
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
@@ -169,19 +170,27 @@ def check_report_folder(folder: Path) -> None:
         return
     found = sorted(path.name for path in folder.iterdir())
     if found and not _older_report(folder):
+        shown = found[0] + (", ..." if len(found) > 1 else "")
         raise ConfigError(
-            f"--report: {folder} holds files that are not an aml ranking report ({found[0]}, ...), which a report "
-            "would replace or delete; give --report another folder"
+            f"--report: {folder} holds files that are not an aml ranking report ({shown}), which a report would "
+            "replace or delete; give --report another folder, or empty that one"
         )
 
 
+_REPORT_IMAGE = re.compile(r"q\d+\.png")
+
+
 def _older_report(folder: Path) -> bool:
-    """A report written before reports were marked: its page's title says so."""
+    """A report written before reports were marked: its page's title says so; or one cut short
+    before its page was written: nothing but its query PNGs and thumbnails."""
     page = folder / "index.html"
-    if not page.is_file():
-        return False
-    with page.open("rb") as handle:
-        return b" ranking report</title>" in handle.read(4096)
+    if page.is_file():
+        with page.open("rb") as handle:
+            return b" ranking report</title>" in handle.read(4096)
+    thumbs = folder / "thumbs"
+    return all(
+        _REPORT_IMAGE.fullmatch(path.name) or (path == thumbs and path.is_dir()) for path in folder.iterdir()
+    ) and all(path.suffix == ".jpg" for path in thumbs.glob("*"))
 
 
 def _remove_stale_images(folder: Path, shown: Sequence[int], db_indices: Iterable[int]) -> None:

@@ -22,7 +22,7 @@ from aml.data.paths import DataRoot
 from aml.descriptors import feature_provenance
 from aml.evaluation.results import DatasetResult
 from aml.evaluation.testing import TestSettings, evaluate
-from aml.losses import build_loss
+from aml.losses import LOSSES, build_loss
 from aml.networks.backbones import get_backbone
 from aml.networks.checkpoint import load_trunk_weights
 from aml.networks.loading import LoadedNetwork
@@ -208,7 +208,7 @@ class _Run:
     def split(self, split: str, feat_path: Optional[str]) -> Split:
         c = self.config
         db = load_training_db(c.training_dataset, split, self.data_root)
-        if self.mode.negatives is not Negatives.NONE:
+        if self.mode.negatives is not Negatives.NONE and self.loop.neg_num and LOSSES[c.loss].uses_negatives:
             _warn_of_pairs_across_clusters(c.training_dataset, split, db)
         features = None
         if self.mode.needs_teacher:

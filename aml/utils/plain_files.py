@@ -151,7 +151,7 @@ def _unreadable(path: Path, err: BaseException) -> str:
     first = first.split(". ")[0]  # torch's advice to load with weights_only=False is not aml's
     return (
         f"cannot read {path}: it is truncated, corrupt or not a PyTorch file made of plain data "
-        f"({type(err).__name__}: {first}). Copy it again, or delete it to have aml download it anew."
+        f"({type(err).__name__}: {first}). Copy or make it again (a file aml downloaded is fetched anew once deleted)."
     )
 
 

@@ -137,7 +137,11 @@ class CsvRow(NamedTuple):
 
 
 def csv_rows(
-    text: str, source: PathLike, error: Type[DataError], columns: Optional[Sequence[str]] = None
+    text: str,
+    source: PathLike,
+    error: Type[DataError],
+    columns: Optional[Sequence[str]] = None,
+    read: Optional[Sequence[str]] = None,
 ) -> List[CsvRow]:
     """The rows of a CSV's text, by its header's names (spaces around them dropped).
 
@@ -146,13 +150,15 @@ def csv_rows(
         source: its file, for the messages.
         error: the error raised.
         columns: the names a header may hold (None: any).
+        read: the names the caller reads, which the header may name once only (the csv module
+            keeps a repeated column's last field); default: ``columns``.
 
     Returns:
         One `CsvRow` per row.
 
     Raises:
-        DataError: (``error``) naming ``source``, for a header name outside ``columns`` or
-            named twice, a line the csv module cannot read, or a line with more fields than the header (an
+        DataError: (``error``) naming ``source``, for a header name outside ``columns``, one
+            of ``read`` named twice, a line the csv module cannot read, or a line with more fields than the header (an
             unquoted comma in a field would shift names out of their column).
 
     Examples:
@@ -171,7 +177,8 @@ def csv_rows(
                     f"{source}: unknown column {unknown[0]!r} (the header holds {', '.join(header)}); the columns "
                     f"are {', '.join(columns or ())}, and the first line is the header that names them"
                 )
-            twice = [name for k, name in enumerate(header) if name in header[:k]]
+            once = read if read is not None else columns or ()
+            twice = [name for k, name in enumerate(header) if name in once and name in header[:k]]
             if twice:  # csv keeps the last of two columns of one name: the other's names would be lost
                 raise error(
                     f"{source}: the header names the column {twice[0]!r} twice ({', '.join(header)}); put all its "

@@ -320,6 +320,19 @@ def test_archives_that_reach_through_their_own_links_are_refused_before_anything
         assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["links.tgz"]
 
 
+def test_a_set_of_archives_cannot_reach_through_a_link_another_one_unpacked(tmp_path):
+    """Each archive's names were checked against its own links only, while a set's archives
+    (revisitop1m's 100) unpack into one folder: a link from the first let the second write
+    through it."""
+    first, second = tmp_path / "1.tgz", tmp_path / "2.tgz"
+    first.write_bytes(make_tar({"sub/a.jpg": b"a"}, {"l": "sub"}))  # a chain's first link, harmless alone
+    second.write_bytes(make_tar({"l/escaped.jpg": b"x"}))
+    with pytest.raises(DownloadError, match=r"refusing .*2.tgz: its member 'l/escaped.jpg' reaches through the link "
+                                            r"'l' that an archive of the set unpacked"):
+        extract_archives([first, second], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.tgz", "2.tgz"]
+
+
 def test_revisitop1m_comes_through_the_resumable_verified_downloader(server, tmp_path, monkeypatch):
     from aml.data import distractors
 

@@ -89,6 +89,14 @@ def test_gldv2_csv_and_plain_csv(landmark_folders, tmp_path):
     plain = tmp_path / "plain.csv"
     plain.write_text("image,landmark\n" + "".join(f"{p.relative_to(images)},{lm}\n" for p, lm in items))
     assert images_from_csv(plain, images) == items
+    spread = tmp_path / "spread.csv"  # a spreadsheet's trailing empty columns, a repeated column left unread
+    spread.write_text("image,landmark,notes,notes,,\n" + "".join(f"{p.relative_to(images)},{lm},a,b,,\n"
+                                                                  for p, lm in items))
+    assert images_from_csv(spread, images) == items
+    twice = tmp_path / "twice.csv"
+    twice.write_text("image,landmark,landmark\n" + "".join(f"{p.relative_to(images)},{lm},x\n" for p, lm in items))
+    with pytest.raises(TrainSetError, match=r"twice.csv: the header names the column 'landmark' twice"):
+        images_from_csv(twice, images)
     report = build_train_set(items, "gld", tmp_path / "data", seed=1)
     assert report.landmarks["train"] + report.landmarks["val"] == len(rows)
 

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ def test_demo_runs_end_to_end_from_imagenet_and_reuses_its_teacher(synth_root, c
         assert chart.format == "PNG" and chart.size[0] >= 600
 
 
-def test_a_teacher_is_reused_only_for_its_epochs_and_its_images(synth_root):
+def test_a_teacher_is_reused_only_for_its_epochs_and_its_images(synth_root, tmp_path):
     """A teacher trained for more epochs shared the folder of the default one: the next default
     demo resumed model_epoch1 beside model_epoch2 and was refused with flags the demo lacks; and a
     teacher trained on synth-sfm before it was generated again was reused for the new images."""
@@ -70,9 +71,11 @@ def test_a_teacher_is_reused_only_for_its_epochs_and_its_images(synth_root):
     from aml.demo.pipeline import _training_images_digest
 
     teacher = train_teacher(synth_root, "efficientnet_lite2", TINY, 0)
+    stamp = teacher.stat().st_mtime_ns
     longer = train_teacher(synth_root, "efficientnet_lite2", dataclasses.replace(TINY, teacher_epochs=2), 0)
     assert longer.name == "model_epoch2.pth.tar" and longer.parent != teacher.parent
-    assert train_teacher(synth_root, "efficientnet_lite2", TINY, 0) == teacher  # not refused, not retrained
+    assert train_teacher(synth_root, "efficientnet_lite2", TINY, 0) == teacher  # not refused,
+    assert teacher.stat().st_mtime_ns == stamp  # not retrained
     image = Path(load_training_db("synth-sfm", "train", synth_root)["images"][0])
     before, stamp = _training_images_digest(synth_root), image.stat()
     os.utime(image, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # the images made again
@@ -81,6 +84,10 @@ def test_a_teacher_is_reused_only_for_its_epochs_and_its_images(synth_root):
     finally:
         os.utime(image, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert _training_images_digest(synth_root) == before
+    moved = tmp_path / "moved"  # the data root moved (mv keeps the files' times): the same images
+    moved.mkdir()
+    shutil.copytree(synth_root / "train", moved / "train", copy_function=shutil.copy2)
+    assert _training_images_digest(moved) == before
 
 
 def test_the_losses_of_later_papers_train_in_the_demos_setting(synth_root):

@@ -204,6 +204,17 @@ def test_a_folder_of_ones_own_files_is_refused_and_left_as_it_was(tmp_path, synt
     (older / "index.html").write_text("<!DOCTYPE html><html><head><title>mine ranking report</title>")
     write_report(older, "mine", [], [], [], [], [])
     assert (older / ".aml-ranking-report").is_file()
+    cut_short = tmp_path / "cut"  # an older report interrupted before its page: its images alone
+    (cut_short / "thumbs").mkdir(parents=True)
+    (cut_short / "q000.png").write_bytes(b"png")
+    (cut_short / "thumbs" / "db000001.jpg").write_bytes(b"jpg")
+    write_report(cut_short, "mine", [], [], [], [], [])
+    assert sorted(p.name for p in cut_short.rglob("*")) == [".aml-ranking-report", "index.html", "thumbs"]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"\(notes.txt\), which a report would replace or delete; give --report "
+                                          r"another folder, or empty that one"):
+        write_report(tmp_path / "one", "mine", [], [], [], [], [])
 
 
 def test_a_report_of_a_database_with_an_unreadable_image_shows_what_can_be_found(tmp_path):

@@ -215,7 +215,7 @@ def test_a_damaged_checkpoint_of_the_run_folder_names_the_one_to_resume_from(syn
                                               r"--resume model_epoch1.pth.tar$"):
         train(synth_root, tmp_path, "--epochs", "2", "--no-val", "--resume", "latest")
     (copy / "model_epoch1.pth.tar").unlink()  # none before it: the file's own fix alone
-    with pytest.raises(CheckpointError, match=r"Copy it again, or delete it to have aml download it anew.$"):
+    with pytest.raises(CheckpointError, match=r"Copy or make it again \(a file aml downloaded is fetched anew once deleted\).$"):
         train(synth_root, tmp_path, "--epochs", "2", "--no-val", "--resume", "latest")
 
 

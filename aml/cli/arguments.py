@@ -259,10 +259,12 @@ def output_file_of(kind: str) -> Callable[[str], str]:
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (the usage stays behind --help)."""
+    """An ArgumentParser whose errors are one line (the usage stays behind --help), said once
+    per machine under torchrun (every process of a machine reads the same flags and files)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        said = int(os.environ.get("LOCAL_RANK", "0")) == 0
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if said else None)
 
 
 def add_runtime_arguments(parser: Flags, distributed: bool = True) -> None:

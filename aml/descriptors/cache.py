@@ -15,7 +15,7 @@ from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, des
 from aml.descriptors.key import DescriptorKey
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, optional_write
-from aml.utils.distributed import current_world, found_by_all
+from aml.utils.distributed import current_world, found_by_all, warn_once
 
 log = logging.getLogger(__name__)
 DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
@@ -88,7 +88,7 @@ def _read_cache(path: Path, shape: Tuple[int, int], tag: str) -> Optional[np.nda
         vecs = None
     if vecs is not None and vecs.dtype.kind == "f" and vecs.shape == shape and np.isfinite(vecs).all():
         return vecs
-    log.warning(">> %s: cache file %s is unreadable or stale; encoding again", tag, path)
+    warn_once(log, ">> %s: cache file %s is unreadable or stale; encoding again", tag, path)  # every rank reads it
     return None
 
 

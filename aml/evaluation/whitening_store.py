@@ -156,7 +156,7 @@ def _cached(cache: Path, digest: str, whitening_set: str, dim: int) -> Optional[
             return None
         found = _whitening_of(data, dim, str(cache))
     except (CheckpointError, WhiteningError) as err:
-        log.warning(">> %s: the whitening cache is damaged, learning it again (%s)", whitening_set, err)
+        warn_once(log, ">> %s: the whitening cache is damaged, learning it again (%s)", whitening_set, err)
         return None
     log.info(">> %s: whitening read from %s", whitening_set, cache)
     return found

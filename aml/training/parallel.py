@@ -15,7 +15,7 @@ import inspect
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed.nn.functional as distributed_nn
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -65,16 +65,26 @@ def batch_split_problem(batch_size: int, world: World) -> Optional[str]:
     )
 
 
+_SYNC_BATCHNORM_NEEDS_CUDA = (
+    "--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics across processes on GPUs "
+    "only); on the CPU train it in one process"
+)
+
+
 def sync_batchnorm_problem(settings: TrainSettings, world: World, device: torch.device) -> Optional[str]:
     """Why ``settings`` cannot train with SyncBatchNorm in ``world`` (None: they can, or need not).
 
     With autocast, a rank's empty forward (an image shape only another rank has, which every
     rank runs alike) makes SyncBatchNorm share its statistics in bfloat16, where a rank with
     images shares float32 ones (``torch.batch_norm_stats`` on CUDA): NCCL would gather buffers
-    of two sizes (a hang, or other statistics).
+    of two sizes (a hang, or other statistics). Off CUDA, SyncBatchNorm does not run at all.
     """
-    if not (world.distributed and settings.train_batchnorm and settings.autocast and device.type == "cuda"):
-        return None  # on the CPU, --train-batchnorm under torchrun is refused for itself
+    if not (world.distributed and settings.train_batchnorm):
+        return None
+    if device.type != "cuda":
+        return _SYNC_BATCHNORM_NEEDS_CUDA
+    if not settings.autocast:
+        return None
     return (
         "--amp with --train-batchnorm under torchrun: SyncBatchNorm shares bfloat16 statistics from a process "
         "whose batch lacks an image shape another has and float32 ones from the others, which the processes "
@@ -103,6 +113,25 @@ def to_sync_batchnorm(net: nn.Module) -> nn.Module:
     return nn.SyncBatchNorm.convert_sync_batchnorm(net)
 
 
+class _GatheredRows(torch.autograd.Function):
+    """Every rank's rows (as many on each), one after another in rank order, with gradients:
+    each rank's loss reads all of them, so a rank's rows get the sum of every rank's gradient
+    for them (torch.distributed.nn's all_gather did the same; torch 2.14 deprecates it)."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.count = dist.get_rank(), rows.shape[0]
+        parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, rows.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)  # gloo has no reduce_scatter: the sum of the whole, then this rank's part
+        return total[ctx.rank * ctx.count : (ctx.rank + 1) * ctx.count]
+
+
 class Parallel:
     """How this process takes part in a training step (a pass-through in one process)."""
 
@@ -118,10 +147,7 @@ class Parallel:
             raise ConfigError(problem)
         if sync_batchnorm:
             if device.type != "cuda":
-                raise ConfigError(
-                    "--train-batchnorm under torchrun needs CUDA (SyncBatchNorm shares batch statistics "
-                    "across processes on GPUs only); on the CPU train it in one process"
-                )
+                raise ConfigError(_SYNC_BATCHNORM_NEEDS_CUDA)
             to_sync_batchnorm(net)
         ids = [device.index] if device.type == "cuda" else None
         self.ddp = DistributedDataParallel(DescriptorModel(net), device_ids=ids, **without_buffer_broadcast())
@@ -157,8 +183,8 @@ class Parallel:
         if not self.world.distributed:
             return batch
         return TupleBatch.pairs(
-            torch.cat(distributed_nn.all_gather(batch.anchors)),
-            torch.cat(distributed_nn.all_gather(batch.members[:, 0].contiguous())),
+            _GatheredRows.apply(batch.anchors),
+            _GatheredRows.apply(batch.members[:, 0]),
         )
 
     def global_losses(self, losses: torch.Tensor, relational: bool) -> List[float]:

@@ -126,8 +126,8 @@ def run(config: TrainConfig) -> TrainResult:
     problem = batch_split_problem(config.loop.batch_size, world) or sync_batchnorm_problem(
         config.loop, world, requested
     )
-    if problem:
-        raise ConfigError(problem)
+    if problem:  # alike on every process: said by process 0, the others end without a word
+        raise ConfigError(problem) if world.is_main else SystemExit(1)
     device = str(process_device(requested, world))
     run_dir = Path(config.directory) / run_name(config)
     fresh = not run_dir.exists()

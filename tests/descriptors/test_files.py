@@ -96,6 +96,19 @@ def test_a_cache_file_of_another_shape_or_type_is_encoded_again(tmp_path, caplog
         assert vecs.shape == (512, 1) and "is unreadable or stale; encoding again" in caplog.text
 
 
+def test_a_damaged_cache_is_said_by_process_0_alone(tmp_path, caplog, monkeypatch):
+    """Every process of a torchrun job reads the cache: each said so, 8 lines on 8 GPUs."""
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    net = build_network("resnet18", pretrained=False).eval()
+    key, images = DescriptorKey.of(net, 48), [str(tmp_path / "a.jpg")]
+    path = tmp_path / "cache" / f"t_{key.digest(images)}.npy"
+    path.parent.mkdir()
+    path.write_bytes(b"garbage")
+    monkeypatch.setenv("RANK", "1")
+    cached_descriptors(net, images, key, path.parent, "t", config=ExtractionConfig(workers=0))
+    assert "unreadable or stale" not in caplog.text
+
+
 def test_feature_files_keep_names_that_are_not_utf8_and_refuse_other_values(tmp_path):
     names = ["a.jpg", b"caf\xe9.jpg".decode(errors="surrogateescape")]
     path = write_feature_file(np.ones((4, 2), np.float32), names, tmp_path / "db.npy", {"network": "n"})

@@ -99,7 +99,9 @@ def test_autocast_with_synchronised_batchnorm_is_refused_under_torchrun(monkeypa
     assert sync_batchnorm_problem(both, World(), cuda) is None  # one process: no SyncBatchNorm
     assert sync_batchnorm_problem(TrainSettings(train_batchnorm=True), World(size=2), cuda) is None
     assert sync_batchnorm_problem(TrainSettings(autocast=True), World(size=2), cuda) is None
-    assert sync_batchnorm_problem(both, World(size=2), torch.device("cpu")) is None  # refused for itself there
+    for settings in (both, TrainSettings(train_batchnorm=True)):  # refused before any work (it was at the trainer)
+        assert sync_batchnorm_problem(settings, World(size=2), torch.device("cpu")).startswith(
+            "--train-batchnorm under torchrun needs CUDA")
     assert sync_batchnorm_problem(both, World(size=2), cuda).startswith("--amp with --train-batchnorm under torchrun")
     monkeypatch.setattr(runner, "init_from_environment", lambda *args: World(rank=0, size=2))
     monkeypatch.setattr(runner, "resolve_device", lambda *args: cuda)

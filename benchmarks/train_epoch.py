@@ -68,11 +68,13 @@ def main() -> None:
     parser.add_argument("--mode", default="ts")
     parser.add_argument("--loss", default="contrastive")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs run; all but the first are reported")
     parser.add_argument("--batch-forward", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     add_json_argument(parser, "train_epoch")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be 2 or more: the first epoch (image sizes read, kernels warmed) is not reported")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"

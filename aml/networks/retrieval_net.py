@@ -16,7 +16,7 @@ from aml.data.paths import DataRootLike
 from aml.layers.functional import l2n
 from aml.layers.normalization import L2N
 from aml.layers.pooling import POOLINGS, Rpool
-from aml.networks.backbones import build_trunk, get_backbone
+from aml.networks.backbones import BACKBONES, build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
 from aml.networks.pretrained import (
     DEFAULT_TEACHER,
@@ -495,8 +495,12 @@ def _keeps_width_as_the_original(params: Dict[str, Any]) -> bool:
     ``teacher``: a trunk that is not a student, with ``teacher='vgg16'`` (the original's
     test.py passed it for every network, published ResNet101 teachers included), no dimension
     given but its own (a checkpoint's ``outputdim``). A ``teacher='resnet101'`` projects a
-    narrower trunk (a KeyError in the original)."""
-    backbone = get_backbone(params.get("architecture", "resnet101"))
+    narrower trunk (a KeyError in the original). The rule is the original's, for its table's
+    architectures: a ``timm:`` trunk, which it never had, is projected as `build_network` does."""
+    architecture = params.get("architecture", "resnet101")
+    if architecture not in BACKBONES:
+        return False
+    backbone = get_backbone(architecture)
     teacher = params.get("teacher")
     named = TEACHERS.get(teacher, teacher) if isinstance(teacher, str) else None  # the alias or its full name
     if named != TEACHERS[DEFAULT_TEACHER] or params.get("teacher_dim") not in (None, backbone.dim):

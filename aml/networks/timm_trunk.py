@@ -93,6 +93,11 @@ _HEAD_PARTS = ("fc_norm", "attn_pool")
 
 
 @lru_cache(maxsize=None)
+def _has_class_token(model: torch.nn.Module) -> bool:
+    """Whether a timm token model's first token is a class token (not a register's)."""
+    return bool(getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None))
+
+
 def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
     """Parse what follows ``timm:``; the spec and the trunk's output channels.
 
@@ -139,7 +144,7 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
             )
     elif (readout or DEFAULT_READOUT) not in TOKEN_READOUTS:
         raise ConfigError(f"timm:{text}: unknown readout {readout!r}; choose one of {sorted(TOKEN_READOUTS)}")
-    elif readout == "cls" and plain.num_prefix_tokens == 0:
+    elif readout == "cls" and not _has_class_token(plain):  # its prefix tokens may be registers alone
         raise ConfigError(f"timm:{text}: {model} has no class token; use {READOUT_SEPARATOR}patch")
     spec = TimmSpec(model, tag, (readout or DEFAULT_READOUT) if is_token_model(plain) else None)
     try:

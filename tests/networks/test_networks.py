@@ -30,6 +30,10 @@ def test_init_network_keeps_a_trunks_width_with_the_originals_default_teacher():
     assert spread.meta["outputdim"] == 2048 and "teacher" not in spread.meta
     student = init_network({"architecture": "mobilenet_v2", "pretrained": False, "teacher": "vgg16"})
     assert student.meta["outputdim"] == 512 and student.meta["teacher"] == "vgg16"  # a student projects, as there
+    # a timm trunk, which the original never had, is projected as build_network projects it (it kept its width)
+    vit = init_network({"architecture": "timm:test_vit", "pretrained": False, "teacher": "vgg16"})
+    assert vit.meta["outputdim"] == 512 and vit.meta["outputdim"] == build_network(
+        "timm:test_vit", pretrained=False, teacher_dim=512).meta["outputdim"]
 
 
 def test_projection_is_found_only_where_there_is_one():

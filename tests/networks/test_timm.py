@@ -52,7 +52,10 @@ def test_timm_names_are_a_family_parsed_from_the_name():
                           ("timm:vit_tinyy_patch16_224", "no model 'vit_tinyy_patch16_224'"),
                           ("timm:swin_tiny_patch4_window7_224", "does not take images of any size and aspect ratio"),
                           ("timm", "unknown architecture"),
-                          (CNN + "+", "nothing follows '\\+'; drop it"), (VIT + "+", "nothing follows '\\+'; drop it")):
+                          (CNN + "+", "nothing follows '\\+'; drop it"), (VIT + "+", "nothing follows '\\+'; drop it"),
+                          # a register token first, no class token: +cls pooled the register without a word
+                          ("timm:test_vit2+cls", "test_vit2 has no class token; use \\+patch"),
+                          ("timm:vit_betwixt_patch16_reg4_gap_256+cls", "has no class token")):
         with pytest.raises(ConfigError, match=message) as info:  # one line from the command lines
             get_backbone(name)
         assert "\n" not in str(info.value)

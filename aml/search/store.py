@@ -75,19 +75,40 @@ STORE_SETTINGS = tuple(sorted(StoreSettings.__required_keys__))
 #: what a store folder may hold: its own files (and what an atomic write leaves while it runs)
 STORE_FILES: Tuple[str, ...] = (MANIFEST, IMAGE_LIST, "skipped.txt", "shard_*.npy", "shard_*.json", SEARCH, WHITENING)
 STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")
-#: the files that make a folder a store (a search store, a descriptor store, one of the one-file layout)
-STORE_MARKERS = (SEARCH, MANIFEST, LEGACY_FILES[0])
+#: the files that make a folder a store (a search store, a descriptor store, one of the one-file layout),
+#: each with the key its JSON holds (None: its name alone): a ``search.json`` of another program's is no store's
+STORE_MARKERS: Dict[str, Optional[str]] = {SEARCH: "source", MANIFEST: "shard_size", LEGACY_FILES[0]: None}
+_MARKER_BYTES = 16 << 20  # a store's JSON is small: a larger file of the name is another program's
 
 
 def store_marker(folder: PathLike) -> Optional[str]:
     """The file that makes ``folder`` a store's (one of `STORE_MARKERS`), or None.
 
     Examples:
+        >>> import json, pathlib, tempfile
         >>> from aml.search.store import store_marker
-        >>> store_marker("photos.store"), store_marker("no/such/folder")  # doctest: +SKIP
-        ('search.json', None)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder) / "search.json"
+        ...     _ = path.write_text(json.dumps({"benchmark": "search"}))  # a benchmark's record
+        ...     other = store_marker(folder)
+        ...     _ = path.write_text(json.dumps({"source": "teacher.pth.tar"}))  # a store's
+        ...     (other, store_marker(folder))
+        (None, 'search.json')
     """
-    return next((name for name in STORE_MARKERS if (Path(folder) / name).exists()), None)
+    return next((name for name, key in STORE_MARKERS.items() if _marks_a_store(Path(folder) / name, key)), None)
+
+
+def _marks_a_store(path: Path, key: Optional[str]) -> bool:
+    """Whether ``path`` is the store's file of its name: there, and a JSON object holding ``key``."""
+    if key is None or not path.is_file():
+        return path.exists()
+    try:
+        if path.stat().st_size > _MARKER_BYTES:
+            return False
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and key in record
 
 
 #: an image list (names that are not UTF-8 kept as they are)

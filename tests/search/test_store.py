@@ -399,3 +399,19 @@ def test_a_store_indexed_again_while_it_is_opened_is_refused(whitened_store, tmp
         open_database(folder)
     monkeypatch.setattr(search_store, "_sharded_descriptors", read)
     assert open_database(folder).vecs.shape == open_database(whitened_store).vecs.shape  # opened again: whole
+
+
+def test_a_file_named_as_a_stores_is_a_store_only_by_its_content(tmp_path):
+    """benchmarks/results holds the +1M benchmark's search.json: the folder read as a search
+    store's, so that any --json into it (the demo's documented command) was refused."""
+    import json
+
+    from aml.cli.arguments import output_file_of
+    from aml.search.store import store_marker
+
+    (tmp_path / "search.json").write_text(json.dumps({"benchmark": "search", "results": {}}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "a web app's"}))
+    assert store_marker(tmp_path) is None
+    assert output_file_of("JSON")(str(tmp_path / "demo.json")) == str(tmp_path / "demo.json")
+    (tmp_path / "manifest.json").write_text(json.dumps({"shard_size": 16384, "count": 3}))
+    assert store_marker(tmp_path) == "manifest.json"

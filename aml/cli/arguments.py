@@ -23,8 +23,8 @@ from aml.utils.bounds import (
     bound_of,
     scales_problem,
 )
-from aml.utils.distributed import DEFAULT_TIMEOUT_S, is_peer_failure, shutdown
-from aml.utils.errors import AmlError, ConfigError
+from aml.utils.distributed import DEFAULT_TIMEOUT_S, current_rank, is_peer_failure, launched_by_torchrun, shutdown
+from aml.utils.errors import AmlError, ConfigError, SettingsError
 
 if TYPE_CHECKING:
     from aml.descriptors import ExtractionConfig
@@ -263,7 +263,7 @@ class Parser(argparse.ArgumentParser):
     per machine under torchrun (every process of a machine reads the same flags and files)."""
 
     def error(self, message: str):
-        said = int(os.environ.get("LOCAL_RANK", "0")) == 0
+        said = not launched_by_torchrun() or int(os.environ.get("LOCAL_RANK") or 0) == 0
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if said else None)
 
 
@@ -633,6 +633,8 @@ def one_line_errors() -> Iterator[None]:
     """
     try:
         yield
+    except SettingsError as err:  # every process meets it alike: one line for the job
+        sys.exit(f"error: {err}" if current_rank() == 0 else 1)
     except (AmlError, FileNotFoundError, NotADirectoryError) as err:
         sys.exit(f"error: {err}")
     except (OSError, RuntimeError) as err:

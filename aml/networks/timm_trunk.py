@@ -92,12 +92,12 @@ _PROBE_SIZE = (75, 103)
 _HEAD_PARTS = ("fc_norm", "attn_pool")
 
 
-@lru_cache(maxsize=None)
 def _has_class_token(model: torch.nn.Module) -> bool:
     """Whether a timm token model's first token is a class token (not a register's)."""
     return bool(getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None))
 
 
+@lru_cache(maxsize=None)
 def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
     """Parse what follows ``timm:``; the spec and the trunk's output channels.
 

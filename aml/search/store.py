@@ -78,7 +78,7 @@ STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")
 #: the files that make a folder a store (a search store, a descriptor store, one of the one-file layout),
 #: each with the key its JSON holds (None: its name alone): a ``search.json`` of another program's is no store's
 STORE_MARKERS: Dict[str, Optional[str]] = {SEARCH: "source", MANIFEST: "shard_size", LEGACY_FILES[0]: None}
-_MARKER_BYTES = 16 << 20  # a store's JSON is small: a larger file of the name is another program's
+_MARKER_BYTES = 16 << 20  # read at most: a larger file of the name is taken for a store's, to be safe
 
 
 def store_marker(folder: PathLike) -> Optional[str]:
@@ -99,15 +99,16 @@ def store_marker(folder: PathLike) -> Optional[str]:
 
 
 def _marks_a_store(path: Path, key: Optional[str]) -> bool:
-    """Whether ``path`` is the store's file of its name: there, and a JSON object holding ``key``."""
+    """Whether ``path`` is the store's file of its name: there, and unless it is readable JSON
+    without ``key`` (another program's file), a store's (a damaged or very large one too)."""
     if key is None or not path.is_file():
         return path.exists()
     try:
         if path.stat().st_size > _MARKER_BYTES:
-            return False
+            return True
         record = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError):  # a store's file damaged by a crash: still the store's
+        return True
     return isinstance(record, dict) and key in record
 
 

@@ -47,7 +47,7 @@ from aml.utils.distributed import (
     process_device,
     warn_once,
 )
-from aml.utils.errors import ConfigError
+from aml.utils.errors import ConfigError, SettingsError
 from aml.utils.seeding import global_seed
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,8 @@ def run(config: TrainConfig) -> TrainResult:
     problem = batch_split_problem(config.loop.batch_size, world) or sync_batchnorm_problem(
         config.loop, world, requested
     )
-    if problem:  # alike on every process: said by process 0, the others end without a word
-        raise ConfigError(problem) if world.is_main else SystemExit(1)
+    if problem:  # alike on every process: said by process 0 (run_cli)
+        raise SettingsError(problem)
     device = str(process_device(requested, world))
     run_dir = Path(config.directory) / run_name(config)
     fresh = not run_dir.exists()

@@ -21,6 +21,12 @@ class ConfigError(AmlError, ValueError):
     combination that cannot run)."""
 
 
+class SettingsError(ConfigError):
+    """A `ConfigError` of the settings alone, which every process of a torchrun job meets alike
+    (a batch that does not split over the processes): the command lines say it on process 0
+    and end the others without a word."""
+
+
 class DataError(AmlError, ValueError):
     """A file or data set that does not hold what it should (a damaged ground truth, a feature
     file of another size, a store of another network)."""

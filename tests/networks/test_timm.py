@@ -59,6 +59,12 @@ def test_timm_names_are_a_family_parsed_from_the_name():
         with pytest.raises(ConfigError, match=message) as info:  # one line from the command lines
             get_backbone(name)
         assert "\n" not in str(info.value)
+    from aml.networks.timm_trunk import parse_timm_spec  # a meta model built and probed once per name
+
+    parse_timm_spec(VIT.removeprefix("timm:"))
+    hits = parse_timm_spec.cache_info().hits
+    parse_timm_spec(VIT.removeprefix("timm:"))
+    assert parse_timm_spec.cache_info().hits == hits + 1
 
 
 def test_a_model_without_a_release_builds_and_says_so_when_asked_for_weights(offline, tmp_path):

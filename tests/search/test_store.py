@@ -415,3 +415,6 @@ def test_a_file_named_as_a_stores_is_a_store_only_by_its_content(tmp_path):
     assert output_file_of("JSON")(str(tmp_path / "demo.json")) == str(tmp_path / "demo.json")
     (tmp_path / "manifest.json").write_text(json.dumps({"shard_size": 16384, "count": 3}))
     assert store_marker(tmp_path) == "manifest.json"
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / "search.json").write_bytes(b'{"source": "te\x00\x00')  # a store's, damaged by a crash
+    assert store_marker(tmp_path) == "search.json"

@@ -204,19 +204,28 @@ def test_batch_that_does_not_split_over_the_processes_is_refused(synth_root, tmp
     with pytest.raises(ValueError, match="--batch-size 5 does not split over 2 processes"):
         runner.run(config)
     assert not any(tmp_path.iterdir())
-    # the other processes end without a word: one line for the job, not one per process
+    # every process raises it (a script's own except catches it); the command lines say it on process 0 alone
+    from aml.cli.arguments import one_line_errors
+    from aml.utils.errors import SettingsError
+
     monkeypatch.setattr(runner, "init_from_environment", lambda device, timeout: World(rank=1, size=2))
-    with pytest.raises(SystemExit) as ended:
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as ended, one_line_errors():
+        with pytest.raises(SettingsError):
+            runner.run(config)
         runner.run(config)
     assert ended.value.code == 1
 
 
 def test_a_flag_error_is_said_once_per_machine(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(SystemExit) as ended:
         train_cli.main(["--directory", "unused", "-b", "0"])
     assert ended.value.code == 2 and capsys.readouterr().err == ""
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    with pytest.raises(SystemExit):
-        train_cli.main(["--directory", "unused", "-b", "0"])
-    assert "error: argument --batch-size/-b" in capsys.readouterr().err
+    for environment in ({"LOCAL_RANK": "0"}, {"WORLD_SIZE": "1", "LOCAL_RANK": "1"}, {"LOCAL_RANK": ""}):
+        for name, value in environment.items():  # process 0, or one process whatever set LOCAL_RANK
+            monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit):
+            train_cli.main(["--directory", "unused", "-b", "0"])
+        assert "error: argument --batch-size/-b" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from aml.cli import search as search_cli
 from aml.cli import synthetic as synthetic_cli
 from aml.cli import test as test_cli
 from aml.cli import train as train_cli
-from aml.utils.errors import ConfigError
+from aml.utils.errors import AmlError, ConfigError
 
 TRAIN = (train_cli.main, ["--directory", "unused"])
 TEST = (test_cli.main, ["-npath", "unused.pth"])
@@ -216,7 +216,7 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
     # another store's manifest, and a run's history, from any command that writes JSON
     other = tmp_path / "distractors"
     other.mkdir()
-    (other / "manifest.json").write_text('{"shards": 3}')
+    (other / "manifest.json").write_text('{"shard_size": 16384, "count": 3}')
     run = tmp_path / "run"
     run.mkdir()
     (run / "loss_log.txt").write_text("epoch,loss\n")
@@ -231,7 +231,8 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
                                           f"the settings of the feature file {features} (its provenance)")):
         err = bad(command, [flag, str(target)], capsys)
         assert f"argument {flag}: {target} is {owner}, which it would break" in err
-    assert (other / "manifest.json").read_text() == '{"shards": 3}' and (run / "history.json").read_text() == "[]"
+    assert (other / "manifest.json").read_text() == '{"shard_size": 16384, "count": 3}'
+    assert (run / "history.json").read_text() == "[]"
     assert (tmp_path / "db.npy.json").read_text() == "{}"
     err = bad(TEST, ["--results", str(other / "results.json"), "-d", "nosuch"], capsys)  # the next index refuses it
     assert f"argument --results: {other / 'results.json'} is in the store {other}" in err
@@ -285,11 +286,16 @@ def test_an_export_into_a_store_folder_is_refused_before_anything_loads(tmp_path
     """student.pt and student.onnx in a store's folder made the next `search index` of it refuse."""
     store = tmp_path / "photos.store"
     store.mkdir()
-    (store / marker).write_text("{}")
+    (store / marker).write_text({"search.json": '{"source": "vgg16"}', "manifest.json": '{"shard_size": 16}'}.get(
+        marker, "{}"))
     err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(store)], capsys)
     assert (f"argument --out: {store} is a store's folder (it holds {marker}): the exported files there would keep "
             "it from being indexed again; give another folder") in err
     assert sorted(p.name for p in store.iterdir()) == [marker]
+    if marker != "descriptors.npy":  # a JSON of another program's, by that name: no store's
+        (store / marker).write_text('{"benchmark": "search"}')
+        with pytest.raises((SystemExit, AmlError), match="unused.pth"):  # past the folder's check
+            export_cli.main(["--network", "unused.pth", "--out", str(store)])
 
 
 def test_a_calibration_folder_without_images_is_named(tmp_path, capsys):

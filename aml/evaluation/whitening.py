@@ -31,6 +31,20 @@ class WhiteningError(DataError):
     """
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _as_array(value: Any) -> Optional[np.ndarray]:
+    """A whitening part as a numpy array (bfloat16 as float32, which numpy lacks); None for what
+    holds no dense numbers (a sparse tensor, a string, a dict)."""
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            return None
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None
+
+
 def check_whitening(m: Any, P: Any, dim: int, source: str) -> Tuple[np.ndarray, np.ndarray]:
     """A whitening as read from a file, checked before it touches a descriptor.
 
@@ -60,14 +74,7 @@ def check_whitening(m: Any, P: Any, dim: int, source: str) -> Tuple[np.ndarray, 
         ...     print(str(err).split(":")[0])
         lw.pth holds 9 NaN or infinite values
     """
-    arrays = [
-        value.detach().cpu().numpy()
-        if isinstance(value, torch.Tensor)
-        else np.asarray(value)
-        if isinstance(value, (np.ndarray, list, tuple))
-        else None
-        for value in (m, P)
-    ]
+    arrays = [_as_array(value) for value in (m, P)]
     numbers = (np.floating, np.integer)
     if any(a is None or not any(np.issubdtype(a.dtype, kind) for kind in numbers) for a in arrays):
         kinds = ", ".join(type(value).__name__ for value in (m, P))
@@ -81,10 +88,12 @@ def check_whitening(m: Any, P: Any, dim: int, source: str) -> Tuple[np.ndarray, 
             f"{source}: m of shape {m.shape} and P of shape {P.shape} do not whiten {dim}-d "
             f"descriptors (m: {dim} values, P: {dim} columns); it was learned for another network"
         )
-    bad = int((~np.isfinite(m)).sum() + (~np.isfinite(P)).sum())
+    # float32 is what whitens: a float64 value beyond its range would be infinite there
+    bad = sum(int((~np.isfinite(a) | (np.abs(np.nan_to_num(a)) > _FLOAT32_MAX)).sum()) for a in (m, P))
     if bad:
         raise WhiteningError(
-            f"{source} holds {bad} NaN or infinite values: it is damaged; learn the whitening again, or give another"
+            f"{source} holds {bad} NaN or infinite values (in float32): it is damaged; learn the whitening again, or "
+            "give another"
         )
     zero = int((~P.any(axis=1)).sum())
     if zero:

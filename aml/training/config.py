@@ -31,6 +31,7 @@ from aml.utils.bounds import (
     NONNEGATIVE_INT,
     POSITIVE_FLOAT,
     POSITIVE_INT,
+    SEED,
     UNIT_INTERVAL,
     bounded,
     out_of_bounds,
@@ -90,7 +91,7 @@ class TrainSettings(Changeable):
     test_freq: int = bounded(0, NONNEGATIVE_INT)
     train_batchnorm: bool = False  # batch statistics, the mini-batch encoded together (else frozen)
     batch_forward: bool = False  # frozen BatchNorm: the mini-batch encoded together too (else tuple by tuple)
-    seed: int = bounded(0, NONNEGATIVE_INT)  # every random draw comes from streams derived from it
+    seed: int = bounded(0, SEED)  # every random draw comes from streams derived from it
     autocast: bool = False  # bfloat16 autocast of the training (and validation) forward passes
 
     def notices(self) -> List[str]:

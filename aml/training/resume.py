@@ -135,6 +135,23 @@ def _warn_of_other_precision(path: Path, theirs: Mapping[str, Any], net: ImageRe
         )
 
 
+def _check_optimizer_state_shapes(path: Path, saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimizer state whose tensors (Adam's moments, SGD's momentum) do not have
+    their parameters' shapes: torch loads them as they are, and its fused step then writes
+    past their ends (a crash, or other memory overwritten)."""
+    groups, state = saved.get("param_groups") or [], saved.get("state") or {}
+    ours = [param for group in optimizer.param_groups for param in group["params"]]
+    theirs = [index for group in groups for index in group.get("params", [])]
+    for param, index in zip(ours, theirs, strict=False):  # other counts: load_state_dict names them
+        for name, value in (state.get(index) or {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise CheckpointError(
+                    f"cannot resume from {path}: its optimizer's {name} of parameter {index} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(param.shape)}; the file was edited or damaged: "
+                    "resume from another checkpoint of the run"
+                )
+
+
 def _warn_of_resumed_settings(path: Path, saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
     """Name the optimizer settings of this command that the checkpoint's state overrides (those
     of the trunk's group: the others' learning rates are multiples of its)."""
@@ -205,6 +222,7 @@ def resume_run(
         ) from None
     _warn_of_resumed_settings(path, state["optimizer"], optimizer)
     _warn_of_other_precision(path, state["meta"], net)
+    _check_optimizer_state_shapes(path, state["optimizer"], optimizer)
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as err:

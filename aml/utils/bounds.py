@@ -61,6 +61,8 @@ class Bound:
 
 POSITIVE_INT = Bound(int, "a positive integer", lambda v: v > 0)
 NONNEGATIVE_INT = Bound(int, "an integer >= 0", lambda v: v >= 0)
+#: a seed: the random streams take 32 bits of it (2**32 would seed as 0 does, under another run name)
+SEED = Bound(int, "an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
 POSITIVE_FLOAT = Bound(float, "a positive finite number", lambda v: v > 0)
 NONNEGATIVE_FLOAT = Bound(float, "a finite number >= 0", lambda v: v >= 0)
 UNIT_INTERVAL = Bound(float, "a number in [0, 1)", lambda v: 0 <= v < 1)

@@ -31,6 +31,9 @@ CASES = [
     (TRAIN, ["--image-size", "0"], "argument --image-size: must be a positive integer, got '0'"),
     (TRAIN, ["--image-size", "-5"], "argument --image-size: must be a positive integer, got '-5'"),
     (TRAIN, ["-nn", "-1"], "argument --neg-num/-nn: must be an integer >= 0, got '-1'"),
+    # 2**32 trained what seed 0 trains, under a run name of its own; 2**64 ended in torch's ValueError
+    (TRAIN, ["--seed", "4294967296"], "argument --seed: must be an integer in [0, 2**32), got '4294967296'"),
+    (TRAIN, ["--seed", str(2**64)], "argument --seed: must be an integer in [0, 2**32)"),
     (TRAIN, ["-b", "-2"], "argument --batch-size/-b: must be a positive integer, got '-2'"),
     (TRAIN, ["-qs", "0"], "argument --query-size/-qs: must be a positive integer"),
     (TRAIN, ["--lr", "nan"], "argument --lr/--learning-rate: must be a positive finite number, got 'nan'"),
@@ -44,7 +47,7 @@ CASES = [
                                 "softmax is nearly uniform, the loss stays constant and nothing is learned"),
     (TRAIN, ["-j", "-1"], "argument --workers/-j: must be an integer >= 0"),
     (TRAIN, ["--epochs", "1.5"], "argument --epochs: must be a positive integer, got '1.5'"),
-    (TRAIN, ["--seed", "-3"], "argument --seed: must be an integer >= 0"),
+    (TRAIN, ["--seed", "-3"], "argument --seed: must be an integer in [0, 2**32)"),
     (TEST, ["-imsize", "0"], "argument --image-size/-imsize: must be a positive integer"),
     (TEST, ["-ms", "[0]"], "every scale must be a number in [0.0625, 4.0]"),
     (TEST, ["-ms", "[1, -0.5]"], "every scale must be a number in [0.0625, 4.0]"),

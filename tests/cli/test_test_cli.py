@@ -175,7 +175,7 @@ def test_whitening_from_checkpoint_meta(checkpoint, synth_root, tmp_path):
 
 LW_DAMAGES = {
     "nan": (lambda dim: {"synth-sfm": {"ss": {"m": np.zeros((dim, 1)), "P": np.where(np.eye(dim) > 0, np.nan, 0)}}},
-            r"meta\['Lw'\]\['synth-sfm'\]\['ss'\] holds 512 NaN or infinite values: it is damaged"),
+            r"meta\['Lw'\]\['synth-sfm'\]\['ss'\] holds 512 NaN or infinite values \(in float32\): it is damaged"),
     "garbage": (lambda dim: "garbage", r"meta\['Lw'\] is a str, not \{set: "),
     "set garbage": (lambda dim: {"synth-sfm": [1, 2]}, r"meta\['Lw'\]\['synth-sfm'\] is a list"),
     "other dimension": (lambda dim: {"synth-sfm": {"ss": {"m": np.zeros((8, 1)), "P": np.eye(8)}}},

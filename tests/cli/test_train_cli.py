@@ -369,6 +369,28 @@ def test_resume_in_another_precision_is_named(tmp_path, caplog):
     assert not caplog.text
 
 
+def test_an_optimizer_state_of_other_shapes_is_refused_before_it_is_loaded(tmp_path):
+    """Adam's moment of an edited or damaged checkpoint with another shape than its parameter was
+    loaded as it was; the fused step then wrote past its end: a segfault, or heap corruption."""
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.training.optim import build_optimizer
+    from aml.training.resume import resume_run
+
+    net = build_network(SMALL, pretrained=False)
+    optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
+    net(torch.rand(1, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    state = checkpoint_state(net, 1, 0.5, optimizer)
+    state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_checkpoint(state, run_dir / "model_epoch1.pth.tar")
+    with pytest.raises(CheckpointError, match=r"model_epoch1.pth.tar: its optimizer's exp_avg of parameter 0 has "
+                                              r"shape \(3,\), the parameter \(64, 3, 3, 3\); the file was edited"):
+        resume_run(run_dir, "latest", net, optimizer)
+
+
 def test_the_training_precision_is_recorded_in_every_checkpoint(synth_root, tmp_path):
     """...and every key a fresh run's meta holds is one the original's init_network and
     load_network take (the new key was refused by init_network, and dropped by load_network)."""

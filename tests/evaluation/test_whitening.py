@@ -50,7 +50,10 @@ def test_pca_whitening_gives_identity_covariance():
 
 
 CHECKS = [
-    (np.zeros((4, 1)), np.full((4, 4), np.nan), r"lw.pth holds 16 NaN or infinite values: it is damaged"),
+    (np.zeros((4, 1)), np.full((4, 4), np.nan), r"lw.pth holds 16 NaN or infinite values \(in float32\): it is damaged"),
+    # finite in float64, infinite in the float32 that whitens (the export blamed the pooling)
+    (np.zeros((4, 1)), np.eye(4) * 1e300, r"lw.pth holds 4 NaN or infinite values \(in float32\)"),
+    (torch.zeros(4, 1), torch.eye(4).to_sparse(), r"m and P are Tensor, Tensor, not arrays of numbers"),
     (np.array([[0.0], [np.inf], [0.0], [0.0]]), np.eye(4), r"lw.pth holds 1 NaN or infinite values"),
     (np.zeros((3, 1)), np.eye(3), r"lw.pth: m of shape \(3, 1\) and P of shape \(3, 3\) do not whiten 4-d descriptors"),
     (np.zeros((4, 1)), np.eye(4)[:, :2], r"P of shape \(4, 2\) do not whiten 4-d"),
@@ -70,6 +73,8 @@ def test_a_whitening_of_torch_tensors_is_taken():
 
     m, P = check_whitening(torch.zeros(4, 1), torch.eye(4), 4, "lw.pth")
     assert isinstance(P, np.ndarray) and np.array_equal(P, np.eye(4))
+    m, P = check_whitening(torch.zeros(4, 1, dtype=torch.bfloat16), torch.eye(4, dtype=torch.bfloat16), 4, "lw.pth")
+    assert np.array_equal(P, np.eye(4))  # bfloat16, which numpy lacks: a TypeError
 
 
 @pytest.mark.parametrize("m, P, message", CHECKS)

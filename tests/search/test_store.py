@@ -213,7 +213,7 @@ REPLACED = {
     "missing whitening": (lambda f: (f / "whitening.pth").unlink(), r"whitening.pth is missing, which search.json"),
     "nan whitening": (_nan_whitening, r"whitening.pth is not the file this store's indexing wrote"),
     "nan whitening, unrecorded": (lambda f: (_unrecorded(f), _nan_whitening(f)),
-                                  r"whitening.pth holds 1 NaN or infinite values: it is damaged; index the store "
+                                  r"whitening.pth holds 1 NaN or infinite values \(in float32\): it is damaged; index the store "
                                   r"again \(python -m aml.search index -w SET\)"),
 }
 

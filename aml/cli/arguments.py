@@ -17,6 +17,7 @@ from aml.utils.bounds import (
     NONNEGATIVE_FLOAT,
     NONNEGATIVE_INT,
     POSITIVE_FLOAT,
+    MAX_SCALES,
     POSITIVE_INT,
     UNIT_INTERVAL,
     Bound,
@@ -49,21 +50,29 @@ def _number(node: ast.AST) -> float:
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _number(node.left), _number(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > 64:
-            raise ValueError("exponent too large")
+            raise ValueError("an exponent must lie within -64 and 64")
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_number(node.operand))
     raise ValueError(f"not a number: {ast.dump(node)}")
 
 
+MAX_SCALES_TEXT = 400  # characters of a --multiscale list: its scales, each an expression of a few numbers
+
+
 def parse_scales(text: str) -> List[float]:
     """'[1, 1/2**(1/2), 1/2]' -> [1.0, 0.7071..., 0.5] without eval: only numbers and
     + - * / ** are allowed, in a list, a tuple or alone."""
+    if len(text) > MAX_SCALES_TEXT:  # the parser recurses per term: thousands of them overflow its stack
+        raise argparse.ArgumentTypeError(
+            f"--multiscale of {len(text)} characters: a list of at most {MAX_SCALES} scales takes at most "
+            f"{MAX_SCALES_TEXT}, such as '[1, 1/2**(1/2), 1/2]'"
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval").body
         items = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
         scales = [_number(item) for item in items]
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError) as err:
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError, MemoryError) as err:
         raise argparse.ArgumentTypeError(
             f"--multiscale {text!r} is not a list of numbers such as '[1, 1/2**(1/2), 1/2]' ({err})"
         ) from None

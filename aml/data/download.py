@@ -310,6 +310,8 @@ def download_file(
     beside it (``.<name>.lock``): one downloads, the others then find it in place.
     """
     dest = Path(dest)
+    if dest.is_dir():
+        raise DownloadError(f"{dest} is a folder where the file {url} goes: move it away and run again")
     expected_hash = sha256_prefix or hash_prefix_from_name(dest.name)
     if dest.exists() and _intact(dest, url, expected_hash):
         return dest

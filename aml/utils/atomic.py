@@ -32,6 +32,10 @@ class DiskFull(AmlError):
     """A write failed because the disk (or the user's quota) is full."""
 
 
+class InTheWay(AmlError):
+    """A folder stands where aml writes a file, or a file where it makes a folder."""
+
+
 def is_disk_full(err: Optional[BaseException]) -> bool:
     """Whether ``err``, or an error it was raised from or during, is a full disk (torch.save
     reports one as a RuntimeError raised while handling the OSError; numpy as an OSError
@@ -97,7 +101,13 @@ def atomic_path(path: PathLike, replace: bool = True) -> Iterator[Path]:
         DiskFull: naming ``path``, when the disk or the quota is full.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InTheWay(f"{path} is a folder where aml writes a file: move it away, or give another name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), path.parent)
+        raise InTheWay(f"{blocking} is a file where aml makes a folder (for {path}): move it away") from None
     try:
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
@@ -131,7 +141,7 @@ def optional_write(what: str) -> Iterator[None]:
     write to (a read-only mount, a shared data root), logs a warning and the run goes on."""
     try:
         yield
-    except DiskFull as err:
+    except (DiskFull, InTheWay) as err:
         log.warning(">> %s not written, the results are not affected: %s", what, err)
     except OSError as err:
         if err.errno not in NOT_WRITABLE:

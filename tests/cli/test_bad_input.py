@@ -50,6 +50,7 @@ CASES = [
     (TRAIN, ["--seed", "-3"], "argument --seed: must be an integer in [0, 2**32)"),
     (TEST, ["-imsize", "0"], "argument --image-size/-imsize: must be a positive integer"),
     (TEST, ["-ms", "[0]"], "every scale must be a number in [0.0625, 4.0]"),
+    (TEST, ["-ms", "[2**-1000]"], "an exponent must lie within -64 and 64"),
     (TEST, ["-ms", "[1, -0.5]"], "every scale must be a number in [0.0625, 4.0]"),
     (TEST, ["-ms", "[1, 1e400]"], "every scale must be a number in [0.0625, 4.0]"),
     (TEST, ["-ms", "[1, 1e9]"], "every scale must be a number in [0.0625, 4.0]"),
@@ -130,6 +131,12 @@ def bad(command, extra, capsys):
     assert info.value.code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     return err
+
+
+def test_a_multiscale_list_of_thousands_of_terms_is_one_line(capsys):
+    """The parser recursed per term: 5,000 of them ended in a RecursionError's traceback."""
+    assert "--multiscale of 10001 characters: a list of at most 8" in bad(TEST, ["-ms", "[" + "+".join(["1"] * 5000)
+                                                                                + "]"], capsys)
 
 
 @pytest.mark.parametrize("command, extra, message", CASES, ids=[" ".join(c[1]) for c in CASES])

@@ -145,6 +145,14 @@ def test_a_web_page_sent_for_a_file_is_refused_and_fetched_next_time(server, tmp
     assert download_file(f"{server}/index.html", tmp_path / "index.html", progress=False).read_bytes() == page
 
 
+def test_a_folder_where_a_file_goes_is_named(server, tmp_path):
+    """A folder of the file's name: an IsADirectoryError's traceback, after the whole download."""
+    (tmp_path / "gnd_roxford5k.pkl").mkdir()
+    with pytest.raises(DownloadError, match=r"gnd_roxford5k.pkl is a folder where the file .* goes: move it away"):
+        download_file(f"{server}/gnd_roxford5k.pkl", tmp_path / "gnd_roxford5k.pkl", progress=False)
+    assert Handler.requests == []
+
+
 def test_hash_mismatch_is_refused_and_nothing_lands(server, tmp_path):
     name = "weights-deadbee.pth"
     Handler.files["/" + name] = PAYLOAD

@@ -221,3 +221,20 @@ def test_a_staging_folder_of_a_set_whose_name_extends_this_one_is_not_taken_for_
     dead.mkdir()
     staging_folder(tmp_path / "a")
     assert other.is_dir() and not dead.exists()
+
+
+def test_a_folder_or_file_in_the_way_is_one_line_and_a_cache_goes_without(tmp_path, caplog):
+    """A folder where a feature file or cache goes, or a file where its folder goes: an
+    IsADirectoryError or FileExistsError's traceback, the cache's after a whole extraction."""
+    from aml.utils.atomic import InTheWay, optional_write
+
+    (tmp_path / "db.npy").mkdir()
+    with pytest.raises(InTheWay, match=r"db.npy is a folder where aml writes a file: move it away"):
+        atomic_write(tmp_path / "db.npy", lambda out: out.write(b"x"))
+    (tmp_path / "features").write_text("a file")
+    with pytest.raises(InTheWay, match=r"features is a file where aml makes a folder \(for .*a.npy\): move it away"):
+        atomic_write(tmp_path / "features" / "cache" / "a.npy", lambda out: out.write(b"x"))
+    with caplog.at_level("WARNING", logger="aml.utils.atomic"), optional_write("the descriptor cache"):
+        atomic_write(tmp_path / "db.npy", lambda out: out.write(b"x"))
+    assert "the descriptor cache not written, the results are not affected" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.npy", "features"] and (tmp_path / "db.npy").is_dir()

@@ -84,11 +84,17 @@ def below_common_folder(images: Sequence[str]) -> List[str]:
         >>> from aml.data.paths import below_common_folder
         >>> below_common_folder(["/a/data/x/1.jpg", "/a/data/y/2.jpg"])
         ['x/1.jpg', 'y/2.jpg']
+        >>> below_common_folder(["/a/data/x/1.jpg", "/a/data/y/2.jpg", ""]), below_common_folder(["/a/1.jpg", "b.jpg"])
+        (['x/1.jpg', 'y/2.jpg', ''], ['/a/1.jpg', 'b.jpg'])
     """
-    if not images:
-        return []
-    folder = os.path.commonpath(images) if len(images) > 1 else os.path.dirname(images[0])
-    return [os.path.relpath(image, folder) if folder else image for image in images]
+    named = [image for image in images if image]  # an empty line of a list edited by hand names nothing
+    if not named:
+        return list(images)
+    try:
+        folder = os.path.commonpath(named) if len(named) > 1 else os.path.dirname(named[0])
+    except ValueError:  # absolute and relative names mixed: no folder they share
+        return list(images)
+    return [os.path.relpath(image, folder) if folder and image else image for image in images]
 
 
 def cid2filename(cid: str, prefix: Union[str, Path]) -> str:

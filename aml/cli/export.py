@@ -27,7 +27,7 @@ from aml.export import Int8Settings, export_student, int8_agreement, student_inf
 from aml.export.errors import ExportError
 from aml.export.student import EXPORTED_FILES, check_export_folder
 from aml.export.report import OnnxTestMaps, onnx_test_maps, onnx_timings
-from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network
+from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network, teacher_problem
 from aml.reports.provenance import provenance
 from aml.search import SearchDatabase, StoreError, check_teacher, list_images, open_database
 from aml.search.store import store_marker
@@ -162,8 +162,8 @@ def _replaced_input(args) -> Optional[str]:
 def _check_flags(parser: Parser, args) -> None:
     """The --int8 flags fit together, the calibration folder holds images and no input is a
     file the export writes (before anything is loaded); a refusal is one line naming the flag."""
-    replaced = _replaced_input(args)
-    if replaced:
+    replaced = _replaced_input(args) or (teacher_problem(args.teacher) if args.teacher else None)
+    if replaced:  # (the ONNX files would record a teacher that is none)
         parser.error(replaced)
     check_input_folders(parser, args, {"--store": "a store (python -m aml.search index writes one)"})
     if args.int8 and args.calibration is None:

@@ -34,6 +34,29 @@ class Source(Enum):
     MEMORY = "memory"  # only in memory: a student between two epochs
 
 
+def teacher_problem(text: str) -> Optional[str]:
+    """Why ``text`` names no teacher (neither a published network nor a checkpoint file), or None.
+
+    Args:
+        text: a ``--teacher`` as given.
+
+    Returns:
+        The flag's one-line refusal, or None when it names one.
+
+    Examples:
+        >>> from aml.networks.loading import teacher_problem
+        >>> teacher_problem("vgg16") is None, teacher_problem("vgg61")[:28]
+        (True, "--teacher 'vgg61' is neither")
+    """
+    spec = NetworkSpec.parse(text)
+    if spec.path is None or spec.path.is_file():
+        return None
+    return (
+        f"--teacher {text!r} is neither a published network (vgg16, resnet101, a name of "
+        "test.py --list-pretrained) nor a checkpoint file"
+    )
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """What the user typed to name a network, told apart once.

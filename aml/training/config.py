@@ -21,7 +21,7 @@ from aml.descriptors import ExtractionConfig
 from aml.layers.pooling import POOLINGS
 from aml.losses import LOSSES, check_temperature
 from aml.networks.backbones import get_backbone
-from aml.networks.loading import NetworkSpec
+from aml.networks.loading import NetworkSpec, teacher_problem
 from aml.networks.pretrained import DEFAULT_TEACHER
 from aml.training.modes import MODES, Negatives, check_loss_mode, get_mode, validation_mode
 from aml.training.optim import OPTIMIZERS
@@ -382,13 +382,8 @@ def _flag_problems(config: TrainConfig) -> List[str]:
 def _teacher_problems(config: TrainConfig) -> List[str]:
     """A --teacher that is neither a published name nor a file (a typo trained a 512-d student,
     the default's, without a word)."""
-    spec = NetworkSpec.parse(config.teacher)
-    if spec.path is None or spec.path.is_file():
-        return []
-    return [
-        f"--teacher {config.teacher!r} is neither a published network (vgg16, resnet101, a name of "
-        "test.py --list-pretrained) nor a checkpoint file"
-    ]
+    problem = teacher_problem(config.teacher)
+    return [problem] if problem else []
 
 
 def _mode_problems(config: TrainConfig) -> List[str]:

@@ -253,6 +253,8 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
 EXPORT = (export_cli.main, ["--network", "unused.pth", "--out", "unused-deploy"])
 EXPORT_CASES = [
     (["--int8"], "--int8 needs --calibration DIR: a folder of images like the queries to calibrate on"),
+    # recorded in the ONNX metadata as the student's teacher, which no search could then match
+    (["--teacher", "vgg61"], "--teacher 'vgg61' is neither a published network"),
     (["--calibration", "photos"], "--calibration is for the int8 student: add --int8"),
     (["--test-set", "synth-oxford"], "--test-set is for the int8 student: add --int8"),
     (["--int8", "--calibration", "no/such/folder"],

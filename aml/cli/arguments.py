@@ -204,6 +204,8 @@ def output_file(text: str) -> str:
     """A file that can be written (replaced if it exists): refuses a folder, a path under a
     file and one in a folder this user cannot write to, so that a command does not find out
     after its work."""
+    if not text.strip():  # Path("") is the working folder: "is a folder" named nothing
+        raise argparse.ArgumentTypeError("the file name is empty; give one (e.g. results.json)")
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (e.g. {Path(text) / 'results.json'})")

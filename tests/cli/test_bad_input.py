@@ -50,6 +50,7 @@ CASES = [
     (TRAIN, ["--seed", "-3"], "argument --seed: must be an integer in [0, 2**32)"),
     (TEST, ["-imsize", "0"], "argument --image-size/-imsize: must be a positive integer"),
     (TEST, ["-ms", "[0]"], "every scale must be a number in [0.0625, 4.0]"),
+    (TEST, ["--results", ""], "argument --results: the file name is empty; give one"),
     (TEST, ["-ms", "[2**-1000]"], "an exponent must lie within -64 and 64"),
     (TEST, ["-ms", "[1, -0.5]"], "every scale must be a number in [0.0625, 4.0]"),
     (TEST, ["-ms", "[1, 1e400]"], "every scale must be a number in [0.0625, 4.0]"),

@@ -80,12 +80,35 @@ def _calibration_reader(images: Sequence[str], image_size: int) -> Any:
 
         def __init__(self):
             self.pending = iter(images)
+            self.last: Optional[str] = None  # the image given last, and its size as given: what a failure names
+            self.shape: Optional[Sequence[int]] = None
 
         def get_next(self) -> Optional[Dict[str, np.ndarray]]:
             path = next(self.pending, None)
-            return None if path is None else {"image": image_array(path, image_size)}
+            if path is None:
+                return None
+            pixels = image_array(path, image_size)
+            self.last, self.shape = path, pixels.shape
+            return {"image": pixels}
 
     return Reader()
+
+
+@contextlib.contextmanager
+def _named_calibration_failure(reader: Any, settings: "Int8Settings") -> Iterator[None]:
+    """An image onnxruntime cannot calibrate on (one too small for the network's kernels) as one
+    line naming it, instead of onnxruntime's traceback."""
+    try:
+        yield
+    except Exception as err:  # onnxruntime's own classes derive from Exception only
+        if not type(err).__module__.startswith("onnxruntime") or reader.last is None:
+            raise
+        height, width = reader.shape[-2:]
+        raise ExportError(
+            f"calibration image {reader.last} ({width} x {height} pixels at --image-size {settings.image_size}) "
+            f"cannot go through the network ({str(err).splitlines()[0][:160]}); an image that small is too small "
+            "for it: leave it out of --calibration, or raise --image-size"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -143,11 +166,12 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
             settings.image_size,
             "every node onnxruntime can" if nodes is None else f"{len(nodes)} trunk nodes",
         )
-        with atomic_path(out) as temporary, _root_logger_kept():
+        reader = _calibration_reader(settings.calibration, settings.image_size)
+        with atomic_path(out) as temporary, _root_logger_kept(), _named_calibration_failure(reader, settings):
             quantize_static(
                 str(prepared),
                 str(temporary),
-                _calibration_reader(settings.calibration, settings.image_size),
+                reader,
                 quant_format=formats[settings.quant_format],
                 per_channel=settings.per_channel,
                 activation_type=QuantType.QUInt8,

@@ -127,3 +127,20 @@ def test_quantizing_leaves_the_root_logger_as_it_was(exported, synth_root, tmp_p
         assert root.handlers == [] and (tmp_path / "int8.onnx").is_file()
     finally:
         root.handlers[:] = saved
+
+
+def test_a_calibration_image_too_small_for_the_network_is_named(tmp_path):
+    """onnxruntime's InvalidArgument from inside its calibration ended the export in a traceback
+    that named neither the image nor the fix."""
+    from PIL import Image
+
+    torch.manual_seed(0)  # squeezenet's first convolution is unpadded: a 1-pixel-high image cannot pass it
+    student = save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False), 1, 0.0),
+                              tmp_path / "student.pth.tar")
+    (tmp_path / "calibration").mkdir()
+    Image.new("RGB", (300, 1), (10, 20, 30)).save(tmp_path / "calibration" / "thin.png")
+    with pytest.raises(SystemExit, match=r"error: calibration image .*thin.png \(64 x 1 pixels at --image-size 64\) cannot "
+                                          r"go through the network .* leave it out of --calibration, or raise"):
+        export_cli.main(["--network", str(student), "--out", str(tmp_path / "deploy"), "--int8", "--calibration",
+                         str(tmp_path / "calibration"), "--image-size", "64"])
+    assert not (tmp_path / "deploy" / "student-int8.onnx").exists()

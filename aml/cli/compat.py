@@ -87,11 +87,13 @@ def network_labels(given: Optional[str], specs: List[NetworkSpec]) -> List[str]:
     wrong or two are the same."""
     if given is not None:
         labels = [label.strip() for label in given.split(",")]
-        if len(labels) != len(specs) or not all(labels):
+        if len(labels) != len(specs):
             raise ConfigError(
                 f"--labels {given!r}: {len(labels)} labels for {len(specs)} networks; give one label per "
                 "network, in their order"
             )
+        if not all(labels):
+            raise ConfigError(f"--labels {given!r}: label {labels.index('') + 1} is empty; give each network one")
     else:
         labels = [spec.label for spec in specs]
     seen: Dict[str, str] = {}

@@ -204,6 +204,10 @@ def _exists(path: PathLike) -> None:
         raise OnnxStudentError(f"{path} is a folder, not an ONNX file; give student.onnx or student-int8.onnx in it")
     if not Path(path).is_file():
         raise OnnxStudentError(f"{path} does not exist; export the student with: {REEXPORT}")
+    if Path(path).stat().st_size == 0:  # protobuf reads an empty model: "no aml metadata" named nothing
+        raise OnnxStudentError(
+            f"{path} is empty (0 bytes): the copy or the export stopped; export it again ({REEXPORT})"
+        )
 
 
 def onnx_session(path: PathLike, threads: int = 1) -> Any:

@@ -143,6 +143,8 @@ def list_images(source: PathLike) -> List[str]:
     if source.suffix.lower() in IMAGE_EXTENSIONS:
         raise StoreError(f"the image list {source} is an image, not a list of paths: {IMAGE_LIST_TEXT.fix}")
     text = read_text_file(source, IMAGE_LIST_TEXT)  # a pipe too (<(find ...))
+    if text.lstrip()[:1] in ("{", "["):  # its first "image" was "[" or "{": named as missing
+        raise StoreError(f"the image list {source} is a JSON file, not a list of paths: {IMAGE_LIST_TEXT.fix}")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -453,6 +453,11 @@ def test_an_onnx_folder_is_named_a_folder(tmp_path, capsys):
 
     with pytest.raises(OnnxStudentError, match=f"{tmp_path} is a folder, not an ONNX file; give student.onnx"):
         onnx_session(tmp_path)
+    from aml.descriptors.onnx_student import read_onnx_metadata
+
+    (tmp_path / "empty.onnx").write_bytes(b"")  # read as a model without metadata: "an older version's"
+    with pytest.raises(OnnxStudentError, match=r"empty.onnx is empty \(0 bytes\): the copy or the export stopped"):
+        read_onnx_metadata(tmp_path / "empty.onnx")
 
 
 STORE = "a store (python -m aml.search index writes one)"

@@ -51,6 +51,7 @@ def test_the_matrix_is_printed_written_and_drawn_with_whitening(trained_teacher,
     (["-n", "a/model.pth.tar,b/model.pth.tar"], "two networks are called 'model' (a/model.pth.tar and "
                                                 "b/model.pth.tar); name them with --labels"),
     (["-n", "a.pth.tar", "b.pth.tar", "--labels", "teacher"], "--labels 'teacher': 1 labels for 2 networks"),
+    (["-n", "a.pth.tar", "b.pth.tar", "--labels", ",b"], "--labels ',b': label 1 is empty; give each network one"),
     (["-n", "a.pth.tar", "-d", "nosuchset"], "Unsupported or unknown dataset: nosuchset"),
     (["-n", "a.pth.tar", "-d", ","], "names no test set"),
     (["-n", "a.pth.tar", "-d", "synth-oxford,synth-oxford"], "names synth-oxford twice; give each test set once"),

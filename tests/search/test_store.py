@@ -418,3 +418,15 @@ def test_a_file_named_as_a_stores_is_a_store_only_by_its_content(tmp_path):
     (tmp_path / "manifest.json").unlink()
     (tmp_path / "search.json").write_bytes(b'{"source": "te\x00\x00')  # a store's, damaged by a crash
     assert store_marker(tmp_path) == "search.json"
+
+
+def test_a_json_given_as_the_image_list_is_named(tmp_path):
+    """search index x.json read the JSON's lines as images: 'image .../[ is missing'."""
+    from aml.search import list_images
+    from aml.search.store import StoreError
+
+    (tmp_path / "x.json").write_text('[\n "a.jpg"\n]\n')
+    with pytest.raises(StoreError, match=r"the image list .*x.json is a JSON file, not a list of paths"):
+        list_images(tmp_path / "x.json")
+    (tmp_path / "list.txt").write_text("a.jpg\n b.jpg \n\n")
+    assert list_images(tmp_path / "list.txt") == ["a.jpg", "b.jpg"]

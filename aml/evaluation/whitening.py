@@ -72,7 +72,7 @@ def check_whitening(m: Any, P: Any, dim: int, source: str) -> Tuple[np.ndarray, 
         ...     check_whitening(np.zeros(3), np.full((3, 3), np.nan), 3, "lw.pth")
         ... except ValueError as err:
         ...     print(str(err).split(":")[0])
-        lw.pth holds 9 NaN or infinite values
+        lw.pth holds 9 NaN or infinite values (in float32)
     """
     arrays = [_as_array(value) for value in (m, P)]
     numbers = (np.floating, np.integer)

@@ -3,6 +3,7 @@ made in Python too, from one place, before anything is loaded or written."""
 
 import argparse
 import dataclasses
+import re
 
 import pytest
 
@@ -74,7 +75,7 @@ def test_the_flags_check_the_ranges_the_config_declares():
             continue
         bound = field.metadata["bound"]
         low = "-1" if bound.kind is int else "-0.5"
-        with pytest.raises(argparse.ArgumentTypeError, match=bound.what.replace("[", r"\[").replace(")", r"\)")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(bound.what)):
             action.type(low)
         assert problems(TrainConfig.from_flags(directory="runs", **{field.name: bound.kind(low)}))
         checked += 1

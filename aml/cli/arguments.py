@@ -200,15 +200,15 @@ def device_name(text: str) -> str:
     return text
 
 
-def output_file(text: str) -> str:
+def output_file(text: str, example: str = "results.json") -> str:
     """A file that can be written (replaced if it exists): refuses a folder, a path under a
     file and one in a folder this user cannot write to, so that a command does not find out
-    after its work."""
+    after its work; ``example`` is the file name the messages suggest."""
     if not text.strip():  # Path("") is the working folder: "is a folder" named nothing
-        raise argparse.ArgumentTypeError("the file name is empty; give one (e.g. results.json)")
+        raise argparse.ArgumentTypeError(f"the file name is empty; give one (e.g. {example})")
     path = Path(text)
     if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (e.g. {Path(text) / 'results.json'})")
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (e.g. {Path(text) / example})")
     _check_above(text, path)
     _check_writable(text, path)
     return text
@@ -217,6 +217,8 @@ def output_file(text: str) -> str:
 #: how a file of each kind a command writes begins: an existing file that begins otherwise
 #: (a checkpoint, an image, a store's descriptors) is not the command's to replace
 OUTPUT_KINDS: Dict[str, str] = {"JSON": "a JSON file", "PNG": "a PNG image"}  # `aml.utils.plain_files.FILE_KINDS`
+#: the file name each kind's messages suggest
+_EXAMPLE_NAMES: Dict[str, str] = {"JSON": "results.json", "PNG": "heatmap.png"}
 
 
 def _owner(path: Path) -> Optional[str]:
@@ -247,7 +249,7 @@ def output_file_of(kind: str) -> Callable[[str], str]:
         return begins_as(head, OUTPUT_KINDS[kind])
 
     def convert(text: str) -> str:
-        output_file(text)
+        output_file(text, _EXAMPLE_NAMES[kind])
         path = Path(text)
         owner = _owner(path)
         if owner is not None:

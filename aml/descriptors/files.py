@@ -20,7 +20,7 @@ from aml.descriptors.key import DescriptorKey, images_digest, images_digest_as_l
 from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
-from aml.utils.atomic import atomic_write
+from aml.utils.atomic import InTheWay, atomic_write
 from aml.utils.distributed import barrier, current_world, warn_once
 from aml.utils.errors import DataError, MissingFile
 from aml.utils.text_files import TooLarge, line_list, read_bounded, read_line_list
@@ -97,6 +97,8 @@ def invalidate_feature_file(path: Path) -> Path:
     """Remove the settings file of the feature file ``path`` (if any), so that readers see it
     as incomplete until it is written again; returns the settings file's path."""
     sidecar = _settings_path(Path(path))
+    if sidecar.is_dir():  # checked before the .npy is replaced: no features go without their settings
+        raise InTheWay(f"{sidecar} is a folder where aml writes {Path(path).name}'s settings: move it away")
     sidecar.unlink(missing_ok=True)
     return sidecar
 

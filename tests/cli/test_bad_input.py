@@ -184,14 +184,16 @@ def test_a_path_under_a_file_is_refused_before_anything_runs(command, flag, tmp_
     assert afile.read_text() == "mine"
 
 
-@pytest.mark.parametrize("command, flag", [(TEST, "--results"), (QUERY, "--json")])
-def test_results_into_a_folder_are_refused_before_anything_runs(command, flag, tmp_path, capsys):
-    """search query --json FOLDER ended in a traceback after the work: the results were lost."""
-    err = bad(command, [flag, str(tmp_path)], capsys)
-    assert f"argument {flag}: {tmp_path} is a folder; give a file name" in err
-
-
 COMPAT = (compat_cli.main, ["--networks", "unused.pth"])
+
+
+@pytest.mark.parametrize("command, flag, name", [(TEST, "--results", "results.json"), (QUERY, "--json", "results.json"),
+                                                 (COMPAT, "--heatmap", "heatmap.png")])
+def test_results_into_a_folder_are_refused_before_anything_runs(command, flag, name, tmp_path, capsys):
+    """search query --json FOLDER ended in a traceback after the work: the results were lost;
+    the file name suggested is of the flag's kind (compat --heatmap DIR suggested a .json)."""
+    err = bad(command, [flag, str(tmp_path)], capsys)
+    assert f"argument {flag}: {tmp_path} is a folder; give a file name (e.g. {tmp_path / name})" in err
 
 
 @pytest.mark.parametrize("command, flag, name", [(TEST, "--results", "model_best.pth.tar"),

@@ -45,6 +45,15 @@ def test_settings_belong_to_the_files_beside_them(tmp_path, monkeypatch):
     assert feature_file_settings(path) is None
 
 
+def test_a_folder_where_the_settings_go_is_named_before_the_features_are_written(tmp_path):
+    """A folder named like the settings file ended in a traceback (IsADirectoryError)."""
+    path = tmp_path / "db.npy"
+    path.with_name("db.npy.json").mkdir()
+    with pytest.raises(features.InTheWay, match=r"db\.npy\.json is a folder where aml writes db\.npy's settings"):
+        write_feature_file(np.ones((4, 3), np.float32), ["a", "b", "c"], path)
+    assert not path.exists()  # no features left without their settings
+
+
 def test_a_feature_file_whose_settings_were_edited_has_no_key(tmp_path):
     """main.py reads the teacher's features when their key matches: settings of the wrong types
     were a TypeError; now they match nothing, so the features are extracted again."""

@@ -135,20 +135,35 @@ def _warn_of_other_precision(path: Path, theirs: Mapping[str, Any], net: ImageRe
         )
 
 
-def _check_optimizer_state_shapes(path: Path, saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
+#: optimizer states that are running means of squares: a negative value makes the step's
+#: square root NaN (Adam's and AdamW's second moments, RMSprop's mean)
+SQUARED_STATES = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
+
+
+def _check_optimizer_state(path: Path, saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
     """Refuse an optimizer state whose tensors (Adam's moments, SGD's momentum) do not have
-    their parameters' shapes: torch loads them as they are, and its fused step then writes
-    past their ends (a crash, or other memory overwritten)."""
+    their parameters' shapes (torch loads them as they are, and its fused step then writes
+    past their ends: a crash, or other memory overwritten), or hold values no training writes
+    (non-finite, or a negative mean of squares: the first step makes the weights NaN, which
+    would be blamed on the learning rate)."""
     groups, state = saved.get("param_groups") or [], saved.get("state") or {}
     ours = [param for group in optimizer.param_groups for param in group["params"]]
     theirs = [index for group in groups for index in group.get("params", [])]
     for param, index in zip(ours, theirs, strict=False):  # other counts: load_state_dict names them
         for name, value in (state.get(index) or {}).items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+            if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                continue
+            problem = None
+            if value.shape != param.shape:
+                problem = f"has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
+            elif value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                problem = "holds non-finite values"
+            elif name in SQUARED_STATES and bool((value < 0).any()):
+                problem = "holds negative values (a mean of squares)"
+            if problem is not None:
                 raise CheckpointError(
-                    f"cannot resume from {path}: its optimizer's {name} of parameter {index} has shape "
-                    f"{tuple(value.shape)}, the parameter {tuple(param.shape)}; the file was edited or damaged: "
-                    "resume from another checkpoint of the run"
+                    f"cannot resume from {path}: its optimizer's {name} of parameter {index} {problem}; the file "
+                    "was edited or damaged: resume from another checkpoint of the run"
                 )
 
 
@@ -222,7 +237,7 @@ def resume_run(
         ) from None
     _warn_of_resumed_settings(path, state["optimizer"], optimizer)
     _warn_of_other_precision(path, state["meta"], net)
-    _check_optimizer_state_shapes(path, state["optimizer"], optimizer)
+    _check_optimizer_state(path, state["optimizer"], optimizer)
     try:
         optimizer.load_state_dict(state["optimizer"])
     except ValueError as err:

@@ -369,9 +369,15 @@ def test_resume_in_another_precision_is_named(tmp_path, caplog):
     assert not caplog.text
 
 
-def test_an_optimizer_state_of_other_shapes_is_refused_before_it_is_loaded(tmp_path):
+@pytest.mark.parametrize("name, value, problem", [
+    ("exp_avg", torch.zeros(3), r"has shape \(3,\), the parameter \(64, 3, 3, 3\)"),
+    ("exp_avg", torch.full((64, 3, 3, 3), float("nan")), "holds non-finite values"),
+    ("exp_avg_sq", torch.full((64, 3, 3, 3), -1.0), r"holds negative values \(a mean of squares\)"),
+])
+def test_an_optimizer_state_no_training_writes_is_refused_before_it_is_loaded(tmp_path, name, value, problem):
     """Adam's moment of an edited or damaged checkpoint with another shape than its parameter was
-    loaded as it was; the fused step then wrote past its end: a segfault, or heap corruption."""
+    loaded as it was; the fused step then wrote past its end: a segfault, or heap corruption. A
+    negative second moment (or a NaN) made the first step's weights NaN: blamed on --lr."""
     from aml.networks import build_network
     from aml.networks.checkpoint import checkpoint_state, save_checkpoint
     from aml.training.optim import build_optimizer
@@ -382,12 +388,12 @@ def test_an_optimizer_state_of_other_shapes_is_refused_before_it_is_loaded(tmp_p
     net(torch.rand(1, 3, 32, 32)).sum().backward()
     optimizer.step()
     state = checkpoint_state(net, 1, 0.5, optimizer)
-    state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    state["optimizer"]["state"][0][name] = value
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     save_checkpoint(state, run_dir / "model_epoch1.pth.tar")
-    with pytest.raises(CheckpointError, match=r"model_epoch1.pth.tar: its optimizer's exp_avg of parameter 0 has "
-                                              r"shape \(3,\), the parameter \(64, 3, 3, 3\); the file was edited"):
+    with pytest.raises(CheckpointError, match=rf"model_epoch1.pth.tar: its optimizer's {name} of parameter 0 "
+                                              rf"{problem}; the file was edited"):
         resume_run(run_dir, "latest", net, optimizer)
 
 

@@ -204,10 +204,38 @@ def _box(box: Any) -> Optional[np.ndarray]:
     return values if values.size == 4 else None
 
 
+def _check_index_lists(where: str, entry: Mapping[str, Any], protocol: str, n: int) -> None:
+    """Refuse a query's lists (those of ``protocol``) that are missing, not integers inside the ``n`` database images,
+    or that name an image twice (in one list, or in two: an image both positive and junk
+    scores an AP above 1; one listed twice as positive, an AP below 1 for a perfect ranking)."""
+    seen: Dict[int, str] = {}
+    for key in GND_KEYS[protocol]:
+        if key not in entry:
+            raise DatasetFileError(f"{where} has no '{key}' list, which the {protocol} protocol needs")
+        indices = index_array(entry[key])
+        if indices is None:
+            raise DatasetFileError(
+                f"{where} has {kind_of(entry[key])} in '{key}', where a list of database indices belongs"
+            )
+        if indices.size and (indices.min() < 0 or indices.max() >= n):
+            bad = [i for i in indices.tolist() if not 0 <= i < n][:3]
+            raise DatasetFileError(
+                f"{where} lists database indices {bad} in '{key}', outside the {n} images of "
+                "the image list; the gnd file does not belong to these images"
+            )
+        for index in indices.tolist():
+            if index in seen:
+                also = f"twice in '{key}'" if seen[index] == key else f"in both '{seen[index]}' and '{key}'"
+                raise DatasetFileError(
+                    f"{where} lists database image {index} {also}; each image has one label per query"
+                )
+            seen[index] = key
+
+
 def check_ground_truth(cfg: Mapping[str, Any], protocol: str, source: PathLike) -> None:
     """Refuse a gnd whose entries do not fit its image lists: lists of image names, one entry
     (a dict) per query, the protocol's keys present, every listed index an integer inside the
-    database, boxes of four finite numbers with x1 < x2 and y1 < y2. Raises a
+    database and named once per query, boxes of four finite numbers with x1 < x2 and y1 < y2. Raises a
     `DatasetFileError` (a ValueError) naming ``source`` and the query."""
     n, nq, gnd = _names(cfg, "imlist", source), _names(cfg, "qimlist", source), cfg["gnd"]
     if not isinstance(gnd, (list, tuple)):
@@ -218,20 +246,7 @@ def check_ground_truth(cfg: Mapping[str, Any], protocol: str, source: PathLike) 
         where = f"{source}: query {q} ({cfg['qimlist'][q]})"
         if not isinstance(entry, dict):
             raise DatasetFileError(f"{where} has {kind_of(entry)} for its entry, where a dict of lists belongs")
-        for key in GND_KEYS[protocol]:
-            if key not in entry:
-                raise DatasetFileError(f"{where} has no '{key}' list, which the {protocol} protocol needs")
-            indices = index_array(entry[key])
-            if indices is None:
-                raise DatasetFileError(
-                    f"{where} has {kind_of(entry[key])} in '{key}', where a list of database indices belongs"
-                )
-            if indices.size and (indices.min() < 0 or indices.max() >= n):
-                bad = [i for i in indices.tolist() if not 0 <= i < n][:3]
-                raise DatasetFileError(
-                    f"{where} lists database indices {bad} in '{key}', outside the {n} images of "
-                    "the image list; the gnd file does not belong to these images"
-                )
+        _check_index_lists(where, entry, protocol, n)
         if entry.get("bbx") is not None:
             box = _box(entry["bbx"])
             if box is None or not np.isfinite(box).all() or box[0] >= box[2] or box[1] >= box[3]:

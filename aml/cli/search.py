@@ -165,7 +165,8 @@ def _index(args) -> Path:
     if args.ivfpq:
         recall = search_record(store)["ivfpq"]["recall"]  # not the descriptors, read again
         print(
-            f">> IVF-PQ index ({args.ivfpq.nlist} lists, {args.ivfpq.m} sub-quantisers): recall@10 against exact "
+            f">> IVF-PQ index ({args.ivfpq.nlist} lists, {args.ivfpq.m} sub-quantisers): recall@10 of held-out "
+            "database images against exact "
             f"search {recall:.3f}"
         )
     return store

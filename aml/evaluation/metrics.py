@@ -6,7 +6,9 @@ negatives: each positive moves up by the number of junk images ranked above it. 
 trapezoidal rule with recall step 1/|ok|: for the j-th positive (0-based) at adjusted
 position r, precision_0 = 1 if r == 0 else j / r, precision_1 = (j + 1) / (r + 1).
 Queries with no positives are skipped. mP@k: with 1-based adjusted positions pos,
-kq = min(max(pos), k) and P@k = #(pos <= kq) / kq.
+kq = min(max(pos), k) and P@k = #(pos <= kq) / kq. A ranking of fewer rows than the database
+(a top-k) counts the positives it leaves out as never found, as revisitop's does: its mAP is
+the AP within the top k, lower than the full ranking's (test.py always ranks every image).
 """
 
 import logging
@@ -170,7 +172,8 @@ def compute_map(
     Queries without positives are skipped.
 
     Args:
-        ranks: N_db x N_q database indices, column q ranked best first.
+        ranks: N_db x N_q database indices, column q ranked best first; a top-k (fewer rows)
+            scores the positives below it as never found.
         gnd: per query, ``ok`` (the positives) and optionally ``junk``.
         kappas: the k of mP@k.
 

@@ -161,7 +161,7 @@ def test_an_ivfpq_index_is_built_reported_and_searched(random_teacher, synth_roo
     search_cli.main(["index", str(folder), "--store", str(tmp_path / "store"), "--ivfpq", "4,8"]
                     + flags(random_teacher[0], synth_root, "-imsize", "32"))
     recall = search_store.search_record(tmp_path / "store")["ivfpq"]["recall"]
-    assert len(reads) == 1 and f"recall@10 against exact search {recall:.3f}" in capsys.readouterr().out
+    assert len(reads) == 1 and f"recall@10 of held-out database images against exact search {recall:.3f}" in capsys.readouterr().out
     database, stale = open_database(tmp_path / "store"), open_database(tmp_path / "store")
     scores, found = database.search(database.vecs[:, :3], 5)
     assert database.index.ntotal == 260 and found.shape == (3, 5) and 0 < recall <= 1

@@ -707,10 +707,12 @@ class DescriptorStore:
             yield self.shard_rows(k).start, self.read_shard(k)
 
     def load(self) -> np.ndarray:
-        """All descriptors as one D x N float32 array (small stores and tests)."""
-        if not self.count:
-            return np.zeros((self.dim, 0), dtype=np.float32)
-        return np.concatenate([block for _, block in self.blocks()]).astype(np.float32).T
+        """All descriptors as one D x N float32 array (a view of N x D rows: filled a shard at
+        a time, it takes the store's memory and one shard's, not three copies)."""
+        rows = np.empty((self.count, self.dim), dtype=np.float32)
+        for start, block in self.blocks():
+            rows[start : start + len(block)] = block
+        return rows.T
 
 
 def _file_stamp(path: Path) -> Tuple[int, int, int]:

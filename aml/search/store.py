@@ -39,7 +39,7 @@ from aml.descriptors.store import (
     store_differences,
 )
 from aml.evaluation.reranking import Reranking, database_augmentation
-from aml.evaluation.whitening import WhiteningError, whitenapply, whitened
+from aml.evaluation.whitening import WhiteningError, whitened_float32
 from aml.evaluation.whitening_store import read_whitening_file, save_whitening_file
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork, check_loaded
@@ -362,7 +362,7 @@ def _write_augmented(
     records."""
     vecs = store.load()
     if whitening is not None:
-        vecs = whitenapply(vecs, *whitening)
+        vecs = whitened_float32(vecs, whitening, f"store {store.folder}'s database")
     k, alpha = reranking.dba, reranking.dba_alpha
     augmented = database_augmentation(vecs, k, alpha, device, excluded=store.skipped())
     atomic_write(store.folder / DBA, lambda out: np.save(out, augmented, allow_pickle=False))
@@ -665,7 +665,7 @@ def open_database(folder: PathLike) -> SearchDatabase:
         vecs = _augmented(folder, vecs.shape if whitening is None else (whitening[1].shape[0], vecs.shape[1]))
     elif whitening is not None:
         try:
-            vecs = whitened(vecs, whitening, f"store {folder}'s database")
+            vecs = whitened_float32(vecs, whitening, f"store {folder}'s database")
         except WhiteningError as err:
             raise StoreError(f"{err}: index the store again ({REBUILD})") from None
     if unreadable:  # their columns are zeros, which whitening or DBA would turn into answers
@@ -680,6 +680,6 @@ def open_database(folder: PathLike) -> SearchDatabase:
             f"the store {folder} was indexed again while it was being opened (its files would mix two "
             "indexings): open it again"
         )
-    return SearchDatabase(
-        folder, np.ascontiguousarray(vecs, dtype=np.float32), images, settings, whitening, manifest, identity
+    return SearchDatabase(  # float32 as it is (a view of rows: faiss adds them without another copy)
+        folder, np.asarray(vecs, dtype=np.float32), images, settings, whitening, manifest, identity
     )

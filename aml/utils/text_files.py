@@ -65,8 +65,13 @@ def read_bounded(path: PathLike) -> bytes:
     limit = MAX_TEXT_BYTES
     with open(path, "rb") as handle:
         status = os.fstat(handle.fileno())
-        large_file = stat.S_ISREG(status.st_mode) and status.st_size > limit  # refused unread
-        data = b"" if large_file else handle.read(limit + 1)
+        regular = stat.S_ISREG(status.st_mode)
+        large_file = regular and status.st_size > limit  # refused unread
+        # a regular file's size, not the limit, is asked for: read(n) allocates n bytes first
+        wanted = min(limit, status.st_size) + 1 if regular else limit + 1
+        data = b"" if large_file else handle.read(wanted)
+        if regular and len(data) == wanted <= limit:  # it grew since: read on to the limit
+            data += handle.read(limit + 1 - len(data))
     if large_file or len(data) > limit:
         words = f"larger than {_in_words(limit)} or has no end (a device, a pipe that does not close)"
         raise TooLarge(errno.EFBIG, words, str(path))

@@ -96,6 +96,24 @@ def test_a_checked_whitening_applies_as_before_and_a_non_finite_result_is_refuse
         whitened(np.where(np.arange(6) == 2, np.nan, X), checked, "test")
 
 
+def test_a_store_is_whitened_a_block_at_a_time_into_float32_as_all_at_once(monkeypatch):
+    """Opening a whitened search store of N descriptors held float64 copies of 4 x N x D: the
+    blocks give each column the values of the whole array's whitening, and count every bad one."""
+    import aml.evaluation.whitening as whitening
+    from aml.evaluation.whitening import WhiteningError, check_whitening, whitened_float32
+
+    monkeypatch.setattr(whitening, "WHITENING_BLOCK", 3)
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(4, 10)).astype(np.float32)
+    checked = check_whitening(rng.normal(size=4), rng.normal(size=(3, 4)), 4, "lw.pth")
+    Y = whitened_float32(X, checked, "store")
+    assert Y.dtype == np.float32 and Y.shape == (3, 10) and Y.T.flags.c_contiguous
+    assert np.array_equal(Y, whitenapply(X, *checked).astype(np.float32))
+    X[:, [1, 7]] = np.inf
+    with pytest.raises(WhiteningError, match="whitening made 2 of the 10 store descriptors NaN or infinite"):
+        whitened_float32(X, checked, "store")
+
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -28,5 +28,6 @@ def network_fingerprint(net: torch.nn.Module) -> str:
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for key, value in sorted(net.state_dict().items()):
         digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        # its bytes as they lie (numpy has no bfloat16: a .bfloat16() network is hashed too)
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -69,6 +69,11 @@ class Features(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self)
         end = self.trunk_end()
+        first = next(self.parameters(), None)
+        if first is not None and first.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+            # float32 pixels (extraction's, training's) into a network converted with .half() or
+            # .bfloat16(): its dtype, as autocast would cast them (without it, a dtype error)
+            x = x.to(first.dtype)
         for layer in layers[:end]:
             x = layer(x)
         if end < len(layers):

@@ -256,6 +256,20 @@ def test_autocast_dtypes_on_the_cpu(images, net, dtype, floor):
         extract_vectors(net, images[:1], 64, transform, config=ExtractionConfig(amp=True, amp_dtype="float8"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_network_converted_to_16_bits_extracts_without_autocast(images, net, dtype):
+    """The float32 pixels met 16-bit weights: a dtype error with --no-amp (and on the CPU by
+    default), where autocast had hidden it on CUDA; the caller's network stays 16-bit."""
+    import copy
+
+    transform = image_transform(net.meta["mean"], net.meta["std"])
+    fp32 = extract_vectors(net, images[:4], 64, transform, config=ExtractionConfig(amp=False))
+    converted = copy.deepcopy(net).to(dtype)
+    low = extract_vectors(converted, images[:4], 64, transform, config=ExtractionConfig(amp=False))
+    assert low.dtype == torch.float32 and next(converted.parameters()).dtype == dtype
+    assert (F.normalize(fp32, dim=0) * F.normalize(low, dim=0)).sum(0).min() > 0.99
+
+
 def test_device_decoding_skips_and_names_a_bad_file(images, net, tmp_path, real_workers, caplog):
     bad = tmp_path / "cut.jpg"
     bad.write_bytes(open(images[0], "rb").read()[:300])

@@ -59,3 +59,15 @@ def test_what_the_user_typed_is_told_apart_once(checkpoint, tmp_path):
     assert (elsewhere.name, elsewhere.label, elsewhere.local_file, elsewhere.dimension()) == (
         "teacher", "teacher", None, None)
     assert NetworkSpec.parse("resnet18-gem", offtheshelf=True).named and not here.named
+
+
+def test_a_network_of_any_precision_has_a_fingerprint_and_float32_ones_keep_theirs():
+    """numpy has no bfloat16: fingerprinting a .bfloat16() network (a teacher halved to save
+    GPU memory) raised a TypeError in every cache, store and search."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.arange(8.0).reshape(2, 4) / 8)
+        net[0].bias.fill_(0.5)
+    prints = [network_fingerprint(net), network_fingerprint(net.half()), network_fingerprint(net.bfloat16())]
+    assert prints[:2] == ["389d1cfa94ea1cae", "4d110fdc342f98b6"]  # as before: every store and cache keeps its key
+    assert len(set(prints)) == 3

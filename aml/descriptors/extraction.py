@@ -24,9 +24,9 @@ import logging
 import numbers
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -124,6 +124,19 @@ class Decoding:
     decoder: Callable[[torch.device, Sequence[float], Sequence[float]], BatchDecoder]
     pin_items: bool  # the loader pins each item for the GPU (False: the decoder stacks them first)
     threads: bool = False  # its workers are threads of the main process (they read files), not processes
+    #: ``key`` on the device types whose decoder gives other pixels (nvJPEG's are not libjpeg's)
+    device_keys: Mapping[str, str] = field(default_factory=dict)
+
+    def key_on(self, device: torch.device) -> str:
+        """The name of its pixels when decoded for ``device``.
+
+        Args:
+            device: the compute device.
+
+        Returns:
+            ``device_keys``'s entry for its type, else ``key``.
+        """
+        return self.device_keys.get(device.type, self.key)
 
 
 def _pil_decoder(device: torch.device, mean: Sequence[float], std: Sequence[float]) -> BatchDecoder:
@@ -154,7 +167,7 @@ DECODINGS: Dict[str, Decoding] = {
     ),
     "device": Decoding(
         "device",
-        "device-lanczos",  # "device" resized with antialiased bicubic interpolation
+        "device-lanczos",  # libjpeg's pixels (torchvision's decode_jpeg on the CPU), resized as PIL does
         "JPEG bytes decoded in batches on the compute device (nvJPEG on CUDA), "
         "resized with PIL's LANCZOS arithmetic, the network's mean/std; other files by PIL",
         lambda images, size, bbxs, transform: EncodedImagesFromList(images, size, bbxs),
@@ -162,6 +175,7 @@ DECODINGS: Dict[str, Decoding] = {
         _device_decoder,
         pin_items=True,
         threads=True,
+        device_keys={"cuda": "nvjpeg-lanczos"},
     ),
     "workers": Decoding(
         "workers",
@@ -296,8 +310,8 @@ class ExtractionConfig(Changeable):
     def pixel_path(self, net: Optional[torch.nn.Module] = None) -> str:
         """Name of what descriptors depend on besides the network and sizes.
 
-        Where images are decoded and the precision (``"pil-fp32"``, ``"device-lanczos-bf16"``,
-        ...); part of every descriptor key.
+        Where images are decoded and the precision (``"pil-fp32"``, ``"device-lanczos-fp16"``,
+        ``"nvjpeg-lanczos-bf16"``: nvJPEG on CUDA, ...); part of every descriptor key.
 
         Args:
             net: the network to extract with (its device counts when ``device`` is None).
@@ -307,7 +321,7 @@ class ExtractionConfig(Changeable):
         """
         device = self.device_for(net)
         dtype = resolve_amp(self.amp, device, self.amp_dtype)
-        return f"{resolve_decoding(self.decode, device).key}-{_SHORT[dtype] if dtype else 'fp32'}"
+        return f"{resolve_decoding(self.decode, device).key_on(device)}-{_SHORT[dtype] if dtype else 'fp32'}"
 
 
 DEFAULT_EXTRACTION = ExtractionConfig()

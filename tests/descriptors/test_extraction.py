@@ -418,10 +418,14 @@ def test_cpu_batches_follow_the_pixel_budget():
 
 
 def test_pixel_path_names_decoding_and_precision():
+    """Device decoding on CUDA (nvJPEG) and on the CPU (libjpeg) gave one key to other pixels:
+    a cache or store made on one machine of a shared data root answered for the other."""
     assert ExtractionConfig(device="cpu").pixel_path() == "pil-fp32"
     assert ExtractionConfig(device="cuda").pixel_path() == "workers-fp16"
     assert ExtractionConfig(device="cuda", decode="pil", amp=False).pixel_path() == "pil-fp32"
-    assert ExtractionConfig(device="cuda", decode="device", amp_dtype="bfloat16").pixel_path() == "device-lanczos-bf16"
+    assert ExtractionConfig(device="cuda", decode="device", amp_dtype="bfloat16").pixel_path() == "nvjpeg-lanczos-bf16"
+    assert ExtractionConfig(device="cuda:1", decode="device", amp=False).pixel_path() == "nvjpeg-lanczos-fp32"
+    assert ExtractionConfig(device="cpu", decode="device", amp=False).pixel_path() == "device-lanczos-fp32"
     assert ExtractionConfig(device="cpu", decode="device", amp=True, workers=3).pixel_path() == "device-lanczos-fp16"
     # without a device of its own, the network's decides
     assert ExtractionConfig().pixel_path(torch.nn.Linear(1, 1)) == "pil-fp32"

@@ -15,7 +15,7 @@ import numpy as np
 
 from aml.evaluation.ranking import Transform, nearest_with_distractors, positions_with_distractors
 from aml.evaluation.reranking import database_augmentation
-from aml.evaluation.whitening import whitened, whitened_rows
+from aml.evaluation.whitening import whitened, whitened_rows, whitening_on
 from aml.utils.errors import ConfigError
 
 Blocks = Callable[[], Iterator[Tuple[int, np.ndarray]]]  # a fresh pass over (first index, n_k x D rows) blocks
@@ -130,7 +130,7 @@ class TestDatabase:
         """
         distractors = self.distractors
         if distractors is not None:
-            white = functools.partial(whitened_rows, whitening=whitening, what="distractor")
+            white = functools.partial(whitened_rows, whitening=whitening_on(whitening, self.device), what="distractor")
             distractors = dataclasses.replace(distractors, transform=white)
         return dataclasses.replace(
             self, vecs=whitened(self.vecs, whitening, f"{name} database"), distractors=distractors

@@ -7,7 +7,7 @@ P = E^T P1. Applying keeps the first d rows of P (X - m) and L2-normalises each 
 """
 
 import logging
-from typing import Any, NoReturn, Optional, Sequence, Tuple
+from typing import Any, NoReturn, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -201,11 +201,30 @@ def whitened_rows(rows: torch.Tensor, whitening: Tuple[np.ndarray, np.ndarray], 
     return Y.to(device=rows.device, dtype=torch.float32)
 
 
-def whitenapply_rows(rows: torch.Tensor, m: np.ndarray, P: np.ndarray) -> torch.Tensor:
+def whitening_on(whitening: Tuple[np.ndarray, np.ndarray], device: Union[str, torch.device]) -> Tuple[Any, Any]:
+    """The whitening as `whitened_rows` takes it for rows on ``device``: float64 tensors there
+    on CUDA (copied once, not for every block of distractors: a 2048-d projection is 32 MiB),
+    the arrays as they are elsewhere.
+
+    Args:
+        whitening: (m, P), as `check_whitening` returns them.
+        device: where the rows lie.
+
+    Returns:
+        (m, P) for that device.
+    """
+    if torch.device(device).type != "cuda":
+        return whitening
+    m, P = (torch.as_tensor(np.asarray(part), dtype=torch.float64, device=device) for part in whitening)
+    return m, P
+
+
+def whitenapply_rows(rows: torch.Tensor, m: Any, P: Any) -> torch.Tensor:
     """`whitenapply` of n x D rows in float64 on their device: (rows - m^T) P^T, each row
-    divided by (its L2 norm + 1e-6); n x d float64."""
-    mean = torch.as_tensor(np.asarray(m).reshape(1, -1), dtype=torch.float64, device=rows.device)
-    projection = torch.as_tensor(np.asarray(P), dtype=torch.float64, device=rows.device)
+    divided by (its L2 norm + 1e-6); n x d float64. ``m`` and ``P``: arrays, or tensors
+    (`whitening_on`), used where they lie when they are float64 on the rows' device."""
+    mean = torch.as_tensor(m, dtype=torch.float64, device=rows.device).reshape(1, -1)
+    projection = torch.as_tensor(P, dtype=torch.float64, device=rows.device)
     Y = (rows.to(torch.float64) - mean) @ projection.T
     return Y / (torch.linalg.vector_norm(Y, dim=1, keepdim=True) + 1e-6)
 

@@ -129,6 +129,27 @@ def test_rows_whitened_in_float64_by_torch_equal_whitenapply():
     np.testing.assert_allclose(rows.numpy().T, whitenapply(X, m, P), rtol=0, atol=1e-12)
 
 
+def test_a_whitening_is_put_on_the_device_once_for_all_blocks_of_distractors(monkeypatch):
+    """On CUDA each block of distractors copied the mean and the D x D projection from the host
+    again (32 MiB and a wait per block at 2048-d): the database puts them there once
+    (`whitening_on`), and every block uses those tensors, with the arrays' values."""
+    import aml.evaluation.database as database_module
+    from aml.evaluation.database import Distractors, TestDatabase
+    from aml.evaluation.whitening import whitenapply_rows, whitening_on
+
+    rng = np.random.default_rng(2)
+    m, P = rng.normal(size=(8, 1)), rng.normal(size=(5, 8))
+    assert whitening_on((m, P), "cpu")[1] is P  # the host's whitenapply takes the arrays
+    tensors = tuple(torch.as_tensor(part, dtype=torch.float64) for part in (m, P))  # what CUDA gets, on the CPU
+    calls = []
+    monkeypatch.setattr(database_module, "whitening_on", lambda w, device: calls.append(device) or tensors)
+    distractors = Distractors(lambda: iter(()), 0)
+    whitened = TestDatabase(np.eye(8, 3), distractors=distractors, device="cuda").whitened((m, P), "set")
+    assert calls == ["cuda"] and whitened.distractors.transform.keywords["whitening"] is tensors
+    block = torch.from_numpy(rng.normal(size=(6, 8)).astype(np.float32))
+    np.testing.assert_array_equal(whitenapply_rows(block, *tensors).numpy(), whitenapply_rows(block, m, P).numpy())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_rows_are_whitened_on_their_device_as_on_the_host_and_non_finite_ones_refused(device):
     from aml.evaluation.whitening import WhiteningError, check_whitening, whitened, whitened_rows

@@ -31,6 +31,7 @@ from aml.data.synthetic_objects import ObjectConfig, generate_objects
 from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
 from aml.utils.atomic import atomic_write
+from aml.utils.devices import to_device
 from aml.utils.progress import progress_bar
 from aml.utils.seeding import generator, global_seed
 from aml.training.optim import can_fuse
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: the prefix of every cached stand-in trunk in <data_root>/networks/
 FILE_PREFIX = "aml-synthetic-pretrained"
+#: the progress bar shows the loss of every n-th step (reading it waits for a GPU)
+LOSS_SHOWN_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ def pretrain_trunk(
     x, y = _to_tensor(images, arch), torch.from_numpy(labels)
     with global_seed(config.seed):
         model = _Classifier(arch, config.objects.classes)
-    model.to(device).to(memory_format=torch.channels_last)
+    target = torch.device(device)
+    model.to(target).to(memory_format=torch.channels_last)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(
         params, config.lr, weight_decay=config.weight_decay, fused=can_fuse([{"params": params}]) or None
@@ -151,13 +155,14 @@ def pretrain_trunk(
             order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=rng)]
             for first in range(0, len(order) - config.batch_size + 1, config.batch_size):
                 batch = order[first : first + config.batch_size]
-                inputs = _augment(x[batch], rng).to(device)
-                loss = nn.functional.cross_entropy(model(inputs), y[batch].to(device))
+                inputs = to_device(_augment(x[batch], rng), target)  # pinned: no wait for the queued steps
+                loss = nn.functional.cross_entropy(model(inputs), to_device(y[batch], target))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if progress and bar.n % LOSS_SHOWN_EVERY == 0:  # reading it waits for the device
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
                 bar.update(1)
             log.info(">> pretraining %s: epoch %d/%d, loss %.3f", arch, epoch + 1, config.epochs, loss.item())
     if not torch.isfinite(loss):

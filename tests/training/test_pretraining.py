@@ -123,3 +123,26 @@ def test_a_diverged_pretraining_ends_in_one_line_naming_the_fix():
     config = PretrainConfig(objects=ObjectConfig(classes=2, per_class=20, size=32), epochs=2, batch_size=8, lr=1e30)
     with pytest.raises(AmlError, match="pretraining resnet18 on the synthetic objects diverged .*start it from its ImageNet weights"):
         pretrain_trunk("resnet18", config)
+
+
+def test_pretraining_reads_the_loss_once_an_epoch_without_a_progress_bar():
+    """Each step read the loss back for the progress bar, shown or not: on CUDA a wait for the
+    whole step at every batch. The float reads left: the epoch's log line and the end's checks."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                self.seen[args[0].dtype] += 1
+            return func(*args, **(kwargs or {}))
+
+    config = PretrainConfig(objects=ObjectConfig(classes=2, per_class=10, size=32), epochs=2, batch_size=4)
+    with Reads() as reads:
+        pretrain_trunk("squeezenet1_1", config, progress=False)
+    assert reads.seen[torch.float32] == 2 + 1  # two epochs logged, the final loss recorded; 11 before (+1 a step)

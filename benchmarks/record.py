@@ -21,10 +21,12 @@ def add_json_argument(parser: argparse.ArgumentParser, name: str) -> None:
 
 def write_record(path: Optional[str], name: str, settings: Dict[str, Any], results: Any) -> Optional[Path]:
     """Write ``{"benchmark", "provenance", "settings", "results"}`` to ``path`` atomically (nothing
-    when ``path`` is empty); returns the file written."""
+    when ``path`` is empty); returns the file written. A ``device`` among the settings decides
+    whether a GPU is recorded (`provenance`)."""
     if not path:
         return None
-    record = {"benchmark": name, "provenance": provenance(), "settings": settings, "results": results}
+    record = {"benchmark": name, "provenance": provenance(device=settings.get("device")), "settings": settings,
+              "results": results}
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda out: out.write((json.dumps(record, indent=1) + "\n").encode()))

@@ -163,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
             **matrix.record(),
             "seconds": round(seconds, 1),
             "settings": {**vars(args), "networks": [s.given for s in specs], "labels": labels, "device": str(device)},
-            "provenance": provenance(None if argv is None else ["python", "-m", "aml.compat", *argv]),
+            "provenance": provenance(None if argv is None else ["python", "-m", "aml.compat", *argv], device),
         }
         data = strict_json(record)
         atomic_write(Path(args.json), lambda out: out.write(data))

@@ -269,7 +269,7 @@ def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: in
         "seconds_per_image": onnx_timings(onnx, repeats=args.time_repeats or TIME_REPEATS),
         "teacher": teacher.name,
     }
-    record = {"provenance": provenance(), "report": report}
+    record = {"provenance": provenance(device="cpu"), "report": report}  # ONNX Runtime on the CPU
     path = Path(args.out) / INT8_REPORT
     data = strict_json(record) + b"\n"
     atomic_write(path, lambda out: out.write(data))

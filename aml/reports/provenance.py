@@ -7,7 +7,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
@@ -24,11 +24,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def provenance(command: Optional[Sequence[str]] = None) -> Dict[str, str]:
+def provenance(
+    command: Optional[Sequence[str]] = None, device: Optional[Union[str, torch.device]] = None
+) -> Dict[str, str]:
     """Machine, CPU kernels, versions, date and command line as strings.
 
+    Args:
+        command: the command line (None: this process's).
+        device: what the measurement ran on: a CUDA device is recorded as the accelerator,
+            any other records none (None, unknown: the machine's first GPU, if it has one).
+
+    Returns:
+        The strings, by name.
+
     Example:
-        >>> provenance(["python", "-m", "aml.demo"])["command"]
+        >>> provenance(["python", "-m", "aml.demo"], device="cpu")["command"]
         'python -m aml.demo'
     """
     return {
@@ -43,18 +53,20 @@ def provenance(command: Optional[Sequence[str]] = None) -> Dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": _torchvision(),
-        **_accelerator(),
+        **_accelerator(device),
         **_commit(),
         "command": " ".join(command if command is not None else _command_line()),
     }
 
 
-def _accelerator() -> Dict[str, str]:
-    """The CUDA device with its CUDA and cuDNN versions, when one is in use (else nothing)."""
-    if not torch.cuda.is_available():
+def _accelerator(device: Optional[Union[str, torch.device]]) -> Dict[str, str]:
+    """The CUDA device ``device`` (None: the machine's first, if any) with its CUDA and cuDNN
+    versions; nothing for another device or a machine without CUDA."""
+    used = torch.device("cuda", 0) if device is None else torch.device(device)
+    if used.type != "cuda" or not torch.cuda.is_available():
         return {}
     return {
-        "accelerator": f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, cuDNN "
+        "accelerator": f"{torch.cuda.get_device_name(used)} (CUDA {torch.version.cuda}, cuDNN "
         f"{torch.backends.cudnn.version()})"
     }
 

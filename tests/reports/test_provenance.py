@@ -22,3 +22,19 @@ def test_the_recorded_commit_is_amls_own_and_says_dirty(tmp_path, monkeypatch):
     assert provenance._commit(project) == {"commit": head}
     (project / "file.txt").write_text("two\n")
     assert provenance._commit(project) == {"commit": f"{head}-dirty"}
+
+
+def test_the_accelerator_recorded_is_the_device_the_measurement_ran_on(monkeypatch):
+    """Any machine with CUDA recorded its first GPU: an ONNX export or a `compat --device cpu`
+    run was labelled "H100", and `--device cuda:1` named GPU 0 (and opened a context there)."""
+    import torch
+
+    from aml.reports.provenance import provenance
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: asked.append(device) or f"GPU {device.index}")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
+    assert "accelerator" not in provenance([], device="cpu") and not asked
+    assert provenance([], device="cuda:1")["accelerator"].startswith("GPU 1 (CUDA ")
+    assert provenance([])["accelerator"].startswith("GPU 0 (CUDA ")  # unknown: the machine's first

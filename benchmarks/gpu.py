@@ -382,15 +382,19 @@ def _ts_trainer(args, paths, device, folder: Path, fast: bool) -> Trainer:
     net = build(NETWORKS["mobilenet_v2 -> 512"], paths, args.image_size, device)
     db = training_db(len(paths))
     teacher = F.normalize(torch.randn(512, len(paths), generator=torch.Generator().manual_seed(0)), dim=0)
-    extraction = ExtractionConfig() if fast else ExtractionConfig(amp=False, decode="pil", batch_size=1)
+    # the original's way: one image per forward, float32, PIL, no padding of batches to fixed sizes
+    extraction = ExtractionConfig() if fast else ExtractionConfig(amp=False, decode="pil", batch_size=1,
+                                                                  fixed_batches=False)
     if fast and args.decode != "auto":
         extraction = extraction.but(decode=args.decode)
     settings = TrainSettings(image_size=args.image_size, neg_num=5, query_size=args.tuples, pool_size=len(paths),
                              batch_size=5, epochs=1, val=False, batch_forward=fast, autocast=fast, seed=0)
     optimizer = build_optimizer(net, "adam", 1e-6, 0.9, 1e-6)
-    return Trainer(Learner(net, build_loss("contrastive", 0.7, 0.1).to(device), optimizer, get_mode("ts")),
-                   Split(db, list(paths), teacher), None, folder, settings,
-                   extraction.but(workers=args.workers, device=str(device)))
+    trainer = Trainer(Learner(net, build_loss("contrastive", 0.7, 0.1).to(device), optimizer, get_mode("ts")),
+                      Split(db, list(paths), teacher), None, folder, settings,
+                      extraction.but(workers=args.workers, device=str(device)))
+    trainer.fixed_batches = fast and trainer.fixed_batches  # the original pads no tuple's forward
+    return trainer
 
 
 def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:

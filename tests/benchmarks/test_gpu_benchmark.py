@@ -136,3 +136,22 @@ def test_the_sync_row_counts_the_batches_an_extraction_makes(tmp_path):
         paths.append(str(tmp_path / f"{k}.jpg"))
         Image.new("RGB", size).save(paths[-1])
     assert bench.batch_count(paths, 64) == 3
+
+
+def test_the_original_ways_ts_epoch_pads_no_batch(tmp_path):
+    """The 'original way' baseline of the ts epoch padded its forwards and its mining's batches
+    to fixed sizes on CUDA (a Trainer's default there): a baseline that is not the original's."""
+    from argparse import Namespace
+
+    from PIL import Image
+
+    bench = load_benchmark("gpu")
+    paths = []
+    for k in range(6):
+        paths.append(str(tmp_path / f"{k}.jpg"))
+        Image.new("RGB", (80, 60), (k * 40, 0, 0)).save(paths[-1])
+    args = Namespace(image_size=64, tuples=6, decode="auto", workers=0)
+    original = bench._ts_trainer(args, paths, torch.device("cpu"), tmp_path / "orig", fast=False)
+    fast = bench._ts_trainer(args, paths, torch.device("cpu"), tmp_path / "fast", fast=True)
+    assert original.extraction.fixed_batches is False and not original.fixed_batches
+    assert fast.extraction.fixed_batches is None  # aml's default: padded on CUDA

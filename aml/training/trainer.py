@@ -446,8 +446,8 @@ class Trainer:
             except _NonFiniteLoss as err:  # finite weights (checked when saved), a non-finite descriptor
                 message = (
                     f"validation stopped: its loss is {err.args[0]} at epoch {epoch + 1}, batch {i + 1}/{len(loader)}: "
-                    "a val image or the network gives non-finite descriptors (with --amp, float16 overflowing: "
-                    "--amp-dtype bfloat16 or --no-amp); the epoch's checkpoints are not written"
+                    "a val image or the network gives non-finite descriptors (with --amp, whose forwards run in "
+                    "bfloat16: try --no-amp); the epoch's checkpoints are not written"
                 )
                 self.log.line(message, echo=False)
                 raise TrainingDiverged(message) from None

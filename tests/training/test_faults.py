@@ -366,6 +366,7 @@ def test_a_non_finite_validation_loss_ends_in_one_line_and_saves_nothing_of_its_
 
     monkeypatch.setattr(trainer_module.Trainer, "batch_losses", batch_losses)
     with pytest.raises(TrainingDiverged, match=r"validation stopped: its loss is nan at epoch 1, batch 1/\d+: a val "
-                                               r"image or the network gives non-finite descriptors"):
+                                               r"image or the network gives non-finite descriptors \(with --amp, "
+                                               r"whose forwards run in bfloat16: try --no-amp\)"):
         train(synth_root, tmp_path, "--epochs", "1")
     assert not list(tmp_path.rglob("*.pth.tar"))

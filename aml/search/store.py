@@ -442,7 +442,7 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSett
         raise StoreError(f"{err.problem}; index it again ({REBUILD})") from None
     except DataError as err:
         raise StoreError(f"{err}; index it again ({REBUILD})") from None
-    if not np.isfinite(vecs).all():
+    if not _all_finite(vecs):
         raise StoreError(f"the store {folder} holds NaN or infinite values: it is damaged; index it again ({REBUILD})")
     record = search_record(folder)
     settings: StoreSettings = {**store.key.record(), "source": record["source"], "dim": store.dim}
@@ -453,6 +453,12 @@ def _sharded_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSett
     if FILES in record:
         settings[FILES] = record[FILES]
     return vecs, store.images, settings, unreadable
+
+
+def _all_finite(vecs: np.ndarray, block: int = 65536) -> bool:
+    """Whether every value of D x N ``vecs`` is finite, checked ``block`` images at a time (at
+    once, the check of a 1M x 2048 store held 2 GB of booleans)."""
+    return all(np.isfinite(vecs[:, start : start + block]).all() for start in range(0, vecs.shape[1], block))
 
 
 def search_record(folder: Path) -> SearchRecord:
@@ -589,7 +595,7 @@ def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSetti
             f"{path} holds a {vecs.dtype} array of shape {vecs.shape}, not {settings.get('dim')}-d float "
             f"descriptors as its settings say: the store is damaged; index it again ({REBUILD})"
         )
-    if not np.isfinite(vecs).all():
+    if not _all_finite(vecs):
         raise StoreError(f"{path} holds NaN or infinite values: the store is damaged; index it again ({REBUILD})")
     images = (folder / LEGACY_FILES[1]).read_text(errors="surrogateescape").splitlines()
     if len(images) != vecs.shape[1]:

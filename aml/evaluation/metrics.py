@@ -12,7 +12,7 @@ the AP within the top k, lower than the full ranking's (test.py always ranks eve
 """
 
 import logging
-from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypedDict, Union
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypedDict, Union, cast
 
 import numpy as np
 
@@ -322,7 +322,8 @@ def compute_map_and_print(
         ranks: N_db x N_q database indices, best first per column.
         gnd: per query, its lists.
         kappas: the k of mP@k; a file here is the original aml's ``log`` (its 4th argument).
-        log_file: where the lines are written too.
+        log_file: where the lines are written too; after a file as the 4th argument, the k
+            of mP@k (the original aml's 5th).
 
     Returns:
         `evaluate_ranks`'s numbers.
@@ -336,9 +337,10 @@ def compute_map_and_print(
         >>> results["map"], out.getvalue().strip()
         (0.25, '>> mine: mAP 25.00')
     """
-    if hasattr(kappas, "write"):  # compute_map_and_print(dataset, ranks, gnd, log) of the original aml
-        kappas, log_file = DEFAULT_KAPPAS, kappas  # type: ignore[assignment]
-    kappas = tuple(kappas)
+    if hasattr(kappas, "write"):  # the original aml's (dataset, ranks, gnd, log, kappas=[1, 5, 10])
+        theirs: Any = log_file if log_file is not None else DEFAULT_KAPPAS
+        kappas, log_file = theirs, kappas  # type: ignore[assignment]
+    kappas = tuple(cast(Sequence[int], kappas))
     protocol = "revisited" if gnd and "easy" in gnd[0] else "classic"
     results = evaluate_ranks(np.asarray(ranks), gnd, protocol, kappas)
     for line in format_results(dataset, results, kappas):

@@ -343,7 +343,7 @@ def network_from_checkpoint(
 def load_trunk_weights(net: ImageRetrievalNet, path: PathLike) -> ImageRetrievalNet:
     """Load a weights file into ``net``'s trunk and name it in ``meta['trunk_weights']``.
 
-    The file may be a trunk's state dict (keys of ``nn.Sequential(*build_trunk(arch))``, as
+    The file may be a trunk's state dict (keys of ``nn.Sequential(*build_trunk(arch, pretrained=False))``, as
     `aml.training.pretraining` writes), the library's whole model (e.g. torchvision's
     ``mobilenet_v2-b0353104.pth``) or any layout of `aml.networks.backbones.LAYOUTS`.
     The student's 1x1 projection, which follows the trunk, keeps its initialisation.

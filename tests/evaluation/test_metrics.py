@@ -142,6 +142,9 @@ def test_compute_map_and_print_of_cirtorch_and_of_the_original_aml(tmp_path):
     log = io.StringIO()
     assert compute_map_and_print("roxford5k", ranks, gnd, log) == expected  # the original aml's: log 4th
     assert log.getvalue().splitlines()[0].startswith(">> roxford5k: mAP E: ")
+    # ... and its kappas 5th: they were dropped for the defaults
+    assert compute_map_and_print("roxford5k", ranks, gnd, log, [1, 2]) == evaluate_ranks(ranks, gnd, "revisited", (1, 2))
+    assert log.getvalue().splitlines()[-1].startswith(">> roxford5k: mP@k[1, 2] E: ")
     classic = compute_map_and_print("oxford5k", ranks, [{"ok": [0], "junk": [3]}, {"ok": [1], "junk": []}], [1])
     assert set(classic) == {"map", "aps"}
 

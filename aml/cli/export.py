@@ -40,6 +40,8 @@ DEFAULT_IMAGE_SIZE = 1024
 INT8_REPORT = "int8.json"  # --test-set's report, beside the exported files
 TIME_REPEATS = 5  # --time-repeats' default
 AGREEMENT_IMAGES = 8  # images (held out of the calibration where any are) comparing int8 with float32
+#: the int8 cosine to float32 below which the export warns (trained students: 0.985 and up, docs/search-export.md)
+INT8_MIN_COSINE = 0.9
 
 
 def export_folder(text: str) -> str:
@@ -312,6 +314,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
                     f"cosine to float32 on {len(images)} {which} images: "
                     f"min {agreement['min']:.4f}, mean {agreement['mean']:.4f}"
                 )
+                if agreement["min"] < INT8_MIN_COSINE:
+                    print(
+                        f">> warning: the int8 student's descriptors are far from float32's (cosine down to "
+                        f"{agreement['min']:.4f}, below {INT8_MIN_COSINE}): its rankings will differ; calibrate on "
+                        "more images like the queries (--calibration), at the store's --image-size, or deploy "
+                        "student.onnx"
+                    )
             else:
                 check = (
                     f"max abs diff to PyTorch {diffs[kind]:.2e}" if kind in diffs else "not checked (no onnxruntime)"

@@ -15,7 +15,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 import numpy as np
 
@@ -30,9 +30,42 @@ __all__ = ["Int8Settings", "QUANTIZED_NODES", "quantize_student"]
 log = logging.getLogger(__name__)
 TRUNK_SCOPE = "/features/"  # the ONNX exporter names the trunk's nodes by their module path (net.features)
 
+
+def shape_arithmetic(graph: Any) -> Set[str]:
+    """The names of the nodes that compute on a tensor's shape: a Shape or Size node, and every
+    node whose inputs (constants aside) all come from such nodes. Padding that depends on the
+    image's size (TensorFlow's "same" padding of EfficientNets) is computed so, partly in float:
+    quantized to uint8, its amounts come out wrong (wrong descriptors, or a failed convolution).
+
+    Args:
+        graph: an ONNX graph (its nodes in topological order, as ONNX requires).
+
+    Returns:
+        The node names.
+    """
+    constant = {initializer.name for initializer in graph.initializer}
+    from_shapes: Set[str] = set()
+    names: Set[str] = set()
+    for node in graph.node:
+        if node.op_type == "Constant":
+            constant.update(node.output)
+            continue
+        inputs = [name for name in node.input if name and name not in constant]
+        if node.op_type in ("Shape", "Size") or (inputs and all(name in from_shapes for name in inputs)):
+            from_shapes.update(node.output)
+            names.add(node.name)
+    return names
+
+
+def _trunk_nodes(graph: Any) -> List[str]:
+    """The trunk's nodes (those of ``net.features``) but its shape arithmetic."""
+    arithmetic = shape_arithmetic(graph)
+    return [node.name for node in graph.node if node.name.startswith(TRUNK_SCOPE) and node.name not in arithmetic]
+
+
 #: which nodes are quantized: name -> (the graph's nodes -> the names to quantize; None: all that onnxruntime can)
 QUANTIZED_NODES: Dict[str, Callable[[Any], Optional[List[str]]]] = {
-    "trunk": lambda graph: [node.name for node in graph.node if node.name.startswith(TRUNK_SCOPE)],
+    "trunk": _trunk_nodes,
     "all": lambda graph: None,
 }
 QUANT_FORMATS = ("qdq", "qoperator")  # onnxruntime's QuantFormat.QDQ and QuantFormat.QOperator
@@ -124,6 +157,22 @@ def _root_logger_kept() -> Iterator[None]:
         root.handlers[:] = handlers
 
 
+def _prepare(quant_pre_process: Callable, fp32: PathLike, prepared: Path) -> None:
+    """onnxruntime's ``quant_pre_process``; without its symbolic shape inference where that
+    fails (a ViT's resized position embeddings: a TypeError deep in onnxruntime)."""
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+    except Exception as err:  # onnxruntime's shape inference raises whatever its code meets
+        log.info(">> int8: symbolic shape inference failed on %s (%s): prepared without it", fp32, err)
+        try:
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        except Exception as again:
+            raise ExportError(
+                f"onnxruntime cannot prepare {fp32} for quantization ({type(again).__name__}: {again}); export "
+                "without --int8, or quantize the float32 file with onnxruntime's tools yourself"
+            ) from again
+
+
 def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> Path:
     """Quantize an exported float32 student to int8 (onnxruntime's static quantization).
 
@@ -156,7 +205,7 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared))
+        _prepare(quant_pre_process, fp32, prepared)
         nodes = QUANTIZED_NODES[settings.quantized](onnx.load(str(prepared)).graph)
         if nodes is not None and not nodes:
             raise ExportError(f"{fp32} has no node named {TRUNK_SCOPE}...: not a graph of aml.export; export it again")

@@ -278,6 +278,18 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
             f"the store {folder} is encoded at scales {list(settings['scales'])}, and an exported "
             "student encodes one: query it with the student's checkpoint (--network)"
         )
+    calibrated = info.calibration_image_size
+    if info.precision == "int8" and calibrated is not None and calibrated != settings["image_size"]:
+        log.warning(
+            ">> %s was calibrated on images of %d px and the store %s holds images of %d px: its int8 ranges may "
+            "not fit these queries; export it with --store %s (or --image-size %d)",
+            path,
+            calibrated,
+            folder,
+            settings["image_size"],
+            folder,
+            settings["image_size"],
+        )
     return info
 
 

@@ -64,11 +64,11 @@ def test_the_command_line_with_onnx(setup, tmp_path):
     assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
 
 
-def _edited(files, tmp_path, **changes):
+def _edited(files, tmp_path, kind="onnx", **changes):
     import dataclasses
 
     copy = tmp_path / "edited.onnx"
-    shutil.copyfile(files["onnx"], copy)
+    shutil.copyfile(files[kind], copy)
     write_onnx_metadata(copy, dataclasses.replace(read_onnx_metadata(copy), **changes))
     return copy
 
@@ -95,6 +95,18 @@ def test_a_file_for_another_store_is_refused(setup, tmp_path, caplog):
     assert f"checked against {same}'s teacher student by its file name only" in caplog.text
     own = _edited(files, tmp_path, teacher=None, teacher_fingerprint=None)  # the store's own network: symmetric
     assert len(query_database_onnx(opened, own, queries[:1], k=2)[0]["results"]) == 2
+
+
+def test_an_int8_file_calibrated_at_another_size_than_the_stores_is_warned_of(setup, tmp_path, caplog):
+    """The calibration size was recorded in the file and read by nothing: an int8 student
+    calibrated at 1024 px (--int8 without --store) queried a store of 64 px without a word."""
+    _, store, files, queries = setup
+    opened = open_database(store)
+    with caplog.at_level("WARNING", logger="aml.search.query"):
+        query_database_onnx(opened, files["int8"], queries[:1], k=1)
+        assert "calibrated" not in caplog.text  # at the store's size
+        query_database_onnx(opened, _edited(files, tmp_path, "int8", calibration_image_size=1024), queries[:1], k=1)
+    assert f"was calibrated on images of 1024 px and the store {store} holds images of 64 px" in caplog.text
 
 
 def test_a_file_without_metadata_or_damaged_is_refused(setup, tmp_path):

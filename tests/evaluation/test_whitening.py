@@ -152,12 +152,13 @@ def test_a_whitening_is_put_on_the_device_once_for_all_blocks_of_distractors(mon
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_rows_are_whitened_on_their_device_as_on_the_host_and_non_finite_ones_refused(device):
-    from aml.evaluation.whitening import WhiteningError, check_whitening, whitened, whitened_rows
+    from aml.evaluation.whitening import WhiteningError, check_whitening, whitened, whitened_rows, whitening_on
 
     rng = np.random.default_rng(2)
     X = rng.normal(size=(6, 50)).astype(np.float32)
     checked = check_whitening(rng.normal(size=6), rng.normal(size=(6, 6)), 6, "lw.pth")
-    rows = whitened_rows(torch.from_numpy(X.T.copy()).to(device), checked, "distractor")
+    placed = whitening_on(checked, device)  # as the +1M test's database gives it (tensors on CUDA)
+    rows = whitened_rows(torch.from_numpy(X.T.copy()).to(device), placed, "distractor")
     assert rows.device.type == device and rows.dtype == torch.float32
     host = whitened(X, checked, "distractor").astype(np.float32)
     if device == "cpu":  # the host's own arithmetic: bit for bit
@@ -166,7 +167,7 @@ def test_rows_are_whitened_on_their_device_as_on_the_host_and_non_finite_ones_re
         np.testing.assert_allclose(rows.cpu().numpy().T, host, rtol=0, atol=1e-6)
     X[3, 7] = np.nan
     with pytest.raises(WhiteningError, match="whitening made 1 of the 50 distractor descriptors NaN or infinite"):
-        whitened_rows(torch.from_numpy(X.T.copy()).to(device), checked, "distractor")
+        whitened_rows(torch.from_numpy(X.T.copy()).to(device), placed, "distractor")
 
 
 def test_an_unreadable_image_of_the_whitening_set_is_left_out_with_its_pairs(tmp_path):

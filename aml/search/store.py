@@ -550,12 +550,12 @@ def _augmented(folder: Path, shape: Tuple[int, int]) -> np.ndarray:
             f"cannot read {path} ({err}), which {SEARCH} names: the store is damaged; index it again "
             f"({REBUILD} --dba K)"
         ) from None
-    if vecs.shape != shape or vecs.dtype.kind != "f" or not np.isfinite(vecs).all():
+    if vecs.shape != shape or vecs.dtype.kind != "f" or not _all_finite(vecs):
         raise StoreError(
             f"{path} holds {vecs.dtype} descriptors of shape {vecs.shape}, not the store's finite "
             f"{shape}: the store is damaged; index it again ({REBUILD} --dba K)"
         )
-    return vecs
+    return np.ascontiguousarray(vecs.T, dtype=np.float32).T  # rows, as faiss takes them without another copy
 
 
 def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSettings]:

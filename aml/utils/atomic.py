@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Tuple, Union
@@ -172,20 +173,38 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _host() -> str:
+    """This machine's name as a staging folder's name carries it (letters, digits and hyphens)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _dead_staging(name: str, folder: str) -> bool:
+    """Whether ``name`` is a staging folder of ``folder`` whose process no longer runs: one of
+    this machine (``.<folder>.<host>.<pid>.<random>.staging``, or the older
+    ``.<folder>.<pid>.<random>.staging``) whose pid is not alive. Another machine's is never
+    dead here: its pid means nothing on this one (a shared data root on NFS)."""
+    base = re.escape(folder)
+    hosted = re.fullmatch(rf"\.{base}\.([A-Za-z0-9-]+)\.(\d+)\.[A-Za-z0-9_]+\.staging", name)
+    if hosted:
+        return hosted.group(1) == _host() and not _alive(int(hosted.group(2)))
+    older = re.fullmatch(rf"\.{base}\.(\d+)\.[A-Za-z0-9_]+\.staging", name)  # not those of "<folder>.<x>"
+    return older is not None and not _alive(int(older.group(1)))
+
+
 def staging_folder(folder: Union[str, Path]) -> Path:
     """A new, empty staging folder beside ``folder`` that belongs to this process alone
-    (``.<name>.<pid>.<random>.staging``): two processes building the same folder never write
-    into or delete each other's. Staging folders of processes that no longer run (killed
-    mid-way) are removed first. It gets the permissions of any new folder (0777 less the
+    (``.<name>.<host>.<pid>.<random>.staging``): two processes building the same folder never
+    write into or delete each other's. Staging folders of this machine's processes that no
+    longer run (killed mid-way) are removed first; another machine's are left (a process
+    there is not seen from here). It gets the permissions of any new folder (0777 less the
     umask), not the 0700 of a temporary one, so that a group sharing a data root can read it."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    ours = re.compile(rf"\.{re.escape(folder.name)}\.(\d+)\.[A-Za-z0-9_]+\.staging")  # not those of "<name>.<x>"
     for old in folder.parent.glob(f".{folder.name}.*.staging"):
-        match = ours.fullmatch(old.name)
-        if match and not _alive(int(match.group(1))):
+        if _dead_staging(old.name, folder.name):
             shutil.rmtree(old, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", suffix=".staging", dir=folder.parent))
+    prefix = f".{folder.name}.{_host()}.{os.getpid()}."
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".staging", dir=folder.parent))
     staging.chmod(0o777 & ~_process_umask())
     return staging
 

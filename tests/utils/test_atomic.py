@@ -238,3 +238,21 @@ def test_a_folder_or_file_in_the_way_is_one_line_and_a_cache_goes_without(tmp_pa
         atomic_write(tmp_path / "db.npy", lambda out: out.write(b"x"))
     assert "the descriptor cache not written, the results are not affected" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.npy", "features"] and (tmp_path / "db.npy").is_dir()
+
+
+def test_a_staging_folder_of_another_machine_is_never_taken_for_a_dead_ones(tmp_path, monkeypatch):
+    """A job on another node of a shared (NFS) data root has a pid this machine does not run:
+    its staging folder was deleted mid-build, the writer recreated it holding only what came
+    after, and a partial data set was published as whole."""
+    import aml.utils.atomic as atomic
+
+    monkeypatch.setattr(atomic.socket, "gethostname", lambda: "node-7.cluster")
+    elsewhere = tmp_path / ".synth-1m.node-12.999999999.abc.staging"  # no such pid here: another machine's
+    elsewhere.mkdir()
+    dead_here = tmp_path / ".synth-1m.node-7-cluster.999999999.def.staging"
+    dead_here.mkdir()
+    older = tmp_path / ".synth-1m.999999999.ghi.staging"  # an older aml's name, without the machine
+    older.mkdir()
+    mine = staging_folder(tmp_path / "synth-1m")
+    assert mine.name.startswith(f".synth-1m.node-7-cluster.{os.getpid()}.") and mine.name.endswith(".staging")
+    assert elsewhere.is_dir() and not dead_here.exists() and not older.exists()

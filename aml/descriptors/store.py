@@ -41,7 +41,7 @@ from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, des
 from aml.descriptors.key import DescriptorKey, KeyRecord, images_digest_as_listed
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.utils.atomic import atomic_write, folder_lock
+from aml.utils.atomic import atomic_write, folder_lock, lock_beside
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
 from aml.utils.errors import ConfigError, DataError, MissingFile, lookup
@@ -463,7 +463,8 @@ class DescriptorStore:
         """Store shard ``k`` (D x n_k descriptors of its images, a column each, as
         `describe_images` gives them; ``skipped``: their indices in the whole list), as n_k x D
         rows; its skipped list goes first, the array last. A shard on disk is never replaced:
-        when another process wrote it first, its file stays."""
+        when another process wrote it first, its files stay (the two are written under a lock
+        beside the shard, so that no shard keeps one process's array and another's list)."""
         rows = self.shard_rows(k)
         array = np.asarray(vecs)
         if array.shape != (self.dim, len(rows)):  # one layout: with n_k == D a guess would store it transposed
@@ -473,9 +474,13 @@ class DescriptorStore:
             )
         array = array.T
         record = {"skipped": [int(i) for i in skipped], IMAGES_KEY: self._images_key(k)}
-        _write_json(self._skip_path(k), record)
         array = np.ascontiguousarray(array, dtype=DTYPES[self.key.dtype])
-        return atomic_write(self.shard_path(k), lambda out: np.save(out, array), replace=False)
+        path = self.shard_path(k)
+        with lock_beside(path):
+            if path.is_file():  # another process wrote it first
+                return path
+            _write_json(self._skip_path(k), record)
+            return atomic_write(path, lambda out: np.save(out, array), replace=False)
 
     def fill(self, encode, skip_bad: bool = False) -> int:
         """Encode and write every missing shard (``encode(images, skipped)`` -> D x n array,

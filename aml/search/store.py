@@ -74,7 +74,7 @@ SHARD_SIZE = 65536  # images per shard (256 MB of 1024-d float32)
 STORE_SETTINGS = tuple(sorted(StoreSettings.__required_keys__))
 #: what a store folder may hold: its own files (and what an atomic write leaves while it runs)
 STORE_FILES: Tuple[str, ...] = (MANIFEST, IMAGE_LIST, "skipped.txt", "shard_*.npy", "shard_*.json", SEARCH, WHITENING)
-STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock")
+STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock", ".shard_*.npy.lock")  # a killed writer's lock stays
 #: the files that make a folder a store (a search store, a descriptor store, one of the one-file layout),
 #: each with the key its JSON holds (None: its name alone): a ``search.json`` of another program's is no store's
 STORE_MARKERS: Dict[str, Optional[str]] = {SEARCH: "source", MANIFEST: "shard_size", LEGACY_FILES[0]: None}

@@ -432,3 +432,16 @@ def test_a_store_read_as_feature_file_says_changed_images_not_missing_ones(tmp_p
     assert changed_since_written(tmp_path / "store", images)
     (folder / IMAGES[2]).unlink()
     assert not changed_since_written(tmp_path / "store", images)
+
+
+def test_a_shard_written_by_another_process_first_keeps_its_own_skipped_list(tmp_path):
+    """Two runs filling one store both encode a shard: the first one's array stayed, and the
+    second one's list of skipped images replaced the first's, so an unreadable image's zero row
+    was searched as a distractor (or a good one left out)."""
+    store = DescriptorStore.create(tmp_path / "s", IMAGES, KEY, 3)
+    first = descriptors(IMAGES[:4])
+    store.write_shard(0, first)  # the other run: every image read
+    late = first.copy()
+    late[:, 1] = 0
+    store.write_shard(0, late, skipped=[1])  # this run: image 1 unreadable, finished second
+    assert store.skipped() == [] and np.array_equal(store.read_shard(0), first.T)

@@ -20,7 +20,7 @@ from aml.descriptors.key import DescriptorKey, images_digest, images_digest_as_l
 from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
-from aml.utils.atomic import InTheWay, atomic_write
+from aml.utils.atomic import InTheWay, atomic_write, file_stamp, lock_beside
 from aml.utils.distributed import barrier, current_world, warn_once
 from aml.utils.errors import DataError, MissingFile
 from aml.utils.text_files import TooLarge, line_list, read_bounded, read_line_list
@@ -78,18 +78,19 @@ def write_feature_file(
         ['db.npy', 'db.npy.json', 'db_img_list.txt']
     """
     path = Path(path)
-    sidecar = invalidate_feature_file(path)
-    _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
-    listing = line_list(images)
-    atomic_write(_listing_path(path), lambda out: out.write(listing))
-    record = dict(
-        settings or {},
-        columns=int(vecs.shape[1]),
-        npy_bytes=path.stat().st_size,
-        images_sha1=_sha1(listing),
-        images_key=images_digest(images),  # their sizes and times: a set made again under the same names differs
-    )
-    atomic_write(sidecar, lambda out: out.write(json.dumps(record, sort_keys=True).encode()))
+    with lock_beside(path):  # two runs writing one feature file take turns: no settings beside the other's array
+        sidecar = invalidate_feature_file(path)
+        _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
+        listing = line_list(images)
+        atomic_write(_listing_path(path), lambda out: out.write(listing))
+        record = dict(
+            settings or {},
+            columns=int(vecs.shape[1]),
+            npy_bytes=path.stat().st_size,
+            images_sha1=_sha1(listing),
+            images_key=images_digest(images),  # their sizes and times: a set made again under the same names differs
+        )
+        atomic_write(sidecar, lambda out: out.write(json.dumps(record, sort_keys=True).encode()))
     return path
 
 
@@ -573,10 +574,17 @@ def reusable_feature_file(path: Path, key: DescriptorKey, images: Sequence[str])
         ...     kept, reusable_feature_file(path, key, [str(image)])
         ((4, 1), None)
     """
-    if not path.is_file() or feature_file_key(path) != key:
+    if not path.is_file():
+        return None
+    before = file_stamp(path)  # the array the settings below describe
+    if feature_file_key(path) != key:
         return None
     recorded = (feature_file_settings(path) or {}).get("images_key")
     if recorded is not None and recorded != images_digest(images):
         log.info(">> %s describes other images (changed since): encoding them again", path)
         return None
-    return load_feature_file(path, len(images))
+    vecs = load_feature_file(path, len(images))
+    if file_stamp(path) != before:  # another run wrote it meanwhile: what was read may be its array
+        log.info(">> %s was written again while it was read: encoding its images again", path)
+        return None
+    return vecs

@@ -41,7 +41,7 @@ from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, des
 from aml.descriptors.key import DescriptorKey, KeyRecord, images_digest_as_listed
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.utils.atomic import atomic_write, folder_lock, lock_beside
+from aml.utils.atomic import atomic_write, file_stamp, folder_lock, lock_beside
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
 from aml.utils.errors import ConfigError, DataError, MissingFile, lookup
@@ -691,7 +691,7 @@ class DescriptorStore:
             DataError: naming the shard, when it is damaged, of another shape, or not the
                 shard this store wrote (replaced, or copied from another store).
         """
-        stamp = _file_stamp(self.shard_path(k))
+        stamp = file_stamp(self.shard_path(k))
         array = self._load_shard(k)
         expected = self.hashes()[k]
         if expected is None or self._verified.get(k) == stamp:  # the file this store checked already
@@ -718,16 +718,6 @@ class DescriptorStore:
         for start, block in self.blocks():
             rows[start : start + len(block)] = block
         return rows.T
-
-
-def _file_stamp(path: Path) -> Tuple[int, int, int]:
-    """What tells a file from one put in its place: its inode, modification time and size
-    (zeros when it is missing: reading it then fails by name)."""
-    try:
-        found = path.stat()
-    except OSError:
-        return (0, 0, 0)
-    return (found.st_ino, found.st_mtime_ns, found.st_size)
 
 
 def open_store(folder: Path, warn: bool = True) -> DescriptorStore:

@@ -388,23 +388,54 @@ def build_ivfpq(
         >>> build_ivfpq(open_database("photos.store"), nlist=64, m=32)  # doctest: +SKIP
         0.94
     """
+    # the lock an indexing of the store holds (beside it, the folder is replaced): never an index
+    # of the old descriptors written into the new store, nor two builds' index and record mixed
+    with folder_lock(database.folder.resolve(), fix="wait for the indexing to end", beside=True, wait=True):
+        return write_ivfpq(database, IvfPq(nlist, m), nprobe, k, sample, seed)
+
+
+def write_ivfpq(
+    database: SearchDatabase, ivfpq: IvfPq, nprobe: int = 16, k: int = 10, sample: int = 200, seed: int = 0
+) -> float:
+    """`build_ivfpq` for a caller that holds the store's lock already (an indexing, into the
+    store it is building).
+
+    Args:
+        database: the store's database.
+        ivfpq: the lists and sub-quantisers.
+        nprobe: the lists searched per query.
+        k: the k of recall@k.
+        sample: the database descriptors held out as queries.
+        seed: the seed of their draw.
+
+    Returns:
+        The recall@k of the index against exact search.
+
+    Raises:
+        StoreError: as `build_ivfpq`.
+
+    Examples:
+        >>> from aml.search.database import IvfPq, write_ivfpq
+        >>> write_ivfpq(open_database("photos.store"), IvfPq(64, 32))  # doctest: +SKIP
+        0.94
+    """
     dim, n = database.vecs.shape
-    problem = IvfPq(nlist, m).problem(n, dim)
+    problem = ivfpq.problem(n, dim)
     if problem:
         raise StoreError(problem)
+    nlist, m = ivfpq.nlist, ivfpq.m
     index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
-    with folder_lock(database.folder, wait=True):  # another build's index and record are never mixed with this one's
-        manifest = database.folder / MANIFEST
-        replaced = database.identity is not None and folder_identity(database.folder) != database.identity
-        if replaced or (
-            database.manifest is not None and (not manifest.is_file() or file_sha256(manifest) != database.manifest)
-        ):
-            raise StoreError(
-                f"the store {database.folder} was indexed again since it was opened: its index would be of the "
-                "old descriptors; open the store again and build the index on it"
-            )
-        write_index(index, database.folder / INDEX)
-        _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall})
+    manifest = database.folder / MANIFEST
+    replaced = database.identity is not None and folder_identity(database.folder) != database.identity
+    if replaced or (
+        database.manifest is not None and (not manifest.is_file() or file_sha256(manifest) != database.manifest)
+    ):
+        raise StoreError(
+            f"the store {database.folder} was indexed again since it was opened: its index would be of the "
+            "old descriptors; open the store again and build the index on it"
+        )
+    write_index(index, database.folder / INDEX)
+    _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall})
     database.index = index
     return recall
 

@@ -57,7 +57,7 @@ from aml.search.database import (
     StoreError,
     StoreSettings,
     Whitening,
-    build_ivfpq,
+    write_ivfpq,
 )
 from aml.utils.atomic import atomic_write, folder_identity, folder_lock, publish_folder
 from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
@@ -214,7 +214,7 @@ def build_store(
         store = encode_into_store(teacher.net, images, staging, key, config.but(desc="indexing"))
         _write_search_files(store, teacher.spec.given, whitening, reranking, str(config.device_for()))
         if ivfpq is not None:
-            build_ivfpq(open_database(staging), ivfpq.nlist, ivfpq.m)
+            write_ivfpq(open_database(staging), ivfpq)  # under this indexing's lock
         _publish(staging, target)
     log.info(">> store of %d images by %s written to %s", store.count, teacher.name, folder)
     return folder

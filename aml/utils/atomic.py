@@ -333,6 +333,16 @@ def folder_lock(
         handle.close()
 
 
+def file_stamp(path: Path) -> Tuple[int, int, int]:
+    """What tells a file from one put in its place (`atomic_write` renames a new file onto
+    it): its inode, modification time and size; zeros when it is missing."""
+    try:
+        found = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (found.st_ino, found.st_mtime_ns, found.st_size)
+
+
 def folder_identity(folder: Path) -> Tuple[int, int]:
     """The folder's device and inode, which `publish_folder` changes (it renames a new folder
     into its place); zeros when there is none."""

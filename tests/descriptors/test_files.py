@@ -189,3 +189,51 @@ def test_a_feature_file_of_columns_that_are_not_unit_is_warned_of(tmp_path, capl
     np.save(path, vecs)
     np.testing.assert_array_equal(load_feature_file(path, expected_columns=5), vecs)  # used as given
     assert "feats.npy: 2 of 5 columns are not L2-normalised (norms 0.5 to 3; first: column 1)" in caplog.text
+
+
+def test_two_runs_writing_one_feature_file_never_pair_one_array_with_the_others_settings(tmp_path, monkeypatch):
+    """main.py's teacher features and an extract_features.py run of the same name wrote the
+    three files unlocked: one run's settings could land beside the other's array, which a run
+    asking for the first key then took as its teacher."""
+    import threading
+
+    path = tmp_path / "set_net_imsize64.npy"
+    real_save = features._atomic_save
+    saved, release = threading.Event(), threading.Event()
+
+    def pausing_save(target, array):
+        real_save(target, array)
+        if threading.current_thread().name == "A":  # A pauses between its array and its settings
+            saved.set()
+            release.wait(5)
+
+    monkeypatch.setattr(features, "_atomic_save", pausing_save)
+    a = threading.Thread(name="A", target=write_feature_file,
+                         args=(np.zeros((4, 3), np.float32), ["a", "b", "c"], path, {"fingerprint": "A"}))
+    b = threading.Thread(name="B", target=write_feature_file,
+                         args=(np.ones((4, 3), np.float32), ["a", "b", "c"], path, {"fingerprint": "B"}))
+    a.start()
+    saved.wait(5)
+    b.start()
+    b.join(0.3)  # B waits for A's lock (without it, B wrote all three files meanwhile)
+    release.set()
+    a.join(5)
+    b.join(5)
+    settings, array = feature_file_settings(path), np.load(path)
+    assert settings is not None and settings["fingerprint"] == {0.0: "A", 1.0: "B"}[float(array[0, 0])]
+
+
+def test_a_feature_file_written_again_while_it_is_read_is_not_reused(tmp_path, monkeypatch):
+    """The settings were checked, then the array loaded: another run's array put there in
+    between was taken under the first one's key."""
+    key = DescriptorKey("f" * 16, 64)
+    path = write_feature_file(np.eye(4, 3, dtype=np.float32), ["a", "b", "c"], tmp_path / "db.npy", key.record())
+    real_load = features.load_feature_file
+
+    def load_while_another_run_writes(target, columns, *args):
+        vecs = real_load(target, columns, *args)
+        write_feature_file(np.eye(4, 3, 1, dtype=np.float32), ["a", "b", "c"], target, {"scales": [1, 2]})
+        return vecs
+
+    monkeypatch.setattr(features, "load_feature_file", load_while_another_run_writes)
+    assert features.reusable_feature_file(path, key, ["a", "b", "c"]) is None

@@ -268,7 +268,9 @@ def test_an_ivfpq_index_of_a_store_indexed_again_with_the_same_images_is_refused
 
 
 def test_an_ivfpq_index_and_its_record_are_written_under_the_stores_lock(tmp_path, monkeypatch):
-    """Two builds at once would otherwise record one's sha256 with the other's settings."""
+    """Two builds at once would otherwise record one's sha256 with the other's settings; and
+    the lock is the one an indexing of the store holds (beside it): a build took another, and
+    an indexing published meanwhile got the old descriptors' index in its new store."""
     from aml.search import database as search_database
     from aml.utils.atomic import FolderInUse, folder_lock
 
@@ -280,7 +282,7 @@ def test_an_ivfpq_index_and_its_record_are_written_under_the_stores_lock(tmp_pat
 
     def probe(real):
         def call(*args):
-            with pytest.raises(FolderInUse), folder_lock(tmp_path):
+            with pytest.raises(FolderInUse), folder_lock(tmp_path, beside=True):  # as build_store takes it
                 pass
             held.append(real.__name__)
             return real(*args)

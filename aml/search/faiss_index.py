@@ -139,14 +139,16 @@ def train_ivfpq(
     data = _rows(vecs)
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     index.train(data)
-    held_out = np.zeros(n, dtype=bool)
-    held_out[np.random.default_rng(seed).choice(n, size=min(sample, n // 2), replace=False)] = True
-    kept = np.flatnonzero(~held_out)
-    index.add_with_ids(data[kept], kept.astype(np.int64))
+    held = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n // 2), replace=False))
+    for start, stop in zip(np.r_[0, held + 1], np.r_[held, n], strict=True):  # the rows between, as views
+        if stop > start:
+            index.add_with_ids(data[start:stop], np.arange(start, stop, dtype=np.int64))
     index.nprobe = min(nprobe, nlist)
-    probe = data[held_out]
-    k = min(k, kept.size)
-    exact = kept[np.argsort(-(probe @ data[kept].T), axis=1, kind="stable")[:, :k]]
+    probe = data[held]
+    k = min(k, n - held.size)
+    scores = probe @ data.T
+    scores[:, held] = -np.inf  # the held-out rows are not in the index
+    exact = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     _, approximate = index.search(probe, k)
     recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approximate, exact, strict=True)]))
     index.reset()  # trained as it is; every column added in order, so that equal scores keep it

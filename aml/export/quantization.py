@@ -58,9 +58,8 @@ def shape_arithmetic(graph: Any) -> Set[str]:
 
 
 def _trunk_nodes(graph: Any) -> List[str]:
-    """The trunk's nodes (those of ``net.features``) but its shape arithmetic."""
-    arithmetic = shape_arithmetic(graph)
-    return [node.name for node in graph.node if node.name.startswith(TRUNK_SCOPE) and node.name not in arithmetic]
+    """The trunk's nodes (those of ``net.features``)."""
+    return [node.name for node in graph.node if node.name.startswith(TRUNK_SCOPE)]
 
 
 #: which nodes are quantized: name -> (the graph's nodes -> the names to quantize; None: all that onnxruntime can)
@@ -206,7 +205,8 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         _prepare(quant_pre_process, fp32, prepared)
-        nodes = QUANTIZED_NODES[settings.quantized](onnx.load(str(prepared)).graph)
+        graph = onnx.load(str(prepared)).graph
+        nodes = QUANTIZED_NODES[settings.quantized](graph)
         if nodes is not None and not nodes:
             raise ExportError(f"{fp32} has no node named {TRUNK_SCOPE}...: not a graph of aml.export; export it again")
         log.info(
@@ -226,6 +226,7 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=nodes,
+                nodes_to_exclude=sorted(shape_arithmetic(graph)),  # whichever nodes are quantized
                 calibrate_method=CalibrationMethod.MinMax,
             )
     return Path(out)

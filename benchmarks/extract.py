@@ -100,7 +100,7 @@ def main(argv=None) -> None:
                     print(f"| {arch} | {size} | {scale_name} | {original:.2f} | {ours:.2f} | {ours / original:.2f}x | "
                           f"{device_decoded:.2f} |{cells}", flush=True)
     settings = {k: v for k, v in vars(args).items() if k != "json"}
-    write_record(args.json, "extract", settings, rows)
+    write_record(args.json, "extract", settings, rows, device="cpu")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             rows[name] = {kind: summary([costs(replace(DECODINGS[name], threads=threads), paths, args.image_size,
                                                args.workers) for _ in range(args.repeats)])
                           for threads, kind in KINDS.items()}
-            write_record(args.json, "image_loader", settings, rows)
+            write_record(args.json, "image_loader", settings, rows, device="cpu")
     for name, by_kind in rows.items():
         for kind, cost in by_kind.items():
             print(f"{name}, workers as {kind}: main thread {cost['thread_us']['median']:.0f} us per image, "

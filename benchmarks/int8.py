@@ -75,7 +75,7 @@ def main(argv=None) -> Dict:
     settings = {"student": Path(args.student).name, "teacher": Path(args.teacher).name, "test_set": args.test_set,
                 "calibration": args.calibration, "calibration_images": len(calibration),
                 "image_size": args.image_size, "repeats": args.repeats, "threads": 1}
-    path = write_record(args.json, "int8", settings, results)
+    path = write_record(args.json, "int8", settings, results, device="cpu")
     print(json.dumps(results, indent=1))
     if path:
         print(f"wrote {path}")

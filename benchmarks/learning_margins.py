@@ -63,7 +63,7 @@ def main() -> None:
                 print(line, flush=True)
             runs.append({"kernels": config[0], "seed": int(config[1]), "status": lines[-1].split(": ", 1)[1],
                          "measurements": [line.split("LEARNING ", 1)[1] for line in lines[:-1]]})
-    write_record(args.json, "learning_margins", {k: v for k, v in vars(args).items() if k != "json"}, runs)
+    write_record(args.json, "learning_margins", {k: v for k, v in vars(args).items() if k != "json"}, runs, device="cpu")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def main() -> None:
               f"{row['torch_stable_s'] * 1e3:.1f} ms, the original's column quicksort {row['original_s'] * 1e3:.1f} ms")
     write_record(args.json, "metrics", {k: v for k, v in vars(args).items() if k != "json"},
                  {"ranking_s": ranked - start, "evaluation_s": done - ranked, "map_medium": results["medium"]["map"],
-                  "sorting": sorting})
+                  "sorting": sorting}, device="cpu")
 
 
 def sort_times(rng: np.random.Generator, queries: int, size: int) -> dict:

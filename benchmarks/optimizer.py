@@ -61,7 +61,7 @@ def main() -> None:
             print(f"{arch:14s} {name:9s} {loop * 1e3:8.1f} {fused * 1e3:9.1f} {diff:11.2e}")
             rows.append({"network": arch, "optimizer": name, "loop_ms": loop * 1e3, "fused_ms": fused * 1e3,
                          "max_abs_difference": diff})
-    write_record(args.json, "optimizer", {k: v for k, v in vars(args).items() if k != "json"}, rows)
+    write_record(args.json, "optimizer", {k: v for k, v in vars(args).items() if k != "json"}, rows, device="cpu")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def main(argv=None) -> Dict:
     print("|---|" + "---|" * len(rows))
     for name in names:
         print(f"| {name} | " + " | ".join(f"{rows[size][name]:.7g}" for size in rows) + " |")
-    write_record(args.json, "real_weights", {"image_sizes": args.image_sizes}, record)
+    write_record(args.json, "real_weights", {"image_sizes": args.image_sizes}, record, device="cpu")
     return record
 
 

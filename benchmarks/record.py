@@ -19,13 +19,15 @@ def add_json_argument(parser: argparse.ArgumentParser, name: str) -> None:
                         help=f"where the numbers go (default: benchmarks/results/{name}.json; '' for none)")
 
 
-def write_record(path: Optional[str], name: str, settings: Dict[str, Any], results: Any) -> Optional[Path]:
+def write_record(path: Optional[str], name: str, settings: Dict[str, Any], results: Any,
+                 device: Optional[str] = None) -> Optional[Path]:
     """Write ``{"benchmark", "provenance", "settings", "results"}`` to ``path`` atomically (nothing
-    when ``path`` is empty); returns the file written. A ``device`` among the settings decides
-    whether a GPU is recorded (`provenance`)."""
+    when ``path`` is empty); returns the file written. ``device`` (else the settings' own) is
+    what the numbers were measured on: a GPU is recorded only for a CUDA one (`provenance`)."""
     if not path:
         return None
-    record = {"benchmark": name, "provenance": provenance(device=settings.get("device")), "settings": settings,
+    measured_on = device or settings.get("device")
+    record = {"benchmark": name, "provenance": provenance(device=measured_on), "settings": settings,
               "results": results}
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,7 @@ def main(argv=None) -> None:
         f"held {found['held']:.2f}x (faiss's copy at the first search not counted)"
     )
     settings = {"images": args.images, "dim": args.dim, "whitened": not args.no_whitening}
-    write_record(args.json, "store_memory", settings, found)
+    write_record(args.json, "store_memory", settings, found, device="cpu")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def main() -> None:
     print(f"{args.arch} {args.mode}/{args.loss} at {args.image_size} px, 64 tuples of 7 images, batch 8"
           f"{', batch forward' if args.batch_forward else ''}: {result['mean']:.2f} s per epoch "
           f"(min {result['min']:.2f}, {len(seconds)} epochs; torch {torch.__version__})")
-    write_record(args.json, "train_epoch", {k: v for k, v in vars(args).items() if k != "json"}, result)
+    write_record(args.json, "train_epoch", {k: v for k, v in vars(args).items() if k != "json"}, result, device="cpu")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         for workers, row in by_workers.items():
             print(f"{size} px, {workers} workers: "
                   + ", ".join(f"{name} {rate:.0f} images/s" for name, rate in row.items()))
-    write_record(args.json, "tuple_loader", {k: v for k, v in vars(args).items() if k != "json"}, rows)
+    write_record(args.json, "tuple_loader", {k: v for k, v in vars(args).items() if k != "json"}, rows, device="cpu")
     return rows
 
 

@@ -119,9 +119,15 @@ def whitened(X: np.ndarray, whitening: Tuple[np.ndarray, np.ndarray], what: str)
         WhiteningError: naming ``what`` (e.g. ``"roxford5k queries"``) and how many columns went wrong.
     """
     Y = whitenapply(X, *whitening)
-    if not np.isfinite(Y).all():
-        _refuse_non_finite(int((~np.isfinite(Y)).any(axis=0).sum()), Y.shape[1], what)
+    bad = _non_finite_columns(Y)
+    if bad:
+        _refuse_non_finite(bad, Y.shape[1], what)
     return Y
+
+
+def _non_finite_columns(Y: np.ndarray) -> int:
+    """How many columns of ``Y`` hold a NaN or an infinite value."""
+    return int((~np.isfinite(Y)).any(axis=0).sum())
 
 
 #: the columns `whitened_float32` whitens at a time (float64 temporaries of a few MB per 1,000 dimensions)
@@ -149,15 +155,15 @@ def whitened_float32(X: np.ndarray, whitening: Tuple[np.ndarray, np.ndarray], wh
         >>> import numpy as np
         >>> from aml.evaluation.whitening import whitened_float32
         >>> Y = whitened_float32(np.array([[3.0, 1.0], [4.0, 1.0]]), (np.zeros((2, 1)), np.eye(2)), "example")
-        >>> Y.dtype, Y.shape, Y[:, 0].tolist()
-        (dtype('float32'), (2, 2), [0.6000000238418579, 0.800000011920929])
+        >>> Y.dtype, Y.shape, [round(float(value), 4) for value in Y[:, 0]]
+        (dtype('float32'), (2, 2), [0.6, 0.8])
     """
     m, P = whitening
     rows = np.empty((X.shape[1], P.shape[0]), dtype=np.float32)
     bad = 0
     for start in range(0, X.shape[1], WHITENING_BLOCK):
         Y = whitenapply(X[:, start : start + WHITENING_BLOCK], m, P)
-        bad += int((~np.isfinite(Y)).any(axis=0).sum())
+        bad += _non_finite_columns(Y)
         rows[start : start + Y.shape[1]] = Y.T
     if bad:
         _refuse_non_finite(bad, X.shape[1], what)
@@ -172,7 +178,7 @@ def _refuse_non_finite(bad: int, count: int, what: str) -> NoReturn:
     )
 
 
-def whitened_rows(rows: torch.Tensor, whitening: Tuple[np.ndarray, np.ndarray], what: str) -> torch.Tensor:
+def whitened_rows(rows: torch.Tensor, whitening: Tuple[Any, Any], what: str) -> torch.Tensor:
     """`whitened` for n x D float32 rows, computed where they lie.
 
     On a CUDA device the rows stay there and are whitened in float64 (`whitenapply_rows`):
@@ -182,7 +188,8 @@ def whitened_rows(rows: torch.Tensor, whitening: Tuple[np.ndarray, np.ndarray], 
 
     Args:
         rows: n x D descriptors, float32.
-        whitening: (m, P), as `check_whitening` returns them.
+        whitening: (m, P), as `check_whitening` returns them, or as `whitening_on` puts them
+            on the rows' device (float64 tensors on CUDA).
         what: what the descriptors are, for the error (e.g. ``"distractor"``).
 
     Returns:

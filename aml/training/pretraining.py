@@ -130,7 +130,7 @@ def pretrain_trunk(
     arch: str, config: PretrainConfig = PretrainConfig(), device: str = "cpu", progress: bool = False
 ) -> Tuple[Dict[str, torch.Tensor], Dict]:
     """Train ``arch``'s trunk to classify the synthetic objects; returns the trunk's state
-    dict (keys as ``nn.Sequential(*build_trunk(arch))``) and a record (accuracy, seconds)."""
+    dict (keys as ``nn.Sequential(*build_trunk(arch, pretrained=False))``) and a record (accuracy, seconds)."""
     start = time.time()
     images, labels = generate_objects(config.objects, progress=progress)
     train_idx, held_idx = _split(labels, config.held_out, config.seed)

@@ -12,7 +12,7 @@ the AP within the top k, lower than the full ranking's (test.py always ranks eve
 """
 
 import logging
-from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypedDict, Union, cast
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypedDict, Union
 
 import numpy as np
 
@@ -304,11 +304,32 @@ def format_results(dataset: str, results: Metrics, kappas: Sequence[int] = DEFAU
     ]
 
 
+def _kappas_and_log(
+    given: Sequence[Any], kappas: Optional[Sequence[int]], log_file: Optional[IO[str]]
+) -> Tuple[Tuple[int, ...], Optional[IO[str]]]:
+    """The k of mP@k and the log of `compute_map_and_print`'s arguments after ``gnd``: by
+    position cirtorch's ``kappas`` or the original aml's ``log, kappas`` (a file is the log),
+    else by keyword (``kappas=``, ``log_file=``)."""
+    if len(given) > 2:
+        raise TypeError(f"compute_map_and_print takes at most 2 arguments after gnd ({len(given)} given)")
+    for value in given:
+        if hasattr(value, "write"):
+            if log_file is not None:
+                raise TypeError("compute_map_and_print got two logs")
+            log_file = value
+        elif kappas is None:
+            kappas = value
+        else:
+            raise TypeError("compute_map_and_print got kappas twice")
+    return tuple(kappas if kappas is not None else DEFAULT_KAPPAS), log_file
+
+
 def compute_map_and_print(
     dataset: str,
     ranks: np.ndarray,
     gnd: Sequence[GroundTruth],
-    kappas: Union[Sequence[int], IO[str]] = DEFAULT_KAPPAS,
+    *files_or_kappas: Union[Sequence[int], IO[str]],
+    kappas: Optional[Sequence[int]] = None,
     log_file: Optional[IO[str]] = None,
 ) -> Metrics:
     """cirtorch's and the original aml's ``compute_map_and_print``, for code written against them.
@@ -321,9 +342,10 @@ def compute_map_and_print(
         dataset: the test set's name, for the lines.
         ranks: N_db x N_q database indices, best first per column.
         gnd: per query, its lists.
-        kappas: the k of mP@k; a file here is the original aml's ``log`` (its 4th argument).
-        log_file: where the lines are written too; after a file as the 4th argument, the k
-            of mP@k (the original aml's 5th).
+        files_or_kappas: cirtorch's ``kappas``, or the original aml's ``log, kappas``, by
+            position (a file is the log).
+        kappas: the k of mP@k (default 1, 5 and 10).
+        log_file: where the lines are written too (the original aml's ``log``).
 
     Returns:
         `evaluate_ranks`'s numbers.
@@ -337,10 +359,7 @@ def compute_map_and_print(
         >>> results["map"], out.getvalue().strip()
         (0.25, '>> mine: mAP 25.00')
     """
-    if hasattr(kappas, "write"):  # the original aml's (dataset, ranks, gnd, log, kappas=[1, 5, 10])
-        theirs: Any = log_file if log_file is not None else DEFAULT_KAPPAS
-        kappas, log_file = theirs, kappas  # type: ignore[assignment]
-    kappas = tuple(cast(Sequence[int], kappas))
+    kappas, log_file = _kappas_and_log(files_or_kappas, kappas, log_file)
     protocol = "revisited" if gnd and "easy" in gnd[0] else "classic"
     results = evaluate_ranks(np.asarray(ranks), gnd, protocol, kappas)
     for line in format_results(dataset, results, kappas):

@@ -145,6 +145,11 @@ def test_compute_map_and_print_of_cirtorch_and_of_the_original_aml(tmp_path):
     # ... and its kappas 5th: they were dropped for the defaults
     assert compute_map_and_print("roxford5k", ranks, gnd, log, [1, 2]) == evaluate_ranks(ranks, gnd, "revisited", (1, 2))
     assert log.getvalue().splitlines()[-1].startswith(">> roxford5k: mP@k[1, 2] E: ")
+    two = evaluate_ranks(ranks, gnd, "revisited", (1, 2))
+    assert compute_map_and_print("roxford5k", ranks, gnd, log, kappas=[1, 2]) == two  # was a TypeError
+    assert compute_map_and_print("roxford5k", ranks, gnd, kappas=[1, 2], log_file=log) == two
+    with pytest.raises(TypeError, match="got kappas twice"):
+        compute_map_and_print("roxford5k", ranks, gnd, [1], kappas=[1, 2])
     classic = compute_map_and_print("oxford5k", ranks, [{"ok": [0], "junk": [3]}, {"ok": [1], "junk": []}], [1])
     assert set(classic) == {"map", "aps"}
 

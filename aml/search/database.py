@@ -209,7 +209,8 @@ class SearchDatabase:
     #: index, else an ExactIndex over ``vecs``
     index: Any = field(default=None, init=False, repr=False, compare=False)
     #: the student `aml.search.query_database` last checked against the store, with its teacher
-    #: and weights' versions: a loop of queries checks it once, not at each call
+    #: and weights' versions (or the ONNX file `query_database_onnx` last checked, with its
+    #: metadata): a loop of queries checks it once, not at each call
     checked: Any = field(default=None, init=False, repr=False, compare=False)
 
     def search(

@@ -2,6 +2,7 @@
 made for the store's teacher, and the searches of its query images."""
 
 import logging
+import os
 import weakref
 from typing import List, Optional, Sequence, TypedDict
 
@@ -201,6 +202,17 @@ def _check_teacher_once(database: SearchDatabase, student: ImageRetrievalNet, te
         database.checked = seen
 
 
+def _check_onnx_student_once(database: SearchDatabase, path: PathLike) -> OnnxStudentInfo:
+    """`check_onnx_student`, unless this file, with this metadata (what the checks read),
+    passed it last: its warnings are then not said again at each call."""
+    seen = ("onnx", os.path.abspath(path), read_onnx_metadata(path))
+    if database.checked == seen and seen[2] is not None:
+        return seen[2]
+    info = check_onnx_student(database, path)
+    database.checked = seen
+    return info
+
+
 def _warn_turned(images: Sequence[str]) -> None:
     """Name the query images whose EXIF orientation a viewer applies and aml does not (phone
     photos are often stored turned): they are searched, and boxed, as stored."""
@@ -343,7 +355,7 @@ def query_database_onnx(
         >>> hits[0]["results"][0]["image"]  # doctest: +SKIP
         '/photos/0042.jpg'
     """
-    info = check_onnx_student(database, path)
+    info = _check_onnx_student_once(database, path)
     check_results_wanted(k)
     session = onnx_session(path)
     width = session.get_outputs()[0].shape[-1]

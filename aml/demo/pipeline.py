@@ -43,7 +43,7 @@ from aml.networks.loading import load_named_or_file
 from aml.reports.provenance import provenance
 from aml.training import TrainConfig, run
 from aml.training.config import run_name
-from aml.utils.atomic import atomic_write
+from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.devices import resolve_device
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
 from aml.utils.errors import ConfigError
@@ -128,8 +128,17 @@ def _train(
         config = config.but(comment=f"{config.comment}_{_training_images_digest(data_root)}")
         config = config.but(resume="latest")  # its last epoch; an interrupted one's latest
     else:  # the demo's own run of these settings is trained again (main.py refuses to replace a run)
-        shutil.rmtree(Path(directory) / run_name(config), ignore_errors=True)
+        _remove_run(Path(directory) / run_name(config))
     return run(config).run_dir / f"model_epoch{epochs}.pth.tar"
+
+
+def _remove_run(folder: Path) -> None:
+    """Delete a run folder of the demo's, unless a run is training in it (another demo on the
+    same data root): that one is refused in one line, not deleted under it."""
+    if not folder.is_dir():
+        return
+    with folder_lock(folder, fix="wait for the other demo to end, or give the demo another --data-root"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def data_sizes(root: Path) -> Dict[str, str]:

@@ -185,3 +185,20 @@ def test_the_initial_student_leaves_the_callers_generator_alone(tmp_path):
         weights.append(load_checkpoint(path)["state_dict"])
     assert not torch.equal(*draws)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_run_folder_another_demo_trains_in_is_not_deleted_under_it(tmp_path):
+    """The demo deleted its run folder before training it again, whatever held it: a second demo
+    on the same data root deleted the first one's files mid-run and both trained in one folder."""
+    from aml.demo.pipeline import _remove_run
+    from aml.utils.atomic import FolderInUse, folder_lock
+
+    folder = tmp_path / "runs" / "a_run"
+    folder.mkdir(parents=True)
+    (folder / "model_epoch1.pth.tar").write_bytes(b"weights")
+    with folder_lock(folder):  # the other demo, training
+        with pytest.raises(FolderInUse, match="wait for the other demo to end"):
+            _remove_run(folder)
+    assert (folder / "model_epoch1.pth.tar").read_bytes() == b"weights"
+    _remove_run(folder)  # no run in it: the demo's own, trained again
+    assert not folder.exists()

@@ -90,6 +90,16 @@ def _link_unless_present(temporary: Path, path: Path) -> None:
     temporary.unlink(missing_ok=True)
 
 
+def _make_folder_of(path: Path) -> None:
+    """Create the folder ``path`` goes in (and those above it), or raise `InTheWay` naming the
+    file that stands where one of them goes."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), path.parent)
+        raise InTheWay(f"{blocking} is a file where aml makes a folder (for {path}): move it away") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, replace: bool = True) -> Iterator[Path]:
     """`atomic_write` for writers that take a file name, not a handle (TorchScript, ONNX,
@@ -104,11 +114,7 @@ def atomic_path(path: PathLike, replace: bool = True) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise InTheWay(f"{path} is a folder where aml writes a file: move it away, or give another name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), path.parent)
-        raise InTheWay(f"{blocking} is a file where aml makes a folder (for {path}): move it away") from None
+    _make_folder_of(path)
     try:
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
@@ -227,6 +233,7 @@ def lock_beside(path: PathLike) -> Iterator[None]:
     """
     path = Path(path)
     lock = path.with_name(f".{path.name}.lock")
+    _make_folder_of(path)
     while True:
         handle = open(lock, "a")  # noqa: SIM115 (held, and the lock with it, until the block ends)
         try:

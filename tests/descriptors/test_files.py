@@ -237,3 +237,10 @@ def test_a_feature_file_written_again_while_it_is_read_is_not_reused(tmp_path, m
 
     monkeypatch.setattr(features, "load_feature_file", load_while_another_run_writes)
     assert features.reusable_feature_file(path, key, ["a", "b", "c"]) is None
+
+
+def test_a_feature_file_goes_into_a_folder_made_for_it(tmp_path):
+    """Its lock went beside it before the folder was made: FileNotFoundError for a new data root."""
+    path = write_feature_file(np.eye(4, 3, dtype=np.float32), ["a", "b", "c"], tmp_path / "features" / "db.npy")
+    assert feature_file_settings(path)["columns"] == 3 and sorted(p.name for p in path.parent.iterdir()) == [
+        "db.npy", "db.npy.json", "db_img_list.txt"]

@@ -12,7 +12,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional, Tuple, Union
+from typing import IO, BinaryIO, Callable, Iterator, Optional, Tuple, Union
 
 from aml.utils.errors import AmlError
 from aml.utils.types import PathLike
@@ -215,6 +215,16 @@ def staging_folder(folder: Union[str, Path]) -> Path:
     return staging
 
 
+def _lock_file(path: Path) -> IO[str]:
+    """The lock file ``path``, opened to be locked (and held, with the lock, until closed): for
+    writing, or read-only where another user made it (a group's shared data root; flock needs
+    no write access, and waiting for that user's run is what the lock is for)."""
+    try:
+        return open(path, "a+")
+    except PermissionError:
+        return open(path)
+
+
 @contextlib.contextmanager
 def lock_beside(path: PathLike) -> Iterator[None]:
     """Hold an exclusive lock on ``.<name>.lock`` beside ``path`` for the ``with`` block,
@@ -235,7 +245,7 @@ def lock_beside(path: PathLike) -> Iterator[None]:
     lock = path.with_name(f".{path.name}.lock")
     _make_folder_of(path)
     while True:
-        handle = open(lock, "a")  # noqa: SIM115 (held, and the lock with it, until the block ends)
+        handle = _lock_file(lock)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -323,7 +333,7 @@ def folder_lock(
     """
     folder = Path(folder)
     path = folder.parent / f".{folder.name}.lock" if beside else folder / ".lock"
-    handle = open(path, "a+")  # noqa: SIM115 (held, and the lock with it, until the block ends)
+    handle = _lock_file(path)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -331,10 +341,11 @@ def folder_lock(
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise FolderInUse(f"another run is using {folder} (pid {holder}); wait for it to end, or {fix}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        if handle.writable():  # another user's lock file (a shared data root) keeps its last pid
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
         yield path
     finally:
         handle.close()

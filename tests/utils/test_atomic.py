@@ -256,3 +256,33 @@ def test_a_staging_folder_of_another_machine_is_never_taken_for_a_dead_ones(tmp_
     mine = staging_folder(tmp_path / "synth-1m")
     assert mine.name.startswith(f".synth-1m.node-7-cluster.{os.getpid()}.") and mine.name.endswith(".staging")
     assert elsewhere.is_dir() and not dead_here.exists() and not older.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_users_lock_file_is_waited_on_not_a_permission_error():
+    """On a data root a group shares, a lock file made by one user (0644 by a 022 umask) could
+    not be opened for writing by the next: PermissionError instead of taking turns."""
+    import shutil
+    import tempfile
+
+    from aml.utils.atomic import folder_lock, lock_beside
+
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))  # a world-writable folder another user reaches
+    try:
+        shared.chmod(0o777)
+        for name in (".shard_00000.npy.lock", ".store.lock"):  # left by user A's killed runs
+            (shared / name).write_text("1")
+            (shared / name).chmod(0o644)
+        child = os.fork()
+        if child == 0:  # user B
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                with lock_beside(shared / "shard_00000.npy"), folder_lock(shared / "store", beside=True):
+                    code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(child, 0)[1] == 0
+    finally:
+        shutil.rmtree(shared)

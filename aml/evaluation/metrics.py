@@ -20,7 +20,7 @@ from aml.data.formats import GroundTruth
 from aml.data.testsets import GND_KEYS
 from aml.utils.errors import ConfigError, DataError
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)  # not "log": compute_map_and_print has a parameter of that name
 DEFAULT_KAPPAS = (1, 5, 10)
 #: the evaluation protocols: revisited (easy/hard/junk) and classic (ok/junk)
 PROTOCOLS = tuple(GND_KEYS)
@@ -309,7 +309,7 @@ def _kappas_and_log(
 ) -> Tuple[Tuple[int, ...], Optional[IO[str]]]:
     """The k of mP@k and the log of `compute_map_and_print`'s arguments after ``gnd``: by
     position cirtorch's ``kappas`` or the original aml's ``log, kappas`` (a file is the log),
-    else by keyword (``kappas=``, ``log_file=``)."""
+    else by keyword (``kappas=``, and ``log_file=`` or the original aml's ``log=``)."""
     if len(given) > 2:
         raise TypeError(f"compute_map_and_print takes at most 2 arguments after gnd ({len(given)} given)")
     for value in given:
@@ -331,6 +331,7 @@ def compute_map_and_print(
     *files_or_kappas: Union[Sequence[int], IO[str]],
     kappas: Optional[Sequence[int]] = None,
     log_file: Optional[IO[str]] = None,
+    log: Optional[IO[str]] = None,
 ) -> Metrics:
     """cirtorch's and the original aml's ``compute_map_and_print``, for code written against them.
 
@@ -345,7 +346,8 @@ def compute_map_and_print(
         files_or_kappas: cirtorch's ``kappas``, or the original aml's ``log, kappas``, by
             position (a file is the log).
         kappas: the k of mP@k (default 1, 5 and 10).
-        log_file: where the lines are written too (the original aml's ``log``).
+        log_file: where the lines are written too.
+        log: the same, by the original aml's name.
 
     Returns:
         `evaluate_ranks`'s numbers.
@@ -359,11 +361,13 @@ def compute_map_and_print(
         >>> results["map"], out.getvalue().strip()
         (0.25, '>> mine: mAP 25.00')
     """
-    kappas, log_file = _kappas_and_log(files_or_kappas, kappas, log_file)
+    if log is not None and log_file is not None:
+        raise TypeError("compute_map_and_print got log and log_file: give one")
+    kappas, log_file = _kappas_and_log(files_or_kappas, kappas, log if log is not None else log_file)
     protocol = "revisited" if gnd and "easy" in gnd[0] else "classic"
     results = evaluate_ranks(np.asarray(ranks), gnd, protocol, kappas)
     for line in format_results(dataset, results, kappas):
-        log.info(line)
+        _log.info(line)
         if log_file is not None:
             log_file.write(line + "\n")
     return results

@@ -148,6 +148,11 @@ def test_compute_map_and_print_of_cirtorch_and_of_the_original_aml(tmp_path):
     two = evaluate_ranks(ranks, gnd, "revisited", (1, 2))
     assert compute_map_and_print("roxford5k", ranks, gnd, log, kappas=[1, 2]) == two  # was a TypeError
     assert compute_map_and_print("roxford5k", ranks, gnd, kappas=[1, 2], log_file=log) == two
+    fresh = io.StringIO()
+    assert compute_map_and_print("roxford5k", ranks, gnd, log=fresh, kappas=[1, 2]) == two  # the original's name
+    assert fresh.getvalue().splitlines()[1].startswith(">> roxford5k: mP@k[1, 2] E: ")
+    with pytest.raises(TypeError, match="got log and log_file: give one"):
+        compute_map_and_print("roxford5k", ranks, gnd, log=fresh, log_file=log)
     with pytest.raises(TypeError, match="got kappas twice"):
         compute_map_and_print("roxford5k", ranks, gnd, [1], kappas=[1, 2])
     classic = compute_map_and_print("oxford5k", ranks, [{"ok": [0], "junk": [3]}, {"ok": [1], "junk": []}], [1])

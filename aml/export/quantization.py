@@ -62,7 +62,8 @@ def _trunk_nodes(graph: Any) -> List[str]:
     return [node.name for node in graph.node if node.name.startswith(TRUNK_SCOPE)]
 
 
-#: which nodes are quantized: name -> (the graph's nodes -> the names to quantize; None: all that onnxruntime can)
+#: which nodes are quantized: name -> (the graph's nodes -> the names to quantize; None: all that onnxruntime
+#: can); the shape arithmetic (`shape_arithmetic`) stays in float in either case
 QUANTIZED_NODES: Dict[str, Callable[[Any], Optional[List[str]]]] = {
     "trunk": _trunk_nodes,
     "all": lambda graph: None,
@@ -209,11 +210,13 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
         nodes = QUANTIZED_NODES[settings.quantized](graph)
         if nodes is not None and not nodes:
             raise ExportError(f"{fp32} has no node named {TRUNK_SCOPE}...: not a graph of aml.export; export it again")
+        in_float = shape_arithmetic(graph)
         log.info(
-            ">> int8: calibrating on %d images at %d px, quantizing %s",
+            ">> int8: calibrating on %d images at %d px, quantizing %s (%d nodes of shape arithmetic in float)",
             len(settings.calibration),
             settings.image_size,
-            "every node onnxruntime can" if nodes is None else f"{len(nodes)} trunk nodes",
+            "every node onnxruntime can" if nodes is None else f"{len(set(nodes) - in_float)} trunk nodes",
+            len(in_float),
         )
         reader = _calibration_reader(settings.calibration, settings.image_size)
         with atomic_path(out) as temporary, _root_logger_kept(), _named_calibration_failure(reader, settings):
@@ -226,7 +229,7 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=nodes,
-                nodes_to_exclude=sorted(shape_arithmetic(graph)),  # whichever nodes are quantized
+                nodes_to_exclude=sorted(in_float),  # whichever nodes are quantized
                 calibrate_method=CalibrationMethod.MinMax,
             )
     return Path(out)

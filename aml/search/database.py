@@ -382,7 +382,8 @@ def build_ivfpq(
 
     Raises:
         StoreError: without faiss, with fewer database images than 256 (and than ``nlist``),
-            or with a dimension that is not a multiple of ``m`` (`IvfPq.problem`).
+            or with a dimension that is not a multiple of ``m`` (`IvfPq.problem`); or when the
+            store was indexed again since it was opened.
 
     Examples:
         >>> from aml.search import build_ivfpq, open_database
@@ -425,8 +426,7 @@ def write_ivfpq(
     if problem:
         raise StoreError(problem)
     nlist, m = ivfpq.nlist, ivfpq.m
-    index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
-    manifest = database.folder / MANIFEST
+    manifest = database.folder / MANIFEST  # checked before training: under the lock, nothing changes it after
     replaced = database.identity is not None and folder_identity(database.folder) != database.identity
     if replaced or (
         database.manifest is not None and (not manifest.is_file() or file_sha256(manifest) != database.manifest)
@@ -435,6 +435,7 @@ def write_ivfpq(
             f"the store {database.folder} was indexed again since it was opened: its index would be of the "
             "old descriptors; open the store again and build the index on it"
         )
+    index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
     write_index(index, database.folder / INDEX)
     _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall})
     database.index = index

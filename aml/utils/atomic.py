@@ -336,11 +336,16 @@ def folder_lock(
     handle = _lock_file(path)
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise FolderInUse(f"another run is using {folder} (pid {holder}); wait for it to end, or {fix}") from None
+            if not wait:
+                raise FolderInUse(
+                    f"another run is using {folder} (pid {holder}); wait for it to end, or {fix}"
+                ) from None
+            log.info(">> waiting for process %s, which is using %s", holder, folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         if handle.writable():  # another user's lock file (a shared data root) keeps its last pid
             handle.seek(0)
             handle.truncate()

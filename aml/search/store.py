@@ -63,7 +63,7 @@ from aml.utils.atomic import atomic_write, folder_identity, folder_lock, publish
 from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
-from aml.utils.text_files import TextFile, read_bounded, read_text_file
+from aml.utils.text_files import TextFile, read_bounded, read_line_list, read_text_file
 
 log = logging.getLogger(__name__)
 LEGACY_FILES = ("descriptors.npy", "descriptors_img_list.txt", "descriptors.npy.json")  # the one-file layout
@@ -378,7 +378,10 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
     kept: Tuple[str, ...] = ()
     try:
         stale = DescriptorStore.create(staging, images, key, dim).stale_shards()
-        if not stale:
+        listed = read_line_list((staging / IMAGE_LIST).read_bytes())
+        if listed != list(images):  # the same files under other paths ("moved"): a store's answers are its paths
+            log.info(">> the interrupted indexing listed its images under other paths: encoding every image again")
+        elif not stale:
             kept = ("shard_*.npy", "shard_*.json", MANIFEST, IMAGE_LIST)
             log.info(">> %s: resuming the interrupted indexing in %s", staging.parent, staging.name)
         else:
@@ -387,7 +390,7 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
                 "every image again",
                 len(stale),
             )
-    except DataError:  # of other descriptors (StoreMismatch), or damaged: nothing to resume from
+    except (DataError, OSError):  # of other descriptors (StoreMismatch), or damaged: nothing to resume from
         pass
     for path in staging.iterdir():
         if any(path.match(pattern) for pattern in kept):

@@ -462,6 +462,40 @@ def test_an_interrupted_indexing_resumes_at_its_missing_shard(teacher, synth_roo
     assert len(encoded) == shards
 
 
+def test_an_interrupted_indexing_of_the_same_files_under_other_paths_is_not_resumed(teacher, synth_root, tmp_path,
+                                                                                    monkeypatch):
+    """An indexing interrupted in folder A, then one of the same photos moved to B: its staged
+    list was kept as "the same images moved", and the published store answered with A's paths,
+    where no file was."""
+    import shutil
+
+    from aml.descriptors import store as descriptor_store
+
+    monkeypatch.setattr(search_store, "SHARD_SIZE", 8)
+    photos = tmp_path / "A"
+    photos.mkdir()
+    for image in sorted((synth_root / "test" / "synth-paris" / "jpg").glob("*.jpg"))[:20]:
+        shutil.copy(image, photos / image.name)
+    encode, calls = descriptor_store.describe_images, []
+
+    def interrupted(net, images, *args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(images)
+        return encode(net, images, *args, **kwargs)
+
+    flags = ["--store", str(tmp_path / "store"), "--teacher", str(teacher[0]), "-imsize", "64",
+             "--data-root", str(synth_root)] + COMMON
+    monkeypatch.setattr(descriptor_store, "describe_images", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search_cli.main(["index", str(photos), *flags])
+    photos.rename(tmp_path / "B")
+    monkeypatch.setattr(descriptor_store, "describe_images", encode)
+    search_cli.main(["index", str(tmp_path / "B"), *flags])
+    images = open_database(tmp_path / "store").images
+    assert len(images) == 20 and all(image.startswith(str(tmp_path / "B")) for image in images)
+
+
 def test_an_index_or_whitening_of_another_store_is_refused(tmp_path):
     vecs = np.random.default_rng(0).standard_normal((8, 300)).astype(np.float32)
     legacy_store(tmp_path, [f"{i}.jpg" for i in range(300)], vecs)

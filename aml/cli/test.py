@@ -16,7 +16,7 @@ from aml.cli.arguments import (
     add_worker_arguments,
     checked_test_sets,
     extraction_from,
-    output_folder,
+    results_folder,
     output_file_of,
     positive_int,
     reranking_from,
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--report",
         metavar="DIR",
         default=None,
-        type=output_folder,
+        type=results_folder,
         help="write a visual ranking report per data set to DIR/<dataset>/index.html (+ a PNG per "
         "query); with --asym the teacher's own ranking is shown beside the network's",
     )

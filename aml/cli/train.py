@@ -10,7 +10,7 @@ from aml.cli.arguments import (
     add_extraction_arguments,
     add_runtime_arguments,
     field_type,
-    output_folder,
+    results_folder,
     nonnegative_int,
     run_cli,
     setup_logging,
@@ -56,7 +56,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the run: where it is written, how long it lasts, how often it reports, validates, tests and saves."""
     group = parser.add_argument_group("the run")
     group.add_argument(
-        "--directory", metavar="EXPORT_DIR", required=True, type=output_folder, help="where the run folder is created"
+        "--directory", metavar="EXPORT_DIR", required=True, type=results_folder, help="where the run folder is created"
     )
     group.add_argument("--comment", "-c", default="", help="appended to the run folder name")
     group.add_argument(

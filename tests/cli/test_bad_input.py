@@ -598,3 +598,21 @@ def test_export_never_replaces_what_is_not_an_earlier_export(earlier_export, tmp
         assert export_folder(str(out)) == str(out)
     finally:
         sys.modules["onnx"] = real
+
+
+def test_results_and_reports_anywhere_below_a_store_are_refused(tmp_path, capsys):
+    """Only a file right in a store's folder was refused: store/sub/hits.json, test.py --report
+    STORE and main.py --directory STORE/runs were written, and the store's next indexing then
+    refused the folder for them."""
+    store = tmp_path / "photos.store"
+    store.mkdir()
+    (store / "search.json").write_text('{"source": "vgg16"}')
+    for command, flag, target in ((QUERY, "--json", store / "sub" / "hits.json"),
+                                  (TEST, "--results", store / "sub" / "r.json"),
+                                  (TEST, "--report", store),
+                                  (TRAIN, "--directory", store / "runs")):
+        err = bad(command, [flag, str(target)], capsys)
+        assert f"argument {flag}: {target}" in err and f"in the store {store}, which it would break" in err
+    assert sorted(p.name for p in store.iterdir()) == ["search.json"]
+    err = bad(TEST, ["--report", str(tmp_path / "reports"), "-d", "nosuch"], capsys)  # beside it: fine
+    assert "in the store" not in err and "nosuch" in err

@@ -21,7 +21,7 @@ import numbers
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, cast
 
 import numpy as np
 
@@ -145,7 +145,22 @@ def list_images(source: PathLike) -> List[str]:
     text = read_text_file(source, IMAGE_LIST_TEXT)  # a pipe too (<(find ...))
     if text.lstrip()[:1] in ("{", "["):  # its first "image" was "[" or "{": named as missing
         raise StoreError(f"the image list {source} is a JSON file, not a list of paths: {IMAGE_LIST_TEXT.fix}")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    listed = [line.strip() for line in text.splitlines() if line.strip()]
+    seen: Set[str] = set()
+    unique = []
+    for line in listed:  # the first of each image, however written
+        if os.path.abspath(line) not in seen:
+            seen.add(os.path.abspath(line))
+            unique.append(line)
+    if len(unique) < len(listed):
+        log.warning(
+            ">> %s lists %d of its %d images more than once (as written, or under other relative paths): each is "
+            "indexed once",
+            source,
+            len(listed) - len(unique),
+            len(listed),
+        )
+    return unique
 
 
 def build_store(
@@ -203,6 +218,7 @@ def build_store(
     folder = Path(folder)
     target = folder.resolve()  # a link to a store: the store it points to is replaced
     images = [os.path.abspath(i) for i in images]  # links kept: a git-annex or DVC photo keeps its own name
+    _refuse_repeated(images)
     key = _store_key(teacher, image_size, scales, config)
     target.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(target, fix="give another --store", beside=True):
@@ -234,6 +250,16 @@ def _write_search_files(
         record["dba"] = _write_augmented(store, whitening, reranking, device)
     record[FILES] = {name: file_sha256(folder / name) for name in (WHITENING, DBA) if (folder / name).is_file()}
     atomic_write(folder / SEARCH, lambda out: out.write(json.dumps(record).encode()))
+
+
+def _refuse_repeated(images: Sequence[str]) -> None:
+    """Refuse an image given twice: each copy would be a result of its own, filling the top k
+    with one photo (`list_images` keeps the first of each)."""
+    seen: Set[str] = set()
+    for image in images:
+        if image in seen:
+            raise StoreError(f"{image} is given twice among the images to index; give each image once")
+        seen.add(image)
 
 
 def _publish(staging: Path, target: Path) -> None:

@@ -430,3 +430,19 @@ def test_a_json_given_as_the_image_list_is_named(tmp_path):
         list_images(tmp_path / "x.json")
     (tmp_path / "list.txt").write_text("a.jpg\n b.jpg \n\n")
     assert list_images(tmp_path / "list.txt") == ["a.jpg", "b.jpg"]
+
+
+def test_an_image_listed_twice_is_indexed_once(random_teacher, tmp_path, monkeypatch, caplog):
+    """A list naming one photo twice (or as absolute and relative paths) indexed each copy: its
+    top k was one photo k times, and the count printed counted the copies."""
+    from aml.networks.loading import load_teacher
+    from aml.search import list_images
+    from aml.search.store import StoreError, build_store
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "list.txt").write_text(f"a.jpg\nb.jpg\n{tmp_path / 'a.jpg'}\nb.jpg\n")
+    with caplog.at_level("WARNING", logger="aml.search.store"):
+        assert list_images(tmp_path / "list.txt") == ["a.jpg", "b.jpg"]
+    assert "lists 2 of its 4 images more than once" in caplog.text
+    with pytest.raises(StoreError, match=r"a.jpg is given twice among the images to index; give each image once"):
+        build_store(load_teacher(str(random_teacher[0])), ["a.jpg", str(tmp_path / "a.jpg")], tmp_path / "store", 64)

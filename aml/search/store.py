@@ -432,15 +432,18 @@ def _warn_of_changed_images(store: DescriptorStore) -> None:
     descriptors, the old ones, answer for the new files until the images are indexed again."""
     stale = store.stale_shards()
     if stale:
-        rows = [store.shard_rows(k) for k in stale]
+        rows = store.shard_rows(stale[0])
+        gone = next((store.images[i] for i in rows if not os.path.exists(store.images[i])), None)
+        which = f"{gone} is gone" if gone is not None else f"one of {store.images[rows.start]} and the images after it"
         log.warning(
-            ">> %s: %d of its shards hold images changed, moved or removed since they were indexed (images %d to "
-            "%d of shard %d first): searches find them by their old descriptors; index the images again (%s)",
+            ">> %s: %d of its shards hold images changed, moved or removed since they were indexed (the first: "
+            "images %d to %d; %s): searches find them by their old descriptors; index the images again (%s, with "
+            "--replace where images were added or removed)",
             store.folder,
             len(stale),
-            rows[0].start,
-            rows[0].stop - 1,
-            stale[0],
+            rows.start,
+            rows.stop - 1,
+            which,
             REBUILD,
         )
 

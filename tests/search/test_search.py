@@ -858,8 +858,14 @@ def test_an_image_changed_after_indexing_is_said_when_the_store_opens(teacher, s
     assert "since they were indexed" not in capsys.readouterr().out
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / "1.png")
     open_database(tmp_path / "store")
-    assert "1 of its shards hold images changed, moved or removed since they were indexed (images 0 to 2 of shard " \
-           "0 first): searches find them by their old descriptors; index the images again" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "1 of its shards hold images changed, moved or removed since they were indexed (the first: images 0 " \
+           f"to 2; one of {images / '0.png'} and the images after it): searches find them by their old " \
+           "descriptors; index the images again" in said
+    (images / "2.png").unlink()  # a removed image is named, with the flag its indexing needs
+    open_database(tmp_path / "store")
+    said = capsys.readouterr().out
+    assert f"(the first: images 0 to 2; {images / '2.png'} is gone)" in said and "with --replace where" in said
 
 
 def test_query_database_refuses_a_store_of_another_teacher_and_no_results_asked(tmp_path):

@@ -24,7 +24,9 @@ from aml.cli.arguments import (
     run_cli,
     setup_logging,
 )
+from aml.data.images import ImageLoadError
 from aml.data.paths import DataRoot
+from aml.descriptors.store import open_store
 from aml.utils.atomic import atomic_write
 from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
@@ -99,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a store of other images, teacher weights, image size or scales in --store (refused otherwise)",
     )
+    index.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="index around images that cannot be read (missing, corrupt, not images): they are never found; "
+        "otherwise the first one stops the indexing",
+    )
     add_reranking_arguments(index, qe=False, superglobal=False)
     query = commands.add_parser("query", help="encode query images with the student and search a store")
     query.add_argument("images", nargs="+", help="query images")
@@ -136,7 +144,7 @@ def _index(args) -> Path:
     images = list_images(args.images)
     if not images:
         raise StoreError(f"{args.images} holds no images")
-    extraction = extraction_from(args, device)
+    extraction = extraction_from(args, device).but(skip_bad=args.skip_bad_images)
     if not args.replace:  # before the whitening is learned
         check_store_folder(args.store, teacher, images, args.image_size, args.multiscale, extraction)
     whitening = None
@@ -146,21 +154,28 @@ def _index(args) -> Path:
         )
         whitening = get_whitening(teacher, request)
     reranking = reranking_from(args)
-    store = build_store(
-        teacher,
-        images,
-        args.store,
-        args.image_size,
-        args.multiscale,
-        whitening,
-        extraction,
-        reranking,
-        args.ivfpq,
-        replace=args.replace,
-    )
+    try:
+        store = build_store(
+            teacher,
+            images,
+            args.store,
+            args.image_size,
+            args.multiscale,
+            whitening,
+            extraction,
+            reranking,
+            args.ivfpq,
+            replace=args.replace,
+        )
+    except ImageLoadError as err:
+        raise ImageLoadError(
+            f"{err}; or leave it out of the images, or index around it with --skip-bad-images"
+        ) from None
+    skipped = len(open_store(store).skipped())
     print(
-        f">> {len(images)} images indexed by {teacher.name} into {store}"
+        f">> {len(images) - skipped} images indexed by {teacher.name} into {store}"
         + (f", augmented with DBA ({reranking.label()})" if reranking.dba else "")
+        + (f"; {skipped} could not be read and are never found (listed in {store / 'skipped.txt'})" if skipped else "")
     )
     if args.ivfpq:
         recall = search_record(store)["ivfpq"]["recall"]  # not the descriptors, read again

@@ -914,3 +914,24 @@ def test_a_loop_of_queries_checks_the_student_once_until_its_weights_change(tmp_
     with pytest.raises(StoreError, match="the student does not record its teacher"):  # another network: checked
         query_database(database, build_network("resnet18", pretrained=False).eval(), ["q.jpg"], k=1)
     assert len(checks) == 3
+
+
+def test_index_goes_around_unreadable_photos_with_a_flag_and_names_it_without(teacher, synth_root, tmp_path, capsys):
+    """One unreadable photo stopped `index` of a folder, with a fix ("re-download it") that does
+    not fit a user's own photos and no flag to skip it (only Python's ExtractionConfig had one)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for image in sorted((synth_root / "test" / "synth-paris" / "jpg").glob("*.jpg"))[:6]:
+        shutil.copy(image, photos / image.name)
+    (photos / "zz.jpg").write_bytes(b"not a jpeg")
+    flags = ["--store", str(tmp_path / "store"), "--teacher", str(teacher[0]), "-imsize", "48",
+             "--data-root", str(synth_root)] + COMMON
+    with pytest.raises(SystemExit, match=r"zz.jpg .*; or leave it out of the images, or index around it with "
+                                         r"--skip-bad-images"):
+        search_cli.main(["index", str(photos), *flags])
+    capsys.readouterr()
+    search_cli.main(["index", str(photos), *flags, "--skip-bad-images"])
+    out = capsys.readouterr().out
+    assert ">> 6 images indexed by " in out and "; 1 could not be read and are never found" in out
+    database = open_database(tmp_path / "store")
+    assert len(database.images) == 6 and str(photos / "zz.jpg") not in database.images

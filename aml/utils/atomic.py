@@ -215,14 +215,36 @@ def staging_folder(folder: Union[str, Path]) -> Path:
     return staging
 
 
+class LockUnavailable(AmlError):
+    """A lock file that this process cannot lock (another user's, on a file system whose locks
+    need write access: NFS)."""
+
+
 def _lock_file(path: Path) -> IO[str]:
     """The lock file ``path``, opened to be locked (and held, with the lock, until closed): for
-    writing, or read-only where another user made it (a group's shared data root; flock needs
-    no write access, and waiting for that user's run is what the lock is for)."""
+    writing, or read-only where another user made it (a group's shared data root; a local
+    flock needs no write access, and waiting for that user's run is what the lock is for)."""
     try:
         return open(path, "a+")
-    except PermissionError:
-        return open(path)
+    except PermissionError as cannot_write:
+        try:
+            return open(path)
+        except FileNotFoundError:  # a folder this user cannot write in: the write's own error
+            raise cannot_write from None
+
+
+def _flock(handle: IO[str], path: Path, flags: int) -> None:
+    """flock ``handle``; BlockingIOError when another process holds it (with LOCK_NB), or
+    `LockUnavailable` naming ``path`` where it cannot be locked at all."""
+    try:
+        fcntl.flock(handle, flags)
+    except BlockingIOError:
+        raise
+    except OSError as err:  # NFS: an exclusive lock needs a file opened for writing (EBADF)
+        raise LockUnavailable(
+            f"cannot lock {path} ({err.strerror}): another user's lock file on a file system whose locks need "
+            "write access; make it group-writable (chmod g+w), or delete it when no run uses it"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -247,7 +269,7 @@ def lock_beside(path: PathLike) -> Iterator[None]:
     while True:
         handle = _lock_file(lock)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            _flock(handle, lock, fcntl.LOCK_EX)
             try:
                 current: Optional[int] = os.stat(lock).st_ino
             except FileNotFoundError:
@@ -256,7 +278,8 @@ def lock_beside(path: PathLike) -> Iterator[None]:
                 try:
                     yield
                 finally:
-                    lock.unlink(missing_ok=True)
+                    with contextlib.suppress(PermissionError):  # another user's, in a sticky folder: it stays
+                        lock.unlink(missing_ok=True)
                 return
         finally:
             handle.close()
@@ -336,8 +359,8 @@ def folder_lock(
     handle = _lock_file(path)
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            _flock(handle, path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             if not wait:
@@ -345,7 +368,7 @@ def folder_lock(
                     f"another run is using {folder} (pid {holder}); wait for it to end, or {fix}"
                 ) from None
             log.info(">> waiting for process %s, which is using %s", holder, folder)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            _flock(handle, path, fcntl.LOCK_EX)
         if handle.writable():  # another user's lock file (a shared data root) keeps its last pid
             handle.seek(0)
             handle.truncate()

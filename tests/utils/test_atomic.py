@@ -270,7 +270,11 @@ def test_another_users_lock_file_is_waited_on_not_a_permission_error():
     shared = Path(tempfile.mkdtemp(dir="/tmp"))  # a world-writable folder another user reaches
     try:
         shared.chmod(0o777)
-        for name in (".shard_00000.npy.lock", ".store.lock"):  # left by user A's killed runs
+        sticky, readonly = shared / "sticky", shared / "readonly"  # /tmp's mode; A's features folder
+        sticky.mkdir(mode=0o1777)
+        sticky.chmod(0o1777)
+        readonly.mkdir(mode=0o755)
+        for name in (".shard_00000.npy.lock", ".store.lock", "sticky/.db.npy.lock"):  # left by user A's runs
             (shared / name).write_text("1")
             (shared / name).chmod(0o644)
         child = os.fork()
@@ -280,9 +284,34 @@ def test_another_users_lock_file_is_waited_on_not_a_permission_error():
                 os.setgid(65534)
                 os.setuid(65534)
                 with lock_beside(shared / "shard_00000.npy"), folder_lock(shared / "store", beside=True):
+                    pass
+                with lock_beside(sticky / "db.npy"):  # A's lock file cannot be deleted there: it stays
+                    pass
+                try:
+                    with lock_beside(readonly / "db.npy"):  # no lock file, no right to make one
+                        pass
+                except PermissionError:  # what a cache's optional write forgives (not FileNotFoundError)
                     code = 0
             finally:
                 os._exit(code)
         assert os.waitpid(child, 0)[1] == 0
     finally:
         shutil.rmtree(shared)
+
+
+def test_a_lock_that_cannot_be_taken_is_not_reported_as_a_run_in_the_way(tmp_path, monkeypatch):
+    """On NFS an exclusive flock needs a file opened for writing (EBADF otherwise): it was
+    reported as "another run is using ...", which no run was."""
+    import errno
+
+    import aml.utils.atomic as atomic
+    from aml.utils.atomic import LockUnavailable, folder_lock, lock_beside
+
+    def refused(handle, flags):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(atomic.fcntl, "flock", refused)
+    for lock in (lambda: folder_lock(tmp_path / "store", beside=True), lambda: lock_beside(tmp_path / "db.npy")):
+        with pytest.raises(LockUnavailable, match=r"cannot lock .*\.lock \(Bad file descriptor\): another user's"):
+            with lock():
+                pass

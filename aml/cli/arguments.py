@@ -165,8 +165,10 @@ def output_folder(text: str) -> str:
 def results_folder(text: str) -> str:
     """An `output_folder` for a command's results (a report, a run folder), refused when it is,
     or lies in, a search store: the store's next indexing would refuse the folder for it."""
+    from aml.search.store import store_holding
+
     output_folder(text)
-    store = _store_above(Path(text) / "results")
+    store = store_holding(text)
     if store is not None:
         raise argparse.ArgumentTypeError(f"{text} is in the store {store}, which it would break; write it elsewhere")
     return text
@@ -231,17 +233,6 @@ OUTPUT_KINDS: Dict[str, str] = {"JSON": "a JSON file", "PNG": "a PNG image"}  # 
 _EXAMPLE_NAMES: Dict[str, str] = {"JSON": "results.json", "PNG": "heatmap.png"}
 
 
-def _store_above(path: Path) -> Optional[Path]:
-    """The store folder ``path`` lies in, at any depth (the next indexing refuses a folder of
-    it that is not the store's as much as a file), or None."""
-    from aml.search.store import store_marker
-
-    for folder in path.absolute().parents:
-        if store_marker(folder) is not None:
-            return folder
-    return None
-
-
 def _owner(path: Path) -> Optional[str]:
     """What of aml's ``path`` would break: any file in a store's folder (the next indexing
     refuses files that are not the store's), a run folder's history, or a feature file's
@@ -249,8 +240,10 @@ def _owner(path: Path) -> Optional[str]:
     from aml.reports.curves import HISTORY
     from aml.training.run_folder import LOSS_LOG
 
+    from aml.search.store import store_holding
+
     folder = path.absolute().parent
-    store = _store_above(path)
+    store = store_holding(path.parent)
     if store is not None:
         return f"in the store {store}"
     if path.name == HISTORY and (folder / LOSS_LOG).exists():

@@ -30,7 +30,7 @@ from aml.export.report import OnnxTestMaps, onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network, teacher_problem
 from aml.reports.provenance import provenance
 from aml.search import SearchDatabase, StoreError, check_teacher, list_images, open_database
-from aml.search.store import store_marker
+from aml.search.store import store_holding, store_marker
 from aml.utils.atomic import atomic_write
 from aml.utils.text_files import strict_json
 from aml.utils.errors import ConfigError
@@ -45,14 +45,14 @@ INT8_MIN_COSINE = 0.9
 
 
 def export_folder(text: str) -> str:
-    """The argparse ``type`` of --out: a `folder` that is not a store's, whose next indexing
-    would refuse the exported files as not a store's."""
+    """The argparse ``type`` of --out: a `folder` that is not, nor lies in, a store's, whose
+    next indexing would refuse the exported files as not a store's."""
     output_folder(text)
-    marker = store_marker(text)
-    if marker is not None:
+    store = store_holding(text)
+    if store is not None:
         raise argparse.ArgumentTypeError(
-            f"{text} is a store's folder (it holds {marker}): the exported files there would keep it from being "
-            "indexed again; give another folder, e.g. a new one beside it"
+            f"{text} is in the store {store} (it holds {store_marker(store)}): the exported files there would keep "
+            "it from being indexed again; give another folder, e.g. a new one beside it"
         )
     try:
         check_export_folder(text)

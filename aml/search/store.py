@@ -98,6 +98,26 @@ def store_marker(folder: PathLike) -> Optional[str]:
     return next((name for name, key in STORE_MARKERS.items() if _marks_a_store(Path(folder) / name, key)), None)
 
 
+def store_holding(path: PathLike) -> Optional[Path]:
+    """The store folder ``path`` is, or lies in at any depth (what a store's next indexing
+    would refuse a file or folder of that is not the store's), or None.
+
+    Examples:
+        >>> import json, pathlib, tempfile
+        >>> from aml.search.store import store_holding
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     store = pathlib.Path(folder) / "photos.store"
+        ...     store.mkdir()
+        ...     _ = (store / "search.json").write_text(json.dumps({"source": "vgg16"}))
+        ...     inside = store_holding(store / "deploy" / "student.onnx") == store
+        ...     beside = store_holding(store / ".." / "deploy")
+        >>> inside, beside
+        (True, None)
+    """
+    absolute = Path(os.path.abspath(path))  # ".." resolved by name, as the file system would
+    return next((folder for folder in (absolute, *absolute.parents) if store_marker(folder) is not None), None)
+
+
 def _marks_a_store(path: Path, key: Optional[str]) -> bool:
     """Whether ``path`` is the store's file of its name: there, and unless it is readable JSON
     without ``key`` (another program's file), a store's (a damaged or very large one too)."""

@@ -303,9 +303,10 @@ def test_an_export_into_a_store_folder_is_refused_before_anything_loads(tmp_path
     store.mkdir()
     (store / marker).write_text({"search.json": '{"source": "vgg16"}', "manifest.json": '{"shard_size": 16}'}.get(
         marker, "{}"))
-    err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(store)], capsys)
-    assert (f"argument --out: {store} is a store's folder (it holds {marker}): the exported files there would keep "
-            "it from being indexed again; give another folder") in err
+    for out in (store, store / "deploy"):  # in it at any depth (a folder below it was taken)
+        err = bad((export_cli.main, ["--network", "unused.pth"]), ["--out", str(out)], capsys)
+        assert (f"argument --out: {out} is in the store {store} (it holds {marker}): the exported files there would "
+                "keep it from being indexed again; give another folder") in err
     assert sorted(p.name for p in store.iterdir()) == [marker]
     if marker != "descriptors.npy":  # a JSON of another program's, by that name: no store's
         (store / marker).write_text('{"benchmark": "search"}')
@@ -615,4 +616,6 @@ def test_results_and_reports_anywhere_below_a_store_are_refused(tmp_path, capsys
         assert f"argument {flag}: {target}" in err and f"in the store {store}, which it would break" in err
     assert sorted(p.name for p in store.iterdir()) == ["search.json"]
     err = bad(TEST, ["--report", str(tmp_path / "reports"), "-d", "nosuch"], capsys)  # beside it: fine
+    assert "in the store" not in err and "nosuch" in err
+    err = bad(TEST, ["--report", str(store / ".." / "reports"), "-d", "nosuch"], capsys)  # beside it, written so
     assert "in the store" not in err and "nosuch" in err

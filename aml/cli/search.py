@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--skip-bad-images",
         action="store_true",
-        help="index around images that cannot be read (missing, corrupt, not images): they are never found; "
-        "otherwise the first one stops the indexing",
+        help="index around images that cannot be read (missing, corrupt, not images; the whitening set's "
+        "too): they are never found; otherwise the first one stops the indexing",
     )
     add_reranking_arguments(index, qe=False, superglobal=False)
     query = commands.add_parser("query", help="encode query images with the student and search a store")
@@ -175,7 +175,7 @@ def _index(args) -> Path:
     print(
         f">> {len(images) - skipped} images indexed by {teacher.name} into {store}"
         + (f", augmented with DBA ({reranking.label()})" if reranking.dba else "")
-        + (f"; {skipped} could not be read and are never found (listed in {store / 'skipped.txt'})" if skipped else "")
+        + (f"; {skipped} unreadable, never found (listed in {store / 'skipped.txt'})" if skipped else "")
     )
     if args.ivfpq:
         recall = search_record(store)["ivfpq"]["recall"]  # not the descriptors, read again

@@ -899,7 +899,7 @@ def _extract_block(
             raise ImageLoadError(
                 f"image {images[err.index]} is too small for the network: {err.shape[1]}x{err.shape[0]} pixels "
                 f"after resizing (image size {image_size}, scales {list(o.scales)}); raise the image size or drop "
-                "the smallest scales, or leave the image out (test.py skips it with --skip-bad-images)"
+                "the smallest scales, or leave the image out (test.py and search index skip it with --skip-bad-images)"
             ) from None
 
 

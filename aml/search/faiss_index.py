@@ -112,6 +112,10 @@ def read_index(data: bytes) -> Optional[Any]:
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
+#: the held-out rows whose exact neighbours are found at a time (a block of scores: 50 x N float32)
+PROBE_BLOCK = 50
+
+
 def _exact_top(probe: np.ndarray, data: np.ndarray, held: np.ndarray, k: int) -> np.ndarray:
     """Each probe row's ``k`` best rows of ``data`` but the ``held`` ones, in exact search's
     order (equal scores in row order), without sorting whole rows."""
@@ -154,7 +158,9 @@ def train_ivfpq(
     index.nprobe = min(nprobe, nlist)
     probe = data[held]
     k = min(k, n - held.size)
-    exact = np.concatenate([_exact_top(probe[start : start + 50], data, held, k) for start in range(0, len(probe), 50)])
+    exact = np.concatenate(
+        [_exact_top(probe[start : start + PROBE_BLOCK], data, held, k) for start in range(0, len(probe), PROBE_BLOCK)]
+    )
     _, approximate = index.search(probe, k)
     recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approximate, exact, strict=True)]))
     index.reset()  # trained as it is; every column added in order, so that equal scores keep it

@@ -15,6 +15,7 @@ are read, with a warning, until aml `LEGACY_LAYOUT_READ_UNTIL`; so are stores wr
 aml recorded the hashes of their files.
 """
 
+from collections import Counter
 import json
 import logging
 import numbers
@@ -63,7 +64,7 @@ from aml.utils.atomic import atomic_write, folder_identity, folder_lock, publish
 from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
-from aml.utils.text_files import TextFile, read_bounded, read_line_list, read_text_file
+from aml.utils.text_files import TextFile, read_bounded, read_text_file
 
 log = logging.getLogger(__name__)
 LEGACY_FILES = ("descriptors.npy", "descriptors_img_list.txt", "descriptors.npy.json")  # the one-file layout
@@ -166,6 +167,7 @@ def list_images(source: PathLike) -> List[str]:
     if text.lstrip()[:1] in ("{", "["):  # its first "image" was "[" or "{": named as missing
         raise StoreError(f"the image list {source} is a JSON file, not a list of paths: {IMAGE_LIST_TEXT.fix}")
     listed = [line.strip() for line in text.splitlines() if line.strip()]
+    counts = Counter(os.path.abspath(line) for line in listed)
     seen: Set[str] = set()
     unique = []
     for line in listed:  # the first of each image, however written
@@ -174,11 +176,12 @@ def list_images(source: PathLike) -> List[str]:
             unique.append(line)
     if len(unique) < len(listed):
         log.warning(
-            ">> %s lists %d of its %d images more than once (as written, or under other relative paths): each is "
-            "indexed once",
+            ">> %s names %d of its %d images more than once (%d lines more, as written or by other relative "
+            "paths): each image is indexed once",
             source,
+            sum(1 for count in counts.values() if count > 1),
+            len(unique),
             len(listed) - len(unique),
-            len(listed),
         )
     return unique
 
@@ -423,9 +426,9 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
         return
     kept: Tuple[str, ...] = ()
     try:
-        stale = DescriptorStore.create(staging, images, key, dim).stale_shards()
-        listed = read_line_list((staging / IMAGE_LIST).read_bytes())
-        if listed != list(images):  # the same files under other paths ("moved"): a store's answers are its paths
+        staged = DescriptorStore.create(staging, images, key, dim)
+        stale = staged.stale_shards()
+        if staged.listed is not None:  # the same files under other paths ("moved"): a store's answers are its paths
             log.info(">> the interrupted indexing listed its images under other paths: encoding every image again")
         elif not stale:
             kept = ("shard_*.npy", "shard_*.json", MANIFEST, IMAGE_LIST)
@@ -436,7 +439,7 @@ def _clear_staging(staging: Path, images: Sequence[str], key: StoreKey, dim: int
                 "every image again",
                 len(stale),
             )
-    except (DataError, OSError):  # of other descriptors (StoreMismatch), or damaged: nothing to resume from
+    except DataError:  # of other descriptors (StoreMismatch), or damaged: nothing to resume from
         pass
     for path in staging.iterdir():
         if any(path.match(pattern) for pattern in kept):
@@ -457,12 +460,12 @@ def _warn_of_changed_images(store: DescriptorStore) -> None:
         which = f"{gone} is gone" if gone is not None else f"one of {store.images[rows.start]} and the images after it"
         log.warning(
             ">> %s: %d of its shards hold images changed, moved or removed since they were indexed (the first: "
-            "images %d to %d; %s): searches find them by their old descriptors; index the images again (%s, with "
-            "--replace where images were added or removed)",
+            "images %d to %d of its list; %s): searches find them by their old descriptors; index the images again "
+            "(%s, with --replace where images were added or removed)",
             store.folder,
             len(stale),
-            rows.start,
-            rows.stop - 1,
+            rows.start + 1,
+            rows.stop,
             which,
             REBUILD,
         )

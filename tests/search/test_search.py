@@ -859,13 +859,13 @@ def test_an_image_changed_after_indexing_is_said_when_the_store_opens(teacher, s
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / "1.png")
     open_database(tmp_path / "store")
     said = capsys.readouterr().out
-    assert "1 of its shards hold images changed, moved or removed since they were indexed (the first: images 0 " \
-           f"to 2; one of {images / '0.png'} and the images after it): searches find them by their old " \
+    assert "1 of its shards hold images changed, moved or removed since they were indexed (the first: images 1 " \
+           f"to 3 of its list; one of {images / '0.png'} and the images after it): searches find them by their old " \
            "descriptors; index the images again" in said
     (images / "2.png").unlink()  # a removed image is named, with the flag its indexing needs
     open_database(tmp_path / "store")
     said = capsys.readouterr().out
-    assert f"(the first: images 0 to 2; {images / '2.png'} is gone)" in said and "with --replace where" in said
+    assert f"(the first: images 1 to 3 of its list; {images / '2.png'} is gone)" in said and "with --replace where" in said
 
 
 def test_query_database_refuses_a_store_of_another_teacher_and_no_results_asked(tmp_path):
@@ -932,6 +932,6 @@ def test_index_goes_around_unreadable_photos_with_a_flag_and_names_it_without(te
     capsys.readouterr()
     search_cli.main(["index", str(photos), *flags, "--skip-bad-images"])
     out = capsys.readouterr().out
-    assert ">> 6 images indexed by " in out and "; 1 could not be read and are never found" in out
+    assert ">> 6 images indexed by " in out and "; 1 unreadable, never found (listed in" in out
     database = open_database(tmp_path / "store")
     assert len(database.images) == 6 and str(photos / "zz.jpg") not in database.images

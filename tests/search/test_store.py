@@ -443,6 +443,11 @@ def test_an_image_listed_twice_is_indexed_once(random_teacher, tmp_path, monkeyp
     (tmp_path / "list.txt").write_text(f"a.jpg\nb.jpg\n{tmp_path / 'a.jpg'}\nb.jpg\n")
     with caplog.at_level("WARNING", logger="aml.search.store"):
         assert list_images(tmp_path / "list.txt") == ["a.jpg", "b.jpg"]
-    assert "lists 2 of its 4 images more than once" in caplog.text
+    assert "names 2 of its 2 images more than once (2 lines more" in caplog.text
+    caplog.clear()
+    (tmp_path / "three.txt").write_text("a.jpg\na.jpg\na.jpg\nb.jpg\n")
+    with caplog.at_level("WARNING", logger="aml.search.store"):
+        assert list_images(tmp_path / "three.txt") == ["a.jpg", "b.jpg"]
+    assert "names 1 of its 2 images more than once (2 lines more" in caplog.text
     with pytest.raises(StoreError, match=r"a.jpg is given twice among the images to index; give each image once"):
         build_store(load_teacher(str(random_teacher[0])), ["a.jpg", str(tmp_path / "a.jpg")], tmp_path / "store", 64)

@@ -8,6 +8,8 @@ epoch behind. A cache file holds the key of the descriptors it was learned from 
 content, whitening images, image size, scales, msp, pixel path) and is learned again when
 that key changes: a checkpoint replaced at the same path, other scales."""
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +77,14 @@ class WhiteningRequest:
         return len(self.scales) > 1
 
 
-def learn_whitening(encoder: LoadedNetwork, request: WhiteningRequest, db: TrainingDb) -> Whitening:
+def learn_whitening(
+    encoder: LoadedNetwork, request: WhiteningRequest, db: TrainingDb, skipped: Optional[List[int]] = None
+) -> Whitening:
     """Learn Lw on the whitening set's images (``db``), encoded as ``request`` says; images
     that could not be read (``skip_bad``) are left out, with their pairs (their zero
-    descriptors would move the mean and the pairs' scatter)."""
+    descriptors would move the mean and the pairs' scatter), and appended to ``skipped``."""
     log.info(">> %s: Learning whitening with %s...", request.whitening_set, encoder.name)
-    skipped: List[int] = []
+    skipped = [] if skipped is None else skipped
     vecs = describe_images(
         encoder.net, db["images"], request.image_size, request.scales, config=request.extraction, skipped=skipped
     )
@@ -252,21 +256,31 @@ def learned_whitening(
     whitening_set = request.whitening_set
     dim = encoder.net.meta["outputdim"]
     cache = whitening_cache_path(encoder, whitening_set, request.multiscale, request.image_size, request.data_root)
-    digest = key.digest(db["images"]) if cache is not None else ""
+    digest = _learned_from(key, db) if cache is not None else ""
     found = _cached(cache, digest, whitening_set, dim) if cache is not None else None
     found = found_by_all(found, request.extraction.collective)  # else all learn it, collectively
     if found is not None:
         return found
+    skipped: List[int] = []
     m, P = check_whitening(
-        *learn_whitening(encoder, request, db),
+        *learn_whitening(encoder, request, db, skipped),
         dim,
         f"the whitening learned on {whitening_set} (too few or repeated pairs?)",
     )
-    if cache is not None and current_world().is_main:
+    if skipped:  # a run without --skip-bad-images must not read a whitening learned without them
+        log.info(">> %s: not cached, learned without %d unreadable images", whitening_set, len(skipped))
+    elif cache is not None and current_world().is_main:
         with optional_write(f"{whitening_set}: the whitening cache"):
             save_whitening_file(cache, (m, P), digest)
             log.info(">> %s: Saving to %s...", whitening_set, cache)
     return m, P
+
+
+def _learned_from(key: DescriptorKey, db: TrainingDb) -> str:
+    """The digest of what a whitening is learned from: the encoder's key with the images (their
+    paths, sizes and times), and the query/positive pairs (a whitening db edited alone)."""
+    pairs = hashlib.sha1(json.dumps([list(map(int, db["qidxs"])), list(map(int, db["pidxs"]))]).encode())
+    return f"{key.digest(db['images'])}-{pairs.hexdigest()[:16]}"
 
 
 def get_whitening(encoder: LoadedNetwork, request: WhiteningRequest, published: bool = True) -> Whitening:

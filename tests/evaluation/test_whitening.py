@@ -246,3 +246,41 @@ def test_whitening_arguments_of_the_wrong_shape_are_refused():
     m, P = pcawhitenlearn(X[:, :10])  # 10 images, 16 dimensions: the 9 leading rows whiten them
     Y = P[:9] @ (X[:, :10] - m)
     np.testing.assert_allclose(Y @ Y.T / 10, np.eye(9), atol=1e-6)
+
+
+def test_the_whitening_cache_is_keyed_by_its_pairs_and_never_holds_one_learned_without_images(tmp_path, caplog):
+    """The cache's key covered the images, not the query/positive pairs: a whitening db whose
+    pairs were edited alone read the old whitening. And one learned with --skip-bad-images was
+    cached, so a later run without the flag read it without a word of the image it lacks."""
+    from PIL import Image
+
+    from aml.descriptors import DescriptorKey, ExtractionConfig
+    from aml.evaluation.whitening_store import WhiteningRequest, learned_whitening
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.networks.loading import load_named_or_file
+
+    rng = np.random.default_rng(4)
+    images = []
+    for i in range(12):
+        images.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(images[-1])
+    torch.manual_seed(0)
+    encoder = load_named_or_file(save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False),
+                                                                  1, 0.0), tmp_path / "net.pth.tar"))
+    config = ExtractionConfig(workers=0, device="cpu")
+    request = WhiteningRequest("set", 32, extraction=config)
+    key = DescriptorKey.of(encoder.net, 32, (1.0,), config)
+    db = {"images": images, "qidxs": [0, 2, 4, 6, 8, 10], "pidxs": [1, 3, 5, 7, 9, 11]}
+    first = learned_whitening(encoder, request, db, key)
+    cache = tmp_path / "net.pth.tar_set_whiten_32.pth"
+    assert cache.is_file()
+    fewer = dict(db, qidxs=[0, 2, 4, 6], pidxs=[1, 3, 5, 7])  # the pairs edited, the images as they were
+    with caplog.at_level("INFO", logger="aml.evaluation.whitening_store"):
+        second = learned_whitening(encoder, request, fewer, key)
+    assert "learning it again" in caplog.text and not np.allclose(first[1], second[1])
+    cache.unlink()
+    (tmp_path / "5.jpg").write_bytes(b"truncated")
+    skipping = WhiteningRequest("set", 32, extraction=config.but(skip_bad=True))
+    learned_whitening(encoder, skipping, db, DescriptorKey.of(encoder.net, 32, (1.0,), skipping.extraction))
+    assert not cache.exists()  # learned without an image: not for a run that stops at it

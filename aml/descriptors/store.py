@@ -770,8 +770,20 @@ def encode_into_store(
 ) -> DescriptorStore:
     """The store of ``images`` encoded by ``net`` as ``key`` says, its missing shards encoded
     first, each by this process alone (``config``: how; its skip policy decides whether an
-    unreadable image is skipped and listed or raises)."""
+    unreadable image is skipped and listed or raises, and whether a store encoded around
+    unreadable images before may be used).
+
+    Raises:
+        DataError: when the store holds images skipped as unreadable and ``config`` skips none."""
     store = DescriptorStore.create(folder, images, key, int(net.meta["outputdim"]))
+    skipped = store.skipped()
+    if skipped and not config.skip_bad:  # the same command stops at an unreadable image, whatever ran before
+        raise DataError(
+            f"{store.folder} was encoded around {len(skipped)} images that could not be read "
+            f"({store.images[skipped[0]]}, ...; listed in {store.folder / 'skipped.txt'}): searching it leaves them "
+            "out; pass --skip-bad-images "
+            "(skip_bad) to search it so, or repair the images and delete the shards that hold them"
+        )
     shard_config = config.but(collective=False)
 
     def encode(block: List[str], skipped: Optional[List[int]]):

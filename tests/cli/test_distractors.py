@@ -1,6 +1,7 @@
 """test.py -d NAME+DISTRACTORS: the +1M protocol on a generated distractor set, equal to the
 full in-memory ranking, encoded once per network, with unreadable distractors named or skipped."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,9 @@ def test_an_unreadable_distractor_is_named_or_skipped_and_listed(broken_root, ne
     assert (store / "skipped.txt").read_text().split() == [str(bad)]
     assert results["synth-oxford+synth1m"]["distractors"] == {"count": 40, "skipped": 1, "store": str(store)}
     assert "1 unreadable ones skipped" in capsys.readouterr().out
+    with pytest.raises(DataError, match=rf"was encoded around 1 images that could not be read \({re.escape(str(bad))}, "
+                                        r"\.\.\.; listed in .*skipped.txt\): .*pass --skip-bad-images"):
+        test_cli.main(args)  # the same command as the first: it stops, whatever ran since
 
 
 def test_report_with_distractors_is_refused(root, nets, capsys):

@@ -439,19 +439,23 @@ def checked_test_sets(args: argparse.Namespace) -> List[str]:
         args: the parsed flags.
 
     Returns:
-        The test set names, with their ``+`` distractor suffixes.
+        The test set names as the registry spells them (``ROxford5k`` is ``roxford5k``), with
+        their ``+`` distractor suffixes.
 
     Raises:
-        ConfigError: for no test set, one named twice or an unknown one, or a whitening set without
-            whitening pairs.
+        ConfigError: for no test set, one named twice (in any case) or an unknown one, or a
+            whitening set without whitening pairs.
     """
-    from aml.data.distractors import split_test_name
+    from aml.data.distractors import SEPARATOR, split_test_name
     from aml.data.testsets import get_test_set
     from aml.data.trainsets import get_train_set, whitening_set_names
 
-    names = comma_names("--datasets", args.datasets, "test set")
-    for name in names:
-        get_test_set(split_test_name(name)[0], args.data_root)
+    names = []
+    for name in comma_names("--datasets", args.datasets, "test set"):
+        test, suffix = split_test_name(name)
+        names.append(get_test_set(test, args.data_root).name + (f"{SEPARATOR}{suffix}" if suffix else ""))
+        if names[-1] in names[:-1]:
+            raise ConfigError(f"--datasets {args.datasets!r} names {names[-1]} twice; give each test set once")
     if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
         raise ConfigError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
     return names

@@ -106,6 +106,7 @@ CASES = [
     (EXTRACT, ["-d", "synth-sfm", "--split", ""], "--split '' names no split"),
     (TEST, ["-d", "roxford5k,rparis6k,roxford5k"], "--datasets 'roxford5k,rparis6k,roxford5k' names roxford5k twice; "
                                                    "give each test set once"),  # was tested twice
+    (TEST, ["-d", "roxford5k,ROxford5k"], "--datasets 'roxford5k,ROxford5k' names roxford5k twice"),  # tested twice
     (EXTRACT, ["-d", "synth-sfm,synth-sfm"], "--datasets 'synth-sfm,synth-sfm' names synth-sfm twice"),
     (EXTRACT, ["-d", "synth-sfm", "--split", "train,val,train"], "--split 'train,val,train' names train twice"),
     (DEMO, ["--student-arch", "timm:nosuch"], "--student-arch: timm:nosuch: timm"),  # was refused after the teacher

@@ -684,11 +684,19 @@ def one_line_errors() -> Iterator[None]:
         )
 
 
+#: what every command says when it is stopped (Ctrl-C, SIGTERM)
+STOPPED = (
+    "the files already written are complete (each is written atomically); the same command goes on from them "
+    "(a training run with --resume)"
+)
+
+
 def run_cli(main) -> None:
     """Run a command's ``main()``; errors about the user's files and flags, and a diverged
     training run, end the program with one clear line (exit status 1) instead of a traceback
     (`one_line_errors`). SIGTERM ends it as Ctrl-C does (an atomic write in progress removes
-    its temporary file), with exit status 143."""
+    its temporary file), with exit status 143 (Ctrl-C: 130, as a shell reports it), saying
+    `STOPPED`."""
     from aml.utils.cpu import enlarge_kernel_cache
 
     enlarge_kernel_cache()
@@ -698,11 +706,8 @@ def run_cli(main) -> None:
             main()
             shutdown()
     except KeyboardInterrupt:
-        sys.exit("interrupted: checkpoints already written are complete (they are written atomically)")
+        print(f"interrupted: {STOPPED}", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except Terminated:
-        print(
-            "terminated (SIGTERM): checkpoints and files already written are complete (they are written "
-            "atomically); --resume continues a training run",
-            file=sys.stderr,
-        )
+        print(f"terminated (SIGTERM): {STOPPED}", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)

@@ -620,3 +620,24 @@ def test_results_and_reports_anywhere_below_a_store_are_refused(tmp_path, capsys
     assert "in the store" not in err and "nosuch" in err
     err = bad(TEST, ["--report", str(store / ".." / "reports"), "-d", "nosuch"], capsys)  # beside it, written so
     assert "in the store" not in err and "nosuch" in err
+
+
+def test_a_command_stopped_with_ctrl_c_says_so_for_any_command_and_exits_130(capsys):
+    """Every command said "checkpoints already written are complete" (test.py writes none), and
+    exited 1 on Ctrl-C, as after a failure: a script could not tell the two apart."""
+    import signal
+
+    from aml.cli.arguments import run_cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_cli(interrupted)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130 and "checkpoints" not in err
+    assert "interrupted: the files already written are complete (each is written atomically)" in err

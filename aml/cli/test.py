@@ -223,6 +223,9 @@ def _write_results(
             "device": str(device),
             "network": student.name,
             "teacher": teacher.name if teacher else None,
+            # which weights were tested: a file replaced under the same name gives other numbers
+            "network_fingerprint": student.fingerprint,
+            "teacher_fingerprint": teacher.fingerprint if teacher else None,
         },
         "results": results,
     }

@@ -49,6 +49,12 @@ def test_symmetric_run_prints_and_writes_json(checkpoint, synth_root, tmp_path, 
     report = json.loads(out.read_text())
     assert report["results"]["synth-oxford"]["plain"]["medium"]["map"] == pytest.approx(medium(results))
     assert report["settings"]["image_size"] == 64 and 0 < medium(results) < 1
+    # the weights tested, not only their file's name (a replaced file gave the same settings)
+    from aml.networks.checkpoint import load_network
+    from aml.networks.fingerprint import network_fingerprint
+
+    assert report["settings"]["network_fingerprint"] == network_fingerprint(load_network(checkpoint))
+    assert report["settings"]["teacher_fingerprint"] is None
 
 
 def test_asymmetric_against_itself_equals_symmetric(checkpoint, synth_root):

@@ -93,6 +93,32 @@ def errors_naming(path: PathLike) -> Iterator[None]:
         raise ImageLoadError(f"image {path} is corrupt or not an image ({err}); replace or re-download it") from err
 
 
+def check_images_exist(images: Sequence[PathLike], what: str) -> None:
+    """Refuse a list of images of which some are missing, before any is encoded (a stat each):
+    a command then stops at once, not after hours of encoding of the images before it.
+
+    Args:
+        images: the image paths.
+        what: what they are, for the error (e.g. ``"synth-paris"``).
+
+    Raises:
+        ImageLoadError: naming the first missing image and how many are.
+
+    Examples:
+        >>> from aml.data.images import check_images_exist
+        >>> check_images_exist(["no/such.jpg", "nor/this.jpg"], "mine")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        aml.data.images.ImageLoadError: image no/such.jpg is missing (2 of the 2 images of mine): ...
+    """
+    missing = [image for image in images if not os.path.isfile(image)]
+    if missing:
+        raise ImageLoadError(
+            f"image {missing[0]} is missing ({len(missing)} of the {len(images)} images of {what}): check its path "
+            "(an image of a data set: download the set again or fix its list), or pass --skip-bad-images"
+        )
+
+
 # No photograph of the benchmarks comes near this: a larger "image" is a device, a stream or
 # something else that is not one (a database image linked to /dev/zero was read whole).
 #: what counts as an image when a folder is listed (case-insensitive)

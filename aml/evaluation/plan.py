@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 from aml.data.distractors import DISTRACTOR_SETS, read_distractor_list, split_test_name
 from aml.data.formats import TestConfig, TrainingDb
 from aml.data.paths import DataRoot, DataRootLike
+from aml.data.images import check_images_exist
 from aml.data.testsets import query_and_database_paths, read_test_set
 from aml.data.trainsets import read_whitening_db
 from aml.descriptors import DescriptorKey, ExtractionConfig
@@ -372,7 +373,10 @@ def _read_sets(settings: TestSettings, test_root: Path, progress: bool) -> List[
         dataset, suffix = split_test_name(name)
         cfg = read_test_set(dataset, test_root, progress=progress)
         listing = Path(settings.skipped_dir or cfg["dir_data"]) / f"skipped_{dataset}.txt"
-        sets.append(PlannedSet(name, cfg, *query_and_database_paths(cfg), suffix, listing))
+        images, queries, bbxs = query_and_database_paths(cfg)
+        if not settings.extraction.skip_bad:  # before any set, or the whitening, is encoded
+            check_images_exist([*queries, *images], dataset)
+        sets.append(PlannedSet(name, cfg, images, queries, bbxs, suffix, listing))
     return sets
 
 

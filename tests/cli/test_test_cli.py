@@ -262,8 +262,9 @@ def test_missing_and_corrupt_images_are_named(checkpoint, synth_root, tmp_path):
     shutil.copytree(synth_root / "test", root / "test")
     images = sorted((root / "test" / "synth-oxford" / "jpg").glob("synth-oxford_0*.jpg"))
     images[0].unlink()
-    with pytest.raises(ImageLoadError, match=f"{images[0].name} is missing"):
-        run(["-npath", str(checkpoint), "--no-cache"], root)
+    with pytest.raises(ImageLoadError, match=f"{images[0].name} is missing \\(1 of the 1\\d+ images of synth-oxford\\)"):
+        run(["-npath", str(checkpoint), "-d", "synth-paris,synth-oxford"], root)
+    assert not (root / "features").exists()  # found before synth-paris was encoded (it was after)
     images[0].write_bytes(b"not a jpeg")
     with pytest.raises(ImageLoadError, match=f"{images[0].name} is corrupt"):
         run(["-npath", str(checkpoint), "--no-cache"], root)

@@ -64,10 +64,8 @@ def _ivfpq(text: str) -> IvfPq:
     return IvfPq(nlist, m)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The flags of ``python -m aml.search index`` and ``query``."""
-    parser = Parser(prog="python -m aml.search", description="Asymmetric search: teacher database, student queries.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+def _add_index_command(commands: Any) -> argparse.ArgumentParser:
+    """The ``index`` subcommand and its own flags (those it shares with ``query`` come after)."""
     index = commands.add_parser("index", help="encode a folder or image list with the teacher into a store")
     index.add_argument("images", help="a folder (every image below it) or a text file of image paths")
     index.add_argument("--store", required=True, type=output_folder, help="the store folder to write")
@@ -108,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         "too): they are never found; otherwise the first one stops the indexing",
     )
     add_reranking_arguments(index, qe=False, superglobal=False)
+    return index
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m aml.search index`` and ``query``."""
+    parser = Parser(prog="python -m aml.search", description="Asymmetric search: teacher database, student queries.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    index = _add_index_command(commands)
     query = commands.add_parser("query", help="encode query images with the student and search a store")
     query.add_argument("images", nargs="+", help="query images")
     query.add_argument("--store", required=True, type=input_folder, help="the store folder written by index")

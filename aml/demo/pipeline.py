@@ -342,11 +342,8 @@ def run_demo(
         "teacher_options": TEACHER_OPTIONS,
         "student_options": {m: STUDENT_OPTIONS[m] for m in student_modes},
     }
-    record = {
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "provenance": provenance(device=resolve_device("auto")),  # where the demo trains and tests
-        "settings": settings,
-    }
+    made_on = provenance(device=resolve_device("auto"))  # where the demo trains and tests
+    record = {"seconds": {k: round(v, 1) for k, v in seconds.items()}, "provenance": made_on, "settings": settings}
     written = write_results(rows, root / "demo", list(seeds), notes, record)
     report(
         f"\n>> demo finished in {time.time() - start:.0f} s; runs in {root / 'demo' / 'runs'}; table in {written} "

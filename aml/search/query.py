@@ -290,19 +290,27 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
             f"the store {folder} is encoded at scales {list(settings['scales'])}, and an exported "
             "student encodes one: query it with the student's checkpoint (--network)"
         )
+    _warn_of_calibration(info, database, path)
+    return info
+
+
+def _warn_of_calibration(info: OnnxStudentInfo, database: SearchDatabase, path: PathLike) -> None:
+    """Say when an int8 file was calibrated on images of another size than the store's."""
     calibrated = info.calibration_image_size
-    if info.precision == "int8" and calibrated is not None and calibrated != settings["image_size"]:
+    if info.precision != "int8" or calibrated is None:
+        return
+    size = database.settings.get("image_size")
+    if size is not None and calibrated != size:
         log.warning(
             ">> %s was calibrated on images of %d px and the store %s holds images of %d px: its int8 ranges may "
             "not fit these queries; export it with --store %s (or --image-size %d)",
             path,
             calibrated,
-            folder,
-            settings["image_size"],
-            folder,
-            settings["image_size"],
+            database.folder,
+            size,
+            database.folder,
+            size,
         )
-    return info
 
 
 def _same_teacher(info: OnnxStudentInfo, database: SearchDatabase, path: PathLike) -> bool:

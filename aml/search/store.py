@@ -240,8 +240,7 @@ def build_store(
     _check_plan(teacher, images, image_size, reranking, ivfpq)
     folder = Path(folder)
     target = folder.resolve()  # a link to a store: the store it points to is replaced
-    images = [os.path.abspath(i) for i in images]  # links kept: a git-annex or DVC photo keeps its own name
-    _refuse_repeated(images)
+    images = _absolute_once(images)
     key = _store_key(teacher, image_size, scales, config)
     target.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(target, fix="give another --store", beside=True):
@@ -275,14 +274,17 @@ def _write_search_files(
     atomic_write(folder / SEARCH, lambda out: out.write(json.dumps(record).encode()))
 
 
-def _refuse_repeated(images: Sequence[str]) -> None:
-    """Refuse an image given twice: each copy would be a result of its own, filling the top k
-    with one photo (`list_images` keeps the first of each)."""
+def _absolute_once(images: Sequence[str]) -> List[str]:
+    """The images as absolute paths (links kept: a git-annex or DVC photo keeps its own name),
+    refusing one given twice: each copy would be a result of its own, filling the top k with
+    one photo (`list_images` keeps the first of each)."""
+    absolute = [os.path.abspath(image) for image in images]
     seen: Set[str] = set()
-    for image in images:
+    for image in absolute:
         if image in seen:
             raise StoreError(f"{image} is given twice among the images to index; give each image once")
         seen.add(image)
+    return absolute
 
 
 def _publish(staging: Path, target: Path) -> None:

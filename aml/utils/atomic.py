@@ -5,6 +5,7 @@ folders, so that a data set appears whole or not at all, even when two processes
 import contextlib
 import errno
 import fcntl
+import glob
 import logging
 import os
 import re
@@ -115,8 +116,9 @@ def atomic_path(path: PathLike, replace: bool = True) -> Iterator[Path]:
     if path.is_dir():
         raise InTheWay(f"{path} is a folder where aml writes a file: move it away, or give another name")
     _make_folder_of(path)
+    _remove_dead_temporaries(path)
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         if is_disk_full(err):
             raise DiskFull(f"no space left on the device for {path}: free space and run again") from err
@@ -158,8 +160,9 @@ def optional_write(what: str) -> Iterator[None]:
 
 def remove_orphan_temporaries(folder: Union[str, Path]) -> list:
     """Delete the temporary files that `atomic_write` leaves when its process is killed
-    (``.<name>.<random>.tmp``) in ``folder``; returns their paths. Call it only on a folder
-    no other process is writing to (a run folder at the start of its run)."""
+    (``.<name>.<host>.<pid>.<random>.tmp``) in ``folder``, whoever wrote them; returns their
+    paths. Call it only on a folder no other process is writing to (a run folder at the start
+    of its run); in a shared folder, `atomic_write` removes those of dead processes itself."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -184,17 +187,30 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
-def _dead_staging(name: str, folder: str) -> bool:
-    """Whether ``name`` is a staging folder of ``folder`` whose process no longer runs: one of
-    this machine (``.<folder>.<host>.<pid>.<random>.staging``, or the older
-    ``.<folder>.<pid>.<random>.staging``) whose pid is not alive. Another machine's is never
+def _dead_leftover(name: str, target: str, suffix: str) -> bool:
+    """Whether ``name`` is what a process that no longer runs left while it wrote ``target``
+    (a staging folder, ``suffix`` "staging", or a temporary file, "tmp"): one of this machine
+    (``.<target>.<host>.<pid>.<random>.<suffix>``, or a staging folder's older
+    ``.<target>.<pid>.<random>.staging``) whose pid is not alive. Another machine's is never
     dead here: its pid means nothing on this one (a shared data root on NFS)."""
-    base = re.escape(folder)
-    hosted = re.fullmatch(rf"\.{base}\.([A-Za-z0-9-]+)\.(\d+)\.[A-Za-z0-9_]+\.staging", name)
+    base = re.escape(target)
+    hosted = re.fullmatch(rf"\.{base}\.([A-Za-z0-9-]+)\.(\d+)\.[A-Za-z0-9_]+\.{suffix}", name)
     if hosted:
         return hosted.group(1) == _host() and not _alive(int(hosted.group(2)))
-    older = re.fullmatch(rf"\.{base}\.(\d+)\.[A-Za-z0-9_]+\.staging", name)  # not those of "<folder>.<x>"
+    if suffix != "staging":  # an older temporary file names no process: it may be in use
+        return False
+    older = re.fullmatch(rf"\.{base}\.(\d+)\.[A-Za-z0-9_]+\.staging", name)  # not those of "<target>.<x>"
     return older is not None and not _alive(int(older.group(1)))
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Delete the temporary files beside ``path`` that writers of ``path`` killed on this
+    machine left (a shared features/ or cache/ folder, where `remove_orphan_temporaries`
+    cannot run: other processes write there)."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if _dead_leftover(old.name, path.name, "tmp"):
+            old.unlink(missing_ok=True)
+            log.info(">> removed %s, left by an interrupted write", old)
 
 
 def staging_folder(folder: Union[str, Path]) -> Path:
@@ -206,8 +222,8 @@ def staging_folder(folder: Union[str, Path]) -> Path:
     umask), not the 0700 of a temporary one, so that a group sharing a data root can read it."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    for old in folder.parent.glob(f".{folder.name}.*.staging"):
-        if _dead_staging(old.name, folder.name):
+    for old in folder.parent.glob(f".{glob.escape(folder.name)}.*.staging"):
+        if _dead_leftover(old.name, folder.name, "staging"):
             shutil.rmtree(old, ignore_errors=True)
     prefix = f".{folder.name}.{_host()}.{os.getpid()}."
     staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".staging", dir=folder.parent))

@@ -315,3 +315,28 @@ def test_a_lock_that_cannot_be_taken_is_not_reported_as_a_run_in_the_way(tmp_pat
         with pytest.raises(LockUnavailable, match=r"cannot lock .*\.lock \(Bad file descriptor\): another user's"):
             with lock():
                 pass
+
+
+def test_a_killed_writers_temporary_in_a_shared_folder_goes_with_the_next_write_of_its_file(tmp_path, monkeypatch):
+    """A run killed while it wrote a feature file left ``.<file>.<random>.tmp`` (gigabytes for
+    a +1M store) in the shared features/ folder for good: no run cleans a folder others write
+    to. The next write of the same file removes those of this machine's dead processes only."""
+    import aml.utils.atomic as atomic
+
+    monkeypatch.setattr(atomic.socket, "gethostname", lambda: "node-7.cluster")
+    leftovers = {
+        "dead here": tmp_path / ".db.npy.node-7-cluster.999999999.abc.tmp",
+        "live here": tmp_path / f".db.npy.node-7-cluster.{os.getppid()}.def.tmp",
+        "another machine's": tmp_path / ".db.npy.node-12.999999999.ghi.tmp",
+        "an older aml's, naming no process": tmp_path / ".db.npy.jkl.tmp",
+        "another file's": tmp_path / ".db.npy.json.node-7-cluster.999999999.mno.tmp",
+    }
+    for path in leftovers.values():
+        path.write_bytes(b"half a file")
+    atomic_write(tmp_path / "db.npy", lambda out: out.write(b"whole"))
+    kept = {what for what, path in leftovers.items() if path.exists()}
+    assert kept == set(leftovers) - {"dead here"}
+    assert (tmp_path / "db.npy").read_bytes() == b"whole"
+    with atomic.atomic_path(tmp_path / "db.npy") as temporary:
+        assert temporary.name.startswith(f".db.npy.node-7-cluster.{os.getpid()}.") and temporary.suffix == ".tmp"
+        temporary.write_bytes(b"again")

@@ -63,7 +63,11 @@ def main(argv: Optional[List[str]] = None) -> TrainSetReport:
             "--images is the folder of --csv's image names; --folders names its images itself: leave --images out"
         )
     try:
-        items = images_from_folders(args.folders) if args.folders else images_from_csv(args.csv, args.images)
+        items = (
+            images_from_folders(args.folders, args.data_root)
+            if args.folders
+            else images_from_csv(args.csv, args.images)
+        )
         report = build_train_set(
             items, args.name, args.data_root, args.val_fraction, args.pairs_per_landmark, args.seed
         )

@@ -28,7 +28,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Set, Tuple, TypedDict, cast
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, TypedDict, cast
 
 from PIL import Image
 
@@ -36,7 +36,7 @@ from aml.utils.atomic import publish_folder, staged
 from aml.data.distractors import DISTRACTOR_SETS
 from aml.data.images import ImageLoadError, image_files, load_image, rgb_image, turned_images, visible_files
 from aml.data.download import file_sha256
-from aml.data.paths import check_set_name, data_subdir, resolve_data_root
+from aml.data.paths import check_set_name, data_subdir, resolve_data_root, within_data_root
 from aml.data.safe_pickle import kind_of, save_pickle
 from aml.data.testsets import TEST_SETS
 from aml.data.trainsets import is_training_set
@@ -351,7 +351,8 @@ def _database_names(description: Description, images_dir: Path, query_names: Lis
     if listed is not None:
         return list(listed)
     found = image_files(images_dir)
-    theirs = _in_data_root_sets(found + visible_files(images_dir), images_dir, root)
+    inside = within_data_root(found + visible_files(images_dir), images_dir, root)
+    theirs = {path for path, entry in inside.items() if entry in ("test", "train")}
     kept = [path for path in found if path not in theirs]
     if len(kept) < len(found):
         log.warning(
@@ -372,25 +373,6 @@ def _database_names(description: Description, images_dir: Path, query_names: Lis
     taken = set(query_names)
     names = (str(path.relative_to(images_dir)) for path in kept)
     return [name for name in names if name not in taken]
-
-
-def _in_data_root_sets(paths: Sequence[Path], images_dir: Path, root: Path) -> Set[Path]:
-    """Those of ``paths`` (found under ``images_dir``) that lie in the ``test`` or ``train``
-    folder of the data root ``root``, reached through a folder under ``images_dir`` that is the
-    data root or a link to it (``./data`` -> a scratch disk)."""
-    top, root = Path(os.path.abspath(images_dir)), root.resolve()
-    resolved: Dict[Path, Path] = {}
-    theirs = set()
-    for path in paths:
-        absolute = Path(os.path.abspath(path))
-        for folder in absolute.parents:
-            if folder == top or not folder.is_relative_to(top):
-                break
-            if resolved.setdefault(folder, folder.resolve()) == root:
-                if absolute.relative_to(folder).parts[0] in ("test", "train"):
-                    theirs.add(path)
-                break
-    return theirs
 
 
 def _check_names(database_names: List[str], query_names: List[str], source: str) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from aml.utils.atomic import publish_folder, staged
 from aml.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, visible_files
-from aml.data.paths import check_set_name, data_subdir
+from aml.data.paths import DataRootLike, check_set_name, data_subdir, resolve_data_root, within_data_root
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
 from aml.data.testsets import find_test_set
@@ -99,15 +99,27 @@ def _validation_landmarks(usable: int, val_fraction: float) -> int:
     return min(usable - fewest, max(fewest, round(val_fraction * usable)))
 
 
-def images_from_folders(root: PathLike) -> List[Tuple[Path, str]]:
+def images_from_folders(root: PathLike, data_root: DataRootLike = None) -> List[Tuple[Path, str]]:
     """(image, landmark) for every file of ``root/<landmark>/`` but hidden ones (`visible_files`;
-    one that is not an image is reported as unreadable); a name with a line break is refused
+    one that is not an image is reported as unreadable) and those of the data root where it
+    lies under ``root`` (``--folders .`` beside ``./data``: the sets built before are copies of
+    the landmarks' images, not a landmark); a name with a line break is refused
     (`aml.utils.text_files.check_line_names`)."""
     root = Path(root)
     landmarks = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not landmarks:
         raise TrainSetError(f"{root} holds no landmark folders (expected {root}/<landmark>/<images>)")
     found = [(image, folder.name) for folder in landmarks for image in visible_files(folder)]
+    inside = within_data_root([image for image, _ in found], root, resolve_data_root(data_root))
+    if inside:
+        log.warning(
+            ">> %d files under %s lie in the data root %s (%s) and are left out: it is no landmark",
+            len(inside),
+            root,
+            resolve_data_root(data_root),
+            ", ".join(sorted(set(inside.values()))),
+        )
+        found = [(image, landmark) for image, landmark in found if image not in inside]
     check_line_names(str(image) for image, _ in found)
     loose = sorted(
         p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS

@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from aml.utils.errors import ConfigError
 
@@ -95,6 +95,43 @@ def below_common_folder(images: Sequence[str]) -> List[str]:
     except ValueError:  # absolute and relative names mixed: no folder they share
         return list(images)
     return [os.path.relpath(image, folder) if folder and image else image for image in images]
+
+
+def within_data_root(paths: Sequence[Path], top: Path, root: Path) -> Dict[Path, str]:
+    """Those of ``paths`` (found under the folder ``top``) that lie in the data root ``root``,
+    reached through a folder under ``top`` that is the data root or a link to it (``--images
+    .`` or ``--folders .`` beside ``./data``), each with the data root's entry it is in
+    (``train``, ``test``, ``networks`` ...).
+
+    Args:
+        paths: files found by walking ``top``.
+        top: the folder walked.
+        root: the data root.
+
+    Returns:
+        Path -> the data root's entry (sub-folder or file name) that holds it.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from aml.data.paths import within_data_root
+        >>> with tempfile.TemporaryDirectory() as top:
+        ...     found = [Path(top, "data", "train", "a.jpg"), Path(top, "tower", "b.jpg")]
+        ...     within_data_root(found, Path(top), Path(top, "data")) == {found[0]: "train"}
+        True
+    """
+    top, root = Path(os.path.abspath(top)), root.resolve()
+    resolved: Dict[Path, Path] = {}
+    inside: Dict[Path, str] = {}
+    for path in paths:
+        absolute = Path(os.path.abspath(path))
+        for folder in absolute.parents:
+            if folder == top or not folder.is_relative_to(top):
+                break
+            if resolved.setdefault(folder, folder.resolve()) == root:
+                inside[path] = absolute.relative_to(folder).parts[0]
+                break
+    return inside
 
 
 def cid2filename(cid: str, prefix: Union[str, Path]) -> str:

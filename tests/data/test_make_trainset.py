@@ -264,3 +264,24 @@ def test_contradictory_flags_and_the_hint_of_another_data_root(landmark_folders,
     assert "--split val chooses a training set's splits; synth-oxford holds test sets only" in capsys.readouterr().err
     make_trainset_cli.main(["--folders", str(landmark_folders), "--name", "mine", "--data-root", str(tmp_path / "d")])
     assert f"python main.py -d mine --data-root {tmp_path / 'd'} ..." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("linked", [False, True], ids=["folder", "link"])
+def test_the_data_root_under_the_landmark_folders_is_no_landmark(landmark_folders, tmp_path, caplog, linked):
+    """With --folders . and the default ./data, a second set took the data root for a landmark
+    called 'data': the first set's copies of every landmark's images were one landmark, kept
+    before the originals (which were left out as their duplicates)."""
+    folders = tmp_path / "lm"
+    for landmark in ("landmark000", "landmark001", "landmark002", "landmark003", "landmark004"):
+        shutil.copytree(landmark_folders / landmark, folders / landmark)
+    root = folders / "data"
+    if linked:  # ./data -> a scratch disk: walked into as a folder, the same
+        (tmp_path / "scratch").mkdir()
+        root.symlink_to(tmp_path / "scratch")
+    first = build_train_set(images_from_folders(folders, root), "first", root, seed=1)
+    with caplog.at_level("WARNING", logger="aml.data.make_trainset"):
+        found = images_from_folders(folders, root)
+    assert {landmark for _, landmark in found} == {f"landmark00{k}" for k in range(5)}
+    assert "lie in the data root" in caplog.text and "(train) and are left out" in caplog.text
+    second = build_train_set(found, "second", root, seed=1)
+    assert second.landmarks == first.landmarks and second.duplicates == first.duplicates

@@ -383,8 +383,8 @@ def _check_names(database_names: List[str], query_names: List[str], source: str)
         other = seen.setdefault(_stem(name).casefold(), name)
         if other != name:
             raise TestSetError(
-                f"{source}: {other} and {name} share a name once the extension and case are dropped "
-                "(their copies in jpg/ would be one file); rename one"
+                f"{source}: {other} and {name} share a name once the extension and case are dropped and "
+                f"'{os.sep}' is written '__' (their copies in jpg/ would be one file: {_stem(name)}.jpg); rename one"
             )
     if len(set(database_names)) != len(database_names):
         twice = next(n for n in database_names if database_names.count(n) > 1)

@@ -342,6 +342,15 @@ def test_the_default_database_holds_images_only_and_names_are_spelt_one_way(imag
     with pytest.raises(TestSetError, match=r"A.png and a.jpg share a name once the extension and case are dropped"):
         build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": None}, images, "cased",
                        tmp_path)
+    (images / "A.png").unlink()
+    (images / "sub").mkdir()
+    Image.new("RGB", (8, 6)).save(images / "sub" / "b.png")
+    Image.new("RGB", (8, 6), "white").save(images / "sub__b.png")
+    # the message named the extension and case alone, where it was the folder's '/' written '__'
+    with pytest.raises(TestSetError, match=r"sub__b.png and sub/b.png share a name once .* '/' is written '__' "
+                                           r"\(their copies in jpg/ would be one file: sub__b.jpg\)"):
+        build_test_set({"queries": [{"image": "q.jpg", "easy": ["a.jpg"]}], "database": ["sub__b.png", "sub/b.png"]},
+                       images, "flattened", tmp_path)
 
 
 @pytest.mark.parametrize("name", ["Roxford5k", "synth-oxford", "SYNTH-OXFORD"])

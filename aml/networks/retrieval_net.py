@@ -495,19 +495,28 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
     return net
 
 
+#: the trunks narrower than 2048 that the original's table for ``teacher='resnet101'``
+#: (``OUTPUT_DIM_RESNET``) listed at their own width
+_RESNET101_TABLE_OWN_WIDTH = ("densenet121", "densenet161", "densenet169", "densenet201")
+
+
 def _keeps_width_as_the_original(params: Dict[str, Any]) -> bool:
     """Whether the original's ``init_network`` gave this network its trunk's width whatever its
-    ``teacher``: a trunk that is not a student, with ``teacher='vgg16'`` (the original's
-    test.py passed it for every network, published ResNet101 teachers included), no dimension
-    given but its own (a checkpoint's ``outputdim``). A ``teacher='resnet101'`` projects a
-    narrower trunk (a KeyError in the original). The rule is the original's, for its table's
-    architectures: a ``timm:`` trunk, which it never had, is projected as `build_network` does."""
+    ``teacher``: a trunk that is not a student, no dimension given but its own (a checkpoint's
+    ``outputdim``), with ``teacher='vgg16'`` (the original's test.py passed it for every
+    network, published ResNet101 teachers included), or a DenseNet with
+    ``teacher='resnet101'`` (its table listed them so). A ``teacher='resnet101'`` projects
+    another narrower trunk (a KeyError in the original). The rule is the original's, for its
+    table's architectures: a ``timm:`` trunk, which it never had, is projected as
+    `build_network` does."""
     architecture = params.get("architecture", "resnet101")
     if architecture not in BACKBONES:
         return False
     backbone = get_backbone(architecture)
     teacher = params.get("teacher")
     named = TEACHERS.get(teacher, teacher) if isinstance(teacher, str) else None  # the alias or its full name
-    if named != TEACHERS[DEFAULT_TEACHER] or params.get("teacher_dim") not in (None, backbone.dim):
+    if backbone.student or params.get("teacher_dim") not in (None, backbone.dim):
         return False
-    return not backbone.student
+    return named == TEACHERS[DEFAULT_TEACHER] or (
+        named == TEACHERS["resnet101"] and architecture in _RESNET101_TABLE_OWN_WIDTH
+    )

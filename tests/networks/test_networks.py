@@ -36,6 +36,19 @@ def test_init_network_keeps_a_trunks_width_with_the_originals_default_teacher():
         "timm:test_vit", pretrained=False, teacher_dim=512).meta["outputdim"]
 
 
+@pytest.mark.parametrize("architecture, width", [("densenet121", 1024), ("densenet161", 2208)])
+def test_init_network_keeps_a_densenets_width_with_the_resnet101_teacher_as_the_original(architecture, width):
+    """The original's table for teacher='resnet101' listed DenseNets at their own width: they got
+    a random 1x1 projection to 2048 (and no published whitening) without a word."""
+    net = init_network({"architecture": architecture, "pretrained": False, "teacher": "resnet101"})
+    assert net.meta["outputdim"] == width and net.projection() is None and "teacher" not in net.meta
+    spread = init_network({**net.meta, "pretrained": False, "teacher": "resnet101"})  # a meta spread: outputdim too
+    assert spread.meta["outputdim"] == width and spread.projection() is None
+    # a resnet18 (a KeyError there) is projected, and main.py's students of resnet101 are 2048-d
+    assert init_network({"architecture": "resnet18", "pretrained": False, "teacher": "resnet101"}).projection()
+    assert build_network(architecture, pretrained=False, teacher="resnet101").meta["outputdim"] == 2048
+
+
 def test_projection_is_found_only_where_there_is_one():
     assert build_network("resnet18", pretrained=False).projection() is None  # ends with a residual stage
     assert build_network("vgg16", pretrained=False).projection() is None  # 3x3 conv + ReLU

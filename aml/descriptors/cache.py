@@ -16,6 +16,7 @@ from aml.descriptors.key import DescriptorKey
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, optional_write
 from aml.utils.distributed import current_world, found_by_all, warn_once
+from aml.utils.plain_files import load_npy
 
 log = logging.getLogger(__name__)
 DEFAULT_KEEP = 8  # cache files kept per data set (each is D x N float32)
@@ -83,7 +84,7 @@ def _read_cache(path: Path, shape: Tuple[int, int], tag: str) -> Optional[np.nda
     if not path.exists():
         return None
     try:
-        vecs = np.load(path, allow_pickle=False)
+        vecs = load_npy(path)
     except (ValueError, OSError, EOFError):
         vecs = None
     if vecs is not None and vecs.dtype.kind == "f" and vecs.shape == shape and np.isfinite(vecs).all():

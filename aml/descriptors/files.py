@@ -24,7 +24,7 @@ from aml.utils.atomic import InTheWay, atomic_write, file_stamp, lock_beside
 from aml.utils.distributed import barrier, current_world, warn_once
 from aml.utils.errors import DataError, MissingFile
 from aml.utils.text_files import TooLarge, line_list, read_bounded, read_line_list
-from aml.utils.plain_files import file_format
+from aml.utils.plain_files import file_format, load_npy
 
 log = logging.getLogger(__name__)
 UNIT_NORM_TOLERANCE = 1e-2  # |norm - 1| of a column read as L2-normalised (float16 storage rounds to 1e-3)
@@ -205,7 +205,7 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         raise MissingFile(f"feature file {path} does not exist; create it with extract_features.py")
     else:
         try:
-            vecs = np.load(path, allow_pickle=False)
+            vecs = load_npy(path)
         except (ValueError, OSError, EOFError) as err:
             other = file_format(path)
             if other is not None and "numpy" not in other:

@@ -44,6 +44,7 @@ from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, file_stamp, folder_lock, lock_beside
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world
+from aml.utils.plain_files import load_npy
 from aml.utils.errors import ConfigError, DataError, MissingFile, lookup
 from aml.utils.text_files import line_list, read_bounded, read_line_list
 
@@ -668,7 +669,7 @@ class DescriptorStore:
                 "finish); run the same command again to encode the missing shards"
             )
         try:
-            array = np.load(path, allow_pickle=False)
+            array = load_npy(path)
         except (ValueError, OSError, EOFError) as err:
             raise StoreDamaged(
                 f"descriptor store {self.folder}: {path.name} is not a readable .npy array ({err})", SHARD_FIX

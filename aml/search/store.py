@@ -62,6 +62,7 @@ from aml.search.database import (
 )
 from aml.utils.atomic import atomic_write, folder_identity, folder_lock, publish_folder
 from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
+from aml.utils.plain_files import load_npy
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
 from aml.utils.text_files import TextFile, read_bounded, read_text_file
@@ -601,7 +602,7 @@ def _augmented(folder: Path, shape: Tuple[int, int]) -> np.ndarray:
     """The store's DBA descriptors (``dba.npy``), checked against its shape."""
     path = folder / DBA
     try:
-        vecs = np.load(path, allow_pickle=False)
+        vecs = load_npy(path)
     except (ValueError, OSError, EOFError) as err:
         raise StoreError(
             f"cannot read {path} ({err}), which {SEARCH} names: the store is damaged; index it again "
@@ -644,7 +645,7 @@ def _legacy_descriptors(folder: Path) -> Tuple[np.ndarray, List[str], StoreSetti
         )
     _check_legacy_settings(settings, f"{path}.json")
     try:
-        vecs = np.load(path, allow_pickle=False)
+        vecs = load_npy(path)
     except (ValueError, OSError, EOFError) as err:
         raise StoreError(f"cannot read {path} ({err}): the store is damaged; index it again ({REBUILD})") from None
     if vecs.ndim != 2 or vecs.dtype.kind != "f" or vecs.shape[0] != settings.get("dim"):

@@ -170,3 +170,34 @@ def is_state_dict(value: Any) -> bool:
 def save_plain_file(obj: Any, path: PathLike) -> Path:
     """``torch.save`` through the atomic writer: an existing ``path`` is replaced only whole."""
     return atomic_write(path, lambda out: torch.save(obj, out))
+
+
+def load_npy(path: PathLike) -> np.ndarray:
+    """The array of a ``.npy`` file, read without pickles (so no file can run code).
+
+    Args:
+        path: the file.
+
+    Returns:
+        Its array.
+
+    Raises:
+        ValueError: for a file that is not one array: unreadable, pickled objects, or a zip
+            (an ``.npz`` archive, a PyTorch checkpoint), which ``np.load`` opens as an archive.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.utils.plain_files import load_npy
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     np.savez(pathlib.Path(folder) / "two.npz", a=np.ones(2))
+        ...     load_npy(pathlib.Path(folder) / "two.npz")
+        Traceback (most recent call last):
+        ...
+        ValueError: a zip archive (.npz or a PyTorch file), not one .npy array
+    """
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    loaded.close()
+    raise ValueError("a zip archive (.npz or a PyTorch file), not one .npy array")

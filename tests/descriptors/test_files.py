@@ -174,6 +174,14 @@ def test_a_feature_file_of_zero_columns_or_of_another_format_is_named(tmp_path):
     path.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
     with pytest.raises(DataError, match="feats.npy is a JPEG image, not a .npy array; give the file extract_features"):
         load_feature_file(path, expected_columns=5)
+    # a zip (the teacher's checkpoint given by a slip, an .npz): numpy opens it as an archive,
+    # and the next line was an AttributeError ('NpzFile' object has no attribute 'dtype')
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(DataError, match=r"feats.npy is not a readable .npy array \(a zip archive \(.npz or a PyTorch"):
+        load_feature_file(path, expected_columns=5)
+    np.savez(tmp_path / "feats.npz", vecs=np.eye(8, 5, dtype=np.float32))
+    with pytest.raises(DataError, match=r"feats.npz is not a readable .npy array \(a zip archive"):
+        load_feature_file(tmp_path / "feats.npz", expected_columns=5)
 
 
 def test_a_feature_file_of_columns_that_are_not_unit_is_warned_of(tmp_path, caplog):

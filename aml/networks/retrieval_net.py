@@ -410,8 +410,9 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> N
 #: aml's ``teacher`` and ``teacher_fingerprint`` (its weights, which a search store is checked
 #: against), ``seed``, ``batchnorm_calibrated`` (a from-scratch trunk whose BatchNorm statistics
 #: were computed on training images before training), ``trunk_weights`` (the file the trunk
-#: started from instead of ImageNet, when one did), ``mode`` and ``loss`` (checked on --resume),
-#: ``autocast`` (the training precision, named on a --resume that changes it)
+#: started from instead of ImageNet, when one did), ``mode``, ``loss`` and ``loss_margin``
+#: (checked on --resume: the run folder's name rounds the margin to 2 decimals), ``autocast``
+#: (the training precision, named on a --resume that changes it)
 KEPT_META_KEYS = (
     "Lw",
     "teacher",
@@ -421,6 +422,7 @@ KEPT_META_KEYS = (
     "trunk_weights",
     "mode",
     "loss",
+    "loss_margin",
     "autocast",
 )
 #: and the keys `init_network` accepts besides: those, and cirtorch's ``outputdim`` (checked)

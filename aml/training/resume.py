@@ -2,6 +2,7 @@
 mode, loss and optimizer before anything is loaded into them."""
 
 import logging
+import math
 import numbers
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
@@ -27,6 +28,7 @@ SHAPING_FLAGS = {
     "outputdim": "an output dimension",
     "mode": "--mode",
     "loss": "--loss",
+    "loss_margin": "--loss-margin",  # the run folder's name rounds it (m0.12 for 0.12 and 0.125)
 }
 
 
@@ -75,6 +77,25 @@ def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch
             f"cannot resume from {path}: its optimizer state lacks {', '.join(missing)} of this run's optimizer: "
             "it was trained with another --optimizer; resume with the flags the run was started with"
         )
+    _check_multipliers(path, groups, optimizer)
+
+
+def _check_multipliers(path: Path, groups: list, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a checkpoint whose parameter groups' learning rates stand in other ratios to the
+    trunk's than this run's (another ``--proj-lr-mult`` than 1 with both): loaded, they would
+    train the projection at the checkpoint's multiplier under a folder named by this one's.
+    Other counts of groups are refused where the state is loaded."""
+    ours = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    theirs = [group.get("initial_lr", group.get("lr")) for group in groups]
+    if len(ours) != len(theirs) or not all(isinstance(lr, (int, float)) and lr > 0 for lr in theirs):
+        return
+    for k, (mine, saved) in enumerate(zip(ours[1:], theirs[1:], strict=True), start=1):
+        if not math.isclose(mine / ours[0], saved / theirs[0], rel_tol=1e-6):
+            raise ConfigError(
+                f"cannot resume from {path}: its optimizer's parameter group {k} learns at {saved / theirs[0]:g} "
+                f"times the trunk's learning rate, this run's at {mine / ours[0]:g}; resume with the flags the run "
+                "was started with (e.g. the same --proj-lr-mult)"
+            )
 
 
 def _best_loss_of(path: Path, state: Mapping[str, Any]) -> float:
@@ -195,8 +216,9 @@ def resume_run(
 ) -> Optional[Tuple[int, float]]:
     """Load ``run_dir/name`` (else ``name`` itself, a path), or the latest model_epochN there
     (else its model_best), into ``net`` and ``optimizer``; returns (epochs done, best loss so
-    far: the lower of the checkpoint's and the run's ``model_best``), or None when the folder
-    holds no checkpoint.
+    far: the lower of the checkpoint's and the run's ``model_best``; from a checkpoint outside
+    ``run_dir``, a branch, only the latter: the checkpoint's was another folder's, perhaps of
+    a loss on another scale), or None when the folder holds no checkpoint.
     ``min_loss_of`` ("validation" or "training") is the kind of loss this run picks its best by:
     a checkpoint that recorded another is refused."""
     path: Optional[Path] = next((p for p in (run_dir / name, Path(name)) if p.is_file()), None)
@@ -249,7 +271,11 @@ def resume_run(
     if "batchnorm_calibrated" in state["meta"]:
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))
-    return int(state["epoch"]), min(_best_loss_of(path, state), _model_best_loss(run_dir, net, min_loss_of))
+    best = _model_best_loss(run_dir, net, min_loss_of)
+    if path.parent.resolve() != run_dir.resolve():  # a branch: its folder's model_best is of its own epochs
+        log.info(">> %s: model_best is chosen among this run's epochs, not against %s's best loss", run_dir, path)
+        return int(state["epoch"]), best
+    return int(state["epoch"]), min(_best_loss_of(path, state), best)
 
 
 def _load_resumed(run_dir: Path, path: Path) -> Mapping[str, Any]:

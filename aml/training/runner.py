@@ -242,7 +242,11 @@ class _Run:
             net.meta["teacher"] = c.teacher
             # the student's teacher by its weights: a store is checked against them wherever it is queried
             net.meta["teacher_fingerprint"] = self._teacher_fingerprint()
-        net.meta["mode"], net.meta["loss"] = c.mode, c.loss  # checked on --resume
+        net.meta["mode"], net.meta["loss"], net.meta["loss_margin"] = (
+            c.mode,
+            c.loss,
+            c.loss_margin,
+        )  # checked on --resume
         net.meta["autocast"] = "bfloat16" if self.loop.autocast else "off"  # named on --resume when it changes
         if c.proj_lr_mult != 1.0 and net.projection() is None:
             warn_once(log, ">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from aml.cli import train as train_cli
+from aml.utils.errors import ConfigError
 from aml.networks.checkpoint import CheckpointError, load_checkpoint, load_network
 from aml.training import TrainConfig
 from aml.training.config import run_name
@@ -102,6 +103,19 @@ def test_resume_with_other_optimizer_groups_names_the_file_and_keeps_it(synth_ro
     assert checkpoint.read_bytes() == before
 
 
+def test_a_branch_with_another_projection_multiplier_is_refused(synth_root, tmp_path):
+    """Only another count of groups was refused: the branch, in a folder named _projlr10, trained
+    the projection at the checkpoint's 30 times the trunk's learning rate, without a word."""
+    first = train(synth_root, tmp_path / "a", "-a", "mobilenet_v2", "--proj-lr-mult", "30", "--epochs", "1", "--no-val")
+    checkpoint = first.run_dir / "model_epoch1.pth.tar"
+    with pytest.raises(ConfigError, match=r"cannot resume from .*model_epoch1.pth.tar: its optimizer's parameter "
+                                          r"group 1 learns at 30 times the trunk's learning rate, this run's at 10; "
+                                          r".*the same --proj-lr-mult"):
+        train(synth_root, tmp_path / "b", "-a", "mobilenet_v2", "--proj-lr-mult", "10", "--epochs", "2", "--no-val",
+              "--resume", str(checkpoint))
+    assert not list((tmp_path / "b").rglob("*.pth.tar"))
+
+
 def test_resume_of_a_checkpoint_of_another_loss_is_refused_by_name(synth_root, tmp_path):
     first = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
     checkpoint = first.run_dir / "model_epoch1.pth.tar"
@@ -110,13 +124,17 @@ def test_resume_of_a_checkpoint_of_another_loss_is_refused_by_name(synth_root, t
                                               r"run trains with --loss triplet"):
         train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-l", "triplet", "--resume",
               str(checkpoint))
+    # a margin the folder's name rounds alike (m0.12): the run went on with the other margin
+    margin = train(synth_root, tmp_path / "m", "-a", SMALL, "--epochs", "1", "--no-val", "-lm", "0.125")
+    assert "_m0.12_" in margin.run_dir.name
+    with pytest.raises(CheckpointError, match=r"model_epoch1.pth.tar: it was trained with --loss-margin 0.125, this "
+                                              r"run trains with --loss-margin 0.12;"):
+        train(synth_root, tmp_path / "m", "-a", SMALL, "--epochs", "2", "--no-val", "-lm", "0.12", "--resume", "latest")
 
 
 def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(synth_root, tmp_path):
     """The same command again without --resume (after raising --epochs, say) emptied the logs
     and replaced model_best after one epoch, then every model_epochN."""
-    from aml.utils.errors import ConfigError
-
     first = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val")
     assert load_checkpoint(first.run_dir / "model_best.pth.tar")["min_loss_of"] == "training"
     before = {p.name: p.read_bytes() for p in first.run_dir.iterdir()}

@@ -198,6 +198,12 @@ def test_a_resume_that_would_overwrite_checkpoints_is_refused_and_touches_nothin
     branch = train(synth_root, tmp_path / "branch", "--epochs", "2", "--no-val", "--resume",
                    str(run.run_dir / "model_epoch1.pth.tar"))  # a branch in a folder of its own trains
     assert checkpoints(branch.run_dir) == ["model_best.pth.tar", "model_epoch2.pth.tar"]
+    # a branch's model_best is of its own epochs: it was chosen against the checkpoint's best
+    # loss, another run's (another -lm, -d or --image-size: another scale), and never written
+    state = load_checkpoint(run.run_dir / "model_epoch1.pth.tar")
+    save_checkpoint({**state, "min_loss": 1e-9}, tmp_path / "low.pth.tar")
+    branch = train(synth_root, tmp_path / "low", "--epochs", "2", "--no-val", "--resume", str(tmp_path / "low.pth.tar"))
+    assert checkpoints(branch.run_dir) == ["model_best.pth.tar", "model_epoch2.pth.tar"]
 
 
 def test_a_damaged_checkpoint_of_the_run_folder_names_the_one_to_resume_from(synth_root, tmp_path, straight_run):

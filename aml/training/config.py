@@ -265,6 +265,41 @@ class TrainConfig(Changeable):
         )
         return cls(directory, loop=TrainSettings(autocast=bool(amp), **loop), extraction=extraction, **flags)
 
+    def notices(self) -> List[str]:
+        """What these settings leave out, though they can train (logged before training).
+
+        The loop's checkpoints (`TrainSettings.notices`), and test flags that test nothing
+        without ``--test-freq`` (accepted, as the original's, whose ``--test-whiten`` names the
+        run folder).
+
+        Returns:
+            One sentence per thing left out; empty when there is none.
+
+        Examples:
+            >>> from aml.training import TrainConfig
+            >>> TrainConfig.from_flags("runs", test_datasets="synth-oxford").notices()[0].split(":")[0]
+            '-td/--test-datasets synth-oxford is given without --test-freq'
+        """
+        found = self.loop.notices()
+        if self.loop.test_freq:
+            return found
+        defaults = TrainConfig(self.directory)
+        given = [
+            f"{flag} {shown}"
+            for flag, shown, default in (
+                ("-td/--test-datasets", ",".join(self.test_datasets), ",".join(defaults.test_datasets)),
+                ("--test-image-size", str(self.test_image_size), str(defaults.test_image_size)),
+                ("--test-whiten", self.test_whiten, defaults.test_whiten),
+            )
+            if shown != default
+        ]
+        if given:
+            found.append(
+                f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} given without --test-freq: nothing is "
+                "tested during training; add --test-freq N to test every N epochs"
+            )
+        return found
+
     def check(self) -> None:
         """Raise ConfigError, with the reason, for a combination that cannot train.
 

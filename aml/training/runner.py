@@ -119,7 +119,7 @@ def run(config: TrainConfig) -> TrainResult:
         ['model_best.pth.tar', 'model_epoch1.pth.tar']
     """
     config.check()
-    for notice in config.loop.notices():
+    for notice in config.notices():
         warn_once(log, ">> %s", notice)
     requested = resolve_device(config.device, config.gpu_id)
     world = init_from_environment(requested, config.dist_timeout)
@@ -283,9 +283,14 @@ class _Run:
             """The epoch's test results as the history records them (test.py's results file entries)."""
             # in memory: no whitening file per epoch
             student = LoadedNetwork.in_memory(net, f"{self.run_dir.name}_epoch{epoch + 1}")
+            heading = f">> Test [{epoch + 1}]"
+            if self.world.is_main:  # which block is which: the same lines as test.py's follow
+                log.info("%s symmetric: the student encodes the queries and the database", heading)
             # the student's own database changes every epoch: caching it would only fill the disk
             tests = {"symmetric": evaluate(student, settings.but(cache=False), on_result=show)}
             if teacher is not None:
+                if self.world.is_main:
+                    log.info("%s asymmetric: the student's queries in the teacher's database", heading)
                 tests["asymmetric"] = evaluate(student, settings, teacher, on_result=show)
             return {
                 kind: {name: result.record() for name, result in results.items()} for kind, results in tests.items()

@@ -165,12 +165,20 @@ def test_resume_against_other_teacher_weights_is_refused():
     _check_meta("model_epoch3.pth.tar", {**net.meta, "teacher_fingerprint": None}, net)  # recorded by no earlier aml
 
 
-def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path, capsys):
+def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path, capsys, caplog):
     """As the original, a --resume of nothing starts the run; a name that is nowhere (mistyped)
     started it without a word."""
+    caplog.set_level("INFO", logger="aml.training.runner")  # its lines reach main.py's stdout
     result = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val", "--resume", "nothing.pth.tar",
                    "--test-freq", "1", "-td", "synth-oxford", "--test-image-size", "48")
-    assert "--resume nothing.pth.tar: no such file in " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--resume nothing.pth.tar: no such file in " in out
+    # each block of test.py's lines is said to be symmetric or asymmetric (both read ">> synth-oxford: ...")
+    said = out.splitlines()
+    assert ">> Test [1] symmetric: the student encodes the queries and the database" in said
+    tested = [line for line in said if line.startswith((">> Test", ">> synth-oxford: mAP"))]
+    assert tested[0].startswith(">> Test [1] symmetric") and len(tested) >= 2
+    assert not any("asymmetric" in line for line in said)
     assert [r["epoch"] for r in result.history] == [1]
     tested = result.history[0]["test"]["symmetric"]["synth-oxford"]["plain"]["medium"]["map"]
     assert 0 < tested < 1
@@ -437,6 +445,15 @@ def test_checkpoint_frequencies_above_the_epochs_are_named_before_training():
                                                             "--val-freq 4 is above --epochs 3"]
     assert "no model_best is written" in notices[1]
     assert TrainSettings(epochs=3, val_freq=4, val=False, neg_num=0).notices() == []
+    # test flags without --test-freq tested nothing, without a word
+    assert TrainConfig.from_flags("runs", test_freq=2, test_datasets="synth-oxford", test_whiten="x").notices() == []
+    assert TrainConfig.from_flags("runs", test_datasets="roxford5k,rparis6k").notices() == []  # the defaults
+    notices = TrainConfig.from_flags("runs", epochs=3, save_freq=5, test_datasets="synth-oxford", test_image_size=96,
+                                     test_whiten="synth-sfm").notices()
+    assert notices[0].startswith("--save-freq 5 is above --epochs 3")
+    assert notices[1] == ("-td/--test-datasets synth-oxford, --test-image-size 96, --test-whiten synth-sfm are given "
+                          "without --test-freq: nothing is tested during training; add --test-freq N to test every N "
+                          "epochs")
     from aml.training.config import problems  # a regression reads no negatives: -nn 0 validates it alike
 
     assert problems(TrainConfig.from_flags("runs", mode="reg", loss="regression", neg_num=0)) == []

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from aml.data.download import download_file, extract_archives, remove_download
+from aml.data.download import download_file, fetch_archives
 from aml.data.paths import data_subdir
 from aml.data.synthetic import generate_distractor_set
 from aml.utils.errors import ConfigError, DataError, lookup
@@ -42,12 +42,8 @@ def _download_revisitop1m(test_root: Path, progress: bool) -> None:
     run downloads only what is missing, and ``jpg/`` appears only when all are unpacked."""
     folder = test_root / "revisitop1m"
     *archives, listing = revisitop1m_urls()
-    if not (folder / "jpg").is_dir():
-        parts = folder / "archives"
-        files = [download_file(url, parts / url.rsplit("/", 1)[1], progress=progress) for url in archives]
-        extract_archives(files, folder / "jpg", progress=progress)
-        for path in files:
-            remove_download(path)
+    parts = folder / "archives"
+    fetch_archives([(url, parts / url.rsplit("/", 1)[1]) for url in archives], folder / "jpg", progress=progress)
     download_file(listing, folder / "revisitop1m.txt", progress=progress)
 
 

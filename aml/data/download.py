@@ -473,6 +473,13 @@ def _extract(archive: Path, folder: Path, progress: bool) -> None:
                 tar.extract(member, folder, filter="data")
     except tarfile.FilterError as err:  # a member Python's data filter refuses: downloading again would not help
         raise DownloadError(f"refusing {archive}: {err}{_NOT_OURS}") from err
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise DiskFull(
+            f"no space left on the device for {folder.parent} while unpacking {archive}: free space and run again "
+            "(the archives are kept; the unpacking starts over)"
+        ) from err
     except (tarfile.TarError, EOFError, zlib.error) as err:
         raise DownloadError(
             f"{archive} is truncated or not a readable archive ({err}); delete it and download it again"
@@ -544,6 +551,45 @@ def extract_archive(
 ) -> Path:
     """`extract_archives` of one archive."""
     return extract_archives([archive], target, flatten, progress)
+
+
+def fetch_archives(
+    downloads: Sequence[Tuple[str, Path]], target: Path, flatten: bool = False, progress: bool = False
+) -> Path:
+    """Download the archives (url, path) with `download_file`, unpack them into ``target``
+    with `extract_archives`, then delete them; unless ``target`` exists, which is returned.
+
+    Processes preparing one set at once (two jobs on one data root) take turns on a lock beside
+    ``target`` (``.<target>.lock``): one fetches and unpacks, the others then find it in place
+    (each unpacked a copy of its own, and the first to finish deleted the archives the others
+    were reading).
+
+    Args:
+        downloads: the archives' URLs and where each is downloaded to.
+        target: the folder they are unpacked into.
+        flatten: every regular file directly in ``target``.
+        progress: progress bars.
+
+    Returns:
+        ``target``.
+
+    Examples:
+        >>> from pathlib import Path
+        >>> from aml.data.download import fetch_archives
+        >>> fetch_archives([("https://example.org/a.tgz", Path("data/a.tgz"))], Path("data/a"))  # doctest: +SKIP
+        PosixPath('data/a')
+    """
+    if target.exists():
+        return target
+    with lock_beside(target):
+        if target.exists():  # another process unpacked it while this one waited
+            log.info(">> %s was unpacked by another process meanwhile", target)
+            return target
+        files = [download_file(url, path, progress=progress) for url, path in downloads]
+        extract_archives(files, target, flatten, progress)
+        for path in files:
+            remove_download(path)
+    return target
 
 
 def remove_download(path: Union[str, Path]) -> None:

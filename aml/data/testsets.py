@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
 
 import numpy as np
 
-from aml.data.download import download_file, extract_archives, remove_download
+from aml.data.download import download_file, fetch_archives
 from aml.data.formats import TestConfig
 from aml.data.paths import data_subdir, link_folder
 from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
@@ -44,14 +44,9 @@ def _download_real(name: str, images_from: str) -> Callable[[Path, bool], None]:
         folder = test_root / name
         jpg = folder / "jpg"
         source = test_root / images_from / "jpg"
-        if not jpg.exists() and not source.exists():
-            archives = [
-                download_file(url, test_root / images_from / url.rsplit("/", 1)[1], progress=progress)
-                for url in IMAGE_ARCHIVES[images_from]
-            ]
-            extract_archives(archives, source, flatten=True, progress=progress)
-            for archive in archives:
-                remove_download(archive)
+        if not jpg.exists():
+            archives = [(url, test_root / images_from / url.rsplit("/", 1)[1]) for url in IMAGE_ARCHIVES[images_from]]
+            fetch_archives(archives, source, flatten=True, progress=progress)
         if source != jpg:
             link_folder(source, jpg)
         gnd = f"gnd_{name}.pkl"

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, cast
 
 import numpy as np
 
-from aml.data.download import download_file, extract_archive, remove_download
+from aml.data.download import download_file, fetch_archives
 from aml.data.formats import TrainingDb
 from aml.data.paths import cid2filename, data_subdir, link_folder
 from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
@@ -35,10 +35,8 @@ class TrainSet:
 
 def _download_sfm(train_root: Path) -> None:
     ims = train_root / "retrieval-SfM-120k" / "ims"
-    if not ims.exists():
-        archive = download_file(CIRTORCH_TRAIN + "ims/ims.tar.gz", train_root / "retrieval-SfM-120k" / "ims.tar.gz")
-        extract_archive(archive, ims, progress=True)
-        remove_download(archive)
+    archive = train_root / "retrieval-SfM-120k" / "ims.tar.gz"
+    fetch_archives([(CIRTORCH_TRAIN + "ims/ims.tar.gz", archive)], ims, progress=True)
     link_folder(ims, train_root / "retrieval-SfM-30k" / "ims")
     for folder, name in (
         ("retrieval-SfM-120k", "retrieval-SfM-120k.pkl"),

@@ -485,3 +485,61 @@ def test_processes_fetching_one_file_at_once_download_it_once(server, tmp_path):
         thread.join(60)
     assert not errors and results == [dest, dest]
     assert dest.read_bytes() == PAYLOAD and [path for path, _ in Handler.requests] == ["/shared.bin"]
+
+
+def test_jobs_preparing_one_set_at_once_fetch_and_unpack_it_once(server, tmp_path, monkeypatch):
+    """Two jobs on one data root each unpacked the whole set into a staging folder of its own
+    (twice the space: 100 GB more for the 1M distractors), and the first to finish deleted the
+    archives the other was reading: a FileNotFoundError, or the archives fetched again."""
+    from aml.data import distractors, download
+
+    monkeypatch.setattr(distractors, "REVISITOP1M", f"{server}/revisitop/revisitop1m/")
+    monkeypatch.setattr(distractors, "REVISITOP1M_ARCHIVES", 2)
+    for i in (1, 2):
+        Handler.files[f"/revisitop/revisitop1m/jpg/revisitop1m.{i}.tar.gz"] = make_tar({f"d{i}/img{i}.jpg": PAYLOAD})
+    Handler.files["/revisitop/revisitop1m/revisitop1m.txt"] = b"d1/img1.jpg\nd2/img2.jpg\n"
+    unpacking, real_extract = threading.Event(), download._extract
+    results, errors = [], []
+
+    def extract(archive, folder, progress):  # the second job unpacks slowly: the first one ends meanwhile
+        if unpacking.is_set():
+            time.sleep(0.5)
+        unpacking.set()
+        real_extract(archive, folder, progress)
+
+    monkeypatch.setattr(download, "_extract", extract)
+
+    def prepare(wait):
+        try:
+            if wait:  # the second job starts while the first one unpacks
+                unpacking.wait(30)
+            results.append(distractors.distractor_images("1m", tmp_path, progress=False))
+        except Exception as err:  # noqa: BLE001 (any failure of either is the finding)
+            errors.append(err)
+
+    threads = [threading.Thread(target=prepare, args=(wait,)) for wait in (False, True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and len(results) == 2 and results[0] == results[1]
+    assert sorted(path for path, _ in Handler.requests if "tar.gz" in path) == [
+        "/revisitop/revisitop1m/jpg/revisitop1m.1.tar.gz", "/revisitop/revisitop1m/jpg/revisitop1m.2.tar.gz"]
+    folder = tmp_path / "test" / "revisitop1m"
+    assert not list(folder.glob(".*.staging")) and not list(folder.glob(".*.lock"))
+    assert not list((folder / "archives").glob("*.tar.gz"))
+
+
+def test_a_full_disk_while_unpacking_is_named_and_keeps_the_archives(tmp_path, small_disk):
+    """A bare OSError (Errno 28), naming no file and no fix."""
+    import random
+
+    from aml.utils.atomic import DiskFull
+
+    archive = tmp_path / "set.tgz"
+    archive.write_bytes(make_tar({f"a/{k}.jpg": random.Random(k).randbytes(400_000) for k in range(6)}))
+    disk = small_disk(1)
+    with pytest.raises(DiskFull, match=rf"no space left on the device for {disk} while unpacking {archive}: free "
+                                       r"space and run again \(the archives are kept"):
+        extract_archive(archive, disk / "jpg")
+    assert archive.is_file() and list(disk.iterdir()) == []

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from aml.data.download import download_file, fetch_archives
+from aml.data.images import IMAGE_EXTENSIONS
 from aml.data.paths import data_subdir
 from aml.data.synthetic import generate_distractor_set
 from aml.utils.errors import ConfigError, DataError, lookup
@@ -116,5 +117,12 @@ def read_distractor_list(suffix: str, test_root: Path, progress: bool = False) -
         raise DataError(
             f"{listing} lists {outside}, which is not inside {folder / 'jpg'}: the list is damaged or not the "
             "set's; delete it to download or generate it again"
+        )
+    # a web page sent for the list (a portal's) listed its words: searched as +1M without a distractor
+    other = next((line for line in lines if Path(line).suffix.lower() not in IMAGE_EXTENSIONS), None)
+    if other is not None:
+        raise DataError(
+            f"{listing} lists {other!r}, which is not an image file name: the list is damaged, a web page or not "
+            "the set's; delete it to download or generate it again"
         )
     return [str(folder / "jpg" / line) for line in lines]

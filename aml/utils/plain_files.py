@@ -78,7 +78,8 @@ FILE_KINDS: Dict[str, Tuple[bytes, ...]] = {
     "an ONNX model": (b"\x08",),  # a ModelProto: its ir_version, field 1, comes first
     "a zip archive": (b"PK\x03\x04",),  # TorchScript, and torch.save's own format
     "a JSON file": (b"{", b"["),  # after any white space
-    "a web page (HTML)": (b"<!doctyp", b"<html"),  # after any white space, in any case: a portal's or a 404 page
+    # after any white space (and a UTF-8 byte order mark), in any case: a portal's or a 404 page
+    "a web page (HTML)": (b"<!doctyp", b"<html", b"<!--", b"<head", b"<body", b"<title", b"<meta", b"<?xml"),
 }
 #: the kinds whose first bytes may follow white space
 _SPACED_KINDS = ("a JSON file", "a web page (HTML)")
@@ -93,9 +94,11 @@ def begins_as(head: bytes, kind: str) -> bool:
         (True, False)
         >>> begins_as(b"\\n<!DOCTYPE html>", "a web page (HTML)")
         True
+        >>> begins_as(b"\\xef\\xbb\\xbf<!-- a portal -->", "a web page (HTML)")
+        True
     """
     if kind == "a web page (HTML)":
-        head = head.lower()
+        head = head.lower().lstrip().removeprefix(b"\xef\xbb\xbf")
     return (head.lstrip() if kind in _SPACED_KINDS else head).startswith(FILE_KINDS[kind])
 
 

@@ -147,6 +147,19 @@ def test_a_distractor_list_names_only_images_of_its_set(tmp_path, line):
         read_distractor_list("synth1m", tmp_path)
 
 
+def test_a_distractor_list_of_words_that_are_no_image_names_is_refused(tmp_path):
+    """A portal's page installed as the list was read as its words: an evaluation with
+    --skip-bad-images then searched '+1M' without one distractor."""
+    from aml.data.distractors import DISTRACTOR_SETS, read_distractor_list
+    from aml.utils.errors import DataError
+
+    name = DISTRACTOR_SETS["synth1m"].folder
+    (tmp_path / name / "jpg").mkdir(parents=True)
+    (tmp_path / name / f"{name}.txt").write_text("<!-- captive portal -->\n<p>Sign in</p>\n")
+    with pytest.raises(DataError, match=rf"{name}.txt lists '<!--', which is not an image file name: .*a web page"):
+        read_distractor_list("synth1m", tmp_path)
+
+
 def test_a_distractor_list_of_other_bytes_is_read_as_names(tmp_path):
     from aml.data.distractors import DISTRACTOR_SETS, read_distractor_list
 

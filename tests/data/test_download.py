@@ -566,3 +566,14 @@ def test_a_file_put_in_place_of_a_downloaded_one_is_checked_as_one_put_by_hand(s
     weights.unlink()
     weights.write_bytes(PAYLOAD)  # the right one, copied by hand: kept, nothing fetched
     assert download_file(f"{server}/{name}", weights, progress=False) == weights and len(Handler.requests) == 2
+
+
+@pytest.mark.parametrize("page", [b"\xef\xbb\xbf<!DOCTYPE html>", b"<!-- portal -->\n<html>", b"<head><title>Login",
+                                  b"\n<body>Not found</body>", b'<?xml version="1.0"?>\n<html xmlns="x">'])
+def test_web_pages_of_every_opening_are_refused_where_a_file_was_asked_for(server, tmp_path, page):
+    """Pages opening with a byte order mark, a comment, <head>, <body> or an XML declaration
+    were installed as the file (a distractor list of the page's words)."""
+    Handler.files["/revisitop1m.txt"] = page + b" ..." * 20
+    with pytest.raises(DownloadError, match="the server sent a web page"):
+        download_file(f"{server}/revisitop1m.txt", tmp_path / "revisitop1m.txt", progress=False)
+    assert list(tmp_path.iterdir()) == []

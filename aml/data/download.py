@@ -226,7 +226,19 @@ def _transfer_with_retries(
     error: BaseException = DownloadError("no attempt made")
     for attempt in range(max(retries, 1)):
         try:
-            return _transfer(url, partial, limits, progress)
+            received = _transfer(url, partial, limits, progress)
+            have = partial.stat().st_size if partial.exists() else 0
+            if received.total is None or have >= received.total or attempt + 1 >= max(retries, 1):
+                return received  # complete, or as far as the attempts went (`_verify` names it)
+            log.warning(
+                "download of %s stopped at %d of %d bytes, attempt %d/%d: resuming",
+                url,
+                have,
+                received.total,
+                attempt + 1,
+                retries,
+            )
+            continue
         except DownloadError as err:
             raise DownloadError(
                 f"Refused download of {url}: {err}; the partial file was deleted. {_manual_hint(url, dest)}"

@@ -1,5 +1,6 @@
 """Downloads against a local HTTP server (a thread on 127.0.0.1)."""
 
+import functools
 import hashlib
 import http.server
 import io
@@ -114,6 +115,15 @@ def test_interrupted_transfer_resumes_with_range(server, tmp_path):
     download_file(f"{server}/big.bin", tmp_path / "big.bin", progress=False)
     assert (tmp_path / "big.bin").read_bytes() == PAYLOAD
     assert Handler.requests[-1] == ("/big.bin", "bytes=30000-")
+
+
+def test_a_dropped_connection_is_resumed_within_the_call(server, tmp_path):
+    """The retries were for errors alone: a connection that dropped (a short body, no error)
+    ended the command, though the part could be resumed at once (100 archives of 1 GB)."""
+    Handler.files["/big.bin"] = PAYLOAD
+    Handler.cut_after["/big.bin"] = 30000
+    assert download_file(f"{server}/big.bin", tmp_path / "big.bin", progress=False).read_bytes() == PAYLOAD
+    assert Handler.requests == [("/big.bin", None), ("/big.bin", "bytes=30000-")]
 
 
 def test_a_part_resumed_at_another_byte_is_fetched_again(server, tmp_path):
@@ -342,7 +352,7 @@ def test_a_set_of_archives_cannot_reach_through_a_link_another_one_unpacked(tmp_
 
 
 def test_revisitop1m_comes_through_the_resumable_verified_downloader(server, tmp_path, monkeypatch):
-    from aml.data import distractors
+    from aml.data import distractors, download
 
     monkeypatch.setattr(distractors, "REVISITOP1M", f"{server}/revisitop/revisitop1m/")
     monkeypatch.setattr(distractors, "REVISITOP1M_ARCHIVES", 2)
@@ -350,11 +360,15 @@ def test_revisitop1m_comes_through_the_resumable_verified_downloader(server, tmp
         Handler.files[f"/revisitop/revisitop1m/jpg/revisitop1m.{i}.tar.gz"] = make_tar({f"d{i}/img{i}.jpg": PAYLOAD[:10]})
     Handler.files["/revisitop/revisitop1m/revisitop1m.txt"] = b"d1/img1.jpg\nd2/img2.jpg\n"
     archive = "/revisitop/revisitop1m/jpg/revisitop1m.2.tar.gz"
-    Handler.cut_after[archive] = 40  # the connection drops once
+    Handler.cut_after[archive] = 40  # the connection drops once: resumed at once
+    monkeypatch.setattr(download, "download_file", functools.partial(download_file, retries=1))
     with pytest.raises(DownloadError, match="revisitop1m.2.tar.gz.*Run the command again to resume"):
         distractors.distractor_images("1m", tmp_path, progress=False)
     assert not (tmp_path / "test" / "revisitop1m" / "jpg").exists()  # nothing unpacked from an incomplete set
     Handler.requests.clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(distractors, "REVISITOP1M", f"{server}/revisitop/revisitop1m/")
+    monkeypatch.setattr(distractors, "REVISITOP1M_ARCHIVES", 2)
     images = distractors.distractor_images("1m", tmp_path, progress=False)  # again: resumes where it stopped
     assert images == [str(tmp_path / "test" / "revisitop1m" / "jpg" / f"d{i}" / f"img{i}.jpg") for i in (1, 2)]
     assert all(open(path, "rb").read() == PAYLOAD[:10] for path in images)

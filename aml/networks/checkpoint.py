@@ -293,6 +293,24 @@ def checkpoint_dimension(
     return dim
 
 
+#: the prefix ``torch.nn.DataParallel`` and ``DistributedDataParallel`` give every key of the
+#: network they wrap, when its state_dict is saved through them
+WRAPPED_PREFIX = "module."
+
+
+def _unwrapped(weights: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+    """``weights`` without the prefix of a network saved through (Distributed)DataParallel,
+    where every key has it (other code's checkpoints: aml saves the network itself)."""
+    if not weights or not all(isinstance(key, str) and key.startswith(WRAPPED_PREFIX) for key in weights):
+        return weights
+    log.info(
+        ">> %s: its weights were saved through DataParallel ('%s' keys): loaded without the prefix",
+        source,
+        WRAPPED_PREFIX,
+    )
+    return {key[len(WRAPPED_PREFIX) :]: value for key, value in weights.items()}
+
+
 def network_from_checkpoint(
     state: Checkpoint, teacher: Optional[str] = None, source: str = "checkpoint"
 ) -> ImageRetrievalNet:
@@ -306,6 +324,7 @@ def network_from_checkpoint(
     missing = [k for k in ("architecture", "pooling", "mean", "std") if k not in meta]
     if missing:
         raise CheckpointError(f"{source}: meta lacks {missing}; not an aml/cirtorch checkpoint")
+    state = {**state, "state_dict": _unwrapped(state["state_dict"], source)}
     _check_meta_types(meta, source)
     _check_finite(state, source)
     arch = meta["architecture"]

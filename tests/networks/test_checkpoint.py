@@ -373,3 +373,19 @@ def test_a_folder_given_as_a_plain_file_is_named_a_folder(tmp_path):
 
     with pytest.raises(CheckpointError, match=rf"^{tmp_path} is a folder, not a PyTorch file; give the file in it$"):
         load_plain_file(tmp_path)
+
+
+def test_a_checkpoint_saved_through_data_parallel_loads_without_the_prefix(tmp_path):
+    """Other code saves a network through (Distributed)DataParallel: every key begins with
+    'module.', and the file was called damaged, the prefix hidden in "(and 1 more)"."""
+    net = build_network("resnet18", pretrained=False).eval()
+    state = checkpoint_state(net, 3, 0.1)
+    state["state_dict"] = OrderedDict((f"module.{key}", value) for key, value in state["state_dict"].items())
+    torch.save(state, tmp_path / "wrapped.pth.tar")
+    loaded = load_network(tmp_path / "wrapped.pth.tar").eval()
+    image = torch.rand(1, 3, 40, 32)
+    assert torch.equal(loaded(image), net(image))
+    state["state_dict"]["extra"] = torch.zeros(1)  # not every key wrapped: not DataParallel's, refused as it was
+    torch.save(state, tmp_path / "mixed.pth.tar")
+    with pytest.raises(CheckpointError, match="weights do not fit a resnet18 network"):
+        load_network(tmp_path / "mixed.pth.tar")

@@ -77,8 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def network_specs(words: List[str]) -> List[NetworkSpec]:
-    """The networks of ``--networks`` (its words, each split at commas), each parsed once."""
-    return [NetworkSpec.parse(item) for word in words for item in word.split(",") if item]
+    """The networks of ``--networks`` (its words, each split at commas unless it is a file: a
+    run folder's name may hold one), each parsed once."""
+    return [NetworkSpec.parse(item) for word in words for item in _items(word) if item]
+
+
+def _items(word: str) -> List[str]:
+    return [word] if Path(word).is_file() else word.split(",")
 
 
 def network_labels(given: Optional[str], specs: List[NetworkSpec]) -> List[str]:

@@ -57,6 +57,11 @@ def teacher_problem(text: str) -> Optional[str]:
     )
 
 
+def _published_spelling(text: str) -> Optional[str]:
+    """The teacher alias or published name that ``text`` spells in another case, or None."""
+    return next((name for name in (*TEACHERS, *PRETRAINED) if name.casefold() == text.casefold()), None)
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """What the user typed to name a network, told apart once.
@@ -115,6 +120,9 @@ class NetworkSpec:
         published = TEACHERS.get(text, text)
         if published in PRETRAINED:
             return cls(text, Source.PUBLISHED, published)
+        spelt = _published_spelling(text)
+        if spelt is not None and not Path(text).exists():  # VGG16: vgg16, as aml.cli.download reads it
+            return cls(spelt, Source.PUBLISHED, TEACHERS.get(spelt, spelt))
         return cls(text, Source.CHECKPOINT, checkpoint_name(text), Path(text))
 
     @classmethod

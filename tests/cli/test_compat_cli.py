@@ -115,3 +115,14 @@ def test_one_network_given_twice_is_refused_before_the_test_sets_are_prepared(ro
     monkeypatch.setattr(compat_cli, "prepare_test_set", lambda *args, **kwargs: pytest.fail("prepared first"))
     with pytest.raises(ConfigError, match=r"networks 'a' and 'copy' are one network \(the same weights"):
         compat_cli.main(["-n", "a.pth.tar", "copy.pth.tar", "--data-root", str(root), "--device", "cpu"])
+
+
+def test_a_checkpoint_whose_path_holds_a_comma_is_one_network(tmp_path):
+    """--comment can put a comma in a run folder's name: its checkpoint was split into two
+    missing files, with no way to escape the comma."""
+    run = tmp_path / "runs" / "x_lr1e-6,m0.7"
+    run.mkdir(parents=True)
+    (run / "model_best.pth.tar").write_bytes(b"x")
+    specs = compat_cli.network_specs([str(run / "model_best.pth.tar"), "vgg16,resnet101"])
+    assert [spec.path for spec in specs] == [run / "model_best.pth.tar", None, None]
+    assert [spec.label for spec in specs] == ["model_best", "vgg16", "resnet101"]

@@ -59,6 +59,15 @@ def test_what_the_user_typed_is_told_apart_once(checkpoint, tmp_path):
     assert (elsewhere.name, elsewhere.label, elsewhere.local_file, elsewhere.dimension()) == (
         "teacher", "teacher", None, None)
     assert NetworkSpec.parse("resnet18-gem", offtheshelf=True).named and not here.named
+    # a published name in another case is that name, as aml.cli.download reads it (it was a missing file)
+    for typed, label, name in (("VGG16", "vgg16", "retrievalSfM120k-vgg16-gem"),
+                               ("RetrievalSfM120k-ResNet101-GeM", "retrievalSfM120k-resnet101-gem",
+                                "retrievalSfM120k-resnet101-gem")):
+        spelt = NetworkSpec.parse(typed)
+        assert (spelt.source, spelt.label, spelt.name) == (Source.PUBLISHED, label, name)
+    own = tmp_path / "VGG16"  # a file of that name is the file
+    own.write_bytes(b"x")
+    assert NetworkSpec.parse(str(own)).source == Source.CHECKPOINT
 
 
 def test_a_network_of_any_precision_has_a_fingerprint_and_float32_ones_keep_theirs():

@@ -102,6 +102,8 @@ class DistractorsAdded:
         count: the distractor images.
         skipped: those that could not be read.
         store: the descriptor store that holds their descriptors.
+        kept: False for a store deleted after the test (that of a network in memory, a
+            student between two epochs, which no later test finds again).
 
     Examples:
         >>> from aml.evaluation import DistractorsAdded
@@ -112,6 +114,7 @@ class DistractorsAdded:
     count: int
     skipped: int
     store: str
+    kept: bool = True
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ class DatasetResult:
             entry["distractors"] = {
                 "count": self.distractors.count,
                 "skipped": self.distractors.skipped,
-                "store": self.distractors.store,
+                "store": self.distractors.store if self.distractors.kept else None,
             }
         if self.skipped is not None:
             entry["skipped"] = {
@@ -209,7 +212,8 @@ class DatasetResult:
         if self.distractors is not None:
             extra = self.distractors
             unread = f", {extra.skipped} unreadable ones skipped (list next to the shards)" if extra.skipped else ""
-            lines.append(f">> {self.dataset}: {extra.count} distractors added{unread}; descriptors in {extra.store}")
+            where = f"descriptors in {extra.store}" if extra.kept else "their descriptors encoded for this test alone"
+            lines.append(f">> {self.dataset}: {extra.count} distractors added{unread}; {where}")
         if skipped:
             where = f"list in {skipped.listing}" if skipped.listing else "their list could not be written (see above)"
             lines.append(

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +43,9 @@ from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult
 from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
 from aml.evaluation.whitening_store import Whitening, learned_whitening
-from aml.networks.loading import LoadedNetwork
+from aml.networks.loading import LoadedNetwork, Source
 from aml.utils.atomic import atomic_write, optional_write
-from aml.utils.distributed import World, current_world, from_main
+from aml.utils.distributed import World, barrier, current_world, from_main
 from aml.utils.errors import AmlError, DataError
 
 # TestSettings and check_reranking are defined with the plan and used from here too
@@ -135,8 +136,33 @@ def _encode(plan: TestPlan, test: PlannedSet) -> _Encoded:
     return _Encoded(vecs, qvecs[:, kept], kept, skipped_db, skipped_queries, teacher_qvecs)
 
 
-def _store(plan: TestPlan, suffix: str) -> DescriptorStore:
-    """The distractor set ``suffix`` encoded into its store (only the shards still missing)."""
+@dataclass(frozen=True)
+class _DistractorStore:
+    """A distractor set's store, and whether this test made it for itself alone (``temporary``:
+    of a network in memory, a student between two epochs of ``main.py --test-freq``, which no
+    later test finds again: deleted once searched, as it holds gigabytes for +1M)."""
+
+    store: DescriptorStore
+    temporary: bool
+
+
+def _drop_temporary(stores: Dict[str, _DistractorStore]) -> None:
+    """Delete the temporary stores, by rank 0 once every rank has searched (each wrote its
+    own shards)."""
+    temporary = [found.store.folder for found in stores.values() if found.temporary]
+    if not temporary:
+        return
+    world = current_world()
+    barrier(world)
+    if world.is_main:
+        for folder in temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info(">> %s: deleted (the distractors of a network in memory, found by no later test)", folder)
+
+
+def _store(plan: TestPlan, suffix: str) -> _DistractorStore:
+    """The distractor set ``suffix`` encoded into its store (only the shards still missing);
+    temporary where the network is in memory alone and the store was not there before."""
     encoder, planned = plan.database_encoder, plan.distractors[suffix]
     log.info(
         ">> %s: %d distractors, descriptors by %s in %s",
@@ -145,7 +171,10 @@ def _store(plan: TestPlan, suffix: str) -> DescriptorStore:
         encoder.name,
         planned.folder,
     )
-    return encode_into_store(encoder.net, planned.images, planned.folder, planned.key, planned.extraction)
+    in_memory = encoder.spec.source is Source.MEMORY
+    temporary = in_memory and not from_main(planned.folder.exists(), current_world())  # one decision for all ranks
+    store = encode_into_store(encoder.net, planned.images, planned.folder, planned.key, planned.extraction)
+    return _DistractorStore(store, temporary)
 
 
 def _write_skipped(test: PlannedSet, encoded: _Encoded) -> Optional[Path]:
@@ -306,16 +335,17 @@ def _searches(
 
 
 def _search(
-    plan: TestPlan, test: PlannedSet, encoded: _Encoded, lw: Optional[Whitening], store: Optional[DescriptorStore]
+    plan: TestPlan, test: PlannedSet, encoded: _Encoded, lw: Optional[Whitening], found: Optional[_DistractorStore]
 ) -> DatasetResult:
     """Every search of one test set (plain, whitened, re-ranked), its skipped images, distractors,
     report (rank 0 alone, which writes the files)."""
     name, kept = test.name, encoded.kept
     database = TestDatabase(encoded.vecs, encoded.skipped_db, device=plan.device)
     added = None
-    if store is not None:
+    if found is not None:
+        store = found.store
         database = dataclasses.replace(database, distractors=Distractors(store.blocks, store.count, store.skipped()))
-        added = DistractorsAdded(store.count, len(store.skipped()), str(store.folder))
+        added = DistractorsAdded(store.count, len(store.skipped()), str(store.folder), kept=not found.temporary)
         log.info(">> %s: Evaluating against %d + %d images...", name, len(test.images), store.count)
     else:
         log.info(">> %s: Evaluating...", test.dataset)
@@ -403,7 +433,7 @@ def evaluate(
     plan = TestPlan.of(student, settings, teacher)
     lw = _whitening(plan)
     encoded: Dict[str, _Encoded] = {}
-    stores: Dict[str, DescriptorStore] = {}
+    stores: Dict[str, _DistractorStore] = {}
     seconds: Dict[str, float] = {}
     for test in plan.sets:
         start = time.time()
@@ -423,4 +453,5 @@ def evaluate(
         if on_result is not None:
             on_result(results[test.name])
         log.info(">> %s: elapsed time: %s", test.name, htime(seconds[test.name] + time.time() - start))
+    _drop_temporary(stores)
     return results

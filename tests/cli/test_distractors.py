@@ -213,3 +213,27 @@ def test_a_distractor_shard_replaced_by_another_stores_is_named(root, nets):
             test_cli.main(args)
     finally:
         shard.write_bytes(kept)
+
+
+def test_the_distractors_of_a_network_in_memory_are_deleted_once_searched(root, nets, tmp_path):
+    """main.py --test-freq with a +1M set left a store per tested epoch that no later test reads
+    (8 GB each for the 1M at 2048-d); a network loaded from its file keeps its store, and a
+    store that was there before (test.py of the saved epoch) is never deleted."""
+    from aml.evaluation import TestSettings, evaluate
+    from aml.networks.loading import LoadedNetwork, load_named_or_file
+
+    settings = TestSettings(datasets=("synth-oxford+synth1m",), image_size=64, data_root=root, shard_size=64,
+                            extraction=ExtractionConfig(workers=0, progress=False))
+    net = load_network(nets[2]).eval()
+    net.meta["seed"] = 12345  # other descriptors' key: a store of its own
+    before = stores(root)
+    result = evaluate(LoadedNetwork.in_memory(net, "run_epoch3"), settings)["synth-oxford+synth1m"]
+    assert stores(root) == before and result.record()["distractors"]["store"] is None
+    assert ">> synth-oxford+synth1m: 150 distractors added; their descriptors encoded for this test alone" in result.lines()
+    kept = evaluate(load_named_or_file(str(save_checkpoint(checkpoint_state(net, 3, 0.0), tmp_path / "e3.pth.tar"))),
+                    settings)["synth-oxford+synth1m"]
+    assert kept.plain.map("medium") == result.plain.map("medium") and kept.distractors.kept
+    assert [path for path in stores(root) if path not in before] == [Path(kept.distractors.store)]
+    Path(result.distractors.store).mkdir()  # there before the test (another run's): never deleted
+    again = evaluate(LoadedNetwork.in_memory(net, "run_epoch3"), settings)["synth-oxford+synth1m"]
+    assert again.distractors.kept and (Path(again.distractors.store) / "manifest.json").is_file()

@@ -20,6 +20,8 @@ from typing import Any, Callable, List, Optional, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from aml.utils.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 1800  # a collective waits this long for a peer before failing (--dist-timeout)
@@ -66,6 +68,22 @@ def warn_once(logger: logging.Logger, message: str, *args: Any) -> None:
         logger.warning(message, *args)
 
 
+#: what torchrun sets for every process besides WORLD_SIZE
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _check_torchrun_environment() -> None:
+    """Refuse a WORLD_SIZE above 1 without the rest of torchrun's environment (a variable left
+    over in a shell, or exported by a scheduler): torch's own error is a traceback."""
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(
+            f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} says this is one of several processes, but "
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start the job with torchrun, "
+            "which sets them all, or unset WORLD_SIZE to run one process"
+        )
+
+
 def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     """Join the process group torchrun described (no-op for a single process) and return
     this process's `World`. CUDA processes use the GPU of their LOCAL_RANK; a single process
@@ -83,7 +101,15 @@ def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEO
         # NCCL bound to this process's GPU: left unsaid, torch guesses it from the global rank
         # (another GPU where a machine runs fewer processes than it has GPUs)
         bound = torch.device("cuda", local) if backend == "nccl" else None
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=bound)
+        _check_torchrun_environment()
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=bound)
+        except (RuntimeError, ValueError) as err:  # torch's DistStoreError: the others never came
+            raise ConfigError(
+                f"process {current_rank()} could not join the group of {os.environ['WORLD_SIZE']} processes at "
+                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({str(err).splitlines()[0]}); start every "
+                "process with torchrun, or unset WORLD_SIZE to run one"
+            ) from None
         log.info(
             ">> process %d of %d joined the group (%s, timeout %ds)",
             dist.get_rank(),

@@ -72,8 +72,8 @@ def test_nccl_is_bound_to_the_local_gpu_and_waits_on_it(monkeypatch):
     from aml.utils import distributed
 
     calls = []
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    for name, value in dict(WORLD_SIZE="2", LOCAL_RANK="1", RANK="3", MASTER_ADDR="node-1", MASTER_PORT="29500").items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **options: calls.append((backend, options)))
@@ -91,6 +91,32 @@ def test_nccl_is_bound_to_the_local_gpu_and_waits_on_it(monkeypatch):
         monkeypatch.setattr(dist, "get_backend", lambda: backend)
         distributed.barrier(World(rank=0, size=2))
     assert waits == [{"device_ids": [1]}, {}]
+
+
+def test_a_partial_or_stale_torchrun_environment_is_one_line(monkeypatch):
+    """WORLD_SIZE left in a shell ended in torch's traceback (RANK expected); a group whose other
+    processes never start waited for --dist-timeout, then a DistStoreError traceback."""
+    import socket
+
+    import torch.distributed as dist
+
+    from aml.utils.errors import ConfigError
+
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^WORLD_SIZE=2 says this is one of several processes, but RANK, LOCAL_RANK, "
+                                          r"MASTER_ADDR, MASTER_PORT are not set: start the job with torchrun"):
+        init_from_environment(torch.device("cpu"))
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    for name, value in dict(RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=rf"^process 0 could not join the group of 2 processes at 127.0.0.1:{port} "
+                                          r"\(.*\); start every process with torchrun, or unset WORLD_SIZE"):
+        init_from_environment(torch.device("cpu"), timeout_s=1)
+    assert not dist.is_initialized()
 
 
 def test_peer_failures_are_told_apart_from_other_errors():

@@ -11,7 +11,7 @@ from torch import nn
 
 from aml.networks.preserved import left_as_it_was
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.utils.distributed import current_world, from_main
+from aml.utils.distributed import current_world, from_main, share_buffers
 
 log = logging.getLogger(__name__)
 
@@ -92,5 +92,6 @@ def calibrate_if_vanishing(
     if level >= VANISHING:
         return False
     seen = calibrate_batchnorm(net, batches)
+    share_buffers(net, current_world())  # the statistics rank 0 computed, on every rank
     log.info(">> trunk activations vanish (mean %.1e): BatchNorm statistics calibrated on %d images", level, seen)
     return True

@@ -225,6 +225,17 @@ def from_main(value: Any, world: World) -> Any:
     return box[0]
 
 
+def share_buffers(module: torch.nn.Module, world: World) -> None:
+    """Give every rank rank 0's buffers of ``module`` (BatchNorm statistics each rank computed
+    itself: on CUDA, kernels that round otherwise from run to run make them differ by a few
+    bits, and DistributedDataParallel, built without broadcasting buffers, would keep them
+    apart for the whole run while rank 0's alone are saved)."""
+    if not world.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def barrier(world: World) -> None:
     """Wait until every rank got here (after rank 0 wrote what the others read)."""
     if not world.distributed:

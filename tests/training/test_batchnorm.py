@@ -75,3 +75,23 @@ def test_under_torchrun_rank_0_decides_whether_to_calibrate(monkeypatch):
     assert not calibrate_if_vanishing(net, list(pool), pool.__getitem__, torch.Generator().manual_seed(1),
                                       torch.device("cpu"))
     assert len(said) == 1 and said[0][0] < VANISHING and said[0][1] == 2  # its own level vanished
+
+
+def test_under_torchrun_every_rank_takes_rank_0s_calibrated_statistics(monkeypatch):
+    """Each rank kept the statistics it computed itself (DistributedDataParallel broadcasts no
+    buffers): on CUDA, a few bits apart for the whole run, while rank 0's alone were saved."""
+    import torch.distributed as dist
+
+    from aml.training import batchnorm
+    from aml.utils.distributed import World
+
+    sent = []
+    monkeypatch.setattr(batchnorm, "current_world", lambda: World(rank=1, size=2))
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda box, src: box.__setitem__(0, 0.0))  # rank 0: vanishing
+    monkeypatch.setattr(dist, "broadcast", lambda tensor, src: sent.append((tensor, src)))
+    torch.manual_seed(0)
+    net = build_network("mobilenet_v2", pretrained=False, teacher_dim=64)
+    pool = images()
+    assert calibrate_if_vanishing(net, list(pool), pool.__getitem__, torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert {id(tensor) for tensor, _ in sent} == {id(buffer) for buffer in net.buffers()}
+    assert {src for _, src in sent} == {0}

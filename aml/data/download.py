@@ -261,32 +261,19 @@ def _install_record(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.download.json")
 
 
-def _record_install(dest: Path, url: str, digest: str) -> None:
-    """Record the file at ``dest`` as installed from ``url``: its size, sha256 and inode, which
-    tells a file changed in place (truncated: fetched again) from another put in its place
-    (checked as one put by hand, never overwritten for differing)."""
-    found = dest.stat()
-    _write_json(_install_record(dest), {"url": url, "size": found.st_size, "sha256": digest, "inode": found.st_ino})
-
-
 def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
     """Whether a file already at ``dest`` is still the one the downloader installed (same
     size and sha256 as recorded then). A file put there by hand, as the manual-download hint
-    asks, has no record, or one of the file it replaced (another inode): it is checked once
-    against the sha256 prefix its name (or the caller) gives, then recorded; one without a
-    known hash is trusted.
+    asks, has no record: it is checked once against the sha256 prefix its name (or the
+    caller) gives, then recorded; one without a known hash is trusted.
 
     Raises:
         DownloadError: for a file put there by hand that is not the one ``url`` names (it is
             left as it is: it may be another of the user's files).
     """
     record = _read_json(_install_record(dest))
-    if record.get("inode") not in (None, dest.stat().st_ino):  # another file put in its place since
-        log.info(">> %s is not the file downloaded there (it was replaced): checking it as one put by hand", dest)
-        record = {}
     if not record:
         if expected_hash is None:
-            return True
             return True
         digest = _sha256_of(dest).hexdigest()
         if not digest.startswith(expected_hash):
@@ -298,7 +285,7 @@ def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
         # checked once: later calls compare the size (and hash small files) against the record;
         # in a read-only folder it is checked again next time
         with contextlib.suppress(OSError):
-            _record_install(dest, url, digest)
+            _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
         return True
     if record.get("size") != dest.stat().st_size:
         return False
@@ -342,13 +329,23 @@ def download_file(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with lock_beside(dest):  # one process fetches the file (into one .part), the others then find it
-        if dest.exists():
+        differs = dest.exists()
+        if differs:
             if _intact(dest, url, expected_hash):
                 return dest
             log.warning(">> %s differs from the file downloaded from %s; fetching it again", dest, url)
         partial = dest.with_name(dest.name + ".part")
         limits = _Limits(timeout, max_bytes, hashed=bool(expected_hash))
-        received = _transfer_with_retries(url, dest, partial, retries, limits, progress)
+        try:
+            received = _transfer_with_retries(url, dest, partial, retries, limits, progress)
+        except DownloadError as err:
+            if not differs:
+                raise
+            raise DownloadError(
+                f"{err} ({dest} is there, but differs from the file downloaded before, which "
+                f"{_install_record(dest).name} beside it describes: if it is the file you put there, delete that "
+                "record to use it as it is)"
+            ) from None
         if not (expected_hash or size is not None or received.delimited):
             _discard(partial)
             raise DownloadError(
@@ -361,7 +358,7 @@ def download_file(
         digest = _sha256_of(partial).hexdigest()
         os.replace(partial, dest)
         _part_record(partial).unlink(missing_ok=True)
-        _record_install(dest, url, digest)
+        _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
         return dest
 
 

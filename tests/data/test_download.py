@@ -182,6 +182,21 @@ def test_no_network_gives_manual_instructions(tmp_path):
         download_file("http://127.0.0.1:9/ims.tar.gz", tmp_path / "ims.tar.gz", retries=2, progress=False)
 
 
+def test_without_network_a_file_that_differs_from_its_record_is_named_with_the_record(server, tmp_path):
+    """A file put by hand where a downloaded one was (as the errors ask) differs from its record:
+    without network, the error asked to put the file at the path it was already at."""
+    Handler.files["/gnd.pkl"] = PAYLOAD
+    path = download_file(f"{server}/gnd.pkl", tmp_path / "gnd.pkl", progress=False)
+    path.write_bytes(b"the user's own copy")
+    with pytest.raises(DownloadError, match=r"put it at .*gnd.pkl \(.*gnd.pkl is there, but differs from the file "
+                                            r"downloaded before, which .gnd.pkl.download.json beside it describes: "
+                                            r"if it is the file you put there, delete that record"):
+        download_file("http://127.0.0.1:9/gnd.pkl", path, retries=1, progress=False)  # no network
+    assert path.read_bytes() == b"the user's own copy"
+    (tmp_path / ".gnd.pkl.download.json").unlink()  # as the error says: used as it is
+    assert download_file("http://127.0.0.1:9/gnd.pkl", path, progress=False).read_bytes() == b"the user's own copy"
+
+
 def make_tar(members, links=None):
     """A .tgz of ``members`` (name -> bytes) and symbolic ``links`` (name -> target)."""
     buffer = io.BytesIO()
@@ -557,29 +572,6 @@ def test_a_full_disk_while_unpacking_is_named_and_keeps_the_archives(tmp_path, s
                                        r"space and run again \(the archives are kept"):
         extract_archive(archive, disk / "jpg")
     assert archive.is_file() and list(disk.iterdir()) == []
-
-
-def test_a_file_put_in_place_of_a_downloaded_one_is_checked_as_one_put_by_hand(server, tmp_path):
-    """The downloaded file's record outlived it: a file put there by hand (as the errors ask)
-    was overwritten for differing from it, or refused with "fetch it and put it at" the path it
-    was at."""
-    Handler.files["/gnd.pkl"] = PAYLOAD
-    path = download_file(f"{server}/gnd.pkl", tmp_path / "gnd.pkl", progress=False)
-    path.unlink()
-    path.write_bytes(b"the user's own copy")  # another file: no hash known, trusted as one put by hand
-    assert download_file(f"{server}/gnd.pkl", path, progress=False) == path
-    assert path.read_bytes() == b"the user's own copy" and len(Handler.requests) == 1
-    name = f"weights-{sha(PAYLOAD)[:7]}.pth"  # a hash known: checked, and refused as it is when it is another file
-    Handler.files[f"/{name}"] = PAYLOAD
-    weights = download_file(f"{server}/{name}", tmp_path / name, progress=False)
-    weights.unlink()
-    weights.write_bytes(b"another network")
-    with pytest.raises(DownloadError, match=rf"{name} is not the file .* names: .*move it away"):
-        download_file(f"{server}/{name}", weights, progress=False)
-    assert weights.read_bytes() == b"another network" and len(Handler.requests) == 2
-    weights.unlink()
-    weights.write_bytes(PAYLOAD)  # the right one, copied by hand: kept, nothing fetched
-    assert download_file(f"{server}/{name}", weights, progress=False) == weights and len(Handler.requests) == 2
 
 
 @pytest.mark.parametrize("page", [b"\xef\xbb\xbf<!DOCTYPE html>", b"<!-- portal -->\n<html>", b"<head><title>Login",

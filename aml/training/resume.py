@@ -28,7 +28,6 @@ SHAPING_FLAGS = {
     "outputdim": "an output dimension",
     "mode": "--mode",
     "loss": "--loss",
-    "loss_margin": "--loss-margin",  # the run folder's name rounds it (m0.12 for 0.12 and 0.125)
 }
 
 
@@ -52,6 +51,19 @@ def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
             f"cannot resume from {path}: it was trained against other teacher weights than those of "
             f"--teacher {net.meta.get('teacher')} (fingerprint {old}, now {new}); resume with the teacher the run "
             "was started with, or start a new run"
+        )
+
+
+def _check_margin(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
+    """Refuse to go on in a run folder with another ``--loss-margin`` than its checkpoint's (the
+    folder's name rounds it: m0.12 for 0.12 and 0.125); a branch in a folder of its own may
+    change it (its model_best is chosen among its own epochs)."""
+    old, new = theirs.get("loss_margin"), net.meta.get("loss_margin")
+    if old is not None and new is not None and old != new:
+        raise CheckpointError(
+            f"cannot resume from {path}: it was trained with --loss-margin {old}, this run trains with "
+            f"--loss-margin {new}; resume with the flags the run was started with, or train from it in another "
+            "folder (another --directory or --comment)"
         )
 
 
@@ -246,7 +258,10 @@ def resume_run(
             )
         return None
     state = _load_resumed(run_dir, path)
+    branch = path.parent.resolve() != run_dir.resolve()  # a checkpoint of another folder
     _check_meta(path, state["meta"], net)
+    if not branch:
+        _check_margin(path, state["meta"], net)
     _check_training_state(path, state, optimizer)
     _check_best_loss_kind(path, state, min_loss_of)
     _check_nothing_overwritten(run_dir, path, int(state["epoch"]))
@@ -272,7 +287,7 @@ def resume_run(
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))
     best = _model_best_loss(run_dir, net, min_loss_of)
-    if path.parent.resolve() != run_dir.resolve():  # a branch: its folder's model_best is of its own epochs
+    if branch:  # its folder's model_best is of its own epochs
         log.info(">> %s: model_best is chosen among this run's epochs, not against %s's best loss", run_dir, path)
         return int(state["epoch"]), best
     return int(state["epoch"]), min(_best_loss_of(path, state), best)

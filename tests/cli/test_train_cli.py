@@ -130,6 +130,9 @@ def test_resume_of_a_checkpoint_of_another_loss_is_refused_by_name(synth_root, t
     with pytest.raises(CheckpointError, match=r"model_epoch1.pth.tar: it was trained with --loss-margin 0.125, this "
                                               r"run trains with --loss-margin 0.12;"):
         train(synth_root, tmp_path / "m", "-a", SMALL, "--epochs", "2", "--no-val", "-lm", "0.12", "--resume", "latest")
+    branch = train(synth_root, tmp_path / "b", "-a", SMALL, "--epochs", "2", "--no-val", "-lm", "0.5", "--resume",
+                   str(margin.run_dir / "model_epoch1.pth.tar"))  # a branch of its own may change it
+    assert [r["epoch"] for r in branch.history] == [2]
 
 
 def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(synth_root, tmp_path):

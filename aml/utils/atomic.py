@@ -183,8 +183,15 @@ def _alive(pid: int) -> bool:
 
 
 def _host() -> str:
-    """This machine's name as a staging folder's name carries it (letters, digits and hyphens)."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    """Where this process's pid means something, as a staging folder's or a temporary file's
+    name carries it (letters, digits and hyphens): the machine's name, and its process-id
+    namespace where one is seen (containers on one machine that share its name, e.g. with the
+    host's network, each count their own pids: another's live writer is no dead one here)."""
+    machine = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    try:
+        return f"{machine}-{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # no /proc (macOS): the machine alone
+        return machine
 
 
 def _dead_leftover(name: str, target: str, suffix: str) -> bool:

@@ -247,14 +247,16 @@ def test_a_staging_folder_of_another_machine_is_never_taken_for_a_dead_ones(tmp_
     import aml.utils.atomic as atomic
 
     monkeypatch.setattr(atomic.socket, "gethostname", lambda: "node-7.cluster")
+    here = atomic._host()
+    assert here.startswith("node-7-cluster")
     elsewhere = tmp_path / ".synth-1m.node-12.999999999.abc.staging"  # no such pid here: another machine's
     elsewhere.mkdir()
-    dead_here = tmp_path / ".synth-1m.node-7-cluster.999999999.def.staging"
+    dead_here = tmp_path / f".synth-1m.{here}.999999999.def.staging"
     dead_here.mkdir()
     older = tmp_path / ".synth-1m.999999999.ghi.staging"  # an older aml's name, without the machine
     older.mkdir()
     mine = staging_folder(tmp_path / "synth-1m")
-    assert mine.name.startswith(f".synth-1m.node-7-cluster.{os.getpid()}.") and mine.name.endswith(".staging")
+    assert mine.name.startswith(f".synth-1m.{here}.{os.getpid()}.") and mine.name.endswith(".staging")
     assert elsewhere.is_dir() and not dead_here.exists() and not older.exists()
 
 
@@ -324,12 +326,15 @@ def test_a_killed_writers_temporary_in_a_shared_folder_goes_with_the_next_write_
     import aml.utils.atomic as atomic
 
     monkeypatch.setattr(atomic.socket, "gethostname", lambda: "node-7.cluster")
+    here = atomic._host()
     leftovers = {
-        "dead here": tmp_path / ".db.npy.node-7-cluster.999999999.abc.tmp",
-        "live here": tmp_path / f".db.npy.node-7-cluster.{os.getppid()}.def.tmp",
+        "dead here": tmp_path / f".db.npy.{here}.999999999.abc.tmp",
+        "live here": tmp_path / f".db.npy.{here}.{os.getppid()}.def.tmp",
         "another machine's": tmp_path / ".db.npy.node-12.999999999.ghi.tmp",
+        # this machine's name, another container's pids (the host's network, its own pid namespace)
+        "another pid namespace's": tmp_path / ".db.npy.node-7-cluster-1.999999999.pqr.tmp",
         "an older aml's, naming no process": tmp_path / ".db.npy.jkl.tmp",
-        "another file's": tmp_path / ".db.npy.json.node-7-cluster.999999999.mno.tmp",
+        "another file's": tmp_path / f".db.npy.json.{here}.999999999.mno.tmp",
     }
     for path in leftovers.values():
         path.write_bytes(b"half a file")
@@ -338,5 +343,5 @@ def test_a_killed_writers_temporary_in_a_shared_folder_goes_with_the_next_write_
     assert kept == set(leftovers) - {"dead here"}
     assert (tmp_path / "db.npy").read_bytes() == b"whole"
     with atomic.atomic_path(tmp_path / "db.npy") as temporary:
-        assert temporary.name.startswith(f".db.npy.node-7-cluster.{os.getpid()}.") and temporary.suffix == ".tmp"
+        assert temporary.name.startswith(f".db.npy.{here}.{os.getpid()}.") and temporary.suffix == ".tmp"
         temporary.write_bytes(b"again")

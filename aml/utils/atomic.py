@@ -292,7 +292,11 @@ def lock_beside(path: PathLike) -> Iterator[None]:
     while True:
         handle = _lock_file(lock)
         try:
-            _flock(handle, lock, fcntl.LOCK_EX)
+            try:
+                _flock(handle, lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # said: a download of the 1M set holds it for hours
+                log.info(">> waiting for another process, which is making %s", path)
+                _flock(handle, lock, fcntl.LOCK_EX)
             try:
                 current: Optional[int] = os.stat(lock).st_ino
             except FileNotFoundError:

@@ -345,3 +345,28 @@ def test_a_killed_writers_temporary_in_a_shared_folder_goes_with_the_next_write_
     with atomic.atomic_path(tmp_path / "db.npy") as temporary:
         assert temporary.name.startswith(f".db.npy.{here}.{os.getpid()}.") and temporary.suffix == ".tmp"
         temporary.write_bytes(b"again")
+
+
+def test_waiting_on_a_lock_beside_a_file_is_said(tmp_path, caplog):
+    """A second job preparing the 1M set waited hours on the first one's download without a word."""
+    import threading
+
+    from aml.utils.atomic import lock_beside
+
+    entered = []
+
+    def wait():
+        with lock_beside(tmp_path / "jpg"):
+            entered.append(True)
+
+    with lock_beside(tmp_path / "jpg"):
+        with caplog.at_level("INFO", logger="aml.utils.atomic"):
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            for _ in range(200):
+                if "waiting for another process" in caplog.text:
+                    break
+                threading.Event().wait(0.01)
+            assert not entered
+    waiter.join(10)
+    assert f">> waiting for another process, which is making {tmp_path / 'jpg'}" in caplog.text and entered == [True]

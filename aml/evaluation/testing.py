@@ -146,14 +146,16 @@ class _DistractorStore:
     temporary: bool
 
 
-def _drop_temporary(stores: Dict[str, _DistractorStore]) -> None:
+def _drop_temporary(stores: Dict[str, _DistractorStore], together: bool = True) -> None:
     """Delete the temporary stores, by rank 0 once every rank has searched (each wrote its
-    own shards)."""
+    own shards); ``together`` False (a test that failed): at once, without waiting for the
+    other ranks, which may never come."""
     temporary = [found.store.folder for found in stores.values() if found.temporary]
     if not temporary:
         return
     world = current_world()
-    barrier(world)
+    if together:
+        barrier(world)
     if world.is_main:
         for folder in temporary:
             shutil.rmtree(folder, ignore_errors=True)
@@ -432,8 +434,24 @@ def evaluate(
     """
     plan = TestPlan.of(student, settings, teacher)
     lw = _whitening(plan)
-    encoded: Dict[str, _Encoded] = {}
     stores: Dict[str, _DistractorStore] = {}
+    try:
+        results = _encode_and_search(plan, lw, stores, on_result)
+    except BaseException:
+        _drop_temporary(stores, together=False)
+        raise
+    _drop_temporary(stores)
+    return results
+
+
+def _encode_and_search(
+    plan: TestPlan,
+    lw: Optional[Whitening],
+    stores: Dict[str, _DistractorStore],
+    on_result: Optional[Callable[[DatasetResult], None]],
+) -> Dict[str, DatasetResult]:
+    """Encode every test set (and its distractors into ``stores``), then search each in turn."""
+    encoded: Dict[str, _Encoded] = {}
     seconds: Dict[str, float] = {}
     for test in plan.sets:
         start = time.time()
@@ -453,5 +471,4 @@ def evaluate(
         if on_result is not None:
             on_result(results[test.name])
         log.info(">> %s: elapsed time: %s", test.name, htime(seconds[test.name] + time.time() - start))
-    _drop_temporary(stores)
     return results

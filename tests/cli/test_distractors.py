@@ -52,7 +52,8 @@ def nets(tmp_path_factory):
 
 
 def stores(root):
-    return sorted((root / "features" / "distractors").iterdir())
+    folder = root / "features" / "distractors"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 def full_ranking_maps(root, dataset, student, teacher, store):
@@ -237,3 +238,21 @@ def test_the_distractors_of_a_network_in_memory_are_deleted_once_searched(root, 
     Path(result.distractors.store).mkdir()  # there before the test (another run's): never deleted
     again = evaluate(LoadedNetwork.in_memory(net, "run_epoch3"), settings)["synth-oxford+synth1m"]
     assert again.distractors.kept and (Path(again.distractors.store) / "manifest.json").is_file()
+
+
+def test_the_distractors_of_a_network_in_memory_go_also_when_its_test_fails(root, nets, monkeypatch):
+    from aml.evaluation import TestSettings, evaluate, testing
+    from aml.networks.loading import LoadedNetwork
+
+    def damaged(*args):
+        raise DataError("a whitening of NaN")
+
+    monkeypatch.setattr(testing, "_search", damaged)
+    settings = TestSettings(datasets=("synth-oxford+synth1m",), image_size=64, data_root=root, shard_size=64,
+                            extraction=ExtractionConfig(workers=0, progress=False))
+    net = load_network(nets[1]).eval()
+    net.meta["seed"] = 54321
+    before = stores(root)
+    with pytest.raises(DataError, match="a whitening of NaN"):
+        evaluate(LoadedNetwork.in_memory(net, "run_epoch4"), settings)
+    assert stores(root) == before

@@ -104,11 +104,12 @@ def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEO
         _check_torchrun_environment()
         try:
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=bound)
-        except (RuntimeError, ValueError) as err:  # torch's DistStoreError: the others never came
+        except (dist.DistStoreError, dist.DistNetworkError) as err:  # the others never came, or no address
+            said = (str(err).splitlines() or [type(err).__name__])[0]
             raise ConfigError(
                 f"process {current_rank()} could not join the group of {os.environ['WORLD_SIZE']} processes at "
-                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({str(err).splitlines()[0]}); start every "
-                "process with torchrun, or unset WORLD_SIZE to run one"
+                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({said}); start every process with "
+                "torchrun, or unset WORLD_SIZE to run one"
             ) from None
         log.info(
             ">> process %d of %d joined the group (%s, timeout %ds)",

@@ -12,7 +12,7 @@ from aml.data.testsets import TEST_SETS, prepare_test_set
 from aml.data.trainsets import TRAIN_SETS, prepare_train_set
 from aml.networks.imagenet import find_weights, get_imagenet_weights
 from aml.networks.loading import pretrained_checkpoint, published_whitening_file
-from aml.networks.pretrained import PRETRAINED, TEACHERS
+from aml.networks.pretrained import TEACHERS, published_spelling
 from aml.utils.errors import ConfigError
 
 
@@ -57,8 +57,7 @@ def _train_set(name: str) -> Optional[Download]:
 def _published(name: str) -> Optional[Download]:
     """A published network (a name of the pretrained list or a teacher's alias) and the
     whitening file it is published with."""
-    aliases = {key.lower(): key for key in (*TEACHERS, *PRETRAINED)}  # any case, as the data sets' names
-    given = aliases.get(name.lower())
+    given = published_spelling(name)  # any case, as the data sets' names
     if given is None:
         return None
     listed = TEACHERS.get(given, given)

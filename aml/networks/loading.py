@@ -17,7 +17,7 @@ from aml.data.paths import DataRootLike, data_subdir
 from aml.layers.pooling import POOLINGS
 from aml.networks.checkpoint import checkpoint_dimension, load_checkpoint, load_network
 from aml.networks.fingerprint import network_fingerprint
-from aml.networks.pretrained import PRETRAINED, TEACHERS
+from aml.networks.pretrained import PRETRAINED, TEACHERS, published_spelling
 from aml.networks.retrieval_net import ImageRetrievalNet, build_network
 from aml.utils.errors import ConfigError, DataError, MissingFile
 
@@ -55,11 +55,6 @@ def teacher_problem(text: str) -> Optional[str]:
         f"--teacher {text!r} is neither a published network (vgg16, resnet101, a name of "
         "test.py --list-pretrained) nor a checkpoint file"
     )
-
-
-def _published_spelling(text: str) -> Optional[str]:
-    """The teacher alias or published name that ``text`` spells in another case, or None."""
-    return next((name for name in (*TEACHERS, *PRETRAINED) if name.casefold() == text.casefold()), None)
 
 
 @dataclass(frozen=True)
@@ -120,7 +115,7 @@ class NetworkSpec:
         published = TEACHERS.get(text, text)
         if published in PRETRAINED:
             return cls(text, Source.PUBLISHED, published)
-        spelt = _published_spelling(text)
+        spelt = published_spelling(text)
         if spelt is not None and not Path(text).exists():  # VGG16: vgg16, as aml.cli.download reads it
             return cls(spelt, Source.PUBLISHED, TEACHERS.get(spelt, spelt))
         return cls(text, Source.CHECKPOINT, checkpoint_name(text), Path(text))

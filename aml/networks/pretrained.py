@@ -102,6 +102,24 @@ def teacher_dimension(teacher: Optional[str] = None) -> Optional[int]:
     return entry.dim if entry is not None else None
 
 
+def published_spelling(text: str) -> Optional[str]:
+    """The teacher alias or name of the pretrained list that ``text`` spells, in any case.
+
+    Args:
+        text: a name as typed (``VGG16``).
+
+    Returns:
+        The alias or name as listed (``vgg16``), or None for any other text.
+
+    Examples:
+        >>> from aml.networks.pretrained import published_spelling
+        >>> published_spelling("VGG16"), published_spelling("runs/model_best.pth.tar")
+        ('vgg16', None)
+    """
+    folded = text.casefold()
+    return next((name for name in (*TEACHERS, *PRETRAINED) if name.casefold() == folded), None)
+
+
 _WHITEN = CIRTORCH + "whiten/retrieval-SfM-120k/retrieval-SfM-120k-"
 
 #: learned linear layers that cirtorch publishes for training initialisation.

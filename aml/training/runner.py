@@ -239,7 +239,7 @@ class _Run:
             load_trunk_weights(net, trunk)
         net.meta["seed"] = seed
         if self.mode.needs_teacher:  # a std run has no teacher (--teacher sets a student trunk's dimension only)
-            net.meta["teacher"] = c.teacher
+            net.meta["teacher"] = self.teacher.spec.given  # a published name as listed (VGG16: vgg16)
             # the student's teacher by its weights: a store is checked against them wherever it is queried
             net.meta["teacher_fingerprint"] = self._teacher_fingerprint()
         net.meta["mode"], net.meta["loss"], net.meta["loss_margin"] = (

@@ -64,7 +64,7 @@ def test_what_the_user_typed_is_told_apart_once(checkpoint, tmp_path):
                                ("RetrievalSfM120k-ResNet101-GeM", "retrievalSfM120k-resnet101-gem",
                                 "retrievalSfM120k-resnet101-gem")):
         spelt = NetworkSpec.parse(typed)
-        assert (spelt.source, spelt.label, spelt.name) == (Source.PUBLISHED, label, name)
+        assert (spelt.source, spelt.given, spelt.label, spelt.name) == (Source.PUBLISHED, label, label, name)
     own = tmp_path / "VGG16"  # a file of that name is the file
     own.write_bytes(b"x")
     assert NetworkSpec.parse(str(own)).source == Source.CHECKPOINT

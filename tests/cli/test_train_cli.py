@@ -332,7 +332,8 @@ def test_resume_keeps_a_better_model_best_and_finds_a_path_relative_to_the_worki
     save_checkpoint(checkpoint_state(net, 7, 0.2, optimizer), other / "model_epoch7.pth.tar")
     assert resume_run(run_dir, "model_epoch1.pth.tar", net, optimizer) == (1, 0.3)
     monkeypatch.chdir(tmp_path)
-    assert resume_run(fresh, "other/model_epoch7.pth.tar", net, optimizer) == (7, 0.2)
+    # a branch: its model_best is chosen among its own epochs, not against the other folder's best
+    assert resume_run(fresh, "other/model_epoch7.pth.tar", net, optimizer) == (7, float("inf"))
     save_checkpoint(checkpoint_state(net, 2, 0.4, optimizer), run_dir / "model_epoch2.pth.tar")
     assert resume_run(run_dir, "latest", net, optimizer) == (2, 0.3)
     linked = tmp_path / "linked"  # a run folder restored as links (a backup, DVC): its files are its own

@@ -10,7 +10,7 @@ import pytest
 from aml.cli import train as train_cli
 from aml.descriptors import ExtractionConfig
 from aml.training import TrainConfig, TrainSettings, run
-from aml.training.config import problems
+from aml.training.config import problems, run_name
 from aml.utils.errors import ConfigError
 
 
@@ -82,16 +82,18 @@ def test_the_flags_check_the_ranges_the_config_declares():
     assert checked >= 19
 
 
-@pytest.mark.parametrize("teacher", ["ResNet101", "resnet10", "runs/no/such/model_best.pth.tar"])
+@pytest.mark.parametrize("teacher", ["ResNet-101", "resnet10", "runs/no/such/model_best.pth.tar"])
 def test_a_teacher_that_is_no_network_is_refused_before_anything_is_loaded(teacher):
-    """main.py -t ResNet101 (a typo) trained a 512-d student, the default's, in a folder named
-    after the typo; the original's choices refused it."""
+    """main.py -t ResNet-101 (a typo) trained a 512-d student, the default's, in a folder named
+    after the typo; the original's choices refused it. Another case is the name (ResNet101)."""
     from aml.training.config import problems
 
     found = problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher=teacher))
     assert found == [f"--teacher {teacher!r} is neither a published network (vgg16, resnet101, a name of test.py "
                      "--list-pretrained) nor a checkpoint file"]
-    assert problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher="resnet101")) == []
+    for spelt in ("resnet101", "ResNet101"):
+        assert problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher=spelt)) == []
+        assert run_name(TrainConfig.from_flags("runs", teacher=spelt)).endswith("_teach_resnet101")
 
 
 def test_a_dict_for_the_loop_or_the_extraction_is_refused_by_name():

@@ -65,4 +65,5 @@ def test_the_epoch_tests_are_logged_by_the_main_rank_alone(tmp_path, monkeypatch
     caplog.set_level(logging.INFO, logger="aml")
     for rank in (1, 0):
         runner._Run(config, World(rank, 2), "cpu", tmp_path / "run").test_callback()(net, 0)
-    assert [r.getMessage() for r in caplog.records] == [">> synth-oxford: mAP 50.00"]
+    assert [r.getMessage() for r in caplog.records] == [
+        ">> Test [1] symmetric: the student encodes the queries and the database", ">> synth-oxford: mAP 50.00"]

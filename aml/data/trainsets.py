@@ -77,11 +77,23 @@ def get_train_set(name: str, data_root: Optional[PathLike] = None) -> TrainSet:
     return find_train_set(name, data_subdir(data_root, "train"))
 
 
+def registered_spelling(name: str) -> str:
+    """A registered set's name as the registry spells it, whatever the case given
+    (``retrieval-sfm-120k``: ``retrieval-SfM-120k``); any other name as it is (a custom set).
+
+    Examples:
+        >>> from aml.data.trainsets import registered_spelling
+        >>> registered_spelling("RETRIEVAL-SFM-120K"), registered_spelling("mine")
+        ('retrieval-SfM-120k', 'mine')
+    """
+    return next((key for key in TRAIN_SETS if key.lower() == name.lower()), name)
+
+
 def find_train_set(name: str, train_root: Path) -> TrainSet:
     """`get_train_set` in the folder of the training sets (``<data_root>/train``)."""
-    for key, entry in TRAIN_SETS.items():
-        if key.lower() == name.lower():
-            return entry
+    entry = TRAIN_SETS.get(registered_spelling(name))
+    if entry is not None:
+        return entry
     folder = Path(train_root) / name
     training, whitening = (folder / f"{name}.pkl").is_file(), (folder / f"{name}-whiten.pkl").is_file()
     if (folder / "ims").is_dir() and (training or whitening):

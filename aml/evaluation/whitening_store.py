@@ -19,7 +19,7 @@ import numpy as np
 
 from aml.data.paths import DataRootLike, data_subdir
 from aml.data.formats import TrainingDb
-from aml.data.trainsets import load_whitening_db
+from aml.data.trainsets import load_whitening_db, registered_spelling
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey
 from aml.evaluation.whitening import WhiteningError, check_whitening, whitenlearn
@@ -70,6 +70,11 @@ class WhiteningRequest:
     scales: Tuple[float, ...] = (1.0,)
     extraction: ExtractionConfig = DEFAULT_EXTRACTION
     data_root: DataRootLike = None
+
+    def __post_init__(self):
+        # one spelling of a registered set: -w retrieval-sfm-120k found no stored or published
+        # whitening (looked up by the registry's spelling) and learned one, in a cache of its own
+        object.__setattr__(self, "whitening_set", registered_spelling(self.whitening_set))
 
     @property
     def multiscale(self) -> bool:

@@ -221,6 +221,12 @@ def test_a_published_students_whitening_file_serves_only_the_set_it_was_learned_
     assert known_whitening(student, WhiteningRequest("synth-sfm", 64, data_root=tmp_path)) is None and not downloads
     m, P = known_whitening(student, WhiteningRequest("retrieval-SfM-120k", 64, data_root=tmp_path))
     assert downloads[0].endswith("mobilenet_v2_gem_contr_vgg16_whitening.pth") and np.array_equal(P, np.eye(512))
+    # the set's name in another case is the set (-w retrieval-sfm-120k learned a whitening on 120k images)
+    m, P = known_whitening(student, WhiteningRequest("RETRIEVAL-SFM-120K", 64, data_root=tmp_path))
+    assert np.array_equal(P, np.eye(512)) and WhiteningRequest("Synth-SfM", 64).whitening_set == "synth-sfm"
+    student.net.meta["Lw"] = {"synth-sfm": {"ss": {"m": np.ones((512, 1)), "P": 2 * np.eye(512)}}}
+    m, P = known_whitening(student, WhiteningRequest("SYNTH-SFM", 64, data_root=tmp_path))
+    assert np.array_equal(P, 2 * np.eye(512))
 
 
 def test_whitening_arguments_of_the_wrong_shape_are_refused():

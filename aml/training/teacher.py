@@ -57,14 +57,23 @@ class Teacher:
         loaded = load_spec(self.spec, None, self.data_root)
         for path in self.feature_files:
             recorded = feature_provenance(Path(path)).fingerprint
-            if recorded is not None and recorded != loaded.fingerprint:
-                raise DataError(
-                    f"feature file {path} was encoded by other weights than --teacher {self.spec.given}'s "
-                    f"(fingerprints {recorded[:8]} and {loaded.fingerprint[:8]}): its descriptors and the "
-                    "teacher's would be two spaces; give the --teacher it was extracted with, or extract it again "
-                    "with extract_features.py"
-                )
+            if recorded is not None:
+                _check_fingerprint(Path(path), recorded, self.spec.given, loaded.fingerprint)
         return loaded
+
+    def check_encoded_by(self, path: Path, fingerprint: str) -> None:
+        """Refuse a feature file encoded by other weights than the teacher's (which this loads)."""
+        _check_fingerprint(path, fingerprint, self.spec.given, self.loaded.fingerprint)
+
+
+def _check_fingerprint(path: Path, recorded: str, teacher: str, fingerprint: str) -> None:
+    if recorded != fingerprint:
+        raise DataError(
+            f"feature file {path} was encoded by other weights than --teacher {teacher}'s "
+            f"(fingerprints {recorded[:8]} and {fingerprint[:8]}): its descriptors and the "
+            "teacher's would be two spaces; give the --teacher it was extracted with, or extract it again "
+            "with extract_features.py"
+        )
 
 
 def _given_features(teacher: Teacher, path: Path, images: Sequence[str], image_size: int) -> np.ndarray:
@@ -92,7 +101,11 @@ def _given_features(teacher: Teacher, path: Path, images: Sequence[str], image_s
             "(their sizes or modification times differ: a set generated again or edited); extract it again with "
             "extract_features.py"
         )
-    if made.network is not None and made.network != teacher.spec.name:
+    if made.fingerprint is not None and teacher.spec.local_file is not None:
+        # a checkpoint file at hand: its weights settle it (a copy under another name is the
+        # teacher; another run's checkpoint of the same name is not)
+        teacher.check_encoded_by(path, made.fingerprint)
+    elif made.network is not None and made.network != teacher.spec.name:
         raise DataError(
             f"feature file {path} was encoded by {made.network}, not by --teacher {teacher.spec.given} "
             f"({teacher.spec.name}); give the --teacher it was extracted with, or its file"

@@ -189,3 +189,23 @@ def test_a_feat_path_file_of_changed_images_other_scales_or_two_teachers_is_refu
     with pytest.raises(DataError, match=r"feature files .*feats.npy and .*val.npy were encoded by other weights "
                                         r"\(fingerprints 3f2a9c0d and 01234567\)"):
         teacher_split_features(two, "set", "val", moved[:2], 64, str(val))
+
+
+def test_a_feat_path_file_is_checked_against_a_checkpoint_teachers_weights_not_its_name(teacher, tmp_path):
+    """By name alone: a copy of the teacher under another name was refused, and another run's
+    checkpoint of the same file name (other weights) trained the student without a word."""
+    from aml.descriptors import DescriptorKey, write_feature_file
+    from aml.utils.errors import DataError
+
+    images = [str(tmp_path / f"{k}.jpg") for k in range(3)]
+    made = dict(DescriptorKey(teacher.loaded.fingerprint, 64).record(), network="model_best")
+    path = write_feature_file(np.eye(512, 3, dtype=np.float32), images, tmp_path / "feats.npy", made)
+    copy = tmp_path / "copy" / "teacher-v1.pth.tar"
+    copy.parent.mkdir()
+    shutil.copyfile(teacher.spec.path, copy)
+    assert teacher_split_features(Teacher(str(copy)), "set", "train", images, 64, str(path)).shape == (512, 3)
+    torch.manual_seed(7)
+    other = save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False), 0, 0.0),
+                            tmp_path / "other" / "model_best.pth.tar")
+    with pytest.raises(DataError, match=rf"feats.npy was encoded by other weights than --teacher {other}'s"):
+        teacher_split_features(Teacher(str(other)), "set", "train", images, 64, str(path))

@@ -259,8 +259,11 @@ def _shown(
     )
 
 
-def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown) -> Path:
-    """The visual ranking report of one data set (with the teacher's own ranking when asymmetric)."""
+def _report(
+    plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown, skipped: Optional[SkippedImages]
+) -> Path:
+    """The visual ranking report of one data set (with the teacher's own ranking when
+    asymmetric), its summary saying which images were skipped as unreadable."""
     from aml.reports.ranking import Ranking, write_report
 
     student, teacher, kept = plan.student, plan.teacher, encoded.kept
@@ -305,8 +308,9 @@ def _report(plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown) 
         if teacher is not None
         else f"symmetric: {student.name}"
     )
-    lines = DatasetResult(dataset, (shown.result,)).lines()  # ">> roxford5k + whiten: mAP ...", its search named
-    summary = "; ".join([how] + [line.removeprefix(">> ") for line in lines])
+    lines = DatasetResult(dataset, (shown.result,), skipped).lines()  # ">> roxford5k + whiten: mAP ...", as test.py
+    level = ["each query's AP below is its Medium AP"] if cfg["protocol"] == "revisited" else []
+    summary = "; ".join([how] + [line.removeprefix(">> ") for line in lines] + level)
     folder = Path(plan.settings.report_dir or ".") / dataset
     return write_report(folder, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
 
@@ -372,7 +376,7 @@ def _search(
         _remove_stale_listing(test)
     report = None
     if plan.settings.report_dir is not None:  # refused with distractors: the test set's own database
-        report = _report(plan, test, encoded, _shown(plan, test, encoded, searches, lw))
+        report = _report(plan, test, encoded, _shown(plan, test, encoded, searches, lw), skipped)
     return DatasetResult(name, tuple(searches), skipped, added, report)
 
 

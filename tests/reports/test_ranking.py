@@ -97,6 +97,7 @@ def test_report_shows_each_ranking_ap(report):
     text = report.read_text()
     assert text.count("student s") == 30 and text.count("teacher t") == 30 and "AP " in text
     assert "asymmetric: queries by s, database by t; synth-oxford + whiten: mAP E: " in text  # the summary on top
+    assert "; each query&#x27;s AP below is its Medium AP" in text  # html.escape's apostrophe
     shown = [ap for ap in REPORTED["whiten"]["medium"]["aps"] if ap == ap]
     plain = [ap for ap in REPORTED["plain"]["medium"]["aps"] if ap == ap]
     assert shown != plain
@@ -242,3 +243,6 @@ def test_a_report_of_a_database_with_an_unreadable_image_shows_what_can_be_found
     page.feed(Path(results["tiny"]["report"]).read_text())
     labels = [label for label, _ in page.sections[0]["rows"][0]]
     assert len(labels) == 3 and labels[0] == "query", labels  # the query, a.jpg and b.jpg: c.jpg is never found
+    # the page says what test.py's lines say: its mAP is of the images that could be read
+    text = Path(results["tiny"]["report"]).read_text()
+    assert "(1 unreadable images skipped)" in text and "1 database images and 0 queries could not be read" in text

@@ -24,11 +24,13 @@ from aml.cli.arguments import (
     setup_logging,
 )
 from aml.data.distractors import prepare_distractors, split_test_name
+from aml.data.paths import resolve_data_root
 from aml.data.testsets import prepare_test_set
 from aml.evaluation.reranking import Reranking
 from aml.evaluation.testing import TestSettings, check_reranking, evaluate
 from aml.networks.loading import LoadedNetwork, NetworkSpec, Source, load_spec, load_teacher, load_test_network
 from aml.networks.pretrained import DEFAULT_TEACHER, PRETRAINED
+from aml.reports.provenance import provenance
 from aml.utils.atomic import atomic_write
 from aml.utils.errors import ConfigError
 from aml.utils.text_files import strict_json
@@ -215,11 +217,13 @@ def _write_results(
     networks: Tuple[LoadedNetwork, Optional[LoadedNetwork]],
     results: dict,
 ) -> None:
-    """``--results``: the flags, the networks and the numbers as one JSON file (written whole or not at all)."""
+    """``--results``: the flags, the networks, the numbers and where they were measured (machine,
+    versions, date, command) as one JSON file (written whole or not at all)."""
     student, teacher = networks
     report = {
         "settings": {
             **vars(args),
+            "data_root": str(resolve_data_root(args.data_root)),  # from $AML_DATA_ROOT too
             "device": str(device),
             "network": student.name,
             "teacher": teacher.name if teacher else None,
@@ -228,6 +232,7 @@ def _write_results(
             "teacher_fingerprint": teacher.fingerprint if teacher else None,
         },
         "results": results,
+        "provenance": provenance(device=device),
     }
     data = strict_json(report)
     atomic_write(args.results, lambda out: out.write(data))

@@ -55,6 +55,9 @@ def test_symmetric_run_prints_and_writes_json(checkpoint, synth_root, tmp_path, 
 
     assert report["settings"]["network_fingerprint"] == network_fingerprint(load_network(checkpoint))
     assert report["settings"]["teacher_fingerprint"] is None
+    # where and with what the numbers were measured, as the docs said it held (and which data root)
+    assert report["settings"]["data_root"] == str(synth_root.resolve())
+    assert {"date", "machine", "torch", "command"} <= set(report["provenance"])
 
 
 def test_asymmetric_against_itself_equals_symmetric(checkpoint, synth_root):

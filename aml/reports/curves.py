@@ -4,7 +4,7 @@ folder, rewritten after every epoch."""
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, TypedDict, cast
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypedDict, cast
 
 from aml.utils.atomic import atomic_write
 from aml.utils.text_files import strict_json
@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 TestRecords = Dict[str, Dict[str, Dict[str, Any]]]
 #: the same in ``history.json``: {test kind: {dataset: {'medium': mAP, 'hard': mAP} or {'map': mAP}}}
 TestSummary = Dict[str, Dict[str, Dict[str, float]]]
+#: how a curve's label names its level: the classic protocol's mAP ('map') is no Medium one
+LEVEL_MARKS = {"easy": " E", "medium": " M", "hard": " H", "map": ""}
 
 
 class EpochRecord(TypedDict):
@@ -93,17 +95,8 @@ def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
     axes[1].set(xlabel="epoch", ylabel="learning rate", title="learning rate")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(0, 0))  # lr decays by 1% an epoch: a linear axis
     if tested:
-        for kind in tested[-1]["test"]:
-            for dataset, levels in tested[-1]["test"][kind].items():
-                for level in levels:
-                    points = [
-                        (r["epoch"], 100 * r["test"][kind][dataset][level])
-                        for r in tested
-                        if r["test"].get(kind, {}).get(dataset, {}).get(level) is not None  # null: undefined
-                    ]
-                    if not points:
-                        continue
-                    axes[2].plot(*zip(*points, strict=True), "o-", label=f"{dataset} {level[0].upper()} ({kind[:4]})")
+        for label, points in map_curves(tested).items():
+            axes[2].plot(*zip(*points, strict=True), "o-", label=label)
         axes[2].set(xlabel="epoch", ylabel="mAP (%)", title="test mAP")
         axes[2].legend(fontsize=7)
     for axis in axes:
@@ -112,6 +105,41 @@ def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
     Canvas(figure)
     atomic_write(path, lambda out: figure.savefig(out, format="png"))
     return True
+
+
+def map_curves(tested: Sequence[HistoryEpoch]) -> Dict[str, List[Tuple[int, float]]]:
+    """The test mAP curves of epoch records: label -> (epoch, mAP in %) of the epochs where it
+    is defined, one curve per test kind, data set and level found in any epoch (a run resumed
+    with other ``-td`` tested other sets before).
+
+    Args:
+        tested: the records that hold a ``test`` entry.
+
+    Returns:
+        The curves, by label (``roxford5k M (symm)``; a classic set's mAP has no level letter).
+
+    Examples:
+        >>> from aml.reports.curves import map_curves
+        >>> map_curves([{"epoch": 1, "train_loss": 0.1, "lr": 0.1, "test": {"symmetric": {"oxford5k": {"map": 0.5}}}}])
+        {'oxford5k (symm)': [(1, 50.0)]}
+    """
+    keys = dict.fromkeys(
+        (kind, dataset, level)
+        for r in tested
+        for kind, sets in r["test"].items()
+        for dataset, levels in sets.items()
+        for level in levels
+    )
+    found: Dict[str, List[Tuple[int, float]]] = {}
+    for kind, dataset, level in keys:
+        points = [
+            (r["epoch"], 100 * r["test"][kind][dataset][level])
+            for r in tested
+            if r["test"].get(kind, {}).get(dataset, {}).get(level) is not None  # null: undefined
+        ]
+        if points:
+            found[f"{dataset}{LEVEL_MARKS.get(level, ' ' + level)} ({kind[:4]})"] = points
+    return found
 
 
 def _is_record(record: Any) -> bool:

@@ -73,3 +73,13 @@ def test_an_undefined_map_is_written_as_null_and_read_back_and_drawn(tmp_path):
     resumed.restart_at(2)
     resumed.add({"epoch": 3, "train_loss": 0.5, "val_loss": None, "lr": 1e-3})  # drawn again from what was read
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_every_tested_curve_is_drawn_and_a_classic_map_is_no_medium_one():
+    """Only the last tested epoch's sets were drawn (a run resumed with another -td lost its
+    earlier curves), and a classic set's mAP was labelled M, as a revisited Medium."""
+    tested = [{"epoch": 1, "train_loss": 1.0, "lr": 0.1, "test": {"symmetric": {"synth-oxford": {"medium": 0.4, "hard": 0.2}}}},
+              {"epoch": 2, "train_loss": 1.0, "lr": 0.1, "test": {"symmetric": {"synth-oxford": {"medium": 0.5, "hard": None}}}},
+              {"epoch": 3, "train_loss": 1.0, "lr": 0.1, "test": {"symmetric": {"oxford5k": {"map": 0.6}}}}]
+    assert curves.map_curves(tested) == {"synth-oxford M (symm)": [(1, 40.0), (2, 50.0)],
+                                         "synth-oxford H (symm)": [(1, 20.0)], "oxford5k (symm)": [(3, 60.0)]}

@@ -1,6 +1,5 @@
 """The demo's table: text for the terminal, Markdown and a bar chart for results/."""
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -9,6 +8,7 @@ import numpy as np
 
 from aml.reports.charts import bar_chart
 from aml.utils.atomic import atomic_write
+from aml.utils.text_files import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ def write_results(
     matplotlib is installed) and ``results.json`` (`results_record` with ``record``:
     timings, machine, command) in ``folder``; returns the Markdown path."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(results_record(rows, seeds, notes=list(notes), **(record or {})), indent=1)
-    atomic_write(folder / "results.json", lambda out: out.write(data.encode()))
+    data = strict_json(results_record(rows, seeds, notes=list(notes), **(record or {})))  # NaN: null
+    atomic_write(folder / "results.json", lambda out: out.write(data))
     spread = f"mean ± std over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
     text = (
         f"# aml demo results\n\nmAP (%) on the synthetic test sets, Medium (M) and Hard (H); {spread}.\n\n"

@@ -3,6 +3,7 @@ re-ranking steps), the images skipped, the distractors added and the ranking rep
 values. `DatasetResult.record` writes them as test.py's results file has them, and
 `DatasetResult.lines` as it prints them."""
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -189,10 +190,10 @@ class DatasetResult:
             entry["skipped"] = {
                 "database": list(self.skipped.database),
                 "queries": list(self.skipped.queries),
-                "list": None if self.skipped.listing is None else str(self.skipped.listing),
+                "list": None if self.skipped.listing is None else os.path.abspath(self.skipped.listing),
             }
         if self.report is not None:
-            entry["report"] = str(self.report)
+            entry["report"] = os.path.abspath(self.report)  # found from wherever the results file is read
         return entry
 
     def lines(self) -> List[str]:

@@ -19,3 +19,16 @@ def test_results_markdown_lists_the_notes_under_the_table(tmp_path):
     rows = [{"network": "teacher", "test": "symmetric", "results": [{d: {"plain": level} for d in ("synth-oxford", "synth-paris")}]}]
     text = write_results(rows, tmp_path, [0], ["(1) first: holds", "(2) second: does NOT hold"]).read_text()
     assert text.endswith("| teacher | symmetric | 50.00 | 25.00 | 50.00 | 25.00 |\n\n- (1) first: holds\n- (2) second: does NOT hold\n")
+
+
+def test_an_undefined_map_is_null_in_results_json(tmp_path):
+    """A Hard mAP of NaN (no query with a hard positive) was written as a bare NaN, which strict
+    JSON readers refuse (every other results file writes null)."""
+    import json
+
+    level = {"medium": {"map": 0.5}, "hard": {"map": float("nan")}}
+    rows = [{"network": "teacher", "test": "symmetric", "results": [{d: {"plain": level} for d in ("synth-oxford", "synth-paris")}]}]
+    write_results(rows, tmp_path, [0])
+    text = (tmp_path / "results.json").read_text()
+    json.loads(text, parse_constant=lambda name: (_ for _ in ()).throw(AssertionError(f"{name} in results.json")))
+    assert "NaN" not in text

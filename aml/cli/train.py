@@ -17,7 +17,7 @@ from aml.cli.arguments import (
 )
 from aml.data.trainsets import training_set_names, whitening_set_names
 from aml.descriptors import ExtractionConfig
-from aml.losses import TEMPERATURES, check_temperature
+from aml.losses import TEMPERATURES
 from aml.networks.backbones import BACKBONES, get_backbone
 from aml.training import TrainConfig, TrainResult, TrainSettings, run
 from aml.training.config import CHOICES, problems
@@ -41,15 +41,6 @@ def architecture(text: str) -> str:
     except (ValueError, ImportError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
-
-
-def _temperature(text: str) -> float:
-    temp = _ranged("temp")(text)
-    try:
-        check_temperature(temp)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
-    return temp
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,8 +184,9 @@ def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--temp",
         default=0.1,
-        type=_temperature,
-        help=f"temperature of the cross-entropy losses, {TEMPERATURES[0]:g} to {TEMPERATURES[1]:g} (default: 0.1)",
+        type=_ranged("temp"),  # its range for the losses that read it: checked with --loss
+        help=f"temperature of the softmax losses (cross_entropy, cross_entropy_dist, csd, bct, hvs, lce), "
+        f"{TEMPERATURES[0]:g} to {TEMPERATURES[1]:g} (default: 0.1)",
     )
 
 

@@ -62,6 +62,7 @@ class LossSpec:
     why: str  # shown when a mode is refused
     min_batch: Tuple[int, str] = (1, "")
     uses_negatives: bool = True
+    uses_temperature: bool = False  # a softmax over similarities / --temp
 
     @property
     def kind(self) -> LossKind:
@@ -92,9 +93,11 @@ LOSSES: Dict[str, LossSpec] = {
         "it needs exactly one positive and some negatives per tuple",
     ),
     "multi": LossSpec(lambda m, t: MultiSimilarityLoss(), _tuples, "it needs tuples with negatives"),
-    "cross_entropy": LossSpec(lambda m, t: CrossEntropyLoss(temp=t), _tuples, "it needs tuples with negatives"),
+    "cross_entropy": LossSpec(
+        lambda m, t: CrossEntropyLoss(temp=t), _tuples, "it needs tuples with negatives", uses_temperature=True
+    ),
     "cross_entropy_dist": LossSpec(
-        lambda m, t: CrossEntropyDistLoss(temp=t), _tuples, "it needs tuples with negatives"
+        lambda m, t: CrossEntropyDistLoss(temp=t), _tuples, "it needs tuples with negatives", uses_temperature=True
     ),
     "contrastive_dist": LossSpec(
         lambda m, t: ContrastiveDistLoss(),
@@ -121,11 +124,23 @@ LOSSES: Dict[str, LossSpec] = {
         (5, "4 neighbours per image"),
         uses_negatives=False,
     ),
-    # losses of later papers (aml.losses.compatibility); --temp is their temperature
-    "csd": LossSpec(lambda m, t: ContextualSimilarityLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False),
-    "bct": LossSpec(lambda m, t: BackwardCompatibleLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False),
-    "hvs": LossSpec(lambda m, t: HeterogeneousCompatibilityLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False),
-    "lce": LossSpec(lambda m, t: CompatibleEmbeddingLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False),
+    # losses of later papers (aml.losses.compatibility): single images; --temp is their temperature
+    "csd": LossSpec(
+        lambda m, t: ContextualSimilarityLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False, uses_temperature=True
+    ),
+    "bct": LossSpec(
+        lambda m, t: BackwardCompatibleLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False, uses_temperature=True
+    ),
+    "hvs": LossSpec(
+        lambda m, t: HeterogeneousCompatibilityLoss(temp=t),
+        _images,
+        _IMAGES_WHY,
+        uses_negatives=False,
+        uses_temperature=True,
+    ),
+    "lce": LossSpec(
+        lambda m, t: CompatibleEmbeddingLoss(temp=t), _images, _IMAGES_WHY, uses_negatives=False, uses_temperature=True
+    ),
 }
 
 
@@ -133,13 +148,16 @@ LOSSES: Dict[str, LossSpec] = {
 TEMPERATURES = (1e-3, 10.0)
 
 
-def check_temperature(temp: float) -> None:
+def check_temperature(temp: float, softmax: bool = True) -> None:
     """Refuse a temperature that makes the softmax losses degenerate, saying why.
 
     Descriptors are L2-normalised, so the logits (similarities / temp) span at most 2 / temp.
 
     Args:
         temp: the temperature (``--temp``).
+        softmax: whether the loss reads it (`LossSpec.uses_temperature`); else only a value
+            that is no temperature at all is refused (the original accepted any, which names
+            the run folder alone).
 
     Raises:
         ConfigError: below `TEMPERATURES` (the softmax is a hard maximum and the gradients grow
@@ -158,6 +176,8 @@ def check_temperature(temp: float) -> None:
     low, high = TEMPERATURES
     if not isinstance(temp, (int, float)) or isinstance(temp, bool) or not math.isfinite(temp) or temp <= 0:
         raise ConfigError(f"--temp {temp!r}: a temperature is a finite number > 0 (default 0.1)")
+    if not softmax:
+        return
     if temp < low:
         raise ConfigError(
             f"--temp {temp:g}: below {low:g} the logits (similarities / temp) span {2 / temp:.3g}: the "
@@ -200,7 +220,7 @@ def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
         0.05
     """
     spec = lookup(LOSSES, name, "loss")
-    check_temperature(temp)
+    check_temperature(temp, spec.uses_temperature)
     if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not 0 <= margin < math.inf:
         raise ConfigError(f"--loss-margin {margin!r}: a margin is a finite number >= 0 (default 0.7)")
     return spec.build(margin, temp)

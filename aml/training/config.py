@@ -347,7 +347,7 @@ def problems(config: TrainConfig) -> List[str]:
         return unknown
     found: List[str] = out_of_bounds(config) + out_of_bounds(config.loop) + out_of_bounds(config.extraction)
     try:
-        check_temperature(config.temp)
+        check_temperature(config.temp, LOSSES[config.loss].uses_temperature)
     except ConfigError as err:
         found.append(str(err))
     for name, kind in ((config.training_dataset, "training"), (config.test_whiten, "whitening")):

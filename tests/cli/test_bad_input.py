@@ -40,11 +40,13 @@ CASES = [
     (TRAIN, ["--lr", "inf"], "argument --lr/--learning-rate: must be a positive finite number, got 'inf'"),
     (TRAIN, ["--momentum", "1.5"], "argument --momentum: must be a number in [0, 1)"),
     (TRAIN, ["--temp", "0"], "argument --temp: must be a positive finite number"),
-    (TRAIN, ["--temp", "1e-30"], "argument --temp: below 0.001 the logits (similarities / temp) span 2e+30: the "
-                                 "softmax is a hard maximum and the gradients grow as 1/temp, so training diverges "
-                                 "whatever --lr is; use 0.001 to 10 (default 0.1)"),
-    (TRAIN, ["--temp", "1e30"], "argument --temp: above 10 the logits (similarities / temp) span only 2e-30: the "
-                                "softmax is nearly uniform, the loss stays constant and nothing is learned"),
+    (TRAIN, ["--temp", "1e-30", "-l", "cross_entropy"], "--temp 1e-30: below 0.001 the logits (similarities / temp) "
+                                                        "span 2e+30: the softmax is a hard maximum and the gradients "
+                                                        "grow as 1/temp, so training diverges whatever --lr is; use "
+                                                        "0.001 to 10 (default 0.1)"),
+    (TRAIN, ["--temp", "1e30", "-l", "bct", "-m", "reg"], "--temp 1e+30: above 10 the logits (similarities / temp) "
+                                                          "span only 2e-30: the softmax is nearly uniform, the loss "
+                                                          "stays constant and nothing is learned"),
     (TRAIN, ["-j", "-1"], "argument --workers/-j: must be an integer >= 0"),
     (TRAIN, ["--epochs", "1.5"], "argument --epochs: must be a positive integer, got '1.5'"),
     (TRAIN, ["--seed", "-3"], "argument --seed: must be an integer in [0, 2**32)"),

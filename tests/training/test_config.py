@@ -107,3 +107,17 @@ def test_a_dict_for_the_loop_or_the_extraction_is_refused_by_name():
     with pytest.raises(ConfigError, match=r"TestSettings.extraction must hold ExtractionConfig\(...\), got a dict"):
         TestSettings(extraction={"workers": 0})
     assert TestSettings(extraction=ExtractionConfig(workers=0)).extraction.workers == 0
+
+
+def test_a_temperature_is_ranged_only_for_the_losses_that_read_it():
+    """--loss triplet --temp 0.0005 was refused as 'the softmax is a hard maximum': triplet has
+    none (the original accepted any --temp, which names the run folder alone)."""
+    from aml.losses import LOSSES
+
+    readers = {name for name, spec in LOSSES.items() if spec.uses_temperature}
+    assert readers == {"cross_entropy", "cross_entropy_dist", "csd", "bct", "hvs", "lce"}
+    for name, spec in LOSSES.items():
+        found = problems(TrainConfig.from_flags("runs", loss=name, mode="reg" if name in {"csd", "bct", "hvs", "lce"}
+                                                else "rand" if name in {"rkd", "dark"} else "ts", temp=0.0005))
+        assert any("--temp 0.0005: below 0.001" in problem for problem in found) == (name in readers), name
+    assert problems(TrainConfig.from_flags("runs", loss="triplet", temp=-1.0))  # no temperature at all: refused

@@ -45,6 +45,8 @@ class LossSpec:
         min_batch: the fewest images per mini-batch (``--batch-size``) with which the loss
             measures anything, and why (a relational loss compares the images of a batch).
         uses_negatives: whether a tuple's negatives enter the loss (a regression does not).
+        uses_temperature: whether ``--temp`` enters the loss (a softmax over similarities / T),
+            whose range `check_temperature` then checks.
 
     Examples:
         >>> from aml.losses import LOSSES, LossSpec, TripletLoss
@@ -62,7 +64,7 @@ class LossSpec:
     why: str  # shown when a mode is refused
     min_batch: Tuple[int, str] = (1, "")
     uses_negatives: bool = True
-    uses_temperature: bool = False  # a softmax over similarities / --temp
+    uses_temperature: bool = False
 
     @property
     def kind(self) -> LossKind:

@@ -182,28 +182,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _machine() -> str:
+    """This machine's name in letters, digits and hyphens."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
 def _host() -> str:
     """Where this process's pid means something, as a staging folder's or a temporary file's
     name carries it (letters, digits and hyphens): the machine's name, and its process-id
     namespace where one is seen (containers on one machine that share its name, e.g. with the
     host's network, each count their own pids: another's live writer is no dead one here)."""
-    machine = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
     try:
-        return f"{machine}-{os.stat('/proc/self/ns/pid').st_ino}"
+        return f"{_machine()}-{os.stat('/proc/self/ns/pid').st_ino}"
     except OSError:  # no /proc (macOS): the machine alone
-        return machine
+        return _machine()
 
 
 def _dead_leftover(name: str, target: str, suffix: str) -> bool:
     """Whether ``name`` is what a process that no longer runs left while it wrote ``target``
     (a staging folder, ``suffix`` "staging", or a temporary file, "tmp"): one of this machine
-    (``.<target>.<host>.<pid>.<random>.<suffix>``, or a staging folder's older
-    ``.<target>.<pid>.<random>.staging``) whose pid is not alive. Another machine's is never
-    dead here: its pid means nothing on this one (a shared data root on NFS)."""
+    (``.<target>.<host>.<pid>.<random>.<suffix>``, or an older aml's, named by the machine
+    alone or, for a staging folder, ``.<target>.<pid>.<random>.staging``) whose pid is not
+    alive. Another machine's, or another pid namespace's, is never dead here: its pid means
+    nothing in this one (a shared data root on NFS, a container restarted since)."""
     base = re.escape(target)
     hosted = re.fullmatch(rf"\.{base}\.([A-Za-z0-9-]+)\.(\d+)\.[A-Za-z0-9_]+\.{suffix}", name)
     if hosted:
-        return hosted.group(1) == _host() and not _alive(int(hosted.group(2)))
+        return hosted.group(1) in (_host(), _machine()) and not _alive(int(hosted.group(2)))
     if suffix != "staging":  # an older temporary file names no process: it may be in use
         return False
     older = re.fullmatch(rf"\.{base}\.(\d+)\.[A-Za-z0-9_]+\.staging", name)  # not those of "<target>.<x>"

@@ -253,11 +253,13 @@ def test_a_staging_folder_of_another_machine_is_never_taken_for_a_dead_ones(tmp_
     elsewhere.mkdir()
     dead_here = tmp_path / f".synth-1m.{here}.999999999.def.staging"
     dead_here.mkdir()
+    machine_only = tmp_path / ".synth-1m.node-7-cluster.999999999.jkl.staging"  # the last aml's, before namespaces
+    machine_only.mkdir()
     older = tmp_path / ".synth-1m.999999999.ghi.staging"  # an older aml's name, without the machine
     older.mkdir()
     mine = staging_folder(tmp_path / "synth-1m")
     assert mine.name.startswith(f".synth-1m.{here}.{os.getpid()}.") and mine.name.endswith(".staging")
-    assert elsewhere.is_dir() and not dead_here.exists() and not older.exists()
+    assert elsewhere.is_dir() and not dead_here.exists() and not older.exists() and not machine_only.exists()
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to act as another user")
@@ -327,11 +329,14 @@ def test_a_killed_writers_temporary_in_a_shared_folder_goes_with_the_next_write_
 
     monkeypatch.setattr(atomic.socket, "gethostname", lambda: "node-7.cluster")
     here = atomic._host()
+    # this machine's name and its pid namespace: another container of the same name (the host's
+    # network) counts its own pids, and its live writer looked dead from here
+    assert here == f"node-7-cluster-{os.stat('/proc/self/ns/pid').st_ino}"
     leftovers = {
         "dead here": tmp_path / f".db.npy.{here}.999999999.abc.tmp",
+        "dead here, named by the machine alone (an older aml)": tmp_path / ".db.npy.node-7-cluster.999999999.stu.tmp",
         "live here": tmp_path / f".db.npy.{here}.{os.getppid()}.def.tmp",
         "another machine's": tmp_path / ".db.npy.node-12.999999999.ghi.tmp",
-        # this machine's name, another container's pids (the host's network, its own pid namespace)
         "another pid namespace's": tmp_path / ".db.npy.node-7-cluster-1.999999999.pqr.tmp",
         "an older aml's, naming no process": tmp_path / ".db.npy.jkl.tmp",
         "another file's": tmp_path / f".db.npy.json.{here}.999999999.mno.tmp",
@@ -340,7 +345,7 @@ def test_a_killed_writers_temporary_in_a_shared_folder_goes_with_the_next_write_
         path.write_bytes(b"half a file")
     atomic_write(tmp_path / "db.npy", lambda out: out.write(b"whole"))
     kept = {what for what, path in leftovers.items() if path.exists()}
-    assert kept == set(leftovers) - {"dead here"}
+    assert kept == set(leftovers) - {"dead here", "dead here, named by the machine alone (an older aml)"}
     assert (tmp_path / "db.npy").read_bytes() == b"whole"
     with atomic.atomic_path(tmp_path / "db.npy") as temporary:
         assert temporary.name.startswith(f".db.npy.{here}.{os.getpid()}.") and temporary.suffix == ".tmp"

@@ -146,11 +146,10 @@ class _DistractorStore:
     temporary: bool
 
 
-def _drop_temporary(stores: Dict[str, _DistractorStore], together: bool = True) -> None:
-    """Delete the temporary stores, by rank 0 once every rank has searched (each wrote its
-    own shards); ``together`` False (a test that failed): at once, without waiting for the
-    other ranks, which may never come."""
-    temporary = [found.store.folder for found in stores.values() if found.temporary]
+def _drop_temporary(temporary: List[Path], together: bool = True) -> None:
+    """Delete the temporary stores' folders, by rank 0 once every rank has searched (each
+    wrote its own shards); ``together`` False (a test that failed, its stores encoded or not):
+    at once, without waiting for the other ranks, which may never come."""
     if not temporary:
         return
     world = current_world()
@@ -162,9 +161,10 @@ def _drop_temporary(stores: Dict[str, _DistractorStore], together: bool = True) 
             log.info(">> %s: deleted (the distractors of a network in memory, found by no later test)", folder)
 
 
-def _store(plan: TestPlan, suffix: str) -> _DistractorStore:
+def _store(plan: TestPlan, suffix: str, temporary: List[Path]) -> _DistractorStore:
     """The distractor set ``suffix`` encoded into its store (only the shards still missing);
-    temporary where the network is in memory alone and the store was not there before."""
+    temporary where the network is in memory alone and the store was not there before: its
+    folder is added to ``temporary`` before it is encoded (a failure midway leaves it there)."""
     encoder, planned = plan.database_encoder, plan.distractors[suffix]
     log.info(
         ">> %s: %d distractors, descriptors by %s in %s",
@@ -174,9 +174,11 @@ def _store(plan: TestPlan, suffix: str) -> _DistractorStore:
         planned.folder,
     )
     in_memory = encoder.spec.source is Source.MEMORY
-    temporary = in_memory and not from_main(planned.folder.exists(), current_world())  # one decision for all ranks
+    made_here = in_memory and not from_main(planned.folder.exists(), current_world())  # one decision for all ranks
+    if made_here:
+        temporary.append(planned.folder)
     store = encode_into_store(encoder.net, planned.images, planned.folder, planned.key, planned.extraction)
-    return _DistractorStore(store, temporary)
+    return _DistractorStore(store, made_here)
 
 
 def _write_skipped(test: PlannedSet, encoded: _Encoded) -> Optional[Path]:
@@ -438,23 +440,25 @@ def evaluate(
     """
     plan = TestPlan.of(student, settings, teacher)
     lw = _whitening(plan)
-    stores: Dict[str, _DistractorStore] = {}
+    temporary: List[Path] = []
     try:
-        results = _encode_and_search(plan, lw, stores, on_result)
+        results = _encode_and_search(plan, lw, temporary, on_result)
     except BaseException:
-        _drop_temporary(stores, together=False)
+        _drop_temporary(temporary, together=False)
         raise
-    _drop_temporary(stores)
+    _drop_temporary(temporary)
     return results
 
 
 def _encode_and_search(
     plan: TestPlan,
     lw: Optional[Whitening],
-    stores: Dict[str, _DistractorStore],
+    temporary: List[Path],
     on_result: Optional[Callable[[DatasetResult], None]],
 ) -> Dict[str, DatasetResult]:
-    """Encode every test set (and its distractors into ``stores``), then search each in turn."""
+    """Encode every test set (and its distractors, the folders of temporary stores added to
+    ``temporary``), then search each in turn."""
+    stores: Dict[str, _DistractorStore] = {}
     encoded: Dict[str, _Encoded] = {}
     seconds: Dict[str, float] = {}
     for test in plan.sets:
@@ -462,7 +466,7 @@ def _encode_and_search(
         log.info(">> %s: Extracting...", test.name)
         encoded[test.name] = _encode(plan, test)
         if test.distractors is not None and test.distractors not in stores:
-            stores[test.distractors] = _store(plan, test.distractors)
+            stores[test.distractors] = _store(plan, test.distractors, temporary)
         seconds[test.name] = time.time() - start
     results: Dict[str, DatasetResult] = {}
     world = current_world()  # rank 0 searches, under torchrun too

@@ -256,3 +256,20 @@ def test_the_distractors_of_a_network_in_memory_go_also_when_its_test_fails(root
     with pytest.raises(DataError, match="a whitening of NaN"):
         evaluate(LoadedNetwork.in_memory(net, "run_epoch4"), settings)
     assert stores(root) == before
+    # a failure while it is encoded (a full disk): its first shards went with it
+    from aml.descriptors import store as store_module
+    from aml.utils.atomic import DiskFull
+
+    encoded = []
+    real = store_module.describe_images
+
+    def fills_the_disk(*args, **kwargs):
+        if encoded:
+            raise DiskFull("no space left on the device")
+        encoded.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "describe_images", fills_the_disk)
+    with pytest.raises(DiskFull):
+        evaluate(LoadedNetwork.in_memory(net, "run_epoch4"), settings)
+    assert encoded and stores(root) == before

@@ -67,3 +67,16 @@ def test_the_epoch_tests_are_logged_by_the_main_rank_alone(tmp_path, monkeypatch
         runner._Run(config, World(rank, 2), "cpu", tmp_path / "run").test_callback()(net, 0)
     assert [r.getMessage() for r in caplog.records] == [
         ">> Test [1] symmetric: the student encodes the queries and the database", ">> synth-oxford: mAP 50.00"]
+
+
+def test_a_student_records_its_published_teacher_as_listed(tmp_path, monkeypatch):
+    """-t VGG16 recorded 'VGG16': test.py --asym --teacher vgg16 then took the two for other
+    teachers, and checked the student's teacher by name only, not by its weights."""
+    from aml.training import runner
+    from aml.training.config import TrainConfig
+    from aml.utils.distributed import World
+
+    monkeypatch.setattr(runner._Run, "_teacher_fingerprint", lambda self: "f" * 16)
+    config = TrainConfig.from_flags(str(tmp_path), arch="resnet18", mode="ts", teacher="VGG16", pretrained=False)
+    net = runner._Run(config, World(), "cpu", tmp_path / "run").network(512)
+    assert net.meta["teacher"] == "vgg16" and net.meta["teacher_fingerprint"] == "f" * 16

@@ -261,6 +261,11 @@ def _install_record(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.download.json")
 
 
+def _record_install(dest: Path, url: str, digest: str) -> None:
+    """Record the file at ``dest`` as the one installed from ``url``: its size and sha256."""
+    _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
+
+
 def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
     """Whether a file already at ``dest`` is still the one the downloader installed (same
     size and sha256 as recorded then). A file put there by hand, as the manual-download hint
@@ -285,7 +290,7 @@ def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
         # checked once: later calls compare the size (and hash small files) against the record;
         # in a read-only folder it is checked again next time
         with contextlib.suppress(OSError):
-            _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
+            _record_install(dest, url, digest)
         return True
     if record.get("size") != dest.stat().st_size:
         return False
@@ -358,7 +363,7 @@ def download_file(
         digest = _sha256_of(partial).hexdigest()
         os.replace(partial, dest)
         _part_record(partial).unlink(missing_ok=True)
-        _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
+        _record_install(dest, url, digest)
         return dest
 
 

@@ -78,8 +78,13 @@ def get_train_set(name: str, data_root: Optional[PathLike] = None) -> TrainSet:
 
 
 def registered_spelling(name: str) -> str:
-    """A registered set's name as the registry spells it, whatever the case given
-    (``retrieval-sfm-120k``: ``retrieval-SfM-120k``); any other name as it is (a custom set).
+    """A registered set's name as the registry spells it, whatever the case given.
+
+    Args:
+        name: a set's name as typed (``retrieval-sfm-120k``).
+
+    Returns:
+        The registry's spelling (``retrieval-SfM-120k``); any other name as it is (a custom set).
 
     Examples:
         >>> from aml.data.trainsets import registered_spelling

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 class Teacher:
     """'vgg16' | 'resnet101' (published) or a checkpoint path, loaded once, on first use, and
     shared by every split and test of the run (``--feat-path`` runs load it only to validate or
-    test with it; then the weights must be those the ``feature_files`` were encoded by)."""
+    test with it, or, a checkpoint file, to check the files' recorded fingerprint against its
+    weights; then the weights must be those the ``feature_files`` were encoded by)."""
 
     def __init__(self, spec: str, data_root: DataRootLike = None, feature_files: Sequence[str] = ()):
         self.spec, self.data_root, self.feature_files = NetworkSpec.parse(spec), data_root, feature_files
@@ -62,7 +63,15 @@ class Teacher:
         return loaded
 
     def check_encoded_by(self, path: Path, fingerprint: str) -> None:
-        """Refuse a feature file encoded by other weights than the teacher's (which this loads)."""
+        """Refuse a feature file encoded by other weights than the teacher's (which this loads).
+
+        Args:
+            path: the feature file.
+            fingerprint: the network fingerprint it records.
+
+        Raises:
+            DataError: naming the file and both fingerprints.
+        """
         _check_fingerprint(path, fingerprint, self.spec.given, self.loaded.fingerprint)
 
 

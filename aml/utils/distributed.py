@@ -82,6 +82,11 @@ def _check_torchrun_environment() -> None:
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start the job with torchrun, "
             "which sets them all, or unset WORLD_SIZE to run one process"
         )
+    if not os.environ["MASTER_PORT"].isdigit():
+        raise ConfigError(
+            f"MASTER_PORT={os.environ['MASTER_PORT']} is no port number: start the job with torchrun, which sets "
+            "it, or unset WORLD_SIZE to run one process"
+        )
 
 
 def init_from_environment(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
@@ -227,10 +232,21 @@ def from_main(value: Any, world: World) -> Any:
 
 
 def share_buffers(module: torch.nn.Module, world: World) -> None:
-    """Give every rank rank 0's buffers of ``module`` (BatchNorm statistics each rank computed
-    itself: on CUDA, kernels that round otherwise from run to run make them differ by a few
-    bits, and DistributedDataParallel, built without broadcasting buffers, would keep them
-    apart for the whole run while rank 0's alone are saved)."""
+    """Give every rank rank 0's buffers of ``module``, in place.
+
+    For BatchNorm statistics each rank computed itself: on CUDA, kernels that round otherwise
+    from run to run make them differ by a few bits, and DistributedDataParallel, built without
+    broadcasting buffers, would keep them apart for the whole run while rank 0's alone are saved.
+
+    Args:
+        module: the network, on this rank's device.
+        world: this process's place in the job (one process: nothing to do).
+
+    Examples:
+        >>> import torch
+        >>> from aml.utils.distributed import World, share_buffers
+        >>> share_buffers(torch.nn.BatchNorm2d(3), World())  # one process: left as it is
+    """
     if not world.distributed:
         return
     for buffer in module.buffers():

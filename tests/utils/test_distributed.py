@@ -111,8 +111,11 @@ def test_a_partial_or_stale_torchrun_environment_is_one_line(monkeypatch):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    for name, value in dict(RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+    for name, value in dict(RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="x").items():
         monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=r"^MASTER_PORT=x is no port number: start the job with torchrun"):
+        init_from_environment(torch.device("cpu"))
+    monkeypatch.setenv("MASTER_PORT", str(port))
     with pytest.raises(ConfigError, match=rf"^process 0 could not join the group of 2 processes at 127.0.0.1:{port} "
                                           r"\(.*\); start every process with torchrun, or unset WORLD_SIZE"):
         init_from_environment(torch.device("cpu"), timeout_s=1)

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -118,7 +119,8 @@ def atomic_path(path: PathLike, replace: bool = True) -> Iterator[Path]:
     _make_folder_of(path)
     _remove_dead_temporaries(path)
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        prefix = f".{_leftover_stem(path.name)}.{_host()}.{os.getpid()}."
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     except OSError as err:
         if is_disk_full(err):
             raise DiskFull(f"no space left on the device for {path}: free space and run again") from err
@@ -198,6 +200,20 @@ def _host() -> str:
         return _machine()
 
 
+#: the longest file name that file systems take (ext4, XFS, tmpfs, NFS)
+NAME_MAX = 255
+
+
+def _leftover_stem(name: str) -> str:
+    """What the temporary file or staging folder of ``name`` is named after: the name itself,
+    or, where the name with this process's machine, pid and a random part would not fit in
+    `NAME_MAX` (a whitening cache named after a long checkpoint), ``~`` and 16 hex digits of
+    its sha1 (a write that worked failed with 'File name too long' after all its work)."""
+    if len(name.encode("utf-8", "surrogateescape")) + len(_host()) + 40 <= NAME_MAX:
+        return name
+    return "~" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
 def _dead_leftover(name: str, target: str, suffix: str) -> bool:
     """Whether ``name`` is what a process that no longer runs left while it wrote ``target``
     (a staging folder, ``suffix`` "staging", or a temporary file, "tmp"): one of this machine
@@ -219,8 +235,9 @@ def _remove_dead_temporaries(path: Path) -> None:
     """Delete the temporary files beside ``path`` that writers of ``path`` killed on this
     machine left (a shared features/ or cache/ folder, where `remove_orphan_temporaries`
     cannot run: other processes write there)."""
-    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        if _dead_leftover(old.name, path.name, "tmp"):
+    stem = _leftover_stem(path.name)
+    for old in path.parent.glob(f".{glob.escape(stem)}.*.tmp"):
+        if _dead_leftover(old.name, stem, "tmp"):
             old.unlink(missing_ok=True)
             log.info(">> removed %s, left by an interrupted write", old)
 
@@ -234,10 +251,11 @@ def staging_folder(folder: Union[str, Path]) -> Path:
     umask), not the 0700 of a temporary one, so that a group sharing a data root can read it."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    for old in folder.parent.glob(f".{glob.escape(folder.name)}.*.staging"):
-        if _dead_leftover(old.name, folder.name, "staging"):
+    stem = _leftover_stem(folder.name)
+    for old in folder.parent.glob(f".{glob.escape(stem)}.*.staging"):
+        if _dead_leftover(old.name, stem, "staging"):
             shutil.rmtree(old, ignore_errors=True)
-    prefix = f".{folder.name}.{_host()}.{os.getpid()}."
+    prefix = f".{stem}.{_host()}.{os.getpid()}."
     staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".staging", dir=folder.parent))
     staging.chmod(0o777 & ~_process_umask())
     return staging

@@ -375,3 +375,23 @@ def test_waiting_on_a_lock_beside_a_file_is_said(tmp_path, caplog):
             assert not entered
     waiter.join(10)
     assert f">> waiting for another process, which is making {tmp_path / 'jpg'}" in caplog.text and entered == [True]
+
+
+def test_a_long_file_name_is_written_whatever_the_machines_name(tmp_path, monkeypatch):
+    """The temporary file named the machine and the pid after the file's name: a whitening cache
+    named after a long checkpoint (over ~220 characters) failed with 'File name too long' once
+    learned; with a 63-character host name, from ~158."""
+    import aml.utils.atomic as atomic
+
+    monkeypatch.setattr(atomic.socket, "gethostname", lambda: "n" * 63)
+    name = "r" * 240 + ".pth"
+    with atomic.atomic_path(tmp_path / name) as temporary:
+        assert temporary.name.startswith(".~") and len(temporary.name) < 255
+        temporary.write_bytes(b"learned")
+    assert (tmp_path / name).read_bytes() == b"learned"
+    dead = tmp_path / f".{atomic._leftover_stem(name)}.{atomic._host()}.999999999.abc.tmp"
+    dead.write_bytes(b"half")
+    atomic_write(tmp_path / name, lambda out: out.write(b"again"))
+    assert not dead.exists() and (tmp_path / name).read_bytes() == b"again"
+    staging = staging_folder(tmp_path / ("s" * 250))
+    assert staging.name.startswith(".~") and staging.is_dir()

@@ -151,9 +151,22 @@ def _whitening_of(data, dim: int, source: str) -> Whitening:
     return check_whitening(data["m"], data["P"], dim, source)
 
 
+def _spelt_otherwise(cache: Path) -> Optional[Path]:
+    """A file beside ``cache`` whose name differs from its name by case alone, or None."""
+    folded = cache.name.casefold()
+    try:
+        return next((p for p in cache.parent.iterdir() if p.name.casefold() == folded and p.is_file()), None)
+    except OSError:  # no folder yet
+        return None
+
+
 def _cached(cache: Path, digest: str, whitening_set: str, dim: int) -> Optional[Whitening]:
     """The whitening in ``cache`` if it was learned under ``digest``, else None (said in the log);
-    a cache that cannot be read or is not a whitening is learned again, as a missing one."""
+    a cache that cannot be read or is not a whitening is learned again, as a missing one. One
+    an older aml saved under the set's name typed in another case (``-w SYNTH-SFM``) is read
+    too (its key tells whether it fits)."""
+    if not cache.exists():
+        cache = _spelt_otherwise(cache) or cache
     if not cache.exists():
         return None
     try:

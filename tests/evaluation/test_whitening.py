@@ -290,3 +290,34 @@ def test_the_whitening_cache_is_keyed_by_its_pairs_and_never_holds_one_learned_w
     skipping = WhiteningRequest("set", 32, extraction=config.but(skip_bad=True))
     learned_whitening(encoder, skipping, db, DescriptorKey.of(encoder.net, 32, (1.0,), skipping.extraction))
     assert not cache.exists()  # learned without an image: not for a run that stops at it
+
+
+def test_a_cache_saved_under_another_case_of_the_sets_name_is_read(tmp_path, caplog):
+    """An older aml saved -w SYNTH-SFM's whitening as <ckpt>_SYNTH-SFM_whiten_..., which the
+    registry's spelling (synth-sfm) no longer named: it was learned again (hours for
+    retrieval-SfM-120k) and the old file left beside the new one."""
+    from PIL import Image
+
+    from aml.descriptors import DescriptorKey, ExtractionConfig
+    from aml.evaluation.whitening_store import WhiteningRequest, learned_whitening
+    from aml.networks import build_network
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.networks.loading import load_named_or_file
+
+    rng = np.random.default_rng(4)
+    images = []
+    for i in range(8):
+        images.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(images[-1])
+    torch.manual_seed(0)
+    encoder = load_named_or_file(save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False),
+                                                                  1, 0.0), tmp_path / "net.pth.tar"))
+    config = ExtractionConfig(workers=0, device="cpu")
+    key = DescriptorKey.of(encoder.net, 32, (1.0,), config)
+    db = {"images": images, "qidxs": [0, 2, 4, 6], "pidxs": [1, 3, 5, 7]}
+    first = learned_whitening(encoder, WhiteningRequest("synth-sfm", 32, extraction=config), db, key)
+    (tmp_path / "net.pth.tar_synth-sfm_whiten_32.pth").rename(tmp_path / "net.pth.tar_SYNTH-SFM_whiten_32.pth")
+    with caplog.at_level("INFO", logger="aml.evaluation.whitening_store"):
+        again = learned_whitening(encoder, WhiteningRequest("SYNTH-SFM", 32, extraction=config), db, key)
+    assert "whitening read from" in caplog.text and "Learning whitening" not in caplog.text
+    assert np.array_equal(first[1], again[1]) and not (tmp_path / "net.pth.tar_synth-sfm_whiten_32.pth").exists()

@@ -25,7 +25,7 @@ from aml.descriptors.store import StoreKey
 from aml.evaluation.ranking import most_neighbours
 from aml.evaluation.reranking import Reranking
 from aml.evaluation.whitening_store import Whitening, WhiteningRequest, known_whitening
-from aml.networks.loading import LoadedNetwork, check_loaded
+from aml.networks.loading import LoadedNetwork, Source, check_loaded
 from aml.reports.ranking import check_report_folder
 from aml.utils.changeable import Changeable
 from aml.utils.distributed import current_world, main_first
@@ -360,7 +360,8 @@ class TestPlan:
             tuple(sets),
             settings,
             key,
-            root.subdir("features") / "cache" if settings.cache else None,
+            # a network in memory alone is found by no later test: nothing cached for it
+            root.subdir("features") / "cache" if settings.cache and database.spec.source is not Source.MEMORY else None,
             distractors,
             whitening,
         )

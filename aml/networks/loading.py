@@ -3,12 +3,13 @@
 What the text stands for is decided once, by `NetworkSpec.parse`, and kept on the
 `LoadedNetwork` every loader returns: the network and where it came from."""
 
-import functools
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -188,6 +189,7 @@ class LoadedNetwork:
 
     net: ImageRetrievalNet
     spec: NetworkSpec
+    _hashed: Optional[Tuple[Tuple[Any, ...], str]] = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -219,11 +221,15 @@ class LoadedNetwork:
             return PRETRAINED[self.spec.name].teacher
         return recorded
 
-    @functools.cached_property
+    @property
     def fingerprint(self) -> str:
-        """The content hash of the network's weights and meta (computed once: a loaded
-        network is not trained further; a network in training gets a new LoadedNetwork)."""
-        return network_fingerprint(self.net)
+        """The content hash of the network's weights and meta, hashed again only when they
+        changed since (a network fine-tuned in place, in a notebook: its caches were keyed by
+        the weights it had when first hashed, and served the old descriptors)."""
+        state = _weights_state(self.net)
+        if self._hashed is None or self._hashed[0] != state:
+            self._hashed = (state, network_fingerprint(self.net))
+        return self._hashed[1]
 
     @classmethod
     def in_memory(cls, net: ImageRetrievalNet, name: str) -> "LoadedNetwork":
@@ -237,6 +243,15 @@ class LoadedNetwork:
             The network without a path, not ``named``: nothing is cached for it.
         """
         return cls(net, NetworkSpec.in_memory(name))
+
+
+def _weights_state(net: torch.nn.Module) -> Tuple[Any, ...]:
+    """What changes when a network's weights or meta change: each tensor's identity and its
+    count of in-place changes (torch's version counter, which an optimizer step and
+    ``load_state_dict`` advance), and the meta."""
+    tensors = [*net.parameters(), *net.buffers()]
+    meta = json.dumps(getattr(net, "meta", {}), sort_keys=True, default=str)
+    return (tuple((id(t), t._version) for t in tensors), meta)
 
 
 def check_network(net: Any, what: str = "net") -> None:

@@ -109,3 +109,31 @@ def _one_set_plan(root):
     from types import SimpleNamespace
 
     return SimpleNamespace(whitening=None, sets=[SimpleNamespace(name="synth-oxford", distractors=None)])
+
+
+def test_a_network_changed_in_place_is_not_served_its_old_cached_descriptors(synth_root, tmp_path):
+    """A network fine-tuned in place between two evaluate calls kept the fingerprint of its first
+    weights: the database cache served the old descriptors with the new queries (mAP 0.151 where
+    0.355 was right). And a network in memory alone had its database cached, though nothing
+    finds it again."""
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.networks.loading import load_named_or_file
+
+    torch.manual_seed(0)
+    loaded = load_named_or_file(save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0),
+                                                tmp_path / "net.pth.tar"))
+    settings = _settings(synth_root).but(cache=True)
+    first = loaded.fingerprint
+    evaluate(loaded, settings)
+    with torch.no_grad():  # fine-tuned in place (a step of an optimizer)
+        first_conv = next(loaded.net.parameters())
+        first_conv.add_(0.5 * torch.randn_like(first_conv) * first_conv.std())
+    assert loaded.fingerprint != first
+    fresh = LoadedNetwork(loaded.net, loaded.spec)
+    assert loaded.fingerprint == fresh.fingerprint
+    again = evaluate(loaded, settings)["synth-oxford"].plain.map("medium")
+    assert again == evaluate(fresh, _settings(synth_root))["synth-oxford"].plain.map("medium")
+    cache = synth_root / "features" / "cache"
+    before = sorted(cache.iterdir()) if cache.is_dir() else []
+    evaluate(LoadedNetwork.in_memory(build_network("resnet18", pretrained=False), "epoch3"), settings)
+    assert (sorted(cache.iterdir()) if cache.is_dir() else []) == before

@@ -9,7 +9,7 @@ from aml.data.synthetic import SyntheticDistractorConfig, generate_distractor_se
 from aml.descriptors import ExtractionConfig
 from aml.evaluation import Reranking, TestSettings, evaluate
 from aml.evaluation.plan import TestPlan
-from aml.networks import LoadedNetwork, build_network
+from aml.networks import build_network
 
 
 @pytest.fixture
@@ -25,9 +25,14 @@ def root(synth_root, tmp_path):
 
 
 @pytest.fixture
-def network():
+def network(tmp_path):
+    """A network read from its checkpoint (one in memory alone has nothing cached)."""
+    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.networks.loading import load_named_or_file
+
     torch.manual_seed(0)
-    return LoadedNetwork.in_memory(build_network("resnet18", pretrained=False), "net")
+    return load_named_or_file(save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0),
+                                              tmp_path / "net.pth.tar"))
 
 
 def _settings(root, **changes):

@@ -19,6 +19,7 @@ from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_
 from aml.utils.bounds import Bound
 from aml.utils.errors import named_few
 from aml.utils.plain_files import CheckpointError, PathLike, is_state_dict, load_plain_file, save_plain_file
+from aml.utils.seeding import global_seed
 
 log = logging.getLogger(__name__)
 
@@ -330,17 +331,18 @@ def network_from_checkpoint(
     arch = meta["architecture"]
     dim = checkpoint_dimension(meta, teacher, source, state["state_dict"])
     try:
-        net = build_network(
-            arch,
-            meta["pooling"],
-            local_whitening=bool(meta.get("local_whitening", False)),
-            regional=bool(meta.get("regional", False)),
-            whitening=bool(meta.get("whitening", False)),
-            mean=list(meta["mean"]),
-            std=list(meta["std"]),
-            pretrained=False,
-            teacher_dim=dim,
-        )
+        with global_seed(0):  # its random weights, replaced below, drawn without moving the caller's generator
+            net = build_network(
+                arch,
+                meta["pooling"],
+                local_whitening=bool(meta.get("local_whitening", False)),
+                regional=bool(meta.get("regional", False)),
+                whitening=bool(meta.get("whitening", False)),
+                mean=list(meta["mean"]),
+                std=list(meta["std"]),
+                pretrained=False,
+                teacher_dim=dim,
+            )
     except ValueError as err:  # an architecture or pooling this aml does not know
         raise CheckpointError(f"{source}: {err}") from None
     weights = remap_legacy_keys(arch, state["state_dict"])

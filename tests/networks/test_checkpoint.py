@@ -389,3 +389,14 @@ def test_a_checkpoint_saved_through_data_parallel_loads_without_the_prefix(tmp_p
     torch.save(state, tmp_path / "mixed.pth.tar")
     with pytest.raises(CheckpointError, match="weights do not fit a resnet18 network"):
         load_network(tmp_path / "mixed.pth.tar")
+
+
+def test_loading_a_checkpoint_leaves_the_callers_random_state(tmp_path):
+    """The network was built with random weights, then overwritten: the caller's generator had
+    moved, so a seeded script drew other numbers after loading a teacher."""
+    path = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0), tmp_path / "n.pth")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_network(path)
+    assert torch.equal(torch.rand(3), expected)

@@ -22,7 +22,7 @@ from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import InTheWay, atomic_write, file_stamp, lock_beside
 from aml.utils.distributed import barrier, current_world, warn_once
-from aml.utils.errors import DataError, MissingFile
+from aml.utils.errors import ConfigError, DataError, MissingFile
 from aml.utils.text_files import TooLarge, line_list, read_bounded, read_line_list
 from aml.utils.plain_files import file_format, load_npy
 
@@ -317,7 +317,8 @@ def extract_dataset_features(
         network: the network and its name.
         dataset: a training set or a test set.
         split: ``"train"`` or ``"val"`` of a training set.
-        key: how to encode: image size, scales, msp (its ``config`` is ``config``).
+        key: how to encode: image size, scales, msp, and the pixel path ``config`` gives
+            (`ExtractionConfig.pixel_path`: refused when another).
         data_root: where the data sets and features are.
         output: the file to write instead of the default one (a store replaces its suffix
             by ``.store``).
@@ -336,6 +337,12 @@ def extract_dataset_features(
         >>> extract_dataset_features(teacher, "retrieval-SfM-120k", "train", key)  # doctest: +SKIP
         PosixPath('data/features/retrieval-SfM-120k_retrievalSfM120k-vgg16-gem_imsize1024.npy')
     """
+    used = config.pixel_path(network.net)
+    if key.pixels != used:  # the file would be labelled with other pixels than its descriptors'
+        raise ConfigError(
+            f"the key says the images are decoded and encoded as {key.pixels}, the extraction config as {used}: "
+            "build the key with the same config (DescriptorKey.of(net, size, scales, config))"
+        )
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
     named = data_subdir(data_root, "features") / feature_file_name(

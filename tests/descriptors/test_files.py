@@ -252,3 +252,19 @@ def test_a_feature_file_goes_into_a_folder_made_for_it(tmp_path):
     path = write_feature_file(np.eye(4, 3, dtype=np.float32), ["a", "b", "c"], tmp_path / "features" / "db.npy")
     assert feature_file_settings(path)["columns"] == 3 and sorted(p.name for p in path.parent.iterdir()) == [
         "db.npy", "db.npy.json", "db_img_list.txt"]
+
+
+def test_a_feature_file_is_never_labelled_with_other_pixels_than_its_descriptors(synth_root, tmp_path):
+    """The file's settings came from the key, its descriptors from the config: a key built for
+    float32 with a bfloat16 config wrote bfloat16 descriptors labelled pil-fp32."""
+    from aml.descriptors import DescriptorKey, ExtractionConfig, extract_dataset_features
+    from aml.networks import LoadedNetwork, build_network
+    from aml.utils.errors import ConfigError
+
+    net = build_network("resnet18", pretrained=False)
+    network = LoadedNetwork.in_memory(net, "r18")
+    config = ExtractionConfig(workers=0, amp=True, amp_dtype="bfloat16")
+    with pytest.raises(ConfigError, match=r"the key says .* pil-fp32, the extraction config as pil-bf16"):
+        extract_dataset_features(network, "synth-oxford", "db", DescriptorKey.of(net, 32), synth_root,
+                                 output=tmp_path / "f.npy", config=config)
+    assert not (tmp_path / "f.npy").exists()

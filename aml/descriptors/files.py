@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from aml.data.paths import DataRootLike, below_common_folder, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
@@ -295,6 +296,17 @@ def dataset_images(dataset: str, split: str, data_root: DataRootLike) -> List[st
     return query_and_database_paths(configdataset(dataset, data_subdir(data_root, "test")))[0]
 
 
+def _check_pixels(key: DescriptorKey, config: ExtractionConfig, net: torch.nn.Module) -> None:
+    """Refuse a key of other pixels than ``config`` makes: a file would be labelled with other
+    decoding or precision than its descriptors'."""
+    used = config.pixel_path(net)
+    if key.pixels != used:
+        raise ConfigError(
+            f"the key says the images are decoded and encoded as {key.pixels}, the extraction config as {used}: "
+            "build the key with the same config (DescriptorKey.of(net, size, scales, config))"
+        )
+
+
 def extract_dataset_features(
     network: LoadedNetwork,
     dataset: str,
@@ -337,12 +349,7 @@ def extract_dataset_features(
         >>> extract_dataset_features(teacher, "retrieval-SfM-120k", "train", key)  # doctest: +SKIP
         PosixPath('data/features/retrieval-SfM-120k_retrievalSfM120k-vgg16-gem_imsize1024.npy')
     """
-    used = config.pixel_path(network.net)
-    if key.pixels != used:  # the file would be labelled with other pixels than its descriptors'
-        raise ConfigError(
-            f"the key says the images are decoded and encoded as {key.pixels}, the extraction config as {used}: "
-            "build the key with the same config (DescriptorKey.of(net, size, scales, config))"
-        )
+    _check_pixels(key, config, network.net)
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
     named = data_subdir(data_root, "features") / feature_file_name(

@@ -233,20 +233,7 @@ def resume_run(
     a loss on another scale), or None when the folder holds no checkpoint.
     ``min_loss_of`` ("validation" or "training") is the kind of loss this run picks its best by:
     a checkpoint that recorded another is refused."""
-    path: Optional[Path] = next((p for p in (run_dir / name, Path(name)) if p.is_file()), None)
-    folder = next((p for p in (run_dir / name, Path(name)) if name and p.is_dir()), None)
-    if path is None and folder is not None:
-        raise CheckpointError(f"--resume {name}: {folder} is a folder; give a checkpoint file in it")
-    if path is None and Path(name).parent != Path("."):  # a path, not a name in the run folder
-        raise CheckpointError(
-            f"--resume {name}: no such file; give a checkpoint file, or a file name of the run folder {run_dir} "
-            "(any other name resumes from its latest model_epochN)"
-        )
-    if path is None:  # the latest model_epochN; else model_best (--save-freq above the epochs done)
-        path = latest_checkpoint(run_dir) or earlier_checkpoint(run_dir)
-        if path is not None and name not in ("", LATEST):
-            warn_once(log, ">> --resume %s is not in the run folder: resuming from its latest, %s", name, path.name)
-    path = from_main(path, current_world())  # one checkpoint for all ranks (a shared folder seen late)
+    path = from_main(_resumed_path(run_dir, name), current_world())  # one for all ranks (a shared folder seen late)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")
         if name not in ("", LATEST):  # as the original, the run starts; a mistyped name is said
@@ -291,6 +278,30 @@ def resume_run(
         log.info(">> %s: model_best is chosen among this run's epochs, not against %s's best loss", run_dir, path)
         return int(state["epoch"]), best
     return int(state["epoch"]), min(_best_loss_of(path, state), best)
+
+
+def _resumed_path(run_dir: Path, name: str) -> Optional[Path]:
+    """The checkpoint ``--resume name`` names: ``run_dir/name``, else ``name`` as a path, else
+    (a name, not a path) the folder's latest model_epochN or else its model_best; None when
+    the folder holds none.
+
+    Raises:
+        CheckpointError: for a folder, or a path that is not there.
+    """
+    path: Optional[Path] = next((p for p in (run_dir / name, Path(name)) if p.is_file()), None)
+    folder = next((p for p in (run_dir / name, Path(name)) if name and p.is_dir()), None)
+    if path is None and folder is not None:
+        raise CheckpointError(f"--resume {name}: {folder} is a folder; give a checkpoint file in it")
+    if path is None and Path(name).parent != Path("."):  # a path, not a name in the run folder
+        raise CheckpointError(
+            f"--resume {name}: no such file; give a checkpoint file, or a file name of the run folder {run_dir} "
+            "(any other name resumes from its latest model_epochN)"
+        )
+    if path is None:  # the latest model_epochN; else model_best (--save-freq above the epochs done)
+        path = latest_checkpoint(run_dir) or earlier_checkpoint(run_dir)
+        if path is not None and name not in ("", LATEST):
+            warn_once(log, ">> --resume %s is not in the run folder: resuming from its latest, %s", name, path.name)
+    return path
 
 
 def _load_resumed(run_dir: Path, path: Path) -> Mapping[str, Any]:

@@ -254,26 +254,33 @@ def test_whitening_arguments_of_the_wrong_shape_are_refused():
     np.testing.assert_allclose(Y @ Y.T / 10, np.eye(9), atol=1e-6)
 
 
-def test_the_whitening_cache_is_keyed_by_its_pairs_and_never_holds_one_learned_without_images(tmp_path, caplog):
-    """The cache's key covered the images, not the query/positive pairs: a whitening db whose
-    pairs were edited alone read the old whitening. And one learned with --skip-bad-images was
-    cached, so a later run without the flag read it without a word of the image it lacks."""
+def _images_and_encoder(folder, count):
+    """``count`` random photos and a random SqueezeNet read from its checkpoint, in ``folder``."""
     from PIL import Image
 
-    from aml.descriptors import DescriptorKey, ExtractionConfig
-    from aml.evaluation.whitening_store import WhiteningRequest, learned_whitening
     from aml.networks import build_network
     from aml.networks.checkpoint import checkpoint_state, save_checkpoint
     from aml.networks.loading import load_named_or_file
 
     rng = np.random.default_rng(4)
     images = []
-    for i in range(12):
-        images.append(str(tmp_path / f"{i}.jpg"))
+    for i in range(count):
+        images.append(str(folder / f"{i}.jpg"))
         Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(images[-1])
     torch.manual_seed(0)
     encoder = load_named_or_file(save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False),
-                                                                  1, 0.0), tmp_path / "net.pth.tar"))
+                                                                  1, 0.0), folder / "net.pth.tar"))
+    return images, encoder
+
+
+def test_the_whitening_cache_is_keyed_by_its_pairs_and_never_holds_one_learned_without_images(tmp_path, caplog):
+    """The cache's key covered the images, not the query/positive pairs: a whitening db whose
+    pairs were edited alone read the old whitening. And one learned with --skip-bad-images was
+    cached, so a later run without the flag read it without a word of the image it lacks."""
+    from aml.descriptors import DescriptorKey, ExtractionConfig
+    from aml.evaluation.whitening_store import WhiteningRequest, learned_whitening
+
+    images, encoder = _images_and_encoder(tmp_path, 12)
     config = ExtractionConfig(workers=0, device="cpu")
     request = WhiteningRequest("set", 32, extraction=config)
     key = DescriptorKey.of(encoder.net, 32, (1.0,), config)
@@ -296,22 +303,10 @@ def test_a_cache_saved_under_another_case_of_the_sets_name_is_read(tmp_path, cap
     """An older aml saved -w SYNTH-SFM's whitening as <ckpt>_SYNTH-SFM_whiten_..., which the
     registry's spelling (synth-sfm) no longer named: it was learned again (hours for
     retrieval-SfM-120k) and the old file left beside the new one."""
-    from PIL import Image
-
     from aml.descriptors import DescriptorKey, ExtractionConfig
     from aml.evaluation.whitening_store import WhiteningRequest, learned_whitening
-    from aml.networks import build_network
-    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
-    from aml.networks.loading import load_named_or_file
 
-    rng = np.random.default_rng(4)
-    images = []
-    for i in range(8):
-        images.append(str(tmp_path / f"{i}.jpg"))
-        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(images[-1])
-    torch.manual_seed(0)
-    encoder = load_named_or_file(save_checkpoint(checkpoint_state(build_network("squeezenet1_1", pretrained=False),
-                                                                  1, 0.0), tmp_path / "net.pth.tar"))
+    images, encoder = _images_and_encoder(tmp_path, 8)
     config = ExtractionConfig(workers=0, device="cpu")
     key = DescriptorKey.of(encoder.net, 32, (1.0,), config)
     db = {"images": images, "qidxs": [0, 2, 4, 6], "pidxs": [1, 3, 5, 7]}

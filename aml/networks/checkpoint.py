@@ -8,6 +8,7 @@ outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with nu
 import logging
 import numbers
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, TypedDict, Union, cast
 
@@ -30,6 +31,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_state",
+    "RunRecord",
     "network_from_checkpoint",
     "checkpoint_dimension",
     "load_trunk_weights",
@@ -46,13 +48,49 @@ class Checkpoint(_Weights, total=False):
     """A checkpoint as the original writes it: ``meta`` (what rebuilds the network: the
     original's open dict of architecture, pooling, mean, std, outputdim, ...) and
     ``state_dict`` (the weights), and from a training run ``epoch`` (epochs done), ``min_loss``
-    (the best loss so far), ``optimizer`` (torch's optimizer state) and, since aml records it,
-    ``min_loss_of`` (whether ``min_loss`` is a "validation" or a "training" loss)."""
+    (the best loss so far), ``optimizer`` (torch's optimizer state) and, since aml records them,
+    the fields of a `RunRecord`: ``min_loss_of`` and ``loss_margin``."""
 
     epoch: int
     min_loss: float
     optimizer: Dict[str, Any]
     min_loss_of: str
+    loss_margin: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a training checkpoint records of its run beside the network, checked on --resume;
+    kept out of ``meta``, which every release's `init_network` reads (an older one refuses a
+    key it does not know).
+
+    Attributes:
+        min_loss_of: the kind of loss ``min_loss`` is, "validation" or "training" (with
+            ``--no-val``); None: not recorded.
+        loss_margin: the ``--loss-margin`` trained with (the run folder's name rounds it to two
+            decimals); None: not recorded.
+
+    Examples:
+        >>> from aml.networks import build_network
+        >>> net = build_network("resnet18", pretrained=False)
+        >>> state = checkpoint_state(net, 1, 0.5, run=RunRecord("training", 0.7))
+        >>> state["min_loss_of"], state["loss_margin"], "loss_margin" in state["meta"]
+        ('training', 0.7, False)
+    """
+
+    min_loss_of: Optional[str] = None
+    loss_margin: Optional[float] = None
+
+    @classmethod
+    def of(cls, state: Mapping[str, Any]) -> "RunRecord":
+        """The record a loaded checkpoint holds (aml from e54d8df to 548ef34 wrote the margin into
+        ``meta``; earlier ones wrote neither)."""
+        margin = state.get("loss_margin", state.get("meta", {}).get("loss_margin"))
+        return cls(state.get("min_loss_of"), margin)
+
+
+#: a checkpoint written outside a training run (a demo's network, a test's)
+NOT_RECORDED = RunRecord()
 
 
 def save_checkpoint(state: Any, path: PathLike) -> Path:
@@ -113,10 +151,10 @@ def checkpoint_state(
     epoch: int,
     min_loss: float,
     optimizer: Optional[torch.optim.Optimizer] = None,
-    min_loss_of: Optional[str] = None,
+    run: RunRecord = NOT_RECORDED,
 ) -> Checkpoint:
-    """The dict the training loop saves (the original layout), plus ``min_loss_of`` when given:
-    the kind of loss ("validation" or "training") that ``min_loss`` is."""
+    """The dict the training loop saves (the original layout), plus the fields of ``run`` that
+    are given, at the top level beside ``min_loss``."""
     state: Checkpoint = {
         "epoch": epoch,
         "meta": dict(net.meta),
@@ -124,8 +162,10 @@ def checkpoint_state(
         "min_loss": float(min_loss),
         "optimizer": optimizer.state_dict() if optimizer is not None else {},
     }
-    if min_loss_of is not None:
-        state["min_loss_of"] = min_loss_of
+    if run.min_loss_of is not None:
+        state["min_loss_of"] = run.min_loss_of
+    if run.loss_margin is not None:
+        state["loss_margin"] = float(run.loss_margin)
     return state
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 import torch
 
-from aml.networks.checkpoint import CheckpointError, load_checkpoint
+from aml.networks.checkpoint import NOT_RECORDED, CheckpointError, RunRecord, load_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.run_folder import CHECKPOINT_PATTERN, earlier_checkpoint, epoch_checkpoints, latest_checkpoint
 from aml.utils.distributed import current_world, from_main, warn_once
@@ -54,11 +54,11 @@ def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
         )
 
 
-def _check_margin(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
+def _check_margin(path: Path, state: Mapping[str, Any], run: RunRecord) -> None:
     """Refuse to go on in a run folder with another ``--loss-margin`` than its checkpoint's (the
     folder's name rounds it: m0.12 for 0.12 and 0.125); a branch in a folder of its own may
     change it (its model_best is chosen among its own epochs)."""
-    old, new = theirs.get("loss_margin"), net.meta.get("loss_margin")
+    old, new = RunRecord.of(state).loss_margin, run.loss_margin
     if old is not None and new is not None and old != new:
         raise CheckpointError(
             f"cannot resume from {path}: it was trained with --loss-margin {old}, this run trains with "
@@ -140,7 +140,7 @@ RESUMED_SETTINGS = ("initial_lr", "momentum", "betas", "weight_decay")
 def _check_best_loss_kind(path: Path, state: Mapping[str, Any], min_loss_of: Optional[str]) -> None:
     """Refuse a checkpoint whose best loss is of another kind (validation vs training) than the
     run's: the two are not comparable, and model_best would be chosen across them."""
-    theirs = state.get("min_loss_of")
+    theirs = RunRecord.of(state).min_loss_of
     if theirs is not None and min_loss_of is not None and theirs != min_loss_of:
         flag = {"training": "with --no-val", "validation": "without --no-val"}
         raise CheckpointError(
@@ -224,15 +224,15 @@ def resume_run(
     name: str,
     net: ImageRetrievalNet,
     optimizer: torch.optim.Optimizer,
-    min_loss_of: Optional[str] = None,
+    run: RunRecord = NOT_RECORDED,
 ) -> Optional[Tuple[int, float]]:
     """Load ``run_dir/name`` (else ``name`` itself, a path), or the latest model_epochN there
     (else its model_best), into ``net`` and ``optimizer``; returns (epochs done, best loss so
     far: the lower of the checkpoint's and the run's ``model_best``; from a checkpoint outside
     ``run_dir``, a branch, only the latter: the checkpoint's was another folder's, perhaps of
     a loss on another scale), or None when the folder holds no checkpoint.
-    ``min_loss_of`` ("validation" or "training") is the kind of loss this run picks its best by:
-    a checkpoint that recorded another is refused."""
+    ``run`` is what this run's checkpoints record (`RunRecord`): a checkpoint that recorded
+    another kind of best loss, or in ``run_dir`` another margin, is refused."""
     path = from_main(_resumed_path(run_dir, name), current_world())  # one for all ranks (a shared folder seen late)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")
@@ -248,9 +248,9 @@ def resume_run(
     branch = path.parent.resolve() != run_dir.resolve()  # a checkpoint of another folder
     _check_meta(path, state["meta"], net)
     if not branch:
-        _check_margin(path, state["meta"], net)
+        _check_margin(path, state, run)
     _check_training_state(path, state, optimizer)
-    _check_best_loss_kind(path, state, min_loss_of)
+    _check_best_loss_kind(path, state, run.min_loss_of)
     _check_nothing_overwritten(run_dir, path, int(state["epoch"]))
     try:
         net.load_state_dict(state["state_dict"])
@@ -273,7 +273,7 @@ def resume_run(
     if "batchnorm_calibrated" in state["meta"]:
         net.meta["batchnorm_calibrated"] = state["meta"]["batchnorm_calibrated"]
     log.info(">> Loaded checkpoint '%s' (epoch %d)", path, int(state["epoch"]))
-    best = _model_best_loss(run_dir, net, min_loss_of)
+    best = _model_best_loss(run_dir, net, run.min_loss_of)
     if branch:  # its folder's model_best is of its own epochs
         log.info(">> %s: model_best is chosen among this run's epochs, not against %s's best loss", run_dir, path)
         return int(state["epoch"]), best

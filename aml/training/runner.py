@@ -242,11 +242,7 @@ class _Run:
             net.meta["teacher"] = self.teacher.spec.given  # a published name as listed (VGG16: vgg16)
             # the student's teacher by its weights: a store is checked against them wherever it is queried
             net.meta["teacher_fingerprint"] = self._teacher_fingerprint()
-        net.meta["mode"], net.meta["loss"], net.meta["loss_margin"] = (
-            c.mode,
-            c.loss,
-            c.loss_margin,
-        )  # checked on --resume
+        net.meta["mode"], net.meta["loss"] = c.mode, c.loss  # checked on --resume
         net.meta["autocast"] = "bfloat16" if self.loop.autocast else "off"  # named on --resume when it changes
         if c.proj_lr_mult != 1.0 and net.projection() is None:
             warn_once(log, ">> --proj-lr-mult %g has no effect: %s has no 1x1 projection", c.proj_lr_mult, c.arch)
@@ -311,7 +307,9 @@ class _Run:
         net = main_first(world, lambda: self.network(dim)) if c.pretrained else self.network(dim)
         optimizer = build_optimizer(net, c.optimizer, c.lr, c.momentum, c.weight_decay, c.proj_lr_mult)
         trainer = Trainer(
-            Learner(net, build_loss(c.loss, c.loss_margin, c.temp).to(self.device), optimizer, self.mode),
+            Learner(
+                net, build_loss(c.loss, c.loss_margin, c.temp).to(self.device), optimizer, self.mode, c.loss_margin
+            ),
             train,
             val,
             self.run_dir,

@@ -22,7 +22,7 @@ from aml.data.images import PixelNormalizer, image_size, image_transform, load_a
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, effective_workers, extract_vectors
 from aml.descriptors.extraction import with_fixed_batches
 from aml.losses import Loss, LossKind, TeacherContext, TupleBatch
-from aml.networks.checkpoint import checkpoint_state, non_finite_weights, save_checkpoint
+from aml.networks.checkpoint import RunRecord, checkpoint_state, non_finite_weights, save_checkpoint
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.reports.curves import TestedEpoch, TestRecords, TrainingHistory
 from aml.training.batchnorm import calibrate_if_vanishing, freeze_batchnorm
@@ -101,6 +101,7 @@ class Learner:
     criterion: Loss
     optimizer: torch.optim.Optimizer
     mode: Mode
+    margin: Optional[float] = None  # the --loss-margin the run folder is named by; None: not recorded
 
 
 def _check_finite(losses: List[float]) -> None:
@@ -481,9 +482,7 @@ class Trainer:
                 "nothing was saved for this epoch; lower --lr"
             )
         if self.world.is_main:
-            state = checkpoint_state(
-                self.learner.net, epoch + 1, self.min_loss, self.learner.optimizer, self.min_loss_of
-            )
+            state = checkpoint_state(self.learner.net, epoch + 1, self.min_loss, self.learner.optimizer, self.record)
             if is_best:
                 save_checkpoint(state, self.run_dir / "model_best.pth.tar")
             last = epoch + 1 == self.settings.epochs  # trained and logged: never lost for --save-freq
@@ -492,14 +491,15 @@ class Trainer:
         barrier(self.world)
 
     @property
-    def min_loss_of(self) -> str:
-        """The loss model_best is chosen by: validation's, or training's with ``--no-val``."""
-        return "validation" if self.settings.val else "training"
+    def record(self) -> RunRecord:
+        """What the run's checkpoints record of it: the loss model_best is chosen by
+        (validation's, or training's with ``--no-val``) and the learner's margin."""
+        return RunRecord("validation" if self.settings.val else "training", self.learner.margin)
 
     def resume(self, name: str) -> bool:
         """Continue from ``run_dir/name``, or the latest model_epochN there (`resume_run`);
         False if none exists."""
-        found = resume_run(self.run_dir, name, self.learner.net, self.learner.optimizer, self.min_loss_of)
+        found = resume_run(self.run_dir, name, self.learner.net, self.learner.optimizer, self.record)
         if found is None:
             return False
         self.start_epoch, self.min_loss = found

@@ -7,7 +7,8 @@ import torch
 
 from aml.cli import train as train_cli
 from aml.utils.errors import ConfigError
-from aml.networks.checkpoint import CheckpointError, load_checkpoint, load_network
+from aml.networks import init_network
+from aml.networks.checkpoint import CheckpointError, load_checkpoint, load_network, save_checkpoint
 from aml.training import TrainConfig
 from aml.training.config import run_name
 
@@ -133,6 +134,28 @@ def test_resume_of_a_checkpoint_of_another_loss_is_refused_by_name(synth_root, t
     branch = train(synth_root, tmp_path / "b", "-a", SMALL, "--epochs", "2", "--no-val", "-lm", "0.5", "--resume",
                    str(margin.run_dir / "model_epoch1.pth.tar"))  # a branch of its own may change it
     assert [r["epoch"] for r in branch.history] == [2]
+
+
+# the meta keys init_network accepted before checkpoints recorded a margin (aml at 8304ae5): an
+# older aml reads a newer checkpoint's meta, as test.py and the search do
+_OLDER_META_KEYS = {"architecture", "pooling", "local_whitening", "regional", "whitening", "mean", "std",
+                    "pretrained", "teacher", "teacher_dim", "data_root", "outputdim", "Lw", "teacher_fingerprint",
+                    "seed", "batchnorm_calibrated", "trunk_weights", "mode", "loss", "autocast"}
+
+
+def test_the_margin_is_recorded_beside_the_best_loss_where_an_older_aml_reads_the_meta(synth_root, tmp_path):
+    """The margin went into meta, which an older aml's init_network refuses by its unknown key."""
+    run = train(synth_root, tmp_path, "-a", SMALL, "--epochs", "1", "--no-val", "-lm", "0.125")
+    path = run.run_dir / "model_epoch1.pth.tar"
+    state = load_checkpoint(path)
+    assert state["loss_margin"] == 0.125 and set(state["meta"]) <= _OLDER_META_KEYS
+    # a checkpoint of the commits that wrote it into meta: still checked, and init_network takes its meta
+    state["meta"]["loss_margin"] = state.pop("loss_margin")
+    save_checkpoint(state, path)
+    assert "loss_margin" not in init_network({**state["meta"], "pretrained": False}).meta
+    with pytest.raises(CheckpointError, match=r"it was trained with --loss-margin 0.125, this run trains with "
+                                              r"--loss-margin 0.12;"):
+        train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-lm", "0.12", "--resume", "latest")
 
 
 def test_a_new_run_never_replaces_an_earlier_runs_checkpoints(synth_root, tmp_path):
@@ -348,28 +371,29 @@ def test_resume_refuses_a_best_loss_of_the_other_kind_and_names_the_settings_it_
     command's, without a word. Without a model_epochN (--save-freq above the epochs done), the run
     started over from random weights: model_best is resumed instead."""
     from aml.networks import build_network
-    from aml.networks.checkpoint import checkpoint_state, save_checkpoint
+    from aml.networks.checkpoint import RunRecord, checkpoint_state, save_checkpoint
     from aml.training.optim import build_optimizer
     from aml.training.resume import resume_run
 
     net = build_network(SMALL, pretrained=False)
     optimizer = build_optimizer(net, "sgd", 1e-3, 0.9, 1e-6)
+    validation, training = RunRecord("validation"), RunRecord("training")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    save_checkpoint(checkpoint_state(net, 4, 0.5, optimizer, "validation"), run_dir / "model_best.pth.tar")
+    save_checkpoint(checkpoint_state(net, 4, 0.5, optimizer, validation), run_dir / "model_best.pth.tar")
     with pytest.raises(CheckpointError, match=r"model_best.pth.tar: its model_best was chosen by validation loss, "
                                               r"this run chooses by training loss.*resume without --no-val"):
-        resume_run(run_dir, "latest", net, optimizer, "training")
+        resume_run(run_dir, "latest", net, optimizer, training)
     other = build_optimizer(net, "sgd", 5e-4, 0.8, 1e-6)
     with caplog.at_level("WARNING", logger="aml.training.resume"):
-        assert resume_run(run_dir, "latest", net, other, "validation") == (4, 0.5)  # model_best: the only one
+        assert resume_run(run_dir, "latest", net, other, validation) == (4, 0.5)  # model_best: the only one
     assert "continues with its optimizer's settings: initial_lr 0.001 (this command: 0.0005); momentum 0.9 (this " \
            "command: 0.8); to train with other settings, start a new run" in caplog.text
     assert other.param_groups[0]["momentum"] == 0.9
     save_checkpoint(checkpoint_state(net, 5, 0.7, optimizer), run_dir / "model_epoch5.pth.tar")  # an older aml's
     caplog.clear()
     with caplog.at_level("WARNING", logger="aml.training.resume"):
-        assert resume_run(run_dir, "latest", net, optimizer, "validation") == (5, 0.5)
+        assert resume_run(run_dir, "latest", net, optimizer, validation) == (5, 0.5)
     assert not caplog.text
 
 

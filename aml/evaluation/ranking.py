@@ -53,11 +53,72 @@ def check_columns(database: np.ndarray, queries: np.ndarray) -> None:
             "descriptors are D x N, one column per image, of one dimension D; pass the side given as rows "
             "transposed (.T), or encode both sides in one space (a student of this teacher)"
         )
-    q = np.asarray(queries)
-    if q.shape[0] != q.shape[1] and q.size and _unit(q, 1) and not _unit(q, 0):
+    check_not_rows(np.asarray(queries), "query")
+
+
+def check_not_rows(vectors: np.ndarray, what: str) -> None:
+    """Refuse D x N descriptors given as rows (N x D, numpy's habit), which their norms tell:
+    unit-norm rows, columns that are not (a square matrix cannot tell and passes).
+
+    Args:
+        vectors: a 2-D array of descriptors.
+        what: what they are, for the message (``queries``, ``database``).
+
+    Raises:
+        ConfigError: naming the fix (.T).
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation.ranking import check_not_rows
+        >>> check_not_rows(np.eye(4)[:, :3], "database")
+        >>> check_not_rows(np.eye(4)[:3], "database")
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: 3 x 4 database descriptors whose rows are unit vectors and columns are not: ...
+    """
+    if vectors.shape[0] != vectors.shape[1] and vectors.size and _unit(vectors, 1) and not _unit(vectors, 0):
         raise ConfigError(
-            f"the queries' {q.shape[0]} rows are unit vectors and their {q.shape[1]} columns are not: "
-            "descriptors are D x N, one L2-normalised column per image; pass both sides transposed (.T)"
+            f"{vectors.shape[0]} x {vectors.shape[1]} {what} descriptors whose rows are unit vectors and columns "
+            "are not: descriptors are D x N, one L2-normalised column per image; pass them transposed (.T)"
+        )
+
+
+def check_ranking(ranks: np.ndarray, queries: int, images: int, what: str) -> None:
+    """Refuse what is not a ranking of a database of ``images`` images for ``queries`` queries:
+    k x Q integer indices in [0, images), a column per query (as `rank_database` returns it).
+
+    Args:
+        ranks: the ranking given.
+        queries: Q, the queries it ranks for.
+        images: N, the database's images (with distractors, those too).
+        what: the step that reads it, for the message.
+
+    Raises:
+        ConfigError: naming what is wrong and the fix.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation.ranking import check_ranking
+        >>> check_ranking(np.array([[2, 0], [0, 1]]), queries=2, images=3, what="αQE")
+        >>> check_ranking(np.array([[3], [0]]), queries=1, images=3, what="αQE")
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: αQE: the ranking holds index 3, outside the database's 3 images ...
+    """
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 2 or ranks.shape[1] != queries:
+        transposed = "; pass it transposed (.T)" if ranks.ndim == 2 and ranks.shape[0] == queries else ""
+        raise ConfigError(
+            f"{what}: the ranking is {' x '.join(map(str, ranks.shape))} for {queries} queries: it is k x Q, a "
+            f"column of database indices per query, best first, as rank_database returns it{transposed}"
+        )
+    if not np.issubdtype(ranks.dtype, np.integer):
+        raise ConfigError(f"{what}: the ranking holds {ranks.dtype} values, not database indices (integers)")
+    if ranks.size and (ranks.min() < 0 or ranks.max() >= images):
+        bad = int(ranks.min()) if ranks.min() < 0 else int(ranks.max())
+        raise ConfigError(
+            f"{what}: the ranking holds index {bad}, outside the database's {images} images (0..{images - 1}); "
+            "the database given must hold every image the ranking names (with distractors, those too)"
         )
 
 

@@ -20,12 +20,13 @@ whitened, augmented, expanded). The steps after DBA are `search_with_expansion`,
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-from aml.evaluation.ranking import NEIGHBOUR_VALUES, nearest
+from aml.evaluation.ranking import NEIGHBOUR_VALUES, check_columns, check_not_rows, check_ranking, nearest
 from aml.evaluation.superglobal import Shortlist, SuperGlobal, superglobal_shortlist
 from aml.utils.errors import ConfigError
 
@@ -72,8 +73,9 @@ class Reranking:
                 raise ConfigError(f"Reranking.{name} must be an integer >= 0 (neighbours), got {value!r}")
         for name in ("qe_alpha", "dba_alpha"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"Reranking.{name} must be a finite number >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))  # a numpy scalar as the float results record
         if self.superglobal is not None and not isinstance(self.superglobal, SuperGlobal):
             raise ConfigError(f"Reranking.superglobal must be a SuperGlobal or None, got {self.superglobal!r}")
 
@@ -205,7 +207,9 @@ def alpha_query_expansion(
         D x Q float32 expanded queries.
 
     Raises:
-        ConfigError: when ``k`` is not in [1, rows of ``neighbours``].
+        ConfigError: when ``k`` is not in [1, rows of ``neighbours``], the descriptors are not
+            D x N columns of one D, or ``neighbours`` is not a ranking of ``database`` for
+            these queries (`aml.evaluation.ranking.check_ranking`).
 
     Examples:
         >>> import numpy as np
@@ -217,11 +221,12 @@ def alpha_query_expansion(
         array([[0.7071],
                [0.7071]], dtype=float32)
     """
+    queries, database = np.asarray(queries, dtype=np.float32), np.asarray(database, dtype=np.float32)
+    check_columns(database, queries)
+    check_ranking(neighbours, queries.shape[1], database.shape[1], "αQE")
     if not 1 <= k <= neighbours.shape[0]:
         raise ConfigError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
-    return _expand_with(
-        np.asarray(queries, dtype=np.float32), np.asarray(database, dtype=np.float32), np.asarray(neighbours[:k]), alpha
-    )
+    return _expand_with(queries, database, np.asarray(neighbours[:k]), alpha)
 
 
 def _expand_with(vectors: np.ndarray, database: np.ndarray, top: np.ndarray, alpha: float) -> np.ndarray:
@@ -257,7 +262,8 @@ def database_augmentation(
 
     Raises:
         ConfigError: when ``k`` is negative, or not below the number of images that are not
-            ``excluded`` (an image would take itself or an excluded one).
+            ``excluded`` (an image would take itself or an excluded one), or the descriptors
+            are not D x N columns (`aml.evaluation.ranking.check_not_rows`).
 
     Examples:
         >>> import numpy as np
@@ -268,6 +274,9 @@ def database_augmentation(
                [0.4472, 0.9487, 0.9487]], dtype=float32)
     """
     database = np.asarray(database, dtype=np.float32)
+    if database.ndim != 2:
+        raise ConfigError(f"DBA: the database is {database.shape}: descriptors are D x N, one column per image")
+    check_not_rows(database, "database")
     n = database.shape[1]
     readable = n - len(set(excluded))  # the others are nobody's neighbour
     if not 0 <= k < max(readable, 1):

@@ -23,11 +23,13 @@ negative similarity is rare. Descriptors are D x N columns of L2-normalised vect
 rankings N x Q columns of database indices (cirtorch's conventions).
 """
 
+import numbers
 from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 
+from aml.evaluation.ranking import check_columns, check_ranking
 from aml.utils.errors import ConfigError, DataError
 
 #: the defaults of the authors' code (MDescAug and RerankwMDA), which its test.py uses for the
@@ -62,11 +64,12 @@ class SuperGlobal:
                 raise ConfigError(f"SuperGlobal.{name} must be an integer >= {least}, got {value!r}")
         if (
             isinstance(self.beta, bool)
-            or not isinstance(self.beta, (int, float))
+            or not isinstance(self.beta, numbers.Real)
             or not np.isfinite(self.beta)
             or self.beta < 0
         ):
             raise ConfigError(f"SuperGlobal.beta must be a finite number >= 0, got {self.beta!r}")
+        object.__setattr__(self, "beta", float(self.beta))  # a numpy scalar as the float results record
 
     def label(self) -> str:
         """Its name in results and printed lines.
@@ -237,15 +240,17 @@ def superglobal_rerank(
     Args:
         database: D x N L2-normalised database descriptors.
         queries: D x Q L2-normalised query descriptors.
-        ranks: N x Q database indices per query, best first (any number of rows, e.g. a
-            top-k from distractor blocks).
+        ranks: N x Q database indices per query, best first (any number of rows: a top-k of
+            ``database``; with distractors, ``database`` holds them too, as the indices do).
         settings: m, k and beta.
 
     Returns:
         The re-ranked N x Q rankings (a new array; rows below m unchanged).
 
     Raises:
-        DataError: when the shapes disagree or a descriptor is not finite.
+        ConfigError: when the shapes disagree, or ``ranks`` holds other than indices of
+            ``database`` (`aml.evaluation.ranking.check_ranking`).
+        DataError: when a descriptor is not finite.
 
     Examples:
         >>> import numpy as np
@@ -255,11 +260,9 @@ def superglobal_rerank(
         >>> superglobal_rerank(X, q, np.array([[2], [1], [0]]), SuperGlobal(m=3, k=1, beta=1.0)).ravel()
         array([1, 0, 2])
     """
-    if database.shape[0] != queries.shape[0] or ranks.shape[1] != queries.shape[1]:
-        raise DataError(
-            f"SuperGlobal: database {database.shape}, queries {queries.shape} and ranks {ranks.shape} "
-            "disagree (D x N, D x Q, N x Q)"
-        )
+    database, queries = np.asarray(database), np.asarray(queries)
+    check_columns(database, queries)
+    check_ranking(ranks, queries.shape[1], database.shape[1], "SuperGlobal")
     for name, values in (("database", database), ("query", queries)):
         if not np.isfinite(values).all():
             raise DataError(f"SuperGlobal: the {name} descriptors hold NaN or infinite values")

@@ -161,7 +161,7 @@ def test_descriptors_given_as_rows_are_refused_not_ranked():
     X = rng.normal(size=(16, 60))
     X /= np.linalg.norm(X, axis=0)
     assert rank_database(X, X[:, :5]).shape == (60, 5)
-    with pytest.raises(ConfigError, match=r"the queries' 60 rows are unit vectors and their 16 columns are not"):
+    with pytest.raises(ConfigError, match=r"60 x 16 query descriptors whose rows are unit vectors and columns are not"):
         rank_database(X.T, X.T)
     with pytest.raises(ConfigError, match=r"the database is 16 x 60 and the queries 60 x 16: descriptors are D x N"):
         rank_database(X, X.T)

@@ -146,6 +146,37 @@ def test_bad_neighbour_counts_are_refused():
         database_augmentation(DATABASE, k=3)
 
 
+def test_rankings_and_descriptors_of_other_shapes_are_refused_not_expanded():
+    """A transposed ranking of as many queries as images was used without a word (other
+    neighbours), otherwise numpy's broadcast error; descriptors as rows were augmented as if
+    they were columns."""
+    rng = np.random.default_rng(0)
+    database = rng.normal(size=(8, 5)).astype(np.float32)
+    database /= np.linalg.norm(database, axis=0)
+    queries = database[:, :3] + 0.1
+    ranks = rank_database(database, queries)  # 5 x 3
+    with pytest.raises(ConfigError, match=r"αQE: the ranking is 3 x 5 for 3 queries: it is k x Q.*transposed \(\.T\)"):
+        alpha_query_expansion(queries, database, ranks.T, k=2)
+    with pytest.raises(ConfigError, match=r"αQE: the ranking holds float64 values, not database indices"):
+        alpha_query_expansion(queries, database, ranks.astype(float), k=2)
+    with pytest.raises(ConfigError, match=r"αQE: the ranking holds index 5, outside the database's 5 images"):
+        alpha_query_expansion(queries, database, ranks + 1, k=2)
+    with pytest.raises(ConfigError, match=r"the database is 8 x 5 and the queries 4 x 3"):
+        alpha_query_expansion(queries[:4], database, ranks, k=2)
+    with pytest.raises(ConfigError, match=r"5 x 8 database descriptors whose rows are unit vectors and columns are not"):
+        database_augmentation(database.T, k=1)
+    with pytest.raises(ConfigError, match=r"SuperGlobal: the ranking holds index -1, outside"):
+        superglobal_rerank(database, queries, ranks - 1)
+    with pytest.raises(ConfigError, match=r"SuperGlobal: the ranking holds float64 values"):
+        superglobal_rerank(database, queries, ranks.astype(float))
+
+
+def test_numpy_numbers_are_taken_as_the_floats_results_record():
+    assert Reranking(qe=2, qe_alpha=np.float32(3.0)).qe_alpha == 3.0
+    assert type(Reranking(dba=2, dba_alpha=np.float64(0.5)).dba_alpha) is float
+    assert type(SuperGlobal(beta=np.float32(0.25)).beta) is float
+
+
 def test_reranking_settings_name_what_runs_and_refuse_bad_values():
     assert not Reranking().active and Reranking().label() == "" and Reranking().result_keys("plain") == []
     both = Reranking(qe=2, dba=10, dba_alpha=0.5)

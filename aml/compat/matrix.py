@@ -16,7 +16,7 @@ import numpy as np
 from aml.compat.marks import bct_compatible, beats_teacher
 from aml.evaluation.results import DatasetResult, SearchResult
 from aml.evaluation.testing import TestSettings, evaluate
-from aml.networks.loading import LoadedNetwork, check_loaded
+from aml.networks.loading import LoadedNetwork, Source, check_loaded
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,9 @@ def compatibility_matrix(
     where test.py alone would apply a published network's whitening file). The columns are done one after
     the other, so that with ``settings.cache`` (the default) each network encodes each
     database once, and every other cell of its column reads the database cache; the queries
-    are encoded for each pair.
+    are encoded for each pair. A network in memory alone (`LoadedNetwork.in_memory`) has
+    nothing cached: it encodes each database (and its distractors) for every cell of its
+    column, which a warning says.
 
     Args:
         networks: the networks by label, in order; the first is the teacher.
@@ -336,6 +338,7 @@ def compatibility_matrix(
         raise ConfigError("a compatibility matrix draws no ranking report; test a pair with test.py --report")
     labels, loaded = list(networks), list(networks.values())
     size = len(loaded)
+    _warn_of_networks_in_memory(networks, size)
     maps: Dict[Tuple[str, str, str], np.ndarray] = {}
     for column, database in enumerate(loaded):
         for row, query in enumerate(loaded):
@@ -353,3 +356,17 @@ def compatibility_matrix(
             if on_pair is not None:
                 on_pair(labels[row], labels[column], results)
     return CompatibilityMatrix(tuple(MatrixNetwork.of(label, network) for label, network in networks.items()), maps)
+
+
+def _warn_of_networks_in_memory(networks: Mapping[str, LoadedNetwork], size: int) -> None:
+    """Say which networks, in memory alone, encode their databases once per cell (nothing is
+    cached for them)."""
+    in_memory = [label for label, network in networks.items() if network.spec.source is Source.MEMORY]
+    if in_memory and size > 1:
+        log.warning(
+            ">> %s: in memory alone, nothing is cached for %s: each encodes its database in each of the %d "
+            "cells of its column; load them from checkpoint files to encode each database once",
+            ", ".join(in_memory),
+            "it" if len(in_memory) == 1 else "them",
+            size,
+        )

@@ -126,3 +126,17 @@ def test_no_network_or_a_ranking_report_is_refused(root, tmp_path):
     with pytest.raises(ConfigError, match=r"networks 'a' and 'b' are one network \(the same weights, fingerprint "
                                           r"\w{8}\): its rows and columns would repeat; give it once"):
         compatibility_matrix({"a": network, "b": twice}, _settings(root))
+
+
+def test_networks_in_memory_alone_are_said_to_encode_their_database_for_every_cell(root, monkeypatch, caplog):
+    """The docs promised each database encoded once per network; a network in memory alone has
+    nothing cached, and encoded it N times (a +1M store too) without a word."""
+    from aml.compat import matrix as matrix_module
+
+    monkeypatch.setattr(matrix_module, "evaluate", lambda query, settings, database=None: {})
+    networks = {f"n{seed}": LoadedNetwork.in_memory(build_network("resnet18", pretrained=False, teacher_dim=8 + seed),
+                                                   f"n{seed}") for seed in range(2)}
+    with caplog.at_level("WARNING", logger="aml.compat.matrix"):
+        compatibility_matrix(networks, _settings(root))
+    assert ("n0, n1: in memory alone, nothing is cached for them: each encodes its database in each of the 2 cells "
+            "of its column; load them from checkpoint files") in caplog.text

@@ -253,6 +253,18 @@ def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[Load
     return given, None
 
 
+def _check_trained_against(args, student: LoadedNetwork, teacher: Optional[LoadedNetwork]) -> None:
+    """Refuse a --teacher whose weights are not those the student was trained against: the
+    files would record it, and a store that teacher encoded would take the student's queries."""
+    recorded = student.net.meta.get("teacher_fingerprint")
+    if args.teacher and teacher is not None and recorded is not None and teacher.fingerprint != recorded:
+        raise ConfigError(
+            f"{student.name} was trained against the teacher weights {recorded[:8]}, but --teacher {args.teacher} "
+            f"holds {teacher.fingerprint[:8]}: the exported files would record a teacher it was not trained "
+            "against; give that teacher's checkpoint, or leave --teacher out"
+        )
+
+
 class Int8Report(OnnxTestMaps):
     """``int8.json``'s report: the mAPs of the float32 and int8 files, the seconds per query
     image of each at each timed size, and the teacher that encoded the database."""
@@ -302,7 +314,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         image_size = args.image_size or (store.settings["image_size"] if store is not None else DEFAULT_IMAGE_SIZE)
         int8 = _calibration(args, image_size) if args.int8 else None
         # the teacher's weights as training recorded them, else as its checkpoint here holds them
-        recorded = None if args.teacher else student.net.meta.get("teacher_fingerprint")
+        recorded = student.net.meta.get("teacher_fingerprint")
+        _check_trained_against(args, student, teacher)
         teacher_fingerprint = recorded or (teacher.fingerprint if teacher else None)
         info = student_info(student.net, student.name, spec, teacher_fingerprint, whitening)
         files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)

@@ -24,6 +24,7 @@ from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec, Source, check_network, load_spec
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.search.database import SearchDatabase, StoreError, check_results_wanted
+from aml.utils.distributed import warn_once
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def check_teacher(
     ``meta['teacher_fingerprint']``); for another teacher, or a student that does not record
     them, those of the teacher's checkpoint when it is on this machine. Otherwise only the
     store's network name is compared (a published teacher by its list name; a checkpoint by
-    its file name, with a warning that its weights went unchecked).
+    its file name, with a warning that its weights went unchecked). A teacher given whose
+    weights are not those the student was trained against is warned of (as test.py does).
 
     Args:
         database: the store's database (`aml.search.open_database`).
@@ -91,9 +93,19 @@ def check_teacher(
             f"the student does not record its teacher; give --teacher (the store was encoded by {settings['network']})"
         )
     spec = NetworkSpec.parse(given)
-    recorded = student.meta.get("teacher_fingerprint") if given == named else None  # what it was trained with
+    trained_with = student.meta.get("teacher_fingerprint")  # the weights it was trained against
+    recorded = trained_with if given == named else None
     network = f"{settings['network']} ({settings['source']})"
     ours = recorded if recorded is not None or spec.local_file is None else load_spec(spec, None, data_root).fingerprint
+    if trained_with is not None and ours is not None and ours != trained_with:
+        warn_once(
+            log,
+            ">> the student was trained against other teacher weights (%s) than those of --teacher %s (%s): its "
+            "queries do not live in that teacher's space, and the results measure how compatible the two are",
+            trained_with[:8],
+            given,
+            ours[:8],
+        )
     if ours is not None:  # by the weights
         same = ours == settings["fingerprint"]
         network = f"{settings['network']} ({settings['source']}, weights {settings['fingerprint'][:8]})"

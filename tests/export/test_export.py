@@ -136,6 +136,21 @@ def test_command_line_prints_the_differences(student, tmp_path, capsys):
     assert "max abs diff to PyTorch 0.00e+00" in capsys.readouterr().out
 
 
+def test_a_teacher_of_other_weights_than_the_student_was_trained_against_is_refused(student, tmp_path):
+    """--teacher replaced the recorded weights in the exported files: a store of a teacher the
+    student was never trained against then took its queries for good."""
+    teacher = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0),
+                              tmp_path / "teacher.pth.tar")
+    state = checkpoint_state(student, 1, 0.0)
+    state["meta"].update(teacher=str(teacher), teacher_fingerprint="a" * 16)  # trained against other weights
+    path = save_checkpoint(state, tmp_path / "student.pth.tar")
+    with pytest.raises(SystemExit, match=r"student was trained against the teacher weights aaaaaaaa, but --teacher "
+                                         r".*teacher.pth.tar holds \w{8}: the exported files would record"):
+        export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--no-onnx", "--teacher",
+                         str(teacher)])
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_whitening_of_a_multiscale_store_is_not_folded_into_a_one_scale_graph(student, whitening, tmp_path,
                                                                                   monkeypatch):
     """It was learned on multi-scale descriptors: folded after one scale, the file's descriptors

@@ -16,6 +16,7 @@ from aml.data.safe_pickle import load_pickle
 from aml.descriptors import describe_images, write_feature_file
 from aml.evaluation.ranking import rank_database
 from aml.networks import build_network
+from aml.networks.fingerprint import network_fingerprint
 from aml.networks.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, load_network, save_checkpoint
 from aml.search import store as search_store
 from aml.evaluation.reranking import Reranking
@@ -373,6 +374,27 @@ def test_teacher_check_by_the_fingerprint_training_recorded(tmp_path):
     check_teacher(store, student, None, None)
     with pytest.raises(StoreError, match="not by the student's teacher vgg16"):  # a teacher given: that one counts
         check_teacher(store, student, "vgg16", None)
+
+
+def test_a_teacher_given_with_other_weights_than_the_student_was_trained_against_is_warned_of(tmp_path, caplog):
+    """The recorded weights counted only when --teacher was spelt as the checkpoint records it:
+    teacher.pth.tar replaced by a retrained one, then given as ./teacher.pth.tar, took the
+    student's queries into the new teacher's store without a word (test.py warns)."""
+    from aml.search import check_teacher
+
+    retrained = build_network("resnet18", pretrained=False)
+    path = save_checkpoint(checkpoint_state(retrained, 1, 0.0), tmp_path / "teacher.pth.tar")
+    store = SearchDatabase(tmp_path, np.zeros((512, 1), np.float32), ["a.jpg"],
+                           {"dim": 512, "network": "teacher", "source": str(path),
+                            "fingerprint": network_fingerprint(load_network(path))})
+    student = build_network("mobilenet_v2", pretrained=False, teacher_dim=512)
+    student.meta.update(teacher=str(path), teacher_fingerprint="a" * 16)  # trained against the file's old weights
+    with pytest.raises(StoreError, match=r"not by the student's teacher .*teacher.pth.tar \(weights aaaaaaaa\)"):
+        check_teacher(store, student, None, None)
+    with caplog.at_level("WARNING", logger="aml.search.query"):
+        check_teacher(store, student, f"{tmp_path}/./teacher.pth.tar", None)
+    assert "the student was trained against other teacher weights (aaaaaaaa) than those of --teacher" in caplog.text
+    assert "the results measure how compatible the two are" in caplog.text
 
 
 def test_indexing_again_into_a_store_drops_its_old_whitening_and_index(teacher, synth_root, tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ from aml.descriptors.store import (
     store_differences,
 )
 from aml.evaluation.reranking import Reranking, database_augmentation
-from aml.evaluation.whitening import WhiteningError, whitened_float32
+from aml.evaluation.whitening import WhiteningError, check_whitening, whitened_float32
 from aml.evaluation.whitening_store import read_whitening_file, save_whitening_file
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork, check_loaded
@@ -61,7 +61,7 @@ from aml.search.database import (
     write_ivfpq,
 )
 from aml.utils.atomic import atomic_write, folder_identity, folder_lock, publish_folder
-from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT
+from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT, scales_problem
 from aml.utils.plain_files import load_npy
 from aml.utils.errors import DataError
 from aml.utils.types import PathLike
@@ -226,8 +226,10 @@ def build_store(
 
     Raises:
         StoreError: before any image is encoded, when ``reranking`` asks for αQE or
-            SuperGlobal or a DBA of N or more neighbours, ``ivfpq`` cannot be built, or
-            ``folder`` is one `check_store_folder` refuses.
+            SuperGlobal or a DBA of N or more neighbours, ``ivfpq`` cannot be built,
+            ``whitening`` does not whiten the teacher's descriptors (another dimension, NaN
+            values), ``scales`` are not multi-scale factors, or ``folder`` is one
+            `check_store_folder` refuses.
         FolderInUse: when another process is indexing into ``folder``.
 
     Examples:
@@ -239,6 +241,7 @@ def build_store(
     """
     images = images if hasattr(images, "__len__") or isinstance(images, os.PathLike) else list(images)  # a glob()
     _check_plan(teacher, images, image_size, reranking, ivfpq)
+    _check_settings(whitening, scales, int(teacher.net.meta["outputdim"]))
     folder = Path(folder)
     target = folder.resolve()  # a link to a store: the store it points to is replaced
     images = _absolute_once(images)
@@ -297,6 +300,21 @@ def _publish(staging: Path, target: Path) -> None:
             f"{target} was put there by another program while indexing (kept as it is); the new store "
             "was not written: give another --store"
         )
+
+
+def _check_settings(whitening: Optional[Whitening], scales: Sequence[float], dim: int) -> None:
+    """Refuse, before anything is encoded, a whitening the store could not be opened with
+    (another dimension, NaN values) and scales that are not multi-scale factors."""
+    if whitening is not None:
+        try:
+            check_whitening(*whitening, dim, "the whitening given")
+        except (TypeError, ValueError) as err:  # not a pair, or not one of D x D arrays
+            raise StoreError(
+                f"{str(err).split('; ')[0]}; give the teacher's whitening (m, P), learned on its {dim}-d descriptors"
+            ) from None
+    problem = scales_problem(list(scales) if isinstance(scales, (list, tuple)) else scales)
+    if problem:
+        raise StoreError(f"scales {scales!r}: {problem}")
 
 
 def _check_plan(

@@ -143,6 +143,30 @@ def test_ivfpq_with_too_few_images_is_refused_before_anything_is_encoded(random_
     assert not (tmp_path / "store").exists()
 
 
+def test_a_whitening_or_scales_a_store_cannot_take_are_refused_before_anything_is_encoded(random_teacher, synth_root,
+                                                                                          tmp_path, monkeypatch):
+    """A whitening of another dimension, or of NaNs, was saved as given: the working store was
+    replaced by one that open_database refused; no scales was blamed on a damaged manifest."""
+    from aml.descriptors import store as descriptor_store
+    from aml.search import build_store
+
+    monkeypatch.setattr(descriptor_store, "describe_images", None)
+    from aml.networks import load_named_or_file
+
+    teacher = load_named_or_file(str(random_teacher[0]))
+    images = list_images(jpg(synth_root, "synth-paris"))
+    eye = np.eye(512)
+    for whitening, message in [((np.zeros(10), np.eye(10)), r"the whitening given: m of shape \(10,\) and P of shape "
+                                                            r"\(10, 10\) do not whiten 512-d"),
+                               ((np.zeros(512), eye * np.nan), r"the whitening given holds 262144 NaN or infinite"),
+                               (np.eye(512), r"give the teacher's whitening \(m, P\)")]:
+        with pytest.raises(StoreError, match=message):
+            build_store(teacher, images, tmp_path / "store", 64, whitening=whitening)
+    with pytest.raises(StoreError, match=r"scales \[\]: must be a list of scales"):
+        build_store(teacher, images, tmp_path / "store", 64, scales=[])
+    assert not (tmp_path / "store").exists()
+
+
 def test_an_ivfpq_index_is_built_reported_and_searched(random_teacher, synth_root, tmp_path, monkeypatch, capsys):
     """The store's descriptors are read once (to train the index); the recall printed comes from
     search.json, not from opening the whole store again."""

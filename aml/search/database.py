@@ -4,6 +4,7 @@ index; `open_database` (`aml.search.store`) loads one from a store folder."""
 
 import hashlib
 import json
+import logging
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,11 @@ from aml.search.faiss_index import (
     write_index,
 )
 from aml.utils.atomic import atomic_write, folder_identity, folder_lock
+from aml.utils.distributed import warn_once
 from aml.utils.errors import DataError
 from aml.utils.text_files import read_bounded
+
+log = logging.getLogger(__name__)
 
 # the files of a store folder besides the descriptor store's own (aml.descriptors.store)
 SEARCH = "search.json"  # what the query side checks: the teacher the store was indexed with
@@ -315,7 +319,11 @@ class SearchDatabase:
         if self.index is None:
             ivfpq = self._read_ivfpq()
             self.index = ivfpq if ivfpq is not None else ExactIndex(self.vecs)
-        found = self.index.search(np.ascontiguousarray(queries.T, dtype=np.float32), min(k, self.vecs.shape[1]))
+        rows = np.ascontiguousarray(queries.T, dtype=np.float32)
+        k = min(k, self.vecs.shape[1])
+        found = self.index.search(rows, k)
+        if hasattr(self.index, "nprobe"):  # an IVF-PQ index: its probed lists may hold fewer than k images
+            found = _widened(self.index, rows, k, found)
         return in_tie_order(*found)  # IVF-PQ leaves ties in any order (exact search's are in order already)
 
     def _read_ivfpq(self) -> Any:
@@ -326,7 +334,15 @@ class SearchDatabase:
         folder meanwhile would otherwise pair the new store's index with the old descriptors)."""
         index_file = self.folder / INDEX
         listed = self.settings.get(FILES)
-        if faiss_or_none() is None or (listed is not None and INDEX not in listed) or not index_file.is_file():
+        if (listed is not None and INDEX not in listed) or not index_file.is_file():
+            return None
+        if faiss_or_none() is None:
+            warn_once(
+                log,
+                ">> %s holds an IVF-PQ index, but faiss is not installed: the store is searched exactly, a matrix "
+                "product per query over all its images (pip install faiss-cpu to use the index)",
+                self.folder,
+            )
             return None
         data = index_file.read_bytes()  # once: the bytes checked are the bytes used
         if listed is not None and hashlib.sha256(data).hexdigest() != listed[INDEX]:
@@ -355,6 +371,24 @@ class SearchDatabase:
                 "delete it or rebuild it with: python -m aml.search index --ivfpq"
             )
         return index
+
+
+def _widened(
+    index: Any, rows: np.ndarray, k: int, found: Tuple[np.ndarray, np.ndarray]
+) -> Tuple[np.ndarray, np.ndarray]:
+    """An IVF-PQ search's results, with the queries that found fewer than ``k`` (the lists
+    they probe hold fewer images) searched again probing twice as many lists, until each
+    has ``k``: every list probed reaches every image. The index's ``nprobe`` comes back."""
+    scores, ids = found
+    probed = index.nprobe
+    try:
+        while (short := (ids < 0).any(axis=1)).any() and index.nprobe < index.nlist:
+            index.nprobe = min(2 * index.nprobe, index.nlist)
+            log.info(">> %d queries found fewer than %d results: probing %d lists", int(short.sum()), k, index.nprobe)
+            scores[short], ids[short] = index.search(rows[short], k)
+    finally:
+        index.nprobe = probed
+    return scores, ids
 
 
 def build_ivfpq(

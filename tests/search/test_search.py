@@ -957,3 +957,24 @@ def test_index_goes_around_unreadable_photos_with_a_flag_and_names_it_without(te
     assert ">> 6 images indexed by " in out and "; 1 unreadable, never found (listed in" in out
     database = open_database(tmp_path / "store")
     assert len(database.images) == 6 and str(photos / "zz.jpg") not in database.images
+
+
+def test_an_ivfpq_search_probes_more_lists_until_each_query_has_k_results(tmp_path, monkeypatch, caplog):
+    """A query whose 16 probed lists held 18 images got 18 results for -k 50, without a word."""
+    from aml.search import database as database_module
+
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(2)
+    vecs = rng.normal(size=(16, 300)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=0)
+    images = [f"{i}.jpg" for i in range(300)]
+    build_ivfpq(SearchDatabase(tmp_path, vecs, images, {"dim": 16}), nlist=128, m=4)  # about 2 images per list
+    store = SearchDatabase(tmp_path, vecs, images, {"dim": 16})
+    scores, indices = store.search(vecs[:, :3], k=200)
+    assert indices.shape == (3, 200) and (indices >= 0).all() and store.index.nprobe == 16
+    assert all(len(set(row)) == 200 for row in indices.tolist())
+    # without faiss, the index is not used: searched exactly, said
+    monkeypatch.setattr(database_module, "faiss_or_none", lambda: None)
+    with caplog.at_level("WARNING", logger="aml.search.database"):
+        SearchDatabase(tmp_path, vecs, images, {"dim": 16}).search(vecs[:, :1], k=5)
+    assert "holds an IVF-PQ index, but faiss is not installed: the store is searched exactly" in caplog.text

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, cast
 import numpy as np
 
 from aml.data.download import file_sha256
-from aml.data.images import IMAGE_EXTENSIONS, check_image_list, image_files
+from aml.data.images import IMAGE_EXTENSIONS, check_image_list, image_files, turned_images
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, feature_file_settings
 from aml.descriptors.store import (
     IMAGE_LIST,
@@ -242,6 +242,7 @@ def build_store(
     images = images if hasattr(images, "__len__") or isinstance(images, os.PathLike) else list(images)  # a glob()
     _check_plan(teacher, images, image_size, reranking, ivfpq)
     _check_settings(whitening, scales, int(teacher.net.meta["outputdim"]))
+    _warn_turned(images)
     folder = Path(folder)
     target = folder.resolve()  # a link to a store: the store it points to is replaced
     images = _absolute_once(images)
@@ -299,6 +300,28 @@ def _publish(staging: Path, target: Path) -> None:
         raise StoreError(
             f"{target} was put there by another program while indexing (kept as it is); the new store "
             "was not written: give another --store"
+        )
+
+
+#: the database images whose EXIF orientation `build_store` reads (spread over the list): a
+#: header each, a second or two, where all of a 1M set's would take many minutes
+TURNED_SAMPLE = 1000
+
+
+def _warn_turned(images: Sequence[str]) -> None:
+    """Name the database photos stored turned (an EXIF orientation a viewer applies): encoded
+    as stored, as by cirtorch, they are found by queries turned alike, not by upright ones."""
+    step = max(1, len(images) // TURNED_SAMPLE)
+    read = images[::step]
+    turned = turned_images(read)
+    if turned:
+        log.warning(
+            ">> %d of %s database images carry an EXIF orientation (first: %s): they are encoded as stored, so an "
+            "upright photo of the same scene is a turned one to them; turn the files upright (e.g. PIL's "
+            "ImageOps.exif_transpose) to index them as shown",
+            len(turned),
+            f"{len(read)} sampled" if step > 1 else f"the {len(read)}",
+            turned[0],
         )
 
 

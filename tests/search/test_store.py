@@ -167,6 +167,25 @@ def test_a_whitening_or_scales_a_store_cannot_take_are_refused_before_anything_i
     assert not (tmp_path / "store").exists()
 
 
+def test_database_photos_stored_turned_are_named_when_indexed(random_teacher, tmp_path, caplog):
+    """Queries stored turned were named; database photos were indexed turned without a word."""
+    from PIL import Image
+
+    from aml.networks import load_named_or_file
+    from aml.search import build_store
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (48, 32), "red").save(tmp_path / "photos" / "a.jpg")
+    Image.new("RGB", (48, 32), "blue").save(tmp_path / "photos" / "b.jpg", exif=exif)
+    with caplog.at_level("WARNING", logger="aml.search.store"):
+        build_store(load_named_or_file(str(random_teacher[0])), list_images(tmp_path / "photos"), tmp_path / "store",
+                    32, config=ExtractionConfig(workers=0, device="cpu"))
+    assert "1 of the 2 database images carry an EXIF orientation (first: " in caplog.text
+    assert "b.jpg): they are encoded as stored" in caplog.text
+
+
 def test_an_ivfpq_index_is_built_reported_and_searched(random_teacher, synth_root, tmp_path, monkeypatch, capsys):
     """The store's descriptors are read once (to train the index); the recall printed comes from
     search.json, not from opening the whole store again."""

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 import numpy as np
 
+from aml.data.images import image_size as stored_size
 from aml.descriptors.onnx_student import image_array
 from aml.export.errors import ExportError
 from aml.utils.atomic import atomic_path
@@ -103,6 +104,12 @@ class Int8Settings:
         lookup(dict.fromkeys(QUANT_FORMATS), self.quant_format, "quantization format", QUANT_FORMATS)
         if not self.calibration:
             raise ConfigError("int8 quantization needs calibration images")
+
+    def calibrated_size(self) -> int:
+        """The longer side of the largest calibration image as calibrated: ``image_size``, or
+        less where every image is smaller (images are never enlarged), which is what the int8
+        ranges fit (read from the files' headers)."""
+        return min(self.image_size, max(max(stored_size(path)) for path in self.calibration))
 
 
 def _calibration_reader(images: Sequence[str], image_size: int) -> Any:

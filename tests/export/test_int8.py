@@ -193,3 +193,18 @@ def test_an_int8_student_far_from_float32_is_warned_of(synth_root, tmp_path, mon
                      "--image-size", str(SIZE)])
     out = capsys.readouterr().out
     assert "warning: the int8 student's descriptors are far from float32's (cosine down to 0.6000, below 0.9)" in out
+
+
+def test_the_calibration_size_recorded_is_that_of_the_images_as_calibrated(tmp_path):
+    """Images are never enlarged: calibrated at --image-size 1024 on 64-px photos, the file said
+    1024, and a query of a 64-px store warned that its ranges may not fit."""
+    from PIL import Image
+
+    from aml.export import Int8Settings
+
+    paths = []
+    for name, size in (("a.jpg", (40, 30)), ("b.jpg", (20, 60))):
+        Image.new("RGB", size).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    assert Int8Settings(tuple(paths), 1024).calibrated_size() == 60
+    assert Int8Settings(tuple(paths), 50).calibrated_size() == 50

@@ -235,8 +235,11 @@ _EXAMPLE_NAMES: Dict[str, str] = {"JSON": "results.json", "PNG": "heatmap.png"}
 
 def _owner(path: Path) -> Optional[str]:
     """What of aml's ``path`` would break: any file in a store's folder (the next indexing
-    refuses files that are not the store's), a run folder's history, or a feature file's
-    settings (what checks its provenance); None: nothing."""
+    refuses files that are not the store's), a run folder's history, a feature file's
+    settings (what checks its provenance), or an export's int8 report (its measurements);
+    None: nothing."""
+    from aml.export.report import INT8_REPORT
+    from aml.export.student import EXPORTED_FILES
     from aml.reports.curves import HISTORY
     from aml.training.run_folder import LOSS_LOG
 
@@ -248,6 +251,8 @@ def _owner(path: Path) -> Optional[str]:
         return f"in the store {store}"
     if path.name == HISTORY and (folder / LOSS_LOG).exists():
         return f"in the run folder {folder}"
+    if path.name == INT8_REPORT and any((folder / name).is_file() for name in EXPORTED_FILES.values()):
+        return f"the int8 report of the export in {folder}"
     if path.name.endswith(".npy.json") and path.with_name(path.name[: -len(".json")]).is_file():
         return f"the settings of the feature file {path.with_name(path.name[: -len('.json')])} (its provenance)"
     return None

@@ -26,7 +26,7 @@ from aml.evaluation.whitening_store import read_whitening_file
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
 from aml.export.errors import ExportError
 from aml.export.student import EXPORTED_FILES, check_export_folder
-from aml.export.report import OnnxTestMaps, onnx_test_maps, onnx_timings
+from aml.export.report import INT8_REPORT, OnnxTestMaps, onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network, teacher_problem
 from aml.reports.provenance import provenance
 from aml.search import SearchDatabase, StoreError, check_teacher, list_images, open_database
@@ -37,7 +37,6 @@ from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 1024
-INT8_REPORT = "int8.json"  # --test-set's report, beside the exported files
 TIME_REPEATS = 5  # --time-repeats' default
 AGREEMENT_IMAGES = 8  # images (held out of the calibration where any are) comparing int8 with float32
 #: the int8 cosine to float32 below which the export warns (trained students: 0.985 and up, docs/search-export.md)

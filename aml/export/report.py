@@ -17,10 +17,11 @@ from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork
 from aml.utils.types import PathLike
 
-__all__ = ["TIMING_SIDES", "OnnxTestMaps", "onnx_test_maps", "onnx_timings"]
+__all__ = ["INT8_REPORT", "TIMING_SIDES", "OnnxTestMaps", "onnx_test_maps", "onnx_timings"]
 
 log = logging.getLogger(__name__)
 TIMING_SIDES = (362, 1024)  # the longer side of the timed query images (the paper's test sizes)
+INT8_REPORT = "int8.json"  # the export's --test-set report, beside the exported files
 
 
 class OnnxTestMaps(TypedDict):

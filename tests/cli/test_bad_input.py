@@ -240,7 +240,13 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
     features = tmp_path / "db.npy"  # a feature file and its settings, which check its provenance
     features.write_bytes(b"\x93NUMPY")
     (tmp_path / "db.npy.json").write_text("{}")
+    deploy = tmp_path / "deploy"  # an export's int8 report beside its files (query --json replaced it)
+    deploy.mkdir()
+    (deploy / "student-int8.onnx").write_bytes(b"onnx")
+    (deploy / "int8.json").write_text('{"provenance": {}, "report": {}}')
     for command, flag, target, owner in ((QUERY, "--json", other / "manifest.json", f"in the store {other}"),
+                                         (QUERY, "--json", deploy / "int8.json",
+                                          f"the int8 report of the export in {deploy}"),
                                          (TEST, "--results", other / "manifest.json", f"in the store {other}"),
                                          (TEST, "--results", run / "history.json", f"in the run folder {run}"),
                                          (TEST, "--results", tmp_path / "db.npy.json",
@@ -250,6 +256,7 @@ def test_query_results_inside_the_store_are_refused(tmp_path, capsys):
     assert (other / "manifest.json").read_text() == '{"shard_size": 16384, "count": 3}'
     assert (run / "history.json").read_text() == "[]"
     assert (tmp_path / "db.npy.json").read_text() == "{}"
+    assert (deploy / "int8.json").read_text() == '{"provenance": {}, "report": {}}'
     err = bad(TEST, ["--results", str(other / "results.json"), "-d", "nosuch"], capsys)  # the next index refuses it
     assert f"argument --results: {other / 'results.json'} is in the store {other}" in err
     err = bad(TEST, ["--results", str(run / "results.json"), "-d", "nosuch"], capsys)  # a run's folder takes it

@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from aml.data.images import BBox, check_boxes, load_and_resize
+from aml.data.images import BBox, check_boxes, check_image_list, load_and_resize
 from aml.utils.atomic import atomic_path
-from aml.utils.errors import DataError
+from aml.utils.errors import ConfigError, DataError
 from aml.utils.types import PathLike
 
 __all__ = [
@@ -332,6 +332,7 @@ def describe_with_onnx(
         D x N float32 descriptors, one column per image (as `aml.descriptors.describe_images`).
 
     Raises:
+        ConfigError: when ``images`` is not a list of some image files (one path, none).
         OnnxStudentError: naming the file and the first image, when a descriptor holds NaN or
             infinite values (a damaged or badly quantized file), or naming the image that
             onnxruntime cannot run (one too small for the network).
@@ -341,6 +342,9 @@ def describe_with_onnx(
         >>> describe_with_onnx(onnx_session("deploy/student.onnx"), ["query.jpg"], 1024).shape  # doctest: +SKIP
         (512, 1)
     """
+    check_image_list(images)
+    if len(images) == 0:
+        raise ConfigError("no images to encode: give at least one image file")
     check_boxes(len(images), bbxs)
     boxes = list(bbxs) if bbxs is not None else [None] * len(images)
     source = source or getattr(session, "_model_path", None) or "the ONNX file"  # onnxruntime keeps the path

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, TypedDict
 import numpy as np
 
 from aml.data.paths import DataRootLike
-from aml.data.images import BBox, turned_images
+from aml.data.images import BBox, check_image_list, turned_images
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.onnx_student import (
     REEXPORT,
@@ -384,6 +384,9 @@ def query_database_onnx(
             f"{path} outputs {width}-d descriptors but its metadata says {info.dim}: the file was edited "
             f"or damaged; export it again: {REEXPORT}"
         )
+    check_image_list(images)
+    if len(images) == 0:
+        return []  # as query_database
     _warn_turned(images)
     queries = describe_with_onnx(session, images, database.settings["image_size"], bbxs, source=path)
     if queries.shape[0] != info.dim:

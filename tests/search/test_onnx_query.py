@@ -55,6 +55,21 @@ def test_onnx_queries_return_the_checkpoints_first_image(setup):
     assert len(queries) == 30 and agree >= 0.7  # measured: 30 of 30
 
 
+def test_one_path_or_no_images_are_taken_as_by_the_checkpoints_query(setup):
+    """One path was read a character at a time ("image d is missing"), no image was numpy's
+    "need at least one array to stack"; query_database refuses the one and answers [] to the other."""
+    from aml.descriptors.onnx_student import describe_with_onnx, onnx_session
+    from aml.utils.errors import ConfigError
+
+    student, store, files, queries = setup
+    opened = open_database(store)
+    with pytest.raises(ConfigError, match="images must be a list of image paths, got one str"):
+        query_database_onnx(opened, files["onnx"], str(queries[0]), k=1)
+    assert query_database_onnx(opened, files["onnx"], [], k=1) == query_database(opened, load_network(student), [])
+    with pytest.raises(ConfigError, match="no images to encode"):
+        describe_with_onnx(onnx_session(files["onnx"]), [], SIZE)
+
+
 def test_the_command_line_with_onnx(setup, tmp_path):
     _, store, files, queries = setup
     out = tmp_path / "hits.json"

@@ -286,8 +286,12 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
         )
     same = own or _same_teacher(info, database, path)
     if not same:
+        theirs = info.teacher
+        if info.teacher_fingerprint:  # refused by the weights: both named by theirs
+            theirs = f"{info.teacher} (weights {info.teacher_fingerprint[:8]})"
+            teacher = f"{settings['network']} ({settings['source']}, weights {settings['fingerprint'][:8]})"
         raise StoreError(
-            f"{path} is a student of {info.teacher}, but the store {folder} was encoded by "
+            f"{path} is a student of {theirs}, but the store {folder} was encoded by "
             f"{teacher}; query it with a student of that teacher, or index the database with "
             f"{info.teacher}"
         )

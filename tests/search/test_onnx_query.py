@@ -94,7 +94,8 @@ def test_a_file_for_another_store_is_refused(setup, tmp_path, caplog):
     other = "1" * 16  # the file of another network than the store's (the fixture's student is its own teacher)
     cases = {
         "another teacher": (dict(fingerprint=other, teacher_fingerprint="0" * 16, teacher="other"),
-                            r"edited.onnx is a student of other, but the store .* was encoded by student"),
+                            r"edited.onnx is a student of other \(weights 00000000\), but the store .* was encoded "
+                            r"by student \(.*student.pth.tar, weights \w{8}\)"),
         "another teacher by name": (dict(fingerprint=other, teacher_fingerprint=None, teacher="other"),
                                     r"is a student of other"),
         "dimension": (dict(dim=256), r"edited.onnx outputs 256-d descriptors but the store .* holds 512-d ones"),

@@ -1,6 +1,7 @@
 """faiss behind the store's searches: exact search (``IndexFlatIP``, or one matrix product with
 torch without faiss) and the approximate IVF-PQ index a store may hold in ``index.faiss``."""
 
+import logging
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
@@ -10,7 +11,10 @@ import torch
 from aml.evaluation.ranking import top_in_order
 from aml.utils.atomic import atomic_path
 
+log = logging.getLogger(__name__)
+
 PQ_CODES = 256  # centroids of each 8-bit sub-quantiser: the fewest training vectors faiss accepts
+ADVISED_PER_CENTROID = 39  # faiss's default min_points_per_centroid: fewer training vectors, and it warns
 
 
 def faiss_or_none() -> Any:
@@ -150,6 +154,17 @@ def train_ivfpq(
     dim, n = vecs.shape
     data = _rows(vecs)
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    advised = ADVISED_PER_CENTROID * max(nlist, PQ_CODES)
+    if n < advised:  # faiss warns of it on stderr, a line per sub-quantiser: said once here
+        log.warning(
+            ">> %d images train the IVF-PQ codebooks (faiss advises %d or more for %d lists and 8-bit codes): "
+            "the recall below says how well they do",
+            n,
+            advised,
+            nlist,
+        )
+    for parameters in (index.cp, index.pq.cp):
+        parameters.min_points_per_centroid = 1
     index.train(data)
     held = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n // 2), replace=False))
     for start, stop in zip(np.r_[0, held + 1], np.r_[held, n], strict=True):  # the rows between, as views

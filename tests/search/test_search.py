@@ -978,3 +978,14 @@ def test_an_ivfpq_search_probes_more_lists_until_each_query_has_k_results(tmp_pa
     with caplog.at_level("WARNING", logger="aml.search.database"):
         SearchDatabase(tmp_path, vecs, images, {"dim": 16}).search(vecs[:, :1], k=5)
     assert "holds an IVF-PQ index, but faiss is not installed: the store is searched exactly" in caplog.text
+
+
+def test_a_small_ivfpq_training_set_is_said_once_not_by_faiss_per_sub_quantiser(tmp_path, capfd, caplog):
+    """300 images printed 65 lines of faiss's clustering warnings before aml's own."""
+    pytest.importorskip("faiss")
+    vecs = np.random.default_rng(3).normal(size=(16, 300)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=0)
+    with caplog.at_level("WARNING", logger="aml.search.faiss_index"):
+        build_ivfpq(SearchDatabase(tmp_path, vecs, [f"{i}.jpg" for i in range(300)], {"dim": 16}), nlist=16, m=4)
+    assert "please provide at least" not in capfd.readouterr().err
+    assert caplog.text.count("300 images train the IVF-PQ codebooks (faiss advises 9984 or more") == 1

@@ -22,6 +22,7 @@ from aml.cli.arguments import (
 )
 from aml.data.testsets import get_test_set
 from aml.descriptors import ExtractionConfig
+from aml.descriptors.onnx_student import read_onnx_metadata
 from aml.evaluation.whitening_store import read_whitening_file
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
 from aml.export.errors import ExportError
@@ -266,10 +267,22 @@ def _check_trained_against(args, student: LoadedNetwork, teacher: Optional[Loade
 
 class Int8Report(OnnxTestMaps):
     """``int8.json``'s report: the mAPs of the float32 and int8 files, the seconds per query
-    image of each at each timed size, and the teacher that encoded the database."""
+    image of each at each timed size, the teacher that encoded the database (its name and
+    fingerprint), and what each file measured is (its aml metadata: the student's and its
+    teacher's fingerprints, the whitening's digest, the calibration), which ties the report to
+    the files after they are moved or the student's checkpoint is written over."""
 
     seconds_per_image: Dict[str, Dict[str, float]]
     teacher: str
+    teacher_fingerprint: str
+    files: Dict[str, Dict[str, str]]
+
+
+def _metadata(path: Path) -> Dict[str, str]:
+    """An exported file's aml metadata (what it is), as its ``metadata_props`` hold it."""
+    info = read_onnx_metadata(path)
+    assert info is not None  # written by this export
+    return info.props()
 
 
 def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: int, whitening) -> Int8Report:
@@ -281,6 +294,8 @@ def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: in
         **maps,
         "seconds_per_image": onnx_timings(onnx, repeats=args.time_repeats or TIME_REPEATS),
         "teacher": teacher.name,
+        "teacher_fingerprint": teacher.fingerprint,
+        "files": {name: _metadata(path) for name, path in onnx.items()},
     }
     record = {"provenance": provenance(device="cpu"), "report": report}  # ONNX Runtime on the CPU
     path = Path(args.out) / INT8_REPORT

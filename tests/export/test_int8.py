@@ -8,6 +8,7 @@ import torch
 
 from aml.cli import export as export_cli
 from aml.descriptors.onnx_student import describe_with_onnx, onnx_session, read_onnx_metadata
+from aml.export.student import EXPORTED_FILES
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, save_checkpoint
 from aml.networks.fingerprint import network_fingerprint
@@ -91,6 +92,10 @@ def test_the_report_gives_map_and_time_of_both(exported, capsys):
         # is asserted (a preempted run at 362 px took longer than 1024 px's on a loaded machine)
     assert report["cosine"]["float32"]["min"] == pytest.approx(1.0) and report["cosine"]["int8"]["min"] > 0.95
     assert record["provenance"]["command"]
+    # what was measured, by the files' metadata: the report stays tied to them (it named the teacher only)
+    for name, kind in (("float32", "onnx"), ("int8", "int8")):
+        assert report["files"][name] == read_onnx_metadata(folder / "deploy" / EXPORTED_FILES[kind]).props()
+    assert report["files"]["int8"]["aml.precision"] == "int8" and len(report["teacher_fingerprint"]) == 16
 
 
 def test_int8_agreement_is_measured_on_images_left_out_of_the_calibration(tmp_path):

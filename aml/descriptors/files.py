@@ -18,7 +18,7 @@ from aml.data.testsets import configdataset, prepare_test_set, query_and_databas
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey, images_digest, images_digest_as_listed
-from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store
+from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store, warn_of_skipped
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import InTheWay, atomic_write, file_stamp, lock_beside
@@ -363,6 +363,7 @@ def extract_dataset_features(
         store = encode_into_store(
             network.net, images, folder, StoreKey(key, network.name, store_dtype, shard_size), shards
         )
+        warn_of_skipped(store)
         log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
         return folder
     # the network's own multi-scale power, as the queries get it (the key's is rounded)

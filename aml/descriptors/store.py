@@ -43,7 +43,7 @@ from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, file_stamp, folder_lock, lock_beside
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
-from aml.utils.distributed import barrier, current_world
+from aml.utils.distributed import barrier, current_world, warn_once
 from aml.utils.plain_files import load_npy
 from aml.utils.errors import ConfigError, DataError, MissingFile, lookup
 from aml.utils.text_files import line_list, read_bounded, read_line_list
@@ -605,9 +605,8 @@ class DescriptorStore:
     def _write_skipped_list(self) -> None:
         skipped = self.skipped()
         path = self.folder / "skipped.txt"
-        if skipped:
+        if skipped:  # said by the caller (`warn_of_skipped`): this folder may be a staging one, renamed next
             atomic_write(path, lambda out: out.write(line_list([self.images[i] for i in skipped])))
-            log.warning(">> %s: %d unreadable images skipped, listed in %s", self.folder.name, len(skipped), path)
 
     # -- reading --------------------------------------------------------------------------
     def complete(self) -> bool:
@@ -760,6 +759,20 @@ def open_store(folder: Path, warn: bool = True) -> DescriptorStore:
     if warn:
         store.warn_unverified()
     return store
+
+
+def warn_of_skipped(store: "DescriptorStore", folder: Optional[Path] = None) -> None:
+    """Say how many images a store skipped as unreadable, and where they are listed.
+
+    Args:
+        store: the store, encoded.
+        folder: where the store is found from now on (a staging folder's final place); None:
+            its own folder.
+    """
+    skipped = store.skipped()
+    if skipped:
+        where = (folder or store.folder) / "skipped.txt"
+        warn_once(log, ">> %d unreadable images skipped, listed in %s", len(skipped), where)  # each rank's alike
 
 
 def encode_into_store(

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union, cast
 import numpy as np
 
 from aml.descriptors import cached_descriptors, describe_images
-from aml.descriptors.store import DescriptorStore, encode_into_store
+from aml.descriptors.store import DescriptorStore, encode_into_store, warn_of_skipped
 from aml.evaluation.database import Distractors, TestDatabase
 from aml.evaluation.metrics import Metrics, evaluate_ranks
 from aml.evaluation.plan import TEST_EXTRACTION, PlannedSet, TestPlan, TestSettings, check_reranking
@@ -178,6 +178,7 @@ def _store(plan: TestPlan, suffix: str, temporary: List[Path]) -> _DistractorSto
     if made_here:
         temporary.append(planned.folder)
     store = encode_into_store(encoder.net, planned.images, planned.folder, planned.key, planned.extraction)
+    warn_of_skipped(store)
     return _DistractorStore(store, made_here)
 
 

@@ -38,6 +38,7 @@ from aml.descriptors.store import (
     encode_into_store,
     open_store,
     store_differences,
+    warn_of_skipped,
 )
 from aml.evaluation.reranking import Reranking, database_augmentation
 from aml.evaluation.whitening import WhiteningError, check_whitening, whitened_float32
@@ -258,6 +259,7 @@ def build_store(
         _write_search_files(store, teacher.spec.given, whitening, reranking, str(config.device_for()))
         if ivfpq is not None:
             write_ivfpq(open_database(staging), ivfpq)  # under this indexing's lock
+        warn_of_skipped(store, folder)  # the staging folder's list, found in the store once published
         _publish(staging, target)
     log.info(">> store of %d images by %s written to %s", store.count, teacher.name, folder)
     return folder

@@ -953,8 +953,11 @@ def test_index_goes_around_unreadable_photos_with_a_flag_and_names_it_without(te
         search_cli.main(["index", str(photos), *flags])
     capsys.readouterr()
     search_cli.main(["index", str(photos), *flags, "--skip-bad-images"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert ">> 6 images indexed by " in out and "; 1 unreadable, never found (listed in" in out
+    # the list where it stays, not in the staging folder renamed into the store
+    assert f"1 unreadable images skipped, listed in {tmp_path / 'store' / 'skipped.txt'}" in out + err
+    assert ".indexing" not in out + err
     database = open_database(tmp_path / "store")
     assert len(database.images) == 6 and str(photos / "zz.jpg") not in database.images
 

@@ -222,9 +222,17 @@ def _densenet_2017(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.M
     return _fits({_DENSENET_2017.sub(r"\1\2", key): value for key, value in state.items()}, model)
 
 
+#: what timm's checkpoint filter resamples to fit the model (a ViT's patch kernel and position
+#: embeddings): a file of another shape there holds another model's weights
+_RESAMPLED = ("patch_embed.proj.weight", "pos_embed")
+
+
 def _timm_keys(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module) -> Optional[Dict]:
     """A timm release (its hub's file, or the original release timm converts) without the
     classifier head that a ``timm:`` trunk drops."""
+    ours = model.state_dict()
+    if any(key in state and key in ours and state[key].shape != ours[key].shape for key in _RESAMPLED):
+        return None  # another patch size or token grid: another model, which timm's filter would resample to fit
     convert = timm_filter(model)
     if convert is not None:
         try:
@@ -276,10 +284,16 @@ def load_weights(
             model.load_state_dict(converted)
             return name
     expected = model.state_dict()
+    other = next((k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)), None)
+    shape = (
+        f"; its {other} is {tuple(state[other].shape)}, the model's {tuple(expected[other].shape)}: another model's"
+        if other is not None
+        else ""
+    )
     raise DataError(
         f"{source} is not a {arch} trunk or model{f' in the {layout} layout' if layout else ''}: "
         f"{len(state)} tensors (e.g. {list(state)[:2]}), where a {arch} model has {len(expected)} "
-        f"(e.g. {list(expected)[:2]})"
+        f"(e.g. {list(expected)[:2]}){shape}"
     )
 
 

@@ -1,6 +1,8 @@
 """Any timm model by name (``timm:<model>[.<tag>][+<readout>]``): parsed, built, weights found
 offline and loaded, checkpoints, BatchNorm folding; random weights, tiny images."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -119,6 +121,21 @@ def test_the_hub_file_in_the_data_root_is_loaded_without_its_head(offline, tmp_p
     assert all(torch.equal(value, released.state_dict()[key]) for key, value in ours.items())
     with pytest.raises(Exception, match="is not a timm:test_vit trunk or model"):
         load_trunk_weights(build_network(VIT, pretrained=False), folder / "test_convnext.r160_in1k.safetensors")
+
+
+def test_a_vit_file_of_another_patch_size_or_grid_is_refused_not_resampled(tmp_path):
+    """timm's filter resampled a ViT-S/32 file's patch kernels and position embeddings to fit
+    a ViT-S/16: another model's weights loaded without a word."""
+    net = build_network(VIT, pretrained=False)
+    state = full_model(VIT).state_dict()
+    for key, other in (("patch_embed.proj.weight", torch.zeros(64, 3, 8, 8)), ("pos_embed", torch.zeros(1, 5, 64))):
+        path = tmp_path / f"{key}.pth"
+        torch.save({**state, key: other}, path)
+        with pytest.raises(Exception, match=re.escape(f"its {key} is {tuple(other.shape)}, the model's (") + ".*"
+                                            + re.escape("): another model's")):
+            load_trunk_weights(net, path)
+    torch.save(state, tmp_path / "same.pth")
+    load_trunk_weights(net, tmp_path / "same.pth")  # the model's own shapes load
 
 
 def test_a_hashed_release_with_other_bytes_is_refused_and_a_missing_file_named(offline, tmp_path):

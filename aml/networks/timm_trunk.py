@@ -148,18 +148,19 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
         raise ConfigError(f"timm:{text}: {model} has no class token; use {READOUT_SEPARATOR}patch")
     spec = TimmSpec(model, tag, (readout or DEFAULT_READOUT) if is_token_model(plain) else None)
     try:
-        with torch.device("meta"):
-            features = TimmTrunk(create_timm_body(spec), spec.readout)(torch.empty(1, 3, *_PROBE_SIZE))
+        with torch.device("meta"):  # in eval mode, as extraction runs it (BatchNorm takes a batch of one)
+            features = TimmTrunk(create_timm_body(spec), spec.readout).eval()(torch.empty(1, 3, *_PROBE_SIZE))
     except Exception as err:
         raise ConfigError(
             f"timm:{text}: {model} does not take images of any size and aspect ratio, as retrieval "
             f"needs ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); choose "
             "another model"
         ) from None
-    if features.dim() != 4:
+    if not isinstance(features, torch.Tensor) or features.dim() != 4:
+        shape = f"shape {tuple(features.shape)}" if isinstance(features, torch.Tensor) else type(features).__name__
         raise ConfigError(
-            f"timm:{text}: {model}'s features are neither a feature map nor a ViT's tokens (shape "
-            f"{tuple(features.shape)} for one image); choose another model"
+            f"timm:{text}: {model}'s features are neither a feature map nor a ViT's tokens ({shape} for one "
+            "image); choose another model"
         )
     return spec, int(features.shape[1])
 
@@ -217,9 +218,13 @@ class TimmTrunk(nn.Module):
         self.onnx_opset = 18 if readout else 0
 
     def grid(self, height: int, width: int) -> Tuple[int, int]:
-        """The patch grid of an image of ``height`` x ``width`` (padded to whole patches)."""
-        patch = self.body.patch_embed.patch_size
-        return (height + patch[0] - 1) // patch[0], (width + patch[1] - 1) // patch[1]
+        """The patch grid of an image of ``height`` x ``width`` (padded to whole patches; a
+        hybrid ViT's CNN stem first reduces the image by its ``feature_ratio``, rounding up as
+        strided convolutions do)."""
+        embed = self.body.patch_embed
+        ratio = getattr(embed, "feature_ratio", (1, 1))
+        step = (ratio[0] * embed.patch_size[0], ratio[1] * embed.patch_size[1])
+        return (height + step[0] - 1) // step[0], (width + step[1] - 1) // step[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map of a batch of images.

@@ -138,6 +138,23 @@ def test_a_vit_file_of_another_patch_size_or_grid_is_refused_not_resampled(tmp_p
     load_trunk_weights(net, tmp_path / "same.pth")  # the model's own shapes load
 
 
+@pytest.mark.parametrize("name, dim", [("inception_v3", 2048), ("vit_small_r26_s32_224", 384)])
+def test_models_that_take_any_image_size_are_taken(name, dim):
+    """The probe ran a model in training mode on one image (BatchNorm of a 1 x 1 map refused
+    Inception); a hybrid ViT's token grid ignored its CNN stem's stride (a reshape error)."""
+    from aml.networks.timm_trunk import parse_timm_spec
+
+    assert parse_timm_spec(name)[1] == dim
+
+
+def test_a_model_whose_features_are_a_list_is_one_line():
+    from aml.networks.timm_trunk import parse_timm_spec
+
+    with pytest.raises(ConfigError, match=r"timm:crossvit_9_240: crossvit_9_240's features are neither a feature map "
+                                          r"nor a ViT's tokens \(list for one image\)"):
+        parse_timm_spec("crossvit_9_240")
+
+
 def test_a_hashed_release_with_other_bytes_is_refused_and_a_missing_file_named(offline, tmp_path):
     folder = tmp_path / "networks"
     folder.mkdir()

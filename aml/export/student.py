@@ -291,11 +291,17 @@ def check_exports(
         except ImportError:
             log.warning(">> onnxruntime is not installed: the ONNX file is not checked (pip install onnxruntime)")
             return diffs
-        session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
-        diffs["onnx"] = max(
-            float(np.abs(session.run(None, {"image": i.numpy()})[0] - r).max())
-            for i, r in zip(images, reference, strict=True)
-        )
+        try:
+            session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+            diffs["onnx"] = max(
+                float(np.abs(session.run(None, {"image": i.numpy()})[0] - r).max())
+                for i, r in zip(images, reference, strict=True)
+            )
+        except Exception as err:  # onnxruntime's own errors (Fail, InvalidGraph...) share no base class
+            raise ExportError(
+                f"the ONNX graph of this network does not run in onnxruntime at other image sizes "
+                f"({str(err).splitlines()[0][:300]}); export with --no-onnx (TorchScript only)"
+            ) from None
     return diffs
 
 

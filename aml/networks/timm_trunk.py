@@ -12,6 +12,7 @@ classifier head (timm's ``pretrained_cfg['classifier']``, a ViT's ``fc_norm`` an
 ``attn_pool``) is dropped: every parameter left is used.
 """
 
+import logging
 import re
 import sys
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ import torch
 from torch import nn
 
 
+from aml.utils.distributed import warn_once
 from aml.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: how a readout is named at the end of an architecture: ``timm:vit_small_patch14_dinov2+cls``
 READOUT_SEPARATOR = "+"
@@ -147,6 +151,14 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
     elif readout == "cls" and not _has_class_token(plain):  # its prefix tokens may be registers alone
         raise ConfigError(f"timm:{text}: {model} has no class token; use {READOUT_SEPARATOR}patch")
     spec = TimmSpec(model, tag, (readout or DEFAULT_READOUT) if is_token_model(plain) else None)
+    if spec.readout and _final_norm_in_head(plain):
+        warn_once(
+            log,
+            ">> timm:%s: %s's only final norm is in its head (fc_norm, after pooling), which aml drops with the head: "
+            "its tokens are read before any final norm",
+            text,
+            model,
+        )
     try:
         with torch.device("meta"):  # in eval mode, as extraction runs it (BatchNorm takes a batch of one)
             features = TimmTrunk(create_timm_body(spec), spec.readout).eval()(torch.empty(1, 3, *_PROBE_SIZE))
@@ -163,6 +175,17 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
             "image); choose another model"
         )
     return spec, int(features.shape[1])
+
+
+def _final_norm_in_head(model: nn.Module) -> bool:
+    """Whether a token model normalises its tokens only in its head (``fc_norm``, after timm's
+    mean pooling: the ``*_gap*`` ViTs, EVA, EVA02, BEiT), its ``norm`` being none."""
+    head = getattr(model, "fc_norm", None)
+    return (
+        isinstance(getattr(model, "norm", None), nn.Identity)
+        and isinstance(head, nn.Module)
+        and (not isinstance(head, nn.Identity))
+    )
 
 
 def classifier_modules(model: nn.Module) -> Tuple[str, ...]:

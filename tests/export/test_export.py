@@ -66,6 +66,15 @@ def test_a_wrong_export_is_caught(student, tmp_path):
             export.check_exports = real
 
 
+def test_an_onnx_graph_onnxruntime_cannot_run_is_an_export_error(student, tmp_path):
+    """An EVA02 student's graph failed onnxruntime's shape inference: its traceback ended the export."""
+    pytest.importorskip("onnxruntime")
+    (tmp_path / "student.onnx").write_bytes(b"not a graph onnxruntime can run")
+    with pytest.raises(ExportError, match=r"the ONNX graph of this network does not run in onnxruntime .*; export "
+                                          r"with --no-onnx"):
+        check_exports(DeployedStudent(student), {"onnx": tmp_path / "student.onnx"})
+
+
 def test_a_refused_export_keeps_the_earlier_files_and_leaves_nothing(student, earlier_export, tmp_path, monkeypatch):
     """The files are checked before they replace an earlier export's (they were renamed into
     place first, so a refused export destroyed the good files and left the bad ones)."""

@@ -147,6 +147,19 @@ def test_models_that_take_any_image_size_are_taken(name, dim):
     assert parse_timm_spec(name)[1] == dim
 
 
+def test_a_vit_whose_only_final_norm_is_in_its_head_is_said(caplog, monkeypatch):
+    """EVA02's tokens were read before any final norm (its fc_norm goes with the head), while the
+    docs said only the *_gap* ViTs lose theirs."""
+    from aml.networks import timm_trunk
+
+    monkeypatch.setattr(timm_trunk, "parse_timm_spec", timm_trunk.parse_timm_spec.__wrapped__)  # no cached parse
+    with caplog.at_level("WARNING", logger="aml.networks.timm_trunk"):
+        timm_trunk.parse_timm_spec("eva02_tiny_patch14_224")
+        timm_trunk.parse_timm_spec("test_vit")  # a final norm of its own: nothing to say
+    assert caplog.text.count("only final norm is in its head (fc_norm, after pooling)") == 1
+    assert "timm:eva02_tiny_patch14_224: eva02_tiny_patch14_224's only final norm" in caplog.text
+
+
 def test_a_model_whose_features_are_a_list_is_one_line():
     from aml.networks.timm_trunk import parse_timm_spec
 

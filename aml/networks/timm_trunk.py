@@ -207,12 +207,55 @@ def create_timm_body(spec: TimmSpec) -> nn.Module:
     Returns:
         The model; its ``forward_features`` is the trunk.
     """
+    model = _headless(spec)
+    for name in _unreached_children(spec):
+        setattr(model, name, nn.Identity())
+    return model
+
+
+def _headless(spec: TimmSpec) -> nn.Module:
+    """The timm model of ``spec``, random, without the modules of its classifier head."""
     kwargs = TOKEN_MODEL_KWARGS if spec.readout else {}
     model = import_timm().create_model(spec.timm_name, pretrained=False, num_classes=0, **kwargs)
     for name in classifier_modules(model):
         if isinstance(getattr(model, name, None), nn.Module):
             setattr(model, name, nn.Identity())
     return model
+
+
+@lru_cache(maxsize=None)
+def _unreached_children(spec: TimmSpec) -> Tuple[str, ...]:
+    """The top-level modules with weights that ``forward_features`` never runs: the parts of
+    timm's head outside its classifier (MobileNetV3's ``conv_head``, VGG's ``pre_logits``),
+    found by running the model on the meta device. Left in, they would never learn, and
+    DistributedDataParallel stops at the first step on weights without gradients."""
+    reached = set()
+    with torch.device("meta"):
+        model = _headless(spec)
+        hooks = [  # a child counts as run when any module inside it runs (a ModuleList is iterated, not called)
+            module.register_forward_pre_hook(lambda module, args, child=child: reached.add(child))
+            for child, top in model.named_children()
+            for module in top.modules()
+        ]
+        try:
+            TimmTrunk(model, spec.readout).eval()(torch.empty(1, 3, *_PROBE_SIZE))
+        except Exception:  # a model that cannot run is refused by parse_timm_spec, which says why
+            return ()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        unreached = tuple(
+            name
+            for name, child in model.named_children()
+            if name not in reached and next(child.parameters(), None) is not None
+        )
+        for name in unreached:
+            setattr(model, name, nn.Identity())
+        try:  # a weight read without running its module (rare) would be missed: such a model keeps them all
+            TimmTrunk(model, spec.readout).eval()(torch.empty(1, 3, *_PROBE_SIZE))
+        except Exception:
+            return ()
+    return unreached
 
 
 class TimmTrunk(nn.Module):

@@ -91,7 +91,7 @@ def test_a_vit_trunk_gives_its_patch_tokens_on_their_grid_or_its_class_token():
     assert net.descriptors(x).shape == (2, 64) and net.meta["architecture"] == VIT
 
 
-@pytest.mark.parametrize("arch", [VIT, VIT + "+cls", CNN])
+@pytest.mark.parametrize("arch", [VIT, VIT + "+cls", CNN, "timm:mobilenetv3_small_050"])
 def test_every_parameter_of_a_timm_student_learns(arch):
     """No parameter is left without a gradient (the dropped head): DDP needs them all used."""
     torch.manual_seed(0)
@@ -99,6 +99,18 @@ def test_every_parameter_of_a_timm_student_learns(arch):
     assert net.projection() is not None and net.meta["outputdim"] == 48
     net.descriptors(torch.rand(2, 3, 32, 48)).sum().backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_a_checkpoint_with_the_head_layers_its_features_never_ran_loads(tmp_path):
+    """MobileNetV3's conv_head sits in timm's head, outside its classifier: left in the trunk,
+    it never learned (DDP stopped at the first step), and earlier checkpoints hold it."""
+    net = build_network("timm:mobilenetv3_small_050", pretrained=False)
+    assert isinstance(net.features[0].body.conv_head, nn.Identity)
+    state = checkpoint_state(net, 1, 0.0)
+    state["state_dict"]["features.0.body.conv_head.weight"] = torch.zeros(1024, 288, 1, 1)  # as aml wrote it before
+    loaded = load_network(save_checkpoint(state, tmp_path / "old.pth.tar"))
+    x = torch.rand(1, 3, 48, 64)
+    assert torch.equal(loaded.eval().descriptors(x), net.eval().descriptors(x))
 
 
 def full_model(arch: str) -> nn.Module:

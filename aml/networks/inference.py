@@ -3,8 +3,10 @@
 In eval mode a BatchNorm after a convolution is an affine map per channel, so it can be
 multiplied into the convolution's weights and bias: the same descriptors up to float
 rounding (~1e-8), one memory pass fewer per layer. The trunk is traced with torch.fx,
-which finds every convolution followed by a BatchNorm; a trunk that does not trace (control
-flow, as EfficientNet's blocks) gets the pairs that sit next to each other in a Sequential.
+which finds every convolution followed by a BatchNorm (timm's BatchNormAct2d and its
+"same"-padded Conv2dSame traced as modules, so that EfficientNet's and MobileNetV3's fold
+too); a trunk that does not trace (control flow on the input) gets the pairs that sit next
+to each other in a Sequential.
 """
 
 import copy
@@ -43,7 +45,7 @@ def inference_copy(net: ModuleT) -> ModuleT:
     trunk: nn.Module = nn.Sequential(*list(features)[:end])
     tail = list(features)[end:]
     try:
-        traced = torch.fx.symbolic_trace(trunk)
+        traced = torch.fx.GraphModule(trunk, _NormActLeaves().trace(trunk))
     except Exception as err:  # any tracing failure: fold the pairs that need no tracing
         log.debug(">> trunk not traced (%s: %s); folding Sequential pairs", type(err).__name__, err)
         fold_sequential_pairs(trunk)
@@ -52,6 +54,35 @@ def inference_copy(net: ModuleT) -> ModuleT:
         trunk = traced
     folded.features = type(features)(trunk, *tail)  # the projection (run in float32) as it was
     return folded.eval()
+
+
+def _with_activation(norm: nn.Module) -> bool:
+    """Whether ``norm`` is timm's BatchNormAct2d: a BatchNorm2d followed by its own dropout and
+    activation."""
+    return (
+        isinstance(norm, nn.BatchNorm2d)
+        and isinstance(getattr(norm, "act", None), nn.Module)
+        and isinstance(getattr(norm, "drop", None), nn.Module)
+    )
+
+
+def _same_padding(conv: nn.Module) -> bool:
+    """Whether ``conv`` is timm's Conv2dSame: TensorFlow's "same" padding of its input, then
+    the plain convolution (whose output a BatchNorm can be folded into, as a Conv2d's)."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and type(conv).__name__ == "Conv2dSame"
+        and type(conv).__module__.startswith("timm.")
+    )
+
+
+class _NormActLeaves(torch.fx.Tracer):
+    """torch.fx's tracer, which keeps timm's BatchNormAct2d and Conv2dSame module calls: it
+    would trace into them, leaving a functional batch norm no convolution can take in, and
+    the padding's arithmetic on the input's shape, which stops tracing (EfficientNet-B3)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _with_activation(m) or _same_padding(m) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _after_folding(norm: nn.Module) -> nn.Module:
@@ -64,12 +95,7 @@ def _after_folding(norm: nn.Module) -> nn.Module:
 
 def _foldable(norm: nn.Module) -> bool:
     plain = type(norm) is nn.BatchNorm2d
-    with_activation = (
-        isinstance(norm, nn.BatchNorm2d)
-        and isinstance(getattr(norm, "act", None), nn.Module)
-        and isinstance(getattr(norm, "drop", None), nn.Module)
-    )  # timm's BatchNormAct2d
-    return bool((plain or with_activation) and norm.track_running_stats and norm.running_mean is not None)
+    return bool((plain or _with_activation(norm)) and norm.track_running_stats and norm.running_mean is not None)
 
 
 def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> None:
@@ -85,8 +111,10 @@ def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> None:
 
 def fold_traced(traced: "torch.fx.GraphModule") -> int:
     """In place: in a traced trunk, every Conv2d (called once) whose output only a BatchNorm2d
-    reads takes that BatchNorm in, and the BatchNorm leaves the graph. The modules are those of
-    the module traced (torch.fx shares them): trace a copy. Returns the number of pairs folded."""
+    reads takes that BatchNorm in, and the BatchNorm leaves the graph (timm's BatchNormAct2d,
+    traced as a module by `_NormActLeaves`, leaves its dropout and activation in its place).
+    The modules are those of the module traced (torch.fx shares them): trace a copy. Returns
+    the number of pairs folded."""
     modules = dict(traced.named_modules())
     calls = Counter(node.target for node in traced.graph.nodes if node.op == "call_module")
     folded = 0
@@ -97,11 +125,15 @@ def fold_traced(traced: "torch.fx.GraphModule") -> int:
         if calls[source.target] > 1:  # a shared convolution is folded for every call or none
             continue
         conv, norm = modules[cast(str, source.target)], modules[cast(str, node.target)]
-        if type(conv) is nn.Conv2d and type(norm) is nn.BatchNorm2d and _foldable(norm):  # as torch's fuse
-            _fold_into(conv, norm)
+        if not (type(conv) is nn.Conv2d or _same_padding(conv)) or not _foldable(norm) or calls[node.target] > 1:
+            continue
+        _fold_into(conv, norm)
+        if type(norm) is nn.BatchNorm2d:
             node.replace_all_uses_with(source)
             traced.graph.erase_node(node)
-            folded += 1
+        else:  # the call stays, to what followed the normalisation
+            traced.add_submodule(cast(str, node.target), _after_folding(norm))
+        folded += 1
     traced.delete_all_unused_submodules()  # the folded BatchNorms
     traced.recompile()
     return folded

@@ -106,9 +106,19 @@ class Int8Settings:
             raise ConfigError("int8 quantization needs calibration images")
 
     def calibrated_size(self) -> int:
-        """The longer side of the largest calibration image as calibrated: ``image_size``, or
-        less where every image is smaller (images are never enlarged), which is what the int8
-        ranges fit (read from the files' headers)."""
+        """The longer side of the largest calibration image as calibrated.
+
+        That is ``image_size``, or less where every image is smaller (images are never
+        enlarged): the size the int8 ranges fit. The sizes are read from the files' headers.
+
+        Returns:
+            The longer side, in pixels.
+
+        Examples:
+            >>> from aml.export import Int8Settings
+            >>> Int8Settings(("photo_4000x3000.jpg",), 1024).calibrated_size()  # doctest: +SKIP
+            1024
+        """
         return min(self.image_size, max(max(stored_size(path)) for path in self.calibration))
 
 

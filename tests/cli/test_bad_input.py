@@ -373,8 +373,9 @@ def test_query_onnx_of_another_network_or_damaged_is_one_line(tmp_path, capsys):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07not a protobuf" * 50)
     expected = {
-        _tiny_onnx(tmp_path / "other.onnx", other): "other.onnx is a student of resnet-teacher, but the store "
-                                                   f"{store} was encoded by vgg-teacher (vgg-teacher.pth)",
+        _tiny_onnx(tmp_path / "other.onnx", other): "other.onnx is a student of resnet-teacher (weights eeeeeeee), "
+                                                   f"but the store {store} was encoded by vgg-teacher (vgg-teacher.pth, "
+                                                   "weights ffffffff)",
         _tiny_onnx(tmp_path / "bare.onnx"): "bare.onnx has no aml metadata",
         garbage: "garbage.onnx is not a readable ONNX model",
         tmp_path / "missing.onnx": "missing.onnx does not exist; export the student with: python -m aml.export",

@@ -16,6 +16,7 @@ import torch
 from aml.data.download import download_file
 from aml.data.paths import DataRootLike, data_subdir
 from aml.layers.pooling import POOLINGS
+from aml.networks.backbones import BACKBONE_FAMILIES, get_backbone
 from aml.networks.checkpoint import checkpoint_dimension, load_checkpoint, load_network
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.pretrained import PRETRAINED, TEACHERS, published_spelling
@@ -54,7 +55,8 @@ def teacher_problem(text: str) -> Optional[str]:
         return None
     return (
         f"--teacher {text!r} is neither a published network (vgg16, resnet101, a name of "
-        "test.py --list-pretrained) nor a checkpoint file"
+        "test.py --list-pretrained), a timm model with its released weights (timm:MODEL-POOL, e.g. "
+        "timm:vit_small_patch14_dinov2-gem) nor a checkpoint file"
     )
 
 
@@ -64,7 +66,9 @@ class NetworkSpec:
 
     A teacher alias (``vgg16``, ``resnet101``) stands for its published network; a name of the
     pretrained list is published; an off-the-shelf spec is whatever ``--network-offtheshelf``
-    gave; anything else is a checkpoint file (whether it exists is the loader's question).
+    gave, and a ``timm:<model>-<pool>`` anywhere (a timm model with its released weights, e.g.
+    DINOv2 as a teacher); anything else is a checkpoint file (whether it exists is the
+    loader's question).
 
     Attributes:
         given: the text as the user gave it (recorded in stores, run folder names).
@@ -110,7 +114,8 @@ class NetworkSpec:
                 f"a network is named by a published name or a checkpoint path, got a {type(text).__name__}"
             )
         text = str(text)
-        if offtheshelf:
+        family = text.partition(":")[0] if ":" in text else None
+        if offtheshelf or (family in BACKBONE_FAMILIES and not Path(text).exists()):  # a timm model as released
             parse_offtheshelf(text)
             return cls(text, Source.OFFTHESHELF, text)
         published = TEACHERS.get(text, text)
@@ -153,11 +158,14 @@ class NetworkSpec:
         """The descriptor dimension, without building the network.
 
         Returns:
-            A published network's listed dimension, a checkpoint's ``meta['outputdim']`` (read
-            from the file when it is on this machine), else None.
+            A published network's listed dimension, an off-the-shelf network's trunk width, a
+            checkpoint's ``meta['outputdim']`` (read from the file when it is on this machine),
+            else None.
         """
         if self.source is Source.PUBLISHED:
             return PRETRAINED[self.name].dim
+        if self.source is Source.OFFTHESHELF:  # the trunk's width (its whitening, if any, keeps it)
+            return get_backbone(parse_offtheshelf(self.given)["architecture"]).dim
         if self.local_file is not None:
             state = load_checkpoint(self.local_file)  # an original file's projection gives its dimension
             return checkpoint_dimension(state["meta"], source=str(self.local_file), weights=state["state_dict"])

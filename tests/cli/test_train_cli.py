@@ -335,6 +335,31 @@ def test_a_timm_vit_student_trains_and_tests_symmetric_and_asymmetric(synth_root
     assert 0 < symmetric < 1 and 0 < asymmetric < 1 and symmetric != asymmetric
 
 
+def test_a_timm_model_with_its_released_weights_teaches_and_is_found_again_by_test_py(synth_root, tmp_path):
+    """--teacher took a published name or a checkpoint only: DINOv2 as released (the teachers
+    practitioners pick today) needed a checkpoint written by hand first."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from aml.cli import test as test_cli
+
+    root = tmp_path / "data"
+    (root / "networks").mkdir(parents=True)
+    for part in ("train", "test"):
+        (root / part).symlink_to(synth_root / part)
+    torch.manual_seed(0)  # the hub's file of timm's test ConvNeXt (64-d), as a download would put it
+    save_file(timm.create_model("test_convnext", pretrained=False).state_dict(),
+              str(root / "networks" / "test_convnext.r160_in1k.safetensors"))
+    teacher = "timm:test_convnext-gem"
+    result = train(root, tmp_path / "runs", "-a", SMALL, "--epochs", "1", "--no-val", "-m", "ts", "--teacher", teacher)
+    student = result.run_dir / "model_epoch1.pth.tar"
+    meta = load_network(student).meta
+    assert meta["teacher"] == teacher and meta["outputdim"] == 64 and len(meta["teacher_fingerprint"]) == 16
+    found = test_cli.main(["-npath", str(student), "-d", "synth-oxford", "-imsize", "48", "-j", "0", "--device", "cpu",
+                           "--data-root", str(root), "--asym"])  # the teacher the student records, by its name
+    assert 0 < found["synth-oxford"]["plain"]["medium"]["map"] < 1
+
+
 def test_resume_keeps_a_better_model_best_and_finds_a_path_relative_to_the_working_folder(tmp_path, monkeypatch):
     """Resuming from an epoch before model_best (a crash between its write and model_epochN's on a
     GPU, or --resume model_epoch5 in a folder whose best is epoch 8) took the best loss of that

@@ -90,7 +90,8 @@ def test_a_teacher_that_is_no_network_is_refused_before_anything_is_loaded(teach
 
     found = problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher=teacher))
     assert found == [f"--teacher {teacher!r} is neither a published network (vgg16, resnet101, a name of test.py "
-                     "--list-pretrained) nor a checkpoint file"]
+                     "--list-pretrained), a timm model with its released weights (timm:MODEL-POOL, e.g. "
+                     "timm:vit_small_patch14_dinov2-gem) nor a checkpoint file"]
     for spelt in ("resnet101", "ResNet101"):
         assert problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher=spelt)) == []
         assert run_name(TrainConfig.from_flags("runs", teacher=spelt)).endswith("_teach_resnet101")

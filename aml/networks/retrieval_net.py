@@ -411,7 +411,10 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> N
 #: against), ``seed``, ``batchnorm_calibrated`` (a from-scratch trunk whose BatchNorm statistics
 #: were computed on training images before training), ``trunk_weights`` (the file the trunk
 #: started from instead of ImageNet, when one did), ``mode`` and ``loss`` (checked on
-#: --resume), ``autocast`` (the training precision, named on a --resume that changes it)
+#: --resume), ``autocast`` (the training precision, named on a --resume that changes it), and
+#: ``loss_margin``, which aml wrote into ``meta`` from e54d8df to 548ef34 and writes no more (a
+#: checkpoint records it beside ``min_loss``, `aml.networks.checkpoint.RunRecord`): kept where a
+#: checkpoint has it, as the network's fingerprint hashes its meta
 KEPT_META_KEYS = (
     "Lw",
     "teacher",
@@ -422,11 +425,10 @@ KEPT_META_KEYS = (
     "mode",
     "loss",
     "autocast",
+    "loss_margin",
 )
-#: and the keys `init_network` accepts besides: those, cirtorch's ``outputdim`` (checked), and
-#: ``loss_margin``, which aml wrote into ``meta`` from e54d8df to 548ef34 (dropped: a checkpoint
-#: now records it beside ``min_loss``, `aml.networks.checkpoint.RunRecord`)
-META_EXTRA_KEYS = ("outputdim", "loss_margin", *KEPT_META_KEYS)
+#: and the keys `init_network` accepts besides: those, and cirtorch's ``outputdim`` (checked)
+META_EXTRA_KEYS = ("outputdim", *KEPT_META_KEYS)
 _BUILD_KEYS = (
     "architecture",
     "pooling",
@@ -477,7 +479,6 @@ def init_network(params: Optional[Dict[str, Any]] = None) -> ImageRetrievalNet:
             f"known: {sorted(set(_BUILD_KEYS) | set(META_EXTRA_KEYS))}"
         )
     outputdim = params.pop("outputdim", None)
-    params.pop("loss_margin", None)  # a training run's record (RunRecord), not the network's
     kept = {key: params.pop(key) for key in KEPT_META_KEYS if key in params and key != "teacher"}
     if outputdim is not None:
         outputdim = int(outputdim)

@@ -152,7 +152,9 @@ def test_the_margin_is_recorded_beside_the_best_loss_where_an_older_aml_reads_th
     # a checkpoint of the commits that wrote it into meta: still checked, and init_network takes its meta
     state["meta"]["loss_margin"] = state.pop("loss_margin")
     save_checkpoint(state, path)
-    assert "loss_margin" not in init_network({**state["meta"], "pretrained": False}).meta
+    # kept where it is: a network's fingerprint hashes its meta, and that of the commits' networks stays theirs
+    assert init_network({**state["meta"], "pretrained": False}).meta["loss_margin"] == 0.125
+    assert load_network(path).meta["loss_margin"] == 0.125
     with pytest.raises(CheckpointError, match=r"it was trained with --loss-margin 0.125, this run trains with "
                                               r"--loss-margin 0.12;"):
         train(synth_root, tmp_path, "-a", SMALL, "--epochs", "2", "--no-val", "-lm", "0.12", "--resume", "latest")

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from aml.networks.backbones import get_backbone, library_model, load_weights
-from aml.networks.timm_trunk import removed_by_trunk
 from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network, output_dimension
 from aml.utils.bounds import Bound
 from aml.utils.errors import named_few
@@ -186,13 +185,6 @@ def remap_legacy_keys(arch: str, state_dict: Dict[str, torch.Tensor]) -> Dict[st
             key = f"features.{mapping[int(match.group(1))]}.{match.group(2)}"
         renamed[key] = value
     return renamed
-
-
-def _without_removed_layers(net: nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """``state_dict`` without the weights of layers ``net`` no longer has (a timm trunk's head
-    parts that its features never ran, which checkpoints of earlier aml versions hold)."""
-    ours = net.state_dict()
-    return {key: value for key, value in state_dict.items() if key in ours or not removed_by_trunk(net, key)}
 
 
 MAX_OUTPUT_DIM = 65536  # the published networks output 512 or 2048; a larger value would allocate gigabytes
@@ -393,7 +385,7 @@ def network_from_checkpoint(
             )
     except ValueError as err:  # an architecture or pooling this aml does not know
         raise CheckpointError(f"{source}: {err}") from None
-    weights = _without_removed_layers(net, remap_legacy_keys(arch, state["state_dict"]))
+    weights = remap_legacy_keys(arch, state["state_dict"])
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as err:

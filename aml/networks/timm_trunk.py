@@ -208,8 +208,8 @@ def create_timm_body(spec: TimmSpec) -> nn.Module:
         The model; its ``forward_features`` is the trunk.
     """
     model = _headless(spec)
-    for name in _unreached_children(spec):
-        setattr(model, name, nn.Identity())
+    for name in _unreached_children(spec):  # frozen, not dropped: checkpoints and release files keep them
+        getattr(model, name).requires_grad_(False)
     return model
 
 
@@ -227,8 +227,8 @@ def _headless(spec: TimmSpec) -> nn.Module:
 def _unreached_children(spec: TimmSpec) -> Tuple[str, ...]:
     """The top-level modules with weights that ``forward_features`` never runs: the parts of
     timm's head outside its classifier (MobileNetV3's ``conv_head``, VGG's ``pre_logits``),
-    found by running the model on the meta device. Left in, they would never learn, and
-    DistributedDataParallel stops at the first step on weights without gradients."""
+    found by running the model on the meta device. They never learn, and
+    DistributedDataParallel stops at the first step on trainable weights without gradients."""
     reached = set()
     with torch.device("meta"):
         model = _headless(spec)
@@ -251,7 +251,7 @@ def _unreached_children(spec: TimmSpec) -> Tuple[str, ...]:
         )
         for name in unreached:
             setattr(model, name, nn.Identity())
-        try:  # a weight read without running its module (rare) would be missed: such a model keeps them all
+        try:  # a weight read without running its module (rare) would be missed: such a model trains them all
             TimmTrunk(model, spec.readout).eval()(torch.empty(1, 3, *_PROBE_SIZE))
         except Exception:
             return ()

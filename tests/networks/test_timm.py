@@ -93,24 +93,30 @@ def test_a_vit_trunk_gives_its_patch_tokens_on_their_grid_or_its_class_token():
 
 @pytest.mark.parametrize("arch", [VIT, VIT + "+cls", CNN, "timm:mobilenetv3_small_050"])
 def test_every_parameter_of_a_timm_student_learns(arch):
-    """No parameter is left without a gradient (the dropped head): DDP needs them all used."""
+    """No trainable parameter is left without a gradient (the dropped head, the frozen layers its
+    features never run): DDP needs them all used."""
     torch.manual_seed(0)
     net = build_network(arch, pretrained=False, teacher_dim=48)
     assert net.projection() is not None and net.meta["outputdim"] == 48
     net.descriptors(torch.rand(2, 3, 32, 48)).sum().backward()
-    assert all(p.grad is not None for p in net.parameters())
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
-def test_a_checkpoint_with_the_head_layers_its_features_never_ran_loads(tmp_path):
-    """MobileNetV3's conv_head sits in timm's head, outside its classifier: left in the trunk,
-    it never learned (DDP stopped at the first step), and earlier checkpoints hold it."""
+def test_the_head_layers_its_features_never_run_are_frozen_and_kept(tmp_path):
+    """MobileNetV3's conv_head sits in timm's head, outside its classifier: trainable in the
+    trunk, it never got a gradient, and DistributedDataParallel stopped at the first step.
+    Frozen, it stays in checkpoints (those of earlier versions load, their fingerprints kept)."""
+    from aml.training.optim import build_optimizer
+
     net = build_network("timm:mobilenetv3_small_050", pretrained=False)
-    assert isinstance(net.features[0].body.conv_head, nn.Identity)
-    state = checkpoint_state(net, 1, 0.0)
-    state["state_dict"]["features.0.body.conv_head.weight"] = torch.zeros(1024, 288, 1, 1)  # as aml wrote it before
-    loaded = load_network(save_checkpoint(state, tmp_path / "old.pth.tar"))
-    x = torch.rand(1, 3, 48, 64)
-    assert torch.equal(loaded.eval().descriptors(x), net.eval().descriptors(x))
+    head = net.features[0].body.conv_head
+    assert not any(p.requires_grad for p in head.parameters())
+    assert sum(p.requires_grad for p in net.parameters()) == len(list(net.parameters())) - len(list(head.parameters()))
+    net.descriptors(torch.rand(2, 3, 32, 48)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    build_optimizer(net, "adam", 1e-3, 0.9, 1e-6).step()  # no gradient: left as it is
+    loaded = load_network(save_checkpoint(checkpoint_state(net, 1, 0.0), tmp_path / "net.pth.tar"))
+    assert "features.0.body.conv_head.weight" in loaded.state_dict()
 
 
 def full_model(arch: str) -> nn.Module:

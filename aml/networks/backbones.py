@@ -222,16 +222,25 @@ def _densenet_2017(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.M
     return _fits({_DENSENET_2017.sub(r"\1\2", key): value for key, value in state.items()}, model)
 
 
-#: what timm's checkpoint filter resamples to fit the model (a ViT's patch kernel and position
-#: embeddings): a file of another shape there holds another model's weights
-_RESAMPLED = ("patch_embed.proj.weight", "pos_embed")
+def _another_vit(state: Dict[str, torch.Tensor], model: nn.Module) -> bool:
+    """Whether a ViT's file holds another model's patch kernel or position grid, which timm's
+    conversion would resample to fit: its class token's position (DINOv2's original release
+    has one where timm's model has none) or a register's may differ, the grid may not."""
+    ours = model.state_dict()
+    kernel, grid = "patch_embed.proj.weight", "pos_embed"
+    if kernel in state and kernel in ours and state[kernel].shape != ours[kernel].shape:
+        return True
+    if grid not in state or grid not in ours or state[grid].dim() != 3 or ours[grid].dim() != 3:
+        return False
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    theirs, mine = state[grid].shape, ours[grid].shape
+    return theirs[2] != mine[2] or abs(theirs[1] - mine[1]) > prefix
 
 
 def _timm_keys(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module) -> Optional[Dict]:
     """A timm release (its hub's file, or the original release timm converts) without the
     classifier head that a ``timm:`` trunk drops."""
-    ours = model.state_dict()
-    if any(key in state and key in ours and state[key].shape != ours[key].shape for key in _RESAMPLED):
+    if _another_vit(state, model):
         return None  # another patch size or token grid: another model, which timm's filter would resample to fit
     convert = timm_filter(model)
     if convert is not None:

@@ -220,6 +220,22 @@ def test_dinov2s_original_release_is_converted_by_timm():
     assert torch.equal(model.state_dict()["blocks.11.ls2.gamma"], original["blocks.11.ls2.gamma"])
 
 
+def test_dinov2s_original_release_with_registers_is_converted_by_timm():
+    """Its position embeddings hold the class token's, which timm's model has none of (1370
+    tokens for 1369): another length than the model's, not another grid; refused by the check
+    of files of another grid."""
+    arch = "timm:vit_small_patch14_reg4_dinov2"
+    model = library_model(arch)
+    ours = model.state_dict()
+    torch.manual_seed(3)
+    original = {key: torch.randn_like(value) for key, value in ours.items() if key not in ("reg_token", "pos_embed")}
+    original["pos_embed"] = torch.randn(1, ours["pos_embed"].shape[1] + 1, 384)  # the class token's position first
+    original["register_tokens"] = torch.randn_like(ours["reg_token"])
+    original["mask_token"] = torch.zeros(1, 384)
+    assert load_weights(arch, model, dict(original), "dinov2_vits14_reg4_pretrain.pth", "timm") == "timm"
+    assert torch.equal(model.state_dict()["pos_embed"], original["pos_embed"][:, 1:])
+
+
 @pytest.mark.parametrize("arch", [VIT + "+cls", CNN])
 def test_a_checkpoint_rebuilds_a_timm_network_without_any_download(offline, arch, tmp_path):
     torch.manual_seed(0)

@@ -51,6 +51,10 @@ class OnnxStudentError(DataError):
     """
 
 
+#: the fields of `OnnxStudentInfo` that files of earlier exports lack (read as None)
+_ADDED_LATER = ("calibrated_side",)
+
+
 @dataclass(frozen=True)
 class OnnxStudentInfo:
     """What an exported student is: written into the ONNX file, checked by the query side.
@@ -67,6 +71,9 @@ class OnnxStudentInfo:
         precision: ``"float32"`` or ``"int8"``.
         calibration_image_size: the image size the int8 file was calibrated at; None for float32.
         calibration_images: how many images it was calibrated on; None for float32.
+        calibrated_side: the longer side of the largest calibration image as calibrated (less
+            than ``calibration_image_size`` where the images are smaller: none is enlarged);
+            None for float32, or a file of an export that did not record it.
 
     Examples:
         >>> from aml.descriptors.onnx_student import OnnxStudentInfo
@@ -87,6 +94,7 @@ class OnnxStudentInfo:
     precision: str = "float32"
     calibration_image_size: Optional[int] = None
     calibration_images: Optional[int] = None
+    calibrated_side: Optional[int] = None
 
     def props(self) -> Dict[str, str]:
         """The metadata as ONNX ``metadata_props`` (strings; None is the empty string)."""
@@ -102,6 +110,8 @@ class OnnxStudentInfo:
         values: Dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             key = PREFIX + field.name
+            if key not in props and field.name in _ADDED_LATER:
+                props = {**props, key: ""}  # a file of an export that did not record it
             if key not in props:
                 raise OnnxStudentError(
                     f"{path} has aml metadata without {key}: it was edited or made by another "

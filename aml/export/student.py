@@ -526,7 +526,11 @@ def _export_int8(onnx_file: Path, folder: Path, info: OnnxStudentInfo, int8: Int
     and calibration."""
     path = quantize_student(onnx_file, folder / EXPORTED_FILES["int8"], int8)
     calibrated = dataclasses.replace(
-        info, precision="int8", calibration_image_size=int8.calibrated_size(), calibration_images=len(int8.calibration)
+        info,
+        precision="int8",
+        calibration_image_size=int8.image_size,
+        calibration_images=len(int8.calibration),
+        calibrated_side=int8.calibrated_size(),
     )
     write_onnx_metadata(path, calibrated)
     return path

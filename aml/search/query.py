@@ -311,12 +311,15 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
 
 
 def _warn_of_calibration(info: OnnxStudentInfo, database: SearchDatabase, path: PathLike) -> None:
-    """Say when an int8 file was calibrated on images of another size than the store's."""
+    """Say when an int8 file was calibrated on images of another size than the store's: asked
+    for another size, and its images not shrunk to the store's either (photos smaller than
+    both sizes are calibrated as the store's are encoded)."""
     calibrated = info.calibration_image_size
     if info.precision != "int8" or calibrated is None:
         return
     size = database.settings.get("image_size")
-    if size is not None and calibrated != size:
+    if size is not None and calibrated != size and info.calibrated_side != size:
+        calibrated = info.calibrated_side or calibrated
         log.warning(
             ">> %s was calibrated on images of %d px and the store %s holds images of %d px: its int8 ranges may "
             "not fit these queries; export it with --store %s (or --image-size %d)",

@@ -115,16 +115,34 @@ def test_a_file_for_another_store_is_refused(setup, tmp_path, caplog):
 
 def test_an_int8_file_calibrated_at_another_size_than_the_stores_is_warned_of(setup, tmp_path, caplog):
     """The calibration size was recorded in the file and read by nothing: an int8 student
-    calibrated at 1024 px (--int8 without --store) queried a store of 64 px without a word."""
+    calibrated at 1024 px (--int8 without --store) queried a store of 64 px without a word;
+    then one calibrated on photos of the store's size was warned of as asked for at 1024 px."""
+    import onnx
+
     _, store, files, queries = setup
     opened = open_database(store)
     with caplog.at_level("WARNING", logger="aml.search.query"):
         query_database_onnx(opened, files["int8"], queries[:1], k=1)
         assert "calibrated" not in caplog.text  # at the store's size
-        edited = _edited(files, tmp_path, "int8", calibration_image_size=1024)
+        # asked for 1024 px on photos shrunk to 64 px, as the store's are (images are never enlarged): nothing to say
+        smaller = _edited(files, tmp_path, "int8", calibration_image_size=1024, calibrated_side=SIZE)
+        query_database_onnx(opened, smaller, queries[:1], k=1)
+        assert "calibrated" not in caplog.text
+        edited = _edited(files, tmp_path, "int8", calibration_image_size=1024, calibrated_side=1024)
         query_database_onnx(opened, edited, queries[:1], k=1)
         query_database_onnx(opened, edited, queries[1:2], k=1)  # the same file again: checked, and said, once
     assert caplog.text.count(f"was calibrated on images of 1024 px and the store {store} holds images of 64 px") == 1
+    # a file of an export that did not record the side: the size asked for counts
+    older = _edited(files, tmp_path, "int8", calibration_image_size=1024, calibrated_side=None)
+    model = onnx.load(str(older))
+    kept = [p for p in model.metadata_props if p.key != "aml.calibrated_side"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(older))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="aml.search.query"):
+        query_database_onnx(open_database(store), older, queries[:1], k=1)
+    assert "was calibrated on images of 1024 px" in caplog.text
 
 
 def test_a_file_without_metadata_or_damaged_is_refused(setup, tmp_path):

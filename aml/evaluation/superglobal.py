@@ -248,9 +248,8 @@ def superglobal_rerank(
         The re-ranked N x Q rankings (a new array; rows below m unchanged).
 
     Raises:
-        ConfigError: when the shapes disagree, or ``ranks`` holds other than indices of
-            ``database`` (`aml.evaluation.ranking.check_ranking`).
-        DataError: when a descriptor is not finite.
+        DataError: when the shapes disagree, ``ranks`` holds other than indices of
+            ``database`` (`aml.evaluation.ranking.check_ranking`), or a descriptor is not finite.
 
     Examples:
         >>> import numpy as np
@@ -261,8 +260,11 @@ def superglobal_rerank(
         array([1, 0, 2])
     """
     database, queries = np.asarray(database), np.asarray(queries)
-    check_columns(database, queries)
-    check_ranking(ranks, queries.shape[1], database.shape[1], "SuperGlobal")
+    try:
+        check_columns(database, queries)
+        check_ranking(ranks, queries.shape[1], database.shape[1], "SuperGlobal")
+    except ConfigError as err:  # this function's error for shapes that disagree, as it always was
+        raise DataError(str(err)) from None
     for name, values in (("database", database), ("query", queries)):
         if not np.isfinite(values).all():
             raise DataError(f"SuperGlobal: the {name} descriptors hold NaN or infinite values")

@@ -151,10 +151,12 @@ def checkpoint_state(
     epoch: int,
     min_loss: float,
     optimizer: Optional[torch.optim.Optimizer] = None,
-    run: RunRecord = NOT_RECORDED,
+    run: Union[RunRecord, str] = NOT_RECORDED,
 ) -> Checkpoint:
     """The dict the training loop saves (the original layout), plus the fields of ``run`` that
-    are given, at the top level beside ``min_loss``."""
+    are given, at the top level beside ``min_loss`` (a string: ``min_loss_of`` alone, as this
+    parameter was before it recorded more)."""
+    run = RunRecord(run) if isinstance(run, str) else run
     state: Checkpoint = {
         "epoch": epoch,
         "meta": dict(net.meta),

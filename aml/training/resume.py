@@ -5,7 +5,7 @@ import logging
 import math
 import numbers
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -224,15 +224,17 @@ def resume_run(
     name: str,
     net: ImageRetrievalNet,
     optimizer: torch.optim.Optimizer,
-    run: RunRecord = NOT_RECORDED,
+    run: Union[RunRecord, str] = NOT_RECORDED,
 ) -> Optional[Tuple[int, float]]:
     """Load ``run_dir/name`` (else ``name`` itself, a path), or the latest model_epochN there
     (else its model_best), into ``net`` and ``optimizer``; returns (epochs done, best loss so
     far: the lower of the checkpoint's and the run's ``model_best``; from a checkpoint outside
     ``run_dir``, a branch, only the latter: the checkpoint's was another folder's, perhaps of
     a loss on another scale), or None when the folder holds no checkpoint.
-    ``run`` is what this run's checkpoints record (`RunRecord`): a checkpoint that recorded
-    another kind of best loss, or in ``run_dir`` another margin, is refused."""
+    ``run`` is what this run's checkpoints record (`RunRecord`; a string: its ``min_loss_of``
+    alone, as this parameter was before): a checkpoint that recorded another kind of best
+    loss, or in ``run_dir`` another margin, is refused."""
+    run = RunRecord(run) if isinstance(run, str) else run
     path = from_main(_resumed_path(run_dir, name), current_world())  # one for all ranks (a shared folder seen late)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")

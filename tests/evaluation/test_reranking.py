@@ -13,7 +13,7 @@ from aml.evaluation.reranking import (Reranking, alpha_query_expansion, database
 from aml.evaluation.superglobal import SuperGlobal, superglobal_rerank
 from aml.evaluation.ranking import nearest, nearest_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply, whitened_rows
-from aml.utils.errors import ConfigError
+from aml.utils.errors import ConfigError, DataError
 
 # three 2-d database descriptors and a query: similarities 0.8 (a), 0.6 (b), 0.96 (c)
 A, B, C = (1.0, 0.0), (0.0, 1.0), (0.6, 0.8)
@@ -165,9 +165,9 @@ def test_rankings_and_descriptors_of_other_shapes_are_refused_not_expanded():
         alpha_query_expansion(queries[:4], database, ranks, k=2)
     with pytest.raises(ConfigError, match=r"5 x 8 database descriptors whose rows are unit vectors and columns are not"):
         database_augmentation(database.T, k=1)
-    with pytest.raises(ConfigError, match=r"SuperGlobal: the ranking holds index -1, outside"):
+    with pytest.raises(DataError, match=r"SuperGlobal: the ranking holds index -1, outside"):
         superglobal_rerank(database, queries, ranks - 1)
-    with pytest.raises(ConfigError, match=r"SuperGlobal: the ranking holds float64 values"):
+    with pytest.raises(DataError, match=r"SuperGlobal: the ranking holds float64 values"):
         superglobal_rerank(database, queries, ranks.astype(float))
 
 

@@ -55,7 +55,7 @@ def test_the_paper_values_are_the_defaults_and_bad_settings_or_inputs_are_refuse
         with pytest.raises(ConfigError, match="SuperGlobal"):
             SuperGlobal(**bad)
     database = np.stack([A, B], axis=1)
-    with pytest.raises(ConfigError, match="the database is 2 x 2 and the queries 3 x 1"):
+    with pytest.raises(DataError, match="the database is 2 x 2 and the queries 3 x 1"):
         superglobal_rerank(database, np.zeros((3, 1)), np.array([[0], [1]]))
     with pytest.raises(DataError, match="query descriptors hold NaN"):
         superglobal_rerank(database, np.full((2, 1), np.nan), np.array([[0], [1]]))

@@ -20,7 +20,7 @@ from aml.networks.backbones import BACKBONE_FAMILIES, get_backbone
 from aml.networks.checkpoint import checkpoint_dimension, load_checkpoint, load_network
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.pretrained import PRETRAINED, TEACHERS, published_spelling
-from aml.networks.retrieval_net import ImageRetrievalNet, build_network
+from aml.networks.retrieval_net import ImageRetrievalNet, build_network, output_dimension
 from aml.utils.errors import ConfigError, DataError, MissingFile
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,12 @@ def teacher_problem(text: str) -> Optional[str]:
         >>> teacher_problem("vgg16") is None, teacher_problem("vgg61")[:28]
         (True, "--teacher 'vgg61' is neither")
     """
-    spec = NetworkSpec.parse(text)
+    try:
+        spec = NetworkSpec.parse(text)
+        if spec.source is Source.OFFTHESHELF:  # its model, by name, before any work (a typo: not after the download)
+            get_backbone(parse_offtheshelf(text)["architecture"])
+    except (ConfigError, ImportError) as err:
+        return f"--teacher {text!r}: {err}"
     if spec.path is None or spec.path.is_file():
         return None
     return (
@@ -158,14 +163,14 @@ class NetworkSpec:
         """The descriptor dimension, without building the network.
 
         Returns:
-            A published network's listed dimension, an off-the-shelf network's trunk width, a
-            checkpoint's ``meta['outputdim']`` (read from the file when it is on this machine),
-            else None.
+            A published network's listed dimension, an off-the-shelf network's (its trunk's
+            width, a student trunk's projection), a checkpoint's ``meta['outputdim']`` (read
+            from the file when it is on this machine), else None.
         """
         if self.source is Source.PUBLISHED:
             return PRETRAINED[self.name].dim
-        if self.source is Source.OFFTHESHELF:  # the trunk's width (its whitening, if any, keeps it)
-            return get_backbone(parse_offtheshelf(self.given)["architecture"]).dim
+        if self.source is Source.OFFTHESHELF:  # as build_network makes it (its whitening, if any, keeps it)
+            return output_dimension(parse_offtheshelf(self.given)["architecture"])
         if self.local_file is not None:
             state = load_checkpoint(self.local_file)  # an original file's projection gives its dimension
             return checkpoint_dimension(state["meta"], source=str(self.local_file), weights=state["state_dict"])

@@ -82,6 +82,23 @@ def test_the_flags_check_the_ranges_the_config_declares():
     assert checked >= 19
 
 
+def test_a_timm_teacher_is_checked_by_name_before_anything_is_loaded():
+    """A typo in --teacher timm:... failed when the teacher was loaded, after the training
+    set's download; a spec without its pooling raised out of the checks."""
+    from aml.networks.loading import NetworkSpec
+    from aml.training.config import problems
+
+    for teacher, message in (("timm:nosuchmodel-gem", "has no model 'nosuchmodel'"),
+                             ("timm:test_vit", "must look like ARCH-POOL"),
+                             ("timm:test_vit-nopool", "unknown pooling 'nopool'")):
+        found = problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher=teacher, mode="ts"))
+        assert len(found) == 1 and found[0].startswith(f"--teacher {teacher!r}: ") and message in found[0]
+    assert problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher="timm:test_vit-gem", mode="ts")) == []
+    # the dimension as built: a student trunk projects to the default teacher's 512, another keeps its width
+    assert NetworkSpec.parse("mobilenet_v2-gem", offtheshelf=True).dimension() == 512
+    assert NetworkSpec.parse("timm:test_convnext-gem").dimension() == 64
+
+
 @pytest.mark.parametrize("teacher", ["ResNet-101", "resnet10", "runs/no/such/model_best.pth.tar"])
 def test_a_teacher_that_is_no_network_is_refused_before_anything_is_loaded(teacher):
     """main.py -t ResNet-101 (a typo) trained a 512-d student, the default's, in a folder named

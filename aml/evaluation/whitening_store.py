@@ -108,6 +108,15 @@ def learn_whitening(
             len(qidxs),
         )
         vecs, qidxs, pidxs = vecs[:, kept], [q for q, _ in pairs], [p for _, p in pairs]
+    if len(qidxs) < vecs.shape[0]:  # the pairs' differences span fewer dimensions than there are
+        warn_once(
+            log,
+            ">> %s: %d pairs for %d-d descriptors: with fewer pairs than dimensions the whitening is nearly singular "
+            "and may lower the mAP; compare the plain and whitened results, or learn it on a larger set",
+            request.whitening_set,
+            len(qidxs),
+            vecs.shape[0],
+        )
     return whitenlearn(vecs, qidxs, pidxs)
 
 

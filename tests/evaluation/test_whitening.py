@@ -200,6 +200,26 @@ def test_an_unreadable_image_of_the_whitening_set_is_left_out_with_its_pairs(tmp
     np.testing.assert_allclose(P, P_good, rtol=1e-4, atol=1e-4)
 
 
+def test_a_whitening_of_fewer_pairs_than_dimensions_is_said(monkeypatch, caplog):
+    """Learned from 900 pairs for 1280 dimensions, the synthetic teacher's whitening was nearly
+    singular and lowered every mAP, with an info line about a ridge as its only trace."""
+    from types import SimpleNamespace
+
+    from aml.evaluation import whitening_store
+    from aml.evaluation.whitening_store import WhiteningRequest, learn_whitening
+
+    rng = np.random.default_rng(0)
+    db = {"images": [f"{i}.jpg" for i in range(40)], "qidxs": list(range(20)), "pidxs": list(range(20, 40))}
+    encoder = SimpleNamespace(net=None, name="net")
+    for dim, said in ((32, True), (8, False)):
+        monkeypatch.setattr(whitening_store, "describe_images", lambda *a, dim=dim, **k: rng.normal(size=(dim, 40)))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="aml.evaluation.whitening_store"):
+            learn_whitening(encoder, WhiteningRequest("mine", 32), db)
+        assert ("mine: 20 pairs for 32-d descriptors: with fewer pairs than dimensions the whitening is nearly "
+                "singular" in caplog.text) == said
+
+
 def test_a_published_students_whitening_file_serves_only_the_set_it_was_learned_on(tmp_path, monkeypatch):
     """It served any -w SET (the original's too): `-w synth-sfm` printed `+ whiten` lines and
     recorded synth-sfm for a whitening learned on retrieval-SfM-120k."""

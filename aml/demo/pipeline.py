@@ -126,7 +126,11 @@ def _train(
     config = config.but(comment=_settings_comment(epochs, teacher))  # runs of other settings stay
     if reuse:  # only a run of these epochs on these very images is reused
         config = config.but(comment=f"{config.comment}_{_training_images_digest(data_root)}")
-        config = config.but(resume="latest")  # its last epoch; an interrupted one's latest
+        done = Path(directory) / run_name(config) / f"model_epoch{epochs}.pth.tar"
+        if done.is_file():  # said as reused, not as a run with nothing left to train (and a flag the demo lacks)
+            log.info(">> %s: trained by an earlier demo on these images, reused", done)
+            return done
+        config = config.but(resume="latest")  # an interrupted one's latest epoch
     else:  # the demo's own run of these settings is trained again (main.py refuses to replace a run)
         _remove_run(Path(directory) / run_name(config))
     return run(config).run_dir / f"model_epoch{epochs}.pth.tar"

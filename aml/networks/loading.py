@@ -411,7 +411,7 @@ def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: DataR
     if not spec.path.exists():
         raise MissingFile(
             f"network {spec.given!r} is neither a file nor a name of the pretrained list (see "
-            "README or `python test.py --list-pretrained`)"
+            "`python test.py --list-pretrained`, or docs/published.md)"
         )
     return LoadedNetwork(load_network(spec.path, teacher), spec)
 

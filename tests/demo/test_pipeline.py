@@ -18,7 +18,7 @@ pytestmark = pytest.mark.long
 TINY = DemoBudget(image_size=64, teacher_epochs=1, student_epochs=1, query_size=16, pool_size=32, quiet=True)
 
 
-def test_demo_runs_end_to_end_from_imagenet_and_reuses_its_teacher(synth_root, capsys):
+def test_demo_runs_end_to_end_from_imagenet_and_reuses_its_teacher(synth_root, capsys, caplog):
     # (that the same command trains the same weights is tests/training/test_determinism.py's)
     rows = run_demo(str(synth_root), budget=TINY, student_modes=("reg",), seeds=(0,), report=print)
     assert [(r["network"], r["test"]) for r in rows] == [
@@ -44,8 +44,11 @@ def test_demo_runs_end_to_end_from_imagenet_and_reuses_its_teacher(synth_root, c
     assert format_table(rows).count("\n") == len(rows) + 1
     assert format_table(rows) in first
     stamp = teacher.stat().st_mtime_ns
-    assert train_teacher(synth_root, "efficientnet_lite2", TINY, 0) == teacher
+    with caplog.at_level("INFO", logger="aml"):
+        assert train_teacher(synth_root, "efficientnet_lite2", TINY, 0) == teacher
     assert teacher.stat().st_mtime_ns == stamp  # the teacher of the first run is reused, not trained again
+    # said as reused: resumed, it was "nothing to train ...; raise --epochs", a flag the demo does not have
+    assert "--epochs" not in caplog.text and "trained by an earlier demo on these images, reused" in caplog.text
     record = json.loads((synth_root / "demo" / "results.json").read_text())
     assert [(r["network"], r["test"]) for r in record["rows"]] == [(r["network"], r["test"]) for r in rows]
     assert record["rows"][0]["map"]["synth-oxford"]["medium"] == [

@@ -298,8 +298,8 @@ def compatibility_matrix(
     the other, so that with ``settings.cache`` (the default) each network encodes each
     database once, and every other cell of its column reads the database cache; the queries
     are encoded for each pair. A network in memory alone (`LoadedNetwork.in_memory`) has
-    nothing cached: it encodes each database (and its distractors) for every cell of its
-    column, which a warning says.
+    nothing cached: it encodes its database (and its distractors) for every query network of
+    its dimension, which a warning says.
 
     Args:
         networks: the networks by label, in order; the first is the teacher.
@@ -338,7 +338,8 @@ def compatibility_matrix(
         raise ConfigError("a compatibility matrix draws no ranking report; test a pair with test.py --report")
     labels, loaded = list(networks), list(networks.values())
     size = len(loaded)
-    _warn_of_networks_in_memory(networks, size)
+    if settings.cache:  # without the cache, every network encodes its database for each cell alike
+        _warn_of_networks_in_memory(networks)
     maps: Dict[Tuple[str, str, str], np.ndarray] = {}
     for column, database in enumerate(loaded):
         for row, query in enumerate(loaded):
@@ -358,15 +359,20 @@ def compatibility_matrix(
     return CompatibilityMatrix(tuple(MatrixNetwork.of(label, network) for label, network in networks.items()), maps)
 
 
-def _warn_of_networks_in_memory(networks: Mapping[str, LoadedNetwork], size: int) -> None:
-    """Say which networks, in memory alone, encode their databases once per cell (nothing is
-    cached for them)."""
-    in_memory = [label for label, network in networks.items() if network.spec.source is Source.MEMORY]
-    if in_memory and size > 1:
+def _warn_of_networks_in_memory(networks: Mapping[str, LoadedNetwork]) -> None:
+    """Say which networks, in memory alone, encode their database once per cell of their column
+    that is searched (a query network of their dimension): nothing is cached for them."""
+    dims = [network.net.meta["outputdim"] for network in networks.values()]
+    repeated = {
+        label: dims.count(network.net.meta["outputdim"])
+        for label, network in networks.items()
+        if network.spec.source is Source.MEMORY and dims.count(network.net.meta["outputdim"]) > 1
+    }
+    if repeated:
         log.warning(
-            ">> %s: in memory alone, nothing is cached for %s: each encodes its database in each of the %d "
-            "cells of its column; load them from checkpoint files to encode each database once",
-            ", ".join(in_memory),
-            "it" if len(in_memory) == 1 else "them",
-            size,
+            ">> %s: in memory alone, nothing is cached for %s: each encodes its database once per query network "
+            "of its dimension (%s times); load them from checkpoint files to encode each database once",
+            ", ".join(repeated),
+            "it" if len(repeated) == 1 else "them",
+            ", ".join(str(count) for count in repeated.values()),
         )

@@ -313,7 +313,7 @@ TURNED_SAMPLE = 1000
 def _warn_turned(images: Sequence[str]) -> None:
     """Name the database photos stored turned (an EXIF orientation a viewer applies): encoded
     as stored, as by cirtorch, they are found by queries turned alike, not by upright ones."""
-    step = max(1, len(images) // TURNED_SAMPLE)
+    step = -(-len(images) // TURNED_SAMPLE)  # rounded up: at most TURNED_SAMPLE read
     read = images[::step]
     turned = turned_images(read)
     if turned:

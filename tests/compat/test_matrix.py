@@ -134,9 +134,14 @@ def test_networks_in_memory_alone_are_said_to_encode_their_database_for_every_ce
     from aml.compat import matrix as matrix_module
 
     monkeypatch.setattr(matrix_module, "evaluate", lambda query, settings, database=None: {})
-    networks = {f"n{seed}": LoadedNetwork.in_memory(build_network("resnet18", pretrained=False, teacher_dim=8 + seed),
-                                                   f"n{seed}") for seed in range(2)}
+
+    def network(name, dim):
+        return LoadedNetwork.in_memory(build_network("resnet18", pretrained=False, teacher_dim=dim), name)
+
+    networks = {"a": network("a", 8), "b": network("b", 8), "c": network("c", 9)}
     with caplog.at_level("WARNING", logger="aml.compat.matrix"):
         compatibility_matrix(networks, _settings(root))
-    assert ("n0, n1: in memory alone, nothing is cached for them: each encodes its database in each of the 2 cells "
-            "of its column; load them from checkpoint files") in caplog.text
+        compatibility_matrix(networks, _settings(root).but(cache=False))  # nothing cached for any: nothing to say
+    assert caplog.text.count("in memory alone") == 1
+    assert ("a, b: in memory alone, nothing is cached for them: each encodes its database once per query network "
+            "of its dimension (2, 2 times); load them from checkpoint files") in caplog.text  # c searches nothing

@@ -186,6 +186,16 @@ def test_database_photos_stored_turned_are_named_when_indexed(random_teacher, tm
     assert "b.jpg): they are encoded as stored" in caplog.text
 
 
+def test_at_most_a_thousand_headers_are_read_for_the_orientation(monkeypatch):
+    from aml.search import store
+
+    read = []
+    monkeypatch.setattr(store, "turned_images", lambda images: read.append(len(images)) or [])
+    for count in (999, 1000, 1001, 1999, 250000):
+        store._warn_turned([f"{i}.jpg" for i in range(count)])
+    assert read == [999, 1000, 501, 1000, 1000]
+
+
 def test_an_ivfpq_index_is_built_reported_and_searched(random_teacher, synth_root, tmp_path, monkeypatch, capsys):
     """The store's descriptors are read once (to train the index); the recall printed comes from
     search.json, not from opening the whole store again."""

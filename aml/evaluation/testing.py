@@ -45,7 +45,7 @@ from aml.evaluation.whitening import whitened
 from aml.evaluation.whitening_store import Whitening, learned_whitening
 from aml.networks.loading import LoadedNetwork, Source
 from aml.utils.atomic import atomic_write, optional_write
-from aml.utils.distributed import World, barrier, current_world, from_main
+from aml.utils.distributed import World, barrier, current_world, from_main, warn_once
 from aml.utils.errors import AmlError, DataError
 
 # TestSettings and check_reranking are defined with the plan and used from here too
@@ -178,7 +178,12 @@ def _store(plan: TestPlan, suffix: str, temporary: List[Path]) -> _DistractorSto
     if made_here:
         temporary.append(planned.folder)
     store = encode_into_store(encoder.net, planned.images, planned.folder, planned.key, planned.extraction)
-    warn_of_skipped(store)
+    if made_here:  # its list goes with the store once searched: the images are named here
+        skipped = [store.images[i] for i in store.skipped()]
+        if skipped:
+            warn_once(log, ">> %d unreadable distractors skipped (the first: %s)", len(skipped), skipped[0])
+    else:
+        warn_of_skipped(store)
     return _DistractorStore(store, made_here)
 
 

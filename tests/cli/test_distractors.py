@@ -273,3 +273,22 @@ def test_the_distractors_of_a_network_in_memory_go_also_when_its_test_fails(root
     with pytest.raises(DiskFull):
         evaluate(LoadedNetwork.in_memory(net, "run_epoch4"), settings)
     assert encoded and stores(root) == before
+
+
+def test_the_skipped_distractors_of_a_temporary_store_are_named_not_their_list(tmp_path, monkeypatch, caplog):
+    """The warning named the store's skipped.txt, which goes with the store once searched."""
+    from types import SimpleNamespace
+
+    from aml.evaluation import testing
+    from aml.networks.loading import Source
+
+    store = SimpleNamespace(images=["d0.jpg", "d1.jpg", "d2.jpg"], skipped=lambda: [1, 2], folder=tmp_path / "store")
+    monkeypatch.setattr(testing, "encode_into_store", lambda *args: store)
+    encoder = SimpleNamespace(name="run_epoch3", net=None, spec=SimpleNamespace(source=Source.MEMORY))
+    planned = SimpleNamespace(name="synth1m", images=store.images, folder=store.folder, key=None, extraction=None)
+    temporary = []
+    with caplog.at_level("WARNING", logger="aml"):
+        testing._store(SimpleNamespace(database_encoder=encoder, distractors={"synth1m": planned}), "synth1m",
+                       temporary)
+    assert temporary == [store.folder]
+    assert "2 unreadable distractors skipped (the first: d1.jpg)" in caplog.text and "skipped.txt" not in caplog.text

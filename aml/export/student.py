@@ -18,7 +18,7 @@ import logging
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -291,18 +291,35 @@ def check_exports(
         except ImportError:
             log.warning(">> onnxruntime is not installed: the ONNX file is not checked (pip install onnxruntime)")
             return diffs
+        # onnxruntime's own errors (Fail, InvalidGraph, RuntimeException...) share no base class
         try:
             session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
-            diffs["onnx"] = max(
-                float(np.abs(session.run(None, {"image": i.numpy()})[0] - r).max())
-                for i, r in zip(images, reference, strict=True)
-            )
-        except Exception as err:  # onnxruntime's own errors (Fail, InvalidGraph...) share no base class
+        except Exception as err:
             raise ExportError(
-                f"the ONNX graph of this network does not run in onnxruntime at other image sizes "
-                f"({str(err).splitlines()[0][:300]}); export with --no-onnx (TorchScript only)"
+                f"onnxruntime {onnxruntime.__version__} cannot load the ONNX graph of this network "
+                f"({_first_line(err)}); export with --no-onnx (TorchScript only)"
             ) from None
+        diffs["onnx"] = max(
+            _onnx_difference(session, image, expected) for image, expected in zip(images, reference, strict=True)
+        )
     return diffs
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+
+
+def _onnx_difference(session: Any, image: torch.Tensor, expected: np.ndarray) -> float:
+    """The max abs difference of an onnxruntime session's descriptor of ``image`` to ``expected``."""
+    try:
+        got = session.run(None, {"image": image.numpy()})[0]
+    except Exception as err:
+        height, width = image.shape[-2:]
+        raise ExportError(
+            f"the ONNX graph of this network does not run in onnxruntime on a {height} x {width} image "
+            f"({_first_line(err)}); export with --no-onnx (TorchScript only)"
+        ) from None
+    return float(np.abs(got - expected).max())
 
 
 def student_info(

@@ -66,12 +66,23 @@ def test_a_wrong_export_is_caught(student, tmp_path):
             export.check_exports = real
 
 
-def test_an_onnx_graph_onnxruntime_cannot_run_is_an_export_error(student, tmp_path):
+def test_an_onnx_graph_onnxruntime_cannot_load_or_run_is_an_export_error(student, tmp_path, monkeypatch):
     """An EVA02 student's graph failed onnxruntime's shape inference: its traceback ended the export."""
-    pytest.importorskip("onnxruntime")
+    onnxruntime = pytest.importorskip("onnxruntime")
     (tmp_path / "student.onnx").write_bytes(b"not a graph onnxruntime can run")
-    with pytest.raises(ExportError, match=r"the ONNX graph of this network does not run in onnxruntime .*; export "
+    with pytest.raises(ExportError, match=r"onnxruntime .* cannot load the ONNX graph of this network \(.+\); export "
                                           r"with --no-onnx"):
+        check_exports(DeployedStudent(student), {"onnx": tmp_path / "student.onnx"})
+
+    class FailsOnRun:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self, *args):
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FailsOnRun)
+    with pytest.raises(ExportError, match=r"does not run in onnxruntime on a 224 x 224 image \(\[ONNXRuntimeError\]"):
         check_exports(DeployedStudent(student), {"onnx": tmp_path / "student.onnx"})
 
 

@@ -17,6 +17,7 @@ from aml.descriptors.store import MANIFEST
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
+from aml.evaluation.whitening_store import Whitening
 from aml.search.faiss_index import (
     PQ_CODES,
     ExactIndex,
@@ -40,8 +41,6 @@ DBA = "dba.npy"  # the descriptors after database-side augmentation (whitened fi
 INDEX = "index.faiss"
 REBUILD = "python -m aml.search index"
 FILES: Final = "files"  # search.json's sha256 of each of the store's files besides the shards
-
-Whitening = Tuple[np.ndarray, np.ndarray]
 
 
 class StoreError(DataError):

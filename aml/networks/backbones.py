@@ -18,6 +18,7 @@ from torch import nn
 from aml.data.paths import DataRootLike
 from aml.networks.imagenet import find_weights
 from aml.networks.timm_trunk import (
+    AnotherPatchSize,
     TimmTrunk,
     create_timm_body,
     import_timm,
@@ -222,30 +223,15 @@ def _densenet_2017(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.M
     return _fits({_DENSENET_2017.sub(r"\1\2", key): value for key, value in state.items()}, model)
 
 
-def _another_vit(state: Dict[str, torch.Tensor], model: nn.Module) -> bool:
-    """Whether a ViT's file holds another model's patch kernel or position grid, which timm's
-    conversion would resample to fit: its class token's position (DINOv2's original release
-    has one where timm's model has none) or a register's may differ, the grid may not."""
-    ours = model.state_dict()
-    kernel, grid = "patch_embed.proj.weight", "pos_embed"
-    if kernel in state and kernel in ours and state[kernel].shape != ours[kernel].shape:
-        return True
-    if grid not in state or grid not in ours or state[grid].dim() != 3 or ours[grid].dim() != 3:
-        return False
-    prefix = int(getattr(model, "num_prefix_tokens", 1))
-    theirs, mine = state[grid].shape, ours[grid].shape
-    return theirs[2] != mine[2] or abs(theirs[1] - mine[1]) > prefix
-
-
 def _timm_keys(state: Dict[str, torch.Tensor], model: nn.Module, trunk: nn.Module) -> Optional[Dict]:
     """A timm release (its hub's file, or the original release timm converts) without the
     classifier head that a ``timm:`` trunk drops."""
-    if _another_vit(state, model):
-        return None  # another patch size or token grid: another model, which timm's filter would resample to fit
-    convert = timm_filter(model)
+    convert = timm_filter(model)  # refuses another patch size, in any layout it converts
     if convert is not None:
         try:
             state = convert(state, model)
+        except AnotherPatchSize:
+            raise
         except Exception:
             return None
     return _fits({key: value for key, value in state.items() if not removed_by_trunk(model, key)}, model)
@@ -288,7 +274,12 @@ def load_weights(
         raise DataError(f"{source} is not a trunk state dict (a mapping of names to tensors)")
     trunk = nn.Sequential(*get_backbone(arch).children(model))
     for name in [layout] if layout else list(LAYOUTS):
-        converted = LAYOUTS[name](state, model, trunk)
+        try:
+            converted = LAYOUTS[name](state, model, trunk)
+        except AnotherPatchSize as err:
+            raise DataError(
+                f"{source} holds the weights of another model than {arch} ({err}): give this model's file"
+            ) from None
         if converted is not None:
             model.load_state_dict(converted)
             return name

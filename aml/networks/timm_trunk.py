@@ -13,11 +13,13 @@ classifier head (timm's ``pretrained_cfg['classifier']``, a ViT's ``fc_norm`` an
 """
 
 import logging
+import math
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -320,7 +322,65 @@ def removed_by_trunk(model: nn.Module, key: str) -> bool:
     return isinstance(module, nn.Identity)
 
 
+class AnotherPatchSize(ValueError):
+    """A ViT file whose patch kernel is not the model's: another model's weights."""
+
+
 def timm_filter(model: nn.Module) -> Optional[Callable]:
     """timm's conversion of a released file into its own layout, for ``model``'s family (the
-    ``checkpoint_filter_fn`` of its module, e.g. DINOv2's original release), if it has one."""
-    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    ``checkpoint_filter_fn`` of its module, e.g. DINOv2's original release), if it has one.
+
+    The conversion refuses to resample a patch kernel of another size (`AnotherPatchSize`:
+    another model's file, which timm would make fit without a word) and says when it resamples
+    position embeddings of another grid (weights trained at another image size)."""
+    module = sys.modules.get(type(model).__module__)
+    convert = getattr(module, "checkpoint_filter_fn", None)
+    if convert is None:
+        return None
+
+    def converted(state: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+        with _guarded_resampling(module) as grids:
+            state = convert(state, model)
+        for old, new in grids:  # said once the file is taken (a refused one says why it is refused)
+            log.warning(
+                ">> the file's position embeddings, of a %s grid, are resampled to the model's %s (weights trained "
+                "at another image size)",
+                old,
+                new,
+            )
+        return state
+
+    return converted
+
+
+@contextmanager
+def _guarded_resampling(module: Any) -> Iterator[List[Tuple[str, str]]]:
+    """Within, ``module``'s resampling of patch kernels refuses, and that of position
+    embeddings to another grid is listed (old grid, new grid) in what it gives."""
+    grids: List[Tuple[str, str]] = []
+    originals: Dict[str, Any] = {
+        name: getattr(module, name, None) for name in ("resample_patch_embed", "resample_abs_pos_embed")
+    }
+
+    def patch_kernel(kernel: torch.Tensor, new_size: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise AnotherPatchSize(f"a {tuple(kernel.shape[-2:])} patch kernel where the model's is {tuple(new_size)}")
+
+    def positions(embedding: torch.Tensor, new_size: Any, old_size: Any = None, **kwargs: Any) -> torch.Tensor:
+        if old_size is None:  # timm infers a square grid from the count of tokens
+            tokens = embedding.shape[1] - int(kwargs.get("num_prefix_tokens", 1))
+            side = math.isqrt(max(tokens, 0))
+            old_size = (side, side) if side * side == tokens else (tokens,)
+        if tuple(old_size) != tuple(new_size):
+            grids.append(("x".join(map(str, old_size)), "x".join(map(str, new_size))))
+        return originals["resample_abs_pos_embed"](embedding, new_size=new_size, old_size=old_size, **kwargs)
+
+    replaced = {"resample_patch_embed": patch_kernel, "resample_abs_pos_embed": positions}
+    try:
+        for name, original in originals.items():
+            if original is not None:
+                setattr(module, name, replaced[name])
+        yield grids
+    finally:
+        for name, original in originals.items():
+            if original is not None:
+                setattr(module, name, original)

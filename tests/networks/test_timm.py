@@ -141,19 +141,30 @@ def test_the_hub_file_in_the_data_root_is_loaded_without_its_head(offline, tmp_p
         load_trunk_weights(build_network(VIT, pretrained=False), folder / "test_convnext.r160_in1k.safetensors")
 
 
-def test_a_vit_file_of_another_patch_size_or_grid_is_refused_not_resampled(tmp_path):
-    """timm's filter resampled a ViT-S/32 file's patch kernels and position embeddings to fit
-    a ViT-S/16: another model's weights loaded without a word."""
+def test_a_vit_file_of_another_patch_size_is_refused_and_another_grid_said(tmp_path, caplog):
+    """timm's conversion resampled a ViT-S/32 file's patch kernels and position embeddings to
+    fit a ViT-S/16: another model's weights loaded without a word, in timm's layout or any
+    other it converts (OpenCLIP's). Position embeddings of another grid alone are those of the
+    model trained at another image size: resampled, as timm does, and said."""
     net = build_network(VIT, pretrained=False)
     state = full_model(VIT).state_dict()
-    for key, other in (("patch_embed.proj.weight", torch.zeros(64, 3, 8, 8)), ("pos_embed", torch.zeros(1, 5, 64))):
-        path = tmp_path / f"{key}.pth"
-        torch.save({**state, key: other}, path)
-        with pytest.raises(Exception, match=re.escape(f"its {key} is {tuple(other.shape)}, the model's (") + ".*"
-                                            + re.escape("): another model's")):
-            load_trunk_weights(net, path)
+    kernel = {**state, "patch_embed.proj.weight": torch.zeros(64, 3, 8, 8)}
+    for layout, weights in (("timm", kernel), ("openclip", {f"visual.trunk.{k}": v for k, v in kernel.items()})):
+        torch.save(weights, tmp_path / f"{layout}.pth")
+        with pytest.raises(Exception, match=re.escape(f"{layout}.pth holds the weights of another model than {VIT} "
+                                                      "(a (8, 8) patch kernel where the model's is (16, 16))")):
+            load_trunk_weights(net, tmp_path / f"{layout}.pth")
+    grid = state["pos_embed"].shape[1] - 1  # a class token, then the grid
+    side = int(grid**0.5)
+    torch.save({**state, "pos_embed": torch.zeros(1, 1 + 16, 64)}, tmp_path / "grid.pth")
+    with caplog.at_level("WARNING", logger="aml.networks.timm_trunk"):
+        load_trunk_weights(net, tmp_path / "grid.pth")
+    assert f"position embeddings, of a 4x4 grid, are resampled to the model's {side}x{side}" in caplog.text
+    caplog.clear()
     torch.save(state, tmp_path / "same.pth")
-    load_trunk_weights(net, tmp_path / "same.pth")  # the model's own shapes load
+    with caplog.at_level("WARNING", logger="aml.networks.timm_trunk"):
+        load_trunk_weights(net, tmp_path / "same.pth")  # the model's own shapes load, without a word
+    assert not caplog.text
 
 
 @pytest.mark.parametrize("name, dim", [("inception_v3", 2048), ("vit_small_r26_s32_224", 384)])

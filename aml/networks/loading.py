@@ -120,8 +120,17 @@ class NetworkSpec:
             )
         text = str(text)
         family = text.partition(":")[0] if ":" in text else None
-        if offtheshelf or (family in BACKBONE_FAMILIES and not Path(text).exists()):  # a timm model as released
+        if offtheshelf:
             parse_offtheshelf(text)
+            return cls(text, Source.OFFTHESHELF, text)
+        if family in BACKBONE_FAMILIES and not Path(text).exists():  # a timm model as released, e.g. as a teacher
+            extra = [flag for flag, option in OFFTHESHELF_FLAGS.items() if option in parse_offtheshelf(text)]
+            if extra:  # its whitening layers would be random, other at every load: no teacher
+                raise ConfigError(
+                    f"{text}: a timm model named as a network is MODEL-POOL ({text.rsplit('-', len(extra))[0]}): "
+                    f"the layers of {', '.join('-' + flag for flag in extra)} would have random weights, other ones "
+                    "at every load"
+                )
             return cls(text, Source.OFFTHESHELF, text)
         published = TEACHERS.get(text, text)
         if published in PRETRAINED:

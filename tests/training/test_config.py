@@ -90,7 +90,10 @@ def test_a_timm_teacher_is_checked_by_name_before_anything_is_loaded():
 
     for teacher, message in (("timm:nosuchmodel-gem", "has no model 'nosuchmodel'"),
                              ("timm:test_vit", "must look like ARCH-POOL"),
-                             ("timm:test_vit-nopool", "unknown pooling 'nopool'")):
+                             ("timm:test_vit-nopool", "unknown pooling 'nopool'"),
+                             # its whitening random, other at every load: the student's teacher could not be found again
+                             ("timm:test_vit-gem-reg-whiten", "is MODEL-POOL (timm:test_vit-gem): the layers of -reg, "
+                                                              "-whiten would have random weights")):
         found = problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher=teacher, mode="ts"))
         assert len(found) == 1 and found[0].startswith(f"--teacher {teacher!r}: ") and message in found[0]
     assert problems(TrainConfig.from_flags("runs", arch="mobilenet_v2", teacher="timm:test_vit-gem", mode="ts")) == []

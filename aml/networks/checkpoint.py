@@ -5,6 +5,7 @@ the network (architecture, pooling, local_whitening, regional, whitening, mean, 
 outputdim, optionally ``Lw`` = {set: {'ss': {'m','P'}, 'ms': {'m','P'}}} with numpy arrays).
 """
 
+import dataclasses
 import logging
 import numbers
 import re
@@ -88,6 +89,14 @@ class RunRecord:
         margin = state.get("loss_margin", state.get("meta", {}).get("loss_margin"))
         return cls(state.get("min_loss_of"), margin)
 
+    @classmethod
+    def given(cls, run: Union["RunRecord", str], min_loss_of: Optional[str] = None) -> "RunRecord":
+        """A record as a caller gives it: a string, or ``min_loss_of``, is the kind of best loss
+        alone (the spelling of `checkpoint_state`'s and `aml.training.resume.resume_run`'s
+        parameter before it recorded more)."""
+        record = cls(run) if isinstance(run, str) else run
+        return dataclasses.replace(record, min_loss_of=min_loss_of) if min_loss_of is not None else record
+
 
 #: a checkpoint written outside a training run (a demo's network, a test's)
 NOT_RECORDED = RunRecord()
@@ -152,11 +161,13 @@ def checkpoint_state(
     min_loss: float,
     optimizer: Optional[torch.optim.Optimizer] = None,
     run: Union[RunRecord, str] = NOT_RECORDED,
+    *,
+    min_loss_of: Optional[str] = None,
 ) -> Checkpoint:
     """The dict the training loop saves (the original layout), plus the fields of ``run`` that
-    are given, at the top level beside ``min_loss`` (a string: ``min_loss_of`` alone, as this
-    parameter was before it recorded more)."""
-    run = RunRecord(run) if isinstance(run, str) else run
+    are given, at the top level beside ``min_loss`` (a string, or ``min_loss_of``: the kind of
+    best loss alone, as this parameter was before it recorded more)."""
+    run = RunRecord.given(run, min_loss_of)
     state: Checkpoint = {
         "epoch": epoch,
         "meta": dict(net.meta),

@@ -225,16 +225,18 @@ def resume_run(
     net: ImageRetrievalNet,
     optimizer: torch.optim.Optimizer,
     run: Union[RunRecord, str] = NOT_RECORDED,
+    *,
+    min_loss_of: Optional[str] = None,
 ) -> Optional[Tuple[int, float]]:
     """Load ``run_dir/name`` (else ``name`` itself, a path), or the latest model_epochN there
     (else its model_best), into ``net`` and ``optimizer``; returns (epochs done, best loss so
     far: the lower of the checkpoint's and the run's ``model_best``; from a checkpoint outside
     ``run_dir``, a branch, only the latter: the checkpoint's was another folder's, perhaps of
     a loss on another scale), or None when the folder holds no checkpoint.
-    ``run`` is what this run's checkpoints record (`RunRecord`; a string: its ``min_loss_of``
-    alone, as this parameter was before): a checkpoint that recorded another kind of best
+    ``run`` is what this run's checkpoints record (`RunRecord`; a string, or ``min_loss_of``:
+    the kind of best loss alone, as this parameter was before): a checkpoint that recorded another kind of best
     loss, or in ``run_dir`` another margin, is refused."""
-    run = RunRecord(run) if isinstance(run, str) else run
+    run = RunRecord.given(run, min_loss_of)
     path = from_main(_resumed_path(run_dir, name), current_world())  # one for all ranks (a shared folder seen late)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")

@@ -491,10 +491,15 @@ class Trainer:
         barrier(self.world)
 
     @property
+    def min_loss_of(self) -> str:
+        """The loss model_best is chosen by: validation's, or training's with ``--no-val``."""
+        return "validation" if self.settings.val else "training"
+
+    @property
     def record(self) -> RunRecord:
         """What the run's checkpoints record of it: the loss model_best is chosen by
         (validation's, or training's with ``--no-val``) and the learner's margin."""
-        return RunRecord("validation" if self.settings.val else "training", self.learner.margin)
+        return RunRecord(self.min_loss_of, self.learner.margin)
 
     def resume(self, name: str) -> bool:
         """Continue from ``run_dir/name``, or the latest model_epochN there (`resume_run`);

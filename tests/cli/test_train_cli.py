@@ -419,7 +419,9 @@ def test_resume_refuses_a_best_loss_of_the_other_kind_and_names_the_settings_it_
     assert other.param_groups[0]["momentum"] == 0.9
     # the kind of best loss alone, as a string: these parameters' spelling before they recorded more
     assert checkpoint_state(net, 4, 0.5, optimizer, "validation")["min_loss_of"] == "validation"
+    assert checkpoint_state(net, 4, 0.5, optimizer, min_loss_of="training")["min_loss_of"] == "training"
     assert resume_run(run_dir, "latest", net, other, "validation") == (4, 0.5)
+    assert resume_run(run_dir, "latest", net, other, min_loss_of="validation") == (4, 0.5)
     save_checkpoint(checkpoint_state(net, 5, 0.7, optimizer), run_dir / "model_epoch5.pth.tar")  # an older aml's
     caplog.clear()
     with caplog.at_level("WARNING", logger="aml.training.resume"):

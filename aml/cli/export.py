@@ -263,6 +263,19 @@ def _check_trained_against(args, student: LoadedNetwork, teacher: Optional[Loade
             f"holds {teacher.fingerprint[:8]}: the exported files would record a teacher it was not trained "
             "against; give that teacher's checkpoint, or leave --teacher out"
         )
+    if args.teacher and teacher is None:  # a name (published, a timm model): checked by name and dimension
+        given, named = NetworkSpec.parse(args.teacher), student.recorded_teacher
+        dim, ours = given.dimension(), int(student.net.meta["outputdim"])
+        if dim is not None and dim != ours:
+            raise ConfigError(
+                f"--teacher {args.teacher} gives {dim}-d descriptors, {student.name} {ours}-d ones: it is not its "
+                "teacher; leave --teacher out, or give the one it was trained against"
+            )
+        if named is not None and NetworkSpec.parse(named).name != given.name:
+            raise ConfigError(
+                f"{student.name} was trained against {named}, not --teacher {args.teacher}: the exported files "
+                "would record a teacher it was not trained against; leave --teacher out"
+            )
 
 
 class Int8Report(OnnxTestMaps):

@@ -171,6 +171,21 @@ def test_a_teacher_of_other_weights_than_the_student_was_trained_against_is_refu
     assert not (tmp_path / "out").exists()
 
 
+def test_a_teacher_named_is_checked_by_its_name_and_dimension(student, tmp_path):
+    """A published or timm teacher given by name was recorded in the files without a check: a
+    1280-d student exported as a student of a 64-d timm model, or of vgg16 though trained
+    against a checkpoint."""
+    state = checkpoint_state(student, 1, 0.0)
+    state["meta"].update(teacher="/elsewhere/teacher.pth.tar", teacher_fingerprint="a" * 16)
+    path = save_checkpoint(state, tmp_path / "student.pth.tar")
+    for teacher, message in (("timm:test_convnext-gem", r"--teacher timm:test_convnext-gem gives 64-d descriptors, "
+                                                         r"student 512-d ones: it is not its teacher"),
+                             ("vgg16", r"student was trained against /elsewhere/teacher.pth.tar, not --teacher vgg16")):
+        with pytest.raises(SystemExit, match=message):
+            export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--no-onnx", "--teacher", teacher])
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_whitening_of_a_multiscale_store_is_not_folded_into_a_one_scale_graph(student, whitening, tmp_path,
                                                                                   monkeypatch):
     """It was learned on multi-scale descriptors: folded after one scale, the file's descriptors

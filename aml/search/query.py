@@ -312,24 +312,30 @@ def check_onnx_student(database: SearchDatabase, path: PathLike) -> OnnxStudentI
 
 def _warn_of_calibration(info: OnnxStudentInfo, database: SearchDatabase, path: PathLike) -> None:
     """Say when an int8 file was calibrated on images of another size than the store's: asked
-    for another size, and its images not shrunk to the store's either (photos smaller than
-    both sizes are calibrated as the store's are encoded)."""
-    calibrated = info.calibration_image_size
-    if info.precision != "int8" or calibrated is None:
+    for another size, and the longer side of its calibration images as calibrated not the
+    store's size either (photos of the store's size, calibrated at a larger one, are not
+    enlarged: they fit)."""
+    asked = info.calibration_image_size
+    if info.precision != "int8" or asked is None:
         return
     size = database.settings.get("image_size")
-    if size is not None and calibrated != size and info.calibrated_side != size:
-        calibrated = info.calibrated_side or calibrated
-        log.warning(
-            ">> %s was calibrated on images of %d px and the store %s holds images of %d px: its int8 ranges may "
-            "not fit these queries; export it with --store %s (or --image-size %d)",
-            path,
-            calibrated,
-            database.folder,
-            size,
-            database.folder,
-            size,
-        )
+    if size is None or asked == size or info.calibrated_side == size:
+        return
+    side = info.calibrated_side or asked
+    fix = (
+        f"calibrate it on photos of at least {size} px (--calibration), with --store {database.folder}"
+        if side < min(asked, size)  # its photos were smaller than both sizes: another size would not change them
+        else f"export it with --store {database.folder} (or --image-size {size})"
+    )
+    log.warning(
+        ">> %s was calibrated on images of %d px and the store %s holds images of %d px: its int8 ranges may not "
+        "fit these queries; %s",
+        path,
+        side,
+        database.folder,
+        size,
+        fix,
+    )
 
 
 def _same_teacher(info: OnnxStudentInfo, database: SearchDatabase, path: PathLike) -> bool:

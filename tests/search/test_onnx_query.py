@@ -132,6 +132,12 @@ def test_an_int8_file_calibrated_at_another_size_than_the_stores_is_warned_of(se
         query_database_onnx(opened, edited, queries[:1], k=1)
         query_database_onnx(opened, edited, queries[1:2], k=1)  # the same file again: checked, and said, once
     assert caplog.text.count(f"was calibrated on images of 1024 px and the store {store} holds images of 64 px") == 1
+    # photos smaller than both sizes: another --image-size would not change them
+    small = _edited(files, tmp_path, "int8", calibration_image_size=1024, calibrated_side=48)
+    with caplog.at_level("WARNING", logger="aml.search.query"):
+        query_database_onnx(open_database(store), small, queries[:1], k=1)
+    assert "calibrated on images of 48 px and the store" in caplog.text
+    assert f"calibrate it on photos of at least 64 px (--calibration), with --store {store}" in caplog.text
     # a file of an export that did not record the side: the size asked for counts
     older = _edited(files, tmp_path, "int8", calibration_image_size=1024, calibrated_side=None)
     model = onnx.load(str(older))

@@ -355,10 +355,16 @@ def _batches(
         if len(bucket) >= limit(key):
             pending -= len(bucket)
             yield _unzip(buckets.pop(key))
-        elif pending > max_pending:  # many distinct shapes: flush the fullest bucket
-            fullest = max(buckets, key=lambda s: len(buckets[s]))
-            pending -= len(buckets[fullest])
-            yield _unzip(buckets.pop(fullest))
+        elif pending > max_pending:  # many distinct shapes: flush the fullest bucket's largest power of two
+            fullest = max(buckets, key=lambda s: len(buckets[s]))  # (CUDA pads a batch to one: the rest waits)
+            waiting = buckets[fullest]
+            count = 1 << (len(waiting).bit_length() - 1)
+            pending -= count
+            yield _unzip(waiting[:count])
+            if count == len(waiting):
+                del buckets[fullest]
+            else:
+                buckets[fullest] = waiting[count:]
     for bucket in buckets.values():
         yield _unzip(bucket)
 

@@ -26,7 +26,8 @@ import logging
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from functools import lru_cache
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -131,6 +132,19 @@ def _decode_jpegs(data: List[torch.Tensor], device: torch.device) -> List[torch.
     return decoded if isinstance(decoded, list) else [decoded]
 
 
+def _indexed(device: torch.device) -> torch.device:
+    """A CUDA device with its index (``cuda`` is the current one)."""
+    return device if device.index is not None else torch.device(device.type, torch.cuda.current_device())
+
+
+@lru_cache(maxsize=None)
+def _decoding_stream(device: torch.device) -> Any:
+    """The device's stream for nvJPEG's output, one per process: the caching allocator reuses
+    a freed block only on the stream it was allocated on, so a stream per extraction would
+    strand each one's decoded images (CUDA hands out 32 streams in turn)."""
+    return torch.cuda.Stream(device)
+
+
 class _DecodeStream:
     """Where nvJPEG's output is allocated on CUDA: a stream of its own.
 
@@ -146,7 +160,7 @@ class _DecodeStream:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.stream = _decoding_stream(_indexed(device)) if device.type == "cuda" else None
 
     def decode(self, data: List[torch.Tensor]) -> List[torch.Tensor]:
         """The JPEG files ``data`` (uint8 CPU tensors) decoded on the device, RGB, 3 x H x W."""

@@ -208,3 +208,23 @@ def test_an_image_size_below_one_pixel_gives_a_one_pixel_side(files):
     payload = read_payload(files["landscape.jpg"], 0.5)
     expected = load_and_resize(files["landscape.jpg"], 0.5)
     assert payload.shape == (expected.height, expected.width) == (1, 1)
+
+
+def test_one_decoding_stream_serves_every_extraction_on_a_device(monkeypatch):
+    """Each extraction took a CUDA stream of its own: the allocator reuses a freed block only on
+    the stream it was allocated on, so every call's decoded images stayed reserved until CUDA's
+    32 streams came round again."""
+    from aml.data import encoded_images
+
+    made = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: made.append(device) or object())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    encoded_images._decoding_stream.cache_clear()
+    try:
+        streams = [encoded_images._DecodeStream(torch.device(name)).stream for name in ("cuda", "cuda:0", "cuda:0")]
+        assert len(made) == 1 and streams[0] is streams[1] is streams[2]
+        encoded_images._DecodeStream(torch.device("cuda:1"))
+        assert made == [torch.device("cuda", 0), torch.device("cuda", 1)]  # one per device
+        assert encoded_images._DecodeStream(torch.device("cpu")).stream is None
+    finally:
+        encoded_images._decoding_stream.cache_clear()  # no stub left for the other tests

@@ -333,13 +333,38 @@ def _count_syncs(run: Callable[[], object]) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def extraction_syncs(count: Callable[[Sequence[str]], int], paths: Sequence[str], size: int) -> Dict:
+    """Host synchronisations of an extraction call of 32 images and of one of 128: what each
+    costs once (its constants' copies, the descriptors' copy back) and per batch (their
+    difference over the difference of their batches).
+
+    Args:
+        count: the synchronisations of an extraction of some images (warm: their shapes met).
+        paths: the images, at least 128 for the per-batch count (fewer: all of them, once).
+        size: the image size, which decides their batches.
+    """
+    small, large = list(paths[:32]), list(paths[:128])
+    syncs = {"small": count(small), "large": count(large)}
+    batches = {"small": batch_count(small, size), "large": batch_count(large, size)}
+    extra = batches["large"] - batches["small"]
+    return {
+        "extraction_images": {"small": len(small), "large": len(large)},
+        "extraction_batches": batches,
+        "extraction_syncs": syncs,
+        "extraction_syncs_per_batch": (syncs["large"] - syncs["small"]) / extra if extra else None,
+    }
+
+
 def sync_rows(args, paths: Sequence[str], device: torch.device, folder: Path) -> Dict:
     net = build(NETWORKS["mobilenet_v2 -> 512"], paths, args.image_size, device)
     transform = image_transform(net.meta["mean"], net.meta["std"])
-    images = list(paths[:64])
     config = ExtractionConfig(device=device, workers=args.workers, decode=args.decode)
-    extract_vectors(net, images, args.image_size, transform, config=config)  # warm: shapes met
-    extraction = _count_syncs(lambda: extract_vectors(net, images, args.image_size, transform, config=config))
+
+    def count(images: Sequence[str]) -> int:
+        extract_vectors(net, images, args.image_size, transform, config=config)  # warm: shapes met
+        return _count_syncs(lambda: extract_vectors(net, images, args.image_size, transform, config=config))
+
+    extraction = extraction_syncs(count, paths, args.image_size)
     trainer = _ts_trainer(args, paths, device, folder / "syncs", fast=True)
     _training_mode(trainer)
     loader = trainer._loader(trainer.train_split, trainer.epoch_tuples(trainer.train_split, 0), 0, shuffle=True)
@@ -347,8 +372,7 @@ def sync_rows(args, paths: Sequence[str], device: torch.device, folder: Path) ->
     trainer.batch_losses(next(batches), trainer.train_split, backward=True)  # warm
     batch = next(batches)
     training = _count_syncs(lambda: trainer.batch_losses(batch, trainer.train_split, backward=True))
-    return {"extraction_images": len(images), "extraction_batches": batch_count(images, args.image_size),
-            "extraction_syncs": extraction, "training_batch_syncs": training}
+    return {**extraction, "training_batch_syncs": training}
 
 
 def batch_count(images: Sequence[str], size: int, batch: int = 32) -> int:

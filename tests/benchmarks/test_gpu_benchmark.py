@@ -138,6 +138,23 @@ def test_the_sync_row_counts_the_batches_an_extraction_makes(tmp_path):
     assert bench.batch_count(paths, 64) == 3
 
 
+def test_the_sync_row_tells_a_calls_syncs_from_a_batchs(tmp_path):
+    """One call's count (4 syncs for 3 batches: the constants' copies and the copy back among
+    them) read as one sync per batch; two calls of 32 and 128 images tell them apart."""
+    bench = load_benchmark("gpu")
+    from PIL import Image
+
+    paths = []
+    for k in range(128):
+        paths.append(str(tmp_path / f"{k}.jpg"))
+        Image.new("RGB", (80, 60)).save(paths[-1])
+    fixed, per_batch = 4, 0  # what the loop should do: syncs once per call, none per batch
+    rows = bench.extraction_syncs(lambda images: fixed + per_batch * bench.batch_count(images, 64), paths, 64)
+    assert rows["extraction_batches"] == {"small": 1, "large": 4} and rows["extraction_syncs_per_batch"] == 0
+    rows = bench.extraction_syncs(lambda images: 3 + bench.batch_count(images, 64), paths, 64)
+    assert rows["extraction_syncs"] == {"small": 4, "large": 7} and rows["extraction_syncs_per_batch"] == 1
+
+
 def test_the_original_ways_ts_epoch_pads_no_batch(tmp_path):
     """The 'original way' baseline of the ts epoch padded its forwards and its mining's batches
     to fixed sizes on CUDA (a Trainer's default there): a baseline that is not the original's."""

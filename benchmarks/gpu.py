@@ -172,10 +172,25 @@ def _probe(net: torch.nn.Module, device: torch.device, probe: Dict, shapes: Sequ
     return {"first_s": statistics.mean(first), "steady_s": statistics.mean(second), "shapes": len(shapes)}
 
 
+def warm_up_device(device: torch.device) -> None:
+    """What a process pays once on the device, before the first probe: cuDNN's handle and its
+    lazily loaded kernels, a forward and a backward in each precision (on shapes no probe
+    meets), so that the first probe's "first call" is not charged for them."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).to(device)
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 19, 23, device=device).contiguous(memory_format=torch.channels_last)
+    for dtype in (None, torch.float16, torch.bfloat16):
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            net(x).float().sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cold_start_rows(args, device: torch.device) -> Dict:
     """First-call and steady seconds per network and probe, on shapes no other probe met."""
     side = args.image_size
     rows: Dict = {"inference": {}, "training": {}}
+    warm_up_device(device)
     offset = 0
     for arch in ("mobilenet_v2", "resnet101"):
         torch.manual_seed(0)
@@ -244,6 +259,7 @@ def _variant(net, paths, args, device, scales, msp, reference, extra: Dict) -> D
     _, cold = timed(device, run)
     ours, warm = timed(device, run)
     # what a call costs whatever its size: the loader's workers started, the network prepared
+    run(paths[:1])  # a batch of one met once (cuDNN prepares its kernels per batch size)
     _, one = timed(device, lambda: run(paths[:1]))
     cos = cosines(reference, ours)
     return {"rate": len(paths) / warm, "cold_rate": len(paths) / cold, "one_image_s": one, "cos_min": min(cos),

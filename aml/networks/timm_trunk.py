@@ -26,7 +26,7 @@ from torch import nn
 
 
 from aml.utils.distributed import warn_once
-from aml.utils.errors import ConfigError
+from aml.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ def removed_by_trunk(model: nn.Module, key: str) -> bool:
     return isinstance(module, nn.Identity)
 
 
-class AnotherPatchSize(ValueError):
+class AnotherPatchSize(DataError):
     """A ViT file whose patch kernel is not the model's: another model's weights."""
 
 

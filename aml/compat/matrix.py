@@ -338,8 +338,7 @@ def compatibility_matrix(
         raise ConfigError("a compatibility matrix draws no ranking report; test a pair with test.py --report")
     labels, loaded = list(networks), list(networks.values())
     size = len(loaded)
-    if settings.cache:  # without the cache, every network encodes its database for each cell alike
-        _warn_of_networks_in_memory(networks)
+    _warn_of_networks_in_memory(networks, settings)
     maps: Dict[Tuple[str, str, str], np.ndarray] = {}
     for column, database in enumerate(loaded):
         for row, query in enumerate(loaded):
@@ -359,9 +358,12 @@ def compatibility_matrix(
     return CompatibilityMatrix(tuple(MatrixNetwork.of(label, network) for label, network in networks.items()), maps)
 
 
-def _warn_of_networks_in_memory(networks: Mapping[str, LoadedNetwork]) -> None:
+def _warn_of_networks_in_memory(networks: Mapping[str, LoadedNetwork], settings: TestSettings) -> None:
     """Say which networks, in memory alone, encode their database once per cell of their column
-    that is searched (a query network of their dimension): nothing is cached for them."""
+    that is searched (a query network of their dimension): nothing is cached for them (without
+    the cache, for none: nothing to say)."""
+    if not settings.cache:
+        return
     dims = [network.net.meta["outputdim"] for network in networks.values()]
     repeated = {
         label: dims.count(network.net.meta["outputdim"])

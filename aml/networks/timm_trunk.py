@@ -154,13 +154,7 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
         raise ConfigError(f"timm:{text}: {model} has no class token; use {READOUT_SEPARATOR}patch")
     spec = TimmSpec(model, tag, (readout or DEFAULT_READOUT) if is_token_model(plain) else None)
     if spec.readout and _final_norm_in_head(plain):
-        warn_once(
-            log,
-            ">> timm:%s: %s's only final norm is in its head (fc_norm, after pooling), which aml drops with the head: "
-            "its tokens are read before any final norm",
-            text,
-            model,
-        )
+        _warn_of_head_norm(text, model)
     try:
         with torch.device("meta"):  # in eval mode, as extraction runs it (BatchNorm takes a batch of one)
             features = TimmTrunk(create_timm_body(spec), spec.readout).eval()(torch.empty(1, 3, *_PROBE_SIZE))
@@ -177,6 +171,17 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
             "image); choose another model"
         )
     return spec, int(features.shape[1])
+
+
+def _warn_of_head_norm(text: str, model: str) -> None:
+    """Say that a token model's only final norm goes with its head (`_final_norm_in_head`)."""
+    warn_once(
+        log,
+        ">> timm:%s: %s's only final norm is in its head (fc_norm, after pooling), which aml drops with the head: "
+        "its tokens are read before any final norm",
+        text,
+        model,
+    )
 
 
 def _final_norm_in_head(model: nn.Module) -> bool:

@@ -97,6 +97,37 @@ def check_teacher(
     recorded = trained_with if given == named else None
     network = f"{settings['network']} ({settings['source']})"
     ours = recorded if recorded is not None or spec.local_file is None else load_spec(spec, None, data_root).fingerprint
+    _warn_of_other_weights(trained_with, given, ours)
+    if ours is not None:  # by the weights
+        same = ours == settings["fingerprint"]
+        network = f"{settings['network']} ({settings['source']}, weights {settings['fingerprint'][:8]})"
+        given = f"{given} (weights {ours[:8]})"
+    else:
+        same, network = _same_by_name(spec, database), settings["network"]
+    if not same:
+        raise StoreError(
+            f"the store {folder} was encoded by {network}, not by the student's teacher {given}; "
+            "index the database with that teacher"
+        )
+
+
+def _same_by_name(spec: NetworkSpec, database: SearchDatabase) -> bool:
+    """Whether the teacher ``spec`` names is the store's network by its name (no weights to
+    compare); a checkpoint's file name is said to be all that was compared."""
+    same = spec.name == database.settings["network"]
+    if same and spec.source is Source.CHECKPOINT:
+        log.warning(
+            ">> the store %s is checked against the teacher %s by its file name only: that checkpoint is not "
+            "on this machine and the student records no teacher fingerprint",
+            database.folder,
+            spec.given,
+        )
+    return same
+
+
+def _warn_of_other_weights(trained_with: Optional[str], given: str, ours: Optional[str]) -> None:
+    """Say when the teacher given holds other weights (``ours``) than those the student was
+    trained against (as test.py does): its queries do not live in that teacher's space."""
     if trained_with is not None and ours is not None and ours != trained_with:
         warn_once(
             log,
@@ -105,24 +136,6 @@ def check_teacher(
             trained_with[:8],
             given,
             ours[:8],
-        )
-    if ours is not None:  # by the weights
-        same = ours == settings["fingerprint"]
-        network = f"{settings['network']} ({settings['source']}, weights {settings['fingerprint'][:8]})"
-        given = f"{given} (weights {ours[:8]})"
-    else:
-        same, network = spec.name == settings["network"], settings["network"]
-        if same and spec.source is Source.CHECKPOINT:
-            log.warning(
-                ">> the store %s is checked against the teacher %s by its file name only: that checkpoint is not "
-                "on this machine and the student records no teacher fingerprint",
-                folder,
-                given,
-            )
-    if not same:
-        raise StoreError(
-            f"the store {folder} was encoded by {network}, not by the student's teacher {given}; "
-            "index the database with that teacher"
         )
 
 

@@ -9,7 +9,8 @@ token as a 1 x 1 map (``cls``). Token models are built with ``dynamic_img_size``
 image whose sides are not multiples of the patch size is padded, so retrieval images of any
 size and aspect ratio go through (a model that cannot, such as Swin, is refused by name). The
 classifier head (timm's ``pretrained_cfg['classifier']``, a ViT's ``fc_norm`` and
-``attn_pool``) is dropped: every parameter left is used.
+``attn_pool``) is dropped, and the other layers ``forward_features`` never runs are frozen:
+every trainable parameter is used.
 """
 
 import logging

@@ -506,21 +506,46 @@ _RESNET101_TABLE_OWN_WIDTH = ("densenet121", "densenet161", "densenet169", "dens
 
 def _keeps_width_as_the_original(params: Dict[str, Any]) -> bool:
     """Whether the original's ``init_network`` gave this network its trunk's width whatever its
-    ``teacher``: a trunk that is not a student, no dimension given but its own (a checkpoint's
-    ``outputdim``), with ``teacher='vgg16'`` (the original's test.py passed it for every
-    network, published ResNet101 teachers included), or a DenseNet with
-    ``teacher='resnet101'`` (its table listed them so). A ``teacher='resnet101'`` projects
-    another narrower trunk (a KeyError in the original). The rule is the original's, for its
-    table's architectures: a ``timm:`` trunk, which it never had, is projected as
-    `build_network` does."""
+    ``teacher`` (`keeps_own_width`), no dimension given but its own (a checkpoint's
+    ``outputdim``). The rule is the original's, for its table's architectures: a ``timm:``
+    trunk, which it never had, is projected as `build_network` does."""
     architecture = params.get("architecture", "resnet101")
     if architecture not in BACKBONES:
         return False
-    backbone = get_backbone(architecture)
     teacher = params.get("teacher")
-    named = TEACHERS.get(teacher, teacher) if isinstance(teacher, str) else None  # the alias or its full name
-    if backbone.student or params.get("teacher_dim") not in (None, backbone.dim):
+    if not isinstance(teacher, str):  # no teacher named: build_network gives it its width
         return False
+    return params.get("teacher_dim") in (None, get_backbone(architecture).dim) and keeps_own_width(
+        architecture, teacher
+    )
+
+
+def keeps_own_width(architecture: str, teacher: Optional[str]) -> bool:
+    """Whether a network named with ``teacher`` keeps its trunk's width rather than projecting
+    to the teacher's dimension, as the original's ``init_network`` and ``main.py`` built it.
+
+    A student trunk never does. Any other trunk does with the default teacher VGG16 (the
+    original's test.py passed it for every network, published ResNet101 teachers included), or
+    as a DenseNet with ResNet101 (the original's table listed them so); with another teacher it
+    projects (a KeyError in the original for a narrower trunk and ResNet101).
+
+    Args:
+        architecture: the trunk's name.
+        teacher: the teacher's alias, published name or checkpoint path; None: the default.
+
+    Returns:
+        True when the trunk keeps its width.
+
+    Examples:
+        >>> from aml.networks.retrieval_net import keeps_own_width
+        >>> keeps_own_width("resnet18", "vgg16"), keeps_own_width("resnet18", "resnet101")
+        (True, False)
+        >>> keeps_own_width("mobilenet_v2", "vgg16")
+        False
+    """
+    if get_backbone(architecture).student:
+        return False
+    named = TEACHERS.get(teacher or DEFAULT_TEACHER, teacher)
     return named == TEACHERS[DEFAULT_TEACHER] or (
         named == TEACHERS["resnet101"] and architecture in _RESNET101_TABLE_OWN_WIDTH
     )

@@ -43,7 +43,7 @@ def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
         if old is not None and new is not None and old != new:
             raise CheckpointError(
                 f"cannot resume from {path}: it was trained with {flag} {old}, this run trains "
-                f"with {flag} {new}; resume with the flags the run was started with"
+                f"with {flag} {new}; resume with the flags the run was started with{_width_hint(key, theirs)}"
             )
     old, new = theirs.get("teacher_fingerprint"), net.meta.get("teacher_fingerprint")
     if old is not None and new is not None and old != new:  # e.g. a retrained teacher copied over the file
@@ -52,6 +52,17 @@ def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
             f"--teacher {net.meta.get('teacher')} (fingerprint {old}, now {new}); resume with the teacher the run "
             "was started with, or start a new run"
         )
+
+
+def _width_hint(key: str, theirs: Mapping[str, Any]) -> str:
+    """How a std run of a trunk that kept its width though --teacher named a wider or narrower
+    teacher (as aml did before 2026-12-07) trains on."""
+    if key != "outputdim" or theirs.get("mode") != "std":
+        return ""
+    return (
+        " (in --mode std, --teacher sets the dimension; a trunk that is not a student keeps its width with the "
+        "default --teacher vgg16: give it, with this file as --resume, to train on in a folder of its own)"
+    )
 
 
 def _check_margin(path: Path, state: Mapping[str, Any], run: RunRecord) -> None:

@@ -26,7 +26,7 @@ from aml.losses import LOSSES, build_loss
 from aml.networks.backbones import get_backbone
 from aml.networks.checkpoint import load_trunk_weights
 from aml.networks.loading import LoadedNetwork
-from aml.networks.retrieval_net import ImageRetrievalNet, build_network
+from aml.networks.retrieval_net import ImageRetrievalNet, build_network, keeps_own_width
 from aml.reports.curves import TestedEpoch, TestRecords
 from aml.training.config import TrainConfig, run_name
 from aml.training.modes import Negatives, get_mode
@@ -238,7 +238,7 @@ class _Run:
         if trunk is not None:
             load_trunk_weights(net, trunk)
         net.meta["seed"] = seed
-        if self.mode.needs_teacher:  # a std run has no teacher (--teacher sets a student trunk's dimension only)
+        if self.mode.needs_teacher:  # a std run has no teacher (--teacher sets its dimension only)
             net.meta["teacher"] = self.teacher.spec.given  # a published name as listed (VGG16: vgg16)
             # the student's teacher by its weights: a store is checked against them wherever it is queried
             net.meta["teacher_fingerprint"] = self._teacher_fingerprint()
@@ -294,15 +294,32 @@ class _Run:
 
         return evaluate_epoch
 
+    def _dimension_without_features(self) -> Optional[int]:
+        """A std run's dimension: --teacher's, as init_network and the original's README have it
+        (it "makes the last layer of the student match that of the teacher", also in a symmetric
+        training), unless the trunk keeps its width there (`keeps_own_width`: the default VGG16
+        for a trunk that is not a student); None: the trunk's width."""
+        spec, arch = self.teacher.spec, self.config.arch
+        if keeps_own_width(arch, spec.given):
+            return None
+        dim = spec.dimension()
+        if dim is not None and not get_backbone(arch).student and dim != get_backbone(arch).dim:
+            log.info(
+                ">> %s's %d channels projected to --teacher %s's %d dimensions",
+                arch,
+                get_backbone(arch).dim,
+                spec.given,
+                dim,
+            )
+        return dim
+
     def train(self) -> TrainResult:
         """Build the data, network, optimizer and trainer, and train."""
         c, world = self.config, self.world
         main_first(world, self.prepare)
         train = self.split("train", c.feat_path)
         val = self.split("val", c.feat_val_path) if self.loop.val else None
-        dim = train.teacher.shape[0] if train.teacher is not None else None
-        if dim is None and get_backbone(c.arch).student:  # a student trunk projects to its teacher's space
-            dim = self.teacher.spec.dimension()
+        dim = train.teacher.shape[0] if train.teacher is not None else self._dimension_without_features()
         # rank 0 first where it may download (ImageNet weights, published layers): the others then find them
         net = main_first(world, lambda: self.network(dim)) if c.pretrained else self.network(dim)
         optimizer = build_optimizer(net, c.optimizer, c.lr, c.momentum, c.weight_decay, c.proj_lr_mult)

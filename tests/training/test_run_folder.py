@@ -80,3 +80,30 @@ def test_a_student_records_its_published_teacher_as_listed(tmp_path, monkeypatch
     config = TrainConfig.from_flags(str(tmp_path), arch="resnet18", mode="ts", teacher="VGG16", pretrained=False)
     net = runner._Run(config, World(), "cpu", tmp_path / "run").network(512)
     assert net.meta["teacher"] == "vgg16" and net.meta["teacher_fingerprint"] == "f" * 16
+
+
+@pytest.mark.parametrize(
+    "arch, teacher, dim",
+    [
+        ("resnet18", "resnet101", 2048),  # kept its 512 channels in a folder named _teach_resnet101
+        ("resnet18", "vgg16", None),
+        ("resnet18", "VGG16", None),
+        ("resnet50", "resnet101", 2048),
+        ("densenet121", "resnet101", None),  # the original's table listed DenseNets at their width
+        ("mobilenet_v2", "resnet101", 2048),
+        ("mobilenet_v2", "vgg16", 512),
+    ],
+)
+def test_a_std_run_projects_to_its_teacher_as_init_network_does(tmp_path, arch, teacher, dim):
+    """--teacher resnet101 in --mode std set the dimension of the original's student trunks only:
+    any other trunk kept its width without a word, where init_network projects it."""
+    from aml.networks import init_network
+    from aml.training import runner
+    from aml.training.config import TrainConfig
+    from aml.utils.distributed import World
+
+    config = TrainConfig.from_flags(str(tmp_path), arch=arch, mode="std", teacher=teacher, pretrained=False)
+    run = runner._Run(config, World(), "cpu", tmp_path / "run")
+    assert run._dimension_without_features() == dim
+    built = run.network(dim).meta["outputdim"]
+    assert built == init_network({"architecture": arch, "teacher": teacher.lower(), "pretrained": False}).meta["outputdim"]

@@ -135,8 +135,10 @@ def _scores(database: np.ndarray, queries: np.ndarray, device: str, excluded: Se
 
 
 def _scored(db: torch.Tensor, q: torch.Tensor, excluded: Sequence[int]) -> torch.Tensor:
-    """Q x N dot products of descriptors on one device; ``excluded`` columns at -inf."""
-    scores = q.t() @ db
+    """Q x N dot products of descriptors on one device, as a block of distractors is scored
+    (`_products`: a database narrower than a block is padded, so that its scores equal those of
+    the same images among distractors, bit for bit); ``excluded`` columns at -inf."""
+    scores = _products(q, db.t())
     if len(excluded):
         scores[:, torch.as_tensor(list(excluded), dtype=torch.long, device=scores.device)] = -torch.inf
     return scores

@@ -43,6 +43,20 @@ def test_blocked_places_equal_the_full_ranking_of_the_concatenation(block, n_que
     np.testing.assert_array_equal(found, full[:40])
 
 
+@pytest.mark.kernels
+@pytest.mark.parametrize("n_db, n_queries", [(1, 4), (8, 4), (11, 1), (31, 4)])
+def test_a_database_narrower_than_a_block_ties_its_copies_among_distractors(n_db, n_queries):
+    """A test database of fewer than 12 images was scored by another BLAS order than the
+    distractor blocks: a distractor copy of a database image ranked above it (46 seeds of 50)."""
+    rng = np.random.default_rng(n_db)
+    for _ in range(10):
+        db, distractors, queries = unit(rng, 512, n_db), unit(rng, 512, 40), unit(rng, 512, n_queries)
+        distractors[:, 0] = db[:, n_db // 2]
+        full = places(rank_database(np.concatenate([db, distractors], 1), queries))
+        found = positions_with_distractors(db, queries, [(0, distractors.T.copy())])
+        np.testing.assert_array_equal(found, full[:n_db])
+
+
 def test_blocked_places_apply_the_transform_to_every_block():
     rng = np.random.default_rng(0)
     db, distractors, queries = unit(rng, 6, 30), unit(rng, 6, 50), unit(rng, 6, 4)

@@ -254,14 +254,26 @@ def _teacher(args, student: LoadedNetwork) -> Tuple[Optional[str], Optional[Load
 
 
 def _check_trained_against(args, student: LoadedNetwork, teacher: Optional[LoadedNetwork]) -> None:
-    """Refuse a --teacher whose weights are not those the student was trained against: the
-    files would record it, and a store that teacher encoded would take the student's queries."""
+    """Refuse a --teacher whose weights are not those the student was trained against (the
+    files would record it, and a store that teacher encoded would take the student's queries),
+    and a --test-set against the recorded teacher when its file now holds other weights."""
     recorded = student.net.meta.get("teacher_fingerprint")
     if args.teacher and teacher is not None and recorded is not None and teacher.fingerprint != recorded:
         raise ConfigError(
             f"{student.name} was trained against the teacher weights {recorded[:8]}, but --teacher {args.teacher} "
             f"holds {teacher.fingerprint[:8]}: the exported files would record a teacher it was not trained "
             "against; give that teacher's checkpoint, or leave --teacher out"
+        )
+    if (
+        not args.teacher
+        and args.test_set is not None
+        and teacher is not None
+        and recorded not in (None, teacher.fingerprint)
+    ):
+        raise ConfigError(  # as test.py --asym refuses it: the report would measure another teacher's database
+            f"{student.name} was trained against the weights {recorded[:8]} of its teacher {student.recorded_teacher}, "
+            f"but {teacher.name} now holds {teacher.fingerprint[:8]}: the file was replaced, and --test-set would "
+            "measure another teacher's database; give --teacher the one it was trained against"
         )
     if args.teacher and teacher is None:  # a name (published, a timm model): checked by name and dimension
         given, named = NetworkSpec.parse(args.teacher), student.recorded_teacher

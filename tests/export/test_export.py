@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from aml.cli import export as export_cli
 from aml.evaluation.whitening import whitenapply
@@ -168,6 +169,25 @@ def test_a_teacher_of_other_weights_than_the_student_was_trained_against_is_refu
                                          r".*teacher.pth.tar holds \w{8}: the exported files would record"):
         export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--no-onnx", "--teacher",
                          str(teacher)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_test_set_against_a_replaced_recorded_teacher_is_refused(student, tmp_path):
+    """Without --teacher, --test-set measured the student against the recorded teacher's file
+    after it was replaced (another mAP, written to int8.json), where test.py --asym refuses."""
+    teacher = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0),
+                              tmp_path / "teacher.pth.tar")
+    state = checkpoint_state(student, 1, 0.0)
+    state["meta"].update(teacher=str(teacher), teacher_fingerprint="a" * 16)  # the file was replaced since
+    path = save_checkpoint(state, tmp_path / "student.pth.tar")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(2):
+        Image.new("RGB", (40, 30), (40 * k, 90, 200)).save(photos / f"{k}.jpg")
+    with pytest.raises(SystemExit, match=r"trained against the weights aaaaaaaa of its teacher .*teacher.pth.tar, "
+                                         r"but teacher now holds \w{8}: the file was replaced, and --test-set"):
+        export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--int8", "--calibration",
+                         str(photos), "--test-set", "synth-oxford", "--data-root", str(tmp_path / "data")])
     assert not (tmp_path / "out").exists()
 
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from aml.utils.errors import AmlError, ConfigError
+from aml.utils.errors import AmlError, ConfigError, DataError
 from aml.utils.text_files import check_line_names
 from aml.utils.types import PathLike
 
@@ -84,9 +84,15 @@ def errors_naming(path: PathLike) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
+        if os.path.islink(path):  # e.g. a git-annex photo whose content was dropped
+            raise ImageLoadError(
+                f"image {path} is a link to {os.readlink(path)}, which is missing; restore its target (git annex get)"
+            ) from None
         raise ImageLoadError(
             f"image {path} is missing; check its path (an image of a data set: download the set again or fix its list)"
         ) from None
+    except PermissionError as err:
+        raise ImageLoadError(f"image {path} cannot be read ({err.strerror}); check its permissions") from None
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"image {path} is refused: {err}; shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -151,13 +157,14 @@ def visible_files(folder: PathLike) -> List[Path]:
     images have none (cirtorch's ``ims/`` layout). Linked folders are entered (a folder of
     photos linked into a set belongs to it), each real folder once: the tree itself first,
     then the linked folders by name, so a folder reached both ways is listed under the same
-    path on every machine."""
+    path on every machine. A link whose target is missing is listed (reading it names it); a
+    folder that cannot be read is refused, naming it, rather than left out."""
     seen: Set[str] = set()
     found: List[Path] = []
     pending = [Path(folder)]
     while pending:
         top = pending.pop(0)
-        for parent, folders, files in os.walk(top):  # links to folders are listed, not entered
+        for parent, folders, files in os.walk(top, onerror=_unreadable_folder):  # links to folders: listed, not entered
             real = os.path.realpath(parent)
             if real in seen:  # a link back up the tree, or a folder already listed
                 folders.clear()
@@ -168,7 +175,15 @@ def visible_files(folder: PathLike) -> List[Path]:
             pending.extend(Path(parent) / name for name in linked)
             folders[:] = [name for name in visible if name not in linked]
             found.extend(Path(parent) / name for name in files if not name.startswith("."))
-    return sorted((path for path in found if path.is_file()), key=str)
+    return sorted((path for path in found if path.is_file() or path.is_symlink()), key=str)
+
+
+def _unreadable_folder(err: OSError) -> None:
+    """`os.walk`'s error: a folder it cannot list would leave its images out without a word (one
+    that is not there, or has gone, holds none: callers check the folder they were given)."""
+    if isinstance(err, FileNotFoundError):
+        return
+    raise DataError(f"folder {err.filename} cannot be read ({err.strerror}); check its permissions") from None
 
 
 MAX_IMAGE_BYTES = 256 << 20

@@ -305,3 +305,54 @@ def test_a_fifo_among_images_is_named_not_waited_on(tmp_path):
     assert exif_orientation(fifo) == 1  # its loading names it
     with pytest.raises(ImageLoadError, match=r"q.jpg is not a regular file \(a device, FIFO or folder\)"):
         image_size(fifo)
+
+
+def test_a_dangling_link_is_listed_and_named_when_read(tmp_path):
+    """A git-annex photo whose content was dropped (a link to nothing) was left out of the
+    listing without a word: `search index` indexed 2 of 4 photos and said nothing."""
+    from aml.data.images import image_files
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "kept.jpg")
+    (tmp_path / "dropped.jpg").symlink_to(".git/annex/objects/gone")
+    assert [p.name for p in image_files(tmp_path)] == ["dropped.jpg", "kept.jpg"]
+    with pytest.raises(ImageLoadError, match=r"dropped.jpg is a link to .git/annex/objects/gone, which is missing"):
+        load_image(tmp_path / "dropped.jpg")
+
+
+def test_a_folder_that_cannot_be_read_is_refused_not_left_out(tmp_path, monkeypatch):
+    import os
+
+    from aml.data.images import image_files
+    from aml.utils.errors import DataError
+
+    for name in ("a/1.jpg", "b/2.jpg"):
+        (tmp_path / name).parent.mkdir()
+        (tmp_path / name).touch()
+    scandir = os.scandir
+
+    def refusing(path):
+        if str(path).endswith("b"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(DataError, match=r"folder .*/b cannot be read \(Permission denied\); check its permissions"):
+        image_files(tmp_path)
+    assert image_files(tmp_path / "missing") == []  # callers check the folder they were given
+
+
+def test_an_image_that_cannot_be_read_is_not_called_corrupt(tmp_path, monkeypatch):
+    import builtins
+
+    path = tmp_path / "locked.jpg"
+    Image.new("RGB", (8, 8)).save(path)
+    opened = builtins.open
+
+    def refusing(name, *args, **kwargs):
+        if str(name) == str(path):
+            raise PermissionError(13, "Permission denied")
+        return opened(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing)
+    with pytest.raises(ImageLoadError, match=r"locked.jpg cannot be read \(Permission denied\); check its permissions"):
+        load_image(path)

@@ -14,6 +14,7 @@ teacher, the dimension, the whitening folded in), and `quantize_student` makes t
 import contextlib
 import copy
 import dataclasses
+import io
 import logging
 import warnings
 import zipfile
@@ -39,7 +40,7 @@ from aml.descriptors.onnx_student import (
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec, check_network
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.utils.atomic import atomic_path, staged
+from aml.utils.atomic import atomic_path, atomic_write, staged
 from aml.utils.plain_files import begins_as
 from aml.utils.types import PathLike
 
@@ -168,8 +169,9 @@ def export_torchscript(model: DeployedStudent, path: PathLike, example: torch.Te
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # TorchScript is frozen upstream
         traced = torch.jit.trace(model, example, check_trace=False)
-    with atomic_path(path) as temporary:
-        traced.save(str(temporary))
+    data = io.BytesIO()
+    torch.jit.save(traced, data)  # in memory: torch's zip writer aborts the process on a full disk
+    atomic_write(path, lambda out: out.write(data.getbuffer()))
     return Path(path)
 
 

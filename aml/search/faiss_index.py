@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from aml.evaluation.ranking import top_in_order
-from aml.utils.atomic import atomic_path
+from aml.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -190,5 +190,7 @@ def write_index(index: Any, path: Path) -> None:
         index: the index.
         path: the file.
     """
-    with atomic_path(path) as temporary:  # an index on disk is whole, or the old one
-        faiss_or_none().write_index(index, str(temporary))
+    data = faiss_or_none().serialize_index(
+        index
+    )  # written by Python: faiss's own writer calls a full disk a RuntimeError
+    atomic_write(path, lambda out: out.write(memoryview(data)))  # an index on disk is whole, or the old one

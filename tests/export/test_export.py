@@ -150,6 +150,32 @@ def test_an_export_on_a_full_disk_keeps_the_earlier_files(student, earlier_expor
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier
 
 
+def test_torchscript_on_a_real_full_disk_ends_in_one_line(small_disk):
+    """torch's zip writer threw inside a destructor on a full disk: the process aborted (status
+    134, a C++ backtrace) and left its staging folder. Run apart, so that an abort fails the test."""
+    import subprocess
+    import sys
+
+    from tests.conftest import fill_disk
+
+    disk = small_disk(8)
+    fill_disk(disk, 100 << 10)
+    code = (
+        "from aml.export import DeployedStudent, export_torchscript, generated_images\n"
+        "from aml.networks import build_network\n"
+        "from aml.utils.atomic import DiskFull\n"
+        "model = DeployedStudent(build_network('mobilenet_v2', pretrained=False).eval())\n"
+        "try:\n"
+        f"    export_torchscript(model, {str(disk / 'student.pt')!r}, generated_images()[0])\n"
+        "except DiskFull as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"no space left on the device for {disk / 'student.pt'}" in done.stdout
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
 def test_command_line_prints_the_differences(student, tmp_path, capsys):
     path = save_checkpoint(checkpoint_state(student, 1, 0.0), tmp_path / "student.pth.tar")
     files = export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--no-onnx"])

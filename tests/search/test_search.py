@@ -202,6 +202,24 @@ def test_ivfpq_reports_recall_against_exact_search(tmp_path):
         build_ivfpq(store, nlist=16, m=7)
 
 
+def test_an_index_written_on_a_real_full_disk_is_named_in_one_line(small_disk):
+    """faiss's own writer reported a full disk as a RuntimeError without an errno: a traceback."""
+    from aml.search.faiss_index import faiss_or_none, train_ivfpq, write_index
+    from aml.utils.atomic import DiskFull
+    from tests.conftest import fill_disk
+
+    if faiss_or_none() is None:
+        pytest.skip("faiss is not installed")
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(64, 3000)).astype(np.float32)
+    index, _ = train_ivfpq(vecs / np.linalg.norm(vecs, axis=0), nlist=16, m=8, k=1)
+    disk = small_disk(1)
+    fill_disk(disk, 8 << 10)
+    with pytest.raises(DiskFull, match=f"no space left on the device for {disk / 'index.faiss'}"):
+        write_index(index, disk / "index.faiss")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
 def test_ivfpq_recall_is_of_queries_the_index_does_not_hold():
     """The recall was of database columns searched in an index that held them: each found
     itself (recall@1 of 1.0 on random descriptors whose true nearest neighbour it finds 1 time

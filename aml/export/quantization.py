@@ -22,7 +22,7 @@ import numpy as np
 from aml.data.images import image_size as stored_size
 from aml.descriptors.onnx_student import image_array
 from aml.export.errors import ExportError
-from aml.utils.atomic import atomic_path
+from aml.utils.atomic import DiskFull, atomic_path, is_disk_full
 from aml.utils.errors import ConfigError, lookup
 from aml.utils.types import PathLike
 
@@ -176,18 +176,42 @@ def _root_logger_kept() -> Iterator[None]:
 
 def _prepare(quant_pre_process: Callable, fp32: PathLike, prepared: Path) -> None:
     """onnxruntime's ``quant_pre_process``; without its symbolic shape inference where that
-    fails (a ViT's resized position embeddings: a TypeError deep in onnxruntime)."""
-    try:
-        quant_pre_process(str(fp32), str(prepared))
-    except Exception as err:  # onnxruntime's shape inference raises whatever its code meets
-        log.info(">> int8: symbolic shape inference failed on %s (%s): prepared without it", fp32, err)
+    fails (a ViT's resized position embeddings: a TypeError deep in onnxruntime). Its own
+    tracebacks of a failed optimisation, which it goes on without, are kept from the terminal;
+    a full temporary folder is said as such."""
+    with _quiet(ONNXRUNTIME_PREPARATION_LOGGER):
         try:
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        except Exception as again:
-            raise ExportError(
-                f"onnxruntime cannot prepare {fp32} for quantization ({type(again).__name__}: {again}); export "
-                "without --int8, or quantize the float32 file with onnxruntime's tools yourself"
-            ) from again
+            quant_pre_process(str(fp32), str(prepared))
+        except Exception as err:  # onnxruntime's shape inference raises whatever its code meets
+            log.info(">> int8: symbolic shape inference failed on %s (%s): prepared without it", fp32, err)
+            try:
+                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            except Exception as again:
+                if is_disk_full(again):
+                    raise DiskFull(
+                        f"no space left in the temporary folder {tempfile.gettempdir()} for onnxruntime's "
+                        "preparation of the int8 graph: free space there, or set TMPDIR to a folder with room"
+                    ) from again
+                raise ExportError(
+                    f"onnxruntime cannot prepare {fp32} for quantization ({type(again).__name__}: {again}); export "
+                    "without --int8, or quantize the float32 file with onnxruntime's tools yourself"
+                ) from again
+
+
+#: where onnxruntime logs a failed graph optimisation of ``quant_pre_process`` with its traceback
+ONNXRUNTIME_PREPARATION_LOGGER = "onnxruntime.quantization.shape_inference"
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Logger ``name`` says nothing below CRITICAL meanwhile."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> Path:

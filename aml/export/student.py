@@ -14,7 +14,6 @@ teacher, the dimension, the whitening folded in), and `quantize_student` makes t
 import contextlib
 import copy
 import dataclasses
-import io
 import logging
 import warnings
 import zipfile
@@ -169,9 +168,8 @@ def export_torchscript(model: DeployedStudent, path: PathLike, example: torch.Te
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))  # TorchScript is frozen upstream
         traced = torch.jit.trace(model, example, check_trace=False)
-    data = io.BytesIO()
-    torch.jit.save(traced, data)  # in memory: torch's zip writer aborts the process on a full disk
-    atomic_write(path, lambda out: out.write(data.getbuffer()))
+    data = traced.save_to_buffer()  # in memory: torch's zip writer aborts the process on a full disk
+    atomic_write(path, lambda out: out.write(data))
     return Path(path)
 
 

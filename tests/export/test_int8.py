@@ -213,3 +213,26 @@ def test_the_calibration_size_recorded_is_that_of_the_images_as_calibrated(tmp_p
         paths.append(str(tmp_path / name))
     assert Int8Settings(tuple(paths), 1024).calibrated_size() == 60
     assert Int8Settings(tuple(paths), 50).calibrated_size() == 50
+
+
+def test_a_full_temporary_folder_is_said_and_onnxruntimes_tracebacks_kept_quiet(tmp_path, monkeypatch, caplog):
+    """With $TMPDIR full, onnxruntime printed two tracebacks of its own and aml blamed the float32
+    file, advising to export without --int8."""
+    import errno
+    import logging
+    import tempfile
+
+    from aml.export.quantization import ONNXRUNTIME_PREPARATION_LOGGER, _prepare
+    from aml.utils.atomic import DiskFull
+
+    def quant_pre_process(source, target, **options):
+        logging.getLogger(ONNXRUNTIME_PREPARATION_LOGGER).error("Traceback (most recent call last): ...")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    caplog.set_level(logging.INFO)
+    with pytest.raises(DiskFull, match=f"no space left in the temporary folder {tmp_path} for onnxruntime's "
+                                       "preparation of the int8 graph: free space there, or set TMPDIR"):
+        _prepare(quant_pre_process, tmp_path / "student.onnx", tmp_path / "prepared" / "prepared.onnx")
+    assert "Traceback" not in caplog.text
+    assert logging.getLogger(ONNXRUNTIME_PREPARATION_LOGGER).level == logging.NOTSET  # as it was

@@ -73,7 +73,8 @@ def build_parser() -> Parser:
         "--store",
         type=input_folder,
         default=None,
-        help="fold in the whitening of this search store (python -m aml.search index -w ...)",
+        help="the search store the student will query (python -m aml.search index): its teacher is checked, its "
+        "whitening (-w) folded in, its image size the default --image-size",
     )
     whitening.add_argument("--whitening-file", default=None, help="fold in a whitening file ({'m', 'P'})")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="TorchScript only")
@@ -131,15 +132,19 @@ def build_parser() -> Parser:
 
 
 def _whitening(args, store: Optional[SearchDatabase], dim: int):
-    """The whitening to fold in (--store's or --whitening-file's), checked for the student's ``dim``."""
+    """The whitening to fold in (--store's, None for a store without one, or --whitening-file's),
+    checked for the student's ``dim``."""
     if store is not None:
-        if store.whitening is None:
-            raise StoreError(f"the store {args.store} has no whitening to fold in")
-        if list(store.settings["scales"]) != [1]:  # learned on multi-scale descriptors
+        scales = list(store.settings["scales"])
+        if scales != [1] and store.whitening is not None:  # learned on multi-scale descriptors
             raise StoreError(
-                f"the store {args.store} is encoded at scales {list(store.settings['scales'])}: its whitening "
-                "belongs after the multi-scale mean, and an exported student encodes one scale; index a store "
-                "at one scale to fold its whitening in"
+                f"the store {args.store} is encoded at scales {scales}: its whitening belongs after the multi-scale "
+                "mean, and an exported student encodes one scale; index a store at one scale to fold its whitening in"
+            )
+        if scales != [1]:  # search query refuses an exported student there
+            raise StoreError(
+                f"the store {args.store} is encoded at scales {scales}, and an exported student encodes one: query "
+                "it with the student's checkpoint, or index a store at one scale"
             )
         return store.whitening
     if args.whitening_file:

@@ -199,3 +199,22 @@ def test_the_whitening_of_another_teachers_store_is_not_folded_in(setup, tmp_pat
                                          r"that teacher"):
         export_cli.main(["--network", str(student), "--out", str(tmp_path / "deploy"), "--store", str(store)])
     assert not (tmp_path / "deploy").exists() or not any((tmp_path / "deploy").iterdir())
+
+
+def test_a_store_without_whitening_is_exported_for_as_the_advice_says(setup, synth_root, tmp_path):
+    """"export the student again with --store STORE", said of a store without whitening, ended in
+    "the store has no whitening to fold in": the advice went round in a circle."""
+    student, _, files, queries = setup
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((synth_root / "test" / "synth-oxford" / "jpg").glob("*.jpg"))[:12]:
+        shutil.copy(path, photos)
+    plain = tmp_path / "plain"
+    search_cli.main(["index", str(photos), "--store", str(plain), "--teacher", str(student), "-imsize", str(SIZE)]
+                    + COMMON)
+    with pytest.raises(StoreError, match=r"has a whitening folded in but the store .*plain has no whitening; export "
+                                         r"the student again with --store"):
+        query_database_onnx(open_database(plain), files["onnx"], queries[:1])
+    again = export_cli.main(["--network", str(student), "--out", str(tmp_path / "deploy"), "--store", str(plain)])
+    assert read_onnx_metadata(again["onnx"]).whitening is None
+    assert len(query_database_onnx(open_database(plain), again["onnx"], queries[:1], k=2)[0]["results"]) == 2

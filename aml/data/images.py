@@ -8,6 +8,7 @@ first and then shrunk by the factor the full image would get.
 import contextlib
 import logging
 import math
+import numbers
 import os
 import stat
 from pathlib import Path
@@ -401,6 +402,29 @@ def checked_box(path: PathLike, bbx: BBox, size: Tuple[int, int]) -> Tuple[float
             "image, PIL would fill the rest with black); give a box inside the image"
         )
     return box
+
+
+def check_image_size(image_size: Optional[float]) -> None:
+    """Refuse an image size that is not a positive number (None: full size).
+
+    Args:
+        image_size: the longer side images are shrunk to.
+
+    Raises:
+        ConfigError: for 0, a negative number, infinity, NaN, a bool or a string.
+
+    Examples:
+        >>> from aml.data.images import check_image_size
+        >>> check_image_size(1024)
+        >>> check_image_size(0)
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: image size 0: the longer side to shrink images to is a number > 0 (or None)
+    """
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, numbers.Real) or not 0 < image_size < math.inf
+    ):
+        raise ConfigError(f"image size {image_size!r}: the longer side to shrink images to is a number > 0 (or None)")
 
 
 def load_and_resize(path: PathLike, imsize: Optional[float], bbx: Optional[BBox] = None) -> Image.Image:

@@ -21,7 +21,6 @@ import copy
 import functools
 import math
 import logging
-import numbers
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,7 +33,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from aml.data.encoded_images import DeviceDecoder, EncodedImagesFromList, ImagePayload
-from aml.data.images import BBox, ImageLoadError, ImagesFromList, check_boxes, check_image_list, image_transform
+from aml.data.images import (
+    BBox,
+    ImageLoadError,
+    ImagesFromList,
+    check_boxes,
+    check_image_list,
+    check_image_size,
+    image_transform,
+)
 from aml.networks.inference import inference_copy
 from aml.networks.preserved import left_as_it_was
 from aml.networks.loading import check_network
@@ -672,10 +679,7 @@ def _check_request(
     check_network(net)
     check_image_list(images)
     check_boxes(len(images), bbxs)
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, numbers.Real) or not 0 < image_size < math.inf
-    ):
-        raise ConfigError(f"image size {image_size!r}: the longer side to shrink images to is a number > 0 (or None)")
+    check_image_size(image_size)
     if not len(scales):
         raise ConfigError("no scales to extract at: give at least one (--multiscale '[1]')")
     if not all(math.isfinite(s) and s > 0 for s in scales):

@@ -9,6 +9,7 @@ made for another teacher's store. onnx and onnxruntime are an optional extra
 
 import dataclasses
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from aml.data.images import BBox, check_boxes, check_image_list, load_and_resize
+from aml.data.images import BBox, check_boxes, check_image_list, check_image_size, load_and_resize
 from aml.utils.atomic import atomic_path
 from aml.utils.errors import ConfigError, DataError
 from aml.utils.types import PathLike
@@ -210,6 +211,11 @@ def read_onnx_metadata(path: PathLike) -> Optional[OnnxStudentInfo]:
 
 
 def _exists(path: PathLike) -> None:
+    if not isinstance(path, (str, os.PathLike)):  # Path() of a network was a TypeError deep in pathlib
+        raise ConfigError(
+            f"an exported student is named by the path of its ONNX file, got a {type(path).__name__}; a network "
+            "in memory queries with aml.search.query_database"
+        )
     if Path(path).is_dir():
         raise OnnxStudentError(f"{path} is a folder, not an ONNX file; give student.onnx or student-int8.onnx in it")
     if not Path(path).is_file():
@@ -302,6 +308,7 @@ def image_array(path: PathLike, image_size: Optional[float], bbx: Optional[BBox]
         >>> x.shape, float(x[0, 0].max()), float(x[0, 1].max())
         ((1, 3, 32, 64), 1.0, 0.0)
     """
+    check_image_size(image_size)
     image = load_and_resize(path, image_size, bbx)
     return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None] / 255)
 
@@ -356,6 +363,12 @@ def describe_with_onnx(
     if len(images) == 0:
         raise ConfigError("no images to encode: give at least one image file")
     check_boxes(len(images), bbxs)
+    check_image_size(image_size)
+    if not callable(getattr(session, "run", None)):  # a path given for the session
+        raise ConfigError(
+            f"the session is a {type(session).__name__}, not an onnxruntime session: open the file with "
+            "onnx_session(path) first"
+        )
     boxes = list(bbxs) if bbxs is not None else [None] * len(images)
     source = source or getattr(session, "_model_path", None) or "the ONNX file"  # onnxruntime keeps the path
     columns = [

@@ -230,7 +230,8 @@ def _check_teacher_once(database: SearchDatabase, student: ImageRetrievalNet, te
 def _check_onnx_student_once(database: SearchDatabase, path: PathLike) -> OnnxStudentInfo:
     """`check_onnx_student`, unless this file, with this metadata (what the checks read),
     passed it last: its warnings are then not said again at each call."""
-    seen = ("onnx", os.path.abspath(path), read_onnx_metadata(path))
+    metadata = read_onnx_metadata(path)  # first: it refuses what is not a file's path
+    seen = ("onnx", os.path.abspath(path), metadata)
     if database.checked == seen and seen[2] is not None:
         return seen[2]
     info = check_onnx_student(database, path)

@@ -218,3 +218,25 @@ def test_a_store_without_whitening_is_exported_for_as_the_advice_says(setup, syn
     again = export_cli.main(["--network", str(student), "--out", str(tmp_path / "deploy"), "--store", str(plain)])
     assert read_onnx_metadata(again["onnx"]).whitening is None
     assert len(query_database_onnx(open_database(plain), again["onnx"], queries[:1], k=2)[0]["results"]) == 2
+
+
+def test_slips_of_the_python_api_are_refused_in_one_line(setup):
+    """An image size of 0 encoded a 1 x 1 image without a word; a path given for the session, or
+    a network for the file's path, were raw AttributeError and TypeError."""
+    from aml.descriptors.onnx_student import describe_with_onnx, image_array, onnx_session
+    from aml.networks.loading import load_test_network
+    from aml.utils.errors import ConfigError
+
+    student, store, files, queries = setup
+    session = onnx_session(files["onnx"])
+    for size in (0, -5, "64", float("nan")):
+        with pytest.raises(ConfigError, match=f"image size {size!r}: the longer side to shrink images to is a number"):
+            describe_with_onnx(session, queries[:1], size)
+        with pytest.raises(ConfigError, match="image size"):
+            image_array(queries[0], size)
+    with pytest.raises(ConfigError, match="the session is a PosixPath, not an onnxruntime session: open the file"):
+        describe_with_onnx(files["onnx"], queries[:1], SIZE)
+    network = load_test_network(str(student), None, None, None)
+    with pytest.raises(ConfigError, match="named by the path of its ONNX file, got a LoadedNetwork; a network in "
+                                          "memory queries with aml.search.query_database"):
+        query_database_onnx(open_database(store), network, queries[:1])

@@ -174,6 +174,42 @@ def _root_logger_kept() -> Iterator[None]:
         root.handlers[:] = handlers
 
 
+class _PerTensorFallbacks(logging.Filter):
+    """Drops onnxruntime's warning for each weight of one dimension (a norm's scale, a ViT has
+    dozens) that per-channel quantization quantizes per tensor instead, keeping their names."""
+
+    MESSAGE = "is out-of-range for weight"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: List[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.MESSAGE not in message:
+            return True
+        self.names.append(message.split("'")[1] if message.count("'") >= 2 else message)
+        return False
+
+
+@contextlib.contextmanager
+def _per_tensor_fallbacks_said() -> Iterator[None]:
+    """One line for onnxruntime's warnings of weights quantized per tensor (it logs them on the
+    root logger, one per weight)."""
+    root, fallbacks = logging.getLogger(), _PerTensorFallbacks()
+    root.addFilter(fallbacks)
+    try:
+        yield
+    finally:
+        root.removeFilter(fallbacks)
+        if fallbacks.names:
+            log.info(
+                ">> int8: %d weights of one dimension (such as %s) quantized per tensor, not per channel",
+                len(fallbacks.names),
+                fallbacks.names[0],
+            )
+
+
 def _prepare(quant_pre_process: Callable, fp32: PathLike, prepared: Path) -> None:
     """onnxruntime's ``quant_pre_process``; without its symbolic shape inference where that
     fails (a ViT's resized position embeddings: a TypeError deep in onnxruntime). Its own
@@ -260,7 +296,12 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
             len(in_float),
         )
         reader = _calibration_reader(settings.calibration, settings.image_size)
-        with atomic_path(out) as temporary, _root_logger_kept(), _named_calibration_failure(reader, settings):
+        with (
+            atomic_path(out) as temporary,
+            _root_logger_kept(),
+            _per_tensor_fallbacks_said(),
+            _named_calibration_failure(reader, settings),
+        ):
             quantize_static(
                 str(prepared),
                 str(temporary),

@@ -1,6 +1,7 @@
 """python -m aml.export --int8: the quantized student runs, stays close to float32, and says what it is."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -154,12 +155,18 @@ def test_a_calibration_image_too_small_for_the_network_is_named(tmp_path):
 
 @pytest.mark.parametrize("arch, quantized", [("efficientnet_lite0", "trunk"), ("efficientnet_lite0", "all"),
                                              ("timm:test_vit", "trunk")])
-def test_int8_keeps_shape_arithmetic_in_float_and_quantizes_a_vit(arch, quantized, synth_root, tmp_path):
+def test_int8_keeps_shape_arithmetic_in_float_and_quantizes_a_vit(arch, quantized, synth_root, tmp_path, caplog):
     """EfficientNets pad by the image's size ("same" padding), computed from its Shape partly in
     float: quantized to uint8, the int8 student's descriptors fell to cosine 0.45-0.6 of
     float32's, and some image sizes failed in a QLinearConv, with the export's exit status 0.
-    A ViT's graph made onnxruntime's symbolic shape inference raise a TypeError."""
+    A ViT's graph made onnxruntime's symbolic shape inference raise a TypeError, and its
+    quantizer warned once per norm weight quantized per tensor."""
+    import logging
+
     import onnx
+
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="aml")
 
     from aml.data.images import image_transform, load_and_resize
     from aml.export import Int8Settings, export_student, int8_agreement
@@ -179,6 +186,9 @@ def test_int8_keeps_shape_arithmetic_in_float_and_quantizes_a_vit(arch, quantize
     # 0.9997; lite0 before:
     # a 64 x 48 image failed, and 0.45 to 0.6 where the sizes ran (96 px)
     assert agreement["min"] > 0.75
+    assert "out-of-range for weight" not in caplog.text
+    if arch.startswith("timm:"):
+        assert re.search(r"int8: \d\d weights of one dimension \(such as .*norm.*\) quantized per tensor", caplog.text)
     if arch == "efficientnet_lite0":
         from aml.export.quantization import shape_arithmetic
 

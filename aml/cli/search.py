@@ -70,7 +70,11 @@ def _add_index_command(commands: Any) -> argparse.ArgumentParser:
     index.add_argument("images", help="a folder (every image below it) or a text file of image paths")
     index.add_argument("--store", required=True, type=output_folder, help="the store folder to write")
     index.add_argument(
-        "--teacher", "-t", default="vgg16", help="vgg16 | resnet101 | a checkpoint path (default: vgg16)"
+        "--teacher",
+        "-t",
+        default="vgg16",
+        help="vgg16 | resnet101 | a name of the published list | timm:MODEL-POOL (a timm model with its released "
+        "weights) | a checkpoint path (default: vgg16)",
     )
     index.add_argument(
         "--image-size",

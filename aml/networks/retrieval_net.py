@@ -16,7 +16,7 @@ from aml.data.paths import DataRootLike
 from aml.layers.functional import l2n
 from aml.layers.normalization import L2N
 from aml.layers.pooling import POOLINGS, Rpool
-from aml.networks.backbones import BACKBONES, build_trunk, get_backbone
+from aml.networks.backbones import build_trunk, get_backbone
 from aml.networks.imagenet import get_imagenet_weights
 from aml.networks.pretrained import (
     DEFAULT_TEACHER,
@@ -507,11 +507,10 @@ _RESNET101_TABLE_OWN_WIDTH = ("densenet121", "densenet161", "densenet169", "dens
 def _keeps_width_as_the_original(params: Dict[str, Any]) -> bool:
     """Whether the original's ``init_network`` gave this network its trunk's width whatever its
     ``teacher`` (`keeps_own_width`), no dimension given but its own (a checkpoint's
-    ``outputdim``). The rule is the original's, for its table's architectures: a ``timm:``
-    trunk, which it never had, is projected as `build_network` does."""
+    ``outputdim``). The rule is the original's, and main.py's for every trunk: a ``timm:``
+    trunk, which the original never had, keeps its width with the default teacher as main.py's
+    std runs of one always did."""
     architecture = params.get("architecture", "resnet101")
-    if architecture not in BACKBONES:
-        return False
     teacher = params.get("teacher")
     if not isinstance(teacher, str):  # no teacher named: build_network gives it its width
         return False

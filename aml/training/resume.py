@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional, Tuple, Union
 import torch
 
 from aml.networks.checkpoint import NOT_RECORDED, CheckpointError, RunRecord, load_checkpoint
+from aml.networks.backbones import get_backbone
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.run_folder import CHECKPOINT_PATTERN, earlier_checkpoint, epoch_checkpoints, latest_checkpoint
 from aml.utils.distributed import current_world, from_main, warn_once
@@ -43,7 +44,7 @@ def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
         if old is not None and new is not None and old != new:
             raise CheckpointError(
                 f"cannot resume from {path}: it was trained with {flag} {old}, this run trains "
-                f"with {flag} {new}; resume with the flags the run was started with{_width_hint(key, theirs)}"
+                f"with {flag} {new}; resume with the flags the run was started with{_width_hint(key, old, net)}"
             )
     old, new = theirs.get("teacher_fingerprint"), net.meta.get("teacher_fingerprint")
     if old is not None and new is not None and old != new:  # e.g. a retrained teacher copied over the file
@@ -54,15 +55,19 @@ def _check_meta(path: Path, theirs: dict, net: ImageRetrievalNet) -> None:
         )
 
 
-def _width_hint(key: str, theirs: Mapping[str, Any]) -> str:
-    """How a std run of a trunk that kept its width though --teacher named a wider or narrower
-    teacher (as aml did before 2026-12-07) trains on."""
-    if key != "outputdim" or theirs.get("mode") != "std":
+def _width_hint(key: str, old: Any, net: ImageRetrievalNet) -> str:
+    """Which flag sets a std run's dimension: --teacher, whose dimension a trunk projects to
+    unless it keeps its width (the default vgg16); a run of a trunk that kept its width though
+    --teacher named another teacher (aml before 2026-12-07) trains on with the default."""
+    if key != "outputdim" or net.meta.get("mode") != "std":
         return ""
-    return (
-        " (in --mode std, --teacher sets the dimension; a trunk that is not a student keeps its width with the "
-        "default --teacher vgg16: give it, with this file as --resume, to train on in a folder of its own)"
-    )
+    backbone = get_backbone(net.meta["architecture"])
+    if old == backbone.dim and not backbone.student:
+        return (
+            f" (in --mode std, --teacher sets the dimension; {net.meta['architecture']} keeps its width {old} with "
+            "the default --teacher vgg16: give it, with this file as --resume, to train on in a folder of its own)"
+        )
+    return f" (in --mode std, --teacher sets the dimension: give a teacher of {old} dimensions, as the run was started)"
 
 
 def _check_margin(path: Path, state: Mapping[str, Any], run: RunRecord) -> None:

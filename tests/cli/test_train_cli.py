@@ -195,17 +195,22 @@ def test_resume_against_other_teacher_weights_is_refused():
 
 def test_a_std_run_of_another_width_is_told_how_to_train_on():
     """A std run that kept resnet18's width under --teacher resnet101 (aml before 2026-12-07)
-    now builds 2048-d: the refusal says which flag keeps the width."""
+    now builds 2048-d: the refusal says which flag keeps the width, and only there."""
     from aml.networks import build_network
     from aml.training.resume import _check_meta
 
-    net = build_network("resnet18", pretrained=False, teacher_dim=2048)
-    net.meta["mode"] = "std"
-    old = {**net.meta, "outputdim": 512}
-    with pytest.raises(CheckpointError, match=r"output dimension 512, .*keeps its width with the default --teacher vgg16"):
-        _check_meta("model_epoch1.pth.tar", old, net)
+    projected = build_network("resnet18", pretrained=False, teacher_dim=2048)
+    projected.meta["mode"] = "std"
+    with pytest.raises(CheckpointError, match=r"output dimension 512, .*resnet18 keeps its width 512 with the default "
+                                              r"--teacher vgg16: give it"):
+        _check_meta("model_epoch1.pth.tar", {**projected.meta, "outputdim": 512}, projected)
+    own = build_network("resnet18", pretrained=False)
+    own.meta["mode"] = "std"  # a 2048-d run resumed with the default teacher: the default is no fix
+    with pytest.raises(CheckpointError, match=r"give a teacher of 2048 dimensions, as the run was started\)$"):
+        _check_meta("model_epoch1.pth.tar", {**own.meta, "outputdim": 2048}, own)
+    projected.meta["mode"] = "ts"
     with pytest.raises(CheckpointError, match=r"with the flags the run was started with$"):
-        _check_meta("model_epoch1.pth.tar", {**old, "mode": "ts"}, net.__class__(net.features, None, net.pool, None, {**net.meta, "mode": "ts"}))
+        _check_meta("model_epoch1.pth.tar", {**projected.meta, "outputdim": 512}, projected)
 
 
 def test_resume_without_checkpoint_starts_from_scratch_and_tests_every_epoch(synth_root, tmp_path, capsys, caplog):

@@ -92,6 +92,8 @@ def test_a_student_records_its_published_teacher_as_listed(tmp_path, monkeypatch
         ("densenet121", "resnet101", None),  # the original's table listed DenseNets at their width
         ("mobilenet_v2", "resnet101", 2048),
         ("mobilenet_v2", "vgg16", 512),
+        ("timm:test_vit", "vgg16", None),  # init_network projected it to 512
+        ("timm:test_vit", "resnet101", 2048),
     ],
 )
 def test_a_std_run_projects_to_its_teacher_as_init_network_does(tmp_path, arch, teacher, dim):

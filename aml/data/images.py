@@ -154,37 +154,55 @@ def image_files(folder: PathLike) -> List[Path]:
 
 def visible_files(folder: PathLike) -> List[Path]:
     """The files below ``folder``, sorted, but hidden files and those in hidden folders
-    (``.thumbnails/``, ``.DS_Store``): `image_files` without the extension test, for sets whose
-    images have none (cirtorch's ``ims/`` layout). Linked folders are entered (a folder of
-    photos linked into a set belongs to it), each real folder once: the tree itself first,
-    then the linked folders by name, so a folder reached both ways is listed under the same
-    path on every machine. A link whose target is missing is listed (reading it names it); a
-    folder that cannot be read is refused, naming it, rather than left out."""
+    (``.thumbnails/``, ``.DS_Store``) and a file system's ``lost+found``: `image_files` without
+    the extension test, for sets whose images have none (cirtorch's ``ims/`` layout). Linked
+    folders are entered (a folder of photos linked into a set belongs to it), each real folder
+    once: the tree itself first, then the linked folders by name, so a folder reached both ways
+    is listed under the same path on every machine. A link whose target is missing is listed
+    (reading it names it); sub-folders that cannot be read are named in a warning, and
+    ``folder`` itself, when it cannot be read, is refused."""
     seen: Set[str] = set()
     found: List[Path] = []
+    unreadable: List[OSError] = []
     pending = [Path(folder)]
     while pending:
         top = pending.pop(0)
-        for parent, folders, files in os.walk(top, onerror=_unreadable_folder):  # links to folders: listed, not entered
+        for parent, folders, files in os.walk(top, onerror=unreadable.append):  # links to folders: listed, not entered
             real = os.path.realpath(parent)
             if real in seen:  # a link back up the tree, or a folder already listed
                 folders.clear()
                 continue
             seen.add(real)
-            visible = sorted(name for name in folders if not name.startswith("."))
+            visible = sorted(name for name in folders if not name.startswith(".") and name != LOST_AND_FOUND)
             linked = [name for name in visible if os.path.islink(os.path.join(parent, name))]
             pending.extend(Path(parent) / name for name in linked)
             folders[:] = [name for name in visible if name not in linked]
             found.extend(Path(parent) / name for name in files if not name.startswith("."))
+    _say_unreadable(folder, unreadable)
     return sorted((path for path in found if path.is_file() or path.is_symlink()), key=str)
 
 
-def _unreadable_folder(err: OSError) -> None:
-    """`os.walk`'s error: a folder it cannot list would leave its images out without a word (one
-    that is not there, or has gone, holds none: callers check the folder they were given)."""
-    if isinstance(err, FileNotFoundError):
+#: the folder fsck fills at the root of a file system, readable by root alone
+LOST_AND_FOUND = "lost+found"
+
+
+def _say_unreadable(folder: PathLike, errors: List[OSError]) -> None:
+    """Refuse a ``folder`` that cannot be listed; name its sub-folders that cannot be, whose
+    images are left out (one that is not there, or has gone, holds none: callers check the
+    folder they were given)."""
+    errors = [err for err in errors if not isinstance(err, FileNotFoundError)]
+    if not errors:
         return
-    raise DataError(f"folder {err.filename} cannot be read ({err.strerror}); check its permissions") from None
+    if os.path.realpath(errors[0].filename) == os.path.realpath(folder):
+        raise DataError(f"folder {folder} cannot be read ({errors[0].strerror}); check its permissions")
+    log.warning(
+        ">> %d folder(s) below %s cannot be read, and their images are left out (first: %s, %s); check their "
+        "permissions",
+        len(errors),
+        folder,
+        errors[0].filename,
+        errors[0].strerror,
+    )
 
 
 MAX_IMAGE_BYTES = 256 << 20

@@ -319,24 +319,33 @@ def test_a_dangling_link_is_listed_and_named_when_read(tmp_path):
         load_image(tmp_path / "dropped.jpg")
 
 
-def test_a_folder_that_cannot_be_read_is_refused_not_left_out(tmp_path, monkeypatch):
+def test_folders_that_cannot_be_read_are_named_not_left_out_silently(tmp_path, monkeypatch, caplog):
+    """A sub-folder that could not be read was left out without a word; the folder given, when it
+    cannot be read, is refused; a file system's lost+found (root's alone) is no photo folder."""
+    import logging
     import os
 
     from aml.data.images import image_files
     from aml.utils.errors import DataError
 
-    for name in ("a/1.jpg", "b/2.jpg"):
+    for name in ("a/1.jpg", "b/2.jpg", "lost+found/3.jpg"):
         (tmp_path / name).parent.mkdir()
         (tmp_path / name).touch()
     scandir = os.scandir
+    refused = {str(tmp_path / "b")}
 
     def refusing(path):
-        if str(path).endswith("b"):
+        if str(path) in refused:
             raise PermissionError(13, "Permission denied", str(path))
         return scandir(path)
 
     monkeypatch.setattr(os, "scandir", refusing)
-    with pytest.raises(DataError, match=r"folder .*/b cannot be read \(Permission denied\); check its permissions"):
+    caplog.set_level(logging.WARNING, logger="aml")
+    assert [p.name for p in image_files(tmp_path)] == ["1.jpg"]
+    assert f"1 folder(s) below {tmp_path} cannot be read, and their images are left out (first: {tmp_path / 'b'}, " \
+           "Permission denied)" in caplog.text
+    refused.add(str(tmp_path))
+    with pytest.raises(DataError, match=rf"folder {tmp_path} cannot be read \(Permission denied\); check its permissions"):
         image_files(tmp_path)
     assert image_files(tmp_path / "missing") == []  # callers check the folder they were given
 

@@ -12,6 +12,7 @@ alternatives).
 
 import contextlib
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,14 +225,31 @@ def _prepare(quant_pre_process: Callable, fp32: PathLike, prepared: Path) -> Non
                 quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
             except Exception as again:
                 if is_disk_full(again):
-                    raise DiskFull(
-                        f"no space left in the temporary folder {tempfile.gettempdir()} for onnxruntime's "
-                        "preparation of the int8 graph: free space there, or set TMPDIR to a folder with room"
-                    ) from again
+                    raise DiskFull(_temporary_folder_full()) from again
                 raise ExportError(
                     f"onnxruntime cannot prepare {fp32} for quantization ({type(again).__name__}: {again}); export "
                     "without --int8, or quantize the float32 file with onnxruntime's tools yourself"
                 ) from again
+
+
+def _temporary_folder_full() -> str:
+    return (
+        f"no space left in the temporary folder {tempfile.gettempdir()} for onnxruntime's int8 quantization: free "
+        "space there, or set TMPDIR to a folder with room"
+    )
+
+
+@contextlib.contextmanager
+def _temporary_room_said(prepared: Path) -> Iterator[None]:
+    """A failure of onnxruntime's calibration with too little room left beside ``prepared`` (in
+    the temporary folder) for its two copies of the graph is said as such: onnx's shape
+    inference writes a cut file there without an error, read back as a protobuf DecodeError."""
+    try:
+        yield
+    except Exception as err:
+        if shutil.disk_usage(prepared.parent).free < 2 * prepared.stat().st_size:
+            raise DiskFull(_temporary_folder_full()) from err
+        raise
 
 
 #: where onnxruntime logs a failed graph optimisation of ``quant_pre_process`` with its traceback
@@ -301,6 +319,7 @@ def quantize_student(fp32: PathLike, out: PathLike, settings: Int8Settings) -> P
             _root_logger_kept(),
             _per_tensor_fallbacks_said(),
             _named_calibration_failure(reader, settings),
+            _temporary_room_said(prepared),
         ):
             quantize_static(
                 str(prepared),

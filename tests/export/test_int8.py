@@ -242,7 +242,31 @@ def test_a_full_temporary_folder_is_said_and_onnxruntimes_tracebacks_kept_quiet(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     caplog.set_level(logging.INFO)
     with pytest.raises(DiskFull, match=f"no space left in the temporary folder {tmp_path} for onnxruntime's "
-                                       "preparation of the int8 graph: free space there, or set TMPDIR"):
+                                       "int8 quantization: free space there, or set TMPDIR"):
         _prepare(quant_pre_process, tmp_path / "student.onnx", tmp_path / "prepared" / "prepared.onnx")
     assert "Traceback" not in caplog.text
     assert logging.getLogger(ONNXRUNTIME_PREPARATION_LOGGER).level == logging.NOTSET  # as it was
+
+
+def test_a_calibration_that_fails_in_a_full_temporary_folder_is_said_as_such(tmp_path, monkeypatch):
+    """onnx's shape inference wrote a cut file in $TMPDIR without an error: the calibration then
+    ended in a protobuf DecodeError traceback, though the output's disk had room."""
+    import shutil
+    import tempfile
+    from collections import namedtuple
+
+    from aml.export.quantization import _temporary_room_said
+    from aml.utils.atomic import DiskFull
+
+    prepared = tmp_path / "prepared.onnx"
+    prepared.write_bytes(b"x" * 1000)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 6, 10 ** 6 - 1500, 1500))
+    with pytest.raises(DiskFull, match=f"no space left in the temporary folder {tmp_path} for onnxruntime's int8"):
+        with _temporary_room_said(prepared):
+            raise ValueError("Error parsing message with type 'onnx.ModelProto'")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 9, 0, 10 ** 9))  # room: not the folder's fault
+    with pytest.raises(ValueError, match="Error parsing message"):
+        with _temporary_room_said(prepared):
+            raise ValueError("Error parsing message with type 'onnx.ModelProto'")

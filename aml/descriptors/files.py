@@ -22,7 +22,7 @@ from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_st
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
 from aml.utils.atomic import InTheWay, atomic_write, file_stamp, lock_beside
-from aml.utils.distributed import barrier, current_world, warn_once
+from aml.utils.distributed import current_world, from_main, warn_once
 from aml.utils.errors import ConfigError, DataError, MissingFile
 from aml.utils.text_files import TooLarge, line_list, read_bounded, read_line_list
 from aml.utils.plain_files import file_format, load_npy
@@ -48,7 +48,11 @@ def _sha1(data: bytes) -> str:
 
 
 def write_feature_file(
-    vecs: np.ndarray, images: Sequence[str], path: Path, settings: Optional[Dict[str, Any]] = None
+    vecs: np.ndarray,
+    images: Sequence[str],
+    path: Path,
+    settings: Optional[Dict[str, Any]] = None,
+    key: Optional["DescriptorKey"] = None,
 ) -> Path:
     """Save D x N features with their image list and how they were made.
 
@@ -64,9 +68,12 @@ def write_feature_file(
         path: the ``.npy`` file.
         settings: how the features were made (e.g. `DescriptorKey.record` and the
             network's name).
+        key: the features' key: ``path`` is then their usual name, and they go beside a file
+            of other settings there (`feature_file_beside`), chosen under the lock that two
+            runs writing that name take turns with.
 
     Returns:
-        ``path``.
+        The file written: ``path``, or the name beside it.
 
     Examples:
         >>> import pathlib, tempfile
@@ -80,6 +87,8 @@ def write_feature_file(
     """
     path = Path(path)
     with lock_beside(path):  # two runs writing one feature file take turns: no settings beside the other's array
+        if key is not None:  # chosen now: another run may have written other settings there meanwhile
+            path = feature_file_beside(path, key)
         sidecar = invalidate_feature_file(path)
         _atomic_save(path, np.ascontiguousarray(vecs, dtype=np.float32))
         listing = line_list(images)
@@ -371,9 +380,10 @@ def extract_dataset_features(
         network.net, images, key.image_size, key.scales, config=config.but(desc=f"{dataset} {split}")
     )
     world = current_world()
-    if world.is_main:
-        write_feature_file(vecs, images, path, dict(key.record(), network=network.name))
-    barrier(world)  # the other ranks read it next
+    if world.is_main:  # a file of other settings, even one written meanwhile by another run, stays
+        settings = dict(key.record(), network=network.name)
+        path = write_feature_file(vecs, images, output or named, settings, key=None if output else key)
+    path = from_main(path, world)  # the other ranks read it next
     log.info(">> %s: %s x %s descriptors written to %s", dataset, vecs.shape[0], vecs.shape[1], path)
     return path
 

@@ -165,10 +165,10 @@ def teacher_split_features(
         return torch.from_numpy(_given_features(teacher, Path(feat_path), images, image_size))
     loaded = teacher.loaded
     wanted = DescriptorKey.of(loaded.net, image_size, (1,), config, loaded.fingerprint)
-    path = feature_file_beside(
-        data_subdir(teacher.data_root, "features") / feature_file_name(dataset, loaded.feature_name, split, image_size),
-        wanted,
+    usual = data_subdir(teacher.data_root, "features") / feature_file_name(
+        dataset, loaded.feature_name, split, image_size
     )
+    path = feature_file_beside(usual, wanted)
     cached = reusable_feature_file(path, wanted, images)
     cached = found_by_all(cached, config.collective)
     if cached is not None:
@@ -177,5 +177,5 @@ def teacher_split_features(
     vecs = describe_images(loaded.net, images, image_size, config=config.but(desc=f"{dataset} {split}"))
     if current_world().is_main:  # every rank has the descriptors (the extraction is collective); one writes them
         with optional_write(f"{path.name}: the teacher descriptors' cache"):  # a read-only data root trains on
-            write_feature_file(vecs, images, path, dict(wanted.record(), network=loaded.name))
+            write_feature_file(vecs, images, usual, dict(wanted.record(), network=loaded.name), key=wanted)
     return torch.from_numpy(vecs)

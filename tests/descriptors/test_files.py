@@ -268,3 +268,32 @@ def test_a_feature_file_is_never_labelled_with_other_pixels_than_its_descriptors
         extract_dataset_features(network, "synth-oxford", "db", DescriptorKey.of(net, 32), synth_root,
                                  output=tmp_path / "f.npy", config=config)
     assert not (tmp_path / "f.npy").exists()
+
+
+def test_a_run_writes_beside_a_file_of_other_settings_written_while_it_encoded(synth_root, tmp_path, monkeypatch):
+    """Two extractions of one teacher with other settings, started together, both chose the usual
+    name before encoding: the last one wrote over the other's file."""
+    from aml.descriptors import extract_dataset_features
+    from aml.networks import LoadedNetwork
+
+    net = build_network("resnet18", pretrained=False)
+    network = LoadedNetwork.in_memory(net, "r18")
+    key = DescriptorKey.of(net, 32, fingerprint="a" * 16)
+    other = DescriptorKey.of(net, 32, (1, 0.5), fingerprint="a" * 16)
+    encode = features.describe_images
+
+    def meanwhile(*args, **kwargs):  # the other run finishes first, under the usual name
+        usual = synth_root / "features" / feature_file_name("synth-oxford", "r18", None, 32)
+        write_feature_file(np.zeros((512, 2), dtype=np.float32), ["x", "y"], usual, other.record())
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(features, "describe_images", meanwhile)
+    usual = synth_root / "features" / feature_file_name("synth-oxford", "r18", None, 32)
+    try:
+        path = extract_dataset_features(network, "synth-oxford", "db", key, synth_root,
+                                        config=ExtractionConfig(workers=0))
+        assert path != usual and path.parent == usual.parent
+        assert features.feature_file_key(usual) == other and features.feature_file_key(path) == key
+    finally:  # the data root is the session's
+        for written in usual.parent.glob("synth-oxford_r18_*"):
+            written.unlink()

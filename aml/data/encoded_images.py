@@ -37,6 +37,7 @@ from aml.data.images import (
     BBox,
     check_boxes,
     ImageLoadError,
+    JPEG_END,
     PathLike,
     PixelNormalizer,
     errors_naming,
@@ -49,7 +50,6 @@ from aml.data.resampling import LanczosResize, reduces_first
 
 log = logging.getLogger(__name__)
 
-JPEG_END = b"\xff\xd9"
 DEVICE_MODES = ("RGB", "L")  # JPEG colour modes that torchvision's decoder turns into RGB
 
 

@@ -97,7 +97,25 @@ def errors_naming(path: PathLike) -> Iterator[None]:
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"image {path} is refused: {err}; shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, UnidentifiedImageError) and _heif(path):
+            raise ImageLoadError(
+                f"image {path} is a HEIF photo (a phone's HEIC), which PIL does not read: convert it to JPEG"
+            ) from None
         raise ImageLoadError(f"image {path} is corrupt or not an image ({err}); replace or re-download it") from err
+
+
+#: the brands of HEIF files (an ISO media file's ``ftyp`` box), which PIL does not read
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+
+
+def _heif(path: PathLike) -> bool:
+    """Whether ``path`` starts as a HEIF file does."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
 
 def check_images_exist(images: Sequence[PathLike], what: str) -> None:
@@ -225,10 +243,18 @@ def open_image_file(path: PathLike) -> BinaryIO:
 
 def load_image(path: PathLike) -> Image.Image:
     """Open ``path`` as an RGB PIL image, with an error naming the file when that fails, and a
-    warning naming it when it looks cut short (`cut_short`)."""
+    warning naming it when it looks cut short (`cut_short`, `zero_filled`)."""
     with open_image_file(path) as handle, errors_naming(path):
         image = Image.open(handle)
         image.load()
+        zeros = zero_filled(handle) if image.format in ("JPEG", "MPO") else 0
+    if zeros:  # a warning, as for cut_short: a trailer of the camera's own could end so
+        log.warning(
+            ">> image %s ends in %d zero bytes and no JPEG end marker before them, what a copy or download cut "
+            "short and filled with zeros leaves (its lost part decodes as noise); if it is, copy or download it again",
+            path,
+            zeros,
+        )
     if cut_short(image):  # every process, for the images of its share
         log.warning(
             ">> image %s: its last row is uniform mid-grey, what a JPEG file cut short decodes to, the lost "
@@ -236,6 +262,46 @@ def load_image(path: PathLike) -> Image.Image:
             path,
         )
     return rgb_image(image, path)
+
+
+#: the JPEG end-of-image marker
+JPEG_END = b"\xff\xd9"
+#: trailing zero bytes from which a JPEG without an end marker before them was cut short and zero-filled
+ZERO_FILL = 64
+
+
+def zero_filled(handle: BinaryIO) -> int:
+    """How many zero bytes end a JPEG file whose data before them lacks the end marker: a copy
+    or download that stopped, the rest of the file left zeros (libjpeg decodes the zeros as
+    data, without a word); 0 for any other file (fewer than `ZERO_FILL`, or the marker there).
+
+    Args:
+        handle: the file, opened for reading in binary.
+
+    Returns:
+        The length of the zero run, or 0.
+
+    Examples:
+        >>> import io
+        >>> from aml.data.images import zero_filled
+        >>> cut, whole = b"\xff\xd8data" + bytes(100), b"\xff\xd8data\xff\xd9" + bytes(100)
+        >>> zero_filled(io.BytesIO(cut)), zero_filled(io.BytesIO(whole))
+        (100, 0)
+    """
+    end = position = handle.seek(0, os.SEEK_END)
+    while position > 0:  # backwards, a block at a time, to the last byte that is not zero
+        start = max(0, position - (1 << 16))
+        handle.seek(start)
+        kept = handle.read(position - start).rstrip(b"\0")
+        if kept:
+            position = start + len(kept)
+            break
+        position = start
+    zeros = end - position
+    if zeros < ZERO_FILL:
+        return 0
+    handle.seek(max(0, position - len(JPEG_END)))
+    return 0 if handle.read(len(JPEG_END)) == JPEG_END else zeros
 
 
 def cut_short(image: Image.Image) -> bool:
@@ -273,6 +339,7 @@ CUT_SHORT_GREYS = {"L": (128,), "RGB": (128,), "CMYK": (128, 127)}  # CMYK: also
 
 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})  # "I": 32-bit, from a 16-bit file
+# (older Pillows open 16-bit PNGs so), or a TIFF of 32-bit integers within 16 bits
 
 
 def rgb_image(image: Image.Image, path: PathLike) -> Image.Image:
@@ -304,9 +371,21 @@ def rgb_image(image: Image.Image, path: PathLike) -> Image.Image:
                 f"image {path} has integer pixels from {values.min()} to {values.max()}, outside 16 bits "
                 "(0 to 65535); save it as an 8- or 16-bit image"
             )
+        if values.size and values.max() <= 0xFF and max(_bits_per_sample(image), default=16) > 16:
+            raise ImageLoadError(  # read as 16 bits, 8-bit values turned black
+                f"image {path} has 32-bit integer pixels from {values.min()} to {values.max()}: 8-bit values, or "
+                "dark 16-bit ones, which cannot be told apart; save it as an 8- or 16-bit image"
+            )
         image = Image.fromarray(((values + 128) // 257).astype(np.uint8), "L")  # 65535 / 255 = 257
     with errors_naming(path):
         return image.convert("RGB")
+
+
+def _bits_per_sample(image: Image.Image) -> Tuple[int, ...]:
+    """A TIFF's BitsPerSample (tag 258), () for other files."""
+    tags = getattr(image, "tag_v2", None)
+    value = tags.get(258, ()) if tags is not None else ()
+    return tuple(value) if isinstance(value, (tuple, list)) else (int(value),)
 
 
 EXIF_ORIENTATION = 0x0112  # 1: as stored; 2 to 8: mirrored and/or turned (6 and 8: a quarter turn)

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, cast
 import numpy as np
 
 from aml.data.download import file_sha256
-from aml.data.images import IMAGE_EXTENSIONS, check_image_list, image_files, turned_images
+from aml.data.images import IMAGE_EXTENSIONS, check_image_list, image_files, turned_images, visible_files
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, feature_file_settings
 from aml.descriptors.store import (
     IMAGE_LIST,
@@ -162,7 +162,9 @@ def list_images(source: PathLike) -> List[str]:
     """
     source = Path(source)
     if source.is_dir():
-        return [str(path) for path in image_files(source)]
+        found = image_files(source)
+        _warn_left_out(source, found)
+        return [str(path) for path in found]
     if source.suffix.lower() in IMAGE_EXTENSIONS:
         raise StoreError(f"the image list {source} is an image, not a list of paths: {IMAGE_LIST_TEXT.fix}")
     text = read_text_file(source, IMAGE_LIST_TEXT)  # a pipe too (<(find ...))
@@ -186,6 +188,21 @@ def list_images(source: PathLike) -> List[str]:
             len(listed) - len(unique),
         )
     return unique
+
+
+def _warn_left_out(folder: Path, found: List[Path]) -> None:
+    """Name the files of ``folder`` left out by their extension (a phone's HEIC photos, GIFs):
+    the store would lack them without a word."""
+    others = sorted(set(visible_files(folder)) - set(found))
+    if others:
+        log.warning(
+            ">> %d files of %s are left out: not images by their extension (%s), e.g. %s; convert them, or "
+            "give the images as a list",
+            len(others),
+            folder,
+            " ".join(sorted(IMAGE_EXTENSIONS)),
+            others[0].name,
+        )
 
 
 def build_store(

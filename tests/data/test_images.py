@@ -365,3 +365,43 @@ def test_an_image_that_cannot_be_read_is_not_called_corrupt(tmp_path, monkeypatc
     monkeypatch.setattr(builtins, "open", refusing)
     with pytest.raises(ImageLoadError, match=r"locked.jpg cannot be read \(Permission denied\); check its permissions"):
         load_image(path)
+
+
+def test_a_32_bit_integer_tiff_of_8_bit_values_is_refused_not_turned_black(tmp_path):
+    """Its 8-bit values were divided by 257 as 16-bit ones: a black image, copied so by make_testset
+    (a 32-bit TIFF of 16-bit values is read as 16 bits: test_a_16_bit_grey_image_is_read_...)."""
+    path = tmp_path / "scan.tif"
+    Image.fromarray((np.arange(64 * 48) % 256).reshape(48, 64).astype(np.int32), "I").save(path)
+    with pytest.raises(ImageLoadError, match=f"image {path} has 32-bit integer pixels from 0 to 255: 8-bit values, "
+                                             "or dark 16-bit ones"):
+        load_image(path)
+    sixteen = tmp_path / "scan16.tif"
+    Image.fromarray((np.arange(64 * 48) * 20).reshape(48, 64).astype(np.uint16)).save(sixteen)
+    assert np.asarray(load_image(sixteen)).max() > 200  # 16 bits still scaled
+
+
+def test_a_jpeg_cut_short_and_zero_filled_is_warned_of(tmp_path, caplog):
+    """A copy that stopped with the rest of the file left zeros decoded partly as noise, without a word."""
+    import io
+    import logging
+
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) * 9 // 10] + bytes(len(data)))
+    padded = tmp_path / "padded.jpg"  # zeros after the end marker: a whole file
+    padded.write_bytes(data + bytes(4096))
+    caplog.set_level(logging.WARNING, logger="aml")
+    load_image(padded)
+    assert "zero bytes" not in caplog.text
+    load_image(cut)
+    assert f"image {cut} ends in {len(data)} zero bytes and no JPEG end marker before them" in caplog.text
+
+
+def test_a_heif_photo_is_named_as_such_not_corrupt(tmp_path):
+    path = tmp_path / "IMG_0002.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200))
+    with pytest.raises(ImageLoadError, match=r"is a HEIF photo \(a phone's HEIC\), which PIL does not read: convert"):
+        load_image(path)

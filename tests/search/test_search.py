@@ -1010,3 +1010,17 @@ def test_a_small_ivfpq_training_set_is_said_once_not_by_faiss_per_sub_quantiser(
         build_ivfpq(SearchDatabase(tmp_path, vecs, [f"{i}.jpg" for i in range(300)], {"dim": 16}), nlist=16, m=4)
     assert "please provide at least" not in capfd.readouterr().err
     assert caplog.text.count("300 images train the IVF-PQ codebooks (faiss advises 9984 or more") == 1
+
+
+def test_files_left_out_of_a_folder_by_extension_are_named(tmp_path, caplog):
+    """A phone's folder was indexed without its HEIC photos, and without a word."""
+    import logging
+
+    from aml.search import list_images
+
+    for name in ("IMG_0001.jpg", "IMG_0002.HEIC", "anim.gif"):
+        (tmp_path / name).touch()
+    caplog.set_level(logging.WARNING, logger="aml")
+    assert [os.path.basename(p) for p in list_images(tmp_path)] == ["IMG_0001.jpg"]
+    assert f"2 files of {tmp_path} are left out: not images by their extension" in caplog.text
+    assert "e.g. IMG_0002.HEIC" in caplog.text

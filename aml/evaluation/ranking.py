@@ -187,21 +187,23 @@ def rank_database(
 def descending_order(scores: np.ndarray) -> np.ndarray:
     """Q x N column indices of each row by descending score, equal scores in ascending
     index order: the order of a stable sort. On the CPU it sorts with numpy's introsort of
-    contiguous rows, exact but unstable; runs of equal scores (float32 scores collide often)
-    are then put in index order by odd-even transposition over the tied neighbours only."""
+    contiguous rows, exact but unstable; runs of equal scores (float32 scores collide often,
+    skipped images all score -inf) are then put in index order, each run sorted once by index
+    (one lexicographic sort of the tied places alone: linear in the runs' lengths, not quadratic)."""
     order = np.argsort(-scores, axis=1)
     ranked = torch.gather(torch.from_numpy(scores), 1, torch.from_numpy(order)).numpy()  # faster than numpy's
-    rows, cols = np.nonzero(ranked[:, 1:] == ranked[:, :-1])  # neighbours with equal scores
-    quiet = 0
-    parity = 0
-    while rows.size and quiet < 2:  # until an even and an odd pass in a row swap nothing
-        pick = cols % 2 == parity
-        r, c = rows[pick], cols[pick]
-        left, right = order[r, c], order[r, c + 1]
-        swap = left > right
-        order[r[swap], c[swap]], order[r[swap], c[swap] + 1] = right[swap], left[swap]
-        quiet = 0 if swap.any() else quiet + 1
-        parity ^= 1
+    tied = ranked[:, 1:] == ranked[:, :-1]  # place c + 1 has the score of place c
+    if not tied.any():
+        return order
+    member = np.zeros(ranked.shape, dtype=bool)
+    member[:, 1:] |= tied
+    member[:, :-1] |= tied
+    rows, cols = np.nonzero(member)  # row by row, each run's places together and in order
+    follows = np.zeros(len(rows), dtype=bool)  # a place that continues the run of the one before it
+    follows[1:] = (rows[1:] == rows[:-1]) & (cols[1:] == cols[:-1] + 1) & tied[rows[1:], np.maximum(cols[1:] - 1, 0)]
+    run = np.cumsum(~follows)
+    indices = order[rows, cols]
+    order[rows, cols] = indices[np.lexsort((indices, run))]  # by run, then by index within it
     return order
 
 
@@ -262,7 +264,8 @@ def nearest(
     queries at a time (``NEIGHBOUR_CHUNK``, and no more than ``SCORE_VALUES`` scores). The
     database goes to ``device`` and is checked once. ``skip_self``: the queries are the
     database itself and column q never lists q (database-side augmentation)."""
-    db = _finite(torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device), "database")
+    # as it is: a store's D x N array is a view of rows, which a contiguous copy would double
+    db = _finite(torch.as_tensor(database, dtype=torch.float32, device=device), "database")
     if queries is not database:  # checked whole, on the host
         _finite(torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32), "query")
     chunk = max(1, min(NEIGHBOUR_CHUNK, SCORE_VALUES // max(db.shape[1], 1)))
@@ -303,12 +306,24 @@ def top_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k == 0 or scores.shape[0] == 0:
         return torch.zeros(scores.shape[0], k, dtype=torch.long, device=scores.device)
     top = torch.topk(scores, k, dim=1)
-    width = int((scores >= top.values[:, -1:]).sum(dim=1).max())  # k, or more where the k-th score ties
+    width = int(_count_at_least(scores, top.values[:, -1:]).max())  # k, or more where the k-th score ties
     if width > k:
         top = torch.topk(scores, width, dim=1)
     columns, placed = torch.sort(top.indices, dim=1)
     order = torch.argsort(torch.gather(top.values, 1, placed), dim=1, descending=True, stable=True)
     return torch.gather(columns, 1, order)[:, :k]
+
+
+#: columns of scores compared with a threshold at once (a mask of the whole matrix is summed in int64)
+COUNTED_COLUMNS = 1 << 16
+
+
+def _count_at_least(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Per row, how many scores are at or above its ``threshold``, a slice of columns at a time."""
+    count = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    for start in range(0, scores.shape[1], COUNTED_COLUMNS):
+        count += (scores[:, start : start + COUNTED_COLUMNS] >= threshold).sum(dim=1)
+    return count
 
 
 #: the most descriptor values (float32: 512 MiB) of neighbours that one step of a re-ranking

@@ -14,6 +14,7 @@ import numpy as np
 
 from aml.data.download import file_sha256
 from aml.descriptors.store import MANIFEST
+from aml.evaluation.ranking import most_neighbours
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
@@ -244,7 +245,8 @@ class SearchDatabase:
             StoreError: when ``k`` is not a whole number above 0, the queries are not finite
                 descriptors of the store's dimension, the store's IVF-PQ index is damaged or
                 belongs to another store, or ``reranking.qe`` or ``reranking.superglobal``'s M
-                exceeds the store's size, or ``reranking.dba`` is not the store's.
+                exceeds the store's size or the neighbours a search may keep for its queries
+                (`aml.evaluation.ranking.most_neighbours`), or ``reranking.dba`` is not the store's.
             WhiteningError: when whitening makes a query NaN or infinite.
         """
         check_results_wanted(k)
@@ -260,10 +262,18 @@ class SearchDatabase:
         queries = self._checked(queries, prewhitened)
         size = self.searchable
         superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
+        most = most_neighbours(queries.shape[1], self.vecs.shape[0])
         for flag, asked in (("--qe", reranking.qe), ("--superglobal", superglobal)):
             if asked > size:
                 raise StoreError(
                     f"{flag} {asked}: the store {self.folder} holds {size} images; give {flag} {size} or less"
+                )
+            if asked > most:  # their descriptors are gathered for every query at once
+                gib = queries.shape[1] * asked * self.vecs.shape[0] * 4 / 2**30
+                raise StoreError(
+                    f"{flag} {asked} with {queries.shape[1]} queries would keep their {asked} nearest "
+                    f"{self.vecs.shape[0]}-d descriptors ({gib:.3g} GiB) at once, more than a search is given; give "
+                    f"{flag} {most} or less, or fewer queries at a time"
                 )
 
         def top(q: np.ndarray, shortlist: Optional[Shortlist]) -> Tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-from aml.evaluation.ranking import top_in_order
+from aml.evaluation.ranking import SCORE_VALUES, top_in_order
 from aml.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,9 @@ def _rows(vecs: np.ndarray) -> np.ndarray:
 
 class ExactIndex:
     """Exact search over fixed database descriptors by dot product, prepared once: faiss
-    ``IndexFlatIP`` over their rows when faiss is installed, else one matrix product with torch
-    (over the D x N array as it is, no copy).
+    ``IndexFlatIP`` over their rows when faiss is installed, else matrix products with torch
+    over the descriptors as they are (a store's D x N array is a view of rows: no copy), a few
+    queries at a time (no more than ``SCORE_VALUES`` scores at once).
 
     Args:
         vecs: D x N database descriptors.
@@ -47,7 +48,7 @@ class ExactIndex:
             self.flat = faiss.IndexFlatIP(vecs.shape[0])
             self.flat.add(_rows(vecs))
         else:
-            self.matrix = torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32))
+            self.matrix = torch.as_tensor(np.asarray(vecs, dtype=np.float32))  # D x N, in any layout
 
     def search(self, query_rows: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Each query's ``k`` best database columns, as faiss's ``Index.search`` answers.
@@ -64,9 +65,16 @@ class ExactIndex:
         if self.flat is not None:
             return self._faiss_search(query_rows, k)
         assert self.matrix is not None
-        scores = torch.from_numpy(query_rows) @ self.matrix
-        indices = top_in_order(scores, k)
-        return torch.gather(scores, 1, indices).numpy(), indices.numpy()
+        chunk = max(1, SCORE_VALUES // max(self.matrix.shape[1], 1))
+        found, top = [], []
+        for start in range(0, len(query_rows), chunk):
+            scores = torch.from_numpy(query_rows[start : start + chunk]) @ self.matrix
+            indices = top_in_order(scores, k)
+            found.append(torch.gather(scores, 1, indices).numpy())
+            top.append(indices.numpy())
+        if not found:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        return np.concatenate(found), np.concatenate(top)
 
     def _faiss_search(self, query_rows: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """faiss's search, widened until no image beyond those returned ties with the k-th (faiss

@@ -752,6 +752,23 @@ def _whitening(folder: Path, dim: int) -> Optional[Whitening]:
         raise StoreError(f"{str(err).split('; ')[0]}; index the store again ({REBUILD} -w SET)") from None
 
 
+#: rows moved at once when a store's skipped columns are dropped in place
+MOVED_ROWS_BYTES = 64 << 20
+
+
+def _kept_columns(vecs: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``vecs[:, kept]`` (``kept`` ascending), in place when ``vecs`` is a view of rows, as a
+    store's descriptors are: fancy indexing made a second copy of the whole store."""
+    rows = vecs.T
+    if not rows.flags.c_contiguous or not rows.flags.writeable:
+        return vecs[:, kept]
+    step = max(1, MOVED_ROWS_BYTES // max(rows.strides[0], 1))
+    for start in range(0, len(kept), step):  # forward: each block lands at or before where it was read
+        part = kept[start : start + step]
+        rows[start : start + len(part)] = rows[part]
+    return rows[: len(kept)].T
+
+
 def open_database(folder: PathLike) -> SearchDatabase:
     """Load a store's database for search: its descriptors, whitened and augmented as the store was indexed.
 
@@ -797,7 +814,7 @@ def open_database(folder: PathLike) -> SearchDatabase:
         kept = np.setdiff1d(np.arange(len(images)), unreadable)
         if not len(kept):
             raise StoreError(f"none of the {len(images)} images of the store {folder} could be read: nothing to search")
-        vecs, images = vecs[:, kept], [images[i] for i in kept]
+        vecs, images = _kept_columns(vecs, kept), [images[i] for i in kept]
     manifest = file_sha256(folder / MANIFEST) if (folder / MANIFEST).is_file() else None  # for build_ivfpq
     if folder_identity(folder) != identity:
         raise StoreError(

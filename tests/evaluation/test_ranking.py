@@ -202,3 +202,29 @@ def test_a_ranking_of_another_shape_than_the_ground_truth_is_refused():
     with pytest.raises(DataError, match=r"not easy and hard: the revisited protocol needs them$"):  # no 'ok' either
         evaluate_ranks(ranks, [{"easy": [1], "junk": []}] * 5, "revisited")
     assert evaluate_ranks(ranks, gnd, "classic")["map"] > 0
+
+
+def test_the_mask_of_top_in_order_is_counted_a_slice_at_a_time(monkeypatch):
+    """Summed whole, torch made it an int64 copy of the scores: 3.25 GiB for a 1 GiB step."""
+    import torch
+
+    from aml.evaluation import ranking
+
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 4, size=(6, 50)).astype(np.float32)
+    expected = np.stack([np.argsort(-row, kind="stable") for row in scores])[:, :7]
+    monkeypatch.setattr(ranking, "COUNTED_COLUMNS", 8)
+    np.testing.assert_array_equal(ranking.top_in_order(torch.from_numpy(scores), 7).numpy(), expected)
+
+
+def test_long_runs_of_equal_scores_are_put_in_index_order_at_once():
+    """Odd-even transposition took a pass per place of a run: 196 s for runs of 16,000 ties."""
+    from aml.evaluation.ranking import descending_order
+
+    rng = np.random.default_rng(6)
+    scores = rng.standard_normal((3, 30000)).astype(np.float32)
+    scores[:, 5000:25000] = 0.25  # 20,000 duplicates of one image
+    scores[1, ::7] = -np.inf  # skipped images, all tied last
+    scores[2, 100:110] = scores[2, 40]  # a short run beside the long one
+    expected = np.stack([np.argsort(-row, kind="stable") for row in scores])
+    np.testing.assert_array_equal(descending_order(scores), expected)

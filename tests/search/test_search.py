@@ -1024,3 +1024,56 @@ def test_files_left_out_of_a_folder_by_extension_are_named(tmp_path, caplog):
     assert [os.path.basename(p) for p in list_images(tmp_path)] == ["IMG_0001.jpg"]
     assert f"2 files of {tmp_path} are left out: not images by their extension" in caplog.text
     assert "e.g. IMG_0002.HEIC" in caplog.text
+
+
+def test_exact_search_without_faiss_copies_nothing_and_scores_a_few_queries_at_a_time(monkeypatch):
+    """It made a contiguous copy of the store (a view of rows) and one Q x N score matrix: 16.5 GB
+    for 1,000 queries of a 1M x 512 store."""
+    from aml.search import faiss_index
+
+    monkeypatch.setattr(faiss_index, "faiss_or_none", lambda: None)
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(300, 16)).astype(np.float32)
+    vecs = rows.T  # D x N, as a store holds its descriptors
+    queries = np.ascontiguousarray(rng.normal(size=(9, 16)).astype(np.float32))
+    whole = faiss_index.ExactIndex(vecs).search(queries, 5)
+    monkeypatch.setattr(faiss_index, "SCORE_VALUES", 600)  # two queries' scores at a time
+    index = faiss_index.ExactIndex(vecs)
+    assert index.matrix.data_ptr() == rows.ctypes.data  # the store's own memory
+    scored = []
+    matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: scored.append(a.shape[0]) or matmul(a, b))
+    chunked = index.search(queries, 5)
+    assert scored == [2, 2, 2, 2, 1]
+    np.testing.assert_array_equal(chunked[1], whole[1]) and np.testing.assert_array_equal(chunked[0], whole[0])
+
+
+def test_query_expansion_past_the_neighbours_a_search_keeps_is_refused(tmp_path, monkeypatch):
+    """αQE and SuperGlobal gathered every query's K neighbours at once, unbounded (test.py refuses
+    it beforehand)."""
+    from aml.evaluation import ranking
+    from aml.evaluation.reranking import Reranking
+
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(16, 400)).astype(np.float32)
+    store = SearchDatabase(tmp_path, vecs / np.linalg.norm(vecs, axis=0), [f"{i}.jpg" for i in range(400)], {"dim": 16})
+    queries = store.vecs[:, :10]
+    assert store.search(queries, 3, reranking=Reranking(qe=40))[1].shape == (10, 3)
+    monkeypatch.setattr(ranking, "NEIGHBOUR_VALUES", 10 * 16 * 20)  # 20 neighbours of each query
+    with pytest.raises(StoreError, match=r"--qe 40 with 10 queries would keep their 40 nearest 16-d descriptors .* "
+                                         r"give --qe 20 or less, or fewer queries at a time"):
+        store.search(queries, 3, reranking=Reranking(qe=40))
+
+
+@pytest.mark.parametrize("moved_bytes", [64 << 20, 32])  # one block; two rows at a time
+def test_skipped_columns_are_dropped_in_place(moved_bytes, monkeypatch):
+    """Opening a store with one skipped image took a second copy of the whole store."""
+    from aml.search import store as store_module
+
+    monkeypatch.setattr(store_module, "MOVED_ROWS_BYTES", moved_bytes)
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    kept = np.array([0, 2, 3, 7, 9])
+    expected = rows.T[:, kept].copy()
+    vecs = store_module._kept_columns(rows.T, kept)
+    np.testing.assert_array_equal(vecs, expected)
+    assert np.shares_memory(vecs, rows)

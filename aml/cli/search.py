@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _index(args) -> Path:
     device = str(resolve_device(args.device, args.gpu_id))
     teacher = load_teacher(args.teacher, args.data_root)
-    images = list_images(args.images)
+    images = list_images(args.images, name_left_out=True)
     if not images:
         raise StoreError(f"{args.images} holds no images")
     extraction = extraction_from(args, device).but(skip_bad=args.skip_bad_images)

@@ -6,6 +6,7 @@ first and then shrunk by the factor the full image would get.
 """
 
 import contextlib
+from dataclasses import dataclass
 import logging
 import math
 import numbers
@@ -165,9 +166,46 @@ def image_files(folder: PathLike) -> List[Path]:
         ...     [path.name for path in image_files(folder)]
         ['a.PNG', 'b.jpg']
     """
-    found = [path for path in visible_files(folder) if path.suffix.lower() in IMAGE_EXTENSIONS]
-    check_line_names(str(path) for path in found)  # refused before hours of encoding, not when the list is written
-    return found
+    return listed_files(folder).images
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """A folder's visible files (`visible_files`), split by extension.
+
+    Attributes:
+        images: the image files (`IMAGE_EXTENSIONS`), sorted.
+        others: the other files, sorted (a phone's HEIC photos, ``Thumbs.db``, a CSV).
+    """
+
+    images: List[Path]
+    others: List[Path]
+
+
+def listed_files(folder: PathLike) -> FolderListing:
+    """The visible files below ``folder``, listed once and split into images and others (a name
+    with a line break among the images is refused, `aml.utils.text_files.check_line_names`).
+
+    Args:
+        folder: the folder.
+
+    Returns:
+        Its `FolderListing`.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> from aml.data.images import listed_files
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     for name in ("b.jpg", "IMG_2.HEIC"):
+        ...         (pathlib.Path(folder) / name).touch()
+        ...     listing = listed_files(folder)
+        ...     [p.name for p in listing.images], [p.name for p in listing.others]
+        (['b.jpg'], ['IMG_2.HEIC'])
+    """
+    every = visible_files(folder)
+    images = [path for path in every if path.suffix.lower() in IMAGE_EXTENSIONS]
+    check_line_names(str(path) for path in images)  # refused before hours of encoding, not when the list is written
+    return FolderListing(images, [path for path in every if path.suffix.lower() not in IMAGE_EXTENSIONS])
 
 
 def visible_files(folder: PathLike) -> List[Path]:

@@ -34,7 +34,7 @@ from PIL import Image
 
 from aml.utils.atomic import publish_folder, staged
 from aml.data.distractors import DISTRACTOR_SETS
-from aml.data.images import ImageLoadError, image_files, load_image, rgb_image, turned_images, visible_files
+from aml.data.images import ImageLoadError, listed_files, load_image, rgb_image, turned_images
 from aml.data.download import file_sha256
 from aml.data.paths import check_set_name, data_subdir, resolve_data_root, within_data_root
 from aml.data.safe_pickle import kind_of, save_pickle
@@ -350,8 +350,9 @@ def _database_names(description: Description, images_dir: Path, query_names: Lis
     listed = description.get("database")
     if listed is not None:
         return list(listed)
-    found = image_files(images_dir)
-    inside = within_data_root(found + visible_files(images_dir), images_dir, root)
+    listing = listed_files(images_dir)  # walked once: a folder it cannot read is named once
+    found = listing.images
+    inside = within_data_root(found + listing.others, images_dir, root)
     theirs = {path for path, entry in inside.items() if entry in ("test", "train")}
     kept = [path for path in found if path not in theirs]
     if len(kept) < len(found):
@@ -361,7 +362,7 @@ def _database_names(description: Description, images_dir: Path, query_names: Lis
             images_dir,
             root,
         )
-    others = sorted(path for path in set(visible_files(images_dir)) - set(found) if path not in theirs)
+    others = [path for path in listing.others if path not in theirs]
     if others:
         log.warning(
             ">> %d files of %s are not images by their extension and are left out of the database, e.g. %s; "

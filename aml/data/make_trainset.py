@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from aml.utils.atomic import publish_folder, staged
-from aml.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image, visible_files
+from aml.data.images import IMAGE_EXTENSIONS, LOST_AND_FOUND, ImageLoadError, load_image, visible_files
 from aml.data.paths import DataRootLike, check_set_name, data_subdir, resolve_data_root, within_data_root
 from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
@@ -106,7 +106,9 @@ def images_from_folders(root: PathLike, data_root: DataRootLike = None) -> List[
     the landmarks' images, not a landmark); a name with a line break is refused
     (`aml.utils.text_files.check_line_names`)."""
     root = Path(root)
-    landmarks = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    landmarks = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != LOST_AND_FOUND
+    )
     if not landmarks:
         raise TrainSetError(f"{root} holds no landmark folders (expected {root}/<landmark>/<images>)")
     found = [(image, folder.name) for folder in landmarks for image in visible_files(folder)]

@@ -136,9 +136,9 @@ def _scores(database: np.ndarray, queries: np.ndarray, device: str, excluded: Se
 
 def _scored(db: torch.Tensor, q: torch.Tensor, excluded: Sequence[int]) -> torch.Tensor:
     """Q x N dot products of descriptors on one device, as a block of distractors is scored
-    (`_products`: a database narrower than a block is padded, so that its scores equal those of
+    (`padded_products`: a database narrower than a block is padded, so that its scores equal those of
     the same images among distractors, bit for bit); ``excluded`` columns at -inf."""
-    scores = _products(q, db.t())
+    scores = padded_products(q, db.t())
     if len(excluded):
         scores[:, torch.as_tensor(list(excluded), dtype=torch.long, device=scores.device)] = -torch.inf
     return scores
@@ -417,7 +417,7 @@ def _distractor_scores(
     for start, block in distractors:
         rows = _block_rows(block, device, transform)  # n_k x D float32
         _finite(rows.t(), "distractor", start)
-        block_scores = _products(q, rows)
+        block_scores = padded_products(q, rows)
         gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
         if len(gone):
             block_scores[:, gone] = -torch.inf
@@ -434,9 +434,29 @@ def _block_rows(block: np.ndarray, device: str, transform: Optional[Transform]) 
 MIN_BLOCK = 32  # narrower blocks are padded: BLAS computes a product with 1 column (gemv) in another order
 
 
-def _products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Q x n_k scores of a block, bit for bit those of the same columns in one D x N database
-    product (a matrix product whatever the block's width; tested on both CPU kernel sets)."""
+def padded_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Q x n scores of a block of rows, bit for bit those of the same columns in one D x N
+    database product whatever the block's width, the number of queries and the layout of the
+    descriptors (tested on both CPU kernel sets): BLAS computes a product of one column, or of
+    one query, by another path (gemv), whose rounding depends on the layout, so a narrow block
+    is padded to ``MIN_BLOCK`` rows and a single query to two.
+
+    Args:
+        queries: D x Q query descriptors.
+        rows: n x D descriptors, one per row (a transposed view of D x n columns is one too).
+
+    Returns:
+        The Q x n scores, contiguous.
+
+    Examples:
+        >>> import torch
+        >>> from aml.evaluation.ranking import padded_products
+        >>> padded_products(torch.tensor([[1.0], [2.0]]), torch.tensor([[1.0, 1.0], [0.0, 1.0]]))
+        tensor([[3., 2.]])
+    """
+    if queries.shape[1] == 1:
+        pair = torch.cat([queries, torch.zeros_like(queries)], dim=1)
+        return padded_products(pair, rows)[:1].contiguous()
     if rows.shape[0] >= MIN_BLOCK:
         return (queries.t() @ rows.t()).contiguous()
     padded = torch.zeros(MIN_BLOCK, rows.shape[1], dtype=rows.dtype, device=rows.device)

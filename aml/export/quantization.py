@@ -241,13 +241,15 @@ def _temporary_folder_full() -> str:
 
 @contextlib.contextmanager
 def _temporary_room_said(prepared: Path) -> Iterator[None]:
-    """A failure of onnxruntime's calibration with too little room left beside ``prepared`` (in
-    the temporary folder) for its two copies of the graph is said as such: onnx's shape
-    inference writes a cut file there without an error, read back as a protobuf DecodeError."""
+    """A full disk, or a graph read back cut (a protobuf DecodeError), during onnxruntime's
+    calibration with too little room left beside ``prepared`` (in the temporary folder) for
+    its two copies of the graph is said as such: onnx's shape inference writes a cut file there
+    without an error. Any other failure (an image too small for the network) is its own."""
     try:
         yield
     except Exception as err:
-        if shutil.disk_usage(prepared.parent).free < 2 * prepared.stat().st_size:
+        cut = is_disk_full(err) or type(err).__name__ == "DecodeError" or "Error parsing message" in str(err)
+        if cut and shutil.disk_usage(prepared.parent).free < 2 * prepared.stat().st_size:
             raise DiskFull(_temporary_folder_full()) from err
         raise
 

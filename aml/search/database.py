@@ -245,8 +245,9 @@ class SearchDatabase:
             StoreError: when ``k`` is not a whole number above 0, the queries are not finite
                 descriptors of the store's dimension, the store's IVF-PQ index is damaged or
                 belongs to another store, or ``reranking.qe`` or ``reranking.superglobal``'s M
-                exceeds the store's size or the neighbours a search may keep for its queries
-                (`aml.evaluation.ranking.most_neighbours`), or ``reranking.dba`` is not the store's.
+                exceeds the store's size or the neighbours a search may keep for one query
+                (`aml.evaluation.ranking.most_neighbours`: queries are expanded as many at a time
+                as that allows), or ``reranking.dba`` is not the store's.
             WhiteningError: when whitening makes a query NaN or infinite.
         """
         check_results_wanted(k)
@@ -262,25 +263,31 @@ class SearchDatabase:
         queries = self._checked(queries, prewhitened)
         size = self.searchable
         superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
-        most = most_neighbours(queries.shape[1], self.vecs.shape[0])
+        most = most_neighbours(1, self.vecs.shape[0])  # for one query
         for flag, asked in (("--qe", reranking.qe), ("--superglobal", superglobal)):
             if asked > size:
                 raise StoreError(
                     f"{flag} {asked}: the store {self.folder} holds {size} images; give {flag} {size} or less"
                 )
-            if asked > most:  # their descriptors are gathered for every query at once
-                gib = queries.shape[1] * asked * self.vecs.shape[0] * 4 / 2**30
+            if asked > most:  # their descriptors are gathered for a query at once
                 raise StoreError(
-                    f"{flag} {asked} with {queries.shape[1]} queries would keep their {asked} nearest "
-                    f"{self.vecs.shape[0]}-d descriptors ({gib:.3g} GiB) at once, more than a search is given; give "
-                    f"{flag} {most} or less, or fewer queries at a time"
+                    f"{flag} {asked}: a query's {asked} nearest {self.vecs.shape[0]}-d descriptors would take more "
+                    f"than a search is given; give {flag} {most} or less"
                 )
 
         def top(q: np.ndarray, shortlist: Optional[Shortlist]) -> Tuple[np.ndarray, np.ndarray]:
             found = self._top(q, k)
             return found if shortlist is None else shortlist.ahead_of(*found)
 
-        return search_with_expansion(self, queries, reranking, top, first=False, expanded=False)[-1]
+        # each query is expanded and re-ranked on its own: as many at a time as their neighbours allow
+        group = max(1, most // max(reranking.qe, superglobal, 1))
+        parts = []
+        for start in range(0, max(queries.shape[1], 1), group):  # no query: one empty search
+            part = queries[:, start : start + group]
+            parts.append(search_with_expansion(self, part, reranking, top, first=False, expanded=False)[-1])
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([scores for scores, _ in parts]), np.concatenate([found for _, found in parts])
 
     @property
     def searchable(self) -> int:

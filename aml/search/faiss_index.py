@@ -8,7 +8,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-from aml.evaluation.ranking import SCORE_VALUES, top_in_order
+from aml.evaluation.ranking import SCORE_VALUES, padded_products, top_in_order
 from aml.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,12 @@ class ExactIndex:
     def __init__(self, vecs: np.ndarray):
         faiss = faiss_or_none()
         self.flat: Any = None
-        self.matrix: Optional[torch.Tensor] = None
+        self.rows: Optional[torch.Tensor] = None
         if faiss is not None:
             self.flat = faiss.IndexFlatIP(vecs.shape[0])
             self.flat.add(_rows(vecs))
-        else:
-            self.matrix = torch.as_tensor(np.asarray(vecs, dtype=np.float32))  # D x N, in any layout
+        else:  # N x D, in any layout (a store's: its own memory)
+            self.rows = torch.as_tensor(np.asarray(vecs, dtype=np.float32)).t()
 
     def search(self, query_rows: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """Each query's ``k`` best database columns, as faiss's ``Index.search`` answers.
@@ -64,11 +64,11 @@ class ExactIndex:
         """
         if self.flat is not None:
             return self._faiss_search(query_rows, k)
-        assert self.matrix is not None
-        chunk = max(1, SCORE_VALUES // max(self.matrix.shape[1], 1))
+        assert self.rows is not None
+        chunk = max(1, SCORE_VALUES // max(self.rows.shape[0], 1))
         found, top = [], []
-        for start in range(0, len(query_rows), chunk):
-            scores = torch.from_numpy(query_rows[start : start + chunk]) @ self.matrix
+        for start in range(0, len(query_rows), chunk):  # scored as the evaluation scores them
+            scores = padded_products(torch.from_numpy(query_rows[start : start + chunk]).t(), self.rows)
             indices = top_in_order(scores, k)
             found.append(torch.gather(scores, 1, indices).numpy())
             top.append(indices.numpy())

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, cast
 import numpy as np
 
 from aml.data.download import file_sha256
-from aml.data.images import IMAGE_EXTENSIONS, check_image_list, image_files, turned_images, visible_files
+from aml.data.images import IMAGE_EXTENSIONS, check_image_list, listed_files, turned_images
 from aml.descriptors import DEFAULT_EXTRACTION, DescriptorKey, ExtractionConfig, feature_file_settings
 from aml.descriptors.store import (
     IMAGE_LIST,
@@ -141,12 +141,14 @@ IMAGE_LIST_TEXT = TextFile(
 )
 
 
-def list_images(source: PathLike) -> List[str]:
+def list_images(source: PathLike, name_left_out: bool = False) -> List[str]:
     """Every image file under a folder (sorted), or the lines of a text file list.
 
     Args:
         source: a folder (its images, by extension, at any depth, hidden files and folders
             left out: `aml.data.images.image_files`) or a text file of image paths, one a line.
+        name_left_out: warn of a folder's files left out by their extension (an index
+            would lack them: a phone's HEIC photos).
 
     Returns:
         The image paths.
@@ -162,9 +164,10 @@ def list_images(source: PathLike) -> List[str]:
     """
     source = Path(source)
     if source.is_dir():
-        found = image_files(source)
-        _warn_left_out(source, found)
-        return [str(path) for path in found]
+        listing = listed_files(source)
+        if name_left_out:
+            _warn_left_out(source, listing.others)
+        return [str(path) for path in listing.images]
     if source.suffix.lower() in IMAGE_EXTENSIONS:
         raise StoreError(f"the image list {source} is an image, not a list of paths: {IMAGE_LIST_TEXT.fix}")
     text = read_text_file(source, IMAGE_LIST_TEXT)  # a pipe too (<(find ...))
@@ -190,10 +193,9 @@ def list_images(source: PathLike) -> List[str]:
     return unique
 
 
-def _warn_left_out(folder: Path, found: List[Path]) -> None:
+def _warn_left_out(folder: Path, others: List[Path]) -> None:
     """Name the files of ``folder`` left out by their extension (a phone's HEIC photos, GIFs):
     the store would lack them without a word."""
-    others = sorted(set(visible_files(folder)) - set(found))
     if others:
         log.warning(
             ">> %d files of %s are left out: not images by their extension (%s), e.g. %s; convert them, or "

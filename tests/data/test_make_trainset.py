@@ -285,3 +285,11 @@ def test_the_data_root_under_the_landmark_folders_is_no_landmark(landmark_folder
     assert "lie in the data root" in caplog.text and "(train) and are left out" in caplog.text
     second = build_train_set(found, "second", root, seed=1)
     assert second.landmarks == first.landmarks and second.duplicates == first.duplicates
+
+
+def test_a_file_systems_lost_and_found_is_no_landmark(tmp_path):
+    """A mount's lost+found (root's alone) was listed as a landmark, or refused the set."""
+    for name in ("eiffel/1.jpg", "louvre/2.jpg", "lost+found/#1234"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    assert sorted({landmark for _, landmark in images_from_folders(tmp_path)}) == ["eiffel", "louvre"]

@@ -266,6 +266,9 @@ def test_a_calibration_that_fails_in_a_full_temporary_folder_is_said_as_such(tmp
     with pytest.raises(DiskFull, match=f"no space left in the temporary folder {tmp_path} for onnxruntime's int8"):
         with _temporary_room_said(prepared):
             raise ValueError("Error parsing message with type 'onnx.ModelProto'")
+    with pytest.raises(RuntimeError, match="too small for the kernel"):  # another failure stays itself
+        with _temporary_room_said(prepared):
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : input too small for the kernel")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 9, 0, 10 ** 9))  # room: not the folder's fault
     with pytest.raises(ValueError, match="Error parsing message"):
         with _temporary_room_said(prepared):

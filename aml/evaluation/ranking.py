@@ -2,7 +2,8 @@
 database, each query's first neighbours, and the places of the database's images when a large
 distractor set is added (read block by block, with bounded memory)."""
 
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
+import itertools
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -270,14 +271,36 @@ def nearest(
         _finite(torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32), "query")
     chunk = max(1, min(NEIGHBOUR_CHUNK, SCORE_VALUES // max(db.shape[1], 1)))
     found = []
-    for start in range(0, queries.shape[1], chunk):
-        block = np.ascontiguousarray(queries[:, start : start + chunk])
+    for part in even_parts(queries.shape[1], chunk) if queries.shape[1] else []:
+        block = np.ascontiguousarray(queries[:, part])
         scores = _scored(db, torch.as_tensor(block, dtype=torch.float32, device=device), excluded)
         if skip_self:
             rows = torch.arange(scores.shape[0], device=scores.device)
-            scores[rows, rows + start] = -torch.inf
+            scores[rows, rows + part.start] = -torch.inf
         found.append(top_in_order(scores, k).cpu().numpy())
     return np.concatenate(found, axis=0).T if found else np.zeros((k, 0), dtype=np.int64)
+
+
+def even_parts(count: int, most: int) -> List[slice]:
+    """``count`` items in as few parts of at most ``most`` as can be, of sizes that differ by one
+    at most: a part of a few queries alone would be scored by BLAS with other rounding than
+    many together (a product of 1 to 3 rows takes another path), so no part is left that small.
+
+    Args:
+        count: the items (queries).
+        most: the most items a part may hold.
+
+    Returns:
+        The parts, as slices in order; one empty part for no item.
+
+    Examples:
+        >>> from aml.evaluation.ranking import even_parts
+        >>> [(p.start, p.stop) for p in even_parts(1025, 1024)]
+        [(0, 513), (513, 1025)]
+    """
+    parts = max(1, -(-count // max(most, 1)))
+    bounds = [count * i // parts for i in range(parts + 1)]
+    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
 
 
 def top_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -436,10 +459,11 @@ MIN_BLOCK = 32  # narrower blocks are padded: BLAS computes a product with 1 col
 
 def padded_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Q x n scores of a block of rows, bit for bit those of the same columns in one D x N
-    database product whatever the block's width, the number of queries and the layout of the
-    descriptors (tested on both CPU kernel sets): BLAS computes a product of one column, or of
-    one query, by another path (gemv), whose rounding depends on the layout, so a narrow block
-    is padded to ``MIN_BLOCK`` rows and a single query to two.
+    database product whatever the block's width and the layout of the descriptors (tested on
+    both CPU kernel sets): BLAS computes a product of one column, or of one query, by another
+    path (gemv), whose rounding depends on the layout, so a narrow block is padded to
+    ``MIN_BLOCK`` rows and a single query to two. (A product of 1 to 3 queries still rounds
+    otherwise than the same queries among more: callers split many queries by `even_parts`.)
 
     Args:
         queries: D x Q query descriptors.

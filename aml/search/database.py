@@ -14,7 +14,7 @@ import numpy as np
 
 from aml.data.download import file_sha256
 from aml.descriptors.store import MANIFEST
-from aml.evaluation.ranking import most_neighbours
+from aml.evaluation.ranking import even_parts, most_neighbours
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.superglobal import Shortlist
 from aml.evaluation.whitening import whitened
@@ -169,6 +169,10 @@ class StoreSettings(_StoreSettings, total=False):
     files: Dict[str, str]
 
 
+#: queries searched at once without an expansion: all of them
+EVERY_QUERY = 1 << 62
+
+
 @dataclass
 class SearchDatabase:
     """A store's database, loaded for search: the teacher's descriptors, searched with queries.
@@ -251,6 +255,24 @@ class SearchDatabase:
             WhiteningError: when whitening makes a query NaN or infinite.
         """
         check_results_wanted(k)
+        self._check_dba(reranking)
+        queries = self._checked(queries, prewhitened)
+        group = self._queries_at_once(reranking)
+
+        def top(q: np.ndarray, shortlist: Optional[Shortlist]) -> Tuple[np.ndarray, np.ndarray]:
+            found = self._top(q, k)
+            return found if shortlist is None else shortlist.ahead_of(*found)
+
+        parts = [  # no query: one empty search
+            search_with_expansion(self, queries[:, part], reranking, top, first=False, expanded=False)[-1]
+            for part in even_parts(queries.shape[1], group)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([scores for scores, _ in parts]), np.concatenate([found for _, found in parts])
+
+    def _check_dba(self, reranking: Reranking) -> None:
+        """Refuse a DBA other than the store's: DBA is applied when a store is indexed."""
         dba = self.settings.get("dba")
         indexed = (dba["k"], float(dba["alpha"])) if dba is not None else (0, reranking.dba_alpha)
         if reranking.dba and (reranking.dba, reranking.dba_alpha) != indexed:
@@ -260,10 +282,15 @@ class SearchDatabase:
                 f"is applied when a store is indexed; index it again with --dba {reranking.dba} --dba-alpha "
                 f"{reranking.dba_alpha:g}"
             )
-        queries = self._checked(queries, prewhitened)
-        size = self.searchable
+
+    def _queries_at_once(self, reranking: Reranking) -> int:
+        """How many queries αQE and SuperGlobal expand at once (each on its own: as many as their
+        neighbours' descriptors allow, `most_neighbours`, the K of αQE and the M of SuperGlobal
+        held together; every query at once without them); a K or M past the store's size, or
+        past what one query may keep, is refused. (Queries searched apart may see the last bits
+        of their scores, and so the order of near-ties, differ from one search of all.)"""
+        size, most = self.searchable, most_neighbours(1, self.vecs.shape[0])
         superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
-        most = most_neighbours(1, self.vecs.shape[0])  # for one query
         for flag, asked in (("--qe", reranking.qe), ("--superglobal", superglobal)):
             if asked > size:
                 raise StoreError(
@@ -274,20 +301,14 @@ class SearchDatabase:
                     f"{flag} {asked}: a query's {asked} nearest {self.vecs.shape[0]}-d descriptors would take more "
                     f"than a search is given; give {flag} {most} or less"
                 )
-
-        def top(q: np.ndarray, shortlist: Optional[Shortlist]) -> Tuple[np.ndarray, np.ndarray]:
-            found = self._top(q, k)
-            return found if shortlist is None else shortlist.ahead_of(*found)
-
-        # each query is expanded and re-ranked on its own: as many at a time as their neighbours allow
-        group = max(1, most // max(reranking.qe, superglobal, 1))
-        parts = []
-        for start in range(0, max(queries.shape[1], 1), group):  # no query: one empty search
-            part = queries[:, start : start + group]
-            parts.append(search_with_expansion(self, part, reranking, top, first=False, expanded=False)[-1])
-        if len(parts) == 1:
-            return parts[0]
-        return np.concatenate([scores for scores, _ in parts]), np.concatenate([found for _, found in parts])
+        held = reranking.qe + superglobal
+        if held > most:
+            raise StoreError(
+                f"--qe {reranking.qe} with --superglobal {superglobal}: a query's {held} nearest "
+                f"{self.vecs.shape[0]}-d descriptors would take more than a search is given; give fewer in all "
+                f"than {most + 1}"
+            )
+        return most // held if held else EVERY_QUERY  # no expansion: one search
 
     @property
     def searchable(self) -> int:

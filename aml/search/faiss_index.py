@@ -8,7 +8,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-from aml.evaluation.ranking import SCORE_VALUES, padded_products, top_in_order
+from aml.evaluation.ranking import SCORE_VALUES, even_parts, padded_products, top_in_order
 from aml.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ class ExactIndex:
         assert self.rows is not None
         chunk = max(1, SCORE_VALUES // max(self.rows.shape[0], 1))
         found, top = [], []
-        for start in range(0, len(query_rows), chunk):  # scored as the evaluation scores them
-            scores = padded_products(torch.from_numpy(query_rows[start : start + chunk]).t(), self.rows)
+        for part in even_parts(len(query_rows), chunk) if len(query_rows) else []:  # as the evaluation scores
+            scores = padded_products(torch.from_numpy(query_rows[part]).t(), self.rows)
             indices = top_in_order(scores, k)
             found.append(torch.gather(scores, 1, indices).numpy())
             top.append(indices.numpy())

@@ -1044,7 +1044,7 @@ def test_exact_search_without_faiss_copies_nothing_and_scores_a_few_queries_at_a
     products = faiss_index.padded_products
     monkeypatch.setattr(faiss_index, "padded_products", lambda q, r: scored.append(q.shape[1]) or products(q, r))
     chunked = index.search(queries, 5)
-    assert scored == [2, 2, 2, 2, 1]
+    assert scored == [1, 2, 2, 2, 2]  # even parts: no part of one query at the end
     np.testing.assert_array_equal(chunked[1], whole[1])
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)  # BLAS may round other numbers of queries otherwise
     # one query scores as in the evaluation, whatever the layout of the store (gemv rounded by it)
@@ -1093,3 +1093,20 @@ def test_skipped_columns_are_dropped_in_place(moved_bytes, monkeypatch):
     vecs = store_module._kept_columns(rows.T, kept)
     np.testing.assert_array_equal(vecs, expected)
     assert np.shares_memory(vecs, rows)
+
+
+def test_query_expansion_and_superglobal_hold_their_neighbours_together(tmp_path, monkeypatch):
+    """The group of queries was sized for the larger of K and M, while both were held at once."""
+    from aml.evaluation import ranking
+    from aml.evaluation.reranking import Reranking
+    from aml.evaluation.superglobal import SuperGlobal
+    from aml.search import database as database_module
+
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(16, 300)).astype(np.float32)
+    store = SearchDatabase(tmp_path, vecs / np.linalg.norm(vecs, axis=0), [f"{i}.jpg" for i in range(300)], {"dim": 16})
+    monkeypatch.setattr(ranking, "NEIGHBOUR_VALUES", 16 * 100)  # 100 neighbours of one query at once
+    assert store._queries_at_once(Reranking(qe=10, superglobal=SuperGlobal(m=40))) == 2
+    assert store._queries_at_once(Reranking()) == database_module.EVERY_QUERY
+    with pytest.raises(StoreError, match=r"--qe 70 with --superglobal 40: a query's 110 nearest 16-d descriptors"):
+        store._queries_at_once(Reranking(qe=70, superglobal=SuperGlobal(m=40)))

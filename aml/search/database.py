@@ -227,8 +227,8 @@ class SearchDatabase:
         """The ``k`` best database images of each query, best first.
 
         The queries are whitened like the database when the store has a whitening. The
-        search is exact (faiss ``IndexFlatIP`` when faiss is installed, else one matrix
-        product with torch) unless the store holds an IVF-PQ index. With ``reranking.qe``,
+        search is exact (faiss ``IndexFlatIP`` when faiss is installed, else matrix products
+        with torch, a few queries at a time) unless the store holds an IVF-PQ index. With ``reranking.qe``,
         each query is expanded (αQE) with its first results and searched again; with
         ``reranking.superglobal``, the first M results of the (last) search are re-ranked the
         SuperGlobal way and come first, with their SuperGlobal scores

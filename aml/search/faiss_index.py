@@ -1,4 +1,4 @@
-"""faiss behind the store's searches: exact search (``IndexFlatIP``, or one matrix product with
+"""faiss behind the store's searches: exact search (``IndexFlatIP``, or matrix products with
 torch without faiss) and the approximate IVF-PQ index a store may hold in ``index.faiss``."""
 
 import logging

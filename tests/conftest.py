@@ -88,6 +88,7 @@ def trained_teacher(synth_root, tmp_path_factory, request) -> Path:
         return _train_teacher(synth_root, tmp_path_factory.mktemp("teacher"))
     folder = cache.mkdir("aml-learning-teacher") / _teacher_key()
     folder.mkdir(exist_ok=True)
+    drop_stale_teachers(folder)
     with open(folder / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / TEACHER_FILE).exists():
@@ -98,6 +99,22 @@ def trained_teacher(synth_root, tmp_path_factory, request) -> Path:
     copy = tmp_path_factory.mktemp("teacher") / TEACHER_FILE
     shutil.copyfile(folder / TEACHER_FILE, copy)
     return copy
+
+
+def drop_stale_teachers(kept: Path) -> None:
+    """Delete the teachers that ``kept``'s siblings hold: each was trained for another version
+    of aml's code (134 MB each), and a cache that kept them all filled the disk of a machine
+    whose CI then ran out of room. A sibling whose lock another process holds (a run of
+    another version, training or copying it now) stays."""
+    for sibling in kept.parent.iterdir():
+        if sibling == kept or not sibling.is_dir():
+            continue
+        with open(sibling / "lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _train_teacher(root: Path, directory: Path) -> Path:

@@ -1,0 +1,19 @@
+"""The test suite's own cache: stale teachers go, the one in use and a locked one stay."""
+
+import fcntl
+
+from tests.conftest import drop_stale_teachers
+
+
+def test_drop_stale_teachers_keeps_the_current_and_locked_ones(tmp_path):
+    current, stale, busy = (tmp_path / name for name in ("current", "stale", "busy"))
+    for folder in (current, stale, busy):
+        folder.mkdir()
+        (folder / "model_epoch3.pth.tar").write_bytes(b"weights")
+    with open(busy / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        drop_stale_teachers(current)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "current"]
+    drop_stale_teachers(current)
+    assert [p.name for p in tmp_path.iterdir()] == ["current"]
+    assert (current / "model_epoch3.pth.tar").read_bytes() == b"weights"

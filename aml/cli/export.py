@@ -196,11 +196,18 @@ def _check_flags(parser: Parser, args) -> None:
     if not args.onnx:
         parser.error("--int8 quantizes the ONNX student: drop --no-onnx")
     check_input_folders(parser, args, {"--calibration": "images like the queries"})
-    if not list_images(args.calibration):
+
+
+def _calibration_folder(parser: Parser, args) -> List[str]:
+    """The images of --calibration, listed once (an unreadable sub-folder is said once), or
+    a one-line refusal when it holds none."""
+    images = list_images(args.calibration)
+    if not images:
         parser.error(
             f"--calibration {args.calibration} holds no images (.jpg, .png, ...); give a folder of images "
             "like the queries"
         )
+    return images
 
 
 def _check_report_target(parser: Parser, args) -> None:
@@ -224,20 +231,19 @@ def _earlier_report(path: Path) -> bool:
     return isinstance(record, dict) and {"provenance", "report"} <= set(record)
 
 
-def _calibration(args, image_size: int) -> Int8Settings:
-    """The calibration images (at most --calibration-images, evenly spread) at ``image_size``."""
-    images = list_images(args.calibration)
-    if args.calibration_images is not None and args.calibration_images < len(images):
-        images = [images[int(i)] for i in np.linspace(0, len(images) - 1, args.calibration_images)]
+def _calibration(images: List[str], most: Optional[int], image_size: int) -> Int8Settings:
+    """The calibration images (at most ``most`` of ``images``, evenly spread) at ``image_size``."""
+    if most is not None and most < len(images):
+        images = [images[int(i)] for i in np.linspace(0, len(images) - 1, most)]
     return Int8Settings(tuple(images), image_size)
 
 
-def _agreement_images(args, int8: Int8Settings) -> Tuple[List[str], str]:
-    """At most `AGREEMENT_IMAGES` images of --calibration to compare the int8 descriptors
+def _agreement_images(images: List[str], int8: Int8Settings) -> Tuple[List[str], str]:
+    """At most `AGREEMENT_IMAGES` of --calibration's ``images`` to compare the int8 descriptors
     with float32's on, evenly spread, and which they are: those left out of the calibration
     ("held-out") when --calibration-images left some out, else calibration images."""
     calibrated = set(int8.calibration)
-    held_out = [image for image in list_images(args.calibration) if image not in calibrated]
+    held_out = [image for image in images if image not in calibrated]
     chosen, which = (held_out, "held-out") if held_out else (list(int8.calibration), "calibration")
     count = min(AGREEMENT_IMAGES, len(chosen))
     return [chosen[int(i)] for i in np.linspace(0, len(chosen) - 1, count)], which
@@ -348,6 +354,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
     args = parser.parse_args(argv)
     _check_flags(parser, args)
     setup_logging(verbose=False)
+    calibration_folder = _calibration_folder(parser, args) if args.int8 else []
     with one_line_errors():
         student = load_test_network(args.network, None, None, args.data_root)
         store = open_database(args.store) if args.store else None
@@ -356,7 +363,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         whitening = _whitening(args, store, student.net.meta["outputdim"])
         spec, teacher = _teacher(args, student)
         image_size = args.image_size or (store.settings["image_size"] if store is not None else DEFAULT_IMAGE_SIZE)
-        int8 = _calibration(args, image_size) if args.int8 else None
+        int8 = _calibration(calibration_folder, args.calibration_images, image_size) if args.int8 else None
         # the teacher's weights as training recorded them, else as its checkpoint here holds them
         recorded = student.net.meta.get("teacher_fingerprint")
         _check_trained_against(args, student, teacher)
@@ -365,7 +372,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)
         for kind, path in files.items():
             if kind == "int8" and int8 is not None:
-                images, which = _agreement_images(args, int8)
+                images, which = _agreement_images(calibration_folder, int8)
                 agreement = int8_agreement(files["onnx"], path, images, image_size)
                 check = (
                     f"cosine to float32 on {len(images)} {which} images: "

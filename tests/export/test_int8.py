@@ -102,19 +102,15 @@ def test_the_report_gives_map_and_time_of_both(exported, capsys):
 def test_int8_agreement_is_measured_on_images_left_out_of_the_calibration(tmp_path):
     """The printed cosine to float32 was measured on the first calibration images: in-sample,
     it said little of the queries to come, although --calibration-images had left images out."""
-    from argparse import Namespace
-
-    for i in range(20):
-        (tmp_path / f"{i:02d}.jpg").write_bytes(b"")
-    args = Namespace(calibration=str(tmp_path), calibration_images=5)
-    int8 = export_cli._calibration(args, SIZE)
-    images, which = export_cli._agreement_images(args, int8)
-    assert which == "held-out" and len(images) == export_cli.AGREEMENT_IMAGES == 8
-    assert not set(images) & set(int8.calibration) and len(set(images)) == 8
-    args.calibration_images = None  # every image calibrates: the comparison can only be in-sample, and says so
-    images, which = export_cli._agreement_images(args, export_cli._calibration(args, SIZE))
-    assert which == "calibration" and len(images) == 8
-    assert images[0].endswith("00.jpg") and images[-1].endswith("19.jpg")
+    images = [str(tmp_path / f"{i:02d}.jpg") for i in range(20)]
+    int8 = export_cli._calibration(images, 5, SIZE)
+    chosen, which = export_cli._agreement_images(images, int8)
+    assert which == "held-out" and len(chosen) == export_cli.AGREEMENT_IMAGES == 8
+    assert not set(chosen) & set(int8.calibration) and len(set(chosen)) == 8
+    # every image calibrates: the comparison can only be in-sample, and says so
+    chosen, which = export_cli._agreement_images(images, export_cli._calibration(images, None, SIZE))
+    assert which == "calibration" and len(chosen) == 8
+    assert chosen[0].endswith("00.jpg") and chosen[-1].endswith("19.jpg")
 
 
 def test_quantizing_leaves_the_root_logger_as_it_was(exported, synth_root, tmp_path):
@@ -208,6 +204,33 @@ def test_an_int8_student_far_from_float32_is_warned_of(synth_root, tmp_path, mon
                      "--image-size", str(SIZE)])
     out = capsys.readouterr().out
     assert "warning: the int8 student's descriptors are far from float32's (cosine down to 0.6000, below 0.9)" in out
+
+
+def test_the_calibration_folder_is_listed_once(synth_root, tmp_path, monkeypatch, capsys):
+    """--calibration was listed three times (the check, the calibration, the agreement): a
+    sub-folder that cannot be read was named three times."""
+    import os
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(synth_root / "test" / "synth-paris" / "jpg", photos / "a")
+    (photos / "b").mkdir()
+    scandir = os.scandir
+
+    def refusing(path):
+        if str(path) == str(photos / "b"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    monkeypatch.setattr(export_cli, "int8_agreement", lambda *args: {"min": 0.99, "mean": 0.99})
+    torch.manual_seed(1)
+    student = save_checkpoint(checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0),
+                              tmp_path / "student.pth.tar")
+    export_cli.main(["--network", str(student), "--out", str(tmp_path / "deploy"), "--int8", "--calibration",
+                     str(photos), "--calibration-images", "4", "--image-size", str(SIZE)])
+    said = capsys.readouterr()
+    assert (said.out + said.err).count(f"1 folder(s) below {photos} cannot be read") == 1
 
 
 def test_the_calibration_size_recorded_is_that_of_the_images_as_calibrated(tmp_path):

@@ -162,7 +162,8 @@ def whitened_float32(X: np.ndarray, whitening: Tuple[np.ndarray, np.ndarray], wh
     rows = np.empty((X.shape[1], P.shape[0]), dtype=np.float32)
     bad = 0
     for start in range(0, X.shape[1], WHITENING_BLOCK):
-        Y = whitenapply(X[:, start : start + WHITENING_BLOCK], m, P)
+        with np.errstate(invalid="ignore", over="ignore"):  # counted and refused below, not numpy's warning
+            Y = whitenapply(X[:, start : start + WHITENING_BLOCK], m, P)
         bad += _non_finite_columns(Y)
         rows[start : start + Y.shape[1]] = Y.T
     if bad:

@@ -6,6 +6,7 @@ code, and the atomic writer, so no interrupted write leaves a half-written file 
 """
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -62,7 +63,10 @@ def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cp
     if Path(path).suffix == ".safetensors":
         return _load_safetensors(path, map_location)
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
+            # a TorchScript file is named for what it is by the caller; torch's advice to call
+            # torch.jit.load is not the user's to follow
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
             return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist; check the path or download it again") from None

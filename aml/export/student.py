@@ -336,7 +336,8 @@ def student_info(
         name: its name (a checkpoint's file name without ``.pth...``).
         teacher: its teacher as the user named it (a published name or a checkpoint path);
             None: the student's ``meta['teacher']``.
-        teacher_fingerprint: the teacher's weights' fingerprint, when its checkpoint is here.
+        teacher_fingerprint: the teacher's weights' fingerprint; None: the one the student
+            was trained against (``meta['teacher_fingerprint']``), if it records one.
         whitening: the whitening folded in, or None.
 
     Returns:
@@ -355,7 +356,7 @@ def student_info(
         student=name,
         fingerprint=network_fingerprint(net),
         teacher=None if spec is None else NetworkSpec.parse(spec).name,
-        teacher_fingerprint=teacher_fingerprint,
+        teacher_fingerprint=teacher_fingerprint or net.meta.get("teacher_fingerprint"),
         dim=int(net.meta["outputdim"]),
         whitening=None if whitening is None else whitening_digest(*whitening),
     )

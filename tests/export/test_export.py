@@ -348,3 +348,17 @@ def test_without_onnxruntime_the_onnx_file_still_says_what_it_is(student, tmp_pa
     assert set(diffs) == {"torchscript"}
     info = read_onnx_metadata(files["onnx"])
     assert info is not None and info.dim == 512 and info.precision == "float32"
+
+
+def test_the_files_record_the_teacher_the_student_was_trained_against():
+    """export_student(net, folder), without info, recorded no teacher fingerprint though the
+    student holds one: a store of another teacher under the same file name took its queries."""
+    from aml.export import student_info
+
+    net = build_network("resnet18", pretrained=False)
+    net.meta.update(teacher="runs/teacher.pth.tar", teacher_fingerprint="0123456789abcdef")
+    info = student_info(net)
+    assert (info.teacher, info.teacher_fingerprint) == ("teacher", "0123456789abcdef")
+    assert student_info(net, teacher_fingerprint="fedcba9876543210").teacher_fingerprint == "fedcba9876543210"
+    del net.meta["teacher_fingerprint"]
+    assert student_info(net).teacher_fingerprint is None

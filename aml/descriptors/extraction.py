@@ -59,7 +59,7 @@ from aml.utils.threads import ordered_map
 from aml.utils.bounds import NONNEGATIVE_INT, bounded
 from aml.utils.changeable import Changeable
 from aml.utils.errors import AmlError, ConfigError, DataError, lookup
-from aml.utils.devices import parse_device, same_device
+from aml.utils.devices import available_device, parse_device, same_device
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +310,8 @@ class ExtractionConfig(Changeable):
         Returns:
             The device.
         """
-        if self.device is not None:
-            return torch.device(self.device)
+        if self.device is not None:  # CUDA on a machine without: aml's error, not torch's at the first copy
+            return available_device(self.device, f"ExtractionConfig(device={self.device!r})")
         return next(net.parameters()).device if net is not None else torch.device("cpu")
 
     def pixel_path(self, net: Optional[torch.nn.Module] = None) -> str:
@@ -326,7 +326,8 @@ class ExtractionConfig(Changeable):
         Returns:
             ``<decoding>-<precision>``.
         """
-        device = self.device_for(net)
+        # named also where the device is not (a key of a GPU's descriptors, on the CPU)
+        device = torch.device(self.device) if self.device is not None else self.device_for(net)
         dtype = resolve_amp(self.amp, device, self.amp_dtype)
         return f"{resolve_decoding(self.decode, device).key_on(device)}-{_SHORT[dtype] if dtype else 'fp32'}"
 

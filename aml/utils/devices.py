@@ -1,5 +1,7 @@
 """Which device a command runs on."""
 
+from typing import Union
+
 import torch
 
 from aml.utils.errors import ConfigError
@@ -49,14 +51,45 @@ def resolve_device(device: str, gpu_id: str = "0") -> torch.device:
     return _available(parsed, f"--device {device}")
 
 
+def available_device(device: Union[str, torch.device], what: str) -> torch.device:
+    """``device`` as a torch.device this machine has.
+
+    Args:
+        device: a device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+        what: what gave it, for the message (a flag, an argument).
+
+    Returns:
+        The device.
+
+    Raises:
+        DeviceError: naming ``what``, for a device that is not one or that this machine
+            lacks (CUDA without CUDA, a GPU number past the last GPU).
+
+    Examples:
+        >>> from aml.utils.devices import available_device
+        >>> available_device("cpu", "device")
+        device(type='cpu')
+    """
+    try:
+        parsed = parse_device(str(device))
+    except DeviceError as err:
+        raise DeviceError(f"{what}: {err}") from None
+    return _available(parsed, what)
+
+
 def _available(device: torch.device, flag: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"{flag}: CUDA is not available on this machine; use --device cpu")
+        raise DeviceError(f"{flag}: CUDA is not available on this machine; use {_cpu(flag)}")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise DeviceError(f"{flag}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError(f"{flag}: MPS (Apple GPUs) is not available on this machine; use --device cpu")
+        raise DeviceError(f"{flag}: MPS (Apple GPUs) is not available on this machine; use {_cpu(flag)}")
     return device
+
+
+def _cpu(flag: str) -> str:
+    """The CPU, as a command's flag or a Python argument: what ``flag`` gave the device."""
+    return "--device cpu" if flag.startswith("--") else "'cpu'"
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:

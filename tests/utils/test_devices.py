@@ -39,3 +39,28 @@ def test_a_device_without_a_number_is_the_current_one(monkeypatch):
     assert same_device(torch.device("cuda:1"), cuda) and not same_device(torch.device("cuda:0"), cuda)
     assert same_device(torch.device("cuda:0"), torch.device("cuda:0")) and not same_device(cuda, torch.device("cpu"))
     assert same_device(torch.device("cpu"), torch.device("cpu"))
+
+
+def test_python_calls_on_a_device_this_machine_lacks_get_amls_error(monkeypatch):
+    """ExtractionConfig(device='cuda'), rank_database(device='cuda') and DBA on a machine without
+    CUDA ended in torch's RuntimeError at the first copy (main.py's --device got aml's line)."""
+    import numpy as np
+
+    from aml.descriptors import ExtractionConfig
+    from aml.evaluation import database_augmentation, rank_database
+    from aml.evaluation.ranking import nearest
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = ExtractionConfig(device="cuda")
+    with pytest.raises(DeviceError, match=r"ExtractionConfig\(device='cuda'\): CUDA is not available on this "
+                                          r"machine; use 'cpu'$"):
+        config.device_for()
+    assert config.pixel_path() == "workers-fp16"  # a GPU's descriptors are still named on the CPU
+    database = np.eye(4, dtype=np.float32)
+    for call in (lambda: rank_database(database, database[:, :1], device="cuda"),
+                 lambda: nearest(database, database[:, :1], 1, device="cuda"),
+                 lambda: database_augmentation(database, 1, device="cuda:1")):
+        with pytest.raises(DeviceError, match=r"device='cuda(:1)?': CUDA is not available on this machine; use 'cpu'"):
+            call()
+    with pytest.raises(DeviceError, match=r"device='gpu': 'gpu' is not a device"):
+        rank_database(database, database[:, :1], device="gpu")

@@ -247,6 +247,13 @@ def evaluate_ranks(
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}: the known ones are {', '.join(PROTOCOLS)}")
+    if isinstance(gnd, Mapping) or not all(isinstance(entry, Mapping) for entry in gnd):
+        raise ConfigError(
+            f"the ground truth is a list of one dict per query ({{'easy': [...], 'hard': [...], 'junk': [...]}}), "
+            f"got {type(gnd).__name__}"
+            + (" holding " + type(gnd[0]).__name__ if isinstance(gnd, list) and gnd else "")
+            + ("; put one query's dict in a list" if isinstance(gnd, Mapping) else "")
+        )
     needed = ("ok",) if protocol == "classic" else ("easy", "hard")
     lacking = next((q for q, entry in enumerate(gnd) if not all(key in entry for key in needed)), None)
     if lacking is not None:  # revisited on a classic gnd scored no positive anywhere: NaN without a word

@@ -3,12 +3,14 @@ database, each query's first neighbours, and the places of the database's images
 distractor set is added (read block by block, with bounded memory)."""
 
 import itertools
+import numbers
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from aml.descriptors.extraction import NonFiniteDescriptors
+from aml.utils.devices import available_device
 from aml.utils.errors import ConfigError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]  # n x D float32 rows -> n x d float32 rows, on their device
@@ -127,9 +129,37 @@ def _unit(a: np.ndarray, axis: int) -> bool:
     return bool(np.allclose(np.linalg.norm(a, axis=axis), 1.0, atol=1e-3))
 
 
+def check_excluded(excluded: Sequence[int], images: int) -> None:
+    """Refuse ``excluded`` images that are not indices of a database of ``images`` images (a
+    negative one would take another image's place at the end of the ranking).
+
+    Args:
+        excluded: the indices given.
+        images: N, the database's images.
+
+    Raises:
+        ConfigError: naming the first index out of place and the range.
+
+    Examples:
+        >>> from aml.evaluation.ranking import check_excluded
+        >>> check_excluded([0, 2], images=3)
+        >>> check_excluded([-1], images=3)
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: excluded holds -1, not an index of the database's 3 images (0 to 2)
+    """
+    for index in excluded:
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < images:
+            raise ConfigError(
+                f"excluded holds {index!r}, not an index of the database's {images} images (0 to {images - 1})"
+            )
+
+
 def _scores(database: np.ndarray, queries: np.ndarray, device: str, excluded: Sequence[int]) -> torch.Tensor:
     """Q x N dot products; ``excluded`` columns at -inf. Non-finite descriptors are refused."""
     check_columns(database, queries)
+    check_excluded(excluded, database.shape[1])
+    available_device(device, f"device={device!r}")  # aml's error for a device this machine lacks
     db = _finite(torch.as_tensor(np.ascontiguousarray(database), dtype=torch.float32, device=device), "database")
     q = _finite(torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device), "query")
     return _scored(db, q, excluded)
@@ -265,6 +295,8 @@ def nearest(
     queries at a time (``NEIGHBOUR_CHUNK``, and no more than ``SCORE_VALUES`` scores). The
     database goes to ``device`` and is checked once. ``skip_self``: the queries are the
     database itself and column q never lists q (database-side augmentation)."""
+    check_excluded(excluded, database.shape[1])
+    available_device(device, f"device={device!r}")  # aml's error for a device this machine lacks
     # as it is: a store's D x N array is a view of rows, which a contiguous copy would double
     db = _finite(torch.as_tensor(database, dtype=torch.float32, device=device), "database")
     if queries is not database:  # checked whole, on the host

@@ -26,7 +26,14 @@ from typing import Callable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from aml.evaluation.ranking import NEIGHBOUR_VALUES, check_columns, check_not_rows, check_ranking, nearest
+from aml.evaluation.ranking import (
+    NEIGHBOUR_VALUES,
+    check_columns,
+    check_excluded,
+    check_not_rows,
+    check_ranking,
+    nearest,
+)
 from aml.evaluation.superglobal import Shortlist, SuperGlobal, superglobal_shortlist
 from aml.utils.errors import ConfigError
 
@@ -67,15 +74,10 @@ class Reranking:
     superglobal: Optional[SuperGlobal] = None
 
     def __post_init__(self) -> None:
-        for name in ("qe", "dba"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ConfigError(f"Reranking.{name} must be an integer >= 0 (neighbours), got {value!r}")
-        for name in ("qe_alpha", "dba_alpha"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"Reranking.{name} must be a finite number >= 0, got {value!r}")
-            object.__setattr__(self, name, float(value))  # a numpy scalar as the float results record
+        for name in ("qe", "dba"):  # a numpy integer as an int (faiss takes no other)
+            object.__setattr__(self, name, neighbour_count(getattr(self, name), f"Reranking.{name}"))
+        for name in ("qe_alpha", "dba_alpha"):  # a numpy scalar as the float results record
+            object.__setattr__(self, name, similarity_power(getattr(self, name), f"Reranking.{name}"))
         if self.superglobal is not None and not isinstance(self.superglobal, SuperGlobal):
             raise ConfigError(f"Reranking.superglobal must be a SuperGlobal or None, got {self.superglobal!r}")
 
@@ -160,10 +162,59 @@ def weighted_expansion(vectors: np.ndarray, neighbours: np.ndarray, alpha: float
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     neighbours = np.asarray(neighbours)
+    alpha = similarity_power(alpha, "alpha")
     expanded = np.empty_like(vectors)
     for columns in _column_chunks(vectors.shape, neighbours.shape[1]):
         expanded[:, columns] = _expand(vectors[:, columns], neighbours[:, :, columns], alpha)
     return expanded
+
+
+def neighbour_count(value: object, what: str) -> int:
+    """``value`` as a number of neighbours (an integer >= 0, numpy's too).
+
+    Args:
+        value: the count given.
+        what: its name, for the message.
+
+    Returns:
+        It, as an int.
+
+    Raises:
+        ConfigError: naming ``what`` and ``value``, for anything else (a float, a bool, -1).
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation.reranking import neighbour_count
+        >>> neighbour_count(np.int64(2), "k")
+        2
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ConfigError(f"{what} must be an integer >= 0 (neighbours), got {value!r}")
+    return int(value)
+
+
+def similarity_power(value: object, what: str) -> float:
+    """``value`` as the power of the similarities that weigh neighbours (a finite number >= 0:
+    a negative one would weigh the nearest neighbours least, a NaN give NaN descriptors).
+
+    Args:
+        value: the alpha given.
+        what: its name, for the message.
+
+    Returns:
+        It, as a float.
+
+    Raises:
+        ConfigError: naming ``what`` and ``value``, for anything else.
+
+    Examples:
+        >>> from aml.evaluation.reranking import similarity_power
+        >>> similarity_power(3, "alpha")
+        3.0
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _column_chunks(shape: Sequence[int], k: int) -> Iterator[slice]:
@@ -222,11 +273,13 @@ def alpha_query_expansion(
                [0.7071]], dtype=float32)
     """
     queries, database = np.asarray(queries, dtype=np.float32), np.asarray(database, dtype=np.float32)
+    neighbours = np.asarray(neighbours)
     check_columns(database, queries)
     check_ranking(neighbours, queries.shape[1], database.shape[1], "αQE")
+    k, alpha = neighbour_count(k, "αQE's k"), similarity_power(alpha, "αQE's alpha")
     if not 1 <= k <= neighbours.shape[0]:
         raise ConfigError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
-    return _expand_with(queries, database, np.asarray(neighbours[:k]), alpha)
+    return _expand_with(queries, database, neighbours[:k], alpha)
 
 
 def _expand_with(vectors: np.ndarray, database: np.ndarray, top: np.ndarray, alpha: float) -> np.ndarray:
@@ -277,7 +330,9 @@ def database_augmentation(
     if database.ndim != 2:
         raise ConfigError(f"DBA: the database is {database.shape}: descriptors are D x N, one column per image")
     check_not_rows(database, "database")
+    k, alpha = neighbour_count(k, "DBA's k"), similarity_power(alpha, "DBA's alpha")
     n = database.shape[1]
+    check_excluded(excluded, n)
     readable = n - len(set(excluded))  # the others are nobody's neighbour
     if not 0 <= k < max(readable, 1):
         unread = f" ({n - readable} could not be read)" if readable < n else ""

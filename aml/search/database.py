@@ -357,7 +357,7 @@ class SearchDatabase:
             ivfpq = self._read_ivfpq()
             self.index = ivfpq if ivfpq is not None else ExactIndex(self.vecs)
         rows = np.ascontiguousarray(queries.T, dtype=np.float32)
-        k = min(k, self.vecs.shape[1])
+        k = min(int(k), self.vecs.shape[1])  # a numpy integer too: faiss takes Python ints alone
         found = self.index.search(rows, k)
         if hasattr(self.index, "nprobe"):  # an IVF-PQ index: its probed lists may hold fewer than k images
             found = _widened(self.index, rows, k, found)

@@ -166,3 +166,16 @@ def test_a_ranking_with_a_negative_index_is_refused_not_read_as_the_last_image()
 
     with pytest.raises(DataError, match=r"ranks hold the index -1: each column must rank database images"):
         compute_map(np.array([[-1], [0], [1]]), [{"ok": [2]}])  # was AP 1: image 2 "ranked first"
+
+
+def test_one_querys_ground_truth_outside_a_list_is_named():
+    """evaluate_ranks(ranks, {'easy': ..., 'hard': ..., 'junk': ...}) was KeyError 0."""
+    import numpy as np
+
+    entry = {"easy": [0], "hard": [2], "junk": [3]}
+    ranks = np.array([[3], [0], [1], [2]])
+    with pytest.raises(ConfigError, match=r"a list of one dict per query .*got dict; put one query's dict in a list$"):
+        evaluate_ranks(ranks, entry, "revisited")
+    with pytest.raises(ConfigError, match=r"got list holding list$"):
+        evaluate_ranks(ranks, [[0, 2]], "revisited")
+    assert evaluate_ranks(ranks, (entry,), "revisited")["easy"]["map"] == 1.0

@@ -317,3 +317,50 @@ def test_more_neighbours_than_readable_images_are_refused():
     with pytest.raises(ConfigError, match=r"3 neighbours asked for, but the database holds 2 images that could be "
                                           r"read; give 2 or less"):
         database.nearest(query, 3)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), -1.0, float("inf"), True, "3"])
+def test_a_power_that_would_weigh_neighbours_wrongly_is_refused_by_every_expansion(alpha):
+    """αQE and DBA took any alpha: NaN gave NaN descriptors, -1 weighed the nearest neighbour
+    least (Reranking already refused them)."""
+    from aml.evaluation.reranking import weighted_expansion
+
+    database = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32)
+    query = np.array([[0.8], [0.6]], dtype=np.float32)
+    ranks = rank_database(database, query)
+    calls = {"αQE's alpha": lambda: alpha_query_expansion(query, database, ranks, 2, alpha=alpha),
+             "DBA's alpha": lambda: database_augmentation(database, 1, alpha=alpha),
+             "alpha": lambda: weighted_expansion(query, database[:, ranks[:2, 0]][:, :, None], alpha)}
+    for what, call in calls.items():
+        with pytest.raises(ConfigError, match=f"^{what} must be a finite number >= 0, got"):
+            call()
+
+
+def test_neighbour_counts_are_integers_numpys_included():
+    """k=2.0 was a TypeError from a slice or torch.topk, a ranking given as a list an
+    AttributeError; a numpy integer is a count like any other."""
+    database = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32)
+    query = np.array([[0.8], [0.6]], dtype=np.float32)
+    ranks = rank_database(database, query)
+    expected = alpha_query_expansion(query, database, ranks, 2)
+    assert np.array_equal(alpha_query_expansion(query, database, ranks.tolist(), np.int64(2)), expected)
+    assert np.array_equal(database_augmentation(database, np.int32(1)), database_augmentation(database, 1))
+    with pytest.raises(ConfigError, match=r"^αQE's k must be an integer >= 0 \(neighbours\), got 2.0$"):
+        alpha_query_expansion(query, database, ranks, 2.0)
+    with pytest.raises(ConfigError, match=r"^DBA's k must be an integer >= 0 \(neighbours\), got 1.0$"):
+        database_augmentation(database, 1.0)
+    assert type(Reranking(qe=np.int64(2)).qe) is int  # faiss takes Python ints alone
+
+
+@pytest.mark.parametrize("excluded", [[-1], [3], [0.0]])
+def test_excluded_images_outside_the_database_are_refused(excluded):
+    """excluded=[-1] ranked the last image last without a word; [N] was torch's IndexError."""
+    database = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32)
+    query = np.array([[0.6], [0.8]], dtype=np.float32)
+    message = rf"^excluded holds {excluded[0]!r}, not an index of the database's 3 images \(0 to 2\)$"
+    for call in (lambda: rank_database(database, query, excluded=excluded),
+                 lambda: nearest(database, query, 1, excluded=excluded),
+                 lambda: database_augmentation(database, 1, excluded=excluded)):
+        with pytest.raises(ConfigError, match=message):
+            call()
+    assert rank_database(database, query, excluded=np.array([2]))[:, 0].tolist() == [1, 0, 2]

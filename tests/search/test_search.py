@@ -1110,3 +1110,15 @@ def test_query_expansion_and_superglobal_hold_their_neighbours_together(tmp_path
     assert store._queries_at_once(Reranking()) == database_module.EVERY_QUERY
     with pytest.raises(StoreError, match=r"--qe 70 with --superglobal 40: a query's 110 nearest 16-d descriptors"):
         store._queries_at_once(Reranking(qe=70, superglobal=SuperGlobal(m=40)))
+
+
+def test_a_numpy_integer_k_searches_as_an_int(tmp_path):
+    """k=np.int64(2), accepted by the checks, reached faiss, which refused it with a TypeError
+    (also Reranking(qe=np.int64(2)))."""
+    from aml.evaluation import Reranking
+
+    store = SearchDatabase(tmp_path, np.eye(5, dtype=np.float32), [f"{i}.jpg" for i in range(5)], {"dim": 5})
+    query = np.array([[0.0], [0.6], [0.8], [0.0], [0.0]], dtype=np.float32)
+    scores, found = store.search(query, k=np.int64(2))
+    assert found.tolist() == [[2, 1]] and np.allclose(scores, [[0.8, 0.6]])
+    assert store.search(query, k=2, reranking=Reranking(qe=np.int64(2)))[1].tolist() == [[2, 1]]

@@ -19,8 +19,6 @@ whitened, augmented, expanded). The steps after DBA are `search_with_expansion`,
 """
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
@@ -35,10 +33,15 @@ from aml.evaluation.ranking import (
     nearest,
 )
 from aml.evaluation.superglobal import Shortlist, SuperGlobal, superglobal_shortlist
+from aml.utils.bounds import NONNEGATIVE_FLOAT, NONNEGATIVE_INT
 from aml.utils.errors import ConfigError
 
 T = TypeVar("T")
 DEFAULT_ALPHA = 3.0
+NEIGHBOURS = NONNEGATIVE_INT  # neighbours of a query or an image
+#: the power of the similarities that weigh neighbours: a negative one would weigh the nearest
+#: least, a NaN give NaN descriptors
+POWER = NONNEGATIVE_FLOAT
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Reranking:
         >>> Reranking(qe=-1)
         Traceback (most recent call last):
         ...
-        aml.utils.errors.ConfigError: Reranking.qe must be an integer >= 0 (neighbours), got -1
+        aml.utils.errors.ConfigError: Reranking.qe must be an integer >= 0, got -1
     """
 
     qe: int = 0
@@ -74,10 +77,9 @@ class Reranking:
     superglobal: Optional[SuperGlobal] = None
 
     def __post_init__(self) -> None:
-        for name in ("qe", "dba"):  # a numpy integer as an int (faiss takes no other)
-            object.__setattr__(self, name, neighbour_count(getattr(self, name), f"Reranking.{name}"))
-        for name in ("qe_alpha", "dba_alpha"):  # a numpy scalar as the float results record
-            object.__setattr__(self, name, similarity_power(getattr(self, name), f"Reranking.{name}"))
+        # a numpy integer as an int (faiss takes no other), a numpy scalar as the float results record
+        for name, bound in (("qe", NEIGHBOURS), ("dba", NEIGHBOURS), ("qe_alpha", POWER), ("dba_alpha", POWER)):
+            object.__setattr__(self, name, bound.checked(getattr(self, name), f"Reranking.{name}"))
         if self.superglobal is not None and not isinstance(self.superglobal, SuperGlobal):
             raise ConfigError(f"Reranking.superglobal must be a SuperGlobal or None, got {self.superglobal!r}")
 
@@ -162,59 +164,11 @@ def weighted_expansion(vectors: np.ndarray, neighbours: np.ndarray, alpha: float
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     neighbours = np.asarray(neighbours)
-    alpha = similarity_power(alpha, "alpha")
+    alpha = POWER.checked(alpha, "alpha")
     expanded = np.empty_like(vectors)
     for columns in _column_chunks(vectors.shape, neighbours.shape[1]):
         expanded[:, columns] = _expand(vectors[:, columns], neighbours[:, :, columns], alpha)
     return expanded
-
-
-def neighbour_count(value: object, what: str) -> int:
-    """``value`` as a number of neighbours (an integer >= 0, numpy's too).
-
-    Args:
-        value: the count given.
-        what: its name, for the message.
-
-    Returns:
-        It, as an int.
-
-    Raises:
-        ConfigError: naming ``what`` and ``value``, for anything else (a float, a bool, -1).
-
-    Examples:
-        >>> import numpy as np
-        >>> from aml.evaluation.reranking import neighbour_count
-        >>> neighbour_count(np.int64(2), "k")
-        2
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ConfigError(f"{what} must be an integer >= 0 (neighbours), got {value!r}")
-    return int(value)
-
-
-def similarity_power(value: object, what: str) -> float:
-    """``value`` as the power of the similarities that weigh neighbours (a finite number >= 0:
-    a negative one would weigh the nearest neighbours least, a NaN give NaN descriptors).
-
-    Args:
-        value: the alpha given.
-        what: its name, for the message.
-
-    Returns:
-        It, as a float.
-
-    Raises:
-        ConfigError: naming ``what`` and ``value``, for anything else.
-
-    Examples:
-        >>> from aml.evaluation.reranking import similarity_power
-        >>> similarity_power(3, "alpha")
-        3.0
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _column_chunks(shape: Sequence[int], k: int) -> Iterator[slice]:
@@ -276,7 +230,7 @@ def alpha_query_expansion(
     neighbours = np.asarray(neighbours)
     check_columns(database, queries)
     check_ranking(neighbours, queries.shape[1], database.shape[1], "αQE")
-    k, alpha = neighbour_count(k, "αQE's k"), similarity_power(alpha, "αQE's alpha")
+    k, alpha = NEIGHBOURS.checked(k, "αQE's k"), POWER.checked(alpha, "αQE's alpha")
     if not 1 <= k <= neighbours.shape[0]:
         raise ConfigError(f"αQE with k={k}: the ranking holds {neighbours.shape[0]} database images per query")
     return _expand_with(queries, database, neighbours[:k], alpha)
@@ -330,7 +284,7 @@ def database_augmentation(
     if database.ndim != 2:
         raise ConfigError(f"DBA: the database is {database.shape}: descriptors are D x N, one column per image")
     check_not_rows(database, "database")
-    k, alpha = neighbour_count(k, "DBA's k"), similarity_power(alpha, "DBA's alpha")
+    k, alpha = NEIGHBOURS.checked(k, "DBA's k"), POWER.checked(alpha, "DBA's alpha")
     n = database.shape[1]
     check_excluded(excluded, n)
     readable = n - len(set(excluded))  # the others are nobody's neighbour

@@ -23,13 +23,13 @@ negative similarity is rare. Descriptors are D x N columns of L2-normalised vect
 rankings N x Q columns of database indices (cirtorch's conventions).
 """
 
-import numbers
 from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 
 from aml.evaluation.ranking import check_columns, check_ranking
+from aml.utils.bounds import NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.errors import ConfigError, DataError
 
 #: the defaults of the authors' code (MDescAug and RerankwMDA), which its test.py uses for the
@@ -57,19 +57,9 @@ class SuperGlobal:
     k: int = PAPER_K
     beta: float = PAPER_BETA
 
-    def __post_init__(self) -> None:
-        for name, least in (("m", 1), ("k", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-                raise ConfigError(f"SuperGlobal.{name} must be an integer >= {least}, got {value!r}")
-        if (
-            isinstance(self.beta, bool)
-            or not isinstance(self.beta, numbers.Real)
-            or not np.isfinite(self.beta)
-            or self.beta < 0
-        ):
-            raise ConfigError(f"SuperGlobal.beta must be a finite number >= 0, got {self.beta!r}")
-        object.__setattr__(self, "beta", float(self.beta))  # a numpy scalar as the float results record
+    def __post_init__(self) -> None:  # numpy's numbers as Python's, which faiss and the results take
+        for name, bound in (("m", POSITIVE_INT), ("k", NONNEGATIVE_INT), ("beta", NONNEGATIVE_FLOAT)):
+            object.__setattr__(self, name, bound.checked(getattr(self, name), f"SuperGlobal.{name}"))
 
     def label(self) -> str:
         """Its name in results and printed lines.

@@ -4,8 +4,11 @@ declared (`bounded`), and both the command line (the flag's type) and the config
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
+
+from aml.utils.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,33 @@ class Bound:
         if numeric and math.isfinite(value) and self.accept(value):
             return None
         return f"must be {self.what}, got {value!r}"
+
+    def checked(self, value: Any, what: str) -> Any:
+        """``value`` as ``kind`` (a numpy number too) when it is in the range.
+
+        Args:
+            value: the value given (a Python argument).
+            what: its name, for the message.
+
+        Returns:
+            ``kind(value)``.
+
+        Raises:
+            ConfigError: ``"<what> must be <the range>, got <value>"``.
+
+        Examples:
+            >>> import numpy as np
+            >>> from aml.utils.bounds import NONNEGATIVE_INT
+            >>> NONNEGATIVE_INT.checked(np.int64(2), "k")
+            2
+        """
+        plain = value
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            plain = int(value) if isinstance(value, numbers.Integral) else float(value)
+        problem = self.problem(plain)
+        if problem is not None:
+            raise ConfigError(f"{what} {problem}")
+        return self.kind(plain)
 
     def parse(self, text: str) -> Any:
         """The number a flag's text stands for.

@@ -167,9 +167,8 @@ def _check_sizes(
             f"--dba {reranking.dba}: the database of {dataset} holds {size} images, so an image has "
             f"at most {size - 1} neighbours; give --dba {size - 1} or less"
         )
-    superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
     # αQE keeps its neighbours' descriptors while distractors are searched, SuperGlobal its first M always
-    for flag, k in (("--qe", reranking.qe), ("--superglobal", superglobal)):
+    for flag, k in reranking.kept_neighbours():
         if k > size + distractors:
             held = f"{size} images" + (f" and {distractors} distractors" if suffix is not None else "")
             raise ConfigError(

@@ -83,6 +83,22 @@ class Reranking:
         if self.superglobal is not None and not isinstance(self.superglobal, SuperGlobal):
             raise ConfigError(f"Reranking.superglobal must be a SuperGlobal or None, got {self.superglobal!r}")
 
+    def kept_neighbours(self) -> List[Tuple[str, int]]:
+        """The neighbours a search keeps the descriptors of for each query, by flag.
+
+        αQE's K and SuperGlobal's M (0 when it does not run).
+
+        Returns:
+            ``[("--qe", K), ("--superglobal", M)]``.
+
+        Examples:
+            >>> from aml.evaluation import Reranking
+            >>> from aml.evaluation.superglobal import SuperGlobal
+            >>> Reranking(qe=2, superglobal=SuperGlobal(m=100)).kept_neighbours()
+            [('--qe', 2), ('--superglobal', 100)]
+        """
+        return [("--qe", self.qe), ("--superglobal", self.superglobal.m if self.superglobal is not None else 0)]
+
     @property
     def active(self) -> bool:
         """Whether anything is re-ranked."""
@@ -120,19 +136,6 @@ class Reranking:
         dba = Reranking(dba=self.dba, dba_alpha=self.dba_alpha)
         steps = [(self.dba, dba), (self.qe, dataclasses.replace(self, superglobal=None)), (self.superglobal, self)]
         return [stage for runs, stage in steps if runs]
-
-    def result_keys(self, base: str) -> List[str]:
-        """The results entries a test adds after the entry ``base``.
-
-        Args:
-            base: ``'plain'`` or ``'whiten'``.
-
-        Returns:
-            One per `stages`: the first search after DBA (``'whiten + dba10'``), the search
-            after αQE (``'whiten + dba10 + αqe2'``), SuperGlobal's re-ranking of it
-            (``'whiten + dba10 + αqe2 + sg400'``); only those that run.
-        """
-        return [f"{base} + {stage.label()}" for stage in self.stages()]
 
 
 def _alpha(alpha: float) -> str:

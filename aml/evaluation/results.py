@@ -19,8 +19,9 @@ class SearchResult:
 
     Attributes:
         whitened: the descriptors were whitened.
-        reranking: the re-ranking steps that ran before this search: none (the first search),
-            DBA (the first search of the augmented database), or DBA and αQE (the final search).
+        reranking: the re-ranking steps that ran before these results (`Reranking.stages`):
+            none (the first search), DBA (the first search of the augmented database), DBA and
+            αQE (the search of the expanded queries), then SuperGlobal's re-ranking of it.
         metrics: the numbers, as `aml.evaluation.metrics.evaluate_ranks` gives them
             (``{"easy"|"medium"|"hard": {"map", "mp@k", "aps"}}`` for the revisited protocol).
 

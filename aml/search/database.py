@@ -290,8 +290,8 @@ class SearchDatabase:
         past what one query may keep, is refused. (Queries searched apart may see the last bits
         of their scores, and so the order of near-ties, differ from one search of all.)"""
         size, most = self.searchable, most_neighbours(1, self.vecs.shape[0])
-        superglobal = reranking.superglobal.m if reranking.superglobal is not None else 0
-        for flag, asked in (("--qe", reranking.qe), ("--superglobal", superglobal)):
+        kept = reranking.kept_neighbours()
+        for flag, asked in kept:
             if asked > size:
                 raise StoreError(
                     f"{flag} {asked}: the store {self.folder} holds {size} images; give {flag} {size} or less"
@@ -301,10 +301,10 @@ class SearchDatabase:
                     f"{flag} {asked}: a query's {asked} nearest {self.vecs.shape[0]}-d descriptors would take more "
                     f"than a search is given; give {flag} {most} or less"
                 )
-        held = reranking.qe + superglobal
+        held = sum(asked for _, asked in kept)
         if held > most:
             raise StoreError(
-                f"--qe {reranking.qe} with --superglobal {superglobal}: a query's {held} nearest "
+                f"{' with '.join(f'{flag} {asked}' for flag, asked in kept)}: a query's {held} nearest "
                 f"{self.vecs.shape[0]}-d descriptors would take more than a search is given; give fewer in all "
                 f"than {most + 1}"
             )
@@ -392,20 +392,20 @@ class SearchDatabase:
         except RuntimeError as err:
             raise StoreError(
                 f"cannot read {index_file} ({str(err).splitlines()[0]}): it is damaged; delete it or "
-                "rebuild it with: python -m aml.search index --ivfpq"
+                f"rebuild it with: {REBUILD} --ivfpq"
             ) from None
         if index is None:
             return None
         if index.metric_type != faiss_or_none().METRIC_INNER_PRODUCT:
             raise StoreError(
                 f"{index_file} ranks by another metric than the inner product of the store's descriptors: "
-                "it was not built by aml; delete it or rebuild it with: python -m aml.search index --ivfpq"
+                f"it was not built by aml; delete it or rebuild it with: {REBUILD} --ivfpq"
             )
         if (index.ntotal, index.d) != self.vecs.shape[::-1]:
             raise StoreError(
                 f"{index_file} indexes {index.ntotal} vectors of {index.d} dimensions but the store "
                 f"holds {self.vecs.shape[1]} of {self.vecs.shape[0]}: it belongs to another store; "
-                "delete it or rebuild it with: python -m aml.search index --ivfpq"
+                f"delete it or rebuild it with: {REBUILD} --ivfpq"
             )
         return index
 

@@ -10,6 +10,7 @@ import pytest
 from aml.evaluation.database import Distractors, TestDatabase
 from aml.evaluation.reranking import (Reranking, alpha_query_expansion, database_augmentation, search_with_expansion,
                                       weighted_expansion)
+from aml.evaluation.results import SearchResult
 from aml.evaluation.superglobal import SuperGlobal, superglobal_rerank
 from aml.evaluation.ranking import nearest, nearest_with_distractors, rank_database
 from aml.evaluation.whitening import whitenapply, whitened_rows
@@ -177,12 +178,17 @@ def test_numpy_numbers_are_taken_as_the_floats_results_record():
     assert type(SuperGlobal(beta=np.float32(0.25)).beta) is float
 
 
+def _result_keys(reranking: Reranking, whitened: bool) -> list:
+    """The results entries a test adds after the plain or whitened first search."""
+    return [SearchResult(whitened, stage, {}).key for stage in reranking.stages()]
+
+
 def test_reranking_settings_name_what_runs_and_refuse_bad_values():
-    assert not Reranking().active and Reranking().label() == "" and Reranking().result_keys("plain") == []
+    assert not Reranking().active and Reranking().label() == "" and _result_keys(Reranking(), False) == []
     both = Reranking(qe=2, dba=10, dba_alpha=0.5)
     assert both.active and both.label() == "dba10(α=0.5) + αqe2"
-    assert both.result_keys("whiten") == ["whiten + dba10(α=0.5)", "whiten + dba10(α=0.5) + αqe2"]
-    assert Reranking(qe=1).result_keys("plain") == ["plain + αqe1"]
+    assert _result_keys(both, True) == ["whiten + dba10(α=0.5)", "whiten + dba10(α=0.5) + αqe2"]
+    assert _result_keys(Reranking(qe=1), False) == ["plain + αqe1"]
     for bad, message in [(dict(qe=-1), "Reranking.qe must be an integer >= 0"),
                          (dict(dba=1.5), "Reranking.dba must be an integer >= 0"),
                          (dict(qe_alpha=-1.0), "Reranking.qe_alpha must be a finite number >= 0"),
@@ -194,10 +200,10 @@ def test_reranking_settings_name_what_runs_and_refuse_bad_values():
 def test_superglobal_comes_last_in_the_names_and_the_stages():
     every = Reranking(qe=2, dba=10, superglobal=SuperGlobal(m=50, k=3))
     assert every.label() == "dba10 + αqe2 + sg50(k=3)"
-    assert every.result_keys("plain") == ["plain + dba10", "plain + dba10 + αqe2", "plain + dba10 + αqe2 + sg50(k=3)"]
+    assert _result_keys(every, False) == ["plain + dba10", "plain + dba10 + αqe2", "plain + dba10 + αqe2 + sg50(k=3)"]
     assert every.stages() == [Reranking(dba=10), Reranking(qe=2, dba=10), every]
     alone = Reranking(superglobal=SuperGlobal())
-    assert alone.active and alone.result_keys("whiten") == ["whiten + sg400"] and alone.stages() == [alone]
+    assert alone.active and _result_keys(alone, True) == ["whiten + sg400"] and alone.stages() == [alone]
     assert Reranking(qe=2, qe_alpha=0).stages() == [Reranking(qe=2, qe_alpha=0)]  # as before SuperGlobal
     with pytest.raises(ValueError, match="Reranking.superglobal must be a SuperGlobal or None, got 400"):
         Reranking(superglobal=400)

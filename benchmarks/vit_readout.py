@@ -28,7 +28,8 @@ from aml.data.synthetic import generate_all
 from aml.demo.pipeline import TEACHER_OPTIONS, DemoBudget
 from aml.demo.tables import DATASETS
 from aml.descriptors import ExtractionConfig
-from aml.evaluation.testing import TestSettings, evaluate
+from aml.evaluation.plan import TestSettings
+from aml.evaluation.testing import evaluate
 from aml.networks import LoadedNetwork, build_network, load_named_or_file
 from aml.training import TrainConfig, run
 from aml.training.config import run_name

@@ -28,6 +28,7 @@ from aml.data.images import ImageLoadError
 from aml.data.paths import DataRoot
 from aml.descriptors.store import open_store
 from aml.utils.atomic import atomic_write
+from aml.evaluation.reranking import Reranking
 from aml.evaluation.whitening_store import WhiteningRequest, get_whitening
 from aml.networks.loading import load_teacher, load_test_network
 from aml.utils.devices import resolve_device
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _index(args) -> Path:
+def _index(args, reranking: Reranking) -> Path:
     device = str(resolve_device(args.device, args.gpu_id))
     teacher = load_teacher(args.teacher, args.data_root)
     images = list_images(args.images, name_left_out=True)
@@ -163,7 +164,6 @@ def _index(args) -> Path:
             args.whitening, args.image_size, tuple(args.multiscale), extraction, DataRoot.resolve(args.data_root)
         )
         whitening = get_whitening(teacher, request)
-    reranking = reranking_from(args)
     try:
         store = build_store(
             teacher,
@@ -197,33 +197,33 @@ def _index(args) -> Path:
     return store
 
 
-def _query(args) -> List[Any]:
+def _query(args, reranking: Reranking) -> List[Any]:
     if args.box is not None and len(args.images) != 1:
         raise StoreError("--box crops a single query image; give one image with it")
     database = open_database(args.store)
-    reranking = reranking_from(args)
     bbxs = [args.box] if args.box else None
     if args.onnx:
         if args.teacher:
             raise StoreError(
                 f"--teacher is for --network: {args.onnx} records its teacher (python -m aml.export --teacher)"
             )
-        return _print_results(query_database_onnx(database, args.onnx, args.images, args.k, bbxs, reranking), args)
+        return _said(query_database_onnx(database, args.onnx, args.images, args.k, bbxs, reranking), args.json)
     device = str(resolve_device(args.device, args.gpu_id))
     loaded = load_test_network(args.network, None, None, args.data_root)
     config = extraction_from(args, device)
     teacher = args.teacher or loaded.recorded_teacher
     results = query_database(database, loaded.net, args.images, args.k, bbxs, config, reranking, teacher)
-    return _print_results(results, args)
+    return _said(results, args.json)
 
 
-def _print_results(results: List[Any], args) -> List[Any]:
+def _said(results: List[Any], json_file: Optional[str]) -> List[Any]:
+    """``results`` printed, and written to ``json_file`` when one is given (--json)."""
     for entry in results:
         print(f">> {entry['query']}")
         for rank, hit in enumerate(entry["results"], start=1):
             print(f"{rank:4d}  {hit['score']:.4f}  {hit['image']}")
-    if args.json:
-        atomic_write(args.json, lambda out: out.write(json.dumps(results, indent=1).encode()))
+    if json_file:
+        atomic_write(json_file, lambda out: out.write(json.dumps(results, indent=1).encode()))
     return results
 
 
@@ -232,15 +232,15 @@ def main(argv: Optional[List[str]] = None) -> Any:
     parser = build_parser()
     args = parser.parse_args(argv)
     refuse_torchrun(parser)
-    try:
-        reranking_from(args)
+    try:  # parsed once, refused as a flag's error before any work
+        reranking = reranking_from(args)
     except ValueError as err:
         parser.error(str(err))
     if args.command == "query":
         check_input_folders(parser, args, {"--store": "a store (python -m aml.search index writes one)"})
     setup_logging(verbose=False)
     with one_line_errors():
-        return _index(args) if args.command == "index" else _query(args)
+        return _index(args, reranking) if args.command == "index" else _query(args, reranking)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from aml.data.distractors import prepare_distractors, split_test_name
 from aml.data.paths import resolve_data_root
 from aml.data.testsets import prepare_test_set
 from aml.evaluation.reranking import Reranking
-from aml.evaluation.testing import TestSettings, check_reranking, evaluate
+from aml.evaluation.plan import TestSettings, check_reranking
+from aml.evaluation.testing import evaluate
 from aml.networks.loading import LoadedNetwork, NetworkSpec, Source, load_spec, load_teacher, load_test_network
 from aml.networks.pretrained import DEFAULT_TEACHER, PRETRAINED
 from aml.reports.provenance import provenance

@@ -15,7 +15,8 @@ import numpy as np
 
 from aml.compat.marks import bct_compatible, beats_teacher
 from aml.evaluation.results import DatasetResult, SearchResult
-from aml.evaluation.testing import TestSettings, evaluate
+from aml.evaluation.plan import TestSettings
+from aml.evaluation.testing import evaluate
 from aml.networks.loading import LoadedNetwork, Source, check_loaded
 from aml.utils.errors import ConfigError
 

@@ -35,7 +35,8 @@ from aml.demo.findings import findings_lines, paper_findings
 from aml.demo.tables import DATASETS, format_table, write_results
 from aml.descriptors import ExtractionConfig
 from aml.descriptors.key import images_digest_as_listed
-from aml.evaluation.testing import TestSettings, evaluate
+from aml.evaluation.plan import TestSettings
+from aml.evaluation.testing import evaluate
 from aml.networks import build_network, get_backbone
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from aml.networks.imagenet import find_weights

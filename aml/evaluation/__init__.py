@@ -7,7 +7,8 @@ from aml.evaluation.ranking import rank_database
 from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation, search_with_expansion
 from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages
 from aml.evaluation.superglobal import Shortlist, SuperGlobal, superglobal_rerank, superglobal_shortlist
-from aml.evaluation.testing import TestSettings, evaluate
+from aml.evaluation.plan import TestSettings
+from aml.evaluation.testing import evaluate
 from aml.evaluation.whitening import WhiteningError, check_whitening, pcawhitenlearn, whitenapply, whitenlearn
 
 __all__ = [

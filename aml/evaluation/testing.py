@@ -37,7 +37,7 @@ from aml.descriptors import cached_descriptors, describe_images
 from aml.descriptors.store import DescriptorStore, encode_into_store, warn_of_skipped
 from aml.evaluation.database import Distractors, TestDatabase
 from aml.evaluation.metrics import Metrics, evaluate_ranks
-from aml.evaluation.plan import TEST_EXTRACTION, PlannedSet, TestPlan, TestSettings, check_reranking
+from aml.evaluation.plan import PlannedSet, TestPlan, TestSettings
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages
 from aml.evaluation.superglobal import Shortlist
@@ -48,8 +48,7 @@ from aml.utils.atomic import atomic_write, optional_write
 from aml.utils.distributed import World, barrier, current_world, from_main, warn_once
 from aml.utils.errors import AmlError, DataError
 
-# TestSettings and check_reranking are defined with the plan and used from here too
-__all__ = ["TEST_EXTRACTION", "TestSettings", "check_reranking", "evaluate", "htime"]
+__all__ = ["evaluate", "htime"]
 
 log = logging.getLogger(__name__)
 

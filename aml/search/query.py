@@ -176,8 +176,9 @@ def query_database(
         k: results per query.
         bbxs: per query image, a crop box (x1, y1, x2, y2) or None.
         config: how to extract (`aml.descriptors.ExtractionConfig`).
-        reranking: its ``qe``: αQE of each student query with its first results among the
-            teacher's descriptors, searched again (`SearchDatabase.search`).
+        reranking: its ``qe`` and ``superglobal``: αQE of each student query with its first
+            results among the teacher's descriptors, searched again, and SuperGlobal's
+            re-ranking of the results (`SearchDatabase.search`; DBA is the store's own).
         teacher: the student's teacher as `check_teacher` takes it (None: the one the
             student records).
 
@@ -389,7 +390,7 @@ def query_database_onnx(
         images: the query images.
         k: results per query.
         bbxs: per query image, a crop box (x1, y1, x2, y2) or None.
-        reranking: its ``qe``: αQE of each query with its first results, as `query_database`.
+        reranking: its ``qe`` and ``superglobal``, as `query_database` applies them.
 
     Returns:
         Per query, ``{"query": path, "results": [{"image": path, "score": score}, ...]}``,

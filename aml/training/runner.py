@@ -21,7 +21,8 @@ from aml.data.trainsets import load_training_db, pairs_across_clusters, prepare_
 from aml.data.paths import DataRoot
 from aml.descriptors import feature_provenance
 from aml.evaluation.results import DatasetResult
-from aml.evaluation.testing import TestSettings, evaluate
+from aml.evaluation.plan import TestSettings
+from aml.evaluation.testing import evaluate
 from aml.losses import LOSSES, build_loss
 from aml.networks.backbones import get_backbone
 from aml.networks.checkpoint import load_trunk_weights

@@ -2,7 +2,6 @@
 optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -27,7 +26,7 @@ from aml.evaluation.whitening_store import read_whitening_file
 from aml.export import Int8Settings, export_student, int8_agreement, student_info
 from aml.export.errors import ExportError
 from aml.export.student import EXPORTED_FILES, check_export_folder
-from aml.export.report import INT8_REPORT, OnnxTestMaps, onnx_test_maps, onnx_timings
+from aml.export.report import INT8_REPORT, OnnxTestMaps, is_int8_report, onnx_test_maps, onnx_timings
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_test_network, teacher_problem
 from aml.reports.provenance import provenance
 from aml.search import SearchDatabase, StoreError, check_teacher, list_images, open_database
@@ -218,17 +217,8 @@ def _check_report_target(parser: Parser, args) -> None:
     except ConfigError as err:
         parser.error(f"--test-set: {err}")
     path = Path(args.out) / INT8_REPORT
-    if path.exists() and not _earlier_report(path):
+    if path.exists() and not is_int8_report(path):
         parser.error(f"{path} exists and is not an earlier int8 report: it is not replaced; give another --out")
-
-
-def _earlier_report(path: Path) -> bool:
-    """Whether ``path`` holds a report that this command wrote (its provenance and report)."""
-    try:
-        record = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and {"provenance", "report"} <= set(record)
 
 
 def _calibration(images: List[str], most: Optional[int], image_size: int) -> Int8Settings:
@@ -393,8 +383,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         if args.test_set is not None:
             assert teacher is not None  # --test-set loads it (_teacher)
             _report(args, files, teacher, image_size, whitening)
-        elif (Path(args.out) / INT8_REPORT).exists():
-            log.warning(">> %s is left from an earlier export (this one did not write it)", Path(args.out, INT8_REPORT))
     return files
 
 

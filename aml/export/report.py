@@ -2,7 +2,9 @@
 student's (queries by the ONNX files through onnxruntime, database by the teacher), and the
 time of one query image on this CPU."""
 
+import json
 import logging
+from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, TypedDict
 
 import numpy as np
@@ -17,7 +19,7 @@ from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork
 from aml.utils.types import PathLike
 
-__all__ = ["INT8_REPORT", "TIMING_SIDES", "OnnxTestMaps", "onnx_test_maps", "onnx_timings"]
+__all__ = ["INT8_REPORT", "TIMING_SIDES", "OnnxTestMaps", "is_int8_report", "onnx_test_maps", "onnx_timings"]
 
 log = logging.getLogger(__name__)
 TIMING_SIDES = (362, 1024)  # the longer side of the timed query images (the paper's test sizes)
@@ -43,6 +45,27 @@ class OnnxTestMaps(TypedDict):
     database: int
     maps: Dict[str, Dict[str, float]]
     cosine: Dict[str, Dict[str, float]]
+
+
+def is_int8_report(path: PathLike) -> bool:
+    """Whether ``path`` holds an export's ``int8.json`` report (its provenance and report).
+
+    Args:
+        path: the file.
+
+    Returns:
+        True for a report an export wrote; False for anything else, or no file.
+
+    Examples:
+        >>> from aml.export.report import is_int8_report
+        >>> is_int8_report("no/such/int8.json")
+        False
+    """
+    try:
+        record = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"provenance", "report"} <= set(record)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

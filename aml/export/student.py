@@ -26,6 +26,7 @@ from torch import nn
 
 from aml.export.errors import ExportError
 from aml.export.quantization import Int8Settings, quantize_student
+from aml.export.report import INT8_REPORT, is_int8_report
 from aml.descriptors.onnx_student import (
     OnnxStudentError,
     OnnxStudentInfo,
@@ -39,7 +40,7 @@ from aml.descriptors.onnx_student import (
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.loading import NetworkSpec, check_network
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.utils.atomic import atomic_path, atomic_write, staged
+from aml.utils.atomic import atomic_path, atomic_write, staged, uninterrupted
 from aml.utils.plain_files import begins_as
 from aml.utils.types import PathLike
 
@@ -449,11 +450,22 @@ def export_student(
         if int8 is not None:
             assert info is not None  # written with the ONNX file, which --int8 needs
             files["int8"] = _export_int8(files["onnx"], staging, info, int8)
-        files = {kind: path.replace(folder / path.name) for kind, path in files.items()}
+        with uninterrupted():  # Ctrl-C between two renames would leave two exports' files mixed
+            files = {kind: path.replace(folder / path.name) for kind, path in files.items()}
+            _drop_earlier_report(folder)
     for earlier in sorted(set(EXPORTED_FILES.values()) - {path.name for path in files.values()}):
         if (folder / earlier).exists():
             log.warning(">> %s is left from an earlier export (this one did not write it)", folder / earlier)
     return files, diffs
+
+
+def _drop_earlier_report(folder: Path) -> None:
+    """Remove an earlier export's ``int8.json`` from ``folder`` whose files were just replaced:
+    it measured those (a report of this export, if asked for, is written next)."""
+    report = folder / INT8_REPORT
+    if is_int8_report(report):
+        report.unlink()
+        log.warning(">> %s removed: it measured the files this export replaced", report)
 
 
 def _earlier_torchscript(path: Path) -> bool:

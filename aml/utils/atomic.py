@@ -11,8 +11,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, BinaryIO, Callable, Iterator, Optional, Tuple, Union
 
@@ -333,6 +335,36 @@ def lock_beside(path: PathLike) -> Iterator[None]:
                 return
         finally:
             handle.close()
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends, then act as they would have: a few
+    renames that publish a set of files are done whole, never half (outside the main thread,
+    where signal handlers cannot be set, the block runs as it is).
+
+    Examples:
+        >>> from aml.utils.atomic import uninterrupted
+        >>> with uninterrupted():
+        ...     pass
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list = []
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {stop: signal.signal(stop, lambda signum, frame: held.append((signum, frame))) for stop in stops}
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+        for signum, frame in held[:1]:  # the first stop, as its own handler takes it
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 @contextlib.contextmanager

@@ -362,3 +362,51 @@ def test_the_files_record_the_teacher_the_student_was_trained_against():
     assert student_info(net, teacher_fingerprint="fedcba9876543210").teacher_fingerprint == "fedcba9876543210"
     del net.meta["teacher_fingerprint"]
     assert student_info(net).teacher_fingerprint is None
+
+
+def _with_report(folder, earlier_export):
+    for path in earlier_export.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "int8.json").write_text('{"provenance": {}, "report": {"maps": "of the earlier files"}}')
+
+
+def test_an_earlier_report_goes_with_the_files_it_measured(student, earlier_export, tmp_path, caplog):
+    """An interrupted --test-set export (or one without --test-set) left the earlier int8.json
+    beside the new files, its numbers and fingerprints those of files no longer there."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="aml")
+    _with_report(tmp_path, earlier_export)
+    export_student(student, tmp_path, onnx=False)
+    assert not (tmp_path / "int8.json").exists()
+    assert f"{tmp_path / 'int8.json'} removed: it measured the files this export replaced" in caplog.text
+    (tmp_path / "int8.json").write_text('{"mine": 1}')  # not a report: the user's own, kept
+    export_student(student, tmp_path, onnx=False)
+    assert (tmp_path / "int8.json").read_text() == '{"mine": 1}'
+
+
+def test_a_stop_while_the_files_move_in_leaves_one_export_whole(student, earlier_export, tmp_path, monkeypatch):
+    """Ctrl-C right after the first rename left the new student.pt beside the earlier
+    student.onnx and its report."""
+    import os
+    import signal
+    from pathlib import Path
+
+    _with_report(tmp_path, earlier_export)
+    earlier = {name: (tmp_path / name).stat().st_ino for name in ("student.pt", "student.onnx")}
+    replace = Path.replace
+
+    def interrupted(self, target):
+        moved = replace(self, target)
+        os.kill(os.getpid(), signal.SIGINT)
+        return moved
+
+    monkeypatch.setattr(Path, "replace", interrupted)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            export_student(student, tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert all((tmp_path / name).stat().st_ino != inode for name, inode in earlier.items())  # both new
+    assert not (tmp_path / "int8.json").exists()

@@ -395,3 +395,32 @@ def test_a_long_file_name_is_written_whatever_the_machines_name(tmp_path, monkey
     assert not dead.exists() and (tmp_path / name).read_bytes() == b"again"
     staging = staging_folder(tmp_path / ("s" * 250))
     assert staging.name.startswith(".~") and staging.is_dir()
+
+
+def test_a_stop_waits_until_an_uninterrupted_block_ends():
+    """Ctrl-C between the renames that publish an export left two exports' files mixed: within
+    the block a stop is held, then taken by the handler it would have met."""
+    import signal
+
+    from aml.utils.atomic import uninterrupted
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    done = []
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped):
+            with uninterrupted():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)  # one stop is taken, as its handler takes it
+                done.append("renamed")
+        assert done == ["renamed"] and signal.getsignal(signal.SIGTERM) is stop
+        with uninterrupted():  # without a stop, nothing happens
+            done.append("again")
+        assert done == ["renamed", "again"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -25,6 +25,7 @@ from aml.descriptors.files import (
     feature_provenance,
     load_feature_file,
     reusable_feature_file,
+    settings_not_its_own,
     write_feature_file,
 )
 from aml.networks.fingerprint import network_fingerprint
@@ -54,5 +55,6 @@ __all__ = [
     "load_feature_file",
     "network_fingerprint",
     "reusable_feature_file",
+    "settings_not_its_own",
     "write_feature_file",
 ]

@@ -104,14 +104,45 @@ def write_feature_file(
     return path
 
 
+#: the settings file of a feature file being written: a write it interrupts leaves it, which
+#: readers tell from the settings-less files of the original's extract_features.py
+BEING_WRITTEN = b'{"incomplete": "a write of this feature file was interrupted: extract it again"}'
+
+
 def invalidate_feature_file(path: Path) -> Path:
-    """Remove the settings file of the feature file ``path`` (if any), so that readers see it
-    as incomplete until it is written again; returns the settings file's path."""
+    """Mark the feature file ``path`` as being written (its settings file says so), so that
+    readers see it as incomplete until it is written whole again; returns the settings file's
+    path."""
     sidecar = _settings_path(Path(path))
     if sidecar.is_dir():  # checked before the .npy is replaced: no features go without their settings
         raise InTheWay(f"{sidecar} is a folder where aml writes {Path(path).name}'s settings: move it away")
-    sidecar.unlink(missing_ok=True)
+    atomic_write(sidecar, lambda out: out.write(BEING_WRITTEN))
     return sidecar
+
+
+def settings_not_its_own(path: Path) -> bool:
+    """Whether a settings file lies beside the feature file ``path`` that does not belong to it:
+    a write interrupted (`invalidate_feature_file`), or an array or image list replaced since.
+    (A file without settings, as the original's code writes them, has none to disown.)
+
+    Args:
+        path: the feature file (``.npy``).
+
+    Returns:
+        True when its settings file is there and `feature_file_settings` disowns it.
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> import numpy as np
+        >>> from aml.descriptors.files import settings_not_its_own, write_feature_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = write_feature_file(np.zeros((4, 2)), ["a.jpg", "b.jpg"], pathlib.Path(folder) / "db.npy")
+        ...     whole = settings_not_its_own(path)
+        ...     np.save(path, np.zeros((4, 3), dtype=np.float32))  # replaced since
+        ...     whole, settings_not_its_own(path)
+        (False, True)
+    """
+    return _settings_path(Path(path)).is_file() and feature_file_settings(path) is None
 
 
 def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:

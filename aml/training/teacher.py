@@ -21,6 +21,7 @@ from aml.descriptors import (
     feature_provenance,
     load_feature_file,
     reusable_feature_file,
+    settings_not_its_own,
     write_feature_file,
 )
 from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec
@@ -94,6 +95,12 @@ def _given_features(teacher: Teacher, path: Path, images: Sequence[str], image_s
     Raises:
         DataError: naming the file, the first column of another image, or the other network.
     """
+    if settings_not_its_own(path):  # its checks would read "nothing recorded" and take stale descriptors
+        raise DataError(
+            f"feature file {path} is incomplete: its settings ({path}.json) are not those of the .npy and image "
+            "list beside it (a write was interrupted, or one of them was replaced since); extract it again with "
+            "extract_features.py"
+        )
     vecs = load_feature_file(path, len(images), teacher.spec.dimension())
     made = feature_provenance(path)
     column = made.other_images(images)

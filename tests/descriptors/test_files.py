@@ -25,9 +25,13 @@ def test_settings_belong_to_the_files_beside_them(tmp_path, monkeypatch):
     assert feature_file_settings(path)["fingerprint"] == "A" and feature_file_settings(path)["columns"] == 3
     real = features.atomic_write
 
+    settings_written = []
+
     def crash_on_settings(target, write):
         if str(target).endswith(".json"):
-            raise KeyboardInterrupt  # killed after the array and the list, before the settings
+            settings_written.append(target)
+            if len(settings_written) == 2:  # the mark of a write in progress, the array, the list: killed
+                raise KeyboardInterrupt
         return real(target, write)
 
     monkeypatch.setattr(features, "atomic_write", crash_on_settings)

@@ -99,6 +99,26 @@ def test_a_feat_path_file_of_other_images_or_of_another_network_is_refused_by_na
     assert teacher_split_features(vgg16, "set", "train", images[::-1], 64, str(path)).shape == (512, 3)
 
 
+def test_a_feature_file_whose_write_was_interrupted_is_refused(tmp_path):
+    """An extract_features.py stopped while it wrote a feature file again left the earlier .npy
+    and image list without settings, which --feat-path then took as the original's files: a
+    split changed since, refused before, trained on stale descriptors without a word."""
+    from aml.descriptors import DescriptorKey, write_feature_file
+    from aml.descriptors.files import invalidate_feature_file
+    from aml.utils.errors import DataError
+
+    images = [str(tmp_path / f"{i}.jpg") for i in range(3)]
+    vecs = np.linalg.qr(np.random.default_rng(0).normal(size=(512, 3)))[0].astype(np.float32)
+    made = dict(DescriptorKey("3f2a9c0d1e2b4a5c", 64).record(), network="retrievalSfM120k-vgg16-gem")
+    path = write_feature_file(vecs, images, tmp_path / "feats.npy", made)
+    invalidate_feature_file(path)  # what an interrupted write leaves, before its new .npy is in place
+    with pytest.raises(DataError, match=r"feats.npy is incomplete: its settings \(.*feats.npy.json\) are not those "
+                                        r"of the .npy and image list beside it .*; extract it again"):
+        teacher_split_features(Teacher("vgg16"), "set", "train", images, 64, str(path))
+    write_feature_file(vecs, images, path, made)  # written whole again: taken
+    assert teacher_split_features(Teacher("vgg16"), "set", "train", images, 64, str(path)).shape == (512, 3)
+
+
 def test_a_read_only_data_root_trains_on_the_teacher_descriptors_it_could_not_cache(synth_root, tmp_path, monkeypatch,
                                                                                     caplog):
     """main.py -m ts on a shared, read-only data root encoded every teacher descriptor, then

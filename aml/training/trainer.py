@@ -510,6 +510,19 @@ class Trainer:
         self.start_epoch, self.min_loss = found
         return True
 
+    def _test_resumed_epoch(self) -> None:
+        """Test the resumed checkpoint's epoch when --test-freq asks for it and its record has
+        no test: the run was stopped while it tested that epoch, which it saved before."""
+        s, done = self.settings, self.start_epoch
+        if self.evaluate is None or not s.test_freq or done == 0 or done % s.test_freq:
+            return
+        record = next((r for r in self.curves.records if r["epoch"] == done), None)
+        if record is None or "test" in record:
+            return
+        log.info(">> epoch %d was saved but not tested (the run stopped while testing it): testing it now", done)
+        untested = {key: value for key, value in record.items() if key != "test"}
+        self.curves.add(cast(TestedEpoch, dict(untested, test=self.evaluate(self.learner.net, done - 1))))
+
     def fit(self) -> List[TestedEpoch]:
         """Train epochs start_epoch .. epochs-1; returns one record per epoch (its losses, lr
         and ``seconds``: the wall time of its mining and training, without validation)."""
@@ -526,6 +539,7 @@ class Trainer:
         # epochs about to be trained again (after a crash, or a rerun in the same folder) lose their old lines
         self.log.restart_at(self.start_epoch)
         self.curves.restart_at(self.start_epoch)
+        self._test_resumed_epoch()
         self.log.line(f">> Seed {s.seed}; {self.learner.mode.name} validated on {self.val_mode.name} tuples")
         for epoch in range(self.start_epoch, s.epochs):
             started = time.perf_counter()

@@ -376,3 +376,27 @@ def test_a_non_finite_validation_loss_ends_in_one_line_and_saves_nothing_of_its_
                                                r"whose forwards run in bfloat16: try --no-amp\)"):
         train(synth_root, tmp_path, "--epochs", "1")
     assert not list(tmp_path.rglob("*.pth.tar"))
+
+
+def test_an_epoch_stopped_while_tested_is_tested_when_the_run_resumes(synth_root, tmp_path, monkeypatch):
+    """main.py --test-freq stopped while it tested an epoch (saved just before) resumed after
+    it: history.json kept the epoch without its test, and the last epoch was never tested."""
+    import aml.training.runner as runner_module
+
+    real, calls = runner_module.evaluate, []
+
+    def stopped_at_the_second_test(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while epoch 2 is tested
+        return real(*args, **kwargs)
+
+    flags = ("--epochs", "2", "--no-val", "--test-freq", "1", "-td", "synth-oxford", "--test-image-size", "40")
+    monkeypatch.setattr(runner_module, "evaluate", stopped_at_the_second_test)
+    with pytest.raises(KeyboardInterrupt):
+        train(synth_root, tmp_path, *flags)
+    monkeypatch.setattr(runner_module, "evaluate", real)
+    resumed = train(synth_root, tmp_path, *flags, "--resume", "latest")  # nothing left to train: only the test
+    history = json.loads((resumed.run_dir / "history.json").read_text())
+    assert [(r["epoch"], "synth-oxford" in r.get("test", {}).get("symmetric", {})) for r in history] == [
+        (1, True), (2, True)]

@@ -1,12 +1,14 @@
 """Shared fixtures: a small synthetic data root generated once per test session, and the
 learning tests' trained teacher, kept in pytest's cache."""
 
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -87,18 +89,33 @@ def trained_teacher(synth_root, tmp_path_factory, request) -> Path:
     if cache is None:
         return _train_teacher(synth_root, tmp_path_factory.mktemp("teacher"))
     folder = cache.mkdir("aml-learning-teacher") / _teacher_key()
-    folder.mkdir(exist_ok=True)
-    drop_stale_teachers(folder)
-    with open(folder / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / TEACHER_FILE).exists():
-            trained = _train_teacher(synth_root, tmp_path_factory.mktemp("teacher"))
-            atomic_write(folder / TEACHER_FILE, lambda out: out.write(trained.read_bytes()))
     # a copy of this session's own: what the tests write next to a network (the whitening
     # cache) stays out of the cache
     copy = tmp_path_factory.mktemp("teacher") / TEACHER_FILE
-    shutil.copyfile(folder / TEACHER_FILE, copy)
+    with _locked(folder):  # trained, copied and the stale teachers dropped while it is held
+        drop_stale_teachers(folder)
+        if not (folder / TEACHER_FILE).exists():
+            trained = _train_teacher(synth_root, tmp_path_factory.mktemp("teacher"))
+            atomic_write(folder / TEACHER_FILE, lambda out: out.write(trained.read_bytes()))
+        shutil.copyfile(folder / TEACHER_FILE, copy)
     return copy
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """``folder`` made and its lock held (made again if a run of another version of the code
+    dropped it as stale before this one locked it)."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = open(folder / "lock", "a")
+        except FileNotFoundError:
+            continue
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (folder / "lock").exists():
+                yield
+                return
 
 
 def drop_stale_teachers(kept: Path) -> None:
@@ -109,7 +126,11 @@ def drop_stale_teachers(kept: Path) -> None:
     for sibling in kept.parent.iterdir():
         if sibling == kept or not sibling.is_dir():
             continue
-        with open(sibling / "lock", "a") as lock:
+        try:
+            lock = open(sibling / "lock", "a")
+        except (FileNotFoundError, NotADirectoryError):  # another process dropped it first
+            continue
+        with lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

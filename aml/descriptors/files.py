@@ -58,8 +58,9 @@ def write_feature_file(
 
     The features go to ``path`` (.npy), the image list next to it (``_img_list.txt``) and the
     settings to ``path`` + '.json' (network, image size, ...). The three files form one unit:
-    the settings file is removed first and written last, with the array's byte size and the
-    list's hash, so that a reader that finds settings matching the files knows all three
+    the settings file is replaced first by a mark that the file is being written
+    (`invalidate_feature_file`) and written last, with the array's byte size and the list's
+    hash, so that a reader that finds settings matching the files knows all three
     come from the same write (each file is itself written atomically).
 
     Args:
@@ -121,9 +122,12 @@ def invalidate_feature_file(path: Path) -> Path:
 
 
 def settings_not_its_own(path: Path) -> bool:
-    """Whether a settings file lies beside the feature file ``path`` that does not belong to it:
-    a write interrupted (`invalidate_feature_file`), or an array or image list replaced since.
-    (A file without settings, as the original's code writes them, has none to disown.)
+    """Whether the settings beside the feature file ``path`` disown it.
+
+    They do when a write was interrupted (`invalidate_feature_file`), or when the array or the
+    image list they record the size and hash of was replaced since. A file without settings,
+    as the original's code writes them, or with the settings of aml's first release, which
+    recorded neither, has none to disown it.
 
     Args:
         path: the feature file (``.npy``).
@@ -142,7 +146,14 @@ def settings_not_its_own(path: Path) -> bool:
         ...     whole, settings_not_its_own(path)
         (False, True)
     """
-    return _settings_path(Path(path)).is_file() and feature_file_settings(path) is None
+    sidecar = _settings_path(Path(path))
+    if not sidecar.is_file() or feature_file_settings(path) is not None:
+        return False
+    try:
+        record = json.loads(read_bounded(sidecar))
+    except (TooLarge, ValueError):
+        return True  # not settings aml writes: nothing says these files are whole
+    return not isinstance(record, dict) or bool({"incomplete", "npy_bytes", "images_sha1"} & set(record))
 
 
 def feature_file_settings(path: Path) -> Optional[Dict[str, Any]]:

@@ -452,7 +452,8 @@ def export_student(
             files["int8"] = _export_int8(files["onnx"], staging, info, int8)
         with uninterrupted():  # Ctrl-C between two renames would leave two exports' files mixed
             files = {kind: path.replace(folder / path.name) for kind, path in files.items()}
-            _drop_earlier_report(folder)
+            if {"onnx", "int8"} & set(files):
+                _drop_earlier_report(folder)
     for earlier in sorted(set(EXPORTED_FILES.values()) - {path.name for path in files.values()}):
         if (folder / earlier).exists():
             log.warning(">> %s is left from an earlier export (this one did not write it)", folder / earlier)
@@ -460,12 +461,12 @@ def export_student(
 
 
 def _drop_earlier_report(folder: Path) -> None:
-    """Remove an earlier export's ``int8.json`` from ``folder`` whose files were just replaced:
-    it measured those (a report of this export, if asked for, is written next)."""
+    """Remove an earlier export's ``int8.json`` from ``folder`` whose ONNX files were just
+    replaced: it measured those (a report of this export, if asked for, is written next)."""
     report = folder / INT8_REPORT
     if is_int8_report(report):
         report.unlink()
-        log.warning(">> %s removed: it measured the files this export replaced", report)
+        log.warning(">> %s removed: it measured the ONNX files this export replaced", report)
 
 
 def _earlier_torchscript(path: Path) -> bool:

@@ -516,10 +516,11 @@ class Trainer:
         s, done = self.settings, self.start_epoch
         if self.evaluate is None or not s.test_freq or done == 0 or done % s.test_freq:
             return
-        record = next((r for r in self.curves.records if r["epoch"] == done), None)
+        # rank 0's history decides for all: every rank tests together, and a folder may be seen late
+        record = from_main(next((r for r in self.curves.records if r["epoch"] == done), None), self.world)
         if record is None or "test" in record:
             return
-        log.info(">> epoch %d was saved but not tested (the run stopped while testing it): testing it now", done)
+        log.info(">> epoch %d was saved without the test --test-freq asks for: testing it now", done)
         untested = {key: value for key, value in record.items() if key != "test"}
         self.curves.add(cast(TestedEpoch, dict(untested, test=self.evaluate(self.learner.net, done - 1))))
 

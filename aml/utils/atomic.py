@@ -357,13 +357,17 @@ def uninterrupted() -> Iterator[None]:
     try:
         yield
     finally:
-        for stop, handler in previous.items():
-            signal.signal(stop, handler)
-        for signum, frame in held[:1]:  # the first stop, as its own handler takes it
+        for stop, handler in previous.items():  # None: a handler set from C, which Python cannot set again
+            signal.signal(stop, handler if handler is not None else signal.SIG_DFL)
+        taken = set()
+        for signum, frame in held:  # each stop once, in the order they came, as its own handler takes it
+            if signum in taken:
+                continue
+            taken.add(signum)
             handler = previous[signum]
             if callable(handler):
                 handler(signum, frame)
-            elif handler == signal.SIG_DFL:
+            elif handler in (signal.SIG_DFL, None):
                 os.kill(os.getpid(), signum)
 
 

@@ -60,12 +60,15 @@ class Bound:
             >>> NONNEGATIVE_INT.checked(np.int64(2), "k")
             2
         """
-        plain = value
+        plain: Any = None  # an int for an int range (2.0 is not a count), a float for a float one
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            plain = int(value) if isinstance(value, numbers.Integral) else float(value)
-        problem = self.problem(plain)
-        if problem is not None:
-            raise ConfigError(f"{what} {problem}")
+            if isinstance(value, numbers.Integral):
+                plain = int(value)
+            elif self.kind is float:
+                plain = float(value)
+        finite = isinstance(plain, int) or (isinstance(plain, float) and math.isfinite(plain))
+        if not (finite and self.accept(plain)):
+            raise ConfigError(f"{what} must be {self.what}, got {value!r}")
         return self.kind(plain)
 
     def parse(self, text: str) -> Any:

@@ -72,8 +72,8 @@ def available_device(device: Union[str, torch.device], what: str) -> torch.devic
     """
     try:
         parsed = parse_device(str(device))
-    except DeviceError as err:
-        raise DeviceError(f"{what}: {err}") from None
+    except DeviceError:
+        raise DeviceError(f"{what}: {device!r} is not a device; give 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
     return _available(parsed, what)
 
 

@@ -301,3 +301,18 @@ def test_a_run_writes_beside_a_file_of_other_settings_written_while_it_encoded(s
     finally:  # the data root is the session's
         for written in usual.parent.glob("synth-oxford_r18_*"):
             written.unlink()
+
+
+def test_settings_disown_their_files_only_when_they_record_them(tmp_path):
+    """A feature file being written is disowned by its settings; one with no settings (the
+    original's) or with the settings of aml's first release, which recorded no sizes, is not."""
+    from aml.descriptors.files import invalidate_feature_file, settings_not_its_own
+
+    path = write_feature_file(np.ones((4, 3), np.float32), ["a", "b", "c"], tmp_path / "db.npy", {"fingerprint": "A"})
+    assert not settings_not_its_own(path)
+    invalidate_feature_file(path)
+    assert settings_not_its_own(path) and feature_file_settings(path) is None
+    path.with_name("db.npy.json").write_text('{"network": "vgg16", "image_size": 64}')  # aml's first release
+    assert not settings_not_its_own(path)
+    path.with_name("db.npy.json").unlink()  # the original's files
+    assert not settings_not_its_own(path)

@@ -343,16 +343,19 @@ def test_a_power_that_would_weigh_neighbours_wrongly_is_refused_by_every_expansi
 
 
 def test_neighbour_counts_are_integers_numpys_included():
-    """k=2.5 was a TypeError from a slice, a ranking given as a list an AttributeError; a numpy
-    integer is a count like any other."""
+    """k=2.0 was a TypeError from a slice or torch.topk, a ranking given as a list an
+    AttributeError; a numpy integer is a count like any other, a float none."""
     database = np.array([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8]], dtype=np.float32)
     query = np.array([[0.8], [0.6]], dtype=np.float32)
     ranks = rank_database(database, query)
     expected = alpha_query_expansion(query, database, ranks, 2)
     assert np.array_equal(alpha_query_expansion(query, database, ranks.tolist(), np.int64(2)), expected)
     assert np.array_equal(database_augmentation(database, np.int32(1)), database_augmentation(database, 1))
-    with pytest.raises(ConfigError, match=r"^αQE's k must be an integer >= 0, got 2.5$"):
-        alpha_query_expansion(query, database, ranks, 2.5)
+    with pytest.raises(ConfigError, match=r"^αQE's k must be an integer >= 0, got 2.0$"):
+        alpha_query_expansion(query, database, ranks, 2.0)
+    for bad in (2.0, np.float64(400), True):
+        with pytest.raises(ConfigError, match=r"^SuperGlobal.m must be a positive integer, got "):
+            SuperGlobal(m=bad)
     with pytest.raises(ConfigError, match=r"^DBA's k must be an integer >= 0, got -1$"):
         database_augmentation(database, -1)
     assert type(Reranking(qe=np.int64(2)).qe) is int  # faiss takes Python ints alone

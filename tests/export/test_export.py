@@ -377,11 +377,13 @@ def test_an_earlier_report_goes_with_the_files_it_measured(student, earlier_expo
 
     caplog.set_level(logging.WARNING, logger="aml")
     _with_report(tmp_path, earlier_export)
-    export_student(student, tmp_path, onnx=False)
+    export_student(student, tmp_path, onnx=False)  # TorchScript alone: the ONNX files it measured stay
+    assert (tmp_path / "int8.json").is_file()
+    export_student(student, tmp_path)
     assert not (tmp_path / "int8.json").exists()
-    assert f"{tmp_path / 'int8.json'} removed: it measured the files this export replaced" in caplog.text
+    assert f"{tmp_path / 'int8.json'} removed: it measured the ONNX files this export replaced" in caplog.text
     (tmp_path / "int8.json").write_text('{"mine": 1}')  # not a report: the user's own, kept
-    export_student(student, tmp_path, onnx=False)
+    export_student(student, tmp_path)
     assert (tmp_path / "int8.json").read_text() == '{"mine": 1}'
 
 

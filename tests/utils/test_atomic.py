@@ -422,5 +422,14 @@ def test_a_stop_waits_until_an_uninterrupted_block_ends():
         with uninterrupted():  # without a stop, nothing happens
             done.append("again")
         assert done == ["renamed", "again"]
+        ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job started with & by a script
+        try:
+            with pytest.raises(Stopped):  # an ignored Ctrl-C first does not hide the SIGTERM after it
+                with uninterrupted():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), signal.SIGTERM)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        finally:
+            signal.signal(signal.SIGINT, ignored)
     finally:
         signal.signal(signal.SIGTERM, previous)

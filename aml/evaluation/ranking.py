@@ -3,7 +3,6 @@ database, each query's first neighbours, and the places of the database's images
 distractor set is added (read block by block, with bounded memory)."""
 
 import itertools
-import numbers
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -148,8 +147,8 @@ def check_excluded(excluded: Sequence[int], images: int) -> None:
         ...
         aml.utils.errors.ConfigError: excluded holds -1, not an index of the database's 3 images (0 to 2)
     """
-    for index in excluded:
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < images:
+    for index in np.asarray(list(excluded)).tolist():  # numpy's and torch's integers as Python's
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < images:
             raise ConfigError(
                 f"excluded holds {index!r}, not an index of the database's {images} images (0 to {images - 1})"
             )

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from aml.evaluation.database import Distractors, TestDatabase
 from aml.evaluation.reranking import (Reranking, alpha_query_expansion, database_augmentation, search_with_expansion,
@@ -373,4 +374,5 @@ def test_excluded_images_outside_the_database_are_refused(excluded):
                  lambda: database_augmentation(database, 1, excluded=excluded)):
         with pytest.raises(ConfigError, match=message):
             call()
-    assert rank_database(database, query, excluded=np.array([2]))[:, 0].tolist() == [1, 0, 2]
+    for given in (np.array([2]), torch.tensor([2]), {2}, (np.int64(2),)):
+        assert rank_database(database, query, excluded=given)[:, 0].tolist() == [1, 0, 2]

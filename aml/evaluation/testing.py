@@ -251,21 +251,6 @@ class _Shown:
     result: SearchResult
 
 
-def _shown(
-    plan: TestPlan, test: PlannedSet, encoded: _Encoded, searches: Sequence[SearchResult], lw: Optional[Whitening]
-) -> _Shown:
-    database = TestDatabase(encoded.vecs, encoded.skipped_db, device=plan.device)
-    if lw is None:
-        return _Shown(database, encoded.qvecs, encoded.teacher_qvecs, searches[0])
-    tq = encoded.teacher_qvecs
-    return _Shown(
-        database.whitened(lw, test.name),
-        whitened(encoded.qvecs, lw, f"{test.name} query"),
-        None if tq is None else whitened(tq, lw, f"{test.name} teacher query"),
-        next(search for search in searches if search.whitened),
-    )
-
-
 def _report(
     plan: TestPlan, test: PlannedSet, encoded: _Encoded, shown: _Shown, skipped: Optional[SkippedImages]
 ) -> Path:
@@ -293,12 +278,7 @@ def _report(
         )
     tq = shown.teacher_queries
     if teacher is not None and tq is not None:
-        gnd = [cfg["gnd"][q] for q in kept]
-        teacher_aps = _query_aps(
-            _every_query(
-                evaluate_ranks(database.positions(tq), gnd, cfg["protocol"], positions=True), kept, len(queries)
-            )
-        )
+        teacher_aps = _query_aps(_test_metrics(database.positions(tq), test, kept))
         teacher_ranks, _ = database.nearest(tq, top)
         for column, q in enumerate(kept):
             indices = teacher_ranks[:, column]
@@ -322,17 +302,22 @@ def _report(
     return write_report(folder, dataset, cfg["gnd"], images, queries, bbxs, rows, summary)
 
 
+def _test_metrics(places: np.ndarray, test: PlannedSet, kept: List[int]) -> Metrics:
+    """The metrics of the ``kept`` queries' database ``places`` (`TestDatabase.positions`),
+    with every query of the test set in its per-query lists (`_every_query`)."""
+    gnd = [test.cfg["gnd"][q] for q in kept]
+    return _every_query(evaluate_ranks(places, gnd, test.cfg["protocol"], positions=True), kept, len(test.queries))
+
+
 def _searches(
     database: TestDatabase, queries: np.ndarray, test: PlannedSet, kept: List[int], whitened: bool, reranking: Reranking
 ) -> List[SearchResult]:
     """The first search of ``database`` and, with ``reranking``, DBA and the searches after it."""
-    gnd, protocol = [test.cfg["gnd"][q] for q in kept], test.cfg["protocol"]
 
     def metrics(searched: TestDatabase) -> Callable[[np.ndarray, Optional[Shortlist]], Metrics]:
         def search(q: np.ndarray, shortlist: Optional[Shortlist]) -> Metrics:
             places = searched.positions(q)
-            places = places if shortlist is None else shortlist.places(places)
-            return _every_query(evaluate_ranks(places, gnd, protocol, positions=True), kept, len(test.queries))
+            return _test_metrics(places if shortlist is None else shortlist.places(places), test, kept)
 
         return search
 
@@ -362,16 +347,17 @@ def _search(
         log.info(">> %s: Evaluating against %d + %d images...", name, len(test.images), store.count)
     else:
         log.info(">> %s: Evaluating...", test.dataset)
-    searches = _searches(database, encoded.qvecs, test, kept, False, plan.settings.reranking)
+    reranking = plan.settings.reranking
+    searches = _searches(database, encoded.qvecs, test, kept, False, reranking)
+    # what a ranking report shows: the whitened search when the test whitens, else the plain one
+    shown = _Shown(database, encoded.qvecs, encoded.teacher_qvecs, searches[0])
     if lw is not None:
-        searches += _searches(
-            database.whitened(lw, name),
-            whitened(encoded.qvecs, lw, f"{name} query"),
-            test,
-            kept,
-            True,
-            plan.settings.reranking,
-        )
+        white_database, white_queries = database.whitened(lw, name), whitened(encoded.qvecs, lw, f"{name} query")
+        white = _searches(white_database, white_queries, test, kept, True, reranking)
+        tq = encoded.teacher_qvecs  # encoded for a report alone
+        white_tq = None if tq is None else whitened(tq, lw, f"{name} teacher query")
+        shown = _Shown(white_database, white_queries, white_tq, white[0])
+        searches += white
     skipped = None
     if encoded.skipped_db or encoded.skipped_queries:
         skipped = SkippedImages(
@@ -383,7 +369,7 @@ def _search(
         _remove_stale_listing(test)
     report = None
     if plan.settings.report_dir is not None:  # refused with distractors: the test set's own database
-        report = _report(plan, test, encoded, _shown(plan, test, encoded, searches, lw), skipped)
+        report = _report(plan, test, encoded, shown, skipped)
     return DatasetResult(name, tuple(searches), skipped, added, report)
 
 

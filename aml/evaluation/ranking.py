@@ -467,7 +467,12 @@ def _distractor_scores(
     """Per distractor block: its first index, its n_k x D rows and the Q x n_k scores of the
     queries, -inf for the ``excluded`` distractors."""
     q = torch.as_tensor(np.ascontiguousarray(queries), dtype=torch.float32, device=device)
-    skipped = torch.as_tensor(sorted(excluded), dtype=torch.long, device=device)
+    listed = sorted(np.asarray(list(excluded)).tolist())  # numpy's and torch's integers as Python's
+    bad = next((i for i in listed if isinstance(i, bool) or not isinstance(i, int) or i < 0), None)
+    if bad is not None:  # a negative one was ignored without a word
+        raise ConfigError(f"excluded_distractors holds {bad!r}, not a distractor's index (an integer from 0)")
+    skipped = torch.as_tensor(listed, dtype=torch.long, device=device)
+    seen = 0
     for start, block in distractors:
         rows = _block_rows(block, device, transform)  # n_k x D float32
         _finite(rows.t(), "distractor", start)
@@ -475,7 +480,10 @@ def _distractor_scores(
         gone = skipped[(skipped >= start) & (skipped < start + rows.shape[0])] - start
         if len(gone):
             block_scores[:, gone] = -torch.inf
+        seen = start + rows.shape[0]
         yield start, rows, block_scores
+    if listed and listed[-1] >= seen:  # known once every block has come
+        raise ConfigError(f"excluded_distractors holds {listed[-1]}, past the last of the {seen} distractors")
 
 
 def _block_rows(block: np.ndarray, device: str, transform: Optional[Transform]) -> torch.Tensor:

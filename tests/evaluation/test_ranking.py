@@ -127,6 +127,20 @@ def test_non_finite_distractors_are_refused_by_name():
         positions_with_distractors(database, queries, blocks)
 
 
+def test_excluded_distractors_that_are_none_are_refused():
+    """excluded_distractors=[-1] was ignored without a word, and so was an index past the last."""
+    from aml.utils.errors import ConfigError
+
+    database, queries = np.eye(3, dtype=np.float32), np.eye(3, 2, dtype=np.float32)
+    blocks = [(0, np.eye(4, 3, dtype=np.float32)), (4, np.eye(2, 3, dtype=np.float32))]
+    with pytest.raises(ConfigError, match=r"excluded_distractors holds -1, not a distractor's index"):
+        positions_with_distractors(database, queries, blocks, excluded_distractors=[-1])
+    with pytest.raises(ConfigError, match=r"excluded_distractors holds 6, past the last of the 6 distractors"):
+        positions_with_distractors(database, queries, blocks, excluded_distractors=[2, 6])
+    kept = positions_with_distractors(database, queries, blocks, excluded_distractors=np.array([0, 5]))
+    assert kept.shape == (3, 2)
+
+
 @pytest.mark.parametrize("k", [1, 3, 40, 199, 200, 300])
 def test_top_in_order_is_the_first_columns_of_a_stable_sort(k):
     """Without sorting whole rows: ties inside and across the k-th score, -inf, k past N."""

@@ -339,7 +339,7 @@ class TestPlan:
                 _check_neighbours("--report-top", shown, test.name, len(test.queries), dim)
                 check_report_folder(settings.report_dir / test.name)  # before any image is encoded
         whitening = (
-            main_first(world, lambda: _whitening(database, settings, published=teacher is None))
+            main_first(world, lambda: _planned_whitening(database, settings, published=teacher is None))
             if settings.whitening
             else None
         )
@@ -380,7 +380,7 @@ def _read_sets(settings: TestSettings, test_root: Path, progress: bool) -> List[
     return sets
 
 
-def _whitening(encoder: LoadedNetwork, settings: TestSettings, published: bool) -> PlannedWhitening:
+def _planned_whitening(encoder: LoadedNetwork, settings: TestSettings, published: bool) -> PlannedWhitening:
     """Where the whitening of ``settings`` comes from; the whitening set read unless it is known."""
     request = settings.whitening_request()
     known = known_whitening(encoder, request, published)

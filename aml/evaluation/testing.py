@@ -80,7 +80,7 @@ class _Encoded:
     teacher_qvecs: Optional[np.ndarray] = None
 
 
-def _whitening(plan: TestPlan) -> Optional[Whitening]:
+def _test_whitening(plan: TestPlan) -> Optional[Whitening]:
     """The whitening of the test: known, else from its cache or learned (None: no whitening)."""
     planned = plan.whitening
     if planned is None:
@@ -430,7 +430,7 @@ def evaluate(
         0.512
     """
     plan = TestPlan.of(student, settings, teacher)
-    lw = _whitening(plan)
+    lw = _test_whitening(plan)
     temporary: List[Path] = []
     try:
         results = _encode_and_search(plan, lw, temporary, on_result)

@@ -743,7 +743,7 @@ def _check_legacy_settings(settings: Dict[str, Any], source: str) -> None:
             raise StoreError(f"{source}: {name}: {problem}; it was edited: index the store again ({REBUILD})")
 
 
-def _whitening(folder: Path, dim: int) -> Optional[Whitening]:
+def _store_whitening(folder: Path, dim: int) -> Optional[Whitening]:
     """The store's whitening (None without one), checked: of the store's dimension, finite."""
     path = folder / WHITENING
     if not path.is_file():
@@ -803,7 +803,7 @@ def open_database(folder: PathLike) -> SearchDatabase:
     else:
         (vecs, images, settings), unreadable = _legacy_descriptors(folder), []
     _verify_files(folder, settings)
-    whitening = _whitening(folder, vecs.shape[0])
+    whitening = _store_whitening(folder, vecs.shape[0])
     if settings.get("dba"):
         vecs = _augmented(folder, vecs.shape if whitening is None else (whitening[1].shape[0], vecs.shape[1]))
     elif whitening is not None:

@@ -450,14 +450,22 @@ def export_student(
         if int8 is not None:
             assert info is not None  # written with the ONNX file, which --int8 needs
             files["int8"] = _export_int8(files["onnx"], staging, info, int8)
-        with uninterrupted():  # Ctrl-C between two renames would leave two exports' files mixed
-            files = {kind: path.replace(folder / path.name) for kind, path in files.items()}
-            if {"onnx", "int8"} & set(files):
-                _drop_earlier_report(folder)
+        files = _moved_in(files, folder)
+    return files, diffs
+
+
+def _moved_in(staged_files: Dict[str, Path], folder: Path) -> Dict[str, Path]:
+    """The staged files moved into ``folder`` together (Ctrl-C between two renames would leave
+    two exports' files mixed), an earlier report of the ONNX files replaced dropped, and the
+    files an earlier export left there named."""
+    with uninterrupted():
+        files = {kind: path.replace(folder / path.name) for kind, path in staged_files.items()}
+        if {"onnx", "int8"} & set(files):
+            _drop_earlier_report(folder)
     for earlier in sorted(set(EXPORTED_FILES.values()) - {path.name for path in files.values()}):
         if (folder / earlier).exists():
             log.warning(">> %s is left from an earlier export (this one did not write it)", folder / earlier)
-    return files, diffs
+    return files
 
 
 def _drop_earlier_report(folder: Path) -> None:

@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from aml.demo.tables import DATASETS
+from aml.evaluation.metrics import REPORTED_LEVELS
 
-LEVELS = ("medium", "hard")
 METRIC_LEARNING = ("ts_self", "ts")
 
 
@@ -58,7 +58,9 @@ def _row(rows: Sequence[Dict], network: str, test: str) -> Optional[Dict]:
 
 def _per_seed(row: Dict) -> Dict[Cell, List[float]]:
     runs = row["results"] if isinstance(row["results"], list) else [row["results"]]
-    return {(d, level): [100 * r[d]["plain"][level]["map"] for r in runs] for d in DATASETS for level in LEVELS}
+    return {
+        (d, level): [100 * r[d]["plain"][level]["map"] for r in runs] for d in DATASETS for level in REPORTED_LEVELS
+    }
 
 
 def _seed_gaps(win: List[float], other: List[float]) -> List[float]:
@@ -83,7 +85,7 @@ def _compare(claim: str, comparison: str, winners: Dict[str, Dict], others: Dict
     """The best of ``winners`` (label -> row) against the best of ``others``, cell by cell."""
     win = {label: _per_seed(row) for label, row in winners.items()}
     rest = {label: _per_seed(row) for label, row in others.items()}
-    cells = [(d, level) for d in DATASETS for level in LEVELS]
+    cells = [(d, level) for d in DATASETS for level in REPORTED_LEVELS]
     gaps, every_seed = [], True
     for cell in cells:
         best = max(win.values(), key=lambda values: float(np.mean(values[cell])))[cell]
@@ -93,7 +95,7 @@ def _compare(claim: str, comparison: str, winners: Dict[str, Dict], others: Dict
         seed_gaps = _seed_gaps(_best_per_seed(list(win.values()), cell), _best_per_seed(list(rest.values()), cell))
         every_seed &= all(gap > 0 for gap in seed_gaps)
     medium = {
-        label: " / ".join(f"{np.mean(values[(d, LEVELS[0])]):.1f}" for d in DATASETS)
+        label: " / ".join(f"{np.mean(values[(d, REPORTED_LEVELS[0])]):.1f}" for d in DATASETS)
         for label, values in {**win, **rest}.items()
     }
     evidence = "; ".join(f"{label} {values}" for label, values in medium.items())

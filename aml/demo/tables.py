@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from aml.evaluation.metrics import REPORTED_LEVELS
 from aml.reports.charts import bar_chart
 from aml.utils.atomic import atomic_write
 from aml.utils.text_files import strict_json
@@ -35,7 +36,7 @@ def format_table(rows: List[Dict]) -> str:
         cells = "".join(
             f" {_cell([100 * r[d]['plain'][level]['map'] for r in results]):>{width}s}"
             for d in DATASETS
-            for level in ("medium", "hard")
+            for level in REPORTED_LEVELS
         )
         lines.append(f"{row['network']:34s} {row['test']:11s}{cells}")
     return "\n".join(lines)
@@ -45,7 +46,7 @@ def _series(rows: List[Dict]) -> Dict[str, tuple]:
     """{'<dataset> M'/'H': (means, standard deviations over seeds)} per row, in percent."""
     series = {}
     for d in DATASETS:
-        for level in ("medium", "hard"):
+        for level in REPORTED_LEVELS:
             values = [[100 * r[d]["plain"][level]["map"] for r in _runs(row)] for row in rows]
             series[f"{d} {level[0].upper()}"] = (
                 [float(np.mean(v)) for v in values],
@@ -66,7 +67,7 @@ def markdown_table(rows: List[Dict]) -> str:
         cells = [
             _cell([100 * r[d]["plain"][level]["map"] for r in _runs(row)])
             for d in DATASETS
-            for level in ("medium", "hard")
+            for level in REPORTED_LEVELS
         ]
         lines.append(f"| {row['network']} | {row['test']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -81,7 +82,7 @@ def results_record(rows: List[Dict], seeds: Sequence[int], **extra) -> Dict:
             "map": {
                 d: {
                     level: [round(100 * r[d]["plain"][level]["map"], 4) for r in _runs(row)]
-                    for level in ("medium", "hard")
+                    for level in REPORTED_LEVELS
                 }
                 for d in DATASETS
             },

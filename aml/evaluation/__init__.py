@@ -2,7 +2,14 @@
 metrics, and the test pipeline as a library call (`evaluate`, with `TestSettings` in and
 `DatasetResult` out)."""
 
-from aml.evaluation.metrics import compute_ap, compute_map, compute_map_and_print, evaluate_ranks, format_results
+from aml.evaluation.metrics import (
+    compute_ap,
+    compute_map,
+    compute_map_and_print,
+    evaluate_positions,
+    evaluate_ranks,
+    format_results,
+)
 from aml.evaluation.ranking import rank_database
 from aml.evaluation.reranking import Reranking, alpha_query_expansion, database_augmentation, search_with_expansion
 from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages
@@ -16,6 +23,7 @@ __all__ = [
     "compute_map",
     "compute_map_and_print",
     "evaluate_ranks",
+    "evaluate_positions",
     "format_results",
     "rank_database",
     "Reranking",

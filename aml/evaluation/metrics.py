@@ -12,7 +12,7 @@ the AP within the top k, lower than the full ranking's (test.py always ranks eve
 """
 
 import logging
-from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypedDict, Union
+from typing import IO, Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, TypedDict, Union
 
 import numpy as np
 
@@ -24,6 +24,12 @@ _log = logging.getLogger(__name__)  # not "log": compute_map_and_print has a par
 DEFAULT_KAPPAS = (1, 5, 10)
 #: the evaluation protocols: revisited (easy/hard/junk) and classic (ok/junk)
 PROTOCOLS = tuple(GND_KEYS)
+#: a difficulty level of the revisited protocol
+Level = Literal["easy", "medium", "hard"]
+#: the difficulty levels of the revisited protocol
+LEVELS: Tuple[Level, ...] = ("easy", "medium", "hard")
+#: the levels the paper and aml's tables report (revisitop's Medium and Hard)
+REPORTED_LEVELS = LEVELS[1:]
 
 #: the numbers of one difficulty level of the revisited protocol: its mAP, mP@k by k, and the
 #: AP of each query (fractions in [0, 1]; an entry of test.py's results file)
@@ -212,22 +218,16 @@ def revisited_gnd(gnd: Sequence[Mapping[str, Any]], difficulty: str) -> List[Dic
 
 
 def evaluate_ranks(
-    ranks: np.ndarray,
-    gnd: Sequence[GroundTruth],
-    protocol: str,
-    kappas: Sequence[int] = DEFAULT_KAPPAS,
-    positions: bool = False,
+    ranks: np.ndarray, gnd: Sequence[GroundTruth], protocol: str, kappas: Sequence[int] = DEFAULT_KAPPAS
 ) -> Metrics:
     """All numbers of one test set as a dict (fractions in [0, 1]).
 
     Args:
-        ranks: N_db x N_q database indices, column q ranked best first; with ``positions``,
-            the places of the database images instead.
+        ranks: N_db x N_q database indices, column q ranked best first.
         gnd: per query, ``easy``, ``hard`` and ``junk`` (revisited) or ``ok`` and ``junk``
             (classic).
         protocol: ``"revisited"`` (roxford5k, rparis6k) or ``"classic"`` (oxford5k, paris6k).
         kappas: the k of mP@k (revisited).
-        positions: the array holds places, not ranks (`compute_maps_from_positions`).
 
     Returns:
         For ``"revisited"``, ``{'easy': {'map', 'mp@k', 'aps'}, 'medium': ..., 'hard': ...}``;
@@ -245,6 +245,59 @@ def evaluate_ranks(
         >>> results["easy"]["map"], results["hard"]["map"], results["hard"]["mp@k"]
         (1.0, 0.25, {1: 0.0, 2: 0.5})
     """
+    return _evaluate(compute_maps, ranks, gnd, protocol, kappas)
+
+
+def evaluate_positions(
+    places: np.ndarray, gnd: Sequence[GroundTruth], protocol: str, kappas: Sequence[int] = DEFAULT_KAPPAS
+) -> Metrics:
+    """`evaluate_ranks` from the places of the database images instead of their ranks.
+
+    Args:
+        places: N_db x N_q, the 0-based place of database image i in query q's ranking (the
+            inverse of each column of ``ranks``; what `aml.evaluation.database.TestDatabase`'s
+            ``positions`` gives without sorting the whole database).
+        gnd: per query, as for `evaluate_ranks`.
+        protocol: ``"revisited"`` or ``"classic"``.
+        kappas: the k of mP@k (revisited).
+
+    Returns:
+        The numbers `evaluate_ranks` gives for the ranking these places describe.
+
+    Examples:
+        >>> import numpy as np
+        >>> from aml.evaluation import evaluate_positions
+        >>> places = np.array([[1], [2], [3], [0]])  # the ranking [3, 0, 1, 2]
+        >>> gnd = [{"easy": [0], "hard": [2], "junk": [3]}]
+        >>> evaluate_positions(places, gnd, "revisited", kappas=(1, 2))["hard"]["map"]
+        0.25
+    """
+    return _evaluate(compute_maps_from_positions, places, gnd, protocol, kappas)
+
+
+def _evaluate(
+    maps_of: Callable[..., Dict[str, Any]],
+    ranking: np.ndarray,
+    gnd: Sequence[GroundTruth],
+    protocol: str,
+    kappas: Sequence[int],
+) -> Metrics:
+    """`evaluate_ranks` and `evaluate_positions`, ``maps_of`` reading their ``ranking``."""
+    _check_ground_truth(gnd, protocol)
+    if protocol == "classic":
+        m_ap, aps, _, _ = maps_of(ranking, {"gnd": gnd})["gnd"]
+        return {"map": m_ap, "aps": aps.tolist()}
+    maps = maps_of(ranking, {d: revisited_gnd(gnd, d) for d in LEVELS}, kappas)
+    levels: Dict[str, LevelMetrics] = {
+        d: {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist(), strict=True)), "aps": aps.tolist()}
+        for d, (m_ap, aps, pr, _) in maps.items()
+    }
+    return {"easy": levels["easy"], "medium": levels["medium"], "hard": levels["hard"]}
+
+
+def _check_ground_truth(gnd: Sequence[GroundTruth], protocol: str) -> None:
+    """Refuse an unknown protocol, and a ground truth that is not one dict per query holding
+    the protocol's keys (a revisited search of a classic gnd found no positive: NaN, silently)."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}: the known ones are {', '.join(PROTOCOLS)}")
     if isinstance(gnd, Mapping) or not all(isinstance(entry, Mapping) for entry in gnd):
@@ -256,7 +309,7 @@ def evaluate_ranks(
         )
     needed = ("ok",) if protocol == "classic" else ("easy", "hard")
     lacking = next((q for q, entry in enumerate(gnd) if not all(key in entry for key in needed)), None)
-    if lacking is not None:  # revisited on a classic gnd scored no positive anywhere: NaN without a word
+    if lacking is not None:
         other = "revisited" if protocol == "classic" else "classic"
         of_other = all(key in gnd[lacking] for key in (("easy", "hard") if other == "revisited" else ("ok",)))
         raise DataError(
@@ -264,16 +317,6 @@ def evaluate_ranks(
             f"the {protocol} protocol needs them"
             + (f"; a ground truth of the {other} protocol is evaluated with protocol={other!r}" if of_other else "")
         )
-    maps_of = compute_maps_from_positions if positions else compute_maps
-    if protocol == "classic":
-        m_ap, aps, _, _ = maps_of(ranks, {"gnd": gnd})["gnd"]
-        return {"map": m_ap, "aps": aps.tolist()}
-    maps = maps_of(ranks, {d: revisited_gnd(gnd, d) for d in ("easy", "medium", "hard")}, kappas)
-    levels: Dict[str, LevelMetrics] = {
-        d: {"map": m_ap, "mp@k": dict(zip([int(k) for k in kappas], pr.tolist(), strict=True)), "aps": aps.tolist()}
-        for d, (m_ap, aps, pr, _) in maps.items()
-    }
-    return {"easy": levels["easy"], "medium": levels["medium"], "hard": levels["hard"]}
 
 
 def format_results(dataset: str, results: Metrics, kappas: Sequence[int] = DEFAULT_KAPPAS) -> List[str]:
@@ -300,11 +343,8 @@ def format_results(dataset: str, results: Metrics, kappas: Sequence[int] = DEFAU
     """
     if "map" in results:
         return [f">> {dataset}: mAP {100 * results['map']:.2f}"]
-    pct = {d: np.around(100 * results[d]["map"], decimals=2) for d in ("easy", "medium", "hard")}
-    mpk = {
-        d: np.around(100 * np.array([results[d]["mp@k"][k] for k in kappas]), decimals=2)
-        for d in ("easy", "medium", "hard")
-    }
+    pct = {d: np.around(100 * results[d]["map"], decimals=2) for d in LEVELS}
+    mpk = {d: np.around(100 * np.array([results[d]["mp@k"][k] for k in kappas]), decimals=2) for d in LEVELS}
     return [
         f">> {dataset}: mAP E: {pct['easy']}, M: {pct['medium']}, H: {pct['hard']}",
         f">> {dataset}: mP@k{list(kappas)} E: {mpk['easy']}, M: {mpk['medium']}, H: {mpk['hard']}",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from aml.evaluation.metrics import Metrics, format_results
+from aml.evaluation.metrics import LEVELS, Metrics, format_results
 from aml.evaluation.reranking import Reranking
 from aml.utils.errors import ConfigError
 
@@ -61,7 +61,7 @@ class SearchResult:
         Raises:
             ConfigError: for another level (``"Hard"``), naming the levels (a ValueError).
         """
-        if level not in ("easy", "medium", "hard", "all"):
+        if level not in (*LEVELS, "all"):
             raise ConfigError(f"level {level!r}: choose easy, medium or hard (all: a classic test set's one mAP)")
         metrics = self.metrics
         if "map" in metrics:  # the classic protocol

@@ -36,7 +36,7 @@ import numpy as np
 from aml.descriptors import cached_descriptors, describe_images
 from aml.descriptors.store import DescriptorStore, encode_into_store, warn_of_skipped
 from aml.evaluation.database import Distractors, TestDatabase
-from aml.evaluation.metrics import Metrics, evaluate_ranks
+from aml.evaluation.metrics import LEVELS, Metrics, evaluate_positions
 from aml.evaluation.plan import PlannedSet, TestPlan, TestSettings
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages
@@ -221,7 +221,7 @@ def _every_query(results: Metrics, kept: Sequence[int], nq: int) -> Metrics:
     if len(kept) == nq:
         return results
     placed = cast(Dict[str, Any], copy.deepcopy(results))
-    levels = [placed[level] for level in ("easy", "medium", "hard") if level in placed]
+    levels = [placed[level] for level in LEVELS if level in placed]
     for entry in levels + ([placed] if "aps" in placed else []):
         entry["aps"] = _placed(entry["aps"], kept, nq)
     return cast(Metrics, placed)
@@ -306,7 +306,7 @@ def _test_metrics(places: np.ndarray, test: PlannedSet, kept: List[int]) -> Metr
     """The metrics of the ``kept`` queries' database ``places`` (`TestDatabase.positions`),
     with every query of the test set in its per-query lists (`_every_query`)."""
     gnd = [test.cfg["gnd"][q] for q in kept]
-    return _every_query(evaluate_ranks(places, gnd, test.cfg["protocol"], positions=True), kept, len(test.queries))
+    return _every_query(evaluate_positions(places, gnd, test.cfg["protocol"]), kept, len(test.queries))
 
 
 def _searches(

@@ -13,7 +13,7 @@ from aml.data.testsets import configdataset, prepare_test_set, query_and_databas
 from aml.data.paths import DataRootLike, data_subdir
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.onnx_student import describe_with_onnx, onnx_session, seconds_per_image
-from aml.evaluation.metrics import evaluate_ranks
+from aml.evaluation.metrics import REPORTED_LEVELS, evaluate_ranks
 from aml.evaluation.ranking import rank_database
 from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork
@@ -121,7 +121,7 @@ def onnx_test_maps(
         qvecs = describe_with_onnx(onnx_session(path), queries, image_size, bbxs, source=path)
         results = evaluate_ranks(rank_database(vecs, qvecs), cfg["gnd"], cfg["protocol"])
         maps[name] = (
-            {level: float(results[level]["map"]) for level in ("medium", "hard")}
+            {level: float(results[level]["map"]) for level in REPORTED_LEVELS}
             if cfg["protocol"] == "revisited"
             else {"map": float(results["map"])}
         )

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, TypedDict, cast
 
+from aml.evaluation.metrics import REPORTED_LEVELS
 from aml.utils.atomic import atomic_write
 from aml.utils.text_files import strict_json
 
@@ -58,7 +59,7 @@ def summarize_test(results: TestRecords) -> TestSummary:
                 summary[kind][name] = (
                     {"map": metrics["map"]}
                     if "map" in metrics
-                    else {level: metrics[level]["map"] for level in ("medium", "hard")}
+                    else {level: metrics[level]["map"] for level in REPORTED_LEVELS}
                 )
     return summary
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypedDic
 import numpy as np
 
 from aml.compat.marks import bct_compatible, beats_teacher
-from aml.evaluation.metrics import REPORTED_LEVELS
+from aml.data.testsets import REPORTED_LEVELS
 from aml.evaluation.results import DatasetResult, SearchResult
 from aml.evaluation.plan import TestSettings
 from aml.evaluation.testing import evaluate
@@ -23,7 +23,7 @@ from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: the level of a classic test set's one mAP (a revisited one holds `aml.evaluation.metrics.REPORTED_LEVELS`)
+#: the level of a classic test set's one mAP (a revisited one holds `aml.data.testsets.REPORTED_LEVELS`)
 CLASSIC = "all"
 #: how the record lays its numbers out
 LAYOUT = (
@@ -62,7 +62,7 @@ def levels_of(search: SearchResult) -> Tuple[str, ...]:
         search: one search of a test set.
 
     Returns:
-        `aml.evaluation.metrics.REPORTED_LEVELS`, or ``("all",)`` for a classic test set.
+        `aml.data.testsets.REPORTED_LEVELS`, or ``("all",)`` for a classic test set.
 
     Examples:
         >>> from aml.evaluation import Reranking, SearchResult

@@ -8,7 +8,7 @@ On disk (``<data_root>/test/<name>/``): ``jpg/<image>.jpg`` and ``gnd_<name>.pkl
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple, cast
 
 import numpy as np
 
@@ -176,6 +176,12 @@ def configdataset(dataset: str, dir_main: PathLike) -> TestConfig:
 
 
 GND_KEYS = {"revisited": ("easy", "hard", "junk"), "classic": ("ok", "junk")}
+#: a difficulty level of the revisited protocol
+Level = Literal["easy", "medium", "hard"]
+#: the difficulty levels of the revisited protocol (Medium: easy and hard positives; Hard: hard ones)
+LEVELS: Tuple[Level, ...] = ("easy", "medium", "hard")
+#: the levels the paper and aml's tables report (revisitop's Medium and Hard)
+REPORTED_LEVELS = LEVELS[1:]
 
 
 def _names(cfg: Mapping[str, Any], field: str, source: PathLike) -> int:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from aml.demo.tables import DATASETS
-from aml.evaluation.metrics import REPORTED_LEVELS
+from aml.data.testsets import REPORTED_LEVELS
 
 METRIC_LEARNING = ("ts_self", "ts")
 

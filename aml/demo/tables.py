@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from aml.evaluation.metrics import REPORTED_LEVELS
+from aml.data.testsets import REPORTED_LEVELS
 from aml.reports.charts import bar_chart
 from aml.utils.atomic import atomic_write
 from aml.utils.text_files import strict_json

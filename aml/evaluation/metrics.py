@@ -12,24 +12,18 @@ the AP within the top k, lower than the full ranking's (test.py always ranks eve
 """
 
 import logging
-from typing import IO, Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, TypedDict, Union
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypedDict, Union
 
 import numpy as np
 
 from aml.data.formats import GroundTruth
-from aml.data.testsets import GND_KEYS
+from aml.data.testsets import GND_KEYS, LEVELS
 from aml.utils.errors import ConfigError, DataError
 
 _log = logging.getLogger(__name__)  # not "log": compute_map_and_print has a parameter of that name
 DEFAULT_KAPPAS = (1, 5, 10)
 #: the evaluation protocols: revisited (easy/hard/junk) and classic (ok/junk)
 PROTOCOLS = tuple(GND_KEYS)
-#: a difficulty level of the revisited protocol
-Level = Literal["easy", "medium", "hard"]
-#: the difficulty levels of the revisited protocol
-LEVELS: Tuple[Level, ...] = ("easy", "medium", "hard")
-#: the levels the paper and aml's tables report (revisitop's Medium and Hard)
-REPORTED_LEVELS = LEVELS[1:]
 
 #: the numbers of one difficulty level of the revisited protocol: its mAP, mP@k by k, and the
 #: AP of each query (fractions in [0, 1]; an entry of test.py's results file)

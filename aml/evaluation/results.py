@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from aml.evaluation.metrics import LEVELS, Metrics, format_results
+from aml.data.testsets import LEVELS
+from aml.evaluation.metrics import Metrics, format_results
 from aml.evaluation.reranking import Reranking
 from aml.utils.errors import ConfigError
 

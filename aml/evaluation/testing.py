@@ -36,7 +36,8 @@ import numpy as np
 from aml.descriptors import cached_descriptors, describe_images
 from aml.descriptors.store import DescriptorStore, encode_into_store, warn_of_skipped
 from aml.evaluation.database import Distractors, TestDatabase
-from aml.evaluation.metrics import LEVELS, Metrics, evaluate_positions
+from aml.data.testsets import LEVELS
+from aml.evaluation.metrics import Metrics, evaluate_positions
 from aml.evaluation.plan import PlannedSet, TestPlan, TestSettings
 from aml.evaluation.reranking import Reranking, search_with_expansion
 from aml.evaluation.results import DatasetResult, DistractorsAdded, SearchResult, SkippedImages

@@ -13,7 +13,8 @@ from aml.data.testsets import configdataset, prepare_test_set, query_and_databas
 from aml.data.paths import DataRootLike, data_subdir
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.onnx_student import describe_with_onnx, onnx_session, seconds_per_image
-from aml.evaluation.metrics import REPORTED_LEVELS, evaluate_ranks
+from aml.data.testsets import REPORTED_LEVELS
+from aml.evaluation.metrics import evaluate_ranks
 from aml.evaluation.ranking import rank_database
 from aml.evaluation.whitening import whitenapply
 from aml.networks.loading import LoadedNetwork

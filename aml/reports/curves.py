@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, TypedDict, cast
 
-from aml.evaluation.metrics import REPORTED_LEVELS
+from aml.data.testsets import REPORTED_LEVELS
 from aml.utils.atomic import atomic_write
 from aml.utils.text_files import strict_json
 

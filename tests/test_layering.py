@@ -73,12 +73,14 @@ def _module_name(path: Path) -> str:
 
 
 def _imported_modules(path: Path, known: set) -> set:
-    """The aml modules ``path`` imports: ``from aml.x import y`` counts as aml.x.y when y is a module."""
+    """The aml modules ``path`` imports: ``from aml.x import y`` counts as aml.x.y when y is a module,
+    and ``from .x import y`` as its absolute form."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("aml"):
-            subs = {f"{node.module}.{alias.name}" for alias in node.names} & known
-            found |= subs or {node.module}
+        if isinstance(node, ast.ImportFrom):  # relative ones too, resolved (`absolute`)
+            for module in (name for name in absolute(path, node) if name.split(".")[0] == "aml"):
+                subs = {f"{module}.{alias.name}" for alias in node.names} & known
+                found |= subs or {module}
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("aml.")}
     return found - {_module_name(path)}

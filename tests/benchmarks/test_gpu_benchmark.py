@@ -118,8 +118,16 @@ def test_the_cold_start_rows_warm_the_device_before_their_first_probe(monkeypatc
     assert calls[0] == "warm" and calls.count("warm") == 1 and "probe" in calls
 
 
-def test_the_device_warm_up_runs_each_precision_on_the_cpu():
+def test_the_device_warm_up_runs_each_precision_on_the_cpu(monkeypatch):
+    entered, autocast = [], torch.autocast
+
+    def recording(device_type, dtype=None, enabled=True):
+        entered.append((device_type, dtype, enabled))
+        return autocast(device_type, dtype=dtype, enabled=enabled)
+
+    monkeypatch.setattr(torch, "autocast", recording)
     load_benchmark("gpu").warm_up_device(torch.device("cpu"))
+    assert entered == [("cpu", torch.bfloat16, False), ("cpu", torch.float16, True), ("cpu", torch.bfloat16, True)]
 
 
 def test_the_training_rows_time_two_epochs_of_the_getting_started_flow(tmp_path, monkeypatch):
@@ -137,9 +145,10 @@ def test_the_training_rows_time_two_epochs_of_the_getting_started_flow(tmp_path,
         assert rows[run]["first_over_second"] > 0
 
 
-def test_the_gpu_benchmark_refuses_an_unknown_row():
-    with pytest.raises(SystemExit):
+def test_the_gpu_benchmark_refuses_an_unknown_row(capsys):
+    with pytest.raises(SystemExit) as refused:
         load_benchmark("gpu").main(["--networks", "alexnet", "--device", "cpu"])
+    assert refused.value.code == 2 and "unknown network rows ['alexnet']" in capsys.readouterr().err
 
 
 def test_the_sync_row_counts_the_batches_an_extraction_makes(tmp_path):

@@ -171,6 +171,20 @@ def test_a_file_the_device_refuses_goes_through_pil_or_is_named(files, monkeypat
     assert decode_batch([bad], torch.device("cpu"), MEAN, STD, []) is None
 
 
+def test_the_loaders_pinning_copies_a_payloads_pixels_and_keeps_the_rest(files, monkeypatch):
+    """What the loader's pinning thread does with a batch of payloads, on the CPU: each payload's
+    pixels are pinned (here: recorded and copied), its path, shape and kind kept."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args, **kwargs: pinned.append(self) or self.clone())
+    payload = read_payload(files["landscape.jpg"], 96)
+    [copy] = pin_memory([payload])
+    assert len(pinned) == 1 and pinned[0] is payload.data and copy.data is not payload.data
+    assert torch.equal(copy.data, payload.data)
+    assert (copy.path, copy.shape, copy.encoded, copy.imsize) == (payload.path, payload.shape, payload.encoded, 96)
+
+
 def test_payloads_pin_for_cuda(files):
     payload = read_payload(files["landscape.jpg"], 96)
     if not torch.cuda.is_available():

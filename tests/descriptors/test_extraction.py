@@ -171,11 +171,18 @@ def test_non_finite_descriptors_are_refused_naming_the_first_image(images):
                         config=ExtractionConfig(workers=0, amp=True, amp_dtype="bfloat16"))
 
 
-def test_cpu_workers_leave_cores_to_torch():
+def test_cpu_workers_leave_cores_to_torch(monkeypatch):
+    import os
+
     from aml.descriptors import effective_workers
 
-    assert effective_workers(8, torch.device("cuda")) == 8
-    assert 0 <= effective_workers(8, torch.device("cpu")) <= max(0, (__import__("os").cpu_count() or 1) - torch.get_num_threads())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    cpu = torch.device("cpu")
+    for cores, workers in ((8, 5), (4, 1), (3, 0), (2, 0), (None, 0)):  # None: the count is unknown
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        assert effective_workers(8, cpu) == workers and effective_workers(8, torch.device("cuda")) == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert effective_workers(2, cpu) == 2 and effective_workers(0, cpu) == 0
 
 
 def test_skip_bad_leaves_a_zero_column_and_reports_it(images, net, tmp_path, real_workers):
@@ -434,7 +441,7 @@ def test_pixel_path_names_decoding_and_precision():
 def test_the_extraction_config_refuses_unknown_fields_and_names():
     with pytest.raises(TypeError, match="skip_bda"):
         ExtractionConfig(skip_bda=True)  # a misspelling is an error, not ignored
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="'worker'"):
         ExtractionConfig().but(worker=2)
     with pytest.raises(ValueError, match="choose one of auto, pil, device, workers"):
         ExtractionConfig(decode="gpu")

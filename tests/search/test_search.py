@@ -852,13 +852,15 @@ def test_a_published_student_needs_no_teacher_flag_for_its_teachers_store(comman
                          str(tmp_path / "out")])
     assert len(checked) == 1
     settings["network"] = "retrievalSfM120k-resnet101-gem"  # the store of another teacher: still refused
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         if command == "search":
             search_cli.main(["query", "q.jpg", "--store", str(tmp_path), "--network", "mobilenet-v2-gem-contr-vgg16"]
                             + COMMON)
         else:
             export_cli.main(["--network", "mobilenet-v2-gem-contr-vgg16", "--store", str(tmp_path), "--out",
                              str(tmp_path / "out")])
+    said = str(refused.value.code)
+    assert "encoded by retrievalSfM120k-resnet101-gem" in said and "not by the student's teacher" in said, said
 
 
 def test_an_unreadable_query_skipped_gets_no_results(synth_root, tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aml.descriptors import effective_workers
 from aml.networks import build_network
 from aml.networks.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from aml.training import TrainConfig, run
@@ -62,6 +63,8 @@ def test_loader_workers_do_not_change_the_weights(synth_root, tmp_path, fresh_te
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # leaves a core for a loader worker (workers are capped to free cores)
     try:
+        if effective_workers(2, torch.device("cpu")) == 0:
+            pytest.skip("one core: no core is left for a loader worker, and both runs would load in-process")
         runs = {j: train(synth_root, tmp_path / f"j{j}", fresh_teacher, workers=j, train_batchnorm=True)
                 for j in (0, 2)}
     finally:
@@ -95,7 +98,8 @@ def test_python_hash_seed_does_not_change_the_weights(synth_root, tmp_path, fres
 
 
 def test_streams_are_stable_and_independent():
-    assert derived_seed(0, "tuples", 3) == derived_seed(0, "tuples", 3)
+    # the same on any machine, Python and hash seed (numpy's SeedSequence of a CRC32): runs resume and compare
+    assert derived_seed(0, "tuples", 3) == 2062893208538769887
     seeds = {derived_seed(s, stream, e) for s in (0, 1) for stream in ("tuples", "shuffle") for e in (0, 1)}
     assert len(seeds) == 8
 

@@ -139,6 +139,22 @@ def test_under_autocast_only_the_forward_runs_in_bfloat16_and_the_loss_in_float3
     assert seen == [(False, torch.float32, torch.float32)]
 
 
+def test_the_loaders_pinning_copies_every_image_of_a_tuple(monkeypatch):
+    """What the loader's pinning thread does with a batch of tuples, on the CPU: every image of
+    each tuple is pinned (here: recorded and copied), the tuple kept."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from aml.training.tuples import TupleItem
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args, **kwargs: pinned.append(self) or self.clone())
+    images = [torch.zeros(3, 8, 8, dtype=torch.uint8), torch.ones(3, 8, 8, dtype=torch.uint8)]
+    marker = object()
+    [copy] = pin_memory([TupleItem(marker, images)])
+    assert [id(image) for image in pinned] == [id(image) for image in images] and copy.tuple is marker
+    assert all(torch.equal(a, b) and a is not b for a, b in zip(copy.images, images, strict=True))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
 def test_tuple_images_arrive_pinned_for_cuda(split):
     """The loader's thread pins a tuple's images, so the training loop copies them without pinning."""

@@ -49,23 +49,24 @@ def test_std_mines_in_student_space_with_images_only():
 
 def test_ts_is_asymmetric_and_mines_student_queries_against_teacher_pool():
     tuples, encoder = build("ts")
-    assert len(encoder.calls) == 1  # only the queries go through the student
+    assert len(encoder.calls) == 1 and len(tuples) == 5  # only the queries go through the student
     for t in tuples:
         assert t.from_teacher == (False, True, True, True, True) and t.labels == (-1, 1, 0, 0, 0)
 
 
 def test_ts_sym_puts_every_member_through_the_student():
     tuples, _ = build("ts", sym=True)
-    assert all(t.from_teacher == (False,) * 5 for t in tuples)
+    assert len(tuples) == 5 and all(t.from_teacher == (False,) * 5 for t in tuples)
 
 
 def test_ts_self_adds_teacher_descriptor_of_the_query():
     tuples, _ = build("ts_self")
+    assert len(tuples) == 5
     for t in tuples:
         assert t.members[1] == t.members[0] and t.labels == (-1, 1, 1, 0, 0, 0)
         assert t.from_teacher == (False, True, True, True, True, True)
     sym, _ = build("ts_self", sym=True)
-    assert all(t.from_teacher == (False, True, False, False, False, False) for t in sym)
+    assert len(sym) == 5 and all(t.from_teacher == (False, True, False, False, False, False) for t in sym)
 
 
 def test_ts_rand_needs_no_network():
@@ -124,6 +125,7 @@ def test_random_negatives_have_the_original_distribution():
 
 def test_random_triplets_follow_teacher_ranking():
     tuples, _ = build("rand_tpl", sizes=EpochSizes(6, 30, 3))
+    assert len(tuples) == 6
     for t in tuples:
         anchor, positive, negative = t.members
         assert t.labels == (-1, 1, 0) and not any(t.from_teacher)
@@ -167,7 +169,9 @@ def test_random_negatives_respect_clusters():
 
 def test_teacher_triplets_positive_ranked_above_negative():
     anchors, pool = unit_columns(3, 4), unit_columns(4, 50)
-    for a, (p, n) in enumerate(teacher_triplets(anchors, pool, torch.Generator().manual_seed(1), top_k=10)):
+    triplets = teacher_triplets(anchors, pool, torch.Generator().manual_seed(1), top_k=10)
+    assert len(triplets) == anchors.shape[1]
+    for a, (p, n) in enumerate(triplets):
         assert anchors[:, a] @ pool[:, p] >= anchors[:, a] @ pool[:, n]
 
 

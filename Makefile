@@ -43,7 +43,7 @@ demo: install
 test: install
 	$(PYTEST) tests
 
-# A machine without AVX-512 (e.g. AMD EPYC): ATen's and oneDNN's AVX2 code.
+# A machine without AVX-512 (e.g. an AMD EPYC before Zen 4): ATen's and oneDNN's AVX2 code.
 test-avx2: install
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(ROUNDING) -n $(AVX2_WORKERS) tests
 

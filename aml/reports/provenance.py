@@ -3,6 +3,7 @@ to every result file (demo, benchmarks) so that a number can be traced and repro
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -55,7 +56,7 @@ def provenance(
         "torchvision": _torchvision(),
         **_accelerator(device),
         **_commit(),
-        "command": " ".join(command if command is not None else _command_line()),
+        "command": shlex.join(command if command is not None else _command_line()),  # as a shell reads it
     }
 
 

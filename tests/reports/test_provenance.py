@@ -38,3 +38,15 @@ def test_the_accelerator_recorded_is_the_device_the_measurement_ran_on(monkeypat
     assert "accelerator" not in provenance([], device="cpu") and not asked
     assert provenance([], device="cuda:1")["accelerator"].startswith("GPU 1 (CUDA ")
     assert provenance([])["accelerator"].startswith("GPU 0 (CUDA ")  # unknown: the machine's first
+
+
+def test_the_recorded_command_runs_as_typed():
+    """A word with spaces or a shell character (gpu.py's row names, a scales list) was joined
+    bare: `--networks mobilenet_v2 -> 2048` redirected the command's output in a shell."""
+    import shlex
+
+    from aml.reports.provenance import provenance
+
+    words = ["python", "benchmarks/gpu.py", "--networks", "mobilenet_v2 -> 2048,vgg16", "-ms", "[1, 1/2**(1/2)]"]
+    command = provenance(words, device="cpu")["command"]
+    assert shlex.split(command) == words and provenance(["python", "-m", "aml.demo"])["command"] == "python -m aml.demo"

@@ -302,6 +302,22 @@ def extract_section() -> Generated:
     return Generated({"extract.md": text}, {"extract.png": plot}, names)
 
 
+def batch_sweep_section() -> Generated:
+    """The CPU sweep of fixed batch sizes against the pixel budget (`CPU_PIXEL_BUDGET`)."""
+    record = _load("batch_sweep.json")
+    command = "python benchmarks/extract.py --archs mobilenet_v2 --scales single --batch-sizes 1,2,3,4"
+    if record is None:
+        return Generated({"batch_sweep.md": f"*Not measured yet: `{command}`.*\n"}, {}, [])
+    sizes = list(record["results"][0]["batch_sizes"])
+    rows = [[r["network"], r["image_size"], f"{r['aml']:.2f}"] + [f"{r['batch_sizes'][b]:.2f}" for b in sizes]
+            for r in record["results"]]
+    text = ("Images per second, best of the repeats, 1 compute thread and 1 loader worker: aml with its pixel "
+            "budget, and with each fixed batch size:\n\n"
+            + table(["network", "px", "pixel budget"] + [f"batch {b}" for b in sizes], rows)
+            + "\n" + source_line("batch_sweep.json", record) + "\n")
+    return Generated({"batch_sweep.md": text}, {}, ["batch_sweep.json"])
+
+
 REAL_WEIGHTS = {  # key -> (measurement, format)
     "fold": "BatchNorm folded: max abs difference / min cosine",
     "batched_max_abs": "images of one shape batched: max abs difference",
@@ -867,7 +883,8 @@ def not_run_section() -> Generated:
     return Generated({"not_run.md": text}, {}, [])
 
 
-SECTIONS = (demo_section, demo_epochs_section, later_losses_section, extract_section, real_weights_section,
+SECTIONS = (demo_section, demo_epochs_section, later_losses_section, extract_section, batch_sweep_section,
+            real_weights_section,
             decoding_section, image_loader_section, call_cost_section, neighbours_section, training_section, search_section, int8_section, gpu_section, reranking_section,
             compat_section, vit_readout_section, learning_section, registry_section, imagenet_section, flags_section, not_run_section)
 

@@ -2,7 +2,8 @@
 """Benchmark of descriptor extraction on the CPU: the original's loop against aml, side by side.
 
     python benchmarks/extract.py                                   # the README's CPU table
-    python benchmarks/extract.py --batch-sizes 1,2,3,4,8           # the sweep behind CPU_PIXEL_BUDGET
+    python benchmarks/extract.py --archs mobilenet_v2 --scales single --batch-sizes 1,2,3,4 \
+        --json benchmarks/results/batch_sweep.json                 # the sweep behind CPU_PIXEL_BUDGET
     python benchmarks/extract.py --archs resnet101 --image-sizes 362 --images 12
 
 Writes generated JPEGs (1024x768 and 768x1024, like Oxford/Paris) to a temporary folder and

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from aml.cli import test as test_cli
+from aml.data.testsets import REPORTED_LEVELS
 from aml.evaluation.reranking import DEFAULT_ALPHA, Reranking
 from aml.evaluation.superglobal import PAPER_BETA, PAPER_K, PAPER_M, SuperGlobal
 
@@ -31,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ is not a package)
 
 DATASETS = ("synth-oxford", "synth-paris")
-LEVELS = ("medium", "hard")
 
 
 def flags(reranking: Reranking) -> List[str]:
@@ -67,7 +67,7 @@ def measure(args: argparse.Namespace, out: Path) -> List[Dict[str, Any]]:
             results = next(results for run, results in zip(runs, found) if variant in [Reranking()] + run.stages())
             rows.append({"network": name, "test": "asymmetric" if asymmetric else "symmetric",
                          "reranking": variant.label() or "plain",
-                         "map": {d: {level: round(100 * results[d][key][level]["map"], 2) for level in LEVELS}
+                         "map": {d: {level: round(100 * results[d][key][level]["map"], 2) for level in REPORTED_LEVELS}
                                  for d in DATASETS}})
     return rows
 
@@ -95,10 +95,10 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         rows = measure(args, out)
     print(f"{'network':8s} {'test':10s} {'re-ranking':22s} " + " ".join(f"{d + ' ' + lv[0].upper():>15s}"
-                                                                      for d in DATASETS for lv in LEVELS))
+                                                                      for d in DATASETS for lv in REPORTED_LEVELS))
     for row in rows:
         print(f"{row['network']:8s} {row['test']:10s} {row['reranking']:22s} "
-              + " ".join(f"{row['map'][d][lv]:15.2f}" for d in DATASETS for lv in LEVELS))
+              + " ".join(f"{row['map'][d][lv]:15.2f}" for d in DATASETS for lv in REPORTED_LEVELS))
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "out")}
     settings["alpha"] = DEFAULT_ALPHA
     write_record(args.json, "reranking", settings, {"rows": rows})

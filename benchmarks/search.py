@@ -29,7 +29,7 @@ import numpy as np
 
 from aml.descriptors.key import DescriptorKey
 from aml.descriptors.store import DescriptorStore, StoreKey, open_store
-from aml.evaluation.metrics import evaluate_ranks
+from aml.evaluation.metrics import evaluate_positions, evaluate_ranks
 from aml.evaluation.ranking import positions_with_distractors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,7 +72,7 @@ def run_blocked(args, database, queries, gnd):
     store = open_store(Path(args.folder))
     start = time.perf_counter()
     places = positions_with_distractors(database, queries, store.blocks(), args.device)
-    result = evaluate_ranks(places, gnd, "revisited", positions=True)
+    result = evaluate_positions(places, gnd, "revisited")
     return {"load_s": 0.0, "search_s": time.perf_counter() - start, "map_medium": result["medium"]["map"]}
 
 

@@ -25,6 +25,7 @@ from typing import Any, Dict, List
 import torch
 
 from aml.data.synthetic import generate_all
+from aml.data.testsets import REPORTED_LEVELS
 from aml.demo.pipeline import TEACHER_OPTIONS, DemoBudget
 from aml.demo.tables import DATASETS
 from aml.descriptors import ExtractionConfig
@@ -39,13 +40,12 @@ from record import add_json_argument, write_record  # noqa: E402  (benchmarks/ i
 
 #: (readout, pooling) measured: GeM over the patch tokens, the class token through GeM and through MAC
 VARIANTS = (("patch", "gem"), ("cls", "gem"), ("cls", "mac"))
-LEVELS = ("medium", "hard")
 
 
 def mean_average_precisions(network: LoadedNetwork, settings: TestSettings) -> Dict[str, Dict[str, float]]:
     """mAP (%) Medium and Hard per test set."""
     results = evaluate(network, settings)
-    return {d: {level: 100 * results[d].plain.map(level) for level in LEVELS} for d in DATASETS}
+    return {d: {level: 100 * results[d].plain.map(level) for level in REPORTED_LEVELS} for d in DATASETS}
 
 
 def trained(args: argparse.Namespace, arch: str, pooling: str, seed: int) -> LoadedNetwork:
@@ -78,12 +78,12 @@ def measure(args: argparse.Namespace) -> List[Dict[str, Any]]:
             per_seed.append(mean_average_precisions(LoadedNetwork.in_memory(net, f"{arch}-{start}{seed}"), settings))
         rows.append({"readout": readout, "pooling": pooling,
                      "weights": "pretrained" if args.pretrained else f"random (seeds {args.seeds})",
-                     "map": {d: {level: [round(r[d][level], 2) for r in per_seed] for level in LEVELS}
+                     "map": {d: {level: [round(r[d][level], 2) for r in per_seed] for level in REPORTED_LEVELS}
                              for d in DATASETS}})
         result = mean_average_precisions(trained(args, arch, pooling, seeds[0]), settings)
         rows.append({"readout": readout, "pooling": pooling,
                      "weights": f"trained from {start}, std mode, {args.epochs} epochs (seed {seeds[0]})",
-                     "map": {d: {level: [round(result[d][level], 2)] for level in LEVELS} for d in DATASETS}})
+                     "map": {d: {level: [round(result[d][level], 2)] for level in REPORTED_LEVELS} for d in DATASETS}})
         print(f">> {arch} {pooling}: done", flush=True)
     return rows
 
@@ -106,10 +106,10 @@ def main(argv=None) -> Dict:
     generate_all(args.data_root)
     rows = measure(args)
     print(f"{'readout':8s} {'pooling':8s} {'weights':52s} " + " ".join(f"{d + ' ' + lv[0].upper():>15s}"
-                                                                     for d in DATASETS for lv in LEVELS))
+                                                                     for d in DATASETS for lv in REPORTED_LEVELS))
     for row in rows:
         print(f"{row['readout']:8s} {row['pooling']:8s} {row['weights']:52s} "
-              + " ".join(f"{statistics.mean(row['map'][d][lv]):15.2f}" for d in DATASETS for lv in LEVELS))
+              + " ".join(f"{statistics.mean(row['map'][d][lv]):15.2f}" for d in DATASETS for lv in REPORTED_LEVELS))
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "data_root")}
     record = {"rows": rows, "seconds": round(time.time() - start, 1)}
     write_record(args.json, "vit_readout", settings, record)

@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from aml.demo.tables import DATASETS
 from aml.data.testsets import REPORTED_LEVELS
+from aml.demo.tables import DATASETS
 
 METRIC_LEARNING = ("ts_self", "ts")
 

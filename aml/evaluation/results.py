@@ -6,10 +6,10 @@ values. `DatasetResult.record` writes them as test.py's results file has them, a
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 from aml.data.testsets import LEVELS
-from aml.evaluation.metrics import Metrics, format_results
+from aml.evaluation.metrics import LevelMetrics, Metrics, format_results
 from aml.evaluation.reranking import Reranking
 from aml.utils.errors import ConfigError
 
@@ -63,13 +63,13 @@ class SearchResult:
             ConfigError: for another level (``"Hard"``), naming the levels (a ValueError).
         """
         if level not in (*LEVELS, "all"):
-            raise ConfigError(f"level {level!r}: choose easy, medium or hard (all: a classic test set's one mAP)")
+            raise ConfigError(f"level {level!r}: choose {_said(LEVELS, 'or')} (all: a classic test set's one mAP)")
         metrics = self.metrics
         if "map" in metrics:  # the classic protocol
             return float(metrics["map"])
         if level == "all":
-            raise ConfigError("level 'all' is a classic test set's; this one has easy, medium and hard")
-        numbers = {"easy": metrics.get("easy"), "medium": metrics.get("medium"), "hard": metrics.get("hard")}[level]
+            raise ConfigError(f"level 'all' is a classic test set's; this one has {_said(LEVELS, 'and')}")
+        numbers = cast(Optional[LevelMetrics], metrics.get(level))
         if numbers is None:
             raise ConfigError(f"level {level!r}: these results hold no such level ({sorted(metrics)})")
         return float(numbers["map"])
@@ -226,3 +226,8 @@ class DatasetResult:
         if self.report is not None:
             lines.append(f">> {self.dataset}: ranking report in {self.report}")
         return lines
+
+
+def _said(words: Tuple[str, ...], last: str) -> str:
+    """``words`` as a sentence lists them: ``a, b or c``."""
+    return f"{', '.join(words[:-1])} {last} {words[-1]}"

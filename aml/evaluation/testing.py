@@ -33,10 +33,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union, cast
 
 import numpy as np
 
+from aml.data.testsets import LEVELS
 from aml.descriptors import cached_descriptors, describe_images
 from aml.descriptors.store import DescriptorStore, encode_into_store, warn_of_skipped
 from aml.evaluation.database import Distractors, TestDatabase
-from aml.data.testsets import LEVELS
 from aml.evaluation.metrics import Metrics, evaluate_positions
 from aml.evaluation.plan import PlannedSet, TestPlan, TestSettings
 from aml.evaluation.reranking import Reranking, search_with_expansion

@@ -9,11 +9,10 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, TypedDict
 
 import numpy as np
 
-from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
 from aml.data.paths import DataRootLike, data_subdir
+from aml.data.testsets import REPORTED_LEVELS, configdataset, prepare_test_set, query_and_database_paths
 from aml.descriptors import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.onnx_student import describe_with_onnx, onnx_session, seconds_per_image
-from aml.data.testsets import REPORTED_LEVELS
 from aml.evaluation.metrics import evaluate_ranks
 from aml.evaluation.ranking import rank_database
 from aml.evaluation.whitening import whitenapply

@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: how a readout is named at the end of an architecture: ``timm:vit_small_patch14_dinov2+cls``
 READOUT_SEPARATOR = "+"
+#: held while a timm module's resampling functions are replaced (`_guarded_resampling`): two
+#: threads converting files at once would otherwise restore each other's replacements for good
+_RESAMPLING_REPLACED = threading.RLock()
 _TIMM_NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)?$")
 
 
@@ -363,6 +367,12 @@ def timm_filter(model: nn.Module) -> Optional[Callable]:
 def _guarded_resampling(module: Any) -> Iterator[List[Tuple[str, str]]]:
     """Within, ``module``'s resampling of patch kernels refuses, and that of position
     embeddings to another grid is listed (old grid, new grid) in what it gives."""
+    with _RESAMPLING_REPLACED:
+        yield from _replaced_resampling(module)
+
+
+def _replaced_resampling(module: Any) -> Iterator[List[Tuple[str, str]]]:
+    """`_guarded_resampling`'s replacements, made and undone by one thread at a time."""
     grids: List[Tuple[str, str]] = []
     originals: Dict[str, Any] = {
         name: getattr(module, name, None) for name in ("resample_patch_embed", "resample_abs_pos_embed")

@@ -296,3 +296,44 @@ def test_an_offtheshelf_timm_name_that_cannot_work_is_one_line(spec, message, sy
     with pytest.raises(SystemExit) as info, one_line_errors():
         test_cli.main(["-noff", spec, "-d", "synth-oxford", "--data-root", str(synth_root), "--device", "cpu"])
     assert str(info.value.code).startswith("error: ") and message in str(info.value.code)
+
+
+def test_two_threads_converting_files_at_once_leave_timms_resampling_as_it_was():
+    """Each conversion replaces timm's resampling functions and puts back what it found: two
+    threads at once put back each other's replacements, and the module kept them for good."""
+    import threading
+    import time
+    import types
+
+    from aml.networks.timm_trunk import _guarded_resampling
+
+    def resample_patch_embed(*args, **kwargs):
+        return None
+
+    def resample_abs_pos_embed(*args, **kwargs):
+        return None
+
+    module = types.SimpleNamespace(resample_patch_embed=resample_patch_embed,
+                                   resample_abs_pos_embed=resample_abs_pos_embed)
+    first_inside, second_starts, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with _guarded_resampling(module):
+            first_inside.set()
+            second_starts.wait(10)
+            time.sleep(0.2)  # the second thread tries to replace them meanwhile
+        first_done.set()
+
+    def second():  # enters while the first is inside, leaves after it
+        first_inside.wait(10)
+        second_starts.set()
+        with _guarded_resampling(module):
+            first_done.wait(10)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert module.resample_patch_embed is resample_patch_embed
+    assert module.resample_abs_pos_embed is resample_abs_pos_embed

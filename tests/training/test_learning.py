@@ -35,8 +35,8 @@ def asym_medium_map(student, teacher, root) -> float:
     return float(np.mean([results[d]["plain"]["medium"]["map"] for d in ("synth-oxford", "synth-paris")]))
 
 
-# Measured gains after 2 epochs (benchmarks/results/learning_margins.json, seeds 0/1/2 x default
-# (AVX2) and SSE4.1 kernels): reg +22 to +31 points, ts +6.8 to +23, reg minus ts +7.7 to +17.
+# Measured gains after 2 epochs (benchmarks/results/learning_margins.json, seeds 0/1/2 x AVX-512,
+# AVX2 and SSE4.1 kernels): reg +21.7 to +31 points, ts +6.8 to +23, reg minus ts +7.7 to +17.5.
 # Asserted: at most half the smallest (docs/tests.md's table).
 GAIN_MARGIN = {"reg": 0.10, "ts": 0.034}
 REGRESSION_WINS_MARGIN = 0.038
@@ -89,13 +89,13 @@ def test_mobilenet_student_from_scratch_fits_the_teacher_with_train_batchnorm_an
     dead = dead_projection_channels(last, synth_root)
     print(f"LEARNING seed {SEED} mobilenet_v2 reg losses: frozen BN {frozen[1]:.4f} -> {frozen[-1]:.4f}, "
           f"train BN {learned[0]:.4f} -> {learned[-1]:.4f}, + --proj-lr-mult 0.1 {slow[-1]:.4f}, dead {dead}")
-    # Measured over seeds 0/1/2 and the three kernel sets: frozen BatchNorm moves 0.0-0.4% after
-    # epoch 2; batch statistics end 19.5-26% below their first epoch and 4-11% below frozen; the
-    # slow projection 15-20% lower still, with no dead channel. Asserted: about half of each
-    # (the plateau: 3 times the largest move).
+    # Measured over seeds 0/1/2 and the three kernel sets (learning_margins.json): frozen BatchNorm
+    # moves 0.0-0.4% after epoch 2; batch statistics end 18.7-24.4% below their first epoch and
+    # 4.9-11.5% below frozen; the slow projection 15.4-20.4% lower still, with no dead channel.
+    # Asserted: at most half of each (the plateau: 2.5 times the largest move).
     # frozen BatchNorm plateaus where the student predicts the mean teacher descriptor
     assert abs(frozen[-1] - frozen[1]) < 0.01 * frozen[1], frozen
-    assert learned[-1] < 0.90 * learned[0] and learned[-1] < 0.98 * frozen[-1], (learned, frozen)
+    assert learned[-1] < 0.91 * learned[0] and learned[-1] < 0.98 * frozen[-1], (learned, frozen)
     # the projection at a tenth of the lr fits better and keeps every channel alive (on the demo's
     # data, lr 3e-3 on the projection kills 72 of 512 in the first 10 steps)
     assert slow[-1] < 0.93 * learned[-1] and dead == 0, (slow, learned, dead)

@@ -27,14 +27,14 @@ def split(synth_root):
     return Split(db, list(db["images"]), teacher)
 
 
-def make_trainer(split, folder, loss="contrastive", mode="ts", **settings):
+def make_trainer(split, folder, loss="contrastive", mode="ts", device="cpu", **settings):
     torch.manual_seed(0)
     net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM)
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
     options = dict(image_size=SIZE, neg_num=2, query_size=8, pool_size=16, batch_size=4, epochs=1, val=False,
                    print_freq=100)
     return Trainer(Learner(net, build_loss(loss), optimizer, MODES[mode]), split, None, folder,
-                   TrainSettings(**dict(options, **settings)), ExtractionConfig(workers=0, device="cpu"))
+                   TrainSettings(**dict(options, **settings)), ExtractionConfig(workers=0, device=device))
 
 
 def first_batch(trainer, split):
@@ -92,6 +92,27 @@ def test_fixed_batches_give_the_same_losses_and_gradients_with_power_of_two_forw
     assert not all(power_of_two(shape[0]) for shape in loose)  # the batch meets a group of 3 images
     assert all(power_of_two(shape[0]) for shape in fixed), fixed
     assert {shape[1:] for shape in fixed} == {shape[1:] for shape in loose} and len(fixed) < len(loose)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA training path needs CUDA")
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("loss", ["contrastive", "triplet"])
+def test_a_cuda_training_step_gives_the_cpus_losses(split, tmp_path, loss, autocast):
+    """The CUDA path of a training step: pinned tuple images copied asynchronously, forwards
+    padded to powers of two in channels_last, bfloat16 autocast, the triplet loss's check on the
+    device and the fused optimizer's step. Its losses are the CPU's (TF32 convolutions and
+    bfloat16 round otherwise) and its weights stay finite."""
+    runs = {}
+    for device in ("cpu", "cuda"):
+        own = Split(split.db, split.images, split.teacher.clone())  # the trainer moves the teacher to its device
+        trainer = make_trainer(own, tmp_path / device, loss=loss, device=device, batch_forward=True, autocast=autocast)
+        assert trainer.fixed_batches == (device == "cuda")
+        losses = trainer.batch_losses(first_batch(trainer, own), own, backward=True)
+        trainer.learner.optimizer.step()
+        assert all(torch.isfinite(p).all() for p in trainer.learner.net.parameters())
+        runs[device] = losses
+    assert len(runs["cuda"]) == 4 and all(np.isfinite(runs["cuda"]))
+    assert runs["cuda"] == pytest.approx(runs["cpu"], rel=0.1 if autocast else 0.01, abs=1e-3)
 
 
 def test_fixed_batches_are_for_cuda_with_frozen_batchnorm(split, tmp_path):
@@ -156,7 +177,7 @@ def test_the_loaders_pinning_copies_every_image_of_a_tuple(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
-def test_tuple_images_arrive_pinned_for_cuda(split):
+def test_tuple_images_arrive_pinned_for_cuda():
     """The loader's thread pins a tuple's images, so the training loop copies them without pinning."""
     from torch.utils.data import DataLoader
 

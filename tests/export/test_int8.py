@@ -99,6 +99,21 @@ def test_the_report_gives_map_and_time_of_both(exported, capsys):
     assert report["files"]["int8"]["aml.precision"] == "int8" and len(report["teacher_fingerprint"]) == 16
 
 
+def test_the_reports_float32_map_is_test_pys_asymmetric_map(exported, synth_root):
+    """The exported float32 student's queries searched in the teacher's database score as
+    test.py --asym scores the checkpoint (ONNX and torch round alike up to near-ties)."""
+    from aml.cli import test as test_cli
+
+    _, _, folder = exported
+    report = json.loads((folder / "deploy" / "int8.json").read_text())["report"]
+    results = test_cli.main(["-npath", str(folder / "student.pth.tar"), "--asym", "--teacher",
+                             str(folder / "teacher.pth.tar"), "-d", "synth-oxford", "-imsize", str(SIZE), "-j", "0",
+                             "--device", "cpu", "--data-root", str(synth_root)])
+    for level in ("medium", "hard"):
+        assert report["maps"]["float32"][level] == pytest.approx(results["synth-oxford"]["plain"][level]["map"],
+                                                                  abs=0.005), level
+
+
 def test_int8_agreement_is_measured_on_images_left_out_of_the_calibration(tmp_path):
     """The printed cosine to float32 was measured on the first calibration images: in-sample,
     it said little of the queries to come, although --calibration-images had left images out."""

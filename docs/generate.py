@@ -802,7 +802,7 @@ def _flag(action: argparse.Action) -> str:
 
 
 def _default(action: argparse.Action, help_default: Optional[str]) -> str:
-    if action.required:
+    if action.required and action.nargs not in ("*", "?"):  # argparse marks a positional of "*" required
         return "required"
     if help_default is not None:
         simple = re.fullmatch(r"[\w.,'\[\]+-]+", help_default) and help_default not in ("off", "on", "none", "all")

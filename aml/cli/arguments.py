@@ -8,6 +8,7 @@ import operator
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Union
 
@@ -290,13 +291,107 @@ def output_file_of(kind: str) -> Callable[[str], str]:
     return convert
 
 
+@dataclass(frozen=True)
+class IgnoredFlag:
+    """A flag that other flags make meaningless: given then (a value other than the command's
+    default), the command refuses it rather than ignore it.
+
+    Attributes:
+        flag: the flag as typed.
+        dest: its attribute in the parsed flags (a command without it is not concerned).
+        ignored: whether the other flags make it meaningless.
+        why: why, said after the flag.
+    """
+
+    flag: str
+    dest: str
+    ignored: Callable[[argparse.Namespace], bool]
+    why: str
+
+    def problem(self, args: argparse.Namespace, defaults: Dict[str, Any]) -> Optional[str]:
+        """The refusal of this flag in ``args`` (``defaults``: the command's, by attribute), or None."""
+        if self.dest not in defaults or getattr(args, self.dest) == defaults[self.dest] or not self.ignored(args):
+            return None
+        return f"{self.flag} {getattr(args, self.dest)}: {self.why}; leave it out"
+
+
+def _without_distractors(args: argparse.Namespace) -> bool:
+    from aml.data.distractors import SEPARATOR
+
+    return isinstance(getattr(args, "datasets", None), str) and SEPARATOR not in args.datasets
+
+
+def _onnx_query(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "onnx", None))
+
+
+def _without_amp(args: argparse.Namespace) -> bool:
+    return getattr(args, "amp", None) is False
+
+
+def _named_device(args: argparse.Namespace) -> bool:
+    return getattr(args, "device", "auto") != "auto"
+
+
+def _no_report(args: argparse.Namespace) -> bool:
+    return not getattr(args, "report", None)
+
+
+#: the flags other flags make meaningless, for every command (`Parser` refuses them)
+IGNORED_FLAGS = (
+    IgnoredFlag("--amp-dtype", "amp_dtype", _without_amp, "--no-amp encodes in float32"),
+    IgnoredFlag(
+        "--gpu-id", "gpu_id", _named_device, "it picks the GPU of --device auto; --device names its own (cuda:N)"
+    ),
+    IgnoredFlag("--report-top", "report_top", _no_report, "it sets what --report shows"),
+    IgnoredFlag(
+        "--distractor-dtype",
+        "distractor_dtype",
+        _without_distractors,
+        "only a distractor set's descriptors are stored (--datasets NAME+1m)",
+    ),
+    IgnoredFlag(
+        "--shard-size",
+        "shard_size",
+        _without_distractors,
+        "only a distractor set's descriptors are stored in shards (--datasets NAME+1m)",
+    ),
+    IgnoredFlag("--device", "device", _onnx_query, "--onnx runs the student in onnxruntime on the CPU"),
+    IgnoredFlag("--workers", "workers", _onnx_query, "--onnx reads the query images in this process"),
+)
+
+
+def _defaults(parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    """The defaults of ``parser``'s flags by attribute, its sub-commands' included."""
+    found: Dict[str, Any] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for dest, default in _defaults(sub).items():
+                    found.setdefault(dest, default)
+        elif action.dest != argparse.SUPPRESS:
+            found.setdefault(action.dest, action.default)
+    return found
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (the usage stays behind --help), said once
-    per machine under torchrun (every process of a machine reads the same flags and files)."""
+    per machine under torchrun (every process of a machine reads the same flags and files),
+    and which refuses a flag that the others make meaningless (`IGNORED_FLAGS`)."""
 
     def error(self, message: str):
         said = not launched_by_torchrun() or int(os.environ.get("LOCAL_RANK") or 0) == 0
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if said else None)
+
+    def parse_args(self, args=None, namespace=None):
+        """The parsed flags; an error for a flag that the others make meaningless."""
+        parsed = super().parse_args(args, namespace)
+        defaults = _defaults(self)
+        for rule in IGNORED_FLAGS:
+            problem = rule.problem(parsed, defaults)
+            if problem:
+                self.error(problem)
+        return parsed
 
 
 def add_runtime_arguments(parser: Flags, distributed: bool = True) -> None:
@@ -355,7 +450,12 @@ def add_image_size_arguments(parser: Flags) -> None:
 def add_worker_arguments(parser: Flags) -> None:
     """--workers (image loading workers, 8 by default) and --gpu-id (the GPU of --device auto)."""
     parser.add_argument(
-        "--workers", "-j", default=8, type=nonnegative_int, metavar="N", help="image loading workers (default: 8)"
+        "--workers",
+        "-j",
+        default=8,
+        type=nonnegative_int,
+        metavar="N",
+        help="image loading workers; on the CPU at most the cores torch's threads leave free (default: 8)",
     )
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
 

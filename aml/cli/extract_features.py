@@ -56,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_size_arguments(parser)
     parser.add_argument("--gpu-id", "-g", default="0", metavar="N", help="GPU id used with --device auto (default: 0)")
     parser.add_argument("--teacher", "-t", default="vgg16", help="dimension fallback for checkpoints without outputdim")
-    parser.add_argument("--workers", "-j", default=8, type=nonnegative_int, help="image loading workers (default: 8)")
+    parser.add_argument(
+        "--workers",
+        "-j",
+        default=8,
+        type=nonnegative_int,
+        help="image loading workers; on the CPU at most the cores torch's threads leave free (default: 8)",
+    )
     add_extraction_arguments(parser)
     parser.add_argument(
         "--shard-size",

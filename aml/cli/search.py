@@ -143,7 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_reranking_arguments(query, dba=False)
     for sub in (index, query):
-        sub.add_argument("--workers", "-j", type=nonnegative_int, default=4, help="image loading workers (default: 4)")
+        sub.add_argument(
+            "--workers",
+            "-j",
+            type=nonnegative_int,
+            default=4,
+            help="image loading workers; on the CPU at most the cores torch's threads leave free (default: 4)",
+        )
         sub.add_argument("--gpu-id", "-g", default="0", help="GPU id used with --device auto (default: 0)")
         add_runtime_arguments(sub, distributed=False)
     return parser

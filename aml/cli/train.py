@@ -91,7 +91,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help=f"whitening set for test evaluation: {' | '.join(whitening_set_names())} or a custom set",
     )
-    group.add_argument("--workers", "-j", default=8, type=_ranged("workers"), help="data loading workers (default: 8)")
+    group.add_argument(
+        "--workers",
+        "-j",
+        default=8,
+        type=_ranged("workers"),
+        help="data loading workers; on the CPU at most the cores torch's threads leave free (default: 8)",
+    )
     group.add_argument(
         "--seed",
         default=0,
@@ -166,11 +172,16 @@ def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
         "--teacher",
         "-t",
         default="vgg16",
-        help="vgg16 | resnet101 (published teachers) or a checkpoint path (default: vgg16)",
+        help="vgg16 | resnet101 (published teachers), a name of test.py --list-pretrained, timm:MODEL-POOL "
+        "or a checkpoint path (default: vgg16)",
     )
     group.add_argument("--sym", action="store_true", help="positives/negatives also go through the student")
-    group.add_argument("--feat-path", default=None, help=".npy teacher descriptors (D x N) of the train split")
-    group.add_argument("--feat-val-path", default=None, help=".npy teacher descriptors (D x N) of the val split")
+    group.add_argument(
+        "--feat-path", default=None, help=".npy teacher descriptors (D x N) of the train split, or a store folder"
+    )
+    group.add_argument(
+        "--feat-val-path", default=None, help=".npy teacher descriptors (D x N) of the val split, or a store folder"
+    )
     group.add_argument(
         "--loss", "-l", default="contrastive", choices=sorted(CHOICES["loss"]), help="the loss (docs/training.md)"
     )
@@ -179,7 +190,7 @@ def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
         "-lm",
         default=0.7,
         type=_ranged("loss_margin"),
-        help="margin of contrastive/triplet (default: 0.7)",
+        help="margin of contrastive/triplet; for the other losses it names the run folder alone (default: 0.7)",
     )
     group.add_argument(
         "--temp",
@@ -232,8 +243,8 @@ def _add_optimisation_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-forward",
         action="store_true",
         help="with frozen BatchNorm, encode all images of a mini-batch together (one forward per image "
-        "shape) instead of tuple by tuple: the same result, faster, more memory (default: off, as "
-        "the original)",
+        "shape) instead of tuple by tuple: the same result, faster, more memory; --train-batchnorm always "
+        "does (default: off, as the original)",
     )
 
 

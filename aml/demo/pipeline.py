@@ -45,6 +45,7 @@ from aml.reports.provenance import provenance
 from aml.training import TrainConfig, run
 from aml.training.config import run_name
 from aml.utils.atomic import atomic_write, folder_lock
+from aml.utils.bounds import SEED
 from aml.utils.devices import resolve_device
 from aml.training.pretraining import PretrainConfig, ensure_synthetic_trunk
 from aml.utils.errors import ConfigError
@@ -456,6 +457,11 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     unknown = sorted(set(modes) - set(STUDENT_OPTIONS))
     if unknown or not modes:
         parser.error(f"--student-modes: unknown {unknown}; choose among {sorted(STUDENT_OPTIONS)}")
+    last_seed = args.seed + args.seeds - 1  # a seed past training's range failed after the data and the teacher
+    if SEED.problem(last_seed):
+        parser.error(
+            f"--seed {args.seed} --seeds {args.seeds}: the last student's seed, {last_seed}, must be {SEED.what}"
+        )
     for flag, arch in (("--teacher-arch", args.teacher_arch), ("--student-arch", args.student_arch)):
         try:  # before the synthetic data and the teacher's training: a student's arch was refused only after them
             get_backbone(arch)

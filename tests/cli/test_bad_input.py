@@ -124,7 +124,31 @@ CASES = [
                                                                 "shards: give --shard-size N too"),  # wrote float32
     (DEMO, ["--student-modes", "reg,csx"], "--student-modes: unknown ['csx']; choose among ['bct', 'csd', 'hvs', 'lce', "
                                            "'reg', 'ts', 'ts_self']"),
+    # the last student's seed past training's range was refused after the data and the teacher
+    (DEMO, ["--seed", "4294967295", "--seeds", "2"], "--seed 4294967295 --seeds 2: the last student's seed, "
+                                                     "4294967296, must be an integer in [0, 2**32)"),
+    # flags that other flags make meaningless (arguments.IGNORED_FLAGS), all ignored without a word
+    (TRAIN, ["--no-amp", "--amp-dtype", "bfloat16"], "--amp-dtype bfloat16: --no-amp encodes in float32; leave it out"),
+    (TEST, ["--no-amp", "--amp-dtype", "bfloat16"], "--amp-dtype bfloat16: --no-amp encodes in float32"),
+    (TEST, ["--device", "cpu", "-g", "2"], "--gpu-id 2: it picks the GPU of --device auto; --device names its own"),
+    (TRAIN, ["--device", "cuda:1", "-g", "3"], "--gpu-id 3: it picks the GPU of --device auto"),
+    (TEST, ["--report-top", "5"], "--report-top 5: it sets what --report shows; leave it out"),
+    (TEST, ["-d", "synth-oxford", "--shard-size", "64"], "--shard-size 64: only a distractor set's descriptors are "
+                                                         "stored in shards (--datasets NAME+1m)"),
+    (TEST, ["-d", "synth-oxford", "--distractor-dtype", "float16"], "--distractor-dtype float16: only a distractor "
+                                                                    "set's descriptors are stored"),
+    (QUERY[:1] + (QUERY[1][:4] + ["--onnx", "s.onnx"],), ["--device", "cpu"],
+     "--device cpu: --onnx runs the student in onnxruntime on the CPU"),
+    (QUERY[:1] + (QUERY[1][:4] + ["--onnx", "s.onnx"],), ["-j", "2"], "--workers 2: --onnx reads the query images"),
 ]
+
+
+def test_every_ignored_flag_rule_is_tried():
+    """Each rule of IGNORED_FLAGS has a case above."""
+    from aml.cli.arguments import IGNORED_FLAGS
+
+    said = " ".join(message for _, _, message in CASES)
+    assert [rule.flag for rule in IGNORED_FLAGS if f"{rule.flag} " not in said or rule.why[:20] not in said] == []
 
 
 def bad(command, extra, capsys):

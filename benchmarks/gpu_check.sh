@@ -38,4 +38,6 @@ step 20 "$OUT/image_loader.log" python benchmarks/image_loader.py --workers 8 --
 step 20 "$OUT/call_cost.log" python benchmarks/call_cost.py --repeats 3 --json "$OUT/call_cost.json"
 tail -n 3 "$OUT"/*.log
 # a failing section or row is recorded in the JSON and the benchmark goes on (its rc stays 0)
-[ -f "$OUT/gpu.json" ] && echo "sections and rows that failed in gpu.json: $(grep -c '"error"' "$OUT/gpu.json")"
+if [ -f "$OUT/gpu.json" ]; then
+    echo "sections and rows that failed in gpu.json: $(grep -c '"error"' "$OUT/gpu.json")"
+fi

@@ -316,13 +316,18 @@ class IgnoredFlag:
 
 
 def _without_distractors(args: argparse.Namespace) -> bool:
+    """A command of test sets with distractors (test.py, aml.compat) given none."""
     from aml.data.distractors import SEPARATOR
 
-    return isinstance(getattr(args, "datasets", None), str) and SEPARATOR not in args.datasets
+    return hasattr(args, "distractor_dtype") and SEPARATOR not in args.datasets
 
 
-def _onnx_query(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "onnx", None))
+def _onnx_on_a_gpu(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "onnx", None)) and args.device != "cpu"
+
+
+def _onnx_with_workers(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "onnx", None)) and args.workers > 0
 
 
 def _without_amp(args: argparse.Namespace) -> bool:
@@ -356,19 +361,18 @@ IGNORED_FLAGS = (
         _without_distractors,
         "only a distractor set's descriptors are stored in shards (--datasets NAME+1m)",
     ),
-    IgnoredFlag("--device", "device", _onnx_query, "--onnx runs the student in onnxruntime on the CPU"),
-    IgnoredFlag("--workers", "workers", _onnx_query, "--onnx reads the query images in this process"),
+    IgnoredFlag("--device", "device", _onnx_on_a_gpu, "--onnx runs the student in onnxruntime on the CPU"),
+    IgnoredFlag("--workers", "workers", _onnx_with_workers, "--onnx reads the query images in this process"),
 )
 
 
-def _defaults(parser: argparse.ArgumentParser) -> Dict[str, Any]:
-    """The defaults of ``parser``'s flags by attribute, its sub-commands' included."""
+def _defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Dict[str, Any]:
+    """The defaults of ``parser``'s flags by attribute, those of the sub-command ``args`` chose included."""
     found: Dict[str, Any] = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                for dest, default in _defaults(sub).items():
-                    found.setdefault(dest, default)
+            chosen = action.choices.get(str(getattr(args, action.dest, "")))
+            found.update(_defaults(chosen, args) if chosen is not None else {})
         elif action.dest != argparse.SUPPRESS:
             found.setdefault(action.dest, action.default)
     return found
@@ -386,7 +390,7 @@ class Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         """The parsed flags; an error for a flag that the others make meaningless."""
         parsed = super().parse_args(args, namespace)
-        defaults = _defaults(self)
+        defaults = _defaults(self, parsed)
         for rule in IGNORED_FLAGS:
             problem = rule.problem(parsed, defaults)
             if problem:

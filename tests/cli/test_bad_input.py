@@ -137,8 +137,10 @@ CASES = [
                                                          "stored in shards (--datasets NAME+1m)"),
     (TEST, ["-d", "synth-oxford", "--distractor-dtype", "float16"], "--distractor-dtype float16: only a distractor "
                                                                     "set's descriptors are stored"),
-    (QUERY[:1] + (QUERY[1][:4] + ["--onnx", "s.onnx"],), ["--device", "cpu"],
-     "--device cpu: --onnx runs the student in onnxruntime on the CPU"),
+    (QUERY[:1] + (QUERY[1][:4] + ["--onnx", "s.onnx"],), ["--device", "cuda"],
+     "--device cuda: --onnx runs the student in onnxruntime on the CPU"),
+    # extract_features' --shard-size writes a store for --feat-path: no distractor set concerned
+    (EXTRACT, ["-d", "synth-sfm", "--shard-size", "64", "--split", ""], "--split '' names no split"),
     (QUERY[:1] + (QUERY[1][:4] + ["--onnx", "s.onnx"],), ["-j", "2"], "--workers 2: --onnx reads the query images"),
 ]
 

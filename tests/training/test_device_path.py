@@ -29,7 +29,7 @@ def split(synth_root):
 
 def make_trainer(split, folder, loss="contrastive", mode="ts", device="cpu", **settings):
     torch.manual_seed(0)
-    net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM)
+    net = build_network("squeezenet1_1", pretrained=False, teacher_dim=DIM).to(device)  # as the runner places it
     optimizer = build_optimizer(net, "adam", 1e-3, 0.9, 1e-6)
     options = dict(image_size=SIZE, neg_num=2, query_size=8, pool_size=16, batch_size=4, epochs=1, val=False,
                    print_freq=100)

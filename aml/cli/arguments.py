@@ -331,7 +331,10 @@ def _onnx_with_workers(args: argparse.Namespace) -> bool:
 
 
 def _without_amp(args: argparse.Namespace) -> bool:
-    return getattr(args, "amp", None) is False
+    """--no-amp, or a named device other than CUDA without --amp (autocast on CUDA only)."""
+    device = str(getattr(args, "device", "auto"))
+    off_cuda = device != "auto" and not device.startswith("cuda") and getattr(args, "amp", None) is None
+    return getattr(args, "amp", None) is False or off_cuda
 
 
 def _named_device(args: argparse.Namespace) -> bool:
@@ -344,7 +347,7 @@ def _no_report(args: argparse.Namespace) -> bool:
 
 #: the flags other flags make meaningless, for every command (`Parser` refuses them)
 IGNORED_FLAGS = (
-    IgnoredFlag("--amp-dtype", "amp_dtype", _without_amp, "--no-amp encodes in float32"),
+    IgnoredFlag("--amp-dtype", "amp_dtype", _without_amp, "--no-amp, or a device other than CUDA, encodes in float32"),
     IgnoredFlag(
         "--gpu-id", "gpu_id", _named_device, "it picks the GPU of --device auto; --device names its own (cuda:N)"
     ),

@@ -386,7 +386,7 @@ def extract_dataset_features(
         output: the file to write instead of the default one (a store replaces its suffix
             by ``.store``).
         shard_size: images per shard of a descriptor store; None: one ``.npy`` file.
-        store_dtype: the store's dtype, ``"float32"`` or ``"float16"``.
+        store_dtype: the store's dtype, ``"float32"`` or ``"float16"`` (only with ``shard_size``).
         config: how to extract (`ExtractionConfig`).
 
     Returns:
@@ -400,6 +400,8 @@ def extract_dataset_features(
         >>> extract_dataset_features(teacher, "retrieval-SfM-120k", "train", key)  # doctest: +SKIP
         PosixPath('data/features/retrieval-SfM-120k_retrievalSfM120k-vgg16-gem_imsize1024.npy')
     """
+    if store_dtype != "float32" and not shard_size:  # a .npy feature file is float32 whatever it was asked
+        raise ConfigError(f"store_dtype={store_dtype!r} sets a descriptor store's dtype: give shard_size too")
     _check_pixels(key, config, network.net)
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)

@@ -87,6 +87,21 @@ class TestSettings(Changeable):
         object.__setattr__(self, "datasets", tuple(self.datasets))
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         object.__setattr__(self, "data_root", DataRoot.resolve(self.data_root))
+        self._refuse_ignored()
+
+    def _refuse_ignored(self) -> None:
+        """Refuse the fields these settings would ignore, as test.py refuses their flags: the
+        report's size without a report, the distractor store's without a distractor set."""
+        given = {name: getattr(self, name) for name in ("report_top", "distractor_dtype", "shard_size")}
+        ignored = {
+            "report_top": self.report_dir is None,
+            "distractor_dtype": not any(split_test_name(d)[1] for d in self.datasets),
+            "shard_size": not any(split_test_name(d)[1] for d in self.datasets),
+        }
+        for name, value in given.items():
+            if ignored[name] and value != self.__dataclass_fields__[name].default:
+                needs = "report_dir" if name == "report_top" else "a distractor set in datasets (NAME+1m)"
+                raise ConfigError(f"TestSettings {name}={value!r} is read only with {needs}; leave it out")
 
     @property
     def device(self) -> str:

@@ -406,6 +406,16 @@ def _flag_problems(config: TrainConfig) -> List[str]:
             f"--val-freq {config.loop.val_freq} with --no-val: no epoch is validated, so it would change nothing; "
             "leave one of them out"
         )
+    defaults = TrainConfig.__dataclass_fields__
+    if config.momentum != defaults["momentum"].default and config.optimizer != "sgd":
+        found.append(
+            f"--momentum {config.momentum}: it is SGD's, and --optimizer {config.optimizer} has none; leave it out"
+        )
+    if config.gpu_id != defaults["gpu_id"].default and config.device != "auto":
+        found.append(
+            f"--gpu-id {config.gpu_id}: it picks the GPU of --device auto; --device {config.device} names its own "
+            "(cuda:N)"
+        )
     if any(sep in config.comment for sep in {"/", os.sep, "\0"}):
         found.append(
             f"--comment {config.comment!r}: it ends the run folder's name and cannot hold a path separator; the run "

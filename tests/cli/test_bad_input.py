@@ -128,8 +128,11 @@ CASES = [
     (DEMO, ["--seed", "4294967295", "--seeds", "2"], "--seed 4294967295 --seeds 2: the last student's seed, "
                                                      "4294967296, must be an integer in [0, 2**32)"),
     # flags that other flags make meaningless (arguments.IGNORED_FLAGS), all ignored without a word
-    (TRAIN, ["--no-amp", "--amp-dtype", "bfloat16"], "--amp-dtype bfloat16: --no-amp encodes in float32; leave it out"),
-    (TEST, ["--no-amp", "--amp-dtype", "bfloat16"], "--amp-dtype bfloat16: --no-amp encodes in float32"),
+    (TRAIN, ["--no-amp", "--amp-dtype", "bfloat16"], "--amp-dtype bfloat16: --no-amp, or a device other than CUDA, "
+                                                     "encodes in float32; leave it out"),
+    (TEST, ["--no-amp", "--amp-dtype", "bfloat16"], "--amp-dtype bfloat16: --no-amp, or a device other than CUDA"),
+    (TEST, ["--device", "cpu", "--amp-dtype", "bfloat16"], "--amp-dtype bfloat16: --no-amp, or a device other than"),
+    (TRAIN, ["--momentum", "0.5"], "--momentum 0.5: it is SGD's, and --optimizer adam has none; leave it out"),
     (TEST, ["--device", "cpu", "-g", "2"], "--gpu-id 2: it picks the GPU of --device auto; --device names its own"),
     (TRAIN, ["--device", "cuda:1", "-g", "3"], "--gpu-id 3: it picks the GPU of --device auto"),
     (TEST, ["--report-top", "5"], "--report-top 5: it sets what --report shows; leave it out"),

@@ -316,3 +316,14 @@ def test_settings_disown_their_files_only_when_they_record_them(tmp_path):
     assert not settings_not_its_own(path)
     path.with_name("db.npy.json").unlink()  # the original's files
     assert not settings_not_its_own(path)
+
+
+def test_a_stores_dtype_without_a_store_is_refused(tmp_path):
+    """store_dtype="float16" without shard_size wrote a float32 .npy without a word (the command
+    line refused it; the function took it)."""
+    from aml.descriptors import DescriptorKey, extract_dataset_features
+    from aml.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="store_dtype='float16' sets a descriptor store's dtype: give shard_size"):
+        extract_dataset_features(None, "synth-sfm", "train", DescriptorKey("0" * 16, 64), data_root=tmp_path,
+                                 store_dtype="float16")

@@ -72,3 +72,19 @@ def test_test_sets_given_as_one_string_are_split_at_commas():
 
     assert TestSettings(datasets="synth-oxford").datasets == ("synth-oxford",)
     assert TestSettings(datasets="synth-oxford,synth-paris+synth1m").datasets == ("synth-oxford", "synth-paris+synth1m")
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(report_top=50), "report_top=50 is read only with report_dir"),
+    (dict(datasets="roxford5k", distractor_dtype="float16"), "distractor_dtype='float16' is read only with a distractor set"),
+    (dict(datasets=("roxford5k", "rparis6k"), shard_size=64), "shard_size=64 is read only with a distractor set"),
+])
+def test_settings_a_test_would_ignore_are_refused_as_test_pys_flags_are(fields, message):
+    """A report's size without a report, a distractor store's without a distractor set: test.py
+    refuses the flags, and Python took the fields without a word."""
+    from aml.evaluation import TestSettings
+    from aml.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TestSettings(**fields)
+    assert TestSettings(datasets="roxford5k+1m,rparis6k", shard_size=64, report_dir="out", report_top=5).shard_size == 64

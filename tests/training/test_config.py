@@ -142,3 +142,15 @@ def test_a_temperature_is_ranged_only_for_the_losses_that_read_it():
                                                 else "rand" if name in {"rkd", "dark"} else "ts", temp=0.0005))
         assert any("--temp 0.0005: below 0.001" in problem for problem in found) == (name in readers), name
     assert problems(TrainConfig.from_flags("runs", loss="triplet", temp=-1.0))  # no temperature at all: refused
+
+
+def test_settings_the_run_would_ignore_are_problems_from_python_too():
+    """SGD's momentum with Adam, and a GPU id beside a named device, trained without a word."""
+    from aml.training.config import problems
+
+    assert problems(TrainConfig("runs", momentum=0.5)) == [
+        "--momentum 0.5: it is SGD's, and --optimizer adam has none; leave it out"]
+    assert problems(TrainConfig("runs", momentum=0.5, optimizer="sgd")) == []
+    assert problems(TrainConfig("runs", device="cpu", gpu_id="3")) == [
+        "--gpu-id 3: it picks the GPU of --device auto; --device cpu names its own (cuda:N)"]
+    assert problems(TrainConfig("runs", device="auto", gpu_id="3")) == []

@@ -60,6 +60,7 @@ def cached_descriptors(
         >>> key = DescriptorKey.of(net, 1024)  # doctest: +SKIP
         >>> vecs = cached_descriptors(net, images, key, Path("data/features/cache"), "roxford5k")  # doctest: +SKIP
     """
+    key.check_pixels(config, net)  # else descriptors of other pixels would be filed under the key's name
     skipped = skipped if skipped is not None else []
     path = Path(cache_dir) / f"{tag}_{key.digest(images)}.npy"
     cached = _read_cache(path, (net.meta["outputdim"], len(images)), tag)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from aml.data.paths import DataRootLike, below_common_folder, data_subdir
 from aml.data.testsets import configdataset, prepare_test_set, query_and_database_paths
@@ -347,17 +346,6 @@ def dataset_images(dataset: str, split: str, data_root: DataRootLike) -> List[st
     return query_and_database_paths(configdataset(dataset, data_subdir(data_root, "test")))[0]
 
 
-def _check_pixels(key: DescriptorKey, config: ExtractionConfig, net: torch.nn.Module) -> None:
-    """Refuse a key of other pixels than ``config`` makes: a file would be labelled with other
-    decoding or precision than its descriptors'."""
-    used = config.pixel_path(net)
-    if key.pixels != used:
-        raise ConfigError(
-            f"the key says the images are decoded and encoded as {key.pixels}, the extraction config as {used}: "
-            "build the key with the same config (DescriptorKey.of(net, size, scales, config))"
-        )
-
-
 def extract_dataset_features(
     network: LoadedNetwork,
     dataset: str,
@@ -402,7 +390,7 @@ def extract_dataset_features(
     """
     if store_dtype != "float32" and not shard_size:  # a .npy feature file is float32 whatever it was asked
         raise ConfigError(f"store_dtype={store_dtype!r} sets a descriptor store's dtype: give shard_size too")
-    _check_pixels(key, config, network.net)
+    key.check_pixels(config, network.net)
     images = dataset_images(dataset, split, data_root)
     is_train_set = is_training_set(dataset, data_root)
     named = data_subdir(data_root, "features") / feature_file_name(

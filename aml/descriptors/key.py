@@ -14,7 +14,7 @@ from aml.descriptors.extraction import DEFAULT_EXTRACTION, ORIGINAL_PIXELS, Extr
 from aml.networks.fingerprint import network_fingerprint
 from aml.networks.retrieval_net import ImageRetrievalNet, multiscale_power
 from aml.utils.bounds import POSITIVE_FLOAT, POSITIVE_INT, scales_problem
-from aml.utils.errors import DataError
+from aml.utils.errors import ConfigError, DataError
 
 
 def _text_problem(value: Any) -> Optional[str]:
@@ -157,6 +157,24 @@ class DescriptorKey:
             round(float(multiscale_power(net, list(scales))), 6),
             config.pixel_path(net),
         )
+
+    def check_pixels(self, config: ExtractionConfig, net: ImageRetrievalNet) -> None:
+        """Refuse ``config`` when it makes other pixels than this key says: descriptors would be
+        filed under a name of other decoding or precision than theirs.
+
+        Args:
+            config: how the images are to be encoded.
+            net: the network that encodes them (its device and transform decide ``auto``).
+
+        Raises:
+            ConfigError: naming both pixel paths (a ValueError).
+        """
+        used = config.pixel_path(net)
+        if self.pixels != used:
+            raise ConfigError(
+                f"the key says the images are decoded and encoded as {self.pixels}, the extraction config as "
+                f"{used}: build the key with the same config (DescriptorKey.of(net, size, scales, config))"
+            )
 
     def record(self) -> "KeyRecord":
         """The key as JSON fields (feature-file settings, store manifests).

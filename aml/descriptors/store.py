@@ -788,7 +788,9 @@ def encode_into_store(
     unreadable images before may be used).
 
     Raises:
-        DataError: when the store holds images skipped as unreadable and ``config`` skips none."""
+        DataError: when the store holds images skipped as unreadable and ``config`` skips none.
+        ConfigError: when ``config`` makes other pixels than ``key`` records."""
+    key.descriptors.check_pixels(config, net)  # else shards of other pixels would carry the key's name
     store = DescriptorStore.create(folder, images, key, int(net.meta["outputdim"]))
     skipped = store.skipped()
     if skipped and not config.skip_bad:  # the same command stops at an unreadable image, whatever ran before

@@ -327,3 +327,21 @@ def test_a_stores_dtype_without_a_store_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="store_dtype='float16' sets a descriptor store's dtype: give shard_size"):
         extract_dataset_features(None, "synth-sfm", "train", DescriptorKey("0" * 16, 64), data_root=tmp_path,
                                  store_dtype="float16")
+
+
+def test_the_cache_and_the_stores_never_file_descriptors_under_other_pixels(tmp_path):
+    """cached_descriptors and encode_into_store encoded with the config and filed under the
+    key: a key built for float32 with a bfloat16 config cached bfloat16 descriptors as pil-fp32,
+    which every later float32 call then read."""
+    from aml.descriptors import DescriptorKey, ExtractionConfig
+    from aml.descriptors.store import StoreKey, encode_into_store
+    from aml.utils.errors import ConfigError
+
+    net = build_network("resnet18", pretrained=False)
+    config = ExtractionConfig(workers=0, amp=True, amp_dtype="bfloat16")
+    key = DescriptorKey.of(net, 32)
+    with pytest.raises(ConfigError, match=r"the key says .* pil-fp32, the extraction config as pil-bf16"):
+        cached_descriptors(net, ["a.jpg"], key, tmp_path / "cache", "tag", config=config)
+    with pytest.raises(ConfigError, match=r"the key says .* pil-fp32, the extraction config as pil-bf16"):
+        encode_into_store(net, ["a.jpg"], tmp_path / "store", StoreKey(key, "r18", "float32", 8), config)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "store").exists()

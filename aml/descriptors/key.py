@@ -159,8 +159,10 @@ class DescriptorKey:
         )
 
     def check_pixels(self, config: ExtractionConfig, net: ImageRetrievalNet) -> None:
-        """Refuse ``config`` when it makes other pixels than this key says: descriptors would be
-        filed under a name of other decoding or precision than theirs.
+        """Refuse ``config`` when it makes other pixels than this key says.
+
+        Descriptors would otherwise be filed under a name of other decoding or precision than
+        theirs.
 
         Args:
             config: how the images are to be encoded.

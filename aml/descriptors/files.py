@@ -20,6 +20,7 @@ from aml.descriptors.key import DescriptorKey, images_digest, images_digest_as_l
 from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store, warn_of_skipped
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
+from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import InTheWay, atomic_write, file_stamp, lock_beside
 from aml.utils.distributed import current_world, from_main, warn_once
 from aml.utils.errors import ConfigError, DataError, MissingFile
@@ -346,6 +347,18 @@ def dataset_images(dataset: str, split: str, data_root: DataRootLike) -> List[st
     return query_and_database_paths(configdataset(dataset, data_subdir(data_root, "test")))[0]
 
 
+def _into_store(
+    net: ImageRetrievalNet, images: List[str], folder: Path, key: StoreKey, config: ExtractionConfig
+) -> Path:
+    """``images`` encoded into the descriptor store ``folder`` (`encode_into_store`), its
+    progress shown by the main process only (``config.desc`` names the set); returns the folder."""
+    shards = config.but(progress=config.progress and current_world().is_main, desc=f"{config.desc} shard")
+    store = encode_into_store(net, images, folder, key, shards)
+    warn_of_skipped(store)
+    log.info(">> %s: %d x %d descriptors in %d shards in %s", config.desc, store.dim, store.count, store.shards, folder)
+    return folder
+
+
 def extract_dataset_features(
     network: LoadedNetwork,
     dataset: str,
@@ -399,14 +412,10 @@ def extract_dataset_features(
     path = output or (named if shard_size else feature_file_beside(named, key))  # a file of other settings stays
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network.name)
     if shard_size:
-        folder = path.with_suffix(".store")
-        shards = config.but(progress=config.progress and current_world().is_main, desc=f"{dataset} {split} shard")
-        store = encode_into_store(
-            network.net, images, folder, StoreKey(key, network.name, store_dtype, shard_size), shards
+        store_key = StoreKey(key, network.name, store_dtype, shard_size)
+        return _into_store(
+            network.net, images, path.with_suffix(".store"), store_key, config.but(desc=f"{dataset} {split}")
         )
-        warn_of_skipped(store)
-        log.info(">> %s: %d x %d descriptors in %d shards in %s", dataset, store.dim, store.count, store.shards, folder)
-        return folder
     # the network's own multi-scale power, as the queries get it (the key's is rounded)
     vecs = describe_images(
         network.net, images, key.image_size, key.scales, config=config.but(desc=f"{dataset} {split}")

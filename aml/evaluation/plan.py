@@ -92,16 +92,16 @@ class TestSettings(Changeable):
     def _refuse_ignored(self) -> None:
         """Refuse the fields these settings would ignore, as test.py refuses their flags: the
         report's size without a report, the distractor store's without a distractor set."""
-        given = {name: getattr(self, name) for name in ("report_top", "distractor_dtype", "shard_size")}
-        ignored = {
-            "report_top": self.report_dir is None,
-            "distractor_dtype": not any(split_test_name(d)[1] for d in self.datasets),
-            "shard_size": not any(split_test_name(d)[1] for d in self.datasets),
+        distractors = any(split_test_name(d)[1] for d in self.datasets)
+        needs = {  # field -> what it is read with, when that is missing
+            "report_top": None if self.report_dir is not None else "report_dir",
+            "distractor_dtype": None if distractors else "a distractor set in datasets (NAME+1m)",
+            "shard_size": None if distractors else "a distractor set in datasets (NAME+1m)",
         }
-        for name, value in given.items():
-            if ignored[name] and value != self.__dataclass_fields__[name].default:
-                needs = "report_dir" if name == "report_top" else "a distractor set in datasets (NAME+1m)"
-                raise ConfigError(f"TestSettings {name}={value!r} is read only with {needs}; leave it out")
+        for name, missing in needs.items():
+            value = getattr(self, name)
+            if missing and value != self.__dataclass_fields__[name].default:
+                raise ConfigError(f"TestSettings {name}={value!r} is read only with {missing}; leave it out")
 
     @property
     def device(self) -> str:

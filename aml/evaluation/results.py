@@ -63,12 +63,12 @@ class SearchResult:
             ConfigError: for another level (``"Hard"``), naming the levels (a ValueError).
         """
         if level not in (*LEVELS, "all"):
-            raise ConfigError(f"level {level!r}: choose {_said(LEVELS, 'or')} (all: a classic test set's one mAP)")
+            raise ConfigError(f"level {level!r}: choose {_in_words(LEVELS, 'or')} (all: a classic test set's one mAP)")
         metrics = self.metrics
         if "map" in metrics:  # the classic protocol
             return float(metrics["map"])
         if level == "all":
-            raise ConfigError(f"level 'all' is a classic test set's; this one has {_said(LEVELS, 'and')}")
+            raise ConfigError(f"level 'all' is a classic test set's; this one has {_in_words(LEVELS, 'and')}")
         numbers = cast(Optional[LevelMetrics], metrics.get(level))
         if numbers is None:
             raise ConfigError(f"level {level!r}: these results hold no such level ({sorted(metrics)})")
@@ -228,6 +228,6 @@ class DatasetResult:
         return lines
 
 
-def _said(words: Tuple[str, ...], last: str) -> str:
+def _in_words(words: Tuple[str, ...], last: str) -> str:
     """``words`` as a sentence lists them: ``a, b or c``."""
     return f"{', '.join(words[:-1])} {last} {words[-1]}"

@@ -712,7 +712,7 @@ def add_reranking_arguments(parser: Flags, qe: bool = True, dba: bool = True, su
 
 def reranking_from(args: argparse.Namespace):
     """The `Reranking` of the flags of `add_reranking_arguments`; a ValueError names an alpha
-    given without its K, or a SuperGlobal setting without --superglobal."""
+    given without its K, a SuperGlobal setting without --superglobal, or --sg-beta with --sg-k 0."""
     from aml.evaluation.reranking import DEFAULT_ALPHA, Reranking
     from aml.evaluation.superglobal import PAPER_BETA, PAPER_K, SuperGlobal
 
@@ -727,6 +727,8 @@ def reranking_from(args: argparse.Namespace):
     for flag, value in (("--sg-k", k), ("--sg-beta", beta)):
         if value is not None and m is None:
             raise ConfigError(f"{flag} {value:g} without --superglobal: give --superglobal M too")
+    if k == 0 and beta is not None:
+        raise ConfigError(f"--sg-beta {beta:g} with --sg-k 0: no neighbour is weighed; give --sg-k 1 or more")
     if m is not None:
         values["superglobal"] = SuperGlobal(m, PAPER_K if k is None else k, PAPER_BETA if beta is None else beta)
     return Reranking(**values)

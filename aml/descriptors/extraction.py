@@ -236,7 +236,10 @@ class ExtractionConfig(Changeable):
         batch_size: images per forward; None: `default_batch_size` (per image shape on
             the CPU).
         amp: autocast; None: on CUDA only.
-        amp_dtype: the autocast's dtype, a name of ``AMP_DTYPES`` (``"float16"``, ``"bfloat16"``).
+        amp_dtype: the autocast's dtype, a name of ``AMP_DTYPES`` (``"float16"``, ``"bfloat16"``);
+            unused while autocast is off, as ``torch.autocast``'s ``dtype`` with
+            ``enabled=False``, so that ``but(amp=False)`` turns a config's autocast off (the
+            command line refuses ``--amp-dtype`` with ``--no-amp``).
         decode: where images are decoded, a name of `DECODINGS`, or ``"auto"``:
             ``"workers"`` on CUDA, ``"pil"`` on the CPU.
         channels_last: run the forward in the channels_last memory format.

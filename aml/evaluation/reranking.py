@@ -50,9 +50,10 @@ class Reranking:
 
     Attributes:
         qe: database neighbours that expand each query (αQE); 0: no query expansion.
-        qe_alpha: the power of the neighbours' similarities in αQE (0: average QE).
+        qe_alpha: the power of the neighbours' similarities in αQE (0: average QE); another
+            than the default with ``qe=0`` is refused.
         dba: neighbours that augment each database descriptor (DBA); 0: no augmentation.
-        dba_alpha: the power of the neighbours' similarities in DBA.
+        dba_alpha: the power of the neighbours' similarities in DBA; as ``qe_alpha``, with ``dba``.
         superglobal: SuperGlobal's re-ranking, last; None: none.
 
     Examples:
@@ -68,6 +69,10 @@ class Reranking:
         Traceback (most recent call last):
         ...
         aml.utils.errors.ConfigError: Reranking.qe must be an integer >= 0, got -1
+        >>> Reranking(qe_alpha=1)
+        Traceback (most recent call last):
+        ...
+        aml.utils.errors.ConfigError: Reranking.qe_alpha=1 with qe=0: no step uses it; give qe K too
     """
 
     qe: int = 0
@@ -82,6 +87,10 @@ class Reranking:
             object.__setattr__(self, name, bound.checked(getattr(self, name), f"Reranking.{name}"))
         if self.superglobal is not None and not isinstance(self.superglobal, SuperGlobal):
             raise ConfigError(f"Reranking.superglobal must be a SuperGlobal or None, got {self.superglobal!r}")
+        for name in ("qe", "dba"):  # as --qe-alpha without --qe: an alpha no step would use
+            alpha = getattr(self, f"{name}_alpha")
+            if not getattr(self, name) and alpha != DEFAULT_ALPHA:
+                raise ConfigError(f"Reranking.{name}_alpha={alpha:g} with {name}=0: no step uses it; give {name} K too")
 
     def kept_neighbours(self) -> List[Tuple[str, int]]:
         """The neighbours a search keeps the descriptors of for each query, by flag.

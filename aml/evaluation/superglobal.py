@@ -45,7 +45,8 @@ class SuperGlobal:
         m: the first results of a query that are re-ranked.
         k: the neighbours that augment a descriptor, and the results (k + 1) whose maximum
             expands the query.
-        beta: the weight of the neighbours against the descriptor itself.
+        beta: the weight of the neighbours against the descriptor itself; another than the
+            paper's with ``k=0`` (no neighbours) is refused.
 
     Examples:
         >>> from aml.evaluation.superglobal import SuperGlobal
@@ -60,6 +61,8 @@ class SuperGlobal:
     def __post_init__(self) -> None:  # numpy's numbers as Python's, which faiss and the results take
         for name, bound in (("m", POSITIVE_INT), ("k", NONNEGATIVE_INT), ("beta", NONNEGATIVE_FLOAT)):
             object.__setattr__(self, name, bound.checked(getattr(self, name), f"SuperGlobal.{name}"))
+        if self.k == 0 and self.beta != PAPER_BETA:  # as --sg-beta with --sg-k 0
+            raise ConfigError(f"SuperGlobal.beta={self.beta:g} with k=0: no neighbour is weighed; give k >= 1")
 
     def label(self) -> str:
         """Its name in results and printed lines.

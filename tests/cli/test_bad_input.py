@@ -82,6 +82,8 @@ CASES = [
     (TEST, ["--superglobal", "400", "--sg-beta", "nan"], "argument --sg-beta: must be a finite number >= 0, got 'nan'"),
     (TEST, ["--sg-k", "5"], "--sg-k 5 without --superglobal: give --superglobal M too"),
     (TEST, ["--sg-beta", "0.3"], "--sg-beta 0.3 without --superglobal: give --superglobal M too"),
+    (TEST, ["--superglobal", "9", "--sg-k", "0", "--sg-beta", "0.3"], "--sg-beta 0.3 with --sg-k 0: no neighbour is "
+                                                                      "weighed; give --sg-k 1 or more"),  # ignored
     (INDEX, ["--dba", "0"], "argument --dba: must be a positive integer, got '0'"),
     (INDEX, ["--superglobal", "10"], "unrecognized arguments: --superglobal 10"),
     (INDEX, ["--dba", "2", "--dba-alpha", "nan"], "argument --dba-alpha: must be a finite number >= 0, got 'nan'"),

@@ -190,10 +190,14 @@ def test_reranking_settings_name_what_runs_and_refuse_bad_values():
     assert both.active and both.label() == "dba10(α=0.5) + αqe2"
     assert _result_keys(both, True) == ["whiten + dba10(α=0.5)", "whiten + dba10(α=0.5) + αqe2"]
     assert _result_keys(Reranking(qe=1), False) == ["plain + αqe1"]
+    assert Reranking(dba=0, dba_alpha=3.0, qe_alpha=3).label() == ""  # the defaults named are no change
     for bad, message in [(dict(qe=-1), "Reranking.qe must be an integer >= 0"),
                          (dict(dba=1.5), "Reranking.dba must be an integer >= 0"),
                          (dict(qe_alpha=-1.0), "Reranking.qe_alpha must be a finite number >= 0"),
-                         (dict(dba_alpha=float("nan")), "Reranking.dba_alpha must be a finite number >= 0")]:
+                         (dict(dba_alpha=float("nan")), "Reranking.dba_alpha must be a finite number >= 0"),
+                         # an alpha without its K, as --qe-alpha without --qe: no step would use it
+                         (dict(qe_alpha=1.0), r"^Reranking.qe_alpha=1 with qe=0: no step uses it; give qe K too$"),
+                         (dict(qe=2, dba_alpha=0.5), r"^Reranking.dba_alpha=0.5 with dba=0: no step uses it")]:
         with pytest.raises(ValueError, match=message):
             Reranking(**bad)
 

@@ -50,6 +50,9 @@ def test_the_paper_values_are_the_defaults_and_bad_settings_or_inputs_are_refuse
     assert (SuperGlobal().m, SuperGlobal().k, SuperGlobal().beta) == (PAPER_M, PAPER_K, PAPER_BETA) == (400, 9, 0.15)
     assert SuperGlobal().label() == "sg400" and SuperGlobal(50, 3, 0.5).label() == "sg50(k=3,β=0.5)"
     assert SuperGlobal(m=7, beta=0.3).label() == "sg7(β=0.3)"
+    assert SuperGlobal(k=0).label() == "sg400(k=0)"  # the query's own result alone expands it
+    with pytest.raises(ConfigError, match=r"^SuperGlobal.beta=0.3 with k=0: no neighbour is weighed; give k >= 1$"):
+        SuperGlobal(k=0, beta=0.3)  # beta weighs the neighbours, and there are none
     for bad in (dict(m=-1), dict(m=0), dict(k=1.5), dict(k=-1), dict(beta=float("nan")), dict(beta=-0.1),
                 dict(m=True)):
         with pytest.raises(ConfigError, match="SuperGlobal"):

@@ -45,6 +45,16 @@ def pytest_configure(config):
                                        "seconds (pytest-xdist starts it early)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _children_scratch(tmp_path_factory) -> Iterator[None]:
+    """The processes the tests start keep their temporary files in the session's folder, which
+    pytest removes in turn: torchrun's agent leaves a ``torchelastic_*`` folder in $TMPDIR at
+    every launch."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A data root holding small synth-sfm, synth-oxford and synth-paris sets."""

@@ -28,7 +28,7 @@ def timed_steps(arch: str, name: str, fused: bool, steps: int) -> tuple:
     torch.manual_seed(0)
     net = build_network(arch, pretrained=False)
     groups = parameter_groups(net, 1e-4, 1e-6)
-    optimizer = OPTIMIZERS[name](groups, 1e-4, 0.9, 1e-6, fused or None)
+    optimizer = OPTIMIZERS[name].build(groups, 1e-4, 0.9, 1e-6, fused or None)
     params = [p for g in groups for p in g["params"]]
     generator = torch.Generator().manual_seed(1)
     elapsed = 0.0

@@ -44,6 +44,7 @@ from aml.networks.loading import load_named_or_file
 from aml.reports.provenance import provenance
 from aml.training import TrainConfig, run
 from aml.training.config import run_name
+from aml.training.run_folder import earlier_checkpoint
 from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.bounds import SEED
 from aml.utils.devices import resolve_device
@@ -132,7 +133,8 @@ def _train(
         if done.is_file():  # said as reused, not as a run with nothing left to train (and a flag the demo lacks)
             log.info(">> %s: trained by an earlier demo on these images, reused", done)
             return done
-        config = config.but(resume="latest")  # an interrupted one's latest epoch
+        if earlier_checkpoint(Path(directory) / run_name(config)) is not None:
+            config = config.but(resume="latest")  # an interrupted one's latest epoch
     else:  # the demo's own run of these settings is trained again (main.py refuses to replace a run)
         _remove_run(Path(directory) / run_name(config))
     return run(config).run_dir / f"model_epoch{epochs}.pth.tar"

@@ -365,6 +365,33 @@ def _unwrapped(weights: Dict[str, torch.Tensor], source: str) -> Dict[str, torch
     return {key[len(WRAPPED_PREFIX) :]: value for key, value in weights.items()}
 
 
+def checkpoint_weights(state: Checkpoint, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """A checkpoint's weights under the names aml's network of its architecture gives them.
+
+    Args:
+        state: the checkpoint (``meta['architecture']`` and ``state_dict``).
+        source: what the log names (the file).
+
+    Returns:
+        ``state_dict`` without the prefix of a network saved through (Distributed)DataParallel,
+        and with an older timm layout's children renamed (`remap_legacy_keys`).
+    """
+    return remap_legacy_keys(state["meta"]["architecture"], _unwrapped(state["state_dict"], source))
+
+
+def misfit(err: RuntimeError) -> str:
+    """What torch's ``load_state_dict`` error says does not fit: its first problem, and how many more.
+
+    Args:
+        err: the error of a strict ``load_state_dict``.
+
+    Returns:
+        ``'Missing key(s) in state_dict: ... (and 2 more)'``.
+    """
+    problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err)]
+    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+
+
 def network_from_checkpoint(
     state: Checkpoint, teacher: Optional[str] = None, source: str = "checkpoint"
 ) -> ImageRetrievalNet:
@@ -378,7 +405,7 @@ def network_from_checkpoint(
     missing = [k for k in ("architecture", "pooling", "mean", "std") if k not in meta]
     if missing:
         raise CheckpointError(f"{source}: meta lacks {missing}; not an aml/cirtorch checkpoint")
-    state = {**state, "state_dict": _unwrapped(state["state_dict"], source)}
+    state = {**state, "state_dict": _unwrapped(state["state_dict"], source)}  # the dimension reads its names
     _check_meta_types(meta, source)
     _check_finite(state, source)
     arch = meta["architecture"]
@@ -398,14 +425,11 @@ def network_from_checkpoint(
             )
     except ValueError as err:  # an architecture or pooling this aml does not know
         raise CheckpointError(f"{source}: {err}") from None
-    weights = remap_legacy_keys(arch, state["state_dict"])
     try:
-        net.load_state_dict(weights, strict=True)
+        net.load_state_dict(checkpoint_weights(state, source), strict=True)
     except RuntimeError as err:
-        problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [str(err)]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(
-            f"{source}: weights do not fit a {arch} network of dimension {dim}: {problems[0]}{more}; the file is "
+            f"{source}: weights do not fit a {arch} network of dimension {dim}: {misfit(err)}; the file is "
             "damaged, or its meta does not describe its weights"
         ) from None
     for key in KEPT_META_KEYS:

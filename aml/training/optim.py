@@ -3,7 +3,8 @@ student's projection at its own lr), Adam/SGD, and the exponential learning-rate
 exp(-0.01) per epoch."""
 
 import math
-from typing import Any, Dict, List
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
@@ -52,12 +53,44 @@ def parameter_groups(
 # Adam's result differs from the loop over tensors by rounding, SGD's not at all.
 FUSED_DEVICES = ("cpu", "cuda")
 
-OPTIMIZERS = {
-    "adam": lambda groups, lr, momentum, wd, fused: torch.optim.Adam(groups, lr, weight_decay=wd, fused=fused),
-    "sgd": lambda groups, lr, momentum, wd, fused: torch.optim.SGD(
-        groups, lr, momentum=momentum, weight_decay=wd, fused=fused
+
+@dataclass(frozen=True)
+class OptimizerKind:
+    """One ``--optimizer``: how to build it, and how its saved state shows it.
+
+    Attributes:
+        build: ``(groups, lr, momentum, weight_decay, fused) -> torch.optim.Optimizer``.
+        signature: a setting of its parameter groups in every torch since 1.0 that the other
+            kinds lack (a newer torch adds settings, e.g. ``foreach``, that an older file lacks).
+    """
+
+    build: Callable[[List[Dict[str, Any]], float, float, float, Optional[bool]], torch.optim.Optimizer]
+    signature: str
+
+
+OPTIMIZERS: Dict[str, OptimizerKind] = {
+    "adam": OptimizerKind(
+        lambda groups, lr, momentum, wd, fused: torch.optim.Adam(groups, lr, weight_decay=wd, fused=fused), "betas"
+    ),
+    "sgd": OptimizerKind(
+        lambda groups, lr, momentum, wd, fused: torch.optim.SGD(
+            groups, lr, momentum=momentum, weight_decay=wd, fused=fused
+        ),
+        "momentum",
     ),
 }
+
+
+def optimizer_name(group: Mapping[str, Any]) -> Optional[str]:
+    """The ``--optimizer`` whose settings a parameter group (live or saved) holds; None: none of them.
+
+    Args:
+        group: a parameter group, e.g. ``optimizer.param_groups[0]`` or a saved state's.
+
+    Returns:
+        A name of `OPTIMIZERS`, or None.
+    """
+    return next((name for name, kind in OPTIMIZERS.items() if kind.signature in group), None)
 
 
 def can_fuse(groups: List[Dict]) -> bool:
@@ -71,7 +104,8 @@ def build_optimizer(
     """The optimizer of ``--optimizer`` over `parameter_groups`; every group records
     its ``initial_lr`` (as the original's checkpoints do)."""
     groups = parameter_groups(net, lr, weight_decay, projection_lr_mult)
-    optimizer = lookup(OPTIMIZERS, name, "optimizer")(groups, lr, momentum, weight_decay, can_fuse(groups) or None)
+    kind = lookup(OPTIMIZERS, name, "optimizer")
+    optimizer = kind.build(groups, lr, momentum, weight_decay, can_fuse(groups) or None)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return optimizer

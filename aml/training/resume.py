@@ -9,9 +9,18 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 
-from aml.networks.checkpoint import NOT_RECORDED, CheckpointError, RunRecord, load_checkpoint
+from aml.networks.checkpoint import (
+    NOT_RECORDED,
+    Checkpoint,
+    CheckpointError,
+    RunRecord,
+    checkpoint_weights,
+    load_checkpoint,
+    misfit,
+)
 from aml.networks.backbones import get_backbone
 from aml.networks.retrieval_net import ImageRetrievalNet
+from aml.training.optim import optimizer_name
 from aml.training.run_folder import CHECKPOINT_PATTERN, earlier_checkpoint, epoch_checkpoints, latest_checkpoint
 from aml.utils.distributed import current_world, from_main, warn_once
 from aml.utils.errors import ConfigError
@@ -99,11 +108,14 @@ def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch
             "damaged: resume from another checkpoint of the run"
         )
     _best_loss_of(path, state)
-    missing = sorted(set(optimizer.param_groups[0]) - set(groups[0]) - {"params"})
-    if missing:
+    # by the settings every torch since 1.0 saves: a newer torch's own (foreach, fused, ...) an older file lacks
+    theirs = optimizer_name(groups[0]) if isinstance(groups[0], Mapping) else None
+    ours = optimizer_name(optimizer.param_groups[0])
+    if theirs != ours:
+        trained = f"--optimizer {theirs}" if theirs else "an optimizer that is none of aml's"
         raise CheckpointError(
-            f"cannot resume from {path}: its optimizer state lacks {', '.join(missing)} of this run's optimizer: "
-            "it was trained with another --optimizer; resume with the flags the run was started with"
+            f"cannot resume from {path}: it was trained with {trained}, this run with --optimizer {ours}; resume "
+            "with the flags the run was started with"
         )
     _check_multipliers(path, groups, optimizer)
 
@@ -250,34 +262,31 @@ def resume_run(
     ``run_dir``, a branch, only the latter: the checkpoint's was another folder's, perhaps of
     a loss on another scale), or None when the folder holds no checkpoint.
     ``run`` is what this run's checkpoints record (`RunRecord`; a string, or ``min_loss_of``:
-    the kind of best loss alone, as this parameter was before): a checkpoint that recorded another kind of best
-    loss, or in ``run_dir`` another margin, is refused."""
+    the kind of best loss alone, as this parameter was before): a checkpoint of ``run_dir`` that recorded
+    another kind of best loss or another margin is refused."""
     run = RunRecord.given(run, min_loss_of)
     path = from_main(_resumed_path(run_dir, name), current_world())  # one for all ranks (a shared folder seen late)
     if path is None:
         log.info(">> No checkpoint found at '%s'", run_dir / "model_epoch0.pth.tar")
-        if name not in ("", LATEST):  # as the original, the run starts; a mistyped name is said
-            warn_once(
-                log,
-                ">> --resume %s: no such file in %s, which holds no checkpoint: training starts from scratch",
-                name,
-                run_dir,
-            )
+        if name:  # as the original, the run starts; what was asked for is said
+            missed = "%s holds no checkpoint (a flag of the folder's name differs from the run's?)"
+            missed = missed if name == LATEST else "no such file in %s, which holds no checkpoint"
+            warn_once(log, f">> --resume %s: {missed}: training starts from scratch", name, run_dir)
         return None
     state = _load_resumed(run_dir, path)
     branch = path.parent.resolve() != run_dir.resolve()  # a checkpoint of another folder
     _check_meta(path, state["meta"], net)
-    if not branch:
+    if not branch:  # a branch chooses its model_best among its own epochs
         _check_margin(path, state, run)
+        _check_best_loss_kind(path, state, run.min_loss_of)
     _check_training_state(path, state, optimizer)
-    _check_best_loss_kind(path, state, run.min_loss_of)
     _check_nothing_overwritten(run_dir, path, int(state["epoch"]))
     try:
-        net.load_state_dict(state["state_dict"])
+        net.load_state_dict(checkpoint_weights(state, str(path)))
     except RuntimeError as err:
         raise CheckpointError(
-            f"cannot resume from {path}: its weights do not fit this run's network "
-            f"({str(err).splitlines()[0]}); resume with the flags the run was started with"
+            f"cannot resume from {path}: its weights do not fit this run's network ({misfit(err)}); resume with "
+            "the flags the run was started with"
         ) from None
     _warn_of_resumed_settings(path, state["optimizer"], optimizer)
     _warn_of_other_precision(path, state["meta"], net)
@@ -309,6 +318,10 @@ def _resumed_path(run_dir: Path, name: str) -> Optional[Path]:
         CheckpointError: for a folder, or a path that is not there.
     """
     path: Optional[Path] = next((p for p in (run_dir / name, Path(name)) if p.is_file()), None)
+    if path == Path(name) and path.parent == Path(".") and path.resolve().parent != run_dir.resolve():
+        warn_once(  # a bare name, meant for the run folder perhaps: said, since it branches from elsewhere
+            log, ">> --resume %s is not in %s: training on from the working folder's %s", name, run_dir, path.resolve()
+        )
     folder = next((p for p in (run_dir / name, Path(name)) if name and p.is_dir()), None)
     if path is None and folder is not None:
         raise CheckpointError(f"--resume {name}: {folder} is a folder; give a checkpoint file in it")
@@ -324,7 +337,7 @@ def _resumed_path(run_dir: Path, name: str) -> Optional[Path]:
     return path
 
 
-def _load_resumed(run_dir: Path, path: Path) -> Mapping[str, Any]:
+def _load_resumed(run_dir: Path, path: Path) -> Checkpoint:
     """The checkpoint ``path``; a damaged one of the run folder names the run's previous
     checkpoint to resume from instead."""
     try:

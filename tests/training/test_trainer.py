@@ -56,7 +56,7 @@ def test_fused_step_on_the_cpu_is_the_step_of_the_loop_over_tensors(name):
         if fused:
             optimizer = build_optimizer(net, name, 1e-2, 0.9, 1e-4)
         else:  # the original's update: one tensor at a time
-            optimizer = OPTIMIZERS[name](parameter_groups(net, 1e-2, 1e-4), 1e-2, 0.9, 1e-4, None)
+            optimizer = OPTIMIZERS[name].build(parameter_groups(net, 1e-2, 1e-4), 1e-2, 0.9, 1e-4, None)
         for step in range(3):
             for k, p in enumerate(net.parameters()):
                 p.grad = torch.full_like(p, 1e-3 * (k + step + 1))

@@ -80,6 +80,11 @@ class ImageLoadError(AmlError, RuntimeError):
     """An image file is missing or cannot be decoded."""
 
 
+#: what PIL raises for a file it cannot decode (NotImplementedError: a variant of a format its
+#: plugin does not read, e.g. a DDS texture's pixel format)
+UNREADABLE = (OSError, SyntaxError, ValueError, NotImplementedError)
+
+
 @contextlib.contextmanager
 def errors_naming(path: PathLike) -> Iterator[None]:
     """Turn a missing or undecodable ``path`` into an ImageLoadError that names it."""
@@ -97,7 +102,7 @@ def errors_naming(path: PathLike) -> Iterator[None]:
         raise ImageLoadError(f"image {path} cannot be read ({err.strerror}); check its permissions") from None
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"image {path} is refused: {err}; shrink it first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError,) + UNREADABLE as err:
         if isinstance(err, UnidentifiedImageError) and _heif(path):
             raise ImageLoadError(
                 f"image {path} is a HEIF photo (a phone's HEIC), which PIL does not read: convert it to JPEG"
@@ -447,7 +452,7 @@ def exif_orientation(path: PathLike) -> int:
     try:
         with open_image_file(path) as handle, Image.open(handle) as image:
             value = image.getexif().get(EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError, ImageLoadError):  # unreadable (a FIFO would block): loading names it
+    except UNREADABLE + (Image.DecompressionBombError, ImageLoadError):  # loading names it (a FIFO would block)
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 

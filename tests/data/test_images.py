@@ -97,6 +97,27 @@ def test_a_decompression_bomb_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels: more than twice the limit
     with pytest.raises(ImageLoadError, match=r"image .*bomb.png is refused: .*decompression bomb"):
         load_and_resize(path, 64)
+    from aml.data.images import exif_orientation, turned_images
+
+    # read before any encoding (search index/query): its error was a traceback, --skip-bad-images or not
+    assert exif_orientation(path) == 1 and turned_images([path]) == []
+
+
+def test_a_format_variant_pil_does_not_read_is_named(tmp_path):
+    """A DDS texture named .jpg (pixel format flags PIL does not know): PIL's NotImplementedError
+    was a traceback from loading, the size and the EXIF orientation."""
+    import struct
+
+    from aml.data.images import exif_orientation, image_size
+
+    path = tmp_path / "texture.jpg"
+    header = struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + bytes(44)
+    pixel_format = struct.pack("<2I4s5I", 32, 0x80000, bytes(4), 0, 0, 0, 0, 0)
+    path.write_bytes(b"DDS " + header + pixel_format + bytes(84))
+    for read in (lambda: load_and_resize(path, 64), lambda: image_size(path)):
+        with pytest.raises(ImageLoadError, match=r"texture.jpg is corrupt or not an image \(Unknown pixel format"):
+            read()
+    assert exif_orientation(path) == 1
 
 
 def test_a_small_box_on_a_large_image_keeps_a_pixel_and_an_empty_box_is_named(tmp_path):

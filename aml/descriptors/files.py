@@ -29,6 +29,8 @@ from aml.utils.plain_files import file_format, load_npy
 
 log = logging.getLogger(__name__)
 UNIT_NORM_TOLERANCE = 1e-2  # |norm - 1| of a column read as L2-normalised (float16 storage rounds to 1e-3)
+#: the dtypes a feature file's descriptors may have (float16: a store's shards)
+DESCRIPTOR_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -265,8 +267,11 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
                     f"feature file {path} is {other}, not a .npy array; give the file extract_features.py wrote"
                 ) from err
             raise DataError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
-    if vecs.dtype.kind != "f":
-        raise DataError(f"feature file {path} holds {vecs.dtype} values, not float descriptors; extract it again")
+    if vecs.dtype not in DESCRIPTOR_DTYPES:  # float128 too: no einsum or torch tensor of it
+        raise DataError(
+            f"feature file {path} holds {vecs.dtype} values, not float16, float32 or float64 descriptors; extract it "
+            "again"
+        )
     if vecs.ndim != 2 or vecs.shape[1] != expected_columns or OUTPUT_DIM.problem(vecs.shape[0]):
         raise DataError(
             f"feature file {path} has shape {vecs.shape}, expected D x {expected_columns} "

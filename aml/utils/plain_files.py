@@ -5,7 +5,9 @@ Checkpoints, trunk weights, whitening and search stores all go through these two
 code, and the atomic writer, so no interrupted write leaves a half-written file in place.
 """
 
+import math
 import re
+import tokenize
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -179,8 +181,18 @@ def save_plain_file(obj: Any, path: PathLike) -> Path:
     return atomic_write(path, lambda out: torch.save(obj, out))
 
 
+#: numpy's readers of a ``.npy`` header by format version (version 3's differs only in its encoding)
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+#: what numpy raises besides ValueError for a damaged header: it parses the header's text as a
+#: Python literal (a changed byte: SyntaxError, tokenize's TokenError), or a dtype it cannot cast
+_DAMAGED_HEADER = (SyntaxError, tokenize.TokenError, TypeError, OverflowError, MemoryError)
+
+
 def load_npy(path: PathLike) -> np.ndarray:
     """The array of a ``.npy`` file, read without pickles (so no file can run code).
+
+    The header is checked against the file's size before the array is allocated: a damaged
+    header that claims billions of values is refused, not allocated.
 
     Args:
         path: the file.
@@ -189,8 +201,9 @@ def load_npy(path: PathLike) -> np.ndarray:
         Its array.
 
     Raises:
-        ValueError: for a file that is not one array: unreadable, pickled objects, or a zip
-            (an ``.npz`` archive, a PyTorch checkpoint), which ``np.load`` opens as an archive.
+        ValueError: for a file that is not one array: unreadable, pickled objects, a damaged
+            header, fewer bytes than the header says, or a zip (an ``.npz`` archive, a PyTorch
+            checkpoint), which ``np.load`` opens as an archive.
 
     Examples:
         >>> import pathlib, tempfile
@@ -203,8 +216,28 @@ def load_npy(path: PathLike) -> np.ndarray:
         ...
         ValueError: a zip archive (.npz or a PyTorch file), not one .npy array
     """
-    loaded = np.load(path, allow_pickle=False)
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    loaded.close()
-    raise ValueError("a zip archive (.npz or a PyTorch file), not one .npy array")
+    with open(path, "rb") as handle:
+        if handle.read(4) == b"PK\x03\x04":
+            raise ValueError("a zip archive (.npz or a PyTorch file), not one .npy array")
+        handle.seek(0)
+        try:
+            _check_npy_size(handle, Path(path).stat().st_size)
+            handle.seek(0)
+            return np.lib.format.read_array(handle, allow_pickle=False)
+        except _DAMAGED_HEADER as err:
+            raise ValueError(f"a damaged .npy header ({type(err).__name__}: {err})") from None
+
+
+def _check_npy_size(handle, size: int) -> None:
+    """Refuse a ``.npy`` file whose header claims more bytes of values than the file holds."""
+    version = np.lib.format.read_magic(handle)
+    header = _NPY_HEADERS.get(version)
+    if header is None:  # version 3: numpy reads and checks it
+        return
+    shape, _, dtype = header(handle)
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > size - handle.tell():
+        raise ValueError(
+            f"its header says {shape} {dtype} values, {needed} bytes, but {size - handle.tell()} follow it: the file "
+            "is truncated or its header damaged"
+        )

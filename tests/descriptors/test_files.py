@@ -107,6 +107,42 @@ def test_a_cache_file_of_another_shape_or_type_is_encoded_again(tmp_path, caplog
         np.save(path, wrong)
         vecs = cached_descriptors(net, images, key, path.parent, "t", config=ExtractionConfig(workers=0))
         assert vecs.shape == (512, 1) and "is unreadable or stale; encoding again" in caplog.text
+    caplog.clear()
+    _damage_header(path, b"(512, 1)", b"(512, 1(")  # numpy's tokenizer's TokenError was a traceback
+    vecs = cached_descriptors(net, images, key, path.parent, "t", config=ExtractionConfig(workers=0))
+    assert vecs.shape == (512, 1) and "is unreadable or stale; encoding again" in caplog.text
+
+
+def _damage_header(path, old: bytes, new: bytes) -> None:
+    """Replace bytes of a .npy file's header (a byte flipped on a disk or in a copy)."""
+    data = path.read_bytes()
+    assert old in data[:128] and len(old) == len(new)
+    path.write_bytes(data.replace(old, new, 1))
+
+
+def test_a_feature_file_of_a_damaged_header_or_of_long_doubles_is_named(tmp_path):
+    """A changed header byte raised tokenize's TokenError or a SyntaxError, a header claiming
+    more values than the file holds a MemoryError (166 GiB), float128 values a TypeError."""
+    from aml.utils.errors import DataError
+
+    path = tmp_path / "feats.npy"
+    for old, new, problem in ((b"(8, 5)", b"(8, 5(", r"a damaged .npy header \(TokenError"),
+                              (b"'<f4'", b"'<04'", r"a damaged .npy header \(SyntaxError"),
+                              (b"(8, 5)", b"(8, 9)", r"its header says \(8, 9\) float32 values, 288 bytes, but 160 "
+                                                     r"follow it: the file is truncated or its header damaged")):
+        np.save(path, np.eye(8, 5, dtype=np.float32))
+        _damage_header(path, old, new)
+        with pytest.raises(DataError, match=rf"feats.npy is not a readable .npy array \({problem}"):
+            load_feature_file(path, expected_columns=5)
+    with open(path, "wb") as handle:  # a header of 44 billion values before 8 bytes
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (8, 5555555555)})
+        handle.write(bytes(8))
+    with pytest.raises(DataError, match=r"its header says \(8, 5555555555\) float32 values, 177777777760 bytes, but 8"):
+        load_feature_file(path, expected_columns=5555555555)
+    np.save(path, np.eye(8, 5, dtype=np.longdouble))
+    with pytest.raises(DataError, match=r"feats.npy holds float128 values, not float16, float32 or float64 descriptors"):
+        load_feature_file(path, expected_columns=5)
 
 
 def test_a_damaged_cache_is_said_by_process_0_alone(tmp_path, caplog, monkeypatch):
@@ -129,7 +165,7 @@ def test_feature_files_keep_names_that_are_not_utf8_and_refuse_other_values(tmp_
     path.with_name(path.name + ".json").write_text("[1, 2]")
     assert feature_file_settings(path) is None  # settings that are not an object: no settings
     np.save(tmp_path / "strings.npy", np.array([["x", "y"]] * 4))
-    with pytest.raises(ValueError, match=r"strings.npy holds <U1 values, not float descriptors; extract it again"):
+    with pytest.raises(ValueError, match=r"strings.npy holds <U1 values, not float16, float32 or float64 descriptors"):
         load_feature_file(tmp_path / "strings.npy", 2)
 
 

@@ -181,6 +181,24 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def lock(monkeypatch):
+    """``lock(path)``: opening ``path`` raises the PermissionError of another user's file (the
+    tests may run as root, whom a file's permissions do not stop)."""
+    import builtins
+    import errno
+
+    locked, real_open = set(), builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) in locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    return lambda path: locked.add(os.path.abspath(path))
+
+
+@pytest.fixture
 def full_disk(monkeypatch):
     """``full_disk(folder)``: from then on, a file written (fsynced) under ``folder`` fails as
     on a full disk (ENOSPC), as the kernel reports a delayed allocation that finds no space."""

@@ -45,7 +45,7 @@ from aml.utils.atomic import atomic_write, file_stamp, folder_lock, lock_beside
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world, warn_once
 from aml.utils.plain_files import load_npy
-from aml.utils.errors import ConfigError, DataError, MissingFile, lookup
+from aml.utils.errors import ConfigError, DataError, MissingFile, lookup, no_access
 from aml.utils.text_files import line_list, read_bounded, read_line_list
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,8 @@ def _read_json(path: Path, fix: str = REENCODE) -> Any:
         return json.loads(read_bounded(path))
     except FileNotFoundError:
         raise
+    except PermissionError as err:
+        raise no_access(path, err) from None
     except (OSError, ValueError) as err:
         raise StoreDamaged(f"cannot read {path} ({err}): it is damaged", fix) from None
 

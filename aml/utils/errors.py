@@ -36,6 +36,32 @@ class MissingFile(AmlError, FileNotFoundError):
     """A file or data set aml needs is not there (the message says how to make or get it)."""
 
 
+class NoAccess(AmlError, RuntimeError):
+    """A file this user may not read (another user's in a shared data root, or locked): said as
+    such, never as damaged, whose fix would be to delete it."""
+
+
+def no_access(path: object, err: OSError) -> NoAccess:
+    """The `NoAccess` of ``path``, which could not be read for ``err`` (a PermissionError).
+
+    Args:
+        path: the file.
+        err: the error of reading it.
+
+    Returns:
+        The error, naming the file and the fix.
+
+    Examples:
+        >>> from aml.utils.errors import no_access
+        >>> print(no_access("shard.npy", PermissionError(13, "Permission denied")))
+        shard.npy cannot be read (Permission denied): it is another user's or locked, not damaged; ask its owner for read access, or give a copy this user can read
+    """
+    return NoAccess(
+        f"{path} cannot be read ({err.strerror or err}): it is another user's or locked, not damaged; ask its owner "
+        "for read access, or give a copy this user can read"
+    )
+
+
 class TrainingDiverged(AmlError, RuntimeError):
     """The loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
 

@@ -5,7 +5,9 @@ Checkpoints, trunk weights, whitening and search stores all go through these two
 code, and the atomic writer, so no interrupted write leaves a half-written file in place.
 """
 
+import errno
 import math
+import os
 import re
 import tokenize
 import warnings
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from aml.utils.atomic import atomic_write
-from aml.utils.errors import AmlError
+from aml.utils.errors import AmlError, no_access
 from aml.utils.types import PathLike
 
 
@@ -48,6 +50,8 @@ def _load_safetensors(path: PathLike, map_location: Union[str, torch.device]) ->
     try:
         return load_file(str(path), device=str(map_location))
     except FileNotFoundError:
+        if Path(path).exists():  # safetensors (0.8) says so of a file this user may not read
+            raise no_access(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES))) from None
         raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(
@@ -61,6 +65,7 @@ def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cp
 
     Raises:
         CheckpointError: naming ``path``, when it is missing, truncated or holds anything else.
+        NoAccess: for a file this user may not read.
     """
     if Path(path).suffix == ".safetensors":
         return _load_safetensors(path, map_location)
@@ -72,6 +77,8 @@ def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cp
             return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
+    except PermissionError as err:
+        raise no_access(path, err) from None
     except Exception as err:  # damaged bytes make torch.load raise anything: AssertionError, LookupError, ...
         raise CheckpointError(_unreadable(Path(path), err)) from err
 
@@ -201,6 +208,7 @@ def load_npy(path: PathLike) -> np.ndarray:
         Its array.
 
     Raises:
+        NoAccess: for a file this user may not read.
         ValueError: for a file that is not one array: unreadable, pickled objects, a damaged
             header, fewer bytes than the header says, or a zip (an ``.npz`` archive, a PyTorch
             checkpoint), which ``np.load`` opens as an archive.
@@ -216,7 +224,11 @@ def load_npy(path: PathLike) -> np.ndarray:
         ...
         ValueError: a zip archive (.npz or a PyTorch file), not one .npy array
     """
-    with open(path, "rb") as handle:
+    try:
+        handle = open(path, "rb")
+    except PermissionError as err:
+        raise no_access(path, err) from None
+    with handle:
         if handle.read(4) == b"PK\x03\x04":
             raise ValueError("a zip archive (.npz or a PyTorch file), not one .npy array")
         handle.seek(0)

@@ -127,6 +127,22 @@ def test_a_damaged_shard_is_named(tmp_path):
         store.read_shard(0)
 
 
+def test_a_store_this_user_may_not_read_is_not_called_damaged(tmp_path, lock):
+    """Another user's shard or manifest (a shared data root) was 'damaged: delete it', which
+    would delete a colleague's store of hours."""
+    from aml.utils.errors import NoAccess
+
+    store = DescriptorStore.create(tmp_path, IMAGES, KEY, 3)
+    store.fill(Encoder())
+    lock(store.shard_path(1))
+    with pytest.raises(NoAccess, match=r"shard_00001.npy cannot be read \(Permission denied\): it is another user's or "
+                                       r"locked, not damaged; ask its owner for read access"):
+        store.read_shard(1)
+    lock(tmp_path / "manifest.json")
+    with pytest.raises(NoAccess, match=r"manifest.json cannot be read \(Permission denied\)"):
+        open_store(tmp_path)
+
+
 def test_float16_halves_the_shards_and_rounds_like_numpy(tmp_path):
     key = StoreKey(DescriptorKey("f" * 16, 64), "net", "float16", 4)
     store = DescriptorStore.create(tmp_path, IMAGES, key, 3)

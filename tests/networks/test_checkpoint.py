@@ -118,6 +118,26 @@ def test_truncated_checkpoint_is_named(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_checkpoint_this_user_may_not_read_is_not_called_damaged(tmp_path, lock, monkeypatch):
+    """Another user's file was 'truncated, corrupt or not a PyTorch file ... fetched anew once
+    deleted': a shared teacher deleted for want of permissions."""
+    import safetensors.torch
+
+    from aml.utils.errors import NoAccess
+
+    def load_file(path, device):  # what safetensors (in Rust) raises for a file this user may not read
+        raise FileNotFoundError(f"No such file or directory: {path}")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", load_file)
+    for name in ("m.pth.tar", "m.safetensors"):
+        path = tmp_path / name
+        path.write_bytes(b"weights")
+        lock(path)
+        with pytest.raises(NoAccess, match=rf"{name} cannot be read \(Permission denied\): it is another user's or "
+                                           r"locked, not damaged"):
+            load_checkpoint(path)
+
+
 @pytest.mark.parametrize("damage, what", [
     (lambda state: state.__setitem__(3, torch.zeros(1)), r"a state_dict entry \(its key is int 3, not a string\)"),
     (lambda state: state.__setitem__("fc.bias", torch.zeros(3).to_sparse()), r"a state_dict entry \(it holds a sparse tensor, not a dense one\)"),

@@ -53,8 +53,8 @@ def no_access(path: object, err: OSError) -> NoAccess:
 
     Examples:
         >>> from aml.utils.errors import no_access
-        >>> print(no_access("shard.npy", PermissionError(13, "Permission denied")))
-        shard.npy cannot be read (Permission denied): it is another user's or locked, not damaged; ask its owner for read access, or give a copy this user can read
+        >>> str(no_access("shard.npy", PermissionError(13, "Permission denied")))[:66]
+        "shard.npy cannot be read (Permission denied): it is another user's"
     """
     return NoAccess(
         f"{path} cannot be read ({err.strerror or err}): it is another user's or locked, not damaged; ask its owner "

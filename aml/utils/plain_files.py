@@ -12,7 +12,7 @@ import re
 import tokenize
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -225,22 +225,25 @@ def load_npy(path: PathLike) -> np.ndarray:
         ValueError: a zip archive (.npz or a PyTorch file), not one .npy array
     """
     try:
-        handle = open(path, "rb")
+        with open(path, "rb") as handle:
+            return _read_npy(handle, Path(path).stat().st_size)
     except PermissionError as err:
         raise no_access(path, err) from None
-    with handle:
-        if handle.read(4) == b"PK\x03\x04":
-            raise ValueError("a zip archive (.npz or a PyTorch file), not one .npy array")
-        handle.seek(0)
-        try:
-            _check_npy_size(handle, Path(path).stat().st_size)
-            handle.seek(0)
-            return np.lib.format.read_array(handle, allow_pickle=False)
-        except _DAMAGED_HEADER as err:
-            raise ValueError(f"a damaged .npy header ({type(err).__name__}: {err})") from None
+    except _DAMAGED_HEADER as err:
+        raise ValueError(f"a damaged .npy header ({type(err).__name__}: {err})") from None
 
 
-def _check_npy_size(handle, size: int) -> None:
+def _read_npy(handle: BinaryIO, size: int) -> np.ndarray:
+    """The array of an open ``.npy`` file of ``size`` bytes, its header checked first."""
+    if handle.read(4) == b"PK\x03\x04":
+        raise ValueError("a zip archive (.npz or a PyTorch file), not one .npy array")
+    handle.seek(0)
+    _check_npy_size(handle, size)
+    handle.seek(0)
+    return np.lib.format.read_array(handle, allow_pickle=False)
+
+
+def _check_npy_size(handle: BinaryIO, size: int) -> None:
     """Refuse a ``.npy`` file whose header claims more bytes of values than the file holds."""
     version = np.lib.format.read_magic(handle)
     header = _NPY_HEADERS.get(version)

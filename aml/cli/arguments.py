@@ -10,7 +10,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 from aml.utils.devices import DeviceError, parse_device
 from aml.utils.atomic import NOT_WRITABLE, is_disk_full
@@ -732,6 +732,26 @@ def reranking_from(args: argparse.Namespace):
     if m is not None:
         values["superglobal"] = SuperGlobal(m, PAPER_K if k is None else k, PAPER_BETA if beta is None else beta)
     return Reranking(**values)
+
+
+def command_of(program: str, argv: Optional[Sequence[str]]) -> Optional[List[str]]:
+    """The command line a command's results record: ``python <program> <argv>`` for a call of
+    its ``main(argv)`` from Python (the caller's own command line is not it), else None (this
+    process's, `aml.reports.provenance.provenance`'s default).
+
+    Args:
+        program: how the command is run (``"test.py"``, ``"-m aml.compat"``).
+        argv: the arguments ``main`` was given; None: the process's own.
+
+    Returns:
+        The command's words, or None.
+
+    Examples:
+        >>> from aml.cli.arguments import command_of
+        >>> command_of("-m aml.compat", ["a.pth", "b.pth"]), command_of("test.py", None)
+        (['python', '-m', 'aml.compat', 'a.pth', 'b.pth'], None)
+    """
+    return None if argv is None else ["python", *program.split(), *argv]
 
 
 def setup_logging(verbose: bool = True) -> None:

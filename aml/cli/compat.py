@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 
 from aml.cli.arguments import (
     Parser,
+    command_of,
     add_extraction_arguments,
     add_runtime_arguments,
     refuse_torchrun,
@@ -168,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> CompatibilityMatrix:
             **matrix.record(),
             "seconds": round(seconds, 1),
             "settings": {**vars(args), "networks": [s.given for s in specs], "labels": labels, "device": str(device)},
-            "provenance": provenance(None if argv is None else ["python", "-m", "aml.compat", *argv], device),
+            "provenance": provenance(command_of("-m aml.compat", argv), device),
         }
         data = strict_json(record)
         atomic_write(Path(args.json), lambda out: out.write(data))

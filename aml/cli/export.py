@@ -10,6 +10,7 @@ import numpy as np
 
 from aml.cli.arguments import (
     Parser,
+    command_of,
     check_input_folders,
     folder,
     input_folder,
@@ -311,7 +312,9 @@ def _metadata(path: Path) -> Dict[str, str]:
     return info.props()
 
 
-def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: int, whitening) -> Int8Report:
+def _report(
+    args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: int, whitening, command: Optional[List[str]]
+) -> Int8Report:
     onnx = {"float32": files["onnx"], "int8": files["int8"]}
     maps = onnx_test_maps(
         onnx, teacher, args.test_set, image_size, args.data_root, whitening, ExtractionConfig(workers=0, device="cpu")
@@ -323,7 +326,7 @@ def _report(args, files: Dict[str, Path], teacher: LoadedNetwork, image_size: in
         "teacher_fingerprint": teacher.fingerprint,
         "files": {name: _metadata(path) for name, path in onnx.items()},
     }
-    record = {"provenance": provenance(device="cpu"), "report": report}  # ONNX Runtime on the CPU
+    record = {"provenance": provenance(command, device="cpu"), "report": report}  # ONNX Runtime on the CPU
     path = Path(args.out) / INT8_REPORT
     data = strict_json(record) + b"\n"
     atomic_write(path, lambda out: out.write(data))
@@ -382,7 +385,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
             print(f">> {kind}: {path} ({check})")
         if args.test_set is not None:
             assert teacher is not None  # --test-set loads it (_teacher)
-            _report(args, files, teacher, image_size, whitening)
+            _report(args, files, teacher, image_size, whitening, command_of("-m aml.export", argv))
     return files
 
 

@@ -9,6 +9,7 @@ import torch
 
 from aml.cli.arguments import (
     Parser,
+    command_of,
     add_extraction_arguments,
     add_reranking_arguments,
     add_runtime_arguments,
@@ -217,9 +218,10 @@ def _write_results(
     device: torch.device,
     networks: Tuple[LoadedNetwork, Optional[LoadedNetwork]],
     results: dict,
+    command: Optional[List[str]] = None,
 ) -> None:
     """``--results``: the flags, the networks, the numbers and where they were measured (machine,
-    versions, date, command) as one JSON file (written whole or not at all)."""
+    versions, date, ``command``: None, this process's) as one JSON file (written whole or not at all)."""
     student, teacher = networks
     report = {
         "settings": {
@@ -233,7 +235,7 @@ def _write_results(
             "teacher_fingerprint": teacher.fingerprint if teacher else None,
         },
         "results": results,
-        "provenance": provenance(device=device),
+        "provenance": provenance(command, device),
     }
     data = strict_json(report)
     atomic_write(args.results, lambda out: out.write(data))
@@ -273,7 +275,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     )
     results = {name: result.record() for name, result in tested.items()}
     if args.results and world.is_main:
-        _write_results(args, device, (student, teacher), results)
+        _write_results(args, device, (student, teacher), results, command_of("test.py", argv))
     return results
 
 

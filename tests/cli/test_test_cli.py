@@ -58,6 +58,8 @@ def test_symmetric_run_prints_and_writes_json(checkpoint, synth_root, tmp_path, 
     # where and with what the numbers were measured, as the docs said it held (and which data root)
     assert report["settings"]["data_root"] == str(synth_root.resolve())
     assert {"date", "machine", "torch", "command"} <= set(report["provenance"])
+    # main(argv) called from Python: its command, not the caller's (pytest's)
+    assert report["provenance"]["command"].startswith(f"python test.py -npath {checkpoint} --results {out}")
 
 
 def test_asymmetric_against_itself_equals_symmetric(checkpoint, synth_root):

@@ -32,3 +32,19 @@ def test_an_undefined_map_is_null_in_results_json(tmp_path):
     text = (tmp_path / "results.json").read_text()
     json.loads(text, parse_constant=lambda name: (_ for _ in ()).throw(AssertionError(f"{name} in results.json")))
     assert "NaN" not in text
+
+
+def test_a_chart_not_drawn_again_does_not_stand_beside_new_numbers(tmp_path, monkeypatch):
+    """Without matplotlib, a demo run again wrote new results.md and results.json beside the
+    earlier run's results.png."""
+    import aml.reports.charts as charts
+
+    def rows(medium):
+        level = {"medium": {"map": medium}, "hard": {"map": 0.25}}
+        return [{"network": "teacher", "test": "symmetric",
+                 "results": [{d: {"plain": level} for d in ("synth-oxford", "synth-paris")}]}]
+
+    (tmp_path / "results.png").write_bytes(b"\x89PNG\r\n\x1a\n an earlier demo's chart")
+    monkeypatch.setattr(charts, "_matplotlib_figure", lambda: None)  # matplotlib not installed
+    assert "90.00" in write_results(rows(0.9), tmp_path, [0]).read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]

@@ -17,7 +17,7 @@ from aml.data.testsets import configdataset, prepare_test_set, query_and_databas
 from aml.data.trainsets import is_training_set, load_training_db
 from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, describe_images
 from aml.descriptors.key import DescriptorKey, images_digest, images_digest_as_listed
-from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store, warn_of_skipped
+from aml.descriptors.store import MANIFEST, StoreKey, encode_into_store, open_store, read_manifest, warn_of_skipped
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.loading import LoadedNetwork
 from aml.networks.retrieval_net import ImageRetrievalNet
@@ -418,9 +418,8 @@ def extract_dataset_features(
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network.name)
     if shard_size:
         store_key = StoreKey(key, network.name, store_dtype, shard_size)
-        return _into_store(
-            network.net, images, path.with_suffix(".store"), store_key, config.but(desc=f"{dataset} {split}")
-        )
+        folder = store_beside(path.with_suffix(".store"), store_key)
+        return _into_store(network.net, images, folder, store_key, config.but(desc=f"{dataset} {split}"))
     # the network's own multi-scale power, as the queries get it (the key's is rounded)
     vecs = describe_images(
         network.net, images, key.image_size, key.scales, config=config.but(desc=f"{dataset} {split}")
@@ -461,6 +460,32 @@ def feature_file_beside(path: Path, key: DescriptorKey) -> Path:
     if found is None or found == key:
         return path
     return path.with_name(f"{path.stem}_{key.digest([])[:8]}{path.suffix}")
+
+
+def store_beside(folder: Path, key: StoreKey) -> Path:
+    """Where a descriptor store of ``key`` goes: ``folder``, or beside it when that holds another key's store.
+
+    As `feature_file_beside`: a store of other settings under the same name (another ``-ms``,
+    ``--no-amp``, ``--store-dtype``, ``--shard-size``) stays, and ``key``'s goes beside it, its
+    name ending in a digest of the key; the same settings again resume it. A folder that holds
+    no readable manifest is left to `aml.descriptors.store.DescriptorStore.create`, which names
+    what is wrong with it.
+
+    Args:
+        folder: the store's usual name.
+        key: what the store to write holds.
+
+    Returns:
+        ``folder``, or the name beside it.
+    """
+    try:
+        _, found = read_manifest(folder)
+    except (FileNotFoundError, NotADirectoryError, DataError):
+        return folder
+    if found == key:
+        return folder
+    digest = hashlib.sha1(json.dumps(key.record(), sort_keys=True).encode()).hexdigest()[:8]
+    return folder.with_name(f"{folder.stem}_{digest}{folder.suffix}")
 
 
 def feature_file_key(path: Path) -> Optional[DescriptorKey]:

@@ -390,6 +390,13 @@ def test_extract_features_store_equals_the_npy_and_feeds_feat_path(checkpoint, s
     with pytest.raises(ValueError, match="lacks 1 of 5 shards.*run the same command again"):
         load_feature_file(stores[0], 32)
     extract_cli.main(common + ["--split", "val", "--shard-size", "7"])  # encodes the missing shard only
+    # other settings under the same name: beside it (the command has no flag for another folder, and
+    # the refusal said to choose one or delete the store)
+    halves = extract_cli.main(common + ["--split", "val", "--shard-size", "7", "--store-dtype", "float16"])
+    assert halves[0].parent == stores[0].parent and halves[0].name.startswith(stores[0].stem + "_")
+    assert json.loads((stores[0] / "manifest.json").read_text())["dtype"] == "float32"
+    assert extract_cli.main(common + ["--split", "val", "--shard-size", "7", "--store-dtype", "float16"]) == halves
+    np.testing.assert_allclose(load_feature_file(halves[0], 32), load_feature_file(files[0], 32), atol=2e-3)
     train = extract_cli.main(common + ["--split", "train", "--shard-size", "50", "--store-dtype", "float16"])
     result = train_cli.main(["--directory", str(tmp_path), "--data-root", str(synth_root), "-d", "synth-sfm",
                              "--not-pretrained", "-a", "resnet18", "--image-size", "48", "-m", "ts", "-nn", "2", "-qs",

@@ -26,7 +26,7 @@ from aml.utils.bounds import (
     scales_problem,
 )
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, current_rank, is_peer_failure, launched_by_torchrun, shutdown
-from aml.utils.errors import AmlError, ConfigError, SettingsError
+from aml.utils.errors import AmlError, ConfigError, SettingsError, path_problem
 
 if TYPE_CHECKING:
     from aml.descriptors import ExtractionConfig
@@ -805,6 +805,8 @@ def one_line_errors() -> Iterator[None]:
     except (OSError, RuntimeError) as err:
         if isinstance(err, OSError) and err.errno in NOT_WRITABLE:  # another user's, or a read-only mount
             sys.exit(f"error: {_no_access(err)}")
+        if isinstance(err, OSError) and path_problem(err):  # a name too long, a loop of links
+            sys.exit(f"error: {path_problem(err)}")
         if is_disk_full(err):
             sys.exit(
                 f"error: no space left on the device ({str(err).splitlines()[0]}): free space and run again; "

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from aml.utils.errors import AmlError, ConfigError, DataError
+from aml.utils.errors import AmlError, ConfigError, DataError, path_problem
 from aml.utils.text_files import check_line_names
 from aml.utils.types import PathLike
 
@@ -103,6 +103,8 @@ def errors_naming(path: PathLike) -> Iterator[None]:
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"image {path} is refused: {err}; shrink it first") from None
     except (UnidentifiedImageError,) + UNREADABLE as err:
+        if isinstance(err, OSError) and path_problem(err):  # a name too long: not the image's fault
+            raise ImageLoadError(f"image {path_problem(err)}") from None
         if isinstance(err, UnidentifiedImageError) and _heif(path):
             raise ImageLoadError(
                 f"image {path} is a HEIF photo (a phone's HEIC), which PIL does not read: convert it to JPEG"

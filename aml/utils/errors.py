@@ -7,6 +7,7 @@ classes also derive from the builtin error they stand for (`ConfigError` and `Da
 ValueErrors), so ``except ValueError`` keeps catching them.
 """
 
+import errno
 from typing import Callable, Iterable, Mapping, Optional, TypeVar
 
 T = TypeVar("T")
@@ -60,6 +61,34 @@ def no_access(path: object, err: OSError) -> NoAccess:
         f"{path} cannot be read ({err.strerror or err}): it is another user's or locked, not damaged; ask its owner "
         "for read access, or give a copy this user can read"
     )
+
+
+#: the fix of a path that cannot name a file, by errno: too long, or a loop of links
+PATH_FIXES = {
+    errno.ENAMETOOLONG: "give a shorter name, or a path of fewer folders",
+    errno.ELOOP: "it is a link that leads back to itself: fix the link",
+}
+
+
+def path_problem(err: OSError) -> Optional[str]:
+    """One line for an error of a path that cannot name a file, naming it and the fix; None for others.
+
+    Args:
+        err: the error.
+
+    Returns:
+        ``'<path>: <reason>; <fix>'``, or None.
+
+    Examples:
+        >>> import errno
+        >>> from aml.utils.errors import path_problem
+        >>> path_problem(OSError(errno.ENAMETOOLONG, "File name too long", "x" * 3))
+        'xxx: File name too long; give a shorter name, or a path of fewer folders'
+        >>> path_problem(OSError(errno.EIO, "Input/output error", "x")) is None
+        True
+    """
+    fix = PATH_FIXES.get(err.errno) if isinstance(err, OSError) and err.errno is not None else None
+    return None if fix is None else f"{err.filename}: {err.strerror}; {fix}"
 
 
 class TrainingDiverged(AmlError, RuntimeError):

@@ -572,6 +572,21 @@ def test_an_access_refused_while_running_ends_in_one_line_naming_the_path(code, 
                                     "complete")
 
 
+def test_a_name_too_long_ends_in_one_line_naming_it(tmp_path):
+    """A checkpoint path of 300 characters ended test.py in pathlib's OSError traceback (errno
+    36), and a query image of such a name was 'corrupt or not an image; re-download it'."""
+    from aml.cli.arguments import one_line_errors
+    from aml.data.images import ImageLoadError, load_and_resize
+
+    long = tmp_path / ("x" * 300 + ".pth")
+    main, base = TEST
+    with pytest.raises(SystemExit) as info, one_line_errors():
+        main(base + ["-npath", str(long), "--data-root", str(tmp_path), "--device", "cpu"])
+    assert str(info.value.code) == f"error: {long}: File name too long; give a shorter name, or a path of fewer folders"
+    with pytest.raises(ImageLoadError, match=r"^image .*xxx.jpg: File name too long; give a shorter name"):
+        load_and_resize(long.with_suffix(".jpg"), 64)
+
+
 def test_a_data_root_that_is_a_file_is_named_with_where_it_came_from(tmp_path, monkeypatch):
     from aml.data.paths import DataRoot
 

@@ -50,13 +50,14 @@ class Checkpoint(_Weights, total=False):
     original's open dict of architecture, pooling, mean, std, outputdim, ...) and
     ``state_dict`` (the weights), and from a training run ``epoch`` (epochs done), ``min_loss``
     (the best loss so far), ``optimizer`` (torch's optimizer state) and, since aml records them,
-    the fields of a `RunRecord`: ``min_loss_of`` and ``loss_margin``."""
+    the fields of a `RunRecord`: ``min_loss_of``, ``loss_margin`` and ``pixels``."""
 
     epoch: int
     min_loss: float
     optimizer: Dict[str, Any]
     min_loss_of: str
     loss_margin: float
+    pixels: str
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class RunRecord:
             ``--no-val``); None: not recorded.
         loss_margin: the ``--loss-margin`` trained with (the run folder's name rounds it to two
             decimals); None: not recorded.
+        pixels: how mining (and the teacher's descriptors) decoded and encoded images, the
+            `aml.descriptors.ExtractionConfig.pixel_path` (``"pil-fp32"``; on CUDA it depends on
+            ``--decode``, ``--no-amp``, ``--amp-dtype``); None: not recorded.
 
     Examples:
         >>> from aml.networks import build_network
@@ -81,13 +85,14 @@ class RunRecord:
 
     min_loss_of: Optional[str] = None
     loss_margin: Optional[float] = None
+    pixels: Optional[str] = None
 
     @classmethod
     def of(cls, state: Mapping[str, Any]) -> "RunRecord":
         """The record a loaded checkpoint holds (aml from e54d8df to 548ef34 wrote the margin into
         ``meta``; earlier ones wrote neither)."""
         margin = state.get("loss_margin", state.get("meta", {}).get("loss_margin"))
-        return cls(state.get("min_loss_of"), margin)
+        return cls(state.get("min_loss_of"), margin, state.get("pixels"))
 
     @classmethod
     def given(cls, run: Union["RunRecord", str], min_loss_of: Optional[str] = None) -> "RunRecord":
@@ -179,6 +184,8 @@ def checkpoint_state(
         state["min_loss_of"] = run.min_loss_of
     if run.loss_margin is not None:
         state["loss_margin"] = float(run.loss_margin)
+    if run.pixels is not None:
+        state["pixels"] = run.pixels
     return state
 
 

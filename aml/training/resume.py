@@ -196,6 +196,23 @@ def _warn_of_other_precision(path: Path, theirs: Mapping[str, Any], net: ImageRe
         )
 
 
+def _warn_of_other_pixels(path: Path, state: Mapping[str, Any], run: RunRecord) -> None:
+    """Name a resume that mines (and encodes the teacher's descriptors) with other pixels than
+    the checkpoint's epochs: on CUDA another ``--decode``, ``--no-amp`` or ``--amp-dtype``, or
+    another device; allowed, not silent (the descriptors differ by rounding)."""
+    old, new = RunRecord.of(state).pixels, run.pixels
+    if old is not None and new is not None and old != new:
+        warn_once(
+            log,
+            "resuming from %s: its epochs mined with images encoded as %s, this run encodes them as %s (another "
+            "--decode, --no-amp, --amp-dtype or device); resume with the flags and device the run was started with "
+            "to train on as it was",
+            path,
+            old,
+            new,
+        )
+
+
 #: optimizer states that are running means of squares: a negative value makes the step's
 #: square root NaN (Adam's and AdamW's second moments, RMSprop's mean)
 SQUARED_STATES = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
@@ -290,6 +307,7 @@ def resume_run(
         ) from None
     _warn_of_resumed_settings(path, state["optimizer"], optimizer)
     _warn_of_other_precision(path, state["meta"], net)
+    _warn_of_other_pixels(path, state, run)
     _check_optimizer_state(path, state["optimizer"], optimizer)
     try:
         optimizer.load_state_dict(state["optimizer"])

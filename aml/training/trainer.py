@@ -498,8 +498,9 @@ class Trainer:
     @property
     def record(self) -> RunRecord:
         """What the run's checkpoints record of it: the loss model_best is chosen by
-        (validation's, or training's with ``--no-val``) and the learner's margin."""
-        return RunRecord(self.min_loss_of, self.learner.margin)
+        (validation's, or training's with ``--no-val``), the learner's margin and how mining
+        encodes images."""
+        return RunRecord(self.min_loss_of, self.learner.margin, self.extraction.pixel_path())
 
     def resume(self, name: str) -> bool:
         """Continue from ``run_dir/name``, or the latest model_epochN there (`resume_run`);

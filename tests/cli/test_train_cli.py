@@ -511,6 +511,8 @@ def test_the_training_precision_is_recorded_in_every_checkpoint(synth_root, tmp_
     run = train(synth_root, tmp_path / "amp", "-a", SMALL, "--epochs", "1", "--no-val", "--amp")
     meta = load_checkpoint(run.run_dir / "model_epoch1.pth.tar")["meta"]
     assert meta["autocast"] == "bfloat16"
+    # how mining encoded images, beside min_loss (a resume names a change): PIL and float32 on the CPU
+    assert load_checkpoint(run.run_dir / "model_epoch1.pth.tar")["pixels"] == "pil-fp32" and "pixels" not in meta
     assert load_network(run.run_dir / "model_epoch1.pth.tar").meta == meta
     assert init_network({**meta, "pretrained": False}).meta["autocast"] == "bfloat16"
 

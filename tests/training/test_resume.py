@@ -137,3 +137,21 @@ def test_what_a_resume_takes_from_elsewhere_or_misses_is_said(tmp_path, monkeypa
     with caplog.at_level("WARNING", logger="aml.training.resume"):  # a path says where it is: no warning
         resume_run(tmp_path / "other", str(elsewhere), net, optimizer, RunRecord("validation"))
     assert "is not in" not in caplog.text
+
+
+def test_a_resume_that_encodes_images_otherwise_is_named(tmp_path, caplog):
+    """On CUDA, --no-amp, --decode or --amp-dtype change how mining and the teacher's
+    descriptors encode images; none is in the folder's name or was in the checkpoint, so a
+    resume that changed one went on without a word."""
+    net, optimizer = _run(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_checkpoint(checkpoint_state(net, 2, 0.5, optimizer, RunRecord("validation", pixels="workers-fp16")),
+                    run_dir / "model_epoch2.pth.tar")
+    with caplog.at_level("WARNING", logger="aml.training.resume"):
+        assert resume_run(run_dir, "latest", net, optimizer, RunRecord("validation", pixels="workers-fp16")) == (2, 0.5)
+    assert not caplog.text
+    with caplog.at_level("WARNING", logger="aml.training.resume"):
+        resume_run(run_dir, "latest", net, optimizer, RunRecord("validation", pixels="pil-fp32"))
+    assert "its epochs mined with images encoded as workers-fp16, this run encodes them as pil-fp32 (another " \
+           "--decode, --no-amp, --amp-dtype or device)" in caplog.text

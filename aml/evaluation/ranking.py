@@ -279,6 +279,8 @@ def positions_with_distractors(
 
 NEIGHBOUR_CHUNK = 1024  # queries whose scores `nearest` takes at once, at most
 SCORE_VALUES = 1 << 28  # and at most this many scores (float32: 1 GiB) at once
+#: rows copied into columns at once by `padded_products` (256 MiB of 1024-d float32 rows)
+COPIED_ROWS = 1 << 16
 
 
 def nearest(
@@ -499,9 +501,11 @@ MIN_BLOCK = 32  # narrower blocks are padded: BLAS computes a product with 1 col
 def padded_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Q x n scores of a block of rows, bit for bit those of the same columns in one D x N
     database product whatever the block's width and the layout of the descriptors (tested on
-    both CPU kernel sets): BLAS computes a product of one column, or of one query, by another
-    path (gemv), whose rounding depends on the layout, so a narrow block is padded to
-    ``MIN_BLOCK`` rows and a single query to two. (A product of 1 to 3 queries still rounds
+    both CPU kernel sets, on one thread): BLAS computes a product of one column, or of one
+    query, by another path (gemv), whose rounding depends on the layout, so a narrow block is
+    padded to ``MIN_BLOCK`` rows and a single query to two; and the rows are multiplied as D x n
+    columns (copied `COPIED_ROWS` at a time, unless they are a view of columns), since MKL on
+    Intel CPUs rounds a product of rows otherwise at every block width. (A product of 1 to 3 queries still rounds
     otherwise than the same queries among more: callers split many queries by `even_parts`.)
 
     Args:
@@ -520,8 +524,19 @@ def padded_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if queries.shape[1] == 1:
         pair = torch.cat([queries, torch.zeros_like(queries)], dim=1)
         return padded_products(pair, rows)[:1].contiguous()
-    if rows.shape[0] >= MIN_BLOCK:
-        return (queries.t() @ rows.t()).contiguous()
-    padded = torch.zeros(MIN_BLOCK, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    padded[: rows.shape[0]] = rows
-    return (queries.t() @ padded.t())[:, : rows.shape[0]].contiguous()
+    if rows.t().is_contiguous():  # a view of columns
+        return _column_products(queries, rows.t())
+    scores = torch.empty(queries.shape[1], rows.shape[0], dtype=queries.dtype, device=queries.device)
+    for start in range(0, rows.shape[0], COPIED_ROWS):  # a store of a million rows is not copied whole
+        block = rows[start : start + COPIED_ROWS]
+        scores[:, start : start + len(block)] = _column_products(queries, block.t().contiguous())
+    return scores
+
+
+def _column_products(queries: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Q x n scores of D x n contiguous columns, a narrow block padded to ``MIN_BLOCK``."""
+    if columns.shape[1] >= MIN_BLOCK:
+        return (queries.t() @ columns).contiguous()
+    padded = torch.zeros(columns.shape[0], MIN_BLOCK, dtype=columns.dtype, device=columns.device)
+    padded[:, : columns.shape[1]] = columns
+    return (queries.t() @ padded)[:, : columns.shape[1]].contiguous()

@@ -4,7 +4,7 @@ exp(-0.01) per epoch."""
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 import torch
 
@@ -54,29 +54,48 @@ def parameter_groups(
 FUSED_DEVICES = ("cpu", "cuda")
 
 
+#: settings every parameter group holds besides its optimizer's own (``initial_lr``: aml's and the original's)
+GROUP_FIELDS = frozenset({"params", "initial_lr"})
+
+
 @dataclass(frozen=True)
 class OptimizerKind:
     """One ``--optimizer``: how to build it, and how its saved state shows it.
 
     Attributes:
         build: ``(groups, lr, momentum, weight_decay, fused) -> torch.optim.Optimizer``.
-        signature: a setting of its parameter groups in every torch since 1.0 that the other
-            kinds lack (a newer torch adds settings, e.g. ``foreach``, that an older file lacks).
+        signature: the settings its parameter groups held in torch 1.0 (the original's), which
+            every torch since saves; a newer torch adds others (``foreach``, ``fused``, ...).
     """
 
     build: Callable[[List[Dict[str, Any]], float, float, float, Optional[bool]], torch.optim.Optimizer]
-    signature: str
+    signature: FrozenSet[str]
+
+    def holds(self, group: Mapping[str, Any]) -> bool:
+        """Whether a parameter group (live or saved) is one of this kind's: its signature's
+        settings, and none but the settings this torch's kind has.
+
+        Args:
+            group: a parameter group, e.g. ``optimizer.param_groups[0]`` or a saved state's.
+
+        Returns:
+            True for this kind's groups of torch 1.0 on (RMSprop's, which holds ``momentum``
+            too, or NAdam's, which holds ``betas``, are not SGD's or Adam's).
+        """
+        probe = self.build([{"params": [torch.zeros(1, requires_grad=True)]}], 1.0, 0.0, 0.0, None)
+        return self.signature <= set(group) <= set(probe.param_groups[0]) | GROUP_FIELDS
 
 
 OPTIMIZERS: Dict[str, OptimizerKind] = {
     "adam": OptimizerKind(
-        lambda groups, lr, momentum, wd, fused: torch.optim.Adam(groups, lr, weight_decay=wd, fused=fused), "betas"
+        lambda groups, lr, momentum, wd, fused: torch.optim.Adam(groups, lr, weight_decay=wd, fused=fused),
+        frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad"}),
     ),
     "sgd": OptimizerKind(
         lambda groups, lr, momentum, wd, fused: torch.optim.SGD(
             groups, lr, momentum=momentum, weight_decay=wd, fused=fused
         ),
-        "momentum",
+        frozenset({"lr", "momentum", "dampening", "weight_decay", "nesterov"}),
     ),
 }
 
@@ -88,9 +107,16 @@ def optimizer_name(group: Mapping[str, Any]) -> Optional[str]:
         group: a parameter group, e.g. ``optimizer.param_groups[0]`` or a saved state's.
 
     Returns:
-        A name of `OPTIMIZERS`, or None.
+        A name of `OPTIMIZERS`, or None (another optimizer's group, or a newer torch's).
+
+    Examples:
+        >>> from aml.training.optim import optimizer_name
+        >>> optimizer_name({"lr": 0.1, "momentum": 0.9, "dampening": 0, "weight_decay": 0, "nesterov": False})
+        'sgd'
+        >>> optimizer_name({"lr": 0.1, "momentum": 0.9, "alpha": 0.99, "eps": 1e-8, "centered": False}) is None
+        True
     """
-    return next((name for name, kind in OPTIMIZERS.items() if kind.signature in group), None)
+    return next((name for name, kind in OPTIMIZERS.items() if kind.holds(group)), None)
 
 
 def can_fuse(groups: List[Dict]) -> bool:

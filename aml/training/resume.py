@@ -112,7 +112,7 @@ def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch
     theirs = optimizer_name(groups[0]) if isinstance(groups[0], Mapping) else None
     ours = optimizer_name(optimizer.param_groups[0])
     if theirs != ours:
-        trained = f"--optimizer {theirs}" if theirs else "an optimizer that is none of aml's"
+        trained = f"--optimizer {theirs}" if theirs else "an optimizer that is none of aml's (or a newer torch's)"
         raise CheckpointError(
             f"cannot resume from {path}: it was trained with {trained}, this run with --optimizer {ours}; resume "
             "with the flags the run was started with"

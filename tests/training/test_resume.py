@@ -53,23 +53,26 @@ def test_an_older_torchs_optimizer_state_resumes_and_steps(tmp_path, name):
 
 def test_another_optimizer_is_refused_by_name(tmp_path):
     net, sgd = _run(tmp_path, "sgd")
-    assert (optimizer_name(sgd.param_groups[0]), optimizer_name({"betas": (0.9, 0.999)}), optimizer_name({})) == (
-        "sgd", "adam", None)
+    assert (optimizer_name(sgd.param_groups[0]), optimizer_name({"lr": 1, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0, "amsgrad": False}),
+            optimizer_name({})) == ("sgd", "adam", None)
     path = _saved(tmp_path, net, sgd)
     _, adam = _run(tmp_path, "adam")
     with pytest.raises(CheckpointError, match=r"model_epoch2.pth.tar: it was trained with --optimizer sgd, this run "
                                               r"with --optimizer adam; resume with the flags the run was started with"):
         resume_run(path.parent, "latest", net, adam, RunRecord("validation"))
 
-    def rmsprop(state):  # an optimizer aml does not train with
-        for group in state["optimizer"]["param_groups"]:
-            group.pop("momentum")
-            group["alpha"] = 0.99
+    # optimizers aml does not train with: RMSprop's groups hold momentum, NAdam's and Adamax's betas
+    # (loaded into SGD or Adam, a step failed mid-training, KeyError 'dampening', or trained on as Adam)
+    for other, ours in ((torch.optim.RMSprop, sgd), (torch.optim.NAdam, adam), (torch.optim.Adamax, adam)):
+        saved = other(net.parameters(), lr=1e-3)
 
-    path = _saved(tmp_path, net, sgd, rmsprop, folder="other")
-    with pytest.raises(CheckpointError, match=r"it was trained with an optimizer that is none of aml's, this run with "
-                                              r"--optimizer sgd"):
-        resume_run(path.parent, "latest", net, sgd, RunRecord("validation"))
+        def theirs(state):
+            state["optimizer"] = saved.state_dict()
+
+        path = _saved(tmp_path, net, ours, theirs, folder=other.__name__)
+        with pytest.raises(CheckpointError, match=r"it was trained with an optimizer that is none of aml's \(or a newer "
+                                                  rf"torch's\), this run with --optimizer {optimizer_name(ours.param_groups[0])}"):
+            resume_run(path.parent, "latest", net, ours, RunRecord("validation"))
 
 
 def test_weights_saved_through_dataparallel_resume_as_test_py_loads_them(tmp_path):

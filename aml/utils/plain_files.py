@@ -188,11 +188,16 @@ def save_plain_file(obj: Any, path: PathLike) -> Path:
     return atomic_write(path, lambda out: torch.save(obj, out))
 
 
-#: numpy's readers of a ``.npy`` header by format version (version 3's differs only in its encoding)
-_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+#: numpy's readers of a ``.npy`` header by format version (version 3's is version 2's in UTF-8,
+#: which it holds only for a structured dtype's non-Latin field names)
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+    (3, 0): np.lib.format.read_array_header_2_0,
+}
 #: what numpy raises besides ValueError for a damaged header: it parses the header's text as a
-#: Python literal (a changed byte: SyntaxError, tokenize's TokenError), or a dtype it cannot cast
-_DAMAGED_HEADER = (SyntaxError, tokenize.TokenError, TypeError, OverflowError, MemoryError)
+#: Python literal (a changed byte: SyntaxError, tokenize's TokenError), or a dtype it cannot make
+_DAMAGED_HEADER = (SyntaxError, tokenize.TokenError, TypeError, OverflowError)
 
 
 def load_npy(path: PathLike) -> np.ndarray:
@@ -226,30 +231,29 @@ def load_npy(path: PathLike) -> np.ndarray:
     """
     try:
         with open(path, "rb") as handle:
-            return _read_npy(handle, Path(path).stat().st_size)
+            _check_npy_header(handle, Path(path).stat().st_size)
+            handle.seek(0)
+            return np.lib.format.read_array(handle, allow_pickle=False)  # a MemoryError here is one
     except PermissionError as err:
         raise no_access(path, err) from None
-    except _DAMAGED_HEADER as err:
-        raise ValueError(f"a damaged .npy header ({type(err).__name__}: {err})") from None
 
 
-def _read_npy(handle: BinaryIO, size: int) -> np.ndarray:
-    """The array of an open ``.npy`` file of ``size`` bytes, its header checked first."""
+def _check_npy_header(handle: BinaryIO, size: int) -> None:
+    """Refuse a zip, a ``.npy`` header numpy cannot read, or one that claims more bytes of
+    values than the file of ``size`` bytes holds (numpy would allocate them first)."""
     if handle.read(4) == b"PK\x03\x04":
         raise ValueError("a zip archive (.npz or a PyTorch file), not one .npy array")
     handle.seek(0)
-    _check_npy_size(handle, size)
-    handle.seek(0)
-    return np.lib.format.read_array(handle, allow_pickle=False)
-
-
-def _check_npy_size(handle: BinaryIO, size: int) -> None:
-    """Refuse a ``.npy`` file whose header claims more bytes of values than the file holds."""
-    version = np.lib.format.read_magic(handle)
-    header = _NPY_HEADERS.get(version)
-    if header is None:  # version 3: numpy reads and checks it
+    try:
+        version = np.lib.format.read_magic(handle)
+        header = _NPY_HEADERS.get(version)
+        if header is None:
+            raise ValueError(f"a .npy of format version {version[0]}.{version[1]}, which numpy does not read")
+        shape, _, dtype = header(handle)
+    except _DAMAGED_HEADER as err:
+        raise ValueError(f"a damaged .npy header ({type(err).__name__}: {err})") from None
+    if dtype.hasobject:  # pickled objects, of no fixed size: numpy refuses them (allow_pickle=False)
         return
-    shape, _, dtype = header(handle)
     needed = math.prod(shape) * dtype.itemsize
     if needed > size - handle.tell():
         raise ValueError(

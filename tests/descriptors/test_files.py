@@ -140,8 +140,31 @@ def test_a_feature_file_of_a_damaged_header_or_of_long_doubles_is_named(tmp_path
         handle.write(bytes(8))
     with pytest.raises(DataError, match=r"its header says \(8, 5555555555\) float32 values, 177777777760 bytes, but 8"):
         load_feature_file(path, expected_columns=5555555555)
+    with open(path, "wb") as handle:  # the same in format 3 (UTF-8 headers)
+        np.lib.format.write_array_header_2_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (8, 10 ** 9)})
+        handle.write(bytes(8))
+    data = path.read_bytes()
+    path.write_bytes(data[:6] + b"\x03" + data[7:])
+    with pytest.raises(DataError, match=r"its header says \(8, 1000000000\) float32 values"):
+        load_feature_file(path, expected_columns=10 ** 9)
+    np.save(path, np.array([None] * 100), allow_pickle=True)  # pickles: fewer bytes than 8 per value
+    with pytest.raises(DataError, match=r"feats.npy is not a readable .npy array \(Object arrays cannot be loaded"):
+        load_feature_file(path, expected_columns=100)
     np.save(path, np.eye(8, 5, dtype=np.longdouble))
     with pytest.raises(DataError, match=r"feats.npy holds float128 values, not float16, float32 or float64 descriptors"):
+        load_feature_file(path, expected_columns=5)
+
+
+def test_a_feature_file_too_large_for_the_memory_is_not_called_damaged(tmp_path, monkeypatch):
+    """numpy's MemoryError for a whole file was 'a damaged .npy header': extract it again."""
+    path = tmp_path / "feats.npy"
+    np.save(path, np.eye(8, 5, dtype=np.float32))
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 160. B for an array with shape (8, 5) and data type float32")
+
+    monkeypatch.setattr(np.lib.format, "read_array", no_memory)
+    with pytest.raises(MemoryError, match="Unable to allocate"):
         load_feature_file(path, expected_columns=5)
 
 

@@ -16,6 +16,7 @@ from aml.descriptors.key import DescriptorKey
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, optional_write
 from aml.utils.distributed import current_world, found_by_all, warn_once
+from aml.utils.errors import NoAccess
 from aml.utils.plain_files import load_npy
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def _read_cache(path: Path, shape: Tuple[int, int], tag: str) -> Optional[np.nda
         return None
     try:
         vecs = load_npy(path)
-    except (ValueError, OSError, EOFError):
+    except (ValueError, OSError, EOFError, NoAccess):  # an optional file: encoded again, said below
         vecs = None
     if vecs is not None and vecs.dtype.kind == "f" and vecs.shape == shape and np.isfinite(vecs).all():
         return vecs

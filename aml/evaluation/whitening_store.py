@@ -27,7 +27,7 @@ from aml.networks.pretrained import PRETRAINED, PUBLISHED_WHITENING_SET
 from aml.networks.loading import LoadedNetwork, published_whitening_file
 from aml.utils.atomic import optional_write
 from aml.utils.distributed import current_world, found_by_all, warn_once
-from aml.utils.errors import named_few
+from aml.utils.errors import NoAccess, named_few
 from aml.utils.plain_files import CheckpointError, load_plain_file, save_plain_file
 from aml.utils.types import PathLike
 
@@ -186,8 +186,8 @@ def _cached(cache: Path, digest: str, whitening_set: str, dim: int) -> Optional[
             )
             return None
         found = _whitening_of(data, dim, str(cache))
-    except (CheckpointError, WhiteningError) as err:
-        warn_once(log, ">> %s: the whitening cache is damaged, learning it again (%s)", whitening_set, err)
+    except (CheckpointError, WhiteningError, NoAccess) as err:  # an optional file: learned again
+        warn_once(log, ">> %s: the whitening cache cannot be used, learning it again (%s)", whitening_set, err)
         return None
     log.info(">> %s: whitening read from %s", whitening_set, cache)
     return found

@@ -397,8 +397,9 @@ def _load_published_layers(net: ImageRetrievalNet, data_root: DataRootLike) -> N
             log.info(">> %s: no published weights for this linear layer, it stays random", key)
             continue
         path = download_file(url, data_subdir(data_root, "whiten") / url.rsplit("/", 1)[1])
+        state = load_plain_file(path)  # names a damaged file, or one this user may not read
         try:
-            layer.load_state_dict(load_plain_file(path))
+            layer.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as err:
             raise CheckpointError(
                 f"{path} does not hold the {key} whitening layer ({str(err).splitlines()[0]}); delete it to download "

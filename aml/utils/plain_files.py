@@ -53,6 +53,8 @@ def _load_safetensors(path: PathLike, map_location: Union[str, torch.device]) ->
         if Path(path).exists():  # safetensors (0.8) says so of a file this user may not read
             raise no_access(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES))) from None
         raise CheckpointError(f"{path} does not exist; check the path or download it again") from None
+    except PermissionError as err:
+        raise no_access(path, err) from None
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(
             f"cannot read {path}: it is truncated or not a safetensors file ({err}). Download or copy it again."

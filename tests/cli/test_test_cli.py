@@ -217,7 +217,7 @@ def test_a_damaged_whitening_cache_is_learned_again(checkpoint, synth_root, tmp_
     torch.save(data, cache)
     capsys.readouterr()
     second = run(["-npath", str(local), "-w", "synth-sfm"], synth_root)
-    assert "the whitening cache is damaged, learning it again" in capsys.readouterr().out
+    assert "the whitening cache cannot be used, learning it again" in capsys.readouterr().out
     assert medium(second, "whiten") == medium(first, "whiten")
     assert np.isfinite(torch.load(cache, weights_only=False)["P"]).all()
 

@@ -26,7 +26,7 @@ from aml.utils.bounds import (
     scales_problem,
 )
 from aml.utils.distributed import DEFAULT_TIMEOUT_S, current_rank, is_peer_failure, launched_by_torchrun, shutdown
-from aml.utils.errors import AmlError, ConfigError, SettingsError, path_problem
+from aml.utils.errors import AmlError, ConfigError, SettingsError, path_problem, paths_of
 
 if TYPE_CHECKING:
     from aml.descriptors import ExtractionConfig
@@ -780,10 +780,9 @@ def _terminate_handler(owner: int):
 
 def _no_access(err: OSError) -> str:
     """An access refused (permissions, a read-only file system) as one line naming the path."""
-    where = " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None) or str(err)
     return (
-        f"{where}: {err.strerror or err} (read-only, or another user's); give paths this user can read and write; "
-        "files already written are complete"
+        f"{paths_of(err)}: {err.strerror or err} (read-only, or another user's); give paths this user can read and "
+        "write; files already written are complete"
     )
 
 
@@ -805,7 +804,7 @@ def one_line_errors() -> Iterator[None]:
     except (OSError, RuntimeError) as err:
         if isinstance(err, OSError) and err.errno in NOT_WRITABLE:  # another user's, or a read-only mount
             sys.exit(f"error: {_no_access(err)}")
-        if isinstance(err, OSError) and path_problem(err):  # a name too long, a loop of links
+        if isinstance(err, OSError) and path_problem(err):  # a name too long
             sys.exit(f"error: {path_problem(err)}")
         if is_disk_full(err):
             sys.exit(

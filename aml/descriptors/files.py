@@ -418,7 +418,7 @@ def extract_dataset_features(
     log.info(">> %s (%s): extracting %d images with %s...", dataset, split, len(images), network.name)
     if shard_size:
         store_key = StoreKey(key, network.name, store_dtype, shard_size)
-        folder = store_beside(path.with_suffix(".store"), store_key)
+        folder = path.with_suffix(".store") if output else store_beside(named.with_suffix(".store"), store_key)
         return _into_store(network.net, images, folder, store_key, config.but(desc=f"{dataset} {split}"))
     # the network's own multi-scale power, as the queries get it (the key's is rounded)
     vecs = describe_images(
@@ -467,8 +467,9 @@ def store_beside(folder: Path, key: StoreKey) -> Path:
 
     As `feature_file_beside`: a store of other settings under the same name (another ``-ms``,
     ``--no-amp``, ``--store-dtype``, ``--shard-size``) stays, and ``key``'s goes beside it, its
-    name ending in a digest of the key; the same settings again resume it. A folder that holds
-    no readable manifest is left to `aml.descriptors.store.DescriptorStore.create`, which names
+    name ending in the key's tag (`aml.descriptors.store.StoreKey.tag`); the same settings again
+    resume it. A folder of no readable manifest, or of these settings and other images (a data
+    set that changed), is left to `aml.descriptors.store.DescriptorStore.create`, which names
     what is wrong with it.
 
     Args:
@@ -484,8 +485,7 @@ def store_beside(folder: Path, key: StoreKey) -> Path:
         return folder
     if found == key:
         return folder
-    digest = hashlib.sha1(json.dumps(key.record(), sort_keys=True).encode()).hexdigest()[:8]
-    return folder.with_name(f"{folder.stem}_{digest}{folder.suffix}")
+    return folder.with_name(f"{folder.stem}_{key.tag()}{folder.suffix}")
 
 
 def feature_file_key(path: Path) -> Optional[DescriptorKey]:

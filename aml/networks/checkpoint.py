@@ -72,8 +72,9 @@ class RunRecord:
         loss_margin: the ``--loss-margin`` trained with (the run folder's name rounds it to two
             decimals); None: not recorded.
         pixels: how mining (and the teacher's descriptors) decoded and encoded images, the
-            `aml.descriptors.ExtractionConfig.pixel_path` (``"pil-fp32"``; on CUDA it depends on
-            ``--decode``, ``--no-amp``, ``--amp-dtype``); None: not recorded.
+            `aml.descriptors.ExtractionConfig.pixel_path` (``"pil-fp32"`` by default on the CPU;
+            it follows ``--decode``, and on CUDA ``--no-amp`` and ``--amp-dtype``); None: not
+            recorded.
 
     Examples:
         >>> from aml.networks import build_network

@@ -198,8 +198,8 @@ def _warn_of_other_precision(path: Path, theirs: Mapping[str, Any], net: ImageRe
 
 def _warn_of_other_pixels(path: Path, state: Mapping[str, Any], run: RunRecord) -> None:
     """Name a resume that mines (and encodes the teacher's descriptors) with other pixels than
-    the checkpoint's epochs: on CUDA another ``--decode``, ``--no-amp`` or ``--amp-dtype``, or
-    another device; allowed, not silent (the descriptors differ by rounding)."""
+    the checkpoint's epochs: another ``--decode`` or device, on CUDA another ``--no-amp`` or
+    ``--amp-dtype``; allowed, not silent (the descriptors differ by rounding)."""
     old, new = RunRecord.of(state).pixels, run.pixels
     if old is not None and new is not None and old != new:
         warn_once(

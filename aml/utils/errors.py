@@ -63,15 +63,25 @@ def no_access(path: object, err: OSError) -> NoAccess:
     )
 
 
-#: the fix of a path that cannot name a file, by errno: too long, or a loop of links
-PATH_FIXES = {
-    errno.ENAMETOOLONG: "give a shorter name, or a path of fewer folders",
-    errno.ELOOP: "it is a link that leads back to itself: fix the link",
-}
+def paths_of(err: OSError) -> str:
+    """The path or paths an OSError names (``a -> b`` for a rename), else its text.
+
+    Args:
+        err: the error.
+
+    Returns:
+        The text that names where it happened.
+
+    Examples:
+        >>> from aml.utils.errors import paths_of
+        >>> paths_of(OSError(13, "Permission denied", "a.tmp", None, "a.pth")), paths_of(OSError("no path"))
+        ('a.tmp -> a.pth', 'no path')
+    """
+    return " -> ".join(str(name) for name in (err.filename, err.filename2) if name is not None) or str(err)
 
 
 def path_problem(err: OSError) -> Optional[str]:
-    """One line for an error of a path that cannot name a file, naming it and the fix; None for others.
+    """One line for the error of a path too long to name a file, naming it and the fix; None for others.
 
     Args:
         err: the error.
@@ -87,8 +97,9 @@ def path_problem(err: OSError) -> Optional[str]:
         >>> path_problem(OSError(errno.EIO, "Input/output error", "x")) is None
         True
     """
-    fix = PATH_FIXES.get(err.errno) if isinstance(err, OSError) and err.errno is not None else None
-    return None if fix is None else f"{err.filename}: {err.strerror}; {fix}"
+    if not isinstance(err, OSError) or err.errno != errno.ENAMETOOLONG:
+        return None
+    return f"{paths_of(err)}: {err.strerror}; give a shorter name, or a path of fewer folders"
 
 
 class TrainingDiverged(AmlError, RuntimeError):

@@ -118,6 +118,5 @@ def write_results(
     atomic_write(folder / "results.md", lambda out: out.write(text.encode()))
     groups = [chart_group(row["network"], row["test"]) for row in rows]
     if not bar_chart(groups, _series(rows), folder / "results.png", title=f"aml demo ({spread})"):
-        (folder / "results.png").unlink(missing_ok=True)  # an earlier demo's chart would stand beside these numbers
         log.warning(">> results.png not drawn: matplotlib is not installed (pip install matplotlib)")
     return folder / "results.md"

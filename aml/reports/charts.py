@@ -9,7 +9,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from aml.reports.curves import _matplotlib_figure
+from aml.reports.curves import figure_classes_for
 from aml.utils.atomic import atomic_write
 
 
@@ -45,8 +45,8 @@ def bar_chart(
 ) -> bool:
     """Grouped bars: one group per entry of ``groups`` (labels wrapped by `wrap_label`), one
     bar per series (mean, with the spread as an error bar when non-zero). Returns False when
-    matplotlib is not installed."""
-    classes = _matplotlib_figure()
+    matplotlib is not installed (an earlier PNG at ``path`` removed)."""
+    classes = figure_classes_for(path)
     if classes is None:
         return False
     Figure, Canvas, _ = classes
@@ -85,8 +85,9 @@ def heatmap_grid(
 ) -> bool:
     """Square heatmaps side by side, ``columns`` to a row, each with its own colour scale, the
     rows and columns named by ``labels`` (wrapped by `wrap_label`) and each cell's text written
-    on it; ``note`` goes under the grid. Returns False when matplotlib is not installed."""
-    classes = _matplotlib_figure()
+    on it; ``note`` goes under the grid. Returns False when matplotlib is not installed (an
+    earlier PNG at ``path`` removed)."""
+    classes = figure_classes_for(path)
     if classes is None:
         return False
     Figure, Canvas, _ = classes

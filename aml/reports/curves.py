@@ -75,10 +75,26 @@ def _matplotlib_figure():
     return Figure, FigureCanvasAgg, MaxNLocator
 
 
+def figure_classes_for(path: Path):
+    """matplotlib's figure classes to draw ``path`` with; None when matplotlib is not installed,
+    after removing an earlier drawing at ``path``, which would stand beside newer numbers.
+
+    Args:
+        path: the PNG to draw.
+
+    Returns:
+        ``(Figure, FigureCanvasAgg, MaxNLocator)``, or None.
+    """
+    classes = _matplotlib_figure()
+    if classes is None:
+        path.unlink(missing_ok=True)
+    return classes
+
+
 def plot_history(records: List[HistoryEpoch], path: Path) -> bool:
     """Loss, learning rate and (when tested) mAP against the epoch as one PNG; False when
-    matplotlib is not installed."""
-    classes = _matplotlib_figure()
+    matplotlib is not installed (an earlier PNG at ``path`` removed)."""
+    classes = figure_classes_for(path)
     if classes is None:
         return False
     Figure, Canvas, MaxNLocator = classes
@@ -209,9 +225,8 @@ class TrainingHistory:
             return
         data = strict_json(self.records)
         atomic_write(self.json_path, lambda out: out.write(data))
-        if self.records and plot_history(self.records, self.png_path):
-            return
-        self.png_path.unlink(missing_ok=True)  # an earlier run's curves would stand beside this history
-        if self.records and not self._warned:
+        if not self.records:
+            self.png_path.unlink(missing_ok=True)  # an earlier run's curves would stand beside this history
+        elif not plot_history(self.records, self.png_path) and not self._warned:
             log.warning(">> curves.png not drawn: matplotlib is not installed (pip install matplotlib)")
             self._warned = True

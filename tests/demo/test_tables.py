@@ -37,7 +37,7 @@ def test_an_undefined_map_is_null_in_results_json(tmp_path):
 def test_a_chart_not_drawn_again_does_not_stand_beside_new_numbers(tmp_path, monkeypatch):
     """Without matplotlib, a demo run again wrote new results.md and results.json beside the
     earlier run's results.png."""
-    import aml.reports.charts as charts
+    import aml.reports.curves as curves
 
     def rows(medium):
         level = {"medium": {"map": medium}, "hard": {"map": 0.25}}
@@ -45,6 +45,6 @@ def test_a_chart_not_drawn_again_does_not_stand_beside_new_numbers(tmp_path, mon
                  "results": [{d: {"plain": level} for d in ("synth-oxford", "synth-paris")}]}]
 
     (tmp_path / "results.png").write_bytes(b"\x89PNG\r\n\x1a\n an earlier demo's chart")
-    monkeypatch.setattr(charts, "_matplotlib_figure", lambda: None)  # matplotlib not installed
+    monkeypatch.setattr(curves, "_matplotlib_figure", lambda: None)  # matplotlib not installed
     assert "90.00" in write_results(rows(0.9), tmp_path, [0]).read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]

@@ -32,6 +32,19 @@ class TrainSet:
     training: bool = True  # has <name>.pkl with train/val splits (main.py -d)
     whitening: bool = True  # has <name>-whiten.pkl (test.py -w, main.py --test-whiten)
 
+    def missing(self, folder: Path) -> List[str]:
+        """What the set's folder lacks of its own: ``ims/``, ``<name>.pkl`` (a training set),
+        ``<name>-whiten.pkl`` (a whitening set).
+
+        Args:
+            folder: the set's folder.
+
+        Returns:
+            The names missing there, in that order.
+        """
+        own = ["ims"] + [f"{self.name}.pkl"] * self.training + [f"{self.name}-whiten.pkl"] * self.whitening
+        return [name for name in own if not (folder / name).exists()]
+
 
 def _download_sfm(train_root: Path) -> None:
     ims = train_root / "retrieval-SfM-120k" / "ims"
@@ -126,10 +139,16 @@ def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
 def _prepared(entry: TrainSet, train_root: Path) -> Path:
     """The folder of ``entry`` under ``train_root``, downloaded or generated when missing."""
     folder = Path(train_root) / entry.folder
-    if not (folder / "ims").exists() or not any(folder.glob("*.pkl")):
-        if entry.prepare is None:
-            raise MissingFile(f"{folder} lacks ims/ or its pickles; make it again with python -m aml.cli.make_trainset")
-        entry.prepare(Path(train_root))
+    missing = entry.missing(folder)  # each of its own files: one of two pickles was taken for the set
+    if missing and entry.prepare is None:
+        raise MissingFile(f"{folder} lacks {', '.join(missing)}; make it again with python -m aml.cli.make_trainset")
+    if missing:
+        entry.prepare(Path(train_root))  # a download fetches what is missing; a generated set is kept
+        missing = entry.missing(folder)
+    if missing:
+        raise MissingFile(
+            f"{folder} lacks {', '.join(missing)} of the set {entry.name}: delete the folder to make it again"
+        )
     return folder
 
 

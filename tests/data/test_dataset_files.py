@@ -221,3 +221,36 @@ def test_a_training_set_without_a_val_split_names_the_fix(synth_root, tmp_path):
     with pytest.raises(DatasetFileError, match=r"synth-sfm.pkl has no split 'val' \(found \['train'\]\); train without "
                                                r"validation \(--no-val\), or make the set again"):
         load_training_db("synth-sfm", "val", tmp_path)
+
+
+def test_a_training_set_missing_one_of_its_pickles_is_prepared_again_or_named(tmp_path, synth_root):
+    """One pickle of a set was taken for the set: a retrieval-SfM-120k download stopped after
+    its first pickle (or one deleted as damaged) was never fetched again, and a generated set
+    lacking one ended later in 'dataset file ... is missing'."""
+    import shutil
+
+    from aml.data.trainsets import TrainSet, _prepared
+    from aml.utils.errors import MissingFile
+
+    folder = tmp_path / "train" / "retrieval-SfM-120k"
+    (folder / "ims").mkdir(parents=True)
+    (folder / "retrieval-SfM-120k-whiten.pkl").write_bytes(b"whitening pairs")
+    fetched = []
+
+    def download(train_root):  # fetches what is missing, as _download_sfm's download_file does
+        fetched.append(train_root)
+        (train_root / "retrieval-SfM-120k" / "retrieval-SfM-120k.pkl").write_bytes(b"train and val")
+
+    entry = TrainSet("retrieval-SfM-120k", "retrieval-SfM-120k", download)
+    assert entry.missing(folder) == ["retrieval-SfM-120k.pkl"]
+    assert _prepared(entry, tmp_path / "train") == folder and fetched == [tmp_path / "train"]
+    assert _prepared(entry, tmp_path / "train") == folder and len(fetched) == 1  # complete: not fetched again
+    generated = shutil.copytree(synth_root / "train" / "synth-sfm", tmp_path / "train" / "synth-sfm")
+    (generated / "synth-sfm-whiten.pkl").unlink()
+    with pytest.raises(MissingFile, match=r"synth-sfm lacks synth-sfm-whiten.pkl of the set synth-sfm: delete the "
+                                          r"folder to make it again"):
+        _prepared(TrainSet("synth-sfm", "synth-sfm", lambda root: None), tmp_path / "train")
+    custom = TrainSet("mine", "mine", None, whitening=False)
+    with pytest.raises(MissingFile, match=r"mine lacks ims, mine.pkl; make it again with python -m "
+                                          r"aml.cli.make_trainset"):
+        _prepared(custom, tmp_path / "train")

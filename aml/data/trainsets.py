@@ -7,7 +7,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, cast
 
 import numpy as np
 
@@ -32,18 +32,9 @@ class TrainSet:
     training: bool = True  # has <name>.pkl with train/val splits (main.py -d)
     whitening: bool = True  # has <name>-whiten.pkl (test.py -w, main.py --test-whiten)
 
-    def missing(self, folder: Path) -> List[str]:
-        """What the set's folder lacks of its own: ``ims/``, ``<name>.pkl`` (a training set),
-        ``<name>-whiten.pkl`` (a whitening set).
-
-        Args:
-            folder: the set's folder.
-
-        Returns:
-            The names missing there, in that order.
-        """
-        own = ["ims"] + [f"{self.name}.pkl"] * self.training + [f"{self.name}-whiten.pkl"] * self.whitening
-        return [name for name in own if not (folder / name).exists()]
+    def pickles(self) -> List[str]:
+        """Its pickles: ``<name>.pkl`` (a training set), ``<name>-whiten.pkl`` (a whitening set)."""
+        return [f"{self.name}.pkl"] * self.training + [f"{self.name}-whiten.pkl"] * self.whitening
 
 
 def _download_sfm(train_root: Path) -> None:
@@ -130,21 +121,33 @@ def is_training_set(name: str, data_root: Optional[PathLike] = None) -> bool:
         return False
 
 
-def prepare_train_set(name: str, data_root: Optional[PathLike] = None) -> Path:
-    """Make sure the training set's images and pickles exist (download or generate)."""
+def prepare_train_set(name: str, data_root: Optional[PathLike] = None, pickles: Optional[Sequence[str]] = None) -> Path:
+    """Make sure the training set's images and pickles exist (download or generate).
+
+    Args:
+        name: the set.
+        data_root: the data root (None: the default).
+        pickles: the pickles needed; None: all of the set's (`TrainSet.pickles`).
+
+    Returns:
+        The set's folder.
+    """
     train_root = data_subdir(data_root, "train")
-    return _prepared(find_train_set(name, train_root), train_root)
+    entry = find_train_set(name, train_root)
+    return _prepared(entry, train_root, entry.pickles() if pickles is None else pickles)
 
 
-def _prepared(entry: TrainSet, train_root: Path) -> Path:
-    """The folder of ``entry`` under ``train_root``, downloaded or generated when missing."""
+def _prepared(entry: TrainSet, train_root: Path, pickles: Sequence[str]) -> Path:
+    """The folder of ``entry`` under ``train_root``, downloaded or generated when it lacks its
+    images or one of ``pickles`` (each by name: one of two was taken for the set)."""
     folder = Path(train_root) / entry.folder
-    missing = entry.missing(folder)  # each of its own files: one of two pickles was taken for the set
-    if missing and entry.prepare is None:
+    missing = [name for name in ("ims", *pickles) if not (folder / name).exists()]
+    if not missing:
+        return folder
+    if entry.prepare is None:
         raise MissingFile(f"{folder} lacks {', '.join(missing)}; make it again with python -m aml.cli.make_trainset")
-    if missing:
-        entry.prepare(Path(train_root))  # a download fetches what is missing; a generated set is kept
-        missing = entry.missing(folder)
+    entry.prepare(Path(train_root))  # a download fetches what is missing; a generated set is kept
+    missing = [name for name in ("ims", *pickles) if not (folder / name).exists()]
     if missing:
         raise MissingFile(
             f"{folder} lacks {', '.join(missing)} of the set {entry.name}: delete the folder to make it again"
@@ -212,7 +215,7 @@ def pairs_across_clusters(db: TrainingDb) -> List[int]:
 def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> TrainingDb:
     """One split ('train' or 'val') of a training set, with absolute image paths in 'images'."""
     entry = get_train_set(name, data_root)
-    folder = prepare_train_set(name, data_root)
+    folder = prepare_train_set(name, data_root, [f"{entry.name}.pkl"])
     path = folder / f"{entry.name}.pkl"
     dbs = load_pickle(path)
     if not isinstance(dbs, dict) or split not in dbs:
@@ -240,7 +243,7 @@ def read_whitening_db(name: str, train_root: Path) -> TrainingDb:
         The checked db, with the absolute image paths in 'images'.
     """
     entry = find_train_set(name, train_root)
-    folder = _prepared(entry, train_root)
+    folder = _prepared(entry, train_root, [f"{entry.name}-whiten.pkl"])
     path = folder / f"{entry.name}-whiten.pkl"
     db = check_image_db(load_pickle(path), str(path), clusters=False)
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]

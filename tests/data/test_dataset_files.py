@@ -242,15 +242,17 @@ def test_a_training_set_missing_one_of_its_pickles_is_prepared_again_or_named(tm
         (train_root / "retrieval-SfM-120k" / "retrieval-SfM-120k.pkl").write_bytes(b"train and val")
 
     entry = TrainSet("retrieval-SfM-120k", "retrieval-SfM-120k", download)
-    assert entry.missing(folder) == ["retrieval-SfM-120k.pkl"]
-    assert _prepared(entry, tmp_path / "train") == folder and fetched == [tmp_path / "train"]
-    assert _prepared(entry, tmp_path / "train") == folder and len(fetched) == 1  # complete: not fetched again
+    assert entry.pickles() == ["retrieval-SfM-120k.pkl", "retrieval-SfM-120k-whiten.pkl"]
+    assert _prepared(entry, tmp_path / "train", entry.pickles()) == folder and fetched == [tmp_path / "train"]
+    assert _prepared(entry, tmp_path / "train", entry.pickles()) == folder and len(fetched) == 1  # not fetched again
     generated = shutil.copytree(synth_root / "train" / "synth-sfm", tmp_path / "train" / "synth-sfm")
     (generated / "synth-sfm-whiten.pkl").unlink()
+    synth = TrainSet("synth-sfm", "synth-sfm", lambda root: None)  # generating keeps a generated set
+    assert _prepared(synth, tmp_path / "train", ["synth-sfm.pkl"]) == generated  # training needs no more
     with pytest.raises(MissingFile, match=r"synth-sfm lacks synth-sfm-whiten.pkl of the set synth-sfm: delete the "
                                           r"folder to make it again"):
-        _prepared(TrainSet("synth-sfm", "synth-sfm", lambda root: None), tmp_path / "train")
+        _prepared(synth, tmp_path / "train", synth.pickles())
     custom = TrainSet("mine", "mine", None, whitening=False)
     with pytest.raises(MissingFile, match=r"mine lacks ims, mine.pkl; make it again with python -m "
                                           r"aml.cli.make_trainset"):
-        _prepared(custom, tmp_path / "train")
+        _prepared(custom, tmp_path / "train", custom.pickles())

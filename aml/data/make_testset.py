@@ -92,12 +92,47 @@ def read_description(path: PathLike) -> Description:
     text = read_text_file(path, DESCRIPTION_TEXT)
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_once_each)
         except json.JSONDecodeError as err:
             raise TestSetError(f"{path} is not valid JSON ({err})") from None
+        except _RepeatedKey as err:  # json keeps the last of two: the first's images were left out
+            raise TestSetError(
+                f"{path}: an object names {err} twice, and only the last would be read; give each field once"
+            ) from None
         check_description(data, str(path))
         return {"queries": data["queries"], "database": data.get("database")}
     return {"queries": _csv_queries(text, path), "database": None}
+
+
+class _RepeatedKey(ValueError):
+    """A JSON object that names a key twice (the key is the message)."""
+
+
+def _once_each(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object's fields, refused when it names one twice."""
+    found: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RepeatedKey(repr(key))
+        found[key] = value
+    return found
+
+
+def _check_queries_once(queries: Sequence[DescribedQuery], source: str) -> None:
+    """Refuse a query image listed twice with the same box (a CSV line per positive): its
+    images split between the entries, each would count the other's positives as wrong results."""
+    first: Dict[Tuple[str, Optional[Tuple[float, ...]]], int] = {}
+    for q, entry in enumerate(queries):
+        box = _bbx(entry)
+        key = (entry["image"], None if box is None else tuple(box))
+        if key in first:
+            raise TestSetError(
+                f"{source}: queries {first[key]} and {q} are both {entry['image']}"
+                + (f" with the box {box}" if box is not None else "")
+                + ": each would count the other's positives as wrong results; list each query once, with all its "
+                "images"
+            )
+        first[key] = q
 
 
 def _csv_queries(text: str, path: Path) -> List[DescribedQuery]:
@@ -476,6 +511,7 @@ def build_test_set(
     protocol = _protocol(queries, source)
     lists = LISTS[protocol]
     query_names = [q["image"] for q in queries]
+    _check_queries_once(queries, source)
     database_names = _database_names(description, images_dir, query_names, resolve_data_root(data_root))
     sizes = _check_images(list(query_names) + list(database_names), images_dir, source)
     _check_names(database_names, query_names, source)

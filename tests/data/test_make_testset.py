@@ -271,6 +271,28 @@ def test_a_column_named_twice_is_refused_rather_than_half_read(tmp_path):
         read_description(path)
 
 
+def test_a_query_split_over_two_lines_or_a_json_key_given_twice_is_refused(images, tmp_path):
+    """A CSV written one line per (query, positive) made each line a query with one positive,
+    the others counted as its wrong results; a JSON key given twice kept the last one alone."""
+    path = tmp_path / "split.csv"
+    path.write_text("query,box,easy,hard,junk\nq.jpg,,a.jpg,,\nq.jpg,,b.jpg,,\n")
+    with pytest.raises(TestSetError, match=r"split.csv: queries 0 and 1 are both q.jpg: each would count the other's "
+                                           r"positives as wrong results; list each query once, with all its images"):
+        build_test_set(read_description(path), images, "x", tmp_path / "root", source=str(path))
+    boxed = {"queries": [{"image": "q.jpg", "box": [0, 0, 9, 9], "easy": ["a.jpg"]},
+                         {"image": "q.jpg", "box": [0, 0, 9, 9], "easy": ["b.jpg"]}], "database": None}
+    with pytest.raises(TestSetError, match=r"queries 0 and 1 are both q.jpg with the box \[0.0, 0.0, 9.0, 9.0\]"):
+        build_test_set(boxed, images, "x", tmp_path / "root")
+    boxed["queries"][1]["box"] = [10, 10, 30, 20]  # two objects of one photo: two queries
+    folder = build_test_set(boxed, images, "x", tmp_path / "root")
+    assert len(load_pickle(folder / "gnd_x.pkl")["qimlist"]) == 2
+    path = tmp_path / "twice.json"
+    path.write_text('{"queries": [{"image": "q.jpg", "easy": ["a.jpg"], "easy": ["b.jpg"]}]}')
+    with pytest.raises(TestSetError, match=r"twice.json: an object names 'easy' twice, and only the last would be "
+                                           r"read; give each field once"):
+        read_description(path)
+
+
 def test_a_misspelt_field_or_column_is_refused_rather_than_left_out(images, tmp_path):
     """'bbx' (the gnd's own key) or 'positives' in a JSON query, or a CSV header with spaces after
     its commas: the box and the lists were dropped without a word (the whole image searched, no

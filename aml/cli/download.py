@@ -51,7 +51,7 @@ def _train_set(name: str) -> Optional[Download]:
     known = [key for key in TRAIN_SETS if key.lower() == name.lower()]
     if not known:
         return None
-    return Download(name, lambda root, progress: [prepare_train_set(known[0], root)])
+    return Download(name, lambda root, progress: [prepare_train_set(known[0], root, progress=progress)])
 
 
 def _published(name: str) -> Optional[Download]:
@@ -63,8 +63,8 @@ def _published(name: str) -> Optional[Download]:
     listed = TEACHERS.get(given, given)
 
     def fetch(root: Path, progress: bool) -> List[Path]:
-        checkpoint = pretrained_checkpoint(listed, root)
-        whitening = published_whitening_file(listed, root)
+        checkpoint = pretrained_checkpoint(listed, root, progress)
+        whitening = published_whitening_file(listed, root, progress)
         return [checkpoint] + ([whitening] if whitening else [])
 
     return Download(name, fetch)
@@ -102,7 +102,7 @@ def resolve(name: str) -> Download:
 def _imagenet(arch: str) -> Download:
     """An architecture's ImageNet weights (a ConfigError names the architectures that have them)."""
     get_imagenet_weights(arch)
-    return Download(f"{arch} (ImageNet)", lambda root, progress: [find_weights(arch, root)[0]])
+    return Download(f"{arch} (ImageNet)", lambda root, progress: [find_weights(arch, root, progress=progress)[0]])
 
 
 def build_parser() -> Parser:

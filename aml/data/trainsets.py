@@ -28,7 +28,7 @@ class TrainSet:
 
     name: str
     folder: str  # sub-folder of <data_root>/train that holds the images and pickles
-    prepare: Optional[Callable[[Path], None]]  # None: a custom set, already on disk
+    prepare: Optional[Callable[[Path, bool], None]]  # (train root, progress bars); None: a custom set, on disk
     training: bool = True  # has <name>.pkl with train/val splits (main.py -d)
     whitening: bool = True  # has <name>-whiten.pkl (test.py -w, main.py --test-whiten)
 
@@ -37,22 +37,22 @@ class TrainSet:
         return [f"{self.name}.pkl"] * self.training + [f"{self.name}-whiten.pkl"] * self.whitening
 
 
-def _download_sfm(train_root: Path) -> None:
+def _download_sfm(train_root: Path, progress: bool) -> None:
     ims = train_root / "retrieval-SfM-120k" / "ims"
     archive = train_root / "retrieval-SfM-120k" / "ims.tar.gz"
-    fetch_archives([(CIRTORCH_TRAIN + "ims/ims.tar.gz", archive)], ims, progress=True)
+    fetch_archives([(CIRTORCH_TRAIN + "ims/ims.tar.gz", archive)], ims, progress=progress)
     link_folder(ims, train_root / "retrieval-SfM-30k" / "ims")
     for folder, name in (
         ("retrieval-SfM-120k", "retrieval-SfM-120k.pkl"),
         ("retrieval-SfM-120k", "retrieval-SfM-120k-whiten.pkl"),
         ("retrieval-SfM-30k", "retrieval-SfM-30k-whiten.pkl"),
     ):
-        download_file(CIRTORCH_TRAIN + "dbs/" + name, train_root / folder / name)
+        download_file(CIRTORCH_TRAIN + "dbs/" + name, train_root / folder / name, progress=progress)
 
 
-def _generate(name: str) -> Callable[[Path], None]:
-    def prepare(train_root: Path) -> None:
-        generate_train_set(train_root.parent, name)
+def _generate(name: str) -> Callable[[Path, bool], None]:
+    def prepare(train_root: Path, progress: bool) -> None:
+        generate_train_set(train_root.parent, name, progress=progress)
 
     return prepare
 
@@ -121,23 +121,26 @@ def is_training_set(name: str, data_root: Optional[PathLike] = None) -> bool:
         return False
 
 
-def prepare_train_set(name: str, data_root: Optional[PathLike] = None, pickles: Optional[Sequence[str]] = None) -> Path:
+def prepare_train_set(
+    name: str, data_root: Optional[PathLike] = None, pickles: Optional[Sequence[str]] = None, progress: bool = True
+) -> Path:
     """Make sure the training set's images and pickles exist (download or generate).
 
     Args:
         name: the set.
         data_root: the data root (None: the default).
         pickles: the pickles needed; None: all of the set's (`TrainSet.pickles`).
+        progress: progress bars on stderr while it is downloaded or generated.
 
     Returns:
         The set's folder.
     """
     train_root = data_subdir(data_root, "train")
     entry = find_train_set(name, train_root)
-    return _prepared(entry, train_root, entry.pickles() if pickles is None else pickles)
+    return _prepared(entry, train_root, entry.pickles() if pickles is None else pickles, progress)
 
 
-def _prepared(entry: TrainSet, train_root: Path, pickles: Sequence[str]) -> Path:
+def _prepared(entry: TrainSet, train_root: Path, pickles: Sequence[str], progress: bool = True) -> Path:
     """The folder of ``entry`` under ``train_root``, downloaded or generated when it lacks its
     images or one of ``pickles`` (each by name: one of two was taken for the set)."""
     folder = Path(train_root) / entry.folder
@@ -146,7 +149,7 @@ def _prepared(entry: TrainSet, train_root: Path, pickles: Sequence[str]) -> Path
         return folder
     if entry.prepare is None:
         raise MissingFile(f"{folder} lacks {', '.join(missing)}; make it again with python -m aml.cli.make_trainset")
-    entry.prepare(Path(train_root))  # a download fetches what is missing; a generated set is kept
+    entry.prepare(Path(train_root), progress)  # a download fetches what is missing; a generated set is kept
     missing = [name for name in ("ims", *pickles) if not (folder / name).exists()]
     if missing:
         raise MissingFile(

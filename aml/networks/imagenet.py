@@ -326,10 +326,12 @@ def _missing_hint(weights: ImagenetWeights, data_root: DataRootLike) -> str:
     return hint
 
 
-def find_weights(arch: str, data_root: DataRootLike = None, download: bool = True) -> Tuple[Path, WeightsFile]:
+def find_weights(
+    arch: str, data_root: DataRootLike = None, download: bool = True, progress: bool = True
+) -> Tuple[Path, WeightsFile]:
     """The verified file of ``arch``'s ImageNet weights and its description: found locally
     (data root, ``$AML_WEIGHTS_PATH``, torch hub's cache, an installed pip package), else
-    downloaded into ``<data_root>/networks/``.
+    downloaded into ``<data_root>/networks/`` (``progress``: a bar on stderr).
 
     Raises:
         WeightsError: when a file found has other bytes than its name promises, or when none
@@ -357,7 +359,10 @@ def find_weights(arch: str, data_root: DataRootLike = None, download: bool = Tru
     assert wanted.url is not None  # the downloadable file
     try:
         path = download_file(
-            wanted.url, data_subdir(data_root, "networks") / wanted.filename, sha256_prefix=wanted.sha256
+            wanted.url,
+            data_subdir(data_root, "networks") / wanted.filename,
+            sha256_prefix=wanted.sha256,
+            progress=progress,
         )
     except DownloadError as err:
         raise WeightsError(

@@ -362,18 +362,20 @@ def parse_offtheshelf(spec: str) -> Dict[str, Any]:
     return params
 
 
-def pretrained_checkpoint(name: str, data_root: DataRootLike = None) -> Path:
-    """Download (once) a network of the pretrained list into ``<data_root>/model``."""
+def pretrained_checkpoint(name: str, data_root: DataRootLike = None, progress: bool = True) -> Path:
+    """Download (once) a network of the pretrained list into ``<data_root>/model``; ``progress``: a bar on stderr."""
     entry = PRETRAINED[name]
-    return download_file(entry.url, data_subdir(data_root, "model") / entry.filename, sha256_prefix=entry.sha256)
+    path = data_subdir(data_root, "model") / entry.filename
+    return download_file(entry.url, path, sha256_prefix=entry.sha256, progress=progress)
 
 
-def published_whitening_file(name: str, data_root: DataRootLike = None) -> Optional[Path]:
+def published_whitening_file(name: str, data_root: DataRootLike = None, progress: bool = True) -> Optional[Path]:
     """Download (once) the whitening file a network of the pretrained list is published with.
 
     Args:
         name: a name of the pretrained list.
         data_root: the data root; the file goes to its ``model/``.
+        progress: a progress bar on stderr while it downloads.
 
     Returns:
         The file, or None for a network published without one.
@@ -381,7 +383,7 @@ def published_whitening_file(name: str, data_root: DataRootLike = None) -> Optio
     url = PRETRAINED[name].whitening_url
     if url is None:
         return None
-    return download_file(url, data_subdir(data_root, "model") / url.rsplit("/", 1)[1])
+    return download_file(url, data_subdir(data_root, "model") / url.rsplit("/", 1)[1], progress=progress)
 
 
 def load_spec(spec: NetworkSpec, teacher: Optional[str] = None, data_root: DataRootLike = None) -> LoadedNetwork:

@@ -19,11 +19,12 @@ NAMES = [*TEST_SETS, *(f"{t}+{d}" for t in ("roxford5k", "synth-paris") for d in
 @pytest.fixture
 def fetched(monkeypatch):
     """The calls that would download or generate, recorded instead: (what, name)."""
-    calls = []
+    calls = Calls()
 
     def record(what):
-        def fetch(name, root, *progress):
+        def fetch(name, root, *args, **kwargs):
             calls.append((what, name))
+            calls.progress.append(kwargs["progress"] if "progress" in kwargs else args[-1] if args else "default")
             return Path(root) / what / name
 
         return fetch
@@ -31,8 +32,16 @@ def fetched(monkeypatch):
     for what in ("prepare_test_set", "prepare_distractors", "prepare_train_set", "pretrained_checkpoint"):
         monkeypatch.setattr(download_cli, what, record(what))
     monkeypatch.setattr(download_cli, "published_whitening_file",
-                        lambda name, root: calls.append(("whitening", name)) or None)
+                        lambda name, root, progress: calls.append(("whitening", name)) or calls.progress.append(progress))
     return calls
+
+
+class Calls(list):
+    """The calls, and the progress flag each was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.progress = []
 
 
 def expected_calls(name):
@@ -53,6 +62,7 @@ def expected_calls(name):
 def test_every_registered_name_is_fetched_as_what_it_names(name, fetched, tmp_path):
     download_cli.main([name, "--data-root", str(tmp_path), "-q"])
     assert fetched == expected_calls(name)
+    assert fetched.progress == [False] * len(fetched)  # -q: training sets and networks showed their bars
 
 
 @pytest.mark.parametrize("name, calls", [

@@ -208,7 +208,7 @@ def test_sfm_30k_shares_120k_images_after_the_data_root_moves(tmp_path, monkeypa
     moved = tmp_path / "big" / "data"
     moved.parent.mkdir()
     (tmp_path / "data").rename(moved)
-    trainsets._download_sfm(moved / "train")
+    trainsets._download_sfm(moved / "train", False)
     assert (moved / "train" / "retrieval-SfM-30k" / "ims" / "aa" / "x").read_bytes() == b"jpeg"
     assert not Path(os.readlink(moved / "train" / "retrieval-SfM-30k" / "ims")).is_absolute()
 
@@ -237,7 +237,7 @@ def test_a_training_set_missing_one_of_its_pickles_is_prepared_again_or_named(tm
     (folder / "retrieval-SfM-120k-whiten.pkl").write_bytes(b"whitening pairs")
     fetched = []
 
-    def download(train_root):  # fetches what is missing, as _download_sfm's download_file does
+    def download(train_root, progress):  # fetches what is missing, as _download_sfm's download_file does
         fetched.append(train_root)
         (train_root / "retrieval-SfM-120k" / "retrieval-SfM-120k.pkl").write_bytes(b"train and val")
 
@@ -247,7 +247,7 @@ def test_a_training_set_missing_one_of_its_pickles_is_prepared_again_or_named(tm
     assert _prepared(entry, tmp_path / "train", entry.pickles()) == folder and len(fetched) == 1  # not fetched again
     generated = shutil.copytree(synth_root / "train" / "synth-sfm", tmp_path / "train" / "synth-sfm")
     (generated / "synth-sfm-whiten.pkl").unlink()
-    synth = TrainSet("synth-sfm", "synth-sfm", lambda root: None)  # generating keeps a generated set
+    synth = TrainSet("synth-sfm", "synth-sfm", lambda root, progress: None)  # generating keeps a generated set
     assert _prepared(synth, tmp_path / "train", ["synth-sfm.pkl"]) == generated  # training needs no more
     with pytest.raises(MissingFile, match=r"synth-sfm lacks synth-sfm-whiten.pkl of the set synth-sfm: delete the "
                                           r"folder to make it again"):

@@ -104,7 +104,7 @@ def read_description(path: PathLike) -> Description:
     return {"queries": _csv_queries(text, path), "database": None}
 
 
-class _RepeatedKey(ValueError):
+class _RepeatedKey(TestSetError):
     """A JSON object that names a key twice (the key is the message)."""
 
 

@@ -231,7 +231,7 @@ def test_a_published_students_whitening_file_serves_only_the_set_it_was_learned_
 
     downloads = []
 
-    def download(url, path):
+    def download(url, path, progress=True):
         downloads.append(url)
         save_plain_file({"m": np.zeros((512, 1)), "P": np.eye(512)}, path)
         return path

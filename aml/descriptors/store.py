@@ -76,7 +76,10 @@ class StoreDamaged(DataError):
 
     def __init__(self, problem: str, fix: str = REENCODE):
         super().__init__(f"{problem}; {fix}")
-        self.problem = problem
+        self.problem, self.fix = problem, fix
+
+    def __reduce__(self):  # as it was made: handed from rank 0 to the others, it added its default fix again
+        return type(self), (self.problem, self.fix)
 
 
 class StoreKeyRecord(KeyRecord):

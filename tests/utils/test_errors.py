@@ -5,6 +5,7 @@ refuses an unknown name the same way."""
 import importlib
 import inspect
 import pkgutil
+from typing import Tuple
 
 import pytest
 
@@ -32,6 +33,22 @@ def test_every_error_class_of_the_package_derives_from_aml_error():
     assert len(classes) >= 16
     stray = sorted(name for name, cls in classes.items() if name not in INTERNAL and not issubclass(cls, AmlError))
     assert not stray, stray
+
+
+def test_every_error_class_pickles_to_the_same_message():
+    """torchrun hands rank 0's error to the other ranks pickled (from_main): a StoreDamaged came
+    back with its default fix added to the message again ('delete the store' for one shard)."""
+    import pickle
+
+    samples = {str: "x", int: 1, float: 1.0, Tuple[int, ...]: (1, 2)}
+    for name, cls in _error_classes().items():
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        own = cls.__init__ is not BaseException.__init__ and parameters[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        values = [samples.get(p.annotation, "x") for p in parameters if p.default is inspect.Parameter.empty] if own \
+            else ["a message"]
+        made = cls(*values)
+        again = pickle.loads(pickle.dumps(made))
+        assert type(again) is cls and str(again) == str(made), name
 
 
 def test_the_errors_keep_their_builtin_kind():

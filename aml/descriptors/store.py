@@ -43,7 +43,7 @@ from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, file_stamp, folder_lock, lock_beside
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
-from aml.utils.distributed import barrier, current_world, warn_once
+from aml.utils.distributed import barrier, current_world, from_main, warn_once
 from aml.utils.plain_files import load_npy
 from aml.utils.errors import ConfigError, DataError, MissingFile, lookup, no_access
 from aml.utils.text_files import line_list, read_bounded, read_line_list
@@ -504,12 +504,13 @@ class DescriptorStore:
             self._refuse_stale()
             self._forget_missing_hashes()
         barrier(world)
-        todo = [k for k in self.missing() if k % world.size == world.rank]
+        missing = from_main(self.missing(), world)  # dealt evenly: by k mod N, a rank got all of a half-done store's
+        todo = missing[world.rank :: world.size]
         if todo:
             log.info(
                 ">> %s: %d of %d shards to encode (this process: %d)",
                 self.folder.name,
-                len(self.missing()),
+                len(missing),
                 self.shards,
                 len(todo),
             )

@@ -143,6 +143,24 @@ def test_a_store_this_user_may_not_read_is_not_called_damaged(tmp_path, lock):
         open_store(tmp_path)
 
 
+def test_the_missing_shards_are_dealt_evenly_over_the_processes(tmp_path, monkeypatch):
+    """Shards went to the rank of k mod N: a store whose odd shards an earlier run encoded left
+    every missing one to rank 0 of 2, the other waiting at the barrier (30 minutes, NCCL's timeout)."""
+    import aml.descriptors.store as store_module
+    from aml.utils.distributed import World
+
+    store = DescriptorStore.create(tmp_path, IMAGES, StoreKey(DescriptorKey("f" * 16, 64), "net", "float32", 1), 3)
+    store.fill(Encoder())
+    for k in (0, 2, 4, 6, 8):
+        store.shard_path(k).unlink()
+    monkeypatch.setattr(store_module, "current_world", lambda: World(rank=1, size=2))
+    monkeypatch.setattr(store_module, "barrier", lambda world: None)
+    monkeypatch.setattr(store_module, "from_main", lambda value, world: value)  # rank 0's list, the same here
+    encoder = Encoder()
+    store.fill(encoder)
+    assert encoder.calls == [[IMAGES[2]], [IMAGES[6]]]  # the second and fourth of the five missing
+
+
 def test_float16_halves_the_shards_and_rounds_like_numpy(tmp_path):
     key = StoreKey(DescriptorKey("f" * 16, 64), "net", "float16", 4)
     store = DescriptorStore.create(tmp_path, IMAGES, key, 3)

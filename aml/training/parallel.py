@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from aml.losses import TupleBatch
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.training.config import TrainSettings
-from aml.utils.distributed import World, concat_lists, gather_columns, gather_objects, shard_range
+from aml.utils.distributed import World, concat_lists, gather_columns, gather_objects, shard_range, share_buffers
 from aml.utils.errors import ConfigError
 
 
@@ -151,6 +151,7 @@ class Parallel:
             to_sync_batchnorm(net)
         ids = [device.index] if device.type == "cuda" else None
         self.ddp = DistributedDataParallel(DescriptorModel(net), device_ids=ids, **without_buffer_broadcast())
+        share_buffers(net, world)  # torch before 2.13 skips the buffers at construction with broadcast_buffers=False
         self.encode, self.sync_batchnorm = self.ddp, sync_batchnorm
 
     @property

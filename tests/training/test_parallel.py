@@ -31,6 +31,20 @@ def test_a_global_batch_must_split_evenly_over_the_processes():
         Parallel(build_network("squeezenet1_1", pretrained=False), World(size=3), torch.device("cpu"), 4, False)
 
 
+def test_every_rank_starts_from_rank_0s_buffers(monkeypatch):
+    """torch before 2.13 (the GPU machines') builds DistributedDataParallel with
+    broadcast_buffers=False without sharing the buffers: BatchNorm statistics a rank computed
+    itself (a trunk pretrained per machine) stayed apart for the whole run, rank 0's alone saved."""
+    import aml.training.parallel as parallel
+
+    shared = []
+    monkeypatch.setattr(parallel, "DistributedDataParallel", lambda module, device_ids=None, **keyword: module)
+    monkeypatch.setattr(parallel, "share_buffers", lambda module, world: shared.append((module, world)))
+    net = build_network("squeezenet1_1", pretrained=False)
+    Parallel(net, World(rank=1, size=2), torch.device("cpu"), 4, False)
+    assert shared == [(net, World(rank=1, size=2))]
+
+
 def test_buffers_are_not_broadcast_under_the_keyword_the_installed_torch_knows():
     class Before213:  # torch 2.11's DistributedDataParallel (the GPU machine's torch)
         def __init__(self, module, device_ids=None, broadcast_buffers=True):

@@ -467,6 +467,13 @@ def _refuse_foreign_files(folder: Path) -> None:
             f"{folder} holds {len(foreign)} files or folders that are not a store's ({foreign[0]}, ...): indexing "
             "replaces the whole folder, so give an empty or new folder as --store"
         )
+    named = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))  # a lock, a write's leftover
+    if named and store_marker(folder) is None:  # names alone do not make a store: they may be another program's
+        raise StoreError(
+            f"{folder} holds {', '.join(named[:3])}{', ...' if len(named) > 3 else ''}, named as a store's files, "
+            f"but no store's {SEARCH} or {MANIFEST} (another program's faiss index and image list?): indexing "
+            "replaces the whole folder, so give an empty or new folder as --store"
+        )
 
 
 def _write_augmented(

@@ -113,6 +113,23 @@ def test_a_folder_of_other_files_is_not_indexed_into(random_teacher, synth_root,
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+def test_files_named_as_a_stores_but_of_no_store_are_not_indexed_over(random_teacher, synth_root, tmp_path,
+                                                                       monkeypatch):
+    """A user's own faiss index and image list (index.faiss, images.txt) carry a store's file
+    names: the folder was taken for a store and replaced, without a word."""
+    from aml.descriptors import store as descriptor_store
+
+    monkeypatch.setattr(descriptor_store, "describe_images", None)  # nothing may be encoded
+    mine = {"index.faiss": b"the user's index", "images.txt": b"a.jpg\n", "search.json": b'{"benchmark": 1}'}
+    for name, content in mine.items():
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(SystemExit, match=r"holds images.txt, index.faiss, search.json, named as a store's files, but "
+                                         r"no store's search.json or manifest.json"):
+        search_cli.main(["index", str(jpg(synth_root, "synth-paris")), "--store", str(tmp_path)]
+                        + flags(random_teacher[0], synth_root))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == mine
+
+
 def test_a_tests_descriptor_store_is_not_indexed_into(random_teacher, synth_root, tmp_path, monkeypatch):
     """Its files all look like a store's, so it was replaced: hours of +1M encoding lost to a
     slip of the tab key. A search store has a search.json; a test's descriptor store has not."""

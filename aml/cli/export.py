@@ -277,9 +277,10 @@ def _check_trained_against(args, student: LoadedNetwork, teacher: Optional[Loade
             f"but {teacher.name} now holds {teacher.fingerprint[:8]}: the file was replaced, and --test-set would "
             "measure another teacher's database; give --teacher the one it was trained against"
         )
-    if args.teacher and teacher is None:  # a name (published, a timm model): checked by name and dimension
+    if args.teacher and (teacher is None or recorded is None):  # no weights to check: by name and dimension
         given, named = NetworkSpec.parse(args.teacher), student.recorded_teacher
-        dim, ours = given.dimension(), int(student.net.meta["outputdim"])
+        dim = given.dimension() if teacher is None else int(teacher.net.meta["outputdim"])
+        ours = int(student.net.meta["outputdim"])
         if dim is not None and dim != ours:
             raise ConfigError(
                 f"--teacher {args.teacher} gives {dim}-d descriptors, {student.name} {ours}-d ones: it is not its "

@@ -198,6 +198,28 @@ def test_a_teacher_of_other_weights_than_the_student_was_trained_against_is_refu
     assert not (tmp_path / "out").exists()
 
 
+def test_a_teacher_named_for_a_test_set_is_checked_by_name_without_a_recorded_fingerprint(student, tmp_path,
+                                                                                            monkeypatch):
+    """--test-set loads a --teacher given by name, which skipped the name and dimension check:
+    a student of an older aml (no teacher fingerprint) was exported as another teacher's, and
+    int8.json measured it against that teacher's database."""
+    from aml.networks import LoadedNetwork
+
+    state = checkpoint_state(student, 1, 0.0)
+    state["meta"].update(teacher="retrievalSfM120k-resnet101-gem")  # and no teacher_fingerprint
+    path = save_checkpoint(state, tmp_path / "student.pth.tar")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 30), (40, 90, 200)).save(photos / "0.jpg")
+    other = LoadedNetwork.in_memory(build_network("resnet18", pretrained=False, teacher_dim=512), "vgg16")
+    monkeypatch.setattr(export_cli, "load_spec", lambda spec, teacher, root: other)  # no download
+    with pytest.raises(SystemExit, match=r"student was trained against retrievalSfM120k-resnet101-gem, not --teacher "
+                                         r"vgg16: the exported files would record a teacher it was not trained against"):
+        export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--int8", "--calibration",
+                         str(photos), "--test-set", "synth-oxford", "--teacher", "vgg16"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_test_set_against_a_replaced_recorded_teacher_is_refused(student, tmp_path):
     """Without --teacher, --test-set measured the student against the recorded teacher's file
     after it was replaced (another mAP, written to int8.json), where test.py --asym refuses."""

@@ -330,6 +330,10 @@ def _onnx_with_workers(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "onnx", None)) and args.workers > 0
 
 
+def _with_onnx(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "onnx", None))
+
+
 def _without_amp(args: argparse.Namespace) -> bool:
     """--no-amp, or a named device other than CUDA without --amp (autocast on CUDA only)."""
     device = str(getattr(args, "device", "auto"))
@@ -366,6 +370,7 @@ IGNORED_FLAGS = (
     ),
     IgnoredFlag("--device", "device", _onnx_on_a_gpu, "--onnx runs the student in onnxruntime on the CPU"),
     IgnoredFlag("--workers", "workers", _onnx_with_workers, "--onnx reads the query images in this process"),
+    IgnoredFlag("--gpu-id", "gpu_id", _with_onnx, "--onnx runs the student in onnxruntime on the CPU"),
 )
 
 

@@ -147,6 +147,8 @@ CASES = [
     # extract_features' --shard-size writes a store for --feat-path: no distractor set concerned
     (EXTRACT, ["-d", "synth-sfm", "--shard-size", "64", "--split", ""], "--split '' names no split"),
     (QUERY[:1] + (QUERY[1][:4] + ["--onnx", "s.onnx"],), ["-j", "2"], "--workers 2: --onnx reads the query images"),
+    (QUERY[:1] + (QUERY[1][:4] + ["--onnx", "s.onnx"],), ["-g", "1"], "--gpu-id 1: --onnx runs the student in "
+                                                                       "onnxruntime on the CPU"),
 ]
 
 

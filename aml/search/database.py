@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Final, List, Optional, Tuple, TypedDict
@@ -40,6 +41,9 @@ SEARCH = "search.json"  # what the query side checks: the teacher the store was 
 WHITENING = "whitening.pth"
 DBA = "dba.npy"  # the descriptors after database-side augmentation (whitened first)
 INDEX = "index.faiss"
+#: a new IVF-PQ index recorded in search.json before it is renamed to index.faiss: a build
+#: stopped between the two leaves the store searchable with it (`index_path`)
+PENDING_INDEX = ".index.faiss.new"
 REBUILD = "python -m aml.search index"
 FILES: Final = "files"  # search.json's sha256 of each of the store's files besides the shards
 
@@ -369,8 +373,8 @@ class SearchDatabase:
         It is read at the first search; a store whose ``search.json`` records its files' sha256
         uses only the index it recorded when it was opened, byte for byte (an indexing of the
         folder meanwhile would otherwise pair the new store's index with the old descriptors)."""
-        index_file = self.folder / INDEX
         listed = self.settings.get(FILES)
+        index_file = index_path(self.folder, listed.get(INDEX) if listed is not None else None)
         if (listed is not None and INDEX not in listed) or not index_file.is_file():
             return None
         if faiss_or_none() is None:
@@ -507,14 +511,33 @@ def write_ivfpq(
             "old descriptors; open the store again and build the index on it"
         )
     index, recall = train_ivfpq(database.vecs, nlist, m, nprobe, k, sample, seed)
-    write_index(index, database.folder / INDEX)
-    _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall})
+    pending = database.folder / PENDING_INDEX  # recorded, then renamed: the store opens at every step
+    write_index(index, pending)
+    _record_index(database.folder, {"nlist": nlist, "m": m, "recall": recall}, file_sha256(pending))
+    os.replace(pending, database.folder / INDEX)
     database.index = index
     return recall
 
 
-def _record_index(folder: Path, settings: IvfPqRecord) -> None:
-    """Add the index's sha256 and settings to the store's ``search.json`` (a store indexed by
+def index_path(folder: Path, recorded: Optional[str]) -> Path:
+    """The store's IVF-PQ index file: ``index.faiss``, or the new index a build stopped before
+    renaming it (`PENDING_INDEX`), when that one holds the sha256 ``search.json`` records.
+
+    Args:
+        folder: the store.
+        recorded: the index's sha256 that ``search.json`` records (None: none).
+
+    Returns:
+        The file to read the index from.
+    """
+    pending = folder / PENDING_INDEX
+    if recorded is not None and pending.is_file() and file_sha256(pending) == recorded:
+        return pending
+    return folder / INDEX
+
+
+def _record_index(folder: Path, settings: IvfPqRecord, sha256: str) -> None:
+    """Add the index's ``sha256`` and settings to the store's ``search.json`` (a store indexed by
     an aml that recorded no hashes, or a database not read from a store folder, has none to
     add to)."""
     path = folder / SEARCH
@@ -524,6 +547,6 @@ def _record_index(folder: Path, settings: IvfPqRecord) -> None:
         return
     if not isinstance(record, dict) or not isinstance(record.get(FILES), dict):
         return
-    record[FILES][INDEX] = file_sha256(folder / INDEX)
+    record[FILES][INDEX] = sha256
     record["ivfpq"] = settings
     atomic_write(path, lambda out: out.write(json.dumps(record).encode()))

@@ -49,6 +49,7 @@ from aml.search.database import (
     DBA,
     FILES,
     INDEX,
+    PENDING_INDEX,
     REBUILD,
     SEARCH,
     WHITENING,
@@ -59,6 +60,7 @@ from aml.search.database import (
     StoreError,
     StoreSettings,
     Whitening,
+    index_path,
     write_ivfpq,
 )
 from aml.utils.atomic import atomic_write, folder_identity, folder_lock, publish_folder
@@ -77,7 +79,15 @@ SHARD_SIZE = 65536  # images per shard (256 MB of 1024-d float32)
 STORE_SETTINGS = tuple(sorted(StoreSettings.__required_keys__))
 #: what a store folder may hold: its own files (and what an atomic write leaves while it runs)
 STORE_FILES: Tuple[str, ...] = (MANIFEST, IMAGE_LIST, "skipped.txt", "shard_*.npy", "shard_*.json", SEARCH, WHITENING)
-STORE_FILES += (DBA, INDEX, *LEGACY_FILES, ".*.tmp", ".lock", ".shard_*.npy.lock")  # a killed writer's lock stays
+STORE_FILES += (
+    DBA,
+    INDEX,
+    PENDING_INDEX,
+    *LEGACY_FILES,
+    ".*.tmp",
+    ".lock",
+    ".shard_*.npy.lock",
+)  # a killed writer's lock stays
 #: the files that make a folder a store (a search store, a descriptor store, one of the one-file layout),
 #: each with the key its JSON holds (None: its name alone): a ``search.json`` of another program's is no store's
 STORE_MARKERS: Dict[str, Optional[str]] = {SEARCH: "source", MANIFEST: "shard_size", LEGACY_FILES[0]: None}
@@ -650,7 +660,7 @@ def _verify_files(folder: Path, settings: StoreSettings) -> None:
             )
         return
     for name in sorted(set(present) | set(listed) | ({DBA} if settings.get("dba") else set())):
-        path = folder / name
+        path = index_path(folder, listed.get(INDEX)) if name == INDEX else folder / name
         if name not in listed:
             raise StoreError(
                 f"{path} was not written by this store's indexing ({SEARCH} does not list it): it belongs to "

@@ -315,6 +315,49 @@ def test_an_ivfpq_index_and_its_record_are_written_under_the_stores_lock(tmp_pat
     assert record["ivfpq"]["nlist"] == 4 and len(record["files"]["index.faiss"]) == 64
 
 
+def test_an_ivfpq_build_stopped_between_its_writes_leaves_the_store_searchable(tmp_path, monkeypatch):
+    """The index was written, then search.json recorded it: a stop between the two (a full disk,
+    a kill) left an index that search.json did not list, or listed one that was not there, and
+    the store refused to open until it was indexed again (hours for a million images)."""
+    from aml.search import database as search_database
+    from aml.search.store import _verify_files
+
+    vecs = np.random.default_rng(2).normal(size=(16, 300)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=0)
+    images = [f"{i}.jpg" for i in range(300)]
+    (tmp_path / "search.json").write_text(json.dumps({"source": "t", "files": {}}))
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_database, "_record_index", stop)  # stopped before the record
+    with pytest.raises(KeyboardInterrupt):
+        build_ivfpq(SearchDatabase(tmp_path, vecs, images, {"dim": 16}), nlist=4, m=4)
+    listed = json.loads((tmp_path / "search.json").read_text())["files"]
+    assert listed == {} and not (tmp_path / "index.faiss").exists()
+    _verify_files(tmp_path, {"files": listed})  # the store as it was: searched exactly
+    monkeypatch.undo()
+    real_replace = os.replace
+
+    def stop_at_the_index(source, target):  # the atomic writes' own renames go through
+        if Path(target).name == "index.faiss":
+            raise KeyboardInterrupt
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stop_at_the_index)  # stopped after the record, before the rename
+    with pytest.raises(KeyboardInterrupt):
+        build_ivfpq(SearchDatabase(tmp_path, vecs, images, {"dim": 16}), nlist=4, m=4)
+    monkeypatch.undo()
+    listed = json.loads((tmp_path / "search.json").read_text())["files"]
+    assert not (tmp_path / "index.faiss").exists() and search_database.index_path(tmp_path, listed["index.faiss"]).is_file()
+    _verify_files(tmp_path, {"files": listed})
+    opened = SearchDatabase(tmp_path, vecs, images, {"dim": 16, "files": listed})
+    found = opened.search(vecs[:, :3], 5)[1]
+    assert hasattr(opened.index, "nprobe") and found[:, 0].tolist() == [0, 1, 2]  # the recorded index, used
+    build_ivfpq(SearchDatabase(tmp_path, vecs, images, {"dim": 16}), nlist=4, m=4)  # the next build completes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.faiss", "search.json"]
+
+
 def test_exact_search_without_faiss_is_the_same(tmp_path, monkeypatch):
     from aml.search import faiss_index
 

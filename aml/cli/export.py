@@ -2,6 +2,7 @@
 optionally as int8 ONNX with a report of what int8 costs on a test set."""
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -32,7 +33,7 @@ from aml.networks.loading import LoadedNetwork, NetworkSpec, load_spec, load_tes
 from aml.reports.provenance import provenance
 from aml.search import SearchDatabase, StoreError, check_teacher, list_images, open_database
 from aml.search.store import store_holding, store_marker
-from aml.utils.atomic import atomic_write
+from aml.utils.atomic import atomic_write, folder_lock
 from aml.utils.text_files import strict_json
 from aml.utils.errors import ConfigError
 
@@ -349,7 +350,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
     _check_flags(parser, args)
     setup_logging(verbose=False)
     calibration_folder = _calibration_folder(parser, args) if args.int8 else []
-    with one_line_errors():
+    with one_line_errors(), contextlib.ExitStack() as held:
         student = load_test_network(args.network, None, None, args.data_root)
         store = open_database(args.store) if args.store else None
         if store is not None:  # its whitening is the teacher's: folded into another teacher's student, it is noise
@@ -363,6 +364,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Path]:
         _check_trained_against(args, student, teacher)
         teacher_fingerprint = recorded or (teacher.fingerprint if teacher else None)
         info = student_info(student.net, student.name, spec, teacher_fingerprint, whitening)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)  # two exports into one folder take turns, report included
+        held.enter_context(folder_lock(out, fix="give another --out", beside=True))
         files, diffs = export_student(student.net, args.out, whitening, onnx=args.onnx, info=info, int8=int8)
         for kind, path in files.items():
             if kind == "int8" and int8 is not None:

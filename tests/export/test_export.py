@@ -220,6 +220,20 @@ def test_a_teacher_named_for_a_test_set_is_checked_by_name_without_a_recorded_fi
     assert not (tmp_path / "out").exists()
 
 
+def test_two_exports_into_one_folder_take_turns(student, tmp_path):
+    """Two exports into one --out moved their files in one rename at a time each: the folder could
+    hold one's student.pt beside the other's student.onnx, and one's int8.json dropped by the other."""
+    from aml.utils.atomic import folder_lock
+
+    path = save_checkpoint(checkpoint_state(student, 1, 0.0), tmp_path / "student.pth.tar")
+    out = tmp_path / "deploy"
+    with folder_lock(out, beside=True), pytest.raises(SystemExit, match=rf"another run is using {out} \(pid \d+\); "
+                                                                         r"wait for it to end, or give another --out"):
+        export_cli.main(["--network", str(path), "--out", str(out), "--no-onnx"])
+    assert not out.exists()
+    assert export_cli.main(["--network", str(path), "--out", str(out), "--no-onnx"])["torchscript"].is_file()
+
+
 def test_a_test_set_against_a_replaced_recorded_teacher_is_refused(student, tmp_path):
     """Without --teacher, --test-set measured the student against the recorded teacher's file
     after it was replaced (another mAP, written to int8.json), where test.py --asym refuses."""

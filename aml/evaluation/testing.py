@@ -35,7 +35,7 @@ import numpy as np
 
 from aml.data.testsets import LEVELS
 from aml.descriptors import cached_descriptors, describe_images
-from aml.descriptors.store import DescriptorStore, encode_into_store, warn_of_skipped
+from aml.descriptors.store import MANIFEST, DescriptorStore, encode_into_store, warn_of_skipped
 from aml.evaluation.database import Distractors, TestDatabase
 from aml.evaluation.metrics import Metrics, evaluate_positions
 from aml.evaluation.plan import PlannedSet, TestPlan, TestSettings
@@ -161,6 +161,18 @@ def _drop_temporary(temporary: List[Path], together: bool = True) -> None:
             log.info(">> %s: deleted (the distractors of a network in memory, found by no later test)", folder)
 
 
+def _drop_cut_short(folder: Path) -> None:
+    """Delete a temporary store whose deletion a failed test cut short (shards, no manifest:
+    a network in memory's, which no later test finds; creating it again refused it)."""
+    world = current_world()
+    if not from_main(not (folder / MANIFEST).is_file() and any(folder.glob("shard_*.npy")), world):
+        return
+    if world.is_main:
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info(">> %s: deleted (the shards of an earlier test of a network in memory, cut short)", folder)
+    barrier(world)
+
+
 def _store(plan: TestPlan, suffix: str, temporary: List[Path]) -> _DistractorStore:
     """The distractor set ``suffix`` encoded into its store (only the shards still missing);
     temporary where the network is in memory alone and the store was not there before: its
@@ -174,6 +186,8 @@ def _store(plan: TestPlan, suffix: str, temporary: List[Path]) -> _DistractorSto
         planned.folder,
     )
     in_memory = encoder.spec.source is Source.MEMORY
+    if in_memory:
+        _drop_cut_short(planned.folder)
     made_here = in_memory and not from_main(planned.folder.exists(), current_world())  # one decision for all ranks
     if made_here:
         temporary.append(planned.folder)

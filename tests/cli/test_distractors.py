@@ -236,6 +236,11 @@ def test_the_distractors_of_a_network_in_memory_are_deleted_once_searched(root, 
                     settings)["synth-oxford+synth1m"]
     assert kept.plain.map("medium") == result.plain.map("medium") and kept.distractors.kept
     assert [path for path in stores(root) if path not in before] == [Path(kept.distractors.store)]
+    cut_short = Path(result.distractors.store)  # a failed test's deletion cut short by another rank's shard
+    cut_short.mkdir()
+    (cut_short / "shard_00001.npy").write_bytes(b"half")
+    assert not evaluate(LoadedNetwork.in_memory(net, "run_epoch3"), settings)["synth-oxford+synth1m"].distractors.kept
+    assert not cut_short.exists()  # "holds shards but no manifest" refused every later test of the network
     Path(result.distractors.store).mkdir()  # there before the test (another run's): never deleted
     again = evaluate(LoadedNetwork.in_memory(net, "run_epoch3"), settings)["synth-oxford+synth1m"]
     assert again.distractors.kept and (Path(again.distractors.store) / "manifest.json").is_file()

@@ -279,8 +279,6 @@ def positions_with_distractors(
 
 NEIGHBOUR_CHUNK = 1024  # queries whose scores `nearest` takes at once, at most
 SCORE_VALUES = 1 << 28  # and at most this many scores (float32: 1 GiB) at once
-#: rows copied into columns at once by `padded_products` (256 MiB of 1024-d float32 rows)
-COPIED_ROWS = 1 << 16
 
 
 def nearest(
@@ -503,10 +501,11 @@ def padded_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     database product whatever the block's width and the layout of the descriptors (tested on
     both CPU kernel sets, on one thread): BLAS computes a product of one column, or of one
     query, by another path (gemv), whose rounding depends on the layout, so a narrow block is
-    padded to ``MIN_BLOCK`` rows and a single query to two; and the rows are multiplied as D x n
-    columns (copied `COPIED_ROWS` at a time, unless they are a view of columns), since MKL on
-    Intel CPUs rounds a product of rows otherwise at every block width. (A product of 1 to 3 queries still rounds
-    otherwise than the same queries among more: callers split many queries by `even_parts`.)
+    padded to ``MIN_BLOCK`` rows and a single query to two; and contiguous rows are multiplied
+    as ``rows @ queries`` (no copy), which rounds as ``queries.T @ columns`` does for a view of
+    columns, where ``queries.T @ rows.T`` did not on an Intel CPU (MKL, one thread), at any
+    block width. (A product of 1 to 3 queries still rounds otherwise than the same queries
+    among more: callers split many queries by `even_parts`.)
 
     Args:
         queries: D x Q query descriptors.
@@ -524,13 +523,10 @@ def padded_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if queries.shape[1] == 1:
         pair = torch.cat([queries, torch.zeros_like(queries)], dim=1)
         return padded_products(pair, rows)[:1].contiguous()
-    if rows.t().is_contiguous():  # a view of columns
+    queries = queries.contiguous()  # D x Q in one layout too (a search's are a view of Q x D rows)
+    if rows.t().is_contiguous():  # a view of D x n columns
         return _column_products(queries, rows.t())
-    scores = torch.empty(queries.shape[1], rows.shape[0], dtype=queries.dtype, device=queries.device)
-    for start in range(0, rows.shape[0], COPIED_ROWS):  # a store of a million rows is not copied whole
-        block = rows[start : start + COPIED_ROWS]
-        scores[:, start : start + len(block)] = _column_products(queries, block.t().contiguous())
-    return scores
+    return _row_products(queries, rows.contiguous())  # a no-op for rows (a store's)
 
 
 def _column_products(queries: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -540,3 +536,12 @@ def _column_products(queries: torch.Tensor, columns: torch.Tensor) -> torch.Tens
     padded = torch.zeros(columns.shape[0], MIN_BLOCK, dtype=columns.dtype, device=columns.device)
     padded[:, : columns.shape[1]] = columns
     return (queries.t() @ padded)[:, : columns.shape[1]].contiguous()
+
+
+def _row_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Q x n scores of n x D contiguous rows, a narrow block padded to ``MIN_BLOCK``."""
+    if rows.shape[0] >= MIN_BLOCK:
+        return (rows @ queries).t().contiguous()
+    padded = torch.zeros(MIN_BLOCK, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    padded[: rows.shape[0]] = rows
+    return (padded @ queries)[: rows.shape[0]].t().contiguous()

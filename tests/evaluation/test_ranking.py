@@ -245,20 +245,22 @@ def test_long_runs_of_equal_scores_are_put_in_index_order_at_once():
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("n_queries", [1, 2, 5])
-def test_scores_do_not_depend_on_the_layout_of_the_descriptors(n_queries, monkeypatch):
+def test_scores_do_not_depend_on_the_layout_of_the_descriptors(n_queries):
     """A store's D x N descriptors are a view of rows: one query scored against them by BLAS's
     gemv rounded otherwise than against a contiguous copy (96% of its scores), so a search and
-    the evaluation's ranking put near-ties apart; on an Intel Xeon (MKL), a product of rows
-    rounded otherwise than one of columns for 2 to 5 queries too, on one thread."""
+    the evaluation's ranking put near-ties apart; on an Intel Xeon (MKL), ``queries.T @ rows.T``
+    rounded otherwise than ``queries.T @ columns`` for 2 to 5 queries too, on one thread, and
+    otherwise at each block width."""
     import torch
 
-    import aml.evaluation.ranking as ranking
+    from aml.evaluation.ranking import padded_products
 
     rng = np.random.default_rng(n_queries)
     rows = rng.standard_normal((300, 512)).astype(np.float32)
-    queries = torch.from_numpy(rng.standard_normal((512, n_queries)).astype(np.float32))
-    as_rows = ranking.padded_products(queries, torch.from_numpy(rows))
-    as_columns = ranking.padded_products(queries, torch.from_numpy(np.ascontiguousarray(rows.T)).t())
-    assert torch.equal(as_rows, as_columns)
-    monkeypatch.setattr(ranking, "COPIED_ROWS", 70)  # rows copied into columns a block at a time, the last narrow
-    assert torch.equal(ranking.padded_products(queries, torch.from_numpy(rows)), as_columns)
+    queries = rng.standard_normal((512, n_queries)).astype(np.float32)
+    as_columns = padded_products(torch.from_numpy(queries), torch.from_numpy(np.ascontiguousarray(rows.T)).t())
+    for layout in (queries, np.ascontiguousarray(queries.T).T):  # a search's queries are a view of rows
+        assert torch.equal(padded_products(torch.from_numpy(layout), torch.from_numpy(rows)), as_columns)
+        blocks = [padded_products(torch.from_numpy(layout), torch.from_numpy(rows[a:b])) for a, b in
+                  ((0, 70), (70, 75), (75, 300))]  # a store's shards, one narrow
+        assert torch.equal(torch.cat(blocks, dim=1), as_columns)

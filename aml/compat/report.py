@@ -27,7 +27,7 @@ def legend(matrix: CompatibilityMatrix) -> str:
         >>> from aml.compat.report import legend
         >>> teacher = MatrixNetwork("teacher", "t", "t.pth", "checkpoint", "resnet18", 8, "0" * 16)
         >>> legend(CompatibilityMatrix((teacher,), {}))[:45]
-        "*: beats the teacher's symmetric mAP (teacher:"
+        "*: beats the teacher's symmetric mAP (teacher"
     """
     return (
         f"{BEATS_TEACHER}: beats the teacher's symmetric mAP (teacher: {matrix.teacher.label}); "

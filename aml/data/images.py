@@ -316,7 +316,7 @@ ZERO_FILL = 64
 
 
 def zero_filled(handle: BinaryIO) -> int:
-    """How many zero bytes end a JPEG file whose data before them lacks the end marker: a copy
+    r"""How many zero bytes end a JPEG file whose data before them lacks the end marker: a copy
     or download that stopped, the rest of the file left zeros (libjpeg decodes the zeros as
     data, without a word); 0 for any other file (fewer than `ZERO_FILL`, or the marker there).
 

@@ -327,7 +327,7 @@ def even_parts(count: int, most: int) -> List[slice]:
     Examples:
         >>> from aml.evaluation.ranking import even_parts
         >>> [(p.start, p.stop) for p in even_parts(1025, 1024)]
-        [(0, 513), (513, 1025)]
+        [(0, 512), (512, 1025)]
     """
     parts = max(1, -(-count // max(most, 1)))
     bounds = [count * i // parts for i in range(parts + 1)]
@@ -493,19 +493,22 @@ def _block_rows(block: np.ndarray, device: str, transform: Optional[Transform]) 
     return rows if transform is None else transform(rows)
 
 
-MIN_BLOCK = 32  # narrower blocks are padded: BLAS computes a product with 1 column (gemv) in another order
+#: the database rows `padded_products` multiplies at once: every block, whatever its width,
+#: layout and place, is copied into one buffer of this many rows, so that every score comes
+#: from the same product (BLAS rounds by a product's shapes and layout)
+SCORED_ROWS = 1024
 
 
 def padded_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Q x n scores of a block of rows, bit for bit those of the same columns in one D x N
-    database product whatever the block's width and the layout of the descriptors (tested on
-    both CPU kernel sets, on one thread): BLAS computes a product of one column, or of one
-    query, by another path (gemv), whose rounding depends on the layout, so a narrow block is
-    padded to ``MIN_BLOCK`` rows and a single query to two; and contiguous rows are multiplied
-    as ``rows @ queries`` (no copy), which rounds as ``queries.T @ columns`` does for a view of
-    columns, where ``queries.T @ rows.T`` did not on an Intel CPU (MKL, one thread), at any
-    block width. (A product of 1 to 3 queries still rounds otherwise than the same queries
-    among more: callers split many queries by `even_parts`.)
+    database product, whatever the block's width and place and the layout of the descriptors
+    (tested under MKL's AVX-512, AVX2 and SSE4.2 code, on one thread): BLAS computes a product
+    of one column, or of one query, by another path (gemv), and rounds by a product's shapes
+    and layout (on an Intel Xeon, a product of rows otherwise than one of columns, and at each
+    width), so the rows are multiplied `SCORED_ROWS` at a time, copied into one zero-padded
+    buffer of rows (a memory copy for a store's), and a single query is paired with a zero one. (A product of 1 to 3
+    queries still rounds otherwise than the same queries among more: callers split many
+    queries by `even_parts`.)
 
     Args:
         queries: D x Q query descriptors.
@@ -523,25 +526,13 @@ def padded_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if queries.shape[1] == 1:
         pair = torch.cat([queries, torch.zeros_like(queries)], dim=1)
         return padded_products(pair, rows)[:1].contiguous()
-    queries = queries.contiguous()  # D x Q in one layout too (a search's are a view of Q x D rows)
-    if rows.t().is_contiguous():  # a view of D x n columns
-        return _column_products(queries, rows.t())
-    return _row_products(queries, rows.contiguous())  # a no-op for rows (a store's)
-
-
-def _column_products(queries: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """Q x n scores of D x n contiguous columns, a narrow block padded to ``MIN_BLOCK``."""
-    if columns.shape[1] >= MIN_BLOCK:
-        return (queries.t() @ columns).contiguous()
-    padded = torch.zeros(columns.shape[0], MIN_BLOCK, dtype=columns.dtype, device=columns.device)
-    padded[:, : columns.shape[1]] = columns
-    return (queries.t() @ padded)[:, : columns.shape[1]].contiguous()
-
-
-def _row_products(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Q x n scores of n x D contiguous rows, a narrow block padded to ``MIN_BLOCK``."""
-    if rows.shape[0] >= MIN_BLOCK:
-        return (rows @ queries).t().contiguous()
-    padded = torch.zeros(MIN_BLOCK, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    padded[: rows.shape[0]] = rows
-    return (padded @ queries)[: rows.shape[0]].t().contiguous()
+    queries = queries.contiguous()
+    count, dim = rows.shape
+    scores = torch.empty(queries.shape[1], count, dtype=queries.dtype, device=queries.device)
+    buffer = torch.zeros(SCORED_ROWS, dim, dtype=rows.dtype, device=rows.device)
+    for start in range(0, count, SCORED_ROWS):
+        block = rows[start : start + SCORED_ROWS]
+        buffer[len(block) :] = 0  # the last block's padding
+        buffer[: len(block)] = block
+        scores[:, start : start + len(block)] = (buffer @ queries)[: len(block)].t()
+    return scores

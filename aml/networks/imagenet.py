@@ -340,7 +340,7 @@ def find_weights(
 
     Example:
         >>> path, file = find_weights("mobilenet_v2")  # doctest: +SKIP
-        >>> file.filename
+        >>> file.filename  # doctest: +SKIP
         'mobilenet_v2-b0353104.pth'
     """
     weights = get_imagenet_weights(arch)

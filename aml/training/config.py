@@ -335,6 +335,7 @@ def problems(config: TrainConfig) -> List[str]:
         >>> problems(TrainConfig(directory="runs"))
         []
         >>> [reason.split(" (")[0] for reason in problems(TrainConfig.from_flags("runs", loss="dark", batch_size=4))]
+        ... # doctest: +NORMALIZE_WHITESPACE
         ['--loss dark cannot be used with --mode std: it compares batches of student and teacher descriptors',
          '--loss dark needs --batch-size of at least 5']
         >>> problems(TrainConfig(directory="runs", optimizer="adamw"))

@@ -16,7 +16,7 @@ from aml.data.formats import TrainingDb
 from aml.data.paths import cid2filename, data_subdir, link_folder
 from aml.data.safe_pickle import DatasetFileError, index_array, kind_of, load_pickle
 from aml.data.synthetic import generate_train_set
-from aml.utils.errors import ConfigError, MissingFile
+from aml.utils.errors import ConfigError, MissingFile, lookup
 from aml.utils.types import PathLike
 
 CIRTORCH_TRAIN = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/train/"
@@ -32,9 +32,20 @@ class TrainSet:
     training: bool = True  # has <name>.pkl with train/val splits (main.py -d)
     whitening: bool = True  # has <name>-whiten.pkl (test.py -w, main.py --test-whiten)
 
-    def pickles(self) -> List[str]:
-        """Its pickles: ``<name>.pkl`` (a training set), ``<name>-whiten.pkl`` (a whitening set)."""
-        return [f"{self.name}.pkl"] * self.training + [f"{self.name}-whiten.pkl"] * self.whitening
+    def pickles(self, use: str = "all") -> List[str]:
+        """Its pickles a use needs.
+
+        Args:
+            use: ``"training"`` (``<name>.pkl``), ``"whitening"`` (``<name>-whiten.pkl``), or
+                ``"all"`` (those the set has).
+
+        Returns:
+            The file names.
+        """
+        training, whitening = [f"{self.name}.pkl"], [f"{self.name}-whiten.pkl"]
+        uses = {"training": training, "whitening": whitening}
+        uses["all"] = training * self.training + whitening * self.whitening
+        return lookup(uses, use, "use of a training set")
 
 
 def _download_sfm(train_root: Path, progress: bool) -> None:
@@ -122,14 +133,15 @@ def is_training_set(name: str, data_root: Optional[PathLike] = None) -> bool:
 
 
 def prepare_train_set(
-    name: str, data_root: Optional[PathLike] = None, pickles: Optional[Sequence[str]] = None, progress: bool = True
+    name: str, data_root: Optional[PathLike] = None, use: str = "all", progress: bool = False
 ) -> Path:
-    """Make sure the training set's images and pickles exist (download or generate).
+    """Make sure the training set's images and the pickles of ``use`` exist (download or generate).
 
     Args:
         name: the set.
         data_root: the data root (None: the default).
-        pickles: the pickles needed; None: all of the set's (`TrainSet.pickles`).
+        use: what the pickles are needed for (`TrainSet.pickles`): ``"training"``,
+            ``"whitening"`` or ``"all"``.
         progress: progress bars on stderr while it is downloaded or generated.
 
     Returns:
@@ -137,25 +149,30 @@ def prepare_train_set(
     """
     train_root = data_subdir(data_root, "train")
     entry = find_train_set(name, train_root)
-    return _prepared(entry, train_root, entry.pickles() if pickles is None else pickles, progress)
+    return _prepared(entry, train_root, entry.pickles(use), progress)
 
 
-def _prepared(entry: TrainSet, train_root: Path, pickles: Sequence[str], progress: bool = True) -> Path:
+def _prepared(entry: TrainSet, train_root: Path, pickles: Sequence[str], progress: bool = False) -> Path:
     """The folder of ``entry`` under ``train_root``, downloaded or generated when it lacks its
     images or one of ``pickles`` (each by name: one of two was taken for the set)."""
     folder = Path(train_root) / entry.folder
-    missing = [name for name in ("ims", *pickles) if not (folder / name).exists()]
+    missing = _missing(folder, pickles)
     if not missing:
         return folder
     if entry.prepare is None:
         raise MissingFile(f"{folder} lacks {', '.join(missing)}; make it again with python -m aml.cli.make_trainset")
     entry.prepare(Path(train_root), progress)  # a download fetches what is missing; a generated set is kept
-    missing = [name for name in ("ims", *pickles) if not (folder / name).exists()]
+    missing = _missing(folder, pickles)
     if missing:
         raise MissingFile(
             f"{folder} lacks {', '.join(missing)} of the set {entry.name}: delete the folder to make it again"
         )
     return folder
+
+
+def _missing(folder: Path, pickles: Sequence[str]) -> List[str]:
+    """What ``folder`` lacks of ``ims/`` and ``pickles``."""
+    return [name for name in ("ims", *pickles) if not (folder / name).exists()]
 
 
 def check_image_db(db: Any, source: str, clusters: bool = True) -> Dict[str, Any]:
@@ -218,7 +235,7 @@ def pairs_across_clusters(db: TrainingDb) -> List[int]:
 def load_training_db(name: str, split: str, data_root: Optional[PathLike] = None) -> TrainingDb:
     """One split ('train' or 'val') of a training set, with absolute image paths in 'images'."""
     entry = get_train_set(name, data_root)
-    folder = prepare_train_set(name, data_root, [f"{entry.name}.pkl"])
+    folder = prepare_train_set(name, data_root, "training")
     path = folder / f"{entry.name}.pkl"
     dbs = load_pickle(path)
     if not isinstance(dbs, dict) or split not in dbs:
@@ -246,7 +263,7 @@ def read_whitening_db(name: str, train_root: Path) -> TrainingDb:
         The checked db, with the absolute image paths in 'images'.
     """
     entry = find_train_set(name, train_root)
-    folder = _prepared(entry, train_root, [f"{entry.name}-whiten.pkl"])
+    folder = _prepared(entry, train_root, entry.pickles("whitening"))
     path = folder / f"{entry.name}-whiten.pkl"
     db = check_image_db(load_pickle(path), str(path), clusters=False)
     db["images"] = [cid2filename(cid, folder / "ims") for cid in db["cids"]]

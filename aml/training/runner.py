@@ -188,7 +188,7 @@ class _Run:
         """Everything that may download or generate files: the training db, the trunk weights,
         the teacher, the test sets (run by rank 0 first under torchrun)."""
         c = self.config
-        prepare_train_set(c.training_dataset, self.data_root)
+        prepare_train_set(c.training_dataset, self.data_root, "training", progress=c.extraction.progress)
         self.trunk_weights_file()
         if self.reads_teacher:
             _ = self.teacher.loaded  # downloaded or read once, here, before the other ranks

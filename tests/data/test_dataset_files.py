@@ -243,12 +243,16 @@ def test_a_training_set_missing_one_of_its_pickles_is_prepared_again_or_named(tm
 
     entry = TrainSet("retrieval-SfM-120k", "retrieval-SfM-120k", download)
     assert entry.pickles() == ["retrieval-SfM-120k.pkl", "retrieval-SfM-120k-whiten.pkl"]
+    assert entry.pickles("whitening") == ["retrieval-SfM-120k-whiten.pkl"]
     assert _prepared(entry, tmp_path / "train", entry.pickles()) == folder and fetched == [tmp_path / "train"]
     assert _prepared(entry, tmp_path / "train", entry.pickles()) == folder and len(fetched) == 1  # not fetched again
     generated = shutil.copytree(synth_root / "train" / "synth-sfm", tmp_path / "train" / "synth-sfm")
     (generated / "synth-sfm-whiten.pkl").unlink()
     synth = TrainSet("synth-sfm", "synth-sfm", lambda root, progress: None)  # generating keeps a generated set
-    assert _prepared(synth, tmp_path / "train", ["synth-sfm.pkl"]) == generated  # training needs no more
+    assert _prepared(synth, tmp_path / "train", synth.pickles("training")) == generated  # training needs no more
+    from aml.data.trainsets import prepare_train_set
+
+    assert prepare_train_set("synth-sfm", tmp_path, "training") == generated  # as main.py prepares its set
     with pytest.raises(MissingFile, match=r"synth-sfm lacks synth-sfm-whiten.pkl of the set synth-sfm: delete the "
                                           r"folder to make it again"):
         _prepared(synth, tmp_path / "train", synth.pickles())

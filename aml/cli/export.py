@@ -287,7 +287,7 @@ def _check_trained_against(args, student: LoadedNetwork, teacher: Optional[Loade
                 f"--teacher {args.teacher} gives {dim}-d descriptors, {student.name} {ours}-d ones: it is not its "
                 "teacher; leave --teacher out, or give the one it was trained against"
             )
-        if named is not None and NetworkSpec.parse(named).name != given.name:
+        if named is not None and given.local_file is None and NetworkSpec.parse(named).name != given.name:
             raise ConfigError(
                 f"{student.name} was trained against {named}, not --teacher {args.teacher}: the exported files "
                 "would record a teacher it was not trained against; leave --teacher out"

@@ -218,6 +218,12 @@ def test_a_teacher_named_for_a_test_set_is_checked_by_name_without_a_recorded_fi
         export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--int8", "--calibration",
                          str(photos), "--test-set", "synth-oxford", "--teacher", "vgg16"])
     assert not (tmp_path / "out").exists()
+    # a file is checked by its dimension alone: its name is the file's (a download's carries its hash)
+    monkeypatch.undo()
+    downloaded = save_checkpoint(checkpoint_state(other.net, 1, 0.0), tmp_path / "retrievalSfM120k-resnet101-gem-3ba9.pth")
+    files = export_cli.main(["--network", str(path), "--out", str(tmp_path / "out"), "--no-onnx", "--teacher",
+                             str(downloaded)])
+    assert files["torchscript"].is_file()
 
 
 def test_two_exports_into_one_folder_take_turns(student, tmp_path):

@@ -3,7 +3,8 @@ student's projection at its own lr), Adam/SGD, and the exponential learning-rate
 exp(-0.01) per epoch."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 import torch
@@ -66,10 +67,19 @@ class OptimizerKind:
         build: ``(groups, lr, momentum, weight_decay, fused) -> torch.optim.Optimizer``.
         signature: the settings its parameter groups held in torch 1.0 (the original's), which
             every torch since saves; a newer torch adds others (``foreach``, ``fused``, ...).
+        foreign: settings whose value marks another optimizer of the same settings (AdamW is
+            Adam with ``decoupled_weight_decay=True`` since torch 2.6).
     """
 
     build: Callable[[List[Dict[str, Any]], float, float, float, Optional[bool]], torch.optim.Optimizer]
     signature: FrozenSet[str]
+    foreign: Mapping[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def settings(self) -> FrozenSet[str]:
+        """The settings this torch's optimizer of this kind holds in a parameter group."""
+        probe = self.build([{"params": [torch.zeros(1, requires_grad=True)]}], 1.0, 0.0, 0.0, None)
+        return frozenset(probe.param_groups[0])
 
     def holds(self, group: Mapping[str, Any]) -> bool:
         """Whether a parameter group (live or saved) is one of this kind's: its signature's
@@ -80,16 +90,18 @@ class OptimizerKind:
 
         Returns:
             True for this kind's groups of torch 1.0 on (RMSprop's, which holds ``momentum``
-            too, or NAdam's, which holds ``betas``, are not SGD's or Adam's).
+            too, or NAdam's and AdamW's, which hold ``betas``, are not SGD's or Adam's).
         """
-        probe = self.build([{"params": [torch.zeros(1, requires_grad=True)]}], 1.0, 0.0, 0.0, None)
-        return self.signature <= set(group) <= set(probe.param_groups[0]) | GROUP_FIELDS
+        if any(group.get(name) == value for name, value in self.foreign.items()):
+            return False
+        return self.signature <= set(group) <= self.settings | GROUP_FIELDS
 
 
 OPTIMIZERS: Dict[str, OptimizerKind] = {
     "adam": OptimizerKind(
         lambda groups, lr, momentum, wd, fused: torch.optim.Adam(groups, lr, weight_decay=wd, fused=fused),
         frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad"}),
+        {"decoupled_weight_decay": True},
     ),
     "sgd": OptimizerKind(
         lambda groups, lr, momentum, wd, fused: torch.optim.SGD(

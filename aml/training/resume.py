@@ -115,7 +115,7 @@ def _check_training_state(path: Path, state: Mapping[str, Any], optimizer: torch
         trained = f"--optimizer {theirs}" if theirs else "an optimizer that is none of aml's (or a newer torch's)"
         raise CheckpointError(
             f"cannot resume from {path}: it was trained with {trained}, this run with --optimizer {ours}; resume "
-            "with the flags the run was started with"
+            "with the flags the run was started with" + ("" if theirs else ", and the torch that saved it")
         )
     _check_multipliers(path, groups, optimizer)
 

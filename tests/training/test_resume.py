@@ -63,7 +63,8 @@ def test_another_optimizer_is_refused_by_name(tmp_path):
 
     # optimizers aml does not train with: RMSprop's groups hold momentum, NAdam's and Adamax's betas
     # (loaded into SGD or Adam, a step failed mid-training, KeyError 'dampening', or trained on as Adam)
-    for other, ours in ((torch.optim.RMSprop, sgd), (torch.optim.NAdam, adam), (torch.optim.Adamax, adam)):
+    for other, ours in ((torch.optim.RMSprop, sgd), (torch.optim.NAdam, adam), (torch.optim.Adamax, adam),
+                        (torch.optim.AdamW, adam)):  # AdamW's groups are Adam's, decoupled_weight_decay True
         saved = other(net.parameters(), lr=1e-3)
 
         def theirs(state):

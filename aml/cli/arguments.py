@@ -322,16 +322,16 @@ def _without_distractors(args: argparse.Namespace) -> bool:
     return hasattr(args, "distractor_dtype") and SEPARATOR not in args.datasets
 
 
-def _onnx_on_a_gpu(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "onnx", None)) and args.device != "cpu"
+def _with_onnx(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "onnx", None))
 
 
 def _onnx_with_workers(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "onnx", None)) and args.workers > 0
+    return _with_onnx(args) and args.workers > 0
 
 
-def _with_onnx(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "onnx", None))
+def _onnx_on_a_gpu(args: argparse.Namespace) -> bool:
+    return _with_onnx(args) and args.device != "cpu"
 
 
 def _without_amp(args: argparse.Namespace) -> bool:

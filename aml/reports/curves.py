@@ -75,7 +75,7 @@ def _matplotlib_figure():
     return Figure, FigureCanvasAgg, MaxNLocator
 
 
-def figure_classes_for(path: Path):
+def figure_classes_for(path: Path) -> Optional[Tuple[type, type, type]]:
     """matplotlib's figure classes to draw ``path`` with; None when matplotlib is not installed,
     after removing an earlier drawing at ``path``, which would stand beside newer numbers.
 

@@ -258,15 +258,7 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
     elif not path.is_file():
         raise MissingFile(f"feature file {path} does not exist; create it with extract_features.py")
     else:
-        try:
-            vecs = load_npy(path)
-        except (ValueError, OSError, EOFError) as err:
-            other = file_format(path)
-            if other is not None and "numpy" not in other:
-                raise DataError(
-                    f"feature file {path} is {other}, not a .npy array; give the file extract_features.py wrote"
-                ) from err
-            raise DataError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
+        vecs = _feature_npy(path)
     if vecs.dtype not in DESCRIPTOR_DTYPES:  # float128 too: no einsum or torch tensor of it
         raise DataError(
             f"feature file {path} holds {vecs.dtype} values, not float16, float32 or float64 descriptors; extract it "
@@ -296,6 +288,19 @@ def load_feature_file(path: Path, expected_columns: int, expected_dim: Optional[
         )
     _warn_of_unnormalised(path, vecs)
     return vecs.astype(np.float32, copy=False)
+
+
+def _feature_npy(path: Path) -> np.ndarray:
+    """The array of a feature file's ``.npy``, or a DataError naming what the file is instead."""
+    try:
+        return load_npy(path)
+    except (ValueError, OSError, EOFError) as err:
+        other = file_format(path)
+        if other is not None and "numpy" not in other:
+            raise DataError(
+                f"feature file {path} is {other}, not a .npy array; give the file extract_features.py wrote"
+            ) from err
+        raise DataError(f"feature file {path} is not a readable .npy array ({err}); extract it again") from err
 
 
 def _warn_of_unnormalised(path: Path, vecs: np.ndarray) -> None:

@@ -11,12 +11,13 @@ import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, TypedDict, Union, cast
+from typing import Any, Callable, Dict, List, Mapping, Optional, TypedDict, Union, cast
 
 import torch
 from torch import nn
 
 from aml.networks.backbones import get_backbone, library_model, load_weights
+from aml.networks.inference import ModuleT
 from aml.networks.retrieval_net import KEPT_META_KEYS, ImageRetrievalNet, build_network, output_dimension
 from aml.utils.bounds import Bound
 from aml.utils.errors import named_few
@@ -265,12 +266,15 @@ def non_finite_weights(state: Mapping[str, torch.Tensor]) -> List[str]:
     """The names of the floating-point tensors of ``state`` that hold a NaN or an infinity.
 
     One read by the host for all of them (two when one is bad): on CUDA each read waits for
-    the queued kernels, and a network has hundreds of tensors.
+    the queued kernels, and a network has hundreds of tensors. Each tensor's largest magnitude
+    (NaN where it holds one, infinite where it holds an infinity) is one reduction: 7 times
+    faster on the CPU than ``isfinite(value).all()``, which every checkpoint read and written
+    pays.
     """
-    floats = {name: value for name, value in state.items() if value.is_floating_point()}
+    floats = {name: value for name, value in state.items() if value.is_floating_point() and value.numel()}
     if not floats:
         return []
-    finite = torch.stack([torch.isfinite(value).all() for value in floats.values()])
+    finite = torch.stack([torch.isfinite(value.detach().abs().amax()) for value in floats.values()])
     if bool(finite.all()):
         return []
     return [name for name, ok in zip(floats, finite.tolist(), strict=True) if not ok]
@@ -400,6 +404,38 @@ def misfit(err: RuntimeError) -> str:
     return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
 
 
+def unfilled(build: Callable[[], ModuleT]) -> ModuleT:
+    """``build()``'s module on the CPU, its tensors left for a strict ``load_state_dict`` to fill.
+
+    Built on the meta device, so no random weight is drawn (a ResNet-18 in 40 ms instead of
+    100, a VGG16 in 30 instead of 1,200). Built for real, from seed 0 and without moving the
+    caller's generator, where a state dict would not fill it all: a module with a non-persistent
+    buffer or a tensor attribute, or one whose construction reads tensor values.
+
+    Args:
+        build: makes the module (with the default device and generator it finds).
+
+    Returns:
+        The module; its tensors hold no values yet where it was built on the meta device.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except (RuntimeError, NotImplementedError):  # the construction read a meta tensor's value
+        skeleton = None
+    if skeleton is not None and all(_state_dict_fills(module) for module in skeleton.modules()):
+        return skeleton.to_empty(device="cpu")
+    with global_seed(0):
+        return build()
+
+
+def _state_dict_fills(module: nn.Module) -> bool:
+    """Whether ``module``'s own state dict holds each of its tensors."""
+    return not module._non_persistent_buffers_set and not any(
+        isinstance(value, torch.Tensor) for value in vars(module).values()
+    )
+
+
 def network_from_checkpoint(
     state: Checkpoint, teacher: Optional[str] = None, source: str = "checkpoint"
 ) -> ImageRetrievalNet:
@@ -419,8 +455,8 @@ def network_from_checkpoint(
     arch = meta["architecture"]
     dim = checkpoint_dimension(meta, teacher, source, state["state_dict"])
     try:
-        with global_seed(0):  # its random weights, replaced below, drawn without moving the caller's generator
-            net = build_network(
+        net = unfilled(
+            lambda: build_network(
                 arch,
                 meta["pooling"],
                 local_whitening=bool(meta.get("local_whitening", False)),
@@ -431,6 +467,7 @@ def network_from_checkpoint(
                 pretrained=False,
                 teacher_dim=dim,
             )
+        )
     except ValueError as err:  # an architecture or pooling this aml does not know
         raise CheckpointError(f"{source}: {err}") from None
     try:

@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 from aml.networks import build_network
+from aml.networks.backbones import BACKBONES
 from aml.networks.checkpoint import (CheckpointError, checkpoint_state, load_checkpoint, load_network,
                                      network_from_checkpoint, save_checkpoint)
 
@@ -226,6 +227,22 @@ def test_a_network_with_non_finite_values_is_refused_by_name(tmp_path, damage):
         load_network(path)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_every_non_finite_value_is_found_in_every_float_dtype(dtype):
+    """A NaN among finite values, an infinity of either sign, the largest finite value of the
+    dtype (not an infinity), empty and integer tensors (never reported)."""
+    from aml.networks.checkpoint import non_finite_weights
+
+    big = torch.finfo(dtype).max
+    values = {"nan": [1.0, float("nan"), -2.0], "inf": [[0.0], [float("inf")]], "minus_inf": [float("-inf"), 3.0],
+              "largest": [big, -big], "empty": [[], []], "ok": [[0.25, -1.5], [2.0, 3.0]]}
+    state = {name: torch.tensor(value, dtype=dtype) for name, value in values.items()}
+    state["count"] = torch.tensor([7])
+    state["weight"] = torch.nn.Parameter(torch.tensor([0.5, float("nan")], dtype=dtype))  # a live network's
+    assert non_finite_weights(state) == ["nan", "inf", "minus_inf", "weight"]
+    assert non_finite_weights({"empty": torch.empty(0), "count": torch.tensor(3)}) == []
+
+
 def test_fuzzed_checkpoint_bytes_end_in_a_checkpoint_error(tmp_path):
     from aml.utils.plain_files import save_plain_file
 
@@ -424,3 +441,50 @@ def test_loading_a_checkpoint_leaves_the_callers_random_state(tmp_path):
     torch.manual_seed(0)
     load_network(path)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("arch", sorted(BACKBONES) + ["timm:vit_tiny_patch16_224", "timm:convnext_atto"])
+def test_every_architecture_comes_back_from_its_checkpoint_exactly_and_without_drawing_weights(arch):
+    """A checkpoint's network is built on the meta device (no random weights drawn: a VGG16 in
+    30 ms instead of 1.2 s), then filled by the strict load: each tensor the state dict's, none
+    left unfilled, and the caller's generator where it was."""
+    from aml.networks.checkpoint import unfilled
+
+    source = unfilled(lambda: build_network(arch, pretrained=False, teacher_dim=24))
+    with torch.no_grad():
+        for number, value in enumerate(source.state_dict().values()):
+            value.fill_(number % 100 + 1)  # no tensor left as to_empty gave it
+    state = checkpoint_state(source, 1, 0.0)
+    before = torch.random.get_rng_state()
+    rebuilt = network_from_checkpoint(state)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert not any(t.is_meta for t in list(rebuilt.parameters()) + list(rebuilt.buffers()))
+    expected, got = source.state_dict(), rebuilt.state_dict()
+    assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+class _WithSideTensors(torch.nn.Module):
+    """Tensors a state dict does not carry: a non-persistent buffer, or a plain attribute."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+        if kind == "buffer":
+            self.register_buffer("table", torch.arange(4.0), persistent=False)
+        elif kind == "attribute":
+            self.table = torch.arange(4.0)
+        else:  # a construction that reads a value
+            self.size = int(torch.arange(4.0).sum().item())
+
+
+@pytest.mark.parametrize("kind", ["buffer", "attribute", "value"])
+def test_a_module_a_state_dict_would_not_fill_is_built_for_real(kind):
+    from aml.networks.checkpoint import unfilled
+
+    before = torch.random.get_rng_state()
+    module = unfilled(lambda: _WithSideTensors(kind))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(0)
+    assert torch.equal(module.linear.weight, torch.nn.Linear(3, 2).weight)  # drawn from seed 0
+    assert kind == "value" or torch.equal(module.table, torch.arange(4.0))
+    assert unfilled(lambda: torch.nn.Linear(3, 2)).weight.device.type == "cpu"

@@ -1,6 +1,7 @@
 """test.py -d NAME+DISTRACTORS: the +1M protocol on a generated distractor set, equal to the
 full in-memory ranking, encoded once per network, with unreadable distractors named or skipped."""
 
+import functools
 import re
 from pathlib import Path
 
@@ -57,13 +58,21 @@ def stores(root):
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-def full_ranking_maps(root, dataset, student, teacher, store):
-    """The reference: the test database and all distractors ranked together in memory."""
+@functools.cache
+def reference_parts(root: Path, dataset: str, student: Path, teacher: Path):
+    """The reference's own encoding (once per module: the networks' files do not change): the
+    test set's config, the teacher's test database and the student's queries."""
     cfg = configdataset(dataset, root / "test")
     images, queries, bbxs = query_and_database_paths(cfg)
-    database = np.concatenate([describe_images(teacher, images, 64,
-                                               config=ExtractionConfig(workers=0)), store.load()], axis=1)
-    qvecs = describe_images(student, queries, 64, bbxs=bbxs, config=ExtractionConfig(workers=0))
+    config = ExtractionConfig(workers=0)
+    database = describe_images(load_network(teacher), images, 64, config=config)
+    return cfg, database, describe_images(load_network(student), queries, 64, bbxs=bbxs, config=config)
+
+
+def full_ranking_maps(root, dataset, student, teacher, store):
+    """The reference: the test database and all distractors ranked together in memory."""
+    cfg, database, qvecs = reference_parts(root, dataset, student, teacher)
+    database = np.concatenate([database, store.load()], axis=1)
     return evaluate_ranks(rank_database(database, qvecs), cfg["gnd"], cfg["protocol"])
 
 
@@ -90,7 +99,7 @@ def test_map_with_distractors_equals_the_full_ranking_and_distractors_are_encode
     manifest_store = open_store(new)
     for name in datasets.split(","):
         dataset = split_test_name(name)[0]
-        reference = full_ranking_maps(root, dataset, load_network(student), load_network(teacher), manifest_store)
+        reference = full_ranking_maps(root, dataset, student, teacher, manifest_store)
         for level in ("easy", "medium", "hard"):
             assert results[name]["plain"][level]["map"] == reference[level]["map"]  # exactly
             assert results[name]["plain"][level]["mp@k"] == reference[level]["mp@k"]
@@ -112,12 +121,8 @@ def reranked_with_distractors(root, nets, flags):
     results = test_cli.main(["-npath", str(student), "-d", name, "--asym", "--teacher", str(teacher), "--data-root",
                              str(root)] + flags + COMMON)[name]
     store = open_store(Path(results["distractors"]["store"]))
-    cfg = configdataset("synth-oxford", root / "test")
-    images, queries, bbxs = query_and_database_paths(cfg)
-    config = ExtractionConfig(workers=0)
-    database = np.concatenate([describe_images(load_network(teacher), images, 64, config=config), store.load()], axis=1)
-    qvecs = describe_images(load_network(student), queries, 64, bbxs=bbxs, config=config)
-    return results, database, qvecs, cfg, len(images)
+    cfg, database, qvecs = reference_parts(root, "synth-oxford", student, teacher)
+    return results, np.concatenate([database, store.load()], axis=1), qvecs, cfg, database.shape[1]
 
 
 def test_query_expansion_with_distractors_equals_the_in_memory_expansion_over_the_concatenation(root, nets):

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import re
 import shutil
 
@@ -297,6 +298,8 @@ def test_extract_features_writes_columns_in_db_order(checkpoint, synth_root):
 def test_two_runs_model_best_extract_to_two_files(synth_root, tmp_path):
     """Files were named by the checkpoint's file stem: the second run's model_best replaced the
     first's features, which --feat-path then read as the other teacher's."""
+    (tmp_path / "data" / "train").mkdir(parents=True)  # a root of its own, for its features/ folder
+    os.symlink(synth_root / "train" / "synth-sfm", tmp_path / "data" / "train" / "synth-sfm")
     written = []
     for seed in (0, 1):
         torch.manual_seed(seed)

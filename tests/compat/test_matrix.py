@@ -48,10 +48,10 @@ def _settings(root) -> TestSettings:
                         extraction=ExtractionConfig(workers=0, device="cpu"))
 
 
-def _test_py(root, network, teacher=None):
+def _test_py(root, network, teacher=None, datasets=DATASETS):
     """test.py's numbers for a network (asymmetric against ``teacher``), encoding its database anew."""
     asym = ["--asym", "--teacher", str(teacher)] if teacher is not None else []
-    return test_cli.main(["-npath", str(network), "-d", ",".join(DATASETS), "-imsize", str(SIZE), "-j", "0",
+    return test_cli.main(["-npath", str(network), "-d", ",".join(datasets), "-imsize", str(SIZE), "-j", "0",
                           "--device", "cpu", "--data-root", str(root), "--no-cache", *asym])
 
 
@@ -94,8 +94,9 @@ def test_each_cell_is_test_pys_number_for_its_pair_and_each_database_is_encoded_
         for dataset in DATASETS:
             for level in ("medium", "hard"):
                 assert matrix.maps[dataset, "plain", level][index, index] == alone[dataset]["plain"][level]["map"]
-    asymmetric = _test_py(root, files["student"], teacher=files["teacher"])
-    assert matrix.maps["synth-oxford", "plain", "hard"][1, 0] == asymmetric["synth-oxford"]["plain"]["hard"]["map"]
+    asymmetric = _test_py(root, files["student"], teacher=files["teacher"], datasets=("synth-oxford",))
+    for level in ("medium", "hard"):
+        assert matrix.maps["synth-oxford", "plain", level][1, 0] == asymmetric["synth-oxford"]["plain"][level]["map"]
     assert CompatibilityMatrix.from_record(matrix.record()) == matrix
 
 

@@ -33,7 +33,7 @@ def landmark_folders(synth_root, tmp_path_factory):
 
 def test_folders_make_a_set_that_trains(landmark_folders, synth_root, tmp_path, capsys):
     data = tmp_path / "data"
-    shutil.copytree(synth_root / "test", data / "test")
+    shutil.copytree(synth_root / "test" / "synth-oxford", data / "test" / "synth-oxford")
     report = make_trainset_cli.main(["--folders", str(landmark_folders), "--name", "mine", "--data-root", str(data),
                                      "--val-fraction", "0.25", "--pairs-per-landmark", "4"])
     printed = capsys.readouterr().out
@@ -50,7 +50,7 @@ def test_folders_make_a_set_that_trains(landmark_folders, synth_root, tmp_path, 
     assert not train_images & set(load_training_db("mine", "val", data)["images"])
     assert get_train_set("mine", data).whitening
     run = train_cli.main(["--directory", str(tmp_path / "runs"), "--data-root", str(data), "-d", "mine", "-a",
-                          "resnet18", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30",
+                          "squeezenet1_1", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30",
                           "-b", "5", "-j", "0", "--device", "cpu", "--epochs", "1", "-q", "--test-freq", "1",
                           "-td", "synth-oxford", "--test-whiten", "mine", "--test-image-size", "48"])
     record = json.loads((run.run_dir / "history.json").read_text())[0]

@@ -512,14 +512,21 @@ def test_an_interrupted_indexing_resumes_at_its_missing_shard(teacher, synth_roo
     """The store is built beside the old one, which queries find whole until the new one is renamed into place."""
     from aml.descriptors import store as descriptor_store
 
+    import shutil
+
     monkeypatch.setattr(search_store, "SHARD_SIZE", 8)
+    photos = tmp_path / "photos"  # 5 shards
+    photos.mkdir()
+    for image in sorted((synth_root / "test" / "synth-paris" / "jpg").glob("*.jpg"))[:40]:
+        shutil.copy(image, photos / image.name)
     store, staging = tmp_path / "store", tmp_path / ".store.indexing"
-    flags = [str(synth_root / "test" / "synth-paris" / "jpg"), "--store", str(store), "--teacher", str(teacher[0]),
-             "-imsize", "64", "--data-root", str(synth_root)] + COMMON
+    flags = [str(photos), "--store", str(store), "--teacher", str(teacher[0]), "-imsize", "64", "--data-root",
+             str(synth_root)] + COMMON
     search_cli.main(["index", *flags])
     complete = open_database(store)
     before = {p.name: p.read_bytes() for p in store.iterdir()}
     shards = len(list(store.glob("shard_*.npy")))
+    assert shards == 5
     encoded, encode = [], descriptor_store.describe_images
 
     def interrupted_after(count):

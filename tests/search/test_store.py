@@ -66,10 +66,13 @@ def test_a_second_indexing_of_a_store_in_use_is_refused_and_the_store_stays_whol
     """Two indexings into one folder both exited 0 and could leave one's descriptors with the
     other's whitening and dba.npy (top score 0.60 instead of 0.93). Two real processes."""
     teacher, student = random_teacher
-    store = tmp_path / "store"
-    search_cli.main(["index", str(jpg(synth_root, "synth-oxford")), "--store", str(store)]
-                    + flags(teacher, synth_root))
+    store, photos = tmp_path / "store", tmp_path / "photos"  # the old store: a few other photos
+    photos.mkdir()
+    for image in sorted(jpg(synth_root, "synth-oxford").glob("*.jpg"))[:6]:
+        shutil.copy(image, photos / image.name)
+    search_cli.main(["index", str(photos), "--store", str(store)] + flags(teacher, synth_root))
     old = open_database(store).images
+    assert len(old) == 6
     blocked, gate = tmp_path / "blocked", tmp_path / "go"
     env = dict(os.environ, PYTHONPATH=str(REPOSITORY))
     paris = ["index", str(jpg(synth_root, "synth-paris")), "--store", str(store), "--replace"]
@@ -97,7 +100,7 @@ def test_a_second_indexing_of_a_store_in_use_is_refused_and_the_store_stays_whol
     assert opened.images == images and opened.whitening is not None and "dba" not in opened.settings
     hits = query_database(opened, load_network(student), [images[5]], k=2)[0]["results"]  # its own teacher
     assert hits[0]["image"] == images[5] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".store.lock", "blocked", "go", "store"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".store.lock", "blocked", "go", "photos", "store"]
 
 
 def test_a_folder_of_other_files_is_not_indexed_into(random_teacher, synth_root, tmp_path, monkeypatch):

@@ -58,12 +58,16 @@ test-other-isa: install
 
 # The oldest torch aml supports (requirements-torch-2.11.txt), in a venv of its own: the tests of
 # the code that follows torch's API from release to release (DistributedDataParallel, the
-# extraction's streams and autocast, torch.fx, the exports, the GPU benchmark).
+# extraction's streams and autocast, torch.fx, the exports), and of the benchmarks that
+# benchmarks/gpu_check.sh runs on the GPU machine, whose torch is 2.11 (not those of the search,
+# the store's memory, the ViT readouts or the neighbours, which run here).
 OLD_VENV ?= .venv-torch-2.11
 OLD_PY := $(OLD_VENV)/bin/python
+GPU_CHECK_BENCHMARKS := $(addprefix tests/benchmarks/test_,call_cost.py decoding.py gpu_benchmark.py \
+	gpu_targets.py image_loader.py real_weights.py record.py tuple_loader.py)
 TORCH_API_TESTS := tests/training/test_distributed.py tests/training/test_parallel.py \
 	tests/training/test_device_path.py tests/descriptors/test_extraction.py tests/networks \
-	tests/data/test_encoded_images.py tests/data/test_resampling.py tests/export tests/benchmarks
+	tests/data/test_encoded_images.py tests/data/test_resampling.py tests/export $(GPU_CHECK_BENCHMARKS)
 
 # torch 2.11 comes from PyPI, a CUDA build: 6.8 GB of disk at most while pip installs it, 5.1 GB in
 # the venv after; nothing is kept in pip's cache (--no-cache-dir), which would hold the downloads again.

@@ -13,7 +13,10 @@ PYTEST := $(PY) -m pytest -q -n 2 $(XDIST)
 # The tests whose outcome depends on float rounding, under another machine's CPU kernels, one
 # thread per worker; the tests of a file on one worker, which trains its teacher (or starts its
 # torchrun jobs) once.
-ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q $(XDIST) -m "learning or kernels"
+# Only the files that mark such tests are collected (collecting the whole suite costs each
+# worker 6 s); tests/test_conftest.py checks that every such test is marked in its own file.
+ROUNDING_FILES := $(sort $(shell grep -rlE 'mark\.(learning|kernels)' tests --include='test_*.py'))
+ROUNDING := OMP_NUM_THREADS=1 $(PY) -m pytest -q $(XDIST) -m "learning or kernels" $(ROUNDING_FILES)
 AVX2_WORKERS ?= 2
 SSE41_WORKERS ?= 2
 
@@ -45,11 +48,11 @@ test: install
 
 # A machine without AVX-512 (e.g. an AMD EPYC before Zen 4): ATen's and oneDNN's AVX2 code.
 test-avx2: install
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(ROUNDING) -n $(AVX2_WORKERS) tests
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(ROUNDING) -n $(AVX2_WORKERS)
 
 # An older machine: ATen's scalar kernels and oneDNN's SSE4.1 code.
 test-sse41: install
-	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(ROUNDING) -n $(SSE41_WORKERS) tests
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(ROUNDING) -n $(SSE41_WORKERS)
 
 # Both at once (CI), on two workers each: the SSE4.1 set (ATen's scalar kernels, 2 to 5 times
 # slower) takes the cores the AVX2 set leaves. Each set's output comes whole when it ends (make -O).

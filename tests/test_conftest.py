@@ -2,6 +2,7 @@
 the processes the tests start keep their temporary files in the session's folder."""
 
 import fcntl
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,16 @@ def test_started_processes_keep_their_temporary_files_in_the_sessions_folder(tmp
     printed = subprocess.run([sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"],
                              capture_output=True, text=True, check=True).stdout
     assert Path(printed.strip()).is_relative_to(tmp_path_factory.getbasetemp())
+
+
+ROUNDING_MARK = re.compile(r"mark\.(learning|kernels)\b")
+
+
+def test_each_rounding_test_is_marked_in_its_own_file(request):
+    """The kernel lanes (make test-avx2, test-sse41) collect only the files whose text marks a
+    `learning` or `kernels` test: a mark given elsewhere (a conftest, an imported decorator)
+    would leave its test out of them. Checked over this session's tests (the whole suite in
+    make test)."""
+    marked = {item.path for item in request.session.items
+              if item.get_closest_marker("learning") or item.get_closest_marker("kernels")}
+    assert [path for path in marked if not ROUNDING_MARK.search(path.read_text())] == []

@@ -487,11 +487,13 @@ class _WithSideTensors(torch.nn.Module):
             self.register_buffer("table", torch.arange(4.0), persistent=False)
         elif kind == "attribute":
             self.table = torch.arange(4.0)
+        elif kind == "list":
+            self.tables = [{"table": torch.arange(4.0)}]
         else:  # a construction that reads a value
             self.size = int(torch.arange(4.0).sum().item())
 
 
-@pytest.mark.parametrize("kind", ["buffer", "attribute", "value"])
+@pytest.mark.parametrize("kind", ["buffer", "attribute", "list", "value"])
 def test_a_module_a_state_dict_would_not_fill_is_built_for_real(kind):
     from aml.networks.checkpoint import unfilled
 
@@ -500,5 +502,23 @@ def test_a_module_a_state_dict_would_not_fill_is_built_for_real(kind):
     assert torch.equal(torch.random.get_rng_state(), before)
     torch.manual_seed(0)
     assert torch.equal(module.linear.weight, torch.nn.Linear(3, 2).weight)  # drawn from seed 0
-    assert kind == "value" or torch.equal(module.table, torch.arange(4.0))
+    if kind != "value":
+        table = module.tables[0]["table"] if kind == "list" else module.table
+        assert torch.equal(table, torch.arange(4.0))
     assert unfilled(lambda: torch.nn.Linear(3, 2)).weight.device.type == "cpu"
+
+
+def test_a_batchnorm_state_dict_without_its_counters_loads_them_as_zero(tmp_path):
+    """torch < 0.4.1 saved no ``num_batches_tracked``; the load keeps the module's own counter,
+    which a network built on the meta device holds as memory never written: its fingerprint
+    (the descriptor store's key) then changed from one load to the next."""
+    from aml.descriptors import network_fingerprint
+
+    torch.manual_seed(0)
+    state = checkpoint_state(build_network("resnet18", pretrained=False), 1, 0.0)
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if not k.endswith("num_batches_tracked")}
+    path = save_checkpoint(state, tmp_path / "old.pth.tar")
+    first, second = load_network(path), load_network(path)
+    counters = [b for name, b in first.named_buffers() if name.endswith("num_batches_tracked")]
+    assert len(counters) == 20 and all(int(b) == 0 for b in counters)
+    assert network_fingerprint(first) == network_fingerprint(second)

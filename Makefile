@@ -62,12 +62,12 @@ test-other-isa: install
 # The oldest torch aml supports (requirements-torch-2.11.txt), in a venv of its own: the tests of
 # the code that follows torch's API from release to release (DistributedDataParallel, the
 # extraction's streams and autocast, torch.fx, the exports), and of the benchmarks that
-# benchmarks/gpu_check.sh runs on the GPU machine, whose torch is 2.11 (not those of the search,
-# the store's memory, the ViT readouts or the neighbours, which run here).
+# benchmarks/gpu_check.sh runs on the GPU machine, whose torch is 2.11 (gpu.py and what it
+# imports, decoding, image_loader, call_cost), not of those that run here alone.
 OLD_VENV ?= .venv-torch-2.11
 OLD_PY := $(OLD_VENV)/bin/python
 GPU_CHECK_BENCHMARKS := $(addprefix tests/benchmarks/test_,call_cost.py decoding.py gpu_benchmark.py \
-	gpu_targets.py image_loader.py real_weights.py record.py tuple_loader.py)
+	gpu_targets.py image_loader.py record.py)
 TORCH_API_TESTS := tests/training/test_distributed.py tests/training/test_parallel.py \
 	tests/training/test_device_path.py tests/descriptors/test_extraction.py tests/networks \
 	tests/data/test_encoded_images.py tests/data/test_resampling.py tests/export $(GPU_CHECK_BENCHMARKS)

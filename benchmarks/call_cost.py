@@ -9,6 +9,9 @@ For a large call these are noise; for the 70 queries of a test set, a search que
 benchmark of a few hundred images they can be most of its time. Per network (random weights,
 on ``--device``), the smallest of ``--repeats`` times of:
 
+- ``load``: `aml.networks.checkpoint.load_network` of the network's checkpoint as training
+  writes it (its weights and Adam's state), what test.py, extract_features.py and a search
+  query do before anything else;
 - ``fold``: the network's copy with BatchNorm folded (`aml.networks.inference.inference_copy`),
   which a call makes when it encodes many pixels or with ``fold_batchnorm=True``;
 - ``processes N`` / ``threads N``: starting extraction's loader (`aml.descriptors.extraction._image_loader`,
@@ -36,6 +39,7 @@ from aml.data.images import image_transform
 from aml.descriptors import ExtractionConfig, extract_vectors
 from aml.descriptors.extraction import DECODINGS, _image_loader
 from aml.networks import build_network
+from aml.networks.checkpoint import checkpoint_state, load_network, save_checkpoint
 from aml.networks.inference import inference_copy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +66,17 @@ def measured(run: Callable[[], float]) -> object:
         return run()
     except Exception as err:  # noqa: BLE001
         return f"{type(err).__name__}: {err}"
+
+
+def saved_as_training_saves(net: torch.nn.Module, path: Path) -> Path:
+    """``net`` written to ``path`` as an epoch's checkpoint: its weights and Adam's state (one
+    step of zero gradients, which leaves the weights as they are)."""
+    optimizer = torch.optim.Adam(net.parameters())
+    for parameter in net.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    net.zero_grad(set_to_none=True)
+    return save_checkpoint(checkpoint_state(net, 1, 0.0, optimizer), path)
 
 
 def first_image(images: List[str], workers: int, threads: bool) -> None:
@@ -97,7 +112,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 config = ExtractionConfig(workers=workers, device=device, decode=decode, fold_batchnorm=True)
                 extract_vectors(net, [image], 64, transform, config=config)
 
-            work: Dict[str, Callable[[], object]] = {"fold": lambda net=net: inference_copy(net)}
+            checkpoint = saved_as_training_saves(net, Path(folder) / f"{arch}.pth.tar")
+            work: Dict[str, Callable[[], object]] = {
+                "load": lambda checkpoint=checkpoint: load_network(checkpoint),
+                "fold": lambda net=net: inference_copy(net),
+            }
             for kind in ("processes", "threads"):
                 work.update({f"{kind} {w}": lambda w=w, kind=kind: first_image(images, w, kind == "threads")
                              for w in args.workers})

@@ -3,11 +3,11 @@
 from tests.benchmarks import load_benchmark
 
 
-def test_the_call_cost_benchmark_times_the_fold_the_workers_start_and_whole_calls(tmp_path):
+def test_the_call_cost_benchmark_times_the_load_the_fold_the_workers_start_and_whole_calls(tmp_path):
     bench = load_benchmark("call_cost")
     rows = bench.main(["--archs", "resnet18", "--workers", "1", "--repeats", "1", "--device", "cpu",
                        "--json", str(tmp_path / "cost.json")])
-    assert list(rows["resnet18"]) == ["fold", "processes 1", "threads 1", "call, no worker", "call, 8 threads asked",
+    assert list(rows["resnet18"]) == ["load", "fold", "processes 1", "threads 1", "call, no worker", "call, 8 threads asked",
                                       "call, 8 processes asked"]
     assert all(0 < seconds < 30 for seconds in rows["resnet18"].values())
     assert (tmp_path / "cost.json").is_file()

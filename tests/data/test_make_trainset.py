@@ -49,8 +49,9 @@ def test_folders_make_a_set_that_trains(landmark_folders, synth_root, tmp_path, 
     train_images = set(load_training_db("mine", "train", data)["images"])
     assert not train_images & set(load_training_db("mine", "val", data)["images"])
     assert get_train_set("mine", data).whitening
+    # a network with BatchNorm: the run's test and test.py both encode in eval mode
     run = train_cli.main(["--directory", str(tmp_path / "runs"), "--data-root", str(data), "-d", "mine", "-a",
-                          "squeezenet1_1", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30",
+                          "resnet18", "--not-pretrained", "--image-size", "48", "-nn", "2", "-qs", "10", "-ps", "30",
                           "-b", "5", "-j", "0", "--device", "cpu", "--epochs", "1", "-q", "--test-freq", "1",
                           "-td", "synth-oxford", "--test-whiten", "mine", "--test-image-size", "48"])
     record = json.loads((run.run_dir / "history.json").read_text())[0]

@@ -456,12 +456,17 @@ STUDENT_RUN = ["-a", "mobilenet_v2", "-m", "reg", "-ps", "400", "-b", "16", "--l
 TRAINING_CAP = 100.0  # seconds one training run may take
 
 
+def main_py_flags(args, folder: Path, run: Sequence[str], name: str, extra: Sequence[str] = ()) -> List[str]:
+    """main.py's flags for two epochs of ``run`` (``TEACHER_RUN``, ``STUDENT_RUN``) in ``folder/name``."""
+    return ["--directory", str(folder / name), "--data-root", str(folder / "data"), "-d", "synth-sfm",
+            "--image-size", str(args.train_size), "--epochs", "2", "--no-val", "-j", str(args.workers),
+            "--device", args.device, "--quiet", *run, *extra]
+
+
 def _main_py(args, folder: Path, run: List[str], name: str, timeout: float, extra: Sequence[str] = ()) -> Dict:
     """Two epochs of main.py in a process of their own; the seconds of each epoch (history.json)."""
     directory = folder / name
-    command = [sys.executable, str(ROOT / "main.py"), "--directory", str(directory), "--data-root",
-               str(folder / "data"), "-d", "synth-sfm", "--image-size", str(args.train_size), "--epochs", "2",
-               "--no-val", "-j", str(args.workers), "--device", args.device, "--quiet", *run, *extra]
+    command = [sys.executable, str(ROOT / "main.py"), *main_py_flags(args, folder, run, name, extra)]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -479,13 +484,16 @@ def _main_py(args, folder: Path, run: List[str], name: str, timeout: float, extr
     return row
 
 
-def training_rows(args, folder: Path, budget: "Budget") -> Dict:
+def training_rows(args, folder: Path, budget: "Budget", keep: Callable[[Dict], None]) -> Dict:
+    """The teacher's and the student's two epochs; ``keep`` saves the rows so far after each run
+    (a run stopped by gpu_check.sh's timeout during the student keeps the teacher's)."""
     data = subprocess.run([sys.executable, "-m", "aml.cli.synthetic", "--data-root", str(folder / "data"),
                            "--image-size", str(args.train_size + args.train_size // 8), *SYNTHETIC],
                           capture_output=True, text=True, timeout=300)
     if data.returncode != 0:
         raise RuntimeError(f"synthetic data: {data.stderr[-300:]}")
     rows: Dict = {"teacher": _main_py(args, folder, TEACHER_RUN, "teacher", min(budget.left(), TRAINING_CAP))}
+    keep(rows)
     checkpoint = rows["teacher"].get("checkpoint")
     if checkpoint:
         rows["student"] = _main_py(args, folder, STUDENT_RUN, "student", min(budget.left(), TRAINING_CAP),
@@ -496,7 +504,9 @@ def training_rows(args, folder: Path, budget: "Budget") -> Dict:
 # -- profile, compile -----------------------------------------------------------------------
 
 def profile_rows(args, paths, device: torch.device, folder: Path) -> Dict:
-    """torch.profiler's top operations: a first extraction (new shapes) and a training batch."""
+    """torch.profiler's top operations: a first extraction (new shapes) and a training batch
+    with its wait for the loader (where the tuples are decoded and pinned), by host time and,
+    on CUDA, by device time."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -508,16 +518,17 @@ def profile_rows(args, paths, device: torch.device, folder: Path) -> Dict:
     tables: Dict[str, str] = {}
     with profile(activities=activities) as extraction:
         extract_vectors(net, list(paths[:64]), size, transform, config=config)
-    tables["first extraction"] = extraction.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     trainer = _ts_trainer(args, paths, device, folder / "profile", fast=True)
     _training_mode(trainer)
-    loader = trainer._loader(trainer.train_split, trainer.epoch_tuples(trainer.train_split, 0), 0, shuffle=True)
-    batch = next(iter(loader))
+    batches = iter(trainer._loader(trainer.train_split, trainer.epoch_tuples(trainer.train_split, 0), 0,
+                                   shuffle=True))
+    first = next(batches)  # the loader's workers started; a second batch where there is one
     with profile(activities=activities) as training:
-        trainer.batch_losses(batch, trainer.train_split, backward=True)
-    tables["training batch"] = training.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-    if device.type == "cuda":
-        tables["training batch, device time"] = training.key_averages().table(sort_by=sort, row_limit=15)
+        trainer.batch_losses(next(batches, first), trainer.train_split, backward=True)
+    for name, run in (("first extraction", extraction), ("training batch", training)):
+        tables[name] = run.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        if device.type == "cuda":
+            tables[f"{name}, device time"] = run.key_averages().table(sort_by=sort, row_limit=15)
     return tables
 
 
@@ -648,7 +659,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             if on_cuda:
                 torch.cuda.empty_cache()
 
-        section("training", lambda: training_rows(args, folder, budget),
+        def keep(name: str) -> Callable[[Dict], None]:  # a section's rows so far, saved
+            return lambda rows: (results.__setitem__(name, rows), save())
+
+        section("training", lambda: training_rows(args, folder, budget, keep("training")),
                 args.training if args.training is not None else on_cuda)
         if isinstance(results.get("training"), dict):
             print(f"\ntraining epochs (s): {json.dumps(results['training'])}", flush=True)

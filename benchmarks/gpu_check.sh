@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One call on a GPU machine (docs/speed.md, "On a GPU"), at most 360 s, correctness first: the
-# machine, the CUDA tests, device decoding's pixels against PIL's (benchmarks/decoding.py), then
-# benchmarks/gpu.py with its profile, the main process's cost per image of the loader
-# (benchmarks/image_loader.py) and what a call costs whatever its size (benchmarks/call_cost.py).
+# One call on a GPU machine (docs/speed.md, "On a GPU"), at most 360 s (each step stopped at its
+# limit, killed 10 s later if it goes on), correctness first: the machine, the CUDA tests,
+# device decoding's pixels against PIL's (benchmarks/decoding.py), then benchmarks/gpu.py with
+# its profile, the main process's cost per image of the loader (benchmarks/image_loader.py) and
+# what a call costs whatever its size (benchmarks/call_cost.py).
 # Everything lands in $OUT (default ./gpu-out), each step's exit status in its log. Needs the
 # folder `make gpu-assets` fills (weights and photos), carried along with the tree.
 #   OUT=/somewhere AML_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh
@@ -18,7 +19,7 @@ export AML_WEIGHTS_PATH="$PWD/gpu-assets/networks" AML_COMMIT="${AML_COMMIT:-unk
 step() {  # step SECONDS LOG COMMAND...: run, its output and exit status in LOG
   local seconds=$1 log=$2
   shift 2
-  timeout "$seconds" "$@" > "$log" 2>&1
+  timeout -k 10 "$seconds" "$@" > "$log" 2>&1  # KILL 10 s after a TERM not heeded
   echo "rc=$?" >> "$log"
 }
 

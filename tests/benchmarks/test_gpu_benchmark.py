@@ -139,10 +139,69 @@ def test_the_training_rows_time_two_epochs_of_the_getting_started_flow(tmp_path,
     monkeypatch.setattr(bench, "STUDENT_RUN", ["-a", "squeezenet1_1", "--not-pretrained", "-m", "reg", "-ps", "8",
                                                "-b", "4", "--batch-forward"])
     args = bench.parse_args(["--device", "cpu", "--workers", "0", "--train-size", "32"])
-    rows = bench.training_rows(args, tmp_path, bench.Budget(120))
+    kept = []
+    rows = bench.training_rows(args, tmp_path, bench.Budget(120), lambda so_far: kept.append(dict(so_far)))
     for run in ("teacher", "student"):
         assert len(rows[run]["epochs_s"]) == 2 and all(s > 0 for s in rows[run]["epochs_s"]), rows
         assert rows[run]["first_over_second"] > 0
+    assert list(kept[0]) == ["teacher"]  # saved before the student started
+
+
+def test_the_training_rows_flags_are_main_pys_and_their_weights_travel(tmp_path, monkeypatch):
+    """The real training rows (pretrained trunks, the getting-started flags) run only on a GPU
+    machine: their flags parse here, and their ImageNet weights are among what `make
+    gpu-assets` gathers, where find_weights finds them through $AML_WEIGHTS_PATH."""
+    from aml.cli import synthetic, train
+    from aml.networks.imagenet import find_weights
+
+    bench, assets = load_benchmark("gpu"), load_benchmark("gpu_assets")
+    synthetic.build_parser().parse_args(["--data-root", str(tmp_path), *bench.SYNTHETIC])
+    args = bench.parse_args(["--device", "cpu", "--workers", "0"])
+    configs = [train.config_from_arguments(train.build_parser().parse_args(
+        bench.main_py_flags(args, tmp_path, run, name, extra)))
+        for run, name, extra in ((bench.TEACHER_RUN, "teacher", ()),
+                                 (bench.STUDENT_RUN, "student", ("--teacher", "teacher.pth.tar")))]
+    archs = [config.arch for config in configs]
+    assert archs == ["efficientnet_lite0", "mobilenet_v2"] and all(c.pretrained for c in configs)
+    assert set(archs) <= set(assets.ARCHITECTURES)
+    monkeypatch.setattr(assets, "sample_photos", lambda: dict(list(__import__(
+        "aml.data.photos", fromlist=["sample_photos"]).sample_photos().items())[:2]))
+    assets.gather(tmp_path / "gpu-assets")
+    assert len(list((tmp_path / "gpu-assets" / "photos").glob("*.jpg"))) == 2
+    monkeypatch.setenv("AML_WEIGHTS_PATH", str(tmp_path / "gpu-assets" / "networks"))
+    for arch in archs:
+        path, _ = find_weights(arch, data_root=tmp_path / "empty", download=False)
+        assert path.parent == tmp_path / "gpu-assets" / "networks"
+
+
+def test_a_run_stopped_during_the_student_keeps_the_teachers_row(tmp_path, monkeypatch):
+    """gpu_check.sh stops the benchmark at its time limit: what ended before is in the JSON."""
+    import subprocess
+    from types import SimpleNamespace
+
+    bench = load_benchmark("gpu")
+
+    def main_py(args, folder, run, name, timeout, extra=()):
+        if name == "student":
+            raise KeyboardInterrupt  # the process stopped, as by SIGTERM's default
+        return {"epochs_s": [3.0, 2.0], "checkpoint": "teacher.pth.tar"}
+
+    monkeypatch.setattr(bench, "_main_py", main_py)
+    monkeypatch.setattr(bench, "subprocess", SimpleNamespace(run=lambda *a, **k: subprocess.CompletedProcess(a, 0)))
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(SMALL[:-1] + ["--networks=", "--tuples", "0", "--training", "--json", str(tmp_path / "gpu.json")])
+    saved = json.loads((tmp_path / "gpu.json").read_text())["results"]
+    assert saved["training"] == {"teacher": {"epochs_s": [3.0, 2.0], "checkpoint": "teacher.pth.tar"}}
+
+
+def test_the_profile_tables_a_first_extraction_and_a_training_batch(tmp_path):
+    bench = load_benchmark("gpu")
+    args = bench.parse_args(SMALL + ["--profile"])
+    paths = bench.make_images(tmp_path, 6, 64)
+    tables = bench.profile_rows(args, paths, torch.device("cpu"), tmp_path)
+    assert list(tables) == ["first extraction", "training batch"]  # by device time too on CUDA
+    assert all("aten::convolution" in table for table in tables.values()), tables
+    assert "backward" in tables["training batch"].lower()
 
 
 def test_the_gpu_benchmark_refuses_an_unknown_row(capsys):

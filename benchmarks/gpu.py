@@ -27,8 +27,9 @@ seconds is recorded as skipped:
   default and, with ``--variants``, its other decodings and precisions, its network
   unfolded (``fold_batchnorm=False``) and contiguous (``channels_last=False``), each timed twice
   (``cold_rate``: the first call, which meets the shapes; ``rate``: the second); the
-  network alone on ready batches; aml's decoding alone; the smallest cosine to the
-  original's descriptors;
+  network alone on ready batches; aml's decoding alone; the device's decoding alone (at the
+  image size, resized to 3/4 of it, and so from sources of many sizes); the smallest cosine
+  to the original's descriptors;
 - ``training`` (``--training``, default on CUDA): the getting-started teacher
   (EfficientNet-Lite0, ``std``) and student (MobileNetV2, ``reg``) from their ImageNet
   weights on synthetic data, two epochs each through ``main.py``: the seconds of each epoch;
@@ -55,6 +56,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from aml.data.images import image_size, image_transform, load_and_resize, resized_shape
 from aml.descriptors import ExtractionConfig, extract_vectors
@@ -248,6 +250,21 @@ def decode_alone(net, paths, image_size, device, workers, decode) -> float:
     return seconds / len(paths)
 
 
+def mixed_sizes(paths: Sequence[str]) -> List[str]:
+    """The benchmark's JPEGs saved again at 80 to 100% of their size, each its own source shape,
+    once, in a folder beside them."""
+    folder = Path(paths[0]).parent / "mixed-sizes"
+    folder.mkdir(exist_ok=True)
+    out = []
+    for k, path in enumerate(paths):
+        out.append(str(folder / Path(path).name))
+        if not Path(out[-1]).exists():
+            image, scale = Image.open(path), 0.8 + 0.2 * k / len(paths)
+            image.resize((round(image.width * scale), round(image.height * scale)),
+                         Image.Resampling.BICUBIC).save(out[-1], quality=90)
+    return out
+
+
 def _variant(net, paths, args, device, scales, msp, reference, extra: Dict) -> Dict:
     """One variant of aml's extraction, timed cold (first call) then warm."""
     transform = image_transform(net.meta["mean"], net.meta["std"])
@@ -297,6 +314,10 @@ def extraction_row(args, name: str, paths: Sequence[str], device: torch.device, 
         # the image size; photos of a data set come larger, in many shapes): what resizing costs
         "device_decode_resized_alone": lambda: decode_alone(net, paths, args.image_size * 3 // 4, device,
                                                             args.workers, "device"),
+        # and from sources of many sizes, as a data set's photos: a batch's images of one
+        # resized shape come from several source shapes (LanczosResize.many)
+        "device_decode_mixed_alone": lambda: decode_alone(net, mixed_sizes(paths), args.image_size * 3 // 4, device,
+                                                          args.workers, "device"),
     }
     for key, seconds_per_image in ceilings.items():
         try:

@@ -24,10 +24,9 @@ decoded alone by the PIL path; a file that fails there too raises `ImageLoadErro
 import io
 import logging
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -223,22 +222,7 @@ class DeviceDecoder:
         kept = [image for image in images if image is not None]
         if not kept:
             return None
-        return self.normalise(self._resized(kept, payloads[0].shape))
-
-    def _resized(self, images: List[torch.Tensor], shape: Tuple[int, int]) -> torch.Tensor:
-        """The images resized to ``shape`` as one float32 batch: those of one source shape
-        (most of a data set's) resized together, put back in order by views (an index tensor
-        built from a list would be a blocking copy to the device)."""
-        sources: Dict[Tuple[int, ...], List[int]] = defaultdict(list)
-        for k, image in enumerate(images):
-            sources[tuple(image.shape)].append(k)
-        if len(sources) == 1:
-            return self.resize(torch.stack(images), shape)
-        rows: List[torch.Tensor] = [images[0]] * len(images)
-        for members in sources.values():
-            for k, row in zip(members, self.resize(torch.stack([images[k] for k in members]), shape), strict=True):
-                rows[k] = row
-        return torch.stack(rows)
+        return self.normalise(self.resize.many(kept, payloads[0].shape))
 
     def _decode_one(self, payload: ImagePayload, failed: Optional[List[int]], position: int) -> Optional[torch.Tensor]:
         """A file the batched decode refused: the device alone, then the PIL path."""

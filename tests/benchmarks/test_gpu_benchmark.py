@@ -36,6 +36,7 @@ def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path, capsys):
         assert row["original"] > 0 and row["network_alone"] > 0 and row["decode_alone"] > 0
         assert row["device_decode_alone"] > 0  # the decoder's ceiling of the targets
         assert row["device_decode_resized_alone"] > 0  # and with every image resized on the device
+        assert row["device_decode_mixed_alone"] > 0  # from sources of many sizes
         assert set(variants) <= set(row)
         for variant in variants:  # on the CPU: fp32; nvJPEG's stand-in is libjpeg
             cell = row[variant]

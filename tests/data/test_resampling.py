@@ -83,3 +83,62 @@ def test_a_source_four_times_the_output_is_reduced_first(size, shape, reduces):
     if max(size) <= 1024 and not reduces:
         out = LanczosResize(torch.device("cpu"))(torch.from_numpy(array).permute(2, 0, 1)[None], shape)
         np.testing.assert_array_equal(out[0].permute(1, 2, 0).numpy(), thumbnail(array, max(shape)))
+
+
+# (height, width) sources resized to (30, 40): width first, height first (Pillow 13), one axis
+# already at the output's length (PIL skips that pass)
+MIXED_SOURCES = [(45, 60), (44, 61), (40, 70), (100, 45), (90, 41), (30, 52), (33, 40)]
+
+
+def _noise(shapes):
+    rng = np.random.default_rng(7)
+    return [torch.from_numpy(rng.integers(0, 256, (3,) + shape, dtype=np.uint8)) for shape in shapes]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_images_of_many_source_shapes_resize_together_as_each_alone(device):
+    images = [image.to(device) for image in _noise(MIXED_SOURCES)]
+    resize = LanczosResize(torch.device(device))
+    alone = torch.cat([resize(image[None], (30, 40)) for image in images])
+    for together in (resize.mixed(images, (30, 40)), resize.many(images, (30, 40))):
+        assert together.dtype == torch.float32 and torch.equal(together, alone)
+
+
+class _Calls(torch.overrides.TorchFunctionMode):
+    """How many torch functions run while active (each at least one kernel on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_kernels_of_a_mixed_batch_do_not_grow_with_its_source_shapes():
+    """Resized one source shape at a time, a batch of photos of many sizes cost a few hundred
+    kernels per image on a GPU; in one pass per axis, a few per image."""
+    resize = LanczosResize(torch.device("cpu"))
+    counts = {}
+    for n in (2, 6):
+        images = _noise([(45 + k, 60 + k) for k in range(n)])  # all width first
+        for way in ("mixed", "alone"):
+            with _Calls() as calls:
+                if way == "mixed":
+                    resize.mixed(images, (30, 40))
+                else:
+                    torch.cat([resize(image[None], (30, 40)) for image in images])
+            counts[way, n] = calls.count
+    assert counts["mixed", 6] - counts["mixed", 2] <= 4 * 8, counts  # its copy in and its row out: 6 here
+    assert counts["alone", 6] - counts["alone", 2] >= 4 * 40, counts
+
+
+def test_a_gpu_resizes_a_mixed_batch_in_one_pass_per_axis(monkeypatch):
+    resize = LanczosResize(torch.device("cpu"))
+    images = _noise(MIXED_SOURCES[:2])
+    monkeypatch.setattr(resize, "mixed", lambda images, shape: "mixed")
+    assert torch.is_tensor(resize.many(images, (30, 40)))  # the CPU: one source shape at a time
+    resize.device = torch.device("cuda")
+    assert resize.many(images, (30, 40)) == "mixed"
+    assert torch.is_tensor(resize.many(images[:1] * 2, (30, 40)))  # one source shape: stacked

@@ -251,17 +251,25 @@ def decode_alone(net, paths, image_size, device, workers, decode) -> float:
 
 
 def mixed_sizes(paths: Sequence[str]) -> List[str]:
-    """The benchmark's JPEGs saved again at 80 to 100% of their size, each its own source shape,
-    once, in a folder beside them."""
-    folder = Path(paths[0]).parent / "mixed-sizes"
+    """The benchmark's JPEGs saved again at 80 to 100% of their size, each its own source shape
+    (made once per set of images, in a folder beside them).
+
+    Args:
+        paths: the benchmark's JPEGs.
+
+    Returns:
+        The paths of the copies, in the same order.
+    """
+    folder = Path(paths[0]).parent / f"mixed-sizes-{len(paths)}"
     folder.mkdir(exist_ok=True)
     out = []
     for k, path in enumerate(paths):
         out.append(str(folder / Path(path).name))
         if not Path(out[-1]).exists():
-            image, scale = Image.open(path), 0.8 + 0.2 * k / len(paths)
-            image.resize((round(image.width * scale), round(image.height * scale)),
-                         Image.Resampling.BICUBIC).save(out[-1], quality=90)
+            scale = 0.8 + 0.2 * k / len(paths)
+            with Image.open(path) as image:
+                image.resize((round(image.width * scale), round(image.height * scale)),
+                             Image.Resampling.BICUBIC).save(out[-1], quality=90)
     return out
 
 
@@ -478,7 +486,18 @@ TRAINING_CAP = 100.0  # seconds one training run may take
 
 
 def main_py_flags(args, folder: Path, run: Sequence[str], name: str, extra: Sequence[str] = ()) -> List[str]:
-    """main.py's flags for two epochs of ``run`` (``TEACHER_RUN``, ``STUDENT_RUN``) in ``folder/name``."""
+    """main.py's flags for two epochs of a training row.
+
+    Args:
+        args: the benchmark's flags (device, workers, training image size).
+        folder: where the synthetic data (``data``) and the runs are.
+        run: the row's own flags (``TEACHER_RUN``, ``STUDENT_RUN``).
+        name: the run's folder under ``folder``.
+        extra: flags added last (the student's ``--teacher``).
+
+    Returns:
+        The flags, without ``main.py`` itself.
+    """
     return ["--directory", str(folder / name), "--data-root", str(folder / "data"), "-d", "synth-sfm",
             "--image-size", str(args.train_size), "--epochs", "2", "--no-val", "-j", str(args.workers),
             "--device", args.device, "--quiet", *run, *extra]
@@ -506,8 +525,18 @@ def _main_py(args, folder: Path, run: List[str], name: str, timeout: float, extr
 
 
 def training_rows(args, folder: Path, budget: "Budget", keep: Callable[[Dict], None]) -> Dict:
-    """The teacher's and the student's two epochs; ``keep`` saves the rows so far after each run
-    (a run stopped by gpu_check.sh's timeout during the student keeps the teacher's)."""
+    """The getting-started teacher's and student's two epochs, each run through main.py.
+
+    Args:
+        args: the benchmark's flags.
+        folder: where the synthetic data and the runs go.
+        budget: the run's budget (each run gets what is left, at most ``TRAINING_CAP``).
+        keep: saves the rows so far; called after the teacher, so that a benchmark stopped
+            by gpu_check.sh's time limit during the student keeps the teacher's row.
+
+    Returns:
+        ``{"teacher": row, "student": row}`` (no student when the teacher left no checkpoint).
+    """
     data = subprocess.run([sys.executable, "-m", "aml.cli.synthetic", "--data-root", str(folder / "data"),
                            "--image-size", str(args.train_size + args.train_size // 8), *SYNTHETIC],
                           capture_output=True, text=True, timeout=300)
@@ -526,8 +555,9 @@ def training_rows(args, folder: Path, budget: "Budget", keep: Callable[[Dict], N
 
 def profile_rows(args, paths, device: torch.device, folder: Path) -> Dict:
     """torch.profiler's top operations: a first extraction (new shapes) and a training batch
-    with its wait for the loader (where the tuples are decoded and pinned), by host time and,
-    on CUDA, by device time."""
+    with its wait for the loader's second batch, by host time and, on CUDA, by device time.
+    What the loader's worker processes do (decoding) is not in the tables: the profiler sees
+    this process."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -680,8 +710,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             if on_cuda:
                 torch.cuda.empty_cache()
 
-        def keep(name: str) -> Callable[[Dict], None]:  # a section's rows so far, saved
-            return lambda rows: (results.__setitem__(name, rows), save())
+        def keep(name: str) -> Callable[[Dict], None]:
+            def saved(rows: Dict) -> None:  # a section's rows so far
+                results[name] = rows
+                save()
+            return saved
 
         section("training", lambda: training_rows(args, folder, budget, keep("training")),
                 args.training if args.training is not None else on_cuda)

@@ -140,6 +140,13 @@ def reduces_first(size: Tuple[int, int], shape: Tuple[int, int]) -> bool:
     return int(width / out_width / REDUCING_GAP) > 1 or int(height / out_height / REDUCING_GAP) > 1
 
 
+def _same_channels(images: Sequence[torch.Tensor]) -> None:
+    """Refuse a batch whose images have different numbers of channels (decoded as RGB, they all have 3)."""
+    channels = {image.shape[0] for image in images}
+    if len(channels) > 1:
+        raise ValueError(f"images of {sorted(channels)} channels cannot be resized into one batch")
+
+
 class LanczosResize:
     """PIL's LANCZOS resizing of uint8 images on a device, keeping each axis's taps.
 
@@ -173,10 +180,11 @@ class LanczosResize:
     def many(self, images: Sequence[torch.Tensor], shape: Tuple[int, int]) -> torch.Tensor:
         """Images of any source shapes resized to ``shape`` as one batch, each as PIL does.
 
-        Images of one source shape are resized together. Of several: on the CPU one shape at a
-        time (faster there: each shape's tensors stay in the cache); on a GPU all in one pass
+        Images of one source shape are resized together. Of several: on a GPU all in one pass
         per axis, each image read through its own taps (`mixed`), where resizing each shape
-        apart launches a few hundred kernels per image of a batch of photos of many sizes.
+        apart launches a few hundred kernels per image of a batch of photos of many sizes;
+        on the CPU (where one shape's tensors stay in the cache), or where padding to the
+        largest would more than double the pixels, one shape at a time.
 
         Args:
             images: C x H x W images (values 0..255), on the device.
@@ -185,12 +193,14 @@ class LanczosResize:
         Returns:
             B x C x height x width float32 images of integer values 0..255, in ``images``' order.
         """
+        _same_channels(images)
         sources: Dict[Tuple[int, ...], List[int]] = {}
         for k, image in enumerate(images):
             sources.setdefault(tuple(image.shape), []).append(k)
         if len(sources) == 1:
             return self(torch.stack(list(images)), shape)
-        if self.device.type != "cpu":
+        padded = len(images) * max(image.shape[-2] for image in images) * max(image.shape[-1] for image in images)
+        if self.device.type != "cpu" and padded <= 2 * sum(image[0].numel() for image in images):
             return self.mixed(images, shape)
         rows: List[torch.Tensor] = [images[0]] * len(images)
         for members in sources.values():
@@ -201,7 +211,9 @@ class LanczosResize:
     def mixed(self, images: Sequence[torch.Tensor], shape: Tuple[int, int]) -> torch.Tensor:
         """Images of several source shapes resized to ``shape`` in one pass per axis (and per
         Pillow 13 order), each read through its own taps from a zero-padded batch: a few
-        kernels per tap for the whole batch, whatever the number of shapes.
+        kernels per tap for the whole batch, whatever the number of shapes. The padded batch
+        is held in int32, twice (its first pass reads it along the axis), and its taps are
+        built on the host and copied for each batch.
 
         Args:
             images: C x H x W images (values 0..255) of any sizes, on the device.
@@ -210,6 +222,7 @@ class LanczosResize:
         Returns:
             B x C x height x width float32 images of integer values 0..255, in ``images``' order.
         """
+        _same_channels(images)
         rows: List[torch.Tensor] = [images[0]] * len(images)
         orders = [height_first((image.shape[-2], image.shape[-1]), shape) for image in images]
         for first in sorted(set(orders)):  # Pillow 13's order can differ from image to image

@@ -86,8 +86,8 @@ def test_a_source_four_times_the_output_is_reduced_first(size, shape, reduces):
 
 
 # (height, width) sources resized to (30, 40): width first, height first (Pillow 13), one axis
-# already at the output's length (PIL skips that pass)
-MIXED_SOURCES = [(45, 60), (44, 61), (40, 70), (100, 45), (90, 41), (30, 52), (33, 40)]
+# already at the output's length (PIL skips that pass), both (resized by the loader's workers)
+MIXED_SOURCES = [(45, 60), (44, 61), (40, 70), (100, 45), (90, 41), (30, 52), (33, 40), (30, 40)]
 
 
 def _noise(shapes):
@@ -116,9 +116,9 @@ class _Calls(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_kernels_of_a_mixed_batch_do_not_grow_with_its_source_shapes():
+def test_the_calls_of_a_mixed_batch_grow_by_a_few_per_source_shape():
     """Resized one source shape at a time, a batch of photos of many sizes cost a few hundred
-    kernels per image on a GPU; in one pass per axis, a few per image."""
+    torch calls (each a kernel or more on a GPU) per image; in one pass per axis, a few."""
     resize = LanczosResize(torch.device("cpu"))
     counts = {}
     for n in (2, 6):
@@ -134,11 +134,21 @@ def test_the_kernels_of_a_mixed_batch_do_not_grow_with_its_source_shapes():
     assert counts["alone", 6] - counts["alone", 2] >= 4 * 40, counts
 
 
-def test_a_gpu_resizes_a_mixed_batch_in_one_pass_per_axis(monkeypatch):
+def test_many_hands_several_shapes_to_mixed_off_the_cpu_unless_padding_doubles_the_pixels(monkeypatch):
     resize = LanczosResize(torch.device("cpu"))
     images = _noise(MIXED_SOURCES[:2])
     monkeypatch.setattr(resize, "mixed", lambda images, shape: "mixed")
     assert torch.is_tensor(resize.many(images, (30, 40)))  # the CPU: one source shape at a time
-    resize.device = torch.device("cuda")
+    resize.device = torch.device("cuda")  # its tensors stay on the CPU here
+    monkeypatch.setattr(resampling, "to_device", lambda tensor, device: tensor)
     assert resize.many(images, (30, 40)) == "mixed"
     assert torch.is_tensor(resize.many(images[:1] * 2, (30, 40)))  # one source shape: stacked
+    assert torch.is_tensor(resize.many(_noise([(31, 41), (32, 42), (110, 150)]), (30, 40)))  # padded: 2.6 times
+
+
+def test_images_of_other_channel_counts_are_refused_in_either_order():
+    gray, colour = torch.zeros((1, 45, 60), dtype=torch.uint8), torch.zeros((3, 44, 61), dtype=torch.uint8)
+    for images in ([gray, colour], [colour, gray]):
+        for way in ("many", "mixed"):
+            with pytest.raises(ValueError, match=r"images of \[1, 3\] channels"):
+                getattr(LanczosResize(torch.device("cpu")), way)(images, (30, 40))

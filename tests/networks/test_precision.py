@@ -94,7 +94,8 @@ def _trunk_peak(net, images) -> float:
     unfolded: the extraction of a small call, ``--compile``, ``fold_batchnorm=False``) and as
     a large extraction runs it (BatchNorm folded)."""
     peaks = []
-    folds = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+    folds = any(isinstance(m, norms) for m in net.modules())
     for copy in (net, inference_copy(net)) if folds else (net,):
         trunk = copy.eval().features[:copy.trunk_end()]
         with torch.inference_mode(), _Peak() as peak:

@@ -32,6 +32,8 @@ from aml.utils.plain_files import CheckpointError, load_plain_file, save_plain_f
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
+#: what a whitening file is, named when another kind of file is given as one
+WHITENING_FILE = "a whitening file (torch.save of {'m': ..., 'P': ...}, as test.py's cache and aml.search write it)"
 Whitening = Tuple[np.ndarray, np.ndarray]
 
 
@@ -142,7 +144,7 @@ def read_whitening_file(path: PathLike, dim: int) -> Whitening:
         >>> [a.shape for a in read_whitening_file("lw.pth", 4)]  # doctest: +SKIP
         [(4, 1), (4, 4)]
     """
-    return _whitening_of(load_plain_file(path), dim, str(path))
+    return _whitening_of(load_plain_file(path, wanted=WHITENING_FILE), dim, str(path))
 
 
 def save_whitening_file(path: PathLike, whitening: Whitening, key: Optional[str] = None) -> None:

@@ -61,9 +61,20 @@ def _load_safetensors(path: PathLike, map_location: Union[str, torch.device]) ->
         ) from err
 
 
-def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
+def load_plain_file(
+    path: PathLike, map_location: Union[str, torch.device] = "cpu", wanted: str = "the checkpoint or weights file"
+) -> Any:
     """``torch.load`` that admits only tensors, containers, numbers and numpy arrays (a
     ``.safetensors`` file is read with safetensors, which holds tensors only).
+
+    Args:
+        path: the file.
+        map_location: where its tensors go.
+        wanted: what to give instead, named when ``path`` turns out to be another kind of
+            file (an image, a NumPy array, a web page).
+
+    Returns:
+        What the file holds.
 
     Raises:
         CheckpointError: naming ``path``, when it is missing, truncated or holds anything else.
@@ -82,7 +93,7 @@ def load_plain_file(path: PathLike, map_location: Union[str, torch.device] = "cp
     except PermissionError as err:
         raise no_access(path, err) from None
     except Exception as err:  # damaged bytes make torch.load raise anything: AssertionError, LookupError, ...
-        raise CheckpointError(_unreadable(Path(path), err)) from err
+        raise CheckpointError(_unreadable(Path(path), err, wanted)) from err
 
 
 #: how files of each kind begin, to tell a file given by mistake from the kind asked for
@@ -144,7 +155,7 @@ def file_format(path: PathLike) -> Optional[str]:
     return next((kind for kind in FILE_KINDS if kind != "a zip archive" and begins_as(head, kind)), None)
 
 
-def _unreadable(path: Path, err: BaseException) -> str:
+def _unreadable(path: Path, err: BaseException, wanted: str) -> str:
     """Why ``path`` is not a PyTorch file of plain data, in one line: what it is instead (by
     its first bytes), a pickled object's class, or torch's own first words."""
     if path.is_dir():
@@ -153,7 +164,7 @@ def _unreadable(path: Path, err: BaseException) -> str:
     if other == "empty (0 bytes)":
         return f"{path} is empty (0 bytes): the copy or the download stopped; copy or download it again"
     if other is not None:
-        return f"{path} is {other}, not a PyTorch file; give the checkpoint or weights file"
+        return f"{path} is {other}, not a PyTorch file; give {wanted}"
     if "TorchScript" in str(err):  # torch.jit.save's zip: a program, not a checkpoint
         return (
             f"{path} is a TorchScript program (torch.jit.save, e.g. aml's export), which runs but holds no "

@@ -343,3 +343,14 @@ def test_a_cache_saved_under_another_case_of_the_sets_name_is_read(tmp_path, cap
         again = learned_whitening(encoder, WhiteningRequest("SYNTH-SFM", 32, extraction=config), db, key)
     assert "whitening read from" in caplog.text and "Learning whitening" not in caplog.text
     assert np.array_equal(first[1], again[1]) and not (tmp_path / "net.pth.tar_synth-sfm_whiten_32.pth").exists()
+
+
+def test_a_numpy_array_given_as_a_whitening_file_is_told_what_to_give(tmp_path):
+    """The fix named was a checkpoint's ("give the checkpoint or weights file")."""
+    from aml.evaluation.whitening_store import read_whitening_file
+    from aml.networks.checkpoint import CheckpointError
+
+    np.save(tmp_path / "lw.npy", np.eye(4))
+    with pytest.raises(CheckpointError, match=r"lw.npy is a numpy array \(.npy\), not a PyTorch file; give a whitening "
+                                              r"file \(torch.save of \{'m': ..., 'P': ...\}"):
+        read_whitening_file(tmp_path / "lw.npy", 4)

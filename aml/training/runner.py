@@ -38,7 +38,7 @@ from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.parallel import batch_split_problem, sync_batchnorm_problem
 from aml.training.trainer import Learner, Split, Trainer
 from aml.utils.atomic import folder_lock
-from aml.utils.devices import resolve_device
+from aml.utils.devices import device_name, resolve_device
 from aml.utils.distributed import (
     World,
     barrier,
@@ -340,10 +340,11 @@ class _Run:
         if not c.pretrained and not resumed and trainer.calibrate_if_vanishing():
             net.meta["batchnorm_calibrated"] = True
         log.info(
-            ">> Training %s in mode %s with %s loss; run folder %s%s",
+            ">> Training %s in mode %s with %s loss on %s; run folder %s%s",
             c.arch,
             c.mode,
             c.loss,
+            device_name(self.device),
             self.run_dir,
             f"; {world.size} processes, {self.loop.batch_size // world.size} tuples each per batch"
             if world.distributed

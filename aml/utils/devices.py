@@ -92,6 +92,29 @@ def _cpu(flag: str) -> str:
     return "--device cpu" if flag.startswith("--") else "'cpu'"
 
 
+def device_name(device: Union[str, torch.device]) -> str:
+    """A device as a log line names it: a GPU with its model, so that a run on the CPU by
+    mistake (``--device auto`` without a usable CUDA) is seen at its first line.
+
+    Args:
+        device: the device.
+
+    Returns:
+        ``"the CPU"``, ``"cuda:0 (NVIDIA H100 80GB HBM3)"``, or the device as torch writes it.
+
+    Examples:
+        >>> from aml.utils.devices import device_name
+        >>> device_name("cpu")
+        'the CPU'
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "the CPU"
+    if device.type == "cuda":
+        return f"{_numbered(device)} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def same_device(a: torch.device, b: torch.device) -> bool:
     """Whether ``a`` and ``b`` are one device, where a device without a number is the current
     one of its kind (``cuda`` is ``cuda:0`` in a process on GPU 0, which ``==`` denies).

@@ -543,14 +543,22 @@ def _ceiling_cell(row: dict, key: str) -> str:
     return _cell(f"error: {row[key + '_error'].split(':')[0]}") if key + "_error" in row else ""
 
 
+# the rates without the network (and the network's alone) a GPU row records: key -> column; the
+# first two always shown, the device decoder's where a record has them
+GPU_CEILINGS = {"network_alone": "network alone", "decode_alone": "decoding alone",
+                "device_decode_alone": "device decoding alone",
+                "device_decode_resized_alone": "device decoding, resized to 3/4",
+                "device_decode_mixed_alone": "device decoding, sources of many sizes"}
+
+
 def _gpu_extraction(record: dict) -> str:
     r, s = record["results"], record["settings"]
     rows_in = [row for row in r.get("extraction", []) if "original" in row]
     variants = list(dict.fromkeys(v for row in rows_in for v in row if isinstance(row[v], dict)))
-    device_decoding = any("device_decode_alone" in row or "device_decode_alone_error" in row for row in rows_in)
+    ceilings = [key for k, key in enumerate(GPU_CEILINGS)
+                if k < 2 or any(key in row or f"{key}_error" in row for row in rows_in)]
     rows = [[row["network"], f"{row['original']:.1f}"] + [_rate_cell(row[v]) if v in row else "" for v in variants]
-            + [_ceiling_cell(row, "network_alone"), _ceiling_cell(row, "decode_alone")]
-            + ([_ceiling_cell(row, "device_decode_alone")] if device_decoding else [])
+            + [_ceiling_cell(row, key) for key in ceilings]
             for row in rows_in]
     failed = [f"{row['network']}: {row['error']}" for row in r.get("extraction", []) if "error" in row]
     return (f"{s.get('images', '')} JPEGs at {s.get('image_size', '')} px, {s.get('workers', '')} loader workers, "
@@ -560,8 +568,7 @@ def _gpu_extraction(record: dict) -> str:
             + (", the time of a call for one image: what any call costs" if any(
                 "one_image_s" in row.get(v, {}) for row in rows_in for v in variants) else "")
             + ", smallest cosine to the original's descriptors):\n\n"
-            + table(["network", "the original's loop"] + variants + ["network alone", "decoding alone"]
-                    + (["device decoding alone"] if device_decoding else []), rows)
+            + table(["network", "the original's loop"] + variants + [GPU_CEILINGS[key] for key in ceilings], rows)
             + "".join(f"\nNot measured: {line}\n" for line in failed))
 
 

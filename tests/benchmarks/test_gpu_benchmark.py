@@ -47,6 +47,8 @@ def test_the_gpu_benchmark_runs_small_on_the_cpu(tmp_path, capsys):
     assert record["benchmark"] == "gpu" and record["results"]["extraction"] == json.loads(json.dumps(rows))
     assert record["provenance"]["torch"] == torch.__version__ and record["provenance"]["command"].startswith("python")
     assert record["settings"]["images"] == 6 and "json" not in record["settings"]
+    shown = docs_generate()._gpu_extraction(record)  # the docs' table: every ceiling the rows record
+    assert all(column in shown for column in docs_generate().GPU_CEILINGS.values()), shown
 
 
 def test_a_failing_row_or_section_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):

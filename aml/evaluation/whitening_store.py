@@ -181,7 +181,7 @@ def _cached(cache: Path, digest: str, whitening_set: str, dim: int) -> Optional[
     if not cache.exists():
         return None
     try:
-        data = load_plain_file(cache)
+        data = load_plain_file(cache, wanted=WHITENING_FILE)
         if not isinstance(data, dict) or data.get("key") != digest:
             log.info(
                 ">> %s: %s was learned for another network, scales or images; learning it again", whitening_set, cache

@@ -38,7 +38,7 @@ from aml.training.teacher import Teacher, teacher_split_features
 from aml.training.parallel import batch_split_problem, sync_batchnorm_problem
 from aml.training.trainer import Learner, Split, Trainer
 from aml.utils.atomic import folder_lock
-from aml.utils.devices import device_name, resolve_device
+from aml.utils.devices import device_label, resolve_device
 from aml.utils.distributed import (
     World,
     barrier,
@@ -317,6 +317,18 @@ class _Run:
     def train(self) -> TrainResult:
         """Build the data, network, optimizer and trainer, and train."""
         c, world = self.config, self.world
+        # first: a run that fell back to the CPU is seen before the downloads and the teacher's encoding
+        log.info(
+            ">> Training %s in mode %s with %s loss on %s; run folder %s%s",
+            c.arch,
+            c.mode,
+            c.loss,
+            device_label(self.device),
+            self.run_dir,
+            f"; {world.size} processes, {self.loop.batch_size // world.size} tuples each per batch"
+            if world.distributed
+            else "",
+        )
         main_first(world, self.prepare)
         train = self.split("train", c.feat_path)
         val = self.split("val", c.feat_val_path) if self.loop.val else None
@@ -339,15 +351,4 @@ class _Run:
         resumed = trainer.resume(c.resume) if c.resume else False
         if not c.pretrained and not resumed and trainer.calibrate_if_vanishing():
             net.meta["batchnorm_calibrated"] = True
-        log.info(
-            ">> Training %s in mode %s with %s loss on %s; run folder %s%s",
-            c.arch,
-            c.mode,
-            c.loss,
-            device_name(self.device),
-            self.run_dir,
-            f"; {world.size} processes, {self.loop.batch_size // world.size} tuples each per batch"
-            if world.distributed
-            else "",
-        )
         return TrainResult(self.run_dir, trainer.fit(), net)

@@ -92,7 +92,7 @@ def _cpu(flag: str) -> str:
     return "--device cpu" if flag.startswith("--") else "'cpu'"
 
 
-def device_name(device: Union[str, torch.device]) -> str:
+def device_label(device: Union[str, torch.device]) -> str:
     """A device as a log line names it: a GPU with its model, so that a run on the CPU by
     mistake (``--device auto`` without a usable CUDA) is seen at its first line.
 
@@ -103,8 +103,8 @@ def device_name(device: Union[str, torch.device]) -> str:
         ``"the CPU"``, ``"cuda:0 (NVIDIA H100 80GB HBM3)"``, or the device as torch writes it.
 
     Examples:
-        >>> from aml.utils.devices import device_name
-        >>> device_name("cpu")
+        >>> from aml.utils.devices import device_label
+        >>> device_label("cpu")
         'the CPU'
     """
     device = torch.device(device)

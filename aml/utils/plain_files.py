@@ -168,7 +168,8 @@ def _unreadable(path: Path, err: BaseException, wanted: str) -> str:
     if "TorchScript" in str(err):  # torch.jit.save's zip: a program, not a checkpoint
         return (
             f"{path} is a TorchScript program (torch.jit.save, e.g. aml's export), which runs but holds no "
-            "checkpoint to rebuild the network from; give the .pth.tar checkpoint it was exported from"
+            f"checkpoint to rebuild the network from; give {wanted} (for an export, the .pth.tar checkpoint it "
+            "was exported from)"
         )
     pickled = _PICKLED_OBJECT.search(str(err))
     if pickled is not None:

@@ -158,7 +158,8 @@ def test_a_torchscript_export_is_named_for_what_it_is(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
     with warnings.catch_warnings(record=True) as said:  # torch's advice to call torch.jit.load is not the user's
         warnings.simplefilter("always")
-        with pytest.raises(CheckpointError, match=r"student.pt is a TorchScript program .* give the .pth.tar checkpoint"):
+        with pytest.raises(CheckpointError, match=r"student.pt is a TorchScript program .* give the checkpoint or weights "
+                                                  r"file \(for an export, the .pth.tar checkpoint"):
             load_checkpoint(path)
     assert not said
 

@@ -64,3 +64,13 @@ def test_python_calls_on_a_device_this_machine_lacks_get_amls_error(monkeypatch)
             call()
     with pytest.raises(DeviceError, match=r"device='gpu': 'gpu' is not a device"):
         rank_database(database, database[:, :1], device="gpu")
+
+
+def test_a_device_is_labelled_with_its_gpus_model(monkeypatch):
+    from aml.utils.devices import device_label
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU model of {torch.device(device)}")
+    assert device_label("cuda") == "cuda:2 (GPU model of cuda)"  # no number: the current GPU
+    assert device_label("cuda:1") == "cuda:1 (GPU model of cuda:1)"
+    assert device_label(torch.device("cpu")) == "the CPU" and device_label("mps") == "mps"

@@ -11,9 +11,8 @@ PY := $(VENV)/bin/python
 XDIST := --dist loadfile --no-loadscope-reorder
 # Where the tests write (pytest's tmp_path, 4.5 GB at make test's peak): a RAM disk
 # (/dev/shm, a tmpfs) where it has 12 GB free and TMPDIR is not given, since the tests' training
-# runs fsync every checkpoint (aml.utils.atomic): a ResNet-18 checkpoint with Adam's state (134 MB)
-# took 0.23 to 0.96 s on this project's virtual disk and 0.15 s there, and three files of training
-# tests (68 tests) 6% less time (2026-12-08, Intel Xeon). Elsewhere $TMPDIR (or /tmp) as it is.
+# runs fsync every checkpoint (aml.utils.atomic), slower on a virtual disk (docs/tests.md, "Disk",
+# says by how much). Elsewhere $TMPDIR (or /tmp) as it is.
 RAM_DISK := $(shell [ "$$(stat -f -c %T /dev/shm 2> /dev/null)" = tmpfs ] && \
 	df -Pk /dev/shm | awk 'NR == 2 && $$4 >= 12 * 1048576 {print "/dev/shm"}')
 TEST_TMPDIR := $(if $(TMPDIR),,$(RAM_DISK:%=TMPDIR=%))

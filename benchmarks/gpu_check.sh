@@ -14,6 +14,8 @@
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
+# python3: the interpreter that holds torch on the GPU machines (their images may have no `python`)
+export PYTHON=${PYTHON:-python3}
 export AML_WEIGHTS_PATH="$PWD/gpu-assets/networks" AML_COMMIT="${AML_COMMIT:-unknown}" PYTHONPATH="$PWD"
 
 step() {  # step SECONDS LOG COMMAND...: run, its output and exit status in LOG
@@ -23,20 +25,20 @@ step() {  # step SECONDS LOG COMMAND...: run, its output and exit status in LOG
   echo "rc=$?" >> "$log"
 }
 
-step 30 "$OUT/env.txt" bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python -c "
-import os, sys, torch, torchvision
-print(sys.version.split()[0], torch.__version__, torchvision.__version__, torch.backends.cudnn.version(),
-      torch.cuda.get_device_name(), os.cpu_count())"'
+step 30 "$OUT/env.txt" bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; "$PYTHON" -c "
+import os, sys, numpy, PIL, timm, torch, torchvision
+print(sys.version.split()[0], {module.__name__: module.__version__ for module in (torch, torchvision, numpy, PIL, timm)})
+print(torch.backends.cudnn.version(), torch.cuda.get_device_name(), os.cpu_count())"'
 # the tests of the CUDA paths (their device-parametrised cases and the CUDA-only ones)
-step "${TESTS_TIMEOUT:-60}" "$OUT/cudatests.log" python -m pytest -q -p no:cacheprovider -k cuda \
+step "${TESTS_TIMEOUT:-60}" "$OUT/cudatests.log" "$PYTHON" -m pytest -q -p no:cacheprovider -k cuda \
   tests/data/test_encoded_images.py tests/data/test_resampling.py tests/descriptors/test_extraction.py \
   tests/training/test_device_path.py tests/evaluation/test_whitening.py
-step 20 "$OUT/decoding.log" python benchmarks/decoding.py --json "$OUT/decoding.json"  # nvJPEG's pixels
-step "${BENCH_TIMEOUT:-210}" "$OUT/gpu.log" python benchmarks/gpu.py --photos gpu-assets/photos --profile \
+step 20 "$OUT/decoding.log" "$PYTHON" benchmarks/decoding.py --json "$OUT/decoding.json"  # nvJPEG's pixels
+step "${BENCH_TIMEOUT:-210}" "$OUT/gpu.log" "$PYTHON" benchmarks/gpu.py --photos gpu-assets/photos --profile \
   --budget "${BENCH_BUDGET:-160}" --json "$OUT/gpu.json" ${BENCH_ARGS:-}
-step 20 "$OUT/image_loader.log" python benchmarks/image_loader.py --workers 8 --repeats 3 \
+step 20 "$OUT/image_loader.log" "$PYTHON" benchmarks/image_loader.py --workers 8 --repeats 3 \
   --json "$OUT/image_loader.json"
-step 20 "$OUT/call_cost.log" python benchmarks/call_cost.py --repeats 3 --json "$OUT/call_cost.json"
+step 20 "$OUT/call_cost.log" "$PYTHON" benchmarks/call_cost.py --repeats 3 --json "$OUT/call_cost.json"
 tail -n 3 "$OUT"/*.log
 # a failing section or row is recorded in the JSON and the benchmark goes on (its rc stays 0)
 if [ -f "$OUT/gpu.json" ]; then

@@ -10,10 +10,12 @@ PY := $(VENV)/bin/python
 # (the longest first), not reordered by their number of tests.
 XDIST := --dist loadfile --no-loadscope-reorder
 # Where the tests write (pytest's tmp_path, 4.5 GB at make test's peak): a RAM disk
-# (/dev/shm, a tmpfs) where it has 12 GB free and TMPDIR is not given, since the tests' training
-# runs fsync every checkpoint (aml.utils.atomic), slower on a virtual disk (docs/tests.md, "Disk",
+# (/dev/shm, a writable tmpfs) where it has 12 GB free, the machine 16 GB of memory available
+# (the files and the tests' processes) and TMPDIR is not given, since the tests' training runs
+# fsync every checkpoint (aml.utils.atomic), slower on a virtual disk (docs/tests.md, "Disk",
 # says by how much). Elsewhere $TMPDIR (or /tmp) as it is.
-RAM_DISK := $(shell [ "$$(stat -f -c %T /dev/shm 2> /dev/null)" = tmpfs ] && \
+RAM_DISK := $(shell [ "$$(stat -f -c %T /dev/shm 2> /dev/null)" = tmpfs ] && [ -w /dev/shm ] && \
+	awk '/^MemAvailable:/ && $$2 >= 16 * 1048576 {found = 1} END {exit !found}' /proc/meminfo && \
 	df -Pk /dev/shm | awk 'NR == 2 && $$4 >= 12 * 1048576 {print "/dev/shm"}')
 TEST_TMPDIR := $(if $(TMPDIR),,$(RAM_DISK:%=TMPDIR=%))
 PYTEST := $(TEST_TMPDIR) $(PY) -m pytest -q -n 2 $(XDIST)

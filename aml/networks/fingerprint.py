@@ -5,12 +5,38 @@ import json
 
 import torch
 
+from aml.networks.timm_trunk import canonical_timm_name
+from aml.utils.errors import ConfigError
+
+#: families of architectures with several spellings of one network: family -> the one spelling
+SPELLINGS = {"timm": canonical_timm_name}
+
+
+def one_spelling(architecture: str) -> str:
+    """``architecture`` as its family spells it (`SPELLINGS`), or as it is (a name of the
+    table, or one its family cannot read here: timm missing, or a model of another timm).
+
+    Examples:
+        >>> from aml.networks.fingerprint import one_spelling
+        >>> one_spelling("timm:test_vit.r160_in1k+patch"), one_spelling("resnet101")
+        ('timm:test_vit', 'resnet101')
+    """
+    family, colon, model = architecture.partition(":")
+    if not colon or family not in SPELLINGS:
+        return architecture
+    try:
+        return f"{family}:{SPELLINGS[family](model)}"
+    except (ConfigError, ImportError):
+        return architecture
+
 
 def network_fingerprint(net: torch.nn.Module) -> str:
     """A content hash of the weights and the meta that shape the descriptors.
 
     Args:
-        net: the network (any module; its ``meta``, if it has one, counts except ``Lw``).
+        net: the network (any module; its ``meta``, if it has one, counts except ``Lw``, its
+            ``architecture`` in its one spelling (`one_spelling`): ``timm:X``, ``timm:X+patch``
+            and ``timm:X.<default tag>`` are one network).
 
     Returns:
         16 hex digits.
@@ -25,6 +51,8 @@ def network_fingerprint(net: torch.nn.Module) -> str:
     """
     digest = hashlib.sha1()
     meta = {k: v for k, v in getattr(net, "meta", {}).items() if k != "Lw"}
+    if isinstance(meta.get("architecture"), str):
+        meta["architecture"] = one_spelling(meta["architecture"])
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for key, value in sorted(net.state_dict().items()):
         digest.update(key.encode())

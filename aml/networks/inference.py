@@ -13,7 +13,7 @@ import copy
 import itertools
 import logging
 from collections import Counter
-from typing import TypeVar, cast
+from typing import TypeGuard, TypeVar, cast
 
 import torch
 import torch.fx
@@ -76,6 +76,13 @@ def _same_padding(conv: nn.Module) -> bool:
     )
 
 
+def _plain_convolution(conv: nn.Module) -> TypeGuard[nn.Conv2d]:
+    """Whether a BatchNorm after ``conv`` folds into its weights: a Conv2d that computes with
+    them as they are (not a subclass that transforms them at each call, such as timm's
+    weight-standardised StdConv2d, which would undo the folded scale), or timm's Conv2dSame."""
+    return type(conv) is nn.Conv2d or _same_padding(conv)
+
+
 class _NormActLeaves(torch.fx.Tracer):
     """torch.fx's tracer, which keeps timm's BatchNormAct2d and Conv2dSame module calls: it
     would trace into them, leaving a functional batch norm no convolution can take in, and
@@ -110,7 +117,7 @@ def _fold_into(conv: nn.Conv2d, norm: nn.Module) -> None:
 
 
 def fold_traced(traced: "torch.fx.GraphModule") -> int:
-    """In place: in a traced trunk, every Conv2d (called once) whose output only a BatchNorm2d
+    """In place: in a traced trunk, every plain Conv2d (called once) whose output only a BatchNorm2d
     reads takes that BatchNorm in, and the BatchNorm leaves the graph (timm's BatchNormAct2d,
     traced as a module by `_NormActLeaves`, leaves its dropout and activation in its place).
     The modules are those of the module traced (torch.fx shares them): trace a copy. Returns
@@ -125,7 +132,7 @@ def fold_traced(traced: "torch.fx.GraphModule") -> int:
         if calls[source.target] > 1:  # a shared convolution is folded for every call or none
             continue
         conv, norm = modules[cast(str, source.target)], modules[cast(str, node.target)]
-        if not (type(conv) is nn.Conv2d or _same_padding(conv)) or not _foldable(norm) or calls[node.target] > 1:
+        if not _plain_convolution(conv) or not _foldable(norm) or calls[node.target] > 1:
             continue
         _fold_into(conv, norm)
         if type(norm) is nn.BatchNorm2d:
@@ -140,8 +147,8 @@ def fold_traced(traced: "torch.fx.GraphModule") -> int:
 
 
 def fold_sequential_pairs(module: nn.Module) -> int:
-    """In place: in every Sequential of ``module`` (eval mode), a Conv2d directly followed by
-    a BatchNorm2d (or timm's BatchNormAct2d) becomes one Conv2d (and what follows the
+    """In place: in every Sequential of ``module`` (eval mode), a plain Conv2d directly followed
+    by a BatchNorm2d (or timm's BatchNormAct2d) becomes one Conv2d (and what follows the
     normalisation); a convolution used in more than one place is left as it is. Returns the
     number of pairs folded."""
     uses = Counter(id(m) for _, m in module.named_modules(remove_duplicate=False))
@@ -150,7 +157,7 @@ def fold_sequential_pairs(module: nn.Module) -> int:
         names = list(sequential._modules)
         for first, second in itertools.pairwise(names):
             conv, norm = sequential._modules[first], sequential._modules[second]
-            if isinstance(conv, nn.Conv2d) and uses[id(conv)] == 1 and _foldable(norm):  # a shared one: as it is
+            if _plain_convolution(conv) and uses[id(conv)] == 1 and _foldable(norm):  # a shared one: as it is
                 _fold_into(conv, norm)
                 sequential._modules[second] = _after_folding(norm)
                 folded += 1

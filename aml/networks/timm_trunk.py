@@ -158,8 +158,6 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
     elif readout == "cls" and not _has_class_token(plain):  # its prefix tokens may be registers alone
         raise ConfigError(f"timm:{text}: {model} has no class token; use {READOUT_SEPARATOR}patch")
     spec = TimmSpec(model, tag, (readout or DEFAULT_READOUT) if is_token_model(plain) else None)
-    if spec.readout and _final_norm_in_head(plain):
-        _warn_of_head_norm(text, model)
     try:
         with torch.device("meta"):  # in eval mode, as extraction runs it (BatchNorm takes a batch of one)
             features = TimmTrunk(create_timm_body(spec), spec.readout).eval()(torch.empty(1, 3, *_PROBE_SIZE))
@@ -175,7 +173,34 @@ def parse_timm_spec(text: str) -> Tuple[TimmSpec, int]:
             f"timm:{text}: {model}'s features are neither a feature map nor a ViT's tokens ({shape} for one "
             "image); choose another model"
         )
+    if spec.readout and _final_norm_in_head(plain):  # said of a model taken, not of one refused
+        _warn_of_head_norm(text, model)
     return spec, int(features.shape[1])
+
+
+def canonical_timm_name(text: str) -> str:
+    """The one spelling of ``<model>[.<tag>][+<readout>]``: without the tag when it is the
+    model's default one (under the installed timm) and without the default readout, so that
+    one network has one name (and one fingerprint) however it was written.
+
+    Args:
+        text: what follows ``timm:`` (`parse_timm_spec`).
+
+    Returns:
+        The name, e.g. ``test_vit`` for ``test_vit.r160_in1k+patch``.
+
+    Raises:
+        ConfigError: for a name `parse_timm_spec` refuses.
+
+    Examples:
+        >>> from aml.networks.timm_trunk import canonical_timm_name
+        >>> canonical_timm_name("test_vit.r160_in1k+patch"), canonical_timm_name("test_vit+cls")
+        ('test_vit', 'test_vit+cls')
+    """
+    spec, _ = parse_timm_spec(text)
+    default = getattr(import_timm().models.get_pretrained_cfg(spec.model), "tag", None)
+    name = spec.model if spec.tag in ("", default) else spec.timm_name
+    return name if spec.readout in (None, DEFAULT_READOUT) else f"{name}{READOUT_SEPARATOR}{spec.readout}"
 
 
 def _warn_of_head_norm(text: str, model: str) -> None:
@@ -191,7 +216,7 @@ def _warn_of_head_norm(text: str, model: str) -> None:
 
 def _final_norm_in_head(model: nn.Module) -> bool:
     """Whether a token model normalises its tokens only in its head (``fc_norm``, after timm's
-    mean pooling: the ``*_gap*`` ViTs, EVA, EVA02, BEiT), its ``norm`` being none."""
+    mean pooling: the ``*_gap*`` ViTs, EVA, EVA02), its ``norm`` being none."""
     head = getattr(model, "fc_norm", None)
     return (
         isinstance(getattr(model, "norm", None), nn.Identity)

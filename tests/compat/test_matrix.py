@@ -131,6 +131,13 @@ def test_no_network_or_a_ranking_report_is_refused(root, tmp_path):
     with pytest.raises(ConfigError, match=r"networks 'a' and 'b' are one network \(the same weights, fingerprint "
                                           r"\w{8}\): its rows and columns would repeat; give it once"):
         compatibility_matrix({"a": network, "b": twice}, _settings(root))
+    # a timm network under two spellings of its name (its default readout written out)
+    torch.manual_seed(0)
+    vit = LoadedNetwork.in_memory(build_network("timm:test_vit", pretrained=False), "vit")
+    torch.manual_seed(0)
+    spelled = LoadedNetwork.in_memory(build_network("timm:test_vit+patch", pretrained=False), "vit+patch")
+    with pytest.raises(ConfigError, match=r"networks 'vit' and 'vit\+patch' are one network"):
+        compatibility_matrix({"vit": vit, "vit+patch": spelled}, _settings(root))
 
 
 def test_networks_in_memory_alone_are_said_to_encode_their_database_for_every_cell(root, monkeypatch, caplog):

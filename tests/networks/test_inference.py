@@ -1,5 +1,6 @@
 """The inference copy: BatchNorm folded into convolutions, same descriptors, network untouched."""
 
+import copy
 import re
 
 import pytest
@@ -55,6 +56,20 @@ def test_folded_copy_gives_the_same_descriptors(arch):
         # as modules: it did not trace (the padding's arithmetic), and only its stem and head were folded
     assert has_batchnorm(net.features) == any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                                                for m in net.modules())  # the original keeps its layers
+
+
+def test_a_weight_standardised_convolution_keeps_its_batchnorm():
+    """timm's StdConv2d standardises its weights at every call: a scale folded into them would
+    be undone, so its BatchNorm stays (traced or in a Sequential)."""
+    from timm.layers import StdConv2d
+
+    seq = with_random_statistics(torch.nn.Sequential(StdConv2d(3, 4, 3), torch.nn.BatchNorm2d(4))).eval()
+    x = torch.rand(1, 3, 8, 8)
+    expected = seq(x)
+    assert fold_sequential_pairs(copy.deepcopy(seq)) == 0
+    traced = torch.fx.symbolic_trace(copy.deepcopy(seq))
+    assert fold_traced(traced) == 0
+    assert torch.allclose(traced(x), expected, atol=1e-6)
 
 
 def test_sequential_pairs_fold_in_place():

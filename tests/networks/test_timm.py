@@ -189,6 +189,35 @@ def test_a_vit_whose_only_final_norm_is_in_its_head_is_said(caplog, monkeypatch)
     assert "timm:eva02_tiny_patch14_224: eva02_tiny_patch14_224's only final norm" in caplog.text
 
 
+def test_one_timm_network_has_one_fingerprint_however_it_is_spelled():
+    """timm:X, timm:X+patch (the default readout) and timm:X.<default tag> are one network: a
+    compatibility matrix took it twice, and a student's recorded teacher did not match another
+    spelling of it."""
+    from aml.networks.fingerprint import network_fingerprint, one_spelling
+
+    def fingerprint(architecture):
+        torch.manual_seed(0)
+        return network_fingerprint(build_network(architecture, pretrained=False))
+
+    plain = fingerprint("timm:test_vit")
+    assert fingerprint("timm:test_vit+patch") == fingerprint("timm:test_vit.r160_in1k") == plain
+    assert fingerprint("timm:test_vit+cls") != plain  # another readout: other descriptors
+    # a tag that is not the default one stays, and a name this timm cannot read stays as it is
+    assert one_spelling("timm:resnet50.a1h_in1k") == "timm:resnet50.a1h_in1k"
+    assert one_spelling("timm:a_model_of_another_timm") == "timm:a_model_of_another_timm"
+
+
+def test_a_refused_vit_is_refused_without_a_word_of_its_head_norm(caplog, monkeypatch):
+    """BEiT (fc_norm in its head, a grid of one size) was warned of as if taken, then refused."""
+    from aml.networks import timm_trunk
+
+    monkeypatch.setattr(timm_trunk, "parse_timm_spec", timm_trunk.parse_timm_spec.__wrapped__)  # no cached parse
+    with caplog.at_level("WARNING", logger="aml.networks.timm_trunk"):
+        with pytest.raises(ConfigError, match="beit_base_patch16_224 does not take images of any size"):
+            timm_trunk.parse_timm_spec("beit_base_patch16_224")
+    assert "final norm" not in caplog.text
+
+
 def test_a_model_whose_features_are_a_list_is_one_line():
     from aml.networks.timm_trunk import parse_timm_spec
 

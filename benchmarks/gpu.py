@@ -32,7 +32,8 @@ seconds is recorded as skipped:
   to the original's descriptors;
 - ``training`` (``--training``, default on CUDA): the getting-started teacher
   (EfficientNet-Lite0, ``std``) and student (MobileNetV2, ``reg``) from their ImageNet
-  weights on synthetic data, two epochs each through ``main.py``: the seconds of each epoch;
+  weights on synthetic data of varied aspect ratios (a shape for nearly every image, as real
+  photos), two epochs each through ``main.py``: the seconds of each epoch;
 - ``ts_epoch``: one ``ts`` epoch of ``--tuples`` tuples one tuple at a time in fp32 with PIL
   mining (the original's way) against ``--batch-forward --amp`` with aml's defaults;
 - ``profile`` (``--profile``): torch.profiler's top operations of a first extraction and of
@@ -474,8 +475,10 @@ def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:
 
 
 # The getting-started flow (docs/getting-started.md) at the benchmark's sizes: data, teacher, student.
+# views of any aspect ratio (a shape for nearly every image, as real photos): what a first epoch
+# costs on a GPU with many shapes
 SYNTHETIC = ["--train-landmarks", "40", "--val-landmarks", "2", "--views", "10", "--test-landmarks", "2",
-             "--distractors", "0", "--quiet"]
+             "--distractors", "0", "--aspects", "varied", "--quiet"]
 TEACHER_RUN = ["-a", "efficientnet_lite0", "-m", "std", "-qs", "160", "-ps", "400", "-nn", "3", "-b", "8",
                "--lr", "5e-4", "--batch-forward"]
 STUDENT_RUN = ["-a", "mobilenet_v2", "-m", "reg", "-ps", "400", "-b", "16", "--lr", "1e-4", "--proj-lr-mult", "30",

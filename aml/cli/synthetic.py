@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 from aml.cli.arguments import Parser, field_type, flag_type, folder, nonnegative_int, positive_int, run_cli
 from aml.data.paths import resolve_data_root
-from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig, generate_all
+from aml.data.synthetic import ASPECT_DRAWS, SyntheticTestConfig, SyntheticTrainConfig, generate_all
 from aml.utils.bounds import Bound
 
 #: the side of a synthetic image: a few pixels draw nothing, 10^9 took all the memory (MemoryError)
@@ -50,6 +50,13 @@ def build_parser() -> Parser:
         default=SyntheticTestConfig.distractor_landmarks,
         help="other landmarks whose views fill each test database",
     )
+    parser.add_argument(
+        "--aspects",
+        choices=sorted(ASPECT_DRAWS),
+        default=SyntheticTrainConfig.aspects,
+        help="the views' aspect ratios: four usual ones (a few image shapes), or varied, any between 2:1 and 1:2 "
+        "as photos come (a shape for nearly every image)",
+    )
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="added to every set's seed")
     parser.add_argument("--overwrite", action="store_true", help="regenerate existing sets")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -66,12 +73,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args.views,
         image_size=args.image_size,
         seed=SyntheticTrainConfig.seed + args.seed,
+        aspects=args.aspects,
     )
     test = SyntheticTestConfig(
         landmarks=args.test_landmarks,
         distractor_landmarks=args.distractors,
         image_size=args.image_size,
         seed=SyntheticTestConfig.seed + args.seed,
+        aspects=args.aspects,
     )
     generate_all(resolve_data_root(args.data_root), args.overwrite, train, test, progress=not args.quiet)
 

@@ -20,7 +20,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -31,13 +31,32 @@ from aml.data.safe_pickle import save_pickle
 from aml.data.paths import cid2filename
 from aml.utils.atomic import publish_folder, staged
 from aml.utils.bounds import Bound, bounded, out_of_bounds
-from aml.utils.errors import ConfigError
+from aml.utils.errors import ConfigError, lookup
 from aml.utils.progress import progress_bar
 from aml.utils.types import PathLike
 
 log = logging.getLogger(__name__)
 SCENE = 256
 ASPECTS = ((4, 3), (3, 4), (1, 1), (3, 2))
+#: the width and height ratios of the varied views: 1,000 to between 500 and 2,000
+VARIED_BASE = 1000
+
+
+def _four_aspects(rng: np.random.Generator) -> Tuple[int, int]:
+    return ASPECTS[int(rng.integers(len(ASPECTS)))]
+
+
+def _varied_aspect(rng: np.random.Generator) -> Tuple[int, int]:
+    return VARIED_BASE, round(VARIED_BASE * 2.0 ** rng.uniform(-1.0, 1.0))
+
+
+#: how a view's aspect ratio (width : height) is drawn: ``four`` of photos' usual ones (a few
+#: image shapes; the default), or ``varied``, any between 2:1 and 1:2 as photos come (a shape
+#: for nearly every image, as retrieval-SfM-120k's photos shrunk to one longer side)
+ASPECT_DRAWS: Dict[str, Callable[[np.random.Generator], Tuple[int, int]]] = {
+    "four": _four_aspects,
+    "varied": _varied_aspect,
+}
 
 
 @dataclass(frozen=True)
@@ -128,16 +147,22 @@ def _perspective_coeffs(output: Sequence[Tuple[float, float]], source: Sequence[
 
 
 def render_view(
-    scene: Image.Image, rng: np.random.Generator, difficulty: float, side: int, zoom: Optional[float] = None
+    scene: Image.Image,
+    rng: np.random.Generator,
+    difficulty: float,
+    side: int,
+    zoom: Optional[float] = None,
+    aspects: str = "four",
 ) -> Tuple[Image.Image, Tuple[float, float, float, float]]:
     """A view of ``scene``; returns the image and the bounding box (x1, y1, x2, y2) of the
     part of the scene that is visible in it.
 
     ``zoom`` < 1 shows part of the scene (junk views use ~0.3), > 1 shows the scene with
-    clutter around it; by default it is drawn from the difficulty.
+    clutter around it; by default it is drawn from the difficulty. ``side`` is the longer
+    side; ``aspects`` names how the other is drawn (`ASPECT_DRAWS`).
     """
     d = float(np.clip(difficulty, 0.0, 1.0))
-    aw, ah = ASPECTS[int(rng.integers(len(ASPECTS)))]
+    aw, ah = ASPECT_DRAWS[aspects](rng)
     width, height = (side, max(8, side * ah // aw)) if aw >= ah else (max(8, side * aw // ah), side)
     if zoom is None:
         zoom = rng.uniform(1.0 - 0.45 * d, 1.1 + 0.2 * d)
@@ -216,7 +241,7 @@ VIEWS = Bound(int, "an integer of 2 or more (a query and its positive are two vi
 @dataclass(frozen=True)
 class SyntheticTrainConfig:
     """Sizes of a synthetic training set (each split at least 2 landmarks: negatives come from
-    other landmarks; at least 2 views: a query pair takes two)."""
+    other landmarks; at least 2 views: a query pair takes two) and its views' aspect ratios."""
 
     train_landmarks: int = bounded(150, LANDMARKS)
     val_landmarks: int = bounded(12, LANDMARKS)
@@ -224,6 +249,10 @@ class SyntheticTrainConfig:
     pairs_per_landmark: int = 6
     image_size: int = 160
     seed: int = 1
+    aspects: str = "four"  # a name of ASPECT_DRAWS
+
+    def __post_init__(self) -> None:
+        lookup(ASPECT_DRAWS, self.aspects, "aspect ratios")  # an unknown name is refused when made
 
 
 def _split(
@@ -244,7 +273,7 @@ def _split(
         difficulties = rng.uniform(0.0, 0.8, size=config.views)
         for v in range(config.views):
             cid = hashlib.sha1(f"{tag}-{cluster_offset + c}-{v}".encode()).hexdigest()
-            image, _ = render_view(scene, rng, difficulties[v], config.image_size)
+            image, _ = render_view(scene, rng, difficulties[v], config.image_size, aspects=config.aspects)
             _save(image, Path(cid2filename(cid, ims)))
             bar.update(1)
             cids.append(cid)
@@ -295,7 +324,7 @@ def generate_train_set(
 
 @dataclass(frozen=True)
 class SyntheticTestConfig:
-    """Sizes of a synthetic test set."""
+    """Sizes of a synthetic test set and its views' aspect ratios."""
 
     landmarks: int = 35  # x 2 queries = 70, as rOxford5k
     queries_per_landmark: int = 2
@@ -306,6 +335,10 @@ class SyntheticTestConfig:
     distractor_views: int = 4
     image_size: int = 160
     seed: int = 2
+    aspects: str = "four"  # a name of ASPECT_DRAWS
+
+    def __post_init__(self) -> None:
+        lookup(ASPECT_DRAWS, self.aspects, "aspect ratios")  # an unknown name is refused when made
 
 
 TEST_STYLES = {"synth-oxford": ("oxford", 0), "synth-paris": ("paris", 500)}
@@ -335,14 +368,23 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
         group: Dict[str, List[int]] = {"easy": [], "hard": [], "junk": []}
         for kind, count, low, high in (("easy", config.easy, 0.05, 0.35), ("hard", config.hard, 0.55, 0.9)):
             for _ in range(count):
-                group[kind].append(add(render_view(scene, rng, rng.uniform(low, high), config.image_size)[0]))
+                group[kind].append(
+                    add(render_view(scene, rng, rng.uniform(low, high), config.image_size, aspects=config.aspects)[0])
+                )
         for _ in range(config.junk):
-            view, _ = render_view(scene, rng, rng.uniform(0.5, 0.9), config.image_size, zoom=rng.uniform(0.22, 0.32))
+            view, _ = render_view(
+                scene,
+                rng,
+                rng.uniform(0.5, 0.9),
+                config.image_size,
+                zoom=rng.uniform(0.22, 0.32),
+                aspects=config.aspects,
+            )
             group["junk"].append(add(view))
         groups.append(group)
     for scene in scenes[config.landmarks :]:
         for _ in range(config.distractor_views):
-            add(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size)[0])
+            add(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size, aspects=config.aspects)[0])
     order = rng.permutation(len(imlist))  # shuffle the database so that ids carry no signal
     position = np.empty_like(order)
     position[order] = np.arange(len(order))
@@ -351,7 +393,14 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
     gnd: List[GroundTruth] = []
     for landmark, scene in enumerate(scenes[: config.landmarks]):
         for _ in range(config.queries_per_landmark):
-            view, box = render_view(scene, rng, rng.uniform(0.0, 0.15), config.image_size, zoom=rng.uniform(1.15, 1.35))
+            view, box = render_view(
+                scene,
+                rng,
+                rng.uniform(0.0, 0.15),
+                config.image_size,
+                zoom=rng.uniform(1.15, 1.35),
+                aspects=config.aspects,
+            )
             qimlist.append(f"{name}_query_{len(qimlist):03d}")
             _save(view, staging / "jpg" / f"{qimlist[-1]}.jpg")
             bar.update(1)

@@ -169,3 +169,39 @@ def test_a_training_config_of_one_view_or_landmark_is_refused_from_python_too(tm
     with pytest.raises(ConfigError, match=r"synth-sfm: --views 1: must be an integer of 2 or more"):
         generate_train_set(tmp_path, "synth-sfm", SyntheticTrainConfig(views=1))
     assert not (tmp_path / "train").exists()
+
+
+def test_varied_aspects_give_a_shape_for_nearly_every_view(tmp_path):
+    """--aspects varied: photo-like shapes (any ratio from 2:1 to 1:2 at the longer side asked),
+    what a first epoch on a GPU meets; the default draws four shapes."""
+    from PIL import Image
+
+    from aml.cli.synthetic import main
+
+    def shapes(root, aspects):
+        main(["--data-root", str(root), "--image-size", "96", "--train-landmarks", "3", "--val-landmarks", "2",
+              "--views", "8", "--test-landmarks", "1", "--distractors", "1", "--aspects", aspects, "--quiet"])
+        sizes = []
+        for split in ("train", "val"):
+            for path in load_training_db("synth-sfm", split, root)["images"]:
+                with Image.open(path) as image:
+                    sizes.append(image.size)
+        return sizes
+
+    varied = shapes(tmp_path / "varied", "varied")
+    assert all(max(size) == 96 and 2 * min(size) >= 96 - 1 for size in varied)
+    assert len(set(varied)) >= 0.6 * len(varied) and {w > h for w, h in varied} == {True, False}
+    assert len(set(shapes(tmp_path / "four", "four"))) <= 4
+
+
+def test_an_unknown_way_of_drawing_aspect_ratios_is_refused(capsys):
+    from aml.cli.synthetic import build_parser
+    from aml.data.synthetic import SyntheticTestConfig, SyntheticTrainConfig
+    from aml.utils.errors import ConfigError
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--aspects", "many"])
+    assert "argument --aspects: invalid choice: 'many'" in capsys.readouterr().err
+    for config in (SyntheticTrainConfig, SyntheticTestConfig):
+        with pytest.raises(ConfigError, match="unknown aspect ratios 'many'; choose one of four, varied"):
+            config(aspects="many")

@@ -32,8 +32,8 @@ seconds is recorded as skipped:
   to the original's descriptors;
 - ``training`` (``--training``, default on CUDA): the getting-started teacher
   (EfficientNet-Lite0, ``std``) and student (MobileNetV2, ``reg``) from their ImageNet
-  weights on synthetic data of varied aspect ratios (a shape for nearly every image, as real
-  photos), two epochs each through ``main.py``: the seconds of each epoch;
+  weights on synthetic data of varied aspect ratios (many image shapes, as photos have),
+  two epochs each through ``main.py``: the seconds of each epoch;
 - ``ts_epoch``: one ``ts`` epoch of ``--tuples`` tuples one tuple at a time in fp32 with PIL
   mining (the original's way) against ``--batch-forward --amp`` with aml's defaults;
 - ``profile`` (``--profile``): torch.profiler's top operations of a first extraction and of
@@ -475,8 +475,8 @@ def ts_epoch(args, paths, device, fast: bool, folder: Path) -> float:
 
 
 # The getting-started flow (docs/getting-started.md) at the benchmark's sizes: data, teacher, student.
-# views of any aspect ratio (a shape for nearly every image, as real photos): what a first epoch
-# costs on a GPU with many shapes
+# views of any aspect ratio (many image shapes, as photos have): what a first epoch costs on a
+# GPU with many shapes
 SYNTHETIC = ["--train-landmarks", "40", "--val-landmarks", "2", "--views", "10", "--test-landmarks", "2",
              "--distractors", "0", "--aspects", "varied", "--quiet"]
 TEACHER_RUN = ["-a", "efficientnet_lite0", "-m", "std", "-qs", "160", "-ps", "400", "-nn", "3", "-b", "8",

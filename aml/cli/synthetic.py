@@ -55,7 +55,7 @@ def build_parser() -> Parser:
         choices=sorted(ASPECT_DRAWS),
         default=SyntheticTrainConfig.aspects,
         help="the views' aspect ratios: four usual ones (a few image shapes), or varied, any between 2:1 and 1:2 "
-        "as photos come (a shape for nearly every image)",
+        "as photos come (many shapes)",
     )
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="added to every set's seed")
     parser.add_argument("--overwrite", action="store_true", help="regenerate existing sets")

@@ -19,6 +19,7 @@ from aml.evaluation.results import DatasetResult, SearchResult
 from aml.evaluation.plan import TestSettings
 from aml.evaluation.testing import evaluate
 from aml.networks.loading import LoadedNetwork, Source, check_loaded
+from aml.networks.fingerprint import spelling_free_fingerprint
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ def check_distinct(networks: Mapping[str, LoadedNetwork]) -> None:
     """Refuse one network given twice: its rows and columns would repeat.
 
     The same weights under two labels: a copy of a file, ``model_best`` beside the epoch it
-    copies.
+    copies, a timm network under two spellings of its name (`spelling_free_fingerprint`).
 
     Args:
         networks: label -> network.
@@ -279,7 +280,7 @@ def check_distinct(networks: Mapping[str, LoadedNetwork]) -> None:
     """
     seen: Dict[str, str] = {}
     for label, network in networks.items():
-        first = seen.setdefault(network.fingerprint, label)
+        first = seen.setdefault(spelling_free_fingerprint(network.net), label)
         if first != label:
             raise ConfigError(
                 f"networks {first!r} and {label!r} are one network (the same weights, fingerprint "

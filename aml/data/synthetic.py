@@ -51,8 +51,8 @@ def _varied_aspect(rng: np.random.Generator) -> Tuple[int, int]:
 
 
 #: how a view's aspect ratio (width : height) is drawn: ``four`` of photos' usual ones (a few
-#: image shapes; the default), or ``varied``, any between 2:1 and 1:2 as photos come (a shape
-#: for nearly every image, as retrieval-SfM-120k's photos shrunk to one longer side)
+#: image shapes; the default), or ``varied``, any between 2:1 and 1:2 as photos come (as many
+#: shapes as the longer side allows)
 ASPECT_DRAWS: Dict[str, Callable[[np.random.Generator], Tuple[int, int]]] = {
     "four": _four_aspects,
     "varied": _varied_aspect,

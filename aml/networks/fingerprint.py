@@ -34,9 +34,7 @@ def network_fingerprint(net: torch.nn.Module) -> str:
     """A content hash of the weights and the meta that shape the descriptors.
 
     Args:
-        net: the network (any module; its ``meta``, if it has one, counts except ``Lw``, its
-            ``architecture`` in its one spelling (`one_spelling`): ``timm:X``, ``timm:X+patch``
-            and ``timm:X.<default tag>`` are one network).
+        net: the network (any module; its ``meta``, if it has one, counts except ``Lw``).
 
     Returns:
         16 hex digits.
@@ -49,10 +47,34 @@ def network_fingerprint(net: torch.nn.Module) -> str:
         >>> len(network_fingerprint(net)), network_fingerprint(copy.deepcopy(net)) == network_fingerprint(net)
         (16, True)
     """
-    digest = hashlib.sha1()
-    meta = {k: v for k, v in getattr(net, "meta", {}).items() if k != "Lw"}
+    return _digest(net, _meta(net))
+
+
+def spelling_free_fingerprint(net: torch.nn.Module) -> str:
+    """`network_fingerprint` with the architecture in its one spelling (`one_spelling`):
+    ``timm:X``, ``timm:X+patch`` and ``timm:X.<default tag>`` give one, under the installed
+    timm. It tells one network given twice apart from two; the fingerprints stored with
+    descriptors stay `network_fingerprint`'s (the name as the network records it), which do
+    not depend on timm's version.
+
+    Args:
+        net: the network.
+
+    Returns:
+        16 hex digits.
+    """
+    meta = _meta(net)
     if isinstance(meta.get("architecture"), str):
         meta["architecture"] = one_spelling(meta["architecture"])
+    return _digest(net, meta)
+
+
+def _meta(net: torch.nn.Module) -> dict:
+    return {k: v for k, v in getattr(net, "meta", {}).items() if k != "Lw"}
+
+
+def _digest(net: torch.nn.Module, meta: dict) -> str:
+    digest = hashlib.sha1()
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for key, value in sorted(net.state_dict().items()):
         digest.update(key.encode())

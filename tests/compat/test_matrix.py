@@ -132,6 +132,7 @@ def test_no_network_or_a_ranking_report_is_refused(root, tmp_path):
                                           r"\w{8}\): its rows and columns would repeat; give it once"):
         compatibility_matrix({"a": network, "b": twice}, _settings(root))
     # a timm network under two spellings of its name (its default readout written out)
+    pytest.importorskip("timm")
     torch.manual_seed(0)
     vit = LoadedNetwork.in_memory(build_network("timm:test_vit", pretrained=False), "vit")
     torch.manual_seed(0)

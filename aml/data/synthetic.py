@@ -16,6 +16,7 @@ Run ``python -m aml.cli.synthetic --data-root DIR`` or call the generate_* funct
 Everything is deterministic given the seed.
 """
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -350,6 +351,7 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
     seed = config.seed + seed_offset
     rng = np.random.default_rng(seed)
     scenes = _landmarks(seed + 1000, config.landmarks + config.distractor_landmarks, STYLES[style_name])
+    view_of = functools.partial(render_view, side=config.image_size, aspects=config.aspects)
     imlist: List[str] = []
     groups: List[Dict[str, List[int]]] = []
     total = (
@@ -368,23 +370,14 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
         group: Dict[str, List[int]] = {"easy": [], "hard": [], "junk": []}
         for kind, count, low, high in (("easy", config.easy, 0.05, 0.35), ("hard", config.hard, 0.55, 0.9)):
             for _ in range(count):
-                group[kind].append(
-                    add(render_view(scene, rng, rng.uniform(low, high), config.image_size, aspects=config.aspects)[0])
-                )
+                group[kind].append(add(view_of(scene, rng, rng.uniform(low, high))[0]))
         for _ in range(config.junk):
-            view, _ = render_view(
-                scene,
-                rng,
-                rng.uniform(0.5, 0.9),
-                config.image_size,
-                zoom=rng.uniform(0.22, 0.32),
-                aspects=config.aspects,
-            )
+            view, _ = view_of(scene, rng, rng.uniform(0.5, 0.9), zoom=rng.uniform(0.22, 0.32))
             group["junk"].append(add(view))
         groups.append(group)
     for scene in scenes[config.landmarks :]:
         for _ in range(config.distractor_views):
-            add(render_view(scene, rng, rng.uniform(0.0, 0.9), config.image_size, aspects=config.aspects)[0])
+            add(view_of(scene, rng, rng.uniform(0.0, 0.9))[0])
     order = rng.permutation(len(imlist))  # shuffle the database so that ids carry no signal
     position = np.empty_like(order)
     position[order] = np.arange(len(order))
@@ -393,14 +386,7 @@ def _write_test_set(staging: Path, name: str, config: SyntheticTestConfig, progr
     gnd: List[GroundTruth] = []
     for landmark, scene in enumerate(scenes[: config.landmarks]):
         for _ in range(config.queries_per_landmark):
-            view, box = render_view(
-                scene,
-                rng,
-                rng.uniform(0.0, 0.15),
-                config.image_size,
-                zoom=rng.uniform(1.15, 1.35),
-                aspects=config.aspects,
-            )
+            view, box = view_of(scene, rng, rng.uniform(0.0, 0.15), zoom=rng.uniform(1.15, 1.35))
             qimlist.append(f"{name}_query_{len(qimlist):03d}")
             _save(view, staging / "jpg" / f"{qimlist[-1]}.jpg")
             bar.update(1)

@@ -16,6 +16,12 @@ def one_spelling(architecture: str) -> str:
     """``architecture`` as its family spells it (`SPELLINGS`), or as it is (a name of the
     table, or one its family cannot read here: timm missing, or a model of another timm).
 
+    Args:
+        architecture: a network's ``meta['architecture']`` (``resnet101``, ``timm:X+patch``).
+
+    Returns:
+        The one spelling, e.g. ``timm:X`` for ``timm:X+patch``.
+
     Examples:
         >>> from aml.networks.fingerprint import one_spelling
         >>> one_spelling("timm:test_vit.r160_in1k+patch"), one_spelling("resnet101")

@@ -21,7 +21,11 @@ from aml.losses import TEMPERATURES
 from aml.networks.backbones import BACKBONES, get_backbone
 from aml.training import TrainConfig, TrainResult, TrainSettings, run
 from aml.training.config import CHOICES, problems
+from aml.training.modes import Draw
 from aml.utils.distributed import current_rank
+
+#: the modes whose epoch is --pool-size single images, not --query-size tuples
+_IMAGE_MODES = ", ".join(name for name, mode in CHOICES["mode"].items() if mode.draw is Draw.IMAGES)
 
 
 def _ranged(field: str):
@@ -122,10 +126,18 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--neg-num", "-nn", default=5, type=_ranged("neg_num"), help="negatives per tuple (default: 5)")
     group.add_argument(
-        "--query-size", "-qs", default=2000, type=_ranged("query_size"), help="tuples per epoch (default: 2000)"
+        "--query-size",
+        "-qs",
+        default=2000,
+        type=_ranged("query_size"),
+        help=f"tuples (queries) per epoch; modes {_IMAGE_MODES} draw --pool-size images instead (default: 2000)",
     )
     group.add_argument(
-        "--pool-size", "-ps", default=20000, type=_ranged("pool_size"), help="negative pool per epoch (default: 20000)"
+        "--pool-size",
+        "-ps",
+        default=20000,
+        type=_ranged("pool_size"),
+        help=f"images mined for negatives per epoch; an epoch's images in modes {_IMAGE_MODES} (default: 20000)",
     )
     group.add_argument("--pos-num", "-pn", default=3, type=nonnegative_int, help="kept for compatibility (unused)")
     group.add_argument("--nexamples", default=1000, type=nonnegative_int, help="kept for compatibility (unused)")

@@ -1,4 +1,4 @@
-"""The loss registry: name -> how to build the loss from ``--margin`` and ``--temp``, and which
+"""The loss registry: name -> how to build the loss from ``--loss-margin`` and ``--temp``, and which
 training modes it works with (`LOSSES`, `build_loss`), and the temperatures that still learn."""
 
 import math
@@ -38,7 +38,7 @@ class LossSpec:
     one spec per loss name.
 
     Attributes:
-        build: (margin, temp) -> the loss, from ``--margin`` and ``--temp``.
+        build: (margin, temp) -> the loss, from ``--loss-margin`` and ``--temp``.
         accepts: mode -> whether the loss works with that training mode (a predicate over the
             mode's attributes: ``tuples``, ``relational``, ``needs_teacher``, ``self_positive``).
         why: why a mode is refused, shown when one is.
@@ -198,12 +198,12 @@ def build_loss(name: str, margin: float = 0.7, temp: float = 0.1) -> "Loss":
     """The criterion ``name`` (see LOSSES) with the CLI's margin and temperature.
 
     The name is looked up, then the temperature checked (`check_temperature`); each loss takes
-    the one of the two it has, if any (``--margin`` for the contrastive and triplet losses,
+    the one of the two it has, if any (``--loss-margin`` for the contrastive and triplet losses,
     ``--temp`` for the softmax ones).
 
     Args:
         name: the loss's name, a key of `LOSSES` (``--loss``).
-        margin: the margin (``--margin``).
+        margin: the margin (``--loss-margin``).
         temp: the temperature (``--temp``).
 
     Returns:

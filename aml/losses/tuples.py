@@ -5,6 +5,8 @@ value per tuple; none prints or writes. The formulas are in `aml.layers.function
 these modules hold the hyper-parameters.
 """
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -37,6 +39,8 @@ class TupleLoss(nn.Module):
     needs_target = False  # the teacher's query-member distances (TupleBatch.target)
     needs_context = False  # the teacher's view of the split (TupleBatch.context and queries)
     batch_mean = False  # a training step sums the tuples' values (the original's); True: averages them
+    #: the same loss called on cirtorch's D x N columns and labels (None: the loss has no such call)
+    cirtorch_call: Optional[str] = None
 
     def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
         """The loss of each tuple of a batch, once the batch is checked to hold what it needs.
@@ -45,7 +49,7 @@ class TupleLoss(nn.Module):
             batch: the tuples, with ``target`` when the loss ``needs_target`` and ``queries``
                 and ``context`` when it ``needs_context``.
             *cirtorch_arguments (Any): none; they are there to refuse cirtorch's call
-                ``loss(x, label)`` (x D x N), which `aml.layers.loss` takes.
+                ``loss(x, label)`` (x D x N), which the module ``cirtorch_call`` names takes.
 
         Returns:
             B losses, one per tuple (`formula`).
@@ -56,9 +60,13 @@ class TupleLoss(nn.Module):
                 teacher's view of the split (``needs_context``).
         """
         if cirtorch_arguments or not isinstance(batch, TupleBatch):
+            instead = (
+                f"for cirtorch's call on D x N columns x and their labels use {self.cirtorch_call}"
+                if self.cirtorch_call
+                else "it has no call on cirtorch's D x N columns"
+            )
             raise TypeError(
-                f"aml.losses.{type(self).__name__} takes a TupleBatch; for cirtorch's call "
-                f"loss(x, label) with x D x N use aml.layers.loss.{type(self).__name__}"
+                f"aml.losses.{type(self).__name__} takes a TupleBatch (TupleBatch.from_columns(x, label)); {instead}"
             )
         if self.needs_target and batch.target is None:
             raise ValueError(f"{type(self).__name__} needs the teacher's distances (TupleBatch.target)")
@@ -101,6 +109,8 @@ class ContrastiveLoss(TupleLoss):
         0.4023
     """
 
+    cirtorch_call = "aml.layers.loss.ContrastiveLoss"
+
     def __init__(self, margin: float = 0.7, eps: float = 1e-6):
         super().__init__()
         self.margin, self.eps = margin, eps
@@ -132,6 +142,8 @@ class RegressionLoss(TupleLoss):
         >>> round(RegressionLoss()(batch).item(), 4)  # 0.5 * 0.894^2, the negative ignored
         0.4
     """
+
+    cirtorch_call = "aml.layers.functional.regression_loss"
 
     def __init__(self, eps: float = 1e-6):
         super().__init__()
@@ -168,6 +180,8 @@ class ContrastiveDistLoss(TupleLoss):
 
     needs_target = True
 
+    cirtorch_call = "aml.layers.loss.ContrastiveDistLoss"
+
     def __init__(self, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
@@ -201,6 +215,8 @@ class TripletLoss(TupleLoss):
         >>> round(TripletLoss(margin=0.1)(batch).item(), 4)  # 0.8 - 0.4 + 0.1
         0.5
     """
+
+    cirtorch_call = "aml.layers.loss.TripletLoss"
 
     def __init__(self, margin: float = 0.1):
         super().__init__()
@@ -238,6 +254,8 @@ class MultiSimilarityLoss(TupleLoss):
         0.5991
     """
 
+    cirtorch_call = "aml.layers.loss.MultiSimilarityLoss"
+
     def __init__(self, thresh: float = 0.5, scale_pos: float = 2.0, scale_neg: float = 40.0):
         super().__init__()
         self.thresh, self.scale_pos, self.scale_neg = thresh, scale_pos, scale_neg
@@ -273,6 +291,8 @@ class CrossEntropyDistLoss(TupleLoss):
         2.69
     """
 
+    cirtorch_call = "aml.layers.loss.CrossEntropyDistLoss"
+
     def __init__(self, temp: float = 0.1, eps: float = 1e-6):
         super().__init__()
         self.temp, self.eps = temp, eps
@@ -305,6 +325,8 @@ class CrossEntropyLoss(TupleLoss):
         >>> round(CrossEntropyLoss(temp=0.1)(batch).item(), 4)  # log(1 + e^2): the negative is more similar
         2.1269
     """
+
+    cirtorch_call = "aml.layers.functional.similarity_cross_entropy_loss"
 
     def __init__(self, temp: float = 0.1):
         super().__init__()

@@ -50,8 +50,10 @@ class TrainSettings(Changeable):
     Attributes:
         image_size: the longer side of training images.
         neg_num: negatives per tuple.
-        query_size: tuples per epoch.
-        pool_size: the pool of negatives per epoch.
+        query_size: tuples (queries) per epoch (the modes that draw images draw
+            ``pool_size`` images instead).
+        pool_size: the images mined for negatives per epoch; an epoch's images in the modes
+            that draw images (`aml.training.modes.Draw`).
         batch_size: tuples per step, over all processes.
         update_every: an optimizer step every N batches.
         epochs: the epochs to train.
@@ -441,10 +443,12 @@ def _mode_problems(config: TrainConfig) -> List[str]:
         found.append(str(err))
     mode, loop = get_mode(config.mode), config.loop
     if loop.sym and not mode.allows_sym:
-        found.append(
-            f"--sym has no meaning with --mode {config.mode}: its members are not a query/positive/negative "
-            "tuple of different images"
+        why = (
+            "its members are not a query/positive/negative tuple of different images"
+            if mode.asymmetric
+            else "every member of its tuples goes through the student already"
         )
+        found.append(f"--sym has no meaning with --mode {config.mode}: {why}")
     if loop.neg_num == 0 and mode.negatives is not Negatives.NONE and LOSSES[config.loss].uses_negatives:
         found.append(
             f"--neg-num 0: --mode {config.mode} trains on tuples with {mode.negatives.value} negatives; with "

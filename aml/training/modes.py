@@ -6,7 +6,7 @@ from the feature file) or the image itself, encoded by the student. The query is
 an image through the student.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -172,6 +172,25 @@ def epoch_tuple_count(mode: Mode, db: TrainingDb, sizes: EpochSizes) -> int:
     if mode.draw is Draw.TRIPLETS:
         return min(_query_count(db, sizes), len(db["cids"]))
     return _query_count(db, sizes)
+
+
+def epoch_size_flag(mode: Mode, db: TrainingDb, sizes: EpochSizes) -> Optional[str]:
+    """The flag whose larger value would draw more tuples of ``db`` an epoch: ``--pool-size``
+    for the modes that draw images, else ``--query-size``; None where the db's images or
+    query pairs already cap the epoch.
+
+    Examples:
+        >>> from aml.training.modes import MODES, EpochSizes, epoch_size_flag
+        >>> db = {"cids": list(range(10)), "cluster": [0] * 10, "qidxs": [0, 1, 2], "pidxs": [3, 4, 5]}
+        >>> [epoch_size_flag(MODES["reg"], db, EpochSizes(2, s, 5)) for s in (8, 10)]
+        ['--pool-size', None]
+        >>> [epoch_size_flag(MODES["ts"], db, EpochSizes(q, 20, 5)) for q in (2, 3)]
+        ['--query-size', None]
+    """
+    field = "pool_size" if mode.draw is Draw.IMAGES else "query_size"
+    unbounded = replace(sizes, **{field: len(db["cids"]) + len(db["qidxs"])})
+    grows = epoch_tuple_count(mode, db, unbounded) > epoch_tuple_count(mode, db, sizes)
+    return f"--{field.replace('_', '-')}" if grows else None
 
 
 def triplet_pool_count(db: TrainingDb, sizes: EpochSizes) -> int:

@@ -34,6 +34,7 @@ from aml.training.modes import (
     Negatives,
     TrainingTuple,
     build_epoch_tuples,
+    epoch_size_flag,
     epoch_tuple_count,
     triplet_pool_count,
     validation_mode,
@@ -246,7 +247,7 @@ class Trainer:
                     f"{outcome}; give --batch-size {count} or less{no_val}"
                 )
             if not everything:
-                self._check_steps(count // s.batch_size)
+                self._check_steps(count // s.batch_size, epoch_size_flag(mode, split.db, sizes))
             elif count % s.batch_size:
                 warn_once(
                     log,
@@ -259,16 +260,18 @@ class Trainer:
                     count,
                 )
 
-    def _check_steps(self, batches: int) -> None:
+    def _check_steps(self, batches: int, larger: Optional[str]) -> None:
         """Refuse an ``update_every`` above the batches of an epoch (the gradients, zeroed when an
-        epoch starts, would never be applied: checkpoints of untouched weights); name the
-        batches of each epoch whose gradients are dropped (as the original drops them)."""
+        epoch starts, would never be applied: checkpoints of untouched weights), naming the
+        flag that would draw more tuples (``larger``) where one would; name the batches of each
+        epoch whose gradients are dropped (as the original drops them)."""
         every = self.settings.update_every
         if every > batches:
+            more = f", or a larger {larger}" if larger else ""
             raise ConfigError(
                 f"--update-every {every}: an epoch holds {batches} batches, so the optimizer would never step "
                 f"(the accumulated gradients are dropped when the next epoch starts); give --update-every "
-                f"{batches} or less, or a larger --query-size"
+                f"{batches} or less, a smaller --batch-size{more}"
             )
         if batches % every:
             warn_once(

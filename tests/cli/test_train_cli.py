@@ -49,7 +49,10 @@ def test_the_flags_defaults_are_the_configs_defaults():
 @pytest.mark.parametrize("flags, message", [
     (["--loss", "rkd", "--mode", "ts"], "--loss rkd cannot be used with --mode ts"),
     (["--loss", "triplet", "--mode", "ts_self"], "--loss triplet cannot be used with --mode ts_self"),
-    (["--mode", "reg", "--sym"], "--sym has no meaning with --mode reg"),
+    (["--mode", "reg", "--sym"], "--sym has no meaning with --mode reg: its members are not a query/positive/"),
+    (["--mode", "std", "--sym"], "--sym has no meaning with --mode std: every member of its tuples goes through the "
+                                 "student already"),
+    (["--mode", "rand_tpl", "--sym"], "--mode rand_tpl: every member of its tuples goes through the student"),
     (["-td", "roxford6k"], "Unsupported or unknown test dataset: roxford6k"),
     (["--arch", "resnet9000"], "unknown architecture 'resnet9000'; choose one of"),
     (["--arch", "timm:convnext_atto+cls"], "convnext_atto gives a feature map, not tokens: drop +cls"),
@@ -554,8 +557,10 @@ def test_the_last_epoch_is_saved_and_an_update_every_of_no_step_is_refused(synth
     from aml.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--update-every 9: an epoch holds \d batches, so the optimizer would "
-                                          r"never step"):
+                                          r"never step .* a smaller --batch-size, or a larger --query-size$"):
         train(synth_root, tmp_path / "never", "-a", SMALL, "--epochs", "1", "--no-val", "-u", "9")
+    with pytest.raises(ConfigError, match=r"or less, a smaller --batch-size$"):  # every query pair drawn already
+        train(synth_root, tmp_path / "never", "-a", SMALL, "--epochs", "1", "--no-val", "-u", "999", "-qs", "99999")
     capsys.readouterr()
     train(synth_root, tmp_path / "some", "-a", SMALL, "--epochs", "1", "--no-val", "-u", "3", "-qs", "20")
     printed = capsys.readouterr()

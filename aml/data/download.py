@@ -6,6 +6,7 @@ members that would land outside the target folder.
 """
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import json
@@ -262,13 +263,18 @@ def _install_record(dest: Path) -> Path:
 
 
 def _record_install(dest: Path, url: str, digest: str) -> None:
-    """Record the file at ``dest`` as the one installed from ``url``: its size and sha256."""
-    _write_json(_install_record(dest), {"url": url, "size": dest.stat().st_size, "sha256": digest})
+    """Record the file at ``dest`` as the one installed from ``url``: its size, modification
+    time and sha256."""
+    stat = dest.stat()
+    _write_json(
+        _install_record(dest), {"url": url, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    )
 
 
 def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
     """Whether a file already at ``dest`` is still the one the downloader installed (same
-    size and sha256 as recorded then). A file put there by hand, as the manual-download hint
+    size and sha256 as recorded then; a file over 64 MiB is hashed again only when its
+    modification time changed). A file put there by hand, as the manual-download hint
     asks, has no record: it is checked once against the sha256 prefix its name (or the
     caller) gives, then recorded; one without a known hash is trusted.
 
@@ -292,10 +298,16 @@ def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
         with contextlib.suppress(OSError):
             _record_install(dest, url, digest)
         return True
-    if record.get("size") != dest.stat().st_size:
+    stat = dest.stat()
+    if record.get("size") != stat.st_size:
         return False
-    if dest.stat().st_size <= _HASH_CHECK_LIMIT and record.get("sha256"):
-        return _sha256_of(dest).hexdigest() == record["sha256"]
+    touched = record.get("mtime_ns") != stat.st_mtime_ns  # a large file is hashed again only then
+    if record.get("sha256") and (stat.st_size <= _HASH_CHECK_LIMIT or touched):
+        if _sha256_of(dest).hexdigest() != record["sha256"]:
+            return False
+        if touched:  # the same bytes (copied back, or recorded by an older aml): hashed once
+            with contextlib.suppress(OSError):
+                _record_install(dest, url, record["sha256"])
     return True
 
 
@@ -492,6 +504,7 @@ def _extract(archive: Path, folder: Path, progress: bool) -> None:
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
+            _read_to_the_end(tar)
             _check_members(members, archive)
             for member in progress_bar(
                 members, desc=f"unpacking {archive.name}", unit="file", enabled=progress, leave=False
@@ -500,6 +513,8 @@ def _extract(archive: Path, folder: Path, progress: bool) -> None:
                 tar.extract(member, folder, filter="data")
     except tarfile.FilterError as err:  # a member Python's data filter refuses: downloading again would not help
         raise DownloadError(f"refusing {archive}: {err}{_NOT_OURS}") from err
+    except gzip.BadGzipFile as err:  # an OSError, but the archive's, not the disk's
+        raise DownloadError(f"{archive} is damaged ({err}); delete it and download it again") from err
     except OSError as err:
         if not is_disk_full(err):
             raise
@@ -511,6 +526,14 @@ def _extract(archive: Path, folder: Path, progress: bool) -> None:
         raise DownloadError(
             f"{archive} is truncated or not a readable archive ({err}); delete it and download it again"
         ) from err
+
+
+def _read_to_the_end(tar: tarfile.TarFile) -> None:
+    """Read a compressed archive past its last member: gzip checks its CRC and length only at
+    the end of the stream, which tarfile stops short of (a flipped bit was unpacked unseen)."""
+    if isinstance(tar.fileobj, gzip.GzipFile):
+        while tar.fileobj.read(1 << 20):
+            pass
 
 
 def _materialise_links(scratch: Path, archive: Path) -> None:

@@ -83,6 +83,9 @@ DB_DAMAGES = {
     "qidxs names": (_split("qidxs", ["a"]), r"'qidxs' holds list \['a'\], where a list of integers in \[0, \d+\)"),
     "pidxs outside": (_split("pidxs", [10 ** 6]), r"'pidxs' holds list \[1000000\], where a list of integers in"),
     "cluster short": (_split("cluster", [0]), r"\d+ clusters for \d+ images; they must pair up one to one"),
+    # nested lists of the right length passed, and failed later in a traceback
+    "qidxs nested": (lambda dbs: dbs["train"].__setitem__("qidxs", [[q] for q in dbs["train"]["qidxs"]]),
+                     r"'qidxs' holds list \[\[\d+\], .*where a list of integers in \[0, \d+\)"),
     "pairs unequal": (_split("qidxs", [0]), r"1 qidxs for \d+ pidxs"),
 }
 

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import tarfile
 import threading
 import time
@@ -197,6 +198,29 @@ def test_without_network_a_file_that_differs_from_its_record_is_named_with_the_r
     assert download_file("http://127.0.0.1:9/gnd.pkl", path, progress=False).read_bytes() == b"the user's own copy"
 
 
+def test_a_large_installed_file_changed_at_its_size_is_fetched_again(server, tmp_path, monkeypatch):
+    """A file over the hashing limit (published networks: hundreds of MB) was checked by its
+    size alone: one changed in place loaded without a word. It is hashed again when its
+    modification time is not the recorded one, and only then."""
+    from aml.data import download
+
+    monkeypatch.setattr(download, "_HASH_CHECK_LIMIT", 1000)  # PAYLOAD is 100 KiB: a large file here
+    hashed = []
+    monkeypatch.setattr(download, "_sha256_of", lambda path: hashed.append(path) or hashlib.sha256(path.read_bytes()))
+    Handler.files["/weights.pth"] = PAYLOAD
+    path = download_file(f"{server}/weights.pth", tmp_path / "weights.pth", progress=False)
+    hashed.clear()
+    download_file(f"{server}/weights.pth", path, progress=False)
+    assert hashed == [] and len(Handler.requests) == 1  # untouched: neither hashed nor fetched
+    changed = bytearray(PAYLOAD)
+    changed[5000] ^= 1
+    recorded = path.stat().st_mtime_ns
+    path.write_bytes(bytes(changed))  # same size, another modification time (set: the clock's tick is coarse)
+    os.utime(path, ns=(recorded, recorded + 10**9))
+    assert download_file(f"{server}/weights.pth", path, progress=False).read_bytes() == PAYLOAD
+    assert len(Handler.requests) == 2
+
+
 def make_tar(members, links=None):
     """A .tgz of ``members`` (name -> bytes) and symbolic ``links`` (name -> target)."""
     buffer = io.BytesIO()
@@ -225,6 +249,18 @@ def test_archive_with_path_traversal_is_refused(tmp_path):
     with pytest.raises(DownloadError, match="outside"):
         extract_archive(archive, tmp_path / "out")
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_an_archive_whose_gzip_check_fails_is_refused_before_anything_is_unpacked(tmp_path):
+    """tarfile stops at the last member, before gzip's CRC: a damaged archive of the right
+    size (no hash is published for the data sets' archives) was unpacked and deleted."""
+    data = bytearray(make_tar({"paris/a.jpg": b"a" * 5000}))
+    data[-8] ^= 1  # the CRC32 of the uncompressed bytes
+    archive = tmp_path / "paris_1.tgz"
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match=r"paris_1.tgz is damaged \(CRC check failed.*download it again"):
+        extract_archive(archive, tmp_path / "jpg")
+    assert not (tmp_path / "jpg").exists() and archive.exists()
 
 
 def test_hash_prefix_parsing():

@@ -186,6 +186,7 @@ def lock(monkeypatch):
     tests may run as root, whom a file's permissions do not stop)."""
     import builtins
     import errno
+    import io
 
     locked, real_open = set(), builtins.open
 
@@ -195,6 +196,7 @@ def lock(monkeypatch):
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)  # pathlib's Path.open, read_bytes and read_text
     return lambda path: locked.add(os.path.abspath(path))
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from aml.data.images import BBox, check_boxes, check_image_list, check_image_size, load_and_resize
 from aml.utils.atomic import atomic_path
+from aml.utils.bounds import digits
 from aml.utils.errors import ConfigError, DataError
 from aml.utils.types import PathLike
 
@@ -120,7 +121,7 @@ class OnnxStudentInfo:
                 )
             text = props[key]
             number = field.type in (int, Optional[int])
-            if number and text != "" and not (text.isdigit() and int(text) > 0):
+            if number and text != "" and not (digits(text) or 0) > 0:
                 raise OnnxStudentError(
                     f"{path}: its metadata {key} is {text!r}, not a positive integer: it was edited or is damaged; "
                     f"export the student again ({REEXPORT})"

@@ -41,7 +41,8 @@ from aml.descriptors.extraction import DEFAULT_EXTRACTION, ExtractionConfig, des
 from aml.descriptors.key import DescriptorKey, KeyRecord, images_digest_as_listed
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.retrieval_net import ImageRetrievalNet
-from aml.utils.atomic import atomic_write, file_stamp, folder_lock, lock_beside
+from aml.utils.atomic import atomic_write, file_stamp, folder_lock, lock_beside, make_folder
+from aml.utils.bounds import digits
 from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
 from aml.utils.distributed import barrier, current_world, from_main, warn_once
 from aml.utils.plain_files import load_npy
@@ -153,7 +154,9 @@ class StoreKey:
         network, dtype, shard_size = (manifest.get(name) for name in ("network", "dtype", "shard_size"))
         problems = {
             "network": None if isinstance(network, str) else f"must be a string, got {network!r}",
-            "dtype": None if dtype in DTYPES else f"must be one of {', '.join(DTYPES)}, got {dtype!r}",
+            "dtype": None
+            if isinstance(dtype, str) and dtype in DTYPES
+            else f"must be one of {', '.join(DTYPES)}, got {dtype!r}",
             "shard_size": POSITIVE_INT.problem(shard_size),
         }
         _refuse(problems, source)
@@ -267,6 +270,11 @@ def read_manifest(folder: Path) -> Tuple[StoredManifest, StoreKey]:
     _refuse(problems, source)
     if HASHES in manifest:
         _refuse({HASHES: _hashes_problem(manifest[HASHES], -(-int(count or 0) // key.shard_size))}, source)
+    if DIGEST not in manifest and HASHES in manifest:  # aml writes both since it writes either
+        raise StoreDamaged(
+            f"{source} was edited after aml wrote it (its digest is gone), so the descriptors may not be what it "
+            "now says"
+        )
     return cast(StoredManifest, manifest), key  # every field checked
 
 
@@ -431,7 +439,7 @@ class DescriptorStore:
                 "manifest.json, so nothing says which network made them; delete the folder or choose "
                 "another"
             )
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
         atomic_write(self.folder / IMAGE_LIST, lambda out: out.write(line_list(self.images)))
         self._write_manifest([None] * self.shards)
 
@@ -749,13 +757,14 @@ def open_store(folder: Path, warn: bool = True) -> DescriptorStore:
     try:
         manifest, key = read_manifest(folder)
         images = read_line_list((folder / IMAGE_LIST).read_bytes())
+    except PermissionError as err:  # the image list's (the manifest's is read_manifest's): not damaged
+        raise no_access(folder / IMAGE_LIST, err) from None
     except OSError as err:
         raise StoreDamaged(f"{folder} is not a readable descriptor store ({err})") from None
     store = DescriptorStore(folder, images, key, int(manifest["dim"]))
     store._check(manifest)  # the image list and the manifest agree
-    beyond = sorted(
-        p.name for p in folder.glob("shard_*.npy") if not p.stem[6:].isdigit() or int(p.stem[6:]) >= store.shards
-    )
+    numbers = {p.name: digits(p.stem[6:]) for p in folder.glob("shard_*.npy")}
+    beyond = sorted(name for name, k in numbers.items() if k is None or k >= store.shards)
     if beyond:
         raise StoreDamaged(
             f"{folder / MANIFEST} says {store.shards} shards of {key.shard_size} images, but the folder also "

@@ -66,7 +66,7 @@ from aml.search.database import (
 from aml.utils.atomic import atomic_write, folder_identity, folder_lock, publish_folder
 from aml.utils.bounds import NONNEGATIVE_FLOAT, POSITIVE_INT, scales_problem
 from aml.utils.plain_files import load_npy
-from aml.utils.errors import DataError
+from aml.utils.errors import DataError, no_access
 from aml.utils.types import PathLike
 from aml.utils.text_files import TextFile, read_bounded, read_text_file
 
@@ -614,6 +614,8 @@ def search_record(folder: Path) -> SearchRecord:
     path = folder / SEARCH
     try:
         record = json.loads(read_bounded(path))
+    except PermissionError as err:  # another user's store: not damaged, and not to be indexed again
+        raise no_access(path, err) from None
     except (OSError, ValueError) as err:
         raise StoreError(f"cannot read {path} ({err}): the store is damaged; index it again ({REBUILD})") from None
     if not isinstance(record, dict):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from aml.utils.atomic import atomic_write
+from aml.utils.bounds import digits
 
 log = logging.getLogger("aml.training.trainer")  # the loop's lines, whichever module writes them
 CHECKPOINT_PATTERN = re.compile(r"^model_epoch(\d+)\.pth\.tar$")
@@ -36,7 +37,8 @@ class RunLog:
         earlier = self.loss_log.read_text(errors="replace") if self.loss_log.is_file() else ""
         for line in earlier.splitlines():
             head = line.split(",", 1)[0].strip()
-            if head.isdigit() and int(head) < epoch:
+            number = digits(head)
+            if number is not None and number < epoch:
                 kept.append(line)
         self._rewrite(kept)
 

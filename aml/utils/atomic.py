@@ -94,14 +94,29 @@ def _link_unless_present(temporary: Path, path: Path) -> None:
     temporary.unlink(missing_ok=True)
 
 
-def _make_folder_of(path: Path) -> None:
-    """Create the folder ``path`` goes in (and those above it), or raise `InTheWay` naming the
-    file that stands where one of them goes."""
+def make_folder(folder: Path, purpose: Optional[Path] = None) -> None:
+    """Create ``folder`` (and those above it), or raise `InTheWay` naming the file that stands
+    where one of them goes.
+
+    Args:
+        folder: the folder to make.
+        purpose: the file it is made for, named in the error (default: the folder).
+
+    Raises:
+        InTheWay: a file stands where ``folder`` or a folder above it goes.
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), path.parent)
-        raise InTheWay(f"{blocking} is a file where aml makes a folder (for {path}): move it away") from None
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        wanted = purpose or folder
+        named = f" (for {wanted})" if wanted != blocking else ""
+        raise InTheWay(f"{blocking} is a file where aml makes a folder{named}: move it away") from None
+
+
+def _make_folder_of(path: Path) -> None:
+    """Create the folder ``path`` goes in (`make_folder`)."""
+    make_folder(path.parent, path)
 
 
 @contextlib.contextmanager

@@ -107,6 +107,24 @@ SCALE = Bound(
 )
 
 
+def digits(text: str) -> Optional[int]:
+    """The number ``text`` spells in the digits 0 to 9, or None (`str.isdigit` also takes
+    digits of other scripts and superscripts, some of which `int` refuses).
+
+    Args:
+        text: the text, e.g. a field of a file or of the environment.
+
+    Returns:
+        The number, or None when ``text`` is empty or holds anything but 0 to 9.
+
+    Examples:
+        >>> from aml.utils.bounds import digits
+        >>> digits("042"), digits("5²"), digits(""), digits("-1")
+        (42, None, None, None)
+    """
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def scales_problem(scales: Any) -> Optional[str]:
     """Why ``scales`` is not a list of multi-scale factors (None when it is one).
 

@@ -4,6 +4,7 @@ from typing import Union
 
 import torch
 
+from aml.utils.bounds import digits
 from aml.utils.errors import ConfigError
 
 #: the device types aml runs on (``--device``: auto, cpu, cuda, cuda:N, mps)
@@ -40,7 +41,7 @@ def resolve_device(device: str, gpu_id: str = "0") -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
             first = gpu_id.split(",")[0].strip() or "0"
-            if not first.isdigit():
+            if digits(first) is None:
                 raise DeviceError(f"--gpu-id {gpu_id!r} is not a GPU number; give 0, 1, ...")
             return _available(torch.device(f"cuda:{first}"), f"--gpu-id {gpu_id}")
         return torch.device("cpu")

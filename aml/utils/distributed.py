@@ -20,6 +20,7 @@ from typing import Any, Callable, List, Optional, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from aml.utils.bounds import digits
 from aml.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def _check_torchrun_environment() -> None:
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start the job with torchrun, "
             "which sets them all, or unset WORLD_SIZE to run one process"
         )
-    if not os.environ["MASTER_PORT"].isdigit():
+    if digits(os.environ["MASTER_PORT"]) is None:
         raise ConfigError(
             f"MASTER_PORT={os.environ['MASTER_PORT']} is no port number: start the job with torchrun, which sets "
             "it, or unset WORLD_SIZE to run one process"

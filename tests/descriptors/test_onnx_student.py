@@ -69,6 +69,7 @@ def test_an_image_too_small_for_the_onnx_student_is_named(tmp_path):
 @pytest.mark.parametrize("key, value, message", [
     ("aml.dim", "abc", r"its metadata aml.dim is 'abc', not a positive integer"),
     ("aml.dim", "-512", r"its metadata aml.dim is '-512', not a positive integer"),
+    ("aml.dim", "5\u00b2", r"its metadata aml.dim is '5\u00b2', not a positive integer"),  # isdigit, but int() refused it
     ("aml.calibration_images", "1e3", r"its metadata aml.calibration_images is '1e3', not a positive integer"),
     ("aml.dim", "", r"its metadata says dim None"),
     ("aml.precision", "int4", r"its metadata says dim 512 and precision 'int4' \(one of float32, int8\)"),

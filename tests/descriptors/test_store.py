@@ -11,6 +11,7 @@ import pytest
 
 from aml.descriptors.key import DescriptorKey
 from aml.descriptors.store import DescriptorStore, StoreDamaged, StoreKey, StoreMismatch, descriptors_sha256, open_store
+from aml.utils.atomic import InTheWay
 from aml.utils.errors import DataError
 
 IMAGES = [f"img{i:03d}.jpg" for i in range(10)]
@@ -138,6 +139,9 @@ def test_a_store_this_user_may_not_read_is_not_called_damaged(tmp_path, lock):
     with pytest.raises(NoAccess, match=r"shard_00001.npy cannot be read \(Permission denied\): it is another user's or "
                                        r"locked, not damaged; ask its owner for read access"):
         store.read_shard(1)
+    lock(tmp_path / "images.txt")  # was "not a readable descriptor store", to be deleted
+    with pytest.raises(NoAccess, match=r"images.txt cannot be read \(Permission denied\): it is another user's"):
+        open_store(tmp_path)
     lock(tmp_path / "manifest.json")
     with pytest.raises(NoAccess, match=r"manifest.json cannot be read \(Permission denied\)"):
         open_store(tmp_path)
@@ -279,12 +283,31 @@ def test_a_store_written_before_hashes_is_read_unverified_with_a_warning(tmp_pat
     assert "shard_sha256" not in _manifest(tmp_path) and open_store(tmp_path).unverified() == [0, 1, 2]
 
 
+def test_a_file_where_the_store_goes_is_named_before_anything_is_encoded(tmp_path):
+    (tmp_path / "x.store").write_text("mine")
+    with pytest.raises(InTheWay, match=r"x.store is a file where aml makes a folder: move it away$"):
+        DescriptorStore.create(tmp_path / "x.store", IMAGES, KEY, 3)
+    assert (tmp_path / "x.store").read_text() == "mine"
+
+
+def test_a_manifest_whose_digest_was_deleted_is_refused(tmp_path):
+    """aml writes the digest with the shards' hashes: without it, a hand edit (another image
+    size) went unseen, and queries were encoded at one size against a database of another."""
+    DescriptorStore.create(tmp_path, IMAGES, KEY, 3).fill(Encoder())
+    manifest = _manifest(tmp_path)
+    del manifest["digest"]
+    (tmp_path / "manifest.json").write_text(json.dumps(dict(manifest, image_size=KEY.descriptors.image_size * 2)))
+    with pytest.raises(StoreDamaged, match=r"manifest.json was edited after aml wrote it \(its digest is gone\)"):
+        open_store(tmp_path)
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(dim="x"), r"dim: must be a descriptor dimension \(1 to 65536\), got 'x'"),
     (dict(dim=10**6), r"dim: must be a descriptor dimension \(1 to 65536\), got 1000000"),
     (dict(count="10"), r"count: must be an integer >= 0, got '10'"),
     (dict(shard_size=0), r"shard_size: must be a positive integer, got 0"),
     (dict(dtype="int8"), r"dtype: must be one of float16, float32, got 'int8'"),
+    (dict(dtype=["float32"]), r"dtype: must be one of float16, float32, got \['float32'\]"),  # was a TypeError
     (dict(network=5), r"network: must be a string, got 5"),
     (dict(version=2), r"version: must be 1, got 2"),
     (dict(images_sha1=None), r"images_sha1: must be a string"),

@@ -253,6 +253,15 @@ def test_an_ivfpq_index_is_built_reported_and_searched(random_teacher, synth_roo
     assert (tmp_path / "store" / "index.faiss").read_bytes() == index_bytes
 
 
+def test_a_store_this_user_may_not_read_is_not_called_damaged(whitened_store, lock):
+    """Another user's search.json was 'damaged; index it again': hours of a colleague's 1M store."""
+    from aml.utils.errors import NoAccess
+
+    lock(whitened_store / "search.json")
+    with pytest.raises(NoAccess, match=r"search.json cannot be read \(Permission denied\): it is another user's"):
+        open_database(whitened_store)
+
+
 def test_search_json_binds_the_files_beside_the_shards(whitened_store):
     record = json.loads((whitened_store / "search.json").read_text())
     assert sorted(record["files"]) == ["dba.npy", "whitening.pth"] and record["dba"] == {"k": 3, "alpha": 3.0}

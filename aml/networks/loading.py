@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -246,8 +246,9 @@ class LoadedNetwork:
     @property
     def fingerprint(self) -> str:
         """The content hash of the network's weights and meta, hashed again only when they
-        changed since (a network fine-tuned in place, in a notebook: its caches were keyed by
-        the weights it had when first hashed, and served the old descriptors)."""
+        changed since (`_weights_state`: a network fine-tuned in place, in a notebook, even
+        through ``.data``; its caches were keyed by the weights it had when first hashed, and
+        served the old descriptors)."""
         state = _weights_state(self.net)
         if self._hashed is None or self._hashed[0] != state:
             self._hashed = (state, network_fingerprint(self.net))
@@ -268,12 +269,22 @@ class LoadedNetwork:
 
 
 def _weights_state(net: torch.nn.Module) -> Tuple[Any, ...]:
-    """What changes when a network's weights or meta change: each tensor's identity and its
-    count of in-place changes (torch's version counter, which an optimizer step and
-    ``load_state_dict`` advance), and the meta."""
+    """What changes when a network's weights or meta change: each tensor's identity, memory
+    and count of in-place changes (torch's version counter, which an optimizer step and
+    ``load_state_dict`` advance), the sum of its values (a change through ``.data``, which
+    advances no counter), and the meta."""
     tensors = [*net.parameters(), *net.buffers()]
     meta = json.dumps(getattr(net, "meta", {}), sort_keys=True, default=str)
-    return (tuple((id(t), t._version) for t in tensors), meta)
+    return (tuple((id(t), t._version, t.data_ptr()) for t in tensors), _sums(tensors), meta)
+
+
+def _sums(tensors: List[torch.Tensor]) -> Tuple[float, ...]:
+    """Each tensor's sum in float64, read with one copy to the host per device."""
+    by_device: Dict[torch.device, List[torch.Tensor]] = {}
+    with torch.no_grad():
+        for t in tensors:
+            by_device.setdefault(t.device, []).append(t.detach().sum(dtype=torch.float64))
+    return tuple(value for sums in by_device.values() for value in torch.stack(sums).tolist())
 
 
 def check_network(net: Any, what: str = "net") -> None:

@@ -80,3 +80,22 @@ def test_a_network_of_any_precision_has_a_fingerprint_and_float32_ones_keep_thei
     prints = [network_fingerprint(net), network_fingerprint(net.half()), network_fingerprint(net.bfloat16())]
     assert prints[:2] == ["389d1cfa94ea1cae", "4d110fdc342f98b6"]  # as before: every store and cache keeps its key
     assert len(set(prints)) == 3
+
+
+def test_the_fingerprint_follows_weights_changed_through_data_and_is_not_hashed_again_otherwise(checkpoint,
+                                                                                                monkeypatch):
+    """Changes through ``.data`` advance no version counter: the fingerprint stayed that of the
+    first weights, and every cache keyed by it served their descriptors."""
+    from aml.networks import loading
+
+    loaded = load_named_or_file(checkpoint)
+    hashed = []
+    monkeypatch.setattr(loading, "network_fingerprint", lambda net: hashed.append(1) or network_fingerprint(net))
+    seen = [loaded.fingerprint, loaded.fingerprint]
+    assert len(hashed) == 1  # unchanged: hashed once
+    weight = loaded.net.pool.p
+    weight.data.fill_(6.0)  # in place, through .data
+    seen.append(loaded.fingerprint)
+    weight.data = torch.full_like(weight, 5.0)  # a new tensor behind the same parameter
+    seen.append(loaded.fingerprint)
+    assert len(set(seen)) == 3 and seen[-1] == network_fingerprint(loaded.net) and len(hashed) == 3

@@ -137,7 +137,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "-ps",
         default=20000,
         type=_ranged("pool_size"),
-        help=f"images mined for negatives per epoch; an epoch's images in modes {_IMAGE_MODES} (default: 20000)",
+        help=f"the images an epoch draws negatives from (mined or random; a triplet's positive too); an epoch's images "
+        f"in modes {_IMAGE_MODES} (default: 20000)",
     )
     group.add_argument("--pos-num", "-pn", default=3, type=nonnegative_int, help="kept for compatibility (unused)")
     group.add_argument("--nexamples", default=1000, type=nonnegative_int, help="kept for compatibility (unused)")

@@ -274,7 +274,8 @@ def _record_install(dest: Path, url: str, digest: str) -> None:
 def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
     """Whether a file already at ``dest`` is still the one the downloader installed (same
     size and sha256 as recorded then; a file over 64 MiB is hashed again only when its
-    modification time changed). A file put there by hand, as the manual-download hint
+    modification time changed, and a record without one, of an older aml, takes the time the
+    file has when found). A file put there by hand, as the manual-download hint
     asks, has no record: it is checked once against the sha256 prefix its name (or the
     caller) gives, then recorded; one without a known hash is trusted.
 
@@ -301,11 +302,15 @@ def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
     stat = dest.stat()
     if record.get("size") != stat.st_size:
         return False
+    if record.get("sha256") and "mtime_ns" not in record:  # recorded by an older aml, which checked the size
+        with contextlib.suppress(OSError):  # alone: its time from now on (a read-only folder: the size still)
+            _record_install(dest, url, record["sha256"])
+        record = {**record, "mtime_ns": stat.st_mtime_ns}
     touched = record.get("mtime_ns") != stat.st_mtime_ns  # a large file is hashed again only then
     if record.get("sha256") and (stat.st_size <= _HASH_CHECK_LIMIT or touched):
         if _sha256_of(dest).hexdigest() != record["sha256"]:
             return False
-        if touched:  # the same bytes (copied back, or recorded by an older aml): hashed once
+        if touched:  # the same bytes (copied back): their new time recorded
             with contextlib.suppress(OSError):
                 _record_install(dest, url, record["sha256"])
     return True
@@ -327,9 +332,10 @@ def download_file(
     The body is streamed to ``dest.part`` (kept between attempts and resumed with HTTP
     Range + If-Range, so a part of another version of the file is never extended), checked
     against the sha256 prefix (given, or read from a ``name-<hex>.ext`` file name) or else
-    the expected size, then renamed into place. The installed file's size and sha256 are
-    recorded next to it (``.<name>.download.json``): a later call fetches a file that has
-    since been truncated or altered again. A file put at ``dest`` by hand is checked once
+    the expected size, then renamed into place. The installed file's size, modification time
+    and sha256 are recorded next to it (``.<name>.download.json``): a later call fetches a
+    file that has since been truncated or altered again (one over 64 MiB is hashed again only
+    when its modification time changed). A file put at ``dest`` by hand is checked once
     against the sha256 prefix, and refused (left as it is) when it is another file. A file
     with neither a hash nor a known size is installed only when the server delimited its
     body (Content-Length or chunked): a

@@ -73,15 +73,20 @@ def kind_of(value: Any) -> str:
 
 
 def index_array(value: Any) -> Optional[np.ndarray]:
-    """``value`` as an array of indices, or None when it is not a flat list (tuple, array) of
-    integers (nested lists passed a check of their length and failed later, in a traceback)."""
+    """``value`` as a flat array of indices (a gnd's lists may come as n x 1 arrays, which
+    scoring flattens too).
+
+    Args:
+        value: a field of a pickle.
+
+    Returns:
+        Its indices, or None when it is not a list (tuple, array) of integers.
+    """
     if not isinstance(value, (list, tuple, np.ndarray)):
         return None
     try:
-        indices = np.asarray(value)
-    except (ValueError, TypeError):  # ragged lists
-        return None
-    if indices.ndim != 1:
+        indices = np.asarray(value).ravel()
+    except (ValueError, TypeError):  # ragged or nested lists
         return None
     return indices if indices.size == 0 or np.issubdtype(indices.dtype, np.integer) else None
 

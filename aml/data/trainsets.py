@@ -196,6 +196,8 @@ def check_image_db(db: Any, source: str, clusters: bool = True) -> Dict[str, Any
     ranges = {"qidxs": len(cids), "pidxs": len(cids), **({"cluster": None} if clusters else {})}
     for key, size in ranges.items():
         indices = index_array(db[key])
+        if indices is not None and np.ndim(db[key]) != 1:  # one index per image or pair, not lists of them
+            indices = None
         if indices is None or (size is not None and indices.size and (indices.min() < 0 or indices.max() >= size)):
             raise DatasetFileError(
                 f"{source}: '{key}' holds {kind_of(db[key])}, where a list of integers"

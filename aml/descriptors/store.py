@@ -42,8 +42,7 @@ from aml.descriptors.key import DescriptorKey, KeyRecord, images_digest_as_liste
 from aml.networks.checkpoint import OUTPUT_DIM
 from aml.networks.retrieval_net import ImageRetrievalNet
 from aml.utils.atomic import atomic_write, file_stamp, folder_lock, lock_beside, make_folder
-from aml.utils.bounds import digits
-from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT
+from aml.utils.bounds import NONNEGATIVE_INT, POSITIVE_INT, digits
 from aml.utils.distributed import barrier, current_world, from_main, warn_once
 from aml.utils.plain_files import load_npy
 from aml.utils.errors import ConfigError, DataError, MissingFile, lookup, no_access
@@ -417,6 +416,7 @@ class DescriptorStore:
             StoreMismatch: when the folder holds descriptors of another network, settings or
                 image list (it is kept as it is).
             DataError: when its manifest is damaged or was edited.
+            InTheWay: when a file stands where the folder goes.
         """
         store = cls(folder, images, key, dim)
         world = current_world()
@@ -751,6 +751,7 @@ def open_store(folder: Path, warn: bool = True) -> DescriptorStore:
     Raises:
         DataError: naming the file, when the folder holds no readable manifest and image list,
             or the manifest was edited or does not fit the shard files.
+        NoAccess: naming the manifest or the image list, when this user may not read it.
         StoreMismatch: when the image list does not fit the manifest.
     """
     folder = Path(folder)

@@ -3,6 +3,8 @@ anchors, N x C) against the teacher's rows of the same images (each tuple's firs
 N x C: `TupleBatch.pairs`), the same call shape as the tuple losses. The teacher side
 carries no gradient. Pairwise distances are `aml.layers.functional.pdist`."""
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -32,6 +34,8 @@ class RelationalLoss(nn.Module):
     needs_target = False
     needs_context = False
     batch_mean = False  # one value per batch already
+    #: the same loss called on the original's ``(student, teacher)`` rows
+    cirtorch_call: Optional[str] = None
 
     def forward(self, batch: TupleBatch, *cirtorch_arguments) -> torch.Tensor:
         """The loss of a batch: its student rows against the teacher's rows of the same images.
@@ -40,7 +44,7 @@ class RelationalLoss(nn.Module):
             batch: N tuples of one member each, ``TupleBatch.pairs(student, teacher)``: the
                 anchors are the student's rows, each first member the teacher's row.
             *cirtorch_arguments (Any): none; they are there to refuse the original's call
-                ``loss(student, teacher)``, which `aml.layers.loss` takes.
+                ``loss(student, teacher)``, which the call ``cirtorch_call`` names takes.
 
         Returns:
             The loss, a scalar (`formula`).
@@ -53,7 +57,7 @@ class RelationalLoss(nn.Module):
             raise TypeError(
                 f"aml.losses.{type(self).__name__} takes a TupleBatch (from rows: "
                 f"TupleBatch.pairs(student, teacher)); for the original's call loss(student, teacher) "
-                f"use aml.layers.loss.{type(self).__name__}"
+                f"use {self.cirtorch_call}"
             )
         return self.formula(batch.anchors, batch.members[:, 0])
 
@@ -95,6 +99,8 @@ class RKdAD(RelationalLoss):
         0.4838
     """
 
+    cirtorch_call = "aml.layers.loss.RKdAD"
+
     def __init__(self, dist_ratio: float = 1.0, angle_ratio: float = 2.0):
         super().__init__()
         self.dist_ratio, self.angle_ratio = dist_ratio, angle_ratio
@@ -134,6 +140,8 @@ class HardDarkRank(RelationalLoss):
         >>> round(HardDarkRank()(TupleBatch.pairs(student, teacher)).item(), 4)
         5.2259
     """
+
+    cirtorch_call = "aml.layers.loss.HardDarkRank"
 
     def __init__(self, alpha: float = 3.0, beta: float = 3.0, permute_len: int = 4):
         super().__init__()

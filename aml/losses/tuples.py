@@ -49,7 +49,7 @@ class TupleLoss(nn.Module):
             batch: the tuples, with ``target`` when the loss ``needs_target`` and ``queries``
                 and ``context`` when it ``needs_context``.
             *cirtorch_arguments (Any): none; they are there to refuse cirtorch's call
-                ``loss(x, label)`` (x D x N), which the module ``cirtorch_call`` names takes.
+                ``loss(x, label)`` (x D x N), which the call ``cirtorch_call`` names takes.
 
         Returns:
             B losses, one per tuple (`formula`).

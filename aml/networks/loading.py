@@ -278,13 +278,15 @@ def _weights_state(net: torch.nn.Module) -> Tuple[Any, ...]:
     return (tuple((id(t), t._version, t.data_ptr()) for t in tensors), _sums(tensors), meta)
 
 
-def _sums(tensors: List[torch.Tensor]) -> Tuple[float, ...]:
-    """Each tensor's sum in float64, read with one copy to the host per device."""
+def _sums(tensors: List[torch.Tensor]) -> bytes:
+    """Each tensor's sum (float64; float32 on MPS, which has no float64), as bytes, so that a
+    NaN equals itself, read with one copy to the host per device."""
     by_device: Dict[torch.device, List[torch.Tensor]] = {}
     with torch.no_grad():
         for t in tensors:
-            by_device.setdefault(t.device, []).append(t.detach().sum(dtype=torch.float64))
-    return tuple(value for sums in by_device.values() for value in torch.stack(sums).tolist())
+            dtype = torch.float32 if t.device.type == "mps" else torch.float64
+            by_device.setdefault(t.device, []).append(t.detach().sum(dtype=dtype))
+    return b"".join(torch.stack(sums).cpu().numpy().tobytes() for sums in by_device.values())
 
 
 def check_network(net: Any, what: str = "net") -> None:

@@ -610,6 +610,7 @@ def search_record(folder: Path) -> SearchRecord:
 
     Raises:
         StoreError: when it cannot be read or a field is not what aml writes.
+        NoAccess: when this user may not read it.
     """
     path = folder / SEARCH
     try:

@@ -52,8 +52,9 @@ class TrainSettings(Changeable):
         neg_num: negatives per tuple.
         query_size: tuples (queries) per epoch (the modes that draw images draw
             ``pool_size`` images instead).
-        pool_size: the images mined for negatives per epoch; an epoch's images in the modes
-            that draw images (`aml.training.modes.Draw`).
+        pool_size: the images an epoch draws negatives from (mined or random; a triplet's
+            positive too); an epoch's images in the modes that draw images
+            (`aml.training.modes.Draw`).
         batch_size: tuples per step, over all processes.
         update_every: an optimizer step every N batches.
         epochs: the epochs to train.

@@ -179,6 +179,14 @@ def epoch_size_flag(mode: Mode, db: TrainingDb, sizes: EpochSizes) -> Optional[s
     for the modes that draw images, else ``--query-size``; None where the db's images or
     query pairs already cap the epoch.
 
+    Args:
+        mode: the training mode.
+        db: the split's training db.
+        sizes: the epoch's sizes as the flags give them.
+
+    Returns:
+        The flag, or None.
+
     Examples:
         >>> from aml.training.modes import MODES, EpochSizes, epoch_size_flag
         >>> db = {"cids": list(range(10)), "cluster": [0] * 10, "qidxs": [0, 1, 2], "pidxs": [3, 4, 5]}

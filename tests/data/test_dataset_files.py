@@ -59,6 +59,15 @@ def test_a_malformed_gnd_is_named_with_its_field(gnd_path, damage, message):
         configdataset("synth-oxford", gnd_path.parent.parent)
 
 
+def test_a_gnd_whose_lists_are_columns_is_read_as_scoring_reads_it(gnd_path):
+    """Lists read from a .mat file (scipy.io.loadmat) come as n x 1 arrays, which scoring flattens."""
+    gnd = load_pickle(gnd_path)
+    gnd["gnd"] = [{**entry, **{k: np.asarray(entry[k]).reshape(-1, 1) for k in ("easy", "hard", "junk")}}
+                  for entry in gnd["gnd"]]
+    save_pickle(gnd, gnd_path)
+    assert len(configdataset("synth-oxford", gnd_path.parent.parent)["gnd"]) == len(gnd["gnd"])
+
+
 @pytest.mark.parametrize("content", [[1, 2], {"gnd": 5}, {"gnd": [7]}, {"gnd": [{3: [], "x": []}]}],
                          ids=["list", "gnd-int", "entry-int", "keys-of-two-types"])
 def test_a_custom_set_whose_gnd_is_malformed_is_named(tmp_path, content):

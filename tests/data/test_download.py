@@ -219,6 +219,13 @@ def test_a_large_installed_file_changed_at_its_size_is_fetched_again(server, tmp
     os.utime(path, ns=(recorded, recorded + 10**9))
     assert download_file(f"{server}/weights.pth", path, progress=False).read_bytes() == PAYLOAD
     assert len(Handler.requests) == 2
+    record = tmp_path / ".weights.pth.download.json"
+    older = {k: v for k, v in json.loads(record.read_text()).items() if k != "mtime_ns"}
+    record.write_text(json.dumps(older))  # an older aml's record: checked by size, as that aml did
+    hashed.clear()
+    download_file(f"{server}/weights.pth", path, progress=False)
+    assert hashed == [] and len(Handler.requests) == 2
+    assert json.loads(record.read_text())["mtime_ns"] == path.stat().st_mtime_ns  # its time from now on
 
 
 def make_tar(members, links=None):

@@ -168,6 +168,16 @@ def test_a_cirtorch_call_of_a_tuple_loss_names_the_call_that_computes_it(name):
     assert value.item() == pytest.approx(loss(batch).sum().item(), abs=1e-12)
 
 
+@pytest.mark.parametrize("name", [name for name, spec in LOSSES.items() if spec.kind is LossKind.RELATIONAL])
+def test_a_cirtorch_call_of_a_relational_loss_names_the_call_that_computes_it(name):
+    loss = LOSSES[name].build(0.7, 0.1)
+    with pytest.raises(TypeError, match=f"takes a TupleBatch.*use {loss.cirtorch_call}$"):
+        loss(STUDENT, TEACHER)
+    module, _, attribute = loss.cirtorch_call.rpartition(".")
+    value = getattr(importlib.import_module(module), attribute)()(STUDENT, TEACHER)
+    assert value.item() == pytest.approx(loss(TupleBatch.pairs(STUDENT, TEACHER)).item(), abs=1e-12)
+
+
 def ragged_batch(requires_grad=False):
     x = torch.cat([columns(a, *m) for a, m, _, _ in RAGGED], dim=1).requires_grad_(requires_grad)
     y = torch.cat([labels(-1, *l) for _, _, l, _ in RAGGED])

@@ -99,3 +99,5 @@ def test_the_fingerprint_follows_weights_changed_through_data_and_is_not_hashed_
     weight.data = torch.full_like(weight, 5.0)  # a new tensor behind the same parameter
     seen.append(loaded.fingerprint)
     assert len(set(seen)) == 3 and seen[-1] == network_fingerprint(loaded.net) and len(hashed) == 3
+    weight.data.fill_(float("nan"))  # a NaN is not equal to itself: it was hashed again at every access
+    assert loaded.fingerprint == loaded.fingerprint and len(hashed) == 4

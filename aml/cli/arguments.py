@@ -565,7 +565,6 @@ def checked_test_sets(args: argparse.Namespace) -> List[str]:
     """
     from aml.data.distractors import SEPARATOR, split_test_name
     from aml.data.testsets import get_test_set
-    from aml.data.trainsets import get_train_set, whitening_set_names
 
     names = []
     for name in comma_names("--datasets", args.datasets, "test set"):
@@ -573,9 +572,28 @@ def checked_test_sets(args: argparse.Namespace) -> List[str]:
         names.append(get_test_set(test, args.data_root).name + (f"{SEPARATOR}{suffix}" if suffix else ""))
         if names[-1] in names[:-1]:
             raise ConfigError(f"--datasets {args.datasets!r} names {names[-1]} twice; give each test set once")
-    if args.whitening and not get_train_set(args.whitening, args.data_root).whitening:
-        raise ConfigError(f"{args.whitening} has no whitening pairs; choose from {', '.join(whitening_set_names())}")
+    if args.whitening:
+        _check_whitening_set(args.whitening, args.data_root)
     return names
+
+
+def _check_whitening_set(name: str, data_root: Optional[str]) -> None:
+    """Refuse a --whitening that names no set with whitening pairs, naming the file it needs."""
+    from aml.data.paths import resolve_data_root
+    from aml.data.trainsets import get_train_set, whitening_set_names
+
+    choose = f"choose from {', '.join(whitening_set_names())}"
+    try:
+        found = get_train_set(name, data_root).whitening
+    except ConfigError:
+        found = None
+    if not found:
+        folder = resolve_data_root(data_root) / "train" / name
+        had = "has no whitening pairs" if found is not None else "is no training set"
+        raise ConfigError(
+            f"--whitening {name} {had}; {choose}, or make a folder {folder} with ims/ and {name}-whiten.pkl "
+            "(python -m aml.cli.make_trainset)"
+        )
 
 
 def add_extraction_arguments(parser: Flags, training: bool = False) -> None:

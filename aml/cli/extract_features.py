@@ -23,7 +23,7 @@ from aml.cli.arguments import (
 )
 from aml.data.paths import data_subdir
 from aml.data.testsets import TEST_SETS, get_test_set
-from aml.data.trainsets import is_training_set, training_set_names
+from aml.data.trainsets import get_train_set, is_training_set, training_set_names
 from aml.descriptors import DescriptorKey, dataset_images, extract_dataset_features
 from aml.networks.loading import load_test_network
 from aml.utils.devices import resolve_device
@@ -82,10 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _test_set_or_choices(name: str, data_root: Optional[str]) -> None:
-    """Refuse a name that is no test set nor training set, naming both kinds of choices."""
+def _data_set_name(name: str, data_root: Optional[str]) -> str:
+    """A training or test set's name as its registry spells it (the file names and main.py's
+    look-up use that spelling), or a ConfigError naming both kinds of choices."""
+    if is_training_set(name, data_root):
+        return get_train_set(name, data_root).name
     try:
-        get_test_set(name, data_root)
+        return get_test_set(name, data_root).name
     except ConfigError as err:
         raise ConfigError(
             f"{err}; or a training set: {', '.join(training_set_names())}, or one of your own in "
@@ -105,9 +108,10 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
         output_folder(str(data_subdir(args.data_root, "features")))  # before any image is encoded
     except (ConfigError, argparse.ArgumentTypeError) as err:
         parser.error(str(err))
-    for dataset in datasets:
-        if not is_training_set(dataset, args.data_root):
-            _test_set_or_choices(dataset, args.data_root)
+    datasets = [_data_set_name(dataset, args.data_root) for dataset in datasets]
+    twice = next((name for k, name in enumerate(datasets) if name in datasets[:k]), None)
+    if twice is not None:
+        parser.error(f"--datasets {args.datasets!r} names {twice} twice; give each data set once")
     if args.split is not None and not any(is_training_set(d, args.data_root) for d in datasets):
         parser.error(
             f"--split {args.split} chooses a training set's splits; {args.datasets} holds test sets only, "

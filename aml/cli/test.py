@@ -32,6 +32,7 @@ from aml.evaluation.plan import TestSettings, check_reranking
 from aml.evaluation.testing import evaluate
 from aml.networks.loading import LoadedNetwork, NetworkSpec, Source, load_spec, load_teacher, load_test_network
 from aml.networks.pretrained import DEFAULT_TEACHER, PRETRAINED
+from aml.networks.retrieval_net import multiscale_power
 from aml.reports.provenance import provenance
 from aml.utils.atomic import atomic_write
 from aml.utils.errors import ConfigError
@@ -176,6 +177,16 @@ def _load_teacher(args: argparse.Namespace, student: LoadedNetwork) -> LoadedNet
     return teacher
 
 
+def _multiscale_lines(scales: List[float], student: LoadedNetwork, teacher: Optional[LoadedNetwork]) -> str:
+    """The original's lines of the scales and of the power that averages them (msp), with the
+    teacher's own msp for its database (see docs/differences.md)."""
+    shown = [int(s) if float(s).is_integer() else s for s in scales]  # [1, 0.7071067811865476, 0.5]
+    lines = [">> Set-up multiscale:", f">>>> ms: {shown}", f">>>> msp: {multiscale_power(student.net, scales):g}"]
+    if teacher is not None:
+        lines.append(f">>>> msp of the teacher's database: {multiscale_power(teacher.net, scales):g}")
+    return "\n".join(lines)
+
+
 def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tuple[List[str], Reranking]:
     """The test sets and the re-ranking the flags ask for, or the parser's one-line error."""
     try:
@@ -262,11 +273,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
         check_reranking(reranking, datasets, args.data_root, dim=(teacher or student).net.meta["outputdim"])
     except ValueError as err:
         parser.error(str(err))
-    say(f">> Loading network:\n>>>> '{student.name}'")
+    kind = "off-the-shelf network" if args.network_offtheshelf else "network"
+    say(f">> Loading {kind}:\n>>>> '{args.network_path or args.network_offtheshelf}'")
     say(">>>> loaded network: ")
     say(student.net.meta_repr())
     if teacher is not None:
         say(f">> Asymmetric testing: database by teacher '{teacher.name}', queries by '{student.name}'")
+    say(_multiscale_lines(list(args.multiscale), student, teacher))
     tested = evaluate(
         student,
         _settings(args, datasets, device, reranking),

@@ -98,12 +98,14 @@ def _encode(plan: TestPlan, test: PlannedSet) -> _Encoded:
     skipped_db: List[int] = []
     skipped_queries: List[int] = []
     database = s.extraction.but(desc=f"{dataset} database")
+    log.info(">> %s: database images...", test.name)
     if plan.cache_dir is None:
         vecs = describe_images(encoder.net, test.images, s.image_size, s.scales, config=database, skipped=skipped_db)
     else:
         vecs = cached_descriptors(
             encoder.net, test.images, plan.key, plan.cache_dir, dataset, skipped_db, config=database
         )
+    log.info(">> %s: query images...", test.name)
     qvecs = describe_images(
         plan.student.net,
         test.queries,

@@ -112,6 +112,8 @@ CASES = [
                                                    "give each test set once"),  # was tested twice
     (TEST, ["-d", "roxford5k,ROxford5k"], "--datasets 'roxford5k,ROxford5k' names roxford5k twice"),  # tested twice
     (EXTRACT, ["-d", "synth-sfm,synth-sfm"], "--datasets 'synth-sfm,synth-sfm' names synth-sfm twice"),
+    # each spelling was encoded, into a file of its own that main.py's look-up never found
+    (EXTRACT, ["-d", "synth-oxford,SYNTH-Oxford"], "--datasets 'synth-oxford,SYNTH-Oxford' names synth-oxford twice"),
     (EXTRACT, ["-d", "synth-sfm", "--split", "train,val,train"], "--split 'train,val,train' names train twice"),
     (DEMO, ["--student-arch", "timm:nosuch"], "--student-arch: timm:nosuch: timm"),  # was refused after the teacher
     (DEMO, ["--student-arch", "nosuch"], "--student-arch: unknown architecture 'nosuch'"),

@@ -47,6 +47,9 @@ def test_symmetric_run_prints_and_writes_json(checkpoint, synth_root, tmp_path, 
     results = run(["-npath", str(checkpoint), "--results", str(out)], synth_root)
     printed = capsys.readouterr().out
     assert ">> synth-oxford: mAP E: " in printed and ">> synth-oxford: mP@k[1, 5, 10] E: " in printed
+    # the original's lines: the path as given, the scales and their power
+    assert f">> Loading network:\n>>>> '{checkpoint}'\n" in printed
+    assert ">> Set-up multiscale:\n>>>> ms: [1]\n>>>> msp: 1\n" in printed
     report = json.loads(out.read_text())
     assert report["results"]["synth-oxford"]["plain"]["medium"]["map"] == pytest.approx(medium(results))
     assert report["settings"]["image_size"] == 64 and 0 < medium(results) < 1
@@ -261,6 +264,19 @@ def test_unknown_dataset_and_network_are_clear(checkpoint, synth_root, capsys):
     assert "Unsupported or unknown dataset: roxford6k" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="neither a file nor a name of the pretrained list"):
         run(["-npath", "mobilenet-v2-gem-contr-vgg17"], synth_root)
+
+
+@pytest.mark.parametrize("whitening, message", [
+    ("retrieval-SfM-500k", r"--whitening retrieval-SfM-500k is no training set; choose from .*retrieval-SfM-120k.*, "
+                           r"or make a folder .*/train/retrieval-SfM-500k with ims/ and retrieval-SfM-500k-whiten.pkl"),
+    ("synth-oxford", r"--whitening synth-oxford is no training set"),
+])
+def test_a_whitening_set_that_is_not_one_names_the_flag_and_the_file_it_needs(checkpoint, synth_root, capsys,
+                                                                              whitening, message):
+    """It asked for <name>.pkl, a training db, where whitening needs <name>-whiten.pkl."""
+    with pytest.raises(SystemExit):
+        test_cli.main(["-npath", str(checkpoint), "-w", whitening, "--data-root", str(synth_root)])
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_missing_and_corrupt_images_are_named(checkpoint, synth_root, tmp_path):

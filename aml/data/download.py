@@ -302,17 +302,14 @@ def _intact(dest: Path, url: str, expected_hash: Optional[str]) -> bool:
     stat = dest.stat()
     if record.get("size") != stat.st_size:
         return False
-    if record.get("sha256") and "mtime_ns" not in record:  # recorded by an older aml, which checked the size
-        with contextlib.suppress(OSError):  # alone: its time from now on (a read-only folder: the size still)
-            _record_install(dest, url, record["sha256"])
-        record = {**record, "mtime_ns": stat.st_mtime_ns}
-    touched = record.get("mtime_ns") != stat.st_mtime_ns  # a large file is hashed again only then
-    if record.get("sha256") and (stat.st_size <= _HASH_CHECK_LIMIT or touched):
-        if _sha256_of(dest).hexdigest() != record["sha256"]:
-            return False
-        if touched:  # the same bytes (copied back): their new time recorded
-            with contextlib.suppress(OSError):
-                _record_install(dest, url, record["sha256"])
+    recorded = record.get("sha256")
+    older = "mtime_ns" not in record  # an older aml's record, which checked the size alone: trusted as it did
+    touched = not older and record["mtime_ns"] != stat.st_mtime_ns  # a large file is hashed again only then
+    if recorded and (stat.st_size <= _HASH_CHECK_LIMIT or touched) and _sha256_of(dest).hexdigest() != recorded:
+        return False
+    if recorded and (older or touched):  # its time from now on (in a read-only folder, the record stays)
+        with contextlib.suppress(OSError):
+            _record_install(dest, url, recorded)
     return True
 
 
